@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+// The service mesh: a sidecar proxy on epoll + OpenSSL 3 + nghttp2, in layers (DESIGN §7):
+// C modules -> MeshCore -> MeshIO -> MeshTLS -> MeshHTTP -> MeshConfig/MeshProxy -> executables.
+import PackageDescription
+
+let hot: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "swift-mesh",
+    products: [
+        .executable(name: "sidecar", targets: ["sidecar"]),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2",
+                       providers: [.apt(["libnghttp2-dev"])]),
+        .target(name: "CMeshShims", dependencies: ["COpenSSL"]),
+        .target(name: "MeshCore", dependencies: ["CMeshShims"], swiftSettings: hot),
+        .target(name: "MeshIO", dependencies: ["MeshCore", "CMeshShims"], swiftSettings: hot),
+        .target(name: "MeshTLS", dependencies: ["MeshIO", "MeshCore", "CMeshShims", "COpenSSL"], swiftSettings: hot),
+        .target(name: "MeshHTTP", dependencies: ["MeshCore"], swiftSettings: hot),
+        .target(name: "MeshConfig", dependencies: ["MeshCore"], swiftSettings: hot),
+        .target(name: "MeshProxy",
+                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig"],
+                swiftSettings: hot),
+        .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore"], swiftSettings: hot),
+        .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
+        .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore"]),
+        .testTarget(name: "MeshConfigTests", dependencies: ["MeshConfig", "MeshCore"]),
+        .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
+    ]
+)

@@ -1,0 +1,99 @@
+// CMeshShims: the few Linux and OpenSSL symbols that Swift cannot import directly
+// (macros, and headers Glibc's module leaves out). Every wrapper is a static inline
+// with a `mesh_` prefix; there is no logic here beyond the call it wraps.
+#ifndef CMESHSHIMS_H
+#define CMESHSHIMS_H
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/signalfd.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <linux/netfilter_ipv4.h>
+#include <signal.h>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+#include <errno.h>
+#include <time.h>
+#include <sys/random.h>
+
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <openssl/bio.h>
+
+// ---- Linux ----
+/// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC) (needs _GNU_SOURCE, so it lives in shims.c).
+int mesh_accept4(int fd);
+static inline int mesh_errno(void) { return errno; }
+static inline void mesh_set_errno(int e) { errno = e; }
+static inline uint64_t mesh_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+static inline uint64_t mesh_realtime_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGPIPE in the calling thread (threads created after inherit it)
+/// and returns a signalfd that reports the first three.
+static inline int mesh_block_signals_signalfd(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    sigdelset(&set, SIGPIPE);
+    return signalfd(-1, &set, SFD_CLOEXEC);
+}
+static inline int mesh_signalfd_read(int fd) {
+    struct signalfd_siginfo si;
+    ssize_t n = read(fd, &si, sizeof si);
+    if (n != sizeof si) return -1;
+    return (int)si.ssi_signo;
+}
+static inline int mesh_sigterm(void) { return SIGTERM; }
+static inline int mesh_sigint(void) { return SIGINT; }
+static inline int mesh_sighup(void) { return SIGHUP; }
+
+/// Original destination of a redirected connection (iptables REDIRECT), for transparent capture.
+static inline int mesh_original_dst(int fd, struct sockaddr_in *out) {
+    socklen_t len = sizeof *out;
+    return getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len);
+}
+
+// ---- OpenSSL macros ----
+static inline int mesh_SSL_CTX_set_min_proto_version(SSL_CTX *c, int v) { return (int)SSL_CTX_set_min_proto_version(c, v); }
+static inline int mesh_SSL_CTX_set_max_proto_version(SSL_CTX *c, int v) { return (int)SSL_CTX_set_max_proto_version(c, v); }
+static inline int mesh_SSL_CTX_set1_groups_list(SSL_CTX *c, const char *l) { return (int)SSL_CTX_set1_groups_list(c, l); }
+static inline long mesh_SSL_CTX_set_mode(SSL_CTX *c, long m) { return SSL_CTX_set_mode(c, m); }
+static inline long mesh_SSL_CTX_set_session_cache_mode(SSL_CTX *c, long m) { return SSL_CTX_set_session_cache_mode(c, m); }
+static inline int mesh_SSL_set_tlsext_host_name(SSL *s, const char *n) { return (int)SSL_set_tlsext_host_name(s, n); }
+static inline long mesh_SSL_CTX_add1_chain_cert(SSL_CTX *c, X509 *x) { return SSL_CTX_add1_chain_cert(c, x); }
+static inline void mesh_OPENSSL_free(void *p) { OPENSSL_free(p); }
+static inline int mesh_SSL_set_app_data(SSL *s, void *p) { return SSL_set_app_data(s, p); }
+static inline void *mesh_SSL_get_app_data(const SSL *s) { return SSL_get_app_data(s); }
+static inline void mesh_BIO_set_retry_read(BIO *b) { BIO_set_retry_read(b); }
+static inline void mesh_BIO_set_retry_write(BIO *b) { BIO_set_retry_write(b); }
+static inline void mesh_BIO_clear_retry_flags(BIO *b) { BIO_clear_retry_flags(b); }
+static inline int mesh_sk_GENERAL_NAME_num(const GENERAL_NAMES *n) { return sk_GENERAL_NAME_num(n); }
+static inline GENERAL_NAME *mesh_sk_GENERAL_NAME_value(const GENERAL_NAMES *n, int i) { return sk_GENERAL_NAME_value(n, i); }
+static inline void mesh_GENERAL_NAMES_free(GENERAL_NAMES *n) { GENERAL_NAMES_free(n); }
+static inline int mesh_sk_X509_num(const STACK_OF(X509) *s) { return sk_X509_num(s); }
+static inline X509 *mesh_sk_X509_value(const STACK_OF(X509) *s, int i) { return sk_X509_value(s, i); }
+
+/// SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE (do not import).
+static inline uint64_t mesh_ssl_secure_options(void) {
+    return (uint64_t)(SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+}
+
+#endif

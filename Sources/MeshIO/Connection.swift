@@ -1,0 +1,315 @@
+import CMeshShims
+import MeshCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A non-blocking stream socket on one event loop, with optional transport security under it.
+/// It reads into `input` (plaintext) up to `inputLimit` bytes and stops there until the owner
+/// consumes and calls `resumeReading()` (back-pressure); `send` queues bytes in `output`, which is
+/// flushed once per loop iteration so that a response head and body leave in one write. Subclasses
+/// (the HTTP sides of the proxy) override the `on...` hooks. Registered edge-triggered once for
+/// in, out and peer hang-up, so no epoll_ctl is needed while it lives.
+open class Connection: Pollable {
+    public let loop: EventLoop
+    public let input: ByteBuffer
+    public let output: ByteBuffer
+    /// Ciphertext read from the socket, not yet decrypted (TLS only).
+    private let raw: ByteBuffer?
+    public let security: TransportSecurity?
+    /// Stop reading from the socket while `input` holds this much.
+    public var inputLimit = 96 * 1024
+    /// `onDrained` is called when `output` falls to `lowWatermark` after exceeding `highWatermark`.
+    public var highWatermark = 256 * 1024
+    public var lowWatermark = 64 * 1024
+
+    public private(set) var isConnecting = false
+    public private(set) var isEstablished = false
+    public private(set) var isClosed = false
+    /// The peer closed its side (read returned 0 or close_notify arrived).
+    public private(set) var peerClosed = false
+    private var mayRead = false
+    private var writeBlocked = false
+    private var flushQueued = false
+    private var aboveHigh = false
+    private var closeWhenFlushed = false
+    private var lingering = false
+
+    public init(loop: EventLoop, fd: Int32, security: TransportSecurity?, connecting: Bool) {
+        self.loop = loop
+        self.security = security
+        self.input = ByteBuffer(capacity: 16 * 1024)
+        self.output = ByteBuffer(capacity: 16 * 1024)
+        self.raw = security == nil ? nil : ByteBuffer(capacity: 17 * 1024)
+        self.isConnecting = connecting
+        super.init(fd: fd)
+    }
+
+    /// Registers with the loop. A server-side plain connection is established at once; TLS waits
+    /// for its handshake; a client waits for connect.
+    public func start() -> Bool {
+        let ev = EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+        guard loop.register(self, events: ev) else { Glibc.close(fd); isClosed = true; return false }
+        if !isConnecting {
+            if security == nil { isEstablished = true; onEstablished() }
+        }
+        return true
+    }
+
+    // MARK: hooks for subclasses
+
+    /// TCP connected (and, with TLS, before the handshake).
+    open func onConnected() {}
+    /// The transport is ready for application bytes (after the TLS handshake, if any).
+    open func onEstablished() {}
+    /// New plaintext is in `input`.
+    open func onInput() {}
+    /// `output` drained below the low watermark after being above the high one.
+    open func onDrained() {}
+    /// The connection failed (connect error, reset, TLS failure) or the peer closed it. `error` is an
+    /// errno, 0 for a clean end of stream, or -1 for a TLS failure (see `security.failureReason`).
+    /// Called once; the connection is already closed when this runs unless `error == 0` and it was
+    /// only the peer's half.
+    open func onPeerClosed(error: Int32) {}
+
+    // MARK: events
+
+    public override func onEvents(_ events: UInt32) {
+        if isClosed { return }
+        if isConnecting {
+            if events & (EPOLLOUT.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) == 0 { return }
+            let err = Socket.pendingError(fd)
+            if err != 0 { fail(err); return }
+            isConnecting = false
+            onConnected()
+            if isClosed { return }
+            if let sec = security {
+                if sec.startHandshake(output: output) == .failed { fail(-1); return }
+                flushNow()
+            } else {
+                isEstablished = true
+                onEstablished()
+            }
+            if isClosed { return }
+        }
+        if events & EPOLLOUT.rawValue != 0 && writeBlocked {
+            writeBlocked = false
+            flushNow()
+            if isClosed { return }
+        }
+        if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
+            mayRead = true
+            readAvailable(hangup: events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0)
+        }
+    }
+
+    public override func onFlush() {
+        flushQueued = false
+        if !isClosed { flushNow() }
+    }
+
+    /// Reads what the socket has (bounded by `inputLimit`), then tells the owner.
+    private func readAvailable(hangup: Bool) {
+        var got = false
+        var eofSeen = false
+        var err: Int32 = 0
+        while mayRead && !isClosed && !peerClosed {
+            if lingering {
+                var scratch: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+                let n = withUnsafeMutableBytes(of: &scratch) { Glibc.read(fd, $0.baseAddress, 64) }
+                if n > 0 { continue }
+                if n == 0 || (mesh_errno() != EAGAIN && mesh_errno() != EINTR) { closeNow(); return }
+                mayRead = false
+                return
+            }
+            if input.readableBytes >= inputLimit { break }
+            let buf = raw ?? input
+            buf.reserve(16 * 1024)
+            let want = buf.writableBytes
+            let n = Glibc.read(fd, buf.writePointer, want)
+            if n > 0 {
+                buf.commit(n)
+                if let sec = security, let raw = raw {
+                    if !decryptPending(sec, raw) { return }
+                    if peerClosed { break }
+                } else {
+                    got = true
+                }
+                if n < want && !hangup { mayRead = false }
+            } else if n == 0 {
+                eofSeen = true
+                mayRead = false
+            } else {
+                let e = mesh_errno()
+                if e == EAGAIN || e == EWOULDBLOCK { mayRead = false }
+                else if e == EINTR { continue }
+                else { err = e; mayRead = false }
+            }
+        }
+        if security != nil { got = tlsGotData; tlsGotData = false }
+        if got && !isClosed { onInput() }
+        if isClosed { return }
+        if err != 0 { fail(err); return }
+        if eofSeen && !peerClosed {
+            peerClosed = true
+            onPeerClosed(error: 0)
+        }
+    }
+
+    private var tlsGotData = false
+
+    /// Runs decryption over buffered ciphertext. Returns false if the connection failed.
+    private func decryptPending(_ sec: TransportSecurity, _ raw: ByteBuffer) -> Bool {
+        let before = input.readableBytes
+        let wasEstablished = isEstablished
+        let r = sec.decrypt(raw: raw, input: input, output: output, limit: inputLimit)
+        if !output.isEmpty { requestFlush() }
+        switch r {
+        case .failed:
+            if !output.isEmpty { flushNow() }
+            fail(-1)
+            return false
+        case .handshakeDone:
+            if !wasEstablished {
+                isEstablished = true
+                onEstablished()
+                if isClosed { return false }
+            }
+        case .closed:
+            if input.readableBytes > before { tlsGotData = true }
+            peerClosed = true
+            mayRead = false
+            if tlsGotData { tlsGotData = false; onInput() }
+            if !isClosed { onPeerClosed(error: 0) }
+            return !isClosed
+        case .ok:
+            break
+        }
+        if input.readableBytes > before { tlsGotData = true }
+        return true
+    }
+
+    /// The owner consumed input: read again (edge-triggered sockets do not report old data twice).
+    public func resumeReading() {
+        if isClosed { return }
+        if let sec = security, let raw = raw, !raw.isEmpty, input.readableBytes < inputLimit {
+            if !decryptPending(sec, raw) { return }
+            if tlsGotData { tlsGotData = false; onInput(); if isClosed { return } }
+        }
+        if mayRead && input.readableBytes < inputLimit { readAvailable(hangup: false) }
+    }
+
+    // MARK: writing
+
+    /// Queues `n` bytes for the peer (encrypting them with TLS). Flushed at the end of the iteration.
+    @inline(__always) public func send(_ p: UnsafeRawPointer, _ n: Int) {
+        if isClosed || n == 0 { return }
+        if let sec = security {
+            if !sec.encrypt(p, n, output: output) { fail(-1); return }
+        } else {
+            output.append(p, n)
+        }
+        requestFlush()
+    }
+
+    /// Queues the readable bytes `[from, to)` of `buffer`.
+    @inline(__always) public func send(_ buffer: ByteBuffer, _ from: Int, _ to: Int) {
+        send(buffer.base + from, to - from)
+    }
+
+    @inline(__always) public func requestFlush() {
+        if !flushQueued { flushQueued = true; loop.markDirty(self) }
+    }
+
+    /// Bytes queued but not yet written (for back-pressure decisions).
+    @inline(__always) public var pendingOutput: Int { output.readableBytes }
+    /// True while the owner should stop feeding this connection.
+    @inline(__always) public var isCongested: Bool { output.readableBytes >= highWatermark }
+
+    /// Writes as much of `output` as the socket takes now.
+    public func flushNow() {
+        if isClosed || isConnecting { return }
+        while !output.isEmpty && !writeBlocked {
+            let want = output.readableBytes
+            let n = Glibc.write(fd, output.readPointer, want)
+            if n > 0 {
+                output.consume(n)
+                if n < want { writeBlocked = true }
+            } else if n < 0 {
+                let e = mesh_errno()
+                if e == EAGAIN || e == EWOULDBLOCK { writeBlocked = true }
+                else if e == EINTR { continue }
+                else { fail(e); return }
+            } else {
+                writeBlocked = true
+            }
+        }
+        if output.readableBytes >= highWatermark {
+            aboveHigh = true
+        } else if aboveHigh && output.readableBytes <= lowWatermark {
+            aboveHigh = false
+            onDrained()
+            if isClosed { return }
+        }
+        if output.isEmpty && closeWhenFlushed { beginLinger() }
+    }
+
+    // MARK: closing
+
+    /// Sends what is queued (and close_notify), then closes; unread input is drained for a moment
+    /// first so that the kernel does not reset the connection under the last response.
+    public func closeAfterFlush(lingerNanos: UInt64 = 1_000_000_000) {
+        if isClosed || closeWhenFlushed { return }
+        closeWhenFlushed = true
+        if isEstablished, let sec = security { sec.shutdown(output: output) }
+        lingerDeadline = lingerNanos
+        if isConnecting { closeNow(); return }
+        requestFlush()
+    }
+
+    private var lingerDeadline: UInt64 = 1_000_000_000
+
+    private func beginLinger() {
+        if lingering || isClosed { return }
+        if peerClosed { closeNow(); return }
+        lingering = true
+        Glibc.shutdown(fd, Int32(SHUT_WR))
+        loop.setDeadline(self, loop.now + lingerDeadline)
+        mayRead = true
+        readAvailable(hangup: false)
+    }
+
+    /// True while the connection waits only to finish closing.
+    public var isClosing: Bool { closeWhenFlushed || lingering }
+
+    /// Closes at once (no flush).
+    public func closeNow() {
+        if isClosed { return }
+        isClosed = true
+        loop.deregister(self)
+        Glibc.close(fd)
+        security?.dispose()
+        input.clear()
+        output.clear()
+        raw?.clear()
+        onClosed()
+    }
+
+    /// After the socket is closed, for bookkeeping (connection counts, pool removal).
+    open func onClosed() {}
+
+    public override func onTimer(now: UInt64) {
+        if lingering { closeNow(); return }
+        onDeadline(now: now)
+    }
+
+    /// The connection's own deadline passed (subclasses decide which wait it was).
+    open func onDeadline(now: UInt64) {}
+
+    /// Closes after an error and tells the owner.
+    public func fail(_ error: Int32) {
+        if isClosed { return }
+        closeNow()
+        onPeerClosed(error: error)
+    }
+}

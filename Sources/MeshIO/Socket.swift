@@ -1,0 +1,125 @@
+import CMeshShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An IPv4 or IPv6 socket address, parsed from `HOST:PORT` (`[v6]:PORT` for IPv6). Host names are
+/// not resolved here: the data path only ever sees addresses.
+public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
+    public var storage = sockaddr_storage()
+    public var length: socklen_t = 0
+    public let text: String
+
+    public init?(host: String, port: Int) {
+        guard port >= 0 && port <= 65535 else { return nil }
+        var h = host
+        if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        if h == "localhost" { h = "127.0.0.1" }
+        var v4 = sockaddr_in()
+        if inet_pton(AF_INET, h, &v4.sin_addr) == 1 {
+            v4.sin_family = sa_family_t(AF_INET)
+            v4.sin_port = in_port_t(UInt16(port).bigEndian)
+            withUnsafeMutableBytes(of: &storage) { dst in
+                withUnsafeBytes(of: v4) { dst.copyMemory(from: $0) }
+            }
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            text = "\(h):\(port)"
+            return
+        }
+        var v6 = sockaddr_in6()
+        if inet_pton(AF_INET6, h, &v6.sin6_addr) == 1 {
+            v6.sin6_family = sa_family_t(AF_INET6)
+            v6.sin6_port = in_port_t(UInt16(port).bigEndian)
+            withUnsafeMutableBytes(of: &storage) { dst in
+                withUnsafeBytes(of: v6) { dst.copyMemory(from: $0) }
+            }
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            text = "[\(h)]:\(port)"
+            return
+        }
+        return nil
+    }
+
+    /// Parses `HOST:PORT` or `[V6]:PORT`.
+    public init?(_ hostPort: String) {
+        guard let colon = hostPort.lastIndex(of: ":") else { return nil }
+        let host = String(hostPort[..<colon])
+        guard let port = Int(hostPort[hostPort.index(after: colon)...]), !host.isEmpty else { return nil }
+        self.init(host: host, port: port)
+    }
+
+    public var family: Int32 { Int32(storage.ss_family) }
+    public var port: Int {
+        withUnsafeBytes(of: storage) { raw in
+            if family == AF_INET { return Int(UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port)) }
+            return Int(UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port))
+        }
+    }
+    public var description: String { text }
+
+    public static func == (a: SocketAddress, b: SocketAddress) -> Bool { a.text == b.text }
+}
+
+/// Thin wrappers over the socket system calls the proxy uses; each returns the descriptor or a
+/// negative errno, never throws, never blocks.
+public enum Socket {
+    /// A non-blocking listening socket; `reusePort` lets every worker bind its own on the same port.
+    public static func listen(_ addr: SocketAddress, reusePort: Bool, backlog: Int32 = 1024) -> Int32 {
+        let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { return -mesh_errno() }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        var a = addr
+        let rc = withUnsafePointer(to: &a.storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, a.length) }
+        }
+        if rc != 0 { let e = mesh_errno(); Glibc.close(fd); return -e }
+        if Glibc.listen(fd, backlog) != 0 { let e = mesh_errno(); Glibc.close(fd); return -e }
+        return fd
+    }
+
+    /// Starts a non-blocking connect; the result arrives as EPOLLOUT (check `pendingError`).
+    public static func connect(_ addr: SocketAddress) -> Int32 {
+        let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { return -mesh_errno() }
+        setNoDelay(fd)
+        var a = addr
+        let rc = withUnsafePointer(to: &a.storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, a.length) }
+        }
+        if rc != 0 && mesh_errno() != EINPROGRESS { let e = mesh_errno(); Glibc.close(fd); return -e }
+        return fd
+    }
+
+    /// The port a socket is bound to (for listeners on port 0).
+    public static func localPort(_ fd: Int32) -> Int {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        if rc != 0 { return -1 }
+        return withUnsafeBytes(of: ss) { raw in
+            if Int32(ss.ss_family) == AF_INET { return Int(UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port)) }
+            return Int(UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port))
+        }
+    }
+
+    public static func setNoDelay(_ fd: Int32) {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// SO_ERROR of a socket (the outcome of a non-blocking connect).
+    public static func pendingError(_ fd: Int32) -> Int32 {
+        var err: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
+        return err
+    }
+
+    public static func errorText(_ e: Int32) -> String {
+        String(cString: strerror(e))
+    }
+}

@@ -1,0 +1,61 @@
+import CMeshShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starting and joining OS threads (one per worker loop) without Foundation.
+public enum Threads {
+    private final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+
+    /// Starts a joinable thread running `body`.
+    public static func spawn(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t {
+        var tid = pthread_t()
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        let rc = pthread_create(&tid, nil, { arg in
+            let b = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+            b.body()
+            return nil
+        }, box)
+        precondition(rc == 0, "pthread_create failed")
+        return tid
+    }
+
+    public static func join(_ t: pthread_t) { pthread_join(t, nil) }
+
+    /// Number of CPUs this process may run on.
+    public static var cpuCount: Int {
+        let n = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        return n > 0 ? n : 1
+    }
+}
+
+/// Reports SIGTERM/SIGINT/SIGHUP through a signalfd that the main thread waits on. Call
+/// `SignalWaiter()` before starting any thread so every thread inherits the blocked mask.
+public struct SignalWaiter: ~Copyable {
+    public let fd: Int32
+    public init() { fd = mesh_block_signals_signalfd() }
+
+    /// Blocks until a signal arrives; returns its number.
+    public func wait() -> Int32 {
+        while true {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let rc = poll(&p, 1, -1)
+            if rc < 0 && mesh_errno() == EINTR { continue }
+            let s = mesh_signalfd_read(fd)
+            if s > 0 { return s }
+        }
+    }
+
+    /// Waits at most `millis`; returns 0 on timeout.
+    public func wait(millis: Int32) -> Int32 {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let rc = poll(&p, 1, millis)
+        if rc <= 0 { return 0 }
+        let s = mesh_signalfd_read(fd)
+        return s > 0 ? s : 0
+    }
+
+    public static var sigterm: Int32 { mesh_sigterm() }
+    public static var sigint: Int32 { mesh_sigint() }
+    public static var sighup: Int32 { mesh_sighup() }
+}
