@@ -1,0 +1,105 @@
+/// Headers the proxy acts on; everything else is `.other` and passes through untouched.
+public enum KnownHeader: UInt8, Sendable {
+    case other, host, contentLength, transferEncoding, connection, upgrade, expect, te, keepAlive,
+         proxyConnection, xRequestID, xForwardedClientCert, trailer
+
+    /// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy never forwards as they are.
+    @inline(__always) public var isHopByHop: Bool {
+        switch self {
+        case .connection, .keepAlive, .proxyConnection, .te, .transferEncoding, .upgrade: return true
+        default: return false
+        }
+    }
+}
+
+/// One header line as byte offsets into the buffer it was parsed from.
+public struct HeaderField: Sendable {
+    public var lineStart: Int32      // first byte of the name
+    public var nameEnd: Int32        // the ':'
+    public var valueStart: Int32     // after leading whitespace
+    public var valueEnd: Int32       // before trailing whitespace
+    public var lineEnd: Int32        // after CRLF
+    public var kind: KnownHeader
+}
+
+/// A parsed request or response head: byte ranges into the read buffer plus what framing and
+/// routing need, materialised once. Reused across requests (the field array keeps its capacity).
+public struct HTTPHead: Sendable {
+    public var isRequest = true
+    // Request line
+    public var methodStart = 0, methodEnd = 0
+    public var targetStart = 0, targetEnd = 0
+    /// For absolute-form targets: the authority and the origin-form path within the target.
+    public var authorityStart = 0, authorityEnd = 0
+    public var pathStart = 0, pathEnd = 0
+    public var isAbsoluteForm = false
+    public var method: HTTPMethod = .other
+    // Status line
+    public var status = 0
+    public var reasonStart = 0, reasonEnd = 0
+    /// Minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    public var minorVersion = 1
+    public var fields: [HeaderField] = []
+    /// First byte of the head and one past its final CRLFCRLF.
+    public var headStart = 0, headEnd = 0
+
+    // Framing and connection management.
+    public var contentLength: Int64 = -1
+    public var chunked = false
+    public var connectionClose = false
+    public var connectionKeepAlive = false
+    public var connectionUpgrade = false
+    public var expectContinue = false
+    public var teTrailers = false
+    public var hostIndex = -1
+    public var upgradeIndex = -1
+    public var requestIDIndex = -1
+
+    public init() { fields.reserveCapacity(32) }
+
+    mutating func reset(isRequest: Bool) {
+        self.isRequest = isRequest
+        fields.removeAll(keepingCapacity: true)
+        contentLength = -1
+        chunked = false
+        connectionClose = false
+        connectionKeepAlive = false
+        connectionUpgrade = false
+        expectContinue = false
+        teTrailers = false
+        hostIndex = -1
+        upgradeIndex = -1
+        requestIDIndex = -1
+        isAbsoluteForm = false
+        method = .other
+        status = 0
+        minorVersion = 1
+    }
+
+    /// Whether the connection stays open after this message (RFC 9112 §9.3).
+    public var keepAlive: Bool {
+        if connectionClose { return false }
+        return minorVersion == 1 || connectionKeepAlive
+    }
+}
+
+/// Request methods the proxy treats specially (safe/idempotent for retries, HEAD for framing).
+public enum HTTPMethod: UInt8, Sendable {
+    case get, head, post, put, delete, options, trace, connect, patch, other
+
+    public var isIdempotent: Bool {
+        switch self {
+        case .get, .head, .put, .delete, .options, .trace: return true
+        default: return false
+        }
+    }
+}
+
+/// Why a head was refused, with the status to answer (400, 414, 431, 501, 505, or 502 for a
+/// response from upstream) and a reason for the access log.
+public struct HTTPParseError: Error, Sendable, Equatable {
+    public let status: Int
+    public let reason: StaticString
+    public init(_ status: Int, _ reason: StaticString) { self.status = status; self.reason = reason }
+    public static func == (a: Self, b: Self) -> Bool { a.status == b.status && a.reason.description == b.reason.description }
+}
