@@ -112,6 +112,7 @@ OUT="$(cd "$OUT" && pwd)"
 PKI="$OUT/pki"
 note "certificates: certs/make-pki.sh $PKI client server"
 "$ROOT/certs/make-pki.sh" "$PKI" client server 2>"$OUT/make-pki.log" || { cat "$OUT/make-pki.log" >&2; die "make-pki.sh failed"; }
+"$ROOT/certs/make-pki.sh" --foreign "$PKI" client 2>>"$OUT/make-pki.log" || { cat "$OUT/make-pki.log" >&2; die "make-pki.sh --foreign failed"; }
 SAN_CLIENT="spiffe://cluster.local/ns/default/sa/client"
 SAN_SERVER="spiffe://cluster.local/ns/default/sa/server"
 
@@ -215,7 +216,7 @@ EOF
 start_proc app "$d/stdout.log" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
 
 # ------------------------------------------------------------------ stacks
-declare -A PORT_OUT=()
+declare -A PORT_OUT=() PORT_IN=()
 
 setup_sidecar() {
     local d="$OUT/sidecar"; mkdir -p "$d"
@@ -288,6 +289,7 @@ EOF
     start_proc sidecar_in "$d/server.log" "$SIDECAR_BIN" --config "$d/server-sidecar.yaml"
     start_proc sidecar_out "$d/client.log" "$SIDECAR_BIN" --config "$d/client-sidecar.yaml"
     PORT_OUT[sidecar]=$a
+    PORT_IN[sidecar]=$b
 }
 
 envoy_tls_common() { # CERTDIR PEER_SAN INDENT-less yaml fragment for common_tls_context
@@ -399,6 +401,7 @@ EOF
     start_proc envoy_in "$d/inbound.log" "$ENVOY_BIN" -c "$d/inbound.yaml" --concurrency 1 --disable-hot-restart -l warning
     start_proc envoy_out "$d/outbound.log" "$ENVOY_BIN" -c "$d/outbound.yaml" --concurrency 1 --disable-hot-restart -l warning
     PORT_OUT[envoy]=$a
+    PORT_IN[envoy]=$b
 }
 
 setup_nginx() {
@@ -474,6 +477,7 @@ EOF
     start_proc nginx_in "$d/in/stdout.log" nginx -p "$d/in" -c "$d/in/nginx.conf" -e "$d/in/error.log"
     start_proc nginx_out "$d/out/stdout.log" nginx -p "$d/out" -c "$d/out/nginx.conf" -e "$d/out/error.log"
     PORT_OUT[nginx]=$a
+    PORT_IN[nginx]=$b
 }
 
 setup_haproxy() {
@@ -516,6 +520,24 @@ EOF
     start_proc haproxy_in "$d/inbound.log" haproxy -db -f "$d/inbound.cfg"
     start_proc haproxy_out "$d/outbound.log" haproxy -db -f "$d/outbound.cfg"
     PORT_OUT[haproxy]=$a
+    PORT_IN[haproxy]=$b
+}
+
+# check_inbound_tls NAME: the inbound side must demand a client certificate from our root and
+# speak TLS 1.3 only, or the comparison would not be like for like.
+check_inbound_tls() {
+    local p="$1" b="${PORT_IN[$1]}" code
+    local base=(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$PKI/root-cert.pem"
+                --resolve "$HOSTNAME_SERVER:$b:127.0.0.1" "https://$HOSTNAME_SERVER:$b/")
+    code="$("${base[@]}" --cert "$PKI/client/cert-chain.pem" --key "$PKI/client/key.pem" || true)"
+    [ "$code" = 200 ] || die "$p inbound: a mesh client certificate got HTTP '$code', expected 200"
+    code="$("${base[@]}" || true)"
+    case "$code" in 2*) die "$p inbound accepts callers without a client certificate";; esac
+    code="$("${base[@]}" --cert "$PKI/foreign/client/cert-chain.pem" --key "$PKI/foreign/client/key.pem" || true)"
+    case "$code" in 2*) die "$p inbound accepts a client certificate from a foreign CA";; esac
+    code="$("${base[@]}" --tls-max 1.2 --cert "$PKI/client/cert-chain.pem" --key "$PKI/client/key.pem" || true)"
+    case "$code" in 2*) die "$p inbound accepts TLS 1.2 (the hop is pinned to TLS 1.3)";; esac
+    note "$p inbound: mTLS enforced (no cert / foreign CA / TLS 1.2 refused)"
 }
 
 # ------------------------------------------------------------------ start everything
@@ -534,6 +556,7 @@ for p in $PROXIES; do
     # the answer must have come through the whole chain
     body="$(curl -s --max-time 5 -H "Host: $HOSTNAME_SERVER" "http://127.0.0.1:${PORT_OUT[$p]}/")"
     [ "$body" = "hello" ] || die "$p: unexpected answer '$body' through the chain"
+    [ "${SKIP_TLS_CHECKS:-0}" = 1 ] || check_inbound_tls "$p"
 done
 sleep 1   # let every process settle before reading idle RSS
 for p in $PROXIES; do
@@ -658,12 +681,17 @@ out.append(f"- rounds: {rounds} (interleaved round-robin, medians quoted); reque
 out.append("")
 out.append("| proxy | c | req/s | p50 µs | p99 µs | added p50 vs direct (c=1) µs | CPU µs/req avg | CPU out | CPU in | idle RSS out/in MB | peak RSS out/in MB | failed |")
 out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-d1 = agg.get(("direct", "1"), {}).get("p50_us", float("nan"))
+def added_p50(p):
+    """median over rounds of (pair p50 - direct p50) at c=1, paired within each round"""
+    d = {r["round"]: float(r["p50_us"]) for r in rows if r["proxy"] == "direct" and r["c"] == "1"}
+    diffs = [float(r["p50_us"]) - d[r["round"]] for r in rows
+             if r["proxy"] == p and r["c"] == "1" and r["round"] in d]
+    return statistics.median(diffs) if diffs else float("nan")
 for p in order:
     for c in concs:
         a = agg.get((p, c))
         if not a: continue
-        added = a["p50_us"] - d1 if c == "1" and p != "direct" else float("nan")
+        added = added_p50(p) if c == "1" and p != "direct" else float("nan")
         avg = (a["cpu_out_us"] + a["cpu_in_us"]) / 2 if p != "direct" else float("nan")
         m = metas.get(p)
         if m:

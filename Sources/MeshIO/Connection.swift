@@ -106,48 +106,74 @@ open class Connection: Pollable {
     public override func onFlush() {
         flushQueued = false
         if !isClosed { flushNow() }
+        if readDeferred && !isClosed {
+            readDeferred = false
+            readAvailable(hangup: false)
+        }
     }
 
-    /// Reads what the socket has (bounded by `inputLimit`), then tells the owner.
+    /// Reads what the socket has (bounded by `inputLimit`) and hands it to the owner, repeating while
+    /// the owner keeps consuming, up to a budget per event so one busy peer cannot starve the others
+    /// on this worker (the rest is picked up at the end of the loop iteration).
     private func readAvailable(hangup: Bool) {
-        var got = false
+        if inReadLoop { return }
+        inReadLoop = true
+        defer { inReadLoop = false }
         var eofSeen = false
         var err: Int32 = 0
-        while mayRead && !isClosed && !peerClosed {
-            if lingering {
-                var scratch: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
-                let n = withUnsafeMutableBytes(of: &scratch) { Glibc.read(fd, $0.baseAddress, 64) }
-                if n > 0 { continue }
-                if n == 0 || (mesh_errno() != EAGAIN && mesh_errno() != EINTR) { closeNow(); return }
-                mayRead = false
-                return
+        var budget = 16
+        outer: while !isClosed {
+            var got = false
+            if let sec = security, let raw = raw, !raw.isEmpty, input.readableBytes < inputLimit, !peerClosed {
+                if !decryptPending(sec, raw) { return }
+                if tlsGotData { tlsGotData = false; got = true }
             }
-            if input.readableBytes >= inputLimit { break }
-            let buf = raw ?? input
-            buf.reserve(16 * 1024)
-            let want = buf.writableBytes
-            let n = Glibc.read(fd, buf.writePointer, want)
-            if n > 0 {
-                buf.commit(n)
-                if let sec = security, let raw = raw {
-                    if !decryptPending(sec, raw) { return }
-                    if peerClosed { break }
-                } else {
-                    got = true
+            while mayRead && !isClosed && !peerClosed {
+                if lingering {
+                    var scratch: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+                    let n = withUnsafeMutableBytes(of: &scratch) { Glibc.read(fd, $0.baseAddress, 64) }
+                    if n > 0 { continue }
+                    if n == 0 || (mesh_errno() != EAGAIN && mesh_errno() != EINTR) { closeNow(); return }
+                    mayRead = false
+                    return
                 }
-                if n < want && !hangup { mayRead = false }
-            } else if n == 0 {
-                eofSeen = true
-                mayRead = false
-            } else {
-                let e = mesh_errno()
-                if e == EAGAIN || e == EWOULDBLOCK { mayRead = false }
-                else if e == EINTR { continue }
-                else { err = e; mayRead = false }
+                if input.readableBytes >= inputLimit { break }
+                let buf = raw ?? input
+                buf.reserve(16 * 1024)
+                let want = min(buf.writableBytes, 256 * 1024)
+                let n = Glibc.read(fd, buf.writePointer, want)
+                if n > 0 {
+                    buf.commit(n)
+                    if let sec = security, let raw = raw {
+                        if !decryptPending(sec, raw) { return }
+                        if tlsGotData { tlsGotData = false; got = true }
+                        if peerClosed { break }
+                    } else {
+                        got = true
+                    }
+                    if n < want && !hangup { mayRead = false }
+                } else if n == 0 {
+                    eofSeen = true
+                    mayRead = false
+                } else {
+                    let e = mesh_errno()
+                    if e == EAGAIN || e == EWOULDBLOCK { mayRead = false }
+                    else if e == EINTR { continue }
+                    else { err = e; mayRead = false }
+                }
             }
+            if got {
+                onInput()
+                if isClosed { return }
+                budget -= 1
+                if (mayRead || !(raw?.isEmpty ?? true)) && input.readableBytes < inputLimit && !peerClosed {
+                    if budget > 0 { continue outer }
+                    readDeferred = true
+                    requestFlush()
+                }
+            }
+            break
         }
-        if security != nil { got = tlsGotData; tlsGotData = false }
-        if got && !isClosed { onInput() }
         if isClosed { return }
         if err != 0 { fail(err); return }
         if eofSeen && !peerClosed {
@@ -155,6 +181,9 @@ open class Connection: Pollable {
             onPeerClosed(error: 0)
         }
     }
+
+    private var inReadLoop = false
+    private var readDeferred = false
 
     private var tlsGotData = false
 
@@ -191,12 +220,8 @@ open class Connection: Pollable {
 
     /// The owner consumed input: read again (edge-triggered sockets do not report old data twice).
     public func resumeReading() {
-        if isClosed { return }
-        if let sec = security, let raw = raw, !raw.isEmpty, input.readableBytes < inputLimit {
-            if !decryptPending(sec, raw) { return }
-            if tlsGotData { tlsGotData = false; onInput(); if isClosed { return } }
-        }
-        if mayRead && input.readableBytes < inputLimit { readAvailable(hangup: false) }
+        if isClosed || inReadLoop || input.readableBytes >= inputLimit { return }
+        if mayRead || !(raw?.isEmpty ?? true) { readAvailable(hangup: false) }
     }
 
     // MARK: writing

@@ -76,6 +76,30 @@ public final class EventLoop: @unchecked Sendable {
         return true
     }
 
+    /// Gives `p` a slot for deadlines only (no descriptor is watched): drain timers and the like.
+    public func registerTimerOnly(_ p: Pollable) {
+        if let s = freeSlots.popLast() {
+            p.slot = s
+            handlers[Int(s)] = p
+        } else {
+            p.slot = Int32(handlers.count)
+            handlers.append(p)
+            generations.append(0)
+        }
+        timerOnly += 1
+    }
+
+    /// Releases a slot taken by `registerTimerOnly`.
+    public func deregisterTimerOnly(_ p: Pollable) {
+        guard p.slot >= 0 else { return }
+        release(p.slot)
+        p.slot = -1
+        p.deadline = 0
+        timerOnly -= 1
+    }
+
+    private var timerOnly = 0
+
     /// Changes the events watched for `p`.
     public func modify(_ p: Pollable, events ev: UInt32) {
         guard p.slot >= 0 else { return }
@@ -103,7 +127,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// The number of registered objects (listeners and connections).
-    public var registeredCount: Int { handlers.count - freeSlots.count }
+    public var registeredCount: Int { handlers.count - freeSlots.count - timerOnly }
 
     // MARK: timers and flushing
 
@@ -201,13 +225,13 @@ public final class EventLoop: @unchecked Sendable {
         }
     }
 
+    private var dirtySpare: [Pollable] = []
+
+    /// Flushes this iteration's dirty objects; any they mark again wait for the next iteration.
     private func flushDirty() {
-        var i = 0
-        while i < dirty.count {
-            let p = dirty[i]
-            p.onFlush()
-            i += 1
-        }
-        dirty.removeAll(keepingCapacity: true)
+        if dirty.isEmpty { return }
+        swap(&dirty, &dirtySpare)
+        for p in dirtySpare { p.onFlush() }
+        dirtySpare.removeAll(keepingCapacity: true)
     }
 }

@@ -1,0 +1,235 @@
+import MeshCore
+
+/// The static-mode bootstrap (`sidecar --config FILE.yaml`): who this sidecar is, its listeners,
+/// its TLS files, its clusters and its host routes. Parsed and validated as a whole from an
+/// Istio-shaped document (`apiVersion: sidecar.mesh/v1alpha1`, `kind: Bootstrap`); the proxy
+/// compiles it into an immutable snapshot and never sees YAML.
+public struct Bootstrap: Sendable {
+    public static let apiVersion = "sidecar.mesh/v1alpha1"
+
+    public struct Workload: Sendable {
+        public var service: String
+        public var namespace: String
+        public var serviceAccount: String
+        /// Always includes `app=<service>` (Istio's convention).
+        public var labels: [(String, String)]
+    }
+
+    public struct TLSFiles: Sendable {
+        public var certChain: String
+        public var privateKey: String
+        public var trustBundle: String
+        public var trustDomain: String
+    }
+
+    public struct Listener: Sendable {
+        public var address: SocketAddress
+        public var headerTimeout: UInt64
+        public var idleTimeout: UInt64
+        /// Inbound only: where the local app listens.
+        public var appAddress: SocketAddress?
+    }
+
+    public enum ClusterTLS: String, Sendable { case istioMutual = "ISTIO_MUTUAL", disable = "DISABLE" }
+
+    public struct Cluster: Sendable {
+        public var name: String
+        public var tls: ClusterTLS
+        public var subjectAltNames: [String]
+        public var endpoints: [SocketAddress]
+        public var connectTimeout: UInt64
+        public var idleTimeout: UInt64
+        public var maxConnections: Int
+    }
+
+    public struct Route: Sendable {
+        /// Host names as written (short name, name.namespace or FQDN).
+        public var hosts: [String]
+        public var cluster: String
+        /// Whole-request timeout; 0 = none (Istio's default).
+        public var timeout: UInt64
+    }
+
+    public var name: String
+    public var workload: Workload
+    public var concurrency: Int?
+    public var admin: SocketAddress
+    public var tls: TLSFiles?
+    public var outbound: Listener?
+    public var inbound: Listener?
+    public var clusters: [Cluster]
+    public var routes: [Route]
+    public var drainTimeout: UInt64
+
+    /// Defaults chosen below common upstream keep-alive timeouts and like Envoy's where Istio is silent.
+    public enum Defaults {
+        public static let headerTimeout: UInt64 = 10_000_000_000
+        public static let idleTimeout: UInt64 = 300_000_000_000
+        public static let connectTimeout: UInt64 = 5_000_000_000
+        /// Pooled upstream connections idle longer than this are closed: below Node.js's 5 s
+        /// keep-alive, the shortest common upstream default, so the proxy closes first.
+        public static let poolIdleTimeout: UInt64 = 4_000_000_000
+        public static let maxConnections = 1024
+        public static let drainTimeout: UInt64 = 20_000_000_000
+    }
+
+    /// Parses the bootstrap from the text of a config file (first `kind: Bootstrap` document).
+    public static func parse(_ text: String, file: String) throws(ConfigError) -> Bootstrap {
+        let docs: [(node: YAMLNode, line: Int)]
+        do {
+            docs = try YAML.parseDocuments(text)
+        } catch {
+            throw ConfigError(file: file, line: error.line, message: "YAML: \(error.message)")
+        }
+        var found: Bootstrap? = nil
+        for (i, doc) in docs.enumerated() {
+            let ctx = ConfigError(file: file, document: i + 1, message: "")
+            var top = try ConfigReader(doc.node, path: "", context: ctx)
+            let api = try top.string("apiVersion", required: true)!
+            let kind = try top.string("kind", required: true)!
+            guard kind == "Bootstrap" else {
+                throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (static mode accepts: Bootstrap)")
+            }
+            guard api == apiVersion else {
+                throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(apiVersion) for kind Bootstrap, got \"\(api)\"")
+            }
+            if found != nil { throw ConfigReader.error(ctx, "kind", doc.line, "a second Bootstrap document; only one is allowed") }
+            var name = "sidecar"
+            var ns = "default"
+            if var meta = try top.object("metadata") {
+                name = try meta.string("name") ?? name
+                ns = try meta.string("namespace") ?? ns
+                try meta.finish()
+            }
+            guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
+            try top.finish()
+            found = try parseSpec(&spec, name: name, namespace: ns, ctx: ctx)
+        }
+        guard let b = found else { throw ConfigError(file: file, message: "no Bootstrap document found (expected apiVersion: \(apiVersion), kind: Bootstrap)") }
+        return b
+    }
+
+    private static func parseSpec(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> Bootstrap {
+        // workload
+        guard var wl = try spec.object("workload") else { throw ConfigReader.error(ctx, "spec.workload", spec.map.line, "required field is missing") }
+        let service = try wl.string("service", required: true)!
+        try checkDNSLabel(service, ctx, "spec.workload.service", wl.map.line)
+        let sa = try wl.string("serviceAccount") ?? service
+        var labels = try wl.stringMap("labels") ?? []
+        if !labels.contains(where: { $0.0 == "app" }) { labels.insert(("app", service), at: 0) }
+        try wl.finish()
+        let workload = Workload(service: service, namespace: namespace, serviceAccount: sa, labels: labels)
+
+        let concurrency = try spec.int("concurrency", min: 1, max: 256)
+
+        var adminAddr = SocketAddress(host: "127.0.0.1", port: 15000)!
+        if var a = try spec.object("admin") {
+            adminAddr = try address(&a, defaultPort: 15000, ctx: ctx)
+            try a.finish()
+        }
+
+        var tls: TLSFiles? = nil
+        if var t = try spec.object("tls") {
+            tls = TLSFiles(certChain: try t.string("certChain", required: true)!,
+                           privateKey: try t.string("privateKey", required: true)!,
+                           trustBundle: try t.string("trustBundle", required: true)!,
+                           trustDomain: try t.string("trustDomain") ?? "cluster.local")
+            try t.finish()
+        }
+
+        var outbound: Listener? = nil
+        if var o = try spec.object("outbound") {
+            let a = try address(&o, defaultPort: 15001, ctx: ctx)
+            outbound = Listener(address: a,
+                                headerTimeout: try o.duration("headerTimeout", allowZero: false) ?? Defaults.headerTimeout,
+                                idleTimeout: try o.duration("idleTimeout", allowZero: false) ?? Defaults.idleTimeout,
+                                appAddress: nil)
+            try o.finish()
+        }
+        var inbound: Listener? = nil
+        if var i = try spec.object("inbound") {
+            let a = try address(&i, defaultPort: 15006, ctx: ctx)
+            let appText = try i.string("appAddress", required: true)!
+            guard let app = SocketAddress(appText) else {
+                throw ConfigReader.error(ctx, "spec.inbound.appAddress", i.map.line, "expected IP:PORT (e.g. 127.0.0.1:9080), got \"\(appText)\"")
+            }
+            inbound = Listener(address: a,
+                               headerTimeout: try i.duration("headerTimeout", allowZero: false) ?? Defaults.headerTimeout,
+                               idleTimeout: try i.duration("idleTimeout", allowZero: false) ?? Defaults.idleTimeout,
+                               appAddress: app)
+            try i.finish()
+            if tls == nil { throw ConfigReader.error(ctx, "spec.tls", spec.map.line, "the inbound listener requires mutual TLS: add spec.tls with certChain, privateKey and trustBundle") }
+        }
+        if outbound == nil && inbound == nil {
+            throw ConfigReader.error(ctx, "spec", spec.map.line, "no listener: add spec.outbound and/or spec.inbound")
+        }
+
+        var clusters: [Cluster] = []
+        for var c in try spec.objectList("clusters") ?? [] {
+            let cname = try c.string("name", required: true)!
+            if clusters.contains(where: { $0.name == cname }) { throw ConfigReader.error(ctx, c.sub("name"), c.map.line, "duplicate cluster name \"\(cname)\"") }
+            let tlsText = try c.string("tls") ?? "ISTIO_MUTUAL"
+            guard let mode = ClusterTLS(rawValue: tlsText) else {
+                throw ConfigReader.error(ctx, c.sub("tls"), c.map.line, "expected ISTIO_MUTUAL or DISABLE, got \"\(tlsText)\"")
+            }
+            if mode == .istioMutual && tls == nil {
+                throw ConfigReader.error(ctx, c.sub("tls"), c.map.line, "ISTIO_MUTUAL needs spec.tls (this workload's certificate)")
+            }
+            let sans = try c.stringList("subjectAltNames") ?? []
+            let epTexts = try c.stringList("endpoints") ?? []
+            if epTexts.isEmpty { throw ConfigReader.error(ctx, c.sub("endpoints"), c.map.line, "a cluster needs at least one endpoint (IP:PORT)") }
+            var eps: [SocketAddress] = []
+            for (k, t) in epTexts.enumerated() {
+                guard let a = SocketAddress(t) else {
+                    throw ConfigReader.error(ctx, "\(c.sub("endpoints"))[\(k)]", c.map.line, "expected IP:PORT (e.g. 127.0.0.1:15006), got \"\(t)\"")
+                }
+                eps.append(a)
+            }
+            clusters.append(Cluster(name: cname, tls: mode, subjectAltNames: sans, endpoints: eps,
+                                    connectTimeout: try c.duration("connectTimeout", allowZero: false) ?? Defaults.connectTimeout,
+                                    idleTimeout: try c.duration("idleTimeout", allowZero: false) ?? Defaults.poolIdleTimeout,
+                                    maxConnections: try c.int("maxConnections", min: 1, max: 1_000_000) ?? Defaults.maxConnections))
+            try c.finish()
+        }
+
+        var routes: [Route] = []
+        var seenHosts: [String: Int] = [:]
+        for (ri, var r) in (try spec.objectList("routes") ?? []).enumerated() {
+            guard let hosts = try r.stringList("hosts"), !hosts.isEmpty else {
+                throw ConfigReader.error(ctx, r.sub("hosts"), r.map.line, "a route needs at least one host")
+            }
+            for h in hosts {
+                let key = h.lowercased()
+                if let prev = seenHosts[key] { throw ConfigReader.error(ctx, r.sub("hosts"), r.map.line, "host \"\(h)\" is already routed by spec.routes[\(prev)]") }
+                seenHosts[key] = ri
+            }
+            let cl = try r.string("cluster", required: true)!
+            if !clusters.contains(where: { $0.name == cl }) {
+                throw ConfigReader.error(ctx, r.sub("cluster"), r.map.line, "no cluster named \"\(cl)\" (defined: \(clusters.map(\.name).joined(separator: ", ")))")
+            }
+            routes.append(Route(hosts: hosts, cluster: cl, timeout: try r.duration("timeout", allowZero: true) ?? 0))
+            try r.finish()
+        }
+        if outbound != nil && routes.isEmpty {
+            throw ConfigReader.error(ctx, "spec.routes", spec.map.line, "the outbound listener needs at least one route")
+        }
+        let drain = try spec.duration("drainTimeout", allowZero: false) ?? Defaults.drainTimeout
+        try spec.finish()
+        return Bootstrap(name: name, workload: workload, concurrency: concurrency, admin: adminAddr, tls: tls,
+                         outbound: outbound, inbound: inbound, clusters: clusters, routes: routes, drainTimeout: drain)
+    }
+
+    private static func address(_ r: inout ConfigReader, defaultPort: Int, ctx: ConfigError) throws(ConfigError) -> SocketAddress {
+        let host = try r.string("address") ?? "127.0.0.1"
+        let port = try r.int("port", min: 0, max: 65535) ?? defaultPort
+        guard let a = SocketAddress(host: host, port: port) else {
+            throw ConfigReader.error(ctx, r.sub("address"), r.map.line, "expected an IP address, got \"\(host)\"")
+        }
+        return a
+    }
+
+    private static func checkDNSLabel(_ s: String, _ ctx: ConfigError, _ path: String, _ line: Int) throws(ConfigError) {
+        let ok = !s.isEmpty && s.utf8.count <= 63 && s.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }
+        if !ok { throw ConfigReader.error(ctx, path, line, "expected a DNS label (lowercase letters, digits, '-'), got \"\(s)\"") }
+    }
+}

@@ -1,0 +1,114 @@
+import MeshConfig
+import MeshCore
+import MeshTLS
+
+/// The configuration in force, compiled for the data path: clusters by index, a host table that
+/// maps request hosts to routes, the TLS contexts, and this workload's identity as bytes. It is
+/// immutable; a new config is a new snapshot that workers pick up for new requests while in-flight
+/// requests finish on the one they started with (DESIGN §7).
+public final class ProxySnapshot: Sendable {
+    public struct Cluster: Sendable {
+        public let name: String
+        public let endpoints: [SocketAddress]
+        public let mutualTLS: Bool
+        public let expectedPeers: [String]
+        public let connectTimeout: UInt64
+        public let idleTimeout: UInt64
+        public let maxConnections: Int
+    }
+
+    public struct Route: Sendable {
+        public let cluster: Int
+        public let timeout: UInt64
+        public let name: String
+    }
+
+    public struct ListenerSettings: Sendable {
+        public let address: SocketAddress
+        public let headerTimeout: UInt64
+        public let idleTimeout: UInt64
+    }
+
+    public let version: String
+    public let bootstrap: Bootstrap
+    public let clusters: [Cluster]
+    public let routes: [Route]
+    public let hosts: HostTable
+    public let outbound: ListenerSettings?
+    public let inbound: ListenerSettings?
+    /// Index of the cluster for the local app (inbound), or -1.
+    public let inboundCluster: Int
+    public let serverTLS: TLSContext?
+    public let clientTLS: TLSContext?
+    /// `By=<own SPIFFE ID>;Hash=` prefix of x-forwarded-client-cert, precomputed.
+    public let xfccPrefix: [UInt8]
+    /// Stream idle timeout: no bytes either way while a request is in flight.
+    public let streamIdleTimeout: UInt64 = 300_000_000_000
+
+    /// Compiles a bootstrap, loading its certificate files into TLS contexts.
+    public init(bootstrap b: Bootstrap, version: String) throws {
+        self.version = version
+        self.bootstrap = b
+        var clusters: [Cluster] = []
+        for c in b.clusters {
+            clusters.append(Cluster(name: c.name, endpoints: c.endpoints, mutualTLS: c.tls == .istioMutual,
+                                    expectedPeers: c.subjectAltNames, connectTimeout: c.connectTimeout,
+                                    idleTimeout: c.idleTimeout, maxConnections: c.maxConnections))
+        }
+        var inboundCluster = -1
+        if let inb = b.inbound, let app = inb.appAddress {
+            inboundCluster = clusters.count
+            clusters.append(Cluster(name: "inbound|\(app.port)||local-app", endpoints: [app], mutualTLS: false,
+                                    expectedPeers: [], connectTimeout: Bootstrap.Defaults.connectTimeout,
+                                    idleTimeout: Bootstrap.Defaults.poolIdleTimeout,
+                                    maxConnections: Bootstrap.Defaults.maxConnections))
+        }
+        self.inboundCluster = inboundCluster
+        self.clusters = clusters
+
+        var routes: [Route] = []
+        var hostEntries: [(String, Int)] = []
+        let ns = b.workload.namespace
+        for (i, r) in b.routes.enumerated() {
+            let ci = clusters.firstIndex { $0.name == r.cluster }!
+            routes.append(Route(cluster: ci, timeout: r.timeout, name: "\(r.cluster).\(i)"))
+            for h in r.hosts {
+                hostEntries.append((h, i))
+                // Istio's short names: `name` -> name.ns, name.ns.svc.cluster.local; `name.ns` -> FQDN.
+                let dots = h.filter { $0 == "." }.count
+                if dots == 0 {
+                    hostEntries.append(("\(h).\(ns)", i))
+                    hostEntries.append(("\(h).\(ns).svc.cluster.local", i))
+                } else if dots == 1 {
+                    hostEntries.append(("\(h).svc.cluster.local", i))
+                }
+            }
+        }
+        self.routes = routes
+        self.hosts = HostTable(hostEntries)
+        self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout) }
+        self.inbound = b.inbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout) }
+
+        if let t = b.tls {
+            var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)
+            so.trustDomain = t.trustDomain
+            so.alpn = ["http/1.1"]
+            // The inbound side accepts TLS 1.2 (ECDHE + AEAD only) for callers that are not sidecars;
+            // sidecar clients always negotiate 1.3.
+            so.minVersion13 = false
+            serverTLS = b.inbound != nil ? try TLSContext(role: .server, options: so) : nil
+            var co = so
+            co.minVersion13 = true
+            clientTLS = clusters.contains { $0.mutualTLS } ? try TLSContext(role: .client, options: co) : nil
+            let own = (serverTLS ?? clientTLS)?.localIdentity ?? ""
+            if own.isEmpty && (serverTLS != nil || clientTLS != nil) {
+                throw TLSConfigError("\(t.certChain): the certificate has no spiffe:// URI SAN; a workload certificate must carry its SPIFFE ID")
+            }
+            xfccPrefix = Array("By=\(own);Hash=".utf8)
+        } else {
+            serverTLS = nil
+            clientTLS = nil
+            xfccPrefix = []
+        }
+    }
+}

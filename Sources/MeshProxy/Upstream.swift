@@ -1,0 +1,171 @@
+import MeshCore
+import MeshHTTP
+import MeshIO
+import MeshTLS
+
+/// One HTTP/1.1 connection from this worker to an upstream endpoint (another sidecar over mTLS,
+/// or the local app in plain text). It is either connecting for a request, serving one request
+/// for its owner (a downstream connection), or idle in its endpoint's pool with an idle deadline.
+/// The response is parsed here; its bytes are forwarded by the owner.
+final class UpstreamConnection: Connection {
+    enum State { case connecting, active, idle }
+    unowned(unsafe) let pool: EndpointPool
+    var state: State = .connecting
+    /// The downstream connection this request belongs to (nil while idle).
+    var owner: DownstreamConnection?
+    var parser = HTTP1Parser()
+    var head = HTTPHead()
+    var body = BodyFramer()
+    /// True once this connection has carried a complete exchange (so a failure may be the
+    /// keep-alive race rather than a dead endpoint).
+    var reused = false
+    /// Any byte of a response seen for the current request.
+    var gotResponseBytes = false
+    var headParsed = false
+
+    init(pool: EndpointPool, fd: Int32, tls: TLSSession?) {
+        self.pool = pool
+        super.init(loop: pool.worker.loop, fd: fd, security: tls, connecting: true)
+    }
+
+    override func onEstablished() {
+        if let tls = security as? TLSSession {
+            pool.worker.stats.inc(.tlsHandshakesOK)
+            if tls.resumed { pool.worker.stats.inc(.tlsSessionsResumed) }
+        }
+        loop.setDeadline(self, 0)
+        state = .active
+        owner?.upstreamReady(self)
+    }
+
+    override func onInput() {
+        if let o = owner { o.upstreamInput(self); return }
+        // Bytes on an idle pooled connection: the server is closing it or misbehaving.
+        closeNow()
+    }
+
+    override func onDrained() { owner?.upstreamDrained() }
+
+    override func onPeerClosed(error: Int32) {
+        if error == -1 {
+            pool.worker.stats.inc(.tlsHandshakesFailed)
+            Log.warn("upstream", "TLS with \(pool.address) failed: \(security?.failureReason ?? "")")
+        }
+        guard let o = owner else { closeNow(); return }
+        if error == 0 && !isClosed {
+            // A clean end of stream: buffered response bytes may still need forwarding, so the
+            // owner decides when to close.
+            o.upstreamEOF(self)
+            return
+        }
+        owner = nil
+        let wasConnecting = !isEstablished
+        closeNow()
+        o.upstreamClosed(self, error: error, wasConnecting: wasConnecting)
+    }
+
+    override func onClosed() {
+        pool.connectionClosed(self)
+    }
+
+    override func onDeadline(now: UInt64) {
+        switch state {
+        case .connecting:
+            pool.worker.stats.inc(.upstreamConnectTimeouts)
+            if let o = owner {
+                owner = nil
+                closeNow()
+                o.upstreamClosed(self, error: ETIMEDOUT_, wasConnecting: true)
+            } else {
+                closeNow()
+            }
+        case .idle:
+            closeNow()
+        case .active:
+            break
+        }
+    }
+
+    /// Resets per-request state before a request is sent on this connection.
+    func prepareForRequest() {
+        parser.resetScan()
+        headParsed = false
+        gotResponseBytes = false
+    }
+}
+
+let ETIMEDOUT_: Int32 = 110
+
+/// The pooled connections of one worker to one endpoint, with its TLS session cache: idle
+/// connections are reused most-recently-used first and closed after the cluster's idle timeout.
+final class EndpointPool {
+    unowned(unsafe) let worker: Worker
+    let address: SocketAddress
+    let cluster: Int
+    private var idle: [UpstreamConnection] = []
+    private(set) var open = 0
+    let sessionCache = TLSSessionCache()
+
+    init(worker: Worker, address: SocketAddress, cluster: Int) {
+        self.worker = worker
+        self.address = address
+        self.cluster = cluster
+    }
+
+    /// An idle connection, or a new one being connected; nil over the connection limit or when
+    /// the socket cannot even be created (errno in `lastError`).
+    func checkout(_ c: ProxySnapshot.Cluster, tlsContext: TLSContext?, fresh: Bool) -> UpstreamConnection? {
+        while !fresh, let u = idle.popLast() {
+            if u.isClosed || u.peerClosed { continue }
+            u.state = .active
+            loop.setDeadline(u, 0)
+            worker.stats.inc(.upstreamReused)
+            return u
+        }
+        if open >= c.maxConnections {
+            worker.stats.inc(.upstreamOverflow)
+            lastError = 0
+            return nil
+        }
+        let fd = Socket.connect(address)
+        if fd < 0 { lastError = -fd; return nil }
+        var tls: TLSSession? = nil
+        if c.mutualTLS, let ctx = tlsContext {
+            tls = TLSSession(context: ctx, sessionCache: sessionCache, expectedPeers: c.expectedPeers)
+        }
+        let u = UpstreamConnection(pool: self, fd: fd, tls: tls)
+        guard u.start() else { lastError = 24; return nil }
+        open += 1
+        worker.stats.inc(.upstreamConnectionsTotal)
+        worker.stats.inc(.upstreamConnectionsActive)
+        loop.setDeadline(u, loop.now + c.connectTimeout)
+        return u
+    }
+
+    var lastError: Int32 = 0
+    var loop: EventLoop { worker.loop }
+
+    /// Returns a connection that finished an exchange cleanly.
+    func release(_ u: UpstreamConnection, idleTimeout: UInt64) {
+        u.owner = nil
+        u.reused = true
+        u.state = .idle
+        if worker.draining || u.isClosed { u.closeNow(); return }
+        idle.append(u)
+        loop.setDeadline(u, loop.now + idleTimeout)
+    }
+
+    func connectionClosed(_ u: UpstreamConnection) {
+        open -= 1
+        worker.stats.dec(.upstreamConnectionsActive)
+        if u.state == .idle, let i = idle.firstIndex(where: { $0 === u }) { idle.remove(at: i) }
+    }
+
+    var idleCount: Int { idle.count }
+
+    func closeIdle() {
+        let all = idle
+        idle.removeAll()
+        for u in all { u.closeNow() }
+    }
+}

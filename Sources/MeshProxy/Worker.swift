@@ -1,0 +1,138 @@
+import MeshCore
+import MeshIO
+import MeshTLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One worker thread: its event loop, its own listeners (SO_REUSEPORT), the downstream
+/// connections accepted on them, its upstream pools, counters, scratch buffer and random source.
+/// Nothing here is shared with another thread except the counters the admin thread reads and the
+/// immutable config snapshot; a connection lives its whole life on one worker.
+public final class Worker: @unchecked Sendable {
+    public let id: Int
+    public let loop: EventLoop
+    public let stats = WorkerStats()
+    private(set) var snapshot: ProxySnapshot
+    /// pools[cluster][endpoint]
+    private(set) var pools: [[EndpointPool]] = []
+    private var roundRobin: [Int] = []
+    var rng = FastRandom()
+    /// Reused for building request heads.
+    let scratch = ByteBuffer(capacity: 8 * 1024)
+    private(set) var draining = false
+    private var downstreams: [DownstreamConnection] = []
+    private var listeners: [Listener] = []
+    private var drainTimer: DrainTimer?
+    /// Called on the worker's thread when it has finished draining.
+    var onDrained: (() -> Void)?
+
+    init(id: Int, snapshot: ProxySnapshot) {
+        self.id = id
+        self.loop = EventLoop(name: "worker \(id)")
+        self.snapshot = snapshot
+        buildPools()
+    }
+
+    private func buildPools() {
+        pools = snapshot.clusters.enumerated().map { (ci, c) in
+            c.endpoints.map { EndpointPool(worker: self, address: $0, cluster: ci) }
+        }
+        roundRobin = Array(repeating: id, count: snapshot.clusters.count)
+    }
+
+    /// Starts listening on the given (already bound) sockets; runs on the worker's thread.
+    func startListeners(outboundFd: Int32?, inboundFd: Int32?) {
+        if let fd = outboundFd {
+            let l = Listener(loop: loop, fd: fd, name: "outbound") { [unowned self] cfd in self.accept(cfd, inbound: false) }
+            if l.start() { listeners.append(l) } else { Log.error("worker", "cannot watch outbound listener") }
+        }
+        if let fd = inboundFd {
+            let l = Listener(loop: loop, fd: fd, name: "inbound") { [unowned self] cfd in self.accept(cfd, inbound: true) }
+            if l.start() { listeners.append(l) } else { Log.error("worker", "cannot watch inbound listener") }
+        }
+    }
+
+    private func accept(_ fd: Int32, inbound: Bool) {
+        let snap = snapshot
+        var tls: TLSSession? = nil
+        if inbound {
+            guard let ctx = snap.serverTLS else { Glibc.close(fd); return }
+            tls = TLSSession(context: ctx)
+        }
+        let settings = inbound ? snap.inbound! : snap.outbound!
+        let d = DownstreamConnection(worker: self, fd: fd, tls: tls, inbound: inbound, settings: settings)
+        d.listIndex = downstreams.count
+        downstreams.append(d)
+        stats.inc(.downstreamConnectionsTotal)
+        stats.inc(.downstreamConnectionsActive)
+        if !d.start() { return }
+        loop.setDeadline(d, loop.now + settings.headerTimeout)
+    }
+
+    func downstreamClosed(_ d: DownstreamConnection) {
+        let i = d.listIndex
+        guard i >= 0 && i < downstreams.count && downstreams[i] === d else { return }
+        let last = downstreams.removeLast()
+        if i < downstreams.count {
+            downstreams[i] = last
+            last.listIndex = i
+        }
+        d.listIndex = -1
+        stats.dec(.downstreamConnectionsActive)
+        if draining && downstreams.isEmpty { finishDrain() }
+    }
+
+    /// The pool for the next endpoint of `cluster` (round robin), skipping `avoid` when the
+    /// cluster has another endpoint (retries go elsewhere when they can).
+    func pickEndpoint(cluster: Int, avoid: EndpointPool?) -> EndpointPool {
+        let ps = pools[cluster]
+        var i = roundRobin[cluster] % ps.count
+        roundRobin[cluster] = i + 1
+        if ps.count > 1, let a = avoid, ps[i] === a {
+            i = (i + 1) % ps.count
+            roundRobin[cluster] = i + 1
+        }
+        return ps[i]
+    }
+
+    // MARK: drain
+
+    /// Stops accepting, closes idle keep-alive connections, lets in-flight requests finish (their
+    /// responses carry `Connection: close`), and stops the loop when none is left or `timeout` passed.
+    func beginDrain(timeout: UInt64) {
+        if draining { return }
+        draining = true
+        for l in listeners { l.close() }
+        listeners.removeAll()
+        for ps in pools { for p in ps { p.closeIdle() } }
+        for d in downstreams { d.drainIfIdle() }
+        if downstreams.isEmpty { finishDrain(); return }
+        let t = DrainTimer(worker: self)
+        loop.registerTimerOnly(t)
+        loop.setDeadline(t, loop.now + timeout)
+        drainTimer = t
+    }
+
+    fileprivate func drainTimedOut() {
+        Log.warn("worker", "worker \(id): drain timeout with \(downstreams.count) connection(s) still open; closing them")
+        for d in downstreams { d.closeNow() }
+        finishDrain()
+    }
+
+    private func finishDrain() {
+        if let t = drainTimer { loop.deregisterTimerOnly(t); drainTimer = nil }
+        for ps in pools { for p in ps { p.closeIdle() } }
+        onDrained?()
+        onDrained = nil
+    }
+
+    var activeDownstreams: Int { downstreams.count }
+}
+
+/// The deadline of a worker's drain.
+private final class DrainTimer: Pollable {
+    unowned let worker: Worker
+    init(worker: Worker) { self.worker = worker; super.init(fd: -1) }
+    override func onTimer(now: UInt64) { worker.drainTimedOut() }
+}

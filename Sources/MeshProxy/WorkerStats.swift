@@ -1,0 +1,68 @@
+/// One worker's counters: plain integers bumped by that worker's thread only, read (racily but
+/// tear-free, 8-byte aligned) by the admin thread when it sums all workers for a scrape.
+public final class WorkerStats: @unchecked Sendable {
+    public enum Counter: Int, CaseIterable, Sendable {
+        case downstreamConnectionsTotal, downstreamConnectionsActive, requestsTotal
+        case responses1xx, responses2xx, responses3xx, responses4xx, responses5xx
+        case localReplies, noRoute, badRequests
+        case upstreamConnectionsTotal, upstreamConnectionsActive, upstreamConnectFailures, upstreamConnectTimeouts
+        case upstreamReused, upstreamKeepAliveRaceRetries, retries, upstreamResetsBeforeResponse, upstreamOverflow
+        case tlsHandshakesOK, tlsHandshakesFailed, tlsSessionsResumed
+        case requestTimeouts, headerTimeouts, upgrades
+
+        public var name: String {
+            switch self {
+            case .downstreamConnectionsTotal: return "downstream_connections_total"
+            case .downstreamConnectionsActive: return "downstream_connections_active"
+            case .requestsTotal: return "requests_total"
+            case .responses1xx: return "responses_1xx"
+            case .responses2xx: return "responses_2xx"
+            case .responses3xx: return "responses_3xx"
+            case .responses4xx: return "responses_4xx"
+            case .responses5xx: return "responses_5xx"
+            case .localReplies: return "local_replies"
+            case .noRoute: return "no_route"
+            case .badRequests: return "bad_requests"
+            case .upstreamConnectionsTotal: return "upstream_connections_total"
+            case .upstreamConnectionsActive: return "upstream_connections_active"
+            case .upstreamConnectFailures: return "upstream_connect_failures"
+            case .upstreamConnectTimeouts: return "upstream_connect_timeouts"
+            case .upstreamReused: return "upstream_requests_on_reused_connections"
+            case .upstreamKeepAliveRaceRetries: return "upstream_keepalive_race_retries"
+            case .retries: return "retries"
+            case .upstreamResetsBeforeResponse: return "upstream_resets_before_response"
+            case .upstreamOverflow: return "upstream_overflow"
+            case .tlsHandshakesOK: return "tls_handshakes_ok"
+            case .tlsHandshakesFailed: return "tls_handshakes_failed"
+            case .tlsSessionsResumed: return "tls_sessions_resumed"
+            case .requestTimeouts: return "request_timeouts"
+            case .headerTimeouts: return "header_timeouts"
+            case .upgrades: return "upgrades"
+            }
+        }
+    }
+
+    private let values: UnsafeMutablePointer<UInt64>
+
+    public init() {
+        values = .allocate(capacity: Counter.allCases.count)
+        values.initialize(repeating: 0, count: Counter.allCases.count)
+    }
+
+    deinit { values.deallocate() }
+
+    @inline(__always) public func inc(_ c: Counter) { values[c.rawValue] &+= 1 }
+    @inline(__always) public func dec(_ c: Counter) { values[c.rawValue] &-= 1 }
+    @inline(__always) public func add(_ c: Counter, _ n: UInt64) { values[c.rawValue] &+= n }
+    public func get(_ c: Counter) -> UInt64 { values[c.rawValue] }
+
+    @inline(__always) public func countResponse(_ status: Int) {
+        switch status {
+        case ..<200: inc(.responses1xx)
+        case ..<300: inc(.responses2xx)
+        case ..<400: inc(.responses3xx)
+        case ..<500: inc(.responses4xx)
+        default: inc(.responses5xx)
+        }
+    }
+}
