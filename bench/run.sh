@@ -569,12 +569,15 @@ done
 measure() {
     local round="$1" p="$2" c="$3" n port log txt
     if [ "$c" = 1 ]; then n=$N1; else n=$N64; fi
+    local w=$WARMUP
+    [ "$n" -ge "$c" ] || n=$c      # h2load needs at least one request per connection
+    [ "$w" -ge "$c" ] || w=$c
     port="${PORT_OUT[$p]}"
     log="$OUT/h2load-$p-c$c-r$round.log"; txt="$OUT/h2load-$p-c$c-r$round.txt"
     local url="http://127.0.0.1:$port/"
     local h2=(h2load --h1 -t 1 -c "$c" -H ":authority: $HOSTNAME_SERVER" -T 30)
     if [ "$p" != direct ]; then alive_or_die "${p}_out" "${p}_in"; fi
-    timeout -k 5 "$LOAD_TIMEOUT" "${h2[@]}" -n "$WARMUP" "$url" >"$txt.warmup" 2>&1 \
+    timeout -k 5 "$LOAD_TIMEOUT" "${h2[@]}" -n "$w" "$url" >"$txt.warmup" 2>&1 \
         || { cat "$txt.warmup" >&2; die "$p c=$c warm-up failed"; }
     local t0o=0 t0i=0 t1o=0 t1i=0
     if [ "$p" != direct ]; then
@@ -705,7 +708,7 @@ for p in order:
 out.append("")
 out.append("CPU = (utime+stime) of the proxy process over the counted run / requests done "
            f"(/proc/PID/stat, {os.sysconf('SC_CLK_TCK')} ticks/s). RSS: VmRSS after start before any load; VmHWM after all rounds. "
-           "p50/p99 from h2load's per-request `--log-file`. `failed` counts non-2xx/failed requests over all rounds. "
+           "p50/p99 from h2load's per-request `--log-file`. Added p50: median over rounds of (pair p50 - direct p50 of the same round). `failed` counts non-2xx/failed requests over all rounds. "
            "Raw per-round numbers: `bench/out/raw.tsv`.")
 text = "\n".join(out) + "\n"
 open(results, "w").write(text)

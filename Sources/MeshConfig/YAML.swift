@@ -2,20 +2,25 @@
 // Foundation).
 //
 // Supported: block mappings and sequences (spaces only; Kubernetes-style `key:\n- item` at the
-// key's indentation), comments, plain / 'single' / "double" quoted scalars, flow collections
-// `[...]` / `{...}` (possibly spanning lines), block scalars `|` `>` with `-` / `+` chomping and an
-// optional indentation digit, multi-line plain and quoted scalars (folded), `---` / `...` markers.
+// key's indentation), comments, plain / 'single' / "double" quoted scalars (quoted keys too),
+// flow collections `[...]` / `{...}` (nested, possibly spanning lines), block scalars `|` `>` with
+// `-` / `+` chomping and an optional indentation digit, multi-line plain and quoted scalars
+// (folded as YAML does), `---` / `...` document markers (`--- value` on one line is accepted).
 // Refused with an error: anchors `&`, aliases `*`, tags `!`, complex keys `?`, directives `%`,
-// tabs in indentation, duplicate keys.
+// tabs in indentation, duplicate keys, `key: value` pairs directly inside `[ ]`.
+// Lenient like libyaml: lines inside a flow collection may sit at the parent's indentation, and
+// `#` directly after a closing quote or bracket starts a comment.
 //
 // Scalars stay strings; typing (ints, bools, durations) is the caller's job.
 // Null: there is no separate case. An empty value (`key:`, `- ` with nothing after it, `{a: }`)
 // and the plain words `null`, `Null`, `NULL`, `~` become a scalar with value "" and quoted == false;
 // `YAMLScalar.isNull` / `YAMLNode.isNull` test for that. `key: ""` is quoted, hence not null.
+// Keys are kept verbatim (a key `null` is the string "null").
 // `quoted` is true for every non-plain scalar: '...', "..." and block scalars (| and >).
 //
 // Lines are 1-based line numbers in the whole text; error columns are 1-based and count Unicode
-// scalars. The parser never traps on malformed input: it either returns or throws YAMLError.
+// scalars. The parser never traps on malformed input: it either returns or throws YAMLError
+// (nesting deeper than `YAML.maxDepth` collections is refused to bound the stack).
 
 /// A parsed YAML node with the 1-based line it started on.
 public indirect enum YAMLNode: Sendable {
@@ -106,22 +111,27 @@ extension YAMLNode {
 
 public enum YAML {
     /// Deepest nesting of collections accepted (guards the stack against hostile input).
-    static let maxDepth = 128
+    public static let maxDepth = 128
 
     /// Splits on `---` document markers and parses each document. Empty documents (only
     /// comments/whitespace) are skipped. A `...` end marker is accepted. `line` is the first
     /// line of the document's content (its root node). Content may follow `--- ` on its line.
     public static func parseDocuments(_ text: String) throws(YAMLError) -> [(node: YAMLNode, line: Int)] {
-        var lines = splitLines(text)
+        let split = splitLines(text)
+        var lines = split.lines
+        let unterminatedLastLine = split.unterminated
         var documents: [(node: YAMLNode, line: Int)] = []
         var start = 0
+        var startsOnMarker = false
         var i = 0
         while i <= lines.count {
             let isBoundary = i == lines.count || isMarker(lines[i], "-") || isMarker(lines[i], ".")
             if isBoundary {
-                var parser = Parser(lines: Array(lines[start..<i]), firstLine: start + 1)
-                if let doc = try parser.parseDocument() { documents.append(doc) }
+                var parser = Parser(lines: Array(lines[start..<i]), firstLine: start + 1,
+                                    unterminatedLastLine: unterminatedLastLine && i == lines.count)
+                if let doc = try parser.parseDocument(startsOnMarker: startsOnMarker) { documents.append(doc) }
                 start = i + 1
+                startsOnMarker = false
                 if i < lines.count {
                     let line = lines[i]
                     var c = 3
@@ -131,8 +141,9 @@ public enum YAML {
                             throw YAMLError(line: i + 1, column: c + 1, message: "unexpected content after the '...' document end marker")
                         }
                         // `--- value`: the document starts on the marker line, after the marker.
-                        lines[i].replaceSubrange(0..<3, with: [" ", " ", " "])
+                        lines[i].replaceSubrange(0..<c, with: Array(repeating: " ", count: c))
                         start = i
+                        startsOnMarker = true
                     }
                 }
             }
@@ -141,7 +152,8 @@ public enum YAML {
         return documents
     }
 
-    fileprivate static func splitLines(_ text: String) -> [Line] {
+    /// The lines without their line breaks, and whether the last one lacked a line break.
+    fileprivate static func splitLines(_ text: String) -> (lines: [Line], unterminated: Bool) {
         var lines: [Line] = []
         var current: Line = []
         for s in text.unicodeScalars {
@@ -154,9 +166,10 @@ public enum YAML {
             }
         }
         if current.last == "\r" { current.removeLast() }
-        if !current.isEmpty { lines.append(current) }
+        let unterminated = !current.isEmpty
+        if unterminated { lines.append(current) }
         if lines.first?.first == "\u{FEFF}" { lines[0].removeFirst() }
-        return lines
+        return (lines, unterminated)
     }
 
     fileprivate static func isMarker(_ line: Line, _ c: Unicode.Scalar) -> Bool {
@@ -197,16 +210,21 @@ private func hexValue(_ s: Unicode.Scalar) -> UInt32? {
 private struct Parser {
     let lines: [Line]
     let firstLine: Int
+    /// The document ends the text and its last line has no line break (matters to `|` and `>`).
+    let unterminatedLastLine: Bool
     var row = 0
     var col = 0
     var depth = 0
-    /// Indentation of the block parent of the flow collection being parsed (-1: none). Lines
-    /// inside the collection must be indented deeper, except a line starting with ']' or '}'.
+    /// Indentation of the block parent of the flow collection being parsed (-1: none), and the
+    /// first line inside it that is not indented deeper (YAML wants deeper; like libyaml we accept
+    /// it, but mention it when an error follows: it usually means a missing ']' or '}').
     var flowFloor = -1
+    var floorBreach = -1
 
-    init(lines: [Line], firstLine: Int) {
+    init(lines: [Line], firstLine: Int, unterminatedLastLine: Bool) {
         self.lines = lines
         self.firstLine = firstLine
+        self.unterminatedLastLine = unterminatedLastLine
     }
 
     enum Stop { case eol, colon, comment, indicator }
@@ -297,10 +315,14 @@ private struct Parser {
 
     // MARK: Block structure
 
-    mutating func parseDocument() throws(YAMLError) -> (node: YAMLNode, line: Int)? {
+    mutating func parseDocument(startsOnMarker: Bool) throws(YAMLError) -> (node: YAMLNode, line: Int)? {
         guard let first = try nextContentLine(0) else { return nil }
         row = first.row
         col = first.indent
+        let isKey = try probeKey(row, col) != nil
+        if startsOnMarker, row == 0, isKey || isSeqEntry(row, col) {
+            throw fail("a block mapping or sequence cannot start on the '---' line; start it on the next line")
+        }
         let node = try parseBlockNode(parentIndent: -1)
         if let extra = try nextContentLine(row) {
             if extra.indent < first.indent {
@@ -380,6 +402,7 @@ private struct Parser {
         if s == "[" || s == "{" {
             return fail("expected 'key: value'; a flow collection cannot be used as a key (complex keys are not supported)")
         }
+        if s == "|" || s == ">" { return fail("expected 'key: value'; a key cannot start with \(describe(s)) (put it in quotes)") }
         let scan = scanPlainLine(row, col, flow: false)
         if scan.text.unicodeScalars.contains(":") {
             return fail("missing space after ':' in '\(scan.text)'; a mapping entry is written 'key: value'")
@@ -457,8 +480,12 @@ private struct Parser {
     /// A scalar or flow collection in block context; consumes through the end of its last line.
     mutating func parseInlineValue(parentIndent p: Int) throws(YAMLError) -> YAMLNode {
         try checkNodeStart()
-        guard let s = cur else { return null(row) }
         let startRow = row
+        guard let s = cur else {
+            row += 1
+            col = 0
+            return null(startRow)
+        }
         switch s {
         case "|", ">":
             return try parseBlockScalar(parentIndent: p)
@@ -468,7 +495,17 @@ private struct Parser {
             return .scalar(YAMLScalar(value: text, line: lineNo(startRow), quoted: true))
         case "[", "{":
             flowFloor = p
-            let node = try parseFlowNode(isKey: false)
+            floorBreach = -1
+            let node: YAMLNode
+            do {
+                node = try parseFlowNode(isKey: false)
+            } catch {
+                var e = error
+                if floorBreach >= 0 && e.line >= lineNo(floorBreach) {
+                    e.message += " (line \(lineNo(floorBreach)) is not indented more than its parent; is a ']' or '}' missing for the \(describe(s)) on line \(lineNo(startRow))?)"
+                }
+                throw e
+            }
             flowFloor = -1
             try finishLine(after: s == "[" ? "']'" : "'}'")
             return node
@@ -480,9 +517,8 @@ private struct Parser {
 
     /// After a quoted scalar or flow collection only a comment may follow on the line.
     mutating func finishLine(after what: String) throws(YAMLError) {
-        let start = col
         skipSpaces()
-        if let s = cur, !(s == "#" && col > start) {
+        if let s = cur, s != "#" {
             if s == ":" {
                 throw fail("unexpected ':' after \(what); keys must be plain or quoted scalars on one line (complex keys are not supported)")
             }
@@ -527,6 +563,7 @@ private struct Parser {
             throw fail("unexpected \(describe(char(row, first.stopCol)))", row, first.stopCol)
         }
         var value = first.text
+        var multiline = false
         var r = row + 1
         if first.stop == .eol {
             var empties = 0
@@ -542,6 +579,7 @@ private struct Parser {
                 }
                 value += empties == 0 ? " " : String(repeating: "\n", count: empties)
                 value += next.text
+                multiline = true
                 empties = 0
                 r += 1
                 if next.stop == .comment { break }
@@ -549,8 +587,7 @@ private struct Parser {
         }
         row = r
         col = 0
-        let single = value == first.text
-        return .scalar(YAMLScalar(value: single && isNullWord(value) ? "" : value, line: lineNo(startRow), quoted: false))
+        return .scalar(YAMLScalar(value: !multiline && isNullWord(value) ? "" : value, line: lineNo(startRow), quoted: false))
     }
 
     /// Scans a '...' or "..." scalar starting at the opening quote; on return col is just past the
@@ -751,8 +788,10 @@ private struct Parser {
                 empties = 0
             }
         }
-        let trailing = body.count - last - 1
-        if chomp != "-" && last >= 0 { out.append("\n") }
+        // The final line break is part of the text; a last line without one contributes none.
+        let noFinalBreak = unterminatedLastLine && row == lines.count
+        let trailing = body.count - last - 1 - (noFinalBreak && last < body.count - 1 ? 1 : 0)
+        if chomp != "-" && last >= 0 && !(noFinalBreak && last == body.count - 1) { out.append("\n") }
         if chomp == "+" { out.append(contentsOf: Array(repeating: "\n", count: max(trailing, 0))) }
         return .scalar(YAMLScalar(value: makeString(out), line: lineNo(startRow), quoted: true))
     }
@@ -771,15 +810,14 @@ private struct Parser {
                 freshLine = true
                 continue
             }
-            return !(freshLine && col <= flowFloor && line[col] != "]" && line[col] != "}")
+            if freshLine, col <= flowFloor, floorBreach < 0, line[col] != "]", line[col] != "}" { floorBreach = row }
+            return true
         }
         return false
     }
 
     func unterminated(_ what: String, _ openRow: Int, _ openCol: Int) -> YAMLError {
-        let hint = row < lines.count
-            ? " before line \(lineNo(row)) (lines inside it must be indented more than its parent)" : ""
-        return fail("unterminated flow \(what) is never closed\(hint)", openRow, openCol)
+        fail("unterminated flow \(what) is never closed", openRow, openCol)
     }
 
     mutating func parseFlowNode(isKey: Bool) throws(YAMLError) -> YAMLNode {
@@ -817,7 +855,6 @@ private struct Parser {
                 var i = 0
                 while i < line.count, isSpace(line[i]) { i += 1 }
                 if i >= line.count { empties += 1; r += 1; continue }
-                if i <= flowFloor { break }
                 let n: Unicode.Scalar? = i + 1 < line.count ? line[i + 1] : nil
                 let s = line[i]
                 if !(s == "#" || isFlowIndicator(s) || (s == ":" && (n == nil || isSpace(n) || isFlowIndicator(n)))) {
@@ -826,6 +863,7 @@ private struct Parser {
                 break
             }
             guard found >= 0 else { break }
+            if found <= flowFloor && floorBreach < 0 { floorBreach = r }
             scan = scanPlainLine(r, found, flow: true)
             value += empties == 0 ? " " : String(repeating: "\n", count: empties)
             value += scan.text

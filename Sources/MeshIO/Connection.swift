@@ -234,6 +234,7 @@ open class Connection: Pollable {
         } else {
             output.append(p, n)
         }
+        if output.readableBytes >= highWatermark { aboveHigh = true }
         requestFlush()
     }
 
