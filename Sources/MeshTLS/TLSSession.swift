@@ -45,7 +45,7 @@ public final class TLSSession: TransportSecurity {
             SSL_set_accept_state(ssl)
         } else {
             SSL_set_connect_state(ssl)
-            if let s = sessionCache?.session { _ = SSL_set_session(ssl, s) }
+            if let s = sessionCache?.session, SSL_SESSION_is_resumable(s) == 1 { _ = SSL_set_session(ssl, s) }
         }
     }
 
@@ -121,7 +121,14 @@ public final class TLSSession: TransportSecurity {
         ERR_clear_error()
     }
 
-    public override func dispose() {}
+    /// A connection closed without close_notify would make OpenSSL mark its session as not
+    /// resumable; a healthy connection that we close ourselves (pool idle timeout, drain) keeps
+    /// its ticket usable for the next connection to the same endpoint.
+    public override func dispose() {
+        if established && reason.isEmpty {
+            SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN)
+        }
+    }
 
     private func finishHandshake() -> Progress {
         established = true
