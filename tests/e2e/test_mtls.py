@@ -45,7 +45,7 @@ def test_tls_policy_and_presented_chain(mesh, pki):
                                "-cert", f"{pki}/client/cert.pem", "-cert_chain", f"{pki}/client/cert-chain.pem",
                                "-key", f"{pki}/client/key.pem", *args],
                               input=b"GET /echo HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n", capture_output=True, timeout=10)
-    r = s_client("-showcerts", "-alpn", "http/1.1")
+    r = s_client("-showcerts", "-alpn", "http/1.1", "-ign_eof")
     out = r.stdout.decode()
     assert "Protocol  : TLSv1.3" in out or "TLSv1.3" in out
     assert "Verify return code: 0 (ok)" in out
