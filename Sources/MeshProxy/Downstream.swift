@@ -342,6 +342,7 @@ final class DownstreamConnection: Connection {
         }
         up.owner = self
         upstream = up
+        upstreamEOFSeen = false
         if up.isEstablished && up.state == .active { upstreamReady(up) }
     }
 
