@@ -31,5 +31,6 @@ let package = Package(
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore"]),
         .testTarget(name: "MeshConfigTests", dependencies: ["MeshConfig", "MeshCore"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
+        .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore"]),
     ]
 )

