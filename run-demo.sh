@@ -11,7 +11,8 @@ cd "$(dirname "$0")"
 bash scripts/setup-deps.sh
 echo "run-demo: building (release)..."
 swift build -c release --static-swift-stdlib 2>&1 | tail -1
-bash certs/make-pki.sh certs/out productpage reviews >/dev/null
+bash certs/make-pki.sh certs/out productpage reviews >/dev/null 2>&1 \
+    || bash certs/make-pki.sh certs/out productpage reviews
 BIN=.build/release/sidecar
 mkdir -p run
 pids=()
@@ -23,6 +24,10 @@ trap cleanup EXIT INT TERM
 python3 tools/upstream.py --port 9080 --name reviews > run/app.log 2>&1 & pids+=($!)
 "$BIN" --config config/server-sidecar.yaml > run/server-sidecar.log 2>&1 & pids+=($!)
 "$BIN" --config config/client-sidecar.yaml > run/client-sidecar.log 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do
+    grep -q READY run/app.log 2>/dev/null && break
+    sleep 0.1
+done
 for port in 15000 16000; do
     for _ in $(seq 1 100); do
         curl -sf "http://127.0.0.1:$port/ready" >/dev/null && break

@@ -450,14 +450,26 @@ final class BootstrapTests: XCTestCase {
             XCTAssertTrue(error.message.contains("tab"), "\(error)")
             XCTAssertTrue(error.description.hasPrefix("test.yaml:9: "), "\(error)")
         }
-        // A missing ':' on line 7.
-        let text2 = replacing("    service: productpage", "    service productpage")
+        // An unclosed flow sequence opened on line 16.
+        let text2 = replacing("    - hosts: [reviews]", "    - hosts: [reviews")
         do {
             _ = try Bootstrap.parse(text2, file: "test.yaml")
             XCTFail("expected a YAML error")
         } catch {
-            XCTAssertEqual(error.line, 7, "\(error)")
+            // Reported where the parser noticed (the next line), naming the line of the '['.
+            XCTAssertEqual(error.line, 17, "\(error)")
             XCTAssertTrue(error.message.hasPrefix("YAML: "), "\(error)")
+            XCTAssertTrue(error.message.contains("'[' on line 16"), "\(error)")
+        }
+        // A duplicate key on line 10 (first defined on line 9).
+        let text3 = replacing("  outbound:", "  outbound:\n    port: 1")
+        do {
+            _ = try Bootstrap.parse(text3, file: "test.yaml")
+            XCTFail("expected a YAML error")
+        } catch {
+            XCTAssertEqual(error.line, 10, "\(error)")
+            XCTAssertTrue(error.message.contains("duplicate key 'port'"), "\(error)")
+            XCTAssertTrue(error.message.contains("line 9"), "\(error)")
         }
     }
 

@@ -93,7 +93,7 @@ final class ChunkedDecoderTests: XCTestCase {
 
         d = ChunkedDecoder()
         r = decode(utf8("3\r\nabc\r\n0\r\n\r\nNEXT"), decoder: &d)
-        XCTAssertEqual(r.endAt, 15); XCTAssertEqual(r.data, utf8("abc")); XCTAssertFalse(d.sawTrailers)
+        XCTAssertEqual(r.endAt, 13); XCTAssertEqual(r.data, utf8("abc")); XCTAssertFalse(d.sawTrailers)
 
         // A whole-body step sequence: exact kinds and lengths.
         d = ChunkedDecoder()
