@@ -210,7 +210,10 @@ public struct Bootstrap: Sendable {
             }
             for h in hosts {
                 let key = h.lowercased()
-                if let prev = seenHosts[key] { throw ConfigReader.error(ctx, r.sub("hosts"), r.map.line, "host \"\(h)\" is already routed by spec.routes[\(prev)]") }
+                if let prev = seenHosts[key] {
+                    let where_ = prev == ri ? "listed twice in this route" : "already routed by spec.routes[\(prev)]"
+                    throw ConfigReader.error(ctx, r.sub("hosts"), r.map.line, "host \"\(h)\" is \(where_)")
+                }
                 seenHosts[key] = ri
             }
             let cl = try r.string("cluster", required: true)!

@@ -46,7 +46,11 @@ public enum DurationParser {
             else { return nil }
             let (whole, o) = value.multipliedReportingOverflow(by: unit)
             if o { return nil }
-            let (t, o2) = total.addingReportingOverflow(whole + frac * unit / fracDiv)
+            // frac/fracDiv < 1, so the fractional part is below `unit`; compute it without overflow.
+            let fracPart = UInt64((Double(frac) / Double(fracDiv) * Double(unit)).rounded())
+            let (part, o1) = whole.addingReportingOverflow(fracPart)
+            if o1 { return nil }
+            let (t, o2) = total.addingReportingOverflow(part)
             if o2 { return nil }
             total = t
             sawUnit = true

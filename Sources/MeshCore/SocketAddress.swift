@@ -44,7 +44,10 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
     public init?(_ hostPort: String) {
         guard let colon = hostPort.lastIndex(of: ":") else { return nil }
         let host = String(hostPort[..<colon])
-        guard let port = Int(hostPort[hostPort.index(after: colon)...]), !host.isEmpty else { return nil }
+        let portText = hostPort[hostPort.index(after: colon)...]
+        guard !portText.isEmpty, portText.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let port = Int(portText), !host.isEmpty else { return nil }
+        // An IPv6 host must be bracketed ("[::1]:80"), or "::1:80" would be ambiguous.
+        if host.contains(":") && !(host.hasPrefix("[") && host.hasSuffix("]")) { return nil }
         self.init(host: host, port: port)
     }
 

@@ -87,7 +87,8 @@ public struct ChunkedDecoder: Sendable {
                 trailerBytes += 1
                 if trailerBytes > 64 * 1024 { return .error("trailer section too large") }
                 if c == 13 { state = .trailerLF }
-                else if c == 10 || c == 0 { return .error("bare LF in trailer") }
+                else if c == 10 { return .error("bare LF in trailer") }
+                else if c == 0 { return .error("NUL in trailer") }
                 i += 1
             case .trailerLF:
                 if p[i] != 10 { return .error("bare CR in trailer") }

@@ -14,8 +14,9 @@ public struct HTTP1Parser: Sendable {
     public var maxHeadBytes = 64 * 1024
     public var maxFields = 100
 
-    /// Where the next scan for the end of the head resumes (absolute offset), and lines seen so far.
-    private var scanFrom = -1
+    /// Where the next scan for the end of the head resumes (offset from the head's first byte: the
+    /// start of the first incomplete line), and complete lines seen so far.
+    private var scanOffset = -1
     private var lines = 0
 
     public init() {}
@@ -27,7 +28,7 @@ public struct HTTP1Parser: Sendable {
     }
 
     /// Forgets a partial scan (call after a complete head was consumed).
-    public mutating func resetScan() { scanFrom = -1; lines = 0 }
+    public mutating func resetScan() { scanOffset = -1; lines = 0 }
 
     /// Parses a request head starting at `start` in `buf[start..<end]`.
     public mutating func parseRequest(_ buf: UnsafePointer<UInt8>, start: Int, end: Int, into head: inout HTTPHead) -> Result {
@@ -40,23 +41,22 @@ public struct HTTP1Parser: Sendable {
     }
 
     private mutating func parse(_ buf: UnsafePointer<UInt8>, start: Int, end: Int, into head: inout HTTPHead, request: Bool) -> Result {
-        if scanFrom < start { scanFrom = start; lines = 0 }
+        let bad: Int = request ? 400 : 502
+        // `scanOffset` is the start of the first line not yet known to be complete, relative to
+        // `start`, so it survives the buffer being compacted between calls.
+        if scanOffset < 0 || start + scanOffset > end { scanOffset = 0; lines = 0 }
         // Phase 1: find the empty line that ends the head, checking line endings and sizes.
-        var pos = scanFrom
+        var pos = start + scanOffset
         var headEnd = -1
         while pos < end {
-            let remaining = end - pos
-            guard let r = memchr(buf + pos, 10, remaining) else {
-                pos = end
-                break
-            }
+            guard let r = memchr(buf + pos, 10, end - pos) else { break }
             let lineEndIdx = pos + (UnsafeRawPointer(r) - UnsafeRawPointer(buf + pos))   // index of LF
-            if lineEndIdx == start || buf[lineEndIdx - 1] != 13 { return .error(.init(400, "bare LF in head")) }
+            if lineEndIdx == pos || buf[lineEndIdx - 1] != 13 { return .error(.init(bad, "bare LF in head")) }
             let lineLen = lineEndIdx - 1 - pos
             // A bare CR inside the line is caught in phase 2.
             if lines == 0 && lineLen > maxStartLine { return .error(request ? .init(414, "request line too long") : .init(502, "status line too long")) }
             if lineLen == 0 {
-                if lines == 0 { return .error(.init(400, "empty request line")) }
+                if lines == 0 { return .error(request ? .init(400, "empty request line") : .init(502, "empty status line")) }
                 headEnd = lineEndIdx + 1
                 break
             }
@@ -66,12 +66,12 @@ public struct HTTP1Parser: Sendable {
             if pos - start > maxHeadBytes { return .error(request ? .init(431, "header section too large") : .init(502, "response header section too large")) }
         }
         if headEnd < 0 {
-            scanFrom = pos
+            scanOffset = pos - start
             if end - start > maxHeadBytes + 2 { return .error(request ? .init(431, "header section too large") : .init(502, "response header section too large")) }
             if lines == 0 && end - start > maxStartLine + 2 { return .error(request ? .init(414, "request line too long") : .init(502, "status line too long")) }
             return .incomplete
         }
-        scanFrom = -1
+        scanOffset = -1
         lines = 0
         if headEnd - start > maxHeadBytes + 2 { return .error(request ? .init(431, "header section too large") : .init(502, "response header section too large")) }
 
@@ -124,6 +124,7 @@ public struct HTTP1Parser: Sendable {
                 }
                 head.chunked = true
             case .host:
+                if !request { break }
                 if head.hostIndex >= 0 { return .error(.init(400, "repeated Host")) }
                 head.hostIndex = idx
                 for i in vs..<ve where table[Int(buf[i])] & CharClass.host == 0 { return .error(.init(400, "invalid Host")) }
@@ -280,20 +281,25 @@ public struct HTTP1Parser: Sendable {
     }
 
     @inline(__always) private func methodKind(_ p: UnsafePointer<UInt8>, _ n: Int) -> HTTPMethod {
+        @inline(__always) func eq(_ lit: StaticString) -> Bool {
+            let l = lit.utf8Start
+            for i in 0..<n where p[i] != l[i] { return false }
+            return true
+        }
         switch n {
         case 3:
-            if p[0] == 71 && p[1] == 69 && p[2] == 84 { return .get }
-            if p[0] == 80 && p[1] == 85 && p[2] == 84 { return .put }
+            if eq("GET") { return .get }
+            if eq("PUT") { return .put }
         case 4:
-            if p[0] == 80 && p[1] == 79 && p[2] == 83 && p[3] == 84 { return .post }
-            if p[0] == 72 && p[1] == 69 && p[2] == 65 && p[3] == 68 { return .head }
+            if eq("POST") { return .post }
+            if eq("HEAD") { return .head }
         case 5:
-            if p[0] == 80 && p[1] == 65 && p[2] == 84 { return .patch }
-            if p[0] == 84 && p[1] == 82 { return .trace }
-        case 6: if p[0] == 68 && p[1] == 69 { return .delete }
+            if eq("PATCH") { return .patch }
+            if eq("TRACE") { return .trace }
+        case 6: if eq("DELETE") { return .delete }
         case 7:
-            if p[0] == 79 && p[1] == 80 { return .options }
-            if p[0] == 67 && p[1] == 79 { return .connect }
+            if eq("OPTIONS") { return .options }
+            if eq("CONNECT") { return .connect }
         default: break
         }
         return .other

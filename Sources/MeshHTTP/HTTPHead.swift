@@ -71,6 +71,8 @@ public struct HTTPHead: Sendable {
         upgradeIndex = -1
         requestIDIndex = -1
         isAbsoluteForm = false
+        authorityStart = 0; authorityEnd = 0
+        pathStart = 0; pathEnd = 0
         method = .other
         status = 0
         minorVersion = 1

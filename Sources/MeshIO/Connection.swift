@@ -138,12 +138,20 @@ open class Connection: Pollable {
                     return
                 }
                 if input.readableBytes >= inputLimit { break }
-                let buf = raw ?? input
-                buf.reserve(16 * 1024)
-                let want = min(buf.writableBytes, 256 * 1024)
-                let n = Glibc.read(fd, buf.writePointer, want)
+                let n: Int
+                let want: Int
+                if let raw = raw {
+                    raw.reserve(16 * 1024)
+                    want = min(raw.writableBytes, 256 * 1024)
+                    n = Glibc.read(fd, raw.writePointer, want)
+                    if n > 0 { raw.commit(n) }
+                } else {
+                    input.reserve(16 * 1024)
+                    want = min(input.writableBytes, 256 * 1024)
+                    n = Glibc.read(fd, input.writePointer, want)
+                    if n > 0 { input.commit(n) }
+                }
                 if n > 0 {
-                    buf.commit(n)
                     if let sec = security, let raw = raw {
                         if !decryptPending(sec, raw) { return }
                         if tlsGotData { tlsGotData = false; got = true }

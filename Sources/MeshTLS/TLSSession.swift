@@ -11,8 +11,10 @@ import MeshIO
 public final class TLSSession: TransportSecurity {
     private let ssl: OpaquePointer
     private let context: TLSContext
-    fileprivate var curIn: ByteBuffer?
-    fileprivate var curOut: ByteBuffer?
+    /// The buffers of the call in progress, unretained: they are owned by the connection for the
+    /// whole call, and retaining them on every BIO callback showed up in profiles.
+    fileprivate var curIn: Unmanaged<ByteBuffer>?
+    fileprivate var curOut: Unmanaged<ByteBuffer>?
     private var established = false
     private var reason = ""
     /// The client side's ticket cache for this endpoint (nil on servers).
@@ -64,7 +66,7 @@ public final class TLSSession: TransportSecurity {
     }
 
     public override func startHandshake(output: ByteBuffer) -> Progress {
-        curOut = output
+        curOut = Unmanaged.passUnretained(output)
         defer { curOut = nil }
         let r = SSL_do_handshake(ssl)
         if r == 1 { return finishHandshake() }
@@ -75,8 +77,8 @@ public final class TLSSession: TransportSecurity {
     }
 
     public override func decrypt(raw: ByteBuffer, input: ByteBuffer, output: ByteBuffer, limit: Int) -> Progress {
-        curIn = raw
-        curOut = output
+        curIn = Unmanaged.passUnretained(raw)
+        curOut = Unmanaged.passUnretained(output)
         defer { curIn = nil; curOut = nil }
         var result: Progress = .ok
         if !established {
@@ -105,7 +107,7 @@ public final class TLSSession: TransportSecurity {
 
     public override func encrypt(_ p: UnsafeRawPointer, _ n: Int, output: ByteBuffer) -> Bool {
         guard established else { reason = "write before handshake"; return false }
-        curOut = output
+        curOut = Unmanaged.passUnretained(output)
         defer { curOut = nil }
         let r = SSL_write(ssl, p, Int32(n))
         if r == Int32(n) { return true }
@@ -115,7 +117,7 @@ public final class TLSSession: TransportSecurity {
 
     public override func shutdown(output: ByteBuffer) {
         guard established else { return }
-        curOut = output
+        curOut = Unmanaged.passUnretained(output)
         _ = SSL_shutdown(ssl)
         curOut = nil
         ERR_clear_error()
@@ -178,21 +180,26 @@ public final class TLSSession: TransportSecurity {
         let m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "swift-mesh")!
         _ = BIO_meth_set_write(m) { bio, data, len in
             guard let bio = bio, let data = data else { return -1 }
-            let s = Unmanaged<TLSSession>.fromOpaque(BIO_get_data(bio)).takeUnretainedValue()
-            guard let out = s.curOut else { mesh_BIO_set_retry_write(bio); return -1 }
-            mesh_BIO_clear_retry_flags(bio)
-            out.append(data, Int(len))
-            return len
+            return Unmanaged<TLSSession>.fromOpaque(BIO_get_data(bio))._withUnsafeGuaranteedRef { s -> Int32 in
+                guard let out = s.curOut else { mesh_BIO_set_retry_write(bio); return -1 }
+                mesh_BIO_clear_retry_flags(bio)
+                out._withUnsafeGuaranteedRef { $0.append(data, Int(len)) }
+                return len
+            }
         }
         _ = BIO_meth_set_read(m) { bio, data, len in
             guard let bio = bio, let data = data else { return -1 }
-            let s = Unmanaged<TLSSession>.fromOpaque(BIO_get_data(bio)).takeUnretainedValue()
-            mesh_BIO_clear_retry_flags(bio)
-            guard let inb = s.curIn, inb.readableBytes > 0 else { mesh_BIO_set_retry_read(bio); return -1 }
-            let n = min(Int(len), inb.readableBytes)
-            UnsafeMutableRawPointer(data).copyMemory(from: inb.readPointer, byteCount: n)
-            inb.consume(n)
-            return Int32(n)
+            return Unmanaged<TLSSession>.fromOpaque(BIO_get_data(bio))._withUnsafeGuaranteedRef { s -> Int32 in
+                mesh_BIO_clear_retry_flags(bio)
+                guard let u = s.curIn else { mesh_BIO_set_retry_read(bio); return -1 }
+                return u._withUnsafeGuaranteedRef { inb -> Int32 in
+                    if inb.readableBytes == 0 { mesh_BIO_set_retry_read(bio); return -1 }
+                    let n = min(Int(len), inb.readableBytes)
+                    UnsafeMutableRawPointer(data).copyMemory(from: inb.readPointer, byteCount: n)
+                    inb.consume(n)
+                    return Int32(n)
+                }
+            }
         }
         _ = BIO_meth_set_ctrl(m) { _, cmd, _, _ in
             switch cmd {

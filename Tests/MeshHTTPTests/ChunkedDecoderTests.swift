@@ -228,7 +228,7 @@ final class ChunkedDecoderTests: XCTestCase {
         assertRefused(utf8("0\r\n\tX: a\r\n\r\n"), "obs-fold in trailer")
         assertRefused(utf8("0\r\nX: a\nY: b\r\n\r\n"), "bare LF in trailer")
         assertRefused(utf8("0\r\n\n"), "bare LF in trailer")
-        assertRefused(utf8("0\r\nX: a") + [0] + utf8("\r\n\r\n"), "bare LF in trailer")  // NUL refused (same message)
+        assertRefused(utf8("0\r\nX: a") + [0] + utf8("\r\n\r\n"), "NUL in trailer")
         assertRefused(utf8("0\r\nX: a\rY\r\n\r\n"), "bare CR in trailer")
         assertRefused(utf8("0\r\n\rX"), "bare CR after last chunk")
         assertRefused(utf8("0\r\nX: a\r\n\r\r\n"), "bare CR after last chunk")

@@ -593,14 +593,9 @@ final class HTTP1ParserTests: XCTestCase {
         XCTAssertEqual(head.headEnd, offset + HTTP1ParserTests.sample.utf8.count, what, file: file, line: line)
     }
 
-    /// Whether a piece ending at `cut` hits one of the known incremental-scan bugs: a piece that
-    /// ends just before a CR that closes a non-empty line, or one that ends between the final CR
-    /// and LF (see the test_KNOWN_BUG_incremental_* tests).
-    static func hitsKnownScanBug(_ bytes: [UInt8], _ cut: Int) -> Bool {
-        if cut < bytes.count && bytes[cut] == 13 && cut > 0 && bytes[cut - 1] != 10 { return true }
-        if cut == bytes.count - 1 && bytes[cut - 1] == 13 && cut >= 3 && bytes[cut - 2] == 10 { return true }
-        return false
-    }
+    /// Split positions once avoided because of an incremental-scan bug (fixed: the scan now resumes
+    /// at the start of the incomplete line). Kept as a hook so every split is exercised.
+    static func hitsKnownScanBug(_ bytes: [UInt8], _ cut: Int) -> Bool { false }
 
     /// Cuts every `step` bytes, each moved off the known-bug positions.
     static func safeCuts(_ bytes: [UInt8], every step: Int) -> [Int] {
@@ -651,7 +646,7 @@ final class HTTP1ParserTests: XCTestCase {
 
     /// The whole head one byte at a time: incomplete until the last byte, then complete with the
     /// same result as a single parse.
-    func test_KNOWN_BUG_incremental_byteByByte() {
+    func test_incremental_byteByByte() {
         let bytes = utf8(HTTP1ParserTests.sample)
         var head = HTTPHead()
         let (results, buf) = feedRequest(bytes, cuts: Array(1..<bytes.count), offset: 3, head: &head)
@@ -665,7 +660,7 @@ final class HTTP1ParserTests: XCTestCase {
     /// as empty (HTTP1Parser.swift:55 and :58) and takes it for the end of the head. The head is
     /// cut short: Content-Length is lost and the rest of the real head is left in the buffer, to
     /// be parsed as the body or as the next request.
-    func test_KNOWN_BUG_incremental_splitBeforeCRTruncatesHead() {
+    func test_incremental_splitBeforeCRTruncatesHead() {
         let bytes = utf8("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
         var head = HTTPHead()
         let (results, _) = feedRequest(bytes, cuts: [24], head: &head)   // "...Host: a" | "\r\nContent-Length..."
@@ -676,7 +671,7 @@ final class HTTP1ParserTests: XCTestCase {
     }
 
     /// The same bug on the request line: the request is refused as "empty request line".
-    func test_KNOWN_BUG_incremental_splitBeforeRequestLineCR() {
+    func test_incremental_splitBeforeRequestLineCR() {
         let bytes = utf8("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         var head = HTTPHead()
         let (results, _) = feedRequest(bytes, cuts: [14], head: &head)   // "GET / HTTP/1.1" | "\r\n..."
@@ -686,7 +681,7 @@ final class HTTP1ParserTests: XCTestCase {
     /// The final CR arrives in one read and the final LF in the next: the LF is measured as a line
     /// of length -1 (HTTP1Parser.swift:55), the end of the head is missed, and the request never
     /// completes (the client waits for the header timeout).
-    func test_KNOWN_BUG_incremental_splitBetweenFinalCRAndLF() {
+    func test_incremental_splitBetweenFinalCRAndLF() {
         let bytes = utf8("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         var head = HTTPHead()
         let (results, _) = feedRequest(bytes, cuts: [bytes.count - 1], head: &head)
@@ -695,7 +690,7 @@ final class HTTP1ParserTests: XCTestCase {
 
     /// The 8 KiB request-line limit measures only the part of the line scanned in the current
     /// call, so a 9000-byte request line arriving in two pieces is accepted.
-    func test_KNOWN_BUG_requestLineLimitBypassedWhenSplit() {
+    func test_requestLineLimitBypassedWhenSplit() {
         let line = "GET /" + String(repeating: "a", count: 9000 - 14) + " HTTP/1.1"
         let bytes = utf8(line + "\r\nHost: a\r\n\r\n")
         var head = HTTPHead()
@@ -755,7 +750,7 @@ final class HTTP1ParserTests: XCTestCase {
     /// A partial head, then the buffer is compacted (ByteBuffer.reserve does this on every socket
     /// read when readIndex > 0 and less than 16 KiB is free: Connection.swift:142), then the rest
     /// arrives. The parser resumes its scan at a stale absolute offset and never completes.
-    func test_KNOWN_BUG_incrementalScanSurvivesBufferCompaction() {
+    func test_incrementalScanSurvivesBufferCompaction() {
         let r1 = utf8("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
         let r2 = utf8("GET /2 HTTP/1.1\r\nHost: b\r\n\r\n")
         let buf = ByteBuffer(capacity: 4096)
@@ -774,7 +769,7 @@ final class HTTP1ParserTests: XCTestCase {
 
     /// Method kinds are decided from the first 2-3 bytes and the length only, so extension
     /// methods are taken for standard ones (HTTP1Parser.swift:290-296).
-    func test_KNOWN_BUG_extensionMethodsMisclassified() {
+    func test_extensionMethodsMisclassified() {
         // "COMPUTE" is answered 501 "CONNECT is not supported" by Downstream.swift:202.
         for m in ["COMPUTE", "COPYALL", "DEBUGS", "PATXX", "TRXYZ", "OPXXXXX"] {
             let out = parseRequest("\(m) / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -867,10 +862,10 @@ final class HTTP1ParserTests: XCTestCase {
         assertResponseError("HTTP/1.1 200 OK\r\nX-Big: " + String(repeating: "v", count: 70_000), 502, "response header section too large")
     }
 
-    /// HTTPParseError promises 502 for every refused response (HTTPHead.swift:399-400), but four
+    /// HTTPParseError promises 502 for every refused response (HTTPHead.swift:98-99), but four
     /// paths answer 400 (HTTP1Parser.swift:54, :59, :127, :129). Downstream maps any response
     /// error to 502 itself, so today this shows only in the parser's contract.
-    func test_KNOWN_BUG_responseErrorsAreAll502() {
+    func test_responseErrorsAreAll502() {
         assertResponseError("HTTP/1.1 200 OK\nX: y\r\n\r\n", 502, "bare LF")
         assertResponseError("\r\nHTTP/1.1 200 OK\r\n\r\n", 502)
         let twoHosts = parseResponse("HTTP/1.1 200 OK\r\nHost: a\r\nHost: b\r\n\r\n")

@@ -207,3 +207,21 @@ def test_sigterm_lets_inflight_request_finish(procs, pki):
     assert [l for l in result["r"].stdout.decode().splitlines() if l] == ["slow done", "200"]
     assert m.client.wait(10) == 0
     assert m.server.wait(10) == 0
+
+
+def test_request_head_arriving_in_pieces(mesh):
+    """A head split anywhere (before a CR, between the final CR and LF) is parsed as one request."""
+    s = socket.create_connection(("127.0.0.1", mesh.outbound), timeout=5)
+    pieces = [b"POST /sha256 HTTP/1.1\r\nHost: server", b"\r\nContent-Length: 5\r", b"\n\r", b"\nhel", b"lo"]
+    for p in pieces:
+        s.sendall(p)
+        time.sleep(0.05)
+    data = b""
+    while b"}" not in data:
+        b = s.recv(4096)
+        if not b:
+            break
+        data += b
+    s.close()
+    assert data.startswith(b"HTTP/1.1 200"), data
+    assert b'"bytes": 5' in data
