@@ -16,6 +16,8 @@ open class Connection: Pollable {
     public let output: ByteBuffer
     /// Ciphertext read from the socket, not yet decrypted (TLS only).
     private let raw: ByteBuffer?
+    /// Plaintext queued during this loop iteration, encrypted at flush (TLS only).
+    private let plainPending: ByteBuffer?
     public let security: TransportSecurity?
     /// Stop reading from the socket while `input` holds this much.
     public var inputLimit = 96 * 1024
@@ -41,6 +43,7 @@ open class Connection: Pollable {
         self.input = ByteBuffer(capacity: 16 * 1024)
         self.output = ByteBuffer(capacity: 16 * 1024)
         self.raw = security == nil ? nil : ByteBuffer(capacity: 17 * 1024)
+        self.plainPending = security == nil ? nil : ByteBuffer(capacity: 4 * 1024)
         self.isConnecting = connecting
         super.init(fd: fd)
     }
@@ -237,13 +240,24 @@ open class Connection: Pollable {
     /// Queues `n` bytes for the peer (encrypting them with TLS). Flushed at the end of the iteration.
     @inline(__always) public func send(_ p: UnsafeRawPointer, _ n: Int) {
         if isClosed || n == 0 { return }
-        if let sec = security {
-            if !sec.encrypt(p, n, output: output) { fail(-1); return }
+        if let plain = plainPending {
+            // TLS: gather this iteration's plaintext and encrypt it once at flush time, so a
+            // response head and its body leave as one record instead of several.
+            plain.append(p, n)
+            if plain.readableBytes >= 64 * 1024 { sealPending() }
+            if output.readableBytes + plain.readableBytes >= highWatermark { aboveHigh = true }
         } else {
             output.append(p, n)
+            if output.readableBytes >= highWatermark { aboveHigh = true }
         }
-        if output.readableBytes >= highWatermark { aboveHigh = true }
         requestFlush()
+    }
+
+    /// Encrypts the gathered plaintext into `output`.
+    @inline(__always) private func sealPending() {
+        guard let plain = plainPending, !plain.isEmpty, let sec = security else { return }
+        if !sec.encrypt(plain.readPointer, plain.readableBytes, output: output) { plain.clear(); fail(-1); return }
+        plain.clear()
     }
 
     /// Queues the readable bytes `[from, to)` of `buffer`.
@@ -256,13 +270,14 @@ open class Connection: Pollable {
     }
 
     /// Bytes queued but not yet written (for back-pressure decisions).
-    @inline(__always) public var pendingOutput: Int { output.readableBytes }
+    @inline(__always) public var pendingOutput: Int { output.readableBytes + (plainPending?.readableBytes ?? 0) }
     /// True while the owner should stop feeding this connection.
-    @inline(__always) public var isCongested: Bool { output.readableBytes >= highWatermark }
+    @inline(__always) public var isCongested: Bool { pendingOutput >= highWatermark }
 
     /// Writes as much of `output` as the socket takes now.
     public func flushNow() {
         if isClosed || isConnecting { return }
+        if plainPending != nil && isEstablished { sealPending(); if isClosed { return } }
         while !output.isEmpty && !writeBlocked {
             let want = output.readableBytes
             let n = Glibc.write(fd, output.readPointer, want)
@@ -295,7 +310,7 @@ open class Connection: Pollable {
     public func closeAfterFlush(lingerNanos: UInt64 = 1_000_000_000) {
         if isClosed || closeWhenFlushed { return }
         closeWhenFlushed = true
-        if isEstablished, let sec = security { sec.shutdown(output: output) }
+        if isEstablished, let sec = security { sealPending(); sec.shutdown(output: output) }
         lingerDeadline = lingerNanos
         if isConnecting { closeNow(); return }
         requestFlush()
@@ -326,6 +341,7 @@ open class Connection: Pollable {
         input.clear()
         output.clear()
         raw?.clear()
+        plainPending?.clear()
         onClosed()
     }
 
