@@ -148,12 +148,15 @@ public final class TLSSessionCache {
 public enum OpenSSLErrors {
     public static func drain() -> String {
         var parts: [String] = []
-        var buf = [CChar](repeating: 0, count: 256)
+        var buf = [UInt8](repeating: 0, count: 256)
         while true {
             let e = ERR_get_error()
             if e == 0 { break }
-            ERR_error_string_n(e, &buf, 256)
-            parts.append(String(cString: buf))
+            buf.withUnsafeMutableBufferPointer { b in
+                b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: 256) { ERR_error_string_n(e, $0, 256) }
+            }
+            let len = buf.firstIndex(of: 0) ?? buf.count
+            parts.append(String(decoding: buf[..<len], as: UTF8.self))
         }
         return parts.isEmpty ? "unknown error" : parts.joined(separator: "; ")
     }
