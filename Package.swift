@@ -1,6 +1,6 @@
 // swift-tools-version:6.0
 // The service mesh: a sidecar proxy on epoll + OpenSSL 3 + nghttp2, in layers (DESIGN §7):
-// C modules -> MeshCore -> MeshIO -> MeshTLS -> MeshHTTP -> MeshConfig/MeshProxy -> executables.
+// C modules -> MeshCore -> MeshIO -> MeshTLS -> MeshHTTP -> MeshConfig/MeshStats -> MeshProxy -> executables.
 import PackageDescription
 
 let hot: [SwiftSetting] = [
@@ -23,13 +23,15 @@ let package = Package(
         .target(name: "MeshTLS", dependencies: ["MeshIO", "MeshCore", "CMeshShims", "COpenSSL"], swiftSettings: hot),
         .target(name: "MeshHTTP", dependencies: ["MeshCore"], swiftSettings: hot),
         .target(name: "MeshConfig", dependencies: ["MeshCore"], swiftSettings: hot),
+        .target(name: "MeshStats", dependencies: [], swiftSettings: hot),
         .target(name: "MeshProxy",
-                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig"],
+                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshStats"],
                 swiftSettings: hot),
         .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore"], swiftSettings: hot),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore"]),
         .testTarget(name: "MeshConfigTests", dependencies: ["MeshConfig", "MeshCore"]),
+        .testTarget(name: "MeshStatsTests", dependencies: ["MeshStats"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
         .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore"]),
     ]

@@ -8,6 +8,9 @@ public struct Bootstrap: Sendable {
     public static let apiVersion = "sidecar.mesh/v1alpha1"
 
     public struct Workload: Sendable {
+        /// The workload name in metrics (Istio's `*_workload`): `spec.workload.name`, default
+        /// `<service>-<version label>` or the service.
+        public var name: String
         public var service: String
         public var namespace: String
         public var serviceAccount: String
@@ -51,6 +54,18 @@ public struct Bootstrap: Sendable {
         public var cluster: String
         /// Whole-request timeout; 0 = none (Istio's default).
         public var timeout: UInt64
+        /// The `route` metric label: `<bootstrap name>.<name>`, or the index when unnamed.
+        public var name: String
+    }
+
+    /// Access log settings: off unless `spec.accessLog.path` is set.
+    public struct AccessLog: Sendable {
+        /// A file path, or `/dev/stdout`.
+        public var path: String
+        /// Fraction of requests logged, 0 < sampling <= 1 (errors are always logged).
+        public var sampling: Double
+        /// Keep the query string in the logged path (off by default: it may carry secrets).
+        public var includeQuery: Bool
     }
 
     public var name: String
@@ -63,6 +78,9 @@ public struct Bootstrap: Sendable {
     public var clusters: [Cluster]
     public var routes: [Route]
     public var drainTimeout: UInt64
+    /// Request metrics on (default) or off (to measure their cost).
+    public var statsEnabled: Bool
+    public var accessLog: AccessLog?
 
     /// Defaults chosen below common upstream keep-alive timeouts and like Envoy's where Istio is silent.
     public enum Defaults {
@@ -120,8 +138,10 @@ public struct Bootstrap: Sendable {
         let sa = try wl.string("serviceAccount") ?? service
         var labels = try wl.stringMap("labels") ?? []
         if !labels.contains(where: { $0.0 == "app" }) { labels.insert(("app", service), at: 0) }
+        let version = labels.first { $0.0 == "version" }?.1
+        let wname = try wl.string("name") ?? (version.map { "\(service)-\($0)" } ?? service)
         try wl.finish()
-        let workload = Workload(service: service, namespace: namespace, serviceAccount: sa, labels: labels)
+        let workload = Workload(name: wname, service: service, namespace: namespace, serviceAccount: sa, labels: labels)
 
         let concurrency = try spec.int("concurrency", min: 1, max: 256)
 
@@ -220,16 +240,37 @@ public struct Bootstrap: Sendable {
             if !clusters.contains(where: { $0.name == cl }) {
                 throw ConfigReader.error(ctx, r.sub("cluster"), r.map.line, "no cluster named \"\(cl)\" (defined: \(clusters.map(\.name).joined(separator: ", ")))")
             }
-            routes.append(Route(hosts: hosts, cluster: cl, timeout: try r.duration("timeout", allowZero: true) ?? 0))
+            let rname = try r.string("name") ?? String(ri)
+            routes.append(Route(hosts: hosts, cluster: cl, timeout: try r.duration("timeout", allowZero: true) ?? 0,
+                                name: "\(name).\(rname)"))
             try r.finish()
         }
         if outbound != nil && routes.isEmpty {
             throw ConfigReader.error(ctx, "spec.routes", spec.map.line, "the outbound listener needs at least one route")
         }
         let drain = try spec.duration("drainTimeout", allowZero: false) ?? Defaults.drainTimeout
+        var statsEnabled = true
+        if var st = try spec.object("stats") {
+            statsEnabled = try st.bool("enabled") ?? true
+            try st.finish()
+        }
+        var accessLog: AccessLog? = nil
+        if var al = try spec.object("accessLog") {
+            let path = try al.string("path", required: true)!
+            var sampling = 1.0
+            if let t = try al.string("sampling") {
+                guard let v = Double(t), v > 0, v <= 1 else {
+                    throw ConfigReader.error(ctx, "spec.accessLog.sampling", al.map.line, "expected a fraction in (0, 1], got \"\(t)\"")
+                }
+                sampling = v
+            }
+            accessLog = AccessLog(path: path, sampling: sampling, includeQuery: try al.bool("includeQuery") ?? false)
+            try al.finish()
+        }
         try spec.finish()
         return Bootstrap(name: name, workload: workload, concurrency: concurrency, admin: adminAddr, tls: tls,
-                         outbound: outbound, inbound: inbound, clusters: clusters, routes: routes, drainTimeout: drain)
+                         outbound: outbound, inbound: inbound, clusters: clusters, routes: routes, drainTimeout: drain,
+                         statsEnabled: statsEnabled, accessLog: accessLog)
     }
 
     private static func address(_ r: inout ConfigReader, defaultPort: Int, ctx: ConfigError) throws(ConfigError) -> SocketAddress {

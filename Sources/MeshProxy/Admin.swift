@@ -1,26 +1,40 @@
 import MeshCore
 import MeshHTTP
+import MeshConfig
 import MeshIO
+import MeshTLS
 import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// The admin listener (127.0.0.1:15000 by default) on its own thread and event loop, so admin
-/// traffic never runs on a data-path worker. It answers `/ready` (200 once the config is applied
-/// and every listener is bound, 503 before and while draining), `/healthz`, and `/stats` (every
-/// worker's counters summed, one `name: value` line each).
+/// traffic never runs on a data-path worker. Endpoints: `/ready` (200 once the config is applied
+/// and every listener is bound, 503 before and while draining), `/healthz`, `/stats/prometheus`,
+/// `/stats` (counters, one `name: value` per line), `/config_dump`, `/clusters`, `/certs`, and
+/// `POST /drain` (stop accepting, finish in-flight requests, exit).
 final class AdminServer: @unchecked Sendable {
     let loop = EventLoop(name: "admin")
     private let workers: [Worker]
+    private let snapshot: ProxySnapshot
+    private let startedAt: Int64
+    private let chain: [CertificateInfo]
+    private let roots: [CertificateInfo]
     let ready = Atomic<Bool>(false)
     let draining = Atomic<Bool>(false)
     private var listener: Listener?
-    let snapshotVersion: String
 
-    init(workers: [Worker], snapshotVersion: String) {
+    init(workers: [Worker], snapshot: ProxySnapshot) {
         self.workers = workers
-        self.snapshotVersion = snapshotVersion
+        self.snapshot = snapshot
+        self.startedAt = Int64(Clock.wallNanos() / 1_000_000_000)
+        if let t = snapshot.bootstrap.tls {
+            chain = X509Info.load(pemFile: t.certChain)
+            roots = X509Info.load(pemFile: t.trustBundle)
+        } else {
+            chain = []
+            roots = []
+        }
     }
 
     func listen(fd: Int32) -> Bool {
@@ -33,35 +47,58 @@ final class AdminServer: @unchecked Sendable {
         return l.start()
     }
 
-    func respond(method: HTTPMethod, path: String, into out: ByteBuffer) -> Bool {
+    private var localIdentity: String { (snapshot.serverTLS ?? snapshot.clientTLS)?.localIdentity ?? "" }
+
+    func respond(method: HTTPMethod, path: String, into out: ByteBuffer) {
         var status = 200
         var body = ""
-        var contentType = "text/plain"
-        switch path {
-        case "/ready":
+        var contentType = "text/plain; charset=utf-8"
+        let isRead = method == .get || method == .head
+        switch (path, isRead) {
+        case ("/ready", true):
             if ready.load(ordering: .acquiring) && !draining.load(ordering: .acquiring) {
                 body = "LIVE\n"
             } else {
                 status = 503
                 body = draining.load(ordering: .acquiring) ? "DRAINING\n" : "PRE_INITIALIZING\n"
             }
-        case "/healthz":
+        case ("/healthz", true):
             body = "OK\n"
-        case "/stats":
+        case ("/stats", true):
             for c in WorkerStats.Counter.allCases {
                 var sum: UInt64 = 0
                 for w in workers { sum &+= w.stats.get(c) }
                 body += "\(c.name): \(sum)\n"
             }
-            body += "workers: \(workers.count)\nconfig_version: \(snapshotVersion)\n"
-        case "/":
-            contentType = "text/plain"
-            body = "admin endpoints: /ready /healthz /stats\n"
+            body += "workers: \(workers.count)\nconfig_version: \(snapshot.version)\n"
+        case ("/stats/prometheus", true):
+            contentType = "text/plain; version=0.0.4; charset=utf-8"
+            body = MetricsExporter(workers: workers, snapshot: snapshot, localIdentity: localIdentity,
+                                   configAppliedAt: startedAt, certExpiry: chain.first?.notAfter ?? 0).render()
+        case ("/config_dump", true):
+            contentType = "application/json"
+            body = configDump()
+        case ("/clusters", true):
+            contentType = "application/json"
+            body = clusters()
+        case ("/certs", true):
+            contentType = "application/json"
+            body = certs()
+        case ("/drain", false) where method == .post:
+            draining.store(true, ordering: .releasing)
+            body = "draining\n"
+            // The main thread waits for SIGTERM and drains every worker; ask it the same way.
+            kill(getpid(), SIGTERM)
+        case ("/", true):
+            body = "admin endpoints: /ready /healthz /stats /stats/prometheus /config_dump /clusters /certs, POST /drain\n"
+        case ("/ready", false), ("/healthz", false), ("/stats", false), ("/stats/prometheus", false),
+             ("/config_dump", false), ("/clusters", false), ("/certs", false), ("/drain", true):
+            status = 405
+            body = "method not allowed\n"
         default:
             status = 404
             body = "not found\n"
         }
-        if method != .get && method != .head { status = 405; body = "method not allowed\n" }
         out.append("HTTP/1.1 ")
         out.appendDecimal(status)
         out.append(" ")
@@ -72,7 +109,141 @@ final class AdminServer: @unchecked Sendable {
         out.appendDecimal(body.utf8.count)
         out.append("\r\n\r\n")
         if method != .head { out.append(string: body) }
-        return true
+    }
+
+    private func configDump() -> String {
+        let b = snapshot.bootstrap
+        var j = JSONWriter()
+        j.beginObject()
+        j.string("version", snapshot.version)
+        j.number("last_applied", startedAt)
+        j.beginObject("bootstrap")
+        j.string("name", b.name)
+        j.beginObject("workload")
+        j.string("name", b.workload.name)
+        j.string("service", b.workload.service)
+        j.string("namespace", b.workload.namespace)
+        j.string("service_account", b.workload.serviceAccount)
+        j.beginObject("labels")
+        for (k, v) in b.workload.labels { j.string(k, v) }
+        j.endObject()
+        j.endObject()
+        j.string("admin", b.admin.text)
+        if let t = b.tls {
+            j.beginObject("tls")
+            j.string("cert_chain", t.certChain)
+            j.string("private_key", t.privateKey)
+            j.string("trust_bundle", t.trustBundle)
+            j.string("trust_domain", t.trustDomain)
+            j.string("min_protocol_version", t.minTLS13 ? "TLSV1_3" : "TLSV1_2")
+            j.endObject()
+        }
+        func listener(_ k: String, _ l: Bootstrap.Listener?) {
+            guard let l = l else { return }
+            j.beginObject(k)
+            j.string("address", l.address.text)
+            j.number("header_timeout_ms", l.headerTimeout / 1_000_000)
+            j.number("idle_timeout_ms", l.idleTimeout / 1_000_000)
+            if let a = l.appAddress { j.string("app_address", a.text) }
+            j.endObject()
+        }
+        listener("outbound", b.outbound)
+        listener("inbound", b.inbound)
+        j.beginArray("clusters")
+        for c in b.clusters {
+            j.beginObject()
+            j.string("name", c.name)
+            j.string("tls", c.tls.rawValue)
+            j.beginArray("subject_alt_names"); for s in c.subjectAltNames { j.string(nil, s) }; j.endArray()
+            j.beginArray("endpoints"); for e in c.endpoints { j.string(nil, e.text) }; j.endArray()
+            j.number("connect_timeout_ms", c.connectTimeout / 1_000_000)
+            j.number("idle_timeout_ms", c.idleTimeout / 1_000_000)
+            j.number("max_connections", Int64(c.maxConnections))
+            j.endObject()
+        }
+        j.endArray()
+        j.beginArray("routes")
+        for (i, r) in b.routes.enumerated() {
+            j.beginObject()
+            j.string("name", r.name)
+            j.beginArray("hosts"); for h in r.hosts { j.string(nil, h) }; j.endArray()
+            j.string("cluster", r.cluster)
+            j.number("timeout_ms", r.timeout / 1_000_000)
+            j.string("destination_service", snapshot.routes[i].serviceFQDN)
+            j.endObject()
+        }
+        j.endArray()
+        j.number("drain_timeout_ms", b.drainTimeout / 1_000_000)
+        j.bool("stats_enabled", b.statsEnabled)
+        if let al = b.accessLog {
+            j.beginObject("access_log")
+            j.string("path", al.path)
+            j.number("sampling", al.sampling)
+            j.bool("include_query", al.includeQuery)
+            j.endObject()
+        }
+        j.endObject()
+        j.endObject()
+        return j.text + "\n"
+    }
+
+    private func clusters() -> String {
+        var j = JSONWriter()
+        j.beginObject()
+        j.beginArray("clusters")
+        for (ci, c) in snapshot.clusters.enumerated() {
+            j.beginObject()
+            j.string("name", c.name)
+            j.string("tls", c.mutualTLS ? "ISTIO_MUTUAL" : "DISABLE")
+            j.beginArray("endpoints")
+            for (ei, e) in c.endpoints.enumerated() {
+                var sums = [UInt64](repeating: 0, count: EndpointCounters.Name.allCases.count)
+                for w in workers {
+                    let pool = w.pools[ci][ei]
+                    for n in EndpointCounters.Name.allCases { sums[n.rawValue] &+= pool.counters.get(n) }
+                }
+                j.beginObject()
+                j.string("address", e.text)
+                // No active health checking yet: an endpoint is reported healthy; connect
+                // failures and errors below show how it is doing.
+                j.string("health_status", "HEALTHY")
+                j.number("rq_total", sums[EndpointCounters.Name.requests.rawValue])
+                j.number("rq_error", sums[EndpointCounters.Name.errors.rawValue])
+                j.number("cx_connect_fail", sums[EndpointCounters.Name.connectFailures.rawValue])
+                j.number("cx_total", sums[EndpointCounters.Name.connectionsTotal.rawValue])
+                j.number("cx_active", sums[EndpointCounters.Name.connectionsActive.rawValue])
+                j.endObject()
+            }
+            j.endArray()
+            j.endObject()
+        }
+        j.endArray()
+        j.endObject()
+        return j.text + "\n"
+    }
+
+    private func certs() -> String {
+        func write(_ j: inout JSONWriter, _ c: CertificateInfo) {
+            j.string("identity", c.identity)
+            j.string("serial", c.serialHex)
+            j.string("not_before", X509Info.rfc3339(c.notBefore))
+            j.string("not_after", X509Info.rfc3339(c.notAfter))
+            j.string("issuer", c.issuer)
+            j.string("subject", c.subject)
+        }
+        var j = JSONWriter()
+        j.beginObject()
+        if let leaf = chain.first {
+            write(&j, leaf)
+            j.beginArray("chain")
+            for c in chain.dropFirst() { j.beginObject(); write(&j, c); j.endObject() }
+            j.endArray()
+        }
+        j.beginArray("roots")
+        for r in roots { j.beginObject(); write(&j, r); j.endObject() }
+        j.endArray()
+        j.endObject()
+        return j.text + "\n"
     }
 
     func run() { loop.run() }
@@ -107,7 +278,7 @@ private final class AdminConnection: Connection {
                 let method = head.method
                 input.consume(head.headEnd - input.readIndex)
                 parser.resetScan()
-                _ = server.respond(method: method, path: path, into: output)
+                server.respond(method: method, path: path, into: output)
                 requestFlush()
                 if !keep { closeAfterFlush(); return }
                 loop.setDeadline(self, loop.now + 30_000_000_000)

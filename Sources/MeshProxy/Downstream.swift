@@ -49,6 +49,32 @@ final class DownstreamConnection: Connection {
     private var routeDeadline: UInt64 = 0
     private var headerDeadlineSet = false
     private var flag: ResponseFlag = .none
+    /// Why the proxy answered itself (access log), nil for upstream responses.
+    private var localReason: StaticString? = nil
+    /// Where in `replay` a generated x-request-id starts (-1: the client sent one).
+    private var generatedIDOffset = -1
+    /// The request's part of the access-log line, captured while the head is in the buffer.
+    private var logRequest: ByteBuffer? = nil
+    private var logStartWall: UInt64 = 0
+
+    // Accounting of the current exchange, for metrics and the access log.
+    private var exchangeActive = false
+    private var exchangeStart: UInt64 = 0
+    private var requestBytes: UInt64 = 0
+    private var responseBytes: UInt64 = 0
+    private var metricsRoute = MetricKey.noRoute
+    private var upstreamPeer = 0
+    /// The endpoint the exchange last went to (for per-endpoint counters).
+    private var exchangePool: EndpointPool?
+    /// The calling sidecar's identity (inbound), interned once per connection.
+    private var downstreamPeer = 0
+    // A tunnel after 101 Switching Protocols: Istio's TCP metrics.
+    private var tunnelOpen = false
+    private var tunnelUp: UInt64 = 0
+    private var tunnelDown: UInt64 = 0
+    private var tcpKey: UInt64 {
+        MetricKey.make(inbound: inbound, route: metricsRoute, code: 0, flag: .none, peer: inbound ? downstreamPeer : upstreamPeer)
+    }
 
     init(worker: Worker, fd: Int32, tls: TLSSession?, inbound: Bool, settings: ProxySnapshot.ListenerSettings) {
         self.worker = worker
@@ -64,6 +90,44 @@ final class DownstreamConnection: Connection {
         if let tls = security as? TLSSession {
             worker.stats.inc(.tlsHandshakesOK)
             if tls.resumed { worker.stats.inc(.tlsSessionsResumed) }
+            downstreamPeer = worker.metrics.peers.intern(tls.peerIdentity)
+        }
+    }
+
+    /// Begins the accounting of an exchange (a request was parsed, or refused while parsing).
+    @inline(__always) private func beginExchange(headBytes: Int) {
+        exchangeActive = true
+        localReason = nil
+        if worker.accessLog != nil {
+            logStartWall = Clock.wallNanos()
+            logRequest?.clear()
+        }
+        exchangeStart = loop.now
+        requestBytes = UInt64(headBytes)
+        responseBytes = 0
+        metricsRoute = inbound ? MetricKey.inboundRoute : MetricKey.noRoute
+        upstreamPeer = 0
+        exchangePool = nil
+    }
+
+    /// Ends the accounting of the current exchange: one metrics record (and access-log line).
+    private func recordExchange() {
+        guard exchangeActive else { return }
+        exchangeActive = false
+        let peer = inbound ? downstreamPeer : upstreamPeer
+        let key = MetricKey.make(inbound: inbound, route: metricsRoute, code: responseStatus, flag: flag, peer: peer)
+        let micros = (loop.now &- exchangeStart) / 1000
+        worker.metrics.record(key: key, durationMicros: micros, requestBytes: requestBytes, responseBytes: responseBytes)
+        if let sink = worker.accessLog {
+            let error = responseStatus >= 400 || responseStatus == 0 || flag != .none
+            if error || sink.sampling >= 1 || Double(worker.rng.next() >> 11) / Double(1 << 53) < sink.sampling {
+                writeLogLine(sink, micros: micros)
+            }
+        }
+        if let pool = exchangePool {
+            pool.counters.inc(.requests)
+            if responseStatus >= 500 || responseStatus == 0 { pool.counters.inc(.errors) }
+            exchangePool = nil
         }
     }
 
@@ -113,6 +177,14 @@ final class DownstreamConnection: Connection {
     }
 
     override func onClosed() {
+        if tunnelOpen {
+            tunnelOpen = false
+            worker.metrics.recordTCP(key: tcpKey, opened: 0, closed: 1, sent: tunnelDown, received: tunnelUp)
+        }
+        if exchangeActive {
+            if flag == .none { flag = .downstreamConnectionTermination }
+            recordExchange()
+        }
         if let up = upstream {
             upstream = nil
             up.owner = nil
@@ -168,6 +240,7 @@ final class DownstreamConnection: Connection {
                 }
                 return
             case .error(let e):
+                beginExchange(headBytes: input.readableBytes)
                 worker.stats.inc(.requestsTotal)
                 worker.stats.inc(.badRequests)
                 clientKeepAlive = false
@@ -183,6 +256,7 @@ final class DownstreamConnection: Connection {
     private func startRequest() {
         let stats = worker.stats
         stats.inc(.requestsTotal)
+        beginExchange(headBytes: head.headEnd - head.headStart)
         snapshot = worker.snapshot
         method = head.method
         clientMinor = head.minorVersion
@@ -199,6 +273,7 @@ final class DownstreamConnection: Connection {
         reqBody.startRequest(head)
         requestDone = reqBody.isDone
 
+        if worker.accessLog != nil { captureForLog() }
         if method == .connect {
             consumeHead()
             localReply(501, "CONNECT is not supported by this listener", close: true, flag: .downstreamProtocolError)
@@ -231,10 +306,13 @@ final class DownstreamConnection: Connection {
                 return
             }
             let route = snapshot.routes[r]
+            metricsRoute = r
             cluster = route.cluster
             routeTimeout = route.timeout
         }
+        generatedIDOffset = -1
         buildUpstreamHead()
+        if worker.accessLog != nil { captureRequestID() }
         consumeHead()
         replayValid = true
         connectRetriesLeft = 2   // DESIGN §2: 2 retries on connect-failure by default
@@ -293,6 +371,7 @@ final class DownstreamConnection: Connection {
         if wantsUpgrade { out.append("connection: upgrade\r\n") }
         if head.requestIDIndex < 0 {
             out.append("x-request-id: ")
+            generatedIDOffset = out.writeIndex
             appendUUID(out)
             out.append("\r\n")
         }
@@ -324,12 +403,122 @@ final class DownstreamConnection: Connection {
         }
     }
 
+    // MARK: access log
+
+    /// Copies the request's fields (JSON-escaped) while the head is still in the input buffer.
+    private func captureForLog() {
+        let l = logRequest ?? ByteBuffer(capacity: 512)
+        logRequest = l
+        l.clear()
+        let b = input.base
+        l.append("\"method\":")
+        appendJSON(l, b + head.methodStart, head.methodEnd - head.methodStart)
+        l.append(",\"authority\":")
+        if head.isAbsoluteForm {
+            appendJSON(l, b + head.authorityStart, head.authorityEnd - head.authorityStart)
+        } else if head.hostIndex >= 0 {
+            let f = head.fields[head.hostIndex]
+            appendJSON(l, b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
+        } else {
+            l.append("\"\"")
+        }
+        var ps = head.targetStart, pe = head.targetEnd
+        if head.isAbsoluteForm { ps = head.pathStart; pe = head.pathEnd }
+        if !(worker.accessLog?.includeQuery ?? false) {
+            var i = ps
+            while i < pe && b[i] != UInt8(ascii: "?") { i += 1 }
+            pe = i
+        }
+        l.append(",\"path\":")
+        appendJSON(l, b + ps, pe - ps)
+        l.append(",\"protocol\":\"HTTP/1.")
+        l.append(UInt8(48 + clientMinor))
+        l.append(UInt8(ascii: "\""))
+    }
+
+    /// Adds the request id (the client's, or the one generated into `replay`) to the log fields.
+    private func captureRequestID() {
+        guard let l = logRequest else { return }
+        let b = input.base
+        l.append(",\"request_id\":")
+        if head.requestIDIndex >= 0 {
+            let f = head.fields[head.requestIDIndex]
+            appendJSON(l, b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
+        } else if generatedIDOffset >= 0 {
+            appendJSON(l, replay.base + generatedIDOffset, 36)
+        } else {
+            l.append("\"\"")
+        }
+    }
+
+    private func writeLogLine(_ sink: AccessLogSink, micros: UInt64) {
+        let o = sink.buffer
+        o.append("{\"start_time\":\"")
+        o.append(string: X509Info.rfc3339(Int64(logStartWall / 1_000_000_000)))
+        o.append("\",\"start_time_ms\":")
+        o.appendDecimal(Int(logStartWall / 1_000_000))
+        o.append(",\"duration_ms\":")
+        o.appendDecimal(Int(micros / 1000))
+        o.append(UInt8(ascii: "."))
+        let frac = Int(micros % 1000)
+        if frac < 100 { o.append(UInt8(ascii: "0")) }
+        if frac < 10 { o.append(UInt8(ascii: "0")) }
+        o.appendDecimal(frac)
+        o.append(",\"direction\":")
+        o.append(inbound ? "\"inbound\"" : "\"outbound\"")
+        if let l = logRequest, !l.isEmpty {
+            o.append(UInt8(ascii: ","))
+            o.append(from: l, l.readIndex, l.writeIndex)
+        }
+        o.append(",\"response_code\":")
+        o.appendDecimal(responseStatus)
+        o.append(",\"response_flags\":\"")
+        o.append(flag.code)
+        o.append("\",\"reason\":")
+        if let r = localReason { o.append(UInt8(ascii: "\"")); o.append(r); o.append(UInt8(ascii: "\"")) } else { o.append("null") }
+        o.append(",\"upstream\":")
+        if let p = exchangePool { o.append(UInt8(ascii: "\"")); o.append(string: p.address.text); o.append(UInt8(ascii: "\"")) } else { o.append("null") }
+        o.append(",\"route\":\"")
+        if metricsRoute == MetricKey.inboundRoute { o.append("inbound") }
+        else if metricsRoute < snapshot.routes.count { o.append(string: snapshot.routes[metricsRoute].label) }
+        else { o.append("-") }
+        let own = (snapshot.serverTLS ?? snapshot.clientTLS)?.localIdentity ?? ""
+        let peer = worker.metrics.peers.name(inbound ? downstreamPeer : upstreamPeer)
+        o.append("\",\"source_principal\":\"")
+        o.append(string: inbound ? peer : own)
+        o.append("\",\"destination_principal\":\"")
+        o.append(string: inbound ? own : peer)
+        o.append("\",\"bytes_received\":")
+        o.appendDecimal(Int(requestBytes))
+        o.append(",\"bytes_sent\":")
+        o.appendDecimal(Int(responseBytes))
+        o.append("}\n")
+        sink.lineAdded()
+    }
+
+    /// Appends bytes as a JSON string (quotes, backslashes and control bytes escaped).
+    private func appendJSON(_ o: ByteBuffer, _ p: UnsafeMutablePointer<UInt8>, _ n: Int) {
+        o.append(UInt8(ascii: "\""))
+        let hex: StaticString = "0123456789abcdef"
+        for i in 0..<n {
+            let c = p[i]
+            if c == 34 || c == 92 { o.append(92); o.append(c) }
+            else if c < 0x20 || c == 0x7f {
+                o.append("\\u00")
+                o.append(hex.utf8Start[Int(c >> 4)])
+                o.append(hex.utf8Start[Int(c & 15)])
+            } else { o.append(c) }
+        }
+        o.append(UInt8(ascii: "\""))
+    }
+
     // MARK: upstream selection
 
     private func acquireUpstream(fresh: Bool) {
         let c = snapshot.clusters[cluster]
         let pool = worker.pickEndpoint(cluster: cluster, avoid: lastPool)
         lastPool = pool
+        exchangePool = pool
         connectAttempts += 1
         guard let up = pool.checkout(c, tlsContext: snapshot.clientTLS, fresh: fresh) else {
             if pool.lastError == 0 {
@@ -350,6 +539,7 @@ final class DownstreamConnection: Connection {
     func upstreamReady(_ up: UpstreamConnection) {
         guard up === upstream, state == .connecting else { return }
         state = .proxying
+        upstreamPeer = up.peerIndex
         up.prepareForRequest()
         if up.reused { /* counted at checkout */ }
         up.send(replay.readPointer, replay.readableBytes)
@@ -383,6 +573,7 @@ final class DownstreamConnection: Connection {
             let adv = reqBody.advance(UnsafePointer(input.readPointer), input.readableBytes)
             if adv.forward > 0 {
                 up.send(input.readPointer, adv.forward)
+                requestBytes &+= UInt64(adv.forward)
                 if replayValid {
                     if replay.readableBytes + adv.forward <= DownstreamConnection.replayCap {
                         replay.append(input.readPointer, adv.forward)
@@ -445,6 +636,12 @@ final class DownstreamConnection: Connection {
                     up.parser.resetScan()
                     worker.stats.inc(.upgrades)
                     worker.stats.countResponse(101)
+                    responseStatus = 101
+                    recordExchange()
+                    tunnelOpen = true
+                    tunnelUp = 0
+                    tunnelDown = 0
+                    worker.metrics.recordTCP(key: tcpKey, opened: 1, closed: 0, sent: 0, received: 0)
                     state = .tunnel
                     reqBody.startTunnel()
                     pumpTunnelUp()
@@ -502,6 +699,7 @@ final class DownstreamConnection: Connection {
             else if clientMinor == 0 { out.append("connection: keep-alive\r\n") }
         }
         out.append("\r\n")
+        responseBytes &+= UInt64(out.readableBytes)
         send(out.readPointer, out.readableBytes)
     }
 
@@ -513,6 +711,7 @@ final class DownstreamConnection: Connection {
                 switch step {
                 case .data(let n):
                     send(up.input.readPointer, n)
+                    responseBytes &+= UInt64(n)
                     up.input.consume(n)
                 case .framing(let n), .needMore(let n):
                     up.input.consume(n)
@@ -531,6 +730,7 @@ final class DownstreamConnection: Connection {
             let adv = up.body.advance(UnsafePointer(up.input.readPointer), up.input.readableBytes)
             if adv.forward > 0 {
                 send(up.input.readPointer, adv.forward)
+                responseBytes &+= UInt64(adv.forward)
                 up.input.consume(adv.forward)
             }
             if adv.error != nil {
@@ -570,6 +770,7 @@ final class DownstreamConnection: Connection {
     }
 
     private func endExchange() {
+        recordExchange()
         if closeAfterResponse || !requestDone || worker.draining || peerClosed {
             state = .closing
             loop.setDeadline(self, loop.now + settings.idleTimeout)
@@ -615,6 +816,7 @@ final class DownstreamConnection: Connection {
         case .connecting, .proxying:
             if wasConnecting {
                 worker.stats.inc(.upstreamConnectFailures)
+                up.pool.counters.inc(.connectFailures)
                 connectFailed()
             } else if !responseStarted {
                 upstreamFailedBeforeResponse(reused: up.reused, partial: up.gotResponseBytes)
@@ -658,12 +860,15 @@ final class DownstreamConnection: Connection {
         if let up = upstream { upstream = nil; up.owner = nil; up.closeNow() }
         worker.stats.inc(.localReplies)
         worker.stats.countResponse(status)
+        localReason = body
         let mustClose = close || !clientKeepAlive || worker.draining
         closeAfterResponse = mustClose
         requestDone = !mustClose
         let out = worker.scratch
         out.clear()
         out.appendLocalReply(status: status, body: body, close: mustClose, flag: f)
+        responseStatus = status
+        responseBytes &+= UInt64(out.readableBytes)
         send(out.readPointer, out.readableBytes)
         Log.debug("proxy", "local reply \(status) \(f.code): \(body)")
         endExchange()
@@ -675,6 +880,7 @@ final class DownstreamConnection: Connection {
         guard let up = upstream else { return }
         if !input.isEmpty && !up.isCongested {
             up.send(input.readPointer, input.readableBytes)
+            tunnelUp &+= UInt64(input.readableBytes)
             input.consume(input.readableBytes)
         }
         resumeReading()
@@ -683,6 +889,7 @@ final class DownstreamConnection: Connection {
     private func pumpTunnelDown(_ up: UpstreamConnection) {
         if !up.input.isEmpty && !isCongested {
             send(up.input.readPointer, up.input.readableBytes)
+            tunnelDown &+= UInt64(up.input.readableBytes)
             up.input.consume(up.input.readableBytes)
         }
         if upstreamEOFSeen && up.input.isEmpty {

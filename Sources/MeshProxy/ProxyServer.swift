@@ -20,6 +20,7 @@ public final class ProxyServer: @unchecked Sendable {
     private var threads: [pthread_t] = []
     private var admin: AdminServer?
     private var adminThread: pthread_t?
+    private var accessLogWriter: AccessLogWriter?
     /// Ports actually bound (useful when the config says 0).
     public private(set) var outboundPort = 0
     public private(set) var inboundPort = 0
@@ -32,6 +33,14 @@ public final class ProxyServer: @unchecked Sendable {
 
     public func start() throws {
         workers = (0..<concurrency).map { Worker(id: $0, snapshot: snapshot) }
+        if let al = snapshot.bootstrap.accessLog {
+            let writer = try AccessLogWriter(path: al.path, workers: concurrency)
+            for (i, w) in workers.enumerated() {
+                w.accessLog = AccessLogSink(loop: w.loop, pipeFd: writer.writeEnd(worker: i), sampling: al.sampling, includeQuery: al.includeQuery)
+            }
+            writer.start()
+            accessLogWriter = writer
+        }
         // Bind per-worker listeners (the first with the configured port, the rest on the port it got).
         func bindAll(_ s: ProxySnapshot.ListenerSettings, _ name: String) throws -> [Int32] {
             var fds: [Int32] = []
@@ -58,7 +67,7 @@ public final class ProxyServer: @unchecked Sendable {
             throw ProxyStartError(description: "cannot listen on \(snapshot.bootstrap.admin) (admin): \(Socket.errorText(-adminFd))")
         }
         adminPort = Socket.localPort(adminFd)
-        let admin = AdminServer(workers: workers, snapshotVersion: snapshot.version)
+        let admin = AdminServer(workers: workers, snapshot: snapshot)
         guard admin.listen(fd: adminFd) else { throw ProxyStartError(description: "cannot watch the admin listener") }
         self.admin = admin
         for (i, w) in workers.enumerated() {
@@ -84,6 +93,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         for t in threads { Threads.join(t) }
         threads.removeAll()
+        accessLogWriter?.stop()
         if let a = admin {
             a.loop.stop()
             if let t = adminThread { Threads.join(t) }

@@ -20,7 +20,12 @@ public final class ProxySnapshot: Sendable {
     public struct Route: Sendable {
         public let cluster: Int
         public let timeout: UInt64
-        public let name: String
+        /// The `route` metric label.
+        public let label: String
+        /// Istio's destination_service labels, from the route's first host.
+        public let serviceFQDN: String
+        public let serviceName: String
+        public let serviceNamespace: String
     }
 
     public struct ListenerSettings: Sendable {
@@ -71,7 +76,11 @@ public final class ProxySnapshot: Sendable {
         let ns = b.workload.namespace
         for (i, r) in b.routes.enumerated() {
             let ci = clusters.firstIndex { $0.name == r.cluster }!
-            routes.append(Route(cluster: ci, timeout: r.timeout, name: "\(r.cluster).\(i)"))
+            let parts = r.hosts[0].lowercased().split(separator: ".").map(String.init)
+            let svcName = parts.first ?? r.hosts[0]
+            let svcNS = parts.count > 1 ? parts[1] : ns
+            routes.append(Route(cluster: ci, timeout: r.timeout, label: r.name,
+                                serviceFQDN: "\(svcName).\(svcNS).svc.cluster.local", serviceName: svcName, serviceNamespace: svcNS))
             for h in r.hosts {
                 hostEntries.append((h, i))
                 // Istio's short names: `name` -> name.ns, name.ns.svc.cluster.local; `name.ns` -> FQDN.

@@ -22,6 +22,8 @@ final class UpstreamConnection: Connection {
     /// Any byte of a response seen for the current request.
     var gotResponseBytes = false
     var headParsed = false
+    /// The peer's identity as an index in the worker's peer table (0: unknown).
+    var peerIndex = 0
 
     init(pool: EndpointPool, fd: Int32, tls: TLSSession?) {
         self.pool = pool
@@ -32,6 +34,7 @@ final class UpstreamConnection: Connection {
         if let tls = security as? TLSSession {
             pool.worker.stats.inc(.tlsHandshakesOK)
             if tls.resumed { pool.worker.stats.inc(.tlsSessionsResumed) }
+            peerIndex = pool.worker.metrics.peers.intern(tls.peerIdentity)
         }
         loop.setDeadline(self, 0)
         state = .active
@@ -105,6 +108,8 @@ final class EndpointPool {
     private var idle: [UpstreamConnection] = []
     private(set) var open = 0
     let sessionCache = TLSSessionCache()
+    /// Per-endpoint counters for `/clusters` (read racily, tear-free, by the admin thread).
+    let counters = EndpointCounters()
 
     init(worker: Worker, address: SocketAddress, cluster: Int) {
         self.worker = worker
@@ -128,7 +133,7 @@ final class EndpointPool {
             return nil
         }
         let fd = Socket.connect(address)
-        if fd < 0 { lastError = -fd; return nil }
+        if fd < 0 { lastError = -fd; counters.inc(.connectFailures); return nil }
         var tls: TLSSession? = nil
         if c.mutualTLS, let ctx = tlsContext {
             tls = TLSSession(context: ctx, sessionCache: sessionCache, expectedPeers: c.expectedPeers)
@@ -136,6 +141,8 @@ final class EndpointPool {
         let u = UpstreamConnection(pool: self, fd: fd, tls: tls)
         guard u.start() else { lastError = 24; return nil }
         open += 1
+        counters.inc(.connectionsTotal)
+        counters.set(.connectionsActive, UInt64(open))
         worker.stats.inc(.upstreamConnectionsTotal)
         worker.stats.inc(.upstreamConnectionsActive)
         loop.setDeadline(u, loop.now + c.connectTimeout)
@@ -157,6 +164,7 @@ final class EndpointPool {
 
     func connectionClosed(_ u: UpstreamConnection) {
         open -= 1
+        counters.set(.connectionsActive, UInt64(open))
         worker.stats.dec(.upstreamConnectionsActive)
         if u.state == .idle, let i = idle.firstIndex(where: { $0 === u }) { idle.remove(at: i) }
     }
@@ -168,4 +176,18 @@ final class EndpointPool {
         idle.removeAll()
         for u in all { u.closeNow() }
     }
+}
+
+/// Counters of one endpoint on one worker, summed by `/clusters`.
+final class EndpointCounters: @unchecked Sendable {
+    enum Name: Int, CaseIterable { case requests, errors, connectFailures, connectionsTotal, connectionsActive }
+    private let v: UnsafeMutablePointer<UInt64>
+    init() {
+        v = .allocate(capacity: Name.allCases.count)
+        v.initialize(repeating: 0, count: Name.allCases.count)
+    }
+    deinit { v.deallocate() }
+    @inline(__always) func inc(_ n: Name) { v[n.rawValue] &+= 1 }
+    @inline(__always) func set(_ n: Name, _ x: UInt64) { v[n.rawValue] = x }
+    func get(_ n: Name) -> UInt64 { v[n.rawValue] }
 }

@@ -13,6 +13,10 @@ public final class Worker: @unchecked Sendable {
     public let id: Int
     public let loop: EventLoop
     public let stats = WorkerStats()
+    /// Istio-shaped request metrics of this worker.
+    let metrics: ProxyMetrics
+    /// This worker's side of the access log (nil when access logging is off).
+    var accessLog: AccessLogSink?
     private(set) var snapshot: ProxySnapshot
     /// pools[cluster][endpoint]
     private(set) var pools: [[EndpointPool]] = []
@@ -31,6 +35,7 @@ public final class Worker: @unchecked Sendable {
         self.id = id
         self.loop = EventLoop(name: "worker \(id)")
         self.snapshot = snapshot
+        self.metrics = ProxyMetrics(enabled: snapshot.bootstrap.statsEnabled)
         buildPools()
     }
 

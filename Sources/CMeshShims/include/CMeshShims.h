@@ -30,6 +30,9 @@
 // ---- Linux ----
 /// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC) (needs _GNU_SOURCE, so it lives in shims.c).
 int mesh_accept4(int fd);
+/// pipe2(fds, flags) (needs _GNU_SOURCE); with `bigNonblockingWrite`, the write end holds up to
+/// 1 MiB (F_SETPIPE_SZ) and both ends are non-blocking.
+int mesh_pipe(int fds[2], int nonblocking);
 static inline int mesh_errno(void) { return errno; }
 static inline void mesh_set_errno(int e) { errno = e; }
 static inline uint64_t mesh_monotonic_ns(void) {
@@ -95,5 +98,6 @@ static inline X509 *mesh_sk_X509_value(const STACK_OF(X509) *s, int i) { return 
 static inline uint64_t mesh_ssl_secure_options(void) {
     return (uint64_t)(SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
 }
+static inline unsigned long mesh_xn_flag_rfc2253(void) { return XN_FLAG_RFC2253; }
 
 #endif

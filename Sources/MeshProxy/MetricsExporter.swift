@@ -1,0 +1,164 @@
+import MeshStats
+import MeshTLS
+
+/// Renders `/stats/prometheus`: every worker's series summed (peer indices translated to names
+/// first, since each worker interns its own), with Istio's metric names, units and labels
+/// (DESIGN §6) plus the `route` label, and the proxy's own `mesh_` health metrics. Admin thread.
+struct MetricsExporter {
+    let workers: [Worker]
+    let snapshot: ProxySnapshot
+    let localIdentity: String
+    let configAppliedAt: Int64
+    let certExpiry: Int64
+
+    private struct MergeKey: Hashable { let key: UInt64; let peer: String }
+
+    func render() -> String {
+        var p = PrometheusText()
+        let b = snapshot.bootstrap
+        let wl = b.workload
+        let app = wl.labels.first { $0.0 == "app" }?.1 ?? wl.service
+        let version = wl.labels.first { $0.0 == "version" }?.1 ?? "unknown"
+        let principal = localIdentity.isEmpty ? "unknown" : localIdentity
+
+        // Merge request series across workers.
+        var merged: [MergeKey: [UInt64]] = [:]
+        var order: [MergeKey] = []
+        let slotCount = ProxyMetrics.Slot.count
+        for w in workers {
+            w.metrics.requests.forEach { key, slots in
+                let peerName = key == SeriesTable.overflowKey ? "unknown" : w.metrics.peers.name(MetricKey.peer(key))
+                let mk = MergeKey(key: key == SeriesTable.overflowKey ? key : key & ~(UInt64(0xFFFF) << 32), peer: peerName)
+                if merged[mk] == nil { merged[mk] = Array(repeating: 0, count: slotCount); order.append(mk) }
+                for i in 0..<slotCount { merged[mk]![i] &+= slots[i] }
+            }
+        }
+        var tcpMerged: [MergeKey: [UInt64]] = [:]
+        var tcpOrder: [MergeKey] = []
+        for w in workers {
+            w.metrics.tcp.forEach { key, slots in
+                let peerName = key == SeriesTable.overflowKey ? "unknown" : w.metrics.peers.name(MetricKey.peer(key))
+                let mk = MergeKey(key: key == SeriesTable.overflowKey ? key : key & ~(UInt64(0xFFFF) << 32), peer: peerName)
+                if tcpMerged[mk] == nil { tcpMerged[mk] = Array(repeating: 0, count: ProxyMetrics.TCPSlot.count); tcpOrder.append(mk) }
+                for i in 0..<ProxyMetrics.TCPSlot.count { tcpMerged[mk]![i] &+= slots[i] }
+            }
+        }
+
+        func labels(_ mk: MergeKey, withCode: Bool) -> [(String, String)] {
+            let overflow = mk.key == SeriesTable.overflowKey
+            let inbound = !overflow && MetricKey.inbound(mk.key)
+            let peerNS = namespace(of: mk.peer)
+            let local = (wl.name, wl.namespace, principal, app, version)
+            let peer = ("unknown", peerNS, mk.peer, "unknown", "unknown")
+            let src = inbound ? peer : local
+            let dst = inbound ? local : peer
+            var svcFQDN = "unknown", svcName = "unknown", svcNS = "unknown", route = "-"
+            let r = overflow ? MetricKey.noRoute : MetricKey.route(mk.key)
+            if overflow {
+                route = "overflow"
+            } else if r == MetricKey.inboundRoute {
+                svcFQDN = "\(wl.service).\(wl.namespace).svc.cluster.local"
+                svcName = wl.service
+                svcNS = wl.namespace
+                route = "inbound"
+            } else if r < snapshot.routes.count {
+                let rt = snapshot.routes[r]
+                svcFQDN = rt.serviceFQDN
+                svcName = rt.serviceName
+                svcNS = rt.serviceNamespace
+                route = rt.label
+            }
+            var l: [(String, String)] = [
+                ("reporter", inbound ? "destination" : "source"),
+                ("source_workload", src.0), ("source_workload_namespace", src.1), ("source_principal", src.2),
+                ("source_app", src.3), ("source_version", src.4),
+                ("destination_workload", dst.0), ("destination_workload_namespace", dst.1), ("destination_principal", dst.2),
+                ("destination_app", dst.3), ("destination_version", dst.4),
+                ("destination_service", svcFQDN), ("destination_service_name", svcName), ("destination_service_namespace", svcNS),
+                ("request_protocol", "http"),
+            ]
+            if withCode {
+                l.append(("response_code", overflow ? "0" : String(MetricKey.code(mk.key))))
+                l.append(("grpc_response_status", ""))
+                l.append(("response_flags", overflow ? "-" : "\(MetricKey.flag(mk.key).code)"))
+            }
+            l.append(("connection_security_policy", inbound ? "mutual_tls" : "unknown"))
+            l.append(("route", route))
+            return l
+        }
+
+        typealias S = ProxyMetrics.Slot
+        p.family("istio_requests_total", type: "counter", help: "Requests handled by this proxy, by route, response code and flags.")
+        for mk in order { p.sample("istio_requests_total", labels(mk, withCode: true), merged[mk]![S.requests]) }
+
+        func histogram(_ name: String, help: String, sumSlot: Int, bucketSlot: Int, buckets: Buckets, sumScale: Double) {
+            p.family(name, type: "histogram", help: help)
+            for mk in order {
+                let v = merged[mk]!
+                let base = labels(mk, withCode: true)
+                var cum: UInt64 = 0
+                for (i, le) in buckets.labels.enumerated() {
+                    cum &+= v[bucketSlot + i]
+                    p.sample(name + "_bucket", base + [("le", le)], cum)
+                }
+                cum &+= v[bucketSlot + buckets.labels.count]
+                p.sample(name + "_bucket", base + [("le", "+Inf")], cum)
+                p.sample(name + "_sum", base, formatNumber(Double(v[sumSlot]) * sumScale))
+                p.sample(name + "_count", base, cum)
+            }
+        }
+        histogram("istio_request_duration_milliseconds", help: "Time from the request head to the end of the response, in milliseconds.",
+                  sumSlot: S.durationSum, bucketSlot: S.durationBuckets, buckets: .istioDurationMillis, sumScale: 0.001)
+        histogram("istio_request_bytes", help: "Request sizes (head and body), in bytes.",
+                  sumSlot: S.requestBytesSum, bucketSlot: S.requestBuckets, buckets: .istioBytes, sumScale: 1)
+        histogram("istio_response_bytes", help: "Response sizes (head and body), in bytes.",
+                  sumSlot: S.responseBytesSum, bucketSlot: S.responseBuckets, buckets: .istioBytes, sumScale: 1)
+
+        typealias T = ProxyMetrics.TCPSlot
+        let tcpFamilies: [(String, Int, String)] = [
+            ("istio_tcp_connections_opened_total", T.opened, "Tunnelled TCP connections opened (after an HTTP upgrade)."),
+            ("istio_tcp_connections_closed_total", T.closed, "Tunnelled TCP connections closed."),
+            ("istio_tcp_sent_bytes_total", T.sent, "Bytes sent to the downstream over tunnelled connections."),
+            ("istio_tcp_received_bytes_total", T.received, "Bytes received from the downstream over tunnelled connections."),
+        ]
+        for (name, slot, help) in tcpFamilies {
+            p.family(name, type: "counter", help: help)
+            for mk in tcpOrder { p.sample(name, labels(mk, withCode: false), tcpMerged[mk]![slot]) }
+        }
+
+        // Health of the proxy itself.
+        func total(_ c: WorkerStats.Counter) -> UInt64 { workers.reduce(0) { $0 &+ $1.stats.get(c) } }
+        p.family("mesh_retries_total", type: "counter", help: "Upstream requests retried (connect failures and the keep-alive race).")
+        p.sample("mesh_retries_total", [("reason", "connect_failure")], total(.retries))
+        p.sample("mesh_retries_total", [("reason", "keepalive_race")], total(.upstreamKeepAliveRaceRetries))
+        p.family("mesh_upstream_connect_failures_total", type: "counter", help: "Upstream connection attempts that failed (refused, timed out, TLS refused).")
+        p.sample("mesh_upstream_connect_failures_total", [], total(.upstreamConnectFailures))
+        p.family("mesh_tls_handshakes_total", type: "counter", help: "TLS handshakes by result, both directions.")
+        p.sample("mesh_tls_handshakes_total", [("result", "ok")], total(.tlsHandshakesOK))
+        p.sample("mesh_tls_handshakes_total", [("result", "failed")], total(.tlsHandshakesFailed))
+        p.family("mesh_tls_sessions_resumed_total", type: "counter", help: "TLS handshakes that resumed a session.")
+        p.sample("mesh_tls_sessions_resumed_total", [], total(.tlsSessionsResumed))
+        p.family("mesh_downstream_connections_active", type: "gauge", help: "Open downstream connections.")
+        p.sample("mesh_downstream_connections_active", [], total(.downstreamConnectionsActive))
+        p.family("mesh_upstream_connections_active", type: "gauge", help: "Open upstream connections (pooled or in use).")
+        p.sample("mesh_upstream_connections_active", [], total(.upstreamConnectionsActive))
+        p.family("mesh_config_version_info", type: "gauge", help: "The config version in force (value is always 1).")
+        p.sample("mesh_config_version_info", [("version", snapshot.version)], 1)
+        p.family("mesh_config_last_applied_timestamp_seconds", type: "gauge", help: "When the config in force was applied (Unix time).")
+        p.sample("mesh_config_last_applied_timestamp_seconds", [], UInt64(max(configAppliedAt, 0)))
+        if certExpiry > 0 {
+            p.family("mesh_certificate_expiry_timestamp_seconds", type: "gauge", help: "When this workload's certificate expires (Unix time).")
+            p.sample("mesh_certificate_expiry_timestamp_seconds", [("identity", principal)], UInt64(certExpiry))
+        }
+        p.family("mesh_metric_series", type: "gauge", help: "Request metric series held (bounded; beyond the bound requests count under route=\"overflow\").")
+        p.sample("mesh_metric_series", [], UInt64(order.count))
+        return p.text
+    }
+
+    /// The namespace in a SPIFFE ID (`spiffe://td/ns/NS/sa/SA`), or "unknown".
+    private func namespace(of id: String) -> String {
+        let parts = id.split(separator: "/", omittingEmptySubsequences: true)
+        if let i = parts.firstIndex(of: "ns"), i + 1 < parts.count { return String(parts[i + 1]) }
+        return "unknown"
+    }
+}

@@ -1,0 +1,118 @@
+import Synchronization
+
+/// One worker's metric series: each series is a 64-bit label key plus a fixed number of 64-bit
+/// slots (counters, histogram buckets, sums). Storage is allocated once and never moves, so the
+/// admin thread can read it while the worker writes: a series is fully initialised before the
+/// published count covers it (release/acquire), and slots are plain 8-byte stores read tear-free.
+/// The capacity is the cardinality bound: when it is reached, new keys land in the overflow series
+/// (key `overflowKey`), which is counted and visible in the scrape.
+public final class SeriesTable: @unchecked Sendable {
+    public let slotsPerSeries: Int
+    public let capacity: Int
+    public static let overflowKey: UInt64 = .max
+    private let keys: UnsafeMutablePointer<UInt64>
+    private let slots: UnsafeMutablePointer<UInt64>
+    private let index: UnsafeMutablePointer<Int32>
+    private let indexMask: Int
+    private let published = Atomic<Int>(0)
+    private var count = 0
+    private var lastKey: UInt64 = .max - 1
+    private var lastIndex = 0
+
+    public init(slotsPerSeries: Int, capacity: Int = 4096) {
+        self.slotsPerSeries = slotsPerSeries
+        self.capacity = capacity
+        keys = .allocate(capacity: capacity)
+        slots = .allocate(capacity: capacity * slotsPerSeries)
+        slots.initialize(repeating: 0, count: capacity * slotsPerSeries)
+        var cap = 16
+        while cap < capacity * 2 { cap *= 2 }
+        index = .allocate(capacity: cap)
+        index.initialize(repeating: -1, count: cap)
+        indexMask = cap - 1
+    }
+
+    deinit {
+        keys.deallocate()
+        slots.deallocate()
+        index.deallocate()
+    }
+
+    /// The slots of the series for `key`, created on first use (worker thread only).
+    @inline(__always) public func series(_ key: UInt64) -> UnsafeMutablePointer<UInt64> {
+        if key == lastKey { return slots + lastIndex * slotsPerSeries }
+        let i = lookupOrInsert(key)
+        lastKey = key
+        lastIndex = i
+        return slots + i * slotsPerSeries
+    }
+
+    private func lookupOrInsert(_ key: UInt64) -> Int {
+        var h = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 20) & indexMask
+        while true {
+            let s = index[h]
+            if s < 0 { break }
+            if keys[Int(s)] == key { return Int(s) }
+            h = (h + 1) & indexMask
+        }
+        if count >= capacity - 1 && key != SeriesTable.overflowKey {
+            return lookupOrInsert(SeriesTable.overflowKey)
+        }
+        let i = count
+        keys[i] = key
+        index[h] = Int32(i)
+        count += 1
+        published.store(count, ordering: .releasing)
+        return i
+    }
+
+    /// Calls `body` for each published series (any thread).
+    public func forEach(_ body: (UInt64, UnsafePointer<UInt64>) -> Void) {
+        let n = published.load(ordering: .acquiring)
+        for i in 0..<n { body(keys[i], UnsafePointer(slots + i * slotsPerSeries)) }
+    }
+
+    public var seriesCount: Int { published.load(ordering: .acquiring) }
+}
+
+/// Histogram bucket upper bounds, with the index lookup used on the hot path.
+public struct Buckets: Sendable {
+    /// Upper bounds in the unit the value is recorded in (integers: microseconds, bytes).
+    public let bounds: [UInt64]
+    /// The same bounds as written in the exposition (e.g. milliseconds for durations).
+    public let labels: [String]
+
+    public init(bounds: [UInt64], labels: [String]) {
+        precondition(bounds.count == labels.count)
+        self.bounds = bounds
+        self.labels = labels
+    }
+
+    /// Index of the first bucket whose bound is >= v (bounds.count for +Inf).
+    @inline(__always) public func index(_ v: UInt64) -> Int {
+        var i = 0
+        let n = bounds.count
+        while i < n && v > bounds[i] { i += 1 }
+        return i
+    }
+
+    /// Istio's default request-duration buckets in milliseconds, recorded in microseconds.
+    public static let istioDurationMillis: Buckets = {
+        let ms: [Double] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000]
+        return Buckets(bounds: ms.map { UInt64($0 * 1000) }, labels: ms.map { formatNumber($0) })
+    }()
+
+    /// Istio's default size buckets in bytes (1, 10, ... 1e9).
+    public static let istioBytes: Buckets = {
+        var b: [UInt64] = []
+        var v: UInt64 = 1
+        for _ in 0..<10 { b.append(v); v *= 10 }
+        return Buckets(bounds: b, labels: b.map { String($0) })
+    }()
+}
+
+/// Formats a number the way Prometheus clients do: integers without a fraction.
+public func formatNumber(_ v: Double) -> String {
+    if v == v.rounded() && abs(v) < 1e15 { return String(Int64(v)) }
+    return String(v)
+}
