@@ -6,7 +6,7 @@ set -euo pipefail
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in libssl-dev libnghttp2-dev pkg-config curl openssl nghttp2-client python3 python3-pip ca-certificates; do
+for p in libssl-dev libnghttp2-dev pkg-config curl openssl nghttp2-client prometheus python3 python3-pip ca-certificates; do
     have_pkg "$p" || need_pkgs+=("$p")
 done
 # python3/pip may come from elsewhere (pyenv); only ask apt when no python3 is on PATH.
@@ -18,7 +18,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     echo "setup-deps: installing ${need_pkgs[*]}" >&2
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 if ! python3 -c "import pytest" 2>/dev/null; then
     echo "setup-deps: installing pytest" >&2

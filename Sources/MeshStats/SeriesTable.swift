@@ -1,4 +1,7 @@
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One worker's metric series: each series is a 64-bit label key plus a fixed number of 64-bit
 /// slots (counters, histogram buckets, sums). Storage is allocated once and never moves, so the
@@ -12,6 +15,7 @@ public final class SeriesTable: @unchecked Sendable {
     public static let overflowKey: UInt64 = .max
     private let keys: UnsafeMutablePointer<UInt64>
     private let slots: UnsafeMutablePointer<UInt64>
+    /// Open-addressing index: series number + 1, 0 = empty.
     private let index: UnsafeMutablePointer<Int32>
     private let indexMask: Int
     private let published = Atomic<Int>(0)
@@ -22,20 +26,20 @@ public final class SeriesTable: @unchecked Sendable {
     public init(slotsPerSeries: Int, capacity: Int = 4096) {
         self.slotsPerSeries = slotsPerSeries
         self.capacity = capacity
-        keys = .allocate(capacity: capacity)
-        slots = .allocate(capacity: capacity * slotsPerSeries)
-        slots.initialize(repeating: 0, count: capacity * slotsPerSeries)
+        // calloc: large zeroed blocks come from mmap and cost memory only once touched, so an
+        // idle proxy does not pay for the cardinality bound.
+        keys = calloc(capacity, 8)!.assumingMemoryBound(to: UInt64.self)
+        slots = calloc(capacity * slotsPerSeries, 8)!.assumingMemoryBound(to: UInt64.self)
         var cap = 16
         while cap < capacity * 2 { cap *= 2 }
-        index = .allocate(capacity: cap)
-        index.initialize(repeating: -1, count: cap)
+        index = calloc(cap, 4)!.assumingMemoryBound(to: Int32.self)
         indexMask = cap - 1
     }
 
     deinit {
-        keys.deallocate()
-        slots.deallocate()
-        index.deallocate()
+        free(keys)
+        free(slots)
+        free(index)
     }
 
     /// The slots of the series for `key`, created on first use (worker thread only).
@@ -50,9 +54,9 @@ public final class SeriesTable: @unchecked Sendable {
     private func lookupOrInsert(_ key: UInt64) -> Int {
         var h = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 20) & indexMask
         while true {
-            let s = index[h]
+            let s = Int(index[h]) - 1
             if s < 0 { break }
-            if keys[Int(s)] == key { return Int(s) }
+            if keys[s] == key { return s }
             h = (h + 1) & indexMask
         }
         if count >= capacity - 1 && key != SeriesTable.overflowKey {
@@ -60,7 +64,7 @@ public final class SeriesTable: @unchecked Sendable {
         }
         let i = count
         keys[i] = key
-        index[h] = Int32(i)
+        index[h] = Int32(i + 1)
         count += 1
         published.store(count, ordering: .releasing)
         return i
