@@ -255,6 +255,7 @@ public struct HTTP1Parser: Sendable {
             if n == 5 && ASCII.equalsLower(buf + ts, 5, "close") { head.connectionClose = true }
             else if n == 10 && ASCII.equalsLower(buf + ts, 10, "keep-alive") { head.connectionKeepAlive = true }
             else if n == 7 && ASCII.equalsLower(buf + ts, 7, "upgrade") { head.connectionUpgrade = true }
+            else if n > 0 && head.connectionListed.count < 16 { head.connectionListed.append((Int32(ts), Int32(i))) }
         }
     }
 

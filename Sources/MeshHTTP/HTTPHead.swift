@@ -54,8 +54,21 @@ public struct HTTPHead: Sendable {
     public var hostIndex = -1
     public var upgradeIndex = -1
     public var requestIDIndex = -1
+    /// Other header names listed in `Connection` (hop-by-hop by declaration), as byte ranges.
+    public var connectionListed: [(start: Int32, end: Int32)] = []
 
     public init() { fields.reserveCapacity(32) }
+
+    /// True if the field's name is one `Connection` declared hop-by-hop.
+    public func isConnectionListed(_ f: HeaderField, in buf: UnsafePointer<UInt8>) -> Bool {
+        let n = Int(f.nameEnd - f.lineStart)
+        for r in connectionListed where Int(r.end - r.start) == n {
+            var same = true
+            for i in 0..<n where ASCII.lower(buf[Int(f.lineStart) + i]) != ASCII.lower(buf[Int(r.start) + i]) { same = false; break }
+            if same { return true }
+        }
+        return false
+    }
 
     mutating func reset(isRequest: Bool) {
         self.isRequest = isRequest
@@ -70,6 +83,7 @@ public struct HTTPHead: Sendable {
         hostIndex = -1
         upgradeIndex = -1
         requestIDIndex = -1
+        if !connectionListed.isEmpty { connectionListed.removeAll(keepingCapacity: true) }
         isAbsoluteForm = false
         authorityStart = 0; authorityEnd = 0
         pathStart = 0; pathEnd = 0

@@ -22,6 +22,10 @@ public enum Threads {
 
     public static func join(_ t: pthread_t) { pthread_join(t, nil) }
 
+    /// Raises the open-files limit to its hard maximum; returns the limit in force.
+    @discardableResult
+    public static func raiseOpenFilesLimit() -> Int { mesh_raise_nofile() }
+
     /// Number of CPUs this process may run on.
     public static var cpuCount: Int {
         let n = sysconf(Int32(_SC_NPROCESSORS_ONLN))

@@ -347,7 +347,9 @@ final class DownstreamConnection: Connection {
             out.append(b + head.targetStart, head.targetEnd - head.targetStart)
         }
         out.append(" HTTP/1.1\r\n")
+        let listed = !head.connectionListed.isEmpty
         for f in head.fields {
+            if listed && head.isConnectionListed(f, in: b) { continue }
             switch f.kind {
             case .connection, .keepAlive, .proxyConnection, .xForwardedClientCert:
                 continue
@@ -679,7 +681,9 @@ final class DownstreamConnection: Connection {
         let lineEnd = h.fields.first.map { Int($0.lineStart) - 2 } ?? (h.headEnd - 4)
         out.append(b + h.headStart + 9, lineEnd - (h.headStart + 9))
         out.append("\r\n")
+        let listed = !h.connectionListed.isEmpty
         for f in h.fields {
+            if listed && h.isConnectionListed(f, in: b) { continue }
             switch f.kind {
             case .connection, .keepAlive, .proxyConnection, .te:
                 continue

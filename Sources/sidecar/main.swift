@@ -106,6 +106,7 @@ if flags.has("check") {
 
 // Block the signals before any thread starts, so only the signalfd sees them.
 let signals = SignalWaiter()
+Threads.raiseOpenFilesLimit()
 let concurrency = concurrencyFlag ?? bootstrap.concurrency ?? Threads.cpuCount
 let server = ProxyServer(snapshot: snapshot, concurrency: concurrency)
 do {

@@ -225,3 +225,11 @@ def test_request_head_arriving_in_pieces(mesh):
     s.close()
     assert data.startswith(b"HTTP/1.1 200"), data
     assert b'"bytes": 5' in data
+
+
+def test_headers_named_in_connection_are_not_forwarded(mesh):
+    r = curl(mesh.url("/echo"), "-H", "Host: server", "-H", "Connection: keep-alive, X-Hop", "-H", "X-Hop: secret",
+             "-H", "X-Kept: yes", "-H", "Keep-Alive: timeout=5", "-H", "Proxy-Connection: keep-alive")
+    h = json.loads(r.stdout)["headers"]
+    assert "x-hop" not in h and "keep-alive" not in h and "proxy-connection" not in h
+    assert h["x-kept"] == ["yes"]

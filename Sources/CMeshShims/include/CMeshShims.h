@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <time.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 
 #include <openssl/ssl.h>
 #include <openssl/err.h>
@@ -67,6 +68,16 @@ static inline int mesh_signalfd_read(int fd) {
 static inline int mesh_sigterm(void) { return SIGTERM; }
 static inline int mesh_sigint(void) { return SIGINT; }
 static inline int mesh_sighup(void) { return SIGHUP; }
+
+/// Raises the soft limit on open files to the hard limit (a proxy holds two descriptors per
+/// proxied connection); returns the new soft limit.
+static inline long mesh_raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
+    if (rl.rlim_cur < rl.rlim_max) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
+    getrlimit(RLIMIT_NOFILE, &rl);
+    return (long)rl.rlim_cur;
+}
 
 /// Original destination of a redirected connection (iptables REDIRECT), for transparent capture.
 static inline int mesh_original_dst(int fd, struct sockaddr_in *out) {
