@@ -1,0 +1,339 @@
+import CNghttp2
+import MeshCore
+
+/// Events of an HTTP/2 connection, delivered while `HTTP2Session.receive` runs. Header names and
+/// values point into nghttp2's buffers and are valid only during the call.
+public protocol HTTP2SessionDelegate: AnyObject {
+    /// A HEADERS block starts on `stream` (a new request on a server, the response or trailers on a client).
+    func h2BeginHeaders(stream: Int32)
+    /// One header field; return false to reset the stream (e.g. a forbidden header).
+    func h2Header(stream: Int32, name: UnsafePointer<UInt8>, nameLength: Int, value: UnsafePointer<UInt8>, valueLength: Int) -> Bool
+    /// The HEADERS block is complete; `trailers` when it follows DATA; `endStream` when no body follows.
+    func h2HeadersComplete(stream: Int32, trailers: Bool, endStream: Bool)
+    /// Body bytes. Flow-control credit returns only when the owner calls `consume`.
+    func h2Data(stream: Int32, _ p: UnsafePointer<UInt8>, _ n: Int)
+    /// END_STREAM arrived on a DATA frame.
+    func h2DataEnd(stream: Int32)
+    /// The stream is gone (error 0 = closed normally, else the RST_STREAM/GOAWAY error code).
+    func h2StreamClosed(stream: Int32, error: UInt32)
+    /// The peer sent GOAWAY: streams above `lastStream` were not processed.
+    func h2GoAway(lastStream: Int32, error: UInt32)
+}
+
+/// An HTTP/2 connection (RFC 9113) on nghttp2, without I/O: bytes read from the socket go into
+/// `receive`, bytes to write come out of `produce`. Settings bound what one peer may pin
+/// (concurrent streams, header list size, windows); flow control is manual, so a stream's window
+/// reopens only as its data is forwarded (back-pressure from the other side of the proxy).
+public final class HTTP2Session {
+    public enum Role: Sendable { case server, client }
+
+    /// What this side allows the peer (abuse limits of DESIGN §7/§8).
+    public struct Settings: Sendable {
+        public var maxConcurrentStreams: UInt32 = 1000
+        public var initialWindowSize: UInt32 = 1 << 20          // per stream
+        public var connectionWindowSize: Int32 = 8 << 20
+        public var maxHeaderListSize: UInt32 = 64 * 1024
+        public var maxFrameSize: UInt32 = 16 * 1024
+        public init() {}
+    }
+
+    public let role: Role
+    public let settings: Settings
+    private var session: OpaquePointer?
+    /// Size (RFC 9113 §6.5.2: name + value + 32 per field) of the header block being received;
+    /// blocks arrive contiguously, so one counter serves the connection.
+    fileprivate var headerBlockSize = 0
+    /// Streams reset because their header list exceeded the limit.
+    public private(set) var oversizedHeaderResets: UInt64 = 0
+    public unowned let delegate: HTTP2SessionDelegate
+    /// Outgoing bodies by stream (the data provider reads from them).
+    private var outgoing: [Int32: StreamOutput] = [:]
+    private let nvScratch = ByteBuffer(capacity: 4096)
+    private var nvOffsets: [(Int, Int, Int, Int)] = []
+    /// Set when nghttp2 reports a connection-level error; the owner should flush and close.
+    public private(set) var failed = false
+    public private(set) var lastError = ""
+
+    /// Bytes queued for one stream, with the end-of-stream marker and optional trailers.
+    final class StreamOutput {
+        let buffer = ByteBuffer(capacity: 4096)
+        var finished = false
+        /// Trailer fields: bytes and (name offset, name length, value offset, value length).
+        var trailerBytes: ByteBuffer? = nil
+        var trailerOffsets: [(Int, Int, Int, Int)] = []
+        var deferred = false
+    }
+
+    public init(role: Role, delegate: HTTP2SessionDelegate, settings: Settings = Settings()) {
+        self.role = role
+        self.delegate = delegate
+        self.settings = settings
+        var cbs: OpaquePointer?
+        nghttp2_session_callbacks_new(&cbs)
+        HTTP2Session.installCallbacks(cbs)
+        var opt: OpaquePointer?
+        nghttp2_option_new(&opt)
+        nghttp2_option_set_no_auto_window_update(opt, 1)
+        nghttp2_option_set_max_send_header_block_length(opt, 64 * 1024)
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        if role == .server {
+            nghttp2_session_server_new2(&session, cbs, me, opt)
+        } else {
+            nghttp2_session_client_new2(&session, cbs, me, opt)
+        }
+        nghttp2_option_del(opt)
+        nghttp2_session_callbacks_del(cbs)
+        var iv = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: settings.maxConcurrentStreams),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: settings.initialWindowSize),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: settings.maxHeaderListSize),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: settings.maxFrameSize),
+        ]
+        nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &iv, iv.count)
+        // Open the connection window beyond the 64 KiB default.
+        let extra = settings.connectionWindowSize - 65535
+        if extra > 0 { nghttp2_submit_window_update(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, extra) }
+    }
+
+    deinit { nghttp2_session_del(session) }
+
+    // MARK: I/O
+
+    /// Feeds bytes read from the peer; consumes all of `input`. False on a connection error (a
+    /// GOAWAY is queued: produce, flush and close).
+    public func receive(_ input: ByteBuffer) -> Bool {
+        if input.isEmpty { return !failed }
+        let n = nghttp2_session_mem_recv(session, input.readPointer, input.readableBytes)
+        if n < 0 {
+            failed = true
+            lastError = String(cString: nghttp2_strerror(Int32(n)))
+            input.clear()
+            return false
+        }
+        input.consume(Int(n))
+        return !failed
+    }
+
+    /// Appends every frame nghttp2 has ready to `out` (one write for all of them).
+    public func produce(into out: ByteBuffer) {
+        while true {
+            var p: UnsafePointer<UInt8>? = nil
+            let n = nghttp2_session_mem_send(session, &p)
+            if n <= 0 { if n < 0 { failed = true; lastError = String(cString: nghttp2_strerror(Int32(n))) }; return }
+            out.append(p!, n)
+        }
+    }
+
+    public var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
+    /// False once both sides are done (GOAWAY exchanged and no stream left).
+    public var isAlive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
+
+    // MARK: headers
+
+    /// Adds a header for the next submit (names must be lowercase for HTTP/2).
+    public func addHeader(_ name: UnsafePointer<UInt8>, _ nl: Int, _ value: UnsafePointer<UInt8>, _ vl: Int) {
+        let ns = nvScratch.writeIndex
+        nvScratch.append(name, nl)
+        let vs = nvScratch.writeIndex
+        nvScratch.append(value, vl)
+        nvOffsets.append((ns, nl, vs, vl))
+    }
+
+    public func addHeader(_ name: StaticString, _ value: UnsafePointer<UInt8>, _ vl: Int) {
+        addHeader(name.utf8Start, name.utf8CodeUnitCount, value, vl)
+    }
+
+    public func addHeader(_ name: String, _ value: String) {
+        var n = name, v = value
+        n.withUTF8 { nb in v.withUTF8 { vb in addHeader(nb.baseAddress ?? UnsafePointer(bitPattern: 1)!, nb.count, vb.baseAddress ?? UnsafePointer(bitPattern: 1)!, vb.count) } }
+    }
+
+    private func withHeaders<R>(_ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
+        var nva: [nghttp2_nv] = []
+        nva.reserveCapacity(nvOffsets.count)
+        let base = nvScratch.base
+        for (ns, nl, vs, vl) in nvOffsets {
+            nva.append(nghttp2_nv(name: base + ns, value: base + vs, namelen: nl, valuelen: vl, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+        }
+        defer { nvOffsets.removeAll(keepingCapacity: true); nvScratch.clear() }
+        return nva.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
+    }
+
+    // MARK: submitting
+
+    /// Client: sends the headers added so far as a request; returns the stream id (< 0 on error).
+    public func submitRequest(endStream: Bool) -> Int32 {
+        let out = StreamOutput()
+        out.finished = endStream
+        let id: Int32 = withHeaders { nva, n in
+            if endStream { return nghttp2_submit_request(session, nil, nva, n, nil, nil) }
+            var prd = dataProvider(out)
+            return nghttp2_submit_request(session, nil, nva, n, &prd, nil)
+        }
+        if id > 0 && !endStream { outgoing[id] = out }
+        return id
+    }
+
+    /// Server: sends the headers added so far as the response of `stream`.
+    @discardableResult
+    public func submitResponse(stream: Int32, endStream: Bool) -> Bool {
+        let out = StreamOutput()
+        out.finished = endStream
+        let rc: Int32 = withHeaders { nva, n in
+            if endStream { return nghttp2_submit_response(session, stream, nva, n, nil) }
+            var prd = dataProvider(out)
+            return nghttp2_submit_response(session, stream, nva, n, &prd)
+        }
+        if rc == 0 && !endStream { outgoing[stream] = out }
+        return rc == 0
+    }
+
+    /// Server: sends the headers added so far as an informational (1xx) response.
+    public func submitInformational(stream: Int32) {
+        _ = withHeaders { nva, n in nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, nil, nva, n, nil) }
+    }
+
+    /// Queues body bytes for `stream`.
+    public func sendData(stream: Int32, _ p: UnsafeRawPointer, _ n: Int) {
+        guard let out = outgoing[stream], !out.finished else { return }
+        out.buffer.append(p, n)
+        if out.deferred { out.deferred = false; nghttp2_session_resume_data(session, stream) }
+    }
+
+    /// Ends the body of `stream`, with trailers (the headers added so far) when `withTrailers`.
+    public func finishData(stream: Int32, withTrailers: Bool) {
+        guard let out = outgoing[stream] else { _ = withHeaders { _, _ in 0 }; return }
+        if withTrailers && !nvOffsets.isEmpty {
+            let tb = ByteBuffer(capacity: nvScratch.readableBytes + 16)
+            tb.append(from: nvScratch, 0, nvScratch.writeIndex)
+            out.trailerBytes = tb
+            out.trailerOffsets = nvOffsets
+        }
+        nvOffsets.removeAll(keepingCapacity: true)
+        nvScratch.clear()
+        out.finished = true
+        if out.deferred { out.deferred = false; nghttp2_session_resume_data(session, stream) }
+    }
+
+    /// Bytes queued but not yet framed for `stream` (for back-pressure).
+    public func pendingData(stream: Int32) -> Int { outgoing[stream]?.buffer.readableBytes ?? 0 }
+
+    /// Returns flow-control credit for `n` bytes of `stream` that were forwarded.
+    public func consume(stream: Int32, _ n: Int) {
+        if n > 0 { nghttp2_session_consume(session, stream, n) }
+    }
+
+    public func reset(stream: Int32, error: UInt32) {
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, error)
+    }
+
+    /// Graceful shutdown: GOAWAY with the last stream processed; streams in flight finish.
+    public func goAway(error: UInt32 = 0) {
+        if role == .server {
+            nghttp2_submit_shutdown_notice(session)
+        }
+        nghttp2_session_terminate_session(session, error)
+    }
+
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS.
+    public var peerMaxConcurrentStreams: UInt32 {
+        nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+    }
+
+    // MARK: data provider
+
+    private func dataProvider(_ out: StreamOutput) -> nghttp2_data_provider {
+        var prd = nghttp2_data_provider()
+        prd.source.ptr = Unmanaged.passRetained(out).toOpaque()
+        prd.read_callback = { session, stream, buf, length, flags, source, user in
+            guard let src = source?.pointee.ptr, let buf = buf, let flags = flags, user != nil else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+            let out = Unmanaged<StreamOutput>.fromOpaque(src).takeUnretainedValue()
+            let n = min(length, out.buffer.readableBytes)
+            if n > 0 {
+                buf.update(from: out.buffer.readPointer, count: n)
+                out.buffer.consume(n)
+            }
+            if out.buffer.isEmpty {
+                if out.finished {
+                    flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
+                    if let tb = out.trailerBytes {
+                        flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
+                        var nva: [nghttp2_nv] = []
+                        for (ns, nl, vs, vl) in out.trailerOffsets {
+                            nva.append(nghttp2_nv(name: tb.base + ns, value: tb.base + vs, namelen: nl, valuelen: vl,
+                                                  flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                        }
+                        // nghttp2 copies the header block during submit.
+                        nghttp2_submit_trailer(session, stream, nva, nva.count)
+                    }
+                } else if n == 0 {
+                    out.deferred = true
+                    return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+                }
+            }
+            return n
+        }
+        return prd
+    }
+
+    // MARK: callbacks
+
+    fileprivate func streamClosed(_ stream: Int32, _ error: UInt32) {
+        if let out = outgoing.removeValue(forKey: stream) {
+            Unmanaged.passUnretained(out).release()   // the data provider's retain
+        }
+        delegate.h2StreamClosed(stream: stream, error: error)
+    }
+
+    private static func installCallbacks(_ cbs: OpaquePointer?) {
+        nghttp2_session_callbacks_set_on_begin_headers_callback(cbs) { _, frame, user in
+            guard let frame = frame, let user = user else { return 0 }
+            let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
+            s.headerBlockSize = 0
+            s.delegate.h2BeginHeaders(stream: frame.pointee.hd.stream_id)
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, nl, value, vl, _, user in
+            guard let frame = frame, let user = user, let name = name, let value = value else { return 0 }
+            let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
+            s.headerBlockSize += nl + vl + 32
+            if s.headerBlockSize > Int(s.settings.maxHeaderListSize) {
+                s.oversizedHeaderResets &+= 1
+                return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)   // resets the stream
+            }
+            let ok = s.delegate.h2Header(stream: frame.pointee.hd.stream_id, name: name, nameLength: nl, value: value, valueLength: vl)
+            return ok ? 0 : Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs) { _, frame, user in
+            guard let frame = frame, let user = user else { return 0 }
+            let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
+            let hd = frame.pointee.hd
+            let end = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+            switch Int(hd.type) {
+            case Int(NGHTTP2_HEADERS.rawValue):
+                // Category HEADERS is a block after the first one on the stream: trailers, or (client
+                // side) the final response after a 1xx; the delegate tells them apart by :status.
+                let later = frame.pointee.headers.cat == NGHTTP2_HCAT_HEADERS
+                s.delegate.h2HeadersComplete(stream: hd.stream_id, trailers: later, endStream: end)
+            case Int(NGHTTP2_DATA.rawValue):
+                if end { s.delegate.h2DataEnd(stream: hd.stream_id) }
+            case Int(NGHTTP2_GOAWAY.rawValue):
+                s.delegate.h2GoAway(lastStream: frame.pointee.goaway.last_stream_id, error: frame.pointee.goaway.error_code)
+            default:
+                break
+            }
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs) { _, _, stream, data, len, user in
+            guard let user = user, let data = data else { return 0 }
+            let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
+            s.delegate.h2Data(stream: stream, data, len)
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, stream, error, user in
+            guard let user = user else { return 0 }
+            Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue().streamClosed(stream, error)
+            return 0
+        }
+    }
+}
