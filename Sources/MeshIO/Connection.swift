@@ -106,7 +106,7 @@ open class Connection: Pollable {
         }
     }
 
-    public override func onFlush() {
+    open override func onFlush() {
         flushQueued = false
         if !isClosed { flushNow() }
         if readDeferred && !isClosed {

@@ -9,7 +9,7 @@ import MeshTLS
 /// body both ways with back-pressure, then keep the connection for the next request or close it.
 /// Retries on connect failure and the keep-alive race (a pooled connection closed under us before
 /// any response byte) are decided here; nothing on this path allocates per request.
-final class DownstreamConnection: Connection {
+final class DownstreamConnection: Connection, UpstreamOwner {
     enum State { case idle, connecting, backoff, proxying, tunnel, closing }
 
     unowned(unsafe) let worker: Worker
@@ -76,6 +76,11 @@ final class DownstreamConnection: Connection {
         MetricKey.make(inbound: inbound, route: metricsRoute, code: 0, flag: .none, peer: inbound ? downstreamPeer : upstreamPeer)
     }
 
+    /// HTTP/2 on this connection (inbound, ALPN h2): the handler owns the streams.
+    private var h2: H2ServerHandler?
+    /// The config snapshot this connection's current work started with.
+    var snapshotInUse: ProxySnapshot { snapshot }
+
     init(worker: Worker, fd: Int32, tls: TLSSession?, inbound: Bool, settings: ProxySnapshot.ListenerSettings) {
         self.worker = worker
         self.inbound = inbound
@@ -91,7 +96,16 @@ final class DownstreamConnection: Connection {
             worker.stats.inc(.tlsHandshakesOK)
             if tls.resumed { worker.stats.inc(.tlsSessionsResumed) }
             downstreamPeer = worker.metrics.peers.intern(tls.peerIdentity)
+            if inbound && tls.alpn == "h2" {
+                h2 = H2ServerHandler(conn: self, worker: worker, peerIndex: downstreamPeer)
+                loop.setDeadline(self, loop.now + settings.idleTimeout)
+            }
         }
+    }
+
+    override func onFlush() {
+        if let h = h2 { h.produceFrames() }
+        super.onFlush()
     }
 
     /// Begins the accounting of an exchange (a request was parsed, or refused while parsing).
@@ -132,6 +146,11 @@ final class DownstreamConnection: Connection {
     }
 
     override func onInput() {
+        if let h = h2 {
+            h.onInput()
+            loop.setDeadline(self, loop.now + settings.idleTimeout)
+            return
+        }
         switch state {
         case .idle:
             parseRequest()
@@ -149,6 +168,7 @@ final class DownstreamConnection: Connection {
     }
 
     override func onDrained() {
+        if let h = h2 { h.onDrained(); return }
         guard let up = upstream else { return }
         if state == .tunnel { pumpTunnelDown(up) } else if state == .proxying { pumpResponseBody(up) }
     }
@@ -159,6 +179,7 @@ final class DownstreamConnection: Connection {
             Log.warn("inbound", "TLS handshake refused: \(security?.failureReason ?? "unknown")")
             return
         }
+        if h2 != nil { closeNow(); return }
         switch state {
         case .idle, .closing:
             closeNow()
@@ -177,6 +198,7 @@ final class DownstreamConnection: Connection {
     }
 
     override func onClosed() {
+        if let h = h2 { h.connectionClosed() }
         if tunnelOpen {
             tunnelOpen = false
             worker.metrics.recordTCP(key: tcpKey, opened: 0, closed: 1, sent: tunnelDown, received: tunnelUp)
@@ -195,6 +217,11 @@ final class DownstreamConnection: Connection {
     }
 
     override func onDeadline(now: UInt64) {
+        if let h = h2 {
+            // Idle with no stream in flight: close; otherwise wait for the streams.
+            if h.activeStreams == 0 { closeNow() } else { loop.setDeadline(self, now + settings.idleTimeout) }
+            return
+        }
         switch state {
         case .idle:
             if input.isEmpty && !headerDeadlineSet {
@@ -223,6 +250,10 @@ final class DownstreamConnection: Connection {
 
     /// Drain: close now if no request is in progress; otherwise the response closes the connection.
     func drainIfIdle() {
+        if let h = h2 {
+            if h.activeStreams == 0 { closeNow() } else { h.drain() }
+            return
+        }
         if state == .idle && input.isEmpty { closeNow() }
         else if state == .idle { closeAfterResponse = true }
     }

@@ -101,13 +101,15 @@ public final class ProxySnapshot: Sendable {
         if let t = b.tls {
             var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)
             so.trustDomain = t.trustDomain
-            so.alpn = ["http/1.1"]
+            // The inbound listener offers h2 and http/1.1 (DESIGN §2); what the caller offers wins.
+            so.alpn = ["h2", "http/1.1"]
             // The inbound side accepts TLS 1.2 (ECDHE + AEAD only) for callers that are not sidecars;
             // sidecar clients always negotiate 1.3.
             so.minVersion13 = t.minTLS13
             serverTLS = b.inbound != nil ? try TLSContext(role: .server, options: so) : nil
             var co = so
             co.minVersion13 = true
+            co.alpn = ["http/1.1"]   // the sidecar-to-sidecar hop is HTTP/1.1 until the h2 upstream lands
             clientTLS = clusters.contains { $0.mutualTLS } ? try TLSContext(role: .client, options: co) : nil
             let own = (serverTLS ?? clientTLS)?.localIdentity ?? ""
             if own.isEmpty && (serverTLS != nil || clientTLS != nil) {

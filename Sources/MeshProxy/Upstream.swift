@@ -11,8 +11,9 @@ final class UpstreamConnection: Connection {
     enum State { case connecting, active, idle }
     unowned(unsafe) let pool: EndpointPool
     var state: State = .connecting
-    /// The downstream connection this request belongs to (nil while idle).
-    var owner: DownstreamConnection?
+    /// The exchange this request belongs to (nil while idle): an HTTP/1.1 downstream connection
+    /// or one stream of an HTTP/2 downstream connection.
+    var owner: UpstreamOwner?
     var parser = HTTP1Parser()
     var head = HTTPHead()
     var body = BodyFramer()
@@ -98,6 +99,20 @@ final class UpstreamConnection: Connection {
 }
 
 let ETIMEDOUT_: Int32 = 110
+
+/// What an upstream HTTP/1.1 connection reports to the exchange using it.
+protocol UpstreamOwner: AnyObject {
+    /// Connected (and TLS established): send the request.
+    func upstreamReady(_ up: UpstreamConnection)
+    /// Response bytes are in `up.input`.
+    func upstreamInput(_ up: UpstreamConnection)
+    /// `up`'s output drained: more request body may be sent.
+    func upstreamDrained()
+    /// The upstream closed cleanly; buffered bytes may remain in `up.input`.
+    func upstreamEOF(_ up: UpstreamConnection)
+    /// The connection failed and is closed (`wasConnecting`: it never got established).
+    func upstreamClosed(_ up: UpstreamConnection, error: Int32, wasConnecting: Bool)
+}
 
 /// The pooled connections of one worker to one endpoint, with its TLS session cache: idle
 /// connections are reused most-recently-used first and closed after the cluster's idle timeout.

@@ -1,0 +1,545 @@
+import CNghttp2
+import MeshCore
+import MeshHTTP
+import MeshIO
+import MeshTLS
+
+/// HTTP/2 on an inbound mTLS connection (ALPN `h2`): each stream becomes one HTTP/1.1 exchange
+/// with the local app, taken from the same per-worker pool as HTTP/1.1 requests. Request headers
+/// are translated into an HTTP/1.1 head (`:authority` -> Host, a body without content-length is
+/// sent chunked), the response head into HEADERS, response bodies into DATA (chunk framing
+/// removed). Flow control is the back-pressure: a stream's window reopens only as its body is
+/// written to the app, and app responses are read only while the connection's output is below
+/// its high watermark.
+final class H2ServerHandler: HTTP2SessionDelegate {
+    unowned(unsafe) let conn: DownstreamConnection
+    unowned(unsafe) let worker: Worker
+    private(set) var session: HTTP2Session!
+    private var streams: [Int32: H2InboundStream] = [:]
+    /// Streams that stopped reading their upstream because the connection was congested.
+    private var blocked: [H2InboundStream] = []
+    let peerIndex: Int
+
+    init(conn: DownstreamConnection, worker: Worker, peerIndex: Int) {
+        self.conn = conn
+        self.worker = worker
+        self.peerIndex = peerIndex
+        var settings = HTTP2Session.Settings()
+        settings.maxConcurrentStreams = 1000
+        settings.maxHeaderListSize = 64 * 1024
+        session = HTTP2Session(role: .server, delegate: self, settings: settings)
+        conn.requestFlush()   // our SETTINGS
+    }
+
+    var activeStreams: Int { streams.count }
+
+    // MARK: connection events (forwarded by the DownstreamConnection)
+
+    func onInput() {
+        if !session.receive(conn.input) {
+            worker.stats.inc(.badRequests)
+            Log.warn("inbound", "HTTP/2 connection error: \(session.lastError)")
+            produceFrames()
+            conn.closeAfterFlush()
+            return
+        }
+        if session.wantsWrite { conn.requestFlush() }
+    }
+
+    func produceFrames() {
+        let out = worker.scratch
+        out.clear()
+        session.produce(into: out)
+        if !out.isEmpty { conn.send(out.readPointer, out.readableBytes) }
+        if !session.isAlive && streams.isEmpty { conn.closeAfterFlush(); return }
+        // Streams that waited for their DATA to be framed may go on once it was.
+        if !blocked.isEmpty && !conn.isCongested { onDrained() }
+    }
+
+    func onDrained() {
+        if blocked.isEmpty { return }
+        let b = blocked
+        blocked.removeAll()
+        for s in b { s.pumpResponse() }
+    }
+
+    func block(_ s: H2InboundStream) { blocked.append(s) }
+
+    /// The connection closed: every exchange in flight ends.
+    func connectionClosed() {
+        let all = streams.values
+        streams.removeAll()
+        for s in all { s.abort(flag: .downstreamConnectionTermination) }
+    }
+
+    /// Drain: GOAWAY; streams in flight finish, then the connection closes.
+    func drain() {
+        session.goAway()
+        conn.requestFlush()
+    }
+
+    var congested: Bool { conn.isCongested }
+
+    // MARK: HTTP2SessionDelegate
+
+    func h2BeginHeaders(stream: Int32) {
+        if streams[stream] == nil {
+            streams[stream] = H2InboundStream(handler: self, id: stream)
+            worker.stats.inc(.requestsTotal)
+        }
+    }
+
+    func h2Header(stream: Int32, name: UnsafePointer<UInt8>, nameLength: Int, value: UnsafePointer<UInt8>, valueLength: Int) -> Bool {
+        guard let s = streams[stream] else { return true }
+        return s.header(name, nameLength, value, valueLength)
+    }
+
+    func h2HeadersComplete(stream: Int32, trailers: Bool, endStream: Bool) {
+        guard let s = streams[stream] else { return }
+        if trailers { s.requestTrailersDone(); return }
+        s.headersComplete(endStream: endStream)
+    }
+
+    func h2Data(stream: Int32, _ p: UnsafePointer<UInt8>, _ n: Int) {
+        guard let s = streams[stream] else { session.consume(stream: stream, n); return }
+        s.requestData(p, n)
+    }
+
+    func h2DataEnd(stream: Int32) { streams[stream]?.requestEnded() }
+
+    func h2StreamClosed(stream: Int32, error: UInt32) {
+        guard let s = streams.removeValue(forKey: stream) else { return }
+        if error != 0 { s.abort(flag: .downstreamConnectionTermination) } else { s.closedNormally() }
+    }
+
+    func h2GoAway(lastStream: Int32, error: UInt32) {}
+}
+
+/// One HTTP/2 request on the inbound side, carried to the app over HTTP/1.1.
+final class H2InboundStream: UpstreamOwner {
+    unowned(unsafe) let handler: H2ServerHandler
+    let id: Int32
+    private var worker: Worker { handler.worker }
+    private var session: HTTP2Session { handler.session }
+
+    // Request head being collected.
+    private var method: [UInt8] = []
+    private var path: [UInt8] = []
+    private var authority: [UInt8] = []
+    private let fields = ByteBuffer(capacity: 1024)
+    private var contentLength: Int64 = -1
+    private var hasRequestID = false
+    private var badRequest = false
+    /// The HTTP/1.1 request as sent to the app (head, then body bytes kept until the response).
+    private let head = ByteBuffer(capacity: 1024)
+    private let pendingBody = ByteBuffer(capacity: 1024)
+    private var chunked = false
+    private var requestEnd = false
+    private var requestEndSent = false
+    private var upstream: UpstreamConnection?
+    private var pool: EndpointPool?
+    private var ready = false
+    private var retriesLeft = 2
+    // Response.
+    private var responseStarted = false
+    private var status = 0
+    private var dechunker = ChunkedDecoder()
+    private var finished = false
+    private var flag: ResponseFlag = .none
+    private let start: UInt64
+    private var requestBytes: UInt64 = 0
+    private var responseBytes: UInt64 = 0
+    private var recorded = false
+
+    init(handler: H2ServerHandler, id: Int32) {
+        self.handler = handler
+        self.id = id
+        self.start = handler.worker.loop.now
+    }
+
+    // MARK: request
+
+    func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool {
+        requestBytes &+= UInt64(nl + vl + 4)
+        if nl > 0 && n[0] == UInt8(ascii: ":") {
+            if ASCII.equalsLower(n, nl, ":method") { method = Array(UnsafeBufferPointer(start: v, count: vl)) }
+            else if ASCII.equalsLower(n, nl, ":path") { path = Array(UnsafeBufferPointer(start: v, count: vl)) }
+            else if ASCII.equalsLower(n, nl, ":authority") { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
+            return true
+        }
+        // Connection-specific fields never reach the app; the caller's XFCC is replaced by ours.
+        if ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "keep-alive") || ASCII.equalsLower(n, nl, "proxy-connection")
+            || ASCII.equalsLower(n, nl, "transfer-encoding") || ASCII.equalsLower(n, nl, "upgrade") || ASCII.equalsLower(n, nl, "x-forwarded-client-cert") {
+            return true
+        }
+        if ASCII.equalsLower(n, nl, "host") {
+            if authority.isEmpty { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
+            return true
+        }
+        if ASCII.equalsLower(n, nl, "content-length") {
+            var x: Int64 = 0
+            if vl == 0 || vl > 18 { badRequest = true; return true }
+            for i in 0..<vl {
+                let c = v[i]
+                if c < 48 || c > 57 { badRequest = true; return true }
+                x = x * 10 + Int64(c - 48)
+            }
+            contentLength = x
+        }
+        if ASCII.equalsLower(n, nl, "x-request-id") { hasRequestID = true }
+        // Values with CR, LF or NUL would split the HTTP/1.1 head: refuse (nghttp2 already checks).
+        for i in 0..<vl where v[i] == 13 || v[i] == 10 || v[i] == 0 { badRequest = true; return true }
+        fields.append(n, nl)
+        fields.append(": ")
+        fields.append(v, vl)
+        fields.append("\r\n")
+        return true
+    }
+
+    func headersComplete(endStream: Bool) {
+        requestEnd = endStream
+        if badRequest || method.isEmpty || path.isEmpty {
+            worker.stats.inc(.badRequests)
+            localReply(400, "malformed HTTP/2 request", flag: .downstreamProtocolError)
+            return
+        }
+        buildHead()
+        connect()
+    }
+
+    private func buildHead() {
+        let h = head
+        h.clear()
+        h.append(method)
+        h.append(UInt8(ascii: " "))
+        h.append(path)
+        h.append(" HTTP/1.1\r\nhost: ")
+        h.append(authority)
+        h.append("\r\n")
+        h.append(from: fields, fields.readIndex, fields.writeIndex)
+        if !requestEnd && contentLength < 0 { chunked = true; h.append("transfer-encoding: chunked\r\n") }
+        if !hasRequestID {
+            h.append("x-request-id: ")
+            appendUUID(h)
+            h.append("\r\n")
+        }
+        if let tls = handler.conn.security as? TLSSession {
+            h.append("x-forwarded-client-cert: ")
+            h.append(handler.conn.snapshotInUse.xfccPrefix)
+            h.append(tls.peerCertHash)
+            h.append(";URI=")
+            h.append(tls.peerIdentityBytes)
+            h.append("\r\n")
+        }
+        h.append("\r\n")
+    }
+
+    private func appendUUID(_ out: ByteBuffer) {
+        let a = worker.rng.next(), c = worker.rng.next()
+        let hex: StaticString = "0123456789abcdef"
+        var bytes: (UInt64, UInt64) = ((a & ~(UInt64(0xf0) << 48)) | (UInt64(0x40) << 48), (c & ~UInt64(0xc0)) | 0x80)
+        withUnsafeBytes(of: &bytes) { raw in
+            for i in 0..<16 {
+                if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
+                out.append(hex.utf8Start[Int(raw[i] >> 4)])
+                out.append(hex.utf8Start[Int(raw[i] & 15)])
+            }
+        }
+    }
+
+    private func connect() {
+        let snap = handler.conn.snapshotInUse
+        let ci = snap.inboundCluster
+        guard ci >= 0 else { localReply(503, "no local app", flag: .noRoute); return }
+        let p = worker.pickEndpoint(cluster: ci, avoid: nil)
+        pool = p
+        guard let up = p.checkout(snap.clusters[ci], tlsContext: nil, fresh: false) else {
+            connectFailed()
+            return
+        }
+        up.owner = self
+        upstream = up
+        if up.isEstablished && up.state == .active { upstreamReady(up) }
+    }
+
+    private func connectFailed() {
+        worker.stats.inc(.upstreamConnectFailures)
+        if retriesLeft > 0 {
+            retriesLeft -= 1
+            worker.stats.inc(.retries)
+            connect()
+            return
+        }
+        localReply(503, "upstream connect error", flag: .upstreamConnectFailure)
+    }
+
+    func requestData(_ p: UnsafePointer<UInt8>, _ n: Int) {
+        requestBytes &+= UInt64(n)
+        if finished { session.consume(stream: id, n); return }
+        if ready, let up = upstream, pendingBody.isEmpty, !up.isCongested {
+            writeBody(up, p, n)
+            session.consume(stream: id, n)
+        } else {
+            // Held until the app connection takes it; the stream window bounds how much.
+            pendingBody.append(p, n)
+        }
+    }
+
+    private func writeBody(_ up: UpstreamConnection, _ p: UnsafePointer<UInt8>, _ n: Int) {
+        if chunked {
+            let b = worker.scratch
+            b.clear()
+            b.appendHex(n)
+            b.append("\r\n")
+            up.send(b.readPointer, b.readableBytes)
+            up.send(p, n)
+            let crlf: StaticString = "\r\n"
+            up.send(crlf.utf8Start, 2)
+        } else {
+            up.send(p, n)
+        }
+    }
+
+    func requestEnded() {
+        requestEnd = true
+        sendRequestEnd()
+    }
+
+    func requestTrailersDone() {
+        // Request trailers are not forwarded over HTTP/1.1 yet (apps behind h2 callers rarely use them).
+        requestEnded()
+    }
+
+    private func sendRequestEnd() {
+        guard ready, let up = upstream, pendingBody.isEmpty, requestEnd, !requestEndSent else { return }
+        requestEndSent = true
+        let last: StaticString = "0\r\n\r\n"
+        if chunked { up.send(last.utf8Start, 5) }
+    }
+
+    private func flushPendingBody() {
+        guard let up = upstream, ready else { return }
+        if !pendingBody.isEmpty && !up.isCongested {
+            let n = pendingBody.readableBytes
+            writeBody(up, UnsafePointer(pendingBody.readPointer), n)
+            pendingBody.clear()
+            session.consume(stream: id, n)
+            handler.conn.requestFlush()
+        }
+        sendRequestEnd()
+    }
+
+    // MARK: UpstreamOwner
+
+    func upstreamReady(_ up: UpstreamConnection) {
+        guard up === upstream else { return }
+        ready = true
+        up.prepareForRequest()
+        up.send(head.readPointer, head.readableBytes)
+        flushPendingBody()
+    }
+
+    func upstreamDrained() { flushPendingBody() }
+
+    func upstreamInput(_ up: UpstreamConnection) {
+        guard up === upstream else { return }
+        if !up.headParsed {
+            while !up.input.isEmpty {
+                let r = up.parser.parseResponse(up.input.base, start: up.input.readIndex, end: up.input.writeIndex, into: &up.head)
+                switch r {
+                case .incomplete: return
+                case .error:
+                    abortUpstream()
+                    localReply(502, "invalid response from the app", flag: .upstreamProtocolError)
+                    return
+                case .complete:
+                    let st = up.head.status
+                    up.input.consume(up.head.headEnd - up.input.readIndex)
+                    up.parser.resetScan()
+                    if st < 200 { continue }   // 1xx are not forwarded over HTTP/2
+                    status = st
+                    up.body.startResponse(up.head, requestMethod: methodKind)
+                    dechunker.reset()
+                    submitResponseHead(up)
+                    up.headParsed = true
+                    break
+                }
+                if up.headParsed { break }
+            }
+            if !up.headParsed { return }
+        }
+        pumpResponse()
+    }
+
+    private var methodKind: HTTPMethod { method == Array("HEAD".utf8) ? .head : .get }
+
+    private func submitResponseHead(_ up: UpstreamConnection) {
+        let h = up.head
+        let b = up.input.base
+        var st: (UInt8, UInt8, UInt8) = (UInt8(48 + status / 100), UInt8(48 + (status / 10) % 10), UInt8(48 + status % 10))
+        withUnsafeBytes(of: &st) { session.addHeader(":status", $0.baseAddress!.assumingMemoryBound(to: UInt8.self), 3) }
+        // The head's bytes were consumed from up.input but are still in place (no compaction yet).
+        var lower = [UInt8](repeating: 0, count: 256)
+        for f in h.fields {
+            switch f.kind {
+            case .connection, .keepAlive, .proxyConnection, .transferEncoding, .upgrade, .te: continue
+            default: break
+            }
+            let nl = Int(f.nameEnd - f.lineStart)
+            if nl > lower.count { lower = [UInt8](repeating: 0, count: nl) }
+            for i in 0..<nl { lower[i] = ASCII.lower(b[Int(f.lineStart) + i]) }
+            lower.withUnsafeBufferPointer { lb in
+                session.addHeader(lb.baseAddress!, nl, b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
+            }
+            responseBytes &+= UInt64(f.lineEnd - f.lineStart)
+        }
+        let noBody = up.body.isDone
+        session.submitResponse(stream: id, endStream: noBody)
+        responseStarted = true
+        handler.conn.requestFlush()
+        if noBody { responseComplete(up, reusable: true) }
+    }
+
+    func pumpResponse() {
+        guard let up = upstream, up.headParsed, !finished else { return }
+        while !up.input.isEmpty && !up.body.isDone {
+            if session.pendingData(stream: id) >= 256 * 1024 || handler.congested {
+                handler.block(self)
+                return
+            }
+            if up.body.mode == .chunked {
+                switch dechunker.next(UnsafePointer(up.input.readPointer), up.input.readableBytes) {
+                case .data(let n):
+                    session.sendData(stream: id, up.input.readPointer, n)
+                    responseBytes &+= UInt64(n)
+                    up.input.consume(n)
+                case .framing(let n), .needMore(let n):
+                    up.input.consume(n)
+                    if n == 0 { break }
+                case .end(let n):
+                    up.input.consume(n)
+                    _ = up.body.advance(UnsafePointer(up.input.readPointer), 0)
+                    session.finishData(stream: id, withTrailers: false)
+                    handler.conn.requestFlush()
+                    responseComplete(up, reusable: true)
+                    return
+                case .error:
+                    abortUpstream()
+                    session.reset(stream: id, error: UInt32(NGHTTP2_INTERNAL_ERROR.rawValue))
+                    return
+                }
+                continue
+            }
+            let adv = up.body.advance(UnsafePointer(up.input.readPointer), up.input.readableBytes)
+            if adv.forward > 0 {
+                session.sendData(stream: id, up.input.readPointer, adv.forward)
+                responseBytes &+= UInt64(adv.forward)
+                up.input.consume(adv.forward)
+            }
+            if adv.done || adv.forward == 0 { break }
+        }
+        handler.conn.requestFlush()
+        if up.body.isDone {
+            session.finishData(stream: id, withTrailers: false)
+            responseComplete(up, reusable: true)
+            return
+        }
+        if up.peerClosed && up.input.isEmpty {
+            if up.body.finishAtClose() {
+                session.finishData(stream: id, withTrailers: false)
+                responseComplete(up, reusable: false)
+            } else {
+                abortUpstream()
+                session.reset(stream: id, error: UInt32(NGHTTP2_INTERNAL_ERROR.rawValue))
+            }
+            return
+        }
+        up.resumeReading()
+    }
+
+    private func responseComplete(_ up: UpstreamConnection, reusable: Bool) {
+        finished = true
+        upstream = nil
+        let snap = handler.conn.snapshotInUse
+        if reusable && requestEndSent && up.head.keepAlive && up.input.isEmpty && !up.peerClosed {
+            up.pool.release(up, idleTimeout: snap.clusters[up.pool.cluster].idleTimeout)
+        } else {
+            up.owner = nil
+            up.closeNow()
+        }
+        worker.stats.countResponse(status)
+        record()
+    }
+
+    func upstreamEOF(_ up: UpstreamConnection) {
+        guard up === upstream else { up.closeNow(); return }
+        if up.headParsed { pumpResponse(); return }
+        abortUpstream()
+        localReply(503, "upstream connection closed before response", flag: .upstreamConnectionTermination)
+    }
+
+    func upstreamClosed(_ up: UpstreamConnection, error: Int32, wasConnecting: Bool) {
+        guard up === upstream else { return }
+        upstream = nil
+        ready = false
+        if wasConnecting { connectFailed(); return }
+        if !responseStarted {
+            localReply(503, "upstream connection closed before response", flag: .upstreamConnectionTermination)
+        } else {
+            flag = .upstreamConnectionTermination
+            session.reset(stream: id, error: UInt32(NGHTTP2_INTERNAL_ERROR.rawValue))
+            handler.conn.requestFlush()
+            record()
+        }
+    }
+
+    // MARK: endings
+
+    private func localReply(_ st: Int, _ body: StaticString, flag f: ResponseFlag) {
+        guard !responseStarted else { return }
+        flag = f
+        status = st
+        responseStarted = true
+        finished = true
+        worker.stats.inc(.localReplies)
+        worker.stats.countResponse(st)
+        var code: (UInt8, UInt8, UInt8) = (UInt8(48 + st / 100), UInt8(48 + (st / 10) % 10), UInt8(48 + st % 10))
+        withUnsafeBytes(of: &code) { session.addHeader(":status", $0.baseAddress!.assumingMemoryBound(to: UInt8.self), 3) }
+        session.addHeader("content-type", "text/plain")
+        session.addHeader("x-mesh-response-flags", String(describing: f.code))
+        session.submitResponse(stream: id, endStream: false)
+        session.sendData(stream: id, body.utf8Start, body.utf8CodeUnitCount)
+        let nl: StaticString = "\n"
+        session.sendData(stream: id, nl.utf8Start, 1)
+        session.finishData(stream: id, withTrailers: false)
+        responseBytes &+= UInt64(body.utf8CodeUnitCount + 1)
+        handler.conn.requestFlush()
+        record()
+    }
+
+    private func abortUpstream() {
+        if let up = upstream { upstream = nil; up.owner = nil; up.closeNow() }
+    }
+
+    /// The client reset the stream or the connection went away.
+    func abort(flag f: ResponseFlag) {
+        abortUpstream()
+        if !recorded { flag = f; record() }
+    }
+
+    func closedNormally() {
+        if !finished { abortUpstream() }
+        record()
+    }
+
+    private func record() {
+        if recorded { return }
+        recorded = true
+        let key = MetricKey.make(inbound: true, route: MetricKey.inboundRoute, code: status, flag: flag, peer: handler.peerIndex)
+        worker.metrics.record(key: key, durationMicros: (worker.loop.now &- start) / 1000, requestBytes: requestBytes, responseBytes: responseBytes)
+        if let p = pool {
+            p.counters.inc(.requests)
+            if status >= 500 || status == 0 { p.counters.inc(.errors) }
+        }
+    }
+}
