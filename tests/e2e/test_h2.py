@@ -1,0 +1,72 @@
+"""HTTP/2 on the inbound mTLS listener (ALPN h2), carried to an HTTP/1.1 app."""
+
+import hashlib
+import json
+import os
+import subprocess
+
+from conftest import Mesh, curl, stats
+
+
+def h2curl(mesh, pki, path, *args):
+    return curl("--http2", "--cacert", f"{pki}/root-cert.pem", "--cert", f"{pki}/client/cert-chain.pem",
+                "--key", f"{pki}/client/key.pem", "--resolve", f"server:{mesh.inbound}:127.0.0.1",
+                "-w", "\n%{http_version} %{http_code}", *args, f"https://server:{mesh.inbound}{path}", timeout=120)
+
+
+def test_inbound_speaks_h2_by_alpn_with_identity_headers(mesh, pki):
+    r = h2curl(mesh, pki, "/echo", "-H", "x-forwarded-client-cert: spoofed")
+    body, _, tail = r.stdout.rpartition(b"\n")
+    assert tail == b"2 200", r.stdout[-200:]
+    h = json.loads(body)["headers"]
+    assert h["x-forwarded-client-cert"][0].endswith(";URI=spiffe://cluster.local/ns/default/sa/client")
+    assert len(h["x-forwarded-client-cert"]) == 1
+    assert h["host"] == [f"server:{mesh.inbound}"]
+    assert len(h["x-request-id"][0]) == 36
+    # HTTP/1.1 callers still get HTTP/1.1 on the same port.
+    r = curl("--http1.1", "--cacert", f"{pki}/root-cert.pem", "--cert", f"{pki}/client/cert-chain.pem",
+             "--key", f"{pki}/client/key.pem", "--resolve", f"server:{mesh.inbound}:127.0.0.1",
+             "-w", "\n%{http_version}", f"https://server:{mesh.inbound}/")
+    assert r.stdout.endswith(b"\n1.1")
+
+
+def test_h2_bodies_both_ways(mesh, pki, tmp_path):
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(10 * 1000 * 1000))
+    want = hashlib.sha256(blob.read_bytes()).hexdigest()
+    r = h2curl(mesh, pki, "/sha256", "-X", "POST", "--data-binary", f"@{blob}")
+    body, _, tail = r.stdout.rpartition(b"\n")
+    assert tail == b"2 200" and json.loads(body) == {"sha256": want, "bytes": 10 * 1000 * 1000}
+    out = tmp_path / "down.bin"
+    r = h2curl(mesh, pki, "/bytes/10000000?seed=5", "-o", str(out), "-D", str(tmp_path / "h.txt"))
+    assert r.stdout.endswith(b"2 200")
+    sha = [l for l in (tmp_path / "h.txt").read_text().splitlines() if l.lower().startswith("x-sha256")][0].split(":")[1].strip()
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == sha
+    # A chunked response from the app arrives whole, without chunk framing.
+    r = h2curl(mesh, pki, "/chunked?n=5")
+    assert r.stdout.startswith(b"chunk 0\nchunk 1\n") and r.stdout.endswith(b"2 200")
+
+
+def test_many_concurrent_streams_on_one_connection(mesh, pki):
+    r = subprocess.run(["nghttp", "-n", "-s", "-m", "200", "--cert", f"{pki}/client/cert-chain.pem",
+                        "--key", f"{pki}/client/key.pem", f"https://127.0.0.1:{mesh.inbound}/"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    codes = [l.split()[4] for l in r.stdout.decode().splitlines() if l.strip() and l.split()[0].isdigit()]
+    assert codes.count("200") == 200, r.stdout[-500:]
+    s = stats(mesh.server_admin)
+    assert s["downstream_connections_total"] == 1 or s["tls_handshakes_ok"] >= 1
+    assert s["responses_2xx"] >= 200
+
+
+def test_h2_stream_without_app_gets_503(procs, pki):
+    import socket
+    from conftest import free_port, server_config, wait_ready
+    inbound, admin = free_port(), free_port()
+    p = procs.sidecar(server_config(pki, "s", inbound, admin, free_port()), "server")
+    wait_ready(p, admin)
+    r = curl("--http2", "--cacert", f"{pki}/root-cert.pem", "--cert", f"{pki}/client/cert-chain.pem",
+             "--key", f"{pki}/client/key.pem", "--resolve", f"server:{inbound}:127.0.0.1", "-i",
+             f"https://server:{inbound}/")
+    assert r.stdout.startswith(b"HTTP/2 503"), r.stdout[:200]
+    assert b"x-mesh-response-flags: UF" in r.stdout
