@@ -19,6 +19,12 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     /// Streams that stopped reading their upstream because the connection was congested.
     private var blocked: [H2InboundStream] = []
     let peerIndex: Int
+    /// Rapid-reset protection (CVE-2023-44487): streams the client ends before their response,
+    /// counted per one-second window; past the limit the connection is closed with GOAWAY
+    /// ENHANCE_YOUR_CALM.
+    private var resetWindowStart: UInt64 = 0
+    private var resetsInWindow = 0
+    static let maxPrematureResetsPerSecond = 200
 
     init(conn: DownstreamConnection, worker: Worker, peerIndex: Int) {
         self.conn = conn
@@ -109,8 +115,29 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     func h2StreamClosed(stream: Int32, error: UInt32) {
         guard let s = streams.removeValue(forKey: stream) else { return }
-        if error != 0 { s.abort(flag: .downstreamConnectionTermination) } else { s.closedNormally() }
+        if error != 0 {
+            let premature = !s.isFinished
+            s.abort(flag: .downstreamConnectionTermination)
+            if premature { countPrematureReset() }
+        } else {
+            s.closedNormally()
+        }
     }
+
+    private func countPrematureReset() {
+        let now = worker.loop.now
+        if now &- resetWindowStart > 1_000_000_000 { resetWindowStart = now; resetsInWindow = 0 }
+        resetsInWindow += 1
+        if resetsInWindow > H2ServerHandler.maxPrematureResetsPerSecond && !calmedDown {
+            calmedDown = true
+            worker.stats.inc(.badRequests)
+            Log.warn("inbound", "HTTP/2 client reset \(resetsInWindow) streams within a second: closing the connection (rapid reset)")
+            session.goAway(error: UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
+            produceFrames()
+            conn.closeAfterFlush()
+        }
+    }
+    private var calmedDown = false
 
     func h2GoAway(lastStream: Int32, error: UInt32) {}
 }
@@ -150,6 +177,8 @@ final class H2InboundStream: UpstreamOwner {
     private var requestBytes: UInt64 = 0
     private var responseBytes: UInt64 = 0
     private var recorded = false
+    /// The response was completed (or answered locally).
+    var isFinished: Bool { finished }
 
     init(handler: H2ServerHandler, id: Int32) {
         self.handler = handler

@@ -70,3 +70,52 @@ def test_h2_stream_without_app_gets_503(procs, pki):
              f"https://server:{inbound}/")
     assert r.stdout.startswith(b"HTTP/2 503"), r.stdout[:200]
     assert b"x-mesh-response-flags: UF" in r.stdout
+
+
+def test_rapid_reset_flood_is_cut_off(mesh, pki):
+    """A client that opens and resets streams in a loop loses its connection; others keep working."""
+    import socket
+    import ssl
+    import h2.config
+    import h2.connection
+    import h2.errors
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(f"{pki}/root-cert.pem")
+    ctx.load_cert_chain(f"{pki}/client/cert-chain.pem", f"{pki}/client/key.pem")
+    ctx.set_alpn_protocols(["h2"])
+    ctx.check_hostname = False
+    raw = socket.create_connection(("127.0.0.1", mesh.inbound), timeout=5)
+    s = ctx.wrap_socket(raw)
+    assert s.selected_alpn_protocol() == "h2"
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    closed = False
+    try:
+        for i in range(1000):
+            sid = c.get_next_available_stream_id()
+            c.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", "server"), (":path", "/slow?ms=200")])
+            c.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            s.sendall(c.data_to_send())
+    except (OSError, ssl.SSLError):
+        closed = True
+    if not closed:
+        s.settimeout(3)
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    closed = True
+                    break
+                events = c.receive_data(data)
+                if any(type(e).__name__ == "ConnectionTerminated" for e in events):
+                    closed = True
+                    break
+        except socket.timeout:
+            closed = False            # still open: the flood was tolerated
+        except (OSError, ssl.SSLError):
+            closed = True
+    assert closed, "the server kept a rapid-reset connection open"
+    # Everyone else is served.
+    r = h2curl(mesh, pki, "/")
+    assert r.stdout.endswith(b"2 200")
