@@ -46,6 +46,9 @@ public struct Bootstrap: Sendable {
         public var connectTimeout: UInt64
         public var idleTimeout: UInt64
         public var maxConnections: Int
+        /// `protocol: HTTP2` (default for ISTIO_MUTUAL: the sidecar-to-sidecar hop multiplexes
+        /// requests on few connections) or `HTTP1`.
+        public var protocolHTTP2: Bool
     }
 
     public struct Route: Sendable {
@@ -215,10 +218,18 @@ public struct Bootstrap: Sendable {
                 }
                 eps.append(a)
             }
+            let proto = try c.string("protocol") ?? (mode == .istioMutual ? "HTTP2" : "HTTP1")
+            guard proto == "HTTP2" || proto == "HTTP1" else {
+                throw ConfigReader.error(ctx, c.sub("protocol"), c.map.line, "expected HTTP2 or HTTP1, got \"\(proto)\"")
+            }
+            if proto == "HTTP2" && mode != .istioMutual {
+                throw ConfigReader.error(ctx, c.sub("protocol"), c.map.line, "HTTP2 needs tls: ISTIO_MUTUAL (h2 is negotiated by ALPN; plaintext h2c upstreams are not supported yet)")
+            }
             clusters.append(Cluster(name: cname, tls: mode, subjectAltNames: sans, endpoints: eps,
                                     connectTimeout: try c.duration("connectTimeout", allowZero: false) ?? Defaults.connectTimeout,
                                     idleTimeout: try c.duration("idleTimeout", allowZero: false) ?? Defaults.poolIdleTimeout,
-                                    maxConnections: try c.int("maxConnections", min: 1, max: 1_000_000) ?? Defaults.maxConnections))
+                                    maxConnections: try c.int("maxConnections", min: 1, max: 1_000_000) ?? Defaults.maxConnections,
+                                    protocolHTTP2: proto == "HTTP2"))
             try c.finish()
         }
 

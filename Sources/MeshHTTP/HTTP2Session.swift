@@ -229,10 +229,13 @@ public final class HTTP2Session {
 
     /// Graceful shutdown: GOAWAY with the last stream processed; streams in flight finish.
     public func goAway(error: UInt32 = 0) {
-        if role == .server {
-            nghttp2_submit_shutdown_notice(session)
+        if error != 0 {
+            nghttp2_session_terminate_session(session, error)
+            return
         }
-        nghttp2_session_terminate_session(session, error)
+        // GOAWAY naming the last stream processed: streams up to it finish, no new ones start.
+        let last = nghttp2_session_get_last_proc_stream_id(session)
+        nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, 0, nil, 0)
     }
 
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS.

@@ -9,7 +9,7 @@ import MeshTLS
 /// body both ways with back-pressure, then keep the connection for the next request or close it.
 /// Retries on connect failure and the keep-alive race (a pooled connection closed under us before
 /// any response byte) are decided here; nothing on this path allocates per request.
-final class DownstreamConnection: Connection, UpstreamOwner {
+final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     enum State { case idle, connecting, backoff, proxying, tunnel, closing }
 
     unowned(unsafe) let worker: Worker
@@ -76,6 +76,21 @@ final class DownstreamConnection: Connection, UpstreamOwner {
         MetricKey.make(inbound: inbound, route: metricsRoute, code: 0, flag: .none, peer: inbound ? downstreamPeer : upstreamPeer)
     }
 
+    // The exchange's HTTP/2 stream when the upstream speaks h2 (sidecar-to-sidecar).
+    private var h2up: H2UpstreamConnection?
+    private var h2stream: Int32 = 0
+    private var h2RequestFinished = false
+    private var h2RequestChunked = false
+    private var h2RequestDecoder = ChunkedDecoder()
+    private var h2RespHead: ByteBuffer?
+    private var h2Trailers: ByteBuffer?
+    private var h2Status = 0
+    private var h2HasLength = false
+    private var h2ChunkToClient = false
+    private var h2Unconsumed = 0
+    private var h2Parser = HTTP1Parser()
+    private var h2ReplayHead = HTTPHead()
+
     /// HTTP/2 on this connection (inbound, ALPN h2): the handler owns the streams.
     private var h2: H2ServerHandler?
     /// The config snapshot this connection's current work started with.
@@ -105,6 +120,7 @@ final class DownstreamConnection: Connection, UpstreamOwner {
 
     override func onFlush() {
         if let h = h2 { h.produceFrames() }
+        if needsH2Pump { needsH2Pump = false; pumpRequestBodyH2() }
         super.onFlush()
     }
 
@@ -169,6 +185,11 @@ final class DownstreamConnection: Connection, UpstreamOwner {
 
     override func onDrained() {
         if let h = h2 { h.onDrained(); return }
+        if let h = h2up, h2Unconsumed > 0 {
+            h.session.consume(stream: h2stream, h2Unconsumed)
+            h2Unconsumed = 0
+            h.requestFlush()
+        }
         guard let up = upstream else { return }
         if state == .tunnel { pumpTunnelDown(up) } else if state == .proxying { pumpResponseBody(up) }
     }
@@ -207,6 +228,7 @@ final class DownstreamConnection: Connection, UpstreamOwner {
             if flag == .none { flag = .downstreamConnectionTermination }
             recordExchange()
         }
+        dropH2Stream()
         if let up = upstream {
             upstream = nil
             up.owner = nil
@@ -553,6 +575,24 @@ final class DownstreamConnection: Connection, UpstreamOwner {
         lastPool = pool
         exchangePool = pool
         connectAttempts += 1
+        if c.http2 && !wantsUpgrade && !pool.h2Refused, let ctx = snapshot.clientTLSH2 {
+            guard let h = pool.checkoutH2(c, tlsContext: ctx) else {
+                if pool.lastError == 0 {
+                    localReply(503, "upstream connection limit reached", close: !reqBody.isDone, flag: .upstreamOverflow)
+                } else {
+                    worker.stats.inc(.upstreamConnectFailures)
+                    connectFailed()
+                }
+                return
+            }
+            h2up = h
+            h2stream = 0
+            if !h.open(self, submit: { [unowned self] conn in self.submitH2(conn) }) {
+                h2up = nil
+                connectFailed()
+            }
+            return
+        }
         guard let up = pool.checkout(c, tlsContext: snapshot.clientTLS, fresh: fresh) else {
             if pool.lastError == 0 {
                 localReply(503, "upstream connection limit reached", close: !reqBody.isDone, flag: .upstreamOverflow)
@@ -601,6 +641,7 @@ final class DownstreamConnection: Connection, UpstreamOwner {
     // MARK: request body
 
     private func pumpRequestBody() {
+        if h2up != nil { pumpRequestBodyH2(); return }
         guard let up = upstream, state == .proxying else { return }
         while !input.isEmpty && !reqBody.isDone && !up.isCongested {
             let adv = reqBody.advance(UnsafePointer(input.readPointer), input.readableBytes)
@@ -630,6 +671,233 @@ final class DownstreamConnection: Connection, UpstreamOwner {
 
     func upstreamDrained() {
         if state == .tunnel { pumpTunnelUp() } else { pumpRequestBody() }
+    }
+
+    // MARK: HTTP/2 upstream (sidecar to sidecar)
+
+    /// Submits the request on `conn` (called once the connection is established): the head built
+    /// for HTTP/1.1 in `replay` is re-read and sent as HTTP/2 header fields.
+    private func submitH2(_ conn: H2UpstreamConnection) -> Int32 {
+        guard h2up === conn, state == .connecting else { return -1 }
+        let b = replay.base
+        h2Parser.resetScan()
+        guard case .complete = h2Parser.parseRequest(b, start: 0, end: replay.writeIndex, into: &h2ReplayHead) else { return -1 }
+        let h = h2ReplayHead
+        let ss = conn.session!
+        ss.addHeader(":method", b + h.methodStart, h.methodEnd - h.methodStart)
+        let scheme: StaticString = "http"
+        ss.addHeader(":scheme", scheme.utf8Start, 4)
+        if h.hostIndex >= 0 {
+            let f = h.fields[h.hostIndex]
+            ss.addHeader(":authority", b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
+        }
+        ss.addHeader(":path", b + h.targetStart, h.targetEnd - h.targetStart)
+        var lower = [UInt8](repeating: 0, count: 128)
+        for f in h.fields {
+            switch f.kind {
+            case .host, .connection, .keepAlive, .proxyConnection, .transferEncoding, .upgrade: continue
+            case .te: if !h.teTrailers { continue }
+            default: break
+            }
+            let nl = Int(f.nameEnd - f.lineStart)
+            if nl > lower.count { lower = [UInt8](repeating: 0, count: nl) }
+            for i in 0..<nl { lower[i] = ASCII.lower(b[Int(f.lineStart) + i]) }
+            lower.withUnsafeBufferPointer { ss.addHeader($0.baseAddress!, nl, b + Int(f.valueStart), Int(f.valueEnd - f.valueStart)) }
+        }
+        let noBody = reqBody.mode == .none
+        let id = ss.submitRequest(endStream: noBody)
+        if id <= 0 { return id }
+        h2stream = id
+        h2RequestFinished = noBody
+        h2RequestChunked = reqBody.mode == .chunked
+        h2RequestDecoder.reset()
+        h2Status = 0
+        h2HasLength = false
+        h2ChunkToClient = false
+        h2Unconsumed = 0
+        h2RespHead?.clear()
+        h2Trailers?.clear()
+        state = .proxying
+        upstreamPeer = conn.peerIndex
+        replayValid = false
+        // Send what body is already here once the stream is registered (next loop turn at the latest).
+        loop.markDirty(self)
+        needsH2Pump = true
+        return id
+    }
+
+    private var needsH2Pump = false
+
+    private func pumpRequestBodyH2() {
+        guard let h = h2up, h2stream > 0, state == .proxying else { return }
+        let ss = h.session!
+        while !input.isEmpty && !requestDone && ss.pendingData(stream: h2stream) < 256 * 1024 && !h.isCongested {
+            if h2RequestChunked {
+                switch h2RequestDecoder.next(UnsafePointer(input.readPointer), input.readableBytes) {
+                case .data(let n):
+                    ss.sendData(stream: h2stream, input.readPointer, n)
+                    requestBytes &+= UInt64(n)
+                    input.consume(n)
+                case .framing(let n), .needMore(let n):
+                    input.consume(n)
+                    if n == 0 { break }
+                case .end(let n):
+                    input.consume(n)
+                    requestDone = true
+                case .error:
+                    worker.stats.inc(.badRequests)
+                    abortExchange(status: 400, reason: "malformed request body", flag: .downstreamProtocolError)
+                    return
+                }
+                continue
+            }
+            let adv = reqBody.advance(UnsafePointer(input.readPointer), input.readableBytes)
+            if adv.forward > 0 {
+                ss.sendData(stream: h2stream, input.readPointer, adv.forward)
+                requestBytes &+= UInt64(adv.forward)
+                input.consume(adv.forward)
+            }
+            if adv.done { requestDone = true }
+            if adv.forward == 0 { break }
+        }
+        if requestDone && !h2RequestFinished {
+            h2RequestFinished = true
+            ss.finishData(stream: h2stream, withTrailers: false)
+        }
+        if !requestDone && !input.isEmpty { h.waitForWritable(self) }
+        h.requestFlush()
+        resumeReading()
+    }
+
+    func h2StreamWritable() { pumpRequestBodyH2() }
+
+    func h2ResponseHeader(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) {
+        if responseStarted {
+            // Trailers: kept for the chunked HTTP/1.1 response.
+            let t = h2Trailers ?? ByteBuffer(capacity: 256)
+            h2Trailers = t
+            t.append(n, nl); t.append(": "); t.append(v, vl); t.append("\r\n")
+            return
+        }
+        if nl == 7 && ASCII.equalsLower(n, nl, ":status") {
+            var st = 0
+            for i in 0..<vl where v[i] >= 48 && v[i] <= 57 { st = st * 10 + Int(v[i] - 48) }
+            h2Status = st
+            return
+        }
+        if nl > 0 && n[0] == UInt8(ascii: ":") { return }
+        if ASCII.equalsLower(n, nl, "content-length") { h2HasLength = true }
+        if ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "transfer-encoding") || ASCII.equalsLower(n, nl, "keep-alive") { return }
+        let hb = h2RespHead ?? ByteBuffer(capacity: 1024)
+        h2RespHead = hb
+        hb.append(n, nl); hb.append(": "); hb.append(v, vl); hb.append("\r\n")
+    }
+
+    func h2ResponseHeadersComplete(trailers: Bool, endStream: Bool) {
+        armStreamTimer()
+        if responseStarted {
+            if endStream { h2ResponseEnd() }
+            return
+        }
+        if h2Status < 200 {
+            if h2Status == 100 && clientMinor == 1 {
+                let cont: StaticString = "HTTP/1.1 100 Continue\r\n\r\n"
+                send(cont.utf8Start, cont.utf8CodeUnitCount)
+            }
+            h2RespHead?.clear()
+            return
+        }
+        responseStatus = h2Status
+        let bodyExpected = !endStream && method != .head && h2Status != 204 && h2Status != 304
+        if bodyExpected && !h2HasLength {
+            if clientMinor == 1 { h2ChunkToClient = true } else { closeAfterResponse = true }
+        }
+        if !requestDone || worker.draining { closeAfterResponse = true }
+        let out = worker.scratch
+        out.clear()
+        out.append("HTTP/1.1 ")
+        out.appendDecimal(h2Status)
+        out.append(" ")
+        out.append(StatusText.reason(h2Status))
+        out.append("\r\n")
+        if let hb = h2RespHead { out.append(from: hb, hb.readIndex, hb.writeIndex) }
+        if h2ChunkToClient { out.append("transfer-encoding: chunked\r\n") }
+        if closeAfterResponse { out.append("connection: close\r\n") }
+        else if clientMinor == 0 { out.append("connection: keep-alive\r\n") }
+        out.append("\r\n")
+        responseBytes &+= UInt64(out.readableBytes)
+        send(out.readPointer, out.readableBytes)
+        responseStarted = true
+        if endStream { h2ResponseEnd() }
+    }
+
+    func h2ResponseData(_ p: UnsafePointer<UInt8>, _ n: Int) {
+        guard let h = h2up else { return }
+        armStreamTimer()
+        if h2ChunkToClient {
+            let out = worker.scratch
+            out.clear()
+            out.appendHex(n)
+            out.append("\r\n")
+            send(out.readPointer, out.readableBytes)
+            send(p, n)
+            let crlf: StaticString = "\r\n"
+            send(crlf.utf8Start, 2)
+        } else {
+            send(p, n)
+        }
+        responseBytes &+= UInt64(n)
+        if isCongested { h2Unconsumed += n } else { h.session.consume(stream: h2stream, n); h.requestFlush() }
+    }
+
+    func h2ResponseEnd() {
+        guard let h = h2up else { return }
+        if h2ChunkToClient {
+            let out = worker.scratch
+            out.clear()
+            out.append("0\r\n")
+            if let t = h2Trailers { out.append(from: t, t.readIndex, t.writeIndex) }
+            out.append("\r\n")
+            send(out.readPointer, out.readableBytes)
+        }
+        if h2Unconsumed > 0 { h.session.consume(stream: h2stream, h2Unconsumed); h2Unconsumed = 0 }
+        if !h2RequestFinished {
+            // The response ended before the request body: stop sending it, close after the response.
+            h.forget(stream: h2stream)
+            closeAfterResponse = true
+        }
+        h2up = nil
+        h2stream = 0
+        worker.stats.countResponse(responseStatus)
+        endExchange()
+    }
+
+    func h2StreamFailed(error: UInt32, refused: Bool) {
+        guard h2up != nil else { return }
+        h2up = nil
+        h2stream = 0
+        if responseStarted {
+            flag = .upstreamConnectionTermination
+            closeNow()
+            return
+        }
+        if state == .connecting || refused {
+            worker.stats.inc(.upstreamConnectFailures)
+            state = .connecting
+            connectFailed()
+            return
+        }
+        worker.stats.inc(.upstreamResetsBeforeResponse)
+        localReply(503, "upstream reset before response", close: !reqBody.isDone, flag: .upstreamConnectionTermination)
+    }
+
+    /// Ends the exchange's HTTP/2 stream, if any (the connection stays for other streams).
+    private func dropH2Stream() {
+        if let h = h2up {
+            if h2stream > 0 { h.forget(stream: h2stream) }
+            h2up = nil
+            h2stream = 0
+        }
     }
 
     // MARK: response
@@ -880,6 +1148,7 @@ final class DownstreamConnection: Connection, UpstreamOwner {
     /// Ends the exchange with an error: a local reply if nothing was sent yet, else a reset.
     private func abortExchange(status: Int, reason: StaticString, flag f: ResponseFlag) {
         if let up = upstream { upstream = nil; up.owner = nil; up.closeNow() }
+        dropH2Stream()
         if responseStarted {
             flag = f
             closeNow()
@@ -892,6 +1161,7 @@ final class DownstreamConnection: Connection, UpstreamOwner {
 
     private func localReply(_ status: Int, _ body: StaticString, close: Bool, flag f: ResponseFlag) {
         flag = f
+        dropH2Stream()
         if let up = upstream { upstream = nil; up.owner = nil; up.closeNow() }
         worker.stats.inc(.localReplies)
         worker.stats.countResponse(status)

@@ -385,7 +385,14 @@ final class H2InboundStream: UpstreamOwner {
                     let st = up.head.status
                     up.input.consume(up.head.headEnd - up.input.readIndex)
                     up.parser.resetScan()
-                    if st < 200 { continue }   // 1xx are not forwarded over HTTP/2
+                    if st == 100 {
+                        // 100 Continue reaches the caller (its Expect is answered by the app).
+                        let c: StaticString = "100"
+                        session.addHeader(":status", c.utf8Start, 3)
+                        session.submitInformational(stream: id)
+                        handler.conn.requestFlush()
+                    }
+                    if st < 200 { continue }
                     status = st
                     up.body.startResponse(up.head, requestMethod: methodKind)
                     dechunker.reset()

@@ -15,6 +15,8 @@ public final class ProxySnapshot: Sendable {
         public let connectTimeout: UInt64
         public let idleTimeout: UInt64
         public let maxConnections: Int
+        /// HTTP/2 to this cluster's endpoints (sidecar-to-sidecar hops, by default).
+        public let http2: Bool
     }
 
     public struct Route: Sendable {
@@ -44,7 +46,9 @@ public final class ProxySnapshot: Sendable {
     /// Index of the cluster for the local app (inbound), or -1.
     public let inboundCluster: Int
     public let serverTLS: TLSContext?
+    /// Client contexts: HTTP/1.1 connections offer only http/1.1 in ALPN, HTTP/2 ones h2 first.
     public let clientTLS: TLSContext?
+    public let clientTLSH2: TLSContext?
     /// `By=<own SPIFFE ID>;Hash=` prefix of x-forwarded-client-cert, precomputed.
     public let xfccPrefix: [UInt8]
     /// Stream idle timeout: no bytes either way while a request is in flight.
@@ -58,7 +62,8 @@ public final class ProxySnapshot: Sendable {
         for c in b.clusters {
             clusters.append(Cluster(name: c.name, endpoints: c.endpoints, mutualTLS: c.tls == .istioMutual,
                                     expectedPeers: c.subjectAltNames, connectTimeout: c.connectTimeout,
-                                    idleTimeout: c.idleTimeout, maxConnections: c.maxConnections))
+                                    idleTimeout: c.idleTimeout, maxConnections: c.maxConnections,
+                                    http2: c.tls == .istioMutual && c.protocolHTTP2))
         }
         var inboundCluster = -1
         if let inb = b.inbound, let app = inb.appAddress {
@@ -66,7 +71,7 @@ public final class ProxySnapshot: Sendable {
             clusters.append(Cluster(name: "inbound|\(app.port)||local-app", endpoints: [app], mutualTLS: false,
                                     expectedPeers: [], connectTimeout: Bootstrap.Defaults.connectTimeout,
                                     idleTimeout: Bootstrap.Defaults.poolIdleTimeout,
-                                    maxConnections: Bootstrap.Defaults.maxConnections))
+                                    maxConnections: Bootstrap.Defaults.maxConnections, http2: false))
         }
         self.inboundCluster = inboundCluster
         self.clusters = clusters
@@ -109,8 +114,10 @@ public final class ProxySnapshot: Sendable {
             serverTLS = b.inbound != nil ? try TLSContext(role: .server, options: so) : nil
             var co = so
             co.minVersion13 = true
-            co.alpn = ["http/1.1"]   // the sidecar-to-sidecar hop is HTTP/1.1 until the h2 upstream lands
+            co.alpn = ["http/1.1"]
             clientTLS = clusters.contains { $0.mutualTLS } ? try TLSContext(role: .client, options: co) : nil
+            co.alpn = ["h2", "http/1.1"]
+            clientTLSH2 = clusters.contains { $0.http2 } ? try TLSContext(role: .client, options: co) : nil
             let own = (serverTLS ?? clientTLS)?.localIdentity ?? ""
             if own.isEmpty && (serverTLS != nil || clientTLS != nil) {
                 throw TLSConfigError("\(t.certChain): the certificate has no spiffe:// URI SAN; a workload certificate must carry its SPIFFE ID")
@@ -119,6 +126,7 @@ public final class ProxySnapshot: Sendable {
         } else {
             serverTLS = nil
             clientTLS = nil
+            clientTLSH2 = nil
             xfccPrefix = []
         }
     }

@@ -186,10 +186,53 @@ final class EndpointPool {
 
     var idleCount: Int { idle.count }
 
+    // MARK: HTTP/2
+
+    /// HTTP/2 connections to this endpoint (multiplexed).
+    private(set) var h2conns: [H2UpstreamConnection] = []
+    /// The endpoint refused h2 in ALPN: use HTTP/1.1 with it.
+    var h2Refused = false
+
+    /// A connection with room for one more stream, opening a new one when all are full.
+    func checkoutH2(_ c: ProxySnapshot.Cluster, tlsContext: TLSContext) -> H2UpstreamConnection? {
+        var best: H2UpstreamConnection? = nil
+        for h in h2conns where h.hasCapacity {
+            if best == nil || h.load < best!.load { best = h }
+        }
+        if let b = best { return b }
+        if open >= c.maxConnections {
+            worker.stats.inc(.upstreamOverflow)
+            lastError = 0
+            return nil
+        }
+        let fd = Socket.connect(address)
+        if fd < 0 { lastError = -fd; counters.inc(.connectFailures); return nil }
+        let tls = TLSSession(context: tlsContext, sessionCache: sessionCache, expectedPeers: c.expectedPeers)
+        let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout)
+        guard h.start() else { lastError = 24; return nil }
+        open += 1
+        counters.inc(.connectionsTotal)
+        counters.set(.connectionsActive, UInt64(open))
+        worker.stats.inc(.upstreamConnectionsTotal)
+        worker.stats.inc(.upstreamConnectionsActive)
+        h2conns.append(h)
+        loop.setDeadline(h, loop.now + c.connectTimeout)
+        return h
+    }
+
+    func h2Closed(_ h: H2UpstreamConnection) {
+        guard let i = h2conns.firstIndex(where: { $0 === h }) else { return }
+        h2conns.remove(at: i)
+        open -= 1
+        counters.set(.connectionsActive, UInt64(open))
+        worker.stats.dec(.upstreamConnectionsActive)
+    }
+
     func closeIdle() {
         let all = idle
         idle.removeAll()
         for u in all { u.closeNow() }
+        for h in h2conns where h.load == 0 { h.closeAfterFlush() }
     }
 }
 

@@ -1,0 +1,219 @@
+import CNghttp2
+import MeshCore
+import MeshHTTP
+import MeshIO
+import MeshTLS
+
+/// What one HTTP/2 stream to an upstream sidecar reports to the exchange that opened it.
+protocol H2StreamOwner: AnyObject {
+    /// One response header (pseudo-headers included); pointers valid during the call.
+    func h2ResponseHeader(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int)
+    /// A response header block is complete (`trailers`: after the body).
+    func h2ResponseHeadersComplete(trailers: Bool, endStream: Bool)
+    func h2ResponseData(_ p: UnsafePointer<UInt8>, _ n: Int)
+    func h2ResponseEnd()
+    /// The stream ended without a complete response: `refused` when the peer never processed it
+    /// (REFUSED_STREAM, GOAWAY above its last stream, or the connection failed before it was sent).
+    func h2StreamFailed(error: UInt32, refused: Bool)
+    /// The stream has room for more request body.
+    func h2StreamWritable()
+}
+
+/// An HTTP/2 connection from this worker to another sidecar (mTLS, ALPN h2), shared by many
+/// exchanges: each request is a stream, up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS; when a
+/// connection is full or going away the pool opens another. Idle (no stream) for the cluster's
+/// idle timeout, it is closed.
+final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
+    unowned(unsafe) let pool: EndpointPool
+    private(set) var session: HTTP2Session!
+    private var owners: [Int32: H2StreamOwner] = [:]
+    /// Requests submitted before the connection was established wait here.
+    private var waiting: [(H2StreamOwner, (H2UpstreamConnection) -> Int32)] = []
+    private(set) var goingAway = false
+    var peerIndex = 0
+    /// Exchanges that stopped sending request body until frames leave (window or congestion).
+    private var writeWaiters: [H2StreamOwner] = []
+
+    /// Calls `owner.h2StreamWritable()` after the next flush that leaves room.
+    func waitForWritable(_ owner: H2StreamOwner) {
+        if !writeWaiters.contains(where: { $0 === owner }) { writeWaiters.append(owner) }
+    }
+    private var idleTimeout: UInt64
+
+    init(pool: EndpointPool, fd: Int32, tls: TLSSession, idleTimeout: UInt64) {
+        self.pool = pool
+        self.idleTimeout = idleTimeout
+        super.init(loop: pool.worker.loop, fd: fd, security: tls, connecting: true)
+        var settings = HTTP2Session.Settings()
+        settings.maxConcurrentStreams = 100      // server push is off; this bounds the peer anyway
+        session = HTTP2Session(role: .client, delegate: self, settings: settings)
+    }
+
+    /// Streams open or waiting to open.
+    var load: Int { owners.count + waiting.count }
+
+    /// True while another stream fits on this connection.
+    var hasCapacity: Bool {
+        if goingAway || isClosed || isClosing { return false }
+        let peerMax = isEstablished ? Int(min(session.peerMaxConcurrentStreams, 1000)) : 100
+        return load < peerMax
+    }
+
+    /// Opens a stream for `owner`; `submit` adds the headers and submits (now or once established).
+    func open(_ owner: H2StreamOwner, submit: @escaping (H2UpstreamConnection) -> Int32) -> Bool {
+        loop.setDeadline(self, isEstablished ? 0 : deadline)
+        if !isEstablished { waiting.append((owner, submit)); return true }
+        let id = submit(self)
+        if id <= 0 { return false }
+        owners[id] = owner
+        requestFlush()
+        return true
+    }
+
+    func forget(stream: Int32) {
+        if let o = owners.removeValue(forKey: stream) {
+            writeWaiters.removeAll { $0 === o }
+            session.reset(stream: stream, error: UInt32(NGHTTP2_CANCEL.rawValue))
+            requestFlush()
+            armIdle()
+        }
+    }
+
+    private func armIdle() {
+        if owners.isEmpty && waiting.isEmpty && isEstablished {
+            loop.setDeadline(self, loop.now + idleTimeout)
+            if pool.worker.draining || goingAway { closeAfterFlush() }
+        }
+    }
+
+    // MARK: connection events
+
+    override func onEstablished() {
+        guard let tls = security as? TLSSession else { return }
+        pool.worker.stats.inc(.tlsHandshakesOK)
+        if tls.resumed { pool.worker.stats.inc(.tlsSessionsResumed) }
+        peerIndex = pool.worker.metrics.peers.intern(tls.peerIdentity)
+        loop.setDeadline(self, 0)
+        if tls.alpn != "h2" {
+            // The peer does not speak HTTP/2: use HTTP/1.1 to this endpoint from now on.
+            pool.h2Refused = true
+            Log.warn("upstream", "\(pool.address) did not negotiate h2 (ALPN \"\(tls.alpn)\"); using HTTP/1.1")
+            failAll(refused: true)
+            closeNow()
+            return
+        }
+        let w = waiting
+        waiting.removeAll()
+        for (owner, submit) in w {
+            let id = submit(self)
+            if id > 0 { owners[id] = owner } else { owner.h2StreamFailed(error: 0, refused: true) }
+        }
+        requestFlush()
+        armIdle()
+    }
+
+    override func onInput() {
+        if !session.receive(input) {
+            Log.warn("upstream", "HTTP/2 connection error from \(pool.address): \(session.lastError)")
+            requestFlush()
+            goingAway = true
+            closeAfterFlush()
+            failAll(refused: false)
+            return
+        }
+        if session.wantsWrite { requestFlush() }
+    }
+
+    override func onFlush() {
+        if isEstablished {
+            let out = pool.worker.scratch
+            out.clear()
+            session.produce(into: out)
+            if !out.isEmpty { send(out.readPointer, out.readableBytes) }
+        }
+        super.onFlush()
+        if !writeWaiters.isEmpty && !isCongested && !isClosed {
+            let w = writeWaiters
+            writeWaiters.removeAll()
+            for o in w { o.h2StreamWritable() }
+        }
+    }
+
+    override func onDrained() {
+        let w = writeWaiters
+        writeWaiters.removeAll()
+        for o in w { o.h2StreamWritable() }
+    }
+
+    override func onPeerClosed(error: Int32) {
+        if error == -1 {
+            pool.worker.stats.inc(.tlsHandshakesFailed)
+            Log.warn("upstream", "TLS with \(pool.address) failed: \(security?.failureReason ?? "")")
+        }
+        let neverUp = !isEstablished
+        closeNow()
+        failAll(refused: neverUp)
+    }
+
+    override func onClosed() {
+        pool.h2Closed(self)
+        failAll(refused: false)
+    }
+
+    override func onDeadline(now: UInt64) {
+        if !isEstablished {
+            pool.worker.stats.inc(.upstreamConnectTimeouts)
+            closeNow()
+            failAll(refused: true)
+        } else if owners.isEmpty && waiting.isEmpty {
+            session.goAway()
+            requestFlush()
+            closeAfterFlush()
+        }
+    }
+
+    private func failAll(refused: Bool) {
+        let w = waiting
+        waiting.removeAll()
+        let o = owners
+        owners.removeAll()
+        for (owner, _) in w { owner.h2StreamFailed(error: 0, refused: true) }
+        for (_, owner) in o { owner.h2StreamFailed(error: 0, refused: refused) }
+    }
+
+    // MARK: HTTP2SessionDelegate
+
+    func h2BeginHeaders(stream: Int32) {}
+
+    func h2Header(stream: Int32, name: UnsafePointer<UInt8>, nameLength: Int, value: UnsafePointer<UInt8>, valueLength: Int) -> Bool {
+        owners[stream]?.h2ResponseHeader(name, nameLength, value, valueLength)
+        return true
+    }
+
+    func h2HeadersComplete(stream: Int32, trailers: Bool, endStream: Bool) {
+        owners[stream]?.h2ResponseHeadersComplete(trailers: trailers, endStream: endStream)
+    }
+
+    func h2Data(stream: Int32, _ p: UnsafePointer<UInt8>, _ n: Int) {
+        if let o = owners[stream] { o.h2ResponseData(p, n) } else { session.consume(stream: stream, n) }
+    }
+
+    func h2DataEnd(stream: Int32) { owners[stream]?.h2ResponseEnd() }
+
+    func h2StreamClosed(stream: Int32, error: UInt32) {
+        if let o = owners.removeValue(forKey: stream), error != 0 {
+            o.h2StreamFailed(error: error, refused: error == UInt32(NGHTTP2_REFUSED_STREAM.rawValue))
+        }
+        armIdle()
+    }
+
+    func h2GoAway(lastStream: Int32, error: UInt32) {
+        goingAway = true
+        // Streams above lastStream were never processed: their exchanges may retry elsewhere.
+        for (id, o) in owners where id > lastStream {
+            owners.removeValue(forKey: id)
+            o.h2StreamFailed(error: error, refused: true)
+        }
+        armIdle()
+    }
+}
