@@ -87,10 +87,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 want() { [[ " $PROXIES " == *" $1 "* ]]; }
 for p in $PROXIES; do
-    case "$p" in sidecar|sidecar-nometrics|envoy|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case "$p" in sidecar|sidecar-nometrics|sidecar-h1|envoy|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
 done
 
-if want sidecar || want sidecar-nometrics; then
+if want sidecar || want sidecar-nometrics || want sidecar-h1; then
     if [ "${SIDECAR_BIN_GIVEN:-0}" = 0 ] && [ "${NO_BUILD:-0}" != 1 ]; then
         mkdir -p "$OUT"
         note "building the release sidecar (swift build -c release --static-swift-stdlib)"
@@ -225,12 +225,14 @@ start_proc app "$d/stdout.log" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log
 # ------------------------------------------------------------------ stacks
 declare -A PORT_OUT=() PORT_IN=()
 
-setup_sidecar()           { setup_sidecar_as sidecar ""; }
+setup_sidecar()           { setup_sidecar_as sidecar "" ""; }
 # The same pair with request metrics off: its row against `sidecar` is the cost of metrics.
-setup_sidecar-nometrics() { setup_sidecar_as sidecar-nometrics "  stats: {enabled: false}"; }
+setup_sidecar-nometrics() { setup_sidecar_as sidecar-nometrics "  stats: {enabled: false}" ""; }
+# The same pair with an HTTP/1.1 mTLS hop instead of the default HTTP/2 one.
+setup_sidecar-h1()        { setup_sidecar_as sidecar-h1 "" "      protocol: HTTP1"; }
 
-setup_sidecar_as() { # NAME EXTRA-SPEC-LINES
-    local name="$1" extra="$2"
+setup_sidecar_as() { # NAME EXTRA-SPEC-LINES EXTRA-CLUSTER-LINES
+    local name="$1" extra="$2" cextra="$3"
     local d="$OUT/$name"; mkdir -p "$d"
     next_port; local a=$PORT; next_port; local b=$PORT; next_port; local adm1=$PORT; next_port; local adm2=$PORT
     cat >"$d/client-sidecar.yaml" <<EOF
@@ -267,6 +269,7 @@ spec:
         - 127.0.0.1:$b
       connectTimeout: 5s
       idleTimeout: 60s
+$cextra
   routes:
     - hosts: [server]
       cluster: server
@@ -653,7 +656,7 @@ VERSIONS="$OUT/versions.txt"
     echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
     echo "haproxy: $(haproxy -v 2>&1 | head -n 1)"
     if want envoy; then echo "envoy: $("$ENVOY_BIN" --version 2>&1 | grep -o 'version: .*' | sed 's/version: //')"; fi
-    if want sidecar || want sidecar-nometrics; then
+    if want sidecar || want sidecar-nometrics || want sidecar-h1; then
         echo "sidecar: $SIDECAR_BIN (built $(date -u -r "$SIDECAR_BIN" '+%Y-%m-%d %H:%M UTC'), sha256 $(sha256sum "$SIDECAR_BIN" | cut -c1-12), git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none))"
     fi
     echo "h2load: $(h2load --version 2>&1 | head -n 1)"

@@ -112,6 +112,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             if tls.resumed { worker.stats.inc(.tlsSessionsResumed) }
             downstreamPeer = worker.metrics.peers.intern(tls.peerIdentity)
             if inbound && tls.alpn == "h2" {
+                worker.stats.inc(.http2DownstreamConnections)
                 h2 = H2ServerHandler(conn: self, worker: worker, peerIndex: downstreamPeer)
                 loop.setDeadline(self, loop.now + settings.idleTimeout)
             }

@@ -130,7 +130,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         resetsInWindow += 1
         if resetsInWindow > H2ServerHandler.maxPrematureResetsPerSecond && !calmedDown {
             calmedDown = true
-            worker.stats.inc(.badRequests)
+            worker.stats.inc(.http2RapidResetClosures)
             Log.warn("inbound", "HTTP/2 client reset \(resetsInWindow) streams within a second: closing the connection (rapid reset)")
             session.goAway(error: UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
             produceFrames()

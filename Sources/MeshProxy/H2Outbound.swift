@@ -102,6 +102,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
             closeNow()
             return
         }
+        pool.worker.stats.inc(.http2UpstreamConnections)
         let w = waiting
         waiting.removeAll()
         for (owner, submit) in w {

@@ -9,6 +9,7 @@ public final class WorkerStats: @unchecked Sendable {
         case upstreamReused, upstreamKeepAliveRaceRetries, retries, upstreamResetsBeforeResponse, upstreamOverflow
         case tlsHandshakesOK, tlsHandshakesFailed, tlsSessionsResumed
         case requestTimeouts, headerTimeouts, upgrades
+        case http2DownstreamConnections, http2UpstreamConnections, http2RapidResetClosures
 
         public var name: String {
             switch self {
@@ -38,6 +39,9 @@ public final class WorkerStats: @unchecked Sendable {
             case .requestTimeouts: return "request_timeouts"
             case .headerTimeouts: return "header_timeouts"
             case .upgrades: return "upgrades"
+            case .http2DownstreamConnections: return "http2_downstream_connections_total"
+            case .http2UpstreamConnections: return "http2_upstream_connections_total"
+            case .http2RapidResetClosures: return "http2_rapid_reset_closures"
             }
         }
     }

@@ -119,3 +119,34 @@ def test_rapid_reset_flood_is_cut_off(mesh, pki):
     # Everyone else is served.
     r = h2curl(mesh, pki, "/")
     assert r.stdout.endswith(b"2 200")
+
+
+def test_sidecar_hop_is_h2_multiplexed_by_default_and_h1_on_request(procs, pki):
+    import threading
+    from conftest import client_config, free_port, server_config, wait_ready
+    app = procs.app("server")
+    inbound, sadmin = free_port(), free_port()
+    srv = procs.sidecar(server_config(pki, "s", inbound, sadmin, app), "server")
+    wait_ready(srv, sadmin)
+    for proto, want_h2 in (("", True), ("      protocol: HTTP1", False)):
+        outbound, cadmin = free_port(), free_port()
+        cfg = client_config(pki, "c", outbound, cadmin, [inbound], cluster_extra=proto).replace("concurrency: 2", "concurrency: 1")
+        cli = procs.sidecar(cfg, f"client{'-h1' if proto else ''}")
+        wait_ready(cli, cadmin)
+        before = stats(sadmin)["http2_downstream_connections_total"]
+        # 20 concurrent client connections.
+        results = []
+        def one():
+            results.append(curl("-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{outbound}/slow?ms=300", "-H", "Host: server").stdout)
+        ts = [threading.Thread(target=one) for _ in range(20)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        assert results == [b"200"] * 20
+        s = stats(cadmin)
+        if want_h2:
+            assert s["http2_upstream_connections_total"] == 1          # all 20 multiplexed on one connection
+            assert stats(sadmin)["http2_downstream_connections_total"] - before == 1
+        else:
+            assert s["http2_upstream_connections_total"] == 0
+            assert s["upstream_connections_total"] >= 10             # one per concurrent request
+            assert stats(sadmin)["http2_downstream_connections_total"] == before
