@@ -133,7 +133,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r -a PORTS <<<"$(free_ports 16)"
+read -r -a PORTS <<<"$(free_ports 40)"
 next_port() { PORT="${PORTS[0]}"; PORTS=("${PORTS[@]:1}"); }
 
 # ------------------------------------------------------------------ processes

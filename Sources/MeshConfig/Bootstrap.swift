@@ -34,6 +34,8 @@ public struct Bootstrap: Sendable {
         public var idleTimeout: UInt64
         /// Inbound only: where the local app listens.
         public var appAddress: SocketAddress?
+        /// Inbound only: the app speaks HTTP/2 cleartext (`appProtocol: HTTP2` or `GRPC`).
+        public var appHTTP2: Bool = false
     }
 
     public enum ClusterTLS: String, Sendable { case istioMutual = "ISTIO_MUTUAL", disable = "DISABLE" }
@@ -190,6 +192,11 @@ public struct Bootstrap: Sendable {
                                headerTimeout: try i.duration("headerTimeout", allowZero: false) ?? Defaults.headerTimeout,
                                idleTimeout: try i.duration("idleTimeout", allowZero: false) ?? Defaults.idleTimeout,
                                appAddress: app)
+            let ap = try i.string("appProtocol") ?? "HTTP1"
+            guard ["HTTP1", "HTTP2", "GRPC"].contains(ap) else {
+                throw ConfigReader.error(ctx, "spec.inbound.appProtocol", i.map.line, "expected HTTP1, HTTP2 or GRPC, got \"\(ap)\"")
+            }
+            inbound?.appHTTP2 = ap != "HTTP1"
             try i.finish()
             if tls == nil { throw ConfigReader.error(ctx, "spec.tls", spec.map.line, "the inbound listener requires mutual TLS: add spec.tls with certChain, privateKey and trustBundle") }
         }

@@ -113,7 +113,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             downstreamPeer = worker.metrics.peers.intern(tls.peerIdentity)
             if inbound && tls.alpn == "h2" {
                 worker.stats.inc(.http2DownstreamConnections)
-                h2 = H2ServerHandler(conn: self, worker: worker, peerIndex: downstreamPeer)
+                h2 = H2ServerHandler(conn: self, worker: worker, peerIndex: downstreamPeer, inbound: true)
                 loop.setDeadline(self, loop.now + settings.idleTimeout)
             }
         }
@@ -283,7 +283,26 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
 
     // MARK: request
 
+    /// Whether this outbound connection may still turn out to be h2c (nothing parsed yet).
+    private var mayBeH2C = true
+    private static let preface: StaticString = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    /// h2c with prior knowledge on the outbound listener: the connection preface decides.
+    private func detectH2C() -> Bool {
+        let p = DownstreamConnection.preface
+        let n = min(input.readableBytes, p.utf8CodeUnitCount)
+        for i in 0..<n where input.readPointer[i] != p.utf8Start[i] { mayBeH2C = false; return false }
+        if n < p.utf8CodeUnitCount { return true }   // wait for the rest of the preface
+        mayBeH2C = false
+        worker.stats.inc(.http2DownstreamConnections)
+        h2 = H2ServerHandler(conn: self, worker: worker, peerIndex: 0, inbound: false)
+        loop.setDeadline(self, loop.now + settings.idleTimeout)
+        h2!.onInput()
+        return true
+    }
+
     private func parseRequest() {
+        if mayBeH2C && !inbound && detectH2C() { return }
         while state == .idle && !input.isEmpty && !isClosed {
             let r = parser.parseRequest(input.base, start: input.readIndex, end: input.writeIndex, into: &head)
             switch r {
@@ -308,6 +327,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     }
 
     private func startRequest() {
+        mayBeH2C = false
         let stats = worker.stats
         stats.inc(.requestsTotal)
         beginExchange(headBytes: head.headEnd - head.headStart)
@@ -576,8 +596,9 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         lastPool = pool
         exchangePool = pool
         connectAttempts += 1
-        if c.http2 && !wantsUpgrade && !pool.h2Refused, let ctx = snapshot.clientTLSH2 {
-            guard let h = pool.checkoutH2(c, tlsContext: ctx) else {
+        let h2ctx: TLSContext? = c.mutualTLS ? snapshot.clientTLSH2 : nil
+        if c.http2 && !wantsUpgrade && !pool.h2Refused && (!c.mutualTLS || h2ctx != nil) {
+            guard let h = pool.checkoutH2(c, tlsContext: h2ctx) else {
                 if pool.lastError == 0 {
                     localReply(503, "upstream connection limit reached", close: !reqBody.isDone, flag: .upstreamOverflow)
                 } else {

@@ -4,8 +4,11 @@ import MeshHTTP
 import MeshIO
 import MeshTLS
 
-/// HTTP/2 on an inbound mTLS connection (ALPN `h2`): each stream becomes one HTTP/1.1 exchange
-/// with the local app, taken from the same per-worker pool as HTTP/1.1 requests. Request headers
+/// HTTP/2 from a client: on the inbound mTLS listener (ALPN `h2`) or as h2c from the local app on
+/// the outbound listener. Inbound streams go to an HTTP/1.1 app as one HTTP/1.1 exchange each
+/// (H2InboundStream) or to an h2c app as streams (H2BridgeStream); outbound streams go to other
+/// sidecars as streams. For the HTTP/1.1 app, each stream is one exchange taken from the same
+/// per-worker pool as HTTP/1.1 requests. Request headers
 /// are translated into an HTTP/1.1 head (`:authority` -> Host, a body without content-length is
 /// sent chunked), the response head into HEADERS, response bodies into DATA (chunk framing
 /// removed). Flow control is the back-pressure: a stream's window reopens only as its body is
@@ -15,9 +18,11 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     unowned(unsafe) let conn: DownstreamConnection
     unowned(unsafe) let worker: Worker
     private(set) var session: HTTP2Session!
-    private var streams: [Int32: H2InboundStream] = [:]
+    private var streams: [Int32: H2DownstreamStream] = [:]
     /// Streams that stopped reading their upstream because the connection was congested.
-    private var blocked: [H2InboundStream] = []
+    private var blocked: [H2DownstreamStream] = []
+    /// Inbound (mTLS from a sidecar) or outbound (h2c from the local app).
+    let inbound: Bool
     let peerIndex: Int
     /// Rapid-reset protection (CVE-2023-44487): streams the client ends before their response,
     /// counted per one-second window; past the limit the connection is closed with GOAWAY
@@ -26,10 +31,11 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     private var resetsInWindow = 0
     static let maxPrematureResetsPerSecond = 200
 
-    init(conn: DownstreamConnection, worker: Worker, peerIndex: Int) {
+    init(conn: DownstreamConnection, worker: Worker, peerIndex: Int, inbound: Bool) {
         self.conn = conn
         self.worker = worker
         self.peerIndex = peerIndex
+        self.inbound = inbound
         var settings = HTTP2Session.Settings()
         settings.maxConcurrentStreams = 1000
         settings.maxHeaderListSize = 64 * 1024
@@ -69,7 +75,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         for s in b { s.pumpResponse() }
     }
 
-    func block(_ s: H2InboundStream) { blocked.append(s) }
+    func block(_ s: H2DownstreamStream) { if !blocked.contains(where: { $0 === s }) { blocked.append(s) } }
 
     /// The connection closed: every exchange in flight ends.
     func connectionClosed() {
@@ -90,7 +96,14 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     func h2BeginHeaders(stream: Int32) {
         if streams[stream] == nil {
-            streams[stream] = H2InboundStream(handler: self, id: stream)
+            let snap = conn.snapshotInUse
+            if !inbound {
+                streams[stream] = H2BridgeStream(handler: self, id: stream, inbound: false)
+            } else if snap.inboundCluster >= 0 && snap.clusters[snap.inboundCluster].http2 {
+                streams[stream] = H2BridgeStream(handler: self, id: stream, inbound: true)
+            } else {
+                streams[stream] = H2InboundStream(handler: self, id: stream)
+            }
             worker.stats.inc(.requestsTotal)
         }
     }
@@ -143,7 +156,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 }
 
 /// One HTTP/2 request on the inbound side, carried to the app over HTTP/1.1.
-final class H2InboundStream: UpstreamOwner {
+final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     unowned(unsafe) let handler: H2ServerHandler
     let id: Int32
     private var worker: Worker { handler.worker }

@@ -19,7 +19,8 @@ protocol H2StreamOwner: AnyObject {
     func h2StreamWritable()
 }
 
-/// An HTTP/2 connection from this worker to another sidecar (mTLS, ALPN h2), shared by many
+/// An HTTP/2 connection from this worker to another sidecar (mTLS, ALPN h2) or to an h2c app
+/// (prior knowledge), shared by many
 /// exchanges: each request is a stream, up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS; when a
 /// connection is full or going away the pool opens another. Idle (no stream) for the cluster's
 /// idle timeout, it is closed.
@@ -40,7 +41,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     }
     private var idleTimeout: UInt64
 
-    init(pool: EndpointPool, fd: Int32, tls: TLSSession, idleTimeout: UInt64) {
+    init(pool: EndpointPool, fd: Int32, tls: TLSSession?, idleTimeout: UInt64) {
         self.pool = pool
         self.idleTimeout = idleTimeout
         super.init(loop: pool.worker.loop, fd: fd, security: tls, connecting: true)
@@ -89,12 +90,13 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     // MARK: connection events
 
     override func onEstablished() {
-        guard let tls = security as? TLSSession else { return }
-        pool.worker.stats.inc(.tlsHandshakesOK)
-        if tls.resumed { pool.worker.stats.inc(.tlsSessionsResumed) }
-        peerIndex = pool.worker.metrics.peers.intern(tls.peerIdentity)
         loop.setDeadline(self, 0)
-        if tls.alpn != "h2" {
+        if let tls = security as? TLSSession {
+            pool.worker.stats.inc(.tlsHandshakesOK)
+            if tls.resumed { pool.worker.stats.inc(.tlsSessionsResumed) }
+            peerIndex = pool.worker.metrics.peers.intern(tls.peerIdentity)
+        }
+        if let tls = security as? TLSSession, tls.alpn != "h2" {
             // The peer does not speak HTTP/2: use HTTP/1.1 to this endpoint from now on.
             pool.h2Refused = true
             Log.warn("upstream", "\(pool.address) did not negotiate h2 (ALPN \"\(tls.alpn)\"); using HTTP/1.1")

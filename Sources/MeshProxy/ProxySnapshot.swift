@@ -71,7 +71,7 @@ public final class ProxySnapshot: Sendable {
             clusters.append(Cluster(name: "inbound|\(app.port)||local-app", endpoints: [app], mutualTLS: false,
                                     expectedPeers: [], connectTimeout: Bootstrap.Defaults.connectTimeout,
                                     idleTimeout: Bootstrap.Defaults.poolIdleTimeout,
-                                    maxConnections: Bootstrap.Defaults.maxConnections, http2: false))
+                                    maxConnections: Bootstrap.Defaults.maxConnections, http2: inb.appHTTP2))
         }
         self.inboundCluster = inboundCluster
         self.clusters = clusters

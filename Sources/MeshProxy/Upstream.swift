@@ -194,7 +194,7 @@ final class EndpointPool {
     var h2Refused = false
 
     /// A connection with room for one more stream, opening a new one when all are full.
-    func checkoutH2(_ c: ProxySnapshot.Cluster, tlsContext: TLSContext) -> H2UpstreamConnection? {
+    func checkoutH2(_ c: ProxySnapshot.Cluster, tlsContext: TLSContext?) -> H2UpstreamConnection? {
         var best: H2UpstreamConnection? = nil
         for h in h2conns where h.hasCapacity {
             if best == nil || h.load < best!.load { best = h }
@@ -207,7 +207,7 @@ final class EndpointPool {
         }
         let fd = Socket.connect(address)
         if fd < 0 { lastError = -fd; counters.inc(.connectFailures); return nil }
-        let tls = TLSSession(context: tlsContext, sessionCache: sessionCache, expectedPeers: c.expectedPeers)
+        let tls = tlsContext.map { TLSSession(context: $0, sessionCache: sessionCache, expectedPeers: c.expectedPeers) }
         let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout)
         guard h.start() else { lastError = 24; return nil }
         open += 1

@@ -1,0 +1,375 @@
+import CNghttp2
+import MeshCore
+import MeshHTTP
+import MeshIO
+import MeshTLS
+
+/// What an HTTP/2 downstream connection's handler asks of one of its streams.
+protocol H2DownstreamStream: AnyObject {
+    var isFinished: Bool { get }
+    func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool
+    func headersComplete(endStream: Bool)
+    func requestTrailersDone()
+    func requestData(_ p: UnsafePointer<UInt8>, _ n: Int)
+    func requestEnded()
+    func abort(flag: ResponseFlag)
+    func closedNormally()
+    /// The downstream connection has room again (resume response bytes, return credit).
+    func pumpResponse()
+}
+
+/// Header fields kept as bytes (name and value offsets into one buffer), replayed into a session.
+struct HeaderBlock {
+    let bytes = ByteBuffer(capacity: 1024)
+    private(set) var offsets: [(Int, Int, Int, Int)] = []
+
+    mutating func add(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) {
+        let ns = bytes.writeIndex
+        bytes.append(n, nl)
+        let vs = bytes.writeIndex
+        bytes.append(v, vl)
+        offsets.append((ns, nl, vs, vl))
+    }
+
+    mutating func clear() { bytes.clear(); offsets.removeAll(keepingCapacity: true) }
+    var isEmpty: Bool { offsets.isEmpty }
+
+    func replay(into s: HTTP2Session) {
+        let b = bytes.base
+        for (ns, nl, vs, vl) in offsets { s.addHeader(b + ns, nl, b + vs, vl) }
+    }
+}
+
+/// An HTTP/2 stream carried to an upstream over HTTP/2: h2c from an app on the outbound listener
+/// to another sidecar (mTLS h2), or an h2 stream from a sidecar on the inbound listener to an app
+/// that speaks h2c (gRPC). Header blocks, DATA, trailers (gRPC's `grpc-status`) and resets are
+/// mapped one to one; connection-specific fields are dropped; each side's flow-control credit is
+/// returned only as the bytes are accepted by the other side.
+final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
+    unowned(unsafe) let handler: H2ServerHandler
+    let id: Int32
+    let inbound: Bool
+    private var worker: Worker { handler.worker }
+    private var down: HTTP2Session { handler.session }
+
+    private var request = HeaderBlock()
+    private var authority: [UInt8] = []
+    private var hasRequestID = false
+    private var upstream: H2UpstreamConnection?
+    private var upStream: Int32 = 0
+    private var pool: EndpointPool?
+    private var pending = ByteBuffer(capacity: 256)
+    private var requestEnd = false
+    private var requestFinishedUp = false
+    private var retriesLeft = 2
+    private var cluster = -1
+    private var route = MetricKey.noRoute
+    private var heldDownCredit = 0
+    private var upstreamPeer = 0
+    private var heldUpCredit = 0
+
+    private var response = HeaderBlock()
+    private var status = 0
+    private(set) var responseStarted = false
+    private var finished = false
+    private var flag: ResponseFlag = .none
+    private let start: UInt64
+    private var requestBytes: UInt64 = 0
+    private var responseBytes: UInt64 = 0
+    private var recorded = false
+    static let window = 1 << 20
+
+    var isFinished: Bool { finished }
+
+    init(handler: H2ServerHandler, id: Int32, inbound: Bool) {
+        self.handler = handler
+        self.id = id
+        self.inbound = inbound
+        self.start = handler.worker.loop.now
+    }
+
+    // MARK: request from downstream
+
+    func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool {
+        requestBytes &+= UInt64(nl + vl + 4)
+        if ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "keep-alive") || ASCII.equalsLower(n, nl, "proxy-connection")
+            || ASCII.equalsLower(n, nl, "transfer-encoding") || ASCII.equalsLower(n, nl, "upgrade") || ASCII.equalsLower(n, nl, "host")
+            || ASCII.equalsLower(n, nl, "x-forwarded-client-cert") {
+            if ASCII.equalsLower(n, nl, "host") && authority.isEmpty { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
+            return true
+        }
+        if ASCII.equalsLower(n, nl, "te") && !ASCII.equalsLower(v, vl, "trailers") { return true }
+        if ASCII.equalsLower(n, nl, ":authority") { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
+        if ASCII.equalsLower(n, nl, "x-request-id") { hasRequestID = true }
+        request.add(n, nl, v, vl)
+        return true
+    }
+
+    func headersComplete(endStream: Bool) {
+        requestEnd = endStream
+        let snap = handler.conn.snapshotInUse
+        if inbound {
+            cluster = snap.inboundCluster
+            route = MetricKey.inboundRoute
+        } else {
+            let r = authority.withUnsafeBufferPointer { b -> Int in
+                guard let p = b.baseAddress else { return -1 }
+                return snap.hosts.lookup(p, HostTable.hostLength(p, b.count))
+            }
+            if r < 0 {
+                worker.stats.inc(.noRoute)
+                localReply(404, "no route for this host", flag: .noRoute)
+                return
+            }
+            route = r
+            cluster = snap.routes[r].cluster
+        }
+        if cluster < 0 { localReply(503, "no local app", flag: .noRoute); return }
+        connect()
+    }
+
+    private func connect() {
+        let snap = handler.conn.snapshotInUse
+        let c = snap.clusters[cluster]
+        let p = worker.pickEndpoint(cluster: cluster, avoid: pool)
+        pool = p
+        guard c.http2 else { localReply(502, "the upstream of this route does not speak HTTP/2", flag: .upstreamProtocolError); return }
+        let ctx: TLSContext? = c.mutualTLS ? snap.clientTLSH2 : nil
+        guard let h = p.checkoutH2(c, tlsContext: ctx) else {
+            if p.lastError == 0 { localReply(503, "upstream connection limit reached", flag: .upstreamOverflow) } else { connectFailed() }
+            return
+        }
+        upstream = h
+        upStream = 0
+        if !h.open(self, submit: { [unowned self] conn in self.submit(conn) }) {
+            upstream = nil
+            connectFailed()
+        }
+    }
+
+    private func connectFailed() {
+        worker.stats.inc(.upstreamConnectFailures)
+        if retriesLeft > 0 {
+            retriesLeft -= 1
+            worker.stats.inc(.retries)
+            connect()
+            return
+        }
+        localReply(503, "upstream connect error", flag: .upstreamConnectFailure)
+    }
+
+    private func submit(_ conn: H2UpstreamConnection) -> Int32 {
+        guard conn === upstream, !finished else { return -1 }
+        let s = conn.session!
+        request.replay(into: s)
+        if !hasRequestID {
+            let idb = ByteBuffer(capacity: 40)
+            appendUUID(idb)
+            s.addHeader("x-request-id", idb.readPointer, idb.readableBytes)
+        }
+        if inbound, let tls = handler.conn.security as? TLSSession {
+            let x = ByteBuffer(capacity: 256)
+            x.append(handler.conn.snapshotInUse.xfccPrefix)
+            x.append(tls.peerCertHash)
+            x.append(";URI=")
+            x.append(tls.peerIdentityBytes)
+            s.addHeader("x-forwarded-client-cert", x.readPointer, x.readableBytes)
+        }
+        let endNow = requestEnd && pending.isEmpty
+        let sid = s.submitRequest(endStream: endNow)
+        if sid <= 0 { return sid }
+        upStream = sid
+        upstreamPeer = conn.peerIndex
+        requestFinishedUp = endNow
+        if !pending.isEmpty {
+            s.sendData(stream: sid, pending.readPointer, pending.readableBytes)
+            down.consume(stream: id, pending.readableBytes)
+            pending.clear()
+            handler.conn.requestFlush()
+        }
+        if requestEnd && !requestFinishedUp { requestFinishedUp = true; s.finishData(stream: sid, withTrailers: false) }
+        return sid
+    }
+
+    private func appendUUID(_ out: ByteBuffer) {
+        let a = worker.rng.next(), c = worker.rng.next()
+        let hex: StaticString = "0123456789abcdef"
+        var bytes: (UInt64, UInt64) = ((a & ~(UInt64(0xf0) << 48)) | (UInt64(0x40) << 48), (c & ~UInt64(0xc0)) | 0x80)
+        withUnsafeBytes(of: &bytes) { raw in
+            for i in 0..<16 {
+                if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
+                out.append(hex.utf8Start[Int(raw[i] >> 4)])
+                out.append(hex.utf8Start[Int(raw[i] & 15)])
+            }
+        }
+    }
+
+    func requestData(_ p: UnsafePointer<UInt8>, _ n: Int) {
+        requestBytes &+= UInt64(n)
+        guard let h = upstream, upStream > 0, !finished else {
+            if finished { down.consume(stream: id, n) } else { pending.append(p, n) }
+            return
+        }
+        h.session.sendData(stream: upStream, p, n)
+        h.requestFlush()
+        if h.session.pendingData(stream: upStream) < H2BridgeStream.window {
+            down.consume(stream: id, n)
+        } else {
+            heldDownCredit += n
+            h.waitForWritable(self)
+        }
+    }
+
+    func requestEnded() {
+        requestEnd = true
+        if let h = upstream, upStream > 0, !requestFinishedUp {
+            requestFinishedUp = true
+            h.session.finishData(stream: upStream, withTrailers: false)
+            h.requestFlush()
+        }
+    }
+
+    func requestTrailersDone() { requestEnded() }
+
+    func h2StreamWritable() {
+        if heldDownCredit > 0 { down.consume(stream: id, heldDownCredit); heldDownCredit = 0; handler.conn.requestFlush() }
+    }
+
+    // MARK: response from upstream
+
+    func h2ResponseHeader(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) {
+        if nl == 7 && ASCII.equalsLower(n, nl, ":status") && !responseStarted {
+            var st = 0
+            for i in 0..<vl where v[i] >= 48 && v[i] <= 57 { st = st * 10 + Int(v[i] - 48) }
+            status = st
+        }
+        if ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "keep-alive") || ASCII.equalsLower(n, nl, "transfer-encoding") { return }
+        responseBytes &+= UInt64(nl + vl + 4)
+        response.add(n, nl, v, vl)
+    }
+
+    func h2ResponseHeadersComplete(trailers: Bool, endStream: Bool) {
+        if finished { response.clear(); return }
+        if responseStarted {
+            // Trailers (gRPC status): end the downstream stream with them.
+            response.replay(into: down)
+            response.clear()
+            down.finishData(stream: id, withTrailers: true)
+            handler.conn.requestFlush()
+            complete()
+            return
+        }
+        if status < 200 {
+            response.replay(into: down)
+            response.clear()
+            down.submitInformational(stream: id)
+            handler.conn.requestFlush()
+            return
+        }
+        response.replay(into: down)
+        response.clear()
+        down.submitResponse(stream: id, endStream: endStream)
+        responseStarted = true
+        handler.conn.requestFlush()
+        if endStream { complete() }
+    }
+
+    func h2ResponseData(_ p: UnsafePointer<UInt8>, _ n: Int) {
+        guard let h = upstream, !finished else { return }
+        responseBytes &+= UInt64(n)
+        down.sendData(stream: id, p, n)
+        handler.conn.requestFlush()
+        if down.pendingData(stream: id) < H2BridgeStream.window && !handler.congested {
+            h.session.consume(stream: upStream, n)
+            h.requestFlush()
+        } else {
+            heldUpCredit += n
+            handler.block(self)
+        }
+    }
+
+    func pumpResponse() {
+        if heldUpCredit > 0, let h = upstream, upStream > 0 {
+            h.session.consume(stream: upStream, heldUpCredit)
+            heldUpCredit = 0
+            h.requestFlush()
+        }
+    }
+
+    func h2ResponseEnd() {
+        guard !finished else { return }
+        down.finishData(stream: id, withTrailers: false)
+        handler.conn.requestFlush()
+        complete()
+    }
+
+    func h2StreamFailed(error: UInt32, refused: Bool) {
+        guard upstream != nil, !finished else { return }
+        upstream = nil
+        upStream = 0
+        if !responseStarted {
+            if refused { connectFailed(); return }
+            localReply(503, "upstream reset before response", flag: .upstreamConnectionTermination)
+            return
+        }
+        flag = .upstreamConnectionTermination
+        finished = true
+        down.reset(stream: id, error: error == 0 ? UInt32(NGHTTP2_INTERNAL_ERROR.rawValue) : error)
+        handler.conn.requestFlush()
+        record()
+    }
+
+    private func complete() {
+        finished = true
+        if let h = upstream, upStream > 0, !requestFinishedUp { h.forget(stream: upStream) }
+        upstream = nil
+        worker.stats.countResponse(status)
+        record()
+    }
+
+    // MARK: endings
+
+    private func localReply(_ st: Int, _ body: StaticString, flag f: ResponseFlag) {
+        guard !responseStarted, !finished else { return }
+        flag = f
+        status = st
+        responseStarted = true
+        finished = true
+        worker.stats.inc(.localReplies)
+        worker.stats.countResponse(st)
+        var code: (UInt8, UInt8, UInt8) = (UInt8(48 + st / 100), UInt8(48 + (st / 10) % 10), UInt8(48 + st % 10))
+        withUnsafeBytes(of: &code) { down.addHeader(":status", $0.baseAddress!.assumingMemoryBound(to: UInt8.self), 3) }
+        down.addHeader("content-type", "text/plain")
+        down.addHeader("x-mesh-response-flags", String(describing: f.code))
+        down.submitResponse(stream: id, endStream: false)
+        down.sendData(stream: id, body.utf8Start, body.utf8CodeUnitCount)
+        let nl: StaticString = "\n"
+        down.sendData(stream: id, nl.utf8Start, 1)
+        down.finishData(stream: id, withTrailers: false)
+        handler.conn.requestFlush()
+        record()
+    }
+
+    func abort(flag f: ResponseFlag) {
+        if let h = upstream, upStream > 0 { h.forget(stream: upStream) }
+        upstream = nil
+        if !recorded { flag = f; record() }
+    }
+
+    func closedNormally() {
+        if !finished, let h = upstream, upStream > 0 { h.forget(stream: upStream) }
+        record()
+    }
+
+    private func record() {
+        if recorded { return }
+        recorded = true
+        let peer = inbound ? handler.peerIndex : upstreamPeer
+        let key = MetricKey.make(inbound: inbound, route: route, code: status, flag: flag, peer: peer)
+        worker.metrics.record(key: key, durationMicros: (worker.loop.now &- start) / 1000, requestBytes: requestBytes, responseBytes: responseBytes)
+        if let p = pool {
+            p.counters.inc(.requests)
+            if status >= 500 || status == 0 { p.counters.inc(.errors) }
+        }
+    }
+}
