@@ -150,3 +150,13 @@ def test_sidecar_hop_is_h2_multiplexed_by_default_and_h1_on_request(procs, pki):
             assert s["http2_upstream_connections_total"] == 0
             assert s["upstream_connections_total"] >= 10             # one per concurrent request
             assert stats(sadmin)["http2_downstream_connections_total"] == before
+
+
+def test_thousand_concurrent_streams_from_h2load(mesh):
+    """h2c from the app (prior knowledge) on the outbound listener: 10 connections x 100 streams."""
+    r = subprocess.run(["h2load", "-c", "10", "-m", "100", "-n", "3000", "-H", ":authority: server",
+                        f"http://127.0.0.1:{mesh.outbound}/"], capture_output=True, timeout=120)
+    out = r.stdout.decode()
+    assert "3000 succeeded, 0 failed, 0 errored, 0 timeout" in out, out[-800:]
+    assert "status codes: 3000 2xx" in out
+    assert stats(mesh.client_admin)["http2_downstream_connections_total"] == 10
