@@ -49,7 +49,7 @@ public struct Bootstrap: Sendable {
         public var idleTimeout: UInt64
         public var maxConnections: Int
         /// `protocol: HTTP2` (default for ISTIO_MUTUAL: the sidecar-to-sidecar hop multiplexes
-        /// requests on few connections) or `HTTP1`.
+        /// requests on few connections; with DISABLE it is h2c with prior knowledge) or `HTTP1`.
         public var protocolHTTP2: Bool
     }
 
@@ -228,9 +228,6 @@ public struct Bootstrap: Sendable {
             let proto = try c.string("protocol") ?? (mode == .istioMutual ? "HTTP2" : "HTTP1")
             guard proto == "HTTP2" || proto == "HTTP1" else {
                 throw ConfigReader.error(ctx, c.sub("protocol"), c.map.line, "expected HTTP2 or HTTP1, got \"\(proto)\"")
-            }
-            if proto == "HTTP2" && mode != .istioMutual {
-                throw ConfigReader.error(ctx, c.sub("protocol"), c.map.line, "HTTP2 needs tls: ISTIO_MUTUAL (h2 is negotiated by ALPN; plaintext h2c upstreams are not supported yet)")
             }
             clusters.append(Cluster(name: cname, tls: mode, subjectAltNames: sans, endpoints: eps,
                                     connectTimeout: try c.duration("connectTimeout", allowZero: false) ?? Defaults.connectTimeout,

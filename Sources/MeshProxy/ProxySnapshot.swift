@@ -63,7 +63,7 @@ public final class ProxySnapshot: Sendable {
             clusters.append(Cluster(name: c.name, endpoints: c.endpoints, mutualTLS: c.tls == .istioMutual,
                                     expectedPeers: c.subjectAltNames, connectTimeout: c.connectTimeout,
                                     idleTimeout: c.idleTimeout, maxConnections: c.maxConnections,
-                                    http2: c.tls == .istioMutual && c.protocolHTTP2))
+                                    http2: c.protocolHTTP2))
         }
         var inboundCluster = -1
         if let inb = b.inbound, let app = inb.appAddress {

@@ -160,3 +160,48 @@ def test_thousand_concurrent_streams_from_h2load(mesh):
     assert "3000 succeeded, 0 failed, 0 errored, 0 timeout" in out, out[-800:]
     assert "status codes: 3000 2xx" in out
     assert stats(mesh.client_admin)["http2_downstream_connections_total"] == 10
+
+
+def test_h2c_prior_knowledge_from_the_app_and_plain_h2c_clusters(procs, pki, mesh):
+    # curl speaking h2c (prior knowledge) to the outbound listener, through the h2 hop to an H1 app.
+    r = curl("--http2-prior-knowledge", "-w", "\n%{http_version} %{http_code}", mesh.url("/echo"), "-H", "Host: server")
+    body, _, tail = r.stdout.rpartition(b"\n")
+    assert tail == b"2 200", r.stdout[-300:]
+    assert json.loads(body)["headers"]["x-forwarded-client-cert"][0].endswith("/sa/client")
+    # The same listener still serves HTTP/1.1.
+    assert curl("-o", "/dev/null", "-w", "%{http_version}", mesh.url("/"), "-H", "Host: server").stdout == b"1.1"
+
+
+def test_oversized_header_list_resets_only_that_stream(mesh, pki):
+    import socket
+    import ssl
+    import h2.config
+    import h2.connection
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(f"{pki}/root-cert.pem")
+    ctx.load_cert_chain(f"{pki}/client/cert-chain.pem", f"{pki}/client/key.pem")
+    ctx.set_alpn_protocols(["h2"])
+    ctx.check_hostname = False
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", mesh.inbound), timeout=5))
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.initiate_connection()
+    c.local_settings  # noqa: B018
+    base = [(":method", "GET"), (":scheme", "https"), (":authority", "server"), (":path", "/")]
+    c.send_headers(1, base + [(f"x-big-{i}", "a" * 1000) for i in range(80)], end_stream=True)   # ~80 KiB > 64 KiB
+    c.send_headers(3, base, end_stream=True)
+    s.sendall(c.data_to_send())
+    reset1 = ok3 = False
+    s.settimeout(5)
+    while not (reset1 and ok3):
+        data = s.recv(65536)
+        if not data:
+            break
+        for e in c.receive_data(data):
+            n = type(e).__name__
+            if n == "StreamReset" and e.stream_id == 1:
+                reset1 = True
+            if n == "ResponseReceived" and e.stream_id == 3:
+                ok3 = dict(e.headers)[":status"] == "200"
+        s.sendall(c.data_to_send())
+    s.close()
+    assert reset1 and ok3
