@@ -54,6 +54,23 @@ public final class HTTP2Session {
     public private(set) var failed = false
     public private(set) var lastError = ""
 
+    /// Spare StreamOutput objects, reused so that a stream costs no allocation.
+    private var spare: [StreamOutput] = []
+
+    private func takeOutput() -> StreamOutput {
+        if let o = spare.popLast() { return o }
+        return StreamOutput()
+    }
+
+    private func recycle(_ o: StreamOutput) {
+        o.buffer.clear()
+        o.finished = false
+        o.trailerBytes = nil
+        o.trailerOffsets.removeAll(keepingCapacity: true)
+        o.deferred = false
+        if spare.count < 64 { spare.append(o) }
+    }
+
     /// Bytes queued for one stream, with the end-of-stream marker and optional trailers.
     final class StreamOutput {
         let buffer = ByteBuffer(capacity: 4096)
@@ -163,28 +180,28 @@ public final class HTTP2Session {
 
     /// Client: sends the headers added so far as a request; returns the stream id (< 0 on error).
     public func submitRequest(endStream: Bool) -> Int32 {
-        let out = StreamOutput()
+        let out = takeOutput()
         out.finished = endStream
         let id: Int32 = withHeaders { nva, n in
             if endStream { return nghttp2_submit_request(session, nil, nva, n, nil, nil) }
             var prd = dataProvider(out)
             return nghttp2_submit_request(session, nil, nva, n, &prd, nil)
         }
-        if id > 0 && !endStream { outgoing[id] = out }
+        if id > 0 && !endStream { outgoing[id] = out } else { recycle(out) }
         return id
     }
 
     /// Server: sends the headers added so far as the response of `stream`.
     @discardableResult
     public func submitResponse(stream: Int32, endStream: Bool) -> Bool {
-        let out = StreamOutput()
+        let out = takeOutput()
         out.finished = endStream
         let rc: Int32 = withHeaders { nva, n in
             if endStream { return nghttp2_submit_response(session, stream, nva, n, nil) }
             var prd = dataProvider(out)
             return nghttp2_submit_response(session, stream, nva, n, &prd)
         }
-        if rc == 0 && !endStream { outgoing[stream] = out }
+        if rc == 0 && !endStream { outgoing[stream] = out } else { recycle(out) }
         return rc == 0
     }
 
@@ -284,6 +301,7 @@ public final class HTTP2Session {
     fileprivate func streamClosed(_ stream: Int32, _ error: UInt32) {
         if let out = outgoing.removeValue(forKey: stream) {
             Unmanaged.passUnretained(out).release()   // the data provider's retain
+            recycle(out)
         }
         delegate.h2StreamClosed(stream: stream, error: error)
     }

@@ -90,6 +90,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     private var h2Unconsumed = 0
     private var h2Parser = HTTP1Parser()
     private var h2ReplayHead = HTTPHead()
+    /// Scratch for lowercasing header names (HTTP/2 wants lowercase).
+    private var h2Lower: [UInt8] = []
 
     /// HTTP/2 on this connection (inbound, ALPN h2): the handler owns the streams.
     private var h2: H2ServerHandler?
@@ -714,7 +716,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             ss.addHeader(":authority", b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
         }
         ss.addHeader(":path", b + h.targetStart, h.targetEnd - h.targetStart)
-        var lower = [UInt8](repeating: 0, count: 128)
+        if h2Lower.count < 256 { h2Lower = [UInt8](repeating: 0, count: 256) }
         for f in h.fields {
             switch f.kind {
             case .host, .connection, .keepAlive, .proxyConnection, .transferEncoding, .upgrade: continue
@@ -722,9 +724,11 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             default: break
             }
             let nl = Int(f.nameEnd - f.lineStart)
-            if nl > lower.count { lower = [UInt8](repeating: 0, count: nl) }
-            for i in 0..<nl { lower[i] = ASCII.lower(b[Int(f.lineStart) + i]) }
-            lower.withUnsafeBufferPointer { ss.addHeader($0.baseAddress!, nl, b + Int(f.valueStart), Int(f.valueEnd - f.valueStart)) }
+            if nl > h2Lower.count { h2Lower = [UInt8](repeating: 0, count: nl) }
+            h2Lower.withUnsafeMutableBufferPointer { lb in
+                for i in 0..<nl { lb[i] = ASCII.lower(b[Int(f.lineStart) + i]) }
+                ss.addHeader(lb.baseAddress!, nl, b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
+            }
         }
         let noBody = reqBody.mode == .none
         let id = ss.submitRequest(endStream: noBody)

@@ -23,6 +23,8 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     private var blocked: [H2DownstreamStream] = []
     /// Inbound (mTLS from a sidecar) or outbound (h2c from the local app).
     let inbound: Bool
+    /// Scratch for lowercasing header names.
+    var lower = [UInt8](repeating: 0, count: 256)
     let peerIndex: Int
     /// Rapid-reset protection (CVE-2023-44487): streams the client ends before their response,
     /// counted per one-second window; past the limit the connection is closed with GOAWAY
@@ -79,9 +81,11 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     /// The connection closed: every exchange in flight ends.
     func connectionClosed() {
-        let all = streams.values
+        let all = Array(streams.values)
         streams.removeAll()
         for s in all { s.abort(flag: .downstreamConnectionTermination) }
+        blocked.removeAll()
+        for s in all { recycle(s) }
     }
 
     /// Drain: GOAWAY; streams in flight finish, then the connection closes.
@@ -101,6 +105,9 @@ final class H2ServerHandler: HTTP2SessionDelegate {
                 streams[stream] = H2BridgeStream(handler: self, id: stream, inbound: false)
             } else if snap.inboundCluster >= 0 && snap.clusters[snap.inboundCluster].http2 {
                 streams[stream] = H2BridgeStream(handler: self, id: stream, inbound: true)
+            } else if let st = worker.h2StreamPool.popLast() {
+                st.reuse(handler: self, id: stream)
+                streams[stream] = st
             } else {
                 streams[stream] = H2InboundStream(handler: self, id: stream)
             }
@@ -135,6 +142,12 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         } else {
             s.closedNormally()
         }
+        recycle(s)
+    }
+
+    private func recycle(_ s: H2DownstreamStream) {
+        if !blocked.isEmpty { blocked.removeAll { $0 === s } }
+        if let st = s as? H2InboundStream, worker.h2StreamPool.count < 256 { worker.h2StreamPool.append(st) }
     }
 
     private func countPrematureReset() {
@@ -157,15 +170,16 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
 /// One HTTP/2 request on the inbound side, carried to the app over HTTP/1.1.
 final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
-    unowned(unsafe) let handler: H2ServerHandler
-    let id: Int32
+    unowned(unsafe) private(set) var handler: H2ServerHandler
+    private(set) var id: Int32
     private var worker: Worker { handler.worker }
     private var session: HTTP2Session { handler.session }
 
-    // Request head being collected.
-    private var method: [UInt8] = []
-    private var path: [UInt8] = []
-    private var authority: [UInt8] = []
+    // Request head being collected: pseudo-header values are kept in `pseudo` as ranges.
+    private let pseudo = ByteBuffer(capacity: 256)
+    private var method = 0..<0
+    private var path = 0..<0
+    private var authority = 0..<0
     private let fields = ByteBuffer(capacity: 1024)
     private var contentLength: Int64 = -1
     private var hasRequestID = false
@@ -186,7 +200,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     private var dechunker = ChunkedDecoder()
     private var finished = false
     private var flag: ResponseFlag = .none
-    private let start: UInt64
+    private var start: UInt64
     private var requestBytes: UInt64 = 0
     private var responseBytes: UInt64 = 0
     private var recorded = false
@@ -199,14 +213,38 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         self.start = handler.worker.loop.now
     }
 
+    /// Makes a finished stream object new again for another stream (per-worker reuse: a stream
+    /// costs no allocation once the pool is warm).
+    func reuse(handler: H2ServerHandler, id: Int32) {
+        self.handler = handler
+        self.id = id
+        start = handler.worker.loop.now
+        pseudo.clear(); fields.clear(); head.clear(); pendingBody.clear()
+        method = 0..<0; path = 0..<0; authority = 0..<0
+        contentLength = -1
+        hasRequestID = false; badRequest = false; chunked = false
+        requestEnd = false; requestEndSent = false
+        upstream = nil; pool = nil; ready = false; retriesLeft = 2
+        responseStarted = false; status = 0; dechunker.reset(); finished = false; flag = .none
+        requestBytes = 0; responseBytes = 0; recorded = false
+    }
+
+    private func keep(_ v: UnsafePointer<UInt8>, _ vl: Int) -> Range<Int> {
+        let s = pseudo.writeIndex
+        pseudo.append(v, vl)
+        return s..<(s + vl)
+    }
+
+    private func appendRange(_ out: ByteBuffer, _ r: Range<Int>) { out.append(from: pseudo, r.lowerBound, r.upperBound) }
+
     // MARK: request
 
     func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool {
         requestBytes &+= UInt64(nl + vl + 4)
         if nl > 0 && n[0] == UInt8(ascii: ":") {
-            if ASCII.equalsLower(n, nl, ":method") { method = Array(UnsafeBufferPointer(start: v, count: vl)) }
-            else if ASCII.equalsLower(n, nl, ":path") { path = Array(UnsafeBufferPointer(start: v, count: vl)) }
-            else if ASCII.equalsLower(n, nl, ":authority") { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
+            if ASCII.equalsLower(n, nl, ":method") { method = keep(v, vl) }
+            else if ASCII.equalsLower(n, nl, ":path") { path = keep(v, vl) }
+            else if ASCII.equalsLower(n, nl, ":authority") { authority = keep(v, vl) }
             return true
         }
         // Connection-specific fields never reach the app; the caller's XFCC is replaced by ours.
@@ -215,7 +253,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
             return true
         }
         if ASCII.equalsLower(n, nl, "host") {
-            if authority.isEmpty { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
+            if authority.isEmpty { authority = keep(v, vl) }
             return true
         }
         if ASCII.equalsLower(n, nl, "content-length") {
@@ -252,11 +290,11 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     private func buildHead() {
         let h = head
         h.clear()
-        h.append(method)
+        appendRange(h, method)
         h.append(UInt8(ascii: " "))
-        h.append(path)
+        appendRange(h, path)
         h.append(" HTTP/1.1\r\nhost: ")
-        h.append(authority)
+        appendRange(h, authority)
         h.append("\r\n")
         h.append(from: fields, fields.readIndex, fields.writeIndex)
         if !requestEnd && contentLength < 0 { chunked = true; h.append("transfer-encoding: chunked\r\n") }
@@ -420,7 +458,9 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         pumpResponse()
     }
 
-    private var methodKind: HTTPMethod { method == Array("HEAD".utf8) ? .head : .get }
+    private var methodKind: HTTPMethod {
+        method.count == 4 && ASCII.equalsLower(UnsafePointer(pseudo.base + method.lowerBound), 4, "head") ? .head : .get
+    }
 
     private func submitResponseHead(_ up: UpstreamConnection) {
         let h = up.head
@@ -428,16 +468,15 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         var st: (UInt8, UInt8, UInt8) = (UInt8(48 + status / 100), UInt8(48 + (status / 10) % 10), UInt8(48 + status % 10))
         withUnsafeBytes(of: &st) { session.addHeader(":status", $0.baseAddress!.assumingMemoryBound(to: UInt8.self), 3) }
         // The head's bytes were consumed from up.input but are still in place (no compaction yet).
-        var lower = [UInt8](repeating: 0, count: 256)
         for f in h.fields {
             switch f.kind {
             case .connection, .keepAlive, .proxyConnection, .transferEncoding, .upgrade, .te: continue
             default: break
             }
             let nl = Int(f.nameEnd - f.lineStart)
-            if nl > lower.count { lower = [UInt8](repeating: 0, count: nl) }
-            for i in 0..<nl { lower[i] = ASCII.lower(b[Int(f.lineStart) + i]) }
-            lower.withUnsafeBufferPointer { lb in
+            if nl > handler.lower.count { handler.lower = [UInt8](repeating: 0, count: nl) }
+            handler.lower.withUnsafeMutableBufferPointer { lb in
+                for i in 0..<nl { lb[i] = ASCII.lower(b[Int(f.lineStart) + i]) }
                 session.addHeader(lb.baseAddress!, nl, b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
             }
             responseBytes &+= UInt64(f.lineEnd - f.lineStart)

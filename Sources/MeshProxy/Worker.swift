@@ -17,6 +17,8 @@ public final class Worker: @unchecked Sendable {
     let metrics: ProxyMetrics
     /// This worker's side of the access log (nil when access logging is off).
     var accessLog: AccessLogSink?
+    /// Finished inbound HTTP/2 stream objects, reused.
+    var h2StreamPool: [H2InboundStream] = []
     private(set) var snapshot: ProxySnapshot
     /// pools[cluster][endpoint]
     private(set) var pools: [[EndpointPool]] = []
