@@ -611,7 +611,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             }
             h2up = h
             h2stream = 0
-            if !h.open(self, submit: { [unowned self] conn in self.submitH2(conn) }) {
+            if !h.open(self) {
                 h2up = nil
                 connectFailed()
             }
@@ -701,7 +701,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
 
     /// Submits the request on `conn` (called once the connection is established): the head built
     /// for HTTP/1.1 in `replay` is re-read and sent as HTTP/2 header fields.
-    private func submitH2(_ conn: H2UpstreamConnection) -> Int32 {
+    func h2Submit(_ conn: H2UpstreamConnection) -> Int32 {
         guard h2up === conn, state == .connecting else { return -1 }
         let b = replay.base
         h2Parser.resetScan()

@@ -141,7 +141,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         }
         upstream = h
         upStream = 0
-        if !h.open(self, submit: { [unowned self] conn in self.submit(conn) }) {
+        if !h.open(self) {
             upstream = nil
             connectFailed()
         }
@@ -158,7 +158,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         localReply(503, "upstream connect error", flag: .upstreamConnectFailure)
     }
 
-    private func submit(_ conn: H2UpstreamConnection) -> Int32 {
+    func h2Submit(_ conn: H2UpstreamConnection) -> Int32 {
         guard conn === upstream, !finished else { return -1 }
         let s = conn.session!
         request.replay(into: s)

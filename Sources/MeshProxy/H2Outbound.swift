@@ -17,6 +17,8 @@ protocol H2StreamOwner: AnyObject {
     func h2StreamFailed(error: UInt32, refused: Bool)
     /// The stream has room for more request body.
     func h2StreamWritable()
+    /// Add the request headers to `conn.session` and submit; returns the stream id (<= 0: failed).
+    func h2Submit(_ conn: H2UpstreamConnection) -> Int32
 }
 
 /// An HTTP/2 connection from this worker to another sidecar (mTLS, ALPN h2) or to an h2c app
@@ -29,7 +31,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     private(set) var session: HTTP2Session!
     private var owners: [Int32: H2StreamOwner] = [:]
     /// Requests submitted before the connection was established wait here.
-    private var waiting: [(H2StreamOwner, (H2UpstreamConnection) -> Int32)] = []
+    private var waiting: [H2StreamOwner] = []
     private(set) var goingAway = false
     var peerIndex = 0
     /// Exchanges that stopped sending request body until frames leave (window or congestion).
@@ -60,11 +62,11 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         return load < peerMax
     }
 
-    /// Opens a stream for `owner`; `submit` adds the headers and submits (now or once established).
-    func open(_ owner: H2StreamOwner, submit: @escaping (H2UpstreamConnection) -> Int32) -> Bool {
+    /// Opens a stream for `owner`, which submits its request now or once the connection is up.
+    func open(_ owner: H2StreamOwner) -> Bool {
         loop.setDeadline(self, isEstablished ? 0 : deadline)
-        if !isEstablished { waiting.append((owner, submit)); return true }
-        let id = submit(self)
+        if !isEstablished { waiting.append(owner); return true }
+        let id = owner.h2Submit(self)
         if id <= 0 { return false }
         owners[id] = owner
         requestFlush()
@@ -107,8 +109,8 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         pool.worker.stats.inc(.http2UpstreamConnections)
         let w = waiting
         waiting.removeAll()
-        for (owner, submit) in w {
-            let id = submit(self)
+        for owner in w {
+            let id = owner.h2Submit(self)
             if id > 0 { owners[id] = owner } else { owner.h2StreamFailed(error: 0, refused: true) }
         }
         requestFlush()
@@ -180,7 +182,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         waiting.removeAll()
         let o = owners
         owners.removeAll()
-        for (owner, _) in w { owner.h2StreamFailed(error: 0, refused: true) }
+        for owner in w { owner.h2StreamFailed(error: 0, refused: true) }
         for (_, owner) in o { owner.h2StreamFailed(error: 0, refused: refused) }
     }
 
