@@ -339,6 +339,14 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         clientKeepAlive = head.keepAlive && !closeAfterResponse
         closeAfterResponse = !clientKeepAlive || worker.draining
         wantsUpgrade = head.connectionUpgrade && head.upgradeIndex >= 0
+        if wantsUpgrade {
+            // `Upgrade: h2c` is for the hop, not the app (curl --http2 on http:// sends it): the
+            // request is served as HTTP/1.1, as Envoy and nginx do; apps reach h2c by prior knowledge.
+            let f = head.fields[head.upgradeIndex]
+            if ASCII.equalsLower(UnsafePointer(input.base + Int(f.valueStart)), Int(f.valueEnd - f.valueStart), "h2c") {
+                wantsUpgrade = false
+            }
+        }
         responseStarted = false
         responseStatus = 0
         upstreamEOFSeen = false

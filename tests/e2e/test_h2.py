@@ -205,3 +205,13 @@ def test_oversized_header_list_resets_only_that_stream(mesh, pki):
         s.sendall(c.data_to_send())
     s.close()
     assert reset1 and ok3
+
+
+def test_upgrade_h2c_request_is_served_as_http1(mesh):
+    """curl --http2 on http:// asks for `Upgrade: h2c`; the request is answered over HTTP/1.1 and
+    neither the upgrade nor HTTP2-Settings reach the app."""
+    r = curl("--http2", "-w", "\n%{http_version} %{http_code}", mesh.url("/echo"), "-H", "Host: server")
+    body, _, tail = r.stdout.rpartition(b"\n")
+    assert tail == b"1.1 200", r.stdout[-200:]
+    h = json.loads(body)["headers"]
+    assert "upgrade" not in h and "http2-settings" not in h
