@@ -276,6 +276,7 @@ public struct HTTP1Parser: Sendable {
         case 14: return ASCII.equalsLower(p, 14, "content-length") ? .contentLength : .other
         case 16: return ASCII.equalsLower(p, 16, "proxy-connection") ? .proxyConnection : .other
         case 17: return ASCII.equalsLower(p, 17, "transfer-encoding") ? .transferEncoding : .other
+        case 20: return ASCII.equalsLower(p, 20, "x-mesh-peer-metadata") ? .meshPeerMetadata : .other
         case 23: return ASCII.equalsLower(p, 23, "x-forwarded-client-cert") ? .xForwardedClientCert : .other
         default: return .other
         }

@@ -1,7 +1,9 @@
 /// Headers the proxy acts on; everything else is `.other` and passes through untouched.
 public enum KnownHeader: UInt8, Sendable {
     case other, host, contentLength, transferEncoding, connection, upgrade, expect, te, keepAlive,
-         proxyConnection, xRequestID, xForwardedClientCert, trailer
+         proxyConnection, xRequestID, xForwardedClientCert, trailer,
+         /// `x-mesh-peer-metadata`: the calling or answering sidecar's workload (metrics labels).
+         meshPeerMetadata
 
     /// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy never forwards as they are.
     @inline(__always) public var isHopByHop: Bool {

@@ -68,6 +68,19 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     private var exchangePool: EndpointPool?
     /// The calling sidecar's identity (inbound), interned once per connection.
     private var downstreamPeer = 0
+    /// The caller's identity plus the workload metadata of the current request (inbound).
+    private var requestPeer = 0
+    private var peerCache = PeerMetadataCache()
+
+    /// The caller as described by its `x-mesh-peer-metadata` (inbound), else its identity alone.
+    private func peerFromRequest() -> Int {
+        guard let tls = security as? TLSSession else { return downstreamPeer }
+        for f in head.fields where f.kind == .meshPeerMetadata {
+            return peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes,
+                                   UnsafePointer(input.base + Int(f.valueStart)), Int(f.valueEnd - f.valueStart), fallback: downstreamPeer)
+        }
+        return downstreamPeer
+    }
     // A tunnel after 101 Switching Protocols: Istio's TCP metrics.
     private var tunnelOpen = false
     private var tunnelUp: UInt64 = 0
@@ -140,6 +153,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         responseBytes = 0
         metricsRoute = inbound ? MetricKey.inboundRoute : MetricKey.noRoute
         upstreamPeer = 0
+        requestPeer = downstreamPeer
         exchangePool = nil
     }
 
@@ -147,7 +161,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     private func recordExchange() {
         guard exchangeActive else { return }
         exchangeActive = false
-        let peer = inbound ? downstreamPeer : upstreamPeer
+        let peer = inbound ? requestPeer : upstreamPeer
         let key = MetricKey.make(inbound: inbound, route: metricsRoute, code: responseStatus, flag: flag, peer: peer)
         let micros = (loop.now &- exchangeStart) / 1000
         worker.metrics.record(key: key, durationMicros: micros, requestBytes: requestBytes, responseBytes: responseBytes)
@@ -334,6 +348,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         stats.inc(.requestsTotal)
         beginExchange(headBytes: head.headEnd - head.headStart)
         snapshot = worker.snapshot
+        if inbound { requestPeer = peerFromRequest() }
         method = head.method
         clientMinor = head.minorVersion
         clientKeepAlive = head.keepAlive && !closeAfterResponse
@@ -435,7 +450,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         for f in head.fields {
             if listed && head.isConnectionListed(f, in: b) { continue }
             switch f.kind {
-            case .connection, .keepAlive, .proxyConnection, .xForwardedClientCert:
+            case .connection, .keepAlive, .proxyConnection, .xForwardedClientCert, .meshPeerMetadata:
                 continue
             case .te:
                 continue   // re-added below as "te: trailers" when that is what was asked
@@ -467,6 +482,12 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             out.append(tls.peerCertHash)
             out.append(";URI=")
             out.append(tls.peerIdentityBytes)
+            out.append("\r\n")
+        }
+        if !inbound && cluster >= 0 && snapshot.clusters[cluster].mutualTLS {
+            // Who is calling, for the destination sidecar's metrics (Istio's metadata exchange).
+            out.append("x-mesh-peer-metadata: ")
+            out.append(snapshot.peerMetadata)
             out.append("\r\n")
         }
         if clientMinor == 0 && !clientKeepAlive { out.append("connection: close\r\n") }
@@ -820,6 +841,12 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             return
         }
         if nl > 0 && n[0] == UInt8(ascii: ":") { return }
+        if nl == 20 && ASCII.equalsLower(n, nl, "x-mesh-peer-metadata") {
+            if let h = h2up, let tls = h.security as? TLSSession {
+                upstreamPeer = peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes, v, vl, fallback: h.peerIndex)
+            }
+            return
+        }
         if ASCII.equalsLower(n, nl, "content-length") { h2HasLength = true }
         if ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "transfer-encoding") || ASCII.equalsLower(n, nl, "keep-alive") { return }
         let hb = h2RespHead ?? ByteBuffer(capacity: 1024)
@@ -1020,6 +1047,12 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             switch f.kind {
             case .connection, .keepAlive, .proxyConnection, .te:
                 continue
+            case .meshPeerMetadata:
+                if !inbound && !informational, let tls = up.security as? TLSSession {
+                    upstreamPeer = peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes,
+                                                   UnsafePointer(b + Int(f.valueStart)), Int(f.valueEnd - f.valueStart), fallback: up.peerIndex)
+                }
+                continue
             case .upgrade:
                 if !upgrade { continue }
             case .transferEncoding:
@@ -1028,6 +1061,11 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
                 break
             }
             out.append(b + Int(f.lineStart), Int(f.lineEnd - f.lineStart))
+        }
+        if inbound && !informational {
+            out.append("x-mesh-peer-metadata: ")
+            out.append(snapshot.peerMetadata)
+            out.append("\r\n")
         }
         if upgrade {
             out.append("connection: upgrade\r\n")

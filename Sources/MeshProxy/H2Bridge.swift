@@ -66,6 +66,8 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     private var route = MetricKey.noRoute
     private var heldDownCredit = 0
     private var upstreamPeer = 0
+    private var callerPeer = -1
+    private var peerCache = PeerMetadataCache()
     private var heldUpCredit = 0
 
     private var response = HeaderBlock()
@@ -99,6 +101,10 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             return true
         }
         if ASCII.equalsLower(n, nl, "te") && !ASCII.equalsLower(v, vl, "trailers") { return true }
+        if nl == 20 && ASCII.equalsLower(n, nl, "x-mesh-peer-metadata") {
+            if inbound { callerPeer = handler.peerIndex(metadata: v, vl) }
+            return true
+        }
         if ASCII.equalsLower(n, nl, ":authority") { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
         if ASCII.equalsLower(n, nl, "x-request-id") { hasRequestID = true }
         request.add(n, nl, v, vl)
@@ -166,6 +172,10 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             let idb = ByteBuffer(capacity: 40)
             appendUUID(idb)
             s.addHeader("x-request-id", idb.readPointer, idb.readableBytes)
+        }
+        if !inbound && conn.security != nil {
+            let meta = handler.conn.snapshotInUse.peerMetadata
+            meta.withUnsafeBufferPointer { s.addHeader("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
         }
         if inbound, let tls = handler.conn.security as? TLSSession {
             let x = ByteBuffer(capacity: 256)
@@ -244,6 +254,12 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             status = st
         }
         if ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "keep-alive") || ASCII.equalsLower(n, nl, "transfer-encoding") { return }
+        if nl == 20 && ASCII.equalsLower(n, nl, "x-mesh-peer-metadata") {
+            if !inbound, let h = upstream, let tls = h.security as? TLSSession {
+                upstreamPeer = peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes, v, vl, fallback: h.peerIndex)
+            }
+            return
+        }
         responseBytes &+= UInt64(nl + vl + 4)
         response.add(n, nl, v, vl)
     }
@@ -268,6 +284,10 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         }
         response.replay(into: down)
         response.clear()
+        if inbound {
+            let meta = handler.conn.snapshotInUse.peerMetadata
+            meta.withUnsafeBufferPointer { down.addHeader("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
+        }
         down.submitResponse(stream: id, endStream: endStream)
         responseStarted = true
         handler.conn.requestFlush()
@@ -364,7 +384,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     private func record() {
         if recorded { return }
         recorded = true
-        let peer = inbound ? handler.peerIndex : upstreamPeer
+        let peer = inbound ? (callerPeer >= 0 ? callerPeer : handler.peerIndex) : upstreamPeer
         let key = MetricKey.make(inbound: inbound, route: route, code: status, flag: flag, peer: peer)
         worker.metrics.record(key: key, durationMicros: (worker.loop.now &- start) / 1000, requestBytes: requestBytes, responseBytes: responseBytes)
         if let p = pool {

@@ -25,6 +25,14 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     let inbound: Bool
     /// Scratch for lowercasing header names.
     var lower = [UInt8](repeating: 0, count: 256)
+    /// The caller's last `x-mesh-peer-metadata`, interned.
+    var peerCache = PeerMetadataCache()
+
+    /// The caller's identity + workload metadata (from a request header) as a peer index.
+    func peerIndex(metadata v: UnsafePointer<UInt8>, _ vl: Int) -> Int {
+        guard let tls = conn.security as? TLSSession else { return peerIndex }
+        return peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes, v, vl, fallback: peerIndex)
+    }
     let peerIndex: Int
     /// Rapid-reset protection (CVE-2023-44487): streams the client ends before their response,
     /// counted per one-second window; past the limit the connection is closed with GOAWAY
@@ -204,6 +212,8 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     private var requestBytes: UInt64 = 0
     private var responseBytes: UInt64 = 0
     private var recorded = false
+    /// The caller for metrics (identity and, when sent, workload metadata).
+    private var peer = 0
     /// The response was completed (or answered locally).
     var isFinished: Bool { finished }
 
@@ -211,6 +221,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         self.handler = handler
         self.id = id
         self.start = handler.worker.loop.now
+        self.peer = handler.peerIndex
     }
 
     /// Makes a finished stream object new again for another stream (per-worker reuse: a stream
@@ -227,6 +238,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         upstream = nil; pool = nil; ready = false; retriesLeft = 2
         responseStarted = false; status = 0; dechunker.reset(); finished = false; flag = .none
         requestBytes = 0; responseBytes = 0; recorded = false
+        peer = handler.peerIndex
     }
 
     private func keep(_ v: UnsafePointer<UInt8>, _ vl: Int) -> Range<Int> {
@@ -254,6 +266,10 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         }
         if ASCII.equalsLower(n, nl, "host") {
             if authority.isEmpty { authority = keep(v, vl) }
+            return true
+        }
+        if nl == 20 && ASCII.equalsLower(n, nl, "x-mesh-peer-metadata") {
+            peer = handler.peerIndex(metadata: v, vl)
             return true
         }
         if ASCII.equalsLower(n, nl, "content-length") {
@@ -470,7 +486,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         // The head's bytes were consumed from up.input but are still in place (no compaction yet).
         for f in h.fields {
             switch f.kind {
-            case .connection, .keepAlive, .proxyConnection, .transferEncoding, .upgrade, .te: continue
+            case .connection, .keepAlive, .proxyConnection, .transferEncoding, .upgrade, .te, .meshPeerMetadata: continue
             default: break
             }
             let nl = Int(f.nameEnd - f.lineStart)
@@ -481,6 +497,8 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
             }
             responseBytes &+= UInt64(f.lineEnd - f.lineStart)
         }
+        let meta = handler.conn.snapshotInUse.peerMetadata
+        meta.withUnsafeBufferPointer { session.addHeader("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
         let noBody = up.body.isDone
         session.submitResponse(stream: id, endStream: noBody)
         responseStarted = true
@@ -623,7 +641,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     private func record() {
         if recorded { return }
         recorded = true
-        let key = MetricKey.make(inbound: true, route: MetricKey.inboundRoute, code: status, flag: flag, peer: handler.peerIndex)
+        let key = MetricKey.make(inbound: true, route: MetricKey.inboundRoute, code: status, flag: flag, peer: peer)
         worker.metrics.record(key: key, durationMicros: (worker.loop.now &- start) / 1000, requestBytes: requestBytes, responseBytes: responseBytes)
         if let p = pool {
             p.counters.inc(.requests)

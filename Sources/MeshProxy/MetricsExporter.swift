@@ -11,7 +11,7 @@ struct MetricsExporter {
     let configAppliedAt: Int64
     let certExpiry: Int64
 
-    private struct MergeKey: Hashable { let key: UInt64; let peer: String }
+    private struct MergeKey: Hashable { let key: UInt64; let peer: PeerTable.Peer }
 
     func render() -> String {
         var p = PrometheusText()
@@ -27,8 +27,8 @@ struct MetricsExporter {
         let slotCount = ProxyMetrics.Slot.count
         for w in workers {
             w.metrics.requests.forEach { key, slots in
-                let peerName = key == SeriesTable.overflowKey ? "unknown" : w.metrics.peers.name(MetricKey.peer(key))
-                let mk = MergeKey(key: key == SeriesTable.overflowKey ? key : key & ~(UInt64(0xFFFF) << 32), peer: peerName)
+                let peer = key == SeriesTable.overflowKey ? PeerTable.Peer() : w.metrics.peers.peer(MetricKey.peer(key))
+                let mk = MergeKey(key: key == SeriesTable.overflowKey ? key : key & ~(UInt64(0xFFFF) << 32), peer: peer)
                 if merged[mk] == nil { merged[mk] = Array(repeating: 0, count: slotCount); order.append(mk) }
                 for i in 0..<slotCount { merged[mk]![i] &+= slots[i] }
             }
@@ -37,8 +37,8 @@ struct MetricsExporter {
         var tcpOrder: [MergeKey] = []
         for w in workers {
             w.metrics.tcp.forEach { key, slots in
-                let peerName = key == SeriesTable.overflowKey ? "unknown" : w.metrics.peers.name(MetricKey.peer(key))
-                let mk = MergeKey(key: key == SeriesTable.overflowKey ? key : key & ~(UInt64(0xFFFF) << 32), peer: peerName)
+                let peer = key == SeriesTable.overflowKey ? PeerTable.Peer() : w.metrics.peers.peer(MetricKey.peer(key))
+                let mk = MergeKey(key: key == SeriesTable.overflowKey ? key : key & ~(UInt64(0xFFFF) << 32), peer: peer)
                 if tcpMerged[mk] == nil { tcpMerged[mk] = Array(repeating: 0, count: ProxyMetrics.TCPSlot.count); tcpOrder.append(mk) }
                 for i in 0..<ProxyMetrics.TCPSlot.count { tcpMerged[mk]![i] &+= slots[i] }
             }
@@ -47,9 +47,9 @@ struct MetricsExporter {
         func labels(_ mk: MergeKey, withCode: Bool) -> [(String, String)] {
             let overflow = mk.key == SeriesTable.overflowKey
             let inbound = !overflow && MetricKey.inbound(mk.key)
-            let peerNS = namespace(of: mk.peer)
+            let pp = mk.peer
             let local = (wl.name, wl.namespace, principal, app, version)
-            let peer = ("unknown", peerNS, mk.peer, "unknown", "unknown")
+            let peer = (pp.workload, pp.namespace, pp.principal, pp.app, pp.version)
             let src = inbound ? peer : local
             let dst = inbound ? local : peer
             var svcFQDN = "unknown", svcName = "unknown", svcNS = "unknown", route = "-"
@@ -153,12 +153,5 @@ struct MetricsExporter {
         p.family("mesh_metric_series", type: "gauge", help: "Request metric series held (bounded; beyond the bound requests count under route=\"overflow\").")
         p.sample("mesh_metric_series", [], UInt64(order.count))
         return p.text
-    }
-
-    /// The namespace in a SPIFFE ID (`spiffe://td/ns/NS/sa/SA`), or "unknown".
-    private func namespace(of id: String) -> String {
-        let parts = id.split(separator: "/", omittingEmptySubsequences: true)
-        if let i = parts.firstIndex(of: "ns"), i + 1 < parts.count { return String(parts[i + 1]) }
-        return "unknown"
     }
 }

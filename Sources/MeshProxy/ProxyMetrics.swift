@@ -1,5 +1,8 @@
 import MeshStats
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One worker's request metrics in Istio's shape (DESIGN §6): a series per (reporter, route,
 /// response code, response flag, peer identity), each holding the request count and the duration,
@@ -74,41 +77,102 @@ enum MetricKey {
     static func inbound(_ k: UInt64) -> Bool { (k >> 48) & 1 == 1 }
 }
 
-/// Peer identities (SPIFFE IDs) seen by one worker, interned once per connection so that request
-/// keys carry a small index. Index 0 is "unknown" (no TLS or no SPIFFE ID). Bounded: past the
-/// capacity new identities are reported as "unknown". Published to the admin thread like series.
+/// Peers seen by one worker: SPIFFE ID plus the workload metadata the peer sidecar sent in
+/// `x-mesh-peer-metadata` (`workload;namespace;app;version`), interned so that request keys carry
+/// a small index; a connection caches its last peer so the request path only compares bytes.
+/// Index 0 is "unknown". Bounded: past the capacity new peers are reported as "unknown".
+/// Published to the admin thread like series.
 final class PeerTable: @unchecked Sendable {
-    private let names: UnsafeMutablePointer<String>
+    struct Peer: Sendable, Hashable {
+        var principal = "unknown"
+        var workload = "unknown"
+        var namespace = "unknown"
+        var app = "unknown"
+        var version = "unknown"
+    }
+    private let peers: UnsafeMutablePointer<Peer>
+    private let keys: UnsafeMutablePointer<[UInt8]>
     let capacity: Int
     private var count = 1
     private let published = Atomic<Int>(1)
 
     init(capacity: Int) {
         self.capacity = capacity
-        names = .allocate(capacity: capacity)
-        names.initialize(repeating: "", count: capacity)
-        names[0] = "unknown"
+        peers = .allocate(capacity: capacity)
+        peers.initialize(repeating: Peer(), count: capacity)
+        keys = .allocate(capacity: capacity)
+        keys.initialize(repeating: [], count: capacity)
     }
 
     deinit {
-        names.deinitialize(count: capacity)
-        names.deallocate()
+        peers.deinitialize(count: capacity)
+        peers.deallocate()
+        keys.deinitialize(count: capacity)
+        keys.deallocate()
     }
 
-    /// The index for `id` (worker thread only; once per connection).
+    /// The index for a peer identity alone (once per connection).
     func intern(_ id: String) -> Int {
         if id.isEmpty { return 0 }
-        for i in 1..<count where names[i] == id { return i }
+        return intern(principal: Array(id.utf8), metadata: nil, 0)
+    }
+
+    /// The index for (principal, metadata bytes); metadata that is malformed is ignored.
+    func intern(principal: [UInt8], metadata: UnsafePointer<UInt8>?, _ n: Int) -> Int {
+        var key = principal
+        key.append(0)
+        if let m = metadata { key.append(contentsOf: UnsafeBufferPointer(start: m, count: n)) }
+        for i in 1..<count where keys[i] == key { return i }
         if count >= capacity { return 0 }
-        names[count] = id
+        var p = Peer()
+        if !principal.isEmpty { p.principal = String(decoding: principal, as: UTF8.self) }
+        if let m = metadata, n > 0, n <= 1024 {
+            let parts = UnsafeBufferPointer(start: m, count: n).split(separator: UInt8(ascii: ";"), omittingEmptySubsequences: false)
+            let ok = parts.count == 4 && parts.allSatisfy { part in
+                !part.isEmpty && part.allSatisfy { c in (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 46 || c == 95 }
+            }
+            if ok {
+                p.workload = String(decoding: parts[0], as: UTF8.self)
+                p.namespace = String(decoding: parts[1], as: UTF8.self)
+                p.app = String(decoding: parts[2], as: UTF8.self)
+                p.version = String(decoding: parts[3], as: UTF8.self)
+            }
+        }
+        if p.namespace == "unknown" {
+            // From the SPIFFE ID: spiffe://td/ns/NS/sa/SA.
+            let segs = p.principal.split(separator: "/")
+            if let i = segs.firstIndex(of: "ns"), i + 1 < segs.count { p.namespace = String(segs[i + 1]) }
+        }
+        peers[count] = p
+        keys[count] = key
         count += 1
         published.store(count, ordering: .releasing)
         return count - 1
     }
 
     /// The identity at `i` (any thread, for published indices).
-    func name(_ i: Int) -> String {
+    func name(_ i: Int) -> String { peer(i).principal }
+
+    func peer(_ i: Int) -> Peer {
         let n = published.load(ordering: .acquiring)
-        return i < n ? names[i] : "unknown"
+        return i < n ? peers[i] : Peer()
+    }
+}
+
+/// A connection's memory of the last peer metadata it saw, so the request path compares bytes
+/// instead of interning strings on every request.
+struct PeerMetadataCache {
+    private var last: [UInt8] = []
+    private var lastIndex = -1
+
+    /// The peer index for `principal` + the metadata bytes `p[0..<n]` (nil: none sent).
+    mutating func index(_ table: PeerTable, principal: [UInt8], _ p: UnsafePointer<UInt8>?, _ n: Int, fallback: Int) -> Int {
+        guard let p = p, n > 0 else { return fallback }
+        if lastIndex >= 0 && last.count == n && last.withUnsafeBufferPointer({ memcmp($0.baseAddress!, p, n) == 0 }) {
+            return lastIndex
+        }
+        last = Array(UnsafeBufferPointer(start: p, count: n))
+        lastIndex = table.intern(principal: principal, metadata: p, n)
+        return lastIndex
     }
 }

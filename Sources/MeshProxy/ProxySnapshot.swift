@@ -51,6 +51,9 @@ public final class ProxySnapshot: Sendable {
     public let clientTLSH2: TLSContext?
     /// `By=<own SPIFFE ID>;Hash=` prefix of x-forwarded-client-cert, precomputed.
     public let xfccPrefix: [UInt8]
+    /// This workload as `x-mesh-peer-metadata` sends it: `workload;namespace;app;version`.
+    public let peerMetadata: [UInt8]
+
     /// Stream idle timeout: no bytes either way while a request is in flight.
     public let streamIdleTimeout: UInt64 = 300_000_000_000
 
@@ -58,6 +61,10 @@ public final class ProxySnapshot: Sendable {
     public init(bootstrap b: Bootstrap, version: String) throws {
         self.version = version
         self.bootstrap = b
+        let wl = b.workload
+        let app = wl.labels.first { $0.0 == "app" }?.1 ?? wl.service
+        let ver = wl.labels.first { $0.0 == "version" }?.1 ?? "unknown"
+        self.peerMetadata = Array("\(wl.name);\(wl.namespace);\(app);\(ver)".utf8)
         var clusters: [Cluster] = []
         for c in b.clusters {
             clusters.append(Cluster(name: c.name, endpoints: c.endpoints, mutualTLS: c.tls == .istioMutual,

@@ -95,6 +95,8 @@ def test_counters_and_histograms_match_requests_across_workers(procs, pki):
         assert l["destination_principal"] == "spiffe://cluster.local/ns/default/sa/server"
         assert l["destination_service"] == ("server.default.svc.cluster.local" if l["route"].endswith("main") else "other.default.svc.cluster.local")
         assert l["source_workload"] == "client" and l["request_protocol"] == "http" and l["response_flags"] == "-"
+        # The destination's workload comes from the server sidecar's metadata exchange.
+        assert (l["destination_workload"], l["destination_app"], l["destination_workload_namespace"]) == ("server", "server", "default"), l
     # Histogram counts equal the counters, series by series.
     for name in ["istio_request_duration_milliseconds_count", "istio_request_bytes_count", "istio_response_bytes_count"]:
         counts = {(l["route"], l["response_code"]): v for l, v in series(text, name)}
@@ -108,7 +110,7 @@ def test_counters_and_histograms_match_requests_across_workers(procs, pki):
     dest = {l["response_code"]: v for l, v in inb if l["reporter"] == "destination"}
     assert dest == {"200": 40, "503": 5}, dest
     assert all(l["connection_security_policy"] == "mutual_tls" and l["source_principal"].endswith("/sa/client") and l["route"] == "inbound"
-               for l, _ in inb)
+               and l["source_workload"] == "client" and l["source_app"] == "client" for l, _ in inb), inb
     # Health metrics.
     assert series(text, "mesh_tls_handshakes_total")
     assert 'mesh_config_version_info{version="static-1"} 1' in text

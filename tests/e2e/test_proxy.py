@@ -30,10 +30,14 @@ def raw_exchange(port, data: bytes, timeout=5.0) -> bytes:
 
 
 def test_request_reaches_app_with_identity_headers(mesh):
-    r = curl(mesh.url("/echo"), "-H", "Host: server", "-H", "x-forwarded-client-cert: By=spoofed;URI=spiffe://evil/ns/x/sa/y")
+    r = curl("-D", "-", mesh.url("/echo"), "-H", "Host: server", "-H", "x-forwarded-client-cert: By=spoofed;URI=spiffe://evil/ns/x/sa/y",
+             "-H", "x-mesh-peer-metadata: evil;evil;evil;evil")
     assert r.returncode == 0, r.stderr
-    echo = json.loads(r.stdout)
+    head, _, body = r.stdout.partition(b"\r\n\r\n")
+    assert b"x-mesh-peer-metadata" not in head.lower()      # sidecar metadata never reaches apps
+    echo = json.loads(body)
     h = echo["headers"]
+    assert "x-mesh-peer-metadata" not in h
     xfcc = h["x-forwarded-client-cert"]
     assert len(xfcc) == 1, xfcc                      # the caller's value was removed, ours added
     parts = dict(p.split("=", 1) for p in xfcc[0].split(";"))
