@@ -18,6 +18,12 @@ public protocol HTTP2SessionDelegate: AnyObject {
     func h2StreamClosed(stream: Int32, error: UInt32)
     /// The peer sent GOAWAY: streams above `lastStream` were not processed.
     func h2GoAway(lastStream: Int32, error: UInt32)
+    /// The peer sent RST_STREAM (before `h2StreamClosed` for that stream).
+    func h2PeerReset(stream: Int32, error: UInt32)
+}
+
+extension HTTP2SessionDelegate {
+    public func h2PeerReset(stream: Int32, error: UInt32) {}
 }
 
 /// An HTTP/2 connection (RFC 9113) on nghttp2, without I/O: bytes read from the socket go into
@@ -63,6 +69,7 @@ public final class HTTP2Session {
     }
 
     private func recycle(_ o: StreamOutput) {
+        if o.buffer.capacity > 64 * 1024 { return }   // do not keep a grown buffer around
         o.buffer.clear()
         o.finished = false
         o.trailerBytes = nil
@@ -112,7 +119,11 @@ public final class HTTP2Session {
         if extra > 0 { nghttp2_submit_window_update(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, extra) }
     }
 
-    deinit { nghttp2_session_del(session) }
+    deinit {
+        nghttp2_session_del(session)
+        // Streams still open when the connection goes: their data providers' retains.
+        for (_, out) in outgoing { Unmanaged.passUnretained(out).release() }
+    }
 
     // MARK: I/O
 
@@ -185,7 +196,9 @@ public final class HTTP2Session {
         let id: Int32 = withHeaders { nva, n in
             if endStream { return nghttp2_submit_request(session, nil, nva, n, nil, nil) }
             var prd = dataProvider(out)
-            return nghttp2_submit_request(session, nil, nva, n, &prd, nil)
+            let r = nghttp2_submit_request(session, nil, nva, n, &prd, nil)
+            if r <= 0 { Unmanaged.passUnretained(out).release() }   // the provider was never installed
+            return r
         }
         if id > 0 && !endStream { outgoing[id] = out } else { recycle(out) }
         return id
@@ -199,7 +212,9 @@ public final class HTTP2Session {
         let rc: Int32 = withHeaders { nva, n in
             if endStream { return nghttp2_submit_response(session, stream, nva, n, nil) }
             var prd = dataProvider(out)
-            return nghttp2_submit_response(session, stream, nva, n, &prd)
+            let r = nghttp2_submit_response(session, stream, nva, n, &prd)
+            if r != 0 { Unmanaged.passUnretained(out).release() }
+            return r
         }
         if rc == 0 && !endStream { outgoing[stream] = out } else { recycle(out) }
         return rc == 0
@@ -340,6 +355,8 @@ public final class HTTP2Session {
                 if end { s.delegate.h2DataEnd(stream: hd.stream_id) }
             case Int(NGHTTP2_GOAWAY.rawValue):
                 s.delegate.h2GoAway(lastStream: frame.pointee.goaway.last_stream_id, error: frame.pointee.goaway.error_code)
+            case Int(NGHTTP2_RST_STREAM.rawValue):
+                s.delegate.h2PeerReset(stream: hd.stream_id, error: frame.pointee.rst_stream.error_code)
             default:
                 break
             }

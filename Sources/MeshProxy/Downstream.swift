@@ -763,6 +763,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         let id = ss.submitRequest(endStream: noBody)
         if id <= 0 { return id }
         h2stream = id
+        h2BodySent = false
         h2RequestFinished = noBody
         h2RequestChunked = reqBody.mode == .chunked
         h2RequestDecoder.reset()
@@ -782,10 +783,16 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     }
 
     private var needsH2Pump = false
+    /// Request body bytes already handed to the HTTP/2 stream (a refused stream is then not retried:
+    /// the body is gone).
+    private var h2BodySent = false
+
+    var h2StreamID: Int32 { h2stream }
 
     private func pumpRequestBodyH2() {
         guard let h = h2up, h2stream > 0, state == .proxying else { return }
         let ss = h.session!
+        var queued = false
         while !input.isEmpty && !requestDone && ss.pendingData(stream: h2stream) < 256 * 1024 && !h.isCongested {
             if h2RequestChunked {
                 switch h2RequestDecoder.next(UnsafePointer(input.readPointer), input.readableBytes) {
@@ -793,6 +800,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
                     ss.sendData(stream: h2stream, input.readPointer, n)
                     requestBytes &+= UInt64(n)
                     input.consume(n)
+                    queued = true
                 case .framing(let n), .needMore(let n):
                     input.consume(n)
                     if n == 0 { break }
@@ -811,16 +819,21 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
                 ss.sendData(stream: h2stream, input.readPointer, adv.forward)
                 requestBytes &+= UInt64(adv.forward)
                 input.consume(adv.forward)
+                queued = true
             }
             if adv.done { requestDone = true }
             if adv.forward == 0 { break }
         }
+        if queued { h2BodySent = true }
         if requestDone && !h2RequestFinished {
             h2RequestFinished = true
             ss.finishData(stream: h2stream, withTrailers: false)
+            queued = true
         }
+        // Wait for room only when stopped by the stream's queue or the socket (woken by the
+        // connection once frames left), never by re-arming a flush that makes none.
         if !requestDone && !input.isEmpty { h.waitForWritable(self) }
-        h.requestFlush()
+        if queued { h.requestFlush() }
         resumeReading()
     }
 
@@ -934,7 +947,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     }
 
     func h2StreamFailed(error: UInt32, refused: Bool) {
-        guard h2up != nil else { return }
+        guard let h = h2up else { return }
+        if h2Unconsumed > 0 { h.session.consume(stream: h2stream, h2Unconsumed); h2Unconsumed = 0 }
         h2up = nil
         h2stream = 0
         if responseStarted {
@@ -942,7 +956,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             closeNow()
             return
         }
-        if state == .connecting || refused {
+        if state == .connecting || (refused && !h2BodySent) {
             worker.stats.inc(.upstreamConnectFailures)
             state = .connecting
             connectFailed()
@@ -955,6 +969,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     /// Ends the exchange's HTTP/2 stream, if any (the connection stays for other streams).
     private func dropH2Stream() {
         if let h = h2up {
+            if h2Unconsumed > 0 && h2stream > 0 { h.session.consume(stream: h2stream, h2Unconsumed); h2Unconsumed = 0 }
             if h2stream > 0 { h.forget(stream: h2stream) }
             h2up = nil
             h2stream = 0

@@ -68,6 +68,12 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     private var upstreamPeer = 0
     private var callerPeer = -1
     private var peerCache = PeerMetadataCache()
+    /// Body bytes went upstream (a refused stream is then not retried: the body is gone).
+    private var sentData = false
+    private var headDone = false
+    private var requestTrailers = HeaderBlock()
+
+    var h2StreamID: Int32 { upStream }
     private var heldUpCredit = 0
 
     private var response = HeaderBlock()
@@ -94,6 +100,11 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
 
     func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool {
         requestBytes &+= UInt64(nl + vl + 4)
+        if headDone {
+            // Request trailers (gRPC clients may send metadata there): kept for the upstream stream.
+            if nl > 0 && n[0] != UInt8(ascii: ":") { requestTrailers.add(n, nl, v, vl) }
+            return true
+        }
         if ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "keep-alive") || ASCII.equalsLower(n, nl, "proxy-connection")
             || ASCII.equalsLower(n, nl, "transfer-encoding") || ASCII.equalsLower(n, nl, "upgrade") || ASCII.equalsLower(n, nl, "host")
             || ASCII.equalsLower(n, nl, "x-forwarded-client-cert") {
@@ -112,6 +123,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     }
 
     func headersComplete(endStream: Bool) {
+        headDone = true
         requestEnd = endStream
         let snap = handler.conn.snapshotInUse
         if inbound {
@@ -195,9 +207,10 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             s.sendData(stream: sid, pending.readPointer, pending.readableBytes)
             down.consume(stream: id, pending.readableBytes)
             pending.clear()
+            sentData = true
             handler.conn.requestFlush()
         }
-        if requestEnd && !requestFinishedUp { requestFinishedUp = true; s.finishData(stream: sid, withTrailers: false) }
+        if requestEnd && !requestFinishedUp { finishUpstreamRequest(s, sid) }
         return sid
     }
 
@@ -221,6 +234,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             return
         }
         h.session.sendData(stream: upStream, p, n)
+        sentData = true
         h.requestFlush()
         if h.session.pendingData(stream: upStream) < H2BridgeStream.window {
             down.consume(stream: id, n)
@@ -233,16 +247,41 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     func requestEnded() {
         requestEnd = true
         if let h = upstream, upStream > 0, !requestFinishedUp {
-            requestFinishedUp = true
-            h.session.finishData(stream: upStream, withTrailers: false)
+            finishUpstreamRequest(h.session, upStream)
             h.requestFlush()
+        }
+    }
+
+    private func finishUpstreamRequest(_ s: HTTP2Session, _ sid: Int32) {
+        requestFinishedUp = true
+        if requestTrailers.isEmpty {
+            s.finishData(stream: sid, withTrailers: false)
+        } else {
+            requestTrailers.replay(into: s)
+            s.finishData(stream: sid, withTrailers: true)
         }
     }
 
     func requestTrailersDone() { requestEnded() }
 
     func h2StreamWritable() {
-        if heldDownCredit > 0 { down.consume(stream: id, heldDownCredit); heldDownCredit = 0; handler.conn.requestFlush() }
+        guard let h = upstream, upStream > 0, heldDownCredit > 0 else { return }
+        if h.session.pendingData(stream: upStream) >= H2BridgeStream.window { h.waitForWritable(self); return }
+        down.consume(stream: id, heldDownCredit)
+        heldDownCredit = 0
+        handler.conn.requestFlush()
+    }
+
+    /// Flow-control credit for bytes received on either side but never passed on: returned on
+    /// every ending, or the shared connections' windows would shrink for good.
+    private func returnCredit() {
+        let d = heldDownCredit + pending.readableBytes
+        if d > 0 { down.consume(stream: id, d); heldDownCredit = 0; pending.clear() }
+        if heldUpCredit > 0, let h = upstream, upStream > 0 {
+            h.session.consume(stream: upStream, heldUpCredit)
+            h.requestFlush()
+        }
+        heldUpCredit = 0
     }
 
     // MARK: response from upstream
@@ -309,6 +348,10 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     }
 
     func pumpResponse() {
+        if heldUpCredit > 0 && (down.pendingData(stream: id) >= H2BridgeStream.window || handler.congested) {
+            handler.block(self)   // the client has not taken what is queued yet
+            return
+        }
         if heldUpCredit > 0, let h = upstream, upStream > 0 {
             h.session.consume(stream: upStream, heldUpCredit)
             heldUpCredit = 0
@@ -325,10 +368,11 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
 
     func h2StreamFailed(error: UInt32, refused: Bool) {
         guard upstream != nil, !finished else { return }
+        returnCredit()
         upstream = nil
         upStream = 0
         if !responseStarted {
-            if refused { connectFailed(); return }
+            if refused && !sentData { connectFailed(); return }
             localReply(503, "upstream reset before response", flag: .upstreamConnectionTermination)
             return
         }
@@ -341,6 +385,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
 
     private func complete() {
         finished = true
+        returnCredit()
         if let h = upstream, upStream > 0, !requestFinishedUp { h.forget(stream: upStream) }
         upstream = nil
         worker.stats.countResponse(status)
@@ -351,6 +396,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
 
     private func localReply(_ st: Int, _ body: StaticString, flag f: ResponseFlag) {
         guard !responseStarted, !finished else { return }
+        returnCredit()
         flag = f
         status = st
         responseStarted = true
@@ -371,6 +417,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     }
 
     func abort(flag f: ResponseFlag) {
+        returnCredit()
         if let h = upstream, upStream > 0 { h.forget(stream: upStream) }
         upstream = nil
         if !recorded { flag = f; record() }

@@ -69,6 +69,11 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     }
 
     func produceFrames() {
+        if calmedDown && !goneAway {
+            goneAway = true
+            session.goAway(error: UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
+            conn.closeAfterFlush(lingerNanos: 0)
+        }
         let out = worker.scratch
         out.clear()
         session.produce(into: out)
@@ -143,14 +148,24 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     func h2StreamClosed(stream: Int32, error: UInt32) {
         guard let s = streams.removeValue(forKey: stream) else { return }
-        if error != 0 {
-            let premature = !s.isFinished
-            s.abort(flag: .downstreamConnectionTermination)
-            if premature { countPrematureReset() }
-        } else {
-            s.closedNormally()
-        }
+        if error != 0 { s.abort(flag: .downstreamConnectionTermination) } else { s.closedNormally() }
         recycle(s)
+    }
+
+    /// Rapid-reset accounting: only resets the client sent, for streams it had not received a
+    /// complete response on (the proxy's own resets never count).
+    func h2PeerReset(stream: Int32, error: UInt32) {
+        guard let s = streams[stream], !s.isFinished else { return }
+        let now = worker.loop.now
+        if now &- resetWindowStart > 1_000_000_000 { resetWindowStart = now; resetsInWindow = 0 }
+        resetsInWindow += 1
+        if resetsInWindow > H2ServerHandler.maxPrematureResetsPerSecond && !calmedDown {
+            calmedDown = true
+            worker.stats.inc(.http2RapidResetClosures)
+            Log.warn("http2", "HTTP/2 client reset \(resetsInWindow) streams within a second: closing the connection (rapid reset)")
+            // Acted on at the next flush, outside nghttp2's callbacks.
+            conn.requestFlush()
+        }
     }
 
     private func recycle(_ s: H2DownstreamStream) {
@@ -158,20 +173,8 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         if let st = s as? H2InboundStream, worker.h2StreamPool.count < 256 { worker.h2StreamPool.append(st) }
     }
 
-    private func countPrematureReset() {
-        let now = worker.loop.now
-        if now &- resetWindowStart > 1_000_000_000 { resetWindowStart = now; resetsInWindow = 0 }
-        resetsInWindow += 1
-        if resetsInWindow > H2ServerHandler.maxPrematureResetsPerSecond && !calmedDown {
-            calmedDown = true
-            worker.stats.inc(.http2RapidResetClosures)
-            Log.warn("inbound", "HTTP/2 client reset \(resetsInWindow) streams within a second: closing the connection (rapid reset)")
-            session.goAway(error: UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
-            produceFrames()
-            conn.closeAfterFlush()
-        }
-    }
     private var calmedDown = false
+    private var goneAway = false
 
     func h2GoAway(lastStream: Int32, error: UInt32) {}
 }
@@ -214,6 +217,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     private var recorded = false
     /// The caller for metrics (identity and, when sent, workload metadata).
     private var peer = 0
+    private var headDone = false
     /// The response was completed (or answered locally).
     var isFinished: Bool { finished }
 
@@ -239,6 +243,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         responseStarted = false; status = 0; dechunker.reset(); finished = false; flag = .none
         requestBytes = 0; responseBytes = 0; recorded = false
         peer = handler.peerIndex
+        headDone = false
     }
 
     private func keep(_ v: UnsafePointer<UInt8>, _ vl: Int) -> Range<Int> {
@@ -253,6 +258,8 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
 
     func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool {
         requestBytes &+= UInt64(nl + vl + 4)
+        // Request trailers are not carried to an HTTP/1.1 app: never merge them into the head.
+        if headDone { return true }
         if nl > 0 && n[0] == UInt8(ascii: ":") {
             if ASCII.equalsLower(n, nl, ":method") { method = keep(v, vl) }
             else if ASCII.equalsLower(n, nl, ":path") { path = keep(v, vl) }
@@ -293,6 +300,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     }
 
     func headersComplete(endStream: Bool) {
+        headDone = true
         requestEnd = endStream
         if badRequest || method.isEmpty || path.isEmpty {
             worker.stats.inc(.badRequests)
@@ -603,6 +611,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
 
     private func localReply(_ st: Int, _ body: StaticString, flag f: ResponseFlag) {
         guard !responseStarted else { return }
+        returnCredit()
         flag = f
         status = st
         responseStarted = true
@@ -627,9 +636,19 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         if let up = upstream { upstream = nil; up.owner = nil; up.closeNow() }
     }
 
+    /// Body bytes received but never forwarded: give their flow-control credit back, or the
+    /// connection's window shrinks for good.
+    private func returnCredit() {
+        if !pendingBody.isEmpty {
+            session.consume(stream: id, pendingBody.readableBytes)
+            pendingBody.clear()
+        }
+    }
+
     /// The client reset the stream or the connection went away.
     func abort(flag f: ResponseFlag) {
         abortUpstream()
+        returnCredit()
         if !recorded { flag = f; record() }
     }
 

@@ -19,6 +19,8 @@ protocol H2StreamOwner: AnyObject {
     func h2StreamWritable()
     /// Add the request headers to `conn.session` and submit; returns the stream id (<= 0: failed).
     func h2Submit(_ conn: H2UpstreamConnection) -> Int32
+    /// The stream this owner has open (0 before submit).
+    var h2StreamID: Int32 { get }
 }
 
 /// An HTTP/2 connection from this worker to another sidecar (mTLS, ALPN h2) or to an h2c app
@@ -37,9 +39,32 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     /// Exchanges that stopped sending request body until frames leave (window or congestion).
     private var writeWaiters: [H2StreamOwner] = []
 
-    /// Calls `owner.h2StreamWritable()` after the next flush that leaves room.
+    /// Calls `owner.h2StreamWritable()` once its stream's queued body has been framed below the
+    /// low mark and the socket is not congested (never on a flush that made no room: no spin).
     func waitForWritable(_ owner: H2StreamOwner) {
         if !writeWaiters.contains(where: { $0 === owner }) { writeWaiters.append(owner) }
+    }
+
+    static let lowMark = 128 * 1024
+
+    private func wakeWriters() {
+        if writeWaiters.isEmpty || isCongested || isClosed { return }
+        var still: [H2StreamOwner] = []
+        var ready: [H2StreamOwner] = []
+        for o in writeWaiters {
+            let sid = o.h2StreamID
+            if sid > 0 && owners[sid] != nil && session.pendingData(stream: sid) >= H2UpstreamConnection.lowMark {
+                still.append(o)
+            } else if sid > 0 && owners[sid] != nil {
+                ready.append(o)
+            }
+        }
+        writeWaiters = still
+        for o in ready { o.h2StreamWritable() }
+    }
+
+    private func dropWaiter(_ o: H2StreamOwner) {
+        if !writeWaiters.isEmpty { writeWaiters.removeAll { $0 === o } }
     }
     private var idleTimeout: UInt64
 
@@ -75,7 +100,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
 
     func forget(stream: Int32) {
         if let o = owners.removeValue(forKey: stream) {
-            writeWaiters.removeAll { $0 === o }
+            dropWaiter(o)
             session.reset(stream: stream, error: UInt32(NGHTTP2_CANCEL.rawValue))
             requestFlush()
             armIdle()
@@ -137,18 +162,10 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
             if !out.isEmpty { send(out.readPointer, out.readableBytes) }
         }
         super.onFlush()
-        if !writeWaiters.isEmpty && !isCongested && !isClosed {
-            let w = writeWaiters
-            writeWaiters.removeAll()
-            for o in w { o.h2StreamWritable() }
-        }
+        wakeWriters()
     }
 
-    override func onDrained() {
-        let w = writeWaiters
-        writeWaiters.removeAll()
-        for o in w { o.h2StreamWritable() }
-    }
+    override func onDrained() { wakeWriters() }
 
     override func onPeerClosed(error: Int32) {
         if error == -1 {
@@ -182,6 +199,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         waiting.removeAll()
         let o = owners
         owners.removeAll()
+        writeWaiters.removeAll()
         for owner in w { owner.h2StreamFailed(error: 0, refused: true) }
         for (_, owner) in o { owner.h2StreamFailed(error: 0, refused: refused) }
     }
@@ -206,8 +224,9 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     func h2DataEnd(stream: Int32) { owners[stream]?.h2ResponseEnd() }
 
     func h2StreamClosed(stream: Int32, error: UInt32) {
-        if let o = owners.removeValue(forKey: stream), error != 0 {
-            o.h2StreamFailed(error: error, refused: error == UInt32(NGHTTP2_REFUSED_STREAM.rawValue))
+        if let o = owners.removeValue(forKey: stream) {
+            dropWaiter(o)
+            if error != 0 { o.h2StreamFailed(error: error, refused: error == UInt32(NGHTTP2_REFUSED_STREAM.rawValue)) }
         }
         armIdle()
     }
@@ -217,6 +236,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         // Streams above lastStream were never processed: their exchanges may retry elsewhere.
         for (id, o) in owners where id > lastStream {
             owners.removeValue(forKey: id)
+            dropWaiter(o)
             o.h2StreamFailed(error: error, refused: true)
         }
         armIdle()

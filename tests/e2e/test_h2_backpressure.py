@@ -1,0 +1,185 @@
+"""HTTP/2 back-pressure and self-inflicted resets: a stalled h2c upstream must bound what the
+proxy accepts from the caller and must not spin a worker; resets the proxy sends itself never
+count as a client's rapid reset."""
+
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+
+from conftest import SIDECAR, free_port, stats, wait_ready
+
+
+class StalledH2Server:
+    """h2c server that accepts streams but never reads their bodies nor answers."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, s):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    return
+                conn.receive_data(d)          # never acknowledges DATA: the window stays closed
+                out = conn.data_to_send()
+                if out:
+                    s.sendall(out)
+        except Exception:
+            return
+
+    def close(self):
+        self.sock.close()
+
+
+def h2c_sidecar(procs, upstream_port):
+    outbound, admin = free_port(), free_port()
+    cfg = f"""
+apiVersion: sidecar.mesh/v1alpha1
+kind: Bootstrap
+metadata: {{name: c, namespace: default}}
+spec:
+  workload: {{service: client}}
+  concurrency: 1
+  admin: {{port: {admin}}}
+  outbound: {{port: {outbound}, headerTimeout: 2s}}
+  clusters:
+    - name: server
+      tls: DISABLE
+      protocol: HTTP2
+      endpoints: [127.0.0.1:{upstream_port}]
+  routes:
+    - hosts: [server]
+      cluster: server
+"""
+    p = procs.sidecar(cfg, "h2c-client")
+    wait_ready(p, admin)
+    return p, outbound, admin
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().split(")")[1].split()
+    return int(parts[11]) + int(parts[12])
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int([l for l in f if l.startswith("VmRSS")][0].split()[1])
+
+
+def test_stalled_h2_upstream_bounds_what_a_caller_can_push(procs):
+    srv = StalledH2Server()
+    try:
+        p, outbound, _ = h2c_sidecar(procs, srv.port)
+        s = socket.create_connection(("127.0.0.1", outbound), timeout=3)
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        c.initiate_connection()
+        c.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "server"), (":path", "/up")])
+        s.sendall(c.data_to_send())
+        sent, chunk = 0, b"x" * 16384
+        while sent < 64 * 1024 * 1024:
+            w = min(c.local_flow_control_window(1), c.max_outbound_frame_size)
+            if w > 0:
+                c.send_data(1, chunk[:w])
+                sent += w
+                s.sendall(c.data_to_send())
+                continue
+            try:
+                d = s.recv(65536)
+            except socket.timeout:
+                break
+            if not d:
+                break
+            c.receive_data(d)
+            s.sendall(c.data_to_send())
+        s.close()
+        assert sent < 8 * 1024 * 1024, f"the proxy accepted {sent} bytes for an upstream that reads nothing"
+        assert rss_kb(p.pid) < 64 * 1024
+    finally:
+        srv.close()
+
+
+def test_stalled_h2_upstream_does_not_spin_the_worker(procs, tmp_path):
+    srv = StalledH2Server()
+    try:
+        p, outbound, _ = h2c_sidecar(procs, srv.port)
+        body = tmp_path / "b.bin"
+        body.write_bytes(b"\0" * 3_000_000)
+        curl = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-X", "POST", "--data-binary", f"@{body}",
+                                 "-H", "Host: server", "--max-time", "6", f"http://127.0.0.1:{outbound}/"])
+        time.sleep(1.5)
+        t0 = cpu_ticks(p.pid)
+        time.sleep(2)
+        used = cpu_ticks(p.pid) - t0
+        curl.kill()
+        curl.wait()
+        assert used < 40, f"worker busy while waiting for a closed window: {used} ticks in 2 s"
+    finally:
+        srv.close()
+
+
+def test_proxy_own_resets_are_not_a_rapid_reset(procs):
+    """300 requests the proxy must refuse (an upper-case header name) in one write: each gets
+    RST_STREAM, the connection stays open and its frames stay well formed."""
+    srv = StalledH2Server()
+    try:
+        _, outbound, admin = h2c_sidecar(procs, srv.port)
+
+        def frame(t, flags, sid, payload):
+            return struct.pack(">I", len(payload))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + payload
+
+        def literal(n, v):
+            return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+        block = b"".join(literal(n, v) for n, v in [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                                                     (b":authority", b"server"), (b"X-Bad", b"1")])
+        data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"")
+        data += b"".join(frame(1, 0x5, 1 + 2 * i, block) for i in range(300))
+        s = socket.create_connection(("127.0.0.1", outbound), timeout=3)
+        s.sendall(data)
+        got = b""
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+        except socket.timeout:
+            pass
+        s.close()
+        kinds, i = {}, 0
+        while i + 9 <= len(got):
+            n = int.from_bytes(got[i:i + 3], "big")
+            assert i + 9 + n <= len(got), "truncated frame"
+            t = got[i + 3]
+            assert t <= 9, f"garbage frame type {t}"
+            kinds[t] = kinds.get(t, 0) + 1
+            i += 9 + n
+        assert kinds.get(3) == 300, kinds         # one RST_STREAM per refused stream
+        assert 7 not in kinds, kinds               # no GOAWAY
+        assert stats(admin)["http2_rapid_reset_closures"] == 0
+    finally:
+        srv.close()
