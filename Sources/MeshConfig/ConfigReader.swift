@@ -122,6 +122,9 @@ struct ConfigReader {
         return out
     }
 
+    /// Treats every key as known (maps whose keys are data, such as header names).
+    mutating func markAllKnown() { for e in map.entries { known.append(e.key) } }
+
     /// Refuses fields that were never asked for.
     func finish() throws(ConfigError) {
         for e in map.entries where !known.contains(e.key) {

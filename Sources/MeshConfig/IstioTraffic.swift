@@ -1,0 +1,397 @@
+import MeshCore
+
+/// Istio's traffic API for the subset of DESIGN §3 (`networking.istio.io/v1` VirtualService and
+/// DestinationRule), parsed and validated as a whole with Istio's field names and meanings:
+/// unknown fields and kinds are errors, weights must sum to 100, and a route to a subset that no
+/// DestinationRule defines is refused. This is the config model only: the proxy does not consume
+/// it yet (routing on it is the traffic-management issue).
+public enum IstioTraffic {
+    public static let apiVersions = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
+
+    /// `exact`, `prefix` or `regex` (RE2 syntax in Istio; checked here with Swift's Regex).
+    public struct StringMatch: Sendable, Equatable {
+        public enum Kind: String, Sendable { case exact, prefix, regex }
+        public var kind: Kind
+        public var value: String
+    }
+
+    public struct HTTPMatch: Sendable {
+        public var uri: StringMatch?
+        public var method: StringMatch?
+        public var headers: [(name: String, match: StringMatch)] = []
+    }
+
+    public struct Destination: Sendable {
+        public var host: String
+        public var subset: String?
+        public var port: Int?
+    }
+
+    public struct RouteDestination: Sendable {
+        public var destination: Destination
+        public var weight: Int
+    }
+
+    public struct Retry: Sendable {
+        public static let retryOnValues: Set<String> = ["5xx", "gateway-error", "reset", "connect-failure", "refused-stream",
+                                                        "retriable-4xx", "retriable-status-codes", "retriable-headers",
+                                                        "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"]
+        public var attempts: Int
+        public var perTryTimeout: UInt64?
+        public var retryOn: [String]
+    }
+
+    public struct Fault: Sendable {
+        public var delayPercent: Double?
+        public var fixedDelay: UInt64?
+        public var abortPercent: Double?
+        public var abortStatus: Int?
+    }
+
+    public struct HeaderOperations: Sendable {
+        public var set: [(String, String)] = []
+        public var add: [(String, String)] = []
+        public var remove: [String] = []
+    }
+
+    public struct HTTPRoute: Sendable {
+        public var name: String?
+        public var match: [HTTPMatch] = []
+        public var route: [RouteDestination] = []
+        public var timeout: UInt64?
+        public var retries: Retry?
+        public var fault: Fault?
+        public var mirror: Destination?
+        public var mirrorPercent: Double?
+        public var requestHeaders = HeaderOperations()
+        public var responseHeaders = HeaderOperations()
+        public var rewriteURI: String?
+    }
+
+    public struct VirtualService: Sendable {
+        public var name: String
+        public var namespace: String
+        public var hosts: [String]
+        public var http: [HTTPRoute]
+    }
+
+    public struct TrafficPolicy: Sendable {
+        public enum LoadBalancer: String, Sendable { case roundRobin = "ROUND_ROBIN", leastRequest = "LEAST_REQUEST", random = "RANDOM" }
+        public var loadBalancer: LoadBalancer?
+        public var maxConnections: Int?
+        public var http1MaxPendingRequests: Int?
+        public var http2MaxRequests: Int?
+        public var maxRetries: Int?
+        public var consecutive5xxErrors: Int?
+        public var consecutiveGatewayErrors: Int?
+        public var interval: UInt64?
+        public var baseEjectionTime: UInt64?
+        public var maxEjectionPercent: Int?
+    }
+
+    public struct Subset: Sendable {
+        public var name: String
+        public var labels: [(String, String)]
+        public var trafficPolicy: TrafficPolicy?
+    }
+
+    public struct DestinationRule: Sendable {
+        public var name: String
+        public var namespace: String
+        public var host: String
+        public var subsets: [Subset]
+        public var trafficPolicy: TrafficPolicy?
+    }
+
+    public struct Config: Sendable {
+        public var virtualServices: [VirtualService] = []
+        public var destinationRules: [DestinationRule] = []
+    }
+
+    /// Parses every document of `text` (VirtualService or DestinationRule), then validates the set.
+    public static func parse(_ text: String, file: String, defaultNamespace: String = "default") throws(ConfigError) -> Config {
+        let docs: [(node: YAMLNode, line: Int)]
+        do { docs = try YAML.parseDocuments(text) } catch { throw ConfigError(file: file, line: error.line, message: "YAML: \(error.message)") }
+        var cfg = Config()
+        for (i, doc) in docs.enumerated() {
+            let ctx = ConfigError(file: file, document: i + 1, message: "")
+            var top = try ConfigReader(doc.node, path: "", context: ctx)
+            let api = try top.string("apiVersion", required: true)!
+            let kind = try top.string("kind", required: true)!
+            guard kind == "VirtualService" || kind == "DestinationRule" else {
+                throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: VirtualService, DestinationRule)")
+            }
+            guard apiVersions.contains(api) else {
+                throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected networking.istio.io/v1 for \(kind), got \"\(api)\"")
+            }
+            guard var meta = try top.object("metadata") else { throw ConfigReader.error(ctx, "metadata", doc.line, "required field is missing") }
+            let name = try meta.string("name", required: true)!
+            let ns = try meta.string("namespace") ?? defaultNamespace
+            _ = try meta.stringMap("labels")
+            _ = try meta.stringMap("annotations")
+            try meta.finish()
+            guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
+            try top.finish()
+            if kind == "VirtualService" {
+                cfg.virtualServices.append(try virtualService(&spec, name: name, namespace: ns, ctx: ctx))
+            } else {
+                cfg.destinationRules.append(try destinationRule(&spec, name: name, namespace: ns, ctx: ctx))
+            }
+        }
+        try validate(cfg, file: file)
+        return cfg
+    }
+
+    // MARK: VirtualService
+
+    private static func virtualService(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> VirtualService {
+        guard let hosts = try spec.stringList("hosts"), !hosts.isEmpty else {
+            throw ConfigReader.error(ctx, "spec.hosts", spec.map.line, "a VirtualService needs at least one host")
+        }
+        _ = try spec.stringList("gateways")
+        var routes: [HTTPRoute] = []
+        for var r in try spec.objectList("http") ?? [] {
+            var route = HTTPRoute()
+            route.name = try r.string("name")
+            for var m in try r.objectList("match") ?? [] {
+                var hm = HTTPMatch()
+                if var u = try m.object("uri") { hm.uri = try stringMatch(&u, ctx: ctx) }
+                if var me = try m.object("method") { hm.method = try stringMatch(&me, ctx: ctx) }
+                if var hs = try m.object("headers") {
+                    for e in hs.map.entries {
+                        var hr = try ConfigReader(e.value, path: hs.sub(e.key), context: ctx)
+                        hm.headers.append((e.key.lowercased(), try stringMatch(&hr, ctx: ctx)))
+                    }
+                    hs.markAllKnown()
+                    try hs.finish()
+                }
+                _ = try m.string("name")
+                try m.finish()
+                route.match.append(hm)
+            }
+            let dests = try r.objectList("route") ?? []
+            if dests.isEmpty { throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "an http route needs at least one route destination") }
+            for var d in dests {
+                guard var dst = try d.object("destination") else { throw ConfigReader.error(ctx, d.sub("destination"), d.map.line, "required field is missing") }
+                let destination = try self.destination(&dst, ctx: ctx)
+                let weight = try d.int("weight", min: 0, max: 100) ?? (dests.count == 1 ? 100 : 0)
+                if var h = try d.object("headers") { _ = try headerOperations(&h, ctx: ctx) }
+                try d.finish()
+                route.route.append(RouteDestination(destination: destination, weight: weight))
+            }
+            let total = route.route.reduce(0) { $0 + $1.weight }
+            if total != 100 {
+                throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "weights must sum to 100, they sum to \(total)")
+            }
+            route.timeout = try r.duration("timeout", allowZero: true)
+            if var rt = try r.object("retries") {
+                let attempts = try rt.int("attempts", min: 0, max: 100) ?? 2
+                let per = try rt.duration("perTryTimeout", allowZero: false)
+                var on: [String] = []
+                if let t = try rt.string("retryOn") {
+                    for v in t.split(separator: ",").map({ $0.trimmingSpaces }) {
+                        if !Retry.retryOnValues.contains(v) && Int(v) == nil {
+                            throw ConfigReader.error(ctx, rt.sub("retryOn"), rt.map.line, "unknown retry condition \"\(v)\" (known: \(Retry.retryOnValues.sorted().joined(separator: ", ")))")
+                        }
+                        on.append(v)
+                    }
+                }
+                _ = try rt.bool("retryRemoteLocalities")
+                try rt.finish()
+                route.retries = Retry(attempts: attempts, perTryTimeout: per, retryOn: on)
+            }
+            if var f = try r.object("fault") {
+                var fault = Fault()
+                if var d = try f.object("delay") {
+                    fault.delayPercent = try percentage(&d, ctx: ctx)
+                    guard let fixed = try d.duration("fixedDelay", allowZero: false) else {
+                        throw ConfigReader.error(ctx, d.sub("fixedDelay"), d.map.line, "required field is missing")
+                    }
+                    fault.fixedDelay = fixed
+                    try d.finish()
+                }
+                if var a = try f.object("abort") {
+                    fault.abortPercent = try percentage(&a, ctx: ctx)
+                    guard let st = try a.int("httpStatus", min: 200, max: 599) else {
+                        throw ConfigReader.error(ctx, a.sub("httpStatus"), a.map.line, "required field is missing (an HTTP status from 200 to 599)")
+                    }
+                    fault.abortStatus = st
+                    try a.finish()
+                }
+                try f.finish()
+                route.fault = fault
+            }
+            if var m = try r.object("mirror") { route.mirror = try destination(&m, ctx: ctx) }
+            if var mp = try r.object("mirrorPercentage") {
+                guard let v = try mp.string("value"), let d = Double(v), d >= 0, d <= 100 else {
+                    throw ConfigReader.error(ctx, mp.sub("value"), mp.map.line, "expected a percentage from 0 to 100")
+                }
+                route.mirrorPercent = d
+                try mp.finish()
+            }
+            if var h = try r.object("headers") {
+                if var rq = try h.object("request") { route.requestHeaders = try headerOperations(&rq, ctx: ctx) }
+                if var rs = try h.object("response") { route.responseHeaders = try headerOperations(&rs, ctx: ctx) }
+                try h.finish()
+            }
+            if var rw = try r.object("rewrite") {
+                route.rewriteURI = try rw.string("uri")
+                _ = try rw.string("authority")
+                try rw.finish()
+            }
+            try r.finish()
+            routes.append(route)
+        }
+        try spec.finish()
+        return VirtualService(name: name, namespace: namespace, hosts: hosts, http: routes)
+    }
+
+    private static func stringMatch(_ r: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> StringMatch {
+        var found: StringMatch? = nil
+        for k in [StringMatch.Kind.exact, .prefix, .regex] {
+            if let v = try r.string(k.rawValue) {
+                if found != nil { throw ConfigReader.error(ctx, r.path, r.map.line, "exactly one of exact, prefix or regex") }
+                found = StringMatch(kind: k, value: v)
+            }
+        }
+        try r.finish()
+        guard let m = found else { throw ConfigReader.error(ctx, r.path, r.map.line, "expected one of exact, prefix or regex") }
+        if m.kind == .regex {
+            do { _ = try Regex(m.value) } catch {
+                throw ConfigReader.error(ctx, r.sub("regex"), r.map.line, "invalid regular expression \"\(m.value)\"")
+            }
+        }
+        return m
+    }
+
+    private static func destination(_ d: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Destination {
+        let host = try d.string("host", required: true)!
+        let subset = try d.string("subset")
+        var port: Int? = nil
+        if var p = try d.object("port") {
+            port = try p.int("number", min: 1, max: 65535)
+            try p.finish()
+        }
+        try d.finish()
+        return Destination(host: host, subset: subset, port: port)
+    }
+
+    private static func percentage(_ r: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Double {
+        guard var p = try r.object("percentage") else { return 100 }
+        guard let v = try p.string("value"), let d = Double(v), d >= 0, d <= 100 else {
+            throw ConfigReader.error(ctx, p.sub("value"), p.map.line, "expected a percentage from 0 to 100")
+        }
+        try p.finish()
+        return d
+    }
+
+    private static func headerOperations(_ r: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> HeaderOperations {
+        var ops = HeaderOperations()
+        ops.set = try r.stringMap("set") ?? []
+        ops.add = try r.stringMap("add") ?? []
+        ops.remove = try r.stringList("remove") ?? []
+        try r.finish()
+        return ops
+    }
+
+    // MARK: DestinationRule
+
+    private static func destinationRule(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> DestinationRule {
+        let host = try spec.string("host", required: true)!
+        var subsets: [Subset] = []
+        for var s in try spec.objectList("subsets") ?? [] {
+            let sn = try s.string("name", required: true)!
+            if subsets.contains(where: { $0.name == sn }) { throw ConfigReader.error(ctx, s.sub("name"), s.map.line, "duplicate subset \"\(sn)\"") }
+            let labels = try s.stringMap("labels") ?? []
+            var tp: TrafficPolicy? = nil
+            if var t = try s.object("trafficPolicy") { tp = try trafficPolicy(&t, ctx: ctx) }
+            try s.finish()
+            subsets.append(Subset(name: sn, labels: labels, trafficPolicy: tp))
+        }
+        var tp: TrafficPolicy? = nil
+        if var t = try spec.object("trafficPolicy") { tp = try trafficPolicy(&t, ctx: ctx) }
+        _ = try spec.stringList("exportTo")
+        try spec.finish()
+        return DestinationRule(name: name, namespace: namespace, host: host, subsets: subsets, trafficPolicy: tp)
+    }
+
+    private static func trafficPolicy(_ t: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> TrafficPolicy {
+        var p = TrafficPolicy()
+        if var lb = try t.object("loadBalancer") {
+            if let s = try lb.string("simple") {
+                guard let v = TrafficPolicy.LoadBalancer(rawValue: s) else {
+                    throw ConfigReader.error(ctx, lb.sub("simple"), lb.map.line, "expected ROUND_ROBIN, LEAST_REQUEST or RANDOM, got \"\(s)\"")
+                }
+                p.loadBalancer = v
+            }
+            try lb.finish()
+        }
+        if var cp = try t.object("connectionPool") {
+            if var tcp = try cp.object("tcp") {
+                p.maxConnections = try tcp.int("maxConnections", min: 1, max: 1 << 30)
+                _ = try tcp.duration("connectTimeout", allowZero: false)
+                try tcp.finish()
+            }
+            if var http = try cp.object("http") {
+                p.http1MaxPendingRequests = try http.int("http1MaxPendingRequests", min: 1, max: 1 << 30)
+                p.http2MaxRequests = try http.int("http2MaxRequests", min: 1, max: 1 << 30)
+                p.maxRetries = try http.int("maxRetries", min: 0, max: 1 << 30)
+                _ = try http.duration("idleTimeout", allowZero: false)
+                _ = try http.int("maxRequestsPerConnection", min: 0, max: 1 << 30)
+                try http.finish()
+            }
+            try cp.finish()
+        }
+        if var od = try t.object("outlierDetection") {
+            p.consecutive5xxErrors = try od.int("consecutive5xxErrors", min: 0, max: 1 << 30)
+            p.consecutiveGatewayErrors = try od.int("consecutiveGatewayErrors", min: 0, max: 1 << 30)
+            p.interval = try od.duration("interval", allowZero: false)
+            p.baseEjectionTime = try od.duration("baseEjectionTime", allowZero: false)
+            p.maxEjectionPercent = try od.int("maxEjectionPercent", min: 0, max: 100)
+            try od.finish()
+        }
+        try t.finish()
+        return p
+    }
+
+    // MARK: consistency of the whole set
+
+    private static func validate(_ cfg: Config, file: String) throws(ConfigError) {
+        func short(_ h: String, _ ns: String) -> String {
+            let parts = h.split(separator: ".")
+            if parts.count == 1 { return "\(h).\(ns)" }
+            return parts.prefix(2).joined(separator: ".")
+        }
+        for vs in cfg.virtualServices {
+            for (ri, r) in vs.http.enumerated() {
+                for (di, d) in r.route.enumerated() {
+                    guard let subset = d.destination.subset else { continue }
+                    let key = short(d.destination.host, vs.namespace)
+                    let rules = cfg.destinationRules.filter { short($0.host, $0.namespace) == key }
+                    if !rules.contains(where: { $0.subsets.contains { $0.name == subset } }) {
+                        throw ConfigError(file: file, path: "VirtualService \(vs.namespace)/\(vs.name): spec.http[\(ri)].route[\(di)].destination.subset",
+                                          message: "no DestinationRule defines subset \"\(subset)\" for host \(d.destination.host) (apply them together)")
+                    }
+                }
+            }
+        }
+        var seen: [String: String] = [:]
+        for dr in cfg.destinationRules {
+            let key = short(dr.host, dr.namespace)
+            if let other = seen[key] {
+                throw ConfigError(file: file, path: "DestinationRule \(dr.namespace)/\(dr.name): spec.host",
+                                  message: "host \(dr.host) already has DestinationRule \(other)")
+            }
+            seen[key] = "\(dr.namespace)/\(dr.name)"
+        }
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: String {
+        var s = self
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}
