@@ -16,6 +16,8 @@ Endpoints
   GET  /slow?ms=M        sleeps M ms, then 200 "slow done\\n"
   GET  /status/C         responds with status C
   GET  /chunked?n=K[&size=B]  chunked response of K chunks ("chunk i\\n", or B bytes each)
+  *    /trailers         JSON of the request trailers received, sent chunked with a trailer
+                         x-checksum (sha256 of the body)
 Any request body not consumed by the endpoint is drained so the connection stays usable.
 HEAD works wherever GET does.
 """
@@ -169,8 +171,12 @@ class Handler(BaseHTTPRequestHandler):
                     break
                 if not line:
                     raise BadRequest("connection closed in trailers")
+                name, _, value = line.decode("latin-1").partition(":")
+                self.request_trailers[name.strip().lower()] = value.strip()
             else:
                 raise BadRequest("too many trailer lines")
+
+    request_trailers: dict = {}
 
     def drain_body(self) -> int:
         total = 0
@@ -246,6 +252,18 @@ class Handler(BaseHTTPRequestHandler):
             return self.respond(code, b"" if code < 200 else ("status %d\n" % code).encode())
         if path == "/chunked" and m in ("GET", "HEAD"):
             return self.do_chunked(_int_param(q, "n", 3), _int_param(q, "size", -1))
+        if path == "/trailers":
+            # Echoes the request trailers it got, and answers chunked with a trailer of its own.
+            self.request_trailers = {}
+            n = self.drain_body()
+            body = json.dumps({"bytes": n, "trailers": self.request_trailers}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "x-checksum")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n0\r\nx-checksum: %s\r\n\r\n" % (len(body), body, hashlib.sha256(body).hexdigest().encode()))
+            return
         return self.respond(404, b"not found\n")
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = (

@@ -1,7 +1,7 @@
 /// How a message body is delimited, and the running state of reading one (RFC 9112 §6.3).
 /// `advance` says how many of the available bytes belong to the body (data and chunk framing
 /// together, for verbatim HTTP/1.1 forwarding) and whether the body ended there.
-public struct BodyFramer: Sendable {
+public struct BodyFramer {
     public enum Mode: Sendable, Equatable { case none, length, chunked, untilClose }
     public private(set) var mode: Mode = .none
     public private(set) var remaining: Int64 = 0

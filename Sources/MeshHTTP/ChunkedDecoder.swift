@@ -1,9 +1,11 @@
+import MeshCore
+
 /// A strict incremental decoder of the chunked transfer coding (RFC 9112 §7.1). It does not copy:
 /// each step says how many of the next bytes are chunk data and how many are framing (sizes,
 /// extensions, CRLFs, trailers), so an HTTP/1.1 hop forwards them verbatim and an HTTP/2 hop takes
 /// only the data. Refused: non-hex or over-long sizes, whitespace in the size line, bare CR or LF,
 /// control bytes in extensions, and trailer sections over 64 KiB.
-public struct ChunkedDecoder: Sendable {
+public struct ChunkedDecoder {
     public enum Step: Sendable {
         /// The next `n` bytes are chunk data.
         case data(Int)
@@ -23,9 +25,18 @@ public struct ChunkedDecoder: Sendable {
     private var remaining: UInt64 = 0
     private var trailerBytes = 0
     public private(set) var sawTrailers = false
+    /// When set, trailer lines are copied here (`name: value` CRLF each), for hops that carry
+    /// trailers as something other than chunked framing (HTTP/2).
+    public var trailerSink: ByteBuffer? = nil
 
     public init() {}
-    public mutating func reset() { self = ChunkedDecoder() }
+    /// Starts a new body, keeping the trailer sink (cleared).
+    public mutating func reset() {
+        let sink = trailerSink
+        sink?.clear()
+        self = ChunkedDecoder()
+        trailerSink = sink
+    }
     public var isDone: Bool { state == .done }
 
     /// Decodes from `p[0..<n]` and returns the kind and length of the next run of bytes.
@@ -89,9 +100,11 @@ public struct ChunkedDecoder: Sendable {
                 if c == 13 { state = .trailerLF }
                 else if c == 10 { return .error("bare LF in trailer") }
                 else if c == 0 { return .error("NUL in trailer") }
+                if let sink = trailerSink { sink.append(c) }
                 i += 1
             case .trailerLF:
                 if p[i] != 10 { return .error("bare CR in trailer") }
+                if let sink = trailerSink { sink.append(10) }
                 state = .trailerStart; i += 1
             case .finalLF:
                 if p[i] != 10 { return .error("bare CR after last chunk") }
@@ -109,5 +122,32 @@ public struct ChunkedDecoder: Sendable {
         if c >= 97 && c <= 102 { return c - 87 }
         if c >= 65 && c <= 70 { return c - 55 }
         return nil
+    }
+}
+
+/// Trailer lines captured by `ChunkedDecoder.trailerSink`, as (name, value) byte ranges; lines
+/// without a token name and a colon are skipped (they were already refused as framing errors if
+/// they broke the syntax).
+public enum TrailerLines {
+    public static func forEach(_ b: ByteBuffer, _ body: (UnsafePointer<UInt8>, Int, UnsafePointer<UInt8>, Int) -> Void) {
+        var i = b.readIndex
+        let end = b.writeIndex
+        let base = UnsafePointer(b.base)
+        while i < end {
+            var j = i
+            while j < end && base[j] != 13 && base[j] != 10 { j += 1 }
+            // [i, j) is one line: name ":" OWS value OWS
+            var c = i
+            while c < j && base[c] != 58 { c += 1 }
+            if c < j && c > i {
+                var vs = c + 1
+                while vs < j && (base[vs] == 32 || base[vs] == 9) { vs += 1 }
+                var ve = j
+                while ve > vs && (base[ve - 1] == 32 || base[ve - 1] == 9) { ve -= 1 }
+                body(base + i, c - i, base + vs, ve - vs)
+            }
+            i = j
+            while i < end && (base[i] == 13 || base[i] == 10) { i += 1 }
+        }
     }
 }

@@ -766,6 +766,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         h2BodySent = false
         h2RequestFinished = noBody
         h2RequestChunked = reqBody.mode == .chunked
+        if h2RequestDecoder.trailerSink == nil { h2RequestDecoder.trailerSink = ByteBuffer(capacity: 64) }
         h2RequestDecoder.reset()
         h2Status = 0
         h2HasLength = false
@@ -827,7 +828,20 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         if queued { h2BodySent = true }
         if requestDone && !h2RequestFinished {
             h2RequestFinished = true
-            ss.finishData(stream: h2stream, withTrailers: false)
+            var any = false
+            if let t = h2RequestDecoder.trailerSink, !t.isEmpty {
+                TrailerLines.forEach(t) { n, nl, v, vl in
+                    if ASCII.equalsLower(n, nl, "content-length") || ASCII.equalsLower(n, nl, "transfer-encoding")
+                        || ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "host") { return }
+                    if nl > h2Lower.count { return }
+                    h2Lower.withUnsafeMutableBufferPointer { lb in
+                        for i in 0..<nl { lb[i] = ASCII.lower(n[i]) }
+                        ss.addHeader(lb.baseAddress!, nl, v, vl)
+                    }
+                    any = true
+                }
+            }
+            ss.finishData(stream: h2stream, withTrailers: any)
             queued = true
         }
         // Wait for room only when stopped by the stream's queue or the socket (woken by the

@@ -198,6 +198,9 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     /// The HTTP/1.1 request as sent to the app (head, then body bytes kept until the response).
     private let head = ByteBuffer(capacity: 1024)
     private let pendingBody = ByteBuffer(capacity: 1024)
+    /// Trailers: the client's (sent to the app in the last chunk) and the app's (sent as HTTP/2 trailers).
+    private let reqTrailers = ByteBuffer(capacity: 64)
+    private let respTrailers = ByteBuffer(capacity: 64)
     private var chunked = false
     private var requestEnd = false
     private var requestEndSent = false
@@ -234,7 +237,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         self.handler = handler
         self.id = id
         start = handler.worker.loop.now
-        pseudo.clear(); fields.clear(); head.clear(); pendingBody.clear()
+        pseudo.clear(); fields.clear(); head.clear(); pendingBody.clear(); reqTrailers.clear(); respTrailers.clear()
         method = 0..<0; path = 0..<0; authority = 0..<0
         contentLength = -1
         hasRequestID = false; badRequest = false; chunked = false
@@ -258,8 +261,15 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
 
     func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool {
         requestBytes &+= UInt64(nl + vl + 4)
-        // Request trailers are not carried to an HTTP/1.1 app: never merge them into the head.
-        if headDone { return true }
+        if headDone {
+            // Request trailers: sent in the last chunk when the body goes chunked (no
+            // content-length); never merged into the head.
+            if nl > 0 && n[0] != UInt8(ascii: ":") && !ASCII.equalsLower(n, nl, "content-length") && !ASCII.equalsLower(n, nl, "transfer-encoding") {
+                for i in 0..<vl where v[i] == 13 || v[i] == 10 || v[i] == 0 { return true }
+                reqTrailers.append(n, nl); reqTrailers.append(": "); reqTrailers.append(v, vl); reqTrailers.append("\r\n")
+            }
+            return true
+        }
         if nl > 0 && n[0] == UInt8(ascii: ":") {
             if ASCII.equalsLower(n, nl, ":method") { method = keep(v, vl) }
             else if ASCII.equalsLower(n, nl, ":path") { path = keep(v, vl) }
@@ -417,8 +427,13 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     private func sendRequestEnd() {
         guard ready, let up = upstream, pendingBody.isEmpty, requestEnd, !requestEndSent else { return }
         requestEndSent = true
-        let last: StaticString = "0\r\n\r\n"
-        if chunked { up.send(last.utf8Start, 5) }
+        if chunked {
+            let zero: StaticString = "0\r\n"
+            up.send(zero.utf8Start, 3)
+            if !reqTrailers.isEmpty { up.send(reqTrailers.readPointer, reqTrailers.readableBytes) }
+            let crlf: StaticString = "\r\n"
+            up.send(crlf.utf8Start, 2)
+        }
     }
 
     private func flushPendingBody() {
@@ -470,6 +485,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
                     if st < 200 { continue }
                     status = st
                     up.body.startResponse(up.head, requestMethod: methodKind)
+                    dechunker.trailerSink = respTrailers
                     dechunker.reset()
                     submitResponseHead(up)
                     up.headParsed = true
@@ -533,7 +549,20 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
                 case .end(let n):
                     up.input.consume(n)
                     _ = up.body.advance(UnsafePointer(up.input.readPointer), 0)
-                    session.finishData(stream: id, withTrailers: false)
+                    // Chunked trailers from the app become HTTP/2 trailers (names lowercased;
+                    // connection-specific and framing fields never travel as trailers).
+                    var any = false
+                    TrailerLines.forEach(respTrailers) { n, nl, v, vl in
+                        if ASCII.equalsLower(n, nl, "content-length") || ASCII.equalsLower(n, nl, "transfer-encoding")
+                            || ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "host") { return }
+                        if nl > handler.lower.count { return }
+                        handler.lower.withUnsafeMutableBufferPointer { lb in
+                            for i in 0..<nl { lb[i] = ASCII.lower(n[i]) }
+                            session.addHeader(lb.baseAddress!, nl, v, vl)
+                        }
+                        any = true
+                    }
+                    session.finishData(stream: id, withTrailers: any)
                     handler.conn.requestFlush()
                     responseComplete(up, reusable: true)
                     return

@@ -215,3 +215,60 @@ def test_upgrade_h2c_request_is_served_as_http1(mesh):
     assert tail == b"1.1 200", r.stdout[-200:]
     h = json.loads(body)["headers"]
     assert "upgrade" not in h and "http2-settings" not in h
+
+
+def test_trailers_cross_between_http1_and_http2(mesh, pki):
+    """Trailers both ways through both sidecars (h2 hop) to an HTTP/1.1 app: the client's chunked
+    request trailers reach the app; the app's chunked response trailers reach an h2 client."""
+    import hashlib
+    import socket
+    import ssl
+    import h2.config
+    import h2.connection
+    # HTTP/1.1 client with a chunked body and a trailer -> outbound -> h2 -> inbound -> app (chunked).
+    raw = (b"POST /trailers HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nConnection: close\r\n\r\n"
+           b"5\r\nhello\r\n0\r\nx-client-sum: 42\r\n\r\n")
+    s = socket.create_connection(("127.0.0.1", mesh.outbound), timeout=5)
+    s.sendall(raw)
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b'"x-client-sum": "42"' in body and b'"bytes": 5' in body, body
+    assert b"x-checksum: " in body                          # the app's trailer, back in the last chunk
+    # h2 client on the inbound listener: the app's chunked trailer arrives as an HTTP/2 trailer.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(f"{pki}/root-cert.pem")
+    ctx.load_cert_chain(f"{pki}/client/cert-chain.pem", f"{pki}/client/key.pem")
+    ctx.set_alpn_protocols(["h2"])
+    ctx.check_hostname = False
+    t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", mesh.inbound), timeout=5))
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.initiate_connection()
+    c.send_headers(1, [(":method", "POST"), (":scheme", "https"), (":authority", "server"), (":path", "/trailers")])
+    c.send_data(1, b"abc")
+    c.send_headers(1, [("x-req-trailer", "7")], end_stream=True)
+    t.sendall(c.data_to_send())
+    got_body, trailers, done = b"", {}, False
+    while not done:
+        d = t.recv(65536)
+        if not d:
+            break
+        for e in c.receive_data(d):
+            n = type(e).__name__
+            if n == "DataReceived":
+                got_body += e.data
+                c.acknowledge_received_data(len(e.data), 1)
+            elif n == "TrailersReceived":
+                trailers = dict(e.headers)
+            elif n in ("StreamEnded", "StreamReset"):
+                done = True
+        t.sendall(c.data_to_send())
+    t.close()
+    assert b'"x-req-trailer": "7"' in got_body, got_body     # the h2 client's trailer reached the app
+    assert trailers.get("x-checksum") == hashlib.sha256(got_body).hexdigest()
