@@ -473,7 +473,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         if head.requestIDIndex < 0 {
             out.append("x-request-id: ")
             generatedIDOffset = out.writeIndex
-            appendUUID(out)
+            worker.appendRequestID(out)
             out.append("\r\n")
         }
         if inbound, let tls = security as? TLSSession {
@@ -494,21 +494,6 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         out.append("\r\n")
     }
 
-    private func appendUUID(_ out: ByteBuffer) {
-        let a = worker.rng.next(), c = worker.rng.next()
-        let hex: StaticString = "0123456789abcdef"
-        let h = hex.utf8Start
-        // Version 4 (byte 6 high nibble) and the RFC 4122 variant (byte 8 top bits 10), little-endian.
-        var bytes: (UInt64, UInt64) = ((a & ~(UInt64(0xf0) << 48)) | (UInt64(0x40) << 48), (c & ~UInt64(0xc0)) | 0x80)
-        withUnsafeBytes(of: &bytes) { raw in
-            for i in 0..<16 {
-                if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
-                let v = raw[i]
-                out.append(h[Int(v >> 4)])
-                out.append(h[Int(v & 15)])
-            }
-        }
-    }
 
     // MARK: access log
 

@@ -182,7 +182,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         request.replay(into: s)
         if !hasRequestID {
             let idb = ByteBuffer(capacity: 40)
-            appendUUID(idb)
+            worker.appendRequestID(idb)
             s.addHeader("x-request-id", idb.readPointer, idb.readableBytes)
         }
         if !inbound && conn.security != nil {
@@ -214,18 +214,6 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         return sid
     }
 
-    private func appendUUID(_ out: ByteBuffer) {
-        let a = worker.rng.next(), c = worker.rng.next()
-        let hex: StaticString = "0123456789abcdef"
-        var bytes: (UInt64, UInt64) = ((a & ~(UInt64(0xf0) << 48)) | (UInt64(0x40) << 48), (c & ~UInt64(0xc0)) | 0x80)
-        withUnsafeBytes(of: &bytes) { raw in
-            for i in 0..<16 {
-                if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
-                out.append(hex.utf8Start[Int(raw[i] >> 4)])
-                out.append(hex.utf8Start[Int(raw[i] & 15)])
-            }
-        }
-    }
 
     func requestData(_ p: UnsafePointer<UInt8>, _ n: Int) {
         requestBytes &+= UInt64(n)
@@ -403,15 +391,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         finished = true
         worker.stats.inc(.localReplies)
         worker.stats.countResponse(st)
-        var code: (UInt8, UInt8, UInt8) = (UInt8(48 + st / 100), UInt8(48 + (st / 10) % 10), UInt8(48 + st % 10))
-        withUnsafeBytes(of: &code) { down.addHeader(":status", $0.baseAddress!.assumingMemoryBound(to: UInt8.self), 3) }
-        down.addHeader("content-type", "text/plain")
-        down.addHeader("x-mesh-response-flags", String(describing: f.code))
-        down.submitResponse(stream: id, endStream: false)
-        down.sendData(stream: id, body.utf8Start, body.utf8CodeUnitCount)
-        let nl: StaticString = "\n"
-        down.sendData(stream: id, nl.utf8Start, 1)
-        down.finishData(stream: id, withTrailers: false)
+        down.submitLocalReply(stream: id, status: st, body: body, flag: f)
         handler.conn.requestFlush()
         record()
     }

@@ -334,7 +334,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         if !requestEnd && contentLength < 0 { chunked = true; h.append("transfer-encoding: chunked\r\n") }
         if !hasRequestID {
             h.append("x-request-id: ")
-            appendUUID(h)
+            worker.appendRequestID(h)
             h.append("\r\n")
         }
         if let tls = handler.conn.security as? TLSSession {
@@ -348,18 +348,6 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         h.append("\r\n")
     }
 
-    private func appendUUID(_ out: ByteBuffer) {
-        let a = worker.rng.next(), c = worker.rng.next()
-        let hex: StaticString = "0123456789abcdef"
-        var bytes: (UInt64, UInt64) = ((a & ~(UInt64(0xf0) << 48)) | (UInt64(0x40) << 48), (c & ~UInt64(0xc0)) | 0x80)
-        withUnsafeBytes(of: &bytes) { raw in
-            for i in 0..<16 {
-                if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
-                out.append(hex.utf8Start[Int(raw[i] >> 4)])
-                out.append(hex.utf8Start[Int(raw[i] & 15)])
-            }
-        }
-    }
 
     private func connect() {
         let snap = handler.conn.snapshotInUse
@@ -647,15 +635,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         finished = true
         worker.stats.inc(.localReplies)
         worker.stats.countResponse(st)
-        var code: (UInt8, UInt8, UInt8) = (UInt8(48 + st / 100), UInt8(48 + (st / 10) % 10), UInt8(48 + st % 10))
-        withUnsafeBytes(of: &code) { session.addHeader(":status", $0.baseAddress!.assumingMemoryBound(to: UInt8.self), 3) }
-        session.addHeader("content-type", "text/plain")
-        session.addHeader("x-mesh-response-flags", String(describing: f.code))
-        session.submitResponse(stream: id, endStream: false)
-        session.sendData(stream: id, body.utf8Start, body.utf8CodeUnitCount)
-        let nl: StaticString = "\n"
-        session.sendData(stream: id, nl.utf8Start, 1)
-        session.finishData(stream: id, withTrailers: false)
+        session.submitLocalReply(stream: id, status: st, body: body, flag: f)
         responseBytes &+= UInt64(body.utf8CodeUnitCount + 1)
         handler.conn.requestFlush()
         record()

@@ -1,4 +1,5 @@
 import MeshCore
+import MeshHTTP
 
 /// Responses the proxy generates itself (no route, upstream down, timeouts, bad requests), with
 /// Envoy's response flag for each, so logs and metrics say why a request failed.
@@ -63,5 +64,38 @@ extension ByteBuffer {
         append("\r\n\r\n")
         append(body)
         append(UInt8(ascii: "\n"))
+    }
+}
+
+extension HTTP2Session {
+    /// A proxy-generated response on an HTTP/2 stream: status, the response flag, a text body.
+    func submitLocalReply(stream: Int32, status st: Int, body: StaticString, flag: ResponseFlag) {
+        var code: (UInt8, UInt8, UInt8) = (UInt8(48 + st / 100), UInt8(48 + (st / 10) % 10), UInt8(48 + st % 10))
+        withUnsafeBytes(of: &code) { addHeader(":status", $0.baseAddress!.assumingMemoryBound(to: UInt8.self), 3) }
+        addHeader("content-type", "text/plain")
+        let f = flag.code
+        addHeader("x-mesh-response-flags", f.utf8Start, f.utf8CodeUnitCount)
+        submitResponse(stream: stream, endStream: false)
+        sendData(stream: stream, body.utf8Start, body.utf8CodeUnitCount)
+        let nl: StaticString = "\n"
+        sendData(stream: stream, nl.utf8Start, 1)
+        finishData(stream: stream, withTrailers: false)
+    }
+}
+
+extension Worker {
+    /// Appends a random UUID v4 (a new x-request-id) without allocating.
+    func appendRequestID(_ out: ByteBuffer) {
+        let a = rng.next(), c = rng.next()
+        let hex: StaticString = "0123456789abcdef"
+        // Version 4 (byte 6 high nibble) and the RFC 4122 variant (byte 8 top bits 10), little-endian.
+        var bytes: (UInt64, UInt64) = ((a & ~(UInt64(0xf0) << 48)) | (UInt64(0x40) << 48), (c & ~UInt64(0xc0)) | 0x80)
+        withUnsafeBytes(of: &bytes) { raw in
+            for i in 0..<16 {
+                if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
+                out.append(hex.utf8Start[Int(raw[i] >> 4)])
+                out.append(hex.utf8Start[Int(raw[i] & 15)])
+            }
+        }
     }
 }
