@@ -102,7 +102,8 @@ open class Connection: Pollable {
         }
         if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
             mayRead = true
-            readAvailable(hangup: events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0)
+            if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { hangupSeen = true }
+            readAvailable(hangup: hangupSeen)
         }
     }
 
@@ -162,7 +163,7 @@ open class Connection: Pollable {
                     } else {
                         got = true
                     }
-                    if n < want && !hangup { mayRead = false }
+                    if n < want && !hangup && !hangupSeen { mayRead = false }
                 } else if n == 0 {
                     eofSeen = true
                     mayRead = false
@@ -195,6 +196,9 @@ open class Connection: Pollable {
 
     private var inReadLoop = false
     private var readDeferred = false
+    /// The peer hung up (reported once by edge-triggered epoll): read until end of stream even
+    /// across back-pressure pauses, or the EOF would never be seen.
+    private var hangupSeen = false
 
     private var tlsGotData = false
 

@@ -36,7 +36,11 @@ public final class Listener: Pollable {
                 let e = mesh_errno()
                 if e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED { return }
                 if e == EMFILE || e == ENFILE {
-                    Log.warn("listener", "\(name): out of file descriptors (\(Socket.errorText(e)))")
+                    // Level-triggered: the waiting connection would wake us at once, forever.
+                    // Stop watching for a second instead of spinning.
+                    Log.warn("listener", "\(name): out of file descriptors (\(Socket.errorText(e))); pausing accepts for 1s")
+                    loop.modify(self, events: 0)
+                    loop.setDeadline(self, loop.now + 1_000_000_000)
                     return
                 }
                 Log.warn("listener", "\(name): accept failed: \(Socket.errorText(e))")
@@ -46,6 +50,10 @@ public final class Listener: Pollable {
             Socket.setNoDelay(cfd)
             onAccept(cfd)
         }
+    }
+
+    public override func onTimer(now: UInt64) {
+        if isOpen { loop.modify(self, events: EPOLLIN.rawValue) }
     }
 
     /// Stops accepting and closes the socket (drain).

@@ -106,7 +106,11 @@ final class AccessLogSink: Pollable {
             let n = write(pipeFd, buffer.readPointer, buffer.readableBytes)
             if n > 0 { buffer.consume(n); continue }
             if n < 0 && mesh_errno() == EINTR { continue }
-            // Pipe full (the writer is behind) or closed: drop the rest, count the lines.
+            break
+        }
+        // Pipe full (the writer is behind): keep the rest, whole lines included, for the next
+        // flush; past 1 MiB waiting, drop it and count the lines rather than grow.
+        if buffer.readableBytes > 1 << 20 {
             var lines: UInt64 = 0
             for i in buffer.readIndex..<buffer.writeIndex where buffer[i] == 10 { lines += 1 }
             dropped &+= lines

@@ -274,7 +274,8 @@ private final class AdminConnection: Connection {
                 var pathEnd = head.pathEnd
                 for i in head.pathStart..<head.pathEnd where input.base[i] == UInt8(ascii: "?") { pathEnd = i; break }
                 let path = input.string(head.pathStart, pathEnd)
-                let keep = head.keepAlive
+                // Admin requests carry no body we read: close after one that has one.
+                let keep = head.keepAlive && head.contentLength <= 0 && !head.chunked
                 let method = head.method
                 input.consume(head.headEnd - input.readIndex)
                 parser.resetScan()

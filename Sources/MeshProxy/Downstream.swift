@@ -222,7 +222,12 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         case .idle, .closing:
             closeNow()
         case .tunnel:
-            if let up = upstream { upstream = nil; up.owner = nil; up.closeAfterFlush() }
+            if let up = upstream {
+                upstream = nil
+                up.owner = nil
+                up.closeAfterFlush()
+                loop.setDeadline(up, loop.now + 10_000_000_000)   // bounded if it never drains
+            }
             closeNow()
         case .connecting, .backoff, .proxying:
             if error == 0 && requestDone {
@@ -271,6 +276,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             }
         case .backoff:
             state = .connecting
+            armStreamTimer()
             acquireUpstream(fresh: false)
         case .connecting, .proxying:
             let isRoute = routeDeadline != 0 && now >= routeDeadline
@@ -317,8 +323,15 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         return true
     }
 
+    /// True while `parseRequest` runs: an exchange that ends inside it (a local reply) must not
+    /// recurse into it for the next pipelined request; the loop below picks that one up.
+    private var parsing = false
+
     private func parseRequest() {
         if mayBeH2C && !inbound && detectH2C() { return }
+        if parsing { return }
+        parsing = true
+        defer { parsing = false }
         while state == .idle && !input.isEmpty && !isClosed {
             let r = parser.parseRequest(input.base, start: input.readIndex, end: input.writeIndex, into: &head)
             switch r {
@@ -448,7 +461,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         out.append(" HTTP/1.1\r\n")
         let listed = !head.connectionListed.isEmpty
         for f in head.fields {
-            if listed && head.isConnectionListed(f, in: b) { continue }
+            if listed && f.kind == .other && head.isConnectionListed(f, in: b) { continue }   // never framing or mesh headers
             switch f.kind {
             case .connection, .keepAlive, .proxyConnection, .xForwardedClientCert, .meshPeerMetadata:
                 continue
@@ -1018,6 +1031,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
                     tunnelUp = 0
                     tunnelDown = 0
                     worker.metrics.recordTCP(key: tcpKey, opened: 1, closed: 0, sent: 0, received: 0)
+                    routeDeadline = 0     // a tunnel lives as long as it carries traffic
                     state = .tunnel
                     reqBody.startTunnel()
                     pumpTunnelUp()
@@ -1057,7 +1071,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         out.append("\r\n")
         let listed = !h.connectionListed.isEmpty
         for f in h.fields {
-            if listed && h.isConnectionListed(f, in: b) { continue }
+            if listed && f.kind == .other && h.isConnectionListed(f, in: b) { continue }
             switch f.kind {
             case .connection, .keepAlive, .proxyConnection, .te:
                 continue

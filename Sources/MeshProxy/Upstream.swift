@@ -86,7 +86,7 @@ final class UpstreamConnection: Connection {
         case .idle:
             closeNow()
         case .active:
-            break
+            if owner == nil { closeNow() }   // abandoned (a tunnel whose client left) and stuck
         }
     }
 
@@ -136,7 +136,10 @@ final class EndpointPool {
     /// the socket cannot even be created (errno in `lastError`).
     func checkout(_ c: ProxySnapshot.Cluster, tlsContext: TLSContext?, fresh: Bool) -> UpstreamConnection? {
         while !fresh, let u = idle.popLast() {
-            if u.isClosed || u.peerClosed { continue }
+            if u.isClosed || u.peerClosed {
+                if !u.isClosed { u.closeNow() }
+                continue
+            }
             u.state = .active
             loop.setDeadline(u, 0)
             worker.stats.inc(.upstreamReused)

@@ -73,7 +73,7 @@ public final class Worker: @unchecked Sendable {
         downstreams.append(d)
         stats.inc(.downstreamConnectionsTotal)
         stats.inc(.downstreamConnectionsActive)
-        if !d.start() { return }
+        if !d.start() { downstreamClosed(d); return }
         loop.setDeadline(d, loop.now + settings.headerTimeout)
     }
 

@@ -1,0 +1,192 @@
+"""HTTP/1.1 regressions found in review: Connection-listed framing headers, deep pipelines of
+local replies, an end of stream that arrives under back-pressure, and timeouts after a retry."""
+
+import socket
+import threading
+import time
+
+from conftest import client_config, free_port, stats, wait_ready
+
+
+class RawUpstream:
+    """A one-function HTTP/1.1 upstream: `handler(conn, head_bytes)` per connection."""
+
+    def __init__(self, handler):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.heads = []
+        self.handler = handler
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            self.handler(self, c)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def read_head(self, c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            b = c.recv(65536)
+            if not b:
+                return None, b""
+            data += b
+        head, _, rest = data.partition(b"\r\n\r\n")
+        self.heads.append(head)
+        return head, rest
+
+    def close(self):
+        self.sock.close()
+
+
+def plain_sidecar(procs, pki, port, extra=""):
+    outbound, admin = free_port(), free_port()
+    cfg = client_config(pki, "c", outbound, admin, [port], tls="DISABLE", cluster_extra=extra).replace("concurrency: 2", "concurrency: 1")
+    p = procs.sidecar(cfg, "client")
+    wait_ready(p, admin)
+    return p, outbound, admin
+
+
+def exchange(port, data, timeout=5):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+    except socket.timeout:
+        out += b"<<timeout>>"
+    s.close()
+    return out
+
+
+def test_connection_cannot_strip_framing_or_mesh_headers(procs, pki):
+    def handler(u, c):
+        while True:
+            head, rest = u.read_head(c)
+            if head is None:
+                return
+            n = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    n = int(v)
+            while len(rest) < n:
+                rest += c.recv(65536)
+            body = head.split(b" ")[1]
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    u = RawUpstream(handler)
+    try:
+        p, outbound, _ = plain_sidecar(procs, pki, u.port)
+        smuggled = b"GET /smuggled HTTP/1.1\r\nHost: server\r\n\r\n"
+        out = exchange(outbound, b"POST /first HTTP/1.1\r\nHost: server\r\nConnection: content-length, close\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled))
+        assert out.startswith(b"HTTP/1.1 200"), out[:200]
+        time.sleep(0.3)
+        assert not any(b"/smuggled" in h.split(b"\r\n")[0] for h in u.heads), u.heads
+        first = [h for h in u.heads if h.startswith(b"POST /first")][0]
+        assert b"content-length" in first.lower()
+    finally:
+        u.close()
+
+
+def test_deep_pipeline_of_local_replies_does_not_crash(procs, pki):
+    u = RawUpstream(lambda u, c: None)
+    try:
+        p, outbound, admin = plain_sidecar(procs, pki, u.port)
+        n = 5000                                   # ~140 KB of pipelined requests, each a 404
+        data = b"GET / HTTP/1.1\r\nHost: nosuch\r\n\r\n" * n
+        s = socket.create_connection(("127.0.0.1", outbound), timeout=10)
+        s.sendall(data)
+        got = 0
+        buf = b""
+        while got < n:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            buf += b
+            got = buf.count(b"HTTP/1.1 404")
+        s.close()
+        assert got == n, got
+        assert p.poll() is None                    # still alive
+        assert stats(admin)["no_route"] == n
+    finally:
+        u.close()
+
+
+def test_end_of_stream_is_seen_after_back_pressure(procs, pki):
+    size = 8 * 1024 * 1024
+
+    def handler(u, c):
+        u.read_head(c)
+        c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * size)
+
+    u = RawUpstream(handler)
+    try:
+        p, outbound, admin = plain_sidecar(procs, pki, u.port)
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)    # a slow reader
+        c.connect(("127.0.0.1", outbound))
+        c.settimeout(6)
+        c.sendall(b"GET /big HTTP/1.1\r\nHost: server\r\n\r\n")
+        time.sleep(1.0)                                            # the proxy fills up and pauses
+        total, eof = 0, False
+        try:
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    eof = True
+                    break
+                total += len(b)
+        except socket.timeout:
+            pass
+        c.close()
+        assert eof, f"no end of stream after {total} bytes"
+        assert total > size
+        time.sleep(0.3)
+        s = stats(admin)
+        assert s["downstream_connections_active"] == 0 and s["upstream_connections_active"] == 0, s
+    finally:
+        u.close()
+
+
+def test_route_timeout_still_applies_after_a_connect_retry(procs, pki):
+    port = free_port()
+    outbound, admin = free_port(), free_port()
+    cfg = client_config(pki, "c", outbound, admin, [port], tls="DISABLE").replace("concurrency: 2", "concurrency: 1")
+    cfg = cfg.replace("      cluster: server\n", "      cluster: server\n      timeout: 1s\n", 1)
+    p = procs.sidecar(cfg, "client")
+    wait_ready(p, admin)
+    c = socket.create_connection(("127.0.0.1", outbound), timeout=6)
+    c.sendall(b"GET /x HTTP/1.1\r\nHost: server\r\n\r\n")
+    time.sleep(0.01)                  # the first connect is refused; the retry finds a silent app
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    silent.bind(("127.0.0.1", port))
+    silent.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(silent.accept()[0]) for _ in range(4)], daemon=True).start()
+    t0 = time.time()
+    d = c.recv(65536)
+    elapsed = time.time() - t0
+    c.close()
+    silent.close()
+    assert d.startswith(b"HTTP/1.1 504") or d.startswith(b"HTTP/1.1 503"), d[:120]
+    assert elapsed < 3, elapsed
