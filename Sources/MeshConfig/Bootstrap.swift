@@ -244,21 +244,33 @@ public struct Bootstrap: Sendable {
                 throw ConfigReader.error(ctx, r.sub("hosts"), r.map.line, "a route needs at least one host")
             }
             for h in hosts {
-                let key = h.lowercased()
-                if let prev = seenHosts[key] {
-                    let where_ = prev == ri ? "listed twice in this route" : "already routed by spec.routes[\(prev)]"
-                    throw ConfigReader.error(ctx, r.sub("hosts"), r.map.line, "host \"\(h)\" is \(where_)")
+                // Short names also answer as name.namespace and the FQDN: check what will match.
+                for key in expandedHosts(h.lowercased(), namespace: namespace) {
+                    if let prev = seenHosts[key] {
+                        if prev == ri { continue }   // the same route, reached by two spellings
+                        throw ConfigReader.error(ctx, r.sub("hosts"), r.map.line, "host \"\(h)\" is already routed by spec.routes[\(prev)] (as \(key))")
+                    }
+                    seenHosts[key] = ri
                 }
-                seenHosts[key] = ri
             }
             let cl = try r.string("cluster", required: true)!
             if !clusters.contains(where: { $0.name == cl }) {
                 throw ConfigReader.error(ctx, r.sub("cluster"), r.map.line, "no cluster named \"\(cl)\" (defined: \(clusters.map(\.name).joined(separator: ", ")))")
             }
             let rname = try r.string("name") ?? String(ri)
+            let okName = !rname.isEmpty && rname.utf8.count <= 253 && rname.utf8.allSatisfy {
+                ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 45 || $0 == 46 || $0 == 95
+            }
+            if !okName { throw ConfigReader.error(ctx, r.sub("name"), r.map.line, "expected letters, digits, '-', '_' or '.', got \"\(rname)\"") }
+            if routes.contains(where: { $0.name == "\(name).\(rname)" }) {
+                throw ConfigReader.error(ctx, r.sub("name"), r.map.line, "route name \"\(rname)\" is used twice (unnamed routes are named by their index)")
+            }
             routes.append(Route(hosts: hosts, cluster: cl, timeout: try r.duration("timeout", allowZero: true) ?? 0,
                                 name: "\(name).\(rname)"))
             try r.finish()
+        }
+        if routes.count >= 60_000 {
+            throw ConfigReader.error(ctx, "spec.routes", spec.map.line, "at most 59,999 routes")
         }
         if outbound != nil && routes.isEmpty {
             throw ConfigReader.error(ctx, "spec.routes", spec.map.line, "the outbound listener needs at least one route")
@@ -288,9 +300,17 @@ public struct Bootstrap: Sendable {
                          statsEnabled: statsEnabled, accessLog: accessLog)
     }
 
+    /// What a route host answers to: a short name also as name.namespace and its FQDN; name.ns also as its FQDN.
+    public static func expandedHosts(_ h: String, namespace: String) -> [String] {
+        let dots = h.filter { $0 == "." }.count
+        if dots == 0 { return [h, "\(h).\(namespace)", "\(h).\(namespace).svc.cluster.local"] }
+        if dots == 1 { return [h, "\(h).svc.cluster.local"] }
+        return [h]
+    }
+
     private static func address(_ r: inout ConfigReader, defaultPort: Int, ctx: ConfigError) throws(ConfigError) -> SocketAddress {
         let host = try r.string("address") ?? "127.0.0.1"
-        let port = try r.int("port", min: 0, max: 65535) ?? defaultPort
+        let port = try r.int("port", min: 1, max: 65535) ?? defaultPort
         guard let a = SocketAddress(host: host, port: port) else {
             throw ConfigReader.error(ctx, r.sub("address"), r.map.line, "expected an IP address, got \"\(host)\"")
         }

@@ -71,6 +71,8 @@ struct ConfigReader {
         return s.value == "true"
     }
 
+    static let maxDuration: UInt64 = 8760 * 3_600_000_000_000
+
     /// A duration such as `500ms`, `10s`, `5m`, `24h` (nanoseconds).
     mutating func duration(_ key: String, allowZero: Bool) throws(ConfigError) -> UInt64? {
         guard let n = node(key) else { return nil }
@@ -78,6 +80,8 @@ struct ConfigReader {
             throw Self.error(context, sub(key), n.line, "expected a duration such as 500ms, 10s, 5m or 24h, got \(Self.describe(n))")
         }
         if v == 0 && !allowZero { throw Self.error(context, sub(key), n.line, "must be greater than zero") }
+        // Deadlines are `now + duration`: keep them far from overflow.
+        if v > ConfigReader.maxDuration { throw Self.error(context, sub(key), n.line, "must be at most 8760h (a year), got \(s.value)") }
         return v
     }
 

@@ -43,6 +43,17 @@ final class AccessLogWriter: @unchecked Sendable {
             pfds.append(pollfd(fd: stopRead, events: Int16(POLLIN), revents: 0))
             let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: 1 << 16)
             defer { buf.deallocate() }
+            // Per pipe: the start of a line whose end has not arrived yet, so that lines from
+            // different workers never interleave in the file.
+            var carry = [[UInt8]](repeating: [], count: pipes.count)
+            func writeAll(_ p: UnsafePointer<UInt8>, _ n: Int) {
+                var off = 0
+                while off < n {
+                    let w = write(fileFd, p + off, n - off)
+                    if w <= 0 { if mesh_errno() == EINTR { continue }; return }
+                    off += w
+                }
+            }
             var stopping = false
             while true {
                 let rc = poll(&pfds, nfds_t(pfds.count), stopping ? 0 : -1)
@@ -53,12 +64,17 @@ final class AccessLogWriter: @unchecked Sendable {
                         let n = read(pipes[i].read, buf, 1 << 16)
                         if n <= 0 { break }
                         any = true
-                        var off = 0
-                        while off < n {
-                            let w = write(fileFd, buf + off, n - off)
-                            if w <= 0 { if mesh_errno() == EINTR { continue }; break }
-                            off += w
+                        var last = n - 1
+                        while last >= 0 && buf[last] != 10 { last -= 1 }
+                        if last < 0 { carry[i].append(contentsOf: UnsafeBufferPointer(start: buf, count: n)); continue }
+                        if !carry[i].isEmpty {
+                            carry[i].append(contentsOf: UnsafeBufferPointer(start: buf, count: last + 1))
+                            carry[i].withUnsafeBufferPointer { writeAll($0.baseAddress!, $0.count) }
+                            carry[i].removeAll(keepingCapacity: true)
+                        } else {
+                            writeAll(buf, last + 1)
                         }
+                        if last + 1 < n { carry[i].append(contentsOf: UnsafeBufferPointer(start: buf + last + 1, count: n - last - 1)) }
                     }
                 }
                 if pfds[pipes.count].revents != 0 { stopping = true }
@@ -104,17 +120,31 @@ final class AccessLogSink: Pollable {
         queued = false
         while !buffer.isEmpty {
             let n = write(pipeFd, buffer.readPointer, buffer.readableBytes)
-            if n > 0 { buffer.consume(n); continue }
+            if n > 0 {
+                midLine = buffer[buffer.readIndex + n - 1] != 10
+                buffer.consume(n)
+                continue
+            }
             if n < 0 && mesh_errno() == EINTR { continue }
             break
         }
-        // Pipe full (the writer is behind): keep the rest, whole lines included, for the next
-        // flush; past 1 MiB waiting, drop it and count the lines rather than grow.
+        // Pipe full (the writer is behind): keep the rest for the next flush; past 1 MiB
+        // waiting, drop whole lines and count them (the line already half in the pipe is
+        // finished first, so no line is ever cut).
         if buffer.readableBytes > 1 << 20 {
+            var keep = 0
+            if midLine {
+                var i = buffer.readIndex
+                while i < buffer.writeIndex && buffer[i] != 10 { i += 1 }
+                keep = min(i + 1, buffer.writeIndex) - buffer.readIndex
+            }
             var lines: UInt64 = 0
-            for i in buffer.readIndex..<buffer.writeIndex where buffer[i] == 10 { lines += 1 }
+            for i in (buffer.readIndex + keep)..<buffer.writeIndex where buffer[i] == 10 { lines += 1 }
             dropped &+= lines
-            buffer.clear()
+            if keep == 0 { buffer.clear() } else { buffer.writeIndex = buffer.readIndex + keep }
         }
     }
+
+    /// The last write ended inside a line (its rest must come next).
+    private var midLine = false
 }

@@ -86,7 +86,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     private var tunnelUp: UInt64 = 0
     private var tunnelDown: UInt64 = 0
     private var tcpKey: UInt64 {
-        MetricKey.make(inbound: inbound, route: metricsRoute, code: 0, flag: .none, peer: inbound ? downstreamPeer : upstreamPeer)
+        MetricKey.make(inbound: inbound, route: metricsRoute, code: 0, flag: .none, peer: inbound ? requestPeer : upstreamPeer)
     }
 
     // The exchange's HTTP/2 stream when the upstream speaks h2 (sidecar-to-sidecar).
@@ -272,6 +272,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
                 closeNow()   // keep-alive idle timeout
             } else {
                 worker.stats.inc(.headerTimeouts)
+                beginExchange(headBytes: input.readableBytes)
+                responseStatus = 0
                 localReply(408, "request headers not received in time", close: true, flag: .downstreamProtocolError)
             }
         case .backoff:
@@ -585,20 +587,25 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         if let p = exchangePool { o.append(UInt8(ascii: "\"")); o.append(string: p.address.text); o.append(UInt8(ascii: "\"")) } else { o.append("null") }
         o.append(",\"route\":\"")
         if metricsRoute == MetricKey.inboundRoute { o.append("inbound") }
-        else if metricsRoute < snapshot.routes.count { o.append(string: snapshot.routes[metricsRoute].label) }
+        else if metricsRoute < snapshot.routes.count { o.append(string: snapshot.routes[metricsRoute].label) }   // validated: [A-Za-z0-9._-]
         else { o.append("-") }
         let own = (snapshot.serverTLS ?? snapshot.clientTLS)?.localIdentity ?? ""
-        let peer = worker.metrics.peers.name(inbound ? downstreamPeer : upstreamPeer)
-        o.append("\",\"source_principal\":\"")
-        o.append(string: inbound ? peer : own)
-        o.append("\",\"destination_principal\":\"")
-        o.append(string: inbound ? own : peer)
-        o.append("\",\"bytes_received\":")
+        let peer = worker.metrics.peers.name(inbound ? requestPeer : upstreamPeer)
+        o.append("\",\"source_principal\":")
+        appendJSONString(o, inbound ? peer : own)
+        o.append(",\"destination_principal\":")
+        appendJSONString(o, inbound ? own : peer)
+        o.append(",\"bytes_received\":")
         o.appendDecimal(Int(requestBytes))
         o.append(",\"bytes_sent\":")
         o.appendDecimal(Int(responseBytes))
         o.append("}\n")
         sink.lineAdded()
+    }
+
+    private func appendJSONString(_ o: ByteBuffer, _ s: String) {
+        var s = s
+        s.withUTF8 { u in appendJSON(o, UnsafeMutablePointer(mutating: u.baseAddress ?? UnsafePointer(bitPattern: 1)!), u.count) }
     }
 
     /// Appends bytes as a JSON string (quotes, backslashes and control bytes escaped).

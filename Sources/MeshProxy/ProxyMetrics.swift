@@ -91,7 +91,6 @@ final class PeerTable: @unchecked Sendable {
         var version = "unknown"
     }
     private let peers: UnsafeMutablePointer<Peer>
-    private let keys: UnsafeMutablePointer<[UInt8]>
     let capacity: Int
     private var count = 1
     private let published = Atomic<Int>(1)
@@ -100,15 +99,11 @@ final class PeerTable: @unchecked Sendable {
         self.capacity = capacity
         peers = .allocate(capacity: capacity)
         peers.initialize(repeating: Peer(), count: capacity)
-        keys = .allocate(capacity: capacity)
-        keys.initialize(repeating: [], count: capacity)
     }
 
     deinit {
         peers.deinitialize(count: capacity)
         peers.deallocate()
-        keys.deinitialize(count: capacity)
-        keys.deallocate()
     }
 
     /// The index for a peer identity alone (once per connection).
@@ -117,19 +112,19 @@ final class PeerTable: @unchecked Sendable {
         return intern(principal: Array(id.utf8), metadata: nil, 0)
     }
 
-    /// The index for (principal, metadata bytes); metadata that is malformed is ignored.
+    /// Worker-side lookup from peer to index.
+    private var index: [Peer: Int] = [:]
+
+    /// The index for (principal, metadata bytes); metadata that is malformed or too long is
+    /// ignored (the peer is then known by its principal alone), so a peer cannot fill the table
+    /// with garbage variants.
     func intern(principal: [UInt8], metadata: UnsafePointer<UInt8>?, _ n: Int) -> Int {
-        var key = principal
-        key.append(0)
-        if let m = metadata { key.append(contentsOf: UnsafeBufferPointer(start: m, count: n)) }
-        for i in 1..<count where keys[i] == key { return i }
-        if count >= capacity { return 0 }
         var p = Peer()
         if !principal.isEmpty { p.principal = String(decoding: principal, as: UTF8.self) }
-        if let m = metadata, n > 0, n <= 1024 {
+        if let m = metadata, n > 0, n <= 256 {
             let parts = UnsafeBufferPointer(start: m, count: n).split(separator: UInt8(ascii: ";"), omittingEmptySubsequences: false)
             let ok = parts.count == 4 && parts.allSatisfy { part in
-                !part.isEmpty && part.allSatisfy { c in (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 46 || c == 95 }
+                !part.isEmpty && part.count <= 63 && part.allSatisfy { c in (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 46 || c == 95 }
             }
             if ok {
                 p.workload = String(decoding: parts[0], as: UTF8.self)
@@ -143,8 +138,10 @@ final class PeerTable: @unchecked Sendable {
             let segs = p.principal.split(separator: "/")
             if let i = segs.firstIndex(of: "ns"), i + 1 < segs.count { p.namespace = String(segs[i + 1]) }
         }
+        if let i = index[p] { return i }
+        if count >= capacity { return 0 }
         peers[count] = p
-        keys[count] = key
+        index[p] = count
         count += 1
         published.store(count, ordering: .releasing)
         return count - 1
@@ -168,6 +165,7 @@ struct PeerMetadataCache {
     /// The peer index for `principal` + the metadata bytes `p[0..<n]` (nil: none sent).
     mutating func index(_ table: PeerTable, principal: [UInt8], _ p: UnsafePointer<UInt8>?, _ n: Int, fallback: Int) -> Int {
         guard let p = p, n > 0 else { return fallback }
+        if n > 256 { return table.intern(principal: principal, metadata: nil, 0) }   // never valid: not cached
         if lastIndex >= 0 && last.count == n && last.withUnsafeBufferPointer({ memcmp($0.baseAddress!, p, n) == 0 }) {
             return lastIndex
         }

@@ -94,15 +94,8 @@ public final class ProxySnapshot: Sendable {
             routes.append(Route(cluster: ci, timeout: r.timeout, label: r.name,
                                 serviceFQDN: "\(svcName).\(svcNS).svc.cluster.local", serviceName: svcName, serviceNamespace: svcNS))
             for h in r.hosts {
-                hostEntries.append((h, i))
                 // Istio's short names: `name` -> name.ns, name.ns.svc.cluster.local; `name.ns` -> FQDN.
-                let dots = h.filter { $0 == "." }.count
-                if dots == 0 {
-                    hostEntries.append(("\(h).\(ns)", i))
-                    hostEntries.append(("\(h).\(ns).svc.cluster.local", i))
-                } else if dots == 1 {
-                    hostEntries.append(("\(h).svc.cluster.local", i))
-                }
+                for e in Bootstrap.expandedHosts(h.lowercased(), namespace: ns) { hostEntries.append((e, i)) }
             }
         }
         self.routes = routes

@@ -405,7 +405,7 @@ final class BootstrapTests: XCTestCase {
 
     func testBadAdminAddress() {
         assertRefused(minimal + "\n  admin:\n    address: localhost6", path: "spec.admin.address", ["expected an IP address", "\"localhost6\""])
-        assertRefused(minimal + "\n  admin:\n    port: 65536", path: "spec.admin.port", ["between 0 and 65535"])
+        assertRefused(minimal + "\n  admin:\n    port: 65536", path: "spec.admin.port", ["between 1 and 65535"])
     }
 
     func testWrongShapes() {

@@ -170,6 +170,9 @@ def test_header_timeout_gives_408(mesh):
     data = s.recv(4096)
     assert data.startswith(b"HTTP/1.1 408 "), data
     assert 1.5 < time.monotonic() - t0 < 5
+    # Counted like every other request.
+    metrics = http_get(f"http://127.0.0.1:{mesh.client_admin}/stats/prometheus")[1].decode()
+    assert any(l.startswith("istio_requests_total{") and 'response_code="408"' in l for l in metrics.splitlines())
 
 
 def test_connection_close_is_honoured(mesh):

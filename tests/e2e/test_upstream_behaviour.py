@@ -71,6 +71,12 @@ def test_bad_config_is_refused_with_a_clear_message(tmp_path, pki):
         "missing cluster": (good.replace("cluster: server", "cluster: nope"), "spec.routes[0].cluster: no cluster named \"nope\""),
         "bad yaml": (good + "\n  - : [\n", "YAML"),
         "missing key file": (good.replace(f"{pki}/client/key.pem", f"{pki}/nope.pem"), "cannot load private key"),
+        "huge duration": (good.replace("headerTimeout: 2s", "headerTimeout: 5124095h"), "spec.outbound.headerTimeout: must be at most 8760h"),
+        "admin port 0": (good.replace("admin: {port: ", "admin: {port: 0, x: ").replace(", x: ", "} #"), "spec.admin.port: must be between 1 and 65535"),
+        "overlapping hosts": (good.replace("    - hosts: [server]\n      cluster: server\n",
+                                           "    - hosts: [server]\n      cluster: server\n    - hosts: [server.default]\n      cluster: server\n"),
+                              "host \"server.default\" is already routed by spec.routes[0]"),
+        "bad route name": (good.replace("      cluster: server\n", "      cluster: server\n      name: 'a\"b'\n", 1), "spec.routes[0].name: expected letters"),
     }
     for name, (text, want) in cases.items():
         path = tmp_path / f"{name.replace(' ', '-')}.yaml"
