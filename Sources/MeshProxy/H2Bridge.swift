@@ -74,6 +74,8 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     private var requestTrailers = HeaderBlock()
 
     var h2StreamID: Int32 { upStream }
+    /// -1 for a non-gRPC request, else its grpc-status (17 until one is seen).
+    private var grpc = -1
     private var heldUpCredit = 0
 
     private var response = HeaderBlock()
@@ -118,6 +120,9 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         }
         if ASCII.equalsLower(n, nl, ":authority") { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
         if ASCII.equalsLower(n, nl, "x-request-id") { hasRequestID = true }
+        if nl == 12 && ASCII.equalsLower(n, nl, "content-type") && vl >= 16 && ASCII.equalsLower(v, 16, "application/grpc") {
+            grpc = 17   // a gRPC call; its status arrives with the response
+        }
         request.add(n, nl, v, vl)
         return true
     }
@@ -288,6 +293,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             return
         }
         responseBytes &+= UInt64(nl + vl + 4)
+        if grpc >= 0 && nl == 11 && ASCII.equalsLower(n, nl, "grpc-status") { grpc = MetricKey.grpcStatus(v, vl) }
         response.add(n, nl, v, vl)
     }
 
@@ -412,7 +418,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         if recorded { return }
         recorded = true
         let peer = inbound ? (callerPeer >= 0 ? callerPeer : handler.peerIndex) : upstreamPeer
-        let key = MetricKey.make(inbound: inbound, route: route, code: status, flag: flag, peer: peer)
+        let key = MetricKey.make(inbound: inbound, route: route, code: status, flag: flag, peer: peer, grpc: grpc)
         worker.metrics.record(key: key, durationMicros: (worker.loop.now &- start) / 1000, requestBytes: requestBytes, responseBytes: responseBytes)
         if let p = pool {
             p.counters.inc(.requests)

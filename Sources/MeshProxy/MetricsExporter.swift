@@ -75,11 +75,12 @@ struct MetricsExporter {
                 ("destination_workload", dst.0), ("destination_workload_namespace", dst.1), ("destination_principal", dst.2),
                 ("destination_app", dst.3), ("destination_version", dst.4),
                 ("destination_service", svcFQDN), ("destination_service_name", svcName), ("destination_service_namespace", svcNS),
-                ("request_protocol", "http"),
+                ("request_protocol", !overflow && MetricKey.grpc(mk.key) >= 0 ? "grpc" : "http"),
             ]
             if withCode {
                 l.append(("response_code", overflow ? "0" : String(MetricKey.code(mk.key))))
-                l.append(("grpc_response_status", ""))
+                let g = overflow ? -1 : MetricKey.grpc(mk.key)
+                l.append(("grpc_response_status", g < 0 || g > 16 ? "" : String(g)))
                 l.append(("response_flags", overflow ? "-" : "\(MetricKey.flag(mk.key).code)"))
             }
             l.append(("connection_security_policy", inbound ? "mutual_tls" : "unknown"))

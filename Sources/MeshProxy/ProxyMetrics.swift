@@ -62,12 +62,25 @@ enum MetricKey {
     static let noRoute = 0xFFFF
     static let inboundRoute = 0xFFFE
 
-    @inline(__always) static func make(inbound: Bool, route: Int, code: Int, flag: ResponseFlag, peer: Int) -> UInt64 {
+    /// `grpc`: -1 for a non-gRPC request, else the grpc-status (0...16; 17 = gRPC without a status).
+    @inline(__always) static func make(inbound: Bool, route: Int, code: Int, flag: ResponseFlag, peer: Int, grpc: Int = -1) -> UInt64 {
         UInt64(truncatingIfNeeded: route & 0xFFFF)
             | (UInt64(truncatingIfNeeded: code & 0x3FF) << 16)
             | (UInt64(flag.rawValue & 0x3F) << 26)
             | (UInt64(truncatingIfNeeded: peer & 0xFFFF) << 32)
             | (inbound ? (1 << 48) : 0)
+            | (UInt64(truncatingIfNeeded: (grpc + 1) & 0x1F) << 49)
+    }
+
+    /// -1: not gRPC; 0...16: grpc-status; 17: gRPC without a status.
+    static func grpc(_ k: UInt64) -> Int { Int((k >> 49) & 0x1F) - 1 }
+
+    /// The grpc-status value of a header (0...16), or 17 when it is not a number in that range.
+    @inline(__always) static func grpcStatus(_ v: UnsafePointer<UInt8>, _ n: Int) -> Int {
+        if n < 1 || n > 2 { return 17 }
+        var x = 0
+        for i in 0..<n { let c = v[i]; if c < 48 || c > 57 { return 17 }; x = x * 10 + Int(c - 48) }
+        return x <= 16 ? x : 17
     }
 
     static func route(_ k: UInt64) -> Int { Int(k & 0xFFFF) }

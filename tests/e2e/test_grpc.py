@@ -111,3 +111,17 @@ def test_http1_caller_reaches_an_h2_app(grpc_mesh, procs):
     assert b"transfer-encoding: chunked" in out.lower()
     assert b"grpc-status: 0" in out                      # trailers after the last chunk
     assert (b"\x00\x00\x00\x00\x04" + msg[::-1]) in out
+
+
+def test_grpc_status_in_metrics(grpc_mesh):
+    from conftest import http_get
+    channel, cadmin, sadmin = grpc_mesh
+    channel.unary_unary("/test.Echo/Unary")(b"x", timeout=10)
+    with pytest.raises(grpc.RpcError):
+        channel.unary_unary("/test.Echo/Fail")(b"x", timeout=10)
+    for admin, reporter in ((cadmin, "source"), (sadmin, "destination")):
+        text = http_get(f"http://127.0.0.1:{admin}/stats/prometheus")[1].decode()
+        lines = [l for l in text.splitlines() if l.startswith("istio_requests_total{") and f'reporter="{reporter}"' in l]
+        statuses = {l.split('grpc_response_status="')[1].split('"')[0] for l in lines}
+        assert {"0", "7"} <= statuses, lines
+        assert all('request_protocol="grpc"' in l for l in lines), lines
