@@ -183,3 +183,62 @@ def test_proxy_own_resets_are_not_a_rapid_reset(procs):
         assert stats(admin)["http2_rapid_reset_closures"] == 0
     finally:
         srv.close()
+
+
+def test_streams_beyond_the_limit_close_that_connection_only(procs):
+    """The outbound listener allows 1,000 concurrent streams (SETTINGS_MAX_CONCURRENT_STREAMS).
+    A client that opens a 1,001st after acknowledging the setting gets GOAWAY(PROTOCOL_ERROR)
+    naming the last stream processed; other connections keep working."""
+    srv = StalledH2Server()
+    try:
+        _, outbound, _ = h2c_sidecar(procs, srv.port)
+
+        def frame(t, flags, sid, payload):
+            return struct.pack(">I", len(payload))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + payload
+
+        def literal(n, v):
+            return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+        def frames(data):
+            out, i = [], 0
+            while i + 9 <= len(data):
+                n = int.from_bytes(data[i:i + 3], "big")
+                out.append((data[i + 3], int.from_bytes(data[i + 5:i + 9], "big") & 0x7FFFFFFF, data[i + 9:i + 9 + n]))
+                i += 9 + n
+            return out
+
+        def read_all(s):
+            got = b""
+            try:
+                while True:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    got += d
+            except socket.timeout:
+                pass
+            return got
+
+        block = b"".join(literal(n, v) for n, v in [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/"),
+                                                     (b":authority", b"server")])
+        s = socket.create_connection(("127.0.0.1", outbound), timeout=3)
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+        time.sleep(0.3)
+        s.sendall(frame(4, 0x1, 0, b""))          # acknowledge the server's SETTINGS
+        s.sendall(b"".join(frame(1, 0x4, 1 + 2 * i, block) for i in range(1001)))   # left open
+        fs = frames(read_all(s))
+        s.close()
+        goaways = [p for t, _, p in fs if t == 7]
+        assert len(goaways) == 1, fs[-3:]
+        last, err = int.from_bytes(goaways[0][:4], "big"), int.from_bytes(goaways[0][4:8], "big")
+        assert err == 1 and last == 1 + 2 * 999, (last, err, goaways[0][8:])
+        # Another connection is served (a PING is answered).
+        t = socket.create_connection(("127.0.0.1", outbound), timeout=3)
+        t.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"") + frame(6, 0, 0, b"12345678"))
+        time.sleep(0.3)
+        t.settimeout(1)
+        fs = frames(read_all(t))
+        t.close()
+        assert any(tp == 6 and p == b"12345678" for tp, _, p in fs), fs
+    finally:
+        srv.close()
