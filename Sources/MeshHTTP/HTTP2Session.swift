@@ -176,9 +176,11 @@ public final class HTTP2Session {
         n.withUTF8 { nb in v.withUTF8 { vb in addHeader(nb.baseAddress ?? UnsafePointer(bitPattern: 1)!, nb.count, vb.baseAddress ?? UnsafePointer(bitPattern: 1)!, vb.count) } }
     }
 
+    /// Reused for every header block: submitting a stream allocates nothing once warm.
+    private var nva: [nghttp2_nv] = []
+
     private func withHeaders<R>(_ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
-        var nva: [nghttp2_nv] = []
-        nva.reserveCapacity(nvOffsets.count)
+        nva.removeAll(keepingCapacity: true)
         let base = nvScratch.base
         for (ns, nl, vs, vl) in nvOffsets {
             nva.append(nghttp2_nv(name: base + ns, value: base + vs, namelen: nl, valuelen: vl, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))

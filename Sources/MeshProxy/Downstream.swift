@@ -989,7 +989,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     private func dropH2Stream() {
         if let h = h2up {
             if h2Unconsumed > 0 && h2stream > 0 { h.session.consume(stream: h2stream, h2Unconsumed); h2Unconsumed = 0 }
-            if h2stream > 0 { h.forget(stream: h2stream) }
+            h.cancel(self, stream: h2stream)
             h2up = nil
             h2stream = 0
         }

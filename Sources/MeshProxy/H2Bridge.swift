@@ -46,9 +46,9 @@ struct HeaderBlock {
 /// mapped one to one; connection-specific fields are dropped; each side's flow-control credit is
 /// returned only as the bytes are accepted by the other side.
 final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
-    unowned(unsafe) let handler: H2ServerHandler
-    let id: Int32
-    let inbound: Bool
+    unowned(unsafe) private(set) var handler: H2ServerHandler
+    private(set) var id: Int32
+    private(set) var inbound: Bool
     private var worker: Worker { handler.worker }
     private var down: HTTP2Session { handler.session }
 
@@ -58,7 +58,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     private var upstream: H2UpstreamConnection?
     private var upStream: Int32 = 0
     private var pool: EndpointPool?
-    private var pending = ByteBuffer(capacity: 256)
+    private let pending = ByteBuffer(capacity: 256)
     private var requestEnd = false
     private var requestFinishedUp = false
     private var retriesLeft = 2
@@ -83,7 +83,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     private(set) var responseStarted = false
     private var finished = false
     private var flag: ResponseFlag = .none
-    private let start: UInt64
+    private var start: UInt64
     private var requestBytes: UInt64 = 0
     private var responseBytes: UInt64 = 0
     private var recorded = false
@@ -98,6 +98,23 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         self.start = handler.worker.loop.now
     }
 
+    /// Makes a finished bridge new again for another stream (per-worker reuse: no allocation per
+    /// stream once warm). The peer cache stays: it belongs to the worker's peer table.
+    func reuse(handler: H2ServerHandler, id: Int32, inbound: Bool) {
+        self.handler = handler
+        self.id = id
+        self.inbound = inbound
+        start = handler.worker.loop.now
+        request.clear(); response.clear(); requestTrailers.clear(); pending.clear()
+        authority.removeAll(keepingCapacity: true)
+        hasRequestID = false; upstream = nil; upStream = 0; pool = nil
+        requestEnd = false; requestFinishedUp = false; retriesLeft = 2
+        cluster = -1; route = MetricKey.noRoute; heldDownCredit = 0; heldUpCredit = 0
+        upstreamPeer = 0; callerPeer = -1; sentData = false; headDone = false; grpc = -1
+        status = 0; responseStarted = false; finished = false; flag = .none
+        requestBytes = 0; responseBytes = 0; recorded = false
+    }
+
     // MARK: request from downstream
 
     func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool {
@@ -110,7 +127,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         if ASCII.equalsLower(n, nl, "connection") || ASCII.equalsLower(n, nl, "keep-alive") || ASCII.equalsLower(n, nl, "proxy-connection")
             || ASCII.equalsLower(n, nl, "transfer-encoding") || ASCII.equalsLower(n, nl, "upgrade") || ASCII.equalsLower(n, nl, "host")
             || ASCII.equalsLower(n, nl, "x-forwarded-client-cert") {
-            if ASCII.equalsLower(n, nl, "host") && authority.isEmpty { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
+            if ASCII.equalsLower(n, nl, "host") && authority.isEmpty { authority.append(contentsOf: UnsafeBufferPointer(start: v, count: vl)) }
             return true
         }
         if ASCII.equalsLower(n, nl, "te") && !ASCII.equalsLower(v, vl, "trailers") { return true }
@@ -118,7 +135,10 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             if inbound { callerPeer = handler.peerIndex(metadata: v, vl) }
             return true
         }
-        if ASCII.equalsLower(n, nl, ":authority") { authority = Array(UnsafeBufferPointer(start: v, count: vl)) }
+        if ASCII.equalsLower(n, nl, ":authority") {
+            authority.removeAll(keepingCapacity: true)
+            authority.append(contentsOf: UnsafeBufferPointer(start: v, count: vl))
+        }
         if ASCII.equalsLower(n, nl, "x-request-id") { hasRequestID = true }
         if nl == 12 && ASCII.equalsLower(n, nl, "content-type") && vl >= 16 && ASCII.equalsLower(v, 16, "application/grpc") {
             grpc = 17   // a gRPC call; its status arrives with the response
@@ -185,22 +205,24 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         guard conn === upstream, !finished else { return -1 }
         let s = conn.session!
         request.replay(into: s)
+        // addHeader copies its bytes, so the worker's scratch buffer serves both values.
+        let scratch = worker.scratch
         if !hasRequestID {
-            let idb = ByteBuffer(capacity: 40)
-            worker.appendRequestID(idb)
-            s.addHeader("x-request-id", idb.readPointer, idb.readableBytes)
+            scratch.clear()
+            worker.appendRequestID(scratch)
+            s.addHeader("x-request-id", scratch.readPointer, scratch.readableBytes)
         }
         if !inbound && conn.security != nil {
             let meta = handler.conn.snapshotInUse.peerMetadata
             meta.withUnsafeBufferPointer { s.addHeader("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
         }
         if inbound, let tls = handler.conn.security as? TLSSession {
-            let x = ByteBuffer(capacity: 256)
-            x.append(handler.conn.snapshotInUse.xfccPrefix)
-            x.append(tls.peerCertHash)
-            x.append(";URI=")
-            x.append(tls.peerIdentityBytes)
-            s.addHeader("x-forwarded-client-cert", x.readPointer, x.readableBytes)
+            scratch.clear()
+            scratch.append(handler.conn.snapshotInUse.xfccPrefix)
+            scratch.append(tls.peerCertHash)
+            scratch.append(";URI=")
+            scratch.append(tls.peerIdentityBytes)
+            s.addHeader("x-forwarded-client-cert", scratch.readPointer, scratch.readableBytes)
         }
         let endNow = requestEnd && pending.isEmpty
         let sid = s.submitRequest(endStream: endNow)
@@ -404,13 +426,13 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
 
     func abort(flag f: ResponseFlag) {
         returnCredit()
-        if let h = upstream, upStream > 0 { h.forget(stream: upStream) }
+        if let h = upstream { h.cancel(self, stream: upStream) }
         upstream = nil
         if !recorded { flag = f; record() }
     }
 
     func closedNormally() {
-        if !finished, let h = upstream, upStream > 0 { h.forget(stream: upStream) }
+        if !finished, let h = upstream { h.cancel(self, stream: upStream) }
         record()
     }
 

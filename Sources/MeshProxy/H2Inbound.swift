@@ -114,10 +114,12 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     func h2BeginHeaders(stream: Int32) {
         if streams[stream] == nil {
             let snap = conn.snapshotInUse
-            if !inbound {
-                streams[stream] = H2BridgeStream(handler: self, id: stream, inbound: false)
-            } else if snap.inboundCluster >= 0 && snap.clusters[snap.inboundCluster].http2 {
-                streams[stream] = H2BridgeStream(handler: self, id: stream, inbound: true)
+            let bridge = !inbound || (snap.inboundCluster >= 0 && snap.clusters[snap.inboundCluster].http2)
+            if bridge, let b = worker.h2BridgePool.popLast() {
+                b.reuse(handler: self, id: stream, inbound: inbound)
+                streams[stream] = b
+            } else if bridge {
+                streams[stream] = H2BridgeStream(handler: self, id: stream, inbound: inbound)
             } else if let st = worker.h2StreamPool.popLast() {
                 st.reuse(handler: self, id: stream)
                 streams[stream] = st
@@ -171,6 +173,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     private func recycle(_ s: H2DownstreamStream) {
         if !blocked.isEmpty { blocked.removeAll { $0 === s } }
         if let st = s as? H2InboundStream, worker.h2StreamPool.count < 256 { worker.h2StreamPool.append(st) }
+        else if let b = s as? H2BridgeStream, worker.h2BridgePool.count < 256 { worker.h2BridgePool.append(b) }
     }
 
     private var calmedDown = false

@@ -98,6 +98,14 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         return true
     }
 
+    /// The owner gives up its stream, whether already submitted or still waiting for the
+    /// connection (a waiting entry left behind would submit for a later request of the same owner).
+    func cancel(_ owner: H2StreamOwner, stream: Int32) {
+        if stream > 0 { forget(stream: stream); return }
+        if let i = waiting.firstIndex(where: { $0 === owner }) { waiting.remove(at: i); armIdle() }
+        dropWaiter(owner)
+    }
+
     func forget(stream: Int32) {
         if let o = owners.removeValue(forKey: stream) {
             dropWaiter(o)

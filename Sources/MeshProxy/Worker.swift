@@ -19,6 +19,8 @@ public final class Worker: @unchecked Sendable {
     var accessLog: AccessLogSink?
     /// Finished inbound HTTP/2 stream objects, reused.
     var h2StreamPool: [H2InboundStream] = []
+    /// Finished HTTP/2 bridge stream objects, reused.
+    var h2BridgePool: [H2BridgeStream] = []
     private(set) var snapshot: ProxySnapshot
     /// pools[cluster][endpoint]
     private(set) var pools: [[EndpointPool]] = []

@@ -72,7 +72,7 @@ class Procs:
 
     def app(self, name="reviews"):
         port = free_port()
-        p = self.start([sys.executable, ROOT / "tools" / "upstream.py", "--port", port, "--name", name], f"app-{name}-{port}")
+        self.start([sys.executable, ROOT / "tools" / "upstream.py", "--port", port, "--name", name], f"app-{name}-{port}")
         wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close() or True,
                    what=f"app on {port}")
         return port

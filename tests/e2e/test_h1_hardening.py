@@ -6,36 +6,15 @@ import threading
 import time
 
 from conftest import client_config, free_port, stats, wait_ready
+from rawserver import ThreadedServer
 
 
-class RawUpstream:
-    """A one-function HTTP/1.1 upstream: `handler(conn, head_bytes)` per connection."""
+class RawUpstream(ThreadedServer):
+    """An HTTP/1.1 upstream run by `handler(server, conn)`; it records the request heads it read."""
 
     def __init__(self, handler):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
         self.heads = []
-        self.handler = handler
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
-        try:
-            self.handler(self, c)
-        except OSError:
-            pass
-        finally:
-            c.close()
+        super().__init__(handler)
 
     def read_head(self, c):
         data = b""
@@ -47,9 +26,6 @@ class RawUpstream:
         head, _, rest = data.partition(b"\r\n\r\n")
         self.heads.append(head)
         return head, rest
-
-    def close(self):
-        self.sock.close()
 
 
 def plain_sidecar(procs, pki, port, extra=""):

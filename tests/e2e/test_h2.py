@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 
-from conftest import Mesh, curl, stats
+from conftest import curl, stats
 
 
 def h2curl(mesh, pki, path, *args):
@@ -60,7 +60,6 @@ def test_many_concurrent_streams_on_one_connection(mesh, pki):
 
 
 def test_h2_stream_without_app_gets_503(procs, pki):
-    import socket
     from conftest import free_port, server_config, wait_ready
     inbound, admin = free_port(), free_port()
     p = procs.sidecar(server_config(pki, "s", inbound, admin, free_port()), "server")

@@ -3,55 +3,36 @@ proxy accepts from the caller and must not spin a worker; resets the proxy sends
 count as a client's rapid reset."""
 
 import socket
-import struct
 import subprocess
-import threading
 import time
 
 import h2.config
 import h2.connection
 import h2.events
 
-from conftest import SIDECAR, free_port, stats, wait_ready
+from conftest import free_port, stats, wait_ready
+from rawserver import H2_PREFACE, ThreadedServer, h2_frame, h2_frames, hpack_literal, read_until_close
 
 
-class StalledH2Server:
+class StalledH2Server(ThreadedServer):
     """h2c server that accepts streams but never reads their bodies nor answers."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(lambda _, s: self._serve_h2(s))
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, s):
+    @staticmethod
+    def _serve_h2(s):
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
         s.sendall(conn.data_to_send())
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    return
-                conn.receive_data(d)          # never acknowledges DATA: the window stays closed
-                out = conn.data_to_send()
-                if out:
-                    s.sendall(out)
-        except Exception:
-            return
-
-    def close(self):
-        self.sock.close()
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return
+            conn.receive_data(d)          # never acknowledges DATA: the window stays closed
+            out = conn.data_to_send()
+            if out:
+                s.sendall(out)
 
 
 def h2c_sidecar(procs, upstream_port):
@@ -148,36 +129,17 @@ def test_proxy_own_resets_are_not_a_rapid_reset(procs):
     try:
         _, outbound, admin = h2c_sidecar(procs, srv.port)
 
-        def frame(t, flags, sid, payload):
-            return struct.pack(">I", len(payload))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + payload
-
-        def literal(n, v):
-            return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
-
-        block = b"".join(literal(n, v) for n, v in [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
-                                                     (b":authority", b"server"), (b"X-Bad", b"1")])
-        data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"")
-        data += b"".join(frame(1, 0x5, 1 + 2 * i, block) for i in range(300))
+        block = b"".join(hpack_literal(n, v) for n, v in [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                                                           (b":authority", b"server"), (b"X-Bad", b"1")])
+        data = H2_PREFACE + h2_frame(4, 0, 0) + b"".join(h2_frame(1, 0x5, 1 + 2 * i, block) for i in range(300))
         s = socket.create_connection(("127.0.0.1", outbound), timeout=3)
         s.sendall(data)
-        got = b""
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                got += d
-        except socket.timeout:
-            pass
+        fs = h2_frames(read_until_close(s))
         s.close()
-        kinds, i = {}, 0
-        while i + 9 <= len(got):
-            n = int.from_bytes(got[i:i + 3], "big")
-            assert i + 9 + n <= len(got), "truncated frame"
-            t = got[i + 3]
-            assert t <= 9, f"garbage frame type {t}"
+        assert all(t <= 9 for t, _, _ in fs), fs
+        kinds = {}
+        for t, _, _ in fs:
             kinds[t] = kinds.get(t, 0) + 1
-            i += 9 + n
         assert kinds.get(3) == 300, kinds         # one RST_STREAM per refused stream
         assert 7 not in kinds, kinds               # no GOAWAY
         assert stats(admin)["http2_rapid_reset_closures"] == 0
@@ -193,40 +155,14 @@ def test_streams_beyond_the_limit_close_that_connection_only(procs):
     try:
         _, outbound, _ = h2c_sidecar(procs, srv.port)
 
-        def frame(t, flags, sid, payload):
-            return struct.pack(">I", len(payload))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + payload
-
-        def literal(n, v):
-            return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
-
-        def frames(data):
-            out, i = [], 0
-            while i + 9 <= len(data):
-                n = int.from_bytes(data[i:i + 3], "big")
-                out.append((data[i + 3], int.from_bytes(data[i + 5:i + 9], "big") & 0x7FFFFFFF, data[i + 9:i + 9 + n]))
-                i += 9 + n
-            return out
-
-        def read_all(s):
-            got = b""
-            try:
-                while True:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    got += d
-            except socket.timeout:
-                pass
-            return got
-
-        block = b"".join(literal(n, v) for n, v in [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/"),
-                                                     (b":authority", b"server")])
+        block = b"".join(hpack_literal(n, v) for n, v in [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/"),
+                                                           (b":authority", b"server")])
         s = socket.create_connection(("127.0.0.1", outbound), timeout=3)
-        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+        s.sendall(H2_PREFACE + h2_frame(4, 0, 0))
         time.sleep(0.3)
-        s.sendall(frame(4, 0x1, 0, b""))          # acknowledge the server's SETTINGS
-        s.sendall(b"".join(frame(1, 0x4, 1 + 2 * i, block) for i in range(1001)))   # left open
-        fs = frames(read_all(s))
+        s.sendall(h2_frame(4, 0x1, 0))          # acknowledge the server's SETTINGS
+        s.sendall(b"".join(h2_frame(1, 0x4, 1 + 2 * i, block) for i in range(1001)))   # left open
+        fs = h2_frames(read_until_close(s))
         s.close()
         goaways = [p for t, _, p in fs if t == 7]
         assert len(goaways) == 1, fs[-3:]
@@ -234,10 +170,10 @@ def test_streams_beyond_the_limit_close_that_connection_only(procs):
         assert err == 1 and last == 1 + 2 * 999, (last, err, goaways[0][8:])
         # Another connection is served (a PING is answered).
         t = socket.create_connection(("127.0.0.1", outbound), timeout=3)
-        t.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"") + frame(6, 0, 0, b"12345678"))
+        t.sendall(H2_PREFACE + h2_frame(4, 0, 0) + h2_frame(6, 0, 0, b"12345678"))
         time.sleep(0.3)
         t.settimeout(1)
-        fs = frames(read_all(t))
+        fs = h2_frames(read_until_close(t))
         t.close()
         assert any(tp == 6 and p == b"12345678" for tp, _, p in fs), fs
     finally:

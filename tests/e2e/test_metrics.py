@@ -2,7 +2,6 @@
 admin endpoints; access logs."""
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -14,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import client_config, curl, free_port, http_get, server_config, stats, wait_ready, wait_until
+from conftest import client_config, free_port, http_get, server_config, wait_ready, wait_until
 
 TWO_ROUTES = """
     - hosts: [server]

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-from conftest import (Mesh, client_config, curl, free_port, http_get, server_config, stats, wait_ready,
+from conftest import (Mesh, client_config, curl, free_port, http_get, stats, wait_ready,
                       wait_until)
 
 

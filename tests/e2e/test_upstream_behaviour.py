@@ -3,7 +3,6 @@ passed through as a tunnel, and config errors refused with a clear message."""
 
 import socket
 import subprocess
-import time
 
 from conftest import SIDECAR, client_config, curl, free_port, server_config, stats, wait_ready
 from rawserver import RawServer
