@@ -45,6 +45,8 @@ public struct Bootstrap: Sendable {
         public var tls: ClusterTLS
         public var subjectAltNames: [String]
         public var endpoints: [SocketAddress]
+        /// Each endpoint's labels (DestinationRule subsets select endpoints by them).
+        public var endpointLabels: [[(String, String)]]
         public var connectTimeout: UInt64
         public var idleTimeout: UInt64
         public var maxConnections: Int
@@ -86,6 +88,8 @@ public struct Bootstrap: Sendable {
     /// Request metrics on (default) or off (to measure their cost).
     public var statsEnabled: Bool
     public var accessLog: AccessLog?
+    /// VirtualService and DestinationRule documents of the same file (Istio's traffic API).
+    public var traffic = IstioTraffic.Config()
 
     /// Defaults chosen below common upstream keep-alive timeouts and like Envoy's where Istio is silent.
     public enum Defaults {
@@ -109,12 +113,13 @@ public struct Bootstrap: Sendable {
         }
         var found: Bootstrap? = nil
         for (i, doc) in docs.enumerated() {
+            if case .scalar(let k)? = doc.node.asMapping?["kind"], IstioTraffic.kinds.contains(k.value) { continue }
             let ctx = ConfigError(file: file, document: i + 1, message: "")
             var top = try ConfigReader(doc.node, path: "", context: ctx)
             let api = try top.string("apiVersion", required: true)!
             let kind = try top.string("kind", required: true)!
             guard kind == "Bootstrap" else {
-                throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (static mode accepts: Bootstrap)")
+                throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (static mode accepts: Bootstrap, VirtualService, DestinationRule)")
             }
             guard api == apiVersion else {
                 throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(apiVersion) for kind Bootstrap, got \"\(api)\"")
@@ -131,7 +136,9 @@ public struct Bootstrap: Sendable {
             try top.finish()
             found = try parseSpec(&spec, name: name, namespace: ns, ctx: ctx)
         }
-        guard let b = found else { throw ConfigError(file: file, message: "no Bootstrap document found (expected apiVersion: \(apiVersion), kind: Bootstrap)") }
+        guard var b = found else { throw ConfigError(file: file, message: "no Bootstrap document found (expected apiVersion: \(apiVersion), kind: Bootstrap)") }
+        b.traffic = try IstioTraffic.parse(documents: docs, file: file, defaultNamespace: b.workload.namespace, skipKinds: ["Bootstrap"])
+        try b.checkTraffic(file: file)
         return b
     }
 
@@ -216,20 +223,37 @@ public struct Bootstrap: Sendable {
                 throw ConfigReader.error(ctx, c.sub("tls"), c.map.line, "ISTIO_MUTUAL needs spec.tls (this workload's certificate)")
             }
             let sans = try c.stringList("subjectAltNames") ?? []
-            let epTexts = try c.stringList("endpoints") ?? []
-            if epTexts.isEmpty { throw ConfigReader.error(ctx, c.sub("endpoints"), c.map.line, "a cluster needs at least one endpoint (IP:PORT)") }
             var eps: [SocketAddress] = []
-            for (k, t) in epTexts.enumerated() {
-                guard let a = SocketAddress(t) else {
-                    throw ConfigReader.error(ctx, "\(c.sub("endpoints"))[\(k)]", c.map.line, "expected IP:PORT (e.g. 127.0.0.1:15006), got \"\(t)\"")
+            var epLabels: [[(String, String)]] = []
+            if let n = c.node("endpoints") {
+                guard case .sequence(let seq) = n else {
+                    throw ConfigReader.error(ctx, c.sub("endpoints"), n.line, "expected a list of endpoints, got \(ConfigReader.describe(n))")
                 }
-                eps.append(a)
+                for (k, item) in seq.items.enumerated() {
+                    let path = "\(c.sub("endpoints"))[\(k)]"
+                    var text = ""
+                    var labels: [(String, String)] = []
+                    if case .scalar(let sc) = item {
+                        text = sc.value
+                    } else {
+                        var e = try ConfigReader(item, path: path, context: ctx)
+                        text = try e.string("address", required: true)!
+                        labels = try e.stringMap("labels") ?? []
+                        try e.finish()
+                    }
+                    guard let a = SocketAddress(text) else {
+                        throw ConfigReader.error(ctx, path, item.line, "expected IP:PORT (e.g. 127.0.0.1:15006), got \"\(text)\"")
+                    }
+                    eps.append(a)
+                    epLabels.append(labels)
+                }
             }
+            if eps.isEmpty { throw ConfigReader.error(ctx, c.sub("endpoints"), c.map.line, "a cluster needs at least one endpoint (IP:PORT, or address: IP:PORT with labels)") }
             let proto = try c.string("protocol") ?? (mode == .istioMutual ? "HTTP2" : "HTTP1")
             guard proto == "HTTP2" || proto == "HTTP1" else {
                 throw ConfigReader.error(ctx, c.sub("protocol"), c.map.line, "expected HTTP2 or HTTP1, got \"\(proto)\"")
             }
-            clusters.append(Cluster(name: cname, tls: mode, subjectAltNames: sans, endpoints: eps,
+            clusters.append(Cluster(name: cname, tls: mode, subjectAltNames: sans, endpoints: eps, endpointLabels: epLabels,
                                     connectTimeout: try c.duration("connectTimeout", allowZero: false) ?? Defaults.connectTimeout,
                                     idleTimeout: try c.duration("idleTimeout", allowZero: false) ?? Defaults.poolIdleTimeout,
                                     maxConnections: try c.int("maxConnections", min: 1, max: 1_000_000) ?? Defaults.maxConnections,
@@ -271,9 +295,6 @@ public struct Bootstrap: Sendable {
         }
         if routes.count >= 60_000 {
             throw ConfigReader.error(ctx, "spec.routes", spec.map.line, "at most 59,999 routes")
-        }
-        if outbound != nil && routes.isEmpty {
-            throw ConfigReader.error(ctx, "spec.routes", spec.map.line, "the outbound listener needs at least one route")
         }
         let drain = try spec.duration("drainTimeout", allowZero: false) ?? Defaults.drainTimeout
         var statsEnabled = true

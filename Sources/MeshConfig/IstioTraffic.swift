@@ -3,12 +3,12 @@ import MeshCore
 /// Istio's traffic API for the subset of DESIGN §3 (`networking.istio.io/v1` VirtualService and
 /// DestinationRule), parsed and validated as a whole with Istio's field names and meanings:
 /// unknown fields and kinds are errors, weights must sum to 100, and a route to a subset that no
-/// DestinationRule defines is refused. This is the config model only: the proxy does not consume
-/// it yet (routing on it is the traffic-management issue).
+/// DestinationRule defines is refused. Static mode reads these documents beside its Bootstrap;
+/// the proxy compiles them into its route table (MeshProxy's RouteTable).
 public enum IstioTraffic {
     public static let apiVersions = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
 
-    /// `exact`, `prefix` or `regex` (RE2 syntax in Istio; checked here with Swift's Regex).
+    /// `exact`, `prefix` or `regex` (RE2 in Istio; here POSIX extended syntax plus `\\d`, as `FullMatchRegex` runs it).
     public struct StringMatch: Sendable, Equatable {
         public enum Kind: String, Sendable { case exact, prefix, regex }
         public var kind: Kind
@@ -112,14 +112,26 @@ public enum IstioTraffic {
     public static func parse(_ text: String, file: String, defaultNamespace: String = "default") throws(ConfigError) -> Config {
         let docs: [(node: YAMLNode, line: Int)]
         do { docs = try YAML.parseDocuments(text) } catch { throw ConfigError(file: file, line: error.line, message: "YAML: \(error.message)") }
+        return try parse(documents: docs, file: file, defaultNamespace: defaultNamespace, skipKinds: [])
+    }
+
+    /// The kinds this model reads.
+    public static let kinds: Set<String> = ["VirtualService", "DestinationRule"]
+
+    /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
+    /// in `skipKinds` belong to another reader and are passed over), then validates the set.
+    public static func parse(documents docs: [(node: YAMLNode, line: Int)], file: String, defaultNamespace: String,
+                             skipKinds: Set<String>) throws(ConfigError) -> Config {
         var cfg = Config()
         for (i, doc) in docs.enumerated() {
+            if case .scalar(let k)? = doc.node.asMapping?["kind"], skipKinds.contains(k.value) { continue }
             let ctx = ConfigError(file: file, document: i + 1, message: "")
             var top = try ConfigReader(doc.node, path: "", context: ctx)
             let api = try top.string("apiVersion", required: true)!
             let kind = try top.string("kind", required: true)!
-            guard kind == "VirtualService" || kind == "DestinationRule" else {
-                throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: VirtualService, DestinationRule)")
+            guard kinds.contains(kind) else {
+                let known = (kinds.union(skipKinds)).sorted().joined(separator: ", ")
+                throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: \(known))")
             }
             guard apiVersions.contains(api) else {
                 throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected networking.istio.io/v1 for \(kind), got \"\(api)\"")
@@ -133,8 +145,14 @@ public enum IstioTraffic {
             guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
             try top.finish()
             if kind == "VirtualService" {
+                if cfg.virtualServices.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second VirtualService \(ns)/\(name)")
+                }
                 cfg.virtualServices.append(try virtualService(&spec, name: name, namespace: ns, ctx: ctx))
             } else {
+                if cfg.destinationRules.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second DestinationRule \(ns)/\(name)")
+                }
                 cfg.destinationRules.append(try destinationRule(&spec, name: name, namespace: ns, ctx: ctx))
             }
         }
@@ -257,8 +275,8 @@ public enum IstioTraffic {
         try r.finish()
         guard let m = found else { throw ConfigReader.error(ctx, r.path, r.map.line, "expected one of exact, prefix or regex") }
         if m.kind == .regex {
-            do { _ = try Regex(m.value) } catch {
-                throw ConfigReader.error(ctx, r.sub("regex"), r.map.line, "invalid regular expression \"\(m.value)\"")
+            do throws(RegexCompileError) { _ = try FullMatchRegex(m.value) } catch {
+                throw ConfigReader.error(ctx, r.sub("regex"), r.map.line, "invalid regular expression \"\(m.value)\": \(error.message)")
             }
         }
         return m
@@ -364,12 +382,15 @@ public enum IstioTraffic {
         }
         for vs in cfg.virtualServices {
             for (ri, r) in vs.http.enumerated() {
-                for (di, d) in r.route.enumerated() {
-                    guard let subset = d.destination.subset else { continue }
+                var dests = r.route.enumerated().map { (path: "route[\($0.offset)].destination.subset", destination: $0.element.destination) }
+                if let m = r.mirror { dests.append((path: "mirror.subset", destination: m)) }
+                for (path, destination) in dests {
+                    guard let subset = destination.subset else { continue }
+                    let d = (destination: destination, 0)
                     let key = short(d.destination.host, vs.namespace)
                     let rules = cfg.destinationRules.filter { short($0.host, $0.namespace) == key }
                     if !rules.contains(where: { $0.subsets.contains { $0.name == subset } }) {
-                        throw ConfigError(file: file, path: "VirtualService \(vs.namespace)/\(vs.name): spec.http[\(ri)].route[\(di)].destination.subset",
+                        throw ConfigError(file: file, path: "VirtualService \(vs.namespace)/\(vs.name): spec.http[\(ri)].\(path)",
                                           message: "no DestinationRule defines subset \"\(subset)\" for host \(d.destination.host) (apply them together)")
                     }
                 }

@@ -66,6 +66,22 @@ public final class ByteBuffer {
 
     @inline(__always) public func commit(_ n: Int) { writeIndex += n }
 
+    /// Puts `n` bytes back in front of the unread bytes (a request body replayed for a retry).
+    public func prepend(_ p: UnsafeRawPointer, _ n: Int) {
+        if n == 0 { return }
+        if readIndex >= n {
+            readIndex -= n
+            (base + readIndex).update(from: p.assumingMemoryBound(to: UInt8.self), count: n)
+            return
+        }
+        reserve(n)
+        compact()
+        let m = readableBytes
+        if m > 0 { (base + n).update(from: base, count: m) }
+        base.update(from: p.assumingMemoryBound(to: UInt8.self), count: n)
+        writeIndex = n + m
+    }
+
     @inline(__always) public func append(_ p: UnsafeRawPointer, _ n: Int) {
         if n == 0 { return }
         reserve(n)

@@ -33,4 +33,10 @@ public enum ASCII {
         for i in 0..<n where lower(p[i]) != l[i] { return false }
         return true
     }
+
+    /// Case-insensitive comparison of `n` bytes at `p` with `n` lowercase bytes at `l`.
+    @inline(__always) public static func equalsLowerBytes(_ p: UnsafePointer<UInt8>, _ n: Int, _ l: UnsafePointer<UInt8>) -> Bool {
+        for i in 0..<n where lower(p[i]) != l[i] { return false }
+        return true
+    }
 }

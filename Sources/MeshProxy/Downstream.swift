@@ -9,7 +9,7 @@ import MeshTLS
 /// body both ways with back-pressure, then keep the connection for the next request or close it.
 /// Retries on connect failure and the keep-alive race (a pooled connection closed under us before
 /// any response byte) are decided here; nothing on this path allocates per request.
-final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
+final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, PoolWaiter {
     enum State { case idle, connecting, backoff, proxying, tunnel, closing }
 
     unowned(unsafe) let worker: Worker
@@ -32,7 +32,34 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     private let replay = ByteBuffer(capacity: 2048)
     private var replayValid = false
     private static let replayCap = 64 * 1024
-    private var connectRetriesLeft = 0
+    // Routing and retries of the current request (DESIGN §3, Envoy's router semantics).
+    /// The matched route (-1 inbound) and the index of its match entry that matched.
+    private var routeIndex = -1
+    private var matchIndex = -1
+    /// The route target the request goes to (-1: the whole cluster, inbound).
+    private var target = -1
+    private var retry = RetryPolicy.default
+    private var retriesLeft = 0
+    private var retriesDone = 0
+    /// A retry was refused by the budget (the final response then says URX).
+    private var retryRefused = false
+    /// End of the current attempt (per-try timeout), 0 for none.
+    private var tryDeadline: UInt64 = 0
+    /// The endpoint of the current attempt (its in-flight count, for LEAST_REQUEST).
+    private var attemptPool: EndpointPool?
+    /// The current attempt is a retry (counted in the cluster's retries in flight).
+    private var retryInFlight = false
+    /// The cluster whose requests-in-flight count includes this request, or -1.
+    private var clusterCounted = -1
+    /// Length of the request head at the start of `replay` (the body follows it).
+    private var replayHeadLength = 0
+    /// The body framer as it was when the request started, to replay the body from the start.
+    private var reqBodyStart = BodyFramer()
+    /// Waiting in the cluster's queue for a connection slot.
+    private var waitingForPool = false
+    /// A fault delay is running (state .backoff); the abort status to answer after it, or 0.
+    private var faultDelaying = false
+    private var faultAbortStatus = 0
     private var connectAttempts = 0
     private var raceRetryUsed = false
     private var method: HTTPMethod = .other
@@ -159,6 +186,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
 
     /// Ends the accounting of the current exchange: one metrics record (and access-log line).
     private func recordExchange() {
+        releaseRequestSlots()
         guard exchangeActive else { return }
         exchangeActive = false
         let peer = inbound ? requestPeer : upstreamPeer
@@ -256,6 +284,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             up.owner = nil
             up.closeNow()
         }
+        releaseRequestSlots()
         state = .closing
         worker.downstreamClosed(self)
     }
@@ -277,11 +306,27 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
                 localReply(408, "request headers not received in time", close: true, flag: .downstreamProtocolError)
             }
         case .backoff:
+            if routeDeadline != 0 && now >= routeDeadline {
+                worker.stats.inc(.requestTimeouts)
+                localReply(504, "upstream request timeout", close: true, flag: .upstreamRequestTimeout)
+                return
+            }
             state = .connecting
-            armStreamTimer()
+            if faultDelaying {
+                faultDelaying = false
+                if faultAbortStatus > 0 { faultAbort(); return }
+            }
             acquireUpstream(fresh: false)
         case .connecting, .proxying:
             let isRoute = routeDeadline != 0 && now >= routeDeadline
+            if !isRoute && !responseStarted && tryDeadline != 0 && now >= tryDeadline {
+                // The per-try timeout: give up this attempt, retry if the policy allows.
+                if let up = upstream { upstream = nil; up.owner = nil; up.closeNow() }
+                dropH2Stream()
+                leavePoolQueue()
+                attemptFailed(.timeout)
+                return
+            }
             worker.stats.inc(.requestTimeouts)
             if responseStarted {
                 closeNow()
@@ -394,6 +439,12 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             return
         }
         // Route.
+        routeIndex = -1
+        matchIndex = -1
+        target = -1
+        retry = .default
+        faultDelaying = false
+        faultAbortStatus = 0
         if inbound {
             cluster = snapshot.inboundCluster
             routeTimeout = 0
@@ -412,28 +463,185 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
                 hn = 0
             }
             hn = HostTable.hostLength(hp, hn)
-            let r = snapshot.hosts.lookup(hp, hn)
-            if r < 0 {
+            let v = snapshot.hosts.lookup(hp, hn)
+            if v < 0 {
                 stats.inc(.noRoute)
                 consumeHead()
                 localReply(404, "no route for this host", close: !reqBody.isDone, flag: .noRoute)
                 return
             }
+            let (r, m) = snapshot.route(vhost: v, H1RequestView(head: head, base: input.base))
+            if r < 0 {
+                stats.inc(.noRoute)
+                consumeHead()
+                localReply(404, "no route matched this request", close: !reqBody.isDone, flag: .noRoute)
+                return
+            }
             let route = snapshot.routes[r]
             metricsRoute = r
-            cluster = route.cluster
+            routeIndex = r
+            matchIndex = m
+            target = route.pickTarget(&worker.rng)
+            cluster = snapshot.targets[target].cluster
             routeTimeout = route.timeout
+            retry = route.retry
+            if let f = route.fault {
+                if ProxySnapshot.Route.draw(f.delayPPM, &worker.rng) { faultDelaying = true }
+                if ProxySnapshot.Route.draw(f.abortPPM, &worker.rng) { faultAbortStatus = f.abortStatus }
+            }
         }
+        let c = snapshot.clusters[cluster]
+        let rt = worker.clusterState[cluster]
+        if rt.activeRequests >= c.maxRequests {
+            worker.stats.inc(.upstreamOverflow)
+            consumeHead()
+            localReply(503, "upstream overflow: too many requests in flight to this cluster (http2MaxRequests)", close: !reqBody.isDone, flag: .upstreamOverflow)
+            return
+        }
+        rt.activeRequests += 1
+        clusterCounted = cluster
         generatedIDOffset = -1
         buildUpstreamHead()
+        replayHeadLength = replay.readableBytes
         if worker.accessLog != nil { captureRequestID() }
         consumeHead()
+        reqBodyStart = reqBody
         replayValid = true
-        connectRetriesLeft = 2   // DESIGN §2: 2 retries on connect-failure by default
+        retriesLeft = retry.retries
+        retriesDone = 0
+        retryRefused = false
         routeDeadline = routeTimeout > 0 ? loop.now + routeTimeout : 0
+        if faultDelaying, routeIndex >= 0, let f = snapshot.routes[routeIndex].fault {
+            worker.stats.inc(.faultDelays)
+            state = .backoff
+            loop.setDeadline(self, loop.now + f.delay)
+            if faultAbortStatus == 0 { flag = .delayInjected }
+            return
+        }
+        if faultAbortStatus > 0 { faultAbort(); return }
         state = .connecting
-        armStreamTimer()
         acquireUpstream(fresh: false)
+    }
+
+    /// Fault injection's abort: the configured status, flagged FI.
+    private func faultAbort() {
+        worker.stats.inc(.faultAborts)
+        localReply(faultAbortStatus, "fault filter abort", close: !reqBody.isDone, flag: .faultInjected)
+    }
+
+    // MARK: per-request cluster state
+
+    /// Ends the current attempt's accounting: the endpoint's in-flight count, and the cluster's
+    /// retries in flight when the attempt was a retry.
+    private func endAttempt() {
+        if let p = attemptPool { p.activeRequests -= 1; attemptPool = nil }
+        if retryInFlight {
+            retryInFlight = false
+            if clusterCounted >= 0 { worker.clusterState[clusterCounted].activeRetries -= 1 }
+        }
+    }
+
+    private func leavePoolQueue() {
+        if waitingForPool {
+            waitingForPool = false
+            if cluster >= 0 { worker.clusterState[cluster].removeWaiter(self) }
+        }
+    }
+
+    /// Releases everything the request holds in its cluster's counters (idempotent).
+    private func releaseRequestSlots() {
+        endAttempt()
+        leavePoolQueue()
+        if clusterCounted >= 0 {
+            worker.clusterState[clusterCounted].activeRequests -= 1
+            clusterCounted = -1
+        }
+    }
+
+    /// A connection slot of the cluster is free (this request waits in its queue).
+    func poolAvailable() -> Bool {
+        guard waitingForPool, state == .connecting, !isClosed else { return false }
+        waitingForPool = false
+        acquireUpstream(fresh: false)
+        return true
+    }
+
+    /// What ended an attempt without a response.
+    enum AttemptFailure { case connect, reset, refused, timeout }
+
+    /// An attempt failed before any response: retry when the policy, the body and the budget
+    /// allow, else answer with the reason.
+    private func attemptFailed(_ f: AttemptFailure) {
+        if let p = attemptPool { worker.recordOutcome(p, status: 0, gatewayFailure: true) }
+        let retriable: Bool
+        switch f {
+        case .connect: retriable = retry.onConnectFailure
+        case .reset: retriable = retry.onReset
+        case .refused: retriable = retry.onRefusedStream
+        case .timeout: retriable = retry.onTimeout
+        }
+        if retriable && canRetry() {
+            switch f {
+            case .connect, .refused: worker.stats.inc(.retries)
+            case .reset: worker.stats.inc(.retriesReset)
+            case .timeout: worker.stats.inc(.retriesTimeout)
+            }
+            scheduleRetry()
+            return
+        }
+        let exhausted = retriable && (retriesDone > 0 || retryRefused)
+        switch f {
+        case .connect:
+            localReply(503, "upstream connect error", close: !reqBody.isDone, flag: .upstreamConnectFailure)
+        case .reset, .refused:
+            worker.stats.inc(.upstreamResetsBeforeResponse)
+            localReply(503, "upstream connection closed before response", close: !reqBody.isDone,
+                       flag: exhausted ? .retryLimitExceeded : .upstreamConnectionTermination)
+        case .timeout:
+            worker.stats.inc(.requestTimeouts)
+            localReply(504, "upstream per-try timeout", close: true, flag: .upstreamRequestTimeout)
+        }
+    }
+
+    /// Whether one more attempt may be made: retries left, the body still replayable, nothing
+    /// sent downstream, and room in the retry budget.
+    private func canRetry() -> Bool {
+        guard retriesLeft > 0, replayValid, !responseStarted, !isClosed else { return false }
+        if !worker.retryAllowed(cluster: cluster) {
+            worker.stats.inc(.retryOverflow)
+            retryRefused = true
+            return false
+        }
+        return true
+    }
+
+    /// Starts the next attempt after Envoy's back-off: fully jittered, 25 ms doubling up to 250 ms.
+    private func scheduleRetry() {
+        retriesLeft -= 1
+        retriesDone += 1
+        endAttempt()
+        retryInFlight = true
+        worker.clusterState[cluster].activeRetries += 1
+        restoreRequestBody()
+        let base: UInt64 = min(25_000_000 << UInt64(min(retriesDone - 1, 4)), 250_000_000)
+        let delay = 1 + worker.rng.next() % base
+        state = .backoff
+        var d = loop.now + delay
+        if routeDeadline != 0 && routeDeadline < d { d = routeDeadline }
+        loop.setDeadline(self, d)
+    }
+
+    /// Puts the body bytes already forwarded back in front of the unread input, so the next
+    /// attempt sends the head from `replay` and the body from the start.
+    private func restoreRequestBody() {
+        let bodyLength = replay.readableBytes - replayHeadLength
+        if bodyLength > 0 {
+            input.prepend(replay.base + replay.readIndex + replayHeadLength, bodyLength)
+            requestBytes &-= UInt64(bodyLength)
+        }
+        replay.writeIndex = replay.readIndex + replayHeadLength
+        reqBody = reqBodyStart
+        requestDone = reqBody.isDone
     }
 
     private func consumeHead() {
@@ -450,7 +658,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         out.clear()
         out.append(b + head.methodStart, head.methodEnd - head.methodStart)
         out.append(UInt8(ascii: " "))
-        if head.isAbsoluteForm {
+        let route: ProxySnapshot.Route? = routeIndex >= 0 ? snapshot.routes[routeIndex] : nil
+        if let rw = route?.rewriteURI {
+            appendRewrittenPath(out, rw, route!)
+        } else if head.isAbsoluteForm {
             if head.pathEnd > head.pathStart {
                 if b[head.pathStart] == UInt8(ascii: "?") { out.append(UInt8(ascii: "/")) }
                 out.append(b + head.pathStart, head.pathEnd - head.pathStart)
@@ -462,8 +673,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         }
         out.append(" HTTP/1.1\r\n")
         let listed = !head.connectionListed.isEmpty
+        let ops = route.map { !$0.requestOps.isEmpty } ?? false
         for f in head.fields {
             if listed && f.kind == .other && head.isConnectionListed(f, in: b) { continue }   // never framing or mesh headers
+            if ops && f.kind == .other && route!.requestOps.removes(UnsafePointer(b + Int(f.lineStart)), Int(f.nameEnd - f.lineStart)) { continue }
             switch f.kind {
             case .connection, .keepAlive, .proxyConnection, .xForwardedClientCert, .meshPeerMetadata:
                 continue
@@ -482,6 +695,9 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             out.append("host: ")
             out.append(b + head.authorityStart, head.authorityEnd - head.authorityStart)
             out.append("\r\n")
+        }
+        if ops {
+            for (n, v) in route!.requestOps.add { out.append(n); out.append(": "); out.append(v); out.append("\r\n") }
         }
         if head.teTrailers { out.append("te: trailers\r\n") }
         if wantsUpgrade { out.append("connection: upgrade\r\n") }
@@ -509,6 +725,23 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         out.append("\r\n")
     }
 
+
+    /// Istio's `rewrite.uri`: replaces the prefix that matched (prefix matches), else the whole
+    /// path; the query string is kept.
+    private func appendRewrittenPath(_ out: ByteBuffer, _ rw: [UInt8], _ route: ProxySnapshot.Route) {
+        let b = input.base
+        var ps = head.targetStart, pe = head.targetEnd
+        if head.isAbsoluteForm { ps = head.pathStart; pe = head.pathEnd }
+        var q = ps
+        while q < pe && b[q] != UInt8(ascii: "?") { q += 1 }
+        if matchIndex >= 0, let u = route.matches[matchIndex].uri, u.kind == .prefix, u.value.count <= q - ps {
+            out.append(rw)
+            out.append(b + ps + u.value.count, pe - ps - u.value.count)
+        } else {
+            out.append(rw)
+            out.append(b + q, pe - q)
+        }
+    }
 
     // MARK: access log
 
@@ -628,15 +861,25 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
 
     private func acquireUpstream(fresh: Bool) {
         let c = snapshot.clusters[cluster]
-        let pool = worker.pickEndpoint(cluster: cluster, avoid: lastPool)
+        let picked = target >= 0 ? worker.pickEndpoint(target: target, avoid: lastPool) : worker.pickEndpoint(cluster: cluster, avoid: lastPool)
+        guard let pool = picked else {
+            localReply(503, "no healthy upstream", close: !reqBody.isDone, flag: .noHealthyUpstream)
+            return
+        }
         lastPool = pool
         exchangePool = pool
         connectAttempts += 1
+        tryDeadline = retry.perTryTimeout > 0 ? loop.now + retry.perTryTimeout : 0
+        armStreamTimer()
+        if attemptPool == nil {
+            attemptPool = pool
+            pool.activeRequests += 1
+        }
         let h2ctx: TLSContext? = c.mutualTLS ? snapshot.clientTLSH2 : nil
         if c.http2 && !wantsUpgrade && !pool.h2Refused && (!c.mutualTLS || h2ctx != nil) {
             guard let h = pool.checkoutH2(c, tlsContext: h2ctx) else {
                 if pool.lastError == 0 {
-                    localReply(503, "upstream connection limit reached", close: !reqBody.isDone, flag: .upstreamOverflow)
+                    poolOverflow(c)
                 } else {
                     worker.stats.inc(.upstreamConnectFailures)
                     connectFailed()
@@ -653,7 +896,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         }
         guard let up = pool.checkout(c, tlsContext: snapshot.clientTLS, fresh: fresh) else {
             if pool.lastError == 0 {
-                localReply(503, "upstream connection limit reached", close: !reqBody.isDone, flag: .upstreamOverflow)
+                poolOverflow(c)
             } else {
                 worker.stats.inc(.upstreamConnectFailures)
                 connectFailed()
@@ -677,23 +920,19 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         pumpRequestBody()
     }
 
-    private func connectFailed() {
-        if connectRetriesLeft > 0 {
-            connectRetriesLeft -= 1
-            worker.stats.inc(.retries)
-            let pools = snapshot.clusters[cluster].endpoints.count
-            if pools > 1 {
-                acquireUpstream(fresh: true)
-            } else {
-                // Exponential back-off with jitter: 25 ms, 50 ms ... (Envoy's defaults), half jittered.
-                let base: UInt64 = 25_000_000 << UInt64(min(connectAttempts - 1, 3))
-                let delay = base / 2 + worker.rng.next() % (base / 2)
-                state = .backoff
-                loop.setDeadline(self, loop.now + delay)
-            }
+    private func connectFailed() { attemptFailed(.connect) }
+
+    /// The cluster's connections are all open and busy: wait in its bounded queue
+    /// (`http1MaxPendingRequests`), or answer 503 UO when the queue is full too.
+    private func poolOverflow(_ c: ProxySnapshot.Cluster) {
+        endAttempt()
+        let rt = worker.clusterState[cluster]
+        if rt.pendingCount < c.maxPendingRequests {
+            waitingForPool = true
+            rt.addWaiter(self)
             return
         }
-        localReply(503, "upstream connect error", close: !reqBody.isDone, flag: .upstreamConnectFailure)
+        localReply(503, "upstream overflow: connection pool full (maxConnections, http1MaxPendingRequests)", close: !reqBody.isDone, flag: .upstreamOverflow)
     }
 
     // MARK: request body
@@ -768,7 +1007,6 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         let id = ss.submitRequest(endStream: noBody)
         if id <= 0 { return id }
         h2stream = id
-        h2BodySent = false
         h2RequestFinished = noBody
         h2RequestChunked = reqBody.mode == .chunked
         if h2RequestDecoder.trailerSink == nil { h2RequestDecoder.trailerSink = ByteBuffer(capacity: 64) }
@@ -781,7 +1019,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         h2Trailers?.clear()
         state = .proxying
         upstreamPeer = conn.peerIndex
-        replayValid = false
+        h2Grpc = -1
         // Send what body is already here once the stream is registered (next loop turn at the latest).
         loop.markDirty(self)
         needsH2Pump = true
@@ -789,9 +1027,15 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     }
 
     private var needsH2Pump = false
-    /// Request body bytes already handed to the HTTP/2 stream (a refused stream is then not retried:
-    /// the body is gone).
-    private var h2BodySent = false
+    /// grpc-status of an HTTP/2 response head (a trailers-only gRPC answer), -1 when absent.
+    private var h2Grpc = -1
+
+    /// Keeps body bytes sent on an HTTP/2 attempt for a retry, while they fit the replay cap.
+    @inline(__always) private func recordForReplay(_ n: Int) {
+        if replayValid {
+            if replay.readableBytes + n <= DownstreamConnection.replayCap { replay.append(input.readPointer, n) } else { replayValid = false }
+        }
+    }
 
     var h2StreamID: Int32 { h2stream }
 
@@ -805,12 +1049,15 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
                 case .data(let n):
                     ss.sendData(stream: h2stream, input.readPointer, n)
                     requestBytes &+= UInt64(n)
+                    recordForReplay(n)
                     input.consume(n)
                     queued = true
                 case .framing(let n), .needMore(let n):
+                    recordForReplay(n)
                     input.consume(n)
                     if n == 0 { break }
                 case .end(let n):
+                    recordForReplay(n)
                     input.consume(n)
                     requestDone = true
                 case .error:
@@ -824,13 +1071,13 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             if adv.forward > 0 {
                 ss.sendData(stream: h2stream, input.readPointer, adv.forward)
                 requestBytes &+= UInt64(adv.forward)
+                recordForReplay(adv.forward)
                 input.consume(adv.forward)
                 queued = true
             }
             if adv.done { requestDone = true }
             if adv.forward == 0 { break }
         }
-        if queued { h2BodySent = true }
         if requestDone && !h2RequestFinished {
             h2RequestFinished = true
             var any = false
@@ -873,6 +1120,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             return
         }
         if nl > 0 && n[0] == UInt8(ascii: ":") { return }
+        if nl == 11 && ASCII.equalsLower(n, nl, "grpc-status") { h2Grpc = MetricKey.grpcStatus(v, vl) }
+        if routeIndex >= 0 && !ASCII.equalsLower(n, nl, "content-length") && snapshot.routes[routeIndex].responseOps.removes(n, nl) { return }
         if nl == 20 && ASCII.equalsLower(n, nl, "x-mesh-peer-metadata") {
             if let h = h2up, let tls = h.security as? TLSSession {
                 upstreamPeer = peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes, v, vl, fallback: h.peerIndex)
@@ -900,6 +1149,16 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             h2RespHead?.clear()
             return
         }
+        if let p = attemptPool { worker.recordOutcome(p, status: h2Status, gatewayFailure: false) }
+        if retry.retries(status: h2Status, grpc: h2Grpc) {
+            if canRetry() {
+                worker.stats.inc(.retriesStatus)
+                dropH2Stream()
+                scheduleRetry()
+                return
+            }
+            if retriesDone > 0 || retryRefused { flag = .retryLimitExceeded }
+        }
         responseStatus = h2Status
         let bodyExpected = !endStream && method != .head && h2Status != 204 && h2Status != 304
         if bodyExpected && !h2HasLength {
@@ -914,6 +1173,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         out.append(StatusText.reason(h2Status))
         out.append("\r\n")
         if let hb = h2RespHead { out.append(from: hb, hb.readIndex, hb.writeIndex) }
+        appendResponseAdditions(out)
         if h2ChunkToClient { out.append("transfer-encoding: chunked\r\n") }
         if closeAfterResponse { out.append("connection: close\r\n") }
         else if clientMinor == 0 { out.append("connection: keep-alive\r\n") }
@@ -975,14 +1235,13 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             closeNow()
             return
         }
-        if state == .connecting || (refused && !h2BodySent) {
+        if state == .connecting {
             worker.stats.inc(.upstreamConnectFailures)
-            state = .connecting
             connectFailed()
             return
         }
-        worker.stats.inc(.upstreamResetsBeforeResponse)
-        localReply(503, "upstream reset before response", close: !reqBody.isDone, flag: .upstreamConnectionTermination)
+        state = .connecting
+        attemptFailed(refused ? .refused : .reset)
     }
 
     /// Ends the exchange's HTTP/2 stream, if any (the connection stays for other streams).
@@ -1051,6 +1310,18 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
                     up.parser.resetScan()
                     continue
                 }
+                if let p = attemptPool { worker.recordOutcome(p, status: status, gatewayFailure: false) }
+                if retry.retries(status: status, grpc: retry.on.rawValue >= 64 ? grpcStatus(up) : -1) {
+                    if canRetry() {
+                        worker.stats.inc(.retriesStatus)
+                        upstream = nil
+                        up.owner = nil
+                        up.closeNow()
+                        scheduleRetry()
+                        return false
+                    }
+                    if retriesDone > 0 || retryRefused { flag = .retryLimitExceeded }
+                }
                 responseStatus = status
                 up.body.startResponse(up.head, requestMethod: method)
                 dechunk = clientMinor == 0 && up.body.mode == .chunked
@@ -1067,6 +1338,29 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         return false
     }
 
+    /// The grpc-status of an HTTP/1.1 response head, -1 when absent.
+    private func grpcStatus(_ up: UpstreamConnection) -> Int {
+        let b = up.input.base
+        for f in up.head.fields where ASCII.equalsLower(UnsafePointer(b + Int(f.lineStart)), Int(f.nameEnd - f.lineStart), "grpc-status") {
+            return MetricKey.grpcStatus(UnsafePointer(b + Int(f.valueStart)), Int(f.valueEnd - f.valueStart))
+        }
+        return -1
+    }
+
+    /// The route's response headers to add, and the response flag when the proxy set one.
+    private func appendResponseAdditions(_ out: ByteBuffer) {
+        if routeIndex >= 0 {
+            for (n, v) in snapshot.routes[routeIndex].responseOps.add {
+                out.append(n); out.append(": "); out.append(v); out.append("\r\n")
+            }
+        }
+        if flag != .none {
+            out.append("x-mesh-response-flags: ")
+            out.append(flag.code)
+            out.append("\r\n")
+        }
+    }
+
     private func writeResponseHead(_ up: UpstreamConnection, informational: Bool, upgrade: Bool) {
         let h = up.head
         let b = up.input.base
@@ -1077,8 +1371,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
         out.append(b + h.headStart + 9, lineEnd - (h.headStart + 9))
         out.append("\r\n")
         let listed = !h.connectionListed.isEmpty
+        let ops = !informational && routeIndex >= 0 && !snapshot.routes[routeIndex].responseOps.isEmpty
         for f in h.fields {
             if listed && f.kind == .other && h.isConnectionListed(f, in: b) { continue }
+            if ops && f.kind == .other && snapshot.routes[routeIndex].responseOps.removes(UnsafePointer(b + Int(f.lineStart)), Int(f.nameEnd - f.lineStart)) { continue }
             switch f.kind {
             case .connection, .keepAlive, .proxyConnection, .te:
                 continue
@@ -1102,6 +1398,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
             out.append(snapshot.peerMetadata)
             out.append("\r\n")
         }
+        if !informational { appendResponseAdditions(out) }
         if upgrade {
             out.append("connection: upgrade\r\n")
         } else if !informational {
@@ -1242,14 +1539,16 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     private func upstreamFailedBeforeResponse(reused: Bool, partial: Bool) {
         if reused && !partial && replayValid && !raceRetryUsed {
             // The keep-alive race: the pooled connection was closed by the server as we sent.
+            // Not a failure of the endpoint, and not one of the route's retries.
             raceRetryUsed = true
             worker.stats.inc(.upstreamKeepAliveRaceRetries)
+            restoreRequestBody()
             state = .connecting
             acquireUpstream(fresh: true)
             return
         }
-        worker.stats.inc(.upstreamResetsBeforeResponse)
-        localReply(503, "upstream connection closed before response", close: !reqBody.isDone, flag: .upstreamConnectionTermination)
+        state = .connecting
+        attemptFailed(.reset)
     }
 
     /// Ends the exchange with an error: a local reply if nothing was sent yet, else a reset.
@@ -1320,6 +1619,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner {
     @inline(__always) private func armStreamTimer() {
         var d = loop.now + snapshot.streamIdleTimeout
         if routeDeadline != 0 && routeDeadline < d { d = routeDeadline }
+        if tryDeadline != 0 && !responseStarted && tryDeadline < d { d = tryDeadline }
         loop.setDeadline(self, d)
     }
 }

@@ -6,7 +6,7 @@ import MeshHTTP
 enum ResponseFlag: UInt8, Sendable {
     case none, noRoute, upstreamConnectFailure, upstreamOverflow, upstreamConnectionTermination,
          upstreamRequestTimeout, streamIdleTimeout, downstreamProtocolError, upstreamProtocolError,
-         downstreamConnectionTermination
+         downstreamConnectionTermination, noHealthyUpstream, retryLimitExceeded, faultInjected, delayInjected
 
     /// Envoy's short code (DESIGN §6).
     var code: StaticString {
@@ -21,6 +21,10 @@ enum ResponseFlag: UInt8, Sendable {
         case .downstreamProtocolError: return "DPE"
         case .upstreamProtocolError: return "UPE"
         case .downstreamConnectionTermination: return "DC"
+        case .noHealthyUpstream: return "UH"
+        case .retryLimitExceeded: return "URX"
+        case .faultInjected: return "FI"
+        case .delayInjected: return "DI"
         }
     }
 }

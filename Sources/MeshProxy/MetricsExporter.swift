@@ -129,9 +129,22 @@ struct MetricsExporter {
 
         // Health of the proxy itself.
         func total(_ c: WorkerStats.Counter) -> UInt64 { workers.reduce(0) { $0 &+ $1.stats.get(c) } }
-        p.family("mesh_retries_total", type: "counter", help: "Upstream requests retried (connect failures and the keep-alive race).")
+        p.family("mesh_retries_total", type: "counter", help: "Upstream requests retried, by what failed.")
         p.sample("mesh_retries_total", [("reason", "connect_failure")], total(.retries))
+        p.sample("mesh_retries_total", [("reason", "status")], total(.retriesStatus))
+        p.sample("mesh_retries_total", [("reason", "reset")], total(.retriesReset))
+        p.sample("mesh_retries_total", [("reason", "per_try_timeout")], total(.retriesTimeout))
         p.sample("mesh_retries_total", [("reason", "keepalive_race")], total(.upstreamKeepAliveRaceRetries))
+        p.family("mesh_retry_budget_exceeded_total", type: "counter", help: "Retries not made because the retry budget or maxRetries was used up.")
+        p.sample("mesh_retry_budget_exceeded_total", [], total(.retryOverflow))
+        p.family("mesh_outlier_ejections_total", type: "counter", help: "Endpoints ejected by outlier detection.")
+        p.sample("mesh_outlier_ejections_total", [], total(.outlierEjections))
+        p.family("mesh_faults_injected_total", type: "counter", help: "Requests delayed or aborted by fault injection.")
+        p.sample("mesh_faults_injected_total", [("type", "abort")], total(.faultAborts))
+        p.sample("mesh_faults_injected_total", [("type", "delay")], total(.faultDelays))
+        p.family("mesh_mirror_requests_total", type: "counter", help: "Requests copied to a mirror, and those not copied (body not buffered).")
+        p.sample("mesh_mirror_requests_total", [("result", "sent")], total(.mirrorRequests))
+        p.sample("mesh_mirror_requests_total", [("result", "skipped")], total(.mirrorSkipped))
         p.family("mesh_upstream_connect_failures_total", type: "counter", help: "Upstream connection attempts that failed (refused, timed out, TLS refused).")
         p.sample("mesh_upstream_connect_failures_total", [], total(.upstreamConnectFailures))
         p.family("mesh_tls_handshakes_total", type: "counter", help: "TLS handshakes by result, both directions.")

@@ -17,9 +17,28 @@ public final class ProxySnapshot: Sendable {
         public let maxConnections: Int
         /// HTTP/2 to this cluster's endpoints (sidecar-to-sidecar hops, by default).
         public let http2: Bool
+        // DestinationRule trafficPolicy (Istio's defaults where it is silent).
+        let loadBalancer: IstioTraffic.TrafficPolicy.LoadBalancer
+        /// Requests waiting for a connection when `maxConnections` are open (Envoy: 1024).
+        let maxPendingRequests: Int
+        /// Requests in flight to the cluster (Istio: unlimited).
+        let maxRequests: Int
+        /// Retries in flight to the cluster, besides the retry budget (Istio: unlimited).
+        let maxRetries: Int
+        let outlier: OutlierPolicy?
+    }
+
+    /// Outlier detection of a cluster (Istio's `outlierDetection`, with its defaults).
+    struct OutlierPolicy: Sendable {
+        /// 0: not counted.
+        let consecutive5xx: Int
+        let consecutiveGateway: Int
+        let baseEjection: UInt64
+        let maxEjectionPercent: Int
     }
 
     public struct Route: Sendable {
+        /// The cluster of the first destination (metrics' destination service).
         public let cluster: Int
         public let timeout: UInt64
         /// The `route` metric label.
@@ -28,6 +47,19 @@ public final class ProxySnapshot: Sendable {
         public let serviceFQDN: String
         public let serviceName: String
         public let serviceNamespace: String
+        /// OR of the entries; empty matches every request.
+        let matches: [RouteMatch]
+        /// Indices into `targets`, with cumulative weights out of 100.
+        let targets: [Int]
+        let cumulativeWeights: [Int]
+        let retry: RetryPolicy
+        let fault: FaultPolicy?
+        /// -1: no mirror.
+        let mirrorTarget: Int
+        let mirrorPPM: UInt64
+        let requestOps: HeaderOps
+        let responseOps: HeaderOps
+        let rewriteURI: [UInt8]?
     }
 
     public struct ListenerSettings: Sendable {
@@ -40,6 +72,10 @@ public final class ProxySnapshot: Sendable {
     public let bootstrap: Bootstrap
     public let clusters: [Cluster]
     public let routes: [Route]
+    /// Endpoint sets that routes send to (a cluster, or the endpoints a subset selects).
+    let targets: [RouteTarget]
+    /// Routes per host; `hosts` maps a request host to an index here.
+    let vhosts: [VirtualHost]
     public let hosts: HostTable
     public let outbound: ListenerSettings?
     public let inbound: ListenerSettings?
@@ -65,41 +101,14 @@ public final class ProxySnapshot: Sendable {
         let app = wl.labels.first { $0.0 == "app" }?.1 ?? wl.service
         let ver = wl.labels.first { $0.0 == "version" }?.1 ?? "unknown"
         self.peerMetadata = Array("\(wl.name);\(wl.namespace);\(app);\(ver)".utf8)
-        var clusters: [Cluster] = []
-        for c in b.clusters {
-            clusters.append(Cluster(name: c.name, endpoints: c.endpoints, mutualTLS: c.tls == .istioMutual,
-                                    expectedPeers: c.subjectAltNames, connectTimeout: c.connectTimeout,
-                                    idleTimeout: c.idleTimeout, maxConnections: c.maxConnections,
-                                    http2: c.protocolHTTP2))
-        }
-        var inboundCluster = -1
-        if let inb = b.inbound, let app = inb.appAddress {
-            inboundCluster = clusters.count
-            clusters.append(Cluster(name: "inbound|\(app.port)||local-app", endpoints: [app], mutualTLS: false,
-                                    expectedPeers: [], connectTimeout: Bootstrap.Defaults.connectTimeout,
-                                    idleTimeout: Bootstrap.Defaults.poolIdleTimeout,
-                                    maxConnections: Bootstrap.Defaults.maxConnections, http2: inb.appHTTP2))
-        }
-        self.inboundCluster = inboundCluster
-        self.clusters = clusters
-
-        var routes: [Route] = []
-        var hostEntries: [(String, Int)] = []
-        let ns = b.workload.namespace
-        for (i, r) in b.routes.enumerated() {
-            let ci = clusters.firstIndex { $0.name == r.cluster }!
-            let parts = r.hosts[0].lowercased().split(separator: ".").map(String.init)
-            let svcName = parts.first ?? r.hosts[0]
-            let svcNS = parts.count > 1 ? parts[1] : ns
-            routes.append(Route(cluster: ci, timeout: r.timeout, label: r.name,
-                                serviceFQDN: "\(svcName).\(svcNS).svc.cluster.local", serviceName: svcName, serviceNamespace: svcNS))
-            for h in r.hosts {
-                // Istio's short names: `name` -> name.ns, name.ns.svc.cluster.local; `name.ns` -> FQDN.
-                for e in Bootstrap.expandedHosts(h.lowercased(), namespace: ns) { hostEntries.append((e, i)) }
-            }
-        }
-        self.routes = routes
-        self.hosts = HostTable(hostEntries)
+        let compiled = TrafficCompiler(b)
+        self.clusters = compiled.clusters
+        self.inboundCluster = compiled.inboundCluster
+        self.routes = compiled.routes
+        self.targets = compiled.targets
+        self.vhosts = compiled.vhosts
+        self.hosts = HostTable(compiled.hostEntries)
+        let clusters = compiled.clusters
         self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout) }
         self.inbound = b.inbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout) }
 

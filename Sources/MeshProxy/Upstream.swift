@@ -123,6 +123,14 @@ final class EndpointPool {
     private var idle: [UpstreamConnection] = []
     private(set) var open = 0
     let sessionCache = TLSSessionCache()
+    /// Requests in flight here (LEAST_REQUEST).
+    var activeRequests = 0
+    // Outlier detection.
+    var consecutive5xx = 0
+    var consecutiveGateway = 0
+    var ejections = 0
+    /// Ejected until this loop time (0: never ejected).
+    var ejectedUntil: UInt64 = 0
     /// Per-endpoint counters for `/clusters` (read racily, tear-free, by the admin thread).
     let counters = EndpointCounters()
 
@@ -145,7 +153,7 @@ final class EndpointPool {
             worker.stats.inc(.upstreamReused)
             return u
         }
-        if open >= c.maxConnections {
+        if worker.clusterState[cluster].openConnections >= c.maxConnections {
             worker.stats.inc(.upstreamOverflow)
             lastError = 0
             return nil
@@ -159,6 +167,7 @@ final class EndpointPool {
         let u = UpstreamConnection(pool: self, fd: fd, tls: tls)
         guard u.start() else { lastError = 24; return nil }
         open += 1
+        worker.clusterState[cluster].openConnections += 1
         counters.inc(.connectionsTotal)
         counters.set(.connectionsActive, UInt64(open))
         worker.stats.inc(.upstreamConnectionsTotal)
@@ -178,10 +187,13 @@ final class EndpointPool {
         if worker.draining || u.isClosed { u.closeNow(); return }
         idle.append(u)
         loop.setDeadline(u, loop.now + idleTimeout)
+        worker.poolSlotFreed(cluster: cluster)
     }
 
     func connectionClosed(_ u: UpstreamConnection) {
         open -= 1
+        worker.clusterState[cluster].openConnections -= 1
+        defer { worker.poolSlotFreed(cluster: cluster) }
         counters.set(.connectionsActive, UInt64(open))
         worker.stats.dec(.upstreamConnectionsActive)
         if u.state == .idle, let i = idle.firstIndex(where: { $0 === u }) { idle.remove(at: i) }
@@ -203,7 +215,7 @@ final class EndpointPool {
             if best == nil || h.load < best!.load { best = h }
         }
         if let b = best { return b }
-        if open >= c.maxConnections {
+        if worker.clusterState[cluster].openConnections >= c.maxConnections {
             worker.stats.inc(.upstreamOverflow)
             lastError = 0
             return nil
@@ -214,6 +226,7 @@ final class EndpointPool {
         let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout)
         guard h.start() else { lastError = 24; return nil }
         open += 1
+        worker.clusterState[cluster].openConnections += 1
         counters.inc(.connectionsTotal)
         counters.set(.connectionsActive, UInt64(open))
         worker.stats.inc(.upstreamConnectionsTotal)
@@ -227,6 +240,8 @@ final class EndpointPool {
         guard let i = h2conns.firstIndex(where: { $0 === h }) else { return }
         h2conns.remove(at: i)
         open -= 1
+        worker.clusterState[cluster].openConnections -= 1
+        defer { worker.poolSlotFreed(cluster: cluster) }
         counters.set(.connectionsActive, UInt64(open))
         worker.stats.dec(.upstreamConnectionsActive)
     }
@@ -241,7 +256,7 @@ final class EndpointPool {
 
 /// Counters of one endpoint on one worker, summed by `/clusters`.
 final class EndpointCounters: @unchecked Sendable {
-    enum Name: Int, CaseIterable { case requests, errors, connectFailures, connectionsTotal, connectionsActive }
+    enum Name: Int, CaseIterable { case requests, errors, connectFailures, connectionsTotal, connectionsActive, ejections }
     private let v: UnsafeMutablePointer<UInt64>
     init() {
         v = .allocate(capacity: Name.allCases.count)

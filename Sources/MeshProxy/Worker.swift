@@ -25,6 +25,10 @@ public final class Worker: @unchecked Sendable {
     /// pools[cluster][endpoint]
     private(set) var pools: [[EndpointPool]] = []
     private var roundRobin: [Int] = []
+    /// Per-cluster circuit-breaker state, retry budget and pending queue of this worker.
+    private(set) var clusterState: [ClusterRuntime] = []
+    /// Round-robin position per route target.
+    private var targetRR: [Int] = []
     var rng = FastRandom()
     /// Reused for building request heads.
     let scratch = ByteBuffer(capacity: 8 * 1024)
@@ -48,6 +52,8 @@ public final class Worker: @unchecked Sendable {
             c.endpoints.map { EndpointPool(worker: self, address: $0, cluster: ci) }
         }
         roundRobin = Array(repeating: id, count: snapshot.clusters.count)
+        clusterState = snapshot.clusters.map { _ in ClusterRuntime() }
+        targetRR = Array(repeating: id, count: snapshot.targets.count)
     }
 
     /// Starts listening on the given (already bound) sockets; runs on the worker's thread.
@@ -105,6 +111,93 @@ public final class Worker: @unchecked Sendable {
         return ps[i]
     }
 
+    /// An endpoint of `target` by its load-balancing policy, skipping ejected endpoints and, when
+    /// another healthy one exists, `avoid` (retries go elsewhere when they can); nil when no
+    /// endpoint is healthy (UH).
+    func pickEndpoint(target t: Int, avoid: EndpointPool?) -> EndpointPool? {
+        let tg = snapshot.targets[t]
+        let ps = pools[tg.cluster]
+        let eps = tg.endpoints
+        let n = eps.count
+        if n == 0 { return nil }
+        let now = loop.now
+        if n == 1 {
+            let p = ps[eps[0]]
+            return p.ejectedUntil > now ? nil : p
+        }
+        var start: Int
+        switch tg.loadBalancer {
+        case .roundRobin:
+            start = targetRR[t] % n
+        case .random:
+            start = Int(rng.next() % UInt64(n))
+        case .leastRequest:
+            // Power of two choices: the less loaded of two distinct random endpoints.
+            let i = Int(rng.next() % UInt64(n))
+            var j = Int(rng.next() % UInt64(n - 1))
+            if j >= i { j += 1 }
+            let a = ps[eps[i]], b = ps[eps[j]]
+            let aOK = a.ejectedUntil <= now && a !== avoid, bOK = b.ejectedUntil <= now && b !== avoid
+            if aOK && bOK { return a.activeRequests <= b.activeRequests ? a : b }
+            if aOK { return a }
+            if bOK { return b }
+            start = i
+        }
+        var fallback: EndpointPool? = nil
+        for k in 0..<n {
+            let i = (start + k) % n
+            let p = ps[eps[i]]
+            if p.ejectedUntil > now { continue }
+            if p === avoid { fallback = p; continue }
+            targetRR[t] = i + 1
+            return p
+        }
+        targetRR[t] = start + 1
+        return fallback
+    }
+
+    /// Whether one more retry to `cluster` fits Envoy's retry budget (20% of the requests in
+    /// flight, at least 3) and the cluster's `maxRetries`.
+    func retryAllowed(cluster c: Int) -> Bool {
+        let rt = clusterState[c]
+        let budget = max(3, rt.activeRequests / 5)
+        return rt.activeRetries < min(budget, snapshot.clusters[c].maxRetries)
+    }
+
+    /// Outlier detection: the outcome of one attempt on `p` (a status, or 0 with `gatewayFailure`
+    /// for a connect failure, reset or timeout).
+    func recordOutcome(_ p: EndpointPool, status: Int, gatewayFailure: Bool) {
+        guard let od = snapshot.clusters[p.cluster].outlier else { return }
+        if gatewayFailure || status >= 500 { p.consecutive5xx += 1 } else { p.consecutive5xx = 0 }
+        if gatewayFailure || (status >= 502 && status <= 504) { p.consecutiveGateway += 1 } else { p.consecutiveGateway = 0 }
+        let trip = (od.consecutive5xx > 0 && p.consecutive5xx >= od.consecutive5xx)
+            || (od.consecutiveGateway > 0 && p.consecutiveGateway >= od.consecutiveGateway)
+        guard trip else { return }
+        p.consecutive5xx = 0
+        p.consecutiveGateway = 0
+        let now = loop.now
+        if p.ejectedUntil > now || od.maxEjectionPercent == 0 { return }
+        let all = pools[p.cluster]
+        var ejected = 0
+        for q in all where q.ejectedUntil > now { ejected += 1 }
+        // Envoy: never more than maxEjectionPercent, but at least one endpoint may go.
+        if ejected >= max(1, all.count * od.maxEjectionPercent / 100) { return }
+        p.ejections += 1
+        let cap = max(od.baseEjection, 300_000_000_000)
+        p.ejectedUntil = now + min(od.baseEjection * UInt64(p.ejections), cap)
+        p.counters.inc(.ejections)
+        stats.inc(.outlierEjections)
+        Log.info("outlier", "ejected \(p.address) of \(snapshot.clusters[p.cluster].name) for \((p.ejectedUntil - now) / 1_000_000) ms")
+    }
+
+    /// A connection slot of `cluster` was freed: the first waiting request tries again.
+    func poolSlotFreed(cluster c: Int) {
+        let rt = clusterState[c]
+        while let w = rt.popWaiter() {
+            if w.poolAvailable() { return }
+        }
+    }
+
     // MARK: drain
 
     /// Stops accepting, closes idle keep-alive connections, lets in-flight requests finish (their
@@ -137,6 +230,38 @@ public final class Worker: @unchecked Sendable {
     }
 
     var activeDownstreams: Int { downstreams.count }
+}
+
+/// One cluster's state on one worker: requests and retries in flight (circuit breakers and the
+/// retry budget), open connections, and requests waiting for a connection (bounded).
+final class ClusterRuntime {
+    var activeRequests = 0
+    var activeRetries = 0
+    var openConnections = 0
+    private var waiters: [PoolWaiter] = []
+    private var head = 0
+
+    var pendingCount: Int { waiters.count - head }
+
+    func addWaiter(_ w: PoolWaiter) { waiters.append(w) }
+
+    func popWaiter() -> PoolWaiter? {
+        guard head < waiters.count else { return nil }
+        let w = waiters[head]
+        head += 1
+        if head == waiters.count { waiters.removeAll(keepingCapacity: true); head = 0 }
+        return w
+    }
+
+    func removeWaiter(_ w: PoolWaiter) {
+        if let i = waiters[head...].firstIndex(where: { $0 === w }) { waiters.remove(at: i) }
+    }
+}
+
+/// A request waiting for a connection of a full pool.
+protocol PoolWaiter: AnyObject {
+    /// A slot is free: try again; false when the waiter no longer wants one.
+    func poolAvailable() -> Bool
 }
 
 /// The deadline of a worker's drain.

@@ -10,6 +10,8 @@ public final class WorkerStats: @unchecked Sendable {
         case tlsHandshakesOK, tlsHandshakesFailed, tlsSessionsResumed
         case requestTimeouts, headerTimeouts, upgrades
         case http2DownstreamConnections, http2UpstreamConnections, http2RapidResetClosures
+        case retriesStatus, retriesReset, retriesTimeout, retryOverflow, outlierEjections, faultAborts, faultDelays
+        case mirrorRequests, mirrorSkipped
 
         public var name: String {
             switch self {
@@ -42,6 +44,15 @@ public final class WorkerStats: @unchecked Sendable {
             case .http2DownstreamConnections: return "http2_downstream_connections_total"
             case .http2UpstreamConnections: return "http2_upstream_connections_total"
             case .http2RapidResetClosures: return "http2_rapid_reset_closures"
+            case .retriesStatus: return "retries_on_status"
+            case .retriesReset: return "retries_on_reset"
+            case .retriesTimeout: return "retries_on_per_try_timeout"
+            case .retryOverflow: return "retries_refused_by_budget"
+            case .outlierEjections: return "outlier_ejections"
+            case .faultAborts: return "fault_aborts"
+            case .faultDelays: return "fault_delays"
+            case .mirrorRequests: return "mirror_requests"
+            case .mirrorSkipped: return "mirror_skipped"
             }
         }
     }

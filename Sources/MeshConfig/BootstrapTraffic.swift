@@ -1,0 +1,72 @@
+/// Checks that the traffic documents of a static config fit its bootstrap: every VirtualService
+/// host is routed once (by `spec.routes` or one VirtualService), every destination and
+/// DestinationRule host names a cluster, and every route has a usable metric label.
+extension Bootstrap {
+    /// The cluster a destination host names: the cluster whose name, as a short service name in
+    /// this workload's namespace, answers to the host (`reviews`, `reviews.default`,
+    /// `reviews.default.svc.cluster.local`), or nil.
+    public func clusterIndex(forHost host: String) -> Int? {
+        let h = host.lowercased()
+        return clusters.firstIndex { Bootstrap.expandedHosts($0.name.lowercased(), namespace: workload.namespace).contains(h) }
+    }
+
+    /// The metric label of a VirtualService http route: `<VirtualService>.<route name or index>`.
+    public static func routeLabel(_ vs: IstioTraffic.VirtualService, _ index: Int) -> String {
+        "\(vs.name).\(vs.http[index].name ?? String(index))"
+    }
+
+    func checkTraffic(file: String) throws(ConfigError) {
+        func fail(_ kind: String, _ ns: String, _ name: String, _ path: String, _ msg: String) -> ConfigError {
+            ConfigError(file: file, path: "\(kind) \(ns)/\(name): \(path)", message: msg)
+        }
+        var routed: [String: String] = [:]
+        for (ri, r) in routes.enumerated() {
+            for h in r.hosts { for e in Bootstrap.expandedHosts(h.lowercased(), namespace: workload.namespace) { routed[e] = "spec.routes[\(ri)]" } }
+        }
+        var labels = Set(routes.map(\.name))
+        var total = routes.count
+        for vs in traffic.virtualServices {
+            for (hi, h) in vs.hosts.enumerated() {
+                if h.contains("*") {
+                    throw fail("VirtualService", vs.namespace, vs.name, "spec.hosts[\(hi)]", "wildcard hosts are not supported; name the service (\"\(h)\")")
+                }
+                for e in Bootstrap.expandedHosts(h.lowercased(), namespace: vs.namespace) {
+                    if let prev = routed[e], prev != "VirtualService \(vs.namespace)/\(vs.name)" {
+                        throw fail("VirtualService", vs.namespace, vs.name, "spec.hosts[\(hi)]", "host \"\(h)\" is already routed by \(prev) (as \(e))")
+                    }
+                    routed[e] = "VirtualService \(vs.namespace)/\(vs.name)"
+                }
+            }
+            if vs.http.isEmpty {
+                throw fail("VirtualService", vs.namespace, vs.name, "spec.http", "a VirtualService needs at least one http route")
+            }
+            for (ri, r) in vs.http.enumerated() {
+                let label = Bootstrap.routeLabel(vs, ri)
+                let ok = label.utf8.count <= 253 && label.utf8.allSatisfy {
+                    ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 45 || $0 == 46 || $0 == 95
+                }
+                if !ok { throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].name", "expected letters, digits, '-', '_' or '.', got \"\(r.name ?? "")\"") }
+                if !labels.insert(label).inserted {
+                    throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].name", "route \"\(label)\" is defined twice")
+                }
+                for (di, d) in r.route.enumerated() where clusterIndex(forHost: d.destination.host) == nil {
+                    throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].route[\(di)].destination.host",
+                               "no cluster serves host \"\(d.destination.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
+                }
+                if let m = r.mirror, clusterIndex(forHost: m.host) == nil {
+                    throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].mirror.host",
+                               "no cluster serves host \"\(m.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
+                }
+                total += 1
+            }
+        }
+        if total >= 60_000 { throw ConfigError(file: file, message: "at most 59,999 routes in all, got \(total)") }
+        for dr in traffic.destinationRules where clusterIndex(forHost: dr.host) == nil {
+            throw fail("DestinationRule", dr.namespace, dr.name, "spec.host",
+                       "no cluster serves host \"\(dr.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
+        }
+        if outbound != nil && total == 0 {
+            throw ConfigError(file: file, path: "spec.routes", message: "the outbound listener needs at least one route (spec.routes or a VirtualService)")
+        }
+    }
+}

@@ -1,0 +1,57 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A compiled regular expression that must match a whole byte range (Istio's RE2 `regex` match is
+/// a full match), on glibc's POSIX extended syntax with `\d`/`\D` translated, matched in place over
+/// bytes (`REG_STARTEND`) so the request path builds no String. Compiled once per config snapshot.
+public final class FullMatchRegex: @unchecked Sendable {
+    private let re: UnsafeMutablePointer<regex_t>
+    public let pattern: String
+
+    /// nil with the library's message when the pattern does not compile.
+    public init(_ pattern: String) throws(RegexCompileError) {
+        self.pattern = pattern
+        var translated = "^("
+        var it = pattern.unicodeScalars.makeIterator()
+        while let c = it.next() {
+            if c == "\\" {
+                guard let n = it.next() else { translated.append("\\\\"); break }
+                switch n {
+                case "d": translated += "[0-9]"
+                case "D": translated += "[^0-9]"
+                default: translated.unicodeScalars.append(c); translated.unicodeScalars.append(n)
+                }
+            } else {
+                translated.unicodeScalars.append(c)
+            }
+        }
+        translated += ")$"
+        re = .allocate(capacity: 1)
+        let rc = regcomp(re, translated, REG_EXTENDED | REG_NOSUB)
+        if rc != 0 {
+            var buf = [CChar](repeating: 0, count: 256)
+            regerror(rc, re, &buf, buf.count)
+            re.deallocate()
+            throw RegexCompileError(message: String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+    }
+
+    deinit {
+        regfree(re)
+        re.deallocate()
+    }
+
+    /// Whether the regex matches all of `p[0..<n]` (the bytes need no terminating NUL).
+    public func matches(_ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+        var m = regmatch_t(rm_so: 0, rm_eo: regoff_t(n))
+        return p.withMemoryRebound(to: CChar.self, capacity: max(n, 1)) { cp in
+            regexec(re, cp, 1, &m, REG_STARTEND) == 0
+        }
+    }
+}
+
+/// Why a pattern did not compile, in the regex library's words.
+public struct RegexCompileError: Error, Sendable {
+    public let message: String
+}

@@ -1,0 +1,252 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MeshConfig
+import MeshCore
+import MeshHTTP
+
+/// One `exact`/`prefix`/`regex` string match compiled to bytes (Istio's StringMatch).
+struct ByteMatch: Sendable {
+    enum Kind: Sendable { case exact, prefix, regex }
+    let kind: Kind
+    let value: [UInt8]
+    let regex: FullMatchRegex?
+
+    init(_ m: IstioTraffic.StringMatch) {
+        value = Array(m.value.utf8)
+        switch m.kind {
+        case .exact: kind = .exact; regex = nil
+        case .prefix: kind = .prefix; regex = nil
+        case .regex: kind = .regex; regex = try? FullMatchRegex(m.value)   // validated when parsed
+        }
+    }
+
+    @inline(__always) func matches(_ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+        switch kind {
+        case .exact:
+            return n == value.count && value.withUnsafeBufferPointer { memcmp($0.baseAddress!, p, n) == 0 || n == 0 }
+        case .prefix:
+            return n >= value.count && (value.isEmpty || value.withUnsafeBufferPointer { memcmp($0.baseAddress!, p, $0.count) == 0 })
+        case .regex:
+            return regex?.matches(p, n) ?? false
+        }
+    }
+}
+
+/// What the router needs to see of a request, whatever its protocol.
+protocol RoutableRequest {
+    /// The method bytes.
+    func withMethod<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R
+    /// The path as sent (origin form: path and query).
+    func withPath<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R
+    /// The first value of the header named `lowercaseName`, or nil when absent.
+    func withHeader<R>(_ lowercaseName: [UInt8], _ body: (UnsafePointer<UInt8>, Int) -> R) -> R?
+}
+
+/// One `match[]` entry: every condition it names must hold (Istio: AND within, OR across entries).
+struct RouteMatch: Sendable {
+    var uri: ByteMatch?
+    var method: ByteMatch?
+    var headers: [(name: [UInt8], match: ByteMatch)] = []
+
+    func matches<R: RoutableRequest>(_ r: R) -> Bool {
+        if let m = method, !r.withMethod({ m.matches($0, $1) }) { return false }
+        if let u = uri {
+            // Envoy: exact and regex paths are matched without the query string, prefixes on the whole path.
+            let ok = r.withPath { p, n -> Bool in
+                var len = n
+                if u.kind != .prefix { var i = 0; while i < n && p[i] != 63 { i += 1 }; len = i }
+                return u.matches(p, len)
+            }
+            if !ok { return false }
+        }
+        for h in headers {
+            guard let ok = r.withHeader(h.name, { h.match.matches($0, $1) }), ok else { return false }
+        }
+        return true
+    }
+}
+
+/// Header changes of a route (Istio's `headers.request` / `headers.response`), as bytes. `remove`
+/// also holds the names of `set`, so a set value replaces whatever came.
+struct HeaderOps: Sendable {
+    var remove: [[UInt8]] = []
+    var set: [(name: [UInt8], value: [UInt8])] = []
+    var add: [(name: [UInt8], value: [UInt8])] = []
+    var isEmpty: Bool { remove.isEmpty && add.isEmpty }
+
+    init() {}
+    init(_ o: IstioTraffic.HeaderOperations) {
+        remove = o.remove.map { Array($0.lowercased().utf8) } + o.set.map { Array($0.0.lowercased().utf8) }
+        set = o.set.map { (Array($0.0.lowercased().utf8), Array($0.1.utf8)) }
+        add = o.add.map { (Array($0.0.lowercased().utf8), Array($0.1.utf8)) }
+        add = set + add
+    }
+
+    /// Whether a header named `p[0..<n]` (any case) is removed (or replaced).
+    @inline(__always) func removes(_ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+        for r in remove where r.count == n {
+            if r.withUnsafeBufferPointer({ ASCII.equalsLowerBytes(p, n, $0.baseAddress!) }) { return true }
+        }
+        return false
+    }
+}
+
+/// Which failures a route retries (Istio's `retryOn`, Envoy's meanings) and how often.
+struct RetryPolicy: Sendable {
+    struct On: OptionSet, Sendable {
+        let rawValue: UInt32
+        static let fiveXX = On(rawValue: 1), gatewayError = On(rawValue: 2), reset = On(rawValue: 4),
+                   connectFailure = On(rawValue: 8), refusedStream = On(rawValue: 16), retriable4xx = On(rawValue: 32),
+                   grpcCancelled = On(rawValue: 64), grpcDeadlineExceeded = On(rawValue: 128), grpcInternal = On(rawValue: 256),
+                   grpcResourceExhausted = On(rawValue: 512), grpcUnavailable = On(rawValue: 1024)
+    }
+    /// Retries after the first attempt (Istio's `attempts`).
+    var retries: Int
+    /// 0: none (the route timeout bounds every attempt).
+    var perTryTimeout: UInt64
+    var on: On
+    var statusCodes: [Int]
+
+    /// DESIGN §2: 2 attempts on connect-failure and refused-stream when a route sets none.
+    static let `default` = RetryPolicy(retries: 2, perTryTimeout: 0, on: [.connectFailure, .refusedStream], statusCodes: [])
+
+    init(retries: Int, perTryTimeout: UInt64, on: On, statusCodes: [Int]) {
+        self.retries = retries; self.perTryTimeout = perTryTimeout; self.on = on; self.statusCodes = statusCodes
+    }
+
+    init(_ r: IstioTraffic.Retry) {
+        retries = r.attempts
+        perTryTimeout = r.perTryTimeout ?? 0
+        var on: On = []
+        var codes: [Int] = []
+        // Istio's default retryOn when a route gives attempts but no conditions.
+        let words = r.retryOn.isEmpty ? ["connect-failure", "refused-stream", "unavailable", "cancelled", "503"] : r.retryOn
+        for w in words {
+            switch w {
+            case "5xx": on.insert(.fiveXX)
+            case "gateway-error": on.insert(.gatewayError)
+            case "reset": on.insert(.reset)
+            case "connect-failure": on.insert(.connectFailure)
+            case "refused-stream": on.insert(.refusedStream)
+            case "retriable-4xx": on.insert(.retriable4xx)
+            case "cancelled": on.insert(.grpcCancelled)
+            case "deadline-exceeded": on.insert(.grpcDeadlineExceeded)
+            case "internal": on.insert(.grpcInternal)
+            case "resource-exhausted": on.insert(.grpcResourceExhausted)
+            case "unavailable": on.insert(.grpcUnavailable)
+            default: if let c = Int(w) { codes.append(c) }   // retriable-status-codes: the codes listed
+            }
+        }
+        self.on = on
+        statusCodes = codes
+    }
+
+    /// Whether a response with this status (and grpc-status, -1 when absent) is retried.
+    @inline(__always) func retries(status s: Int, grpc g: Int) -> Bool {
+        if s >= 500 && on.contains(.fiveXX) { return true }
+        if s >= 502 && s <= 504 && on.contains(.gatewayError) { return true }
+        if s == 409 && on.contains(.retriable4xx) { return true }
+        if !statusCodes.isEmpty && statusCodes.contains(s) { return true }
+        if g >= 0 {
+            if g == 1 && on.contains(.grpcCancelled) { return true }
+            if g == 4 && on.contains(.grpcDeadlineExceeded) { return true }
+            if g == 13 && on.contains(.grpcInternal) { return true }
+            if g == 8 && on.contains(.grpcResourceExhausted) { return true }
+            if g == 14 && on.contains(.grpcUnavailable) { return true }
+        }
+        return false
+    }
+    var onConnectFailure: Bool { !on.isDisjoint(with: [.connectFailure, .fiveXX, .gatewayError]) }
+    var onReset: Bool { !on.isDisjoint(with: [.reset, .fiveXX]) }
+    var onRefusedStream: Bool { !on.isDisjoint(with: [.refusedStream, .fiveXX]) }
+    /// A per-try timeout counts as a 504 from the upstream.
+    var onTimeout: Bool { !on.isDisjoint(with: [.reset, .fiveXX, .gatewayError]) || statusCodes.contains(504) }
+}
+
+/// Istio's fault injection, in parts per million so a percentage like 0.1 stays exact.
+struct FaultPolicy: Sendable {
+    var delayPPM: UInt64 = 0
+    var delay: UInt64 = 0
+    var abortPPM: UInt64 = 0
+    var abortStatus = 0
+
+    init?(_ f: IstioTraffic.Fault?) {
+        guard let f else { return nil }
+        if let d = f.fixedDelay { delay = d; delayPPM = UInt64((f.delayPercent ?? 100) * 10_000) }
+        if let s = f.abortStatus { abortStatus = s; abortPPM = UInt64((f.abortPercent ?? 100) * 10_000) }
+    }
+}
+
+/// An outbound destination: the endpoints of one cluster that a subset's labels select.
+struct RouteTarget: Sendable {
+    let cluster: Int
+    /// Indices into the cluster's endpoints.
+    let endpoints: [Int]
+    /// `cluster` or `cluster/subset`, for /config_dump.
+    let name: String
+    /// The subset's policy when it sets one, else the cluster's.
+    let loadBalancer: IstioTraffic.TrafficPolicy.LoadBalancer
+}
+
+/// The routes answering one host, tried in order (first match wins).
+struct VirtualHost: Sendable {
+    let routes: [Int]
+}
+
+extension ProxySnapshot {
+    /// The first route of virtual host `v` whose match entries accept the request, with the index
+    /// of the entry that matched (-1 for a route without entries); route -1 when none does.
+    func route<R: RoutableRequest>(vhost v: Int, _ req: R) -> (route: Int, match: Int) {
+        for r in vhosts[v].routes {
+            let ms = routes[r].matches
+            if ms.isEmpty { return (r, -1) }
+            for (i, m) in ms.enumerated() where m.matches(req) { return (r, i) }
+        }
+        return (-1, -1)
+    }
+}
+
+extension ProxySnapshot.Route {
+    /// A destination by weight (uniform draw over 100).
+    @inline(__always) func pickTarget(_ rng: inout FastRandom) -> Int {
+        if targets.count == 1 { return targets[0] }
+        let x = Int(rng.next() % 100)
+        for (i, c) in cumulativeWeights.enumerated() where x < c { return targets[i] }
+        return targets[targets.count - 1]
+    }
+
+    /// Whether a fault (delay or abort) of `ppm` parts per million applies to this request.
+    @inline(__always) static func draw(_ ppm: UInt64, _ rng: inout FastRandom) -> Bool {
+        ppm >= 1_000_000 || (ppm > 0 && rng.next() % 1_000_000 < ppm)
+    }
+}
+
+/// An HTTP/1.1 request head as the router sees it (bytes in the connection's input buffer).
+struct H1RequestView: RoutableRequest {
+    let head: HTTPHead
+    let base: UnsafeMutablePointer<UInt8>
+
+    func withMethod<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R {
+        body(UnsafePointer(base + head.methodStart), head.methodEnd - head.methodStart)
+    }
+
+    func withPath<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R {
+        if head.isAbsoluteForm {
+            if head.pathEnd > head.pathStart { return body(UnsafePointer(base + head.pathStart), head.pathEnd - head.pathStart) }
+            let slash: StaticString = "/"
+            return body(slash.utf8Start, 1)
+        }
+        return body(UnsafePointer(base + head.targetStart), head.targetEnd - head.targetStart)
+    }
+
+    func withHeader<R>(_ name: [UInt8], _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
+        for f in head.fields where Int(f.nameEnd - f.lineStart) == name.count {
+            let p = UnsafePointer(base + Int(f.lineStart))
+            if name.withUnsafeBufferPointer({ ASCII.equalsLowerBytes(p, $0.count, $0.baseAddress!) }) {
+                return body(UnsafePointer(base + Int(f.valueStart)), Int(f.valueEnd - f.valueStart))
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,131 @@
+import MeshConfig
+import MeshCore
+
+/// Turns a validated bootstrap and its VirtualServices/DestinationRules into the snapshot's
+/// tables: clusters with their DestinationRule policy, subset targets, routes in match order, and
+/// the host entries that lead to them. Control path only; runs once per config.
+struct TrafficCompiler {
+    var clusters: [ProxySnapshot.Cluster] = []
+    var inboundCluster = -1
+    var routes: [ProxySnapshot.Route] = []
+    var targets: [RouteTarget] = []
+    var vhosts: [VirtualHost] = []
+    var hostEntries: [(String, Int)] = []
+    private var targetIndex: [String: Int] = [:]
+
+    init(_ b: Bootstrap) {
+        let ns = b.workload.namespace
+        for (ci, c) in b.clusters.enumerated() {
+            let dr = b.traffic.destinationRules.first { b.clusterIndex(forHost: $0.host) == ci }
+            let tp = dr?.trafficPolicy
+            var outlier: ProxySnapshot.OutlierPolicy? = nil
+            if let t = tp, t.consecutive5xxErrors != nil || t.consecutiveGatewayErrors != nil || t.baseEjectionTime != nil
+                || t.maxEjectionPercent != nil || t.interval != nil {
+                // Istio's defaults: 5 consecutive 5xx, gateway errors off, 30 s base ejection, 10 %.
+                outlier = .init(consecutive5xx: t.consecutive5xxErrors ?? 5, consecutiveGateway: t.consecutiveGatewayErrors ?? 0,
+                                baseEjection: t.baseEjectionTime ?? 30_000_000_000, maxEjectionPercent: t.maxEjectionPercent ?? 10)
+            }
+            clusters.append(.init(name: c.name, endpoints: c.endpoints, mutualTLS: c.tls == .istioMutual,
+                                  expectedPeers: c.subjectAltNames, connectTimeout: c.connectTimeout,
+                                  idleTimeout: c.idleTimeout, maxConnections: tp?.maxConnections ?? c.maxConnections,
+                                  http2: c.protocolHTTP2, loadBalancer: tp?.loadBalancer ?? .roundRobin,
+                                  maxPendingRequests: tp?.http1MaxPendingRequests ?? 1024,
+                                  maxRequests: tp?.http2MaxRequests ?? Int.max, maxRetries: tp?.maxRetries ?? Int.max,
+                                  outlier: outlier))
+        }
+        if let inb = b.inbound, let app = inb.appAddress {
+            inboundCluster = clusters.count
+            clusters.append(.init(name: "inbound|\(app.port)||local-app", endpoints: [app], mutualTLS: false,
+                                  expectedPeers: [], connectTimeout: Bootstrap.Defaults.connectTimeout,
+                                  idleTimeout: Bootstrap.Defaults.poolIdleTimeout,
+                                  maxConnections: Bootstrap.Defaults.maxConnections, http2: inb.appHTTP2,
+                                  loadBalancer: .roundRobin, maxPendingRequests: 1024, maxRequests: Int.max,
+                                  maxRetries: Int.max, outlier: nil))
+        }
+
+        // spec.routes: one route per host set, to the whole cluster, with the default retries.
+        for r in b.routes {
+            let ci = clusters.firstIndex { $0.name == r.cluster }!
+            let t = target(b, cluster: ci, subset: nil)
+            let svc = Self.service(r.hosts[0], ns)
+            let ri = routes.count
+            routes.append(.init(cluster: ci, timeout: r.timeout, label: r.name, serviceFQDN: svc.fqdn, serviceName: svc.name,
+                                serviceNamespace: svc.ns, matches: [], targets: [t], cumulativeWeights: [100],
+                                retry: .default, fault: nil, mirrorTarget: -1, mirrorPPM: 0,
+                                requestOps: HeaderOps(), responseOps: HeaderOps(), rewriteURI: nil))
+            let v = vhosts.count
+            vhosts.append(VirtualHost(routes: [ri]))
+            for h in r.hosts { for e in Bootstrap.expandedHosts(h.lowercased(), namespace: ns) { hostEntries.append((e, v)) } }
+        }
+
+        // VirtualServices: their http routes in order, per host.
+        for vs in b.traffic.virtualServices {
+            var list: [Int] = []
+            for (i, h) in vs.http.enumerated() {
+                var ts: [Int] = []
+                var cum: [Int] = []
+                var sum = 0
+                for d in h.route where d.weight > 0 || h.route.count == 1 {
+                    let ci = b.clusterIndex(forHost: d.destination.host)!
+                    ts.append(target(b, cluster: ci, subset: d.destination.subset))
+                    sum += h.route.count == 1 ? 100 : d.weight
+                    cum.append(sum)
+                }
+                let first = h.route[0].destination
+                let svc = Self.service(first.host, vs.namespace)
+                var mirrorTarget = -1
+                if let m = h.mirror { mirrorTarget = target(b, cluster: b.clusterIndex(forHost: m.host)!, subset: m.subset) }
+                let matches = h.match.map { m -> RouteMatch in
+                    var rm = RouteMatch()
+                    rm.uri = m.uri.map(ByteMatch.init)
+                    rm.method = m.method.map(ByteMatch.init)
+                    rm.headers = m.headers.map { (Array($0.name.utf8), ByteMatch($0.match)) }
+                    return rm
+                }
+                list.append(routes.count)
+                routes.append(.init(cluster: b.clusterIndex(forHost: first.host)!, timeout: h.timeout ?? 0,
+                                    label: Bootstrap.routeLabel(vs, i), serviceFQDN: svc.fqdn, serviceName: svc.name,
+                                    serviceNamespace: svc.ns, matches: matches, targets: ts, cumulativeWeights: cum,
+                                    retry: h.retries.map(RetryPolicy.init) ?? .default, fault: FaultPolicy(h.fault),
+                                    mirrorTarget: mirrorTarget, mirrorPPM: h.mirror == nil ? 0 : UInt64((h.mirrorPercent ?? 100) * 10_000),
+                                    requestOps: HeaderOps(h.requestHeaders), responseOps: HeaderOps(h.responseHeaders),
+                                    rewriteURI: h.rewriteURI.map { Array($0.utf8) }))
+            }
+            let v = vhosts.count
+            vhosts.append(VirtualHost(routes: list))
+            for h in vs.hosts { for e in Bootstrap.expandedHosts(h.lowercased(), namespace: vs.namespace) { hostEntries.append((e, v)) } }
+        }
+    }
+
+    /// The target for a cluster, or for the endpoints a subset of its DestinationRule selects.
+    private mutating func target(_ b: Bootstrap, cluster ci: Int, subset: String?) -> Int {
+        let name = subset.map { "\(clusters[ci].name)/\($0)" } ?? clusters[ci].name
+        if let t = targetIndex[name] { return t }
+        var eps = Array(b.clusters[ci].endpoints.indices)
+        if let s = subset {
+            let dr = b.traffic.destinationRules.first { b.clusterIndex(forHost: $0.host) == ci }
+            let labels = dr?.subsets.first { $0.name == s }?.labels ?? []
+            eps = eps.filter { e in
+                labels.allSatisfy { l in b.clusters[ci].endpointLabels[e].contains { $0.0 == l.0 && $0.1 == l.1 } }
+            }
+            if eps.isEmpty { Log.warn("config", "subset \(name) selects no endpoint: its requests will get 503 (UH)") }
+        }
+        var lb = clusters[ci].loadBalancer
+        if let s = subset, let dr = b.traffic.destinationRules.first(where: { b.clusterIndex(forHost: $0.host) == ci }),
+           let v = dr.subsets.first(where: { $0.name == s })?.trafficPolicy?.loadBalancer {
+            lb = v
+        }
+        let t = targets.count
+        targets.append(RouteTarget(cluster: ci, endpoints: eps, name: name, loadBalancer: lb))
+        targetIndex[name] = t
+        return t
+    }
+
+    /// Istio's destination_service labels for a host as written.
+    private static func service(_ host: String, _ ns: String) -> (fqdn: String, name: String, ns: String) {
+        let parts = host.lowercased().split(separator: ".").map(String.init)
+        let name = parts.first ?? host
+        let sns = parts.count > 1 ? parts[1] : ns
+        return ("\(name).\(sns).svc.cluster.local", name, sns)
+    }
+}
