@@ -33,6 +33,6 @@ let package = Package(
         .testTarget(name: "MeshConfigTests", dependencies: ["MeshConfig", "MeshCore"]),
         .testTarget(name: "MeshStatsTests", dependencies: ["MeshStats"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
-        .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore"]),
+        .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP"]),
     ]
 )

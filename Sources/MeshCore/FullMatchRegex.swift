@@ -7,11 +7,9 @@ import Glibc
 /// bytes (`REG_STARTEND`) so the request path builds no String. Compiled once per config snapshot.
 public final class FullMatchRegex: @unchecked Sendable {
     private let re: UnsafeMutablePointer<regex_t>
-    public let pattern: String
 
     /// nil with the library's message when the pattern does not compile.
     public init(_ pattern: String) throws(RegexCompileError) {
-        self.pattern = pattern
         var translated = "^("
         var it = pattern.unicodeScalars.makeIterator()
         while let c = it.next() {
@@ -27,14 +25,17 @@ public final class FullMatchRegex: @unchecked Sendable {
             }
         }
         translated += ")$"
-        re = .allocate(capacity: 1)
-        let rc = regcomp(re, translated, REG_EXTENDED | REG_NOSUB)
+        // Compiled into a local first: a class whose stored properties are all set runs its
+        // deinit when the initializer throws.
+        let compiled = UnsafeMutablePointer<regex_t>.allocate(capacity: 1)
+        let rc = regcomp(compiled, translated, REG_EXTENDED | REG_NOSUB)
         if rc != 0 {
             var buf = [CChar](repeating: 0, count: 256)
-            regerror(rc, re, &buf, buf.count)
-            re.deallocate()
+            regerror(rc, compiled, &buf, buf.count)
+            compiled.deallocate()
             throw RegexCompileError(message: String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
+        re = compiled
     }
 
     deinit {

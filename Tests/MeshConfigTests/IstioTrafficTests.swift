@@ -95,6 +95,8 @@ final class IstioTrafficTests: XCTestCase {
         assertRefused(good.replacingOccurrences(of: "simple: LEAST_REQUEST", with: "simple: FASTEST"), "expected ROUND_ROBIN, LEAST_REQUEST or RANDOM")
         assertRefused(good.replacingOccurrences(of: "httpStatus: 503", with: "httpStatus: 99"), "httpStatus: must be between 200 and 599")
         assertRefused(good.replacingOccurrences(of: "- name: v2\n    labels: {version: v2}", with: "- name: v1\n    labels: {version: v2}"), "duplicate subset \"v1\"")
-        assertRefused(good + "\n---\n" + good.components(separatedBy: "---\n")[1], "already has DestinationRule")
+        let dr = good.components(separatedBy: "---\n")[1]
+        assertRefused(good + "\n---\n" + dr.replacingOccurrences(of: "{name: reviews}", with: "{name: reviews2}"), "already has DestinationRule")
+        assertRefused(good + "\n---\n" + dr, "document 3: metadata.name: a second DestinationRule default/reviews")
     }
 }

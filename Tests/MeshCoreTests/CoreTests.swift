@@ -487,3 +487,36 @@ final class TimerHeapTests: XCTestCase {
         XCTAssertTrue(h.isEmpty)
     }
 }
+
+/// FullMatchRegex: Istio's regex matches are full matches, run in place over bytes.
+final class FullMatchRegexTests: XCTestCase {
+    private func m(_ re: FullMatchRegex, _ s: String) -> Bool {
+        let b = Array(s.utf8) + [UInt8(ascii: "X")]   // a byte past the range must not count
+        return b.withUnsafeBufferPointer { re.matches($0.baseAddress!, b.count - 1) }
+    }
+
+    func testWholeRangeOnly() throws {
+        let re = try FullMatchRegex("/api/v[0-9]+")
+        XCTAssertTrue(m(re, "/api/v12"))
+        XCTAssertFalse(m(re, "/api/v12/x"), "a full match, not a search")
+        XCTAssertFalse(m(re, "x/api/v1"))
+        XCTAssertFalse(m(re, "/api/v"))
+    }
+
+    func testAlternationIsAnchoredAsAWhole() throws {
+        let re = try FullMatchRegex("a|b")
+        XCTAssertTrue(m(re, "a"))
+        XCTAssertFalse(m(re, "ab"))
+    }
+
+    func testDigitClassIsTranslated() throws {
+        let re = try FullMatchRegex("/u/\\d+")
+        XCTAssertTrue(m(re, "/u/42"))
+        XCTAssertFalse(m(re, "/u/4a"))
+    }
+
+    func testRefusesABadPattern() {
+        XCTAssertThrowsError(try FullMatchRegex("(unclosed"))
+        XCTAssertThrowsError(try FullMatchRegex("[z-a]"))
+    }
+}
