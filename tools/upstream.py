@@ -18,6 +18,12 @@ Endpoints
   GET  /chunked?n=K[&size=B]  chunked response of K chunks ("chunk i\\n", or B bytes each)
   *    /trailers         JSON of the request trailers received, sent chunked with a trailer
                          x-checksum (sha256 of the body)
+  GET  /flaky?every=K     every K-th request to /flaky answers 503 (a per-process counter), the
+                         others 200 "ok from NAME"
+  GET  /_hits            JSON {hits: n}: requests served so far, /_hits and /_control excluded
+  GET  /_control?fail=C&delay=MS
+                         from now on every other request waits MS ms, then answers status C
+                         (fail=0: normally; each parameter left out is reset to 0)
 Any request body not consumed by the endpoint is drained so the connection stays usable.
 HEAD works wherever GET does.
 """
@@ -225,6 +231,27 @@ class Handler(BaseHTTPRequestHandler):
         path = u.path
         q = parse_qs(u.query)
         m = self.command
+        srv = self.server
+        if path == "/_hits":
+            return self.respond_json({"hits": srv.hits})
+        if path == "/_control":
+            srv.fail_status = _int_param(q, "fail", 0)
+            srv.delay_ms = _int_param(q, "delay", 0)
+            return self.respond_json({"fail": srv.fail_status, "delay": srv.delay_ms})
+        with _cache_lock:
+            srv.hits += 1
+            flaky_n = srv.flaky = srv.flaky + (1 if path == "/flaky" else 0)
+        if srv.delay_ms:
+            time.sleep(srv.delay_ms / 1000.0)
+        if srv.fail_status:
+            self.drain_body()
+            return self.respond(srv.fail_status, ("failing on purpose: %s\n" % srv.app_name).encode())
+        if path == "/flaky":
+            every = max(1, _int_param(q, "every", 2))
+            self.drain_body()
+            if flaky_n % every == 0:
+                return self.respond(503, ("flaky 503 from %s\n" % srv.app_name).encode())
+            return self.respond(200, ("ok from %s\n" % srv.app_name).encode())
         if path == "/" and m in ("GET", "HEAD"):
             return self.respond(200, ("hello from %s\n" % self.server.app_name).encode())
         if path == "/echo":
@@ -331,6 +358,10 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024
     app_name = "upstream"
+    hits = 0
+    flaky = 0
+    fail_status = 0
+    delay_ms = 0
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]

@@ -1271,7 +1271,6 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     private func parseResponseHead(_ up: UpstreamConnection) -> Bool {
         while !up.input.isEmpty {
             up.gotResponseBytes = true
-            replayValid = false
             let r = up.parser.parseResponse(up.input.base, start: up.input.readIndex, end: up.input.writeIndex, into: &up.head)
             switch r {
             case .incomplete:
