@@ -39,18 +39,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     /// The route target the request goes to (-1: the whole cluster, inbound).
     private var target = -1
     private var retry = RetryPolicy.default
-    private var retriesLeft = 0
-    private var retriesDone = 0
-    /// A retry was refused by the budget (the final response then says URX).
-    private var retryRefused = false
+    /// Retries, budget and circuit-breaker counts of the current request.
+    private var attempts = RequestAttempts()
     /// End of the current attempt (per-try timeout), 0 for none.
     private var tryDeadline: UInt64 = 0
-    /// The endpoint of the current attempt (its in-flight count, for LEAST_REQUEST).
-    private var attemptPool: EndpointPool?
-    /// The current attempt is a retry (counted in the cluster's retries in flight).
-    private var retryInFlight = false
-    /// The cluster whose requests-in-flight count includes this request, or -1.
-    private var clusterCounted = -1
     /// Length of the request head at the start of `replay` (the body follows it).
     private var replayHeadLength = 0
     /// The body framer as it was when the request started, to replay the body from the start.
@@ -490,16 +482,12 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                 if ProxySnapshot.Route.draw(f.abortPPM, &worker.rng) { faultAbortStatus = f.abortStatus }
             }
         }
-        let c = snapshot.clusters[cluster]
-        let rt = worker.clusterState[cluster]
-        if rt.activeRequests >= c.maxRequests {
+        if !attempts.admit(worker, cluster: cluster, policy: retry) {
             worker.stats.inc(.upstreamOverflow)
             consumeHead()
             localReply(503, "upstream overflow: too many requests in flight to this cluster (http2MaxRequests)", close: !reqBody.isDone, flag: .upstreamOverflow)
             return
         }
-        rt.activeRequests += 1
-        clusterCounted = cluster
         generatedIDOffset = -1
         buildUpstreamHead()
         replayHeadLength = replay.readableBytes
@@ -507,9 +495,6 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         consumeHead()
         reqBodyStart = reqBody
         replayValid = true
-        retriesLeft = retry.retries
-        retriesDone = 0
-        retryRefused = false
         routeDeadline = routeTimeout > 0 ? loop.now + routeTimeout : 0
         if faultDelaying, routeIndex >= 0, let f = snapshot.routes[routeIndex].fault {
             worker.stats.inc(.faultDelays)
@@ -531,16 +516,6 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
 
     // MARK: per-request cluster state
 
-    /// Ends the current attempt's accounting: the endpoint's in-flight count, and the cluster's
-    /// retries in flight when the attempt was a retry.
-    private func endAttempt() {
-        if let p = attemptPool { p.activeRequests -= 1; attemptPool = nil }
-        if retryInFlight {
-            retryInFlight = false
-            if clusterCounted >= 0 { worker.clusterState[clusterCounted].activeRetries -= 1 }
-        }
-    }
-
     private func leavePoolQueue() {
         if waitingForPool {
             waitingForPool = false
@@ -550,12 +525,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
 
     /// Releases everything the request holds in its cluster's counters (idempotent).
     private func releaseRequestSlots() {
-        endAttempt()
+        attempts.release(worker)
         leavePoolQueue()
-        if clusterCounted >= 0 {
-            worker.clusterState[clusterCounted].activeRequests -= 1
-            clusterCounted = -1
-        }
     }
 
     /// A connection slot of the cluster is free (this request waits in its queue).
@@ -572,7 +543,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     /// An attempt failed before any response: retry when the policy, the body and the budget
     /// allow, else answer with the reason.
     private func attemptFailed(_ f: AttemptFailure) {
-        if let p = attemptPool { worker.recordOutcome(p, status: 0, gatewayFailure: true) }
+        attempts.outcome(worker, status: 0, gatewayFailure: true)
         let retriable: Bool
         switch f {
         case .connect: retriable = retry.onConnectFailure
@@ -589,7 +560,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             scheduleRetry()
             return
         }
-        let exhausted = retriable && (retriesDone > 0 || retryRefused)
+        let exhausted = retriable && attempts.exhausted
         switch f {
         case .connect:
             localReply(503, "upstream connect error", close: !reqBody.isDone, flag: .upstreamConnectFailure)
@@ -606,25 +577,13 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     /// Whether one more attempt may be made: retries left, the body still replayable, nothing
     /// sent downstream, and room in the retry budget.
     private func canRetry() -> Bool {
-        guard retriesLeft > 0, replayValid, !responseStarted, !isClosed else { return false }
-        if !worker.retryAllowed(cluster: cluster) {
-            worker.stats.inc(.retryOverflow)
-            retryRefused = true
-            return false
-        }
-        return true
+        attempts.mayRetry(worker, replayable: replayValid && !responseStarted && !isClosed)
     }
 
-    /// Starts the next attempt after Envoy's back-off: fully jittered, 25 ms doubling up to 250 ms.
+    /// Starts the next attempt after the back-off.
     private func scheduleRetry() {
-        retriesLeft -= 1
-        retriesDone += 1
-        endAttempt()
-        retryInFlight = true
-        worker.clusterState[cluster].activeRetries += 1
+        let delay = attempts.bookRetry(worker)
         restoreRequestBody()
-        let base: UInt64 = min(25_000_000 << UInt64(min(retriesDone - 1, 4)), 250_000_000)
-        let delay = 1 + worker.rng.next() % base
         state = .backoff
         var d = loop.now + delay
         if routeDeadline != 0 && routeDeadline < d { d = routeDeadline }
@@ -871,10 +830,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         connectAttempts += 1
         tryDeadline = retry.perTryTimeout > 0 ? loop.now + retry.perTryTimeout : 0
         armStreamTimer()
-        if attemptPool == nil {
-            attemptPool = pool
-            pool.activeRequests += 1
-        }
+        attempts.startAttempt(on: pool)
         let h2ctx: TLSContext? = c.mutualTLS ? snapshot.clientTLSH2 : nil
         if c.http2 && !wantsUpgrade && !pool.h2Refused && (!c.mutualTLS || h2ctx != nil) {
             guard let h = pool.checkoutH2(c, tlsContext: h2ctx) else {
@@ -925,7 +881,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     /// The cluster's connections are all open and busy: wait in its bounded queue
     /// (`http1MaxPendingRequests`), or answer 503 UO when the queue is full too.
     private func poolOverflow(_ c: ProxySnapshot.Cluster) {
-        endAttempt()
+        attempts.endAttempt(worker)
         let rt = worker.clusterState[cluster]
         if rt.pendingCount < c.maxPendingRequests {
             waitingForPool = true
@@ -1149,7 +1105,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             h2RespHead?.clear()
             return
         }
-        if let p = attemptPool { worker.recordOutcome(p, status: h2Status, gatewayFailure: false) }
+        attempts.outcome(worker, status: h2Status, gatewayFailure: false)
         if retry.retries(status: h2Status, grpc: h2Grpc) {
             if canRetry() {
                 worker.stats.inc(.retriesStatus)
@@ -1157,7 +1113,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                 scheduleRetry()
                 return
             }
-            if retriesDone > 0 || retryRefused { flag = .retryLimitExceeded }
+            if attempts.exhausted { flag = .retryLimitExceeded }
         }
         responseStatus = h2Status
         let bodyExpected = !endStream && method != .head && h2Status != 204 && h2Status != 304
@@ -1309,7 +1265,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                     up.parser.resetScan()
                     continue
                 }
-                if let p = attemptPool { worker.recordOutcome(p, status: status, gatewayFailure: false) }
+                attempts.outcome(worker, status: status, gatewayFailure: false)
                 if retry.retries(status: status, grpc: retry.on.rawValue >= 64 ? grpcStatus(up) : -1) {
                     if canRetry() {
                         worker.stats.inc(.retriesStatus)
@@ -1319,7 +1275,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                         scheduleRetry()
                         return false
                     }
-                    if retriesDone > 0 || retryRefused { flag = .retryLimitExceeded }
+                    if attempts.exhausted { flag = .retryLimitExceeded }
                 }
                 responseStatus = status
                 up.body.startResponse(up.head, requestMethod: method)
