@@ -38,6 +38,42 @@ struct HeaderBlock {
         let b = bytes.base
         for (ns, nl, vs, vl) in offsets { s.addHeader(b + ns, nl, b + vs, vl) }
     }
+
+    /// Calls `body` with each field's name and value.
+    func forEach(_ body: (UnsafePointer<UInt8>, Int, UnsafePointer<UInt8>, Int) -> Void) {
+        let b = UnsafePointer(bytes.base)
+        for (ns, nl, vs, vl) in offsets { body(b + ns, nl, b + vs, vl) }
+    }
+
+    /// The value of the first field named `name` (lowercase bytes), if any.
+    func withValue<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
+        let b = UnsafePointer(bytes.base)
+        for (ns, nl, vs, vl) in offsets where nl == n && ASCII.equalsLowerBytes(b + ns, n, name) { return body(b + vs, vl) }
+        return nil
+    }
+}
+
+/// An HTTP/2 request's header block as the router sees it.
+struct H2RequestView: RoutableRequest {
+    let block: HeaderBlock
+
+    private func pseudo<R>(_ name: StaticString, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R {
+        if let r = block.withValue(name.utf8Start, name.utf8CodeUnitCount, body) { return r }
+        return body(name.utf8Start, 0)
+    }
+    func withMethod<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R { pseudo(":method", body) }
+    func withPath<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R { pseudo(":path", body) }
+    func withHeader<R>(_ name: [UInt8], _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
+        name.withUnsafeBufferPointer { n in block.withValue(n.baseAddress!, n.count, body) }
+    }
+}
+
+/// The deadline of one bridged stream (route timeout, per-try timeout, back-off, fault delay);
+/// registered with the loop only while the stream needs it.
+final class StreamTimer: Pollable {
+    unowned(unsafe) let stream: H2BridgeStream
+    init(stream: H2BridgeStream) { self.stream = stream; super.init(fd: -1) }
+    override func onTimer(now: UInt64) { stream.timerFired(now: now) }
 }
 
 /// An HTTP/2 stream carried to an upstream over HTTP/2: h2c from an app on the outbound listener
@@ -61,7 +97,6 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     private let pending = ByteBuffer(capacity: 256)
     private var requestEnd = false
     private var requestFinishedUp = false
-    private var retriesLeft = 2
     private var cluster = -1
     private var route = MetricKey.noRoute
     private var heldDownCredit = 0
@@ -72,6 +107,24 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     private var sentData = false
     private var headDone = false
     private var requestTrailers = HeaderBlock()
+
+    // Routing, retries and timers (outbound; DESIGN §3).
+    private var routeIndex = -1
+    private var matchIndex = -1
+    private var target = -1
+    private var attempts = RequestAttempts()
+    private var timer: StreamTimer?
+    private var routeDeadline: UInt64 = 0
+    private var tryDeadline: UInt64 = 0
+    private var backoffUntil: UInt64 = 0
+    private var faultDelaying = false
+    private var faultAbortStatus = 0
+    /// Body bytes sent upstream on this attempt, kept (up to a cap) to replay on a retry.
+    private let sentBody = ByteBuffer(capacity: 256)
+    private var replayable = true
+    /// Bytes at the front of `pending` whose flow-control credit was already returned.
+    private var pendingCredited = 0
+    private static let replayCap = 64 * 1024
 
     var h2StreamID: Int32 { upStream }
     /// -1 for a non-gRPC request, else its grpc-status (17 until one is seen).
@@ -108,11 +161,14 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         request.clear(); response.clear(); requestTrailers.clear(); pending.clear()
         authority.removeAll(keepingCapacity: true)
         hasRequestID = false; upstream = nil; upStream = 0; pool = nil
-        requestEnd = false; requestFinishedUp = false; retriesLeft = 2
+        requestEnd = false; requestFinishedUp = false
         cluster = -1; route = MetricKey.noRoute; heldDownCredit = 0; heldUpCredit = 0
         upstreamPeer = 0; callerPeer = -1; sentData = false; headDone = false; grpc = -1
         status = 0; responseStarted = false; finished = false; flag = .none
         requestBytes = 0; responseBytes = 0; recorded = false
+        routeIndex = -1; matchIndex = -1; target = -1
+        routeDeadline = 0; tryDeadline = 0; backoffUntil = 0; faultDelaying = false; faultAbortStatus = 0
+        sentBody.clear(); replayable = true; pendingCredited = 0
     }
 
     // MARK: request from downstream
@@ -151,35 +207,80 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         headDone = true
         requestEnd = endStream
         let snap = handler.conn.snapshotInUse
+        var policy = RetryPolicy.default
         if inbound {
             cluster = snap.inboundCluster
             route = MetricKey.inboundRoute
         } else {
-            let r = authority.withUnsafeBufferPointer { b -> Int in
+            let v = authority.withUnsafeBufferPointer { b -> Int in
                 guard let p = b.baseAddress else { return -1 }
                 return snap.hosts.lookup(p, HostTable.hostLength(p, b.count))
             }
-            if r < 0 {
+            if v < 0 {
                 worker.stats.inc(.noRoute)
                 localReply(404, "no route for this host", flag: .noRoute)
                 return
             }
+            let (r, m) = snap.route(vhost: v, H2RequestView(block: request))
+            if r < 0 {
+                worker.stats.inc(.noRoute)
+                localReply(404, "no route matched this request", flag: .noRoute)
+                return
+            }
             route = r
-            cluster = snap.routes[r].cluster
+            routeIndex = r
+            matchIndex = m
+            let rt = snap.routes[r]
+            target = rt.pickTarget(&worker.rng)
+            cluster = snap.targets[target].cluster
+            policy = rt.retry
+            if rt.timeout > 0 { routeDeadline = worker.loop.now + rt.timeout }
+            if let f = rt.fault {
+                if ProxySnapshot.Route.draw(f.delayPPM, &worker.rng) { faultDelaying = true }
+                if ProxySnapshot.Route.draw(f.abortPPM, &worker.rng) { faultAbortStatus = f.abortStatus }
+            }
         }
         if cluster < 0 { localReply(503, "no local app", flag: .noRoute); return }
+        if !attempts.admit(worker, cluster: cluster, policy: policy) {
+            worker.stats.inc(.upstreamOverflow)
+            localReply(503, "upstream overflow: too many requests in flight to this cluster (http2MaxRequests)", flag: .upstreamOverflow)
+            return
+        }
+        if faultDelaying, let f = snap.routes[routeIndex].fault {
+            worker.stats.inc(.faultDelays)
+            if faultAbortStatus == 0 { flag = .delayInjected }
+            backoffUntil = worker.loop.now + f.delay
+            armTimer()
+            return
+        }
+        if faultAbortStatus > 0 { faultAbort(); return }
+        armTimer()
         connect()
+    }
+
+    private func faultAbort() {
+        worker.stats.inc(.faultAborts)
+        localReply(faultAbortStatus, "fault filter abort", flag: .faultInjected)
     }
 
     private func connect() {
         let snap = handler.conn.snapshotInUse
         let c = snap.clusters[cluster]
-        let p = worker.pickEndpoint(cluster: cluster, avoid: pool)
+        let picked = target >= 0 ? worker.pickEndpoint(target: target, avoid: pool) : worker.pickEndpoint(cluster: cluster, avoid: pool)
+        guard let p = picked else { localReply(503, "no healthy upstream", flag: .noHealthyUpstream); return }
         pool = p
+        attempts.startAttempt(on: p)
+        let perTry = attempts.policy.perTryTimeout
+        tryDeadline = perTry > 0 ? worker.loop.now + perTry : 0
+        if tryDeadline != 0 { armTimer() }
         guard c.http2 else { localReply(502, "the upstream of this route does not speak HTTP/2", flag: .upstreamProtocolError); return }
         let ctx: TLSContext? = c.mutualTLS ? snap.clientTLSH2 : nil
         guard let h = p.checkoutH2(c, tlsContext: ctx) else {
-            if p.lastError == 0 { localReply(503, "upstream connection limit reached", flag: .upstreamOverflow) } else { connectFailed() }
+            if p.lastError == 0 {
+                localReply(503, "upstream overflow: connection pool full (maxConnections)", flag: .upstreamOverflow)
+            } else {
+                connectFailed()
+            }
             return
         }
         upstream = h
@@ -192,21 +293,148 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
 
     private func connectFailed() {
         worker.stats.inc(.upstreamConnectFailures)
-        if retriesLeft > 0 {
-            retriesLeft -= 1
-            worker.stats.inc(.retries)
+        attemptFailed(.connect)
+    }
+
+    /// An attempt ended without a response: retry when the policy, the body and the budget
+    /// allow, else answer with the reason.
+    private func attemptFailed(_ f: DownstreamConnection.AttemptFailure) {
+        attempts.outcome(worker, status: 0, gatewayFailure: true)
+        let p = attempts.policy
+        let retriable: Bool
+        switch f {
+        case .connect: retriable = p.onConnectFailure
+        case .reset: retriable = p.onReset
+        case .refused: retriable = p.onRefusedStream
+        case .timeout: retriable = p.onTimeout
+        }
+        if retriable && attempts.mayRetry(worker, replayable: replayable && !responseStarted && !finished) {
+            switch f {
+            case .connect, .refused: worker.stats.inc(.retries)
+            case .reset: worker.stats.inc(.retriesReset)
+            case .timeout: worker.stats.inc(.retriesTimeout)
+            }
+            retry()
+            return
+        }
+        switch f {
+        case .connect: localReply(503, "upstream connect error", flag: .upstreamConnectFailure)
+        case .reset, .refused:
+            worker.stats.inc(.upstreamResetsBeforeResponse)
+            localReply(503, "upstream reset before response", flag: retriable && attempts.exhausted ? .retryLimitExceeded : .upstreamConnectionTermination)
+        case .timeout:
+            worker.stats.inc(.requestTimeouts)
+            localReply(504, "upstream per-try timeout", flag: .upstreamRequestTimeout)
+        }
+    }
+
+    /// Schedules the next attempt after the back-off; the body sent so far goes back in front of
+    /// what has not been sent yet.
+    private func retry() {
+        let delay = attempts.bookRetry(worker)
+        if sentBody.readableBytes > 0 {
+            pending.prepend(sentBody.readPointer, sentBody.readableBytes)
+            pendingCredited += sentBody.readableBytes
+            sentBody.clear()
+        }
+        requestFinishedUp = false
+        upstream = nil
+        upStream = 0
+        tryDeadline = 0
+        backoffUntil = worker.loop.now + delay
+        armTimer()
+    }
+
+    /// Arms the stream's timer for its earliest wait (registering it with the loop on first use).
+    private func armTimer() {
+        var d = routeDeadline
+        let t1 = responseStarted ? 0 : tryDeadline
+        if t1 != 0 && (d == 0 || t1 < d) { d = t1 }
+        if backoffUntil != 0 && (d == 0 || backoffUntil < d) { d = backoffUntil }
+        if d == 0 && timer?.slot ?? -1 < 0 { return }
+        let t = timer ?? StreamTimer(stream: self)
+        timer = t
+        if t.slot < 0 { worker.loop.registerTimerOnly(t) }
+        worker.loop.setDeadline(t, d)
+    }
+
+    private func disarmTimer() {
+        if let t = timer, t.slot >= 0 { worker.loop.deregisterTimerOnly(t) }
+    }
+
+    func timerFired(now: UInt64) {
+        guard !finished else { disarmTimer(); return }
+        if routeDeadline != 0 && now >= routeDeadline {
+            worker.stats.inc(.requestTimeouts)
+            cancelUpstream()
+            if responseStarted {
+                flag = .upstreamRequestTimeout
+                finished = true
+                returnCredit()
+                down.reset(stream: id, error: UInt32(NGHTTP2_CANCEL.rawValue))
+                handler.conn.requestFlush()
+                record()
+            } else {
+                localReply(504, "upstream request timeout", flag: .upstreamRequestTimeout)
+            }
+            return
+        }
+        if backoffUntil != 0 && now >= backoffUntil {
+            backoffUntil = 0
+            if faultDelaying {
+                faultDelaying = false
+                if faultAbortStatus > 0 { faultAbort(); return }
+            }
+            armTimer()
             connect()
             return
         }
-        localReply(503, "upstream connect error", flag: .upstreamConnectFailure)
+        if tryDeadline != 0 && now >= tryDeadline && !responseStarted {
+            tryDeadline = 0
+            cancelUpstream()
+            attemptFailed(.timeout)
+            return
+        }
+        armTimer()
+    }
+
+    /// Gives up the current upstream stream (its response credit returned).
+    private func cancelUpstream() {
+        if let h = upstream {
+            if heldUpCredit > 0 && upStream > 0 { h.session.consume(stream: upStream, heldUpCredit); h.requestFlush() }
+            heldUpCredit = 0
+            h.cancel(self, stream: upStream)
+        }
+        upstream = nil
+        upStream = 0
     }
 
     func h2Submit(_ conn: H2UpstreamConnection) -> Int32 {
         guard conn === upstream, !finished else { return -1 }
         let s = conn.session!
-        request.replay(into: s)
-        // addHeader copies its bytes, so the worker's scratch buffer serves both values.
+        // addHeader copies its bytes, so the worker's scratch buffer serves every value below.
         let scratch = worker.scratch
+        if routeIndex >= 0 {
+            let rt = handler.conn.snapshotInUse.routes[routeIndex]
+            let ops = rt.requestOps
+            request.forEach { n, nl, v, vl in
+                if nl > 0 && n[0] != UInt8(ascii: ":") && !ops.isEmpty && ops.removes(n, nl) { return }
+                if let rw = rt.rewriteURI, nl == 5 && ASCII.equalsLower(n, nl, ":path") {
+                    scratch.clear()
+                    appendRewrittenPath(scratch, rw, rt, v, vl)
+                    s.addHeader(n, nl, scratch.readPointer, scratch.readableBytes)
+                    return
+                }
+                s.addHeader(n, nl, v, vl)
+            }
+            for (n, v) in ops.add {
+                n.withUnsafeBufferPointer { nb in v.withUnsafeBufferPointer { vb in
+                    s.addHeader(nb.baseAddress!, nb.count, vb.baseAddress ?? nb.baseAddress!, vb.count)
+                } }
+            }
+        } else {
+            request.replay(into: s)
+        }
         if !hasRequestID {
             scratch.clear()
             worker.appendRequestID(scratch)
@@ -232,7 +460,10 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         requestFinishedUp = endNow
         if !pending.isEmpty {
             s.sendData(stream: sid, pending.readPointer, pending.readableBytes)
-            down.consume(stream: id, pending.readableBytes)
+            keepForReplay(pending.readPointer, pending.readableBytes)
+            let credit = pending.readableBytes - pendingCredited
+            if credit > 0 { down.consume(stream: id, credit) }
+            pendingCredited = 0
             pending.clear()
             sentData = true
             handler.conn.requestFlush()
@@ -242,6 +473,24 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     }
 
 
+    /// Istio's `rewrite.uri` on `:path`: the prefix that matched, else the path before the query.
+    private func appendRewrittenPath(_ out: ByteBuffer, _ rw: [UInt8], _ rt: ProxySnapshot.Route, _ v: UnsafePointer<UInt8>, _ vl: Int) {
+        var q = 0
+        while q < vl && v[q] != UInt8(ascii: "?") { q += 1 }
+        out.append(rw)
+        if matchIndex >= 0, let u = rt.matches[matchIndex].uri, u.kind == .prefix, u.value.count <= q {
+            out.append(v + u.value.count, vl - u.value.count)
+        } else {
+            out.append(v + q, vl - q)
+        }
+    }
+
+    /// Keeps body bytes that went upstream for a retry while they fit the cap.
+    @inline(__always) private func keepForReplay(_ p: UnsafePointer<UInt8>, _ n: Int) {
+        guard replayable, !inbound || attempts.policy.retries > 0 else { return }
+        if sentBody.readableBytes + n <= H2BridgeStream.replayCap { sentBody.append(p, n) } else { replayable = false; sentBody.clear() }
+    }
+
     func requestData(_ p: UnsafePointer<UInt8>, _ n: Int) {
         requestBytes &+= UInt64(n)
         guard let h = upstream, upStream > 0, !finished else {
@@ -249,6 +498,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             return
         }
         h.session.sendData(stream: upStream, p, n)
+        keepForReplay(p, n)
         sentData = true
         h.requestFlush()
         if h.session.pendingData(stream: upStream) < H2BridgeStream.window {
@@ -290,8 +540,11 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     /// Flow-control credit for bytes received on either side but never passed on: returned on
     /// every ending, or the shared connections' windows would shrink for good.
     private func returnCredit() {
-        let d = heldDownCredit + pending.readableBytes
-        if d > 0 { down.consume(stream: id, d); heldDownCredit = 0; pending.clear() }
+        let d = heldDownCredit + pending.readableBytes - pendingCredited
+        if d > 0 { down.consume(stream: id, d) }
+        heldDownCredit = 0
+        pending.clear()
+        pendingCredited = 0
         if heldUpCredit > 0, let h = upstream, upStream > 0 {
             h.session.consume(stream: upStream, heldUpCredit)
             h.requestFlush()
@@ -314,8 +567,12 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             }
             return
         }
-        responseBytes &+= UInt64(nl + vl + 4)
         if grpc >= 0 && nl == 11 && ASCII.equalsLower(n, nl, "grpc-status") { grpc = MetricKey.grpcStatus(v, vl) }
+        if routeIndex >= 0 && !responseStarted && nl > 0 && n[0] != UInt8(ascii: ":") && !ASCII.equalsLower(n, nl, "content-length") {
+            let ops = handler.conn.snapshotInUse.routes[routeIndex].responseOps
+            if !ops.isEmpty && ops.removes(n, nl) { return }
+        }
+        responseBytes &+= UInt64(nl + vl + 4)
         response.add(n, nl, v, vl)
     }
 
@@ -337,11 +594,36 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             handler.conn.requestFlush()
             return
         }
+        attempts.outcome(worker, status: status, gatewayFailure: false)
+        if attempts.policy.retries(status: status, grpc: grpc >= 0 && grpc < 17 ? grpc : -1) {
+            if attempts.mayRetry(worker, replayable: replayable && !finished) {
+                worker.stats.inc(.retriesStatus)
+                response.clear()
+                responseBytes = 0
+                status = 0
+                if grpc >= 0 { grpc = 17 }
+                cancelUpstream()
+                retry()
+                return
+            }
+            if attempts.exhausted { flag = .retryLimitExceeded }
+        }
         response.replay(into: down)
         response.clear()
         if inbound {
             let meta = handler.conn.snapshotInUse.peerMetadata
             meta.withUnsafeBufferPointer { down.addHeader("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
+        }
+        if routeIndex >= 0 {
+            for (n, v) in handler.conn.snapshotInUse.routes[routeIndex].responseOps.add {
+                n.withUnsafeBufferPointer { nb in v.withUnsafeBufferPointer { vb in
+                    down.addHeader(nb.baseAddress!, nb.count, vb.baseAddress ?? nb.baseAddress!, vb.count)
+                } }
+            }
+        }
+        if flag != .none {
+            let f = flag.code
+            down.addHeader("x-mesh-response-flags", f.utf8Start, f.utf8CodeUnitCount)
         }
         down.submitResponse(stream: id, endStream: endStream)
         responseStarted = true
@@ -383,15 +665,19 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     }
 
     func h2StreamFailed(error: UInt32, refused: Bool) {
-        guard upstream != nil, !finished else { return }
+        guard let h = upstream, !finished else { return }
+        if !responseStarted {
+            // Only the response side's credit: `pending` stays for a retry.
+            if heldUpCredit > 0 && upStream > 0 { h.session.consume(stream: upStream, heldUpCredit); h.requestFlush() }
+            heldUpCredit = 0
+            upstream = nil
+            upStream = 0
+            attemptFailed(refused ? .refused : .reset)
+            return
+        }
         returnCredit()
         upstream = nil
         upStream = 0
-        if !responseStarted {
-            if refused && !sentData { connectFailed(); return }
-            localReply(503, "upstream reset before response", flag: .upstreamConnectionTermination)
-            return
-        }
         flag = .upstreamConnectionTermination
         finished = true
         down.reset(stream: id, error: error == 0 ? UInt32(NGHTTP2_INTERNAL_ERROR.rawValue) : error)
@@ -437,6 +723,8 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     }
 
     private func record() {
+        disarmTimer()
+        attempts.release(worker)
         if recorded { return }
         recorded = true
         let peer = inbound ? (callerPeer >= 0 ? callerPeer : handler.peerIndex) : upstreamPeer

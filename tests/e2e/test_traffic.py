@@ -408,3 +408,69 @@ def test_pool_overflow_answers_503_at_once(procs):
     for st, flag, took, body in over:
         assert flag == "UO" and took < 0.5 and "overflow" in body
     assert max(r[2] for r in ok) >= 1.5, "the queued request waited for the connection"
+
+
+def h2c_load(url, n, c):
+    r = subprocess.run(["h2load", "-n", str(n), "-c", str(c), "-H", ":authority: reviews", url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "h2c" in r.stdout, r.stdout
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", r.stdout)
+    return [int(x) for x in m.groups()]
+
+
+def test_routing_split_and_retries_for_h2c_apps_over_mtls(procs, pki):
+    """An app speaking h2c (prior knowledge) to its sidecar: the same routes, splits and retries,
+    carried over the HTTP/2 mTLS hop to two destination sidecars (v1 and v2)."""
+    apps, inbounds = {}, {}
+    for v in ("v1", "v2"):
+        apps[v] = procs.app(v)
+        inbounds[v], admin = free_port(), free_port()
+        srv = procs.sidecar(server_config(pki, f"server-{v}", inbounds[v], admin, apps[v]), f"server-{v}")
+        wait_ready(srv, admin)
+    tls = f"""  tls:
+    certChain: {pki}/client/cert-chain.pem
+    privateKey: {pki}/client/key.pem
+    trustBundle: {pki}/root-cert.pem"""
+    docs = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match:
+    - headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: reviews, subset: v2}
+    headers:
+      response: {set: {x-route: jason}}
+  - name: flaky
+    match:
+    - uri: {prefix: /flaky}
+    retries: {attempts: 2, retryOn: 5xx}
+    route:
+    - destination: {host: reviews, subset: v1}
+  - name: split
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+---
+""" + subsets_rule()
+    outbound, admin, _ = proxy(procs, [(inbounds["v1"], "v1"), (inbounds["v2"], "v2")], docs,
+                               tls_block=tls, cluster_tls="ISTIO_MUTUAL")
+    b1, b2 = hits(apps["v1"]), hits(apps["v2"])
+    assert h2c_load(f"http://127.0.0.1:{outbound}/", 2000, 4) == [2000, 0, 0, 0]
+    n1, n2 = hits(apps["v1"]) - b1, hits(apps["v2"]) - b2
+    assert n1 + n2 == 2000 and abs(100.0 * n1 / 2000 - 80) <= 3, (n1, n2)
+
+    r = subprocess.run(["nghttp", "-v", "-H", ":authority: reviews", "-H", "end-user: jason", f"http://127.0.0.1:{outbound}/echo"],
+                       capture_output=True, text=True, timeout=30)
+    assert '"name": "v2"' in r.stdout, r.stdout
+    assert "x-route: jason" in r.stdout
+
+    assert h2c_load(f"http://127.0.0.1:{outbound}/flaky?every=2", 100, 1) == [100, 0, 0, 0]
+    assert stats(admin)["retries_on_status"] >= 45
