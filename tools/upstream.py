@@ -20,7 +20,8 @@ Endpoints
                          x-checksum (sha256 of the body)
   GET  /flaky?every=K     every K-th request to /flaky answers 503 (a per-process counter), the
                          others 200 "ok from NAME"
-  GET  /_hits            JSON {hits: n}: requests served so far, /_hits and /_control excluded
+  GET  /_hits            JSON {hits: n, last_host}: requests served so far (/_hits and /_control
+                         excluded) and the Host of the last one
   GET  /_control?fail=C&delay=MS
                          from now on every other request waits MS ms, then answers status C
                          (fail=0: normally; each parameter left out is reset to 0)
@@ -233,13 +234,14 @@ class Handler(BaseHTTPRequestHandler):
         m = self.command
         srv = self.server
         if path == "/_hits":
-            return self.respond_json({"hits": srv.hits})
+            return self.respond_json({"hits": srv.hits, "last_host": srv.last_host})
         if path == "/_control":
             srv.fail_status = _int_param(q, "fail", 0)
             srv.delay_ms = _int_param(q, "delay", 0)
             return self.respond_json({"fail": srv.fail_status, "delay": srv.delay_ms})
         with _cache_lock:
             srv.hits += 1
+            srv.last_host = self.headers.get("Host", "")
             flaky_n = srv.flaky = srv.flaky + (1 if path == "/flaky" else 0)
         if srv.delay_ms:
             time.sleep(srv.delay_ms / 1000.0)
@@ -362,6 +364,7 @@ class Server(ThreadingHTTPServer):
     flaky = 0
     fail_status = 0
     delay_ms = 0
+    last_host = ""
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]

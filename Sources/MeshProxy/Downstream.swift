@@ -52,6 +52,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     /// A fault delay is running (state .backoff); the abort status to answer after it, or 0.
     private var faultDelaying = false
     private var faultAbortStatus = 0
+    /// The route's mirror decision was made for this request.
+    private var mirrorDecided = false
     private var connectAttempts = 0
     private var raceRetryUsed = false
     private var method: HTTPMethod = .other
@@ -437,6 +439,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         retry = .default
         faultDelaying = false
         faultAbortStatus = 0
+        mirrorDecided = false
         if inbound {
             cluster = snapshot.inboundCluster
             routeTimeout = 0
@@ -918,8 +921,19 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             if adv.done { break }
             if adv.forward == 0 { break }
         }
-        if reqBody.isDone { requestDone = true }
+        if reqBody.isDone { requestDone = true; maybeMirror() }
         resumeReading()
+    }
+
+    /// Istio's mirror: once the whole request is buffered, a copy goes to the mirror target (a
+    /// request whose body outgrew the replay buffer is not mirrored, and is counted as skipped).
+    private func maybeMirror() {
+        guard !mirrorDecided, routeIndex >= 0 else { return }
+        mirrorDecided = true
+        let r = snapshot.routes[routeIndex]
+        guard r.mirrorTarget >= 0, ProxySnapshot.Route.draw(r.mirrorPPM, &worker.rng) else { return }
+        if !replayValid { worker.stats.inc(.mirrorSkipped); return }
+        worker.mirror(replay, target: r.mirrorTarget)
     }
 
     func upstreamDrained() {
@@ -964,6 +978,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         if id <= 0 { return id }
         h2stream = id
         h2RequestFinished = noBody
+        if noBody { maybeMirror() }
         h2RequestChunked = reqBody.mode == .chunked
         if h2RequestDecoder.trailerSink == nil { h2RequestDecoder.trailerSink = ByteBuffer(capacity: 64) }
         h2RequestDecoder.reset()
@@ -1035,6 +1050,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             if adv.forward == 0 { break }
         }
         if requestDone && !h2RequestFinished {
+            maybeMirror()
             h2RequestFinished = true
             var any = false
             if let t = h2RequestDecoder.trailerSink, !t.isEmpty {

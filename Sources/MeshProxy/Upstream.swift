@@ -86,7 +86,8 @@ final class UpstreamConnection: Connection {
         case .idle:
             closeNow()
         case .active:
-            if owner == nil { closeNow() }   // abandoned (a tunnel whose client left) and stuck
+            if let m = owner as? MirrorRequest { m.timedOut() }   // a mirror that got no answer in time
+            else if owner == nil { closeNow() }   // abandoned (a tunnel whose client left) and stuck
         }
     }
 

@@ -21,6 +21,9 @@ public final class Worker: @unchecked Sendable {
     var h2StreamPool: [H2InboundStream] = []
     /// Finished HTTP/2 bridge stream objects, reused.
     var h2BridgePool: [H2BridgeStream] = []
+    /// Finished mirror requests, reused, and how many are in flight.
+    var mirrorPool: [MirrorRequest] = []
+    var mirrorsInFlight = 0
     private(set) var snapshot: ProxySnapshot
     /// pools[cluster][endpoint]
     private(set) var pools: [[EndpointPool]] = []

@@ -474,3 +474,50 @@ spec:
 
     assert h2c_load(f"http://127.0.0.1:{outbound}/flaky?every=2", 100, 1) == [100, 0, 0, 0]
     assert stats(admin)["retries_on_status"] >= 45
+
+
+def test_mirror_copies_requests_without_slowing_them(procs):
+    main, shadow = procs.app("v1"), procs.app("v2")
+    docs = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: mirrored
+    match:
+    - uri: {prefix: /echo}
+    route:
+    - destination: {host: reviews, subset: v1}
+    mirror: {host: reviews, subset: v2}
+    mirrorPercentage: {value: 100}
+  - name: sampled
+    route:
+    - destination: {host: reviews, subset: v1}
+    mirror: {host: reviews, subset: v2}
+    mirrorPercentage: {value: 25}
+---
+""" + subsets_rule()
+    outbound, admin, _ = proxy(procs, [(main, "v1"), (shadow, "v2")], docs)
+    m0, s0 = hits(main), hits(shadow)
+    for i in range(20):
+        r = curl("-s", "-H", "Host: reviews", "--data-binary", f"body-{i}", f"http://127.0.0.1:{outbound}/echo")
+        assert json.loads(r.stdout)["name"] == "v1"
+    wait_until(lambda: hits(shadow) - s0 == 20, what="20 mirrored requests")
+    assert hits(main) - m0 == 20
+    h = json.loads(http_get(f"http://127.0.0.1:{shadow}/_hits")[1])
+    assert h["last_host"] == "reviews-shadow"
+    # 25% of 2000 requests are mirrored.
+    s1 = hits(shadow)
+    assert h2load(f"http://127.0.0.1:{outbound}/", 2000, 4, ["-H", ":authority: reviews"]) == [2000, 0, 0, 0]
+    wait_until(lambda: stats(admin)["mirror_requests"] >= 20 + 400, timeout=10, what="mirrors sent")
+    wait_until(lambda: hits(shadow) - s1 == stats(admin)["mirror_requests"] - 20, what="mirrors served")
+    assert abs(100.0 * (hits(shadow) - s1) / 2000 - 25) <= 3.5
+    # A slow mirror target never slows the main request.
+    set_fail(shadow, 0, delay_ms=2000)
+    t0 = time.monotonic()
+    for _ in range(5):
+        st, _, body = get(outbound, "/echo")
+        assert st == 200 and json.loads(body)["name"] == "v1"
+    assert time.monotonic() - t0 < 1.0
