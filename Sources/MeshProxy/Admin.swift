@@ -16,7 +16,7 @@ import Glibc
 final class AdminServer: @unchecked Sendable {
     let loop = EventLoop(name: "admin")
     private let workers: [Worker]
-    private let snapshot: ProxySnapshot
+    let snapshot: ProxySnapshot
     private let startedAt: Int64
     private let chain: [CertificateInfo]
     private let roots: [CertificateInfo]
@@ -155,7 +155,15 @@ final class AdminServer: @unchecked Sendable {
             j.string("name", c.name)
             j.string("tls", c.tls.rawValue)
             j.beginArray("subject_alt_names"); for s in c.subjectAltNames { j.string(nil, s) }; j.endArray()
-            j.beginArray("endpoints"); for e in c.endpoints { j.string(nil, e.text) }; j.endArray()
+            j.beginArray("endpoints")
+            for (ei, e) in c.endpoints.enumerated() {
+                if c.endpointLabels[ei].isEmpty { j.string(nil, e.text); continue }
+                j.beginObject()
+                j.string("address", e.text)
+                j.beginObject("labels"); for (k, v) in c.endpointLabels[ei] { j.string(k, v) }; j.endObject()
+                j.endObject()
+            }
+            j.endArray()
             j.number("connect_timeout_ms", c.connectTimeout / 1_000_000)
             j.number("idle_timeout_ms", c.idleTimeout / 1_000_000)
             j.number("max_connections", Int64(c.maxConnections))
@@ -163,16 +171,17 @@ final class AdminServer: @unchecked Sendable {
         }
         j.endArray()
         j.beginArray("routes")
-        for (i, r) in b.routes.enumerated() {
+        for r in b.routes {
             j.beginObject()
             j.string("name", r.name)
             j.beginArray("hosts"); for h in r.hosts { j.string(nil, h) }; j.endArray()
             j.string("cluster", r.cluster)
             j.number("timeout_ms", r.timeout / 1_000_000)
-            j.string("destination_service", snapshot.routes[i].serviceFQDN)
+            j.string("destination_service", snapshot.routes.first { $0.label == r.name }?.serviceFQDN ?? "")
             j.endObject()
         }
         j.endArray()
+        trafficDump(&j, b)
         j.number("drain_timeout_ms", b.drainTimeout / 1_000_000)
         j.bool("stats_enabled", b.statsEnabled)
         if let al = b.accessLog {
@@ -196,17 +205,23 @@ final class AdminServer: @unchecked Sendable {
             j.string("name", c.name)
             j.string("tls", c.mutualTLS ? "ISTIO_MUTUAL" : "DISABLE")
             j.beginArray("endpoints")
+            let now = Clock.monotonicNanos()
             for (ei, e) in c.endpoints.enumerated() {
                 var sums = [UInt64](repeating: 0, count: EndpointCounters.Name.allCases.count)
+                var ejectedMs: UInt64 = 0
                 for w in workers {
                     let pool = w.pools[ci][ei]
                     for n in EndpointCounters.Name.allCases { sums[n.rawValue] &+= pool.counters.get(n) }
+                    let until = pool.counters.get(.ejectedUntil)
+                    if until > now { ejectedMs = max(ejectedMs, (until - now) / 1_000_000) }
                 }
                 j.beginObject()
                 j.string("address", e.text)
-                // No active health checking yet: an endpoint is reported healthy; connect
-                // failures and errors below show how it is doing.
-                j.string("health_status", "HEALTHY")
+                // No active health checking: an endpoint is healthy unless outlier detection
+                // ejected it (on any worker; each worker judges from its own traffic).
+                j.string("health_status", ejectedMs > 0 ? "EJECTED" : "HEALTHY")
+                j.number("ejected_for_ms", ejectedMs)
+                j.number("ejections_total", sums[EndpointCounters.Name.ejections.rawValue])
                 j.number("rq_total", sums[EndpointCounters.Name.requests.rawValue])
                 j.number("rq_error", sums[EndpointCounters.Name.errors.rawValue])
                 j.number("cx_connect_fail", sums[EndpointCounters.Name.connectFailures.rawValue])

@@ -257,7 +257,7 @@ final class EndpointPool {
 
 /// Counters of one endpoint on one worker, summed by `/clusters`.
 final class EndpointCounters: @unchecked Sendable {
-    enum Name: Int, CaseIterable { case requests, errors, connectFailures, connectionsTotal, connectionsActive, ejections }
+    enum Name: Int, CaseIterable { case requests, errors, connectFailures, connectionsTotal, connectionsActive, ejections, ejectedUntil }
     private let v: UnsafeMutablePointer<UInt64>
     init() {
         v = .allocate(capacity: Name.allCases.count)

@@ -189,6 +189,7 @@ public final class Worker: @unchecked Sendable {
         let cap = max(od.baseEjection, 300_000_000_000)
         p.ejectedUntil = now + min(od.baseEjection * UInt64(p.ejections), cap)
         p.counters.inc(.ejections)
+        p.counters.set(.ejectedUntil, p.ejectedUntil)
         stats.inc(.outlierEjections)
         Log.info("outlier", "ejected \(p.address) of \(snapshot.clusters[p.cluster].name) for \((p.ejectedUntil - now) / 1_000_000) ms")
     }

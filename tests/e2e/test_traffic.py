@@ -305,6 +305,13 @@ def test_ejected_endpoint_stops_receiving_traffic_and_comes_back(procs):
     assert codes.count(503) == 3, codes   # round robin: the 3rd consecutive 503 ejects it
     assert stats(admin)["outlier_ejections"] == 1
     bad_hits = hits(bad)
+    eps = json.loads(http_get(f"http://127.0.0.1:{admin}/clusters")[1])["clusters"][0]["endpoints"]
+    assert [e["health_status"] for e in eps] == ["EJECTED", "HEALTHY"], eps
+    assert 0 < eps[0]["ejected_for_ms"] <= 2000 and eps[0]["ejections_total"] == 1
+    dump = json.loads(http_get(f"http://127.0.0.1:{admin}/config_dump")[1])
+    pol = [c for c in dump["bootstrap"]["cluster_policies"] if c["cluster"] == "reviews"][0]
+    assert pol["outlier_detection"]["consecutive_5xx"] == 3
+    assert dump["bootstrap"]["virtual_service_routes"][0]["retries"]["attempts"] == 0
     codes = [get(outbound, "/")[0] for _ in range(20)]
     assert codes == [200] * 20
     assert hits(bad) == bad_hits, "an ejected endpoint gets no traffic"
