@@ -63,8 +63,8 @@ struct H2RequestView: RoutableRequest {
     }
     func withMethod<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R { pseudo(":method", body) }
     func withPath<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R { pseudo(":path", body) }
-    func withHeader<R>(_ name: [UInt8], _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
-        name.withUnsafeBufferPointer { n in block.withValue(n.baseAddress!, n.count, body) }
+    func withHeader<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
+        block.withValue(name, n, body)
     }
 }
 

@@ -37,7 +37,9 @@ public final class ProxySnapshot: Sendable {
         let maxEjectionPercent: Int
     }
 
-    public struct Route: Sendable {
+    /// One route, compiled. A class, so the request path holds it with one reference instead of
+    /// copying a struct of arrays.
+    public final class Route: Sendable {
         /// The cluster of the first destination (metrics' destination service).
         public let cluster: Int
         public let timeout: UInt64
@@ -60,6 +62,16 @@ public final class ProxySnapshot: Sendable {
         let requestOps: HeaderOps
         let responseOps: HeaderOps
         let rewriteURI: [UInt8]?
+
+        init(cluster: Int, timeout: UInt64, label: String, serviceFQDN: String, serviceName: String, serviceNamespace: String,
+             matches: [RouteMatch], targets: [Int], cumulativeWeights: [Int], retry: RetryPolicy, fault: FaultPolicy?,
+             mirrorTarget: Int, mirrorPPM: UInt64, requestOps: HeaderOps, responseOps: HeaderOps, rewriteURI: [UInt8]?) {
+            self.cluster = cluster; self.timeout = timeout; self.label = label; self.serviceFQDN = serviceFQDN
+            self.serviceName = serviceName; self.serviceNamespace = serviceNamespace; self.matches = matches
+            self.targets = targets; self.cumulativeWeights = cumulativeWeights; self.retry = retry; self.fault = fault
+            self.mirrorTarget = mirrorTarget; self.mirrorPPM = mirrorPPM; self.requestOps = requestOps
+            self.responseOps = responseOps; self.rewriteURI = rewriteURI
+        }
     }
 
     public struct ListenerSettings: Sendable {
@@ -76,6 +88,8 @@ public final class ProxySnapshot: Sendable {
     let targets: [RouteTarget]
     /// Routes per host; `hosts` maps a request host to an index here.
     let vhosts: [VirtualHost]
+    /// Every route's match entries, flattened per virtual host (what the request path walks).
+    let matcher: MatchTable
     public let hosts: HostTable
     public let outbound: ListenerSettings?
     public let inbound: ListenerSettings?
@@ -107,6 +121,7 @@ public final class ProxySnapshot: Sendable {
         self.routes = compiled.routes
         self.targets = compiled.targets
         self.vhosts = compiled.vhosts
+        self.matcher = MatchTable(vhosts: compiled.vhosts, routes: compiled.routes)
         self.hosts = HostTable(compiled.hostEntries)
         let clusters = compiled.clusters
         self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout) }

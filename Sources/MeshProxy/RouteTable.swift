@@ -39,32 +39,16 @@ protocol RoutableRequest {
     func withMethod<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R
     /// The path as sent (origin form: path and query).
     func withPath<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R
-    /// The first value of the header named `lowercaseName`, or nil when absent.
-    func withHeader<R>(_ lowercaseName: [UInt8], _ body: (UnsafePointer<UInt8>, Int) -> R) -> R?
+    /// The first value of the header named by `n` lowercase bytes at `name`, or nil when absent.
+    func withHeader<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R?
 }
 
-/// One `match[]` entry: every condition it names must hold (Istio: AND within, OR across entries).
+/// One `match[]` entry: every condition it names must hold (Istio: AND within, OR across
+/// entries). Matching runs on its flattened form, `MatchTable`.
 struct RouteMatch: Sendable {
     var uri: ByteMatch?
     var method: ByteMatch?
     var headers: [(name: [UInt8], match: ByteMatch)] = []
-
-    func matches<R: RoutableRequest>(_ r: R) -> Bool {
-        if let m = method, !r.withMethod({ m.matches($0, $1) }) { return false }
-        if let u = uri {
-            // Envoy: exact and regex paths are matched without the query string, prefixes on the whole path.
-            let ok = r.withPath { p, n -> Bool in
-                var len = n
-                if u.kind != .prefix { var i = 0; while i < n && p[i] != 63 { i += 1 }; len = i }
-                return u.matches(p, len)
-            }
-            if !ok { return false }
-        }
-        for h in headers {
-            guard let ok = r.withHeader(h.name, { h.match.matches($0, $1) }), ok else { return false }
-        }
-        return true
-    }
 }
 
 /// Header changes of a route (Istio's `headers.request` / `headers.response`), as bytes. `remove`
@@ -197,13 +181,8 @@ struct VirtualHost: Sendable {
 extension ProxySnapshot {
     /// The first route of virtual host `v` whose match entries accept the request, with the index
     /// of the entry that matched (-1 for a route without entries); route -1 when none does.
-    func route<R: RoutableRequest>(vhost v: Int, _ req: R) -> (route: Int, match: Int) {
-        for r in vhosts[v].routes {
-            let ms = routes[r].matches
-            if ms.isEmpty { return (r, -1) }
-            for (i, m) in ms.enumerated() where m.matches(req) { return (r, i) }
-        }
-        return (-1, -1)
+    @inline(__always) func route<R: RoutableRequest>(vhost v: Int, _ req: R) -> (route: Int, match: Int) {
+        matcher.route(vhost: v, req)
     }
 }
 
@@ -240,10 +219,9 @@ struct H1RequestView: RoutableRequest {
         return body(UnsafePointer(base + head.targetStart), head.targetEnd - head.targetStart)
     }
 
-    func withHeader<R>(_ name: [UInt8], _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
-        for f in head.fields where Int(f.nameEnd - f.lineStart) == name.count {
-            let p = UnsafePointer(base + Int(f.lineStart))
-            if name.withUnsafeBufferPointer({ ASCII.equalsLowerBytes(p, $0.count, $0.baseAddress!) }) {
+    func withHeader<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
+        for f in head.fields where Int(f.nameEnd - f.lineStart) == n {
+            if ASCII.equalsLowerBytes(UnsafePointer(base + Int(f.lineStart)), n, name) {
                 return body(UnsafePointer(base + Int(f.valueStart)), Int(f.valueEnd - f.valueStart))
             }
         }

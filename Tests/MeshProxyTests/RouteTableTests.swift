@@ -68,8 +68,9 @@ final class RouteTableTests: XCTestCase {
         func withPath<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R {
             let b = Array(path.utf8); return b.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
         }
-        func withHeader<R>(_ name: [UInt8], _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
-            guard let v = headers.first(where: { Array($0.0.lowercased().utf8) == name })?.1 else { return nil }
+        func withHeader<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
+            let want = Array(UnsafeBufferPointer(start: name, count: n))
+            guard let v = headers.first(where: { Array($0.0.lowercased().utf8) == want })?.1 else { return nil }
             let b = Array(v.utf8) + [0]
             return b.withUnsafeBufferPointer { body($0.baseAddress!, $0.count - 1) }
         }
