@@ -540,30 +540,13 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         return true
     }
 
-    /// What ended an attempt without a response.
-    enum AttemptFailure { case connect, reset, refused, timeout }
-
     /// An attempt failed before any response: retry when the policy, the body and the budget
     /// allow, else answer with the reason.
     private func attemptFailed(_ f: AttemptFailure) {
-        attempts.outcome(worker, status: 0, gatewayFailure: true)
-        let retriable: Bool
-        switch f {
-        case .connect: retriable = retry.onConnectFailure
-        case .reset: retriable = retry.onReset
-        case .refused: retriable = retry.onRefusedStream
-        case .timeout: retriable = retry.onTimeout
-        }
-        if retriable && canRetry() {
-            switch f {
-            case .connect, .refused: worker.stats.inc(.retries)
-            case .reset: worker.stats.inc(.retriesReset)
-            case .timeout: worker.stats.inc(.retriesTimeout)
-            }
+        guard case .fail(let exhausted) = attempts.failed(f, worker, replayable: replayValid && !responseStarted && !isClosed) else {
             scheduleRetry()
             return
         }
-        let exhausted = retriable && attempts.exhausted
         switch f {
         case .connect:
             localReply(503, "upstream connect error", close: !reqBody.isDone, flag: .upstreamConnectFailure)
@@ -575,12 +558,6 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             worker.stats.inc(.requestTimeouts)
             localReply(504, "upstream per-try timeout", close: true, flag: .upstreamRequestTimeout)
         }
-    }
-
-    /// Whether one more attempt may be made: retries left, the body still replayable, nothing
-    /// sent downstream, and room in the retry budget.
-    private func canRetry() -> Bool {
-        attempts.mayRetry(worker, replayable: replayValid && !responseStarted && !isClosed)
     }
 
     /// Starts the next attempt after the back-off.
@@ -1121,15 +1098,13 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             h2RespHead?.clear()
             return
         }
-        attempts.outcome(worker, status: h2Status, gatewayFailure: false)
-        if retry.retries(status: h2Status, grpc: h2Grpc) {
-            if canRetry() {
-                worker.stats.inc(.retriesStatus)
-                dropH2Stream()
-                scheduleRetry()
-                return
-            }
-            if attempts.exhausted { flag = .retryLimitExceeded }
+        switch attempts.responded(status: h2Status, grpc: h2Grpc, worker, replayable: replayValid && !isClosed) {
+        case .retry:
+            dropH2Stream()
+            scheduleRetry()
+            return
+        case .fail(let exhausted):
+            if exhausted { flag = .retryLimitExceeded }
         }
         responseStatus = h2Status
         let bodyExpected = !endStream && method != .head && h2Status != 204 && h2Status != 304
@@ -1281,17 +1256,16 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                     up.parser.resetScan()
                     continue
                 }
-                attempts.outcome(worker, status: status, gatewayFailure: false)
-                if retry.retries(status: status, grpc: retry.on.rawValue >= 64 ? grpcStatus(up) : -1) {
-                    if canRetry() {
-                        worker.stats.inc(.retriesStatus)
-                        upstream = nil
-                        up.owner = nil
-                        up.closeNow()
-                        scheduleRetry()
-                        return false
-                    }
-                    if attempts.exhausted { flag = .retryLimitExceeded }
+                let grpc = retry.on.rawValue >= RetryPolicy.On.grpcCancelled.rawValue ? grpcStatus(up) : -1
+                switch attempts.responded(status: status, grpc: grpc, worker, replayable: replayValid && !isClosed) {
+                case .retry:
+                    upstream = nil
+                    up.owner = nil
+                    up.closeNow()
+                    scheduleRetry()
+                    return false
+                case .fail(let exhausted):
+                    if exhausted { flag = .retryLimitExceeded }
                 }
                 responseStatus = status
                 up.body.startResponse(up.head, requestMethod: method)

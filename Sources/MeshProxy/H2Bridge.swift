@@ -298,22 +298,8 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
 
     /// An attempt ended without a response: retry when the policy, the body and the budget
     /// allow, else answer with the reason.
-    private func attemptFailed(_ f: DownstreamConnection.AttemptFailure) {
-        attempts.outcome(worker, status: 0, gatewayFailure: true)
-        let p = attempts.policy
-        let retriable: Bool
-        switch f {
-        case .connect: retriable = p.onConnectFailure
-        case .reset: retriable = p.onReset
-        case .refused: retriable = p.onRefusedStream
-        case .timeout: retriable = p.onTimeout
-        }
-        if retriable && attempts.mayRetry(worker, replayable: replayable && !responseStarted && !finished) {
-            switch f {
-            case .connect, .refused: worker.stats.inc(.retries)
-            case .reset: worker.stats.inc(.retriesReset)
-            case .timeout: worker.stats.inc(.retriesTimeout)
-            }
+    private func attemptFailed(_ f: AttemptFailure) {
+        guard case .fail(let exhausted) = attempts.failed(f, worker, replayable: replayable && !responseStarted && !finished) else {
             retry()
             return
         }
@@ -321,7 +307,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         case .connect: localReply(503, "upstream connect error", flag: .upstreamConnectFailure)
         case .reset, .refused:
             worker.stats.inc(.upstreamResetsBeforeResponse)
-            localReply(503, "upstream reset before response", flag: retriable && attempts.exhausted ? .retryLimitExceeded : .upstreamConnectionTermination)
+            localReply(503, "upstream reset before response", flag: exhausted ? .retryLimitExceeded : .upstreamConnectionTermination)
         case .timeout:
             worker.stats.inc(.requestTimeouts)
             localReply(504, "upstream per-try timeout", flag: .upstreamRequestTimeout)
@@ -594,19 +580,17 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             handler.conn.requestFlush()
             return
         }
-        attempts.outcome(worker, status: status, gatewayFailure: false)
-        if attempts.policy.retries(status: status, grpc: grpc >= 0 && grpc < 17 ? grpc : -1) {
-            if attempts.mayRetry(worker, replayable: replayable && !finished) {
-                worker.stats.inc(.retriesStatus)
-                response.clear()
-                responseBytes = 0
-                status = 0
-                if grpc >= 0 { grpc = 17 }
-                cancelUpstream()
-                retry()
-                return
-            }
-            if attempts.exhausted { flag = .retryLimitExceeded }
+        switch attempts.responded(status: status, grpc: grpc >= 0 && grpc < 17 ? grpc : -1, worker, replayable: replayable && !finished) {
+        case .retry:
+            response.clear()
+            responseBytes = 0
+            status = 0
+            if grpc >= 0 { grpc = 17 }
+            cancelUpstream()
+            retry()
+            return
+        case .fail(let exhausted):
+            if exhausted { flag = .retryLimitExceeded }
         }
         response.replay(into: down)
         response.clear()

@@ -84,4 +84,49 @@ struct RequestAttempts {
 
     /// Retries were made or refused: a final retriable failure is "retries exhausted" (URX).
     var exhausted: Bool { done > 0 || refused }
+
+    /// An attempt ended without a response: records it for outlier detection and decides.
+    /// `.retry`: book a retry (counted by cause); `.fail(exhausted:)`: answer the request, with
+    /// `exhausted` true when the failure was retriable but no retry was left or allowed.
+    mutating func failed(_ f: AttemptFailure, _ worker: Worker, replayable: Bool) -> AttemptDecision {
+        outcome(worker, status: 0, gatewayFailure: true)
+        let retriable: Bool
+        switch f {
+        case .connect: retriable = policy.onConnectFailure
+        case .reset: retriable = policy.onReset
+        case .refused: retriable = policy.onRefusedStream
+        case .timeout: retriable = policy.onTimeout
+        }
+        if retriable && mayRetry(worker, replayable: replayable) {
+            switch f {
+            case .connect, .refused: worker.stats.inc(.retries)
+            case .reset: worker.stats.inc(.retriesReset)
+            case .timeout: worker.stats.inc(.retriesTimeout)
+            }
+            return .retry
+        }
+        return .fail(exhausted: retriable && exhausted)
+    }
 }
+
+extension RequestAttempts {
+    /// A response head arrived (`grpc`: its grpc-status, -1 when absent): records it for outlier
+    /// detection and decides. `.retry`: drop this response and book a retry; `.pass(exhausted:)`:
+    /// forward it, flagged URX when it was retriable but no retry was left or allowed.
+    mutating func responded(status: Int, grpc: Int, _ worker: Worker, replayable: Bool) -> AttemptDecision {
+        outcome(worker, status: status, gatewayFailure: false)
+        guard policy.retries(status: status, grpc: grpc) else { return .fail(exhausted: false) }
+        if mayRetry(worker, replayable: replayable) {
+            worker.stats.inc(.retriesStatus)
+            return .retry
+        }
+        return .fail(exhausted: exhausted)
+    }
+}
+
+/// What ended an attempt without a response.
+enum AttemptFailure { case connect, reset, refused, timeout }
+
+/// What to do after an attempt: retry it, or go on with this outcome (`exhausted`: it was
+/// retriable but no retry was left or allowed).
+enum AttemptDecision { case retry, fail(exhausted: Bool) }
