@@ -95,6 +95,7 @@ public final class EventLoop: @unchecked Sendable {
         release(p.slot)
         p.slot = -1
         p.deadline = 0
+        p.scheduled = .max   // its heap entries die with the slot's generation
         timerOnly -= 1
     }
 
@@ -117,6 +118,7 @@ public final class EventLoop: @unchecked Sendable {
         release(p.slot)
         p.slot = -1
         p.deadline = 0
+        p.scheduled = .max
         retired.append(p)
     }
 

@@ -64,6 +64,9 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     private var responseStarted = false
     private var responseStatus = 0
     private var requestDone = false
+    /// The client has sent the whole request at least once (unlike `requestDone`, not reset when
+    /// a retry puts the body back to be sent again).
+    private var requestReceived = false
     private var upstreamEOFSeen = false
     private var dechunk = false
     private var dechunker = ChunkedDecoder()
@@ -252,7 +255,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             }
             closeNow()
         case .connecting, .backoff, .proxying:
-            if error == 0 && requestDone {
+            if error == 0 && (requestDone || requestReceived) {
                 // The client half-closed after a complete request: answer, then close.
                 closeAfterResponse = true
                 return
@@ -424,7 +427,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         flag = .none
         dechunk = false
         reqBody.startRequest(head)
-        requestDone = reqBody.isDone
+        requestDone = reqBody.isDone; requestReceived = requestDone
 
         if worker.accessLog != nil { captureForLog() }
         if method == .connect {
@@ -533,10 +536,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     }
 
     /// A connection slot of the cluster is free (this request waits in its queue).
-    func poolAvailable() -> Bool {
+    func poolAvailable(_ freed: EndpointPool?) -> Bool {
         guard waitingForPool, state == .connecting, !isClosed else { return false }
         waitingForPool = false
-        acquireUpstream(fresh: false)
+        acquireUpstream(fresh: false, prefer: freed)
         return true
     }
 
@@ -798,9 +801,18 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
 
     // MARK: upstream selection
 
-    private func acquireUpstream(fresh: Bool) {
+    /// Takes a connection (or HTTP/2 stream) to an endpoint of the request's target for the next
+    /// attempt: `prefer` (a pool whose connection just went idle, for a queued request) when it is
+    /// one of the target's healthy endpoints, else the load balancer's pick.
+    private func acquireUpstream(fresh: Bool, prefer: EndpointPool? = nil) {
         let c = snapshot.clusters[cluster]
-        let picked = target >= 0 ? worker.pickEndpoint(target: target, avoid: lastPool) : worker.pickEndpoint(cluster: cluster, avoid: lastPool)
+        var picked: EndpointPool?
+        if let p = prefer, p.cluster == cluster, p.ejectedUntil <= loop.now,
+           target < 0 || snapshot.targets[target].endpoints.contains(where: { worker.pools[cluster][$0] === p }) {
+            picked = p
+        } else {
+            picked = target >= 0 ? worker.pickEndpoint(target: target, avoid: lastPool) : worker.pickEndpoint(cluster: cluster, avoid: lastPool)
+        }
         guard let pool = picked else {
             localReply(503, "no healthy upstream", close: !reqBody.isDone, flag: .noHealthyUpstream)
             return
@@ -898,7 +910,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             if adv.done { break }
             if adv.forward == 0 { break }
         }
-        if reqBody.isDone { requestDone = true; maybeMirror() }
+        if reqBody.isDone { requestDone = true; requestReceived = true; maybeMirror() }
         resumeReading()
     }
 
@@ -1007,7 +1019,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                 case .end(let n):
                     recordForReplay(n)
                     input.consume(n)
-                    requestDone = true
+                    requestDone = true; requestReceived = true
                 case .error:
                     worker.stats.inc(.badRequests)
                     abortExchange(status: 400, reason: "malformed request body", flag: .downstreamProtocolError)
@@ -1023,7 +1035,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                 input.consume(adv.forward)
                 queued = true
             }
-            if adv.done { requestDone = true }
+            if adv.done { requestDone = true; requestReceived = true }
             if adv.forward == 0 { break }
         }
         if requestDone && !h2RequestFinished {
@@ -1487,6 +1499,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             // Not a failure of the endpoint, and not one of the route's retries.
             raceRetryUsed = true
             worker.stats.inc(.upstreamKeepAliveRaceRetries)
+            attempts.leaveEndpoint()
             restoreRequestBody()
             state = .connecting
             acquireUpstream(fresh: true)

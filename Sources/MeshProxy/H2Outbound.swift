@@ -115,7 +115,15 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         }
     }
 
+    /// A stream left this connection: a request queued for the cluster may take its place
+    /// (woken at the end of the loop iteration, outside nghttp2's callbacks).
+    private var slotFreed = false
+
     private func armIdle() {
+        if !slotFreed && pool.worker.clusterState[pool.cluster].pendingCount > 0 {
+            slotFreed = true
+            loop.markDirty(self)
+        }
         if owners.isEmpty && waiting.isEmpty && isEstablished {
             loop.setDeadline(self, loop.now + idleTimeout)
             if pool.worker.draining || goingAway { closeAfterFlush() }
@@ -171,6 +179,10 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         }
         super.onFlush()
         wakeWriters()
+        if slotFreed {
+            slotFreed = false
+            pool.worker.poolSlotFreed(cluster: pool.cluster)
+        }
     }
 
     override func onDrained() { wakeWriters() }

@@ -12,6 +12,8 @@ final class MirrorRequest: UpstreamOwner {
     private var upstream: UpstreamConnection?
     private var parser = HTTP1Parser()
     private var head = HTTPHead()
+    /// The mirrored request's method (a HEAD response has no body whatever its length says).
+    private var method: HTTPMethod = .other
     static let timeout: UInt64 = 10_000_000_000
 
     init(worker: Worker) { self.worker = worker }
@@ -23,6 +25,7 @@ final class MirrorRequest: UpstreamOwner {
         parser.resetScan()
         guard case .complete = parser.parseRequest(replay.base, start: replay.readIndex, end: replay.writeIndex, into: &head),
               head.hostIndex >= 0 else { return false }
+        method = head.method
         let b = replay.base
         let f = head.fields[head.hostIndex]
         request.append(b + head.headStart, Int(f.valueEnd) - head.headStart)
@@ -63,7 +66,7 @@ final class MirrorRequest: UpstreamOwner {
                     upstreamInput(up)
                     return
                 }
-                up.body.startResponse(up.head, requestMethod: .other)
+                up.body.startResponse(up.head, requestMethod: method)
                 up.input.consume(up.head.headEnd - up.input.readIndex)
                 up.headParsed = true
             }

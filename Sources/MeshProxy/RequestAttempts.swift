@@ -35,6 +35,11 @@ struct RequestAttempts {
         if pool == nil { pool = p; p.activeRequests += 1 }
     }
 
+    /// The attempt moves to another endpoint without counting as a retry (the keep-alive race).
+    mutating func leaveEndpoint() {
+        if let p = pool { p.activeRequests -= 1; pool = nil }
+    }
+
     /// The attempt in progress ended (its endpoint's count, and the retry it was, released).
     mutating func endAttempt(_ worker: Worker) {
         if let p = pool { p.activeRequests -= 1; pool = nil }

@@ -188,7 +188,7 @@ final class EndpointPool {
         if worker.draining || u.isClosed { u.closeNow(); return }
         idle.append(u)
         loop.setDeadline(u, loop.now + idleTimeout)
-        worker.poolSlotFreed(cluster: cluster)
+        worker.poolSlotFreed(cluster: cluster, freed: self)
     }
 
     func connectionClosed(_ u: UpstreamConnection) {

@@ -194,11 +194,13 @@ public final class Worker: @unchecked Sendable {
         Log.info("outlier", "ejected \(p.address) of \(snapshot.clusters[p.cluster].name) for \((p.ejectedUntil - now) / 1_000_000) ms")
     }
 
-    /// A connection slot of `cluster` was freed: the first waiting request tries again.
-    func poolSlotFreed(cluster c: Int) {
+    /// A connection slot of `cluster` was freed (an idle connection of `freed`, when given): the
+    /// first waiting request tries again, on `freed` when it can.
+    func poolSlotFreed(cluster c: Int, freed: EndpointPool? = nil) {
         let rt = clusterState[c]
+        if rt.pendingCount == 0 { return }
         while let w = rt.popWaiter() {
-            if w.poolAvailable() { return }
+            if w.poolAvailable(freed) { return }
         }
     }
 
@@ -242,30 +244,26 @@ final class ClusterRuntime {
     var activeRequests = 0
     var activeRetries = 0
     var openConnections = 0
+    /// Bounded by the cluster's `maxPendingRequests` (Envoy's default 1024), so the linear
+    /// removals below stay cheap.
     private var waiters: [PoolWaiter] = []
-    private var head = 0
 
-    var pendingCount: Int { waiters.count - head }
+    var pendingCount: Int { waiters.count }
 
     func addWaiter(_ w: PoolWaiter) { waiters.append(w) }
 
-    func popWaiter() -> PoolWaiter? {
-        guard head < waiters.count else { return nil }
-        let w = waiters[head]
-        head += 1
-        if head == waiters.count { waiters.removeAll(keepingCapacity: true); head = 0 }
-        return w
-    }
+    func popWaiter() -> PoolWaiter? { waiters.isEmpty ? nil : waiters.removeFirst() }
 
     func removeWaiter(_ w: PoolWaiter) {
-        if let i = waiters[head...].firstIndex(where: { $0 === w }) { waiters.remove(at: i) }
+        if let i = waiters.firstIndex(where: { $0 === w }) { waiters.remove(at: i) }
     }
 }
 
 /// A request waiting for a connection of a full pool.
 protocol PoolWaiter: AnyObject {
-    /// A slot is free: try again; false when the waiter no longer wants one.
-    func poolAvailable() -> Bool
+    /// A slot is free (an idle connection of `freed`, when given): try again; false when the
+    /// waiter no longer wants one.
+    func poolAvailable(_ freed: EndpointPool?) -> Bool
 }
 
 /// The deadline of a worker's drain.

@@ -120,14 +120,17 @@ final class BootstrapTests: XCTestCase {
         XCTAssertEqual(c.name, "reviews")
         XCTAssertEqual(c.tls, .istioMutual)
         XCTAssertEqual(c.subjectAltNames, ["spiffe://cluster.local/ns/default/sa/reviews"])
-        XCTAssertEqual(c.endpoints.map(\.text), ["127.0.0.1:16006"])
+        XCTAssertEqual(c.endpoints.map(\.text), ["127.0.0.1:16006", "127.0.0.1:16106"])
+        XCTAssertEqual(c.endpointLabels.map { $0.map { "\($0.0)=\($0.1)" } }, [["version=v1"], ["version=v2"]])
         XCTAssertEqual(c.connectTimeout, 5 * sec)
         XCTAssertEqual(c.idleTimeout, 4 * sec)
         XCTAssertEqual(c.maxConnections, Bootstrap.Defaults.maxConnections)
-        XCTAssertEqual(b.routes.count, 1)
-        XCTAssertEqual(b.routes[0].hosts, ["reviews"])
-        XCTAssertEqual(b.routes[0].cluster, "reviews")
-        XCTAssertEqual(b.routes[0].timeout, 0, "no route timeout by default (Istio)")
+        XCTAssertTrue(b.routes.isEmpty, "the VirtualService routes reviews")
+        let vs = try XCTUnwrap(b.traffic.virtualServices.first)
+        XCTAssertEqual(vs.hosts, ["reviews"])
+        XCTAssertEqual(vs.http.map { $0.name ?? "" }, ["testers", "canary"])
+        XCTAssertEqual(vs.http[1].route.map(\.weight), [90, 10])
+        XCTAssertEqual(b.traffic.destinationRules.first?.subsets.map(\.name), ["v1", "v2"])
         XCTAssertEqual(b.drainTimeout, Bootstrap.Defaults.drainTimeout)
     }
 
@@ -152,6 +155,16 @@ final class BootstrapTests: XCTestCase {
     }
 
     // MARK: - Defaults
+
+    func testServerSidecarV2Config() throws {
+        let path = packageRoot() + "/config/server-sidecar-v2.yaml"
+        let text = try XCTUnwrap(readFile(path), "cannot read \(path)")
+        let b = try XCTUnwrap(parse(text))
+        XCTAssertEqual(b.workload.labels.map { "\($0.0)=\($0.1)" }, ["app=reviews", "version=v2"])
+        XCTAssertEqual(b.inbound?.address.text, "127.0.0.1:16106")
+        XCTAssertEqual(b.inbound?.appAddress?.text, "127.0.0.1:9081")
+        XCTAssertEqual(b.admin.text, "127.0.0.1:16100")
+    }
 
     func testDefaultsApplied() throws {
         let text = """

@@ -528,3 +528,71 @@ spec:
         st, _, body = get(outbound, "/echo")
         assert st == 200 and json.loads(body)["name"] == "v1"
     assert time.monotonic() - t0 < 1.0
+
+
+def test_queued_request_takes_the_connection_freed_on_another_endpoint(procs):
+    """maxConnections 1 over three endpoints: a queued request is served as soon as the one
+    connection is back in its pool, whichever endpoint the balancer would pick next."""
+    apps = [procs.app("v1"), procs.app("v1"), procs.app("v1")]
+    policy = """  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 10}"""
+    docs = retry_service("") + "---" + subsets_rule(policy)
+    outbound, admin, _ = proxy(procs, [(a, "v1") for a in apps], docs, extra_cluster="      protocol: HTTP1")
+    res = {}
+
+    def one(k, ms):
+        t0 = time.monotonic()
+        st, _, _ = get(outbound, f"/slow?ms={ms}")
+        res[k] = (st, time.monotonic() - t0)
+
+    a = threading.Thread(target=one, args=("first", 500))
+    a.start()
+    time.sleep(0.1)
+    b = threading.Thread(target=one, args=("queued", 0))
+    b.start()
+    a.join()
+    b.join()
+    assert res["first"][0] == 200 and res["queued"][0] == 200, res
+    assert res["queued"][1] < 1.0, res   # not the pooled connection's 4 s idle timeout
+
+
+def test_h2c_stream_timers_work_on_reused_streams(procs):
+    """HTTP/2 stream objects are reused; a timer armed and dropped by an earlier stream must not
+    silence the next one's (fault delay, back-off, timeouts)."""
+    docs = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: delayed
+    match:
+    - uri: {prefix: /slow}
+    fault:
+      delay: {fixedDelay: 100ms, percentage: {value: 100}}
+      abort: {httpStatus: 418, percentage: {value: 100}}
+    route:
+    - destination: {host: reviews}
+  - name: timed
+    timeout: 1s
+    route:
+    - destination: {host: reviews}
+"""
+    outbound, admin, _ = proxy(procs, [(free_port(), "v1")], docs, extra_cluster="      protocol: HTTP1")
+
+    def nghttp(path):
+        t0 = time.monotonic()
+        r = subprocess.run(["nghttp", "-v", "-t", "5", "-H", ":authority: reviews", f"http://127.0.0.1:{outbound}{path}"],
+                           capture_output=True, text=True, timeout=10)
+        return r.stdout, time.monotonic() - t0
+
+    out, _ = nghttp("/slow")
+    assert ":status: 418" in out
+    out, _ = nghttp("/")          # arms the 1 s route timer, then ends early (no HTTP/2 upstream: 502)
+    assert ":status: 502" in out
+    time.sleep(1.3)
+    out, took = nghttp("/slow")
+    assert ":status: 418" in out and took < 1.5, (took, out[-400:])
