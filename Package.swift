@@ -1,6 +1,6 @@
 // swift-tools-version:6.0
 // The service mesh: a sidecar proxy on epoll + OpenSSL 3 + nghttp2, in layers (DESIGN §7):
-// C modules -> MeshCore -> MeshIO -> MeshTLS -> MeshHTTP -> MeshConfig/MeshStats -> MeshProxy -> executables.
+// C modules -> MeshCore -> MeshIO -> MeshTLS -> MeshHTTP -> MeshConfig/MeshStats -> MeshProxy/MeshControl -> executables.
 import PackageDescription
 
 let hot: [SwiftSetting] = [
@@ -11,6 +11,8 @@ let package = Package(
     name: "swift-mesh",
     products: [
         .executable(name: "sidecar", targets: ["sidecar"]),
+        .executable(name: "meshd", targets: ["meshd"]),
+        .executable(name: "meshctl", targets: ["meshctl"]),
     ],
     targets: [
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl",
@@ -24,15 +26,20 @@ let package = Package(
         .target(name: "MeshHTTP", dependencies: ["MeshCore", "CNghttp2"], swiftSettings: hot),
         .target(name: "MeshConfig", dependencies: ["MeshCore"], swiftSettings: hot),
         .target(name: "MeshStats", dependencies: [], swiftSettings: hot),
+        .target(name: "MeshControl",
+                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "CMeshShims", "COpenSSL"]),
         .target(name: "MeshProxy",
                 dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshStats"],
                 swiftSettings: hot),
-        .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore"], swiftSettings: hot),
+        .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore", "MeshControl", "MeshIO"], swiftSettings: hot),
+        .executableTarget(name: "meshd", dependencies: ["MeshControl", "MeshCore", "MeshIO"]),
+        .executableTarget(name: "meshctl", dependencies: ["MeshControl", "MeshCore"]),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore", "CNghttp2"]),
         .testTarget(name: "MeshConfigTests", dependencies: ["MeshConfig", "MeshCore"]),
         .testTarget(name: "MeshStatsTests", dependencies: ["MeshStats"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
+        .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshCore", "MeshTLS"]),
         .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP"]),
     ]
 )

@@ -26,6 +26,16 @@ public struct Bootstrap: Sendable {
         /// Lowest TLS version the inbound listener accepts (Istio's meshMTLS.minProtocolVersion):
         /// TLS 1.2 by default, restricted to ECDHE + AEAD suites; sidecar clients always use 1.3.
         public var minTLS13: Bool
+        /// Mesh mode: the credentials meshd issued, held in memory (the key never touches a
+        /// disk); when set they replace the files above, which then only name the source.
+        public var certChainPEM: String? = nil
+        public var privateKeyPEM: String? = nil
+        public var trustBundlePEM: String? = nil
+
+        public init(certChain: String, privateKey: String, trustBundle: String, trustDomain: String, minTLS13: Bool) {
+            self.certChain = certChain; self.privateKey = privateKey; self.trustBundle = trustBundle
+            self.trustDomain = trustDomain; self.minTLS13 = minTLS13
+        }
     }
 
     public struct Listener: Sendable {

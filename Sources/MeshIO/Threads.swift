@@ -22,6 +22,12 @@ public enum Threads {
 
     public static func join(_ t: pthread_t) { pthread_join(t, nil) }
 
+    /// Starts a detached thread running `body` (it cleans up after itself).
+    public static func spawnDetached(_ body: @escaping @Sendable () -> Void) {
+        let t = spawn(name: "detached", body)
+        pthread_detach(t)
+    }
+
     /// Raises the open-files limit to its hard maximum; returns the limit in force.
     @discardableResult
     public static func raiseOpenFilesLimit() -> Int { mesh_raise_nofile() }

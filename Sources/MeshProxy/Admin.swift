@@ -16,25 +16,40 @@ import Glibc
 final class AdminServer: @unchecked Sendable {
     let loop = EventLoop(name: "admin")
     private let workers: [Worker]
-    let snapshot: ProxySnapshot
-    private let startedAt: Int64
-    private let chain: [CertificateInfo]
-    private let roots: [CertificateInfo]
+    /// The config in force and facts derived from it; replaced whole when credentials rotate.
+    private struct State {
+        var snapshot: ProxySnapshot
+        var appliedAt: Int64
+        var chain: [CertificateInfo]
+        var roots: [CertificateInfo]
+    }
+    private let state: Mutex<State>
+    var snapshot: ProxySnapshot { state.withLock { $0.snapshot } }
+    private var startedAt: Int64 { state.withLock { $0.appliedAt } }
+    private var chain: [CertificateInfo] { state.withLock { $0.chain } }
+    private var roots: [CertificateInfo] { state.withLock { $0.roots } }
     let ready = Atomic<Bool>(false)
     let draining = Atomic<Bool>(false)
     private var listener: Listener?
 
     init(workers: [Worker], snapshot: ProxySnapshot) {
         self.workers = workers
-        self.snapshot = snapshot
-        self.startedAt = Int64(Clock.wallNanos() / 1_000_000_000)
+        state = Mutex(AdminServer.state(for: snapshot))
+    }
+
+    private static func state(for snapshot: ProxySnapshot) -> State {
+        var chain: [CertificateInfo] = [], roots: [CertificateInfo] = []
         if let t = snapshot.bootstrap.tls {
-            chain = X509Info.load(pemFile: t.certChain)
-            roots = X509Info.load(pemFile: t.trustBundle)
-        } else {
-            chain = []
-            roots = []
+            chain = t.certChainPEM.map { X509Info.load(pem: $0) } ?? X509Info.load(pemFile: t.certChain)
+            roots = t.trustBundlePEM.map { X509Info.load(pem: $0) } ?? X509Info.load(pemFile: t.trustBundle)
         }
+        return State(snapshot: snapshot, appliedAt: Int64(Clock.wallNanos() / 1_000_000_000), chain: chain, roots: roots)
+    }
+
+    /// A new snapshot is in force (called from any thread).
+    func replace(_ snapshot: ProxySnapshot) {
+        let s = AdminServer.state(for: snapshot)
+        state.withLock { $0 = s }
     }
 
     func listen(fd: Int32) -> Bool {

@@ -14,6 +14,7 @@ public struct ProxyStartError: Error, CustomStringConvertible {
 /// so a port conflict is reported at once; `drain` implements SIGTERM: stop accepting, finish
 /// in-flight requests, stop.
 public final class ProxyServer: @unchecked Sendable {
+    /// The snapshot the server started with.
     public let snapshot: ProxySnapshot
     public let concurrency: Int
     private var workers: [Worker] = []
@@ -78,6 +79,16 @@ public final class ProxyServer: @unchecked Sendable {
         }
         adminThread = Threads.spawn(name: "admin") { admin.run() }
         admin.ready.store(true, ordering: .releasing)
+    }
+
+    /// Puts a new snapshot in force (new credentials after a renewal): every worker takes it for
+    /// new connections and requests; established connections and requests in flight finish on
+    /// the one they started with. Callable from any thread.
+    public func replace(_ next: ProxySnapshot) {
+        for w in workers {
+            w.loop.post { [w] in w.replaceSnapshot(next) }
+        }
+        admin?.replace(next)
     }
 
     /// Stops accepting, lets in-flight requests finish (at most `timeout`), then stops every

@@ -130,6 +130,9 @@ public final class ProxySnapshot: Sendable {
         if let t = b.tls {
             var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)
             so.trustDomain = t.trustDomain
+            so.certChainPEM = t.certChainPEM
+            so.privateKeyPEM = t.privateKeyPEM
+            so.trustBundlePEM = t.trustBundlePEM
             // The inbound listener offers h2 and http/1.1 (DESIGN §2); what the caller offers wins.
             so.alpn = ["h2", "http/1.1"]
             // The inbound side accepts TLS 1.2 (ECDHE + AEAD only) for callers that are not sidecars;

@@ -59,6 +59,22 @@ public final class Worker: @unchecked Sendable {
         targetRR = Array(repeating: id, count: snapshot.targets.count)
     }
 
+    /// Takes a new snapshot for new work (on the worker's thread). Pools and their connections
+    /// stay when the clusters are the same; TLS sessions are forgotten (the next handshake
+    /// presents the new certificate).
+    func replaceSnapshot(_ next: ProxySnapshot) {
+        let old = snapshot
+        snapshot = next
+        let sameShape = old.clusters.count == next.clusters.count && old.targets.count == next.targets.count
+            && zip(old.clusters, next.clusters).allSatisfy { $0.endpoints == $1.endpoints }
+        if sameShape {
+            for ps in pools { for p in ps { p.sessionCache.clear() } }
+        } else {
+            for ps in pools { for p in ps { p.closeIdle() } }
+            buildPools()
+        }
+    }
+
     /// Starts listening on the given (already bound) sockets; runs on the worker's thread.
     func startListeners(outboundFd: Int32?, inboundFd: Int32?) {
         if let fd = outboundFd {

@@ -34,6 +34,13 @@ public final class TLSContext: @unchecked Sendable {
         public var minVersion13: Bool = true
         /// Server: demand a client certificate.
         public var requireClientCert: Bool = true
+        /// Credentials held in memory (mesh mode: the key never touches a disk); when set they
+        /// are used instead of the files above.
+        public var certChainPEM: String? = nil
+        public var privateKeyPEM: String? = nil
+        public var trustBundlePEM: String? = nil
+        /// Client only: present no certificate (a workload joining with a token).
+        public var withoutCertificate = false
         public init(certChainFile: String, privateKeyFile: String, trustBundleFile: String) {
             self.certChainFile = certChainFile
             self.privateKeyFile = privateKeyFile
@@ -65,16 +72,47 @@ public final class TLSContext: @unchecked Sendable {
         }
         _ = mesh_SSL_CTX_set_mode(ctx, Int(SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER))
 
-        guard SSL_CTX_use_certificate_chain_file(ctx, o.certChainFile) == 1 else {
+        if o.withoutCertificate && role == .client {
+            // Nothing to present: the server authenticates this client some other way.
+        } else if let chain = o.certChainPEM {
+            let certs = TLSContext.certificates(pem: chain)
+            defer { for c in certs { X509_free(c) } }
+            guard let leaf = certs.first, SSL_CTX_use_certificate(ctx, leaf) == 1 else {
+                throw TLSConfigError("cannot use the certificate chain held in memory: \(OpenSSLErrors.drain())")
+            }
+            for c in certs.dropFirst() where mesh_SSL_CTX_add1_chain_cert(ctx, c) != 1 {
+                throw TLSConfigError("cannot add an intermediate certificate: \(OpenSSLErrors.drain())")
+            }
+        } else if SSL_CTX_use_certificate_chain_file(ctx, o.certChainFile) != 1 {
             throw TLSConfigError("cannot load certificate chain \(o.certChainFile): \(OpenSSLErrors.drain())")
         }
-        guard SSL_CTX_use_PrivateKey_file(ctx, o.privateKeyFile, SSL_FILETYPE_PEM) == 1 else {
+        if o.withoutCertificate && role == .client {
+            // No key either.
+        } else if let keyPEM = o.privateKeyPEM {
+            var bytes = Array(keyPEM.utf8)
+            let key: OpaquePointer? = bytes.withUnsafeMutableBytes { b in
+                guard let bio = BIO_new_mem_buf(b.baseAddress, Int32(b.count)) else { return nil }
+                defer { BIO_free(bio) }
+                return PEM_read_bio_PrivateKey(bio, nil, nil, nil)
+            }
+            guard let key, SSL_CTX_use_PrivateKey(ctx, key) == 1 else {
+                throw TLSConfigError("cannot use the private key held in memory: \(OpenSSLErrors.drain())")
+            }
+            EVP_PKEY_free(key)
+        } else if SSL_CTX_use_PrivateKey_file(ctx, o.privateKeyFile, SSL_FILETYPE_PEM) != 1 {
             throw TLSConfigError("cannot load private key \(o.privateKeyFile): \(OpenSSLErrors.drain())")
         }
-        guard SSL_CTX_check_private_key(ctx) == 1 else {
+        guard (o.withoutCertificate && role == .client) || SSL_CTX_check_private_key(ctx) == 1 else {
             throw TLSConfigError("private key \(o.privateKeyFile) does not match certificate \(o.certChainFile)")
         }
-        guard SSL_CTX_load_verify_locations(ctx, o.trustBundleFile, nil) == 1 else {
+        if let bundle = o.trustBundlePEM {
+            let roots = TLSContext.certificates(pem: bundle)
+            defer { for c in roots { X509_free(c) } }
+            guard !roots.isEmpty, let store = SSL_CTX_get_cert_store(ctx) else { throw TLSConfigError("the trust bundle held in memory has no certificate") }
+            for r in roots where X509_STORE_add_cert(store, r) != 1 {
+                throw TLSConfigError("cannot add a trust anchor: \(OpenSSLErrors.drain())")
+            }
+        } else if SSL_CTX_load_verify_locations(ctx, o.trustBundleFile, nil) != 1 {
             throw TLSConfigError("cannot load trust bundle \(o.trustBundleFile): \(OpenSSLErrors.drain())")
         }
         if let leaf = SSL_CTX_get0_certificate(ctx) {
@@ -128,6 +166,19 @@ public final class TLSContext: @unchecked Sendable {
     }
 
     deinit { SSL_CTX_free(ctx) }
+
+    /// Every certificate of a PEM text (the caller frees them).
+    public static func certificates(pem: String) -> [OpaquePointer] {
+        var bytes = Array(pem.utf8)
+        return bytes.withUnsafeMutableBytes { b -> [OpaquePointer] in
+            guard let bio = BIO_new_mem_buf(b.baseAddress, Int32(b.count)) else { return [] }
+            defer { BIO_free(bio) }
+            var out: [OpaquePointer] = []
+            while let c = PEM_read_bio_X509(bio, nil, nil, nil) { out.append(c) }
+            ERR_clear_error()
+            return out
+        }
+    }
 }
 
 /// The client side's resumable session for one upstream endpoint (per worker, so no lock): each
@@ -142,6 +193,12 @@ public final class TLSSessionCache {
         stored &+= 1
     }
     deinit { if let s = session { SSL_SESSION_free(s) } }
+
+    /// Forgets the stored session (new credentials: the next handshake is a full one).
+    public func clear() {
+        if let s = session { SSL_SESSION_free(s) }
+        session = nil
+    }
 }
 
 /// Reads OpenSSL's thread-local error queue into one line, clearing it.

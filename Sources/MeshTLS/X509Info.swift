@@ -75,6 +75,13 @@ extension X509Info {
         return out
     }
 
+    /// Every certificate of a PEM text, in order.
+    public static func load(pem: String) -> [CertificateInfo] {
+        let certs = TLSContext.certificates(pem: pem)
+        defer { for c in certs { X509_free(c) } }
+        return certs.map(info)
+    }
+
     public static func info(_ cert: OpaquePointer) -> CertificateInfo {
         var serial = ""
         if let asn = X509_get_serialNumber(cert), let bn = ASN1_INTEGER_to_BN(asn, nil) {

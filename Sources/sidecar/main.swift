@@ -1,6 +1,7 @@
 // sidecar: the data-plane proxy. Thin: parse flags, load and compile the config, start the
 // workers, wait for SIGTERM/SIGINT, drain, exit. Everything else lives in MeshProxy.
 import MeshConfig
+import MeshControl
 import MeshCore
 import MeshIO
 import MeshProxy
@@ -9,10 +10,15 @@ import Glibc
 #endif
 
 let usage = """
-    sidecar: a service-mesh sidecar proxy (epoll, OpenSSL 3, HTTP/1.1)
+    sidecar: a service-mesh sidecar proxy (epoll, OpenSSL 3, HTTP/1.1 and HTTP/2)
 
     USAGE:
       sidecar --config FILE.yaml [--concurrency N] [--log-level debug|info|warn|error]
+      sidecar --meshd HOST:PORT --root-cert FILE (--token T | --token-file F) --service NAME
+              [--namespace default] [--service-account SA] [--label k=v]... [--app-port P]
+              [--app-protocol http|http2|grpc] [--inbound-port 15006] [--outbound-port 15001]
+              [--admin-port 15000] [--concurrency N] [--trust-domain cluster.local]
+              [--route HOST=IP:PORT[,IP:PORT]]...
 
     Static mode: one YAML file declares this workload, its listeners (outbound: plain HTTP from
     the local app, routed by Host to clusters over mutual TLS; inbound: mutual TLS from other
@@ -31,7 +37,25 @@ let usage = """
     SIGTERM or SIGINT: stop accepting, finish in-flight requests (spec.drainTimeout, default 20s),
     exit 0.
 
-    Mesh mode (--meshd, --token, ...) is not available yet: this build runs in static mode only.
+    Mesh mode: the sidecar generates its private key in memory (EC P-256), obtains its
+    certificate for spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT from meshd with the
+    join token (`meshctl token create`), starts serving, and renews at half lifetime with a new
+    key (authenticated by its current certificate; retried with back-off while meshd is away).
+    New certificates apply to new connections; established ones continue.
+      --meshd HOST:PORT      meshd's API address (TLS)
+      --root-cert FILE       the trust anchor (meshd's STATE-DIR/root-cert.pem)
+      --token T, --token-file F   the join token
+      --service NAME         this workload's service; also --namespace (default "default"),
+                             --service-account (default: the service), --label k=v (app=NAME is
+                             always added)
+      --app-port P           the local app's port (inbound listener); none: a caller-only workload
+      --app-protocol P       what the app speaks: http (HTTP/1.1, default), http2 or grpc (h2c)
+      --inbound-port, --outbound-port, --admin-port   defaults 15006, 15001, 15000
+      --trust-domain TD      must match meshd's (default cluster.local)
+      --route HOST=IP:PORT[,IP:PORT]  an outbound route to other sidecars over mTLS (HTTP/2);
+                             routing config pushed by meshd is not built yet
+      --service-port N, --advertise-address IP  accepted for the command-line contract; used once
+                             sidecars register with meshd (not built yet)
 
     """
 
@@ -56,8 +80,10 @@ func readFile(_ path: String) -> String? {
 
 let specs: [Flags.Spec] = [
     .init("config"), .init("concurrency"), .init("log-level"), .init("check", value: false), .init("help", value: false),
-    // Mesh-mode flags are recognised so that the error says what is missing, not "unknown flag".
-    .init("meshd"), .init("root-cert"), .init("token"), .init("token-file"), .init("service"),
+    .init("meshd"), .init("root-cert"), .init("token"), .init("token-file"), .init("service"), .init("namespace"),
+    .init("service-account"), .init("label"), .init("app-port"), .init("app-protocol"), .init("inbound-port"),
+    .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
+    .init("advertise-address"),
 ]
 
 let flags: Flags
@@ -70,10 +96,6 @@ if flags.has("help") {
     print(usage, terminator: "")
     exit(0)
 }
-if flags.has("meshd") || flags.has("token") || flags.has("token-file") || flags.has("root-cert") || flags.has("service") {
-    fail("mesh mode (--meshd/--token/--service) is not implemented in this build; run in static mode with --config FILE.yaml")
-}
-guard let configPath = flags.string("config") else { fail("missing --config FILE.yaml (see --help)") }
 if let lvl = flags.string("log-level") {
     switch lvl {
     case "debug": Log.minimum = .debug
@@ -85,6 +107,11 @@ if let lvl = flags.string("log-level") {
 }
 let concurrencyFlag: Int?
 do { concurrencyFlag = try flags.int("concurrency", min: 1, max: 256) } catch { fail("\(error)") }
+if flags.has("meshd") {
+    if flags.has("config") { fail("--config (static mode) and --meshd (mesh mode) exclude each other") }
+    runMeshMode(flags, concurrency: concurrencyFlag)
+}
+guard let configPath = flags.string("config") else { fail("missing --config FILE.yaml, or --meshd for mesh mode (see --help)") }
 
 guard let text = readFile(configPath) else { fail("cannot read \(configPath): \(String(cString: strerror(errno)))") }
 let bootstrap: Bootstrap

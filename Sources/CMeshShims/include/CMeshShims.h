@@ -27,6 +27,11 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/bn.h>
 
 // ---- Linux ----
 /// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC) (needs _GNU_SOURCE, so it lives in shims.c).
@@ -102,6 +107,14 @@ static inline void mesh_BIO_clear_retry_flags(BIO *b) { BIO_clear_retry_flags(b)
 static inline int mesh_sk_GENERAL_NAME_num(const GENERAL_NAMES *n) { return sk_GENERAL_NAME_num(n); }
 static inline GENERAL_NAME *mesh_sk_GENERAL_NAME_value(const GENERAL_NAMES *n, int i) { return sk_GENERAL_NAME_value(n, i); }
 static inline void mesh_GENERAL_NAMES_free(GENERAL_NAMES *n) { GENERAL_NAMES_free(n); }
+// CSR extensions (certificate authority).
+static inline STACK_OF(X509_EXTENSION) *mesh_sk_X509_EXTENSION_new(void) { return sk_X509_EXTENSION_new_null(); }
+static inline int mesh_sk_X509_EXTENSION_push(STACK_OF(X509_EXTENSION) *s, X509_EXTENSION *e) { return sk_X509_EXTENSION_push(s, e); }
+static inline int mesh_sk_X509_EXTENSION_num(const STACK_OF(X509_EXTENSION) *s) { return sk_X509_EXTENSION_num(s); }
+static inline X509_EXTENSION *mesh_sk_X509_EXTENSION_value(const STACK_OF(X509_EXTENSION) *s, int i) { return sk_X509_EXTENSION_value(s, i); }
+static inline void mesh_sk_X509_EXTENSION_free_all(STACK_OF(X509_EXTENSION) *s) { sk_X509_EXTENSION_pop_free(s, X509_EXTENSION_free); }
+static inline long mesh_BIO_get_mem_data(BIO *b, char **p) { return BIO_get_mem_data(b, p); }
+static inline int mesh_MBSTRING_ASC(void) { return MBSTRING_ASC; }
 static inline int mesh_sk_X509_num(const STACK_OF(X509) *s) { return sk_X509_num(s); }
 static inline X509 *mesh_sk_X509_value(const STACK_OF(X509) *s, int i) { return sk_X509_value(s, i); }
 

@@ -1,0 +1,77 @@
+import MeshCore
+
+/// The bootstrap of a sidecar in mesh mode, built from its command line (DESIGN §2) instead of a
+/// file: who it is, its listeners and admin port, and the credentials meshd issued (in memory).
+/// Until meshd pushes routing config (its config-distribution issue), outbound routes come from
+/// `--route HOST=IP:PORT[,IP:PORT...]` flags: mTLS HTTP/2 clusters named after their host.
+public struct MeshModeOptions: Sendable {
+    public var service: String
+    public var namespace = "default"
+    public var serviceAccount: String?
+    public var labels: [(String, String)] = []
+    public var appPort: Int?
+    public var appProtocol = "http"
+    public var inboundPort = 15006
+    public var outboundPort = 15001
+    public var adminPort = 15000
+    public var concurrency: Int?
+    public var listenAddress = "127.0.0.1"
+    public var trustDomain = "cluster.local"
+    /// `HOST=IP:PORT[,IP:PORT...]`
+    public var routes: [String] = []
+    public init(service: String) { self.service = service }
+}
+
+extension Bootstrap {
+    /// A mesh-mode bootstrap; the error names the flag at fault.
+    public static func meshMode(_ o: MeshModeOptions, tls: TLSFiles) throws(ConfigError) -> Bootstrap {
+        func bad(_ flag: String, _ msg: String) -> ConfigError { ConfigError(path: "--\(flag)", message: msg) }
+        let label = { (s: String) -> Bool in !s.isEmpty && s.utf8.count <= 63 && s.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 } }
+        guard label(o.service) else { throw bad("service", "expected a DNS label (lowercase letters, digits, '-'), got \"\(o.service)\"") }
+        guard label(o.namespace) else { throw bad("namespace", "expected a DNS label, got \"\(o.namespace)\"") }
+        let sa = o.serviceAccount ?? o.service
+        guard label(sa) else { throw bad("service-account", "expected a DNS label, got \"\(sa)\"") }
+        var labels = o.labels
+        if !labels.contains(where: { $0.0 == "app" }) { labels.insert(("app", o.service), at: 0) }
+        let version = labels.first { $0.0 == "version" }?.1
+        let workload = Workload(name: version.map { "\(o.service)-\($0)" } ?? o.service, service: o.service,
+                                namespace: o.namespace, serviceAccount: sa, labels: labels)
+        func addr(_ port: Int, _ flag: String) throws(ConfigError) -> SocketAddress {
+            guard port >= 0 && port <= 65535, let a = SocketAddress(host: o.listenAddress, port: port) else {
+                throw bad(flag, "expected a port from 0 to 65535, got \(port)")
+            }
+            return a
+        }
+        let outbound = Listener(address: try addr(o.outboundPort, "outbound-port"), headerTimeout: Defaults.headerTimeout,
+                                idleTimeout: Defaults.idleTimeout, appAddress: nil)
+        var inbound: Listener? = nil
+        if let p = o.appPort {
+            guard let app = SocketAddress(host: "127.0.0.1", port: p), p > 0 else { throw bad("app-port", "expected a port from 1 to 65535, got \(p)") }
+            guard ["http", "http2", "grpc"].contains(o.appProtocol) else {
+                throw bad("app-protocol", "expected http, http2 or grpc, got \"\(o.appProtocol)\" (tcp is not supported yet)")
+            }
+            inbound = Listener(address: try addr(o.inboundPort, "inbound-port"), headerTimeout: Defaults.headerTimeout,
+                               idleTimeout: Defaults.idleTimeout, appAddress: app, appHTTP2: o.appProtocol != "http")
+        }
+        var clusters: [Cluster] = []
+        var routes: [Route] = []
+        for spec in o.routes {
+            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, label(parts[0]) else { throw bad("route", "expected HOST=IP:PORT[,IP:PORT...], got \"\(spec)\"") }
+            var eps: [SocketAddress] = []
+            for e in parts[1].split(separator: ",") {
+                guard let a = SocketAddress(String(e)) else { throw bad("route", "expected IP:PORT in \"\(spec)\", got \"\(e)\"") }
+                eps.append(a)
+            }
+            if eps.isEmpty || clusters.contains(where: { $0.name == parts[0] }) { throw bad("route", "\"\(spec)\": no endpoint, or host given twice") }
+            clusters.append(Cluster(name: parts[0], tls: .istioMutual, subjectAltNames: [], endpoints: eps,
+                                    endpointLabels: eps.map { _ in [] }, connectTimeout: Defaults.connectTimeout,
+                                    idleTimeout: Defaults.poolIdleTimeout, maxConnections: Defaults.maxConnections, protocolHTTP2: true))
+            routes.append(Route(hosts: [parts[0]], cluster: parts[0], timeout: 0, name: "\(o.service)-sidecar.\(parts[0])"))
+        }
+        guard let admin = SocketAddress(host: "127.0.0.1", port: o.adminPort) else { throw bad("admin-port", "expected a port, got \(o.adminPort)") }
+        return Bootstrap(name: "\(o.service)-sidecar", workload: workload, concurrency: o.concurrency, admin: admin, tls: tls,
+                         outbound: outbound, inbound: inbound, clusters: clusters, routes: routes,
+                         drainTimeout: Defaults.drainTimeout, statsEnabled: true, accessLog: nil)
+    }
+}

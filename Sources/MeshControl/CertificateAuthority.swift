@@ -1,0 +1,302 @@
+import MeshCore
+import MeshTLS
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// meshd's certificate authority (DESIGN §4). It keeps its state in the state directory:
+/// `ca-key.pem` + `ca-cert.pem` (the issuing CA, keys 0600), `root-cert.pem` (the trust bundle
+/// sidecars need: every root in force), `token-key` and `admin-token` (0600). On first start it
+/// creates a self-signed root; with `--ca-dir` it signs with a plug-in CA given in Istio's file
+/// names instead. Root rotation moves through three steps (`add`, `issue`, `retire`), each one
+/// persisted, so the mesh keeps trusting both roots while certificates move to the new one.
+/// Files are written atomically (temp file, fsync, rename). Thread-safe.
+public final class CertificateAuthority: @unchecked Sendable {
+    public let trustDomain: String
+    public let stateDir: String
+    public let certTTL: Int
+    let tokenKey: [UInt8]
+    public let adminToken: String
+    private let pluggedIn: Bool
+
+    private struct Signer {
+        var key: MeshCrypto.PrivateKey
+        var cert: MeshCrypto.Certificate
+        /// Intermediates sent after the leaf (plug-in CA: ca-cert up to, not including, the root).
+        var chainPEM: String
+    }
+    private struct State {
+        var signer: Signer
+        /// Every trusted root, PEM, oldest first.
+        var bundlePEM: String
+        /// A root added by `rotate add` that does not issue yet.
+        var next: Signer?
+        var issued: UInt64 = 0
+        var refused: UInt64 = 0
+    }
+    private let state: Mutex<State>
+
+    /// Loads the CA from the state directory, creating it on first start (or from `caDir`).
+    public init(stateDir: String, caDir: String?, trustDomain: String, certTTL: Int) throws(CAError) {
+        self.stateDir = stateDir
+        self.trustDomain = trustDomain
+        self.certTTL = certTTL
+        try FileStore.makeDirectory(stateDir)
+        tokenKey = try FileStore.secret(at: "\(stateDir)/token-key", bytes: 32).utf8.map { $0 }
+        adminToken = try FileStore.secret(at: "\(stateDir)/admin-token", bytes: 24)
+        if let dir = caDir {
+            pluggedIn = true
+            let cert = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read("\(dir)/ca-cert.pem"))[0]
+            let key = try MeshCrypto.PrivateKey.load(pem: try FileStore.read("\(dir)/ca-key.pem"))
+            guard cert.matches(key) else { throw CAError("\(dir)/ca-key.pem does not match \(dir)/ca-cert.pem") }
+            let root = try FileStore.read("\(dir)/root-cert.pem")
+            _ = try MeshCrypto.Certificate.loadAll(pem: root)
+            // cert-chain.pem: ca-cert up to and including the root; sidecars send all but the root.
+            var chain = ""
+            if let text = try? FileStore.read("\(dir)/cert-chain.pem") {
+                let certs = try MeshCrypto.Certificate.loadAll(pem: text)
+                for c in certs where c.info.subject != c.info.issuer { chain += try c.pem() }
+            } else {
+                chain = try cert.pem()
+            }
+            state = Mutex(State(signer: Signer(key: key, cert: cert, chainPEM: chain), bundlePEM: root))
+            try FileStore.writeAtomically("\(stateDir)/root-cert.pem", root, mode: 0o644)
+            Log.info("ca", "plug-in CA from \(dir): issuing as \(cert.info.subject)")
+            return
+        }
+        pluggedIn = false
+        let keyPath = "\(stateDir)/ca-key.pem", certPath = "\(stateDir)/ca-cert.pem", bundlePath = "\(stateDir)/root-cert.pem"
+        if FileStore.exists(keyPath) && FileStore.exists(certPath) {
+            let key = try MeshCrypto.PrivateKey.load(pem: try FileStore.read(keyPath))
+            let cert = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read(certPath))[0]
+            guard cert.matches(key) else { throw CAError("\(keyPath) does not match \(certPath)") }
+            let bundle: String
+            if let b = try? FileStore.read(bundlePath) { bundle = b } else { bundle = try cert.pem() }
+            var next: Signer? = nil
+            if FileStore.exists("\(stateDir)/next-ca-key.pem") {
+                let nk = try MeshCrypto.PrivateKey.load(pem: try FileStore.read("\(stateDir)/next-ca-key.pem"))
+                let nc = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read("\(stateDir)/next-ca-cert.pem"))[0]
+                next = Signer(key: nk, cert: nc, chainPEM: "")
+            }
+            state = Mutex(State(signer: Signer(key: key, cert: cert, chainPEM: ""), bundlePEM: bundle, next: next))
+            Log.info("ca", "loaded root CA \(cert.info.subject) (expires \(X509Info.rfc3339(cert.info.notAfter)))")
+        } else {
+            let s = try CertificateAuthority.newRoot()
+            try FileStore.writeAtomically(keyPath, try s.key.pem(), mode: 0o600)
+            try FileStore.writeAtomically(certPath, try s.cert.pem(), mode: 0o644)
+            try FileStore.writeAtomically(bundlePath, try s.cert.pem(), mode: 0o644)
+            state = Mutex(State(signer: s, bundlePEM: try s.cert.pem()))
+            Log.info("ca", "created root CA \(s.cert.info.subject) in \(stateDir)")
+        }
+    }
+
+    private static func newRoot() throws(CAError) -> Signer {
+        let key = try MeshCrypto.PrivateKey.generate()
+        var stamp = timespec()
+        clock_gettime(CLOCK_REALTIME, &stamp)
+        let cert = try MeshCrypto.selfSignedRoot(key: key, commonName: "swift-mesh root \(X509Info.rfc3339(Int64(stamp.tv_sec)))",
+                                                 seconds: 10 * 365 * 24 * 3600)
+        return Signer(key: key, cert: cert, chainPEM: "")
+    }
+
+    /// The trust bundle (every root in force).
+    public var trustBundlePEM: String { state.withLock { $0.bundlePEM } }
+    public var issuedCount: UInt64 { state.withLock { $0.issued } }
+    public var refusedCount: UInt64 { state.withLock { $0.refused } }
+
+    /// The SPIFFE ID of a namespace and service account in this trust domain.
+    public func identity(namespace: String, serviceAccount: String) -> String {
+        "spiffe://\(trustDomain)/ns/\(namespace)/sa/\(serviceAccount)"
+    }
+
+    /// A new signed join token (`ttl` seconds).
+    public func mintToken(namespace: String, serviceAccount: String, ttl: Int) -> String {
+        let id = JoinToken.randomBytes(8).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        return JoinToken(namespace: namespace, serviceAccount: serviceAccount, expires: Self.now() + Int64(ttl), id: id).encode(key: tokenKey)
+    }
+
+    static func now() -> Int64 {
+        var t = timespec()
+        clock_gettime(CLOCK_REALTIME, &t)
+        return Int64(t.tv_sec)
+    }
+
+    /// What a certificate request gets back: the chain (leaf first) and the trust bundle.
+    public struct Issued: Sendable {
+        public let chainPEM: String
+        public let bundlePEM: String
+        public let serialHex: String
+        public let notAfter: Int64
+    }
+
+    /// Why a request was refused: 401 (no valid credential), 403 (identity not granted), 400 (bad CSR).
+    public struct Refusal: Error, Sendable {
+        public let status: Int
+        public let message: String
+    }
+
+    /// Signs `csrPEM` for the identity a credential grants: a join token, or the caller's current
+    /// certificate (renewal over mTLS). The CSR must ask for exactly that identity.
+    public func sign(csrPEM: String, token: String?, peerIdentity: String?) throws(Refusal) -> Issued {
+        var granted: String
+        if let t = token {
+            do {
+                let jt = try JoinToken.verify(t, key: tokenKey, now: Self.now())
+                granted = identity(namespace: jt.namespace, serviceAccount: jt.serviceAccount)
+            } catch {
+                refuse()
+                throw Refusal(status: 401, message: error.description)
+            }
+        } else if let p = peerIdentity, X509Info.isSPIFFE(p, inTrustDomain: trustDomain) {
+            granted = p
+        } else {
+            refuse()
+            throw Refusal(status: 401, message: "no credential: send a join token (authorization: Bearer) or renew with your current certificate")
+        }
+        let csr: MeshCrypto.VerifiedCSR
+        do { csr = try MeshCrypto.verifyCSR(csrPEM) } catch {
+            refuse()
+            throw Refusal(status: 400, message: error.description)
+        }
+        guard csr.uris == [granted] else {
+            refuse()
+            let asked = csr.uris.isEmpty ? "no identity" : csr.uris.joined(separator: ", ")
+            throw Refusal(status: 403, message: "the CSR asks for \(asked), but the credential grants only \(granted)")
+        }
+        do {
+            return try issue(csr, identity: granted, extraSANs: [])
+        } catch {
+            throw Refusal(status: 500, message: error.description)
+        }
+    }
+
+    private func refuse() { state.withLock { $0.refused += 1 } }
+
+    func issue(_ csr: MeshCrypto.VerifiedCSR, identity: String, extraSANs: [String], ttl: Int? = nil) throws(CAError) -> Issued {
+        let (signer, bundle) = state.withLock { ($0.signer, $0.bundlePEM) }
+        let cert = try MeshCrypto.issue(csr: csr, identity: identity, extraSANs: extraSANs, seconds: ttl ?? certTTL,
+                                        caCert: signer.cert, caKey: signer.key)
+        let info = cert.info
+        state.withLock { $0.issued += 1 }
+        Log.info("ca", "issued \(identity) serial \(info.serialHex) expires \(X509Info.rfc3339(info.notAfter))")
+        let chain = try cert.pem() + (pluggedIn ? signer.chainPEM : "")
+        return Issued(chainPEM: chain, bundlePEM: bundle, serialHex: info.serialHex, notAfter: info.notAfter)
+    }
+
+    /// meshd's own serving certificate (API port), issued from the CA with a key kept in memory.
+    public func serverCredentials(ttl: Int, addresses: [String]) throws(CAError) -> (chainPEM: String, keyPEM: String, bundlePEM: String) {
+        let key = try MeshCrypto.PrivateKey.generate()
+        let id = identity(namespace: "mesh-system", serviceAccount: "meshd")
+        let csr = try MeshCrypto.verifyCSR(try MeshCrypto.csr(key: key, identity: id))
+        let sans = ["DNS:meshd", "DNS:localhost"] + Set(["127.0.0.1"] + addresses).sorted().map { "IP:\($0)" }
+        let issued = try issue(csr, identity: id, extraSANs: sans, ttl: ttl)
+        return (issued.chainPEM, try key.pem(), issued.bundlePEM)
+    }
+
+    // MARK: root rotation
+
+    /// One step of root rotation: `add` (a new root joins the trust bundle; the old one still
+    /// issues), `issue` (the new root issues; both stay trusted), `retire` (the old root leaves
+    /// the bundle). Between steps, sidecars pick up the bundle with their next certificate.
+    public func rotate(step: String) throws(CAError) -> String {
+        if pluggedIn { throw CAError("this meshd uses a plug-in CA (--ca-dir): rotate it by replacing those files") }
+        switch step {
+        case "add":
+            if state.withLock({ $0.next != nil }) { throw CAError("a new root was already added; next step: issue") }
+            let s = try CertificateAuthority.newRoot()
+            let bundle = state.withLock { $0.bundlePEM } + (try s.cert.pem())
+            try FileStore.writeAtomically("\(stateDir)/next-ca-key.pem", try s.key.pem(), mode: 0o600)
+            try FileStore.writeAtomically("\(stateDir)/next-ca-cert.pem", try s.cert.pem(), mode: 0o644)
+            try FileStore.writeAtomically("\(stateDir)/root-cert.pem", bundle, mode: 0o644)
+            state.withLock { $0.next = s; $0.bundlePEM = bundle }
+            return "added root \(s.cert.info.subject) to the trust bundle; it does not issue yet (next: issue)"
+        case "issue":
+            guard let n = state.withLock({ $0.next }) else { throw CAError("no new root to issue from; first step: add") }
+            try FileStore.writeAtomically("\(stateDir)/ca-key.pem", try n.key.pem(), mode: 0o600)
+            try FileStore.writeAtomically("\(stateDir)/ca-cert.pem", try n.cert.pem(), mode: 0o644)
+            FileStore.remove("\(stateDir)/next-ca-key.pem")
+            FileStore.remove("\(stateDir)/next-ca-cert.pem")
+            state.withLock { $0.signer = n; $0.next = nil }
+            return "root \(n.cert.info.subject) now issues; the old root stays trusted (next: retire, once every sidecar renewed)"
+        case "retire":
+            let (signer, next) = state.withLock { ($0.signer, $0.next) }
+            if next != nil { throw CAError("the new root does not issue yet; step issue comes before retire") }
+            let bundle = try signer.cert.pem()
+            try FileStore.writeAtomically("\(stateDir)/root-cert.pem", bundle, mode: 0o644)
+            state.withLock { $0.bundlePEM = bundle }
+            return "the trust bundle now holds only \(signer.cert.info.subject)"
+        default:
+            throw CAError("unknown rotation step \"\(step)\" (expected add, issue or retire)")
+        }
+    }
+
+    /// The roots in force and which one issues, for `meshctl ca status`.
+    public func status() -> String {
+        let (signer, bundle, next) = state.withLock { ($0.signer, $0.bundlePEM, $0.next) }
+        var lines = ["issuing: \(signer.cert.info.subject) (expires \(X509Info.rfc3339(signer.cert.info.notAfter)))"]
+        for r in X509Info.load(pem: bundle) {
+            lines.append("trusted root: \(r.subject) serial \(r.serialHex) expires \(X509Info.rfc3339(r.notAfter))")
+        }
+        if let n = next { lines.append("rotation: \(n.cert.info.subject) added, not issuing yet (next step: issue)") }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+/// Small file operations for meshd's state (no Foundation): atomic writes, secrets, reads.
+public enum FileStore {
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    public static func remove(_ path: String) { unlink(path) }
+
+    public static func makeDirectory(_ path: String) throws(CAError) {
+        if mkdir(path, 0o700) != 0 && errno != EEXIST { throw CAError("cannot create \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    public static func read(_ path: String) throws(CAError) -> String {
+        guard let f = fopen(path, "rb") else { throw CAError("cannot read \(path): \(String(cString: strerror(errno)))") }
+        defer { fclose(f) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, f)
+            if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
+            if n < chunk.count { break }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Writes `text` to `path` so that a crash never leaves a truncated file: a temporary file in
+    /// the same directory, fsync, rename, fsync of the directory.
+    public static func writeAtomically(_ path: String, _ text: String, mode: mode_t) throws(CAError) {
+        let tmp = "\(path).tmp.\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        if fd < 0 { throw CAError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
+        let bytes = Array(text.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
+            if n <= 0 { close(fd); unlink(tmp); throw CAError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
+            off += n
+        }
+        fchmod(fd, mode)
+        fsync(fd)
+        close(fd)
+        if rename(tmp, path) != 0 { unlink(tmp); throw CAError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
+        let dir = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+
+    /// The secret in `path` (hex), created with `bytes` random bytes (0600) on first use.
+    public static func secret(at path: String, bytes: Int) throws(CAError) -> String {
+        if exists(path) {
+            let s = try read(path).split(whereSeparator: { $0 == "\n" || $0 == " " }).first.map(String.init) ?? ""
+            if s.count >= 16 { return s }
+            throw CAError("\(path) is empty or too short; remove it to create a new one")
+        }
+        let s = JoinToken.randomBytes(bytes).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        try writeAtomically(path, s + "\n", mode: 0o600)
+        return s
+    }
+}

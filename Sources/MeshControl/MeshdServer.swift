@@ -1,0 +1,157 @@
+import COpenSSL
+import MeshCore
+import MeshTLS
+import Synchronization
+
+/// meshd's two ports (DESIGN §2): the API (TLS with a certificate from its own CA; workloads ask
+/// for certificates there, with a join token or, to renew, their current certificate) and the
+/// admin port (plain HTTP on loopback by default; `/ready`, `/metrics`, and meshctl's API,
+/// authenticated with the admin token). Thread-safe; each port runs on its own threads.
+public final class MeshdServer: @unchecked Sendable {
+    public let ca: CertificateAuthority
+    private let apiContext: Mutex<TLSContext?>
+    private let apiRenewAt = Atomic<Int64>(0)
+    static let serverCertTTL = 24 * 3600
+    public private(set) var api: ControlServer?
+    public private(set) var admin: ControlServer?
+    /// Separates the certificate chain from the trust bundle in a certificate response.
+    public static let bundleMarker = "# trust bundle\n"
+
+    /// Addresses meshd's API certificate names besides 127.0.0.1 (its listen address).
+    let addresses: [String]
+
+    public init(ca: CertificateAuthority, addresses: [String] = []) throws(CAError) {
+        self.ca = ca
+        self.addresses = addresses.filter { $0 != "0.0.0.0" && $0 != "::" }
+        apiContext = Mutex(nil)
+        try refreshServerCertificate()
+    }
+
+    /// Issues meshd's own API certificate (at start, at half life, and when the issuing root changes).
+    func refreshServerCertificate() throws(CAError) {
+        let c = try ca.serverCredentials(ttl: MeshdServer.serverCertTTL, addresses: addresses)
+        var o = TLSContext.Options(certChainFile: "(meshd, in memory)", privateKeyFile: "(meshd, in memory)", trustBundleFile: "(meshd CA)")
+        o.certChainPEM = c.chainPEM
+        o.privateKeyPEM = c.keyPEM
+        o.trustBundlePEM = c.bundlePEM
+        o.trustDomain = ca.trustDomain
+        o.alpn = ["http/1.1"]
+        o.requireClientCert = false   // a joining workload has only its token; renewals present their certificate
+        let ctx: TLSContext
+        do { ctx = try TLSContext(role: .server, options: o) } catch { throw CAError("meshd API TLS: \(error)") }
+        apiContext.withLock { $0 = ctx }
+        apiRenewAt.store(CertificateAuthority.now() + Int64(MeshdServer.serverCertTTL / 2), ordering: .relaxed)
+    }
+
+    private func currentAPIContext() -> TLSContext? {
+        if CertificateAuthority.now() >= apiRenewAt.load(ordering: .relaxed) {
+            do { try refreshServerCertificate() } catch { Log.error("meshd", "renewing the API certificate: \(error)") }
+        }
+        return apiContext.withLock { $0 }
+    }
+
+    /// Binds both ports (errors name the port); `run` serves them.
+    public func bind(api apiAddress: SocketAddress, admin adminAddress: SocketAddress) throws(CAError) {
+        api = try ControlServer(address: apiAddress, name: "api", context: { [unowned self] in self.currentAPIContext() },
+                                handler: { [unowned self] in self.handleAPI($0) })
+        admin = try ControlServer(address: adminAddress, name: "admin", context: { nil },
+                                  handler: { [unowned self] in self.handleAdmin($0) })
+    }
+
+    // MARK: API port
+
+    func handleAPI(_ r: ControlRequest) -> ControlResponse {
+        switch (r.method, r.path) {
+        case ("POST", "/v1/certificate"):
+            var token: String? = nil
+            if let a = r.headers["authorization"] {
+                guard a.hasPrefix("Bearer ") else { return ControlResponse(401, "authorization: expected Bearer <join token>\n") }
+                token = String(a.dropFirst(7)).trimmingCharacters
+            }
+            do {
+                let issued = try ca.sign(csrPEM: r.bodyText, token: token, peerIdentity: r.peerIdentity)
+                return ControlResponse(200, issued.chainPEM + MeshdServer.bundleMarker + issued.bundlePEM, contentType: "application/x-pem-file")
+            } catch {
+                Log.warn("ca", "refused a certificate request (\(error.status)): \(error.message)")
+                return ControlResponse(error.status, error.message + "\n")
+            }
+        case ("GET", "/v1/trust-bundle"):
+            return ControlResponse(200, ca.trustBundlePEM, contentType: "application/x-pem-file")
+        default:
+            return ControlResponse(404, "no such endpoint: \(r.method) \(r.path)\n")
+        }
+    }
+
+    // MARK: admin port
+
+    private func authorized(_ r: ControlRequest) -> Bool {
+        guard let a = r.headers["authorization"], a.hasPrefix("Bearer ") else { return false }
+        let given = Array(String(a.dropFirst(7)).trimmingCharacters.utf8), want = Array(ca.adminToken.utf8)
+        return given.count == want.count && CRYPTO_memcmp(given, want, want.count) == 0
+    }
+
+    func handleAdmin(_ r: ControlRequest) -> ControlResponse {
+        switch (r.method, r.path) {
+        case ("GET", "/ready"):
+            return ControlResponse(200, "ready\n")
+        case ("GET", "/metrics"):
+            return ControlResponse(200, metrics(), contentType: "text/plain; version=0.0.4")
+        default:
+            break
+        }
+        guard authorized(r) else { return ControlResponse(401, "admin token required (authorization: Bearer <STATE-DIR/admin-token>)\n") }
+        switch (r.method, r.path) {
+        case ("POST", "/v1/tokens"):
+            guard let ns = r.query["namespace"], !ns.isEmpty, let sa = r.query["serviceAccount"], !sa.isEmpty else {
+                return ControlResponse(400, "namespace and serviceAccount are required\n")
+            }
+            let dns = { (s: String) in s.utf8.count <= 63 && s.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 } }
+            guard dns(ns), dns(sa) else { return ControlResponse(400, "namespace and service account must be DNS labels (lowercase letters, digits, '-')\n") }
+            var ttl = 3600
+            if let t = r.query["ttl"] {
+                guard let n = DurationParser.parseNanos(t), n >= 1_000_000_000, n <= 8760 * 3_600_000_000_000 else {
+                    return ControlResponse(400, "ttl: expected a duration from 1s to 8760h such as 10m or 1h, got \"\(t)\"\n")
+                }
+                ttl = Int(n / 1_000_000_000)
+            }
+            Log.info("ca", "minted a join token for \(ca.identity(namespace: ns, serviceAccount: sa)), valid \(ttl)s")
+            return ControlResponse(200, ca.mintToken(namespace: ns, serviceAccount: sa, ttl: ttl) + "\n")
+        case ("GET", "/v1/ca"):
+            return ControlResponse(200, ca.status())
+        case ("POST", "/v1/ca/rotate"):
+            let step = r.query["step"] ?? ""
+            do {
+                let msg = try ca.rotate(step: step)
+                if step == "issue" || step == "retire" { try refreshServerCertificate() }
+                Log.info("ca", "root rotation: \(msg)")
+                return ControlResponse(200, msg + "\n")
+            } catch {
+                return ControlResponse(409, error.description + "\n")
+            }
+        default:
+            return ControlResponse(404, "no such endpoint: \(r.method) \(r.path)\n")
+        }
+    }
+
+    func metrics() -> String {
+        var out = ""
+        out += "# HELP meshd_certificates_issued_total Workload certificates signed.\n# TYPE meshd_certificates_issued_total counter\n"
+        out += "meshd_certificates_issued_total \(ca.issuedCount)\n"
+        out += "# HELP meshd_certificate_requests_refused_total Certificate requests refused (bad token, identity, CSR).\n# TYPE meshd_certificate_requests_refused_total counter\n"
+        out += "meshd_certificate_requests_refused_total \(ca.refusedCount)\n"
+        out += "# HELP meshd_trust_anchor_expiry_timestamp_seconds When each trusted root expires (Unix time).\n# TYPE meshd_trust_anchor_expiry_timestamp_seconds gauge\n"
+        for r in X509Info.load(pem: ca.trustBundlePEM) {
+            out += "meshd_trust_anchor_expiry_timestamp_seconds{serial=\"\(r.serialHex)\"} \(r.notAfter)\n"
+        }
+        return out
+    }
+}
+
+extension String {
+    var trimmingCharacters: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\r" || f == "\n" || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\r" || l == "\n" || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}

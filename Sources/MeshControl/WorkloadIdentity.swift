@@ -1,0 +1,143 @@
+import MeshCore
+import MeshIO
+import MeshTLS
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A sidecar's identity in mesh mode (DESIGN §4): it generates an EC P-256 key in memory, sends
+/// meshd a CSR for its SPIFFE ID with its join token, and renews at half lifetime with a new key,
+/// authenticating with its current certificate (the token is only needed again if the certificate
+/// lapsed while meshd was away). Renewal retries with jittered exponential back-off. Every new
+/// set of credentials (chain, key, trust bundle) goes to `onRenewed`.
+public final class WorkloadIdentity: @unchecked Sendable {
+    public struct Credentials: Sendable {
+        public let chainPEM: String
+        public let keyPEM: String
+        public let bundlePEM: String
+        public let notBefore: Int64
+        public let notAfter: Int64
+        public let serialHex: String
+    }
+
+    public let meshd: SocketAddress
+    public let identity: String
+    private let rootPEM: String
+    private let token: String
+    private let current = Mutex<Credentials?>(nil)
+    private let stopping = Atomic<Bool>(false)
+
+    public init(meshd: SocketAddress, identity: String, rootPEM: String, token: String) {
+        self.meshd = meshd
+        self.identity = identity
+        self.rootPEM = rootPEM
+        self.token = token
+    }
+
+    public var credentials: Credentials? { current.withLock { $0 } }
+
+    /// One certificate request: with the current certificate when it is still valid, else the token.
+    public func request() throws(CAError) -> Credentials {
+        let key = try MeshCrypto.PrivateKey.generate()
+        let csr = try MeshCrypto.csr(key: key, identity: identity)
+        var o = TLSContext.Options(certChainFile: "(mesh mode)", privateKeyFile: "(mesh mode)", trustBundleFile: "--root-cert")
+        o.alpn = ["http/1.1"]
+        var headers: [(String, String)] = [("content-type", "application/pkcs10")]
+        let now = CertificateAuthority.now()
+        let cur = credentials
+        let trusted = cur.map { $0.bundlePEM } ?? rootPEM
+        if let c = cur, c.notAfter > now + 1 {
+            o.certChainPEM = c.chainPEM
+            o.privateKeyPEM = c.keyPEM
+        } else {
+            headers.append(("authorization", "Bearer \(token)"))
+            o.withoutCertificate = true
+        }
+        // Trust both what the flag gave and what meshd sent last (a rotated root).
+        o.trustBundlePEM = trusted + (trusted.contains(rootPEM) ? "" : rootPEM)
+        let ctx: TLSContext
+        do { ctx = try TLSContext(role: .client, options: o) } catch { throw CAError("client TLS: \(error)") }
+        let r = try ControlClient.request(meshd, context: ctx, method: "POST", path: "/v1/certificate", headers: headers, body: csr)
+        guard r.status == 200 else { throw CAError("meshd refused the certificate request (\(r.status)): \(r.body.trimmingCharacters)") }
+        let parts = r.body.components(marker: MeshdServer.bundleMarker)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { throw CAError("meshd's answer has no certificate chain and trust bundle") }
+        let chain = try MeshCrypto.Certificate.loadAll(pem: parts[0])
+        guard chain[0].matches(key) else { throw CAError("meshd returned a certificate for another key") }
+        let info = chain[0].info
+        guard info.identity == identity else { throw CAError("meshd returned \(info.identity), not \(identity)") }
+        let creds = Credentials(chainPEM: parts[0], keyPEM: try key.pem(), bundlePEM: parts[1],
+                                notBefore: info.notBefore, notAfter: info.notAfter, serialHex: info.serialHex)
+        current.withLock { $0 = creds }
+        Log.info("identity", "certificate for \(identity): serial \(info.serialHex), expires \(X509Info.rfc3339(info.notAfter))")
+        return creds
+    }
+
+    /// Requests until it succeeds (back-off 0.5 s doubling to 30 s, jittered) or `stop` is called.
+    public func obtain() -> Credentials? {
+        var delay: UInt64 = 500_000_000
+        var rng = FastRandom()
+        while !stopping.load(ordering: .relaxed) {
+            do { return try request() } catch {
+                Log.warn("identity", "\(error); retrying in \(delay / 1_000_000) ms")
+            }
+            let jittered = delay / 2 + rng.next() % (delay / 2 + 1)
+            sleepNanos(jittered)
+            delay = min(delay * 2, 30_000_000_000)
+        }
+        return nil
+    }
+
+    /// Renews at half lifetime for ever, on its own thread, handing new credentials to `onRenewed`.
+    public func startRenewal(_ onRenewed: @escaping @Sendable (Credentials) -> Void) {
+        Threads.spawnDetached { [self] in
+            var rng = FastRandom()
+            while !stopping.load(ordering: .relaxed) {
+                guard let c = credentials else { return }
+                let half = c.notBefore + (c.notAfter - c.notBefore) / 2
+                let wait = max(0, half - CertificateAuthority.now())
+                sleepNanos(UInt64(wait) * 1_000_000_000 + rng.next() % 200_000_000)
+                if stopping.load(ordering: .relaxed) { return }
+                var delay: UInt64 = 500_000_000
+                while !stopping.load(ordering: .relaxed) {
+                    do {
+                        onRenewed(try request())
+                        break
+                    } catch {
+                        let left = (credentials?.notAfter ?? 0) - CertificateAuthority.now()
+                        Log.warn("identity", "renewal failed (certificate valid \(left)s more): \(error); retrying in \(delay / 1_000_000) ms")
+                    }
+                    sleepNanos(delay / 2 + rng.next() % (delay / 2 + 1))
+                    delay = min(delay * 2, 10_000_000_000)
+                }
+            }
+        }
+    }
+
+    public func stop() { stopping.store(true, ordering: .relaxed) }
+
+    private func sleepNanos(_ n: UInt64) {
+        var left = n
+        while left > 0 && !stopping.load(ordering: .relaxed) {
+            let step = min(left, 200_000_000)
+            usleep(UInt32(step / 1000))
+            left -= step
+        }
+    }
+}
+
+extension String {
+    /// Splits at the first occurrence of `marker` (no Foundation).
+    func components(marker: String) -> [String] {
+        let h = Array(utf8), m = Array(marker.utf8)
+        guard m.count <= h.count else { return [self] }
+        var i = 0
+        while i + m.count <= h.count {
+            if h[i..<(i + m.count)].elementsEqual(m) {
+                return [String(decoding: h[..<i], as: UTF8.self), String(decoding: h[(i + m.count)...], as: UTF8.self)]
+            }
+            i += 1
+        }
+        return [self]
+    }
+}

@@ -1,0 +1,97 @@
+// meshd: the control plane. Thin: flags, the certificate authority in the state directory, the
+// API and admin ports (MeshControl), then wait for SIGTERM.
+import MeshControl
+import MeshCore
+import MeshIO
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let usage = """
+    meshd: the service mesh's control plane (certificate authority)
+
+    USAGE:
+      meshd --state-dir DIR [--api-port 15012] [--admin-port 15014] [--trust-domain cluster.local]
+            [--cert-ttl 24h] [--ca-dir DIR] [--listen-address 127.0.0.1] [--log-level info]
+
+    On first start meshd creates a root CA in the state directory (keys mode 0600) and writes
+    STATE-DIR/root-cert.pem (the trust anchor sidecars need, --root-cert) and STATE-DIR/admin-token
+    (meshctl's credential). With --ca-dir it signs with a plug-in CA instead: DIR holds ca-cert.pem,
+    ca-key.pem, root-cert.pem and cert-chain.pem (Istio's names).
+
+    API port (TLS, certificate from meshd's own CA): POST /v1/certificate, a CSR authenticated by
+    a join token (`meshctl token create`) or, to renew, by the workload's current certificate.
+    Admin port (plain HTTP, 127.0.0.1): GET /ready, GET /metrics, and meshctl's API (admin token).
+
+    OPTIONS:
+      --state-dir DIR        CA keys, root-cert.pem, admin-token, token-key (created if missing)
+      --config-dir DIR       accepted for the command-line contract; not read yet (the config
+                             store is a later step)
+      --api-port N           default 15012
+      --admin-port N         default 15014
+      --listen-address IP    address of the API port (default 127.0.0.1); admin stays on 127.0.0.1
+      --trust-domain TD      SPIFFE trust domain (default cluster.local)
+      --cert-ttl DURATION    workload certificate lifetime (default 24h; e.g. 10s for tests)
+      --ca-dir DIR           plug-in CA
+      --log-level LEVEL      debug, info, warn or error
+      -h, --help             this text
+
+    SIGTERM or SIGINT: exit 0.
+
+    """
+
+func fail(_ message: String, code: Int32 = 2) -> Never {
+    var line = "meshd: error: \(message)\n"
+    line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    exit(code)
+}
+
+let specs: [Flags.Spec] = [
+    .init("state-dir"), .init("config-dir"), .init("api-port"), .init("admin-port"), .init("listen-address"),
+    .init("trust-domain"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
+]
+let flags: Flags
+do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
+if flags.has("help") { print(usage, terminator: ""); exit(0) }
+if let p = flags.positional.first { fail("unexpected argument \"\(p)\" (see --help)") }
+guard let stateDir = flags.string("state-dir") else { fail("missing --state-dir DIR (see --help)") }
+switch flags.string("log-level") ?? "info" {
+case "debug": Log.minimum = .debug
+case "info": Log.minimum = .info
+case "warn": Log.minimum = .warn
+case "error": Log.minimum = .error
+case let other: fail("--log-level: expected debug, info, warn or error, got \"\(other)\"")
+}
+let apiPort: Int, adminPort: Int
+do {
+    apiPort = try flags.int("api-port", min: 0, max: 65535) ?? 15012
+    adminPort = try flags.int("admin-port", min: 0, max: 65535) ?? 15014
+} catch { fail("\(error)") }
+var certTTL = 24 * 3600
+if let t = flags.string("cert-ttl") {
+    guard let n = DurationParser.parseNanos(t), n >= 1_000_000_000, n <= 8760 * 3_600_000_000_000 else {
+        fail("--cert-ttl: expected a duration from 1s to 8760h such as 10s, 1h or 24h, got \"\(t)\"")
+    }
+    certTTL = Int(n / 1_000_000_000)
+}
+let trustDomain = flags.string("trust-domain") ?? "cluster.local"
+if trustDomain.isEmpty || trustDomain.contains("/") || trustDomain.contains(":") { fail("--trust-domain: expected a name such as cluster.local, got \"\(trustDomain)\"") }
+let listen = flags.string("listen-address") ?? "127.0.0.1"
+guard let apiAddress = SocketAddress(host: listen, port: apiPort) else { fail("--listen-address: expected an IP address, got \"\(listen)\"") }
+let adminAddress = SocketAddress(host: "127.0.0.1", port: adminPort)!
+
+let signals = SignalWaiter()
+let server: MeshdServer
+do {
+    let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
+    server = try MeshdServer(ca: ca, addresses: [listen])
+    try server.bind(api: apiAddress, admin: adminAddress)
+} catch {
+    fail("\(error)", code: 1)
+}
+Threads.spawnDetached { server.api!.run() }
+Threads.spawnDetached { server.admin!.run() }
+Log.info("meshd", "ready: API \(listen):\(server.api!.port) (TLS), admin 127.0.0.1:\(server.admin!.port); trust domain \(trustDomain), certificates live \(certTTL)s; state in \(stateDir)")
+let sig = signals.wait()
+Log.info("meshd", "signal \(sig): exiting")
+exit(0)

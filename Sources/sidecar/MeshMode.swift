@@ -1,0 +1,98 @@
+// Mesh mode: identity from meshd, listeners from the command line (DESIGN §2).
+import MeshConfig
+import MeshControl
+import MeshCore
+import MeshIO
+import MeshProxy
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs the sidecar in mesh mode until SIGTERM/SIGINT; never returns.
+func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
+    guard let meshdText = flags.string("meshd"), let meshd = SocketAddress(meshdText) else {
+        fail("--meshd: expected meshd's API address as IP:PORT (e.g. 127.0.0.1:15012)")
+    }
+    guard let rootPath = flags.string("root-cert") else { fail("mesh mode needs --root-cert FILE (meshd's STATE-DIR/root-cert.pem)") }
+    guard let rootPEM = readFile(rootPath), rootPEM.contains("BEGIN CERTIFICATE") else { fail("--root-cert \(rootPath): no PEM certificate there") }
+    var token = flags.string("token")
+    if let f = flags.string("token-file") {
+        if token != nil { fail("give --token or --token-file, not both") }
+        guard let t = readFile(f) else { fail("--token-file \(f): cannot read it") }
+        token = t.split(whereSeparator: { $0 == "\n" || $0 == " " }).first.map(String.init)
+    }
+    guard let token, !token.isEmpty else { fail("mesh mode needs a join token: --token T or --token-file F (`meshctl token create`)") }
+    guard let service = flags.string("service") else { fail("mesh mode needs --service NAME") }
+    var o = MeshModeOptions(service: service)
+    o.namespace = flags.string("namespace") ?? "default"
+    o.serviceAccount = flags.string("service-account")
+    for l in flags.all("label") {
+        let kv = l.split(separator: "=", maxSplits: 1).map(String.init)
+        guard kv.count == 2, !kv[0].isEmpty else { fail("--label: expected k=v, got \"\(l)\"") }
+        o.labels.append((kv[0], kv[1]))
+    }
+    do {
+        o.appPort = try flags.int("app-port", min: 1, max: 65535)
+        o.inboundPort = try flags.int("inbound-port", min: 0, max: 65535) ?? 15006
+        o.outboundPort = try flags.int("outbound-port", min: 0, max: 65535) ?? 15001
+        o.adminPort = try flags.int("admin-port", min: 0, max: 65535) ?? 15000
+        _ = try flags.int("service-port", min: 1, max: 65535)
+    } catch { fail("\(error)") }
+    if let a = flags.string("advertise-address"), SocketAddress(host: a, port: 1) == nil { fail("--advertise-address: expected an IP address, got \"\(a)\"") }
+    o.appProtocol = flags.string("app-protocol") ?? "http"
+    o.trustDomain = flags.string("trust-domain") ?? "cluster.local"
+    o.concurrency = concurrency
+    o.routes = flags.all("route")
+    let identity = "spiffe://\(o.trustDomain)/ns/\(o.namespace)/sa/\(o.serviceAccount ?? service)"
+
+    // Check the flags once before talking to meshd (a credential-free dry build).
+    let opts = o
+    @Sendable func bootstrap(_ c: WorkloadIdentity.Credentials?) throws(ConfigError) -> Bootstrap {
+        var tls = Bootstrap.TLSFiles(certChain: "(issued by meshd \(meshdText))", privateKey: "(in memory)",
+                                     trustBundle: rootPath, trustDomain: opts.trustDomain, minTLS13: false)
+        tls.certChainPEM = c?.chainPEM
+        tls.privateKeyPEM = c?.keyPEM
+        tls.trustBundlePEM = c?.bundlePEM
+        return try Bootstrap.meshMode(opts, tls: tls)
+    }
+    do { _ = try bootstrap(nil) } catch { fail("\(error)") }
+
+    let signals = SignalWaiter()
+    Threads.raiseOpenFilesLimit()
+    let wi = WorkloadIdentity(meshd: meshd, identity: identity, rootPEM: rootPEM, token: token)
+    let running = Mutex<ProxyServer?>(nil)
+    let workers = concurrency ?? Threads.cpuCount
+    Threads.spawnDetached {
+        guard let creds = wi.obtain() else { return }
+        let server: ProxyServer
+        do {
+            let snap = try ProxySnapshot(bootstrap: try bootstrap(creds), version: "mesh-1")
+            server = ProxyServer(snapshot: snap, concurrency: workers)
+            try server.start()
+        } catch {
+            fail("\(error)", code: 1)
+        }
+        running.withLock { $0 = server }
+        Log.info("sidecar", "\(identity) ready (mesh mode) with \(workers) worker(s): outbound :\(server.outboundPort)"
+                 + (server.inboundPort > 0 ? ", inbound :\(server.inboundPort) (mTLS)" : "") + ", admin :\(server.adminPort)")
+        let version = Atomic<Int>(1)
+        wi.startRenewal { c in
+            do {
+                let v = version.add(1, ordering: .relaxed).newValue
+                server.replace(try ProxySnapshot(bootstrap: try bootstrap(c), version: "mesh-\(v)"))
+            } catch {
+                Log.error("sidecar", "new certificate not applied (the previous one stays): \(error)")
+            }
+        }
+    }
+    let sig = signals.wait()
+    wi.stop()
+    guard let server = running.withLock({ $0 }) else {
+        Log.info("sidecar", "signal \(sig) before the certificate arrived: exiting")
+        exit(0)
+    }
+    Log.info("sidecar", "signal \(sig): draining")
+    server.drainAndStop(timeout: Bootstrap.Defaults.drainTimeout)
+    exit(0)
+}
