@@ -95,7 +95,9 @@ public final class CertificateAuthority: @unchecked Sendable {
         let key = try MeshCrypto.PrivateKey.generate()
         var stamp = timespec()
         clock_gettime(CLOCK_REALTIME, &stamp)
-        let cert = try MeshCrypto.selfSignedRoot(key: key, commonName: "swift-mesh root \(X509Info.rfc3339(Int64(stamp.tv_sec)))",
+        // Distinct names even for two roots made in the same second (chains are built by name).
+        let tag = JoinToken.randomBytes(4).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        let cert = try MeshCrypto.selfSignedRoot(key: key, commonName: "swift-mesh root \(X509Info.rfc3339(Int64(stamp.tv_sec))) \(tag)",
                                                  seconds: 10 * 365 * 24 * 3600)
         return Signer(key: key, cert: cert, chainPEM: "")
     }

@@ -15,6 +15,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SIDECAR = pathlib.Path(os.environ.get("SIDECAR_BIN", ROOT / ".build" / "debug" / "sidecar"))
+MESHD = SIDECAR.parent / "meshd"
+MESHCTL = SIDECAR.parent / "meshctl"
 
 
 def free_port() -> int:
@@ -201,3 +203,56 @@ def mesh(procs, pki):
 
 def curl(*args, timeout=60):
     return subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=timeout)
+
+
+class Meshd:
+    """A meshd process with its own state directory and free ports; meshctl bound to it."""
+
+    def __init__(self, procs, name="meshd", cert_ttl="1h", extra=(), state=None):
+        self.procs = procs
+        self.state = state or procs.tmp / f"{name}-state"
+        self.api = free_port()
+        self.admin = free_port()
+        self.name = name
+        self.cert_ttl = cert_ttl
+        self.extra = list(extra)
+        self.start()
+
+    def start(self):
+        self.proc = self.procs.start([MESHD, "--state-dir", self.state, "--api-port", self.api, "--admin-port", self.admin,
+                                      "--cert-ttl", self.cert_ttl, *self.extra], self.name)
+        wait_until(lambda: http_get(f"http://127.0.0.1:{self.admin}/ready", timeout=1)[0] == 200, what="meshd ready")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    @property
+    def root(self):
+        return self.state / "root-cert.pem"
+
+    def ctl(self, *args, check=True):
+        r = subprocess.run([str(MESHCTL), "--meshd", f"http://127.0.0.1:{self.admin}", "--admin-token-file",
+                            str(self.state / "admin-token"), *[str(a) for a in args]], capture_output=True, text=True, timeout=30)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    def token(self, sa, ns="default", ttl="1h"):
+        return self.ctl("token", "create", "--namespace", ns, "--service-account", sa, "--ttl", ttl).stdout.strip()
+
+    def sidecar(self, name, sa, app_port=None, routes=(), admin=None, extra=()):
+        """A sidecar in mesh mode; returns (process, admin port, inbound port, outbound port)."""
+        admin = admin or free_port()
+        inbound, outbound = free_port(), free_port()
+        args = [SIDECAR, "--meshd", f"127.0.0.1:{self.api}", "--root-cert", self.root, "--token", self.token(sa),
+                "--service", sa, "--admin-port", admin, "--inbound-port", inbound, "--outbound-port", outbound,
+                "--concurrency", "1", *extra]
+        if app_port:
+            args += ["--app-port", app_port]
+        for r in routes:
+            args += ["--route", r]
+        p = self.procs.start(args, name)
+        wait_ready(p, admin, timeout=20)
+        return p, admin, inbound, outbound
+

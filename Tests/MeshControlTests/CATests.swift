@@ -1,0 +1,167 @@
+import XCTest
+import MeshCore
+import MeshTLS
+@testable import MeshControl
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Join tokens and the certificate authority, negative cases first: forged, tampered, expired
+/// and foreign tokens, a CSR for another identity, a CSR whose signature does not verify.
+final class JoinTokenTests: XCTestCase {
+    let key = Array("0123456789abcdef0123456789abcdef".utf8)
+    let now: Int64 = 1_800_000_000
+
+    func testRoundTrip() throws {
+        let t = JoinToken(namespace: "shop", serviceAccount: "cart", expires: now + 60, id: "abc")
+        let text = t.encode(key: key)
+        XCTAssertTrue(text.hasPrefix("mesh1."))
+        XCTAssertEqual(try JoinToken.verify(text, key: key, now: now), t)
+    }
+
+    func testExpiredTokenIsRefused() {
+        let text = JoinToken(namespace: "shop", serviceAccount: "cart", expires: now - 1, id: "x").encode(key: key)
+        XCTAssertThrowsError(try JoinToken.verify(text, key: key, now: now)) { XCTAssertTrue("\($0)".contains("expired"), "\($0)") }
+    }
+
+    func testTamperedPayloadIsRefused() {
+        let text = JoinToken(namespace: "shop", serviceAccount: "cart", expires: now + 60, id: "x").encode(key: key)
+        let parts = text.split(separator: ".").map(String.init)
+        // The same token for another service account, signature kept.
+        let forged = Base64URL.encode(Array("ns=shop&sa=admin&exp=\(now + 60)&id=x".utf8))
+        XCTAssertThrowsError(try JoinToken.verify("\(parts[0]).\(forged).\(parts[2])", key: key, now: now)) {
+            XCTAssertTrue("\($0)".contains("signature does not verify"), "\($0)")
+        }
+        // One flipped character in the signature.
+        var sig = Array(parts[2])
+        sig[3] = sig[3] == "A" ? "B" : "A"
+        XCTAssertThrowsError(try JoinToken.verify("\(parts[0]).\(parts[1]).\(String(sig))", key: key, now: now))
+    }
+
+    func testAnotherMeshdsTokenIsRefused() {
+        let text = JoinToken(namespace: "shop", serviceAccount: "cart", expires: now + 60, id: "x").encode(key: Array("another key, another meshd......".utf8))
+        XCTAssertThrowsError(try JoinToken.verify(text, key: key, now: now))
+    }
+
+    func testMalformedTokensAreRefused() {
+        for bad in ["", "mesh1", "mesh1..", "mesh2.abc.def", "mesh1.a$b.c", "Bearer x", String(repeating: "A", count: 5000)] {
+            XCTAssertThrowsError(try JoinToken.verify(bad, key: key, now: now), bad)
+        }
+    }
+
+    func testBase64URL() {
+        for n in 0..<40 {
+            let d = (0..<n).map { UInt8(($0 * 37 + 11) & 0xff) }
+            XCTAssertEqual(Base64URL.decode(Base64URL.encode(d)), d)
+        }
+        XCTAssertEqual(Base64URL.encode(Array("hi?".utf8)), "aGk_")
+        XCTAssertNil(Base64URL.decode("a"))
+        XCTAssertNil(Base64URL.decode("ab+c"))
+    }
+}
+
+final class CertificateAuthorityTests: XCTestCase {
+    var dir = ""
+
+    override func setUp() {
+        var template = Array("/tmp/meshca-XXXXXX".utf8CString)
+        dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+
+    override func tearDown() {
+        for f in ["ca-key.pem", "ca-cert.pem", "root-cert.pem", "token-key", "admin-token", "next-ca-key.pem", "next-ca-cert.pem"] { unlink("\(dir)/\(f)") }
+        rmdir(dir)
+    }
+
+    func ca(ttl: Int = 3600) throws -> CertificateAuthority {
+        try CertificateAuthority(stateDir: dir, caDir: nil, trustDomain: "cluster.local", certTTL: ttl)
+    }
+
+    func testFirstStartCreatesARootWithPrivateKeys() throws {
+        let a = try ca()
+        var st = stat()
+        XCTAssertEqual(stat("\(dir)/ca-key.pem", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        XCTAssertEqual(stat("\(dir)/admin-token", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        XCTAssertEqual(stat("\(dir)/token-key", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        let roots = X509Info.load(pem: a.trustBundlePEM)
+        XCTAssertEqual(roots.count, 1)
+        // A restart loads the same CA.
+        let b = try ca()
+        XCTAssertEqual(X509Info.load(pem: b.trustBundlePEM).first?.serialHex, roots[0].serialHex)
+        XCTAssertEqual(a.adminToken, b.adminToken)
+    }
+
+    func testSignsExactlyTheTokensIdentity() throws {
+        let a = try ca(ttl: 600)
+        let token = a.mintToken(namespace: "shop", serviceAccount: "cart", ttl: 60)
+        let key = try MeshCrypto.PrivateKey.generate()
+        let mine = try MeshCrypto.csr(key: key, identity: "spiffe://cluster.local/ns/shop/sa/cart")
+        let issued = try a.sign(csrPEM: mine, token: token, peerIdentity: nil)
+        let chain = try MeshCrypto.Certificate.loadAll(pem: issued.chainPEM)
+        XCTAssertTrue(chain[0].matches(key))
+        let info = chain[0].info
+        XCTAssertEqual(info.identity, "spiffe://cluster.local/ns/shop/sa/cart")
+        XCTAssertEqual(info.notAfter - info.notBefore, 600)
+        XCTAssertEqual(info.issuer, X509Info.load(pem: a.trustBundlePEM)[0].subject)
+
+        let other = try MeshCrypto.csr(key: key, identity: "spiffe://cluster.local/ns/shop/sa/payments")
+        XCTAssertThrowsError(try a.sign(csrPEM: other, token: token, peerIdentity: nil)) {
+            let r = $0 as! CertificateAuthority.Refusal
+            XCTAssertEqual(r.status, 403)
+            XCTAssertTrue(r.message.contains("payments") && r.message.contains("grants only spiffe://cluster.local/ns/shop/sa/cart"), r.message)
+        }
+        // Renewal: the caller's verified identity stands in for the token, for its own identity only.
+        XCTAssertNoThrow(try a.sign(csrPEM: mine, token: nil, peerIdentity: "spiffe://cluster.local/ns/shop/sa/cart"))
+        XCTAssertThrowsError(try a.sign(csrPEM: other, token: nil, peerIdentity: "spiffe://cluster.local/ns/shop/sa/cart"))
+        XCTAssertThrowsError(try a.sign(csrPEM: mine, token: nil, peerIdentity: "spiffe://evil.example/ns/shop/sa/cart"))
+        XCTAssertThrowsError(try a.sign(csrPEM: mine, token: nil, peerIdentity: nil)) {
+            XCTAssertEqual(($0 as! CertificateAuthority.Refusal).status, 401)
+        }
+        XCTAssertEqual(a.issuedCount, 2)
+        XCTAssertEqual(a.refusedCount, 4)
+    }
+
+    func testRefusesBadCSRs() throws {
+        let a = try ca()
+        let token = a.mintToken(namespace: "shop", serviceAccount: "cart", ttl: 60)
+        XCTAssertThrowsError(try a.sign(csrPEM: "not a csr", token: token, peerIdentity: nil)) {
+            XCTAssertEqual(($0 as! CertificateAuthority.Refusal).status, 400)
+        }
+        // A CSR whose body was changed after signing (its signature no longer verifies).
+        let key = try MeshCrypto.PrivateKey.generate()
+        let pem = try MeshCrypto.csr(key: key, identity: "spiffe://cluster.local/ns/shop/sa/cart")
+        var lines = pem.split(separator: "\n").map(String.init)
+        var mid = Array(lines[3])
+        mid[10] = mid[10] == "A" ? "B" : "A"
+        lines[3] = String(mid)
+        XCTAssertThrowsError(try a.sign(csrPEM: lines.joined(separator: "\n") + "\n", token: token, peerIdentity: nil)) {
+            XCTAssertEqual(($0 as! CertificateAuthority.Refusal).status, 400)
+        }
+    }
+
+    func testRootRotationSteps() throws {
+        let a = try ca()
+        XCTAssertThrowsError(try a.rotate(step: "issue"), "issue before add")
+        XCTAssertThrowsError(try a.rotate(step: "sideways"))
+        let old = X509Info.load(pem: a.trustBundlePEM)[0]
+        _ = try a.rotate(step: "add")
+        XCTAssertEqual(X509Info.load(pem: a.trustBundlePEM).count, 2)
+        XCTAssertThrowsError(try a.rotate(step: "retire"), "retire before issue")
+        let key = try MeshCrypto.PrivateKey.generate()
+        let token = a.mintToken(namespace: "shop", serviceAccount: "cart", ttl: 60)
+        let csr = try MeshCrypto.csr(key: key, identity: "spiffe://cluster.local/ns/shop/sa/cart")
+        XCTAssertEqual(try MeshCrypto.Certificate.loadAll(pem: a.sign(csrPEM: csr, token: token, peerIdentity: nil).chainPEM)[0].info.issuer, old.subject)
+        _ = try a.rotate(step: "issue")
+        let newIssuer = try MeshCrypto.Certificate.loadAll(pem: a.sign(csrPEM: csr, token: token, peerIdentity: nil).chainPEM)[0].info.issuer
+        XCTAssertNotEqual(newIssuer, old.subject)
+        // The step survives a restart.
+        let reloaded = try ca()
+        XCTAssertEqual(X509Info.load(pem: reloaded.trustBundlePEM).count, 2)
+        _ = try a.rotate(step: "retire")
+        let roots = X509Info.load(pem: a.trustBundlePEM)
+        XCTAssertEqual(roots.map(\.subject), [newIssuer])
+    }
+}
