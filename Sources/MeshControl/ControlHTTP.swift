@@ -174,11 +174,21 @@ public final class ControlServer: @unchecked Sendable {
         self.port = Socket.localPort(fd)
     }
 
-    /// Accepts connections until the process exits (runs on its own thread).
+    private let stopped = Atomic<Bool>(false)
+
+    /// Stops accepting (the listening socket is closed; `run` returns).
+    public func stop() {
+        stopped.store(true, ordering: .relaxed)
+        shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    /// Accepts connections until `stop` (runs on its own thread).
     public func run() {
-        while true {
+        defer { Glibc.close(fd) }
+        while !stopped.load(ordering: .relaxed) {
             let c = mesh_accept4(fd)
             if c >= 0 { _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL) & ~Int32(O_NONBLOCK)) }
+            if stopped.load(ordering: .relaxed) { if c >= 0 { Glibc.close(c) }; return }
             if c < 0 {
                 if mesh_errno() == EINTR || mesh_errno() == ECONNABORTED { continue }
                 if mesh_errno() == EMFILE || mesh_errno() == ENFILE { usleep(100_000); continue }
@@ -199,7 +209,7 @@ public final class ControlServer: @unchecked Sendable {
         }
     }
 
-    /// Serves requests on one connection (keep-alive, at most 1,000) until the client closes.
+    /// Serves requests on one connection (keep-alive, at most 100,000) until the client closes.
     private func serve(_ fd: Int32, _ ctx: TLSContext?) {
         guard let s = ControlStream.accepted(fd: fd, context: ctx) else { return }
         var peer: String? = nil
@@ -207,7 +217,7 @@ public final class ControlServer: @unchecked Sendable {
             if let ssl = s.ssl, SSL_get_verify_result(ssl) == X509_V_OK { peer = X509Info.spiffeID(cert) }
             X509_free(cert)
         }
-        for _ in 0..<1000 {
+        for _ in 0..<100_000 {
             guard let (head, buf, body) = s.readMessage(request: true) else { return }
             let b = buf.base
             let method = String(decoding: UnsafeBufferPointer(start: b + head.methodStart, count: head.methodEnd - head.methodStart), as: UTF8.self)

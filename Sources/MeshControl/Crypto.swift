@@ -6,7 +6,9 @@ import MeshTLS
 /// Why a certificate operation failed, in words for the log or the API caller.
 public struct CAError: Error, CustomStringConvertible, Sendable {
     public let description: String
-    public init(_ d: String) { description = d }
+    /// The HTTP status when meshd refused the request (401 token, 403 identity, 400 CSR).
+    public let refusal: Int?
+    public init(_ d: String, refusal: Int? = nil) { description = d; self.refusal = refusal }
 }
 
 /// The certificate operations of the mesh, on OpenSSL 3, with PEM text at the edges: EC P-256

@@ -59,7 +59,9 @@ public final class WorkloadIdentity: @unchecked Sendable {
         let ctx: TLSContext
         do { ctx = try TLSContext(role: .client, options: o) } catch { throw CAError("client TLS: \(error)") }
         let r = try ControlClient.request(meshd, context: ctx, method: "POST", path: "/v1/certificate", headers: headers, body: csr)
-        guard r.status == 200 else { throw CAError("meshd refused the certificate request (\(r.status)): \(r.body.trimmingCharacters)") }
+        guard r.status == 200 else {
+            throw CAError("meshd refused the certificate request (\(r.status)): \(r.body.trimmingCharacters)", refusal: r.status)
+        }
         let parts = r.body.components(marker: MeshdServer.bundleMarker)
         guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { throw CAError("meshd's answer has no certificate chain and trust bundle") }
         let chain = try MeshCrypto.Certificate.loadAll(pem: parts[0])
@@ -73,12 +75,15 @@ public final class WorkloadIdentity: @unchecked Sendable {
         return creds
     }
 
-    /// Requests until it succeeds (back-off 0.5 s doubling to 30 s, jittered) or `stop` is called.
-    public func obtain() -> Credentials? {
+    /// Requests until it succeeds (back-off 0.5 s doubling to 30 s, jittered), `stop` is called,
+    /// or meshd refuses the credential itself (a bad, expired or foreign token: retrying cannot
+    /// help, so the error is returned).
+    public func obtain() -> Result<Credentials, CAError>? {
         var delay: UInt64 = 500_000_000
         var rng = FastRandom()
         while !stopping.load(ordering: .relaxed) {
-            do { return try request() } catch {
+            do { return .success(try request()) } catch {
+                if let s = error.refusal, s == 400 || s == 401 || s == 403 { return .failure(error) }
                 Log.warn("identity", "\(error); retrying in \(delay / 1_000_000) ms")
             }
             let jittered = delay / 2 + rng.next() % (delay / 2 + 1)

@@ -63,8 +63,26 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
     let wi = WorkloadIdentity(meshd: meshd, identity: identity, rootPEM: rootPEM, token: token)
     let running = Mutex<ProxyServer?>(nil)
     let workers = concurrency ?? Threads.cpuCount
+    // Until the certificate arrives the admin port answers /ready with 503 (DESIGN §2).
+    let waiting: ControlServer
+    do {
+        waiting = try ControlServer(address: SocketAddress(host: "127.0.0.1", port: o.adminPort)!, name: "admin", context: { nil }) { r in
+            switch r.path {
+            case "/healthz": return ControlResponse(200, "OK\n")
+            default: return ControlResponse(503, "not ready: waiting for a certificate from meshd at \(meshdText)\n")
+            }
+        }
+    } catch { fail("\(error)", code: 1) }
+    let waitingThread = Threads.spawn(name: "admin-wait") { waiting.run() }
     Threads.spawnDetached {
-        guard let creds = wi.obtain() else { return }
+        let creds: WorkloadIdentity.Credentials
+        switch wi.obtain() {
+        case .none: return
+        case .failure(let e)?: fail("\(e)", code: 1)
+        case .success(let c)?: creds = c
+        }
+        waiting.stop()
+        Threads.join(waitingThread)
         let server: ProxyServer
         do {
             let snap = try ProxySnapshot(bootstrap: try bootstrap(creds), version: "mesh-1")

@@ -278,3 +278,30 @@ def test_plug_in_ca(procs, pki, tmp_path):
     assert v.returncode == 0, v.stderr
     r = m.ctl("ca", "rotate-root", "add", check=False)
     assert r.returncode != 0 and "plug-in CA" in r.stderr
+
+
+def test_sidecar_waits_for_meshd_and_refuses_a_bad_token(procs):
+    from conftest import SIDECAR
+    m = Meshd(procs)
+    token = m.token("reviews")
+    m.stop()
+    app = procs.app("reviews")
+    admin = free_port()
+    p = procs.start([SIDECAR, "--meshd", f"127.0.0.1:{m.api}", "--root-cert", m.root, "--token", token, "--service", "reviews",
+                     "--app-port", app, "--admin-port", admin, "--inbound-port", free_port(), "--outbound-port", free_port()],
+                    "early-sidecar")
+    # meshd is away: not ready (503), but alive.
+    wait_until(lambda: http_get(f"http://127.0.0.1:{admin}/ready", timeout=1)[0] == 503, what="503 while waiting")
+    assert b"waiting for a certificate" in http_get(f"http://127.0.0.1:{admin}/ready")[1]
+    time.sleep(1.5)
+    assert p.poll() is None
+    m.start()
+    wait_until(lambda: http_get(f"http://127.0.0.1:{admin}/ready", timeout=1)[0] == 200, timeout=40, what="ready once meshd is back")
+    assert json.loads(http_get(f"http://127.0.0.1:{admin}/certs")[1])["identity"] == "spiffe://cluster.local/ns/default/sa/reviews"
+    # A forged token is refused by meshd: the sidecar says so and exits, no endless retry.
+    head, payload, sig = token.split(".")
+    forged = f"{head}.{payload}.{sig[::-1]}"
+    q = procs.start([SIDECAR, "--meshd", f"127.0.0.1:{m.api}", "--root-cert", m.root, "--token", forged, "--service", "reviews",
+                     "--admin-port", free_port(), "--inbound-port", free_port(), "--outbound-port", free_port()], "forged-sidecar")
+    assert q.wait(timeout=20) != 0
+    assert "meshd refused the certificate request (401)" in q.log_path.read_text()
