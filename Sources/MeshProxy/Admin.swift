@@ -215,17 +215,22 @@ final class AdminServer: @unchecked Sendable {
         var j = JSONWriter()
         j.beginObject()
         j.beginArray("clusters")
-        for (ci, c) in snapshot.clusters.enumerated() {
+        // Each worker's current routing state, read under its lock; pools found by cluster name
+        // and address (a worker may not have taken the newest config yet).
+        let states = workers.compactMap { w in w.publishedRouting.withLock { $0 } }
+        let current = states.first?.snapshot ?? snapshot
+        for c in current.clusters {
             j.beginObject()
             j.string("name", c.name)
             j.string("tls", c.mutualTLS ? "ISTIO_MUTUAL" : "DISABLE")
             j.beginArray("endpoints")
             let now = Clock.monotonicNanos()
-            for (ei, e) in c.endpoints.enumerated() {
+            for e in c.endpoints {
                 var sums = [UInt64](repeating: 0, count: EndpointCounters.Name.allCases.count)
                 var ejectedMs: UInt64 = 0
-                for w in workers {
-                    let pool = w.pools[ci][ei]
+                for r in states {
+                    guard let ci = r.snapshot.clusters.firstIndex(where: { $0.name == c.name }),
+                          let pool = r.pools[ci].first(where: { $0.address == e }) else { continue }
                     for n in EndpointCounters.Name.allCases { sums[n.rawValue] &+= pool.counters.get(n) }
                     let until = pool.counters.get(.ejectedUntil)
                     if until > now { ejectedMs = max(ejectedMs, (until - now) / 1_000_000) }

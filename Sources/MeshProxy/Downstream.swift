@@ -21,8 +21,9 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     private var parser = HTTP1Parser()
     private var head = HTTPHead()
     private var reqBody = BodyFramer()
-    /// The snapshot the current request started with.
+    /// The snapshot the current request started with, and the worker's routing state for it.
     private var snapshot: ProxySnapshot
+    private var routing: RoutingState
     private var cluster = -1
     private var routeTimeout: UInt64 = 0
     private var upstream: UpstreamConnection?
@@ -132,14 +133,13 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
 
     /// HTTP/2 on this connection (inbound, ALPN h2): the handler owns the streams.
     private var h2: H2ServerHandler?
-    /// The config snapshot this connection's current work started with.
-    var snapshotInUse: ProxySnapshot { snapshot }
 
     init(worker: Worker, fd: Int32, tls: TLSSession?, inbound: Bool, settings: ProxySnapshot.ListenerSettings) {
         self.worker = worker
         self.inbound = inbound
         self.settings = settings
-        self.snapshot = worker.snapshot
+        self.routing = worker.routing
+        self.snapshot = worker.routing.snapshot
         super.init(loop: worker.loop, fd: fd, security: tls, connecting: false)
     }
 
@@ -176,6 +176,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         requestBytes = UInt64(headBytes)
         responseBytes = 0
         metricsRoute = inbound ? MetricKey.inboundRoute : MetricKey.noRoute
+        routeIndex = -1
         upstreamPeer = 0
         requestPeer = downstreamPeer
         exchangePool = nil
@@ -404,7 +405,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         let stats = worker.stats
         stats.inc(.requestsTotal)
         beginExchange(headBytes: head.headEnd - head.headStart)
-        snapshot = worker.snapshot
+        routing = worker.routing
+        snapshot = routing.snapshot
         if inbound { requestPeer = peerFromRequest() }
         method = head.method
         clientMinor = head.minorVersion
@@ -476,7 +478,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                 return
             }
             let route = snapshot.routes[r]
-            metricsRoute = r
+            metricsRoute = route.metricID
             routeIndex = r
             matchIndex = m
             target = route.pickTarget(&worker.rng)
@@ -488,7 +490,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                 if ProxySnapshot.Route.draw(f.abortPPM, &worker.rng) { faultAbortStatus = f.abortStatus }
             }
         }
-        if !attempts.admit(worker, cluster: cluster, policy: retry) {
+        if !attempts.admit(routing, cluster: cluster, policy: retry) {
             worker.stats.inc(.upstreamOverflow)
             consumeHead()
             localReply(503, "upstream overflow: too many requests in flight to this cluster (http2MaxRequests)", close: !reqBody.isDone, flag: .upstreamOverflow)
@@ -525,7 +527,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     private func leavePoolQueue() {
         if waitingForPool {
             waitingForPool = false
-            if cluster >= 0 { worker.clusterState[cluster].removeWaiter(self) }
+            if cluster >= 0 { routing.clusterState[cluster].removeWaiter(self) }
         }
     }
 
@@ -762,7 +764,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         if let p = exchangePool { o.append(UInt8(ascii: "\"")); o.append(string: p.address.text); o.append(UInt8(ascii: "\"")) } else { o.append("null") }
         o.append(",\"route\":\"")
         if metricsRoute == MetricKey.inboundRoute { o.append("inbound") }
-        else if metricsRoute < snapshot.routes.count { o.append(string: snapshot.routes[metricsRoute].label) }   // validated: [A-Za-z0-9._-]
+        else if routeIndex >= 0 { o.append(string: snapshot.routes[routeIndex].label) }   // validated: [A-Za-z0-9._-]
         else { o.append("-") }
         let own = (snapshot.serverTLS ?? snapshot.clientTLS)?.localIdentity ?? ""
         let peer = worker.metrics.peers.name(inbound ? requestPeer : upstreamPeer)
@@ -808,10 +810,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         let c = snapshot.clusters[cluster]
         var picked: EndpointPool?
         if let p = prefer, p.cluster == cluster, p.ejectedUntil <= loop.now,
-           target < 0 || snapshot.targets[target].endpoints.contains(where: { worker.pools[cluster][$0] === p }) {
+           target < 0 || snapshot.targets[target].endpoints.contains(where: { routing.pools[cluster][$0] === p }) {
             picked = p
         } else {
-            picked = target >= 0 ? worker.pickEndpoint(target: target, avoid: lastPool) : worker.pickEndpoint(cluster: cluster, avoid: lastPool)
+            picked = target >= 0 ? routing.pickEndpoint(target: target, avoid: lastPool) : routing.pickEndpoint(cluster: cluster, avoid: lastPool)
         }
         guard let pool = picked else {
             localReply(503, "no healthy upstream", close: !reqBody.isDone, flag: .noHealthyUpstream)
@@ -874,7 +876,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     /// (`http1MaxPendingRequests`), or answer 503 UO when the queue is full too.
     private func poolOverflow(_ c: ProxySnapshot.Cluster) {
         attempts.endAttempt(worker)
-        let rt = worker.clusterState[cluster]
+        let rt = routing.clusterState[cluster]
         if rt.pendingCount < c.maxPendingRequests {
             waitingForPool = true
             rt.addWaiter(self)
@@ -922,7 +924,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         let r = snapshot.routes[routeIndex]
         guard r.mirrorTarget >= 0, ProxySnapshot.Route.draw(r.mirrorPPM, &worker.rng) else { return }
         if !replayValid { worker.stats.inc(.mirrorSkipped); return }
-        worker.mirror(replay, target: r.mirrorTarget)
+        worker.mirror(replay, target: r.mirrorTarget, routing: routing)
     }
 
     func upstreamDrained() {

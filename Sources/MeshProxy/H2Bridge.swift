@@ -109,6 +109,9 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     private var requestTrailers = HeaderBlock()
 
     // Routing, retries and timers (outbound; DESIGN §3).
+    /// The worker's routing state when the stream started (its config snapshot and pools).
+    private var routing: RoutingState?
+    private var snap: ProxySnapshot { (routing ?? worker.routing).snapshot }
     private var routeIndex = -1
     private var matchIndex = -1
     private var target = -1
@@ -166,7 +169,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         upstreamPeer = 0; callerPeer = -1; sentData = false; headDone = false; grpc = -1
         status = 0; responseStarted = false; finished = false; flag = .none
         requestBytes = 0; responseBytes = 0; recorded = false
-        routeIndex = -1; matchIndex = -1; target = -1
+        routing = nil; routeIndex = -1; matchIndex = -1; target = -1
         routeDeadline = 0; tryDeadline = 0; backoffUntil = 0; faultDelaying = false; faultAbortStatus = 0
         sentBody.clear(); replayable = true; pendingCredited = 0
     }
@@ -206,7 +209,9 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     func headersComplete(endStream: Bool) {
         headDone = true
         requestEnd = endStream
-        let snap = handler.conn.snapshotInUse
+        let routing = worker.routing!
+        self.routing = routing
+        let snap = routing.snapshot
         var policy = RetryPolicy.default
         if inbound {
             cluster = snap.inboundCluster
@@ -227,7 +232,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
                 localReply(404, "no route matched this request", flag: .noRoute)
                 return
             }
-            route = r
+            route = snap.routes[r].metricID
             routeIndex = r
             matchIndex = m
             let rt = snap.routes[r]
@@ -241,7 +246,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             }
         }
         if cluster < 0 { localReply(503, "no local app", flag: .noRoute); return }
-        if !attempts.admit(worker, cluster: cluster, policy: policy) {
+        if !attempts.admit(routing, cluster: cluster, policy: policy) {
             worker.stats.inc(.upstreamOverflow)
             localReply(503, "upstream overflow: too many requests in flight to this cluster (http2MaxRequests)", flag: .upstreamOverflow)
             return
@@ -264,9 +269,10 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
     }
 
     private func connect() {
-        let snap = handler.conn.snapshotInUse
+        guard let routing else { return }
+        let snap = routing.snapshot
         let c = snap.clusters[cluster]
-        let picked = target >= 0 ? worker.pickEndpoint(target: target, avoid: pool) : worker.pickEndpoint(cluster: cluster, avoid: pool)
+        let picked = target >= 0 ? routing.pickEndpoint(target: target, avoid: pool) : routing.pickEndpoint(cluster: cluster, avoid: pool)
         guard let p = picked else { localReply(503, "no healthy upstream", flag: .noHealthyUpstream); return }
         pool = p
         attempts.startAttempt(on: p)
@@ -401,7 +407,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         // addHeader copies its bytes, so the worker's scratch buffer serves every value below.
         let scratch = worker.scratch
         if routeIndex >= 0 {
-            let rt = handler.conn.snapshotInUse.routes[routeIndex]
+            let rt = snap.routes[routeIndex]
             let ops = rt.requestOps
             request.forEach { n, nl, v, vl in
                 if nl > 0 && n[0] != UInt8(ascii: ":") && !ops.isEmpty && ops.removes(n, nl) { return }
@@ -427,12 +433,12 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             s.addHeader("x-request-id", scratch.readPointer, scratch.readableBytes)
         }
         if !inbound && conn.security != nil {
-            let meta = handler.conn.snapshotInUse.peerMetadata
+            let meta = snap.peerMetadata
             meta.withUnsafeBufferPointer { s.addHeader("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
         }
         if inbound, let tls = handler.conn.security as? TLSSession {
             scratch.clear()
-            scratch.append(handler.conn.snapshotInUse.xfccPrefix)
+            scratch.append(snap.xfccPrefix)
             scratch.append(tls.peerCertHash)
             scratch.append(";URI=")
             scratch.append(tls.peerIdentityBytes)
@@ -555,7 +561,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         }
         if grpc >= 0 && nl == 11 && ASCII.equalsLower(n, nl, "grpc-status") { grpc = MetricKey.grpcStatus(v, vl) }
         if routeIndex >= 0 && !responseStarted && nl > 0 && n[0] != UInt8(ascii: ":") && !ASCII.equalsLower(n, nl, "content-length") {
-            let ops = handler.conn.snapshotInUse.routes[routeIndex].responseOps
+            let ops = snap.routes[routeIndex].responseOps
             if !ops.isEmpty && ops.removes(n, nl) { return }
         }
         responseBytes &+= UInt64(nl + vl + 4)
@@ -595,11 +601,11 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         response.replay(into: down)
         response.clear()
         if inbound {
-            let meta = handler.conn.snapshotInUse.peerMetadata
+            let meta = snap.peerMetadata
             meta.withUnsafeBufferPointer { down.addHeader("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
         }
         if routeIndex >= 0 {
-            for (n, v) in handler.conn.snapshotInUse.routes[routeIndex].responseOps.add {
+            for (n, v) in snap.routes[routeIndex].responseOps.add {
                 n.withUnsafeBufferPointer { nb in v.withUnsafeBufferPointer { vb in
                     down.addHeader(nb.baseAddress!, nb.count, vb.baseAddress ?? nb.baseAddress!, vb.count)
                 } }

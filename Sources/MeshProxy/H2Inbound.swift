@@ -113,7 +113,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     func h2BeginHeaders(stream: Int32) {
         if streams[stream] == nil {
-            let snap = conn.snapshotInUse
+            let snap = worker.routing.snapshot
             let bridge = !inbound || (snap.inboundCluster >= 0 && snap.clusters[snap.inboundCluster].http2)
             if bridge, let b = worker.h2BridgePool.popLast() {
                 b.reuse(handler: self, id: stream, inbound: inbound)
@@ -342,7 +342,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         }
         if let tls = handler.conn.security as? TLSSession {
             h.append("x-forwarded-client-cert: ")
-            h.append(handler.conn.snapshotInUse.xfccPrefix)
+            h.append(worker.routing.snapshot.xfccPrefix)
             h.append(tls.peerCertHash)
             h.append(";URI=")
             h.append(tls.peerIdentityBytes)
@@ -353,10 +353,11 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
 
 
     private func connect() {
-        let snap = handler.conn.snapshotInUse
+        let routing = worker.routing!
+        let snap = routing.snapshot
         let ci = snap.inboundCluster
         guard ci >= 0 else { localReply(503, "no local app", flag: .noRoute); return }
-        let p = worker.pickEndpoint(cluster: ci, avoid: nil)
+        let p = routing.pickEndpoint(cluster: ci, avoid: nil)
         pool = p
         guard let up = p.checkout(snap.clusters[ci], tlsContext: nil, fresh: false) else {
             connectFailed()
@@ -512,7 +513,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
             }
             responseBytes &+= UInt64(f.lineEnd - f.lineStart)
         }
-        let meta = handler.conn.snapshotInUse.peerMetadata
+        let meta = worker.routing.snapshot.peerMetadata
         meta.withUnsafeBufferPointer { session.addHeader("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
         let noBody = up.body.isDone
         session.submitResponse(stream: id, endStream: noBody)
@@ -594,7 +595,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
     private func responseComplete(_ up: UpstreamConnection, reusable: Bool) {
         finished = true
         upstream = nil
-        let snap = handler.conn.snapshotInUse
+        let snap = up.pool.routing.snapshot
         if reusable && requestEndSent && up.head.keepAlive && up.input.isEmpty && !up.peerClosed {
             up.pool.release(up, idleTimeout: snap.clusters[up.pool.cluster].idleTimeout)
         } else {

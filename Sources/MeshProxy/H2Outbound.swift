@@ -120,7 +120,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     private var slotFreed = false
 
     private func armIdle() {
-        if !slotFreed && pool.worker.clusterState[pool.cluster].pendingCount > 0 {
+        if !slotFreed && pool.routing.clusterState[pool.cluster].pendingCount > 0 {
             slotFreed = true
             loop.markDirty(self)
         }
@@ -181,7 +181,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         wakeWriters()
         if slotFreed {
             slotFreed = false
-            pool.worker.poolSlotFreed(cluster: pool.cluster)
+            pool.routing.poolSlotFreed(cluster: pool.cluster)
         }
     }
 

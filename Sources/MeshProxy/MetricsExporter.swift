@@ -61,8 +61,9 @@ struct MetricsExporter {
                 svcName = wl.service
                 svcNS = wl.namespace
                 route = "inbound"
-            } else if r < snapshot.routes.count {
-                let rt = snapshot.routes[r]
+            } else if r == RouteCatalog.overflowID {
+                route = "overflow"
+            } else if let rt = RouteCatalog.shared.entry(r) {
                 svcFQDN = rt.serviceFQDN
                 svcName = rt.serviceName
                 svcNS = rt.serviceNamespace

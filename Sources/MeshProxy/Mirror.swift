@@ -35,7 +35,7 @@ final class MirrorRequest: UpstreamOwner {
     }
 
     func start(pool: EndpointPool) -> Bool {
-        let snap = worker.snapshot
+        let snap = pool.routing.snapshot
         let c = snap.clusters[pool.cluster]
         guard let up = pool.checkout(c, tlsContext: snap.clientTLS, fresh: false) else { return false }
         up.owner = self
@@ -96,7 +96,7 @@ final class MirrorRequest: UpstreamOwner {
         guard let up = upstream else { return }
         upstream = nil
         if reusable && !up.peerClosed && !up.isClosed {
-            up.pool.release(up, idleTimeout: worker.snapshot.clusters[up.pool.cluster].idleTimeout)
+            up.pool.release(up, idleTimeout: up.pool.routing.snapshot.clusters[up.pool.cluster].idleTimeout)
         } else {
             up.owner = nil
             up.closeNow()
@@ -115,8 +115,8 @@ extension Worker {
     static let maxMirrorsInFlight = 256
 
     /// Sends a copy of a complete request (`replay`) to route target `target`; fire and forget.
-    func mirror(_ replay: ByteBuffer, target: Int) {
-        guard mirrorsInFlight < Worker.maxMirrorsInFlight, let pool = pickEndpoint(target: target, avoid: nil) else {
+    func mirror(_ replay: ByteBuffer, target: Int, routing: RoutingState) {
+        guard mirrorsInFlight < Worker.maxMirrorsInFlight, let pool = routing.pickEndpoint(target: target, avoid: nil) else {
             stats.inc(.mirrorSkipped)
             return
         }

@@ -43,8 +43,9 @@ public final class ProxySnapshot: Sendable {
         /// The cluster of the first destination (metrics' destination service).
         public let cluster: Int
         public let timeout: UInt64
-        /// The `route` metric label.
+        /// The `route` metric label, and its process-wide id in request metrics (RouteCatalog).
         public let label: String
+        let metricID: Int
         /// Istio's destination_service labels, from the route's first host.
         public let serviceFQDN: String
         public let serviceName: String
@@ -67,6 +68,7 @@ public final class ProxySnapshot: Sendable {
              matches: [RouteMatch], targets: [Int], cumulativeWeights: [Int], retry: RetryPolicy, fault: FaultPolicy?,
              mirrorTarget: Int, mirrorPPM: UInt64, requestOps: HeaderOps, responseOps: HeaderOps, rewriteURI: [UInt8]?) {
             self.cluster = cluster; self.timeout = timeout; self.label = label; self.serviceFQDN = serviceFQDN
+            self.metricID = RouteCatalog.shared.id(label: label, serviceFQDN: serviceFQDN, serviceName: serviceName, serviceNamespace: serviceNamespace)
             self.serviceName = serviceName; self.serviceNamespace = serviceNamespace; self.matches = matches
             self.targets = targets; self.cumulativeWeights = cumulativeWeights; self.retry = retry; self.fault = fault
             self.mirrorTarget = mirrorTarget; self.mirrorPPM = mirrorPPM; self.requestOps = requestOps

@@ -14,19 +14,22 @@ struct RequestAttempts {
     private var retryCounted = false
     /// The cluster whose requests in flight include this request, or -1.
     private(set) var cluster = -1
+    /// The routing state the request was routed with (its cluster indices).
+    private(set) var routing: RoutingState?
 
     /// Starts a request to `cluster`: false (nothing counted) when the cluster already has
     /// `maxRequests` in flight.
-    mutating func admit(_ worker: Worker, cluster c: Int, policy p: RetryPolicy) -> Bool {
-        release(worker)
+    mutating func admit(_ routing: RoutingState, cluster c: Int, policy p: RetryPolicy) -> Bool {
+        release(routing.worker)
         policy = p
         left = p.retries
         done = 0
         refused = false
-        let rt = worker.clusterState[c]
-        if rt.activeRequests >= worker.snapshot.clusters[c].maxRequests { return false }
+        let rt = routing.clusterState[c]
+        if rt.activeRequests >= routing.snapshot.clusters[c].maxRequests { return false }
         rt.activeRequests += 1
         cluster = c
+        self.routing = routing
         return true
     }
 
@@ -45,29 +48,30 @@ struct RequestAttempts {
         if let p = pool { p.activeRequests -= 1; pool = nil }
         if retryCounted {
             retryCounted = false
-            if cluster >= 0 { worker.clusterState[cluster].activeRetries -= 1 }
+            if cluster >= 0, let r = routing { r.clusterState[cluster].activeRetries -= 1 }
         }
     }
 
     /// The request ended: everything it held is released (idempotent).
     mutating func release(_ worker: Worker) {
         endAttempt(worker)
-        if cluster >= 0 {
-            worker.clusterState[cluster].activeRequests -= 1
-            cluster = -1
+        if cluster >= 0, let r = routing {
+            r.clusterState[cluster].activeRequests -= 1
         }
+        cluster = -1
+        routing = nil
     }
 
     /// Outlier detection's view of the current attempt's result.
     func outcome(_ worker: Worker, status: Int, gatewayFailure: Bool) {
-        if let p = pool { worker.recordOutcome(p, status: status, gatewayFailure: gatewayFailure) }
+        if let p = pool { p.routing.recordOutcome(p, status: status, gatewayFailure: gatewayFailure) }
     }
 
     /// Whether one more attempt may be made: retries left, the request replayable, and room in the
     /// retry budget (a refusal is counted and remembered for the URX flag).
     mutating func mayRetry(_ worker: Worker, replayable: Bool) -> Bool {
-        guard left > 0, replayable, cluster >= 0 else { return false }
-        if !worker.retryAllowed(cluster: cluster) {
+        guard left > 0, replayable, cluster >= 0, let r = routing else { return false }
+        if !r.retryAllowed(cluster: cluster) {
             worker.stats.inc(.retryOverflow)
             refused = true
             return false
@@ -82,7 +86,7 @@ struct RequestAttempts {
         done += 1
         endAttempt(worker)
         retryCounted = true
-        worker.clusterState[cluster].activeRetries += 1
+        routing?.clusterState[cluster].activeRetries += 1
         let base: UInt64 = min(25_000_000 << UInt64(min(done - 1, 4)), 250_000_000)
         return 1 + worker.rng.next() % base
     }

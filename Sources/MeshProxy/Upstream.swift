@@ -119,6 +119,8 @@ protocol UpstreamOwner: AnyObject {
 /// connections are reused most-recently-used first and closed after the cluster's idle timeout.
 final class EndpointPool {
     unowned(unsafe) let worker: Worker
+    /// The routing state (config snapshot) this pool belongs to; it outlives the pool's connections.
+    unowned(unsafe) let routing: RoutingState
     let address: SocketAddress
     let cluster: Int
     private var idle: [UpstreamConnection] = []
@@ -132,11 +134,13 @@ final class EndpointPool {
     var ejections = 0
     /// Ejected until this loop time (0: never ejected).
     var ejectedUntil: UInt64 = 0
-    /// Per-endpoint counters for `/clusters` (read racily, tear-free, by the admin thread).
-    let counters = EndpointCounters()
+    /// Per-endpoint counters for `/clusters` (read racily, tear-free, by the admin thread);
+    /// shared with the same endpoint's pool in the next config.
+    private(set) var counters = EndpointCounters()
 
-    init(worker: Worker, address: SocketAddress, cluster: Int) {
+    init(worker: Worker, routing: RoutingState, address: SocketAddress, cluster: Int) {
         self.worker = worker
+        self.routing = routing
         self.address = address
         self.cluster = cluster
     }
@@ -154,7 +158,7 @@ final class EndpointPool {
             worker.stats.inc(.upstreamReused)
             return u
         }
-        if worker.clusterState[cluster].openConnections >= c.maxConnections {
+        if routing.clusterState[cluster].openConnections >= c.maxConnections {
             worker.stats.inc(.upstreamOverflow)
             lastError = 0
             return nil
@@ -168,7 +172,7 @@ final class EndpointPool {
         let u = UpstreamConnection(pool: self, fd: fd, tls: tls)
         guard u.start() else { lastError = 24; return nil }
         open += 1
-        worker.clusterState[cluster].openConnections += 1
+        routing.clusterState[cluster].openConnections += 1
         counters.inc(.connectionsTotal)
         counters.set(.connectionsActive, UInt64(open))
         worker.stats.inc(.upstreamConnectionsTotal)
@@ -185,22 +189,31 @@ final class EndpointPool {
         u.owner = nil
         u.reused = true
         u.state = .idle
-        if worker.draining || u.isClosed { u.closeNow(); return }
+        if worker.draining || u.isClosed || routing.retired { u.closeNow(); return }
         idle.append(u)
         loop.setDeadline(u, loop.now + idleTimeout)
-        worker.poolSlotFreed(cluster: cluster, freed: self)
+        routing.poolSlotFreed(cluster: cluster, freed: self)
     }
 
     func connectionClosed(_ u: UpstreamConnection) {
         open -= 1
-        worker.clusterState[cluster].openConnections -= 1
-        defer { worker.poolSlotFreed(cluster: cluster) }
+        routing.clusterState[cluster].openConnections -= 1
+        defer { routing.poolSlotFreed(cluster: cluster); if routing.retired { worker.pruneRetired() } }
         counters.set(.connectionsActive, UInt64(open))
         worker.stats.dec(.upstreamConnectionsActive)
         if u.state == .idle, let i = idle.firstIndex(where: { $0 === u }) { idle.remove(at: i) }
     }
 
     var idleCount: Int { idle.count }
+
+    /// Takes over an earlier pool's outlier state (the same endpoint in a new config).
+    func inherit(from old: EndpointPool) {
+        consecutive5xx = old.consecutive5xx
+        consecutiveGateway = old.consecutiveGateway
+        ejections = old.ejections
+        ejectedUntil = old.ejectedUntil
+        counters = old.counters
+    }
 
     // MARK: HTTP/2
 
@@ -216,7 +229,7 @@ final class EndpointPool {
             if best == nil || h.load < best!.load { best = h }
         }
         if let b = best { return b }
-        if worker.clusterState[cluster].openConnections >= c.maxConnections {
+        if routing.clusterState[cluster].openConnections >= c.maxConnections {
             worker.stats.inc(.upstreamOverflow)
             lastError = 0
             return nil
@@ -227,7 +240,7 @@ final class EndpointPool {
         let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout)
         guard h.start() else { lastError = 24; return nil }
         open += 1
-        worker.clusterState[cluster].openConnections += 1
+        routing.clusterState[cluster].openConnections += 1
         counters.inc(.connectionsTotal)
         counters.set(.connectionsActive, UInt64(open))
         worker.stats.inc(.upstreamConnectionsTotal)
@@ -241,8 +254,8 @@ final class EndpointPool {
         guard let i = h2conns.firstIndex(where: { $0 === h }) else { return }
         h2conns.remove(at: i)
         open -= 1
-        worker.clusterState[cluster].openConnections -= 1
-        defer { worker.poolSlotFreed(cluster: cluster) }
+        routing.clusterState[cluster].openConnections -= 1
+        defer { routing.poolSlotFreed(cluster: cluster); if routing.retired { worker.pruneRetired() } }
         counters.set(.connectionsActive, UInt64(open))
         worker.stats.dec(.upstreamConnectionsActive)
     }
