@@ -36,6 +36,7 @@ public final class CertificateAuthority: @unchecked Sendable {
         var refused: UInt64 = 0
     }
     private let state: Mutex<State>
+    private let rotationLock = RotationLock()
 
     /// Loads the CA from the state directory, creating it on first start (or from `caDir`).
     public init(stateDir: String, caDir: String?, trustDomain: String, certTTL: Int) throws(CAError) {
@@ -67,16 +68,34 @@ public final class CertificateAuthority: @unchecked Sendable {
         }
         pluggedIn = false
         let keyPath = "\(stateDir)/ca-key.pem", certPath = "\(stateDir)/ca-cert.pem", bundlePath = "\(stateDir)/root-cert.pem"
+        if FileStore.exists(keyPath) != FileStore.exists(certPath) {
+            // Never generate a new root over half of an existing CA: every sidecar would break.
+            throw CAError("\(stateDir) has only one of ca-key.pem and ca-cert.pem; restore the missing file (or move the directory away to start a new CA)")
+        }
         if FileStore.exists(keyPath) && FileStore.exists(certPath) {
-            let key = try MeshCrypto.PrivateKey.load(pem: try FileStore.read(keyPath))
-            let cert = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read(certPath))[0]
-            guard cert.matches(key) else { throw CAError("\(keyPath) does not match \(certPath)") }
+            var key = try MeshCrypto.PrivateKey.load(pem: try FileStore.read(keyPath))
+            var cert = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read(certPath))[0]
+            if !cert.matches(key) {
+                // A crash during `rotate issue` (key written, certificate not yet, or the reverse):
+                // finish it from the pair it was copying, if that pair is whole.
+                let nk = try? MeshCrypto.PrivateKey.load(pem: try FileStore.read("\(stateDir)/next-ca-key.pem"))
+                let nc = try? MeshCrypto.Certificate.loadAll(pem: try FileStore.read("\(stateDir)/next-ca-cert.pem"))[0]
+                guard let nk, let nc, nc.matches(nk) else { throw CAError("\(keyPath) does not match \(certPath)") }
+                try FileStore.writeAtomically(keyPath, try nk.pem(), mode: 0o600)
+                try FileStore.writeAtomically(certPath, try nc.pem(), mode: 0o644)
+                FileStore.remove("\(stateDir)/next-ca-key.pem")
+                FileStore.remove("\(stateDir)/next-ca-cert.pem")
+                key = nk
+                cert = nc
+                Log.warn("ca", "completed an interrupted root rotation step (issue)")
+            }
             let bundle: String
             if let b = try? FileStore.read(bundlePath) { bundle = b } else { bundle = try cert.pem() }
             var next: Signer? = nil
             if FileStore.exists("\(stateDir)/next-ca-key.pem") {
                 let nk = try MeshCrypto.PrivateKey.load(pem: try FileStore.read("\(stateDir)/next-ca-key.pem"))
                 let nc = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read("\(stateDir)/next-ca-cert.pem"))[0]
+                guard nc.matches(nk) else { throw CAError("\(stateDir)/next-ca-key.pem does not match next-ca-cert.pem") }
                 next = Signer(key: nk, cert: nc, chainPEM: "")
             }
             state = Mutex(State(signer: Signer(key: key, cert: cert, chainPEM: ""), bundlePEM: bundle, next: next))
@@ -138,9 +157,31 @@ public final class CertificateAuthority: @unchecked Sendable {
         public let message: String
     }
 
+    /// A caller's verified certificate (renewal over mTLS).
+    public struct Peer: Sendable {
+        public let identity: String
+        public let notAfter: Int64
+        public let issuer: String
+        public init(identity: String, notAfter: Int64, issuer: String) {
+            self.identity = identity; self.notAfter = notAfter; self.issuer = issuer
+        }
+    }
+
+    /// Issuers whose certificates may renew: this CA's issuing certificate(s) and, for its own
+    /// roots, every root in the bundle; never a sibling intermediate under a shared plug-in root.
+    private func renewableIssuers() -> Set<String> {
+        state.withLock { s in
+            var out: Set<String> = [s.signer.cert.info.subject]
+            if let n = s.next { out.insert(n.cert.info.subject) }
+            if !pluggedIn { for r in X509Info.load(pem: s.bundlePEM) { out.insert(r.subject) } }
+            return out
+        }
+    }
+
     /// Signs `csrPEM` for the identity a credential grants: a join token, or the caller's current
-    /// certificate (renewal over mTLS). The CSR must ask for exactly that identity.
-    public func sign(csrPEM: String, token: String?, peerIdentity: String?) throws(Refusal) -> Issued {
+    /// certificate (renewal over mTLS: unexpired, issued by this CA). The CSR must ask for exactly
+    /// that identity.
+    public func sign(csrPEM: String, token: String?, peer: Peer?) throws(Refusal) -> Issued {
         var granted: String
         if let t = token {
             do {
@@ -150,8 +191,16 @@ public final class CertificateAuthority: @unchecked Sendable {
                 refuse()
                 throw Refusal(status: 401, message: error.description)
             }
-        } else if let p = peerIdentity, X509Info.isSPIFFE(p, inTrustDomain: trustDomain) {
-            granted = p
+        } else if let p = peer, X509Info.isSPIFFE(p.identity, inTrustDomain: trustDomain) {
+            guard p.notAfter > Self.now() else {
+                refuse()
+                throw Refusal(status: 401, message: "the certificate for \(p.identity) has expired: join again with a token")
+            }
+            guard renewableIssuers().contains(p.issuer) else {
+                refuse()
+                throw Refusal(status: 401, message: "the certificate for \(p.identity) was not issued by this meshd (issuer \(p.issuer)): join with a token")
+            }
+            granted = p.identity
         } else {
             refuse()
             throw Refusal(status: 401, message: "no credential: send a join token (authorization: Bearer) or renew with your current certificate")
@@ -203,6 +252,9 @@ public final class CertificateAuthority: @unchecked Sendable {
     /// the bundle). Between steps, sidecars pick up the bundle with their next certificate.
     public func rotate(step: String) throws(CAError) -> String {
         if pluggedIn { throw CAError("this meshd uses a plug-in CA (--ca-dir): rotate it by replacing those files") }
+        // One step at a time: a step's checks and its file writes form one critical section.
+        rotationLock.lock()
+        defer { rotationLock.unlock() }
         switch step {
         case "add":
             if state.withLock({ $0.next != nil }) { throw CAError("a new root was already added; next step: issue") }
@@ -251,8 +303,15 @@ public enum FileStore {
 
     public static func remove(_ path: String) { unlink(path) }
 
+    /// Creates the state directory (0700), or checks an existing one: a real directory, ours,
+    /// not writable by anyone else (someone who can write there could take the CA key).
     public static func makeDirectory(_ path: String) throws(CAError) {
         if mkdir(path, 0o700) != 0 && errno != EEXIST { throw CAError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        var st = stat()
+        guard lstat(path, &st) == 0 else { throw CAError("cannot inspect \(path): \(String(cString: strerror(errno)))") }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw CAError("\(path) is not a directory (a symbolic link is not accepted)") }
+        guard st.st_uid == geteuid() else { throw CAError("\(path) belongs to another user; meshd keeps its CA key there") }
+        guard st.st_mode & 0o022 == 0 else { throw CAError("\(path) is writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 700 it") }
     }
 
     public static func read(_ path: String) throws(CAError) -> String {
@@ -271,8 +330,10 @@ public enum FileStore {
     /// Writes `text` to `path` so that a crash never leaves a truncated file: a temporary file in
     /// the same directory, fsync, rename, fsync of the directory.
     public static func writeAtomically(_ path: String, _ text: String, mode: mode_t) throws(CAError) {
-        let tmp = "\(path).tmp.\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        let tag = JoinToken.randomBytes(6).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        let tmp = "\(path).tmp.\(getpid()).\(tag)"
+        // A new file only (never an existing one or a symbolic link), created with its final mode.
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
         if fd < 0 { throw CAError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
         let bytes = Array(text.utf8)
         var off = 0
@@ -281,7 +342,7 @@ public enum FileStore {
             if n <= 0 { close(fd); unlink(tmp); throw CAError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
             off += n
         }
-        fchmod(fd, mode)
+        if fchmod(fd, mode) != 0 { close(fd); unlink(tmp); throw CAError("cannot set the mode of \(tmp)") }
         fsync(fd)
         close(fd)
         if rename(tmp, path) != 0 { unlink(tmp); throw CAError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))") }
@@ -301,4 +362,13 @@ public enum FileStore {
         try writeAtomically(path, s + "\n", mode: 0o600)
         return s
     }
+}
+
+/// A plain mutex for the CA's rotation steps (held across file writes; never on a request path).
+final class RotationLock: @unchecked Sendable {
+    private var m = pthread_mutex_t()
+    init() { pthread_mutex_init(&m, nil) }
+    deinit { pthread_mutex_destroy(&m) }
+    func lock() { pthread_mutex_lock(&m) }
+    func unlock() { pthread_mutex_unlock(&m) }
 }

@@ -9,10 +9,14 @@ import Synchronization
 import Glibc
 #endif
 
-/// A blocking byte stream for the control plane (a thread per connection): plain TCP or TLS.
+/// A byte stream for the control plane (a thread per connection): plain TCP or TLS. Server-side
+/// streams are non-blocking with an absolute deadline (a peer trickling bytes cannot hold a
+/// thread beyond it); client streams block with per-call timeouts.
 public final class ControlStream {
     let fd: Int32
     let ssl: OpaquePointer?
+    /// Monotonic nanoseconds after which every operation fails (0: none, blocking socket).
+    var deadline: UInt64 = 0
 
     init(fd: Int32, ssl: OpaquePointer?) { self.fd = fd; self.ssl = ssl }
 
@@ -28,19 +32,48 @@ public final class ControlStream {
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    /// A server-side stream on an accepted socket (TLS handshake done when `context` is given).
-    static func accepted(fd: Int32, context: TLSContext?) -> ControlStream? {
-        setTimeouts(fd, seconds: 10)
-        guard let ctx = context else { return ControlStream(fd: fd, ssl: nil) }
+    /// Waits until the socket is ready for `events` or the deadline passes.
+    func wait(_ events: Int16) -> Bool {
+        if deadline == 0 { return true }
+        let now = Clock.monotonicNanos()
+        if now >= deadline { return false }
+        var p = pollfd(fd: fd, events: events, revents: 0)
+        let ms = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
+        return poll(&p, 1, ms) > 0
+    }
+
+    /// Runs an OpenSSL call until it completes, waiting for the socket as it asks (deadline bound).
+    private func sslRetry(_ call: () -> Int32) -> Int32 {
+        while true {
+            let r = call()
+            if r > 0 { return r }
+            guard let s = ssl else { return r }
+            switch SSL_get_error(s, r) {
+            case SSL_ERROR_WANT_READ: if !wait(Int16(POLLIN)) { return -1 }
+            case SSL_ERROR_WANT_WRITE: if !wait(Int16(POLLOUT)) { return -1 }
+            case SSL_ERROR_ZERO_RETURN: return 0
+            default: return -1
+            }
+        }
+    }
+
+    /// A server-side stream on an accepted non-blocking socket; the TLS handshake (when
+    /// `context` is given) must finish before `deadline`.
+    static func accepted(fd: Int32, context: TLSContext?, deadline: UInt64) -> ControlStream? {
+        guard let ctx = context else {
+            let s = ControlStream(fd: fd, ssl: nil)
+            s.deadline = deadline
+            return s
+        }
         guard let ssl = SSL_new(ctx.ctx) else { Glibc.close(fd); return nil }
         SSL_set_fd(ssl, fd)
-        if SSL_accept(ssl) != 1 {
+        let s = ControlStream(fd: fd, ssl: ssl)
+        s.deadline = deadline
+        if s.sslRetry({ SSL_accept(ssl) }) != 1 {
             ERR_clear_error()
-            SSL_free(ssl)
-            Glibc.close(fd)
             return nil
         }
-        return ControlStream(fd: fd, ssl: ssl)
+        return s
     }
 
     /// Connects (blocking, with a timeout) to `address`, over TLS when `context` is given.
@@ -78,18 +111,32 @@ public final class ControlStream {
 
     func read(_ buf: UnsafeMutableRawPointer, _ n: Int) -> Int {
         if let s = ssl {
-            let r = SSL_read(s, buf, Int32(n))
-            return r > 0 ? Int(r) : (SSL_get_error(s, r) == SSL_ERROR_ZERO_RETURN ? 0 : -1)
+            let r = sslRetry { SSL_read(s, buf, Int32(n)) }
+            return r > 0 ? Int(r) : Int(r)
         }
-        return Glibc.read(fd, buf, n)
+        while true {
+            let r = Glibc.read(fd, buf, n)
+            if r >= 0 { return r }
+            let e = mesh_errno()
+            if e == EINTR { continue }
+            if (e == EAGAIN || e == EWOULDBLOCK) && deadline != 0 && wait(Int16(POLLIN)) { continue }
+            return -1
+        }
     }
 
     func write(_ bytes: [UInt8]) -> Bool {
         var off = 0
         while off < bytes.count {
             let n = bytes.withUnsafeBytes { b -> Int in
-                if let s = ssl { let r = SSL_write(s, b.baseAddress! + off, Int32(b.count - off)); return r > 0 ? Int(r) : -1 }
-                return Glibc.write(fd, b.baseAddress! + off, b.count - off)
+                if let s = ssl { let r = sslRetry { SSL_write(s, b.baseAddress! + off, Int32(b.count - off)) }; return r > 0 ? Int(r) : -1 }
+                while true {
+                    let r = Glibc.write(fd, b.baseAddress! + off, b.count - off)
+                    if r >= 0 { return r }
+                    let e = mesh_errno()
+                    if e == EINTR { continue }
+                    if (e == EAGAIN || e == EWOULDBLOCK) && deadline != 0 && wait(Int16(POLLOUT)) { continue }
+                    return -1
+                }
             }
             if n <= 0 { return false }
             off += n
@@ -135,6 +182,9 @@ public struct ControlRequest {
     public let body: [UInt8]
     /// The caller's SPIFFE ID when it presented a certificate that the server's trust bundle verified.
     public let peerIdentity: String?
+    /// That certificate's expiry (Unix seconds) and issuer name.
+    public var peerNotAfter: Int64 = 0
+    public var peerIssuer = ""
     public var bodyText: String { String(decoding: body, as: UTF8.self) }
 }
 
@@ -148,8 +198,9 @@ public struct ControlResponse {
     }
 }
 
-/// A small blocking HTTP/1.1 server for the control plane: one request per connection, a thread
-/// per connection (bounded), plain or TLS. Not the data path; simplicity over throughput.
+/// A small HTTP/1.1 server for the control plane: a thread per connection (bounded overall and
+/// per client address), keep-alive, plain or TLS, an absolute deadline for the handshake and
+/// each request. Not the data path; simplicity over throughput.
 public final class ControlServer: @unchecked Sendable {
     let fd: Int32
     let name: String
@@ -157,7 +208,32 @@ public final class ControlServer: @unchecked Sendable {
     private let contextProvider: @Sendable () -> TLSContext?
     private let handler: @Sendable (ControlRequest) -> ControlResponse
     private let active = Atomic<Int>(0)
+    private let perIP = Mutex<[String: Int]>([:])
     static let maxConnections = 256
+    /// Connections one client address may hold at once.
+    static let maxPerClient = 32
+    /// Time for the TLS handshake plus a whole request, and for each later keep-alive request.
+    static let requestDeadline: UInt64 = 10_000_000_000
+
+    private func leave(_ ip: String) {
+        active.subtract(1, ordering: .relaxed)
+        perIP.withLock { m in
+            let n = m[ip, default: 1] - 1
+            if n <= 0 { m.removeValue(forKey: ip) } else { m[ip] = n }
+        }
+    }
+
+    static func peerIP(_ fd: Int32) -> String {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
+        if rc != 0 { return "?" }
+        var host = [CChar](repeating: 0, count: 64)
+        _ = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            getnameinfo($0, len, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST)
+        } }
+        return String(cString: host)
+    }
     public let port: Int
 
     public init(address: SocketAddress, name: String, context: @escaping @Sendable () -> TLSContext?,
@@ -186,8 +262,7 @@ public final class ControlServer: @unchecked Sendable {
     public func run() {
         defer { Glibc.close(fd) }
         while !stopped.load(ordering: .relaxed) {
-            let c = mesh_accept4(fd)
-            if c >= 0 { _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL) & ~Int32(O_NONBLOCK)) }
+            let c = mesh_accept4(fd)   // non-blocking: every wait below has a deadline
             if stopped.load(ordering: .relaxed) { if c >= 0 { Glibc.close(c) }; return }
             if c < 0 {
                 if mesh_errno() == EINTR || mesh_errno() == ECONNABORTED { continue }
@@ -196,28 +271,39 @@ public final class ControlServer: @unchecked Sendable {
                 usleep(100_000)
                 continue
             }
-            if active.load(ordering: .relaxed) >= ControlServer.maxConnections {
-                Glibc.close(c)   // overload: refuse rather than queue without bound
-                continue
+            // Overload: refuse rather than queue without bound, overall and per client address.
+            let ip = ControlServer.peerIP(c)
+            let admitted = perIP.withLock { m -> Bool in
+                if active.load(ordering: .relaxed) >= ControlServer.maxConnections || m[ip, default: 0] >= ControlServer.maxPerClient { return false }
+                m[ip, default: 0] += 1
+                return true
             }
+            if !admitted { Glibc.close(c); continue }
             active.add(1, ordering: .relaxed)
             let ctx = contextProvider()
-            Threads.spawnDetached { [self] in
-                defer { active.subtract(1, ordering: .relaxed) }
+            let started = Threads.trySpawnDetached { [self] in
+                defer { leave(ip) }
                 serve(c, ctx)
             }
+            if !started { Glibc.close(c); leave(ip) }
         }
     }
 
-    /// Serves requests on one connection (keep-alive, at most 100,000) until the client closes.
+    /// Serves requests on one connection (keep-alive, at most 100,000; each within the request
+    /// deadline) until the client closes.
     private func serve(_ fd: Int32, _ ctx: TLSContext?) {
-        guard let s = ControlStream.accepted(fd: fd, context: ctx) else { return }
+        guard let s = ControlStream.accepted(fd: fd, context: ctx, deadline: Clock.monotonicNanos() + ControlServer.requestDeadline) else { return }
         var peer: String? = nil
+        var peerInfo: CertificateInfo? = nil
         if let cert = s.peerCertificate {
-            if let ssl = s.ssl, SSL_get_verify_result(ssl) == X509_V_OK { peer = X509Info.spiffeID(cert) }
+            if let ssl = s.ssl, SSL_get_verify_result(ssl) == X509_V_OK {
+                peer = X509Info.spiffeID(cert)
+                peerInfo = X509Info.info(cert)
+            }
             X509_free(cert)
         }
-        for _ in 0..<100_000 {
+        for i in 0..<100_000 {
+            if i > 0 { s.deadline = Clock.monotonicNanos() + ControlServer.requestDeadline }
             guard let (head, buf, body) = s.readMessage(request: true) else { return }
             let b = buf.base
             let method = String(decoding: UnsafeBufferPointer(start: b + head.methodStart, count: head.methodEnd - head.methodStart), as: UTF8.self)
@@ -227,8 +313,9 @@ public final class ControlServer: @unchecked Sendable {
             if let q = target.firstIndex(of: "?") {
                 path = String(target[..<q])
                 for kv in target[target.index(after: q)...].split(separator: "&") {
-                    let p = kv.split(separator: "=", maxSplits: 1)
-                    query[ControlServer.percentDecode(String(p[0]))] = p.count > 1 ? ControlServer.percentDecode(String(p[1])) : ""
+                    let p = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                    guard let k = p.first, !k.isEmpty else { continue }
+                    query[ControlServer.percentDecode(String(k))] = p.count > 1 ? ControlServer.percentDecode(String(p[1])) : ""
                 }
             }
             var headers: [String: String] = [:]
@@ -237,7 +324,9 @@ public final class ControlServer: @unchecked Sendable {
                 headers[n] = String(decoding: UnsafeBufferPointer(start: b + Int(f.valueStart), count: Int(f.valueEnd - f.valueStart)), as: UTF8.self)
             }
             let close = !head.keepAlive
-            let response = handler(ControlRequest(method: method, path: path, query: query, headers: headers, body: body, peerIdentity: peer))
+            var request = ControlRequest(method: method, path: path, query: query, headers: headers, body: body, peerIdentity: peer)
+            if let i = peerInfo { request.peerNotAfter = i.notAfter; request.peerIssuer = i.issuer }
+            let response = handler(request)
             guard s.write(ControlServer.encode(response, close: close)), !close else { return }
         }
     }
@@ -267,9 +356,17 @@ public final class ControlServer: @unchecked Sendable {
 
 /// One blocking request to a control-plane server (meshctl, and the sidecar asking for certificates).
 public enum ControlClient {
+    /// `expectPeer`: over TLS, the SPIFFE ID the server must present (checked before anything is sent).
     public static func request(_ address: SocketAddress, context: TLSContext?, method: String, path: String,
-                               headers: [(String, String)] = [], body: String = "", timeoutSeconds: Int = 10) throws(CAError) -> (status: Int, body: String) {
+                               headers: [(String, String)] = [], body: String = "", timeoutSeconds: Int = 10,
+                               expectPeer: String? = nil) throws(CAError) -> (status: Int, body: String) {
         let s = try ControlStream.connect(address, context: context, timeoutSeconds: timeoutSeconds)
+        if let want = expectPeer {
+            guard let cert = s.peerCertificate else { throw CAError("\(address) presented no certificate") }
+            let got = X509Info.spiffeID(cert) ?? "(no SPIFFE ID)"
+            X509_free(cert)
+            guard got == want else { throw CAError("\(address) is \(got), not meshd (\(want)); refusing to send it a token or a CSR") }
+        }
         var text = "\(method) \(path) HTTP/1.1\r\nhost: \(address)\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n"
         for (k, v) in headers { text += "\(k): \(v)\r\n" }
         text += "\r\n" + body

@@ -96,6 +96,22 @@ public enum MeshCrypto {
         public func matches(_ key: PrivateKey) -> Bool { X509_check_private_key(x509, key.pkey) == 1 }
     }
 
+    /// Whether the first certificate of `chainPEM` verifies up to one of `rootsPEM`, with the
+    /// rest of the chain as intermediates (as a peer trusting only those roots would check it).
+    public static func verify(chainPEM: String, rootsPEM: String) -> Bool {
+        let chain = TLSContext.certificates(pem: chainPEM), roots = TLSContext.certificates(pem: rootsPEM)
+        defer { for c in chain + roots { X509_free(c) } }
+        guard let leaf = chain.first, !roots.isEmpty, let store = X509_STORE_new(), let ctx = X509_STORE_CTX_new(),
+              let untrusted = mesh_sk_X509_new() else { return false }
+        defer { X509_STORE_free(store); X509_STORE_CTX_free(ctx); mesh_sk_X509_free(untrusted) }
+        for r in roots { _ = X509_STORE_add_cert(store, r) }
+        for c in chain.dropFirst() { _ = mesh_sk_X509_push(untrusted, c) }
+        guard X509_STORE_CTX_init(ctx, store, leaf, untrusted) == 1 else { return false }
+        let ok = X509_verify_cert(ctx) == 1
+        ERR_clear_error()
+        return ok
+    }
+
     // MARK: names, serials, extensions
 
     static func name(_ entries: [(String, String)]) -> OpaquePointer? {

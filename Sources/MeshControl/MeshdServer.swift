@@ -37,6 +37,7 @@ public final class MeshdServer: @unchecked Sendable {
         o.trustDomain = ca.trustDomain
         o.alpn = ["http/1.1"]
         o.requireClientCert = false   // a joining workload has only its token; renewals present their certificate
+        o.noResumption = true         // a renewal's certificate is verified on every handshake
         let ctx: TLSContext
         do { ctx = try TLSContext(role: .server, options: o) } catch { throw CAError("meshd API TLS: \(error)") }
         apiContext.withLock { $0 = ctx }
@@ -69,7 +70,8 @@ public final class MeshdServer: @unchecked Sendable {
                 token = String(a.dropFirst(7)).trimmingCharacters
             }
             do {
-                let issued = try ca.sign(csrPEM: r.bodyText, token: token, peerIdentity: r.peerIdentity)
+                let peer = r.peerIdentity.map { CertificateAuthority.Peer(identity: $0, notAfter: r.peerNotAfter, issuer: r.peerIssuer) }
+                let issued = try ca.sign(csrPEM: r.bodyText, token: token, peer: peer)
                 return ControlResponse(200, issued.chainPEM + MeshdServer.bundleMarker + issued.bundlePEM, contentType: "application/x-pem-file")
             } catch {
                 Log.warn("ca", "refused a certificate request (\(error.status)): \(error.message)")
@@ -109,8 +111,10 @@ public final class MeshdServer: @unchecked Sendable {
             guard dns(ns), dns(sa) else { return ControlResponse(400, "namespace and service account must be DNS labels (lowercase letters, digits, '-')\n") }
             var ttl = 3600
             if let t = r.query["ttl"] {
-                guard let n = DurationParser.parseNanos(t), n >= 1_000_000_000, n <= 8760 * 3_600_000_000_000 else {
-                    return ControlResponse(400, "ttl: expected a duration from 1s to 8760h such as 10m or 1h, got \"\(t)\"\n")
+                // Tokens are reusable until they expire (like Kubernetes service-account tokens):
+                // keep them short. A week at most.
+                guard let n = DurationParser.parseNanos(t), n >= 1_000_000_000, n <= 168 * 3_600_000_000_000 else {
+                    return ControlResponse(400, "ttl: expected a duration from 1s to 168h such as 10m or 1h, got \"\(t)\"\n")
                 }
                 ttl = Int(n / 1_000_000_000)
             }

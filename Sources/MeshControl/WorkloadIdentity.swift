@@ -27,6 +27,13 @@ public final class WorkloadIdentity: @unchecked Sendable {
     private let token: String
     private let current = Mutex<Credentials?>(nil)
     private let stopping = Atomic<Bool>(false)
+    /// meshd refused a renewal with the current certificate: the next request uses the token.
+    private let useToken = Atomic<Bool>(false)
+    /// The SPIFFE ID meshd's API certificate must carry (same trust domain as this workload).
+    public var meshdIdentity: String {
+        let td = identity.dropFirst("spiffe://".count).split(separator: "/").first.map(String.init) ?? "cluster.local"
+        return "spiffe://\(td)/ns/mesh-system/sa/meshd"
+    }
 
     public init(meshd: SocketAddress, identity: String, rootPEM: String, token: String) {
         self.meshd = meshd
@@ -47,7 +54,8 @@ public final class WorkloadIdentity: @unchecked Sendable {
         let now = CertificateAuthority.now()
         let cur = credentials
         let trusted = cur.map { $0.bundlePEM } ?? rootPEM
-        if let c = cur, c.notAfter > now + 1 {
+        let withCertificate = cur.map { $0.notAfter > now + 1 } == true && !useToken.load(ordering: .relaxed)
+        if let c = cur, withCertificate {
             o.certChainPEM = c.chainPEM
             o.privateKeyPEM = c.keyPEM
         } else {
@@ -58,8 +66,11 @@ public final class WorkloadIdentity: @unchecked Sendable {
         o.trustBundlePEM = trusted + (trusted.contains(rootPEM) ? "" : rootPEM)
         let ctx: TLSContext
         do { ctx = try TLSContext(role: .client, options: o) } catch { throw CAError("client TLS: \(error)") }
-        let r = try ControlClient.request(meshd, context: ctx, method: "POST", path: "/v1/certificate", headers: headers, body: csr)
+        let r = try ControlClient.request(meshd, context: ctx, method: "POST", path: "/v1/certificate", headers: headers, body: csr,
+                                          expectPeer: meshdIdentity)
         guard r.status == 200 else {
+            // A renewal refused on the certificate's own grounds (retired root, say): try the token next.
+            if withCertificate && (r.status == 401 || r.status == 403) { useToken.store(true, ordering: .relaxed) }
             throw CAError("meshd refused the certificate request (\(r.status)): \(r.body.trimmingCharacters)", refusal: r.status)
         }
         let parts = r.body.components(marker: MeshdServer.bundleMarker)
@@ -68,6 +79,15 @@ public final class WorkloadIdentity: @unchecked Sendable {
         guard chain[0].matches(key) else { throw CAError("meshd returned a certificate for another key") }
         let info = chain[0].info
         guard info.identity == identity else { throw CAError("meshd returned \(info.identity), not \(identity)") }
+        // The certificate must chain to a root already trusted here, and to the bundle that came
+        // with it (a bundle is accepted only along with a certificate it vouches for).
+        guard MeshCrypto.verify(chainPEM: parts[0], rootsPEM: o.trustBundlePEM ?? rootPEM) else {
+            throw CAError("meshd's certificate does not chain to a trusted root; not used")
+        }
+        guard MeshCrypto.verify(chainPEM: parts[0], rootsPEM: parts[1]) else {
+            throw CAError("meshd's certificate does not chain to the trust bundle sent with it; not used")
+        }
+        useToken.store(false, ordering: .relaxed)
         let creds = Credentials(chainPEM: parts[0], keyPEM: try key.pem(), bundlePEM: parts[1],
                                 notBefore: info.notBefore, notAfter: info.notAfter, serialHex: info.serialHex)
         current.withLock { $0 = creds }

@@ -28,6 +28,21 @@ public enum Threads {
         pthread_detach(t)
     }
 
+    /// Like `spawnDetached`, but reports failure (a pids limit reached) instead of stopping the
+    /// process: for threads started on behalf of network peers.
+    public static func trySpawnDetached(_ body: @escaping @Sendable () -> Void) -> Bool {
+        var tid = pthread_t()
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        let rc = pthread_create(&tid, nil, { arg in
+            let b = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+            b.body()
+            return nil
+        }, box)
+        if rc != 0 { Unmanaged<Box>.fromOpaque(box).release(); return false }
+        pthread_detach(tid)
+        return true
+    }
+
     /// Raises the open-files limit to its hard maximum; returns the limit in force.
     @discardableResult
     public static func raiseOpenFilesLimit() -> Int { mesh_raise_nofile() }

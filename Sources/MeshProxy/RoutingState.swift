@@ -18,10 +18,31 @@ final class RoutingState {
     private var targetRR: [Int] = []
     /// A newer state took over: connections finishing here close instead of going idle.
     private(set) var retired = false
+    /// The next state took over these very pools (same clusters and endpoints).
+    private(set) var handedOver = false
+
+    /// Whether two snapshots have the same clusters, endpoints and targets (only credentials or
+    /// route details changed), so pools and their connections carry over.
+    static func sameShape(_ a: ProxySnapshot, _ b: ProxySnapshot) -> Bool {
+        a.clusters.count == b.clusters.count && a.targets.count == b.targets.count
+            && zip(a.clusters, b.clusters).allSatisfy { $0.name == $1.name && $0.endpoints == $1.endpoints && $0.mutualTLS == $1.mutualTLS && $0.http2 == $1.http2 }
+            && zip(a.targets, b.targets).allSatisfy { $0.cluster == $1.cluster && $0.endpoints == $1.endpoints }
+    }
 
     init(worker: Worker, snapshot: ProxySnapshot, previous: RoutingState?) {
         self.worker = worker
         self.snapshot = snapshot
+        if let prev = previous, RoutingState.sameShape(prev.snapshot, snapshot) {
+            // New credentials or route details only: established connections stay in use (they
+            // were verified when made); new handshakes use the new snapshot's TLS contexts.
+            pools = prev.pools
+            clusterState = prev.clusterState
+            roundRobin = prev.roundRobin
+            targetRR = prev.targetRR
+            prev.handedOver = true
+            for ps in pools { for p in ps { p.routing = self; p.sessionCache.clear() } }
+            return
+        }
         pools = snapshot.clusters.enumerated().map { (ci, c) in
             c.endpoints.map { EndpointPool(worker: worker, routing: self, address: $0, cluster: ci) }
         }
@@ -41,6 +62,7 @@ final class RoutingState {
     }
 
     func retire() {
+        if handedOver { return }
         retired = true
         closeIdle()
     }
@@ -50,7 +72,7 @@ final class RoutingState {
     }
 
     /// No upstream connection of this state is open any more.
-    var isQuiescent: Bool { pools.allSatisfy { $0.allSatisfy { $0.open == 0 } } }
+    var isQuiescent: Bool { handedOver || pools.allSatisfy { $0.allSatisfy { $0.open == 0 } } }
 
     /// The pool for the next endpoint of `cluster` (round robin), skipping `avoid` when the
     /// cluster has another endpoint (retries go elsewhere when they can).

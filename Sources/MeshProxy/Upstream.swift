@@ -119,8 +119,9 @@ protocol UpstreamOwner: AnyObject {
 /// connections are reused most-recently-used first and closed after the cluster's idle timeout.
 final class EndpointPool {
     unowned(unsafe) let worker: Worker
-    /// The routing state (config snapshot) this pool belongs to; it outlives the pool's connections.
-    unowned(unsafe) let routing: RoutingState
+    /// The routing state (config snapshot) this pool belongs to: the newest one that took it over
+    /// (states outlive their pools' connections).
+    unowned(unsafe) var routing: RoutingState
     let address: SocketAddress
     let cluster: Int
     private var idle: [UpstreamConnection] = []

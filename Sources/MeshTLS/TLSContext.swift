@@ -41,6 +41,8 @@ public final class TLSContext: @unchecked Sendable {
         public var trustBundlePEM: String? = nil
         /// Client only: present no certificate (a workload joining with a token).
         public var withoutCertificate = false
+        /// Server only: no session tickets or cache (every handshake verifies the client anew).
+        public var noResumption = false
         public init(certChainFile: String, privateKeyFile: String, trustBundleFile: String) {
             self.certChainFile = certChainFile
             self.privateKeyFile = privateKeyFile
@@ -127,6 +129,10 @@ public final class TLSContext: @unchecked Sendable {
             SSL_CTX_set_verify(ctx, mode, nil)
             let sid: StaticString = "swift-mesh"
             _ = SSL_CTX_set_session_id_context(ctx, sid.utf8Start, UInt32(sid.utf8CodeUnitCount))
+            if o.noResumption {
+                _ = SSL_CTX_set_options(ctx, mesh_SSL_OP_NO_TICKET())
+                _ = mesh_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))
+            }
             if alpnCount > 0 {
                 SSL_CTX_set_alpn_select_cb(ctx, { ssl, out, outlen, inp, inlen, arg in
                     guard let arg = arg, let inp = inp else { return SSL_TLSEXT_ERR_NOACK }

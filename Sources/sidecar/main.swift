@@ -35,7 +35,9 @@ let usage = """
 
     Admin (spec.admin, default 127.0.0.1:15000): GET /ready, /healthz, /stats.
     SIGTERM or SIGINT: stop accepting, finish in-flight requests (spec.drainTimeout, default 20s),
-    exit 0.
+    exit 0. SIGHUP: re-read the config file (routes, clusters, VirtualServices, DestinationRules,
+    certificate files); a valid one applies to new requests, a refused one changes nothing
+    (listener and admin addresses need a restart).
 
     Mesh mode: the sidecar generates its private key in memory (EC P-256), obtains its
     certificate for spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT from meshd with the
@@ -147,8 +149,46 @@ if server.inboundPort > 0 { listening.append("inbound :\(server.inboundPort) (mT
 listening.append("admin :\(server.adminPort)")
 Log.info("sidecar", "\(bootstrap.name) (\(bootstrap.workload.service).\(bootstrap.workload.namespace)) ready with \(concurrency) worker(s): \(listening.joined(separator: ", "))")
 
-let sig = signals.wait()
-Log.info("sidecar", "signal \(sig): draining (up to \(bootstrap.drainTimeout / 1_000_000_000)s)")
-server.drainAndStop(timeout: bootstrap.drainTimeout)
+// SIGHUP re-reads the config file: a valid one replaces the config in force for new requests
+// (requests in flight finish on the old one); a refused one changes nothing.
+var inForce = bootstrap
+var reloads = 1
+var sig = signals.wait()
+while sig == SignalWaiter.sighup {
+    reloads += 1
+    if let next = reload(configPath, current: inForce) {
+        do {
+            let snap = try ProxySnapshot(bootstrap: next, version: "static-\(reloads)")
+            server.replace(snap)
+            inForce = next
+            Log.info("sidecar", "SIGHUP: \(configPath) applied as config version static-\(reloads)")
+        } catch {
+            Log.error("sidecar", "SIGHUP: \(configPath) refused, the config in force stays: \(error)")
+        }
+    }
+    sig = signals.wait()
+}
+Log.info("sidecar", "signal \(sig): draining (up to \(inForce.drainTimeout / 1_000_000_000)s)")
+server.drainAndStop(timeout: inForce.drainTimeout)
 Log.info("sidecar", "stopped after \(server.total(.requestsTotal)) request(s)")
 exit(0)
+
+/// The config file re-read for SIGHUP, or nil (logged) when it is refused or changes what a
+/// running sidecar cannot change (its listening addresses).
+func reload(_ path: String, current: Bootstrap) -> Bootstrap? {
+    guard let text = readFile(path) else {
+        Log.error("sidecar", "SIGHUP: cannot read \(path); the config in force stays")
+        return nil
+    }
+    let next: Bootstrap
+    do { next = try Bootstrap.parse(text, file: path) } catch {
+        Log.error("sidecar", "SIGHUP: \(error); the config in force stays")
+        return nil
+    }
+    if next.outbound?.address != current.outbound?.address || next.inbound?.address != current.inbound?.address
+        || next.admin != current.admin || next.concurrency != current.concurrency || (next.accessLog == nil) != (current.accessLog == nil) {
+        Log.error("sidecar", "SIGHUP: \(path) changes listener or admin addresses, concurrency or access logging, which need a restart; the config in force stays")
+        return nil
+    }
+    return next
+}

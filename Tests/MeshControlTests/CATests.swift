@@ -99,7 +99,7 @@ final class CertificateAuthorityTests: XCTestCase {
         let token = a.mintToken(namespace: "shop", serviceAccount: "cart", ttl: 60)
         let key = try MeshCrypto.PrivateKey.generate()
         let mine = try MeshCrypto.csr(key: key, identity: "spiffe://cluster.local/ns/shop/sa/cart")
-        let issued = try a.sign(csrPEM: mine, token: token, peerIdentity: nil)
+        let issued = try a.sign(csrPEM: mine, token: token, peer: nil)
         let chain = try MeshCrypto.Certificate.loadAll(pem: issued.chainPEM)
         XCTAssertTrue(chain[0].matches(key))
         let info = chain[0].info
@@ -108,26 +108,36 @@ final class CertificateAuthorityTests: XCTestCase {
         XCTAssertEqual(info.issuer, X509Info.load(pem: a.trustBundlePEM)[0].subject)
 
         let other = try MeshCrypto.csr(key: key, identity: "spiffe://cluster.local/ns/shop/sa/payments")
-        XCTAssertThrowsError(try a.sign(csrPEM: other, token: token, peerIdentity: nil)) {
+        XCTAssertThrowsError(try a.sign(csrPEM: other, token: token, peer: nil)) {
             let r = $0 as! CertificateAuthority.Refusal
             XCTAssertEqual(r.status, 403)
             XCTAssertTrue(r.message.contains("payments") && r.message.contains("grants only spiffe://cluster.local/ns/shop/sa/cart"), r.message)
         }
         // Renewal: the caller's verified identity stands in for the token, for its own identity only.
-        XCTAssertNoThrow(try a.sign(csrPEM: mine, token: nil, peerIdentity: "spiffe://cluster.local/ns/shop/sa/cart"))
-        XCTAssertThrowsError(try a.sign(csrPEM: other, token: nil, peerIdentity: "spiffe://cluster.local/ns/shop/sa/cart"))
-        XCTAssertThrowsError(try a.sign(csrPEM: mine, token: nil, peerIdentity: "spiffe://evil.example/ns/shop/sa/cart"))
-        XCTAssertThrowsError(try a.sign(csrPEM: mine, token: nil, peerIdentity: nil)) {
+        let issuer = X509Info.load(pem: a.trustBundlePEM)[0].subject
+        func peer(_ id: String, expires: Int64 = 1 << 40, issuer: String = issuer) -> CertificateAuthority.Peer {
+            CertificateAuthority.Peer(identity: id, notAfter: expires, issuer: issuer)
+        }
+        XCTAssertNoThrow(try a.sign(csrPEM: mine, token: nil, peer: peer("spiffe://cluster.local/ns/shop/sa/cart")))
+        XCTAssertThrowsError(try a.sign(csrPEM: other, token: nil, peer: peer("spiffe://cluster.local/ns/shop/sa/cart")))
+        XCTAssertThrowsError(try a.sign(csrPEM: mine, token: nil, peer: peer("spiffe://evil.example/ns/shop/sa/cart")))
+        XCTAssertThrowsError(try a.sign(csrPEM: mine, token: nil, peer: peer("spiffe://cluster.local/ns/shop/sa/cart", expires: 1000))) {
+            XCTAssertTrue(($0 as! CertificateAuthority.Refusal).message.contains("expired"))
+        }
+        XCTAssertThrowsError(try a.sign(csrPEM: mine, token: nil, peer: peer("spiffe://cluster.local/ns/shop/sa/cart", issuer: "O=elsewhere"))) {
+            XCTAssertTrue(($0 as! CertificateAuthority.Refusal).message.contains("not issued by this meshd"))
+        }
+        XCTAssertThrowsError(try a.sign(csrPEM: mine, token: nil, peer: nil)) {
             XCTAssertEqual(($0 as! CertificateAuthority.Refusal).status, 401)
         }
         XCTAssertEqual(a.issuedCount, 2)
-        XCTAssertEqual(a.refusedCount, 4)
+        XCTAssertEqual(a.refusedCount, 6)
     }
 
     func testRefusesBadCSRs() throws {
         let a = try ca()
         let token = a.mintToken(namespace: "shop", serviceAccount: "cart", ttl: 60)
-        XCTAssertThrowsError(try a.sign(csrPEM: "not a csr", token: token, peerIdentity: nil)) {
+        XCTAssertThrowsError(try a.sign(csrPEM: "not a csr", token: token, peer: nil)) {
             XCTAssertEqual(($0 as! CertificateAuthority.Refusal).status, 400)
         }
         // A CSR whose body was changed after signing (its signature no longer verifies).
@@ -137,7 +147,7 @@ final class CertificateAuthorityTests: XCTestCase {
         var mid = Array(lines[3])
         mid[10] = mid[10] == "A" ? "B" : "A"
         lines[3] = String(mid)
-        XCTAssertThrowsError(try a.sign(csrPEM: lines.joined(separator: "\n") + "\n", token: token, peerIdentity: nil)) {
+        XCTAssertThrowsError(try a.sign(csrPEM: lines.joined(separator: "\n") + "\n", token: token, peer: nil)) {
             XCTAssertEqual(($0 as! CertificateAuthority.Refusal).status, 400)
         }
     }
@@ -153,9 +163,9 @@ final class CertificateAuthorityTests: XCTestCase {
         let key = try MeshCrypto.PrivateKey.generate()
         let token = a.mintToken(namespace: "shop", serviceAccount: "cart", ttl: 60)
         let csr = try MeshCrypto.csr(key: key, identity: "spiffe://cluster.local/ns/shop/sa/cart")
-        XCTAssertEqual(try MeshCrypto.Certificate.loadAll(pem: a.sign(csrPEM: csr, token: token, peerIdentity: nil).chainPEM)[0].info.issuer, old.subject)
+        XCTAssertEqual(try MeshCrypto.Certificate.loadAll(pem: a.sign(csrPEM: csr, token: token, peer: nil).chainPEM)[0].info.issuer, old.subject)
         _ = try a.rotate(step: "issue")
-        let newIssuer = try MeshCrypto.Certificate.loadAll(pem: a.sign(csrPEM: csr, token: token, peerIdentity: nil).chainPEM)[0].info.issuer
+        let newIssuer = try MeshCrypto.Certificate.loadAll(pem: a.sign(csrPEM: csr, token: token, peer: nil).chainPEM)[0].info.issuer
         XCTAssertNotEqual(newIssuer, old.subject)
         // The step survives a restart.
         let reloaded = try ca()

@@ -305,3 +305,96 @@ def test_sidecar_waits_for_meshd_and_refuses_a_bad_token(procs):
                      "--admin-port", free_port(), "--inbound-port", free_port(), "--outbound-port", free_port()], "forged-sidecar")
     assert q.wait(timeout=20) != 0
     assert "meshd refused the certificate request (401)" in q.log_path.read_text()
+
+
+def test_hostile_requests_do_not_take_meshd_down(procs):
+    """Found in review: an empty query key crashed the parser; a client trickling bytes held a
+    thread for ever; concurrent rotation steps raced."""
+    import socket
+    import ssl as sslmod
+    m = Meshd(procs)
+    for path in ("/ready?=", "/ready?&&=&a=b=c", "/ready?%", "/ready?%zz=1"):
+        assert http_get(f"http://127.0.0.1:{m.admin}{path}")[0] == 200
+    r = curl("-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", f"https://127.0.0.1:{m.api}/v1/trust-bundle?a&=")
+    assert r.stdout == b"200"
+    assert m.proc.poll() is None
+    # A slow client: the server closes it at its deadline (10 s) however it trickles.
+    s = socket.create_connection(("127.0.0.1", m.admin))
+    s.sendall(b"GET /ready HTTP/1.1\r\n")
+    t0 = time.monotonic()
+    closed = None
+    while time.monotonic() - t0 < 15:
+        try:
+            s.sendall(b"x")
+            s.settimeout(1.0)
+            if s.recv(1) == b"":
+                closed = time.monotonic() - t0
+                break
+        except socket.timeout:
+            continue
+        except OSError:
+            closed = time.monotonic() - t0
+            break
+    assert closed is not None and closed < 12, closed
+    # Tokens live a week at most.
+    r = m.ctl("token", "create", "--namespace", "a", "--service-account", "b", "--ttl", "200h", check=False)
+    assert r.returncode != 0 and "168h" in r.stderr
+    # Rotation steps are serialised: of four concurrent "add", one adds and three are told why not.
+    results = []
+    ts = [threading.Thread(target=lambda: results.append(m.ctl("ca", "rotate-root", "add", check=False))) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sum(r.returncode == 0 for r in results) == 1, [r.stderr for r in results]
+    assert all("already" in r.stderr for r in results if r.returncode != 0)
+    assert m.root.read_text().count("BEGIN CERTIFICATE") == 2
+    m.stop()
+    m.start()   # the state on disk is whole
+
+
+def test_sidecar_refuses_a_server_that_is_not_meshd(procs, tmp_path):
+    """Any workload certificate chains to the mesh root; only meshd's identity may receive a
+    token or hand out certificates (found in review)."""
+    import socket
+    import ssl as sslmod
+    from conftest import SIDECAR
+    m = Meshd(procs)
+    key, csr = openssl_csr(tmp_path, "attacker", "spiffe://cluster.local/ns/default/sa/attacker")
+    code, body = ask(m, csr, m.token("attacker"))
+    assert code == 200
+    (tmp_path / "attacker.pem").write_text(split(body)[0])
+    ctx = sslmod.SSLContext(sslmod.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "attacker.pem", key)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    port = lsock.getsockname()[1]
+    received = []
+
+    def fake_meshd():
+        lsock.settimeout(10)
+        try:
+            while True:
+                c, _ = lsock.accept()
+                try:
+                    t = ctx.wrap_socket(c, server_side=True)
+                    t.settimeout(2)
+                    data = t.recv(65536)
+                    received.append(data)
+                except Exception:  # noqa: BLE001 - the client hanging up is the expected outcome
+                    pass
+        except Exception:  # noqa: BLE001
+            pass
+
+    th = threading.Thread(target=fake_meshd, daemon=True)
+    th.start()
+    admin = free_port()
+    token = m.token("reviews")
+    procs.start([SIDECAR, "--meshd", f"127.0.0.1:{port}", "--root-cert", m.root, "--token", token, "--service", "reviews",
+                 "--admin-port", admin, "--inbound-port", free_port(), "--outbound-port", free_port()], "fooled-sidecar")
+    log = procs.procs[-1].log_path
+    wait_until(lambda: "not meshd" in log.read_text(), timeout=15, what="the sidecar to refuse the impostor")
+    assert http_get(f"http://127.0.0.1:{admin}/ready")[0] == 503
+    assert not any(b"Bearer" in r or b"mesh1." in r for r in received), "the token went to an impostor"
+    lsock.close()

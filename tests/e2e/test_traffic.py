@@ -596,3 +596,70 @@ spec:
     time.sleep(1.3)
     out, took = nghttp("/slow")
     assert ":status: 418" in out and took < 1.5, (took, out[-400:])
+
+
+def test_sighup_reload_under_traffic(procs, tmp_path):
+    """Static mode re-reads its file on SIGHUP: the split moves for new requests, requests in
+    flight finish on the config they started with, a refused file changes nothing, and a new
+    endpoint set (new pools) applies while a slow request on the old one completes."""
+    import signal as sig
+    v1, v2, v3 = procs.app("v1"), procs.app("v2"), procs.app("v3")
+    outbound, admin = free_port(), free_port()
+    eps = [(v1, "v1"), (v2, "v2")]
+    cfg = outbound_config(outbound, admin, eps, split_service(100, 0) + "---" + subsets_rule())
+    p = procs.sidecar(cfg, "reloading")
+    wait_ready(p, admin)
+    path = procs.tmp / "reloading.yaml"
+    failures, served = [], {"v1": 0, "v2": 0, "v3": 0}
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            st, _, body = get(outbound, "/")
+            if st != 200:
+                failures.append((st, body))
+            else:
+                served[body.strip().split()[-1]] += 1
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        time.sleep(0.5)
+        path.write_text(outbound_config(outbound, admin, eps, split_service(0, 100) + "---" + subsets_rule()))
+        p.send_signal(sig.SIGHUP)
+        wait_until(lambda: "applied as config version static-2" in p.log_path.read_text(), what="reload applied")
+        before = dict(served)
+        time.sleep(0.5)
+        assert served["v1"] == before["v1"] or served["v1"] - before["v1"] <= 2, served   # new requests go to v2
+        assert served["v2"] > before["v2"]
+
+        # A refused file: the config in force stays.
+        path.write_text(cfg.replace("weight: 100", "weight: 90"))
+        p.send_signal(sig.SIGHUP)
+        wait_until(lambda: "the config in force stays" in p.log_path.read_text(), what="refusal logged")
+        mid = dict(served)
+        time.sleep(0.5)
+        assert served["v2"] > mid["v2"] and served["v1"] == mid["v1"]
+
+        # New endpoints (new pools) while a slow request is in flight on the old ones.
+        slow = {}
+        s_thread = threading.Thread(target=lambda: slow.update(r=get(outbound, "/slow?ms=1500")))
+        s_thread.start()
+        time.sleep(0.3)
+        eps3 = [(v1, "v1"), (v2, "v2"), (v3, "v3")]
+        rule3 = subsets_rule().replace("  - name: v2\n    labels: {version: v2}", "  - name: v2\n    labels: {version: v2}\n  - name: v3\n    labels: {version: v3}")
+        vs3 = split_service(0, 100).replace("subset: v2}", "subset: v3}")
+        path.write_text(outbound_config(outbound, admin, eps3, vs3 + "---" + rule3))
+        p.send_signal(sig.SIGHUP)
+        wait_until(lambda: "config version static-4" in p.log_path.read_text(), what="third config applied")
+        s_thread.join()
+        assert slow["r"][0] == 200, slow
+        time.sleep(0.5)
+        assert served["v3"] > 0
+    finally:
+        stop.set()
+        t.join()
+    assert failures == [], failures[:5]
+    _, body = http_get(f"http://127.0.0.1:{admin}/stats/prometheus")
+    assert b'mesh_config_version_info{version="static-4"} 1' in body
+    assert body.count(b'istio_requests_total{') >= 1 and b'route="reviews.canary"' in body

@@ -115,6 +115,10 @@ static inline X509_EXTENSION *mesh_sk_X509_EXTENSION_value(const STACK_OF(X509_E
 static inline void mesh_sk_X509_EXTENSION_free_all(STACK_OF(X509_EXTENSION) *s) { sk_X509_EXTENSION_pop_free(s, X509_EXTENSION_free); }
 static inline long mesh_BIO_get_mem_data(BIO *b, char **p) { return BIO_get_mem_data(b, p); }
 static inline int mesh_MBSTRING_ASC(void) { return MBSTRING_ASC; }
+static inline uint64_t mesh_SSL_OP_NO_TICKET(void) { return SSL_OP_NO_TICKET; }
+static inline STACK_OF(X509) *mesh_sk_X509_new(void) { return sk_X509_new_null(); }
+static inline int mesh_sk_X509_push(STACK_OF(X509) *s, X509 *x) { return sk_X509_push(s, x); }
+static inline void mesh_sk_X509_free(STACK_OF(X509) *s) { sk_X509_free(s); }
 static inline int mesh_sk_X509_num(const STACK_OF(X509) *s) { return sk_X509_num(s); }
 static inline X509 *mesh_sk_X509_value(const STACK_OF(X509) *s, int i) { return sk_X509_value(s, i); }
 
