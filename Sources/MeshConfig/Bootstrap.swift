@@ -221,6 +221,38 @@ public struct Bootstrap: Sendable {
             throw ConfigReader.error(ctx, "spec", spec.map.line, "no listener: add spec.outbound and/or spec.inbound")
         }
 
+        let clusters = try parseClusters(&spec, haveTLS: tls != nil, allowEmpty: false, ctx: ctx)
+        let routes = try parseRoutes(&spec, clusters: clusters, name: name, namespace: namespace, ctx: ctx)
+        if routes.count >= 60_000 {
+            throw ConfigReader.error(ctx, "spec.routes", spec.map.line, "at most 59,999 routes")
+        }
+        let drain = try spec.duration("drainTimeout", allowZero: false) ?? Defaults.drainTimeout
+        var statsEnabled = true
+        if var st = try spec.object("stats") {
+            statsEnabled = try st.bool("enabled") ?? true
+            try st.finish()
+        }
+        var accessLog: AccessLog? = nil
+        if var al = try spec.object("accessLog") {
+            let path = try al.string("path", required: true)!
+            var sampling = 1.0
+            if let t = try al.string("sampling") {
+                guard let v = Double(t), v > 0, v <= 1 else {
+                    throw ConfigReader.error(ctx, "spec.accessLog.sampling", al.map.line, "expected a fraction in (0, 1], got \"\(t)\"")
+                }
+                sampling = v
+            }
+            accessLog = AccessLog(path: path, sampling: sampling, includeQuery: try al.bool("includeQuery") ?? false)
+            try al.finish()
+        }
+        try spec.finish()
+        return Bootstrap(name: name, workload: workload, concurrency: concurrency, admin: adminAddr, tls: tls,
+                         outbound: outbound, inbound: inbound, clusters: clusters, routes: routes, drainTimeout: drain,
+                         statsEnabled: statsEnabled, accessLog: accessLog)
+    }
+
+    /// `spec.clusters` (static bootstrap, or pushed by meshd where a service may have no endpoint yet).
+    static func parseClusters(_ spec: inout ConfigReader, haveTLS: Bool, allowEmpty: Bool, ctx: ConfigError) throws(ConfigError) -> [Cluster] {
         var clusters: [Cluster] = []
         for var c in try spec.objectList("clusters") ?? [] {
             let cname = try c.string("name", required: true)!
@@ -229,7 +261,7 @@ public struct Bootstrap: Sendable {
             guard let mode = ClusterTLS(rawValue: tlsText) else {
                 throw ConfigReader.error(ctx, c.sub("tls"), c.map.line, "expected ISTIO_MUTUAL or DISABLE, got \"\(tlsText)\"")
             }
-            if mode == .istioMutual && tls == nil {
+            if mode == .istioMutual && !haveTLS {
                 throw ConfigReader.error(ctx, c.sub("tls"), c.map.line, "ISTIO_MUTUAL needs spec.tls (this workload's certificate)")
             }
             let sans = try c.stringList("subjectAltNames") ?? []
@@ -258,7 +290,7 @@ public struct Bootstrap: Sendable {
                     epLabels.append(labels)
                 }
             }
-            if eps.isEmpty { throw ConfigReader.error(ctx, c.sub("endpoints"), c.map.line, "a cluster needs at least one endpoint (IP:PORT, or address: IP:PORT with labels)") }
+            if eps.isEmpty && !allowEmpty { throw ConfigReader.error(ctx, c.sub("endpoints"), c.map.line, "a cluster needs at least one endpoint (IP:PORT, or address: IP:PORT with labels)") }
             let proto = try c.string("protocol") ?? (mode == .istioMutual ? "HTTP2" : "HTTP1")
             guard proto == "HTTP2" || proto == "HTTP1" else {
                 throw ConfigReader.error(ctx, c.sub("protocol"), c.map.line, "expected HTTP2 or HTTP1, got \"\(proto)\"")
@@ -271,6 +303,11 @@ public struct Bootstrap: Sendable {
             try c.finish()
         }
 
+        return clusters
+    }
+
+    /// `spec.routes`: host routes to clusters, labelled `<name>.<route name or index>`.
+    static func parseRoutes(_ spec: inout ConfigReader, clusters: [Cluster], name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> [Route] {
         var routes: [Route] = []
         var seenHosts: [String: Int] = [:]
         for (ri, var r) in (try spec.objectList("routes") ?? []).enumerated() {
@@ -303,32 +340,7 @@ public struct Bootstrap: Sendable {
                                 name: "\(name).\(rname)"))
             try r.finish()
         }
-        if routes.count >= 60_000 {
-            throw ConfigReader.error(ctx, "spec.routes", spec.map.line, "at most 59,999 routes")
-        }
-        let drain = try spec.duration("drainTimeout", allowZero: false) ?? Defaults.drainTimeout
-        var statsEnabled = true
-        if var st = try spec.object("stats") {
-            statsEnabled = try st.bool("enabled") ?? true
-            try st.finish()
-        }
-        var accessLog: AccessLog? = nil
-        if var al = try spec.object("accessLog") {
-            let path = try al.string("path", required: true)!
-            var sampling = 1.0
-            if let t = try al.string("sampling") {
-                guard let v = Double(t), v > 0, v <= 1 else {
-                    throw ConfigReader.error(ctx, "spec.accessLog.sampling", al.map.line, "expected a fraction in (0, 1], got \"\(t)\"")
-                }
-                sampling = v
-            }
-            accessLog = AccessLog(path: path, sampling: sampling, includeQuery: try al.bool("includeQuery") ?? false)
-            try al.finish()
-        }
-        try spec.finish()
-        return Bootstrap(name: name, workload: workload, concurrency: concurrency, admin: adminAddr, tls: tls,
-                         outbound: outbound, inbound: inbound, clusters: clusters, routes: routes, drainTimeout: drain,
-                         statsEnabled: statsEnabled, accessLog: accessLog)
+        return routes
     }
 
     /// What a route host answers to: a short name also as name.namespace and its FQDN; name.ns also as its FQDN.

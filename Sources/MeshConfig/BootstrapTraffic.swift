@@ -15,7 +15,7 @@ extension Bootstrap {
         "\(vs.name).\(vs.http[index].name ?? String(index))"
     }
 
-    func checkTraffic(file: String) throws(ConfigError) {
+    func checkTraffic(file: String, requireRoutes: Bool = true) throws(ConfigError) {
         func fail(_ kind: String, _ ns: String, _ name: String, _ path: String, _ msg: String) -> ConfigError {
             ConfigError(file: file, path: "\(kind) \(ns)/\(name): \(path)", message: msg)
         }
@@ -65,7 +65,7 @@ extension Bootstrap {
             throw fail("DestinationRule", dr.namespace, dr.name, "spec.host",
                        "no cluster serves host \"\(dr.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
         }
-        if outbound != nil && total == 0 {
+        if requireRoutes && outbound != nil && total == 0 {
             throw ConfigError(file: file, path: "spec.routes", message: "the outbound listener needs at least one route (spec.routes or a VirtualService)")
         }
     }

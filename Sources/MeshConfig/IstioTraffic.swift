@@ -120,8 +120,9 @@ public enum IstioTraffic {
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
+    /// `checkSubsets: false` checks each document alone (a part of a set, validated whole later).
     public static func parse(documents docs: [(node: YAMLNode, line: Int)], file: String, defaultNamespace: String,
-                             skipKinds: Set<String>) throws(ConfigError) -> Config {
+                             skipKinds: Set<String>, checkSubsets: Bool = true) throws(ConfigError) -> Config {
         var cfg = Config()
         for (i, doc) in docs.enumerated() {
             if case .scalar(let k)? = doc.node.asMapping?["kind"], skipKinds.contains(k.value) { continue }
@@ -156,7 +157,7 @@ public enum IstioTraffic {
                 cfg.destinationRules.append(try destinationRule(&spec, name: name, namespace: ns, ctx: ctx))
             }
         }
-        try validate(cfg, file: file)
+        if checkSubsets { try validate(cfg, file: file) }
         return cfg
     }
 

@@ -327,6 +327,8 @@ public final class ControlServer: @unchecked Sendable {
             var request = ControlRequest(method: method, path: path, query: query, headers: headers, body: body, peerIdentity: peer)
             if let i = peerInfo { request.peerNotAfter = i.notAfter; request.peerIssuer = i.issuer }
             let response = handler(request)
+            // A handler may wait (a config stream); the answer gets its own deadline.
+            s.deadline = Clock.monotonicNanos() + ControlServer.requestDeadline
             guard s.write(ControlServer.encode(response, close: close)), !close else { return }
         }
     }

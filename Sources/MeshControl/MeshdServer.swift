@@ -9,6 +9,8 @@ import Synchronization
 /// authenticated with the admin token). Thread-safe; each port runs on its own threads.
 public final class MeshdServer: @unchecked Sendable {
     public let ca: CertificateAuthority
+    /// The config store and registry (nil: certificate authority only).
+    public var store: ConfigStore?
     private let apiContext: Mutex<TLSContext?>
     private let apiRenewAt = Atomic<Int64>(0)
     static let serverCertTTL = 24 * 3600
@@ -79,8 +81,53 @@ public final class MeshdServer: @unchecked Sendable {
             }
         case ("GET", "/v1/trust-bundle"):
             return ControlResponse(200, ca.trustBundlePEM, contentType: "application/x-pem-file")
+        case (_, "/v1/register"), (_, "/v1/config"), (_, "/v1/ack"), (_, "/v1/nack"):
+            return handleStream(r)
         default:
             return ControlResponse(404, "no such endpoint: \(r.method) \(r.path)\n")
+        }
+    }
+
+    // MARK: config stream (sidecars, authenticated by their certificate)
+
+    /// How long a config request waits for a change before answering "no change" (304).
+    static let streamWait = 20
+
+    func handleStream(_ r: ControlRequest) -> ControlResponse {
+        guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
+        guard let id = r.peerIdentity, X509Info.isSPIFFE(id, inTrustDomain: ca.trustDomain), r.peerNotAfter > CertificateAuthority.now() else {
+            return ControlResponse(401, "a workload certificate from this mesh is required\n")
+        }
+        switch (r.method, r.path) {
+        case ("POST", "/v1/register"):
+            guard let service = r.query["service"], !service.isEmpty, let ns = r.query["namespace"], let address = r.query["address"],
+                  SocketAddress(address) != nil else {
+                return ControlResponse(400, "register: service, namespace and address (IP:PORT) are required\n")
+            }
+            // A workload registers only in its own namespace (its certificate says which).
+            guard id.contains("/ns/\(ns)/sa/") else { return ControlResponse(403, "\(id) may not register in namespace \(ns)\n") }
+            let labels = (r.query["labels"] ?? "").split(separator: ",").compactMap { kv -> (String, String)? in
+                let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
+                return p.count == 2 ? (p[0], p[1]) : nil
+            }
+            store.register(identity: id, service: service, namespace: ns, labels: labels, address: address)
+            return ControlResponse(200, "registered\n")
+        case ("GET", "/v1/config"):
+            let node = r.query["node"] ?? ""
+            store.seen(identity: id, node: node)
+            let have = Int(r.query["version"] ?? "0") ?? 0
+            _ = store.waitForChange(from: have, timeout: MeshdServer.streamWait)
+            store.seen(identity: id, node: node)
+            let (v, text) = store.proxyConfig()
+            if v == have { return ControlResponse(304, "") }
+            store.sent(identity: id, node: node, version: v)
+            return ControlResponse(200, "version: \(v)\n" + text, contentType: "application/yaml")
+        case ("POST", "/v1/ack"), ("POST", "/v1/nack"):
+            guard let v = Int(r.query["version"] ?? "") else { return ControlResponse(400, "version required\n") }
+            store.answered(identity: id, node: r.query["node"] ?? "", version: v, error: r.path == "/v1/nack" ? String(r.bodyText.prefix(2000)) : nil)
+            return ControlResponse(200, "ok\n")
+        default:
+            return ControlResponse(405, "method not allowed\n")
         }
     }
 
@@ -122,6 +169,29 @@ public final class MeshdServer: @unchecked Sendable {
             return ControlResponse(200, ca.mintToken(namespace: ns, serviceAccount: sa, ttl: ttl) + "\n")
         case ("GET", "/v1/ca"):
             return ControlResponse(200, ca.status())
+        case ("POST", "/v1/config/apply"), ("POST", "/v1/config/delete"):
+            guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
+            do {
+                let v = try store.apply(r.bodyText, file: r.query["file"] ?? "(meshctl)", delete: r.path.hasSuffix("delete"))
+                return ControlResponse(200, "version \(v)\n")
+            } catch {
+                return ControlResponse(400, error.description + "\n")
+            }
+        case ("GET", "/v1/routes"):
+            guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
+            return ControlResponse(200, store.documents().map { "\($0.kind)\t\($0.namespace)/\($0.name)" }.joined(separator: "\n") + "\n")
+        case ("GET", "/v1/services"):
+            guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
+            return ControlResponse(200, store.workloads().map {
+                "\($0.service).\($0.namespace)\t\($0.address)\t\($0.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\($0.connected ? "connected" : "away")"
+            }.joined(separator: "\n") + "\n")
+        case ("GET", "/v1/proxies"):
+            guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
+            let v = store.version
+            return ControlResponse(200, "config version \(v)\n" + store.proxies().map {
+                let state = $0.nack.map { "NACK (\($0))" } ?? ($0.ackedVersion == v ? "ACK" : $0.ackedVersion > 0 ? "ACK \($0.ackedVersion) (behind)" : "pending")
+                return "\($0.identity)\t\($0.node)\t\($0.connected ? "connected" : "disconnected")\tsent \($0.sentVersion)\tacked \($0.ackedVersion)\t\(state)"
+            }.joined(separator: "\n") + "\n")
         case ("POST", "/v1/ca/rotate"):
             let step = r.query["step"] ?? ""
             do {
@@ -143,6 +213,12 @@ public final class MeshdServer: @unchecked Sendable {
         out += "meshd_certificates_issued_total \(ca.issuedCount)\n"
         out += "# HELP meshd_certificate_requests_refused_total Certificate requests refused (bad token, identity, CSR).\n# TYPE meshd_certificate_requests_refused_total counter\n"
         out += "meshd_certificate_requests_refused_total \(ca.refusedCount)\n"
+        if let store {
+            out += "# HELP meshd_config_version The config version in force (moves on every apply and registry change).\n# TYPE meshd_config_version gauge\n"
+            out += "meshd_config_version \(store.version)\n"
+            out += "# HELP meshd_proxy_config_version The config version each proxy acknowledged.\n# TYPE meshd_proxy_config_version gauge\n"
+            for p in store.proxies() { out += "meshd_proxy_config_version{identity=\"\(p.identity)\",node=\"\(p.node)\"} \(p.ackedVersion)\n" }
+        }
         out += "# HELP meshd_trust_anchor_expiry_timestamp_seconds When each trusted root expires (Unix time).\n# TYPE meshd_trust_anchor_expiry_timestamp_seconds gauge\n"
         for r in X509Info.load(pem: ca.trustBundlePEM) {
             out += "meshd_trust_anchor_expiry_timestamp_seconds{serial=\"\(r.serialHex)\"} \(r.notAfter)\n"

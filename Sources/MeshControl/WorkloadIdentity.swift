@@ -140,6 +140,21 @@ public final class WorkloadIdentity: @unchecked Sendable {
     }
 
     public func stop() { stopping.store(true, ordering: .relaxed) }
+    public var isStopping: Bool { stopping.load(ordering: .relaxed) }
+
+    /// One request to meshd's API with this workload's current certificate (mTLS), to meshd only.
+    public func call(_ method: String, _ path: String, body: String = "", timeoutSeconds: Int = 10) throws(CAError) -> (status: Int, body: String) {
+        guard let c = credentials else { throw CAError("no certificate yet") }
+        var o = TLSContext.Options(certChainFile: "(mesh mode)", privateKeyFile: "(mesh mode)", trustBundleFile: "--root-cert")
+        o.alpn = ["http/1.1"]
+        o.certChainPEM = c.chainPEM
+        o.privateKeyPEM = c.keyPEM
+        o.trustBundlePEM = c.bundlePEM + (c.bundlePEM.contains(rootPEM) ? "" : rootPEM)
+        let ctx: TLSContext
+        do { ctx = try TLSContext(role: .client, options: o) } catch { throw CAError("client TLS: \(error)") }
+        return try ControlClient.request(meshd, context: ctx, method: method, path: path, body: body,
+                                         timeoutSeconds: timeoutSeconds, expectPeer: meshdIdentity)
+    }
 
     private func sleepNanos(_ n: UInt64) {
         var left = n

@@ -39,7 +39,14 @@ public struct Flags {
                     values[name, default: []].append("true")
                 }
             } else if a.hasPrefix("-") && a != "-" {
+                let short = String(a.dropFirst())
                 if a == "-h" { values["help", default: []].append("true") }
+                else if short.count == 1, let spec = specs.first(where: { $0.name == short }), spec.takesValue {
+                    // A one-letter flag (`-f FILE`, kubectl style).
+                    guard i + 1 < args.count else { throw FlagError("flag \(a) needs a value") }
+                    values[short, default: []].append(args[i + 1])
+                    i += 1
+                }
                 else { throw FlagError("unknown flag \(a) (see --help)") }
             } else {
                 positional.append(a)

@@ -126,7 +126,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         }
         if owners.isEmpty && waiting.isEmpty && isEstablished {
             loop.setDeadline(self, loop.now + idleTimeout)
-            if pool.worker.draining || goingAway { closeAfterFlush() }
+            if pool.worker.draining || goingAway || pool.routing.retired { closeAfterFlush() }
         }
     }
 

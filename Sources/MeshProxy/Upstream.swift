@@ -173,6 +173,7 @@ final class EndpointPool {
         let u = UpstreamConnection(pool: self, fd: fd, tls: tls)
         guard u.start() else { lastError = 24; return nil }
         open += 1
+        if routing.retired { worker.keepAlive(routing) }
         routing.clusterState[cluster].openConnections += 1
         counters.inc(.connectionsTotal)
         counters.set(.connectionsActive, UInt64(open))
@@ -241,6 +242,7 @@ final class EndpointPool {
         let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout)
         guard h.start() else { lastError = 24; return nil }
         open += 1
+        if routing.retired { worker.keepAlive(routing) }
         routing.clusterState[cluster].openConnections += 1
         counters.inc(.connectionsTotal)
         counters.set(.connectionsActive, UInt64(open))

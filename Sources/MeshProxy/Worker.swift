@@ -60,7 +60,14 @@ public final class Worker: @unchecked Sendable {
         routing = RoutingState(worker: self, snapshot: next, previous: old)
         publishedRouting.withLock { $0 = routing }
         old.retire()
-        if !old.isQuiescent { retired.append(old) }
+        if !old.isQuiescent { keepAlive(old) }
+        pruneRetired()
+    }
+
+    /// Keeps a retired routing state alive while it has open connections (they point at its
+    /// pools): called at the swap, and whenever a request still on it opens one.
+    func keepAlive(_ r: RoutingState) {
+        if !retired.contains(where: { $0 === r }) { retired.append(r) }
     }
 
     /// Drops retired routing states whose connections have all closed.

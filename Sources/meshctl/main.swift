@@ -12,6 +12,13 @@ let usage = """
       meshctl [--meshd http://127.0.0.1:15014] [--admin-token-file FILE] COMMAND
 
     COMMANDS:
+      apply -f FILE|DIR [--wait]   validate, then store VirtualServices and DestinationRules
+                            (upsert by kind/namespace/name); the whole config that would result
+                            is checked, a refusal names file, document and field; --wait returns
+                            once every connected sidecar acknowledged the new version
+      delete -f FILE|DIR    remove the documents named in the files
+      get services|routes|proxies
+      status                per sidecar: identity, connected, config version, ACK/NACK
       token create --namespace NS --service-account SA [--ttl 1h]
                             mint a join token for one identity; prints only the token
       ca status             the roots in force and which one issues
@@ -36,6 +43,7 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
 
 let specs: [Flags.Spec] = [
     .init("meshd"), .init("admin-token-file"), .init("namespace"), .init("service-account"), .init("ttl"), .init("help", value: false),
+    .init("f"), .init("filename"), .init("wait", value: false),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -48,6 +56,8 @@ guard url.hasPrefix("http://"), let address = SocketAddress(String(url.dropFirst
 }
 
 let tokenFile = flags.string("admin-token-file") ?? env("MESH_ADMIN_TOKEN_FILE")
+let fileFlag = flags.string("f") ?? flags.string("filename")
+let waitFlag = flags.has("wait")
 
 func adminToken() -> String {
     guard let path = tokenFile else {
@@ -61,19 +71,75 @@ func adminToken() -> String {
 }
 
 let meshdURL = url
-func call(_ method: String, _ path: String) -> String {
+func call(_ method: String, _ path: String, body: String = "") -> String {
     do {
         let r = try ControlClient.request(address, context: nil, method: method, path: path,
-                                          headers: [("authorization", "Bearer \(adminToken())")])
-        if r.status != 200 { fail("meshd answered \(r.status): \(r.body.split(separator: "\n").first.map(String.init) ?? "")", code: 1) }
+                                          headers: [("authorization", "Bearer \(adminToken())")], body: body)
+        if r.status != 200 { fail("meshd answered \(r.status): \(r.body.trimmingTrailingNewlines)", code: 1) }
         return r.body
     } catch {
         fail("\(error) (is meshd running? --meshd \(meshdURL))", code: 1)
     }
 }
 
+/// The YAML files named by -f: a file, or every *.yaml/*.yml in a directory (sorted).
+func inputFiles() -> [(name: String, text: String)] {
+    guard let path = fileFlag else { fail("missing -f FILE|DIR") }
+    var names = [path]
+    if let d = opendir(path) {
+        names = []
+        while let e = readdir(d) {
+            let n = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if (n.hasSuffix(".yaml") || n.hasSuffix(".yml")) && !n.hasPrefix(".") { names.append("\(path)/\(n)") }
+        }
+        closedir(d)
+        names.sort()
+        if names.isEmpty { fail("\(path): no *.yaml or *.yml file there") }
+    }
+    return names.map { n in
+        do { return (n, try FileStore.read(n)) } catch { fail("\(error)") }
+    }
+}
+
+func applyFiles(delete: Bool) {
+    let files = inputFiles()
+    let label = files.map(\.name).joined(separator: ", ")
+    let out = call("POST", "/v1/config/\(delete ? "delete" : "apply")?file=\(ControlClient.percentEncode(label))",
+                   body: files.map(\.text).joined(separator: "\n---\n"))
+    print("\(delete ? "deleted" : "applied"): \(out.trimmingTrailingNewlines)")
+    guard waitFlag, let v = Int(out.split(separator: " ").last.map { String($0).trimmingTrailingNewlines } ?? "") else { return }
+    // --wait: until every connected sidecar acknowledged this version (or a later one).
+    for _ in 0..<600 {
+        let lines = call("GET", "/v1/proxies").split(separator: "\n").dropFirst()
+        let connected = lines.filter { $0.contains("\tconnected\t") }
+        let done = connected.allSatisfy { l in
+            l.split(separator: "\t").first { $0.hasPrefix("acked ") }.flatMap { Int($0.dropFirst(6)) }.map { $0 >= v } ?? false
+        }
+        if done { print("acknowledged by \(connected.count) sidecar(s)"); return }
+        // A NACK of this version (or a later one) is final; an older one is being superseded.
+        let refused = connected.first { l in
+            let parts = String(l).components(separatedByMarker: "NACK (version ")
+            guard parts.count == 2 else { return false }
+            return Int(parts[1].prefix { $0.isNumber }).map { $0 >= v } ?? false
+        }
+        if let nack = refused { fail("a sidecar refused it: \(nack)", code: 1) }
+        usleep(100_000)
+    }
+    fail("not every sidecar acknowledged version \(v) within 60 s (see meshctl status)", code: 1)
+}
+
 let cmd = flags.positional
 switch (cmd.first, cmd.dropFirst().first) {
+case ("apply", _):
+    applyFiles(delete: false)
+case ("delete", _):
+    applyFiles(delete: true)
+case ("get", "services"):
+    print(call("GET", "/v1/services"), terminator: "")
+case ("get", "routes"):
+    print(call("GET", "/v1/routes"), terminator: "")
+case ("get", "proxies"), ("status", _):
+    print(call("GET", "/v1/proxies"), terminator: "")
 case ("token", "create"):
     guard let ns = flags.string("namespace") else { fail("token create: missing --namespace NS") }
     guard let sa = flags.string("service-account") else { fail("token create: missing --service-account SA") }
@@ -88,5 +154,28 @@ case ("ca", "rotate-root"):
     }
     print(call("POST", "/v1/ca/rotate?step=\(step)"), terminator: "")
 default:
-    fail("unknown command \"\(cmd.joined(separator: " "))\"; this build has: token create, ca status, ca rotate-root (see --help)")
+    fail("unknown command \"\(cmd.joined(separator: " "))\" (see --help)")
+}
+
+extension String {
+    var trimmingTrailingNewlines: String {
+        var s = self
+        while s.hasSuffix("\n") { s.removeLast() }
+        return s
+    }
+}
+
+extension String {
+    /// Splits at the first `marker` (no Foundation).
+    func components(separatedByMarker marker: String) -> [String] {
+        let h = Array(utf8), m = Array(marker.utf8)
+        var i = 0
+        while i + m.count <= h.count {
+            if h[i..<(i + m.count)].elementsEqual(m) {
+                return [String(decoding: h[..<i], as: UTF8.self), String(decoding: h[(i + m.count)...], as: UTF8.self)]
+            }
+            i += 1
+        }
+        return [self]
+    }
 }

@@ -25,8 +25,8 @@ let usage = """
 
     OPTIONS:
       --state-dir DIR        CA keys, root-cert.pem, admin-token, token-key (created if missing)
-      --config-dir DIR       accepted for the command-line contract; not read yet (the config
-                             store is a later step)
+      --config-dir DIR       VirtualService and DestinationRule files (*.yaml, *.yml) applied at
+                             start and whenever a file there changes (checked every second)
       --api-port N           default 15012
       --admin-port N         default 15014
       --listen-address IP    address of the API port (default 127.0.0.1); admin stays on 127.0.0.1
@@ -85,10 +85,18 @@ let server: MeshdServer
 do {
     let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
     server = try MeshdServer(ca: ca, addresses: [listen])
+    server.store = try ConfigStore(stateDir: stateDir)
     try server.bind(api: apiAddress, admin: adminAddress)
 } catch {
     fail("\(error)", code: 1)
 }
+let store = server.store!
+if let dir = flags.string("config-dir") {
+    let watcher = ConfigDirectory(path: dir, store: store)
+    watcher.check()
+    Threads.spawnDetached { while true { usleep(1_000_000); watcher.check() } }
+}
+Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
 Threads.spawnDetached { server.api!.run() }
 Threads.spawnDetached { server.admin!.run() }
 Log.info("meshd", "ready: API \(listen):\(server.api!.port) (TLS), admin 127.0.0.1:\(server.admin!.port); trust domain \(trustDomain), certificates live \(certTTL)s; state in \(stateDir)")

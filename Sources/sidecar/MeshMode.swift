@@ -39,7 +39,8 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         o.adminPort = try flags.int("admin-port", min: 0, max: 65535) ?? 15000
         _ = try flags.int("service-port", min: 1, max: 65535)
     } catch { fail("\(error)") }
-    if let a = flags.string("advertise-address"), SocketAddress(host: a, port: 1) == nil { fail("--advertise-address: expected an IP address, got \"\(a)\"") }
+    let advertise = flags.string("advertise-address") ?? "127.0.0.1"
+    if SocketAddress(host: advertise, port: 1) == nil { fail("--advertise-address: expected an IP address, got \"\(advertise)\"") }
     o.appProtocol = flags.string("app-protocol") ?? "http"
     o.trustDomain = flags.string("trust-domain") ?? "cluster.local"
     o.concurrency = concurrency
@@ -74,6 +75,20 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         }
     } catch { fail("\(error)", code: 1) }
     let waitingThread = Threads.spawn(name: "admin-wait") { waiting.run() }
+    /// What the config in force is made of: the credentials and the routing config meshd pushed.
+    let inputs = Mutex<(creds: WorkloadIdentity.Credentials?, pushed: String?, version: Int)>((nil, nil, 1))
+    /// Builds and applies a snapshot from the current inputs; the error (a refused push) leaves
+    /// the config in force.
+    @Sendable func rebuild(_ server: ProxyServer) throws -> String {
+        let (creds, pushed, v) = inputs.withLock { i -> (WorkloadIdentity.Credentials?, String?, Int) in
+            i.version += 1
+            return (i.creds, i.pushed, i.version)
+        }
+        var b = try bootstrap(creds)
+        if let p = pushed { b = try b.withPushedConfig(p, source: "meshd") }
+        server.replace(try ProxySnapshot(bootstrap: b, version: "mesh-\(v)"))
+        return "mesh-\(v)"
+    }
     Threads.spawnDetached {
         let creds: WorkloadIdentity.Credentials
         switch wi.obtain() {
@@ -81,6 +96,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         case .failure(let e)?: fail("\(e)", code: 1)
         case .success(let c)?: creds = c
         }
+        inputs.withLock { $0.creds = creds }
         waiting.stop()
         Threads.join(waitingThread)
         let server: ProxyServer
@@ -94,13 +110,59 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         running.withLock { $0 = server }
         Log.info("sidecar", "\(identity) ready (mesh mode) with \(workers) worker(s): outbound :\(server.outboundPort)"
                  + (server.inboundPort > 0 ? ", inbound :\(server.inboundPort) (mTLS)" : "") + ", admin :\(server.adminPort)")
-        let version = Atomic<Int>(1)
         wi.startRenewal { c in
-            do {
-                let v = version.add(1, ordering: .relaxed).newValue
-                server.replace(try ProxySnapshot(bootstrap: try bootstrap(c), version: "mesh-\(v)"))
-            } catch {
+            inputs.withLock { $0.creds = c }
+            do { _ = try rebuild(server) } catch {
                 Log.error("sidecar", "new certificate not applied (the previous one stays): \(error)")
+            }
+        }
+        // The config stream: register this workload, then take each config meshd pushes,
+        // answering ACK or NACK; while meshd is away the last good config stays.
+        Threads.spawnDetached {
+            var have = 0
+            var registered = false
+            var delay: UInt64 = 500_000
+            var rng = FastRandom()
+            // Tells this sidecar apart from others with the same identity: its registered
+            // address, or its admin address for a caller-only workload.
+            let node = ControlClient.percentEncode(opts.appPort != nil ? "\(advertise):\(server.inboundPort)" : "\(advertise):\(server.adminPort)")
+            while !wi.isStopping {
+                do {
+                    if !registered, let port = opts.appPort.map({ _ in server.inboundPort }) {
+                        let labels = (opts.labels.contains { $0.0 == "app" } ? opts.labels : [("app", opts.service)] + opts.labels)
+                            .map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+                        let q = "service=\(ControlClient.percentEncode(opts.service))&namespace=\(ControlClient.percentEncode(opts.namespace))"
+                            + "&address=\(ControlClient.percentEncode("\(advertise):\(port)"))&labels=\(ControlClient.percentEncode(labels))"
+                        let r = try wi.call("POST", "/v1/register?\(q)")
+                        guard r.status == 200 else { throw CAError("registration refused (\(r.status)): \(r.body)") }
+                    }
+                    registered = true
+                    let r = try wi.call("GET", "/v1/config?version=\(have)&node=\(node)", timeoutSeconds: 40)
+                    delay = 500_000
+                    if r.status == 304 { continue }
+                    guard r.status == 200, r.body.hasPrefix("version: "), let nl = r.body.firstIndex(of: "\n"),
+                          let v = Int(r.body[r.body.index(r.body.startIndex, offsetBy: 9)..<nl]) else {
+                        if r.status == 404 { usleep(5_000_000); continue }   // a meshd without a config store
+                        throw CAError("unexpected config answer (\(r.status)): \(r.body.prefix(200))")
+                    }
+                    let text = String(r.body[r.body.index(after: nl)...])
+                    let previous = inputs.withLock { i -> String? in let p = i.pushed; i.pushed = text; return p }
+                    do {
+                        let applied = try rebuild(server)
+                        Log.info("sidecar", "config version \(v) from meshd applied (\(applied))")
+                        _ = try? wi.call("POST", "/v1/ack?version=\(v)&node=\(node)")
+                    } catch {
+                        inputs.withLock { $0.pushed = previous }
+                        Log.error("sidecar", "config version \(v) from meshd refused, the config in force stays: \(error)")
+                        _ = try? wi.call("POST", "/v1/nack?version=\(v)&node=\(node)", body: "\(error)")
+                    }
+                    have = v
+                } catch {
+                    registered = false
+                    Log.warn("sidecar", "config stream: \(error); retrying in \(delay / 1000) ms")
+                    usleep(UInt32(delay / 2 + rng.next() % (delay / 2 + 1)))
+                    delay = min(delay * 2, 10_000_000)
+                }
             }
         }
     }

@@ -1,0 +1,367 @@
+import MeshConfig
+import MeshCore
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// meshd's config store (DESIGN §3, §5): the Istio documents in force, keyed by kind, namespace
+/// and name (apply upserts, delete removes, like kubectl), the workloads registered by sidecars,
+/// and a version that moves on every change. A change is validated as a whole before it is
+/// committed; refused input leaves the config in force untouched. What was applied and the
+/// registry are kept in the state directory (written atomically) and survive a restart.
+/// Waiting config streams are woken on every change. Thread-safe.
+public final class ConfigStore: @unchecked Sendable {
+    /// One stored document: its identity and its text (re-parsed when the set is validated).
+    struct Document: Sendable {
+        var kind: String
+        var namespace: String
+        var name: String
+        var text: String
+        var key: String { "\(kind)/\(namespace)/\(name)" }
+    }
+
+    /// A workload registered by its sidecar.
+    public struct Workload: Sendable {
+        public var identity: String
+        public var service: String
+        public var namespace: String
+        public var labels: [(String, String)]
+        /// Where other sidecars reach its inbound listener.
+        public var address: String
+        /// Last time its sidecar was seen (config stream), Unix seconds.
+        public var lastSeen: Int64
+        public var connected: Bool
+    }
+
+    /// A sidecar's config stream as `meshctl status` shows it.
+    public struct ProxyStatus: Sendable {
+        public var identity: String
+        public var connected: Bool
+        public var sentVersion = 0
+        public var ackedVersion = 0
+        public var nack: String?
+        public var lastSeen: Int64 = 0
+        public var node = ""
+    }
+
+    private struct State {
+        var documents: [String: Document] = [:]
+        var order: [String] = []
+        var workloads: [String: Workload] = [:]   // by identity + address
+        var proxies: [String: ProxyStatus] = [:]  // by identity
+        var version = 1
+        /// When meshd started: registered workloads it knew are kept at least this long.
+        var startedAt: Int64 = 0
+    }
+
+    private let state = Mutex(State())
+    private let changed = Condition()
+    let stateDir: String
+    public let defaultNamespace = "default"
+    /// How long a workload whose sidecar went away stays registered (and, after a meshd restart,
+    /// how long every known workload stays until its sidecar reconnects).
+    public let grace: Int64
+
+    public init(stateDir: String, grace: Int64 = 30) throws(CAError) {
+        self.stateDir = stateDir
+        self.grace = grace
+        var st = State()
+        st.startedAt = CertificateAuthority.now()
+        if let text = try? FileStore.read("\(stateDir)/applied.yaml") {
+            do {
+                let docs = try ConfigStore.split(text, file: "\(stateDir)/applied.yaml")
+                for d in docs { st.documents[d.key] = d; st.order.append(d.key) }
+            } catch { throw CAError("\(stateDir)/applied.yaml: \(error)") }
+        }
+        if let text = try? FileStore.read("\(stateDir)/registry.txt") {
+            for line in text.split(separator: "\n") {
+                let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+                guard f.count == 5 else { continue }
+                let labels = f[3].split(separator: ",").compactMap { kv -> (String, String)? in
+                    let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
+                    return p.count == 2 ? (p[0], p[1]) : nil
+                }
+                // Known before the restart: kept through the grace period even if it never returns.
+                st.workloads["\(f[0])|\(f[4])"] = Workload(identity: f[0], service: f[1], namespace: f[2], labels: labels,
+                                                          address: f[4], lastSeen: st.startedAt, connected: false)
+            }
+        }
+        state.withLock { $0 = st }
+    }
+
+    public var version: Int { state.withLock { $0.version } }
+
+    // MARK: documents
+
+    static let storedKinds: Set<String> = ["VirtualService", "DestinationRule"]
+
+    /// Splits YAML text into documents with their identities (kind, namespace, name).
+    static func split(_ text: String, file: String) throws(ConfigError) -> [Document] {
+        let docs: [(node: YAMLNode, line: Int)]
+        do { docs = try YAML.parseDocuments(text) } catch { throw ConfigError(file: file, line: error.line, message: "YAML: \(error.message)") }
+        // Validate this input on its own first (field names, values), with its own line numbers.
+        _ = try IstioTraffic.parse(documents: docs, file: file, defaultNamespace: "default", skipKinds: [], checkSubsets: false)
+        var out: [Document] = []
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let starts = docs.map(\.line)
+        for (i, d) in docs.enumerated() {
+            guard let m = d.node.asMapping, case .scalar(let kind)? = m["kind"], let meta = m["metadata"]?.asMapping,
+                  case .scalar(let name)? = meta["name"] else { continue }
+            var ns = "default"
+            if case .scalar(let n)? = meta["namespace"] { ns = n.value }
+            // The document's own lines (from its first line to the next document's).
+            let from = max(0, lineIndex(starts[i], lines))
+            let to = i + 1 < starts.count ? max(from, lineIndex(starts[i + 1], lines) - 1) : lines.count
+            var body = lines[from..<min(to, lines.count)].joined(separator: "\n")
+            while body.hasSuffix("---") || body.hasSuffix("\n") { body = String(body.dropLast(body.hasSuffix("---") ? 3 : 1)) }
+            out.append(Document(kind: kind.value, namespace: ns, name: name.value, text: body))
+        }
+        return out
+    }
+
+    private static func lineIndex(_ line: Int, _ lines: [Substring]) -> Int { max(0, line - 1) }
+
+    /// The whole stored set as one YAML text.
+    private func render(_ s: State) -> String {
+        s.order.compactMap { s.documents[$0]?.text }.joined(separator: "\n---\n") + "\n"
+    }
+
+    /// Validates `text` merged into the documents in force (upsert by kind/namespace/name, or
+    /// removal with `delete`) and commits it when the whole set is valid. Returns the new version.
+    public func apply(_ text: String, file: String, delete: Bool = false) throws(ConfigError) -> Int {
+        let incoming = try ConfigStore.split(text, file: file)
+        for d in incoming where !ConfigStore.storedKinds.contains(d.kind) {
+            throw ConfigError(file: file, message: "kind \(d.kind) is not stored by meshd yet (supported: VirtualService, DestinationRule)")
+        }
+        var next = state.withLock { $0 }
+        for d in incoming {
+            if delete {
+                next.documents.removeValue(forKey: d.key)
+                next.order.removeAll { $0 == d.key }
+            } else {
+                if next.documents[d.key] == nil { next.order.append(d.key) }
+                next.documents[d.key] = d
+            }
+        }
+        // The resulting set must hold together (subsets defined, hosts routed once, ...).
+        let whole = render(next)
+        do { _ = try IstioTraffic.parse(whole, file: "(the config that would result)") } catch {
+            throw ConfigError(file: file, message: "the resulting config is refused: \(error.description)")
+        }
+        do { try FileStore.writeAtomically("\(stateDir)/applied.yaml", whole, mode: 0o600) } catch {
+            throw ConfigError(file: file, message: "cannot persist: \(error)")
+        }
+        let v = state.withLock { s -> Int in
+            s.documents = next.documents
+            s.order = next.order
+            s.version += 1
+            return s.version
+        }
+        changed.broadcast()
+        Log.info("config", "\(delete ? "deleted" : "applied") \(incoming.map(\.key).joined(separator: ", ")) from \(file): version \(v)")
+        return v
+    }
+
+    /// The documents in force (for `meshctl get routes`).
+    public func documents() -> [(kind: String, namespace: String, name: String)] {
+        state.withLock { s in s.order.compactMap { s.documents[$0] }.map { ($0.kind, $0.namespace, $0.name) } }
+    }
+
+    // MARK: registry
+
+    /// A sidecar (identity from its certificate) registers its workload; a new or changed
+    /// registration moves the version.
+    public func register(identity: String, service: String, namespace: String, labels: [(String, String)], address: String) {
+        let now = CertificateAuthority.now()
+        let changedNow = state.withLock { s -> Bool in
+            let key = "\(identity)|\(address)"
+            let w = Workload(identity: identity, service: service, namespace: namespace, labels: labels, address: address, lastSeen: now, connected: true)
+            let old = s.workloads[key]
+            s.workloads[key] = w
+            let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" } } ?? false
+            if !same { s.version += 1 }
+            return !same
+        }
+        if changedNow {
+            persistRegistry()
+            changed.broadcast()
+            Log.info("registry", "registered \(service).\(namespace) at \(address) (\(identity))")
+        }
+    }
+
+    /// Marks a sidecar's stream alive (called while it waits for config). `node` tells apart
+    /// sidecars sharing an identity (its registered address, or its own id for a caller-only one).
+    public func seen(identity: String, node: String) {
+        let now = CertificateAuthority.now()
+        state.withLock { s in
+            let k = "\(identity)|\(node)"
+            if s.workloads[k] != nil { s.workloads[k]!.lastSeen = now; s.workloads[k]!.connected = true }
+            if s.proxies[k] == nil { s.proxies[k] = ProxyStatus(identity: identity, connected: true, node: node) }
+            s.proxies[k]!.connected = true
+            s.proxies[k]!.lastSeen = now
+        }
+    }
+
+    /// Drops workloads not seen for the grace period (and never before meshd's own grace after a
+    /// restart); marks quiet proxies disconnected.
+    public func expire() {
+        let now = CertificateAuthority.now()
+        let removed = state.withLock { s -> [String] in
+            var gone: [String] = []
+            for (k, w) in s.workloads where now - w.lastSeen > grace && now - s.startedAt > grace {
+                s.workloads.removeValue(forKey: k)
+                gone.append("\(w.service).\(w.namespace) at \(w.address)")
+            }
+            for (k, p) in s.proxies where now - p.lastSeen > 40 { s.proxies[k]!.connected = false }
+            if !gone.isEmpty { s.version += 1 }
+            return gone
+        }
+        if !removed.isEmpty {
+            persistRegistry()
+            changed.broadcast()
+            for r in removed { Log.info("registry", "removed \(r): its sidecar is gone") }
+        }
+    }
+
+    private func persistRegistry() {
+        let text = state.withLock { s in
+            s.workloads.values.sorted { $0.address < $1.address }.map {
+                "\($0.identity)\t\($0.service)\t\($0.namespace)\t\($0.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\($0.address)"
+            }.joined(separator: "\n") + "\n"
+        }
+        do { try FileStore.writeAtomically("\(stateDir)/registry.txt", text, mode: 0o600) } catch {
+            Log.error("registry", "cannot persist the registry: \(error)")
+        }
+    }
+
+    public func workloads() -> [Workload] { state.withLock { Array($0.workloads.values) }.sorted { $0.address < $1.address } }
+
+    // MARK: per-proxy config and the stream
+
+    /// The config for one sidecar: every registered service as a cluster (mTLS, HTTP/2; endpoints
+    /// labelled by workload), a default route for services without a VirtualService, and the
+    /// documents in force.
+    public func proxyConfig() -> (version: Int, text: String) {
+        state.withLock { s in
+            var services: [String: [Workload]] = [:]
+            for w in s.workloads.values { services["\(w.service).\(w.namespace)", default: []].append(w) }
+            // Hosts a VirtualService routes or a DestinationRule names need a cluster even before
+            // any endpoint registers (requests get 503 UH, not a refused config).
+            var names = Set(services.keys)
+            var routed = Set<String>()
+            for d in s.documents.values {
+                guard let m = try? YAML.parseDocuments(d.text).first?.node.asMapping, let spec = m["spec"]?.asMapping else { continue }
+                var hosts: [String] = []
+                if case .sequence(let h)? = spec["hosts"] { hosts += h.items.compactMap { $0.asScalar?.value } }
+                if case .scalar(let h)? = spec["host"] { hosts.append(h.value) }
+                for h in hosts {
+                    let parts = h.split(separator: ".")
+                    let key = parts.count >= 2 ? "\(parts[0]).\(parts[1])" : "\(h).\(d.namespace)"
+                    names.insert(key)
+                    if d.kind == "VirtualService" { routed.insert(key) }
+                }
+                if case .sequence(let http)? = spec["http"] {
+                    for r in http.items {
+                        guard case .sequence(let dests)? = r.asMapping?["route"] else { continue }
+                        for dst in dests.items {
+                            guard case .scalar(let h)? = dst.asMapping?["destination"]?.asMapping?["host"] else { continue }
+                            let parts = h.value.split(separator: ".")
+                            names.insert(parts.count >= 2 ? "\(parts[0]).\(parts[1])" : "\(h.value).\(d.namespace)")
+                        }
+                    }
+                }
+            }
+            var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
+            let sorted = names.sorted()
+            for key in sorted {
+                // Clusters are named by service; the same service name in two namespaces is
+                // named name.namespace for the second.
+                let svc = String(key.split(separator: ".")[0])
+                out += "  - name: \(svc)\n    tls: ISTIO_MUTUAL\n    endpoints:\n"
+                let eps = (services[key] ?? []).sorted { $0.address < $1.address }
+                if eps.isEmpty { out += "      []\n" }
+                for w in eps {
+                    let labels = w.labels.map { "\($0.0): \"\($0.1)\"" }.joined(separator: ", ")
+                    out += "      - {address: \(w.address), labels: {\(labels)}}\n"
+                }
+            }
+            out += "  routes:\n"
+            var any = false
+            for key in sorted where !routed.contains(key) {
+                let svc = String(key.split(separator: ".")[0])
+                out += "  - name: \(svc)\n    hosts: [\(svc)]\n    cluster: \(svc)\n"
+                any = true
+            }
+            if !any { out = String(out.dropLast("  routes:\n".count)) + "  routes: []\n" }
+            let docs = render(s)
+            if !s.order.isEmpty { out += "---\n" + docs }
+            return (s.version, out)
+        }
+    }
+
+    /// Waits until the version differs from `version` or `timeout` seconds pass.
+    public func waitForChange(from version: Int, timeout: Int) -> Int {
+        let deadline = Clock.monotonicNanos() + UInt64(timeout) * 1_000_000_000
+        while true {
+            let v = self.version
+            if v != version { return v }
+            let now = Clock.monotonicNanos()
+            if now >= deadline { return v }
+            changed.wait(nanos: min(deadline - now, 1_000_000_000))
+        }
+    }
+
+    /// Records what a sidecar was sent and its answer.
+    public func sent(identity: String, node: String, version: Int) {
+        state.withLock { s in
+            let k = "\(identity)|\(node)"
+            if s.proxies[k] == nil { s.proxies[k] = ProxyStatus(identity: identity, connected: true, node: node) }
+            s.proxies[k]!.sentVersion = version
+        }
+    }
+
+    public func answered(identity: String, node: String, version: Int, error: String?) {
+        state.withLock { s in
+            let k = "\(identity)|\(node)"
+            if s.proxies[k] == nil { s.proxies[k] = ProxyStatus(identity: identity, connected: true, node: node) }
+            if let e = error { s.proxies[k]!.nack = "version \(version): \(e)" } else {
+                s.proxies[k]!.ackedVersion = max(s.proxies[k]!.ackedVersion, version)
+                s.proxies[k]!.nack = nil
+            }
+        }
+        if let e = error { Log.warn("config", "\(identity) NACKed version \(version): \(e)") }
+    }
+
+    public func proxies() -> [ProxyStatus] { state.withLock { Array($0.proxies.values) }.sorted { ($0.identity, $0.node) < ($1.identity, $1.node) } }
+}
+
+/// A condition variable for waiting config streams.
+final class Condition: @unchecked Sendable {
+    private var m = pthread_mutex_t()
+    private var c = pthread_cond_t()
+    private var generation = 0
+    init() { pthread_mutex_init(&m, nil); pthread_cond_init(&c, nil) }
+    deinit { pthread_cond_destroy(&c); pthread_mutex_destroy(&m) }
+
+    func broadcast() {
+        pthread_mutex_lock(&m)
+        generation += 1
+        pthread_cond_broadcast(&c)
+        pthread_mutex_unlock(&m)
+    }
+
+    func wait(nanos: UInt64) {
+        pthread_mutex_lock(&m)
+        let g = generation
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let total = UInt64(ts.tv_nsec) + nanos
+        ts.tv_sec += Int(total / 1_000_000_000)
+        ts.tv_nsec = Int(total % 1_000_000_000)
+        while generation == g {
+            if pthread_cond_timedwait(&c, &m, &ts) != 0 { break }
+        }
+        pthread_mutex_unlock(&m)
+    }
+}

@@ -1,0 +1,182 @@
+"""meshd's config store and push, with real processes: three sidecars in mesh mode (two
+versions of reviews and a caller), `meshctl apply` moving a canary split under continuous
+traffic, a NACKed config, meshd restarted under traffic, refused input, and --config-dir."""
+
+import json
+import threading
+import time
+
+from conftest import Meshd, curl, free_port, http_get, wait_until
+
+SPLIT = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: canary
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: W1
+    - destination: {host: reviews, subset: v2}
+      weight: W2
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+
+
+def mesh(procs, **kw):
+    m = Meshd(procs, **kw)
+    v1, v2 = procs.app("v1"), procs.app("v2")
+    m.sidecar("reviews-v1", "reviews", app_port=v1, extra=["--label", "version=v1"])
+    m.sidecar("reviews-v2", "reviews", app_port=v2, extra=["--label", "version=v2"])
+    _, cadmin, _, outbound = m.sidecar("productpage", "productpage")
+    wait_until(lambda: m.ctl("get", "services").stdout.count("reviews.default") == 2, what="both versions registered")
+    wait_until(lambda: curl("-s", "-H", "Host: reviews", f"http://127.0.0.1:{outbound}/").stdout.startswith(b"hello"), what="routing pushed")
+    return m, outbound, cadmin
+
+
+class Traffic:
+    """Requests on fresh connections, back to back, recording (time, answer)."""
+
+    def __init__(self, outbound):
+        self.outbound, self.log, self.failures = outbound, [], []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run)
+        self.t.start()
+
+    def run(self):
+        import urllib.request
+        while not self.stop.is_set():
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{self.outbound}/", headers={"Host": "reviews"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    self.log.append((time.monotonic(), r.read().decode().strip().split()[-1]))
+            except Exception as e:  # noqa: BLE001
+                self.failures.append((time.monotonic(), repr(e)))
+            time.sleep(0.005)
+
+    def between(self, a, b):
+        return [v for t, v in self.log if a <= t < b]
+
+    def close(self):
+        self.stop.set()
+        self.t.join()
+
+
+def apply(m, tmp, w1, w2, wait=False):
+    f = tmp / f"split-{w1}-{w2}.yaml"
+    f.write_text(SPLIT.replace("W1", str(w1)).replace("W2", str(w2)))
+    t = time.monotonic()
+    r = m.ctl("apply", "-f", f, *(["--wait"] if wait else []))
+    return t, r
+
+
+def test_split_follows_each_apply_within_a_second(procs, tmp_path):
+    m, outbound, _ = mesh(procs)
+    traffic = Traffic(outbound)
+    try:
+        marks = []
+        for w1, w2 in [(100, 0), (90, 10), (0, 100)]:
+            t, r = apply(m, tmp_path, w1, w2)
+            assert r.stdout.startswith("applied: version"), r.stdout
+            marks.append((t, w1))
+            time.sleep(4)
+        end = time.monotonic()
+    finally:
+        traffic.close()
+    assert traffic.failures == [], traffic.failures[:5]
+    for i, (t, w1) in enumerate(marks):
+        until = marks[i + 1][0] if i + 1 < len(marks) else end
+        seen = traffic.between(t + 1.0, until)
+        assert len(seen) > 100, (w1, len(seen))
+        share = 100.0 * seen.count("v1") / len(seen)
+        if w1 in (0, 100):
+            assert share == w1, (w1, share)
+        else:
+            assert abs(share - w1) <= 6, (w1, share)
+    # meshd's view: every sidecar ACKed the last version.
+    status = m.ctl("status").stdout
+    version = status.splitlines()[0].split()[-1]
+    assert status.count("\tACK") == 3 and f"acked {version}" in status, status
+
+
+def test_nack_keeps_the_config_in_force(procs, tmp_path):
+    m, outbound, _ = mesh(procs)
+    apply(m, tmp_path, 0, 100, wait=True)
+    # A second VirtualService for the same host: meshd stores it, the sidecars cannot apply it.
+    other = tmp_path / "other.yaml"
+    other.write_text("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-too}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+""")
+    r = m.ctl("apply", "-f", other, "--wait", check=False)
+    assert r.returncode != 0 and "refused" in r.stderr
+    wait_until(lambda: "NACK" in m.ctl("status").stdout, what="NACK reported")
+    status = m.ctl("status").stdout
+    assert "already routed by VirtualService default/reviews" in status, status
+    for _ in range(20):
+        assert curl("-s", "-H", "Host: reviews", f"http://127.0.0.1:{outbound}/").stdout == b"hello from v2\n"
+    # Removing it: ACK again.
+    m.ctl("delete", "-f", other, "--wait")
+    assert "NACK" not in m.ctl("status").stdout
+
+
+def test_meshd_restart_under_traffic(procs, tmp_path):
+    m, outbound, _ = mesh(procs)
+    apply(m, tmp_path, 100, 0, wait=True)
+    traffic = Traffic(outbound)
+    try:
+        time.sleep(1)
+        m.proc.kill()
+        m.proc.wait()
+        time.sleep(3)
+        m.start()
+        wait_until(lambda: m.ctl("status").stdout.count("\tconnected\t") == 3, timeout=30, what="proxies reconnected")
+        assert m.ctl("get", "services").stdout.count("reviews.default") == 2
+        t, r = apply(m, tmp_path, 0, 100, wait=True)
+        time.sleep(1.5)
+        seen = traffic.between(t + 1.0, time.monotonic())
+    finally:
+        traffic.close()
+    assert traffic.failures == [], traffic.failures[:5]
+    assert seen and set(seen) == {"v2"}, seen[:10]
+    # What was applied survives the restart.
+    assert "VirtualService\tdefault/reviews" in m.ctl("get", "routes").stdout
+
+
+def test_refused_input_names_file_document_and_field(procs, tmp_path):
+    m = Meshd(procs)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPLIT.replace("W1", "90").replace("W2", "20"))
+    r = m.ctl("apply", "-f", bad, check=False)
+    assert r.returncode != 0
+    assert "bad.yaml" in r.stderr and "document 1" in r.stderr and "weights must sum to 100" in r.stderr
+    bad.write_text(SPLIT.replace("W1", "100").replace("W2", "0").replace("subsets:", "subsetz:"))
+    r = m.ctl("apply", "-f", bad, check=False)
+    assert r.returncode != 0 and "subsetz" in r.stderr and "unknown field" in r.stderr
+    assert m.ctl("get", "routes").stdout.strip() == ""
+
+
+def test_config_dir_is_applied_and_watched(procs, tmp_path):
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    (cfg / "reviews.yaml").write_text(SPLIT.replace("W1", "100").replace("W2", "0"))
+    m = Meshd(procs, extra=["--config-dir", str(cfg)])
+    wait_until(lambda: "VirtualService\tdefault/reviews" in m.ctl("get", "routes").stdout, what="config dir applied")
+    (cfg / "reviews.yaml").write_text(SPLIT.replace("W1", "100").replace("W2", "0").replace("name: reviews}", "name: reviews-b}", 1))
+    wait_until(lambda: "VirtualService\tdefault/reviews-b" in m.ctl("get", "routes").stdout, timeout=10, what="change picked up")
