@@ -106,6 +106,7 @@ public enum IstioTraffic {
     public struct Config: Sendable {
         public var virtualServices: [VirtualService] = []
         public var destinationRules: [DestinationRule] = []
+        public var authorizationPolicies: [AuthorizationPolicy] = []
     }
 
     /// Parses every document of `text` (VirtualService or DestinationRule), then validates the set.
@@ -116,7 +117,7 @@ public enum IstioTraffic {
     }
 
     /// The kinds this model reads.
-    public static let kinds: Set<String> = ["VirtualService", "DestinationRule"]
+    public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy"]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -134,8 +135,9 @@ public enum IstioTraffic {
                 let known = (kinds.union(skipKinds)).sorted().joined(separator: ", ")
                 throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: \(known))")
             }
-            guard apiVersions.contains(api) else {
-                throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected networking.istio.io/v1 for \(kind), got \"\(api)\"")
+            let expected = kind == "AuthorizationPolicy" ? AuthorizationPolicy.apiVersions : apiVersions
+            guard expected.contains(api) else {
+                throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(expected[0]) for \(kind), got \"\(api)\"")
             }
             guard var meta = try top.object("metadata") else { throw ConfigReader.error(ctx, "metadata", doc.line, "required field is missing") }
             let name = try meta.string("name", required: true)!
@@ -145,7 +147,12 @@ public enum IstioTraffic {
             try meta.finish()
             guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
             try top.finish()
-            if kind == "VirtualService" {
+            if kind == "AuthorizationPolicy" {
+                if cfg.authorizationPolicies.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second AuthorizationPolicy \(ns)/\(name)")
+                }
+                cfg.authorizationPolicies.append(try AuthorizationPolicy.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == "VirtualService" {
                 if cfg.virtualServices.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second VirtualService \(ns)/\(name)")
                 }

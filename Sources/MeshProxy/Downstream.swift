@@ -448,6 +448,12 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         if inbound {
             cluster = snapshot.inboundCluster
             routeTimeout = 0
+            if let az = snapshot.authz, !authorized(az) {
+                stats.inc(.authzDenied)
+                consumeHead()
+                localReply(403, "RBAC: access denied", close: !reqBody.isDone, flag: .none)
+                return
+            }
         } else {
             var hp: UnsafePointer<UInt8>
             var hn: Int
@@ -514,6 +520,17 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         if faultAbortStatus > 0 { faultAbort(); return }
         state = .connecting
         acquireUpstream(fresh: false)
+    }
+
+    /// The inbound request against the workload's AuthorizationPolicies.
+    private func authorized(_ az: AuthzTable) -> Bool {
+        let b = input.base
+        let peer = (security as? TLSSession)?.peerIdentityBytes ?? []
+        return peer.withUnsafeBufferPointer { pp in
+            az.allows(principal: pp.baseAddress ?? UnsafePointer(b), pp.count,
+                      method: UnsafePointer(b + head.methodStart), head.methodEnd - head.methodStart,
+                      path: UnsafePointer(b + head.targetStart), head.targetEnd - head.targetStart)
+        }
     }
 
     /// Fault injection's abort: the configured status, flagged FI.

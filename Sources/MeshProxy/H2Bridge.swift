@@ -216,6 +216,22 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         if inbound {
             cluster = snap.inboundCluster
             route = MetricKey.inboundRoute
+            if let az = snap.authz {
+                let peer = (handler.conn.security as? TLSSession)?.peerIdentityBytes ?? []
+                let view = H2RequestView(block: request)
+                let ok = peer.withUnsafeBufferPointer { pp in
+                    view.withMethod { mp, mn in
+                        view.withPath { p, n in
+                            az.allows(principal: pp.baseAddress ?? mp, pp.count, method: mp, mn, path: p, n)
+                        }
+                    }
+                }
+                if !ok {
+                    worker.stats.inc(.authzDenied)
+                    localReply(403, "RBAC: access denied", flag: .none)
+                    return
+                }
+            }
         } else {
             let v = authority.withUnsafeBufferPointer { b -> Int in
                 guard let p = b.baseAddress else { return -1 }

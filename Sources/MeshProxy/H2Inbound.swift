@@ -320,6 +320,19 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
             localReply(400, "malformed HTTP/2 request", flag: .downstreamProtocolError)
             return
         }
+        if let az = worker.routing.snapshot.authz {
+            let peer = (handler.conn.security as? TLSSession)?.peerIdentityBytes ?? []
+            let b = UnsafePointer(pseudo.base)
+            let ok = peer.withUnsafeBufferPointer { pp in
+                az.allows(principal: pp.baseAddress ?? b, pp.count, method: b + method.lowerBound, method.count,
+                          path: b + path.lowerBound, path.count)
+            }
+            if !ok {
+                worker.stats.inc(.authzDenied)
+                localReply(403, "RBAC: access denied", flag: .none)
+                return
+            }
+        }
         buildHead()
         connect()
     }

@@ -143,6 +143,8 @@ struct MetricsExporter {
         p.family("mesh_faults_injected_total", type: "counter", help: "Requests delayed or aborted by fault injection.")
         p.sample("mesh_faults_injected_total", [("type", "abort")], total(.faultAborts))
         p.sample("mesh_faults_injected_total", [("type", "delay")], total(.faultDelays))
+        p.family("mesh_authz_denied_total", type: "counter", help: "Inbound requests denied by an AuthorizationPolicy (403).")
+        p.sample("mesh_authz_denied_total", [], total(.authzDenied))
         p.family("mesh_mirror_requests_total", type: "counter", help: "Requests copied to a mirror, and those not copied (body not buffered).")
         p.sample("mesh_mirror_requests_total", [("result", "sent")], total(.mirrorRequests))
         p.sample("mesh_mirror_requests_total", [("result", "skipped")], total(.mirrorSkipped))

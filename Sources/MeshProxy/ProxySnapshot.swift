@@ -92,6 +92,8 @@ public final class ProxySnapshot: Sendable {
     let vhosts: [VirtualHost]
     /// Every route's match entries, flattened per virtual host (what the request path walks).
     let matcher: MatchTable
+    /// AuthorizationPolicies selecting this workload (inbound), nil when none does.
+    let authz: AuthzTable?
     public let hosts: HostTable
     public let outbound: ListenerSettings?
     public let inbound: ListenerSettings?
@@ -124,6 +126,7 @@ public final class ProxySnapshot: Sendable {
         self.targets = compiled.targets
         self.vhosts = compiled.vhosts
         self.matcher = MatchTable(vhosts: compiled.vhosts, routes: compiled.routes)
+        self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
         self.hosts = HostTable(compiled.hostEntries)
         let clusters = compiled.clusters
         self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout) }

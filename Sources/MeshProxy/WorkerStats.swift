@@ -11,7 +11,7 @@ public final class WorkerStats: @unchecked Sendable {
         case requestTimeouts, headerTimeouts, upgrades
         case http2DownstreamConnections, http2UpstreamConnections, http2RapidResetClosures
         case retriesStatus, retriesReset, retriesTimeout, retryOverflow, outlierEjections, faultAborts, faultDelays
-        case mirrorRequests, mirrorSkipped
+        case mirrorRequests, mirrorSkipped, authzDenied
 
         public var name: String {
             switch self {
@@ -53,6 +53,7 @@ public final class WorkerStats: @unchecked Sendable {
             case .faultDelays: return "fault_delays"
             case .mirrorRequests: return "mirror_requests"
             case .mirrorSkipped: return "mirror_skipped"
+            case .authzDenied: return "authz_denied"
             }
         }
     }

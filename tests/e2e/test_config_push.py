@@ -2,7 +2,6 @@
 versions of reviews and a caller), `meshctl apply` moving a canary split under continuous
 traffic, a NACKed config, meshd restarted under traffic, refused input, and --config-dir."""
 
-import json
 import threading
 import time
 
@@ -180,3 +179,54 @@ def test_config_dir_is_applied_and_watched(procs, tmp_path):
     wait_until(lambda: "VirtualService\tdefault/reviews" in m.ctl("get", "routes").stdout, what="config dir applied")
     (cfg / "reviews.yaml").write_text(SPLIT.replace("W1", "100").replace("W2", "0").replace("name: reviews}", "name: reviews-b}", 1))
     wait_until(lambda: "VirtualService\tdefault/reviews-b" in m.ctl("get", "routes").stdout, timeout=10, what="change picked up")
+
+
+POLICIES = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-callers}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/productpage]}}]
+    to: [{operation: {methods: [GET], paths: ["/", "/echo", "/admin*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"]}}]
+"""
+
+
+def test_authorization_policy_pushed_by_meshd(procs, tmp_path):
+    m = Meshd(procs)
+    app = procs.app("reviews")
+    _, radmin, _, _ = m.sidecar("reviews", "reviews", app_port=app)
+    _, _, _, pp = m.sidecar("productpage", "productpage")
+    _, _, _, rt = m.sidecar("ratings", "ratings")
+    for port in (pp, rt):
+        wait_until(lambda port=port: curl("-s", "-H", "Host: reviews", f"http://127.0.0.1:{port}/").stdout == b"hello from reviews\n",
+                   what="routing pushed")
+    f = tmp_path / "authz.yaml"
+    f.write_text(POLICIES)
+    m.ctl("apply", "-f", f, "--wait")
+
+    def code(port, path, method="GET"):
+        return curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "-H", "Host: reviews", f"http://127.0.0.1:{port}{path}").stdout
+
+    assert code(pp, "/") == b"200"
+    assert code(pp, "/echo") == b"200"
+    assert code(pp, "/admin/users") == b"403", "DENY wins over ALLOW"
+    assert code(pp, "/echo", "POST") == b"403", "method not allowed"
+    assert code(rt, "/") == b"403", "identity not allowed"
+    r = curl("-s", "-H", "Host: reviews", f"http://127.0.0.1:{rt}/")
+    assert r.stdout == b"RBAC: access denied\n"
+    _, metrics = http_get(f"http://127.0.0.1:{radmin}/stats/prometheus")
+    assert b"mesh_authz_denied_total 4" in metrics
+    # Removing the policies opens the door again.
+    m.ctl("delete", "-f", f, "--wait")
+    assert code(rt, "/") == b"200"

@@ -1,0 +1,104 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MeshConfig
+import MeshCore
+
+/// The AuthorizationPolicies that select this workload, compiled for the inbound request path
+/// (Istio's semantics): a request is denied when a DENY policy's rule matches it, else allowed
+/// when there is no ALLOW policy or an ALLOW policy's rule matches it. A rule matches when one of
+/// its `from` sources and one of its `to` operations match (an empty list matches anything).
+/// Principals are the caller's SPIFFE ID without `spiffe://`; a plaintext caller has none.
+struct AuthzTable: Sendable {
+    /// exact, `prefix*`, `*suffix`, or `*`.
+    struct Pattern: Sendable {
+        enum Kind: Sendable { case exact, prefix, suffix, any }
+        let kind: Kind
+        let bytes: [UInt8]
+
+        init(_ s: String) {
+            if s == "*" { kind = .any; bytes = [] }
+            else if s.hasSuffix("*") { kind = .prefix; bytes = Array(s.dropLast().utf8) }
+            else if s.hasPrefix("*") { kind = .suffix; bytes = Array(s.dropFirst().utf8) }
+            else { kind = .exact; bytes = Array(s.utf8) }
+        }
+
+        func matches(_ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+            let m = bytes.count
+            switch kind {
+            case .any: return true
+            case .exact: return n == m && (m == 0 || bytes.withUnsafeBufferPointer { memcmp($0.baseAddress!, p, m) == 0 })
+            case .prefix: return n >= m && (m == 0 || bytes.withUnsafeBufferPointer { memcmp($0.baseAddress!, p, m) == 0 })
+            case .suffix: return n >= m && (m == 0 || bytes.withUnsafeBufferPointer { memcmp($0.baseAddress!, p + n - m, m) == 0 })
+            }
+        }
+    }
+
+    struct Source: Sendable {
+        var principals: [Pattern], notPrincipals: [Pattern], namespaces: [Pattern]
+    }
+    struct Operation: Sendable {
+        var paths: [Pattern], notPaths: [Pattern], methods: [Pattern], notMethods: [Pattern]
+    }
+    struct Rule: Sendable {
+        var from: [Source], to: [Operation]
+    }
+
+    private var deny: [[Rule]] = []
+    private var allow: [[Rule]] = []
+
+    /// The policies of `policies` that select this workload; nil when none does (all allowed).
+    init?(_ policies: [AuthorizationPolicy], namespace: String, labels: [(String, String)]) {
+        let mine = policies.filter { $0.selects(namespace: namespace, labels: labels) }
+        if mine.isEmpty { return nil }
+        let p = { (l: [String]) in l.map(Pattern.init) }
+        for pol in mine {
+            let rules = pol.rules.map { r in
+                Rule(from: r.from.map { Source(principals: p($0.principals), notPrincipals: p($0.notPrincipals), namespaces: p($0.namespaces)) },
+                     to: r.to.map { Operation(paths: p($0.paths), notPaths: p($0.notPaths), methods: p($0.methods), notMethods: p($0.notMethods)) })
+            }
+            if pol.action == .deny { deny.append(rules) } else { allow.append(rules) }
+        }
+    }
+
+    /// Whether a request is allowed. `principal` is the caller's SPIFFE ID (with `spiffe://`),
+    /// empty for a plaintext caller; `path` may carry a query (ignored).
+    func allows(principal: UnsafePointer<UInt8>, _ pn: Int, method: UnsafePointer<UInt8>, _ mn: Int,
+                path: UnsafePointer<UInt8>, _ pathLength: Int) -> Bool {
+        var pp = principal, pl = pn
+        let scheme: StaticString = "spiffe://"
+        if pl >= 9 && memcmp(pp, scheme.utf8Start, 9) == 0 { pp += 9; pl -= 9 }
+        var q = 0
+        while q < pathLength && path[q] != 63 { q += 1 }
+        func any(_ ps: [Pattern], _ p: UnsafePointer<UInt8>, _ n: Int) -> Bool { ps.contains { $0.matches(p, n) } }
+        func namespaceOf() -> (UnsafePointer<UInt8>, Int) {
+            // td/ns/NS/sa/SA
+            var i = 0, slashes = 0, start = -1
+            while i < pl {
+                if pp[i] == 47 { slashes += 1; if slashes == 2 { start = i + 1 } else if slashes == 3 { return (pp + start, i - start) } }
+                i += 1
+            }
+            return (pp, 0)
+        }
+        func sourceMatches(_ s: Source) -> Bool {
+            if pl == 0 && (!s.principals.isEmpty || !s.namespaces.isEmpty) { return false }
+            if !s.principals.isEmpty && !any(s.principals, pp, pl) { return false }
+            if !s.notPrincipals.isEmpty && any(s.notPrincipals, pp, pl) { return false }
+            if !s.namespaces.isEmpty { let (np, nn) = namespaceOf(); if !any(s.namespaces, np, nn) { return false } }
+            return true
+        }
+        func opMatches(_ o: Operation) -> Bool {
+            if !o.paths.isEmpty && !any(o.paths, path, q) { return false }
+            if !o.notPaths.isEmpty && any(o.notPaths, path, q) { return false }
+            if !o.methods.isEmpty && !any(o.methods, method, mn) { return false }
+            if !o.notMethods.isEmpty && any(o.notMethods, method, mn) { return false }
+            return true
+        }
+        func ruleMatches(_ r: Rule) -> Bool {
+            (r.from.isEmpty || r.from.contains(where: sourceMatches)) && (r.to.isEmpty || r.to.contains(where: opMatches))
+        }
+        for rules in deny where rules.contains(where: ruleMatches) { return false }
+        if allow.isEmpty { return true }
+        return allow.contains { $0.contains(where: ruleMatches) }
+    }
+}
