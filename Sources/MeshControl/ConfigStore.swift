@@ -53,6 +53,13 @@ public final class ConfigStore: @unchecked Sendable {
         var version = 1
         /// When meshd started: registered workloads it knew are kept at least this long.
         var startedAt: Int64 = 0
+        /// When each recent version came to be (monotonic ns), for push convergence.
+        var versionTimes: [Int: UInt64] = [:]
+        /// Apply-to-ACK times (ms) in Prometheus buckets, and their sum and count.
+        var convergence = [UInt64](repeating: 0, count: ConfigStore.convergenceBuckets.count + 1)
+        var convergenceSum: Double = 0
+        /// The rendered proxy config of the current version (every sidecar gets the same).
+        var rendered: (version: Int, text: String)?
     }
 
     private let state = Mutex(State())
@@ -156,6 +163,8 @@ public final class ConfigStore: @unchecked Sendable {
             s.documents = next.documents
             s.order = next.order
             s.version += 1
+            s.versionTimes[s.version] = Clock.monotonicNanos()
+            if s.versionTimes.count > 64, let oldest = s.versionTimes.keys.min() { s.versionTimes.removeValue(forKey: oldest) }
             return s.version
         }
         changed.broadcast()
@@ -243,6 +252,13 @@ public final class ConfigStore: @unchecked Sendable {
     /// labelled by workload), a default route for services without a VirtualService, and the
     /// documents in force.
     public func proxyConfig() -> (version: Int, text: String) {
+        if let r = state.withLock({ s in s.rendered.flatMap { $0.version == s.version ? $0 : nil } }) { return r }
+        let r = render()
+        state.withLock { s in if s.version == r.version { s.rendered = r } }
+        return r
+    }
+
+    private func render() -> (version: Int, text: String) {
         state.withLock { s in
             var services: [String: [Workload]] = [:]
             for w in s.workloads.values { services["\(w.service).\(w.namespace)", default: []].append(w) }
@@ -326,11 +342,36 @@ public final class ConfigStore: @unchecked Sendable {
             let k = "\(identity)|\(node)"
             if s.proxies[k] == nil { s.proxies[k] = ProxyStatus(identity: identity, connected: true, node: node) }
             if let e = error { s.proxies[k]!.nack = "version \(version): \(e)" } else {
+                if version > s.proxies[k]!.ackedVersion, let t0 = s.versionTimes[version] {
+                    // Convergence: from the apply that made this version to this proxy's ACK.
+                    let ms = Double(Clock.monotonicNanos() - t0) / 1e6
+                    let i = ConfigStore.convergenceBuckets.firstIndex { ms <= $0 } ?? ConfigStore.convergenceBuckets.count
+                    s.convergence[i] += 1
+                    s.convergenceSum += ms
+                }
                 s.proxies[k]!.ackedVersion = max(s.proxies[k]!.ackedVersion, version)
                 s.proxies[k]!.nack = nil
             }
         }
         if let e = error { Log.warn("config", "\(identity) NACKed version \(version): \(e)") }
+    }
+
+    static let convergenceBuckets: [Double] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+
+    /// The push convergence histogram as Prometheus text.
+    public func convergenceMetrics() -> String {
+        let (counts, sum) = state.withLock { ($0.convergence, $0.convergenceSum) }
+        var out = "# HELP meshd_config_push_convergence_milliseconds From an apply to each proxy's ACK of it.\n"
+        out += "# TYPE meshd_config_push_convergence_milliseconds histogram\n"
+        var cum: UInt64 = 0
+        for (i, le) in ConfigStore.convergenceBuckets.enumerated() {
+            cum += counts[i]
+            out += "meshd_config_push_convergence_milliseconds_bucket{le=\"\(Int(le))\"} \(cum)\n"
+        }
+        cum += counts[ConfigStore.convergenceBuckets.count]
+        out += "meshd_config_push_convergence_milliseconds_bucket{le=\"+Inf\"} \(cum)\n"
+        out += "meshd_config_push_convergence_milliseconds_sum \(sum)\nmeshd_config_push_convergence_milliseconds_count \(cum)\n"
+        return out
     }
 
     public func proxies() -> [ProxyStatus] { state.withLock { Array($0.proxies.values) }.sorted { ($0.identity, $0.node) < ($1.identity, $1.node) } }

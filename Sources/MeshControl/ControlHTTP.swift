@@ -209,9 +209,11 @@ public final class ControlServer: @unchecked Sendable {
     private let handler: @Sendable (ControlRequest) -> ControlResponse
     private let active = Atomic<Int>(0)
     private let perIP = Mutex<[String: Int]>([:])
-    static let maxConnections = 256
-    /// Connections one client address may hold at once.
-    static let maxPerClient = 32
+    /// Bounds on threads: config streams are long-lived (one per sidecar), so the caps follow
+    /// the number of sidecars a meshd serves; every connection also has its deadlines.
+    static let maxConnections = 4096
+    /// Connections one client address may hold at once (a node may run many sidecars).
+    static let maxPerClient = 1024
     /// Time for the TLS handshake plus a whole request, and for each later keep-alive request.
     static let requestDeadline: UInt64 = 10_000_000_000
 

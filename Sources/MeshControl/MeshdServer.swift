@@ -218,6 +218,7 @@ public final class MeshdServer: @unchecked Sendable {
             out += "meshd_config_version \(store.version)\n"
             out += "# HELP meshd_proxy_config_version The config version each proxy acknowledged.\n# TYPE meshd_proxy_config_version gauge\n"
             for p in store.proxies() { out += "meshd_proxy_config_version{identity=\"\(p.identity)\",node=\"\(p.node)\"} \(p.ackedVersion)\n" }
+            out += store.convergenceMetrics()
         }
         out += "# HELP meshd_trust_anchor_expiry_timestamp_seconds When each trusted root expires (Unix time).\n# TYPE meshd_trust_anchor_expiry_timestamp_seconds gauge\n"
         for r in X509Info.load(pem: ca.trustBundlePEM) {
