@@ -107,6 +107,7 @@ public enum IstioTraffic {
         public var virtualServices: [VirtualService] = []
         public var destinationRules: [DestinationRule] = []
         public var authorizationPolicies: [AuthorizationPolicy] = []
+        public var peerAuthentications: [PeerAuthentication] = []
     }
 
     /// Parses every document of `text` (VirtualService or DestinationRule), then validates the set.
@@ -117,7 +118,7 @@ public enum IstioTraffic {
     }
 
     /// The kinds this model reads.
-    public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy"]
+    public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication"]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -135,7 +136,7 @@ public enum IstioTraffic {
                 let known = (kinds.union(skipKinds)).sorted().joined(separator: ", ")
                 throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: \(known))")
             }
-            let expected = kind == "AuthorizationPolicy" ? AuthorizationPolicy.apiVersions : apiVersions
+            let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" ? AuthorizationPolicy.apiVersions : apiVersions
             guard expected.contains(api) else {
                 throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(expected[0]) for \(kind), got \"\(api)\"")
             }
@@ -147,7 +148,12 @@ public enum IstioTraffic {
             try meta.finish()
             guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
             try top.finish()
-            if kind == "AuthorizationPolicy" {
+            if kind == "PeerAuthentication" {
+                if cfg.peerAuthentications.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second PeerAuthentication \(ns)/\(name)")
+                }
+                cfg.peerAuthentications.append(try PeerAuthentication.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == "AuthorizationPolicy" {
                 if cfg.authorizationPolicies.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second AuthorizationPolicy \(ns)/\(name)")
                 }

@@ -101,7 +101,7 @@ public final class ConfigStore: @unchecked Sendable {
 
     // MARK: documents
 
-    static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy"]
+    static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication"]
 
     /// Splits YAML text into documents with their identities (kind, namespace, name).
     static func split(_ text: String, file: String) throws(ConfigError) -> [Document] {
@@ -139,7 +139,7 @@ public final class ConfigStore: @unchecked Sendable {
     public func apply(_ text: String, file: String, delete: Bool = false) throws(ConfigError) -> Int {
         let incoming = try ConfigStore.split(text, file: file)
         for d in incoming where !ConfigStore.storedKinds.contains(d.kind) {
-            throw ConfigError(file: file, message: "kind \(d.kind) is not stored by meshd yet (supported: VirtualService, DestinationRule, AuthorizationPolicy)")
+            throw ConfigError(file: file, message: "kind \(d.kind) is not stored by meshd yet (supported: VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication)")
         }
         var next = state.withLock { $0 }
         for d in incoming {

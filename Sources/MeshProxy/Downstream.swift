@@ -99,7 +99,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
 
     /// The caller as described by its `x-mesh-peer-metadata` (inbound), else its identity alone.
     private func peerFromRequest() -> Int {
-        guard let tls = security as? TLSSession else { return downstreamPeer }
+        guard let tls = tlsSession else { return downstreamPeer }
         for f in head.fields where f.kind == .meshPeerMetadata {
             return peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes,
                                    UnsafePointer(input.base + Int(f.valueStart)), Int(f.valueEnd - f.valueStart), fallback: downstreamPeer)
@@ -134,7 +134,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     /// HTTP/2 on this connection (inbound, ALPN h2): the handler owns the streams.
     private var h2: H2ServerHandler?
 
-    init(worker: Worker, fd: Int32, tls: TLSSession?, inbound: Bool, settings: ProxySnapshot.ListenerSettings) {
+    /// The caller's TLS session (inbound), nil for a plaintext caller (PeerAuthentication PERMISSIVE/DISABLE).
+    var tlsSession: TLSSession? { (security as? TLSSession) ?? (security as? PermissiveSecurity)?.session }
+
+    init(worker: Worker, fd: Int32, tls: TransportSecurity?, inbound: Bool, settings: ProxySnapshot.ListenerSettings) {
         self.worker = worker
         self.inbound = inbound
         self.settings = settings
@@ -146,7 +149,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     // MARK: connection events
 
     override func onEstablished() {
-        if let tls = security as? TLSSession {
+        if let tls = tlsSession {
             worker.stats.inc(.tlsHandshakesOK)
             if tls.resumed { worker.stats.inc(.tlsSessionsResumed) }
             downstreamPeer = worker.metrics.peers.intern(tls.peerIdentity)
@@ -525,7 +528,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     /// The inbound request against the workload's AuthorizationPolicies.
     private func authorized(_ az: AuthzTable) -> Bool {
         let b = input.base
-        let peer = (security as? TLSSession)?.peerIdentityBytes ?? []
+        let peer = tlsSession?.peerIdentityBytes ?? []
         return peer.withUnsafeBufferPointer { pp in
             az.allows(principal: pp.baseAddress ?? UnsafePointer(b), pp.count,
                       method: UnsafePointer(b + head.methodStart), head.methodEnd - head.methodStart,
@@ -668,7 +671,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             worker.appendRequestID(out)
             out.append("\r\n")
         }
-        if inbound, let tls = security as? TLSSession {
+        if inbound, let tls = tlsSession {
             out.append("x-forwarded-client-cert: ")
             out.append(snapshot.xfccPrefix)
             out.append(tls.peerCertHash)

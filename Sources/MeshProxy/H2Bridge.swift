@@ -217,7 +217,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             cluster = snap.inboundCluster
             route = MetricKey.inboundRoute
             if let az = snap.authz {
-                let peer = (handler.conn.security as? TLSSession)?.peerIdentityBytes ?? []
+                let peer = (handler.conn.tlsSession)?.peerIdentityBytes ?? []
                 let view = H2RequestView(block: request)
                 let ok = peer.withUnsafeBufferPointer { pp in
                     view.withMethod { mp, mn in
@@ -452,7 +452,7 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             let meta = snap.peerMetadata
             meta.withUnsafeBufferPointer { s.addHeader("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
         }
-        if inbound, let tls = handler.conn.security as? TLSSession {
+        if inbound, let tls = handler.conn.tlsSession {
             scratch.clear()
             scratch.append(snap.xfccPrefix)
             scratch.append(tls.peerCertHash)

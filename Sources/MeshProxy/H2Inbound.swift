@@ -30,7 +30,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     /// The caller's identity + workload metadata (from a request header) as a peer index.
     func peerIndex(metadata v: UnsafePointer<UInt8>, _ vl: Int) -> Int {
-        guard let tls = conn.security as? TLSSession else { return peerIndex }
+        guard let tls = conn.tlsSession else { return peerIndex }
         return peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes, v, vl, fallback: peerIndex)
     }
     let peerIndex: Int
@@ -321,7 +321,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
             return
         }
         if let az = worker.routing.snapshot.authz {
-            let peer = (handler.conn.security as? TLSSession)?.peerIdentityBytes ?? []
+            let peer = (handler.conn.tlsSession)?.peerIdentityBytes ?? []
             let b = UnsafePointer(pseudo.base)
             let ok = peer.withUnsafeBufferPointer { pp in
                 az.allows(principal: pp.baseAddress ?? b, pp.count, method: b + method.lowerBound, method.count,
@@ -353,7 +353,7 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
             worker.appendRequestID(h)
             h.append("\r\n")
         }
-        if let tls = handler.conn.security as? TLSSession {
+        if let tls = handler.conn.tlsSession {
             h.append("x-forwarded-client-cert: ")
             h.append(worker.routing.snapshot.xfccPrefix)
             h.append(tls.peerCertHash)

@@ -94,6 +94,8 @@ public final class ProxySnapshot: Sendable {
     let matcher: MatchTable
     /// AuthorizationPolicies selecting this workload (inbound), nil when none does.
     let authz: AuthzTable?
+    /// PeerAuthentication for the inbound listener (STRICT unless a policy says otherwise).
+    let inboundMode: PeerAuthentication.Mode
     public let hosts: HostTable
     public let outbound: ListenerSettings?
     public let inbound: ListenerSettings?
@@ -127,6 +129,7 @@ public final class ProxySnapshot: Sendable {
         self.vhosts = compiled.vhosts
         self.matcher = MatchTable(vhosts: compiled.vhosts, routes: compiled.routes)
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
+        self.inboundMode = PeerAuthentication.mode(for: b.workload.namespace, labels: b.workload.labels, in: b.traffic.peerAuthentications)
         self.hosts = HostTable(compiled.hostEntries)
         let clusters = compiled.clusters
         self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout) }

@@ -89,10 +89,14 @@ public final class Worker: @unchecked Sendable {
 
     private func accept(_ fd: Int32, inbound: Bool) {
         let snap = snapshot
-        var tls: TLSSession? = nil
+        var tls: TransportSecurity? = nil
         if inbound {
             guard let ctx = snap.serverTLS else { Glibc.close(fd); return }
-            tls = TLSSession(context: ctx)
+            switch snap.inboundMode {
+            case .strict: tls = TLSSession(context: ctx)
+            case .permissive: tls = PermissiveSecurity(tls: TLSSession(context: ctx))
+            case .disable: tls = PermissiveSecurity(tls: nil)
+            }
         }
         let settings = inbound ? snap.inbound! : snap.outbound!
         let d = DownstreamConnection(worker: self, fd: fd, tls: tls, inbound: inbound, settings: settings)

@@ -36,3 +36,54 @@ def test_static_authorization_over_http1(procs, pki):
     srv.send_signal(signal.SIGHUP)
     wait_until(lambda: "static-2" in srv.log_path.read_text(), what="reload")
     assert code("GET") == b"403"
+
+
+def peer_auth(mode):
+    return f"""---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default}}
+spec:
+  mtls: {{mode: {mode}}}
+"""
+
+
+def test_peer_authentication_modes(procs, pki):
+    """STRICT (the default) refuses a plaintext caller; PERMISSIVE serves plaintext and mTLS on
+    the same port; DISABLE serves plaintext only. An AuthorizationPolicy on principals still
+    refuses the plaintext caller, who has none."""
+    import json
+    app = procs.app("server")
+    inbound, sadmin = free_port(), free_port()
+    base = server_config(pki, "server-sidecar", inbound, sadmin, app)
+    srv = procs.sidecar(base, "server")
+    outbound, cadmin = free_port(), free_port()
+    cli = procs.sidecar(client_config(pki, "client-sidecar", outbound, cadmin, [inbound]), "client")
+    wait_ready(srv, sadmin)
+    wait_ready(cli, cadmin)
+    plain = lambda: curl("-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{inbound}/echo").stdout  # noqa: E731
+    mtls = lambda: curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: server", f"http://127.0.0.1:{outbound}/echo").stdout  # noqa: E731
+    assert plain() == b"000", "STRICT refuses plaintext"
+    assert mtls() == b"200"
+
+    def reload(text, n):
+        (procs.tmp / "server.yaml").write_text(text)
+        srv.send_signal(signal.SIGHUP)
+        wait_until(lambda: f"static-{n}" in srv.log_path.read_text(), what=f"reload {n}")
+
+    reload(base + peer_auth("PERMISSIVE"), 2)
+    assert plain() == b"200" and mtls() == b"200"
+    echo = json.loads(curl("-s", f"http://127.0.0.1:{inbound}/echo").stdout)
+    assert "x-forwarded-client-cert" not in echo["headers"], "no client certificate, no XFCC"
+    reload(base + peer_auth("PERMISSIVE") + POLICY, 3)
+    assert plain() == b"403", "a plaintext caller has no principal"
+    assert mtls() == b"200"
+    reload(base + peer_auth("DISABLE"), 4)
+    assert plain() == b"200"
+    # Established connections keep going (policies apply to new ones); a new caller is refused.
+    outbound2, cadmin2 = free_port(), free_port()
+    cli2 = procs.sidecar(client_config(pki, "client-sidecar-2", outbound2, cadmin2, [inbound]), "client2")
+    wait_ready(cli2, cadmin2)
+    r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: server", f"http://127.0.0.1:{outbound2}/echo").stdout
+    assert r == b"503", "mTLS refused on a plaintext-only port"
+    assert "PeerAuthentication DISABLE" in srv.log_path.read_text()
