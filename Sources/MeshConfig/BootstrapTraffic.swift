@@ -16,6 +16,14 @@ extension Bootstrap {
     }
 
     func checkTraffic(file: String, requireRoutes: Bool = true) throws(ConfigError) {
+        if let se = traffic.serviceEntries.first {
+            throw ConfigError(file: file, path: "ServiceEntry \(se.namespace)/\(se.name)",
+                              message: "ServiceEntry and WorkloadEntry are applied through meshd; in a static file, declare a cluster (spec.clusters) instead")
+        }
+        if let we = traffic.workloadEntries.first {
+            throw ConfigError(file: file, path: "WorkloadEntry \(we.namespace)/\(we.name)",
+                              message: "ServiceEntry and WorkloadEntry are applied through meshd; in a static file, declare a cluster (spec.clusters) instead")
+        }
         func fail(_ kind: String, _ ns: String, _ name: String, _ path: String, _ msg: String) -> ConfigError {
             ConfigError(file: file, path: "\(kind) \(ns)/\(name): \(path)", message: msg)
         }

@@ -108,6 +108,9 @@ public enum IstioTraffic {
         public var destinationRules: [DestinationRule] = []
         public var authorizationPolicies: [AuthorizationPolicy] = []
         public var peerAuthentications: [PeerAuthentication] = []
+        public var serviceEntries: [ServiceEntry] = []
+        public var workloadEntries: [WorkloadEntry] = []
+        public init() {}
     }
 
     /// Parses every document of `text` (VirtualService or DestinationRule), then validates the set.
@@ -118,7 +121,8 @@ public enum IstioTraffic {
     }
 
     /// The kinds this model reads.
-    public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication"]
+    public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
+                                            "ServiceEntry", "WorkloadEntry"]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -148,7 +152,13 @@ public enum IstioTraffic {
             try meta.finish()
             guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
             try top.finish()
-            if kind == "PeerAuthentication" {
+            if kind == "ServiceEntry" || kind == "WorkloadEntry" {
+                if kind == "ServiceEntry" {
+                    cfg.serviceEntries.append(try ServiceEntry.parse(&spec, name: name, namespace: ns, ctx: ctx))
+                } else {
+                    cfg.workloadEntries.append(try WorkloadEntry.parse(&spec, name: name, namespace: ns, ctx: ctx))
+                }
+            } else if kind == "PeerAuthentication" {
                 if cfg.peerAuthentications.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second PeerAuthentication \(ns)/\(name)")
                 }

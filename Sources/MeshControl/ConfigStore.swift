@@ -70,8 +70,12 @@ public final class ConfigStore: @unchecked Sendable {
     /// how long every known workload stays until its sidecar reconnects).
     public let grace: Int64
 
-    public init(stateDir: String, grace: Int64 = 30) throws(CAError) {
+    /// The trust domain, for the identities of ServiceEntry endpoints.
+    let trustDomain: String
+
+    public init(stateDir: String, trustDomain: String = "cluster.local", grace: Int64 = 30) throws(CAError) {
         self.stateDir = stateDir
+        self.trustDomain = trustDomain
         self.grace = grace
         var st = State()
         st.startedAt = CertificateAuthority.now()
@@ -101,7 +105,8 @@ public final class ConfigStore: @unchecked Sendable {
 
     // MARK: documents
 
-    static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication"]
+    static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
+                                           "ServiceEntry", "WorkloadEntry"]
 
     /// Splits YAML text into documents with their identities (kind, namespace, name).
     static func split(_ text: String, file: String) throws(ConfigError) -> [Document] {
@@ -139,7 +144,7 @@ public final class ConfigStore: @unchecked Sendable {
     public func apply(_ text: String, file: String, delete: Bool = false) throws(ConfigError) -> Int {
         let incoming = try ConfigStore.split(text, file: file)
         for d in incoming where !ConfigStore.storedKinds.contains(d.kind) {
-            throw ConfigError(file: file, message: "kind \(d.kind) is not stored by meshd yet (supported: VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication)")
+            throw ConfigError(file: file, message: "kind \(d.kind) is not stored by meshd yet (supported: VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication, ServiceEntry, WorkloadEntry)")
         }
         var next = state.withLock { $0 }
         for d in incoming {
@@ -260,58 +265,76 @@ public final class ConfigStore: @unchecked Sendable {
 
     private func render() -> (version: Int, text: String) {
         state.withLock { s in
+            // The stored set, parsed (it was validated when applied).
+            let all = render(s)
+            let cfg = (try? IstioTraffic.parse(all, file: "(stored)")) ?? IstioTraffic.Config()
+            func key(_ host: String, _ ns: String) -> String {
+                let parts = host.split(separator: ".")
+                return parts.count >= 2 ? "\(parts[0]).\(parts[1])" : "\(host).\(ns)"
+            }
             var services: [String: [Workload]] = [:]
             for w in s.workloads.values { services["\(w.service).\(w.namespace)", default: []].append(w) }
             // Hosts a VirtualService routes or a DestinationRule names need a cluster even before
             // any endpoint registers (requests get 503 UH, not a refused config).
             var names = Set(services.keys)
             var routed = Set<String>()
-            for d in s.documents.values {
-                guard let m = try? YAML.parseDocuments(d.text).first?.node.asMapping, let spec = m["spec"]?.asMapping else { continue }
-                var hosts: [String] = []
-                if case .sequence(let h)? = spec["hosts"] { hosts += h.items.compactMap { $0.asScalar?.value } }
-                if case .scalar(let h)? = spec["host"] { hosts.append(h.value) }
-                for h in hosts {
-                    let parts = h.split(separator: ".")
-                    let key = parts.count >= 2 ? "\(parts[0]).\(parts[1])" : "\(h).\(d.namespace)"
-                    names.insert(key)
-                    if d.kind == "VirtualService" { routed.insert(key) }
+            for vs in cfg.virtualServices {
+                for h in vs.hosts { names.insert(key(h, vs.namespace)); routed.insert(key(h, vs.namespace)) }
+                for r in vs.http { for d in r.route { names.insert(key(d.destination.host, vs.namespace)) } }
+            }
+            for dr in cfg.destinationRules { names.insert(key(dr.host, dr.namespace)) }
+            // ServiceEntries: their hosts become clusters of their own (names as written).
+            var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String])] = []
+            for se in cfg.serviceEntries {
+                var eps = se.endpoints
+                if let sel = se.workloadSelector {
+                    eps += cfg.workloadEntries.filter { we in we.namespace == se.namespace
+                        && sel.allSatisfy { l in we.endpoint.labels.contains { $0.0 == l.0 && $0.1 == l.1 } } }.map(\.endpoint)
                 }
-                if case .sequence(let http)? = spec["http"] {
-                    for r in http.items {
-                        guard case .sequence(let dests)? = r.asMapping?["route"] else { continue }
-                        for dst in dests.items {
-                            guard case .scalar(let h)? = dst.asMapping?["destination"]?.asMapping?["host"] else { continue }
-                            let parts = h.value.split(separator: ".")
-                            names.insert(parts.count >= 2 ? "\(parts[0]).\(parts[1])" : "\(h.value).\(d.namespace)")
-                        }
-                    }
+                let port = se.ports[0]
+                let sas = Set(eps.compactMap(\.serviceAccount))
+                let mtls = se.meshInternal && !eps.isEmpty && eps.allSatisfy { $0.serviceAccount != nil }
+                let rendered = eps.map { e -> String in
+                    let p = e.ports.first { $0.0 == port.name }?.1 ?? port.number
+                    let labels = e.labels.map { "\($0.0): \"\($0.1)\"" }.joined(separator: ", ")
+                    return "{address: \"\(e.address):\(p)\", labels: {\(labels)}}"
+                }
+                for h in se.hosts {
+                    names.remove(key(h, se.namespace))
+                    entryClusters.append((h, mtls, sas.sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }, rendered))
                 }
             }
             var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
             let sorted = names.sorted()
-            for key in sorted {
-                // Clusters are named by service; the same service name in two namespaces is
-                // named name.namespace for the second.
-                let svc = String(key.split(separator: ".")[0])
+            for k in sorted {
+                let svc = String(k.split(separator: ".")[0])
                 out += "  - name: \(svc)\n    tls: ISTIO_MUTUAL\n    endpoints:\n"
-                let eps = (services[key] ?? []).sorted { $0.address < $1.address }
+                let eps = (services[k] ?? []).sorted { $0.address < $1.address }
                 if eps.isEmpty { out += "      []\n" }
                 for w in eps {
                     let labels = w.labels.map { "\($0.0): \"\($0.1)\"" }.joined(separator: ", ")
                     out += "      - {address: \(w.address), labels: {\(labels)}}\n"
                 }
             }
-            out += "  routes:\n"
-            var any = false
-            for key in sorted where !routed.contains(key) {
-                let svc = String(key.split(separator: ".")[0])
-                out += "  - name: \(svc)\n    hosts: [\(svc)]\n    cluster: \(svc)\n"
-                any = true
+            for c in entryClusters {
+                out += "  - name: \"\(c.name)\"\n    tls: \(c.mtls ? "ISTIO_MUTUAL" : "DISABLE")\n"
+                if c.mtls && !c.sans.isEmpty { out += "    subjectAltNames: [\(c.sans.map { "\"\($0)\"" }.joined(separator: ", "))]\n" }
+                out += "    endpoints:\n"
+                if c.endpoints.isEmpty { out += "      []\n" }
+                for e in c.endpoints { out += "      - \(e)\n" }
             }
-            if !any { out = String(out.dropLast("  routes:\n".count)) + "  routes: []\n" }
-            let docs = render(s)
-            if !s.order.isEmpty { out += "---\n" + docs }
+            var routes = ""
+            for k in sorted where !routed.contains(k) {
+                let svc = String(k.split(separator: ".")[0])
+                routes += "  - name: \(svc)\n    hosts: [\(svc)]\n    cluster: \(svc)\n"
+            }
+            for (i, c) in entryClusters.enumerated() where !routed.contains(key(c.name, "default")) {
+                routes += "  - name: entry-\(i)\n    hosts: [\"\(c.name)\"]\n    cluster: \"\(c.name)\"\n"
+            }
+            out += routes.isEmpty ? "  routes: []\n" : "  routes:\n" + routes
+            // The documents a sidecar applies itself (entries are rendered into clusters above).
+            let own = s.order.compactMap { s.documents[$0] }.filter { $0.kind != "ServiceEntry" && $0.kind != "WorkloadEntry" }
+            if !own.isEmpty { out += "---\n" + own.map(\.text).joined(separator: "\n---\n") + "\n" }
             return (s.version, out)
         }
     }

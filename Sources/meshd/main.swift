@@ -85,7 +85,7 @@ let server: MeshdServer
 do {
     let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
     server = try MeshdServer(ca: ca, addresses: [listen])
-    server.store = try ConfigStore(stateDir: stateDir)
+    server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain)
     try server.bind(api: apiAddress, admin: adminAddress)
 } catch {
     fail("\(error)", code: 1)

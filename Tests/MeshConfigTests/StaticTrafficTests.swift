@@ -167,4 +167,10 @@ final class StaticTrafficTests: XCTestCase {
         refused(replacing("mirrorPercentage: {value: 12.5}", "mirrorPercentage: {value: 120}"), ["expected a percentage from 0 to 100"])
         refused(replacing("maxEjectionPercent: 34", "maxEjectionPercent: 340"), ["maxEjectionPercent: must be between 0 and 100"])
     }
+
+    func testServiceEntriesBelongToMeshd() {
+        let se = Self.base + "\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 80}]\n"
+        refused(se, ["ServiceEntry default/ext", "applied through meshd", "declare a cluster"])
+        refused(se.replacingOccurrences(of: "ports: [{number: 80}]", with: "ports: [{number: 80}]\n  resolution: DNS"), ["only STATIC resolution"])
+    }
 }

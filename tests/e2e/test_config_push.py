@@ -230,3 +230,45 @@ def test_authorization_policy_pushed_by_meshd(procs, tmp_path):
     # Removing the policies opens the door again.
     m.ctl("delete", "-f", f, "--wait")
     assert code(rt, "/") == b"200"
+
+
+def test_service_entries_reach_workloads_without_sidecars(procs, tmp_path):
+    """A ServiceEntry (MESH_EXTERNAL, plaintext) with an inline endpoint and one from a
+    WorkloadEntry: sidecars route to them by host; a VirtualService can split across them."""
+    m = Meshd(procs)
+    legacy1, legacy2 = procs.app("legacy-1"), procs.app("legacy-2")
+    _, _, _, pp = m.sidecar("productpage", "productpage")
+    f = tmp_path / "entries.yaml"
+    f.write_text(f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: legacy}}
+spec:
+  hosts: [legacy.example.internal]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: {legacy1}, name: http, protocol: HTTP}}]
+  endpoints:
+  - address: 127.0.0.1
+    labels: {{version: one}}
+  workloadSelector:
+    labels: {{app: legacy}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: legacy-2}}
+spec:
+  address: 127.0.0.1
+  ports: {{http: {legacy2}}}
+  labels: {{app: legacy, version: two}}
+""")
+    m.ctl("apply", "-f", f, "--wait")
+    seen = set()
+    for _ in range(20):
+        seen.add(curl("-s", "-H", "Host: legacy.example.internal", f"http://127.0.0.1:{pp}/").stdout)
+    assert seen == {b"hello from legacy-1\n", b"hello from legacy-2\n"}, seen
+    # Refused: DNS resolution, and a ServiceEntry in a static file.
+    bad = tmp_path / "dns.yaml"
+    bad.write_text(f.read_text().replace("resolution: STATIC", "resolution: DNS"))
+    r = m.ctl("apply", "-f", bad, check=False)
+    assert r.returncode != 0 and "only STATIC resolution" in r.stderr

@@ -1,0 +1,96 @@
+import MeshCore
+
+/// Istio's `networking.istio.io/v1` ServiceEntry and WorkloadEntry (DESIGN §3): services and
+/// endpoints that have no sidecar of ours. meshd turns them into clusters: a MESH_INTERNAL
+/// endpoint with a service account is reached over mutual TLS and must present that identity;
+/// MESH_EXTERNAL endpoints are reached in plaintext. STATIC resolution only.
+public struct ServiceEntry: Sendable {
+    public struct Port: Sendable { public var number: Int; public var name: String; public var proto: String }
+    public struct Endpoint: Sendable {
+        public var address: String
+        public var ports: [(String, Int)]
+        public var labels: [(String, String)]
+        public var serviceAccount: String?
+    }
+    public var name: String
+    public var namespace: String
+    public var hosts: [String]
+    public var ports: [Port]
+    public var meshInternal: Bool
+    public var endpoints: [Endpoint]
+    /// Labels of WorkloadEntries (same namespace) that join the endpoints.
+    public var workloadSelector: [(String, String)]?
+
+    static func parse(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> ServiceEntry {
+        guard let hosts = try spec.stringList("hosts"), !hosts.isEmpty else {
+            throw ConfigReader.error(ctx, "spec.hosts", spec.map.line, "a ServiceEntry needs at least one host")
+        }
+        var ports: [Port] = []
+        for var p in try spec.objectList("ports") ?? [] {
+            let n = try p.int("number", min: 1, max: 65535)
+            guard let number = n else { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "required field is missing") }
+            ports.append(Port(number: number, name: try p.string("name") ?? "port-\(number)", proto: try p.string("protocol") ?? "HTTP"))
+            _ = try p.int("targetPort", min: 1, max: 65535)
+            try p.finish()
+        }
+        if ports.isEmpty { throw ConfigReader.error(ctx, "spec.ports", spec.map.line, "a ServiceEntry needs a port") }
+        let location = try spec.string("location") ?? "MESH_EXTERNAL"
+        guard location == "MESH_EXTERNAL" || location == "MESH_INTERNAL" else {
+            throw ConfigReader.error(ctx, "spec.location", spec.map.line, "expected MESH_INTERNAL or MESH_EXTERNAL, got \"\(location)\"")
+        }
+        let resolution = try spec.string("resolution") ?? "STATIC"
+        guard resolution == "STATIC" else {
+            throw ConfigReader.error(ctx, "spec.resolution", spec.map.line, "only STATIC resolution is supported, got \"\(resolution)\"")
+        }
+        var endpoints: [Endpoint] = []
+        for var e in try spec.objectList("endpoints") ?? [] {
+            endpoints.append(try endpoint(&e, ctx: ctx))
+        }
+        var selector: [(String, String)]? = nil
+        if var ws = try spec.object("workloadSelector") {
+            selector = try ws.stringMap("labels") ?? []
+            try ws.finish()
+        }
+        _ = try spec.stringList("exportTo")
+        _ = try spec.stringList("addresses")
+        try spec.finish()
+        return ServiceEntry(name: name, namespace: namespace, hosts: hosts, ports: ports, meshInternal: location == "MESH_INTERNAL",
+                            endpoints: endpoints, workloadSelector: selector)
+    }
+
+    static func endpoint(_ e: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Endpoint {
+        let address = try e.string("address", required: true)!
+        guard SocketAddress(host: address, port: 1) != nil else {
+            throw ConfigReader.error(ctx, e.sub("address"), e.map.line, "expected an IP address (DNS names need DNS resolution, not supported), got \"\(address)\"")
+        }
+        var ports: [(String, Int)] = []
+        if var p = try e.object("ports") {
+            for entry in p.map.entries {
+                guard case .scalar(let s) = entry.value, let n = Int(s.value), n > 0, n < 65536 else {
+                    throw ConfigReader.error(ctx, p.sub(entry.key), entry.keyLine, "expected a port number")
+                }
+                ports.append((entry.key, n))
+            }
+            p.markAllKnown()
+            try p.finish()
+        }
+        let labels = try e.stringMap("labels") ?? []
+        let sa = try e.string("serviceAccount")
+        _ = try e.string("network")
+        _ = try e.string("locality")
+        _ = try e.int("weight", min: 0, max: 1 << 30)
+        try e.finish()
+        return Endpoint(address: address, ports: ports, labels: labels, serviceAccount: sa)
+    }
+}
+
+/// A WorkloadEntry: one endpoint without a sidecar, selected by a ServiceEntry's workloadSelector.
+public struct WorkloadEntry: Sendable {
+    public var name: String
+    public var namespace: String
+    public var endpoint: ServiceEntry.Endpoint
+
+    static func parse(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> WorkloadEntry {
+        WorkloadEntry(name: name, namespace: namespace, endpoint: try ServiceEntry.endpoint(&spec, ctx: ctx))
+    }
+}
