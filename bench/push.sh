@@ -54,8 +54,9 @@ def sim(i):
             r = conn.getresponse(); body = r.read()
             if r.status != 200:
                 continue
-            v = int(body.split(b"\n", 1)[0].split()[1])
-            conn.request("POST", f"/v1/ack?version={v}&node=sim-{i}", body=b"")
+            first = body.split(b"\n", 1)[0].split()
+            v, nonce = int(first[1]), first[2].decode()
+            conn.request("POST", f"/v1/ack?version={v}&node=sim-{i}&nonce={nonce}", body=b"")
             conn.getresponse().read()
             with lock:
                 acked.setdefault(v, []).append(time.monotonic())

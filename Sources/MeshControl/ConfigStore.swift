@@ -43,6 +43,8 @@ public final class ConfigStore: @unchecked Sendable {
         public var nack: String?
         public var lastSeen: Int64 = 0
         public var node = ""
+        /// The nonce of the last config sent; an ACK or NACK must carry it.
+        public var nonce = ""
     }
 
     private struct State {
@@ -60,6 +62,8 @@ public final class ConfigStore: @unchecked Sendable {
         var convergenceSum: Double = 0
         /// The rendered proxy config of the current version (every sidecar gets the same).
         var rendered: (version: Int, text: String)?
+        /// Config streams waiting now, by identity|node: their sidecars are alive.
+        var streams: [String: Int] = [:]
     }
 
     private let state = Mutex(State())
@@ -223,11 +227,12 @@ public final class ConfigStore: @unchecked Sendable {
         let now = CertificateAuthority.now()
         let removed = state.withLock { s -> [String] in
             var gone: [String] = []
-            for (k, w) in s.workloads where now - w.lastSeen > grace && now - s.startedAt > grace {
+            for (k, w) in s.workloads where now - w.lastSeen > grace && now - s.startedAt > grace && s.streams[k] == nil {
                 s.workloads.removeValue(forKey: k)
                 gone.append("\(w.service).\(w.namespace) at \(w.address)")
             }
-            for (k, p) in s.proxies where now - p.lastSeen > 40 { s.proxies[k]!.connected = false }
+            // A stream re-polls at least every 20 s: silence beyond that means the sidecar is away.
+            for (k, p) in s.proxies where now - p.lastSeen > min(40, grace) && s.streams[k] == nil { s.proxies[k]!.connected = false }
             if !gone.isEmpty { s.version += 1 }
             return gone
         }
@@ -339,31 +344,52 @@ public final class ConfigStore: @unchecked Sendable {
         }
     }
 
-    /// Waits until the version differs from `version` or `timeout` seconds pass.
-    public func waitForChange(from version: Int, timeout: Int) -> Int {
+    /// Changes arriving within this window go out as one push (a burst of applies and
+    /// registrations makes one new config, not many).
+    static let debounce: UInt32 = 20_000
+
+    /// Waits until the version differs from `version`, `timeout` seconds pass, or `alive` says
+    /// the sidecar went away. The sidecar counts as connected meanwhile.
+    public func waitForChange(from version: Int, timeout: Int, identity: String = "", node: String = "",
+                              alive: () -> Bool = { true }) -> Int {
+        let k = "\(identity)|\(node)"
+        state.withLock { $0.streams[k, default: 0] += 1 }
+        defer { state.withLock { s in s.streams[k, default: 1] -= 1; if s.streams[k]! <= 0 { s.streams.removeValue(forKey: k) } } }
         let deadline = Clock.monotonicNanos() + UInt64(timeout) * 1_000_000_000
+        var waited = false
         while true {
             let v = self.version
-            if v != version { return v }
+            if v != version {
+                if waited { usleep(ConfigStore.debounce); return self.version }
+                return v
+            }
+            waited = true
             let now = Clock.monotonicNanos()
-            if now >= deadline { return v }
+            if now >= deadline || !alive() { return v }
             changed.wait(nanos: min(deadline - now, 1_000_000_000))
         }
     }
 
     /// Records what a sidecar was sent and its answer.
-    public func sent(identity: String, node: String, version: Int) {
+    /// Records a config sent to a sidecar; returns the nonce its answer must carry.
+    public func sent(identity: String, node: String, version: Int) -> String {
+        let nonce = JoinToken.randomBytes(6).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
         state.withLock { s in
             let k = "\(identity)|\(node)"
             if s.proxies[k] == nil { s.proxies[k] = ProxyStatus(identity: identity, connected: true, node: node) }
             s.proxies[k]!.sentVersion = version
+            s.proxies[k]!.nonce = nonce
         }
+        return nonce
     }
 
-    public func answered(identity: String, node: String, version: Int, error: String?) {
-        state.withLock { s in
+    /// A sidecar's ACK (error nil) or NACK; false when the nonce is not the one last sent to it
+    /// (a stale or foreign answer, ignored).
+    @discardableResult
+    public func answered(identity: String, node: String, version: Int, nonce: String, error: String?) -> Bool {
+        state.withLock { s -> Bool in
             let k = "\(identity)|\(node)"
-            if s.proxies[k] == nil { s.proxies[k] = ProxyStatus(identity: identity, connected: true, node: node) }
+            guard let p = s.proxies[k], p.nonce == nonce, p.sentVersion == version else { return false }
             if let e = error { s.proxies[k]!.nack = "version \(version): \(e)" } else {
                 if version > s.proxies[k]!.ackedVersion, let t0 = s.versionTimes[version] {
                     // Convergence: from the apply that made this version to this proxy's ACK.
@@ -375,8 +401,9 @@ public final class ConfigStore: @unchecked Sendable {
                 s.proxies[k]!.ackedVersion = max(s.proxies[k]!.ackedVersion, version)
                 s.proxies[k]!.nack = nil
             }
+            if let e = error { Log.warn("config", "\(identity) NACKed version \(version): \(e)") }
+            return true
         }
-        if let e = error { Log.warn("config", "\(identity) NACKed version \(version): \(e)") }
     }
 
     static let convergenceBuckets: [Double] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]

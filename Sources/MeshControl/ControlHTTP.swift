@@ -32,6 +32,16 @@ public final class ControlStream {
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
+    /// False once the peer has closed or reset the connection (it never sends while waiting).
+    static func peerConnected(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        if poll(&p, 1, 0) <= 0 { return true }
+        if p.revents & Int16(POLLERR | POLLHUP) != 0 { return false }
+        var b: UInt8 = 0
+        let n = recv(fd, &b, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
+        return n > 0 || (n < 0 && (mesh_errno() == EAGAIN || mesh_errno() == EWOULDBLOCK))
+    }
+
     /// Waits until the socket is ready for `events` or the deadline passes.
     func wait(_ events: Int16) -> Bool {
         if deadline == 0 { return true }
@@ -185,6 +195,8 @@ public struct ControlRequest {
     /// That certificate's expiry (Unix seconds) and issuer name.
     public var peerNotAfter: Int64 = 0
     public var peerIssuer = ""
+    /// Whether the client is still connected (for handlers that wait).
+    public var clientConnected: @Sendable () -> Bool = { true }
     public var bodyText: String { String(decoding: body, as: UTF8.self) }
 }
 
@@ -328,6 +340,7 @@ public final class ControlServer: @unchecked Sendable {
             let close = !head.keepAlive
             var request = ControlRequest(method: method, path: path, query: query, headers: headers, body: body, peerIdentity: peer)
             if let i = peerInfo { request.peerNotAfter = i.notAfter; request.peerIssuer = i.issuer }
+            request.clientConnected = { [fd = s.fd] in ControlStream.peerConnected(fd) }
             let response = handler(request)
             // A handler may wait (a config stream); the answer gets its own deadline.
             s.deadline = Clock.monotonicNanos() + ControlServer.requestDeadline

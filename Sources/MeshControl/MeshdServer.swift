@@ -116,16 +116,18 @@ public final class MeshdServer: @unchecked Sendable {
             let node = r.query["node"] ?? ""
             store.seen(identity: id, node: node)
             let have = Int(r.query["version"] ?? "0") ?? 0
-            _ = store.waitForChange(from: have, timeout: MeshdServer.streamWait)
+            _ = store.waitForChange(from: have, timeout: MeshdServer.streamWait, identity: id, node: node, alive: r.clientConnected)
+            guard r.clientConnected() else { return ControlResponse(499, "") }   // gone: nobody to answer
             store.seen(identity: id, node: node)
             let (v, text) = store.proxyConfig()
             if v == have { return ControlResponse(304, "") }
-            store.sent(identity: id, node: node, version: v)
-            return ControlResponse(200, "version: \(v)\n" + text, contentType: "application/yaml")
+            let nonce = store.sent(identity: id, node: node, version: v)
+            return ControlResponse(200, "version: \(v) \(nonce)\n" + text, contentType: "application/yaml")
         case ("POST", "/v1/ack"), ("POST", "/v1/nack"):
             guard let v = Int(r.query["version"] ?? "") else { return ControlResponse(400, "version required\n") }
-            store.answered(identity: id, node: r.query["node"] ?? "", version: v, error: r.path == "/v1/nack" ? String(r.bodyText.prefix(2000)) : nil)
-            return ControlResponse(200, "ok\n")
+            let ok = store.answered(identity: id, node: r.query["node"] ?? "", version: v, nonce: r.query["nonce"] ?? "",
+                                    error: r.path == "/v1/nack" ? String(r.bodyText.prefix(2000)) : nil)
+            return ok ? ControlResponse(200, "ok\n") : ControlResponse(409, "not the config last sent to this sidecar (version and nonce)\n")
         default:
             return ControlResponse(405, "method not allowed\n")
         }

@@ -33,6 +33,8 @@ let usage = """
       --trust-domain TD      SPIFFE trust domain (default cluster.local)
       --cert-ttl DURATION    workload certificate lifetime (default 24h; e.g. 10s for tests)
       --ca-dir DIR           plug-in CA
+      --registry-grace D     how long a workload whose sidecar went away stays registered, and
+                             how long after a restart meshd keeps the workloads it knew (30s)
       --log-level LEVEL      debug, info, warn or error
       -h, --help             this text
 
@@ -49,6 +51,7 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
 let specs: [Flags.Spec] = [
     .init("state-dir"), .init("config-dir"), .init("api-port"), .init("admin-port"), .init("listen-address"),
     .init("trust-domain"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
+    .init("registry-grace"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -74,6 +77,13 @@ if let t = flags.string("cert-ttl") {
     }
     certTTL = Int(n / 1_000_000_000)
 }
+var grace: Int64 = 30
+if let t = flags.string("registry-grace") {
+    guard let n = DurationParser.parseNanos(t), n >= 1_000_000_000, n <= 3_600_000_000_000 else {
+        fail("--registry-grace: expected a duration from 1s to 1h, got \"\(t)\"")
+    }
+    grace = Int64(n / 1_000_000_000)
+}
 let trustDomain = flags.string("trust-domain") ?? "cluster.local"
 if trustDomain.isEmpty || trustDomain.contains("/") || trustDomain.contains(":") { fail("--trust-domain: expected a name such as cluster.local, got \"\(trustDomain)\"") }
 let listen = flags.string("listen-address") ?? "127.0.0.1"
@@ -85,7 +95,7 @@ let server: MeshdServer
 do {
     let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
     server = try MeshdServer(ca: ca, addresses: [listen])
-    server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain)
+    server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace)
     try server.bind(api: apiAddress, admin: adminAddress)
 } catch {
     fail("\(error)", code: 1)

@@ -140,21 +140,23 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
                     let r = try wi.call("GET", "/v1/config?version=\(have)&node=\(node)", timeoutSeconds: 40)
                     delay = 500_000
                     if r.status == 304 { continue }
-                    guard r.status == 200, r.body.hasPrefix("version: "), let nl = r.body.firstIndex(of: "\n"),
-                          let v = Int(r.body[r.body.index(r.body.startIndex, offsetBy: 9)..<nl]) else {
+                    let first = r.body.prefix { $0 != "\n" }.split(separator: " ")
+                    guard r.status == 200, first.count == 3, first[0] == "version:", let v = Int(first[1]),
+                          let nl = r.body.firstIndex(of: "\n") else {
                         if r.status == 404 { usleep(5_000_000); continue }   // a meshd without a config store
                         throw CAError("unexpected config answer (\(r.status)): \(r.body.prefix(200))")
                     }
                     let text = String(r.body[r.body.index(after: nl)...])
+                    let nonce = String(first[2])
                     let previous = inputs.withLock { i -> String? in let p = i.pushed; i.pushed = text; return p }
                     do {
                         let applied = try rebuild(server)
                         Log.info("sidecar", "config version \(v) from meshd applied (\(applied))")
-                        _ = try? wi.call("POST", "/v1/ack?version=\(v)&node=\(node)")
+                        _ = try? wi.call("POST", "/v1/ack?version=\(v)&node=\(node)&nonce=\(nonce)")
                     } catch {
                         inputs.withLock { $0.pushed = previous }
                         Log.error("sidecar", "config version \(v) from meshd refused, the config in force stays: \(error)")
-                        _ = try? wi.call("POST", "/v1/nack?version=\(v)&node=\(node)", body: "\(error)")
+                        _ = try? wi.call("POST", "/v1/nack?version=\(v)&node=\(node)&nonce=\(nonce)", body: "\(error)")
                     }
                     have = v
                 } catch {

@@ -272,3 +272,21 @@ spec:
     bad.write_text(f.read_text().replace("resolution: STATIC", "resolution: DNS"))
     r = m.ctl("apply", "-f", bad, check=False)
     assert r.returncode != 0 and "only STATIC resolution" in r.stderr
+
+
+def test_a_departed_workload_leaves_the_registry_after_its_grace(procs):
+    m = Meshd(procs, extra=["--registry-grace", "3s"])
+    a, b = procs.app("v1"), procs.app("v2")
+    p1, _, _, _ = m.sidecar("reviews-v1", "reviews", app_port=a, extra=["--label", "version=v1"])
+    m.sidecar("reviews-v2", "reviews", app_port=b, extra=["--label", "version=v2"])
+    _, _, _, pp = m.sidecar("productpage", "productpage")
+    wait_until(lambda: m.ctl("get", "services").stdout.count("reviews.default") == 2, what="both registered")
+    p1.kill()
+    p1.wait()
+    # Within the grace period it stays; then it goes, and callers stop being sent there.
+    time.sleep(1)
+    assert m.ctl("get", "services").stdout.count("reviews.default") == 2
+    wait_until(lambda: m.ctl("get", "services").stdout.count("reviews.default") == 1, timeout=30, what="removal after grace")
+    time.sleep(1)
+    for _ in range(10):
+        assert curl("-s", "-H", "Host: reviews", f"http://127.0.0.1:{pp}/").stdout == b"hello from v2\n"
