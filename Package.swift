@@ -33,7 +33,7 @@ let package = Package(
                 swiftSettings: hot),
         .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore", "MeshControl", "MeshIO"], swiftSettings: hot),
         .executableTarget(name: "meshd", dependencies: ["MeshControl", "MeshCore", "MeshIO"]),
-        .executableTarget(name: "meshctl", dependencies: ["MeshControl", "MeshCore"]),
+        .executableTarget(name: "meshctl", dependencies: ["MeshControl", "MeshCore", "MeshIO"]),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore", "CNghttp2"]),
         .testTarget(name: "MeshConfigTests", dependencies: ["MeshConfig", "MeshCore"]),

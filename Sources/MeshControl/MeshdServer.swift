@@ -171,6 +171,9 @@ public final class MeshdServer: @unchecked Sendable {
             return ControlResponse(200, ca.mintToken(namespace: ns, serviceAccount: sa, ttl: ttl) + "\n")
         case ("GET", "/v1/ca"):
             return ControlResponse(200, ca.status())
+        case ("GET", "/v1/bootstrap"):
+            // What `meshctl run` needs to start a sidecar: the API port and the trust anchor.
+            return ControlResponse(200, "api-port: \(api?.port ?? 0)\n" + ca.trustBundlePEM)
         case ("POST", "/v1/config/apply"), ("POST", "/v1/config/delete"):
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
             do {

@@ -19,6 +19,12 @@ let usage = """
       delete -f FILE|DIR    remove the documents named in the files
       get services|routes|proxies
       status                per sidecar: identity, connected, config version, ACK/NACK
+      run --service NAME [--namespace NS] [--service-account SA] [--label k=v]... [--app-port P]
+          [--app-protocol http|http2|grpc] [--token-file F] [--sidecar-log FILE] -- CMD [ARGS...]
+                            start a sidecar in mesh mode for CMD (a token is minted unless given),
+                            start CMD once the sidecar is ready, with http_proxy/HTTP_PROXY set to
+                            it; signals go to the sidecar (drain) then CMD; exits with CMD's status.
+                            No --app-port: a workload that only calls out
       token create --namespace NS --service-account SA [--ttl 1h]
                             mint a join token for one identity; prints only the token
       ca status             the roots in force and which one issues
@@ -44,6 +50,7 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
 let specs: [Flags.Spec] = [
     .init("meshd"), .init("admin-token-file"), .init("namespace"), .init("service-account"), .init("ttl"), .init("help", value: false),
     .init("f"), .init("filename"), .init("wait", value: false),
+    .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -129,6 +136,19 @@ func applyFiles(delete: Bool) {
 }
 
 let cmd = flags.positional
+let adminHost = String(url.dropFirst(7).split(separator: "/").first ?? "").split(separator: ":").dropLast().joined(separator: ":")
+if cmd.first == "run" {
+    let argv = CommandLine.arguments
+    guard let dd = argv.firstIndex(of: "--"), dd + 1 < argv.count else { fail("run: give the command after -- (meshctl run --service NAME -- CMD ARGS)") }
+    guard let service = flags.string("service") else { fail("run: missing --service NAME") }
+    let appPort: Int?
+    do { appPort = try flags.int("app-port", min: 1, max: 65535) } catch { fail("\(error)") }
+    let ns = flags.string("namespace") ?? "default"
+    runCommand(service: service, namespace: ns, serviceAccount: flags.string("service-account") ?? service,
+               labels: flags.all("label"), appPort: appPort, appProtocol: flags.string("app-protocol"),
+               tokenFile: flags.string("token-file"), sidecarLog: flags.string("sidecar-log"),
+               command: Array(argv[(dd + 1)...]), adminHost: adminHost.isEmpty ? "127.0.0.1" : adminHost, call: { call($0, $1) })
+}
 switch (cmd.first, cmd.dropFirst().first) {
 case ("apply", _):
     applyFiles(delete: false)

@@ -1,0 +1,92 @@
+import MeshCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A child process started with posix_spawn (no Foundation): the signal mask and dispositions
+/// reset for it (the parent blocks signals for its signalfd), stdout and stderr optionally sent
+/// to a file, an environment of its own. For `meshctl run` and `meshctl demo`.
+public final class ChildProcess: @unchecked Sendable {
+    public let pid: pid_t
+    public private(set) var exitStatus: Int32?
+
+    /// Starts `path` with `args` (argv[0] included); `logPath` receives stdout and stderr.
+    public init(path: String, args: [String], environment: [String]? = nil, logPath: String? = nil) throws(CAError) {
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD] { sigaddset(&defaults, s) }
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let log = logPath {
+            posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        let env = environment ?? ChildProcess.currentEnvironment()
+        let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup($0) } + [nil]
+        defer { for e in envp { free(e) } }
+        var pid: pid_t = 0
+        let rc = argv.withUnsafeBufferPointer { a in
+            envp.withUnsafeBufferPointer { e in
+                path.contains("/") ? posix_spawn(&pid, path, &actions, &attr, a.baseAddress!, e.baseAddress!)
+                                   : posix_spawnp(&pid, path, &actions, &attr, a.baseAddress!, e.baseAddress!)
+            }
+        }
+        if rc != 0 { throw CAError("cannot start \(path): \(String(cString: strerror(rc)))") }
+        self.pid = pid
+    }
+
+    /// The parent's environment as `KEY=value` strings.
+    public static func currentEnvironment() -> [String] {
+        var out: [String] = []
+        var p = environ
+        while let e = p.pointee {
+            out.append(String(cString: e))
+            p += 1
+        }
+        return out
+    }
+
+    /// Whether it is still running (reaps it when it has exited).
+    public var isRunning: Bool {
+        if exitStatus != nil { return false }
+        var status: Int32 = 0
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid {
+            // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (they are macros).
+            let sig = status & 0x7f
+            exitStatus = sig == 0 ? (status >> 8) & 0xff : 128 + sig
+            return false
+        }
+        return r == 0
+    }
+
+    public func signal(_ s: Int32) { if isRunning { kill(pid, s) } }
+
+    /// Waits until it exits, at most `timeoutSeconds` (then SIGKILL); returns its status.
+    @discardableResult
+    public func wait(timeoutSeconds: Double) -> Int32 {
+        let deadline = Clock.monotonicNanos() + UInt64(timeoutSeconds * 1e9)
+        while isRunning {
+            if Clock.monotonicNanos() > deadline {
+                kill(pid, SIGKILL)
+                var st: Int32 = 0
+                waitpid(pid, &st, 0)
+                exitStatus = 137
+                break
+            }
+            usleep(20_000)
+        }
+        return exitStatus ?? 0
+    }
+}

@@ -1,0 +1,74 @@
+"""`meshctl run`: a sidecar in mesh mode next to an unmodified process (python3 -m http.server)
+and a client using http_proxy; the app starts only after its sidecar is ready; exit status and
+signals; nothing left behind."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import MESHCTL, Meshd, free_port, http_get, wait_until
+
+CLIENT = r"""
+import os, sys, time, urllib.request
+adm = os.environ["MESH_SIDECAR_ADMIN"]
+# The sidecar must already be ready when the app starts.
+print("ready-at-start", urllib.request.urlopen(f"http://{adm}/ready", timeout=2).status, flush=True)
+for i in range(100):
+    try:
+        body = urllib.request.urlopen("http://web/", timeout=3).read().decode()
+        print("got", body.replace("\n", " "), flush=True)
+        sys.exit(3)
+    except Exception as e:
+        last = e
+        time.sleep(0.1)
+print("never reached web:", last, flush=True)
+sys.exit(1)
+"""
+
+
+def test_meshctl_run_puts_a_sidecar_next_to_any_process(procs, tmp_path):
+    m = Meshd(procs)
+    env = {"MESHD": f"http://127.0.0.1:{m.admin}", "MESH_ADMIN_TOKEN_FILE": str(m.state / "admin-token")}
+    port = free_port()
+    web = procs.start([MESHCTL, "run", "--service", "web", "--app-port", port, "--",
+                       sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+                      "web-run", env=env)
+    (tmp_path / "hello.txt").write_text("hi\n")
+    wait_until(lambda: "web.default" in m.ctl("get", "services").stdout, timeout=30, what="web registered")
+    note = web.log_path.read_text()
+    admin = int(re.search(r"admin :(\d+)", note).group(1))
+
+    (tmp_path / "client.py").write_text(CLIENT)
+    r = subprocess.run([str(MESHCTL), "run", "--service", "client", "--", sys.executable, str(tmp_path / "client.py")],
+                       capture_output=True, text=True, timeout=90, env={**__import__("os").environ, **env})
+    assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)   # the app's exit status
+    assert "ready-at-start 200" in r.stdout
+    assert "Directory listing" in r.stdout and "hello.txt" in r.stdout
+    assert "sidecar log" in r.stderr or "log /" in r.stderr
+    # The web sidecar saw the call over mutual TLS, from the client's identity.
+    _, metrics = http_get(f"http://127.0.0.1:{admin}/stats/prometheus")
+    line = [l for l in metrics.decode().splitlines() if l.startswith("istio_requests_total{") and 'reporter="destination"' in l][0]
+    assert 'source_principal="spiffe://cluster.local/ns/default/sa/client"' in line
+    assert 'connection_security_policy="mutual_tls"' in line
+    # SIGTERM: the app and its sidecar stop, nothing left behind.
+    web.send_signal(signal.SIGTERM)
+    web.wait(timeout=40)
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", f"--service web .*--admin-port {admin}"], capture_output=True, text=True).stdout
+    assert left.strip() == "", left
+    left = subprocess.run(["pgrep", "-f", f"http.server {port}"], capture_output=True, text=True).stdout
+    assert left.strip() == "", left
+
+
+def test_meshctl_run_reports_a_sidecar_that_cannot_start(procs, tmp_path):
+    m = Meshd(procs)
+    bad = tmp_path / "token"
+    bad.write_text("mesh1.forged.token\n")
+    r = subprocess.run([str(MESHCTL), "--meshd", f"http://127.0.0.1:{m.admin}", "--admin-token-file", str(m.state / "admin-token"),
+                        "run", "--service", "web", "--token-file", str(bad), "--", "true"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "exited before it was ready" in r.stderr and "401" in r.stderr
+    r = subprocess.run([str(MESHCTL), "run", "--service", "web"], capture_output=True, text=True, timeout=10)
+    assert r.returncode != 0 and "after --" in r.stderr
