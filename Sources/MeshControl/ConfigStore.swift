@@ -45,6 +45,8 @@ public final class ConfigStore: @unchecked Sendable {
         public var node = ""
         /// The nonce of the last config sent; an ACK or NACK must carry it.
         public var nonce = ""
+        /// The sidecar's admin address (metrics for `meshctl top`).
+        public var admin = ""
     }
 
     private struct State {
@@ -210,7 +212,7 @@ public final class ConfigStore: @unchecked Sendable {
 
     /// Marks a sidecar's stream alive (called while it waits for config). `node` tells apart
     /// sidecars sharing an identity (its registered address, or its own id for a caller-only one).
-    public func seen(identity: String, node: String) {
+    public func seen(identity: String, node: String, admin: String = "") {
         let now = CertificateAuthority.now()
         state.withLock { s in
             let k = "\(identity)|\(node)"
@@ -218,6 +220,7 @@ public final class ConfigStore: @unchecked Sendable {
             if s.proxies[k] == nil { s.proxies[k] = ProxyStatus(identity: identity, connected: true, node: node) }
             s.proxies[k]!.connected = true
             s.proxies[k]!.lastSeen = now
+            if !admin.isEmpty { s.proxies[k]!.admin = admin }
         }
     }
 

@@ -114,7 +114,8 @@ public final class MeshdServer: @unchecked Sendable {
             return ControlResponse(200, "registered\n")
         case ("GET", "/v1/config"):
             let node = r.query["node"] ?? ""
-            store.seen(identity: id, node: node)
+            let admin = (r.query["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? ""
+            store.seen(identity: id, node: node, admin: admin)
             let have = Int(r.query["version"] ?? "0") ?? 0
             _ = store.waitForChange(from: have, timeout: MeshdServer.streamWait, identity: id, node: node, alive: r.clientConnected)
             guard r.clientConnected() else { return ControlResponse(499, "") }   // gone: nobody to answer
@@ -195,7 +196,7 @@ public final class MeshdServer: @unchecked Sendable {
             let v = store.version
             return ControlResponse(200, "config version \(v)\n" + store.proxies().map {
                 let state = $0.nack.map { "NACK (\($0))" } ?? ($0.ackedVersion == v ? "ACK" : $0.ackedVersion > 0 ? "ACK \($0.ackedVersion) (behind)" : "pending")
-                return "\($0.identity)\t\($0.node)\t\($0.connected ? "connected" : "disconnected")\tsent \($0.sentVersion)\tacked \($0.ackedVersion)\t\(state)"
+                return "\($0.identity)\t\($0.node)\t\($0.connected ? "connected" : "disconnected")\tsent \($0.sentVersion)\tacked \($0.ackedVersion)\t\(state)\tadmin \($0.admin.isEmpty ? "-" : $0.admin)"
             }.joined(separator: "\n") + "\n")
         case ("POST", "/v1/ca/rotate"):
             let step = r.query["step"] ?? ""

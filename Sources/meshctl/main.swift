@@ -19,6 +19,10 @@ let usage = """
       delete -f FILE|DIR    remove the documents named in the files
       get services|routes|proxies
       status                per sidecar: identity, connected, config version, ACK/NACK
+      top [--interval 2s] [--once]
+                            per route and destination version: requests/s, success rate,
+                            p50/p99 latency, read from the sidecars' metrics (refreshed until
+                            Ctrl-C; --once prints one table)
       run --service NAME [--namespace NS] [--service-account SA] [--label k=v]... [--app-port P]
           [--app-protocol http|http2|grpc] [--token-file F] [--sidecar-log FILE] -- CMD [ARGS...]
                             start a sidecar in mesh mode for CMD (a token is minted unless given),
@@ -50,6 +54,7 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
 let specs: [Flags.Spec] = [
     .init("meshd"), .init("admin-token-file"), .init("namespace"), .init("service-account"), .init("ttl"), .init("help", value: false),
     .init("f"), .init("filename"), .init("wait", value: false),
+    .init("interval"), .init("once", value: false),
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
 ]
 let flags: Flags
@@ -158,6 +163,20 @@ case ("get", "services"):
     print(call("GET", "/v1/services"), terminator: "")
 case ("get", "routes"):
     print(call("GET", "/v1/routes"), terminator: "")
+case ("top", _):
+    var interval = 2.0
+    if let t = flags.string("interval") {
+        guard let n = DurationParser.parseNanos(t), n >= 100_000_000, n <= 60_000_000_000 else { fail("--interval: expected 100ms to 60s, got \"\(t)\"") }
+        interval = Double(n) / 1e9
+    }
+    let once = flags.has("once")
+    while true {
+        let admins = sidecarAdmins(call("GET", "/v1/proxies"))
+        if admins.isEmpty { fail("no connected sidecar reports metrics yet", code: 1) }
+        let table = topTable(admins: admins, interval: interval)
+        if once { print(table, terminator: ""); break }
+        print("\u{1B}[2J\u{1B}[H" + table, terminator: "")
+    }
 case ("get", "proxies"), ("status", _):
     print(call("GET", "/v1/proxies"), terminator: "")
 case ("token", "create"):

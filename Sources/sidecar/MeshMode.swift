@@ -126,6 +126,8 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
             // Tells this sidecar apart from others with the same identity: its registered
             // address, or its admin address for a caller-only workload.
             let node = ControlClient.percentEncode(opts.appPort != nil ? "\(advertise):\(server.inboundPort)" : "\(advertise):\(server.adminPort)")
+            // meshctl top reads each sidecar's metrics there (the admin port listens on loopback).
+            let adminAddress = ControlClient.percentEncode("127.0.0.1:\(server.adminPort)")
             while !wi.isStopping {
                 do {
                     if !registered, let port = opts.appPort.map({ _ in server.inboundPort }) {
@@ -137,7 +139,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
                         guard r.status == 200 else { throw CAError("registration refused (\(r.status)): \(r.body)") }
                     }
                     registered = true
-                    let r = try wi.call("GET", "/v1/config?version=\(have)&node=\(node)", timeoutSeconds: 40)
+                    let r = try wi.call("GET", "/v1/config?version=\(have)&node=\(node)&admin=\(adminAddress)", timeoutSeconds: 40)
                     delay = 500_000
                     if r.status == 304 { continue }
                     let first = r.body.prefix { $0 != "\n" }.split(separator: " ")

@@ -290,3 +290,25 @@ def test_a_departed_workload_leaves_the_registry_after_its_grace(procs):
     time.sleep(1)
     for _ in range(10):
         assert curl("-s", "-H", "Host: reviews", f"http://127.0.0.1:{pp}/").stdout == b"hello from v2\n"
+
+
+def test_meshctl_top_reports_each_version(procs, tmp_path):
+    import subprocess
+    m, outbound, _ = mesh(procs)
+    apply(m, tmp_path, 50, 50, wait=True)
+    load = subprocess.Popen(["h2load", "--h1", "-n", "200000", "-c", "4", "-H", ":authority: reviews", f"http://127.0.0.1:{outbound}/"],
+                            stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = m.ctl("top", "--once", "--interval", "1s").stdout
+    finally:
+        load.kill()
+        load.wait()
+    rows = [l.split() for l in out.splitlines()[1:]]
+    by_version = {r[2]: r for r in rows if r[0] == "reviews.canary"}
+    assert set(by_version) == {"v1", "v2"}, out
+    for r in by_version.values():
+        assert float(r[3]) > 10 and r[4] == "100%", out
+        assert r[5] != "-" and r[7] != "-", out   # p50 and p99 known
+    total = sum(float(r[3]) for r in by_version.values())
+    assert 0.35 < float(by_version["v1"][3]) / total < 0.65, out
