@@ -384,7 +384,8 @@ public enum ControlClient {
             X509_free(cert)
             guard got == want else { throw CAError("\(address) is \(got), not meshd (\(want)); refusing to send it a token or a CSR") }
         }
-        var text = "\(method) \(path) HTTP/1.1\r\nhost: \(address)\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n"
+        var text = "\(method) \(path) HTTP/1.1\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n"
+        if !headers.contains(where: { $0.0.lowercased() == "host" }) { text += "host: \(address)\r\n" }
         for (k, v) in headers { text += "\(k): \(v)\r\n" }
         text += "\r\n" + body
         guard s.write(Array(text.utf8)) else { throw CAError("\(address): write failed") }

@@ -29,6 +29,10 @@ let usage = """
                             start CMD once the sidecar is ready, with http_proxy/HTTP_PROXY set to
                             it; signals go to the sidecar (drain) then CMD; exits with CMD's status.
                             No --app-port: a workload that only calls out
+      demo [--keep-running]  the whole mesh on this machine: meshd, two versions of a sample app
+                            and a caller, each with its sidecar, and a canary walked through
+                            100/0, 90/10, 50/50, 0/100 with live per-version request rates,
+                            success and latency (about a minute; Ctrl-C stops everything)
       token create --namespace NS --service-account SA [--ttl 1h]
                             mint a join token for one identity; prints only the token
       ca status             the roots in force and which one issues
@@ -54,12 +58,25 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
 let specs: [Flags.Spec] = [
     .init("meshd"), .init("admin-token-file"), .init("namespace"), .init("service-account"), .init("ttl"), .init("help", value: false),
     .init("f"), .init("filename"), .init("wait", value: false),
-    .init("interval"), .init("once", value: false),
+    .init("interval"), .init("once", value: false), .init("keep-running", value: false), .init("name"), .init("port"),
+    .init("host"), .init("rate"), .init("phase"),
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
 if flags.has("help") || flags.positional.isEmpty { print(usage, terminator: ""); exit(flags.has("help") ? 0 : 2) }
+// The demo's own processes (not for operators): the sample app and the caller.
+if flags.positional.first == "demo-app" {
+    demoApp(name: flags.string("name") ?? "app", port: (try? flags.int("port", min: 1, max: 65535)) ?? 9080)
+}
+if flags.positional.first == "demo-caller" {
+    demoCaller(host: flags.string("host") ?? "reviews", rate: (try? flags.int("rate", min: 1, max: 10000)) ?? 50)
+}
+if flags.positional.first == "demo" {
+    var phase = 10.0
+    if let t = flags.string("phase"), let n = DurationParser.parseNanos(t), n >= 1_000_000_000 { phase = Double(n) / 1e9 }
+    runDemo(keepRunning: flags.has("keep-running"), phaseSeconds: phase)
+}
 
 func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 let url = flags.string("meshd") ?? env("MESHD") ?? "http://127.0.0.1:15014"

@@ -1,0 +1,162 @@
+// meshctl demo: the whole mesh on this machine, with a canary walked from 100/0 to 0/100.
+import MeshControl
+import MeshCore
+import MeshIO
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `meshctl demo-app --name NAME --port P`: the sample app (answers "hello from NAME").
+func demoApp(name: String, port: Int) -> Never {
+    let signals = SignalWaiter()
+    do {
+        let server = try ControlServer(address: SocketAddress(host: "127.0.0.1", port: port)!, name: "demo-app", context: { nil }) { _ in
+            ControlResponse(200, "hello from \(name)\n")
+        }
+        Threads.spawnDetached { server.run() }
+    } catch { fail("\(error)", code: 1) }
+    _ = signals.wait()
+    exit(0)
+}
+
+/// `meshctl demo-caller --host H --rate N`: calls H through `http_proxy` N times a second.
+func demoCaller(host: String, rate: Int) -> Never {
+    let signals = SignalWaiter()
+    guard let proxy = getenv("MESH_OUTBOUND").map({ String(cString: $0) }), let addr = SocketAddress(proxy) else {
+        fail("demo-caller runs under meshctl run (MESH_OUTBOUND)", code: 2)
+    }
+    let gap = UInt32(1_000_000 / max(rate, 1))
+    Threads.spawnDetached {
+        while true {
+            _ = try? ControlClient.request(addr, context: nil, method: "GET", path: "/", headers: [("host", host)], timeoutSeconds: 5)
+            usleep(gap)
+        }
+    }
+    _ = signals.wait()
+    exit(0)
+}
+
+/// The demo: meshd, two versions of `reviews` and a caller, each with its sidecar, and a canary.
+func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
+    let signals = SignalWaiter()
+    let tty = isatty(1) == 1
+    let me = CommandLine.arguments[0]
+    let here = me.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+    let meshdPath = here.isEmpty ? "meshd" : "\(here)/meshd"
+    var template = Array("/tmp/meshctl-demo-XXXXXX".utf8CString)
+    guard let dirp = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else { fail("cannot create a temporary directory") }
+    let dir = String(cString: dirp)
+    var children: [ChildProcess] = []
+    func say(_ s: String) { print("demo: \(s)") ; fflush(nil) }
+    func stopAll(_ code: Int32) -> Never {
+        say("stopping every process")
+        for c in children.reversed() { c.signal(SIGTERM) }
+        for c in children.reversed() { c.wait(timeoutSeconds: 30) }
+        exit(code)
+    }
+    func check() {
+        if signals.wait(millis: 0) != 0 { stopAll(130) }
+        for c in children where !c.isRunning { say("a process exited unexpectedly (logs in \(dir))"); stopAll(1) }
+    }
+    func pause(_ seconds: Double) {
+        let end = Clock.monotonicNanos() + UInt64(seconds * 1e9)
+        while Clock.monotonicNanos() < end {
+            if signals.wait(millis: 100) != 0 { stopAll(130) }
+            for c in children where !c.isRunning { say("a process exited unexpectedly (logs in \(dir))"); stopAll(1) }
+        }
+    }
+
+    let api = freePort(), admin = freePort()
+    say("starting meshd (certificate authority and config store), state in \(dir)/meshd")
+    do { children.append(try ChildProcess(path: meshdPath, args: [meshdPath, "--state-dir", "\(dir)/meshd", "--api-port", String(api), "--admin-port", String(admin), "--cert-ttl", "1h"], logPath: "\(dir)/meshd.log")) } catch { fail("\(error)", code: 1) }
+    let adminAddr = SocketAddress(host: "127.0.0.1", port: admin)!
+    for _ in 0..<100 {
+        if let r = try? ControlClient.request(adminAddr, context: nil, method: "GET", path: "/ready", timeoutSeconds: 1), r.status == 200 { break }
+        pause(0.1)
+    }
+    let tokenFile = "\(dir)/meshd/admin-token"
+    let adminURL = "http://127.0.0.1:\(admin)"
+    func ctl(_ method: String, _ path: String, _ body: String = "") -> String {
+        let token = ((try? FileStore.read(tokenFile)) ?? "").split(separator: "\n").first.map(String.init) ?? ""
+        guard let r = try? ControlClient.request(adminAddr, context: nil, method: method, path: path,
+                                                 headers: [("authorization", "Bearer \(token)")], body: body), r.status == 200 else { return "" }
+        return r.body
+    }
+    func run(_ service: String, _ extra: [String], _ app: [String]) {
+        var args = [me, "--meshd", adminURL, "--admin-token-file", tokenFile, "run", "--service", service] + extra
+        args += ["--sidecar-log", "\(dir)/\(service)\(extra.contains("version=v2") ? "-v2" : "")-sidecar.log", "--"] + app
+        do { children.append(try ChildProcess(path: me, args: args, logPath: "\(dir)/\(service)-run.log")) } catch { fail("\(error)", code: 1) }
+    }
+    say("starting reviews v1 and v2 (the sample app) and productpage (a caller), each with its sidecar")
+    for v in ["v1", "v2"] {
+        let p = freePort()
+        run("reviews", ["--label", "version=\(v)", "--app-port", String(p)], [me, "demo-app", "--name", "reviews-\(v)", "--port", String(p)])
+    }
+    run("productpage", [], [me, "demo-caller", "--host", "reviews", "--rate", "50"])
+    var ready = false
+    for _ in 0..<300 {
+        let p = ctl("GET", "/v1/proxies")
+        if p.split(separator: "\n").filter({ $0.contains("\tconnected\t") }).count >= 3 { ready = true; break }
+        pause(0.1)
+    }
+    if !ready { say("the sidecars did not all connect within 30 s (logs in \(dir))"); stopAll(1) }
+    say("mTLS identities in use (issued by meshd, renewed at half life):")
+    var ids = Set<String>()
+    for l in ctl("GET", "/v1/proxies").split(separator: "\n").dropFirst() { ids.insert(String(l.split(separator: "\t")[0])) }
+    for id in ids.sorted() { say("  \(id)") }
+
+    let rule = """
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: reviews}
+    spec:
+      host: reviews
+      subsets:
+      - {name: v1, labels: {version: v1}}
+      - {name: v2, labels: {version: v2}}
+    """
+    for (w1, w2) in [(100, 0), (90, 10), (50, 50), (0, 100)] {
+        let vs = """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: reviews}
+        spec:
+          hosts: [reviews]
+          http:
+          - name: canary
+            route:
+            - destination: {host: reviews, subset: v1}
+              weight: \(w1)
+            - destination: {host: reviews, subset: v2}
+              weight: \(w2)
+        """
+        let v = ctl("POST", "/v1/config/apply?file=demo-canary-\(w1)-\(w2)", vs + "\n---\n" + rule)
+        say("canary \(w1)/\(w2): applied (\(v.trimmingTrailingNewlines))")
+        pause(1)
+        let phaseEnd = Clock.monotonicNanos() + UInt64(phaseSeconds * 1e9)
+        while Clock.monotonicNanos() < phaseEnd {
+            check()
+            let admins = sidecarAdmins(ctl("GET", "/v1/proxies"))
+            let table = topTable(admins: admins, interval: min(2, phaseSeconds))
+            if tty {
+                print("\u{1B}[2J\u{1B}[H" + "canary \(w1)/\(w2)  (meshctl top, every 2 s; Ctrl-C stops)\n\n" + table, terminator: "")
+            } else {
+                for line in table.split(separator: "\n") where line.hasPrefix("productpage") || line.hasPrefix("ROUTE") || line.contains("reviews") {
+                    say("  " + line)
+                }
+            }
+            fflush(nil)
+        }
+    }
+    if keepRunning {
+        let caller = ctl("GET", "/v1/proxies")
+        say("the mesh stays up. meshd admin: \(adminURL) (MESHD=\(adminURL) MESH_ADMIN_TOKEN_FILE=\(tokenFile))")
+        say("try: MESHD=\(adminURL) MESH_ADMIN_TOKEN_FILE=\(tokenFile) \(me) top")
+        say("     MESHD=\(adminURL) MESH_ADMIN_TOKEN_FILE=\(tokenFile) \(me) status")
+        _ = caller
+        say("logs: \(dir). Ctrl-C stops everything.")
+        while true { pause(3600) }
+    }
+    say("done: the canary went from 100/0 to 0/100 with every request over mutual TLS")
+    stopAll(0)
+}
