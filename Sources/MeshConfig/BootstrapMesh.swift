@@ -31,6 +31,9 @@ extension Bootstrap {
         guard label(o.namespace) else { throw bad("namespace", "expected a DNS label, got \"\(o.namespace)\"") }
         let sa = o.serviceAccount ?? o.service
         guard label(sa) else { throw bad("service-account", "expected a DNS label, got \"\(sa)\"") }
+        for (k, v) in o.labels where !Names.isLabelKey(k) || !Names.isLabelValue(v) {
+            throw bad("label", "expected key=value with letters, digits, '-', '_' or '.', got \"\(k)=\(v)\"")
+        }
         var labels = o.labels
         if !labels.contains(where: { $0.0 == "app" }) { labels.insert(("app", o.service), at: 0) }
         let version = labels.first { $0.0 == "version" }?.1

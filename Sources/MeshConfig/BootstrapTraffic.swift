@@ -5,8 +5,10 @@ extension Bootstrap {
     /// The cluster a destination host names: the cluster whose name, as a short service name in
     /// this workload's namespace, answers to the host (`reviews`, `reviews.default`,
     /// `reviews.default.svc.cluster.local`), or nil.
-    public func clusterIndex(forHost host: String) -> Int? {
-        let h = host.lowercased()
+    public func clusterIndex(forHost host: String, namespace ns: String? = nil) -> Int? {
+        var h = host.lowercased()
+        // A short name means the service in the document's namespace (Istio).
+        if !h.contains(".") { h = "\(h).\(ns ?? workload.namespace)" }
         return clusters.firstIndex { Bootstrap.expandedHosts($0.name.lowercased(), namespace: workload.namespace).contains(h) }
     }
 
@@ -57,11 +59,11 @@ extension Bootstrap {
                 if !labels.insert(label).inserted {
                     throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].name", "route \"\(label)\" is defined twice")
                 }
-                for (di, d) in r.route.enumerated() where clusterIndex(forHost: d.destination.host) == nil {
+                for (di, d) in r.route.enumerated() where clusterIndex(forHost: d.destination.host, namespace: vs.namespace) == nil {
                     throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].route[\(di)].destination.host",
                                "no cluster serves host \"\(d.destination.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
                 }
-                if let m = r.mirror, clusterIndex(forHost: m.host) == nil {
+                if let m = r.mirror, clusterIndex(forHost: m.host, namespace: vs.namespace) == nil {
                     throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].mirror.host",
                                "no cluster serves host \"\(m.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
                 }
@@ -69,7 +71,7 @@ extension Bootstrap {
             }
         }
         if total >= 60_000 { throw ConfigError(file: file, message: "at most 59,999 routes in all, got \(total)") }
-        for dr in traffic.destinationRules where clusterIndex(forHost: dr.host) == nil {
+        for dr in traffic.destinationRules where clusterIndex(forHost: dr.host, namespace: dr.namespace) == nil {
             throw fail("DestinationRule", dr.namespace, dr.name, "spec.host",
                        "no cluster serves host \"\(dr.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
         }

@@ -94,10 +94,12 @@ public final class ConfigStore: @unchecked Sendable {
         if let text = try? FileStore.read("\(stateDir)/registry.txt") {
             for line in text.split(separator: "\n") {
                 let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-                guard f.count == 5 else { continue }
+                // The same checks as a registration: a damaged or edited file cannot inject config.
+                guard f.count == 5, Names.isDNSLabel(f[1]), Names.isDNSLabel(f[2]), SocketAddress(f[4]) != nil,
+                      f[0].hasPrefix("spiffe://"), f[0].utf8.allSatisfy({ $0 > 32 && $0 != 34 && $0 != 92 }) else { continue }
                 let labels = f[3].split(separator: ",").compactMap { kv -> (String, String)? in
-                    let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
-                    return p.count == 2 ? (p[0], p[1]) : nil
+                    let p = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                    return p.count == 2 && Names.isLabelKey(p[0]) && Names.isLabelValue(p[1]) ? (p[0], p[1]) : nil
                 }
                 // Known before the restart: kept through the grace period even if it never returns.
                 st.workloads["\(f[0])|\(f[4])"] = Workload(identity: f[0], service: f[1], namespace: f[2], labels: labels,
@@ -315,9 +317,13 @@ public final class ConfigStore: @unchecked Sendable {
             var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
             let sorted = names.sorted()
             for k in sorted {
-                let svc = String(k.split(separator: ".")[0])
-                out += "  - name: \(svc)\n    tls: ISTIO_MUTUAL\n    endpoints:\n"
+                // Named service.namespace: the same service name in two namespaces are two clusters.
                 let eps = (services[k] ?? []).sorted { $0.address < $1.address }
+                out += "  - name: \(k)\n    tls: ISTIO_MUTUAL\n"
+                // Callers accept only the identities registered for this service.
+                let ids = Set(eps.map(\.identity)).sorted()
+                if !ids.isEmpty { out += "    subjectAltNames: [\(ids.map { "\"\($0)\"" }.joined(separator: ", "))]\n" }
+                out += "    endpoints:\n"
                 if eps.isEmpty { out += "      []\n" }
                 for w in eps {
                     let labels = w.labels.map { "\($0.0): \"\($0.1)\"" }.joined(separator: ", ")
@@ -333,8 +339,7 @@ public final class ConfigStore: @unchecked Sendable {
             }
             var routes = ""
             for k in sorted where !routed.contains(k) {
-                let svc = String(k.split(separator: ".")[0])
-                routes += "  - name: \(svc)\n    hosts: [\(svc)]\n    cluster: \(svc)\n"
+                routes += "  - name: \(k)\n    hosts: [\(k)]\n    cluster: \(k)\n"
             }
             for (i, c) in entryClusters.enumerated() where !routed.contains(key(c.name, "default")) {
                 routes += "  - name: entry-\(i)\n    hosts: [\"\(c.name)\"]\n    cluster: \"\(c.name)\"\n"

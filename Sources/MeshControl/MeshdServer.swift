@@ -1,4 +1,5 @@
 import COpenSSL
+import MeshConfig
 import MeshCore
 import MeshTLS
 import Synchronization
@@ -100,15 +101,24 @@ public final class MeshdServer: @unchecked Sendable {
         }
         switch (r.method, r.path) {
         case ("POST", "/v1/register"):
-            guard let service = r.query["service"], !service.isEmpty, let ns = r.query["namespace"], let address = r.query["address"],
-                  SocketAddress(address) != nil else {
-                return ControlResponse(400, "register: service, namespace and address (IP:PORT) are required\n")
+            guard let service = r.query["service"], Names.isDNSLabel(service), let ns = r.query["namespace"], Names.isDNSLabel(ns),
+                  let address = r.query["address"], SocketAddress(address) != nil else {
+                return ControlResponse(400, "register: service and namespace (DNS labels) and address (IP:PORT) are required\n")
             }
-            // A workload registers only in its own namespace (its certificate says which).
-            guard id.contains("/ns/\(ns)/sa/") else { return ControlResponse(403, "\(id) may not register in namespace \(ns)\n") }
-            let labels = (r.query["labels"] ?? "").split(separator: ",").compactMap { kv -> (String, String)? in
-                let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
-                return p.count == 2 ? (p[0], p[1]) : nil
+            // A workload registers only in its own namespace (its certificate says which), and its
+            // identity must have the exact shape meshd issues (it is rendered into config).
+            let idParts = id.dropFirst("spiffe://".count).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+            guard idParts.count == 5, idParts[0] == ca.trustDomain, idParts[1] == "ns", idParts[2] == ns, idParts[3] == "sa",
+                  Names.isDNSLabel(idParts[4]) else {
+                return ControlResponse(403, "\(id) may not register in namespace \(ns)\n")
+            }
+            var labels: [(String, String)] = []
+            for kv in (r.query["labels"] ?? "").split(separator: ",") {
+                let p = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                guard p.count == 2, Names.isLabelKey(p[0]), Names.isLabelValue(p[1]) else {
+                    return ControlResponse(400, "register: a label must be key=value with letters, digits, '-', '_' or '.' (got \"\(kv)\")\n")
+                }
+                labels.append((p[0], p[1]))
             }
             store.register(identity: id, service: service, namespace: ns, labels: labels, address: address)
             return ControlResponse(200, "registered\n")

@@ -101,4 +101,54 @@ struct AuthzTable: Sendable {
         if allow.isEmpty { return true }
         return allow.contains { $0.contains(where: ruleMatches) }
     }
+
+    /// The path as policies see it (Envoy's normalisation, so `//admin`, `/./admin` or `/%61dmin`
+    /// cannot slip past a rule on `/admin`): query dropped, unreserved `%XX` decoded, slashes
+    /// merged, dot segments resolved. False (the request is refused) for a fragment, a
+    /// backslash, an encoded `/` or `\`, or a bad escape.
+    static func normalize(_ p: UnsafePointer<UInt8>, _ n: Int, into out: ByteBuffer) -> Bool {
+        out.clear()
+        func hex(_ c: UInt8) -> Int? {
+            switch c {
+            case 48...57: return Int(c - 48)
+            case 65...70: return Int(c - 55)
+            case 97...102: return Int(c - 87)
+            default: return nil
+            }
+        }
+        var i = 0
+        while i < n && p[i] != 63 {   // '?'
+            var c = p[i]
+            if c == 35 || c == 92 { return false }   // '#', '\'
+            if c == 37 {   // '%'
+                guard i + 2 < n, let h = hex(p[i + 1]), let l = hex(p[i + 2]) else { return false }
+                let v = UInt8(h * 16 + l)
+                if v == 47 || v == 92 { return false }   // encoded '/' or '\'
+                let unreserved = (v >= 65 && v <= 90) || (v >= 97 && v <= 122) || (v >= 48 && v <= 57) || v == 45 || v == 46 || v == 95 || v == 126
+                if unreserved {
+                    c = v
+                    i += 2
+                } else {
+                    out.append(p + i, 3)
+                    i += 3
+                    continue
+                }
+            }
+            if c == 47 && out.readableBytes > 0 && out.base[out.writeIndex - 1] == 47 { i += 1; continue }   // merge '//'
+            out.append(c)
+            i += 1
+            // Resolve "/." and "/.." segments as soon as they are complete.
+            let w = out.writeIndex
+            let atEnd = i >= n || p[i] == 63 || p[i] == 47
+            if atEnd && w >= 2 && out.base[w - 1] == 46 && out.base[w - 2] == 47 {
+                out.writeIndex = w - 1            // "/." -> "/"
+            } else if atEnd && w >= 3 && out.base[w - 1] == 46 && out.base[w - 2] == 46 && out.base[w - 3] == 47 {
+                var j = w - 3                      // "/.." -> drop the previous segment
+                if j > 0 { j -= 1; while j > 0 && out.base[j] != 47 { j -= 1 } }
+                out.writeIndex = j + 1
+            }
+        }
+        if out.isEmpty { out.append(47); return true }
+        return out.base[0] == 47
+    }
 }

@@ -451,11 +451,20 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         if inbound {
             cluster = snapshot.inboundCluster
             routeTimeout = 0
-            if let az = snapshot.authz, !authorized(az) {
-                stats.inc(.authzDenied)
-                consumeHead()
-                localReply(403, "RBAC: access denied", close: !reqBody.isDone, flag: .none)
-                return
+            if let az = snapshot.authz {
+                switch authorized(az) {
+                case .some(true): break
+                case .some(false):
+                    stats.inc(.authzDenied)
+                    consumeHead()
+                    localReply(403, "RBAC: access denied", close: !reqBody.isDone, flag: .none)
+                    return
+                case .none:
+                    stats.inc(.badRequests)
+                    consumeHead()
+                    localReply(400, "path not accepted (encoded slash, backslash or fragment)", close: true, flag: .downstreamProtocolError)
+                    return
+                }
             }
         } else {
             var hp: UnsafePointer<UInt8>
@@ -525,14 +534,19 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         acquireUpstream(fresh: false)
     }
 
-    /// The inbound request against the workload's AuthorizationPolicies.
-    private func authorized(_ az: AuthzTable) -> Bool {
+    /// The inbound request against the workload's AuthorizationPolicies, on its normalised path
+    /// (the path component of an absolute-form target); nil when the path is refused outright.
+    private func authorized(_ az: AuthzTable) -> Bool? {
         let b = input.base
+        var ps = head.targetStart, pe = head.targetEnd
+        if head.isAbsoluteForm { ps = head.pathStart; pe = head.pathEnd }
+        let norm = worker.scratch
+        guard AuthzTable.normalize(UnsafePointer(b + ps), pe - ps, into: norm) else { return nil }
         let peer = tlsSession?.peerIdentityBytes ?? []
         return peer.withUnsafeBufferPointer { pp in
             az.allows(principal: pp.baseAddress ?? UnsafePointer(b), pp.count,
                       method: UnsafePointer(b + head.methodStart), head.methodEnd - head.methodStart,
-                      path: UnsafePointer(b + head.targetStart), head.targetEnd - head.targetStart)
+                      path: UnsafePointer(norm.readPointer), norm.readableBytes)
         }
     }
 

@@ -219,11 +219,15 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             if let az = snap.authz {
                 let peer = (handler.conn.tlsSession)?.peerIdentityBytes ?? []
                 let view = H2RequestView(block: request)
+                let norm = worker.scratch
+                guard view.withPath({ AuthzTable.normalize($0, $1, into: norm) }) else {
+                    worker.stats.inc(.badRequests)
+                    localReply(400, "path not accepted (encoded slash, backslash or fragment)", flag: .downstreamProtocolError)
+                    return
+                }
                 let ok = peer.withUnsafeBufferPointer { pp in
                     view.withMethod { mp, mn in
-                        view.withPath { p, n in
-                            az.allows(principal: pp.baseAddress ?? mp, pp.count, method: mp, mn, path: p, n)
-                        }
+                        az.allows(principal: pp.baseAddress ?? mp, pp.count, method: mp, mn, path: UnsafePointer(norm.readPointer), norm.readableBytes)
                     }
                 }
                 if !ok {

@@ -323,9 +323,15 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         if let az = worker.routing.snapshot.authz {
             let peer = (handler.conn.tlsSession)?.peerIdentityBytes ?? []
             let b = UnsafePointer(pseudo.base)
+            let norm = worker.scratch
+            guard AuthzTable.normalize(b + path.lowerBound, path.count, into: norm) else {
+                worker.stats.inc(.badRequests)
+                localReply(400, "path not accepted (encoded slash, backslash or fragment)", flag: .downstreamProtocolError)
+                return
+            }
             let ok = peer.withUnsafeBufferPointer { pp in
                 az.allows(principal: pp.baseAddress ?? b, pp.count, method: b + method.lowerBound, method.count,
-                          path: b + path.lowerBound, path.count)
+                          path: UnsafePointer(norm.readPointer), norm.readableBytes)
             }
             if !ok {
                 worker.stats.inc(.authzDenied)

@@ -20,12 +20,16 @@ final class RoutingState {
     private(set) var retired = false
     /// The next state took over these very pools (same clusters and endpoints).
     private(set) var handedOver = false
+    /// That next state, kept alive by this one: the pools now point at it, and a request still
+    /// on this state may use them.
+    private var successor: RoutingState?
 
     /// Whether two snapshots have the same clusters, endpoints and targets (only credentials or
     /// route details changed), so pools and their connections carry over.
     static func sameShape(_ a: ProxySnapshot, _ b: ProxySnapshot) -> Bool {
         a.clusters.count == b.clusters.count && a.targets.count == b.targets.count
-            && zip(a.clusters, b.clusters).allSatisfy { $0.name == $1.name && $0.endpoints == $1.endpoints && $0.mutualTLS == $1.mutualTLS && $0.http2 == $1.http2 }
+            && zip(a.clusters, b.clusters).allSatisfy { $0.name == $1.name && $0.endpoints == $1.endpoints && $0.mutualTLS == $1.mutualTLS
+                && $0.http2 == $1.http2 && $0.expectedPeers == $1.expectedPeers }
             && zip(a.targets, b.targets).allSatisfy { $0.cluster == $1.cluster && $0.endpoints == $1.endpoints }
     }
 
@@ -40,6 +44,7 @@ final class RoutingState {
             roundRobin = prev.roundRobin
             targetRR = prev.targetRR
             prev.handedOver = true
+            prev.successor = self
             for ps in pools { for p in ps { p.routing = self; p.sessionCache.clear() } }
             return
         }

@@ -16,7 +16,7 @@ struct TrafficCompiler {
     init(_ b: Bootstrap) {
         let ns = b.workload.namespace
         for (ci, c) in b.clusters.enumerated() {
-            let dr = b.traffic.destinationRules.first { b.clusterIndex(forHost: $0.host) == ci }
+            let dr = b.traffic.destinationRules.first { b.clusterIndex(forHost: $0.host, namespace: $0.namespace) == ci }
             let tp = dr?.trafficPolicy
             var outlier: ProxySnapshot.OutlierPolicy? = nil
             if let t = tp, t.consecutive5xxErrors != nil || t.consecutiveGatewayErrors != nil || t.baseEjectionTime != nil
@@ -55,7 +55,12 @@ struct TrafficCompiler {
                                 requestOps: HeaderOps(), responseOps: HeaderOps(), rewriteURI: nil))
             let v = vhosts.count
             vhosts.append(VirtualHost(routes: [ri]))
-            for h in r.hosts { for e in Bootstrap.expandedHosts(h.lowercased(), namespace: ns) { hostEntries.append((e, v)) } }
+            for h in r.hosts {
+                for e in Bootstrap.expandedHosts(h.lowercased(), namespace: ns) { hostEntries.append((e, v)) }
+                // `name.<own namespace>` also answers to the short name (routes meshd pushes).
+                let parts = h.lowercased().split(separator: ".")
+                if parts.count == 2 && parts[1] == ns { hostEntries.append((String(parts[0]), v)) }
+            }
         }
 
         // VirtualServices: their http routes in order, per host.
@@ -66,7 +71,7 @@ struct TrafficCompiler {
                 var cum: [Int] = []
                 var sum = 0
                 for d in h.route where d.weight > 0 || h.route.count == 1 {
-                    let ci = b.clusterIndex(forHost: d.destination.host)!
+                    let ci = b.clusterIndex(forHost: d.destination.host, namespace: vs.namespace)!
                     ts.append(target(b, cluster: ci, subset: d.destination.subset))
                     sum += h.route.count == 1 ? 100 : d.weight
                     cum.append(sum)
@@ -74,7 +79,7 @@ struct TrafficCompiler {
                 let first = h.route[0].destination
                 let svc = Self.service(first.host, vs.namespace)
                 var mirrorTarget = -1
-                if let m = h.mirror { mirrorTarget = target(b, cluster: b.clusterIndex(forHost: m.host)!, subset: m.subset) }
+                if let m = h.mirror { mirrorTarget = target(b, cluster: b.clusterIndex(forHost: m.host, namespace: vs.namespace)!, subset: m.subset) }
                 let matches = h.match.map { m -> RouteMatch in
                     var rm = RouteMatch()
                     rm.uri = m.uri.map(ByteMatch.init)
@@ -83,7 +88,7 @@ struct TrafficCompiler {
                     return rm
                 }
                 list.append(routes.count)
-                routes.append(.init(cluster: b.clusterIndex(forHost: first.host)!, timeout: h.timeout ?? 0,
+                routes.append(.init(cluster: b.clusterIndex(forHost: first.host, namespace: vs.namespace)!, timeout: h.timeout ?? 0,
                                     label: Bootstrap.routeLabel(vs, i), serviceFQDN: svc.fqdn, serviceName: svc.name,
                                     serviceNamespace: svc.ns, matches: matches, targets: ts, cumulativeWeights: cum,
                                     retry: h.retries.map(RetryPolicy.init) ?? .default, fault: FaultPolicy(h.fault),
@@ -103,7 +108,7 @@ struct TrafficCompiler {
         if let t = targetIndex[name] { return t }
         var eps = Array(b.clusters[ci].endpoints.indices)
         if let s = subset {
-            let dr = b.traffic.destinationRules.first { b.clusterIndex(forHost: $0.host) == ci }
+            let dr = b.traffic.destinationRules.first { b.clusterIndex(forHost: $0.host, namespace: $0.namespace) == ci }
             let labels = dr?.subsets.first { $0.name == s }?.labels ?? []
             eps = eps.filter { e in
                 labels.allSatisfy { l in b.clusters[ci].endpointLabels[e].contains { $0.0 == l.0 && $0.1 == l.1 } }
@@ -111,7 +116,7 @@ struct TrafficCompiler {
             if eps.isEmpty { Log.warn("config", "subset \(name) selects no endpoint: its requests will get 503 (UH)") }
         }
         var lb = clusters[ci].loadBalancer
-        if let s = subset, let dr = b.traffic.destinationRules.first(where: { b.clusterIndex(forHost: $0.host) == ci }),
+        if let s = subset, let dr = b.traffic.destinationRules.first(where: { b.clusterIndex(forHost: $0.host, namespace: $0.namespace) == ci }),
            let v = dr.subsets.first(where: { $0.name == s })?.trafficPolicy?.loadBalancer {
             lb = v
         }

@@ -1,6 +1,7 @@
 import XCTest
 @testable import MeshConfig
 @testable import MeshProxy
+import MeshCore
 
 /// AuthorizationPolicy semantics (Istio's): DENY first, then ALLOW if any exists; rules are OR'd,
 /// from/to inside a rule AND'ed; principal, path and method patterns (exact, prefix*, *suffix, *).
@@ -78,5 +79,30 @@ final class AuthzTableTests: XCTestCase {
         refused("  rules:\n  - from: [{source: {principal: [x]}}]\n", "unknown field")
         refused("  selector: {labels: {app: x}}\n", "unknown field")
         XCTAssertNoThrow(try IstioTraffic.parse("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {methods: [DELETE]}}]\n", file: "a.yaml"))
+    }
+
+    func testPathNormalisation() {
+        func norm(_ s: String) -> String? {
+            let b = Array(s.utf8) + [0]
+            let out = ByteBuffer(capacity: 64)
+            let ok = b.withUnsafeBufferPointer { AuthzTable.normalize($0.baseAddress!, b.count - 1, into: out) }
+            return ok ? String(decoding: UnsafeBufferPointer(start: out.readPointer, count: out.readableBytes), as: UTF8.self) : nil
+        }
+        XCTAssertEqual(norm("/admin"), "/admin")
+        XCTAssertEqual(norm("//admin"), "/admin")
+        XCTAssertEqual(norm("/./admin"), "/admin")
+        XCTAssertEqual(norm("/x/../admin"), "/admin")
+        XCTAssertEqual(norm("/../../admin"), "/admin")
+        XCTAssertEqual(norm("/%61dmin?x=1"), "/admin")
+        XCTAssertEqual(norm("/a%20b"), "/a%20b", "reserved escapes stay")
+        XCTAssertEqual(norm("/.well-known/x"), "/.well-known/x")
+        XCTAssertEqual(norm("/a/b/."), "/a/b/")
+        XCTAssertEqual(norm(""), "/")
+        XCTAssertNil(norm("/%2Fadmin"))
+        XCTAssertNil(norm("/%5cadmin"))
+        XCTAssertNil(norm("/a\\b"))
+        XCTAssertNil(norm("/admin#frag"))
+        XCTAssertNil(norm("/%zz"))
+        XCTAssertNil(norm("/%6"))
     }
 }

@@ -87,3 +87,39 @@ def test_peer_authentication_modes(procs, pki):
     r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: server", f"http://127.0.0.1:{outbound2}/echo").stdout
     assert r == b"503", "mTLS refused on a plaintext-only port"
     assert "PeerAuthentication DISABLE" in srv.log_path.read_text()
+
+
+def test_policy_paths_cannot_be_dodged(procs, pki):
+    """A DENY on /echo holds for //echo, /./echo, /%65cho, an absolute-form target and a
+    fragment; an encoded slash is refused outright (found in review)."""
+    import socket
+    app = procs.app("server")
+    inbound, sadmin = free_port(), free_port()
+    deny = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-echo}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/echo"]}}]
+"""
+    srv = procs.sidecar(server_config(pki, "server-sidecar", inbound, sadmin, app) + peer_auth("PERMISSIVE") + deny, "server")
+    wait_ready(srv, sadmin)
+
+    def raw(target):
+        with socket.create_connection(("127.0.0.1", inbound)) as s:
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                data += d
+        return int(data.split(b" ")[1])
+
+    assert raw("/") == 200
+    for target in ("/echo", "//echo", "/./echo", "/x/../echo", "/%65cho", "http://server/echo", "/echo?x=1"):
+        assert raw(target) == 403, target
+    assert raw("/echo#x") == 400
+    assert raw("/%2Fecho") == 400

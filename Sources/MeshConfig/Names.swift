@@ -1,0 +1,28 @@
+/// The shapes of names the mesh accepts from the outside (Kubernetes' rules): service and
+/// namespace names are DNS labels; label keys are an optional DNS-subdomain prefix and a name of
+/// letters, digits, `-`, `_`, `.`; label values the same, up to 63 characters. Anything else is
+/// refused where it enters (flags, registration), so it can never reach generated config.
+public enum Names {
+    public static func isDNSLabel(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.count <= 63 && s.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }
+            && s.first != "-" && s.last != "-"
+    }
+
+    static func isLabelName(_ s: Substring, allowEmpty: Bool) -> Bool {
+        if s.isEmpty { return allowEmpty }
+        return s.utf8.count <= 63 && s.utf8.allSatisfy {
+            ($0 >= 97 && $0 <= 122) || ($0 >= 65 && $0 <= 90) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 95 || $0 == 46
+        }
+    }
+
+    public static func isLabelKey(_ s: String) -> Bool {
+        let parts = s.split(separator: "/", omittingEmptySubsequences: false)
+        if parts.count == 2 {
+            return !parts[0].isEmpty && parts[0].utf8.count <= 253 && parts[0].utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 46 }
+                && isLabelName(parts[1], allowEmpty: false)
+        }
+        return parts.count == 1 && isLabelName(parts[0], allowEmpty: false)
+    }
+
+    public static func isLabelValue(_ s: String) -> Bool { isLabelName(Substring(s), allowEmpty: true) }
+}
