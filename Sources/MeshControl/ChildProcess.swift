@@ -11,7 +11,12 @@ public final class ChildProcess: @unchecked Sendable {
     public private(set) var exitStatus: Int32?
 
     /// Starts `path` with `args` (argv[0] included); `logPath` receives stdout and stderr.
-    public init(path: String, args: [String], environment: [String]? = nil, logPath: String? = nil) throws(CAError) {
+    /// In its own process group (`newGroup`): a terminal's Ctrl-C reaches only the parent, which
+    /// decides the order, and `signal` reaches the child's own children too.
+    public let ownGroup: Bool
+
+    public init(path: String, args: [String], environment: [String]? = nil, logPath: String? = nil, newGroup: Bool = false) throws(CAError) {
+        ownGroup = newGroup
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -22,7 +27,8 @@ public final class ChildProcess: @unchecked Sendable {
         sigemptyset(&defaults)
         for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD] { sigaddset(&defaults, s) }
         posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | (newGroup ? POSIX_SPAWN_SETPGROUP : 0)))
+        if newGroup { posix_spawnattr_setpgroup(&attr, 0) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -71,7 +77,7 @@ public final class ChildProcess: @unchecked Sendable {
         return r == 0
     }
 
-    public func signal(_ s: Int32) { if isRunning { kill(pid, s) } }
+    public func signal(_ s: Int32) { if isRunning { kill(ownGroup ? -pid : pid, s) } }
 
     /// Waits until it exits, at most `timeoutSeconds` (then SIGKILL); returns its status.
     @discardableResult
@@ -79,7 +85,7 @@ public final class ChildProcess: @unchecked Sendable {
         let deadline = Clock.monotonicNanos() + UInt64(timeoutSeconds * 1e9)
         while isRunning {
             if Clock.monotonicNanos() > deadline {
-                kill(pid, SIGKILL)
+                kill(ownGroup ? -pid : pid, SIGKILL)
                 var st: Int32 = 0
                 waitpid(pid, &st, 0)
                 exitStatus = 137

@@ -41,9 +41,10 @@ public final class ConfigDirectory: @unchecked Sendable {
             guard let t = try? FileStore.read("\(path)/\(f.name)") else { continue }
             texts.append(t)
         }
-        if texts.isEmpty { return }
         do {
-            let v = try store.apply(texts.joined(separator: "\n---\n"), file: "\(path) (\(fs.map(\.name).joined(separator: ", ")))")
+            // The directory owns what it applied: a removed file or document is removed.
+            let v = try store.apply(texts.joined(separator: "\n---\n"), file: "\(path) (\(fs.map(\.name).joined(separator: ", ")))",
+                                    source: "config-dir:\(path)")
             Log.info("config", "\(path): applied as version \(v)")
         } catch {
             Log.error("config", "\(path) refused, the config in force stays: \(error)")

@@ -18,6 +18,8 @@ public final class ConfigStore: @unchecked Sendable {
         var namespace: String
         var name: String
         var text: String
+        /// Where it came from: a `--config-dir` owns its documents (a removed file removes them).
+        var source = ""
         var key: String { "\(kind)/\(namespace)/\(name)" }
     }
 
@@ -69,6 +71,8 @@ public final class ConfigStore: @unchecked Sendable {
     }
 
     private let state = Mutex(State())
+    /// One change at a time: read, validate, persist and commit form one critical section.
+    private let applyLock = RotationLock()
     private let changed = Condition()
     let stateDir: String
     public let defaultNamespace = "default"
@@ -88,7 +92,12 @@ public final class ConfigStore: @unchecked Sendable {
         if let text = try? FileStore.read("\(stateDir)/applied.yaml") {
             do {
                 let docs = try ConfigStore.split(text, file: "\(stateDir)/applied.yaml")
-                for d in docs { st.documents[d.key] = d; st.order.append(d.key) }
+                var sources: [String: String] = [:]
+                for line in ((try? FileStore.read("\(stateDir)/sources.txt")) ?? "").split(separator: "\n") {
+                    let f = line.split(separator: "\t").map(String.init)
+                    if f.count == 2 { sources[f[0]] = f[1] }
+                }
+                for var d in docs { d.source = sources[d.key] ?? ""; st.documents[d.key] = d; st.order.append(d.key) }
             } catch { throw CAError("\(stateDir)/applied.yaml: \(error)") }
         }
         if let text = try? FileStore.read("\(stateDir)/registry.txt") {
@@ -149,12 +158,24 @@ public final class ConfigStore: @unchecked Sendable {
 
     /// Validates `text` merged into the documents in force (upsert by kind/namespace/name, or
     /// removal with `delete`) and commits it when the whole set is valid. Returns the new version.
-    public func apply(_ text: String, file: String, delete: Bool = false) throws(ConfigError) -> Int {
-        let incoming = try ConfigStore.split(text, file: file)
+    /// `source`: when given, the input replaces every document that source applied before
+    /// (documents it no longer contains are removed).
+    public func apply(_ text: String, file: String, delete: Bool = false, source: String? = nil) throws(ConfigError) -> Int {
+        applyLock.lock()
+        defer { applyLock.unlock() }
+        var incoming = text.isEmpty ? [] : try ConfigStore.split(text, file: file)
+        if let src = source { for i in incoming.indices { incoming[i].source = src } }
         for d in incoming where !ConfigStore.storedKinds.contains(d.kind) {
             throw ConfigError(file: file, message: "kind \(d.kind) is not stored by meshd yet (supported: VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication, ServiceEntry, WorkloadEntry)")
         }
         var next = state.withLock { $0 }
+        if let src = source {
+            let keep = Set(incoming.map(\.key))
+            for (k, d) in next.documents where d.source == src && !keep.contains(k) {
+                next.documents.removeValue(forKey: k)
+                next.order.removeAll { $0 == k }
+            }
+        }
         for d in incoming {
             if delete {
                 next.documents.removeValue(forKey: d.key)
@@ -169,7 +190,11 @@ public final class ConfigStore: @unchecked Sendable {
         do { _ = try IstioTraffic.parse(whole, file: "(the config that would result)") } catch {
             throw ConfigError(file: file, message: "the resulting config is refused: \(error.description)")
         }
-        do { try FileStore.writeAtomically("\(stateDir)/applied.yaml", whole, mode: 0o600) } catch {
+        do {
+            try FileStore.writeAtomically("\(stateDir)/applied.yaml", whole, mode: 0o600)
+            let sources = next.order.compactMap { k in next.documents[k].flatMap { $0.source.isEmpty ? nil : "\(k)\t\($0.source)" } }
+            try FileStore.writeAtomically("\(stateDir)/sources.txt", sources.joined(separator: "\n") + "\n", mode: 0o600)
+        } catch {
             throw ConfigError(file: file, message: "cannot persist: \(error)")
         }
         let v = state.withLock { s -> Int in

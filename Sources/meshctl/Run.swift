@@ -54,7 +54,9 @@ func runCommand(service: String, namespace: String, serviceAccount: String, labe
     if let p = appPort { args += ["--app-port", String(p)] }
     if let p = appProtocol { args += ["--app-protocol", p] }
     let sidecar: ChildProcess
-    do { sidecar = try ChildProcess(path: sidecarPath, args: args, logPath: log) } catch { fail("\(error)") }
+    do { sidecar = try ChildProcess(path: sidecarPath, args: args, logPath: log, newGroup: true) } catch { fail("\(error)") }
+    // The join token is only needed until the sidecar has its certificate: removed on any exit.
+    let cleanup = { unlink("\(dir)/token"); unlink("\(dir)/root-cert.pem") }
     note("sidecar for spiffe://…/ns/\(namespace)/sa/\(serviceAccount): outbound 127.0.0.1:\(outbound) (http_proxy)"
          + (appPort.map { ", inbound :\(inbound) -> app :\($0)" } ?? " (calls out only)") + ", admin :\(admin); log \(log)")
 
@@ -65,11 +67,13 @@ func runCommand(service: String, namespace: String, serviceAccount: String, labe
         if let r = try? ControlClient.request(adminAddress, context: nil, method: "GET", path: "/ready", timeoutSeconds: 2), r.status == 200 { break }
         if !sidecar.isRunning {
             let tail = (try? FileStore.read(log)).map { String($0.suffix(600)) } ?? ""
+            cleanup()
             fail("the sidecar exited before it was ready (log \(log)):\n\(tail)", code: 1)
         }
-        if signals.wait(millis: 100) != 0 { sidecar.signal(SIGTERM); sidecar.wait(timeoutSeconds: 10); exit(130) }
+        if signals.wait(millis: 100) != 0 { sidecar.signal(SIGTERM); sidecar.wait(timeoutSeconds: 10); cleanup(); exit(130) }
         if Clock.monotonicNanos() - start > 60_000_000_000 {
             sidecar.signal(SIGTERM); sidecar.wait(timeoutSeconds: 10)
+            cleanup()
             fail("the sidecar was not ready within 60 s (log \(log))", code: 1)
         }
     }
@@ -84,21 +88,25 @@ func runCommand(service: String, namespace: String, serviceAccount: String, labe
             "MESH_OUTBOUND=127.0.0.1:\(outbound)", "MESH_SIDECAR_ADMIN=127.0.0.1:\(admin)",
             "MESH_SERVICE=\(service)", "MESH_NAMESPACE=\(namespace)"]
     let app: ChildProcess
-    do { app = try ChildProcess(path: command[0], args: command, environment: env) } catch {
+    do { app = try ChildProcess(path: command[0], args: command, environment: env, newGroup: true) } catch {
         sidecar.signal(SIGTERM); sidecar.wait(timeoutSeconds: 10)
+        cleanup()
         fail("\(error)", code: 127)
     }
+    cleanup()
+    var stopping = false
     while true {
         let sig = signals.wait(millis: 100)
-        if sig != 0 {
+        if sig == SignalWaiter.sighup {
+            app.signal(sig)   // a reload for the app, not a shutdown
+        } else if sig != 0 && stopping {
+            app.signal(SIGKILL)   // a second Ctrl-C: no more waiting
+        } else if sig != 0 {
             // Shutdown: the sidecar stops taking new inbound requests and finishes those in
-            // flight, then the app gets the signal, then the sidecar exits.
+            // flight, then the app (and its children) get the signal; the sidecar exits last.
+            stopping = true
             _ = try? ControlClient.request(adminAddress, context: nil, method: "POST", path: "/drain", timeoutSeconds: 2)
             app.signal(sig)
-            let status = app.wait(timeoutSeconds: 30)
-            sidecar.signal(SIGTERM)
-            sidecar.wait(timeoutSeconds: 30)
-            exit(status)
         }
         if !app.isRunning {
             let status = app.exitStatus ?? 1
@@ -106,7 +114,7 @@ func runCommand(service: String, namespace: String, serviceAccount: String, labe
             sidecar.wait(timeoutSeconds: 30)
             exit(status)
         }
-        if !sidecar.isRunning {
+        if !sidecar.isRunning && !stopping {
             note("the sidecar exited (log \(log)); stopping the app")
             app.signal(SIGTERM)
             app.wait(timeoutSeconds: 10)

@@ -179,6 +179,18 @@ def test_config_dir_is_applied_and_watched(procs, tmp_path):
     wait_until(lambda: "VirtualService\tdefault/reviews" in m.ctl("get", "routes").stdout, what="config dir applied")
     (cfg / "reviews.yaml").write_text(SPLIT.replace("W1", "100").replace("W2", "0").replace("name: reviews}", "name: reviews-b}", 1))
     wait_until(lambda: "VirtualService\tdefault/reviews-b" in m.ctl("get", "routes").stdout, timeout=10, what="change picked up")
+    # The directory owns what it applied: a document or file removed there is removed from the
+    # config in force (found in review).
+    assert "VirtualService\tdefault/reviews\n" not in m.ctl("get", "routes").stdout, "replaced by reviews-b"
+    (cfg / "reviews.yaml").unlink()
+    wait_until(lambda: "VirtualService" not in m.ctl("get", "routes").stdout, timeout=10, what="removal picked up")
+    # Applied by meshctl, not by the directory: stays.
+    f = tmp_path / "mine.yaml"
+    f.write_text(SPLIT.replace("W1", "100").replace("W2", "0").replace("name: reviews}", "name: mine}", 1))
+    m.ctl("apply", "-f", f)
+    (cfg / "other.yaml").write_text("")
+    time.sleep(2.5)
+    assert "VirtualService\tdefault/mine" in m.ctl("get", "routes").stdout
 
 
 POLICIES = """

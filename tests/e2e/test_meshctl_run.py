@@ -72,3 +72,32 @@ def test_meshctl_run_reports_a_sidecar_that_cannot_start(procs, tmp_path):
     assert "exited before it was ready" in r.stderr and "401" in r.stderr
     r = subprocess.run([str(MESHCTL), "run", "--service", "web"], capture_output=True, text=True, timeout=10)
     assert r.returncode != 0 and "after --" in r.stderr
+
+
+def test_meshctl_run_forwards_signals(procs, tmp_path):
+    m = Meshd(procs)
+    env = {"MESHD": f"http://127.0.0.1:{m.admin}", "MESH_ADMIN_TOKEN_FILE": str(m.state / "admin-token")}
+    marker = tmp_path / "signals"
+    app = tmp_path / "app.py"
+    app.write_text(f"""
+import signal, sys, time
+def hup(*_): open({str(marker)!r}, "a").write("hup\\n")
+def term(*_): open({str(marker)!r}, "a").write("term\\n"); sys.exit(7)
+signal.signal(signal.SIGHUP, hup)
+signal.signal(signal.SIGTERM, term)
+open({str(marker)!r}, "a").write("started\\n")
+while True: time.sleep(0.1)
+""")
+    p = procs.start([MESHCTL, "run", "--service", "worker", "--", sys.executable, str(app)], "worker-run", env=env)
+    wait_until(lambda: marker.exists() and "started" in marker.read_text(), timeout=30, what="app started")
+    p.send_signal(signal.SIGHUP)             # a reload: forwarded, nothing stops
+    wait_until(lambda: "hup" in marker.read_text(), what="SIGHUP forwarded")
+    time.sleep(0.5)
+    assert p.poll() is None
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=40) == 7           # the app's status
+    assert marker.read_text().splitlines() == ["started", "hup", "term"]
+    # The join token does not outlive the start-up.
+    tmp = re.search(r"log (/tmp/meshctl-run-\w+)/sidecar.log", p.log_path.read_text()).group(1)
+    import os
+    assert not os.path.exists(f"{tmp}/token")
