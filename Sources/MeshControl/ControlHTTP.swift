@@ -15,10 +15,13 @@ import Glibc
 public final class ControlStream {
     let fd: Int32
     let ssl: OpaquePointer?
+    /// The context the SSL object was made from, kept alive as long as it is (its callbacks
+    /// use memory the context owns).
+    let context: TLSContext?
     /// Monotonic nanoseconds after which every operation fails (0: none, blocking socket).
     var deadline: UInt64 = 0
 
-    init(fd: Int32, ssl: OpaquePointer?) { self.fd = fd; self.ssl = ssl }
+    init(fd: Int32, ssl: OpaquePointer?, context: TLSContext? = nil) { self.fd = fd; self.ssl = ssl; self.context = context }
 
     deinit {
         if let s = ssl { SSL_free(s) }
@@ -77,7 +80,7 @@ public final class ControlStream {
         }
         guard let ssl = SSL_new(ctx.ctx) else { Glibc.close(fd); return nil }
         SSL_set_fd(ssl, fd)
-        let s = ControlStream(fd: fd, ssl: ssl)
+        let s = ControlStream(fd: fd, ssl: ssl, context: ctx)
         s.deadline = deadline
         if s.sslRetry({ SSL_accept(ssl) }) != 1 {
             ERR_clear_error()
@@ -110,7 +113,7 @@ public final class ControlStream {
             Glibc.close(fd)
             throw CAError("TLS with \(address) failed: \(reason)")
         }
-        return ControlStream(fd: fd, ssl: ssl)
+        return ControlStream(fd: fd, ssl: ssl, context: ctx)
     }
 
     /// The peer's certificate (TLS, when it sent one), owned by the caller.

@@ -3,8 +3,8 @@ import Glibc
 #endif
 
 /// A compiled regular expression that must match a whole byte range (Istio's RE2 `regex` match is
-/// a full match), on glibc's POSIX extended syntax with `\d`/`\D` translated, matched in place over
-/// bytes (`REG_STARTEND`) so the request path builds no String. Compiled once per config snapshot.
+/// a full match), on glibc's POSIX extended syntax with `\d`/`\D` translated, matched over a
+/// stack copy of the bytes so the request path builds no String. Compiled once per config snapshot.
 public final class FullMatchRegex: @unchecked Sendable {
     private let re: UnsafeMutablePointer<regex_t>
 
@@ -43,11 +43,17 @@ public final class FullMatchRegex: @unchecked Sendable {
         re.deallocate()
     }
 
-    /// Whether the regex matches all of `p[0..<n]` (the bytes need no terminating NUL).
+    /// Whether the regex matches all of `p[0..<n]` (the bytes need no terminating NUL). glibc's
+    /// matcher may look one byte past the end even with REG_STARTEND (AddressSanitizer caught
+    /// it), so the bytes are copied into a NUL-terminated buffer on the stack first; a NUL inside
+    /// the range never matches.
     public func matches(_ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
-        var m = regmatch_t(rm_so: 0, rm_eo: regoff_t(n))
-        return p.withMemoryRebound(to: CChar.self, capacity: max(n, 1)) { cp in
-            regexec(re, cp, 1, &m, REG_STARTEND) == 0
+        for i in 0..<n where p[i] == 0 { return false }
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: n + 1) { buf in
+            let base = buf.baseAddress!
+            p.withMemoryRebound(to: CChar.self, capacity: max(n, 1)) { base.update(from: $0, count: n) }
+            base[n] = 0
+            return regexec(re, base, 0, nil, 0) == 0
         }
     }
 }

@@ -22,6 +22,8 @@ public final class TLSContext: @unchecked Sendable {
     public let localIdentity: String
     /// ALPN wire format list (length-prefixed names) that a server selects from.
     let alpnWire: UnsafeMutableBufferPointer<UInt8>
+    /// The same list behind a 2-byte length, for the server's ALPN callback (freed with the context).
+    private var alpnSelect: UnsafeMutablePointer<UInt8>?
 
     public struct Options: Sendable {
         public var certChainFile: String
@@ -146,7 +148,11 @@ public final class TLSContext: @unchecked Sendable {
                     out?.pointee = UnsafePointer(sel)
                     outlen?.pointee = selLen
                     return SSL_TLSEXT_ERR_OK
-                }, UnsafeMutableRawPointer(TLSContext.lengthPrefixed(alpnWire, alpnCount)))
+                }, UnsafeMutableRawPointer({ () -> UnsafeMutablePointer<UInt8> in
+                    let p = TLSContext.lengthPrefixed(alpnWire, alpnCount)
+                    alpnSelect = p
+                    return p
+                }()))
             }
         case .client:
             SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
@@ -171,7 +177,11 @@ public final class TLSContext: @unchecked Sendable {
         return p
     }
 
-    deinit { SSL_CTX_free(ctx) }
+    deinit {
+        SSL_CTX_free(ctx)
+        alpnWire.deallocate()
+        alpnSelect?.deallocate()
+    }
 
     /// Every certificate of a PEM text (the caller frees them).
     public static func certificates(pem: String) -> [OpaquePointer] {
