@@ -9,6 +9,12 @@ public enum Threads {
 
     /// Starts a joinable thread running `body`.
     public static func spawn(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t {
+        guard let t = create(body) else { preconditionFailure("pthread_create failed") }
+        return t
+    }
+
+    /// A new thread running `body`, or nil when the system refuses one.
+    private static func create(_ body: @escaping @Sendable () -> Void) -> pthread_t? {
         var tid = pthread_t()
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         let rc = pthread_create(&tid, nil, { arg in
@@ -16,7 +22,7 @@ public enum Threads {
             b.body()
             return nil
         }, box)
-        precondition(rc == 0, "pthread_create failed")
+        if rc != 0 { Unmanaged<Box>.fromOpaque(box).release(); return nil }
         return tid
     }
 
@@ -31,15 +37,8 @@ public enum Threads {
     /// Like `spawnDetached`, but reports failure (a pids limit reached) instead of stopping the
     /// process: for threads started on behalf of network peers.
     public static func trySpawnDetached(_ body: @escaping @Sendable () -> Void) -> Bool {
-        var tid = pthread_t()
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        let rc = pthread_create(&tid, nil, { arg in
-            let b = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-            b.body()
-            return nil
-        }, box)
-        if rc != 0 { Unmanaged<Box>.fromOpaque(box).release(); return false }
-        pthread_detach(tid)
+        guard let t = create(body) else { return false }
+        pthread_detach(t)
         return true
     }
 
