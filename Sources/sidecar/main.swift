@@ -54,10 +54,14 @@ let usage = """
       --app-protocol P       what the app speaks: http (HTTP/1.1, default), http2 or grpc (h2c)
       --inbound-port, --outbound-port, --admin-port   defaults 15006, 15001, 15000
       --trust-domain TD      must match meshd's (default cluster.local)
-      --route HOST=IP:PORT[,IP:PORT]  an outbound route to other sidecars over mTLS (HTTP/2);
-                             routing config pushed by meshd is not built yet
-      --service-port N, --advertise-address IP  accepted for the command-line contract; used once
-                             sidecars register with meshd (not built yet)
+      --advertise-address IP  where other sidecars reach this one (registered with meshd;
+                             default 127.0.0.1)
+      --route HOST=IP:PORT[,IP:PORT]  static outbound routes over mTLS (HTTP/2) until the first
+                             config arrives from meshd (which then replaces them)
+      --service-port N       accepted for the command-line contract; callers reach a service on
+                             any port today
+    The sidecar registers its workload with meshd and applies the routing and security config
+    meshd pushes (answering ACK or NACK; the last good config stays while meshd is away).
 
     """
 
