@@ -168,7 +168,7 @@ public final class WorkloadIdentity: @unchecked Sendable {
 
 extension String {
     /// Splits at the first occurrence of `marker` (no Foundation).
-    func components(marker: String) -> [String] {
+    public func components(marker: String) -> [String] {
         let h = Array(utf8), m = Array(marker.utf8)
         guard m.count <= h.count else { return [self] }
         var i = 0

@@ -637,8 +637,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         out.append(b + head.methodStart, head.methodEnd - head.methodStart)
         out.append(UInt8(ascii: " "))
         let route: ProxySnapshot.Route? = routeIndex >= 0 ? snapshot.routes[routeIndex] : nil
-        if let rw = route?.rewriteURI {
-            appendRewrittenPath(out, rw, route!)
+        if let r = route, r.rewriteURI != nil {
+            let ps = head.isAbsoluteForm ? head.pathStart : head.targetStart
+            let pe = head.isAbsoluteForm ? head.pathEnd : head.targetEnd
+            r.appendRewrittenPath(out, matchIndex: matchIndex, UnsafePointer(b + ps), pe - ps)
         } else if head.isAbsoluteForm {
             if head.pathEnd > head.pathStart {
                 if b[head.pathStart] == UInt8(ascii: "?") { out.append(UInt8(ascii: "/")) }
@@ -703,23 +705,6 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         out.append("\r\n")
     }
 
-
-    /// Istio's `rewrite.uri`: replaces the prefix that matched (prefix matches), else the whole
-    /// path; the query string is kept.
-    private func appendRewrittenPath(_ out: ByteBuffer, _ rw: [UInt8], _ route: ProxySnapshot.Route) {
-        let b = input.base
-        var ps = head.targetStart, pe = head.targetEnd
-        if head.isAbsoluteForm { ps = head.pathStart; pe = head.pathEnd }
-        var q = ps
-        while q < pe && b[q] != UInt8(ascii: "?") { q += 1 }
-        if matchIndex >= 0, let u = route.matches[matchIndex].uri, u.kind == .prefix, u.value.count <= q - ps {
-            out.append(rw)
-            out.append(b + ps + u.value.count, pe - ps - u.value.count)
-        } else {
-            out.append(rw)
-            out.append(b + q, pe - q)
-        }
-    }
 
     // MARK: access log
 
@@ -1118,7 +1103,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         }
         if nl > 0 && n[0] == UInt8(ascii: ":") { return }
         if nl == 11 && ASCII.equalsLower(n, nl, "grpc-status") { h2Grpc = MetricKey.grpcStatus(v, vl) }
-        if routeIndex >= 0 && !ASCII.equalsLower(n, nl, "content-length") && snapshot.routes[routeIndex].responseOps.removes(n, nl) { return }
+        if routeIndex >= 0, !snapshot.routes[routeIndex].responseOps.isEmpty, !ASCII.equalsLower(n, nl, "content-length"),
+           snapshot.routes[routeIndex].responseOps.removes(n, nl) { return }
         if nl == 20 && ASCII.equalsLower(n, nl, "x-mesh-peer-metadata") {
             if let h = h2up, let tls = h.security as? TLSSession {
                 upstreamPeer = peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes, v, vl, fallback: h.peerIndex)

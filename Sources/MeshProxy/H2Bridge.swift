@@ -431,9 +431,9 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             let ops = rt.requestOps
             request.forEach { n, nl, v, vl in
                 if nl > 0 && n[0] != UInt8(ascii: ":") && !ops.isEmpty && ops.removes(n, nl) { return }
-                if let rw = rt.rewriteURI, nl == 5 && ASCII.equalsLower(n, nl, ":path") {
+                if rt.rewriteURI != nil, nl == 5 && ASCII.equalsLower(n, nl, ":path") {
                     scratch.clear()
-                    appendRewrittenPath(scratch, rw, rt, v, vl)
+                    rt.appendRewrittenPath(scratch, matchIndex: matchIndex, v, vl)
                     s.addHeader(n, nl, scratch.readPointer, scratch.readableBytes)
                     return
                 }
@@ -484,18 +484,6 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         return sid
     }
 
-
-    /// Istio's `rewrite.uri` on `:path`: the prefix that matched, else the path before the query.
-    private func appendRewrittenPath(_ out: ByteBuffer, _ rw: [UInt8], _ rt: ProxySnapshot.Route, _ v: UnsafePointer<UInt8>, _ vl: Int) {
-        var q = 0
-        while q < vl && v[q] != UInt8(ascii: "?") { q += 1 }
-        out.append(rw)
-        if matchIndex >= 0, let u = rt.matches[matchIndex].uri, u.kind == .prefix, u.value.count <= q {
-            out.append(v + u.value.count, vl - u.value.count)
-        } else {
-            out.append(v + q, vl - q)
-        }
-    }
 
     /// Keeps body bytes that went upstream for a retry while they fit the cap.
     @inline(__always) private func keepForReplay(_ p: UnsafePointer<UInt8>, _ n: Int) {

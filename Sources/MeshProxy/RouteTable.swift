@@ -195,6 +195,20 @@ extension ProxySnapshot.Route {
         return targets[targets.count - 1]
     }
 
+    /// Istio's `rewrite.uri` of `path[0..<n]` (path and query) into `out`: the prefix that matched
+    /// (match entry `matchIndex`, a prefix match) is replaced, else the whole path; the query stays.
+    func appendRewrittenPath(_ out: ByteBuffer, matchIndex: Int, _ path: UnsafePointer<UInt8>, _ n: Int) {
+        guard let rw = rewriteURI else { out.append(path, n); return }
+        var q = 0
+        while q < n && path[q] != UInt8(ascii: "?") { q += 1 }
+        out.append(rw)
+        if matchIndex >= 0, let u = matches[matchIndex].uri, u.kind == .prefix, u.value.count <= q {
+            out.append(path + u.value.count, n - u.value.count)
+        } else {
+            out.append(path + q, n - q)
+        }
+    }
+
     /// Whether a fault (delay or abort) of `ppm` parts per million applies to this request.
     @inline(__always) static func draw(_ ppm: UInt64, _ rng: inout FastRandom) -> Bool {
         ppm >= 1_000_000 || (ppm > 0 && rng.next() % 1_000_000 < ppm)

@@ -67,14 +67,19 @@ do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) }
 if flags.has("help") || flags.positional.isEmpty { print(usage, terminator: ""); exit(flags.has("help") ? 0 : 2) }
 // The demo's own processes (not for operators): the sample app and the caller.
 if flags.positional.first == "demo-app" {
-    demoApp(name: flags.string("name") ?? "app", port: (try? flags.int("port", min: 1, max: 65535)) ?? 9080)
+    do { demoApp(name: flags.string("name") ?? "app", port: try flags.int("port", min: 1, max: 65535) ?? 9080) } catch { fail("\(error)") }
 }
 if flags.positional.first == "demo-caller" {
-    demoCaller(host: flags.string("host") ?? "reviews", rate: (try? flags.int("rate", min: 1, max: 10000)) ?? 50)
+    do { demoCaller(host: flags.string("host") ?? "reviews", rate: try flags.int("rate", min: 1, max: 10000) ?? 50) } catch { fail("\(error)") }
 }
 if flags.positional.first == "demo" {
     var phase = 10.0
-    if let t = flags.string("phase"), let n = DurationParser.parseNanos(t), n >= 1_000_000_000 { phase = Double(n) / 1e9 }
+    if let t = flags.string("phase") {
+        guard let n = DurationParser.parseNanos(t), n >= 1_000_000_000, n <= 600_000_000_000 else {
+            fail("--phase: expected a duration from 1s to 10m, got \"\(t)\"")
+        }
+        phase = Double(n) / 1e9
+    }
     runDemo(keepRunning: flags.has("keep-running"), phaseSeconds: phase)
 }
 
@@ -147,7 +152,7 @@ func applyFiles(delete: Bool) {
         if done { print("acknowledged by \(connected.count) sidecar(s)"); return }
         // A NACK of this version (or a later one) is final; an older one is being superseded.
         let refused = connected.first { l in
-            let parts = String(l).components(separatedByMarker: "NACK (version ")
+            let parts = String(l).components(marker: "NACK (version ")
             guard parts.count == 2 else { return false }
             return Int(parts[1].prefix { $0.isNumber }).map { $0 >= v } ?? false
         }
@@ -218,20 +223,5 @@ extension String {
         var s = self
         while s.hasSuffix("\n") { s.removeLast() }
         return s
-    }
-}
-
-extension String {
-    /// Splits at the first `marker` (no Foundation).
-    func components(separatedByMarker marker: String) -> [String] {
-        let h = Array(utf8), m = Array(marker.utf8)
-        var i = 0
-        while i + m.count <= h.count {
-            if h[i..<(i + m.count)].elementsEqual(m) {
-                return [String(decoding: h[..<i], as: UTF8.self), String(decoding: h[(i + m.count)...], as: UTF8.self)]
-            }
-            i += 1
-        }
-        return [self]
     }
 }

@@ -453,6 +453,12 @@ spec:
     - destination: {host: reviews, subset: v2}
     headers:
       response: {set: {x-route: jason}}
+  - name: v2-api
+    match:
+    - uri: {prefix: /v2/}
+    rewrite: {uri: /}
+    route:
+    - destination: {host: reviews, subset: v2}
   - name: flaky
     match:
     - uri: {prefix: /flaky}
@@ -478,6 +484,10 @@ spec:
                        capture_output=True, text=True, timeout=30)
     assert '"name": "v2"' in r.stdout, r.stdout
     assert "x-route: jason" in r.stdout
+    r = subprocess.run(["nghttp", "-H", ":authority: reviews", f"http://127.0.0.1:{outbound}/v2/echo?q=1"],
+                       capture_output=True, text=True, timeout=30)
+    echo = json.loads(r.stdout)
+    assert (echo["name"], echo["path"]) == ("v2", "/echo?q=1"), "rewrite on the HTTP/2 path"
 
     assert h2c_load(f"http://127.0.0.1:{outbound}/flaky?every=2", 100, 1) == [100, 0, 0, 0]
     assert stats(admin)["retries_on_status"] >= 45
