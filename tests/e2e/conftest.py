@@ -15,8 +15,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SIDECAR = pathlib.Path(os.environ.get("SIDECAR_BIN", ROOT / ".build" / "debug" / "sidecar"))
-MESHD = SIDECAR.parent / "meshd"
-MESHCTL = SIDECAR.parent / "meshctl"
+# MESHD_BIN / MESHCTL_BIN override the siblings of the sidecar (e.g. sanitizer builds elsewhere).
+MESHD = pathlib.Path(os.environ.get("MESHD_BIN", SIDECAR.parent / "meshd"))
+MESHCTL = pathlib.Path(os.environ.get("MESHCTL_BIN", SIDECAR.parent / "meshctl"))
 
 
 def free_port() -> int:
