@@ -42,6 +42,9 @@ public struct Bootstrap: Sendable {
         public var address: SocketAddress
         public var headerTimeout: UInt64
         public var idleTimeout: UInt64
+        /// How long a request may go without progress (no body bytes either way, no response
+        /// head) before it is ended: Envoy's stream_idle_timeout, 5 minutes unless set.
+        public var streamIdleTimeout: UInt64 = Defaults.streamIdleTimeout
         /// Inbound only: where the local app listens.
         public var appAddress: SocketAddress?
         /// Inbound only: the app speaks HTTP/2 cleartext (`appProtocol: HTTP2` or `GRPC`).
@@ -105,6 +108,7 @@ public struct Bootstrap: Sendable {
     public enum Defaults {
         public static let headerTimeout: UInt64 = 10_000_000_000
         public static let idleTimeout: UInt64 = 300_000_000_000
+        public static let streamIdleTimeout: UInt64 = 300_000_000_000
         public static let connectTimeout: UInt64 = 5_000_000_000
         /// Pooled upstream connections idle longer than this are closed: below Node.js's 5 s
         /// keep-alive, the shortest common upstream default, so the proxy closes first.
@@ -195,6 +199,7 @@ public struct Bootstrap: Sendable {
             outbound = Listener(address: a,
                                 headerTimeout: try o.duration("headerTimeout", allowZero: false) ?? Defaults.headerTimeout,
                                 idleTimeout: try o.duration("idleTimeout", allowZero: false) ?? Defaults.idleTimeout,
+                                streamIdleTimeout: try o.duration("streamIdleTimeout", allowZero: false) ?? Defaults.streamIdleTimeout,
                                 appAddress: nil)
             try o.finish()
         }
@@ -208,6 +213,7 @@ public struct Bootstrap: Sendable {
             inbound = Listener(address: a,
                                headerTimeout: try i.duration("headerTimeout", allowZero: false) ?? Defaults.headerTimeout,
                                idleTimeout: try i.duration("idleTimeout", allowZero: false) ?? Defaults.idleTimeout,
+                               streamIdleTimeout: try i.duration("streamIdleTimeout", allowZero: false) ?? Defaults.streamIdleTimeout,
                                appAddress: app)
             let ap = try i.string("appProtocol") ?? "HTTP1"
             guard ["HTTP1", "HTTP2", "GRPC"].contains(ap) else {

@@ -4,7 +4,7 @@ import MeshCore
 /// each step says how many of the next bytes are chunk data and how many are framing (sizes,
 /// extensions, CRLFs, trailers), so an HTTP/1.1 hop forwards them verbatim and an HTTP/2 hop takes
 /// only the data. Refused: non-hex or over-long sizes, whitespace in the size line, bare CR or LF,
-/// control bytes in extensions, and trailer sections over 64 KiB.
+/// control bytes in extensions, chunk extensions over 4 KiB, and trailer sections over 64 KiB.
 public struct ChunkedDecoder {
     public enum Step: Sendable {
         /// The next `n` bytes are chunk data.
@@ -24,6 +24,9 @@ public struct ChunkedDecoder {
     private var sizeDigits = 0
     private var remaining: UInt64 = 0
     private var trailerBytes = 0
+    /// Bytes of the current chunk's extensions; bounded so a size line cannot go on forever.
+    private var extBytes = 0
+    public static let maxExtensionBytes = 4096
     public private(set) var sawTrailers = false
     /// When set, trailer lines are copied here (`name: value` CRLF each), for hops that carry
     /// trailers as something other than chunked framing (HTTP/2).
@@ -68,8 +71,12 @@ public struct ChunkedDecoder {
                 }
             case .ext:
                 let c = p[i]
-                if c == 13 { state = .sizeLF }
+                if c == 13 { state = .sizeLF; extBytes = 0 }
                 else if c == 10 || (c < 32 && c != 9) || c == 127 { return .error("invalid chunk extension") }
+                else {
+                    extBytes += 1
+                    if extBytes > ChunkedDecoder.maxExtensionBytes { return .error("chunk extension too long") }
+                }
                 i += 1
             case .sizeLF:
                 if p[i] != 10 { return .error("bare CR in chunk size line") }

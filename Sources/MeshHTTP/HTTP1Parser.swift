@@ -172,6 +172,9 @@ public struct HTTP1Parser: Sendable {
             || buf[p + 6] != 46 {
             return .init(400, "invalid HTTP version")
         }
+        // HTTP-version is "HTTP/" DIGIT "." DIGIT: anything else is malformed (400); a well-formed
+        // version other than 1.0 or 1.1 is one we do not speak (505).
+        if buf[p + 5] < 48 || buf[p + 5] > 57 || buf[p + 7] < 48 || buf[p + 7] > 57 { return .init(400, "invalid HTTP version") }
         if buf[p + 5] != 49 || (buf[p + 7] != 49 && buf[p + 7] != 48) { return .init(505, "unsupported HTTP version") }
         head.minorVersion = Int(buf[p + 7] - 48)
         // Target forms.

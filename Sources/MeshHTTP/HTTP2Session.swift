@@ -59,6 +59,19 @@ public final class HTTP2Session {
     /// Set when nghttp2 reports a connection-level error; the owner should flush and close.
     public private(set) var failed = false
     public private(set) var lastError = ""
+    /// nghttp2's code for the failure in `lastError` (NGHTTP2_ERR_FLOODED for a control-frame or
+    /// CONTINUATION flood, others for protocol errors).
+    public private(set) var lastErrorCode: Int32 = 0
+    /// Grows whenever the connection makes progress: a stream opened, or DATA bytes received or
+    /// sent through the flow-control windows. A proxy compares it over time to end connections
+    /// whose streams are stalled (a zero-window reader, a client that never sends its body).
+    public private(set) var progress: UInt64 = 0
+    /// The error code of the GOAWAY this side sent, once it sent one (0 is a graceful GOAWAY):
+    /// how a proxy learns that nghttp2 ended the connection for a protocol or compression error.
+    public private(set) var goAwaySent: UInt32? = nil
+    /// True when the session failed because the peer flooded it (ACKs it never read, endless
+    /// CONTINUATION frames): a denial-of-service attempt rather than a broken client.
+    public var failedByFlood: Bool { lastErrorCode == NGHTTP2_ERR_FLOODED.rawValue }
 
     /// Spare StreamOutput objects, reused so that a stream costs no allocation.
     private var spare: [StreamOutput] = []
@@ -134,6 +147,7 @@ public final class HTTP2Session {
         let n = nghttp2_session_mem_recv(session, input.readPointer, input.readableBytes)
         if n < 0 {
             failed = true
+            lastErrorCode = Int32(n)
             lastError = String(cString: nghttp2_strerror(Int32(n)))
             input.clear()
             return false
@@ -289,6 +303,7 @@ public final class HTTP2Session {
             if n > 0 {
                 buf.update(from: out.buffer.readPointer, count: n)
                 out.buffer.consume(n)
+                Unmanaged<HTTP2Session>.fromOpaque(user!).takeUnretainedValue().progress &+= UInt64(n)
             }
             if out.buffer.isEmpty {
                 if out.finished {
@@ -328,6 +343,7 @@ public final class HTTP2Session {
             guard let frame = frame, let user = user else { return 0 }
             let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
             s.headerBlockSize = 0
+            s.progress &+= 1
             s.delegate.h2BeginHeaders(stream: frame.pointee.hd.stream_id)
             return 0
         }
@@ -364,9 +380,17 @@ public final class HTTP2Session {
             }
             return 0
         }
+        nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, user in
+            guard let frame = frame, let user = user else { return 0 }
+            if frame.pointee.hd.type == UInt8(NGHTTP2_GOAWAY.rawValue) {
+                Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue().goAwaySent = frame.pointee.goaway.error_code
+            }
+            return 0
+        }
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs) { _, _, stream, data, len, user in
             guard let user = user, let data = data else { return 0 }
             let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
+            s.progress &+= UInt64(len) &+ 1
             s.delegate.h2Data(stream: stream, data, len)
             return 0
         }

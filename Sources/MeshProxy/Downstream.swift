@@ -156,7 +156,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             if inbound && tls.alpn == "h2" {
                 worker.stats.inc(.http2DownstreamConnections)
                 h2 = H2ServerHandler(conn: self, worker: worker, peerIndex: downstreamPeer, inbound: true)
-                loop.setDeadline(self, loop.now + settings.idleTimeout)
+                loop.setDeadline(self, loop.now + min(settings.idleTimeout, settings.streamIdleTimeout))
             }
         }
     }
@@ -209,8 +209,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
 
     override func onInput() {
         if let h = h2 {
+            h.lastInput = loop.now   // the deadline (always armed for HTTP/2) reads it
             h.onInput()
-            loop.setDeadline(self, loop.now + settings.idleTimeout)
             return
         }
         switch state {
@@ -243,7 +243,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     override func onPeerClosed(error: Int32) {
         if error == -1 {
             worker.stats.inc(.tlsHandshakesFailed)
-            Log.warn("inbound", "TLS handshake refused: \(security?.failureReason ?? "unknown")")
+            worker.logRejection("inbound", "TLS handshake refused: \(security?.failureReason ?? "unknown")")
             return
         }
         if h2 != nil { closeNow(); return }
@@ -292,8 +292,30 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
 
     override func onDeadline(now: UInt64) {
         if let h = h2 {
-            // Idle with no stream in flight: close; otherwise wait for the streams.
-            if h.activeStreams == 0 { closeNow() } else { loop.setDeadline(self, now + settings.idleTimeout) }
+            if isClosing { closeNow(); return }   // a goodbye the client never read
+            if h.activeStreams == 0 {
+                // Idle: close once nothing came in for the idle timeout.
+                let until = h.lastInput &+ settings.idleTimeout
+                if now >= until { closeNow() } else { loop.setDeadline(self, until) }
+                return
+            }
+            // Streams in flight: end the connection when none of them moved for the stream idle
+            // timeout (a zero-window reader, a body that never comes); checked periodically.
+            if h.stalled(now: now, timeout: settings.streamIdleTimeout) {
+                worker.stats.inc(.streamIdleTimeouts)
+                worker.logRejection("http2", "HTTP/2 streams made no progress within the stream idle timeout: closing the connection")
+                h.endStalled()
+                loop.setDeadline(self, now + 1_000_000_000)
+                return
+            }
+            loop.setDeadline(self, now + min(settings.idleTimeout, settings.streamIdleTimeout))
+            return
+        }
+        if security != nil && !isEstablished {
+            // The TLS handshake did not finish within the header timeout: a failed handshake.
+            worker.stats.inc(.tlsHandshakesFailed)
+            worker.logRejection("inbound", "TLS handshake not completed within the header timeout")
+            closeNow()
             return
         }
         switch state {
@@ -302,6 +324,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                 closeNow()   // keep-alive idle timeout
             } else {
                 worker.stats.inc(.headerTimeouts)
+                worker.logRejection("proxy", "request head not complete within the header timeout: 408")
                 beginExchange(headBytes: input.readableBytes)
                 responseStatus = 0
                 localReply(408, "request headers not received in time", close: true, flag: .downstreamProtocolError)
@@ -334,6 +357,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             } else if isRoute {
                 localReply(504, "upstream request timeout", close: true, flag: .upstreamRequestTimeout)
             } else {
+                worker.stats.inc(.streamIdleTimeouts)
                 localReply(504, "stream idle timeout", close: true, flag: .streamIdleTimeout)
             }
         case .tunnel, .closing:
@@ -366,7 +390,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         mayBeH2C = false
         worker.stats.inc(.http2DownstreamConnections)
         h2 = H2ServerHandler(conn: self, worker: worker, peerIndex: 0, inbound: false)
-        loop.setDeadline(self, loop.now + settings.idleTimeout)
+        loop.setDeadline(self, loop.now + min(settings.idleTimeout, settings.streamIdleTimeout))
         h2!.onInput()
         return true
     }
@@ -392,7 +416,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             case .error(let e):
                 beginExchange(headBytes: input.readableBytes)
                 worker.stats.inc(.requestsTotal)
-                worker.stats.inc(.badRequests)
+                worker.stats.inc(e.status == 414 ? .uriTooLong : e.status == 431 ? .headersTooLarge : .badRequests)
+                worker.logRejection("proxy", "refused request with \(e.status): \(e.reason)")
                 clientKeepAlive = false
                 localReply(e.status, e.reason, close: true, flag: .downstreamProtocolError)
                 return
@@ -1597,7 +1622,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     // MARK: timers
 
     @inline(__always) private func armStreamTimer() {
-        var d = loop.now + snapshot.streamIdleTimeout
+        var d = loop.now + settings.streamIdleTimeout
         if routeDeadline != 0 && routeDeadline < d { d = routeDeadline }
         if tryDeadline != 0 && !responseStarted && tryDeadline < d { d = tryDeadline }
         loop.setDeadline(self, d)

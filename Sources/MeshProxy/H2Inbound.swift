@@ -45,6 +45,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         self.conn = conn
         self.worker = worker
         self.peerIndex = peerIndex
+        self.lastInput = worker.loop.now
         self.inbound = inbound
         var settings = HTTP2Session.Settings()
         settings.maxConcurrentStreams = 1000
@@ -55,12 +56,48 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     var activeStreams: Int { streams.count }
 
+    /// When the connection last received bytes (set by the connection, read at its deadline).
+    var lastInput: UInt64 = 0
+    /// Stall detection: the session's progress count at the last check, and when it last grew.
+    private var progressSeen: UInt64 = 0
+    private var progressAt: UInt64 = 0
+    private var endedStalled = false
+    /// The connection's failure was counted (as a flood or a protocol error).
+    private var errorCounted = false
+
+    /// True when the open streams made no progress (no stream opened, no DATA either way) for
+    /// `timeout`. Called at the connection's periodic deadline while streams are open.
+    func stalled(now: UInt64, timeout: UInt64) -> Bool {
+        if session.progress != progressSeen || progressAt == 0 {
+            progressSeen = session.progress
+            progressAt = now
+            return false
+        }
+        return now &- progressAt >= timeout
+    }
+
+    /// Ends a stalled connection: GOAWAY, then close (the streams in flight are aborted).
+    func endStalled() {
+        if endedStalled { return }
+        endedStalled = true
+        session.goAway()
+        produceFrames()
+        conn.closeAfterFlush(lingerNanos: 0)
+    }
+
     // MARK: connection events (forwarded by the DownstreamConnection)
 
     func onInput() {
+        if session.failed { conn.input.clear(); return }   // closing: the rest is not read
         if !session.receive(conn.input) {
-            worker.stats.inc(.badRequests)
-            Log.warn("inbound", "HTTP/2 connection error: \(session.lastError)")
+            errorCounted = true
+            if session.failedByFlood {
+                worker.stats.inc(.http2Floods)
+                worker.logRejection("http2", "HTTP/2 client flooded the connection (\(session.lastError)): closing it")
+            } else {
+                worker.stats.inc(.http2ProtocolErrors)
+                worker.logRejection("http2", "HTTP/2 connection error: \(session.lastError)")
+            }
             produceFrames()
             conn.closeAfterFlush()
             return
@@ -74,16 +111,29 @@ final class H2ServerHandler: HTTP2SessionDelegate {
             session.goAway(error: UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
             conn.closeAfterFlush(lingerNanos: 0)
         }
+        // A client that does not read its socket gets no more frames: they wait inside nghttp2,
+        // which counts the ACKs the client never read and fails the session as a flood (SETTINGS
+        // and PING floods), so our output stays bounded by the high watermark.
+        if conn.isCongested && !goneAway && !endedStalled { return }
         let out = worker.scratch
         out.clear()
         session.produce(into: out)
         if !out.isEmpty { conn.send(out.readPointer, out.readableBytes) }
+        if !errorCounted, let code = session.goAwaySent, code != 0 {
+            // nghttp2 ended the connection for a protocol or compression error of the client.
+            errorCounted = true
+            if code != UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue) || !calmedDown {
+                worker.stats.inc(.http2ProtocolErrors)
+                worker.logRejection("http2", "HTTP/2 connection error: sent GOAWAY with error code \(code)")
+            }
+        }
         if !session.isAlive && streams.isEmpty { conn.closeAfterFlush(); return }
         // Streams that waited for their DATA to be framed may go on once it was.
         if !blocked.isEmpty && !conn.isCongested { onDrained() }
     }
 
     func onDrained() {
+        if session.wantsWrite { conn.requestFlush() }   // frames held back while congested
         if blocked.isEmpty { return }
         let b = blocked
         blocked.removeAll()
@@ -164,7 +214,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         if resetsInWindow > H2ServerHandler.maxPrematureResetsPerSecond && !calmedDown {
             calmedDown = true
             worker.stats.inc(.http2RapidResetClosures)
-            Log.warn("http2", "HTTP/2 client reset \(resetsInWindow) streams within a second: closing the connection (rapid reset)")
+            worker.logRejection("http2", "HTTP/2 client reset \(resetsInWindow) streams within a second: closing the connection (rapid reset)")
             // Acted on at the next flush, outside nghttp2's callbacks.
             conn.requestFlush()
         }

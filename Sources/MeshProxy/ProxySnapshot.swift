@@ -80,6 +80,7 @@ public final class ProxySnapshot: Sendable {
         public let address: SocketAddress
         public let headerTimeout: UInt64
         public let idleTimeout: UInt64
+        public let streamIdleTimeout: UInt64
     }
 
     public let version: String
@@ -111,8 +112,6 @@ public final class ProxySnapshot: Sendable {
     public let peerMetadata: [UInt8]
 
     /// Stream idle timeout: no bytes either way while a request is in flight.
-    public let streamIdleTimeout: UInt64 = 300_000_000_000
-
     /// Compiles a bootstrap, loading its certificate files into TLS contexts.
     public init(bootstrap b: Bootstrap, version: String) throws {
         self.version = version
@@ -132,8 +131,10 @@ public final class ProxySnapshot: Sendable {
         self.inboundMode = PeerAuthentication.mode(for: b.workload.namespace, labels: b.workload.labels, in: b.traffic.peerAuthentications)
         self.hosts = HostTable(compiled.hostEntries)
         let clusters = compiled.clusters
-        self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout) }
-        self.inbound = b.inbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout) }
+        self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout,
+                                                                      streamIdleTimeout: $0.streamIdleTimeout) }
+        self.inbound = b.inbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout,
+                                                                      streamIdleTimeout: $0.streamIdleTimeout) }
 
         if let t = b.tls {
             var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)

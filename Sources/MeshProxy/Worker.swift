@@ -42,6 +42,25 @@ public final class Worker: @unchecked Sendable {
     private var drainTimer: DrainTimer?
     /// Called on the worker's thread when it has finished draining.
     var onDrained: (() -> Void)?
+    /// Rejection log throttle: the second of the last line written and the lines dropped since.
+    private var rejectLogSecond: UInt64 = 0
+    private var rejectLogDropped = 0
+
+    /// Logs why hostile or broken input was refused (a bad request, a refused TLS handshake, an
+    /// HTTP/2 flood), at most one line per second per worker, so that a flood of bad input cannot
+    /// become a flood of log lines; the next line says how many were not written. `detail` is only
+    /// evaluated when a line is written.
+    func logRejection(_ component: StaticString, _ detail: @autoclosure () -> String) {
+        let second = loop.now / 1_000_000_000
+        if second == rejectLogSecond {
+            rejectLogDropped += 1
+            return
+        }
+        let dropped = rejectLogDropped
+        rejectLogSecond = second
+        rejectLogDropped = 0
+        Log.warn(component, dropped > 0 ? "\(detail()) (and \(dropped) more refused in the last second)" : detail())
+    }
 
     init(id: Int, snapshot: ProxySnapshot) {
         self.id = id

@@ -85,6 +85,20 @@ final class ChunkedDecoderTests: XCTestCase {
         XCTAssertTrue(d.sawTrailers)
     }
 
+    func testChunkExtensionsAreBoundedButAllowed() {
+        let ok = Array("4;name=value;flag\r\nabcd\r\n0\r\n\r\n".utf8)
+        XCTAssertNil(decode(ok).error)
+        let limit = ChunkedDecoder.maxExtensionBytes
+        let atLimit = Array(("4;" + String(repeating: "e", count: limit - 1) + "\r\nabcd\r\n0\r\n\r\n").utf8)
+        XCTAssertNil(decode(atLimit, cuts: [3, 100, 4000]).error)
+        let over = Array(("4;" + String(repeating: "e", count: limit + 1) + "\r\nabcd\r\n0\r\n\r\n").utf8)
+        XCTAssertEqual(decode(over).error, "chunk extension too long")
+        XCTAssertEqual(decode(over, cuts: [1, 2, 3, 2000]).error, "chunk extension too long")
+        // The bound is per chunk: many chunks with extensions below it are fine.
+        let many = Array((String(repeating: "1;" + String(repeating: "e", count: 3000) + "\r\na\r\n", count: 4) + "0\r\n\r\n").utf8)
+        XCTAssertNil(decode(many).error)
+    }
+
     func testMinimalBodies() {
         var d = ChunkedDecoder()
         var r = decode(utf8("0\r\n\r\n"), decoder: &d)

@@ -206,6 +206,10 @@ final class HTTP1ParserTests: XCTestCase {
             assertRequestError("GET / \(v)\r\nHost: a\r\n\r\n", 400, nil)
         }
         assertRequestError("GET / http/1.1\r\nHost: a\r\n\r\n", 400, "invalid HTTP version")
+        // Not digits where the grammar has DIGIT: malformed (400), not merely unsupported (505).
+        for v in ["HTTP/1.x", "HTTP/x.1", "HTTP/1. ", "HTTP/\u{7f}.1"] {
+            assertRequestError("GET / \(v)\r\nHost: a\r\n\r\n", 400, nil)
+        }
     }
 
     func testEmptyRequestLineIsRefused() {
