@@ -13,6 +13,11 @@ let package = Package(
         .executable(name: "sidecar", targets: ["sidecar"]),
         .executable(name: "meshd", targets: ["meshd"]),
         .executable(name: "meshctl", targets: ["meshctl"]),
+        // Libraries for the fuzz package (fuzz/Package.swift); nothing here builds them by default.
+        .library(name: "MeshCore", targets: ["MeshCore"]),
+        .library(name: "MeshHTTP", targets: ["MeshHTTP"]),
+        .library(name: "MeshConfig", targets: ["MeshConfig"]),
+        .library(name: "MeshControl", targets: ["MeshControl"]),
     ],
     targets: [
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl",

@@ -40,7 +40,11 @@ public struct JoinToken: Sendable, Equatable {
         var fields: [String: String] = [:]
         for kv in String(decoding: payload, as: UTF8.self).split(separator: "&") {
             let p = kv.split(separator: "=", maxSplits: 1)
-            if p.count == 2 { fields[String(p[0])] = String(p[1]) }
+            // meshd writes each field once: a repeated one means a value carried "&sa=..." or
+            // "&ns=..." (a name nobody checked), and the last one would silently win.
+            if p.count == 2, fields.updateValue(String(p[1]), forKey: String(p[0])) != nil {
+                throw CAError("malformed join token payload (field \(p[0]) repeated)")
+            }
         }
         guard let ns = fields["ns"], let sa = fields["sa"], let exp = fields["exp"].flatMap({ Int64($0) }), let id = fields["id"] else {
             throw CAError("malformed join token payload")
@@ -108,6 +112,9 @@ public enum Base64URL {
             }
         }
         if bits >= 6 { return nil }   // a length no encoder produces
+        // The bits left over must be zero, as the encoder writes them: otherwise one byte string
+        // has several spellings (four for a join token's signature) that all verify.
+        if acc & ((1 << UInt32(bits)) - 1) != 0 { return nil }
         return out
     }
 }
