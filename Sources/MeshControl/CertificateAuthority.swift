@@ -1,6 +1,6 @@
 import MeshCore
 import MeshTLS
-import Synchronization
+import MeshIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -35,7 +35,7 @@ public final class CertificateAuthority: @unchecked Sendable {
         var issued: UInt64 = 0
         var refused: UInt64 = 0
     }
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let rotationLock = RotationLock()
 
     /// Loads the CA from the state directory, creating it on first start (or from `caDir`).
@@ -61,7 +61,7 @@ public final class CertificateAuthority: @unchecked Sendable {
             } else {
                 chain = try cert.pem()
             }
-            state = Mutex(State(signer: Signer(key: key, cert: cert, chainPEM: chain), bundlePEM: root))
+            state = Locked(State(signer: Signer(key: key, cert: cert, chainPEM: chain), bundlePEM: root))
             try FileStore.writeAtomically("\(stateDir)/root-cert.pem", root, mode: 0o644)
             Log.info("ca", "plug-in CA from \(dir): issuing as \(cert.info.subject)")
             return
@@ -98,14 +98,14 @@ public final class CertificateAuthority: @unchecked Sendable {
                 guard nc.matches(nk) else { throw CAError("\(stateDir)/next-ca-key.pem does not match next-ca-cert.pem") }
                 next = Signer(key: nk, cert: nc, chainPEM: "")
             }
-            state = Mutex(State(signer: Signer(key: key, cert: cert, chainPEM: ""), bundlePEM: bundle, next: next))
+            state = Locked(State(signer: Signer(key: key, cert: cert, chainPEM: ""), bundlePEM: bundle, next: next))
             Log.info("ca", "loaded root CA \(cert.info.subject) (expires \(X509Info.rfc3339(cert.info.notAfter)))")
         } else {
             let s = try CertificateAuthority.newRoot()
             try FileStore.writeAtomically(keyPath, try s.key.pem(), mode: 0o600)
             try FileStore.writeAtomically(certPath, try s.cert.pem(), mode: 0o644)
             try FileStore.writeAtomically(bundlePath, try s.cert.pem(), mode: 0o644)
-            state = Mutex(State(signer: s, bundlePEM: try s.cert.pem()))
+            state = Locked(State(signer: s, bundlePEM: try s.cert.pem()))
             Log.info("ca", "created root CA \(s.cert.info.subject) in \(stateDir)")
         }
     }

@@ -1,6 +1,6 @@
 import MeshConfig
 import MeshCore
-import Synchronization
+import MeshIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -70,7 +70,7 @@ public final class ConfigStore: @unchecked Sendable {
         var streams: [String: Int] = [:]
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// One change at a time: read, validate, persist and commit form one critical section.
     private let applyLock = RotationLock()
     private let changed = Condition()

@@ -223,7 +223,7 @@ public final class ControlServer: @unchecked Sendable {
     private let contextProvider: @Sendable () -> TLSContext?
     private let handler: @Sendable (ControlRequest) -> ControlResponse
     private let active = Atomic<Int>(0)
-    private let perIP = Mutex<[String: Int]>([:])
+    private let perIP = Locked<[String: Int]>([:])
     /// Bounds on threads: config streams are long-lived (one per sidecar), so the caps follow
     /// the number of sidecars a meshd serves; every connection also has its deadlines.
     static let maxConnections = 4096

@@ -2,6 +2,7 @@ import COpenSSL
 import MeshConfig
 import MeshCore
 import MeshTLS
+import MeshIO
 import Synchronization
 
 /// meshd's two ports (DESIGN §2): the API (TLS with a certificate from its own CA; workloads ask
@@ -12,7 +13,7 @@ public final class MeshdServer: @unchecked Sendable {
     public let ca: CertificateAuthority
     /// The config store and registry (nil: certificate authority only).
     public var store: ConfigStore?
-    private let apiContext: Mutex<TLSContext?>
+    private let apiContext: Locked<TLSContext?>
     private let apiRenewAt = Atomic<Int64>(0)
     static let serverCertTTL = 24 * 3600
     public private(set) var api: ControlServer?
@@ -26,7 +27,7 @@ public final class MeshdServer: @unchecked Sendable {
     public init(ca: CertificateAuthority, addresses: [String] = []) throws(CAError) {
         self.ca = ca
         self.addresses = addresses.filter { $0 != "0.0.0.0" && $0 != "::" }
-        apiContext = Mutex(nil)
+        apiContext = Locked(nil)
         try refreshServerCertificate()
     }
 

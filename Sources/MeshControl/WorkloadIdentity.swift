@@ -25,7 +25,7 @@ public final class WorkloadIdentity: @unchecked Sendable {
     public let identity: String
     private let rootPEM: String
     private let token: String
-    private let current = Mutex<Credentials?>(nil)
+    private let current = Locked<Credentials?>(nil)
     private let stopping = Atomic<Bool>(false)
     /// meshd refused a renewal with the current certificate: the next request uses the token.
     private let useToken = Atomic<Bool>(false)

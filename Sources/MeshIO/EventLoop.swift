@@ -21,7 +21,7 @@ public final class EventLoop: @unchecked Sendable {
     private var retired: [Pollable] = []
     private var events: UnsafeMutablePointer<epoll_event>
     private let maxEvents: Int32 = 256
-    private let tasks = Mutex<[@Sendable () -> Void]>([])
+    private let tasks = Locked<[@Sendable () -> Void]>([])
     private let stopFlag = Atomic<Bool>(false)
     /// Monotonic time at the start of the current iteration, in nanoseconds.
     public private(set) var now: UInt64 = Clock.monotonicNanos()

@@ -7,7 +7,9 @@ import Glibc
 /// One worker's request metrics in Istio's shape (DESIGN §6): a series per (reporter, route,
 /// response code, response flag, peer identity), each holding the request count and the duration,
 /// request-size and response-size histograms. Label keys are packed into 64 bits at the end of an
-/// exchange, so recording is a table lookup and a few increments: no strings, no allocation.
+/// exchange, so recording is a table lookup and a few increments: no strings, no allocation. The
+/// increments are `SharedCounters` single-writer updates (relaxed load + relaxed store, plain moves),
+/// so the admin thread's scrape reads them without a data race.
 final class ProxyMetrics: @unchecked Sendable {
     /// Slot layout of a request series.
     enum Slot {

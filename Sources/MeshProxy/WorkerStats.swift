@@ -1,5 +1,8 @@
-/// One worker's counters: plain integers bumped by that worker's thread only, read (racily but
-/// tear-free, 8-byte aligned) by the admin thread when it sums all workers for a scrape.
+import MeshStats
+
+/// One worker's counters, bumped by that worker's thread only and read by the admin thread when it
+/// sums all workers for a scrape. The slots are `SharedCounters`: relaxed atomic loads and stores,
+/// which compile to the same plain moves as before but make the admin thread's read race-free.
 public final class WorkerStats: @unchecked Sendable {
     public enum Counter: Int, CaseIterable, Sendable {
         case downstreamConnectionsTotal, downstreamConnectionsActive, requestsTotal
@@ -12,7 +15,6 @@ public final class WorkerStats: @unchecked Sendable {
         case http2DownstreamConnections, http2UpstreamConnections, http2RapidResetClosures
         case retriesStatus, retriesReset, retriesTimeout, retryOverflow, outlierEjections, faultAborts, faultDelays
         case mirrorRequests, mirrorSkipped, authzDenied
-        case uriTooLong, headersTooLarge, http2Floods, http2ProtocolErrors, streamIdleTimeouts
 
         public var name: String {
             switch self {
@@ -55,27 +57,23 @@ public final class WorkerStats: @unchecked Sendable {
             case .mirrorRequests: return "mirror_requests"
             case .mirrorSkipped: return "mirror_skipped"
             case .authzDenied: return "authz_denied"
-            case .uriTooLong: return "uri_too_long"
-            case .headersTooLarge: return "headers_too_large"
-            case .http2Floods: return "http2_flood_closures"
-            case .http2ProtocolErrors: return "http2_protocol_errors"
-            case .streamIdleTimeouts: return "stream_idle_timeouts"
             }
         }
     }
 
-    private let values: UnsafeMutablePointer<UInt64>
+    private let values: SharedCounters
 
     public init() {
-        values = .allocate(capacity: Counter.allCases.count)
-        values.initialize(repeating: 0, count: Counter.allCases.count)
+        values = .allocate(count: Counter.allCases.count)
     }
 
     deinit { values.deallocate() }
 
-    @inline(__always) public func inc(_ c: Counter) { values[c.rawValue] &+= 1 }
-    @inline(__always) public func dec(_ c: Counter) { values[c.rawValue] &-= 1 }
-    @inline(__always) public func add(_ c: Counter, _ n: UInt64) { values[c.rawValue] &+= n }
+    /// Single-writer updates (the owning worker's thread only): relaxed load + relaxed store.
+    @inline(__always) public func inc(_ c: Counter) { values.add(c.rawValue, 1) }
+    @inline(__always) public func dec(_ c: Counter) { values.subtract(c.rawValue, 1) }
+    @inline(__always) public func add(_ c: Counter, _ n: UInt64) { values.add(c.rawValue, n) }
+    /// Relaxed load (any thread).
     public func get(_ c: Counter) -> UInt64 { values[c.rawValue] }
 
     @inline(__always) public func countResponse(_ status: Int) {

@@ -5,8 +5,9 @@ import Glibc
 
 /// One worker's metric series: each series is a 64-bit label key plus a fixed number of 64-bit
 /// slots (counters, histogram buckets, sums). Storage is allocated once and never moves, so the
-/// admin thread can read it while the worker writes: a series is fully initialised before the
-/// published count covers it (release/acquire), and slots are plain 8-byte stores read tear-free.
+/// admin thread can read it while the worker writes: a series' key is written before the published
+/// count covers it (release/acquire), and the slots are `SharedCounters` (relaxed atomic loads and
+/// stores, plain moves in the machine code), so the concurrent reads are race-free, not just tear-free.
 /// The capacity is the cardinality bound: when it is reached, new keys land in the overflow series
 /// (key `overflowKey`), which is counted and visible in the scrape.
 public final class SeriesTable: @unchecked Sendable {
@@ -14,7 +15,7 @@ public final class SeriesTable: @unchecked Sendable {
     public let capacity: Int
     public static let overflowKey: UInt64 = .max
     private let keys: UnsafeMutablePointer<UInt64>
-    private let slots: UnsafeMutablePointer<UInt64>
+    private let slots: SharedCounters
     /// Open-addressing index: series number + 1, 0 = empty.
     private let index: UnsafeMutablePointer<Int32>
     private let indexMask: Int
@@ -29,7 +30,9 @@ public final class SeriesTable: @unchecked Sendable {
         // calloc: large zeroed blocks come from mmap and cost memory only once touched, so an
         // idle proxy does not pay for the cardinality bound.
         keys = calloc(capacity, 8)!.assumingMemoryBound(to: UInt64.self)
-        slots = calloc(capacity * slotsPerSeries, 8)!.assumingMemoryBound(to: UInt64.self)
+        // All-zero bytes are a valid Atomic<UInt64>(0): binding calloc's memory initialises it.
+        slots = SharedCounters(base: calloc(capacity * slotsPerSeries, 8)!
+            .bindMemory(to: Atomic<UInt64>.self, capacity: capacity * slotsPerSeries))
         var cap = 16
         while cap < capacity * 2 { cap *= 2 }
         index = calloc(cap, 4)!.assumingMemoryBound(to: Int32.self)
@@ -38,17 +41,18 @@ public final class SeriesTable: @unchecked Sendable {
 
     deinit {
         free(keys)
-        free(slots)
+        free(slots.base)
         free(index)
     }
 
-    /// The slots of the series for `key`, created on first use (worker thread only).
-    @inline(__always) public func series(_ key: UInt64) -> UnsafeMutablePointer<UInt64> {
-        if key == lastKey { return slots + lastIndex * slotsPerSeries }
+    /// The slots of the series for `key`, created on first use (worker thread only; `s[i] &+= n`
+    /// on the result is the single-writer relaxed increment).
+    @inline(__always) public func series(_ key: UInt64) -> SharedCounters {
+        if key == lastKey { return slots.advanced(by: lastIndex * slotsPerSeries) }
         let i = lookupOrInsert(key)
         lastKey = key
         lastIndex = i
-        return slots + i * slotsPerSeries
+        return slots.advanced(by: i * slotsPerSeries)
     }
 
     private func lookupOrInsert(_ key: UInt64) -> Int {
@@ -70,10 +74,16 @@ public final class SeriesTable: @unchecked Sendable {
         return i
     }
 
-    /// Calls `body` for each published series (any thread).
+    /// Calls `body` for each published series (any thread), with a copy of its slots read by
+    /// relaxed loads (valid only during the call).
     public func forEach(_ body: (UInt64, UnsafePointer<UInt64>) -> Void) {
         let n = published.load(ordering: .acquiring)
-        for i in 0..<n { body(keys[i], UnsafePointer(slots + i * slotsPerSeries)) }
+        let copy = UnsafeMutablePointer<UInt64>.allocate(capacity: max(slotsPerSeries, 1))
+        defer { copy.deallocate() }
+        for i in 0..<n {
+            slots.copy(from: i * slotsPerSeries, count: slotsPerSeries, into: copy)
+            body(keys[i], UnsafePointer(copy))
+        }
     }
 
     public var seriesCount: Int { published.load(ordering: .acquiring) }
