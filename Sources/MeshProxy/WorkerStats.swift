@@ -15,6 +15,7 @@ public final class WorkerStats: @unchecked Sendable {
         case http2DownstreamConnections, http2UpstreamConnections, http2RapidResetClosures
         case retriesStatus, retriesReset, retriesTimeout, retryOverflow, outlierEjections, faultAborts, faultDelays
         case mirrorRequests, mirrorSkipped, authzDenied
+        case uriTooLong, headersTooLarge, http2Floods, http2ProtocolErrors, streamIdleTimeouts
 
         public var name: String {
             switch self {
@@ -57,6 +58,11 @@ public final class WorkerStats: @unchecked Sendable {
             case .mirrorRequests: return "mirror_requests"
             case .mirrorSkipped: return "mirror_skipped"
             case .authzDenied: return "authz_denied"
+            case .uriTooLong: return "uri_too_long"
+            case .headersTooLarge: return "headers_too_large"
+            case .http2Floods: return "http2_flood_closures"
+            case .http2ProtocolErrors: return "http2_protocol_errors"
+            case .streamIdleTimeouts: return "stream_idle_timeouts"
             }
         }
     }
