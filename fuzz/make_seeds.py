@@ -5,7 +5,8 @@ HTTP/1.1 requests and responses (valid, chunked, smuggling attempts), HTTP/2 fra
 made with `openssl req` (keys generated in a temporary directory and deleted: no private key is
 ever written to the corpus). The seeds that only the Swift code can make (signed join tokens, a
 pushed config rendered by meshd's ConfigStore) come from the GenSeeds executable
-(`scripts/fuzz.sh --seeds` runs both).
+(`scripts/fuzz.sh --seeds` runs both). The CSRs are remade only when missing or with `--csr`
+(fresh keys make different files every time).
 
 Each HTTP seed starts with the target's two control bytes (mode, split seed): see the header
 comment of fuzz/Sources/FuzzHTTP1/FuzzHTTP1.swift and FuzzHTTP2.swift.
@@ -269,6 +270,17 @@ spec:
   labels: {app: legacy, version: two}
   serviceAccount: legacy
 """,
+    "regex-nested.yaml": """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [r]
+  http:
+  - match:
+    - uri: {regex: "/v[0-9]{1,3}/((ab|c){1,10}){1,10}[[:alpha:]]+\\\\d{2}"}
+    route:
+    - destination: {host: r}
+""",
     "yaml-features.yaml": """# YAML forms the reader accepts: block and flow collections, quoting, escapes, anchors refused
 --- # a document on the marker line follows
 apiVersion: "networking.istio.io/v1"
@@ -337,5 +349,7 @@ if __name__ == "__main__":
     http1_seeds()
     http2_seeds()
     config_seeds()
-    csr_seeds()
+    # CSRs differ on every run (fresh keys): remade only when missing or asked for.
+    if "--csr" in sys.argv or not os.path.isdir(os.path.join(CORPUS, "FuzzCSR")) or not os.listdir(os.path.join(CORPUS, "FuzzCSR")):
+        csr_seeds()
     print("seeds written to", CORPUS, file=sys.stderr)

@@ -299,6 +299,9 @@ public enum IstioTraffic {
         try r.finish()
         guard let m = found else { throw ConfigReader.error(ctx, r.path, r.map.line, "expected one of exact, prefix or regex") }
         if m.kind == .regex {
+            if let why = RegexLimits.violation(m.value) {
+                throw ConfigReader.error(ctx, r.sub("regex"), r.map.line, "regular expression \"\(m.value)\" is too large: \(why)")
+            }
             do throws(RegexCompileError) { _ = try FullMatchRegex(m.value) } catch {
                 throw ConfigReader.error(ctx, r.sub("regex"), r.map.line, "invalid regular expression \"\(m.value)\": \(error.message)")
             }
