@@ -38,12 +38,16 @@ public struct JoinToken: Sendable, Equatable {
             throw CAError("join token signature does not verify (tampered, or minted by another meshd)")
         }
         var fields: [String: String] = [:]
-        for kv in String(decoding: payload, as: UTF8.self).split(separator: "&") {
-            let p = kv.split(separator: "=", maxSplits: 1)
+        // Split on bytes, not Characters: "=" or "&" followed by a combining mark is one
+        // Character, and a String split would not see the separator.
+        for kv in payload.split(separator: UInt8(ascii: "&")) {
+            let p = kv.split(separator: UInt8(ascii: "="), maxSplits: 1)
+            guard p.count == 2 else { continue }
+            let name = String(decoding: p[0], as: UTF8.self)
             // meshd writes each field once: a repeated one means a value carried "&sa=..." or
             // "&ns=..." (a name nobody checked), and the last one would silently win.
-            if p.count == 2, fields.updateValue(String(p[1]), forKey: String(p[0])) != nil {
-                throw CAError("malformed join token payload (field \(p[0]) repeated)")
+            if fields.updateValue(String(decoding: p[1], as: UTF8.self), forKey: name) != nil {
+                throw CAError("malformed join token payload (field \(name) repeated)")
             }
         }
         guard let ns = fields["ns"], let sa = fields["sa"], let exp = fields["exp"].flatMap({ Int64($0) }), let id = fields["id"] else {

@@ -34,6 +34,17 @@ final class FuzzRegressionTests: XCTestCase {
         }
     }
 
+    /// FuzzConfig (5-minute run): `/v` followed by ~130 `+` (from the `/v[0-9]+/.*` seed) ran
+    /// out of memory: glibc nests each `+` over the previous one, doubling the copies each time.
+    /// Sixteen are enough to show it (2^16 copies) and still compile without the check.
+    func testRegexWithStackedPlusesIsRefused() {
+        let p = "/v" + String(repeating: "+", count: 16) + "[0-9]+/.*"
+        XCTAssertThrowsError(try IstioTraffic.parse(virtualService(regex: p), file: "vs.yaml"), p) {
+            XCTAssertTrue("\($0)".contains("too large"), "\($0)")
+        }
+        XCTAssertNotNil(RegexLimits.violation("/v" + String(repeating: "+", count: 130) + "[0-9]+/.*"))
+    }
+
     func testRegexWithinRE2LimitsIsAccepted() throws {
         let accepted = ["/api/v[0-9]{1,3}/.*", "\\\\d{3}-\\\\d{4}", "[a-z]{1,1000}", "(a{2}){500}", "((ab|c){1,10}){1,100}",
                         "[]{}]{2}", "a{,5}", "(a|b)+c*d?", String(repeating: "[a-z]{1,1000}", count: 4)]

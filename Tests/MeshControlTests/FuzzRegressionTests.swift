@@ -57,3 +57,18 @@ final class FuzzRegressionPayloadTests: XCTestCase {
         XCTAssertEqual(try JoinToken.verify(ok.encode(key: key), key: key, now: now), ok)
     }
 }
+
+/// FuzzJoinToken, minted fields: the payload was split into fields on Characters, so an "="
+/// followed by a combining mark (one grapheme) was not a separator and a minted token did not
+/// verify. Found as ns "def", sa "ul", id bytes d6 a0 9b 92 69 5b (U+05A0 first).
+final class FuzzRegressionPayloadBytesTests: XCTestCase {
+    func testPayloadIsSplitOnBytes() throws {
+        let key = Array("fuzz-token-key-0123456789abcdef!".utf8)
+        let now: Int64 = 1_800_000_000
+        let id = String(decoding: [0xd6, 0xa0, 0x9b, 0x92, 0x69, 0x5b] as [UInt8], as: UTF8.self)
+        for t in [JoinToken(namespace: "def", serviceAccount: "ul", expires: now + 30, id: id),
+                  JoinToken(namespace: "\u{0301}ns", serviceAccount: "\u{05A0}", expires: now + 30, id: "x")] {
+            XCTAssertEqual(try JoinToken.verify(t.encode(key: key), key: key, now: now), t)
+        }
+    }
+}
