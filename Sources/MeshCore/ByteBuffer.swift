@@ -1,8 +1,9 @@
 /// A growable byte buffer with a read index and a write index, used for every socket read and write
 /// on the data path. It is a final class so that a connection can hand it to a codec without copies;
 /// it never shrinks on its own, and `compact()` moves unread bytes to the front so the same memory is
-/// reused for the life of a connection. All raw-pointer access is confined to this file and the
-/// `withUnsafe...` closures it offers.
+/// reused for the life of a connection. An idle connection may give its memory back with
+/// `releaseStorage()`; the next write allocates again (every write goes through `reserve`). All
+/// raw-pointer access is confined to this file and the `withUnsafe...` closures it offers.
 public final class ByteBuffer {
     public private(set) var base: UnsafeMutablePointer<UInt8>
     public private(set) var capacity: Int
@@ -11,12 +12,42 @@ public final class ByteBuffer {
     /// Index one past the last written byte.
     public var writeIndex: Int = 0
 
+    /// The capacity a released buffer is given back at its next write (at least).
+    private var initialCapacity: Int
+    /// Where a released buffer points: never written (its capacity is 0), never freed.
+    private nonisolated(unsafe) static let noStorage = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+
     public init(capacity: Int = 16 * 1024) {
         self.capacity = max(capacity, 64)
+        self.initialCapacity = self.capacity
         self.base = .allocate(capacity: self.capacity)
     }
 
-    deinit { base.deallocate() }
+    /// A buffer that allocates `capacity` bytes only at its first write (a connection's buffers:
+    /// many connections never write to some of them, or sit idle).
+    public init(lazyCapacity capacity: Int) {
+        self.capacity = 0
+        self.initialCapacity = max(capacity, 64)
+        self.base = ByteBuffer.noStorage
+    }
+
+    deinit { if capacity > 0 { base.deallocate() } }
+
+    /// Frees the memory of an empty buffer (an idle connection's); true if it did. The buffer stays
+    /// usable: the next `reserve` or append allocates its initial capacity again.
+    @discardableResult
+    public func releaseStorage() -> Bool {
+        guard capacity > 0 && isEmpty else { return false }
+        base.deallocate()
+        base = ByteBuffer.noStorage
+        capacity = 0
+        readIndex = 0
+        writeIndex = 0
+        return true
+    }
+
+    /// True while the buffer holds memory (false after `releaseStorage()` until the next write).
+    public var hasStorage: Bool { capacity > 0 }
 
     @inline(__always) public var readableBytes: Int { writeIndex - readIndex }
     @inline(__always) public var writableBytes: Int { capacity - writeIndex }
@@ -44,6 +75,14 @@ public final class ByteBuffer {
     }
 
     @inline(never) func reserveSlow(_ n: Int) {
+        if capacity == 0 {
+            // Released while idle: allocate again, as at creation.
+            var newCap = initialCapacity
+            while newCap < n { newCap *= 2 }
+            base = .allocate(capacity: newCap)
+            capacity = newCap
+            return
+        }
         if readIndex > 0 { compact() }
         if writableBytes >= n { return }
         var newCap = capacity * 2

@@ -54,7 +54,7 @@ public final class HTTP2Session {
     public unowned let delegate: HTTP2SessionDelegate
     /// Outgoing bodies by stream (the data provider reads from them).
     private var outgoing: [Int32: StreamOutput] = [:]
-    private let nvScratch = ByteBuffer(capacity: 4096)
+    private let nvScratch = ByteBuffer(lazyCapacity: 4096)
     private var nvOffsets: [(Int, Int, Int, Int)] = []
     /// Set when nghttp2 reports a connection-level error; the owner should flush and close.
     public private(set) var failed = false
@@ -79,6 +79,12 @@ public final class HTTP2Session {
     private func takeOutput() -> StreamOutput {
         if let o = spare.popLast() { return o }
         return StreamOutput()
+    }
+
+    /// Frees the spare stream buffers (the connection went idle; streams allocate them again).
+    public func releaseSpares() {
+        spare.removeAll()
+        nvScratch.releaseStorage()
     }
 
     private func recycle(_ o: StreamOutput) {

@@ -59,7 +59,9 @@ public struct HTTPHead: Sendable {
     /// Other header names listed in `Connection` (hop-by-hop by declaration), as byte ranges.
     public var connectionListed: [(start: Int32, end: Int32)] = []
 
-    public init() { fields.reserveCapacity(32) }
+    /// The field table is reserved at the first parse, not here: connections that never parse an
+    /// HTTP/1.1 head (HTTP/2 ones) do not pay for it.
+    public init() {}
 
     /// True if the field's name is one `Connection` declared hop-by-hop.
     public func isConnectionListed(_ f: HeaderField, in buf: UnsafePointer<UInt8>) -> Bool {
@@ -75,6 +77,7 @@ public struct HTTPHead: Sendable {
     mutating func reset(isRequest: Bool) {
         self.isRequest = isRequest
         fields.removeAll(keepingCapacity: true)
+        if fields.capacity < 32 { fields.reserveCapacity(32) }
         contentLength = -1
         chunked = false
         connectionClose = false

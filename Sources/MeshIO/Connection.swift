@@ -40,10 +40,11 @@ open class Connection: Pollable {
     public init(loop: EventLoop, fd: Int32, security: TransportSecurity?, connecting: Bool) {
         self.loop = loop
         self.security = security
-        self.input = ByteBuffer(capacity: 16 * 1024)
-        self.output = ByteBuffer(capacity: 16 * 1024)
-        self.raw = security == nil ? nil : ByteBuffer(capacity: 17 * 1024)
-        self.plainPending = security == nil ? nil : ByteBuffer(capacity: 4 * 1024)
+        // Allocated at first use and given back while idle (`hibernate()`).
+        self.input = ByteBuffer(lazyCapacity: 16 * 1024)
+        self.output = ByteBuffer(lazyCapacity: 16 * 1024)
+        self.raw = security == nil ? nil : ByteBuffer(lazyCapacity: 17 * 1024)
+        self.plainPending = security == nil ? nil : ByteBuffer(lazyCapacity: 4 * 1024)
         self.isConnecting = connecting
         super.init(fd: fd)
     }
@@ -145,12 +146,12 @@ open class Connection: Pollable {
                 let n: Int
                 let want: Int
                 if let raw = raw {
-                    raw.reserve(16 * 1024)
+                    raw.reserve(4 * 1024)
                     want = min(raw.writableBytes, 256 * 1024)
                     n = Glibc.read(fd, raw.writePointer, want)
                     if n > 0 { raw.commit(n) }
                 } else {
-                    input.reserve(16 * 1024)
+                    input.reserve(4 * 1024)
                     want = min(input.writableBytes, 256 * 1024)
                     n = Glibc.read(fd, input.writePointer, want)
                     if n > 0 { input.commit(n) }
@@ -305,6 +306,20 @@ open class Connection: Pollable {
             if isClosed { return }
         }
         if output.isEmpty && closeWhenFlushed { beginLinger() }
+    }
+
+    // MARK: idle memory
+
+    /// Gives back the memory of buffers that hold nothing (and OpenSSL's record buffers): called
+    /// by the owner when the connection has been idle for a while, so that thousands of idle
+    /// keep-alive connections cost little. The buffers are allocated again on the next byte.
+    public func hibernate() {
+        if isClosed || !isEstablished || flushQueued || writeBlocked { return }
+        input.releaseStorage()
+        output.releaseStorage()
+        raw?.releaseStorage()
+        plainPending?.releaseStorage()
+        security?.releaseBuffers()
     }
 
     // MARK: closing

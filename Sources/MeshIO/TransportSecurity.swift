@@ -38,4 +38,7 @@ open class TransportSecurity {
 
     /// Called once when the connection is closed, to free native state.
     open func dispose() {}
+
+    /// The connection went idle: free record buffers that hold nothing (they come back on use).
+    open func releaseBuffers() {}
 }

@@ -30,7 +30,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     private var lastPool: EndpointPool?
     /// The rewritten request head plus the body bytes forwarded so far, kept (up to a cap) until
     /// the first response byte so the request can be sent again on another connection.
-    private let replay = ByteBuffer(capacity: 2048)
+    private let replay = ByteBuffer(lazyCapacity: 2048)
     private var replayValid = false
     private static let replayCap = 64 * 1024
     // Routing and retries of the current request (DESIGN §3, Envoy's router semantics).
@@ -73,6 +73,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     private var dechunker = ChunkedDecoder()
     private var routeDeadline: UInt64 = 0
     private var headerDeadlineSet = false
+    /// When the connection last became idle between requests (0 before its first request ended).
+    private var idleSince: UInt64 = 0
+    /// How long a connection stays idle before it gives its buffers back (`hibernate()`).
+    static let hibernateAfter: UInt64 = 2_000_000_000
     private var flag: ResponseFlag = .none
     /// Why the proxy answered itself (access log), nil for upstream responses.
     private var localReason: StaticString? = nil
@@ -294,9 +298,20 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         if let h = h2 {
             if isClosing { closeNow(); return }   // a goodbye the client never read
             if h.activeStreams == 0 {
-                // Idle: close once nothing came in for the idle timeout.
+                // Idle: give the buffers back after a moment; close once nothing came in for the
+                // idle timeout.
                 let until = h.lastInput &+ settings.idleTimeout
-                if now >= until { closeNow() } else { loop.setDeadline(self, until) }
+                if now >= until { closeNow(); return }
+                let rest = h.lastInput &+ DownstreamConnection.hibernateAfter
+                if now >= rest {
+                    h.hibernate()
+                    hibernate()
+                    worker.stats.inc(.connectionsHibernated)
+                    worker.trimmer.noteRelease()
+                    loop.setDeadline(self, until)
+                } else {
+                    loop.setDeadline(self, min(until, rest))
+                }
                 return
             }
             // Streams in flight: end the connection when none of them moved for the stream idle
@@ -321,7 +336,18 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         switch state {
         case .idle:
             if input.isEmpty && !headerDeadlineSet {
-                closeNow()   // keep-alive idle timeout
+                // Keep-alive idle: give the buffers back after a moment, close at the idle timeout
+                // (a connection that never completed a request closes at its header timeout).
+                let until = idleSince &+ settings.idleTimeout
+                if idleSince == 0 || now >= until {
+                    closeNow()
+                } else {
+                    replay.releaseStorage()
+                    hibernate()
+                    worker.stats.inc(.connectionsHibernated)
+                    worker.trimmer.noteRelease()
+                    loop.setDeadline(self, until)
+                }
             } else {
                 worker.stats.inc(.headerTimeouts)
                 worker.logRejection("proxy", "request head not complete within the header timeout: 408")
@@ -363,6 +389,11 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         case .tunnel, .closing:
             closeNow()
         }
+    }
+
+    /// The last HTTP/2 stream ended: look again soon, to give the buffers back if it stays idle.
+    func h2WentIdle() {
+        loop.setDeadline(self, loop.now + min(settings.idleTimeout, DownstreamConnection.hibernateAfter))
     }
 
     /// Drain: close now if no request is in progress; otherwise the response closes the connection.
@@ -1489,7 +1520,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             return
         }
         state = .idle
-        loop.setDeadline(self, loop.now + settings.idleTimeout)
+        idleSince = loop.now
+        loop.setDeadline(self, loop.now + min(settings.idleTimeout, DownstreamConnection.hibernateAfter))
         if !input.isEmpty { parseRequest() } else { resumeReading() }
     }
 

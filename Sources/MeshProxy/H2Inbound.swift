@@ -76,6 +76,9 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         return now &- progressAt >= timeout
     }
 
+    /// The connection has been idle for a while: free the spare stream buffers.
+    func hibernate() { session.releaseSpares() }
+
     /// Ends a stalled connection: GOAWAY, then close (the streams in flight are aborted).
     func endStalled() {
         if endedStalled { return }
@@ -202,6 +205,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         guard let s = streams.removeValue(forKey: stream) else { return }
         if error != 0 { s.abort(flag: .downstreamConnectionTermination) } else { s.closedNormally() }
         recycle(s)
+        if streams.isEmpty { conn.h2WentIdle() }
     }
 
     /// Rapid-reset accounting: only resets the client sent, for streams it had not received a

@@ -42,24 +42,37 @@ public final class Worker: @unchecked Sendable {
     private var drainTimer: DrainTimer?
     /// Called on the worker's thread when it has finished draining.
     var onDrained: (() -> Void)?
-    /// Rejection log throttle: the second of the last line written and the lines dropped since.
+    /// Returns freed memory to the system after bursts of closed or idle connections (created on
+    /// the worker's thread at the first release).
+    private var trimmerStorage: MemoryTrimmer?
+    var trimmer: MemoryTrimmer {
+        if let t = trimmerStorage { return t }
+        let t = MemoryTrimmer(loop: loop)
+        trimmerStorage = t
+        return t
+    }
+    /// Rejection log throttle: the current one-second window, lines written in it, and lines
+    /// dropped since the last one written.
     private var rejectLogSecond: UInt64 = 0
+    private var rejectLogLines = 0
     private var rejectLogDropped = 0
+    static let rejectLogLinesPerSecond = 10
 
     /// Logs why hostile or broken input was refused (a bad request, a refused TLS handshake, an
-    /// HTTP/2 flood), at most one line per second per worker, so that a flood of bad input cannot
-    /// become a flood of log lines; the next line says how many were not written. `detail` is only
-    /// evaluated when a line is written.
+    /// HTTP/2 flood), at most `rejectLogLinesPerSecond` lines per second per worker, so that a
+    /// flood of bad input cannot become a flood of log lines; the next line written says how many
+    /// were not. `detail` is only evaluated when a line is written.
     func logRejection(_ component: StaticString, _ detail: @autoclosure () -> String) {
         let second = loop.now / 1_000_000_000
-        if second == rejectLogSecond {
+        if second != rejectLogSecond { rejectLogSecond = second; rejectLogLines = 0 }
+        if rejectLogLines >= Worker.rejectLogLinesPerSecond {
             rejectLogDropped += 1
             return
         }
+        rejectLogLines += 1
         let dropped = rejectLogDropped
-        rejectLogSecond = second
         rejectLogDropped = 0
-        Log.warn(component, dropped > 0 ? "\(detail()) (and \(dropped) more refused in the last second)" : detail())
+        Log.warn(component, dropped > 0 ? "\(detail()) (\(dropped) more refusals not logged)" : detail())
     }
 
     init(id: Int, snapshot: ProxySnapshot) {
@@ -137,6 +150,7 @@ public final class Worker: @unchecked Sendable {
         }
         d.listIndex = -1
         stats.dec(.downstreamConnectionsActive)
+        trimmer.noteRelease()
         if draining && downstreams.isEmpty { finishDrain() }
     }
 
@@ -166,6 +180,7 @@ public final class Worker: @unchecked Sendable {
 
     private func finishDrain() {
         if let t = drainTimer { loop.deregisterTimerOnly(t); drainTimer = nil }
+        if let t = trimmerStorage { t.stop(); trimmerStorage = nil }
         for r in [routing!] + retired { r.closeIdle() }
         onDrained?()
         onDrained = nil

@@ -16,6 +16,7 @@ public final class WorkerStats: @unchecked Sendable {
         case retriesStatus, retriesReset, retriesTimeout, retryOverflow, outlierEjections, faultAborts, faultDelays
         case mirrorRequests, mirrorSkipped, authzDenied
         case uriTooLong, headersTooLarge, http2Floods, http2ProtocolErrors, streamIdleTimeouts
+        case connectionsHibernated
 
         public var name: String {
             switch self {
@@ -63,6 +64,7 @@ public final class WorkerStats: @unchecked Sendable {
             case .http2Floods: return "http2_flood_closures"
             case .http2ProtocolErrors: return "http2_protocol_errors"
             case .streamIdleTimeouts: return "stream_idle_timeouts"
+            case .connectionsHibernated: return "downstream_idle_buffer_releases"
             }
         }
     }

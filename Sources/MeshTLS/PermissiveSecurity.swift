@@ -68,4 +68,5 @@ public final class PermissiveSecurity: TransportSecurity {
     public override func shutdown(output: ByteBuffer) { if mode == .tls { tls?.shutdown(output: output) } }
 
     public override func dispose() { tls?.dispose() }
+    public override func releaseBuffers() { if mode == .tls { tls?.releaseBuffers() } }
 }

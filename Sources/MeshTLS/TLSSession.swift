@@ -93,7 +93,7 @@ public final class TLSSession: TransportSecurity {
             if result == .failed { return .failed }
         }
         while input.readableBytes < limit {
-            input.reserve(16 * 1024)
+            input.reserve(4 * 1024)
             let n = SSL_read(ssl, input.writePointer, Int32(min(input.writableBytes, Int(Int32.max))))
             if n > 0 { input.commit(Int(n)); continue }
             let e = SSL_get_error(ssl, n)
@@ -130,6 +130,12 @@ public final class TLSSession: TransportSecurity {
         if established && reason.isEmpty {
             SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN)
         }
+    }
+
+    /// Frees OpenSSL's record buffers while the connection is idle (OpenSSL refuses while they
+    /// hold data, and allocates them again on the next read or write).
+    public override func releaseBuffers() {
+        if established { _ = SSL_free_buffers(ssl) }
     }
 
     private func finishHandshake() -> Progress {

@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <linux/netfilter_ipv4.h>
 #include <signal.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
@@ -127,5 +128,14 @@ static inline uint64_t mesh_ssl_secure_options(void) {
     return (uint64_t)(SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
 }
 static inline unsigned long mesh_xn_flag_rfc2253(void) { return XN_FLAG_RFC2253; }
+
+/// Returns free heap pages to the system (glibc's malloc_trim; a no-op elsewhere).
+static inline int mesh_malloc_trim(void) {
+#ifdef __GLIBC__
+    return malloc_trim(0);
+#else
+    return 0;
+#endif
+}
 
 #endif

@@ -1,0 +1,114 @@
+"""Idle connections cost little (issue 9): a keep-alive connection idle for 2 s gives its buffers
+back (and OpenSSL's record buffers), works again on its next byte, and after bursts of closed or
+idle connections the freed memory is handed back to the system (malloc_trim)."""
+
+import os
+import socket
+import ssl
+import time
+
+import pytest
+
+from conftest import client_config, free_port, server_config, stats, wait_ready, wait_until
+from test_hostile import END_HEADERS, END_STREAM, HEADERS, H2Conn, Inbound, h2_frame, h2_headers_block
+
+SANITIZED = any(k in os.environ for k in ("ASAN_OPTIONS", "TSAN_OPTIONS", "LSAN_OPTIONS"))
+
+
+def read_response(s):
+    """One HTTP/1.1 response with a Content-Length body, from a blocking socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        b = s.recv(65536)
+        assert b, f"closed after {data!r}"
+        data += b
+    head, _, body = data.partition(b"\r\n\r\n")
+    n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0])
+    while len(body) < n:
+        b = s.recv(65536)
+        assert b
+        body += b
+    return head.split(b"\r\n")[0], body
+
+
+def mtls_socket(pki, port, alpn=None):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(f"{pki}/root-cert.pem")
+    ctx.load_cert_chain(f"{pki}/client/cert-chain.pem", f"{pki}/client/key.pem")
+    ctx.check_hostname = False
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+
+
+def test_keepalive_connections_work_after_their_buffers_were_released(procs, pki):
+    """HTTP/1.1 (plaintext outbound and mTLS inbound) and HTTP/2 (mTLS): a request, 2.5 s idle
+    (the buffers are released), then more requests on the same connection, bodies intact."""
+    app = procs.app("idle")
+    ib = Inbound(procs, pki, app_port=app)
+    out, admin = free_port(), free_port()
+    cfg = client_config(pki, "front", out, admin, [app], tls="DISABLE").replace("concurrency: 2", "concurrency: 1")
+    front = procs.sidecar(cfg, "front")
+    wait_ready(front, admin)
+
+    plain = socket.create_connection(("127.0.0.1", out), timeout=10)
+    tls = mtls_socket(pki, ib.port, ["http/1.1"])
+    h2 = H2Conn(ib)
+    req = b"GET /bytes/70000 HTTP/1.1\r\nHost: server\r\n\r\n"
+    for s in (plain, tls):
+        s.sendall(req)
+        status, body = read_response(s)
+        assert status == b"HTTP/1.1 200 OK" and len(body) == 70000
+    h2.send(h2_frame(HEADERS, END_STREAM | END_HEADERS, 1, h2_headers_block(b"/")))
+    assert h2.pump(lambda f: h2.completed(1))
+
+    wait_until(lambda: stats(admin).get("downstream_idle_buffer_releases", 0) >= 1, timeout=6, what="outbound release")
+    wait_until(lambda: stats(ib.admin).get("downstream_idle_buffer_releases", 0) >= 2, timeout=6, what="inbound releases")
+
+    for _ in range(3):
+        for s in (plain, tls):
+            s.sendall(req)
+            status, body = read_response(s)
+            assert status == b"HTTP/1.1 200 OK" and len(body) == 70000
+    h2.send(h2_frame(HEADERS, END_STREAM | END_HEADERS, 3, h2_headers_block(b"/bytes/60000")))
+    assert h2.pump(lambda f: h2.completed(3), timeout=5)
+    got = sum(len(p) for t, _, s, p in h2.frames if t == 0 and s == 3)
+    assert got == 60000   # within the default 64 KiB window this raw client never reopens
+    for s in (plain, tls):
+        s.close()
+    h2.close()
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(SANITIZED, reason="sanitizer allocators ignore malloc_trim")
+def test_idle_and_closed_connections_give_memory_back(procs, pki):
+    """600 mTLS connections, one request each, then idle: their buffers are released and trimmed
+    (RSS falls while they are still open); closed, RSS returns near where it started."""
+    app = procs.app("idle")
+    ib = Inbound(procs, pki, app_port=app)
+    ib.served(path="/")
+    base = rss_kb(ib.proc.pid)
+    socks = []
+    req = b"GET /bytes/20000 HTTP/1.1\r\nHost: server\r\n\r\n"
+    for _ in range(600):
+        s = mtls_socket(pki, ib.port, ["http/1.1"])
+        s.sendall(req)
+        status, body = read_response(s)
+        assert status == b"HTTP/1.1 200 OK"
+        socks.append(s)
+    busy = rss_kb(ib.proc.pid)
+    # 2 s until every connection is idle long enough, then the trim 3 s after the 256th release.
+    wait_until(lambda: stats(ib.admin).get("downstream_idle_buffer_releases", 0) >= 600, timeout=15, what="all released")
+    time.sleep(4)
+    idle = rss_kb(ib.proc.pid)
+    assert idle < busy - (busy - base) // 4, (base, busy, idle)
+    for s in socks:
+        s.close()
+    wait_until(lambda: stats(ib.admin).get("downstream_connections_active", 1) == 0, timeout=10, what="all closed")
+    time.sleep(4)
+    after = rss_kb(ib.proc.pid)
+    assert after < base + (busy - base) // 3, (base, busy, idle, after)
