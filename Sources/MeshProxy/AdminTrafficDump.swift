@@ -59,6 +59,7 @@ extension AdminServer {
                 j.number("consecutive_5xx", Int64(od.consecutive5xx))
                 j.number("consecutive_gateway_errors", Int64(od.consecutiveGateway))
                 j.number("base_ejection_time_ms", od.baseEjection / 1_000_000)
+                j.number("interval_ms", od.interval / 1_000_000)
                 j.number("max_ejection_percent", Int64(od.maxEjectionPercent))
                 j.endObject()
             }

@@ -35,6 +35,9 @@ public final class ProxySnapshot: Sendable {
         let consecutiveGateway: Int
         let baseEjection: UInt64
         let maxEjectionPercent: Int
+        /// Each interval an endpoint stays healthy after an ejection lowers its ejection count by
+        /// one (Envoy's decrement of the ejection multiplier), so recovery is not punished forever.
+        let interval: UInt64
     }
 
     /// One route, compiled. A class, so the request path holds it with one reference instead of

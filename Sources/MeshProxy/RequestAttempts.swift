@@ -28,6 +28,7 @@ struct RequestAttempts {
         let rt = routing.clusterState[c]
         if rt.activeRequests >= routing.snapshot.clusters[c].maxRequests { return false }
         rt.activeRequests += 1
+        rt.earnRetryToken()
         cluster = c
         self.routing = routing
         return true

@@ -23,7 +23,8 @@ struct TrafficCompiler {
                 || t.maxEjectionPercent != nil || t.interval != nil {
                 // Istio's defaults: 5 consecutive 5xx, gateway errors off, 30 s base ejection, 10 %.
                 outlier = .init(consecutive5xx: t.consecutive5xxErrors ?? 5, consecutiveGateway: t.consecutiveGatewayErrors ?? 0,
-                                baseEjection: t.baseEjectionTime ?? 30_000_000_000, maxEjectionPercent: t.maxEjectionPercent ?? 10)
+                                baseEjection: t.baseEjectionTime ?? 30_000_000_000, maxEjectionPercent: t.maxEjectionPercent ?? 10,
+                                interval: t.interval ?? 10_000_000_000)
             }
             clusters.append(.init(name: c.name, endpoints: c.endpoints, mutualTLS: c.tls == .istioMutual,
                                   expectedPeers: c.subjectAltNames, connectTimeout: c.connectTimeout,

@@ -323,6 +323,15 @@ def test_ejected_endpoint_stops_receiving_traffic_and_comes_back(procs):
     assert hits(bad) - bad_hits >= 8
     _, body = http_get(f"http://127.0.0.1:{admin}/stats/prometheus")
     assert re.search(rb"mesh_outlier_ejections_total 1\b", body)
+    # Healthy for two intervals: the ejection multiplier went back down, so a new ejection lasts
+    # the base time again (2 s), not twice it, as Envoy does.
+    time.sleep(2.2)
+    set_fail(bad, 503)
+    codes = [get(outbound, "/")[0] for _ in range(8)]
+    assert codes.count(503) == 3, codes
+    eps = json.loads(http_get(f"http://127.0.0.1:{admin}/clusters")[1])["clusters"][0]["endpoints"]
+    assert eps[0]["health_status"] == "EJECTED" and eps[0]["ejections_total"] == 2, eps
+    assert 0 < eps[0]["ejected_for_ms"] <= 2000, eps
 
 
 def test_retry_budget_caps_retries_when_every_upstream_fails(procs):
@@ -346,6 +355,50 @@ def test_retry_budget_caps_retries_when_every_upstream_fails(procs):
     assert attempts < 600 * 6 * 0.6, f"{attempts} upstream attempts for 600 requests: a retry storm"
     _, body = http_get(f"http://127.0.0.1:{admin}/stats/prometheus")
     assert b'response_flags="URX"' in body
+
+
+def test_burst_of_resets_from_a_dying_endpoint_is_retried_on_the_other(procs):
+    """An endpoint that dies with many requests in flight resets them all at once. The concurrent
+    budget alone (20% of requests in flight, at least 3) would fail most of them; the rate part
+    of the budget lets each go to the healthy endpoint, so no request fails."""
+    import socket
+    import struct
+    from rawserver import ThreadedServer
+    pending, lock, reset_now = [], threading.Lock(), threading.Event()
+
+    def dying(_, c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            b = c.recv(65536)
+            if not b:
+                return
+            data += b
+        with lock:
+            pending.append(c)
+            if len(pending) >= 8:
+                reset_now.set()
+        reset_now.wait(5)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # RST
+
+    dead = ThreadedServer(dying)
+    good = procs.app("good")
+    docs = retry_service("    retries: {attempts: 2, retryOn: reset}")
+    outbound, admin, _ = proxy(procs, [(dead.port, "v1"), (good, "v1")], docs)
+    # Warm up on the good endpoint only would skew round robin; go straight to the burst.
+    results = []
+
+    def one():
+        results.append(get(outbound, "/")[0])
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    dead.close()
+    assert reset_now.is_set(), f"only {len(pending)} requests reached the dying endpoint"
+    assert results == [200] * 16, results
+    s = stats(admin)
+    assert s["retries_on_reset"] >= 8 and s["retries_refused_by_budget"] == 0, s
 
 
 def test_fault_injection_percentages(procs):
