@@ -105,6 +105,14 @@ struct GenSeeds {
                        labels: [("app", "productpage")], address: "127.0.0.1:16003")
         let pushed = store.proxyConfig()
         write("\(corpus)/FuzzConfig/pushed-meshd.yaml", Array(pushed.text.utf8))
+        // The seed must be one a sidecar accepts (FuzzConfig applies it over this bootstrap).
+        var o = MeshModeOptions(service: "reviews")
+        o.labels = [("version", "v2")]
+        o.appPort = 9080
+        let tls = Bootstrap.TLSFiles(certChain: "(fuzz)", privateKey: "(fuzz)", trustBundle: "(fuzz)",
+                                     trustDomain: "cluster.local", minTLS13: false)
+        let applied = try Bootstrap.meshMode(o, tls: tls).withPushedConfig(pushed.text, source: "meshd")
+        print("pushed config accepted by a mesh-mode sidecar: \(applied.clusters.count) clusters, \(applied.routes.count) routes")
         let empty = try ConfigStore(stateDir: dir + "-empty")
         write("\(corpus)/FuzzConfig/pushed-empty.yaml", Array(empty.proxyConfig().text.utf8))
         rmdir(dir + "-empty")
