@@ -35,6 +35,14 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     /// Requests submitted before the connection was established wait here.
     private var waiting: [H2StreamOwner] = []
     private(set) var goingAway = false
+    /// The connection is to close once nghttp2's pending frames are queued (see `requestClose`).
+    private var closeRequested = false
+    /// The highest stream id submitted to the session.
+    private var submittedThrough: Int32 = 0
+    /// The highest stream id whose request frames were produced and queued for the socket. A
+    /// stream above it never left this process, so if the connection ends it is refused: safe to
+    /// retry on another connection.
+    private var sentThrough: Int32 = 0
     var peerIndex = 0
     /// Exchanges that stopped sending request body until frames leave (window or congestion).
     private var writeWaiters: [H2StreamOwner] = []
@@ -80,20 +88,27 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     /// Streams open or waiting to open.
     var load: Int { owners.count + waiting.count }
 
-    /// True while another stream fits on this connection.
+    /// True while no new stream may start here: GOAWAY sent or received, closing (requested,
+    /// close_notify sent, lingering), closed, or the peer closed its side.
+    var isRetiring: Bool { goingAway || closeRequested || isClosing || isClosed || peerClosed }
+
+    /// True while another stream fits on this connection (never once it is retiring).
     var hasCapacity: Bool {
-        if goingAway || isClosed || isClosing { return false }
+        if isRetiring { return false }
         let peerMax = isEstablished ? Int(min(session.peerMaxConcurrentStreams, 1000)) : 100
         return load < peerMax
     }
 
     /// Opens a stream for `owner`, which submits its request now or once the connection is up.
+    /// False (a connect failure for the caller, which retries) if the connection is retiring.
     func open(_ owner: H2StreamOwner) -> Bool {
+        if isRetiring { return false }
         loop.setDeadline(self, isEstablished ? 0 : deadline)
         if !isEstablished { waiting.append(owner); return true }
         let id = owner.h2Submit(self)
         if id <= 0 { return false }
         owners[id] = owner
+        if id > submittedThrough { submittedThrough = id }
         requestFlush()
         return true
     }
@@ -126,8 +141,19 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         }
         if owners.isEmpty && waiting.isEmpty && isEstablished {
             loop.setDeadline(self, loop.now + idleTimeout)
-            if pool.worker.draining || goingAway || pool.routing.retired { closeAfterFlush() }
+            if pool.worker.draining || goingAway || pool.routing.retired { requestClose() }
         }
+    }
+
+    /// Closes the connection gracefully at this iteration's flush: the frames nghttp2 still holds
+    /// (a GOAWAY, RST_STREAM, WINDOW_UPDATE) are produced and encrypted first, then TLS
+    /// close_notify. Closing at once would send close_notify first, and the next flush's
+    /// SSL_write of those frames would fail ("protocol is shutdown"). Safe inside nghttp2's
+    /// callbacks (which must not produce frames). No stream is opened here from now on.
+    func requestClose() {
+        if closeRequested || isClosed { return }
+        closeRequested = true
+        requestFlush()
     }
 
     // MARK: connection events
@@ -152,7 +178,12 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         waiting.removeAll()
         for owner in w {
             let id = owner.h2Submit(self)
-            if id > 0 { owners[id] = owner } else { owner.h2StreamFailed(error: 0, refused: true) }
+            if id > 0 {
+                owners[id] = owner
+                if id > submittedThrough { submittedThrough = id }
+            } else {
+                owner.h2StreamFailed(error: 0, refused: true)
+            }
         }
         requestFlush()
         armIdle()
@@ -161,9 +192,8 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     override func onInput() {
         if !session.receive(input) {
             Log.warn("upstream", "HTTP/2 connection error from \(pool.address): \(session.lastError)")
-            requestFlush()
             goingAway = true
-            closeAfterFlush()
+            requestClose()   // nghttp2's GOAWAY goes out before close_notify
             failAll(refused: false)
             return
         }
@@ -171,11 +201,18 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     }
 
     override func onFlush() {
-        if isEstablished {
+        // Nothing is produced once close_notify went out (isClosing): TLS refuses to write then.
+        if isEstablished && !isClosing {
             let out = pool.worker.scratch
             out.clear()
             session.produce(into: out)
             if !out.isEmpty { send(out.readPointer, out.readableBytes) }
+            // Every stream submitted so far is framed and queued: from here on it may reach the
+            // peer, so a failure of the connection no longer counts it as refused.
+            sentThrough = submittedThrough
+            if closeRequested { closeAfterFlush() }   // encrypts what was queued, then close_notify
+        } else if closeRequested && !isClosing {
+            closeAfterFlush()
         }
         super.onFlush()
         wakeWriters()
@@ -208,12 +245,15 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
             closeNow()
             failAll(refused: true)
         } else if owners.isEmpty && waiting.isEmpty {
+            goingAway = true
             session.goAway()
-            requestFlush()
-            closeAfterFlush()
+            requestClose()
         }
     }
 
+    /// Fails every stream of a connection that ended: waiting ones and those whose frames never
+    /// left this process (above `sentThrough`) are refused, so their exchanges retry elsewhere;
+    /// the others are refused only when `refused` says the peer never processed any.
     private func failAll(refused: Bool) {
         let w = waiting
         waiting.removeAll()
@@ -221,7 +261,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         owners.removeAll()
         writeWaiters.removeAll()
         for owner in w { owner.h2StreamFailed(error: 0, refused: true) }
-        for (_, owner) in o { owner.h2StreamFailed(error: 0, refused: refused) }
+        for (id, owner) in o { owner.h2StreamFailed(error: 0, refused: refused || id > sentThrough) }
     }
 
     // MARK: HTTP2SessionDelegate

@@ -224,7 +224,8 @@ final class EndpointPool {
     /// The endpoint refused h2 in ALPN: use HTTP/1.1 with it.
     var h2Refused = false
 
-    /// A connection with room for one more stream, opening a new one when all are full.
+    /// A connection with room for one more stream, opening a new one when all are full. A
+    /// connection that is retiring (GOAWAY either way, closing, peer closed) is never chosen.
     func checkoutH2(_ c: ProxySnapshot.Cluster, tlsContext: TLSContext?) -> H2UpstreamConnection? {
         var best: H2UpstreamConnection? = nil
         for h in h2conns where h.hasCapacity {
@@ -267,7 +268,7 @@ final class EndpointPool {
         let all = idle
         idle.removeAll()
         for u in all { u.closeNow() }
-        for h in h2conns where h.load == 0 { h.closeAfterFlush() }
+        for h in h2conns where h.load == 0 { h.requestClose() }   // pending frames, then close_notify
     }
 }
 
