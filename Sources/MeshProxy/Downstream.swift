@@ -301,7 +301,12 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                 // Idle: give the buffers back after a moment; close once nothing came in for the
                 // idle timeout.
                 let until = h.lastInput &+ settings.idleTimeout
-                if now >= until { closeNow(); return }
+                if now >= until {
+                    // GOAWAY, then close (the next deadline closes it if the flush stalls).
+                    h.goAwayAndClose()
+                    loop.setDeadline(self, now + 1_000_000_000)
+                    return
+                }
                 let rest = h.lastInput &+ DownstreamConnection.hibernateAfter
                 if now >= rest {
                     h.hibernate()
@@ -319,7 +324,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             if h.stalled(now: now, timeout: settings.streamIdleTimeout) {
                 worker.stats.inc(.streamIdleTimeouts)
                 worker.logRejection("http2", "HTTP/2 streams made no progress within the stream idle timeout: closing the connection")
-                h.endStalled()
+                h.goAwayAndClose()
                 loop.setDeadline(self, now + 1_000_000_000)
                 return
             }

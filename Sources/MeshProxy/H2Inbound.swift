@@ -61,7 +61,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     /// Stall detection: the session's progress count at the last check, and when it last grew.
     private var progressSeen: UInt64 = 0
     private var progressAt: UInt64 = 0
-    private var endedStalled = false
+    private var closingGracefully = false
     /// The connection's failure was counted (as a flood or a protocol error).
     private var errorCounted = false
 
@@ -79,10 +79,13 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     /// The connection has been idle for a while: free the spare stream buffers.
     func hibernate() { session.releaseSpares() }
 
-    /// Ends a stalled connection: GOAWAY, then close (the streams in flight are aborted).
-    func endStalled() {
-        if endedStalled { return }
-        endedStalled = true
+    /// Ends the connection gracefully: GOAWAY naming the last stream processed, flushed before
+    /// close_notify, then close (streams still in flight are aborted). Used when its streams are
+    /// stalled and when it has been idle for the idle timeout, so that a client never has a
+    /// request in flight on a connection that just vanished without a GOAWAY.
+    func goAwayAndClose() {
+        if closingGracefully { return }
+        closingGracefully = true
         session.goAway()
         produceFrames()
         conn.closeAfterFlush(lingerNanos: 0)
@@ -109,19 +112,24 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     }
 
     func produceFrames() {
+        var closeAfter = false
         if calmedDown && !goneAway {
             goneAway = true
             session.goAway(error: UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
-            conn.closeAfterFlush(lingerNanos: 0)
+            closeAfter = true
         }
+        // Once close_notify is queued nothing may follow it (the GOAWAY went out before it).
+        if conn.isClosing { return }
         // A client that does not read its socket gets no more frames: they wait inside nghttp2,
         // which counts the ACKs the client never read and fails the session as a flood (SETTINGS
         // and PING floods), so our output stays bounded by the high watermark.
-        if conn.isCongested && !goneAway && !endedStalled { return }
+        if conn.isCongested && !goneAway && !closingGracefully { return }
         let out = worker.scratch
         out.clear()
         session.produce(into: out)
         if !out.isEmpty { conn.send(out.readPointer, out.readableBytes) }
+        // GOAWAY first, then close_notify: closing before producing would drop the GOAWAY.
+        if closeAfter { conn.closeAfterFlush(lingerNanos: 0); return }
         if !errorCounted, let code = session.goAwaySent, code != 0 {
             // nghttp2 ended the connection for a protocol or compression error of the client.
             errorCounted = true

@@ -112,3 +112,20 @@ def test_idle_and_closed_connections_give_memory_back(procs, pki):
     time.sleep(4)
     after = rss_kb(ib.proc.pid)
     assert after < base + (busy - base) // 3, (base, busy, idle, after)
+
+
+def test_idle_http2_connection_ends_with_goaway(procs, pki):
+    """At the idle timeout (3 s) an HTTP/2 connection gets GOAWAY (NO_ERROR) before the close, so
+    a client never loses a request to a connection that vanished silently."""
+    ib = Inbound(procs, pki)
+    c = H2Conn(ib)
+    c.send(h2_frame(HEADERS, END_STREAM | END_HEADERS, 1, h2_headers_block(b"/ok")))
+    assert c.pump(lambda f: c.completed(1))
+    t0 = time.monotonic()
+    c.pump(lambda f: c.goaway_code() is not None, timeout=8)
+    assert c.goaway_code() == 0, c.frames
+    assert 2.5 < time.monotonic() - t0 < 6
+    c.pump(timeout=3)
+    assert c.closed
+    c.close()
+    ib.up.close()
