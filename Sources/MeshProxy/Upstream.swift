@@ -1,4 +1,5 @@
 import MeshCore
+import MeshStats
 import MeshHTTP
 import MeshIO
 import MeshTLS
@@ -275,13 +276,11 @@ final class EndpointPool {
 /// Counters of one endpoint on one worker, summed by `/clusters`.
 final class EndpointCounters: @unchecked Sendable {
     enum Name: Int, CaseIterable { case requests, errors, connectFailures, connectionsTotal, connectionsActive, ejections, ejectedUntil }
-    private let v: UnsafeMutablePointer<UInt64>
-    init() {
-        v = .allocate(capacity: Name.allCases.count)
-        v.initialize(repeating: 0, count: Name.allCases.count)
-    }
+    /// Relaxed atomic slots (plain moves): the worker writes, the admin thread reads `/clusters`.
+    private let v: SharedCounters
+    init() { v = .allocate(count: Name.allCases.count) }
     deinit { v.deallocate() }
-    @inline(__always) func inc(_ n: Name) { v[n.rawValue] &+= 1 }
+    @inline(__always) func inc(_ n: Name) { v.add(n.rawValue, 1) }
     @inline(__always) func set(_ n: Name, _ x: UInt64) { v[n.rawValue] = x }
     func get(_ n: Name) -> UInt64 { v[n.rawValue] }
 }
