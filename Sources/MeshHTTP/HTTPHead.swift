@@ -59,9 +59,9 @@ public struct HTTPHead: Sendable {
     /// Other header names listed in `Connection` (hop-by-hop by declaration), as byte ranges.
     public var connectionListed: [(start: Int32, end: Int32)] = []
 
-    /// The field table is reserved at the first parse, not here: connections that never parse an
-    /// HTTP/1.1 head (HTTP/2 ones) do not pay for it.
-    public init() {}
+    /// `reserve`: room for that many fields up front (0 for a head that is rarely parsed; the
+    /// table then grows at its first parse).
+    public init(reserve: Int = 32) { if reserve > 0 { fields.reserveCapacity(reserve) } }
 
     /// True if the field's name is one `Connection` declared hop-by-hop.
     public func isConnectionListed(_ f: HeaderField, in buf: UnsafePointer<UInt8>) -> Bool {
@@ -77,7 +77,6 @@ public struct HTTPHead: Sendable {
     mutating func reset(isRequest: Bool) {
         self.isRequest = isRequest
         fields.removeAll(keepingCapacity: true)
-        if fields.capacity < 32 { fields.reserveCapacity(32) }
         contentLength = -1
         chunked = false
         connectionClose = false

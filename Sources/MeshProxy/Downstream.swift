@@ -131,7 +131,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     private var h2ChunkToClient = false
     private var h2Unconsumed = 0
     private var h2Parser = HTTP1Parser()
-    private var h2ReplayHead = HTTPHead()
+    private var h2ReplayHead = HTTPHead(reserve: 0)
     /// Scratch for lowercasing header names (HTTP/2 wants lowercase).
     private var h2Lower: [UInt8] = []
 
