@@ -45,6 +45,10 @@ public struct Bootstrap: Sendable {
         /// How long a request may go without progress (no body bytes either way, no response
         /// head) before it is ended: Envoy's stream_idle_timeout, 5 minutes unless set.
         public var streamIdleTimeout: UInt64 = Defaults.streamIdleTimeout
+        /// At most this many connections open on the listener (0: no limit); past it, new ones
+        /// are closed at once (Envoy's listener `max_connections`), so a connection flood cannot
+        /// take the proxy's memory. Split evenly over the workers.
+        public var maxConnections: Int = 0
         /// Inbound only: where the local app listens.
         public var appAddress: SocketAddress?
         /// Inbound only: the app speaks HTTP/2 cleartext (`appProtocol: HTTP2` or `GRPC`).
@@ -200,6 +204,7 @@ public struct Bootstrap: Sendable {
                                 headerTimeout: try o.duration("headerTimeout", allowZero: false) ?? Defaults.headerTimeout,
                                 idleTimeout: try o.duration("idleTimeout", allowZero: false) ?? Defaults.idleTimeout,
                                 streamIdleTimeout: try o.duration("streamIdleTimeout", allowZero: false) ?? Defaults.streamIdleTimeout,
+                                maxConnections: try o.int("maxConnections", min: 1, max: 10_000_000) ?? 0,
                                 appAddress: nil)
             try o.finish()
         }
@@ -214,6 +219,7 @@ public struct Bootstrap: Sendable {
                                headerTimeout: try i.duration("headerTimeout", allowZero: false) ?? Defaults.headerTimeout,
                                idleTimeout: try i.duration("idleTimeout", allowZero: false) ?? Defaults.idleTimeout,
                                streamIdleTimeout: try i.duration("streamIdleTimeout", allowZero: false) ?? Defaults.streamIdleTimeout,
+                               maxConnections: try i.int("maxConnections", min: 1, max: 10_000_000) ?? 0,
                                appAddress: app)
             let ap = try i.string("appProtocol") ?? "HTTP1"
             guard ["HTTP1", "HTTP2", "GRPC"].contains(ap) else {

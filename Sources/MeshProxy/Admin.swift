@@ -159,6 +159,8 @@ final class AdminServer: @unchecked Sendable {
             j.string("address", l.address.text)
             j.number("header_timeout_ms", l.headerTimeout / 1_000_000)
             j.number("idle_timeout_ms", l.idleTimeout / 1_000_000)
+            j.number("stream_idle_timeout_ms", l.streamIdleTimeout / 1_000_000)
+            if l.maxConnections > 0 { j.number("max_connections", UInt64(l.maxConnections)) }
             if let a = l.appAddress { j.string("app_address", a.text) }
             j.endObject()
         }

@@ -34,6 +34,7 @@ public final class ProxyServer: @unchecked Sendable {
 
     public func start() throws {
         workers = (0..<concurrency).map { Worker(id: $0, snapshot: snapshot) }
+        for w in workers { w.workerCount = concurrency }
         if let al = snapshot.bootstrap.accessLog {
             let writer = try AccessLogWriter(path: al.path, workers: concurrency)
             for (i, w) in workers.enumerated() {

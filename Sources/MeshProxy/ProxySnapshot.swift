@@ -84,6 +84,8 @@ public final class ProxySnapshot: Sendable {
         public let headerTimeout: UInt64
         public let idleTimeout: UInt64
         public let streamIdleTimeout: UInt64
+        /// 0: no limit.
+        public let maxConnections: Int
     }
 
     public let version: String
@@ -135,9 +137,9 @@ public final class ProxySnapshot: Sendable {
         self.hosts = HostTable(compiled.hostEntries)
         let clusters = compiled.clusters
         self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout,
-                                                                      streamIdleTimeout: $0.streamIdleTimeout) }
+                                                                      streamIdleTimeout: $0.streamIdleTimeout, maxConnections: $0.maxConnections) }
         self.inbound = b.inbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout,
-                                                                      streamIdleTimeout: $0.streamIdleTimeout) }
+                                                                      streamIdleTimeout: $0.streamIdleTimeout, maxConnections: $0.maxConnections) }
 
         if let t = b.tls {
             var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)

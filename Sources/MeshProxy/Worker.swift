@@ -40,6 +40,11 @@ public final class Worker: @unchecked Sendable {
     private var downstreams: [DownstreamConnection] = []
     private var listeners: [Listener] = []
     private var drainTimer: DrainTimer?
+    /// How many workers share the listeners (for per-worker shares of connection limits).
+    var workerCount = 1
+    /// Connections open on each listener on this worker.
+    private var openInbound = 0
+    private var openOutbound = 0
     /// Called on the worker's thread when it has finished draining.
     var onDrained: (() -> Void)?
     /// Returns freed memory to the system after bursts of closed or idle connections (created on
@@ -131,6 +136,17 @@ public final class Worker: @unchecked Sendable {
             }
         }
         let settings = inbound ? snap.inbound! : snap.outbound!
+        if settings.maxConnections > 0 {
+            // This worker's share of the listener's limit (the kernel spreads accepts evenly).
+            let share = (settings.maxConnections + workerCount - 1) / workerCount
+            if (inbound ? openInbound : openOutbound) >= share {
+                Glibc.close(fd)
+                stats.inc(.connectionLimit)
+                logRejection("proxy", "connection refused: the \(inbound ? "inbound" : "outbound") listener holds its maxConnections")
+                return
+            }
+        }
+        if inbound { openInbound += 1 } else { openOutbound += 1 }
         let d = DownstreamConnection(worker: self, fd: fd, tls: tls, inbound: inbound, settings: settings)
         d.listIndex = downstreams.count
         downstreams.append(d)
@@ -143,6 +159,7 @@ public final class Worker: @unchecked Sendable {
     func downstreamClosed(_ d: DownstreamConnection) {
         let i = d.listIndex
         guard i >= 0 && i < downstreams.count && downstreams[i] === d else { return }
+        if d.inbound { openInbound -= 1 } else { openOutbound -= 1 }
         let last = downstreams.removeLast()
         if i < downstreams.count {
             downstreams[i] = last

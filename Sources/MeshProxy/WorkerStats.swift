@@ -16,7 +16,7 @@ public final class WorkerStats: @unchecked Sendable {
         case retriesStatus, retriesReset, retriesTimeout, retryOverflow, outlierEjections, faultAborts, faultDelays
         case mirrorRequests, mirrorSkipped, authzDenied
         case uriTooLong, headersTooLarge, http2Floods, http2ProtocolErrors, streamIdleTimeouts
-        case connectionsHibernated
+        case connectionsHibernated, connectionLimit
 
         public var name: String {
             switch self {
@@ -65,6 +65,7 @@ public final class WorkerStats: @unchecked Sendable {
             case .http2ProtocolErrors: return "http2_protocol_errors"
             case .streamIdleTimeouts: return "stream_idle_timeouts"
             case .connectionsHibernated: return "downstream_idle_buffer_releases"
+            case .connectionLimit: return "downstream_connections_refused_at_limit"
             }
         }
     }

@@ -114,6 +114,7 @@ final class BootstrapTests: XCTestCase {
         XCTAssertEqual(out.headerTimeout, 10 * sec)
         XCTAssertEqual(out.idleTimeout, 300 * sec)
         XCTAssertEqual(out.streamIdleTimeout, 300 * sec, "Envoy's stream_idle_timeout default")
+        XCTAssertEqual(out.maxConnections, 0, "no limit unless set")
         XCTAssertNil(out.appAddress)
         XCTAssertNil(b.inbound)
         XCTAssertEqual(b.clusters.count, 1)
@@ -232,6 +233,7 @@ final class BootstrapTests: XCTestCase {
             headerTimeout: 1500ms
             idleTimeout: 1m30s
             streamIdleTimeout: 45s
+            maxConnections: 5000
           clusters:
             - name: reviews
               tls: DISABLE
@@ -259,6 +261,7 @@ final class BootstrapTests: XCTestCase {
         XCTAssertEqual(b.outbound?.headerTimeout, 1_500_000_000)
         XCTAssertEqual(b.outbound?.idleTimeout, 90 * sec)
         XCTAssertEqual(b.outbound?.streamIdleTimeout, 45 * sec)
+        XCTAssertEqual(b.outbound?.maxConnections, 5000)
         XCTAssertEqual(b.clusters[0].endpoints.map(\.text), ["127.0.0.1:9080", "[::1]:9081"])
         XCTAssertEqual(b.clusters[0].connectTimeout, 250_000_000)
         XCTAssertEqual(b.clusters[0].idleTimeout, 2 * sec)
@@ -318,6 +321,8 @@ final class BootstrapTests: XCTestCase {
         assertRefused(text, path: "spec.outbound.headerTimeout", ["expected a duration such as 500ms, 10s, 5m or 24h", "\"10\""], line: 10)
         assertRefused(replacing("    port: 15001", "    port: 15001\n    idleTimeout: 0s"), path: "spec.outbound.idleTimeout", ["greater than zero"])
         assertRefused(replacing("    port: 15001", "    port: 15001\n    streamIdleTimeout: 0s"), path: "spec.outbound.streamIdleTimeout", ["greater than zero"])
+        assertRefused(replacing("    port: 15001", "    port: 15001\n    maxConnections: 0"), path: "spec.outbound.maxConnections", ["between 1 and 10000000", "got 0"])
+        assertRefused(replacing("    port: 15001", "    port: 15001\n    maxConnections: lots"), path: "spec.outbound.maxConnections", ["expected an integer"])
         assertRefused(replacing("      tls: DISABLE", "      tls: DISABLE\n      connectTimeout: 5 s"), path: "spec.clusters[0].connectTimeout", ["duration"])
         assertRefused(replacing("      cluster: reviews", "      cluster: reviews\n      timeout: soon"), path: "spec.routes[0].timeout", ["duration", "\"soon\""])
         assertRefused(minimal + "\n  drainTimeout: -1s", path: "spec.drainTimeout", ["duration"])

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import (client_config, curl, free_port, http_get, server_config, wait_ready,
+from conftest import (client_config, curl, free_port, http_get, server_config, stats, wait_ready,
                       wait_until)
 from rawserver import H2_PREFACE, ThreadedServer, h2_frame, hpack_literal
 
@@ -749,3 +749,34 @@ def test_many_stalled_handshakes_do_not_keep_others_out(inbound, pki):
     assert mtls_ok(pki, inbound.port)
     for s in socks:
         s.close()
+
+
+def test_connection_limit_closes_new_connections_and_keeps_serving(procs, pki):
+    """`maxConnections` on a listener: with 20 connections held, the 21st is closed at once and
+    counted (connection_limit); once some close, new ones are served again."""
+    up = RecordingUpstream()
+    port, admin = free_port(), free_port()
+    cfg = client_config(pki, "front", port, admin, [up.port], tls="DISABLE").replace("concurrency: 2", "concurrency: 1")
+    cfg = cfg.replace("    headerTimeout: 2s", "    headerTimeout: 2s\n    maxConnections: 20")
+    p = procs.sidecar(cfg, "front")
+    wait_ready(p, admin)
+    held = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /held HTTP/1.1\r\nHost: server\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        held.append(s)
+    before = rejected(admin).get("connection_limit", 0)
+    out, closed = exchange(port, b"GET /over HTTP/1.1\r\nHost: server\r\n\r\n")
+    assert closed and out == b"", out[:200]
+    assert rejected(admin).get("connection_limit", 0) == before + 1
+    assert not up.saw(b"/over")
+    assert "maxConnections" in p.log_path.read_text()
+    for s in held[:5]:
+        s.close()
+    wait_until(lambda: stats(admin).get("downstream_connections_active", 99) <= 15, timeout=5, what="closed")
+    r = curl("-s", "-o", "-", "-w", " %{http_code}", "-H", "Host: server", f"http://127.0.0.1:{port}/again", timeout=10)
+    assert r.stdout == b"upstream-ok 200"
+    for s in held[5:]:
+        s.close()
+    up.close()
