@@ -102,6 +102,30 @@ struct AuthzTable: Sendable {
         return allow.contains { $0.contains(where: ruleMatches) }
     }
 
+    /// The verdict on one request: the raw request path is normalised into `scratch` first
+    /// (`normalize`); `.refused` when the path itself is refused (400), `.denied` (403).
+    enum Verdict {
+        case allowed, denied, refused
+        /// The local reply for a refusal: 403 (denied) or 400 (path refused), its counter and flag.
+        var status: Int { self == .denied ? 403 : 400 }
+        var reason: StaticString { self == .denied ? "RBAC: access denied" : "path not accepted (encoded slash, backslash or fragment)" }
+        var counter: WorkerStats.Counter { self == .denied ? .authzDenied : .badRequests }
+        var flag: ResponseFlag { self == .denied ? .none : .downstreamProtocolError }
+    }
+
+    /// Normalises `rawPath` (into `scratch`) and checks the request; one entry point for the
+    /// HTTP/1.1 and both HTTP/2 request paths. `principal` is the caller's SPIFFE ID bytes, empty
+    /// for a plaintext caller.
+    func check(principal: [UInt8], method: UnsafePointer<UInt8>, _ mn: Int,
+               rawPath: UnsafePointer<UInt8>, _ pn: Int, scratch: ByteBuffer) -> Verdict {
+        guard AuthzTable.normalize(rawPath, pn, into: scratch) else { return .refused }
+        let ok = principal.withUnsafeBufferPointer { pp in
+            allows(principal: pp.baseAddress ?? method, pp.count, method: method, mn,
+                   path: UnsafePointer(scratch.readPointer), scratch.readableBytes)
+        }
+        return ok ? .allowed : .denied
+    }
+
     /// The path as policies see it (Envoy's normalisation, so `//admin`, `/./admin` or `/%61dmin`
     /// cannot slip past a rule on `/admin`): query dropped, unreserved `%XX` decoded, slashes
     /// merged, dot segments resolved. False (the request is refused) for a fragment, a

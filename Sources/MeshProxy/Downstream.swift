@@ -138,8 +138,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     /// HTTP/2 on this connection (inbound, ALPN h2): the handler owns the streams.
     private var h2: H2ServerHandler?
 
-    /// The caller's TLS session (inbound), nil for a plaintext caller (PeerAuthentication PERMISSIVE/DISABLE).
-    var tlsSession: TLSSession? { (security as? TLSSession) ?? (security as? PermissiveSecurity)?.session }
+    /// The caller's TLS session (inbound), nil for a plaintext caller (PeerAuthentication
+    /// PERMISSIVE/DISABLE); found once when the connection is established, so the request path
+    /// does no dynamic casts.
+    private(set) var tlsSession: TLSSession?
 
     init(worker: Worker, fd: Int32, tls: TransportSecurity?, inbound: Bool, settings: ProxySnapshot.ListenerSettings) {
         self.worker = worker
@@ -153,6 +155,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     // MARK: connection events
 
     override func onEstablished() {
+        tlsSession = (security as? TLSSession) ?? (security as? PermissiveSecurity)?.session
         if let tls = tlsSession {
             worker.stats.inc(.tlsHandshakesOK)
             if tls.resumed { worker.stats.inc(.tlsSessionsResumed) }
@@ -513,17 +516,19 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             cluster = snapshot.inboundCluster
             routeTimeout = 0
             if let az = snapshot.authz {
-                switch authorized(az) {
-                case .some(true): break
-                case .some(false):
-                    stats.inc(.authzDenied)
+                // The path component of an absolute-form target, else the whole target.
+                let b = input.base
+                let ps = head.isAbsoluteForm ? head.pathStart : head.targetStart
+                let pe = head.isAbsoluteForm ? head.pathEnd : head.targetEnd
+                switch az.check(principal: tlsSession?.peerIdentityBytes ?? [],
+                                method: UnsafePointer(b + head.methodStart), head.methodEnd - head.methodStart,
+                                rawPath: UnsafePointer(b + ps), pe - ps, scratch: worker.scratch) {
+                case .allowed: break
+                case let v:
+                    stats.inc(v.counter)
                     consumeHead()
-                    localReply(403, "RBAC: access denied", close: !reqBody.isDone, flag: .none)
-                    return
-                case .none:
-                    stats.inc(.badRequests)
-                    consumeHead()
-                    localReply(400, "path not accepted (encoded slash, backslash or fragment)", close: true, flag: .downstreamProtocolError)
+                    // A denied request may keep the connection if its body is already read.
+                    localReply(v.status, v.reason, close: v == .refused || !reqBody.isDone, flag: v.flag)
                     return
                 }
             }
@@ -593,22 +598,6 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         if faultAbortStatus > 0 { faultAbort(); return }
         state = .connecting
         acquireUpstream(fresh: false)
-    }
-
-    /// The inbound request against the workload's AuthorizationPolicies, on its normalised path
-    /// (the path component of an absolute-form target); nil when the path is refused outright.
-    private func authorized(_ az: AuthzTable) -> Bool? {
-        let b = input.base
-        var ps = head.targetStart, pe = head.targetEnd
-        if head.isAbsoluteForm { ps = head.pathStart; pe = head.pathEnd }
-        let norm = worker.scratch
-        guard AuthzTable.normalize(UnsafePointer(b + ps), pe - ps, into: norm) else { return nil }
-        let peer = tlsSession?.peerIdentityBytes ?? []
-        return peer.withUnsafeBufferPointer { pp in
-            az.allows(principal: pp.baseAddress ?? UnsafePointer(b), pp.count,
-                      method: UnsafePointer(b + head.methodStart), head.methodEnd - head.methodStart,
-                      path: UnsafePointer(norm.readPointer), norm.readableBytes)
-        }
     }
 
     /// Fault injection's abort: the configured status, flagged FI.

@@ -217,24 +217,12 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             cluster = snap.inboundCluster
             route = MetricKey.inboundRoute
             if let az = snap.authz {
-                let peer = (handler.conn.tlsSession)?.peerIdentityBytes ?? []
                 let view = H2RequestView(block: request)
-                let norm = worker.scratch
-                guard view.withPath({ AuthzTable.normalize($0, $1, into: norm) }) else {
-                    worker.stats.inc(.badRequests)
-                    localReply(400, "path not accepted (encoded slash, backslash or fragment)", flag: .downstreamProtocolError)
-                    return
+                let peer = handler.conn.tlsSession?.peerIdentityBytes ?? []
+                let verdict = view.withMethod { mp, mn in
+                    view.withPath { az.check(principal: peer, method: mp, mn, rawPath: $0, $1, scratch: worker.scratch) }
                 }
-                let ok = peer.withUnsafeBufferPointer { pp in
-                    view.withMethod { mp, mn in
-                        az.allows(principal: pp.baseAddress ?? mp, pp.count, method: mp, mn, path: UnsafePointer(norm.readPointer), norm.readableBytes)
-                    }
-                }
-                if !ok {
-                    worker.stats.inc(.authzDenied)
-                    localReply(403, "RBAC: access denied", flag: .none)
-                    return
-                }
+                if verdict != .allowed { worker.stats.inc(verdict.counter); localReply(verdict.status, verdict.reason, flag: verdict.flag); return }
             }
         } else {
             let v = authority.withUnsafeBufferPointer { b -> Int in

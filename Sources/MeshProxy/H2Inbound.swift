@@ -383,23 +383,11 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
             return
         }
         if let az = worker.routing.snapshot.authz {
-            let peer = (handler.conn.tlsSession)?.peerIdentityBytes ?? []
             let b = UnsafePointer(pseudo.base)
-            let norm = worker.scratch
-            guard AuthzTable.normalize(b + path.lowerBound, path.count, into: norm) else {
-                worker.stats.inc(.badRequests)
-                localReply(400, "path not accepted (encoded slash, backslash or fragment)", flag: .downstreamProtocolError)
-                return
-            }
-            let ok = peer.withUnsafeBufferPointer { pp in
-                az.allows(principal: pp.baseAddress ?? b, pp.count, method: b + method.lowerBound, method.count,
-                          path: UnsafePointer(norm.readPointer), norm.readableBytes)
-            }
-            if !ok {
-                worker.stats.inc(.authzDenied)
-                localReply(403, "RBAC: access denied", flag: .none)
-                return
-            }
+            let verdict = az.check(principal: handler.conn.tlsSession?.peerIdentityBytes ?? [],
+                                   method: b + method.lowerBound, method.count,
+                                   rawPath: b + path.lowerBound, path.count, scratch: worker.scratch)
+            if verdict != .allowed { worker.stats.inc(verdict.counter); localReply(verdict.status, verdict.reason, flag: verdict.flag); return }
         }
         buildHead()
         connect()
