@@ -31,9 +31,22 @@ extension Bootstrap {
             try spec.finish()
         }
         guard found else { throw ConfigError(file: source, message: "no ProxyConfig document") }
-        next.traffic = try IstioTraffic.parse(documents: docs, file: source, defaultNamespace: workload.namespace,
+        // A document without metadata.namespace is in "default", as meshd stored it (kubectl's
+        // convention), whatever this sidecar's own namespace.
+        next.traffic = try IstioTraffic.parse(documents: docs, file: source, defaultNamespace: "default",
                                               skipKinds: [Bootstrap.proxyConfigKind])
         try next.checkTraffic(file: source, requireRoutes: false)
         return next
+    }
+
+    /// The check meshd runs before it stores a change (one validation, DESIGN §3): the config it
+    /// would push, applied exactly as a sidecar of `namespace` applies it, to a mesh-mode bootstrap.
+    public static func checkPushed(_ text: String, namespace: String, source: String) throws(ConfigError) {
+        var o = MeshModeOptions(service: "meshd-check")
+        o.namespace = namespace
+        o.appPort = 1
+        let tls = TLSFiles(certChain: "(meshd check)", privateKey: "(meshd check)", trustBundle: "(meshd check)",
+                           trustDomain: "cluster.local", minTLS13: true)
+        _ = try Bootstrap.meshMode(o, tls: tls).withPushedConfig(text, source: source)
     }
 }

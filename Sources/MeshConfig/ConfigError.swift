@@ -1,3 +1,5 @@
+import MeshCore
+
 /// A refused configuration: where (file, document, field path, line) and what was expected, in
 /// words a person can act on. The whole input is refused with the first error found.
 public struct ConfigError: Error, CustomStringConvertible, Sendable {
@@ -15,11 +17,13 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         self.message = message
     }
 
+    /// Every part is escaped (`Printable`): a value echoed from input cannot reach a terminal
+    /// or a log line as raw control bytes.
     public var description: String {
         var s = file.isEmpty ? "config" : file
         if line > 0 { s += ":\(line)" }
         if document > 0 { s += ": document \(document)" }
         if !path.isEmpty { s += ": \(path)" }
-        return s + ": " + message
+        return Printable.escaped(s + ": " + message)
     }
 }

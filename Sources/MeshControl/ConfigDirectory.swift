@@ -3,9 +3,12 @@ import MeshCore
 import Glibc
 #endif
 
-/// meshd's `--config-dir`: every `*.yaml`/`*.yml` file there is applied (as one input, so the
-/// files may refer to each other) at start and again whenever a file is added, changed or
-/// removed. A refused input is logged with file, document and field; the config in force stays.
+/// meshd's `--config-dir`: every `*.yaml`/`*.yml` file there is applied (together, so the files
+/// may refer to each other; each keeps its own name and lines in errors) at start and again
+/// whenever a file is added, changed or removed. Each file owns the documents it applied: a file
+/// removed removes them. A file that cannot be read or is refused on its own is named in the
+/// log and its documents in force stay, while the other files are applied; a refused set is
+/// logged with file, line and field, and the config in force stays.
 public final class ConfigDirectory: @unchecked Sendable {
     let path: String
     let store: ConfigStore
@@ -36,16 +39,31 @@ public final class ConfigDirectory: @unchecked Sendable {
         let sig = fs.map { "\($0.name)=\($0.stamp)" }.joined(separator: ";")
         if sig == signature { return }
         signature = sig
-        var texts: [String] = []
+        let prefix = "config-dir:\(path)/"
+        var inputs: [ConfigStore.Input] = []
+        var refused: Set<String> = []
         for f in fs {
-            guard let t = try? FileStore.read("\(path)/\(f.name)") else { continue }
-            texts.append(t)
+            let file = "\(path)/\(f.name)"
+            let text: String
+            do { text = try FileStore.read(file) } catch {
+                Log.error("config", "\(file) refused, its documents in force stay: \(error)")
+                refused.insert(prefix + f.name)
+                continue
+            }
+            do { _ = try ConfigStore.split(text, file: file) } catch {
+                Log.error("config", "\(file) refused, its documents in force stay: \(error)")
+                refused.insert(prefix + f.name)
+                continue
+            }
+            inputs.append(ConfigStore.Input(file: file, text: text, source: prefix + f.name))
         }
+        // Every file of the directory that is not refused now, present or removed, is replaced by
+        // what it holds now (the whole directory as one source was the older layout).
+        let owned = Set(store.documentSources().filter { $0.hasPrefix(prefix) || $0 == "config-dir:\(path)" })
+        let replacing = owned.subtracting(refused).union(inputs.map(\.source))
         do {
-            // The directory owns what it applied: a removed file or document is removed.
-            let v = try store.apply(texts.joined(separator: "\n---\n"), file: "\(path) (\(fs.map(\.name).joined(separator: ", ")))",
-                                    source: "config-dir:\(path)")
-            Log.info("config", "\(path): applied as version \(v)")
+            let r = try store.apply(inputs, replacing: replacing)
+            if r.changed { Log.info("config", "\(path): applied as version \(r.version)") }
         } catch {
             Log.error("config", "\(path) refused, the config in force stays: \(error)")
         }

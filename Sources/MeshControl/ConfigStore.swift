@@ -12,14 +12,19 @@ import Glibc
 /// registry are kept in the state directory (written atomically) and survive a restart.
 /// Waiting config streams are woken on every change. Thread-safe.
 public final class ConfigStore: @unchecked Sendable {
-    /// One stored document: its identity and its text (re-parsed when the set is validated).
+    /// One stored document: its identity, its text (re-parsed when the set is validated), and
+    /// where it came from, so that an error found in the whole set names the operator's file.
     struct Document: Sendable {
         var kind: String
         var namespace: String
         var name: String
         var text: String
-        /// Where it came from: a `--config-dir` owns its documents (a removed file removes them).
+        /// Where it came from: a `--config-dir` file owns its documents (a removed file removes them).
         var source = ""
+        /// The file it was applied from, its 1-based number there and the line it starts on.
+        var file = ""
+        var index = 0
+        var line = 1
         var key: String { "\(kind)/\(namespace)/\(name)" }
     }
 
@@ -51,7 +56,7 @@ public final class ConfigStore: @unchecked Sendable {
         public var admin = ""
     }
 
-    private struct State {
+    struct State {
         var documents: [String: Document] = [:]
         var order: [String] = []
         var workloads: [String: Workload] = [:]   // by identity + address
@@ -87,34 +92,16 @@ public final class ConfigStore: @unchecked Sendable {
         self.stateDir = stateDir
         self.trustDomain = trustDomain
         self.grace = grace
-        var st = State()
+        var st = try StateFiles(stateDir: stateDir).load()
         st.startedAt = CertificateAuthority.now()
-        if let text = try? FileStore.read("\(stateDir)/applied.yaml") {
-            do {
-                let docs = try ConfigStore.split(text, file: "\(stateDir)/applied.yaml")
-                var sources: [String: String] = [:]
-                for line in ((try? FileStore.read("\(stateDir)/sources.txt")) ?? "").split(separator: "\n") {
-                    let f = line.split(separator: "\t").map(String.init)
-                    if f.count == 2 { sources[f[0]] = f[1] }
-                }
-                for var d in docs { d.source = sources[d.key] ?? ""; st.documents[d.key] = d; st.order.append(d.key) }
-            } catch { throw CAError("\(stateDir)/applied.yaml: \(error)") }
+        for k in st.workloads.keys { st.workloads[k]!.lastSeen = st.startedAt }
+        // What was stored must still be what a sidecar accepts (this meshd may check more than the
+        // one that stored it): refuse to start rather than push a config every sidecar refuses.
+        do { try ConfigStore.check(st, trustDomain: trustDomain) } catch {
+            throw CAError("\(stateDir)/\(StateFiles.applied): the stored config is refused: \(error.description); fix or remove the file")
         }
-        if let text = try? FileStore.read("\(stateDir)/registry.txt") {
-            for line in text.split(separator: "\n") {
-                let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-                // The same checks as a registration: a damaged or edited file cannot inject config.
-                guard f.count == 5, Names.isDNSLabel(f[1]), Names.isDNSLabel(f[2]), SocketAddress(f[4]) != nil,
-                      f[0].hasPrefix("spiffe://"), f[0].utf8.allSatisfy({ $0 > 32 && $0 != 34 && $0 != 92 }) else { continue }
-                let labels = f[3].split(separator: ",").compactMap { kv -> (String, String)? in
-                    let p = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
-                    return p.count == 2 && Names.isLabelKey(p[0]) && Names.isLabelValue(p[1]) ? (p[0], p[1]) : nil
-                }
-                // Known before the restart: kept through the grace period even if it never returns.
-                st.workloads["\(f[0])|\(f[4])"] = Workload(identity: f[0], service: f[1], namespace: f[2], labels: labels,
-                                                          address: f[4], lastSeen: st.startedAt, connected: false)
-            }
-        }
+        let kinds = Dictionary(grouping: st.order.compactMap { st.documents[$0]?.kind }, by: { $0 }).map { "\($0.value.count) \($0.key)" }.sorted()
+        Log.info("config", "loaded \(st.order.count) document(s)\(kinds.isEmpty ? "" : " (\(kinds.joined(separator: ", ")))") and \(st.workloads.count) workload(s) from \(stateDir)")
         state.withLock { $0 = st }
     }
 
@@ -125,11 +112,12 @@ public final class ConfigStore: @unchecked Sendable {
     static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
                                            "ServiceEntry", "WorkloadEntry"]
 
-    /// Splits YAML text into documents with their identities (kind, namespace, name).
+    /// Splits one file's YAML text into documents with their identities (kind, namespace, name)
+    /// and their place in the file. Each document is validated on its own here, with the file's
+    /// own line numbers; how the documents fit the rest is checked on the whole set.
     static func split(_ text: String, file: String) throws(ConfigError) -> [Document] {
         let docs: [(node: YAMLNode, line: Int)]
         do { docs = try YAML.parseDocuments(text) } catch { throw ConfigError(file: file, line: error.line, message: "YAML: \(error.message)") }
-        // Validate this input on its own first (field names, values), with its own line numbers.
         _ = try IstioTraffic.parse(documents: docs, file: file, defaultNamespace: "default", skipKinds: [], checkSubsets: false)
         var out: [Document] = []
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
@@ -139,63 +127,85 @@ public final class ConfigStore: @unchecked Sendable {
                   case .scalar(let name)? = meta["name"] else { continue }
             var ns = "default"
             if case .scalar(let n)? = meta["namespace"] { ns = n.value }
-            // The document's own lines (from its first line to the next document's).
-            let from = max(0, lineIndex(starts[i], lines))
-            let to = i + 1 < starts.count ? max(from, lineIndex(starts[i + 1], lines) - 1) : lines.count
-            var body = lines[from..<min(to, lines.count)].joined(separator: "\n")
-            while body.hasSuffix("---") || body.hasSuffix("\n") { body = String(body.dropLast(body.hasSuffix("---") ? 3 : 1)) }
-            out.append(Document(kind: kind.value, namespace: ns, name: name.value, text: body))
+            // The document's own lines, from its first line up to the next document's marker.
+            let from = min(max(0, starts[i] - 1), lines.count)
+            var to = i + 1 < starts.count ? min(max(from, starts[i + 1] - 1), lines.count) : lines.count
+            while to > from, lines[to - 1].hasPrefix("---") || lines[to - 1].hasPrefix("...") { to -= 1 }
+            var body = lines[from..<to].joined(separator: "\n")
+            while body.hasSuffix("\n") { body.removeLast() }
+            out.append(Document(kind: kind.value, namespace: ns, name: name.value, text: body, file: file, index: i + 1, line: starts[i]))
         }
         return out
     }
 
-    private static func lineIndex(_ line: Int, _ lines: [Substring]) -> Int { max(0, line - 1) }
-
-    /// The whole stored set as one YAML text.
-    private func render(_ s: State) -> String {
-        s.order.compactMap { s.documents[$0]?.text }.joined(separator: "\n---\n") + "\n"
+    /// One input file of an apply or delete.
+    public struct Input: Sendable {
+        public var file: String
+        public var text: String
+        /// Set by `--config-dir` (the file that owns the documents); empty for meshctl.
+        public var source: String
+        public init(file: String, text: String, source: String = "") { self.file = file; self.text = text; self.source = source }
     }
 
-    /// Validates `text` merged into the documents in force (upsert by kind/namespace/name, or
-    /// removal with `delete`) and commits it when the whole set is valid. Returns the new version.
-    /// `source`: when given, the input replaces every document that source applied before
-    /// (documents it no longer contains are removed).
-    public func apply(_ text: String, file: String, delete: Bool = false, source: String? = nil) throws(ConfigError) -> Int {
+    /// What an apply or delete did, document by document.
+    public struct Result: Sendable {
+        public enum Outcome: String, Sendable { case created, configured, unchanged, deleted, notFound = "not found" }
+        /// The version in force afterwards (the same as before when nothing changed).
+        public var version: Int
+        public var changed: Bool
+        public var documents: [(kind: String, namespace: String, name: String, outcome: Outcome)]
+    }
+
+    /// Validates the inputs merged into the documents in force (upsert by kind/namespace/name,
+    /// or removal with `delete`) and commits them when the whole set is one every sidecar would
+    /// accept: the config meshd would push is checked with the sidecar's own code
+    /// (`Bootstrap.checkPushed`). Nothing changes, no version moves and nothing is pushed when
+    /// the documents in force are already what the input says. `replacing`: sources whose every
+    /// document is replaced by what the inputs hold (a `--config-dir` file removed or rewritten).
+    public func apply(_ inputs: [Input], delete: Bool = false, replacing: Set<String> = []) throws(ConfigError) -> Result {
         applyLock.lock()
         defer { applyLock.unlock() }
-        var incoming = text.isEmpty ? [] : try ConfigStore.split(text, file: file)
-        if let src = source { for i in incoming.indices { incoming[i].source = src } }
-        for d in incoming where !ConfigStore.storedKinds.contains(d.kind) {
-            throw ConfigError(file: file, message: "kind \(d.kind) is not stored by meshd yet (supported: VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication, ServiceEntry, WorkloadEntry)")
-        }
-        var next = state.withLock { $0 }
-        if let src = source {
-            let keep = Set(incoming.map(\.key))
-            for (k, d) in next.documents where d.source == src && !keep.contains(k) {
-                next.documents.removeValue(forKey: k)
-                next.order.removeAll { $0 == k }
+        var incoming: [Document] = []
+        for input in inputs {
+            var docs = try ConfigStore.split(input.text, file: input.file)
+            for i in docs.indices { docs[i].source = input.source }
+            for d in docs where !ConfigStore.storedKinds.contains(d.kind) {
+                throw ConfigError(file: input.file, document: d.index, line: d.line, message: "kind \(d.kind) is not stored by meshd yet (supported: \(ConfigStore.storedKinds.sorted().joined(separator: ", ")))")
             }
+            for d in docs {
+                if let prev = incoming.first(where: { $0.key == d.key }) {
+                    throw ConfigError(file: d.file, document: d.index, line: d.line,
+                                      message: "\(d.kind) \(d.namespace)/\(d.name) is given twice (also \(prev.file):\(prev.line))")
+                }
+            }
+            incoming += docs
         }
+        let current = state.withLock { $0 }
+        var next = current
+        for (k, d) in next.documents where !d.source.isEmpty && replacing.contains(d.source) && !incoming.contains(where: { $0.key == k }) {
+            next.documents.removeValue(forKey: k)
+            next.order.removeAll { $0 == k }
+        }
+        var outcomes: [(String, String, String, Result.Outcome)] = []
         for d in incoming {
+            let old = current.documents[d.key]
             if delete {
+                outcomes.append((d.kind, d.namespace, d.name, old == nil ? .notFound : .deleted))
                 next.documents.removeValue(forKey: d.key)
                 next.order.removeAll { $0 == d.key }
             } else {
+                outcomes.append((d.kind, d.namespace, d.name, old == nil ? .created : old!.text == d.text ? .unchanged : .configured))
                 if next.documents[d.key] == nil { next.order.append(d.key) }
                 next.documents[d.key] = d
             }
         }
-        // The resulting set must hold together (subsets defined, hosts routed once, ...).
-        let whole = render(next)
-        do { _ = try IstioTraffic.parse(whole, file: "(the config that would result)") } catch {
-            throw ConfigError(file: file, message: "the resulting config is refused: \(error.description)")
+        let same = next.order == current.order && next.order.allSatisfy { k in
+            next.documents[k]!.text == current.documents[k]!.text && next.documents[k]!.source == current.documents[k]!.source
         }
-        do {
-            try FileStore.writeAtomically("\(stateDir)/applied.yaml", whole, mode: 0o600)
-            let sources = next.order.compactMap { k in next.documents[k].flatMap { $0.source.isEmpty ? nil : "\(k)\t\($0.source)" } }
-            try FileStore.writeAtomically("\(stateDir)/sources.txt", sources.joined(separator: "\n") + "\n", mode: 0o600)
-        } catch {
-            throw ConfigError(file: file, message: "cannot persist: \(error)")
+        if same { return Result(version: current.version, changed: false, documents: outcomes) }
+        try ConfigStore.check(next, trustDomain: trustDomain)
+        do { try StateFiles(stateDir: stateDir).saveDocuments(next) } catch {
+            throw ConfigError(file: inputs.first?.file ?? "", message: "cannot persist: \(error)")
         }
         let v = state.withLock { s -> Int in
             s.documents = next.documents
@@ -206,13 +216,100 @@ public final class ConfigStore: @unchecked Sendable {
             return s.version
         }
         changed.broadcast()
-        Log.info("config", "\(delete ? "deleted" : "applied") \(incoming.map(\.key).joined(separator: ", ")) from \(file): version \(v)")
-        return v
+        let files = Set(inputs.map(\.file)).sorted().joined(separator: ", ")
+        Log.info("config", "\(outcomes.filter { $0.3 != .unchanged && $0.3 != .notFound }.map { "\($0.0) \($0.1)/\($0.2) \($0.3.rawValue)" }.joined(separator: ", ")) from \(files): version \(v)")
+        return Result(version: v, changed: true, documents: outcomes)
     }
 
-    /// The documents in force (for `meshctl get routes`).
-    public func documents() -> [(kind: String, namespace: String, name: String)] {
-        state.withLock { s in s.order.compactMap { s.documents[$0] }.map { ($0.kind, $0.namespace, $0.name) } }
+    /// The whole set must hold together (subsets defined, hosts routed once, ...) and the config
+    /// meshd would push must be one that a sidecar accepts, in every namespace that has one. An
+    /// error is moved back to the document, file and line it came from.
+    static func check(_ s: State, trustDomain: String) throws(ConfigError) {
+        let stored = renderDocuments(s.order.compactMap { s.documents[$0] })
+        do { _ = try IstioTraffic.parse(stored.text, file: "(the config that would result)") } catch {
+            throw locate(error, in: stored.placed)
+        }
+        let push = renderProxyConfig(s, trustDomain: trustDomain)
+        let namespaces = Set(s.workloads.values.map(\.namespace)).union(["default"]).sorted()
+        for ns in namespaces {
+            do { try Bootstrap.checkPushed(push.text, namespace: ns, source: "(the config meshd would push)") } catch {
+                throw locate(error, in: push.placed)
+            }
+        }
+    }
+
+    /// Documents joined as one YAML text, with the line each starts on there.
+    static func renderDocuments(_ docs: [Document], firstLine: Int = 1) -> (text: String, placed: [(line: Int, doc: Document)]) {
+        var text = ""
+        var line = firstLine
+        var placed: [(Int, Document)] = []
+        for (i, d) in docs.enumerated() {
+            if i > 0 { text += "\n---\n"; line += 2 }
+            placed.append((line, d))
+            text += d.text
+            line += d.text.utf8.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+        }
+        return (text + "\n", placed)
+    }
+
+    /// An error found in a rendered set, told in the terms of the document it is about: its
+    /// file, its number there and the line (when the error has one, or when its field path can
+    /// be found in the document).
+    static func locate(_ e: ConfigError, in placed: [(line: Int, doc: Document)]) -> ConfigError {
+        var doc: Document? = nil
+        var line = 0
+        var path = e.path
+        if e.line > 0, let p = placed.last(where: { $0.line <= e.line }) {
+            doc = p.doc
+            line = p.doc.line + (e.line - p.line)
+        } else {
+            // Errors about the set name the document as "Kind ns/name: field path".
+            for p in placed where path.hasPrefix("\(p.doc.kind) \(p.doc.namespace)/\(p.doc.name): ") {
+                doc = p.doc
+                path = String(path.dropFirst("\(p.doc.kind) \(p.doc.namespace)/\(p.doc.name): ".count))
+                line = p.doc.line + max(0, (fieldLine(p.doc.text, path) ?? 1) - 1)
+                break
+            }
+        }
+        guard let d = doc else {
+            return ConfigError(file: e.file, document: e.document, path: e.path, line: e.line,
+                               message: "\(e.message) (in the config meshd generates from the registry and the documents in force)")
+        }
+        let file = d.file.isEmpty ? "(in force: \(d.kind) \(d.namespace)/\(d.name))" : d.file
+        return ConfigError(file: file, document: d.index, path: path.isEmpty ? "" : "\(d.kind) \(d.namespace)/\(d.name): \(path)",
+                           line: line, message: e.message)
+    }
+
+    /// The line of a field path such as `spec.http[1].route[0].destination.host` in a document's text.
+    static func fieldLine(_ text: String, _ path: String) -> Int? {
+        guard let node = (try? YAML.parseDocuments(text))?.first?.node else { return nil }
+        var n = node
+        var best = node.line
+        for part in path.split(separator: ".") {
+            var name = Substring(part)
+            var indexes: [Int] = []
+            while let open = name.lastIndex(of: "["), name.hasSuffix("]"), let i = Int(name[name.index(after: open)..<name.index(before: name.endIndex)]) {
+                indexes.insert(i, at: 0)
+                name = name[..<open]
+            }
+            guard let m = n.asMapping, let v = m[String(name)] else { return best }
+            n = v
+            best = v.line
+            for i in indexes {
+                guard case .sequence(let seq) = n, i >= 0, i < seq.items.count else { return best }
+                n = seq.items[i]
+                best = n.line
+            }
+        }
+        return best
+    }
+
+    /// The sources that own documents in force (`--config-dir` files).
+    func documentSources() -> Set<String> { state.withLock { Set($0.documents.values.map(\.source).filter { !$0.isEmpty }) } }
+
+    /// The documents in force, in the order they were applied.
+    public func documents() -> [(kind: String, namespace: String, name: String, text: String)] {
+        state.withLock { s in s.order.compactMap { s.documents[$0] }.map { ($0.kind, $0.namespace, $0.name, $0.text) } }
     }
 
     // MARK: registry
@@ -274,12 +371,8 @@ public final class ConfigStore: @unchecked Sendable {
     }
 
     private func persistRegistry() {
-        let text = state.withLock { s in
-            s.workloads.values.sorted { $0.address < $1.address }.map {
-                "\($0.identity)\t\($0.service)\t\($0.namespace)\t\($0.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\($0.address)"
-            }.joined(separator: "\n") + "\n"
-        }
-        do { try FileStore.writeAtomically("\(stateDir)/registry.txt", text, mode: 0o600) } catch {
+        let st = state.withLock { $0 }
+        do { try StateFiles(stateDir: stateDir).saveRegistry(st) } catch {
             Log.error("registry", "cannot persist the registry: \(error)")
         }
     }
@@ -299,82 +392,92 @@ public final class ConfigStore: @unchecked Sendable {
     }
 
     private func render() -> (version: Int, text: String) {
-        state.withLock { s in
-            // The stored set, parsed (it was validated when applied).
-            let all = render(s)
-            let cfg = (try? IstioTraffic.parse(all, file: "(stored)")) ?? IstioTraffic.Config()
-            func key(_ host: String, _ ns: String) -> String {
-                let parts = host.split(separator: ".")
-                return parts.count >= 2 ? "\(parts[0]).\(parts[1])" : "\(host).\(ns)"
-            }
-            var services: [String: [Workload]] = [:]
-            for w in s.workloads.values { services["\(w.service).\(w.namespace)", default: []].append(w) }
-            // Hosts a VirtualService routes or a DestinationRule names need a cluster even before
-            // any endpoint registers (requests get 503 UH, not a refused config).
-            var names = Set(services.keys)
-            var routed = Set<String>()
-            for vs in cfg.virtualServices {
-                for h in vs.hosts { names.insert(key(h, vs.namespace)); routed.insert(key(h, vs.namespace)) }
-                for r in vs.http { for d in r.route { names.insert(key(d.destination.host, vs.namespace)) } }
-            }
-            for dr in cfg.destinationRules { names.insert(key(dr.host, dr.namespace)) }
-            // ServiceEntries: their hosts become clusters of their own (names as written).
-            var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String])] = []
-            for se in cfg.serviceEntries {
-                var eps = se.endpoints
-                if let sel = se.workloadSelector {
-                    eps += cfg.workloadEntries.filter { we in we.namespace == se.namespace
-                        && sel.allSatisfy { l in we.endpoint.labels.contains { $0.0 == l.0 && $0.1 == l.1 } } }.map(\.endpoint)
-                }
-                let port = se.ports[0]
-                let sas = Set(eps.compactMap(\.serviceAccount))
-                let mtls = se.meshInternal && !eps.isEmpty && eps.allSatisfy { $0.serviceAccount != nil }
-                let rendered = eps.map { e -> String in
-                    let p = e.ports.first { $0.0 == port.name }?.1 ?? port.number
-                    let labels = e.labels.map { "\($0.0): \"\($0.1)\"" }.joined(separator: ", ")
-                    return "{address: \"\(e.address):\(p)\", labels: {\(labels)}}"
-                }
-                for h in se.hosts {
-                    names.remove(key(h, se.namespace))
-                    entryClusters.append((h, mtls, sas.sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }, rendered))
-                }
-            }
-            var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
-            let sorted = names.sorted()
-            for k in sorted {
-                // Named service.namespace: the same service name in two namespaces are two clusters.
-                let eps = (services[k] ?? []).sorted { $0.address < $1.address }
-                out += "  - name: \(k)\n    tls: ISTIO_MUTUAL\n"
-                // Callers accept only the identities registered for this service.
-                let ids = Set(eps.map(\.identity)).sorted()
-                if !ids.isEmpty { out += "    subjectAltNames: [\(ids.map { "\"\($0)\"" }.joined(separator: ", "))]\n" }
-                out += "    endpoints:\n"
-                if eps.isEmpty { out += "      []\n" }
-                for w in eps {
-                    let labels = w.labels.map { "\($0.0): \"\($0.1)\"" }.joined(separator: ", ")
-                    out += "      - {address: \(w.address), labels: {\(labels)}}\n"
-                }
-            }
-            for c in entryClusters {
-                out += "  - name: \"\(c.name)\"\n    tls: \(c.mtls ? "ISTIO_MUTUAL" : "DISABLE")\n"
-                if c.mtls && !c.sans.isEmpty { out += "    subjectAltNames: [\(c.sans.map { "\"\($0)\"" }.joined(separator: ", "))]\n" }
-                out += "    endpoints:\n"
-                if c.endpoints.isEmpty { out += "      []\n" }
-                for e in c.endpoints { out += "      - \(e)\n" }
-            }
-            var routes = ""
-            for k in sorted where !routed.contains(k) {
-                routes += "  - name: \(k)\n    hosts: [\(k)]\n    cluster: \(k)\n"
-            }
-            for (i, c) in entryClusters.enumerated() where !routed.contains(key(c.name, "default")) {
-                routes += "  - name: entry-\(i)\n    hosts: [\"\(c.name)\"]\n    cluster: \"\(c.name)\"\n"
-            }
-            out += routes.isEmpty ? "  routes: []\n" : "  routes:\n" + routes
-            // The documents a sidecar applies itself (entries are rendered into clusters above).
-            let own = s.order.compactMap { s.documents[$0] }.filter { $0.kind != "ServiceEntry" && $0.kind != "WorkloadEntry" }
-            if !own.isEmpty { out += "---\n" + own.map(\.text).joined(separator: "\n---\n") + "\n" }
-            return (s.version, out)
+        state.withLock { s in (s.version, ConfigStore.renderProxyConfig(s, trustDomain: trustDomain).text) }
+    }
+
+    /// The pushed config for a state: a `ProxyConfig` document (every service a cluster, default
+    /// routes) followed by the documents a sidecar applies itself, with the line each of those
+    /// starts on. Every value that came from input is written quoted (`YAML.quoted`), so the
+    /// text always parses back to the same strings.
+    static func renderProxyConfig(_ s: State, trustDomain: String) -> (text: String, placed: [(line: Int, doc: Document)]) {
+        let q = YAML.quoted
+        // The stored set, parsed (it was validated when applied).
+        let all = renderDocuments(s.order.compactMap { s.documents[$0] }).text
+        let cfg = (try? IstioTraffic.parse(all, file: "(stored)")) ?? IstioTraffic.Config()
+        func key(_ host: String, _ ns: String) -> String {
+            let parts = host.split(separator: ".")
+            return parts.count >= 2 ? "\(parts[0]).\(parts[1])" : "\(host).\(ns)"
         }
+        var services: [String: [Workload]] = [:]
+        for w in s.workloads.values { services["\(w.service).\(w.namespace)", default: []].append(w) }
+        // Hosts a VirtualService routes or a DestinationRule names need a cluster even before
+        // any endpoint registers (requests get 503 UH, not a refused config).
+        var names = Set(services.keys)
+        var routed = Set<String>()
+        for vs in cfg.virtualServices {
+            for h in vs.hosts { names.insert(key(h, vs.namespace)); routed.insert(key(h, vs.namespace)) }
+            for r in vs.http { for d in r.route { names.insert(key(d.destination.host, vs.namespace)) } }
+        }
+        for dr in cfg.destinationRules { names.insert(key(dr.host, dr.namespace)) }
+        // ServiceEntries: their hosts become clusters of their own (names as written).
+        var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String])] = []
+        for se in cfg.serviceEntries {
+            var eps = se.endpoints
+            if let sel = se.workloadSelector {
+                eps += cfg.workloadEntries.filter { we in we.namespace == se.namespace
+                    && sel.allSatisfy { l in we.endpoint.labels.contains { $0.0 == l.0 && $0.1 == l.1 } } }.map(\.endpoint)
+            }
+            let port = se.ports[0]
+            let sas = Set(eps.compactMap(\.serviceAccount))
+            let mtls = se.meshInternal && !eps.isEmpty && eps.allSatisfy { $0.serviceAccount != nil }
+            let rendered = eps.map { e -> String in
+                let p = e.ports.first { $0.0 == port.name }?.1 ?? port.number
+                let labels = e.labels.map { "\(q($0.0)): \(q($0.1))" }.joined(separator: ", ")
+                return "{address: \(q("\(e.address):\(p)")), labels: {\(labels)}}"
+            }
+            for h in se.hosts {
+                names.remove(key(h, se.namespace))
+                entryClusters.append((h, mtls, sas.sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }, rendered))
+            }
+        }
+        var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
+        let sorted = names.sorted()
+        for k in sorted {
+            // Named service.namespace: the same service name in two namespaces are two clusters.
+            let eps = (services[k] ?? []).sorted { $0.address < $1.address }
+            out += "  - name: \(q(k))\n    tls: ISTIO_MUTUAL\n"
+            // Callers accept only the identities registered for this service.
+            let ids = Set(eps.map(\.identity)).sorted()
+            if !ids.isEmpty { out += "    subjectAltNames: [\(ids.map(q).joined(separator: ", "))]\n" }
+            out += "    endpoints:\n"
+            if eps.isEmpty { out += "      []\n" }
+            for w in eps {
+                let labels = w.labels.map { "\(q($0.0)): \(q($0.1))" }.joined(separator: ", ")
+                out += "      - {address: \(q(w.address)), labels: {\(labels)}}\n"
+            }
+        }
+        for c in entryClusters {
+            out += "  - name: \(q(c.name))\n    tls: \(c.mtls ? "ISTIO_MUTUAL" : "DISABLE")\n"
+            if c.mtls && !c.sans.isEmpty { out += "    subjectAltNames: [\(c.sans.map(q).joined(separator: ", "))]\n" }
+            out += "    endpoints:\n"
+            if c.endpoints.isEmpty { out += "      []\n" }
+            for e in c.endpoints { out += "      - \(e)\n" }
+        }
+        var routes = ""
+        for k in sorted where !routed.contains(k) {
+            routes += "  - name: \(q(k))\n    hosts: [\(q(k))]\n    cluster: \(q(k))\n"
+        }
+        for (i, c) in entryClusters.enumerated() where !routed.contains(key(c.name, "default")) {
+            routes += "  - name: entry-\(i)\n    hosts: [\(q(c.name))]\n    cluster: \(q(c.name))\n"
+        }
+        out += routes.isEmpty ? "  routes: []\n" : "  routes:\n" + routes
+        // The documents a sidecar applies itself (entries are rendered into clusters above).
+        let own = s.order.compactMap { s.documents[$0] }.filter { $0.kind != "ServiceEntry" && $0.kind != "WorkloadEntry" }
+        guard !own.isEmpty else { return (out, []) }
+        out += "---\n"
+        let firstLine = out.utf8.reduce(1) { $0 + ($1 == 10 ? 1 : 0) }
+        let docs = renderDocuments(own, firstLine: firstLine)
+        return (out + docs.text, docs.placed)
     }
 
     /// Changes arriving within this window go out as one push (a burst of applies and

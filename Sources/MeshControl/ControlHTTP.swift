@@ -157,32 +157,51 @@ public final class ControlStream {
         return true
     }
 
-    /// Reads one HTTP/1.1 message (request or response) with a Content-Length body (max 1 MiB).
-    func readMessage(request: Bool) -> (head: HTTPHead, buffer: ByteBuffer, body: [UInt8])? {
+    /// What reading one message gave.
+    enum Read {
+        case message(head: HTTPHead, buffer: ByteBuffer, body: [UInt8])
+        /// The head was read; its Content-Length is over `maxBody` (the body was read and dropped
+        /// when it was no longer than 64 MiB, so that an answer can still reach the sender).
+        case tooLarge(length: Int, drained: Bool)
+        case failed
+    }
+
+    /// Reads one HTTP/1.1 message (request or response) with a Content-Length body of at most `maxBody` bytes.
+    func readMessage(request: Bool, maxBody: Int) -> Read {
         let buf = ByteBuffer(capacity: 8192)
         var parser = HTTP1Parser()
         var head = HTTPHead()
         while true {
             buf.reserve(4096)
             let n = read(buf.writePointer, buf.writableBytes)
-            if n <= 0 { return nil }
+            if n <= 0 { return .failed }
             buf.commit(n)
             let r = request ? parser.parseRequest(buf.base, start: 0, end: buf.writeIndex, into: &head)
                             : parser.parseResponse(buf.base, start: 0, end: buf.writeIndex, into: &head)
             if case .complete = r { break }
-            if case .error = r { return nil }
-            if buf.readableBytes > 65536 { return nil }
+            if case .error = r { return .failed }
+            if buf.readableBytes > 65536 { return .failed }
         }
         let length = max(0, Int(head.contentLength))
-        if length > 1 << 20 { return nil }
+        if length > maxBody {
+            guard length <= 64 << 20 else { return .tooLarge(length: length, drained: false) }
+            var left = length - (buf.writeIndex - head.headEnd)
+            var scratch = [UInt8](repeating: 0, count: 65536)
+            while left > 0 {
+                let n = scratch.withUnsafeMutableBytes { read($0.baseAddress!, min($0.count, left)) }
+                if n <= 0 { return .tooLarge(length: length, drained: false) }
+                left -= n
+            }
+            return .tooLarge(length: length, drained: true)
+        }
         while buf.writeIndex - head.headEnd < length {
             buf.reserve(length)
             let n = read(buf.writePointer, buf.writableBytes)
-            if n <= 0 { return nil }
+            if n <= 0 { return .failed }
             buf.commit(n)
         }
         let body = Array(UnsafeBufferPointer(start: buf.base + head.headEnd, count: length))
-        return (head, buf, body)
+        return .message(head: head, buffer: buf, body: body)
     }
 }
 
@@ -253,8 +272,16 @@ public final class ControlServer: @unchecked Sendable {
     }
     public let port: Int
 
+    /// The largest request body this server reads (a larger one is answered 413), and the
+    /// setting that raises it, named in that answer.
+    let maxBody: Int
+    let maxBodyHint: String
+
     public init(address: SocketAddress, name: String, context: @escaping @Sendable () -> TLSContext?,
+                maxBody: Int = 1 << 20, maxBodyHint: String = "",
                 handler: @escaping @Sendable (ControlRequest) -> ControlResponse) throws(CAError) {
+        self.maxBody = maxBody
+        self.maxBodyHint = maxBodyHint
         let fd = Socket.listen(address, reusePort: false)
         if fd < 0 { throw CAError("cannot listen on \(address) (\(name)): \(Socket.errorText(-fd))") }
         // Blocking accept on this listener.
@@ -321,7 +348,15 @@ public final class ControlServer: @unchecked Sendable {
         }
         for i in 0..<100_000 {
             if i > 0 { s.deadline = Clock.monotonicNanos() + ControlServer.requestDeadline }
-            guard let (head, buf, body) = s.readMessage(request: true) else { return }
+            let head: HTTPHead, buf: ByteBuffer, body: [UInt8]
+            switch s.readMessage(request: true, maxBody: maxBody) {
+            case .message(let h, let b, let bd): (head, buf, body) = (h, b, bd)
+            case .failed: return
+            case .tooLarge(let length, let drained):
+                let r = ControlResponse(413, "request body of \(length) bytes is over this server's limit of \(maxBody) bytes\(maxBodyHint)\n")
+                if drained { _ = s.write(ControlServer.encode(r, close: true)) }
+                return
+            }
             let b = buf.base
             let method = String(decoding: UnsafeBufferPointer(start: b + head.methodStart, count: head.methodEnd - head.methodStart), as: UTF8.self)
             let target = String(decoding: UnsafeBufferPointer(start: b + head.targetStart, count: head.targetEnd - head.targetStart), as: UTF8.self)
@@ -391,8 +426,15 @@ public enum ControlClient {
         if !headers.contains(where: { $0.0.lowercased() == "host" }) { text += "host: \(address)\r\n" }
         for (k, v) in headers { text += "\(k): \(v)\r\n" }
         text += "\r\n" + body
-        guard s.write(Array(text.utf8)) else { throw CAError("\(address): write failed") }
-        guard let (head, _, rbody) = s.readMessage(request: false) else { throw CAError("\(address): no valid HTTP response") }
+        // A server that refuses the request early (413) may still answer: read before giving up.
+        let sent = s.write(Array(text.utf8))
+        if !sent, case .message(let head, _, let rbody) = s.readMessage(request: false, maxBody: 256 << 20) {
+            return (head.status, String(decoding: rbody, as: UTF8.self))
+        }
+        guard sent else { throw CAError("\(address): write failed") }
+        guard case .message(let head, _, let rbody) = s.readMessage(request: false, maxBody: 256 << 20) else {
+            throw CAError("\(address): no valid HTTP response")
+        }
         return (head.status, String(decoding: rbody, as: UTF8.self))
     }
 

@@ -56,10 +56,12 @@ public final class MeshdServer: @unchecked Sendable {
     }
 
     /// Binds both ports (errors name the port); `run` serves them.
-    public func bind(api apiAddress: SocketAddress, admin adminAddress: SocketAddress) throws(CAError) {
+    /// `maxApplyBytes`: the largest request the admin port reads (an apply body), `--max-apply-bytes`.
+    public func bind(api apiAddress: SocketAddress, admin adminAddress: SocketAddress, maxApplyBytes: Int = 1 << 20) throws(CAError) {
         api = try ControlServer(address: apiAddress, name: "api", context: { [unowned self] in self.currentAPIContext() },
                                 handler: { [unowned self] in self.handleAPI($0) })
         admin = try ControlServer(address: adminAddress, name: "admin", context: { nil },
+                                  maxBody: maxApplyBytes, maxBodyHint: " (meshd --max-apply-bytes)",
                                   handler: { [unowned self] in self.handleAdmin($0) })
     }
 
@@ -188,15 +190,25 @@ public final class MeshdServer: @unchecked Sendable {
             return ControlResponse(200, "api-port: \(api?.port ?? 0)\n" + ca.trustBundlePEM)
         case ("POST", "/v1/config/apply"), ("POST", "/v1/config/delete"):
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
+            let files: [(name: String, text: String)]
+            if r.headers["content-type"] == ConfigUpload.contentType {
+                do { files = try ConfigUpload.decode(r.body) } catch { return ControlResponse(400, "\(error)\n") }
+            } else {
+                files = [(r.query["file"] ?? "(request body)", r.bodyText)]
+            }
             do {
-                let v = try store.apply(r.bodyText, file: r.query["file"] ?? "(meshctl)", delete: r.path.hasSuffix("delete"))
-                return ControlResponse(200, "version \(v)\n")
+                let result = try store.apply(files.map { ConfigStore.Input(file: $0.name, text: $0.text) }, delete: r.path.hasSuffix("delete"))
+                return ControlResponse(200, ConfigAnswers.applied(result))
             } catch {
                 return ControlResponse(400, error.description + "\n")
             }
         case ("GET", "/v1/routes"):
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
-            return ControlResponse(200, store.documents().map { "\($0.kind)\t\($0.namespace)/\($0.name)" }.joined(separator: "\n") + "\n")
+            switch r.query["o"] ?? "" {
+            case "": return ControlResponse(200, ConfigAnswers.routesTable(store.documents()))
+            case "yaml": return ControlResponse(200, ConfigAnswers.routesYAML(store.documents()))
+            case let o: return ControlResponse(400, "o: expected yaml (or nothing for the table), got \"\(Printable.escaped(o))\"\n")
+            }
         case ("GET", "/v1/services"):
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
             return ControlResponse(200, store.workloads().map {

@@ -23,7 +23,8 @@ public enum Log {
     }
 
     private static func write(_ level: String, _ component: StaticString, _ message: String) {
-        let line = "\(level) \(component): \(message)\n"
+        // Input echoed in a message (names, values, peer bytes) cannot forge lines or move the cursor.
+        let line = "\(level) \(component): \(Printable.escaped(message))\n"
         var l = line
         l.withUTF8 { u in
             var off = 0

@@ -131,7 +131,7 @@ func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
               weight: \(w2)
         """
         let v = ctl("POST", "/v1/config/apply?file=demo-canary-\(w1)-\(w2)", vs + "\n---\n" + rule)
-        say("canary \(w1)/\(w2): applied (\(v.trimmingTrailingNewlines))")
+        say("canary \(w1)/\(w2): applied (\(v.split(separator: "\n").first.map(String.init) ?? ""))")
         pause(1)
         let phaseEnd = Clock.monotonicNanos() + UInt64(phaseSeconds * 1e9)
         while Clock.monotonicNanos() < phaseEnd {

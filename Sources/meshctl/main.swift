@@ -12,12 +12,18 @@ let usage = """
       meshctl [--meshd http://127.0.0.1:15014] [--admin-token-file FILE] COMMAND
 
     COMMANDS:
-      apply -f FILE|DIR [--wait]   validate, then store VirtualServices and DestinationRules
-                            (upsert by kind/namespace/name); the whole config that would result
-                            is checked, a refusal names file, document and field; --wait returns
-                            once every connected sidecar acknowledged the new version
-      delete -f FILE|DIR    remove the documents named in the files
-      get services|routes|proxies
+      apply -f FILE|DIR [--wait]   validate, then store Istio documents (upsert by
+                            kind/namespace/name); the whole config that would result is checked
+                            as the sidecars check it, a refusal names file, line, document and
+                            field; documents already in force as given change nothing
+                            ("unchanged", no push); --wait returns once every connected sidecar
+                            acknowledged the new version
+      delete -f FILE|DIR [--ignore-not-found]
+                            remove the documents named in the files; a document that is not
+                            in force is an error (exit 1) unless --ignore-not-found
+      get services|proxies
+      get routes [-o yaml]  the documents in force: hosts, matches, destinations and weights
+                            of each route (-o yaml: the stored documents as applied)
       status                per sidecar: identity, connected, config version, ACK/NACK
       top [--interval 2s] [--once]
                             per route and destination version: requests/s, success rate,
@@ -50,14 +56,14 @@ let usage = """
     """
 
 func fail(_ message: String, code: Int32 = 2) -> Never {
-    var line = "meshctl: error: \(message)\n"
+    var line = "meshctl: error: \(Printable.escaped(message, keepNewlines: true))\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
     exit(code)
 }
 
 let specs: [Flags.Spec] = [
     .init("meshd"), .init("admin-token-file"), .init("namespace"), .init("service-account"), .init("ttl"), .init("help", value: false),
-    .init("f"), .init("filename"), .init("wait", value: false),
+    .init("f"), .init("filename"), .init("wait", value: false), .init("ignore-not-found", value: false), .init("o"), .init("output"),
     .init("interval"), .init("once", value: false), .init("keep-running", value: false), .init("name"), .init("port"),
     .init("host"), .init("rate"), .init("phase"),
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
@@ -92,6 +98,7 @@ guard url.hasPrefix("http://"), let address = SocketAddress(String(url.dropFirst
 let tokenFile = flags.string("admin-token-file") ?? env("MESH_ADMIN_TOKEN_FILE")
 let fileFlag = flags.string("f") ?? flags.string("filename")
 let waitFlag = flags.has("wait")
+let ignoreNotFound = flags.has("ignore-not-found")
 
 func adminToken() -> String {
     guard let path = tokenFile else {
@@ -105,10 +112,11 @@ func adminToken() -> String {
 }
 
 let meshdURL = url
-func call(_ method: String, _ path: String, body: String = "") -> String {
+func call(_ method: String, _ path: String, body: String = "", contentType: String? = nil) -> String {
     do {
-        let r = try ControlClient.request(address, context: nil, method: method, path: path,
-                                          headers: [("authorization", "Bearer \(adminToken())")], body: body)
+        var headers = [("authorization", "Bearer \(adminToken())")]
+        if let t = contentType { headers.append(("content-type", t)) }
+        let r = try ControlClient.request(address, context: nil, method: method, path: path, headers: headers, body: body)
         if r.status != 200 { fail("meshd answered \(r.status): \(r.body.trimmingTrailingNewlines)", code: 1) }
         return r.body
     } catch {
@@ -135,13 +143,33 @@ func inputFiles() -> [(name: String, text: String)] {
     }
 }
 
+/// Prints text from meshd on the terminal: control characters from input never reach it raw.
+func show(_ text: String) { print(Printable.escaped(text, keepNewlines: true), terminator: "") }
+
 func applyFiles(delete: Bool) {
     let files = inputFiles()
-    let label = files.map(\.name).joined(separator: ", ")
-    let out = call("POST", "/v1/config/\(delete ? "delete" : "apply")?file=\(ControlClient.percentEncode(label))",
-                   body: files.map(\.text).joined(separator: "\n---\n"))
-    print("\(delete ? "deleted" : "applied"): \(out.trimmingTrailingNewlines)")
-    guard waitFlag, let v = Int(out.split(separator: " ").last.map { String($0).trimmingTrailingNewlines } ?? "") else { return }
+    let answer = call("POST", "/v1/config/\(delete ? "delete" : "apply")", body: ConfigUpload.encode(files), contentType: ConfigUpload.contentType)
+    // `version N` or `unchanged N`, then KIND<tab>NAMESPACE/NAME<tab>OUTCOME per document.
+    var lines = answer.split(separator: "\n").map(String.init)
+    let first = lines.isEmpty ? "" : lines.removeFirst()
+    let changed = first.hasPrefix("version ")
+    let v = Int(first.split(separator: " ").last ?? "") ?? 0
+    let docs = lines.map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }.filter { $0.count == 3 }
+    let missing = docs.filter { $0[2] == "not found" }
+    if changed {
+        show("\(delete ? "deleted" : "applied"): version \(v)\n")
+    } else if docs.isEmpty {
+        show("unchanged: version \(v) (no document in \(files.map(\.name).joined(separator: ", ")))\n")
+    } else if missing.isEmpty {
+        show("unchanged: version \(v) (the documents in force are already these)\n")
+    }
+    for d in docs where d[2] != "not found" { show("  \(d[0]) \(d[1]): \(d[2])\n") }
+    if !missing.isEmpty {
+        let list = missing.map { "\($0[0]) \($0[1])" }.joined(separator: ", ")
+        if ignoreNotFound { show("not found (ignored): \(list)\n") } else { fail("not found: \(list)", code: 1) }
+    }
+    guard changed, waitFlag else { return }
+
     // --wait: until every connected sidecar acknowledged this version (or a later one).
     for _ in 0..<600 {
         let lines = call("GET", "/v1/proxies").split(separator: "\n").dropFirst()
@@ -182,9 +210,13 @@ case ("apply", _):
 case ("delete", _):
     applyFiles(delete: true)
 case ("get", "services"):
-    print(call("GET", "/v1/services"), terminator: "")
+    show(call("GET", "/v1/services"))
 case ("get", "routes"):
-    print(call("GET", "/v1/routes"), terminator: "")
+    switch flags.string("o") ?? flags.string("output") {
+    case nil: show(call("GET", "/v1/routes"))
+    case "yaml"?: show(call("GET", "/v1/routes?o=yaml"))
+    case let o?: fail("-o: expected yaml, got \"\(o)\"")
+    }
 case ("top", _):
     var interval = 2.0
     if let t = flags.string("interval") {
@@ -200,7 +232,7 @@ case ("top", _):
         print("\u{1B}[2J\u{1B}[H" + table, terminator: "")
     }
 case ("get", "proxies"), ("status", _):
-    print(call("GET", "/v1/proxies"), terminator: "")
+    show(call("GET", "/v1/proxies"))
 case ("token", "create"):
     guard let ns = flags.string("namespace") else { fail("token create: missing --namespace NS") }
     guard let sa = flags.string("service-account") else { fail("token create: missing --service-account SA") }

@@ -35,6 +35,8 @@ let usage = """
       --ca-dir DIR           plug-in CA
       --registry-grace D     how long a workload whose sidecar went away stays registered, and
                              how long after a restart meshd keeps the workloads it knew (30s)
+      --max-apply-bytes N    the largest request the admin port reads, i.e. one `meshctl apply`
+                             (default 1048576 = 1 MiB; suffixes Ki, Mi; larger gets 413)
       --log-level LEVEL      debug, info, warn or error
       -h, --help             this text
 
@@ -51,7 +53,7 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
 let specs: [Flags.Spec] = [
     .init("state-dir"), .init("config-dir"), .init("api-port"), .init("admin-port"), .init("listen-address"),
     .init("trust-domain"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
-    .init("registry-grace"),
+    .init("registry-grace"), .init("max-apply-bytes"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -84,6 +86,14 @@ if let t = flags.string("registry-grace") {
     }
     grace = Int64(n / 1_000_000_000)
 }
+var maxApplyBytes = 1 << 20
+if let t = flags.string("max-apply-bytes") {
+    let (digits, unit) = t.hasSuffix("Mi") ? (t.dropLast(2), 1 << 20) : t.hasSuffix("Ki") ? (t.dropLast(2), 1 << 10) : (Substring(t), 1)
+    guard let n = Int(digits), n >= 1, n <= (256 << 20) / unit, n * unit >= 1024 else {
+        fail("--max-apply-bytes: expected a size from 1Ki to 256Mi such as 4Mi or 2097152, got \"\(t)\"")
+    }
+    maxApplyBytes = n * unit
+}
 let trustDomain = flags.string("trust-domain") ?? "cluster.local"
 if trustDomain.isEmpty || trustDomain.contains("/") || trustDomain.contains(":") { fail("--trust-domain: expected a name such as cluster.local, got \"\(trustDomain)\"") }
 let listen = flags.string("listen-address") ?? "127.0.0.1"
@@ -96,7 +106,7 @@ do {
     let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
     server = try MeshdServer(ca: ca, addresses: [listen])
     server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace)
-    try server.bind(api: apiAddress, admin: adminAddress)
+    try server.bind(api: apiAddress, admin: adminAddress, maxApplyBytes: maxApplyBytes)
 } catch {
     fail("\(error)", code: 1)
 }

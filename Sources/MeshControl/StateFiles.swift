@@ -1,0 +1,130 @@
+import MeshConfig
+import MeshCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The config store's files in the state directory: `applied.yaml` (the documents in force,
+/// under a header line that counts them), `sources.txt` (which `--config-dir` file owns which
+/// document) and `registry.txt` (the registered workloads). Written atomically. A file that
+/// exists but cannot be read or parsed is an error naming it and its line: meshd never starts
+/// from an empty or partial view of what was stored.
+struct StateFiles {
+    static let applied = "applied.yaml"
+    static let sources = "sources.txt"
+    static let registry = "registry.txt"
+    static let header = "# meshd: the config in force, documents: "
+
+    let stateDir: String
+
+    private func path(_ name: String) -> String { "\(stateDir)/\(name)" }
+
+    /// The file's text, nil when it does not exist; an error when it exists but cannot be read.
+    private func read(_ name: String) throws(CAError) -> String? {
+        let p = path(name)
+        var st = stat()
+        if lstat(p, &st) != 0 {
+            if errno == ENOENT { return nil }
+            throw CAError("\(p): cannot read it: \(String(cString: strerror(errno)))")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw CAError("\(p): not a regular file; meshd keeps its state there") }
+        guard let f = fopen(p, "rb") else { throw CAError("\(p): cannot read it: \(String(cString: strerror(errno)))") }
+        defer { fclose(f) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, f)
+            if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
+            if n < chunk.count {
+                if ferror(f) != 0 { throw CAError("\(p): cannot read it: \(String(cString: strerror(errno)))") }
+                break
+            }
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw CAError("\(p): not UTF-8 text; the file is damaged") }
+        return text
+    }
+
+    /// The stored state: documents, their sources and the registry.
+    func load() throws(CAError) -> ConfigStore.State {
+        var st = ConfigStore.State()
+        if let text = try read(StateFiles.applied) {
+            let p = path(StateFiles.applied)
+            // A file meshd wrote always starts with its header; a legacy one (no header) has documents.
+            var expected: Int? = nil
+            if text.hasPrefix(StateFiles.header) {
+                let n = text.dropFirst(StateFiles.header.count).prefix { $0 != "\n" }
+                guard let v = Int(n) else { throw CAError("\(p):1: damaged header line (expected \"\(StateFiles.header)N\")") }
+                expected = v
+            } else if text.allSatisfy({ $0 == "\n" || $0 == " " }) {
+                throw CAError("\(p): the file is empty (meshd always writes a header line); it was damaged: restore it, or remove it to start with no config")
+            }
+            let docs: [ConfigStore.Document]
+            do { docs = try ConfigStore.split(text, file: p) } catch { throw CAError("\(error.description)") }
+            if let n = expected, n != docs.count {
+                throw CAError("\(p): the header counts \(n) document(s) but \(docs.count) were read; the file is damaged")
+            }
+            if expected == nil && docs.isEmpty {
+                throw CAError("\(p): no document could be read from it; restore it, or remove it to start with no config")
+            }
+            for var d in docs {
+                guard st.documents[d.key] == nil else { throw CAError("\(p):\(d.line): \(d.key) is stored twice; the file is damaged") }
+                d.file = ""   // in force since an earlier apply; errors name it by kind and name
+                st.documents[d.key] = d
+                st.order.append(d.key)
+            }
+        }
+        if let text = try read(StateFiles.sources) {
+            for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where !line.isEmpty {
+                let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+                guard f.count == 2, !f[1].isEmpty else {
+                    throw CAError("\(path(StateFiles.sources)):\(i + 1): expected KIND/NAMESPACE/NAME<tab>SOURCE")
+                }
+                st.documents[f[0]]?.source = f[1]
+            }
+        }
+        if let text = try read(StateFiles.registry) {
+            let p = path(StateFiles.registry)
+            for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where !line.isEmpty {
+                let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+                // The same checks as a registration: a damaged or edited file cannot inject config.
+                guard f.count == 5 else { throw CAError("\(p):\(i + 1): expected 5 tab-separated fields, got \(f.count)") }
+                guard f[0].hasPrefix("spiffe://"), f[0].utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 34 && $0 != 92 }) else {
+                    throw CAError("\(p):\(i + 1): expected a SPIFFE ID, got \"\(f[0])\"")
+                }
+                guard Names.isDNSLabel(f[1]), Names.isDNSLabel(f[2]) else {
+                    throw CAError("\(p):\(i + 1): expected a service and a namespace (DNS labels), got \"\(f[1])\" and \"\(f[2])\"")
+                }
+                guard SocketAddress(f[4]) != nil else { throw CAError("\(p):\(i + 1): expected IP:PORT, got \"\(f[4])\"") }
+                var labels: [(String, String)] = []
+                for kv in f[3].split(separator: ",") {
+                    let l = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                    guard l.count == 2, Names.isLabelKey(l[0]), Names.isLabelValue(l[1]) else {
+                        throw CAError("\(p):\(i + 1): expected labels as key=value,..., got \"\(kv)\"")
+                    }
+                    labels.append((l[0], l[1]))
+                }
+                // Known before the restart: kept through the grace period even if it never returns.
+                st.workloads["\(f[0])|\(f[4])"] = ConfigStore.Workload(identity: f[0], service: f[1], namespace: f[2], labels: labels,
+                                                                      address: f[4], lastSeen: 0, connected: false)
+            }
+        }
+        return st
+    }
+
+    /// Writes the documents in force and their sources.
+    func saveDocuments(_ s: ConfigStore.State) throws(CAError) {
+        let docs = s.order.compactMap { s.documents[$0] }
+        let text = "\(StateFiles.header)\(docs.count)\n" + (docs.isEmpty ? "" : ConfigStore.renderDocuments(docs).text)
+        try FileStore.writeAtomically(path(StateFiles.applied), text, mode: 0o600)
+        let sources = docs.compactMap { $0.source.isEmpty ? nil : "\($0.key)\t\($0.source)" }
+        try FileStore.writeAtomically(path(StateFiles.sources), sources.joined(separator: "\n") + "\n", mode: 0o600)
+    }
+
+    /// Writes the registry.
+    func saveRegistry(_ s: ConfigStore.State) throws(CAError) {
+        let text = s.workloads.values.sorted { $0.address < $1.address }.map {
+            "\($0.identity)\t\($0.service)\t\($0.namespace)\t\($0.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\($0.address)"
+        }.joined(separator: "\n") + "\n"
+        try FileStore.writeAtomically(path(StateFiles.registry), text, mode: 0o600)
+    }
+}
