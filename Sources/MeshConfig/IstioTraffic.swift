@@ -147,6 +147,12 @@ public enum IstioTraffic {
             guard var meta = try top.object("metadata") else { throw ConfigReader.error(ctx, "metadata", doc.line, "required field is missing") }
             let name = try meta.string("name", required: true)!
             let ns = try meta.string("namespace") ?? defaultNamespace
+            guard Names.isObjectName(name) else {
+                throw ConfigReader.error(ctx, "metadata.name", meta.map.line, "expected a DNS-1123 name (lowercase letters, digits, '-', '.'), got \"\(name)\"")
+            }
+            guard Names.isDNSLabel(ns) else {
+                throw ConfigReader.error(ctx, "metadata.namespace", meta.map.line, "expected a DNS label (lowercase letters, digits, '-'), got \"\(ns)\"")
+            }
             _ = try meta.stringMap("labels")
             _ = try meta.stringMap("annotations")
             try meta.finish()
@@ -189,6 +195,9 @@ public enum IstioTraffic {
     private static func virtualService(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> VirtualService {
         guard let hosts = try spec.stringList("hosts"), !hosts.isEmpty else {
             throw ConfigReader.error(ctx, "spec.hosts", spec.map.line, "a VirtualService needs at least one host")
+        }
+        for (i, h) in hosts.enumerated() where !Names.isHost(h, wildcard: true) {
+            throw ConfigReader.error(ctx, "spec.hosts[\(i)]", spec.map.line, "expected a host name, optionally with a *. prefix, got \"\(h)\"")
         }
         _ = try spec.stringList("gateways")
         var routes: [HTTPRoute] = []
@@ -311,6 +320,9 @@ public enum IstioTraffic {
 
     private static func destination(_ d: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Destination {
         let host = try d.string("host", required: true)!
+        guard Names.isHost(host, wildcard: false) else {
+            throw ConfigReader.error(ctx, d.sub("host"), d.map.line, "expected a service host name (letters, digits, '-', '.'), got \"\(host)\"")
+        }
         let subset = try d.string("subset")
         var port: Int? = nil
         if var p = try d.object("port") {
@@ -343,6 +355,9 @@ public enum IstioTraffic {
 
     private static func destinationRule(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> DestinationRule {
         let host = try spec.string("host", required: true)!
+        guard Names.isHost(host, wildcard: true) else {
+            throw ConfigReader.error(ctx, spec.sub("host"), spec.map.line, "expected a host name, optionally with a *. prefix, got \"\(host)\"")
+        }
         var subsets: [Subset] = []
         for var s in try spec.objectList("subsets") ?? [] {
             let sn = try s.string("name", required: true)!

@@ -25,4 +25,22 @@ public enum Names {
     }
 
     public static func isLabelValue(_ s: String) -> Bool { isLabelName(Substring(s), allowEmpty: true) }
+
+    /// A Kubernetes object name (DNS-1123 subdomain): lowercase letters, digits, '-' and '.',
+    /// starting and ending with a letter or digit, at most 253 characters.
+    public static func isObjectName(_ s: String) -> Bool {
+        guard !s.isEmpty, s.utf8.count <= 253, let f = s.utf8.first, let l = s.utf8.last else { return false }
+        let alnum = { (c: UInt8) in (c >= 97 && c <= 122) || (c >= 48 && c <= 57) }
+        return alnum(f) && alnum(l) && s.utf8.allSatisfy { alnum($0) || $0 == 45 || $0 == 46 }
+    }
+
+    /// A host as Istio's `hosts`/`host` fields take it: a DNS name (letters, digits, '-', '.',
+    /// '_'), optionally a wildcard `*` or `*.` prefix where `wildcard` allows it.
+    public static func isHost(_ s: String, wildcard: Bool) -> Bool {
+        var rest = Substring(s)
+        if wildcard && rest == "*" { return true }
+        if wildcard && rest.hasPrefix("*.") { rest = rest.dropFirst(2) }
+        guard !rest.isEmpty, rest.utf8.count <= 253, !rest.hasPrefix("."), !rest.hasSuffix("."), !rest.contains("..") else { return false }
+        return rest.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 65 && $0 <= 90) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 46 || $0 == 95 }
+    }
 }

@@ -115,16 +115,22 @@ public final class ConfigStore: @unchecked Sendable {
     /// Splits one file's YAML text into documents with their identities (kind, namespace, name)
     /// and their place in the file. Each document is validated on its own here, with the file's
     /// own line numbers; how the documents fit the rest is checked on the whole set.
-    static func split(_ text: String, file: String) throws(ConfigError) -> [Document] {
+    /// `validate: false` (a delete) needs only each document's identity.
+    static func split(_ text: String, file: String, validate: Bool = true) throws(ConfigError) -> [Document] {
         let docs: [(node: YAMLNode, line: Int)]
         do { docs = try YAML.parseDocuments(text) } catch { throw ConfigError(file: file, line: error.line, message: "YAML: \(error.message)") }
-        _ = try IstioTraffic.parse(documents: docs, file: file, defaultNamespace: "default", skipKinds: [], checkSubsets: false)
+        if validate {
+            _ = try IstioTraffic.parse(documents: docs, file: file, defaultNamespace: "default", skipKinds: [], checkSubsets: false)
+        }
         var out: [Document] = []
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         let starts = docs.map(\.line)
         for (i, d) in docs.enumerated() {
             guard let m = d.node.asMapping, case .scalar(let kind)? = m["kind"], let meta = m["metadata"]?.asMapping,
-                  case .scalar(let name)? = meta["name"] else { continue }
+                  case .scalar(let name)? = meta["name"] else {
+                if validate { continue }
+                throw ConfigError(file: file, document: i + 1, line: d.line, message: "a document to delete needs kind and metadata.name")
+            }
             var ns = "default"
             if case .scalar(let n)? = meta["namespace"] { ns = n.value }
             // The document's own lines, from its first line up to the next document's marker.
@@ -167,7 +173,7 @@ public final class ConfigStore: @unchecked Sendable {
         defer { applyLock.unlock() }
         var incoming: [Document] = []
         for input in inputs {
-            var docs = try ConfigStore.split(input.text, file: input.file)
+            var docs = try ConfigStore.split(input.text, file: input.file, validate: !delete)
             for i in docs.indices { docs[i].source = input.source }
             for d in docs where !ConfigStore.storedKinds.contains(d.kind) {
                 throw ConfigError(file: input.file, document: d.index, line: d.line, message: "kind \(d.kind) is not stored by meshd yet (supported: \(ConfigStore.storedKinds.sorted().joined(separator: ", ")))")
@@ -292,9 +298,9 @@ public final class ConfigStore: @unchecked Sendable {
                 indexes.insert(i, at: 0)
                 name = name[..<open]
             }
-            guard let m = n.asMapping, let v = m[String(name)] else { return best }
-            n = v
-            best = v.line
+            guard let m = n.asMapping, let e = m.entries.first(where: { $0.key == name }) else { return best }
+            n = e.value
+            best = e.keyLine
             for i in indexes {
                 guard case .sequence(let seq) = n, i >= 0, i < seq.items.count else { return best }
                 n = seq.items[i]
