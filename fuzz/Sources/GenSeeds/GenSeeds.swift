@@ -48,7 +48,7 @@ struct GenSeeds {
             rmdir(dir)
         }
         let store = try ConfigStore(stateDir: dir)
-        _ = try store.apply("""
+        _ = try store.apply([ConfigStore.Input(file: "seed.yaml", text: """
             apiVersion: networking.istio.io/v1
             kind: VirtualService
             metadata: {name: reviews}
@@ -96,7 +96,7 @@ struct GenSeeds {
               action: ALLOW
               rules:
               - from: [{source: {principals: ["cluster.local/ns/default/sa/productpage"]}}]
-            """, file: "seed.yaml")
+            """)])
         store.register(identity: "spiffe://cluster.local/ns/default/sa/reviews", service: "reviews", namespace: "default",
                        labels: [("app", "reviews"), ("version", "v1")], address: "127.0.0.1:16001")
         store.register(identity: "spiffe://cluster.local/ns/default/sa/reviews", service: "reviews", namespace: "default",
