@@ -25,7 +25,7 @@ let usage = """
 
     OPTIONS:
       --state-dir DIR        CA keys, root-cert.pem, admin-token, token-key (created if missing)
-      --config-dir DIR       VirtualService and DestinationRule files (*.yaml, *.yml) applied at
+      --config-dir DIR       Istio documents (*.yaml, *.yml; the kinds meshctl apply takes) applied at
                              start and whenever a file there changes (checked every second)
       --api-port N           default 15012
       --admin-port N         default 15014
