@@ -231,6 +231,10 @@ final class CertificateAuthorityTests: XCTestCase {
         XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/root-cert.pem: PEM certificate 1 is malformed or cut short ("))
         try write("\(dir)/root-cert.pem", root + String(root.prefix(300)))
         XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/root-cert.pem: PEM certificate 2 is malformed or cut short ("))
+        // Missing (not damaged): written again from the issuing root, as at first start.
+        unlink("\(dir)/root-cert.pem")
+        XCTAssertEqual(try ca().trustBundlePEM, root)
+        XCTAssertEqual(try FileStore.read("\(dir)/root-cert.pem"), root)
         try write("\(dir)/ca-cert.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
         XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/ca-cert.pem: PEM certificate 1 is malformed or cut short ("))
     }
