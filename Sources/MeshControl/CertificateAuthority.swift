@@ -48,18 +48,26 @@ public final class CertificateAuthority: @unchecked Sendable {
         adminToken = try FileStore.secret(at: "\(stateDir)/admin-token", bytes: 24)
         if let dir = caDir {
             pluggedIn = true
-            let cert = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read("\(dir)/ca-cert.pem"))[0]
-            let key = try MeshCrypto.PrivateKey.load(pem: try FileStore.read("\(dir)/ca-key.pem"))
-            guard cert.matches(key) else { throw CAError("\(dir)/ca-key.pem does not match \(dir)/ca-cert.pem") }
-            let root = try FileStore.read("\(dir)/root-cert.pem")
-            _ = try MeshCrypto.Certificate.loadAll(pem: root)
+            let certPath = "\(dir)/ca-cert.pem", chainPath = "\(dir)/cert-chain.pem", rootPath = "\(dir)/root-cert.pem"
+            let cert = try CertificateAuthority.certificates(certPath).certs[0]
+            let key = try CertificateAuthority.privateKey("\(dir)/ca-key.pem")
+            guard cert.matches(key) else { throw CAError("\(dir)/ca-key.pem does not match \(certPath)") }
+            let root = try CertificateAuthority.certificates(rootPath).pem
             // cert-chain.pem: ca-cert up to and including the root; sidecars send all but the root.
-            var chain = ""
-            if let text = try? FileStore.read("\(dir)/cert-chain.pem") {
-                let certs = try MeshCrypto.Certificate.loadAll(pem: text)
-                for c in certs where c.info.subject != c.info.issuer { chain += try c.pem() }
+            var chain = "", full = try cert.pem()
+            if FileStore.exists(chainPath) {
+                for c in try CertificateAuthority.certificates(chainPath).certs {
+                    let pem = try c.pem()
+                    full += pem
+                    if c.info.subject != c.info.issuer { chain += pem }
+                }
             } else {
-                chain = try cert.pem()
+                chain = full
+            }
+            // A chain that does not lead to the root would make every peer refuse every sidecar.
+            if let why = MeshCrypto.verifyFailure(chainPEM: full, rootsPEM: root) {
+                let via = FileStore.exists(chainPath) ? " through \(chainPath)" : ""
+                throw CAError("\(certPath) does not verify up to a root in \(rootPath)\(via): \(why)")
             }
             state = Locked(State(signer: Signer(key: key, cert: cert, chainPEM: chain), bundlePEM: root))
             try FileStore.writeAtomically("\(stateDir)/root-cert.pem", root, mode: 0o644)
@@ -73,8 +81,8 @@ public final class CertificateAuthority: @unchecked Sendable {
             throw CAError("\(stateDir) has only one of ca-key.pem and ca-cert.pem; restore the missing file (or move the directory away to start a new CA)")
         }
         if FileStore.exists(keyPath) && FileStore.exists(certPath) {
-            var key = try MeshCrypto.PrivateKey.load(pem: try FileStore.read(keyPath))
-            var cert = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read(certPath))[0]
+            var key = try CertificateAuthority.privateKey(keyPath)
+            var cert = try CertificateAuthority.certificates(certPath).certs[0]
             if !cert.matches(key) {
                 // A crash during `rotate issue` (key written, certificate not yet, or the reverse):
                 // finish it from the pair it was copying, if that pair is whole.
@@ -90,11 +98,23 @@ public final class CertificateAuthority: @unchecked Sendable {
                 Log.warn("ca", "completed an interrupted root rotation step (issue)")
             }
             let bundle: String
-            if let b = try? FileStore.read(bundlePath) { bundle = b } else { bundle = try cert.pem() }
+            if FileStore.exists(bundlePath) {
+                let (text, roots) = try CertificateAuthority.certificates(bundlePath)
+                // Every certificate issued must verify against the bundle sidecars are given.
+                let issuing = cert.info
+                guard roots.contains(where: { $0.info.serialHex == issuing.serialHex && $0.info.subject == issuing.subject }) else {
+                    throw CAError("\(bundlePath) does not hold the issuing root \(certPath) (\(issuing.subject)); restore it")
+                }
+                bundle = text
+            } else {
+                bundle = try cert.pem()
+                try FileStore.writeAtomically(bundlePath, bundle, mode: 0o644)
+                Log.warn("ca", "\(bundlePath) was missing: wrote it again from \(certPath)")
+            }
             var next: Signer? = nil
             if FileStore.exists("\(stateDir)/next-ca-key.pem") {
-                let nk = try MeshCrypto.PrivateKey.load(pem: try FileStore.read("\(stateDir)/next-ca-key.pem"))
-                let nc = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read("\(stateDir)/next-ca-cert.pem"))[0]
+                let nk = try CertificateAuthority.privateKey("\(stateDir)/next-ca-key.pem")
+                let nc = try CertificateAuthority.certificates("\(stateDir)/next-ca-cert.pem").certs[0]
                 guard nc.matches(nk) else { throw CAError("\(stateDir)/next-ca-key.pem does not match next-ca-cert.pem") }
                 next = Signer(key: nk, cert: nc, chainPEM: "")
             }
@@ -108,6 +128,18 @@ public final class CertificateAuthority: @unchecked Sendable {
             state = Locked(State(signer: s, bundlePEM: try s.cert.pem()))
             Log.info("ca", "created root CA \(s.cert.info.subject) in \(stateDir)")
         }
+    }
+
+    /// The text and certificates of the PEM file `path`; every error names the file.
+    static func certificates(_ path: String) throws(CAError) -> (pem: String, certs: [MeshCrypto.Certificate]) {
+        let text = try FileStore.read(path)
+        do { return (text, try MeshCrypto.Certificate.loadAll(pem: text)) } catch { throw CAError("\(path): \(error)") }
+    }
+
+    /// The private key in the PEM file `path`; every error names the file.
+    static func privateKey(_ path: String) throws(CAError) -> MeshCrypto.PrivateKey {
+        let text = try FileStore.read(path)
+        do { return try MeshCrypto.PrivateKey.load(pem: text) } catch { throw CAError("\(path): \(error)") }
     }
 
     private static func newRoot() throws(CAError) -> Signer {
@@ -351,16 +383,37 @@ public enum FileStore {
         if dfd >= 0 { fsync(dfd); close(dfd) }
     }
 
-    /// The secret in `path` (hex), created with `bytes` random bytes (0600) on first use.
+    /// The secret in `path` (hex), created with `bytes` random bytes (0600) on first use. An
+    /// existing file must hold exactly what meshd writes: `2 * bytes` hex digits and a newline.
+    /// Anything else (a file cut short, an edit) is refused, never used as a different secret:
+    /// for the token key that would silently invalidate every join token outstanding.
     public static func secret(at path: String, bytes: Int) throws(CAError) -> String {
         if exists(path) {
-            let s = try read(path).split(whereSeparator: { $0 == "\n" || $0 == " " }).first.map(String.init) ?? ""
-            if s.count >= 16 { return s }
-            throw CAError("\(path) is empty or too short; remove it to create a new one")
+            let text = try read(path)
+            if let problem = secretProblem(text, digits: 2 * bytes) {
+                throw CAError("\(path) \(problem); expected \(2 * bytes) hex digits (a \(bytes)-byte secret) and a newline, as meshd writes it: restore the file, or remove it to create a new one")
+            }
+            return String(decoding: text.utf8.prefix(2 * bytes), as: UTF8.self)
         }
         let s = JoinToken.randomBytes(bytes).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
         try writeAtomically(path, s + "\n", mode: 0o600)
         return s
+    }
+
+    /// What is wrong with the text of a secret file (nil: `digits` hex digits, then at most
+    /// trailing white space).
+    static func secretProblem(_ text: String, digits: Int) -> String? {
+        var body = Array(text.utf8)
+        while let last = body.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") || last == UInt8(ascii: " ") || last == UInt8(ascii: "\t") {
+            body.removeLast()
+        }
+        if body.isEmpty { return "is empty" }
+        func isHex(_ c: UInt8) -> Bool {
+            (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) || (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "f")) || (c >= UInt8(ascii: "A") && c <= UInt8(ascii: "F"))
+        }
+        if let i = body.firstIndex(where: { !isHex($0) }) { return "has a byte that is not a hex digit at offset \(i)" }
+        if body.count != digits { return "holds \(body.count) hex digits (\(body.count < digits ? "cut short" : "too many"))" }
+        return nil
     }
 }
 

@@ -78,12 +78,19 @@ public enum MeshCrypto {
         init(_ x: OpaquePointer) { x509 = x }
         deinit { X509_free(x509) }
 
-        /// Every certificate of a PEM text, in order.
+        /// Every certificate of a PEM text, in order. Text around the PEM blocks is ignored, but a
+        /// block that does not parse (a file cut short, a damaged line) is an error, not the end.
         public static func loadAll(pem: String) throws(CAError) -> [Certificate] {
             try withReadBIO(pem) { (bio) throws(CAError) -> [Certificate] in
                 var out: [Certificate] = []
                 while let c = PEM_read_bio_X509(bio, nil, nil, nil) { out.append(Certificate(c)) }
-                ERR_clear_error()
+                // The reader stops at the end of the text ("no start line") or at a bad block.
+                let last = ERR_peek_last_error()
+                let atEnd = ERR_GET_LIB(last) == ERR_LIB_PEM && ERR_GET_REASON(last) == PEM_R_NO_START_LINE
+                let reason = OpenSSLErrors.drain()
+                if !atEnd {
+                    throw CAError("PEM certificate \(out.count + 1) is malformed or cut short (\(reason))")
+                }
                 if out.isEmpty { throw CAError("no PEM certificate found") }
                 return out
             }
@@ -99,17 +106,25 @@ public enum MeshCrypto {
     /// Whether the first certificate of `chainPEM` verifies up to one of `rootsPEM`, with the
     /// rest of the chain as intermediates (as a peer trusting only those roots would check it).
     public static func verify(chainPEM: String, rootsPEM: String) -> Bool {
+        verifyFailure(chainPEM: chainPEM, rootsPEM: rootsPEM) == nil
+    }
+
+    /// Why the first certificate of `chainPEM` does not verify up to one of `rootsPEM` (OpenSSL's
+    /// reason, such as "certificate has expired"), or nil when it does.
+    public static func verifyFailure(chainPEM: String, rootsPEM: String) -> String? {
         let chain = TLSContext.certificates(pem: chainPEM), roots = TLSContext.certificates(pem: rootsPEM)
         defer { for c in chain + roots { X509_free(c) } }
-        guard let leaf = chain.first, !roots.isEmpty, let store = X509_STORE_new(), let ctx = X509_STORE_CTX_new(),
-              let untrusted = mesh_sk_X509_new() else { return false }
+        guard let leaf = chain.first else { return "no certificate to verify" }
+        guard !roots.isEmpty else { return "no root certificate" }
+        guard let store = X509_STORE_new(), let ctx = X509_STORE_CTX_new(), let untrusted = mesh_sk_X509_new() else { return "out of memory" }
         defer { X509_STORE_free(store); X509_STORE_CTX_free(ctx); mesh_sk_X509_free(untrusted) }
         for r in roots { _ = X509_STORE_add_cert(store, r) }
         for c in chain.dropFirst() { _ = mesh_sk_X509_push(untrusted, c) }
-        guard X509_STORE_CTX_init(ctx, store, leaf, untrusted) == 1 else { return false }
+        guard X509_STORE_CTX_init(ctx, store, leaf, untrusted) == 1 else { return "verification setup failed: \(OpenSSLErrors.drain())" }
         let ok = X509_verify_cert(ctx) == 1
         ERR_clear_error()
-        return ok
+        if ok { return nil }
+        return X509_verify_cert_error_string(Int(X509_STORE_CTX_get_error(ctx))).map { String(cString: $0) } ?? "does not verify"
     }
 
     // MARK: names, serials, extensions

@@ -24,7 +24,8 @@ let usage = """
     Admin port (plain HTTP, 127.0.0.1): GET /ready, GET /metrics, and meshctl's API (admin token).
 
     OPTIONS:
-      --state-dir DIR        CA keys, root-cert.pem, admin-token, token-key (created if missing)
+      --state-dir DIR        CA keys, root-cert.pem, admin-token, token-key (created if missing);
+                             one meshd per directory (it holds STATE-DIR/meshd.lock)
       --config-dir DIR       Istio documents (*.yaml, *.yml; the kinds meshctl apply takes) applied at
                              start and whenever a file there changes (checked every second)
       --api-port N           default 15012
@@ -102,7 +103,11 @@ let adminAddress = SocketAddress(host: "127.0.0.1", port: adminPort)!
 
 let signals = SignalWaiter()
 let server: MeshdServer
+// A global, so held until exit: no second meshd may work on this state directory (StateLock).
+let stateLock: StateLock
 do {
+    try FileStore.makeDirectory(stateDir)
+    stateLock = try StateLock(stateDir: stateDir)
     let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
     server = try MeshdServer(ca: ca, addresses: [listen])
     server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace)

@@ -69,8 +69,21 @@ final class CertificateAuthorityTests: XCTestCase {
     }
 
     override func tearDown() {
-        for f in ["ca-key.pem", "ca-cert.pem", "root-cert.pem", "token-key", "admin-token", "next-ca-key.pem", "next-ca-cert.pem"] { unlink("\(dir)/\(f)") }
+        for f in ["ca-key.pem", "ca-cert.pem", "root-cert.pem", "token-key", "admin-token", "next-ca-key.pem", "next-ca-cert.pem",
+                  "meshd.lock", "plug/ca-key.pem", "plug/ca-cert.pem", "plug/root-cert.pem", "plug/cert-chain.pem"] { unlink("\(dir)/\(f)") }
+        rmdir("\(dir)/plug")
         rmdir(dir)
+    }
+
+    func write(_ path: String, _ text: String) throws {
+        try FileStore.writeAtomically(path, text, mode: 0o600)
+    }
+
+    /// The message `body` throws (a CAError), or a failure when it does not throw.
+    func refusal(_ body: () throws -> Void, file: StaticString = #filePath, line: UInt = #line) -> String {
+        do { try body() } catch { return "\(error)" }
+        XCTFail("expected an error", file: file, line: line)
+        return ""
     }
 
     func ca(ttl: Int = 3600) throws -> CertificateAuthority {
@@ -173,5 +186,103 @@ final class CertificateAuthorityTests: XCTestCase {
         _ = try a.rotate(step: "retire")
         let roots = X509Info.load(pem: a.trustBundlePEM)
         XCTAssertEqual(roots.map(\.subject), [newIssuer])
+    }
+
+    func testSecretFilesThatAreCutShortOrDamagedAreRefusedNamingTheFile() throws {
+        let first = try ca()
+        let token = first.mintToken(namespace: "shop", serviceAccount: "cart", ttl: 60)
+        let key = try FileStore.read("\(dir)/token-key")
+        XCTAssertEqual(key.utf8.count, 65)
+        // Cut short: used as a shorter key, it would invalidate every join token outstanding.
+        try write("\(dir)/token-key", String(key.prefix(40)))
+        XCTAssertEqual(refusal { _ = try self.ca() },
+                       "\(dir)/token-key holds 40 hex digits (cut short); expected 64 hex digits (a 32-byte secret) and a newline, as meshd writes it: restore the file, or remove it to create a new one")
+        try write("\(dir)/token-key", "")
+        XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/token-key is empty; expected 64 hex digits"))
+        try write("\(dir)/token-key", "zz" + key.dropFirst(2))
+        XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/token-key has a byte that is not a hex digit at offset 0;"))
+        try write("\(dir)/token-key", key.dropLast() + "00\n")
+        XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/token-key holds 66 hex digits (too many);"))
+        // The admin token: the same rule (48 hex digits).
+        try write("\(dir)/token-key", key)
+        let admin = try FileStore.read("\(dir)/admin-token")
+        try write("\(dir)/admin-token", "\n")
+        XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/admin-token is empty; expected 48 hex digits (a 24-byte secret)"))
+        try write("\(dir)/admin-token", String(admin.prefix(20)))
+        XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/admin-token holds 20 hex digits (cut short);"))
+        // Restored, the tokens minted before still verify (and the file was never rewritten).
+        try write("\(dir)/admin-token", admin)
+        let again = try ca()
+        XCTAssertEqual(again.adminToken + "\n", admin)
+        let csr = try MeshCrypto.csr(key: try MeshCrypto.PrivateKey.generate(), identity: "spiffe://cluster.local/ns/shop/sa/cart")
+        XCTAssertNoThrow(try again.sign(csrPEM: csr, token: token, peer: nil))
+    }
+
+    func testCorruptCAFilesInTheStateDirectoryAreNamed() throws {
+        _ = try ca()
+        let key = try FileStore.read("\(dir)/ca-key.pem"), root = try FileStore.read("\(dir)/root-cert.pem")
+        try write("\(dir)/ca-key.pem", String(key.prefix(100)))
+        XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/ca-key.pem: not a PEM private key"))
+        try write("\(dir)/ca-key.pem", key)
+        try write("\(dir)/root-cert.pem", "garbage\n")
+        XCTAssertEqual(refusal { _ = try self.ca() }, "\(dir)/root-cert.pem: no PEM certificate found")
+        // Cut short inside the certificate: refused, not read as "no more certificates".
+        try write("\(dir)/root-cert.pem", String(root.prefix(300)))
+        XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/root-cert.pem: PEM certificate 1 is malformed or cut short ("))
+        try write("\(dir)/root-cert.pem", root + String(root.prefix(300)))
+        XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/root-cert.pem: PEM certificate 2 is malformed or cut short ("))
+        // Missing (not damaged): written again from the issuing root, as at first start.
+        unlink("\(dir)/root-cert.pem")
+        XCTAssertEqual(try ca().trustBundlePEM, root)
+        XCTAssertEqual(try FileStore.read("\(dir)/root-cert.pem"), root)
+        try write("\(dir)/ca-cert.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        XCTAssertTrue(refusal { _ = try self.ca() }.hasPrefix("\(dir)/ca-cert.pem: PEM certificate 1 is malformed or cut short ("))
+    }
+
+    func testABundleWithoutTheIssuingRootIsRefused() throws {
+        _ = try ca()
+        let other = try MeshCrypto.selfSignedRoot(key: try MeshCrypto.PrivateKey.generate(), commonName: "another root", seconds: 3600)
+        try write("\(dir)/root-cert.pem", try other.pem())
+        let subject = try MeshCrypto.Certificate.loadAll(pem: try FileStore.read("\(dir)/ca-cert.pem"))[0].info.subject
+        XCTAssertEqual(refusal { _ = try self.ca() },
+                       "\(dir)/root-cert.pem does not hold the issuing root \(dir)/ca-cert.pem (\(subject)); restore it")
+    }
+
+    func testPlugInCAFilesAreNamed() throws {
+        let plug = "\(dir)/plug"
+        XCTAssertEqual(mkdir(plug, 0o700), 0)
+        let key = try MeshCrypto.PrivateKey.generate()
+        let root = try MeshCrypto.selfSignedRoot(key: key, commonName: "plug-in root", seconds: 3600)
+        try write("\(plug)/ca-key.pem", try key.pem())
+        try write("\(plug)/ca-cert.pem", try root.pem())
+        try write("\(plug)/root-cert.pem", try root.pem())
+        try write("\(plug)/cert-chain.pem", try root.pem())
+        func plugIn() throws { _ = try CertificateAuthority(stateDir: dir, caDir: plug, trustDomain: "cluster.local", certTTL: 60) }
+        XCTAssertNoThrow(try plugIn())
+        try write("\(plug)/cert-chain.pem", "garbage\n")
+        XCTAssertEqual(refusal { try plugIn() }, "\(plug)/cert-chain.pem: no PEM certificate found")
+        // A chain that leads elsewhere than root-cert.pem.
+        let foreign = try MeshCrypto.selfSignedRoot(key: try MeshCrypto.PrivateKey.generate(), commonName: "foreign root", seconds: 3600)
+        try write("\(plug)/cert-chain.pem", try foreign.pem())
+        try write("\(plug)/root-cert.pem", try foreign.pem())
+        XCTAssertEqual(refusal { try plugIn() },
+                       "\(plug)/ca-cert.pem does not verify up to a root in \(plug)/root-cert.pem through \(plug)/cert-chain.pem: self-signed certificate")
+        try write("\(plug)/root-cert.pem", "")
+        XCTAssertEqual(refusal { try plugIn() }, "\(plug)/root-cert.pem: no PEM certificate found")
+        try write("\(plug)/ca-key.pem", String(try key.pem().prefix(90)))
+        XCTAssertTrue(refusal { try plugIn() }.hasPrefix("\(plug)/ca-key.pem: not a PEM private key"))
+        unlink("\(plug)/ca-cert.pem")
+        XCTAssertEqual(refusal { try plugIn() }, "cannot read \(plug)/ca-cert.pem: No such file or directory")
+    }
+
+    func testASecondHolderOfTheStateDirectoryIsRefusedWithTheHoldersPid() throws {
+        var first: StateLock? = try StateLock(stateDir: dir)
+        XCTAssertEqual(try FileStore.read("\(dir)/meshd.lock"), "\(getpid())\n")
+        XCTAssertEqual(refusal { _ = try StateLock(stateDir: self.dir) },
+                       "state directory \(dir) is in use by another meshd (pid \(getpid()), holding \(dir)/meshd.lock); stop it or give this one another --state-dir")
+        withExtendedLifetime(first) {}
+        first = nil
+        // Released with its holder (as at process exit): the next one takes it.
+        XCTAssertNoThrow(try StateLock(stateDir: dir))
     }
 }
