@@ -64,6 +64,8 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     private var closingGracefully = false
     /// The connection's failure was counted (as a flood or a protocol error).
     private var errorCounted = false
+    /// The session's `protocolErrorResets` already counted as malformed requests.
+    private var malformedCounted: UInt64 = 0
 
     /// True when the open streams made no progress (no stream opened, no DATA either way) for
     /// `timeout`. Called at the connection's periodic deadline while streams are open.
@@ -128,6 +130,12 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         out.clear()
         session.produce(into: out)
         if !out.isEmpty { conn.send(out.readPointer, out.readableBytes) }
+        if session.protocolErrorResets != malformedCounted {
+            // nghttp2 refused a malformed request on its stream (RST_STREAM PROTOCOL_ERROR).
+            worker.stats.add(.http2MalformedRequests, session.protocolErrorResets &- malformedCounted)
+            malformedCounted = session.protocolErrorResets
+            worker.logRejection("http2", "HTTP/2 malformed request: stream reset with PROTOCOL_ERROR")
+        }
         // GOAWAY first, then close_notify: closing before producing would drop the GOAWAY.
         if closeAfter { conn.closeAfterFlush(lingerNanos: 0); return }
         if !errorCounted, let code = session.goAwaySent, code != 0 {
