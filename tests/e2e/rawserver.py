@@ -16,9 +16,10 @@ import time
 class ThreadedServer:
     """Listens on 127.0.0.1 (a free port) and runs `serve(server, conn)` per connection.
 
-    Handlers read with `self.recv(conn)`, which takes bytes off the socket and hands them over
-    under one lock; `settle()` uses that lock to learn, without sleeping, when every byte the
-    kernel received for this server has been read by a handler."""
+    Handlers read with `self.recv(conn)`, which takes bytes off the socket under one lock and
+    marks the connection busy until its handler asks for more (or returns); `settle()` uses that
+    to learn, without sleeping, when every byte the kernel received for this server has been
+    read and handled."""
 
     def __init__(self, serve):
         self.sock = socket.socket()
@@ -29,6 +30,7 @@ class ThreadedServer:
         self.connections = 0
         self.cond = threading.Condition()
         self.open = []           # accepted connections not yet closed
+        self.busy = set()        # connections whose handler is working on bytes it read
         self._serve = serve
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -54,17 +56,21 @@ class ThreadedServer:
         finally:
             with self.cond:
                 self.open.remove(c)
+                self.busy.discard(c)
                 c.close()
                 self.cond.notify_all()
 
     def recv(self, c, n=65536):
         """`c.recv(n)`, the bytes taken off the socket and recorded by the caller's handler as
         one step with respect to `settle` (`on_bytes`, run under the lock, records them)."""
+        with self.cond:
+            self.busy.discard(c)
+            self.cond.notify_all()
         select.select([c], [], [])
         with self.cond:
             b = c.recv(n)
             self.on_bytes(c, b)
-            self.cond.notify_all()
+            self.busy.add(c)
         return b
 
     def on_accept(self, c):
@@ -74,8 +80,8 @@ class ThreadedServer:
         """Called under the lock with each piece `recv` read (b"" at the peer's close)."""
 
     def settle(self, timeout=5.0):
-        """Waits until no connection is waiting to be accepted and no accepted one holds unread
-        bytes. Called once the proxy has done everything it will do for a request (it answered
+        """Waits until no connection is waiting to be accepted, no accepted one holds unread
+        bytes and no handler is working on bytes it read. Called once the proxy has done everything it will do for a request (it answered
         and closed, or counted the rejection), it means the handlers have recorded all the proxy
         sent: "the upstream never saw it" is then a fact, not a guess after a sleep."""
         deadline = time.monotonic() + timeout
@@ -83,7 +89,7 @@ class ThreadedServer:
             while True:
                 waiting = bool(select.select([self.sock], [], [], 0)[0])
                 unread = any(self._unread(c) for c in self.open)
-                if not waiting and not unread:
+                if not waiting and not unread and not self.busy:
                     return
                 left = deadline - time.monotonic()
                 assert left > 0, f"upstream on {self.port}: bytes still unread after {timeout}s"
