@@ -74,8 +74,11 @@ public final class HTTP2Session {
     /// of place, a body that does not match its content-length); the proxy's resets use other codes.
     public private(set) var protocolErrorResets: UInt64 = 0
     /// True when the session failed because the peer flooded it (ACKs it never read, endless
-    /// CONTINUATION frames): a denial-of-service attempt rather than a broken client.
-    public var failedByFlood: Bool { lastErrorCode == NGHTTP2_ERR_FLOODED.rawValue }
+    /// CONTINUATION frames): a denial-of-service attempt rather than a broken client. nghttp2
+    /// reports the CONTINUATION flood (more than 8 after a HEADERS) with its own code.
+    public var failedByFlood: Bool {
+        lastErrorCode == NGHTTP2_ERR_FLOODED.rawValue || lastErrorCode == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue
+    }
 
     /// Spare StreamOutput objects, reused so that a stream costs no allocation.
     private var spare: [StreamOutput] = []
