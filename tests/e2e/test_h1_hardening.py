@@ -137,9 +137,8 @@ def test_end_of_stream_is_seen_after_back_pressure(procs, pki):
         c.close()
         assert eof, f"no end of stream after {total} bytes"
         assert total > size
-        time.sleep(0.3)
-        s = stats(admin)
-        assert s["downstream_connections_active"] == 0 and s["upstream_connections_active"] == 0, s
+        wait_until(lambda: (s := stats(admin))["downstream_connections_active"] == 0 and s["upstream_connections_active"] == 0,
+                   timeout=3, what=f"both connections closed ({stats(admin)})")
     finally:
         u.close()
 

@@ -55,11 +55,12 @@ def test_meshctl_run_puts_a_sidecar_next_to_any_process(procs, tmp_path):
     # SIGTERM: the app and its sidecar stop, nothing left behind.
     web.send_signal(signal.SIGTERM)
     web.wait(timeout=40)
-    time.sleep(0.5)
-    left = subprocess.run(["pgrep", "-f", f"--service web .*--admin-port {admin}"], capture_output=True, text=True).stdout
-    assert left.strip() == "", left
-    left = subprocess.run(["pgrep", "-f", f"http.server {port}"], capture_output=True, text=True).stdout
-    assert left.strip() == "", left
+    # meshctl exited after waiting for the sidecar; the processes are reaped by then (waited for,
+    # not slept for: a survivor fails after the timeout).
+    def left():
+        return [subprocess.run(["pgrep", "-f", pat], capture_output=True, text=True).stdout.strip()
+                for pat in (f"--service web .*--admin-port {admin}", f"http.server {port}")]
+    wait_until(lambda: left() == ["", ""], timeout=5, what=f"no sidecar or app left ({left()})")
 
 
 def test_meshctl_run_reports_a_sidecar_that_cannot_start(procs, tmp_path):
