@@ -93,7 +93,10 @@ while True: time.sleep(0.1)
     wait_until(lambda: marker.exists() and "started" in marker.read_text(), timeout=30, what="app started")
     p.send_signal(signal.SIGHUP)             # a reload: forwarded, nothing stops
     wait_until(lambda: "hup" in marker.read_text(), what="SIGHUP forwarded")
-    time.sleep(0.5)
+    # Had meshctl taken SIGHUP as a shutdown, it would have asked the sidecar to drain before
+    # signalling the app: the sidecar still answers ready, and meshctl still runs.
+    admin = int(re.search(r"admin :(\d+)", p.log_path.read_text()).group(1))
+    assert http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200
     assert p.poll() is None
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=40) == 7           # the app's status
