@@ -69,9 +69,16 @@ public final class HTTP2Session {
     /// The error code of the GOAWAY this side sent, once it sent one (0 is a graceful GOAWAY):
     /// how a proxy learns that nghttp2 ended the connection for a protocol or compression error.
     public private(set) var goAwaySent: UInt32? = nil
+    /// Streams this side reset with PROTOCOL_ERROR. Only nghttp2 does that on its own, for a
+    /// malformed message (RFC 9113 §8.1.1, §8.2: forbidden or invalid fields, pseudo-headers out
+    /// of place, a body that does not match its content-length); the proxy's resets use other codes.
+    public private(set) var protocolErrorResets: UInt64 = 0
     /// True when the session failed because the peer flooded it (ACKs it never read, endless
-    /// CONTINUATION frames): a denial-of-service attempt rather than a broken client.
-    public var failedByFlood: Bool { lastErrorCode == NGHTTP2_ERR_FLOODED.rawValue }
+    /// CONTINUATION frames): a denial-of-service attempt rather than a broken client. nghttp2
+    /// reports the CONTINUATION flood (more than 8 after a HEADERS) with its own code.
+    public var failedByFlood: Bool {
+        lastErrorCode == NGHTTP2_ERR_FLOODED.rawValue || lastErrorCode == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue
+    }
 
     /// Spare StreamOutput objects, reused so that a stream costs no allocation.
     private var spare: [StreamOutput] = []
@@ -390,6 +397,9 @@ public final class HTTP2Session {
             guard let frame = frame, let user = user else { return 0 }
             if frame.pointee.hd.type == UInt8(NGHTTP2_GOAWAY.rawValue) {
                 Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue().goAwaySent = frame.pointee.goaway.error_code
+            } else if frame.pointee.hd.type == UInt8(NGHTTP2_RST_STREAM.rawValue),
+                      frame.pointee.rst_stream.error_code == UInt32(NGHTTP2_PROTOCOL_ERROR.rawValue) {
+                Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue().protocolErrorResets &+= 1
             }
             return 0
         }

@@ -64,6 +64,10 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     private var closingGracefully = false
     /// The connection's failure was counted (as a flood or a protocol error).
     private var errorCounted = false
+    /// The session's `protocolErrorResets` already counted as malformed requests.
+    private var malformedCounted: UInt64 = 0
+    /// The session's `oversizedHeaderResets` already counted as `headersTooLarge`.
+    private var oversizedCounted: UInt64 = 0
 
     /// True when the open streams made no progress (no stream opened, no DATA either way) for
     /// `timeout`. Called at the connection's periodic deadline while streams are open.
@@ -94,12 +98,17 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     // MARK: connection events (forwarded by the DownstreamConnection)
 
     func onInput() {
-        if session.failed { conn.input.clear(); return }   // closing: the rest is not read
+        // Closing (a failed session, or GOAWAY ENHANCE_YOUR_CALM sent): the rest is not read.
+        if session.failed || goneAway { conn.input.clear(); return }
         if !session.receive(conn.input) {
             errorCounted = true
             if session.failedByFlood {
                 worker.stats.inc(.http2Floods)
                 worker.logRejection("http2", "HTTP/2 client flooded the connection (\(session.lastError)): closing it")
+                // nghttp2 returns floods as fatal errors without queueing a GOAWAY: say why
+                // (RFC 9113 §5.4.1) before the close. A client that does not read (SETTINGS and
+                // PING floods) gets nothing more: produceFrames holds frames while congested.
+                session.goAway(error: UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
             } else {
                 worker.stats.inc(.http2ProtocolErrors)
                 worker.logRejection("http2", "HTTP/2 connection error: \(session.lastError)")
@@ -128,8 +137,23 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         out.clear()
         session.produce(into: out)
         if !out.isEmpty { conn.send(out.readPointer, out.readableBytes) }
-        // GOAWAY first, then close_notify: closing before producing would drop the GOAWAY.
-        if closeAfter { conn.closeAfterFlush(lingerNanos: 0); return }
+        if session.protocolErrorResets != malformedCounted {
+            // nghttp2 refused a malformed request on its stream (RST_STREAM PROTOCOL_ERROR).
+            worker.stats.add(.http2MalformedRequests, session.protocolErrorResets &- malformedCounted)
+            malformedCounted = session.protocolErrorResets
+            worker.logRejection("http2", "HTTP/2 malformed request: stream reset with PROTOCOL_ERROR")
+        }
+        if session.oversizedHeaderResets != oversizedCounted {
+            // A request header list over SETTINGS_MAX_HEADER_LIST_SIZE: its stream was reset.
+            worker.stats.add(.headersTooLarge, session.oversizedHeaderResets &- oversizedCounted)
+            oversizedCounted = session.oversizedHeaderResets
+            worker.logRejection("http2", "HTTP/2 request header list over the 64 KiB limit: stream reset")
+        }
+        // GOAWAY first, then close_notify and FIN; what the client still sends is read and dropped
+        // for up to the default linger (1 s), so that the kernel does not answer it with a TCP
+        // reset that can reach the client before it has read the GOAWAY (a rapid-reset client is
+        // typically still writing when the limit trips).
+        if closeAfter { conn.closeAfterFlush(); return }
         if !errorCounted, let code = session.goAwaySent, code != 0 {
             // nghttp2 ended the connection for a protocol or compression error of the client.
             errorCounted = true

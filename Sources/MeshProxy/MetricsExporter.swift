@@ -156,6 +156,7 @@ struct MetricsExporter {
         p.sample("mesh_downstream_rejected_total", [("reason", "h2_rapid_reset")], total(.http2RapidResetClosures))
         p.sample("mesh_downstream_rejected_total", [("reason", "h2_flood")], total(.http2Floods))
         p.sample("mesh_downstream_rejected_total", [("reason", "h2_protocol_error")], total(.http2ProtocolErrors))
+        p.sample("mesh_downstream_rejected_total", [("reason", "h2_malformed")], total(.http2MalformedRequests))
         p.sample("mesh_downstream_rejected_total", [("reason", "stream_idle_timeout")], total(.streamIdleTimeouts))
         p.sample("mesh_downstream_rejected_total", [("reason", "connection_limit")], total(.connectionLimit))
         p.family("mesh_upstream_connect_failures_total", type: "counter", help: "Upstream connection attempts that failed (refused, timed out, TLS refused).")

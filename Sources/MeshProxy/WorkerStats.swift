@@ -16,7 +16,7 @@ public final class WorkerStats: @unchecked Sendable {
         case retriesStatus, retriesReset, retriesTimeout, retryOverflow, outlierEjections, faultAborts, faultDelays
         case mirrorRequests, mirrorSkipped, authzDenied
         case uriTooLong, headersTooLarge, http2Floods, http2ProtocolErrors, streamIdleTimeouts
-        case connectionsHibernated, connectionLimit
+        case connectionsHibernated, connectionLimit, http2MalformedRequests
 
         public var name: String {
             switch self {
@@ -66,6 +66,7 @@ public final class WorkerStats: @unchecked Sendable {
             case .streamIdleTimeouts: return "stream_idle_timeouts"
             case .connectionsHibernated: return "downstream_idle_buffer_releases"
             case .connectionLimit: return "downstream_connections_refused_at_limit"
+            case .http2MalformedRequests: return "http2_malformed_requests"
             }
         }
     }

@@ -62,11 +62,11 @@ final class DurationParserTests: XCTestCase {
         }
     }
 
-    /// A fraction times the unit overflows UInt64 before the division (Clock.swift:49,
-    /// `frac * unit / fracDiv`), and `whole + ...` is an unchecked add: the process traps in a
-    /// debug build (and wraps silently with -Ounchecked). A config value such as
-    /// `timeout: 0.9999999h` therefore crashes the sidecar instead of being parsed or refused.
-    func test_durationFractionOverflowTraps() {
+    /// Durations whose fraction times the unit would overflow UInt64 are parsed exactly (or refused
+    /// when the total does not fit), in a child process so that a trap fails the test instead of
+    /// the run. (Regression: `frac * unit / fracDiv` overflowed and `timeout: 0.9999999h` crashed
+    /// the sidecar.)
+    func testDurationFractionOverflowIsParsedOrRefusedWithoutTrapping() {
         let cases: [(String, UInt64?)] = [
             ("0.9999999h", 3_599_999_640_000),     // 0.9999999 * 3600 s
             ("0.999999999m", 59_999_999_940),      // 0.999999999 * 60 s

@@ -660,11 +660,10 @@ final class HTTP1ParserTests: XCTestCase {
         if results.last == .complete { checkSample(head, buf, offset: 3, "byte by byte") }
     }
 
-    /// A read that ends just before the CR of a header line: the resumed scan measures that line
-    /// as empty (HTTP1Parser.swift:55 and :58) and takes it for the end of the head. The head is
-    /// cut short: Content-Length is lost and the rest of the real head is left in the buffer, to
-    /// be parsed as the body or as the next request.
-    func test_incremental_splitBeforeCRTruncatesHead() {
+    /// A read that ends just before the CR of a header line: the whole head is parsed, Content-Length
+    /// included. (Regression: the resumed scan used to measure that line as empty and take it for
+    /// the end of the head, leaving the rest of the real head to be parsed as the body.)
+    func testIncrementalSplitBeforeCRKeepsTheWholeHead() {
         let bytes = utf8("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
         var head = HTTPHead()
         let (results, _) = feedRequest(bytes, cuts: [24], head: &head)   // "...Host: a" | "\r\nContent-Length..."
@@ -674,27 +673,28 @@ final class HTTP1ParserTests: XCTestCase {
         XCTAssertEqual(head.headEnd, bytes.count - 5)
     }
 
-    /// The same bug on the request line: the request is refused as "empty request line".
-    func test_incremental_splitBeforeRequestLineCR() {
+    /// The same split on the request line completes the request. (Regression: it used to be
+    /// refused as "empty request line".)
+    func testIncrementalSplitBeforeRequestLineCRCompletes() {
         let bytes = utf8("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         var head = HTTPHead()
         let (results, _) = feedRequest(bytes, cuts: [14], head: &head)   // "GET / HTTP/1.1" | "\r\n..."
         XCTAssertEqual(results, [.incomplete, .complete])
     }
 
-    /// The final CR arrives in one read and the final LF in the next: the LF is measured as a line
-    /// of length -1 (HTTP1Parser.swift:55), the end of the head is missed, and the request never
-    /// completes (the client waits for the header timeout).
-    func test_incremental_splitBetweenFinalCRAndLF() {
+    /// The final CR arrives in one read and the final LF in the next: the request completes at the
+    /// LF. (Regression: the LF used to be measured as a line of length -1, the end of the head was
+    /// missed and the client waited for the header timeout.)
+    func testIncrementalSplitBetweenFinalCRAndLFCompletes() {
         let bytes = utf8("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         var head = HTTPHead()
         let (results, _) = feedRequest(bytes, cuts: [bytes.count - 1], head: &head)
         XCTAssertEqual(results, [.incomplete, .complete])
     }
 
-    /// The 8 KiB request-line limit measures only the part of the line scanned in the current
-    /// call, so a 9000-byte request line arriving in two pieces is accepted.
-    func test_requestLineLimitBypassedWhenSplit() {
+    /// The 8 KiB request-line limit holds for a 9000-byte request line arriving in two pieces: 414.
+    /// (Regression: the limit used to measure only the part scanned in the current call.)
+    func testRequestLineLimitHoldsWhenSplit() {
         let line = "GET /" + String(repeating: "a", count: 9000 - 14) + " HTTP/1.1"
         let bytes = utf8(line + "\r\nHost: a\r\n\r\n")
         var head = HTTPHead()
@@ -771,10 +771,10 @@ final class HTTP1ParserTests: XCTestCase {
         XCTAssertEqual(buf.string(head.pathStart, head.pathEnd), "/2")
     }
 
-    /// Method kinds are decided from the first 2-3 bytes and the length only, so extension
-    /// methods are taken for standard ones (HTTP1Parser.swift:290-296).
-    func test_extensionMethodsMisclassified() {
-        // "COMPUTE" is answered 501 "CONNECT is not supported" by Downstream.swift:202.
+    /// Extension methods that share a standard method's first bytes and length are classified as
+    /// `.other`, and the asterisk form stays OPTIONS-only. (Regression: kinds used to be decided
+    /// from the first 2-3 bytes and the length only, so "COMPUTE" was answered as CONNECT.)
+    func testExtensionMethodsAreNotMistakenForStandardOnes() {
         for m in ["COMPUTE", "COPYALL", "DEBUGS", "PATXX", "TRXYZ", "OPXXXXX"] {
             let out = parseRequest("\(m) / HTTP/1.1\r\nHost: a\r\n\r\n")
             XCTAssertEqual(out.result, .complete, m)

@@ -125,7 +125,10 @@ final class TLSSessionTests: XCTestCase {
         XCTAssertEqual(s2.peerIdentity, "spiffe://cluster.local/ns/default/sa/client")
     }
 
-    func testCertificateWithoutSPIFFEIDIsRefusedAtLoad() throws {
+    /// A certificate without a SPIFFE URI SAN loads, with an empty local identity (TLSContext does
+    /// not require one: DESIGN §4 asks peers, not the context, for a SPIFFE ID); files that do
+    /// not exist are refused at load.
+    func testCertificateWithoutSPIFFEIDLoadsWithEmptyIdentityAndMissingFilesAreRefused() throws {
         // A server certificate chain that is the intermediate CA itself (no URI SAN).
         var o = TLSContext.Options(certChainFile: "\(Self.pki)/ca-cert.pem", privateKeyFile: "\(Self.pki)/ca-key.pem",
                                    trustBundleFile: "\(Self.pki)/root-cert.pem")

@@ -4,13 +4,22 @@ a kept-alive connection as the next request arrives (the keep-alive race), one t
 protocols (101) and echoes bytes upper-cased (a WebSocket-like tunnel), and hand-built HTTP/2
 frames for abuse cases a well-behaved client library refuses to send."""
 
+import fcntl
+import select
 import socket
 import struct
+import termios
 import threading
+import time
 
 
 class ThreadedServer:
-    """Listens on 127.0.0.1 (a free port) and runs `serve(server, conn)` per connection."""
+    """Listens on 127.0.0.1 (a free port) and runs `serve(server, conn)` per connection.
+
+    Handlers read with `self.recv(conn)`, which takes bytes off the socket under one lock and
+    marks the connection busy until its handler asks for more (or returns); `settle()` uses that
+    to learn, without sleeping, when every byte the kernel received for this server has been
+    read and handled."""
 
     def __init__(self, serve):
         self.sock = socket.socket()
@@ -19,16 +28,24 @@ class ThreadedServer:
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.connections = 0
+        self.cond = threading.Condition()
+        self.open = []           # accepted connections not yet closed
+        self.busy = set()        # connections whose handler is working on bytes it read
         self._serve = serve
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
         while True:
             try:
-                c, _ = self.sock.accept()
-            except OSError:
+                select.select([self.sock], [], [])
+                with self.cond:
+                    c, _ = self.sock.accept()
+                    self.connections += 1
+                    self.open.append(c)
+                    self.on_accept(c)
+                    self.cond.notify_all()
+            except (OSError, ValueError):
                 return
-            self.connections += 1
             threading.Thread(target=self._run, args=(c,), daemon=True).start()
 
     def _run(self, c):
@@ -37,7 +54,55 @@ class ThreadedServer:
         except Exception:
             pass
         finally:
-            c.close()
+            with self.cond:
+                self.open.remove(c)
+                self.busy.discard(c)
+                c.close()
+                self.cond.notify_all()
+
+    def recv(self, c, n=65536):
+        """`c.recv(n)`, the bytes taken off the socket and recorded by the caller's handler as
+        one step with respect to `settle` (`on_bytes`, run under the lock, records them)."""
+        with self.cond:
+            self.busy.discard(c)
+            self.cond.notify_all()
+        select.select([c], [], [])
+        with self.cond:
+            b = c.recv(n)
+            self.on_bytes(c, b)
+            self.busy.add(c)
+        return b
+
+    def on_accept(self, c):
+        """Called under the lock with each accepted connection."""
+
+    def on_bytes(self, c, b):
+        """Called under the lock with each piece `recv` read (b"" at the peer's close)."""
+
+    def settle(self, timeout=5.0):
+        """Waits until no connection is waiting to be accepted, no accepted one holds unread
+        bytes and no handler is working on bytes it read. Called once the proxy has done everything it will do for a request (it answered
+        and closed, or counted the rejection), it means the handlers have recorded all the proxy
+        sent: "the upstream never saw it" is then a fact, not a guess after a sleep."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                waiting = bool(select.select([self.sock], [], [], 0)[0])
+                unread = any(self._unread(c) for c in self.open)
+                if not waiting and not unread and not self.busy:
+                    return
+                left = deadline - time.monotonic()
+                assert left > 0, f"upstream on {self.port}: bytes still unread after {timeout}s"
+                self.cond.wait(min(left, 0.05))
+
+    @staticmethod
+    def _unread(c):
+        try:
+            buf = bytearray(4)
+            fcntl.ioctl(c.fileno(), termios.FIONREAD, buf)
+            return int.from_bytes(buf, "little") > 0
+        except OSError:
+            return False
 
     def close(self):
         self.sock.close()

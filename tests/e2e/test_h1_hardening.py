@@ -5,8 +5,9 @@ import socket
 import threading
 import time
 
-from conftest import client_config, free_port, stats, wait_ready
+from conftest import client_config, free_port, stats, wait_ready, wait_until
 from rawserver import ThreadedServer
+from test_traffic import proxy
 
 
 class RawUpstream(ThreadedServer):
@@ -19,7 +20,7 @@ class RawUpstream(ThreadedServer):
     def read_head(self, c):
         data = b""
         while b"\r\n\r\n" not in data:
-            b = c.recv(65536)
+            b = self.recv(c)
             if not b:
                 return None, b""
             data += b
@@ -64,7 +65,7 @@ def test_connection_cannot_strip_framing_or_mesh_headers(procs, pki):
                 if k.strip().lower() == b"content-length":
                     n = int(v)
             while len(rest) < n:
-                rest += c.recv(65536)
+                rest += u.recv(c)
             body = head.split(b" ")[1]
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
@@ -75,7 +76,7 @@ def test_connection_cannot_strip_framing_or_mesh_headers(procs, pki):
         out = exchange(outbound, b"POST /first HTTP/1.1\r\nHost: server\r\nConnection: content-length, close\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled))
         assert out.startswith(b"HTTP/1.1 200"), out[:200]
-        time.sleep(0.3)
+        u.settle()          # the upstream read and handled everything the proxy sent it
         assert not any(b"/smuggled" in h.split(b"\r\n")[0] for h in u.heads), u.heads
         first = [h for h in u.heads if h.startswith(b"POST /first")][0]
         assert b"content-length" in first.lower()
@@ -136,33 +137,67 @@ def test_end_of_stream_is_seen_after_back_pressure(procs, pki):
         c.close()
         assert eof, f"no end of stream after {total} bytes"
         assert total > size
-        time.sleep(0.3)
-        s = stats(admin)
-        assert s["downstream_connections_active"] == 0 and s["upstream_connections_active"] == 0, s
+        wait_until(lambda: (s := stats(admin))["downstream_connections_active"] == 0 and s["upstream_connections_active"] == 0,
+                   timeout=3, what=f"both connections closed ({stats(admin)})")
     finally:
         u.close()
 
 
 def test_route_timeout_still_applies_after_a_connect_retry(procs, pki):
+    """The first connect is refused (nothing listens yet); the test waits for the sidecar to count
+    that failure, then starts an app that accepts and never answers. The connect retry reaches it,
+    and the 1 s route timeout, counted from the start of the request, still ends the exchange:
+    504 UT after about 1 s, with every refused connect retried and the silent app connected to."""
     port = free_port()
-    outbound, admin = free_port(), free_port()
-    cfg = client_config(pki, "c", outbound, admin, [port], tls="DISABLE").replace("concurrency: 2", "concurrency: 1")
-    cfg = cfg.replace("      cluster: server\n", "      cluster: server\n      timeout: 1s\n", 1)
-    p = procs.sidecar(cfg, "client")
-    wait_ready(p, admin)
+    vs = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: main
+    timeout: 1s
+    retries: {attempts: 50, retryOn: connect-failure}
+    route:
+    - destination: {host: reviews}
+"""
+    outbound, admin, p = proxy(procs, [(port, "v1")], vs)
     c = socket.create_connection(("127.0.0.1", outbound), timeout=6)
-    c.sendall(b"GET /x HTTP/1.1\r\nHost: server\r\n\r\n")
-    time.sleep(0.01)                  # the first connect is refused; the retry finds a silent app
+    t0 = time.monotonic()
+    c.sendall(b"GET /x HTTP/1.1\r\nHost: reviews\r\n\r\n")
+    # Back-off between connect attempts is 1-250 ms; 50 attempts leave ample time to start the app.
+    wait_until(lambda: stats(admin)["upstream_connect_failures"] >= 1, timeout=3, what="the first connect refused")
     silent = socket.socket()
     silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     silent.bind(("127.0.0.1", port))
     silent.listen(8)
     held = []
-    threading.Thread(target=lambda: [held.append(silent.accept()[0]) for _ in range(4)], daemon=True).start()
-    t0 = time.time()
-    d = c.recv(65536)
-    elapsed = time.time() - t0
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    d = exchange_response(c)
+    elapsed = time.monotonic() - t0
     c.close()
     silent.close()
-    assert d.startswith(b"HTTP/1.1 504") or d.startswith(b"HTTP/1.1 503"), d[:120]
-    assert elapsed < 3, elapsed
+    for h in held:
+        h.close()
+    assert d.split(b"\r\n", 1)[0] == b"HTTP/1.1 504 Gateway Timeout", d[:200]
+    assert b"\r\nx-mesh-response-flags: UT\r\n" in d, d[:300]
+    assert d.endswith(b"\r\n\r\nupstream request timeout\n"), d[:300]
+    assert 0.9 < elapsed < 2.0, elapsed
+    assert len(held) == 1, "the retry never reached the app"
+    s = stats(admin)
+    assert s["upstream_connect_failures"] >= 1, s
+    assert s["retries"] == s["upstream_connect_failures"], s   # every refused connect was retried
+    assert s["request_timeouts"] == 1, s
+    assert s["responses_5xx"] == 1, s
+
+
+def exchange_response(c):
+    """Reads from `c` until the sidecar closes it (the 504 says `connection: close`)."""
+    d = b""
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        d += b
+    return d

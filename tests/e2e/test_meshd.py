@@ -118,12 +118,18 @@ def test_state_directory_and_admin_token(procs):
     assert r.returncode != 0 and "DNS label" in r.stderr
     r = m.ctl("token", "create", "--namespace", "a", "--service-account", "b", "--ttl", "soon", check=False)
     assert r.returncode != 0 and "ttl" in r.stderr
-    # The same state directory after a restart: the same CA and admin token.
+    # The same state directory after a restart: the same CA and admin token. The token read
+    # before the restart (kept outside the state directory) still works against the new process.
     root = m.root.read_text()
+    kept = m.state.parent / "admin-token-before-restart"
+    kept.write_text((m.state / "admin-token").read_text())
     m.stop()
     m.start()
     assert m.root.read_text() == root
-    assert m.token("b", ns="a").startswith("mesh1.")
+    r = subprocess.run([str(MESHCTL), "--meshd", f"http://127.0.0.1:{m.admin}", "--admin-token-file", str(kept), "token", "create",
+                        "--namespace", "a", "--service-account", "b"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("mesh1."), r.stdout
 
 
 def test_mesh_mode_sidecars_serve_with_issued_certificates(procs, tmp_path):

@@ -194,6 +194,15 @@ def test_expect_100_continue(mesh):
     assert json.loads(r.stdout)["bytes"] == 5
 
 
+def refuses(port):
+    """True once nothing listens on `port` (a connect is refused)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
 def test_sigterm_lets_inflight_request_finish(procs, pki):
     m = Mesh(procs, pki)
     result = {}
@@ -207,8 +216,9 @@ def test_sigterm_lets_inflight_request_finish(procs, pki):
     time.sleep(0.2)
     m.client.send_signal(signal.SIGTERM)
     m.server.send_signal(signal.SIGTERM)
-    # New connections are refused while the in-flight request finishes.
-    time.sleep(0.2)
+    # New connections are refused while the in-flight request finishes: wait for the client
+    # sidecar's listener to go (the event), then check a request gets no answer.
+    wait_until(lambda: refuses(m.outbound), timeout=5, what="the client sidecar's listener closed")
     r = curl("-o", "/dev/null", "-w", "%{http_code}", m.url("/"), "-H", "Host: server", "--max-time", "2")
     assert r.stdout == b"000"
     t.join(10)
