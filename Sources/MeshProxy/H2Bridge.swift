@@ -684,6 +684,9 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             heldUpCredit = 0
             upstream = nil
             upStream = 0
+            // A connection that never got established (connect timeout, refused, TLS failure)
+            // is a connect failure (UF), as on the HTTP/1.1 path, not a reset.
+            if !h.isEstablished { connectFailed(); return }
             attemptFailed(refused ? .refused : .reset)
             return
         }
