@@ -10,6 +10,7 @@ request paths (HTTP/1.1 -> HTTP/1.1, HTTP/1.1 -> HTTP/2, HTTP/2 -> HTTP/2) is ex
 settings act on the caller's connections to the server sidecar, so those are counted where they
 arrive: the server sidecar's downstream connection counters."""
 
+import json
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import curl, free_port, stats, wait_ready, wait_until
+from conftest import curl, free_port, http_get, stats, wait_ready, wait_until
 
 
 class RecordingApp:
@@ -172,7 +173,7 @@ PATH_IDS = ["h1-to-h1", "h1-to-h2", "h2-to-h2"]
 @pytest.mark.parametrize("client,hop", PATHS, ids=PATH_IDS)
 def test_rewrite_authority_is_the_host_the_app_sees(procs, pki, app, client, hop):
     inbound, _ = server_sidecar(procs, pki, app.port)
-    outbound, _ = caller_sidecar(procs, pki, inbound, hop, route_extra="""    match:
+    outbound, admin = caller_sidecar(procs, pki, inbound, hop, route_extra="""    match:
     - uri: {prefix: /moved}
     rewrite: {authority: reviews.internal:9080}""", more_routes="""  - name: kept
     route:
@@ -184,6 +185,9 @@ def test_rewrite_authority_is_the_host_the_app_sees(procs, pki, app, client, hop
     status, _, _ = get(outbound, "/other", client)
     assert status == 200
     assert app.requests("/other") == ["server"]
+    # /config_dump shows the rewrite in force.
+    routes = json.loads(http_get(f"http://127.0.0.1:{admin}/config_dump")[1])["bootstrap"]["virtual_service_routes"]
+    assert [r.get("rewrite_authority") for r in routes] == ["reviews.internal:9080", None]
 
 
 def blackhole():
