@@ -126,6 +126,15 @@ struct ConfigReader {
         return out
     }
 
+    /// Refuses `key`, a field of Istio's API that this mesh does not implement yet, by name
+    /// (present with any value, even null): never parsed and silently dropped (DESIGN §3).
+    mutating func refuse(_ key: String) throws(ConfigError) {
+        known.append(key)
+        for e in map.entries where e.key == key {
+            throw Self.error(context, sub(key), e.keyLine, IstioTraffic.notSupported)
+        }
+    }
+
     /// Treats every key as known (maps whose keys are data, such as header names).
     mutating func markAllKnown() { for e in map.entries { known.append(e.key) } }
 

@@ -41,6 +41,11 @@ public enum IstioTraffic {
         public var retryOn: [String]
     }
 
+    /// Fields of Istio's API that are accepted nowhere yet: refused by name with this message
+    /// (DESIGN §3: never parsed and dropped), so meshd and every sidecar give the same answer.
+    public static let notSupported = "not supported yet"
+
+
     public struct Fault: Sendable {
         public var delayPercent: Double?
         public var fixedDelay: UInt64?
@@ -66,6 +71,8 @@ public enum IstioTraffic {
         public var requestHeaders = HeaderOperations()
         public var responseHeaders = HeaderOperations()
         public var rewriteURI: String?
+        /// `rewrite.authority`: the Host / :authority sent upstream instead of the caller's.
+        public var rewriteAuthority: String?
     }
 
     public struct VirtualService: Sendable {
@@ -82,6 +89,12 @@ public enum IstioTraffic {
         public var http1MaxPendingRequests: Int?
         public var http2MaxRequests: Int?
         public var maxRetries: Int?
+        /// `connectionPool.tcp.connectTimeout` (nil: the cluster's, 5 s by default).
+        public var connectTimeout: UInt64?
+        /// `connectionPool.http.idleTimeout`: pooled upstream connections idle longer are closed.
+        public var idleTimeout: UInt64?
+        /// `connectionPool.http.maxRequestsPerConnection` (0 or nil: unlimited).
+        public var maxRequestsPerConnection: Int?
         public var consecutive5xxErrors: Int?
         public var consecutiveGatewayErrors: Int?
         public var interval: UInt64?
@@ -199,7 +212,8 @@ public enum IstioTraffic {
         for (i, h) in hosts.enumerated() where !Names.isHost(h, wildcard: true) {
             throw ConfigReader.error(ctx, "spec.hosts[\(i)]", spec.map.line, "expected a host name, optionally with a *. prefix, got \"\(h)\"")
         }
-        _ = try spec.stringList("gateways")
+        try spec.refuse("gateways")
+        try spec.refuse("exportTo")
         var routes: [HTTPRoute] = []
         for var r in try spec.objectList("http") ?? [] {
             var route = HTTPRoute()
@@ -216,7 +230,7 @@ public enum IstioTraffic {
                     hs.markAllKnown()
                     try hs.finish()
                 }
-                _ = try m.string("name")
+                try m.refuse("name")
                 try m.finish()
                 route.match.append(hm)
             }
@@ -226,7 +240,7 @@ public enum IstioTraffic {
                 guard var dst = try d.object("destination") else { throw ConfigReader.error(ctx, d.sub("destination"), d.map.line, "required field is missing") }
                 let destination = try self.destination(&dst, ctx: ctx)
                 let weight = try d.int("weight", min: 0, max: 100) ?? (dests.count == 1 ? 100 : 0)
-                if var h = try d.object("headers") { _ = try headerOperations(&h, ctx: ctx) }
+                try d.refuse("headers")
                 try d.finish()
                 route.route.append(RouteDestination(destination: destination, weight: weight))
             }
@@ -247,7 +261,7 @@ public enum IstioTraffic {
                         on.append(v)
                     }
                 }
-                _ = try rt.bool("retryRemoteLocalities")
+                try rt.refuse("retryRemoteLocalities")
                 try rt.finish()
                 route.retries = Retry(attempts: attempts, perTryTimeout: per, retryOn: on)
             }
@@ -287,7 +301,13 @@ public enum IstioTraffic {
             }
             if var rw = try r.object("rewrite") {
                 route.rewriteURI = try rw.string("uri")
-                _ = try rw.string("authority")
+                if let a = try rw.string("authority") {
+                    // One host[:port] token: it goes on the wire as the Host header value.
+                    guard !a.isEmpty, a.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ",") }) else {
+                        throw ConfigReader.error(ctx, rw.sub("authority"), rw.map.line, "expected a host name such as reviews.example.com or reviews:9080, got \"\(a)\"")
+                    }
+                    route.rewriteAuthority = a
+                }
                 try rw.finish()
             }
             try r.finish()
@@ -364,19 +384,25 @@ public enum IstioTraffic {
             if subsets.contains(where: { $0.name == sn }) { throw ConfigReader.error(ctx, s.sub("name"), s.map.line, "duplicate subset \"\(sn)\"") }
             let labels = try s.stringMap("labels") ?? []
             var tp: TrafficPolicy? = nil
-            if var t = try s.object("trafficPolicy") { tp = try trafficPolicy(&t, ctx: ctx) }
+            if var t = try s.object("trafficPolicy") { tp = try trafficPolicy(&t, subset: true, ctx: ctx) }
             try s.finish()
             subsets.append(Subset(name: sn, labels: labels, trafficPolicy: tp))
         }
         var tp: TrafficPolicy? = nil
-        if var t = try spec.object("trafficPolicy") { tp = try trafficPolicy(&t, ctx: ctx) }
-        _ = try spec.stringList("exportTo")
+        if var t = try spec.object("trafficPolicy") { tp = try trafficPolicy(&t, subset: false, ctx: ctx) }
+        try spec.refuse("exportTo")
         try spec.finish()
         return DestinationRule(name: name, namespace: namespace, host: host, subsets: subsets, trafficPolicy: tp)
     }
 
-    private static func trafficPolicy(_ t: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> TrafficPolicy {
+    /// A DestinationRule's `trafficPolicy`; a subset's may only choose its load balancer (its own
+    /// pools and outlier detection are not supported yet, and are refused by name).
+    private static func trafficPolicy(_ t: inout ConfigReader, subset: Bool, ctx: ConfigError) throws(ConfigError) -> TrafficPolicy {
         var p = TrafficPolicy()
+        if subset {
+            try t.refuse("connectionPool")
+            try t.refuse("outlierDetection")
+        }
         if var lb = try t.object("loadBalancer") {
             if let s = try lb.string("simple") {
                 guard let v = TrafficPolicy.LoadBalancer(rawValue: s) else {
@@ -389,15 +415,15 @@ public enum IstioTraffic {
         if var cp = try t.object("connectionPool") {
             if var tcp = try cp.object("tcp") {
                 p.maxConnections = try tcp.int("maxConnections", min: 1, max: 1 << 30)
-                _ = try tcp.duration("connectTimeout", allowZero: false)
+                p.connectTimeout = try tcp.duration("connectTimeout", allowZero: false)
                 try tcp.finish()
             }
             if var http = try cp.object("http") {
                 p.http1MaxPendingRequests = try http.int("http1MaxPendingRequests", min: 1, max: 1 << 30)
                 p.http2MaxRequests = try http.int("http2MaxRequests", min: 1, max: 1 << 30)
                 p.maxRetries = try http.int("maxRetries", min: 0, max: 1 << 30)
-                _ = try http.duration("idleTimeout", allowZero: false)
-                _ = try http.int("maxRequestsPerConnection", min: 0, max: 1 << 30)
+                p.idleTimeout = try http.duration("idleTimeout", allowZero: false)
+                p.maxRequestsPerConnection = try http.int("maxRequestsPerConnection", min: 0, max: 1 << 29)
                 try http.finish()
             }
             try cp.finish()

@@ -30,7 +30,7 @@ public struct ServiceEntry: Sendable {
             let n = try p.int("number", min: 1, max: 65535)
             guard let number = n else { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "required field is missing") }
             ports.append(Port(number: number, name: try p.string("name") ?? "port-\(number)", proto: try p.string("protocol") ?? "HTTP"))
-            _ = try p.int("targetPort", min: 1, max: 65535)
+            try p.refuse("targetPort")
             try p.finish()
         }
         if ports.isEmpty { throw ConfigReader.error(ctx, "spec.ports", spec.map.line, "a ServiceEntry needs a port") }
@@ -51,8 +51,8 @@ public struct ServiceEntry: Sendable {
             selector = try ws.stringMap("labels") ?? []
             try ws.finish()
         }
-        _ = try spec.stringList("exportTo")
-        _ = try spec.stringList("addresses")
+        try spec.refuse("exportTo")
+        try spec.refuse("addresses")
         try spec.finish()
         return ServiceEntry(name: name, namespace: namespace, hosts: hosts, ports: ports, meshInternal: location == "MESH_INTERNAL",
                             endpoints: endpoints, workloadSelector: selector)
@@ -76,9 +76,9 @@ public struct ServiceEntry: Sendable {
         }
         let labels = try e.stringMap("labels") ?? []
         let sa = try e.string("serviceAccount")
-        _ = try e.string("network")
-        _ = try e.string("locality")
-        _ = try e.int("weight", min: 0, max: 1 << 30)
+        try e.refuse("network")
+        try e.refuse("locality")
+        try e.refuse("weight")
         try e.finish()
         return Endpoint(address: address, ports: ports, labels: labels, serviceAccount: sa)
     }

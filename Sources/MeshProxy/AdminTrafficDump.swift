@@ -38,6 +38,7 @@ extension AdminServer {
                 j.number("abort_percent", Double(f.abortPPM) / 10_000)
                 j.endObject()
             }
+            if let a = r.rewriteAuthority { j.string("rewrite_authority", String(decoding: a, as: UTF8.self)) }
             if r.mirrorTarget >= 0 {
                 j.string("mirror", snapshot.targets[r.mirrorTarget].name)
                 j.number("mirror_percent", Double(r.mirrorPPM) / 10_000)

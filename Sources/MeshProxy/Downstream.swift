@@ -44,6 +44,12 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     private var attempts = RequestAttempts()
     /// End of the current attempt (per-try timeout), 0 for none.
     private var tryDeadline: UInt64 = 0
+    /// Where the request's x-envoy-retriable-header-names value sits in `replay` (length 0: absent,
+    /// or the route does not retry on `retriable-headers`).
+    private var retriableNamesStart = 0
+    private var retriableNamesLength = 0
+    /// The HTTP/2 response head being received carries a header named there.
+    private var h2ListedHeader = false
     /// Length of the request head at the start of `replay` (the body follows it).
     private var replayHeadLength = 0
     /// The body framer as it was when the request started, to replay the body from the start.
@@ -678,7 +684,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
     }
 
     /// Writes the request head as it goes upstream into `replay`: origin-form target, hop-by-hop
-    /// headers removed, Host from an absolute-form target, x-request-id added when absent, and on
+    /// headers removed, Host from the route's `rewrite.authority` or an absolute-form target (the
+    /// HTTP/2 upstream path reads its :authority from here), x-request-id added when absent, and on
     /// the inbound side the caller's x-forwarded-client-cert replaced by our own.
     private func buildUpstreamHead() {
         let b = input.base
@@ -704,6 +711,9 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         out.append(" HTTP/1.1\r\n")
         let listed = !head.connectionListed.isEmpty
         let ops = route.map { !$0.requestOps.isEmpty } ?? false
+        let authority = route?.rewriteAuthority
+        let byHeaders = retry.on.contains(.retriableHeaders)
+        retriableNamesLength = 0
         for f in head.fields {
             if listed && f.kind == .other && head.isConnectionListed(f, in: b) { continue }   // never framing or mesh headers
             if ops && f.kind == .other && route!.requestOps.removes(UnsafePointer(b + Int(f.lineStart)), Int(f.nameEnd - f.lineStart)) { continue }
@@ -715,13 +725,22 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             case .upgrade:
                 if !wantsUpgrade { continue }
             case .host:
-                if head.isAbsoluteForm { continue }
+                if head.isAbsoluteForm || authority != nil { continue }
             default:
                 break
             }
+            if byHeaders && f.nameEnd - f.lineStart == 30
+                && ASCII.equalsLower(UnsafePointer(b + Int(f.lineStart)), 30, RetriableHeaderNames.requestHeader) {
+                retriableNamesStart = out.writeIndex + Int(f.valueStart - f.lineStart)
+                retriableNamesLength = Int(f.valueEnd - f.valueStart)
+            }
             out.append(b + Int(f.lineStart), Int(f.lineEnd - f.lineStart))
         }
-        if head.isAbsoluteForm {
+        if let a = authority {
+            out.append("host: ")
+            out.append(a)
+            out.append("\r\n")
+        } else if head.isAbsoluteForm {
             out.append("host: ")
             out.append(b + head.authorityStart, head.authorityEnd - head.authorityStart)
             out.append("\r\n")
@@ -1043,6 +1062,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         if h2RequestDecoder.trailerSink == nil { h2RequestDecoder.trailerSink = ByteBuffer(capacity: 64) }
         h2RequestDecoder.reset()
         h2Status = 0
+        h2ListedHeader = false
         h2HasLength = false
         h2ChunkToClient = false
         h2Unconsumed = 0
@@ -1152,6 +1172,7 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             return
         }
         if nl > 0 && n[0] == UInt8(ascii: ":") { return }
+        if retriableNamesLength > 0 && !h2ListedHeader && listedRetriable(n, nl) { h2ListedHeader = true }
         if nl == 11 && ASCII.equalsLower(n, nl, "grpc-status") { h2Grpc = MetricKey.grpcStatus(v, vl) }
         if routeIndex >= 0, !snapshot.routes[routeIndex].responseOps.isEmpty, !ASCII.equalsLower(n, nl, "content-length"),
            snapshot.routes[routeIndex].responseOps.removes(n, nl) { return }
@@ -1180,9 +1201,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                 send(cont.utf8Start, cont.utf8CodeUnitCount)
             }
             h2RespHead?.clear()
+            h2ListedHeader = false
             return
         }
-        switch attempts.responded(status: h2Status, grpc: h2Grpc, worker, replayable: replayValid && !isClosed) {
+        switch attempts.responded(status: h2Status, grpc: h2Grpc, listedHeader: h2ListedHeader, worker, replayable: replayValid && !isClosed) {
         case .retry:
             dropH2Stream()
             scheduleRetry()
@@ -1341,7 +1363,15 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
                     continue
                 }
                 let grpc = retry.on.rawValue >= RetryPolicy.On.grpcCancelled.rawValue ? grpcStatus(up) : -1
-                switch attempts.responded(status: status, grpc: grpc, worker, replayable: replayValid && !isClosed) {
+                var listed = false
+                if retriableNamesLength > 0 {
+                    let b = up.input.base
+                    for f in up.head.fields where listedRetriable(UnsafePointer(b + Int(f.lineStart)), Int(f.nameEnd - f.lineStart)) {
+                        listed = true
+                        break
+                    }
+                }
+                switch attempts.responded(status: status, grpc: grpc, listedHeader: listed, worker, replayable: replayValid && !isClosed) {
                 case .retry:
                     upstream = nil
                     up.owner = nil
@@ -1365,6 +1395,13 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             }
         }
         return false
+    }
+
+    /// Whether the response header named `n[0..<nl]` is one the request listed in
+    /// x-envoy-retriable-header-names (route with `retryOn: retriable-headers`).
+    @inline(__always) private func listedRetriable(_ n: UnsafePointer<UInt8>, _ nl: Int) -> Bool {
+        retriableNamesLength > 0
+            && RetriableHeaderNames.lists(UnsafePointer(replay.base + retriableNamesStart), retriableNamesLength, n, nl)
     }
 
     /// The grpc-status of an HTTP/1.1 response head, -1 when absent.
@@ -1497,7 +1534,8 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
         worker.stats.countResponse(responseStatus)
         let reusable = bodyComplete && requestDone && up.head.keepAlive && !upstreamEOFSeen && up.input.isEmpty && !up.peerClosed && !up.isClosed
         if reusable {
-            up.pool.release(up, idleTimeout: snapshot.clusters[up.pool.cluster].idleTimeout)
+            up.pool.release(up, idleTimeout: snapshot.clusters[up.pool.cluster].idleTimeout,
+                            maxRequests: snapshot.clusters[up.pool.cluster].maxRequestsPerConnection)
         } else {
             up.owner = nil
             up.closeNow()

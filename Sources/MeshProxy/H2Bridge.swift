@@ -417,7 +417,19 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
         if routeIndex >= 0 {
             let rt = snap.routes[routeIndex]
             let ops = rt.requestOps
+            // `rewrite.authority` replaces :authority in place (pseudo-headers come first), or is
+            // added before the first regular field when the caller sent only Host.
+            let authority = rt.rewriteAuthority
+            var authorityDone = authority == nil
             request.forEach { n, nl, v, vl in
+                if !authorityDone, let a = authority {
+                    let isAuthority = nl == 10 && ASCII.equalsLower(n, nl, ":authority")
+                    if isAuthority || nl == 0 || n[0] != UInt8(ascii: ":") {
+                        authorityDone = true
+                        a.withUnsafeBufferPointer { s.addHeader(":authority", $0.baseAddress!, $0.count) }
+                        if isAuthority { return }
+                    }
+                }
                 if nl > 0 && n[0] != UInt8(ascii: ":") && !ops.isEmpty && ops.removes(n, nl) { return }
                 if rt.rewriteURI != nil, nl == 5 && ASCII.equalsLower(n, nl, ":path") {
                     scratch.clear()
@@ -426,6 +438,9 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
                     return
                 }
                 s.addHeader(n, nl, v, vl)
+            }
+            if !authorityDone, let a = authority {
+                a.withUnsafeBufferPointer { s.addHeader(":authority", $0.baseAddress!, $0.count) }
             }
             for (n, v) in ops.add {
                 n.withUnsafeBufferPointer { nb in v.withUnsafeBufferPointer { vb in
@@ -582,7 +597,18 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             handler.conn.requestFlush()
             return
         }
-        switch attempts.responded(status: status, grpc: grpc >= 0 && grpc < 17 ? grpc : -1, worker, replayable: replayable && !finished) {
+        var listed = false
+        if attempts.policy.on.contains(.retriableHeaders) {
+            // Envoy's retriable-headers: a response header named in the request's list.
+            let response = self.response
+            _ = request.withValue(RetriableHeaderNames.requestHeader.utf8Start, 30) { lp, ln in
+                response.forEach { n, nl, _, _ in
+                    if !listed && nl > 0 && n[0] != UInt8(ascii: ":") && RetriableHeaderNames.lists(lp, ln, n, nl) { listed = true }
+                }
+            }
+        }
+        switch attempts.responded(status: status, grpc: grpc >= 0 && grpc < 17 ? grpc : -1, listedHeader: listed,
+                                  worker, replayable: replayable && !finished) {
         case .retry:
             response.clear()
             responseBytes = 0
@@ -658,6 +684,9 @@ final class H2BridgeStream: H2DownstreamStream, H2StreamOwner {
             heldUpCredit = 0
             upstream = nil
             upStream = 0
+            // A connection that never got established (connect timeout, refused, TLS failure)
+            // is a connect failure (UF), as on the HTTP/1.1 path, not a reset.
+            if !h.isEstablished { connectFailed(); return }
             attemptFailed(refused ? .refused : .reset)
             return
         }

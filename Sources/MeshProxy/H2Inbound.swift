@@ -690,7 +690,8 @@ final class H2InboundStream: UpstreamOwner, H2DownstreamStream {
         upstream = nil
         let snap = up.pool.routing.snapshot
         if reusable && requestEndSent && up.head.keepAlive && up.input.isEmpty && !up.peerClosed {
-            up.pool.release(up, idleTimeout: snap.clusters[up.pool.cluster].idleTimeout)
+            up.pool.release(up, idleTimeout: snap.clusters[up.pool.cluster].idleTimeout,
+                            maxRequests: snap.clusters[up.pool.cluster].maxRequestsPerConnection)
         } else {
             up.owner = nil
             up.closeNow()

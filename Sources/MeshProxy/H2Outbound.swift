@@ -75,10 +75,17 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         if !writeWaiters.isEmpty { writeWaiters.removeAll { $0 === o } }
     }
     private var idleTimeout: UInt64
+    /// Streams this connection may carry in its life (Istio's `maxRequestsPerConnection`, 0:
+    /// unlimited) and the number opened so far: once spent, no new stream starts here, and the
+    /// connection is closed (GOAWAY) when its last stream ends.
+    private let maxStreams: Int
+    private var streamsOpened = 0
+    private var spent: Bool { maxStreams > 0 && streamsOpened >= maxStreams }
 
-    init(pool: EndpointPool, fd: Int32, tls: TLSSession?, idleTimeout: UInt64) {
+    init(pool: EndpointPool, fd: Int32, tls: TLSSession?, idleTimeout: UInt64, maxStreams: Int) {
         self.pool = pool
         self.idleTimeout = idleTimeout
+        self.maxStreams = maxStreams
         super.init(loop: pool.worker.loop, fd: fd, security: tls, connecting: true)
         var settings = HTTP2Session.Settings()
         settings.maxConcurrentStreams = 100      // server push is off; this bounds the peer anyway
@@ -94,7 +101,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
 
     /// True while another stream fits on this connection (never once it is retiring).
     var hasCapacity: Bool {
-        if isRetiring { return false }
+        if isRetiring || spent { return false }
         let peerMax = isEstablished ? Int(min(session.peerMaxConcurrentStreams, 1000)) : 100
         return load < peerMax
     }
@@ -102,7 +109,8 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     /// Opens a stream for `owner`, which submits its request now or once the connection is up.
     /// False (a connect failure for the caller, which retries) if the connection is retiring.
     func open(_ owner: H2StreamOwner) -> Bool {
-        if isRetiring { return false }
+        if isRetiring || spent { return false }
+        streamsOpened += 1
         loop.setDeadline(self, isEstablished ? 0 : deadline)
         if !isEstablished { waiting.append(owner); return true }
         let id = owner.h2Submit(self)
@@ -140,6 +148,12 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
             loop.markDirty(self)
         }
         if owners.isEmpty && waiting.isEmpty && isEstablished {
+            if spent && !goingAway {
+                goingAway = true
+                session.goAway()
+                requestClose()
+                return
+            }
             loop.setDeadline(self, loop.now + idleTimeout)
             if pool.worker.draining || goingAway || pool.routing.retired { requestClose() }
         }

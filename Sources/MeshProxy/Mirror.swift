@@ -96,7 +96,9 @@ final class MirrorRequest: UpstreamOwner {
         guard let up = upstream else { return }
         upstream = nil
         if reusable && !up.peerClosed && !up.isClosed {
-            up.pool.release(up, idleTimeout: up.pool.routing.snapshot.clusters[up.pool.cluster].idleTimeout)
+            let c = up.pool.cluster
+            up.pool.release(up, idleTimeout: up.pool.routing.snapshot.clusters[c].idleTimeout,
+                            maxRequests: up.pool.routing.snapshot.clusters[c].maxRequestsPerConnection)
         } else {
             up.owner = nil
             up.closeNow()

@@ -15,6 +15,9 @@ public final class ProxySnapshot: Sendable {
         public let connectTimeout: UInt64
         public let idleTimeout: UInt64
         public let maxConnections: Int
+        /// Requests one upstream connection carries before it is retired (Istio's
+        /// `maxRequestsPerConnection`); 0: unlimited.
+        public let maxRequestsPerConnection: Int
         /// HTTP/2 to this cluster's endpoints (sidecar-to-sidecar hops, by default).
         public let http2: Bool
         // DestinationRule trafficPolicy (Istio's defaults where it is silent).
@@ -66,16 +69,19 @@ public final class ProxySnapshot: Sendable {
         let requestOps: HeaderOps
         let responseOps: HeaderOps
         let rewriteURI: [UInt8]?
+        /// Istio's `rewrite.authority`: the Host / :authority sent upstream, nil to keep the caller's.
+        let rewriteAuthority: [UInt8]?
 
         init(cluster: Int, timeout: UInt64, label: String, serviceFQDN: String, serviceName: String, serviceNamespace: String,
              matches: [RouteMatch], targets: [Int], cumulativeWeights: [Int], retry: RetryPolicy, fault: FaultPolicy?,
-             mirrorTarget: Int, mirrorPPM: UInt64, requestOps: HeaderOps, responseOps: HeaderOps, rewriteURI: [UInt8]?) {
+             mirrorTarget: Int, mirrorPPM: UInt64, requestOps: HeaderOps, responseOps: HeaderOps, rewriteURI: [UInt8]?,
+             rewriteAuthority: [UInt8]?) {
             self.cluster = cluster; self.timeout = timeout; self.label = label; self.serviceFQDN = serviceFQDN
             self.metricID = RouteCatalog.shared.id(label: label, serviceFQDN: serviceFQDN, serviceName: serviceName, serviceNamespace: serviceNamespace)
             self.serviceName = serviceName; self.serviceNamespace = serviceNamespace; self.matches = matches
             self.targets = targets; self.cumulativeWeights = cumulativeWeights; self.retry = retry; self.fault = fault
             self.mirrorTarget = mirrorTarget; self.mirrorPPM = mirrorPPM; self.requestOps = requestOps
-            self.responseOps = responseOps; self.rewriteURI = rewriteURI
+            self.responseOps = responseOps; self.rewriteURI = rewriteURI; self.rewriteAuthority = rewriteAuthority
         }
     }
 

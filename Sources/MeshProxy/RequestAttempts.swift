@@ -120,12 +120,14 @@ struct RequestAttempts {
 }
 
 extension RequestAttempts {
-    /// A response head arrived (`grpc`: its grpc-status, -1 when absent): records it for outlier
+    /// A response head arrived (`grpc`: its grpc-status, -1 when absent; `listedHeader`: it carries
+    /// a header the request named in x-envoy-retriable-header-names): records it for outlier
     /// detection and decides. `.retry`: drop this response and book a retry; `.pass(exhausted:)`:
     /// forward it, flagged URX when it was retriable but no retry was left or allowed.
-    mutating func responded(status: Int, grpc: Int, _ worker: Worker, replayable: Bool) -> AttemptDecision {
+    mutating func responded(status: Int, grpc: Int, listedHeader: Bool = false, _ worker: Worker, replayable: Bool) -> AttemptDecision {
         outcome(worker, status: status, gatewayFailure: false)
-        guard policy.retries(status: status, grpc: grpc) else { return .fail(exhausted: false) }
+        let byHeader = listedHeader && policy.on.contains(.retriableHeaders)
+        guard byHeader || policy.retries(status: status, grpc: grpc) else { return .fail(exhausted: false) }
         if mayRetry(worker, replayable: replayable) {
             worker.stats.inc(.retriesStatus)
             return .retry

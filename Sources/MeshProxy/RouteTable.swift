@@ -83,7 +83,8 @@ struct RetryPolicy: Sendable {
         static let fiveXX = On(rawValue: 1), gatewayError = On(rawValue: 2), reset = On(rawValue: 4),
                    connectFailure = On(rawValue: 8), refusedStream = On(rawValue: 16), retriable4xx = On(rawValue: 32),
                    grpcCancelled = On(rawValue: 64), grpcDeadlineExceeded = On(rawValue: 128), grpcInternal = On(rawValue: 256),
-                   grpcResourceExhausted = On(rawValue: 512), grpcUnavailable = On(rawValue: 1024)
+                   grpcResourceExhausted = On(rawValue: 512), grpcUnavailable = On(rawValue: 1024),
+                   retriableHeaders = On(rawValue: 2048)
     }
     /// Retries after the first attempt (Istio's `attempts`).
     var retries: Int
@@ -119,6 +120,7 @@ struct RetryPolicy: Sendable {
             case "internal": on.insert(.grpcInternal)
             case "resource-exhausted": on.insert(.grpcResourceExhausted)
             case "unavailable": on.insert(.grpcUnavailable)
+            case "retriable-headers": on.insert(.retriableHeaders)
             default: if let c = Int(w) { codes.append(c) }   // retriable-status-codes: the codes listed
             }
         }
@@ -146,6 +148,35 @@ struct RetryPolicy: Sendable {
     var onRefusedStream: Bool { !on.isDisjoint(with: [.refusedStream, .fiveXX]) }
     /// A per-try timeout counts as a 504 from the upstream.
     var onTimeout: Bool { !on.isDisjoint(with: [.reset, .fiveXX, .gatewayError]) || statusCodes.contains(504) }
+}
+
+/// Envoy's `retriable-headers` condition (Istio's `retryOn: retriable-headers`): a response is
+/// retried when it carries a header that the request names in `x-envoy-retriable-header-names`
+/// (a comma-separated list, names in any case). Pure byte matching, no allocation.
+enum RetriableHeaderNames {
+    /// The request header that lists the names, lowercase.
+    static let requestHeader: StaticString = "x-envoy-retriable-header-names"
+
+    /// Whether the header named `p[0..<n]` is one of the names in `list[0..<ln]` (spaces and tabs
+    /// around each name are ignored; the comparison ignores case).
+    static func lists(_ list: UnsafePointer<UInt8>, _ ln: Int, _ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+        if n == 0 { return false }
+        var i = 0
+        while i < ln {
+            var s = i
+            while i < ln && list[i] != UInt8(ascii: ",") { i += 1 }
+            var e = i
+            while s < e && (list[s] == 0x20 || list[s] == 0x09) { s += 1 }
+            while e > s && (list[e - 1] == 0x20 || list[e - 1] == 0x09) { e -= 1 }
+            if e - s == n {
+                var same = true
+                for k in 0..<n where ASCII.lower(list[s + k]) != ASCII.lower(p[k]) { same = false; break }
+                if same { return true }
+            }
+            i += 1
+        }
+        return false
+    }
 }
 
 /// Istio's fault injection, in parts per million so a percentage like 0.1 stays exact.

@@ -27,8 +27,9 @@ struct TrafficCompiler {
                                 interval: t.interval ?? 10_000_000_000)
             }
             clusters.append(.init(name: c.name, endpoints: c.endpoints, mutualTLS: c.tls == .istioMutual,
-                                  expectedPeers: c.subjectAltNames, connectTimeout: c.connectTimeout,
-                                  idleTimeout: c.idleTimeout, maxConnections: tp?.maxConnections ?? c.maxConnections,
+                                  expectedPeers: c.subjectAltNames, connectTimeout: tp?.connectTimeout ?? c.connectTimeout,
+                                  idleTimeout: tp?.idleTimeout ?? c.idleTimeout, maxConnections: tp?.maxConnections ?? c.maxConnections,
+                                  maxRequestsPerConnection: tp?.maxRequestsPerConnection ?? 0,
                                   http2: c.protocolHTTP2, loadBalancer: tp?.loadBalancer ?? .roundRobin,
                                   maxPendingRequests: tp?.http1MaxPendingRequests ?? 1024,
                                   maxRequests: tp?.http2MaxRequests ?? Int.max, maxRetries: tp?.maxRetries ?? Int.max,
@@ -39,7 +40,7 @@ struct TrafficCompiler {
             clusters.append(.init(name: "inbound|\(app.port)||local-app", endpoints: [app], mutualTLS: false,
                                   expectedPeers: [], connectTimeout: Bootstrap.Defaults.connectTimeout,
                                   idleTimeout: Bootstrap.Defaults.poolIdleTimeout,
-                                  maxConnections: Bootstrap.Defaults.maxConnections, http2: inb.appHTTP2,
+                                  maxConnections: Bootstrap.Defaults.maxConnections, maxRequestsPerConnection: 0, http2: inb.appHTTP2,
                                   loadBalancer: .roundRobin, maxPendingRequests: 1024, maxRequests: Int.max,
                                   maxRetries: Int.max, outlier: nil))
         }
@@ -53,7 +54,8 @@ struct TrafficCompiler {
             routes.append(.init(cluster: ci, timeout: r.timeout, label: r.name, serviceFQDN: svc.fqdn, serviceName: svc.name,
                                 serviceNamespace: svc.ns, matches: [], targets: [t], cumulativeWeights: [100],
                                 retry: .default, fault: nil, mirrorTarget: -1, mirrorPPM: 0,
-                                requestOps: HeaderOps(), responseOps: HeaderOps(), rewriteURI: nil))
+                                requestOps: HeaderOps(), responseOps: HeaderOps(), rewriteURI: nil,
+                                rewriteAuthority: nil))
             let v = vhosts.count
             vhosts.append(VirtualHost(routes: [ri]))
             for h in r.hosts {
@@ -95,7 +97,8 @@ struct TrafficCompiler {
                                     retry: h.retries.map(RetryPolicy.init) ?? .default, fault: FaultPolicy(h.fault),
                                     mirrorTarget: mirrorTarget, mirrorPPM: h.mirror == nil ? 0 : UInt64((h.mirrorPercent ?? 100) * 10_000),
                                     requestOps: HeaderOps(h.requestHeaders), responseOps: HeaderOps(h.responseHeaders),
-                                    rewriteURI: h.rewriteURI.map { Array($0.utf8) }))
+                                    rewriteURI: h.rewriteURI.map { Array($0.utf8) },
+                                    rewriteAuthority: h.rewriteAuthority.map { Array($0.utf8) }))
             }
             let v = vhosts.count
             vhosts.append(VirtualHost(routes: list))

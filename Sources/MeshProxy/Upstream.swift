@@ -21,6 +21,8 @@ final class UpstreamConnection: Connection {
     /// True once this connection has carried a complete exchange (so a failure may be the
     /// keep-alive race rather than a dead endpoint).
     var reused = false
+    /// Exchanges completed on this connection (for `maxRequestsPerConnection`).
+    var exchanges = 0
     /// Any byte of a response seen for the current request.
     var gotResponseBytes = false
     var headParsed = false
@@ -187,11 +189,14 @@ final class EndpointPool {
     var lastError: Int32 = 0
     var loop: EventLoop { worker.loop }
 
-    /// Returns a connection that finished an exchange cleanly.
-    func release(_ u: UpstreamConnection, idleTimeout: UInt64) {
+    /// Returns a connection that finished an exchange cleanly; it is closed instead once it has
+    /// carried `maxRequests` exchanges (Istio's `maxRequestsPerConnection`, 0: unlimited).
+    func release(_ u: UpstreamConnection, idleTimeout: UInt64, maxRequests: Int) {
         u.owner = nil
         u.reused = true
         u.state = .idle
+        u.exchanges += 1
+        if maxRequests > 0 && u.exchanges >= maxRequests { u.closeNow(); return }
         if worker.draining || u.isClosed || routing.retired { u.closeNow(); return }
         idle.append(u)
         loop.setDeadline(u, loop.now + idleTimeout)
@@ -241,7 +246,7 @@ final class EndpointPool {
         let fd = Socket.connect(address)
         if fd < 0 { lastError = -fd; counters.inc(.connectFailures); return nil }
         let tls = tlsContext.map { TLSSession(context: $0, sessionCache: sessionCache, expectedPeers: c.expectedPeers) }
-        let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout)
+        let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout, maxStreams: c.maxRequestsPerConnection)
         guard h.start() else { lastError = 24; return nil }
         open += 1
         if routing.retired { worker.keepAlive(routing) }

@@ -99,4 +99,120 @@ final class IstioTrafficTests: XCTestCase {
         assertRefused(good + "\n---\n" + dr.replacingOccurrences(of: "{name: reviews}", with: "{name: reviews2}"), "already has DestinationRule")
         assertRefused(good + "\n---\n" + dr, "document 3: metadata.name: a second DestinationRule default/reviews")
     }
+
+    // MARK: Istio fields: honoured or refused by name, never parsed and dropped
+
+    /// The exact error for `text` (nil when it was accepted).
+    func refusal(_ text: String) -> String? {
+        do { _ = try IstioTraffic.parse(text, file: "bad.yaml"); return nil } catch { return error.description }
+    }
+
+    func testHonouredIstioFieldsKeepTheirValues() throws {
+        let text = good
+            .replacingOccurrences(of: "rewrite: {uri: /v2/api}", with: "rewrite: {uri: /v2/api, authority: reviews.internal:9080}")
+            .replacingOccurrences(of: "retryOn: \"5xx,connect-failure,refused-stream\"", with: "retryOn: \"retriable-headers,5xx\"")
+            .replacingOccurrences(of: "tcp: {maxConnections: 100}", with: "tcp: {maxConnections: 100, connectTimeout: 250ms}")
+            .replacingOccurrences(of: "maxRetries: 3}", with: "maxRetries: 3, idleTimeout: 2s, maxRequestsPerConnection: 2}")
+        let c = try IstioTraffic.parse(text, file: "t.yaml")
+        let r = c.virtualServices[0].http[0]
+        XCTAssertEqual(r.rewriteAuthority, "reviews.internal:9080")
+        XCTAssertEqual(r.rewriteURI, "/v2/api")
+        XCTAssertEqual(r.retries?.retryOn, ["retriable-headers", "5xx"])
+        let tp = try XCTUnwrap(c.destinationRules[0].trafficPolicy)
+        XCTAssertEqual(tp.connectTimeout, 250_000_000)
+        XCTAssertEqual(tp.idleTimeout, 2_000_000_000)
+        XCTAssertEqual(tp.maxRequestsPerConnection, 2)
+        XCTAssertEqual(tp.maxConnections, 100)
+        // Absent: nil, so the cluster keeps its defaults.
+        let plain = try IstioTraffic.parse(good, file: "t.yaml")
+        XCTAssertNil(plain.virtualServices[0].http[0].rewriteAuthority)
+        XCTAssertNil(plain.destinationRules[0].trafficPolicy?.connectTimeout)
+        XCTAssertNil(plain.destinationRules[0].trafficPolicy?.idleTimeout)
+        XCTAssertNil(plain.destinationRules[0].trafficPolicy?.maxRequestsPerConnection)
+    }
+
+    func testHonouredIstioFieldsRefuseBadValues() {
+        XCTAssertEqual(refusal(good.replacingOccurrences(of: "rewrite: {uri: /v2/api}", with: "rewrite: {authority: \"a b\"}")),
+                       "bad.yaml:28: document 1: spec.http[0].rewrite.authority: expected a host name such as reviews.example.com or reviews:9080, got \"a b\"")
+        XCTAssertEqual(refusal(good.replacingOccurrences(of: "tcp: {maxConnections: 100}", with: "tcp: {connectTimeout: 0s}")),
+                       "bad.yaml:40: document 2: spec.trafficPolicy.connectionPool.tcp.connectTimeout: must be greater than zero")
+        XCTAssertEqual(refusal(good.replacingOccurrences(of: "maxRetries: 3}", with: "maxRetries: 3, idleTimeout: soon}")),
+                       "bad.yaml:41: document 2: spec.trafficPolicy.connectionPool.http.idleTimeout: expected a duration such as 500ms, 10s, 5m or 24h, got the value \"soon\"")
+        XCTAssertEqual(refusal(good.replacingOccurrences(of: "maxRetries: 3}", with: "maxRetries: 3, maxRequestsPerConnection: -1}")),
+                       "bad.yaml:41: document 2: spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection: must be between 0 and 536870912, got -1")
+    }
+
+    func testUnimplementedIstioFieldsAreRefusedByName() {
+        let cases: [(String, String)] = [
+            (good.replacingOccurrences(of: "hosts: [reviews]", with: "hosts: [reviews]\n  gateways: [mesh]"),
+             "bad.yaml:6: document 1: spec.gateways: not supported yet"),
+            (good.replacingOccurrences(of: "hosts: [reviews]", with: "hosts: [reviews]\n  exportTo: [\".\"]"),
+             "bad.yaml:6: document 1: spec.exportTo: not supported yet"),
+            (good.replacingOccurrences(of: "retryOn: \"5xx,connect-failure,refused-stream\"", with: "retryRemoteLocalities: true"),
+             "bad.yaml:19: document 1: spec.http[0].retries.retryRemoteLocalities: not supported yet"),
+            (good.replacingOccurrences(of: "subset: v2}\n      weight: 10", with: "subset: v2}\n      weight: 10\n      headers: {request: {set: {x-a: b}}}"),
+             "bad.yaml:18: document 1: spec.http[0].route[1].headers: not supported yet"),
+            (good.replacingOccurrences(of: "method: {exact: GET}", with: "method: {exact: GET}\n      name: by-user"),
+             "bad.yaml:13: document 1: spec.http[0].match[0].name: not supported yet"),
+            (good.replacingOccurrences(of: "host: reviews.default.svc.cluster.local", with: "host: reviews.default.svc.cluster.local\n  exportTo: [\"*\"]"),
+             "bad.yaml:37: document 2: spec.exportTo: not supported yet"),
+            (good.replacingOccurrences(of: "labels: {version: v2}", with: "labels: {version: v2}\n    trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}"),
+             "bad.yaml:48: document 2: spec.subsets[1].trafficPolicy.connectionPool: not supported yet"),
+            (good.replacingOccurrences(of: "labels: {version: v2}", with: "labels: {version: v2}\n    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}"),
+             "bad.yaml:48: document 2: spec.subsets[1].trafficPolicy.outlierDetection: not supported yet"),
+        ]
+        for (text, want) in cases { XCTAssertEqual(refusal(text), want) }
+        // A subset may still choose its load balancer.
+        XCTAssertNil(refusal(good.replacingOccurrences(of: "labels: {version: v2}", with: "labels: {version: v2}\n    trafficPolicy: {loadBalancer: {simple: RANDOM}}")))
+    }
+
+    func testUnimplementedServiceEntryFieldsAreRefusedByName() {
+        let se = """
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {name: ext}
+        spec:
+          hosts: [ext.example.com]
+          ports:
+          - {number: 80, name: http, protocol: HTTP}
+          location: MESH_EXTERNAL
+          resolution: STATIC
+          endpoints:
+          - address: 10.0.0.1
+        """
+        XCTAssertNil(refusal(se))
+        let cases: [(String, String)] = [
+            (se + "\n  exportTo: [\".\"]", "bad.yaml:12: document 1: spec.exportTo: not supported yet"),
+            (se + "\n  addresses: [240.0.0.1]", "bad.yaml:12: document 1: spec.addresses: not supported yet"),
+            (se.replacingOccurrences(of: "protocol: HTTP}", with: "protocol: HTTP, targetPort: 8080}"),
+             "bad.yaml:7: document 1: spec.ports[0].targetPort: not supported yet"),
+            (se + "\n    network: net1", "bad.yaml:12: document 1: spec.endpoints[0].network: not supported yet"),
+            (se + "\n    locality: us/east", "bad.yaml:12: document 1: spec.endpoints[0].locality: not supported yet"),
+            (se + "\n    weight: 3", "bad.yaml:12: document 1: spec.endpoints[0].weight: not supported yet"),
+        ]
+        for (text, want) in cases { XCTAssertEqual(refusal(text), want) }
+        let we = """
+        apiVersion: networking.istio.io/v1
+        kind: WorkloadEntry
+        metadata: {name: vm1}
+        spec:
+          address: 10.0.0.2
+          locality: us/east
+        """
+        XCTAssertEqual(refusal(we), "bad.yaml:6: document 1: spec.locality: not supported yet")
+    }
+
+    /// Istio fields we never read are refused generically, naming the field.
+    func testOtherIstioFieldsAreUnknownFields() {
+        for (from, to, path) in [
+            ("rewrite: {uri: /v2/api}", "rewrite: {uri: /v2/api, uriRegexRewrite: {match: a, rewrite: b}}", "spec.http[0].rewrite.uriRegexRewrite"),
+            ("timeout: 2s", "timeout: 2s\n    corsPolicy: {allowOrigins: [{exact: x}]}", "spec.http[0].corsPolicy"),
+            ("timeout: 2s", "timeout: 2s\n    mirrors: [{destination: {host: reviews}}]", "spec.http[0].mirrors"),
+            ("simple: LEAST_REQUEST}", "simple: LEAST_REQUEST}\n    tls: {mode: ISTIO_MUTUAL}", "spec.trafficPolicy.tls"),
+            ("tcp: {maxConnections: 100}", "tcp: {maxConnections: 100, tcpKeepalive: {time: 10s}}", "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive"),
+        ] {
+            let err = refusal(good.replacingOccurrences(of: from, with: to)) ?? "accepted"
+            XCTAssertTrue(err.contains(": \(path): unknown field (known fields here: "), err)
+        }
+    }
 }
