@@ -29,7 +29,7 @@ ROOT="$(dirname "$HERE")"
 cd "$ROOT"
 # shellcheck source=bench/tools/common.sh
 . "$HERE/tools/common.sh"
-prov_init overload.sh "PHASE_SECONDS SLOW_MS MAX_SECONDS SIDECAR_BIN KEEP_TMP RESULTS"
+prov_init overload.sh "PHASE_SECONDS SLOW_MS MAX_SECONDS SIDECAR_BIN RESULTS"
 
 PHASE_SECONDS="${PHASE_SECONDS:-20}"
 SLOW_MS="${SLOW_MS:-100}"

@@ -40,7 +40,7 @@ openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$OU
 curl -s --cacert "$OUT/state/root-cert.pem" -H "authorization: Bearer $TOKEN" --data-binary @"$OUT/csr.pem" \
     "https://127.0.0.1:$API/v1/certificate" | awk '/# trust bundle/{exit} {print}' > "$OUT/cert.pem"
 python3 - "$N" "$ROUNDS" "$API" "$ADMIN" "$PID" "$OUT" "$MC" "$OUT/body.md" <<'PY'
-import http.client, ssl, subprocess, sys, threading, time, statistics
+import http.client, re, ssl, subprocess, sys, threading, time, statistics
 n, rounds, api, admin, pid, out, mc, results = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
 ctx = ssl.create_default_context(cafile=f"{out}/state/root-cert.pem")
 ctx.check_hostname = False
@@ -113,7 +113,9 @@ spec:
 """)
     start = time.monotonic()
     r = subprocess.run(mc.split() + ["apply", "-f", f], capture_output=True, text=True)
-    v = int(r.stdout.split()[-1])
+    m = re.search(r"^applied: version (\d+)", r.stdout, re.M)   # "applied: version N", then one line per document
+    assert m, f"round {k}: meshctl apply did not apply a new version: {r.stdout}{r.stderr}"
+    v = int(m.group(1))
     assert wait_all(v, time.monotonic() + 120), f"round {k}: only {len(acked.get(v, []))} of {n} acked"
     with lock: times = sorted(t - start for t in acked[v])
     samples.append((times[len(times) // 2] * 1000, times[-1] * 1000))

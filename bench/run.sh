@@ -757,7 +757,7 @@ out.append("")
 out.append("CPU = (utime+stime) of the proxy process over the counted run / requests done "
            f"(/proc/PID/stat, {os.sysconf('SC_CLK_TCK')} ticks/s). RSS: VmRSS after start before any load; VmHWM after all rounds. "
            "p50/p99 from h2load's per-request `--log-file`. Added p50: median over rounds of (pair p50 - direct p50 of the same round). `failed` counts non-2xx/failed requests over all rounds. "
-           f"Raw per-round numbers: `{os.path.relpath(raw)}` (not committed). req/s and latency move with whatever else the shared cores are doing; "
+           f"Raw per-round numbers: `{os.path.relpath(raw) if not os.path.relpath(raw).startswith('..') else raw}` (not committed). req/s and latency move with whatever else the shared cores are doing; "
            "compare ratios within one run, and prefer CPU per request across runs.")
 for c in concs:
     if c == "1" and len(concs) > 1: continue

@@ -98,7 +98,7 @@ prov_header() { # TITLE [INTRO]
                 parts+=("$(basename "$b") \`$b\` (missing)")
             fi
         done
-        printf -- '- binaries: %s' "${parts[0]}"; printf '; %s' "${parts[@]:1}"; echo
+        printf -- '- binaries: %s' "${parts[0]}"; [ "${#parts[@]}" -gt 1 ] && printf '; %s' "${parts[@]:1}"; echo
         [ -n "${BENCH_BUILD:-}" ] && echo "- build: $BENCH_BUILD"
     fi
     if [ "${#PROV_TOOLS[@]}" -gt 0 ]; then
@@ -107,7 +107,7 @@ prov_header() { # TITLE [INTRO]
             v="$(prov_tool_version "$t" 2>/dev/null || true)"
             tv+=("$t ${v:-not found}")
         done
-        printf -- '- tools: %s' "${tv[0]}"; printf '; %s' "${tv[@]:1}"; echo
+        printf -- '- tools: %s' "${tv[0]}"; [ "${#tv[@]}" -gt 1 ] && printf '; %s' "${tv[@]:1}"; echo
     fi
     echo "- command (from the repository root): \`${PROV_GIVEN}bench/$PROV_SCRIPT\`${BENCH_PARENT:+ (run by \`bench/$BENCH_PARENT\`)}"
     eff=""
