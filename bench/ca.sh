@@ -2,15 +2,20 @@
 # Certificates issued per second by meshd: h2load --h1 over TLS posts the same CSR with a join
 # token N times at concurrency C to POST /v1/certificate; every request is a full signing (a
 # fresh serial, an ECDSA P-256 signature). Reports req/s (= certificates/s), latency and meshd's
-# CPU per certificate, and appends to bench/RESULTS-ca.md. Bounded: N requests, 120 s at most.
+# CPU per certificate, and overwrites bench/RESULTS-ca.md (one header naming the commit, machine,
+# binaries and settings, then the table). Bounded: 120 s per concurrency (about 30 s in all).
 #
-# Environment: N=4000 C="1 4 16" MESHD_BIN=.build/release/meshd NO_BUILD=1 RESULTS=bench/RESULTS-ca.md
+# Environment: N=4000 C="1 4 16" MESHD_BIN=.build/release/meshd (by default the script builds
+#              meshd and meshctl first; NO_BUILD=1 skips that) RESULTS=bench/RESULTS-ca.md
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 cd "$ROOT"
+# shellcheck source=bench/tools/provenance.sh
+. "$HERE/tools/provenance.sh"
+prov_init ca.sh "N C NO_BUILD MESHD_BIN MESHCTL_BIN RESULTS"
 N="${N:-4000}"
-CS="${C:-1 4 16}"
+C="${C:-1 4 16}"; CS="$C"
 MESHD_BIN="${MESHD_BIN:-.build/release/meshd}"
 MESHCTL_BIN="${MESHCTL_BIN:-$(dirname "$MESHD_BIN")/meshctl}"
 RESULTS="${RESULTS:-$HERE/RESULTS-ca.md}"
@@ -29,8 +34,6 @@ openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$OU
     -addext "subjectAltName=URI:spiffe://cluster.local/ns/bench/sa/load" -out "$OUT/csr.pem" 2>/dev/null
 TICK=$(getconf CLK_TCK)
 {
-    echo "## $(date -u +%Y-%m-%dT%H:%MZ): meshd certificate issuance ($(nproc) cores, meshd $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
-    echo
     echo "| concurrency | requests | certificates/s | mean latency | meshd CPU per certificate |"
     echo "|---:|---:|---:|---:|---:|"
 } > "$OUT/table"
@@ -46,5 +49,14 @@ for c in $CS; do
     echo "| $c | $N | ${rps%.*} | $mean | $cpu |" >> "$OUT/table"
     echo "ca.sh: c=$c: $rps certificates/s, mean $mean, meshd CPU $cpu per certificate" >&2
 done
-echo >> "$OUT/table"
-cat "$OUT/table" | tee -a "$RESULTS"
+{
+    echo
+    echo "Every request is a full signing (fresh serial, ECDSA P-256 signature) of the same CSR with a join token; "\
+"h2load --h1 over TLS, $N requests per concurrency. meshd CPU = (utime+stime) of the meshd process over the run / requests "\
+"(/proc/PID/stat). Mean latency is h2load's \"time for request\" mean."
+} >> "$OUT/table"
+prov_bins "$(readlink -f "$MESHD_BIN")" "$(readlink -f "$MESHCTL_BIN")"
+prov_tools h2load openssl
+prov_write "$RESULTS" "meshd certificate issuance" "$OUT/table" \
+    "\`POST /v1/certificate\` on one meshd ($(nproc) cores shared with the load generator): certificates per second, latency and meshd's CPU per certificate."
+cat "$RESULTS"

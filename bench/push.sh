@@ -3,13 +3,18 @@
 # config stream over mTLS, node ids sim-0..N-1) hold long-polls on one meshd; `meshctl apply`
 # changes a VirtualService ROUNDS times and the script measures, for each apply, the time until
 # every simulated sidecar received and ACKed the new version, plus meshd's memory (RSS) and
-# threads at that size. Writes bench/RESULTS-push.md. Bounded: N streams, ROUNDS applies.
+# threads at that size. Overwrites bench/RESULTS-push.md (one header naming the commit, machine,
+# binaries and settings, then the table). Bounded: N streams, ROUNDS applies, 120 s per wait.
 #
-# Environment: N=1000 ROUNDS=5 MESHD_BIN=.build/release/meshd NO_BUILD=1
+# Environment: N=1000 ROUNDS=5 MESHD_BIN=.build/release/meshd (by default the script builds meshd
+#              and meshctl first; NO_BUILD=1 skips that) RESULTS=bench/RESULTS-push.md
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 cd "$ROOT"
+# shellcheck source=bench/tools/provenance.sh
+. "$HERE/tools/provenance.sh"
+prov_init push.sh "N ROUNDS NO_BUILD MESHD_BIN MESHCTL_BIN RESULTS"
 N="${N:-1000}"
 ROUNDS="${ROUNDS:-5}"
 MESHD_BIN="${MESHD_BIN:-.build/release/meshd}"
@@ -34,8 +39,8 @@ openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$OU
     -addext "subjectAltName=URI:spiffe://cluster.local/ns/bench/sa/sim" -out "$OUT/csr.pem" 2>/dev/null
 curl -s --cacert "$OUT/state/root-cert.pem" -H "authorization: Bearer $TOKEN" --data-binary @"$OUT/csr.pem" \
     "https://127.0.0.1:$API/v1/certificate" | awk '/# trust bundle/{exit} {print}' > "$OUT/cert.pem"
-python3 - "$N" "$ROUNDS" "$API" "$ADMIN" "$PID" "$OUT" "$MC" "$RESULTS" <<'PY'
-import http.client, ssl, subprocess, sys, threading, time, datetime, statistics
+python3 - "$N" "$ROUNDS" "$API" "$ADMIN" "$PID" "$OUT" "$MC" "$OUT/body.md" <<'PY'
+import http.client, re, ssl, subprocess, sys, threading, time, statistics
 n, rounds, api, admin, pid, out, mc, results = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
 ctx = ssl.create_default_context(cafile=f"{out}/state/root-cert.pem")
 ctx.check_hostname = False
@@ -108,20 +113,29 @@ spec:
 """)
     start = time.monotonic()
     r = subprocess.run(mc.split() + ["apply", "-f", f], capture_output=True, text=True)
-    v = int(r.stdout.split()[-1])
+    m = re.search(r"^applied: version (\d+)", r.stdout, re.M)   # "applied: version N", then one line per document
+    assert m, f"round {k}: meshctl apply did not apply a new version: {r.stdout}{r.stderr}"
+    v = int(m.group(1))
     assert wait_all(v, time.monotonic() + 120), f"round {k}: only {len(acked.get(v, []))} of {n} acked"
     with lock: times = sorted(t - start for t in acked[v])
     samples.append((times[len(times) // 2] * 1000, times[-1] * 1000))
     time.sleep(1)
 stop.set()
 mem, th = rss(), nthreads()
-lines = [f"## {datetime.datetime.utcnow():%Y-%m-%dT%H:%MZ}: config push to {n} simulated sidecars (one meshd, 2 cores)", "",
-         f"All {n} streams connected in {connect_s:.1f} s. Per apply: time until half and until all of them ACKed the new version.", "",
+lines = [f"All {n} streams connected in {connect_s:.1f} s. Per apply: time until half and until all of them ACKed the new version.", "",
          "| apply | p50 ACK | all ACKed |", "|---:|---:|---:|"]
 for i, (p50, mx) in enumerate(samples):
     lines.append(f"| {i + 1} | {p50:.0f} ms | {mx:.0f} ms |")
 lines += ["", f"Median over applies: p50 {statistics.median(s[0] for s in samples):.0f} ms, all {statistics.median(s[1] for s in samples):.0f} ms. "
-          f"meshd RSS with {n} streams: {mem:.1f} MB, {th} threads.", ""]
-open(results, "a").write("\n".join(lines) + "\n")
+          f"meshd RSS with {n} streams: {mem:.1f} MB, {th} threads.", "",
+          "The simulated sidecars are threads of one Python process (each its own mTLS config stream and node id) sharing the "
+          "cores and the GIL with meshd, so the times are an upper bound of meshd's own push time. An apply is timed from the "
+          "start of `meshctl apply` until the ACK of the new version arrived from half / all of the streams."]
+open(results, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
+prov_bins "$(readlink -f "$MESHD_BIN")" "$(readlink -f "$MESHCTL_BIN")"
+prov_tools python3 openssl
+prov_write "$RESULTS" "Config push to $N simulated sidecars" "$OUT/body.md" \
+    "One meshd ($(nproc) cores shared with the simulated sidecars); \`meshctl apply\` changes a VirtualService $ROUNDS times."
+echo "push.sh: wrote $RESULTS" >&2

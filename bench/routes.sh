@@ -14,10 +14,15 @@
 #
 # Environment: ROUNDS=5 N=60000 WARMUP=3000 SIDECAR_BIN=.build/release/sidecar NO_BUILD=1
 #              OUT=bench/out/routes RESULTS=bench/RESULTS-routes.md
+# RESULTS is overwritten in one piece: a header naming the commit, machine, binary and these
+# settings (bench/tools/provenance.sh), then the table.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 cd "$ROOT"
+# shellcheck source=bench/tools/provenance.sh
+. "$HERE/tools/provenance.sh"
+prov_init routes.sh "ROUNDS N WARMUP NO_BUILD SIDECAR_BIN OUT RESULTS"
 ROUNDS="${ROUNDS:-5}"
 N="${N:-60000}"
 WARMUP="${WARMUP:-3000}"
@@ -130,8 +135,8 @@ for r in $(seq 1 "$ROUNDS"); do
     for cfg in $CONFIGS; do run_one "$cfg" "$r"; done
 done
 
-python3 - "$OUT/samples" "$RESULTS" "$ROUNDS" "$N" <<'EOF'
-import statistics, sys, datetime
+python3 - "$OUT/samples" "$OUT/body.md" "$ROUNDS" "$N" <<'EOF'
+import statistics, sys
 samples, results, rounds, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 rows = {}
 for line in open(samples):
@@ -141,8 +146,7 @@ med = {c: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v
 base = med["single"]
 desc = {"single": "1 route, 1 destination", "table": "1,000 routes (100 hosts x 10), match the 10th, 4-way split",
         "onehost": "1,000 routes in one host, match the last, 4-way split"}
-out = [f"# Route table cost ({datetime.date.today()})", "",
-       f"bench/routes.sh: one outbound sidecar (1 worker) -> nginx, h2load --h1 c=64, {n} requests per run,",
+out = [f"One outbound sidecar (1 worker) -> nginx, h2load --h1 c=64, {n} requests per run,",
        f"{rounds} interleaved rounds, medians. Cost = change against `single` (negative: cheaper).", "",
        "| config | what | req/s | CPU us/req | throughput cost | CPU cost |", "|---|---|---:|---:|---:|---:|"]
 for c in ("single", "table", "onehost"):
@@ -154,3 +158,8 @@ for c in ("single", "table", "onehost"):
 open(results, "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 EOF
+prov_bins "$(readlink -f "$SIDECAR_BIN")"
+prov_tools h2load nginx
+prov_write "$RESULTS" "Route table cost" "$OUT/body.md" \
+    "What routing on a large VirtualService table costs on the request path (see \`bench/README.md\`)."
+note "wrote $RESULTS"

