@@ -8,7 +8,7 @@ from conftest import client_config, curl, free_port, server_config, wait_ready, 
 POLICY = """---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: only-GET}
+metadata: {name: only-get}
 spec:
   rules:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
