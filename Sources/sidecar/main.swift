@@ -5,6 +5,7 @@ import MeshControl
 import MeshCore
 import MeshIO
 import MeshProxy
+import MeshTLS
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -132,6 +133,11 @@ do {
 } catch {
     fail("\(configPath): \(error)")
 }
+do {
+    try checkOwnCertificate(bootstrap)
+} catch {
+    fail("\(configPath): \(error)")
+}
 if flags.has("check") {
     print("config ok: \(configPath)")
     exit(0)
@@ -189,10 +195,28 @@ func reload(_ path: String, current: Bootstrap) -> Bootstrap? {
         Log.error("sidecar", "SIGHUP: \(error); the config in force stays")
         return nil
     }
+    do { try checkOwnCertificate(next) } catch {
+        Log.error("sidecar", "SIGHUP: \(path): \(error); the config in force stays")
+        return nil
+    }
     if next.outbound?.address != current.outbound?.address || next.inbound?.address != current.inbound?.address
         || next.admin != current.admin || next.concurrency != current.concurrency || (next.accessLog == nil) != (current.accessLog == nil) {
         Log.error("sidecar", "SIGHUP: \(path) changes listener or admin addresses, concurrency or access logging, which need a restart; the config in force stays")
         return nil
     }
     return next
+}
+
+/// Refuses a workload certificate that its peers would refuse: expired, not yet valid, or not
+/// chaining to the workload's own trust bundle (the error names the file and the reason).
+func checkOwnCertificate(_ b: Bootstrap) throws {
+    guard let tls = b.tls else { return }
+    guard let chain = tls.certChainPEM ?? readFile(tls.certChain) else {
+        throw TLSConfigError("cannot read certificate \(tls.certChain): \(String(cString: strerror(errno)))")
+    }
+    guard let bundle = tls.trustBundlePEM ?? readFile(tls.trustBundle) else {
+        throw TLSConfigError("cannot read trust bundle \(tls.trustBundle): \(String(cString: strerror(errno)))")
+    }
+    try CertificateCheck.verify(chainPEM: chain, chainFile: tls.certChain, bundlePEM: bundle, bundleFile: tls.trustBundle,
+                                now: Int64(time(nil)))
 }
