@@ -31,7 +31,9 @@ let usage = """
       --concurrency N      worker threads, each one epoll loop (default: spec.concurrency, else
                            the number of CPUs)
       --log-level LEVEL    debug, info (default), warn or error
-      --check              validate the config (and load its certificates), then exit
+      --check              validate the config and load its certificates, then exit; the
+                           workload certificate must be within its validity period and chain
+                           to spec.tls.trustBundle (checked at start and on SIGHUP too)
       -h, --help           this text
 
     Admin (spec.admin, default 127.0.0.1:15000): GET /ready, /healthz, /stats.
@@ -63,6 +65,10 @@ let usage = """
                              any port today
     The sidecar registers its workload with meshd and applies the routing and security config
     meshd pushes (answering ACK or NACK; the last good config stays while meshd is away).
+    The proxy ports are bound before meshd is asked for anything; /ready answers 200 once the
+    certificate is in place and the first config from meshd is applied.
+    Ports: no other process may hold a proxy or admin port (the workers share theirs through
+    SO_REUSEPORT among themselves only); a port in use stops the sidecar, naming it.
 
     """
 
