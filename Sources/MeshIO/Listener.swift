@@ -5,8 +5,8 @@ import Glibc
 #endif
 
 /// A listening socket on one event loop. With SO_REUSEPORT each worker owns one listener on the
-/// same port and the kernel spreads new connections across them; accepted sockets stay on this
-/// worker for their whole life.
+/// same port and the kernel spreads new connections across them (only this process's: see
+/// `Socket.listenExclusive`); accepted sockets stay on this worker for their whole life.
 public final class Listener: Pollable {
     public let loop: EventLoop
     public let name: String

@@ -9,16 +9,51 @@ import Glibc
 public enum Socket {
     /// A non-blocking listening socket; `reusePort` lets every worker bind its own on the same port.
     public static func listen(_ addr: SocketAddress, reusePort: Bool, backlog: Int32 = 1024) -> Int32 {
+        listen(addr, reusePortBeforeBind: reusePort, reusePortAfterBind: false, backlog: backlog)
+    }
+
+    /// `count` non-blocking listening sockets on one address, shared through SO_REUSEPORT by
+    /// this process alone (one per worker; the kernel spreads new connections across them).
+    /// The first socket is bound before SO_REUSEPORT is set on it, so its bind fails with
+    /// EADDRINUSE when any other socket holds the port, whatever its options or owner; once it
+    /// is bound, another process claiming the port the same way fails too. The others join it
+    /// with SO_REUSEPORT. Port 0: all of them share the port the first one got. Returns the
+    /// descriptors, or the errno of the first failure (nothing stays open then).
+    public static func listenExclusive(_ addr: SocketAddress, count: Int, backlog: Int32 = 1024) -> Result<[Int32], SocketError> {
+        let first = listen(addr, reusePortBeforeBind: false, reusePortAfterBind: true, backlog: backlog)
+        if first < 0 { return .failure(SocketError(code: -first)) }
+        var fds = [first]
+        var shared = addr
+        if addr.port == 0, let colon = addr.text.lastIndex(of: ":"),
+           let bound = SocketAddress(host: String(addr.text[..<colon]), port: localPort(first)) {
+            shared = bound
+        }
+        while fds.count < count {
+            let fd = listen(shared, reusePortBeforeBind: true, reusePortAfterBind: false, backlog: backlog)
+            if fd < 0 {
+                for f in fds { Glibc.close(f) }
+                return .failure(SocketError(code: -fd))
+            }
+            fds.append(fd)
+        }
+        return .success(fds)
+    }
+
+    private static func listen(_ addr: SocketAddress, reusePortBeforeBind: Bool, reusePortAfterBind: Bool, backlog: Int32) -> Int32 {
         let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { return -mesh_errno() }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        if reusePortBeforeBind { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
         var a = addr
         let rc = withUnsafePointer(to: &a.storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, a.length) }
         }
         if rc != 0 { let e = mesh_errno(); Glibc.close(fd); return -e }
+        // Set after bind, before listen: the listen joins (or starts) the SO_REUSEPORT group.
+        if reusePortAfterBind && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            let e = mesh_errno(); Glibc.close(fd); return -e
+        }
         if Glibc.listen(fd, backlog) != 0 { let e = mesh_errno(); Glibc.close(fd); return -e }
         return fd
     }
@@ -66,4 +101,11 @@ public enum Socket {
     public static func errorText(_ e: Int32) -> String {
         String(cString: strerror(e))
     }
+}
+
+/// A failed socket call: its errno.
+public struct SocketError: Error, Equatable, CustomStringConvertible {
+    public let code: Int32
+    public init(code: Int32) { self.code = code }
+    public var description: String { Socket.errorText(code) }
 }

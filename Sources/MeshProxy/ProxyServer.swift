@@ -1,5 +1,6 @@
 import MeshCore
 import MeshIO
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,6 +8,51 @@ import Glibc
 /// Error starting the proxy (a port in use, an unreadable file), reported as one line.
 public struct ProxyStartError: Error, CustomStringConvertible {
     public let description: String
+
+    /// A listener that could not be bound, named with its address and role; a port held by
+    /// another process says so.
+    static func cannotListen(_ addr: SocketAddress, _ name: String, _ e: SocketError) -> ProxyStartError {
+        if e.code == EADDRINUSE {
+            return ProxyStartError(description: "cannot listen on \(addr) (\(name)): port \(addr.port) is already in use by another process")
+        }
+        return ProxyStartError(description: "cannot listen on \(addr) (\(name)): \(e)")
+    }
+}
+
+/// Counts down from n across threads; `tick` is true for the call that reaches zero.
+private final class Countdown: Sendable {
+    private let left: Atomic<Int>
+    init(_ n: Int) { left = Atomic(n) }
+    func tick() -> Bool { left.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 }
+}
+
+/// The proxy listeners' sockets, one per worker for each of outbound and inbound, bound before
+/// any thread starts; no other process shares their ports (`Socket.listenExclusive`). Mesh mode
+/// binds them before it asks meshd for a certificate, so a port in use is reported at once.
+public struct ListenerSockets: Sendable {
+    public var outbound: [Int32] = []
+    public var inbound: [Int32] = []
+
+    /// Binds the listeners given (nil: that listener is not configured).
+    public static func bind(outbound: SocketAddress?, inbound: SocketAddress?, workers: Int) throws(ProxyStartError) -> ListenerSockets {
+        var s = ListenerSockets()
+        func group(_ addr: SocketAddress, _ name: String) throws(ProxyStartError) -> [Int32] {
+            switch Socket.listenExclusive(addr, count: max(1, workers)) {
+            case .success(let fds): return fds
+            case .failure(let e):
+                s.close()
+                throw ProxyStartError.cannotListen(addr, name, e)
+            }
+        }
+        if let o = outbound { s.outbound = try group(o, "outbound") }
+        if let i = inbound { s.inbound = try group(i, "inbound") }
+        return s
+    }
+
+    /// Closes every socket (a start that did not happen).
+    public func close() {
+        for fd in outbound + inbound { Glibc.close(fd) }
+    }
 }
 
 /// The sidecar's data plane as a whole: N workers (one epoll loop per thread, each with its own
@@ -32,7 +78,17 @@ public final class ProxyServer: @unchecked Sendable {
         self.concurrency = max(1, concurrency)
     }
 
-    public func start() throws {
+    /// Binds what `sockets` does not hold yet, starts every thread and serves. `ready: false`
+    /// keeps `/ready` at 503 until `markReady()` (mesh mode: until the first config from meshd
+    /// is applied, DESIGN §2).
+    public func start(sockets: ListenerSockets? = nil, ready: Bool = true) throws {
+        let bound = try sockets ?? ListenerSockets.bind(outbound: snapshot.outbound?.address, inbound: snapshot.inbound?.address,
+                                                      workers: concurrency)
+        guard bound.outbound.count == (snapshot.outbound == nil ? 0 : concurrency),
+              bound.inbound.count == (snapshot.inbound == nil ? 0 : concurrency) else {
+            bound.close()
+            throw ProxyStartError(description: "the listening sockets bound at start do not match the listeners of the config")
+        }
         workers = (0..<concurrency).map { Worker(id: $0, snapshot: snapshot) }
         for w in workers { w.workerCount = concurrency }
         if let al = snapshot.bootstrap.accessLog {
@@ -43,30 +99,12 @@ public final class ProxyServer: @unchecked Sendable {
             writer.start()
             accessLogWriter = writer
         }
-        // Bind per-worker listeners (the first with the configured port, the rest on the port it got).
-        func bindAll(_ s: ProxySnapshot.ListenerSettings, _ name: String) throws -> [Int32] {
-            var fds: [Int32] = []
-            var addr = s.address
-            for _ in 0..<concurrency {
-                let fd = Socket.listen(addr, reusePort: true)
-                if fd < 0 {
-                    for f in fds { close(f) }
-                    throw ProxyStartError(description: "cannot listen on \(addr) (\(name)): \(Socket.errorText(-fd))")
-                }
-                if fds.isEmpty && addr.port == 0 {
-                    let host = String(addr.text[..<addr.text.lastIndex(of: ":")!])
-                    addr = SocketAddress(host: host.trimmingBrackets, port: Socket.localPort(fd))!
-                }
-                fds.append(fd)
-            }
-            return fds
-        }
-        var outFds: [Int32] = [], inFds: [Int32] = []
-        if let o = snapshot.outbound { outFds = try bindAll(o, "outbound"); outboundPort = Socket.localPort(outFds[0]) }
-        if let i = snapshot.inbound { inFds = try bindAll(i, "inbound"); inboundPort = Socket.localPort(inFds[0]) }
+        let outFds = bound.outbound, inFds = bound.inbound
+        if !outFds.isEmpty { outboundPort = Socket.localPort(outFds[0]) }
+        if !inFds.isEmpty { inboundPort = Socket.localPort(inFds[0]) }
         let adminFd = Socket.listen(snapshot.bootstrap.admin, reusePort: false)
         if adminFd < 0 {
-            throw ProxyStartError(description: "cannot listen on \(snapshot.bootstrap.admin) (admin): \(Socket.errorText(-adminFd))")
+            throw ProxyStartError.cannotListen(snapshot.bootstrap.admin, "admin", SocketError(code: -adminFd))
         }
         adminPort = Socket.localPort(adminFd)
         let admin = AdminServer(workers: workers, snapshot: snapshot)
@@ -79,7 +117,18 @@ public final class ProxyServer: @unchecked Sendable {
             threads.append(Threads.spawn(name: "worker") { w.loop.run() })
         }
         adminThread = Threads.spawn(name: "admin") { admin.run() }
-        admin.ready.store(true, ordering: .releasing)
+        if ready { admin.ready.store(true, ordering: .releasing) }
+    }
+
+    /// `/ready` turns 200 (it was started with `ready: false`) once every worker has run what
+    /// was posted to it before this call, snapshots from `replace` included: after a 200, no
+    /// new request is served from an older config. Any thread.
+    public func markReady() {
+        guard let admin else { return }
+        let left = Countdown(workers.count)
+        for w in workers {
+            w.loop.post { if left.tick() { admin.ready.store(true, ordering: .releasing) } }
+        }
     }
 
     /// Puts a new snapshot in force (new credentials after a renewal): every worker takes it for
@@ -115,12 +164,5 @@ public final class ProxyServer: @unchecked Sendable {
     /// Counter totals across workers (for the executable's exit log).
     public func total(_ c: WorkerStats.Counter) -> UInt64 {
         workers.reduce(0) { $0 &+ $1.stats.get(c) }
-    }
-}
-
-extension String {
-    var trimmingBrackets: String {
-        if hasPrefix("[") && hasSuffix("]") { return String(dropFirst().dropLast()) }
-        return self
     }
 }

@@ -57,13 +57,21 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         tls.trustBundlePEM = c?.bundlePEM
         return try Bootstrap.meshMode(opts, tls: tls)
     }
-    do { _ = try bootstrap(nil) } catch { fail("\(error)") }
+    let dry: Bootstrap
+    do { dry = try bootstrap(nil) } catch { fail("\(error)") }
 
     let signals = SignalWaiter()
     Threads.raiseOpenFilesLimit()
     let wi = WorkloadIdentity(meshd: meshd, identity: identity, rootPEM: rootPEM, token: token)
     let running = Mutex<ProxyServer?>(nil)
     let workers = concurrency ?? Threads.cpuCount
+    // The proxy ports are taken before meshd is asked for anything: a port in use (another
+    // sidecar, any other process) stops this one at once, naming it. Connections that arrive
+    // before the workers run wait in the listen backlog.
+    let sockets: ListenerSockets
+    do {
+        sockets = try ListenerSockets.bind(outbound: dry.outbound?.address, inbound: dry.inbound?.address, workers: workers)
+    } catch { fail("\(error)", code: 1) }
     // Until the certificate arrives the admin port answers /ready with 503 (DESIGN §2).
     let waiting: ControlServer
     do {
@@ -103,7 +111,8 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         do {
             let snap = try ProxySnapshot(bootstrap: try bootstrap(creds), version: "mesh-1")
             server = ProxyServer(snapshot: snap, concurrency: workers)
-            try server.start()
+            // `/ready` stays 503 until the first config from meshd is applied (DESIGN §2).
+            try server.start(sockets: sockets, ready: false)
         } catch {
             fail("\(error)", code: 1)
         }
@@ -121,6 +130,14 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         Threads.spawnDetached {
             var have = 0
             var registered = false
+            var ready = false
+            /// `/ready` turns 200 once, when the config in force is the one meshd gives.
+            func becomeReady(_ why: String) {
+                guard !ready else { return }
+                ready = true
+                server.markReady()
+                Log.info("sidecar", "ready: \(why)")
+            }
             var delay: UInt64 = 500_000
             var rng = FastRandom()
             // Tells this sidecar apart from others with the same identity: its registered
@@ -145,7 +162,10 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
                     let first = r.body.prefix { $0 != "\n" }.split(separator: " ")
                     guard r.status == 200, first.count == 3, first[0] == "version:", let v = Int(first[1]),
                           let nl = r.body.firstIndex(of: "\n") else {
-                        if r.status == 404 { usleep(5_000_000); continue }   // a meshd without a config store
+                        if r.status == 404 {   // a meshd without a config store: nothing to wait for
+                            becomeReady("meshd keeps no config; the --route flags are the config")
+                            usleep(5_000_000); continue
+                        }
                         throw CAError("unexpected config answer (\(r.status)): \(r.body.prefix(200))")
                     }
                     let text = String(r.body[r.body.index(after: nl)...])
@@ -154,6 +174,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
                     do {
                         let applied = try rebuild(server)
                         Log.info("sidecar", "config version \(v) from meshd applied (\(applied))")
+                        becomeReady("the first config from meshd (version \(v)) is applied")
                         _ = try? wi.call("POST", "/v1/ack?version=\(v)&node=\(node)&nonce=\(nonce)")
                     } catch {
                         inputs.withLock { $0.pushed = previous }

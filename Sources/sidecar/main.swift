@@ -5,6 +5,7 @@ import MeshControl
 import MeshCore
 import MeshIO
 import MeshProxy
+import MeshTLS
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,7 +31,9 @@ let usage = """
       --concurrency N      worker threads, each one epoll loop (default: spec.concurrency, else
                            the number of CPUs)
       --log-level LEVEL    debug, info (default), warn or error
-      --check              validate the config (and load its certificates), then exit
+      --check              validate the config and load its certificates, then exit; the
+                           workload certificate must be within its validity period and chain
+                           to spec.tls.trustBundle (checked at start and on SIGHUP too)
       -h, --help           this text
 
     Admin (spec.admin, default 127.0.0.1:15000): GET /ready, /healthz, /stats.
@@ -62,6 +65,10 @@ let usage = """
                              any port today
     The sidecar registers its workload with meshd and applies the routing and security config
     meshd pushes (answering ACK or NACK; the last good config stays while meshd is away).
+    The proxy ports are bound before meshd is asked for anything; /ready answers 200 once the
+    certificate is in place and the first config from meshd is applied.
+    Ports: no other process may hold a proxy or admin port (the workers share theirs through
+    SO_REUSEPORT among themselves only); a port in use stops the sidecar, naming it.
 
     """
 
@@ -132,6 +139,11 @@ do {
 } catch {
     fail("\(configPath): \(error)")
 }
+do {
+    try checkOwnCertificate(bootstrap)
+} catch {
+    fail("\(configPath): \(error)")
+}
 if flags.has("check") {
     print("config ok: \(configPath)")
     exit(0)
@@ -189,10 +201,28 @@ func reload(_ path: String, current: Bootstrap) -> Bootstrap? {
         Log.error("sidecar", "SIGHUP: \(error); the config in force stays")
         return nil
     }
+    do { try checkOwnCertificate(next) } catch {
+        Log.error("sidecar", "SIGHUP: \(path): \(error); the config in force stays")
+        return nil
+    }
     if next.outbound?.address != current.outbound?.address || next.inbound?.address != current.inbound?.address
         || next.admin != current.admin || next.concurrency != current.concurrency || (next.accessLog == nil) != (current.accessLog == nil) {
         Log.error("sidecar", "SIGHUP: \(path) changes listener or admin addresses, concurrency or access logging, which need a restart; the config in force stays")
         return nil
     }
     return next
+}
+
+/// Refuses a workload certificate that its peers would refuse: expired, not yet valid, or not
+/// chaining to the workload's own trust bundle (the error names the file and the reason).
+func checkOwnCertificate(_ b: Bootstrap) throws {
+    guard let tls = b.tls else { return }
+    guard let chain = tls.certChainPEM ?? readFile(tls.certChain) else {
+        throw TLSConfigError("cannot read certificate \(tls.certChain): \(String(cString: strerror(errno)))")
+    }
+    guard let bundle = tls.trustBundlePEM ?? readFile(tls.trustBundle) else {
+        throw TLSConfigError("cannot read trust bundle \(tls.trustBundle): \(String(cString: strerror(errno)))")
+    }
+    try CertificateCheck.verify(chainPEM: chain, chainFile: tls.certChain, bundlePEM: bundle, bundleFile: tls.trustBundle,
+                                now: Int64(time(nil)))
 }

@@ -63,8 +63,12 @@ def test_outbound_refuses_server_with_wrong_identity_or_ca(procs, pki):
     app = procs.app("server")
     # An inbound sidecar whose certificate comes from another CA.
     inbound, sadmin = free_port(), free_port()
+    # Its bundle holds its own root (a sidecar refuses to start with a certificate that does not
+    # chain to its own bundle) and the mesh's root (so it accepts the genuine client).
+    bundle = pki / "foreign-and-mesh-roots.pem"
+    bundle.write_text((pki / "foreign" / "root-cert.pem").read_text() + (pki / "root-cert.pem").read_text())
     cfg = server_config(pki, "foreign-server", inbound, sadmin, app).replace(f"{pki}/server/", f"{pki}/foreign/server/")
-    cfg = cfg.replace(f"trustBundle: {pki}/root-cert.pem", f"trustBundle: {pki}/root-cert.pem")
+    cfg = cfg.replace(f"trustBundle: {pki}/root-cert.pem", f"trustBundle: {bundle}")
     srv = procs.sidecar(cfg, "foreign-server")
     wait_ready(srv, sadmin)
     outbound, cadmin = free_port(), free_port()
