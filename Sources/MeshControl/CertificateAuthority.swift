@@ -347,6 +347,11 @@ public enum FileStore {
     }
 
     public static func read(_ path: String) throws(CAError) -> String {
+        String(decoding: try readBytes(path), as: UTF8.self)
+    }
+
+    /// The whole file; a read error (a directory, an I/O error) is an error, not a short file.
+    public static func readBytes(_ path: String) throws(CAError) -> [UInt8] {
         guard let f = fopen(path, "rb") else { throw CAError("cannot read \(path): \(String(cString: strerror(errno)))") }
         defer { fclose(f) }
         var bytes: [UInt8] = []
@@ -354,9 +359,11 @@ public enum FileStore {
         while true {
             let n = fread(&chunk, 1, chunk.count, f)
             if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
-            if n < chunk.count { break }
+            if n < chunk.count {
+                if ferror(f) != 0 { throw CAError("cannot read \(path): \(String(cString: strerror(errno)))") }
+                return bytes
+            }
         }
-        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// Writes `text` to `path` so that a crash never leaves a truncated file: a temporary file in

@@ -28,18 +28,8 @@ struct StateFiles {
             throw CAError("\(p): cannot read it: \(String(cString: strerror(errno)))")
         }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw CAError("\(p): not a regular file; meshd keeps its state there") }
-        guard let f = fopen(p, "rb") else { throw CAError("\(p): cannot read it: \(String(cString: strerror(errno)))") }
-        defer { fclose(f) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, f)
-            if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
-            if n < chunk.count {
-                if ferror(f) != 0 { throw CAError("\(p): cannot read it: \(String(cString: strerror(errno)))") }
-                break
-            }
-        }
+        let bytes: [UInt8]
+        do { bytes = try FileStore.readBytes(p) } catch { throw CAError("\(p): \(error)") }
         guard let text = String(validating: bytes, as: UTF8.self) else { throw CAError("\(p): not UTF-8 text; the file is damaged") }
         return text
     }
