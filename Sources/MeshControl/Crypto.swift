@@ -114,17 +114,7 @@ public enum MeshCrypto {
     public static func verifyFailure(chainPEM: String, rootsPEM: String) -> String? {
         let chain = TLSContext.certificates(pem: chainPEM), roots = TLSContext.certificates(pem: rootsPEM)
         defer { for c in chain + roots { X509_free(c) } }
-        guard let leaf = chain.first else { return "no certificate to verify" }
-        guard !roots.isEmpty else { return "no root certificate" }
-        guard let store = X509_STORE_new(), let ctx = X509_STORE_CTX_new(), let untrusted = mesh_sk_X509_new() else { return "out of memory" }
-        defer { X509_STORE_free(store); X509_STORE_CTX_free(ctx); mesh_sk_X509_free(untrusted) }
-        for r in roots { _ = X509_STORE_add_cert(store, r) }
-        for c in chain.dropFirst() { _ = mesh_sk_X509_push(untrusted, c) }
-        guard X509_STORE_CTX_init(ctx, store, leaf, untrusted) == 1 else { return "verification setup failed: \(OpenSSLErrors.drain())" }
-        let ok = X509_verify_cert(ctx) == 1
-        ERR_clear_error()
-        if ok { return nil }
-        return X509_verify_cert_error_string(Int(X509_STORE_CTX_get_error(ctx))).map { String(cString: $0) } ?? "does not verify"
+        return CertificateCheck.chainFailure(chain, roots: roots, now: nil)?.reason
     }
 
     // MARK: names, serials, extensions
