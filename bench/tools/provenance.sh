@@ -120,6 +120,10 @@ prov_header() { # TITLE [INTRO]
 prov_write() { # RESULTS TITLE BODYFILE [INTRO]
     local results="$1" title="$2" body="$3" intro="${4:-}"
     mkdir -p "$(dirname "$results")"
-    { prov_header "$title" "$intro"; echo; cat "$body"; } >"$results.tmp.$$"
+    # The header (with the end-of-run commit check) is made before the temporary file exists:
+    # that file, next to the RESULTS file, would otherwise count as a change to the tree.
+    local header
+    header="$(prov_header "$title" "$intro")"
+    { printf '%s\n' "$header"; echo; cat "$body"; } >"$results.tmp.$$"
     mv -f "$results.tmp.$$" "$results"
 }
