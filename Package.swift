@@ -17,6 +17,8 @@ let package = Package(
         .library(name: "MeshCore", targets: ["MeshCore"]),
         .library(name: "MeshHTTP", targets: ["MeshHTTP"]),
         .library(name: "MeshConfig", targets: ["MeshConfig"]),
+        .library(name: "MeshPKI", targets: ["MeshPKI"]),
+        .library(name: "MeshCA", targets: ["MeshCA"]),
         .library(name: "MeshControl", targets: ["MeshControl"]),
     ],
     targets: [
@@ -31,20 +33,28 @@ let package = Package(
         .target(name: "MeshHTTP", dependencies: ["MeshCore", "CNghttp2"], swiftSettings: hot),
         .target(name: "MeshConfig", dependencies: ["MeshCore"], swiftSettings: hot),
         .target(name: "MeshStats", dependencies: [], swiftSettings: hot),
+        // The control path, in four modules: certificates and their files (MeshPKI), the wire
+        // between sidecars, meshctl and meshd (MeshControlWire), the certificate authority
+        // (MeshCA), meshd's config store and servers (MeshControl), and the sidecar's agent
+        // (MeshAgent: its identity from meshd). The sidecar links MeshAgent, never MeshCA or MeshControl.
+        .target(name: "MeshPKI", dependencies: ["MeshCore", "MeshTLS", "CMeshShims", "COpenSSL"]),
+        .target(name: "MeshControlWire", dependencies: ["MeshCore", "MeshConfig", "MeshIO", "MeshTLS", "MeshHTTP", "MeshPKI", "CMeshShims", "COpenSSL"]),
+        .target(name: "MeshCA", dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshPKI", "CMeshShims", "COpenSSL"]),
         .target(name: "MeshControl",
-                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "CMeshShims", "COpenSSL"]),
+                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshPKI", "MeshCA", "MeshControlWire", "CMeshShims", "COpenSSL"]),
+        .target(name: "MeshAgent", dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshPKI", "MeshControlWire", "COpenSSL"]),
         .target(name: "MeshProxy",
                 dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshStats"],
                 swiftSettings: hot),
-        .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore", "MeshControl", "MeshIO"], swiftSettings: hot),
-        .executableTarget(name: "meshd", dependencies: ["MeshControl", "MeshCore", "MeshIO"]),
-        .executableTarget(name: "meshctl", dependencies: ["MeshControl", "MeshCore", "MeshIO"]),
+        .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore", "MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshIO"], swiftSettings: hot),
+        .executableTarget(name: "meshd", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshCore", "MeshIO"]),
+        .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO"]),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore", "CNghttp2"]),
         .testTarget(name: "MeshConfigTests", dependencies: ["MeshConfig", "MeshCore"]),
         .testTarget(name: "MeshStatsTests", dependencies: ["MeshStats"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
-        .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshCore", "MeshTLS"]),
+        .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS"]),
         .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP"]),
     ]
 )

@@ -23,12 +23,14 @@ let package = Package(
         .target(name: "CFuzzDriver", path: "Sources/CFuzzDriver"),
         fuzzer("FuzzHTTP1", ["MeshHTTP", "MeshCore"]),
         fuzzer("FuzzHTTP2", ["MeshHTTP", "MeshCore"]),
-        fuzzer("FuzzConfig", ["MeshConfig", "MeshControl", "MeshCore"]),
-        fuzzer("FuzzJoinToken", ["MeshControl", "MeshCore"]),
-        fuzzer("FuzzCSR", ["MeshControl", "MeshCore"]),
+        fuzzer("FuzzConfig", ["MeshConfig", "MeshCore"]),
+        fuzzer("FuzzJoinToken", ["MeshCA", "MeshPKI", "MeshCore"]),
+        fuzzer("FuzzCSR", ["MeshPKI", "MeshCore"]),
         // Writes the generated seeds (tokens, a pushed config) into fuzz/corpus; built without
         // sanitizers by `scripts/fuzz.sh --seeds`, never part of a fuzz run.
         .executableTarget(name: "GenSeeds", dependencies: [.product(name: "MeshControl", package: root),
+                                                           .product(name: "MeshCA", package: root),
+                                                           .product(name: "MeshPKI", package: root),
                                                            .product(name: "MeshConfig", package: root),
                                                            .product(name: "MeshCore", package: root)],
                           path: "Sources/GenSeeds"),

@@ -1,3 +1,6 @@
+import MeshControlWire
+import MeshCA
+import MeshPKI
 import MeshConfig
 import MeshCore
 import MeshIO
@@ -77,7 +80,7 @@ public final class ConfigStore: @unchecked Sendable {
 
     private let state = Locked(State())
     /// One change at a time: read, validate, persist and commit form one critical section.
-    private let applyLock = RotationLock()
+    private let applyLock = PlainLock()
     private let changed = Condition()
     let stateDir: String
     public let defaultNamespace = "default"
@@ -93,7 +96,7 @@ public final class ConfigStore: @unchecked Sendable {
         self.trustDomain = trustDomain
         self.grace = grace
         var st = try StateFiles(stateDir: stateDir).load()
-        st.startedAt = CertificateAuthority.now()
+        st.startedAt = MeshCrypto.now()
         for k in st.workloads.keys { st.workloads[k]!.lastSeen = st.startedAt }
         // What was stored must still be what a sidecar accepts (this meshd may check more than the
         // one that stored it): refuse to start rather than push a config every sidecar refuses.
@@ -323,7 +326,7 @@ public final class ConfigStore: @unchecked Sendable {
     /// A sidecar (identity from its certificate) registers its workload; a new or changed
     /// registration moves the version.
     public func register(identity: String, service: String, namespace: String, labels: [(String, String)], address: String) {
-        let now = CertificateAuthority.now()
+        let now = MeshCrypto.now()
         let changedNow = state.withLock { s -> Bool in
             let key = "\(identity)|\(address)"
             let w = Workload(identity: identity, service: service, namespace: namespace, labels: labels, address: address, lastSeen: now, connected: true)
@@ -343,7 +346,7 @@ public final class ConfigStore: @unchecked Sendable {
     /// Marks a sidecar's stream alive (called while it waits for config). `node` tells apart
     /// sidecars sharing an identity (its registered address, or its own id for a caller-only one).
     public func seen(identity: String, node: String, admin: String = "") {
-        let now = CertificateAuthority.now()
+        let now = MeshCrypto.now()
         state.withLock { s in
             let k = "\(identity)|\(node)"
             if s.workloads[k] != nil { s.workloads[k]!.lastSeen = now; s.workloads[k]!.connected = true }
@@ -357,7 +360,7 @@ public final class ConfigStore: @unchecked Sendable {
     /// Drops workloads not seen for the grace period (and never before meshd's own grace after a
     /// restart); marks quiet proxies disconnected.
     public func expire() {
-        let now = CertificateAuthority.now()
+        let now = MeshCrypto.now()
         let removed = state.withLock { s -> [String] in
             var gone: [String] = []
             for (k, w) in s.workloads where now - w.lastSeen > grace && now - s.startedAt > grace && s.streams[k] == nil {
@@ -515,7 +518,7 @@ public final class ConfigStore: @unchecked Sendable {
     /// Records what a sidecar was sent and its answer.
     /// Records a config sent to a sidecar; returns the nonce its answer must carry.
     public func sent(identity: String, node: String, version: Int) -> String {
-        let nonce = JoinToken.randomBytes(6).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        let nonce = MeshCrypto.randomHex(bytes: 6)
         state.withLock { s in
             let k = "\(identity)|\(node)"
             if s.proxies[k] == nil { s.proxies[k] = ProxyStatus(identity: identity, connected: true, node: node) }

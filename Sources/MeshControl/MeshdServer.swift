@@ -1,3 +1,6 @@
+import MeshControlWire
+import MeshCA
+import MeshPKI
 import COpenSSL
 import MeshConfig
 import MeshCore
@@ -19,7 +22,6 @@ public final class MeshdServer: @unchecked Sendable {
     public private(set) var api: ControlServer?
     public private(set) var admin: ControlServer?
     /// Separates the certificate chain from the trust bundle in a certificate response.
-    public static let bundleMarker = "# trust bundle\n"
 
     /// Addresses meshd's API certificate names besides 127.0.0.1 (its listen address).
     let addresses: [String]
@@ -45,11 +47,11 @@ public final class MeshdServer: @unchecked Sendable {
         let ctx: TLSContext
         do { ctx = try TLSContext(role: .server, options: o) } catch { throw CAError("meshd API TLS: \(error)") }
         apiContext.withLock { $0 = ctx }
-        apiRenewAt.store(CertificateAuthority.now() + Int64(MeshdServer.serverCertTTL / 2), ordering: .relaxed)
+        apiRenewAt.store(MeshCrypto.now() + Int64(MeshdServer.serverCertTTL / 2), ordering: .relaxed)
     }
 
     private func currentAPIContext() -> TLSContext? {
-        if CertificateAuthority.now() >= apiRenewAt.load(ordering: .relaxed) {
+        if MeshCrypto.now() >= apiRenewAt.load(ordering: .relaxed) {
             do { try refreshServerCertificate() } catch { Log.error("meshd", "renewing the API certificate: \(error)") }
         }
         return apiContext.withLock { $0 }
@@ -69,7 +71,7 @@ public final class MeshdServer: @unchecked Sendable {
 
     func handleAPI(_ r: ControlRequest) -> ControlResponse {
         switch (r.method, r.path) {
-        case ("POST", "/v1/certificate"):
+        case ("POST", CertificateExchange.path):
             var token: String? = nil
             if let a = r.headers["authorization"] {
                 guard a.hasPrefix("Bearer ") else { return ControlResponse(401, "authorization: expected Bearer <join token>\n") }
@@ -78,7 +80,7 @@ public final class MeshdServer: @unchecked Sendable {
             do {
                 let peer = r.peerIdentity.map { CertificateAuthority.Peer(identity: $0, notAfter: r.peerNotAfter, issuer: r.peerIssuer) }
                 let issued = try ca.sign(csrPEM: r.bodyText, token: token, peer: peer)
-                return ControlResponse(200, issued.chainPEM + MeshdServer.bundleMarker + issued.bundlePEM, contentType: "application/x-pem-file")
+                return ControlResponse(200, issued.chainPEM + CertificateExchange.bundleMarker + issued.bundlePEM, contentType: "application/x-pem-file")
             } catch {
                 Log.warn("ca", "refused a certificate request (\(error.status)): \(error.message)")
                 return ControlResponse(error.status, error.message + "\n")
@@ -99,48 +101,38 @@ public final class MeshdServer: @unchecked Sendable {
 
     func handleStream(_ r: ControlRequest) -> ControlResponse {
         guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
-        guard let id = r.peerIdentity, X509Info.isSPIFFE(id, inTrustDomain: ca.trustDomain), r.peerNotAfter > CertificateAuthority.now() else {
+        guard let id = r.peerIdentity, X509Info.isSPIFFE(id, inTrustDomain: ca.trustDomain), r.peerNotAfter > MeshCrypto.now() else {
             return ControlResponse(401, "a workload certificate from this mesh is required\n")
         }
         switch (r.method, r.path) {
-        case ("POST", "/v1/register"):
-            guard let service = r.query["service"], Names.isDNSLabel(service), let ns = r.query["namespace"], Names.isDNSLabel(ns),
-                  let address = r.query["address"], SocketAddress(address) != nil else {
-                return ControlResponse(400, "register: service and namespace (DNS labels) and address (IP:PORT) are required\n")
-            }
+        case ("POST", ConfigStream.registerPath):
+            let reg: ConfigStream.Registration
+            do { reg = try ConfigStream.Registration(query: r.query) } catch { return ControlResponse(error.refusal ?? 400, "\(error)\n") }
             // A workload registers only in its own namespace (its certificate says which), and its
             // identity must have the exact shape meshd issues (it is rendered into config).
             let idParts = id.dropFirst("spiffe://".count).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-            guard idParts.count == 5, idParts[0] == ca.trustDomain, idParts[1] == "ns", idParts[2] == ns, idParts[3] == "sa",
+            guard idParts.count == 5, idParts[0] == ca.trustDomain, idParts[1] == "ns", idParts[2] == reg.namespace, idParts[3] == "sa",
                   Names.isDNSLabel(idParts[4]) else {
-                return ControlResponse(403, "\(id) may not register in namespace \(ns)\n")
+                return ControlResponse(403, "\(id) may not register in namespace \(reg.namespace)\n")
             }
-            var labels: [(String, String)] = []
-            for kv in (r.query["labels"] ?? "").split(separator: ",") {
-                let p = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
-                guard p.count == 2, Names.isLabelKey(p[0]), Names.isLabelValue(p[1]) else {
-                    return ControlResponse(400, "register: a label must be key=value with letters, digits, '-', '_' or '.' (got \"\(kv)\")\n")
-                }
-                labels.append((p[0], p[1]))
-            }
-            store.register(identity: id, service: service, namespace: ns, labels: labels, address: address)
+            store.register(identity: id, service: reg.service, namespace: reg.namespace, labels: reg.labels.map { ($0.key, $0.value) },
+                           address: reg.address)
             return ControlResponse(200, "registered\n")
-        case ("GET", "/v1/config"):
-            let node = r.query["node"] ?? ""
-            let admin = (r.query["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? ""
-            store.seen(identity: id, node: node, admin: admin)
-            let have = Int(r.query["version"] ?? "0") ?? 0
-            _ = store.waitForChange(from: have, timeout: MeshdServer.streamWait, identity: id, node: node, alive: r.clientConnected)
+        case ("GET", ConfigStream.configPath):
+            let q = ConfigStream.Request(query: r.query)
+            store.seen(identity: id, node: q.node, admin: q.admin)
+            _ = store.waitForChange(from: q.version, timeout: MeshdServer.streamWait, identity: id, node: q.node, alive: r.clientConnected)
             guard r.clientConnected() else { return ControlResponse(499, "") }   // gone: nobody to answer
-            store.seen(identity: id, node: node)
+            store.seen(identity: id, node: q.node)
             let (v, text) = store.proxyConfig()
-            if v == have { return ControlResponse(304, "") }
-            let nonce = store.sent(identity: id, node: node, version: v)
-            return ControlResponse(200, "version: \(v) \(nonce)\n" + text, contentType: "application/yaml")
-        case ("POST", "/v1/ack"), ("POST", "/v1/nack"):
-            guard let v = Int(r.query["version"] ?? "") else { return ControlResponse(400, "version required\n") }
-            let ok = store.answered(identity: id, node: r.query["node"] ?? "", version: v, nonce: r.query["nonce"] ?? "",
-                                    error: r.path == "/v1/nack" ? String(r.bodyText.prefix(2000)) : nil)
+            if v == q.version { return ControlResponse(304, "") }
+            let push = ConfigStream.Push(version: v, nonce: store.sent(identity: id, node: q.node, version: v), text: text)
+            return ControlResponse(200, push.body, contentType: ConfigStream.Push.contentType)
+        case ("POST", ConfigStream.ackPath), ("POST", ConfigStream.nackPath):
+            guard let a = ConfigStream.Answer(query: r.query, nack: r.path == ConfigStream.nackPath, body: r.bodyText) else {
+                return ControlResponse(400, "version required\n")
+            }
+            let ok = store.answered(identity: id, node: a.node, version: a.version, nonce: a.nonce, error: a.error)
             return ok ? ControlResponse(200, "ok\n") : ControlResponse(409, "not the config last sent to this sidecar (version and nonce)\n")
         default:
             return ControlResponse(405, "method not allowed\n")
@@ -254,14 +246,5 @@ public final class MeshdServer: @unchecked Sendable {
             out += "meshd_trust_anchor_expiry_timestamp_seconds{serial=\"\(r.serialHex)\"} \(r.notAfter)\n"
         }
         return out
-    }
-}
-
-extension String {
-    var trimmingCharacters: String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\r" || f == "\n" || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\r" || l == "\n" || l == "\t" { s = s.dropLast() }
-        return String(s)
     }
 }

@@ -1,3 +1,6 @@
+import MeshControlWire
+import MeshCA
+import MeshPKI
 import MeshConfig
 import MeshCore
 #if canImport(Glibc)

@@ -36,3 +36,14 @@ public final class Locked<Value>: @unchecked Sendable {
         return try body(&value)
     }
 }
+
+/// A plain pthread mutex held across a whole sequence of steps (read, validate, write files,
+/// commit), for the control path only (meshd's config changes and CA rotation); never on a
+/// request path.
+public final class PlainLock: @unchecked Sendable {
+    private var m = pthread_mutex_t()
+    public init() { pthread_mutex_init(&m, nil) }
+    deinit { pthread_mutex_destroy(&m) }
+    public func lock() { pthread_mutex_lock(&m) }
+    public func unlock() { pthread_mutex_unlock(&m) }
+}

@@ -1,5 +1,6 @@
 // meshctl demo: the whole mesh on this machine, with a canary walked from 100/0 to 0/100.
-import MeshControl
+import MeshControlWire
+import MeshPKI
 import MeshCore
 import MeshIO
 #if canImport(Glibc)

@@ -1,5 +1,6 @@
 // meshctl run: a sidecar in mesh mode next to any command (issue: meshctl run and demo).
-import MeshControl
+import MeshControlWire
+import MeshPKI
 import MeshCore
 import MeshIO
 #if canImport(Glibc)

@@ -1,5 +1,6 @@
 // meshctl top: per-route requests/s, success rate and latency, read from the sidecars' metrics.
-import MeshControl
+import MeshControlWire
+import MeshPKI
 import MeshCore
 #if canImport(Glibc)
 import Glibc

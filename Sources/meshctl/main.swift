@@ -1,5 +1,6 @@
 // meshctl: the operator's CLI. Thin: flags and one request to meshd's admin API per command.
-import MeshControl
+import MeshControlWire
+import MeshPKI
 import MeshCore
 #if canImport(Glibc)
 import Glibc

@@ -1,6 +1,8 @@
 // meshd: the control plane. Thin: flags, the certificate authority in the state directory, the
 // API and admin ports (MeshControl), then wait for SIGTERM.
 import MeshControl
+import MeshCA
+import MeshPKI
 import MeshCore
 import MeshIO
 #if canImport(Glibc)

@@ -1,6 +1,8 @@
 // Mesh mode: identity from meshd, listeners from the command line (DESIGN §2).
 import MeshConfig
-import MeshControl
+import MeshAgent
+import MeshControlWire
+import MeshPKI
 import MeshCore
 import MeshIO
 import MeshProxy
@@ -127,69 +129,27 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         }
         // The config stream: register this workload, then take each config meshd pushes,
         // answering ACK or NACK; while meshd is away the last good config stays.
-        Threads.spawnDetached {
-            var have = 0
-            var registered = false
-            var ready = false
-            /// `/ready` turns 200 once, when the config in force is the one meshd gives.
-            func becomeReady(_ why: String) {
-                guard !ready else { return }
-                ready = true
+        let labels = opts.labels.contains { $0.0 == "app" } ? opts.labels : [("app", opts.service)] + opts.labels
+        let registration = opts.appPort.map { _ in
+            ConfigStream.Registration(service: opts.service, namespace: opts.namespace, address: "\(advertise):\(server.inboundPort)",
+                                      labels: labels.map { ConfigStream.Label(key: $0.0, value: $0.1) })
+        }
+        let stream = ConfigStreamClient(
+            identity: wi, registration: registration,
+            node: opts.appPort != nil ? "\(advertise):\(server.inboundPort)" : "\(advertise):\(server.adminPort)",
+            admin: "127.0.0.1:\(server.adminPort)",
+            apply: { text, _ in
+                let previous = inputs.withLock { i -> String? in let p = i.pushed; i.pushed = text; return p }
+                do { return try rebuild(server) } catch {
+                    inputs.withLock { $0.pushed = previous }
+                    throw error
+                }
+            },
+            ready: { why in
                 server.markReady()
                 Log.info("sidecar", "ready: \(why)")
-            }
-            var delay: UInt64 = 500_000
-            var rng = FastRandom()
-            // Tells this sidecar apart from others with the same identity: its registered
-            // address, or its admin address for a caller-only workload.
-            let node = ControlClient.percentEncode(opts.appPort != nil ? "\(advertise):\(server.inboundPort)" : "\(advertise):\(server.adminPort)")
-            // meshctl top reads each sidecar's metrics there (the admin port listens on loopback).
-            let adminAddress = ControlClient.percentEncode("127.0.0.1:\(server.adminPort)")
-            while !wi.isStopping {
-                do {
-                    if !registered, let port = opts.appPort.map({ _ in server.inboundPort }) {
-                        let labels = (opts.labels.contains { $0.0 == "app" } ? opts.labels : [("app", opts.service)] + opts.labels)
-                            .map { "\($0.0)=\($0.1)" }.joined(separator: ",")
-                        let q = "service=\(ControlClient.percentEncode(opts.service))&namespace=\(ControlClient.percentEncode(opts.namespace))"
-                            + "&address=\(ControlClient.percentEncode("\(advertise):\(port)"))&labels=\(ControlClient.percentEncode(labels))"
-                        let r = try wi.call("POST", "/v1/register?\(q)")
-                        guard r.status == 200 else { throw CAError("registration refused (\(r.status)): \(r.body)") }
-                    }
-                    registered = true
-                    let r = try wi.call("GET", "/v1/config?version=\(have)&node=\(node)&admin=\(adminAddress)", timeoutSeconds: 40)
-                    delay = 500_000
-                    if r.status == 304 { continue }
-                    let first = r.body.prefix { $0 != "\n" }.split(separator: " ")
-                    guard r.status == 200, first.count == 3, first[0] == "version:", let v = Int(first[1]),
-                          let nl = r.body.firstIndex(of: "\n") else {
-                        if r.status == 404 {   // a meshd without a config store: nothing to wait for
-                            becomeReady("meshd keeps no config; the --route flags are the config")
-                            usleep(5_000_000); continue
-                        }
-                        throw CAError("unexpected config answer (\(r.status)): \(r.body.prefix(200))")
-                    }
-                    let text = String(r.body[r.body.index(after: nl)...])
-                    let nonce = String(first[2])
-                    let previous = inputs.withLock { i -> String? in let p = i.pushed; i.pushed = text; return p }
-                    do {
-                        let applied = try rebuild(server)
-                        Log.info("sidecar", "config version \(v) from meshd applied (\(applied))")
-                        becomeReady("the first config from meshd (version \(v)) is applied")
-                        _ = try? wi.call("POST", "/v1/ack?version=\(v)&node=\(node)&nonce=\(nonce)")
-                    } catch {
-                        inputs.withLock { $0.pushed = previous }
-                        Log.error("sidecar", "config version \(v) from meshd refused, the config in force stays: \(error)")
-                        _ = try? wi.call("POST", "/v1/nack?version=\(v)&node=\(node)&nonce=\(nonce)", body: "\(error)")
-                    }
-                    have = v
-                } catch {
-                    registered = false
-                    Log.warn("sidecar", "config stream: \(error); retrying in \(delay / 1000) ms")
-                    usleep(UInt32(delay / 2 + rng.next() % (delay / 2 + 1)))
-                    delay = min(delay * 2, 10_000_000)
-                }
-            }
-        }
+            })
+        Threads.spawnDetached { stream.run() }
     }
     let sig = signals.wait()
     wi.stop()

@@ -1,7 +1,9 @@
 // sidecar: the data-plane proxy. Thin: parse flags, load and compile the config, start the
 // workers, wait for SIGTERM/SIGINT, drain, exit. Everything else lives in MeshProxy.
 import MeshConfig
-import MeshControl
+import MeshAgent
+import MeshControlWire
+import MeshPKI
 import MeshCore
 import MeshIO
 import MeshProxy

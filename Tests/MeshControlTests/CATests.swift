@@ -2,6 +2,10 @@ import XCTest
 import MeshCore
 import MeshTLS
 @testable import MeshControl
+@testable import MeshCA
+@testable import MeshPKI
+@testable import MeshControlWire
+import MeshAgent
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,6 +1,9 @@
 import XCTest
 import MeshCore
 import MeshControl
+import MeshCA
+import MeshPKI
+import MeshControlWire
 
 /// Inputs found by the fuzz targets (fuzz/, scripts/fuzz.sh), kept as regression tests.
 final class FuzzRegressionTests: XCTestCase {

@@ -8,7 +8,7 @@
 // directory removed at exit. An issued certificate must carry exactly the granted identity and
 // verify against the CA's root.
 import CFuzzDriver
-import MeshControl
+import MeshPKI
 import MeshCore
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,4 @@
-// Fuzz target: join tokens (MeshControl/JoinToken.swift), as meshd checks them on
+// Fuzz target: join tokens (MeshCA/JoinToken.swift), as meshd checks them on
 // `POST /v1/certificate`, and the base64url codec under them.
 //
 // Input layout: byte 0 is a mode.
@@ -11,7 +11,8 @@
 //     parser, and a token for DNS-label names must come back with exactly those names.
 // Seeds made by GenSeeds use the same key, so that valid tokens are in the corpus.
 import CFuzzDriver
-import MeshControl
+import MeshCA
+import MeshPKI
 import MeshCore
 
 /// Stops the process the way libFuzzer notices (a crash), naming the broken invariant.

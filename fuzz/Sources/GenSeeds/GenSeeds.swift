@@ -5,6 +5,8 @@
 // token key is a fixed test constant, and the temporary meshd state directory is removed.
 import MeshConfig
 import MeshControl
+import MeshCA
+import MeshPKI
 import MeshCore
 #if canImport(Glibc)
 import Glibc

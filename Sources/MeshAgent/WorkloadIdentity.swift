@@ -1,3 +1,5 @@
+import MeshControlWire
+import MeshPKI
 import MeshCore
 import MeshIO
 import MeshTLS
@@ -51,7 +53,7 @@ public final class WorkloadIdentity: @unchecked Sendable {
         var o = TLSContext.Options(certChainFile: "(mesh mode)", privateKeyFile: "(mesh mode)", trustBundleFile: "--root-cert")
         o.alpn = ["http/1.1"]
         var headers: [(String, String)] = [("content-type", "application/pkcs10")]
-        let now = CertificateAuthority.now()
+        let now = MeshCrypto.now()
         let cur = credentials
         let trusted = cur.map { $0.bundlePEM } ?? rootPEM
         let withCertificate = cur.map { $0.notAfter > now + 1 } == true && !useToken.load(ordering: .relaxed)
@@ -66,14 +68,14 @@ public final class WorkloadIdentity: @unchecked Sendable {
         o.trustBundlePEM = trusted + (trusted.contains(rootPEM) ? "" : rootPEM)
         let ctx: TLSContext
         do { ctx = try TLSContext(role: .client, options: o) } catch { throw CAError("client TLS: \(error)") }
-        let r = try ControlClient.request(meshd, context: ctx, method: "POST", path: "/v1/certificate", headers: headers, body: csr,
+        let r = try ControlClient.request(meshd, context: ctx, method: "POST", path: CertificateExchange.path, headers: headers, body: csr,
                                           expectPeer: meshdIdentity)
         guard r.status == 200 else {
             // A renewal refused on the certificate's own grounds (retired root, say): try the token next.
             if withCertificate && (r.status == 401 || r.status == 403) { useToken.store(true, ordering: .relaxed) }
             throw CAError("meshd refused the certificate request (\(r.status)): \(r.body.trimmingCharacters)", refusal: r.status)
         }
-        let parts = r.body.components(marker: MeshdServer.bundleMarker)
+        let parts = r.body.components(marker: CertificateExchange.bundleMarker)
         guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { throw CAError("meshd's answer has no certificate chain and trust bundle") }
         let chain = try MeshCrypto.Certificate.loadAll(pem: parts[0])
         guard chain[0].matches(key) else { throw CAError("meshd returned a certificate for another key") }
@@ -120,7 +122,7 @@ public final class WorkloadIdentity: @unchecked Sendable {
             while !stopping.load(ordering: .relaxed) {
                 guard let c = credentials else { return }
                 let half = c.notBefore + (c.notAfter - c.notBefore) / 2
-                let wait = max(0, half - CertificateAuthority.now())
+                let wait = max(0, half - MeshCrypto.now())
                 sleepNanos(UInt64(wait) * 1_000_000_000 + rng.next() % 200_000_000)
                 if stopping.load(ordering: .relaxed) { return }
                 var delay: UInt64 = 500_000_000
@@ -129,7 +131,7 @@ public final class WorkloadIdentity: @unchecked Sendable {
                         onRenewed(try request())
                         break
                     } catch {
-                        let left = (credentials?.notAfter ?? 0) - CertificateAuthority.now()
+                        let left = (credentials?.notAfter ?? 0) - MeshCrypto.now()
                         Log.warn("identity", "renewal failed (certificate valid \(left)s more): \(error); retrying in \(delay / 1_000_000) ms")
                     }
                     sleepNanos(delay / 2 + rng.next() % (delay / 2 + 1))
@@ -163,21 +165,5 @@ public final class WorkloadIdentity: @unchecked Sendable {
             usleep(UInt32(step / 1000))
             left -= step
         }
-    }
-}
-
-extension String {
-    /// Splits at the first occurrence of `marker` (no Foundation).
-    public func components(marker: String) -> [String] {
-        let h = Array(utf8), m = Array(marker.utf8)
-        guard m.count <= h.count else { return [self] }
-        var i = 0
-        while i + m.count <= h.count {
-            if h[i..<(i + m.count)].elementsEqual(m) {
-                return [String(decoding: h[..<i], as: UTF8.self), String(decoding: h[(i + m.count)...], as: UTF8.self)]
-            }
-            i += 1
-        }
-        return [self]
     }
 }

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import MeshPKI
 import Glibc
 #endif
 

@@ -1,3 +1,4 @@
+import MeshPKI
 import COpenSSL
 import CMeshShims
 import MeshCore
@@ -67,12 +68,6 @@ public struct JoinToken: Sendable, Equatable {
         return Array(out.prefix(Int(len)))
     }
 
-    /// Random bytes from the kernel (keys, token ids).
-    public static func randomBytes(_ n: Int) -> [UInt8] {
-        var b = [UInt8](repeating: 0, count: n)
-        _ = b.withUnsafeMutableBytes { RAND_bytes($0.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(n)) }
-        return b
-    }
 }
 
 /// RFC 4648 base64url without padding.

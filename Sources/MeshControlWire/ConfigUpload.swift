@@ -1,3 +1,5 @@
+import MeshPKI
+
 /// The body `meshctl apply|delete` sends: each input file kept apart with its own name, so that
 /// meshd's answer names the file and line an error is in. Each file is a line
 /// `file <byte count> <percent-encoded name>` followed by exactly that many bytes and a newline.

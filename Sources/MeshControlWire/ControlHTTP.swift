@@ -1,3 +1,4 @@
+import MeshPKI
 import COpenSSL
 import CMeshShims
 import MeshCore
@@ -393,7 +394,7 @@ public final class ControlServer: @unchecked Sendable {
         return Array("HTTP/1.1 \(r.status) \(reason)\r\ncontent-type: \(r.contentType)\r\ncontent-length: \(body.count)\r\n\(conn)\r\n".utf8) + body
     }
 
-    static func percentDecode(_ s: String) -> String {
+    public static func percentDecode(_ s: String) -> String {
         var out: [UInt8] = []
         var it = Array(s.utf8).makeIterator()
         while let c = it.next() {

@@ -1,4 +1,5 @@
 import MeshCore
+import MeshPKI
 #if canImport(Glibc)
 import Glibc
 #endif

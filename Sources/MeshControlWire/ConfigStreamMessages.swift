@@ -1,0 +1,115 @@
+import MeshConfig
+import MeshCore
+import MeshPKI
+
+/// The messages of the config stream between a sidecar and meshd (DESIGN §5), typed and written
+/// and read in one place for both ends: a registration, a request for config newer than a
+/// version, the config pushed with its version and nonce, and the sidecar's ACK or NACK. They
+/// travel as HTTP/1.1 requests over the sidecar's mTLS connection to meshd's API port.
+public enum ConfigStream {
+    public static let registerPath = "/v1/register"
+    public static let configPath = "/v1/config"
+    public static let ackPath = "/v1/ack"
+    public static let nackPath = "/v1/nack"
+
+    /// A workload registering its inbound endpoint (`POST /v1/register?...`).
+    public struct Registration: Sendable, Equatable {
+        public var service: String
+        public var namespace: String
+        public var address: String
+        public var labels: [Label]
+        public init(service: String, namespace: String, address: String, labels: [Label]) {
+            self.service = service; self.namespace = namespace; self.address = address; self.labels = labels
+        }
+
+        public var query: String {
+            "service=\(ControlClient.percentEncode(service))&namespace=\(ControlClient.percentEncode(namespace))"
+                + "&address=\(ControlClient.percentEncode(address))"
+                + "&labels=\(ControlClient.percentEncode(labels.map { "\($0.key)=\($0.value)" }.joined(separator: ",")))"
+        }
+
+        /// Reads and checks a registration (names are rendered into config: they must have the
+        /// shapes Kubernetes allows); the error is the answer's text.
+        public init(query q: [String: String]) throws(CAError) {
+            guard let service = q["service"], Names.isDNSLabel(service), let ns = q["namespace"], Names.isDNSLabel(ns),
+                  let address = q["address"], SocketAddress(address) != nil else {
+                throw CAError("register: service and namespace (DNS labels) and address (IP:PORT) are required", refusal: 400)
+            }
+            var labels: [Label] = []
+            for kv in (q["labels"] ?? "").split(separator: ",") {
+                let p = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                guard p.count == 2, Names.isLabelKey(p[0]), Names.isLabelValue(p[1]) else {
+                    throw CAError("register: a label must be key=value with letters, digits, '-', '_' or '.' (got \"\(kv)\")", refusal: 400)
+                }
+                labels.append(Label(key: p[0], value: p[1]))
+            }
+            self.init(service: service, namespace: ns, address: address, labels: labels)
+        }
+    }
+
+    /// A label of a registered workload.
+    public struct Label: Sendable, Equatable {
+        public var key: String
+        public var value: String
+        public init(key: String, value: String) { self.key = key; self.value = value }
+    }
+
+    /// A long poll for config newer than `version` (`GET /v1/config?...`). `node` tells apart
+    /// sidecars sharing an identity; `admin` is where `meshctl top` reads its metrics.
+    public struct Request: Sendable, Equatable {
+        public var version: Int
+        public var node: String
+        public var admin: String
+        public init(version: Int, node: String, admin: String) { self.version = version; self.node = node; self.admin = admin }
+
+        public var query: String {
+            "version=\(version)&node=\(ControlClient.percentEncode(node))&admin=\(ControlClient.percentEncode(admin))"
+        }
+
+        public init(query q: [String: String]) {
+            self.init(version: Int(q["version"] ?? "0") ?? 0, node: q["node"] ?? "",
+                      admin: (q["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? "")
+        }
+    }
+
+    /// A config pushed to a sidecar: the first line `version: V NONCE`, then the config text.
+    public struct Push: Sendable, Equatable {
+        public var version: Int
+        public var nonce: String
+        public var text: String
+        public init(version: Int, nonce: String, text: String) { self.version = version; self.nonce = nonce; self.text = text }
+
+        public var body: String { "version: \(version) \(nonce)\n" + text }
+        public static let contentType = "application/yaml"
+
+        public init?(body: String) {
+            guard let nl = body.firstIndex(of: "\n") else { return nil }
+            let first = body[..<nl].split(separator: " ")
+            guard first.count == 3, first[0] == "version:", let v = Int(first[1]) else { return nil }
+            self.init(version: v, nonce: String(first[2]), text: String(body[body.index(after: nl)...]))
+        }
+    }
+
+    /// A sidecar's answer to a push: ACK (`error` nil) or NACK with the reason.
+    public struct Answer: Sendable, Equatable {
+        public var version: Int
+        public var node: String
+        public var nonce: String
+        public var error: String?
+        public init(version: Int, node: String, nonce: String, error: String?) {
+            self.version = version; self.node = node; self.nonce = nonce; self.error = error
+        }
+
+        public var path: String { error == nil ? ConfigStream.ackPath : ConfigStream.nackPath }
+        public var query: String {
+            "version=\(version)&node=\(ControlClient.percentEncode(node))&nonce=\(ControlClient.percentEncode(nonce))"
+        }
+        public var body: String { error ?? "" }
+
+        /// `nack`: the request came to the NACK path; the reason is its body (at most 2,000 characters kept).
+        public init?(query q: [String: String], nack: Bool, body: String) {
+            guard let v = Int(q["version"] ?? "") else { return nil }
+            self.init(version: v, node: q["node"] ?? "", nonce: q["nonce"] ?? "", error: nack ? String(body.prefix(2000)) : nil)
+        }
+    }
+}
