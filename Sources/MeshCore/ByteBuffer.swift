@@ -125,13 +125,14 @@ public final class ByteBuffer {
         if n == 0 { return }
         reserve(n)
         (base + writeIndex).update(from: p.assumingMemoryBound(to: UInt8.self), count: n)
-        writeIndex += n
+        writeIndex &+= n   // `&+`: reserve(n) made writeIndex + n <= capacity
+
     }
 
     @inline(__always) public func append(_ b: UInt8) {
         reserve(1)
         base[writeIndex] = b
-        writeIndex += 1
+        writeIndex &+= 1   // `&+`: reserve(1) made writeIndex < capacity
     }
 
     @inline(__always) public func append(_ bytes: [UInt8]) {

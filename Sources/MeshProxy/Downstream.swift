@@ -1048,8 +1048,10 @@ final class DownstreamConnection: Connection, UpstreamOwner, H2StreamOwner, Pool
             let nl = Int(f.nameEnd - f.lineStart)
             if nl > h2Lower.count { h2Lower = [UInt8](repeating: 0, count: nl) }
             h2Lower.withUnsafeMutableBufferPointer { lb in
-                for i in 0..<nl { lb[i] = ASCII.lower(b[Int(f.lineStart) + i]) }
-                ss.addHeader(lb.baseAddress!, nl, b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
+                // Raw pointers: nl <= lb.count was ensured just above, and the name lies in the head.
+                let dst = lb.baseAddress!, src = b + Int(f.lineStart)
+                for i in 0..<nl { dst[i] = ASCII.lower(src[i]) }
+                ss.addHeader(dst, nl, b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
             }
         }
         let noBody = reqBody.mode == .none
