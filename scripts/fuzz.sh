@@ -33,8 +33,9 @@ if [[ "${1:-}" =~ ^[0-9]+$ ]]; then SECONDS_PER_TARGET="$1"; shift; fi
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -eq 0 ]] && TARGETS=("${ALL[@]}")
 
-# Debug configuration with -O: optimised, but with Swift's overflow and bounds checks kept (the
-# root package's release flags, -Ounchecked, would remove exactly the traps a fuzzer looks for).
+# Debug configuration with -O: optimised, with Swift's overflow and bounds checks kept as in the
+# shipped release build (which also turns off run-time exclusivity checks in the data path; here
+# they stay on).
 mkdir -p "$BUILD"
 # The root package is a path dependency: SwiftPM does not notice files added to its targets
 # since the last plan, so drop the cached plan (objects stay; the build stays incremental).
