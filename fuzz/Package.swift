@@ -25,7 +25,7 @@ let package = Package(
         fuzzer("FuzzHTTP2", ["MeshHTTP", "MeshCore"]),
         fuzzer("FuzzConfig", ["MeshConfig", "MeshCore"]),
         fuzzer("FuzzJoinToken", ["MeshCA", "MeshPKI", "MeshCore"]),
-        fuzzer("FuzzCSR", ["MeshPKI", "MeshCore"]),
+        fuzzer("FuzzCSR", ["MeshCA", "MeshPKI", "MeshCore"]),
         // Writes the generated seeds (tokens, a pushed config) into fuzz/corpus; built without
         // sanitizers by `scripts/fuzz.sh --seeds`, never part of a fuzz run.
         .executableTarget(name: "GenSeeds", dependencies: [.product(name: "MeshControl", package: root),

@@ -8,6 +8,7 @@
 // directory removed at exit. An issued certificate must carry exactly the granted identity and
 // verify against the CA's root.
 import CFuzzDriver
+import MeshCA
 import MeshPKI
 import MeshCore
 #if canImport(Glibc)
