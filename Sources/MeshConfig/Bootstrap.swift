@@ -373,7 +373,6 @@ public struct Bootstrap: Sendable {
     }
 
     private static func checkDNSLabel(_ s: String, _ ctx: ConfigError, _ path: String, _ line: Int) throws(ConfigError) {
-        let ok = !s.isEmpty && s.utf8.count <= 63 && s.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }
-        if !ok { throw ConfigReader.error(ctx, path, line, "expected a DNS label (lowercase letters, digits, '-'), got \"\(s)\"") }
+        if !Names.isDNSLabel(s) { throw ConfigReader.error(ctx, path, line, "expected a DNS label (lowercase letters, digits, '-'), got \"\(s)\"") }
     }
 }

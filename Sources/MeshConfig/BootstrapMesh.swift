@@ -26,7 +26,7 @@ extension Bootstrap {
     /// A mesh-mode bootstrap; the error names the flag at fault.
     public static func meshMode(_ o: MeshModeOptions, tls: TLSFiles) throws(ConfigError) -> Bootstrap {
         func bad(_ flag: String, _ msg: String) -> ConfigError { ConfigError(path: "--\(flag)", message: msg) }
-        let label = { (s: String) -> Bool in !s.isEmpty && s.utf8.count <= 63 && s.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 } }
+        let label = Names.isDNSLabel   // the same rule meshd applies to a registration
         guard label(o.service) else { throw bad("service", "expected a DNS label (lowercase letters, digits, '-'), got \"\(o.service)\"") }
         guard label(o.namespace) else { throw bad("namespace", "expected a DNS label, got \"\(o.namespace)\"") }
         let sa = o.serviceAccount ?? o.service

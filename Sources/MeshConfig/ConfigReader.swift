@@ -129,7 +129,7 @@ struct ConfigReader {
     /// Refuses `key`, a field of Istio's API that this mesh does not implement yet, by name
     /// (present with any value, even null): never parsed and silently dropped (DESIGN §3).
     mutating func refuse(_ key: String) throws(ConfigError) {
-        known.append(key)
+        // Not added to `known`: the "known fields" hint lists only what is honoured.
         for e in map.entries where e.key == key {
             throw Self.error(context, sub(key), e.keyLine, IstioTraffic.notSupported)
         }

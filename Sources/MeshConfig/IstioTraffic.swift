@@ -210,7 +210,7 @@ public enum IstioTraffic {
             throw ConfigReader.error(ctx, "spec.hosts", spec.map.line, "a VirtualService needs at least one host")
         }
         for (i, h) in hosts.enumerated() where !Names.isHost(h, wildcard: true) {
-            throw ConfigReader.error(ctx, "spec.hosts[\(i)]", spec.map.line, "expected a host name, optionally with a *. prefix, got \"\(h)\"")
+            throw ConfigReader.error(ctx, "spec.hosts[\(i)]", spec.map.line, "expected a lowercase host name, optionally with a *. prefix, got \"\(h)\"")
         }
         try spec.refuse("gateways")
         try spec.refuse("exportTo")
@@ -341,7 +341,7 @@ public enum IstioTraffic {
     private static func destination(_ d: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Destination {
         let host = try d.string("host", required: true)!
         guard Names.isHost(host, wildcard: false) else {
-            throw ConfigReader.error(ctx, d.sub("host"), d.map.line, "expected a service host name (letters, digits, '-', '.'), got \"\(host)\"")
+            throw ConfigReader.error(ctx, d.sub("host"), d.map.line, "expected a lowercase service host name (letters, digits, '-', '.'), got \"\(host)\"")
         }
         let subset = try d.string("subset")
         var port: Int? = nil
@@ -376,7 +376,7 @@ public enum IstioTraffic {
     private static func destinationRule(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> DestinationRule {
         let host = try spec.string("host", required: true)!
         guard Names.isHost(host, wildcard: true) else {
-            throw ConfigReader.error(ctx, spec.sub("host"), spec.map.line, "expected a host name, optionally with a *. prefix, got \"\(host)\"")
+            throw ConfigReader.error(ctx, spec.sub("host"), spec.map.line, "expected a lowercase host name, optionally with a *. prefix, got \"\(host)\"")
         }
         var subsets: [Subset] = []
         for var s in try spec.objectList("subsets") ?? [] {

@@ -34,13 +34,14 @@ public enum Names {
         return alnum(f) && alnum(l) && s.utf8.allSatisfy { alnum($0) || $0 == 45 || $0 == 46 }
     }
 
-    /// A host as Istio's `hosts`/`host` fields take it: a DNS name (letters, digits, '-', '.',
-    /// '_'), optionally a wildcard `*` or `*.` prefix where `wildcard` allows it.
+    /// A host as Istio's `hosts`/`host` fields take it: a lowercase DNS name (letters, digits, '-',
+    /// '.', '_'), optionally a wildcard `*` or `*.` prefix where `wildcard` allows it.
     public static func isHost(_ s: String, wildcard: Bool) -> Bool {
         var rest = Substring(s)
         if wildcard && rest == "*" { return true }
         if wildcard && rest.hasPrefix("*.") { rest = rest.dropFirst(2) }
         guard !rest.isEmpty, rest.utf8.count <= 253, !rest.hasPrefix("."), !rest.hasSuffix("."), !rest.contains("..") else { return false }
-        return rest.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 65 && $0 <= 90) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 46 || $0 == 95 }
+        // Lowercase only: hosts are compared and turned into cluster names as written.
+        return rest.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 46 || $0 == 95 }
     }
 }

@@ -25,11 +25,21 @@ public struct ServiceEntry: Sendable {
         guard let hosts = try spec.stringList("hosts"), !hosts.isEmpty else {
             throw ConfigReader.error(ctx, "spec.hosts", spec.map.line, "a ServiceEntry needs at least one host")
         }
+        // Written whole into every sidecar's config: a short name would mean another service in
+        // each namespace, so hosts are fully qualified (a dot), lowercase DNS names.
+        for (i, h) in hosts.enumerated() where !Names.isHost(h, wildcard: false) || !h.contains(".") {
+            throw ConfigReader.error(ctx, "spec.hosts[\(i)]", spec.map.line, "expected a fully qualified lowercase host name such as api.example.com, got \"\(h)\"")
+        }
         var ports: [Port] = []
         for var p in try spec.objectList("ports") ?? [] {
             let n = try p.int("number", min: 1, max: 65535)
             guard let number = n else { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "required field is missing") }
-            ports.append(Port(number: number, name: try p.string("name") ?? "port-\(number)", proto: try p.string("protocol") ?? "HTTP"))
+            let proto = try p.string("protocol") ?? "HTTP"
+            guard proto == "HTTP" else {
+                throw ConfigReader.error(ctx, p.sub("protocol"), p.map.line, "only HTTP is supported yet (endpoints are reached over HTTP/1.1), got \"\(proto)\"")
+            }
+            if !ports.isEmpty { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "a second port is not supported yet") }
+            ports.append(Port(number: number, name: try p.string("name") ?? "port-\(number)", proto: proto))
             try p.refuse("targetPort")
             try p.finish()
         }
@@ -44,7 +54,12 @@ public struct ServiceEntry: Sendable {
         }
         var endpoints: [Endpoint] = []
         for var e in try spec.objectList("endpoints") ?? [] {
-            endpoints.append(try endpoint(&e, ctx: ctx))
+            let path = e.path, line = e.map.line
+            let ep = try endpoint(&e, ctx: ctx)
+            for (pn, _) in ep.ports where !ports.contains(where: { $0.name == pn }) {
+                throw ConfigReader.error(ctx, "\(path).ports.\(pn)", line, "no port of this ServiceEntry is named \"\(pn)\" (ports: \(ports.map(\.name).joined(separator: ", ")))")
+            }
+            endpoints.append(ep)
         }
         var selector: [(String, String)]? = nil
         if var ws = try spec.object("workloadSelector") {

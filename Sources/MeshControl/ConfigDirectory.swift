@@ -22,23 +22,32 @@ public final class ConfigDirectory: @unchecked Sendable {
         self.store = store
     }
 
-    /// Names, sizes and modification times of the config files, sorted.
-    func files() -> [(name: String, stamp: String)] {
-        guard let d = opendir(path) else { return [] }
+    /// Names, sizes and modification times of the config files, sorted; nil when the directory
+    /// cannot be read (a transient error must not look like "every file removed"). A file that
+    /// cannot be inspected has an empty stamp (it is then refused, its documents kept).
+    func files() -> [(name: String, stamp: String)]? {
+        guard let d = opendir(path) else { return nil }
         defer { closedir(d) }
         var out: [(String, String)] = []
         while let e = readdir(d) {
             let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             guard name.hasSuffix(".yaml") || name.hasSuffix(".yml"), !name.hasPrefix(".") else { continue }
             var st = stat()
-            guard stat("\(path)/\(name)", &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            guard stat("\(path)/\(name)", &st) == 0 else { out.append((name, "")); continue }
+            guard (st.st_mode & S_IFMT) == S_IFREG else { continue }
             out.append((name, "\(st.st_size).\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"))
         }
         return out.sorted { $0.0 < $1.0 }
     }
 
     public func check() {
-        let fs = files()
+        guard let fs = files() else {
+            if signature != "(unreadable)" {
+                Log.error("config", "\(path): cannot read the directory (\(String(cString: strerror(errno)))); the config in force stays")
+                signature = "(unreadable)"
+            }
+            return
+        }
         let sig = fs.map { "\($0.name)=\($0.stamp)" }.joined(separator: ";")
         if sig == signature { return }
         signature = sig
@@ -48,7 +57,10 @@ public final class ConfigDirectory: @unchecked Sendable {
         for f in fs {
             let file = "\(path)/\(f.name)"
             let text: String
-            do { text = try FileStore.read(file) } catch {
+            do {
+                if f.stamp.isEmpty { throw CAError("cannot inspect \(file) (stat failed)") }
+                text = try FileStore.read(file)
+            } catch {
                 Log.error("config", "\(file) refused, its documents in force stay: \(error)")
                 refused.insert(prefix + f.name)
                 continue

@@ -101,7 +101,16 @@ public final class ConfigStore: @unchecked Sendable {
         // What was stored must still be what a sidecar accepts (this meshd may check more than the
         // one that stored it): refuse to start rather than push a config every sidecar refuses.
         do { try ConfigStore.check(st, trustDomain: trustDomain) } catch {
-            throw CAError("\(stateDir)/\(StateFiles.applied): the stored config is refused: \(error.description); fix or remove the file")
+            // The documents alone are good, the registry breaks them: start without the registry
+            // (sidecars register again; one that breaks the config is then refused by name).
+            var bare = st
+            bare.workloads = [:]
+            if !st.workloads.isEmpty, (try? ConfigStore.check(bare, trustDomain: trustDomain)) != nil {
+                Log.warn("registry", "\(stateDir)/\(StateFiles.registry): dropped: with it the stored config is refused (\(error.description)); sidecars register again")
+                st = bare
+            } else {
+                throw CAError("\(stateDir)/\(StateFiles.applied): the stored config is refused: \(error.description); fix or remove the file")
+            }
         }
         let kinds = Dictionary(grouping: st.order.compactMap { st.documents[$0]?.kind }, by: { $0 }).map { "\($0.value.count) \($0.key)" }.sorted()
         Log.info("config", "loaded \(st.order.count) document(s)\(kinds.isEmpty ? "" : " (\(kinds.joined(separator: ", ")))") and \(st.workloads.count) workload(s) from \(stateDir)")
@@ -205,6 +214,9 @@ public final class ConfigStore: @unchecked Sendable {
             } else {
                 outcomes.append((d.kind, d.namespace, d.name, old == nil ? .created : old!.text == d.text ? .unchanged : .configured))
                 if next.documents[d.key] == nil { next.order.append(d.key) }
+                var d = d
+                // The same text from meshctl leaves a --config-dir file's document its own.
+                if let o = old, o.text == d.text, d.source.isEmpty { d.source = o.source }
                 next.documents[d.key] = d
             }
         }
@@ -239,7 +251,13 @@ public final class ConfigStore: @unchecked Sendable {
             throw locate(error, in: stored.placed)
         }
         let push = renderProxyConfig(s, trustDomain: trustDomain)
-        let namespaces = Set(s.workloads.values.map(\.namespace)).union(["default"]).sorted()
+        // Every namespace a sidecar is known in: registered workloads, and connected callers
+        // (spiffe://TD/ns/NS/sa/SA), which register nothing.
+        let callers = s.proxies.values.compactMap { p -> String? in
+            let parts = p.identity.split(separator: "/")
+            return parts.count >= 5 && parts[parts.count - 4] == "ns" ? String(parts[parts.count - 3]) : nil
+        }
+        let namespaces = Set(s.workloads.values.map(\.namespace)).union(callers).union(["default"]).sorted()
         for ns in namespaces {
             do { try Bootstrap.checkPushed(push.text, namespace: ns, source: "(the config meshd would push)") } catch {
                 throw locate(error, in: push.placed)
@@ -325,18 +343,25 @@ public final class ConfigStore: @unchecked Sendable {
 
     /// A sidecar (identity from its certificate) registers its workload; a new or changed
     /// registration moves the version.
-    public func register(identity: String, service: String, namespace: String, labels: [(String, String)], address: String) {
+    /// A new or changed registration is checked like an apply: the config it would make must be
+    /// one every sidecar accepts, or it is refused (the error says why) and nothing changes, so
+    /// one workload cannot break the config of all the others.
+    public func register(identity: String, service: String, namespace: String, labels: [(String, String)], address: String) throws(ConfigError) {
+        applyLock.lock()
+        defer { applyLock.unlock() }
         let now = MeshCrypto.now()
-        let changedNow = state.withLock { s -> Bool in
-            let key = "\(identity)|\(address)"
-            let w = Workload(identity: identity, service: service, namespace: namespace, labels: labels, address: address, lastSeen: now, connected: true)
-            let old = s.workloads[key]
+        let key = "\(identity)|\(address)"
+        let w = Workload(identity: identity, service: service, namespace: namespace, labels: labels, address: address, lastSeen: now, connected: true)
+        var next = state.withLock { $0 }
+        let old = next.workloads[key]
+        let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" } } ?? false
+        next.workloads[key] = w
+        if !same { try ConfigStore.check(next, trustDomain: trustDomain) }
+        state.withLock { s in
             s.workloads[key] = w
-            let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" } } ?? false
             if !same { s.version += 1 }
-            return !same
         }
-        if changedNow {
+        if !same {
             persistRegistry()
             changed.broadcast()
             Log.info("registry", "registered \(service).\(namespace) at \(address) (\(identity))")

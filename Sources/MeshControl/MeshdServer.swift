@@ -115,11 +115,18 @@ public final class MeshdServer: @unchecked Sendable {
                   Names.isDNSLabel(idParts[4]) else {
                 return ControlResponse(403, "\(id) may not register in namespace \(reg.namespace)\n")
             }
-            store.register(identity: id, service: reg.service, namespace: reg.namespace, labels: reg.labels.map { ($0.key, $0.value) },
-                           address: reg.address)
+            do {
+                try store.register(identity: id, service: reg.service, namespace: reg.namespace, labels: reg.labels.map { ($0.key, $0.value) },
+                                   address: reg.address)
+            } catch {
+                Log.warn("registry", "registration of \(reg.service).\(reg.namespace) at \(reg.address) (\(id)) refused: \(error.description)")
+                return ControlResponse(409, "registration refused: the config it would make is refused: \(error.description)\n")
+            }
             return ControlResponse(200, "registered\n")
         case ("GET", ConfigStream.configPath):
             let q = ConfigStream.Request(query: r.query)
+            // The node names this sidecar in meshd's state: an address, nothing else.
+            guard q.node.isEmpty || SocketAddress(q.node) != nil else { return ControlResponse(400, "node: expected IP:PORT\n") }
             store.seen(identity: id, node: q.node, admin: q.admin)
             _ = store.waitForChange(from: q.version, timeout: MeshdServer.streamWait, identity: id, node: q.node, alive: r.clientConnected)
             guard r.clientConnected() else { return ControlResponse(499, "") }   // gone: nobody to answer

@@ -48,8 +48,12 @@ struct StateFiles {
                 let n = text.dropFirst(StateFiles.header.count).prefix { $0 != "\n" }
                 guard let v = Int(n) else { throw CAError("\(p):1: damaged header line (expected \"\(StateFiles.header)N\")") }
                 expected = v
-            } else if text.allSatisfy({ $0 == "\n" || $0 == " " }) {
+            } else if text.isEmpty {
                 throw CAError("\(p): the file is empty (meshd always writes a header line); it was damaged: restore it, or remove it to start with no config")
+            } else if text.allSatisfy({ $0 == "\n" || $0 == " " }) {
+                // What a meshd without the header wrote once every document was deleted.
+                Log.info("config", "\(p): no document (written by an earlier meshd)")
+                expected = 0
             }
             let docs: [ConfigStore.Document]
             do { docs = try ConfigStore.split(text, file: p) } catch { throw CAError("\(error.description)") }

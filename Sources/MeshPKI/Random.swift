@@ -7,7 +7,9 @@ extension MeshCrypto {
     /// `n` random bytes from OpenSSL's CSPRNG.
     public static func randomBytes(_ n: Int) -> [UInt8] {
         var b = [UInt8](repeating: 0, count: n)
-        _ = b.withUnsafeMutableBytes { RAND_bytes($0.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(n)) }
+        let ok = b.withUnsafeMutableBytes { RAND_bytes($0.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(n)) }
+        // Keys and tokens from a failed generator would be guessable: stop rather than go on.
+        guard ok == 1 else { fatalError("RAND_bytes failed: no secure randomness") }
         return b
     }
 

@@ -191,6 +191,20 @@ final class IstioTrafficTests: XCTestCase {
             (se + "\n    weight: 3", "bad.yaml:12: document 1: spec.endpoints[0].weight: not supported yet"),
         ]
         for (text, want) in cases { XCTAssertEqual(refusal(text), want) }
+        // What a ServiceEntry would mean differently per namespace, or could not be honoured.
+        let shapes: [(String, String)] = [
+            (se.replacingOccurrences(of: "hosts: [ext.example.com]", with: "hosts: [ext]"),
+             "bad.yaml:5: document 1: spec.hosts[0]: expected a fully qualified lowercase host name such as api.example.com, got \"ext\""),
+            (se.replacingOccurrences(of: "hosts: [ext.example.com]", with: "hosts: [Ext.example.com]"),
+             "bad.yaml:5: document 1: spec.hosts[0]: expected a fully qualified lowercase host name such as api.example.com, got \"Ext.example.com\""),
+            (se.replacingOccurrences(of: "protocol: HTTP}", with: "protocol: HTTPS}"),
+             "bad.yaml:7: document 1: spec.ports[0].protocol: only HTTP is supported yet (endpoints are reached over HTTP/1.1), got \"HTTPS\""),
+            (se.replacingOccurrences(of: "protocol: HTTP}", with: "protocol: HTTP}\n  - {number: 81, name: admin}"),
+             "bad.yaml:8: document 1: spec.ports[1].number: a second port is not supported yet"),
+            (se + "\n    ports: {metrics: 9090}",
+             "bad.yaml:11: document 1: spec.endpoints[0].ports.metrics: no port of this ServiceEntry is named \"metrics\" (ports: http)"),
+        ]
+        for (text, want) in shapes { XCTAssertEqual(refusal(text), want) }
         let we = """
         apiVersion: networking.istio.io/v1
         kind: WorkloadEntry

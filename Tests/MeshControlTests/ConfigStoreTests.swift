@@ -71,7 +71,7 @@ final class ConfigStoreTests: XCTestCase {
     func testThePushedConfigQuotesEveryValueAndParsesBack() throws {
         // Label values and a ServiceEntry host that YAML would read as something else unquoted.
         let store = try ConfigStore(stateDir: dir)
-        store.register(identity: "spiffe://cluster.local/ns/default/sa/reviews", service: "reviews", namespace: "default",
+        try store.register(identity: "spiffe://cluster.local/ns/default/sa/reviews", service: "reviews", namespace: "default",
                        labels: [("app", "reviews"), ("version", "yes"), ("note", "1e3")], address: "127.0.0.1:15006")
         let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [\"api.example.com\"]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints: [{address: 127.0.0.1, labels: {flag: \"no\"}}]\n"
         _ = try store.apply(input(se))
@@ -108,6 +108,50 @@ final class ConfigStoreTests: XCTestCase {
             XCTAssertTrue("\(e)".hasPrefix("b.yaml:10: document 1: VirtualService default/reviews: spec.http[0].route[1].destination"), "\(e)")
             XCTAssertTrue("\(e)".contains("subset \"v2\""), "\(e)")
         }
+    }
+
+    func testTheSameTextFromMeshctlLeavesAConfigDirDocumentItsOwn() throws {
+        let store = try ConfigStore(stateDir: dir)
+        _ = try store.apply([ConfigStore.Input(file: "d/a.yaml", text: Self.split, source: "config-dir:d/a.yaml")], replacing: ["config-dir:d/a.yaml"])
+        let v = store.version
+        let again = try store.apply(input(Self.split))
+        XCTAssertFalse(again.changed)
+        XCTAssertEqual(store.version, v)
+        // The file is removed: what it owned goes, the identical meshctl apply took nothing over.
+        let gone = try store.apply([], replacing: ["config-dir:d/a.yaml"])
+        XCTAssertTrue(gone.changed)
+        XCTAssertEqual(store.documents().count, 0)
+    }
+
+    func testANackIsShownWithItsErrorAndAnAckClearsIt() throws {
+        let store = try ConfigStore(stateDir: dir)
+        let id = "spiffe://cluster.local/ns/default/sa/reviews"
+        let nonce = store.sent(identity: id, node: "127.0.0.1:1", version: 3)
+        XCTAssertFalse(store.answered(identity: id, node: "127.0.0.1:1", version: 3, nonce: "stale", error: "x"))
+        XCTAssertTrue(store.answered(identity: id, node: "127.0.0.1:1", version: 3, nonce: nonce, error: "refused: no cluster"))
+        XCTAssertEqual(store.proxies().first?.nack, "version 3: refused: no cluster")
+        XCTAssertEqual(store.proxies().first?.ackedVersion, 0)
+        let n2 = store.sent(identity: id, node: "127.0.0.1:1", version: 4)
+        XCTAssertTrue(store.answered(identity: id, node: "127.0.0.1:1", version: 4, nonce: n2, error: nil))
+        XCTAssertNil(store.proxies().first?.nack)
+        XCTAssertEqual(store.proxies().first?.ackedVersion, 4)
+    }
+
+    func testAnEarlierMeshdsEmptyAppliedFileStillLoads() throws {
+        // What a meshd without the header line wrote once every document was deleted.
+        try FileStore.writeAtomically("\(dir)/applied.yaml", "\n", mode: 0o600)
+        XCTAssertEqual(try ConfigStore(stateDir: dir).documents().count, 0)
+        try FileStore.writeAtomically("\(dir)/applied.yaml", "", mode: 0o600)
+        XCTAssertThrowsError(try ConfigStore(stateDir: dir)) { e in XCTAssertTrue("\(e)".contains("applied.yaml: the file is empty"), "\(e)") }
+    }
+
+    func testHostsAreLowercaseNames() {
+        XCTAssertTrue(Names.isHost("reviews.default.svc.cluster.local", wildcard: false))
+        XCTAssertTrue(Names.isHost("*.example.com", wildcard: true))
+        XCTAssertFalse(Names.isHost("*.example.com", wildcard: false))
+        XCTAssertFalse(Names.isHost("Reviews", wildcard: false))
+        XCTAssertFalse(Names.isHost("a..b", wildcard: false))
+        XCTAssertFalse(Names.isHost("r\u{1B}x", wildcard: false))
     }
 
     func testFieldLineFollowsAPath() {

@@ -239,6 +239,12 @@ class Meshd:
             assert r.returncode == 0, r.stderr
         return r
 
+    def routes(self):
+        """(kind, namespace/name) of each document in force, from `meshctl get routes` (its table:
+        a header line, a line per document, indented lines per route or subset)."""
+        out = self.ctl("get", "routes").stdout.splitlines()[1:]
+        return [tuple(l.split()[:2]) for l in out if l and not l.startswith(" ")]
+
     def token(self, sa, ns="default", ttl="1h"):
         return self.ctl("token", "create", "--namespace", ns, "--service-account", sa, "--ttl", ttl).stdout.strip()
 

@@ -106,6 +106,13 @@ class ThreadedServer:
 
     def close(self):
         self.sock.close()
+        with self.cond:
+            conns = list(self.open)
+        for c in conns:   # accepted connections too: their handler threads end
+            try:
+                c.close()
+            except OSError:
+                pass
 
 
 def h2_frame(frame_type, flags, stream_id, payload=b""):

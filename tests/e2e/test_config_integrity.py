@@ -39,11 +39,6 @@ def pushes_applied(proc):
     return len(re.findall(r"config version \d+ from meshd applied", proc.log_path.read_text()))
 
 
-def routes(m):
-    """(kind, namespace/name) of each document in force, from `meshctl get routes`."""
-    return [tuple(l.split()[:2]) for l in m.ctl("get", "routes").stdout.splitlines()[1:] if l and not l.startswith(" ")]
-
-
 def test_meshd_refuses_what_sidecars_would_refuse_and_keeps_the_config_in_force(procs, tmp_path):
     m, outbound, _ = mesh(procs)
     good = tmp_path / "split.yaml"
@@ -65,7 +60,7 @@ def test_meshd_refuses_what_sidecars_would_refuse_and_keeps_the_config_in_force(
     assert r.returncode == 1, r
     assert "wild.yaml:5: document 1: VirtualService default/wild: spec.hosts[0]: wildcard hosts are not supported" in r.stderr, r.stderr
     assert version(m) == before
-    assert routes(m) == [("VirtualService", "default/reviews"), ("DestinationRule", "default/reviews")]
+    assert m.routes() == [("VirtualService", "default/reviews"), ("DestinationRule", "default/reviews")]
     assert "NACK" not in m.ctl("status").stdout
     for _ in range(10):
         assert curl("-s", "-H", "Host: reviews", f"http://127.0.0.1:{outbound}/").stdout == b"hello from v2\n"
@@ -122,8 +117,12 @@ def test_an_apply_that_changes_nothing_says_so_and_pushes_nothing(procs, tmp_pat
     assert r.returncode == 1 and "not found: VirtualService default/reviews-too" in r.stderr, r
     assert r.stdout == f"deleted: version {v + 2}\n  VirtualService default/reviews: deleted\n", r.stdout
     wait_until(lambda: pushes_applied(p) == pushes + 2, what="the push of the delete")
-    # No push for anything else.
-    assert pushes_applied(p) == pushes + 2
+    # A last real change, pushed after everything above: its push is the third, so none of the
+    # unchanged applies, empty files or deletes of what was not in force pushed anything.
+    f.write_text(SPLIT.replace("W1", "80").replace("W2", "20"))
+    m.ctl("apply", "-f", f, "--wait")
+    wait_until(lambda: pushes_applied(p) >= pushes + 3, what="the last push")
+    assert pushes_applied(p) == pushes + 3, p.log_path.read_text()[-2000:]
 
 
 def test_errors_name_the_file_and_line_of_each_document(procs, tmp_path):
@@ -161,7 +160,7 @@ spec:
     assert r.returncode == 1
     assert f"{d}/b.yaml:10: document 1: VirtualService default/ratings: spec.http[0].route[0].destination" in r.stderr, r.stderr
     assert "subset \"v3\"" in r.stderr, r.stderr
-    assert routes(m) == []
+    assert m.routes() == []
 
 
 def test_config_dir_names_a_refused_file_and_applies_the_others(procs, tmp_path):
@@ -170,18 +169,18 @@ def test_config_dir_names_a_refused_file_and_applies_the_others(procs, tmp_path)
     (cfg / "reviews.yaml").write_text(SPLIT.replace("W1", "100").replace("W2", "0"))
     (cfg / "broken.yaml").write_text("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [x]\n  hostz: [x]\n")
     m = Meshd(procs, extra=["--config-dir", str(cfg)])
-    wait_until(lambda: ("VirtualService", "default/reviews") in routes(m), what="the good file applied")
+    wait_until(lambda: ("VirtualService", "default/reviews") in m.routes(), what="the good file applied")
     log = m.proc.log_path.read_text()
     assert f"{cfg}/broken.yaml refused, its documents in force stay: {cfg}/broken.yaml:6: document 1: spec.hostz: unknown field" in log, log
     # Fixing the broken file applies it; breaking it again keeps what it had applied.
     (cfg / "broken.yaml").write_text(SECOND_VS.replace("reviews-too", "ratings").replace("[reviews]", "[ratings]").replace("host: reviews, subset: v1", "host: ratings"))
-    wait_until(lambda: ("VirtualService", "default/ratings") in routes(m), timeout=10, what="the fixed file applied")
+    wait_until(lambda: ("VirtualService", "default/ratings") in m.routes(), timeout=10, what="the fixed file applied")
     (cfg / "broken.yaml").write_text("kind: [\n")
     wait_until(lambda: m.proc.log_path.read_text().count("broken.yaml refused") == 2, timeout=10, what="refused again")
-    assert ("VirtualService", "default/ratings") in routes(m)
+    assert ("VirtualService", "default/ratings") in m.routes()
     (cfg / "broken.yaml").unlink()
-    wait_until(lambda: ("VirtualService", "default/ratings") not in routes(m), timeout=10, what="removal")
-    assert ("VirtualService", "default/reviews") in routes(m)
+    wait_until(lambda: ("VirtualService", "default/ratings") not in m.routes(), timeout=10, what="removal")
+    assert ("VirtualService", "default/reviews") in m.routes()
 
 
 def test_oversized_input_gets_413_naming_the_limit_and_the_flag(procs, tmp_path):
@@ -191,7 +190,7 @@ def test_oversized_input_gets_413_naming_the_limit_and_the_flag(procs, tmp_path)
     r = m.ctl("apply", "-f", big, check=False)
     assert r.returncode == 1
     assert "meshd answered 413: request body of" in r.stderr and "over this server's limit of 1048576 bytes (meshd --max-apply-bytes)" in r.stderr, r.stderr
-    assert routes(m) == []
+    assert m.routes() == []
     m.stop()
     m2 = Meshd(procs, name="meshd-big", extra=["--max-apply-bytes", "2Mi"])
     r = m2.ctl("apply", "-f", big)
@@ -201,7 +200,9 @@ def test_oversized_input_gets_413_naming_the_limit_and_the_flag(procs, tmp_path)
 
 
 def test_control_bytes_from_input_are_escaped_in_answers_and_logs(procs, tmp_path):
-    m = Meshd(procs)
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    m = Meshd(procs, extra=["--config-dir", str(cfg)])
     f = tmp_path / "evil.yaml"
     f.write_bytes(b"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: \"a\\e[2Jb\\u009b31m\"}\n"
                   b"spec:\n  hosts: [reviews]\n  http: [{route: [{destination: {host: \"r\\e]0;owned\\u0007\"}}]}]\n")
@@ -215,7 +216,7 @@ def test_control_bytes_from_input_are_escaped_in_answers_and_logs(procs, tmp_pat
     r = subprocess.run([str(MESHCTL), "--meshd", f"http://127.0.0.1:{m.admin}", "--admin-token-file", str(m.state / "admin-token"),
                         "apply", "-f", str(f)], capture_output=True, timeout=30)
     assert r.returncode == 1 and b"\x1b" not in r.stderr and b"\x07" not in r.stderr
-    assert b'evil.yaml:6: document 1: spec.http[0].route[0].destination.host: expected a service host name' in r.stderr, r.stderr
+    assert b'evil.yaml:6: document 1: spec.http[0].route[0].destination.host: expected a lowercase service host name' in r.stderr, r.stderr
     assert b'got "r\\x1b]0;owned\\x07"' in r.stderr, r.stderr
     # A valid document with control bytes in a label value: stored, shown escaped.
     f.write_bytes(SPLIT.replace("W1", "100").replace("W2", "0").replace("metadata: {name: reviews}", "metadata: {name: reviews, annotations: {note: \"x\\e[31my\"}}", 1).encode())
@@ -223,7 +224,11 @@ def test_control_bytes_from_input_are_escaped_in_answers_and_logs(procs, tmp_pat
     out = subprocess.run([str(MESHCTL), "--meshd", f"http://127.0.0.1:{m.admin}",
                           "--admin-token-file", str(m.state / "admin-token"), "get", "routes", "-o", "yaml"], capture_output=True, timeout=30).stdout
     assert b"\x1b" not in out and b"note: \"x\\e[31my\"" in out, out
-    assert b"\x1b" not in m.proc.log_path.read_bytes()
+    # meshd's log: a refused --config-dir file is logged with its error, escaped.
+    (cfg / "evil.yaml").write_bytes(b"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: \"a\\e[2Jb\"}\n")
+    wait_until(lambda: b"evil.yaml refused" in m.proc.log_path.read_bytes(), timeout=10, what="the refusal logged")
+    log = m.proc.log_path.read_bytes()
+    assert b"\x1b" not in log and b'got "a\\x1b[2Jb"' in log, log[-600:]
 
 
 def test_get_routes_shows_hosts_matches_and_weights(procs, tmp_path):
@@ -277,8 +282,8 @@ def test_state_files_that_cannot_be_read_stop_meshd_naming_them(procs, tmp_path)
     cases = [
         ("", "applied.yaml: the file is empty"),
         (good.replace("documents: 2", "documents: 3"), "applied.yaml: the header counts 3 document(s) but 2 were read"),
-        (good.replace("weight: 100", "weight: [100"), "applied.yaml:"),
-        (good.replace("subsets:", "subsetz:"), "applied.yaml:"),
+        (good.replace("weight: 100", "weight: [100"), "applied.yaml:12: YAML: "),
+        (good.replace("subsets:", "subsetz:"), "applied.yaml:20: document 2: spec.subsetz: unknown field"),
         (good.replace("documents: 2", "documents: 3") + "---\n" + SECOND_VS, "applied.yaml: the stored config is refused:"),
     ]
     for text, want in cases:
@@ -298,4 +303,4 @@ def test_state_files_that_cannot_be_read_stop_meshd_naming_them(procs, tmp_path)
     (m.state / "registry.txt").unlink()
     # Restored: it starts with what was stored.
     m.start()
-    assert routes(m) == [("VirtualService", "default/reviews"), ("DestinationRule", "default/reviews")]
+    assert m.routes() == [("VirtualService", "default/reviews"), ("DestinationRule", "default/reviews")]

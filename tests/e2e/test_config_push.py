@@ -33,11 +33,6 @@ spec:
 """
 
 
-def routes(m):
-    """"KIND NAMESPACE/NAME" of each document in force, from `meshctl get routes`."""
-    return [" ".join(l.split()[:2]) for l in m.ctl("get", "routes").stdout.splitlines()[1:] if l and not l.startswith(" ")]
-
-
 def mesh(procs, **kw):
     m = Meshd(procs, **kw)
     v1, v2 = procs.app("v1"), procs.app("v2")
@@ -134,7 +129,7 @@ def test_meshd_restart_under_traffic(procs, tmp_path):
     assert traffic.failures == [], traffic.failures[:5]
     assert seen and set(seen) == {"v2"}, seen[:10]
     # What was applied survives the restart.
-    assert "VirtualService default/reviews" in routes(m)
+    assert ("VirtualService", "default/reviews") in m.routes()
 
 
 def test_refused_input_names_file_document_and_field(procs, tmp_path):
@@ -147,7 +142,7 @@ def test_refused_input_names_file_document_and_field(procs, tmp_path):
     bad.write_text(SPLIT.replace("W1", "100").replace("W2", "0").replace("subsets:", "subsetz:"))
     r = m.ctl("apply", "-f", bad, check=False)
     assert r.returncode != 0 and "subsetz" in r.stderr and "unknown field" in r.stderr
-    assert routes(m) == []
+    assert m.routes() == []
 
 
 def test_config_dir_is_applied_and_watched(procs, tmp_path):
@@ -155,21 +150,21 @@ def test_config_dir_is_applied_and_watched(procs, tmp_path):
     cfg.mkdir()
     (cfg / "reviews.yaml").write_text(SPLIT.replace("W1", "100").replace("W2", "0"))
     m = Meshd(procs, extra=["--config-dir", str(cfg)])
-    wait_until(lambda: "VirtualService default/reviews" in routes(m), what="config dir applied")
+    wait_until(lambda: ("VirtualService", "default/reviews") in m.routes(), what="config dir applied")
     (cfg / "reviews.yaml").write_text(SPLIT.replace("W1", "100").replace("W2", "0").replace("name: reviews}", "name: reviews-b}", 1))
-    wait_until(lambda: "VirtualService default/reviews-b" in routes(m), timeout=10, what="change picked up")
+    wait_until(lambda: ("VirtualService", "default/reviews-b") in m.routes(), timeout=10, what="change picked up")
     # The directory owns what it applied: a document or file removed there is removed from the
     # config in force (found in review).
-    assert "VirtualService default/reviews" not in routes(m), "replaced by reviews-b"
+    assert ("VirtualService", "default/reviews") not in m.routes(), "replaced by reviews-b"
     (cfg / "reviews.yaml").unlink()
-    wait_until(lambda: not any(r.startswith("VirtualService") for r in routes(m)), timeout=10, what="removal picked up")
+    wait_until(lambda: not any(k == "VirtualService" for k, _ in m.routes()), timeout=10, what="removal picked up")
     # Applied by meshctl, not by the directory: stays.
     f = tmp_path / "mine.yaml"
     f.write_text(SPLIT.replace("W1", "100").replace("W2", "0").replace("name: reviews}", "name: mine}", 1))
     m.ctl("apply", "-f", f)
     (cfg / "other.yaml").write_text("")
     time.sleep(2.5)
-    assert "VirtualService default/mine" in routes(m)
+    assert ("VirtualService", "default/mine") in m.routes()
 
 
 POLICIES = """

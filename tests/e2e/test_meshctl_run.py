@@ -57,8 +57,14 @@ def test_meshctl_run_puts_a_sidecar_next_to_any_process(procs, tmp_path):
     web.wait(timeout=40)
     # meshctl exited after waiting for the sidecar; the processes are reaped by then (waited for,
     # not slept for: a survivor fails after the timeout).
+    def pgrep(pat):
+        # "--": the pattern starts with "--" and must not be read as an option of pgrep.
+        r = subprocess.run(["pgrep", "-f", "--", pat], capture_output=True, text=True)
+        assert r.returncode in (0, 1), r.stderr
+        return r.stdout.strip()
+
     def left():
-        return [subprocess.run(["pgrep", "-f", pat], capture_output=True, text=True).stdout.strip()
+        return [pgrep(pat)
                 for pat in (f"--service web .*--admin-port {admin}", f"http.server {port}")]
     wait_until(lambda: left() == ["", ""], timeout=5, what=f"no sidecar or app left ({left()})")
 

@@ -62,13 +62,13 @@ def test_a_second_meshd_on_the_same_state_dir_exits_naming_the_holder(procs, tmp
     assert (a.state / "applied.yaml").read_text() == before
     f.write_text(DENY)
     a.ctl("apply", "-f", f)
-    routes = [l.split()[:2] for l in a.ctl("get", "routes").stdout.splitlines()[1:]]
-    assert routes == [["AuthorizationPolicy", "default/reviews-callers"], ["AuthorizationPolicy", "default/no-admin"]], routes
+    routes = a.routes()
+    assert routes == [("AuthorizationPolicy", "default/reviews-callers"), ("AuthorizationPolicy", "default/no-admin")], routes
 
     # Once A is gone, the directory is free again (the lock dies with its holder).
     a.stop()
     a.start()
-    assert ["AuthorizationPolicy", "default/no-admin"] in [l.split()[:2] for l in a.ctl("get", "routes").stdout.splitlines()[1:]]
+    assert ("AuthorizationPolicy", "default/no-admin") in a.routes()
     assert (a.state / "meshd.lock").read_text() == f"{a.proc.pid}\n"
 
 

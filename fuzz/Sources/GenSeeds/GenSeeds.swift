@@ -99,11 +99,11 @@ struct GenSeeds {
               rules:
               - from: [{source: {principals: ["cluster.local/ns/default/sa/productpage"]}}]
             """)])
-        store.register(identity: "spiffe://cluster.local/ns/default/sa/reviews", service: "reviews", namespace: "default",
+        try store.register(identity: "spiffe://cluster.local/ns/default/sa/reviews", service: "reviews", namespace: "default",
                        labels: [("app", "reviews"), ("version", "v1")], address: "127.0.0.1:16001")
-        store.register(identity: "spiffe://cluster.local/ns/default/sa/reviews", service: "reviews", namespace: "default",
+        try store.register(identity: "spiffe://cluster.local/ns/default/sa/reviews", service: "reviews", namespace: "default",
                        labels: [("app", "reviews"), ("version", "v2")], address: "127.0.0.1:16002")
-        store.register(identity: "spiffe://cluster.local/ns/default/sa/productpage", service: "productpage", namespace: "default",
+        try store.register(identity: "spiffe://cluster.local/ns/default/sa/productpage", service: "productpage", namespace: "default",
                        labels: [("app", "productpage")], address: "127.0.0.1:16003")
         let pushed = store.proxyConfig()
         write("\(corpus)/FuzzConfig/pushed-meshd.yaml", Array(pushed.text.utf8))
