@@ -67,7 +67,8 @@ func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
         }
     }
 
-    let api = freePort(), admin = freePort()
+    let meshdPorts = freePorts(2)
+    let (api, admin) = (meshdPorts[0], meshdPorts[1])
     say("starting meshd (certificate authority and config store), state in \(dir)/meshd")
     do { children.append(try ChildProcess(path: meshdPath, args: [meshdPath, "--state-dir", "\(dir)/meshd", "--api-port", String(api), "--admin-port", String(admin), "--cert-ttl", "1h"], logPath: "\(dir)/meshd.log")) } catch { fail("\(error)", code: 1) }
     let adminAddr = SocketAddress(host: "127.0.0.1", port: admin)!

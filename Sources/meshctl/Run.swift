@@ -8,11 +8,22 @@ import Glibc
 #endif
 
 /// A free TCP port on 127.0.0.1 (bound and released; the sidecar binds it right after).
-func freePort() -> Int {
-    let fd = Socket.listen(SocketAddress(host: "127.0.0.1", port: 0)!, reusePort: false)
-    defer { if fd >= 0 { close(fd) } }
-    return fd >= 0 ? Socket.localPort(fd) : 0
+/// `n` distinct free ports on 127.0.0.1: every socket is held until all are chosen (a port
+/// released at once could be handed out again for the next one, and a sidecar refuses to share
+/// a port between its own listeners).
+func freePorts(_ n: Int) -> [Int] {
+    var fds: [Int32] = []
+    defer { for fd in fds { close(fd) } }
+    var ports: [Int] = []
+    for _ in 0..<n {
+        let fd = Socket.listen(SocketAddress(host: "127.0.0.1", port: 0)!, reusePort: false)
+        if fd >= 0 { fds.append(fd) }
+        ports.append(fd >= 0 ? Socket.localPort(fd) : 0)
+    }
+    return ports
 }
+
+func freePort() -> Int { freePorts(1)[0] }
 
 func note(_ s: String) {
     var line = "meshctl run: \(s)\n"
@@ -44,7 +55,8 @@ func runCommand(service: String, namespace: String, serviceAccount: String, labe
         try FileStore.writeAtomically("\(dir)/token", token + "\n", mode: 0o600)
         try FileStore.writeAtomically("\(dir)/root-cert.pem", bundle, mode: 0o644)
     } catch { fail("\(error)") }
-    let inbound = freePort(), outbound = freePort(), admin = freePort()
+    let ports = freePorts(3)
+    let (inbound, outbound, admin) = (ports[0], ports[1], ports[2])
     let here = CommandLine.arguments[0].split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
     let sidecarPath = here.isEmpty ? "sidecar" : (access("\(here)/sidecar", X_OK) == 0 ? "\(here)/sidecar" : "sidecar")
     let log = sidecarLog ?? "\(dir)/sidecar.log"

@@ -20,10 +20,19 @@ MESHD = pathlib.Path(os.environ.get("MESHD_BIN", SIDECAR.parent / "meshd"))
 MESHCTL = pathlib.Path(os.environ.get("MESHCTL_BIN", SIDECAR.parent / "meshctl"))
 
 
+_handed_out = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1, never one handed out before in this session: a port released at
+    once can come back for the next call, and a sidecar refuses to share one between listeners."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_until(pred, timeout=10.0, what="condition"):
