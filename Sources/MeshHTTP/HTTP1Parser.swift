@@ -107,7 +107,7 @@ public struct HTTP1Parser: Sendable {
             var ve = p
             while ve > vs && (buf[ve - 1] == 32 || buf[ve - 1] == 9) { ve -= 1 }
             p += 2
-            let kind = classify(buf + ls, nameEnd - ls)
+            let kind = KnownHeader.classify(buf + ls, nameEnd - ls)
             let idx = head.fields.count
             head.fields.append(HeaderField(lineStart: Int32(ls), nameEnd: Int32(nameEnd), valueStart: Int32(vs), valueEnd: Int32(ve), lineEnd: Int32(p), kind: kind))
             switch kind {
@@ -159,7 +159,7 @@ public struct HTTP1Parser: Sendable {
         if p == s || p >= e || buf[p] != 32 { return .init(400, "invalid method") }
         head.methodStart = s
         head.methodEnd = p
-        head.method = methodKind(buf + s, p - s)
+        head.method = HTTPMethod.classify(buf + s, p - s)
         p += 1
         let ts = p
         while p < e && table[Int(buf[p])] & CharClass.target != 0 { p += 1 }
@@ -263,51 +263,4 @@ public struct HTTP1Parser: Sendable {
         }
     }
 
-    @inline(__always) private func classify(_ p: UnsafePointer<UInt8>, _ n: Int) -> KnownHeader {
-        switch n {
-        case 2: return ASCII.equalsLower(p, 2, "te") ? .te : .other
-        case 4: return ASCII.equalsLower(p, 4, "host") ? .host : .other
-        case 6: return ASCII.equalsLower(p, 6, "expect") ? .expect : .other
-        case 7:
-            if ASCII.equalsLower(p, 7, "upgrade") { return .upgrade }
-            if ASCII.equalsLower(p, 7, "trailer") { return .trailer }
-            return .other
-        case 10:
-            if ASCII.equalsLower(p, 10, "connection") { return .connection }
-            if ASCII.equalsLower(p, 10, "keep-alive") { return .keepAlive }
-            return .other
-        case 12: return ASCII.equalsLower(p, 12, "x-request-id") ? .xRequestID : .other
-        case 14: return ASCII.equalsLower(p, 14, "content-length") ? .contentLength : .other
-        case 16: return ASCII.equalsLower(p, 16, "proxy-connection") ? .proxyConnection : .other
-        case 17: return ASCII.equalsLower(p, 17, "transfer-encoding") ? .transferEncoding : .other
-        case 20: return ASCII.equalsLower(p, 20, "x-mesh-peer-metadata") ? .meshPeerMetadata : .other
-        case 23: return ASCII.equalsLower(p, 23, "x-forwarded-client-cert") ? .xForwardedClientCert : .other
-        default: return .other
-        }
-    }
-
-    @inline(__always) private func methodKind(_ p: UnsafePointer<UInt8>, _ n: Int) -> HTTPMethod {
-        @inline(__always) func eq(_ lit: StaticString) -> Bool {
-            let l = lit.utf8Start
-            for i in 0..<n where p[i] != l[i] { return false }
-            return true
-        }
-        switch n {
-        case 3:
-            if eq("GET") { return .get }
-            if eq("PUT") { return .put }
-        case 4:
-            if eq("POST") { return .post }
-            if eq("HEAD") { return .head }
-        case 5:
-            if eq("PATCH") { return .patch }
-            if eq("TRACE") { return .trace }
-        case 6: if eq("DELETE") { return .delete }
-        case 7:
-            if eq("OPTIONS") { return .options }
-            if eq("CONNECT") { return .connect }
-        default: break
-        }
-        return .other
-    }
 }

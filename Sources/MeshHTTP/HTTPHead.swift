@@ -1,3 +1,5 @@
+import MeshCore
+
 /// Headers the proxy acts on; everything else is `.other` and passes through untouched.
 public enum KnownHeader: UInt8, Sendable {
     case other, host, contentLength, transferEncoding, connection, upgrade, expect, te, keepAlive,
@@ -10,6 +12,30 @@ public enum KnownHeader: UInt8, Sendable {
         switch self {
         case .connection, .keepAlive, .proxyConnection, .te, .transferEncoding, .upgrade: return true
         default: return false
+        }
+    }
+
+    /// The kind of the header named `p[0..<n]` (any case).
+    @inline(__always) public static func classify(_ p: UnsafePointer<UInt8>, _ n: Int) -> KnownHeader {
+        switch n {
+        case 2: return ASCII.equalsLower(p, 2, "te") ? .te : .other
+        case 4: return ASCII.equalsLower(p, 4, "host") ? .host : .other
+        case 6: return ASCII.equalsLower(p, 6, "expect") ? .expect : .other
+        case 7:
+            if ASCII.equalsLower(p, 7, "upgrade") { return .upgrade }
+            if ASCII.equalsLower(p, 7, "trailer") { return .trailer }
+            return .other
+        case 10:
+            if ASCII.equalsLower(p, 10, "connection") { return .connection }
+            if ASCII.equalsLower(p, 10, "keep-alive") { return .keepAlive }
+            return .other
+        case 12: return ASCII.equalsLower(p, 12, "x-request-id") ? .xRequestID : .other
+        case 14: return ASCII.equalsLower(p, 14, "content-length") ? .contentLength : .other
+        case 16: return ASCII.equalsLower(p, 16, "proxy-connection") ? .proxyConnection : .other
+        case 17: return ASCII.equalsLower(p, 17, "transfer-encoding") ? .transferEncoding : .other
+        case 20: return ASCII.equalsLower(p, 20, "x-mesh-peer-metadata") ? .meshPeerMetadata : .other
+        case 23: return ASCII.equalsLower(p, 23, "x-forwarded-client-cert") ? .xForwardedClientCert : .other
+        default: return .other
         }
     }
 }
@@ -106,6 +132,32 @@ public struct HTTPHead: Sendable {
 /// Request methods the proxy treats specially (safe/idempotent for retries, HEAD for framing).
 public enum HTTPMethod: UInt8, Sendable {
     case get, head, post, put, delete, options, trace, connect, patch, other
+
+    /// The method named by `p[0..<n]` (methods are case-sensitive).
+    @inline(__always) public static func classify(_ p: UnsafePointer<UInt8>, _ n: Int) -> HTTPMethod {
+        @inline(__always) func eq(_ lit: StaticString) -> Bool {
+            let l = lit.utf8Start
+            for i in 0..<n where p[i] != l[i] { return false }
+            return true
+        }
+        switch n {
+        case 3:
+            if eq("GET") { return .get }
+            if eq("PUT") { return .put }
+        case 4:
+            if eq("POST") { return .post }
+            if eq("HEAD") { return .head }
+        case 5:
+            if eq("PATCH") { return .patch }
+            if eq("TRACE") { return .trace }
+        case 6: if eq("DELETE") { return .delete }
+        case 7:
+            if eq("OPTIONS") { return .options }
+            if eq("CONNECT") { return .connect }
+        default: break
+        }
+        return .other
+    }
 
     public var isIdempotent: Bool {
         switch self {

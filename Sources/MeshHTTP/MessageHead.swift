@@ -1,0 +1,164 @@
+import MeshCore
+
+/// A byte range inside a `MessageHead`'s buffer.
+public struct ByteRange: Sendable {
+    public var start: Int32 = 0
+    public var length: Int32 = 0
+    public init() {}
+    public init(start: Int, length: Int) { self.start = Int32(start); self.length = Int32(length) }
+    @inline(__always) public var isEmpty: Bool { length == 0 }
+}
+
+/// Which protocol a message came in on (the access log's `protocol`, HTTP/1.0 framing rules).
+public enum HTTPVersion: UInt8, Sendable { case http10, http11, http2 }
+
+/// A request or response head independent of the protocol it arrived on: the pseudo-header
+/// values and the header fields as byte ranges in one buffer the head owns, names lowercase,
+/// with `HeaderPolicy` already applied (hop-by-hop fields gone, mesh headers marked). Both the
+/// HTTP/1.1 and the HTTP/2 side fill it and both writers read it, so every protocol path sees
+/// the same head. Reused from request to request: nothing here allocates once warm.
+public final class MessageHead {
+    /// One header field; `forwarded` false for fields kept only to be read (mesh headers,
+    /// `upgrade` outside a tunnel, fields a route removes).
+    public struct Field: Sendable {
+        public var name: ByteRange
+        public var value: ByteRange
+        public var kind: KnownHeader
+        public var forwarded: Bool
+    }
+
+    public let bytes: ByteBuffer
+    public private(set) var fields: [Field] = []
+    // Request.
+    public var method = ByteRange()
+    public var methodKind: HTTPMethod = .other
+    /// The origin-form path (with the query), or `*`.
+    public var path = ByteRange()
+    /// The path as the client sent it (before a route's rewrite).
+    public var originalPath = ByteRange()
+    /// `:authority`, else Host, else the authority of an absolute-form target.
+    public var authority = ByteRange()
+    // Response.
+    public var status = 0
+    /// The reason phrase of an HTTP/1.1 status line (empty: use the standard one).
+    public var reason = ByteRange()
+    // What the proxy acts on, found while the head was read.
+    public var version: HTTPVersion = .http11
+    public var contentLength: Int64 = -1
+    /// `te: trailers` was asked for (the only `te` value forwarded).
+    public var teTrailers = false
+    /// `content-type: application/grpc...`.
+    public var isGRPC = false
+    public var expectContinue = false
+    /// Field indices, -1 when absent.
+    public var requestIDIndex = -1
+    public var peerMetadataIndex = -1
+    public var upgradeIndex = -1
+    /// Why the head cannot be forwarded (a field value that would split an HTTP/1.1 head, an
+    /// invalid content-length), nil when it can.
+    public var malformed: StaticString? = nil
+
+    public init(capacity: Int = 1024) { bytes = ByteBuffer(lazyCapacity: capacity) }
+
+    public func reset() {
+        bytes.clear()
+        fields.removeAll(keepingCapacity: true)
+        method = ByteRange(); methodKind = .other; path = ByteRange(); originalPath = ByteRange(); authority = ByteRange()
+        status = 0; reason = ByteRange(); version = .http11
+        contentLength = -1; teTrailers = false; isGRPC = false; expectContinue = false
+        requestIDIndex = -1; peerMetadataIndex = -1; upgradeIndex = -1
+        malformed = nil
+    }
+
+    /// Gives the buffer's memory back (an idle connection or a pooled exchange).
+    public func releaseStorage() { reset(); bytes.releaseStorage() }
+
+    @inline(__always) public var isEmpty: Bool { fields.isEmpty && method.isEmpty && status == 0 }
+
+    @inline(__always) public func pointer(_ r: ByteRange) -> UnsafePointer<UInt8> { UnsafePointer(bytes.base + Int(r.start)) }
+
+    /// Copies `p[0..<n]` into the buffer and returns its range.
+    @inline(__always) public func keep(_ p: UnsafePointer<UInt8>, _ n: Int) -> ByteRange {
+        let s = bytes.writeIndex
+        bytes.append(p, n)
+        return ByteRange(start: s, length: n)
+    }
+
+    /// Copies a name into the buffer lowercased (HTTP/2 wants lowercase; HTTP/1.1 does not mind).
+    @inline(__always) private func keepLower(_ p: UnsafePointer<UInt8>, _ n: Int) -> ByteRange {
+        let s = bytes.writeIndex
+        bytes.append(p, n)
+        let b = bytes.base + s
+        for i in 0..<n { b[i] = ASCII.lower(b[i]) }
+        return ByteRange(start: s, length: n)
+    }
+
+    /// Appends a field (the name is lowercased); returns its index.
+    @discardableResult
+    public func addField(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int,
+                         kind: KnownHeader = .other, forwarded: Bool = true) -> Int {
+        let name = keepLower(n, nl)
+        let value = keep(v, vl)
+        fields.append(Field(name: name, value: value, kind: kind, forwarded: forwarded))
+        return fields.count - 1
+    }
+
+    @discardableResult
+    public func addField(_ name: StaticString, _ v: UnsafePointer<UInt8>, _ vl: Int, kind: KnownHeader = .other) -> Int {
+        addField(name.utf8Start, name.utf8CodeUnitCount, v, vl, kind: kind)
+    }
+
+    public func addField(_ name: [UInt8], _ value: [UInt8]) {
+        name.withUnsafeBufferPointer { nb in
+            value.withUnsafeBufferPointer { vb in
+                _ = addField(nb.baseAddress!, nb.count, vb.baseAddress ?? nb.baseAddress!, vb.count)
+            }
+        }
+    }
+
+    /// Starts a field whose value the caller appends to `bytes` next; `endField()` closes it.
+    public func beginField(_ name: StaticString, kind: KnownHeader = .other) {
+        let n = keep(name.utf8Start, name.utf8CodeUnitCount)
+        fields.append(Field(name: n, value: ByteRange(start: bytes.writeIndex, length: 0), kind: kind, forwarded: true))
+    }
+
+    /// Closes the field `beginField` opened; returns its index.
+    @discardableResult
+    public func endField() -> Int {
+        let i = fields.count - 1
+        fields[i].value.length = Int32(bytes.writeIndex) - fields[i].value.start
+        return i
+    }
+
+    /// Stops forwarding field `i` (it stays readable).
+    @inline(__always) public func drop(_ i: Int) { fields[i].forwarded = false }
+
+    /// Calls `body` with each forwarded field's name and value.
+    @inline(__always) public func forEachForwarded(_ body: (UnsafePointer<UInt8>, Int, UnsafePointer<UInt8>, Int) -> Void) {
+        let b = UnsafePointer(bytes.base)
+        for f in fields where f.forwarded {
+            body(b + Int(f.name.start), Int(f.name.length), b + Int(f.value.start), Int(f.value.length))
+        }
+    }
+
+    /// The value of the first field named `name` (lowercase bytes), forwarded or not.
+    public func withValue<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
+        let b = UnsafePointer(bytes.base)
+        for f in fields where Int(f.name.length) == n && ASCII.equalsLowerBytes(b + Int(f.name.start), n, name) {
+            return body(b + Int(f.value.start), Int(f.value.length))
+        }
+        return nil
+    }
+
+    /// Copies another head (a response kept while the exchange decides whether to retry).
+    public func copy(from o: MessageHead) {
+        reset()
+        bytes.append(from: o.bytes, o.bytes.readIndex, o.bytes.writeIndex)
+        fields.append(contentsOf: o.fields)
+        method = o.method; methodKind = o.methodKind; path = o.path; originalPath = o.originalPath
+        authority = o.authority; status = o.status; reason = o.reason; version = o.version
+        contentLength = o.contentLength; teTrailers = o.teTrailers; isGRPC = o.isGRPC
+        expectContinue = o.expectContinue; requestIDIndex = o.requestIDIndex
+        peerMetadataIndex = o.peerMetadataIndex; upgradeIndex = o.upgradeIndex; malformed = o.malformed
+    }
+}

@@ -1,0 +1,167 @@
+import CNghttp2
+import MeshCore
+import MeshHTTP
+import MeshIO
+import MeshTLS
+
+/// One HTTP/2 stream from a client (inbound from a sidecar, or h2c from the local app): it reads
+/// the request into its exchange's `request` through the header policy, passes DATA and trailers
+/// on, and writes the exchange's response as HEADERS, DATA and trailers. Request body credit
+/// goes back to the client only once the exchange took the bytes upstream. Stream objects (each
+/// with its exchange) are pooled per worker.
+final class H2ServerStream: DownstreamStream {
+    unowned(unsafe) private(set) var handler: H2ServerHandler!
+    private(set) var id: Int32 = 0
+    let exchange: Exchange
+    /// The exchange is running (false before the head is complete and once it ended).
+    private var active = false
+    private var headDone = false
+    private var headBytes = 0
+    /// Request body bytes received whose flow-control credit was not returned yet.
+    private var heldCredit = 0
+    /// The response was completed, answered locally or the exchange ended otherwise.
+    private(set) var isFinished = false
+    private var session: HTTP2Session { handler.session }
+    static let window = 1 << 20
+
+    init(worker: Worker) { exchange = Exchange(worker: worker) }
+
+    /// Takes a new stream (a pooled object starts over).
+    func start(handler: H2ServerHandler, id: Int32) {
+        self.handler = handler
+        self.id = id
+        active = false
+        headDone = false
+        headBytes = 0
+        heldCredit = 0
+        isFinished = false
+        exchange.request.reset()
+        exchange.request.version = .http2
+        exchange.requestTrailers.reset()
+    }
+
+    /// The object leaves the pool for good.
+    func retire() { exchange.retire() }
+
+    // MARK: request (from nghttp2, through the handler)
+
+    func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool {
+        if headDone {
+            HeaderPolicy.ingestTrailer(exchange.requestTrailers, n, nl, v, vl)
+            return true
+        }
+        headBytes &+= nl + vl + 4
+        let r = exchange.request
+        if nl > 0 && n[0] == UInt8(ascii: ":") { HeaderPolicy.ingestPseudo(r, n, nl, v, vl) }
+        else { HeaderPolicy.ingest(r, n, nl, v, vl, validate: true) }
+        return true
+    }
+
+    func headersComplete(endStream: Bool) {
+        if headDone {
+            requestEnded()   // trailers
+            return
+        }
+        headDone = true
+        let r = exchange.request
+        if r.path.isEmpty && r.malformed == nil { r.malformed = "missing :path" }
+        active = true
+        exchange.begin(self, inbound: handler.inbound, requestHasBody: !endStream, headBytes: headBytes, wantsUpgrade: false)
+    }
+
+    func requestData(_ p: UnsafePointer<UInt8>, _ n: Int) {
+        guard active else { session.consume(stream: id, n); handler.conn.requestFlush(); return }
+        exchange.requestBody(p, n)
+        heldCredit += n
+        resumeRequestBody()
+    }
+
+    func requestEnded() {
+        if active { exchange.requestEnd() }
+    }
+
+    /// The client reset the stream or the connection went away.
+    func abort(flag: ResponseFlag) {
+        returnCredit()
+        isFinished = true
+        if active { active = false; exchange.downstreamGone(flag: flag) }
+    }
+
+    /// nghttp2 closed the stream without an error (both sides ended).
+    func closedNormally() {
+        if active { active = false; exchange.downstreamGone(flag: .downstreamConnectionTermination) }
+    }
+
+    private func returnCredit() {
+        if heldCredit > 0 {
+            session.consume(stream: id, heldCredit)
+            heldCredit = 0
+            handler.conn.requestFlush()
+        }
+    }
+
+    /// The connection has room again (called by the handler for a blocked stream).
+    func pumpResponse() { if active { exchange.downstreamDrained() } }
+
+    // MARK: DownstreamStream
+
+    var callerTLS: TLSSession? { handler.conn.tlsSession }
+    var callerPeer: Int { handler.peerIndex }
+
+    func sendInformational(_ head: MessageHead) {
+        H2Emitter.response(head, into: session)
+        session.submitInformational(stream: id)
+        handler.conn.requestFlush()
+    }
+
+    func sendResponseHead(_ head: MessageHead, endStream: Bool, close: Bool) -> Int {
+        H2Emitter.response(head, into: session)
+        session.submitResponse(stream: id, endStream: endStream)
+        handler.conn.requestFlush()
+        var n = 0
+        for f in head.fields where f.forwarded { n &+= Int(f.name.length + f.value.length) + 4 }
+        return n
+    }
+
+    func sendResponseBody(_ p: UnsafePointer<UInt8>, _ n: Int) {
+        session.sendData(stream: id, p, n)
+        handler.conn.requestFlush()
+    }
+
+    func endResponse(trailers: MessageHead?) {
+        if let t = trailers, !t.isEmpty {
+            H2Emitter.fields(t, into: session)
+            session.finishData(stream: id, withTrailers: true)
+        } else {
+            session.finishData(stream: id, withTrailers: false)
+        }
+        handler.conn.requestFlush()
+    }
+
+    var responseCongested: Bool {
+        if session.pendingData(stream: id) >= H2ServerStream.window || handler.congested {
+            handler.block(self)
+            return true
+        }
+        return false
+    }
+
+    func resumeRequestBody() {
+        if heldCredit > 0 && exchange.wantsRequestBody { returnCredit() }
+    }
+
+    func noteActivity() {}
+
+    func abortResponse() {
+        session.reset(stream: id, error: UInt32(NGHTTP2_INTERNAL_ERROR.rawValue))
+        handler.conn.requestFlush()
+    }
+
+    func exchangeFinished() {
+        active = false
+        isFinished = true
+        returnCredit()
+    }
+
+    func startTunnel(_ up: UpstreamConnection, tcpKey: UInt64) -> Bool { false }
+}
