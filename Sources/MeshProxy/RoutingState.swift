@@ -137,17 +137,12 @@ final class RoutingState {
         return fallback
     }
 
-    /// Whether one more retry to `cluster` fits the retry budget and the cluster's `maxRetries`.
-    /// The budget is Envoy's (retries in flight under 20% of the requests in flight, at least 3)
-    /// or, beyond it, Linkerd's (a token earned per 5 requests and 10 a second, at most 100
-    /// banked): the concurrent rule alone fails a burst, such as every request in flight to an
-    /// endpoint reset at once when it dies, that the other endpoints could serve, while a cluster
-    /// that keeps failing still gets at most about 40% more attempts than requests plus 10 a second.
+    /// Whether one more retry to `cluster` fits the cluster's `maxRetries` and its retry budget
+    /// (`RetryBudget`: Envoy's concurrent rule, then Linkerd's rate rule), at the loop's time.
     func retryAllowed(cluster c: Int) -> Bool {
         let rt = clusterState[c]
-        if rt.activeRetries >= snapshot.clusters[c].maxRetries { return false }
-        if rt.activeRetries < max(3, rt.activeRequests / 5) { return true }
-        return rt.takeRetryToken(now: worker.loop.now)
+        return rt.retryBudget.allows(activeRetries: rt.activeRetries, activeRequests: rt.activeRequests,
+                                     maxRetries: snapshot.clusters[c].maxRetries, now: worker.loop.now)
     }
 
     /// Outlier detection: the outcome of one attempt on `p` (a status, or 0 with `gatewayFailure`
@@ -199,29 +194,9 @@ final class RoutingState {
 final class ClusterRuntime {
     var activeRequests = 0
     var activeRetries = 0
-    /// The rate part of the retry budget, in thousandths of a retry: 200 per request started,
-    /// 10,000 a second, at most `maxRetryTokens`.
-    private var retryTokens = 10_000   // a second's worth to start with
-    private var retryTokensAt: UInt64 = 0
-    static let maxRetryTokens = 100_000
-
-    /// A request to this cluster started: it earns a fifth of a retry.
-    @inline(__always) func earnRetryToken() {
-        if retryTokens < ClusterRuntime.maxRetryTokens { retryTokens += 200 }
-    }
-
-    /// Spends one retry from the rate budget if there is one (refilled at 10 a second).
-    func takeRetryToken(now: UInt64) -> Bool {
-        if retryTokensAt == 0 { retryTokensAt = now }
-        let elapsed = now &- retryTokensAt
-        if elapsed >= 1_000_000 {   // whole milliseconds: 10 tokens/s is 10 thousandths per ms
-            retryTokens = min(ClusterRuntime.maxRetryTokens, retryTokens + Int(elapsed / 1_000_000) * 10)
-            retryTokensAt = now &- elapsed % 1_000_000
-        }
-        if retryTokens < 1000 { return false }
-        retryTokens -= 1000
-        return true
-    }
+    /// The retry budget's rate part (its concurrent part counts `activeRetries` against
+    /// `activeRequests`).
+    var retryBudget = RetryBudget()
     var openConnections = 0
     /// Bounded by the cluster's `maxPendingRequests` (Envoy's default 1024), so the linear
     /// removals below stay cheap.

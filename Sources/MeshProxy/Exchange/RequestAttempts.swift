@@ -1,14 +1,12 @@
 /// The retry and circuit-breaker bookkeeping of one request, shared by the HTTP/1.1 path
 /// (DownstreamConnection) and the HTTP/2 path (H2BridgeStream): the cluster's requests in flight
-/// (`http2MaxRequests`), the endpoint's in-flight count (LEAST_REQUEST), outlier outcomes, retries
-/// left, Envoy's retry budget and the back-off between attempts. Plain counters on the worker;
+/// (`http2MaxRequests`), the endpoint's in-flight count (LEAST_REQUEST), outlier outcomes, the
+/// cluster's retries in flight and retry budget, and the stats. The decisions themselves (retries
+/// left, what is retriable, URX, the back-off) are `RetryState`'s. Plain counters on the worker;
 /// nothing here allocates.
 struct RequestAttempts {
-    var policy = RetryPolicy.default
-    private(set) var left = 0
-    private(set) var done = 0
-    /// A retry was refused by the budget or `maxRetries`.
-    private(set) var refused = false
+    /// The pure retry decisions of this request.
+    private(set) var state = RetryState()
     /// The endpoint of the attempt in progress.
     private(set) var pool: EndpointPool?
     private var retryCounted = false
@@ -17,18 +15,18 @@ struct RequestAttempts {
     /// The routing state the request was routed with (its cluster indices).
     private(set) var routing: RoutingState?
 
+    /// The route's retry policy.
+    var policy: RetryPolicy { state.policy }
+
     /// Starts a request to `cluster`: false (nothing counted) when the cluster already has
     /// `maxRequests` in flight.
     mutating func admit(_ routing: RoutingState, cluster c: Int, policy p: RetryPolicy) -> Bool {
         release(routing.worker)
-        policy = p
-        left = p.retries
-        done = 0
-        refused = false
+        state = RetryState(policy: p)
         let rt = routing.clusterState[c]
         if rt.activeRequests >= routing.snapshot.clusters[c].maxRequests { return false }
         rt.activeRequests += 1
-        rt.earnRetryToken()
+        rt.retryBudget.earn()
         cluster = c
         self.routing = routing
         return true
@@ -68,71 +66,62 @@ struct RequestAttempts {
         if let p = pool { p.routing.recordOutcome(p, status: status, gatewayFailure: gatewayFailure) }
     }
 
-    /// Whether one more attempt may be made: retries left, the request replayable, and room in the
-    /// retry budget (a refusal is counted and remembered for the URX flag).
-    mutating func mayRetry(_ worker: Worker, replayable: Bool) -> Bool {
-        guard left > 0, replayable, cluster >= 0, let r = routing else { return false }
-        if !r.retryAllowed(cluster: cluster) {
-            worker.stats.inc(.retryOverflow)
-            refused = true
-            return false
-        }
-        return true
+    /// The retry budget's answer for one more retry of `cluster` on `routing`; a refusal is
+    /// counted (`RetryState` remembers it for the URX flag). Asked by `RetryState` only when the
+    /// policy, the retries left and replay allow a retry; a request not admitted to a cluster is
+    /// passed as not replayable, so it never gets here.
+    private static func budgetAllows(_ routing: RoutingState?, cluster: Int, _ worker: Worker) -> Bool {
+        guard cluster >= 0, let r = routing else { return false }
+        if r.retryAllowed(cluster: cluster) { return true }
+        worker.stats.inc(.retryOverflow)
+        return false
     }
 
     /// Books the next attempt as a retry in flight and returns its back-off (Envoy's: fully
     /// jittered, 25 ms doubling up to 250 ms).
     mutating func bookRetry(_ worker: Worker) -> UInt64 {
-        left -= 1
-        done += 1
+        let delay = state.bookRetry(&worker.rng)
         endAttempt(worker)
         retryCounted = true
         routing?.clusterState[cluster].activeRetries += 1
-        let base: UInt64 = min(25_000_000 << UInt64(min(done - 1, 4)), 250_000_000)
-        return 1 + worker.rng.next() % base
+        return delay
     }
 
     /// Retries were made or refused: a final retriable failure is "retries exhausted" (URX).
-    var exhausted: Bool { done > 0 || refused }
+    var exhausted: Bool { state.exhausted }
 
     /// An attempt ended without a response: records it for outlier detection and decides.
     /// `.retry`: book a retry (counted by cause); `.fail(exhausted:)`: answer the request, with
     /// `exhausted` true when the failure was retriable but no retry was left or allowed.
     mutating func failed(_ f: AttemptFailure, _ worker: Worker, replayable: Bool) -> AttemptDecision {
         outcome(worker, status: 0, gatewayFailure: true)
-        let retriable: Bool
-        switch f {
-        case .connect: retriable = policy.onConnectFailure
-        case .reset: retriable = policy.onReset
-        case .refused: retriable = policy.onRefusedStream
-        case .timeout: retriable = policy.onTimeout
-        }
-        if retriable && mayRetry(worker, replayable: replayable) {
+        let (r, c) = (routing, cluster)
+        let d = state.failed(f, replayable: replayable && c >= 0 && r != nil,
+                             budgetAllows: RequestAttempts.budgetAllows(r, cluster: c, worker))
+        if case .retry = d {
             switch f {
             case .connect, .refused: worker.stats.inc(.retries)
             case .reset: worker.stats.inc(.retriesReset)
             case .timeout: worker.stats.inc(.retriesTimeout)
             }
-            return .retry
         }
-        return .fail(exhausted: retriable && exhausted)
+        return d
     }
 }
 
 extension RequestAttempts {
     /// A response head arrived (`grpc`: its grpc-status, -1 when absent; `listedHeader`: it carries
     /// a header the request named in x-envoy-retriable-header-names): records it for outlier
-    /// detection and decides. `.retry`: drop this response and book a retry; `.pass(exhausted:)`:
+    /// detection and decides. `.retry`: drop this response and book a retry; `.fail(exhausted:)`:
     /// forward it, flagged URX when it was retriable but no retry was left or allowed.
     mutating func responded(status: Int, grpc: Int, listedHeader: Bool = false, _ worker: Worker, replayable: Bool) -> AttemptDecision {
         outcome(worker, status: status, gatewayFailure: false)
-        let byHeader = listedHeader && policy.on.contains(.retriableHeaders)
-        guard byHeader || policy.retries(status: status, grpc: grpc) else { return .fail(exhausted: false) }
-        if mayRetry(worker, replayable: replayable) {
-            worker.stats.inc(.retriesStatus)
-            return .retry
-        }
-        return .fail(exhausted: exhausted)
+        let (r, c) = (routing, cluster)
+        let d = state.responded(status: status, grpc: grpc, listedHeader: listedHeader,
+                                replayable: replayable && c >= 0 && r != nil,
+                                budgetAllows: RequestAttempts.budgetAllows(r, cluster: c, worker))
+        if case .retry = d { worker.stats.inc(.retriesStatus) }
+        return d
     }
 }
 
