@@ -10,28 +10,25 @@ final class MirrorRequest: UpstreamOwner {
     unowned(unsafe) let worker: Worker
     let request = ByteBuffer(capacity: 1024)
     private var upstream: UpstreamConnection?
-    private var parser = HTTP1Parser()
-    private var head = HTTPHead()
     /// The mirrored request's method (a HEAD response has no body whatever its length says).
     private var method: HTTPMethod = .other
     static let timeout: UInt64 = 10_000_000_000
 
     init(worker: Worker) { self.worker = worker }
 
-    /// Copies `replay` (a request head as sent upstream, then its whole body) with the Host
-    /// changed; false when it does not parse (then nothing is sent).
-    func prepare(from replay: ByteBuffer) -> Bool {
+    /// Writes the request as HTTP/1.1 from the exchange's head (as sent upstream) and its whole
+    /// body, with `-shadow` added to the Host.
+    func prepare(head h: MessageHead, body: ByteBuffer) {
         request.clear()
-        parser.resetScan()
-        guard case .complete = parser.parseRequest(replay.base, start: replay.readIndex, end: replay.writeIndex, into: &head),
-              head.hostIndex >= 0 else { return false }
-        method = head.method
-        let b = replay.base
-        let f = head.fields[head.hostIndex]
-        request.append(b + head.headStart, Int(f.valueEnd) - head.headStart)
-        request.append("-shadow")
-        request.append(b + Int(f.valueEnd), replay.writeIndex - Int(f.valueEnd))
-        return true
+        method = h.methodKind
+        H1Writer.requestStart(h, into: request, hostSuffix: "-shadow")
+        if h.contentLength < 0 && !body.isEmpty {
+            request.append("content-length: ")
+            request.appendDecimal(body.readableBytes)
+            request.append("\r\n")
+        }
+        request.append("\r\n")
+        request.append(from: body, body.readIndex, body.writeIndex)
     }
 
     func start(pool: EndpointPool) -> Bool {
@@ -116,14 +113,15 @@ extension Worker {
     /// Mirrors beyond this many in flight on a worker are skipped (counted), never queued.
     static let maxMirrorsInFlight = 256
 
-    /// Sends a copy of a complete request (`replay`) to route target `target`; fire and forget.
-    func mirror(_ replay: ByteBuffer, target: Int, routing: RoutingState) {
+    /// Sends a copy of a complete request (its head and whole body) to route target `target`;
+    /// fire and forget.
+    func mirror(_ head: MessageHead, body: ByteBuffer, target: Int, routing: RoutingState) {
         guard mirrorsInFlight < Worker.maxMirrorsInFlight, let pool = routing.pickEndpoint(target: target, avoid: nil) else {
             stats.inc(.mirrorSkipped)
             return
         }
         let m = mirrorPool.popLast() ?? MirrorRequest(worker: self)
-        guard m.prepare(from: replay) else { stats.inc(.mirrorSkipped); mirrorPool.append(m); return }
+        m.prepare(head: head, body: body)
         mirrorsInFlight += 1
         if m.start(pool: pool) {
             stats.inc(.mirrorRequests)

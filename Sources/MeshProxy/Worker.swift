@@ -18,10 +18,8 @@ public final class Worker: @unchecked Sendable {
     let metrics: ProxyMetrics
     /// This worker's side of the access log (nil when access logging is off).
     var accessLog: AccessLogSink?
-    /// Finished inbound HTTP/2 stream objects, reused.
-    var h2StreamPool: [H2InboundStream] = []
-    /// Finished HTTP/2 bridge stream objects, reused.
-    var h2BridgePool: [H2BridgeStream] = []
+    /// Finished HTTP/2 client streams (each with its exchange), reused.
+    var h2StreamPool: [H2ServerStream] = []
     /// Finished mirror requests, reused, and how many are in flight.
     var mirrorPool: [MirrorRequest] = []
     var mirrorsInFlight = 0

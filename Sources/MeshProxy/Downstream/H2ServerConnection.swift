@@ -198,7 +198,6 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     func h2HeadersComplete(stream: Int32, trailers: Bool, endStream: Bool) {
         guard let s = streams[stream] else { return }
-        if trailers { s.requestTrailersDone(); return }
         s.headersComplete(endStream: endStream)
     }
 
