@@ -349,6 +349,7 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
         input.consume(h.headEnd - input.readIndex)
         parser.resetScan()
         state = .exchange
+        noteActivity()   // the stream idle timeout runs from here
         exchange.begin(self, inbound: inbound, requestHasBody: !requestDone, headBytes: headBytes, wantsUpgrade: upgrade)
         if state == .exchange { pumpRequestBody() }
     }
