@@ -60,11 +60,12 @@ let package = Package(
         .executableTarget(name: "meshd", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshCore", "MeshIO"]),
         .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO"]),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
+        .testTarget(name: "MeshIOTests", dependencies: ["MeshIO", "MeshCore"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore", "CNghttp2"]),
         .testTarget(name: "MeshConfigTests", dependencies: ["MeshConfig", "MeshCore"]),
         .testTarget(name: "MeshStatsTests", dependencies: ["MeshStats"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS"]),
-        .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP"]),
+        .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP", "MeshIO"]),
     ]
 )
