@@ -14,11 +14,19 @@ public enum HeaderPolicy {
     public static func ingest(_ head: MessageHead, _ n: UnsafePointer<UInt8>, _ nl: Int,
                               _ v: UnsafePointer<UInt8>, _ vl: Int, validate: Bool) {
         let kind = KnownHeader.classify(n, nl)
+        if kind.isHopByHop {
+            switch kind {
+            case .te:
+                if ASCII.equalsLower(v, vl, "trailers") { head.teTrailers = true }
+                return
+            case .upgrade:
+                break   // kept, not forwarded: a tunnel's upstream request names it
+            default:
+                return
+            }
+        }
         switch kind {
-        case .connection, .keepAlive, .proxyConnection, .transferEncoding, .xForwardedClientCert:
-            return
-        case .te:
-            if ASCII.equalsLower(v, vl, "trailers") { head.teTrailers = true }
+        case .xForwardedClientCert:
             return
         case .host:
             if head.authority.isEmpty { head.authority = head.keep(v, vl) }
