@@ -305,33 +305,7 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
         worker.stats.inc(.requestsTotal)
         let b = UnsafePointer(input.base)
         let h = head
-        let r = exchange.request
-        r.reset()
-        r.version = h.minorVersion == 0 ? .http10 : .http11
-        r.method = r.keep(b + h.methodStart, h.methodEnd - h.methodStart)
-        r.methodKind = h.method
-        if h.isAbsoluteForm {
-            r.authority = r.keep(b + h.authorityStart, h.authorityEnd - h.authorityStart)
-            if h.pathEnd > h.pathStart {
-                if b[h.pathStart] == UInt8(ascii: "?") {
-                    let slash: StaticString = "/"
-                    let s = r.keep(slash.utf8Start, 1)
-                    _ = r.keep(b + h.pathStart, h.pathEnd - h.pathStart)
-                    r.path = ByteRange(start: Int(s.start), length: 1 + h.pathEnd - h.pathStart)
-                } else {
-                    r.path = r.keep(b + h.pathStart, h.pathEnd - h.pathStart)
-                }
-            }
-        } else {
-            r.path = r.keep(b + h.targetStart, h.targetEnd - h.targetStart)
-        }
-        r.originalPath = r.path
-        let listed = !h.connectionListed.isEmpty
-        for f in h.fields {
-            if listed && f.kind == .other && h.isConnectionListed(f, in: b) { continue }   // never framing or mesh headers
-            HeaderPolicy.ingest(r, b + Int(f.lineStart), Int(f.nameEnd - f.lineStart),
-                                b + Int(f.valueStart), Int(f.valueEnd - f.valueStart), validate: false)
-        }
+        H1HeadReader.request(h, b, into: exchange.request)
         clientMinor = h.minorVersion
         closeAfterResponse = !h.keepAlive || closeAfterResponse || worker.draining
         var upgrade = h.connectionUpgrade && h.upgradeIndex >= 0

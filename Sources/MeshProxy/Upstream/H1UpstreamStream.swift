@@ -129,19 +129,7 @@ final class H1UpstreamStream: UpstreamOwner, UpstreamStream {
 
     /// The response head in `up.head` (bytes still in place) into the exchange's `response`.
     private func readHead(_ up: UpstreamConnection) {
-        let h = up.head
-        let b = UnsafePointer(up.input.base)
-        let r = exchange.response
-        r.reset()
-        r.status = h.status
-        r.version = h.minorVersion == 0 ? .http10 : .http11
-        if h.reasonEnd > h.reasonStart { r.reason = r.keep(b + h.reasonStart, h.reasonEnd - h.reasonStart) }
-        let listed = !h.connectionListed.isEmpty
-        for f in h.fields {
-            if listed && f.kind == .other && h.isConnectionListed(f, in: b) { continue }
-            HeaderPolicy.ingest(r, b + Int(f.lineStart), Int(f.nameEnd - f.lineStart),
-                                b + Int(f.valueStart), Int(f.valueEnd - f.valueStart), validate: false)
-        }
+        H1HeadReader.response(up.head, UnsafePointer(up.input.base), into: exchange.response)
     }
 
     private func pump(_ up: UpstreamConnection) {
