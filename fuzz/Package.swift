@@ -23,6 +23,7 @@ let package = Package(
         .target(name: "CFuzzDriver", path: "Sources/CFuzzDriver"),
         fuzzer("FuzzHTTP1", ["MeshHTTP", "MeshCore"]),
         fuzzer("FuzzHTTP2", ["MeshHTTP", "MeshCore"]),
+        fuzzer("FuzzExchangeHead", ["MeshHTTP", "MeshCore"]),
         fuzzer("FuzzConfig", ["MeshConfig", "MeshCore"]),
         fuzzer("FuzzJoinToken", ["MeshCA", "MeshPKI", "MeshCore"]),
         fuzzer("FuzzCSR", ["MeshCA", "MeshPKI", "MeshCore"]),

@@ -3,8 +3,9 @@ import MeshCore
 /// Reads a parsed HTTP/1.1 head (`HTTPHead`, byte ranges into the read buffer) into a
 /// protocol-neutral `MessageHead` through the header policy: the origin-form path (an
 /// absolute-form target gives the authority and its path), names `Connection` lists dropped.
+/// (`inout` only so that a head kept in a class is read in place, not copied.)
 public enum H1HeadReader {
-    public static func request(_ h: HTTPHead, _ b: UnsafePointer<UInt8>, into r: MessageHead) {
+    public static func request(_ h: inout HTTPHead, _ b: UnsafePointer<UInt8>, into r: MessageHead) {
         r.reset()
         r.version = h.minorVersion == 0 ? .http10 : .http11
         r.method = r.keep(b + h.methodStart, h.methodEnd - h.methodStart)
@@ -26,18 +27,18 @@ public enum H1HeadReader {
             r.path = r.keep(b + h.targetStart, h.targetEnd - h.targetStart)
         }
         r.originalPath = r.path
-        fields(h, b, into: r)
+        fields(&h, b, into: r)
     }
 
-    public static func response(_ h: HTTPHead, _ b: UnsafePointer<UInt8>, into r: MessageHead) {
+    public static func response(_ h: inout HTTPHead, _ b: UnsafePointer<UInt8>, into r: MessageHead) {
         r.reset()
         r.status = h.status
         r.version = h.minorVersion == 0 ? .http10 : .http11
         if h.reasonEnd > h.reasonStart { r.reason = r.keep(b + h.reasonStart, h.reasonEnd - h.reasonStart) }
-        fields(h, b, into: r)
+        fields(&h, b, into: r)
     }
 
-    @inline(__always) private static func fields(_ h: HTTPHead, _ b: UnsafePointer<UInt8>, into r: MessageHead) {
+    @inline(__always) private static func fields(_ h: inout HTTPHead, _ b: UnsafePointer<UInt8>, into r: MessageHead) {
         let listed = !h.connectionListed.isEmpty
         for f in h.fields {
             if listed && f.kind == .other && h.isConnectionListed(f, in: b) { continue }   // never framing or mesh headers

@@ -29,14 +29,22 @@ public enum HeaderPolicy {
         case .xForwardedClientCert:
             return
         case .host:
+            if validate && !all(v, vl, CharClass.host) { head.malformed = "invalid host"; return }
             if head.authority.isEmpty { head.authority = head.keep(v, vl) }
             return
         default:
             break
         }
         if validate {
-            for i in 0..<vl where v[i] == 13 || v[i] == 10 || v[i] == 0 {
-                head.malformed = "header value with CR, LF or NUL"
+            // What the HTTP/1.1 parser would refuse must not reach an HTTP/1.1 hop from HTTP/2.
+            let t = CharClass.table
+            if nl == 0 { head.malformed = "empty header name"; return }
+            for i in 0..<nl where t[Int(n[i])] & CharClass.token == 0 {
+                head.malformed = "invalid header name"
+                return
+            }
+            for i in 0..<vl where t[Int(v[i])] & CharClass.value == 0 {
+                head.malformed = "header value with CR, LF, NUL or a control byte"
                 return
             }
         }
@@ -66,14 +74,17 @@ public enum HeaderPolicy {
     }
 
     /// Takes one HTTP/2 pseudo-header (`:method`, `:path`, `:authority`, `:status`; `:scheme`
-    /// is not forwarded: the hop decides it).
+    /// is not forwarded: the hop decides it). Values are checked as the HTTP/1.1 parser checks
+    /// a request line and Host (nghttp2 checks them too; this does not rely on it).
     public static func ingestPseudo(_ head: MessageHead, _ n: UnsafePointer<UInt8>, _ nl: Int,
                                     _ v: UnsafePointer<UInt8>, _ vl: Int) {
         switch nl {
         case 5 where ASCII.equalsLower(n, 5, ":path"):
+            if vl == 0 || !all(v, vl, CharClass.target) { head.malformed = "invalid :path"; return }
             head.path = head.keep(v, vl)
             head.originalPath = head.path
         case 7 where ASCII.equalsLower(n, 7, ":method"):
+            if vl == 0 || !all(v, vl, CharClass.token) { head.malformed = "invalid :method"; return }
             head.method = head.keep(v, vl)
             head.methodKind = HTTPMethod.classify(v, vl)
         case 7 where ASCII.equalsLower(n, 7, ":status"):
@@ -81,6 +92,7 @@ public enum HeaderPolicy {
             for i in 0..<min(vl, 3) where v[i] >= 48 && v[i] <= 57 { st = st * 10 + Int(v[i] - 48) }
             head.status = st
         case 10 where ASCII.equalsLower(n, 10, ":authority"):
+            if !all(v, vl, CharClass.host) { head.malformed = "invalid :authority"; return }
             head.authority = head.keep(v, vl)
         default:
             break
@@ -103,6 +115,12 @@ public enum HeaderPolicy {
     /// The trailer lines a chunked HTTP/1.1 body ended with (`name: value\r\n`...), into `head`.
     public static func ingestTrailerLines(_ head: MessageHead, _ lines: ByteBuffer) {
         TrailerLines.forEach(lines) { n, nl, v, vl in ingestTrailer(head, n, nl, v, vl) }
+    }
+
+    @inline(__always) static func all(_ p: UnsafePointer<UInt8>, _ n: Int, _ cls: UInt8) -> Bool {
+        let t = CharClass.table
+        for i in 0..<n where t[Int(p[i])] & cls == 0 { return false }
+        return true
     }
 
     @inline(__always) static func decimal(_ v: UnsafePointer<UInt8>, _ vl: Int) -> Int64? {

@@ -7,7 +7,9 @@ import MeshTLS
 /// immutable; a new config is a new snapshot that workers pick up for new requests while in-flight
 /// requests finish on the one they started with (DESIGN §7).
 public final class ProxySnapshot: Sendable {
-    public struct Cluster: Sendable {
+    /// One upstream cluster. A class, so the request path holds it with one reference instead of
+    /// copying a struct of arrays and strings.
+    public final class Cluster: Sendable {
         public let name: String
         public let endpoints: [SocketAddress]
         public let mutualTLS: Bool
@@ -29,6 +31,17 @@ public final class ProxySnapshot: Sendable {
         /// Retries in flight to the cluster, besides the retry budget (Istio: unlimited).
         let maxRetries: Int
         let outlier: OutlierPolicy?
+    
+        init(name: String, endpoints: [SocketAddress], mutualTLS: Bool, expectedPeers: [String], connectTimeout: UInt64,
+             idleTimeout: UInt64, maxConnections: Int, maxRequestsPerConnection: Int, http2: Bool,
+             loadBalancer: IstioTraffic.TrafficPolicy.LoadBalancer, maxPendingRequests: Int, maxRequests: Int,
+             maxRetries: Int, outlier: OutlierPolicy?) {
+            self.name = name; self.endpoints = endpoints; self.mutualTLS = mutualTLS; self.expectedPeers = expectedPeers
+            self.connectTimeout = connectTimeout; self.idleTimeout = idleTimeout; self.maxConnections = maxConnections
+            self.maxRequestsPerConnection = maxRequestsPerConnection; self.http2 = http2; self.loadBalancer = loadBalancer
+            self.maxPendingRequests = maxPendingRequests; self.maxRequests = maxRequests; self.maxRetries = maxRetries
+            self.outlier = outlier
+        }
     }
 
     /// Outlier detection of a cluster (Istio's `outlierDetection`, with its defaults).

@@ -32,8 +32,13 @@ public final class Worker: @unchecked Sendable {
     /// The current routing state as the admin thread may read it.
     let publishedRouting = Mutex<RoutingState?>(nil)
     var rng = FastRandom()
-    /// Reused for building request heads.
+    /// Reused for building heads and chunk framing.
     let scratch = ByteBuffer(capacity: 8 * 1024)
+    /// Reused for HTTP/2 frames as nghttp2 produces them; never `scratch`, which nghttp2's
+    /// callbacks (a stream failing, a local reply) may write while frames are produced.
+    let frameScratch = ByteBuffer(lazyCapacity: 16 * 1024)
+    /// Exchanges of HTTP/1.1 connections that closed, reused by new ones.
+    var exchangePool: [Exchange] = []
     private(set) var draining = false
     private var downstreams: [DownstreamConnection] = []
     private var listeners: [Listener] = []

@@ -238,3 +238,38 @@ final class BodyDecoderTests: XCTestCase {
         XCTAssertFalse(d.finishAtClose())
     }
 }
+
+/// Pseudo-headers and names from HTTP/2 that would break an HTTP/1.1 request line or head.
+final class HeaderPolicyPseudoTests: XCTestCase {
+    private func pseudo(_ n: String, _ v: String) -> MessageHead {
+        let h = MessageHead()
+        var n = n, v = v
+        n.withUTF8 { nb in v.withUTF8 { vb in
+            HeaderPolicy.ingestPseudo(h, nb.baseAddress!, nb.count, vb.baseAddress ?? nb.baseAddress!, vb.count)
+        } }
+        return h
+    }
+
+    func testRequestLineBreakersAreRefused() {
+        XCTAssertNotNil(pseudo(":path", "/a b").malformed)
+        XCTAssertNotNil(pseudo(":path", "/a\r\nx: y").malformed)
+        XCTAssertNotNil(pseudo(":path", "").malformed)
+        XCTAssertNotNil(pseudo(":method", "GET /x HTTP/1.1\r\n").malformed)
+        XCTAssertNotNil(pseudo(":method", "").malformed)
+        XCTAssertNotNil(pseudo(":authority", "a b").malformed)
+        XCTAssertNotNil(pseudo(":authority", "evil\r\nx: 1").malformed)
+        XCTAssertNil(pseudo(":path", "/ok?q=%20").malformed)
+        XCTAssertNil(pseudo(":authority", "reviews.default.svc:9080").malformed)
+    }
+
+    func testNamesThatAreNotTokensAreRefused() {
+        for bad in ["x y", "x:y", "", "x\u{1}"] {
+            let h = MessageHead()
+            var n = bad, v = "1"
+            n.withUTF8 { nb in v.withUTF8 { vb in
+                HeaderPolicy.ingest(h, nb.baseAddress ?? vb.baseAddress!, nb.count, vb.baseAddress!, vb.count, validate: true)
+            } }
+            XCTAssertNotNil(h.malformed, bad.debugDescription)
+        }
+    }
+}

@@ -25,7 +25,7 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
     private var exchangeStorage: Exchange?
     private var exchange: Exchange {
         if let e = exchangeStorage { return e }
-        let e = Exchange(worker: worker)
+        let e = worker.exchangePool.popLast() ?? Exchange(worker: worker)
         exchangeStorage = e
         return e
     }
@@ -92,7 +92,7 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
         if let h = h2 { h.produceFrames() }
         if parseQueued {
             parseQueued = false
-            if state == .idle && !input.isEmpty { parseRequest() }
+            if state == .idle { if input.isEmpty { resumeReading() } else { parseRequest() } }
         }
         super.onFlush()
     }
@@ -156,7 +156,10 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
             up.closeAfterFlush()
             loop.setDeadline(up, loop.now + 10_000_000_000)   // bounded if it never drains
         }
-        exchangeStorage?.retire()
+        if let e = exchangeStorage {
+            exchangeStorage = nil
+            if worker.exchangePool.count < 256 { e.releaseStorage(); worker.exchangePool.append(e) } else { e.retire() }
+        }
         state = .closing
         worker.downstreamClosed(self)
     }
@@ -304,23 +307,22 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
         mayBeH2C = false
         worker.stats.inc(.requestsTotal)
         let b = UnsafePointer(input.base)
-        let h = head
-        H1HeadReader.request(h, b, into: exchange.request)
-        clientMinor = h.minorVersion
-        closeAfterResponse = !h.keepAlive || closeAfterResponse || worker.draining
-        var upgrade = h.connectionUpgrade && h.upgradeIndex >= 0
+        H1HeadReader.request(&head, b, into: exchange.request)
+        clientMinor = head.minorVersion
+        closeAfterResponse = !head.keepAlive || closeAfterResponse || worker.draining
+        var upgrade = head.connectionUpgrade && head.upgradeIndex >= 0
         if upgrade {
             // `Upgrade: h2c` is for the hop, not the app (curl --http2 on http:// sends it): the
             // request is served as HTTP/1.1, as Envoy and nginx do; apps reach h2c by prior knowledge.
-            let f = h.fields[h.upgradeIndex]
+            let f = head.fields[head.upgradeIndex]
             if ASCII.equalsLower(b + Int(f.valueStart), Int(f.valueEnd - f.valueStart), "h2c") { upgrade = false }
         }
         body.trailers = trailerLines
-        body.startRequest(h)
+        body.startRequest(head)
         requestDone = body.isDone
         chunkResponse = false
-        let headBytes = h.headEnd - h.headStart
-        input.consume(h.headEnd - input.readIndex)
+        let headBytes = head.headEnd - head.headStart
+        input.consume(head.headEnd - input.readIndex)
         parser.resetScan()
         state = .exchange
         noteActivity()   // the stream idle timeout runs from here
@@ -443,7 +445,7 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
         loop.setDeadline(self, loop.now &+ settings.streamIdleTimeout)
     }
 
-    func abortResponse() { closeNow() }
+    func abortResponse(h2Error: UInt32) { closeNow() }
 
     /// The exchange ended: keep the connection for the next request, or close it.
     func exchangeFinished() {
@@ -459,12 +461,10 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
         state = .idle
         idleSince = loop.now
         loop.setDeadline(self, loop.now + min(settings.idleTimeout, DownstreamConnection.hibernateAfter))
-        if input.isEmpty {
-            resumeReading()
-        } else if !parseQueued {
-            parseQueued = true
-            requestFlush()
-        }
+        // The next request (pipelined, or read now) starts at this iteration's flush, never
+        // inside the exchange that just ended.
+        parseQueued = true
+        requestFlush()
     }
 
     // MARK: tunnel (after 101 Switching Protocols)

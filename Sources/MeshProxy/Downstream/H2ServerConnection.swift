@@ -119,7 +119,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         // which counts the ACKs the client never read and fails the session as a flood (SETTINGS
         // and PING floods), so our output stays bounded by the high watermark.
         if conn.isCongested && !goneAway && !closingGracefully { return }
-        let out = worker.scratch
+        let out = worker.frameScratch
         out.clear()
         session.produce(into: out)
         if !out.isEmpty { conn.send(out.readPointer, out.readableBytes) }
@@ -165,6 +165,8 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     /// The connection closed: every exchange in flight ends.
     func connectionClosed() {
+        blockStream = nil
+        blockStreamID = 0
         let all = Array(streams.values)
         streams.removeAll()
         for s in all { s.abort(flag: .downstreamConnectionTermination) }
@@ -182,21 +184,32 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     // MARK: HTTP2SessionDelegate
 
+    /// The stream whose header block is being received (blocks arrive contiguously), so each
+    /// field reaches it without a dictionary lookup; valid from h2BeginHeaders to the block's end.
+    private unowned(unsafe) var blockStream: H2ServerStream? = nil
+    private var blockStreamID: Int32 = 0
+
     func h2BeginHeaders(stream: Int32) {
-        if streams[stream] == nil {
+        if let s = streams[stream] {
+            blockStream = s
+        } else {
             let s = worker.h2StreamPool.popLast() ?? H2ServerStream(worker: worker)
             s.start(handler: self, id: stream)
             streams[stream] = s
+            blockStream = s
             worker.stats.inc(.requestsTotal)
         }
+        blockStreamID = stream
     }
 
     func h2Header(stream: Int32, name: UnsafePointer<UInt8>, nameLength: Int, value: UnsafePointer<UInt8>, valueLength: Int) -> Bool {
+        if stream == blockStreamID, let s = blockStream { return s.header(name, nameLength, value, valueLength) }
         guard let s = streams[stream] else { return true }
         return s.header(name, nameLength, value, valueLength)
     }
 
     func h2HeadersComplete(stream: Int32, trailers: Bool, endStream: Bool) {
+        if stream == blockStreamID { blockStream = nil; blockStreamID = 0 }
         guard let s = streams[stream] else { return }
         s.headersComplete(endStream: endStream)
     }
@@ -209,6 +222,7 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     func h2DataEnd(stream: Int32) { streams[stream]?.requestEnded() }
 
     func h2StreamClosed(stream: Int32, error: UInt32) {
+        if stream == blockStreamID { blockStream = nil; blockStreamID = 0 }
         guard let s = streams.removeValue(forKey: stream) else { return }
         if error != 0 { s.abort(flag: .downstreamConnectionTermination) } else { s.closedNormally() }
         recycle(s)

@@ -13,6 +13,9 @@ final class H2ServerStream: DownstreamStream {
     unowned(unsafe) private(set) var handler: H2ServerHandler!
     private(set) var id: Int32 = 0
     let exchange: Exchange
+    /// The exchange's request head and trailers (owned by the exchange, which this stream owns).
+    private unowned(unsafe) let request: MessageHead
+    private unowned(unsafe) let requestTrailers: MessageHead
     /// The exchange is running (false before the head is complete and once it ended).
     private var active = false
     private var headDone = false
@@ -22,9 +25,16 @@ final class H2ServerStream: DownstreamStream {
     /// The response was completed, answered locally or the exchange ended otherwise.
     private(set) var isFinished = false
     private var session: HTTP2Session { handler.session }
-    static let window = 1 << 20
+    /// Response bytes one stream may have queued before its upstream stops being read (as many
+    /// streams may wait on a zero window, this bounds what a client can make the proxy hold).
+    static let window = 256 * 1024
 
-    init(worker: Worker) { exchange = Exchange(worker: worker) }
+    init(worker: Worker) {
+        let e = Exchange(worker: worker)
+        exchange = e
+        request = e.request
+        requestTrailers = e.requestTrailers
+    }
 
     /// Takes a new stream (a pooled object starts over).
     func start(handler: H2ServerHandler, id: Int32) {
@@ -47,11 +57,11 @@ final class H2ServerStream: DownstreamStream {
 
     func header(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int) -> Bool {
         if headDone {
-            HeaderPolicy.ingestTrailer(exchange.requestTrailers, n, nl, v, vl)
+            HeaderPolicy.ingestTrailer(requestTrailers, n, nl, v, vl)
             return true
         }
         headBytes &+= nl + vl + 4
-        let r = exchange.request
+        let r = request
         if nl > 0 && n[0] == UInt8(ascii: ":") { HeaderPolicy.ingestPseudo(r, n, nl, v, vl) }
         else { HeaderPolicy.ingest(r, n, nl, v, vl, validate: true) }
         return true
@@ -152,8 +162,8 @@ final class H2ServerStream: DownstreamStream {
 
     func noteActivity() {}
 
-    func abortResponse() {
-        session.reset(stream: id, error: UInt32(NGHTTP2_INTERNAL_ERROR.rawValue))
+    func abortResponse(h2Error: UInt32) {
+        session.reset(stream: id, error: h2Error)
         handler.conn.requestFlush()
     }
 

@@ -282,6 +282,7 @@ final class Exchange: PoolWaiter {
         if requestEnded && !upstreamRequestEnded {
             upstreamRequestEnded = true
             up.endBody(trailers: requestTrailers.isEmpty ? nil : requestTrailers)
+            maybeMirror()
         }
         down?.resumeRequestBody()
     }
@@ -327,12 +328,12 @@ final class Exchange: PoolWaiter {
     /// The upstream attempt failed. `reused`: a pooled connection that carried an earlier
     /// exchange closed before any response byte (the keep-alive race: retried once on a fresh
     /// connection, not one of the route's retries).
-    func upstreamFailed(_ f: AttemptFailure, reused: Bool = false) {
+    func upstreamFailed(_ f: AttemptFailure, reused: Bool = false, h2Error: UInt32 = 0) {
         upstream = nil
         if finished { return }
         if responseStarted {
             flag = .upstreamConnectionTermination
-            down?.abortResponse()
+            down?.abortResponse(h2Error: h2Error != 0 ? h2Error : H2Error.internalError)
             finish()
             return
         }
@@ -352,7 +353,7 @@ final class Exchange: PoolWaiter {
         if let up = upstream { upstream = nil; up.cancel() }
         if responseStarted {
             flag = .upstreamProtocolError
-            down?.abortResponse()
+            down?.abortResponse(h2Error: H2Error.internalError)
             finish()
             return
         }
@@ -395,7 +396,7 @@ final class Exchange: PoolWaiter {
         if let up = upstream { upstream = nil; up.cancel() }
         if responseStarted {
             flag = .downstreamProtocolError
-            down?.abortResponse()
+            down?.abortResponse(h2Error: H2Error.internalError)
             finish()
             return
         }
@@ -416,6 +417,7 @@ final class Exchange: PoolWaiter {
             if requestEnded && !upstreamRequestEnded {
                 upstreamRequestEnded = true
                 up.endBody(trailers: requestTrailers.isEmpty ? nil : requestTrailers)
+                maybeMirror()
             }
         }
         down?.resumeRequestBody()
@@ -559,7 +561,7 @@ final class Exchange: PoolWaiter {
             leavePoolQueue()
             if responseStarted {
                 flag = .upstreamRequestTimeout
-                down?.abortResponse()
+                down?.abortResponse(h2Error: H2Error.cancel)
                 finish()
             } else {
                 localReply(504, "upstream request timeout", flag: .upstreamRequestTimeout, close: true)
@@ -586,7 +588,7 @@ final class Exchange: PoolWaiter {
         if let up = upstream { upstream = nil; up.cancel() }
         leavePoolQueue()
         if responseStarted {
-            down?.abortResponse()
+            down?.abortResponse(h2Error: H2Error.internalError)
             finish()
             return
         }
@@ -604,7 +606,7 @@ final class Exchange: PoolWaiter {
         if let up = upstream { upstream = nil; up.cancel() }
         leavePoolQueue()
         guard let d = down, !finished else { return }
-        if responseStarted { flag = f; d.abortResponse(); finish(); return }
+        if responseStarted { flag = f; d.abortResponse(h2Error: H2Error.internalError); finish(); return }
         flag = f
         status = st
         localReason = reason

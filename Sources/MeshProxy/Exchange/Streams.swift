@@ -22,8 +22,9 @@ protocol DownstreamStream: AnyObject {
     func resumeRequestBody()
     /// Bytes moved on the exchange: the stream idle timeout starts again.
     func noteActivity()
-    /// The response started and cannot be completed: reset the stream, or close the connection.
-    func abortResponse()
+    /// The response started and cannot be completed: reset the stream with `h2Error` (an
+    /// `H2Error` code), or close the connection.
+    func abortResponse(h2Error: UInt32)
     /// The exchange is over and recorded; the stream may take its next request or end.
     func exchangeFinished()
     /// Takes over `up` as a raw tunnel after 101 Switching Protocols (HTTP/1.1 only);
@@ -56,3 +57,9 @@ protocol UpstreamStream: AnyObject {
 
 /// How opening an upstream attempt went.
 enum UpstreamOpen { case opened, overflow, failed }
+
+/// HTTP/2 error codes the exchange resets a client's stream with (RFC 9113 §7).
+enum H2Error {
+    static let internalError: UInt32 = 0x2
+    static let cancel: UInt32 = 0x8
+}

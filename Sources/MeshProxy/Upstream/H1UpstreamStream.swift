@@ -129,7 +129,7 @@ final class H1UpstreamStream: UpstreamOwner, UpstreamStream {
 
     /// The response head in `up.head` (bytes still in place) into the exchange's `response`.
     private func readHead(_ up: UpstreamConnection) {
-        H1HeadReader.response(up.head, UnsafePointer(up.input.base), into: exchange.response)
+        H1HeadReader.response(&up.head, UnsafePointer(up.input.base), into: exchange.response)
     }
 
     private func pump(_ up: UpstreamConnection) {

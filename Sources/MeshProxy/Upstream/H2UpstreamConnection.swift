@@ -18,7 +18,10 @@ protocol H2StreamOwner: AnyObject {
     /// The stream has room for more request body.
     func h2StreamWritable()
     /// Add the request headers to `conn.session` and submit; returns the stream id (<= 0: failed).
+    /// Nothing else may happen here: the stream is registered only after this returns.
     func h2Submit(_ conn: H2UpstreamConnection) -> Int32
+    /// The stream is submitted and registered: the request body may follow.
+    func h2Started()
     /// The stream this owner has open (0 before submit).
     var h2StreamID: Int32 { get }
 }
@@ -118,6 +121,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         owners[id] = owner
         if id > submittedThrough { submittedThrough = id }
         requestFlush()
+        owner.h2Started()
         return true
     }
 
@@ -135,7 +139,25 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
             session.reset(stream: stream, error: UInt32(NGHTTP2_CANCEL.rawValue))
             requestFlush()
             armIdle()
+        } else if stream > 0 {
+            session.reset(stream: stream, error: UInt32(NGHTTP2_CANCEL.rawValue))   // never left unreset
+            requestFlush()
         }
+    }
+
+    /// The owner is done with a stream whose request and response both ended: it closes by
+    /// itself; no event of it reaches the owner again (the owner may take another stream).
+    func detach(stream: Int32) {
+        if let o = owners.removeValue(forKey: stream) {
+            dropWaiter(o)
+            armIdle()
+        }
+    }
+
+    /// The owner of `stream`, if it still owns it (an owner that moved to another stream is not).
+    @inline(__always) private func owner(_ stream: Int32) -> H2StreamOwner? {
+        guard let o = owners[stream], o.h2StreamID == stream else { return nil }
+        return o
     }
 
     /// A stream left this connection: a request queued for the cluster may take its place
@@ -195,6 +217,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
             if id > 0 {
                 owners[id] = owner
                 if id > submittedThrough { submittedThrough = id }
+                owner.h2Started()
             } else {
                 owner.h2StreamFailed(error: 0, refused: true)
             }
@@ -217,7 +240,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     override func onFlush() {
         // Nothing is produced once close_notify went out (isClosing): TLS refuses to write then.
         if isEstablished && !isClosing {
-            let out = pool.worker.scratch
+            let out = pool.worker.frameScratch
             out.clear()
             session.produce(into: out)
             if !out.isEmpty { send(out.readPointer, out.readableBytes) }
@@ -275,7 +298,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         owners.removeAll()
         writeWaiters.removeAll()
         for owner in w { owner.h2StreamFailed(error: 0, refused: true) }
-        for (id, owner) in o { owner.h2StreamFailed(error: 0, refused: refused || id > sentThrough) }
+        for (id, owner) in o where owner.h2StreamID == id { owner.h2StreamFailed(error: 0, refused: refused || id > sentThrough) }
     }
 
     // MARK: HTTP2SessionDelegate
@@ -283,22 +306,22 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     func h2BeginHeaders(stream: Int32) {}
 
     func h2Header(stream: Int32, name: UnsafePointer<UInt8>, nameLength: Int, value: UnsafePointer<UInt8>, valueLength: Int) -> Bool {
-        owners[stream]?.h2ResponseHeader(name, nameLength, value, valueLength)
+        owner(stream)?.h2ResponseHeader(name, nameLength, value, valueLength)
         return true
     }
 
     func h2HeadersComplete(stream: Int32, trailers: Bool, endStream: Bool) {
-        owners[stream]?.h2ResponseHeadersComplete(trailers: trailers, endStream: endStream)
+        owner(stream)?.h2ResponseHeadersComplete(trailers: trailers, endStream: endStream)
     }
 
     func h2Data(stream: Int32, _ p: UnsafePointer<UInt8>, _ n: Int) {
-        if let o = owners[stream] { o.h2ResponseData(p, n) } else { session.consume(stream: stream, n) }
+        if let o = owner(stream) { o.h2ResponseData(p, n) } else { session.consume(stream: stream, n) }
     }
 
-    func h2DataEnd(stream: Int32) { owners[stream]?.h2ResponseEnd() }
+    func h2DataEnd(stream: Int32) { owner(stream)?.h2ResponseEnd() }
 
     func h2StreamClosed(stream: Int32, error: UInt32) {
-        if let o = owners.removeValue(forKey: stream) {
+        if let o = owners.removeValue(forKey: stream), o.h2StreamID == stream {
             dropWaiter(o)
             if error != 0 { o.h2StreamFailed(error: error, refused: error == UInt32(NGHTTP2_REFUSED_STREAM.rawValue)) }
         }
@@ -310,6 +333,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         // Streams above lastStream were never processed: their exchanges may retry elsewhere.
         for (id, o) in owners where id > lastStream {
             owners.removeValue(forKey: id)
+            guard o.h2StreamID == id else { continue }
             dropWaiter(o)
             o.h2StreamFailed(error: error, refused: true)
         }

@@ -49,10 +49,13 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
         let s = h.session!
         H2Emitter.request(exchange.request, into: s)
         let id = s.submitRequest(endStream: !exchange.requestHasBody)
-        if id <= 0 { return id }
-        sid = id
-        exchange.upstreamStarted(peer: h.peerIndex)
+        if id > 0 { sid = id }
         return id
+    }
+
+    func h2Started() {
+        guard let h = conn, sid > 0 else { return }
+        exchange.upstreamStarted(peer: h.peerIndex)
     }
 
     func sendBody(_ p: UnsafePointer<UInt8>, _ n: Int) {
@@ -151,7 +154,7 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
             exchange.upstreamFailed(.connect)
             return
         }
-        exchange.upstreamFailed(refused ? .refused : .reset)
+        exchange.upstreamFailed(refused ? .refused : .reset, h2Error: error)
     }
 
     private func returnCredit() {
@@ -171,11 +174,15 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
     }
 
     /// The response is complete; a request still being sent is cut short (RST_STREAM CANCEL).
+    /// Either way the connection forgets this owner for the stream.
     func release() {
         guard let h = conn else { return }
         returnCredit()
-        if sid > 0 && !exchange.upstreamRequestEnded { h.forget(stream: sid) }
+        if sid > 0 {
+            if exchange.upstreamRequestEnded { h.detach(stream: sid) } else { h.forget(stream: sid) }
+        }
         conn = nil
         sid = 0
     }
+
 }
