@@ -8,11 +8,13 @@ import MeshCore
 /// `x-mesh-peer-metadata` is read, never forwarded; `upgrade` is kept for a tunnel only.
 /// Framing (`content-length` or chunked) is the writers' business.
 public enum HeaderPolicy {
-    /// Takes one received field into `head`. `validate`: check the value for bytes that would
-    /// split an HTTP/1.1 head (values from HTTP/2; the HTTP/1.1 parser already refuses them).
+    /// Takes one received field into `head`. Names and values arrive checked by whoever read
+    /// them, with the same rules: the HTTP/1.1 parser (tokens; no CTL but HTAB in values) or
+    /// nghttp2 (RFC 9113 §8.2.1: lowercase tokens; no NUL, CR, LF or CTL in values), so nothing
+    /// here can split an HTTP/1.1 head (`FuzzExchangeHead` checks that).
     @inline(__always)
     public static func ingest(_ head: MessageHead, _ n: UnsafePointer<UInt8>, _ nl: Int,
-                              _ v: UnsafePointer<UInt8>, _ vl: Int, validate: Bool) {
+                              _ v: UnsafePointer<UInt8>, _ vl: Int) {
         let kind = KnownHeader.classify(n, nl)
         if kind.isHopByHop {
             switch kind {
@@ -29,24 +31,10 @@ public enum HeaderPolicy {
         case .xForwardedClientCert:
             return
         case .host:
-            if validate && !all(v, vl, CharClass.host) { head.malformed = "invalid host"; return }
             if head.authority.isEmpty { head.authority = head.keep(v, vl) }
             return
         default:
             break
-        }
-        if validate {
-            // What the HTTP/1.1 parser would refuse must not reach an HTTP/1.1 hop from HTTP/2.
-            let t = CharClass.table
-            if nl == 0 { head.malformed = "empty header name"; return }
-            for i in 0..<nl where t[Int(n[i])] & CharClass.token == 0 {
-                head.malformed = "invalid header name"
-                return
-            }
-            for i in 0..<vl where t[Int(v[i])] & CharClass.value == 0 {
-                head.malformed = "header value with CR, LF, NUL or a control byte"
-                return
-            }
         }
         switch kind {
         case .contentLength:
@@ -74,17 +62,16 @@ public enum HeaderPolicy {
     }
 
     /// Takes one HTTP/2 pseudo-header (`:method`, `:path`, `:authority`, `:status`; `:scheme`
-    /// is not forwarded: the hop decides it). Values are checked as the HTTP/1.1 parser checks
-    /// a request line and Host (nghttp2 checks them too; this does not rely on it).
+    /// is not forwarded: the hop decides it). nghttp2 checked `:method` and `:path` with the
+    /// HTTP/1.1 parser's rules (tokens; no SP or CTL); its rule for `:authority` lets through
+    /// bytes a Host may not hold (`@`, sub-delims), so that one is checked here.
     public static func ingestPseudo(_ head: MessageHead, _ n: UnsafePointer<UInt8>, _ nl: Int,
                                     _ v: UnsafePointer<UInt8>, _ vl: Int) {
         switch nl {
         case 5 where ASCII.equalsLower(n, 5, ":path"):
-            if vl == 0 || !all(v, vl, CharClass.target) { head.malformed = "invalid :path"; return }
             head.path = head.keep(v, vl)
             head.originalPath = head.path
         case 7 where ASCII.equalsLower(n, 7, ":method"):
-            if vl == 0 || !all(v, vl, CharClass.token) { head.malformed = "invalid :method"; return }
             head.method = head.keep(v, vl)
             head.methodKind = HTTPMethod.classify(v, vl)
         case 7 where ASCII.equalsLower(n, 7, ":status"):

@@ -28,7 +28,13 @@ public final class MessageHead {
     }
 
     public let bytes: ByteBuffer
-    public private(set) var fields: [Field] = []
+    /// The fields, in a buffer this head owns and grows (no array bookkeeping per field on the
+    /// hot path: unique-reference checks, bounds-checked appends).
+    private var storage: UnsafeMutablePointer<Field>
+    private var count = 0
+    private var capacity: Int
+    /// The fields as a view (valid until the next field is added).
+    @inline(__always) public var fields: UnsafeMutableBufferPointer<Field> { UnsafeMutableBufferPointer(start: storage, count: count) }
     // Request.
     public var method = ByteRange()
     public var methodKind: HTTPMethod = .other
@@ -58,11 +64,30 @@ public final class MessageHead {
     /// invalid content-length), nil when it can.
     public var malformed: StaticString? = nil
 
-    public init(capacity: Int = 1024) { bytes = ByteBuffer(lazyCapacity: capacity) }
+    public init(capacity: Int = 1024) {
+        bytes = ByteBuffer(lazyCapacity: capacity)
+        self.capacity = 16
+        storage = .allocate(capacity: 16)
+    }
+
+    deinit { storage.deallocate() }
+
+    @inline(__always) private func append(_ f: Field) {
+        if count == capacity {
+            let bigger = UnsafeMutablePointer<Field>.allocate(capacity: capacity * 2)
+            bigger.moveInitialize(from: storage, count: count)
+            storage.deallocate()
+            storage = bigger
+            capacity *= 2
+        }
+        // In bounds: count < capacity was just ensured; Field is a trivial type.
+        (storage + count).initialize(to: f)
+        count += 1
+    }
 
     public func reset() {
         bytes.clear()
-        fields.removeAll(keepingCapacity: true)
+        count = 0
         method = ByteRange(); methodKind = .other; path = ByteRange(); originalPath = ByteRange(); authority = ByteRange()
         status = 0; reason = ByteRange(); version = .http11
         contentLength = -1; teTrailers = false; isGRPC = false; expectContinue = false
@@ -73,7 +98,7 @@ public final class MessageHead {
     /// Gives the buffer's memory back (an idle connection or a pooled exchange).
     public func releaseStorage() { reset(); bytes.releaseStorage() }
 
-    @inline(__always) public var isEmpty: Bool { fields.isEmpty && method.isEmpty && status == 0 }
+    @inline(__always) public var isEmpty: Bool { count == 0 && method.isEmpty && status == 0 }
 
     @inline(__always) public func pointer(_ r: ByteRange) -> UnsafePointer<UInt8> { UnsafePointer(bytes.base + Int(r.start)) }
 
@@ -99,8 +124,8 @@ public final class MessageHead {
                          kind: KnownHeader = .other, forwarded: Bool = true) -> Int {
         let name = keepLower(n, nl)
         let value = keep(v, vl)
-        fields.append(Field(name: name, value: value, kind: kind, forwarded: forwarded))
-        return fields.count - 1
+        append(Field(name: name, value: value, kind: kind, forwarded: forwarded))
+        return count - 1
     }
 
     @discardableResult
@@ -119,24 +144,28 @@ public final class MessageHead {
     /// Starts a field whose value the caller appends to `bytes` next; `endField()` closes it.
     public func beginField(_ name: StaticString, kind: KnownHeader = .other) {
         let n = keep(name.utf8Start, name.utf8CodeUnitCount)
-        fields.append(Field(name: n, value: ByteRange(start: bytes.writeIndex, length: 0), kind: kind, forwarded: true))
+        append(Field(name: n, value: ByteRange(start: bytes.writeIndex, length: 0), kind: kind, forwarded: true))
     }
 
     /// Closes the field `beginField` opened; returns its index.
     @discardableResult
     public func endField() -> Int {
-        let i = fields.count - 1
-        fields[i].value.length = Int32(bytes.writeIndex) - fields[i].value.start
+        let i = count - 1
+        storage[i].value.length = Int32(bytes.writeIndex) - storage[i].value.start
         return i
     }
 
     /// Stops forwarding field `i` (it stays readable).
-    @inline(__always) public func drop(_ i: Int) { fields[i].forwarded = false }
+    @inline(__always) public func drop(_ i: Int) {
+        precondition(i >= 0 && i < count)
+        storage[i].forwarded = false
+    }
 
     /// Calls `body` with each forwarded field's name and value.
     @inline(__always) public func forEachForwarded(_ body: (UnsafePointer<UInt8>, Int, UnsafePointer<UInt8>, Int) -> Void) {
         let b = UnsafePointer(bytes.base)
-        for f in fields where f.forwarded {
+        for i in 0..<count where storage[i].forwarded {
+            let f = storage[i]
             body(b + Int(f.name.start), Int(f.name.length), b + Int(f.value.start), Int(f.value.length))
         }
     }
@@ -154,7 +183,7 @@ public final class MessageHead {
     public func copy(from o: MessageHead) {
         reset()
         bytes.append(from: o.bytes, o.bytes.readIndex, o.bytes.writeIndex)
-        fields.append(contentsOf: o.fields)
+        for f in o.fields { append(f) }
         method = o.method; methodKind = o.methodKind; path = o.path; originalPath = o.originalPath
         authority = o.authority; status = o.status; reason = o.reason; version = o.version
         contentLength = o.contentLength; teTrailers = o.teTrailers; isGRPC = o.isGRPC

@@ -186,24 +186,26 @@ final class H2ServerHandler: HTTP2SessionDelegate {
 
     /// The stream whose header block is being received (blocks arrive contiguously), so each
     /// field reaches it without a dictionary lookup; valid from h2BeginHeaders to the block's end.
-    private unowned(unsafe) var blockStream: H2ServerStream? = nil
+    private var blockStream: Unmanaged<H2ServerStream>? = nil
     private var blockStreamID: Int32 = 0
 
     func h2BeginHeaders(stream: Int32) {
         if let s = streams[stream] {
-            blockStream = s
+            blockStream = Unmanaged.passUnretained(s)
         } else {
             let s = worker.h2StreamPool.popLast() ?? H2ServerStream(worker: worker)
             s.start(handler: self, id: stream)
             streams[stream] = s
-            blockStream = s
+            blockStream = Unmanaged.passUnretained(s)
             worker.stats.inc(.requestsTotal)
         }
         blockStreamID = stream
     }
 
     func h2Header(stream: Int32, name: UnsafePointer<UInt8>, nameLength: Int, value: UnsafePointer<UInt8>, valueLength: Int) -> Bool {
-        if stream == blockStreamID, let s = blockStream { return s.header(name, nameLength, value, valueLength) }
+        if stream == blockStreamID, let s = blockStream {
+            return s._withUnsafeGuaranteedRef { $0.header(name, nameLength, value, valueLength) }
+        }
         guard let s = streams[stream] else { return true }
         return s.header(name, nameLength, value, valueLength)
     }

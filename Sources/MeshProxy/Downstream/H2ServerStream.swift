@@ -24,7 +24,12 @@ final class H2ServerStream: DownstreamStream {
     private var heldCredit = 0
     /// The response was completed, answered locally or the exchange ended otherwise.
     private(set) var isFinished = false
-    private var session: HTTP2Session { handler.session }
+    // The handler's session and connection, held without reference counting: the handler
+    // owns this stream while it runs, and both outlive it (hot path: no retain per call).
+    private var sessionRef: Unmanaged<HTTP2Session>!
+    private var connRef: Unmanaged<DownstreamConnection>!
+    @inline(__always) private var session: HTTP2Session { sessionRef._withUnsafeGuaranteedRef { $0 } }
+    @inline(__always) private func flush() { connRef._withUnsafeGuaranteedRef { $0.requestFlush() } }
     /// Response bytes one stream may have queued before its upstream stops being read (as many
     /// streams may wait on a zero window, this bounds what a client can make the proxy hold).
     static let window = 256 * 1024
@@ -40,6 +45,8 @@ final class H2ServerStream: DownstreamStream {
     func start(handler: H2ServerHandler, id: Int32) {
         self.handler = handler
         self.id = id
+        sessionRef = Unmanaged.passUnretained(handler.session)
+        connRef = Unmanaged.passUnretained(handler.conn)
         active = false
         headDone = false
         headBytes = 0
@@ -63,7 +70,7 @@ final class H2ServerStream: DownstreamStream {
         headBytes &+= nl + vl + 4
         let r = request
         if nl > 0 && n[0] == UInt8(ascii: ":") { HeaderPolicy.ingestPseudo(r, n, nl, v, vl) }
-        else { HeaderPolicy.ingest(r, n, nl, v, vl, validate: true) }
+        else { HeaderPolicy.ingest(r, n, nl, v, vl) }
         return true
     }
 
@@ -80,7 +87,7 @@ final class H2ServerStream: DownstreamStream {
     }
 
     func requestData(_ p: UnsafePointer<UInt8>, _ n: Int) {
-        guard active else { session.consume(stream: id, n); handler.conn.requestFlush(); return }
+        guard active else { session.consume(stream: id, n); flush(); return }
         exchange.requestBody(p, n)
         heldCredit += n
         resumeRequestBody()
@@ -106,7 +113,7 @@ final class H2ServerStream: DownstreamStream {
         if heldCredit > 0 {
             session.consume(stream: id, heldCredit)
             heldCredit = 0
-            handler.conn.requestFlush()
+            flush()
         }
     }
 
@@ -115,19 +122,19 @@ final class H2ServerStream: DownstreamStream {
 
     // MARK: DownstreamStream
 
-    var callerTLS: TLSSession? { handler.conn.tlsSession }
+    var callerTLS: TLSSession? { connRef._withUnsafeGuaranteedRef { $0.tlsSession } }
     var callerPeer: Int { handler.peerIndex }
 
     func sendInformational(_ head: MessageHead) {
         H2Emitter.response(head, into: session)
         session.submitInformational(stream: id)
-        handler.conn.requestFlush()
+        flush()
     }
 
     func sendResponseHead(_ head: MessageHead, endStream: Bool, close: Bool) -> Int {
         H2Emitter.response(head, into: session)
         session.submitResponse(stream: id, endStream: endStream)
-        handler.conn.requestFlush()
+        flush()
         var n = 0
         for f in head.fields where f.forwarded { n &+= Int(f.name.length + f.value.length) + 4 }
         return n
@@ -135,7 +142,7 @@ final class H2ServerStream: DownstreamStream {
 
     func sendResponseBody(_ p: UnsafePointer<UInt8>, _ n: Int) {
         session.sendData(stream: id, p, n)
-        handler.conn.requestFlush()
+        flush()
     }
 
     func endResponse(trailers: MessageHead?) {
@@ -145,11 +152,11 @@ final class H2ServerStream: DownstreamStream {
         } else {
             session.finishData(stream: id, withTrailers: false)
         }
-        handler.conn.requestFlush()
+        flush()
     }
 
     var responseCongested: Bool {
-        if session.pendingData(stream: id) >= H2ServerStream.window || handler.congested {
+        if session.pendingData(stream: id) >= H2ServerStream.window || connRef._withUnsafeGuaranteedRef({ $0.isCongested }) {
             handler.block(self)
             return true
         }
@@ -164,7 +171,7 @@ final class H2ServerStream: DownstreamStream {
 
     func abortResponse(h2Error: UInt32) {
         session.reset(stream: id, error: h2Error)
-        handler.conn.requestFlush()
+        flush()
     }
 
     func exchangeFinished() {

@@ -99,7 +99,7 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
         let r = exchange.response
         if !inBlock { inBlock = true; r.reset(); r.version = .http2 }
         if nl > 0 && n[0] == UInt8(ascii: ":") { HeaderPolicy.ingestPseudo(r, n, nl, v, vl) }
-        else { HeaderPolicy.ingest(r, n, nl, v, vl, validate: true) }
+        else { HeaderPolicy.ingest(r, n, nl, v, vl) }
     }
 
     func h2ResponseHeadersComplete(trailers: Bool, endStream: Bool) {
