@@ -43,7 +43,7 @@ public enum H1HeadReader {
         for f in h.fields {
             if listed && f.kind == .other && h.isConnectionListed(f, in: b) { continue }   // never framing or mesh headers
             HeaderPolicy.ingest(r, b + Int(f.lineStart), Int(f.nameEnd - f.lineStart),
-                                b + Int(f.valueStart), Int(f.valueEnd - f.valueStart))
+                                b + Int(f.valueStart), Int(f.valueEnd - f.valueStart), kind: f.kind)
         }
     }
 }

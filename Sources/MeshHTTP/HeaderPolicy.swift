@@ -15,7 +15,13 @@ public enum HeaderPolicy {
     @inline(__always)
     public static func ingest(_ head: MessageHead, _ n: UnsafePointer<UInt8>, _ nl: Int,
                               _ v: UnsafePointer<UInt8>, _ vl: Int) {
-        let kind = KnownHeader.classify(n, nl)
+        ingest(head, n, nl, v, vl, kind: KnownHeader.classify(n, nl))
+    }
+
+    /// The same, for a field whose kind the reader already found (the HTTP/1.1 parser's).
+    @inline(__always)
+    public static func ingest(_ head: MessageHead, _ n: UnsafePointer<UInt8>, _ nl: Int,
+                              _ v: UnsafePointer<UInt8>, _ vl: Int, kind: KnownHeader) {
         if kind.isHopByHop {
             switch kind {
             case .te:

@@ -109,22 +109,18 @@ public final class MessageHead {
         return ByteRange(start: s, length: n)
     }
 
-    /// Copies a name into the buffer lowercased (HTTP/2 wants lowercase; HTTP/1.1 does not mind).
-    @inline(__always) private func keepLower(_ p: UnsafePointer<UInt8>, _ n: Int) -> ByteRange {
-        let s = bytes.writeIndex
-        bytes.append(p, n)
-        let b = bytes.base + s
-        for i in 0..<n { b[i] = ASCII.lower(b[i]) }
-        return ByteRange(start: s, length: n)
-    }
-
     /// Appends a field (the name is lowercased); returns its index.
     @discardableResult
     public func addField(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int,
                          kind: KnownHeader = .other, forwarded: Bool = true) -> Int {
-        let name = keepLower(n, nl)
-        let value = keep(v, vl)
-        append(Field(name: name, value: value, kind: kind, forwarded: forwarded))
+        let s = bytes.writeIndex
+        bytes.reserve(nl &+ vl)
+        // Raw writes: `reserve(nl + vl)` made room; the name is lowercased as it is copied.
+        let w = bytes.writePointer
+        for i in 0..<nl { w[i] = ASCII.lower(n[i]) }
+        (w + nl).update(from: v, count: vl)
+        bytes.commit(nl &+ vl)
+        append(Field(name: ByteRange(start: s, length: nl), value: ByteRange(start: s &+ nl, length: vl), kind: kind, forwarded: forwarded))
         return count - 1
     }
 

@@ -26,13 +26,28 @@ public enum H1Writer {
         fields(h, into: out)
     }
 
+    /// Every forwarded field as `name: value` CRLF, in one reservation (the head path's hottest loop).
     @inline(__always) public static func fields(_ h: MessageHead, into out: ByteBuffer) {
-        h.forEachForwarded { n, nl, v, vl in
-            out.append(n, nl)
-            out.append(": ")
-            out.append(v, vl)
-            out.append("\r\n")
+        let fs = h.fields
+        var total = 0
+        for f in fs where f.forwarded { total &+= Int(f.name.length) &+ Int(f.value.length) &+ 4 }
+        if total == 0 { return }
+        out.reserve(total)
+        let b = UnsafePointer(h.bytes.base)
+        var w = out.writePointer
+        // Raw writes: `reserve(total)` made room for exactly the bytes written below.
+        for f in fs where f.forwarded {
+            let nl = Int(f.name.length), vl = Int(f.value.length)
+            w.update(from: b + Int(f.name.start), count: nl)
+            w += nl
+            w[0] = 58; w[1] = 32
+            w += 2
+            w.update(from: b + Int(f.value.start), count: vl)
+            w += vl
+            w[0] = 13; w[1] = 10
+            w += 2
         }
+        out.commit(total)
     }
 
     /// The last chunk of a chunked body with `trailers` (may be empty).
