@@ -578,11 +578,18 @@ spec:
     assert hits(main) - m0 == 20
     h = json.loads(http_get(f"http://127.0.0.1:{shadow}/_hits")[1])
     assert h["last_host"] == "reviews-shadow"
+    # h2c from the app is mirrored the same way (one exchange for every protocol path).
+    s_h2 = hits(shadow)
+    for i in range(10):
+        r = curl("-s", "--http2-prior-knowledge", "-H", "Host: reviews", "--data-binary", f"h2-{i}", f"http://127.0.0.1:{outbound}/echo")
+        assert json.loads(r.stdout)["name"] == "v1", r.stdout
+    wait_until(lambda: hits(shadow) - s_h2 == 10, what="10 mirrored h2c requests")
+    assert json.loads(http_get(f"http://127.0.0.1:{shadow}/_hits")[1])["last_host"] == "reviews-shadow"
     # 25% of 2000 requests are mirrored.
     s1 = hits(shadow)
     assert h2load(f"http://127.0.0.1:{outbound}/", 2000, 4, ["-H", ":authority: reviews"]) == [2000, 0, 0, 0]
-    wait_until(lambda: stats(admin)["mirror_requests"] >= 20 + 400, timeout=10, what="mirrors sent")
-    wait_until(lambda: hits(shadow) - s1 == stats(admin)["mirror_requests"] - 20, what="mirrors served")
+    wait_until(lambda: stats(admin)["mirror_requests"] >= 30 + 400, timeout=10, what="mirrors sent")
+    wait_until(lambda: hits(shadow) - s1 == stats(admin)["mirror_requests"] - 30, what="mirrors served")
     assert abs(100.0 * (hits(shadow) - s1) / 2000 - 25) <= 3.5
     # A slow mirror target never slows the main request.
     set_fail(shadow, 0, delay_ms=2000)
