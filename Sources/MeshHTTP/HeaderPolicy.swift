@@ -68,13 +68,20 @@ public enum HeaderPolicy {
     }
 
     /// Takes one HTTP/2 pseudo-header (`:method`, `:path`, `:authority`, `:status`; `:scheme`
-    /// is not forwarded: the hop decides it). nghttp2 checked `:method` and `:path` with the
-    /// HTTP/1.1 parser's rules (tokens; no SP or CTL); its rule for `:authority` lets through
-    /// bytes a Host may not hold (`@`, sub-delims), so that one is checked here.
+    /// is not forwarded: the hop decides it). nghttp2 checked the bytes of `:method` and `:path`
+    /// with the HTTP/1.1 parser's rules (tokens; no SP or CTL), not that a path is in origin form
+    /// (found by FuzzExchangeHead: `pk/g.Svc/M` went out as a request line the parser refuses),
+    /// and its rule for `:authority` lets through bytes a Host may not hold (`@`, sub-delims):
+    /// those two are checked here.
     public static func ingestPseudo(_ head: MessageHead, _ n: UnsafePointer<UInt8>, _ nl: Int,
                                     _ v: UnsafePointer<UInt8>, _ vl: Int) {
         switch nl {
         case 5 where ASCII.equalsLower(n, 5, ":path"):
+            // Origin form (`/...`) or `*` only: anything else is no HTTP/1.1 request target.
+            if vl == 0 || (v[0] != UInt8(ascii: "/") && !(vl == 1 && v[0] == UInt8(ascii: "*"))) {
+                head.malformed = "invalid :path"
+                return
+            }
             head.path = head.keep(v, vl)
             head.originalPath = head.path
         case 7 where ASCII.equalsLower(n, 7, ":method"):

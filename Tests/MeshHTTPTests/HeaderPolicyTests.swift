@@ -266,4 +266,14 @@ final class HeaderPolicyPseudoTests: XCTestCase {
         XCTAssertNil(pseudo(":path", "/ok?q=%20").malformed)
     }
 
+    /// FuzzExchangeHead's finding: a `:path` nghttp2 lets through that is no origin-form target
+    /// must not become an HTTP/1.1 request line.
+    func testPathThatIsNotOriginFormIsRefused() {
+        XCTAssertNotNil(pseudo(":path", "pk/g.Svc/M").malformed)
+        XCTAssertNotNil(pseudo(":path", "").malformed)
+        XCTAssertNotNil(pseudo(":path", "http://a/b").malformed)
+        XCTAssertNil(pseudo(":path", "*").malformed)
+        XCTAssertNil(pseudo(":path", "/").malformed)
+    }
+
 }

@@ -16,9 +16,9 @@ func check(_ ok: @autoclosure () -> Bool, _ what: String) {
     if !ok() { fatalError("FuzzExchangeHead invariant: \(what)") }
 }
 
-let head = MessageHead()
-let out = ByteBuffer(capacity: 256 * 1024)
-let input = ByteBuffer(capacity: 256 * 1024)
+nonisolated(unsafe) let head = MessageHead()
+nonisolated(unsafe) let out = ByteBuffer(capacity: 256 * 1024)
+nonisolated(unsafe) let input = ByteBuffer(capacity: 256 * 1024)
 nonisolated(unsafe) var parser = HTTP1Parser()
 nonisolated(unsafe) var parsed = HTTPHead()
 nonisolated(unsafe) var reparsed = HTTPHead()
