@@ -39,8 +39,8 @@ extension AdminServer {
                 j.endObject()
             }
             if let a = r.rewriteAuthority { j.string("rewrite_authority", String(decoding: a, as: UTF8.self)) }
-            if r.mirrorTarget >= 0 {
-                j.string("mirror", snapshot.targets[r.mirrorTarget].name)
+            if !r.mirrorTarget.isNone {
+                j.string("mirror", snapshot.targets[r.mirrorTarget.index].name)
                 j.number("mirror_percent", Double(r.mirrorPPM) / 10_000)
             }
             j.endObject()

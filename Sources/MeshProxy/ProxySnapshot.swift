@@ -77,7 +77,7 @@ public final class ProxySnapshot: Sendable {
         let retry: RetryPolicy
         let fault: FaultPolicy?
         /// -1: no mirror.
-        let mirrorTarget: Int
+        let mirrorTarget: TargetID
         let mirrorPPM: UInt64
         let requestOps: HeaderOps
         let responseOps: HeaderOps
@@ -87,7 +87,7 @@ public final class ProxySnapshot: Sendable {
 
         init(cluster: Int, timeout: UInt64, label: String, serviceFQDN: String, serviceName: String, serviceNamespace: String,
              matches: [RouteMatch], targets: [Int], cumulativeWeights: [Int], retry: RetryPolicy, fault: FaultPolicy?,
-             mirrorTarget: Int, mirrorPPM: UInt64, requestOps: HeaderOps, responseOps: HeaderOps, rewriteURI: [UInt8]?,
+             mirrorTarget: TargetID, mirrorPPM: UInt64, requestOps: HeaderOps, responseOps: HeaderOps, rewriteURI: [UInt8]?,
              rewriteAuthority: [UInt8]?) {
             self.cluster = cluster; self.timeout = timeout; self.label = label; self.serviceFQDN = serviceFQDN
             self.metricID = RouteCatalog.shared.id(label: label, serviceFQDN: serviceFQDN, serviceName: serviceName, serviceNamespace: serviceNamespace)
@@ -125,7 +125,7 @@ public final class ProxySnapshot: Sendable {
     public let outbound: ListenerSettings?
     public let inbound: ListenerSettings?
     /// Index of the cluster for the local app (inbound), or -1.
-    public let inboundCluster: Int
+    let inboundCluster: ClusterID
     public let serverTLS: TLSContext?
     /// Client contexts: HTTP/1.1 connections offer only http/1.1 in ALPN, HTTP/2 ones h2 first.
     public let clientTLS: TLSContext?

@@ -6,7 +6,7 @@ import MeshCore
 /// the host entries that lead to them. Control path only; runs once per config.
 struct TrafficCompiler {
     var clusters: [ProxySnapshot.Cluster] = []
-    var inboundCluster = -1
+    var inboundCluster = ClusterID.none
     var routes: [ProxySnapshot.Route] = []
     var targets: [RouteTarget] = []
     var vhosts: [VirtualHost] = []
@@ -36,7 +36,7 @@ struct TrafficCompiler {
                                   outlier: outlier))
         }
         if let inb = b.inbound, let app = inb.appAddress {
-            inboundCluster = clusters.count
+            inboundCluster = ClusterID(clusters.count)
             clusters.append(.init(name: "inbound|\(app.port)||local-app", endpoints: [app], mutualTLS: false,
                                   expectedPeers: [], connectTimeout: Bootstrap.Defaults.connectTimeout,
                                   idleTimeout: Bootstrap.Defaults.poolIdleTimeout,
@@ -53,7 +53,7 @@ struct TrafficCompiler {
             let ri = routes.count
             routes.append(.init(cluster: ci, timeout: r.timeout, label: r.name, serviceFQDN: svc.fqdn, serviceName: svc.name,
                                 serviceNamespace: svc.ns, matches: [], targets: [t], cumulativeWeights: [100],
-                                retry: .default, fault: nil, mirrorTarget: -1, mirrorPPM: 0,
+                                retry: .default, fault: nil, mirrorTarget: .none, mirrorPPM: 0,
                                 requestOps: HeaderOps(), responseOps: HeaderOps(), rewriteURI: nil,
                                 rewriteAuthority: nil))
             let v = vhosts.count
@@ -81,8 +81,8 @@ struct TrafficCompiler {
                 }
                 let first = h.route[0].destination
                 let svc = Self.service(first.host, vs.namespace)
-                var mirrorTarget = -1
-                if let m = h.mirror { mirrorTarget = target(b, cluster: b.clusterIndex(forHost: m.host, namespace: vs.namespace)!, subset: m.subset) }
+                var mirrorTarget = TargetID.none
+                if let m = h.mirror { mirrorTarget = TargetID(target(b, cluster: b.clusterIndex(forHost: m.host, namespace: vs.namespace)!, subset: m.subset)) }
                 let matches = h.match.map { m -> RouteMatch in
                     var rm = RouteMatch()
                     rm.uri = m.uri.map(ByteMatch.init)

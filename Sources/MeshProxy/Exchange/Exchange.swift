@@ -429,9 +429,9 @@ final class Exchange: PoolWaiter {
         guard !mirrorDecided, !routeID.isNone else { return }
         mirrorDecided = true
         let r = snapshot.routes[routeID.index]
-        guard r.mirrorTarget >= 0, ProxySnapshot.Route.draw(r.mirrorPPM, &worker.rng) else { return }
+        guard !r.mirrorTarget.isNone, ProxySnapshot.Route.draw(r.mirrorPPM, &worker.rng) else { return }
         if !replayable { worker.stats.inc(.mirrorSkipped); return }
-        worker.mirror(request, body: replay, target: r.mirrorTarget, routing: routing)
+        worker.mirror(request, body: replay, target: r.mirrorTarget.index, routing: routing)
     }
 
     // MARK: response (from the upstream)

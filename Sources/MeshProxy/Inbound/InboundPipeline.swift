@@ -29,7 +29,7 @@ extension Exchange {
             }
         }
         // 3. The local app.
-        cluster = ClusterID(s.inboundCluster)
+        cluster = s.inboundCluster
         guard !cluster.isNone else {
             localReply(503, "no local app", flag: .noRoute)
             return false
