@@ -99,6 +99,18 @@ public enum HeaderPolicy {
         }
     }
 
+    /// A request head read from HTTP/2 is complete: it needs `:method` and `:path`, and `*` is a
+    /// target only for OPTIONS (RFC 9112 §3.2.4; found by FuzzExchangeHead: `GET *` went out as a
+    /// request line the HTTP/1.1 parser refuses).
+    public static func completeRequest(_ head: MessageHead) {
+        if head.malformed != nil { return }
+        if head.method.isEmpty { head.malformed = "missing :method"; return }
+        if head.path.isEmpty { head.malformed = "missing :path"; return }
+        if head.path.length == 1 && head.pointer(head.path)[0] == UInt8(ascii: "*") && head.methodKind != .options {
+            head.malformed = "* is a target only for OPTIONS"
+        }
+    }
+
     /// One trailer field (after the body): framing, connection-specific and routing fields never
     /// travel as trailers (RFC 9110 §6.5.1).
     public static func ingestTrailer(_ head: MessageHead, _ n: UnsafePointer<UInt8>, _ nl: Int,

@@ -276,4 +276,22 @@ final class HeaderPolicyPseudoTests: XCTestCase {
         XCTAssertNil(pseudo(":path", "/").malformed)
     }
 
+    /// FuzzExchangeHead's second finding: `*` is a request target only for OPTIONS.
+    func testAsteriskOnlyForOptionsAndBothPseudoHeadersNeeded() {
+        func head(_ pairs: [(String, String)]) -> MessageHead {
+            let h = MessageHead()
+            for (n, v) in pairs {
+                var n = n, v = v
+                n.withUTF8 { nb in v.withUTF8 { vb in HeaderPolicy.ingestPseudo(h, nb.baseAddress!, nb.count, vb.baseAddress!, vb.count) } }
+            }
+            HeaderPolicy.completeRequest(h)
+            return h
+        }
+        XCTAssertNotNil(head([(":method", "GET"), (":path", "*")]).malformed)
+        XCTAssertNil(head([(":path", "*"), (":method", "OPTIONS")]).malformed)
+        XCTAssertNotNil(head([(":method", "GET")]).malformed)
+        XCTAssertNotNil(head([(":path", "/")]).malformed)
+        XCTAssertNil(head([(":method", "GET"), (":path", "/")]).malformed)
+    }
+
 }

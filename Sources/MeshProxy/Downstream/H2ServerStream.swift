@@ -81,7 +81,7 @@ final class H2ServerStream: DownstreamStream {
         }
         headDone = true
         let r = exchange.request
-        if r.path.isEmpty && r.malformed == nil { r.malformed = "missing :path" }
+        HeaderPolicy.completeRequest(r)
         active = true
         exchange.begin(self, inbound: handler.inbound, requestHasBody: !endStream, headBytes: headBytes, wantsUpgrade: false)
     }

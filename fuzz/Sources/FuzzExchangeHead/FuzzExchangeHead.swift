@@ -63,7 +63,7 @@ public func fuzzExchangeHead(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32
             if nl > 0 && np[0] == UInt8(ascii: ":") { HeaderPolicy.ingestPseudo(head, np, nl, vp, vl) }
             else { HeaderPolicy.ingest(head, np, nl, vp, vl) }
         }
-        if head.path.isEmpty && head.malformed == nil { head.malformed = "missing :path" }
+        HeaderPolicy.completeRequest(head)
     }
     // The proxy answers 400 to a malformed head and never forwards it.
     if head.malformed != nil || head.method.isEmpty { return 0 }
