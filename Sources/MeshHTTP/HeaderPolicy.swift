@@ -37,6 +37,9 @@ public enum HeaderPolicy {
         case .xForwardedClientCert:
             return
         case .host:
+            // Checked as a Host even from HTTP/2 (third FuzzExchangeHead finding: nghttp2 lets
+            // `host: \xff` through, which no HTTP/1.1 request may carry).
+            if !all(v, vl, CharClass.host) { head.malformed = "invalid host"; return }
             if head.authority.isEmpty { head.authority = head.keep(v, vl) }
             return
         default:

@@ -93,6 +93,15 @@ final class HeaderPolicyTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(h.upgradeIndex, 0)
     }
 
+    /// FuzzExchangeHead's third finding: a Host nghttp2 lets through is still no HTTP/1.1 Host.
+    func testHostThatIsNoHostIsRefused() {
+        for bad in ["\u{ff}", "a b", "user@host"] {
+            let h = MessageHead()
+            ingest(h, "host", bad)
+            XCTAssertNotNil(h.malformed, bad.debugDescription)
+        }
+    }
+
     func testHostBecomesTheAuthorityUnlessAuthorityCameFirst() {
         let a = MessageHead()
         ingest(a, "Host", "reviews:9080")

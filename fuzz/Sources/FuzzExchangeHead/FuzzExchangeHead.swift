@@ -54,9 +54,15 @@ public func fuzzExchangeHead(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32
             i += nl + vl
             // nghttp2 resets a stream whose fields break these rules; the proxy never sees them.
             if nl > 0 && np[0] == UInt8(ascii: ":") {
-                if nl == 7 && !HTTP2FieldRules.method(vp, vl) { return 0 }
-                if nl == 5 && !HTTP2FieldRules.path(vp, vl) { return 0 }
-                if nl == 10 && !HTTP2FieldRules.authority(vp, vl) { return 0 }
+                // Only the request pseudo-headers exist (RFC 9113 §8.3.1); nghttp2 refuses others.
+                let name = String(decoding: UnsafeBufferPointer(start: np, count: nl), as: UTF8.self)
+                switch name {
+                case ":method": if !HTTP2FieldRules.method(vp, vl) { return 0 }
+                case ":path": if !HTTP2FieldRules.path(vp, vl) { return 0 }
+                case ":authority": if !HTTP2FieldRules.authority(vp, vl) { return 0 }
+                case ":scheme": break
+                default: return 0
+                }
             } else if !HTTP2FieldRules.name(np, nl) || !HTTP2FieldRules.value(vp, vl) {
                 return 0
             }
