@@ -38,7 +38,7 @@ public enum H1HeadReader {
         fields(&h, b, into: r)
     }
 
-    @inline(__always) private static func fields(_ h: inout HTTPHead, _ b: UnsafePointer<UInt8>, into r: MessageHead) {
+    @inline(never) private static func fields(_ h: inout HTTPHead, _ b: UnsafePointer<UInt8>, into r: MessageHead) {
         let listed = !h.connectionListed.isEmpty
         for f in h.fields {
             if listed && f.kind == .other && h.isConnectionListed(f, in: b) { continue }   // never framing or mesh headers

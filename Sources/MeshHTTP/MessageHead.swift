@@ -103,14 +103,16 @@ public final class MessageHead {
     @inline(__always) public func pointer(_ r: ByteRange) -> UnsafePointer<UInt8> { UnsafePointer(bytes.base + Int(r.start)) }
 
     /// Copies `p[0..<n]` into the buffer and returns its range.
-    @inline(__always) public func keep(_ p: UnsafePointer<UInt8>, _ n: Int) -> ByteRange {
+    @inline(never) public func keep(_ p: UnsafePointer<UInt8>, _ n: Int) -> ByteRange {
         let s = bytes.writeIndex
         bytes.append(p, n)
         return ByteRange(start: s, length: n)
     }
 
     /// Appends a field (the name is lowercased); returns its index.
-    @discardableResult
+    /// (Never inlined: its copy loops are large once vectorised, and one copy serves every
+    /// caller; the head path's code must stay small enough for the instruction cache.)
+    @discardableResult @inline(never)
     public func addField(_ n: UnsafePointer<UInt8>, _ nl: Int, _ v: UnsafePointer<UInt8>, _ vl: Int,
                          kind: KnownHeader = .other, forwarded: Bool = true) -> Int {
         let s = bytes.writeIndex
