@@ -37,8 +37,9 @@ public final class Worker: @unchecked Sendable {
     /// Reused for HTTP/2 frames as nghttp2 produces them; never `scratch`, which nghttp2's
     /// callbacks (a stream failing, a local reply) may write while frames are produced.
     let frameScratch = ByteBuffer(lazyCapacity: 16 * 1024)
-    /// Exchanges of HTTP/1.1 connections that closed, reused by new ones.
+    /// Exchanges of HTTP/1.1 connections that closed or went idle, reused by new requests.
     var exchangePool: [Exchange] = []
+    static let exchangePoolLimit = 32
     private(set) var draining = false
     private var downstreams: [DownstreamConnection] = []
     private var listeners: [Listener] = []

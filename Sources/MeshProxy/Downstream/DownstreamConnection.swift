@@ -29,6 +29,13 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
         exchangeStorage = e
         return e
     }
+    /// Gives this connection's exchange back to the worker (buffers released; a few are kept for
+    /// the next connections, the rest freed, so a burst of connections leaves little behind).
+    private func recycleExchange() {
+        guard let e = exchangeStorage else { return }
+        exchangeStorage = nil
+        if worker.exchangePool.count < Worker.exchangePoolLimit { e.releaseStorage(); worker.exchangePool.append(e) } else { e.retire() }
+    }
     private var body = BodyDecoder()
     private let trailerLines = ByteBuffer(lazyCapacity: 128)
     /// The whole request body was read from the client.
@@ -156,10 +163,7 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
             up.closeAfterFlush()
             loop.setDeadline(up, loop.now + 10_000_000_000)   // bounded if it never drains
         }
-        if let e = exchangeStorage {
-            exchangeStorage = nil
-            if worker.exchangePool.count < 256 { e.releaseStorage(); worker.exchangePool.append(e) } else { e.retire() }
-        }
+        recycleExchange()
         state = .closing
         worker.downstreamClosed(self)
     }
@@ -182,7 +186,7 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
                 if idleSince == 0 || now >= until {
                     closeNow()
                 } else {
-                    exchangeStorage?.releaseStorage()
+                    recycleExchange()   // an idle connection holds no exchange
                     hibernate()
                     worker.stats.inc(.connectionsHibernated)
                     worker.trimmer.noteRelease()
