@@ -15,6 +15,9 @@ final class MemoryTrimmer: Pollable {
     private let delay: UInt64
     /// Trims done (for tests and /stats).
     private(set) var trims = 0
+    /// A burst was trimmed: the releases that follow (its tail, fewer than `threshold`) get one
+    /// more trim, so the end of a burst is not left resident until the next burst.
+    private var tail = false
 
     init(loop: EventLoop, threshold: Int = 256, delay: UInt64 = 3_000_000_000) {
         self.loop = loop
@@ -27,14 +30,17 @@ final class MemoryTrimmer: Pollable {
     /// A connection closed or gave its buffers back.
     @inline(__always) func noteRelease() {
         released &+= 1
-        if released >= threshold && !armed {
+        if (released >= threshold || tail) && !armed {
             armed = true
+            tail = released >= threshold
             loop.setDeadline(self, loop.now &+ delay)
         }
     }
 
     override func onTimer(now: UInt64) {
         armed = false
+        // A trim for a whole burst lets its tail have one more; a tail's trim does not.
+        tail = released >= threshold
         released = 0
         trims += 1
         Memory.trim()
