@@ -4,7 +4,7 @@ import MeshCore
 /// same steps whether the body is delimited by a length, by chunks or by the close: the exchange
 /// sees bytes, never framing, so any hop can carry them. Chunked trailers go to `trailers`.
 public struct BodyDecoder {
-    public enum Mode: Sendable, Equatable { case none, length, chunked, untilClose }
+    public typealias Mode = BodyFramer.Mode
     public private(set) var mode: Mode = .none
     public private(set) var remaining: Int64 = 0
     private var chunked = ChunkedDecoder()
@@ -21,22 +21,15 @@ public struct BodyDecoder {
     /// A request body: chunked, a length, or none (requests never run until close).
     public mutating func startRequest(_ head: HTTPHead) {
         chunked.reset()
-        if head.chunked { mode = .chunked; isDone = false }
-        else if head.contentLength > 0 { mode = .length; remaining = head.contentLength; isDone = false }
-        else { mode = .none; remaining = 0; isDone = true }
+        (mode, remaining) = BodyFramer.requestFraming(head)
+        isDone = mode == .none
     }
 
     /// A response body, given the request method it answers.
     public mutating func startResponse(_ head: HTTPHead, requestMethod: HTTPMethod) {
         chunked.reset()
-        let s = head.status
-        if requestMethod == .head || s == 204 || s == 304 || (s >= 100 && s < 200) {
-            mode = .none; remaining = 0; isDone = true
-        } else if head.chunked { mode = .chunked; isDone = false }
-        else if head.contentLength >= 0 {
-            mode = head.contentLength == 0 ? .none : .length
-            remaining = head.contentLength; isDone = head.contentLength == 0
-        } else { mode = .untilClose; isDone = false }
+        (mode, remaining) = BodyFramer.responseFraming(head, requestMethod: requestMethod)
+        isDone = mode == .none
     }
 
     /// The same step kinds as `ChunkedDecoder` (data to forward, framing to skip, the end).

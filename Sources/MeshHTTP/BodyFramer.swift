@@ -13,22 +13,32 @@ public struct BodyFramer {
     /// Framing of a request body: chunked, a length, or none (requests never run until close).
     public mutating func startRequest(_ head: HTTPHead) {
         chunked.reset()
-        if head.chunked { mode = .chunked; isDone = false }
-        else if head.contentLength > 0 { mode = .length; remaining = head.contentLength; isDone = false }
-        else { mode = .none; remaining = 0; isDone = true }
+        (mode, remaining) = BodyFramer.requestFraming(head)
+        isDone = mode == .none
     }
 
     /// Framing of a response body, given the request method it answers.
     public mutating func startResponse(_ head: HTTPHead, requestMethod: HTTPMethod) {
         chunked.reset()
+        (mode, remaining) = BodyFramer.responseFraming(head, requestMethod: requestMethod)
+        isDone = mode == .none
+    }
+
+    /// How a request body is delimited, and its length (RFC 9112 §6.3); shared with `BodyDecoder`.
+    public static func requestFraming(_ head: HTTPHead) -> (Mode, Int64) {
+        if head.chunked { return (.chunked, 0) }
+        if head.contentLength > 0 { return (.length, head.contentLength) }
+        return (.none, 0)
+    }
+
+    /// How a response body is delimited, given the request method it answers; shared with `BodyDecoder`.
+    public static func responseFraming(_ head: HTTPHead, requestMethod: HTTPMethod) -> (Mode, Int64) {
         let s = head.status
-        if requestMethod == .head || s == 204 || s == 304 || (s >= 100 && s < 200) {
-            mode = .none; remaining = 0; isDone = true
-        } else if head.chunked { mode = .chunked; isDone = false }
-        else if head.contentLength >= 0 {
-            mode = .length; remaining = head.contentLength; isDone = head.contentLength == 0
-            if isDone { mode = .none }
-        } else { mode = .untilClose; isDone = false }
+        if requestMethod == .head || s == 204 || s == 304 || (s >= 100 && s < 200) { return (.none, 0) }
+        if head.chunked { return (.chunked, 0) }
+        if head.contentLength > 0 { return (.length, head.contentLength) }
+        if head.contentLength == 0 { return (.none, 0) }
+        return (.untilClose, 0)
     }
 
     /// Raw bytes in both directions until either side closes (after 101 Switching Protocols).

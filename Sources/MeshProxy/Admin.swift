@@ -117,7 +117,7 @@ final class AdminServer: @unchecked Sendable {
         out.append("HTTP/1.1 ")
         out.appendDecimal(status)
         out.append(" ")
-        out.append(StatusText.reason(status == 200 ? 0 : status))
+        out.append(StatusReason.phrase(status))
         out.append("\r\ncontent-type: ")
         out.append(string: contentType)
         out.append("\r\ncontent-length: ")

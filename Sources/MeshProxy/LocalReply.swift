@@ -29,37 +29,13 @@ enum ResponseFlag: UInt8, Sendable {
     }
 }
 
-enum StatusText {
-    static func reason(_ status: Int) -> StaticString {
-        switch status {
-        case 0: return "OK"
-        case 400: return "Bad Request"
-        case 403: return "Forbidden"
-        case 404: return "Not Found"
-        case 405: return "Method Not Allowed"
-        case 408: return "Request Timeout"
-        case 413: return "Content Too Large"
-        case 414: return "URI Too Long"
-        case 417: return "Expectation Failed"
-        case 431: return "Request Header Fields Too Large"
-        case 500: return "Internal Server Error"
-        case 501: return "Not Implemented"
-        case 502: return "Bad Gateway"
-        case 503: return "Service Unavailable"
-        case 504: return "Gateway Timeout"
-        case 505: return "HTTP Version Not Supported"
-        default: return "Error"
-        }
-    }
-}
-
 extension ByteBuffer {
     /// Appends a complete HTTP/1.1 response with a plain-text body.
     func appendLocalReply(status: Int, body: StaticString, close: Bool, flag: ResponseFlag) {
         append("HTTP/1.1 ")
         appendDecimal(status)
         append(" ")
-        append(StatusText.reason(status))
+        append(StatusReason.phrase(status))
         append("\r\ncontent-type: text/plain\r\ncontent-length: ")
         appendDecimal(body.utf8CodeUnitCount + 1)
         append("\r\nx-mesh-response-flags: ")
@@ -68,22 +44,6 @@ extension ByteBuffer {
         append("\r\n\r\n")
         append(body)
         append(UInt8(ascii: "\n"))
-    }
-}
-
-extension HTTP2Session {
-    /// A proxy-generated response on an HTTP/2 stream: status, the response flag, a text body.
-    func submitLocalReply(stream: Int32, status st: Int, body: StaticString, flag: ResponseFlag) {
-        var code: (UInt8, UInt8, UInt8) = (UInt8(48 + st / 100), UInt8(48 + (st / 10) % 10), UInt8(48 + st % 10))
-        withUnsafeBytes(of: &code) { addHeader(":status", $0.baseAddress!.assumingMemoryBound(to: UInt8.self), 3) }
-        addHeader("content-type", "text/plain")
-        let f = flag.code
-        addHeader("x-mesh-response-flags", f.utf8Start, f.utf8CodeUnitCount)
-        submitResponse(stream: stream, endStream: false)
-        sendData(stream: stream, body.utf8Start, body.utf8CodeUnitCount)
-        let nl: StaticString = "\n"
-        sendData(stream: stream, nl.utf8Start, 1)
-        finishData(stream: stream, withTrailers: false)
     }
 }
 

@@ -245,31 +245,3 @@ extension ProxySnapshot.Route {
         ppm >= 1_000_000 || (ppm > 0 && rng.next() % 1_000_000 < ppm)
     }
 }
-
-/// An HTTP/1.1 request head as the router sees it (bytes in the connection's input buffer).
-struct H1RequestView: RoutableRequest {
-    let head: HTTPHead
-    let base: UnsafeMutablePointer<UInt8>
-
-    func withMethod<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R {
-        body(UnsafePointer(base + head.methodStart), head.methodEnd - head.methodStart)
-    }
-
-    func withPath<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R {
-        if head.isAbsoluteForm {
-            if head.pathEnd > head.pathStart { return body(UnsafePointer(base + head.pathStart), head.pathEnd - head.pathStart) }
-            let slash: StaticString = "/"
-            return body(slash.utf8Start, 1)
-        }
-        return body(UnsafePointer(base + head.targetStart), head.targetEnd - head.targetStart)
-    }
-
-    func withHeader<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
-        for f in head.fields where Int(f.nameEnd - f.lineStart) == n {
-            if ASCII.equalsLowerBytes(UnsafePointer(base + Int(f.lineStart)), n, name) {
-                return body(UnsafePointer(base + Int(f.valueStart)), Int(f.valueEnd - f.valueStart))
-            }
-        }
-        return nil
-    }
-}

@@ -274,6 +274,13 @@ final class Exchange: PoolWaiter {
         phase = .proxying
         upstreamPeer = peer
         if !requestHasBody { upstreamRequestEnded = true; maybeMirror(); return }
+        sendWaitingBody(up)
+        down?.resumeRequestBody()
+    }
+
+    /// Sends the body bytes that waited for the upstream (received before it was ready, or put
+    /// back for a retry), then the body's end if it came.
+    private func sendWaitingBody(_ up: UpstreamStream) {
         if !pending.isEmpty {
             up.sendBody(UnsafePointer(pending.readPointer), pending.readableBytes)
             keepForReplay(UnsafePointer(pending.readPointer), pending.readableBytes)
@@ -284,7 +291,6 @@ final class Exchange: PoolWaiter {
             up.endBody(trailers: requestTrailers.isEmpty ? nil : requestTrailers)
             maybeMirror()
         }
-        down?.resumeRequestBody()
     }
 
     /// An attempt ended without a response: retry when the policy, the body and the budget
@@ -410,16 +416,7 @@ final class Exchange: PoolWaiter {
     }
 
     func upstreamWritable() {
-        if !pending.isEmpty, phase == .proxying, let up = upstream, !up.bodyCongested {
-            up.sendBody(UnsafePointer(pending.readPointer), pending.readableBytes)
-            keepForReplay(UnsafePointer(pending.readPointer), pending.readableBytes)
-            pending.clear()
-            if requestEnded && !upstreamRequestEnded {
-                upstreamRequestEnded = true
-                up.endBody(trailers: requestTrailers.isEmpty ? nil : requestTrailers)
-                maybeMirror()
-            }
-        }
+        if !pending.isEmpty, phase == .proxying, let up = upstream, !up.bodyCongested { sendWaitingBody(up) }
         down?.resumeRequestBody()
     }
 

@@ -175,6 +175,12 @@ final class EndpointPool {
         }
         let u = UpstreamConnection(pool: self, fd: fd, tls: tls)
         guard u.start() else { lastError = 24; return nil }
+        opened(u, c)
+        return u
+    }
+
+    /// Counts a connection this pool just opened (either protocol) and arms its connect timeout.
+    private func opened(_ conn: Connection, _ c: ProxySnapshot.Cluster) {
         open += 1
         if routing.retired { worker.keepAlive(routing) }
         routing.clusterState[cluster].openConnections += 1
@@ -182,8 +188,7 @@ final class EndpointPool {
         counters.set(.connectionsActive, UInt64(open))
         worker.stats.inc(.upstreamConnectionsTotal)
         worker.stats.inc(.upstreamConnectionsActive)
-        loop.setDeadline(u, loop.now + c.connectTimeout)
-        return u
+        loop.setDeadline(conn, loop.now + c.connectTimeout)
     }
 
     var lastError: Int32 = 0
@@ -248,15 +253,8 @@ final class EndpointPool {
         let tls = tlsContext.map { TLSSession(context: $0, sessionCache: sessionCache, expectedPeers: c.expectedPeers) }
         let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout, maxStreams: c.maxRequestsPerConnection)
         guard h.start() else { lastError = 24; return nil }
-        open += 1
-        if routing.retired { worker.keepAlive(routing) }
-        routing.clusterState[cluster].openConnections += 1
-        counters.inc(.connectionsTotal)
-        counters.set(.connectionsActive, UInt64(open))
-        worker.stats.inc(.upstreamConnectionsTotal)
-        worker.stats.inc(.upstreamConnectionsActive)
         h2conns.append(h)
-        loop.setDeadline(h, loop.now + c.connectTimeout)
+        opened(h, c)
         return h
     }
 
