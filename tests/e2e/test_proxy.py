@@ -65,6 +65,12 @@ def test_host_forms_and_absolute_form_proxy_requests(mesh):
     r = curl("-i", mesh.url("/"), "-H", "Host: nosuch")
     assert b" 404 " in r.stdout.split(b"\r\n")[0]
     assert b"x-mesh-response-flags: NR" in r.stdout
+    # A local reply to HEAD carries no body: the next response on the connection reads cleanly.
+    out = raw_exchange(mesh.outbound, b"HEAD / HTTP/1.1\r\nHost: nosuch\r\n\r\n"
+                                      b"GET / HTTP/1.1\r\nHost: nosuch\r\nConnection: close\r\n\r\n")
+    first, rest = out.split(b"\r\n\r\n", 1)
+    assert first.startswith(b"HTTP/1.1 404 ") and b"content-length: " in first, out
+    assert rest.startswith(b"HTTP/1.1 404 "), out
 
 
 def test_thousand_keepalive_requests_on_one_connection(mesh, tmp_path):

@@ -621,12 +621,17 @@ final class Exchange: PoolWaiter {
         let fc = f.code
         r.addField("x-mesh-response-flags", fc.utf8Start, fc.utf8CodeUnitCount)
         responseStarted = true
-        responseBytes &+= UInt64(d.sendResponseHead(r, endStream: false, close: close))
-        d.sendResponseBody(reason.utf8Start, reason.utf8CodeUnitCount)
-        let nl: StaticString = "\n"
-        d.sendResponseBody(nl.utf8Start, 1)
-        responseBytes &+= UInt64(reason.utf8CodeUnitCount + 1)
-        d.endResponse(trailers: nil)
+        // A response to HEAD has no body, whatever its content-length says (RFC 9110 §9.3.2);
+        // one sent anyway would be read as the start of the next response.
+        let head = request.methodKind == .head
+        responseBytes &+= UInt64(d.sendResponseHead(r, endStream: head, close: close))
+        if !head {
+            d.sendResponseBody(reason.utf8Start, reason.utf8CodeUnitCount)
+            let nl: StaticString = "\n"
+            d.sendResponseBody(nl.utf8Start, 1)
+            responseBytes &+= UInt64(reason.utf8CodeUnitCount + 1)
+            d.endResponse(trailers: nil)
+        }
         Log.debug("proxy", "local reply \(st) \(f.code): \(reason)")
         finish()
     }
