@@ -1,4 +1,7 @@
 import MeshCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The bootstrap of a sidecar in mesh mode, built from its command line (DESIGN §2) instead of a
 /// file: who it is, its listeners and admin port, and the credentials meshd issued (in memory).
@@ -15,11 +18,79 @@ public struct MeshModeOptions: Sendable {
     public var outboundPort = 15001
     public var adminPort = 15000
     public var concurrency: Int?
+    /// The inbound listener's address (`--listen-address`, DESIGN §10); the outbound listener
+    /// and admin stay on 127.0.0.1 (they serve the local app and the operator).
     public var listenAddress = "127.0.0.1"
     public var trustDomain = "cluster.local"
     /// `HOST=IP:PORT[,IP:PORT...]`
     public var routes: [String] = []
     public init(service: String) { self.service = service }
+}
+
+/// Where a mesh-mode sidecar's inbound listener binds and the address it registers with meshd
+/// (DESIGN §10: nothing may assume 127.0.0.1), both as canonical IP text.
+public struct MeshAddresses: Sendable, Equatable {
+    /// The inbound listener's address (may be the wildcard 0.0.0.0 or ::).
+    public let listen: String
+    /// The concrete address other sidecars reach this one at (registered as advertise:port).
+    public let advertise: String
+
+    public init(listen: String, advertise: String) { self.listen = listen; self.advertise = advertise }
+
+    /// Resolves `--listen-address` and `--advertise-address`: each defaults to the other, both to
+    /// 127.0.0.1. A wildcard listen address needs an explicit concrete advertise address of a
+    /// family it accepts (0.0.0.0: IPv4; `::`: both); a concrete listen address must equal the
+    /// advertise address (the sidecar registers where it really listens). Errors name the flag.
+    public static func resolve(listen: String?, advertise: String?) throws(ConfigError) -> MeshAddresses {
+        func bad(_ flag: String, _ msg: String) -> ConfigError { ConfigError(path: "--\(flag)", message: msg) }
+        var adv: (text: String, v6: Bool, wildcard: Bool)? = nil
+        if let a = advertise {
+            guard let p = parseIP(a) else { throw bad("advertise-address", "expected an IP address such as 10.0.0.2 or fd00::2, got \"\(a)\"") }
+            if p.wildcard {
+                throw bad("advertise-address", "\(a) is a wildcard; other sidecars need the concrete IP address they reach this one at")
+            }
+            adv = p
+        }
+        guard let l = listen else {
+            let a = adv?.text ?? "127.0.0.1"
+            return MeshAddresses(listen: a, advertise: a)
+        }
+        guard let lis = parseIP(l) else {
+            throw bad("listen-address", "expected an IP address such as 10.0.0.2, fd00::2, 0.0.0.0 or ::, got \"\(l)\"")
+        }
+        if lis.wildcard {
+            guard let a = adv else {
+                throw bad("listen-address", "\(lis.text) needs an explicit --advertise-address (the concrete IP other sidecars reach this one at)")
+            }
+            if !lis.v6 && a.v6 {
+                throw bad("listen-address", "0.0.0.0 accepts IPv4 only, but --advertise-address \(a.text) is IPv6 (listen on :: instead)")
+            }
+            return MeshAddresses(listen: lis.text, advertise: a.text)
+        }
+        if let a = adv, a.text != lis.text {
+            throw bad("listen-address", "\(lis.text) differs from --advertise-address \(a.text): a sidecar registers the address it listens on (give one of them, or listen on 0.0.0.0 or ::)")
+        }
+        return MeshAddresses(listen: lis.text, advertise: lis.text)
+    }
+
+    /// An IPv4 or IPv6 address (brackets allowed) in canonical text, or nil.
+    static func parseIP(_ s: String) -> (text: String, v6: Bool, wildcard: Bool)? {
+        var h = s
+        if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        var v4 = in_addr()
+        if inet_pton(AF_INET, h, &v4) == 1 {
+            guard inet_ntop(AF_INET, &v4, &buf, socklen_t(buf.count)) != nil else { return nil }
+            return (String(cString: buf), false, v4.s_addr == 0)
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, h, &v6) == 1 {
+            guard inet_ntop(AF_INET6, &v6, &buf, socklen_t(buf.count)) != nil else { return nil }
+            let zero = withUnsafeBytes(of: v6) { $0.allSatisfy { $0 == 0 } }
+            return (String(cString: buf), true, zero)
+        }
+        return nil
+    }
 }
 
 extension Bootstrap {
@@ -40,12 +111,17 @@ extension Bootstrap {
         let workload = Workload(name: version.map { "\(o.service)-\($0)" } ?? o.service, service: o.service,
                                 namespace: o.namespace, serviceAccount: sa, labels: labels)
         func addr(_ port: Int, _ flag: String) throws(ConfigError) -> SocketAddress {
-            guard port >= 0 && port <= 65535, let a = SocketAddress(host: o.listenAddress, port: port) else {
-                throw bad(flag, "expected a port from 0 to 65535, got \(port)")
+            guard port >= 0 && port <= 65535 else { throw bad(flag, "expected a port from 0 to 65535, got \(port)") }
+            guard let a = SocketAddress(host: o.listenAddress, port: port) else {
+                throw bad("listen-address", "expected an IP address, got \"\(o.listenAddress)\"")
             }
             return a
         }
-        let outbound = Listener(address: try addr(o.outboundPort, "outbound-port"), headerTimeout: Defaults.headerTimeout,
+        func loopback(_ port: Int, _ flag: String) throws(ConfigError) -> SocketAddress {
+            guard let a = SocketAddress(host: "127.0.0.1", port: port) else { throw bad(flag, "expected a port from 0 to 65535, got \(port)") }
+            return a
+        }
+        let outbound = Listener(address: try loopback(o.outboundPort, "outbound-port"), headerTimeout: Defaults.headerTimeout,
                                 idleTimeout: Defaults.idleTimeout, appAddress: nil)
         var inbound: Listener? = nil
         if let p = o.appPort {

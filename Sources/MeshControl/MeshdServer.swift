@@ -10,8 +10,9 @@ import Synchronization
 
 /// meshd's two ports (DESIGN §2): the API (TLS with a certificate from its own CA; workloads ask
 /// for certificates there, with a join token or, to renew, their current certificate) and the
-/// admin port (plain HTTP on loopback by default; `/ready`, `/metrics`, and meshctl's API,
-/// authenticated with the admin token). Thread-safe; each port runs on its own threads.
+/// admin port (plain HTTP on loopback by default; on another address, TLS with the API's
+/// certificate, DESIGN §10; `/ready` and `/metrics` open, meshctl's API authenticated with the
+/// admin token either way). Thread-safe; each port runs on its own threads.
 public final class MeshdServer: @unchecked Sendable {
     public let ca: CertificateAuthority
     /// The config store and registry (nil: certificate authority only).
@@ -21,9 +22,14 @@ public final class MeshdServer: @unchecked Sendable {
     static let serverCertTTL = 24 * 3600
     public private(set) var api: ControlServer?
     public private(set) var admin: ControlServer?
+    /// Whether the admin port speaks TLS (it is not on loopback).
+    public private(set) var adminTLS = false
+    /// The API's concrete address as IP:PORT for `/v1/bootstrap` (nil: it listens on a wildcard).
+    public private(set) var apiAdvertised: String?
     /// Separates the certificate chain from the trust bundle in a certificate response.
 
-    /// Addresses meshd's API certificate names besides 127.0.0.1 (its listen address).
+    /// Addresses meshd's certificate names as IP SANs besides 127.0.0.1 (its listen and admin
+    /// addresses): meshctl checks the one it dialed.
     let addresses: [String]
 
     public init(ca: CertificateAuthority, addresses: [String] = []) throws(CAError) {
@@ -59,10 +65,18 @@ public final class MeshdServer: @unchecked Sendable {
 
     /// Binds both ports (errors name the port); `run` serves them.
     /// `maxApplyBytes`: the largest request the admin port reads (an apply body), `--max-apply-bytes`.
-    public func bind(api apiAddress: SocketAddress, admin adminAddress: SocketAddress, maxApplyBytes: Int = 1 << 20) throws(CAError) {
+    /// `adminTLS`: serve the admin port over TLS with the API's certificate (not on loopback).
+    /// `apiHost`: the API's concrete IP for `/v1/bootstrap` (nil when it listens on a wildcard).
+    public func bind(api apiAddress: SocketAddress, admin adminAddress: SocketAddress, maxApplyBytes: Int = 1 << 20,
+                     adminTLS: Bool = false, apiHost: String? = nil) throws(CAError) {
         api = try ControlServer(address: apiAddress, name: "api", context: { [unowned self] in self.currentAPIContext() },
                                 handler: { [unowned self] in self.handleAPI($0) })
-        admin = try ControlServer(address: adminAddress, name: "admin", context: { nil },
+        self.adminTLS = adminTLS
+        let apiPort = api!.port
+        apiAdvertised = apiHost.flatMap { SocketAddress(host: $0, port: apiPort)?.text }
+        let adminContext: @Sendable () -> TLSContext?
+        if adminTLS { adminContext = { [unowned self] in self.currentAPIContext() } } else { adminContext = { nil } }
+        admin = try ControlServer(address: adminAddress, name: "admin", context: adminContext,
                                   maxBody: maxApplyBytes, maxBodyHint: " (meshd --max-apply-bytes)",
                                   handler: { [unowned self] in self.handleAdmin($0) })
     }
@@ -185,8 +199,9 @@ public final class MeshdServer: @unchecked Sendable {
         case ("GET", "/v1/ca"):
             return ControlResponse(200, ca.status())
         case ("GET", "/v1/bootstrap"):
-            // What `meshctl run` needs to start a sidecar: the API port and the trust anchor.
-            return ControlResponse(200, "api-port: \(api?.port ?? 0)\n" + ca.trustBundlePEM)
+            // What `meshctl run` needs to start a sidecar: the API port (and its address when
+            // it is concrete, so a sidecar on another host dials it) and the trust anchor.
+            return ControlResponse(200, "api-port: \(api?.port ?? 0)\n" + (apiAdvertised.map { "api-address: \($0)\n" } ?? "") + ca.trustBundlePEM)
         case ("POST", "/v1/config/apply"), ("POST", "/v1/config/delete"):
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
             let files: [(name: String, text: String)]

@@ -90,8 +90,11 @@ public final class ControlStream {
         return s
     }
 
-    /// Connects (blocking, with a timeout) to `address`, over TLS when `context` is given.
-    public static func connect(_ address: SocketAddress, context: TLSContext?, timeoutSeconds: Int = 10) throws(CAError) -> ControlStream {
+    /// Connects (blocking, with a timeout) to `address`, over TLS when `context` is given;
+    /// `verifyIP`: the server's certificate must name this IP address (an IP SAN), checked in
+    /// the handshake.
+    public static func connect(_ address: SocketAddress, context: TLSContext?, timeoutSeconds: Int = 10,
+                               verifyIP: String? = nil) throws(CAError) -> ControlStream {
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw CAError("socket: \(Socket.errorText(mesh_errno()))") }
         setTimeouts(fd, seconds: timeoutSeconds)
@@ -105,6 +108,11 @@ public final class ControlStream {
         guard let ctx = context else { return ControlStream(fd: fd, ssl: nil) }
         guard let ssl = SSL_new(ctx.ctx) else { Glibc.close(fd); throw CAError("SSL_new failed") }
         SSL_set_fd(ssl, fd)
+        if let ip = verifyIP, X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip) != 1 {
+            SSL_free(ssl)
+            Glibc.close(fd)
+            throw CAError("\(ip): not an IP address to verify a certificate against")
+        }
         if SSL_connect(ssl) != 1 {
             let why = OpenSSLErrors.drain()
             var reason = why
@@ -413,10 +421,11 @@ public final class ControlServer: @unchecked Sendable {
 /// One blocking request to a control-plane server (meshctl, and the sidecar asking for certificates).
 public enum ControlClient {
     /// `expectPeer`: over TLS, the SPIFFE ID the server must present (checked before anything is sent).
+    /// `verifyIP`: over TLS, the IP address the server's certificate must name.
     public static func request(_ address: SocketAddress, context: TLSContext?, method: String, path: String,
                                headers: [(String, String)] = [], body: String = "", timeoutSeconds: Int = 10,
-                               expectPeer: String? = nil) throws(CAError) -> (status: Int, body: String) {
-        let s = try ControlStream.connect(address, context: context, timeoutSeconds: timeoutSeconds)
+                               expectPeer: String? = nil, verifyIP: String? = nil) throws(CAError) -> (status: Int, body: String) {
+        let s = try ControlStream.connect(address, context: context, timeoutSeconds: timeoutSeconds, verifyIP: verifyIP)
         if let want = expectPeer {
             guard let cert = s.peerCertificate else { throw CAError("\(address) presented no certificate") }
             let got = X509Info.spiffeID(cert) ?? "(no SPIFFE ID)"
@@ -449,5 +458,45 @@ public enum ControlClient {
             }
         }
         return out
+    }
+}
+
+/// Where a client such as meshctl reaches a control server: plain HTTP, or TLS whose server
+/// certificate must chain to a given root and name the dialed IP as an IP SAN (meshd's admin
+/// port off loopback, DESIGN §10). The client presents no certificate.
+public struct ControlEndpoint: Sendable {
+    public let address: SocketAddress
+    let context: TLSContext?
+    let verifyIP: String?
+
+    /// Plain HTTP.
+    public init(plain address: SocketAddress) {
+        self.address = address
+        context = nil
+        verifyIP = nil
+    }
+
+    /// TLS to `host` (an IP, brackets allowed) and `port`, trusting only the roots in `rootPEM`
+    /// (read from `rootFile`, named in errors).
+    public init(tls host: String, port: Int, rootPEM: String, rootFile: String) throws(CAError) {
+        let ip = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        guard let a = SocketAddress(host: ip, port: port) else { throw CAError("\(host): expected an IP address") }
+        guard rootPEM.contains("BEGIN CERTIFICATE") else { throw CAError("\(rootFile): no PEM certificate there") }
+        var o = TLSContext.Options(certChainFile: "(none)", privateKeyFile: "(none)", trustBundleFile: rootFile)
+        o.withoutCertificate = true
+        o.trustBundlePEM = rootPEM
+        o.alpn = ["http/1.1"]
+        do { context = try TLSContext(role: .client, options: o) } catch { throw CAError("\(rootFile): \(error)") }
+        address = a
+        verifyIP = ip
+    }
+
+    public var isTLS: Bool { context != nil }
+
+    /// One request (see `ControlClient.request`).
+    public func request(method: String, path: String, headers: [(String, String)] = [], body: String = "",
+                        timeoutSeconds: Int = 10) throws(CAError) -> (status: Int, body: String) {
+        try ControlClient.request(address, context: context, method: method, path: path, headers: headers, body: body,
+                                  timeoutSeconds: timeoutSeconds, verifyIP: verifyIP)
     }
 }

@@ -34,7 +34,7 @@ func note(_ s: String) {
 /// the sidecar, forwards signals, and exits with the command's status.
 func runCommand(service: String, namespace: String, serviceAccount: String, labels: [String], appPort: Int?,
                 appProtocol: String?, tokenFile: String?, sidecarLog: String?, command: [String],
-                adminHost: String, call: (String, String) -> String) -> Never {
+                adminHost: String, advertiseAddress: String?, call: (String, String) -> String) -> Never {
     let signals = SignalWaiter()
     var token: String
     if let f = tokenFile {
@@ -43,11 +43,21 @@ func runCommand(service: String, namespace: String, serviceAccount: String, labe
         token = call("POST", "/v1/tokens?namespace=\(ControlClient.percentEncode(namespace))&serviceAccount=\(ControlClient.percentEncode(serviceAccount))&ttl=1h")
         token = token.trimmingTrailingNewlines
     }
+    // `api-port: N`, then `api-address: IP:PORT` when meshd's API listens on a concrete address,
+    // then the trust bundle. A wildcard API is dialed at the admin URL's host.
     let boot = call("GET", "/v1/bootstrap")
-    guard let first = boot.split(separator: "\n").first, first.hasPrefix("api-port: "), let apiPort = Int(first.dropFirst(10)) else {
+    var lines = boot.split(separator: "\n", omittingEmptySubsequences: false)
+    guard let first = lines.first, first.hasPrefix("api-port: "), let apiPort = Int(first.dropFirst(10)) else {
         fail("meshd's /v1/bootstrap answer is not understood")
     }
-    let bundle = String(boot.dropFirst(first.count + 1))
+    lines.removeFirst()
+    var api = SocketAddress(host: adminHost, port: apiPort)?.text ?? "\(adminHost):\(apiPort)"
+    if let l = lines.first, l.hasPrefix("api-address: ") {
+        guard SocketAddress(String(l.dropFirst(13))) != nil else { fail("meshd's /v1/bootstrap answer is not understood: \(l)") }
+        api = String(l.dropFirst(13))
+        lines.removeFirst()
+    }
+    let bundle = lines.joined(separator: "\n")
     var template = Array("/tmp/meshctl-run-XXXXXX".utf8CString)
     guard let dirp = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else { fail("cannot create a temporary directory") }
     let dir = String(cString: dirp)
@@ -60,12 +70,13 @@ func runCommand(service: String, namespace: String, serviceAccount: String, labe
     let here = CommandLine.arguments[0].split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
     let sidecarPath = here.isEmpty ? "sidecar" : (access("\(here)/sidecar", X_OK) == 0 ? "\(here)/sidecar" : "sidecar")
     let log = sidecarLog ?? "\(dir)/sidecar.log"
-    var args = [sidecarPath, "--meshd", "\(adminHost):\(apiPort)", "--root-cert", "\(dir)/root-cert.pem", "--token-file", "\(dir)/token",
+    var args = [sidecarPath, "--meshd", api, "--root-cert", "\(dir)/root-cert.pem", "--token-file", "\(dir)/token",
                 "--service", service, "--namespace", namespace, "--service-account", serviceAccount,
                 "--outbound-port", String(outbound), "--inbound-port", String(inbound), "--admin-port", String(admin)]
     for l in labels { args += ["--label", l] }
     if let p = appPort { args += ["--app-port", String(p)] }
     if let p = appProtocol { args += ["--app-protocol", p] }
+    if let a = advertiseAddress { args += ["--advertise-address", a] }
     let sidecar: ChildProcess
     do { sidecar = try ChildProcess(path: sidecarPath, args: args, logPath: log, newGroup: true) } catch { fail("\(error)") }
     // The join token is only needed until the sidecar has its certificate: removed on any exit.

@@ -31,11 +31,14 @@ let usage = """
                             p50/p99 latency, read from the sidecars' metrics (refreshed until
                             Ctrl-C; --once prints one table)
       run --service NAME [--namespace NS] [--service-account SA] [--label k=v]... [--app-port P]
-          [--app-protocol http|http2|grpc] [--token-file F] [--sidecar-log FILE] -- CMD [ARGS...]
+          [--app-protocol http|http2|grpc] [--token-file F] [--sidecar-log FILE]
+          [--advertise-address IP] -- CMD [ARGS...]
                             start a sidecar in mesh mode for CMD (a token is minted unless given),
                             start CMD once the sidecar is ready, with http_proxy/HTTP_PROXY set to
                             it; signals go to the sidecar (drain) then CMD; exits with CMD's status.
-                            No --app-port: a workload that only calls out
+                            No --app-port: a workload that only calls out. The sidecar dials
+                            meshd's API at the address meshd reports (else the --meshd host);
+                            --advertise-address: this host's IP other sidecars reach the app at
       demo [--keep-running]  the whole mesh on this machine: meshd, two versions of a sample app
                             and a caller, each with its sidecar, and a canary walked through
                             100/0, 90/10, 50/50, 0/100 with live per-version request rates,
@@ -49,8 +52,12 @@ let usage = """
                               retire  the old root leaves the trust bundle
                             sidecars pick up the bundle with their next certificate
 
-    GLOBAL FLAGS (before or after the command; environment MESHD, MESH_ADMIN_TOKEN_FILE):
-      --meshd URL             meshd's admin URL (default http://127.0.0.1:15014)
+    GLOBAL FLAGS (before or after the command; environment MESHD, MESH_ADMIN_TOKEN_FILE,
+    MESH_ROOT_CERT):
+      --meshd URL             meshd's admin URL (default http://127.0.0.1:15014); https://IP:PORT
+                              when meshd serves it on another host (meshd --admin-address IP)
+      --root-cert FILE        with https://: meshd's STATE-DIR/root-cert.pem; meshd's certificate
+                              must chain to it and name the IP dialed
       --admin-token-file FILE meshd's STATE-DIR/admin-token
       -h, --help              this text
 
@@ -68,6 +75,7 @@ let specs: [Flags.Spec] = [
     .init("interval"), .init("once", value: false), .init("keep-running", value: false), .init("name"), .init("port"),
     .init("host"), .init("rate"), .init("phase"),
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
+    .init("root-cert"), .init("advertise-address"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -92,8 +100,32 @@ if flags.positional.first == "demo" {
 
 func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 let url = flags.string("meshd") ?? env("MESHD") ?? "http://127.0.0.1:15014"
-guard url.hasPrefix("http://"), let address = SocketAddress(String(url.dropFirst(7).split(separator: "/").first ?? "")) else {
-    fail("--meshd: expected meshd's admin URL such as http://127.0.0.1:15014, got \"\(url)\"")
+let tlsAdmin = url.hasPrefix("https://")
+/// HOST:PORT of the admin URL (`[v6]:PORT` for IPv6).
+let hostPort = String((tlsAdmin || url.hasPrefix("http://") ? url.dropFirst(tlsAdmin ? 8 : 7) : "").split(separator: "/").first ?? "")
+guard let address = SocketAddress(hostPort) else {
+    fail("--meshd: expected meshd's admin URL such as http://127.0.0.1:15014 or https://10.0.0.1:15014, got \"\(url)\"")
+}
+/// The admin URL's host without the port (and without brackets).
+let adminHost: String = {
+    var h = String(hostPort[..<hostPort.lastIndex(of: ":")!])
+    if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+    return h
+}()
+let rootCertFlag = flags.string("root-cert").map { ("--root-cert", $0) } ?? env("MESH_ROOT_CERT").map { ("MESH_ROOT_CERT", $0) }
+let endpoint: ControlEndpoint
+if tlsAdmin {
+    guard let (name, path) = rootCertFlag else {
+        fail("--meshd \(url) is TLS: give --root-cert FILE (meshd's STATE-DIR/root-cert.pem) or MESH_ROOT_CERT")
+    }
+    let pem: String
+    do { pem = try FileStore.read(path) } catch { fail("\(name): \(error)") }
+    do { endpoint = try ControlEndpoint(tls: adminHost, port: address.port, rootPEM: pem, rootFile: path) } catch { fail("\(name): \(error)") }
+} else {
+    if let (name, _) = rootCertFlag {
+        fail("\(name) is for an https:// --meshd URL (meshd's admin port on another host); --meshd is \(url)")
+    }
+    endpoint = ControlEndpoint(plain: address)
 }
 
 let tokenFile = flags.string("admin-token-file") ?? env("MESH_ADMIN_TOKEN_FILE")
@@ -117,7 +149,7 @@ func call(_ method: String, _ path: String, body: String = "", contentType: Stri
     do {
         var headers = [("authorization", "Bearer \(adminToken())")]
         if let t = contentType { headers.append(("content-type", t)) }
-        let r = try ControlClient.request(address, context: nil, method: method, path: path, headers: headers, body: body)
+        let r = try endpoint.request(method: method, path: path, headers: headers, body: body)
         if r.status != 200 { fail("meshd answered \(r.status): \(r.body.trimmingTrailingNewlines)", code: 1) }
         return r.body
     } catch {
@@ -192,7 +224,6 @@ func applyFiles(delete: Bool) {
 }
 
 let cmd = flags.positional
-let adminHost = String(url.dropFirst(7).split(separator: "/").first ?? "").split(separator: ":").dropLast().joined(separator: ":")
 if cmd.first == "run" {
     let argv = CommandLine.arguments
     guard let dd = argv.firstIndex(of: "--"), dd + 1 < argv.count else { fail("run: give the command after -- (meshctl run --service NAME -- CMD ARGS)") }
@@ -203,7 +234,8 @@ if cmd.first == "run" {
     runCommand(service: service, namespace: ns, serviceAccount: flags.string("service-account") ?? service,
                labels: flags.all("label"), appPort: appPort, appProtocol: flags.string("app-protocol"),
                tokenFile: flags.string("token-file"), sidecarLog: flags.string("sidecar-log"),
-               command: Array(argv[(dd + 1)...]), adminHost: adminHost.isEmpty ? "127.0.0.1" : adminHost, call: { call($0, $1) })
+               command: Array(argv[(dd + 1)...]), adminHost: adminHost, advertiseAddress: flags.string("advertise-address"),
+               call: { call($0, $1) })
 }
 switch (cmd.first, cmd.dropFirst().first) {
 case ("apply", _):

@@ -14,7 +14,8 @@ let usage = """
 
     USAGE:
       meshd --state-dir DIR [--api-port 15012] [--admin-port 15014] [--trust-domain cluster.local]
-            [--cert-ttl 24h] [--ca-dir DIR] [--listen-address 127.0.0.1] [--log-level info]
+            [--cert-ttl 24h] [--ca-dir DIR] [--listen-address 127.0.0.1] [--admin-address 127.0.0.1]
+            [--log-level info]
 
     On first start meshd creates a root CA in the state directory (keys mode 0600) and writes
     STATE-DIR/root-cert.pem (the trust anchor sidecars need, --root-cert) and STATE-DIR/admin-token
@@ -23,7 +24,10 @@ let usage = """
 
     API port (TLS, certificate from meshd's own CA): POST /v1/certificate, a CSR authenticated by
     a join token (`meshctl token create`) or, to renew, by the workload's current certificate.
-    Admin port (plain HTTP, 127.0.0.1): GET /ready, GET /metrics, and meshctl's API (admin token).
+    Admin port (plain HTTP on 127.0.0.1 by default; TLS with meshd's own certificate when
+    --admin-address is not loopback): GET /ready and GET /metrics (open), and meshctl's API
+    (admin token). meshd's certificate names 127.0.0.1 and the listen and admin addresses as IP
+    SANs; meshctl verifies it against STATE-DIR/root-cert.pem (meshctl --root-cert).
 
     OPTIONS:
       --state-dir DIR        CA keys, root-cert.pem, admin-token, token-key (created if missing);
@@ -32,7 +36,11 @@ let usage = """
                              start and whenever a file there changes (checked every second)
       --api-port N           default 15012
       --admin-port N         default 15014
-      --listen-address IP    address of the API port (default 127.0.0.1); admin stays on 127.0.0.1
+      --listen-address IP    address of the API port (default 127.0.0.1; 0.0.0.0 or :: for all);
+                             sidecars on other hosts dial it (sidecar --meshd IP:PORT)
+      --admin-address IP     address of the admin port (default 127.0.0.1); a concrete IP other
+                             than loopback serves it over TLS to other hosts (meshctl --meshd
+                             https://IP:PORT --root-cert STATE-DIR/root-cert.pem)
       --trust-domain TD      SPIFFE trust domain (default cluster.local)
       --cert-ttl DURATION    workload certificate lifetime (default 24h; e.g. 10s for tests)
       --ca-dir DIR           plug-in CA
@@ -54,7 +62,7 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
 }
 
 let specs: [Flags.Spec] = [
-    .init("state-dir"), .init("config-dir"), .init("api-port"), .init("admin-port"), .init("listen-address"),
+    .init("state-dir"), .init("config-dir"), .init("api-port"), .init("admin-port"), .init("listen-address"), .init("admin-address"),
     .init("trust-domain"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
     .init("registry-grace"), .init("max-apply-bytes"),
 ]
@@ -100,8 +108,20 @@ if let t = flags.string("max-apply-bytes") {
 let trustDomain = flags.string("trust-domain") ?? "cluster.local"
 if trustDomain.isEmpty || trustDomain.contains("/") || trustDomain.contains(":") { fail("--trust-domain: expected a name such as cluster.local, got \"\(trustDomain)\"") }
 let listen = flags.string("listen-address") ?? "127.0.0.1"
-guard let apiAddress = SocketAddress(host: listen, port: apiPort) else { fail("--listen-address: expected an IP address, got \"\(listen)\"") }
-let adminAddress = SocketAddress(host: "127.0.0.1", port: adminPort)!
+guard let apiAddress = SocketAddress(host: listen, port: apiPort) else {
+    fail("--listen-address: expected an IP address such as 10.0.0.1, fd00::1, 0.0.0.0 or ::, got \"\(listen)\"")
+}
+let adminHost = flags.string("admin-address") ?? "127.0.0.1"
+guard let adminAddress = SocketAddress(host: adminHost, port: adminPort) else {
+    fail("--admin-address: expected an IP address such as 127.0.0.1 or 10.0.0.1, got \"\(adminHost)\"")
+}
+if IPKind.of(adminAddress) == .wildcard {
+    fail("--admin-address: \(adminHost) is a wildcard; give the concrete IP meshctl dials (its certificate check needs that address)")
+}
+let adminTLS = IPKind.of(adminAddress) != .loopback
+if adminTLS && IPKind.of(apiAddress) == .loopback {
+    Log.warn("meshd", "--admin-address \(adminHost) opens the admin port to other hosts, but the API listens on \(listen): sidecars there cannot reach it (--listen-address)")
+}
 
 let signals = SignalWaiter()
 let server: MeshdServer
@@ -111,9 +131,10 @@ do {
     try FileStore.makeDirectory(stateDir)
     stateLock = try StateLock(stateDir: stateDir)
     let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
-    server = try MeshdServer(ca: ca, addresses: [listen])
+    server = try MeshdServer(ca: ca, addresses: [IPKind.host(apiAddress), IPKind.host(adminAddress)])
     server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace)
-    try server.bind(api: apiAddress, admin: adminAddress, maxApplyBytes: maxApplyBytes)
+    try server.bind(api: apiAddress, admin: adminAddress, maxApplyBytes: maxApplyBytes, adminTLS: adminTLS,
+                    apiHost: IPKind.of(apiAddress) == .wildcard ? nil : IPKind.host(apiAddress))
 } catch {
     fail("\(error)", code: 1)
 }
@@ -126,7 +147,41 @@ if let dir = flags.string("config-dir") {
 Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
 Threads.spawnDetached { server.api!.run() }
 Threads.spawnDetached { server.admin!.run() }
-Log.info("meshd", "ready: API \(listen):\(server.api!.port) (TLS), admin 127.0.0.1:\(server.admin!.port); trust domain \(trustDomain), certificates live \(certTTL)s; state in \(stateDir)")
+Log.info("meshd", "ready: API \(SocketAddress(host: listen, port: server.api!.port)!) (TLS), admin \(SocketAddress(host: adminHost, port: server.admin!.port)!) (\(adminTLS ? "TLS" : "plain HTTP")); trust domain \(trustDomain), certificates live \(certTTL)s; state in \(stateDir)")
 let sig = signals.wait()
 Log.info("meshd", "signal \(sig): exiting")
 exit(0)
+
+/// What an address is for meshd's ports: a wildcard (all addresses), loopback, or another
+/// concrete IP (reachable from other hosts: the admin port is then served over TLS).
+enum IPKind {
+    case wildcard, loopback, other
+
+    static func of(_ a: SocketAddress) -> IPKind {
+        withUnsafeBytes(of: a.storage) { raw in
+            if a.family == AF_INET {
+                let b = withUnsafeBytes(of: raw.load(as: sockaddr_in.self).sin_addr) { Array($0) }
+                return b.allSatisfy { $0 == 0 } ? .wildcard : b[0] == 127 ? .loopback : .other
+            }
+            let b = withUnsafeBytes(of: raw.load(as: sockaddr_in6.self).sin6_addr) { Array($0) }
+            if b.allSatisfy({ $0 == 0 }) { return .wildcard }
+            if b.dropLast().allSatisfy({ $0 == 0 }) && b[15] == 1 { return .loopback }
+            // An IPv4-mapped loopback (::ffff:127.x.y.z).
+            if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff && b[12] == 127 { return .loopback }
+            return .other
+        }
+    }
+
+    /// The canonical IP text of an address (no port, no brackets), as the certificate's IP SAN.
+    static func host(_ a: SocketAddress) -> String {
+        var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        return withUnsafeBytes(of: a.storage) { raw -> String in
+            if a.family == AF_INET {
+                var v4 = raw.load(as: sockaddr_in.self).sin_addr
+                return inet_ntop(AF_INET, &v4, &buf, socklen_t(buf.count)) != nil ? String(cString: buf) : ""
+            }
+            var v6 = raw.load(as: sockaddr_in6.self).sin6_addr
+            return inet_ntop(AF_INET6, &v6, &buf, socklen_t(buf.count)) != nil ? String(cString: buf) : ""
+        }
+    }
+}

@@ -41,8 +41,16 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         o.adminPort = try flags.int("admin-port", min: 0, max: 65535) ?? 15000
         _ = try flags.int("service-port", min: 1, max: 65535)
     } catch { fail("\(error)") }
-    let advertise = flags.string("advertise-address") ?? "127.0.0.1"
-    if SocketAddress(host: advertise, port: 1) == nil { fail("--advertise-address: expected an IP address, got \"\(advertise)\"") }
+    // The inbound listener binds the listen address and the sidecar registers advertise:port
+    // (DESIGN §10); outbound and admin stay on 127.0.0.1.
+    let addresses: MeshAddresses
+    do {
+        addresses = try MeshAddresses.resolve(listen: flags.string("listen-address"), advertise: flags.string("advertise-address"))
+    } catch { fail("\(error)") }
+    o.listenAddress = addresses.listen
+    let advertise = addresses.advertise
+    /// `advertise:port` as meshd stores it (`[v6]:port` for IPv6).
+    @Sendable func advertised(_ port: Int) -> String { SocketAddress(host: advertise, port: port)?.text ?? "\(advertise):\(port)" }
     o.appProtocol = flags.string("app-protocol") ?? "http"
     o.trustDomain = flags.string("trust-domain") ?? "cluster.local"
     o.concurrency = concurrency
@@ -120,7 +128,8 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         }
         running.withLock { $0 = server }
         Log.info("sidecar", "\(identity) ready (mesh mode) with \(workers) worker(s): outbound :\(server.outboundPort)"
-                 + (server.inboundPort > 0 ? ", inbound :\(server.inboundPort) (mTLS)" : "") + ", admin :\(server.adminPort)")
+                 + (server.inboundPort > 0 ? ", inbound \(SocketAddress(host: opts.listenAddress, port: server.inboundPort)?.text ?? "") (mTLS), registered as \(advertised(server.inboundPort))" : "")
+                 + ", admin :\(server.adminPort)")
         wi.startRenewal { c in
             inputs.withLock { $0.creds = c }
             do { _ = try rebuild(server) } catch {
@@ -131,12 +140,12 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         // answering ACK or NACK; while meshd is away the last good config stays.
         let labels = opts.labels.contains { $0.0 == "app" } ? opts.labels : [("app", opts.service)] + opts.labels
         let registration = opts.appPort.map { _ in
-            ConfigStream.Registration(service: opts.service, namespace: opts.namespace, address: "\(advertise):\(server.inboundPort)",
+            ConfigStream.Registration(service: opts.service, namespace: opts.namespace, address: advertised(server.inboundPort),
                                       labels: labels.map { ConfigStream.Label(key: $0.0, value: $0.1) })
         }
         let stream = ConfigStreamClient(
             identity: wi, registration: registration,
-            node: opts.appPort != nil ? "\(advertise):\(server.inboundPort)" : "\(advertise):\(server.adminPort)",
+            node: advertised(opts.appPort != nil ? server.inboundPort : server.adminPort),
             admin: "127.0.0.1:\(server.adminPort)",
             apply: { text, _ in
                 let previous = inputs.withLock { i -> String? in let p = i.pushed; i.pushed = text; return p }

@@ -21,7 +21,7 @@ let usage = """
               [--namespace default] [--service-account SA] [--label k=v]... [--app-port P]
               [--app-protocol http|http2|grpc] [--inbound-port 15006] [--outbound-port 15001]
               [--admin-port 15000] [--concurrency N] [--trust-domain cluster.local]
-              [--route HOST=IP:PORT[,IP:PORT]]...
+              [--route HOST=IP:PORT[,IP:PORT]]... [--advertise-address IP] [--listen-address IP]
 
     Static mode: one YAML file declares this workload, its listeners (outbound: plain HTTP from
     the local app, routed by Host to clusters over mutual TLS; inbound: mutual TLS from other
@@ -59,8 +59,13 @@ let usage = """
       --app-protocol P       what the app speaks: http (HTTP/1.1, default), http2 or grpc (h2c)
       --inbound-port, --outbound-port, --admin-port   defaults 15006, 15001, 15000
       --trust-domain TD      must match meshd's (default cluster.local)
-      --advertise-address IP  where other sidecars reach this one (registered with meshd;
-                             default 127.0.0.1)
+      --advertise-address IP  where other sidecars reach this one (registered with meshd as
+                             IP:INBOUND-PORT, [IP]:PORT for IPv6; default: the listen address,
+                             else 127.0.0.1); a concrete address, never a wildcard
+      --listen-address IP    the address the inbound (mTLS) listener binds (default: the
+                             advertise address); 0.0.0.0 or :: only with an explicit
+                             --advertise-address; a concrete address must equal the advertise
+                             address. The outbound listener and admin always bind 127.0.0.1
       --route HOST=IP:PORT[,IP:PORT]  static outbound routes over mTLS (HTTP/2) until the first
                              config arrives from meshd (which then replaces them)
       --service-port N       accepted for the command-line contract; callers reach a service on
@@ -98,7 +103,7 @@ let specs: [Flags.Spec] = [
     .init("meshd"), .init("root-cert"), .init("token"), .init("token-file"), .init("service"), .init("namespace"),
     .init("service-account"), .init("label"), .init("app-port"), .init("app-protocol"), .init("inbound-port"),
     .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
-    .init("advertise-address"),
+    .init("advertise-address"), .init("listen-address"),
 ]
 
 let flags: Flags
