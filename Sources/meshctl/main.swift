@@ -43,6 +43,14 @@ let usage = """
       token create --namespace NS --service-account SA [--ttl 1h]
                             mint a join token for one identity; prints only the token
       ca status             the roots in force and which one issues
+      capture apply|remove|print [--proxy-uid 1337] [--proxy-gid 1337] [--outbound-port 15001]
+          [--inbound-port 15006] [--admin-port 15000] [--dns-port 15053]
+          [--include-inbound-ports '*'|P,P] [--exclude-inbound-ports P,P] [--exclude-outbound-ports P,P]
+          [--include-outbound-cidrs '*'|CIDR,...] [--exclude-outbound-cidrs CIDR,...] [--no-dns]
+          [--backend auto|nft|legacy]
+                            transparent capture in the current network namespace: iptables rules
+                            sending the app's TCP and DNS through its sidecar (print: the rules,
+                            no root; meshctl capture --help; docs/capture.md)
       ca rotate-root STEP   root rotation, one step at a time, traffic flowing throughout:
                               add     a new root joins the trust bundle (the old one still issues)
                               issue   the new root issues (both stay trusted)
@@ -69,6 +77,8 @@ let specs: [Flags.Spec] = [
     .init("host"), .init("rate"), .init("phase"),
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
 ]
+// `meshctl capture ...` takes its own flags (none of the global ones apply to it).
+if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
 if flags.has("help") || flags.positional.isEmpty { print(usage, terminator: ""); exit(flags.has("help") ? 0 : 2) }
