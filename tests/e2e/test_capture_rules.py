@@ -258,9 +258,9 @@ def start_server(ns, netns, tmp_path, name, specs):
     return p
 
 
-def client(ns, kind, host, port, uid=None):
-    """The first line a client gets, as `uid` (the app: 65534; the proxy: 1337)."""
-    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid is not None else []
+def client(ns, kind, host, port, uid=None, gid=None):
+    """The first line a client gets, as `uid` and `gid` (default: the uid) (the app: 65534; the proxy: 1337)."""
+    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", "--clear-groups"] if uid is not None else []
     r = ns.run(*prefix, "/usr/bin/python3", "-c", CLIENT, kind, host, port, check=False)
     assert r.returncode == 0, f"{kind} {host}:{port} as {uid}: {r.stderr}"
     return r.stdout.strip()
@@ -297,6 +297,9 @@ def test_real_redirects(netns, tmp_path):
     # The proxy's own connections (uid 1337, gid 1337) are not captured.
     assert landed(client(a, "tcp", "10.77.0.2", 8080, uid=1337)) == ("service-b", "10.77.0.1")
     assert landed(client(a, "tcp", "fd77::2", 8080, uid=1337)) == ("service-b6", "fd77::1")
+    # The uid alone and the gid alone each keep it out.
+    assert landed(client(a, "tcp", "10.77.0.2", 8080, uid=1337, gid=65534)) == ("service-b", "10.77.0.1")
+    assert landed(client(a, "tcp", "10.77.0.2", 8080, uid=65534, gid=1337)) == ("service-b", "10.77.0.1")
     # Inbound: a connection from host B to the app's port lands on the inbound port; the admin port is not captured.
     assert client(b, "tcp", "10.77.0.1", 9090) == "inbound 10.77.0.1 9090 10.77.0.2"
     assert landed(client(b, "tcp", "10.77.0.1", 15000)) == ("admin", "10.77.0.2")
@@ -305,6 +308,8 @@ def test_real_redirects(netns, tmp_path):
     assert client(a, "udp", "10.77.0.2", 53, uid=65534) == "dns query"
     assert client(a, "udp", "127.0.0.53", 53, uid=65534) == "dns query"
     assert client(a, "udp", "10.77.0.2", 53, uid=1337) == "resolver-b query"
+    assert client(a, "udp", "10.77.0.2", 53, uid=1337, gid=65534) == "resolver-b query"
+    assert client(a, "udp", "10.77.0.2", 53, uid=65534, gid=1337) == "resolver-b query"
 
     a.ctl("remove")
     assert landed(client(a, "tcp", "10.77.0.2", 8080, uid=65534)) == ("service-b", "10.77.0.1")
