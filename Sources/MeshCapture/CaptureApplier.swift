@@ -75,11 +75,16 @@ public struct CaptureApplier {
             do {
                 try restore(backend, f, inputs[i])
             } catch {
-                // Put the families already done back as they were, so nothing is half applied.
+                // Put the families already done back as they were, so nothing is half applied;
+                // when nothing of ours was here before, ::6 and the created tables go too.
                 for j in 0..<i {
                     if let back = try? before[j].restoreInput(current: try backend.snapshot(fams[j]), fams[j]) {
                         try? restore(backend, fams[j], back)
                     }
+                }
+                if fresh {
+                    _ = try? undoExtras()
+                    CaptureState.delete()
                 }
                 throw error
             }
@@ -107,30 +112,36 @@ public struct CaptureApplier {
                 removed.append("\(f.name) (\(b.rawValue))")
             }
         }
-        var extra: [String] = []
-        if let state = CaptureState.load() {
-            for f in state.createdTables where state.backend == .nft {
-                let table = f == .ipv4 ? "ip nat" : "ip6 nat"
-                let now = try CaptureBackend.nft.snapshot(f)
-                guard now.exists else { continue }
-                guard now.isEmpty else {
-                    note("the \(table) table was created by apply but now holds other rules: left in place")
-                    continue
-                }
-                guard let nft = ProcessRunner.find("nft") else {
-                    note("the empty \(table) table apply created stays: nft not found (install the Debian package nftables)")
-                    continue
-                }
-                let r = try ProcessRunner.run(nft, ["delete", "table"] + table.split(separator: " ").map(String.init))
-                if r.status == 0 { extra.append("the empty \(table) table apply created") } else { note("nft delete table \(table): \(r.firstErrorLine)") }
-            }
-            if state.addedPassthrough6 && SystemProbe.loopbackHasPassthrough6() {
-                let r = try ip(["-6", "addr", "del", "::6/128", "dev", "lo"])
-                if r.status == 0 { extra.append("::6/128 from lo") } else { note("ip -6 addr del ::6/128 dev lo: \(r.firstErrorLine)") }
-            }
-        }
+        let extra = try undoExtras()
         CaptureState.delete()
         if removed.isEmpty && extra.isEmpty { return "capture: nothing to remove (no MESH_ chains or jumps in the nat table)" }
         return "capture removed: " + (removed.isEmpty ? "no rules" : removed.joined(separator: ", ") + " rules") + (extra.isEmpty ? "" : "; " + extra.joined(separator: ", "))
+    }
+
+    /// Undoes what the state file says apply added besides the rules: the nft nat tables it
+    /// created (when they are empty again) and ::6/128 on lo. Returns what it undid.
+    func undoExtras() throws(CaptureError) -> [String] {
+        var extra: [String] = []
+        guard let state = CaptureState.load() else { return extra }
+        for f in state.createdTables where state.backend == .nft {
+            let table = f == .ipv4 ? "ip nat" : "ip6 nat"
+            let now = try CaptureBackend.nft.snapshot(f)
+            guard now.exists else { continue }
+            guard now.isEmpty else {
+                note("the \(table) table was created by apply but now holds other rules: left in place")
+                continue
+            }
+            guard let nft = ProcessRunner.find("nft") else {
+                note("the empty \(table) table apply created stays: nft not found (install the Debian package nftables)")
+                continue
+            }
+            let r = try ProcessRunner.run(nft, ["delete", "table"] + table.split(separator: " ").map(String.init))
+            if r.status == 0 { extra.append("the empty \(table) table apply created") } else { note("nft delete table \(table): \(r.firstErrorLine)") }
+        }
+        if state.addedPassthrough6 && SystemProbe.loopbackHasPassthrough6() {
+            let r = try ip(["-6", "addr", "del", "::6/128", "dev", "lo"])
+            if r.status == 0 { extra.append("::6/128 from lo") } else { note("ip -6 addr del ::6/128 dev lo: \(r.firstErrorLine)") }
+        }
+        return extra
     }
 }

@@ -315,3 +315,33 @@ def test_real_redirects(netns, tmp_path):
     assert landed(client(a, "tcp", "10.77.0.2", 8080, uid=65534)) == ("service-b", "10.77.0.1")
     assert landed(client(b, "tcp", "10.77.0.1", 9090)) == ("app", "10.77.0.2")
     assert client(a, "udp", "10.77.0.2", 53, uid=65534) == "resolver-b query"
+
+
+def test_failed_apply_leaves_nothing_half_applied(netns, tmp_path):
+    """ip6tables-nft-restore that passes --test but fails the real commit (a stand-in earlier in
+    PATH): the IPv4 rules already committed are put back as they were, and a first apply also
+    takes back ::6 on lo and the nat tables it created."""
+    ns = netns()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ip6tables-nft-restore").write_text(
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = --test ] && exec /usr/sbin/ip6tables-nft-restore "$@"; done\n'
+        'echo "ip6tables-nft-restore: simulated failure" >&2; exit 4\n')
+    (fake / "ip6tables-nft-restore").chmod(0o755)
+    env_path = f"PATH={fake}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+
+    def failing_apply(*flags):
+        return ns.run("env", env_path, MESHCTL, "capture", "apply", *flags, check=False)
+
+    before, lo_before = ns.saves(), ns.lo6()
+    r = failing_apply()
+    assert r.returncode == 1 and "ip6tables-nft-restore refused the IPv6 rules (exit 4)" in r.stderr, r
+    assert ns.saves() == before and ns.lo6() == lo_before
+    # With rules in place, a failed replacement keeps the IPv4 rules that were there.
+    ns.ctl("apply")
+    applied = ns.saves()
+    r = failing_apply("--no-dns")
+    assert r.returncode == 1, r
+    assert ns.saves() == applied
+    ns.ctl("remove")
+    assert ns.saves() == before and ns.lo6() == lo_before
