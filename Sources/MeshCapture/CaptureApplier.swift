@@ -55,8 +55,15 @@ public struct CaptureApplier {
 
         // What remove must undo besides the chains: kept from an earlier apply, or new.
         let fresh = !before.contains { $0.holdsCapture }
-        var state = (fresh ? nil : CaptureState.load()) ?? CaptureState(cookie: SystemProbe.netnsCookie(), backend: backend)
+        let earlier = CaptureState.load()
+        var state = (fresh ? nil : earlier) ?? CaptureState(cookie: SystemProbe.netnsCookie(), backend: backend)
         state.backend = backend
+        // What an apply whose rules were since deleted by hand added is still ours to take back
+        // (a table only once it is empty again).
+        if fresh, let e = earlier {
+            if e.addedPassthrough6 && SystemProbe.loopbackHasPassthrough6() { state.addedPassthrough6 = true }
+            if e.backend == backend { state.createdTables = e.createdTables }
+        }
         if backend == .nft {
             for (i, f) in fams.enumerated() where !before[i].exists && !state.createdTables.contains(f) { state.createdTables.append(f) }
         }

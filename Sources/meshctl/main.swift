@@ -40,9 +40,6 @@ let usage = """
                             and a caller, each with its sidecar, and a canary walked through
                             100/0, 90/10, 50/50, 0/100 with live per-version request rates,
                             success and latency (about a minute; Ctrl-C stops everything)
-      token create --namespace NS --service-account SA [--ttl 1h]
-                            mint a join token for one identity; prints only the token
-      ca status             the roots in force and which one issues
       capture apply|remove|print [--proxy-uid 1337] [--proxy-gid 1337] [--outbound-port 15001]
           [--inbound-port 15006] [--admin-port 15000] [--dns-port 15053]
           [--include-inbound-ports '*'|P,P] [--exclude-inbound-ports P,P] [--exclude-outbound-ports P,P]
@@ -51,6 +48,9 @@ let usage = """
                             transparent capture in the current network namespace: iptables rules
                             sending the app's TCP and DNS through its sidecar (print: the rules,
                             no root; meshctl capture --help; docs/capture.md)
+      token create --namespace NS --service-account SA [--ttl 1h]
+                            mint a join token for one identity; prints only the token
+      ca status             the roots in force and which one issues
       ca rotate-root STEP   root rotation, one step at a time, traffic flowing throughout:
                               add     a new root joins the trust bundle (the old one still issues)
                               issue   the new root issues (both stay trusted)

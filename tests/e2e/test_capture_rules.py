@@ -345,3 +345,18 @@ def test_failed_apply_leaves_nothing_half_applied(netns, tmp_path):
     assert ns.saves() == applied
     ns.ctl("remove")
     assert ns.saves() == before and ns.lo6() == lo_before
+
+
+def test_rules_deleted_by_hand_then_apply_and_remove(netns):
+    """The state file outlives rules flushed by hand: a new apply keeps what the first one added
+    (::6 on lo, the nat tables), and remove still takes it all back."""
+    ns = netns()
+    before, lo_before = ns.saves(), ns.lo6()
+    ns.ctl("apply")
+    for tool in ("iptables", "ip6tables"):
+        ns.run(tool, "-t", "nat", "-F")
+        ns.run(tool, "-t", "nat", "-X")
+    ns.ctl("apply")
+    r = ns.ctl("remove")
+    assert "::6/128 from lo" in r.stdout and "the empty ip nat table apply created" in r.stdout, r
+    assert ns.saves() == before and ns.lo6() == lo_before
