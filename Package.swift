@@ -58,7 +58,9 @@ let package = Package(
                 swiftSettings: hot),
         .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore", "MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshIO"], swiftSettings: hot),
         .executableTarget(name: "meshd", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshCore", "MeshIO"]),
-        .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO"]),
+        // Transparent capture: the iptables rules (pure model and rendering) and their applier.
+        .target(name: "MeshCapture", dependencies: ["MeshCore"]),
+        .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture"]),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshIOTests", dependencies: ["MeshIO", "MeshCore"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore", "CNghttp2"]),
@@ -66,6 +68,7 @@ let package = Package(
         .testTarget(name: "MeshStatsTests", dependencies: ["MeshStats"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS"]),
+        .testTarget(name: "MeshCaptureTests", dependencies: ["MeshCapture", "MeshCore"]),
         .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP", "MeshIO"]),
     ]
 )

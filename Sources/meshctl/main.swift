@@ -43,6 +43,14 @@ let usage = """
                             and a caller, each with its sidecar, and a canary walked through
                             100/0, 90/10, 50/50, 0/100 with live per-version request rates,
                             success and latency (about a minute; Ctrl-C stops everything)
+      capture apply|remove|print [--proxy-uid 1337] [--proxy-gid 1337] [--outbound-port 15001]
+          [--inbound-port 15006] [--admin-port 15000] [--dns-port 15053]
+          [--include-inbound-ports '*'|P,P] [--exclude-inbound-ports P,P] [--exclude-outbound-ports P,P]
+          [--include-outbound-cidrs '*'|CIDR,...] [--exclude-outbound-cidrs CIDR,...] [--no-dns]
+          [--backend auto|nft|legacy]
+                            transparent capture in the current network namespace: iptables rules
+                            sending the app's TCP and DNS through its sidecar (print: the rules,
+                            no root; meshctl capture --help; docs/capture.md)
       token create --namespace NS --service-account SA [--ttl 1h]
                             mint a join token for one identity; prints only the token
       ca status             the roots in force and which one issues
@@ -77,6 +85,8 @@ let specs: [Flags.Spec] = [
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
     .init("root-cert"), .init("advertise-address"),
 ]
+// `meshctl capture ...` takes its own flags (none of the global ones apply to it).
+if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
 if flags.has("help") || flags.positional.isEmpty { print(usage, terminator: ""); exit(flags.has("help") ? 0 : 2) }
