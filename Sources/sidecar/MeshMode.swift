@@ -39,7 +39,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         o.inboundPort = try flags.int("inbound-port", min: 0, max: 65535) ?? 15006
         o.outboundPort = try flags.int("outbound-port", min: 0, max: 65535) ?? 15001
         o.adminPort = try flags.int("admin-port", min: 0, max: 65535) ?? 15000
-        _ = try flags.int("service-port", min: 1, max: 65535)
+        o.servicePort = try flags.int("service-port", min: 1, max: 65535)
     } catch { fail("\(error)") }
     let advertise = flags.string("advertise-address") ?? "127.0.0.1"
     if SocketAddress(host: advertise, port: 1) == nil { fail("--advertise-address: expected an IP address, got \"\(advertise)\"") }
@@ -132,7 +132,8 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         let labels = opts.labels.contains { $0.0 == "app" } ? opts.labels : [("app", opts.service)] + opts.labels
         let registration = opts.appPort.map { _ in
             ConfigStream.Registration(service: opts.service, namespace: opts.namespace, address: "\(advertise):\(server.inboundPort)",
-                                      labels: labels.map { ConfigStream.Label(key: $0.0, value: $0.1) })
+                                      labels: labels.map { ConfigStream.Label(key: $0.0, value: $0.1) },
+                                      serviceProtocol: opts.serviceProtocol.rawValue, servicePort: opts.servicePort ?? opts.appPort)
         }
         let stream = ConfigStreamClient(
             identity: wi, registration: registration,
