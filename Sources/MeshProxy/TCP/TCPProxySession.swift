@@ -89,7 +89,7 @@ final class TCPProxySession {
             idleTimeout = c.tcpIdleTimeout
             maxAttempts = max(1, c.tcpConnectAttempts)
         }
-        let d = TCPSide(session: self, loop: loop, fd: fd, security: security, downstream: true)
+        let d = TCPSide(session: self, worker: worker, fd: fd, security: security, downstream: true)
         down = d
         if let p = initial, initialCount > 0 { d.input.append(p, initialCount) }
         worker.stats.inc(.downstreamConnectionsTotal)
@@ -177,12 +177,7 @@ final class TCPProxySession {
     }
 
     func sideClosed(_ side: TCPSide) {
-        if !side.isDownstream {
-            worker.stats.dec(.upstreamConnectionsActive)
-            if side === up && !upEstablished { up = nil; return }   // a failed attempt: `sidePeerClosed` follows
-        } else {
-            worker.stats.dec(.downstreamConnectionsActive)
-        }
+        if !side.isDownstream && side === up && !upEstablished { up = nil; return }   // a failed attempt: `sidePeerClosed` follows
         if finished { return }
         if closing {
             if down.isClosed && (up?.isClosed ?? true) { finish() }
@@ -191,6 +186,7 @@ final class TCPProxySession {
         // Closed under us (a reset, a write error, a TLS failure): reset the other side, so its
         // peer sees a reset too, not a clean end.
         closeFlag = side.isDownstream ? .downstreamConnectionTermination : .upstreamConnectionTermination
+        closing = true   // the other side's close (below) is ours, not a second failure
         if side.isDownstream { up?.resetNow() } else { down.resetNow() }
         finish()
     }
@@ -286,7 +282,7 @@ final class TCPProxySession {
                 guard let ctx = s.clientTLS, let p = pool else { Glibc.close(fd); connectFailed(.upstreamConnectFailure); return }
                 sec = TLSSession(context: ctx, sessionCache: p.sessionCache, expectedPeers: s.clusters[cluster].expectedPeers)
             }
-            let u = TCPSide(session: self, loop: loop, fd: fd, security: sec, downstream: false)
+            let u = TCPSide(session: self, worker: worker, fd: fd, security: sec, downstream: false)
             up = u
             guard u.start() else { up = nil; continue }
             worker.stats.inc(.upstreamConnectionsTotal)
@@ -334,6 +330,8 @@ final class TCPProxySession {
         finished = true
         closing = true
         if opened { worker.metrics.recordTCP(key: MetricKey.with(key, flag: closeFlag), opened: 0, closed: 1, sent: 0, received: 0) }
+        down?.sessionDone = true
+        up?.sessionDone = true
         if let d = down, !d.isClosed { d.closeNow() }
         if let u = up, !u.isClosed { u.closeNow() }
         worker.tcpSessionEnded(self)
