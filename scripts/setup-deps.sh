@@ -6,7 +6,7 @@ set -euo pipefail
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in libssl-dev libnghttp2-dev pkg-config curl openssl nghttp2-client prometheus python3 python3-pip ca-certificates iptables nftables; do
+for p in libssl-dev libnghttp2-dev pkg-config curl openssl nghttp2-client prometheus python3 python3-pip ca-certificates iptables nftables redis-server redis-tools socat; do
     have_pkg "$p" || need_pkgs+=("$p")
 done
 # python3/pip may come from elsewhere (pyenv); only ask apt when no python3 is on PATH.

@@ -2,8 +2,8 @@ import MeshCore
 
 /// Istio's `security.istio.io/v1` AuthorizationPolicy for the subset of DESIGN §3: `selector`
 /// (matchLabels), `action` ALLOW or DENY, `rules[].from[].source.principals` (and
-/// notPrincipals, namespaces) and `rules[].to[].operation.paths`/`methods` (and notPaths,
-/// notMethods), with Istio's meanings: principals are SPIFFE IDs without `spiffe://`, and values
+/// notPrincipals, namespaces) and `rules[].to[].operation.paths`/`methods`/`ports` (and notPaths,
+/// notMethods, notPorts), with Istio's meanings: principals are SPIFFE IDs without `spiffe://`, and values
 /// may be exact, `prefix*`, `*suffix` or `*`.
 public struct AuthorizationPolicy: Sendable {
     public enum Action: String, Sendable { case allow = "ALLOW", deny = "DENY" }
@@ -19,6 +19,9 @@ public struct AuthorizationPolicy: Sendable {
         public var notPaths: [String] = []
         public var methods: [String] = []
         public var notMethods: [String] = []
+        /// `ports` / `notPorts`: the service port of the connection (HTTP and TCP alike).
+        public var ports: [Int] = []
+        public var notPorts: [Int] = []
     }
 
     public struct Rule: Sendable {
@@ -72,6 +75,16 @@ public struct AuthorizationPolicy: Sendable {
                 op.notPaths = try o.stringList("notPaths") ?? []
                 op.methods = try o.stringList("methods") ?? []
                 op.notMethods = try o.stringList("notMethods") ?? []
+                for field in ["ports", "notPorts"] {
+                    var list: [Int] = []
+                    for v in try o.stringList(field) ?? [] {
+                        guard let n = Int(v), n >= 1, n <= 65535 else {
+                            throw ConfigReader.error(ctx, o.sub(field), o.map.line, "expected a port number from 1 to 65535, got \"\(v)\"")
+                        }
+                        list.append(n)
+                    }
+                    if field == "ports" { op.ports = list } else { op.notPorts = list }
+                }
                 for p in op.paths + op.notPaths where !(p.hasPrefix("/") || p.hasPrefix("*")) {
                     throw ConfigReader.error(ctx, o.sub("paths"), o.map.line, "a path starts with / or *, got \"\(p)\"")
                 }

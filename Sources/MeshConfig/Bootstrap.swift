@@ -53,7 +53,17 @@ public struct Bootstrap: Sendable {
         public var appAddress: SocketAddress?
         /// Inbound only: the app speaks HTTP/2 cleartext (`appProtocol: HTTP2` or `GRPC`).
         public var appHTTP2: Bool = false
+        /// Inbound only: the app speaks opaque TCP (`appProtocol: TCP`): every accepted
+        /// connection is carried to it as bytes (docs/tcp.md).
+        public var appTCP: Bool = false
+        /// Inbound only: the port callers use for this service (`servicePort`, default the app
+        /// port), which AuthorizationPolicy `to.operation.ports` matches.
+        public var servicePort: Int? = nil
     }
+
+    /// What a service speaks to its callers, as opposed to the hop between sidecars (the
+    /// cluster's `protocol: HTTP2|HTTP1`): a TCP service is carried as opaque bytes.
+    public enum ServiceProtocol: String, Sendable { case http = "HTTP", http2 = "HTTP2", grpc = "GRPC", tcp = "TCP" }
 
     public enum ClusterTLS: String, Sendable { case istioMutual = "ISTIO_MUTUAL", disable = "DISABLE" }
 
@@ -70,6 +80,10 @@ public struct Bootstrap: Sendable {
         /// `protocol: HTTP2` (default for ISTIO_MUTUAL: the sidecar-to-sidecar hop multiplexes
         /// requests on few connections; with DISABLE it is h2c with prior knowledge) or `HTTP1`.
         public var protocolHTTP2: Bool
+        /// `serviceProtocol`: what the service speaks (HTTP by default; TCP: opaque bytes).
+        public var serviceProtocol: ServiceProtocol = .http
+        /// `port`: the service port callers use (VirtualService `tcp[].match[].port`), if known.
+        public var port: Int? = nil
     }
 
     public struct Route: Sendable {
@@ -119,6 +133,11 @@ public struct Bootstrap: Sendable {
         public static let poolIdleTimeout: UInt64 = 4_000_000_000
         public static let maxConnections = 1024
         public static let drainTimeout: UInt64 = 20_000_000_000
+        /// A TCP connection with no byte either way for this long is closed (Istio's
+        /// `connectionPool.tcp.idleTimeout` default: 1 hour).
+        public static let tcpIdleTimeout: UInt64 = 3_600_000_000_000
+        /// Connect attempts of a TCP connection, each to another endpoint when there is one.
+        public static let tcpConnectAttempts = 3
     }
 
     /// Parses the bootstrap from the text of a config file (first `kind: Bootstrap` document).
@@ -222,10 +241,12 @@ public struct Bootstrap: Sendable {
                                maxConnections: try i.int("maxConnections", min: 1, max: 10_000_000) ?? 0,
                                appAddress: app)
             let ap = try i.string("appProtocol") ?? "HTTP1"
-            guard ["HTTP1", "HTTP2", "GRPC"].contains(ap) else {
-                throw ConfigReader.error(ctx, "spec.inbound.appProtocol", i.map.line, "expected HTTP1, HTTP2 or GRPC, got \"\(ap)\"")
+            guard ["HTTP1", "HTTP2", "GRPC", "TCP"].contains(ap) else {
+                throw ConfigReader.error(ctx, "spec.inbound.appProtocol", i.map.line, "expected HTTP1, HTTP2, GRPC or TCP, got \"\(ap)\"")
             }
-            inbound?.appHTTP2 = ap != "HTTP1"
+            inbound?.appHTTP2 = ap == "HTTP2" || ap == "GRPC"
+            inbound?.appTCP = ap == "TCP"
+            inbound?.servicePort = try i.int("servicePort", min: 1, max: 65535)
             try i.finish()
             if tls == nil { throw ConfigReader.error(ctx, "spec.tls", spec.map.line, "the inbound listener requires mutual TLS: add spec.tls with certChain, privateKey and trustBundle") }
         }
@@ -303,7 +324,15 @@ public struct Bootstrap: Sendable {
                 }
             }
             if eps.isEmpty && !allowEmpty { throw ConfigReader.error(ctx, c.sub("endpoints"), c.map.line, "a cluster needs at least one endpoint (IP:PORT, or address: IP:PORT with labels)") }
-            let proto = try c.string("protocol") ?? (mode == .istioMutual ? "HTTP2" : "HTTP1")
+            let spText = try c.string("serviceProtocol") ?? "HTTP"
+            guard let sp = ServiceProtocol(rawValue: spText) else {
+                throw ConfigReader.error(ctx, c.sub("serviceProtocol"), c.map.line, "expected HTTP, HTTP2, GRPC or TCP, got \"\(spText)\"")
+            }
+            let hop = try c.string("protocol")
+            if sp == .tcp, hop != nil {
+                throw ConfigReader.error(ctx, c.sub("protocol"), c.map.line, "the HTTP hop protocol does not apply to a TCP service (serviceProtocol: TCP): remove it")
+            }
+            let proto = hop ?? (mode == .istioMutual && sp != .tcp ? "HTTP2" : "HTTP1")
             guard proto == "HTTP2" || proto == "HTTP1" else {
                 throw ConfigReader.error(ctx, c.sub("protocol"), c.map.line, "expected HTTP2 or HTTP1, got \"\(proto)\"")
             }
@@ -311,7 +340,8 @@ public struct Bootstrap: Sendable {
                                     connectTimeout: try c.duration("connectTimeout", allowZero: false) ?? Defaults.connectTimeout,
                                     idleTimeout: try c.duration("idleTimeout", allowZero: false) ?? Defaults.poolIdleTimeout,
                                     maxConnections: try c.int("maxConnections", min: 1, max: 1_000_000) ?? Defaults.maxConnections,
-                                    protocolHTTP2: proto == "HTTP2"))
+                                    protocolHTTP2: proto == "HTTP2", serviceProtocol: sp,
+                                    port: try c.int("port", min: 1, max: 65535)))
             try c.finish()
         }
 

@@ -14,6 +14,8 @@ public struct MeshModeOptions: Sendable {
     public var labels: [(String, String)] = []
     public var appPort: Int?
     public var appProtocol = "http"
+    /// `--service-port`: the port callers use for this service (nil: the app port).
+    public var servicePort: Int?
     public var inboundPort = 15006
     public var outboundPort = 15001
     public var adminPort = 15000
@@ -25,6 +27,16 @@ public struct MeshModeOptions: Sendable {
     /// `HOST=IP:PORT[,IP:PORT...]`
     public var routes: [String] = []
     public init(service: String) { self.service = service }
+
+    /// What the service speaks, as registered with meshd (`--app-protocol`).
+    public var serviceProtocol: Bootstrap.ServiceProtocol {
+        switch appProtocol {
+        case "tcp": return .tcp
+        case "http2": return .http2
+        case "grpc": return .grpc
+        default: return .http
+        }
+    }
 }
 
 /// Where a mesh-mode sidecar's inbound listener binds and the address it registers with meshd
@@ -126,11 +138,12 @@ extension Bootstrap {
         var inbound: Listener? = nil
         if let p = o.appPort {
             guard let app = SocketAddress(host: "127.0.0.1", port: p), p > 0 else { throw bad("app-port", "expected a port from 1 to 65535, got \(p)") }
-            guard ["http", "http2", "grpc"].contains(o.appProtocol) else {
-                throw bad("app-protocol", "expected http, http2 or grpc, got \"\(o.appProtocol)\" (tcp is not supported yet)")
+            guard ["http", "http2", "grpc", "tcp"].contains(o.appProtocol) else {
+                throw bad("app-protocol", "expected http, http2, grpc or tcp, got \"\(o.appProtocol)\"")
             }
             inbound = Listener(address: try addr(o.inboundPort, "inbound-port"), headerTimeout: Defaults.headerTimeout,
-                               idleTimeout: Defaults.idleTimeout, appAddress: app, appHTTP2: o.appProtocol != "http")
+                               idleTimeout: Defaults.idleTimeout, appAddress: app, appHTTP2: o.appProtocol == "http2" || o.appProtocol == "grpc",
+                               appTCP: o.appProtocol == "tcp", servicePort: o.servicePort ?? p)
         }
         var clusters: [Cluster] = []
         var routes: [Route] = []

@@ -17,6 +17,12 @@ extension Bootstrap {
         "\(vs.name).\(vs.http[index].name ?? String(index))"
     }
 
+    /// The metric label of a VirtualService tcp route (Istio's tcp routes have no name):
+    /// `<VirtualService>.tcp-<index>`.
+    public static func tcpRouteLabel(_ vs: IstioTraffic.VirtualService, _ index: Int) -> String {
+        "\(vs.name).tcp-\(index)"
+    }
+
     func checkTraffic(file: String, requireRoutes: Bool = true) throws(ConfigError) {
         if let se = traffic.serviceEntries.first {
             throw ConfigError(file: file, path: "ServiceEntry \(se.namespace)/\(se.name)",
@@ -47,8 +53,37 @@ extension Bootstrap {
                     routed[e] = "VirtualService \(vs.namespace)/\(vs.name)"
                 }
             }
-            if vs.http.isEmpty {
-                throw fail("VirtualService", vs.namespace, vs.name, "spec.http", "a VirtualService needs at least one http route")
+            if vs.http.isEmpty && vs.tcp.isEmpty {
+                throw fail("VirtualService", vs.namespace, vs.name, "spec.http", "a VirtualService needs at least one http or tcp route")
+            }
+            // A service speaks HTTP or TCP: http routes go to HTTP services, tcp routes to TCP ones
+            // (the same check in meshd and every sidecar).
+            func isTCP(_ host: String) -> Bool? { clusterIndex(forHost: host, namespace: vs.namespace).map { clusters[$0].serviceProtocol == .tcp } }
+            for (ri, r) in vs.http.enumerated() {
+                for (di, d) in r.route.enumerated() where isTCP(d.destination.host) == true {
+                    throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].route[\(di)].destination.host",
+                               "\"\(d.destination.host)\" is a TCP service (serviceProtocol: TCP): route it with a tcp route, not an http one")
+                }
+                if let m = r.mirror, isTCP(m.host) == true {
+                    throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].mirror.host",
+                               "\"\(m.host)\" is a TCP service (serviceProtocol: TCP): an http route cannot mirror to it")
+                }
+            }
+            for (ti, t) in vs.tcp.enumerated() {
+                for (di, d) in t.route.enumerated() {
+                    guard let tcp = isTCP(d.destination.host) else {
+                        throw fail("VirtualService", vs.namespace, vs.name, "spec.tcp[\(ti)].route[\(di)].destination.host",
+                                   "no cluster serves host \"\(d.destination.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
+                    }
+                    if !tcp {
+                        throw fail("VirtualService", vs.namespace, vs.name, "spec.tcp[\(ti)].route[\(di)].destination.host",
+                                   "\"\(d.destination.host)\" is not a TCP service (its protocol is HTTP): route it with an http route, not a tcp one")
+                    }
+                }
+                if !labels.insert(Bootstrap.tcpRouteLabel(vs, ti)).inserted {
+                    throw fail("VirtualService", vs.namespace, vs.name, "spec.tcp[\(ti)]", "route \"\(Bootstrap.tcpRouteLabel(vs, ti))\" is defined twice")
+                }
+                total += 1
             }
             for (ri, r) in vs.http.enumerated() {
                 let label = Bootstrap.routeLabel(vs, ri)

@@ -75,11 +75,21 @@ public enum IstioTraffic {
         public var rewriteAuthority: String?
     }
 
+    /// A VirtualService `tcp[]` route (Istio's TCPRoute): connections whose service port one of
+    /// `match[].port` names (any port when there is no match) are split by weight between the
+    /// destinations, one choice per connection.
+    public struct TCPRoute: Sendable {
+        /// `match[].port`; empty: every connection.
+        public var ports: [Int] = []
+        public var route: [RouteDestination] = []
+    }
+
     public struct VirtualService: Sendable {
         public var name: String
         public var namespace: String
         public var hosts: [String]
         public var http: [HTTPRoute]
+        public var tcp: [TCPRoute] = []
     }
 
     public struct TrafficPolicy: Sendable {
@@ -93,6 +103,9 @@ public enum IstioTraffic {
         public var connectTimeout: UInt64?
         /// `connectionPool.http.idleTimeout`: pooled upstream connections idle longer are closed.
         public var idleTimeout: UInt64?
+        /// `connectionPool.tcp.idleTimeout`: a TCP connection with no byte either way for this
+        /// long is closed (nil: Istio's 1 hour).
+        public var tcpIdleTimeout: UInt64?
         /// `connectionPool.http.maxRequestsPerConnection` (0 or nil: unlimited).
         public var maxRequestsPerConnection: Int?
         public var consecutive5xxErrors: Int?
@@ -313,8 +326,37 @@ public enum IstioTraffic {
             try r.finish()
             routes.append(route)
         }
+        var tcpRoutes: [TCPRoute] = []
+        for var r in try spec.objectList("tcp") ?? [] {
+            var route = TCPRoute()
+            for var m in try r.objectList("match") ?? [] {
+                // Istio's L4 match fields this mesh does not honour are refused by name.
+                for f in ["destinationSubnets", "sourceLabels", "gateways", "sourceNamespace", "sourceSubnet"] { try m.refuse(f) }
+                guard let port = try m.int("port", min: 1, max: 65535) else {
+                    throw ConfigReader.error(ctx, m.sub("port"), m.map.line, "required field is missing (a tcp match names the service port)")
+                }
+                route.ports.append(port)
+                try m.finish()
+            }
+            let dests = try r.objectList("route") ?? []
+            if dests.isEmpty { throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "a tcp route needs at least one route destination") }
+            for var d in dests {
+                guard var dst = try d.object("destination") else { throw ConfigReader.error(ctx, d.sub("destination"), d.map.line, "required field is missing") }
+                let destination = try self.destination(&dst, ctx: ctx)
+                let weight = try d.int("weight", min: 0, max: 100) ?? (dests.count == 1 ? 100 : 0)
+                try d.finish()
+                route.route.append(RouteDestination(destination: destination, weight: weight))
+            }
+            let total = route.route.reduce(0) { $0 + $1.weight }
+            if total != 100 {
+                throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "weights must sum to 100, they sum to \(total)")
+            }
+            try r.finish()
+            tcpRoutes.append(route)
+        }
+        try spec.refuse("tls")
         try spec.finish()
-        return VirtualService(name: name, namespace: namespace, hosts: hosts, http: routes)
+        return VirtualService(name: name, namespace: namespace, hosts: hosts, http: routes, tcp: tcpRoutes)
     }
 
     private static func stringMatch(_ r: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> StringMatch {
@@ -416,6 +458,7 @@ public enum IstioTraffic {
             if var tcp = try cp.object("tcp") {
                 p.maxConnections = try tcp.int("maxConnections", min: 1, max: 1 << 30)
                 p.connectTimeout = try tcp.duration("connectTimeout", allowZero: false)
+                p.tcpIdleTimeout = try tcp.duration("idleTimeout", allowZero: false)
                 try tcp.finish()
             }
             if var http = try cp.object("http") {
@@ -449,18 +492,21 @@ public enum IstioTraffic {
             return parts.prefix(2).joined(separator: ".")
         }
         for vs in cfg.virtualServices {
+            var dests: [(path: String, destination: Destination)] = []
             for (ri, r) in vs.http.enumerated() {
-                var dests = r.route.enumerated().map { (path: "route[\($0.offset)].destination.subset", destination: $0.element.destination) }
-                if let m = r.mirror { dests.append((path: "mirror.subset", destination: m)) }
-                for (path, destination) in dests {
-                    guard let subset = destination.subset else { continue }
-                    let d = (destination: destination, 0)
-                    let key = short(d.destination.host, vs.namespace)
-                    let rules = cfg.destinationRules.filter { short($0.host, $0.namespace) == key }
-                    if !rules.contains(where: { $0.subsets.contains { $0.name == subset } }) {
-                        throw ConfigError(file: file, path: "VirtualService \(vs.namespace)/\(vs.name): spec.http[\(ri)].\(path)",
-                                          message: "no DestinationRule defines subset \"\(subset)\" for host \(d.destination.host) (apply them together)")
-                    }
+                dests += r.route.enumerated().map { (path: "spec.http[\(ri)].route[\($0.offset)].destination.subset", destination: $0.element.destination) }
+                if let m = r.mirror { dests.append((path: "spec.http[\(ri)].mirror.subset", destination: m)) }
+            }
+            for (ti, t) in vs.tcp.enumerated() {
+                dests += t.route.enumerated().map { (path: "spec.tcp[\(ti)].route[\($0.offset)].destination.subset", destination: $0.element.destination) }
+            }
+            for (path, destination) in dests {
+                guard let subset = destination.subset else { continue }
+                let key = short(destination.host, vs.namespace)
+                let rules = cfg.destinationRules.filter { short($0.host, $0.namespace) == key }
+                if !rules.contains(where: { $0.subsets.contains { $0.name == subset } }) {
+                    throw ConfigError(file: file, path: "VirtualService \(vs.namespace)/\(vs.name): \(path)",
+                                      message: "no DestinationRule defines subset \"\(subset)\" for host \(destination.host) (apply them together)")
                 }
             }
         }

@@ -3,7 +3,8 @@ import MeshCore
 /// Istio's `networking.istio.io/v1` ServiceEntry and WorkloadEntry (DESIGN §3): services and
 /// endpoints that have no sidecar of ours. meshd turns them into clusters: a MESH_INTERNAL
 /// endpoint with a service account is reached over mutual TLS and must present that identity;
-/// MESH_EXTERNAL endpoints are reached in plaintext. STATIC resolution only.
+/// MESH_EXTERNAL endpoints are reached in plaintext. STATIC resolution only. A port of protocol
+/// TCP (or, without a protocol, named `tcp`/`tcp-*`) makes a TCP service: carried as bytes.
 public struct ServiceEntry: Sendable {
     public struct Port: Sendable { public var number: Int; public var name: String; public var proto: String }
     public struct Endpoint: Sendable {
@@ -34,12 +35,14 @@ public struct ServiceEntry: Sendable {
         for var p in try spec.objectList("ports") ?? [] {
             let n = try p.int("number", min: 1, max: 65535)
             guard let number = n else { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "required field is missing") }
-            let proto = try p.string("protocol") ?? "HTTP"
-            guard proto == "HTTP" else {
-                throw ConfigReader.error(ctx, p.sub("protocol"), p.map.line, "only HTTP is supported yet (endpoints are reached over HTTP/1.1), got \"\(proto)\"")
+            let pname = try p.string("name") ?? "port-\(number)"
+            // Istio: `protocol` wins; without it a port named `tcp` or `tcp-*` is TCP.
+            let proto = try p.string("protocol") ?? (pname == "tcp" || pname.hasPrefix("tcp-") ? "TCP" : "HTTP")
+            guard proto == "HTTP" || proto == "TCP" else {
+                throw ConfigReader.error(ctx, p.sub("protocol"), p.map.line, "expected HTTP (endpoints reached over HTTP/1.1) or TCP (carried as bytes), got \"\(proto)\"")
             }
             if !ports.isEmpty { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "a second port is not supported yet") }
-            ports.append(Port(number: number, name: try p.string("name") ?? "port-\(number)", proto: proto))
+            ports.append(Port(number: number, name: pname, proto: proto))
             try p.refuse("targetPort")
             try p.finish()
         }

@@ -42,6 +42,10 @@ public final class ConfigStore: @unchecked Sendable {
         /// Last time its sidecar was seen (config stream), Unix seconds.
         public var lastSeen: Int64
         public var connected: Bool
+        /// What the service speaks (HTTP, HTTP2, GRPC or TCP) and the port callers use (nil:
+        /// not given by the sidecar); every workload of one service registers the same.
+        public var serviceProtocol: String = "HTTP"
+        public var servicePort: Int? = nil
     }
 
     /// A sidecar's config stream as `meshctl status` shows it.
@@ -346,15 +350,31 @@ public final class ConfigStore: @unchecked Sendable {
     /// A new or changed registration is checked like an apply: the config it would make must be
     /// one every sidecar accepts, or it is refused (the error says why) and nothing changes, so
     /// one workload cannot break the config of all the others.
-    public func register(identity: String, service: String, namespace: String, labels: [(String, String)], address: String) throws(ConfigError) {
+    public func register(identity: String, service: String, namespace: String, labels: [(String, String)], address: String,
+                         serviceProtocol: String = "HTTP", servicePort: Int? = nil) throws(ConfigError) {
         applyLock.lock()
         defer { applyLock.unlock() }
         let now = MeshCrypto.now()
         let key = "\(identity)|\(address)"
-        let w = Workload(identity: identity, service: service, namespace: namespace, labels: labels, address: address, lastSeen: now, connected: true)
+        var w = Workload(identity: identity, service: service, namespace: namespace, labels: labels, address: address, lastSeen: now, connected: true)
+        w.serviceProtocol = serviceProtocol
+        w.servicePort = servicePort
         var next = state.withLock { $0 }
+        // One service, one protocol and one service port: a workload that disagrees with the
+        // others of its service is refused by name (callers could not know which to speak).
+        for (k, o) in next.workloads where k != key && o.service == service && o.namespace == namespace {
+            if o.serviceProtocol != serviceProtocol {
+                throw ConfigError(path: "register \(service).\(namespace) at \(address)",
+                                  message: "protocol \(serviceProtocol) differs from \(o.serviceProtocol), registered by \(o.address) for the same service")
+            }
+            if let a = o.servicePort, let b = servicePort, a != b {
+                throw ConfigError(path: "register \(service).\(namespace) at \(address)",
+                                  message: "service port \(b) differs from \(a), registered by \(o.address) for the same service")
+            }
+        }
         let old = next.workloads[key]
-        let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" } } ?? false
+        let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" }
+            && $0.serviceProtocol == serviceProtocol && $0.servicePort == servicePort } ?? false
         next.workloads[key] = w
         if !same { try ConfigStore.check(next, trustDomain: trustDomain) }
         state.withLock { s in
@@ -454,7 +474,7 @@ public final class ConfigStore: @unchecked Sendable {
         }
         for dr in cfg.destinationRules { names.insert(key(dr.host, dr.namespace)) }
         // ServiceEntries: their hosts become clusters of their own (names as written).
-        var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String])] = []
+        var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String], tcp: Bool, port: Int)] = []
         for se in cfg.serviceEntries {
             var eps = se.endpoints
             if let sel = se.workloadSelector {
@@ -471,7 +491,8 @@ public final class ConfigStore: @unchecked Sendable {
             }
             for h in se.hosts {
                 names.remove(key(h, se.namespace))
-                entryClusters.append((h, mtls, sas.sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }, rendered))
+                entryClusters.append((h, mtls, sas.sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }, rendered,
+                                      port.proto == "TCP", port.number))
             }
         }
         var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
@@ -480,6 +501,9 @@ public final class ConfigStore: @unchecked Sendable {
             // Named service.namespace: the same service name in two namespaces are two clusters.
             let eps = (services[k] ?? []).sorted { $0.address < $1.address }
             out += "  - name: \(q(k))\n    tls: ISTIO_MUTUAL\n"
+            // What the service speaks and its port (the same for every workload: `register`).
+            if let p = eps.first?.serviceProtocol, p != "HTTP" { out += "    serviceProtocol: \(p)\n" }
+            if let p = eps.first(where: { $0.servicePort != nil })?.servicePort { out += "    port: \(p)\n" }
             // Callers accept only the identities registered for this service.
             let ids = Set(eps.map(\.identity)).sorted()
             if !ids.isEmpty { out += "    subjectAltNames: [\(ids.map(q).joined(separator: ", "))]\n" }
@@ -492,6 +516,8 @@ public final class ConfigStore: @unchecked Sendable {
         }
         for c in entryClusters {
             out += "  - name: \(q(c.name))\n    tls: \(c.mtls ? "ISTIO_MUTUAL" : "DISABLE")\n"
+            if c.tcp { out += "    serviceProtocol: TCP\n" }
+            out += "    port: \(c.port)\n"
             if c.mtls && !c.sans.isEmpty { out += "    subjectAltNames: [\(c.sans.map(q).joined(separator: ", "))]\n" }
             out += "    endpoints:\n"
             if c.endpoints.isEmpty { out += "      []\n" }

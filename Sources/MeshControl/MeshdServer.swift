@@ -131,7 +131,7 @@ public final class MeshdServer: @unchecked Sendable {
             }
             do {
                 try store.register(identity: id, service: reg.service, namespace: reg.namespace, labels: reg.labels.map { ($0.key, $0.value) },
-                                   address: reg.address)
+                                   address: reg.address, serviceProtocol: reg.serviceProtocol, servicePort: reg.servicePort)
             } catch {
                 Log.warn("registry", "registration of \(reg.service).\(reg.namespace) at \(reg.address) (\(id)) refused: \(error.description)")
                 return ControlResponse(409, "registration refused: the config it would make is refused: \(error.description)\n")

@@ -12,20 +12,30 @@ public enum ConfigStream {
     public static let ackPath = "/v1/ack"
     public static let nackPath = "/v1/nack"
 
-    /// A workload registering its inbound endpoint (`POST /v1/register?...`).
+    /// A workload registering its inbound endpoint (`POST /v1/register?...`), with what its
+    /// service speaks (`protocol`: HTTP, HTTP2, GRPC or TCP) and the port callers use (`port`).
     public struct Registration: Sendable, Equatable {
+        public static let protocols: Set<String> = ["HTTP", "HTTP2", "GRPC", "TCP"]
         public var service: String
         public var namespace: String
         public var address: String
         public var labels: [Label]
-        public init(service: String, namespace: String, address: String, labels: [Label]) {
+        /// What the service speaks to its callers (not the hop): HTTP (default), HTTP2, GRPC or TCP.
+        public var serviceProtocol: String
+        /// The service port (`--service-port`, default the app port); nil for an older sidecar.
+        public var servicePort: Int?
+        public init(service: String, namespace: String, address: String, labels: [Label], serviceProtocol: String = "HTTP",
+                    servicePort: Int? = nil) {
             self.service = service; self.namespace = namespace; self.address = address; self.labels = labels
+            self.serviceProtocol = serviceProtocol; self.servicePort = servicePort
         }
 
         public var query: String {
             "service=\(ControlClient.percentEncode(service))&namespace=\(ControlClient.percentEncode(namespace))"
                 + "&address=\(ControlClient.percentEncode(address))"
                 + "&labels=\(ControlClient.percentEncode(labels.map { "\($0.key)=\($0.value)" }.joined(separator: ",")))"
+                + "&protocol=\(ControlClient.percentEncode(serviceProtocol))"
+                + (servicePort.map { "&port=\($0)" } ?? "")
         }
 
         /// Reads and checks a registration (names are rendered into config: they must have the
@@ -43,7 +53,16 @@ public enum ConfigStream {
                 }
                 labels.append(Label(key: p[0], value: p[1]))
             }
-            self.init(service: service, namespace: ns, address: address, labels: labels)
+            let proto = q["protocol"] ?? "HTTP"
+            guard Registration.protocols.contains(proto) else {
+                throw CAError("register: protocol must be one of HTTP, HTTP2, GRPC, TCP (got \"\(proto)\")", refusal: 400)
+            }
+            var port: Int? = nil
+            if let t = q["port"] {
+                guard let n = Int(t), n >= 1, n <= 65535 else { throw CAError("register: port must be from 1 to 65535 (got \"\(t)\")", refusal: 400) }
+                port = n
+            }
+            self.init(service: service, namespace: ns, address: address, labels: labels, serviceProtocol: proto, servicePort: port)
         }
     }
 

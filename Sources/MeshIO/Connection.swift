@@ -36,6 +36,11 @@ open class Connection: Pollable {
     private var aboveHigh = false
     private var closeWhenFlushed = false
     private var lingering = false
+    /// `shutdownWriteAfterFlush()` was called: no more bytes are queued, and the write side is
+    /// shut down (after close_notify, with TLS) once `output` is flushed.
+    public private(set) var writeShutdownRequested = false
+    /// The write side is shut down (FIN sent).
+    public private(set) var writeShutdownDone = false
 
     public init(loop: EventLoop, fd: Int32, security: TransportSecurity?, connecting: Bool) {
         self.loop = loop
@@ -244,7 +249,7 @@ open class Connection: Pollable {
 
     /// Queues `n` bytes for the peer (encrypting them with TLS). Flushed at the end of the iteration.
     @inline(__always) public func send(_ p: UnsafeRawPointer, _ n: Int) {
-        if isClosed || n == 0 { return }
+        if isClosed || n == 0 || writeShutdownRequested { return }
         if let plain = plainPending {
             // TLS: gather this iteration's plaintext and encrypt it once at flush time, so a
             // response head and its body leave as one record instead of several.
@@ -305,7 +310,83 @@ open class Connection: Pollable {
             onDrained()
             if isClosed { return }
         }
+        if output.isEmpty && writeShutdownRequested && !writeShutdownDone && isEstablished {
+            writeShutdownDone = true
+            Glibc.shutdown(fd, Int32(SHUT_WR))
+        }
         if output.isEmpty && closeWhenFlushed { beginLinger() }
+    }
+
+    /// Queues `n` bytes for the peer without an intermediate copy where it can: in plain text,
+    /// when nothing is queued before them, they are written to the socket straight from `p` (only
+    /// what the socket does not take is kept in `output`); with TLS they are encrypted from `p`
+    /// into `output`, flushed at the end of the iteration. A relay (the TCP proxy) uses this to
+    /// move bytes from one connection's `input` to another's socket.
+    public func writeThrough(_ p: UnsafeRawPointer, _ n: Int) {
+        if isClosed || n == 0 || writeShutdownRequested { return }
+        guard isEstablished, !isConnecting else { send(p, n); return }
+        if let sec = security {
+            sealPending()
+            if isClosed { return }
+            if !sec.encrypt(p, n, output: output) { fail(-1); return }
+            if output.readableBytes >= highWatermark { aboveHigh = true }
+            requestFlush()
+            return
+        }
+        if !output.isEmpty || writeBlocked { send(p, n); return }
+        var off = 0
+        while off < n {
+            let w = Glibc.write(fd, p + off, n - off)
+            if w > 0 { off += w; continue }
+            if w < 0 {
+                let e = mesh_errno()
+                if e == EINTR { continue }
+                if e != EAGAIN && e != EWOULDBLOCK { fail(e); return }
+            }
+            writeBlocked = true
+            break
+        }
+        if off < n {
+            output.append(p + off, n - off)
+            if output.readableBytes >= highWatermark { aboveHigh = true }
+        }
+    }
+
+    /// Half-close: once every queued byte is written (and, with TLS, close_notify after them),
+    /// shuts down the write side (the peer reads end of stream) while reading goes on. Bytes
+    /// queued after this are dropped. The connection stays open until the owner closes it.
+    public func shutdownWriteAfterFlush() {
+        if isClosed || writeShutdownRequested { return }
+        writeShutdownRequested = true
+        if isEstablished, let sec = security { sealPending(); if isClosed { return }; sec.shutdown(output: output) }
+        if isConnecting { return }
+        requestFlush()
+    }
+
+    /// Closes at once with SO_LINGER 0, so the peer sees a reset (RST), not an end of stream:
+    /// how a relay passes on a reset from the other side.
+    public func resetNow() {
+        if isClosed { return }
+        var l = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        closeNow()
+    }
+
+    /// Takes the socket away from this connection without closing it (a hand-over to another
+    /// owner on the same loop, such as an HTTP CONNECT becoming a TCP relay): deregistered from
+    /// the loop, buffers cleared, `onClosed` called; the caller owns the returned fd. Unread
+    /// `input` must be taken before. -1 if already closed.
+    public func detachSocket() -> Int32 {
+        if isClosed { return -1 }
+        isClosed = true
+        loop.deregister(self)
+        security?.dispose()
+        input.clear()
+        output.clear()
+        raw?.clear()
+        plainPending?.clear()
+        onClosed()
+        return fd
     }
 
     // MARK: idle memory
@@ -329,7 +410,7 @@ open class Connection: Pollable {
     public func closeAfterFlush(lingerNanos: UInt64 = 1_000_000_000) {
         if isClosed || closeWhenFlushed { return }
         closeWhenFlushed = true
-        if isEstablished, let sec = security { sealPending(); sec.shutdown(output: output) }
+        if isEstablished, let sec = security, !writeShutdownRequested { sealPending(); sec.shutdown(output: output) }
         lingerDeadline = lingerNanos
         if isConnecting { closeNow(); return }
         requestFlush()

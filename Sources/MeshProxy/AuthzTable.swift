@@ -39,6 +39,10 @@ struct AuthzTable: Sendable {
     }
     struct Operation: Sendable {
         var paths: [Pattern], notPaths: [Pattern], methods: [Pattern], notMethods: [Pattern]
+        var ports: [Int] = [], notPorts: [Int] = []
+        /// It names fields only HTTP has (paths, methods): for a TCP connection an ALLOW rule's
+        /// such operation never matches, and a DENY rule's ignores them (Istio).
+        var needsHTTP: Bool { !paths.isEmpty || !notPaths.isEmpty || !methods.isEmpty || !notMethods.isEmpty }
     }
     struct Rule: Sendable {
         var from: [Source], to: [Operation]
@@ -55,16 +59,34 @@ struct AuthzTable: Sendable {
         for pol in mine {
             let rules = pol.rules.map { r in
                 Rule(from: r.from.map { Source(principals: p($0.principals), notPrincipals: p($0.notPrincipals), namespaces: p($0.namespaces)) },
-                     to: r.to.map { Operation(paths: p($0.paths), notPaths: p($0.notPaths), methods: p($0.methods), notMethods: p($0.notMethods)) })
+                     to: r.to.map { Operation(paths: p($0.paths), notPaths: p($0.notPaths), methods: p($0.methods), notMethods: p($0.notMethods),
+                                              ports: $0.ports, notPorts: $0.notPorts) })
             }
             if pol.action == .deny { deny.append(rules) } else { allow.append(rules) }
         }
     }
 
     /// Whether a request is allowed. `principal` is the caller's SPIFFE ID (with `spiffe://`),
-    /// empty for a plaintext caller; `path` may carry a query (ignored).
+    /// empty for a plaintext caller; `path` may carry a query (ignored); `port` is the service
+    /// port the request came to (0: not known, then rules on ports do not match it).
     func allows(principal: UnsafePointer<UInt8>, _ pn: Int, method: UnsafePointer<UInt8>, _ mn: Int,
-                path: UnsafePointer<UInt8>, _ pathLength: Int) -> Bool {
+                path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int = 0) -> Bool {
+        decide(principal: principal, pn, method: method, mn, path: path, pathLength, port: port, tcp: false)
+    }
+
+    /// Whether a TCP connection is allowed (checked once, when it is established): by the
+    /// caller's principal and the service port; HTTP-only fields follow Istio (an ALLOW
+    /// operation that needs them never matches, a DENY rule ignores them).
+    func allowsTCP(principal: [UInt8], port: Int) -> Bool {
+        let none: StaticString = ""
+        return principal.withUnsafeBufferPointer { pp in
+            decide(principal: pp.baseAddress ?? none.utf8Start, pp.count, method: none.utf8Start, 0, path: none.utf8Start, 0,
+                   port: port, tcp: true)
+        }
+    }
+
+    private func decide(principal: UnsafePointer<UInt8>, _ pn: Int, method: UnsafePointer<UInt8>, _ mn: Int,
+                        path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int, tcp: Bool) -> Bool {
         var pp = principal, pl = pn
         let scheme: StaticString = "spiffe://"
         if pl >= 9 && memcmp(pp, scheme.utf8Start, 9) == 0 { pp += 9; pl -= 9 }
@@ -87,19 +109,22 @@ struct AuthzTable: Sendable {
             if !s.namespaces.isEmpty { let (np, nn) = namespaceOf(); if !any(s.namespaces, np, nn) { return false } }
             return true
         }
-        func opMatches(_ o: Operation) -> Bool {
+        func opMatches(_ o: Operation, deny: Bool) -> Bool {
+            if !o.ports.isEmpty && !o.ports.contains(port) { return false }
+            if !o.notPorts.isEmpty && o.notPorts.contains(port) { return false }
+            if tcp { return deny || !o.needsHTTP }
             if !o.paths.isEmpty && !any(o.paths, path, q) { return false }
             if !o.notPaths.isEmpty && any(o.notPaths, path, q) { return false }
             if !o.methods.isEmpty && !any(o.methods, method, mn) { return false }
             if !o.notMethods.isEmpty && any(o.notMethods, method, mn) { return false }
             return true
         }
-        func ruleMatches(_ r: Rule) -> Bool {
-            (r.from.isEmpty || r.from.contains(where: sourceMatches)) && (r.to.isEmpty || r.to.contains(where: opMatches))
+        func ruleMatches(_ r: Rule, deny: Bool) -> Bool {
+            (r.from.isEmpty || r.from.contains(where: sourceMatches)) && (r.to.isEmpty || r.to.contains { opMatches($0, deny: deny) })
         }
-        for rules in deny where rules.contains(where: ruleMatches) { return false }
+        for rules in deny where rules.contains(where: { ruleMatches($0, deny: true) }) { return false }
         if allow.isEmpty { return true }
-        return allow.contains { $0.contains(where: ruleMatches) }
+        return allow.contains { $0.contains { ruleMatches($0, deny: false) } }
     }
 
     /// The verdict on one request: the raw request path is normalised into `scratch` first
@@ -117,11 +142,11 @@ struct AuthzTable: Sendable {
     /// HTTP/1.1 and both HTTP/2 request paths. `principal` is the caller's SPIFFE ID bytes, empty
     /// for a plaintext caller.
     func check(principal: [UInt8], method: UnsafePointer<UInt8>, _ mn: Int,
-               rawPath: UnsafePointer<UInt8>, _ pn: Int, scratch: ByteBuffer) -> Verdict {
+               rawPath: UnsafePointer<UInt8>, _ pn: Int, scratch: ByteBuffer, port: Int = 0) -> Verdict {
         guard AuthzTable.normalize(rawPath, pn, into: scratch) else { return .refused }
         let ok = principal.withUnsafeBufferPointer { pp in
             allows(principal: pp.baseAddress ?? method, pp.count, method: method, mn,
-                   path: UnsafePointer(scratch.readPointer), scratch.readableBytes)
+                   path: UnsafePointer(scratch.readPointer), scratch.readableBytes, port: port)
         }
         return ok ? .allowed : .denied
     }

@@ -6,7 +6,10 @@ import MeshHTTP
 enum ResponseFlag: UInt8, Sendable {
     case none, noRoute, upstreamConnectFailure, upstreamOverflow, upstreamConnectionTermination,
          upstreamRequestTimeout, streamIdleTimeout, downstreamProtocolError, upstreamProtocolError,
-         downstreamConnectionTermination, noHealthyUpstream, retryLimitExceeded, faultInjected, delayInjected
+         downstreamConnectionTermination, noHealthyUpstream, retryLimitExceeded, faultInjected, delayInjected,
+         /// A TCP connection denied by an AuthorizationPolicy (this mesh's flag: Envoy's network
+         /// RBAC filter sets none; docs/tcp.md).
+         authorizationDenied
 
     /// Envoy's short code (DESIGN §6).
     var code: StaticString {
@@ -25,6 +28,7 @@ enum ResponseFlag: UInt8, Sendable {
         case .retryLimitExceeded: return "URX"
         case .faultInjected: return "FI"
         case .delayInjected: return "DI"
+        case .authorizationDenied: return "RBAC"
         }
     }
 }

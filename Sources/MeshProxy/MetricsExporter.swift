@@ -76,7 +76,7 @@ struct MetricsExporter {
                 ("destination_workload", dst.0), ("destination_workload_namespace", dst.1), ("destination_principal", dst.2),
                 ("destination_app", dst.3), ("destination_version", dst.4),
                 ("destination_service", svcFQDN), ("destination_service_name", svcName), ("destination_service_namespace", svcNS),
-                ("request_protocol", !overflow && MetricKey.grpc(mk.key) >= 0 ? "grpc" : "http"),
+                ("request_protocol", overflow ? "http" : MetricKey.tcp(mk.key) ? "tcp" : MetricKey.grpc(mk.key) >= 0 ? "grpc" : "http"),
             ]
             if withCode {
                 l.append(("response_code", overflow ? "0" : String(MetricKey.code(mk.key))))
@@ -84,7 +84,8 @@ struct MetricsExporter {
                 l.append(("grpc_response_status", g < 0 || g > 16 ? "" : String(g)))
                 l.append(("response_flags", overflow ? "-" : "\(MetricKey.flag(mk.key).code)"))
             }
-            l.append(("connection_security_policy", inbound ? "mutual_tls" : "unknown"))
+            if !withCode && !overflow && MetricKey.tcp(mk.key) { l.append(("response_flags", "\(MetricKey.flag(mk.key).code)")) }
+            l.append(("connection_security_policy", inbound ? (!overflow && MetricKey.tcp(mk.key) && mk.peer.principal == "unknown" ? "none" : "mutual_tls") : "unknown"))
             l.append(("route", route))
             return l
         }
@@ -118,10 +119,10 @@ struct MetricsExporter {
 
         typealias T = ProxyMetrics.TCPSlot
         let tcpFamilies: [(String, Int, String)] = [
-            ("istio_tcp_connections_opened_total", T.opened, "Tunnelled TCP connections opened (after an HTTP upgrade)."),
-            ("istio_tcp_connections_closed_total", T.closed, "Tunnelled TCP connections closed."),
-            ("istio_tcp_sent_bytes_total", T.sent, "Bytes sent to the downstream over tunnelled connections."),
-            ("istio_tcp_received_bytes_total", T.received, "Bytes received from the downstream over tunnelled connections."),
+            ("istio_tcp_connections_opened_total", T.opened, "TCP connections opened: opaque TCP (request_protocol=\"tcp\") and tunnels after an HTTP upgrade."),
+            ("istio_tcp_connections_closed_total", T.closed, "TCP connections closed (opaque TCP and HTTP upgrade tunnels), by response flags."),
+            ("istio_tcp_sent_bytes_total", T.sent, "Bytes sent to the downstream (the response direction) over TCP connections and tunnels."),
+            ("istio_tcp_received_bytes_total", T.received, "Bytes received from the downstream (the request direction) over TCP connections and tunnels."),
         ]
         for (name, slot, help) in tcpFamilies {
             p.family(name, type: "counter", help: help)

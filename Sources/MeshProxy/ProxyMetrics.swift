@@ -22,7 +22,7 @@ final class ProxyMetrics: @unchecked Sendable {
         static let responseBuckets = 35     // 10 bounds + Inf
         static let count = 46
     }
-    /// Slot layout of a TCP (tunnel) series.
+    /// Slot layout of a TCP series (the TCP proxy's connections, and HTTP upgrade tunnels).
     enum TCPSlot {
         static let opened = 0, closed = 1, sent = 2, received = 3, count = 4
     }
@@ -65,14 +65,24 @@ enum MetricKey {
     static let inboundRoute = 0xFFFE
 
     /// `grpc`: -1 for a non-gRPC request, else the grpc-status (0...16; 17 = gRPC without a status).
-    @inline(__always) static func make(inbound: Bool, route: Int, code: Int, flag: ResponseFlag, peer: Int, grpc: Int = -1) -> UInt64 {
+    /// `tcp`: a connection of the TCP proxy (`request_protocol="tcp"`), not an HTTP tunnel.
+    @inline(__always) static func make(inbound: Bool, route: Int, code: Int, flag: ResponseFlag, peer: Int, grpc: Int = -1,
+                                       tcp: Bool = false) -> UInt64 {
         UInt64(truncatingIfNeeded: route & 0xFFFF)
             | (UInt64(truncatingIfNeeded: code & 0x3FF) << 16)
             | (UInt64(flag.rawValue & 0x3F) << 26)
             | (UInt64(truncatingIfNeeded: peer & 0xFFFF) << 32)
             | (inbound ? (1 << 48) : 0)
             | (UInt64(truncatingIfNeeded: (grpc + 1) & 0x1F) << 49)
+            | (tcp ? (1 << 54) : 0)
     }
+
+    /// The same key with another response flag (a TCP connection's close).
+    @inline(__always) static func with(_ k: UInt64, flag: ResponseFlag) -> UInt64 {
+        (k & ~(UInt64(0x3F) << 26)) | (UInt64(flag.rawValue & 0x3F) << 26)
+    }
+
+    static func tcp(_ k: UInt64) -> Bool { (k >> 54) & 1 == 1 }
 
     /// -1: not gRPC; 0...16: grpc-status; 17: gRPC without a status.
     static func grpc(_ k: UInt64) -> Int { Int((k >> 49) & 0x1F) - 1 }

@@ -31,11 +31,23 @@ public final class ProxySnapshot: Sendable {
         /// Retries in flight to the cluster, besides the retry budget (Istio: unlimited).
         let maxRetries: Int
         let outlier: OutlierPolicy?
-    
+        /// The service speaks opaque TCP (`serviceProtocol: TCP`): reached by the TCP proxy only.
+        public let serviceTCP: Bool
+        /// The service port (`port`), 0 when not known.
+        public let servicePort: Int
+        /// A TCP connection with no byte either way for this long is closed (DestinationRule
+        /// `connectionPool.tcp.idleTimeout`, Istio's 1 hour by default).
+        let tcpIdleTimeout: UInt64
+        /// Connect attempts of a TCP connection, each to another endpoint when there is one.
+        let tcpConnectAttempts: Int
+
         init(name: String, endpoints: [SocketAddress], mutualTLS: Bool, expectedPeers: [String], connectTimeout: UInt64,
              idleTimeout: UInt64, maxConnections: Int, maxRequestsPerConnection: Int, http2: Bool,
              loadBalancer: IstioTraffic.TrafficPolicy.LoadBalancer, maxPendingRequests: Int, maxRequests: Int,
-             maxRetries: Int, outlier: OutlierPolicy?) {
+             maxRetries: Int, outlier: OutlierPolicy?, serviceTCP: Bool = false, servicePort: Int = 0,
+             tcpIdleTimeout: UInt64 = Bootstrap.Defaults.tcpIdleTimeout, tcpConnectAttempts: Int = Bootstrap.Defaults.tcpConnectAttempts) {
+            self.serviceTCP = serviceTCP; self.servicePort = servicePort
+            self.tcpIdleTimeout = tcpIdleTimeout; self.tcpConnectAttempts = tcpConnectAttempts
             self.name = name; self.endpoints = endpoints; self.mutualTLS = mutualTLS; self.expectedPeers = expectedPeers
             self.connectTimeout = connectTimeout; self.idleTimeout = idleTimeout; self.maxConnections = maxConnections
             self.maxRequestsPerConnection = maxRequestsPerConnection; self.http2 = http2; self.loadBalancer = loadBalancer
@@ -98,6 +110,39 @@ public final class ProxySnapshot: Sendable {
         }
     }
 
+    /// One TCP route (a VirtualService `tcp[]` entry, or the default route of a TCP service):
+    /// the service ports it matches and its weighted destinations, chosen once per connection.
+    public final class TCPRoute: Sendable {
+        /// The cluster of the first destination (metrics' destination service).
+        public let cluster: Int
+        public let label: String
+        /// Its process-wide id in metrics (RouteCatalog), as HTTP routes have.
+        let metricID: Int
+        /// `match[].port`: the service ports this route takes; empty: any.
+        let ports: [Int]
+        /// Indices into `targets`, with cumulative weights out of 100.
+        let targets: [Int]
+        let cumulativeWeights: [Int]
+
+        init(cluster: Int, label: String, serviceFQDN: String, serviceName: String, serviceNamespace: String, ports: [Int],
+             targets: [Int], cumulativeWeights: [Int]) {
+            self.cluster = cluster; self.label = label; self.ports = ports; self.targets = targets
+            self.cumulativeWeights = cumulativeWeights
+            self.metricID = RouteCatalog.shared.id(label: label, serviceFQDN: serviceFQDN, serviceName: serviceName, serviceNamespace: serviceNamespace)
+        }
+
+        /// Whether a connection to service port `port` (0: not known) takes this route.
+        func matches(port: Int) -> Bool { ports.isEmpty || port == 0 || ports.contains(port) }
+
+        /// The weighted choice of a target, once per connection.
+        @inline(__always) func pickTarget(_ rng: inout FastRandom) -> Int {
+            if targets.count == 1 { return targets[0] }
+            let x = Int(rng.next() % 100)
+            for (i, c) in cumulativeWeights.enumerated() where x < c { return targets[i] }
+            return targets[targets.count - 1]
+        }
+    }
+
     public struct ListenerSettings: Sendable {
         public let address: SocketAddress
         public let headerTimeout: UInt64
@@ -122,6 +167,15 @@ public final class ProxySnapshot: Sendable {
     /// PeerAuthentication for the inbound listener (STRICT unless a policy says otherwise).
     let inboundMode: PeerAuthentication.Mode
     public let hosts: HostTable
+    /// TCP services by host: `tcpHosts` maps a host to an index into `tcpServices`, the service's
+    /// TCP routes in order (first match on the service port wins).
+    public let tcpHosts: HostTable
+    let tcpServices: [[Int]]
+    public let tcpRoutes: [TCPRoute]
+    /// The inbound app speaks opaque TCP (`appProtocol: TCP` / `--app-protocol tcp`).
+    public let inboundTCP: Bool
+    /// The service port of this workload (AuthorizationPolicy `ports`), 0 when there is no app.
+    public let inboundServicePort: Int
     public let outbound: ListenerSettings?
     public let inbound: ListenerSettings?
     /// Index of the cluster for the local app (inbound), or -1.
@@ -154,6 +208,11 @@ public final class ProxySnapshot: Sendable {
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
         self.inboundMode = PeerAuthentication.mode(for: b.workload.namespace, labels: b.workload.labels, in: b.traffic.peerAuthentications)
         self.hosts = HostTable(compiled.hostEntries)
+        self.tcpHosts = HostTable(compiled.tcpHostEntries)
+        self.tcpServices = compiled.tcpServices
+        self.tcpRoutes = compiled.tcpRoutes
+        self.inboundTCP = b.inbound?.appTCP ?? false
+        self.inboundServicePort = b.inbound.flatMap { $0.servicePort ?? $0.appAddress.map { Int($0.port) } } ?? 0
         let clusters = compiled.clusters
         self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout,
                                                                       streamIdleTimeout: $0.streamIdleTimeout, maxConnections: $0.maxConnections) }

@@ -11,6 +11,10 @@ struct TrafficCompiler {
     var targets: [RouteTarget] = []
     var vhosts: [VirtualHost] = []
     var hostEntries: [(String, Int)] = []
+    /// TCP services: host -> index into `tcpServices` (each a list of `tcpRoutes` indices).
+    var tcpHostEntries: [(String, Int)] = []
+    var tcpServices: [[Int]] = []
+    var tcpRoutes: [ProxySnapshot.TCPRoute] = []
     private var targetIndex: [String: Int] = [:]
 
     init(_ b: Bootstrap) {
@@ -33,7 +37,8 @@ struct TrafficCompiler {
                                   http2: c.protocolHTTP2, loadBalancer: tp?.loadBalancer ?? .roundRobin,
                                   maxPendingRequests: tp?.http1MaxPendingRequests ?? 1024,
                                   maxRequests: tp?.http2MaxRequests ?? Int.max, maxRetries: tp?.maxRetries ?? Int.max,
-                                  outlier: outlier))
+                                  outlier: outlier, serviceTCP: c.serviceProtocol == .tcp, servicePort: c.port ?? 0,
+                                  tcpIdleTimeout: tp?.tcpIdleTimeout ?? Bootstrap.Defaults.tcpIdleTimeout))
         }
         if let inb = b.inbound, let app = inb.appAddress {
             inboundCluster = ClusterID(clusters.count)
@@ -42,7 +47,7 @@ struct TrafficCompiler {
                                   idleTimeout: Bootstrap.Defaults.poolIdleTimeout,
                                   maxConnections: Bootstrap.Defaults.maxConnections, maxRequestsPerConnection: 0, http2: inb.appHTTP2,
                                   loadBalancer: .roundRobin, maxPendingRequests: 1024, maxRequests: Int.max,
-                                  maxRetries: Int.max, outlier: nil))
+                                  maxRetries: Int.max, outlier: nil, serviceTCP: inb.appTCP, servicePort: inb.servicePort ?? app.port))
         }
 
         // spec.routes: one route per host set, to the whole cluster, with the default retries.
@@ -50,6 +55,22 @@ struct TrafficCompiler {
             let ci = clusters.firstIndex { $0.name == r.cluster }!
             let t = target(b, cluster: ci, subset: nil)
             let svc = Self.service(r.hosts[0], ns)
+            if clusters[ci].serviceTCP {
+                // A TCP service: one TCP route to the whole cluster, and no HTTP route (an HTTP
+                // request to it gets 404 NR; CONNECT reaches it).
+                let tr = tcpRoutes.count
+                tcpRoutes.append(.init(cluster: ci, label: r.name, serviceFQDN: svc.fqdn, serviceName: svc.name, serviceNamespace: svc.ns,
+                                       ports: clusters[ci].servicePort > 0 ? [clusters[ci].servicePort] : [], targets: [t],
+                                       cumulativeWeights: [100]))
+                let sv = tcpServices.count
+                tcpServices.append([tr])
+                for h in r.hosts {
+                    for e in Bootstrap.expandedHosts(h.lowercased(), namespace: ns) { tcpHostEntries.append((e, sv)) }
+                    let parts = h.lowercased().split(separator: ".")
+                    if parts.count == 2 && parts[1] == ns { tcpHostEntries.append((String(parts[0]), sv)) }
+                }
+                continue
+            }
             let ri = routes.count
             routes.append(.init(cluster: ci, timeout: r.timeout, label: r.name, serviceFQDN: svc.fqdn, serviceName: svc.name,
                                 serviceNamespace: svc.ns, matches: [], targets: [t], cumulativeWeights: [100],
@@ -100,9 +121,35 @@ struct TrafficCompiler {
                                     rewriteURI: h.rewriteURI.map { Array($0.utf8) },
                                     rewriteAuthority: h.rewriteAuthority.map { Array($0.utf8) }))
             }
-            let v = vhosts.count
-            vhosts.append(VirtualHost(routes: list))
-            for h in vs.hosts { for e in Bootstrap.expandedHosts(h.lowercased(), namespace: vs.namespace) { hostEntries.append((e, v)) } }
+            if !vs.http.isEmpty {
+                let v = vhosts.count
+                vhosts.append(VirtualHost(routes: list))
+                for h in vs.hosts { for e in Bootstrap.expandedHosts(h.lowercased(), namespace: vs.namespace) { hostEntries.append((e, v)) } }
+            }
+            // Its tcp routes, in order, for the same hosts.
+            if !vs.tcp.isEmpty {
+                var tlist: [Int] = []
+                for (i, tr) in vs.tcp.enumerated() {
+                    var ts: [Int] = []
+                    var cum: [Int] = []
+                    var sum = 0
+                    for d in tr.route where d.weight > 0 || tr.route.count == 1 {
+                        let ci = b.clusterIndex(forHost: d.destination.host, namespace: vs.namespace)!
+                        ts.append(target(b, cluster: ci, subset: d.destination.subset))
+                        sum += tr.route.count == 1 ? 100 : d.weight
+                        cum.append(sum)
+                    }
+                    let first = tr.route[0].destination
+                    let svc = Self.service(first.host, vs.namespace)
+                    tlist.append(tcpRoutes.count)
+                    tcpRoutes.append(.init(cluster: b.clusterIndex(forHost: first.host, namespace: vs.namespace)!,
+                                           label: Bootstrap.tcpRouteLabel(vs, i), serviceFQDN: svc.fqdn, serviceName: svc.name,
+                                           serviceNamespace: svc.ns, ports: tr.ports, targets: ts, cumulativeWeights: cum))
+                }
+                let sv = tcpServices.count
+                tcpServices.append(tlist)
+                for h in vs.hosts { for e in Bootstrap.expandedHosts(h.lowercased(), namespace: vs.namespace) { tcpHostEntries.append((e, sv)) } }
+            }
         }
     }
 

@@ -42,6 +42,8 @@ public final class Worker: @unchecked Sendable {
     static let exchangePoolLimit = 32
     private(set) var draining = false
     private var downstreams: [DownstreamConnection] = []
+    /// Open TCP relays (`TCP/`): connections carried as bytes.
+    var tcpSessions: [TCPProxySession] = []
     private var listeners: [Listener] = []
     private var drainTimer: DrainTimer?
     /// How many workers share the listeners (for per-worker shares of connection limits).
@@ -140,6 +142,11 @@ public final class Worker: @unchecked Sendable {
             }
         }
         let settings = inbound ? snap.inbound! : snap.outbound!
+        if inbound && snap.inboundTCP {
+            // A TCP app: every connection is carried to it as bytes (after mTLS in STRICT).
+            acceptInboundTCP(fd, security: tls, settings: settings)
+            return
+        }
         if settings.maxConnections > 0 {
             // This worker's share of the listener's limit (the kernel spreads accepts evenly).
             let share = (settings.maxConnections + workerCount - 1) / workerCount
@@ -172,7 +179,36 @@ public final class Worker: @unchecked Sendable {
         d.listIndex = -1
         stats.dec(.downstreamConnectionsActive)
         trimmer.noteRelease()
-        if draining && downstreams.isEmpty { finishDrain() }
+        if draining && downstreams.isEmpty && tcpSessions.isEmpty { finishDrain() }
+    }
+
+    /// A TCP relay ended: forget it (and finish a drain it held).
+    func tcpSessionEnded(_ s: TCPProxySession) {
+        let i = s.listIndex
+        guard i >= 0 && i < tcpSessions.count && tcpSessions[i] === s else { return }
+        if s.inbound { openInbound -= 1 } else { openOutbound -= 1 }
+        let last = tcpSessions.removeLast()
+        if i < tcpSessions.count {
+            tcpSessions[i] = last
+            last.listIndex = i
+        }
+        s.listIndex = -1
+        trimmer.noteRelease()
+        if draining && downstreams.isEmpty && tcpSessions.isEmpty { finishDrain() }
+    }
+
+    /// Whether the listener's connection limit (this worker's share) has room for one more.
+    func listenerHasRoom(inbound: Bool, settings: ProxySnapshot.ListenerSettings) -> Bool {
+        if settings.maxConnections == 0 { return true }
+        let share = (settings.maxConnections + workerCount - 1) / workerCount
+        return (inbound ? openInbound : openOutbound) < share
+    }
+
+    /// Counts a TCP relay on its listener (the listener's connection limit covers it).
+    func tcpSessionStarted(_ s: TCPProxySession) {
+        if s.inbound { openInbound += 1 } else { openOutbound += 1 }
+        s.listIndex = tcpSessions.count
+        tcpSessions.append(s)
     }
 
     // MARK: drain
@@ -186,7 +222,8 @@ public final class Worker: @unchecked Sendable {
         listeners.removeAll()
         for r in [routing!] + retired { r.closeIdle() }
         for d in downstreams { d.drainIfIdle() }
-        if downstreams.isEmpty { finishDrain(); return }
+        // TCP relays run on until they end or the drain timeout (Envoy's tcp_proxy drain).
+        if downstreams.isEmpty && tcpSessions.isEmpty { finishDrain(); return }
         let t = DrainTimer(worker: self)
         loop.registerTimerOnly(t)
         loop.setDeadline(t, loop.now + timeout)
@@ -194,8 +231,9 @@ public final class Worker: @unchecked Sendable {
     }
 
     fileprivate func drainTimedOut() {
-        Log.warn("worker", "worker \(id): drain timeout with \(downstreams.count) connection(s) still open; closing them")
+        Log.warn("worker", "worker \(id): drain timeout with \(downstreams.count + tcpSessions.count) connection(s) still open; closing them")
         for d in downstreams { d.closeNow() }
+        for s in tcpSessions { s.closeForDrain() }
         finishDrain()
     }
 

@@ -39,7 +39,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         o.inboundPort = try flags.int("inbound-port", min: 0, max: 65535) ?? 15006
         o.outboundPort = try flags.int("outbound-port", min: 0, max: 65535) ?? 15001
         o.adminPort = try flags.int("admin-port", min: 0, max: 65535) ?? 15000
-        _ = try flags.int("service-port", min: 1, max: 65535)
+        o.servicePort = try flags.int("service-port", min: 1, max: 65535)
     } catch { fail("\(error)") }
     // The inbound listener binds the listen address and the sidecar registers advertise:port
     // (DESIGN §10); outbound and admin stay on 127.0.0.1.
@@ -141,7 +141,8 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         let labels = opts.labels.contains { $0.0 == "app" } ? opts.labels : [("app", opts.service)] + opts.labels
         let registration = opts.appPort.map { _ in
             ConfigStream.Registration(service: opts.service, namespace: opts.namespace, address: advertised(server.inboundPort),
-                                      labels: labels.map { ConfigStream.Label(key: $0.0, value: $0.1) })
+                                      labels: labels.map { ConfigStream.Label(key: $0.0, value: $0.1) },
+                                      serviceProtocol: opts.serviceProtocol.rawValue, servicePort: opts.servicePort ?? opts.appPort)
         }
         let stream = ConfigStreamClient(
             identity: wi, registration: registration,

@@ -19,7 +19,7 @@ let usage = """
       sidecar --config FILE.yaml [--concurrency N] [--log-level debug|info|warn|error]
       sidecar --meshd HOST:PORT --root-cert FILE (--token T | --token-file F) --service NAME
               [--namespace default] [--service-account SA] [--label k=v]... [--app-port P]
-              [--app-protocol http|http2|grpc] [--inbound-port 15006] [--outbound-port 15001]
+              [--app-protocol http|http2|grpc|tcp] [--inbound-port 15006] [--outbound-port 15001]
               [--admin-port 15000] [--concurrency N] [--trust-domain cluster.local]
               [--route HOST=IP:PORT[,IP:PORT]]... [--advertise-address IP] [--listen-address IP]
 
@@ -56,7 +56,8 @@ let usage = """
                              --service-account (default: the service), --label k=v (app=NAME is
                              always added)
       --app-port P           the local app's port (inbound listener); none: a caller-only workload
-      --app-protocol P       what the app speaks: http (HTTP/1.1, default), http2 or grpc (h2c)
+      --app-protocol P       what the app speaks: http (HTTP/1.1, default), http2 or grpc (h2c),
+                             or tcp (opaque bytes, docs/tcp.md)
       --inbound-port, --outbound-port, --admin-port   defaults 15006, 15001, 15000
       --trust-domain TD      must match meshd's (default cluster.local)
       --advertise-address IP  where other sidecars reach this one (registered with meshd as
@@ -68,8 +69,8 @@ let usage = """
                              address. The outbound listener and admin always bind 127.0.0.1
       --route HOST=IP:PORT[,IP:PORT]  static outbound routes over mTLS (HTTP/2) until the first
                              config arrives from meshd (which then replaces them)
-      --service-port N       accepted for the command-line contract; callers reach a service on
-                             any port today
+      --service-port N       the port callers use for this service (default: the app port);
+                             registered with meshd, matched by tcp routes and authz ports
     The sidecar registers its workload with meshd and applies the routing and security config
     meshd pushes (answering ACK or NACK; the last good config stays while meshd is away).
     The proxy ports are bound before meshd is asked for anything; /ready answers 200 once the

@@ -198,7 +198,7 @@ final class IstioTrafficTests: XCTestCase {
             (se.replacingOccurrences(of: "hosts: [ext.example.com]", with: "hosts: [Ext.example.com]"),
              "bad.yaml:5: document 1: spec.hosts[0]: expected a fully qualified lowercase host name such as api.example.com, got \"Ext.example.com\""),
             (se.replacingOccurrences(of: "protocol: HTTP}", with: "protocol: HTTPS}"),
-             "bad.yaml:7: document 1: spec.ports[0].protocol: only HTTP is supported yet (endpoints are reached over HTTP/1.1), got \"HTTPS\""),
+             "bad.yaml:7: document 1: spec.ports[0].protocol: expected HTTP (endpoints reached over HTTP/1.1) or TCP (carried as bytes), got \"HTTPS\""),
             (se.replacingOccurrences(of: "protocol: HTTP}", with: "protocol: HTTP}\n  - {number: 81, name: admin}"),
              "bad.yaml:8: document 1: spec.ports[1].number: a second port is not supported yet"),
             (se + "\n    ports: {metrics: 9090}",

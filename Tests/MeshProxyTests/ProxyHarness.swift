@@ -12,6 +12,8 @@ import Glibc
 enum HarnessEndpoint {
     case fake
     case refusing
+    /// A server the test runs itself on 127.0.0.1 (a raw TCP server, for TCP services).
+    case port(Int)
 }
 
 /// A cluster of the harness's static config: its name, its endpoints, whether a simple route
@@ -103,6 +105,8 @@ final class ProxyHarness: @unchecked Sendable {
                 case .refusing:
                     let (fd, p) = try Self.refusingPort()
                     refusing.append(fd)
+                    port = p
+                case .port(let p):
                     port = p
                 }
                 yaml += "        - 127.0.0.1:\(port)\n"

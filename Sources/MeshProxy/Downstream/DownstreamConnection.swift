@@ -308,6 +308,7 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
     }
 
     private func startRequest() {
+        if !inbound && head.method == .connect { connectHandover(); return }
         mayBeH2C = false
         worker.stats.inc(.requestsTotal)
         let b = UnsafePointer(input.base)
@@ -469,6 +470,43 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
         // inside the exchange that just ended.
         parseQueued = true
         requestFlush()
+    }
+
+    // MARK: CONNECT (opaque TCP, docs/tcp.md)
+
+    /// `CONNECT host:port` on the outbound listener: a TCP service's connection is handed to the
+    /// worker's TCP relay (the socket and any bytes after the head; `200` once connected); any
+    /// other target is answered here and the connection closed.
+    private func connectHandover() {
+        mayBeH2C = false
+        worker.stats.inc(.requestsTotal)
+        let decision = ConnectHandover.resolve(worker.snapshot, UnsafePointer(input.base) + head.authorityStart,
+                                               head.authorityEnd - head.authorityStart)
+        input.consume(head.headEnd - input.readIndex)
+        parser.resetScan()
+        switch decision {
+        case .refuse(let status, let body, let flag):
+            if flag == .noRoute { worker.stats.inc(.noRoute) }
+            worker.stats.inc(.localReplies)
+            worker.stats.countResponse(status)
+            let out = worker.scratch
+            out.clear()
+            out.appendLocalReply(status: status, body: body, close: true, flag: flag)
+            send(out.readPointer, out.readableBytes)
+            state = .closing
+            loop.setDeadline(self, loop.now + settings.idleTimeout)
+            closeAfterFlush()
+        case .relay(let target):
+            // The bytes after the head go first; the relay owns the socket from here.
+            let rest = worker.scratch
+            rest.clear()
+            if !input.isEmpty { rest.append(input.readPointer, input.readableBytes) }
+            state = .closing
+            let fd = detachSocket()
+            guard fd >= 0 else { return }
+            worker.startTCPProxy(fd: fd, initial: UnsafeRawBufferPointer(start: rest.readPointer, count: rest.readableBytes),
+                                 target: target, replyToConnect: true)
+        }
     }
 
     // MARK: tunnel (after 101 Switching Protocols)

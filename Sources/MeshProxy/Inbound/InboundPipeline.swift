@@ -21,7 +21,8 @@ extension Exchange {
         if let az = s.authz {
             let path = r.path.isEmpty ? ByteRange() : r.path
             let verdict = az.check(principal: tls?.peerIdentityBytes ?? [], method: r.pointer(r.method), Int(r.method.length),
-                                   rawPath: r.pointer(path), Int(path.length), scratch: worker.scratch)
+                                   rawPath: r.pointer(path), Int(path.length), scratch: worker.scratch,
+                                   port: s.inboundServicePort)
             if verdict != .allowed {
                 worker.stats.inc(verdict.counter)
                 localReply(verdict.status, verdict.reason, flag: verdict.flag, close: verdict == .refused)
