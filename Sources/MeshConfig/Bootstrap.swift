@@ -70,6 +70,9 @@ public struct Bootstrap: Sendable {
         /// `protocol: HTTP2` (default for ISTIO_MUTUAL: the sidecar-to-sidecar hop multiplexes
         /// requests on few connections; with DISABLE it is h2c with prior knowledge) or `HTTP1`.
         public var protocolHTTP2: Bool
+        /// `addresses`: the service's virtual IPs (IPv4/IPv6, as meshd allocated them or a
+        /// ServiceEntry gave them), what the sidecar's DNS answers for its names.
+        public var addresses: [String] = []
     }
 
     public struct Route: Sendable {
@@ -312,6 +315,12 @@ public struct Bootstrap: Sendable {
                                     idleTimeout: try c.duration("idleTimeout", allowZero: false) ?? Defaults.poolIdleTimeout,
                                     maxConnections: try c.int("maxConnections", min: 1, max: 1_000_000) ?? Defaults.maxConnections,
                                     protocolHTTP2: proto == "HTTP2"))
+            for (i, a) in (try c.stringList("addresses") ?? []).enumerated() {
+                guard !a.hasPrefix("["), !a.contains("/"), SocketAddress(host: a, port: 1) != nil else {
+                    throw ConfigReader.error(ctx, "\(c.sub("addresses"))[\(i)]", c.map.line, "expected an IPv4 or IPv6 address, got \"\(a)\"")
+                }
+                clusters[clusters.count - 1].addresses.append(a)
+            }
             try c.finish()
         }
 
