@@ -84,6 +84,9 @@ public struct Bootstrap: Sendable {
         public var serviceProtocol: ServiceProtocol = .http
         /// `port`: the service port callers use (VirtualService `tcp[].match[].port`), if known.
         public var port: Int? = nil
+        /// `addresses`: the service's virtual IPs (IPv4/IPv6, as meshd allocated them or a
+        /// ServiceEntry gave them), what the sidecar's DNS answers for its names.
+        public var addresses: [String] = []
     }
 
     public struct Route: Sendable {
@@ -342,6 +345,12 @@ public struct Bootstrap: Sendable {
                                     maxConnections: try c.int("maxConnections", min: 1, max: 1_000_000) ?? Defaults.maxConnections,
                                     protocolHTTP2: proto == "HTTP2", serviceProtocol: sp,
                                     port: try c.int("port", min: 1, max: 65535)))
+            for (i, a) in (try c.stringList("addresses") ?? []).enumerated() {
+                guard !a.hasPrefix("["), !a.contains("/"), SocketAddress(host: a, port: 1) != nil else {
+                    throw ConfigReader.error(ctx, "\(c.sub("addresses"))[\(i)]", c.map.line, "expected an IPv4 or IPv6 address, got \"\(a)\"")
+                }
+                clusters[clusters.count - 1].addresses.append(a)
+            }
             try c.finish()
         }
 

@@ -21,6 +21,9 @@ public struct ServiceEntry: Sendable {
     public var endpoints: [Endpoint]
     /// Labels of WorkloadEntries (same namespace) that join the endpoints.
     public var workloadSelector: [(String, String)]?
+    /// `spec.addresses`: the host's virtual IPs (single IPv4/IPv6 addresses); empty: meshd
+    /// allocates them (DESIGN §10 "DNS").
+    public var addresses: [String] = []
 
     static func parse(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> ServiceEntry {
         guard let hosts = try spec.stringList("hosts"), !hosts.isEmpty else {
@@ -70,10 +73,27 @@ public struct ServiceEntry: Sendable {
             try ws.finish()
         }
         try spec.refuse("exportTo")
-        try spec.refuse("addresses")
+        let addresses = try spec.stringList("addresses") ?? []
+        var itemLines: [Int] = []
+        if case .sequence(let seq)? = spec.node("addresses") { itemLines = seq.items.map(\.line) }
+        for (i, a) in addresses.enumerated() {
+            let line = i < itemLines.count ? itemLines[i] : spec.map.line
+            if a.contains("/") {
+                throw ConfigReader.error(ctx, "spec.addresses[\(i)]", line, "CIDR ranges are not supported as addresses; give single IPv4 or IPv6 addresses, got \"\(a)\"")
+            }
+            guard !a.hasPrefix("["), SocketAddress(host: a, port: 1) != nil else {
+                throw ConfigReader.error(ctx, "spec.addresses[\(i)]", line, "expected an IPv4 or IPv6 address, got \"\(a)\"")
+            }
+            if addresses[..<i].contains(a) { throw ConfigReader.error(ctx, "spec.addresses[\(i)]", line, "\(a) is given twice") }
+        }
+        if !addresses.isEmpty && hosts.count > 1 {
+            throw ConfigReader.error(ctx, "spec.addresses", spec.map.line, "addresses with more than one host are not supported: each host needs addresses of its own (one ServiceEntry per host)")
+        }
         try spec.finish()
-        return ServiceEntry(name: name, namespace: namespace, hosts: hosts, ports: ports, meshInternal: location == "MESH_INTERNAL",
-                            endpoints: endpoints, workloadSelector: selector)
+        var se = ServiceEntry(name: name, namespace: namespace, hosts: hosts, ports: ports, meshInternal: location == "MESH_INTERNAL",
+                              endpoints: endpoints, workloadSelector: selector)
+        se.addresses = addresses
+        return se
     }
 
     static func endpoint(_ e: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Endpoint {

@@ -80,6 +80,8 @@ public final class ConfigStore: @unchecked Sendable {
         var rendered: (version: Int, text: String)?
         /// Config streams waiting now, by identity|node: their sidecars are alive.
         var streams: [String: Int] = [:]
+        /// The virtual IPs meshd gave to mesh hosts (`vips.txt`), kept for good.
+        var vips = VIPAllocator()
     }
 
     private let state = Locked(State())
@@ -101,6 +103,11 @@ public final class ConfigStore: @unchecked Sendable {
         self.grace = grace
         var st = try StateFiles(stateDir: stateDir).load()
         st.startedAt = MeshCrypto.now()
+        let storedVIPs = st.vips
+        do { try ConfigStore.allocateVIPs(&st) } catch {
+            throw CAError("\(stateDir)/\(StateFiles.vips): the stored config cannot keep these addresses: \(error.description); fix or remove the file")
+        }
+        if st.vips != storedVIPs { try StateFiles(stateDir: stateDir).saveVIPs(st) }
         for k in st.workloads.keys { st.workloads[k]!.lastSeen = st.startedAt }
         // What was stored must still be what a sidecar accepts (this meshd may check more than the
         // one that stored it): refuse to start rather than push a config every sidecar refuses.
@@ -228,13 +235,21 @@ public final class ConfigStore: @unchecked Sendable {
             next.documents[k]!.text == current.documents[k]!.text && next.documents[k]!.source == current.documents[k]!.source
         }
         if same { return Result(version: current.version, changed: false, documents: outcomes) }
+        do { try ConfigStore.allocateVIPs(&next) } catch {
+            throw ConfigStore.locate(error, in: ConfigStore.renderDocuments(next.order.compactMap { next.documents[$0] }).placed)
+        }
         try ConfigStore.check(next, trustDomain: trustDomain)
-        do { try StateFiles(stateDir: stateDir).saveDocuments(next) } catch {
+        do {
+            // The addresses first: a document in force always has its VIP on disk.
+            if next.vips != current.vips { try StateFiles(stateDir: stateDir).saveVIPs(next) }
+            try StateFiles(stateDir: stateDir).saveDocuments(next)
+        } catch {
             throw ConfigError(file: inputs.first?.file ?? "", message: "cannot persist: \(error)")
         }
         let v = state.withLock { s -> Int in
             s.documents = next.documents
             s.order = next.order
+            s.vips = next.vips
             s.version += 1
             s.versionTimes[s.version] = Clock.monotonicNanos()
             if s.versionTimes.count > 64, let oldest = s.versionTimes.keys.min() { s.versionTimes.removeValue(forKey: oldest) }
@@ -376,10 +391,19 @@ public final class ConfigStore: @unchecked Sendable {
         let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" }
             && $0.serviceProtocol == serviceProtocol && $0.servicePort == servicePort } ?? false
         next.workloads[key] = w
-        if !same { try ConfigStore.check(next, trustDomain: trustDomain) }
+        let vipsBefore = next.vips
+        if !same {
+            try ConfigStore.allocateVIPs(&next)
+            try ConfigStore.check(next, trustDomain: trustDomain)
+            if next.vips != vipsBefore {
+                do { try StateFiles(stateDir: stateDir).saveVIPs(next) } catch {
+                    throw ConfigError(file: "(registration)", message: "cannot persist the service addresses: \(error)")
+                }
+            }
+        }
         state.withLock { s in
             s.workloads[key] = w
-            if !same { s.version += 1 }
+            if !same { s.version += 1; s.vips = next.vips }
         }
         if !same {
             persistRegistry()
@@ -474,7 +498,7 @@ public final class ConfigStore: @unchecked Sendable {
         }
         for dr in cfg.destinationRules { names.insert(key(dr.host, dr.namespace)) }
         // ServiceEntries: their hosts become clusters of their own (names as written).
-        var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String], tcp: Bool, port: Int)] = []
+        var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String], tcp: Bool, port: Int, addresses: [String])] = []
         for se in cfg.serviceEntries {
             var eps = se.endpoints
             if let sel = se.workloadSelector {
@@ -492,7 +516,7 @@ public final class ConfigStore: @unchecked Sendable {
             for h in se.hosts {
                 names.remove(key(h, se.namespace))
                 entryClusters.append((h, mtls, sas.sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }, rendered,
-                                      port.proto == "TCP", port.number))
+                                      port.proto == "TCP", port.number, se.addresses.isEmpty ? ConfigStore.vipTexts(s.vips, h) : se.addresses))
             }
         }
         var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
@@ -504,6 +528,8 @@ public final class ConfigStore: @unchecked Sendable {
             // What the service speaks and its port (the same for every workload: `register`).
             if let p = eps.first?.serviceProtocol, p != "HTTP" { out += "    serviceProtocol: \(p)\n" }
             if let p = eps.first(where: { $0.servicePort != nil })?.servicePort { out += "    port: \(p)\n" }
+            let vips = ConfigStore.vipTexts(s.vips, k)
+            if !vips.isEmpty { out += "    addresses: [\(vips.map(q).joined(separator: ", "))]\n" }
             // Callers accept only the identities registered for this service.
             let ids = Set(eps.map(\.identity)).sorted()
             if !ids.isEmpty { out += "    subjectAltNames: [\(ids.map(q).joined(separator: ", "))]\n" }
@@ -518,6 +544,7 @@ public final class ConfigStore: @unchecked Sendable {
             out += "  - name: \(q(c.name))\n    tls: \(c.mtls ? "ISTIO_MUTUAL" : "DISABLE")\n"
             if c.tcp { out += "    serviceProtocol: TCP\n" }
             out += "    port: \(c.port)\n"
+            if !c.addresses.isEmpty { out += "    addresses: [\(c.addresses.map(q).joined(separator: ", "))]\n" }
             if c.mtls && !c.sans.isEmpty { out += "    subjectAltNames: [\(c.sans.map(q).joined(separator: ", "))]\n" }
             out += "    endpoints:\n"
             if c.endpoints.isEmpty { out += "      []\n" }
@@ -538,6 +565,73 @@ public final class ConfigStore: @unchecked Sendable {
         let firstLine = out.utf8.reduce(1) { $0 + ($1 == 10 ? 1 : 0) }
         let docs = renderDocuments(own, firstLine: firstLine)
         return (out + docs.text, docs.placed)
+    }
+
+    /// A host's allocated VIPs as text (IPv4, then IPv6), empty when it has none.
+    static func vipTexts(_ v: VIPAllocator, _ host: String) -> [String] {
+        guard let slot = v.slots[host] else { return [] }
+        return [VIPAllocator.ipv4(slot), VIPAllocator.ipv6(slot)]
+    }
+
+    /// Gives a VIP to every mesh host of the state that has none (DESIGN §10 "DNS"): the
+    /// clusters `renderProxyConfig` makes (`name.namespace` of registered services and of hosts
+    /// that VirtualServices and DestinationRules name) and ServiceEntry hosts without
+    /// `addresses`. A ServiceEntry's own addresses are never given to another host; one that
+    /// meshd already gave to another host, or that two entries name, is refused by name.
+    static func allocateVIPs(_ s: inout State) throws(ConfigError) {
+        let hosts = try meshHosts(s)
+        let reserved = Set(hosts.explicit.flatMap { $0.addresses.compactMap(VIPAllocator.slot(ofIPv4:)) })
+        for h in hosts.auto where s.vips.slots[h] == nil {
+            guard s.vips.allocate(h, reserved: reserved) != nil else {
+                throw ConfigError(file: "(the config that would result)", message: "no free address left in 240.240.0.0/16 for \(h)")
+            }
+        }
+    }
+
+    /// The mesh hosts of a state: those meshd allocates for (sorted) and ServiceEntry hosts
+    /// with their own addresses, checked against the allocated ones.
+    static func meshHosts(_ s: State) throws(ConfigError) -> (auto: [String], explicit: [(host: String, addresses: [String])]) {
+        let all = renderDocuments(s.order.compactMap { s.documents[$0] }).text
+        let cfg = (try? IstioTraffic.parse(all, file: "(stored)")) ?? IstioTraffic.Config()
+        func key(_ host: String, _ ns: String) -> String {
+            let parts = host.split(separator: ".")
+            return parts.count >= 2 ? "\(parts[0]).\(parts[1])" : "\(host).\(ns)"
+        }
+        var hosts = Set(s.workloads.values.map { "\($0.service).\($0.namespace)" })
+        for vs in cfg.virtualServices {
+            for h in vs.hosts { hosts.insert(key(h, vs.namespace)) }
+            for r in vs.http { for d in r.route { hosts.insert(key(d.destination.host, vs.namespace)) } }
+        }
+        for dr in cfg.destinationRules { hosts.insert(key(dr.host, dr.namespace)) }
+        var entryHosts: [String] = []
+        var explicit: [(host: String, addresses: [String])] = []
+        var named: [String: String] = [:]
+        for se in cfg.serviceEntries {
+            for h in se.hosts {
+                hosts.remove(key(h, se.namespace))
+                if se.addresses.isEmpty { entryHosts.append(h) }
+            }
+            if !se.addresses.isEmpty { explicit.append((se.hosts[0], se.addresses)) }
+            for (i, a) in se.addresses.enumerated() {
+                let at = "ServiceEntry \(se.namespace)/\(se.name): spec.addresses[\(i)]"
+                if let other = named[a] {
+                    throw ConfigError(file: "(the config that would result)", path: at, message: "\(a) is also the address of \(other)")
+                }
+                named[a] = se.hosts[0]
+                if let slot = VIPAllocator.slot(ofIPv4: a), let owner = s.vips.owner(of: slot), owner != se.hosts[0] {
+                    throw ConfigError(file: "(the config that would result)", path: at,
+                                      message: "\(a) is the address meshd gave to \(owner); choose another (outside 240.240.0.0/16 is safest)")
+                }
+            }
+        }
+        return (hosts.union(entryHosts).sorted(), explicit)
+    }
+
+    /// Every mesh host in force with its addresses (allocated, or a ServiceEntry's own), sorted.
+    public func serviceAddresses() -> [(host: String, addresses: [String])] {
+        let st = state.withLock { $0 }
+        guard let h = try? ConfigStore.meshHosts(st) else { return [] }
+        return (h.auto.map { ($0, ConfigStore.vipTexts(st.vips, $0)) } + h.explicit).sorted { $0.host < $1.host }
     }
 
     /// Changes arriving within this window go out as one push (a burst of applies and

@@ -225,9 +225,14 @@ public final class MeshdServer: @unchecked Sendable {
             }
         case ("GET", "/v1/services"):
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
-            return ControlResponse(200, store.workloads().map {
-                "\($0.service).\($0.namespace)\t\($0.address)\t\($0.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\($0.connected ? "connected" : "away")"
-            }.joined(separator: "\n") + "\n")
+            // The last column: the host's virtual IPs (DNS answers); hosts without a workload
+            // (ServiceEntry hosts, routed names) get a line of their own.
+            let vips = Dictionary(store.serviceAddresses().map { ($0.host, $0.addresses.joined(separator: ",")) }, uniquingKeysWith: { a, _ in a })
+            let ws = store.workloads()
+            let hosts = Set(ws.map { "\($0.service).\($0.namespace)" })
+            return ControlResponse(200, (ws.map {
+                "\($0.service).\($0.namespace)\t\($0.address)\t\($0.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\($0.connected ? "connected" : "away")\t\(vips["\($0.service).\($0.namespace)"] ?? "-")"
+            } + vips.keys.sorted().filter { !hosts.contains($0) }.map { "\($0)\t-\t-\tno workload\t\(vips[$0]!)" }).joined(separator: "\n") + "\n")
         case ("GET", "/v1/proxies"):
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
             let v = store.version

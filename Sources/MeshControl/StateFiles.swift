@@ -16,6 +16,8 @@ struct StateFiles {
     static let applied = "applied.yaml"
     static let sources = "sources.txt"
     static let registry = "registry.txt"
+    /// The virtual IPs meshd gave to mesh hosts (`VIPAllocator.serialized`).
+    static let vips = "vips.txt"
     static let header = "# meshd: the config in force, documents: "
 
     let stateDir: String
@@ -105,7 +107,15 @@ struct StateFiles {
                                                                       address: f[4], lastSeen: 0, connected: false)
             }
         }
+        if let text = try read(StateFiles.vips) {
+            do { st.vips = try VIPAllocator.parse(text, file: path(StateFiles.vips)) } catch { throw CAError("\(error.description); the file is damaged: restore it (removing it gives hosts new addresses)") }
+        }
         return st
+    }
+
+    /// Writes the VIP table.
+    func saveVIPs(_ s: ConfigStore.State) throws(CAError) {
+        try FileStore.writeAtomically(path(StateFiles.vips), s.vips.serialized(), mode: 0o600)
     }
 
     /// Writes the documents in force and their sources.

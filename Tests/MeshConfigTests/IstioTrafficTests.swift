@@ -181,9 +181,12 @@ final class IstioTrafficTests: XCTestCase {
           - address: 10.0.0.1
         """
         XCTAssertNil(refusal(se))
+        XCTAssertNil(refusal(se + "\n  addresses: [240.0.0.1, \"2001:db8::1\"]"))
         let cases: [(String, String)] = [
             (se + "\n  exportTo: [\".\"]", "bad.yaml:12: document 1: spec.exportTo: not supported yet"),
-            (se + "\n  addresses: [240.0.0.1]", "bad.yaml:12: document 1: spec.addresses: not supported yet"),
+            // Single addresses are accepted (the host's VIPs); a CIDR is refused by name.
+            (se + "\n  addresses: [240.0.0.0/24]", "bad.yaml:12: document 1: spec.addresses[0]: CIDR ranges are not supported as addresses; give single IPv4 or IPv6 addresses, got \"240.0.0.0/24\""),
+            (se + "\n  addresses: [240.0.0.1, ext.example.com]", "bad.yaml:12: document 1: spec.addresses[1]: expected an IPv4 or IPv6 address, got \"ext.example.com\""),
             (se.replacingOccurrences(of: "protocol: HTTP}", with: "protocol: HTTP, targetPort: 8080}"),
              "bad.yaml:7: document 1: spec.ports[0].targetPort: not supported yet"),
             (se + "\n    network: net1", "bad.yaml:12: document 1: spec.endpoints[0].network: not supported yet"),
