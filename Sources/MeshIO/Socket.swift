@@ -109,3 +109,36 @@ public struct SocketError: Error, Equatable, CustomStringConvertible {
     public init(code: Int32) { self.code = code }
     public var description: String { Socket.errorText(code) }
 }
+
+extension Socket {
+    /// Where an accepted connection was going before an iptables REDIRECT sent it to this
+    /// listener (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, from conntrack). For a connection that
+    /// was not redirected it is the socket's own local address; nil when the kernel has no
+    /// conntrack entry (no netfilter on this path) or the socket is not IPv4/IPv6.
+    public static func originalDestination(_ fd: Int32) -> IPEndpoint? {
+        var local = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        if rc != 0 { return nil }
+        var out = sockaddr_storage()
+        var outLen: socklen_t = 0
+        if mesh_original_dst(fd, Int32(local.ss_family), &out, &outLen) != 0 {
+            // An IPv4 connection on an IPv6 socket (`::ffff:a.b.c.d`) keeps its conntrack entry
+            // at the IPv4 level.
+            guard Int32(local.ss_family) == AF_INET6, mesh_original_dst(fd, AF_INET, &out, &outLen) == 0 else { return nil }
+        }
+        return IPEndpoint(storage: out)
+    }
+
+    /// The local address an accepted socket is bound to.
+    public static func localEndpoint(_ fd: Int32) -> IPEndpoint? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return rc == 0 ? IPEndpoint(storage: ss) : nil
+    }
+}

@@ -85,10 +85,13 @@ static inline long mesh_raise_nofile(void) {
     return (long)rl.rlim_cur;
 }
 
-/// Original destination of a redirected connection (iptables REDIRECT), for transparent capture.
-static inline int mesh_original_dst(int fd, struct sockaddr_in *out) {
-    socklen_t len = sizeof *out;
-    return getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len);
+/// Original destination of a redirected connection (iptables REDIRECT), for transparent capture:
+/// SO_ORIGINAL_DST at SOL_IP for IPv4, IP6T_SO_ORIGINAL_DST (the same number, 80) at SOL_IPV6 for
+/// IPv6, both answered from the connection's conntrack entry. `family` is the accepted socket's.
+/// Returns 0 and fills `out`/`len`, or -1 with errno (ENOENT: no conntrack entry).
+static inline int mesh_original_dst(int fd, int family, struct sockaddr_storage *out, socklen_t *len) {
+    *len = family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    return getsockopt(fd, family == AF_INET6 ? SOL_IPV6 : SOL_IP, 80 /* SO_ORIGINAL_DST, IP6T_SO_ORIGINAL_DST */, out, len);
 }
 
 // ---- OpenSSL macros ----
