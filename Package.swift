@@ -57,7 +57,7 @@ let package = Package(
                 dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshStats"],
                 swiftSettings: hot),
         .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore", "MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshIO"], swiftSettings: hot),
-        .executableTarget(name: "meshd", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshCore", "MeshIO"]),
+        .executableTarget(name: "meshd", dependencies: ["MeshConfig", "MeshControl", "MeshCA", "MeshPKI", "MeshCore", "MeshIO"]),
         // Transparent capture: the iptables rules (pure model and rendering) and their applier.
         .target(name: "MeshCapture", dependencies: ["MeshCore"]),
         .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture"]),

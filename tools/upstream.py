@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Small HTTP/1.1 test application for the sidecar's end-to-end tests (stdlib only).
 
-    upstream.py --port P --name NAME        (binds 127.0.0.1; --port 0 picks a free port)
+    upstream.py --port P --name NAME [--bind ADDR]   (binds 127.0.0.1 unless --bind; --port 0 picks a free port)
 
 Prints ``READY <port>`` on stdout (flushed) once listening. Keep-alive HTTP/1.1, one thread per
 connection, no per-request logging; errors go to stderr.
 
 Endpoints
   GET  /                 200 "hello from NAME\\n"
-  GET|POST /echo         JSON {name, method, path, headers: {lowercased: [values]}, body_length}
+  GET|POST /echo         JSON {name, method, path, headers: {lowercased: [values]}, body_length, peer}
   POST|PUT /sha256       streams the body (Content-Length or chunked) in 64 KiB reads;
                          JSON {sha256: hex, bytes: n}; never holds the body in memory
   GET  /bytes/N?seed=S   N deterministic bytes: the 1 MiB block random.Random(S).randbytes(1 MiB)
@@ -309,6 +309,7 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path,
             "headers": headers,
             "body_length": n,
+            "peer": self.client_address[0],
         })
 
     def do_bytes(self, n_s, seed):
@@ -374,11 +375,12 @@ class Server(ThreadingHTTPServer):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="HTTP/1.1 test upstream (binds 127.0.0.1)")
+    ap = argparse.ArgumentParser(description="HTTP/1.1 test upstream (binds 127.0.0.1 unless --bind)")
     ap.add_argument("--port", type=int, default=0, help="TCP port (0: pick a free one)")
+    ap.add_argument("--bind", default="127.0.0.1", help="address to listen on (a test host's 0.0.0.0 under capture)")
     ap.add_argument("--name", default="upstream", help="name used in responses")
     args = ap.parse_args(argv)
-    srv = Server(("127.0.0.1", args.port), Handler)
+    srv = Server((args.bind, args.port), Handler)
     srv.app_name = args.name
     sys.stdout.write("READY %d\n" % srv.server_address[1])
     sys.stdout.flush()

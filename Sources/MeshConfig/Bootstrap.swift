@@ -59,7 +59,19 @@ public struct Bootstrap: Sendable {
         /// Inbound only: the port callers use for this service (`servicePort`, default the app
         /// port), which AuthorizationPolicy `to.operation.ports` matches.
         public var servicePort: Int? = nil
+        /// Outbound only: connections arrive by transparent capture (`capture: true`, `sidecar
+        /// --capture`): each one's original destination (`SO_ORIGINAL_DST`) picks a mesh service
+        /// by its VIP and port, or the outbound traffic policy (docs/capture.md).
+        public var capture: Bool = false
+        /// Inbound only: the source address of connections to the app (`appSourceAddress`;
+        /// 127.0.0.6 under capture, which the capture rules never capture again).
+        public var appSource: SocketAddress? = nil
     }
+
+    /// Where a captured connection to a destination outside the mesh goes (Istio's
+    /// `outboundTrafficPolicy.mode`): passed through to its original destination (ALLOW_ANY, the
+    /// default) or refused and counted as `BlackHoleCluster` (REGISTRY_ONLY).
+    public enum OutboundTrafficPolicy: String, Sendable { case allowAny = "ALLOW_ANY", registryOnly = "REGISTRY_ONLY" }
 
     /// What a service speaks to its callers, as opposed to the hop between sidecars (the
     /// cluster's `protocol: HTTP2|HTTP1`): a TCP service is carried as opaque bytes.
@@ -124,6 +136,9 @@ public struct Bootstrap: Sendable {
     public var accessLog: AccessLog?
     /// VirtualService and DestinationRule documents of the same file (Istio's traffic API).
     public var traffic = IstioTraffic.Config()
+    /// `outboundTrafficPolicy.mode` (static file or meshd's push): captured connections to
+    /// destinations outside the mesh.
+    public var outboundTrafficPolicy = OutboundTrafficPolicy.allowAny
 
     /// Defaults chosen below common upstream keep-alive timeouts and like Envoy's where Istio is silent.
     public enum Defaults {
@@ -228,6 +243,7 @@ public struct Bootstrap: Sendable {
                                 streamIdleTimeout: try o.duration("streamIdleTimeout", allowZero: false) ?? Defaults.streamIdleTimeout,
                                 maxConnections: try o.int("maxConnections", min: 1, max: 10_000_000) ?? 0,
                                 appAddress: nil)
+            outbound?.capture = try o.bool("capture") ?? false
             try o.finish()
         }
         var inbound: Listener? = nil
@@ -250,6 +266,12 @@ public struct Bootstrap: Sendable {
             inbound?.appHTTP2 = ap == "HTTP2" || ap == "GRPC"
             inbound?.appTCP = ap == "TCP"
             inbound?.servicePort = try i.int("servicePort", min: 1, max: 65535)
+            if let src = try i.string("appSourceAddress") {
+                guard let a = SocketAddress(host: src, port: 0) else {
+                    throw ConfigReader.error(ctx, "spec.inbound.appSourceAddress", i.map.line, "expected an IP address (e.g. 127.0.0.6), got \"\(src)\"")
+                }
+                inbound?.appSource = a
+            }
             try i.finish()
             if tls == nil { throw ConfigReader.error(ctx, "spec.tls", spec.map.line, "the inbound listener requires mutual TLS: add spec.tls with certChain, privateKey and trustBundle") }
         }
@@ -281,10 +303,25 @@ public struct Bootstrap: Sendable {
             accessLog = AccessLog(path: path, sampling: sampling, includeQuery: try al.bool("includeQuery") ?? false)
             try al.finish()
         }
+        let policy = try parseOutboundTrafficPolicy(&spec, ctx: ctx)
         try spec.finish()
-        return Bootstrap(name: name, workload: workload, concurrency: concurrency, admin: adminAddr, tls: tls,
-                         outbound: outbound, inbound: inbound, clusters: clusters, routes: routes, drainTimeout: drain,
-                         statsEnabled: statsEnabled, accessLog: accessLog)
+        var b = Bootstrap(name: name, workload: workload, concurrency: concurrency, admin: adminAddr, tls: tls,
+                          outbound: outbound, inbound: inbound, clusters: clusters, routes: routes, drainTimeout: drain,
+                          statsEnabled: statsEnabled, accessLog: accessLog)
+        b.outboundTrafficPolicy = policy
+        return b
+    }
+
+    /// `spec.outboundTrafficPolicy: {mode: ALLOW_ANY|REGISTRY_ONLY}` (Istio's MeshConfig shape),
+    /// ALLOW_ANY when absent; in a static file and in meshd's push alike.
+    static func parseOutboundTrafficPolicy(_ spec: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> OutboundTrafficPolicy {
+        guard var p = try spec.object("outboundTrafficPolicy") else { return .allowAny }
+        let text = try p.string("mode") ?? "ALLOW_ANY"
+        guard let mode = OutboundTrafficPolicy(rawValue: text) else {
+            throw ConfigReader.error(ctx, "spec.outboundTrafficPolicy.mode", p.map.line, "expected ALLOW_ANY or REGISTRY_ONLY, got \"\(text)\"")
+        }
+        try p.finish()
+        return mode
     }
 
     /// `spec.clusters` (static bootstrap, or pushed by meshd where a service may have no endpoint yet).

@@ -26,6 +26,9 @@ public struct MeshModeOptions: Sendable {
     public var trustDomain = "cluster.local"
     /// `HOST=IP:PORT[,IP:PORT...]`
     public var routes: [String] = []
+    /// `--capture`: behind the capture rules (`meshctl capture apply`): the outbound listener
+    /// routes by original destination, the app is reached from 127.0.0.6 (docs/capture.md).
+    public var capture = false
     public init(service: String) { self.service = service }
 
     /// What the service speaks, as registered with meshd (`--app-protocol`).
@@ -133,8 +136,9 @@ extension Bootstrap {
             guard let a = SocketAddress(host: "127.0.0.1", port: port) else { throw bad(flag, "expected a port from 0 to 65535, got \(port)") }
             return a
         }
-        let outbound = Listener(address: try loopback(o.outboundPort, "outbound-port"), headerTimeout: Defaults.headerTimeout,
+        var outbound = Listener(address: try loopback(o.outboundPort, "outbound-port"), headerTimeout: Defaults.headerTimeout,
                                 idleTimeout: Defaults.idleTimeout, appAddress: nil)
+        outbound.capture = o.capture
         var inbound: Listener? = nil
         if let p = o.appPort {
             guard let app = SocketAddress(host: "127.0.0.1", port: p), p > 0 else { throw bad("app-port", "expected a port from 1 to 65535, got \(p)") }
@@ -144,6 +148,9 @@ extension Bootstrap {
             inbound = Listener(address: try addr(o.inboundPort, "inbound-port"), headerTimeout: Defaults.headerTimeout,
                                idleTimeout: Defaults.idleTimeout, appAddress: app, appHTTP2: o.appProtocol == "http2" || o.appProtocol == "grpc",
                                appTCP: o.appProtocol == "tcp", servicePort: o.servicePort ?? p)
+            // The capture rules pass connections from 127.0.0.6 through (Istio's inbound
+            // passthrough source), so the sidecar's own calls to the app are never captured again.
+            if o.capture { inbound?.appSource = SocketAddress(host: "127.0.0.6", port: 0) }
         }
         var clusters: [Cluster] = []
         var routes: [Route] = []

@@ -80,6 +80,9 @@ public final class ConfigStore: @unchecked Sendable {
         var rendered: (version: Int, text: String)?
         /// Config streams waiting now, by identity|node: their sidecars are alive.
         var streams: [String: Int] = [:]
+        /// `--outbound-traffic-policy`: what captured connections to destinations outside the
+        /// mesh get (Istio's MeshConfig `outboundTrafficPolicy.mode`), pushed to every sidecar.
+        var outboundTrafficPolicy = Bootstrap.OutboundTrafficPolicy.allowAny
         /// The virtual IPs meshd gave to mesh hosts (`vips.txt`), kept for good.
         var vips = VIPAllocator()
     }
@@ -97,11 +100,13 @@ public final class ConfigStore: @unchecked Sendable {
     /// The trust domain, for the identities of ServiceEntry endpoints.
     let trustDomain: String
 
-    public init(stateDir: String, trustDomain: String = "cluster.local", grace: Int64 = 30) throws(CAError) {
+    public init(stateDir: String, trustDomain: String = "cluster.local", grace: Int64 = 30,
+                outboundTrafficPolicy: Bootstrap.OutboundTrafficPolicy = .allowAny) throws(CAError) {
         self.stateDir = stateDir
         self.trustDomain = trustDomain
         self.grace = grace
         var st = try StateFiles(stateDir: stateDir).load()
+        st.outboundTrafficPolicy = outboundTrafficPolicy
         st.startedAt = MeshCrypto.now()
         let storedVIPs = st.vips
         do { try ConfigStore.allocateVIPs(&st) } catch {
@@ -558,6 +563,7 @@ public final class ConfigStore: @unchecked Sendable {
             routes += "  - name: entry-\(i)\n    hosts: [\(q(c.name))]\n    cluster: \(q(c.name))\n"
         }
         out += routes.isEmpty ? "  routes: []\n" : "  routes:\n" + routes
+        out += "  outboundTrafficPolicy: {mode: \(s.outboundTrafficPolicy.rawValue)}\n"
         // The documents a sidecar applies itself (entries are rendered into clusters above).
         let own = s.order.compactMap { s.documents[$0] }.filter { $0.kind != "ServiceEntry" && $0.kind != "WorkloadEntry" }
         guard !own.isEmpty else { return (out, []) }

@@ -51,6 +51,11 @@ public struct IPEndpoint: Hashable, Sendable {
     /// True for an IPv4 (or IPv4-mapped) address.
     public var isIPv4: Bool { high == 0 && low >> 32 == 0x0000_FFFF }
 
+    /// True for a loopback address (127.0.0.0/8 or ::1).
+    public var isLoopback: Bool {
+        (isIPv4 && UInt32(truncatingIfNeeded: low) >> 24 == 127) || (high == 0 && low == 1)
+    }
+
     /// True for an unspecified address (0.0.0.0 or ::), a listener bound to every address.
     public var isUnspecified: Bool { (high == 0 && low == 0) || (isIPv4 && UInt32(truncatingIfNeeded: low) == 0) }
 

@@ -59,10 +59,22 @@ public enum Socket {
     }
 
     /// Starts a non-blocking connect; the result arrives as EPOLLOUT (check `pendingError`).
-    public static func connect(_ addr: SocketAddress) -> Int32 {
+    /// `source`: the local address to connect from (its port 0: any), e.g. 127.0.0.6 for the
+    /// sidecar's calls to its app under capture; a source of the other family is not used.
+    public static func connect(_ addr: SocketAddress, source: SocketAddress? = nil) -> Int32 {
         let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { return -mesh_errno() }
         setNoDelay(fd)
+        if var src = source, src.family == addr.family {
+            // The port is chosen at connect, by the whole 4-tuple (IP_BIND_ADDRESS_NO_PORT), so
+            // a fixed source address does not use up the ephemeral ports of its own.
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_IP), 24 /* IP_BIND_ADDRESS_NO_PORT */, &one, socklen_t(MemoryLayout<Int32>.size))
+            let rc = withUnsafePointer(to: &src.storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, src.length) }
+            }
+            if rc != 0 { let e = mesh_errno(); Glibc.close(fd); return -e }
+        }
         var a = addr
         let rc = withUnsafePointer(to: &a.storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, a.length) }

@@ -32,9 +32,14 @@ private final class Countdown: Sendable {
 public struct ListenerSockets: Sendable {
     public var outbound: [Int32] = []
     public var inbound: [Int32] = []
+    /// Under capture, the outbound listener on `[::1]` too (same port): ip6tables REDIRECT sends
+    /// an app's IPv6 connections there. Empty when not capturing or IPv6 is off.
+    public var outbound6: [Int32] = []
 
-    /// Binds the listeners given (nil: that listener is not configured).
-    public static func bind(outbound: SocketAddress?, inbound: SocketAddress?, workers: Int) throws(ProxyStartError) -> ListenerSockets {
+    /// Binds the listeners given (nil: that listener is not configured). `capture`: the outbound
+    /// listener also on IPv6 loopback, at the port its IPv4 socket got.
+    public static func bind(outbound: SocketAddress?, inbound: SocketAddress?, workers: Int,
+                            capture: Bool = false) throws(ProxyStartError) -> ListenerSockets {
         var s = ListenerSockets()
         func group(_ addr: SocketAddress, _ name: String) throws(ProxyStartError) -> [Int32] {
             switch Socket.listenExclusive(addr, count: max(1, workers)) {
@@ -46,12 +51,22 @@ public struct ListenerSockets: Sendable {
         }
         if let o = outbound { s.outbound = try group(o, "outbound") }
         if let i = inbound { s.inbound = try group(i, "inbound") }
+        if capture, let first = s.outbound.first, let v6 = SocketAddress(host: "::1", port: Socket.localPort(first)) {
+            switch Socket.listenExclusive(v6, count: max(1, workers)) {
+            case .success(let fds): s.outbound6 = fds
+            case .failure(let e) where e.code == EADDRNOTAVAIL || e.code == EAFNOSUPPORT:
+                Log.warn("capture", "no IPv6 loopback here (\(e)): IPv6 connections are not captured into the sidecar")
+            case .failure(let e):
+                s.close()
+                throw ProxyStartError.cannotListen(v6, "outbound (IPv6)", e)
+            }
+        }
         return s
     }
 
     /// Closes every socket (a start that did not happen).
     public func close() {
-        for fd in outbound + inbound { Glibc.close(fd) }
+        for fd in outbound + inbound + outbound6 { Glibc.close(fd) }
     }
 }
 
@@ -83,7 +98,7 @@ public final class ProxyServer: @unchecked Sendable {
     /// is applied, DESIGN §2).
     public func start(sockets: ListenerSockets? = nil, ready: Bool = true) throws {
         let bound = try sockets ?? ListenerSockets.bind(outbound: snapshot.outbound?.address, inbound: snapshot.inbound?.address,
-                                                      workers: concurrency)
+                                                      workers: concurrency, capture: snapshot.capture != nil)
         guard bound.outbound.count == (snapshot.outbound == nil ? 0 : concurrency),
               bound.inbound.count == (snapshot.inbound == nil ? 0 : concurrency) else {
             bound.close()
@@ -111,7 +126,8 @@ public final class ProxyServer: @unchecked Sendable {
         guard admin.listen(fd: adminFd) else { throw ProxyStartError(description: "cannot watch the admin listener") }
         self.admin = admin
         for (i, w) in workers.enumerated() {
-            w.startListeners(outboundFd: outFds.isEmpty ? nil : outFds[i], inboundFd: inFds.isEmpty ? nil : inFds[i])
+            w.startListeners(outboundFd: outFds.isEmpty ? nil : outFds[i], inboundFd: inFds.isEmpty ? nil : inFds[i],
+                             outbound6Fd: bound.outbound6.isEmpty ? nil : bound.outbound6[i])
         }
         for w in workers {
             threads.append(Threads.spawn(name: "worker") { w.loop.run() })

@@ -40,12 +40,17 @@ public final class ProxySnapshot: Sendable {
         let tcpIdleTimeout: UInt64
         /// Connect attempts of a TCP connection, each to another endpoint when there is one.
         let tcpConnectAttempts: Int
+        /// The source address of connections to the endpoints (the local app's cluster under
+        /// capture: 127.0.0.6), nil for the kernel's choice.
+        let sourceAddress: SocketAddress?
 
         init(name: String, endpoints: [SocketAddress], mutualTLS: Bool, expectedPeers: [String], connectTimeout: UInt64,
              idleTimeout: UInt64, maxConnections: Int, maxRequestsPerConnection: Int, http2: Bool,
              loadBalancer: IstioTraffic.TrafficPolicy.LoadBalancer, maxPendingRequests: Int, maxRequests: Int,
              maxRetries: Int, outlier: OutlierPolicy?, serviceTCP: Bool = false, servicePort: Int = 0,
-             tcpIdleTimeout: UInt64 = Bootstrap.Defaults.tcpIdleTimeout, tcpConnectAttempts: Int = Bootstrap.Defaults.tcpConnectAttempts) {
+             tcpIdleTimeout: UInt64 = Bootstrap.Defaults.tcpIdleTimeout, tcpConnectAttempts: Int = Bootstrap.Defaults.tcpConnectAttempts,
+             sourceAddress: SocketAddress? = nil) {
+            self.sourceAddress = sourceAddress
             self.serviceTCP = serviceTCP; self.servicePort = servicePort
             self.tcpIdleTimeout = tcpIdleTimeout; self.tcpConnectAttempts = tcpConnectAttempts
             self.name = name; self.endpoints = endpoints; self.mutualTLS = mutualTLS; self.expectedPeers = expectedPeers
@@ -178,6 +183,9 @@ public final class ProxySnapshot: Sendable {
     public let inboundServicePort: Int
     public let outbound: ListenerSettings?
     public let inbound: ListenerSettings?
+    /// The outbound listener takes captured connections (`capture: true`): their original
+    /// destinations and where they lead; nil otherwise.
+    let capture: CaptureTable?
     /// Index of the cluster for the local app (inbound), or -1.
     let inboundCluster: ClusterID
     public let serverTLS: TLSContext?
@@ -218,6 +226,12 @@ public final class ProxySnapshot: Sendable {
                                                                       streamIdleTimeout: $0.streamIdleTimeout, maxConnections: $0.maxConnections) }
         self.inbound = b.inbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout,
                                                                       streamIdleTimeout: $0.streamIdleTimeout, maxConnections: $0.maxConnections) }
+        if let o = b.outbound, o.capture {
+            let own = [o.address.port, b.inbound?.address.port ?? 0, b.admin.port]
+            self.capture = CaptureTable(b, hosts: hosts, tcpHosts: tcpHosts, ownPorts: own)
+        } else {
+            self.capture = nil
+        }
 
         if let t = b.tls {
             var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)

@@ -35,3 +35,12 @@ final class RouteCatalog: Sendable {
         state.withLock { s in id < s.entries.count ? s.entries[id] : nil }
     }
 }
+
+extension RouteCatalog {
+    /// The pseudo-services of captured connections to destinations outside the mesh, named as
+    /// Istio names them in metrics: passed through (ALLOW_ANY) or refused (REGISTRY_ONLY).
+    static let passthroughID = shared.id(label: "PassthroughCluster", serviceFQDN: "PassthroughCluster",
+                                         serviceName: "PassthroughCluster", serviceNamespace: "unknown")
+    static let blackHoleID = shared.id(label: "BlackHoleCluster", serviceFQDN: "BlackHoleCluster",
+                                       serviceName: "BlackHoleCluster", serviceNamespace: "unknown")
+}

@@ -47,7 +47,8 @@ struct TrafficCompiler {
                                   idleTimeout: Bootstrap.Defaults.poolIdleTimeout,
                                   maxConnections: Bootstrap.Defaults.maxConnections, maxRequestsPerConnection: 0, http2: inb.appHTTP2,
                                   loadBalancer: .roundRobin, maxPendingRequests: 1024, maxRequests: Int.max,
-                                  maxRetries: Int.max, outlier: nil, serviceTCP: inb.appTCP, servicePort: inb.servicePort ?? app.port))
+                                  maxRetries: Int.max, outlier: nil, serviceTCP: inb.appTCP, servicePort: inb.servicePort ?? app.port,
+                                  sourceAddress: inb.appSource))
         }
 
         // spec.routes: one route per host set, to the whole cluster, with the default retries.

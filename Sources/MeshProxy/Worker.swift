@@ -51,6 +51,9 @@ public final class Worker: @unchecked Sendable {
     /// Connections open on each listener on this worker.
     private var openInbound = 0
     private var openOutbound = 0
+    /// The port the outbound listener is bound to: a connection whose original destination is
+    /// it on loopback came straight to the listener (`http_proxy`), not by capture.
+    var outboundListenPort: UInt16 = 0
     /// Called on the worker's thread when it has finished draining.
     var onDrained: (() -> Void)?
     /// Returns freed memory to the system after bursts of closed or idle connections (created on
@@ -119,8 +122,13 @@ public final class Worker: @unchecked Sendable {
     }
 
     /// Starts listening on the given (already bound) sockets; runs on the worker's thread.
-    func startListeners(outboundFd: Int32?, inboundFd: Int32?) {
+    func startListeners(outboundFd: Int32?, inboundFd: Int32?, outbound6Fd: Int32? = nil) {
+        if let fd = outbound6Fd {
+            let l = Listener(loop: loop, fd: fd, name: "outbound6") { [unowned self] cfd in self.accept(cfd, inbound: false) }
+            if l.start() { listeners.append(l) } else { Log.error("worker", "cannot watch the IPv6 outbound listener") }
+        }
         if let fd = outboundFd {
+            outboundListenPort = UInt16(truncatingIfNeeded: Socket.localPort(fd))
             let l = Listener(loop: loop, fd: fd, name: "outbound") { [unowned self] cfd in self.accept(cfd, inbound: false) }
             if l.start() { listeners.append(l) } else { Log.error("worker", "cannot watch outbound listener") }
         }
@@ -142,6 +150,7 @@ public final class Worker: @unchecked Sendable {
             }
         }
         let settings = inbound ? snap.inbound! : snap.outbound!
+        if !inbound, let capture = snap.capture, acceptCaptured(fd, capture, settings: settings) { return }
         if inbound && snap.inboundTCP {
             // A TCP app: every connection is carried to it as bytes (after mTLS in STRICT).
             acceptInboundTCP(fd, security: tls, settings: settings)
@@ -157,8 +166,16 @@ public final class Worker: @unchecked Sendable {
                 return
             }
         }
+        openDownstream(fd, tls: tls, inbound: inbound, settings: settings)
+    }
+
+    /// An accepted connection becomes an HTTP downstream (the listener's limit already checked).
+    /// `capturedVHost`: the service a captured connection's VIP names (-1: none).
+    func openDownstream(_ fd: Int32, tls: TransportSecurity?, inbound: Bool, settings: ProxySnapshot.ListenerSettings,
+                        capturedVHost: Int = -1) {
         if inbound { openInbound += 1 } else { openOutbound += 1 }
         let d = DownstreamConnection(worker: self, fd: fd, tls: tls, inbound: inbound, settings: settings)
+        d.capturedVHost = capturedVHost
         d.listIndex = downstreams.count
         downstreams.append(d)
         stats.inc(.downstreamConnectionsTotal)

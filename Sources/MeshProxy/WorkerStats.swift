@@ -17,6 +17,7 @@ public final class WorkerStats: @unchecked Sendable {
         case mirrorRequests, mirrorSkipped, authzDenied
         case uriTooLong, headersTooLarge, http2Floods, http2ProtocolErrors, streamIdleTimeouts
         case connectionsHibernated, connectionLimit, http2MalformedRequests
+        case capturedConnections, captureLoopsRefused, passthroughConnections, blackHoleConnections
 
         public var name: String {
             switch self {
@@ -67,6 +68,10 @@ public final class WorkerStats: @unchecked Sendable {
             case .connectionsHibernated: return "downstream_idle_buffer_releases"
             case .connectionLimit: return "downstream_connections_refused_at_limit"
             case .http2MalformedRequests: return "http2_malformed_requests"
+            case .capturedConnections: return "captured_connections_total"
+            case .captureLoopsRefused: return "captured_connections_refused_loop"
+            case .passthroughConnections: return "outbound_passthrough_connections_total"
+            case .blackHoleConnections: return "outbound_blackhole_connections_total"
             }
         }
     }

@@ -1,5 +1,6 @@
 // meshd: the control plane. Thin: flags, the certificate authority in the state directory, the
 // API and admin ports (MeshControl), then wait for SIGTERM.
+import MeshConfig
 import MeshControl
 import MeshCA
 import MeshPKI
@@ -14,7 +15,7 @@ let usage = """
 
     USAGE:
       meshd --state-dir DIR [--api-port 15012] [--admin-port 15014] [--trust-domain cluster.local]
-            [--cert-ttl 24h] [--ca-dir DIR] [--listen-address 127.0.0.1] [--admin-address 127.0.0.1]
+            [--cert-ttl 24h] [--ca-dir DIR] [--outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY] [--listen-address 127.0.0.1] [--admin-address 127.0.0.1]
             [--log-level info]
 
     On first start meshd creates a root CA in the state directory (keys mode 0600) and writes
@@ -43,6 +44,9 @@ let usage = """
                              https://IP:PORT --root-cert STATE-DIR/root-cert.pem)
       --trust-domain TD      SPIFFE trust domain (default cluster.local)
       --cert-ttl DURATION    workload certificate lifetime (default 24h; e.g. 10s for tests)
+      --outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY   what sidecars under capture do with a
+                             connection to a destination outside the mesh: pass it through
+                             (ALLOW_ANY, default) or refuse and count it (BlackHoleCluster)
       --ca-dir DIR           plug-in CA
       --registry-grace D     how long a workload whose sidecar went away stays registered, and
                              how long after a restart meshd keeps the workloads it knew (30s)
@@ -63,7 +67,7 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
 
 let specs: [Flags.Spec] = [
     .init("state-dir"), .init("config-dir"), .init("api-port"), .init("admin-port"), .init("listen-address"), .init("admin-address"),
-    .init("trust-domain"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
+    .init("trust-domain"), .init("outbound-traffic-policy"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
     .init("registry-grace"), .init("max-apply-bytes"),
 ]
 let flags: Flags
@@ -106,6 +110,10 @@ if let t = flags.string("max-apply-bytes") {
     maxApplyBytes = n * unit
 }
 let trustDomain = flags.string("trust-domain") ?? "cluster.local"
+let policyText = flags.string("outbound-traffic-policy") ?? "ALLOW_ANY"
+guard let outboundPolicy = Bootstrap.OutboundTrafficPolicy(rawValue: policyText) else {
+    fail("--outbound-traffic-policy: expected ALLOW_ANY or REGISTRY_ONLY, got \"\(policyText)\"")
+}
 if trustDomain.isEmpty || trustDomain.contains("/") || trustDomain.contains(":") { fail("--trust-domain: expected a name such as cluster.local, got \"\(trustDomain)\"") }
 let listen = flags.string("listen-address") ?? "127.0.0.1"
 guard let apiAddress = SocketAddress(host: listen, port: apiPort) else {
@@ -132,7 +140,7 @@ do {
     stateLock = try StateLock(stateDir: stateDir)
     let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
     server = try MeshdServer(ca: ca, addresses: [IPKind.host(apiAddress), IPKind.host(adminAddress)])
-    server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace)
+    server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace, outboundTrafficPolicy: outboundPolicy)
     try server.bind(api: apiAddress, admin: adminAddress, maxApplyBytes: maxApplyBytes, adminTLS: adminTLS,
                     apiHost: IPKind.of(apiAddress) == .wildcard ? nil : IPKind.host(apiAddress))
 } catch {

@@ -55,6 +55,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
     o.trustDomain = flags.string("trust-domain") ?? "cluster.local"
     o.concurrency = concurrency
     o.routes = flags.all("route")
+    o.capture = flags.has("capture")
     let identity = "spiffe://\(o.trustDomain)/ns/\(o.namespace)/sa/\(o.serviceAccount ?? service)"
 
     // Check the flags once before talking to meshd (a credential-free dry build).
@@ -80,7 +81,8 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
     // before the workers run wait in the listen backlog.
     let sockets: ListenerSockets
     do {
-        sockets = try ListenerSockets.bind(outbound: dry.outbound?.address, inbound: dry.inbound?.address, workers: workers)
+        sockets = try ListenerSockets.bind(outbound: dry.outbound?.address, inbound: dry.inbound?.address, workers: workers,
+                                           capture: o.capture)
     } catch { fail("\(error)", code: 1) }
     // Until the certificate arrives the admin port answers /ready with 503 (DESIGN §2).
     let waiting: ControlServer

@@ -22,6 +22,7 @@ let usage = """
               [--app-protocol http|http2|grpc|tcp] [--inbound-port 15006] [--outbound-port 15001]
               [--admin-port 15000] [--concurrency N] [--trust-domain cluster.local]
               [--route HOST=IP:PORT[,IP:PORT]]... [--advertise-address IP] [--listen-address IP]
+              [--capture]
 
     Static mode: one YAML file declares this workload, its listeners (outbound: plain HTTP from
     the local app, routed by Host to clusters over mutual TLS; inbound: mutual TLS from other
@@ -71,6 +72,13 @@ let usage = """
                              config arrives from meshd (which then replaces them)
       --service-port N       the port callers use for this service (default: the app port);
                              registered with meshd, matched by tcp routes and authz ports
+      --capture              behind transparent capture (`meshctl capture apply`, or `meshctl run
+                             --capture`): the outbound listener (also on [::1]) routes each
+                             connection by its original destination: a mesh service's VIP and
+                             port like a named call, anything else by meshd's
+                             outboundTrafficPolicy (ALLOW_ANY passes it through, REGISTRY_ONLY
+                             refuses it); the app is reached from 127.0.0.6. Run the sidecar as
+                             the proxy uid/gid (1337) so its own connections are not captured
     The sidecar registers its workload with meshd and applies the routing and security config
     meshd pushes (answering ACK or NACK; the last good config stays while meshd is away).
     The proxy ports are bound before meshd is asked for anything; /ready answers 200 once the
@@ -104,7 +112,7 @@ let specs: [Flags.Spec] = [
     .init("meshd"), .init("root-cert"), .init("token"), .init("token-file"), .init("service"), .init("namespace"),
     .init("service-account"), .init("label"), .init("app-port"), .init("app-protocol"), .init("inbound-port"),
     .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
-    .init("advertise-address"), .init("listen-address"),
+    .init("advertise-address"), .init("listen-address"), .init("capture", value: false),
 ]
 
 let flags: Flags

@@ -374,6 +374,8 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
 
     var callerTLS: TLSSession? { tlsSession }
     var callerPeer: Int { downstreamPeer }
+    /// Set by the capture accept path (`Worker.acceptCaptured`) before the first request.
+    var capturedVHost = -1
 
     func sendInformational(_ h: MessageHead) {
         guard clientMinor == 1 else { return }

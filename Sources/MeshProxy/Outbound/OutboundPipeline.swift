@@ -12,7 +12,9 @@ extension Exchange {
         let r = request
         // 1. The service: the request's host (port stripped) names a virtual host.
         let hp = r.pointer(r.authority)
-        let v = s.hosts.lookup(hp, HostTable.hostLength(hp, Int(r.authority.length)))
+        var v = s.hosts.lookup(hp, HostTable.hostLength(hp, Int(r.authority.length)))
+        // A captured call to a service's VIP: that service, whatever the Host says.
+        if v < 0, let d = down { v = d.capturedVHost }
         guard v >= 0 else {
             worker.stats.inc(.noRoute)
             localReply(404, "no route for this host", flag: .noRoute)

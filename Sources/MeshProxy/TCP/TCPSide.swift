@@ -24,7 +24,19 @@ final class TCPSide: Connection {
     override func onEstablished() { if sessionDone { return }; let s = session; s.sideEstablished(self) }
     override func onInput() { if sessionDone { return }; let s = session; s.sideInput(self) }
     override func onDrained() { if sessionDone { return }; let s = session; s.sideDrained(self) }
-    override func onPeerClosed(error: Int32) { if sessionDone { return }; let s = session; s.sidePeerClosed(self, error: error) }
+    override func onPeerClosed(error: Int32) {
+        if sessionDone {
+            // A refused handshake closes the side (ending the session) before it says why: still
+            // counted, as the HTTP listener counts it.
+            if error == -1 && isDownstream {
+                worker.stats.inc(.tlsHandshakesFailed)
+                worker.logRejection("inbound", "TLS handshake refused: \(security?.failureReason ?? "unknown")")
+            }
+            return
+        }
+        let s = session
+        s.sidePeerClosed(self, error: error)
+    }
     override func onDeadline(now: UInt64) { if sessionDone { return }; let s = session; s.sideDeadline(self, now: now) }
 
     override func onClosed() {

@@ -167,7 +167,7 @@ final class EndpointPool {
             lastError = 0
             return nil
         }
-        let fd = Socket.connect(address)
+        let fd = Socket.connect(address, source: c.sourceAddress)
         if fd < 0 { lastError = -fd; counters.inc(.connectFailures); return nil }
         var tls: TLSSession? = nil
         if c.mutualTLS, let ctx = tlsContext {
@@ -248,7 +248,7 @@ final class EndpointPool {
             lastError = 0
             return nil
         }
-        let fd = Socket.connect(address)
+        let fd = Socket.connect(address, source: c.sourceAddress)
         if fd < 0 { lastError = -fd; counters.inc(.connectFailures); return nil }
         let tls = tlsContext.map { TLSSession(context: $0, sessionCache: sessionCache, expectedPeers: c.expectedPeers) }
         let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout, maxStreams: c.maxRequestsPerConnection)

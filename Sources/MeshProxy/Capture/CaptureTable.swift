@@ -1,0 +1,69 @@
+import MeshConfig
+import MeshCore
+
+/// Where a captured outbound connection goes, by its original destination (DESIGN §10): a mesh
+/// service's VIP and service port is routed like a named call — an HTTP service through the
+/// HTTP router (its virtual host, whatever Host the request carries), a TCP service through its
+/// TCP routes — and anything else follows the outbound traffic policy. Built once per snapshot;
+/// the data path does one dictionary lookup per captured connection.
+struct CaptureTable: Sendable {
+    /// What a VIP and port lead to.
+    enum Entry: Sendable, Equatable {
+        /// An HTTP service: `vhosts[vhost]` when the request's Host names no other.
+        case http(vhost: Int)
+        /// A TCP service: `tcpServices[service]`, its routes tried by port.
+        case tcp(service: Int)
+    }
+
+    private var byDestination: [IPEndpoint: Entry] = [:]
+    /// The sidecar's own ports (outbound, inbound, admin, DNS): a captured connection whose
+    /// original destination is one of them on a local address would loop through this sidecar.
+    let ownPorts: [UInt16]
+    /// The addresses those ports are bound to besides loopback (the inbound listen address).
+    let ownAddresses: [IPEndpoint]
+    let policy: Bootstrap.OutboundTrafficPolicy
+
+    /// The table of a bootstrap, given the compiled host tables. Clusters without VIPs or without
+    /// a service port (a service not yet registered) are not reachable by capture.
+    init(_ b: Bootstrap, hosts: HostTable, tcpHosts: HostTable, ownPorts: [Int]) {
+        policy = b.outboundTrafficPolicy
+        self.ownPorts = ownPorts.filter { $0 > 0 && $0 < 65536 }.map { UInt16($0) }
+        var own: [IPEndpoint] = []
+        for l in [b.inbound, b.outbound].compactMap({ $0 }) {
+            if let e = IPEndpoint(l.address), !e.isUnspecified { own.append(e.with(port: 0)) }
+        }
+        ownAddresses = own
+        for c in b.clusters {
+            guard let port = c.port, !c.addresses.isEmpty else { continue }
+            let name = Array(c.name.lowercased().utf8)
+            let entry: Entry
+            if c.serviceProtocol == .tcp {
+                let sv = name.withUnsafeBufferPointer { tcpHosts.lookup($0.baseAddress!, $0.count) }
+                guard sv >= 0 else { continue }
+                entry = .tcp(service: sv)
+            } else {
+                let v = name.withUnsafeBufferPointer { hosts.lookup($0.baseAddress!, $0.count) }
+                guard v >= 0 else { continue }
+                entry = .http(vhost: v)
+            }
+            for a in c.addresses {
+                guard let sa = SocketAddress(host: a, port: port), let e = IPEndpoint(sa) else { continue }
+                byDestination[e] = entry
+            }
+        }
+    }
+
+    /// The entry for an original destination, or nil: outside the mesh.
+    @inline(__always) func lookup(_ e: IPEndpoint) -> Entry? { byDestination[e] }
+
+    /// Whether a destination is this sidecar itself (one of its ports, on loopback or one of its
+    /// own addresses): carrying it would bring the connection straight back here.
+    func isLoop(_ e: IPEndpoint) -> Bool {
+        guard ownPorts.contains(e.port) else { return false }
+        if e.isLoopback || e.isUnspecified { return true }
+        let a = e.with(port: 0)
+        return ownAddresses.contains(a)
+    }
+
+    var count: Int { byDestination.count }
+}
