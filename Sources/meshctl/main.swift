@@ -1,4 +1,5 @@
 // meshctl: the operator's CLI. Thin: flags and one request to meshd's admin API per command.
+import MeshCapture
 import MeshControlWire
 import MeshPKI
 import MeshCore
@@ -83,8 +84,8 @@ let specs: [Flags.Spec] = [
     .init("interval"), .init("once", value: false), .init("keep-running", value: false), .init("name"), .init("port"),
     .init("host"), .init("rate"), .init("phase"),
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
-    .init("root-cert"), .init("advertise-address"),
-]
+    .init("root-cert"), .init("advertise-address"), .init("capture", value: false),
+] + CaptureOptions.flagSpecs.filter { $0.name != "help" }
 // `meshctl capture ...` takes its own flags (none of the global ones apply to it).
 if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
 let flags: Flags
@@ -234,18 +235,43 @@ func applyFiles(delete: Bool) {
 }
 
 let cmd = flags.positional
+// The capture flags belong to `run --capture` (and `meshctl capture`): refused by name elsewhere.
+let captureFlagsGiven = CaptureOptions.flagSpecs.map(\.name).filter { $0 != "help" && flags.has($0) }
+if let f = captureFlagsGiven.first, !(cmd.first == "run" && flags.has("capture")) {
+    fail(cmd.first == "run" ? "--\(f) is a capture flag: it needs --capture" : "--\(f) is a flag of run --capture and capture, not of \(cmd.first ?? "this command")")
+}
+if flags.has("capture") && cmd.first != "run" { fail("--capture is a flag of run and demo, not of \(cmd.first ?? "this command")") }
 if cmd.first == "run" {
     let argv = CommandLine.arguments
     guard let dd = argv.firstIndex(of: "--"), dd + 1 < argv.count else { fail("run: give the command after -- (meshctl run --service NAME -- CMD ARGS)") }
     guard let service = flags.string("service") else { fail("run: missing --service NAME") }
     let appPort: Int?
     do { appPort = try flags.int("app-port", min: 1, max: 65535) } catch { fail("\(error)") }
+    var capture: CaptureOptions? = nil
+    if flags.has("capture") {
+        // One parser: the capture flags go through `meshctl capture apply`'s own validation.
+        var words = ["capture", "apply"]
+        for f in CaptureOptions.flagSpecs where f.name != "help" {
+            for v in flags.all(f.name) { words.append(f.takesValue ? "--\(f.name)=\(v)" : "--\(f.name)") }
+        }
+        do { capture = try CaptureOptions.parse(words).options } catch { fail(error.description, code: error.exitCode) }
+    }
     let ns = flags.string("namespace") ?? "default"
-    runCommand(service: service, namespace: ns, serviceAccount: flags.string("service-account") ?? service,
-               labels: flags.all("label"), appPort: appPort, appProtocol: flags.string("app-protocol"),
-               tokenFile: flags.string("token-file"), sidecarLog: flags.string("sidecar-log"),
-               command: Array(argv[(dd + 1)...]), adminHost: adminHost, advertiseAddress: flags.string("advertise-address"),
-               call: { call($0, $1) })
+    let req = RunRequest(service: service, namespace: ns, serviceAccount: flags.string("service-account") ?? service,
+                         labels: flags.all("label"), appPort: appPort, appProtocol: flags.string("app-protocol"),
+                         tokenFile: flags.string("token-file"), sidecarLog: flags.string("sidecar-log"),
+                         command: Array(argv[(dd + 1)...]), adminHost: adminHost, advertiseAddress: flags.string("advertise-address"),
+                         capture: capture)
+    runCommand(req, meshd: MeshdAdmin(requireToken: { _ = adminToken() }, call: { (m: String, p: String) throws(CAError) -> String in
+        guard let path = tokenFile else { throw CAError("no admin token (--admin-token-file)") }
+        let t = try FileStore.read(path).split(whereSeparator: { $0 == "\n" || $0 == " " }).first.map(String.init) ?? ""
+        let r: (status: Int, body: String)
+        do { r = try endpoint.request(method: m, path: p, headers: [("authorization", "Bearer \(t)")]) } catch {
+            throw CAError("\(error) (is meshd running? --meshd \(meshdURL))")
+        }
+        if r.status != 200 { throw CAError("meshd answered \(r.status): \(r.body.trimmingTrailingNewlines)") }
+        return r.body
+    }, canMint: tokenFile != nil))
 }
 switch (cmd.first, cmd.dropFirst().first) {
 case ("apply", _):
