@@ -39,7 +39,15 @@ let usage = """
                             it; signals go to the sidecar (drain) then CMD; exits with CMD's status.
                             No --app-port: a workload that only calls out. The sidecar dials
                             meshd's API at the address meshd reports (else the --meshd host);
-                            --advertise-address: this host's IP other sidecars reach the app at
+                            --advertise-address: this host's IP other sidecars reach the app at.
+                            A sidecar that exits unexpectedly is restarted (fresh join token,
+                            back-off 0.2 s doubling to 5 s), the app keeps running
+      run --capture [capture flags] --service NAME ... -- CMD [ARGS...]
+                            (root) the same with transparent capture in this network namespace:
+                            applies the capture rules (the capture flags of meshctl capture; the
+                            sidecar gets their ports), starts the sidecar as --proxy-uid/--proxy-gid
+                            (1337), CMD as the invoking user (SUDO_UID/SUDO_GID under sudo) with no
+                            proxy variable; the rules are removed when it ends (docs/capture.md)
       demo [--keep-running]  the whole mesh on this machine: meshd, two versions of a sample app
                             and a caller, each with its sidecar, and a canary walked through
                             100/0, 90/10, 50/50, 0/100 with live per-version request rates,
