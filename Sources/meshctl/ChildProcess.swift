@@ -16,8 +16,16 @@ public final class ChildProcess: @unchecked Sendable {
     /// decides the order, and `signal` reaches the child's own children too.
     public let ownGroup: Bool
 
-    public init(path: String, args: [String], environment: [String]? = nil, logPath: String? = nil, newGroup: Bool = false) throws(CAError) {
+    /// `credentials`: the child switches to that uid, gid and group list before exec (meshctl must
+    /// be root, or hold CAP_SETUID and CAP_SETGID); the log file is opened by meshctl before the switch.
+    public init(path: String, args: [String], environment: [String]? = nil, logPath: String? = nil, newGroup: Bool = false,
+                credentials: Credentials? = nil) throws(CAError) {
         ownGroup = newGroup
+        if let creds = credentials {
+            pid = try ChildProcess.forkExec(path: path, args: args, environment: environment ?? ChildProcess.currentEnvironment(),
+                                            logPath: logPath, newGroup: newGroup, credentials: creds)
+            return
+        }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }

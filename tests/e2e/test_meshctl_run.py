@@ -2,6 +2,7 @@
 and a client using http_proxy; the app starts only after its sidecar is ready; exit status and
 signals; nothing left behind."""
 
+import os
 import re
 import signal
 import subprocess
@@ -111,3 +112,60 @@ while True: time.sleep(0.1)
     tmp = re.search(r"log (/tmp/meshctl-run-\w+)/sidecar.log", p.log_path.read_text()).group(1)
     import os
     assert not os.path.exists(f"{tmp}/token")
+
+
+CALLER = r"""
+import os, sys, time, urllib.request
+out = sys.argv[1]
+open(out + ".pid", "w").write(str(os.getpid()))
+while True:
+    try:
+        body = urllib.request.urlopen("http://web/hello.txt", timeout=2).read().decode().strip()
+        line = f"ok {time.monotonic()} {body}"
+    except Exception as e:
+        line = f"err {time.monotonic()} {type(e).__name__}"
+    with open(out, "a") as f:
+        f.write(line + "\n")
+    time.sleep(0.1)
+"""
+
+
+def test_meshctl_run_restarts_a_sidecar_killed_with_sigkill(procs, tmp_path):
+    """The caller's sidecar is killed with SIGKILL: meshctl logs the exit reason, starts a new one
+    with a fresh join token (back-off from 0.2 s), and calls through it work again within seconds;
+    the app keeps running with the same pid."""
+    m = Meshd(procs)
+    env = {"MESHD": f"http://127.0.0.1:{m.admin}", "MESH_ADMIN_TOKEN_FILE": str(m.state / "admin-token")}
+    port = free_port()
+    (tmp_path / "hello.txt").write_text("hi\n")
+    procs.start([MESHCTL, "run", "--service", "web", "--app-port", port, "--",
+                 sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+                "web-run", env=env)
+    wait_until(lambda: "web.default" in m.ctl("get", "services").stdout, timeout=30, what="web registered")
+    (tmp_path / "caller.py").write_text(CALLER)
+    out = tmp_path / "calls"
+    caller = procs.start([MESHCTL, "run", "--service", "caller", "--", sys.executable, str(tmp_path / "caller.py"), str(out)],
+                         "caller-run", env=env)
+    wait_until(lambda: out.exists() and "ok " in out.read_text(), timeout=30, what="calls through the first sidecar")
+    app_pid = int((tmp_path / "calls.pid").read_text())
+    first = int(re.search(r"sidecar \(pid (\d+)\)", caller.log_path.read_text()).group(1))
+    os.kill(first, signal.SIGKILL)
+    killed_at = time.monotonic()
+    # Calls fail while it is down (nothing listens on the outbound port), then work again.
+    wait_until(lambda: any(l.startswith("err ") and float(l.split()[1]) > killed_at for l in out.read_text().splitlines()),
+               timeout=10, what="a call failing while the sidecar is down")
+    back = wait_until(lambda: [float(l.split()[1]) for l in out.read_text().splitlines()
+                               if l.startswith("ok ") and float(l.split()[1]) > killed_at], timeout=15,
+                      what=f"calls working again ({caller.log_path.read_text()})")
+    assert back[0] - killed_at < 10, back[0] - killed_at
+    log = caller.log_path.read_text()
+    assert "the sidecar exited unexpectedly (killed by signal 9 (SIGKILL)" in log, log
+    assert "restarting it in 0.2 s" in log and "sidecar restarted (restart 1, pid" in log, log
+    second = int(re.search(r"restart 1, pid (\d+)", log).group(1))
+    assert second != first and os.path.exists(f"/proc/{second}")
+    assert int((tmp_path / "calls.pid").read_text()) == app_pid and os.path.exists(f"/proc/{app_pid}")
+    assert caller.poll() is None
+    # Shutdown: no restart; the app's status is meshctl's.
+    caller.send_signal(signal.SIGTERM)
+    caller.wait(timeout=40)
+    assert "restart 2" not in caller.log_path.read_text()
