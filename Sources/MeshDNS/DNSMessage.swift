@@ -76,6 +76,12 @@ public struct DNSQuery: Equatable, Sendable {
     public var edns: DNSEDNS?
 
     public var recursionDesired: Bool { flags & 0x0100 != 0 }
+
+    public init(id: UInt16 = 0, flags: UInt16 = 0, qtype: UInt16 = 0, qclass: UInt16 = 0, nameLength: Int = 0, plainName: Bool = false,
+                questionEnd: Int = 12, edns: DNSEDNS? = nil) {
+        self.id = id; self.flags = flags; self.qtype = qtype; self.qclass = qclass; self.nameLength = nameLength
+        self.plainName = plainName; self.questionEnd = questionEnd; self.edns = edns
+    }
 }
 
 /// Reading and writing DNS messages.

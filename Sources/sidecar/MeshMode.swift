@@ -27,6 +27,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
     guard let token, !token.isEmpty else { fail("mesh mode needs a join token: --token T or --token-file F (`meshctl token create`)") }
     guard let service = flags.string("service") else { fail("mesh mode needs --service NAME") }
     var o = MeshModeOptions(service: service)
+    var dnsPort = 0
     o.namespace = flags.string("namespace") ?? "default"
     o.serviceAccount = flags.string("service-account")
     for l in flags.all("label") {
@@ -40,7 +41,10 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         o.outboundPort = try flags.int("outbound-port", min: 0, max: 65535) ?? 15001
         o.adminPort = try flags.int("admin-port", min: 0, max: 65535) ?? 15000
         _ = try flags.int("service-port", min: 1, max: 65535)
+        dnsPort = try flags.int("dns-port", min: 0, max: 65535) ?? 0
     } catch { fail("\(error)") }
+    let resolvConf = flags.string("resolv-conf")
+    if resolvConf != nil && dnsPort == 0 { fail("--resolv-conf: the DNS port is off; give --dns-port P to turn it on") }
     let advertise = flags.string("advertise-address") ?? "127.0.0.1"
     if SocketAddress(host: advertise, port: 1) == nil { fail("--advertise-address: expected an IP address, got \"\(advertise)\"") }
     o.appProtocol = flags.string("app-protocol") ?? "http"
@@ -74,6 +78,16 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
     do {
         sockets = try ListenerSockets.bind(outbound: dry.outbound?.address, inbound: dry.inbound?.address, workers: workers)
     } catch { fail("\(error)", code: 1) }
+    // The DNS port, bound with the proxy ports (a port in use stops the sidecar now); it
+    // forwards every name until the first config from meshd names the mesh's.
+    var dns: DNSServer? = nil
+    if dnsPort > 0 {
+        do { dns = try DNSServer.start(port: dnsPort, resolvConf: resolvConf ?? "/etc/resolv.conf") } catch {
+            sockets.close()
+            fail("\(error)", code: 1)
+        }
+    }
+    let dnsServer = dns
     // Until the certificate arrives the admin port answers /ready with 503 (DESIGN §2).
     let waiting: ControlServer
     do {
@@ -115,6 +129,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
             server = ProxyServer(snapshot: snap, concurrency: workers)
             // `/ready` stays 503 until the first config from meshd is applied (DESIGN §2).
             try server.start(sockets: sockets, ready: false)
+            if let d = dnsServer { server.attachDNS(d) }
         } catch {
             fail("\(error)", code: 1)
         }

@@ -65,6 +65,12 @@ let usage = """
                              config arrives from meshd (which then replaces them)
       --service-port N       accepted for the command-line contract; callers reach a service on
                              any port today
+      --dns-port P           answer DNS on 127.0.0.1:P and [::1]:P, UDP and TCP (default 0: off):
+                             mesh names (svc, svc.ns, svc.ns.svc, svc.ns.svc.cluster.local,
+                             ServiceEntry hosts) get the VIPs meshd allocated, TTL 30; other names
+                             are forwarded to the nameservers of --resolv-conf (2 s each, then
+                             the next; SERVFAIL when all fail). See docs/dns.md
+      --resolv-conf FILE     where the nameservers are read (default /etc/resolv.conf)
     The sidecar registers its workload with meshd and applies the routing and security config
     meshd pushes (answering ACK or NACK; the last good config stays while meshd is away).
     The proxy ports are bound before meshd is asked for anything; /ready answers 200 once the
@@ -99,6 +105,7 @@ let specs: [Flags.Spec] = [
     .init("service-account"), .init("label"), .init("app-port"), .init("app-protocol"), .init("inbound-port"),
     .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
     .init("advertise-address"),
+    .init("dns-port"), .init("resolv-conf"),
 ]
 
 let flags: Flags
@@ -125,6 +132,9 @@ do { concurrencyFlag = try flags.int("concurrency", min: 1, max: 256) } catch { 
 if flags.has("meshd") {
     if flags.has("config") { fail("--config (static mode) and --meshd (mesh mode) exclude each other") }
     runMeshMode(flags, concurrency: concurrencyFlag)
+}
+if flags.has("dns-port") || flags.has("resolv-conf") {
+    fail("--dns-port and --resolv-conf are mesh-mode flags (with --meshd); static mode has no DNS port")
 }
 guard let configPath = flags.string("config") else { fail("missing --config FILE.yaml, or --meshd for mesh mode (see --help)") }
 
