@@ -30,6 +30,7 @@ let package = Package(
         .library(name: "MeshPKI", targets: ["MeshPKI"]),
         .library(name: "MeshCA", targets: ["MeshCA"]),
         .library(name: "MeshControl", targets: ["MeshControl"]),
+        .library(name: "MeshDNS", targets: ["MeshDNS"]),
     ],
     targets: [
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl",
@@ -42,6 +43,8 @@ let package = Package(
         .target(name: "MeshTLS", dependencies: ["MeshIO", "MeshCore", "CMeshShims", "COpenSSL"], swiftSettings: hot),
         .target(name: "MeshHTTP", dependencies: ["MeshCore", "CNghttp2"], swiftSettings: hot),
         .target(name: "MeshConfig", dependencies: ["MeshCore"]),
+        // The DNS message codec (hostile input, pure; the server on MeshIO is in MeshProxy/DNS).
+        .target(name: "MeshDNS", dependencies: ["MeshCore"], swiftSettings: hot),
         .target(name: "MeshStats", dependencies: [], swiftSettings: hot),
         // The control path, in four modules: certificates and their files (MeshPKI), the wire
         // between sidecars, meshctl and meshd (MeshControlWire), the certificate authority
@@ -54,7 +57,7 @@ let package = Package(
                 dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshPKI", "MeshCA", "MeshControlWire", "CMeshShims", "COpenSSL"]),
         .target(name: "MeshAgent", dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshPKI", "MeshControlWire", "COpenSSL"]),
         .target(name: "MeshProxy",
-                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshStats"],
+                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshStats", "MeshDNS"],
                 swiftSettings: hot),
         .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore", "MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshIO"], swiftSettings: hot),
         .executableTarget(name: "meshd", dependencies: ["MeshConfig", "MeshControl", "MeshCA", "MeshPKI", "MeshCore", "MeshIO"]),
@@ -65,6 +68,7 @@ let package = Package(
         .testTarget(name: "MeshIOTests", dependencies: ["MeshIO", "MeshCore"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore", "CNghttp2"]),
         .testTarget(name: "MeshConfigTests", dependencies: ["MeshConfig", "MeshCore"]),
+        .testTarget(name: "MeshDNSTests", dependencies: ["MeshDNS", "MeshProxy", "MeshConfig", "MeshIO", "MeshCore"]),
         .testTarget(name: "MeshStatsTests", dependencies: ["MeshStats"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS"]),

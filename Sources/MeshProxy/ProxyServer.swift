@@ -87,6 +87,8 @@ public final class ProxyServer: @unchecked Sendable {
     public private(set) var outboundPort = 0
     public private(set) var inboundPort = 0
     public private(set) var adminPort = 0
+    /// The DNS port (`attachDNS`), given each snapshot's names as workers get the snapshot.
+    private var dns: DNSServer?
 
     public init(snapshot: ProxySnapshot, concurrency: Int) {
         self.snapshot = snapshot
@@ -155,6 +157,14 @@ public final class ProxyServer: @unchecked Sendable {
             w.loop.post { [w] in w.replaceSnapshot(next) }
         }
         admin?.replace(next)
+        dns?.publish(next.dnsTable)
+    }
+
+    /// The DNS server answers from the snapshot in force from now on (this server's first one
+    /// until `replace`). Call once, before `replace` runs on other threads.
+    public func attachDNS(_ d: DNSServer, current: ProxySnapshot? = nil) {
+        dns = d
+        d.publish((current ?? snapshot).dnsTable)
     }
 
     /// Stops accepting, lets in-flight requests finish (at most `timeout`), then stops every
@@ -171,6 +181,7 @@ public final class ProxyServer: @unchecked Sendable {
         for t in threads { Threads.join(t) }
         threads.removeAll()
         accessLogWriter?.stop()
+        dns?.stop()
         if let a = admin {
             a.loop.stop()
             if let t = adminThread { Threads.join(t) }

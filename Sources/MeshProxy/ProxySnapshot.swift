@@ -196,6 +196,8 @@ public final class ProxySnapshot: Sendable {
     public let xfccPrefix: [UInt8]
     /// This workload as `x-mesh-peer-metadata` sends it: `workload;namespace;app;version`.
     public let peerMetadata: [UInt8]
+    /// The mesh names the DNS port answers (`DNS/DNSTable.swift`), from the clusters' addresses.
+    public let dnsTable: DNSTable
 
     /// Stream idle timeout: no bytes either way while a request is in flight.
     /// Compiles a bootstrap, loading its certificate files into TLS contexts.
@@ -206,6 +208,7 @@ public final class ProxySnapshot: Sendable {
         let app = wl.labels.first { $0.0 == "app" }?.1 ?? wl.service
         let ver = wl.labels.first { $0.0 == "version" }?.1 ?? "unknown"
         self.peerMetadata = Array("\(wl.name);\(wl.namespace);\(app);\(ver)".utf8)
+        self.dnsTable = DNSTable(clusters: b.clusters.map { ($0.name, $0.addresses) }, namespace: wl.namespace)
         let compiled = TrafficCompiler(b)
         self.clusters = compiled.clusters
         self.inboundCluster = compiled.inboundCluster

@@ -27,6 +27,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
     guard let token, !token.isEmpty else { fail("mesh mode needs a join token: --token T or --token-file F (`meshctl token create`)") }
     guard let service = flags.string("service") else { fail("mesh mode needs --service NAME") }
     var o = MeshModeOptions(service: service)
+    var dnsPort = 0
     o.namespace = flags.string("namespace") ?? "default"
     o.serviceAccount = flags.string("service-account")
     for l in flags.all("label") {
@@ -40,7 +41,11 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         o.outboundPort = try flags.int("outbound-port", min: 0, max: 65535) ?? 15001
         o.adminPort = try flags.int("admin-port", min: 0, max: 65535) ?? 15000
         o.servicePort = try flags.int("service-port", min: 1, max: 65535)
+        // Under capture the app's DNS goes to the sidecar: its port is on unless set to 0.
+        dnsPort = try flags.int("dns-port", min: 0, max: 65535) ?? (flags.has("capture") ? 15053 : 0)
     } catch { fail("\(error)") }
+    let resolvConf = flags.string("resolv-conf")
+    if resolvConf != nil && dnsPort == 0 { fail("--resolv-conf: the DNS port is off; give --dns-port P to turn it on") }
     // The inbound listener binds the listen address and the sidecar registers advertise:port
     // (DESIGN §10); outbound and admin stay on 127.0.0.1.
     let addresses: MeshAddresses
@@ -84,6 +89,16 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         sockets = try ListenerSockets.bind(outbound: dry.outbound?.address, inbound: dry.inbound?.address, workers: workers,
                                            capture: o.capture)
     } catch { fail("\(error)", code: 1) }
+    // The DNS port, bound with the proxy ports (a port in use stops the sidecar now); it
+    // forwards every name until the first config from meshd names the mesh's.
+    var dns: DNSServer? = nil
+    if dnsPort > 0 {
+        do { dns = try DNSServer.start(port: dnsPort, resolvConf: resolvConf ?? "/etc/resolv.conf") } catch {
+            sockets.close()
+            fail("\(error)", code: 1)
+        }
+    }
+    let dnsServer = dns
     // Until the certificate arrives the admin port answers /ready with 503 (DESIGN §2).
     let waiting: ControlServer
     do {
@@ -125,6 +140,7 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
             server = ProxyServer(snapshot: snap, concurrency: workers)
             // `/ready` stays 503 until the first config from meshd is applied (DESIGN §2).
             try server.start(sockets: sockets, ready: false)
+            if let d = dnsServer { server.attachDNS(d) }
         } catch {
             fail("\(error)", code: 1)
         }

@@ -79,6 +79,13 @@ let usage = """
                              outboundTrafficPolicy (ALLOW_ANY passes it through, REGISTRY_ONLY
                              refuses it); the app is reached from 127.0.0.6. Run the sidecar as
                              the proxy uid/gid (1337) so its own connections are not captured
+      --dns-port P           answer DNS on 127.0.0.1:P and [::1]:P, UDP and TCP (default 0: off;
+                             15053 with --capture):
+                             mesh names (svc, svc.ns, svc.ns.svc, svc.ns.svc.cluster.local,
+                             ServiceEntry hosts) get the VIPs meshd allocated, TTL 30; other names
+                             are forwarded to the nameservers of --resolv-conf (2 s each, then
+                             the next; SERVFAIL when all fail). See docs/dns.md
+      --resolv-conf FILE     where the nameservers are read (default /etc/resolv.conf)
     The sidecar registers its workload with meshd and applies the routing and security config
     meshd pushes (answering ACK or NACK; the last good config stays while meshd is away).
     The proxy ports are bound before meshd is asked for anything; /ready answers 200 once the
@@ -113,6 +120,7 @@ let specs: [Flags.Spec] = [
     .init("service-account"), .init("label"), .init("app-port"), .init("app-protocol"), .init("inbound-port"),
     .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
     .init("advertise-address"), .init("listen-address"), .init("capture", value: false),
+    .init("dns-port"), .init("resolv-conf"),
 ]
 
 let flags: Flags
@@ -139,6 +147,9 @@ do { concurrencyFlag = try flags.int("concurrency", min: 1, max: 256) } catch { 
 if flags.has("meshd") {
     if flags.has("config") { fail("--config (static mode) and --meshd (mesh mode) exclude each other") }
     runMeshMode(flags, concurrency: concurrencyFlag)
+}
+if flags.has("dns-port") || flags.has("resolv-conf") {
+    fail("--dns-port and --resolv-conf are mesh-mode flags (with --meshd); static mode has no DNS port")
 }
 guard let configPath = flags.string("config") else { fail("missing --config FILE.yaml, or --meshd for mesh mode (see --help)") }
 
