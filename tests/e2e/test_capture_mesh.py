@@ -260,14 +260,14 @@ def test_redis_over_tcp_by_service_name(cm):
     destination sidecar's TCP metrics name the caller's principal."""
     wait_until(lambda: redis(cm, A, "SET", "k", "captured").stdout.strip() == "OK", timeout=20, what="redis SET by name")
     assert redis(cm, A, "GET", "k").stdout.strip() == "captured"
-    big = "x" * 200_000
+    big = "x" * 100_000
     assert redis(cm, A, "SET", "big", big).stdout.strip() == "OK"
-    assert redis(cm, A, "STRLEN", "big").stdout.strip() == "200000"
+    assert redis(cm, A, "STRLEN", "big").stdout.strip() == "100000"
     opened = cm.metric(R, "istio_tcp_connections_opened_total", reporter="destination",
                        source_principal=f"{TD}/productpage")
     assert opened >= 4, opened
     received = cm.metric(R, "istio_tcp_received_bytes_total", reporter="destination", source_principal=f"{TD}/productpage")
-    assert received > 200_000, received
+    assert received > 100_000, received
     assert cm.metric(A, "istio_tcp_connections_opened_total", reporter="source", destination_service_name="cache") >= 4
 
 
@@ -311,7 +311,7 @@ def test_outside_the_mesh_passes_through_with_allow_any(cm):
     assert e["name"] == "outside" and "x-forwarded-client-cert" not in e["headers"]
     assert e["peer"] == h.addr4(A)
     assert cm.stats(A)["outbound_passthrough_connections_total"] >= 1
-    assert cm.metric(A, "istio_tcp_connections_opened_total", destination_service="PassthroughCluster") >= 1
+    assert cm.metric(A, "istio_tcp_connections_opened_total", destination_service="PassthroughCluster") >= 1, [l for l in cm.admin(A, "/stats/prometheus")[1].splitlines() if l.startswith("istio_tcp_connections_opened")]
     srv.kill()
 
 

@@ -79,6 +79,7 @@ final class TCPProxySession {
             metricsRoute = r >= 0 ? s.tcpRoutes[r].metricID : MetricKey.noRoute
         case .passthrough(let a):
             passthrough = a
+            metricsRoute = RouteCatalog.passthroughID
         case .localApp:
             cluster = s.inboundCluster.index
             metricsRoute = MetricKey.inboundRoute
