@@ -151,6 +151,12 @@ public final class Worker: @unchecked Sendable {
         }
         let settings = inbound ? snap.inbound! : snap.outbound!
         if !inbound, let capture = snap.capture, acceptCaptured(fd, capture, settings: settings) { return }
+        if inbound, let capture = snap.capture, let port = capture.inboundPassthroughPort(fd) {
+            // Captured on its way to another port of this host: carried there as bytes, once its
+            // caller passed the listener's PeerAuthentication (mTLS in STRICT).
+            acceptInboundTCP(fd, security: tls, settings: settings, target: .localPort(port))
+            return
+        }
         if inbound && snap.inboundTCP {
             // A TCP app: every connection is carried to it as bytes (after mTLS in STRICT).
             acceptInboundTCP(fd, security: tls, settings: settings)

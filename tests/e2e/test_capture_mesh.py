@@ -348,3 +348,43 @@ def test_sidecar_killed_fails_closed_then_recovers(cm):
     assert time.monotonic() - t0 < 3
     cm.start_sidecar(A, "productpage", extra, capture)
     assert echo(cm, A, "http://reviews.default.svc.cluster.local:9080/echo", "-4")["name"] == "reviews"
+
+
+def test_inbound_capture_other_ports_follow_peer_authentication(cm):
+    """A plaintext connection from host C to another port of B (a second server on 9090) is
+    captured into B's sidecar too: refused in STRICT; with PeerAuthentication PERMISSIVE it is
+    passed through to 127.0.0.1:9090 from 127.0.0.6 (Istio's inbound passthrough), and plaintext
+    to the app's own port reaches the app the same way."""
+    h = cm.h
+    other = h.popen(B, [sys.executable, ROOT / "tools" / "upstream.py", "--port", 9090, "--name", "other", "--bind", "0.0.0.0"], "app-other")
+    wait_until(lambda: h.run(B, ["curl", "-s", "http://127.0.0.1:9090/"]).returncode == 0, what="second server on B")
+    url = f"http://{h.addr4(B)}:9090/echo"
+    assert h.run(C, ["curl", "-sS", "--max-time", "5", url]).returncode != 0
+    policy = cm.tmp / "permissive.yaml"
+    policy.write_text(textwrap.dedent("""
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: reviews-permissive, namespace: default}
+        spec:
+          selector: {matchLabels: {app: reviews}}
+          mtls: {mode: PERMISSIVE}
+    """))
+    assert cm.ctl("apply", "-f", policy).returncode == 0
+    try:
+        out = {}
+
+        def plain_call(u):
+            r = h.run(C, ["curl", "-sS", "--max-time", "5", u])
+            if r.returncode != 0:
+                raise AssertionError(r.stderr)
+            out.update(json.loads(r.stdout))
+            return True
+        wait_until(lambda: plain_call(url), timeout=20, what="PERMISSIVE pushed to reviews")
+        assert out["name"] == "other" and out["peer"] == "127.0.0.6", out
+        plain_call(f"http://{h.addr4(B)}:9080/echo")
+        assert out["name"] == "reviews" and out["peer"] == "127.0.0.6", out
+        assert "x-forwarded-client-cert" not in out["headers"]
+    finally:
+        assert cm.ctl("delete", "-f", policy).returncode == 0
+        other.kill()
+    wait_until(lambda: h.run(C, ["curl", "-sS", "--max-time", "3", url]).returncode != 0, timeout=20, what="STRICT again")

@@ -1,5 +1,6 @@
 import MeshConfig
 import MeshCore
+import MeshIO
 
 /// Where a captured outbound connection goes, by its original destination (DESIGN §10): a mesh
 /// service's VIP and service port is routed like a named call — an HTTP service through the
@@ -23,8 +24,8 @@ struct CaptureTable: Sendable {
     let ownAddresses: [IPEndpoint]
     let policy: Bootstrap.OutboundTrafficPolicy
 
-    /// The table of a bootstrap, given the compiled host tables. Clusters without VIPs or without
-    /// a service port (a service not yet registered) are not reachable by capture.
+    /// The table of a bootstrap, given the compiled host tables. Clusters without VIPs are not
+    /// reachable by capture.
     init(_ b: Bootstrap, hosts: HostTable, tcpHosts: HostTable, ownPorts: [Int]) {
         policy = b.outboundTrafficPolicy
         self.ownPorts = ownPorts.filter { $0 > 0 && $0 < 65536 }.map { UInt16($0) }
@@ -33,8 +34,12 @@ struct CaptureTable: Sendable {
             if let e = IPEndpoint(l.address), !e.isUnspecified { own.append(e.with(port: 0)) }
         }
         ownAddresses = own
+        appPort = UInt16(truncatingIfNeeded: b.inbound?.appAddress?.port ?? 0)
         for c in b.clusters {
-            guard let port = c.port, !c.addresses.isEmpty else { continue }
+            guard !c.addresses.isEmpty else { continue }
+            // A service whose port meshd does not know yet (no workload registered it) is
+            // reached on any port of its VIP: the VIP is its own.
+            let port = c.port ?? 0
             let name = Array(c.name.lowercased().utf8)
             let entry: Entry
             if c.serviceProtocol == .tcp {
@@ -53,8 +58,21 @@ struct CaptureTable: Sendable {
         }
     }
 
+    /// The local app's port (0: no app): a captured inbound connection to another port is
+    /// passed through to that port.
+    let appPort: UInt16
+
+    /// For a connection accepted on the inbound listener: the port of this host it was going to
+    /// when capture redirected it there, if that is not the app's port (nil: it came to the
+    /// listener itself, or to the app's port, and is served as the app's).
+    func inboundPassthroughPort(_ fd: Int32) -> Int? {
+        guard appPort > 0, let original = Socket.originalDestination(fd), original.port != appPort,
+              let local = Socket.localEndpoint(fd), original != local else { return nil }
+        return Int(original.port)
+    }
+
     /// The entry for an original destination, or nil: outside the mesh.
-    @inline(__always) func lookup(_ e: IPEndpoint) -> Entry? { byDestination[e] }
+    @inline(__always) func lookup(_ e: IPEndpoint) -> Entry? { byDestination[e] ?? byDestination[e.with(port: 0)] }
 
     /// Whether a destination is this sidecar itself (one of its ports, on loopback or one of its
     /// own addresses): carrying it would bring the connection straight back here.

@@ -83,6 +83,10 @@ final class TCPProxySession {
         case .localApp:
             cluster = s.inboundCluster.index
             metricsRoute = MetricKey.inboundRoute
+        case .localPort(let p):
+            cluster = s.inboundCluster.index
+            metricsRoute = MetricKey.inboundRoute
+            passthrough = SocketAddress(host: "127.0.0.1", port: p)
         }
         if cluster >= 0 {
             let c = s.clusters[cluster]
@@ -272,7 +276,7 @@ final class TCPProxySession {
                 pool = p
                 addr = p.address
             }
-            let fd = Socket.connect(addr)
+            let fd = Socket.connect(addr, source: cluster >= 0 ? s.clusters[cluster].sourceAddress : nil)
             if fd < 0 {
                 worker.stats.inc(.upstreamConnectFailures)
                 pool?.counters.inc(.connectFailures)

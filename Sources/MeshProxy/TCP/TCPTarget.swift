@@ -15,4 +15,8 @@ public enum TCPTarget: Sendable {
     case passthrough(SocketAddress)
     /// The local app of the inbound listener (its TCP cluster).
     case localApp
+    /// Another port of the local host (127.0.0.1), reached like the local app (its source
+    /// address, its timeouts): a captured inbound connection to a port that is not the app's
+    /// (Istio's InboundPassthroughCluster).
+    case localPort(Int)
 }

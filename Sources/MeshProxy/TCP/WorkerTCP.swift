@@ -37,7 +37,8 @@ extension Worker {
     /// A connection accepted on the inbound listener of a TCP app (`security`: the listener's
     /// mTLS, PERMISSIVE or DISABLE transport), carried to the app once its handshake is done
     /// and its AuthorizationPolicy verdict allows it.
-    func acceptInboundTCP(_ fd: Int32, security: TransportSecurity?, settings: ProxySnapshot.ListenerSettings) {
+    func acceptInboundTCP(_ fd: Int32, security: TransportSecurity?, settings: ProxySnapshot.ListenerSettings,
+                          target: TCPTarget = .localApp) {
         if !listenerHasRoom(inbound: true, settings: settings) {
             Glibc.close(fd)
             stats.inc(.connectionLimit)
@@ -46,7 +47,7 @@ extension Worker {
         }
         let s = TCPProxySession(worker: self, inbound: true, replyToConnect: false)
         tcpSessionStarted(s)
-        if !s.start(fd: fd, initial: nil, 0, security: security, target: .localApp, handshakeTimeout: settings.headerTimeout) {
+        if !s.start(fd: fd, initial: nil, 0, security: security, target: target, handshakeTimeout: settings.headerTimeout) {
             tcpSessionEnded(s)
         }
     }
