@@ -376,7 +376,19 @@ public final class ConfigStore: @unchecked Sendable {
         let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" }
             && $0.serviceProtocol == serviceProtocol && $0.servicePort == servicePort } ?? false
         next.workloads[key] = w
-        if !same { try ConfigStore.check(next, trustDomain: trustDomain) }
+        if !same {
+            // The documents may say what the service speaks before it registers (a tcp route
+            // to it): a workload that speaks otherwise is refused naming both.
+            let all = ConfigStore.renderDocuments(next.order.compactMap { next.documents[$0] }).text
+            if let cfg = try? IstioTraffic.parse(all, file: "(stored)"),
+               let d = DeclaredProtocol.all(in: cfg)["\(service).\(namespace)"], d.tcp != (serviceProtocol == "TCP") {
+                throw ConfigError(path: "register \(service).\(namespace) at \(address)",
+                                  message: "protocol \(serviceProtocol) conflicts with \(d.by), which routes \(service).\(namespace) with "
+                                      + (d.tcp ? "a tcp route (register it with --app-protocol tcp, or route it with http routes)"
+                                               : "http routes (register it as an HTTP service, or route it with a tcp route)"))
+            }
+            try ConfigStore.check(next, trustDomain: trustDomain)
+        }
         state.withLock { s in
             s.workloads[key] = w
             if !same { s.version += 1 }
@@ -495,14 +507,20 @@ public final class ConfigStore: @unchecked Sendable {
                                       port.proto == "TCP", port.number))
             }
         }
+        let declared = DeclaredProtocol.all(in: cfg)
         var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
         let sorted = names.sorted()
         for k in sorted {
             // Named service.namespace: the same service name in two namespaces are two clusters.
             let eps = (services[k] ?? []).sorted { $0.address < $1.address }
             out += "  - name: \(q(k))\n    tls: ISTIO_MUTUAL\n"
-            // What the service speaks and its port (the same for every workload: `register`).
-            if let p = eps.first?.serviceProtocol, p != "HTTP" { out += "    serviceProtocol: \(p)\n" }
+            // What the service speaks and its port (the same for every workload: `register`);
+            // before any workload registers, what a VirtualService's route to it says.
+            if let p = eps.first?.serviceProtocol {
+                if p != "HTTP" { out += "    serviceProtocol: \(p)\n" }
+            } else if declared[k]?.tcp == true {
+                out += "    serviceProtocol: TCP\n"
+            }
             if let p = eps.first(where: { $0.servicePort != nil })?.servicePort { out += "    port: \(p)\n" }
             // Callers accept only the identities registered for this service.
             let ids = Set(eps.map(\.identity)).sorted()
