@@ -456,7 +456,8 @@ spec:
 
 def test_permissive_accepts_plaintext_and_strict_refuses_it(procs, tmp_path):
     """PERMISSIVE on the TCP port: a plaintext client straight to the inbound listener and an
-    mTLS caller both reach redis; STRICT: the plaintext one never reaches it, mTLS still does."""
+    mTLS caller both reach redis (a DENY of notPrincipals ["*"] refuses the plaintext one);
+    STRICT: the plaintext one never reaches it, mTLS still does."""
     m, [(rp, _, dadmin, inbound)], cadmin, out = cache_mesh(procs, n=1)
 
     def plaintext():
@@ -489,6 +490,19 @@ spec:
     assert plaintext() and mtls()
     plain = tcp_series(dadmin, "istio_tcp_connections_opened_total", reporter="destination", connection_security_policy="none")
     assert plain and sum(v for _, v in plain) == 1, plain
+    # Istio's "deny what is not mTLS" under PERMISSIVE: a plaintext caller has no principal, so
+    # it is none of notPrincipals ["*"].
+    apply(m, tmp_path, "require-mtls", """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-mtls}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {notPrincipals: ["*"]}}]
+""")
+    assert not plaintext() and mtls()
+    m.ctl("delete", "-f", tmp_path / "require-mtls.yaml", "--wait")
+    assert plaintext()
     apply(m, tmp_path, "pa", pa.format(mode="STRICT"))
     assert not plaintext() and mtls()
 
