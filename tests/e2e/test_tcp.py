@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import Meshd, free_port, http_get, stats, wait_until
+from conftest import SIDECAR, Meshd, free_port, http_get, stats, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("socat") is None,
                                 reason="needs redis-server (Debian redis-server) and socat")
@@ -561,3 +561,65 @@ def test_connect_retry_reaches_the_second_endpoint(procs):
         assert Reader(s).reply() == b"v2"
         s.close()
     assert stats(cadmin)["upstream_connect_failures"] >= 1
+
+
+def test_tcp_route_before_any_workload_then_registrations_and_a_meshd_restart(procs, tmp_path):
+    """A tcp route applied before its service registered is accepted (meshd renders the
+    cluster TCP); TCP workloads then register and are reached by it; an HTTP workload for the
+    same service is refused naming the VirtualService; meshd's registry keeps the workloads'
+    protocol and port, so a restarted meshd keeps the service TCP with the route in force."""
+    m = Meshd(procs)
+    r = apply(m, tmp_path, "route", """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cache}
+spec:
+  hosts: [cache]
+  tcp:
+  - match: [{port: 6379}]
+    route:
+    - destination: {host: cache, subset: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cache}
+spec:
+  host: cache
+  subsets:
+  - {name: v1, labels: {version: v1}}
+""")
+    assert "created" in r.stdout, r.stdout
+    # An HTTP workload for cache is refused by name (the sidecar logs why and keeps retrying).
+    http_app = procs.app("cache-http")
+    p = procs.start([SIDECAR, "--meshd", f"127.0.0.1:{m.api}", "--root-cert", m.root, "--token", m.token("cache"),
+                     "--service", "cache", "--app-port", http_app, "--admin-port", free_port(),
+                     "--inbound-port", free_port(), "--outbound-port", free_port(), "--label", "version=v1"], "cache-http")
+    wait_until(lambda: "protocol HTTP conflicts with VirtualService default/cache" in p.log_path.read_text(), 20, what="the refusal")
+    assert "registration refused (409)" in p.log_path.read_text()
+    p.kill()
+    p.wait(timeout=5)
+    assert m.ctl("get", "services").stdout.strip() == "", "nothing registered"
+
+    rp = redis(procs, "v1")
+    redis_direct(rp, "SET", "whoami", "v1")
+    _, dadmin, inbound, _ = m.sidecar("cache-v1", "cache", app_port=rp, extra=[*TCP_ARGS, "--label", "version=v1"])
+    _, cadmin, _, out = m.sidecar("client", "client")
+    wait_connect(out)
+    s = connect(out)
+    s.sendall(cmd("GET", "whoami"))
+    assert Reader(s).reply() == b"v1"
+    s.close()
+
+    lines = (m.state / "registry.txt").read_text().splitlines()
+    assert [l.split("\t")[4:] for l in lines] == [[f"127.0.0.1:{inbound}", "TCP", "6379"]], lines
+
+    m.stop()
+    m.start()
+    assert "dropped" not in m.proc.log_path.read_text()
+    assert (m.state / "registry.txt").read_text().splitlines() == lines
+    # The route still in force and the service still TCP: a new connection is carried.
+    time.sleep(0.5)
+    s = connect(out)
+    s.sendall(cmd("GET", "whoami"))
+    assert Reader(s).reply() == b"v1"
+    s.close()
+    assert "cache" in m.ctl("get", "routes").stdout
