@@ -623,3 +623,30 @@ spec:
     assert Reader(s).reply() == b"v1"
     s.close()
     assert "cache" in m.ctl("get", "routes").stdout
+
+
+def test_meshctl_run_with_app_protocol_tcp(procs):
+    """`meshctl run --app-protocol tcp -- redis-server ...`: the TCP service registered by meshctl
+    run's sidecar is reached over mTLS with CONNECT on the service (app) port."""
+    from conftest import MESHCTL
+    m = Meshd(procs)
+    env = {"MESHD": f"http://127.0.0.1:{m.admin}", "MESH_ADMIN_TOKEN_FILE": str(m.state / "admin-token")}
+    port = free_port()
+    procs.start([MESHCTL, "run", "--service", "cache", "--app-port", port, "--app-protocol", "tcp", "--",
+                 "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", procs.tmp],
+                "cache-run", env=env)
+    wait_until(lambda: "cache.default" in m.ctl("get", "services").stdout, timeout=30, what="cache registered")
+    assert "\tTCP\t%d" % port in (m.state / "registry.txt").read_text()
+    _, _, _, out = m.sidecar("client", "client")
+    wait_connect(out, FQDN, port)
+    s = connect(out, FQDN, port)
+    s.sendall(cmd("SET", "k", "v") + cmd("GET", "k"))
+    r = Reader(s)
+    assert r.reply() == b"+OK" and r.reply() == b"v"
+    s.close()
+    # An HTTP request to it is not carried (404 NR): it is a TCP service.
+    s = socket.create_connection(("127.0.0.1", out), timeout=5)
+    s.sendall(f"GET / HTTP/1.1\r\nHost: {FQDN}:{port}\r\n\r\n".encode())
+    head = s.recv(4096)
+    s.close()
+    assert head.startswith(b"HTTP/1.1 404") and b"NR" in head, head
