@@ -588,6 +588,16 @@ spec:
   - {name: v1, labels: {version: v1}}
 """)
     assert "created" in r.stdout, r.stdout
+    # The caller already has the route; with no endpoint yet, a CONNECT gets 503 UH.
+    _, cadmin, _, out = m.sidecar("client", "client")
+
+    def no_endpoint():
+        try:
+            connect(out, timeout=2).close()
+        except AssertionError as e:
+            return "503" in str(e) and "x-mesh-response-flags: UH" in str(e)
+        return False
+    wait_until(no_endpoint, 10, what="503 UH before any cache workload")
     # An HTTP workload for cache is refused by name (the sidecar logs why and keeps retrying).
     http_app = procs.app("cache-http")
     p = procs.start([SIDECAR, "--meshd", f"127.0.0.1:{m.api}", "--root-cert", m.root, "--token", m.token("cache"),
@@ -602,7 +612,6 @@ spec:
     rp = redis(procs, "v1")
     redis_direct(rp, "SET", "whoami", "v1")
     _, dadmin, inbound, _ = m.sidecar("cache-v1", "cache", app_port=rp, extra=[*TCP_ARGS, "--label", "version=v1"])
-    _, cadmin, _, out = m.sidecar("client", "client")
     wait_connect(out)
     s = connect(out)
     s.sendall(cmd("GET", "whoami"))
