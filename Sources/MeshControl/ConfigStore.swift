@@ -367,7 +367,9 @@ public final class ConfigStore: @unchecked Sendable {
                 throw ConfigError(path: "register \(service).\(namespace) at \(address)",
                                   message: "protocol \(serviceProtocol) differs from \(o.serviceProtocol), registered by \(o.address) for the same service")
             }
-            if let a = o.servicePort, let b = servicePort, a != b {
+            // The port matters to TCP services only (callers CONNECT to host:port; HTTP routes
+            // by host): versions of an HTTP service may register different app ports.
+            if serviceProtocol == "TCP", let a = o.servicePort, let b = servicePort, a != b {
                 throw ConfigError(path: "register \(service).\(namespace) at \(address)",
                                   message: "service port \(b) differs from \(a), registered by \(o.address) for the same service")
             }

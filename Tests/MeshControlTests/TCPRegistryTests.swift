@@ -189,6 +189,13 @@ final class TCPRegistryTests: XCTestCase {
             XCTAssertEqual("\(e)", "config: register cache.default at 127.0.0.1:15007: service port 6380 differs from 6379, registered by 127.0.0.1:15006 for the same service")
         }
         XCTAssertEqual(store.workloads().count, 1)
+        // HTTP services route by host: their workloads' ports may differ (two versions on two app ports).
+        let reviews = "spiffe://cluster.local/ns/default/sa/reviews"
+        try store.register(identity: reviews, service: "reviews", namespace: "default", labels: [("version", "v1")], address: "127.0.0.1:15010",
+                           serviceProtocol: "HTTP", servicePort: 9080)
+        XCTAssertNoThrow(try store.register(identity: reviews, service: "reviews", namespace: "default", labels: [("version", "v2")],
+                                            address: "127.0.0.1:15011", serviceProtocol: "HTTP", servicePort: 9081))
+        XCTAssertEqual(store.workloads().count, 3)
         // With a TCP workload in force, an http route to it is refused at apply, naming the document.
         XCTAssertThrowsError(try store.apply(input(Self.httpRoute.replacingOccurrences(of: "reviews", with: "cache"), "routes.yaml"))) { e in
             XCTAssertTrue("\(e)".hasPrefix("routes.yaml:"), "\(e)")
