@@ -387,7 +387,9 @@ public final class ConfigStore: @unchecked Sendable {
                 throw ConfigError(path: "register \(service).\(namespace) at \(address)",
                                   message: "protocol \(serviceProtocol) differs from \(o.serviceProtocol), registered by \(o.address) for the same service")
             }
-            if let a = o.servicePort, let b = servicePort, a != b {
+            // The port matters to TCP services only (callers CONNECT to host:port; HTTP routes
+            // by host): versions of an HTTP service may register different app ports.
+            if serviceProtocol == "TCP", let a = o.servicePort, let b = servicePort, a != b {
                 throw ConfigError(path: "register \(service).\(namespace) at \(address)",
                                   message: "service port \(b) differs from \(a), registered by \(o.address) for the same service")
             }
@@ -398,6 +400,16 @@ public final class ConfigStore: @unchecked Sendable {
         next.workloads[key] = w
         let vipsBefore = next.vips
         if !same {
+            // The documents may say what the service speaks before it registers (a tcp route
+            // to it): a workload that speaks otherwise is refused naming both.
+            let all = ConfigStore.renderDocuments(next.order.compactMap { next.documents[$0] }).text
+            if let cfg = try? IstioTraffic.parse(all, file: "(stored)"),
+               let d = DeclaredProtocol.all(in: cfg)["\(service).\(namespace)"], d.tcp != (serviceProtocol == "TCP") {
+                throw ConfigError(path: "register \(service).\(namespace) at \(address)",
+                                  message: "protocol \(serviceProtocol) conflicts with \(d.by), which routes \(service).\(namespace) with "
+                                      + (d.tcp ? "a tcp route (register it with --app-protocol tcp, or route it with http routes)"
+                                               : "http routes (register it as an HTTP service, or route it with a tcp route)"))
+            }
             try ConfigStore.allocateVIPs(&next)
             try ConfigStore.check(next, trustDomain: trustDomain)
             if next.vips != vipsBefore {
@@ -524,14 +536,20 @@ public final class ConfigStore: @unchecked Sendable {
                                       port.proto == "TCP", port.number, se.addresses.isEmpty ? ConfigStore.vipTexts(s.vips, h) : se.addresses))
             }
         }
+        let declared = DeclaredProtocol.all(in: cfg)
         var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
         let sorted = names.sorted()
         for k in sorted {
             // Named service.namespace: the same service name in two namespaces are two clusters.
             let eps = (services[k] ?? []).sorted { $0.address < $1.address }
             out += "  - name: \(q(k))\n    tls: ISTIO_MUTUAL\n"
-            // What the service speaks and its port (the same for every workload: `register`).
-            if let p = eps.first?.serviceProtocol, p != "HTTP" { out += "    serviceProtocol: \(p)\n" }
+            // What the service speaks and its port (the same for every workload: `register`);
+            // before any workload registers, what a VirtualService's route to it says.
+            if let p = eps.first?.serviceProtocol {
+                if p != "HTTP" { out += "    serviceProtocol: \(p)\n" }
+            } else if declared[k]?.tcp == true {
+                out += "    serviceProtocol: TCP\n"
+            }
             if let p = eps.first(where: { $0.servicePort != nil })?.servicePort { out += "    port: \(p)\n" }
             let vips = ConfigStore.vipTexts(s.vips, k)
             if !vips.isEmpty { out += "    addresses: [\(vips.map(q).joined(separator: ", "))]\n" }

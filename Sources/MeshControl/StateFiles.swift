@@ -9,7 +9,8 @@ import Glibc
 
 /// The config store's files in the state directory: `applied.yaml` (the documents in force,
 /// under a header line that counts them), `sources.txt` (which `--config-dir` file owns which
-/// document) and `registry.txt` (the registered workloads). Written atomically. A file that
+/// document) and `registry.txt` (the registered workloads, one a line: identity, service,
+/// namespace, labels, address, protocol, service port). Written atomically. A file that
 /// exists but cannot be read or parsed is an error naming it and its line: meshd never starts
 /// from an empty or partial view of what was stored.
 struct StateFiles {
@@ -86,7 +87,21 @@ struct StateFiles {
             for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where !line.isEmpty {
                 let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
                 // The same checks as a registration: a damaged or edited file cannot inject config.
-                guard f.count == 5 else { throw CAError("\(p):\(i + 1): expected 5 tab-separated fields, got \(f.count)") }
+                // Then the protocol and the service port ("-": not given); a file written before
+                // them has 5 fields: HTTP, port unknown.
+                guard f.count == 5 || f.count == 7 else { throw CAError("\(p):\(i + 1): expected 5 tab-separated fields, got \(f.count) (or 7: with the protocol and service port this meshd saves)") }
+                var proto = "HTTP"
+                var port: Int? = nil
+                if f.count == 7 {
+                    guard ["HTTP", "HTTP2", "GRPC", "TCP"].contains(f[5]) else {
+                        throw CAError("\(p):\(i + 1): expected a protocol (HTTP, HTTP2, GRPC or TCP), got \"\(f[5])\"")
+                    }
+                    proto = f[5]
+                    if f[6] != "-" {
+                        guard let n = Int(f[6]), n >= 1, n <= 65535 else { throw CAError("\(p):\(i + 1): expected a service port (1-65535 or -), got \"\(f[6])\"") }
+                        port = n
+                    }
+                }
                 guard f[0].hasPrefix("spiffe://"), f[0].utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 34 && $0 != 92 }) else {
                     throw CAError("\(p):\(i + 1): expected a SPIFFE ID, got \"\(f[0])\"")
                 }
@@ -104,7 +119,8 @@ struct StateFiles {
                 }
                 // Known before the restart: kept through the grace period even if it never returns.
                 st.workloads["\(f[0])|\(f[4])"] = ConfigStore.Workload(identity: f[0], service: f[1], namespace: f[2], labels: labels,
-                                                                      address: f[4], lastSeen: 0, connected: false)
+                                                                      address: f[4], lastSeen: 0, connected: false,
+                                                                      serviceProtocol: proto, servicePort: port)
             }
         }
         if let text = try read(StateFiles.vips) {
@@ -131,6 +147,7 @@ struct StateFiles {
     func saveRegistry(_ s: ConfigStore.State) throws(CAError) {
         let text = s.workloads.values.sorted { $0.address < $1.address }.map {
             "\($0.identity)\t\($0.service)\t\($0.namespace)\t\($0.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\($0.address)"
+                + "\t\($0.serviceProtocol)\t\($0.servicePort.map(String.init) ?? "-")"
         }.joined(separator: "\n") + "\n"
         try FileStore.writeAtomically(path(StateFiles.registry), text, mode: 0o600)
     }

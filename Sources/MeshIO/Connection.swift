@@ -226,6 +226,14 @@ open class Connection: Pollable {
                 if isClosed { return false }
             }
         case .closed:
+            if !wasEstablished && sec.isEstablished {
+                // The handshake's last flight, data and close_notify came in one read (a caller
+                // that sends its bytes and closes at once): established first, then the data,
+                // then the end; otherwise the owner would wait for a handshake that is done.
+                isEstablished = true
+                onEstablished()
+                if isClosed { return false }
+            }
             if input.readableBytes > before { tlsGotData = true }
             peerClosed = true
             mayRead = false

@@ -105,7 +105,9 @@ struct AuthzTable: Sendable {
         func sourceMatches(_ s: Source) -> Bool {
             if pl == 0 && (!s.principals.isEmpty || !s.namespaces.isEmpty) { return false }
             if !s.principals.isEmpty && !any(s.principals, pp, pl) { return false }
-            if !s.notPrincipals.isEmpty && any(s.notPrincipals, pp, pl) { return false }
+            // No identity (plaintext) is no principal, so it is none of `notPrincipals` (`*` included:
+            // Istio's "deny what is not mTLS" rule).
+            if !s.notPrincipals.isEmpty && pl > 0 && any(s.notPrincipals, pp, pl) { return false }
             if !s.namespaces.isEmpty { let (np, nn) = namespaceOf(); if !any(s.namespaces, np, nn) { return false } }
             return true
         }

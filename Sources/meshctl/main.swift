@@ -32,7 +32,7 @@ let usage = """
                             p50/p99 latency, read from the sidecars' metrics (refreshed until
                             Ctrl-C; --once prints one table)
       run --service NAME [--namespace NS] [--service-account SA] [--label k=v]... [--app-port P]
-          [--app-protocol http|http2|grpc] [--token-file F] [--sidecar-log FILE]
+          [--app-protocol http|http2|grpc|tcp] [--token-file F] [--sidecar-log FILE]
           [--advertise-address IP] -- CMD [ARGS...]
                             start a sidecar in mesh mode for CMD (a token is minted unless given),
                             start CMD once the sidecar is ready, with http_proxy/HTTP_PROXY set to
