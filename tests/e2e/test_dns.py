@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import Meshd, free_port, wait_until
+from conftest import SIDECAR, Meshd, free_port, wait_until
 
 ENTRIES = """
 apiVersion: networking.istio.io/v1
@@ -280,3 +280,28 @@ def test_hostile_packets_get_formerr_or_are_dropped_and_the_server_keeps_answeri
         assert frames[0][:2] == b"\x42\x42" and frames[0][3] & 0x0F == 1
         assert frames[1][:2] == b"\0\7" and frames[1][-4:] == socket.inet_aton(vip)
     assert dig(port, "reviews")[1] == [(30, "A", vip)]
+
+
+def test_dns_flags_refused_by_name(procs, tmp_path):
+    m = Meshd(procs)
+    base = [str(SIDECAR), "--meshd", f"127.0.0.1:{m.api}", "--root-cert", str(m.root),
+            "--token", m.token("web"), "--service", "web", "--admin-port", str(free_port()),
+            "--inbound-port", str(free_port()), "--outbound-port", str(free_port())]
+
+    def run(*extra):
+        return subprocess.run(base + [str(e) for e in extra], capture_output=True, text=True, timeout=20)
+    r = run("--dns-port", "70000")
+    assert r.returncode == 2 and "--dns-port" in r.stderr, r.stderr
+    r = run("--resolv-conf", tmp_path / "resolv.conf")
+    assert r.returncode == 2 and "--resolv-conf: the DNS port is off" in r.stderr, r.stderr
+    r = run("--dns-port", free_port(), "--resolv-conf", tmp_path / "missing.conf")
+    assert r.returncode == 1 and f"--resolv-conf {tmp_path / 'missing.conf'}: cannot read it" in r.stderr, r.stderr
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    r = run("--dns-port", port)
+    held.close()
+    assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port} (dns): the port is already in use" in r.stderr, r.stderr
+    static = subprocess.run([str(SIDECAR), "--config", tmp_path / "x.yaml", "--dns-port", "53"],
+                            capture_output=True, text=True, timeout=20)
+    assert static.returncode == 2 and "--dns-port and --resolv-conf are mesh-mode flags" in static.stderr, static.stderr
