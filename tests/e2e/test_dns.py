@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SIDECAR, Meshd, free_port, wait_until
+from conftest import MESHD, SIDECAR, Meshd, free_port, wait_until
 
 ENTRIES = """
 apiVersion: networking.istio.io/v1
@@ -185,6 +185,18 @@ def test_vips_survive_an_unrelated_apply_and_a_meshd_restart(procs, resolv_local
     assert {h: after[h] for h in before} == before
     assert "details.default" in after and after["details.default"][0] not in [v[0] for v in before.values()]
     m.stop()
+    # A damaged vips.txt stops meshd naming it and its line; it is never reset.
+    vips = m.state / "vips.txt"
+    good = vips.read_text()
+    assert good.startswith(f"# meshd: virtual IPs, hosts: {len(after) - 1}\n"), good   # db.example.com has its own
+    for text, want in ((good.replace("240.240.", "10.240.", 1), "vips.txt:2: expected an address in 240.240.0.0/16"),
+                       ("\n".join(good.splitlines()[:-1]) + "\n", "vips.txt: the header counts"),
+                       ("", "vips.txt:1: expected the header line")):
+        vips.write_text(text)
+        r = subprocess.run([str(MESHD), "--state-dir", m.state, "--api-port", str(free_port()), "--admin-port", str(free_port())],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 1 and f"{m.state}/{want}" in r.stderr, r.stderr
+    vips.write_text(good)
     m.start()
     wait_until(lambda: "reviews.default" in service_addresses(m), timeout=30, what="registry back after restart")
     assert service_addresses(m) == after
