@@ -27,6 +27,7 @@ let package = Package(
         fuzzer("FuzzConfig", ["MeshConfig", "MeshCore"]),
         fuzzer("FuzzJoinToken", ["MeshCA", "MeshPKI", "MeshCore"]),
         fuzzer("FuzzCSR", ["MeshCA", "MeshPKI", "MeshCore"]),
+        fuzzer("FuzzDNS", ["MeshDNS"]),
         // Writes the generated seeds (tokens, a pushed config) into fuzz/corpus; built without
         // sanitizers by `scripts/fuzz.sh --seeds`, never part of a fuzz run.
         .executableTarget(name: "GenSeeds", dependencies: [.product(name: "MeshControl", package: root),

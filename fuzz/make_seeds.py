@@ -345,10 +345,46 @@ def csr_seeds():
         shutil.rmtree(tmp)
 
 
+def dns_seeds():
+    """DNS queries (mode byte 0) and messages with names to read (mode byte 1, offset byte):
+    the shapes dig and glibc send, EDNS with options, and the hostile cases of the codec's
+    tests (test_dns.py sends the same over UDP)."""
+    hdr = lambda qd=1, an=0, ar=0, flags=0x0100, id=0x4242: struct.pack(">HHHHHH", id, flags, qd, an, 0, ar)
+    name = lambda n: b"".join(bytes([len(l)]) + l.encode() for l in n.split(".") if l) + b"\0"
+    q = lambda n, t=1: name(n) + struct.pack(">HH", t, 1)
+    opt = lambda size=1232, opts=b"": b"\0" + struct.pack(">HHIH", 41, size, 0x8000, len(opts)) + opts
+    cookie = struct.pack(">HH", 10, 8) + b"\x01\x02\x03\x04\x05\x06\x07\x08"
+    seeds = {
+        "a-short": hdr() + q("reviews"),
+        "a-fqdn": hdr() + q("reviews.default.svc.cluster.local"),
+        "aaaa-edns-cookie": hdr(ar=1) + q("Reviews.Default", 28) + opt(4096, cookie),
+        "mx": hdr() + q("db.example.com", 15),
+        "root-any": hdr(ar=1) + q("", 255) + opt(512),
+        "badvers": hdr(ar=1) + q("a.b") + b"\0" + struct.pack(">HHIH", 41, 1232, 0x00010000, 0),
+        "two-questions": hdr(qd=2) + q("a.b") + q("c.d"),
+        "label-64": hdr() + bytes([64]) + b"a" * 64 + b"\0\0\1\0\1",
+        "name-257": hdr() + q(".".join(["a" * 63] * 4)),
+        "pointer-in-question": hdr() + b"\xc0\x0c\0\1\0\1",
+        "pointer-loop-opt": hdr(ar=1) + q("a.b") + b"\xc0\x15" + opt()[1:],
+        "trailing": hdr() + q("reviews") + b"\xde\xad",
+        "response": hdr(flags=0x8180) + q("reviews"),
+        "update-opcode": hdr(flags=0x2800) + q("a.b"),
+        "dot-in-label": hdr() + b"\x03a.b\x01c\0\0\1\0\1",
+    }
+    for k, v in seeds.items():
+        write("FuzzDNS", k, b"\0" + v)
+    answer = struct.pack(">HHHHHH", 0xABCD, 0x8180, 1, 1, 0, 0) + name("example.test") + struct.pack(">HH", 1, 1) \
+        + b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 30, 4) + bytes([192, 0, 2, 7])
+    write("FuzzDNS", "names-answer", b"\1" + bytes([29]) + answer)
+    write("FuzzDNS", "names-chain", b"\1" + bytes([17]) + bytes(12) + b"\x01a\0\xc0\x0c\xc0\x0f")
+    write("FuzzDNS", "names-loop", b"\1" + bytes([12]) + bytes(12) + b"\xc0\x0e\xc0\x0c")
+
+
 if __name__ == "__main__":
     http1_seeds()
     http2_seeds()
     config_seeds()
+    dns_seeds()
     # CSRs differ on every run (fresh keys): remade only when missing or asked for.
     if "--csr" in sys.argv or not os.path.isdir(os.path.join(CORPUS, "FuzzCSR")) or not os.listdir(os.path.join(CORPUS, "FuzzCSR")):
         csr_seeds()

@@ -8,7 +8,7 @@
 # command that reproduces it). Exits non-zero if any target crashed or failed to build.
 # Bounded: each run stops at SECONDS (libFuzzer's -max_total_time, with a hard `timeout` on top).
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]   targets: FuzzHTTP1 FuzzHTTP2 FuzzExchangeHead FuzzConfig FuzzJoinToken FuzzCSR
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   targets: FuzzHTTP1 FuzzHTTP2 FuzzExchangeHead FuzzConfig FuzzJoinToken FuzzCSR FuzzDNS
 #   scripts/fuzz.sh --seeds                 regenerate fuzz/corpus (make_seeds.py + GenSeeds)
 #
 # Environment: FUZZ_ARGS adds libFuzzer flags (e.g. "-max_len=8192"); FUZZ_BUILD_PATH moves
@@ -17,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 BUILD="${FUZZ_BUILD_PATH:-$ROOT/.build-fuzz}"
-ALL=(FuzzHTTP1 FuzzHTTP2 FuzzExchangeHead FuzzConfig FuzzJoinToken FuzzCSR)
+ALL=(FuzzHTTP1 FuzzHTTP2 FuzzExchangeHead FuzzConfig FuzzJoinToken FuzzCSR FuzzDNS)
 
 if [[ "${1:-}" == "--seeds" ]]; then
     python3 fuzz/make_seeds.py || exit 1

@@ -9,6 +9,8 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 for p in libssl-dev libnghttp2-dev pkg-config curl openssl nghttp2-client prometheus python3 python3-pip ca-certificates iptables nftables redis-server redis-tools socat; do
     have_pkg "$p" || need_pkgs+=("$p")
 done
+# DNS e2e (test_dns.py): dig, and dnsmasq as a binary only (dnsmasq-base: no service on port 53)
+for p in dnsutils dnsmasq-base iproute2; do have_pkg "$p" || need_pkgs+=("$p"); done
 # python3/pip may come from elsewhere (pyenv); only ask apt when no python3 is on PATH.
 if command -v python3 >/dev/null; then
     tmp=(); for p in "${need_pkgs[@]}"; do [[ "$p" == python3 || "$p" == python3-pip ]] || tmp+=("$p"); done

@@ -26,14 +26,16 @@ final class TCPRegistryTests: XCTestCase {
 
     func input(_ text: String, _ file: String = "in.yaml") -> [ConfigStore.Input] { [ConfigStore.Input(file: file, text: text)] }
 
-    /// The lines of one cluster in the pushed config, from its `- name:` line to the next entry.
+    /// The lines of one cluster in the pushed config, from its `- name:` line to the next entry,
+    /// without its VIPs (`addresses:`, tested in ConfigStoreVIPTests).
     func cluster(_ text: String, _ name: String) -> [String] {
         let lines = text.split(separator: "\n").map(String.init)
         guard let i = lines.firstIndex(of: "  - name: \"\(name)\"") else { return [] }
         var out: [String] = []
         for l in lines[(i + 1)...] {
             if l.hasPrefix("  - ") || !l.hasPrefix("    ") { break }
-            out.append(l.trimmingCharacters(in: .whitespaces))
+            let t = l.trimmingCharacters(in: .whitespaces)
+            if !t.hasPrefix("addresses:") { out.append(t) }
         }
         return out
     }

@@ -123,7 +123,6 @@ final class DNSServerTests: XCTestCase {
         XCTAssertEqual(rdata(try XCTUnwrap(ask(q)), q), [[240, 240, 3, 4]])
         let e = Msg.query("db.example.com")
         XCTAssertEqual(rdata(try XCTUnwrap(ask(e)), e), [[192, 0, 2, 50]])
-        XCTAssertEqual(server.loop.registeredCount >= 0, true)
         client.send(Msg.query("ratings"), to: server.port)
         XCTAssertNotNil(upstream.receive(), "a short name of another namespace is forwarded")
     }
@@ -168,7 +167,6 @@ final class DNSServerTests: XCTestCase {
             XCTAssertEqual(Array(r.bytes[0..<2]), [0x07, 0x07])
             XCTAssertEqual(Array(r.bytes.suffix(4)), [192, 0, 2, 7])
         }
-        XCTAssertEqual(server.counts.relayed, 2)
     }
 
     func testSilentNameserversGiveServFailInTimeWhileMeshNamesAreAnswered() throws {

@@ -47,7 +47,7 @@ public final class DNSServer: @unchecked Sendable {
     var tcpOpen = 0
     private var thread: pthread_t?
 
-    /// What the server did, for tests and the exit log (read on the loop or after stop).
+    /// What the server did, for the exit log (touched on the loop's thread; read after `stop`).
     public struct Counts: Sendable { public var answered = 0, forwarded = 0, relayed = 0, servfail = 0, formerr = 0, dropped = 0 }
     public private(set) var counts = Counts()
 
@@ -147,7 +147,12 @@ public final class DNSServer: @unchecked Sendable {
     /// Stops the thread and closes every socket. Blocks until the thread is gone.
     public func stop() {
         loop.stop()
-        if let t = thread { Threads.join(t); thread = nil }
+        if let t = thread {
+            Threads.join(t)
+            thread = nil
+            let c = counts
+            Log.info("dns", "stopped: \(c.answered) answered, \(c.forwarded) forwarded (\(c.relayed) relayed, \(c.servfail) SERVFAIL), \(c.formerr) FORMERR/NOTIMP, \(c.dropped) dropped")
+        }
         for s in udp { loop.deregister(s); Glibc.close(s.fd) }
         for case let s? in upstream { loop.deregister(s); Glibc.close(s.fd) }
         for l in listeners { l.close() }
