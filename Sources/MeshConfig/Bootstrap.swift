@@ -75,7 +75,13 @@ public struct Bootstrap: Sendable {
 
     /// What a service speaks to its callers, as opposed to the hop between sidecars (the
     /// cluster's `protocol: HTTP2|HTTP1`): a TCP service is carried as opaque bytes.
-    public enum ServiceProtocol: String, Sendable { case http = "HTTP", http2 = "HTTP2", grpc = "GRPC", tcp = "TCP" }
+    public enum ServiceProtocol: String, Sendable {
+        case http = "HTTP", http2 = "HTTP2", grpc = "GRPC", tcp = "TCP"
+        /// Not declared (a ServiceEntry port without `protocol` whose name says none): HTTP
+        /// routes and CONNECT both reach it, and a captured connection's first bytes tell
+        /// HTTP/1.1 or h2c from anything else (Istio's protocol detection).
+        case auto = "AUTO"
+    }
 
     public enum ClusterTLS: String, Sendable { case istioMutual = "ISTIO_MUTUAL", disable = "DISABLE" }
 
@@ -366,7 +372,7 @@ public struct Bootstrap: Sendable {
             if eps.isEmpty && !allowEmpty { throw ConfigReader.error(ctx, c.sub("endpoints"), c.map.line, "a cluster needs at least one endpoint (IP:PORT, or address: IP:PORT with labels)") }
             let spText = try c.string("serviceProtocol") ?? "HTTP"
             guard let sp = ServiceProtocol(rawValue: spText) else {
-                throw ConfigReader.error(ctx, c.sub("serviceProtocol"), c.map.line, "expected HTTP, HTTP2, GRPC or TCP, got \"\(spText)\"")
+                throw ConfigReader.error(ctx, c.sub("serviceProtocol"), c.map.line, "expected HTTP, HTTP2, GRPC, TCP or AUTO, got \"\(spText)\"")
             }
             let hop = try c.string("protocol")
             if sp == .tcp, hop != nil {

@@ -58,7 +58,13 @@ extension Bootstrap {
             }
             // A service speaks HTTP or TCP: http routes go to HTTP services, tcp routes to TCP ones
             // (the same check in meshd and every sidecar).
-            func isTCP(_ host: String) -> Bool? { clusterIndex(forHost: host, namespace: vs.namespace).map { clusters[$0].serviceProtocol == .tcp } }
+            // (A service whose protocol is not declared, AUTO, takes both.)
+            func isTCP(_ host: String) -> Bool? {
+                clusterIndex(forHost: host, namespace: vs.namespace).map { clusters[$0].serviceProtocol == .tcp }
+            }
+            func takesTCP(_ host: String) -> Bool? {
+                clusterIndex(forHost: host, namespace: vs.namespace).map { [.tcp, .auto].contains(clusters[$0].serviceProtocol) }
+            }
             for (ri, r) in vs.http.enumerated() {
                 for (di, d) in r.route.enumerated() where isTCP(d.destination.host) == true {
                     throw fail("VirtualService", vs.namespace, vs.name, "spec.http[\(ri)].route[\(di)].destination.host",
@@ -71,7 +77,7 @@ extension Bootstrap {
             }
             for (ti, t) in vs.tcp.enumerated() {
                 for (di, d) in t.route.enumerated() {
-                    guard let tcp = isTCP(d.destination.host) else {
+                    guard let tcp = takesTCP(d.destination.host) else {
                         throw fail("VirtualService", vs.namespace, vs.name, "spec.tcp[\(ti)].route[\(di)].destination.host",
                                    "no cluster serves host \"\(d.destination.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
                     }

@@ -39,9 +39,13 @@ public struct ServiceEntry: Sendable {
             let n = try p.int("number", min: 1, max: 65535)
             guard let number = n else { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "required field is missing") }
             let pname = try p.string("name") ?? "port-\(number)"
-            // Istio: `protocol` wins; without it a port named `tcp` or `tcp-*` is TCP.
-            let proto = try p.string("protocol") ?? (pname == "tcp" || pname.hasPrefix("tcp-") ? "TCP" : "HTTP")
-            guard proto == "HTTP" || proto == "TCP" else {
+            // Istio: `protocol` wins; without it the port's name declares one (`tcp`/`tcp-*`;
+            // `http`, `http2`, `grpc` and their `-*` forms), and a name that declares none leaves
+            // it to detection (AUTO: HTTP routes and TCP both reach it; captured connections are
+            // told apart by their first bytes).
+            let declared = ServiceEntry.protocolOfName(pname)
+            let proto = try p.string("protocol") ?? declared ?? "AUTO"
+            guard proto == "HTTP" || proto == "TCP" || (proto == "AUTO" && declared == nil && p.map["protocol"] == nil) else {
                 throw ConfigReader.error(ctx, p.sub("protocol"), p.map.line, "expected HTTP (endpoints reached over HTTP/1.1) or TCP (carried as bytes), got \"\(proto)\"")
             }
             if !ports.isEmpty { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "a second port is not supported yet") }
@@ -94,6 +98,17 @@ public struct ServiceEntry: Sendable {
                               endpoints: endpoints, workloadSelector: selector)
         se.addresses = addresses
         return se
+    }
+
+    /// The protocol a port's name declares (Istio's `<protocol>[-<suffix>]` convention), nil
+    /// when it declares none.
+    static func protocolOfName(_ name: String) -> String? {
+        let head = name.split(separator: "-", maxSplits: 1).first.map(String.init) ?? name
+        switch head {
+        case "tcp": return "TCP"
+        case "http", "http2", "grpc": return "HTTP"
+        default: return nil
+        }
     }
 
     static func endpoint(_ e: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Endpoint {

@@ -515,7 +515,7 @@ public final class ConfigStore: @unchecked Sendable {
         }
         for dr in cfg.destinationRules { names.insert(key(dr.host, dr.namespace)) }
         // ServiceEntries: their hosts become clusters of their own (names as written).
-        var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String], tcp: Bool, port: Int, addresses: [String])] = []
+        var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String], proto: String, port: Int, addresses: [String])] = []
         for se in cfg.serviceEntries {
             var eps = se.endpoints
             if let sel = se.workloadSelector {
@@ -533,7 +533,7 @@ public final class ConfigStore: @unchecked Sendable {
             for h in se.hosts {
                 names.remove(key(h, se.namespace))
                 entryClusters.append((h, mtls, sas.sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }, rendered,
-                                      port.proto == "TCP", port.number, se.addresses.isEmpty ? ConfigStore.vipTexts(s.vips, h) : se.addresses))
+                                      port.proto, port.number, se.addresses.isEmpty ? ConfigStore.vipTexts(s.vips, h) : se.addresses))
             }
         }
         let declared = DeclaredProtocol.all(in: cfg)
@@ -565,7 +565,7 @@ public final class ConfigStore: @unchecked Sendable {
         }
         for c in entryClusters {
             out += "  - name: \(q(c.name))\n    tls: \(c.mtls ? "ISTIO_MUTUAL" : "DISABLE")\n"
-            if c.tcp { out += "    serviceProtocol: TCP\n" }
+            if c.proto != "HTTP" { out += "    serviceProtocol: \(c.proto)\n" }
             out += "    port: \(c.port)\n"
             if !c.addresses.isEmpty { out += "    addresses: [\(c.addresses.map(q).joined(separator: ", "))]\n" }
             if c.mtls && !c.sans.isEmpty { out += "    subjectAltNames: [\(c.sans.map(q).joined(separator: ", "))]\n" }

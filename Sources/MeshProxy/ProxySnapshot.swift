@@ -33,6 +33,9 @@ public final class ProxySnapshot: Sendable {
         let outlier: OutlierPolicy?
         /// The service speaks opaque TCP (`serviceProtocol: TCP`): reached by the TCP proxy only.
         public let serviceTCP: Bool
+        /// The service's protocol is not declared (`serviceProtocol: AUTO`): reached by HTTP
+        /// routes and TCP routes alike; captured connections are sniffed.
+        public let detectProtocol: Bool
         /// The service port (`port`), 0 when not known.
         public let servicePort: Int
         /// A TCP connection with no byte either way for this long is closed (DestinationRule
@@ -47,11 +50,11 @@ public final class ProxySnapshot: Sendable {
         init(name: String, endpoints: [SocketAddress], mutualTLS: Bool, expectedPeers: [String], connectTimeout: UInt64,
              idleTimeout: UInt64, maxConnections: Int, maxRequestsPerConnection: Int, http2: Bool,
              loadBalancer: IstioTraffic.TrafficPolicy.LoadBalancer, maxPendingRequests: Int, maxRequests: Int,
-             maxRetries: Int, outlier: OutlierPolicy?, serviceTCP: Bool = false, servicePort: Int = 0,
+             maxRetries: Int, outlier: OutlierPolicy?, serviceTCP: Bool = false, detectProtocol: Bool = false, servicePort: Int = 0,
              tcpIdleTimeout: UInt64 = Bootstrap.Defaults.tcpIdleTimeout, tcpConnectAttempts: Int = Bootstrap.Defaults.tcpConnectAttempts,
              sourceAddress: SocketAddress? = nil) {
             self.sourceAddress = sourceAddress
-            self.serviceTCP = serviceTCP; self.servicePort = servicePort
+            self.serviceTCP = serviceTCP; self.detectProtocol = detectProtocol; self.servicePort = servicePort
             self.tcpIdleTimeout = tcpIdleTimeout; self.tcpConnectAttempts = tcpConnectAttempts
             self.name = name; self.endpoints = endpoints; self.mutualTLS = mutualTLS; self.expectedPeers = expectedPeers
             self.connectTimeout = connectTimeout; self.idleTimeout = idleTimeout; self.maxConnections = maxConnections

@@ -37,7 +37,8 @@ struct TrafficCompiler {
                                   http2: c.protocolHTTP2, loadBalancer: tp?.loadBalancer ?? .roundRobin,
                                   maxPendingRequests: tp?.http1MaxPendingRequests ?? 1024,
                                   maxRequests: tp?.http2MaxRequests ?? Int.max, maxRetries: tp?.maxRetries ?? Int.max,
-                                  outlier: outlier, serviceTCP: c.serviceProtocol == .tcp, servicePort: c.port ?? 0,
+                                  outlier: outlier, serviceTCP: c.serviceProtocol == .tcp, detectProtocol: c.serviceProtocol == .auto,
+                                  servicePort: c.port ?? 0,
                                   tcpIdleTimeout: tp?.tcpIdleTimeout ?? Bootstrap.Defaults.tcpIdleTimeout))
         }
         if let inb = b.inbound, let app = inb.appAddress {
@@ -56,9 +57,10 @@ struct TrafficCompiler {
             let ci = clusters.firstIndex { $0.name == r.cluster }!
             let t = target(b, cluster: ci, subset: nil)
             let svc = Self.service(r.hosts[0], ns)
-            if clusters[ci].serviceTCP {
+            if clusters[ci].serviceTCP || clusters[ci].detectProtocol {
                 // A TCP service: one TCP route to the whole cluster, and no HTTP route (an HTTP
-                // request to it gets 404 NR; CONNECT reaches it).
+                // request to it gets 404 NR; CONNECT reaches it). A service whose protocol is not
+                // declared gets both (its captured connections are told apart by their bytes).
                 let tr = tcpRoutes.count
                 tcpRoutes.append(.init(cluster: ci, label: r.name, serviceFQDN: svc.fqdn, serviceName: svc.name, serviceNamespace: svc.ns,
                                        ports: clusters[ci].servicePort > 0 ? [clusters[ci].servicePort] : [], targets: [t],
@@ -70,7 +72,7 @@ struct TrafficCompiler {
                     let parts = h.lowercased().split(separator: ".")
                     if parts.count == 2 && parts[1] == ns { tcpHostEntries.append((String(parts[0]), sv)) }
                 }
-                continue
+                if clusters[ci].serviceTCP { continue }
             }
             let ri = routes.count
             routes.append(.init(cluster: ci, timeout: r.timeout, label: r.name, serviceFQDN: svc.fqdn, serviceName: svc.name,

@@ -54,6 +54,10 @@ public final class Worker: @unchecked Sendable {
     /// The port the outbound listener is bound to: a connection whose original destination is
     /// it on loopback came straight to the listener (`http_proxy`), not by capture.
     var outboundListenPort: UInt16 = 0
+    /// Captured connections in protocol detection (`ProtocolDetector`), at most 100 ms each.
+    var detecting = 0
+    /// Where a detector peeks a connection's first bytes (one request line at most).
+    let peekBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ProtocolSniffer.maxRequestLine + 64, alignment: 8)
     /// Called on the worker's thread when it has finished draining.
     var onDrained: (() -> Void)?
     /// Returns freed memory to the system after bursts of closed or idle connections (created on
@@ -176,12 +180,12 @@ public final class Worker: @unchecked Sendable {
     }
 
     /// An accepted connection becomes an HTTP downstream (the listener's limit already checked).
-    /// `capturedVHost`: the service a captured connection's VIP names (-1: none).
+    /// `captured`: where a captured connection was going (its VIP names its service).
     func openDownstream(_ fd: Int32, tls: TransportSecurity?, inbound: Bool, settings: ProxySnapshot.ListenerSettings,
-                        capturedVHost: Int = -1) {
+                        captured: IPEndpoint? = nil) {
         if inbound { openInbound += 1 } else { openOutbound += 1 }
         let d = DownstreamConnection(worker: self, fd: fd, tls: tls, inbound: inbound, settings: settings)
-        d.capturedVHost = capturedVHost
+        d.capturedDestination = captured
         d.listIndex = downstreams.count
         downstreams.append(d)
         stats.inc(.downstreamConnectionsTotal)
@@ -202,7 +206,7 @@ public final class Worker: @unchecked Sendable {
         d.listIndex = -1
         stats.dec(.downstreamConnectionsActive)
         trimmer.noteRelease()
-        if draining && downstreams.isEmpty && tcpSessions.isEmpty { finishDrain() }
+        if draining && isIdle { finishDrain() }
     }
 
     /// A TCP relay ended: forget it (and finish a drain it held).
@@ -217,7 +221,7 @@ public final class Worker: @unchecked Sendable {
         }
         s.listIndex = -1
         trimmer.noteRelease()
-        if draining && downstreams.isEmpty && tcpSessions.isEmpty { finishDrain() }
+        if draining && isIdle { finishDrain() }
     }
 
     /// Whether the listener's connection limit (this worker's share) has room for one more.
@@ -246,12 +250,18 @@ public final class Worker: @unchecked Sendable {
         for r in [routing!] + retired { r.closeIdle() }
         for d in downstreams { d.drainIfIdle() }
         // TCP relays run on until they end or the drain timeout (Envoy's tcp_proxy drain).
-        if downstreams.isEmpty && tcpSessions.isEmpty { finishDrain(); return }
+        if isIdle { finishDrain(); return }
         let t = DrainTimer(worker: self)
         loop.registerTimerOnly(t)
         loop.setDeadline(t, loop.now + timeout)
         drainTimer = t
     }
+
+    /// No connection left on this worker (HTTP, TCP, or in protocol detection).
+    private var isIdle: Bool { downstreams.isEmpty && tcpSessions.isEmpty && detecting == 0 }
+
+    /// A drain waiting for the last connection may end now.
+    func finishDrainIfIdle() { if draining && isIdle { finishDrain() } }
 
     fileprivate func drainTimedOut() {
         Log.warn("worker", "worker \(id): drain timeout with \(downstreams.count + tcpSessions.count) connection(s) still open; closing them")

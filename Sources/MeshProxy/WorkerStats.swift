@@ -18,6 +18,7 @@ public final class WorkerStats: @unchecked Sendable {
         case uriTooLong, headersTooLarge, http2Floods, http2ProtocolErrors, streamIdleTimeouts
         case connectionsHibernated, connectionLimit, http2MalformedRequests
         case capturedConnections, captureLoopsRefused, passthroughConnections, blackHoleConnections
+        case detectedHTTP, detectedTCP
 
         public var name: String {
             switch self {
@@ -72,6 +73,8 @@ public final class WorkerStats: @unchecked Sendable {
             case .captureLoopsRefused: return "captured_connections_refused_loop"
             case .passthroughConnections: return "outbound_passthrough_connections_total"
             case .blackHoleConnections: return "outbound_blackhole_connections_total"
+            case .detectedHTTP: return "captured_connections_detected_http"
+            case .detectedTCP: return "captured_connections_detected_tcp"
             }
         }
     }

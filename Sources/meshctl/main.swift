@@ -133,18 +133,22 @@ let adminHost: String = {
     if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
     return h
 }()
-let rootCertFlag = flags.string("root-cert").map { ("--root-cert", $0) } ?? env("MESH_ROOT_CERT").map { ("MESH_ROOT_CERT", $0) }
+// Two optionals, not an optional tuple: `guard let (a, b) = optionalTuple` at top level crashes
+// Swift 6.3.1's optimizer (CopyPropagation, "Found outside of lifetime use") in release builds.
+let rootCertPath = flags.string("root-cert") ?? env("MESH_ROOT_CERT")
+let rootCertName = flags.string("root-cert") != nil ? "--root-cert" : "MESH_ROOT_CERT"
 let endpoint: ControlEndpoint
 if tlsAdmin {
-    guard let (name, path) = rootCertFlag else {
+    guard let path = rootCertPath else {
         fail("--meshd \(url) is TLS: give --root-cert FILE (meshd's STATE-DIR/root-cert.pem) or MESH_ROOT_CERT")
     }
+    let name = rootCertName
     let pem: String
     do { pem = try FileStore.read(path) } catch { fail("\(name): \(error)") }
     do { endpoint = try ControlEndpoint(tls: adminHost, port: address.port, rootPEM: pem, rootFile: path) } catch { fail("\(name): \(error)") }
 } else {
-    if let (name, _) = rootCertFlag {
-        fail("\(name) is for an https:// --meshd URL (meshd's admin port on another host); --meshd is \(url)")
+    if rootCertPath != nil {
+        fail("\(rootCertName) is for an https:// --meshd URL (meshd's admin port on another host); --meshd is \(url)")
     }
     endpoint = ControlEndpoint(plain: address)
 }

@@ -101,7 +101,16 @@ final class TCPConfigTests: XCTestCase {
         }
         XCTAssertEqual(try IstioTraffic.parse(se("{number: 5432, name: pg, protocol: TCP}"), file: "s.yaml").serviceEntries[0].ports[0].proto, "TCP")
         XCTAssertEqual(try IstioTraffic.parse(se("{number: 5432, name: tcp-pg}"), file: "s.yaml").serviceEntries[0].ports[0].proto, "TCP")
-        XCTAssertEqual(try IstioTraffic.parse(se("{number: 80, name: web}"), file: "s.yaml").serviceEntries[0].ports[0].proto, "HTTP")
+        // A name that declares no protocol leaves it to detection (AUTO); `http-*`, `grpc` declare HTTP.
+        XCTAssertEqual(try IstioTraffic.parse(se("{number: 80, name: web}"), file: "s.yaml").serviceEntries[0].ports[0].proto, "AUTO")
+        XCTAssertEqual(try IstioTraffic.parse(se("{number: 80}"), file: "s.yaml").serviceEntries[0].ports[0].proto, "AUTO")
+        XCTAssertEqual(try IstioTraffic.parse(se("{number: 80, name: http-web}"), file: "s.yaml").serviceEntries[0].ports[0].proto, "HTTP")
+        XCTAssertEqual(try IstioTraffic.parse(se("{number: 80, name: grpc}"), file: "s.yaml").serviceEntries[0].ports[0].proto, "HTTP")
+        XCTAssertEqual(try IstioTraffic.parse(se("{number: 80, name: web, protocol: HTTP}"), file: "s.yaml").serviceEntries[0].ports[0].proto, "HTTP")
+        // AUTO is what an undeclared port gets, not a value to write.
+        XCTAssertThrowsError(try IstioTraffic.parse(se("{number: 80, name: web, protocol: AUTO}"), file: "s.yaml")) { e in
+            XCTAssertTrue("\(e)".contains("ports[0].protocol"), "\(e)")
+        }
     }
 
     func testMeshModeTCPAppAndServicePort() throws {

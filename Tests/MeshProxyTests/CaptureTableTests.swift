@@ -21,11 +21,13 @@ final class CaptureTableTests: XCTestCase {
           - {name: cache.default, tls: DISABLE, serviceProtocol: TCP, port: 6379, addresses: ["240.240.0.9"], endpoints: ["127.0.0.1:2"]}
           - {name: fresh.default, tls: DISABLE, addresses: ["240.240.0.11"], endpoints: ["127.0.0.1:3"]}
           - {name: novip.default, tls: DISABLE, port: 80, endpoints: ["127.0.0.1:4"]}
+          - {name: ext.example.com, tls: DISABLE, serviceProtocol: AUTO, port: 2525, addresses: ["240.240.0.13"], endpoints: ["127.0.0.1:5"]}
           routes:
           - {hosts: [reviews.default], cluster: reviews.default}
           - {hosts: [cache.default], cluster: cache.default}
           - {hosts: [fresh.default], cluster: fresh.default}
           - {hosts: [novip.default], cluster: novip.default}
+          - {hosts: [ext.example.com], cluster: ext.example.com}
         \(policy)
         """
     }
@@ -61,7 +63,13 @@ final class CaptureTableTests: XCTestCase {
         XCTAssertEqual(s.clusters[s.tcpRoutes[s.tcpServices[sv][0]].cluster].name, "cache.default")
         // No port known yet: every port of its VIP.
         XCTAssertNotNil(t.lookup(ep("240.240.0.11:1234")))
-        XCTAssertEqual(t.count, 4)
+        // Protocol not declared: both an HTTP virtual host and a TCP service, told apart by bytes.
+        guard case .detect(let dv, let dsv)? = t.lookup(ep("240.240.0.13:2525")) else { return XCTFail("ext VIP") }
+        XCTAssertEqual(s.clusters[s.routes[s.vhosts[dv].routes[0]].cluster].name, "ext.example.com")
+        XCTAssertEqual(s.clusters[s.tcpRoutes[s.tcpServices[dsv][0]].cluster].name, "ext.example.com")
+        XCTAssertEqual(t.lookup(ep("240.240.0.13:2525"))?.httpVHost, dv)
+        XCTAssertNil(t.lookup(ep("240.240.0.9:6379"))?.httpVHost, "a TCP service has no virtual host")
+        XCTAssertEqual(t.count, 5)
     }
 
     func testRegistryOnlyAndNoCapture() throws {

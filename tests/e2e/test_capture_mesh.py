@@ -388,3 +388,90 @@ def test_inbound_capture_other_ports_follow_peer_authentication(cm):
         assert cm.ctl("delete", "-f", policy).returncode == 0
         other.kill()
     wait_until(lambda: h.run(C, ["curl", "-sS", "--max-time", "3", url]).returncode != 0, timeout=20, what="STRICT again")
+
+
+BANNER_SERVER = textwrap.dedent("""
+    import socket, threading
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 2525)); s.listen(16)
+    def serve(c):
+        c.sendall(b"220 banner ready\\r\\n")       # the server speaks first (SMTP-like)
+        while True:
+            b = c.recv(4096)
+            if not b:
+                break
+            c.sendall(b"echo:" + b)
+        c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+BANNER_CLIENT = textwrap.dedent("""
+    import socket, sys, time
+    t0 = time.monotonic()
+    c = socket.create_connection(("banner.example.com", 2525), timeout=5)
+    if sys.argv[1] == "server-first":
+        first = c.recv(100)                      # nothing sent: the banner must still arrive
+        c.sendall(b"PING\\r\\n")
+    else:
+        c.sendall(b"HELO mesh\\r\\n")           # client first, not HTTP: TCP at once
+        first = c.recv(100)
+    rest = b""
+    while b"echo:" not in rest:
+        rest += c.recv(100)
+    print(repr(first), repr(rest), round(time.monotonic() - t0, 3), sep="\t")
+""")
+
+
+def test_undeclared_protocol_is_detected_from_the_first_bytes(cm):
+    """ServiceEntry ports whose protocol is not declared (names `web`, `smtp`): a captured HTTP
+    request is told from its request line and goes through the HTTP router (it gains an
+    x-request-id); a server-first protocol sends nothing, so after the detection timeout it is
+    carried as TCP and its banner arrives; a client-first non-HTTP protocol is TCP at once."""
+    h = cm.h
+    web = h.popen(C, [sys.executable, ROOT / "tools" / "upstream.py", "--port", 8090, "--name", "web", "--bind", "0.0.0.0"], "web")
+    banner = h.popen(C, [sys.executable, "-c", BANNER_SERVER], "banner")
+    entries = cm.tmp / "entries.yaml"
+    entries.write_text(textwrap.dedent(f"""
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: web}}
+        spec:
+          hosts: [web.example.com]
+          ports: [{{number: 8090, name: web}}]
+          location: MESH_EXTERNAL
+          endpoints: [{{address: {h.addr4(C)}}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: banner}}
+        spec:
+          hosts: [banner.example.com]
+          ports: [{{number: 2525, name: smtp}}]
+          location: MESH_EXTERNAL
+          endpoints: [{{address: {h.addr4(C)}}}]
+    """))
+    r = cm.ctl("apply", "-f", entries)
+    assert r.returncode == 0, r.stderr
+    try:
+        before = cm.stats(A)
+        e = echo(cm, A, "http://web.example.com:8090/echo", "-4")
+        assert e["name"] == "web" and e["peer"] == h.addr4(A)
+        assert "x-request-id" in e["headers"], e["headers"]          # routed as HTTP, not passed as bytes
+        assert cm.stats(A)["captured_connections_detected_http"] > before.get("captured_connections_detected_http", 0)
+        for mode in ("server-first", "client-first"):
+            r = wait_until(lambda: cm.app(A, [sys.executable, "-c", BANNER_CLIENT, mode]).stdout.strip(), timeout=20,
+                           what=f"{mode} TCP to banner.example.com")
+            first, rest, took = r.split("\t")
+            assert "220 banner ready" in (first + rest) and "echo:" in rest, r
+            if mode == "server-first":
+                # Nothing from the client: TCP once the detection timeout (100 ms) passed.
+                assert "220 banner ready" in first and "echo:PING" in rest and float(took) >= 0.09, r
+            else:
+                assert "echo:HELO mesh" in (first + rest), r
+        assert cm.stats(A)["captured_connections_detected_tcp"] >= before.get("captured_connections_detected_tcp", 0) + 2
+    finally:
+        cm.ctl("delete", "-f", entries)
+        web.kill()
+        banner.kill()

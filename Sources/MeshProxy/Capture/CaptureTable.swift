@@ -14,6 +14,17 @@ struct CaptureTable: Sendable {
         case http(vhost: Int)
         /// A TCP service: `tcpServices[service]`, its routes tried by port.
         case tcp(service: Int)
+        /// A service whose protocol is not declared: HTTP (`vhost`) or TCP (`service`), told
+        /// from the connection's first bytes (`ProtocolDetector`).
+        case detect(vhost: Int, service: Int)
+
+        /// The virtual host of an entry that can carry HTTP.
+        var httpVHost: Int? {
+            switch self {
+            case .http(let v), .detect(let v, _): return v
+            case .tcp: return nil
+            }
+        }
     }
 
     private var byDestination: [IPEndpoint: Entry] = [:]
@@ -41,13 +52,17 @@ struct CaptureTable: Sendable {
             // reached on any port of its VIP: the VIP is its own.
             let port = c.port ?? 0
             let name = Array(c.name.lowercased().utf8)
+            let v = name.withUnsafeBufferPointer { hosts.lookup($0.baseAddress!, $0.count) }
+            let sv = name.withUnsafeBufferPointer { tcpHosts.lookup($0.baseAddress!, $0.count) }
             let entry: Entry
-            if c.serviceProtocol == .tcp {
-                let sv = name.withUnsafeBufferPointer { tcpHosts.lookup($0.baseAddress!, $0.count) }
+            switch c.serviceProtocol {
+            case .tcp:
                 guard sv >= 0 else { continue }
                 entry = .tcp(service: sv)
-            } else {
-                let v = name.withUnsafeBufferPointer { hosts.lookup($0.baseAddress!, $0.count) }
+            case .auto:
+                guard v >= 0, sv >= 0 else { continue }
+                entry = .detect(vhost: v, service: sv)
+            case .http, .http2, .grpc:
                 guard v >= 0 else { continue }
                 entry = .http(vhost: v)
             }

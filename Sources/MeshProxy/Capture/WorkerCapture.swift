@@ -23,25 +23,46 @@ extension Worker {
             logRejection("capture", "connection refused: its original destination \(original.socketAddress) is this sidecar (a loop)")
             return true
         }
+        if case .detect? = capture.lookup(original) {
+            // Not declared: the first bytes decide (at most ProtocolDetector.timeout).
+            let d = ProtocolDetector(worker: self, fd: fd, original: original)
+            detecting += 1
+            if !d.start() { detecting -= 1 }
+            return true
+        }
+        dispatchCaptured(fd, original: original, detected: nil)
+        return true
+    }
+
+    /// Carries a captured connection to where its original destination leads in the snapshot in
+    /// force: `detected` is what protocol detection found (true: HTTP) for a service that does
+    /// not declare one, nil when it was not needed.
+    func dispatchCaptured(_ fd: Int32, original: IPEndpoint, detected: Bool?) {
+        let s = snapshot
+        guard let capture = s.capture, let settings = s.outbound else { Glibc.close(fd); return }
         let empty = UnsafeRawBufferPointer(start: nil, count: 0)
-        switch capture.lookup(original) {
-        case .http(let vhost)?:
+        var entry = capture.lookup(original)
+        if case .detect(let v, let sv)? = entry {
+            // A snapshot that came during detection may declare it now; otherwise the bytes say.
+            entry = detected == false ? .tcp(service: sv) : .http(vhost: v)
+        }
+        switch entry {
+        case .http?, .detect?:
             if !listenerHasRoom(inbound: false, settings: settings) {
                 Glibc.close(fd)
                 stats.inc(.connectionLimit)
                 logRejection("proxy", "connection refused: the outbound listener holds its maxConnections")
-                return true
+                return
             }
-            openDownstream(fd, tls: nil, inbound: false, settings: settings, capturedVHost: vhost)
+            openDownstream(fd, tls: nil, inbound: false, settings: settings, captured: original)
         case .tcp(let service)?:
-            let s = snapshot
             // The service's tcp routes, the first that takes the port (its default route takes
             // the service port).
             guard let r = s.tcpServices[service].first(where: { s.tcpRoutes[$0].matches(port: Int(original.port)) }) else {
                 Glibc.close(fd)
                 stats.inc(.noRoute)
                 logRejection("capture", "connection refused: no tcp route takes port \(original.port) of its service")
-                return true
+                return
             }
             startTCPProxy(fd: fd, initial: empty, target: .route(r))
         case nil:
@@ -51,11 +72,16 @@ extension Worker {
                 let key = MetricKey.make(inbound: false, route: RouteCatalog.blackHoleID, code: 0, flag: .noRoute, peer: 0, tcp: true)
                 metrics.recordTCP(key: key, opened: 1, closed: 1, sent: 0, received: 0)
                 logRejection("capture", "connection to \(original.socketAddress) refused: not a mesh destination (outboundTrafficPolicy REGISTRY_ONLY)")
-                return true
+                return
             }
             stats.inc(.passthroughConnections)
             startTCPProxy(fd: fd, initial: empty, target: .passthrough(original.socketAddress))
         }
-        return true
+    }
+
+    /// A protocol detection ended (its connection handed on or closed).
+    func detectionEnded() {
+        detecting -= 1
+        finishDrainIfIdle()
     }
 }

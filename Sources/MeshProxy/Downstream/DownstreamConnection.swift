@@ -374,8 +374,9 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
 
     var callerTLS: TLSSession? { tlsSession }
     var callerPeer: Int { downstreamPeer }
-    /// Set by the capture accept path (`Worker.acceptCaptured`) before the first request.
-    var capturedVHost = -1
+    /// Set by the capture accept path (`Worker.acceptCaptured`) before the first request; the
+    /// service is looked up in the snapshot of each request, never kept as an index.
+    var capturedDestination: IPEndpoint?
 
     func sendInformational(_ h: MessageHead) {
         guard clientMinor == 1 else { return }

@@ -124,7 +124,7 @@ final class H2ServerStream: DownstreamStream {
 
     var callerTLS: TLSSession? { connRef._withUnsafeGuaranteedRef { $0.tlsSession } }
     var callerPeer: Int { handler.peerIndex }
-    var capturedVHost: Int { handler.conn.capturedVHost }
+    var capturedDestination: IPEndpoint? { handler.conn.capturedDestination }
 
     func sendInformational(_ head: MessageHead) {
         H2Emitter.response(head, into: session)

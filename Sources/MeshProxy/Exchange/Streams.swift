@@ -1,3 +1,4 @@
+import MeshCore
 import MeshHTTP
 import MeshTLS
 
@@ -9,9 +10,9 @@ protocol DownstreamStream: AnyObject {
     var callerTLS: TLSSession? { get }
     /// The caller's identity in the worker's peer table (0: unknown).
     var callerPeer: Int { get }
-    /// A captured connection to a mesh service's VIP: that service's virtual host, which routes
-    /// a request whose Host names no service; -1 otherwise.
-    var capturedVHost: Int { get }
+    /// A captured connection: where the app was going (a mesh service's VIP and port, whose
+    /// service routes a request whose Host names none); nil otherwise.
+    var capturedDestination: IPEndpoint? { get }
     /// A 1xx head (100 Continue, 103 Early Hints).
     func sendInformational(_ head: MessageHead)
     /// The final response head; `close`: no other request may follow on this connection.

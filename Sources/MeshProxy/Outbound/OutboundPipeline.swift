@@ -14,7 +14,7 @@ extension Exchange {
         let hp = r.pointer(r.authority)
         var v = s.hosts.lookup(hp, HostTable.hostLength(hp, Int(r.authority.length)))
         // A captured call to a service's VIP: that service, whatever the Host says.
-        if v < 0, let d = down { v = d.capturedVHost }
+        if v < 0, let dst = down?.capturedDestination, let cv = s.capture?.lookup(dst)?.httpVHost { v = cv }
         guard v >= 0 else {
             worker.stats.inc(.noRoute)
             localReply(404, "no route for this host", flag: .noRoute)
