@@ -212,6 +212,7 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
     func finish(_ code: Int32, _ message: String? = nil) -> Never {
         if let s = sidecar { s.signal(SIGTERM); s.wait(timeoutSeconds: 30) }
         cleanup()
+        rmdir(dir)   // only when empty: a sidecar log kept there (no --sidecar-log) keeps it
         if rulesApplied, let o = capture {
             do { note(try applier.remove(o)) } catch {
                 note("could not remove the capture rules: \(error.description) (run meshctl capture remove)")
@@ -228,6 +229,7 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
         } catch {
             // A failed apply leaves nothing half applied (the library takes back what it did).
             cleanup()
+            rmdir(dir)
             fail(error.description, code: error.exitCode)
         }
     }
