@@ -167,7 +167,9 @@ func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
     say("starting reviews v1 and v2 (the sample app) and productpage (a caller), each with its sidecar")
     for v in ["v1", "v2"] {
         let p = freePort()
-        run("reviews", ["--label", "version=\(v)", "--app-port", String(p)], [me, "demo-app", "--name", "reviews-\(v)", "--port", String(p)])
+        // Each version on its own app port, both registering the service port callers use.
+        run("reviews", ["--label", "version=\(v)", "--app-port", String(p), "--service-port", "9080"],
+            [me, "demo-app", "--name", "reviews-\(v)", "--port", String(p)])
     }
     run("productpage", [], [me, "demo-caller", "--host", "reviews", "--rate", "50"])
     var ready = false

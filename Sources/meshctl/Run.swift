@@ -40,6 +40,9 @@ struct RunRequest {
     var labels: [String]
     var appPort: Int?
     var appProtocol: String?
+    /// `--service-port`: the port callers use for the service, when it is not the app port (the
+    /// versions of a service on one host listen on different app ports, all register this one).
+    var servicePort: Int? = nil
     /// `--token-file`: the join token to start with (else one is minted).
     var tokenFile: String?
     var sidecarLog: String?
@@ -185,6 +188,7 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
     for l in req.labels { args += ["--label", l] }
     if let p = req.appPort { args += ["--app-port", String(p)] }
     if let p = req.appProtocol { args += ["--app-protocol", p] }
+    if let p = req.servicePort { args += ["--service-port", String(p)] }
     if let a = req.advertiseAddress { args += ["--advertise-address", a] }
     if let o = capture { args += ["--capture", "--dns-port", String(o.dnsPort)] }
 

@@ -32,7 +32,7 @@ let usage = """
                             p50/p99 latency, read from the sidecars' metrics (refreshed until
                             Ctrl-C; --once prints one table)
       run --service NAME [--namespace NS] [--service-account SA] [--label k=v]... [--app-port P]
-          [--app-protocol http|http2|grpc] [--token-file F] [--sidecar-log FILE]
+          [--service-port N] [--app-protocol http|http2|grpc] [--token-file F] [--sidecar-log FILE]
           [--advertise-address IP] -- CMD [ARGS...]
                             start a sidecar in mesh mode for CMD (a token is minted unless given),
                             start CMD once the sidecar is ready, with http_proxy/HTTP_PROXY set to
@@ -96,7 +96,7 @@ let specs: [Flags.Spec] = [
     .init("interval"), .init("once", value: false), .init("keep-running", value: false), .init("name"), .init("port"),
     .init("host"), .init("rate"), .init("phase"), .init("url"),
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
-    .init("root-cert"), .init("advertise-address"), .init("capture", value: false),
+    .init("root-cert"), .init("advertise-address"), .init("capture", value: false), .init("service-port"),
 ] + CaptureOptions.flagSpecs.filter { $0.name != "help" }
 // `meshctl capture ...` takes its own flags (none of the global ones apply to it).
 if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
@@ -270,8 +270,12 @@ if cmd.first == "run" {
     let argv = CommandLine.arguments
     guard let dd = argv.firstIndex(of: "--"), dd + 1 < argv.count else { fail("run: give the command after -- (meshctl run --service NAME -- CMD ARGS)") }
     guard let service = flags.string("service") else { fail("run: missing --service NAME") }
-    let appPort: Int?
-    do { appPort = try flags.int("app-port", min: 1, max: 65535) } catch { fail("\(error)") }
+    let appPort: Int?, servicePort: Int?
+    do {
+        appPort = try flags.int("app-port", min: 1, max: 65535)
+        servicePort = try flags.int("service-port", min: 1, max: 65535)
+    } catch { fail("\(error)") }
+    if servicePort != nil && appPort == nil { fail("run: --service-port needs --app-port (a workload without an app port serves nothing)") }
     var capture: CaptureOptions? = nil
     if flags.has("capture") {
         // One parser: the capture flags go through `meshctl capture apply`'s own validation.
@@ -282,11 +286,12 @@ if cmd.first == "run" {
         do { capture = try CaptureOptions.parse(words).options } catch { fail(error.description, code: error.exitCode) }
     }
     let ns = flags.string("namespace") ?? "default"
-    let req = RunRequest(service: service, namespace: ns, serviceAccount: flags.string("service-account") ?? service,
+    var req = RunRequest(service: service, namespace: ns, serviceAccount: flags.string("service-account") ?? service,
                          labels: flags.all("label"), appPort: appPort, appProtocol: flags.string("app-protocol"),
                          tokenFile: flags.string("token-file"), sidecarLog: flags.string("sidecar-log"),
                          command: Array(argv[(dd + 1)...]), adminHost: adminHost, advertiseAddress: flags.string("advertise-address"),
                          capture: capture)
+    req.servicePort = servicePort
     runCommand(req, meshd: MeshdAdmin(requireToken: { _ = adminToken() }, call: { (m: String, p: String) throws(CAError) -> String in
         guard let path = tokenFile else { throw CAError("no admin token (--admin-token-file)") }
         let t = try FileStore.read(path).split(whereSeparator: { $0 == "\n" || $0 == " " }).first.map(String.init) ?? ""
