@@ -14,7 +14,9 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -77,6 +79,49 @@ def test_demo_capture_without_root_exits_2_with_one_line():
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert r.stderr.count("\n") == 1 and "demo --capture needs root" in r.stderr, r.stderr
     assert r.stdout == ""
+
+
+def test_demo_caller_url_refuses_what_it_cannot_call():
+    for url in ("ftp://reviews/", "https://reviews/", "http://", "http:///x", "http://reviews:0/", "http://reviews:70000/",
+                "http://reviews:x/", "http://reviews:/", "http://[::1/", "http://[::1]x/", "http://a b/", "http://u@reviews/", "reviews:9080"):
+        r = subprocess.run([str(MESHCTL), "demo-caller", "--url", url], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and "--url: expected http://HOST[:PORT][/PATH]" in r.stderr and url in r.stderr, (url, r.stderr)
+    r = subprocess.run([str(MESHCTL), "demo-caller", "--url", "http://reviews/", "--host", "reviews"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "not both" in r.stderr, r.stderr
+
+
+def test_demo_caller_by_name_resolves_itself_and_sends_host_and_path():
+    """Without root: `demo-caller --url` resolves `localhost` with the system resolver (no proxy,
+    no MESH_OUTBOUND), tries its addresses in turn (the server listens on IPv4 only) and sends
+    the URL's path and `host`."""
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers["host"]))
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("MESH_")}
+    p = subprocess.Popen([str(MESHCTL), "demo-caller", "--url", f"http://localhost:{port}/reviews?x=1", "--rate", "20"],
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_until(lambda: len(seen) >= 5, timeout=20, what="five requests")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        err = p.communicate(timeout=10)[1]
+        srv.shutdown()
+    assert p.returncode == 0, err
+    assert set(seen) == {("/reviews?x=1", f"localhost:{port}")}, seen
+    assert re.search(rf"demo-caller: localhost -> (.*, )?127\.0\.0\.1:{port}(, .*)?: status 200", err), err
 
 
 # --- as root, in network namespaces ---------------------------------------------------------
