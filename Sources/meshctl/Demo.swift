@@ -20,11 +20,13 @@ func demoApp(name: String, port: Int) -> Never {
     exit(0)
 }
 
-/// `meshctl demo-caller --host H --rate N`: calls H through `http_proxy` N times a second.
+/// `meshctl demo-caller --host H --rate N`: calls H through the sidecar's outbound listener
+/// (`MESH_OUTBOUND`, set by `meshctl run`) N times a second. Under capture there is no such
+/// variable: the caller takes `--url` instead (`demoCallerByName`, DemoCaptureCaller.swift).
 func demoCaller(host: String, rate: Int) -> Never {
     let signals = SignalWaiter()
     guard let proxy = getenv("MESH_OUTBOUND").map({ String(cString: $0) }), let addr = SocketAddress(proxy) else {
-        fail("demo-caller runs under meshctl run (MESH_OUTBOUND)", code: 2)
+        fail("demo-caller --host runs under meshctl run (MESH_OUTBOUND); under run --capture give --url http://NAME:PORT/", code: 2)
     }
     let gap = UInt32(1_000_000 / max(rate, 1))
     Threads.spawnDetached {
@@ -35,6 +37,79 @@ func demoCaller(host: String, rate: Int) -> Never {
     }
     _ = signals.wait()
     exit(0)
+}
+
+/// The story both demos tell once the mesh is up: the identities meshd issued, then a canary
+/// walked through 100/0, 90/10, 50/50 and 0/100 with a per-version table in each phase. How meshd
+/// is asked (`ctl`) and where the table is read (`table`) differ between `demo` and
+/// `demo --capture`; what is printed does not.
+struct DemoStory {
+    /// One line of demo output.
+    let say: (String) -> Void
+    /// meshd's admin API: method, path, body -> the answer's body ("" when it failed).
+    let ctl: (String, String, String) -> String
+    /// One `meshctl top` table over the interval (seconds), from the caller's sidecar.
+    let table: (Double) -> String
+    /// Waits while watching signals and children (the demo's own `pause`).
+    let pause: (Double) -> Void
+    /// Stops the demo if a signal came or a child died.
+    let check: () -> Void
+    let tty: Bool
+    let phaseSeconds: Double
+
+    /// The SPIFFE IDs of the sidecars meshd lists.
+    func identities() {
+        say("mTLS identities in use (issued by meshd, renewed at half life):")
+        var ids = Set<String>()
+        for l in ctl("GET", "/v1/proxies", "").split(separator: "\n").dropFirst() { ids.insert(String(l.split(separator: "\t")[0])) }
+        for id in ids.sorted() { say("  \(id)") }
+    }
+
+    /// Applies each canary step through meshd and shows the split the caller's sidecar reports.
+    func walkCanary() {
+        let rule = """
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: reviews}
+        spec:
+          host: reviews
+          subsets:
+          - {name: v1, labels: {version: v1}}
+          - {name: v2, labels: {version: v2}}
+        """
+        for (w1, w2) in [(100, 0), (90, 10), (50, 50), (0, 100)] {
+            let vs = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: reviews}
+            spec:
+              hosts: [reviews]
+              http:
+              - name: canary
+                route:
+                - destination: {host: reviews, subset: v1}
+                  weight: \(w1)
+                - destination: {host: reviews, subset: v2}
+                  weight: \(w2)
+            """
+            let v = ctl("POST", "/v1/config/apply?file=demo-canary-\(w1)-\(w2)", vs + "\n---\n" + rule)
+            say("canary \(w1)/\(w2): applied (\(v.split(separator: "\n").first.map(String.init) ?? ""))")
+            pause(1)
+            let phaseEnd = Clock.monotonicNanos() + UInt64(phaseSeconds * 1e9)
+            while Clock.monotonicNanos() < phaseEnd {
+                check()
+                let t = table(min(2, phaseSeconds))
+                if tty {
+                    print("\u{1B}[2J\u{1B}[H" + "canary \(w1)/\(w2)  (meshctl top, every 2 s; Ctrl-C stops)\n\n" + t, terminator: "")
+                } else {
+                    for line in t.split(separator: "\n") where line.hasPrefix("productpage") || line.hasPrefix("ROUTE") || line.contains("reviews") {
+                        say("  " + line)
+                    }
+                }
+                fflush(nil)
+            }
+        }
+    }
 }
 
 /// The demo: meshd, two versions of `reviews` and a caller, each with its sidecar, and a canary.
@@ -92,7 +167,9 @@ func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
     say("starting reviews v1 and v2 (the sample app) and productpage (a caller), each with its sidecar")
     for v in ["v1", "v2"] {
         let p = freePort()
-        run("reviews", ["--label", "version=\(v)", "--app-port", String(p)], [me, "demo-app", "--name", "reviews-\(v)", "--port", String(p)])
+        // Each version on its own app port, both registering the service port callers use.
+        run("reviews", ["--label", "version=\(v)", "--app-port", String(p), "--service-port", "9080"],
+            [me, "demo-app", "--name", "reviews-\(v)", "--port", String(p)])
     }
     run("productpage", [], [me, "demo-caller", "--host", "reviews", "--rate", "50"])
     var ready = false
@@ -102,60 +179,14 @@ func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
         pause(0.1)
     }
     if !ready { say("the sidecars did not all connect within 30 s (logs in \(dir))"); stopAll(1) }
-    say("mTLS identities in use (issued by meshd, renewed at half life):")
-    var ids = Set<String>()
-    for l in ctl("GET", "/v1/proxies").split(separator: "\n").dropFirst() { ids.insert(String(l.split(separator: "\t")[0])) }
-    for id in ids.sorted() { say("  \(id)") }
-
-    let rule = """
-    apiVersion: networking.istio.io/v1
-    kind: DestinationRule
-    metadata: {name: reviews}
-    spec:
-      host: reviews
-      subsets:
-      - {name: v1, labels: {version: v1}}
-      - {name: v2, labels: {version: v2}}
-    """
-    for (w1, w2) in [(100, 0), (90, 10), (50, 50), (0, 100)] {
-        let vs = """
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {name: reviews}
-        spec:
-          hosts: [reviews]
-          http:
-          - name: canary
-            route:
-            - destination: {host: reviews, subset: v1}
-              weight: \(w1)
-            - destination: {host: reviews, subset: v2}
-              weight: \(w2)
-        """
-        let v = ctl("POST", "/v1/config/apply?file=demo-canary-\(w1)-\(w2)", vs + "\n---\n" + rule)
-        say("canary \(w1)/\(w2): applied (\(v.split(separator: "\n").first.map(String.init) ?? ""))")
-        pause(1)
-        let phaseEnd = Clock.monotonicNanos() + UInt64(phaseSeconds * 1e9)
-        while Clock.monotonicNanos() < phaseEnd {
-            check()
-            let admins = sidecarAdmins(ctl("GET", "/v1/proxies"))
-            let table = topTable(admins: admins, interval: min(2, phaseSeconds))
-            if tty {
-                print("\u{1B}[2J\u{1B}[H" + "canary \(w1)/\(w2)  (meshctl top, every 2 s; Ctrl-C stops)\n\n" + table, terminator: "")
-            } else {
-                for line in table.split(separator: "\n") where line.hasPrefix("productpage") || line.hasPrefix("ROUTE") || line.contains("reviews") {
-                    say("  " + line)
-                }
-            }
-            fflush(nil)
-        }
-    }
+    let story = DemoStory(say: say, ctl: ctl, table: { topTable(admins: sidecarAdmins(ctl("GET", "/v1/proxies", "")), interval: $0) },
+                          pause: pause, check: check, tty: tty, phaseSeconds: phaseSeconds)
+    story.identities()
+    story.walkCanary()
     if keepRunning {
-        let caller = ctl("GET", "/v1/proxies")
         say("the mesh stays up. meshd admin: \(adminURL) (MESHD=\(adminURL) MESH_ADMIN_TOKEN_FILE=\(tokenFile))")
         say("try: MESHD=\(adminURL) MESH_ADMIN_TOKEN_FILE=\(tokenFile) \(me) top")
         say("     MESHD=\(adminURL) MESH_ADMIN_TOKEN_FILE=\(tokenFile) \(me) status")
-        _ = caller
         say("logs: \(dir). Ctrl-C stops everything.")
         while true { pause(3600) }
     }

@@ -40,6 +40,9 @@ struct RunRequest {
     var labels: [String]
     var appPort: Int?
     var appProtocol: String?
+    /// `--service-port`: the port callers use for the service, when it is not the app port (the
+    /// versions of a service on one host listen on different app ports, all register this one).
+    var servicePort: Int? = nil
     /// `--token-file`: the join token to start with (else one is minted).
     var tokenFile: String?
     var sidecarLog: String?
@@ -185,6 +188,7 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
     for l in req.labels { args += ["--label", l] }
     if let p = req.appPort { args += ["--app-port", String(p)] }
     if let p = req.appProtocol { args += ["--app-protocol", p] }
+    if let p = req.servicePort { args += ["--service-port", String(p)] }
     if let a = req.advertiseAddress { args += ["--advertise-address", a] }
     if let o = capture { args += ["--capture", "--dns-port", String(o.dnsPort)] }
 
@@ -212,6 +216,7 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
     func finish(_ code: Int32, _ message: String? = nil) -> Never {
         if let s = sidecar { s.signal(SIGTERM); s.wait(timeoutSeconds: 30) }
         cleanup()
+        rmdir(dir)   // only when empty: a sidecar log kept there (no --sidecar-log) keeps it
         if rulesApplied, let o = capture {
             do { note(try applier.remove(o)) } catch {
                 note("could not remove the capture rules: \(error.description) (run meshctl capture remove)")
@@ -228,6 +233,7 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
         } catch {
             // A failed apply leaves nothing half applied (the library takes back what it did).
             cleanup()
+            rmdir(dir)
             fail(error.description, code: error.exitCode)
         }
     }

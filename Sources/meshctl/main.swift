@@ -32,7 +32,7 @@ let usage = """
                             p50/p99 latency, read from the sidecars' metrics (refreshed until
                             Ctrl-C; --once prints one table)
       run --service NAME [--namespace NS] [--service-account SA] [--label k=v]... [--app-port P]
-          [--app-protocol http|http2|grpc|tcp] [--token-file F] [--sidecar-log FILE]
+          [--service-port N] [--app-protocol http|http2|grpc|tcp] [--token-file F] [--sidecar-log FILE]
           [--advertise-address IP] -- CMD [ARGS...]
                             start a sidecar in mesh mode for CMD (a token is minted unless given),
                             start CMD once the sidecar is ready, with http_proxy/HTTP_PROXY set to
@@ -52,6 +52,10 @@ let usage = """
                             and a caller, each with its sidecar, and a canary walked through
                             100/0, 90/10, 50/50, 0/100 with live per-version request rates,
                             success and latency (about a minute; Ctrl-C stops everything)
+      demo --capture [--keep-running]
+                            (root) the same with each workload in its own network namespace on a
+                            bridge under run --capture, the caller calling reviews by name with no
+                            proxy variable; namespaces removed at the end (docs/capture.md)
       capture apply|remove|print [--proxy-uid 1337] [--proxy-gid 1337] [--outbound-port 15001]
           [--inbound-port 15006] [--admin-port 15000] [--dns-port 15053]
           [--include-inbound-ports '*'|P,P] [--exclude-inbound-ports P,P] [--exclude-outbound-ports P,P]
@@ -90,9 +94,9 @@ let specs: [Flags.Spec] = [
     .init("meshd"), .init("admin-token-file"), .init("namespace"), .init("service-account"), .init("ttl"), .init("help", value: false),
     .init("f"), .init("filename"), .init("wait", value: false), .init("ignore-not-found", value: false), .init("o"), .init("output"),
     .init("interval"), .init("once", value: false), .init("keep-running", value: false), .init("name"), .init("port"),
-    .init("host"), .init("rate"), .init("phase"),
+    .init("host"), .init("rate"), .init("phase"), .init("url"),
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
-    .init("root-cert"), .init("advertise-address"), .init("capture", value: false),
+    .init("root-cert"), .init("advertise-address"), .init("capture", value: false), .init("service-port"),
 ] + CaptureOptions.flagSpecs.filter { $0.name != "help" }
 // `meshctl capture ...` takes its own flags (none of the global ones apply to it).
 if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
@@ -104,11 +108,21 @@ if flags.positional.first == "demo-app" {
     do { demoApp(name: flags.string("name") ?? "app", port: try flags.int("port", min: 1, max: 65535) ?? 9080) } catch { fail("\(error)") }
 }
 if flags.positional.first == "demo-caller" {
-    do { demoCaller(host: flags.string("host") ?? "reviews", rate: try flags.int("rate", min: 1, max: 10000) ?? 50) } catch { fail("\(error)") }
+    let rate: Int
+    do { rate = try flags.int("rate", min: 1, max: 10000) ?? 50 } catch { fail("\(error)") }
+    if let u = flags.string("url") {
+        // Under capture: by name, resolved by the caller itself (no MESH_OUTBOUND, no proxy).
+        if flags.has("host") { fail("demo-caller: give --host (through MESH_OUTBOUND) or --url (by name, under capture), not both") }
+        guard let target = DemoURL(u) else { fail("--url: expected http://HOST[:PORT][/PATH], got \"\(u)\"") }
+        demoCallerByName(target, rate: rate)
+    }
+    demoCaller(host: flags.string("host") ?? "reviews", rate: rate)
 }
 if flags.positional.first == "demo" {
-    // The namespace variant (DESIGN §10) is not built yet: refused by name, never ignored.
-    if flags.has("capture") { fail("demo --capture (the demo in network namespaces with capture) is not available yet; run meshctl demo") }
+    // demo takes these flags only: any other (a capture flag, --meshd...) is refused by name.
+    if let f = flags.values.keys.sorted().first(where: { !["capture", "keep-running", "phase"].contains($0) }) {
+        fail("--\(f) is not a flag of demo (meshctl demo [--capture] [--keep-running] [--phase 10s])")
+    }
     var phase = 10.0
     if let t = flags.string("phase") {
         guard let n = DurationParser.parseNanos(t), n >= 1_000_000_000, n <= 600_000_000_000 else {
@@ -116,6 +130,7 @@ if flags.positional.first == "demo" {
         }
         phase = Double(n) / 1e9
     }
+    if flags.has("capture") { runCaptureDemo(keepRunning: flags.has("keep-running"), phaseSeconds: phase) }
     runDemo(keepRunning: flags.has("keep-running"), phaseSeconds: phase)
 }
 
@@ -259,8 +274,12 @@ if cmd.first == "run" {
     let argv = CommandLine.arguments
     guard let dd = argv.firstIndex(of: "--"), dd + 1 < argv.count else { fail("run: give the command after -- (meshctl run --service NAME -- CMD ARGS)") }
     guard let service = flags.string("service") else { fail("run: missing --service NAME") }
-    let appPort: Int?
-    do { appPort = try flags.int("app-port", min: 1, max: 65535) } catch { fail("\(error)") }
+    let appPort: Int?, servicePort: Int?
+    do {
+        appPort = try flags.int("app-port", min: 1, max: 65535)
+        servicePort = try flags.int("service-port", min: 1, max: 65535)
+    } catch { fail("\(error)") }
+    if servicePort != nil && appPort == nil { fail("run: --service-port needs --app-port (a workload without an app port serves nothing)") }
     var capture: CaptureOptions? = nil
     if flags.has("capture") {
         // One parser: the capture flags go through `meshctl capture apply`'s own validation.
@@ -271,11 +290,12 @@ if cmd.first == "run" {
         do { capture = try CaptureOptions.parse(words).options } catch { fail(error.description, code: error.exitCode) }
     }
     let ns = flags.string("namespace") ?? "default"
-    let req = RunRequest(service: service, namespace: ns, serviceAccount: flags.string("service-account") ?? service,
+    var req = RunRequest(service: service, namespace: ns, serviceAccount: flags.string("service-account") ?? service,
                          labels: flags.all("label"), appPort: appPort, appProtocol: flags.string("app-protocol"),
                          tokenFile: flags.string("token-file"), sidecarLog: flags.string("sidecar-log"),
                          command: Array(argv[(dd + 1)...]), adminHost: adminHost, advertiseAddress: flags.string("advertise-address"),
                          capture: capture)
+    req.servicePort = servicePort
     runCommand(req, meshd: MeshdAdmin(requireToken: { _ = adminToken() }, call: { (m: String, p: String) throws(CAError) -> String in
         guard let path = tokenFile else { throw CAError("no admin token (--admin-token-file)") }
         let t = try FileStore.read(path).split(whereSeparator: { $0 == "\n" || $0 == " " }).first.map(String.init) ?? ""
