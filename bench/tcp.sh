@@ -176,6 +176,17 @@ spec:
       tls: ISTIO_MUTUAL
       subjectAltNames: [$SAN_SERVER]
       endpoints: [127.0.0.1:$3]
+---
+# a static sidecar's outbound listener needs a route: the TCP service's, by its port
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench, namespace: default}
+spec:
+  hosts: [bench]
+  tcp:
+  - match: [{port: ${CONNECT_TARGET#*:}}]
+    route:
+    - destination: {host: bench}
 EOF
 }
 
@@ -217,7 +228,7 @@ haproxy_global() {
     cat <<EOF
 global
     nbthread 1
-    maxconn 100000
+    maxconn 8192
 defaults
     mode tcp
     timeout connect 5s
@@ -290,6 +301,18 @@ check_inbound() {
     [[ "$j" == *'"echoed": false'* ]] || die "$p inbound carries a TLS 1.2 caller: $j"
 }
 
+# wait_listen PORT SECONDS NAME: until something listens on 127.0.0.1:PORT, without connecting
+# (a connection to HAProxy's TCP frontend would open, and count, a TLS connection on the hop).
+wait_listen() {
+    local end=$(( $(date +%s) + $2 )) hex
+    hex="$(printf '%04X' "$1")"
+    until awk -v p=":$hex" '$2 ~ p"$" && $4 == "0A" {f=1} END {exit !f}' /proc/net/tcp; do
+        alive_or_die "$3"
+        [ "$(date +%s)" -ge "$end" ] && die "nothing listening on 127.0.0.1:$1 after $2 s"
+        sleep 0.1
+    done
+}
+
 # probe_hop NAME: a second outbound of the same kind whose upstream is a tap in front of the real
 # inbound; three sequential connections; the tap reads each ServerHello (plaintext in TLS 1.3).
 probe_hop() {
@@ -305,7 +328,7 @@ probe_hop() {
         haproxy_out_cfg "$outport" "$tapport" >"$d/probe.cfg"
         start_proc "${p}_probe" "$d/probe.log" haproxy -db -f "$d/probe.cfg"
     fi
-    wait_port "$outport" 20
+    wait_listen "$outport" 20 "${p}_probe"
     local i
     for i in 1 2 3; do
         # shellcheck disable=SC2046
