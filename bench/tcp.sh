@@ -70,7 +70,7 @@ done
 CAPTURE_SKIP=""
 if want_step capture; then
     if [ "$(id -u)" != 0 ]; then
-        CAPTURE_SKIP="not run: the capture step needs root (a network namespace and iptables rules)"
+        CAPTURE_SKIP="Not run: the capture step needs root (a network namespace and iptables rules)"
     else
         for t in ip iptables-nft-restore setpriv h2load nginx; do
             command -v "$t" >/dev/null || die "'$t' not found (apt-get install iproute2 iptables util-linux nghttp2-client nginx)"
@@ -413,7 +413,7 @@ fi
 # ------------------------------------------------------------------ capture (network namespace)
 if want_step capture && [ -n "$CAPTURE_SKIP" ]; then
     fact capture.skip "$CAPTURE_SKIP"
-    note "capture step $CAPTURE_SKIP"
+    note "capture step: $CAPTURE_SKIP"
 elif want_step capture; then
     NS="meshbench-tcp-$$"
     VIP=240.240.0.10
