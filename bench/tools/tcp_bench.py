@@ -18,8 +18,8 @@ Subcommands (each prints one JSON line on stdout when it has a result):
       the server's count; down: asks for N bytes ('R' mode) and counts them to the end.
       Prints {"bytes", "seconds", "cpu"} (cpu: this client's own user+system seconds).
 
-  rate --port P -n N -c C [--payload 16] [--connect HOST:PORT] [--timeout 30]
-      N short connections, C at a time (one thread, selectors): connect, (CONNECT and its 200),
+  rate --port P [--host 127.0.0.1] -n N -c C [--payload 16] [--connect HOST:PORT] [--timeout 30]
+      N short connections to HOST:P, C at a time (one thread, selectors): connect, (CONNECT and its 200),
       send PAYLOAD bytes ('E' + filler), read them back, check them, close. Prints
       {"done", "failed", "seconds", "cpu", "errors"}; exit 1 if any failed.
 
@@ -272,7 +272,7 @@ def rate(args):
     sel = selectors.DefaultSelector()
     started = done = failed = 0
     errors = {}
-    addr = ("127.0.0.1", args.port)
+    addr = (args.host, args.port)
 
     def fail(rc, why):
         nonlocal failed
@@ -519,6 +519,7 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("-n", type=int, required=True)
     p.add_argument("-c", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--payload", type=int, default=16)
     p.add_argument("--connect")
     p.add_argument("--timeout", type=float, default=120)
