@@ -603,6 +603,7 @@ events { worker_connections 8192; }
 http { access_log off; client_body_temp_path $CD/nginx/tmp; keepalive_requests 10000000;
   server { listen 127.0.0.1:$APP_HTTP; location / { return 200 "hello\n"; } } }
 EOF
+    chmod a+rx "$OUT"; chmod -R a+rX "$CD"     # the configs (no keys) readable by uid 1337 whatever the umask
     start_proc cap_app "$CD/nginx.log" ip netns exec "$NS" nginx -c "$CD/nginx/nginx.conf" -p "$CD/nginx"
     as_proxy=(setpriv --reuid=1337 --regid=1337 --clear-groups)
     for f in inbound inbound-tcp cap-out plain-out; do
