@@ -418,7 +418,7 @@ BANNER_CLIENT = textwrap.dedent("""
         c.sendall(b"HELO mesh\\r\\n")           # client first, not HTTP: TCP at once
         first = c.recv(100)
     rest = b""
-    while b"echo:" not in rest:
+    while b"echo:" not in first + rest:          # the echo may come in the same read as the banner
         rest += c.recv(100)
     print(repr(first), repr(rest), round(time.monotonic() - t0, 3), sep="\t")
 """)
@@ -461,15 +461,19 @@ def test_undeclared_protocol_is_detected_from_the_first_bytes(cm):
         assert "x-request-id" in e["headers"], e["headers"]          # routed as HTTP, not passed as bytes
         assert cm.stats(A)["captured_connections_detected_http"] > before.get("captured_connections_detected_http", 0)
         for mode in ("server-first", "client-first"):
-            r = wait_until(lambda: cm.app(A, [sys.executable, "-c", BANNER_CLIENT, mode]).stdout.strip(), timeout=20,
-                           what=f"{mode} TCP to banner.example.com")
+            def banner_call():
+                p = cm.app(A, [sys.executable, "-c", BANNER_CLIENT, mode])
+                if p.returncode != 0:
+                    raise AssertionError(p.stderr.strip().splitlines()[-1:])
+                return p.stdout.strip()
+            r = wait_until(banner_call, timeout=20, what=f"{mode} TCP to banner.example.com")
             first, rest, took = r.split("\t")
-            assert "220 banner ready" in (first + rest) and "echo:" in rest, r
+            assert "220 banner ready" in first + rest, r
             if mode == "server-first":
                 # Nothing from the client: TCP once the detection timeout (100 ms) passed.
                 assert "220 banner ready" in first and "echo:PING" in rest and float(took) >= 0.09, r
             else:
-                assert "echo:HELO mesh" in (first + rest), r
+                assert "echo:HELO mesh" in first + rest, r
         assert cm.stats(A)["captured_connections_detected_tcp"] >= before.get("captured_connections_detected_tcp", 0) + 2
     finally:
         cm.ctl("delete", "-f", entries)
