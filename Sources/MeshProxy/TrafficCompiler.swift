@@ -94,15 +94,7 @@ struct TrafficCompiler {
         for vs in b.traffic.virtualServices {
             var list: [Int] = []
             for (i, h) in vs.http.enumerated() {
-                var ts: [Int] = []
-                var cum: [Int] = []
-                var sum = 0
-                for d in h.route where d.weight > 0 || h.route.count == 1 {
-                    let ci = b.clusterIndex(forHost: d.destination.host, namespace: vs.namespace)!
-                    ts.append(target(b, cluster: ci, subset: d.destination.subset))
-                    sum += h.route.count == 1 ? 100 : d.weight
-                    cum.append(sum)
-                }
+                let (ts, cum) = weightedTargets(b, h.route, namespace: vs.namespace)
                 let first = h.route[0].destination
                 let svc = Self.service(first.host, vs.namespace)
                 var mirrorTarget = TargetID.none
@@ -133,15 +125,7 @@ struct TrafficCompiler {
             if !vs.tcp.isEmpty {
                 var tlist: [Int] = []
                 for (i, tr) in vs.tcp.enumerated() {
-                    var ts: [Int] = []
-                    var cum: [Int] = []
-                    var sum = 0
-                    for d in tr.route where d.weight > 0 || tr.route.count == 1 {
-                        let ci = b.clusterIndex(forHost: d.destination.host, namespace: vs.namespace)!
-                        ts.append(target(b, cluster: ci, subset: d.destination.subset))
-                        sum += tr.route.count == 1 ? 100 : d.weight
-                        cum.append(sum)
-                    }
+                    let (ts, cum) = weightedTargets(b, tr.route, namespace: vs.namespace)
                     let first = tr.route[0].destination
                     let svc = Self.service(first.host, vs.namespace)
                     tlist.append(tcpRoutes.count)
@@ -157,6 +141,22 @@ struct TrafficCompiler {
     }
 
     /// The target for a cluster, or for the endpoints a subset of its DestinationRule selects.
+    /// A route's destinations (http or tcp alike) as targets with cumulative weights out of 100;
+    /// a lone destination takes everything, a weight of 0 takes nothing.
+    private mutating func weightedTargets(_ b: Bootstrap, _ route: [IstioTraffic.RouteDestination],
+                                          namespace: String) -> (targets: [Int], cumulative: [Int]) {
+        var ts: [Int] = []
+        var cum: [Int] = []
+        var sum = 0
+        for d in route where d.weight > 0 || route.count == 1 {
+            let ci = b.clusterIndex(forHost: d.destination.host, namespace: namespace)!
+            ts.append(target(b, cluster: ci, subset: d.destination.subset))
+            sum += route.count == 1 ? 100 : d.weight
+            cum.append(sum)
+        }
+        return (ts, cum)
+    }
+
     private mutating func target(_ b: Bootstrap, cluster ci: Int, subset: String?) -> Int {
         let name = subset.map { "\(clusters[ci].name)/\($0)" } ?? clusters[ci].name
         if let t = targetIndex[name] { return t }

@@ -35,7 +35,8 @@ _counter = itertools.count()
 
 
 def _ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+    # Generous: creating a namespace waits for the kernel to finish tearing down earlier ones.
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=120)
 
 
 def _reap_stale():
