@@ -44,7 +44,10 @@ public enum CaptureRuleset {
             }
         }
         for (kind, id) in [("uid", o.proxyUID), ("gid", o.proxyGID)] {
-            add("MESH_OUTPUT", "-o lo ! -d \(loopback) -p tcp -m owner --\(kind)-owner \(id) -j MESH_IN_REDIRECT")
+            // Not the inbound port itself: a sidecar calling its own service connects to its
+            // inbound listener's address directly (the REDIRECT would send it to loopback, where
+            // that listener may not be bound), as Istio leaves its tunnel port alone.
+            add("MESH_OUTPUT", "-o lo ! -d \(loopback) -p tcp ! --dport \(o.inboundPort) -m owner --\(kind)-owner \(id) -j MESH_IN_REDIRECT")
             add("MESH_OUTPUT", "-o lo -m owner ! --\(kind)-owner \(id) -j RETURN")
             add("MESH_OUTPUT", "-m owner --\(kind)-owner \(id) -j RETURN")
         }

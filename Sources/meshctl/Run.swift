@@ -130,6 +130,11 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
         }
         sidecarCreds = Credentials(uid: uid_t(o.proxyUID), gid: gid_t(o.proxyGID), groups: [])
         do { appCreds = try CaptureRunPrivileges.invokingUser() } catch { fail(error.description, code: 2) }
+        // The proxy gid among the app's supplementary groups would let it become that gid
+        // (a setgid file) and leave capture: it is not given.
+        if let c = appCreds, c.groups.contains(where: { Int($0) == o.proxyGID }) {
+            appCreds = Credentials(uid: c.uid, gid: c.gid, groups: c.groups.filter { Int($0) != o.proxyGID })
+        }
         let (auid, agid) = appCreds.map { ($0.uid, $0.gid) } ?? (getuid(), getgid())
         if Int(auid) == o.proxyUID || Int(agid) == o.proxyGID {
             fail("run --capture: the app would run as uid \(auid) gid \(agid), the proxy's --proxy-uid \(o.proxyUID) / --proxy-gid \(o.proxyGID): its traffic would never be captured (run as another user, or choose other proxy ids)")
@@ -228,7 +233,15 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
 
     if let o = capture {
         do {
-            note(try applier.apply(o))
+            let applied = try applier.apply(o)
+            if applied.hasPrefix("capture unchanged") {
+                // The rules were in force before this run (another `run --capture`, or `meshctl
+                // capture apply`): they are not this run's to remove at its end.
+                cleanup()
+                rmdir(dir)
+                fail("run --capture: capture rules are already in force in this network namespace (another captured app, or meshctl capture apply): one captured app per namespace; meshctl capture remove takes them away", code: 1)
+            }
+            note(applied)
             rulesApplied = true
         } catch {
             // A failed apply leaves nothing half applied (the library takes back what it did).

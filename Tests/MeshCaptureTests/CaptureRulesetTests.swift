@@ -40,7 +40,7 @@ final class CaptureRulesetTests: XCTestCase {
             func at(_ r: String) -> Int { rules.firstIndex(of: "-A MESH_OUTPUT " + r) ?? -1 }
             let excluded = at("-p tcp --dport 25 -j RETURN"), pass = at("-o lo -s \(passthrough) -j RETURN")
             let dnsUID = at("-p udp --dport 53 -m owner --uid-owner 1337 -j RETURN"), dns = at("-p udp --dport 53 -j REDIRECT --to-ports 15053")
-            let vip = at("-o lo ! -d \(loopback) -p tcp -m owner --uid-owner 1337 -j MESH_IN_REDIRECT")
+            let vip = at("-o lo ! -d \(loopback) -p tcp ! --dport 15006 -m owner --uid-owner 1337 -j MESH_IN_REDIRECT")
             let appLo = at("-o lo -m owner ! --uid-owner 1337 -j RETURN"), proxy = at("-m owner --uid-owner 1337 -j RETURN")
             let proxyGID = at("-m owner --gid-owner 1337 -j RETURN"), local = at("-d \(loopback) -j RETURN"), all = at("-j MESH_REDIRECT")
             let order = [excluded, pass, dnsUID, dns, vip, appLo, proxy, proxyGID, local, all]

@@ -261,3 +261,21 @@ def test_refusals_apply_nothing_and_start_nothing(site):
     assert no_rules(site.nat())
     # Nothing left running in B.
     assert site.h.run(B, ["ss", "-ltnH"]).stdout.strip() == ""
+
+
+def test_rules_already_in_force_are_not_taken_over(site):
+    """Rules a run did not apply are not its to remove: with another captured app running in the
+    namespace, a second `run --capture` refuses to start (its sidecar could not have the proxy
+    ports anyway) and leaves the first one's rules exactly as they were, so that app stays
+    captured; they go when the first run ends."""
+    first = site.start("--capture", "--service", "web", "--app-port", "8000")
+    report(first)
+    before = site.nat()
+    assert has_rules(before)
+    r = site.run("--capture", "--service", "web2", "--app-port", "8001")
+    assert r.returncode == 1 and "capture rules are already in force" in r.stderr, r.stderr
+    assert not os.path.exists(r.report)   # its app never started
+    assert site.nat() == before
+    open(first.stop, "w").close()
+    assert first.wait(timeout=40) == 5
+    assert no_rules(site.nat())

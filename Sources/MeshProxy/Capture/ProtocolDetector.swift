@@ -63,9 +63,14 @@ final class ProtocolDetector: Pollable {
         done = true
         worker.loop.setDeadline(self, 0)
         worker.loop.deregister(self)
+        // The connection is handed on before the detection counts as ended, so a drain waiting
+        // for the last connection waits for it too.
+        if let http {
+            worker.stats.inc(http ? .detectedHTTP : .detectedTCP)
+            worker.dispatchCaptured(fd, original: original, detected: http)
+        } else {
+            Glibc.close(fd)
+        }
         worker.detectionEnded()
-        guard let http else { Glibc.close(fd); return }
-        worker.stats.inc(http ? .detectedHTTP : .detectedTCP)
-        worker.dispatchCaptured(fd, original: original, detected: http)
     }
 }

@@ -24,7 +24,14 @@ extension Worker {
             return true
         }
         if case .detect? = capture.lookup(original) {
-            // Not declared: the first bytes decide (at most ProtocolDetector.timeout).
+            // Not declared: the first bytes decide (at most ProtocolDetector.timeout). Counted
+            // against the listener's limit like the connection it becomes.
+            if !listenerHasRoom(inbound: false, settings: settings) || detecting >= 1024 {
+                Glibc.close(fd)
+                stats.inc(.connectionLimit)
+                logRejection("proxy", "connection refused: the outbound listener holds its maxConnections")
+                return true
+            }
             let d = ProtocolDetector(worker: self, fd: fd, original: original)
             detecting += 1
             if !d.start() { detecting -= 1 }

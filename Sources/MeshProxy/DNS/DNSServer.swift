@@ -426,8 +426,11 @@ final class DNSTCPConnection: Pollable {
 
     override func onEvents(_ events: UInt32) {
         if closed { return }
+        // A reset or hang-up ends the connection even while reading is paused: level-triggered,
+        // it would otherwise be reported again on every loop iteration (a spinning thread).
+        if events & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { close(); return }
         if events & EPOLLOUT.rawValue != 0 { flush() }
-        if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 && !paused { readInput() }
+        if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue) != 0 && !paused { readInput() }
     }
 
     private func readInput() {

@@ -159,6 +159,15 @@ final class TCPProxySession {
     func sidePeerClosed(_ side: TCPSide, error: Int32) {
         if finished { return }
         if error == 0 && !side.isClosed {
+            if !side.isDownstream && !upEstablished {
+                // The upstream ended before its handshake did: a failed attempt, not the end of
+                // the stream (the next attempt goes to another endpoint).
+                side.closeNow()
+                worker.stats.inc(.upstreamConnectFailures)
+                pool?.counters.inc(.connectFailures)
+                connectUpstream()
+                return
+            }
             // End of stream (FIN or close_notify): passed on once the bytes before it are.
             if side.isDownstream { downEOF = true } else { upEOF = true }
             pump(from: side)
@@ -255,7 +264,9 @@ final class TCPProxySession {
             closing = true
             d.closeAfterFlush()
             u.closeAfterFlush()
+            // Either side may be left with bytes its peer never reads: both get a deadline.
             if !finished && !d.isClosed { loop.setDeadline(d, loop.now &+ 10_000_000_000) }
+            if !finished && !u.isClosed { loop.setDeadline(u, loop.now &+ 10_000_000_000) }
         }
     }
 
@@ -265,6 +276,7 @@ final class TCPProxySession {
     /// with UF (or UH: no healthy endpoint) when the attempts are used up.
     private func connectUpstream() {
         let s = snapshot
+        upEOF = false
         while attempts < maxAttempts && !finished {
             attempts += 1
             let addr: SocketAddress
