@@ -1,6 +1,7 @@
 // The identity a child of meshctl runs as, and the fork/exec that switches to it (posix_spawn
 // cannot change a child's uid or gid).
 import MeshPKI
+import CMeshShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,11 +11,15 @@ public struct Credentials: Equatable, Sendable {
     public var uid: uid_t
     public var gid: gid_t
     public var groups: [gid_t]
+    /// Start it without capabilities (but CAP_NET_BIND_SERVICE): a root app under capture must
+    /// not be able to undo it (change the rules, or take the proxy's gid and leave them).
+    public var dropCapabilities = false
 
-    public init(uid: uid_t, gid: gid_t, groups: [gid_t] = []) {
+    public init(uid: uid_t, gid: gid_t, groups: [gid_t] = [], dropCapabilities: Bool = false) {
         self.uid = uid
         self.gid = gid
         self.groups = groups
+        self.dropCapabilities = dropCapabilities
     }
 
     /// `uid`'s login groups (from the group database, `gid` first), or just `gid` when the uid
@@ -71,6 +76,7 @@ extension ChildProcess {
                     _ = Glibc.signal(SIGPIPE, SIG_DFL); _ = Glibc.signal(SIGCHLD, SIG_DFL)
                     if logFD >= 0 && (dup2(logFD, 1) < 0 || dup2(logFD, 2) < 0) { err = errno }
                     if err == 0 && setgroups(g.count, g.baseAddress) != 0 { err = errno }
+                    if err == 0 && c.dropCapabilities && mesh_drop_bounding_caps_except(10 /* CAP_NET_BIND_SERVICE */) != 0 { err = errno }
                     if err == 0 && setgid(c.gid) != 0 { err = errno }
                     if err == 0 && setuid(c.uid) != 0 { err = errno }
                     if err == 0 {

@@ -135,6 +135,12 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
         if let c = appCreds, c.groups.contains(where: { Int($0) == o.proxyGID }) {
             appCreds = Credentials(uid: c.uid, gid: c.gid, groups: c.groups.filter { Int($0) != o.proxyGID })
         }
+        // An app that runs as root keeps uid 0 but none of root's capabilities (except binding
+        // ports below 1024): with them it could change the rules or take the proxy's gid.
+        if (appCreds?.uid ?? getuid()) == 0 {
+            let c = appCreds ?? Credentials(uid: 0, gid: getgid(), groups: [getgid()])
+            appCreds = Credentials(uid: c.uid, gid: c.gid, groups: c.groups.filter { Int($0) != o.proxyGID }, dropCapabilities: true)
+        }
         let (auid, agid) = appCreds.map { ($0.uid, $0.gid) } ?? (getuid(), getgid())
         if Int(auid) == o.proxyUID || Int(agid) == o.proxyGID {
             fail("run --capture: the app would run as uid \(auid) gid \(agid), the proxy's --proxy-uid \(o.proxyUID) / --proxy-gid \(o.proxyGID): its traffic would never be captured (run as another user, or choose other proxy ids)")

@@ -39,6 +39,14 @@ report, stop = sys.argv[1], sys.argv[2]
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
 info = {"pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(), "euid": os.geteuid(),
         "groups": os.getgroups(), "env": dict(os.environ)}
+for line in open("/proc/self/status"):
+    if line.startswith(("CapEff:", "CapBnd:")):
+        info[line.split(":")[0]] = int(line.split()[1], 16)
+try:
+    os.setgid(1337)          # what would take a root app out of capture (the gid-owner rules)
+    info["setgid_1337"] = "allowed"
+except PermissionError:
+    info["setgid_1337"] = "refused"
 tmp = report + ".tmp"
 with open(tmp, "w") as f:
     json.dump(info, f)
@@ -174,6 +182,10 @@ def test_rules_while_running_sidecar_as_1337_app_without_proxy_variables_rules_g
     assert cmdline[cmdline.index("--dns-port") + 1] == "15053"
     # The app: meshctl's own uid (root, no sudo), not a single proxy variable, no MESH_OUTBOUND.
     assert info["uid"] == 0 and info["gid"] == 0
+    # ...but none of root's capabilities except binding low ports (CAP_NET_BIND_SERVICE, bit
+    # 10): it cannot change the rules or take the proxy's gid to leave them.
+    assert info["CapEff"] == 1 << 10 and info["CapBnd"] == 1 << 10, info
+    assert info["setgid_1337"] == "refused", info
     leaked = [k for k in info["env"] if k.lower() in ("http_proxy", "https_proxy", "no_proxy", "grpc_proxy", "all_proxy")]
     assert leaked == [], leaked
     assert "MESH_OUTBOUND" not in info["env"] and info["env"]["MESH_SERVICE"] == "web"

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <sys/uio.h>
+#include <sys/prctl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -92,6 +93,17 @@ static inline long mesh_raise_nofile(void) {
 static inline int mesh_original_dst(int fd, int family, struct sockaddr_storage *out, socklen_t *len) {
     *len = family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     return getsockopt(fd, family == AF_INET6 ? SOL_IPV6 : SOL_IP, 80 /* SO_ORIGINAL_DST, IP6T_SO_ORIGINAL_DST */, out, len);
+}
+
+/// Drops every capability from the bounding set but `keep` (after the exec that follows, even a
+/// root process then has only that one; prctl is variadic, so Swift calls it through here).
+/// Async-signal-safe: for a forked child before execve.
+static inline int mesh_drop_bounding_caps_except(int keep) {
+    for (int cap = 0; cap <= 63; cap++) {
+        if (cap == keep) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return -1;
+    }
+    return 0;
 }
 
 // ---- OpenSSL macros ----
