@@ -34,6 +34,7 @@ public final class ConfigStreamClient: @unchecked Sendable {
 
     public func run() {
         var have = 0
+        var digest = ""
         var registered = false
         var isReady = false
         func becomeReady(_ why: String) {
@@ -50,7 +51,7 @@ public final class ConfigStreamClient: @unchecked Sendable {
                     guard r.status == 200 else { throw CAError("registration refused (\(r.status)): \(r.body)") }
                 }
                 registered = true
-                let request = ConfigStream.Request(version: have, node: node, admin: admin)
+                let request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest)
                 let r = try identity.call("GET", "\(ConfigStream.configPath)?\(request.query)", timeoutSeconds: 40)
                 delay = 500_000
                 if r.status == 304 { continue }
@@ -72,7 +73,9 @@ public final class ConfigStreamClient: @unchecked Sendable {
                     answer.error = "\(error)"
                 }
                 _ = try? identity.call("POST", "\(answer.path)?\(answer.query)", body: answer.body)
+                // Answered (ACK or NACK): meshd sends again only a config with another digest.
                 have = push.version
+                digest = push.digest
             } catch {
                 registered = false
                 Log.warn("sidecar", "config stream: \(error); retrying in \(delay / 1000) ms")

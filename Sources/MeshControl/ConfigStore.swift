@@ -78,6 +78,7 @@ public final class ConfigStore: @unchecked Sendable {
         var convergenceSum: Double = 0
         /// The rendered proxy config of the current version (every sidecar gets the same).
         var rendered: (version: Int, text: String)?
+        var renderedDigest: (version: Int, digest: String)?
         /// Config streams waiting now, by identity|node: their sidecars are alive.
         var streams: [String: Int] = [:]
         /// `--outbound-traffic-policy`: what captured connections to destinations outside the
@@ -91,6 +92,7 @@ public final class ConfigStore: @unchecked Sendable {
     /// One change at a time: read, validate, persist and commit form one critical section.
     private let applyLock = PlainLock()
     private let changed = Condition()
+    private let observers = Locked<[@Sendable () -> Void]>([])
     let stateDir: String
     public let defaultNamespace = "default"
     /// How long a workload whose sidecar went away stays registered (and, after a meshd restart,
@@ -260,7 +262,7 @@ public final class ConfigStore: @unchecked Sendable {
             if s.versionTimes.count > 64, let oldest = s.versionTimes.keys.min() { s.versionTimes.removeValue(forKey: oldest) }
             return s.version
         }
-        changed.broadcast()
+        notifyChanged()
         let files = Set(inputs.map(\.file)).sorted().joined(separator: ", ")
         Log.info("config", "\(outcomes.filter { $0.3 != .unchanged && $0.3 != .notFound }.map { "\($0.0) \($0.1)/\($0.2) \($0.3.rawValue)" }.joined(separator: ", ")) from \(files): version \(v)")
         return Result(version: v, changed: true, documents: outcomes)
@@ -424,7 +426,7 @@ public final class ConfigStore: @unchecked Sendable {
         }
         if !same {
             persistRegistry()
-            changed.broadcast()
+            notifyChanged()
             Log.info("registry", "registered \(service).\(namespace) at \(address) (\(identity))")
         }
     }
@@ -460,7 +462,7 @@ public final class ConfigStore: @unchecked Sendable {
         }
         if !removed.isEmpty {
             persistRegistry()
-            changed.broadcast()
+            notifyChanged()
             for r in removed { Log.info("registry", "removed \(r): its sidecar is gone") }
         }
     }
@@ -484,6 +486,30 @@ public final class ConfigStore: @unchecked Sendable {
         let r = render()
         state.withLock { s in if s.version == r.version { s.rendered = r } }
         return r
+    }
+
+    /// What meshd would push to one sidecar now: the version in force, the config's text and
+    /// its digest (`MeshCrypto.digestHex`). A sidecar whose config already has this digest gets
+    /// nothing. `identity` and `node` name the sidecar (its scope).
+    public func proxyConfig(identity: String, node: String) -> ProxyConfigSnapshot {
+        let (v, text) = proxyConfig()
+        if let d = state.withLock({ s in s.renderedDigest.flatMap { $0.version == v ? $0.digest : nil } }) {
+            return ProxyConfigSnapshot(version: v, digest: d, text: text)
+        }
+        let d = MeshCrypto.digestHex(text)
+        state.withLock { $0.renderedDigest = (v, d) }
+        return ProxyConfigSnapshot(version: v, digest: d, text: text)
+    }
+
+    /// Calls `f` after every change of the version (an apply, a registration, an expiry), on the
+    /// thread that made it; `f` must be quick (post to a loop).
+    public func onChange(_ f: @escaping @Sendable () -> Void) {
+        observers.withLock { $0.append(f) }
+    }
+
+    func notifyChanged() {
+        changed.broadcast()
+        for f in observers.withLock({ $0 }) { f() }
     }
 
     private func render() -> (version: Int, text: String) {
@@ -739,6 +765,13 @@ public final class ConfigStore: @unchecked Sendable {
     }
 
     public func proxies() -> [ProxyStatus] { state.withLock { Array($0.proxies.values) }.sorted { ($0.identity, $0.node) < ($1.identity, $1.node) } }
+}
+
+/// What meshd would push to one sidecar: the version in force, the config and its digest.
+public struct ProxyConfigSnapshot: Sendable, Equatable {
+    public var version: Int
+    public var digest: String
+    public var text: String
 }
 
 /// A condition variable for waiting config streams.

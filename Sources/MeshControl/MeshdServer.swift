@@ -142,12 +142,20 @@ public final class MeshdServer: @unchecked Sendable {
             // The node names this sidecar in meshd's state: an address, nothing else.
             guard q.node.isEmpty || SocketAddress(q.node) != nil else { return ControlResponse(400, "node: expected IP:PORT\n") }
             store.seen(identity: id, node: q.node, admin: q.admin)
-            _ = store.waitForChange(from: q.version, timeout: MeshdServer.streamWait, identity: id, node: q.node, alive: r.clientConnected)
+            // Answer when this sidecar's config differs from what it has (its digest), or after
+            // the wait with "no change".
+            let deadline = Clock.monotonicNanos() + UInt64(MeshdServer.streamWait) * 1_000_000_000
+            var snap = store.proxyConfig(identity: id, node: q.node)
+            while snap.digest == q.digest && Clock.monotonicNanos() < deadline && r.clientConnected() {
+                let left = Int((deadline - Clock.monotonicNanos()) / 1_000_000_000) + 1
+                _ = store.waitForChange(from: snap.version, timeout: min(left, MeshdServer.streamWait), identity: id, node: q.node, alive: r.clientConnected)
+                snap = store.proxyConfig(identity: id, node: q.node)
+            }
             guard r.clientConnected() else { return ControlResponse(499, "") }   // gone: nobody to answer
             store.seen(identity: id, node: q.node)
-            let (v, text) = store.proxyConfig()
-            if v == q.version { return ControlResponse(304, "") }
-            let push = ConfigStream.Push(version: v, nonce: store.sent(identity: id, node: q.node, version: v), text: text)
+            if snap.digest == q.digest { return ControlResponse(304, "") }
+            let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: id, node: q.node, version: snap.version),
+                                         digest: snap.digest, text: snap.text)
             return ControlResponse(200, push.body, contentType: ConfigStream.Push.contentType)
         case ("POST", ConfigStream.ackPath), ("POST", ConfigStream.nackPath):
             guard let a = ConfigStream.Answer(query: r.query, nack: r.path == ConfigStream.nackPath, body: r.bodyText) else {

@@ -73,39 +73,54 @@ public enum ConfigStream {
         public init(key: String, value: String) { self.key = key; self.value = value }
     }
 
-    /// A long poll for config newer than `version` (`GET /v1/config?...`). `node` tells apart
-    /// sidecars sharing an identity; `admin` is where `meshctl top` reads its metrics.
+    /// A long poll for config other than what the sidecar has (`GET /v1/config?...`): the
+    /// version and the digest of the last config it answered (ACK or NACK; empty: none yet). meshd answers when
+    /// the config it would push to this sidecar has another digest, so a sidecar that moves to
+    /// another replica keeps its version and gets nothing until its own config changes. `node`
+    /// tells apart sidecars sharing an identity; `admin` is where `meshctl top` reads its metrics.
     public struct Request: Sendable, Equatable {
         public var version: Int
         public var node: String
         public var admin: String
-        public init(version: Int, node: String, admin: String) { self.version = version; self.node = node; self.admin = admin }
+        public var digest: String
+        public init(version: Int, node: String, admin: String, digest: String = "") {
+            self.version = version; self.node = node; self.admin = admin; self.digest = digest
+        }
 
         public var query: String {
             "version=\(version)&node=\(ControlClient.percentEncode(node))&admin=\(ControlClient.percentEncode(admin))"
+                + (digest.isEmpty ? "" : "&digest=\(digest)")
         }
 
+        /// A digest is lowercase hex, at most 64 digits; anything else counts as none.
         public init(query q: [String: String]) {
+            let d = q["digest"] ?? ""
+            let ok = d.utf8.count <= 64 && d.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
             self.init(version: Int(q["version"] ?? "0") ?? 0, node: q["node"] ?? "",
-                      admin: (q["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? "")
+                      admin: (q["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? "", digest: ok ? d : "")
         }
     }
 
-    /// A config pushed to a sidecar: the first line `version: V NONCE`, then the config text.
+    /// A config pushed to a sidecar: the first line `version: V NONCE DIGEST`, then the config
+    /// text (`DIGEST`: `MeshCrypto.digestHex` of the text, which the sidecar sends back in its
+    /// next request).
     public struct Push: Sendable, Equatable {
         public var version: Int
         public var nonce: String
+        public var digest: String
         public var text: String
-        public init(version: Int, nonce: String, text: String) { self.version = version; self.nonce = nonce; self.text = text }
+        public init(version: Int, nonce: String, digest: String, text: String) {
+            self.version = version; self.nonce = nonce; self.digest = digest; self.text = text
+        }
 
-        public var body: String { "version: \(version) \(nonce)\n" + text }
+        public var body: String { "version: \(version) \(nonce) \(digest)\n" + text }
         public static let contentType = "application/yaml"
 
         public init?(body: String) {
             guard let nl = body.firstIndex(of: "\n") else { return nil }
             let first = body[..<nl].split(separator: " ")
-            guard first.count == 3, first[0] == "version:", let v = Int(first[1]) else { return nil }
-            self.init(version: v, nonce: String(first[2]), text: String(body[body.index(after: nl)...]))
+            guard first.count == 4, first[0] == "version:", let v = Int(first[1]) else { return nil }
+            self.init(version: v, nonce: String(first[2]), digest: String(first[3]), text: String(body[body.index(after: nl)...]))
         }
     }
 

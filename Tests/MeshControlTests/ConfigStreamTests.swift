@@ -34,9 +34,19 @@ final class ConfigStreamTests: XCTestCase {
         let req = ConfigStream.Request(version: 7, node: "10.0.0.7:15006", admin: "127.0.0.1:15000")
         XCTAssertEqual(ConfigStream.Request(query: parse(req.query)), req)
         XCTAssertEqual(ConfigStream.Request(query: parse("version=x&admin=not-an-address")), ConfigStream.Request(version: 0, node: "", admin: ""))
-        let push = ConfigStream.Push(version: 9, nonce: "a1b2", text: "kind: ProxyConfig\nspec: {}\n")
+        let withDigest = ConfigStream.Request(version: 7, node: "n", admin: "", digest: MeshCrypto.digestHex("kind: ProxyConfig\n"))
+        XCTAssertEqual(withDigest.digest.count, 32)
+        XCTAssertEqual(ConfigStream.Request(query: parse(withDigest.query)), withDigest)
+        // A digest that is not lowercase hex counts as none (it is echoed into nothing, compared only).
+        for bad in ["ABCD", "12 4", "xyz", String(repeating: "a", count: 65)] {
+            XCTAssertEqual(ConfigStream.Request(query: ["version": "1", "digest": bad]).digest, "", bad)
+        }
+        XCTAssertNotEqual(MeshCrypto.digestHex("a"), MeshCrypto.digestHex("b"))
+        XCTAssertEqual(MeshCrypto.digestHex(""), "e3b0c44298fc1c149afbf4c8996fb924")
+        let push = ConfigStream.Push(version: 9, nonce: "a1b2", digest: "00ff", text: "kind: ProxyConfig\nspec: {}\n")
         XCTAssertEqual(ConfigStream.Push(body: push.body), push)
-        XCTAssertNil(ConfigStream.Push(body: "version: nine x\nkind: X\n"))
+        XCTAssertNil(ConfigStream.Push(body: "version: nine x d\nkind: X\n"))
+        XCTAssertNil(ConfigStream.Push(body: "version: 9 a1b2\nkind: X\n"))
         XCTAssertNil(ConfigStream.Push(body: "no newline"))
         let nack = ConfigStream.Answer(version: 9, node: "n&m", nonce: "a1b2", error: "refused: x")
         XCTAssertEqual(nack.path, ConfigStream.nackPath)
