@@ -54,15 +54,17 @@ let package = Package(
         .target(name: "MeshControlWire", dependencies: ["MeshCore", "MeshConfig", "MeshIO", "MeshTLS", "MeshHTTP", "MeshPKI", "CMeshShims", "COpenSSL"]),
         .target(name: "MeshCA", dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshPKI", "CMeshShims", "COpenSSL"]),
         .target(name: "MeshControl",
-                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshPKI", "MeshCA", "MeshControlWire", "CMeshShims", "COpenSSL"]),
+                dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshPKI", "MeshCA", "MeshControlWire", "MeshEtcd", "CMeshShims", "COpenSSL"]),
         .target(name: "MeshAgent", dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshPKI", "MeshControlWire", "COpenSSL"]),
         .target(name: "MeshProxy",
                 dependencies: ["MeshCore", "MeshIO", "MeshTLS", "MeshHTTP", "MeshConfig", "MeshStats", "MeshDNS"],
                 swiftSettings: hot),
         .executableTarget(name: "sidecar", dependencies: ["MeshProxy", "MeshConfig", "MeshCore", "MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshIO"], swiftSettings: hot),
-        .executableTarget(name: "meshd", dependencies: ["MeshConfig", "MeshControl", "MeshCA", "MeshPKI", "MeshCore", "MeshIO"]),
+        .executableTarget(name: "meshd", dependencies: ["MeshConfig", "MeshControl", "MeshCA", "MeshPKI", "MeshCore", "MeshIO", "MeshEtcd"]),
         // Transparent capture: the iptables rules (pure model and rendering) and their applier.
         .target(name: "MeshCapture", dependencies: ["MeshCore"]),
+        // etcd v3 through its JSON gateway (blocking HTTP/1.1), and leader election on a lease.
+        .target(name: "MeshEtcd", dependencies: ["MeshCore", "MeshIO"]),
         .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture"]),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshIOTests", dependencies: ["MeshIO", "MeshCore"]),
@@ -71,7 +73,7 @@ let package = Package(
         .testTarget(name: "MeshDNSTests", dependencies: ["MeshDNS", "MeshProxy", "MeshConfig", "MeshIO", "MeshCore"]),
         .testTarget(name: "MeshStatsTests", dependencies: ["MeshStats"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
-        .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS"]),
+        .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshEtcd", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS"]),
         .testTarget(name: "MeshCaptureTests", dependencies: ["MeshCapture", "MeshCore"]),
         .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP", "MeshIO"]),
     ]

@@ -40,13 +40,22 @@ public final class CertificateAuthority: @unchecked Sendable {
     private let rotationLock = PlainLock()
 
     /// Loads the CA from the state directory, creating it on first start (or from `caDir`).
-    public init(stateDir: String, caDir: String?, trustDomain: String, certTTL: Int) throws(CAError) {
+    /// `shared`: the join-token key and admin token every replica uses (from the shared store);
+    /// the admin token is then written to STATE-DIR/admin-token for meshctl on this host.
+    public init(stateDir: String, caDir: String?, trustDomain: String, certTTL: Int,
+                shared: (tokenKey: String, adminToken: String)? = nil) throws(CAError) {
         self.stateDir = stateDir
         self.trustDomain = trustDomain
         self.certTTL = certTTL
         try FileStore.makeDirectory(stateDir)
-        tokenKey = try FileStore.secret(at: "\(stateDir)/token-key", bytes: 32).utf8.map { $0 }
-        adminToken = try FileStore.secret(at: "\(stateDir)/admin-token", bytes: 24)
+        if let s = shared {
+            tokenKey = Array(s.tokenKey.utf8)
+            adminToken = s.adminToken
+            try FileStore.writeAtomically("\(stateDir)/admin-token", s.adminToken + "\n", mode: 0o600)
+        } else {
+            tokenKey = try FileStore.secret(at: "\(stateDir)/token-key", bytes: 32).utf8.map { $0 }
+            adminToken = try FileStore.secret(at: "\(stateDir)/admin-token", bytes: 24)
+        }
         if let dir = caDir {
             pluggedIn = true
             let certPath = "\(dir)/ca-cert.pem", chainPath = "\(dir)/cert-chain.pem", rootPath = "\(dir)/root-cert.pem"

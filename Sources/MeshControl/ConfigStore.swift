@@ -1,4 +1,5 @@
 import MeshControlWire
+import MeshEtcd
 import MeshCA
 import MeshPKI
 import MeshConfig
@@ -46,6 +47,9 @@ public final class ConfigStore: @unchecked Sendable {
         /// not given by the sidecar); every workload of one service registers the same.
         public var serviceProtocol: String = "HTTP"
         public var servicePort: Int? = nil
+        /// The meshd replica that holds its sidecar's stream and expires it (etcd store; empty
+        /// on the file store, where this meshd holds every one).
+        public var holder = ""
     }
 
     /// A sidecar's config stream as `meshctl status` shows it.
@@ -102,19 +106,30 @@ public final class ConfigStore: @unchecked Sendable {
     /// The trust domain, for the identities of ServiceEntry endpoints.
     let trustDomain: String
 
-    public init(stateDir: String, trustDomain: String = "cluster.local", grace: Int64 = 30,
-                outboundTrafficPolicy: Bootstrap.OutboundTrafficPolicy = .allowAny) throws(CAError) {
+    /// The shared store of meshd replicas (nil: the state directory's files).
+    let etcd: EtcdStateStore?
+
+    /// `etcd`: keep the state there instead of in `stateDir` (replicas, DESIGN §12).
+    public convenience init(stateDir: String, trustDomain: String = "cluster.local", grace: Int64 = 30,
+                            outboundTrafficPolicy: Bootstrap.OutboundTrafficPolicy = .allowAny) throws(CAError) {
+        try self.init(stateDir: stateDir, trustDomain: trustDomain, grace: grace, outboundTrafficPolicy: outboundTrafficPolicy, etcd: nil)
+    }
+
+    init(stateDir: String, trustDomain: String, grace: Int64, outboundTrafficPolicy: Bootstrap.OutboundTrafficPolicy,
+         etcd: EtcdStateStore?) throws(CAError) {
         self.stateDir = stateDir
         self.trustDomain = trustDomain
         self.grace = grace
-        var st = try StateFiles(stateDir: stateDir).load()
+        self.etcd = etcd
+        var st: State
+        if let etcd { st = try etcd.load() } else { st = try StateFiles(stateDir: stateDir).load() }
         st.outboundTrafficPolicy = outboundTrafficPolicy
         st.startedAt = MeshCrypto.now()
         let storedVIPs = st.vips
         do { try ConfigStore.allocateVIPs(&st) } catch {
             throw CAError("\(stateDir)/\(StateFiles.vips): the stored config cannot keep these addresses: \(error.description); fix or remove the file")
         }
-        if st.vips != storedVIPs { try StateFiles(stateDir: stateDir).saveVIPs(st) }
+        if st.vips != storedVIPs && etcd == nil { try StateFiles(stateDir: stateDir).saveVIPs(st) }
         for k in st.workloads.keys { st.workloads[k]!.lastSeen = st.startedAt }
         // What was stored must still be what a sidecar accepts (this meshd may check more than the
         // one that stored it): refuse to start rather than push a config every sidecar refuses.
@@ -126,13 +141,97 @@ public final class ConfigStore: @unchecked Sendable {
             if !st.workloads.isEmpty, (try? ConfigStore.check(bare, trustDomain: trustDomain)) != nil {
                 Log.warn("registry", "\(stateDir)/\(StateFiles.registry): dropped: with it the stored config is refused (\(error.description)); sidecars register again")
                 st = bare
+            } else if etcd != nil {
+                throw CAError("the config stored in etcd is refused: \(error.description); fix it with meshctl through a replica that accepts it, or remove the key")
             } else {
                 throw CAError("\(stateDir)/\(StateFiles.applied): the stored config is refused: \(error.description); fix or remove the file")
             }
         }
         let kinds = Dictionary(grouping: st.order.compactMap { st.documents[$0]?.kind }, by: { $0 }).map { "\($0.value.count) \($0.key)" }.sorted()
-        Log.info("config", "loaded \(st.order.count) document(s)\(kinds.isEmpty ? "" : " (\(kinds.joined(separator: ", ")))") and \(st.workloads.count) workload(s) from \(stateDir)")
+        Log.info("config", "loaded \(st.order.count) document(s)\(kinds.isEmpty ? "" : " (\(kinds.joined(separator: ", ")))") and \(st.workloads.count) workload(s) from \(etcd.map { "etcd (\($0.endpoints)) at version \(st.version)" } ?? stateDir)")
         state.withLock { $0 = st }
+    }
+
+    /// Opens the state kept in etcd by every replica (`meshd --store etcd://...`); `replica`
+    /// names this meshd there. Follow the store with `followStore()`.
+    public static func shared(client: EtcdClient, endpoints: String, replica: String, stateDir: String, trustDomain: String = "cluster.local",
+                              grace: Int64 = 30, outboundTrafficPolicy: Bootstrap.OutboundTrafficPolicy = .allowAny) throws(CAError) -> ConfigStore {
+        try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace, outboundTrafficPolicy: outboundTrafficPolicy,
+                        etcd: EtcdStateStore(client: client, replica: replica, endpoints: endpoints))
+    }
+
+    /// Follows the shared store for ever (on the calling thread): what other replicas commit
+    /// becomes the config in force here. Returns at once on the file store.
+    public func followStore() {
+        etcd?.follow { [weak self] st in self?.install(st) }
+    }
+
+    /// Puts a state read from the store in force when it is newer than the one in force. What
+    /// this replica knows about its own sidecars (when each was last seen) stays.
+    func install(_ st: State) {
+        let v = state.withLock { s -> Int? in
+            guard st.version > s.version else { return nil }
+            let now = MeshCrypto.now()
+            var workloads = st.workloads
+            for k in workloads.keys {
+                if let o = s.workloads[k] { workloads[k]!.lastSeen = o.lastSeen; workloads[k]!.connected = o.connected } else {
+                    workloads[k]!.lastSeen = now
+                    workloads[k]!.connected = true
+                }
+            }
+            s.documents = st.documents
+            s.order = st.order
+            s.workloads = workloads
+            s.vips = st.vips
+            s.version = st.version
+            s.versionTimes[s.version] = Clock.monotonicNanos()
+            if s.versionTimes.count > 64, let oldest = s.versionTimes.keys.min() { s.versionTimes.removeValue(forKey: oldest) }
+            return s.version
+        }
+        if let v {
+            Log.debug("store", "version \(v) from etcd")
+            notifyChanged()
+        }
+    }
+
+    /// Commits `next` (computed from `current`) to the store and puts it in force; returns the
+    /// new version, or nil when another replica committed first (`conflictAt` is then the
+    /// version to wait for before computing the change again). `fence`: the leader's compare.
+    func commit(_ current: State, _ next: State, conflictAt: inout Int, fence: EtcdCompare? = nil) throws(ConfigError) -> Int? {
+        guard let etcd else { preconditionFailure("commit is for the shared store") }
+        let v: Int
+        do { v = try etcd.commit(from: current, to: next, fence: fence) } catch {
+            switch error {
+            case .conflict(let at): conflictAt = Int(at); return nil
+            case .failed(let why): throw ConfigError(file: "(the store)", message: "cannot persist: \(why)")
+            }
+        }
+        var installed = next
+        installed.version = v
+        install(installed)
+        return v
+    }
+
+    /// Waits (at most 2 s) until the version in force is at least `version`: the store's watch
+    /// caught up with a commit another replica made.
+    func waitForVersion(_ version: Int) {
+        let deadline = Clock.monotonicNanos() + 2_000_000_000
+        while self.version < version {
+            let now = Clock.monotonicNanos()
+            if now >= deadline { return }
+            changed.wait(nanos: min(deadline - now, 50_000_000))
+        }
+    }
+
+    /// Runs a change against the shared store until it commits: `attempt` computes it from the
+    /// state in force (nil: conflict at the version it set, try again once caught up).
+    func retrying<R>(_ what: String, _ attempt: (inout Int) throws(ConfigError) -> R?) throws(ConfigError) -> R {
+        for _ in 0..<50 {
+            var at = 0
+            if let r = try attempt(&at) { return r }
+            waitForVersion(at)
+        }
+        throw ConfigError(file: "(the store)", message: "\(what): other replicas kept changing the config; try again")
     }
 
     public var version: Int { state.withLock { $0.version } }
@@ -201,6 +300,10 @@ public final class ConfigStore: @unchecked Sendable {
     public func apply(_ inputs: [Input], delete: Bool = false, replacing: Set<String> = []) throws(ConfigError) -> Result {
         applyLock.lock()
         defer { applyLock.unlock() }
+        return try retrying("apply") { (at: inout Int) throws(ConfigError) -> Result? in try applyOnce(inputs, delete: delete, replacing: replacing, conflictAt: &at) }
+    }
+
+    private func applyOnce(_ inputs: [Input], delete: Bool, replacing: Set<String>, conflictAt: inout Int) throws(ConfigError) -> Result? {
         var incoming: [Document] = []
         for input in inputs {
             var docs = try ConfigStore.split(input.text, file: input.file, validate: !delete)
@@ -246,6 +349,12 @@ public final class ConfigStore: @unchecked Sendable {
             throw ConfigStore.locate(error, in: ConfigStore.renderDocuments(next.order.compactMap { next.documents[$0] }).placed)
         }
         try ConfigStore.check(next, trustDomain: trustDomain)
+        if etcd != nil {
+            guard let v = try commit(current, next, conflictAt: &conflictAt) else { return nil }
+            let files = Set(inputs.map(\.file)).sorted().joined(separator: ", ")
+            Log.info("config", "\(outcomes.filter { $0.3 != .unchanged && $0.3 != .notFound }.map { "\($0.0) \($0.1)/\($0.2) \($0.3.rawValue)" }.joined(separator: ", ")) from \(files): version \(v)")
+            return Result(version: v, changed: true, documents: outcomes)
+        }
         do {
             // The addresses first: a document in force always has its VIP on disk.
             if next.vips != current.vips { try StateFiles(stateDir: stateDir).saveVIPs(next) }
@@ -376,12 +485,23 @@ public final class ConfigStore: @unchecked Sendable {
                          serviceProtocol: String = "HTTP", servicePort: Int? = nil) throws(ConfigError) {
         applyLock.lock()
         defer { applyLock.unlock() }
+        try retrying("registration") { (at: inout Int) throws(ConfigError) -> Bool? in
+            try registerOnce(identity: identity, service: service, namespace: namespace, labels: labels, address: address,
+                             serviceProtocol: serviceProtocol, servicePort: servicePort, conflictAt: &at) ? true : nil
+        }
+    }
+
+    /// One attempt at a registration; false when another replica committed first.
+    private func registerOnce(identity: String, service: String, namespace: String, labels: [(String, String)], address: String,
+                              serviceProtocol: String, servicePort: Int?, conflictAt: inout Int) throws(ConfigError) -> Bool {
         let now = MeshCrypto.now()
         let key = "\(identity)|\(address)"
         var w = Workload(identity: identity, service: service, namespace: namespace, labels: labels, address: address, lastSeen: now, connected: true)
         w.serviceProtocol = serviceProtocol
         w.servicePort = servicePort
-        var next = state.withLock { $0 }
+        w.holder = etcd?.replica ?? ""
+        let current = state.withLock { $0 }
+        var next = current
         // One service, one protocol and one service port: a workload that disagrees with the
         // others of its service is refused by name (callers could not know which to speak).
         for (k, o) in next.workloads where k != key && o.service == service && o.namespace == namespace {
@@ -397,6 +517,8 @@ public final class ConfigStore: @unchecked Sendable {
             }
         }
         let old = next.workloads[key]
+        // A sidecar that moved to this replica: the same registration, a new holder.
+        let moved = old.map { $0.holder != w.holder } ?? false
         let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" }
             && $0.serviceProtocol == serviceProtocol && $0.servicePort == servicePort } ?? false
         next.workloads[key] = w
@@ -414,11 +536,17 @@ public final class ConfigStore: @unchecked Sendable {
             }
             try ConfigStore.allocateVIPs(&next)
             try ConfigStore.check(next, trustDomain: trustDomain)
-            if next.vips != vipsBefore {
+            if next.vips != vipsBefore && etcd == nil {
                 do { try StateFiles(stateDir: stateDir).saveVIPs(next) } catch {
                     throw ConfigError(file: "(registration)", message: "cannot persist the service addresses: \(error)")
                 }
             }
+        }
+        if etcd != nil && (!same || moved) {
+            guard try commit(current, next, conflictAt: &conflictAt) != nil else { return false }
+            state.withLock { $0.workloads[key]?.lastSeen = now }
+            if !same { Log.info("registry", "registered \(service).\(namespace) at \(address) (\(identity))") }
+            return true
         }
         state.withLock { s in
             s.workloads[key] = w
@@ -429,6 +557,7 @@ public final class ConfigStore: @unchecked Sendable {
             notifyChanged()
             Log.info("registry", "registered \(service).\(namespace) at \(address) (\(identity))")
         }
+        return true
     }
 
     /// Marks a sidecar's stream alive (called while it waits for config). `node` tells apart
@@ -448,6 +577,7 @@ public final class ConfigStore: @unchecked Sendable {
     /// Drops workloads not seen for the grace period (and never before meshd's own grace after a
     /// restart); marks quiet proxies disconnected.
     public func expire() {
+        if etcd != nil { return expireShared(fence: nil, live: nil) }
         let now = MeshCrypto.now()
         let removed = state.withLock { s -> [String] in
             var gone: [String] = []
@@ -464,6 +594,55 @@ public final class ConfigStore: @unchecked Sendable {
             persistRegistry()
             notifyChanged()
             for r in removed { Log.info("registry", "removed \(r): its sidecar is gone") }
+        }
+    }
+
+    /// When the leader first saw each workload whose holder replica is gone (shared store).
+    private let orphanSince = Locked<[String: Int64]>([:])
+
+    /// Expiry on the shared store, run by every replica: it drops the workloads it holds whose
+    /// sidecars are gone (as `expire` does on the file store); the leader (`fence`: its election
+    /// compare, which etcd checks in the same transaction, so a deposed leader removes nothing;
+    /// `live`: the replicas present now) also drops workloads whose holder has been gone for the
+    /// grace period and were not picked up by another replica meanwhile. A commit that loses to
+    /// another replica's is left for the next round.
+    public func expireShared(fence: EtcdCompare?, live: Set<String>?) {
+        guard let etcd else { return expire() }
+        let now = MeshCrypto.now()
+        state.withLock { s in
+            for (k, p) in s.proxies where now - p.lastSeen > min(40, grace) && s.streams[k] == nil { s.proxies[k]!.connected = false }
+        }
+        applyLock.lock()
+        defer { applyLock.unlock() }
+        let current = state.withLock { $0 }
+        var own: [String] = [], orphans: [String] = []
+        let orphaned = orphanSince.withLock { since -> [String: Int64] in
+            var next: [String: Int64] = [:]
+            for (k, w) in current.workloads where w.holder != etcd.replica {
+                if let live, fence != nil, !live.contains(w.holder) { next[k] = since[k] ?? now }
+            }
+            since = next
+            return next
+        }
+        for (k, w) in current.workloads {
+            if w.holder == etcd.replica {
+                if now - w.lastSeen > grace && now - current.startedAt > grace && current.streams[k] == nil { own.append(k) }
+            } else if let t = orphaned[k], now - t > grace {
+                orphans.append(k)
+            }
+        }
+        for (keys, f, why) in [(own, nil as EtcdCompare?, "its sidecar is gone"), (orphans, fence, "its replica is gone and its sidecar did not come back")] where !keys.isEmpty {
+            let base = state.withLock { $0 }
+            var next = base
+            for k in keys { next.workloads.removeValue(forKey: k) }
+            var at = 0
+            do {
+                if try commit(base, next, conflictAt: &at, fence: f) != nil {
+                    for k in keys { if let w = base.workloads[k] { Log.info("registry", "removed \(w.service).\(w.namespace) at \(w.address): \(why)") } }
+                }
+            } catch {
+                Log.warn("registry", "expiry: \(error.description)")
+            }
         }
     }
 

@@ -17,6 +17,8 @@ public final class MeshdServer: @unchecked Sendable {
     public let ca: CertificateAuthority
     /// The config store and registry (nil: certificate authority only).
     public var store: ConfigStore?
+    /// This meshd among replicas on etcd (nil: the only one, on the file store).
+    public var replica: MeshdReplica?
     private let apiContext: Locked<TLSContext?>
     private let apiRenewAt = Atomic<Int64>(0)
     static let serverCertTTL = 24 * 3600
@@ -244,7 +246,8 @@ public final class MeshdServer: @unchecked Sendable {
         case ("GET", "/v1/proxies"):
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
             let v = store.version
-            return ControlResponse(200, "config version \(v)\n" + store.proxies().map {
+            let me = replica?.statusLine ?? "replica: the only one (store file \(store.stateDir))"
+            return ControlResponse(200, "config version \(v)\n\(me)\n" + store.proxies().map {
                 let state = $0.nack.map { "NACK (\($0))" } ?? ($0.ackedVersion == v ? "ACK" : $0.ackedVersion > 0 ? "ACK \($0.ackedVersion) (behind)" : "pending")
                 return "\($0.identity)\t\($0.node)\t\($0.connected ? "connected" : "disconnected")\tsent \($0.sentVersion)\tacked \($0.ackedVersion)\t\(state)\tadmin \($0.admin.isEmpty ? "-" : $0.admin)"
             }.joined(separator: "\n") + "\n")
@@ -265,6 +268,9 @@ public final class MeshdServer: @unchecked Sendable {
 
     func metrics() -> String {
         var out = ""
+        // DESIGN §12: whether this replica does the singleton work now (the only meshd on the file store always does).
+        out += "# HELP mesh_leader Whether this meshd is the leader of its replicas (1) or not (0).\n# TYPE mesh_leader gauge\n"
+        out += "mesh_leader \(replica.map { $0.isLeader ? 1 : 0 } ?? 1)\n"
         out += "# HELP meshd_certificates_issued_total Workload certificates signed.\n# TYPE meshd_certificates_issued_total counter\n"
         out += "meshd_certificates_issued_total \(ca.issuedCount)\n"
         out += "# HELP meshd_certificate_requests_refused_total Certificate requests refused (bad token, identity, CSR).\n# TYPE meshd_certificate_requests_refused_total counter\n"

@@ -85,42 +85,9 @@ struct StateFiles {
         if let text = try read(StateFiles.registry) {
             let p = path(StateFiles.registry)
             for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where !line.isEmpty {
-                let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-                // The same checks as a registration: a damaged or edited file cannot inject config.
-                // Then the protocol and the service port ("-": not given); a file written before
-                // them has 5 fields: HTTP, port unknown.
-                guard f.count == 5 || f.count == 7 else { throw CAError("\(p):\(i + 1): expected 5 tab-separated fields, got \(f.count) (or 7: with the protocol and service port this meshd saves)") }
-                var proto = "HTTP"
-                var port: Int? = nil
-                if f.count == 7 {
-                    guard ["HTTP", "HTTP2", "GRPC", "TCP"].contains(f[5]) else {
-                        throw CAError("\(p):\(i + 1): expected a protocol (HTTP, HTTP2, GRPC or TCP), got \"\(f[5])\"")
-                    }
-                    proto = f[5]
-                    if f[6] != "-" {
-                        guard let n = Int(f[6]), n >= 1, n <= 65535 else { throw CAError("\(p):\(i + 1): expected a service port (1-65535 or -), got \"\(f[6])\"") }
-                        port = n
-                    }
-                }
-                guard f[0].hasPrefix("spiffe://"), f[0].utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 34 && $0 != 92 }) else {
-                    throw CAError("\(p):\(i + 1): expected a SPIFFE ID, got \"\(f[0])\"")
-                }
-                guard Names.isDNSLabel(f[1]), Names.isDNSLabel(f[2]) else {
-                    throw CAError("\(p):\(i + 1): expected a service and a namespace (DNS labels), got \"\(f[1])\" and \"\(f[2])\"")
-                }
-                guard SocketAddress(f[4]) != nil else { throw CAError("\(p):\(i + 1): expected IP:PORT, got \"\(f[4])\"") }
-                var labels: [(String, String)] = []
-                for kv in f[3].split(separator: ",") {
-                    let l = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
-                    guard l.count == 2, Names.isLabelKey(l[0]), Names.isLabelValue(l[1]) else {
-                        throw CAError("\(p):\(i + 1): expected labels as key=value,..., got \"\(kv)\"")
-                    }
-                    labels.append((l[0], l[1]))
-                }
                 // Known before the restart: kept through the grace period even if it never returns.
-                st.workloads["\(f[0])|\(f[4])"] = ConfigStore.Workload(identity: f[0], service: f[1], namespace: f[2], labels: labels,
-                                                                      address: f[4], lastSeen: 0, connected: false,
-                                                                      serviceProtocol: proto, servicePort: port)
+                let w = try StateFiles.workload(fromLine: line, at: "\(p):\(i + 1)")
+                st.workloads["\(w.identity)|\(w.address)"] = w
             }
         }
         if let text = try read(StateFiles.vips) {
@@ -145,10 +112,56 @@ struct StateFiles {
 
     /// Writes the registry.
     func saveRegistry(_ s: ConfigStore.State) throws(CAError) {
-        let text = s.workloads.values.sorted { $0.address < $1.address }.map {
-            "\($0.identity)\t\($0.service)\t\($0.namespace)\t\($0.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\($0.address)"
-                + "\t\($0.serviceProtocol)\t\($0.servicePort.map(String.init) ?? "-")"
-        }.joined(separator: "\n") + "\n"
+        let text = s.workloads.values.sorted { $0.address < $1.address }.map(StateFiles.line(of:)).joined(separator: "\n") + "\n"
         try FileStore.writeAtomically(path(StateFiles.registry), text, mode: 0o600)
+    }
+
+    /// A registered workload as one line: identity, service, namespace, labels, address, protocol
+    /// and service port, tab-separated (the holder replica, in etcd, follows as an eighth field).
+    static func line(of w: ConfigStore.Workload) -> String {
+        "\(w.identity)\t\(w.service)\t\(w.namespace)\t\(w.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\(w.address)"
+            + "\t\(w.serviceProtocol)\t\(w.servicePort.map(String.init) ?? "-")"
+    }
+
+    /// Reads one registry line (`line(of:)`), with the checks a registration gets: a damaged or
+    /// edited file (or etcd key) cannot inject config. `at` names where it was read. A line
+    /// written before the protocol and the service port has 5 fields (HTTP, port unknown); an
+    /// eighth field is the replica holding the workload's stream (etcd).
+    static func workload(fromLine line: Substring, at: String) throws(CAError) -> ConfigStore.Workload {
+        let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+        guard f.count == 5 || f.count == 7 || f.count == 8 else {
+            throw CAError("\(at): expected 5 tab-separated fields, got \(f.count) (or 7: with the protocol and service port this meshd saves)")
+        }
+        var proto = "HTTP"
+        var port: Int? = nil
+        if f.count >= 7 {
+            guard ["HTTP", "HTTP2", "GRPC", "TCP"].contains(f[5]) else {
+                throw CAError("\(at): expected a protocol (HTTP, HTTP2, GRPC or TCP), got \"\(f[5])\"")
+            }
+            proto = f[5]
+            if f[6] != "-" {
+                guard let n = Int(f[6]), n >= 1, n <= 65535 else { throw CAError("\(at): expected a service port (1-65535 or -), got \"\(f[6])\"") }
+                port = n
+            }
+        }
+        guard f[0].hasPrefix("spiffe://"), f[0].utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 34 && $0 != 92 }) else {
+            throw CAError("\(at): expected a SPIFFE ID, got \"\(f[0])\"")
+        }
+        guard Names.isDNSLabel(f[1]), Names.isDNSLabel(f[2]) else {
+            throw CAError("\(at): expected a service and a namespace (DNS labels), got \"\(f[1])\" and \"\(f[2])\"")
+        }
+        guard SocketAddress(f[4]) != nil else { throw CAError("\(at): expected IP:PORT, got \"\(f[4])\"") }
+        var labels: [(String, String)] = []
+        for kv in f[3].split(separator: ",") {
+            let l = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            guard l.count == 2, Names.isLabelKey(l[0]), Names.isLabelValue(l[1]) else {
+                throw CAError("\(at): expected labels as key=value,..., got \"\(kv)\"")
+            }
+            labels.append((l[0], l[1]))
+        }
+        var w = ConfigStore.Workload(identity: f[0], service: f[1], namespace: f[2], labels: labels, address: f[4], lastSeen: 0,
+                                     connected: false, serviceProtocol: proto, servicePort: port)
+        if f.count == 8 { w.holder = f[7] }
+        return w
     }
 }

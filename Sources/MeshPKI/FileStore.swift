@@ -84,7 +84,7 @@ public enum FileStore {
 
     /// What is wrong with the text of a secret file (nil: `digits` hex digits, then at most
     /// trailing white space).
-    static func secretProblem(_ text: String, digits: Int) -> String? {
+    public static func secretProblem(_ text: String, digits: Int) -> String? {
         var body = Array(text.utf8)
         while let last = body.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") || last == UInt8(ascii: " ") || last == UInt8(ascii: "\t") {
             body.removeLast()

@@ -6,6 +6,7 @@ import MeshCA
 import MeshPKI
 import MeshCore
 import MeshIO
+import MeshEtcd
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +15,7 @@ let usage = """
     meshd: the service mesh's control plane (certificate authority)
 
     USAGE:
-      meshd --state-dir DIR [--api-port 15012] [--admin-port 15014] [--trust-domain cluster.local]
+      meshd --state-dir DIR [--store file|etcd://HOST:PORT[,HOST:PORT...]] [--api-port 15012] [--admin-port 15014] [--trust-domain cluster.local]
             [--cert-ttl 24h] [--ca-dir DIR] [--outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY] [--listen-address 127.0.0.1] [--admin-address 127.0.0.1]
             [--log-level info]
 
@@ -33,6 +34,14 @@ let usage = """
     OPTIONS:
       --state-dir DIR        CA keys, root-cert.pem, admin-token, token-key (created if missing);
                              one meshd per directory (it holds STATE-DIR/meshd.lock)
+      --store file|etcd://HOST:PORT[,HOST:PORT...]
+                             where the config, the registry and the VIPs live: the state directory
+                             (file, default) or etcd v3 (its JSON gateway), shared by several meshd
+                             replicas; they all need the same --ca-dir and share the admin token and
+                             join-token key through etcd (STATE-DIR/admin-token is written for meshctl)
+      --replica-id ID        this replica's name in etcd (default HOSTNAME-APIPORT)
+      --leader-ttl DURATION  the leader's lease (default 5s, 2s to 60s): a replica that stops
+                             keeping it alive stops leading at once and another takes over after it
       --config-dir DIR       Istio documents (*.yaml, *.yml; the kinds meshctl apply takes) applied at
                              start and whenever a file there changes (checked every second)
       --api-port N           default 15012
@@ -68,7 +77,7 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
 let specs: [Flags.Spec] = [
     .init("state-dir"), .init("config-dir"), .init("api-port"), .init("admin-port"), .init("listen-address"), .init("admin-address"),
     .init("trust-domain"), .init("outbound-traffic-policy"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
-    .init("registry-grace"), .init("max-apply-bytes"),
+    .init("registry-grace"), .init("max-apply-bytes"), .init("store"), .init("replica-id"), .init("leader-ttl"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -131,6 +140,41 @@ if adminTLS && IPKind.of(apiAddress) == .loopback {
     Log.warn("meshd", "--admin-address \(adminHost) opens the admin port to other hosts, but the API listens on \(listen): sidecars there cannot reach it (--listen-address)")
 }
 
+// The store: the state directory, or etcd shared by replicas (DESIGN §12).
+let storeText = flags.string("store") ?? "file"
+var etcdEndpoints: [String]? = nil
+if storeText != "file" {
+    guard storeText.hasPrefix("etcd://") else { fail("--store: expected file or etcd://HOST:PORT[,HOST:PORT...], got \"\(storeText)\"") }
+    let list = storeText.dropFirst("etcd://".count).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+    guard !list.isEmpty, list.allSatisfy({ !$0.isEmpty && !$0.contains("/") }) else {
+        fail("--store: expected etcd://HOST:PORT[,HOST:PORT...] (no path), got \"\(storeText)\"")
+    }
+    etcdEndpoints = list
+    if flags.string("ca-dir") == nil {
+        fail("--store \(storeText): replicas sign with one CA: give every replica the same --ca-dir (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)")
+    }
+    if flags.string("config-dir") != nil {
+        fail("--config-dir: not with --store etcd (every replica would own the directory's documents); apply them with meshctl through any replica")
+    }
+} else {
+    for f in ["replica-id", "leader-ttl"] where flags.string(f) != nil { fail("--\(f): only with --store etcd://...") }
+}
+var leaderTTL = 5
+if let t = flags.string("leader-ttl") {
+    guard let n = DurationParser.parseNanos(t), n >= 2_000_000_000, n <= 60_000_000_000, n % 1_000_000_000 == 0 else {
+        fail("--leader-ttl: expected whole seconds from 2s to 60s such as 5s, got \"\(t)\"")
+    }
+    leaderTTL = Int(n / 1_000_000_000)
+}
+let replicaID: String = flags.string("replica-id") ?? {
+    var name = [CChar](repeating: 0, count: 256)
+    gethostname(&name, name.count - 1)
+    return "\(String(cString: name))-\(apiPort)"
+}()
+if !Names.isLabelValue(replicaID) || replicaID.isEmpty {
+    fail("--replica-id: expected letters, digits, '-', '_' or '.' (at most 63), got \"\(replicaID)\"")
+}
+
 let signals = SignalWaiter()
 let server: MeshdServer
 // A global, so held until exit: no second meshd may work on this state directory (StateLock).
@@ -138,9 +182,21 @@ let stateLock: StateLock
 do {
     try FileStore.makeDirectory(stateDir)
     stateLock = try StateLock(stateDir: stateDir)
-    let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
-    server = try MeshdServer(ca: ca, addresses: [IPKind.host(apiAddress), IPKind.host(adminAddress)])
-    server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace, outboundTrafficPolicy: outboundPolicy)
+    if let endpoints = etcdEndpoints {
+        let client: EtcdClient
+        do { client = try EtcdClient(endpoints: endpoints) } catch { throw CAError("--store: \(error.description)") }
+        let replica = MeshdReplica(client: client, endpoints: endpoints.joined(separator: ","), id: replicaID, leaderTTL: leaderTTL)
+        let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL,
+                                          shared: try replica.sharedSecrets())
+        server = try MeshdServer(ca: ca, addresses: [IPKind.host(apiAddress), IPKind.host(adminAddress)])
+        server.store = try ConfigStore.shared(client: client, endpoints: replica.endpoints, replica: replicaID, stateDir: stateDir,
+                                              trustDomain: trustDomain, grace: grace, outboundTrafficPolicy: outboundPolicy)
+        server.replica = replica
+    } else {
+        let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL)
+        server = try MeshdServer(ca: ca, addresses: [IPKind.host(apiAddress), IPKind.host(adminAddress)])
+        server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace, outboundTrafficPolicy: outboundPolicy)
+    }
     try server.bind(api: apiAddress, admin: adminAddress, maxApplyBytes: maxApplyBytes, adminTLS: adminTLS,
                     apiHost: IPKind.of(apiAddress) == .wildcard ? nil : IPKind.host(apiAddress))
 } catch {
@@ -152,12 +208,27 @@ if let dir = flags.string("config-dir") {
     watcher.check()
     Threads.spawnDetached { while true { usleep(1_000_000); watcher.check() } }
 }
-Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
+if let replica = server.replica {
+    // Follow what other replicas commit, say this one is here, campaign; singleton work only
+    // while leading (its writes fenced on the election).
+    Threads.spawnDetached { store.followStore() }
+    replica.start()
+    Threads.spawnDetached {
+        while true {
+            usleep(2_000_000)
+            let fence = replica.fence
+            store.expireShared(fence: fence, live: fence == nil ? nil : replica.liveReplicas())
+        }
+    }
+} else {
+    Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
+}
 Threads.spawnDetached { server.api!.run() }
 Threads.spawnDetached { server.admin!.run() }
-Log.info("meshd", "ready: API \(SocketAddress(host: listen, port: server.api!.port)!) (TLS), admin \(SocketAddress(host: adminHost, port: server.admin!.port)!) (\(adminTLS ? "TLS" : "plain HTTP")); trust domain \(trustDomain), certificates live \(certTTL)s; state in \(stateDir)")
+Log.info("meshd", "ready: API \(SocketAddress(host: listen, port: server.api!.port)!) (TLS), admin \(SocketAddress(host: adminHost, port: server.admin!.port)!) (\(adminTLS ? "TLS" : "plain HTTP")); trust domain \(trustDomain), certificates live \(certTTL)s; state in \(server.replica.map { "etcd \($0.endpoints) as replica \($0.id)" } ?? stateDir)")
 let sig = signals.wait()
 Log.info("meshd", "signal \(sig): exiting")
+server.replica?.resign()
 exit(0)
 
 /// What an address is for meshd's ports: a wildcard (all addresses), loopback, or another

@@ -257,11 +257,12 @@ class Meshd:
     def token(self, sa, ns="default", ttl="1h"):
         return self.ctl("token", "create", "--namespace", ns, "--service-account", sa, "--ttl", ttl).stdout.strip()
 
-    def sidecar(self, name, sa, app_port=None, routes=(), admin=None, extra=()):
-        """A sidecar in mesh mode; returns (process, admin port, inbound port, outbound port)."""
+    def sidecar(self, name, sa, app_port=None, routes=(), admin=None, extra=(), meshd=None):
+        """A sidecar in mesh mode; returns (process, admin port, inbound port, outbound port).
+        `meshd`: the --meshd value (default this meshd's API)."""
         admin = admin or free_port()
         inbound, outbound = free_port(), free_port()
-        args = [SIDECAR, "--meshd", f"127.0.0.1:{self.api}", "--root-cert", self.root, "--token", self.token(sa),
+        args = [SIDECAR, "--meshd", meshd or f"127.0.0.1:{self.api}", "--root-cert", self.root, "--token", self.token(sa),
                 "--service", sa, "--admin-port", admin, "--inbound-port", inbound, "--outbound-port", outbound,
                 "--concurrency", "1", *extra]
         if app_port:

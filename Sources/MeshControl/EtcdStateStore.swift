@@ -1,0 +1,172 @@
+import MeshEtcd
+import MeshCA
+import MeshPKI
+import MeshConfig
+import MeshCore
+import MeshIO
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// meshd's state in etcd (`meshd --store etcd://...`, DESIGN §12), shared by every replica.
+/// Under `/mesh/config/`: one key per document (`docs/KIND/NAMESPACE/NAME`, its text), one per
+/// registered workload (`registry/IDENTITY|ADDRESS`, the registry line and the holding replica),
+/// the VIP table (`vips`) and `rev`, which every write puts: a write is one transaction that
+/// compares `rev`'s mod revision with the one its change was computed from, so two replicas
+/// can never both commit from the same state (the loser re-reads and tries again), and the
+/// config version is that revision, the same on every replica. Documents keep their apply
+/// order by create revision. Each replica mirrors the prefix: list, then watch from the next
+/// revision, and list again when etcd compacted what it was behind on.
+final class EtcdStateStore: @unchecked Sendable {
+    static let prefix = "/mesh/config/"
+    static let docs = "/mesh/config/docs/"
+    static let registry = "/mesh/config/registry/"
+    static let vips = "/mesh/config/vips"
+    static let rev = "/mesh/config/rev"
+
+    let client: EtcdClient
+    /// This replica's id (the holder of the workloads whose streams it serves).
+    let replica: String
+    /// What the endpoints were given as, for messages.
+    let endpoints: String
+    /// Every key under the prefix as last seen, and the revision the mirror is at.
+    private let mirror = Locked<(kvs: [String: EtcdKeyValue], revision: Int64)>(([:], 0))
+
+    init(client: EtcdClient, replica: String, endpoints: String) {
+        self.client = client
+        self.replica = replica
+        self.endpoints = endpoints
+    }
+
+    /// Why a commit did not happen: another replica wrote first (`conflict`, with the revision
+    /// to wait for before trying again) or etcd could not be reached (`failed`).
+    enum CommitError: Error {
+        case conflict(Int64)
+        case failed(String)
+    }
+
+    /// Reads the whole prefix (creating `rev` when the store is new) and returns the state it
+    /// holds; the mirror is then at the revision read.
+    func load() throws(CAError) -> ConfigStore.State {
+        do {
+            _ = try client.txn(compare: [.createRevision(EtcdStateStore.rev, 0)], success: [.put(EtcdStateStore.rev, Array(replica.utf8))])
+            let (kvs, revision) = try client.range(prefix: EtcdStateStore.prefix)
+            let map = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
+            mirror.withLock { $0 = (map, revision) }
+            return try EtcdStateStore.state(from: map)
+        } catch let e as EtcdError {
+            throw CAError("etcd (\(endpoints)): \(e.description)")
+        } catch let e as CAError {
+            throw e
+        } catch {
+            throw CAError("etcd (\(endpoints)): \(error)")
+        }
+    }
+
+    /// The revision the mirror is at.
+    var revision: Int64 { mirror.withLock { $0.revision } }
+
+    /// The state the keys hold: documents in create order, workloads, VIPs; the version is
+    /// `rev`'s mod revision. A key that cannot be read is an error naming it (never a state
+    /// with it silently missing).
+    static func state(from kvs: [String: EtcdKeyValue]) throws(CAError) -> ConfigStore.State {
+        var st = ConfigStore.State()
+        st.version = Int(kvs[rev]?.modRevision ?? 0)
+        for kv in kvs.values.filter({ $0.key.hasPrefix(docs) }).sorted(by: { $0.createRevision < $1.createRevision }) {
+            let where_ = "etcd key \(kv.key)"
+            let found: [ConfigStore.Document]
+            do { found = try ConfigStore.split(kv.valueText, file: where_) } catch { throw CAError("\(error.description)") }
+            guard found.count == 1, var d = found.first, docs + d.key == kv.key else {
+                throw CAError("\(where_): expected the one document its name says")
+            }
+            d.file = ""
+            st.documents[d.key] = d
+            st.order.append(d.key)
+        }
+        for kv in kvs.values where kv.key.hasPrefix(registry) {
+            let w = try StateFiles.workload(fromLine: Substring(kv.valueText), at: "etcd key \(kv.key)")
+            guard registry + "\(w.identity)|\(w.address)" == kv.key else { throw CAError("etcd key \(kv.key): holds the workload \(w.identity)|\(w.address)") }
+            st.workloads["\(w.identity)|\(w.address)"] = w
+        }
+        if let v = kvs[vips] {
+            do { st.vips = try VIPAllocator.parse(v.valueText, file: "etcd key \(vips)") } catch { throw CAError(error.description) }
+        }
+        return st
+    }
+
+    /// Commits the change from `current` to `next` in one transaction guarded by `rev` (and by
+    /// `fence`, the leader's election key, for leader-only writes); returns the new version.
+    func commit(from current: ConfigStore.State, to next: ConfigStore.State, fence: EtcdCompare? = nil) throws(CommitError) -> Int {
+        var ops: [EtcdOp] = []
+        for k in next.order where next.documents[k]!.text != current.documents[k]?.text {
+            ops.append(.put(EtcdStateStore.docs + k, Array(next.documents[k]!.text.utf8)))
+        }
+        for k in current.order where next.documents[k] == nil { ops.append(.delete(EtcdStateStore.docs + k)) }
+        for (k, w) in next.workloads {
+            let line = StateFiles.line(of: w) + "\t" + w.holder
+            if let o = current.workloads[k], StateFiles.line(of: o) + "\t" + o.holder == line { continue }
+            ops.append(.put(EtcdStateStore.registry + k, Array(line.utf8)))
+        }
+        for k in current.workloads.keys where next.workloads[k] == nil { ops.append(.delete(EtcdStateStore.registry + k)) }
+        if next.vips != current.vips { ops.append(.put(EtcdStateStore.vips, Array(next.vips.serialized().utf8))) }
+        ops.append(.put(EtcdStateStore.rev, Array(replica.utf8)))
+        var compare: [EtcdCompare] = [.modRevision(EtcdStateStore.rev, Int64(current.version))]
+        if let f = fence { compare.append(f) }
+        let r: EtcdTxnResult
+        do { r = try client.txn(compare: compare, success: ops, failure: [.get(EtcdStateStore.rev)]) } catch {
+            throw .failed("etcd (\(endpoints)): \(error.description)")
+        }
+        guard r.succeeded else {
+            // Another replica wrote first (or this one is no longer the leader): the revision
+            // to catch up to before computing the change again.
+            throw .conflict(r.gets.first?.modRevision ?? r.revision)
+        }
+        return Int(r.revision)
+    }
+
+    /// Follows the prefix for ever (on its own thread): every batch of events goes to the
+    /// mirror, and when `rev` moved, `install` gets the state at the new version. A watch behind
+    /// a compaction lists again and goes on from there. Connection errors retry after a second.
+    func follow(install: @escaping (ConfigStore.State) -> Void) {
+        while true {
+            let from = revision + 1
+            do {
+                let end = try client.watch(prefix: EtcdStateStore.prefix, fromRevision: from) { events, rev in
+                    let moved = self.mirror.withLock { m -> Bool in
+                        var moved = false
+                        for e in events {
+                            switch e {
+                            case .put(let kv):
+                                m.kvs[kv.key] = kv
+                                if kv.key == EtcdStateStore.rev { moved = true }
+                            case .delete(let key, _):
+                                m.kvs.removeValue(forKey: key)
+                            }
+                        }
+                        m.revision = max(m.revision, rev)
+                        return moved
+                    }
+                    if moved { self.installMirror(install) }
+                    return true
+                }
+                if case .compacted(let at) = end {
+                    Log.warn("store", "etcd compacted revision \(from) away (now at \(at)): listing \(EtcdStateStore.prefix) again")
+                    let (kvs, revision) = try client.range(prefix: EtcdStateStore.prefix)
+                    mirror.withLock { $0 = (Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b }), revision) }
+                    installMirror(install)
+                }
+            } catch {
+                Log.warn("store", "etcd watch (\(endpoints)): \(error); retrying")
+                usleep(1_000_000)
+            }
+        }
+    }
+
+    private func installMirror(_ install: (ConfigStore.State) -> Void) {
+        let kvs = mirror.withLock { $0.kvs }
+        do { install(try EtcdStateStore.state(from: kvs)) } catch {
+            // Only a write that bypassed meshd (etcdctl) can get here: keep the config in force.
+            Log.error("store", "the state in etcd cannot be read, the config in force stays: \(error.description)")
+        }
+    }
+}
