@@ -63,6 +63,8 @@ let package = Package(
         .executableTarget(name: "meshd", dependencies: ["MeshConfig", "MeshControl", "MeshCA", "MeshPKI", "MeshCore", "MeshIO"]),
         // Transparent capture: the iptables rules (pure model and rendering) and their applier.
         .target(name: "MeshCapture", dependencies: ["MeshCore"]),
+        // etcd v3 through its JSON gateway (blocking HTTP/1.1), and leader election on a lease.
+        .target(name: "MeshEtcd", dependencies: ["MeshCore", "MeshIO"]),
         .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture"]),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshIOTests", dependencies: ["MeshIO", "MeshCore"]),
@@ -73,6 +75,7 @@ let package = Package(
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS"]),
         .testTarget(name: "MeshCaptureTests", dependencies: ["MeshCapture", "MeshCore"]),
+        .testTarget(name: "MeshEtcdTests", dependencies: ["MeshEtcd", "MeshCore", "MeshIO"]),
         .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP", "MeshIO"]),
     ]
 )
