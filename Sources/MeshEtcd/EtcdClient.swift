@@ -113,11 +113,12 @@ public final class EtcdClient: @unchecked Sendable {
     }
 
     /// One keepalive round trip; returns the TTL left (0 or less: the lease is gone).
-    /// `timeout` bounds this call alone.
+    /// `timeout` bounds this call alone. Each endpoint is tried at most once (no second round
+    /// after a pause), so a leader whose etcd is unreachable learns it at once.
     public func leaseKeepAlive(_ id: Int64, timeout: Double) throws(EtcdError) -> Int {
         var w = JSONWriter()
         w.beginObject(); w.string("ID", String(id)); w.endObject()
-        let a = try call("/v3/lease/keepalive", w.text, timeout: timeout, streaming: true)
+        let a = try call("/v3/lease/keepalive", w.text, timeout: timeout, streaming: true, onePass: true)
         return Int(try EtcdWire.int64(a["TTL"], "TTL"))
     }
 
@@ -180,8 +181,8 @@ public final class EtcdClient: @unchecked Sendable {
 
     /// Sends `body` to `path`, moving through the endpoints until one answers or `timeout`
     /// passes. `streaming`: the answer is a stream of `{"result": ...}` lines; the first result
-    /// is returned.
-    func call(_ path: String, _ body: String, timeout: Double? = nil, streaming: Bool = false) throws(EtcdError) -> JSONValue {
+    /// is returned. `onePass`: each endpoint once, no second round.
+    func call(_ path: String, _ body: String, timeout: Double? = nil, streaming: Bool = false, onePass: Bool = false) throws(EtcdError) -> JSONValue {
         let total = timeout ?? self.timeout
         let deadline = Clock.monotonicNanos() + EtcdClient.nanos(total)
         var lastError = "no attempt made"
@@ -203,9 +204,12 @@ public final class EtcdClient: @unchecked Sendable {
                 }
             }
             let now = Clock.monotonicNanos()
-            if now >= deadline { break }
+            if now >= deadline || onePass { break }
             EtcdClient.sleep(nanos: min(backoff, deadline - now))
             backoff = min(backoff * 2, 500_000_000)
+        }
+        if onePass && Clock.monotonicNanos() < deadline {
+            throw EtcdError("etcd \(path): no endpoint answered (last: \(lastError))", code: 14)
         }
         throw EtcdError("etcd \(path): no endpoint answered within \(EtcdClient.secondsText(total)) (last: \(lastError))", code: 14)
     }
