@@ -60,16 +60,14 @@ public final class EtcdClient: @unchecked Sendable {
         w.string("key", Base64.encode(prefix))
         w.string("range_end", Base64.encode(EtcdWire.prefixEnd(Array(prefix.utf8))))
         w.endObject()
-        let a = try call("/v3/kv/range", w.text)
-        return (try EtcdWire.keyValues(a["kvs"]), try EtcdWire.revision(a))
+        return try call("/v3/kv/range", w.text) { a throws(EtcdError) in (try EtcdWire.keyValues(a["kvs"]), try EtcdWire.revision(a)) }
     }
 
     /// One key (linearizable), and the store's revision it was read at.
     public func get(_ key: String) throws(EtcdError) -> (kv: EtcdKeyValue?, revision: Int64) {
         var w = JSONWriter()
         w.beginObject(); w.string("key", Base64.encode(key)); w.endObject()
-        let a = try call("/v3/kv/range", w.text)
-        return (try EtcdWire.keyValues(a["kvs"]).first, try EtcdWire.revision(a))
+        return try call("/v3/kv/range", w.text) { a throws(EtcdError) in (try EtcdWire.keyValues(a["kvs"]).first, try EtcdWire.revision(a)) }
     }
 
     /// Writes `key`; returns the store's revision after the write.
@@ -80,7 +78,7 @@ public final class EtcdClient: @unchecked Sendable {
         w.string("key", Base64.encode(key)); w.string("value", Base64.encode(value))
         if lease != 0 { w.string("lease", String(lease)) }
         w.endObject()
-        return try EtcdWire.revision(try call("/v3/kv/put", w.text))
+        return try call("/v3/kv/put", w.text) { a throws(EtcdError) in try EtcdWire.revision(a) }
     }
 
     /// Deletes `key` (absent is not an error); returns the store's revision after.
@@ -88,16 +86,17 @@ public final class EtcdClient: @unchecked Sendable {
     public func delete(_ key: String) throws(EtcdError) -> Int64 {
         var w = JSONWriter()
         w.beginObject(); w.string("key", Base64.encode(key)); w.endObject()
-        return try EtcdWire.revision(try call("/v3/kv/deleterange", w.text))
+        return try call("/v3/kv/deleterange", w.text) { a throws(EtcdError) in try EtcdWire.revision(a) }
     }
 
     /// If every compare holds, runs `success`, else `failure` (atomically, at one revision).
     public func txn(compare: [EtcdCompare], success: [EtcdOp], failure: [EtcdOp] = []) throws(EtcdError) -> EtcdTxnResult {
         let body = try EtcdWire.txnBody(compare: compare, success: success, failure: failure)
-        let a = try call("/v3/kv/txn", body)
-        let ok = a["succeeded"]?.boolValue ?? false
-        let results = try EtcdWire.txnGets(a, ops: ok ? success : failure)
-        return EtcdTxnResult(succeeded: ok, revision: try EtcdWire.revision(a), gets: results.compactMap { $0 }, getResults: results)
+        return try call("/v3/kv/txn", body) { a throws(EtcdError) in
+            let ok = a["succeeded"]?.boolValue ?? false
+            let results = try EtcdWire.txnGets(a, ops: ok ? success : failure)
+            return EtcdTxnResult(succeeded: ok, revision: try EtcdWire.revision(a), gets: results.compactMap { $0 }, getResults: results)
+        }
     }
 
     /// A new lease of `ttl` seconds (etcd may raise a small TTL to its minimum); its id and TTL.
@@ -105,11 +104,12 @@ public final class EtcdClient: @unchecked Sendable {
         guard ttl > 0 else { throw EtcdError("etcd lease grant: ttl must be positive, got \(ttl)") }
         var w = JSONWriter()
         w.beginObject(); w.string("TTL", String(ttl)); w.string("ID", "0"); w.endObject()
-        let a = try call("/v3/lease/grant", w.text)
-        if let e = a["error"]?.stringValue, !e.isEmpty { throw EtcdError("etcd lease grant: \(e)") }
-        let id = try EtcdWire.int64(a["ID"], "ID")
-        guard id != 0 else { throw EtcdError("etcd lease grant: answer without a lease ID") }
-        return (id, Int(try EtcdWire.int64(a["TTL"], "TTL")))
+        let a = try call("/v3/lease/grant", w.text) { a throws(EtcdError) in
+            (error: a["error"]?.stringValue ?? "", id: try EtcdWire.int64(a["ID"], "ID"), ttl: try EtcdWire.int64(a["TTL"], "TTL"))
+        }
+        if !a.error.isEmpty { throw EtcdError("etcd lease grant: \(a.error)") }
+        guard a.id != 0 else { throw EtcdError("etcd lease grant: answer without a lease ID") }
+        return (a.id, Int(a.ttl))
     }
 
     /// One keepalive round trip; returns the TTL left (0 or less: the lease is gone).
@@ -118,8 +118,9 @@ public final class EtcdClient: @unchecked Sendable {
     public func leaseKeepAlive(_ id: Int64, timeout: Double) throws(EtcdError) -> Int {
         var w = JSONWriter()
         w.beginObject(); w.string("ID", String(id)); w.endObject()
-        let a = try call("/v3/lease/keepalive", w.text, timeout: timeout, streaming: true, onePass: true)
-        return Int(try EtcdWire.int64(a["TTL"], "TTL"))
+        return try call("/v3/lease/keepalive", w.text, timeout: timeout, streaming: true, onePass: true) { a throws(EtcdError) in
+            Int(try EtcdWire.int64(a["TTL"], "TTL"))
+        }
     }
 
     /// Revokes a lease: its keys are deleted at once. A lease already gone is an error with code 5.
@@ -131,14 +132,14 @@ public final class EtcdClient: @unchecked Sendable {
     public func leaseRevoke(_ id: Int64, timeout: Double) throws(EtcdError) {
         var w = JSONWriter()
         w.beginObject(); w.string("ID", String(id)); w.endObject()
-        _ = try call("/v3/lease/revoke", w.text, timeout: timeout)
+        _ = try call("/v3/lease/revoke", w.text, timeout: timeout) { $0 }
     }
 
     /// Compacts the store's history up to `revision` (watches from before it get `.compacted`).
     public func compact(revision: Int64) throws(EtcdError) {
         var w = JSONWriter()
         w.beginObject(); w.string("revision", String(revision)); w.bool("physical", true); w.endObject()
-        _ = try call("/v3/kv/compaction", w.text)
+        _ = try call("/v3/kv/compaction", w.text) { $0 }
     }
 
     /// What one member says of itself (`/v3/maintenance/status`), asked of that endpoint only.
@@ -181,8 +182,10 @@ public final class EtcdClient: @unchecked Sendable {
 
     /// Sends `body` to `path`, moving through the endpoints until one answers or `timeout`
     /// passes. `streaming`: the answer is a stream of `{"result": ...}` lines; the first result
-    /// is returned. `onePass`: each endpoint once, no second round.
-    func call(_ path: String, _ body: String, timeout: Double? = nil, streaming: Bool = false, onePass: Bool = false) throws(EtcdError) -> JSONValue {
+    /// is returned. `onePass`: each endpoint once, no second round. `decode` reads the answer;
+    /// an answer it refuses counts as that endpoint's failure (named in the error).
+    func call<T>(_ path: String, _ body: String, timeout: Double? = nil, streaming: Bool = false, onePass: Bool = false,
+                 decode: (JSONValue) throws(EtcdError) -> T) throws(EtcdError) -> T {
         let total = timeout ?? self.timeout
         let deadline = Clock.monotonicNanos() + EtcdClient.nanos(total)
         var lastError = "no attempt made"
@@ -195,8 +198,13 @@ public final class EtcdClient: @unchecked Sendable {
                 if now >= deadline { break }
                 switch attempt(idx, path, body, deadline: attemptDeadline(now: now, deadline: deadline, total: total), streaming: streaming) {
                 case .ok(let answer):
+                    let value: T
+                    do { value = try decode(answer) } catch {
+                        lastError = "\(endpoints[idx].text): \(path): \(error.message)"
+                        continue
+                    }
                     if idx != first { setPreferred(idx) }
-                    return answer
+                    return value
                 case .retry(let why):
                     lastError = "\(endpoints[idx].text): \(why)"
                 case .fail(let e):

@@ -168,6 +168,7 @@ final class EtcdHTTPConnection {
     func readHead(deadline: UInt64, interrupt: (() -> Bool)? = nil) throws(WireFailure) -> HTTPAnswerHead {
         while true {
             if let end = findHeadEnd() {
+                if end - start > EtcdHTTPConnection.maxHead { throw .malformed("head longer than \(EtcdHTTPConnection.maxHead) bytes") }
                 let head = try parseHead(Array(buf[start..<end]))
                 start = end + 4
                 return head
