@@ -34,7 +34,6 @@ public final class EtcdElection: @unchecked Sendable {
         var frozenUntil: UInt64 = 0
         /// Keepalives sent (tests).
         var keepalivesSent = 0
-        var terms = 0
     }
     private let state = Locked(State())
 
@@ -163,7 +162,6 @@ public final class EtcdElection: @unchecked Sendable {
                 if s.resigned || Clock.monotonicNanos() >= s.validUntil { return false }
                 s.leader = true
                 s.createRevision = won.revision
-                s.terms += 1
                 return true
             }
             if !elected { dropLease(lease.id); continue }

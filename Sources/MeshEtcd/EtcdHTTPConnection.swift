@@ -54,8 +54,6 @@ final class EtcdHTTPConnection {
     private var chunkPhase = ChunkPhase.size
     private var mode = BodyMode.none
     private(set) var responseStarted = false
-    /// Requests completed on this connection (0: new).
-    private(set) var uses = 0
     /// Whether the last answer allows reuse.
     private(set) var reusable = false
 
@@ -310,7 +308,6 @@ final class EtcdHTTPConnection {
                 throw closedFailure()
             }
         }
-        uses += 1
         return out
     }
 

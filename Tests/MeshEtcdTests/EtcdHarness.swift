@@ -47,7 +47,11 @@ final class EtcdCluster: @unchecked Sendable {
     }
 
     /// Starts `size` members forming one cluster and waits until every member sees a leader.
-    init(size: Int, test: XCTestCase) throws {
+    /// `ipv6`: clients may also connect on [::1] (same port).
+    let ipv6: Bool
+
+    init(size: Int, test: XCTestCase, ipv6: Bool = false) throws {
+        self.ipv6 = ipv6
         try EtcdCluster.skipUnlessInstalled()
         dir = NSTemporaryDirectory() + "mesh-etcd-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -70,7 +74,7 @@ final class EtcdCluster: @unchecked Sendable {
         p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
         p.arguments = ["--pdeathsig", "SIGKILL", "--", EtcdCluster.binary,
                        "--name", m.name, "--data-dir", "\(dir)/\(m.name)",
-                       "--listen-client-urls", "http://127.0.0.1:\(m.clientPort)",
+                       "--listen-client-urls", "http://127.0.0.1:\(m.clientPort)" + (ipv6 ? ",http://[::1]:\(m.clientPort)" : ""),
                        "--advertise-client-urls", "http://127.0.0.1:\(m.clientPort)",
                        "--listen-peer-urls", "http://127.0.0.1:\(m.peerPort)",
                        "--initial-advertise-peer-urls", "http://127.0.0.1:\(m.peerPort)",

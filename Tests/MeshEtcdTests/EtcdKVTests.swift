@@ -125,8 +125,15 @@ final class EtcdKVTests: XCTestCase {
         XCTAssertTrue(eventually(Double(short.ttl) + 2) { (try? c.get("/l/short").kv) == .some(nil) })
     }
 
-    func testDeadEndpointsNamedAndSkipped() throws {
-        let (cluster, _) = try single()
+    func testDeadEndpointsNamedAndSkippedIPv6AndNames() throws {
+        let cluster = try EtcdCluster(size: 1, test: self, ipv6: true)
+        let port = cluster.members[0].clientPort
+        // An IPv6 literal and a name resolved by getaddrinfo reach the same member.
+        let v6 = try EtcdClient(endpoints: ["[::1]:\(port)"], timeout: 2)
+        let r = try v6.put("/v6/k", bytes("six"))
+        let named = try EtcdClient(endpoints: ["localhost:\(port)"], timeout: 2)
+        XCTAssertEqual(try named.get("/v6/k").kv?.modRevision, r)
+
         let dead = "127.0.0.1:\(EtcdCluster.freePorts(1)[0])"
         let onlyDead = try EtcdClient(endpoints: [dead], timeout: 0.5)
         let t0 = Clock.monotonicNanos()
