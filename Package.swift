@@ -75,6 +75,7 @@ let package = Package(
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshEtcd", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS"]),
         .testTarget(name: "MeshCaptureTests", dependencies: ["MeshCapture", "MeshCore"]),
+        .testTarget(name: "MeshEtcdTests", dependencies: ["MeshEtcd", "MeshCore", "MeshIO"]),
         .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP", "MeshIO"]),
     ]
 )
