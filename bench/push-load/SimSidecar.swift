@@ -88,14 +88,16 @@ final class SimConnection: KeepAliveClient {
 
     private func armAnswerDeadline(hibernate: Bool) {
         requestDeadline = loop.now + SimConnection.answerTimeout
-        hibernateAt = hibernate ? loop.now + 2_000_000_000 : 0
+        // Once the request is written (end of this iteration) the buffers hold nothing until the
+        // answer: give them back soon, so thousands of parked long polls cost little memory.
+        hibernateAt = hibernate ? loop.now + 50_000_000 : 0
         loop.setDeadline(self, hibernate ? hibernateAt : requestDeadline)
     }
 
     override func onDeadline(now: UInt64) {
         if hibernateAt != 0 && now >= hibernateAt && now < requestDeadline {
             hibernateAt = 0
-            if input.isEmpty { hibernate() }
+            if input.isEmpty && awaiting { hibernate(); worker.hibernated() }
             loop.setDeadline(self, requestDeadline)
             return
         }

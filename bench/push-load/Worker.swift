@@ -107,7 +107,18 @@ final class Worker: @unchecked Sendable {
         queue.append(s)
     }
 
+    private var hibernations = 0
+    private var trimmedAt: UInt64 = 0
+
+    /// A connection gave its buffers back; after many, the freed memory goes back to the system.
+    func hibernated() { hibernations += 1 }
+
     func tick(now: UInt64) {
+        if hibernations >= 256 && now - trimmedAt > 1_000_000_000 {
+            hibernations = 0
+            trimmedAt = now
+            Memory.trim()
+        }
         var i = 0
         while i < queue.count && inHandshake < plan.ramp {
             let s = queue[i]
