@@ -163,7 +163,7 @@ for s in $SCENARIOS; do
                 start_meshd "csr$r" "etcd://$ETCD_ENDPOINTS" "$OUT/ca"
                 apis+=("127.0.0.1:$API"); admins+=("http://127.0.0.1:$ADMIN"); pids+=("$MESHD_PID")
             done
-            CSR_SETUP="3 meshd replicas on a 3-member etcd, one --ca-dir"
+            CSR_SETUP="3 meshd replicas on a 3-member etcd ($(etcd --version 2>/dev/null | awk '/etcd Version/ {print "etcd " $3}')), one --ca-dir"
             ROOT_CERT="$OUT/csr0/root-cert.pem"; ADMIN_TOKEN="$OUT/csr0/admin-token"
             load csr --api "$(IFS=,; echo "${apis[*]}")" --admin "$(IFS=,; echo "${admins[*]}")" \
                 --watch-pid "$(IFS=,; echo "${pids[*]}")" --streams 0 --csr-clients "$CSR_C" --csr-seconds "$CSR_SECONDS"
@@ -295,7 +295,6 @@ open(body, "w").write("\n".join(L) + "\n")
 PY
 prov_bins "$(readlink -f "$MESHD_BIN")" "$(readlink -f "$LOAD_BIN")"
 prov_tools openssl
-[ "$REPLICAS" = 3 ] && prov_tools etcd
 prov_write "$RESULTS" "meshd at scale: config push and CSR signing" "$OUT/body.md" \
     "meshd ($(nproc) cores shared with push-load, which simulates the sidecars) measured by \`bench/push-load\`: scenarios $SCENARIOS."
 cat "$OUT/body.md" | sed -n '1,/<details>/p' | head -n -1 >&2

@@ -119,12 +119,14 @@ final class Worker: @unchecked Sendable {
             trimmedAt = now
             Memory.trim()
         }
-        var i = 0
-        while i < queue.count && inHandshake < plan.ramp {
-            let s = queue[i]
-            if s.retryAt > now { i += 1; continue }
-            queue.remove(at: i)
-            connect(s)
+        if !queue.isEmpty && inHandshake < plan.ramp {
+            // One pass: start what is due while the ramp allows; a failed start re-queues itself.
+            let pending = queue
+            queue = []
+            queue.reserveCapacity(pending.count)
+            for s in pending {
+                if inHandshake < plan.ramp && s.retryAt <= now { connect(s) } else { queue.append(s) }
+            }
         }
         loop.setDeadline(ticker, now + (queue.isEmpty ? 100_000_000 : 5_000_000))
     }
@@ -228,7 +230,7 @@ final class Worker: @unchecked Sendable {
         return latencies
     }
 
-    /// Streams whose config version is below `version` (those an apply has not reached), up to 5.
+    /// Up to 5 streams that should have ACKed the apply of `version` and have not (for the log).
     func behind(version: Int) -> [String] {
         Array(streams.filter { $0.expected && !$0.counted }.prefix(5).map { "\($0.node) (version \($0.version), \($0.conn == nil ? "not connected" : "connected"))" })
     }
