@@ -152,7 +152,9 @@ if opts.streams > 0 {
         summary.putProcs("load_idle", sb, cpu: s, watched: 1)
     }
 
-    // Applies: each changes the VirtualService of `svc` in the first namespace.
+    // Applies: each changes the VirtualService of `svc` in the first namespace (a header value
+    // unique to this run and apply, so that no apply is "unchanged", even against a meshd used before).
+    let runID = String(Clock.wallNanos() % 1_000_000_000_000, radix: 36)
     var allTimes: [Double] = []
     var ackTimes: [Double] = []
     var unexpectedTotal = 0
@@ -173,7 +175,9 @@ if opts.streams > 0 {
                   http:
                   - route:
                     - destination: {host: svc}
-                    timeout: \(1000 + k)ms
+                    headers:
+                      request:
+                        set: {x-push-load: "\(runID)-\(k + 1)"}
 
                 """
             let pa = watched(), sa = selfSample()
