@@ -125,8 +125,12 @@ load() {
     local name="$1"; shift
     local rc=0
     echo "push.sh: $name: push-load $*" >&2
+    # In the background and waited for: a signal to this script then stops it (and everything) at once.
     timeout 1800 "$LOAD_BIN" --root-cert "$ROOT_CERT" --admin-token-file "$ADMIN_TOKEN" --threads "$LOAD_THREADS" "$@" \
-        > "$OUT/$name.kv" 2> "$OUT/$name.err" || rc=$?
+        > "$OUT/$name.kv" 2> "$OUT/$name.err" &
+    local lp=$!
+    PIDS+=("$lp")
+    wait "$lp" || rc=$?
     grep '^push-load: apply\|^push-load: all\|error' "$OUT/$name.err" >&2 || true
     if [ "$rc" -ne 0 ]; then
         FAILED+=" $name"
