@@ -237,11 +237,11 @@ if opts.streams > 0 {
     summary.put("ack_p50_ms", Summary.percentile(ackTimes, 0.5), 1)
     summary.put("ack_p99_ms", Summary.percentile(ackTimes, 0.99), 1)
     summary.put("unexpected_pushes", unexpectedTotal)
-    if opts.applies > 0 && !meshdApplyLast.isEmpty || opts.applies > 0 && !opts.watchPids.isEmpty {
+    if !meshdApplyLast.isEmpty {
         summary.putProcs("meshd_apply", meshdApplyLast, cpu: meshdApply, watched: opts.watchPids.count)
         summary.put("meshd_apply_rss_mb_max", meshdApplyPeakRSS, 1)
     }
-    if opts.applies > 0 { summary.putProcs("load_apply", selfSample(), cpu: selfApply, watched: 1) }
+    if selfApply.wallSeconds > 0 { summary.putProcs("load_apply", selfSample(), cpu: selfApply, watched: 1) }
     summary.put("reconnects", sumAll { $0.failures.load(ordering: .relaxed) })
     summary.put("ack_refusals", sumAll { $0.refusals.load(ordering: .relaxed) })
     summary.put("pushes_total", sumAll { $0.pushes.load(ordering: .relaxed) })
