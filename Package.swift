@@ -23,6 +23,8 @@ let package = Package(
         .executable(name: "sidecar", targets: ["sidecar"]),
         .executable(name: "meshd", targets: ["meshd"]),
         .executable(name: "meshctl", targets: ["meshctl"]),
+        // bench/push.sh's simulated sidecars (bench code, not shipped).
+        .executable(name: "push-load", targets: ["push-load"]),
         // Libraries for the fuzz package (fuzz/Package.swift); nothing here builds them by default.
         .library(name: "MeshCore", targets: ["MeshCore"]),
         .library(name: "MeshHTTP", targets: ["MeshHTTP"]),
@@ -66,6 +68,9 @@ let package = Package(
         // etcd v3 through its JSON gateway (blocking HTTP/1.1), and leader election on a lease.
         .target(name: "MeshEtcd", dependencies: ["MeshCore", "MeshIO"]),
         .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture"]),
+        // Simulated sidecars for bench/push.sh: config streams on MeshIO event loops.
+        .executableTarget(name: "push-load", dependencies: ["MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshHTTP", "MeshIO", "MeshCore"],
+                          path: "bench/push-load"),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshIOTests", dependencies: ["MeshIO", "MeshCore"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore", "CNghttp2"]),

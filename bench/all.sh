@@ -117,8 +117,8 @@ for s in $ONLY; do
         if [ "$QUICK" = 1 ]; then q=(N=200 C="1 4"); else q=(N=4000 C="1 4 16"); fi
         step ca RESULTS-ca.md 400 ca.sh "${q[@]}" ;;
     push)
-        if [ "$QUICK" = 1 ]; then q=(N=50 ROUNDS=2); else q=(N=1000 ROUNDS=5); fi
-        step push RESULTS-push.md 600 push.sh "${q[@]}" ;;
+        if [ "$QUICK" = 1 ]; then q=(N=50 ROUNDS=2 BIG_N=200 BIG_NAMESPACES=4 BIG_ROUNDS=2 CSR_SECONDS=2 IDLE=1s); else q=(N=1000 ROUNDS=20); fi
+        step push RESULTS-push.md 1200 push.sh "${q[@]}" ;;
     hardening)
         if [ "$QUICK" = 1 ]; then
             q=(IDLE_N=300 IDLE_HOLD_ROUNDS=1 IDLE_SETTLE=1 PHASE_SECONDS=3 SCENARIOS="a b c d" REPEAT=2 MESHD_RESTARTS=1 HEAVY_D_CYCLES=1 HEAVY_LOAD=2)
