@@ -16,7 +16,7 @@ let usage = """
     USAGE:
       meshd --state-dir DIR [--api-port 15012] [--admin-port 15014] [--trust-domain cluster.local]
             [--cert-ttl 24h] [--ca-dir DIR] [--outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY] [--listen-address 127.0.0.1] [--admin-address 127.0.0.1]
-            [--log-level info]
+            [--max-stream-age 30m] [--api-loops 2] [--log-level info]
 
     On first start meshd creates a root CA in the state directory (keys mode 0600) and writes
     STATE-DIR/root-cert.pem (the trust anchor sidecars need, --root-cert) and STATE-DIR/admin-token
@@ -52,6 +52,11 @@ let usage = """
                              how long after a restart meshd keeps the workloads it knew (30s)
       --max-apply-bytes N    the largest request the admin port reads, i.e. one `meshctl apply`
                              (default 1048576 = 1 MiB; suffixes Ki, Mi; larger gets 413)
+      --max-stream-age D     a sidecar's config stream is closed at its next answer after this
+                             age (jittered ±10%), so that streams spread over replicas (30m;
+                             0: never)
+      --api-loops N          event-loop threads serving the API port (default 2); certificate
+                             signing and registration run on 4 worker threads
       --log-level LEVEL      debug, info, warn or error
       -h, --help             this text
 
@@ -69,6 +74,7 @@ let specs: [Flags.Spec] = [
     .init("state-dir"), .init("config-dir"), .init("api-port"), .init("admin-port"), .init("listen-address"), .init("admin-address"),
     .init("trust-domain"), .init("outbound-traffic-policy"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
     .init("registry-grace"), .init("max-apply-bytes"),
+    .init("max-stream-age"), .init("api-loops"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -153,6 +159,14 @@ if let dir = flags.string("config-dir") {
     Threads.spawnDetached { while true { usleep(1_000_000); watcher.check() } }
 }
 Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
+// Config streams (DESIGN §12): the API port's event loops and a stream's maximum age.
+if let t = flags.string("max-stream-age") {
+    guard let n = DurationParser.parseNanos(t), n == 0 || (n >= 1_000_000_000 && n <= 168 * 3_600_000_000_000) else {
+        fail("--max-stream-age: expected 0 (no maximum) or a duration from 1s to 168h such as 30m, got \"\(t)\"")
+    }
+    server.api!.settings.maxStreamAge = n
+}
+do { server.api!.settings.loops = try flags.int("api-loops", min: 1, max: 64) ?? 2 } catch { fail("\(error)") }
 Threads.spawnDetached { server.api!.run() }
 Threads.spawnDetached { server.admin!.run() }
 Log.info("meshd", "ready: API \(SocketAddress(host: listen, port: server.api!.port)!) (TLS), admin \(SocketAddress(host: adminHost, port: server.admin!.port)!) (\(adminTLS ? "TLS" : "plain HTTP")); trust domain \(trustDomain), certificates live \(certTTL)s; state in \(stateDir)")
