@@ -101,7 +101,7 @@ public final class ConfigStreamClient: @unchecked Sendable {
                 var answer = ConfigStream.Answer(version: push.version, node: node, nonce: push.nonce, error: nil)
                 do {
                     let applied = try apply(push.text, push.version)
-                    Log.info("sidecar", "config version \(push.version) from meshd \(c.address) applied (\(applied))")
+                    Log.info("sidecar", "config version \(push.version) from meshd applied (\(applied))")
                     becomeReady("the first config from meshd (version \(push.version)) is applied")
                 } catch {
                     Log.error("sidecar", "config version \(push.version) from meshd \(c.address) refused, the config in force stays: \(error)")

@@ -115,6 +115,16 @@ if let t = flags.string("max-apply-bytes") {
     }
     maxApplyBytes = n * unit
 }
+// Config streams (DESIGN §12): the API port's event loops and a stream's maximum age.
+var maxStreamAge = APIStreamServer.Settings().maxStreamAge
+if let t = flags.string("max-stream-age") {
+    guard let n = DurationParser.parseNanos(t), n == 0 || (n >= 1_000_000_000 && n <= 168 * 3_600_000_000_000) else {
+        fail("--max-stream-age: expected 0 (no maximum) or a duration from 1s to 168h such as 30m, got \"\(t)\"")
+    }
+    maxStreamAge = n
+}
+let apiLoops: Int
+do { apiLoops = try flags.int("api-loops", min: 1, max: 64) ?? 2 } catch { fail("\(error)") }
 let trustDomain = flags.string("trust-domain") ?? "cluster.local"
 let policyText = flags.string("outbound-traffic-policy") ?? "ALLOW_ANY"
 guard let outboundPolicy = Bootstrap.OutboundTrafficPolicy(rawValue: policyText) else {
@@ -159,14 +169,8 @@ if let dir = flags.string("config-dir") {
     Threads.spawnDetached { while true { usleep(1_000_000); watcher.check() } }
 }
 Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
-// Config streams (DESIGN §12): the API port's event loops and a stream's maximum age.
-if let t = flags.string("max-stream-age") {
-    guard let n = DurationParser.parseNanos(t), n == 0 || (n >= 1_000_000_000 && n <= 168 * 3_600_000_000_000) else {
-        fail("--max-stream-age: expected 0 (no maximum) or a duration from 1s to 168h such as 30m, got \"\(t)\"")
-    }
-    server.api!.settings.maxStreamAge = n
-}
-do { server.api!.settings.loops = try flags.int("api-loops", min: 1, max: 64) ?? 2 } catch { fail("\(error)") }
+server.api!.settings.maxStreamAge = maxStreamAge
+server.api!.settings.loops = apiLoops
 Threads.spawnDetached { server.api!.run() }
 Threads.spawnDetached { server.admin!.run() }
 Log.info("meshd", "ready: API \(SocketAddress(host: listen, port: server.api!.port)!) (TLS), admin \(SocketAddress(host: adminHost, port: server.admin!.port)!) (\(adminTLS ? "TLS" : "plain HTTP")); trust domain \(trustDomain), certificates live \(certTTL)s; state in \(stateDir)")
