@@ -161,7 +161,10 @@ final class APIConnection: Connection, @unchecked Sendable {
     override func onFlush() {
         super.onFlush()
         // A parked stream holds no buffer while it waits (nor OpenSSL's records).
-        if phase == .parked && !isClosed { hibernate() }
+        if phase == .parked && !isClosed {
+            hibernate()
+            owner.noteRelease()
+        }
     }
 
     /// Writes an answer. It is the connection's last when `last`, when the request asked to
@@ -221,5 +224,6 @@ final class APIConnection: Connection, @unchecked Sendable {
             stream = nil
         }
         server.leave(ip)
+        owner.noteRelease()
     }
 }

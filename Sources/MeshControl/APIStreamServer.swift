@@ -133,6 +133,7 @@ final class APILoop: Pollable, @unchecked Sendable {
     private var parked: [APIConnection] = []
     private var checkPending = false
     private var rng = FastRandom()
+    private var trimmer: APITrimmer?
 
     init(server: APIStreamServer, index: Int) {
         self.server = server
@@ -142,6 +143,7 @@ final class APILoop: Pollable, @unchecked Sendable {
 
     func run() {
         loop.registerTimerOnly(self)
+        trimmer = APITrimmer(loop: loop)
         // Every loop watches the one listening socket; whichever wakes first accepts.
         let l = Listener(loop: loop, fd: server.fd, name: "meshd api") { [unowned self] fd in self.accept(fd) }
         listener = l
@@ -160,6 +162,9 @@ final class APILoop: Pollable, @unchecked Sendable {
         guard c.start() else { server.leave(ip); return }
         loop.setDeadline(c, loop.now + server.settings.requestDeadline)
     }
+
+    /// A connection closed or gave its buffers back (parked).
+    func noteRelease() { trimmer?.noteRelease() }
 
     func park(_ c: APIConnection) {
         c.parkedIndex = parked.count
@@ -191,5 +196,39 @@ final class APILoop: Pollable, @unchecked Sendable {
             if c.recheck() { continue }
             i += 1
         }
+    }
+}
+
+/// Gives freed memory back to the system after bursts of parked or closed streams (glibc keeps
+/// freed chunks resident): after 256 releases, one `malloc_trim` a few seconds later for the
+/// whole burst, and one more for its tail. Never per request.
+final class APITrimmer: Pollable {
+    private unowned let loop: EventLoop
+    private var released = 0
+    private var armed = false
+    private var tail = false
+    static let threshold = 256
+    static let delay: UInt64 = 3_000_000_000
+
+    init(loop: EventLoop) {
+        self.loop = loop
+        super.init(fd: -1)
+        loop.registerTimerOnly(self)
+    }
+
+    func noteRelease() {
+        released &+= 1
+        if (released >= APITrimmer.threshold || tail) && !armed {
+            armed = true
+            tail = released >= APITrimmer.threshold
+            loop.setDeadline(self, Clock.monotonicNanos() + APITrimmer.delay)
+        }
+    }
+
+    override func onTimer(now: UInt64) {
+        armed = false
+        tail = released >= APITrimmer.threshold
+        released = 0
+        Memory.trim()
     }
 }
