@@ -39,8 +39,13 @@ final class APIConnection: Connection, @unchecked Sendable {
         self.ip = ip
         self.closeAt = closeAt
         super.init(loop: owner.loop, fd: fd, security: security, connecting: false)
-        inputLimit = owner.server.settings.maxBody + 80 * 1024
+        inputLimit = readingLimit
     }
+
+    /// Input held while a request is read (its head and body), and while one is being answered
+    /// (parked or with a worker): a client that sends ahead cannot make meshd hold more.
+    private var readingLimit: Int { server.settings.maxBody + 80 * 1024 }
+    static let busyLimit = 16 * 1024
 
     private var server: APIStreamServer { owner.server }
 
@@ -99,6 +104,7 @@ final class APIConnection: Connection, @unchecked Sendable {
             answer(meshd.handleAPI(r))
         default:
             phase = .working
+            inputLimit = APIConnection.busyLimit
             loop.setDeadline(self, 0)
             let loop = self.loop
             let queued = server.pool?.submit { [self] in
@@ -136,6 +142,7 @@ final class APIConnection: Connection, @unchecked Sendable {
 
     private func park(_ w: MeshdServer.ConfigWait) {
         phase = .parked
+        inputLimit = APIConnection.busyLimit
         wait = w
         owner.park(self)
         loop.setDeadline(self, min(Clock.monotonicNanos() + server.settings.streamWait, closeAt))
@@ -185,6 +192,7 @@ final class APIConnection: Connection, @unchecked Sendable {
             return
         }
         phase = .reading
+        inputLimit = readingLimit
         loop.setDeadline(self, Clock.monotonicNanos() + server.settings.requestDeadline)
     }
 

@@ -269,9 +269,11 @@ public struct ControlResponse: Sendable {
     }
 }
 
-/// A small HTTP/1.1 server for the control plane: a thread per connection (bounded overall and
-/// per client address), keep-alive, plain or TLS, an absolute deadline for the handshake and
-/// each request. Not the data path; simplicity over throughput.
+/// A small HTTP/1.1 server for the control plane's few connections (meshd's admin port, the
+/// sidecar's admin port while it waits for its certificate): a thread per connection (bounded
+/// overall and per client address), keep-alive, plain or TLS, an absolute deadline for the
+/// handshake and each request. Not the data path; simplicity over throughput. meshd's API port,
+/// with a config stream per sidecar, runs on event loops instead (MeshControl's `APIStreamServer`).
 public final class ControlServer: @unchecked Sendable {
     let fd: Int32
     let name: String
@@ -280,8 +282,7 @@ public final class ControlServer: @unchecked Sendable {
     private let handler: @Sendable (ControlRequest) -> ControlResponse
     private let active = Atomic<Int>(0)
     private let perIP = Locked<[String: Int]>([:])
-    /// Bounds on threads: config streams are long-lived (one per sidecar), so the caps follow
-    /// the number of sidecars a meshd serves; every connection also has its deadlines.
+    /// Bounds on threads (every connection also has its deadlines).
     static let maxConnections = 4096
     /// Connections one client address may hold at once (a node may run many sidecars).
     static let maxPerClient = 1024
