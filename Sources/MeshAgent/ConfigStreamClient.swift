@@ -5,11 +5,16 @@ import MeshPKI
 import Glibc
 #endif
 
-/// The sidecar's side of the config stream (DESIGN §5): registers its workload (when it has an
-/// inbound endpoint), long-polls meshd for config newer than what it has, hands each push to
-/// `apply` and answers ACK, or NACK with the error (the config in force then stays). While meshd
-/// is away it retries with jittered back-off, registering again; the last good config keeps
-/// serving meanwhile. Runs on its own thread until the identity stops.
+/// The sidecar's side of the config stream (DESIGN §5, §12): one kept-alive mTLS connection to
+/// meshd carries the registration (when the workload has an inbound endpoint), each long poll
+/// for config other than what the sidecar has (its version and digest), and each ACK or NACK;
+/// every push goes to `apply`, and a throw is a NACK (the config in force then stays). A new
+/// connection is opened only when the last one failed or meshd closed it, and when the
+/// certificate was renewed. With several meshd addresses a failed stream moves to the next one
+/// after a jittered back-off (first retry within 100-300 ms) and registers there; a stream meshd
+/// closed at its maximum age moves to a random one at once. The sidecar's version and digest go
+/// along, so a replica with the same config sends nothing. The last good config keeps serving
+/// meanwhile. Runs on its own thread until the identity stops.
 public final class ConfigStreamClient: @unchecked Sendable {
     let identity: WorkloadIdentity
     let registration: ConfigStream.Registration?
@@ -32,7 +37,15 @@ public final class ConfigStreamClient: @unchecked Sendable {
         self.ready = ready
     }
 
+    /// The first retry after a failed stream waits 100-300 ms; each further failure doubles it, up to 10 s.
+    static let firstRetry: UInt64 = 200_000_000
+    static let maxRetry: UInt64 = 10_000_000_000
+
     public func run() {
+        let addresses = identity.addresses
+        var index = identity.preferredAddress % addresses.count
+        var connection: ControlConnection? = nil
+        var serial = ""
         var have = 0
         var digest = ""
         var registered = false
@@ -42,18 +55,40 @@ public final class ConfigStreamClient: @unchecked Sendable {
             isReady = true
             ready(why)
         }
-        var delay: UInt64 = 500_000
+        var delay = ConfigStreamClient.firstRetry
         var rng = FastRandom()
+        /// meshd ended the stream after an answer (its maximum age): the next stream goes to a
+        /// random address, without waiting.
+        func closedByMeshd(_ c: ControlConnection) {
+            connection = nil
+            let from = c.address
+            if addresses.count > 1 { index = Int(rng.next() % UInt64(addresses.count)) }
+            Log.info("sidecar", "meshd \(from) ended the config stream; reconnecting to \(addresses[index])")
+        }
+        /// The open connection, or a new one to the current address (registering there).
+        func open() throws(CAError) -> ControlConnection {
+            let current = identity.credentials?.serialHex ?? ""
+            if let c = connection, !c.isClosed, current == serial { return c }
+            connection = nil
+            let (c, s) = try identity.connect(addresses[index])
+            connection = c
+            serial = s
+            registered = false
+            return c
+        }
         while !identity.isStopping {
             do {
+                var c = try open()
                 if !registered, let reg = registration {
-                    let r = try identity.call("POST", "\(ConfigStream.registerPath)?\(reg.query)")
+                    let r = try c.request(method: "POST", path: "\(ConfigStream.registerPath)?\(reg.query)")
                     guard r.status == 200 else { throw CAError("registration refused (\(r.status)): \(r.body)") }
+                    if r.close { closedByMeshd(c); c = try open() }
                 }
                 registered = true
                 let request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest)
-                let r = try identity.call("GET", "\(ConfigStream.configPath)?\(request.query)", timeoutSeconds: 40)
-                delay = 500_000
+                let r = try c.request(method: "GET", path: "\(ConfigStream.configPath)?\(request.query)", timeoutSeconds: 40)
+                delay = ConfigStreamClient.firstRetry
+                if r.close { closedByMeshd(c) }
                 if r.status == 304 { continue }
                 if r.status == 404 {   // a meshd without a config store: nothing to wait for
                     becomeReady("meshd keeps no config; the --route flags are the config")
@@ -61,7 +96,7 @@ public final class ConfigStreamClient: @unchecked Sendable {
                     continue
                 }
                 guard r.status == 200, let push = ConfigStream.Push(body: r.body) else {
-                    throw CAError("unexpected config answer (\(r.status)): \(r.body.prefix(200))")
+                    throw CAError("unexpected config answer from \(c.address) (\(r.status)): \(r.body.prefix(200))")
                 }
                 var answer = ConfigStream.Answer(version: push.version, node: node, nonce: push.nonce, error: nil)
                 do {
@@ -69,19 +104,40 @@ public final class ConfigStreamClient: @unchecked Sendable {
                     Log.info("sidecar", "config version \(push.version) from meshd applied (\(applied))")
                     becomeReady("the first config from meshd (version \(push.version)) is applied")
                 } catch {
-                    Log.error("sidecar", "config version \(push.version) from meshd refused, the config in force stays: \(error)")
+                    Log.error("sidecar", "config version \(push.version) from meshd \(c.address) refused, the config in force stays: \(error)")
                     answer.error = "\(error)"
                 }
-                _ = try? identity.call("POST", "\(answer.path)?\(answer.query)", body: answer.body)
                 // Answered (ACK or NACK): meshd sends again only a config with another digest.
                 have = push.version
                 digest = push.digest
+                do {
+                    let ac = try open()
+                    let a = try ac.request(method: "POST", path: "\(answer.path)?\(answer.query)", body: answer.body)
+                    if a.close { closedByMeshd(ac) }
+                } catch {
+                    // The next request tells: the stream moves on if meshd is gone.
+                    connection = nil
+                    Log.warn("sidecar", "config stream: the answer to version \(push.version) was not delivered: \(error)")
+                }
             } catch {
+                connection = nil
                 registered = false
-                Log.warn("sidecar", "config stream: \(error); retrying in \(delay / 1000) ms")
-                usleep(UInt32(delay / 2 + rng.next() % (delay / 2 + 1)))
-                delay = min(delay * 2, 10_000_000)
+                let failed = addresses[index]
+                index = (index + 1) % addresses.count
+                let wait = delay / 2 + rng.next() % (delay + 1)
+                Log.warn("sidecar", "config stream with meshd \(failed): \(error); trying \(addresses[index]) in \(wait / 1_000_000) ms")
+                sleepNanos(wait)
+                delay = min(delay * 2, ConfigStreamClient.maxRetry)
             }
+        }
+    }
+
+    private func sleepNanos(_ n: UInt64) {
+        var left = n
+        while left > 0 && !identity.isStopping {
+            let step = min(left, 100_000_000)
+            usleep(UInt32(step / 1000))
+            left -= step
         }
     }
 }

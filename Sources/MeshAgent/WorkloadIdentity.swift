@@ -12,7 +12,9 @@ import Glibc
 /// meshd a CSR for its SPIFFE ID with its join token, and renews at half lifetime with a new key,
 /// authenticating with its current certificate (the token is only needed again if the certificate
 /// lapsed while meshd was away). Renewal retries with jittered exponential back-off. Every new
-/// set of credentials (chain, key, trust bundle) goes to `onRenewed`.
+/// set of credentials (chain, key, trust bundle) goes to `onRenewed`. With several meshd
+/// addresses (replicas, DESIGN §12) each request tries them in turn, starting with the one that
+/// answered last.
 public final class WorkloadIdentity: @unchecked Sendable {
     public struct Credentials: Sendable {
         public let chainPEM: String
@@ -23,7 +25,10 @@ public final class WorkloadIdentity: @unchecked Sendable {
         public let serialHex: String
     }
 
-    public let meshd: SocketAddress
+    /// meshd's API addresses (`sidecar --meshd A,B,...`).
+    public let addresses: [SocketAddress]
+    /// The address that answered the last certificate request.
+    private let preferred = Atomic<Int>(0)
     public let identity: String
     private let rootPEM: String
     private let token: String
@@ -37,8 +42,9 @@ public final class WorkloadIdentity: @unchecked Sendable {
         return "spiffe://\(td)/ns/mesh-system/sa/meshd"
     }
 
-    public init(meshd: SocketAddress, identity: String, rootPEM: String, token: String) {
-        self.meshd = meshd
+    public init(meshd addresses: [SocketAddress], identity: String, rootPEM: String, token: String) {
+        precondition(!addresses.isEmpty, "at least one meshd address")
+        self.addresses = addresses
         self.identity = identity
         self.rootPEM = rootPEM
         self.token = token
@@ -68,8 +74,22 @@ public final class WorkloadIdentity: @unchecked Sendable {
         o.trustBundlePEM = trusted + (trusted.contains(rootPEM) ? "" : rootPEM)
         let ctx: TLSContext
         do { ctx = try TLSContext(role: .client, options: o) } catch { throw CAError("client TLS: \(error)") }
-        let r = try ControlClient.request(meshd, context: ctx, method: "POST", path: CertificateExchange.path, headers: headers, body: csr,
-                                          expectPeer: meshdIdentity)
+        // Each address in turn while none can be reached; an answer (even a refusal) is final.
+        var answer: (status: Int, body: String)? = nil
+        var failures: [String] = []
+        let first = preferred.load(ordering: .relaxed)
+        for k in 0..<addresses.count {
+            let i = (first + k) % addresses.count
+            do {
+                answer = try ControlClient.request(addresses[i], context: ctx, method: "POST", path: CertificateExchange.path, headers: headers,
+                                                   body: csr, expectPeer: meshdIdentity)
+                preferred.store(i, ordering: .relaxed)
+                break
+            } catch {
+                failures.append(error.description)
+            }
+        }
+        guard let r = answer else { throw CAError(failures.joined(separator: "; ")) }
         guard r.status == 200 else {
             // A renewal refused on the certificate's own grounds (retired root, say): try the token next.
             if withCertificate && (r.status == 401 || r.status == 403) { useToken.store(true, ordering: .relaxed) }
@@ -144,8 +164,13 @@ public final class WorkloadIdentity: @unchecked Sendable {
     public func stop() { stopping.store(true, ordering: .relaxed) }
     public var isStopping: Bool { stopping.load(ordering: .relaxed) }
 
-    /// One request to meshd's API with this workload's current certificate (mTLS), to meshd only.
-    public func call(_ method: String, _ path: String, body: String = "", timeoutSeconds: Int = 10) throws(CAError) -> (status: Int, body: String) {
+    /// The address the last certificate came from (where the config stream starts).
+    public var preferredAddress: Int { preferred.load(ordering: .relaxed) }
+
+    /// A kept-alive connection to meshd's API at `address` with this workload's current
+    /// certificate (mTLS), to meshd only; also returns that certificate's serial (a renewal
+    /// means a new connection).
+    public func connect(_ address: SocketAddress) throws(CAError) -> (connection: ControlConnection, serial: String) {
         guard let c = credentials else { throw CAError("no certificate yet") }
         var o = TLSContext.Options(certChainFile: "(mesh mode)", privateKeyFile: "(mesh mode)", trustBundleFile: "--root-cert")
         o.alpn = ["http/1.1"]
@@ -154,8 +179,7 @@ public final class WorkloadIdentity: @unchecked Sendable {
         o.trustBundlePEM = c.bundlePEM + (c.bundlePEM.contains(rootPEM) ? "" : rootPEM)
         let ctx: TLSContext
         do { ctx = try TLSContext(role: .client, options: o) } catch { throw CAError("client TLS: \(error)") }
-        return try ControlClient.request(meshd, context: ctx, method: method, path: path, body: body,
-                                         timeoutSeconds: timeoutSeconds, expectPeer: meshdIdentity)
+        return (try ControlConnection.open(address, context: ctx, expectPeer: meshdIdentity), c.serialHex)
     }
 
     private func sleepNanos(_ n: UInt64) {

@@ -83,7 +83,7 @@ public final class ConfigStore: @unchecked Sendable {
         /// The rendered proxy config of the current version (every sidecar gets the same).
         var rendered: (version: Int, text: String)?
         var renderedDigest: (version: Int, digest: String)?
-        /// Config streams waiting now, by identity|node: their sidecars are alive.
+        /// Config streams open now, by identity|node: their sidecars are alive.
         var streams: [String: Int] = [:]
         /// `--outbound-traffic-policy`: what captured connections to destinations outside the
         /// mesh get (Istio's MeshConfig `outboundTrafficPolicy.mode`), pushed to every sidecar.
@@ -867,26 +867,16 @@ public final class ConfigStore: @unchecked Sendable {
     /// registrations makes one new config, not many).
     static let debounce: UInt32 = 20_000
 
-    /// Waits until the version differs from `version`, `timeout` seconds pass, or `alive` says
-    /// the sidecar went away. The sidecar counts as connected meanwhile.
-    public func waitForChange(from version: Int, timeout: Int, identity: String = "", node: String = "",
-                              alive: () -> Bool = { true }) -> Int {
+    /// A config stream opened (`streamOpened`) or closed (`streamClosed`) for a sidecar
+    /// (identity and node): while one is open the sidecar counts as connected and its workload
+    /// is never expired.
+    public func streamOpened(identity: String, node: String) {
+        state.withLock { $0.streams["\(identity)|\(node)", default: 0] += 1 }
+    }
+
+    public func streamClosed(identity: String, node: String) {
         let k = "\(identity)|\(node)"
-        state.withLock { $0.streams[k, default: 0] += 1 }
-        defer { state.withLock { s in s.streams[k, default: 1] -= 1; if s.streams[k]! <= 0 { s.streams.removeValue(forKey: k) } } }
-        let deadline = Clock.monotonicNanos() + UInt64(timeout) * 1_000_000_000
-        var waited = false
-        while true {
-            let v = self.version
-            if v != version {
-                if waited { usleep(ConfigStore.debounce); return self.version }
-                return v
-            }
-            waited = true
-            let now = Clock.monotonicNanos()
-            if now >= deadline || !alive() { return v }
-            changed.wait(nanos: min(deadline - now, 1_000_000_000))
-        }
+        state.withLock { s in s.streams[k, default: 1] -= 1; if s.streams[k]! <= 0 { s.streams.removeValue(forKey: k) } }
     }
 
     /// Records what a sidecar was sent and its answer.

@@ -2,6 +2,7 @@ import MeshControlWire
 import MeshCA
 import MeshPKI
 import COpenSSL
+import CMeshShims
 import MeshConfig
 import MeshCore
 import MeshTLS
@@ -12,7 +13,8 @@ import Synchronization
 /// for certificates there, with a join token or, to renew, their current certificate) and the
 /// admin port (plain HTTP on loopback by default; on another address, TLS with the API's
 /// certificate, DESIGN §10; `/ready` and `/metrics` open, meshctl's API authenticated with the
-/// admin token either way). Thread-safe; each port runs on its own threads.
+/// admin token either way). Thread-safe. The API port runs on a few event loops (config streams
+/// parked there) and a small worker pool (`APIStreamServer`); the admin port on `ControlServer`.
 public final class MeshdServer: @unchecked Sendable {
     public let ca: CertificateAuthority
     /// The config store and registry (nil: certificate authority only).
@@ -22,7 +24,8 @@ public final class MeshdServer: @unchecked Sendable {
     private let apiContext: Locked<TLSContext?>
     private let apiRenewAt = Atomic<Int64>(0)
     static let serverCertTTL = 24 * 3600
-    public private(set) var api: ControlServer?
+    /// The API port: config streams on event loops, everything else on a few worker threads.
+    public private(set) var api: APIStreamServer?
     public private(set) var admin: ControlServer?
     /// Whether the admin port speaks TLS (it is not on loopback).
     public private(set) var adminTLS = false
@@ -54,6 +57,9 @@ public final class MeshdServer: @unchecked Sendable {
         o.noResumption = true         // a renewal's certificate is verified on every handshake
         let ctx: TLSContext
         do { ctx = try TLSContext(role: .server, options: o) } catch { throw CAError("meshd API TLS: \(error)") }
+        // Thousands of parked config streams: OpenSSL frees a connection's record buffers as
+        // soon as they are empty (they come back on the next record).
+        _ = mesh_SSL_CTX_set_mode(ctx.ctx, Int(SSL_MODE_RELEASE_BUFFERS))
         apiContext.withLock { $0 = ctx }
         apiRenewAt.store(MeshCrypto.now() + Int64(MeshdServer.serverCertTTL / 2), ordering: .relaxed)
     }
@@ -71,8 +77,7 @@ public final class MeshdServer: @unchecked Sendable {
     /// `apiHost`: the API's concrete IP for `/v1/bootstrap` (nil when it listens on a wildcard).
     public func bind(api apiAddress: SocketAddress, admin adminAddress: SocketAddress, maxApplyBytes: Int = 1 << 20,
                      adminTLS: Bool = false, apiHost: String? = nil) throws(CAError) {
-        api = try ControlServer(address: apiAddress, name: "api", context: { [unowned self] in self.currentAPIContext() },
-                                handler: { [unowned self] in self.handleAPI($0) })
+        api = try APIStreamServer(address: apiAddress, meshd: self, context: { [unowned self] in self.currentAPIContext() })
         self.adminTLS = adminTLS
         let apiPort = api!.port
         apiAdvertised = apiHost.flatMap { SocketAddress(host: $0, port: apiPort)?.text }
@@ -112,13 +117,12 @@ public final class MeshdServer: @unchecked Sendable {
 
     // MARK: config stream (sidecars, authenticated by their certificate)
 
-    /// How long a config request waits for a change before answering "no change" (304).
-    static let streamWait = 20
 
     func handleStream(_ r: ControlRequest) -> ControlResponse {
-        guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
-        guard let id = r.peerIdentity, X509Info.isSPIFFE(id, inTrustDomain: ca.trustDomain), r.peerNotAfter > MeshCrypto.now() else {
-            return ControlResponse(401, "a workload certificate from this mesh is required\n")
+        let id: String, store: ConfigStore
+        switch streamPeer(r) {
+        case .failure(let refusal): return refusal.response
+        case .success(let p): (id, store) = p
         }
         switch (r.method, r.path) {
         case ("POST", ConfigStream.registerPath):
@@ -140,25 +144,12 @@ public final class MeshdServer: @unchecked Sendable {
             }
             return ControlResponse(200, "registered\n")
         case ("GET", ConfigStream.configPath):
-            let q = ConfigStream.Request(query: r.query)
-            // The node names this sidecar in meshd's state: an address, nothing else.
-            guard q.node.isEmpty || SocketAddress(q.node) != nil else { return ControlResponse(400, "node: expected IP:PORT\n") }
-            store.seen(identity: id, node: q.node, admin: q.admin)
-            // Answer when this sidecar's config differs from what it has (its digest), or after
-            // the wait with "no change".
-            let deadline = Clock.monotonicNanos() + UInt64(MeshdServer.streamWait) * 1_000_000_000
-            var snap = store.proxyConfig(identity: id, node: q.node)
-            while snap.digest == q.digest && Clock.monotonicNanos() < deadline && r.clientConnected() {
-                let left = Int((deadline - Clock.monotonicNanos()) / 1_000_000_000) + 1
-                _ = store.waitForChange(from: snap.version, timeout: min(left, MeshdServer.streamWait), identity: id, node: q.node, alive: r.clientConnected)
-                snap = store.proxyConfig(identity: id, node: q.node)
+            // Not parked here: the API loops park a config request (`configWait`); answered
+            // now if the config differs, else "no change".
+            switch configWait(r) {
+            case .answer(let a): return a
+            case .wait(let w): return configAnswer(w) ?? ControlResponse(304, "")
             }
-            guard r.clientConnected() else { return ControlResponse(499, "") }   // gone: nobody to answer
-            store.seen(identity: id, node: q.node)
-            if snap.digest == q.digest { return ControlResponse(304, "") }
-            let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: id, node: q.node, version: snap.version),
-                                         digest: snap.digest, text: snap.text)
-            return ControlResponse(200, push.body, contentType: ConfigStream.Push.contentType)
         case ("POST", ConfigStream.ackPath), ("POST", ConfigStream.nackPath):
             guard let a = ConfigStream.Answer(query: r.query, nack: r.path == ConfigStream.nackPath, body: r.bodyText) else {
                 return ControlResponse(400, "version required\n")
@@ -168,6 +159,60 @@ public final class MeshdServer: @unchecked Sendable {
         default:
             return ControlResponse(405, "method not allowed\n")
         }
+    }
+
+    /// A refusal as an answer (a `Result` failure needs an `Error`).
+    struct Refusal: Error { let response: ControlResponse }
+
+    /// Who asks on the config stream: a workload certificate of this trust domain, still valid
+    /// (a kept-alive connection can outlive the certificate it was opened with).
+    func streamPeer(_ r: ControlRequest) -> Result<(String, ConfigStore), Refusal> {
+        guard let store else { return .failure(Refusal(response: ControlResponse(404, "this meshd keeps no config\n"))) }
+        guard let id = r.peerIdentity, X509Info.isSPIFFE(id, inTrustDomain: ca.trustDomain), r.peerNotAfter > MeshCrypto.now() else {
+            return .failure(Refusal(response: ControlResponse(401, "a workload certificate from this mesh is required\n")))
+        }
+        return .success((id, store))
+    }
+
+    /// A config request that waits for the sidecar's config to differ from what it has.
+    public struct ConfigWait: Sendable {
+        public let identity: String
+        public let node: String
+        /// The digest of the config the sidecar has (empty: none yet).
+        public let digest: String
+    }
+
+    /// What a config request gets at once: an answer (a refusal), or a wait (`configAnswer`
+    /// tells when it is over).
+    public enum ConfigStart {
+        case answer(ControlResponse)
+        case wait(ConfigWait)
+    }
+
+    /// Checks a config request (`GET /v1/config`) and records the sidecar as seen.
+    public func configWait(_ r: ControlRequest) -> ConfigStart {
+        let id: String, store: ConfigStore
+        switch streamPeer(r) {
+        case .failure(let refusal): return .answer(refusal.response)
+        case .success(let p): (id, store) = p
+        }
+        let q = ConfigStream.Request(query: r.query)
+        // The node names this sidecar in meshd's state: an address, nothing else.
+        guard q.node.isEmpty || SocketAddress(q.node) != nil else { return .answer(ControlResponse(400, "node: expected IP:PORT\n")) }
+        store.seen(identity: id, node: q.node, admin: q.admin)
+        return .wait(ConfigWait(identity: id, node: q.node, digest: q.digest))
+    }
+
+    /// The push for a waiting config request when this sidecar's config (its digest) differs
+    /// from what it has; nil while it does not. Each push gets a nonce its ACK must carry.
+    public func configAnswer(_ w: ConfigWait) -> ControlResponse? {
+        guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
+        let snap = store.proxyConfig(identity: w.identity, node: w.node)
+        if snap.digest == w.digest { return nil }
+        store.seen(identity: w.identity, node: w.node)
+        let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: w.identity, node: w.node, version: snap.version),
+                                     digest: snap.digest, text: snap.text)
+        return ControlResponse(200, push.body, contentType: ConfigStream.Push.contentType)
     }
 
     // MARK: admin port
@@ -282,6 +327,7 @@ public final class MeshdServer: @unchecked Sendable {
             for p in store.proxies() { out += "meshd_proxy_config_version{identity=\"\(p.identity)\",node=\"\(p.node)\"} \(p.ackedVersion)\n" }
             out += store.convergenceMetrics()
         }
+        if let api { out += api.metrics() }
         out += "# HELP meshd_trust_anchor_expiry_timestamp_seconds When each trusted root expires (Unix time).\n# TYPE meshd_trust_anchor_expiry_timestamp_seconds gauge\n"
         for r in X509Info.load(pem: ca.trustBundlePEM) {
             out += "meshd_trust_anchor_expiry_timestamp_seconds{serial=\"\(r.serialHex)\"} \(r.notAfter)\n"

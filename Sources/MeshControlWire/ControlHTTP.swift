@@ -215,7 +215,7 @@ public final class ControlStream {
 }
 
 /// A request to a control-plane server, as its handler sees it.
-public struct ControlRequest {
+public struct ControlRequest: Sendable {
     public let method: String
     public let path: String
     public let query: [String: String]
@@ -229,10 +229,38 @@ public struct ControlRequest {
     /// Whether the client is still connected (for handlers that wait).
     public var clientConnected: @Sendable () -> Bool = { true }
     public var bodyText: String { String(decoding: body, as: UTF8.self) }
+
+    /// A request from a parsed head (`head`'s ranges index `base`) and its body: the method, the
+    /// path and its percent-decoded query, and the header fields (names lowercase; a repeated
+    /// name keeps its last value).
+    public init(head: HTTPHead, base b: UnsafePointer<UInt8>, body: [UInt8], peerIdentity: String?) {
+        let target = String(decoding: UnsafeBufferPointer(start: b + head.targetStart, count: head.targetEnd - head.targetStart), as: UTF8.self)
+        var path = target
+        var query: [String: String] = [:]
+        if let q = target.firstIndex(of: "?") {
+            path = String(target[..<q])
+            for kv in target[target.index(after: q)...].split(separator: "&") {
+                let p = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                guard let k = p.first, !k.isEmpty else { continue }
+                query[ControlServer.percentDecode(String(k))] = p.count > 1 ? ControlServer.percentDecode(String(p[1])) : ""
+            }
+        }
+        var headers: [String: String] = [:]
+        for f in head.fields {
+            let n = String(decoding: UnsafeBufferPointer(start: b + Int(f.lineStart), count: Int(f.nameEnd - f.lineStart)), as: UTF8.self).lowercased()
+            headers[n] = String(decoding: UnsafeBufferPointer(start: b + Int(f.valueStart), count: Int(f.valueEnd - f.valueStart)), as: UTF8.self)
+        }
+        self.init(method: String(decoding: UnsafeBufferPointer(start: b + head.methodStart, count: head.methodEnd - head.methodStart), as: UTF8.self),
+                  path: path, query: query, headers: headers, body: body, peerIdentity: peerIdentity)
+    }
+
+    init(method: String, path: String, query: [String: String], headers: [String: String], body: [UInt8], peerIdentity: String?) {
+        self.method = method; self.path = path; self.query = query; self.headers = headers; self.body = body; self.peerIdentity = peerIdentity
+    }
 }
 
 /// A response from a handler.
-public struct ControlResponse {
+public struct ControlResponse: Sendable {
     public var status: Int
     public var body: String
     public var contentType = "text/plain"
@@ -241,9 +269,11 @@ public struct ControlResponse {
     }
 }
 
-/// A small HTTP/1.1 server for the control plane: a thread per connection (bounded overall and
-/// per client address), keep-alive, plain or TLS, an absolute deadline for the handshake and
-/// each request. Not the data path; simplicity over throughput.
+/// A small HTTP/1.1 server for the control plane's few connections (meshd's admin port, the
+/// sidecar's admin port while it waits for its certificate): a thread per connection (bounded
+/// overall and per client address), keep-alive, plain or TLS, an absolute deadline for the
+/// handshake and each request. Not the data path; simplicity over throughput. meshd's API port,
+/// with a config stream per sidecar, runs on event loops instead (MeshControl's `APIStreamServer`).
 public final class ControlServer: @unchecked Sendable {
     let fd: Int32
     let name: String
@@ -252,8 +282,7 @@ public final class ControlServer: @unchecked Sendable {
     private let handler: @Sendable (ControlRequest) -> ControlResponse
     private let active = Atomic<Int>(0)
     private let perIP = Locked<[String: Int]>([:])
-    /// Bounds on threads: config streams are long-lived (one per sidecar), so the caps follow
-    /// the number of sidecars a meshd serves; every connection also has its deadlines.
+    /// Bounds on threads (every connection also has its deadlines).
     static let maxConnections = 4096
     /// Connections one client address may hold at once (a node may run many sidecars).
     static let maxPerClient = 1024
@@ -268,7 +297,8 @@ public final class ControlServer: @unchecked Sendable {
         }
     }
 
-    static func peerIP(_ fd: Int32) -> String {
+    /// The numeric address of a socket's peer ("?" when it has none).
+    public static func peerIP(_ fd: Int32) -> String {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let rc = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
@@ -366,26 +396,8 @@ public final class ControlServer: @unchecked Sendable {
                 if drained { _ = s.write(ControlServer.encode(r, close: true)) }
                 return
             }
-            let b = buf.base
-            let method = String(decoding: UnsafeBufferPointer(start: b + head.methodStart, count: head.methodEnd - head.methodStart), as: UTF8.self)
-            let target = String(decoding: UnsafeBufferPointer(start: b + head.targetStart, count: head.targetEnd - head.targetStart), as: UTF8.self)
-            var path = target
-            var query: [String: String] = [:]
-            if let q = target.firstIndex(of: "?") {
-                path = String(target[..<q])
-                for kv in target[target.index(after: q)...].split(separator: "&") {
-                    let p = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                    guard let k = p.first, !k.isEmpty else { continue }
-                    query[ControlServer.percentDecode(String(k))] = p.count > 1 ? ControlServer.percentDecode(String(p[1])) : ""
-                }
-            }
-            var headers: [String: String] = [:]
-            for f in head.fields {
-                let n = String(decoding: UnsafeBufferPointer(start: b + Int(f.lineStart), count: Int(f.nameEnd - f.lineStart)), as: UTF8.self).lowercased()
-                headers[n] = String(decoding: UnsafeBufferPointer(start: b + Int(f.valueStart), count: Int(f.valueEnd - f.valueStart)), as: UTF8.self)
-            }
+            var request = ControlRequest(head: head, base: buf.base, body: body, peerIdentity: peer)
             let close = !head.keepAlive
-            var request = ControlRequest(method: method, path: path, query: query, headers: headers, body: body, peerIdentity: peer)
             if let i = peerInfo { request.peerNotAfter = i.notAfter; request.peerIssuer = i.issuer }
             request.clientConnected = { [fd = s.fd] in ControlStream.peerConnected(fd) }
             let response = handler(request)
@@ -395,7 +407,8 @@ public final class ControlServer: @unchecked Sendable {
         }
     }
 
-    static func encode(_ r: ControlResponse, close: Bool = true) -> [UInt8] {
+    /// A response as bytes on the wire (`close`: with `connection: close`, the last on its connection).
+    public static func encode(_ r: ControlResponse, close: Bool = true) -> [UInt8] {
         let body = Array(r.body.utf8)
         let reason = r.status < 300 ? "OK" : r.status < 500 ? "Client Error" : "Server Error"
         let conn = close ? "connection: close\r\n" : ""

@@ -65,6 +65,13 @@ public final class TLSSession: TransportSecurity {
         return h
     }
 
+    /// The peer's certificate as the control plane reads it (identity, expiry, issuer); nil when
+    /// the peer sent none. Not for the request path: it decodes the certificate on every call.
+    public var peerCertificateInfo: CertificateInfo? {
+        guard let cert = SSL_get0_peer_certificate(ssl) else { return nil }
+        return X509Info.info(cert)
+    }
+
     public override func startHandshake(output: ByteBuffer) -> Progress {
         curOut = Unmanaged.passUnretained(output)
         defer { curOut = nil }

@@ -11,7 +11,7 @@ let usage = """
     meshctl: operate the service mesh through meshd's admin API
 
     USAGE:
-      meshctl [--meshd http://127.0.0.1:15014] [--admin-token-file FILE] COMMAND
+      meshctl [--meshd http://127.0.0.1:15014[,URL...]] [--admin-token-file FILE] COMMAND
 
     COMMANDS:
       apply -f FILE|DIR [--wait]   validate, then store Istio documents (upsert by
@@ -75,8 +75,10 @@ let usage = """
 
     GLOBAL FLAGS (before or after the command; environment MESHD, MESH_ADMIN_TOKEN_FILE,
     MESH_ROOT_CERT):
-      --meshd URL             meshd's admin URL (default http://127.0.0.1:15014); https://IP:PORT
-                              when meshd serves it on another host (meshd --admin-address IP)
+      --meshd URL[,URL...]    meshd's admin URL (default http://127.0.0.1:15014); https://IP:PORT
+                              when meshd serves it on another host (meshd --admin-address IP).
+                              Several (replicas): each command tries them in order while one
+                              cannot be reached (an HTTP error answer is final)
       --root-cert FILE        with https://: meshd's STATE-DIR/root-cert.pem; meshd's certificate
                               must chain to it and name the IP dialed
       --admin-token-file FILE meshd's STATE-DIR/admin-token
@@ -136,37 +138,47 @@ if flags.positional.first == "demo" {
 
 func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 let url = flags.string("meshd") ?? env("MESHD") ?? "http://127.0.0.1:15014"
-let tlsAdmin = url.hasPrefix("https://")
-/// HOST:PORT of the admin URL (`[v6]:PORT` for IPv6).
-let hostPort = String((tlsAdmin || url.hasPrefix("http://") ? url.dropFirst(tlsAdmin ? 8 : 7) : "").split(separator: "/").first ?? "")
-guard let address = SocketAddress(hostPort) else {
-    fail("--meshd: expected meshd's admin URL such as http://127.0.0.1:15014 or https://10.0.0.1:15014, got \"\(url)\"")
+/// One admin URL of --meshd: its HOST:PORT (`[v6]:PORT` for IPv6), address, host without the
+/// port (and without brackets), and whether it is TLS.
+struct AdminURL {
+    let text: String
+    let tls: Bool
+    let address: SocketAddress
+    let host: String
+    init(_ u: String) {
+        text = u
+        tls = u.hasPrefix("https://")
+        let hostPort = String((tls || u.hasPrefix("http://") ? u.dropFirst(tls ? 8 : 7) : "").split(separator: "/").first ?? "")
+        guard let a = SocketAddress(hostPort) else {
+            fail("--meshd: expected meshd's admin URL such as http://127.0.0.1:15014 or https://10.0.0.1:15014 (several: URL,URL), got \"\(u)\"")
+        }
+        address = a
+        var h = String(hostPort[..<hostPort.lastIndex(of: ":")!])
+        if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        host = h
+    }
 }
-/// The admin URL's host without the port (and without brackets).
-let adminHost: String = {
-    var h = String(hostPort[..<hostPort.lastIndex(of: ":")!])
-    if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
-    return h
-}()
+// Several URLs (meshd replicas): each command tries them in order while one cannot be reached.
+let adminURLs = url.split(separator: ",", omittingEmptySubsequences: false).map { AdminURL(String($0)) }
+/// The first admin URL's host (`meshctl run` finds meshd's API there when meshd names none).
+let adminHost = adminURLs[0].host
 // Two optionals, not an optional tuple: `guard let (a, b) = optionalTuple` at top level crashes
 // Swift 6.3.1's optimizer (CopyPropagation, "Found outside of lifetime use") in release builds.
 let rootCertPath = flags.string("root-cert") ?? env("MESH_ROOT_CERT")
 let rootCertName = flags.string("root-cert") != nil ? "--root-cert" : "MESH_ROOT_CERT"
-let endpoint: ControlEndpoint
-if tlsAdmin {
+var rootPEM: String? = nil
+if let tlsURL = adminURLs.first(where: { $0.tls }) {
     guard let path = rootCertPath else {
-        fail("--meshd \(url) is TLS: give --root-cert FILE (meshd's STATE-DIR/root-cert.pem) or MESH_ROOT_CERT")
+        fail("--meshd \(tlsURL.text) is TLS: give --root-cert FILE (meshd's STATE-DIR/root-cert.pem) or MESH_ROOT_CERT")
     }
-    let name = rootCertName
-    let pem: String
-    do { pem = try FileStore.read(path) } catch { fail("\(name): \(error)") }
-    do { endpoint = try ControlEndpoint(tls: adminHost, port: address.port, rootPEM: pem, rootFile: path) } catch { fail("\(name): \(error)") }
-} else {
-    if rootCertPath != nil {
-        fail("\(rootCertName) is for an https:// --meshd URL (meshd's admin port on another host); --meshd is \(url)")
-    }
-    endpoint = ControlEndpoint(plain: address)
+    do { rootPEM = try FileStore.read(path) } catch { fail("\(rootCertName): \(error)") }
+} else if rootCertPath != nil {
+    fail("\(rootCertName) is for an https:// --meshd URL (meshd's admin port on another host); --meshd is \(url)")
 }
+let endpoint = ControlEndpoints(adminURLs.map { u -> (name: String, endpoint: ControlEndpoint) in
+    guard u.tls, let pem = rootPEM, let path = rootCertPath else { return (u.text, ControlEndpoint(plain: u.address)) }
+    do { return (u.text, try ControlEndpoint(tls: u.host, port: u.address.port, rootPEM: pem, rootFile: path)) } catch { fail("\(rootCertName): \(error)") }
+})
 
 let tokenFile = flags.string("admin-token-file") ?? env("MESH_ADMIN_TOKEN_FILE")
 let fileFlag = flags.string("f") ?? flags.string("filename")

@@ -17,7 +17,7 @@ let usage = """
     USAGE:
       meshd --state-dir DIR [--store file|etcd://HOST:PORT[,HOST:PORT...]] [--api-port 15012] [--admin-port 15014] [--trust-domain cluster.local]
             [--cert-ttl 24h] [--ca-dir DIR] [--outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY] [--listen-address 127.0.0.1] [--admin-address 127.0.0.1]
-            [--log-level info]
+            [--max-stream-age 30m] [--api-loops 2] [--log-level info]
 
     On first start meshd creates a root CA in the state directory (keys mode 0600) and writes
     STATE-DIR/root-cert.pem (the trust anchor sidecars need, --root-cert) and STATE-DIR/admin-token
@@ -61,6 +61,11 @@ let usage = """
                              how long after a restart meshd keeps the workloads it knew (30s)
       --max-apply-bytes N    the largest request the admin port reads, i.e. one `meshctl apply`
                              (default 1048576 = 1 MiB; suffixes Ki, Mi; larger gets 413)
+      --max-stream-age D     a sidecar's config stream is closed at its next answer after this
+                             age (jittered ±10%), so that streams spread over replicas (30m;
+                             0: never)
+      --api-loops N          event-loop threads serving the API port (default 2); certificate
+                             signing and registration run on 4 worker threads
       --log-level LEVEL      debug, info, warn or error
       -h, --help             this text
 
@@ -78,6 +83,7 @@ let specs: [Flags.Spec] = [
     .init("state-dir"), .init("config-dir"), .init("api-port"), .init("admin-port"), .init("listen-address"), .init("admin-address"),
     .init("trust-domain"), .init("outbound-traffic-policy"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
     .init("registry-grace"), .init("max-apply-bytes"), .init("store"), .init("replica-id"), .init("leader-ttl"),
+    .init("max-stream-age"), .init("api-loops"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -118,6 +124,16 @@ if let t = flags.string("max-apply-bytes") {
     }
     maxApplyBytes = n * unit
 }
+// Config streams (DESIGN §12): the API port's event loops and a stream's maximum age.
+var maxStreamAge = APIStreamServer.Settings().maxStreamAge
+if let t = flags.string("max-stream-age") {
+    guard let n = DurationParser.parseNanos(t), n == 0 || (n >= 1_000_000_000 && n <= 168 * 3_600_000_000_000) else {
+        fail("--max-stream-age: expected 0 (no maximum) or a duration from 1s to 168h such as 30m, got \"\(t)\"")
+    }
+    maxStreamAge = n
+}
+let apiLoops: Int
+do { apiLoops = try flags.int("api-loops", min: 1, max: 64) ?? 2 } catch { fail("\(error)") }
 let trustDomain = flags.string("trust-domain") ?? "cluster.local"
 let policyText = flags.string("outbound-traffic-policy") ?? "ALLOW_ANY"
 guard let outboundPolicy = Bootstrap.OutboundTrafficPolicy(rawValue: policyText) else {
@@ -223,6 +239,8 @@ if let replica = server.replica {
 } else {
     Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
 }
+server.api!.settings.maxStreamAge = maxStreamAge
+server.api!.settings.loops = apiLoops
 Threads.spawnDetached { server.api!.run() }
 Threads.spawnDetached { server.admin!.run() }
 Log.info("meshd", "ready: API \(SocketAddress(host: listen, port: server.api!.port)!) (TLS), admin \(SocketAddress(host: adminHost, port: server.admin!.port)!) (\(adminTLS ? "TLS" : "plain HTTP")); trust domain \(trustDomain), certificates live \(certTTL)s; state in \(server.replica.map { "etcd \($0.endpoints) as replica \($0.id)" } ?? stateDir)")

@@ -13,8 +13,15 @@ import Glibc
 
 /// Runs the sidecar in mesh mode until SIGTERM/SIGINT; never returns.
 func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
-    guard let meshdText = flags.string("meshd"), let meshd = SocketAddress(meshdText) else {
-        fail("--meshd: expected meshd's API address as IP:PORT (e.g. 127.0.0.1:15012)")
+    // One address or several (meshd replicas, tried in turn): IP:PORT[,IP:PORT...].
+    guard let meshdText = flags.string("meshd") else { fail("--meshd: expected meshd's API address as IP:PORT (e.g. 127.0.0.1:15012)") }
+    var meshd: [SocketAddress] = []
+    for part in meshdText.split(separator: ",", omittingEmptySubsequences: false) {
+        guard let a = SocketAddress(String(part)) else {
+            fail("--meshd: expected meshd's API address as IP:PORT[,IP:PORT...] (e.g. 127.0.0.1:15012), got \"\(part)\" in \"\(meshdText)\"")
+        }
+        if meshd.contains(where: { $0.text == a.text }) { fail("--meshd: \(a.text) is given twice") }
+        meshd.append(a)
     }
     guard let rootPath = flags.string("root-cert") else { fail("mesh mode needs --root-cert FILE (meshd's STATE-DIR/root-cert.pem)") }
     guard let rootPEM = readFile(rootPath), rootPEM.contains("BEGIN CERTIFICATE") else { fail("--root-cert \(rootPath): no PEM certificate there") }

@@ -17,7 +17,7 @@ let usage = """
 
     USAGE:
       sidecar --config FILE.yaml [--concurrency N] [--log-level debug|info|warn|error]
-      sidecar --meshd HOST:PORT --root-cert FILE (--token T | --token-file F) --service NAME
+      sidecar --meshd HOST:PORT[,HOST:PORT...] --root-cert FILE (--token T | --token-file F) --service NAME
               [--namespace default] [--service-account SA] [--label k=v]... [--app-port P]
               [--app-protocol http|http2|grpc|tcp] [--inbound-port 15006] [--outbound-port 15001]
               [--admin-port 15000] [--concurrency N] [--trust-domain cluster.local]
@@ -50,7 +50,11 @@ let usage = """
     join token (`meshctl token create`), starts serving, and renews at half lifetime with a new
     key (authenticated by its current certificate; retried with back-off while meshd is away).
     New certificates apply to new connections; established ones continue.
-      --meshd HOST:PORT      meshd's API address (TLS)
+      --meshd HOST:PORT[,HOST:PORT...]   meshd's API address (TLS); several: meshd replicas.
+                             Certificate requests try them in turn; the config stream keeps one
+                             connection and, when it fails, moves to the next (first retry in
+                             100-300 ms, then jittered back-off); after meshd closes it at its
+                             maximum age, to a random one. The last good config keeps serving.
       --root-cert FILE       the trust anchor (meshd's STATE-DIR/root-cert.pem)
       --token T, --token-file F   the join token
       --service NAME         this workload's service; also --namespace (default "default"),

@@ -74,7 +74,7 @@ if opts.streams > 0 {
     for ns in 0..<opts.namespaces {
         let name = namespaceName(ns)
         let token = mintToken(namespace: name, serviceAccount: "sim")
-        let id = WorkloadIdentity(meshd: opts.api[ns % opts.api.count], identity: "spiffe://\(opts.trustDomain)/ns/\(name)/sa/sim",
+        let id = WorkloadIdentity(meshd: [opts.api[ns % opts.api.count]], identity: "spiffe://\(opts.trustDomain)/ns/\(name)/sa/sim",
                                   rootPEM: opts.rootPEM, token: token)
         do { contexts.append(clientContext(try id.request())) } catch { fail("certificate for \(name): \(error)", code: 1) }
     }
