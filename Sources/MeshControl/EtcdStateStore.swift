@@ -11,11 +11,10 @@ import Glibc
 /// meshd's state in etcd (`meshd --store etcd://...`, DESIGN §12), shared by every replica.
 /// Under `/mesh/config/`: one key per document (`docs/KIND/NAMESPACE/NAME`, its text), one per
 /// registered workload (`registry/IDENTITY|ADDRESS`, the registry line and the holding replica),
-/// the VIP table (`vips`) and `rev`, which every write puts: a write is one transaction that
+/// the VIP table (`vips`), the documents' order (`order`) and `rev`, which every write puts: a write is one transaction that
 /// compares `rev`'s mod revision with the one its change was computed from, so two replicas
 /// can never both commit from the same state (the loser re-reads and tries again), and the
-/// config version is that revision, the same on every replica. Documents keep their apply
-/// order by create revision. Each replica mirrors the prefix: list, then watch from the next
+/// config version is that revision, the same on every replica. Each replica mirrors the prefix: list, then watch from the next
 /// revision, and list again when etcd compacted what it was behind on.
 final class EtcdStateStore: @unchecked Sendable {
     static let prefix = "/mesh/config/"
@@ -23,6 +22,9 @@ final class EtcdStateStore: @unchecked Sendable {
     static let registry = "/mesh/config/registry/"
     static let vips = "/mesh/config/vips"
     static let rev = "/mesh/config/rev"
+    /// The documents' keys in apply order, one a line (documents written in one transaction
+    /// share a create revision, so that alone cannot order them).
+    static let order = "/mesh/config/order"
 
     let client: EtcdClient
     /// This replica's id (the holder of the workloads whose streams it serves).
@@ -72,7 +74,15 @@ final class EtcdStateStore: @unchecked Sendable {
     static func state(from kvs: [String: EtcdKeyValue]) throws(CAError) -> ConfigStore.State {
         var st = ConfigStore.State()
         st.version = Int(kvs[rev]?.modRevision ?? 0)
-        for kv in kvs.values.filter({ $0.key.hasPrefix(docs) }).sorted(by: { $0.createRevision < $1.createRevision }) {
+        // The stored order first; a document it does not list (written by an older meshd or by
+        // hand) after those, by create revision.
+        var rank: [String: Int] = [:]
+        for (i, k) in (kvs[order]?.valueText ?? "").split(separator: "\n").enumerated() where rank[String(k)] == nil { rank[String(k)] = i }
+        let listed = kvs.values.filter { $0.key.hasPrefix(docs) }.sorted { a, b in
+            let ra = rank[String(a.key.dropFirst(docs.count))] ?? Int.max, rb = rank[String(b.key.dropFirst(docs.count))] ?? Int.max
+            return ra != rb ? ra < rb : a.createRevision != b.createRevision ? a.createRevision < b.createRevision : a.key < b.key
+        }
+        for kv in listed {
             let where_ = "etcd key \(kv.key)"
             let found: [ConfigStore.Document]
             do { found = try ConfigStore.split(kv.valueText, file: where_) } catch { throw CAError("\(error.description)") }
@@ -109,6 +119,7 @@ final class EtcdStateStore: @unchecked Sendable {
         }
         for k in current.workloads.keys where next.workloads[k] == nil { ops.append(.delete(EtcdStateStore.registry + k)) }
         if next.vips != current.vips { ops.append(.put(EtcdStateStore.vips, Array(next.vips.serialized().utf8))) }
+        if next.order != current.order { ops.append(.put(EtcdStateStore.order, Array(next.order.joined(separator: "\n").utf8))) }
         ops.append(.put(EtcdStateStore.rev, Array(replica.utf8)))
         var compare: [EtcdCompare] = [.modRevision(EtcdStateStore.rev, Int64(current.version))]
         if let f = fence { compare.append(f) }

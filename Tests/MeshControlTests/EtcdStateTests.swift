@@ -25,6 +25,13 @@ final class EtcdStateTests: XCTestCase {
         let st = try EtcdStateStore.state(from: kvs)
         XCTAssertEqual(st.version, 9)
         XCTAssertEqual(st.order, ["DestinationRule/default/b", "DestinationRule/default/a"])
+        // Documents of one transaction share a create revision: the stored order decides, and
+        // one it does not list comes after, by create revision.
+        var same = kvs
+        same.merge([kv(EtcdStateStore.docs + "DestinationRule/default/a", dr("a"), create: 5),
+                    kv(EtcdStateStore.docs + "DestinationRule/default/c", dr("c"), create: 4),
+                    kv(EtcdStateStore.order, "DestinationRule/default/a\nDestinationRule/default/b", create: 5)]) { _, b in b }
+        XCTAssertEqual(try EtcdStateStore.state(from: same).order, ["DestinationRule/default/a", "DestinationRule/default/b", "DestinationRule/default/c"])
         let w = try XCTUnwrap(st.workloads["spiffe://cluster.local/ns/default/sa/r|10.0.0.1:15006"])
         XCTAssertEqual(w.holder, "replica-2")
         XCTAssertEqual(w.labels.map { "\($0.0)=\($0.1)" }, ["version=v1"])

@@ -23,6 +23,7 @@ class EtcdCluster:
         self.members = []
         for i in range(n):
             self.members.append({"name": f"{name}{i}", "client": free_port(), "peer": free_port(), "proc": None})
+        token = f"mesh-test-{self.members[0]['client']}"   # one cluster: one token for every member
         initial = ",".join(f"{m['name']}=http://127.0.0.1:{m['peer']}" for m in self.members)
         for m in self.members:
             data = procs.tmp / f"{m['name']}-data"
@@ -32,7 +33,7 @@ class EtcdCluster:
                                      "--listen-peer-urls", f"http://127.0.0.1:{m['peer']}",
                                      "--initial-advertise-peer-urls", f"http://127.0.0.1:{m['peer']}",
                                      "--initial-cluster", initial, "--initial-cluster-state", "new",
-                                     "--initial-cluster-token", f"t-{m['client']}",
+                                     "--initial-cluster-token", token,
                                      "--heartbeat-interval", "50", "--election-timeout", "500"], m["name"])
         wait_until(self.healthy, timeout=30, what="etcd cluster healthy")
 
