@@ -110,15 +110,18 @@ def applied_versions(p):
 def test_leader_killed_under_traffic(procs, pki, tmp_path):
     cluster = EtcdCluster(procs)
     rs = replicas(procs, pki, cluster)
+    # The sidecars dial the leader first: its death also moves their streams.
+    leader = next(r for r in rs if r.leader() == 1)
+    rs = [leader] + [r for r in rs if r is not leader]
     sidecars, outbound = start_mesh(procs, rs, tmp_path)
+    assert leader.ctl("status").stdout.count("\tconnected\t") == 3
     apply_split(rs[0], tmp_path, 100, 0)
     wait_until(lambda: curl("-s", "-H", "Host: reviews", f"http://127.0.0.1:{outbound}/").stdout.strip().endswith(b"v1"), what="split 100/0")
     watch = LeaderWatch(rs, cluster)
     traffic = Traffic(outbound)
     try:
         time.sleep(1)
-        leader = next(r for r in rs if r.leader() == 1)
-        assert cluster.get("/mesh/leader") == leader.name
+        assert leader.leader() == 1 and cluster.get("/mesh/leader") == leader.name
         # The election key names it; meshctl status through any replica says who leads.
         others = [r for r in rs if r is not leader]
         assert f"replica {leader.name}: leader" in leader.ctl("status").stdout
@@ -139,6 +142,8 @@ def test_leader_killed_under_traffic(procs, pki, tmp_path):
         wait_until(lambda: curl("-s", "-H", "Host: reviews", f"http://127.0.0.1:{outbound}/").stdout.strip().endswith(b"v2"),
                    timeout=max(0.1, t_apply + 2 - time.monotonic()), what="the new split in force")
         time.sleep(1)
+        # Every stream moved to a live replica.
+        assert sum(r.ctl("status").stdout.count("\tconnected\t") for r in others) == 3
     finally:
         traffic.close()
         watch.close()
