@@ -94,7 +94,7 @@ final class EtcdStateStore: @unchecked Sendable {
             st.order.append(d.key)
         }
         for kv in kvs.values where kv.key.hasPrefix(registry) {
-            let w = try StateFiles.workload(fromLine: Substring(kv.valueText), at: "etcd key \(kv.key)")
+            let w = try StateFiles.workload(fromLine: Substring(kv.valueText), at: "etcd key \(kv.key)", holder: true)
             guard registry + "\(w.identity)|\(w.address)" == kv.key else { throw CAError("etcd key \(kv.key): holds the workload \(w.identity)|\(w.address)") }
             st.workloads["\(w.identity)|\(w.address)"] = w
         }

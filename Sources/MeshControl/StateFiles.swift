@@ -125,11 +125,11 @@ struct StateFiles {
 
     /// Reads one registry line (`line(of:)`), with the checks a registration gets: a damaged or
     /// edited file (or etcd key) cannot inject config. `at` names where it was read. A line
-    /// written before the protocol and the service port has 5 fields (HTTP, port unknown); an
-    /// eighth field is the replica holding the workload's stream (etcd).
-    static func workload(fromLine line: Substring, at: String) throws(CAError) -> ConfigStore.Workload {
+    /// written before the protocol and the service port has 5 fields (HTTP, port unknown);
+    /// `holder` (etcd): an eighth field is the replica holding the workload's stream.
+    static func workload(fromLine line: Substring, at: String, holder: Bool = false) throws(CAError) -> ConfigStore.Workload {
         let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-        guard f.count == 5 || f.count == 7 || f.count == 8 else {
+        guard f.count == 5 || f.count == 7 || (holder && f.count == 8) else {
             throw CAError("\(at): expected 5 tab-separated fields, got \(f.count) (or 7: with the protocol and service port this meshd saves)")
         }
         var proto = "HTTP"
