@@ -7,25 +7,51 @@ import MeshCore
 /// mesh hosts that get VIPs.
 extension ConfigStore {
     /// The whole set must hold together (subsets defined, hosts routed once, ...) and the config
-    /// meshd would push must be one that a sidecar accepts, in every namespace that has one. An
-    /// error is moved back to the document, file and line it came from.
+    /// meshd would push must be one that a sidecar accepts, in every scope a sidecar can have:
+    /// each namespace sidecars are known in (registered workloads, connected callers, and
+    /// `default`), each namespace a Sidecar resource is in, each Sidecar with a selector, each
+    /// registered workload (`RenderBase.scopes`). An error is moved back to the document, file
+    /// and line it came from; one that only a Sidecar's scope shows names that Sidecar.
     static func check(_ s: State, trustDomain: String) throws(ConfigError) {
         let stored = renderDocuments(s.order.compactMap { s.documents[$0] })
-        do { _ = try IstioTraffic.parse(stored.text, file: "(the config that would result)") } catch {
+        let cfg: IstioTraffic.Config
+        do { cfg = try IstioTraffic.parse(stored.text, file: "(the config that would result)") } catch {
             throw locate(error, in: stored.placed)
         }
-        let push = renderProxyConfig(s, trustDomain: trustDomain)
+        try checkSidecarSelection(s, cfg: cfg, placed: stored.placed)
+        let base = RenderBase(s, trustDomain: trustDomain, parsed: cfg)
         // Every namespace a sidecar is known in: registered workloads, and connected callers
         // (spiffe://TD/ns/NS/sa/SA), which register nothing.
-        let callers = s.proxies.values.compactMap { p -> String? in
-            let parts = p.identity.split(separator: "/")
-            return parts.count >= 5 && parts[parts.count - 4] == "ns" ? String(parts[parts.count - 3]) : nil
-        }
-        let namespaces = Set(s.workloads.values.map(\.namespace)).union(callers).union(["default"]).sorted()
-        for ns in namespaces {
-            do { try Bootstrap.checkPushed(push.text, namespace: ns, source: "(the config meshd would push)") } catch {
-                throw locate(error, in: push.placed)
+        let callers = s.proxies.values.compactMap { ProxyScope.namespace(ofIdentity: $0.identity) }
+        let namespaces = Set(s.workloads.values.map(\.namespace)).union(callers).union(["default"])
+        for scope in base.scopes(namespaces: namespaces) {
+            let push = render(base, scope: scope)
+            do { try Bootstrap.checkPushed(push.text, namespace: scope.namespace, source: "(the config meshd would push)") } catch {
+                let found = locate(error, in: push.placed)
+                // A Sidecar resource shapes this scope: name it (the set without it may be fine).
+                guard let id = scope.sidecar, let sc = base.sidecar(id),
+                      let p = stored.placed.first(where: { $0.doc.kind == "Sidecar" && $0.doc.namespace == sc.namespace && $0.doc.name == sc.name }) else {
+                    throw found
+                }
+                let d = p.doc
+                throw ConfigError(file: d.file.isEmpty ? "(in force: Sidecar \(id))" : d.file, document: d.index,
+                                  path: "Sidecar \(id): spec.egress[0].hosts", line: d.line + max(0, (fieldLine(d.text, "spec.egress") ?? 1) - 1),
+                                  message: "the config it gives the sidecars of namespace \(scope.namespace) would be refused: \(found.description)")
             }
+        }
+    }
+
+    /// Istio leaves a workload that two Sidecars with selectors select undefined: meshd refuses
+    /// it, naming both and the workload (checked on every registration too).
+    static func checkSidecarSelection(_ s: State, cfg: IstioTraffic.Config, placed: [(line: Int, doc: Document)]) throws(ConfigError) {
+        guard cfg.sidecars.contains(where: { $0.selector != nil }) else { return }
+        for k in s.workloads.keys.sorted() {
+            let w = s.workloads[k]!
+            let picked = IstioSidecar.applying(namespace: w.namespace, labels: w.labels, in: cfg.sidecars).filter { $0.selector != nil }
+            guard picked.count > 1 else { continue }
+            let e = ConfigError(file: "(the config that would result)", path: "Sidecar \(picked[1].namespace)/\(picked[1].name): spec.workloadSelector",
+                                message: "selects the workload \(w.service).\(w.namespace) at \(w.address), as Sidecar \(picked[0].namespace)/\(picked[0].name) does (one Sidecar with a selector per workload: make the selectors exclusive)")
+            throw locate(e, in: placed)
         }
     }
 
@@ -95,105 +121,10 @@ extension ConfigStore {
         return best
     }
 
-    /// The pushed config for a state: a `ProxyConfig` document (every service a cluster, default
-    /// routes) followed by the documents a sidecar applies itself, with the line each of those
-    /// starts on. Every value that came from input is written quoted (`YAML.quoted`), so the
-    /// text always parses back to the same strings.
+    /// The pushed config of the whole mesh (every cluster, every document a sidecar applies),
+    /// with the line each document starts on; a sidecar is sent its scope's (`render(_:scope:)`).
     static func renderProxyConfig(_ s: State, trustDomain: String) -> (text: String, placed: [(line: Int, doc: Document)]) {
-        let q = YAML.quoted
-        // The stored set, parsed (it was validated when applied).
-        let all = renderDocuments(s.order.compactMap { s.documents[$0] }).text
-        let cfg = (try? IstioTraffic.parse(all, file: "(stored)")) ?? IstioTraffic.Config()
-        func key(_ host: String, _ ns: String) -> String {
-            let parts = host.split(separator: ".")
-            return parts.count >= 2 ? "\(parts[0]).\(parts[1])" : "\(host).\(ns)"
-        }
-        var services: [String: [Workload]] = [:]
-        for w in s.workloads.values { services["\(w.service).\(w.namespace)", default: []].append(w) }
-        // Hosts a VirtualService routes or a DestinationRule names need a cluster even before
-        // any endpoint registers (requests get 503 UH, not a refused config).
-        var names = Set(services.keys)
-        var routed = Set<String>()
-        for vs in cfg.virtualServices {
-            for h in vs.hosts { names.insert(key(h, vs.namespace)); routed.insert(key(h, vs.namespace)) }
-            for r in vs.http { for d in r.route { names.insert(key(d.destination.host, vs.namespace)) } }
-        }
-        for dr in cfg.destinationRules { names.insert(key(dr.host, dr.namespace)) }
-        // ServiceEntries: their hosts become clusters of their own (names as written).
-        var entryClusters: [(name: String, mtls: Bool, sans: [String], endpoints: [String], proto: String, port: Int, addresses: [String])] = []
-        for se in cfg.serviceEntries {
-            var eps = se.endpoints
-            if let sel = se.workloadSelector {
-                eps += cfg.workloadEntries.filter { we in we.namespace == se.namespace
-                    && sel.allSatisfy { l in we.endpoint.labels.contains { $0.0 == l.0 && $0.1 == l.1 } } }.map(\.endpoint)
-            }
-            let port = se.ports[0]
-            let sas = Set(eps.compactMap(\.serviceAccount))
-            let mtls = se.meshInternal && !eps.isEmpty && eps.allSatisfy { $0.serviceAccount != nil }
-            let rendered = eps.map { e -> String in
-                let p = e.ports.first { $0.0 == port.name }?.1 ?? port.number
-                let labels = e.labels.map { "\(q($0.0)): \(q($0.1))" }.joined(separator: ", ")
-                return "{address: \(q("\(e.address):\(p)")), labels: {\(labels)}}"
-            }
-            for h in se.hosts {
-                names.remove(key(h, se.namespace))
-                entryClusters.append((h, mtls, sas.sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }, rendered,
-                                      port.proto, port.number, se.addresses.isEmpty ? ConfigStore.vipTexts(s.vips, h) : se.addresses))
-            }
-        }
-        let declared = DeclaredProtocol.all(in: cfg)
-        var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: v\(s.version)}\nspec:\n  clusters:\n"
-        let sorted = names.sorted()
-        for k in sorted {
-            // Named service.namespace: the same service name in two namespaces are two clusters.
-            let eps = (services[k] ?? []).sorted { $0.address < $1.address }
-            out += "  - name: \(q(k))\n    tls: ISTIO_MUTUAL\n"
-            // What the service speaks and its port (the same for every workload: `register`);
-            // before any workload registers, what a VirtualService's route to it says.
-            if let p = eps.first?.serviceProtocol {
-                if p != "HTTP" { out += "    serviceProtocol: \(p)\n" }
-            } else if declared[k]?.tcp == true {
-                out += "    serviceProtocol: TCP\n"
-            }
-            if let p = eps.first(where: { $0.servicePort != nil })?.servicePort { out += "    port: \(p)\n" }
-            let vips = ConfigStore.vipTexts(s.vips, k)
-            if !vips.isEmpty { out += "    addresses: [\(vips.map(q).joined(separator: ", "))]\n" }
-            // Callers accept only the identities registered for this service.
-            let ids = Set(eps.map(\.identity)).sorted()
-            if !ids.isEmpty { out += "    subjectAltNames: [\(ids.map(q).joined(separator: ", "))]\n" }
-            out += "    endpoints:\n"
-            if eps.isEmpty { out += "      []\n" }
-            for w in eps {
-                let labels = w.labels.map { "\(q($0.0)): \(q($0.1))" }.joined(separator: ", ")
-                out += "      - {address: \(q(w.address)), labels: {\(labels)}}\n"
-            }
-        }
-        for c in entryClusters {
-            out += "  - name: \(q(c.name))\n    tls: \(c.mtls ? "ISTIO_MUTUAL" : "DISABLE")\n"
-            if c.proto != "HTTP" { out += "    serviceProtocol: \(c.proto)\n" }
-            out += "    port: \(c.port)\n"
-            if !c.addresses.isEmpty { out += "    addresses: [\(c.addresses.map(q).joined(separator: ", "))]\n" }
-            if c.mtls && !c.sans.isEmpty { out += "    subjectAltNames: [\(c.sans.map(q).joined(separator: ", "))]\n" }
-            out += "    endpoints:\n"
-            if c.endpoints.isEmpty { out += "      []\n" }
-            for e in c.endpoints { out += "      - \(e)\n" }
-        }
-        var routes = ""
-        for k in sorted where !routed.contains(k) {
-            routes += "  - name: \(q(k))\n    hosts: [\(q(k))]\n    cluster: \(q(k))\n"
-        }
-        for (i, c) in entryClusters.enumerated() where !routed.contains(key(c.name, "default")) {
-            routes += "  - name: entry-\(i)\n    hosts: [\(q(c.name))]\n    cluster: \(q(c.name))\n"
-        }
-        out += routes.isEmpty ? "  routes: []\n" : "  routes:\n" + routes
-        out += "  outboundTrafficPolicy: {mode: \(s.outboundTrafficPolicy.rawValue)}\n"
-        // The documents a sidecar applies itself (entries are rendered into clusters above).
-        let own = s.order.compactMap { s.documents[$0] }.filter { $0.kind != "ServiceEntry" && $0.kind != "WorkloadEntry" }
-        guard !own.isEmpty else { return (out, []) }
-        out += "---\n"
-        let firstLine = out.utf8.reduce(1) { $0 + ($1 == 10 ? 1 : 0) }
-        let docs = renderDocuments(own, firstLine: firstLine)
-        return (out + docs.text, docs.placed)
+        render(RenderBase(s, trustDomain: trustDomain), scope: nil)
     }
 
     /// A host's allocated VIPs as text (IPv4, then IPv6), empty when it has none.

@@ -61,6 +61,10 @@ public final class ConfigStore: @unchecked Sendable {
         public var nonce = ""
         /// The sidecar's admin address (metrics for `meshctl top`).
         public var admin = ""
+        /// The digest of the config last sent, and of the one it last ACKed: a sidecar whose
+        /// scope a change did not touch has the config in force without the new version.
+        public var sentDigest = ""
+        public var ackedDigest = ""
     }
 
     struct State {
@@ -78,7 +82,6 @@ public final class ConfigStore: @unchecked Sendable {
         var convergenceSum: Double = 0
         /// The rendered proxy config of the current version (every sidecar gets the same).
         var rendered: (version: Int, text: String)?
-        var renderedDigest: (version: Int, digest: String)?
         /// Config streams waiting now, by identity|node: their sidecars are alive.
         var streams: [String: Int] = [:]
         /// `--outbound-traffic-policy`: what captured connections to destinations outside the
@@ -93,6 +96,8 @@ public final class ConfigStore: @unchecked Sendable {
     private let applyLock = PlainLock()
     private let changed = Condition()
     private let observers = Locked<[@Sendable () -> Void]>([])
+    /// Each scope's config, rendered once per version (ProxyConfigScope.swift).
+    let scoped = ScopedRenders()
     let stateDir: String
     public let defaultNamespace = "default"
     /// How long a workload whose sidecar went away stays registered (and, after a meshd restart,
@@ -140,7 +145,7 @@ public final class ConfigStore: @unchecked Sendable {
     // MARK: documents
 
     static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
-                                           "ServiceEntry", "WorkloadEntry"]
+                                           "ServiceEntry", "WorkloadEntry", "Sidecar"]
 
     /// Splits one file's YAML text into documents with their identities (kind, namespace, name)
     /// and their place in the file. Each document is validated on its own here, with the file's
@@ -293,9 +298,13 @@ public final class ConfigStore: @unchecked Sendable {
         w.serviceProtocol = serviceProtocol
         w.servicePort = servicePort
         var next = state.withLock { $0 }
+        var peers = 0
+        var peersOnPort = 0
         // One service, one protocol and one service port: a workload that disagrees with the
         // others of its service is refused by name (callers could not know which to speak).
         for (k, o) in next.workloads where k != key && o.service == service && o.namespace == namespace {
+            peers += 1
+            if o.servicePort == servicePort { peersOnPort += 1 }
             if o.serviceProtocol != serviceProtocol {
                 throw ConfigError(path: "register \(service).\(namespace) at \(address)",
                                   message: "protocol \(serviceProtocol) differs from \(o.serviceProtocol), registered by \(o.address) for the same service")
@@ -310,6 +319,14 @@ public final class ConfigStore: @unchecked Sendable {
         let old = next.workloads[key]
         let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" }
             && $0.serviceProtocol == serviceProtocol && $0.servicePort == servicePort } ?? false
+        if !same, ConfigStore.onlyAddsAnEndpoint(next, service: service, namespace: namespace, labels: labels, address: address, old: old,
+                                                 peers: peers, peersOnPort: peersOnPort) {
+            state.withLock { s in s.workloads[key] = w; s.version += 1 }
+            persistRegistry()
+            notifyChanged()
+            Log.info("registry", "registered \(service).\(namespace) at \(address) (\(identity))")
+            return
+        }
         next.workloads[key] = w
         let vipsBefore = next.vips
         if !same {
@@ -399,17 +416,12 @@ public final class ConfigStore: @unchecked Sendable {
         return r
     }
 
-    /// What meshd would push to one sidecar now: the version in force, the config's text and
-    /// its digest (`MeshCrypto.digestHex`). A sidecar whose config already has this digest gets
-    /// nothing. `identity` and `node` name the sidecar (its scope).
+    /// What meshd would push to one sidecar now: the version in force, its scope's config and
+    /// the digest of that (`MeshCrypto.digestHex`). A sidecar whose config already has this
+    /// digest gets nothing. `identity` and `node` name the sidecar: its namespace and its
+    /// registered labels choose its scope (ProxyConfigScope.swift).
     public func proxyConfig(identity: String, node: String) -> ProxyConfigSnapshot {
-        let (v, text) = proxyConfig()
-        if let d = state.withLock({ s in s.renderedDigest.flatMap { $0.version == v ? $0.digest : nil } }) {
-            return ProxyConfigSnapshot(version: v, digest: d, text: text)
-        }
-        let d = MeshCrypto.digestHex(text)
-        state.withLock { $0.renderedDigest = (v, d) }
-        return ProxyConfigSnapshot(version: v, digest: d, text: text)
+        scopedConfig(identity: identity, node: node)
     }
 
     /// Calls `f` after every change of the version (an apply, a registration, an expiry), on the
@@ -424,8 +436,12 @@ public final class ConfigStore: @unchecked Sendable {
     }
 
     private func render() -> (version: Int, text: String) {
-        state.withLock { s in (s.version, ConfigStore.renderProxyConfig(s, trustDomain: trustDomain).text) }
+        let s = currentState()
+        return (s.version, ConfigStore.renderProxyConfig(s, trustDomain: trustDomain).text)
     }
+
+    /// The state in force (a copy; its collections are shared until written).
+    func currentState() -> State { state.withLock { $0 } }
 
     /// Every mesh host in force with its addresses (allocated, or a ServiceEntry's own), sorted.
     public func serviceAddresses() -> [(host: String, addresses: [String])] {
@@ -462,12 +478,13 @@ public final class ConfigStore: @unchecked Sendable {
 
     /// Records what a sidecar was sent and its answer.
     /// Records a config sent to a sidecar; returns the nonce its answer must carry.
-    public func sent(identity: String, node: String, version: Int) -> String {
+    public func sent(identity: String, node: String, version: Int, digest: String = "") -> String {
         let nonce = MeshCrypto.randomHex(bytes: 6)
         state.withLock { s in
             let k = "\(identity)|\(node)"
             if s.proxies[k] == nil { s.proxies[k] = ProxyStatus(identity: identity, connected: true, node: node) }
             s.proxies[k]!.sentVersion = version
+            s.proxies[k]!.sentDigest = digest
             s.proxies[k]!.nonce = nonce
         }
         return nonce
@@ -489,6 +506,7 @@ public final class ConfigStore: @unchecked Sendable {
                     s.convergenceSum += ms
                 }
                 s.proxies[k]!.ackedVersion = max(s.proxies[k]!.ackedVersion, version)
+                s.proxies[k]!.ackedDigest = p.sentDigest
                 s.proxies[k]!.nack = nil
             }
             if let e = error { Log.warn("config", "\(identity) NACKed version \(version): \(e)") }

@@ -154,7 +154,7 @@ public final class MeshdServer: @unchecked Sendable {
             guard r.clientConnected() else { return ControlResponse(499, "") }   // gone: nobody to answer
             store.seen(identity: id, node: q.node)
             if snap.digest == q.digest { return ControlResponse(304, "") }
-            let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: id, node: q.node, version: snap.version),
+            let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: id, node: q.node, version: snap.version, digest: snap.digest),
                                          digest: snap.digest, text: snap.text)
             return ControlResponse(200, push.body, contentType: ConfigStream.Push.contentType)
         case ("POST", ConfigStream.ackPath), ("POST", ConfigStream.nackPath):
@@ -245,7 +245,8 @@ public final class MeshdServer: @unchecked Sendable {
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
             let v = store.version
             return ControlResponse(200, "config version \(v)\n" + store.proxies().map {
-                let state = $0.nack.map { "NACK (\($0))" } ?? ($0.ackedVersion == v ? "ACK" : $0.ackedVersion > 0 ? "ACK \($0.ackedVersion) (behind)" : "pending")
+                // "ACK": the config in force for its scope (a change its scope does not see is never sent).
+                let state = $0.nack.map { "NACK (\($0))" } ?? (store.isCurrent($0) ? "ACK" : $0.ackedVersion > 0 ? "ACK \($0.ackedVersion) (behind)" : "pending")
                 return "\($0.identity)\t\($0.node)\t\($0.connected ? "connected" : "disconnected")\tsent \($0.sentVersion)\tacked \($0.ackedVersion)\t\(state)\tadmin \($0.admin.isEmpty ? "-" : $0.admin)"
             }.joined(separator: "\n") + "\n")
         case ("POST", "/v1/ca/rotate"):
