@@ -1,5 +1,6 @@
 import MeshConfig
 import MeshCore
+import MeshPKI
 
 /// How meshd turns its state into what it checks and pushes (DESIGN §3, §5): the whole set
 /// validated with the sidecar's own code, the pushed `ProxyConfig` rendered from the registry
@@ -24,8 +25,16 @@ extension ConfigStore {
         // (spiffe://TD/ns/NS/sa/SA), which register nothing.
         let callers = s.proxies.values.compactMap { ProxyScope.namespace(ofIdentity: $0.identity) }
         let namespaces = Set(s.workloads.values.map(\.namespace)).union(callers).union(["default"])
+        // A config text is checked once, whatever the number of scopes that render to it: the
+        // sidecar's check of a pushed text does not depend on its namespace (that only expands
+        // one-label route hosts, and meshd renders none: clusters are service.namespace or a
+        // ServiceEntry host, which has a dot; VirtualService and DestinationRule hosts expand
+        // in their own namespace). Without Sidecar resources the scopes of namespaces without
+        // policies of their own are one text: one check instead of one per namespace.
+        var checked = Set<String>()
         for scope in base.scopes(namespaces: namespaces) {
             let push = render(base, scope: scope)
+            guard checked.insert(MeshCrypto.digestHex(push.text)).inserted else { continue }
             do { try Bootstrap.checkPushed(push.text, namespace: scope.namespace, source: "(the config meshd would push)") } catch {
                 let found = locate(error, in: push.placed)
                 // A Sidecar resource shapes this scope: name it (the set without it may be fine).

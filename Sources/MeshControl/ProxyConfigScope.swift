@@ -11,8 +11,7 @@ struct ProxyScope: Hashable, Sendable {
     var namespace: String
     /// The applying Sidecar as `namespace/name`; nil when none applies.
     var sidecar: String?
-    /// The cache key, also the pushed ProxyConfig's `metadata.name` (stable across versions, so
-    /// an unrelated change leaves the text, and its digest, as they were).
+    /// The cache key.
     var key: String { "\(namespace)|\(sidecar ?? "*")" }
 
     /// The scope of a workload of `namespace` with `labels` under these Sidecar resources.
@@ -212,7 +211,9 @@ extension ConfigStore {
         }
         // Clusters: the visible ones get default routes; those only a visible VirtualService
         // routes to come along without one (reachable through that VirtualService only).
-        var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: \(q(scope?.key ?? "mesh"))}\nspec:\n  clusters:\n"
+        // No version in the text: a change outside the scope leaves it, and its digest, as it was
+        // (and two scopes that see the same get the same text).
+        var out = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: proxy-config}\nspec:\n  clusters:\n"
         var keys = Set<String>()
         var meshRouted: [String] = []
         for c in b.mesh {
