@@ -361,7 +361,9 @@ public final class ConfigStore: @unchecked Sendable {
 
     /// Marks a sidecar's stream alive (called while it waits for config). `node` tells apart
     /// sidecars sharing an identity (its registered address, or its own id for a caller-only one).
-    public func seen(identity: String, node: String, admin: String = "") {
+    /// `digest`: the config the sidecar says it has (its last answered one); taken as its ACKed
+    /// config when this meshd sent it nothing yet (after a restart, or from another replica).
+    public func seen(identity: String, node: String, admin: String = "", digest: String = "") {
         let now = MeshCrypto.now()
         state.withLock { s in
             let k = "\(identity)|\(node)"
@@ -370,6 +372,7 @@ public final class ConfigStore: @unchecked Sendable {
             s.proxies[k]!.connected = true
             s.proxies[k]!.lastSeen = now
             if !admin.isEmpty { s.proxies[k]!.admin = admin }
+            if !digest.isEmpty && s.proxies[k]!.sentDigest.isEmpty { s.proxies[k]!.ackedDigest = digest }
         }
     }
 

@@ -141,7 +141,7 @@ public final class MeshdServer: @unchecked Sendable {
             let q = ConfigStream.Request(query: r.query)
             // The node names this sidecar in meshd's state: an address, nothing else.
             guard q.node.isEmpty || SocketAddress(q.node) != nil else { return ControlResponse(400, "node: expected IP:PORT\n") }
-            store.seen(identity: id, node: q.node, admin: q.admin)
+            store.seen(identity: id, node: q.node, admin: q.admin, digest: q.digest)
             // Answer when this sidecar's config differs from what it has (its digest), or after
             // the wait with "no change".
             let deadline = Clock.monotonicNanos() + UInt64(MeshdServer.streamWait) * 1_000_000_000

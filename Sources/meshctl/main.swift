@@ -19,7 +19,7 @@ let usage = """
                             as the sidecars check it, a refusal names file, line, document and
                             field; documents already in force as given change nothing
                             ("unchanged", no push); --wait returns once every connected sidecar
-                            acknowledged the new version
+                            the change reaches acknowledged it (the others are sent nothing)
       delete -f FILE|DIR [--ignore-not-found]
                             remove the documents named in the files; a document that is not
                             in force is an error (exit 1) unless --ignore-not-found
