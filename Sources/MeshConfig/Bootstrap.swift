@@ -333,9 +333,10 @@ public struct Bootstrap: Sendable {
     /// `spec.clusters` (static bootstrap, or pushed by meshd where a service may have no endpoint yet).
     static func parseClusters(_ spec: inout ConfigReader, haveTLS: Bool, allowEmpty: Bool, ctx: ConfigError) throws(ConfigError) -> [Cluster] {
         var clusters: [Cluster] = []
+        var names = Set<String>()
         for var c in try spec.objectList("clusters") ?? [] {
             let cname = try c.string("name", required: true)!
-            if clusters.contains(where: { $0.name == cname }) { throw ConfigReader.error(ctx, c.sub("name"), c.map.line, "duplicate cluster name \"\(cname)\"") }
+            if !names.insert(cname).inserted { throw ConfigReader.error(ctx, c.sub("name"), c.map.line, "duplicate cluster name \"\(cname)\"") }
             let tlsText = try c.string("tls") ?? "ISTIO_MUTUAL"
             guard let mode = ClusterTLS(rawValue: tlsText) else {
                 throw ConfigReader.error(ctx, c.sub("tls"), c.map.line, "expected ISTIO_MUTUAL or DISABLE, got \"\(tlsText)\"")
@@ -404,6 +405,9 @@ public struct Bootstrap: Sendable {
     static func parseRoutes(_ spec: inout ConfigReader, clusters: [Cluster], name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> [Route] {
         var routes: [Route] = []
         var seenHosts: [String: Int] = [:]
+        // Sets, not scans: a pushed config may hold thousands of clusters and routes.
+        let clusterNames = Set(clusters.map(\.name))
+        var routeNames = Set<String>()
         for (ri, var r) in (try spec.objectList("routes") ?? []).enumerated() {
             guard let hosts = try r.stringList("hosts"), !hosts.isEmpty else {
                 throw ConfigReader.error(ctx, r.sub("hosts"), r.map.line, "a route needs at least one host")
@@ -419,7 +423,7 @@ public struct Bootstrap: Sendable {
                 }
             }
             let cl = try r.string("cluster", required: true)!
-            if !clusters.contains(where: { $0.name == cl }) {
+            if !clusterNames.contains(cl) {
                 throw ConfigReader.error(ctx, r.sub("cluster"), r.map.line, "no cluster named \"\(cl)\" (defined: \(clusters.map(\.name).joined(separator: ", ")))")
             }
             let rname = try r.string("name") ?? String(ri)
@@ -427,7 +431,7 @@ public struct Bootstrap: Sendable {
                 ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 45 || $0 == 46 || $0 == 95
             }
             if !okName { throw ConfigReader.error(ctx, r.sub("name"), r.map.line, "expected letters, digits, '-', '_' or '.', got \"\(rname)\"") }
-            if routes.contains(where: { $0.name == "\(name).\(rname)" }) {
+            if !routeNames.insert("\(name).\(rname)").inserted {
                 throw ConfigReader.error(ctx, r.sub("name"), r.map.line, "route name \"\(rname)\" is used twice (unnamed routes are named by their index)")
             }
             routes.append(Route(hosts: hosts, cluster: cl, timeout: try r.duration("timeout", allowZero: true) ?? 0,

@@ -32,6 +32,10 @@ extension Bootstrap {
             throw ConfigError(file: file, path: "WorkloadEntry \(we.namespace)/\(we.name)",
                               message: "ServiceEntry and WorkloadEntry are applied through meshd; in a static file, declare a cluster (spec.clusters) instead")
         }
+        if let sc = traffic.sidecars.first {
+            throw ConfigError(file: file, path: "Sidecar \(sc.namespace)/\(sc.name)",
+                              message: "a Sidecar resource is applied through meshd (it chooses what each sidecar is sent); in a static file, list only the clusters and routes this sidecar needs")
+        }
         func fail(_ kind: String, _ ns: String, _ name: String, _ path: String, _ msg: String) -> ConfigError {
             ConfigError(file: file, path: "\(kind) \(ns)/\(name): \(path)", message: msg)
         }

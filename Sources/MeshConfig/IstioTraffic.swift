@@ -136,6 +136,8 @@ public enum IstioTraffic {
         public var peerAuthentications: [PeerAuthentication] = []
         public var serviceEntries: [ServiceEntry] = []
         public var workloadEntries: [WorkloadEntry] = []
+        /// Sidecar resources (egress scopes); meshd applies them, a sidecar never reads them.
+        public var sidecars: [IstioSidecar] = []
         public init() {}
     }
 
@@ -148,7 +150,7 @@ public enum IstioTraffic {
 
     /// The kinds this model reads.
     public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
-                                            "ServiceEntry", "WorkloadEntry"]
+                                            "ServiceEntry", "WorkloadEntry", "Sidecar"]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -184,7 +186,12 @@ public enum IstioTraffic {
             try meta.finish()
             guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
             try top.finish()
-            if kind == "ServiceEntry" || kind == "WorkloadEntry" {
+            if kind == "Sidecar" {
+                if cfg.sidecars.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Sidecar \(ns)/\(name)")
+                }
+                cfg.sidecars.append(try IstioSidecar.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == "ServiceEntry" || kind == "WorkloadEntry" {
                 if kind == "ServiceEntry" {
                     cfg.serviceEntries.append(try ServiceEntry.parse(&spec, name: name, namespace: ns, ctx: ctx))
                 } else {
@@ -509,6 +516,15 @@ public enum IstioTraffic {
                                       message: "no DestinationRule defines subset \"\(subset)\" for host \(destination.host) (apply them together)")
                 }
             }
+        }
+        // Istio: at most one Sidecar without a workloadSelector per namespace (the default).
+        var defaults: [String: String] = [:]
+        for sc in cfg.sidecars where sc.selector == nil {
+            if let other = defaults[sc.namespace] {
+                throw ConfigError(file: file, path: "Sidecar \(sc.namespace)/\(sc.name): metadata.name",
+                                  message: "namespace \(sc.namespace) already has the Sidecar without a workloadSelector \(sc.namespace)/\(other) (one per namespace: give this one a workloadSelector, or merge their hosts)")
+            }
+            defaults[sc.namespace] = sc.name
         }
         var seen: [String: String] = [:]
         for dr in cfg.destinationRules {

@@ -47,6 +47,15 @@ enum ConfigAnswers {
             } else if let se = cfg.serviceEntries.first {
                 what = "hosts: \(se.hosts.joined(separator: ", ")); \(se.meshInternal ? "MESH_INTERNAL" : "MESH_EXTERNAL"); "
                     + "ports: \(se.ports.map { "\($0.number)/\($0.proto)" }.joined(separator: ", ")); \(se.endpoints.count) endpoint(s)"
+            } else if let sc = cfg.sidecars.first {
+                what = "egress: " + sc.egressHosts.map { h -> String in
+                    switch h.namespace {
+                    case .any: return "*/\(h.dnsName)"
+                    case .own: return "./\(h.dnsName)"
+                    case .none: return "~/\(h.dnsName)"
+                    case .named(let n): return "\(n)/\(h.dnsName)"
+                    }
+                }.joined(separator: ", ") + "; " + (sc.selector.map { _ in selector(sc.selector) } ?? "namespace default")
             } else if let we = cfg.workloadEntries.first {
                 what = "address: \(we.endpoint.address); labels: " + we.endpoint.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
             }

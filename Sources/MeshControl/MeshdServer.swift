@@ -199,7 +199,7 @@ public final class MeshdServer: @unchecked Sendable {
         let q = ConfigStream.Request(query: r.query)
         // The node names this sidecar in meshd's state: an address, nothing else.
         guard q.node.isEmpty || SocketAddress(q.node) != nil else { return .answer(ControlResponse(400, "node: expected IP:PORT\n")) }
-        store.seen(identity: id, node: q.node, admin: q.admin)
+        store.seen(identity: id, node: q.node, admin: q.admin, digest: q.digest)
         return .wait(ConfigWait(identity: id, node: q.node, digest: q.digest))
     }
 
@@ -210,7 +210,7 @@ public final class MeshdServer: @unchecked Sendable {
         let snap = store.proxyConfig(identity: w.identity, node: w.node)
         if snap.digest == w.digest { return nil }
         store.seen(identity: w.identity, node: w.node)
-        let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: w.identity, node: w.node, version: snap.version),
+        let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: w.identity, node: w.node, version: snap.version, digest: snap.digest),
                                      digest: snap.digest, text: snap.text)
         return ControlResponse(200, push.body, contentType: ConfigStream.Push.contentType)
     }
@@ -293,7 +293,8 @@ public final class MeshdServer: @unchecked Sendable {
             let v = store.version
             let me = replica?.statusLine ?? "replica: the only one (store file \(store.stateDir))"
             return ControlResponse(200, "config version \(v)\n\(me)\n" + store.proxies().map {
-                let state = $0.nack.map { "NACK (\($0))" } ?? ($0.ackedVersion == v ? "ACK" : $0.ackedVersion > 0 ? "ACK \($0.ackedVersion) (behind)" : "pending")
+                // "ACK": the config in force for its scope (a change its scope does not see is never sent).
+                let state = $0.nack.map { "NACK (\($0))" } ?? (store.isCurrent($0) ? "ACK" : $0.ackedVersion > 0 ? "ACK \($0.ackedVersion) (behind)" : "pending")
                 return "\($0.identity)\t\($0.node)\t\($0.connected ? "connected" : "disconnected")\tsent \($0.sentVersion)\tacked \($0.ackedVersion)\t\(state)\tadmin \($0.admin.isEmpty ? "-" : $0.admin)"
             }.joined(separator: "\n") + "\n")
         case ("POST", "/v1/ca/rotate"):

@@ -19,7 +19,7 @@ let usage = """
                             as the sidecars check it, a refusal names file, line, document and
                             field; documents already in force as given change nothing
                             ("unchanged", no push); --wait returns once every connected sidecar
-                            acknowledged the new version
+                            the change reaches acknowledged it (the others are sent nothing)
       delete -f FILE|DIR [--ignore-not-found]
                             remove the documents named in the files; a document that is not
                             in force is an error (exit 1) unless --ignore-not-found
@@ -255,12 +255,14 @@ func applyFiles(delete: Bool) {
     }
     guard changed, waitFlag else { return }
 
-    // --wait: until every connected sidecar acknowledged this version (or a later one).
+    // --wait: until every connected sidecar acknowledged this version (or a later one), or has
+    // the config in force for its scope (state "ACK": the change did not touch its scope).
     for _ in 0..<600 {
         let lines = call("GET", "/v1/proxies").split(separator: "\n").dropFirst()
         let connected = lines.filter { $0.contains("\tconnected\t") }
         let done = connected.allSatisfy { l in
-            l.split(separator: "\t").first { $0.hasPrefix("acked ") }.flatMap { Int($0.dropFirst(6)) }.map { $0 >= v } ?? false
+            let cols = l.split(separator: "\t")
+            return cols.contains("ACK") || (cols.first { $0.hasPrefix("acked ") }.flatMap { Int($0.dropFirst(6)) }.map { $0 >= v } ?? false)
         }
         if done { print("acknowledged by \(connected.count) sidecar(s)"); return }
         // A NACK of this version (or a later one) is final; an older one is being superseded.

@@ -300,7 +300,7 @@ final class BootstrapTests: XCTestCase {
     }
 
     func testUnknownKind() {
-        assertRefused(replacing("kind: Bootstrap", "kind: Sidecar"), path: "kind", ["unknown kind \"Sidecar\"", "Bootstrap"])
+        assertRefused(replacing("kind: Bootstrap", "kind: EnvoyFilter"), path: "kind", ["unknown kind \"EnvoyFilter\"", "Bootstrap"])
         // A VirtualService document is read as traffic config; the Bootstrap is then missing.
         XCTAssertThrowsError(try Bootstrap.parse(replacing("kind: Bootstrap", "kind: VirtualService"), file: "test.yaml")) {
             XCTAssertTrue("\($0)".contains("no Bootstrap document found"), "\($0)")
