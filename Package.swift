@@ -78,7 +78,7 @@ let package = Package(
         .testTarget(name: "MeshDNSTests", dependencies: ["MeshDNS", "MeshProxy", "MeshConfig", "MeshIO", "MeshCore"]),
         .testTarget(name: "MeshStatsTests", dependencies: ["MeshStats"]),
         .testTarget(name: "MeshTLSTests", dependencies: ["MeshTLS", "MeshIO", "MeshCore"]),
-        .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshEtcd", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS"]),
+        .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshEtcd", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS", "MeshIO"]),
         .testTarget(name: "MeshCaptureTests", dependencies: ["MeshCapture", "MeshCore"]),
         .testTarget(name: "MeshEtcdTests", dependencies: ["MeshEtcd", "MeshCore", "MeshIO"]),
         .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP", "MeshIO"]),

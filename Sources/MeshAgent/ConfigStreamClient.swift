@@ -100,6 +100,8 @@ public final class ConfigStreamClient: @unchecked Sendable {
                 }
                 var answer = ConfigStream.Answer(version: push.version, node: node, nonce: push.nonce, error: nil)
                 do {
+                    // The roots in force first: a config whose bundle is refused is not applied.
+                    if !push.bundle.isEmpty { try identity.adopt(bundle: push.bundle) }
                     let applied = try apply(push.text, push.version)
                     Log.info("sidecar", "config version \(push.version) from meshd applied (\(applied))")
                     becomeReady("the first config from meshd (version \(push.version)) is applied")

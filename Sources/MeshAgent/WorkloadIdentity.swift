@@ -32,7 +32,7 @@ public final class WorkloadIdentity: @unchecked Sendable {
     public let identity: String
     private let rootPEM: String
     private let token: String
-    private let current = Locked<Credentials?>(nil)
+    let current = Locked<Credentials?>(nil)
     private let stopping = Atomic<Bool>(false)
     /// meshd refused a renewal with the current certificate: the next request uses the token.
     private let useToken = Atomic<Bool>(false)
@@ -135,8 +135,35 @@ public final class WorkloadIdentity: @unchecked Sendable {
         return nil
     }
 
+    /// Where new credentials go (`startRenewal`'s handler), also for a trust bundle that came
+    /// with the config (`adopt(bundle:)`).
+    private let renewed = Locked<(@Sendable (Credentials) -> Void)?>(nil)
+
+    /// Takes the trust bundle meshd sent with the config (the roots in force: a root rotation
+    /// step reaches this sidecar before its next renewal). It must be PEM certificates and must
+    /// still hold the root this workload's own certificate chains to (a bundle that would make
+    /// its peers' view of it and its own disagree is refused, and the push is NACKed); the same
+    /// bundle again changes nothing. Returns whether the bundle in force changed.
+    @discardableResult
+    public func adopt(bundle pem: String) throws(CAError) -> Bool {
+        guard let c = credentials else { throw CAError("no certificate yet to check the trust bundle against") }
+        if pem == c.bundlePEM { return false }
+        let roots: [MeshCrypto.Certificate]
+        do { roots = try MeshCrypto.Certificate.loadAll(pem: pem) } catch { throw CAError("the trust bundle sent with the config: \(error)") }
+        guard !roots.isEmpty else { throw CAError("the trust bundle sent with the config holds no certificate") }
+        guard MeshCrypto.verify(chainPEM: c.chainPEM, rootsPEM: pem) else {
+            throw CAError("the trust bundle sent with the config does not hold the root this workload's certificate (serial \(c.serialHex)) chains to; the bundle in force stays")
+        }
+        let next = Credentials(chainPEM: c.chainPEM, keyPEM: c.keyPEM, bundlePEM: pem, notBefore: c.notBefore, notAfter: c.notAfter, serialHex: c.serialHex)
+        current.withLock { $0 = next }
+        Log.info("identity", "trust bundle from meshd: \(roots.count) root(s) trusted now")
+        renewed.withLock { $0 }?(next)
+        return true
+    }
+
     /// Renews at half lifetime for ever, on its own thread, handing new credentials to `onRenewed`.
     public func startRenewal(_ onRenewed: @escaping @Sendable (Credentials) -> Void) {
+        renewed.withLock { $0 = onRenewed }
         Threads.spawnDetached { [self] in
             var rng = FastRandom()
             while !stopping.load(ordering: .relaxed) {

@@ -609,7 +609,27 @@ public final class ConfigStore: @unchecked Sendable {
     /// digest gets nothing. `identity` and `node` name the sidecar: its namespace and its
     /// registered labels choose its scope (ProxyConfigScope.swift).
     public func proxyConfig(identity: String, node: String) -> ProxyConfigSnapshot {
-        scopedConfig(identity: identity, node: node)
+        var snap = scopedConfig(identity: identity, node: node)
+        let (pem, digest) = bundle.withLock { $0 }
+        if !pem.isEmpty {
+            snap.bundle = pem
+            snap.digest = MeshCrypto.digestHex(snap.digest + digest)
+        }
+        return snap
+    }
+
+    /// The trust bundle every sidecar is sent with its config, and its digest.
+    private let bundle = Locked<(pem: String, digest: String)>(("", ""))
+
+    /// Sets the trust bundle that travels with the config (meshd's roots in force): a new one
+    /// reaches every sidecar at once, a root rotation step does not wait for renewals.
+    public func setTrustBundle(_ pem: String) {
+        let changed = bundle.withLock { b -> Bool in
+            guard b.pem != pem else { return false }
+            b = (pem, MeshCrypto.digestHex(pem))
+            return true
+        }
+        if changed { notifyChanged() }
     }
 
     /// Calls `f` after every change of the version (an apply, a registration, an expiry), on the
@@ -716,8 +736,11 @@ public final class ConfigStore: @unchecked Sendable {
 /// What meshd would push to one sidecar: the version in force, the config and its digest.
 public struct ProxyConfigSnapshot: Sendable, Equatable {
     public var version: Int
+    /// The digest of the text and the trust bundle together.
     public var digest: String
     public var text: String
+    /// The trust bundle (PEM) that travels with the config (empty: none given to the store).
+    public var bundle: String = ""
 }
 
 /// A condition variable for waiting config streams.

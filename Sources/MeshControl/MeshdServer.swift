@@ -18,7 +18,9 @@ import Synchronization
 public final class MeshdServer: @unchecked Sendable {
     public let ca: CertificateAuthority
     /// The config store and registry (nil: certificate authority only).
-    public var store: ConfigStore?
+    public var store: ConfigStore? {
+        didSet { store?.setTrustBundle(ca.trustBundlePEM) }
+    }
     /// This meshd among replicas on etcd (nil: the only one, on the file store).
     public var replica: MeshdReplica?
     private let apiContext: Locked<TLSContext?>
@@ -211,7 +213,7 @@ public final class MeshdServer: @unchecked Sendable {
         if snap.digest == w.digest { return nil }
         store.seen(identity: w.identity, node: w.node)
         let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: w.identity, node: w.node, version: snap.version, digest: snap.digest),
-                                     digest: snap.digest, text: snap.text)
+                                     digest: snap.digest, text: snap.text, bundle: snap.bundle)
         return ControlResponse(200, push.body, contentType: ConfigStream.Push.contentType)
     }
 
@@ -302,6 +304,8 @@ public final class MeshdServer: @unchecked Sendable {
             do {
                 let msg = try ca.rotate(step: step)
                 if step == "issue" || step == "retire" { try refreshServerCertificate() }
+                // The roots in force travel with the config: every sidecar has them at once.
+                store?.setTrustBundle(ca.trustBundlePEM)
                 Log.info("ca", "root rotation: \(msg)")
                 return ControlResponse(200, msg + "\n")
             } catch {

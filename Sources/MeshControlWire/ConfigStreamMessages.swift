@@ -102,25 +102,42 @@ public enum ConfigStream {
     }
 
     /// A config pushed to a sidecar: the first line `version: V NONCE DIGEST`, then the config
-    /// text (`DIGEST`: `MeshCrypto.digestHex` of the text, which the sidecar sends back in its
-    /// next request).
+    /// text, then (when meshd gives one) `bundleMarker` and the trust bundle, PEM: the roots in
+    /// force travel with the config, so a root rotation step reaches every sidecar at once.
+    /// `DIGEST` covers the text and the bundle; the sidecar sends it back in its next request.
     public struct Push: Sendable, Equatable {
         public var version: Int
         public var nonce: String
         public var digest: String
         public var text: String
-        public init(version: Int, nonce: String, digest: String, text: String) {
-            self.version = version; self.nonce = nonce; self.digest = digest; self.text = text
+        public var bundle: String
+        public init(version: Int, nonce: String, digest: String, text: String, bundle: String = "") {
+            self.version = version; self.nonce = nonce; self.digest = digest; self.text = text; self.bundle = bundle
         }
 
-        public var body: String { "version: \(version) \(nonce) \(digest)\n" + text }
+        /// Starts the bundle on a line of its own; the last one in a push is the marker (a
+        /// document's comment could hold the same line, never the PEM after it).
+        public static let bundleMarker = "# trust bundle (meshd)\n"
+
+        public var body: String {
+            let head = "version: \(version) \(nonce) \(digest)\n" + text
+            guard !bundle.isEmpty else { return head }
+            return head + (text.isEmpty || text.hasSuffix("\n") ? "" : "\n") + Push.bundleMarker + bundle
+        }
         public static let contentType = "application/yaml"
 
         public init?(body: String) {
             guard let nl = body.firstIndex(of: "\n") else { return nil }
             let first = body[..<nl].split(separator: " ")
             guard first.count == 4, first[0] == "version:", let v = Int(first[1]) else { return nil }
-            self.init(version: v, nonce: String(first[2]), digest: String(first[3]), text: String(body[body.index(after: nl)...]))
+            var text = String(body[body.index(after: nl)...])
+            var bundle = ""
+            if let m = text.ranges(of: Push.bundleMarker).last, m.lowerBound == text.startIndex || text[text.index(before: m.lowerBound)] == "\n" {
+                bundle = String(text[m.upperBound...])
+                text = String(text[..<m.lowerBound])
+                guard !bundle.isEmpty else { return nil }
+            }
+            self.init(version: v, nonce: String(first[2]), digest: String(first[3]), text: text, bundle: bundle)
         }
     }
 

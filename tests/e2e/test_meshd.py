@@ -266,6 +266,27 @@ def test_root_rotation_under_traffic(procs):
     assert r.returncode != 0 and "add" in r.stderr
 
 
+def test_a_new_root_travels_with_the_config(procs):
+    """Certificates live an hour: no renewal comes. `rotate-root add` still reaches both sidecars
+    within 2 s (the trust bundle is pushed with the config), their certificates unchanged, and
+    traffic between them keeps flowing."""
+    m = Meshd(procs, cert_ttl="1h")
+    app = procs.app("reviews")
+    _, sadmin, inbound, _ = m.sidecar("reviews-sidecar", "reviews", app_port=app)
+    _, cadmin, _, outbound = m.sidecar("productpage-sidecar", "productpage", routes=[f"reviews=127.0.0.1:{inbound}"])
+    certs = lambda port: json.loads(http_get(f"http://127.0.0.1:{port}/certs")[1])  # noqa: E731
+    before = {p: certs(p) for p in (sadmin, cadmin)}
+    assert all(len(c["roots"]) == 1 for c in before.values())
+    t0 = time.monotonic()
+    assert "added root" in m.ctl("ca", "rotate-root", "add").stdout
+    wait_until(lambda: all(len(certs(p)["roots"]) == 2 for p in (sadmin, cadmin)), timeout=2, what="both sidecars trusting both roots")
+    assert time.monotonic() - t0 < 2
+    for p in (sadmin, cadmin):
+        assert certs(p)["serial"] == before[p]["serial"], "no renewal: the bundle came with the config"
+    r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: reviews", f"http://127.0.0.1:{outbound}/")
+    assert r.stdout == b"200"
+
+
 def test_plug_in_ca(procs, pki, tmp_path):
     """--ca-dir with Istio's file names (root -> intermediate): workloads get leaf + intermediate,
     which a peer trusting only the root verifies."""
