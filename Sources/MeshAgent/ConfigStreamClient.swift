@@ -48,6 +48,9 @@ public final class ConfigStreamClient: @unchecked Sendable {
         var serial = ""
         var have = 0
         var digest = ""
+        /// The config with `digest` was NACKed: meshd is told, and a new certificate (which may
+        /// be what it lacked: a bundle refused for want of the new root) asks for it again.
+        var nacked = false
         var registered = false
         var isReady = false
         func becomeReady(_ why: String) {
@@ -71,6 +74,7 @@ public final class ConfigStreamClient: @unchecked Sendable {
             if let c = connection, !c.isClosed, current == serial { return c }
             connection = nil
             let (c, s) = try identity.connect(addresses[index])
+            if nacked && !serial.isEmpty && s != serial { digest = ""; nacked = false }
             connection = c
             serial = s
             registered = false
@@ -78,14 +82,16 @@ public final class ConfigStreamClient: @unchecked Sendable {
         }
         while !identity.isStopping {
             do {
-                var c = try open()
+                let c = try open()
                 if !registered, let reg = registration {
                     let r = try c.request(method: "POST", path: "\(ConfigStream.registerPath)?\(reg.query)")
                     guard r.status == 200 else { throw CAError("registration refused (\(r.status)): \(r.body)") }
-                    if r.close { closedByMeshd(c); c = try open() }
+                    // Closed after registering: the next connection (maybe another replica)
+                    // registers there first.
+                    if r.close { closedByMeshd(c); continue }
                 }
                 registered = true
-                let request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest)
+                let request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest, nacked: nacked)
                 let r = try c.request(method: "GET", path: "\(ConfigStream.configPath)?\(request.query)", timeoutSeconds: 40)
                 delay = ConfigStreamClient.firstRetry
                 if r.close { closedByMeshd(c) }
@@ -112,6 +118,7 @@ public final class ConfigStreamClient: @unchecked Sendable {
                 // Answered (ACK or NACK): meshd sends again only a config with another digest.
                 have = push.version
                 digest = push.digest
+                nacked = answer.error != nil
                 do {
                     let ac = try open()
                     let a = try ac.request(method: "POST", path: "\(answer.path)?\(answer.query)", body: answer.body)

@@ -155,7 +155,14 @@ public final class WorkloadIdentity: @unchecked Sendable {
             throw CAError("the trust bundle sent with the config does not hold the root this workload's certificate (serial \(c.serialHex)) chains to; the bundle in force stays")
         }
         let next = Credentials(chainPEM: c.chainPEM, keyPEM: c.keyPEM, bundlePEM: pem, notBefore: c.notBefore, notAfter: c.notAfter, serialHex: c.serialHex)
-        current.withLock { $0 = next }
+        // Only over the certificate it was checked against: a renewal that landed meanwhile
+        // stays (it brought its own bundle), and this one is asked again with the next push.
+        let stored = current.withLock { cur -> Bool in
+            guard cur?.serialHex == c.serialHex else { return false }
+            cur = next
+            return true
+        }
+        guard stored else { throw CAError("the certificate was renewed while the trust bundle was checked; not taken this time") }
         Log.info("identity", "trust bundle from meshd: \(roots.count) root(s) trusted now")
         renewed.withLock { $0 }?(next)
         return true

@@ -107,7 +107,8 @@ final class APIConnection: Connection, @unchecked Sendable {
             inputLimit = APIConnection.busyLimit
             loop.setDeadline(self, 0)
             let loop = self.loop
-            let queued = server.pool?.submit { [self] in
+            let workers = r.path == ConfigStream.registerPath ? server.registrations : server.pool
+            let queued = workers?.submit { [self] in
                 let a = meshd.handleAPI(r)
                 loop.post { [self] in self.finishWork(a) }
             } ?? false

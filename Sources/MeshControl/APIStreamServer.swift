@@ -50,6 +50,9 @@ public final class APIStreamServer: @unchecked Sendable {
     let context: @Sendable () -> TLSContext?
     private(set) var loops: [APILoop] = []
     private(set) var pool: APIWorkerPool?
+    /// Registrations (writes to the store, which may wait on etcd and on the store's lock) run
+    /// on workers of their own, so certificate signing never waits behind them.
+    private(set) var registrations: APIWorkerPool?
 
     // Accounting (any thread).
     let active = Atomic<Int>(0)
@@ -79,6 +82,7 @@ public final class APIStreamServer: @unchecked Sendable {
         if files > 0 && s.maxConnections > files - 128 { s.maxConnections = max(16, files - 128) }
         settings = s
         pool = APIWorkerPool(threads: max(1, s.workers), maxQueued: s.maxQueued)
+        registrations = APIWorkerPool(threads: 2, maxQueued: s.maxQueued)
         loops = (0..<max(1, s.loops)).map { APILoop(server: self, index: $0) }
         let all = loops
         meshd.store?.onChange { for l in all { l.loop.post { l.changed() } } }

@@ -130,11 +130,19 @@ public final class ConfigStore: @unchecked Sendable {
         if let etcd { st = try etcd.load() } else { st = try StateFiles(stateDir: stateDir).load() }
         st.outboundTrafficPolicy = outboundTrafficPolicy
         st.startedAt = MeshCrypto.now()
-        let storedVIPs = st.vips
+        let stored = st
         do { try ConfigStore.allocateVIPs(&st) } catch {
-            throw CAError("\(stateDir)/\(StateFiles.vips): the stored config cannot keep these addresses: \(error.description); fix or remove the file")
+            throw CAError("\(etcd == nil ? "\(stateDir)/\(StateFiles.vips)" : "etcd key \(EtcdStateStore.vips)"): the stored config cannot keep these addresses: \(error.description); fix or remove \(etcd == nil ? "the file" : "the key")")
         }
-        if st.vips != storedVIPs && etcd == nil { try StateFiles(stateDir: stateDir).saveVIPs(st) }
+        if st.vips != stored.vips {
+            if let etcd {
+                // Written like any change (guarded on the version read), so every replica
+                // serves the same addresses; another replica's write first means it allocated them.
+                if let v = try? etcd.commit(from: stored, to: st) { st.version = v }
+            } else {
+                try StateFiles(stateDir: stateDir).saveVIPs(st)
+            }
+        }
         for k in st.workloads.keys { st.workloads[k]!.lastSeen = st.startedAt }
         // What was stored must still be what a sidecar accepts (this meshd may check more than the
         // one that stored it): refuse to start rather than push a config every sidecar refuses.
@@ -143,11 +151,12 @@ public final class ConfigStore: @unchecked Sendable {
             // (sidecars register again; one that breaks the config is then refused by name).
             var bare = st
             bare.workloads = [:]
-            if !st.workloads.isEmpty, (try? ConfigStore.check(bare, trustDomain: trustDomain)) != nil {
+            if etcd != nil {
+                // Shared with running replicas that accept it: this one must not serve another.
+                throw CAError("the config stored in etcd (/mesh/config/) is refused by this meshd: \(error.description); fix it through a replica that accepts it, or run the same meshd version as the others")
+            } else if !st.workloads.isEmpty, (try? ConfigStore.check(bare, trustDomain: trustDomain)) != nil {
                 Log.warn("registry", "\(stateDir)/\(StateFiles.registry): dropped: with it the stored config is refused (\(error.description)); sidecars register again")
                 st = bare
-            } else if etcd != nil {
-                throw CAError("the config stored in etcd is refused: \(error.description); fix it with meshctl through a replica that accepts it, or remove the key")
             } else {
                 throw CAError("\(stateDir)/\(StateFiles.applied): the stored config is refused: \(error.description); fix or remove the file")
             }
@@ -168,12 +177,35 @@ public final class ConfigStore: @unchecked Sendable {
     /// Follows the shared store for ever (on the calling thread): what other replicas commit
     /// becomes the config in force here. Returns at once on the file store.
     public func followStore() {
-        etcd?.follow { [weak self] st in self?.install(st) }
+        etcd?.follow(install: { [weak self] st in self?.install(st) }, holders: { [weak self] moves in self?.moved(moves) })
+    }
+
+    /// Sidecars that moved between replicas (registry keys whose holder changed without a new
+    /// version): this replica's view of who holds them follows.
+    func moved(_ holders: [String: String]) {
+        state.withLock { s in
+            for (k, h) in holders where s.workloads[k] != nil { s.workloads[k]!.holder = h }
+        }
     }
 
     /// Puts a state read from the store in force when it is newer than the one in force. What
     /// this replica knows about its own sidecars (when each was last seen) stays.
-    func install(_ st: State) {
+    func install(_ st: State, checked: Bool = false) {
+        if !checked {
+            // What another replica committed was checked there; this replica checks it again
+            // (it may be newer and stricter, or the keys were written by hand): a set it
+            // refuses is not put in force, and the config in force stays.
+            var candidate = state.withLock { $0 }
+            guard st.version > candidate.version else { return }
+            candidate.documents = st.documents
+            candidate.order = st.order
+            candidate.workloads = st.workloads
+            candidate.vips = st.vips
+            do { try ConfigStore.check(candidate, trustDomain: trustDomain) } catch {
+                Log.error("store", "version \(st.version) from etcd is refused here, the config in force (version \(version)) stays: \(error.description)")
+                return
+            }
+        }
         let v = state.withLock { s -> Int? in
             guard st.version > s.version else { return nil }
             let now = MeshCrypto.now()
@@ -213,7 +245,7 @@ public final class ConfigStore: @unchecked Sendable {
         }
         var installed = next
         installed.version = v
-        install(installed)
+        install(installed, checked: true)
         return v
     }
 
@@ -231,12 +263,15 @@ public final class ConfigStore: @unchecked Sendable {
     /// Runs a change against the shared store until it commits: `attempt` computes it from the
     /// state in force (nil: conflict at the version it set, try again once caught up).
     func retrying<R>(_ what: String, _ attempt: (inout Int) throws(ConfigError) -> R?) throws(ConfigError) -> R {
-        for _ in 0..<50 {
+        // Bounded in time, not only in tries: a registration holds the store's lock on a worker
+        // thread, and other requests wait behind it.
+        let deadline = Clock.monotonicNanos() + 8_000_000_000
+        while Clock.monotonicNanos() < deadline {
             var at = 0
             if let r = try attempt(&at) { return r }
             waitForVersion(at)
         }
-        throw ConfigError(file: "(the store)", message: "\(what): other replicas kept changing the config; try again")
+        throw ConfigError(file: "(the store)", message: "\(what): other replicas kept changing the config for 8 s (or this replica's view of etcd is behind); try again")
     }
 
     public var version: Int { state.withLock { $0.version } }
@@ -349,7 +384,15 @@ public final class ConfigStore: @unchecked Sendable {
         let same = next.order == current.order && next.order.allSatisfy { k in
             next.documents[k]!.text == current.documents[k]!.text && next.documents[k]!.source == current.documents[k]!.source
         }
-        if same { return Result(version: current.version, changed: false, documents: outcomes) }
+        if same {
+            // Unchanged on this replica's view: etcd may hold a newer config the watch has not
+            // brought yet (a change through another replica just now); then read again.
+            if let etcd, let stored = etcd.storedVersion(), stored > current.version {
+                conflictAt = stored
+                return nil
+            }
+            return Result(version: current.version, changed: false, documents: outcomes)
+        }
         do { try ConfigStore.allocateVIPs(&next) } catch {
             throw ConfigStore.locate(error, in: ConfigStore.renderDocuments(next.order.compactMap { next.documents[$0] }).placed)
         }
@@ -476,7 +519,17 @@ public final class ConfigStore: @unchecked Sendable {
                 }
             }
         }
-        if etcd != nil && (!same || moved) {
+        if let etcd, same && moved {
+            // Only the holder changed: its own key, no new version (EtcdStateStore.moveHolder).
+            var ok = false
+            do { ok = try etcd.moveHolder(key: key, to: w) } catch {
+                if case .failed(let why) = error { throw ConfigError(file: "(the store)", message: "cannot persist: \(why)") }
+            }
+            guard ok else { conflictAt = 0; return false }
+            state.withLock { s in s.workloads[key]?.holder = w.holder; s.workloads[key]?.lastSeen = now; s.workloads[key]?.connected = true }
+            return true
+        }
+        if etcd != nil && !same {
             guard try commit(current, next, conflictAt: &conflictAt) != nil else { return false }
             state.withLock { $0.workloads[key]?.lastSeen = now }
             if !same { Log.info("registry", "registered \(service).\(namespace) at \(address) (\(identity))") }
@@ -524,6 +577,8 @@ public final class ConfigStore: @unchecked Sendable {
             }
             // A stream re-polls at least every 20 s: silence beyond that means the sidecar is away.
             for (k, p) in s.proxies where now - p.lastSeen > min(40, grace) && s.streams[k] == nil { s.proxies[k]!.connected = false }
+            // A sidecar away longer than the grace period leaves meshd's status (and its metrics).
+            for (k, p) in s.proxies where !p.connected && s.streams[k] == nil && now - p.lastSeen > grace { s.proxies.removeValue(forKey: k) }
             if !gone.isEmpty { s.version += 1 }
             return gone
         }
@@ -548,6 +603,8 @@ public final class ConfigStore: @unchecked Sendable {
         let now = MeshCrypto.now()
         state.withLock { s in
             for (k, p) in s.proxies where now - p.lastSeen > min(40, grace) && s.streams[k] == nil { s.proxies[k]!.connected = false }
+            // A sidecar away longer than the grace period leaves meshd's status (and its metrics).
+            for (k, p) in s.proxies where !p.connected && s.streams[k] == nil && now - p.lastSeen > grace { s.proxies.removeValue(forKey: k) }
         }
         applyLock.lock()
         defer { applyLock.unlock() }
@@ -568,7 +625,10 @@ public final class ConfigStore: @unchecked Sendable {
                 orphans.append(k)
             }
         }
-        for (keys, f, why) in [(own, nil as EtcdCompare?, "its sidecar is gone"), (orphans, fence, "its replica is gone and its sidecar did not come back")] where !keys.isEmpty {
+        // At most 100 removals a transaction (etcd's limit on operations).
+        let batches = stride(from: 0, to: own.count, by: 100).map { (Array(own[$0..<min($0 + 100, own.count)]), nil as EtcdCompare?, "its sidecar is gone") }
+            + stride(from: 0, to: orphans.count, by: 100).map { (Array(orphans[$0..<min($0 + 100, orphans.count)]), fence, "its replica is gone and its sidecar did not come back") }
+        for (keys, f, why) in batches {
             let base = state.withLock { $0 }
             var next = base
             for k in keys { next.workloads.removeValue(forKey: k) }
@@ -671,7 +731,14 @@ public final class ConfigStore: @unchecked Sendable {
 
     public func streamClosed(identity: String, node: String) {
         let k = "\(identity)|\(node)"
-        state.withLock { s in s.streams[k, default: 1] -= 1; if s.streams[k]! <= 0 { s.streams.removeValue(forKey: k) } }
+        state.withLock { s in
+            s.streams[k, default: 1] -= 1
+            if s.streams[k]! <= 0 {
+                // Its last stream here ended: it is away from this replica (moved or gone).
+                s.streams.removeValue(forKey: k)
+                s.proxies[k]?.connected = false
+            }
+        }
     }
 
     /// Records what a sidecar was sent and its answer.

@@ -117,17 +117,34 @@ final class EtcdStateStore: @unchecked Sendable {
             if let o = current.workloads[k], StateFiles.line(of: o) + "\t" + o.holder == line { continue }
             ops.append(.put(EtcdStateStore.registry + k, Array(line.utf8)))
         }
-        for k in current.workloads.keys where next.workloads[k] == nil { ops.append(.delete(EtcdStateStore.registry + k)) }
+        var compare: [EtcdCompare] = [.modRevision(EtcdStateStore.rev, Int64(current.version))]
+        let known = mirror.withLock { $0.kvs }
+        for k in current.workloads.keys where next.workloads[k] == nil {
+            ops.append(.delete(EtcdStateStore.registry + k))
+            // A workload whose sidecar moved to another replica since (a put that does not
+            // move `rev`) is not removed on an old view of it.
+            if let kv = known[EtcdStateStore.registry + k] { compare.append(.modRevision(kv.key, kv.modRevision)) }
+        }
         if next.vips != current.vips { ops.append(.put(EtcdStateStore.vips, Array(next.vips.serialized().utf8))) }
         if next.order != current.order { ops.append(.put(EtcdStateStore.order, Array(next.order.joined(separator: "\n").utf8))) }
-        ops.append(.put(EtcdStateStore.rev, Array(replica.utf8)))
-        var compare: [EtcdCompare] = [.modRevision(EtcdStateStore.rev, Int64(current.version))]
+        // `rev` names the commit: a transaction resent after a broken connection that had in
+        // fact landed is recognised by it (the compare then fails on its own write).
+        let stamp = "\(replica) \(MeshCrypto.randomHex(bytes: 8))"
+        ops.append(.put(EtcdStateStore.rev, Array(stamp.utf8)))
         if let f = fence { compare.append(f) }
+        // etcd's limits on one transaction (--max-txn-ops 128, --max-request-bytes 1.5 MiB, and
+        // values travel base64): say so rather than fail at etcd on every retry.
+        let bytes = ops.reduce(0) { n, op in if case .put(let k, let v, _) = op { return n + k.utf8.count + v.count } else { return n } }
+        if ops.count + compare.count > EtcdStateStore.maxTxnOps || bytes > EtcdStateStore.maxTxnBytes {
+            throw .failed("this change writes \(ops.count) key(s), \(bytes) bytes, in one etcd transaction; etcd takes at most "
+                          + "\(EtcdStateStore.maxTxnOps) operations and about \(EtcdStateStore.maxTxnBytes / 1000) kB: apply it in smaller parts")
+        }
         let r: EtcdTxnResult
         do { r = try client.txn(compare: compare, success: ops, failure: [.get(EtcdStateStore.rev)]) } catch {
             throw .failed("etcd (\(endpoints)): \(error.description)")
         }
         guard r.succeeded else {
+            if let now = r.gets.first, now.valueText == stamp { return Int(now.modRevision) }   // our own write, resent
             // Another replica wrote first (or this one is no longer the leader): the revision
             // to catch up to before computing the change again.
             throw .conflict(r.gets.first?.modRevision ?? r.revision)
@@ -135,14 +152,40 @@ final class EtcdStateStore: @unchecked Sendable {
         return Int(r.revision)
     }
 
+    /// Operations and bytes one commit may hold (etcd's defaults, with room for the compares
+    /// and the JSON and base64 around the values).
+    static let maxTxnOps = 120
+    static let maxTxnBytes = 1_000_000
+
+    /// A sidecar that moved to this replica: its registration, unchanged but for the holder,
+    /// is put on its own key guarded by that key's mod revision. It does not move `rev`: no new
+    /// config version, nothing to validate or render, nothing pushed. Returns false when the
+    /// key changed meanwhile (the caller reads again).
+    func moveHolder(key: String, to w: ConfigStore.Workload) throws(CommitError) -> Bool {
+        let k = EtcdStateStore.registry + key
+        guard let kv = mirror.withLock({ $0.kvs[k] }) else { return false }
+        let line = StateFiles.line(of: w) + "\t" + w.holder
+        do {
+            return try client.txn(compare: [.modRevision(k, kv.modRevision)], success: [.put(k, Array(line.utf8))]).succeeded
+        } catch {
+            throw .failed("etcd (\(endpoints)): \(error.description)")
+        }
+    }
+
+    /// The latest revision etcd has for `rev` (a linearizable read), nil when etcd cannot say.
+    func storedVersion() -> Int? {
+        (try? client.get(EtcdStateStore.rev)).flatMap { $0.kv.map { Int($0.modRevision) } }
+    }
+
     /// Follows the prefix for ever (on its own thread): every batch of events goes to the
     /// mirror, and when `rev` moved, `install` gets the state at the new version. A watch behind
     /// a compaction lists again and goes on from there. Connection errors retry after a second.
-    func follow(install: @escaping (ConfigStore.State) -> Void) {
+    func follow(install: @escaping (ConfigStore.State) -> Void, holders: @escaping ([String: String]) -> Void) {
         while true {
             let from = revision + 1
             do {
                 let end = try client.watch(prefix: EtcdStateStore.prefix, fromRevision: from) { events, rev in
+                    var registryPuts: [String: String] = [:]
                     let moved = self.mirror.withLock { m -> Bool in
                         var moved = false
                         for e in events {
@@ -150,6 +193,9 @@ final class EtcdStateStore: @unchecked Sendable {
                             case .put(let kv):
                                 m.kvs[kv.key] = kv
                                 if kv.key == EtcdStateStore.rev { moved = true }
+                                if kv.key.hasPrefix(EtcdStateStore.registry) {
+                                    registryPuts[String(kv.key.dropFirst(EtcdStateStore.registry.count))] = kv.valueText
+                                }
                             case .delete(let key, _):
                                 m.kvs.removeValue(forKey: key)
                             }
@@ -157,7 +203,14 @@ final class EtcdStateStore: @unchecked Sendable {
                         m.revision = max(m.revision, rev)
                         return moved
                     }
-                    if moved { self.installMirror(install) }
+                    if moved { self.installMirror(install) } else if !registryPuts.isEmpty {
+                        // Sidecars that moved between replicas: only their holder changed.
+                        var moves: [String: String] = [:]
+                        for (k, line) in registryPuts {
+                            if let w = try? StateFiles.workload(fromLine: Substring(line), at: k, holder: true) { moves[k] = w.holder }
+                        }
+                        holders(moves)
+                    }
                     return true
                 }
                 if case .compacted(let at) = end {

@@ -66,6 +66,35 @@ public final class MeshdReplica: @unchecked Sendable {
         }
     }
 
+    /// The presence lease `claim` took, kept alive by `keepPresent`.
+    private let presenceLease = Locked<Int64>(0)
+
+    /// Takes this replica's presence key, which no other live replica may hold: two replicas
+    /// with one id would each take the other's sidecars for its own and expire them. A key left
+    /// by this id's previous process lapses with its lease (`presenceTTL`); it is waited for.
+    public func claim() throws(CAError) {
+        let key = MeshdReplica.presencePrefix + id
+        let deadline = Clock.monotonicNanos() + UInt64(MeshdReplica.presenceTTL + 2) * 1_000_000_000
+        do {
+            let lease = try client.leaseGrant(ttl: MeshdReplica.presenceTTL).id
+            while true {
+                let r = try client.txn(compare: [.createRevision(key, 0)], success: [.put(key, Array(id.utf8), lease: lease)])
+                if r.succeeded { presenceLease.withLock { $0 = lease }; return }
+                if Clock.monotonicNanos() >= deadline {
+                    try? client.leaseRevoke(lease)
+                    throw CAError("--replica-id \(id): another meshd holds it (etcd key \(key) is alive); give every replica its own id")
+                }
+                usleep(500_000)
+            }
+        } catch let e as EtcdError {
+            throw CAError("etcd (\(endpoints)): \(e.description)")
+        } catch let e as CAError {
+            throw e
+        } catch {
+            throw CAError("etcd (\(endpoints)): \(error)")
+        }
+    }
+
     /// Starts the presence key and the campaign (their own threads).
     public func start() {
         Threads.spawnDetached { [self] in keepPresent() }
@@ -76,7 +105,7 @@ public final class MeshdReplica: @unchecked Sendable {
     /// Keeps `/mesh/replicas/ID` on a lease of its own for as long as the process lives,
     /// granting a new lease when the old one lapsed (etcd was away).
     private func keepPresent() {
-        var lease: Int64 = 0
+        var lease: Int64 = presenceLease.withLock { $0 }
         while true {
             do {
                 if lease == 0 {
@@ -98,6 +127,8 @@ public final class MeshdReplica: @unchecked Sendable {
 
     /// A line for `meshctl status`.
     public var statusLine: String {
-        "replica \(id): \(isLeader ? "leader" : "standby") (store etcd \(endpoints); leader \(leader() ?? "none"))"
+        let who: String
+        do { who = try election.leader() ?? "none" } catch { who = "unknown (etcd: \(error.description))" }
+        return "replica \(id): \(isLeader ? "leader" : "standby") (store etcd \(endpoints); leader \(who))"
     }
 }

@@ -142,6 +142,8 @@ public final class MeshdServer: @unchecked Sendable {
                                    address: reg.address, serviceProtocol: reg.serviceProtocol, servicePort: reg.servicePort)
             } catch {
                 Log.warn("registry", "registration of \(reg.service).\(reg.namespace) at \(reg.address) (\(id)) refused: \(error.description)")
+                // The store could not take it (etcd away): try again, or another replica.
+                if error.file == "(the store)" { return ControlResponse(503, "registration not stored: \(error.description)\n") }
                 return ControlResponse(409, "registration refused: the config it would make is refused: \(error.description)\n")
             }
             return ControlResponse(200, "registered\n")
@@ -182,6 +184,8 @@ public final class MeshdServer: @unchecked Sendable {
         public let node: String
         /// The digest of the config the sidecar has (empty: none yet).
         public let digest: String
+        /// The version it has (0: none yet).
+        public var version = 0
     }
 
     /// What a config request gets at once: an answer (a refusal), or a wait (`configAnswer`
@@ -201,8 +205,10 @@ public final class MeshdServer: @unchecked Sendable {
         let q = ConfigStream.Request(query: r.query)
         // The node names this sidecar in meshd's state: an address, nothing else.
         guard q.node.isEmpty || SocketAddress(q.node) != nil else { return .answer(ControlResponse(400, "node: expected IP:PORT\n")) }
-        store.seen(identity: id, node: q.node, admin: q.admin, digest: q.digest)
-        return .wait(ConfigWait(identity: id, node: q.node, digest: q.digest))
+        store.seen(identity: id, node: q.node, admin: q.admin, digest: q.nacked ? "" : q.digest)
+        var w = ConfigWait(identity: id, node: q.node, digest: q.digest)
+        w.version = q.version
+        return .wait(w)
     }
 
     /// The push for a waiting config request when this sidecar's config (its digest) differs
@@ -211,6 +217,10 @@ public final class MeshdServer: @unchecked Sendable {
         guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
         let snap = store.proxyConfig(identity: w.identity, node: w.node)
         if snap.digest == w.digest { return nil }
+        // On the shared store versions are etcd revisions, the same on every replica: a sidecar
+        // that comes from a replica further ahead waits here until this one has caught up,
+        // rather than being sent an older config.
+        if replica != nil && snap.version < w.version { return nil }
         store.seen(identity: w.identity, node: w.node)
         let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: w.identity, node: w.node, version: snap.version, digest: snap.digest),
                                      digest: snap.digest, text: snap.text, bundle: snap.bundle)

@@ -315,8 +315,9 @@ extension ConfigStore {
     /// Whether a sidecar has the config in force for its scope (ACKed this version, or a config
     /// with the digest its scope has now: a change that did not touch its scope is not sent).
     public func isCurrent(_ p: ProxyStatus) -> Bool {
-        if p.ackedVersion == version { return true }
-        return !p.ackedDigest.isEmpty && p.ackedDigest == proxyConfig(identity: p.identity, node: p.node).digest
+        // The digest when there is one: it also covers the trust bundle, which moves no version.
+        if p.ackedDigest.isEmpty { return p.ackedVersion == version }
+        return p.ackedDigest == proxyConfig(identity: p.identity, node: p.node).digest
     }
 
     /// Renders done by the scoped cache since start.

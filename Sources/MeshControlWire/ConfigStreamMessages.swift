@@ -83,13 +83,15 @@ public enum ConfigStream {
         public var node: String
         public var admin: String
         public var digest: String
-        public init(version: Int, node: String, admin: String, digest: String = "") {
-            self.version = version; self.node = node; self.admin = admin; self.digest = digest
+        /// The config with `digest` was refused (NACK): meshd must not count it as in force.
+        public var nacked: Bool
+        public init(version: Int, node: String, admin: String, digest: String = "", nacked: Bool = false) {
+            self.version = version; self.node = node; self.admin = admin; self.digest = digest; self.nacked = nacked
         }
 
         public var query: String {
             "version=\(version)&node=\(ControlClient.percentEncode(node))&admin=\(ControlClient.percentEncode(admin))"
-                + (digest.isEmpty ? "" : "&digest=\(digest)")
+                + (digest.isEmpty ? "" : "&digest=\(digest)") + (nacked ? "&nacked=1" : "")
         }
 
         /// A digest is lowercase hex, at most 64 digits; anything else counts as none.
@@ -97,7 +99,8 @@ public enum ConfigStream {
             let d = q["digest"] ?? ""
             let ok = d.utf8.count <= 64 && d.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
             self.init(version: Int(q["version"] ?? "0") ?? 0, node: q["node"] ?? "",
-                      admin: (q["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? "", digest: ok ? d : "")
+                      admin: (q["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? "", digest: ok ? d : "",
+                      nacked: q["nacked"] == "1")
         }
     }
 

@@ -2,7 +2,8 @@ import MeshPKI
 
 /// Several addresses of one control server (meshd replicas, DESIGN §12), tried in order: a
 /// request goes to the next one only when it could not be carried out (no connection, TLS
-/// refused, no answer); an HTTP answer, even an error, is the answer. When every address
+/// refused; no answer only for a GET: a change sent whole may have been made); an HTTP
+/// answer, even an error, is the answer. When every address
 /// fails, the error names each address and why.
 public struct ControlEndpoints: Sendable {
     /// Each endpoint with the text that names it in errors (the URL as given).
@@ -23,6 +24,10 @@ public struct ControlEndpoints: Sendable {
             } catch {
                 // A refusal is an answer (an HTTP status): never sent to the next replica.
                 if error.refusal != nil { throw error }
+                // A change sent whole without an answer may have been made: not sent twice.
+                if error.afterSend && method != "GET" {
+                    throw CAError("\(endpoints.count == 1 ? "" : "\(name): ")\(error.description) after the request was sent; it may have been carried out (check with get before repeating it)")
+                }
                 failures.append(endpoints.count == 1 ? error.description : "\(name): \(error.description)")
             }
         }

@@ -456,7 +456,9 @@ public enum ControlClient {
         }
         guard sent else { throw CAError("\(address): write failed") }
         guard case .message(let head, _, let rbody) = s.readMessage(request: false, maxBody: 256 << 20) else {
-            throw CAError("\(address): no valid HTTP response")
+            var e = CAError("\(address): no valid HTTP response")
+            e.afterSend = true
+            throw e
         }
         return (head.status, String(decoding: rbody, as: UTF8.self))
     }

@@ -329,6 +329,14 @@ public final class EtcdClient: @unchecked Sendable {
 
     /// Makes every running watch of this client return `.stopped` within about 200 ms (from
     /// any thread). Watches started afterwards run normally.
+    /// Whether a member answers a status request within 2 s (nil) or why not.
+    private func probe(_ ep: EtcdEndpoint) -> String? {
+        do { _ = try status(endpoint: ep.text, timeout: 2); return nil } catch { return error.message }
+    }
+
+    /// How long a watch waits without a line before it asks the member whether it is alive.
+    static let watchSilence: UInt64 = 5_000_000_000
+
     public func stopWatches() {
         state.withLock { $0.watchEpoch &+= 1 }
     }
@@ -407,6 +415,7 @@ public final class EtcdClient: @unchecked Sendable {
     private func watchLeg(_ ep: EtcdEndpoint, key: [UInt8], rangeEnd: [UInt8]?, next: inout Int64, connectDeadline: UInt64,
                           stop: @escaping () -> Bool, onEvents: ([EtcdEvent], Int64) -> Bool,
                           connected: () -> Void) throws(EtcdError) -> WatchLeg {
+        var skipped: Int64 = 0
         let conn: EtcdHTTPConnection
         do { conn = try EtcdHTTPConnection.connect(ep, deadline: connectDeadline) } catch { return .broken(error.text) }
         let id = registerWatch(ep.text)
@@ -433,7 +442,25 @@ public final class EtcdClient: @unchecked Sendable {
             }
             var created = false
             while true {
-                guard let line = try conn.nextLine(deadline: created ? 0 : connectDeadline, interrupt: stop) else {
+                // A member that hangs (SIGSTOP, a stalled disk) keeps its TCP connection up and
+                // its kernel answers keepalives: after `watchSilence` without a line, ask the
+                // member itself; one that does not answer within 2 s ends this leg (the watch
+                // resumes on the next endpoint from `next`, nothing lost).
+                var line: [UInt8]? = nil
+                var silent = false
+                do {
+                    line = try conn.nextLine(deadline: created ? Clock.monotonicNanos() + EtcdClient.watchSilence : connectDeadline, interrupt: stop)
+                } catch {
+                    guard created, case .timeout = error else { throw error }
+                    silent = true
+                }
+                if silent {
+                    if let why = probe(ep) {
+                        return .broken("no word on the watch for \(EtcdClient.watchSilence / 1_000_000_000) s and no answer to a status probe: \(why)")
+                    }
+                    continue
+                }
+                guard let line else {
                     return .broken("the member ended the watch stream")
                 }
                 if line.allSatisfy({ $0 == 32 || $0 == 13 || $0 == 9 }) { continue }
@@ -460,14 +487,23 @@ public final class EtcdClient: @unchecked Sendable {
                 }
                 var events: [EtcdEvent] = []
                 for e in r["events"]?.arrayValue ?? [] {
-                    let ev = try EtcdWire.event(e)
+                    // An event meshd cannot read (a key written by hand that is not UTF-8) is
+                    // logged and passed over: the watch goes on past it rather than stopping on it.
+                    let ev: EtcdEvent
+                    do { ev = try EtcdWire.event(e) } catch {
+                        Log.warn("etcd", "\(ep.text): watch: an event that cannot be read is skipped: \(error.message)")
+                        if let rev = e["kv"]?["mod_revision"]?.stringValue.flatMap({ Int64($0) }), rev >= next { skipped = max(skipped, rev) }
+                        continue
+                    }
                     // Never deliver a revision twice (a resumed watch starts at `next`).
                     if ev.modRevision >= next { events.append(ev) }
                 }
                 let header = try EtcdWire.revision(r)
                 if let last = events.last {
-                    next = last.modRevision + 1
+                    next = max(last.modRevision, skipped) + 1
                     if !onEvents(events, last.modRevision) { return .end(.stopped) }
+                } else if skipped >= next {
+                    next = skipped + 1
                 } else if (r["events"]?.arrayValue ?? []).isEmpty, header >= next - 1 {
                     // A progress notification: every change up to `header` has been sent.
                     next = header + 1

@@ -8,6 +8,8 @@ public struct CAError: Error, CustomStringConvertible, Sendable {
     public let description: String
     /// The HTTP status when meshd refused the request (401 token, 403 identity, 400 CSR).
     public let refusal: Int?
+    /// The request was sent whole but no answer came: it may have been carried out.
+    public var afterSend = false
     public init(_ d: String, refusal: Int? = nil) { description = d; self.refusal = refusal }
 }
 

@@ -185,7 +185,8 @@ if let t = flags.string("leader-ttl") {
 let replicaID: String = flags.string("replica-id") ?? {
     var name = [CChar](repeating: 0, count: 256)
     gethostname(&name, name.count - 1)
-    return "\(String(cString: name))-\(apiPort)"
+    // A port chosen by the kernel (0) is not known yet: a random suffix keeps ids apart.
+    return "\(String(cString: name))-\(apiPort == 0 ? MeshCrypto.randomHex(bytes: 3) : String(apiPort))"
 }()
 if !Names.isLabelValue(replicaID) || replicaID.isEmpty {
     fail("--replica-id: expected letters, digits, '-', '_' or '.' (at most 63), got \"\(replicaID)\"")
@@ -202,6 +203,7 @@ do {
         let client: EtcdClient
         do { client = try EtcdClient(endpoints: endpoints) } catch { throw CAError("--store: \(error.description)") }
         let replica = MeshdReplica(client: client, endpoints: endpoints.joined(separator: ","), id: replicaID, leaderTTL: leaderTTL)
+        try replica.claim()
         let ca = try CertificateAuthority(stateDir: stateDir, caDir: flags.string("ca-dir"), trustDomain: trustDomain, certTTL: certTTL,
                                           shared: try replica.sharedSecrets())
         server = try MeshdServer(ca: ca, addresses: [IPKind.host(apiAddress), IPKind.host(adminAddress)])

@@ -22,9 +22,9 @@ TTL = 3
 class Replica(Meshd):
     """A meshd replica on the shared etcd store, signing with the shared plug-in CA."""
 
-    def __init__(self, procs, pki, cluster, name, endpoints=None):
+    def __init__(self, procs, pki, cluster, name, endpoints=None, grace="30s"):
         super().__init__(procs, name=name, extra=["--store", cluster.store_flag(endpoints), "--ca-dir", str(pki),
-                                                  "--replica-id", name, "--leader-ttl", f"{TTL}s", "--registry-grace", "30s"])
+                                                  "--replica-id", name, "--leader-ttl", f"{TTL}s", "--registry-grace", grace])
 
     def leader(self):
         """This replica's mesh_leader gauge (None: it does not answer)."""
@@ -127,6 +127,7 @@ def test_leader_killed_under_traffic(procs, pki, tmp_path):
         assert f"replica {leader.name}: leader" in leader.ctl("status").stdout
         assert f"replica {others[0].name}: standby" in others[0].ctl("status").stdout
         assert f"leader {leader.name})" in others[0].ctl("status").stdout
+        before = [len(applied_versions(p)) for p, _, _ in sidecars]
         t_kill = time.monotonic()
         leader.proc.kill()
         leader.proc.wait()
@@ -134,6 +135,9 @@ def test_leader_killed_under_traffic(procs, pki, tmp_path):
         t_new = time.monotonic()
         new = next(r for r in others if r.leader() == 1)
         assert cluster.get("/mesh/leader") == new.name
+        # The streams moved with their version and digest: nothing was pushed to them again.
+        wait_until(lambda: sum(r.ctl("status").stdout.count("\tconnected\t") for r in others) == 3, timeout=3, what="streams moved")
+        assert [len(applied_versions(p)) for p, _, _ in sidecars] == before
         # A change right after: in force on every sidecar within 2 s.
         t_apply = time.monotonic()
         v = apply_split(new, tmp_path, 0, 100)
@@ -282,3 +286,32 @@ def test_concurrent_applies_are_validated_against_each_other(procs, pki, tmp_pat
     for r in rs:
         hosts = sorted(n.split("/")[1].split("-by-")[0] for k, n in r.routes() if k == "VirtualService")
         assert hosts == sorted(f"h{i}" for i in range(8)), hosts
+
+
+def test_expiry_own_and_of_a_dead_replica(procs, pki, tmp_path):
+    """Each replica expires the workloads whose streams it held; the workloads of a replica that
+    died (its presence key lapsed) are expired by the leader alone, once the grace period passed
+    and their sidecars did not come back elsewhere."""
+    cluster = EtcdCluster(procs)
+    rs = [Replica(procs, pki, cluster, f"r{i}", grace="3s") for i in range(2)]
+    wait_until(lambda: sum(r.leader() == 1 for r in rs) == 1, timeout=TTL + 5, what="one leader")
+    leader = next(r for r in rs if r.leader() == 1)
+    standby = next(r for r in rs if r is not leader)
+    a, b = procs.app("a"), procs.app("b")
+    pa, _, _, _ = leader.sidecar("reviews", "reviews", app_port=a)     # held by the leader
+    pb, _, _, _ = standby.sidecar("ratings", "ratings", app_port=b)    # held by the standby
+    services = lambda r: [l.split("\t")[0] for l in r.ctl("get", "services").stdout.splitlines() if "\t" in l]  # noqa: E731
+    wait_until(lambda: {"reviews.default", "ratings.default"} <= set(services(leader)), what="both registered")
+    assert cluster.get("/mesh/config/registry/spiffe://cluster.local/ns/default/sa/ratings|" + next(
+        l.split("\t")[1] for l in standby.ctl("get", "services").stdout.splitlines() if l.startswith("ratings.default"))).endswith("\t" + standby.name)
+    pa.kill()
+    wait_until(lambda: "reviews.default" not in services(leader), timeout=15, what="the leader expiring its own workload")
+    assert "ratings.default" in services(leader)
+    t0 = time.monotonic()
+    pb.kill()
+    standby.proc.kill()
+    standby.proc.wait()
+    # The standby's presence lease (10 s) lapses, then the grace period (3 s): the leader removes it.
+    wait_until(lambda: "ratings.default" not in services(leader), timeout=25, what="the leader expiring the dead replica's workload")
+    assert time.monotonic() - t0 >= 3
+    assert "removed ratings.default" in leader.proc.log_path.read_text()
