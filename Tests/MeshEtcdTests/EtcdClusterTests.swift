@@ -112,4 +112,36 @@ final class EtcdClusterTests: XCTestCase {
         XCTAssertFalse(try cb.txn(compare: [fence], success: [.put("/mesh/singleton", bytes("stale"))]).succeeded)
         XCTAssertEqual(try b.leader(), "replica-b")
     }
+
+    /// A member that hangs (SIGSTOP) keeps its connections open and its kernel answers TCP
+    /// keepalives: the watch on it notices the silence, finds the member does not answer a
+    /// status probe, and resumes on another member, delivering a write made meanwhile.
+    func testWatchOnAHungMemberMovesOn() throws {
+        let cluster = try EtcdCluster(size: 3, test: self)
+        defer { cluster.signal(0, SIGCONT) }
+        let watcher = try EtcdClient(endpoints: cluster.endpoints, timeout: 20)
+        let writer = try EtcdClient(endpoints: Array(cluster.endpoints[1...]), timeout: 5)
+        let start = try writer.put("/mesh/start", bytes("")) + 1
+        let seen = Shared<[String]>([])
+        let th = TestThread {
+            _ = try? watcher.watch(prefix: "/mesh/h/", fromRevision: start) { events, _ in
+                for case .put(let kv) in events { seen.update { $0.append(kv.key) } }
+                return !seen.value.contains("/mesh/h/after")
+            }
+        }
+        XCTAssertTrue(eventually(5) { watcher.watchEndpoints == [cluster.endpoints[0]] }, "\(watcher.watchEndpoints)")
+        _ = try writer.put("/mesh/h/before", bytes("1"))
+        XCTAssertTrue(eventually(3) { seen.value == ["/mesh/h/before"] }, "\(seen.value)")
+        cluster.signal(0, SIGSTOP)
+        let t0 = Clock.monotonicNanos()
+        var wrote = false
+        for _ in 0..<40 where !wrote {   // the others may be electing a new raft leader
+            wrote = (try? writer.put("/mesh/h/after", bytes("2"))) != nil
+            if !wrote { usleep(250_000) }
+        }
+        XCTAssertTrue(wrote)
+        XCTAssertTrue(th.join(seconds: 15), "the watch stayed on the hung member: saw \(seen.value), on \(watcher.watchEndpoints)")
+        XCTAssertEqual(seen.value, ["/mesh/h/before", "/mesh/h/after"])
+        XCTAssertLessThan(Double(Clock.monotonicNanos() - t0) / 1e9, 12)
+    }
 }

@@ -127,6 +127,13 @@ final class EtcdCluster: @unchecked Sendable {
         p.waitUntilExit()
     }
 
+    /// Sends `sig` to member `i` (SIGSTOP: it hangs with its sockets open; SIGCONT: it goes on).
+    func signal(_ i: Int, _ sig: Int32) {
+        lock.lock(); let p = members[i].process; lock.unlock()
+        guard let p, p.isRunning else { return }
+        Glibc.kill(p.processIdentifier, sig)
+    }
+
     /// Kills every member and removes the data directory (idempotent).
     func stop() {
         for i in members.indices { kill(i) }

@@ -315,3 +315,28 @@ def test_expiry_own_and_of_a_dead_replica(procs, pki, tmp_path):
     wait_until(lambda: "ratings.default" not in services(leader), timeout=25, what="the leader expiring the dead replica's workload")
     assert time.monotonic() - t0 >= 3
     assert "removed ratings.default" in leader.proc.log_path.read_text()
+
+
+def test_refusals_on_the_shared_store(procs, pki, tmp_path):
+    """A second replica with an id in use is refused by name; an apply larger than one etcd
+    transaction is refused naming the limit, and nothing of it is stored; --store etcd without a
+    shared CA, and --config-dir with it, are refused by flag."""
+    import subprocess
+    from conftest import MESHD
+    cluster = EtcdCluster(procs, n=1)
+    r0 = Replica(procs, pki, cluster, "r0")
+    twin = subprocess.run([str(MESHD), "--state-dir", str(tmp_path / "twin"), "--api-port", "0", "--admin-port", "0",
+                           "--store", cluster.store_flag(), "--ca-dir", str(pki), "--replica-id", "r0"],
+                          capture_output=True, text=True, timeout=30)
+    assert twin.returncode == 1 and "--replica-id r0: another meshd holds it" in twin.stderr, twin.stderr
+    for extra, why in [([], "give every replica the same --ca-dir"), (["--ca-dir", str(pki), "--config-dir", str(tmp_path)], "--config-dir: not with --store etcd")]:
+        r = subprocess.run([str(MESHD), "--state-dir", str(tmp_path / "x"), "--store", cluster.store_flag(), *extra],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and why in r.stderr, r.stderr
+    big = tmp_path / "big.yaml"
+    big.write_text("\n---\n".join(f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d{i}}}\nspec:\n  host: d{i}"
+                                  for i in range(130)))
+    before = r0.version()
+    res = r0.ctl("apply", "-f", big, check=False)
+    assert res.returncode != 0 and "etcd takes at most 120 operations" in res.stderr and "apply it in smaller parts" in res.stderr, res.stderr
+    assert r0.version() == before and r0.routes() == []
