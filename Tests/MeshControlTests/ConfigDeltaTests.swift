@@ -135,6 +135,17 @@ final class ConfigDeltaTests: XCTestCase {
         XCTAssertThrowsError(try wrongTarget.apply(to: base, heldDigest: d.base)) { XCTAssertTrue("\($0)".contains("has digest"), "\($0)") }
     }
 
+    func testTheRequestNamesItsBaseAndABadOneCountsAsNone() {
+        let base = MeshCrypto.digestHex("kind: ProxyConfig\n")
+        let r = ConfigStream.Request(version: 3, node: "127.0.0.1:1", admin: "", digest: "00ff", base: base)
+        XCTAssertTrue(r.query.hasSuffix("&base=\(base)"), r.query)
+        XCTAssertEqual(ConfigStream.Request(query: ["version": "3", "node": "127.0.0.1:1", "digest": "00ff", "base": base]), r)
+        XCTAssertFalse(ConfigStream.Request(version: 3, node: "n", admin: "").query.contains("base="))
+        for bad in ["ABCD", "12 4", "xyz", String(repeating: "a", count: 65), "0f&x=1"] {
+            XCTAssertEqual(ConfigStream.Request(query: ["version": "1", "base": bad]).base, "", bad)
+        }
+    }
+
     // MARK: blocks
 
     func testBlocksStartWhereTheRendererStartsItemsAndJoinBackExactly() {
