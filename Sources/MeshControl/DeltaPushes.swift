@@ -16,8 +16,9 @@ final class DeltaPushes: @unchecked Sendable {
     static let perScope = 4
     static let maxTexts = 1024
     static let maxBytes = 64 << 20
-    /// Deltas kept (base -> target pairs); the table starts over when full.
+    /// Deltas kept (base -> target pairs) and their bytes; the table starts over past either.
     static let maxDeltas = 1024
+    static let maxDeltaBytes = 32 << 20
 
     private struct Kept {
         var text: String
@@ -35,6 +36,7 @@ final class DeltaPushes: @unchecked Sendable {
     /// "base target" -> the delta's body section (`delta ...` line and encoding), or nil when the
     /// whole text is cheaper.
     private var deltas: [String: String?] = [:]
+    private var deltaTableBytes = 0
 
     let fullPushes = Atomic<Int>(0)
     let deltaPushes = Atomic<Int>(0)
@@ -104,8 +106,13 @@ final class DeltaPushes: @unchecked Sendable {
         let d = ConfigStream.Push.Delta(base: base, target: target, patch: ConfigDelta.make(from: b, to: text))
         let encoded = d.line + d.patch.encoded
         let worth: String? = encoded.utf8.count * 2 < text.utf8.count ? encoded : nil
-        if deltas.count >= DeltaPushes.maxDeltas { deltas.removeAll(keepingCapacity: true) }
+        let size = worth?.utf8.count ?? 0
+        if deltas.count >= DeltaPushes.maxDeltas || deltaTableBytes + size > DeltaPushes.maxDeltaBytes {
+            deltas.removeAll(keepingCapacity: true)
+            deltaTableBytes = 0
+        }
         deltas[key] = worth
+        deltaTableBytes += size
         return worth
     }
 

@@ -67,6 +67,15 @@ def test_fifty_streams_two_applies_and_signing(push_load, procs):
         assert s[f"apply_{k}_unexpected_pushes"] == "0"
     assert s["applies_completed"] == "2" and s["unexpected_pushes"] == "0"
     assert float(s["apply_all_acked_p50_ms"]) <= float(s["apply_all_acked_p99_ms"])
+    # Pushes by form: the streams name their base, so the applies reach them as deltas (each
+    # of the 100 ACKs above); the tool's counts are meshd's own.
+    assert int(s["pushes_full"]) + int(s["pushes_delta"]) == int(s["pushes_total"])
+    assert int(s["pushes_full"]) >= 50 and int(s["pushes_delta"]) >= 100, s
+    with urllib.request.urlopen(f"http://127.0.0.1:{m.admin}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    for form in ("full", "delta"):
+        assert f'meshd_config_pushes_total{{form="{form}"}} {s["pushes_" + form]}\n' in metrics, metrics
+        assert f'meshd_config_push_bytes_total{{form="{form}"}} {s["push_bytes_" + form]}\n' in metrics, metrics
     # meshd's own view agrees: every simulated node connected and ACKed the second version.
     req = urllib.request.Request(f"http://127.0.0.1:{m.admin}/v1/proxies",
                                  headers={"authorization": f"Bearer {(m.state / 'admin-token').read_text().strip()}"})
