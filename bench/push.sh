@@ -226,8 +226,8 @@ def applies_table(d):
         k += 1
     L.append("")
     if "pushes_delta" in d:
-        L.append(f"Pushes received over the whole run: {d['pushes_full']} whole texts ({num(d, 'push_bytes_full', 0) / 1e6:.1f} MB), "
-                 f"{d['pushes_delta']} deltas ({num(d, 'push_bytes_delta', 0) / 1e6:.1f} MB; trust bundle included in both).")
+        L.append(f"Pushes received over the whole run: {d['pushes_full']} whole texts ({num(d, 'push_bytes_full', 0) / 1e3:,.0f} kB), "
+                 f"{d['pushes_delta']} deltas ({num(d, 'push_bytes_delta', 0) / 1e3:,.0f} kB; trust bundle included in both).")
         L.append("")
 def procs(d, rows):
     L.append("| | CPU (% of one core) | RSS | threads |")
