@@ -22,7 +22,8 @@
 /// It is self-delimiting (a push reads exactly the delta and then its bundle section). Decoding
 /// treats the input as hostile: a bad header, a count out of its bound, an operation that copies
 /// out of the base, a literal cut short or past the declared size is refused (`ConfigDeltaError`),
-/// never a crash; applying refuses a base with another block count and a result of another size.
+/// never a crash; applying refuses a base with another block count, a result of another size,
+/// and one that is not UTF-8.
 public struct ConfigDelta: Sendable, Equatable {
     /// One step of building the new text.
     public enum Op: Sendable, Equatable {
@@ -209,7 +210,8 @@ public struct ConfigDelta: Sendable, Equatable {
             }
         }
         guard out.count == size else { throw ConfigDeltaError("makes \(out.count) bytes, not the declared \(size)") }
-        return String(decoding: out, as: UTF8.self)
+        guard let text = String(validating: out, as: UTF8.self) else { throw ConfigDeltaError("makes a text that is not UTF-8") }
+        return text
     }
 }
 

@@ -83,6 +83,7 @@ final class ConfigDeltaTests: XCTestCase {
             (ConfigDelta(baseBlocks: 3, size: Int.max, ops: []), "at most"),
             (ConfigDelta(baseBlocks: 3, size: 2, ops: [.literal([])]), "past the declared size"),
             (ConfigDelta(baseBlocks: 3, size: 2, ops: [.literal(Array("abc".utf8))]), "past the declared size 2"),
+            (ConfigDelta(baseBlocks: 3, size: 7, ops: [.copy(start: 0, count: 1), .literal([0xC3, 0x28])]), "not UTF-8"),
         ]
         for (d, expected) in cases {
             XCTAssertThrowsError(try d.apply(to: base), "\(d)") { e in
@@ -269,6 +270,37 @@ final class ConfigDeltaTests: XCTestCase {
             XCTAssertEqual(try ConfigDelta.make(from: new, to: base).apply(to: new), base, "round \(round), back")
             if got != new { break }
         }
+    }
+
+    func testDamagedEncodingsAreRefusedOrApplyWithinTheirBoundsNeverCrash() throws {
+        let store = try store(services: 30)
+        let caller = Self.id("default", "web")
+        let base = store.proxyConfig(identity: caller, node: "n").text
+        _ = try store.apply([ConfigStore.Input(file: "vs.yaml", text: Self.route("3s"))])
+        let good = Array(ConfigDelta.make(from: base, to: store.proxyConfig(identity: caller, node: "n").text).encoded.utf8)
+        var rng = Rand(state: 99)
+        var refused = 0, applied = 0
+        let interesting: [UInt8] = Array("0123456789 \ncl-".utf8) + [0, 255]
+        for _ in 0..<3000 {
+            var b = good
+            for _ in 0..<(1 + rng.below(3)) {
+                switch rng.below(4) {
+                case 0: if !b.isEmpty { b[rng.below(b.count)] = interesting[rng.below(interesting.count)] }
+                case 1: b.insert(interesting[rng.below(interesting.count)], at: rng.below(b.count + 1))
+                case 2: if !b.isEmpty { b.remove(at: rng.below(b.count)) }
+                default: b = Array(b.prefix(rng.below(b.count + 1)))
+                }
+            }
+            guard let (d, _) = try? ConfigDelta.decode(b[...]) else { refused += 1; continue }
+            if let text = try? d.apply(to: base) {
+                XCTAssertEqual(text.utf8.count, d.size)
+                applied += 1
+            } else {
+                refused += 1
+            }
+        }
+        XCTAssertGreaterThan(refused, 1000)
+        XCTAssertGreaterThan(applied, 0)
     }
 
     // MARK: meshd
