@@ -225,6 +225,10 @@ def applies_table(d):
         L.append(f"| {k} | {d[a+'version']} | {d[a+'expected']} | {d[a+'acked']} | {ms(d, a+'p50_ms')} | {ms(d, a+'all_ms')} | {d[a+'unexpected_pushes']} |")
         k += 1
     L.append("")
+    if "pushes_delta" in d:
+        L.append(f"Pushes received over the whole run: {d['pushes_full']} whole texts ({num(d, 'push_bytes_full', 0) / 1e3:,.0f} kB), "
+                 f"{d['pushes_delta']} deltas ({num(d, 'push_bytes_delta', 0) / 1e3:,.0f} kB; trust bundle included in both).")
+        L.append("")
 def procs(d, rows):
     L.append("| | CPU (% of one core) | RSS | threads |")
     L.append("|---|---:|---:|---:|")

@@ -14,7 +14,10 @@ import Glibc
 /// after a jittered back-off (first retry within 100-300 ms) and registers there; a stream meshd
 /// closed at its maximum age moves to a random one at once. The sidecar's version and digest go
 /// along, so a replica with the same config sends nothing. The last good config keeps serving
-/// meanwhile. Runs on its own thread until the identity stops.
+/// meanwhile. A push may come as a delta against the text last applied or answered (the
+/// request names its digest as `base`): applied to that text and checked against the new text's
+/// digest; one that does not apply is not answered, and the next request names no base, so
+/// meshd sends the whole text. Runs on its own thread until the identity stops.
 public final class ConfigStreamClient: @unchecked Sendable {
     let identity: WorkloadIdentity
     let registration: ConfigStream.Registration?
@@ -51,6 +54,10 @@ public final class ConfigStreamClient: @unchecked Sendable {
         /// The config with `digest` was NACKed: meshd is told, and a new certificate (which may
         /// be what it lacked: a bundle refused for want of the new root) asks for it again.
         var nacked = false
+        // The config text last applied or answered, and its text digest: the base meshd may
+        // send the next config as a delta against (ConfigDelta.swift; empty: none).
+        var baseText = ""
+        var baseDigest = ""
         var registered = false
         var isReady = false
         func becomeReady(_ why: String) {
@@ -91,7 +98,7 @@ public final class ConfigStreamClient: @unchecked Sendable {
                     if r.close { closedByMeshd(c); continue }
                 }
                 registered = true
-                let request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest, nacked: nacked)
+                let request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest, base: baseDigest, nacked: nacked)
                 let r = try c.request(method: "GET", path: "\(ConfigStream.configPath)?\(request.query)", timeoutSeconds: 40)
                 delay = ConfigStreamClient.firstRetry
                 if r.close { closedByMeshd(c) }
@@ -101,14 +108,30 @@ public final class ConfigStreamClient: @unchecked Sendable {
                     usleep(5_000_000)
                     continue
                 }
+                if r.status == 200, let why = ConfigStream.Push.deltaRefusal(r.body) {
+                    // Nothing applied: the next request names no base, so meshd sends the whole text.
+                    Log.warn("sidecar", "a config delta from meshd \(c.address) was refused (\(why)); asking for the whole config")
+                    baseText = ""; baseDigest = ""
+                    continue
+                }
                 guard r.status == 200, let push = ConfigStream.Push(body: r.body) else {
                     throw CAError("unexpected config answer from \(c.address) (\(r.status)): \(r.body.prefix(200))")
+                }
+                let text: String
+                if let d = push.delta {
+                    do { text = try d.apply(to: baseText, heldDigest: baseDigest) } catch {
+                        Log.warn("sidecar", "config version \(push.version) from meshd \(c.address) came as a delta that does not apply (\(error)); asking for the whole config")
+                        baseText = ""; baseDigest = ""
+                        continue
+                    }
+                } else {
+                    text = push.text
                 }
                 var answer = ConfigStream.Answer(version: push.version, node: node, nonce: push.nonce, error: nil)
                 do {
                     // The roots in force first: a config whose bundle is refused is not applied.
                     if !push.bundle.isEmpty { try identity.adopt(bundle: push.bundle) }
-                    let applied = try apply(push.text, push.version)
+                    let applied = try apply(text, push.version)
                     Log.info("sidecar", "config version \(push.version) from meshd applied (\(applied))")
                     becomeReady("the first config from meshd (version \(push.version)) is applied")
                 } catch {
@@ -119,6 +142,8 @@ public final class ConfigStreamClient: @unchecked Sendable {
                 have = push.version
                 digest = push.digest
                 nacked = answer.error != nil
+                baseText = text
+                baseDigest = push.delta?.target ?? MeshCrypto.digestHex(text)
                 do {
                     let ac = try open()
                     let a = try ac.request(method: "POST", path: "\(answer.path)?\(answer.query)", body: answer.body)

@@ -808,6 +808,8 @@ public struct ProxyConfigSnapshot: Sendable, Equatable {
     public var text: String
     /// The trust bundle (PEM) that travels with the config (empty: none given to the store).
     public var bundle: String = ""
+    /// The digest of the text alone (a delta push names it; DeltaPushes.swift).
+    public var textDigest: String = ""
 }
 
 /// A condition variable for waiting config streams.

@@ -184,6 +184,8 @@ public final class MeshdServer: @unchecked Sendable {
         public let node: String
         /// The digest of the config the sidecar has (empty: none yet).
         public let digest: String
+        /// The text digest of the config text it holds, to send a delta against (empty: none).
+        public var base = ""
         /// The version it has (0: none yet).
         public var version = 0
     }
@@ -206,7 +208,7 @@ public final class MeshdServer: @unchecked Sendable {
         // The node names this sidecar in meshd's state: an address, nothing else.
         guard q.node.isEmpty || SocketAddress(q.node) != nil else { return .answer(ControlResponse(400, "node: expected IP:PORT\n")) }
         store.seen(identity: id, node: q.node, admin: q.admin, digest: q.nacked ? "" : q.digest)
-        var w = ConfigWait(identity: id, node: q.node, digest: q.digest)
+        var w = ConfigWait(identity: id, node: q.node, digest: q.digest, base: q.base)
         w.version = q.version
         return .wait(w)
     }
@@ -222,9 +224,9 @@ public final class MeshdServer: @unchecked Sendable {
         // rather than being sent an older config.
         if replica != nil && snap.version < w.version { return nil }
         store.seen(identity: w.identity, node: w.node)
-        let push = ConfigStream.Push(version: snap.version, nonce: store.sent(identity: w.identity, node: w.node, version: snap.version, digest: snap.digest),
-                                     digest: snap.digest, text: snap.text, bundle: snap.bundle)
-        return ControlResponse(200, push.body, contentType: ConfigStream.Push.contentType)
+        let nonce = store.sent(identity: w.identity, node: w.node, version: snap.version, digest: snap.digest)
+        // The whole text, or a delta against the text the sidecar holds where that is cheaper.
+        return ControlResponse(200, store.scoped.deltas.body(snap, nonce: nonce, base: w.base), contentType: ConfigStream.Push.contentType)
     }
 
     // MARK: admin port
@@ -341,6 +343,7 @@ public final class MeshdServer: @unchecked Sendable {
             out += "# HELP meshd_proxy_config_version The config version each proxy acknowledged.\n# TYPE meshd_proxy_config_version gauge\n"
             for p in store.proxies() { out += "meshd_proxy_config_version{identity=\"\(p.identity)\",node=\"\(p.node)\"} \(p.ackedVersion)\n" }
             out += store.convergenceMetrics()
+            out += store.scoped.deltas.metrics()
         }
         if let api { out += api.metrics() }
         out += "# HELP meshd_trust_anchor_expiry_timestamp_seconds When each trusted root expires (Unix time).\n# TYPE meshd_trust_anchor_expiry_timestamp_seconds gauge\n"

@@ -273,6 +273,8 @@ final class ScopedRenders: @unchecked Sendable {
     private var snapshots: [String: ProxyConfigSnapshot] = [:]
     private var renders = 0
     static let limit = 4096
+    /// The last few texts of each scope, for pushes as deltas.
+    let deltas = DeltaPushes()
 
     /// The snapshot of `scope` for the state in force (`read` is called under this cache's
     /// lock, so a stream that read an older state cannot make the cache go back a version).
@@ -289,7 +291,9 @@ final class ScopedRenders: @unchecked Sendable {
         if let hit = snapshots[sc.key] { return hit }
         let text = ConfigStore.render(b, scope: sc).text
         renders += 1
-        let snap = ProxyConfigSnapshot(version: b.version, digest: MeshCrypto.digestHex(text), text: text)
+        let digest = MeshCrypto.digestHex(text)
+        let snap = ProxyConfigSnapshot(version: b.version, digest: digest, text: text, textDigest: digest)
+        deltas.remember(scope: sc.key, digest: digest, text: text)
         if snapshots.count >= ScopedRenders.limit { snapshots.removeAll(keepingCapacity: true) }
         snapshots[sc.key] = snap
         return snap

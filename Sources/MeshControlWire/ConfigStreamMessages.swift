@@ -83,24 +83,31 @@ public enum ConfigStream {
         public var node: String
         public var admin: String
         public var digest: String
+        /// The text digest (`MeshCrypto.digestHex`) of the config text the sidecar holds, which
+        /// meshd may send the next config as a delta against (empty: send it whole).
+        public var base: String
         /// The config with `digest` was refused (NACK): meshd must not count it as in force.
         public var nacked: Bool
-        public init(version: Int, node: String, admin: String, digest: String = "", nacked: Bool = false) {
-            self.version = version; self.node = node; self.admin = admin; self.digest = digest; self.nacked = nacked
+        public init(version: Int, node: String, admin: String, digest: String = "", base: String = "", nacked: Bool = false) {
+            self.version = version; self.node = node; self.admin = admin; self.digest = digest; self.base = base; self.nacked = nacked
         }
 
         public var query: String {
             "version=\(version)&node=\(ControlClient.percentEncode(node))&admin=\(ControlClient.percentEncode(admin))"
-                + (digest.isEmpty ? "" : "&digest=\(digest)") + (nacked ? "&nacked=1" : "")
+                + (digest.isEmpty ? "" : "&digest=\(digest)") + (base.isEmpty ? "" : "&base=\(base)") + (nacked ? "&nacked=1" : "")
         }
 
         /// A digest is lowercase hex, at most 64 digits; anything else counts as none.
         public init(query q: [String: String]) {
-            let d = q["digest"] ?? ""
-            let ok = d.utf8.count <= 64 && d.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
+            let d = q["digest"] ?? "", b = q["base"] ?? ""
             self.init(version: Int(q["version"] ?? "0") ?? 0, node: q["node"] ?? "",
-                      admin: (q["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? "", digest: ok ? d : "",
-                      nacked: q["nacked"] == "1")
+                      admin: (q["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? "",
+                      digest: Request.isDigest(d) ? d : "", base: Request.isDigest(b) ? b : "", nacked: q["nacked"] == "1")
+        }
+
+        /// Lowercase hex, 1 to 64 digits.
+        public static func isDigest(_ d: String) -> Bool {
+            !d.isEmpty && d.utf8.count <= 64 && d.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
         }
     }
 
@@ -108,14 +115,52 @@ public enum ConfigStream {
     /// text, then (when meshd gives one) `bundleMarker` and the trust bundle, PEM: the roots in
     /// force travel with the config, so a root rotation step reaches every sidecar at once.
     /// `DIGEST` covers the text and the bundle; the sidecar sends it back in its next request.
+    ///
+    /// Instead of the text, a push may carry a delta against a text the sidecar holds (the base it
+    /// named in its request): after the first line, `delta BASE_TEXT_DIGEST NEW_TEXT_DIGEST`,
+    /// then the encoded `ConfigDelta` (self-delimiting), then the bundle section as above. Then
+    /// `text` is empty and `delta` is set; `Delta.apply` gives the text a full push would have.
     public struct Push: Sendable, Equatable {
         public var version: Int
         public var nonce: String
         public var digest: String
         public var text: String
         public var bundle: String
+        /// Set when the push carries a delta instead of the text.
+        public var delta: Delta?
         public init(version: Int, nonce: String, digest: String, text: String, bundle: String = "") {
             self.version = version; self.nonce = nonce; self.digest = digest; self.text = text; self.bundle = bundle
+        }
+
+        /// A push of the text as a delta against the text with digest `base`.
+        public init(version: Int, nonce: String, digest: String, delta: Delta, bundle: String = "") {
+            self.init(version: version, nonce: nonce, digest: digest, text: "", bundle: bundle)
+            self.delta = delta
+        }
+
+        /// The config text as the change from a text the sidecar holds: `base` and `target` are
+        /// the text digests (`MeshCrypto.digestHex`) of that text and of the new one.
+        public struct Delta: Sendable, Equatable {
+            public var base: String
+            public var target: String
+            public var patch: ConfigDelta
+            public init(base: String, target: String, patch: ConfigDelta) { self.base = base; self.target = target; self.patch = patch }
+
+            /// The new text from the text held (`held`, whose digest is `heldDigest`): refused
+            /// when the delta is against another text, does not apply, or gives a text whose
+            /// digest is not `target`.
+            public func apply(to held: String, heldDigest: String) throws(ConfigDeltaError) -> String {
+                guard !heldDigest.isEmpty, heldDigest == base else {
+                    throw ConfigDeltaError("against the text \(base), the text held is \(heldDigest.isEmpty ? "none" : heldDigest)")
+                }
+                let text = try patch.apply(to: held)
+                let got = MeshCrypto.digestHex(text)
+                guard got == target else { throw ConfigDeltaError("the text made has digest \(got), not \(target)") }
+                return text
+            }
+
+            /// The line that opens a delta in a push.
+            public var line: String { "delta \(base) \(target)\n" }
         }
 
         /// Starts the bundle on a line of its own; the last one in a push is the marker (a
@@ -123,6 +168,10 @@ public enum ConfigStream {
         public static let bundleMarker = "# trust bundle (meshd)\n"
 
         public var body: String {
+            if let d = delta {
+                let head = "version: \(version) \(nonce) \(digest)\n" + d.line + d.patch.encoded
+                return bundle.isEmpty ? head : head + Push.bundleMarker + bundle
+            }
             let head = "version: \(version) \(nonce) \(digest)\n" + text
             guard !bundle.isEmpty else { return head }
             return head + (text.isEmpty || text.hasSuffix("\n") ? "" : "\n") + Push.bundleMarker + bundle
@@ -133,6 +182,11 @@ public enum ConfigStream {
             guard let nl = body.firstIndex(of: "\n") else { return nil }
             let first = body[..<nl].split(separator: " ")
             guard first.count == 4, first[0] == "version:", let v = Int(first[1]) else { return nil }
+            if body[body.index(after: nl)...].hasPrefix(Push.deltaPrefix) {
+                guard let p = try? Push.withDelta(version: v, nonce: String(first[2]), digest: String(first[3]), body[body.index(after: nl)...]) else { return nil }
+                self = p
+                return
+            }
             var text = String(body[body.index(after: nl)...])
             var bundle = ""
             if let m = text.ranges(of: Push.bundleMarker).last, m.lowerBound == text.startIndex || text[text.index(before: m.lowerBound)] == "\n" {
@@ -141,6 +195,41 @@ public enum ConfigStream {
                 guard !bundle.isEmpty else { return nil }
             }
             self.init(version: v, nonce: String(first[2]), digest: String(first[3]), text: text, bundle: bundle)
+        }
+
+        /// What opens a delta after the first line (a config text starts with `apiVersion:`).
+        static let deltaPrefix = "delta "
+
+        /// Reads `delta BASE TARGET`, the encoded delta, then nothing or the bundle section.
+        private static func withDelta(version: Int, nonce: String, digest: String, _ rest: Substring) throws(ConfigDeltaError) -> Push {
+            let bytes = Array(rest.utf8)
+            guard let nl = bytes.firstIndex(of: 10) else { throw ConfigDeltaError("the delta line is cut short") }
+            let words = bytes[..<nl].split(separator: 32, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+            guard words.count == 3, words[0] == "delta", Request.isDigest(words[1]), Request.isDigest(words[2]) else {
+                throw ConfigDeltaError("expected the line \"delta BASE_DIGEST NEW_DIGEST\"")
+            }
+            let (patch, used) = try ConfigDelta.decode(bytes[(nl + 1)...])
+            let after = bytes[(nl + 1 + used)...]
+            var bundle = ""
+            if !after.isEmpty {
+                let marker = Array(Push.bundleMarker.utf8)
+                guard after.count > marker.count, after.prefix(marker.count).elementsEqual(marker) else {
+                    throw ConfigDeltaError("\(after.count) bytes after the delta that are not a trust bundle section")
+                }
+                bundle = String(decoding: after.dropFirst(marker.count), as: UTF8.self)
+            }
+            return Push(version: version, nonce: nonce, digest: digest, delta: Delta(base: words[1], target: words[2], patch: patch), bundle: bundle)
+        }
+
+        /// Why `body`, a push whose text comes as a delta, cannot be read (nil: it can, or it
+        /// is not a delta push): what the sidecar logs before asking for the whole config.
+        public static func deltaRefusal(_ body: String) -> ConfigDeltaError? {
+            guard let nl = body.firstIndex(of: "\n") else { return nil }
+            let first = body[..<nl].split(separator: " ")
+            let rest = body[body.index(after: nl)...]
+            guard first.count == 4, first[0] == "version:", let v = Int(first[1]), rest.hasPrefix(deltaPrefix) else { return nil }
+            do { _ = try withDelta(version: v, nonce: String(first[2]), digest: String(first[3]), rest) } catch { return error }
+            return nil
         }
     }
 

@@ -20,6 +20,8 @@ class KeepAliveClient: Connection {
     let keepBodyBytes: Int
     /// A request is out and its response not yet read.
     private(set) var awaiting = false
+    /// The body length of the response being read (and, in `onResponse`, of the last).
+    private(set) var bodyLength = 0
 
     init(loop: EventLoop, fd: Int32, security: TransportSecurity?, keepBodyBytes: Int) {
         self.keepBodyBytes = keepBodyBytes
@@ -49,6 +51,8 @@ class KeepAliveClient: Connection {
 
     /// A complete response: `status`, the first body bytes in `kept`.
     func onResponse(status: Int) {}
+    /// Each piece of a response's body as it arrives (before `onResponse`).
+    func onBody(_ bytes: UnsafeRawBufferPointer) {}
     /// The connection ended or broke the protocol (`why` for the log); the connection is closed.
     func onFailure(_ why: String) {}
 
@@ -81,12 +85,14 @@ class KeepAliveClient: Connection {
                     failWith("response \(status) without Content-Length"); return
                 }
                 kept.removeAll(keepingCapacity: true)
+                bodyLength = bodyLeft
                 inBody = true
             }
             let n = min(bodyLeft, input.readableBytes)
             if n > 0 {
                 let keep = min(n, keepBodyBytes - kept.count)
                 if keep > 0 { kept.append(contentsOf: UnsafeBufferPointer(start: input.readPointer, count: keep)) }
+                onBody(UnsafeRawBufferPointer(start: input.readPointer, count: n))
                 input.consume(n)
                 bodyLeft -= n
             }

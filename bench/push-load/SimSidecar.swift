@@ -14,6 +14,9 @@ final class SimStream {
     let registration: ConfigStream.Registration?
     var version = 0
     var digest = ""
+    /// The text digest of the config it has, sent as `base` so meshd may push deltas (the
+    /// simulated sidecar keeps no text: it takes meshd's word for a delta's result).
+    var base = ""
     var registered = false
     var hasConfig = false
     var conn: SimConnection?
@@ -47,6 +50,10 @@ final class SimConnection: KeepAliveClient {
     let stream: SimStream
     private(set) var phase = Phase.handshake
     private var push: ConfigStream.Push?
+    /// The pushed text's digest, computed as a full push streams past (nil: no push being read).
+    private var textDigest: PushTextDigester?
+    /// The base the push being answered leaves this sidecar with.
+    private var nextBase = ""
     /// When an idle long poll gives its buffers back, and when a request is given up.
     private var hibernateAt: UInt64 = 0
     private var requestDeadline: UInt64 = 0
@@ -81,7 +88,8 @@ final class SimConnection: KeepAliveClient {
 
     private func poll() {
         phase = .polling
-        let r = ConfigStream.Request(version: stream.version, node: stream.node, admin: "", digest: stream.digest)
+        let r = ConfigStream.Request(version: stream.version, node: stream.node, admin: "", digest: stream.digest, base: stream.base)
+        textDigest = nil
         sendRequest("GET", target: "\(ConfigStream.configPath)?\(r.query)")
         armAnswerDeadline(hibernate: true)
     }
@@ -137,7 +145,12 @@ final class SimConnection: KeepAliveClient {
                 return
             }
             push = p
-            worker.pushed(stream)
+            // The second line tells a delta (`delta BASE NEW`: the new text's digest) from a full text.
+            let second = kept[(nl + 1)...].prefix { $0 != 10 }.split(separator: 32).map { String(decoding: $0, as: UTF8.self) }
+            let isDelta = second.count == 3 && second[0] == "delta"
+            nextBase = isDelta ? second[2] : textDigest?.finish() ?? ""
+            textDigest = nil
+            worker.pushed(stream, delta: isDelta, bytes: bodyLength)
             phase = .acking
             let a = ConfigStream.Answer(version: p.version, node: stream.node, nonce: p.nonce, error: nil)
             sendRequest("POST", target: "\(a.path)?\(a.query)")
@@ -147,10 +160,17 @@ final class SimConnection: KeepAliveClient {
             // As the sidecar does: the answer is given, so the next request carries this config.
             stream.version = p.version
             stream.digest = p.digest
+            stream.base = nextBase
             push = nil
             worker.acked(stream, version: p.version, refusal: status == 200 ? nil : "ACK of version \(p.version) answered \(status): \(keptText)")
             poll()
         }
+    }
+
+    override func onBody(_ bytes: UnsafeRawBufferPointer) {
+        guard phase == .polling else { return }
+        if textDigest == nil { textDigest = PushTextDigester() }
+        textDigest!.feed(bytes)
     }
 
     private var keptText: String { Printable.escaped(String(decoding: kept.prefix(160), as: UTF8.self)) }

@@ -53,6 +53,11 @@ final class Worker: @unchecked Sendable {
     let connected = Atomic<Int>(0)
     let withConfig = Atomic<Int>(0)
     let pushes = Atomic<Int>(0)
+    /// Pushes and their body bytes by form: the whole text, or a delta.
+    let fullPushes = Atomic<Int>(0)
+    let deltaPushes = Atomic<Int>(0)
+    let fullBytes = Atomic<Int>(0)
+    let deltaBytes = Atomic<Int>(0)
     let acks = Atomic<Int>(0)
     let lastPushAt = Atomic<UInt64>(0)
     let failures = Atomic<Int>(0)
@@ -168,8 +173,13 @@ final class Worker: @unchecked Sendable {
         queue.append(s)
     }
 
-    func pushed(_ s: SimStream) {
+    func pushed(_ s: SimStream, delta: Bool, bytes: Int) {
         pushes.add(1, ordering: .relaxed)
+        if delta {
+            deltaPushes.add(1, ordering: .relaxed); deltaBytes.add(bytes, ordering: .relaxed)
+        } else {
+            fullPushes.add(1, ordering: .relaxed); fullBytes.add(bytes, ordering: .relaxed)
+        }
         lastPushAt.store(loop.now, ordering: .relaxed)
         if marking && !s.expected { unexpected.add(1, ordering: .relaxed) }
     }

@@ -245,6 +245,10 @@ if opts.streams > 0 {
     summary.put("reconnects", sumAll { $0.failures.load(ordering: .relaxed) })
     summary.put("ack_refusals", sumAll { $0.refusals.load(ordering: .relaxed) })
     summary.put("pushes_total", sumAll { $0.pushes.load(ordering: .relaxed) })
+    summary.put("pushes_full", sumAll { $0.fullPushes.load(ordering: .relaxed) })
+    summary.put("pushes_delta", sumAll { $0.deltaPushes.load(ordering: .relaxed) })
+    summary.put("push_bytes_full", sumAll { $0.fullBytes.load(ordering: .relaxed) })
+    summary.put("push_bytes_delta", sumAll { $0.deltaBytes.load(ordering: .relaxed) })
     let lastErr = workers.map { $0.lastError.withLock { $0 } }.filter { !$0.isEmpty }.first
     if let e = lastErr { note("last stream error: \(e)") }
 }

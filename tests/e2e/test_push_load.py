@@ -67,15 +67,25 @@ def test_fifty_streams_two_applies_and_signing(push_load, procs):
         assert s[f"apply_{k}_unexpected_pushes"] == "0"
     assert s["applies_completed"] == "2" and s["unexpected_pushes"] == "0"
     assert float(s["apply_all_acked_p50_ms"]) <= float(s["apply_all_acked_p99_ms"])
-    # meshd's own view agrees: every simulated node connected and ACKed the second version.
+    # Pushes by form: the streams name their base, so the applies reach them as deltas (each
+    # of the 100 ACKs above); the tool's counts are meshd's own.
+    assert int(s["pushes_full"]) + int(s["pushes_delta"]) == int(s["pushes_total"])
+    assert int(s["pushes_full"]) >= 50 and int(s["pushes_delta"]) >= 100, s
+    with urllib.request.urlopen(f"http://127.0.0.1:{m.admin}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    for form in ("full", "delta"):
+        assert f'meshd_config_pushes_total{{form="{form}"}} {s["pushes_" + form]}\n' in metrics, metrics
+        assert f'meshd_config_push_bytes_total{{form="{form}"}} {s["push_bytes_" + form]}\n' in metrics, metrics
+    # meshd's own view agrees: every simulated node ACKed the second version, and, the tool
+    # having exited, none is still shown connected.
     req = urllib.request.Request(f"http://127.0.0.1:{m.admin}/v1/proxies",
                                  headers={"authorization": f"Bearer {(m.state / 'admin-token').read_text().strip()}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
-        lines = resp.read().decode().splitlines()[1:]
+        lines = resp.read().decode().splitlines()[2:]   # after the version and replica lines
     sims = {row[1]: row for row in (l.split("\t") for l in lines) if row[0].startswith("spiffe://cluster.local/ns/load-")}
     assert len(sims) == 50, lines
     for row in sims.values():
-        assert row[2] == "connected" and row[4] == f"acked {v2}", row
+        assert row[2] == "disconnected" and row[4] == f"acked {v2}", row
     # Meters: meshd's process was sampled, and the tool reported itself.
     assert float(s["meshd_idle_rss_mb"]) > 1 and int(s["meshd_idle_threads"]) >= 1
     assert float(s["load_rss_mb"]) > 1 and int(s["load_threads"]) >= 2
