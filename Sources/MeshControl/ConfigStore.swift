@@ -190,27 +190,43 @@ public final class ConfigStore: @unchecked Sendable {
 
     /// Puts a state read from the store in force when it is newer than the one in force. What
     /// this replica knows about its own sidecars (when each was last seen) stays.
-    func install(_ st: State, checked: Bool = false) {
+    func install(_ st: State, checked: Bool = false, base: State? = nil) {
         if !checked {
-            // What another replica committed was checked there; this replica checks it again
-            // (it may be newer and stricter, or the keys were written by hand): a set it
-            // refuses is not put in force, and the config in force stays.
+            // What another replica committed was checked there; this replica checks documents
+            // again (it may be newer and stricter, or the keys were written by hand). The check
+            // leaves out what only this replica knows (its callers' namespaces), so every replica
+            // decides alike. A set it refuses is not put in force: this replica stops serving
+            // (`refusal`: /ready and config streams answer 503, sidecars move to another) rather
+            // than serve a config the others have left.
             var candidate = state.withLock { $0 }
             guard st.version > candidate.version else { return }
-            candidate.documents = st.documents
-            candidate.order = st.order
-            candidate.workloads = st.workloads
-            candidate.vips = st.vips
-            do { try ConfigStore.check(candidate, trustDomain: trustDomain) } catch {
-                Log.error("store", "version \(st.version) from etcd is refused here, the config in force (version \(version)) stays: \(error.description)")
-                return
+            let documentsChanged = st.order != candidate.order || st.vips != candidate.vips
+                || st.order.contains { st.documents[$0]?.text != candidate.documents[$0]?.text }
+            if documentsChanged {
+                candidate.documents = st.documents
+                candidate.order = st.order
+                candidate.workloads = st.workloads
+                candidate.vips = st.vips
+                candidate.proxies = [:]
+                do { try ConfigStore.check(candidate, trustDomain: trustDomain) } catch {
+                    let why = "version \(st.version) from etcd is refused by this replica: \(error.description)"
+                    if refusal.withLock({ r -> Bool in defer { r = why }; return r != why }) {
+                        Log.error("store", "\(why); it stops serving until a version it accepts (the config in force, version \(version), is not served either)")
+                    }
+                    notifyChanged()
+                    return
+                }
             }
         }
+        refusal.withLock { $0 = nil }
         let v = state.withLock { s -> Int? in
             guard st.version > s.version else { return nil }
             let now = MeshCrypto.now()
             var workloads = st.workloads
             for k in workloads.keys {
+                // This replica's own commit did not change who holds it: a move that came in
+                // meanwhile (`moved`) stays.
+                if let b = base, let o = s.workloads[k], b.workloads[k]?.holder == workloads[k]!.holder { workloads[k]!.holder = o.holder }
                 if let o = s.workloads[k] { workloads[k]!.lastSeen = o.lastSeen; workloads[k]!.connected = o.connected } else {
                     workloads[k]!.lastSeen = now
                     workloads[k]!.connected = true
@@ -245,7 +261,7 @@ public final class ConfigStore: @unchecked Sendable {
         }
         var installed = next
         installed.version = v
-        install(installed, checked: true)
+        install(installed, checked: true, base: current)
         return v
     }
 
@@ -271,6 +287,7 @@ public final class ConfigStore: @unchecked Sendable {
             if let r = try attempt(&at) { return r }
             waitForVersion(at)
         }
+        if let why = refusal.withLock({ $0 }) { throw ConfigError(file: "(the store)", message: "\(what): \(why)") }
         throw ConfigError(file: "(the store)", message: "\(what): other replicas kept changing the config for 8 s (or this replica's view of etcd is behind); try again")
     }
 
@@ -519,13 +536,13 @@ public final class ConfigStore: @unchecked Sendable {
                 }
             }
         }
-        if let etcd, same && moved {
+        if let etcd, same && moved && etcd.hasRegistryKey(key) {
             // Only the holder changed: its own key, no new version (EtcdStateStore.moveHolder).
             var ok = false
             do { ok = try etcd.moveHolder(key: key, to: w) } catch {
                 if case .failed(let why) = error { throw ConfigError(file: "(the store)", message: "cannot persist: \(why)") }
             }
-            guard ok else { conflictAt = 0; return false }
+            guard ok else { usleep(50_000); conflictAt = 0; return false }   // the key moved meanwhile: read again shortly
             state.withLock { s in s.workloads[key]?.holder = w.holder; s.workloads[key]?.lastSeen = now; s.workloads[key]?.connected = true }
             return true
         }
@@ -551,7 +568,7 @@ public final class ConfigStore: @unchecked Sendable {
     /// sidecars sharing an identity (its registered address, or its own id for a caller-only one).
     /// `digest`: the config the sidecar says it has (its last answered one); taken as its ACKed
     /// config when this meshd sent it nothing yet (after a restart, or from another replica).
-    public func seen(identity: String, node: String, admin: String = "", digest: String = "") {
+    public func seen(identity: String, node: String, admin: String = "", digest: String = "", nacked: Bool = false) {
         let now = MeshCrypto.now()
         state.withLock { s in
             let k = "\(identity)|\(node)"
@@ -561,6 +578,9 @@ public final class ConfigStore: @unchecked Sendable {
             s.proxies[k]!.lastSeen = now
             if !admin.isEmpty { s.proxies[k]!.admin = admin }
             if !digest.isEmpty && s.proxies[k]!.sentDigest.isEmpty { s.proxies[k]!.ackedDigest = digest }
+            if nacked && s.proxies[k]!.sentDigest.isEmpty && s.proxies[k]!.nack == nil {
+                s.proxies[k]!.nack = "the config it has was refused (NACKed) where it was sent: at another replica or before meshd restarted"
+            }
         }
     }
 
@@ -589,6 +609,16 @@ public final class ConfigStore: @unchecked Sendable {
         }
     }
 
+    /// Why this replica refuses the config in etcd (nil: it accepts it and serves).
+    public let refusal = Locked<String?>(nil)
+
+    /// Whether a sidecar at `version` must wait here rather than be sent an older config
+    /// (shared store: this replica's view is behind etcd; see `EtcdStateStore.isBehind`).
+    public func shouldWait(forVersion version: Int) -> Bool {
+        guard let etcd, version > self.version else { return false }
+        return etcd.isBehind(version)
+    }
+
     /// When the leader first saw each workload whose holder replica is gone (shared store).
     private let orphanSince = Locked<[String: Int64]>([:])
 
@@ -600,6 +630,7 @@ public final class ConfigStore: @unchecked Sendable {
     /// another replica's is left for the next round.
     public func expireShared(fence: EtcdCompare?, live: Set<String>?) {
         guard let etcd else { return expire() }
+        etcd.refreshLatest()
         let now = MeshCrypto.now()
         state.withLock { s in
             for (k, p) in s.proxies where now - p.lastSeen > min(40, grace) && s.streams[k] == nil { s.proxies[k]!.connected = false }
@@ -628,8 +659,14 @@ public final class ConfigStore: @unchecked Sendable {
         // At most 100 removals a transaction (etcd's limit on operations).
         let batches = stride(from: 0, to: own.count, by: 100).map { (Array(own[$0..<min($0 + 100, own.count)]), nil as EtcdCompare?, "its sidecar is gone") }
             + stride(from: 0, to: orphans.count, by: 100).map { (Array(orphans[$0..<min($0 + 100, orphans.count)]), fence, "its replica is gone and its sidecar did not come back") }
-        for (keys, f, why) in batches {
+        for (chosen, f, why) in batches {
             let base = state.withLock { $0 }
+            // Chosen on an earlier view: a sidecar that came back or moved meanwhile stays.
+            let keys = chosen.filter { k in
+                guard let w = base.workloads[k], base.streams[k] == nil else { return false }
+                return f == nil ? (w.holder == etcd.replica && now - w.lastSeen > grace) : w.holder != etcd.replica
+            }
+            if keys.isEmpty { continue }
             var next = base
             for k in keys { next.workloads.removeValue(forKey: k) }
             var at = 0

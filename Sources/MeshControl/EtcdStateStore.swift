@@ -56,13 +56,35 @@ final class EtcdStateStore: @unchecked Sendable {
             let map = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
             mirror.withLock { $0 = (map, revision) }
             return try EtcdStateStore.state(from: map)
-        } catch let e as EtcdError {
-            throw CAError("etcd (\(endpoints)): \(e.description)")
-        } catch let e as CAError {
-            throw e
         } catch {
-            throw CAError("etcd (\(endpoints)): \(error)")
+            throw EtcdStateStore.startError(error, endpoints)
         }
+    }
+
+    /// An error at start (reading the store, the shared secrets, the replica's id) as meshd
+    /// reports it: etcd's own errors name the endpoints given; meshd's pass as they are.
+    static func startError(_ error: any Error, _ endpoints: String) -> CAError {
+        if let e = error as? CAError { return e }
+        if let e = error as? EtcdError { return CAError("etcd (\(endpoints)): \(e.description)") }
+        return CAError("etcd (\(endpoints)): \(error)")
+    }
+
+    /// Whether a sidecar's version is one this replica should wait for rather than answer with
+    /// an older config: its view (the mirror) has not reached that version yet, and etcd does
+    /// hold it (a version from another etcd history, or beyond what etcd holds, is not waited for).
+    /// Asked on an API loop: no I/O there; etcd's latest version comes from `refreshLatest`,
+    /// which the store's background thread calls every 2 s.
+    func isBehind(_ version: Int) -> Bool {
+        guard Int64(version) > revision else { return false }
+        return version <= latest.withLock { $0 }
+    }
+
+    /// etcd's latest config version as last read (`refreshLatest`).
+    private let latest = Locked<Int>(0)
+
+    /// Reads etcd's latest config version (a linearizable read; kept when etcd cannot say).
+    func refreshLatest() {
+        if let v = storedVersion() { latest.withLock { $0 = v } }
     }
 
     /// The revision the mirror is at.
@@ -118,12 +140,12 @@ final class EtcdStateStore: @unchecked Sendable {
             ops.append(.put(EtcdStateStore.registry + k, Array(line.utf8)))
         }
         var compare: [EtcdCompare] = [.modRevision(EtcdStateStore.rev, Int64(current.version))]
-        let known = mirror.withLock { $0.kvs }
-        for k in current.workloads.keys where next.workloads[k] == nil {
+        for (k, w) in current.workloads where next.workloads[k] == nil {
             ops.append(.delete(EtcdStateStore.registry + k))
-            // A workload whose sidecar moved to another replica since (a put that does not
-            // move `rev`) is not removed on an old view of it.
-            if let kv = known[EtcdStateStore.registry + k] { compare.append(.modRevision(kv.key, kv.modRevision)) }
+            // Removed only as this view has it: a workload whose sidecar moved to another
+            // replica since (a put that does not move `rev`) now names another holder, and the
+            // transaction fails instead of removing a live workload.
+            compare.append(.value(EtcdStateStore.registry + k, Array((StateFiles.line(of: w) + "\t" + w.holder).utf8)))
         }
         if next.vips != current.vips { ops.append(.put(EtcdStateStore.vips, Array(next.vips.serialized().utf8))) }
         if next.order != current.order { ops.append(.put(EtcdStateStore.order, Array(next.order.joined(separator: "\n").utf8))) }
@@ -135,7 +157,8 @@ final class EtcdStateStore: @unchecked Sendable {
         // etcd's limits on one transaction (--max-txn-ops 128, --max-request-bytes 1.5 MiB, and
         // values travel base64): say so rather than fail at etcd on every retry.
         let bytes = ops.reduce(0) { n, op in if case .put(let k, let v, _) = op { return n + k.utf8.count + v.count } else { return n } }
-        if ops.count + compare.count > EtcdStateStore.maxTxnOps || bytes > EtcdStateStore.maxTxnBytes {
+        // etcd bounds the compares and the operations of a transaction each (not their sum).
+        if ops.count > EtcdStateStore.maxTxnOps || compare.count > EtcdStateStore.maxTxnOps || bytes > EtcdStateStore.maxTxnBytes {
             throw .failed("this change writes \(ops.count) key(s), \(bytes) bytes, in one etcd transaction; etcd takes at most "
                           + "\(EtcdStateStore.maxTxnOps) operations and about \(EtcdStateStore.maxTxnBytes / 1000) kB: apply it in smaller parts")
         }
@@ -161,6 +184,9 @@ final class EtcdStateStore: @unchecked Sendable {
     /// is put on its own key guarded by that key's mod revision. It does not move `rev`: no new
     /// config version, nothing to validate or render, nothing pushed. Returns false when the
     /// key changed meanwhile (the caller reads again).
+    /// Whether the mirror has this workload's registry key (a move can be written on it alone).
+    func hasRegistryKey(_ key: String) -> Bool { mirror.withLock { $0.kvs[EtcdStateStore.registry + key] != nil } }
+
     func moveHolder(key: String, to w: ConfigStore.Workload) throws(CommitError) -> Bool {
         let k = EtcdStateStore.registry + key
         guard let kv = mirror.withLock({ $0.kvs[k] }) else { return false }
@@ -203,8 +229,11 @@ final class EtcdStateStore: @unchecked Sendable {
                         m.revision = max(m.revision, rev)
                         return moved
                     }
-                    if moved { self.installMirror(install) } else if !registryPuts.isEmpty {
-                        // Sidecars that moved between replicas: only their holder changed.
+                    if moved { self.installMirror(install) }
+                    if !registryPuts.isEmpty {
+                        // Sidecars that moved between replicas (only their holder changed; also
+                        // when a commit came in the same batch and its version was already in
+                        // force here): who holds them follows what etcd has.
                         var moves: [String: String] = [:]
                         for (k, line) in registryPuts {
                             if let w = try? StateFiles.workload(fromLine: Substring(line), at: k, holder: true) { moves[k] = w.holder }

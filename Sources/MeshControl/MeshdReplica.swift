@@ -57,12 +57,8 @@ public final class MeshdReplica: @unchecked Sendable {
                 throw CAError("etcd (\(endpoints)): \(tk) and \(at) must hold 64 and 48 hex digits; restore them or remove both")
             }
             return (r.gets[0].valueText, r.gets[1].valueText)
-        } catch let e as EtcdError {
-            throw CAError("etcd (\(endpoints)): \(e.description)")
-        } catch let e as CAError {
-            throw e
         } catch {
-            throw CAError("etcd (\(endpoints)): \(error)")
+            throw EtcdStateStore.startError(error, endpoints)
         }
     }
 
@@ -86,12 +82,8 @@ public final class MeshdReplica: @unchecked Sendable {
                 }
                 usleep(500_000)
             }
-        } catch let e as EtcdError {
-            throw CAError("etcd (\(endpoints)): \(e.description)")
-        } catch let e as CAError {
-            throw e
         } catch {
-            throw CAError("etcd (\(endpoints)): \(error)")
+            throw EtcdStateStore.startError(error, endpoints)
         }
     }
 

@@ -207,7 +207,8 @@ public final class MeshdServer: @unchecked Sendable {
         let q = ConfigStream.Request(query: r.query)
         // The node names this sidecar in meshd's state: an address, nothing else.
         guard q.node.isEmpty || SocketAddress(q.node) != nil else { return .answer(ControlResponse(400, "node: expected IP:PORT\n")) }
-        store.seen(identity: id, node: q.node, admin: q.admin, digest: q.nacked ? "" : q.digest)
+        if let why = store.refusal.withLock({ $0 }) { return .answer(ControlResponse(503, "this replica does not serve: \(why)\n")) }
+        store.seen(identity: id, node: q.node, admin: q.admin, digest: q.nacked ? "" : q.digest, nacked: q.nacked)
         var w = ConfigWait(identity: id, node: q.node, digest: q.digest, base: q.base)
         w.version = q.version
         return .wait(w)
@@ -217,12 +218,14 @@ public final class MeshdServer: @unchecked Sendable {
     /// from what it has; nil while it does not. Each push gets a nonce its ACK must carry.
     public func configAnswer(_ w: ConfigWait) -> ControlResponse? {
         guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
+        // A replica that refuses the config in etcd sends its streams away (to another replica).
+        if let why = store.refusal.withLock({ $0 }) { return ControlResponse(503, "this replica does not serve: \(why)\n") }
         let snap = store.proxyConfig(identity: w.identity, node: w.node)
         if snap.digest == w.digest { return nil }
         // On the shared store versions are etcd revisions, the same on every replica: a sidecar
         // that comes from a replica further ahead waits here until this one has caught up,
         // rather than being sent an older config.
-        if replica != nil && snap.version < w.version { return nil }
+        if replica != nil && snap.version < w.version && store.shouldWait(forVersion: w.version) { return nil }
         store.seen(identity: w.identity, node: w.node)
         let nonce = store.sent(identity: w.identity, node: w.node, version: snap.version, digest: snap.digest)
         // The whole text, or a delta against the text the sidecar holds where that is cheaper.
@@ -240,6 +243,7 @@ public final class MeshdServer: @unchecked Sendable {
     func handleAdmin(_ r: ControlRequest) -> ControlResponse {
         switch (r.method, r.path) {
         case ("GET", "/ready"):
+            if let why = store?.refusal.withLock({ $0 }) { return ControlResponse(503, "not serving: \(why)\n") }
             return ControlResponse(200, "ready\n")
         case ("GET", "/metrics"):
             return ControlResponse(200, metrics(), contentType: "text/plain; version=0.0.4")

@@ -81,7 +81,7 @@ final class EtcdCluster: @unchecked Sendable {
                        "--initial-cluster", initialCluster, "--initial-cluster-state", "new",
                        "--initial-cluster-token", token, "--logger", "zap", "--log-level", "error"]
         let log = FileHandle(forWritingAtPath: "\(dir)/\(m.name).log") ?? {
-            FileManager.default.createFile(atPath: "\(dir)/\(m.name).log", contents: nil)
+            _ = FileManager.default.createFile(atPath: "\(dir)/\(m.name).log", contents: nil)
             return FileHandle(forWritingAtPath: "\(dir)/\(m.name).log")!
         }()
         p.standardOutput = log
