@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 _PREFIX = "mh-"
@@ -37,6 +38,34 @@ _counter = itertools.count()
 def _ip(*args, check=True):
     # Generous: creating a namespace waits for the kernel to finish tearing down earlier ones.
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def _pids_in(name):
+    """The processes in namespace `name`. `ip netns pids` reads every process's /proc entry and
+    can hang on one that is being torn down: it gets 10 s, then our own scan gets 10 s on a
+    thread of its own; a cleanup never hangs or raises on it (the namespace is deleted anyway)."""
+    try:
+        return subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10).stdout.split()
+    except subprocess.TimeoutExpired:
+        pass
+    found = []
+
+    def scan():
+        try:
+            want = os.stat(f"/run/netns/{name}").st_ino
+        except OSError:
+            return
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    if os.stat(f"/proc/{pid}/ns/net").st_ino == want:
+                        found.append(pid)
+                except OSError:
+                    pass
+    t = threading.Thread(target=scan, daemon=True)
+    t.start()
+    t.join(10)
+    return list(found)
 
 
 def _reap_stale():
@@ -178,8 +207,7 @@ for a in sys.argv[2:]:
                 pass
         for name in reversed(self._namespaces):
             # A namespace still used by a process outside our list would linger; kill those too.
-            pids = _ip("netns", "pids", name, check=False).stdout.split()
-            for pid in pids:
+            for pid in _pids_in(name):
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, ValueError):

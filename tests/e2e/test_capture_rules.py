@@ -78,8 +78,8 @@ def netns(request):
         for ns in made:
             # The rules go with the namespace; remove also deletes the state file apply wrote.
             subprocess.run(["ip", "netns", "exec", ns.name, str(MESHCTL), "capture", "remove"], capture_output=True)
-            pids = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True).stdout.split()
-            for pid in pids:
+            from netns import _pids_in
+            for pid in _pids_in(ns.name):
                 try:
                     os.kill(int(pid), 9)
                 except ProcessLookupError:

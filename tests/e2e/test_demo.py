@@ -169,7 +169,8 @@ class Demo:
             os.killpg(self.p.pid, signal.SIGKILL)
             self.p.wait(timeout=10)
         for ns in namespaces(self.pid):
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+            from netns import _pids_in
+            for pid in _pids_in(ns):
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, ValueError):
