@@ -122,6 +122,14 @@ start_etcd() {
 
 # load NAME ARGS...: runs push-load against the meshd(s) started last; its summary -> OUT/NAME.kv.
 FAILED=""
+# CSR signing against one meshd on the file store; its summary is $OUT/NAME.kv.
+csr_one() {
+    start_meshd "$1"
+    ROOT_CERT="$OUT/$1/root-cert.pem"; ADMIN_TOKEN="$OUT/$1/admin-token"
+    load "$1" --api "127.0.0.1:$API" --admin "http://127.0.0.1:$ADMIN" --watch-pid "$MESHD_PID" \
+        --streams 0 --csr-clients "$CSR_C" --csr-seconds "$CSR_SECONDS"
+}
+
 load() {
     local name="$1"; shift
     local rc=0
@@ -162,10 +170,7 @@ for s in $SCENARIOS; do
         CSR_SETUP="one meshd on the file store"
         if [ "$REPLICAS" = 3 ] && "$MESHD_BIN" --help 2>&1 | grep -q -- '--store'; then
             # First one meshd on the file store, the same clients: the baseline of this run.
-            start_meshd csr1
-            ROOT_CERT="$OUT/csr1/root-cert.pem"; ADMIN_TOKEN="$OUT/csr1/admin-token"
-            load csr1 --api "127.0.0.1:$API" --admin "http://127.0.0.1:$ADMIN" --watch-pid "$MESHD_PID" \
-                --streams 0 --csr-clients "$CSR_C" --csr-seconds "$CSR_SECONDS"
+            csr_one csr1
             echo "setup=one meshd on the file store" >> "$OUT/csr1.kv"
             stop_all
             "$ROOT/certs/make-pki.sh" "$OUT/ca" bench >/dev/null
@@ -181,10 +186,7 @@ for s in $SCENARIOS; do
                 --watch-pid "$(IFS=,; echo "${pids[*]}")" --streams 0 --csr-clients "$CSR_C" --csr-seconds "$CSR_SECONDS"
         else
             [ "$REPLICAS" = 3 ] && CSR_SETUP="one meshd on the file store (REPLICAS=3 was asked, but this meshd has no --store flag)"
-            start_meshd csr
-            ROOT_CERT="$OUT/csr/root-cert.pem"; ADMIN_TOKEN="$OUT/csr/admin-token"
-            load csr --api "127.0.0.1:$API" --admin "http://127.0.0.1:$ADMIN" --watch-pid "$MESHD_PID" \
-                --streams 0 --csr-clients "$CSR_C" --csr-seconds "$CSR_SECONDS"
+            csr_one csr
         fi
         echo "setup=$CSR_SETUP" >> "$OUT/csr.kv"
         stop_all
