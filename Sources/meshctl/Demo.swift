@@ -166,7 +166,7 @@ func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
     }
     say("starting reviews v1 and v2 (the sample app) and productpage (a caller), each with its sidecar")
     for v in ["v1", "v2"] {
-        let p = freePort()
+        let p = freeAppPort()
         // Each version on its own app port, both registering the service port callers use.
         run("reviews", ["--label", "version=\(v)", "--app-port", String(p), "--service-port", "9080"],
             [me, "demo-app", "--name", "reviews-\(v)", "--port", String(p)])
@@ -192,4 +192,17 @@ func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
     }
     say("done: the canary went from 100/0 to 0/100 with every request over mutual TLS")
     stopAll(0)
+}
+
+/// A free port for a demo app, below the kernel's ephemeral range (32768 and up): a port the
+/// kernel hands out for `bind(0)` (each `meshctl run` picks its sidecar's ports so, at the same
+/// moment) can never be one chosen here, so the app's later bind cannot find it taken.
+func freeAppPort() -> Int {
+    var rng = SystemRandomNumberGenerator()
+    for _ in 0..<200 {
+        let port = Int.random(in: 20000..<32000, using: &rng)
+        let fd = Socket.listen(SocketAddress(host: "127.0.0.1", port: port)!, reusePort: false)
+        if fd >= 0 { close(fd); return port }
+    }
+    return freePort()
 }
