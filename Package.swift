@@ -67,10 +67,13 @@ let package = Package(
         .target(name: "MeshCapture", dependencies: ["MeshCore"]),
         // etcd v3 through its JSON gateway (blocking HTTP/1.1), and leader election on a lease.
         .target(name: "MeshEtcd", dependencies: ["MeshCore", "MeshIO"]),
-        .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture"]),
+        // meshctl kube-inject and kube-manifests (DESIGN §11): Kubernetes manifests through MeshYAML.
+        .target(name: "MeshKube", dependencies: ["MeshYAML", "MeshCore", "MeshCapture"]),
+        .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture", "MeshKube"]),
         // Simulated sidecars for bench/push.sh: config streams on MeshIO event loops.
         .executableTarget(name: "push-load", dependencies: ["MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshHTTP", "MeshIO", "MeshCore"],
                           path: "bench/push-load"),
+        .testTarget(name: "MeshKubeTests", dependencies: ["MeshKube", "MeshYAML", "MeshCapture", "MeshAgent", "MeshCore"]),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshIOTests", dependencies: ["MeshIO", "MeshCore"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore", "CNghttp2"]),

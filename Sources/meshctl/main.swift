@@ -102,6 +102,15 @@ let specs: [Flags.Spec] = [
 ] + CaptureOptions.flagSpecs.filter { $0.name != "help" }
 // `meshctl capture ...` takes its own flags (none of the global ones apply to it).
 if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
+// Commands that never talk to meshd's admin API take their own flags too.
+if CommandLine.arguments.count > 1 {
+    switch CommandLine.arguments[1] {
+    case "kube-inject": runKubeInject(Array(CommandLine.arguments.dropFirst(2)))
+    case "kube-manifests": runKubeManifests(Array(CommandLine.arguments.dropFirst(2)))
+    case "wait-ready": runWaitReady(Array(CommandLine.arguments.dropFirst(2)))
+    default: break
+    }
+}
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
 if flags.has("help") || flags.positional.isEmpty { print(usage, terminator: ""); exit(flags.has("help") ? 0 : 2) }

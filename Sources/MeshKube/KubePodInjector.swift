@@ -1,0 +1,267 @@
+import MeshYAML
+
+/// Injects the sidecar into one pod template (a mapping with `metadata` and `spec`) and takes it
+/// out again, using the status annotation as the record of what was added.
+struct KubePodInjector {
+    typealias O = KubeInjectOptions
+    let doc: YAMLDocument
+    let options: KubeInjectOptions
+    /// The workload's own name (metadata.name), the last fallback for the service name.
+    let workloadName: String?
+    /// Warnings for the report (a probe left as it was, a Job that will not complete...).
+    var notes: [String] = []
+
+    init(doc: YAMLDocument, options: KubeInjectOptions, workloadName: String?) {
+        self.doc = doc; self.options = options; self.workloadName = workloadName
+    }
+
+    var d: Int { doc.index }
+
+    static func statusText(_ t: YAMLNode) -> String? {
+        t["metadata"]?["annotations"]?[KubeInjectStatus.annotation]?.scalar
+    }
+
+    // MARK: inject
+
+    /// Returns "injected (classic)" or the reason it was skipped.
+    mutating func inject(_ t: inout YAMLNode, kind: String) throws(KubeError) -> String {
+        guard t.pairs != nil else { throw KubeError(document: d, line: t.line, "the pod template: expected a mapping") }
+        if KubePodInjector.statusText(t) != nil { try uninject(&t) }
+        let s = try KubePodSettings.read(template: t, doc: doc)
+        guard s.inject else { return "skipped (\(s.skipReason ?? "opted out"))" }
+        let native = options.nativeSidecar
+        if native && s.holdGiven && !s.hold {
+            throw KubeError(document: d, line: t.line, "annotation proxy.istio.io/config: holdApplicationUntilProxyStarts: false cannot apply to a native sidecar (Kubernetes starts it before the app)")
+        }
+        guard let spec = t["spec"], spec.pairs != nil else { throw KubeError(document: d, line: t.line, "the pod template has no spec mapping") }
+        guard let containers = spec["containers"]?.items, !containers.isEmpty else {
+            throw KubeError(document: d, line: spec.line, "spec.containers: expected at least one container")
+        }
+        // Names this injection adds must be free.
+        for (list, names) in [("containers", [O.proxyName, O.initName]), ("initContainers", [O.proxyName, O.initName]),
+                              ("volumes", [O.tokenVolume, O.configVolume, O.podinfoVolume, O.initRunVolume])] {
+            for item in spec[list]?.items ?? [] where names.contains(item["name"]?.scalar ?? "") {
+                throw KubeError(document: d, line: item.line, "spec.\(list): \(item["name"]!.scalar!) is a name kube-inject adds (without its \(KubeInjectStatus.annotation) annotation)")
+            }
+        }
+        var status = KubeInjectStatus()
+        status.mode = native ? "native" : "classic"
+        var app = try appInfo(t, containers)
+        // Probes first (they change the app containers, and the sidecar needs their targets).
+        try KubeWorkloads.edit(&t, ["spec", "containers"][...], document: d, where: "") { (list: inout YAMLNode) throws(KubeError) in
+            for i in 0..<(list.items?.count ?? 0) {
+                var c = list.items![i]
+                try rewriteProbes(&c, settings: s, app: &app, status: &status)
+                list.withItem(at: i) { $0 = c }
+            }
+        }
+        if kind == "Job" || kind == "CronJob", !native {
+            notes.append("a classic sidecar keeps a \(kind)'s pod running after the app exits; use --native-sidecar (Kubernetes 1.29+) so the pod completes")
+        }
+        let initC = KubeSidecarNodes.initContainer(s, options)
+        let hold = native || s.hold
+        let proxy = KubeSidecarNodes.proxyContainer(app, s, options, native: native, hold: hold)
+        try KubeWorkloads.edit(&t, ["spec"][...], document: d, where: "") { (spec: inout YAMLNode) throws(KubeError) in
+            if spec["initContainers"] == nil {
+                spec.set("initContainers", .sequence([]))
+                status.created.append("spec.initContainers")
+            }
+            if spec["volumes"] == nil {
+                spec.set("volumes", .sequence([]))
+                status.created.append("spec.volumes")
+            }
+            try KubeWorkloads.edit(&spec, ["initContainers"][...], document: d, where: "spec") { (l: inout YAMLNode) throws(KubeError) in
+                guard l.items != nil else { throw KubeError(document: d, line: l.line, "spec.initContainers: expected a list") }
+                if native {
+                    // First: capture, then the proxy, so later init containers' traffic goes through it.
+                    l.insert(initC, at: 0)
+                    l.insert(proxy, at: 1)
+                } else {
+                    // Last: earlier init containers run before capture (there is no proxy yet to serve them).
+                    l.insert(initC, at: l.items!.count)
+                }
+            }
+            status.initContainers = native ? [O.initName, O.proxyName] : [O.initName]
+            if !native {
+                try KubeWorkloads.edit(&spec, ["containers"][...], document: d, where: "spec") { (l: inout YAMLNode) throws(KubeError) in
+                    l.insert(proxy, at: hold ? 0 : l.items!.count)
+                }
+                status.containers = [O.proxyName]
+            }
+            try KubeWorkloads.edit(&spec, ["volumes"][...], document: d, where: "spec") { (l: inout YAMLNode) throws(KubeError) in
+                guard l.items != nil else { throw KubeError(document: d, line: l.line, "spec.volumes: expected a list") }
+                for (name, v) in KubeSidecarNodes.volumes() {
+                    l.insert(v, at: l.items!.count)
+                    status.volumes.append(name)
+                }
+            }
+        }
+        // Annotations: what was added is recorded; the status goes last.
+        if t["metadata"] == nil {
+            t.set("metadata", .mapping([]))
+            status.created.append("metadata")
+        }
+        let firstApp = containers.first?["name"]?.scalar
+        try KubeWorkloads.edit(&t, ["metadata"][...], document: d, where: "") { (m: inout YAMLNode) throws(KubeError) in
+            guard m.pairs != nil else { throw KubeError(document: d, line: m.line, "metadata: expected a mapping") }
+            if m["annotations"] == nil || m["annotations"]!.isNull {
+                // A null value (`annotations:` or `~`) is recorded as written, to be put back.
+                status.created.append(m["annotations"].map { "metadata.annotations=" + ($0.scalar ?? "") } ?? "metadata.annotations")
+                m.set("annotations", .mapping([]))
+            }
+            try KubeWorkloads.edit(&m, ["annotations"][...], document: d, where: "metadata") { (a: inout YAMLNode) throws(KubeError) in
+                guard a.pairs != nil else { throw KubeError(document: d, line: a.line, "metadata.annotations: expected a mapping") }
+                func add(_ k: String, _ v: String) {
+                    a.set(k, .string(v))
+                    status.annotations.append(k)
+                }
+                if !native && hold, let first = firstApp, a["kubectl.kubernetes.io/default-container"] == nil {
+                    add("kubectl.kubernetes.io/default-container", first)
+                }
+                if a["prometheus.io/scrape"] == nil && a["prometheus.io/port"] == nil && a["prometheus.io/path"] == nil {
+                    add("prometheus.io/scrape", "true")
+                    add("prometheus.io/port", "\(O.statusPort)")
+                    add("prometheus.io/path", "/stats/prometheus")
+                }
+                a.set(KubeInjectStatus.annotation, .string(status.json))
+            }
+        }
+        return "injected (\(status.mode))"
+    }
+
+    /// The service name, app port and protocol from the pod's labels and first container port.
+    func appInfo(_ t: YAMLNode, _ containers: [YAMLNode]) throws(KubeError) -> KubeSidecarNodes.App {
+        let labels = doc.lookup(t, "metadata").map { doc.resolve($0) }.flatMap { doc.lookup($0, "labels") }.map { doc.resolve($0) }
+        var service: String? = nil
+        for key in ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"] {
+            if let l = labels, let v = doc.lookup(l, key)?.scalar, !v.isEmpty { service = v; break }
+        }
+        guard let svc = service ?? workloadName else {
+            throw KubeError(document: d, line: t.line, "no service name: give the pod an app or app.kubernetes.io/name label (or the workload a metadata.name)")
+        }
+        var app = KubeSidecarNodes.App(service: svc, port: nil, proto: "http")
+        outer: for c in containers {
+            for p in doc.lookup(c, "ports").map({ doc.resolve($0) })?.items ?? [] {
+                let proto = doc.lookup(p, "protocol")?.scalar ?? "TCP"
+                guard proto == "TCP", let v = doc.lookup(p, "containerPort")?.scalar, let n = Int(v), n >= 1, n <= 65535 else { continue }
+                app.port = n
+                app.proto = KubePodInjector.protocolOf(appProtocol: doc.lookup(p, "appProtocol")?.scalar, name: doc.lookup(p, "name")?.scalar)
+                break outer
+            }
+        }
+        return app
+    }
+
+    /// Istio's protocol selection: `appProtocol`, else the port name's prefix; unnamed: http.
+    static func protocolOf(appProtocol: String?, name: String?) -> String {
+        let word = (appProtocol ?? name ?? "").lowercased()
+        let prefix = word.split(separator: "-", maxSplits: 1).first.map(String.init) ?? ""
+        switch prefix {
+        case "http2", "h2c": return "http2"
+        case "grpc": return "grpc"
+        case "tcp", "tls", "https", "mongo", "mysql", "redis", "kafka": return "tcp"
+        default: return "http"
+        }
+    }
+
+    /// Sends each HTTP probe of a captured port through the sidecar's status port (the kubelet's
+    /// plaintext probe would otherwise meet mutual TLS); records the original for uninject.
+    mutating func rewriteProbes(_ c: inout YAMLNode, settings s: KubePodSettings, app: inout KubeSidecarNodes.App,
+                                status: inout KubeInjectStatus) throws(KubeError) {
+        guard let cname = c["name"]?.scalar else { throw KubeError(document: d, line: c.line, "a container without a name") }
+        for (probe, word) in [("readinessProbe", "readyz"), ("livenessProbe", "livez"), ("startupProbe", "startupz")] {
+            guard let p = c[probe], let h = p["httpGet"] else {
+                if let p = c[probe], p["grpc"] != nil || p["tcpSocket"] != nil {
+                    notes.append("container \(cname) \(probe): a \(p["grpc"] != nil ? "grpc" : "tcpSocket") probe is not rewritten (it reaches the sidecar, not the app)")
+                }
+                continue
+            }
+            if case .alias = h.kind { notes.append("container \(cname) \(probe): httpGet is an alias; not rewritten"); continue }
+            if case .alias = p.kind { notes.append("container \(cname) \(probe): an alias; not rewritten"); continue }
+            guard s.rewriteProbes else { continue }
+            if h["host"] != nil || h["httpHeaders"] != nil || (h["scheme"]?.scalar ?? "HTTP") != "HTTP" {
+                notes.append("container \(cname) \(probe): httpGet with host, httpHeaders or HTTPS is not rewritten")
+                continue
+            }
+            guard let portNode = h["port"], let portText = portNode.scalar else {
+                throw KubeError(document: d, line: h.line, "container \(cname) \(probe).httpGet: no port")
+            }
+            var port = Int(portText)
+            if port == nil {
+                // A named port: the container's port of that name.
+                for cp in c["ports"]?.items ?? [] where cp["name"]?.scalar == portText {
+                    port = cp["containerPort"]?.scalar.flatMap { Int($0) }
+                }
+            }
+            guard let target = port, target >= 1, target <= 65535 else {
+                throw KubeError(document: d, line: portNode.line, "container \(cname) \(probe).httpGet.port: \"\(portText)\" is not a port number or a port name of the container")
+            }
+            let captured = (s.includeInbound?.contains(target) ?? true) && !s.excludeInbound.contains(target)
+            guard captured else { continue }
+            var path = h["path"]?.scalar ?? "/"
+            if !path.hasPrefix("/") { path = "/" + path }
+            let statusPath = "/app-health/\(cname)/\(word)"
+            app.probes.append("\(statusPath)=\(target)\(path)")
+            let original: String
+            do { original = try YAML.emit(YAMLDocument(root: h)) } catch {
+                throw KubeError(document: d, line: h.line, "container \(cname) \(probe).httpGet: \(error)")
+            }
+            status.probes.append(.init(container: cname, probe: probe, httpGet: original))
+            c.withValue(probe) { p in
+                p.withValue("httpGet") { h in
+                    h.set("path", .string(statusPath))
+                    h.set("port", .int(O.statusPort))
+                }
+            }
+        }
+    }
+
+    // MARK: uninject
+
+    /// Removes exactly what the status annotation records; a template without it is left alone.
+    func uninject(_ t: inout YAMLNode) throws(KubeError) {
+        guard let text = KubePodInjector.statusText(t) else { return }
+        let st: KubeInjectStatus
+        do { st = try KubeInjectStatus.parse(text) } catch {
+            throw KubeError(document: d, line: t["metadata"]?["annotations"]?[KubeInjectStatus.annotation]?.line ?? t.line, error.message)
+        }
+        try KubeWorkloads.edit(&t, ["spec"][...], document: d, where: "") { (spec: inout YAMLNode) throws(KubeError) in
+            for (list, names) in [("initContainers", st.initContainers), ("containers", st.containers), ("volumes", st.volumes)] {
+                guard spec[list] != nil else { continue }
+                spec.withValue(list) { l in
+                    var i = (l.items?.count ?? 0) - 1
+                    while i >= 0 {
+                        if let n = l.items![i]["name"]?.scalar, names.contains(n) { l.removeItem(at: i) }
+                        i -= 1
+                    }
+                }
+            }
+            for p in st.probes {
+                guard let parsed = try? YAML.parse(p.httpGet).documents.first?.root else {
+                    throw KubeError(document: d, line: spec.line, "annotation \(KubeInjectStatus.annotation): the recorded \(p.probe) of \(p.container) is not YAML")
+                }
+                spec.withValue("containers") { l in
+                    for i in 0..<(l.items?.count ?? 0) where l.items![i]["name"]?.scalar == p.container {
+                        l.withItem(at: i) { c in c.withValue(p.probe) { probe in probe.set("httpGet", parsed) } }
+                    }
+                }
+            }
+            for key in ["initContainers", "volumes"] where st.created.contains("spec.\(key)") {
+                if spec[key]?.items?.isEmpty == true { spec.remove(key) }
+            }
+        }
+        t.withValue("metadata") { m in
+            m.withValue("annotations") { a in
+                for k in st.annotations { a.remove(k) }
+                a.remove(KubeInjectStatus.annotation)
+            }
+            if m["annotations"]?.pairs?.isEmpty == true {
+                if st.created.contains("metadata.annotations") { m.remove("annotations") }
+                else if let null = st.created.first(where: { $0.hasPrefix("metadata.annotations=") }) {
+                    m.set("annotations", YAMLNode(kind: .scalar(String(null.dropFirst("metadata.annotations=".count)), .plain)))
+                }
+            }
+        }
+        if st.created.contains("metadata"), t["metadata"]?.pairs?.isEmpty == true { t.remove("metadata") }
+    }
+}
