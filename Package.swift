@@ -39,6 +39,8 @@ let package = Package(
                        providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2",
                        providers: [.apt(["libnghttp2-dev"])]),
+        .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1",
+                       providers: [.apt(["libyaml-dev"])]),
         .target(name: "CMeshShims", dependencies: ["COpenSSL"]),
         .target(name: "MeshCore", dependencies: ["CMeshShims"], swiftSettings: hot),
         .target(name: "MeshIO", dependencies: ["MeshCore", "CMeshShims"], swiftSettings: hot),
@@ -67,6 +69,8 @@ let package = Package(
         .target(name: "MeshCapture", dependencies: ["MeshCore"]),
         // etcd v3 through its JSON gateway (blocking HTTP/1.1), and leader election on a lease.
         .target(name: "MeshEtcd", dependencies: ["MeshCore", "MeshIO"]),
+        // YAML 1.1 streams on libyaml: documents with styles, tags, anchors and byte-exact segments (kube-inject).
+        .target(name: "MeshYAML", dependencies: ["CYAML"]),
         // meshctl kube-inject and kube-manifests (DESIGN §11): Kubernetes manifests through MeshYAML.
         .target(name: "MeshKube", dependencies: ["MeshYAML", "MeshCore", "MeshCapture"]),
         .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture", "MeshKube"]),
@@ -84,6 +88,7 @@ let package = Package(
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshEtcd", "MeshCA", "MeshPKI", "MeshControlWire", "MeshAgent", "MeshConfig", "MeshCore", "MeshTLS", "MeshIO"]),
         .testTarget(name: "MeshCaptureTests", dependencies: ["MeshCapture", "MeshCore"]),
         .testTarget(name: "MeshEtcdTests", dependencies: ["MeshEtcd", "MeshCore", "MeshIO"]),
+        .testTarget(name: "MeshYAMLTests", dependencies: ["MeshYAML"]),
         .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshCore", "MeshConfig", "MeshHTTP", "MeshIO"]),
     ]
 )
