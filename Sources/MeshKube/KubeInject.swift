@@ -14,7 +14,7 @@ public enum KubeInject {
     public static func run(_ text: String, options: KubeInjectOptions, uninject: Bool) throws(KubeError) -> Result {
         let parsed: (documents: [YAMLDocument], trailer: String)
         do { parsed = try YAML.parse(text) } catch {
-            throw KubeError(document: error.document, line: error.line, "not valid YAML: \(error.message) (column \(error.column))")
+            throw KubeError(document: error.document, line: error.line, "not valid YAML (column \(error.column)): \(error.message)")
         }
         var out = ""
         var report: [String] = []

@@ -12,8 +12,10 @@ struct KubeInjectStatus: Equatable {
     struct Probe: Equatable {
         var container: String
         var probe: String
-        /// The original `httpGet` mapping, as YAML text (styles kept).
+        /// The original `httpGet` mapping, as one line of flow YAML (scalar styles kept).
         var httpGet: String
+        /// It was written in block style.
+        var block: Bool
     }
 
     var mode = "classic"
@@ -42,6 +44,7 @@ struct KubeInjectStatus: Equatable {
             j.string("container", p.container)
             j.string("probe", p.probe)
             j.string("httpGet", p.httpGet)
+            j.bool("block", p.block)
             j.endObject()
         }
         j.endArray()
@@ -79,7 +82,7 @@ struct KubeInjectStatus: Equatable {
             guard let c = p["container"]?.scalar, let k = p["probe"]?.scalar, let h = p["httpGet"]?.scalar else {
                 throw bad("probes: each needs container, probe and httpGet")
             }
-            s.probes.append(Probe(container: c, probe: k, httpGet: h))
+            s.probes.append(Probe(container: c, probe: k, httpGet: h, block: p["block"]?.scalar != "false"))
         }
         return s
     }

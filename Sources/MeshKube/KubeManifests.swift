@@ -94,7 +94,9 @@ public enum KubeManifests {
                 ])),
             ]))
         }
-        var args = ["--state-dir", "/var/lib/mesh", "--ca-dir", "/etc/mesh/ca", "--listen-address", "0.0.0.0",
+        // A directory meshd creates (0700, its own) inside the volume: the volume's root belongs
+        // to root with the fsGroup, which meshd refuses for the directory holding its keys.
+        var args = ["--state-dir", "/var/lib/mesh/meshd", "--ca-dir", "/etc/mesh/ca", "--listen-address", "0.0.0.0",
                     "--admin-address", "$(POD_IP)", "--kube-api", "in-cluster"]
         if let s = o.store { args += ["--store", s, "--replica-id", "$(POD_NAME)"] }
         let env: YAMLNode = .sequence([
@@ -103,7 +105,7 @@ public enum KubeManifests {
             // So that `kubectl exec deploy/meshd -- meshctl status` needs no flags.
             .mapping([("name", .string("MESHD")), ("value", .string("https://$(POD_IP):\(adminPort)"))]),
             .mapping([("name", .string("MESH_ROOT_CERT")), ("value", .string("/etc/mesh/ca/root-cert.pem"))]),
-            .mapping([("name", .string("MESH_ADMIN_TOKEN_FILE")), ("value", .string("/var/lib/mesh/admin-token"))]),
+            .mapping([("name", .string("MESH_ADMIN_TOKEN_FILE")), ("value", .string("/var/lib/mesh/meshd/admin-token"))]),
         ])
         let probe: YAMLNode = .mapping([
             ("httpGet", .mapping([("path", .string("/ready")), ("port", .int(adminPort)), ("scheme", .string("HTTPS"))])),

@@ -123,7 +123,8 @@ struct KubePodInjector {
                     add("prometheus.io/port", "\(O.statusPort)")
                     add("prometheus.io/path", "/stats/prometheus")
                 }
-                a.set(KubeInjectStatus.annotation, .string(status.json))
+                // Single-quoted, as Istio writes its status: JSON needs no escaping there.
+                a.set(KubeInjectStatus.annotation, YAMLNode(kind: .scalar(status.json, .singleQuoted)))
             }
         }
         return "injected (\(status.mode))"
@@ -145,16 +146,17 @@ struct KubePodInjector {
                 let proto = doc.lookup(p, "protocol")?.scalar ?? "TCP"
                 guard proto == "TCP", let v = doc.lookup(p, "containerPort")?.scalar, let n = Int(v), n >= 1, n <= 65535 else { continue }
                 app.port = n
-                app.proto = KubePodInjector.protocolOf(appProtocol: doc.lookup(p, "appProtocol")?.scalar, name: doc.lookup(p, "name")?.scalar)
+                app.proto = KubePodInjector.protocolOf(name: doc.lookup(p, "name")?.scalar)
                 break outer
             }
         }
         return app
     }
 
-    /// Istio's protocol selection: `appProtocol`, else the port name's prefix; unnamed: http.
-    static func protocolOf(appProtocol: String?, name: String?) -> String {
-        let word = (appProtocol ?? name ?? "").lowercased()
+    /// Istio's protocol selection by port name (`http2-*`, `grpc-*`, `tcp-*`...); unnamed: http.
+    /// (A container port has no appProtocol; that field is the Service's.)
+    static func protocolOf(name: String?) -> String {
+        let word = (name ?? "").lowercased()
         let prefix = word.split(separator: "-", maxSplits: 1).first.map(String.init) ?? ""
         switch prefix {
         case "http2", "h2c": return "http2"
@@ -202,11 +204,17 @@ struct KubePodInjector {
             if !path.hasPrefix("/") { path = "/" + path }
             let statusPath = "/app-health/\(cname)/\(word)"
             app.probes.append("\(statusPath)=\(target)\(path)")
+            // Recorded on one line (flow style); its own style is put back on uninject.
+            var flat = h
+            var blockStyle = false
+            if case .mapping(let pairs, let flow) = h.kind { flat.kind = .mapping(pairs, flow: true); blockStyle = !flow }
             let original: String
-            do { original = try YAML.emit(YAMLDocument(root: h)) } catch {
+            do { original = try YAML.emit(YAMLDocument(root: flat)) } catch {
                 throw KubeError(document: d, line: h.line, "container \(cname) \(probe).httpGet: \(error)")
             }
-            status.probes.append(.init(container: cname, probe: probe, httpGet: original))
+            var line = Substring(original)
+            while line.hasSuffix("\n") { line = line.dropLast() }
+            status.probes.append(.init(container: cname, probe: probe, httpGet: String(line), block: blockStyle))
             c.withValue(probe) { p in
                 p.withValue("httpGet") { h in
                     h.set("path", .string(statusPath))
@@ -237,9 +245,10 @@ struct KubePodInjector {
                 }
             }
             for p in st.probes {
-                guard let parsed = try? YAML.parse(p.httpGet).documents.first?.root else {
+                guard var parsed = try? YAML.parse(p.httpGet).documents.first?.root else {
                     throw KubeError(document: d, line: spec.line, "annotation \(KubeInjectStatus.annotation): the recorded \(p.probe) of \(p.container) is not YAML")
                 }
+                if p.block, case .mapping(let pairs, _) = parsed.kind { parsed.kind = .mapping(pairs, flow: false) }
                 spec.withValue("containers") { l in
                     for i in 0..<(l.items?.count ?? 0) where l.items![i]["name"]?.scalar == p.container {
                         l.withItem(at: i) { c in c.withValue(p.probe) { probe in probe.set("httpGet", parsed) } }
