@@ -77,7 +77,7 @@ let package = Package(
         // Simulated sidecars for bench/push.sh: config streams on MeshIO event loops.
         .executableTarget(name: "push-load", dependencies: ["MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshHTTP", "MeshIO", "MeshCore"],
                           path: "bench/push-load"),
-        .testTarget(name: "MeshKubeTests", dependencies: ["MeshKube", "MeshYAML", "MeshCapture", "MeshAgent", "MeshCore"]),
+        .testTarget(name: "MeshKubeTests", dependencies: ["MeshKube", "MeshYAML", "MeshCapture", "MeshAgent", "MeshConfig", "MeshCore"]),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore", "MeshIO"]),
         .testTarget(name: "MeshIOTests", dependencies: ["MeshIO", "MeshCore"]),
         .testTarget(name: "MeshHTTPTests", dependencies: ["MeshHTTP", "MeshCore", "CNghttp2"]),
