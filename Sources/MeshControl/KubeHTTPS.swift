@@ -202,7 +202,7 @@ struct KubeHTTPS {
             }
         } else if head.contentLength >= 0 {
             let length = Int(head.contentLength)
-            if length > maxBody { throw Failure(reason: "answer body of \(length) bytes is over \(maxBody)") }
+            if length > maxBody { throw Failure(reason: "answer body of \(length) bytes is over \(maxBody) bytes") }
             while body.count < length {
                 if buf.readableBytes == 0, try !fill(buf) { throw Failure(reason: "connection closed in the answer's body") }
                 let n = min(buf.readableBytes, length - body.count)

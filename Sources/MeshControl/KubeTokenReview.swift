@@ -179,7 +179,7 @@ public final class KubeTokenReviewer: @unchecked Sendable {
             defer { conn.close() }
             let request = "POST \(KubeTokenReview.path) HTTP/1.1\r\nhost: \(c.authority)\r\nauthorization: Bearer \(bearer)\r\n"
                 + "content-type: application/json\r\naccept: application/json\r\nuser-agent: meshd\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n" + body
-            return try conn.exchange(Array(request.utf8), maxBody: KubeTokenReview.maxBody + 1)
+            return try conn.exchange(Array(request.utf8), maxBody: KubeTokenReview.maxBody)
         }, now: { MeshCrypto.now() })
     }
 
