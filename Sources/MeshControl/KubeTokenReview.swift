@@ -194,8 +194,9 @@ public final class KubeTokenReviewer: @unchecked Sendable {
         let text: String
         do { text = try FileStore.read(file) } catch { throw KubeHTTPS.Failure(reason: "meshd's own token: \(error.description)") }
         var t = Substring(text)
-        while let l = t.last, l == "\n" || l == "\r" || l == " " || l == "\t" { t = t.dropLast() }
-        while let f = t.first, f == " " || f == "\t" { t = t.dropFirst() }
+        // Characters: "\r\n" is one, and whitespace.
+        while let l = t.last, l.isWhitespace { t = t.dropLast() }
+        while let f = t.first, f.isWhitespace { t = t.dropFirst() }
         guard !t.isEmpty else { throw KubeHTTPS.Failure(reason: "meshd's own token file \(file) is empty") }
         guard t.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else {
             throw KubeHTTPS.Failure(reason: "meshd's own token file \(file) holds spaces, control or non-ASCII characters")
