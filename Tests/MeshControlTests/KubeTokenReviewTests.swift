@@ -1,9 +1,11 @@
 import XCTest
 import MeshCore
 import MeshCA
-import MeshPKI
+@testable import MeshPKI
 import MeshEtcd
+import MeshTLS
 @testable import MeshControl
+@testable import MeshControlWire
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -334,5 +336,64 @@ final class KubeTokenReviewTests: XCTestCase {
         unlink(file)
         assertError(r.review("z"), "meshd's own token", "cannot read")
         XCTAssertEqual(api.count, 2)
+    }
+
+    // MARK: meshd's certificate endpoint: which credential goes where
+
+    func certificateRequest(_ token: String, identity: String) throws -> ControlRequest {
+        let csr = try MeshCrypto.csr(key: try MeshCrypto.PrivateKey.generate(), identity: identity)
+        return ControlRequest(method: "POST", path: CertificateExchange.path, query: [:], headers: ["authorization": "Bearer \(token)"],
+                              body: Array(csr.utf8), peerIdentity: nil)
+    }
+
+    func testMeshdSendsOnlyNonJoinTokensToTheAPIServer() throws {
+        var template = Array("/tmp/meshkube-XXXXXX".utf8CString)
+        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        addTeardownBlock {
+            for f in ["ca-key.pem", "ca-cert.pem", "root-cert.pem", "token-key", "admin-token"] { unlink("\(dir)/\(f)") }
+            rmdir(dir)
+        }
+        let ca = try CertificateAuthority(stateDir: dir, caDir: nil, trustDomain: "cluster.local", certTTL: 3600)
+        let server = try MeshdServer(ca: ca)
+        let reviews = "spiffe://cluster.local/ns/default/sa/reviews"
+
+        // Without --kube-api: refused, naming the flag; nothing reviewed.
+        let off = server.handleAPI(try certificateRequest("eyJhbGciOi.x.y", identity: reviews))
+        XCTAssertEqual(off.status, 401)
+        XCTAssertTrue(off.body.contains("--kube-api"), off.body)
+
+        let api = FakeAPI(), clock = FakeClock()
+        server.kubeReviewer = reviewer(api, clock, tokenFile: tempTokenFile("own"))
+        api.answers.withLock {
+            $0["k8s-reviews"] = (201, good)
+            $0["k8s-ratings"] = (201, "{\"authenticated\":true,\"audiences\":[\"mesh\"],\"user\":{\"username\":\"system:serviceaccount:default:ratings\"}}")
+            $0["k8s-broken"] = (200, "{")
+        }
+        // Refusals first: unknown token 401, another service account 403, an unusable answer 503.
+        let unknown = server.handleAPI(try certificateRequest("k8s-unknown", identity: reviews))
+        XCTAssertEqual(unknown.status, 401)
+        XCTAssertTrue(unknown.body.contains("unauthenticated"), unknown.body)
+        let other = server.handleAPI(try certificateRequest("k8s-ratings", identity: reviews))
+        XCTAssertEqual(other.status, 403)
+        XCTAssertTrue(other.body.contains("grants only spiffe://cluster.local/ns/default/sa/ratings"), other.body)
+        let broken = server.handleAPI(try certificateRequest("k8s-broken", identity: reviews))
+        XCTAssertEqual(broken.status, 503)
+        XCTAssertTrue(broken.body.contains("malformed JSON"), broken.body)
+        // A join token, good or forged, never goes to the apiserver.
+        let sent = api.count
+        let join = ca.mintToken(namespace: "default", serviceAccount: "reviews", ttl: 60)
+        XCTAssertEqual(server.handleAPI(try certificateRequest(join, identity: reviews)).status, 200)
+        XCTAssertEqual(server.handleAPI(try certificateRequest("mesh1.forged.token", identity: reviews)).status, 401)
+        XCTAssertEqual(api.count, sent)
+        // The reviewed token gets its certificate, for exactly its identity.
+        let ok = server.handleAPI(try certificateRequest("k8s-reviews", identity: reviews))
+        XCTAssertEqual(ok.status, 200, ok.body)
+        let leaf = X509Info.load(pem: String(ok.body.split(separator: "# trust bundle")[0]))
+        XCTAssertEqual(leaf.first?.identity, reviews)
+        XCTAssertEqual(api.count, sent + 1)
+        XCTAssertEqual(ca.refusedCount, 5)   // without --kube-api, unknown, another account, broken, forged
+        XCTAssertTrue(server.metrics().contains("meshd_token_reviews_total{result=\"denied\"} 1\n"))
+        XCTAssertTrue(server.metrics().contains("meshd_token_reviews_total{result=\"allowed\"} 2\n"))
+        XCTAssertTrue(server.metrics().contains("meshd_token_reviews_total{result=\"error\"} 1\n"))
     }
 }
