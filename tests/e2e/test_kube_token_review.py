@@ -47,7 +47,7 @@ def kube_pki(tmp_path_factory):
     other = make_ca(d, "other-ca")
     return {
         "ca": ca[0],
-        "good": make_server_cert(d, "apiserver", ca, "IP:127.0.0.1,DNS:kubernetes.default.svc"),
+        "good": make_server_cert(d, "apiserver", ca, "IP:127.0.0.1,DNS:localhost"),
         "foreign": make_server_cert(d, "foreign", other, "IP:127.0.0.1"),
         "wrong-name": make_server_cert(d, "wrong-name", ca, "DNS:kubernetes.default.svc"),
     }
@@ -135,6 +135,8 @@ class FakeAPIServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
+        self.server_names = []
+        ctx.sni_callback = lambda sock, name, c: self.server_names.append(name)
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -161,14 +163,15 @@ def apiserver(kube_pki):
         s.close()
 
 
-def kube_meshd(procs, kube_pki, api, bearer="meshd-sa-token-1", name="meshd"):
-    """A meshd reviewing Kubernetes tokens with the fake apiserver `api` (a server or a port)."""
+def kube_meshd(procs, kube_pki, api, bearer="meshd-sa-token-1", name="meshd", host="127.0.0.1"):
+    """A meshd reviewing Kubernetes tokens with the fake apiserver `api` (a server or a port),
+    dialed as `host`."""
     token_file = procs.tmp / f"{name}-own-token"
     token_file.write_text(bearer + "\n")
     port = api if isinstance(api, int) else api.port
     if not isinstance(api, int):
         api.bearer = bearer
-    m = Meshd(procs, name=name, extra=["--kube-api", f"https://127.0.0.1:{port}", "--kube-ca", kube_pki["ca"],
+    m = Meshd(procs, name=name, extra=["--kube-api", f"https://{host}:{port}", "--kube-ca", kube_pki["ca"],
                                        "--kube-token-file", token_file])
     m.own_token = token_file
     return m
@@ -310,18 +313,31 @@ def test_kube_token_gets_a_certificate_and_serves_through_the_mesh(procs, kube_p
     assert token not in log and ratings not in log and "meshd-sa-token" not in log
 
 
+def test_apiserver_dialed_by_name(procs, kube_pki, apiserver):
+    """`--kube-api https://localhost:PORT`: the name is resolved (::1, where nothing listens, may
+    come first), checked against the certificate's DNS SAN and sent as SNI."""
+    api = apiserver()
+    m = kube_meshd(procs, kube_pki, api, host="localhost")
+    token = jwt()
+    api.answers[token] = allowed()
+    p = token_sidecar(procs, m, "by-name-sidecar", token)
+    wait_until(lambda: http_get(f"http://127.0.0.1:{p.admin}/ready", timeout=1)[0] == 200, timeout=20, what="ready")
+    assert api.server_names == ["localhost"]
+
+
 def test_an_apiserver_meshd_cannot_trust_or_reach_is_refused(procs, kube_pki, apiserver):
     token = jwt()
-    # A certificate from another CA than --kube-ca; one from the right CA that does not name
-    # 127.0.0.1; nothing listening at all.
+    # A certificate from another CA than --kube-ca; one from the right CA that names neither
+    # 127.0.0.1 nor localhost (dialed by IP, then by name); nothing listening at all.
     foreign, wrong_name = apiserver("foreign"), apiserver("wrong-name")
     down = free_port()
-    for name, api, why in [("meshd-foreign", foreign, "the apiserver's certificate was refused"),
-                           ("meshd-wrong-name", wrong_name, "does not name 127.0.0.1"),
-                           ("meshd-down", down, "cannot connect to 127.0.0.1")]:
+    for name, api, host, why in [("meshd-foreign", foreign, "127.0.0.1", "the apiserver's certificate was refused"),
+                                 ("meshd-wrong-ip", wrong_name, "127.0.0.1", "does not name 127.0.0.1"),
+                                 ("meshd-wrong-dns", wrong_name, "localhost", "does not name localhost"),
+                                 ("meshd-down", down, "127.0.0.1", "cannot connect to 127.0.0.1")]:
         if not isinstance(api, int):
             api.answers[token] = allowed()
-        m = kube_meshd(procs, kube_pki, api, name=name)
+        m = kube_meshd(procs, kube_pki, api, name=name, host=host)
         p = token_sidecar(procs, m, f"{name}-sidecar", token)
         wait_until(lambda: why in m.proc.log_path.read_text(), timeout=15, what=why)
         log = m.proc.log_path.read_text()
