@@ -100,7 +100,7 @@ let usage = """
     """
 
 func fail(_ message: String, code: Int32 = 2) -> Never {
-    var line = "sidecar: error: \(message)\n"
+    var line = "sidecar: error: \(Printable.escaped(message))\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
     exit(code)
 }
@@ -118,24 +118,23 @@ func readFile(_ path: String) -> String? {
     return String(decoding: bytes, as: UTF8.self)
 }
 
-let specs: [Flags.Spec] = [
-    .init("config"), .init("concurrency"), .init("log-level"), .init("check", value: false), .init("help", value: false),
-    .init("meshd"), .init("root-cert"), .init("token"), .init("token-file"), .init("service"), .init("namespace"),
-    .init("service-account"), .init("label"), .init("app-port"), .init("app-protocol"), .init("inbound-port"),
-    .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
-    .init("advertise-address"), .init("listen-address"), .init("capture", value: false),
-    .init("dns-port"), .init("resolv-conf"),
-]
-
 let flags: Flags
 do {
-    flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs)
+    flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: SidecarMeshFlags.specs)
 } catch {
     fail("\(error)")
 }
 if flags.has("help") {
     print(usage, terminator: "")
     exit(0)
+}
+if flags.has("meshd") {
+    // Mesh mode: the whole command line checked by MeshAgent's parser (also used by the tests
+    // of `meshctl kube-inject`), before any file is read or meshd contacted.
+    let mesh: SidecarMeshFlags
+    do { mesh = try SidecarMeshFlags.parse(flags) } catch { fail("\(error)") }
+    if let lvl = mesh.logLevel { Log.minimum = lvl }
+    runMeshMode(mesh)
 }
 if let lvl = flags.string("log-level") {
     switch lvl {
@@ -148,13 +147,13 @@ if let lvl = flags.string("log-level") {
 }
 let concurrencyFlag: Int?
 do { concurrencyFlag = try flags.int("concurrency", min: 1, max: 256) } catch { fail("\(error)") }
-if flags.has("meshd") {
-    if flags.has("config") { fail("--config (static mode) and --meshd (mesh mode) exclude each other") }
-    runMeshMode(flags, concurrency: concurrencyFlag)
-}
 if flags.has("dns-port") || flags.has("resolv-conf") {
     fail("--dns-port and --resolv-conf are mesh-mode flags (with --meshd); static mode has no DNS port")
 }
+if let f = SidecarMeshFlags.meshOnly.first(where: { flags.has($0) }) {
+    fail("--\(f) is a mesh-mode flag (with --meshd); static mode takes its workload from the config file")
+}
+if let p = flags.positional.first { fail("unexpected argument \"\(p)\" (see --help)") }
 guard let configPath = flags.string("config") else { fail("missing --config FILE.yaml, or --meshd for mesh mode (see --help)") }
 
 guard let text = readFile(configPath) else { fail("cannot read \(configPath): \(String(cString: strerror(errno)))") }
