@@ -12,6 +12,8 @@ import Glibc
 /// with a one-line reason. Ends exactly once (`finish`), giving back its slot.
 final class StatusProbe: Connection {
     unowned let server: StatusServer
+    /// Which of the server's probes (its slot count).
+    let index: Int
     /// The status-port client waiting for the answer (nil once it went away).
     private weak var client: StatusConnection?
     let app: SocketAddress
@@ -20,8 +22,9 @@ final class StatusProbe: Connection {
     /// The status line is looked for in at most this many bytes.
     static let maxStatusLine = 4096
 
-    init(server: StatusServer, client: StatusConnection, fd: Int32, app: SocketAddress, target: String, head: Bool) {
+    init(server: StatusServer, index: Int, client: StatusConnection, fd: Int32, app: SocketAddress, target: String, head: Bool) {
         self.server = server
+        self.index = index
         self.client = client
         self.app = app
         self.isHead = head
@@ -85,7 +88,7 @@ final class StatusProbe: Connection {
     private func finish(_ status: Int, _ body: String) {
         if done { return }
         done = true
-        server.probesInFlight -= 1
+        server.probesInFlight[index] -= 1
         loop.setDeadline(self, 0)
         closeNow()
         if status > 0, let c = client {

@@ -32,10 +32,12 @@ public final class StatusServer: @unchecked Sendable {
     let probes: [Probe]
     /// How long the app has to answer a probe (10 s).
     let probeTimeout: UInt64
-    /// App probes in flight at most (8); past it a probe gets 503 at once.
+    /// Requests in flight at most for each probe path (8); past it that path gets 503 at once.
+    /// Per path, so a hung app's liveness probes never starve its readiness probe or another
+    /// container's (the total is bounded by the number of `--app-probe` flags).
     let maxProbes: Int
-    /// App probes in flight (status loop only).
-    var probesInFlight = 0
+    /// Requests in flight for each of `probes` (status loop only).
+    var probesInFlight: [Int]
     private var listener: Listener?
     private var thread: pthread_t?
     /// The address bound (its port is the one the kernel chose when the flag said 0).
@@ -68,6 +70,7 @@ public final class StatusServer: @unchecked Sendable {
         self.probes = probes
         self.probeTimeout = probeTimeout
         self.maxProbes = maxProbes
+        self.probesInFlight = [Int](repeating: 0, count: probes.count)
     }
 
     private static func host(_ a: SocketAddress) -> String {
@@ -103,12 +106,13 @@ public final class StatusServer: @unchecked Sendable {
             }
             return true
         default:
-            guard let p = probes.first(where: { $0.path == path }) else {
+            guard let index = probes.firstIndex(where: { $0.path == path }) else {
                 StatusServer.reply(c.output, 404, "not found\n", head: method == .head)
                 return true
             }
-            if probesInFlight >= maxProbes {
-                StatusServer.reply(c.output, 503, "too many app probes in flight (\(maxProbes)); try again\n", head: method == .head)
+            let p = probes[index]
+            if probesInFlight[index] >= maxProbes {
+                StatusServer.reply(c.output, 503, "too many requests in flight for this probe (\(maxProbes)); try again\n", head: method == .head)
                 return true
             }
             guard let app = SocketAddress(host: "127.0.0.1", port: p.port) else {
@@ -120,11 +124,11 @@ public final class StatusServer: @unchecked Sendable {
                 StatusServer.reply(c.output, 503, "app at \(app) cannot be reached: \(Socket.errorText(-fd))\n", head: method == .head)
                 return true
             }
-            let probe = StatusProbe(server: self, client: c, fd: fd, app: app, target: p.target, head: method == .head)
-            probesInFlight += 1
+            let probe = StatusProbe(server: self, index: index, client: c, fd: fd, app: app, target: p.target, head: method == .head)
+            probesInFlight[index] += 1
             c.probe = probe
             guard probe.start() else {
-                probesInFlight -= 1
+                probesInFlight[index] -= 1
                 c.probe = nil
                 StatusServer.reply(c.output, 503, "app at \(app) cannot be reached: cannot watch the socket\n", head: method == .head)
                 return true
