@@ -46,12 +46,18 @@ public struct SidecarMeshFlags: Sendable {
 
     /// Parses the words after the executable's name (mesh mode: `--meshd` is required).
     public static func parse(_ args: [String]) throws(FlagError) -> SidecarMeshFlags {
-        let flags = try Flags(args, specs: specs)
+        let flags: Flags
+        do { flags = try Flags(args, specs: specs) } catch { throw FlagError(Printable.escaped(error.description)) }
         return try parse(flags)
     }
 
-    /// Parses flags already split by `Flags` with `specs`.
+    /// Parses flags already split by `Flags` with `specs`. The error is one line (values
+    /// echoed from the command line have their control characters escaped).
     public static func parse(_ flags: Flags) throws(FlagError) -> SidecarMeshFlags {
+        do { return try checked(flags) } catch { throw FlagError(Printable.escaped(error.description)) }
+    }
+
+    private static func checked(_ flags: Flags) throws(FlagError) -> SidecarMeshFlags {
         if !flags.positional.isEmpty { throw FlagError("unexpected argument \"\(flags.positional[0])\" (see --help)") }
         var logLevel: Log.Level? = nil
         if let lvl = flags.string("log-level") {
