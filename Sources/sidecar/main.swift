@@ -22,7 +22,8 @@ let usage = """
               [--app-protocol http|http2|grpc|tcp] [--inbound-port 15006] [--outbound-port 15001]
               [--admin-port 15000] [--concurrency N] [--trust-domain cluster.local]
               [--route HOST=IP:PORT[,IP:PORT]]... [--advertise-address IP] [--listen-address IP]
-              [--capture]
+              [--capture] [--dns-port P] [--resolv-conf FILE] [--labels-file F] [--status-port P]
+              [--app-probe /app-health/CONTAINER/readyz|livez|startupz=PORT[/PATH]]... [--check]
 
     Static mode: one YAML file declares this workload, its listeners (outbound: plain HTTP from
     the local app, routed by Host to clusters over mutual TLS; inbound: mutual TLS from other
@@ -51,15 +52,41 @@ let usage = """
     key (authenticated by its current certificate; retried with back-off while meshd is away).
     New certificates apply to new connections; established ones continue.
       --meshd HOST:PORT[,HOST:PORT...]   meshd's API address (TLS); several: meshd replicas.
+                             HOST: an IPv4 address, [IPv6], or a DNS name (meshd.mesh-system.svc),
+                             resolved before the first certificate request, every address kept
+                             in order, each once; while no name resolves the sidecar keeps trying
+                             every second (logged once per 10 s; /ready 503), it does not exit.
                              Certificate requests try them in turn; the config stream keeps one
                              connection and, when it fails, moves to the next (first retry in
                              100-300 ms, then jittered back-off); after meshd closes it at its
                              maximum age, to a random one. The last good config keeps serving.
       --root-cert FILE       the trust anchor (meshd's STATE-DIR/root-cert.pem)
-      --token T, --token-file F   the join token
+      --token T, --token-file F   the join token; the file is read each time a token is needed
+                             (the first certificate, and a later one when the certificate lapsed
+                             or was refused), trailing whitespace trimmed: a projected
+                             service-account token the kubelet rotates works. An unreadable or
+                             empty file then is retried with back-off, naming the file
       --service NAME         this workload's service; also --namespace (default "default"),
                              --service-account (default: the service), --label k=v (app=NAME is
                              always added)
+      --labels-file F        labels from the Kubernetes downward API (metadata.labels in a
+                             downwardAPI volume: key="value" per line, Go-quoted), read at start
+                             and registered like --label ones; a key given both ways takes the
+                             --label value. A malformed line stops the sidecar naming file and line
+      --status-port P        a port on the listen address for the kubelet and Prometheus
+                             (default 0: off; Istio uses 15021): GET/HEAD /ready, /healthz,
+                             /stats/prometheus (as on the admin port) and the app probes; all
+                             else 404 (/config_dump, /certs, /clusters, POST /drain stay on the
+                             loopback admin port). Bound with the proxy ports
+      --app-probe /app-health/CONTAINER/readyz|livez|startupz=PORT[/PATH]   (repeatable; needs
+                             --status-port) GET on the status port at the first path makes a GET
+                             from the sidecar to 127.0.0.1:PORT at PATH (default /): 200 when the
+                             app answers 200-399, the app's status otherwise, 503 with a reason
+                             when it cannot be reached or does not answer within 10 s (at most 8
+                             in flight per path, the rest 503)
+      --check                parse the flags and read the files they name (root certificate,
+                             token file, labels file), print "flags ok" and exit 0, without
+                             contacting meshd or binding ports; exit 2 naming what is wrong
       --app-port P           the local app's port (inbound listener); none: a caller-only workload
       --app-protocol P       what the app speaks: http (HTTP/1.1, default), http2 or grpc (h2c),
                              or tcp (opaque bytes, docs/tcp.md)
