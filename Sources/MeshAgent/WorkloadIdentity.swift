@@ -31,7 +31,8 @@ public final class WorkloadIdentity: @unchecked Sendable {
     private let preferred = Atomic<Int>(0)
     public let identity: String
     private let rootPEM: String
-    private let token: String
+    /// The join token, or the file it is read from each time one is needed (`--token-file`).
+    private let token: JoinToken
     let current = Locked<Credentials?>(nil)
     private let stopping = Atomic<Bool>(false)
     /// meshd refused a renewal with the current certificate: the next request uses the token.
@@ -42,12 +43,16 @@ public final class WorkloadIdentity: @unchecked Sendable {
         return "spiffe://\(td)/ns/mesh-system/sa/meshd"
     }
 
-    public init(meshd addresses: [SocketAddress], identity: String, rootPEM: String, token: String) {
+    public init(meshd addresses: [SocketAddress], identity: String, rootPEM: String, token: JoinToken) {
         precondition(!addresses.isEmpty, "at least one meshd address")
         self.addresses = addresses
         self.identity = identity
         self.rootPEM = rootPEM
         self.token = token
+    }
+
+    public convenience init(meshd addresses: [SocketAddress], identity: String, rootPEM: String, token: String) {
+        self.init(meshd: addresses, identity: identity, rootPEM: rootPEM, token: .literal(token))
     }
 
     public var credentials: Credentials? { current.withLock { $0 } }
@@ -67,7 +72,9 @@ public final class WorkloadIdentity: @unchecked Sendable {
             o.certChainPEM = c.chainPEM
             o.privateKeyPEM = c.keyPEM
         } else {
-            headers.append(("authorization", "Bearer \(token)"))
+            // Read now: a token file is rewritten by the kubelet while the sidecar runs. An
+            // unreadable or empty one is an error like meshd being away (retried with back-off).
+            headers.append(("authorization", "Bearer \(try token.current())"))
             o.withoutCertificate = true
         }
         // Trust both what the flag gave and what meshd sent last (a rotated root).

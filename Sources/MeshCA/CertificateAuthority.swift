@@ -241,6 +241,22 @@ public final class CertificateAuthority: @unchecked Sendable {
             refuse()
             throw Refusal(status: 401, message: "no credential: send a join token (authorization: Bearer) or renew with your current certificate")
         }
+        return try signCSR(csrPEM, granted: granted)
+    }
+
+    /// Signs `csrPEM` for `namespace`/`serviceAccount`, an identity established outside this CA:
+    /// a Kubernetes service-account token that the apiserver's TokenReview vouched for
+    /// (MeshControl's `KubeTokenReviewer`). The CSR checks, answers and counts are `sign`'s.
+    public func sign(csrPEM: String, reviewedNamespace namespace: String, serviceAccount: String) throws(Refusal) -> Issued {
+        try signCSR(csrPEM, granted: identity(namespace: namespace, serviceAccount: serviceAccount))
+    }
+
+    /// Counts a certificate request refused before it reached the CA (its credential refused
+    /// by a TokenReview), in `refusedCount` with the CA's own refusals.
+    public func countRefusal() { refuse() }
+
+    /// The CSR must ask for exactly `granted`; then it is issued.
+    private func signCSR(_ csrPEM: String, granted: String) throws(Refusal) -> Issued {
         let csr: MeshCrypto.VerifiedCSR
         do { csr = try MeshCrypto.verifyCSR(csrPEM) } catch {
             refuse()

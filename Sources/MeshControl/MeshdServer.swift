@@ -23,6 +23,8 @@ public final class MeshdServer: @unchecked Sendable {
     }
     /// This meshd among replicas on etcd (nil: the only one, on the file store).
     public var replica: MeshdReplica?
+    /// Reviews Kubernetes service-account tokens with the apiserver (`meshd --kube-api`; nil: off).
+    public var kubeReviewer: KubeTokenReviewer?
     private let apiContext: Locked<TLSContext?>
     private let apiRenewAt = Atomic<Int64>(0)
     static let serverCertTTL = 24 * 3600
@@ -100,6 +102,8 @@ public final class MeshdServer: @unchecked Sendable {
                 guard a.hasPrefix("Bearer ") else { return ControlResponse(401, "authorization: expected Bearer <join token>\n") }
                 token = String(a.dropFirst(7)).trimmingCharacters
             }
+            // Anything but a join token is a Kubernetes service-account token (KubeTokenReview.swift).
+            if let t = token, !t.isEmpty, !t.hasPrefix("mesh1.") { return signWithKubeToken(csrPEM: r.bodyText, token: t) }
             do {
                 let peer = r.peerIdentity.map { CertificateAuthority.Peer(identity: $0, notAfter: r.peerNotAfter, issuer: r.peerIssuer) }
                 let issued = try ca.sign(csrPEM: r.bodyText, token: token, peer: peer)
@@ -350,6 +354,7 @@ public final class MeshdServer: @unchecked Sendable {
             out += store.scoped.deltas.metrics()
         }
         if let api { out += api.metrics() }
+        if let kubeReviewer { out += kubeReviewer.metrics() }
         out += "# HELP meshd_trust_anchor_expiry_timestamp_seconds When each trusted root expires (Unix time).\n# TYPE meshd_trust_anchor_expiry_timestamp_seconds gauge\n"
         for r in X509Info.load(pem: ca.trustBundlePEM) {
             out += "meshd_trust_anchor_expiry_timestamp_seconds{serial=\"\(r.serialHex)\"} \(r.notAfter)\n"

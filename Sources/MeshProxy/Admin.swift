@@ -12,7 +12,9 @@ import Glibc
 /// traffic never runs on a data-path worker. Endpoints: `/ready` (200 once the config is applied
 /// and every listener is bound, 503 before and while draining), `/healthz`, `/stats/prometheus`,
 /// `/stats` (counters, one `name: value` per line), `/config_dump`, `/clusters`, `/certs`, and
-/// `POST /drain` (stop accepting, finish in-flight requests, exit).
+/// `POST /drain` (stop accepting, finish in-flight requests, exit). The status port
+/// (`StatusServer`) repeats `/ready`, `/healthz` and `/stats/prometheus` through `respond`, from
+/// its own thread: `respond` reads only atomics, the locked state and the workers' published stats.
 final class AdminServer: @unchecked Sendable {
     let loop = EventLoop(name: "admin")
     private let workers: [Worker]

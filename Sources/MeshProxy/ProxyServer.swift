@@ -89,6 +89,8 @@ public final class ProxyServer: @unchecked Sendable {
     public private(set) var adminPort = 0
     /// The DNS port (`attachDNS`), given each snapshot's names as workers get the snapshot.
     private var dns: DNSServer?
+    /// The status port (`attachStatus`), repeating admin's `/ready`, `/healthz` and metrics.
+    private var status: StatusServer?
 
     public init(snapshot: ProxySnapshot, concurrency: Int) {
         self.snapshot = snapshot
@@ -167,6 +169,14 @@ public final class ProxyServer: @unchecked Sendable {
         d.publish((current ?? snapshot).dnsTable)
     }
 
+    /// The status port answers `/ready`, `/healthz` and `/stats/prometheus` as the admin port
+    /// does from now on (it served 503 until this proxy ran). Call after `start`, once.
+    public func attachStatus(_ s: StatusServer) {
+        guard let admin else { return }
+        status = s
+        s.attach(admin)
+    }
+
     /// Stops accepting, lets in-flight requests finish (at most `timeout`), then stops every
     /// thread. Blocks the caller until done.
     public func drainAndStop(timeout: UInt64) {
@@ -182,6 +192,7 @@ public final class ProxyServer: @unchecked Sendable {
         threads.removeAll()
         accessLogWriter?.stop()
         dns?.stop()
+        status?.stop()
         if let a = admin {
             a.loop.stop()
             if let t = adminThread { Threads.join(t) }

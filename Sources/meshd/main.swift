@@ -18,6 +18,7 @@ let usage = """
       meshd --state-dir DIR [--store file|etcd://HOST:PORT[,HOST:PORT...]] [--api-port 15012] [--admin-port 15014] [--trust-domain cluster.local]
             [--cert-ttl 24h] [--ca-dir DIR] [--outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY] [--listen-address 127.0.0.1] [--admin-address 127.0.0.1]
             [--max-stream-age 30m] [--api-loops 2] [--log-level info]
+            [--kube-api in-cluster|https://HOST:PORT [--kube-ca FILE] [--kube-token-file FILE] [--kube-audience mesh]]
 
     On first start meshd creates a root CA in the state directory (keys mode 0600) and writes
     STATE-DIR/root-cert.pem (the trust anchor sidecars need, --root-cert) and STATE-DIR/admin-token
@@ -26,6 +27,8 @@ let usage = """
 
     API port (TLS, certificate from meshd's own CA): POST /v1/certificate, a CSR authenticated by
     a join token (`meshctl token create`) or, to renew, by the workload's current certificate.
+    With --kube-api, also by a Kubernetes service-account token (audience --kube-api's), which
+    meshd has the apiserver check with a TokenReview.
     Admin port (plain HTTP on 127.0.0.1 by default; TLS with meshd's own certificate when
     --admin-address is not loopback): GET /ready and GET /metrics (open), and meshctl's API
     (admin token). meshd's certificate names 127.0.0.1 and the listen and admin addresses as IP
@@ -66,6 +69,17 @@ let usage = """
                              0: never)
       --api-loops N          event-loop threads serving the API port (default 2); certificate
                              signing and registration run on 4 worker threads
+      --kube-api in-cluster|https://HOST:PORT
+                             accept Kubernetes service-account tokens as join credentials,
+                             reviewed by this apiserver (TokenReview; off by default). in-cluster:
+                             https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT. Only https;
+                             its certificate must chain to --kube-ca and name the host
+      --kube-ca FILE         the apiserver's CA (default
+                             /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)
+      --kube-token-file FILE meshd's own bearer token for the apiserver, re-read for every review
+                             (default /var/run/secrets/kubernetes.io/serviceaccount/token); its
+                             service account needs `create` on tokenreviews (authentication.k8s.io)
+      --kube-audience AUD    the audience a workload's token must be issued for (default mesh)
       --log-level LEVEL      debug, info, warn or error
       -h, --help             this text
 
@@ -84,6 +98,7 @@ let specs: [Flags.Spec] = [
     .init("trust-domain"), .init("outbound-traffic-policy"), .init("cert-ttl"), .init("ca-dir"), .init("log-level"), .init("help", value: false),
     .init("registry-grace"), .init("max-apply-bytes"), .init("store"), .init("replica-id"), .init("leader-ttl"),
     .init("max-stream-age"), .init("api-loops"),
+    .init("kube-api"), .init("kube-ca"), .init("kube-token-file"), .init("kube-audience"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -192,6 +207,20 @@ if !Names.isLabelValue(replicaID) || replicaID.isEmpty {
     fail("--replica-id: expected letters, digits, '-', '_' or '.' (at most 63), got \"\(replicaID)\"")
 }
 
+// Kubernetes service-account tokens as join credentials, reviewed by the apiserver.
+let kubeReviewer: KubeTokenReviewer?
+do {
+    var env: [String: String] = [:]
+    for k in ["KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"] {
+        if let v = getenv(k) { env[k] = String(decoding: UnsafeRawBufferPointer(start: v, count: strlen(v)), as: UTF8.self) }
+    }
+    let config = try KubeAPIConfig.fromFlags(kubeAPI: flags.string("kube-api"), caFile: flags.string("kube-ca"), tokenFile: flags.string("kube-token-file"),
+                                             audience: flags.string("kube-audience"), environment: env)
+    if let c = config { kubeReviewer = try KubeTokenReviewer(config: c) } else { kubeReviewer = nil }
+} catch {
+    fail(error.description)
+}
+
 let signals = SignalWaiter()
 let server: MeshdServer
 // A global, so held until exit: no second meshd may work on this state directory (StateLock).
@@ -219,6 +248,10 @@ do {
                     apiHost: IPKind.of(apiAddress) == .wildcard ? nil : IPKind.host(apiAddress))
 } catch {
     fail("\(error)", code: 1)
+}
+server.kubeReviewer = kubeReviewer
+if let k = kubeReviewer {
+    Log.info("meshd", "Kubernetes service-account tokens (audience \(k.config.audience)) reviewed by \(k.config.url) (CA \(k.config.caFile), meshd's token \(k.config.tokenFile))")
 }
 let store = server.store!
 if let dir = flags.string("config-dir") {

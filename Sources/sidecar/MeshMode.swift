@@ -11,81 +11,42 @@ import Synchronization
 import Glibc
 #endif
 
-/// Runs the sidecar in mesh mode until SIGTERM/SIGINT; never returns.
-func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
-    // One address or several (meshd replicas, tried in turn): IP:PORT[,IP:PORT...].
-    guard let meshdText = flags.string("meshd") else { fail("--meshd: expected meshd's API address as IP:PORT (e.g. 127.0.0.1:15012)") }
-    var meshd: [SocketAddress] = []
-    for part in meshdText.split(separator: ",", omittingEmptySubsequences: false) {
-        guard let a = SocketAddress(String(part)) else {
-            fail("--meshd: expected meshd's API address as IP:PORT[,IP:PORT...] (e.g. 127.0.0.1:15012), got \"\(part)\" in \"\(meshdText)\"")
-        }
-        if meshd.contains(where: { $0.text == a.text }) { fail("--meshd: \(a.text) is given twice") }
-        meshd.append(a)
-    }
-    guard let rootPath = flags.string("root-cert") else { fail("mesh mode needs --root-cert FILE (meshd's STATE-DIR/root-cert.pem)") }
-    guard let rootPEM = readFile(rootPath), rootPEM.contains("BEGIN CERTIFICATE") else { fail("--root-cert \(rootPath): no PEM certificate there") }
-    var token = flags.string("token")
-    if let f = flags.string("token-file") {
-        if token != nil { fail("give --token or --token-file, not both") }
-        guard let t = readFile(f) else { fail("--token-file \(f): cannot read it") }
-        token = t.split(whereSeparator: { $0 == "\n" || $0 == " " }).first.map(String.init)
-    }
-    guard let token, !token.isEmpty else { fail("mesh mode needs a join token: --token T or --token-file F (`meshctl token create`)") }
-    guard let service = flags.string("service") else { fail("mesh mode needs --service NAME") }
-    var o = MeshModeOptions(service: service)
-    var dnsPort = 0
-    o.namespace = flags.string("namespace") ?? "default"
-    o.serviceAccount = flags.string("service-account")
-    for l in flags.all("label") {
-        let kv = l.split(separator: "=", maxSplits: 1).map(String.init)
-        guard kv.count == 2, !kv[0].isEmpty else { fail("--label: expected k=v, got \"\(l)\"") }
-        o.labels.append((kv[0], kv[1]))
-    }
-    do {
-        o.appPort = try flags.int("app-port", min: 1, max: 65535)
-        o.inboundPort = try flags.int("inbound-port", min: 0, max: 65535) ?? 15006
-        o.outboundPort = try flags.int("outbound-port", min: 0, max: 65535) ?? 15001
-        o.adminPort = try flags.int("admin-port", min: 0, max: 65535) ?? 15000
-        o.servicePort = try flags.int("service-port", min: 1, max: 65535)
-        // Under capture the app's DNS goes to the sidecar: its port is on unless set to 0.
-        dnsPort = try flags.int("dns-port", min: 0, max: 65535) ?? (flags.has("capture") ? 15053 : 0)
-    } catch { fail("\(error)") }
-    let resolvConf = flags.string("resolv-conf")
-    if resolvConf != nil && dnsPort == 0 { fail("--resolv-conf: the DNS port is off; give --dns-port P to turn it on") }
-    // The inbound listener binds the listen address and the sidecar registers advertise:port
-    // (DESIGN §10); outbound and admin stay on 127.0.0.1.
-    let addresses: MeshAddresses
-    do {
-        addresses = try MeshAddresses.resolve(listen: flags.string("listen-address"), advertise: flags.string("advertise-address"))
-    } catch { fail("\(error)") }
-    o.listenAddress = addresses.listen
-    let advertise = addresses.advertise
+/// Runs the sidecar in mesh mode until SIGTERM/SIGINT; never returns. The flags were checked
+/// whole by `SidecarMeshFlags.parse`; the files they name are read here.
+func runMeshMode(_ parsed: SidecarMeshFlags) -> Never {
+    var flags = parsed
+    // The root certificate and the labels file, read before anything starts (`--check`: the
+    // token file too); a bad one stops the sidecar naming the flag, the file and the line.
+    let rootPEM: String
+    do { rootPEM = try flags.loadFiles(withToken: flags.check).rootPEM } catch { fail("\(error)") }
+    let meshdText = flags.meshdText
+    let concurrency = flags.options.concurrency
+    let dnsPort = flags.dnsPort
+    let resolvConf = flags.resolvConf
+    let advertise = flags.advertise
     /// `advertise:port` as meshd stores it (`[v6]:port` for IPv6).
     @Sendable func advertised(_ port: Int) -> String { SocketAddress(host: advertise, port: port)?.text ?? "\(advertise):\(port)" }
-    o.appProtocol = flags.string("app-protocol") ?? "http"
-    o.trustDomain = flags.string("trust-domain") ?? "cluster.local"
-    o.concurrency = concurrency
-    o.routes = flags.all("route")
-    o.capture = flags.has("capture")
-    let identity = "spiffe://\(o.trustDomain)/ns/\(o.namespace)/sa/\(o.serviceAccount ?? service)"
+    let o = flags.options
+    let identity = flags.identity
 
-    // Check the flags once before talking to meshd (a credential-free dry build).
+    // Check the flags once more with the labels of the file (a credential-free dry build).
     let opts = o
+    let meshFlags = flags
     @Sendable func bootstrap(_ c: WorkloadIdentity.Credentials?) throws(ConfigError) -> Bootstrap {
-        var tls = Bootstrap.TLSFiles(certChain: "(issued by meshd \(meshdText))", privateKey: "(in memory)",
-                                     trustBundle: rootPath, trustDomain: opts.trustDomain, minTLS13: false)
-        tls.certChainPEM = c?.chainPEM
-        tls.privateKeyPEM = c?.keyPEM
-        tls.trustBundlePEM = c?.bundlePEM
-        return try Bootstrap.meshMode(opts, tls: tls)
+        try meshFlags.bootstrap(c)
     }
     let dry: Bootstrap
     do { dry = try bootstrap(nil) } catch { fail("\(error)") }
+    if flags.check {
+        print("flags ok")
+        exit(0)
+    }
 
     let signals = SignalWaiter()
     Threads.raiseOpenFilesLimit()
-    let wi = WorkloadIdentity(meshd: meshd, identity: identity, rootPEM: rootPEM, token: token)
+    /// The identity, made once meshd's names resolve; `stopping`: a signal came first.
+    let agent = Mutex<WorkloadIdentity?>(nil)
+    let stopping = Atomic<Bool>(false)
     let running = Mutex<ProxyServer?>(nil)
     let workers = concurrency ?? Threads.cpuCount
     // The proxy ports are taken before meshd is asked for anything: a port in use (another
@@ -106,6 +67,21 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         }
     }
     let dnsServer = dns
+    // The status port for the kubelet and Prometheus (`--status-port`), on the listen address,
+    // bound with the proxy ports; /ready there is 503 until the proxy is ready.
+    var statusServer: StatusServer? = nil
+    if flags.statusPort > 0 {
+        do {
+            statusServer = try StatusServer.start(address: SocketAddress(host: o.listenAddress, port: flags.statusPort)!,
+                                                  probes: flags.appProbes.map { StatusServer.Probe(path: $0.path, port: $0.port, target: $0.target) })
+        } catch {
+            sockets.close()
+            fail("\(error)", code: 1)
+        }
+    }
+    let status = statusServer
+    let endpoints = flags.meshd
+    let token = flags.token
     // Until the certificate arrives the admin port answers /ready with 503 (DESIGN §2).
     let waiting: ControlServer
     do {
@@ -132,6 +108,15 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         return "mesh-\(v)"
     }
     Threads.spawnDetached {
+        // meshd's names resolved off any event loop before the first certificate request; while
+        // none resolves (in Kubernetes DNS may come up after the pod) keep trying every second.
+        guard let addresses = resolveMeshd(endpoints, stopping: stopping) else { return }
+        let wi = WorkloadIdentity(meshd: addresses, identity: identity, rootPEM: rootPEM, token: token)
+        let stopped = agent.withLock { a -> Bool in
+            a = wi
+            return stopping.load(ordering: .acquiring)
+        }
+        if stopped { return }
         let creds: WorkloadIdentity.Credentials
         switch wi.obtain() {
         case .none: return
@@ -148,13 +133,14 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
             // `/ready` stays 503 until the first config from meshd is applied (DESIGN §2).
             try server.start(sockets: sockets, ready: false)
             if let d = dnsServer { server.attachDNS(d) }
+            if let st = status { server.attachStatus(st) }
         } catch {
             fail("\(error)", code: 1)
         }
         running.withLock { $0 = server }
         Log.info("sidecar", "\(identity) ready (mesh mode) with \(workers) worker(s): outbound :\(server.outboundPort)"
                  + (server.inboundPort > 0 ? ", inbound \(SocketAddress(host: opts.listenAddress, port: server.inboundPort)?.text ?? "") (mTLS), registered as \(advertised(server.inboundPort))" : "")
-                 + ", admin :\(server.adminPort)")
+                 + ", admin :\(server.adminPort)" + (status.map { ", status \($0.address)" } ?? ""))
         wi.startRenewal { c in
             inputs.withLock { $0.creds = c }
             do { _ = try rebuild(server) } catch {
@@ -187,7 +173,10 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
         Threads.spawnDetached { stream.run() }
     }
     let sig = signals.wait()
-    wi.stop()
+    agent.withLock { a in
+        stopping.store(true, ordering: .releasing)
+        a?.stop()
+    }
     guard let server = running.withLock({ $0 }) else {
         Log.info("sidecar", "signal \(sig) before the certificate arrived: exiting")
         exit(0)
@@ -195,4 +184,31 @@ func runMeshMode(_ flags: Flags, concurrency: Int?) -> Never {
     Log.info("sidecar", "signal \(sig): draining")
     server.drainAndStop(timeout: Bootstrap.Defaults.drainTimeout)
     exit(0)
+}
+
+/// meshd's addresses from `--meshd` (names resolved with getaddrinfo, in the order given, each
+/// address once), trying every second while none resolves and logging that once per 10 s. Nil
+/// when a signal came first.
+func resolveMeshd(_ endpoints: [MeshdEndpoint], stopping: borrowing Atomic<Bool>) -> [SocketAddress]? {
+    var lastLog: UInt64 = 0
+    var logged = false
+    while !stopping.load(ordering: .acquiring) {
+        let r = MeshdResolver.resolve(endpoints)
+        if !r.addresses.isEmpty {
+            if !r.failures.isEmpty {
+                Log.warn("sidecar", "--meshd: cannot resolve \(r.failures.joined(separator: "; ")); using \(r.addresses.map(\.text).joined(separator: ", "))")
+            } else if endpoints.contains(where: { if case .name = $0 { return true } else { return false } }) {
+                Log.info("sidecar", "--meshd: \(endpoints.map(\.description).joined(separator: ",")) is \(r.addresses.map(\.text).joined(separator: ", "))")
+            }
+            return r.addresses
+        }
+        let now = Clock.monotonicNanos()
+        if !logged || now - lastLog >= 10_000_000_000 {
+            Log.warn("sidecar", "--meshd: cannot resolve \(r.failures.joined(separator: "; ")); trying again every second (not ready until meshd answers)")
+            lastLog = now
+            logged = true
+        }
+        for _ in 0..<10 where !stopping.load(ordering: .acquiring) { usleep(100_000) }
+    }
+    return nil
 }

@@ -22,7 +22,8 @@ let usage = """
               [--app-protocol http|http2|grpc|tcp] [--inbound-port 15006] [--outbound-port 15001]
               [--admin-port 15000] [--concurrency N] [--trust-domain cluster.local]
               [--route HOST=IP:PORT[,IP:PORT]]... [--advertise-address IP] [--listen-address IP]
-              [--capture]
+              [--capture] [--dns-port P] [--resolv-conf FILE] [--labels-file F] [--status-port P]
+              [--app-probe /app-health/CONTAINER/readyz|livez|startupz=PORT[/PATH]]... [--check]
 
     Static mode: one YAML file declares this workload, its listeners (outbound: plain HTTP from
     the local app, routed by Host to clusters over mutual TLS; inbound: mutual TLS from other
@@ -51,15 +52,41 @@ let usage = """
     key (authenticated by its current certificate; retried with back-off while meshd is away).
     New certificates apply to new connections; established ones continue.
       --meshd HOST:PORT[,HOST:PORT...]   meshd's API address (TLS); several: meshd replicas.
+                             HOST: an IPv4 address, [IPv6], or a DNS name (meshd.mesh-system.svc),
+                             resolved before the first certificate request, every address kept
+                             in order, each once; while no name resolves the sidecar keeps trying
+                             every second (logged once per 10 s; /ready 503), it does not exit.
                              Certificate requests try them in turn; the config stream keeps one
                              connection and, when it fails, moves to the next (first retry in
                              100-300 ms, then jittered back-off); after meshd closes it at its
                              maximum age, to a random one. The last good config keeps serving.
       --root-cert FILE       the trust anchor (meshd's STATE-DIR/root-cert.pem)
-      --token T, --token-file F   the join token
+      --token T, --token-file F   the join token; the file is read each time a token is needed
+                             (the first certificate, and a later one when the certificate lapsed
+                             or was refused), trailing whitespace trimmed: a projected
+                             service-account token the kubelet rotates works. An unreadable or
+                             empty file then is retried with back-off, naming the file
       --service NAME         this workload's service; also --namespace (default "default"),
                              --service-account (default: the service), --label k=v (app=NAME is
                              always added)
+      --labels-file F        labels from the Kubernetes downward API (metadata.labels in a
+                             downwardAPI volume: key="value" per line, Go-quoted), read at start
+                             and registered like --label ones; a key given both ways takes the
+                             --label value. A malformed line stops the sidecar naming file and line
+      --status-port P        a port on the listen address for the kubelet and Prometheus
+                             (default 0: off; Istio uses 15021): GET/HEAD /ready, /healthz,
+                             /stats/prometheus (as on the admin port) and the app probes; all
+                             else 404 (/config_dump, /certs, /clusters, POST /drain stay on the
+                             loopback admin port). Bound with the proxy ports
+      --app-probe /app-health/CONTAINER/readyz|livez|startupz=PORT[/PATH]   (repeatable; needs
+                             --status-port) GET on the status port at the first path makes a GET
+                             from the sidecar to 127.0.0.1:PORT at PATH (default /): 200 when the
+                             app answers 200-399, the app's status otherwise, 503 with a reason
+                             when it cannot be reached or does not answer within 10 s (at most 8
+                             in flight per path, the rest 503)
+      --check                parse the flags and read the files they name (root certificate,
+                             token file, labels file), print "flags ok" and exit 0, without
+                             contacting meshd or binding ports; exit 2 naming what is wrong
       --app-port P           the local app's port (inbound listener); none: a caller-only workload
       --app-protocol P       what the app speaks: http (HTTP/1.1, default), http2 or grpc (h2c),
                              or tcp (opaque bytes, docs/tcp.md)
@@ -100,7 +127,7 @@ let usage = """
     """
 
 func fail(_ message: String, code: Int32 = 2) -> Never {
-    var line = "sidecar: error: \(message)\n"
+    var line = "sidecar: error: \(Printable.escaped(message))\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
     exit(code)
 }
@@ -118,24 +145,23 @@ func readFile(_ path: String) -> String? {
     return String(decoding: bytes, as: UTF8.self)
 }
 
-let specs: [Flags.Spec] = [
-    .init("config"), .init("concurrency"), .init("log-level"), .init("check", value: false), .init("help", value: false),
-    .init("meshd"), .init("root-cert"), .init("token"), .init("token-file"), .init("service"), .init("namespace"),
-    .init("service-account"), .init("label"), .init("app-port"), .init("app-protocol"), .init("inbound-port"),
-    .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
-    .init("advertise-address"), .init("listen-address"), .init("capture", value: false),
-    .init("dns-port"), .init("resolv-conf"),
-]
-
 let flags: Flags
 do {
-    flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs)
+    flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: SidecarMeshFlags.specs)
 } catch {
     fail("\(error)")
 }
 if flags.has("help") {
     print(usage, terminator: "")
     exit(0)
+}
+if flags.has("meshd") {
+    // Mesh mode: the whole command line checked by MeshAgent's parser (also used by the tests
+    // of `meshctl kube-inject`), before any file is read or meshd contacted.
+    let mesh: SidecarMeshFlags
+    do { mesh = try SidecarMeshFlags.parse(flags) } catch { fail("\(error)") }
+    if let lvl = mesh.logLevel { Log.minimum = lvl }
+    runMeshMode(mesh)
 }
 if let lvl = flags.string("log-level") {
     switch lvl {
@@ -148,13 +174,13 @@ if let lvl = flags.string("log-level") {
 }
 let concurrencyFlag: Int?
 do { concurrencyFlag = try flags.int("concurrency", min: 1, max: 256) } catch { fail("\(error)") }
-if flags.has("meshd") {
-    if flags.has("config") { fail("--config (static mode) and --meshd (mesh mode) exclude each other") }
-    runMeshMode(flags, concurrency: concurrencyFlag)
-}
 if flags.has("dns-port") || flags.has("resolv-conf") {
     fail("--dns-port and --resolv-conf are mesh-mode flags (with --meshd); static mode has no DNS port")
 }
+if let f = SidecarMeshFlags.meshOnly.first(where: { flags.has($0) }) {
+    fail("--\(f) is a mesh-mode flag (with --meshd); static mode takes its workload from the config file")
+}
+if let p = flags.positional.first { fail("unexpected argument \"\(p)\" (see --help)") }
 guard let configPath = flags.string("config") else { fail("missing --config FILE.yaml, or --meshd for mesh mode (see --help)") }
 
 guard let text = readFile(configPath) else { fail("cannot read \(configPath): \(String(cString: strerror(errno)))") }

@@ -1,0 +1,222 @@
+import MeshCore
+import MeshHTTP
+import MeshIO
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The status port (`sidecar --status-port P`, Istio's 15021): what the kubelet and Prometheus
+/// may reach on the pod's address. GET or HEAD `/ready`, `/healthz` and `/stats/prometheus`
+/// (the admin port's answers; 503 on `/ready` and `/stats/prometheus` until the proxy runs), and
+/// the app probes (`--app-probe`, `StatusProbe.swift`). Everything else is 404: `/config_dump`,
+/// `/certs`, `/clusters` and `POST /drain` stay on the loopback admin port. Bound with the proxy
+/// ports, before meshd is contacted; served on its own thread and event loop, never a worker's,
+/// and an app probe never blocks it (the probe's connection is one more socket on this loop).
+public final class StatusServer: @unchecked Sendable {
+    /// One `--app-probe`: GET `path` here is answered by GET `target` on `127.0.0.1:port`.
+    public struct Probe: Sendable {
+        public let path: String
+        public let port: Int
+        public let target: String
+        public init(path: String, port: Int, target: String) {
+            self.path = path
+            self.port = port
+            self.target = target
+        }
+    }
+
+    let loop = EventLoop(name: "status")
+    /// The admin server whose answers this port repeats (nil until the proxy runs).
+    private let admin = Mutex<AdminServer?>(nil)
+    let probes: [Probe]
+    /// How long the app has to answer a probe (10 s).
+    let probeTimeout: UInt64
+    /// Requests in flight at most for each probe path (8); past it that path gets 503 at once.
+    /// Per path, so a hung app's liveness probes never starve its readiness probe or another
+    /// container's (the total is bounded by the number of `--app-probe` flags).
+    let maxProbes: Int
+    /// Requests in flight for each of `probes` (status loop only).
+    var probesInFlight: [Int]
+    private var listener: Listener?
+    private var thread: pthread_t?
+    /// The address bound (its port is the one the kernel chose when the flag said 0).
+    public let address: SocketAddress
+
+    /// Binds `address` now (a port in use is an error naming it) and serves on a thread of its own.
+    public static func start(address: SocketAddress, probes: [Probe], probeTimeout: UInt64 = 10_000_000_000,
+                             maxProbes: Int = 8) throws(ProxyStartError) -> StatusServer {
+        let fd = Socket.listen(address, reusePort: false)
+        if fd < 0 { throw ProxyStartError.cannotListen(address, "status", SocketError(code: -fd)) }
+        let bound = SocketAddress(host: address.family == AF_INET6 ? "[\(StatusServer.host(address))]" : StatusServer.host(address),
+                                  port: Socket.localPort(fd)) ?? address
+        let s = StatusServer(address: bound, probes: probes, probeTimeout: probeTimeout, maxProbes: maxProbes)
+        let l = Listener(loop: s.loop, fd: fd, name: "status") { [unowned s] cfd in
+            let c = StatusConnection(server: s, fd: cfd)
+            _ = c.start()
+            c.loop.setDeadline(c, c.loop.now + 30_000_000_000)
+        }
+        guard l.start() else {
+            Glibc.close(fd)
+            throw ProxyStartError(description: "cannot watch the status listener on \(address)")
+        }
+        s.listener = l
+        s.thread = Threads.spawn(name: "status") { s.loop.run() }
+        return s
+    }
+
+    private init(address: SocketAddress, probes: [Probe], probeTimeout: UInt64, maxProbes: Int) {
+        self.address = address
+        self.probes = probes
+        self.probeTimeout = probeTimeout
+        self.maxProbes = maxProbes
+        self.probesInFlight = [Int](repeating: 0, count: probes.count)
+    }
+
+    private static func host(_ a: SocketAddress) -> String {
+        var t = a.text
+        if let colon = t.lastIndex(of: ":") { t = String(t[..<colon]) }
+        if t.hasPrefix("[") { t = String(t.dropFirst().dropLast()) }
+        return t
+    }
+
+    /// From now on `/ready`, `/healthz` and `/stats/prometheus` answer as `a` does (any thread).
+    func attach(_ a: AdminServer) { admin.withLock { $0 = a } }
+
+    /// Stops serving and joins the thread (the end of a drain).
+    public func stop() {
+        loop.stop()
+        if let t = thread { Threads.join(t); thread = nil }
+    }
+
+    /// Answers a request (status loop). Returns false when an app probe was started instead:
+    /// the connection then waits for `StatusConnection.probeDone`.
+    func respond(_ c: StatusConnection, method: HTTPMethod, path: String) -> Bool {
+        let isRead = method == .get || method == .head
+        guard isRead else { StatusServer.reply(c.output, 404, "not found\n", head: false); return true }
+        switch path {
+        case "/ready", "/healthz", "/stats/prometheus":
+            if let a = admin.withLock({ $0 }) {
+                a.respond(method: method, path: path, into: c.output)
+            } else if path == "/healthz" {
+                StatusServer.reply(c.output, 200, "OK\n", head: method == .head)
+            } else {
+                StatusServer.reply(c.output, 503, path == "/ready" ? "PRE_INITIALIZING\n" : "not ready: the proxy is not running yet\n",
+                                   head: method == .head)
+            }
+            return true
+        default:
+            guard let index = probes.firstIndex(where: { $0.path == path }) else {
+                StatusServer.reply(c.output, 404, "not found\n", head: method == .head)
+                return true
+            }
+            let p = probes[index]
+            if probesInFlight[index] >= maxProbes {
+                StatusServer.reply(c.output, 503, "too many requests in flight for this probe (\(maxProbes)); try again\n", head: method == .head)
+                return true
+            }
+            guard let app = SocketAddress(host: "127.0.0.1", port: p.port) else {
+                StatusServer.reply(c.output, 503, "bad app port \(p.port)\n", head: method == .head)
+                return true
+            }
+            let fd = Socket.connect(app)
+            if fd < 0 {
+                StatusServer.reply(c.output, 503, "app at \(app) cannot be reached: \(Socket.errorText(-fd))\n", head: method == .head)
+                return true
+            }
+            let probe = StatusProbe(server: self, index: index, client: c, fd: fd, app: app, target: p.target, head: method == .head)
+            probesInFlight[index] += 1
+            c.probe = probe
+            guard probe.start() else {
+                probesInFlight[index] -= 1
+                c.probe = nil
+                StatusServer.reply(c.output, 503, "app at \(app) cannot be reached: cannot watch the socket\n", head: method == .head)
+                return true
+            }
+            loop.setDeadline(probe, loop.now + probeTimeout)
+            return false
+        }
+    }
+
+    /// A complete HTTP/1.1 response with a text body (left out for HEAD).
+    static func reply(_ out: ByteBuffer, _ status: Int, _ body: String, head: Bool) {
+        out.append("HTTP/1.1 ")
+        out.appendDecimal(status)
+        out.append(" ")
+        out.append(StatusReason.phrase(status))
+        out.append("\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ")
+        out.appendDecimal(body.utf8.count)
+        out.append("\r\n\r\n")
+        if !head { out.append(string: body) }
+    }
+}
+
+/// One client of the status port: HTTP/1.1 keep-alive, requests answered in order (one waiting
+/// for an app probe holds the ones behind it).
+final class StatusConnection: Connection {
+    unowned let server: StatusServer
+    var parser = HTTP1Parser()
+    var head = HTTPHead()
+    /// The app probe this connection waits for.
+    var probe: StatusProbe?
+    /// Close after the answer being waited for.
+    private var closeAfterProbe = false
+
+    init(server: StatusServer, fd: Int32) {
+        self.server = server
+        super.init(loop: server.loop, fd: fd, security: nil, connecting: false)
+    }
+
+    override func onInput() {
+        while probe == nil && !input.isEmpty && !isClosing && !isClosed {
+            switch parser.parseRequest(input.base, start: input.readIndex, end: input.writeIndex, into: &head) {
+            case .incomplete:
+                return
+            case .error(let e):
+                output.appendLocalReply(status: e.status, body: e.reason, close: true, flag: .downstreamProtocolError)
+                requestFlush()
+                closeAfterFlush()
+                return
+            case .complete:
+                var pathEnd = head.pathEnd
+                for i in head.pathStart..<head.pathEnd where input.base[i] == UInt8(ascii: "?") { pathEnd = i; break }
+                let path = input.string(head.pathStart, pathEnd)
+                // Status requests carry no body we read: close after one that has one.
+                let keep = head.keepAlive && head.contentLength <= 0 && !head.chunked
+                let method = head.method
+                input.consume(head.headEnd - input.readIndex)
+                parser.resetScan()
+                if !server.respond(self, method: method, path: path) {
+                    // Waiting for the app; no deadline of our own meanwhile (the probe has one).
+                    closeAfterProbe = !keep
+                    loop.setDeadline(self, 0)
+                    return
+                }
+                requestFlush()
+                if !keep { closeAfterFlush(); return }
+                loop.setDeadline(self, loop.now + 30_000_000_000)
+            }
+        }
+    }
+
+    /// The probe answered (status loop): send its answer, then go on with what came behind it.
+    func probeDone(status: Int, body: String, head isHead: Bool) {
+        probe = nil
+        if isClosed { return }
+        StatusServer.reply(output, status, body, head: isHead)
+        requestFlush()
+        if closeAfterProbe { closeAfterFlush(); return }
+        loop.setDeadline(self, loop.now + 30_000_000_000)
+        onInput()
+    }
+
+    override func onPeerClosed(error: Int32) { closeNow() }
+    override func onDeadline(now: UInt64) { closeNow() }
+    override func onClosed() {
+        // Nobody waits for the answer any more: end the probe now, freeing its slot.
+        if let p = probe {
+            probe = nil
+            p.cancel()
+        }
+    }
+}
