@@ -54,10 +54,16 @@ final class YAMLStreamWriter {
         line = n.line
         column = n.column
         if depth >= YAML.maxDepth { throw error("nested deeper than \(YAML.maxDepth) levels") }
+        // libyaml cannot write the non-specific tag `!` (it writes `!<%21>`): on a scalar it means a
+        // string, written `!!str`; on a collection it changes nothing, so it is left out.
+        var tagText = n.tag
+        if tagText == "!" {
+            if case .scalar = n.kind { tagText = YAMLTags.str } else { tagText = nil }
+        }
         let anchor = YAMLStreamWriter.cString(n.anchor)
-        let tag = YAMLStreamWriter.cString(n.tag)
+        let tag = YAMLStreamWriter.cString(tagText)
         defer { anchor?.deallocate(); tag?.deallocate() }
-        let implicit: Int32 = n.tag == nil ? 1 : 0
+        let implicit: Int32 = tagText == nil ? 1 : 0
         var event = yaml_event_t()
         switch n.kind {
         case .alias(let name):
