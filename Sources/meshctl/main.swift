@@ -64,6 +64,14 @@ let usage = """
                             transparent capture in the current network namespace: iptables rules
                             sending the app's TCP and DNS through its sidecar (print: the rules,
                             no root; meshctl capture --help; docs/capture.md)
+      kube-inject -f IN.yaml|- [-o OUT.yaml] [--native-sidecar] [--meshd HOST:PORT] [--image I] [--uninject]
+                            put the sidecar into Kubernetes workloads (meshctl kube-inject --help;
+                            docs/kubernetes.md)
+      kube-manifests --root-cert FILE [--replicas N] [--store etcd://...] [--app-namespace NS]...
+                            what runs meshd in a Kubernetes cluster
+      wait-ready [--admin-port 15000] [--timeout 120s]
+                            wait until the local sidecar's /ready answers 200 (the injected
+                            sidecar's postStart hook)
       token create --namespace NS --service-account SA [--ttl 1h]
                             mint a join token for one identity; prints only the token
       ca status             the roots in force and which one issues
