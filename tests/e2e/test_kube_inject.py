@@ -224,3 +224,13 @@ def test_manifests_carry_the_root_certificate_and_the_store(tmp_path):
     key.write_text("-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n")
     r = run("kube-manifests", "--root-cert", key, check=False)
     assert r.returncode == 2 and "no PEM certificate" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["deployment", "list", "cronjob"])
+def test_injecting_again_with_other_options_replaces_the_injection(name):
+    # classic -> native gives exactly the native golden; a new --image replaces the old one only.
+    assert inject(golden(name, "classic"), "native") == golden(name, "native").read_text()
+    assert inject(golden(name, "native"), "classic") == golden(name, "classic").read_text()
+    out = inject(golden(name, "classic"), "classic", "--image", "registry.example/mesh:9")
+    assert "registry.example/mesh:9" in out and "swift-mesh:0.18.0" not in out
+    assert out.replace("registry.example/mesh:9", "swift-mesh:0.18.0") == golden(name, "classic").read_text()
