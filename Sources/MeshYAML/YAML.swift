@@ -22,7 +22,12 @@ public enum YAML {
     /// (libyaml may still choose another scalar style only where the original cannot represent the value);
     /// `---` when explicitStart (always when `forceStart`, and for an empty document), `...` when explicitEnd.
     /// Ends with "\n". Comments are not written (libyaml's events carry none): pass an untouched
-    /// document's `source` through instead.
+    /// document's `source` through instead. Where libyaml cannot write what the tree holds: the
+    /// non-specific tag `!` is written `!!str` on a scalar and left out on a collection; an untagged empty
+    /// plain scalar in a flow collection or as a key is written `null` (libyaml would write `''`, a
+    /// string); `%YAML`/`%TAG` directives are not written (tags come out in full, `!<...>`); a plain
+    /// scalar libyaml will not write plain in its place (a tab, a `:` inside a flow collection) is quoted;
+    /// a key over 128 characters is written as an explicit `? ` key; an empty block collection as `[]`/`{}`.
     public static func emit(_ document: YAMLDocument, forceStart: Bool = false) throws(YAMLError) -> String {
         let writer = YAMLStreamWriter(document: document.index)
         return try writer.write(document, forceStart: forceStart)

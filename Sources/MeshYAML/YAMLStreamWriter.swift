@@ -39,7 +39,7 @@ final class YAMLStreamWriter {
         let implicitStart = !(document.explicitStart || forceStart || document.root == nil)
         yaml_document_start_event_initialize(&event, nil, nil, nil, implicitStart ? 1 : 0)
         try emit(&event)
-        try node(document.root ?? YAMLNode(kind: .scalar("", .plain)), depth: 0)
+        try node(document.root ?? YAMLNode(kind: .scalar("", .plain)), depth: 0, flow: false, key: false)
         yaml_document_end_event_initialize(&event, document.explicitEnd ? 0 : 1)
         try emit(&event)
         yaml_stream_end_event_initialize(&event)
@@ -50,7 +50,8 @@ final class YAMLStreamWriter {
         return text
     }
 
-    private func node(_ n: YAMLNode, depth: Int) throws(YAMLError) {
+    /// Writes `n` and its descendants; `flow` when inside a flow collection, `key` for a mapping key.
+    private func node(_ n: YAMLNode, depth: Int, flow inFlow: Bool, key: Bool) throws(YAMLError) {
         line = n.line
         column = n.column
         if depth >= YAML.maxDepth { throw error("nested deeper than \(YAML.maxDepth) levels") }
@@ -71,7 +72,10 @@ final class YAMLStreamWriter {
             defer { p?.deallocate() }
             guard yaml_alias_event_initialize(&event, p) == 1 else { throw error("cannot write alias *\(name)") }
             try emit(&event)
-        case .scalar(let text, let style):
+        case .scalar(var text, let style):
+            // libyaml writes an empty plain scalar in a flow collection or as a key as '' (a string);
+            // an untagged one is a null, so it is written `null` there to keep its meaning.
+            if text.isEmpty && style == .plain && tagText == nil && (inFlow || key) { text = "null" }
             var value = Array(text.utf8)
             let ok = value.withUnsafeMutableBufferPointer { buf in
                 // libyaml copies the value; a non-nil pointer is needed even for ""
@@ -88,7 +92,7 @@ final class YAMLStreamWriter {
                                                        flow ? YAML_FLOW_SEQUENCE_STYLE : YAML_BLOCK_SEQUENCE_STYLE) == 1
             else { throw error("cannot write a sequence") }
             try emit(&event)
-            for item in items { try node(item, depth: depth + 1) }
+            for item in items { try node(item, depth: depth + 1, flow: inFlow || flow, key: false) }
             yaml_sequence_end_event_initialize(&event)
             try emit(&event)
         case .mapping(let pairs, let flow):
@@ -97,8 +101,8 @@ final class YAMLStreamWriter {
             else { throw error("cannot write a mapping") }
             try emit(&event)
             for pair in pairs {
-                try node(pair.key, depth: depth + 1)
-                try node(pair.value, depth: depth + 1)
+                try node(pair.key, depth: depth + 1, flow: inFlow || flow, key: true)
+                try node(pair.value, depth: depth + 1, flow: inFlow || flow, key: false)
             }
             yaml_mapping_end_event_initialize(&event)
             try emit(&event)

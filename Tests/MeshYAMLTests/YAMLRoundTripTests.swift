@@ -162,6 +162,19 @@ spec:
         XCTAssertEqual(try YAML.emit(implicitDoc, forceStart: true), "---\na: 1\n")
     }
 
+    func testEmptyValuesStayNullInFlowCollectionsAndKeys() throws {
+        let doc = try XCTUnwrap(parseOK("a: {x: , y: 1}\nb: [{z: }]\n? \n: v\nc:\n").documents.first)
+        let out = try YAML.emit(doc)
+        XCTAssertEqual(out, "a: {x: null, y: 1}\nb: [{z: null}]\nnull: v\nc:\n")
+        let back = try XCTUnwrap(parseOK(out).documents[0].root)
+        XCTAssertEqual(back["a"]?["x"]?.isNull, true)
+        XCTAssertEqual(back["b"]?.items?.first?["z"]?.isNull, true)
+        XCTAssertEqual(back.pairs?[2].key.isNull, true)
+        XCTAssertEqual(back["c"]?.isNull, true)
+        // a quoted empty string stays a string
+        XCTAssertEqual(try YAML.emit(parseOK("a: {x: ''}\n").documents[0]), "a: {x: ''}\n")
+    }
+
     func testDirectivesSeen() throws {
         let r = parseOK("%YAML 1.1\n%TAG !e! tag:example.com,2024:\n---\n- !e!x 1\n...\n---\nb: 2\n")
         XCTAssertEqual(r.documents.map(\.hasDirectives), [true, false])

@@ -22,7 +22,9 @@ func parseRefused(_ text: String, file: StaticString = #filePath, line: UInt = #
     }
 }
 
-/// A node's content without positions or styles: text, tags, anchors, aliases and structure.
+/// A node's content without positions or styles: text (untagged nulls as `null`, untagged plain text
+/// that resolves to a non-string marked `p`),
+/// tags, anchors, aliases and structure.
 func shape(_ n: YAMLNode) -> String {
     var s = ""
     // `!` is written `!!str` on a scalar and left out on a collection (libyaml cannot write it)
@@ -31,7 +33,13 @@ func shape(_ n: YAMLNode) -> String {
     if let t = tag { s += "!<\(t)>" }
     if let a = n.anchor { s += "&\(a)" }
     switch n.kind {
-    case .scalar(let v, _): s += "\(v.debugDescription)"
+    case .scalar(let v, let style):
+        // untagged plain text that a reader resolves to a number, bool, ... must stay plain; null is null
+        if n.isNull && tag == nil {
+            s += "null"
+        } else {
+            s += (tag == nil && style == .plain && YAMLPlainScalar.resolvesToNonString(v) ? "p" : "") + v.debugDescription
+        }
     case .alias(let a): s += "*\(a)"
     case .sequence(let items, _): s += "[" + items.map(shape).joined(separator: ",") + "]"
     case .mapping(let pairs, _): s += "{" + pairs.map { shape($0.key) + ":" + shape($0.value) }.joined(separator: ",") + "}"
