@@ -176,8 +176,30 @@ def installed(deb):
         r.teardown()
 
 
+@pytest.fixture
+def fresh_root():
+    r = ThrowawayRoot()
+    try:
+        r.setup()
+        yield r
+    finally:
+        r.teardown()
+
+
+def test_postinst_refuses_uid_1337_held_by_another_user(fresh_root, deb):
+    """The capture rules exempt uid/gid 1337: a mesh user with another uid would be captured."""
+    r = fresh_root
+    r.chroot("useradd", "--uid", "1337", "--no-create-home", "--shell", "/usr/sbin/nologin", "squatter")
+    p = r.chroot("dpkg", "-i", str(deb), timeout=120, check=False)
+    assert p.returncode != 0
+    assert "swift-mesh: uid 1337, which the mesh needs for its user mesh, is taken by user squatter" in p.stderr, p.stderr
+    assert not [l for l in r.path("/etc/passwd").read_text().splitlines() if l.startswith("mesh:")]
+    status = r.chroot("dpkg-query", "-W", "-f=${Status}", "swift-mesh").stdout
+    assert status == "install ok half-configured", status
+
+
 def test_lintian_reports_no_error(deb):
-    p = run(["lintian", "--fail-on", "error", "--no-tag-display-limit", str(deb)], timeout=120, check=False)
+    p = run(["lintian", "--fail-on", "error", "--tag-display-limit", "0", str(deb)], timeout=120, check=False)
     lines = [l for l in (p.stdout + p.stderr).splitlines() if re.match(r"[EWIXPO]: ", l)]
     errors = [l for l in lines if l.startswith("E: ")]
     assert p.returncode == 0 and not errors, f"lintian rc {p.returncode}:\n" + "\n".join(lines)
@@ -348,8 +370,9 @@ def test_remove_then_purge_leave_nothing(installed, deb):
 
     r.chroot("dpkg", "--purge", "swift-mesh", timeout=120)
     assert not os.path.lexists(r.path("/etc/mesh"))
-    assert "mesh:" not in "".join(l[:5] for l in r.path("/etc/passwd").read_text().splitlines())
-    assert not [l for l in r.path("/etc/group").read_text().splitlines() if l.startswith("mesh:")]
+    for db in ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"):
+        kept = [l for l in r.path(db).read_text().splitlines() if l.startswith("mesh:")]
+        assert not kept, f"purge left {db}: {kept}"
     assert r.chroot("dpkg-query", "-W", "swift-mesh", check=False).returncode != 0
 
     # what the upper layer holds now beyond what it held before the install
