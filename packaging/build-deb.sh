@@ -173,8 +173,12 @@ else
             [ -e "$root$private_lib/$soname" ] && continue
             path=$(ldconfig -p | awk -v s="$soname" '$1 == s && /x86-64|AArch64/ {print $NF; exit}')
             [ -n "$path" ] || { echo "build-deb: error: $soname: not in the linker cache" >&2; exit 1; }
-            pkg=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -1 | cut -d: -f1) \
-                || { echo "build-deb: error: $path: no package owns it" >&2; exit 1; }
+            # usrmerge: dpkg knows a file by the path its package ships, with or without /usr
+            real=$(readlink -f "$path")
+            pkg=""
+            for cand in "$path" "$real" "${real#/usr}" "/usr$path"; do
+                pkg=$(dpkg -S "$cand" 2>/dev/null | head -1 | cut -d: -f1) && [ -n "$pkg" ] && break
+            done
             [ -n "$pkg" ] || { echo "build-deb: error: $path: no package owns it" >&2; exit 1; }
             ver=$(dpkg-query -W -f='${Version}' "$pkg" | sed 's/-[^-]*$//')
             echo "$pkg (>= $ver)"
