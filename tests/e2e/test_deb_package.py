@@ -177,7 +177,7 @@ def installed(deb):
 
 
 @pytest.fixture
-def fresh_root():
+def fresh_root(deb):   # the .deb exists before the overlay is mounted over /
     r = ThrowawayRoot()
     try:
         r.setup()
