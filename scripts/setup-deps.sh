@@ -15,6 +15,8 @@ for p in dnsutils dnsmasq-base iproute2; do have_pkg "$p" || need_pkgs+=("$p"); 
 for p in etcd-server etcd-client; do have_pkg "$p" || need_pkgs+=("$p"); done
 # MeshYAML (meshctl kube-inject) links libyaml
 for p in libyaml-dev; do have_pkg "$p" || need_pkgs+=("$p"); done
+# the Debian package (packaging/build-deb.sh, test_deb_package.py): lintian, chrpath
+for p in lintian chrpath; do have_pkg "$p" || need_pkgs+=("$p"); done
 # python3/pip may come from elsewhere (pyenv); only ask apt when no python3 is on PATH.
 if command -v python3 >/dev/null; then
     tmp=(); for p in "${need_pkgs[@]}"; do [[ "$p" == python3 || "$p" == python3-pip ]] || tmp+=("$p"); done
