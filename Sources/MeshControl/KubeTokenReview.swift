@@ -18,6 +18,9 @@ public enum KubeReviewOutcome: Equatable, Sendable {
     /// No decision could be had (the apiserver unreachable, an error answer, malformed JSON):
     /// refused too (fail closed), but the workload may try again (503).
     case error(String)
+    /// Not sent: `KubeTokenReviewer.maxInFlight` reviews are already waiting on the apiserver.
+    /// Refused at once (503); the workload tries again with its back-off.
+    case busy
 }
 
 /// The TokenReview exchange with the Kubernetes API (`POST
@@ -28,6 +31,48 @@ public enum KubeTokenReview {
     public static let path = "/apis/authentication.k8s.io/v1/tokenreviews"
     /// The largest answer read (a real one is a few KiB).
     public static let maxBody = 64 << 10
+
+    /// The longest token sent for review (a projected service-account token is about 1 KiB).
+    public static let maxTokenBytes = 8192
+
+    /// Why `token` is not shaped like a JWT (nil: it is): three base64url parts (`A-Z a-z 0-9 - _`,
+    /// no padding), each non-empty, at most `maxTokenBytes` in all. Only such tokens are sent to
+    /// the apiserver; the reason never quotes the token.
+    public static func notAJWT(_ token: String) -> String? {
+        let bytes = token.utf8
+        guard bytes.count <= maxTokenBytes else { return "not shaped like a JWT: \(bytes.count) bytes, over \(maxTokenBytes)" }
+        var parts = 1, partLength = 0
+        for c in bytes {
+            switch c {
+            case UInt8(ascii: "."):
+                guard partLength > 0 else { return "not shaped like a JWT: part \(parts) is empty" }
+                parts += 1
+                partLength = 0
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "-"), UInt8(ascii: "_"):
+                partLength += 1
+            default:
+                return "not shaped like a JWT: part \(parts) holds a byte that is not base64url (0x\(String(c, radix: 16)))"
+            }
+        }
+        guard partLength > 0 else { return "not shaped like a JWT: part \(parts) is empty" }
+        guard parts == 3 else { return "not shaped like a JWT: \(parts) part\(parts == 1 ? "" : "s") separated by '.', not 3" }
+        return nil
+    }
+
+    /// Why the identities a CSR asks for (`uris`, its SANs) are not one well-formed mesh identity
+    /// `spiffe://TD/ns/NS/sa/SA` (NS and SA DNS labels), checked before a token is reviewed (nil: they are).
+    public static func csrIdentityRefusal(_ uris: [String], trustDomain: String) -> String? {
+        guard uris.count == 1 else {
+            return uris.isEmpty ? "the CSR asks for no identity" : "the CSR asks for \(uris.count) names; exactly one identity spiffe://\(trustDomain)/ns/NS/sa/SA is issued"
+        }
+        let id = uris[0], prefix = "spiffe://\(trustDomain)/"
+        let rest = id.hasPrefix(prefix) ? id.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false).map(String.init) : []
+        guard rest.count == 4, rest[0] == "ns", rest[2] == "sa", Names.isDNSLabel(rest[1]), Names.isDNSLabel(rest[3]) else {
+            return "the CSR asks for \"\(shown(id, max: 120))\", not an identity spiffe://\(trustDomain)/ns/NS/sa/SA with NS and SA DNS labels"
+        }
+        return nil
+    }
 
     /// The request body for `token`, asking the apiserver to check `audience` too.
     public static func requestBody(token: String, audience: String) -> String {
@@ -140,7 +185,9 @@ public enum KubeTokenReview {
 /// token re-read from its file every time (the kubelet rotates it), TLS to the apiserver
 /// verified against `--kube-ca` with the host checked, a 5 s deadline. Positive reviews are
 /// cached by SHA-256 of the token for 60 s (less when the token's `exp` is sooner), at most
-/// `maxCached` of them; refusals are never cached. Thread-safe; it blocks (worker threads only).
+/// `maxCached` of them; refusals are never cached. Only JWT-shaped tokens are sent, and at most
+/// `maxInFlight` reviews at once (a counter; past it `.busy` at once), so junk tokens cannot hold
+/// the API port's workers or get meshd's account throttled. Thread-safe; it blocks (worker threads only).
 public final class KubeTokenReviewer: @unchecked Sendable {
     public let config: KubeAPIConfig
     /// Sends one review: (request body, bearer token) -> (HTTP status, body), or a failure.
@@ -152,11 +199,27 @@ public final class KubeTokenReviewer: @unchecked Sendable {
     public static let cacheSeconds: Int64 = 60
     public static let maxCached = 10_000
     public static let deadlineNanos: UInt64 = 5_000_000_000
+    /// Reviews waiting on the apiserver at once, at most (of the API port's 4 workers, the
+    /// others stay free to sign and register).
+    public static let maxInFlight = 2
 
     private struct Cached { let namespace: String; let serviceAccount: String; let until: Int64 }
     private let cache = Locked<[[UInt8]: Cached]>([:])
 
     let allowed = Atomic<Int>(0), denied = Atomic<Int>(0), failed = Atomic<Int>(0), cacheHits = Atomic<Int>(0)
+    /// Requests whose token was never sent: review slots all taken, or not shaped like a JWT.
+    let busy = Atomic<Int>(0), notJWT = Atomic<Int>(0)
+    /// Reviews waiting on the apiserver now (never over `maxInFlight`).
+    let inFlight = Atomic<Int>(0)
+    /// The second a busy or not-a-JWT refusal was last logged: a flood logs one line a second.
+    let busyLogged = Atomic<Int64>(0), notJWTLogged = Atomic<Int64>(0)
+
+    /// Whether a refusal of a flood-prone kind is logged now (one a second; `/metrics` counts all).
+    func logNow(_ last: borrowing Atomic<Int64>) -> Bool {
+        let t = Clock.monotonicNanos() / 1_000_000_000 + 1   // never 0, the initial value
+        let seen = last.load(ordering: .relaxed)
+        return seen != Int64(t) && last.compareExchange(expected: seen, desired: Int64(t), ordering: .relaxed).exchanged
+    }
 
     /// Loads the CA (errors name `--kube-ca`) and checks that meshd's token file is readable now
     /// (`--kube-token-file`); both are given as the in-cluster defaults when not set.
@@ -205,7 +268,10 @@ public final class KubeTokenReviewer: @unchecked Sendable {
     }
 
     /// Reviews `token` (cached when it was allowed less than 60 s ago). Never logs the token.
+    /// A token not shaped like a JWT is denied unsent (meshd's endpoint refuses it earlier, and
+    /// counts it); with `maxInFlight` reviews out, `.busy` at once.
     public func review(_ token: String) -> KubeReviewOutcome {
+        if let why = KubeTokenReview.notAJWT(token) { return .denied(why) }
         let key = KubeTokenReview.digest(token)
         let t = now()
         if let hit = cache.withLock({ c -> Cached? in
@@ -217,6 +283,18 @@ public final class KubeTokenReviewer: @unchecked Sendable {
             cacheHits.add(1, ordering: .relaxed)
             return .allowed(namespace: hit.namespace, serviceAccount: hit.serviceAccount)
         }
+        // Take a review slot, or answer busy: a counter, no lock held across the exchange.
+        var slots = inFlight.load(ordering: .relaxed)
+        while true {
+            guard slots < KubeTokenReviewer.maxInFlight else {
+                busy.add(1, ordering: .relaxed)
+                return .busy
+            }
+            let (taken, seen) = inFlight.compareExchange(expected: slots, desired: slots + 1, ordering: .relaxed)
+            if taken { break }
+            slots = seen
+        }
+        defer { inFlight.subtract(1, ordering: .relaxed) }
         let outcome: KubeReviewOutcome
         do {
             let bearer = try KubeTokenReviewer.bearer(config.tokenFile)
@@ -242,6 +320,7 @@ public final class KubeTokenReviewer: @unchecked Sendable {
             }
         case .denied: denied.add(1, ordering: .relaxed)
         case .error: failed.add(1, ordering: .relaxed)
+        case .busy: break
         }
         return outcome
     }
@@ -257,6 +336,9 @@ public final class KubeTokenReviewer: @unchecked Sendable {
         out += "meshd_token_reviews_total{result=\"error\"} \(failed.load(ordering: .relaxed))\n"
         out += "# HELP meshd_token_review_cache_hits_total Kubernetes tokens allowed from the cache of positive reviews (no TokenReview sent).\n# TYPE meshd_token_review_cache_hits_total counter\n"
         out += "meshd_token_review_cache_hits_total \(cacheHits.load(ordering: .relaxed))\n"
+        out += "# HELP meshd_token_reviews_not_sent_total Kubernetes tokens refused without a TokenReview, by reason (busy: \(KubeTokenReviewer.maxInFlight) reviews already in flight, 503; not_a_jwt: 401).\n# TYPE meshd_token_reviews_not_sent_total counter\n"
+        out += "meshd_token_reviews_not_sent_total{reason=\"busy\"} \(busy.load(ordering: .relaxed))\n"
+        out += "meshd_token_reviews_not_sent_total{reason=\"not_a_jwt\"} \(notJWT.load(ordering: .relaxed))\n"
         return out
     }
 }
@@ -264,13 +346,36 @@ public final class KubeTokenReviewer: @unchecked Sendable {
 extension MeshdServer {
     /// A certificate request whose bearer token is not a join token: a Kubernetes
     /// service-account token, reviewed by the apiserver when meshd has `--kube-api`. On a
-    /// worker thread (the API port's pool), never on an event loop.
+    /// worker thread (the API port's pool), never on an event loop. Junk costs no review: a
+    /// token not shaped like a JWT and a CSR that does not verify or asks for no well-formed
+    /// identity are refused first; with `maxInFlight` reviews out, 503 at once.
     func signWithKubeToken(csrPEM: String, token: String) -> ControlResponse {
         guard let reviewer = kubeReviewer else {
             ca.countRefusal()
             return refusedKube(401, "the token is not a join token (mesh1.…), and this meshd does not review Kubernetes service-account tokens (start it with --kube-api)")
         }
+        if let why = KubeTokenReview.notAJWT(token) {
+            let n = reviewer.notJWT.add(1, ordering: .relaxed).newValue
+            ca.countRefusal()
+            return refusedKube(401, "Kubernetes token refused without a review: \(why)",
+                               log: reviewer.logNow(reviewer.notJWTLogged) ? " (\(n) such refusals so far; logged once a second)" : nil)
+        }
+        do {
+            let csr = try MeshCrypto.verifyCSR(csrPEM)
+            if let why = KubeTokenReview.csrIdentityRefusal(csr.uris, trustDomain: ca.trustDomain) {
+                ca.countRefusal()
+                return refusedKube(400, why + " (the token was not reviewed)")
+            }
+        } catch {
+            ca.countRefusal()
+            return refusedKube(400, error.description + " (the token was not reviewed)")
+        }
         switch reviewer.review(token) {
+        case .busy:
+            ca.countRefusal()
+            let n = reviewer.busy.load(ordering: .relaxed)
+            return refusedKube(503, "token reviews busy: \(KubeTokenReviewer.maxInFlight) Kubernetes TokenReviews already in flight (refused; try again)",
+                               log: reviewer.logNow(reviewer.busyLogged) ? " (\(n) such refusals so far; logged once a second)" : nil)
         case .denied(let why):
             ca.countRefusal()
             return refusedKube(401, "Kubernetes token refused: \(why)")
@@ -287,8 +392,9 @@ extension MeshdServer {
         }
     }
 
-    private func refusedKube(_ status: Int, _ message: String) -> ControlResponse {
-        Log.warn("ca", "refused a certificate request (\(status)): \(message)")
+    /// The refusal, logged (with `log` appended; nil: not logged, a flood's quiet refusal).
+    private func refusedKube(_ status: Int, _ message: String, log: String? = "") -> ControlResponse {
+        if let note = log { Log.warn("ca", "refused a certificate request (\(status)): \(message)\(note)") }
         return ControlResponse(status, message + "\n")
     }
 }

@@ -102,7 +102,8 @@ public final class MeshdServer: @unchecked Sendable {
                 guard a.hasPrefix("Bearer ") else { return ControlResponse(401, "authorization: expected Bearer <join token>\n") }
                 token = String(a.dropFirst(7)).trimmingCharacters
             }
-            // Anything but a join token is a Kubernetes service-account token (KubeTokenReview.swift).
+            // Anything but a join token is a Kubernetes service-account token (KubeTokenReview.swift): reviewed only when
+            // shaped like a JWT and the CSR verifies for a well-formed identity, 2 reviews at most in flight (503 past them).
             if let t = token, !t.isEmpty, !t.hasPrefix("mesh1.") { return signWithKubeToken(csrPEM: r.bodyText, token: t) }
             do {
                 let peer = r.peerIdentity.map { CertificateAuthority.Peer(identity: $0, notAfter: r.peerNotAfter, issuer: r.peerIssuer) }

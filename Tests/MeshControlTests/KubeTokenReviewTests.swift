@@ -4,6 +4,7 @@ import MeshCA
 @testable import MeshPKI
 import MeshEtcd
 import MeshTLS
+import MeshIO
 @testable import MeshControl
 @testable import MeshControlWire
 import Synchronization
@@ -157,6 +158,58 @@ final class KubeTokenReviewTests: XCTestCase {
         XCTAssertEqual(try JSONReader.parse(body)["spec"]?["token"]?.stringValue, "a\"b\\c")
     }
 
+    // MARK: what is never sent for review: tokens not shaped like a JWT, CSRs without a good identity
+
+    func testTokensNotShapedLikeAJWTAreRefusedWithTheReason() {
+        let cases: [(String, String)] = [
+            ("", "part 1 is empty"), ("opaque-token", "1 part separated by '.', not 3"), ("a.b", "2 parts"), ("a.b.c.d", "4 parts"),
+            (".b.c", "part 1 is empty"), ("a..c", "part 2 is empty"), ("a.b.", "part 3 is empty"), ("...", "part 1 is empty"),
+            ("a.b=.c", "part 2 holds a byte that is not base64url (0x3d)"), ("a.b+c.d", "0x2b"), ("a/b.c.d", "part 1 holds"),
+            ("a.b c.d", "0x20"), ("a.b.c\n", "part 3 holds a byte that is not base64url (0xa)"), ("a.\u{e9}.c", "part 2 holds"),
+            ("a.b.c\u{0}", "0x0"),
+            ("a." + String(repeating: "b", count: KubeTokenReview.maxTokenBytes - 3) + ".c", "8193 bytes, over 8192"),
+        ]
+        for (token, why) in cases {
+            guard let got = KubeTokenReview.notAJWT(token) else { XCTFail("accepted \(token.prefix(40))"); continue }
+            XCTAssertTrue(got.hasPrefix("not shaped like a JWT: ") && got.contains(why), "\(got) lacks \(why)")
+        }
+        // The reason never quotes the token.
+        XCTAssertFalse(KubeTokenReview.notAJWT("secret-opaque-token")!.contains("secret"))
+        // The shapes accepted: a real-looking JWT, the smallest, exactly 8 KiB.
+        XCTAssertNil(KubeTokenReview.notAJWT(jwt("{\"exp\":1700000000,\"aud\":[\"mesh\"]}")))
+        XCTAssertNil(KubeTokenReview.notAJWT("a.b.c"))
+        XCTAssertNil(KubeTokenReview.notAJWT("A-z_09.b.c"))
+        XCTAssertNil(KubeTokenReview.notAJWT("a." + String(repeating: "b", count: KubeTokenReview.maxTokenBytes - 4) + ".c"))
+    }
+
+    func testCSRIdentitiesThatAreNotOneMeshIdentity() {
+        let td = "cluster.local"
+        let bad: [([String], String)] = [
+            ([], "asks for no identity"),
+            (["spiffe://cluster.local/ns/default/sa/reviews", "spiffe://cluster.local/ns/default/sa/ratings"], "asks for 2 names"),
+            (["spiffe://cluster.local/ns/default/sa/reviews", "(a SAN that is not a URI)"], "asks for 2 names"),
+            (["(a SAN that is not a URI)"], "not an identity"),
+            (["spiffe://other.local/ns/default/sa/reviews"], "not an identity spiffe://cluster.local/ns/NS/sa/SA"),
+            (["spiffe://cluster.local.evil/ns/default/sa/reviews"], "not an identity"),
+            (["spiffe://cluster.local/ns/default/sa/"], "not an identity"),
+            (["spiffe://cluster.local/ns//sa/reviews"], "not an identity"),
+            (["spiffe://cluster.local/ns/Default/sa/reviews"], "not an identity"),
+            (["spiffe://cluster.local/ns/default/sa/re.views"], "not an identity"),
+            (["spiffe://cluster.local/ns/default/sa/reviews/x"], "not an identity"),
+            (["spiffe://cluster.local/ns/default/svc/reviews"], "not an identity"),
+            (["spiffe://cluster.local/default/reviews"], "not an identity"),
+            (["https://cluster.local/ns/default/sa/reviews"], "not an identity"),
+            (["spiffe://cluster.local/ns/default/sa/rev\u{1b}iews"], "not an identity"),
+        ]
+        for (uris, why) in bad {
+            guard let got = KubeTokenReview.csrIdentityRefusal(uris, trustDomain: td) else { XCTFail("accepted \(uris)"); continue }
+            XCTAssertTrue(got.contains(why), "\(got) lacks \(why)")
+            XCTAssertFalse(got.contains("\u{1b}"))
+        }
+        XCTAssertNil(KubeTokenReview.csrIdentityRefusal(["spiffe://cluster.local/ns/default/sa/reviews"], trustDomain: td))
+        XCTAssertNil(KubeTokenReview.csrIdentityRefusal(["spiffe://mesh.example/ns/kube-system/sa/" + String(repeating: "a", count: 63)], trustDomain: "mesh.example"))
+    }
+
     // MARK: flags
 
     func config(_ api: String?, ca: String? = nil, token: String? = nil, audience: String? = nil, env: [String: String] = [:]) throws(CAError) -> KubeAPIConfig? {
@@ -226,6 +279,10 @@ final class KubeTokenReviewTests: XCTestCase {
         let calls = Mutex<[(body: String, bearer: String)]>([])
         let answers = Mutex<[String: (Int, String)]>([:])   // token -> (status, review status JSON or raw body)
         let down = Atomic<Bool>(false)
+        /// While true, every review waits (an apiserver that is slow to answer); `waiting` counts
+        /// the reviews held now, `mostWaiting` the most ever held at once.
+        let hold = Atomic<Bool>(false)
+        let waiting = Atomic<Int>(0), mostWaiting = Atomic<Int>(0)
         var count: Int { calls.withLock { $0.count } }
     }
 
@@ -237,6 +294,15 @@ final class KubeTokenReviewTests: XCTestCase {
         let c = KubeAPIConfig(host: "127.0.0.1", port: 6443, hostIsIP: true, caFile: "/unused", tokenFile: tokenFile, audience: "mesh")
         return KubeTokenReviewer(config: c, transport: { (body, bearer) throws(KubeHTTPS.Failure) in
             api.calls.withLock { $0.append((body, bearer)) }
+            if api.hold.load(ordering: .relaxed) {
+                let now = api.waiting.add(1, ordering: .relaxed).newValue
+                var most = api.mostWaiting.load(ordering: .relaxed)
+                while now > most, !api.mostWaiting.compareExchange(expected: most, desired: now, ordering: .relaxed).exchanged {
+                    most = api.mostWaiting.load(ordering: .relaxed)
+                }
+                while api.hold.load(ordering: .relaxed) { usleep(1_000) }
+                api.waiting.subtract(1, ordering: .relaxed)
+            }
             if api.down.load(ordering: .relaxed) { throw KubeHTTPS.Failure(reason: "cannot connect to 127.0.0.1:6443: Connection refused") }
             let token = (try? JSONReader.parse(body))?["spec"]?["token"]?.stringValue ?? ""
             let (status, text) = api.answers.withLock { $0[token] } ?? (201, "{\"error\":\"invalid bearer token\"}")
@@ -257,20 +323,23 @@ final class KubeTokenReviewTests: XCTestCase {
         fputs(text, f); fclose(f)
     }
 
+    /// A token shaped like a JWT (three base64url parts), named `name` for the test.
+    func k(_ name: String) -> String { "eyJhbGciOiJSUzI1NiJ9.\(name).c2ln" }
+
     func testPositiveReviewsAreCachedForAMinuteAtMost() {
         let api = FakeAPI(), clock = FakeClock()
         let r = reviewer(api, clock, tokenFile: tempTokenFile("own-1\n"))
-        api.answers.withLock { $0["tok-a"] = (201, good) }
-        XCTAssertEqual(r.review("tok-a"), .allowed(namespace: "default", serviceAccount: "reviews"))
+        api.answers.withLock { $0[k("tok-a")] = (201, good) }
+        XCTAssertEqual(r.review(k("tok-a")), .allowed(namespace: "default", serviceAccount: "reviews"))
         XCTAssertEqual(api.count, 1)
         clock.t.add(59, ordering: .relaxed)
-        XCTAssertEqual(r.review("tok-a"), .allowed(namespace: "default", serviceAccount: "reviews"))
+        XCTAssertEqual(r.review(k("tok-a")), .allowed(namespace: "default", serviceAccount: "reviews"))
         XCTAssertEqual(api.count, 1, "served from the cache")
         XCTAssertEqual(r.cacheHits.load(ordering: .relaxed), 1)
         // After 60 s the apiserver is asked again, and its answer now counts (revoked: refused).
         clock.t.add(1, ordering: .relaxed)
-        api.answers.withLock { $0["tok-a"] = (201, "{\"authenticated\":false,\"error\":\"token has been invalidated\"}") }
-        assertDenied(r.review("tok-a"), "invalidated")
+        api.answers.withLock { $0[k("tok-a")] = (201, "{\"authenticated\":false,\"error\":\"token has been invalidated\"}") }
+        assertDenied(r.review(k("tok-a")), "invalidated")
         XCTAssertEqual(api.count, 2)
         XCTAssertEqual(r.allowed.load(ordering: .relaxed), 1)
         XCTAssertEqual(r.denied.load(ordering: .relaxed), 1)
@@ -296,26 +365,26 @@ final class KubeTokenReviewTests: XCTestCase {
         XCTAssertEqual(api.count, 4)
         // No negative cache: a refused token is asked about every time, and an error (the
         // apiserver away) does not stick either.
-        for _ in 0..<3 { assertDenied(r.review("unknown"), "unauthenticated") }
+        for _ in 0..<3 { assertDenied(r.review(k("unknown")), "unauthenticated") }
         XCTAssertEqual(api.count, 7)
         api.down.store(true, ordering: .relaxed)
-        api.answers.withLock { $0["later"] = (201, good) }
-        assertError(r.review("later"), "https://127.0.0.1:6443", "Connection refused")
+        api.answers.withLock { $0[k("later")] = (201, good) }
+        assertError(r.review(k("later")), "https://127.0.0.1:6443", "Connection refused")
         api.down.store(false, ordering: .relaxed)
-        XCTAssertEqual(r.review("later"), .allowed(namespace: "default", serviceAccount: "reviews"))
+        XCTAssertEqual(r.review(k("later")), .allowed(namespace: "default", serviceAccount: "reviews"))
         XCTAssertEqual(r.failed.load(ordering: .relaxed), 1)
     }
 
     func testTheCacheIsBounded() {
         let api = FakeAPI(), clock = FakeClock()
         let r = reviewer(api, clock, tokenFile: tempTokenFile("own-1"))
-        api.answers.withLock { for i in 0...KubeTokenReviewer.maxCached { $0["t\(i)"] = (201, good) } }
-        for i in 0...KubeTokenReviewer.maxCached { _ = r.review("t\(i)") }
+        api.answers.withLock { for i in 0...KubeTokenReviewer.maxCached { $0[k("t\(i)")] = (201, good) } }
+        for i in 0...KubeTokenReviewer.maxCached { _ = r.review(k("t\(i)")) }
         XCTAssertEqual(r.cachedCount, KubeTokenReviewer.maxCached)
         // Once they expire, the next insertion into the full cache clears them out.
         clock.t.add(61, ordering: .relaxed)
-        api.answers.withLock { $0["fresh"] = (201, good) }
-        _ = r.review("fresh")
+        api.answers.withLock { $0[k("fresh")] = (201, good) }
+        _ = r.review(k("fresh"))
         XCTAssertEqual(r.cachedCount, 1)
     }
 
@@ -323,18 +392,18 @@ final class KubeTokenReviewTests: XCTestCase {
         let api = FakeAPI(), clock = FakeClock()
         let file = tempTokenFile("own-1\n")
         let r = reviewer(api, clock, tokenFile: file)
-        _ = r.review("x")
+        _ = r.review(k("x"))
         write(file, "  own-2\r\n")
-        _ = r.review("y")
+        _ = r.review(k("y"))
         XCTAssertEqual(api.calls.withLock { $0.map(\.bearer) }, ["own-1", "own-2"])
-        XCTAssertEqual(api.calls.withLock { $0[0].body }, KubeTokenReview.requestBody(token: "x", audience: "mesh"))
+        XCTAssertEqual(api.calls.withLock { $0[0].body }, KubeTokenReview.requestBody(token: k("x"), audience: "mesh"))
         // An empty or unreadable token file, or one that would inject a header: an error, nothing sent.
         for bad in ["", "\n", "own\r\nx-evil: 1", "own 3"] {
             write(file, bad)
-            assertError(r.review("z"), "meshd's own token file")
+            assertError(r.review(k("z")), "meshd's own token file")
         }
         unlink(file)
-        assertError(r.review("z"), "meshd's own token", "cannot read")
+        assertError(r.review(k("z")), "meshd's own token", "cannot read")
         XCTAssertEqual(api.count, 2)
     }
 
@@ -365,18 +434,18 @@ final class KubeTokenReviewTests: XCTestCase {
         let api = FakeAPI(), clock = FakeClock()
         server.kubeReviewer = reviewer(api, clock, tokenFile: tempTokenFile("own"))
         api.answers.withLock {
-            $0["k8s-reviews"] = (201, good)
-            $0["k8s-ratings"] = (201, "{\"authenticated\":true,\"audiences\":[\"mesh\"],\"user\":{\"username\":\"system:serviceaccount:default:ratings\"}}")
-            $0["k8s-broken"] = (200, "{")
+            $0[k("k8s-reviews")] = (201, good)
+            $0[k("k8s-ratings")] = (201, "{\"authenticated\":true,\"audiences\":[\"mesh\"],\"user\":{\"username\":\"system:serviceaccount:default:ratings\"}}")
+            $0[k("k8s-broken")] = (200, "{")
         }
         // Refusals first: unknown token 401, another service account 403, an unusable answer 503.
-        let unknown = server.handleAPI(try certificateRequest("k8s-unknown", identity: reviews))
+        let unknown = server.handleAPI(try certificateRequest(k("k8s-unknown"), identity: reviews))
         XCTAssertEqual(unknown.status, 401)
         XCTAssertTrue(unknown.body.contains("unauthenticated"), unknown.body)
-        let other = server.handleAPI(try certificateRequest("k8s-ratings", identity: reviews))
+        let other = server.handleAPI(try certificateRequest(k("k8s-ratings"), identity: reviews))
         XCTAssertEqual(other.status, 403)
         XCTAssertTrue(other.body.contains("grants only spiffe://cluster.local/ns/default/sa/ratings"), other.body)
-        let broken = server.handleAPI(try certificateRequest("k8s-broken", identity: reviews))
+        let broken = server.handleAPI(try certificateRequest(k("k8s-broken"), identity: reviews))
         XCTAssertEqual(broken.status, 503)
         XCTAssertTrue(broken.body.contains("malformed JSON"), broken.body)
         // A join token, good or forged, never goes to the apiserver.
@@ -386,7 +455,7 @@ final class KubeTokenReviewTests: XCTestCase {
         XCTAssertEqual(server.handleAPI(try certificateRequest("mesh1.forged.token", identity: reviews)).status, 401)
         XCTAssertEqual(api.count, sent)
         // The reviewed token gets its certificate, for exactly its identity.
-        let ok = server.handleAPI(try certificateRequest("k8s-reviews", identity: reviews))
+        let ok = server.handleAPI(try certificateRequest(k("k8s-reviews"), identity: reviews))
         XCTAssertEqual(ok.status, 200, ok.body)
         let leaf = X509Info.load(pem: String(ok.body.split(separator: "# trust bundle")[0]))
         XCTAssertEqual(leaf.first?.identity, reviews)
@@ -395,5 +464,130 @@ final class KubeTokenReviewTests: XCTestCase {
         XCTAssertTrue(server.metrics().contains("meshd_token_reviews_total{result=\"denied\"} 1\n"))
         XCTAssertTrue(server.metrics().contains("meshd_token_reviews_total{result=\"allowed\"} 2\n"))
         XCTAssertTrue(server.metrics().contains("meshd_token_reviews_total{result=\"error\"} 1\n"))
+    }
+
+    /// A CA in a temporary state directory, removed after the test.
+    func temporaryCA() throws -> CertificateAuthority {
+        var template = Array("/tmp/meshkube-XXXXXX".utf8CString)
+        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        addTeardownBlock {
+            for f in ["ca-key.pem", "ca-cert.pem", "root-cert.pem", "token-key", "admin-token"] { unlink("\(dir)/\(f)") }
+            rmdir(dir)
+        }
+        return try CertificateAuthority(stateDir: dir, caDir: nil, trustDomain: "cluster.local", certTTL: 3600)
+    }
+
+    func request(_ token: String, csr: String) -> ControlRequest {
+        ControlRequest(method: "POST", path: CertificateExchange.path, query: [:], headers: ["authorization": "Bearer \(token)"],
+                       body: Array(csr.utf8), peerIdentity: nil)
+    }
+
+    func testJunkTokensAndBadCSRsNeverReachTheAPIServer() throws {
+        let ca = try temporaryCA()
+        let server = try MeshdServer(ca: ca)
+        let api = FakeAPI(), clock = FakeClock()
+        server.kubeReviewer = reviewer(api, clock, tokenFile: tempTokenFile("own"))
+        let reviews = "spiffe://cluster.local/ns/default/sa/reviews"
+        let goodCSR = try MeshCrypto.csr(key: try MeshCrypto.PrivateKey.generate(), identity: reviews)
+        // Tokens not shaped like a JWT: 401 at once, naming why; nothing sent.
+        for (token, why) in [("opaque-token", "1 part"), ("a.b", "2 parts"), ("a..c", "part 2 is empty"), ("a.b.c.d", "4 parts"),
+                             ("a.b=.c", "not base64url"), ("a." + String(repeating: "b", count: 9000) + ".c", "over 8192")] {
+            api.answers.withLock { $0[token] = (201, good) }   // it would be allowed, were it asked
+            let r = server.handleAPI(request(token, csr: goodCSR))
+            XCTAssertEqual(r.status, 401, r.body)
+            XCTAssertTrue(r.body.hasPrefix("Kubernetes token refused without a review: not shaped like a JWT: ") && r.body.contains(why), r.body)
+        }
+        // The reviewer itself never sends one either.
+        assertDenied(server.kubeReviewer!.review("opaque-token"), "not shaped like a JWT")
+        // A JWT-shaped token the apiserver would allow, with a CSR that is not one, does not verify,
+        // or asks for no well-formed identity: 400 naming the CSR's fault; nothing sent.
+        let token = k("would-be-allowed")
+        api.answers.withLock { $0[token] = (201, good) }
+        var tampered = Array(goodCSR.utf8)
+        let end = tampered.count - "\n-----END CERTIFICATE REQUEST-----\n".utf8.count
+        XCTAssertEqual(String(decoding: tampered[end...], as: UTF8.self), "\n-----END CERTIFICATE REQUEST-----\n")
+        var i = end - 8   // inside the signature's last integer (a base64 letter or digit, not a line break)
+        while !(tampered[i] >= UInt8(ascii: "A") && tampered[i] <= UInt8(ascii: "z") && tampered[i] != UInt8(ascii: "_")) { i -= 1 }
+        tampered[i] = tampered[i] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
+        let key = try MeshCrypto.PrivateKey.generate()
+        let badCSRs: [(String, Int, String)] = [
+            ("not a csr", 400, "not a PEM certificate signing request"),
+            (String(decoding: tampered, as: UTF8.self), 400, "the CSR's signature does not verify"),
+            (try MeshCrypto.csr(key: key, identity: "spiffe://other.local/ns/default/sa/reviews"), 400, "not an identity spiffe://cluster.local/ns/NS/sa/SA"),
+            (try MeshCrypto.csr(key: key, identity: "spiffe://cluster.local/ns/default/sa/re.views"), 400, "not an identity"),
+            (try MeshCrypto.csr(key: key, identity: "spiffe://cluster.local/ns/default/sa/reviews/extra"), 400, "not an identity"),
+        ]
+        for (csr, status, why) in badCSRs {
+            let r = server.handleAPI(request(token, csr: csr))
+            XCTAssertEqual(r.status, status, r.body)
+            XCTAssertTrue(r.body.contains(why) && r.body.contains("(the token was not reviewed)"), r.body)
+        }
+        XCTAssertEqual(api.count, 0, "nothing reached the apiserver")
+        XCTAssertEqual(ca.refusedCount, 11)
+        let m = server.metrics()
+        XCTAssertTrue(m.contains("meshd_token_reviews_not_sent_total{reason=\"not_a_jwt\"} 6\n"), m)
+        XCTAssertTrue(m.contains("meshd_token_reviews_total{result=\"denied\"} 0\n"), m)
+        // The same token with a good CSR is reviewed once and issued.
+        XCTAssertEqual(server.handleAPI(request(token, csr: goodCSR)).status, 200)
+        XCTAssertEqual(api.count, 1)
+    }
+
+    func testAtMostTwoReviewsInFlightTheRestBusyAtOnce() throws {
+        let ca = try temporaryCA()
+        let server = try MeshdServer(ca: ca)
+        let api = FakeAPI(), clock = FakeClock()
+        let r = reviewer(api, clock, tokenFile: tempTokenFile("own"))
+        server.kubeReviewer = r
+        let reviews = "spiffe://cluster.local/ns/default/sa/reviews"
+        let csr = try MeshCrypto.csr(key: try MeshCrypto.PrivateKey.generate(), identity: reviews)
+        api.answers.withLock { for i in 0..<10 { $0[k("slow\(i)")] = (201, good) }; $0[k("cached")] = (201, good) }
+        // One allowed before the apiserver turns slow: it stays in the cache.
+        XCTAssertEqual(server.handleAPI(request(k("cached"), csr: csr)).status, 200)
+        api.hold.store(true, ordering: .relaxed)
+        let answers = Mutex<[(status: Int, body: String, nanos: UInt64)]>([])
+        var threads: [pthread_t] = []
+        for i in 0..<10 {
+            let req = request(k("slow\(i)"), csr: csr)
+            threads.append(Threads.spawn(name: "csr \(i)") {
+                let t0 = Clock.monotonicNanos()
+                let a = server.handleAPI(req)
+                answers.withLock { $0.append((a.status, a.body, Clock.monotonicNanos() - t0)) }
+            })
+        }
+        // 8 answered busy at once while 2 wait on the apiserver.
+        let deadline = Clock.monotonicNanos() + 10_000_000_000
+        while answers.withLock({ $0.count }) < 8 && Clock.monotonicNanos() < deadline { usleep(2_000) }
+        usleep(200_000)   // a third review, were one let through, would be waiting by now
+        let early = answers.withLock { $0 }
+        XCTAssertEqual(early.count, 8)
+        for a in early {
+            XCTAssertEqual(a.status, 503, a.body)
+            XCTAssertTrue(a.body.hasPrefix("token reviews busy: 2 Kubernetes TokenReviews already in flight"), a.body)
+            XCTAssertLessThan(a.nanos, 2_000_000_000, "a busy answer comes at once")
+        }
+        XCTAssertEqual(api.waiting.load(ordering: .relaxed), 2)
+        XCTAssertEqual(r.inFlight.load(ordering: .relaxed), 2)
+        // Meanwhile a join token and a cached review still get their certificates.
+        let join = ca.mintToken(namespace: "default", serviceAccount: "reviews", ttl: 60)
+        XCTAssertEqual(server.handleAPI(request(join, csr: csr)).status, 200)
+        XCTAssertEqual(server.handleAPI(request(k("cached"), csr: csr)).status, 200)
+        XCTAssertEqual(api.count, 3, "the cached review and the 2 slow ones")
+        // The apiserver answers: the two held get their certificates, and the slots are free again.
+        api.hold.store(false, ordering: .relaxed)
+        for t in threads { Threads.join(t) }
+        let all = answers.withLock { $0 }
+        XCTAssertEqual(all.filter { $0.status == 200 }.count, 2)
+        XCTAssertEqual(all.filter { $0.status == 503 }.count, 8)
+        XCTAssertEqual(api.mostWaiting.load(ordering: .relaxed), 2)
+        XCTAssertEqual(r.inFlight.load(ordering: .relaxed), 0)
+        XCTAssertTrue(server.metrics().contains("meshd_token_reviews_not_sent_total{reason=\"busy\"} 8\n"))
+        XCTAssertTrue(server.metrics().contains("meshd_token_reviews_total{result=\"allowed\"} 3\n"))
+        // A failed review frees its slot too.
+        api.down.store(true, ordering: .relaxed)
+        for i in 0..<3 { assertError(r.review(k("down\(i)")), "Connection refused") }
+        XCTAssertEqual(r.inFlight.load(ordering: .relaxed), 0)
+        api.down.store(false, ordering: .relaxed)
+        api.answers.withLock { $0[k("after")] = (201, good) }
+        XCTAssertEqual(server.handleAPI(request(k("after"), csr: csr)).status, 200)
     }
 }

@@ -5,6 +5,7 @@ request body and answers per token; a real meshd (`--kube-api https://127.0.0.1:
 --kube-token-file`) and real sidecars with `--token-file`. Refusals first: each names its reason."""
 
 import base64
+import http.client
 import json
 import secrets
 import ssl
@@ -84,6 +85,10 @@ class FakeAPIServer:
         self.answers = {}
         self.seen = []          # (authorization header, parsed body) of every review
         self.chunked = False    # answer with Transfer-Encoding: chunked, as Go's net/http may
+        self.delay = 0.0        # seconds each review takes (a slow or throttling apiserver)
+        self.in_flight = 0      # reviews being answered now, and the most at once
+        self.most_in_flight = 0
+        self.lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -116,6 +121,13 @@ class FakeAPIServer:
                 except ValueError:
                     body = None
                 outer.seen.append((auth, body))
+                if outer.delay:
+                    with outer.lock:
+                        outer.in_flight += 1
+                        outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
+                    time.sleep(outer.delay)
+                    with outer.lock:
+                        outer.in_flight -= 1
                 if self.path != REVIEW_PATH:
                     return self.reply(404, b'{"kind":"Status","message":"not found"}')
                 if auth != f"Bearer {outer.bearer}":
@@ -207,6 +219,118 @@ def refused(p, *reasons, timeout=20):
     for r in reasons:
         assert r in log, (r, log)
     return log
+
+
+def make_csr(d, name, san):
+    """An EC P-256 key and CSR made by openssl asking for subjectAltName `san`; returns the CSR's PEM."""
+    key, csr = d / f"{name}.key", d / f"{name}.csr"
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+            "-subj", "/O=test", "-addext", f"subjectAltName={san}", "-out", csr)
+    return csr.read_bytes()
+
+
+def tampered(pem: bytes) -> bytes:
+    """The CSR with one bit of its signature's last integer flipped (still DER, no longer signed)."""
+    lines = pem.decode().strip().splitlines()
+    der = bytearray(base64.b64decode("".join(lines[1:-1])))
+    der[-3] ^= 1
+    b = base64.b64encode(bytes(der)).decode()
+    return ("\n".join([lines[0], *[b[i:i + 64] for i in range(0, len(b), 64)], lines[-1]]) + "\n").encode()
+
+
+def ask(m, token, csr, timeout=20):
+    """POST the CSR to meshd's API with `token`; returns (HTTP status, body, seconds taken)."""
+    ctx = ssl.create_default_context(cafile=str(m.root))
+    t0 = time.monotonic()
+    c = http.client.HTTPSConnection("127.0.0.1", m.api, context=ctx, timeout=timeout)
+    try:
+        c.request("POST", "/v1/certificate", body=csr, headers={"authorization": f"Bearer {token}", "content-type": "application/pkcs10"})
+        r = c.getresponse()
+        return r.status, r.read().decode(), time.monotonic() - t0
+    finally:
+        c.close()
+
+
+REVIEWS = "URI:spiffe://cluster.local/ns/default/sa/reviews"
+
+
+def test_junk_tokens_and_bad_csrs_never_reach_the_apiserver(procs, kube_pki, apiserver):
+    api = apiserver()
+    m = kube_meshd(procs, kube_pki, api)
+    good_csr = make_csr(procs.tmp, "reviews", REVIEWS)
+    # Tokens not shaped like a JWT: 401 at once with the reason; the apiserver never asked.
+    for token, why in [("opaque-service-account-token", "1 part separated by '.', not 3"), ("a.b", "2 parts"),
+                       ("a..c", "part 2 is empty"), ("a.b.c.d", "4 parts"), ("a.b=.c", "not base64url (0x3d)"),
+                       ("a.b+c.d", "not base64url (0x2b)"), ("a." + "b" * 9000 + ".c", "9004 bytes, over 8192")]:
+        api.answers[token] = allowed()   # it would be allowed, were it asked
+        status, body, _ = ask(m, token, good_csr)
+        assert status == 401 and body.startswith("Kubernetes token refused without a review: not shaped like a JWT: ") and why in body, (token[:20], body)
+    # A sidecar with such a token stops at once, naming why (401 is final).
+    p = token_sidecar(procs, m, "opaque-sidecar", "opaque-service-account-token")
+    refused(p, "(401)", "not shaped like a JWT")
+    # A token the apiserver would allow, with a CSR that is not one, whose signature does not
+    # verify, or that asks for no well-formed identity: 400 naming the CSR's fault, nothing sent.
+    token = jwt()
+    api.answers[token] = allowed()
+    for csr, why in [(b"not a csr", "not a PEM certificate signing request"),
+                     (tampered(good_csr), "the CSR's signature does not verify"),
+                     (make_csr(procs.tmp, "other-td", "URI:spiffe://other.local/ns/default/sa/reviews"), "not an identity spiffe://cluster.local/ns/NS/sa/SA"),
+                     (make_csr(procs.tmp, "bad-sa", "URI:spiffe://cluster.local/ns/default/sa/Re.views"), "not an identity"),
+                     (make_csr(procs.tmp, "two", REVIEWS + ",URI:spiffe://cluster.local/ns/default/sa/ratings"), "asks for 2 names"),
+                     (make_csr(procs.tmp, "dns", "DNS:reviews.default.svc"), "not an identity")]:
+        status, body, _ = ask(m, token, csr)
+        assert status == 400 and why in body and "(the token was not reviewed)" in body, body
+    assert api.seen == [], "a junk token or a bad CSR reached the apiserver"
+    assert metric(m, 'meshd_token_reviews_not_sent_total{reason="not_a_jwt"}') == 8
+    assert metric(m, 'meshd_token_reviews_total{result="denied"}') == 0
+    assert metric(m, "meshd_certificate_requests_refused_total") == 14
+    # The same token with its good CSR: reviewed once, issued.
+    status, body, _ = ask(m, token, good_csr)
+    assert status == 200 and "BEGIN CERTIFICATE" in body, body
+    assert len(api.seen) == 1
+    log = m.proc.log_path.read_text()
+    assert token not in log and "opaque-service-account-token" not in log
+
+
+def test_slow_apiserver_two_reviews_in_flight_the_rest_busy_at_once(procs, kube_pki, apiserver):
+    api = apiserver()
+    api.delay = 2.0
+    m = kube_meshd(procs, kube_pki, api)
+    csr = make_csr(procs.tmp, "reviews", REVIEWS)
+    tokens = [jwt() for _ in range(10)]
+    for t in tokens:
+        api.answers[t] = allowed()
+    join = m.token("reviews")
+    results, start = [], threading.Barrier(10)
+
+    def one(t):
+        start.wait()
+        results.append(ask(m, t, csr))
+    threads = [threading.Thread(target=one, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    # While two reviews wait on the apiserver, a join-token CSR on the same meshd is signed at once.
+    wait_until(lambda: api.in_flight == 2, timeout=5, what="two reviews at the apiserver")
+    status, body, took = ask(m, join, csr)
+    assert status == 200 and "BEGIN CERTIFICATE" in body, body
+    assert took < 1.5, took   # less than one review (2 s): no worker starved
+    for t in threads:
+        t.join(timeout=30)
+    assert api.most_in_flight == 2
+    assert len(api.seen) == 2
+    busy = [r for r in results if r[0] == 503]
+    ok = [r for r in results if r[0] == 200]
+    assert len(busy) == 8 and len(ok) == 2, [(s, b[:80]) for s, b, _ in results]
+    for status, body, took in busy:
+        assert body.startswith("token reviews busy: 2 Kubernetes TokenReviews already in flight"), body
+        assert took < 1.5, took   # at once, not after a review (2 s)
+    for status, body, took in ok:
+        assert took >= 2.0 and "BEGIN CERTIFICATE" in body
+    assert metric(m, 'meshd_token_reviews_not_sent_total{reason="busy"}') == 8
+    assert metric(m, 'meshd_token_reviews_total{result="allowed"}') == 2
+    # A flood is logged once a second, not once a request; /metrics counts every one.
+    lines = [l for l in m.proc.log_path.read_text().splitlines() if "token reviews busy" in l]
+    assert 1 <= len(lines) <= 2 and "logged once a second" in lines[0], lines
 
 
 def test_without_kube_api_a_kubernetes_token_is_refused_naming_the_flag(procs):
