@@ -72,6 +72,7 @@ public enum KubeInject {
             throw KubeError(document: d, line: obj.line, "\(at.isEmpty ? "" : at + ": ")\(kind) apiVersion \(api) is not one kube-inject knows (\(wantAPI))")
         }
         var injector = KubePodInjector(doc: doc, options: options, workloadName: name)
+        injector.workloadNamespace = ns
         let before = obj
         let what: String = try KubeWorkloads.edit(&obj, path[...], document: d, where: at) { (t: inout YAMLNode) throws(KubeError) in
             if uninject {

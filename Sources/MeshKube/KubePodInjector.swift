@@ -1,4 +1,5 @@
 import MeshYAML
+import MeshAgent
 
 /// Injects the sidecar into one pod template (a mapping with `metadata` and `spec`) and takes it
 /// out again, using the status annotation as the record of what was added.
@@ -8,6 +9,8 @@ struct KubePodInjector {
     let options: KubeInjectOptions
     /// The workload's own name (metadata.name), the last fallback for the service name.
     let workloadName: String?
+    /// The object's metadata.namespace (nil: the namespace it is applied to).
+    var workloadNamespace: String? = nil
     /// Warnings for the report (a probe left as it was, a Job that will not complete...).
     var notes: [String] = []
 
@@ -47,6 +50,7 @@ struct KubePodInjector {
         var status = KubeInjectStatus()
         status.mode = native ? "native" : "classic"
         var app = try appInfo(t, containers)
+        let serviceAccount = try checkedServiceAccount(spec)
         // Probes first (they change the app containers, and the sidecar needs their targets).
         try KubeWorkloads.edit(&t, ["spec", "containers"][...], document: d, where: "") { (list: inout YAMLNode) throws(KubeError) in
             for i in 0..<(list.items?.count ?? 0) {
@@ -58,6 +62,7 @@ struct KubePodInjector {
         if kind == "Job" || kind == "CronJob", !native {
             notes.append("a classic sidecar keeps a \(kind)'s pod running after the app exits; use --native-sidecar (Kubernetes 1.29+) so the pod completes")
         }
+        try checkSidecarAccepts(KubeSidecarNodes.sidecarArgs(app, s, options), serviceAccount: serviceAccount, line: t.line)
         let initC = KubeSidecarNodes.initContainer(s, options)
         let hold = native || s.hold
         let proxy = KubeSidecarNodes.proxyContainer(app, s, options, native: native, hold: hold)
@@ -135,7 +140,16 @@ struct KubePodInjector {
         let labels = doc.lookup(t, "metadata").map { doc.resolve($0) }.flatMap { doc.lookup($0, "labels") }.map { doc.resolve($0) }
         var service: String? = nil
         for key in ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"] {
-            if let l = labels, let v = doc.lookup(l, key)?.scalar, !v.isEmpty { service = v; break }
+            if let l = labels, let n = doc.lookup(l, key), let v = n.scalar, !v.isEmpty {
+                guard KubePodInjector.isDNSLabel(v) else {
+                    throw KubeError(document: d, line: n.line, "metadata.labels.\(key): \"\(v)\" cannot be the mesh service name (a DNS label: lower-case letters, digits and '-', at most 63)")
+                }
+                service = v
+                break
+            }
+        }
+        if service == nil, let w = workloadName, !KubePodInjector.isDNSLabel(w) {
+            throw KubeError(document: d, line: t.line, "metadata.name \"\(w)\" cannot be the mesh service name (a DNS label); give the pod an app label")
         }
         guard let svc = service ?? workloadName else {
             throw KubeError(document: d, line: t.line, "no service name: give the pod an app or app.kubernetes.io/name label (or the workload a metadata.name)")
@@ -151,6 +165,40 @@ struct KubePodInjector {
             }
         }
         return app
+    }
+
+    static func isDNSLabel(_ s: String) -> Bool {
+        let u = Array(s.utf8)
+        guard !u.isEmpty, u.count <= 63, u.first != UInt8(ascii: "-"), u.last != UInt8(ascii: "-") else { return false }
+        return u.allSatisfy { ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == UInt8(ascii: "-") }
+    }
+
+    /// The pod's service account (its mesh identity), which must be a DNS label for the sidecar
+    /// and meshd (Kubernetes also allows dots); nil: `default`.
+    func checkedServiceAccount(_ spec: YAMLNode) throws(KubeError) -> String? {
+        for key in ["serviceAccountName", "serviceAccount"] {
+            guard let n = doc.lookup(spec, key), let v = n.scalar, !v.isEmpty else { continue }
+            guard KubePodInjector.isDNSLabel(v) else {
+                throw KubeError(document: d, line: n.line, "spec.\(key): \"\(v)\" cannot be a mesh identity (a DNS label: lower-case letters, digits and '-', at most 63)")
+            }
+            return v
+        }
+        return nil
+    }
+
+    /// The sidecar's own parser run on the command line written, with the values the kubelet
+    /// would put in its `$(VAR)`s: what it would refuse in the pod is refused here.
+    func checkSidecarAccepts(_ args: [String], serviceAccount: String?, line: Int) throws(KubeError) {
+        let sample = ["MESHD_ADDRESS": "meshd.mesh-system.svc:15012", "POD_NAMESPACE": workloadNamespace ?? "default",
+                      "SERVICE_ACCOUNT": serviceAccount ?? "default", "INSTANCE_IP": "10.0.0.1"]
+        let expanded = args.map { a -> String in
+            var a = a
+            for (k, v) in sample { a = a.replacing("$(\(k))", with: v) }
+            return a
+        }
+        do { _ = try SidecarMeshFlags.parse(expanded) } catch {
+            throw KubeError(document: d, line: line, "the sidecar would refuse the command line written for it: \(error)")
+        }
     }
 
     /// Istio's protocol selection by port name (`http2-*`, `grpc-*`, `tcp-*`...); unnamed: http.
@@ -171,35 +219,58 @@ struct KubePodInjector {
     mutating func rewriteProbes(_ c: inout YAMLNode, settings s: KubePodSettings, app: inout KubeSidecarNodes.App,
                                 status: inout KubeInjectStatus) throws(KubeError) {
         guard let cname = c["name"]?.scalar else { throw KubeError(document: d, line: c.line, "a container without a name") }
-        for (probe, word) in [("readinessProbe", "readyz"), ("livenessProbe", "livez"), ("startupProbe", "startupz")] {
-            guard let p = c[probe], let h = p["httpGet"] else {
-                if let p = c[probe], p["grpc"] != nil || p["tcpSocket"] != nil {
-                    notes.append("container \(cname) \(probe): a \(p["grpc"] != nil ? "grpc" : "tcpSocket") probe is not rewritten (it reaches the sidecar, not the app)")
-                }
-                continue
-            }
-            if case .alias = h.kind { notes.append("container \(cname) \(probe): httpGet is an alias; not rewritten"); continue }
-            if case .alias = p.kind { notes.append("container \(cname) \(probe): an alias; not rewritten"); continue }
-            guard s.rewriteProbes else { continue }
-            if h["host"] != nil || h["httpHeaders"] != nil || (h["scheme"]?.scalar ?? "HTTP") != "HTTP" {
-                notes.append("container \(cname) \(probe): httpGet with host, httpHeaders or HTTPS is not rewritten")
-                continue
-            }
-            guard let portNode = h["port"], let portText = portNode.scalar else {
-                throw KubeError(document: d, line: h.line, "container \(cname) \(probe).httpGet: no port")
-            }
-            var port = Int(portText)
+        /// The port a probe's `port` names (a number or one of the container's port names).
+        func portNumber(_ node: YAMLNode, _ at: String) throws(KubeError) -> Int {
+            if case .alias(let a) = node.kind { throw notInPlace(at, a, node.line) }
+            let text = node.scalar ?? ""
+            var port = Int(text)
             if port == nil {
-                // A named port: the container's port of that name.
-                for cp in c["ports"]?.items ?? [] where cp["name"]?.scalar == portText {
+                for cp in c["ports"]?.items ?? [] where cp["name"]?.scalar == text {
                     port = cp["containerPort"]?.scalar.flatMap { Int($0) }
                 }
             }
-            guard let target = port, target >= 1, target <= 65535 else {
-                throw KubeError(document: d, line: portNode.line, "container \(cname) \(probe).httpGet.port: \"\(portText)\" is not a port number or a port name of the container")
+            guard let n = port, n >= 1, n <= 65535 else {
+                throw KubeError(document: d, line: node.line, "container \(cname) \(at): \"\(text)\" is not a port number or a port name of the container")
             }
-            let captured = (s.includeInbound?.contains(target) ?? true) && !s.excludeInbound.contains(target)
-            guard captured else { continue }
+            return n
+        }
+        func notInPlace(_ at: String, _ alias: String, _ line: Int) -> KubeError {
+            KubeError(document: d, line: line, "container \(cname) \(at) is an alias (*\(alias)): kube-inject rewrites probes written in place only (write it out, or set sidecar.istio.io/rewriteAppHTTPProbers: \"false\")")
+        }
+        /// The line of `key` itself in mapping `m` (a value's own line is that of its first key).
+        func keyLine(_ m: YAMLNode, _ key: String) -> Int { m.pairs?.first { $0.key.scalar == key }?.key.line ?? m.line }
+        func captured(_ port: Int) -> Bool { (s.includeInbound?.contains(port) ?? true) && !s.excludeInbound.contains(port) }
+        for (probe, word) in [("readinessProbe", "readyz"), ("livenessProbe", "livez"), ("startupProbe", "startupz")] {
+            guard let p = c[probe] else { continue }
+            // Without rewriting, the user answers for their probes (e.g. a PERMISSIVE port).
+            guard s.rewriteProbes else { continue }
+            if case .alias(let a) = p.kind { throw notInPlace(probe, a, p.line) }
+            if p["<<"] != nil { throw KubeError(document: d, line: p.line, "container \(cname) \(probe): a merge key (<<) in a probe is not rewritten; write the probe out") }
+            if let g = p["grpc"] {
+                let port = try portNumber(g["port"] ?? g, "\(probe).grpc.port")
+                if captured(port) {
+                    throw KubeError(document: d, line: keyLine(p, "grpc"), "container \(cname) \(probe): a grpc probe on captured port \(port) would meet the sidecar's mutual TLS and fail; use an httpGet probe, exclude the port (traffic.sidecar.istio.io/excludeInboundPorts), or set sidecar.istio.io/rewriteAppHTTPProbers: \"false\" if the port is PERMISSIVE")
+                }
+                continue
+            }
+            if let t = p["tcpSocket"] {
+                let port = try portNumber(t["port"] ?? t, "\(probe).tcpSocket.port")
+                if captured(port) { notes.append("container \(cname) \(probe): a tcpSocket probe on captured port \(port) reaches the sidecar, so it checks the sidecar, not the app") }
+                continue
+            }
+            guard let h = p["httpGet"] else { continue }
+            if case .alias(let a) = h.kind { throw notInPlace("\(probe).httpGet", a, h.line) }
+            if h["<<"] != nil { throw KubeError(document: d, line: h.line, "container \(cname) \(probe).httpGet: a merge key (<<) is not rewritten; write it out") }
+            guard let portNode = h["port"] else {
+                throw KubeError(document: d, line: h.line, "container \(cname) \(probe).httpGet: no port")
+            }
+            let target = try portNumber(portNode, "\(probe).httpGet.port")
+            guard captured(target) else { continue }
+            if let pathNode = h["path"], case .alias(let a) = pathNode.kind { throw notInPlace("\(probe).httpGet.path", a, pathNode.line) }
+            if h["host"] != nil || h["httpHeaders"] != nil || (h["scheme"]?.scalar ?? "HTTP") != "HTTP" {
+                throw KubeError(document: d, line: keyLine(p, "httpGet"), "container \(cname) \(probe).httpGet: a probe with host, httpHeaders or scheme HTTPS on captured port \(target) cannot be sent through the sidecar and would meet its mutual TLS; drop those fields, exclude the port, or set sidecar.istio.io/rewriteAppHTTPProbers: \"false\" if the port is PERMISSIVE")
+            }
+
             var path = h["path"]?.scalar ?? "/"
             if !path.hasPrefix("/") { path = "/" + path }
             let statusPath = "/app-health/\(cname)/\(word)"

@@ -77,9 +77,15 @@ struct KubePodSettings {
             }
         }
         if let spec = doc.lookup(template, "spec").map({ doc.resolve($0) }),
-           let hn = doc.lookup(spec, "hostNetwork").map({ doc.resolve($0) }), hn.scalar == "true" {
-            s.inject = false
-            s.skipReason = s.skipReason ?? "hostNetwork: true (capture would redirect the node's traffic)"
+           let hn = doc.lookup(spec, "hostNetwork").map({ doc.resolve($0) }) {
+            // As Kubernetes' YAML 1.1 reader sees it: `yes`, `True`, `on`... are true too.
+            guard let on = KubePodSettings.yamlBool(hn) else {
+                throw KubeError(document: d, line: hn.line, "spec.hostNetwork: expected true or false, got \"\(hn.scalar ?? "a collection")\"")
+            }
+            if on {
+                s.inject = false
+                s.skipReason = s.skipReason ?? "hostNetwork: true (capture would redirect the node's traffic)"
+            }
         }
         if let (mode, line) = try value(annotations, "sidecar.istio.io/interceptionMode", "annotation"), mode != "REDIRECT" {
             throw KubeError(document: d, line: line, "annotation sidecar.istio.io/interceptionMode: only REDIRECT is supported, got \"\(mode)\"")
@@ -99,6 +105,13 @@ struct KubePodSettings {
             case "sidecar.istio.io/proxyCPULimit": s.cpuLimit = v
             default: s.memoryLimit = v
             }
+        }
+        // A request above its limit is a pod the API server refuses.
+        for (kind, req, lim, reqKey, limKey) in [("cpu", s.cpuRequest, s.cpuLimit, "proxyCPU", "proxyCPULimit"),
+                                                  ("memory", s.memoryRequest, s.memoryLimit, "proxyMemory", "proxyMemoryLimit")] {
+            guard let lim, let r = KubePodSettings.quantity(req), let l = KubePodSettings.quantity(lim), r > l else { continue }
+            throw KubeError(document: d, line: annotations?.line ?? template.line,
+                            "annotations sidecar.istio.io/\(reqKey) and \(limKey): the sidecar's \(kind) request \(req) is above its limit \(lim)")
         }
         if let (text, line) = try value(annotations, "proxy.istio.io/config", "annotation") {
             try s.readProxyConfig(text, line: line, document: d)
@@ -170,6 +183,30 @@ struct KubePodSettings {
                 throw KubeError(document: d, line: line, "annotation \(key): field \(k) is not supported (holdApplicationUntilProxyStarts and concurrency are)")
             }
         }
+    }
+
+    /// A boolean as YAML 1.1 (and so Kubernetes) reads an untagged plain scalar or a `!!bool`;
+    /// nil for anything else.
+    static func yamlBool(_ n: YAMLNode) -> Bool? {
+        guard case .scalar(let v, let style) = n.kind else { return nil }
+        guard style == .plain || n.tag == "tag:yaml.org,2002:bool" else { return nil }
+        switch v {
+        case "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON", "y", "Y": return true
+        case "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", "n", "N": return false
+        default: return nil
+        }
+    }
+
+    /// A quantity's value in base units (cores, bytes), to compare a request with a limit.
+    static func quantity(_ v: String) -> Double? {
+        guard isQuantity(v) else { return nil }
+        let factors: [(String, Double)] = [("Ki", 1024), ("Mi", 1048576), ("Gi", 1073741824), ("Ti", 1099511627776),
+                                           ("Pi", 1125899906842624), ("Ei", 1152921504606846976), ("m", 0.001), ("k", 1e3),
+                                           ("M", 1e6), ("G", 1e9), ("T", 1e12), ("P", 1e15), ("E", 1e18)]
+        for (suffix, f) in factors where v.hasSuffix(suffix) {
+            return Double(v.dropLast(suffix.count)).map { $0 * f }
+        }
+        return Double(v)
     }
 
     /// A Kubernetes resource quantity (decimal with an optional SI or binary suffix).

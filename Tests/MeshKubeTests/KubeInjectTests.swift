@@ -183,4 +183,70 @@ final class KubeInjectTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("holdApplicationUntilProxyStarts: false cannot apply to a native sidecar"), "\($0)")
         }
     }
+
+    /// The test pod with `extra` lines added to its container (indented under `- name: web`).
+    func podWith(container extra: String = "", spec specExtra: String = "", annotations: String = "", labels: String = "") -> String {
+        var t = pod
+        if !extra.isEmpty {
+            t = t.replacingOccurrences(of: "    image: example/web:1\n", with: "    image: example/web:1\n" + extra)
+        }
+        if !specExtra.isEmpty { t = t.replacingOccurrences(of: "spec:\n", with: "spec:\n" + specExtra) }
+        if !annotations.isEmpty {
+            t = t.replacingOccurrences(of: "    app: web\n", with: "    app: web\n  annotations:\n" + annotations)
+        }
+        if !labels.isEmpty { t = t.replacingOccurrences(of: "    app: web\n", with: labels) }
+        return t
+    }
+
+    func refused(_ text: String, _ want: String, line wantLine: String? = nil, file: StaticString = #filePath, lineNo: UInt = #line) {
+        XCTAssertThrowsError(try inject(text), file: file, line: lineNo) { e in
+            XCTAssertTrue("\(e)".contains(want), "\(e)", file: file, line: lineNo)
+            if let l = wantLine {
+                let n = text.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0.contains(l) }! + 1
+                XCTAssertTrue("\(e)".hasPrefix("document 1, line \(n):"), "\(e)", file: file, line: lineNo)
+            }
+        }
+    }
+
+    func testProbesThatCannotPassThroughTheSidecarAreRefused() throws {
+        refused(podWith(container: "    readinessProbe:\n      grpc:\n        port: 8080\n"),
+                "a grpc probe on captured port 8080 would meet the sidecar's mutual TLS", line: "      grpc:")
+        refused(podWith(container: "    livenessProbe:\n      httpGet:\n        port: 8080\n        httpHeaders:\n        - {name: X, value: y}\n"),
+                "livenessProbe.httpGet: a probe with host, httpHeaders or scheme HTTPS on captured port 8080", line: "      httpGet:")
+        refused(podWith(container: "    readinessProbe:\n      httpGet: {port: 8080, scheme: HTTPS}\n"), "scheme HTTPS on captured port 8080")
+        refused(podWith(container: "    readinessProbe:\n      httpGet:\n        port: 8080\n        path: *p\n    env:\n    - {name: P, value: &p /x}\n"
+                        .replacingOccurrences(of: "    readinessProbe", with: "    env:\n    - {name: P, value: &p /x}\n    readinessProbe")
+                        .replacingOccurrences(of: "    env:\n    - {name: P, value: &p /x}\n\n", with: "")),
+                "readinessProbe.httpGet.path is an alias (*p)")
+        refused(podWith(container: "    readinessProbe:\n      httpGet:\n        port: nope\n"), "\"nope\" is not a port number or a port name")
+        // Not captured (excluded) or rewriting off: left alone.
+        let excluded = try inject(podWith(container: "    readinessProbe:\n      grpc:\n        port: 8080\n",
+                                          annotations: "    traffic.sidecar.istio.io/excludeInboundPorts: \"8080\"\n"))
+        XCTAssertTrue(excluded.contains("grpc:\n        port: 8080"))
+        let off = try inject(podWith(container: "    readinessProbe:\n      httpGet: {port: 8080, scheme: HTTPS}\n",
+                                     annotations: "    sidecar.istio.io/rewriteAppHTTPProbers: \"false\"\n"))
+        XCTAssertTrue(off.contains("httpGet: {port: 8080, scheme: HTTPS}"))
+    }
+
+    func testHostNetworkAsKubernetesReadsIt() throws {
+        for yes in ["yes", "True", "on", "true"] {
+            XCTAssertEqual(try inject(podWith(spec: "  hostNetwork: \(yes)\n")), podWith(spec: "  hostNetwork: \(yes)\n"), yes)
+        }
+        XCTAssertNotEqual(try inject(podWith(spec: "  hostNetwork: no\n")), podWith(spec: "  hostNetwork: no\n"))
+        refused(podWith(spec: "  hostNetwork: \"true\"\n"), "spec.hostNetwork: expected true or false", line: "hostNetwork")
+    }
+
+    func testNamesTheSidecarWouldRefuseAreRefusedHere() {
+        refused(podWith(labels: "    app: Reviews\n"), "metadata.labels.app: \"Reviews\" cannot be the mesh service name", line: "app: Reviews")
+        refused(podWith(spec: "  serviceAccountName: team.reviews\n"), "spec.serviceAccountName: \"team.reviews\" cannot be a mesh identity",
+                line: "serviceAccountName")
+        refused(podWith(labels: "    tier: web\n").replacingOccurrences(of: "  name: web\n", with: "  name: web.v2\n"),
+                "metadata.name \"web.v2\" cannot be the mesh service name")
+    }
+
+    func testAResourceRequestAboveItsLimitIsRefused() {
+        refused(podWith(annotations: "    sidecar.istio.io/proxyMemory: 1Gi\n"), "memory request 1Gi is above its limit 512Mi")
+        refused(podWith(annotations: "    sidecar.istio.io/proxyCPULimit: 10m\n"), "cpu request 50m is above its limit 10m")
+        XCTAssertNoThrow(try inject(podWith(annotations: "    sidecar.istio.io/proxyMemory: 1Gi\n    sidecar.istio.io/proxyMemoryLimit: 2Gi\n")))
+    }
 }

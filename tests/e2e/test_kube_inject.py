@@ -234,3 +234,12 @@ def test_injecting_again_with_other_options_replaces_the_injection(name):
     out = inject(golden(name, "classic"), "classic", "--image", "registry.example/mesh:9")
     assert "registry.example/mesh:9" in out and "swift-mesh:0.18.0" not in out
     assert out.replace("registry.example/mesh:9", "swift-mesh:0.18.0") == golden(name, "classic").read_text()
+
+
+def test_manifests_are_the_golden_files(tmp_path):
+    # The same command lines as tests/kube/update-goldens.sh.
+    root = KUBE / "fixtures" / "root-cert.pem"
+    assert run("kube-manifests", "--root-cert", root).stdout == (KUBE / "golden" / "manifests.file.yaml").read_text()
+    out = run("kube-manifests", "--root-cert", root, "--replicas", "3", "--store",
+              "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379,etcd-2.etcd:2379", "--app-namespace", "shop", "--app-namespace", "default").stdout
+    assert out == (KUBE / "golden" / "manifests.etcd.yaml").read_text()

@@ -81,6 +81,8 @@ class Pod:
         assert set(self.env) == declared, f"the sidecar's env is {declared}"
         self.volumes = tempfile.mkdtemp(prefix="kube-pod-")
         os.chmod(self.volumes, 0o755)
+        # The modes the kubelet gives: ConfigMap and downward-API files 0644, the projected
+        # token 0644 (the pod's containers run as different users); directories 0755.
         self.token = mesh.ctl("token", "create", "--namespace", namespace, "--service-account", service_account).stdout.strip()
         assert self.token.startswith("mesh1."), "no join token"
         labels = self.meta["labels"] | {"pod-template-hash": "7d9f6c"}
@@ -89,7 +91,7 @@ class Pod:
                       "podinfo/labels": "".join(f'{k}="{v}"\n' for k, v in sorted(labels.items()))}
         for rel, text in self.files.items():
             path = os.path.join(self.volumes, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
             with open(path, "w") as f:
                 f.write(text)
             os.chmod(path, 0o644)
@@ -119,7 +121,7 @@ class Pod:
                           "mesh-podinfo": "/var/run/mesh/podinfo"}
         script = ("mount -t tmpfs tmpfs /run && mkdir -p /run/secrets /run/mesh && "
                   f"cp -r {self.volumes}/secrets/mesh /run/secrets/mesh && cp -r {self.volumes}/config /run/mesh/config && "
-                  f"cp -r {self.volumes}/podinfo /run/mesh/podinfo && chmod -R a+rX /run && "
+                  f"cp -r {self.volumes}/podinfo /run/mesh/podinfo && "
                   f'exec setpriv --reuid={sc["runAsUser"]} --regid={sc["runAsGroup"]} --clear-groups "$@"')
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
                 self.binary(self.proxy["command"][0]), *self.expand(self.proxy["args"])]
