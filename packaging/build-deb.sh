@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds swift-mesh_VERSION_ARCH.deb: meshd, sidecar and meshctl with their systemd units, man
-# pages and the mesh user (docs/packaging.md).
+# pages and the users mesh (sidecars) and meshd (docs/packaging.md).
 #
 #   packaging/build-deb.sh [--out DIR] [--bin-dir DIR] [--xz-level N]
 #

@@ -9,9 +9,11 @@ Checks: lintian reports no error (and every warning is one docs/packaging.md lis
 (and fails when a binary the units name is missing, passes again with the no-capture drop-in);
 the unit lines name exactly `meshctl capture apply|remove $CAPTURE_ARGS`; the sample env's
 CAPTURE_ARGS parse with `meshctl capture print` and its SIDECAR_ARGS with `sidecar ... --check`;
-`dpkg -i` installs with the right modes, the user and group mesh with uid/gid 1337, the env files
-as conffiles, runnable binaries; `dpkg -r` removes every file but the conffiles; `dpkg --purge`
-removes those and the user and group, leaving only dpkg's and man-db's bookkeeping.
+`dpkg -i` installs with the right modes, the user and group mesh with uid/gid 1337 (the sidecars)
+and the system user and group meshd (meshd, never 1337), the env files as conffiles, runnable
+binaries; meshd run as its unit's user writes a state directory that the sidecars' user cannot
+read; `dpkg -r` removes every file but the conffiles; `dpkg --purge` removes those, meshd's state
+and both users and groups, leaving only dpkg's and man-db's bookkeeping.
 
 Root only (mounts, chroot, dpkg); skipped with the reason otherwise. About 40 s.
 The tests share one installed root and run in file order: the removal test comes last.
@@ -26,6 +28,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import time
 
 import pytest
 
@@ -53,6 +56,7 @@ ALLOWED_LEFTOVERS = [
     re.compile(r"var/log/dpkg\.log"),      # dpkg's log
     re.compile(r"var/cache/man/.*"),       # man-db's trigger: its index, rebuilt when man pages come and go
     # adduser/deluser go through shadow's tools, which keep the previous files and a lock file
+    # (for mesh and meshd alike: the files themselves come back byte-identical to the host's)
     re.compile(r"etc/(passwd|group|shadow|gshadow)-"),
     re.compile(r"etc/\.pwd\.lock"),
 ]
@@ -198,6 +202,23 @@ def test_postinst_refuses_uid_1337_held_by_another_user(fresh_root, deb):
     assert status == "install ok half-configured", status
 
 
+def test_postinst_refuses_mesh_in_group_meshd(fresh_root, deb):
+    """meshd's state directory is meshd:meshd 0750: a sidecar (user mesh) in group meshd could read
+    the CA keys there, so postinst refuses to go on, naming the membership and the fix."""
+    r = fresh_root
+    r.chroot("groupadd", "--system", "meshd")
+    r.chroot("groupadd", "--gid", "1337", "mesh")
+    r.chroot("useradd", "--uid", "1337", "--gid", "mesh", "--groups", "meshd", "--no-create-home",
+             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "mesh")
+    p = r.chroot("dpkg", "-i", str(deb), timeout=120, check=False)
+    assert p.returncode != 0
+    assert ("swift-mesh: user mesh (every sidecar) is a member of group meshd, which would let a sidecar "
+            "read meshd's CA keys in /var/lib/mesh; remove it (gpasswd -d mesh meshd), then run: "
+            "dpkg --configure swift-mesh") in p.stderr, p.stderr
+    status = r.chroot("dpkg-query", "-W", "-f=${Status}", "swift-mesh").stdout
+    assert status == "install ok half-configured", status
+
+
 def test_lintian_reports_no_error(deb):
     p = run(["lintian", "--fail-on", "error", "--tag-display-limit", "0", str(deb)], timeout=120, check=False)
     lines = [l for l in (p.stdout + p.stderr).splitlines() if re.match(r"[EWIXPO]: ", l)]
@@ -218,10 +239,20 @@ def test_installs_with_user_modes_and_conffiles(installed, deb):
     mesh_user = [e for e in passwd if e[0] == "mesh"]
     mesh_group = [e for e in group if e[0] == "mesh"]
     assert len(mesh_user) == 1 and mesh_user[0][2:4] == ["1337", "1337"], mesh_user
-    assert mesh_user[0][5] == "/var/lib/mesh" and mesh_user[0][6] == "/usr/sbin/nologin", mesh_user
+    assert mesh_user[0][5] == "/nonexistent" and mesh_user[0][6] == "/usr/sbin/nologin", mesh_user
     assert len(mesh_group) == 1 and mesh_group[0][2] == "1337", mesh_group
-    assert not [e for e in pathlib.Path("/etc/passwd").read_text().splitlines() if e.startswith("mesh:")], \
-        "the host's /etc/passwd got the user: the root is not throwaway"
+    # meshd's own system user and group: any free system id but never the sidecars' 1337, and
+    # nobody else in the group (a sidecar in it could read meshd's state directory, mode 0750)
+    meshd_user = [e for e in passwd if e[0] == "meshd"]
+    meshd_group = [e for e in group if e[0] == "meshd"]
+    assert len(meshd_user) == 1 and len(meshd_group) == 1, (meshd_user, meshd_group)
+    uid, gid = int(meshd_user[0][2]), int(meshd_user[0][3])
+    assert 0 < uid < 1000 and uid != 1337, f"meshd's uid {uid}: not a system uid other than 1337"
+    assert gid == int(meshd_group[0][2]) and gid not in (0, 1337), f"meshd's group {meshd_group[0]}, primary gid {gid}"
+    assert meshd_group[0][3] == "", f"group meshd has members: {meshd_group[0][3]}"
+    assert meshd_user[0][5] == "/var/lib/mesh" and meshd_user[0][6] == "/usr/sbin/nologin", meshd_user
+    for e in pathlib.Path("/etc/passwd").read_text().splitlines():
+        assert not e.startswith(("mesh:", "meshd:")), "the host's /etc/passwd got a user: the root is not throwaway"
 
     # files, owners and modes
     expected = {
@@ -299,8 +330,10 @@ def test_unit_lines_name_the_capture_commands_and_run_as_mesh(installed):
     meshd = unit_file(installed.path("/lib/systemd/system/meshd.service").read_text())
     assert meshd[("Service", "ExecStart")] == ["/usr/bin/meshd --state-dir /var/lib/mesh $MESHD_ARGS"]
     assert meshd[("Service", "EnvironmentFile")] == ["/etc/mesh/meshd.env"]
-    assert meshd[("Service", "StateDirectory")] == ["mesh"]
-    assert meshd[("Service", "User")] == ["mesh"] and meshd[("Service", "Restart")] == ["on-failure"]
+    assert meshd[("Service", "StateDirectory")] == ["mesh"] and meshd[("Service", "StateDirectoryMode")] == ["0750"]
+    # meshd runs as its own user, not as the sidecars' mesh (1337): its state holds the CA keys
+    assert meshd[("Service", "User")] == ["meshd"] and meshd[("Service", "Group")] == ["meshd"]
+    assert meshd[("Service", "Restart")] == ["on-failure"]
     for unit in (sidecar, meshd):
         for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
             assert unit[("Service", key)] == ["yes"], key
@@ -309,6 +342,66 @@ def test_unit_lines_name_the_capture_commands_and_run_as_mesh(installed):
     # meshd is not enabled by the package (docs/packaging.md says why)
     assert not list(installed.path("/etc/systemd/system").rglob("meshd.service"))
     assert env_file(installed.path("/etc/mesh/meshd.env").read_text()) == {"MESHD_ARGS": ""}
+
+
+def test_meshd_state_is_out_of_the_sidecars_reach(installed):
+    """meshd started as meshd.service would start it (its User, Group and UMask, in the state
+    directory its StateDirectory and StateDirectoryMode name, which systemd creates so owned)
+    writes its CA keys and admin token; the sidecars' user (mesh-sidecar@.service's User and
+    Group, with its supplementary groups) can neither list the directory nor read one file of
+    it, while meshd's user can. The state stays: the purge test checks that purge removes it."""
+    r = installed
+    meshd = unit_file(r.path("/lib/systemd/system/meshd.service").read_text())
+    sidecar = unit_file(r.path("/lib/systemd/system/mesh-sidecar@.service").read_text())
+    (user,), (group,) = meshd[("Service", "User")], meshd[("Service", "Group")]
+    (umask,), (dir_mode,) = meshd[("Service", "UMask")], meshd[("Service", "StateDirectoryMode")]
+    state = "/var/lib/" + meshd[("Service", "StateDirectory")][0]
+    argv = [a for a in meshd[("Service", "ExecStart")][0].split() if a != "$MESHD_ARGS"]   # MESHD_ARGS=""
+    assert argv[:3] == ["/usr/bin/meshd", "--state-dir", state], argv
+    side = f'{sidecar[("Service", "User")][0]}:{sidecar[("Service", "Group")][0]}'
+    assert side == "mesh:mesh", side
+
+    r.chroot("install", "-d", "-o", user, "-g", group, "-m", dir_mode, state)
+    log = r.base / "meshd.log"   # outside the root
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            ["unshare", "--net", "bash", "-c", 'ip link set lo up && umask "$1" && exec chroot --userspec="$2" "${@:3}"',
+             "bash", umask, f"{user}:{group}", str(r.root), *argv],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not all(r.path(f"{state}/{f}").exists() for f in ("admin-token", "ca-key.pem", "root-cert.pem")):
+            assert proc.poll() is None, f"meshd exited {proc.returncode}: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "meshd wrote no admin-token, ca-key.pem and root-cert.pem in 30 s"
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    files = sorted(os.listdir(r.path(state)))
+    listing = r.chroot("chroot", f"--userspec={side}", "/", "ls", state, check=False)
+    assert listing.returncode != 0 and "Permission denied" in listing.stderr, (listing.stdout, listing.stderr)
+    for f in files:
+        p = r.chroot("chroot", f"--userspec={side}", "/", "cat", f"{state}/{f}", check=False)
+        assert p.returncode != 0 and "Permission denied" in p.stderr, f"{side} read {state}/{f}: {p.stderr}"
+    passwd = {e.split(":")[0]: e.split(":") for e in r.path("/etc/passwd").read_text().splitlines()}
+    meshd_uid = int(passwd[user][2])
+    assert meshd_uid != 1337 and int(passwd["mesh"][2]) == 1337
+    st = os.stat(r.path(state))
+    assert (st.st_uid, oct(stat.S_IMODE(st.st_mode))) == (meshd_uid, "0o750"), (st.st_uid, oct(st.st_mode))
+    assert {"admin-token", "ca-key.pem", "root-cert.pem"} <= set(files), files
+    for f in files:
+        assert os.stat(r.path(f"{state}/{f}")).st_uid == meshd_uid, f"{state}/{f}: not owned by {user}"
+    for secret in ("admin-token", "ca-key.pem"):
+        mode = stat.S_IMODE(os.stat(r.path(f"{state}/{secret}")).st_mode)
+        assert mode == 0o600, f"{state}/{secret}: mode {oct(mode)}"
+
+    own = r.chroot("chroot", f"--userspec={user}:{group}", "/", "cat", f"{state}/ca-key.pem", check=False)
+    assert own.returncode == 0 and "PRIVATE KEY" in own.stdout, own.stderr
 
 
 def test_sample_capture_args_parse_with_meshctl(installed):
@@ -349,8 +442,7 @@ def test_sample_sidecar_args_pass_sidecar_check(installed):
         assert bad.returncode == 2 and "--bogus-flag" in bad.stderr, bad.stderr
     finally:
         token.unlink()
-        root_cert.unlink()
-        shutil.rmtree(root_cert.parent, ignore_errors=True)  # /var/lib/mesh: purge removes it anyway
+        root_cert.unlink()   # /etc/mesh/root-cert.pem: the admin's copy, in a directory the package made
 
 
 def test_remove_then_purge_leave_nothing(installed, deb):
@@ -370,8 +462,9 @@ def test_remove_then_purge_leave_nothing(installed, deb):
 
     r.chroot("dpkg", "--purge", "swift-mesh", timeout=120)
     assert not os.path.lexists(r.path("/etc/mesh"))
+    assert not os.path.lexists(r.path("/var/lib/mesh"))   # meshd's state (the test above ran meshd)
     for db in ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"):
-        kept = [l for l in r.path(db).read_text().splitlines() if l.startswith("mesh:")]
+        kept = [l for l in r.path(db).read_text().splitlines() if l.startswith(("mesh:", "meshd:"))]
         assert not kept, f"purge left {db}: {kept}"
     assert r.chroot("dpkg-query", "-W", "swift-mesh", check=False).returncode != 0
 
