@@ -13,6 +13,10 @@ import Glibc
 /// `/certs`, `/clusters` and `POST /drain` stay on the loopback admin port. Bound with the proxy
 /// ports, before meshd is contacted; served on its own thread and event loop, never a worker's,
 /// and an app probe never blocks it (the probe's connection is one more socket on this loop).
+/// Every pod in the cluster may reach it, so each client is bounded: at most `maxConnections`
+/// open (more are closed at accept, counted and logged), a request head of 8 KiB (431), no
+/// answer while the client leaves earlier ones unread, and an idle deadline that only a client
+/// taking its answers extends (`StatusConnection`).
 public final class StatusServer: @unchecked Sendable {
     /// One `--app-probe`: GET `path` here is answered by GET `target` on `127.0.0.1:port`.
     public struct Probe: Sendable {
@@ -38,6 +42,14 @@ public final class StatusServer: @unchecked Sendable {
     let maxProbes: Int
     /// Requests in flight for each of `probes` (status loop only).
     var probesInFlight: [Int]
+    /// Status connections open at most (64); past it a new one is closed at accept.
+    let maxConnections: Int
+    /// Status connections open now (status loop only; app probes' connections are not counted).
+    var openConnections = 0
+    /// Connections closed at accept because `maxConnections` were open (status loop only).
+    private(set) var refusedConnections: UInt64 = 0
+    /// When a refusal was last logged (status loop): at most one line per 10 s.
+    private var refusalLoggedAt: UInt64 = 0
     private var listener: Listener?
     private var thread: pthread_t?
     /// The address bound (its port is the one the kernel chose when the flag said 0).
@@ -45,17 +57,14 @@ public final class StatusServer: @unchecked Sendable {
 
     /// Binds `address` now (a port in use is an error naming it) and serves on a thread of its own.
     public static func start(address: SocketAddress, probes: [Probe], probeTimeout: UInt64 = 10_000_000_000,
-                             maxProbes: Int = 8) throws(ProxyStartError) -> StatusServer {
+                             maxProbes: Int = 8, maxConnections: Int = 64) throws(ProxyStartError) -> StatusServer {
         let fd = Socket.listen(address, reusePort: false)
         if fd < 0 { throw ProxyStartError.cannotListen(address, "status", SocketError(code: -fd)) }
         let bound = SocketAddress(host: address.family == AF_INET6 ? "[\(StatusServer.host(address))]" : StatusServer.host(address),
                                   port: Socket.localPort(fd)) ?? address
-        let s = StatusServer(address: bound, probes: probes, probeTimeout: probeTimeout, maxProbes: maxProbes)
-        let l = Listener(loop: s.loop, fd: fd, name: "status") { [unowned s] cfd in
-            let c = StatusConnection(server: s, fd: cfd)
-            _ = c.start()
-            c.loop.setDeadline(c, c.loop.now + 30_000_000_000)
-        }
+        let s = StatusServer(address: bound, probes: probes, probeTimeout: probeTimeout, maxProbes: maxProbes,
+                             maxConnections: maxConnections)
+        let l = Listener(loop: s.loop, fd: fd, name: "status") { [unowned s] cfd in s.accept(cfd) }
         guard l.start() else {
             Glibc.close(fd)
             throw ProxyStartError(description: "cannot watch the status listener on \(address)")
@@ -65,12 +74,37 @@ public final class StatusServer: @unchecked Sendable {
         return s
     }
 
-    private init(address: SocketAddress, probes: [Probe], probeTimeout: UInt64, maxProbes: Int) {
+    private init(address: SocketAddress, probes: [Probe], probeTimeout: UInt64, maxProbes: Int, maxConnections: Int) {
         self.address = address
         self.probes = probes
         self.probeTimeout = probeTimeout
         self.maxProbes = maxProbes
+        self.maxConnections = maxConnections
         self.probesInFlight = [Int](repeating: 0, count: probes.count)
+    }
+
+    /// A new client (status loop): closed at once when `maxConnections` are open, else served.
+    private func accept(_ fd: Int32) {
+        if openConnections >= maxConnections {
+            Glibc.close(fd)
+            refusedConnections += 1
+            let now = loop.now
+            if refusalLoggedAt == 0 || now - refusalLoggedAt >= 10_000_000_000 {
+                refusalLoggedAt = now
+                Log.warn("status", "connection refused: \(maxConnections) status-port connections are open, the limit "
+                         + "(\(refusedConnections) refused since start; logged at most every 10 s)")
+            }
+            return
+        }
+        // A small kernel send buffer (32 KiB, doubled by the kernel) instead of autotuning's
+        // megabytes: a client that does not read its answers is seen congested within a few
+        // answers, and the socket memory charged to the pod stays small.
+        var sndbuf: Int32 = 32 * 1024
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, socklen_t(MemoryLayout<Int32>.size))
+        let c = StatusConnection(server: self, fd: fd)
+        openConnections += 1
+        guard c.start() else { openConnections -= 1; return }   // start closed the socket
+        c.extendDeadline()
     }
 
     private static func host(_ a: SocketAddress) -> String {
@@ -152,7 +186,11 @@ public final class StatusServer: @unchecked Sendable {
 }
 
 /// One client of the status port: HTTP/1.1 keep-alive, requests answered in order (one waiting
-/// for an app probe holds the ones behind it).
+/// for an app probe holds the ones behind it). Bounded against a client that sends and never
+/// reads: a request head of at most 8 KiB (431), at most 16 KiB read ahead, no answer while 64 KiB
+/// of answers wait unwritten (answering resumes in `onDrained`), and an idle deadline (30 s) that
+/// moves only when an answer is queued behind nothing unwritten, so a client that leaves its
+/// answers unread is closed 30 s after it stopped taking them, whatever it keeps sending.
 final class StatusConnection: Connection {
     unowned let server: StatusServer
     var parser = HTTP1Parser()
@@ -161,14 +199,40 @@ final class StatusConnection: Connection {
     var probe: StatusProbe?
     /// Close after the answer being waited for.
     private var closeAfterProbe = false
+    /// Inside `onInput` (where `flushNow` may call `onDrained`).
+    private var answering = false
+    /// When the idle deadline passes (restored after an app probe, which has its own).
+    private var expiresAt: UInt64 = 0
+
+    static let maxHeadBytes = 8 * 1024
+    static let idleTimeout: UInt64 = 30_000_000_000
 
     init(server: StatusServer, fd: Int32) {
         self.server = server
         super.init(loop: server.loop, fd: fd, security: nil, connecting: false)
+        parser.maxHeadBytes = StatusConnection.maxHeadBytes
+        inputLimit = 16 * 1024
+        highWatermark = 64 * 1024
+        lowWatermark = 16 * 1024
+    }
+
+    /// The client took every earlier answer (or just arrived): another 30 s.
+    func extendDeadline() {
+        expiresAt = loop.now + StatusConnection.idleTimeout
+        loop.setDeadline(self, expiresAt)
     }
 
     override func onInput() {
+        if answering { return }
+        answering = true
+        defer { answering = false }
         while probe == nil && !input.isEmpty && !isClosing && !isClosed {
+            if isCongested {
+                // The client leaves its answers unread: write what the socket takes; if that is
+                // not enough, answer nothing more (nor read past `inputLimit`) until `onDrained`.
+                flushNow()
+                if isClosed || isCongested { return }
+            }
             switch parser.parseRequest(input.base, start: input.readIndex, end: input.writeIndex, into: &head) {
             case .incomplete:
                 return
@@ -186,6 +250,7 @@ final class StatusConnection: Connection {
                 let method = head.method
                 input.consume(head.headEnd - input.readIndex)
                 parser.resetScan()
+                let caughtUp = pendingOutput == 0
                 if !server.respond(self, method: method, path: path) {
                     // Waiting for the app; no deadline of our own meanwhile (the probe has one).
                     closeAfterProbe = !keep
@@ -194,25 +259,35 @@ final class StatusConnection: Connection {
                 }
                 requestFlush()
                 if !keep { closeAfterFlush(); return }
-                loop.setDeadline(self, loop.now + 30_000_000_000)
+                if caughtUp { extendDeadline() }
             }
         }
+    }
+
+    /// The client read enough of its answers: answer what waits, then read again.
+    override func onDrained() {
+        if answering || isClosing || isClosed { return }
+        onInput()
+        if !isClosed { resumeReading() }
     }
 
     /// The probe answered (status loop): send its answer, then go on with what came behind it.
     func probeDone(status: Int, body: String, head isHead: Bool) {
         probe = nil
         if isClosed { return }
+        let caughtUp = pendingOutput == 0
         StatusServer.reply(output, status, body, head: isHead)
         requestFlush()
         if closeAfterProbe { closeAfterFlush(); return }
-        loop.setDeadline(self, loop.now + 30_000_000_000)
+        if caughtUp { extendDeadline() } else { loop.setDeadline(self, expiresAt) }
         onInput()
+        if !isClosed { resumeReading() }
     }
 
     override func onPeerClosed(error: Int32) { closeNow() }
     override func onDeadline(now: UInt64) { closeNow() }
     override func onClosed() {
+        server.openConnections -= 1
         // Nobody waits for the answer any more: end the probe now, freeing its slot.
         if let p = probe {
             probe = nil
