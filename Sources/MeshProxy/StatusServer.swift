@@ -14,9 +14,10 @@ import Glibc
 /// ports, before meshd is contacted; served on its own thread and event loop, never a worker's,
 /// and an app probe never blocks it (the probe's connection is one more socket on this loop).
 /// Every pod in the cluster may reach it, so each client is bounded: at most `maxConnections`
-/// open (more are closed at accept, counted and logged), a request head of 8 KiB (431), no
-/// answer while the client leaves earlier ones unread, and an idle deadline that only a client
-/// taking its answers extends (`StatusConnection`).
+/// open, and at most `maxPerAddress` of them from one peer address, so that one client never
+/// shuts the kubelet's probes out (more are closed at accept, counted and logged), a request
+/// head of 8 KiB (431), no answer while the client leaves earlier ones unread, and an idle
+/// deadline that only a client taking its answers extends (`StatusConnection`).
 public final class StatusServer: @unchecked Sendable {
     /// One `--app-probe`: GET `path` here is answered by GET `target` on `127.0.0.1:port`.
     public struct Probe: Sendable {
@@ -45,11 +46,26 @@ public final class StatusServer: @unchecked Sendable {
     /// Status connections open at most (64); past it a new one is closed at accept.
     let maxConnections: Int
     /// Status connections open now (status loop only; app probes' connections are not counted).
-    var openConnections = 0
+    private(set) var openConnections = 0
     /// Connections closed at accept because `maxConnections` were open (status loop only).
     private(set) var refusedConnections: UInt64 = 0
     /// When a refusal was last logged (status loop): at most one line per 10 s.
     private var refusalLoggedAt: UInt64 = 0
+    /// Status connections open at most from one peer address (8): one client (every pod may reach
+    /// this port) can never hold more than that many of the `maxConnections` slots.
+    let maxPerAddress: Int
+    /// Open connections per peer address (status loop only): `maxConnections` slots allocated at
+    /// start, each a peer address's two words (IPv4 kept IPv4-mapped, as `IPEndpoint` does) and
+    /// its count; a slot is free when its count is 0. Every open connection holds one count in
+    /// one slot, so at most `maxConnections - 1` slots are in use when one more is accepted. A
+    /// connection keeps its slot's index and gives its count back when it closes.
+    private var peerHigh: [UInt64]
+    private var peerLow: [UInt64]
+    private var peerCount: [Int]
+    /// Connections closed at accept because `maxPerAddress` were open from their peer's address.
+    private(set) var refusedPerAddress: UInt64 = 0
+    /// When such a refusal was last logged (status loop): at most one line per 10 s.
+    private var perAddressLoggedAt: UInt64 = 0
     private var listener: Listener?
     private var thread: pthread_t?
     /// The address bound (its port is the one the kernel chose when the flag said 0).
@@ -57,13 +73,14 @@ public final class StatusServer: @unchecked Sendable {
 
     /// Binds `address` now (a port in use is an error naming it) and serves on a thread of its own.
     public static func start(address: SocketAddress, probes: [Probe], probeTimeout: UInt64 = 10_000_000_000,
-                             maxProbes: Int = 8, maxConnections: Int = 64) throws(ProxyStartError) -> StatusServer {
+                             maxProbes: Int = 8, maxConnections: Int = 64,
+                             maxPerAddress: Int = 8) throws(ProxyStartError) -> StatusServer {
         let fd = Socket.listen(address, reusePort: false)
         if fd < 0 { throw ProxyStartError.cannotListen(address, "status", SocketError(code: -fd)) }
         let bound = SocketAddress(host: address.family == AF_INET6 ? "[\(StatusServer.host(address))]" : StatusServer.host(address),
                                   port: Socket.localPort(fd)) ?? address
         let s = StatusServer(address: bound, probes: probes, probeTimeout: probeTimeout, maxProbes: maxProbes,
-                             maxConnections: maxConnections)
+                             maxConnections: maxConnections, maxPerAddress: maxPerAddress)
         let l = Listener(loop: s.loop, fd: fd, name: "status") { [unowned s] cfd in s.accept(cfd) }
         guard l.start() else {
             Glibc.close(fd)
@@ -74,16 +91,22 @@ public final class StatusServer: @unchecked Sendable {
         return s
     }
 
-    private init(address: SocketAddress, probes: [Probe], probeTimeout: UInt64, maxProbes: Int, maxConnections: Int) {
+    private init(address: SocketAddress, probes: [Probe], probeTimeout: UInt64, maxProbes: Int, maxConnections: Int,
+                 maxPerAddress: Int) {
         self.address = address
         self.probes = probes
         self.probeTimeout = probeTimeout
         self.maxProbes = maxProbes
         self.maxConnections = maxConnections
+        self.maxPerAddress = maxPerAddress
+        self.peerHigh = [UInt64](repeating: 0, count: maxConnections)
+        self.peerLow = [UInt64](repeating: 0, count: maxConnections)
+        self.peerCount = [Int](repeating: 0, count: maxConnections)
         self.probesInFlight = [Int](repeating: 0, count: probes.count)
     }
 
-    /// A new client (status loop): closed at once when `maxConnections` are open, else served.
+    /// A new client (status loop): closed at once when `maxConnections` are open, or
+    /// `maxPerAddress` from its address, else served.
     private func accept(_ fd: Int32) {
         if openConnections >= maxConnections {
             Glibc.close(fd)
@@ -96,15 +119,56 @@ public final class StatusServer: @unchecked Sendable {
             }
             return
         }
+        // The peer's address, without formatting it (a peer already gone has none: closed).
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+        }
+        guard rc == 0, let peer = IPEndpoint(storage: ss) else { Glibc.close(fd); return }
+        var slot = -1, free = -1
+        for i in 0..<peerCount.count {
+            if peerCount[i] == 0 {
+                if free < 0 { free = i }
+            } else if peerHigh[i] == peer.high && peerLow[i] == peer.low {
+                slot = i
+                break
+            }
+        }
+        if slot >= 0 && peerCount[slot] >= maxPerAddress {
+            Glibc.close(fd)
+            refusedPerAddress += 1
+            let now = loop.now
+            if perAddressLoggedAt == 0 || now - perAddressLoggedAt >= 10_000_000_000 {
+                perAddressLoggedAt = now
+                Log.warn("status", "connection refused: \(maxPerAddress) status-port connections are open from "
+                         + "\(StatusServer.host(peer.with(port: 0).socketAddress)), the limit per address "
+                         + "(\(refusedPerAddress) refused since start; logged at most every 10 s)")
+            }
+            return
+        }
+        if slot < 0 {
+            // Fewer than `maxConnections` are open, so fewer slots are in use: one is free.
+            slot = free
+            peerHigh[slot] = peer.high
+            peerLow[slot] = peer.low
+        }
         // A small kernel send buffer (32 KiB, doubled by the kernel) instead of autotuning's
         // megabytes: a client that does not read its answers is seen congested within a few
         // answers, and the socket memory charged to the pod stays small.
         var sndbuf: Int32 = 32 * 1024
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, socklen_t(MemoryLayout<Int32>.size))
-        let c = StatusConnection(server: self, fd: fd)
+        let c = StatusConnection(server: self, fd: fd, peerSlot: slot)
         openConnections += 1
-        guard c.start() else { openConnections -= 1; return }   // start closed the socket
+        peerCount[slot] += 1
+        guard c.start() else { closed(peerSlot: slot); return }   // start closed the socket
         c.extendDeadline()
+    }
+
+    /// A status connection from the address in `peerSlot` closed (status loop).
+    func closed(peerSlot: Int) {
+        openConnections -= 1
+        peerCount[peerSlot] -= 1
     }
 
     private static func host(_ a: SocketAddress) -> String {
@@ -207,8 +271,12 @@ final class StatusConnection: Connection {
     static let maxHeadBytes = 8 * 1024
     static let idleTimeout: UInt64 = 30_000_000_000
 
-    init(server: StatusServer, fd: Int32) {
+    /// Its slot in the server's table of connections per peer address.
+    let peerSlot: Int
+
+    init(server: StatusServer, fd: Int32, peerSlot: Int) {
         self.server = server
+        self.peerSlot = peerSlot
         super.init(loop: server.loop, fd: fd, security: nil, connecting: false)
         parser.maxHeadBytes = StatusConnection.maxHeadBytes
         inputLimit = 16 * 1024
@@ -287,7 +355,7 @@ final class StatusConnection: Connection {
     override func onPeerClosed(error: Int32) { closeNow() }
     override func onDeadline(now: UInt64) { closeNow() }
     override func onClosed() {
-        server.openConnections -= 1
+        server.closed(peerSlot: peerSlot)
         // Nobody waits for the answer any more: end the probe now, freeing its slot.
         if let p = probe {
             probe = nil

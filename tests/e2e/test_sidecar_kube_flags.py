@@ -20,10 +20,10 @@ from conftest import MESHCTL, MESHD, SIDECAR, Meshd, free_port, http_get, wait_r
 from netns import Hosts
 
 
-def status_get(host, port, path, method="GET", timeout=15.0):
-    """(status, body, seconds) of one request on a fresh connection."""
+def status_get(host, port, path, method="GET", timeout=15.0, source=None):
+    """(status, body, seconds) of one request on a fresh connection (from `source` if given)."""
     t0 = time.monotonic()
-    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    c = http.client.HTTPConnection(host, port, timeout=timeout, source_address=(source, 0) if source else None)
     try:
         c.request(method, path)
         r = c.getresponse()
@@ -198,11 +198,12 @@ def test_meshd_by_name_labels_file_status_port_and_probes(procs, tmp_path, hung_
     assert body.count("\n") == 1
 
     # A hung app: /ready and another probe answer at once while its probes wait, up to 8 in
-    # flight for its path (the 9th gets 503 at once), each 503 after 10 s.
+    # flight for its path (the 9th gets 503 at once), each 503 after 10 s. The 8 come from
+    # 127.0.0.3: they are all the status-port connections one address may hold.
     results = []
 
     def hung():
-        results.append(status_get(host, status_port, "/app-health/hung/livez", timeout=30))
+        results.append(status_get(host, status_port, "/app-health/hung/livez", timeout=30, source="127.0.0.3"))
     threads = [threading.Thread(target=hung) for _ in range(8)]
     t0 = time.monotonic()
     for t in threads:

@@ -1,6 +1,7 @@
 """The sidecar's status port (`--status-port`) against hostile clients: every pod in the cluster
 may reach it in plaintext, so no client may grow the sidecar's memory, hold its connections for
-ever or starve the kubelet's `/ready`. Real meshd, a real sidecar, real sockets; the sidecar's
+ever or starve the kubelet's `/ready`. Real meshd, a real sidecar bound on 0.0.0.0, real sockets
+(clients from several loopback addresses, 127.0.0.X, by binding before connect); the sidecar's
 memory read from /proc/PID/status."""
 
 import http.client
@@ -21,10 +22,11 @@ def rss_kib(pid):
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def status_get(port, path, method="GET", headers=None, timeout=5.0):
-    """(status, body, seconds) of one request on a fresh connection to 127.0.0.1:port."""
+def status_get(port, path, method="GET", headers=None, timeout=5.0, source="127.0.0.1"):
+    """(status, body, seconds) of one request on a fresh connection to 127.0.0.1:port from
+    `source`."""
     t0 = time.monotonic()
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
     try:
         c.request(method, path, headers=headers or {})
         r = c.getresponse()
@@ -64,10 +66,54 @@ def read_answers(sock, count, timeout=30.0):
     return statuses
 
 
+def connect_from(source, port):
+    """A connection to 127.0.0.1:port from the address `source` (bound before connect)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def ended_at_once(conns, want, seconds=3.0):
+    """Indexes of `conns` the sidecar ended (end of stream or reset, no byte) within `seconds`,
+    waiting no longer once `want` have ended."""
+    ended = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(ended) < want:
+        r, _, _ = select.select([c for i, c in enumerate(conns) if i not in ended], [], [], 0.2)
+        for c in r:
+            try:
+                data = c.recv(1)
+            except ConnectionResetError:
+                data = b""
+            assert data == b"", data
+            ended.add(conns.index(c))
+    return ended
+
+
+def served(conns):
+    """Each of `conns` answers a kept-alive `GET /healthz` with 200."""
+    for c in conns:
+        c.sendall(b"GET /healthz HTTP/1.1\r\nhost: status\r\n\r\n")
+    for c in conns:
+        assert read_answers(c, 1, timeout=5) == [200]
+
+
+def refused(port, source):
+    """Whether a fresh request from `source` ends without an answer."""
+    try:
+        status_get(port, "/ready", source=source)
+    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        return True
+    return False
+
+
 def start_sidecar(procs):
     m = Meshd(procs)
     status_port = free_port()
-    p, admin, _, _ = m.sidecar("reviews-sidecar", "reviews", extra=["--status-port", status_port])
+    p, admin, _, _ = m.sidecar("reviews-sidecar", "reviews", extra=["--status-port", status_port, "--listen-address", "0.0.0.0",
+                                                                    "--advertise-address", "127.0.0.1"])
     wait_until(lambda: status_get(status_port, "/ready")[0] == 200, what="status port ready")
     return p, status_port
 
@@ -165,39 +211,22 @@ def test_clients_that_never_read_are_bounded_and_closed(procs):
 
 
 def test_connection_limit(procs):
-    """200 concurrent connections: the first 64 are kept, the other 136 closed at accept (end of
-    stream at once), counted in one log line; a fresh connection is refused while the 64 stay,
-    and answered once they are gone."""
+    """200 concurrent connections, 8 from each of 25 addresses (127.0.0.10 to 127.0.0.34, the
+    per-address limit never passed): the first 64 are kept, the other 136 closed at accept (end of
+    stream at once), counted in one log line; a fresh connection from another address is refused
+    while the 64 stay, and answered once they are gone."""
     p, status_port = start_sidecar(procs)
     conns = []
     try:
-        for _ in range(200):
-            conns.append(socket.create_connection(("127.0.0.1", status_port), timeout=5))
-        ended = set()
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and len(ended) < 136:
-            r, _, _ = select.select([c for i, c in enumerate(conns) if i not in ended], [], [], 0.2)
-            for c in r:
-                try:
-                    data = c.recv(1)
-                except ConnectionResetError:
-                    data = b""
-                assert data == b"", data
-                ended.add(conns.index(c))
+        for i in range(200):
+            conns.append(connect_from(f"127.0.0.{10 + i // 8}", status_port))
+        ended = ended_at_once(conns, 136)
         assert len(ended) == 136, len(ended)
         assert ended == set(range(64, 200)), sorted(set(range(64, 200)) - ended)[:10]
         # The 64 kept ones are served.
-        for c in conns[:64]:
-            c.sendall(b"GET /healthz HTTP/1.1\r\nhost: status\r\n\r\n")
-        for c in conns[:64]:
-            head = c.recv(4096)
-            assert head.startswith(b"HTTP/1.1 200 "), head
+        served(conns[:64])
         # A fresh one is refused while they stay.
-        try:
-            st = status_get(status_port, "/ready")[0]
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            st = None
-        assert st is None, st
+        assert refused(status_port, "127.0.0.1")
     finally:
         for c in conns:
             c.close()
@@ -205,6 +234,49 @@ def test_connection_limit(procs):
     log = p.log_path.read_text()
     lines = [l for l in log.splitlines() if "status: connection refused: 64 status-port connections are open, the limit" in l]
     assert len(lines) == 1 and "(1 refused since start" in lines[0], lines
+    assert "the limit per address" not in log, log
+    assert p.poll() is None
+
+
+def test_connection_limit_per_address(procs):
+    """One address (127.0.0.2) opens 20 connections: exactly 8 are kept (and served), the other
+    12 closed at accept, counted in one log line naming the address; meanwhile 127.0.0.3 (the
+    kubelet, say) and 127.0.0.1 are answered at once, and a 21st from 127.0.0.2 is refused. Once
+    the 8 close, 127.0.0.2 may open 8 again."""
+    p, status_port = start_sidecar(procs)
+    hog = []
+    try:
+        for _ in range(20):
+            hog.append(connect_from("127.0.0.2", status_port))
+        ended = ended_at_once(hog, 12)
+        assert ended == set(range(8, 20)), sorted(ended)
+        served(hog[:8])
+        # Nothing more ends: the 8 are held.
+        assert ended_at_once(hog[:8], 1, seconds=1.0) == set()
+        for source in ("127.0.0.3", "127.0.0.1"):
+            st, body, secs = status_get(status_port, "/ready", source=source)
+            assert (st, body) == (200, "LIVE\n") and secs < 0.5, (source, st, body, secs)
+        assert refused(status_port, "127.0.0.2")
+        served(hog[:8])
+    finally:
+        for c in hog:
+            c.close()
+
+    # The 8 closed: 127.0.0.2 gets its slots back (8 at once, each served).
+    def reopened():
+        conns = [connect_from("127.0.0.2", status_port) for _ in range(8)]
+        try:
+            served(conns)
+            return True
+        finally:
+            for c in conns:
+                c.close()
+    wait_until(reopened, timeout=5, what="8 connections from 127.0.0.2 after the first 8 closed")
+    log = p.log_path.read_text()
+    lines = [l for l in log.splitlines() if "status: connection refused: 8 status-port connections are open from 127.0.0.2, "
+             "the limit per address" in l]
+    assert len(lines) == 1 and "(1 refused since start" in lines[0], lines
+    assert "status-port connections are open, the limit" not in log, log
     assert p.poll() is None
 
 
