@@ -1,7 +1,9 @@
 /// One document of a stream: its tree, its markers, and its exact bytes in the input.
 public struct YAMLDocument: Sendable, Equatable {
     /// nil: an empty document (only comments or nothing between markers).
-    public var root: YAMLNode?
+    public var root: YAMLNode? {
+        didSet { anchorCache = YAMLAnchorCache() }  // any change, edits in place included
+    }
     /// Written with `---`.
     public var explicitStart: Bool
     /// Written with `...`.
@@ -14,6 +16,8 @@ public struct YAMLDocument: Sendable, Equatable {
     public var line: Int
     /// This document's exact text in the input (see `YAML.parse`).
     public var source: String
+    /// `root`'s anchor table, built by the first `lookup`/`resolve` that meets an alias.
+    private var anchorCache = YAMLAnchorCache()
 
     public init(root: YAMLNode?, explicitStart: Bool = false, explicitEnd: Bool = false, hasDirectives: Bool = false,
                 index: Int = 1, line: Int = 0, source: String = "") {
@@ -38,27 +42,57 @@ public struct YAMLDocument: Sendable, Equatable {
     /// document, as YAML says; for an alias built in code (line 0), the last one in the document.
     public func resolve(_ node: YAMLNode) -> YAMLNode {
         guard case .alias = node.kind, let root else { return node }
-        return YAMLAnchorTable(root).resolve(node)
+        return anchorCache.table(for: root).resolve(node)
     }
+
+    /// How many times this document's anchor table was built: 0 until an alias is met, then 1 until `root` changes.
+    var anchorTableBuilds: Int { anchorCache.builds }
 
     /// A mapping's value for `key`, following aliases (the mapping's, the value's, merged mappings')
     /// and YAML 1.1 merge keys (`<<: *x`, `<<: [*x, *y]`): the mapping's own keys first, then each
     /// merged mapping in order (the first that has the key wins, merges within it followed too).
     /// nil when absent, or when `mapping` is not a mapping. Each anchored mapping is searched at most
-    /// once per call, so alias cycles and merge fan-out ("billion laughs") end quickly.
+    /// once per call, so alias cycles end and merge fan-out ("billion laughs") stays linear in the
+    /// document. The anchor table is built once per document (one walk), by the first call that meets
+    /// an alias; each alias then costs a binary search among its name's definitions.
     public func lookup(_ mapping: YAMLNode, _ key: String) -> YAMLNode? {
-        let table = root.map { YAMLAnchorTable($0) } ?? YAMLAnchorTable()
+        var table = LazyTable(cache: anchorCache, root: root)
         var searched = Set<YAMLAnchorTable.Definition>()
-        return YAMLDocument.lookup(mapping, key, table, &searched, 0)
+        return YAMLDocument.lookup(mapping, key, &table, &searched, 0)
+    }
+
+    /// The document's table, asked of the cache (and its lock) once per `lookup`, when the first alias is met.
+    private struct LazyTable {
+        let cache: YAMLAnchorCache
+        let root: YAMLNode?
+        private var table: YAMLAnchorTable?
+
+        init(cache: YAMLAnchorCache, root: YAMLNode?) {
+            self.cache = cache
+            self.root = root
+        }
+
+        mutating func get() -> YAMLAnchorTable {
+            if let table { return table }
+            let t = root.map { cache.table(for: $0) } ?? YAMLAnchorTable()
+            table = t
+            return t
+        }
+
+        /// An alias's anchored node (once), or the node itself (no table needed for that).
+        mutating func resolve(_ node: YAMLNode) -> YAMLNode {
+            guard case .alias = node.kind else { return node }
+            return get().resolve(node)
+        }
     }
 
     /// Searches `node` (a mapping, an alias to one, or, as a merge source, a sequence of them) for `key`.
-    private static func lookup(_ node: YAMLNode, _ key: String, _ table: YAMLAnchorTable,
+    private static func lookup(_ node: YAMLNode, _ key: String, _ table: inout LazyTable,
                                _ searched: inout Set<YAMLAnchorTable.Definition>, _ depth: Int) -> YAMLNode? {
         guard depth <= YAML.maxDepth else { return nil }
         var n = node
         if case .alias = node.kind {
-            guard let (definition, target) = table.definition(for: node),
+            guard let (definition, target) = table.get().definition(for: node),
                   searched.insert(definition).inserted else { return nil }
             n = target
         }
@@ -68,12 +102,12 @@ public struct YAMLDocument: Sendable, Equatable {
                 return table.resolve(pair.value)
             }
             for pair in pairs where pair.key.isMergeKey {
-                if let v = lookup(pair.value, key, table, &searched, depth + 1) { return v }
+                if let v = lookup(pair.value, key, &table, &searched, depth + 1) { return v }
             }
             return nil
         case .sequence(let items, _) where depth > 0:
             for item in items {
-                if let v = lookup(item, key, table, &searched, depth + 1) { return v }
+                if let v = lookup(item, key, &table, &searched, depth + 1) { return v }
             }
             return nil
         default:

@@ -44,17 +44,25 @@ final class YAMLStreamReader {
         input[bytes.count] = 0
         defer { input.deallocate() }
 
-        var parser = yaml_parser_t()
-        guard yaml_parser_initialize(&parser) == 1 else {
+        // libyaml keeps pointers to the parser itself (the string reader's `read_handler_data`) from
+        // `yaml_parser_set_input_string` on: it must stay at one address for every later call, which
+        // `&local` does not promise beyond one call. Deinitialised and freed on every path (the defers).
+        let parser = UnsafeMutablePointer<yaml_parser_t>.allocate(capacity: 1)
+        parser.initialize(to: yaml_parser_t())
+        defer {
+            parser.deinitialize(count: 1)
+            parser.deallocate()
+        }
+        guard yaml_parser_initialize(parser) == 1 else {
             throw YAMLError(message: "libyaml: out of memory", document: 1, line: 1, column: 1)
         }
-        defer { yaml_parser_delete(&parser) }
-        yaml_parser_set_input_string(&parser, input, bytes.count)
-        yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
+        defer { yaml_parser_delete(parser) }
+        yaml_parser_set_input_string(parser, input, bytes.count)
+        yaml_parser_set_encoding(parser, YAML_UTF8_ENCODING)
 
         var event = yaml_event_t()
         while true {
-            guard yaml_parser_parse(&parser, &event) == 1 else { throw parserError(&parser) }
+            guard yaml_parser_parse(parser, &event) == 1 else { throw parserError(parser) }
             defer { yaml_event_delete(&event) }
             if event.type == YAML_STREAM_END_EVENT { break }
             try handle(&event)
@@ -195,7 +203,8 @@ final class YAMLStreamReader {
         return (line, column)
     }
 
-    private func parserError(_ parser: inout yaml_parser_t) -> YAMLError {
+    private func parserError(_ p: UnsafeMutablePointer<yaml_parser_t>) -> YAMLError {
+        let parser = p.pointee  // a copy of the fields only; libyaml still owns what they point to
         let document = inDocument ? documentIndex : documentIndex + 1
         let problem = YAMLStreamReader.cString(parser.problem) ?? "libyaml error"
         switch parser.error {

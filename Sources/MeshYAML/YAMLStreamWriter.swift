@@ -10,28 +10,39 @@ final class YAMLStreamWriter {
 
     private let documentIndex: Int
     private let output = Output()
-    private var emitter = yaml_emitter_t()
+    /// At one address for the writer's life, like the reader's parser: libyaml keeps its state in it
+    /// from call to call (`&storedProperty` promises an address for one call only). Only `write`
+    /// initialises and deletes libyaml's state in it.
+    private let emitter: UnsafeMutablePointer<yaml_emitter_t>
     /// The node being written, for the position of an emit error.
     private var line = 0, column = 0
 
     init(document: Int) {
         documentIndex = document
+        emitter = .allocate(capacity: 1)
+        emitter.initialize(to: yaml_emitter_t())
+    }
+
+    deinit {
+        emitter.deinitialize(count: 1)
+        emitter.deallocate()
     }
 
     func write(_ document: YAMLDocument, forceStart: Bool) throws(YAMLError) -> String {
-        guard yaml_emitter_initialize(&emitter) == 1 else { throw error("libyaml: out of memory") }
-        defer { yaml_emitter_delete(&emitter) }
+        guard yaml_emitter_initialize(emitter) == 1 else { throw error("libyaml: out of memory") }
+        defer { yaml_emitter_delete(emitter) }
+        // The handler's data is `output` itself (a class, unretained): a `let` of self, alive for the whole call.
         let context = Unmanaged.passUnretained(output).toOpaque()
-        yaml_emitter_set_output(&emitter, { data, buffer, size in
+        yaml_emitter_set_output(emitter, { data, buffer, size in
             guard let data, let buffer else { return 1 }
             let out = Unmanaged<Output>.fromOpaque(data).takeUnretainedValue()
             out.bytes.append(contentsOf: UnsafeBufferPointer(start: buffer, count: size))
             return 1
         }, context)
-        yaml_emitter_set_indent(&emitter, 2)
-        yaml_emitter_set_width(&emitter, -1)
-        yaml_emitter_set_unicode(&emitter, 1)
-        yaml_emitter_set_break(&emitter, YAML_LN_BREAK)
+        yaml_emitter_set_indent(emitter, 2)
+        yaml_emitter_set_width(emitter, -1)
+        yaml_emitter_set_unicode(emitter, 1)
+        yaml_emitter_set_break(emitter, YAML_LN_BREAK)
 
         var event = yaml_event_t()
         yaml_stream_start_event_initialize(&event, YAML_UTF8_ENCODING)
@@ -44,7 +55,7 @@ final class YAMLStreamWriter {
         try emit(&event)
         yaml_stream_end_event_initialize(&event)
         try emit(&event)
-        guard yaml_emitter_flush(&emitter) == 1 else { throw emitterError() }
+        guard yaml_emitter_flush(emitter) == 1 else { throw emitterError() }
         var text = String(decoding: output.bytes, as: UTF8.self)
         if !text.hasSuffix("\n") { text += "\n" }
         return text
@@ -111,11 +122,11 @@ final class YAMLStreamWriter {
 
     /// Hands an initialised event to the emitter (which owns it from then on, also on failure).
     private func emit(_ event: inout yaml_event_t) throws(YAMLError) {
-        guard yaml_emitter_emit(&emitter, &event) == 1 else { throw emitterError() }
+        guard yaml_emitter_emit(emitter, &event) == 1 else { throw emitterError() }
     }
 
     private func emitterError() -> YAMLError {
-        let problem = emitter.problem.map { String(cString: $0) } ?? "libyaml emitter error"
+        let problem = emitter.pointee.problem.map { String(cString: $0) } ?? "libyaml emitter error"
         return error(problem)
     }
 
