@@ -5,7 +5,9 @@
 /// 2. it holds a control character (below U+0020, tab and newlines included), U+007F, U+0080-U+009F,
 ///    U+2028, U+2029, U+FEFF, U+FFFE or U+FFFF;
 /// 3. it starts or ends with a space;
-/// 4. it starts with an indicator: `- ? : , [ ] { } # & * ! | > ' " % @` or a backquote, or with `...`;
+/// 4. it starts with an indicator: `? : , [ ] { } # & * ! | > ' " % @` or a backquote, or with `-`
+///    followed by a space or nothing, or with `...` or `---` (`--proxy-uid` and `-x` stay plain: YAML
+///    reads a `-` followed by a non-space as the start of a plain scalar);
 /// 5. it contains `": "` or `" #"`, or ends with `:`;
 /// 6. a plain scalar with this text would not be a string for YAML 1.1 (PyYAML's resolvers) or for
 ///    go-yaml v2 (under Kubernetes' sigs.k8s.io/yaml): `resolvesToNonString`.
@@ -21,8 +23,14 @@ public enum YAMLPlainScalar {
             }
         }
         if first == UInt8(ascii: " ") || last == UInt8(ascii: " ") { return true }
-        if indicators.contains(first) { return true }
-        if b.count >= 3 && b[0] == UInt8(ascii: ".") && b[1] == UInt8(ascii: ".") && b[2] == UInt8(ascii: ".") { return true }
+        if first == UInt8(ascii: "-") {
+            if b.count == 1 || b[1] == UInt8(ascii: " ") { return true }
+        } else if indicators.contains(first) {
+            return true
+        }
+        for marker in [UInt8(ascii: "."), UInt8(ascii: "-")] where b.count >= 3 && b[0] == marker && b[1] == marker && b[2] == marker {
+            return true
+        }
         if last == UInt8(ascii: ":") { return true }
         for i in 0..<(b.count - 1) {
             if b[i] == UInt8(ascii: ":") && b[i + 1] == UInt8(ascii: " ") { return true }
@@ -57,7 +65,7 @@ public enum YAMLPlainScalar {
         return isGoInt(stripped) || isGoFloat(stripped)
     }
 
-    static let indicators: Set<UInt8> = Set("-?:,[]{}#&*!|>'\"%@`".utf8)
+    static let indicators: Set<UInt8> = Set("?:,[]{}#&*!|>'\"%@`".utf8)
 
     static let words: Set<String> = [
         "", "~", "null", "Null", "NULL",

@@ -71,10 +71,10 @@ final class YAMLEditingTests: XCTestCase {
     func testFlowCollectionsStayFlowWhenEdited() throws {
         var doc = parseOK("args: [--a, \"1\"]\nlabels: {app: x}\n").documents[0]
         var root = try XCTUnwrap(doc.root)
-        root.withValue("args") { _ = $0.insert(.string("--b"), at: 2) }  // a leading indicator: quoted
+        root.withValue("args") { _ = $0.insert(.string("--b"), at: 2) }  // `-` then a non-space: plain
         root.withValue("labels") { _ = $0.set("version", .string("v1")) }
         doc.root = root
-        XCTAssertEqual(try YAML.emit(doc), "args: [--a, \"1\", \"--b\"]\nlabels: {app: x, version: v1}\n")
+        XCTAssertEqual(try YAML.emit(doc), "args: [--a, \"1\", --b]\nlabels: {app: x, version: v1}\n")
     }
 
     func testNoOpsOnTheWrongKind() throws {

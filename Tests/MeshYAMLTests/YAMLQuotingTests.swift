@@ -16,8 +16,8 @@ final class YAMLQuotingTests: XCTestCase {
         // spaces, comments, mapping indicators, newlines, control characters
         " lead", "trail ", "a: b", "a #b", "ends:", "line\nbreak", "tab\there", "bell\u{07}", "\u{FEFF}bom", "del\u{7F}",
         // leading indicators
-        "-x", "?x", ":x", ",x", "[x", "]x", "{x", "}x", "#x", "&x", "*x", "!x", "|x", ">x", "'x", "\"x", "%x", "@x", "`x",
-        "- x", "-", "---", "...", "...x",
+        "?x", ":x", ",x", "[x", "]x", "{x", "}x", "#x", "&x", "*x", "!x", "|x", ">x", "'x", "\"x", "%x", "@x", "`x",
+        "- x", "-", "---", "---x", "...", "...x",
         // conservative: four digits and `-` are taken for a timestamp
         "2024-1",
     ]
@@ -25,6 +25,7 @@ final class YAMLQuotingTests: XCTestCase {
         "mesh-proxy", "/ready", "reviews", "v1", "http://reviews:9080/path", "a:b", "a#b", "a,b", "x[0]", "1.2.3",
         "10.0.0.0/8", "1a", "0x", "0b2", "12:60", "e3", "NaN", "Inf", "+inf", "_1", "1-2", "202-1", "é", "日本",
         "a b", "key=value", "yesterday", "nothing", "Tru", ".", ".a", "x.5", "v0123", "app.kubernetes.io/name",
+        "-x", "--proxy-uid", "--exclude-inbound-ports", "-v",
     ]
 
     func testQuotedTable() {
