@@ -6,6 +6,7 @@ tools that run them."""
 import pathlib
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -243,3 +244,28 @@ def test_manifests_are_the_golden_files(tmp_path):
     out = run("kube-manifests", "--root-cert", root, "--replicas", "3", "--store",
               "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379,etcd-2.etcd:2379", "--app-namespace", "shop", "--app-namespace", "default").stdout
     assert out == (KUBE / "golden" / "manifests.etcd.yaml").read_text()
+
+
+def test_a_500_workload_list_injects_and_comes_back(tmp_path):
+    """A `kubectl get deploy -A -o yaml`-sized List (about 100,000 nodes, 180,000 injected):
+    injected, injected again unchanged, and uninjected to the same data, each in seconds."""
+    items = []
+    for i in range(500):
+        d = yaml.safe_load((KUBE / "in" / "deployment.yaml").read_text())
+        d["metadata"]["name"] = f"svc{i}"
+        d["spec"]["selector"]["matchLabels"] = {"app": f"svc{i}"}
+        d["spec"]["template"]["metadata"]["labels"] = {"app": f"svc{i}", "version": "v1"}
+        items.append(d)
+    src = tmp_path / "list.yaml"
+    src.write_text(yaml.dump({"apiVersion": "v1", "kind": "List", "items": items}, sort_keys=False,
+                             Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
+    out, again, back = tmp_path / "out.yaml", tmp_path / "again.yaml", tmp_path / "back.yaml"
+    start = time.monotonic()
+    r = run("kube-inject", "-f", src, "-o", out)
+    assert r.stderr.count(": injected (classic)") == 500
+    run("kube-inject", "-f", out, "-o", again)
+    run("kube-inject", "--uninject", "-f", out, "-o", back)
+    assert time.monotonic() - start < 60
+    assert again.read_text() == out.read_text()
+    fast = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    assert list(yaml.load_all(back.read_text(), Loader=fast)) == list(yaml.load_all(src.read_text(), Loader=fast))
