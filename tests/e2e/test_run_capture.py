@@ -110,8 +110,10 @@ class Site:
         return r
 
     def nat(self):
-        """B's nat tables, IPv4 and IPv6 (nft backend, the default here)."""
-        return "".join(self.h.run(B, [tool, "-t", "nat"]).stdout for tool in ("iptables-save", "ip6tables-save"))
+        """B's nat tables, IPv4 and IPv6 (nft backend, the default here), without iptables-save's
+        comment lines (they carry the time of the dump, which differs when a second ticks over)."""
+        return "".join(line for tool in ("iptables-save", "ip6tables-save")
+                       for line in self.h.run(B, [tool, "-t", "nat"]).stdout.splitlines(keepends=True) if not line.startswith("#"))
 
     def close(self):
         shutil.rmtree(self.scratch, ignore_errors=True)
