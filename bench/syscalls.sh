@@ -285,7 +285,7 @@ prov_tools nginx haproxy h2load strace perf
 BODY="$OUT/results-body.md"
 STRACE_CMD="strace -c -f -S calls -o FILE -p PID"
 PERF_CMD="perf stat -x, -e $PERF_EVENTS -p PID -o FILE"
-LOAD_CMD="${H2[*]} -c C -n N http://127.0.0.1:PORT/"
+LOAD_CMD="$(printf "%q " "${H2[@]}")-c C -n N http://127.0.0.1:PORT/"
 SKIPPED_TEXT=""; for s in "${SKIPPED[@]+"${SKIPPED[@]}"}"; do SKIPPED_TEXT+="$s"$'\n'; done
 CMDS_TEXT=""
 CMDS_TEXT+="app: nginx -p $CFG/app -c $CFG/app/nginx.conf -e $CFG/app/error.log"$'\n'
