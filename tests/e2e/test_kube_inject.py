@@ -222,7 +222,9 @@ def test_manifests_carry_the_root_certificate_and_the_store(tmp_path):
     r = run("kube-manifests", "--root-cert", KUBE / "fixtures" / "root-cert.pem", "--replicas", "2", check=False)
     assert r.returncode == 2 and "--store etcd://" in r.stderr and r.stdout == ""
     key = tmp_path / "key.pem"
-    key.write_text("-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n")
+    # A real key, made now: a key given where the root certificate belongs is refused.
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key)],
+                   check=True, capture_output=True)
     r = run("kube-manifests", "--root-cert", key, check=False)
     assert r.returncode == 2 and "no PEM certificate" in r.stderr
 
