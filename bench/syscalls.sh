@@ -32,8 +32,9 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 cd "$ROOT"
-# shellcheck source=bench/tools/provenance.sh
-. "$HERE/tools/provenance.sh"
+SCRIPT=syscalls.sh
+# shellcheck source=bench/tools/common.sh
+. "$HERE/tools/common.sh"
 prov_init syscalls.sh "PROXIES N N1 CONCURRENCIES WARMUP IDLE_SECONDS NO_BUILD SIDECAR_BIN ENVOY_BIN LOAD_TIMEOUT MAX_SECONDS OUT RESULTS"
 
 PROXIES="${PROXIES:-sidecar haproxy-h2 sidecar-h1 haproxy nginx envoy-h2}"
@@ -50,42 +51,9 @@ SIDECAR_BIN_GIVEN=0; [ -n "${SIDECAR_BIN:-}" ] && SIDECAR_BIN_GIVEN=1
 SIDECAR_BIN="${SIDECAR_BIN:-.build/release/sidecar}"
 HOSTNAME_SERVER="server"
 
-die()  { echo "syscalls.sh: error: $*" >&2; exit 1; }
-note() { echo "syscalls.sh: $*" >&2; }
-
-# ------------------------------------------------------------------ cleanup and deadline
-declare -a ALL_PIDS=()
-WATCHDOG_PID=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [ -n "$WATCHDOG_PID" ] && kill "$WATCHDOG_PID" 2>/dev/null || true
-    local pid live=() i any
-    for pid in "${ALL_PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null && live+=("$pid") || true
-    done
-    for i in $(seq 1 30); do
-        any=0
-        for pid in "${live[@]}"; do kill -0 "$pid" 2>/dev/null && any=1; done
-        [ $any = 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${live[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    exit $rc
-}
-trap cleanup EXIT
-trap 'note "interrupted"; exit 130' INT TERM
-
-DEADLINE=$(( $(date +%s) + MAX_SECONDS ))
-( while kill -0 $$ 2>/dev/null; do
-      if [ "$(date +%s)" -ge "$DEADLINE" ]; then
-          echo "syscalls.sh: error: overall deadline of ${MAX_SECONDS}s exceeded, aborting" >&2
-          kill -TERM $$; exit 0
-      fi
-      sleep 1
-  done ) &
-WATCHDOG_PID=$!
+# Cleanup of every started process (trap EXIT, INT/TERM through it) and the MAX_SECONDS
+# watchdog: bench/tools/common.sh, as the other bench scripts.
+setup_common
 
 # ------------------------------------------------------------------ tools and binaries
 for t in h2load nginx haproxy strace perf curl python3 timeout; do
@@ -168,22 +136,8 @@ for p in $PROXIES; do
 done
 
 # ------------------------------------------------------------------ processes
-declare -A PID_OF=() LOG_OF=()
-start_proc() { # NAME LOG CMD-STRING (no spaces inside arguments: every path is under $OUT)
-    local name="$1" log="$2"
-    # shellcheck disable=SC2086
-    $3 >"$log" 2>&1 &
-    ALL_PIDS+=("$!"); PID_OF[$name]=$!; LOG_OF[$name]=$log
-}
-alive_or_die() {
-    local n
-    for n in "$@"; do
-        if ! kill -0 "${PID_OF[$n]}" 2>/dev/null; then
-            echo "---- last lines of ${LOG_OF[$n]}:" >&2; tail -n 30 "${LOG_OF[$n]}" >&2 || true
-            die "$n (pid ${PID_OF[$n]}) exited"
-        fi
-    done
-}
+# start_proc and alive_or_die: bench/tools/common.sh. The command lines below are strings
+# (from bench/run.sh, no spaces inside arguments: every path is under $OUT), split into words here.
 wait_ready() { # PORT SECONDS NAME...
     local port="$1" secs="$2"; shift 2
     local end=$(( $(date +%s) + secs )) code
@@ -196,11 +150,13 @@ wait_ready() { # PORT SECONDS NAME...
     done
 }
 
-start_proc app "$CFG/app/stdout.log" "nginx -p $CFG/app -c $CFG/app/nginx.conf -e $CFG/app/error.log"
+start_proc app "$CFG/app/stdout.log" nginx -p "$CFG/app" -c "$CFG/app/nginx.conf" -e "$CFG/app/error.log"
 wait_ready "$APP_PORT" 10 app
 for p in $PROXIES; do
-    start_proc "${p}_in" "$OUT/$p-in.log" "${CMD_IN[$p]}"
-    start_proc "${p}_out" "$OUT/$p-out.log" "${CMD_OUT[$p]}"
+    # shellcheck disable=SC2086
+    start_proc "${p}_in" "$OUT/$p-in.log" ${CMD_IN[$p]}
+    # shellcheck disable=SC2086
+    start_proc "${p}_out" "$OUT/$p-out.log" ${CMD_OUT[$p]}
     wait_ready "${PORT_OUT[$p]}" 30 "${p}_out" "${p}_in"
     note "$p up: outbound pid ${PID_OF[${p}_out]} (port ${PORT_OUT[$p]}), inbound pid ${PID_OF[${p}_in]}"
 done
