@@ -1,3 +1,4 @@
+import MeshConfig
 import MeshCore
 import MeshHTTP
 import MeshIO
@@ -19,22 +20,11 @@ import Glibc
 /// head of 8 KiB (431), no answer while the client leaves earlier ones unread, and an idle
 /// deadline that only a client taking its answers extends (`StatusConnection`).
 public final class StatusServer: @unchecked Sendable {
-    /// One `--app-probe`: GET `path` here is answered by GET `target` on `127.0.0.1:port`.
-    public struct Probe: Sendable {
-        public let path: String
-        public let port: Int
-        public let target: String
-        public init(path: String, port: Int, target: String) {
-            self.path = path
-            self.port = port
-            self.target = target
-        }
-    }
-
     let loop = EventLoop(name: "status")
     /// The admin server whose answers this port repeats (nil until the proxy runs).
     private let admin = Mutex<AdminServer?>(nil)
-    let probes: [Probe]
+    /// The `--app-probe`s: GET `path` here is answered by GET `target` on `127.0.0.1:port`.
+    let probes: [AppProbe]
     /// How long the app has to answer a probe (10 s).
     let probeTimeout: UInt64
     /// Requests in flight at most for each probe path (8); past it that path gets 503 at once.
@@ -72,7 +62,7 @@ public final class StatusServer: @unchecked Sendable {
     public let address: SocketAddress
 
     /// Binds `address` now (a port in use is an error naming it) and serves on a thread of its own.
-    public static func start(address: SocketAddress, probes: [Probe], probeTimeout: UInt64 = 10_000_000_000,
+    public static func start(address: SocketAddress, probes: [AppProbe], probeTimeout: UInt64 = 10_000_000_000,
                              maxProbes: Int = 8, maxConnections: Int = 64,
                              maxPerAddress: Int = 8) throws(ProxyStartError) -> StatusServer {
         let fd = Socket.listen(address, reusePort: false)
@@ -91,7 +81,7 @@ public final class StatusServer: @unchecked Sendable {
         return s
     }
 
-    private init(address: SocketAddress, probes: [Probe], probeTimeout: UInt64, maxProbes: Int, maxConnections: Int,
+    private init(address: SocketAddress, probes: [AppProbe], probeTimeout: UInt64, maxProbes: Int, maxConnections: Int,
                  maxPerAddress: Int) {
         self.address = address
         self.probes = probes

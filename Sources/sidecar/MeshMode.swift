@@ -73,7 +73,7 @@ func runMeshMode(_ parsed: SidecarMeshFlags) -> Never {
     if flags.statusPort > 0 {
         do {
             statusServer = try StatusServer.start(address: SocketAddress(host: o.listenAddress, port: flags.statusPort)!,
-                                                  probes: flags.appProbes.map { StatusServer.Probe(path: $0.path, port: $0.port, target: $0.target) })
+                                                  probes: flags.appProbes)
         } catch {
             sockets.close()
             fail("\(error)", code: 1)

@@ -1,5 +1,6 @@
 import XCTest
 import MeshAgent
+import MeshConfig
 import MeshCore
 
 /// `SidecarMeshFlags.parse`: each bad form refused with one line naming the flag (no file is
