@@ -73,7 +73,7 @@ let package = Package(
         .target(name: "MeshYAML", dependencies: ["CYAML"]),
         // meshctl kube-inject and kube-manifests (DESIGN §11): Kubernetes manifests through MeshYAML.
         .target(name: "MeshKube", dependencies: ["MeshYAML", "MeshCore", "MeshCapture", "MeshAgent"]),
-        .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture", "MeshKube"]),
+        .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshControl", "MeshConfig", "MeshEtcd", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture", "MeshKube"]),
         // Simulated sidecars for bench/push.sh: config streams on MeshIO event loops.
         .executableTarget(name: "push-load", dependencies: ["MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshHTTP", "MeshIO", "MeshCore"],
                           path: "bench/push-load"),

@@ -46,4 +46,6 @@ public struct JSONWriter {
     public mutating func number(_ k: String?, _ v: UInt64) { key(k); text += String(v) }
     public mutating func number(_ k: String?, _ v: Double) { key(k); text += v == v.rounded() && abs(v) < 1e15 ? String(Int64(v)) : String(v) }
     public mutating func bool(_ k: String?, _ v: Bool) { key(k); text += v ? "true" : "false" }
+    /// A value already written as JSON (a number's text, `null`, or JSON read back).
+    public mutating func raw(_ k: String?, _ json: String) { key(k); text += json }
 }

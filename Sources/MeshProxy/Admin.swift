@@ -201,6 +201,7 @@ final class AdminServer: @unchecked Sendable {
         }
         j.endArray()
         trafficDump(&j, b)
+        securityDump(&j, b)
         j.number("drain_timeout_ms", b.drainTimeout / 1_000_000)
         j.bool("stats_enabled", b.statsEnabled)
         if let al = b.accessLog {

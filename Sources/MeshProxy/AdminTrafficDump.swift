@@ -9,6 +9,7 @@ extension AdminServer {
         for r in snapshot.routes where !b.routes.contains(where: { $0.name == r.label }) {
             j.beginObject()
             j.string("route", r.label)
+            j.string("service", r.serviceFQDN)
             j.number("match_entries", Int64(r.matches.count))
             j.beginArray("destinations")
             var prev = 0

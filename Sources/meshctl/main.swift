@@ -23,6 +23,18 @@ let usage = """
       delete -f FILE|DIR [--ignore-not-found]
                             remove the documents named in the files; a document that is not
                             in force is an error (exit 1) unless --ignore-not-found
+      analyze -f FILE|DIR [--service NAME.NAMESPACE]... [--use-meshd] [--failure-threshold Error|Warning|Info] [-o json]
+                            offline, like istioctl analyze: the files checked as meshd would check
+                            an apply of them (refusals with file, line and field), then warnings:
+                            a destination host nothing defines, a subset no route uses, a policy
+                            that selects no workload known, a route an earlier catch-all hides.
+                            Workloads register at run time: --service names the services yours
+                            register, --use-meshd reads meshd's registry. Exit 79 when a finding
+                            reaches the threshold (default Error)
+      proxy-config routes|clusters|listeners|secrets|authz|all PROXY [-o json]
+                            one sidecar's config as it applies it, read from its admin port
+                            (/config_dump, /clusters, /certs); PROXY is the admin HOST:PORT, or
+                            with meshd's admin token a connected sidecar's identity or service
       get services|proxies
       get routes [-o yaml]  the documents in force: hosts, matches, destinations and weights
                             of each route (-o yaml: the stored documents as applied)
@@ -107,6 +119,7 @@ let specs: [Flags.Spec] = [
     .init("host"), .init("rate"), .init("phase"), .init("url"),
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
     .init("root-cert"), .init("advertise-address"), .init("capture", value: false), .init("service-port"),
+    .init("failure-threshold"), .init("use-meshd", value: false),
 ] + CaptureOptions.flagSpecs.filter { $0.name != "help" }
 // `meshctl capture ...` takes its own flags (none of the global ones apply to it).
 if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
@@ -343,6 +356,14 @@ case ("apply", _):
     applyFiles(delete: false)
 case ("delete", _):
     applyFiles(delete: true)
+case ("analyze", _):
+    if let extra = cmd.dropFirst().first { fail("analyze: unexpected argument \"\(extra)\" (meshctl analyze -f FILE|DIR)") }
+    runAnalyze(files: inputFiles(), flags: flags, registry: { call("GET", "/v1/services") })
+case ("proxy-config", _):
+    if cmd.count > 3 { fail("proxy-config: unexpected argument \"\(cmd[3])\"") }
+    let o = flags.string("o") ?? flags.string("output")
+    if let o, o != "json" { fail("-o: expected json, got \"\(o)\"") }
+    runProxyConfig(section: cmd.dropFirst().first, target: cmd.dropFirst(2).first, json: o == "json", proxies: { call("GET", "/v1/proxies") })
 case ("get", "services"):
     show(call("GET", "/v1/services"))
 case ("get", "routes"):
