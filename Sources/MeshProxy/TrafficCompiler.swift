@@ -94,27 +94,36 @@ struct TrafficCompiler {
         for vs in b.traffic.virtualServices {
             var list: [Int] = []
             for (i, h) in vs.http.enumerated() {
-                let (ts, cum) = weightedTargets(b, h.route, namespace: vs.namespace)
-                let first = h.route[0].destination
-                let svc = Self.service(first.host, vs.namespace)
+                // sourceLabels / sourceNamespace name the caller, which is this workload: entries
+                // that do not select it are dropped, and a route left without entries (Istio).
+                let kept = h.match.filter { $0.extras.selectsSource(namespace: ns, labels: b.workload.labels) }
+                if !h.match.isEmpty && kept.isEmpty { continue }
+                let direct = h.redirect.map(DirectReply.init(redirect:)) ?? h.directResponse.map(DirectReply.init(response:))
+                let (ts, cum) = direct == nil ? weightedTargets(b, h.route, namespace: vs.namespace) : ([], [])
+                let svc = Self.service(direct == nil ? h.route[0].destination.host : vs.hosts[0], vs.namespace)
                 var mirrorTarget = TargetID.none
                 if let m = h.mirror { mirrorTarget = TargetID(target(b, cluster: b.clusterIndex(forHost: m.host, namespace: vs.namespace)!, subset: m.subset)) }
-                let matches = h.match.map { m -> RouteMatch in
+                let matches = kept.map { m -> RouteMatch in
                     var rm = RouteMatch()
                     rm.uri = m.uri.map(ByteMatch.init)
                     rm.method = m.method.map(ByteMatch.init)
                     rm.headers = m.headers.map { (Array($0.name.utf8), ByteMatch($0.match)) }
+                    rm.extras = MatchExtras(m)
                     return rm
                 }
                 list.append(routes.count)
-                routes.append(.init(cluster: b.clusterIndex(forHost: first.host, namespace: vs.namespace)!, timeout: h.timeout ?? 0,
+                let limiters = b.traffic.localRateLimits.filter { $0.applies(to: vs, routeName: h.name) && $0.selects(labels: b.workload.labels) }
+                    .map { LocalRateLimiter($0.tokenBucket, now: Clock.monotonicNanos()) }
+                routes.append(.init(cluster: direct == nil ? b.clusterIndex(forHost: h.route[0].destination.host, namespace: vs.namespace)! : -1,
+                                    timeout: h.timeout ?? 0,
                                     label: Bootstrap.routeLabel(vs, i), serviceFQDN: svc.fqdn, serviceName: svc.name,
                                     serviceNamespace: svc.ns, matches: matches, targets: ts, cumulativeWeights: cum,
                                     retry: h.retries.map(RetryPolicy.init) ?? .default, fault: FaultPolicy(h.fault),
                                     mirrorTarget: mirrorTarget, mirrorPPM: h.mirror == nil ? 0 : UInt64((h.mirrorPercent ?? 100) * 10_000),
                                     requestOps: HeaderOps(h.requestHeaders), responseOps: HeaderOps(h.responseHeaders),
                                     rewriteURI: h.rewriteURI.map { Array($0.utf8) },
-                                    rewriteAuthority: h.rewriteAuthority.map { Array($0.utf8) }))
+                                    rewriteAuthority: h.rewriteAuthority.map { Array($0.utf8) },
+                                    direct: direct, cors: h.corsPolicy.map(CORSTable.init), rateLimiters: limiters))
             }
             if !vs.http.isEmpty {
                 let v = vhosts.count
