@@ -27,13 +27,13 @@ extension IstioTraffic {
         for var o in try c.objectList("allowOrigins") ?? [] { p.allowOrigins.append(try stringMatch(&o, ctx: ctx)) }
         try c.refuse("allowOrigin")   // deprecated in Istio for allowOrigins; refused by name
         p.allowMethods = try c.stringList("allowMethods") ?? []
-        for (i, m) in p.allowMethods.enumerated() where !Names.isHeaderName(m) {
+        for (i, m) in p.allowMethods.enumerated() where !Names.isHTTPToken(m) {
             throw ConfigReader.error(ctx, "\(c.sub("allowMethods"))[\(i)]", c.map.line, "expected an HTTP method such as GET, got \"\(m)\"")
         }
         p.allowHeaders = try c.stringList("allowHeaders") ?? []
         p.exposeHeaders = try c.stringList("exposeHeaders") ?? []
         for (key, list) in [("allowHeaders", p.allowHeaders), ("exposeHeaders", p.exposeHeaders)] {
-            for (i, h) in list.enumerated() where !(Names.isHeaderName(h) || h == "*") {
+            for (i, h) in list.enumerated() where !(Names.isHTTPToken(h) || h == "*") {
                 throw ConfigReader.error(ctx, "\(c.sub(key))[\(i)]", c.map.line, "expected a header name, got \"\(h)\"")
             }
         }

@@ -65,7 +65,7 @@ extension IstioTraffic {
         x.port = try m.int("port", min: 1, max: 65535)
         if var w = try m.object("withoutHeaders") {
             for e in w.map.entries {
-                guard Names.isHeaderName(e.key) else {
+                guard Names.isHTTPToken(e.key) else {
                     throw ConfigReader.error(ctx, w.sub(e.key), e.keyLine, "expected a header name (letters, digits and !#$%&'*+-.^_`|~)")
                 }
                 var r = try ConfigReader(e.value, path: w.sub(e.key), context: ctx)
@@ -103,7 +103,7 @@ extension IstioTraffic {
 
 extension Names {
     /// An HTTP field name (RFC 9110 token).
-    public static func isHeaderName(_ s: String) -> Bool {
+    public static func isHTTPToken(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.allSatisfy { c in
             (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || "!#$%&'*+-.^_`|~".utf8.contains(c)
         }
