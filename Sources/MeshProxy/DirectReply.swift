@@ -142,3 +142,44 @@ extension Exchange {
         return 80
     }
 }
+
+extension AdminServer {
+    /// A route's reply, CORS policy and rate limits in `/config_dump` (`virtual_service_routes[]`).
+    func routingMoreDump(_ j: inout JSONWriter, _ r: ProxySnapshot.Route) {
+        if let d = r.direct {
+            j.beginObject(d.isRedirect ? "redirect" : "direct_response")
+            j.number("status", Int64(d.status))
+            if d.isRedirect {
+                if let s = d.scheme { j.string("scheme", String(decoding: s, as: UTF8.self)) }
+                if let a = d.authority { j.string("authority", String(decoding: a, as: UTF8.self)) }
+                if let u = d.uri { j.string("uri", String(decoding: u, as: UTF8.self)) }
+            } else {
+                j.number("body_bytes", Int64(d.body.count))
+            }
+            j.endObject()
+        }
+        if let c = r.cors {
+            j.beginObject("cors")
+            j.number("allow_origins", Int64(c.origins.count))
+            j.string("allow_methods", String(decoding: c.allowMethods, as: UTF8.self))
+            j.string("allow_headers", String(decoding: c.allowHeaders, as: UTF8.self))
+            j.string("expose_headers", String(decoding: c.exposeHeaders, as: UTF8.self))
+            j.string("max_age", String(decoding: c.maxAge, as: UTF8.self))
+            j.bool("allow_credentials", c.allowCredentials)
+            j.string("unmatched_preflights", c.ignoreUnmatchedPreflights ? "IGNORE" : "FORWARD")
+            j.endObject()
+        }
+        if !r.rateLimiters.isEmpty {
+            j.beginArray("local_rate_limits")
+            for l in r.rateLimiters {
+                j.beginObject()
+                j.number("max_tokens", l.maxTokens)
+                j.number("tokens_per_fill", l.tokensPerFill)
+                j.number("fill_interval_ms", l.fillInterval / 1_000_000)
+                j.number("tokens_available", l.available)
+                j.endObject()
+            }
+            j.endArray()
+        }
+    }
+}

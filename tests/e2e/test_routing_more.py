@@ -339,6 +339,13 @@ def test_local_rate_limit_holds_20_per_second_across_workers(rmesh):
     assert all(f == "RL" for c, f in zip(codes, flags) if c == 429)
     assert all(f is None for c, f in zip(codes, flags) if c == 200)
     assert rmesh.hits("v1") - before == ok, "a limited request never reaches the app"
+    dump = json.loads(http_get(f"http://127.0.0.1:{rmesh.admin}/config_dump")[1])
+    routes = {r["route"]: r for r in dump["bootstrap"]["virtual_service_routes"]}
+    assert routes["reviews.limited"]["local_rate_limits"][0]["max_tokens"] == 2
+    assert "local_rate_limits" not in routes["reviews.default"]
+    assert routes["reviews.moved"]["redirect"] == {"status": 302, "uri": "/new"}
+    assert routes["reviews.cors"]["cors"]["allow_methods"] == "GET,POST"
+    assert "reviews.other-callers" not in routes, "the entries for other callers were dropped, and the route"
     text = scrape(rmesh.admin)
     rl = sum(v for l, v in series(text, "istio_requests_total")
              if l["route"] == "reviews.limited" and l["response_code"] == "429" and l["response_flags"] == "RL")
