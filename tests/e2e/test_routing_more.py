@@ -209,6 +209,11 @@ def test_each_match_kind_routes_to_its_subset_and_a_miss_does_not(rmesh, h2):
     # port: the port the caller named in Host.
     assert who("/echo", host="reviews:9080") == "reviews-v2"
     assert who("/echo", host="reviews:9081") == "reviews-v1"
+    if not h2:
+        # Through http_proxy: the port of the absolute URL.
+        for url, want in [("http://reviews:9080/echo", "reviews-v2"), ("http://reviews/echo", "reviews-v1")]:
+            r = curl("-x", f"http://127.0.0.1:{rmesh.outbound}", url)
+            assert json.loads(r.stdout)["name"] == want, (url, r.stdout)
     # sourceLabels: this caller is app=productpage; the entries for other callers were dropped
     # (else "other-callers" would take every request from here on).
     assert who("/echo", headers=["x-src: 1"]) == "reviews-v2"
