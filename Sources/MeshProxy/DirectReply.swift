@@ -183,3 +183,27 @@ extension AdminServer {
         }
     }
 }
+
+extension TrafficCompiler {
+    /// Compiles route `i` of `vs`, a `redirect` or `directResponse` (no destinations, no cluster:
+    /// metrics name the VirtualService's first host), and returns its index.
+    mutating func appendDirectRoute(_ b: Bootstrap, _ vs: IstioTraffic.VirtualService, _ i: Int, _ h: IstioTraffic.HTTPRoute,
+                                    _ kept: [IstioTraffic.HTTPMatch]) -> Int {
+        let reply = h.redirect.map(DirectReply.init(redirect:)) ?? DirectReply(response: h.directResponse!)
+        let svc = Self.service(vs.hosts[0], vs.namespace)
+        let matches = kept.map { m -> RouteMatch in
+            var rm = RouteMatch()
+            rm.uri = m.uri.map(ByteMatch.init)
+            rm.method = m.method.map(ByteMatch.init)
+            rm.headers = m.headers.map { (Array($0.name.utf8), ByteMatch($0.match)) }
+            rm.extras = MatchExtras(m)
+            return rm
+        }
+        routes.append(.init(cluster: -1, timeout: 0, label: Bootstrap.routeLabel(vs, i), serviceFQDN: svc.fqdn, serviceName: svc.name,
+                            serviceNamespace: svc.ns, matches: matches, targets: [], cumulativeWeights: [], retry: .default, fault: nil,
+                            mirrorTarget: .none, mirrorPPM: 0, requestOps: HeaderOps(), responseOps: HeaderOps(), rewriteURI: nil,
+                            rewriteAuthority: nil, direct: reply, cors: h.corsPolicy.map(CORSTable.init),
+                            rateLimiters: Self.rateLimiters(b, vs, h)))
+        return routes.count - 1
+    }
+}

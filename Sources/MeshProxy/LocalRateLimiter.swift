@@ -1,4 +1,5 @@
 import MeshConfig
+import MeshCore
 import Synchronization
 
 /// One route's token bucket (Envoy's local_ratelimit TokenBucket), shared by every worker of
@@ -75,5 +76,14 @@ extension Exchange {
             return false
         }
         return true
+    }
+}
+
+extension TrafficCompiler {
+    /// The buckets of the LocalRateLimits that apply to route `h` of `vs` in this sidecar (its
+    /// workload selected), each new and full.
+    static func rateLimiters(_ b: Bootstrap, _ vs: IstioTraffic.VirtualService, _ h: IstioTraffic.HTTPRoute) -> [LocalRateLimiter] {
+        b.traffic.localRateLimits.filter { $0.applies(to: vs, routeName: h.name) && $0.selects(labels: b.workload.labels) }
+            .map { LocalRateLimiter($0.tokenBucket, now: Clock.monotonicNanos()) }
     }
 }

@@ -117,3 +117,13 @@ extension RoutableRequest {
         return withHeader(h.utf8Start, h.utf8CodeUnitCount, body) ?? body(e.utf8Start, 0)
     }
 }
+
+extension TrafficCompiler {
+    /// The match entries of route `h` that select this workload as the caller (Istio's
+    /// `sourceLabels` / `sourceNamespace`: the sidecar routing is the caller); nil when the
+    /// route had entries and none is left, so the route is dropped.
+    static func sourceSelected(_ b: Bootstrap, _ h: IstioTraffic.HTTPRoute) -> [IstioTraffic.HTTPMatch]? {
+        let kept = h.match.filter { $0.extras.selectsSource(namespace: b.workload.namespace, labels: b.workload.labels) }
+        return !h.match.isEmpty && kept.isEmpty ? nil : kept
+    }
+}

@@ -94,13 +94,12 @@ struct TrafficCompiler {
         for vs in b.traffic.virtualServices {
             var list: [Int] = []
             for (i, h) in vs.http.enumerated() {
-                // sourceLabels / sourceNamespace name the caller, which is this workload: entries
-                // that do not select it are dropped, and a route left without entries (Istio).
-                let kept = h.match.filter { $0.extras.selectsSource(namespace: ns, labels: b.workload.labels) }
-                if !h.match.isEmpty && kept.isEmpty { continue }
-                let direct = h.redirect.map(DirectReply.init(redirect:)) ?? h.directResponse.map(DirectReply.init(response:))
-                let (ts, cum) = direct == nil ? weightedTargets(b, h.route, namespace: vs.namespace) : ([], [])
-                let svc = Self.service(direct == nil ? h.route[0].destination.host : vs.hosts[0], vs.namespace)
+                // sourceLabels / sourceNamespace, redirect / directResponse: MatchExtras.swift, DirectReply.swift.
+                guard let kept = Self.sourceSelected(b, h) else { continue }
+                if h.redirect != nil || h.directResponse != nil { list.append(appendDirectRoute(b, vs, i, h, kept)); continue }
+                let (ts, cum) = weightedTargets(b, h.route, namespace: vs.namespace)
+                let first = h.route[0].destination
+                let svc = Self.service(first.host, vs.namespace)
                 var mirrorTarget = TargetID.none
                 if let m = h.mirror { mirrorTarget = TargetID(target(b, cluster: b.clusterIndex(forHost: m.host, namespace: vs.namespace)!, subset: m.subset)) }
                 let matches = kept.map { m -> RouteMatch in
@@ -112,10 +111,7 @@ struct TrafficCompiler {
                     return rm
                 }
                 list.append(routes.count)
-                let limiters = b.traffic.localRateLimits.filter { $0.applies(to: vs, routeName: h.name) && $0.selects(labels: b.workload.labels) }
-                    .map { LocalRateLimiter($0.tokenBucket, now: Clock.monotonicNanos()) }
-                routes.append(.init(cluster: direct == nil ? b.clusterIndex(forHost: h.route[0].destination.host, namespace: vs.namespace)! : -1,
-                                    timeout: h.timeout ?? 0,
+                routes.append(.init(cluster: b.clusterIndex(forHost: first.host, namespace: vs.namespace)!, timeout: h.timeout ?? 0,
                                     label: Bootstrap.routeLabel(vs, i), serviceFQDN: svc.fqdn, serviceName: svc.name,
                                     serviceNamespace: svc.ns, matches: matches, targets: ts, cumulativeWeights: cum,
                                     retry: h.retries.map(RetryPolicy.init) ?? .default, fault: FaultPolicy(h.fault),
@@ -123,7 +119,7 @@ struct TrafficCompiler {
                                     requestOps: HeaderOps(h.requestHeaders), responseOps: HeaderOps(h.responseHeaders),
                                     rewriteURI: h.rewriteURI.map { Array($0.utf8) },
                                     rewriteAuthority: h.rewriteAuthority.map { Array($0.utf8) },
-                                    direct: direct, cors: h.corsPolicy.map(CORSTable.init), rateLimiters: limiters))
+                                    cors: h.corsPolicy.map(CORSTable.init), rateLimiters: Self.rateLimiters(b, vs, h)))
             }
             if !vs.http.isEmpty {
                 let v = vhosts.count
@@ -190,7 +186,7 @@ struct TrafficCompiler {
     }
 
     /// Istio's destination_service labels for a host as written.
-    private static func service(_ host: String, _ ns: String) -> (fqdn: String, name: String, ns: String) {
+    static func service(_ host: String, _ ns: String) -> (fqdn: String, name: String, ns: String) {
         let parts = host.lowercased().split(separator: ".").map(String.init)
         let name = parts.first ?? host
         let sns = parts.count > 1 ? parts[1] : ns
