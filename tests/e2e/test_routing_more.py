@@ -101,7 +101,7 @@ spec:
 """
 
 
-def caller_config(pki, outbound, admin, v1_inbound, v2_inbound):
+def caller_config(pki, outbound, admin, v1_inbound, v2_inbound, cluster_extra=""):
     return f"""
 apiVersion: sidecar.mesh/v1alpha1
 kind: Bootstrap
@@ -121,6 +121,7 @@ spec:
       endpoints:
         - {{address: 127.0.0.1:{v1_inbound}, labels: {{version: v1}}}}
         - {{address: 127.0.0.1:{v2_inbound}, labels: {{version: v2}}}}
+{cluster_extra}
 ---
 {VS}
 """
@@ -130,7 +131,7 @@ class RoutingMesh:
     """The test client -> the caller's sidecar (productpage) -> mTLS (HTTP/2) -> the sidecars
     of reviews v1 and v2 -> their apps (named reviews-v1 and reviews-v2)."""
 
-    def __init__(self, procs, pki):
+    def __init__(self, procs, pki, cluster_extra=""):
         self.apps = {}
         inbound = {}
         for v in ("v1", "v2"):
@@ -139,7 +140,7 @@ class RoutingMesh:
             p = procs.sidecar(server_config(pki, f"reviews-{v}", inbound[v], admin, self.apps[v]), f"reviews-{v}")
             wait_ready(p, admin)
         self.outbound, self.admin = free_port(), free_port()
-        self.caller = procs.sidecar(caller_config(pki, self.outbound, self.admin, inbound["v1"], inbound["v2"]), "caller")
+        self.caller = procs.sidecar(caller_config(pki, self.outbound, self.admin, inbound["v1"], inbound["v2"], cluster_extra), "caller")
         wait_ready(self.caller, self.admin)
 
     def hits(self, v):
@@ -263,8 +264,11 @@ def test_redirect_and_direct_response_are_answered_by_the_sidecar(rmesh, h2):
     assert kinds["redirect"] == 2 and kinds["direct_response"] == 2, kinds
 
 
+@pytest.mark.parametrize("hop", ["h2-hop", "http1-hop"])
 @pytest.mark.parametrize("h2", [False, True], ids=["http1", "h2c"])
-def test_cors_preflight_actual_request_and_disallowed_origin(rmesh, h2):
+def test_cors_preflight_actual_request_and_disallowed_origin(procs, pki, h2, hop):
+    # The response headers are added whichever protocol the mTLS hop speaks.
+    rmesh = RoutingMesh(procs, pki, "      protocol: HTTP1" if hop == "http1-hop" else "")
     before = rmesh.hits("v1")
     pre = ["Origin: https://app.example", "Access-Control-Request-Method: POST", "Access-Control-Request-Headers: x-custom"]
     st, hs, body = rmesh.get("/cors", headers=pre, h2=h2, method="OPTIONS")
@@ -410,8 +414,14 @@ spec:
     r = m.ctl("apply", "-f", alone, check=False)
     assert r.returncode != 0 and "no VirtualService default/shop" in r.stderr, r.stderr
     m.ctl("apply", "-f", good, "--wait")
+    vs_only = d / "vs-only.yaml"
+    vs_only.write_text(good.read_text().split("---\n", 1)[0])
     def codes():
         return [int(curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: shop", f"http://127.0.0.1:{outbound}/").stdout)
                 for _ in range(5)]
     got = wait_until(lambda: (lambda c: c if c[0] in (200, 429) else None)(codes()), what="the pushed routes")
     assert got.count(200) <= 3 and got[-2:] == [429, 429], got
+    # The VirtualService cannot go before the limit that names it; both at once can.
+    r = m.ctl("delete", "-f", vs_only, check=False)
+    assert r.returncode != 0 and "no VirtualService default/shop" in r.stderr, r.stderr
+    m.ctl("delete", "-f", good)
