@@ -200,6 +200,32 @@ final class RoutingMoreTests: XCTestCase {
         XCTAssertTrue(CORSTable(p).allows(Array("https://any".utf8), 11), "an exact \"*\" allows every origin (Envoy)")
     }
 
+    func testRateLimitsApplyToTheirRoutesForTheCallersTheySelect() throws {
+        func limits(_ selector: String, routes: String = "") throws -> [String: Int] {
+            let text = Self.config + """
+
+            ---
+            apiVersion: mesh.io/v1alpha1
+            kind: LocalRateLimit
+            metadata: {name: lim, namespace: shop}
+            spec:
+              virtualService: reviews
+            \(routes)  \(selector)
+              tokenBucket: {maxTokens: 5, fillInterval: 1s}
+            """
+            let s = try ProxySnapshot(bootstrap: Bootstrap.parse(text, file: "t.yaml"), version: "t")
+            return Dictionary(uniqueKeysWithValues: s.routes.map { ($0.label, $0.rateLimiters.count) })
+        }
+        let mine = try limits("workloadSelector: {labels: {app: productpage}}", routes: "  routes: [query, port]\n")
+        XCTAssertEqual(mine["reviews.query"], 1)
+        XCTAssertEqual(mine["reviews.port"], 1)
+        XCTAssertEqual(mine["reviews.fallback"], 0)
+        XCTAssertEqual(try limits("workloadSelector: {labels: {app: ratings}}").values.reduce(0, +), 0, "another caller's limit")
+        let all = try limits("")
+        XCTAssertFalse(all.isEmpty)
+        XCTAssertTrue(all.values.allSatisfy { $0 == 1 }, "no routes: every route of the VirtualService")
+    }
+
     func testTokenBucketFillsByInterval() {
         let l = LocalRateLimiter(.init(maxTokens: 3, tokensPerFill: 2, fillInterval: 100), now: 1000)
         XCTAssertEqual((0..<5).filter { _ in l.tryTake(now: 1000) }.count, 3, "starts full")
