@@ -19,6 +19,8 @@ public enum IstioTraffic {
         public var uri: StringMatch?
         public var method: StringMatch?
         public var headers: [(name: String, match: StringMatch)] = []
+        /// queryParams, authority, port, scheme, withoutHeaders, ignoreUriCase, source* (IstioHTTPMatchExtras.swift).
+        public var extras = HTTPMatchExtras()
     }
 
     public struct Destination: Sendable {
@@ -73,6 +75,11 @@ public enum IstioTraffic {
         public var rewriteURI: String?
         /// `rewrite.authority`: the Host / :authority sent upstream instead of the caller's.
         public var rewriteAuthority: String?
+        /// `redirect` / `directResponse`: answered by the sidecar (IstioHTTPDirectReply.swift).
+        public var redirect: HTTPRedirect?
+        public var directResponse: HTTPDirectResponse?
+        /// `corsPolicy` (IstioCORSPolicy.swift).
+        public var corsPolicy: CORSPolicy?
     }
 
     /// A VirtualService `tcp[]` route (Istio's TCPRoute): connections whose service port one of
@@ -138,6 +145,8 @@ public enum IstioTraffic {
         public var workloadEntries: [WorkloadEntry] = []
         /// Sidecar resources (egress scopes); meshd applies them, a sidecar never reads them.
         public var sidecars: [IstioSidecar] = []
+        /// `mesh.io/v1alpha1` LocalRateLimit documents (LocalRateLimit.swift).
+        public var localRateLimits: [LocalRateLimit] = []
         public init() {}
     }
 
@@ -150,7 +159,7 @@ public enum IstioTraffic {
 
     /// The kinds this model reads.
     public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
-                                            "ServiceEntry", "WorkloadEntry", "Sidecar"]
+                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -168,7 +177,8 @@ public enum IstioTraffic {
                 let known = (kinds.union(skipKinds)).sorted().joined(separator: ", ")
                 throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: \(known))")
             }
-            let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" ? AuthorizationPolicy.apiVersions : apiVersions
+            let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" ? AuthorizationPolicy.apiVersions
+                : kind == LocalRateLimit.kind ? LocalRateLimit.apiVersions : apiVersions
             guard expected.contains(api) else {
                 throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(expected[0]) for \(kind), got \"\(api)\"")
             }
@@ -186,7 +196,12 @@ public enum IstioTraffic {
             try meta.finish()
             guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
             try top.finish()
-            if kind == "Sidecar" {
+            if kind == LocalRateLimit.kind {
+                if cfg.localRateLimits.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second LocalRateLimit \(ns)/\(name)")
+                }
+                cfg.localRateLimits.append(try LocalRateLimit.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == "Sidecar" {
                 if cfg.sidecars.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Sidecar \(ns)/\(name)")
                 }
@@ -250,12 +265,17 @@ public enum IstioTraffic {
                     hs.markAllKnown()
                     try hs.finish()
                 }
-                try m.refuse("name")
+                try parseMatchExtras(&m, into: &hm, ctx: ctx)
                 try m.finish()
                 route.match.append(hm)
             }
+            let direct = try parseDirectReply(&r, into: &route, ctx: ctx)
             let dests = try r.objectList("route") ?? []
-            if dests.isEmpty { throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "an http route needs at least one route destination") }
+            if direct && !dests.isEmpty {
+                throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "a route with \(route.redirect != nil ? "redirect" : "directResponse") cannot also have route destinations (Istio refuses both)")
+            }
+            if direct { try checkDirectReplyRoute(r, route, ctx: ctx) }
+            if dests.isEmpty && !direct { throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "an http route needs at least one route destination (or a redirect or directResponse)") }
             for var d in dests {
                 guard var dst = try d.object("destination") else { throw ConfigReader.error(ctx, d.sub("destination"), d.map.line, "required field is missing") }
                 let destination = try self.destination(&dst, ctx: ctx)
@@ -265,7 +285,7 @@ public enum IstioTraffic {
                 route.route.append(RouteDestination(destination: destination, weight: weight))
             }
             let total = route.route.reduce(0) { $0 + $1.weight }
-            if total != 100 {
+            if total != 100 && !direct {
                 throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "weights must sum to 100, they sum to \(total)")
             }
             route.timeout = try r.duration("timeout", allowZero: true)
@@ -330,6 +350,7 @@ public enum IstioTraffic {
                 }
                 try rw.finish()
             }
+            try parseCORS(&r, into: &route, ctx: ctx)
             try r.finish()
             routes.append(route)
         }
@@ -366,7 +387,7 @@ public enum IstioTraffic {
         return VirtualService(name: name, namespace: namespace, hosts: hosts, http: routes, tcp: tcpRoutes)
     }
 
-    private static func stringMatch(_ r: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> StringMatch {
+    static func stringMatch(_ r: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> StringMatch {
         var found: StringMatch? = nil
         for k in [StringMatch.Kind.exact, .prefix, .regex] {
             if let v = try r.string(k.rawValue) {
@@ -517,6 +538,7 @@ public enum IstioTraffic {
                 }
             }
         }
+        try LocalRateLimit.validate(cfg, file: file)
         // Istio: at most one Sidecar without a workloadSelector per namespace (the default).
         var defaults: [String: String] = [:]
         for sc in cfg.sidecars where sc.selector == nil {

@@ -86,6 +86,8 @@ enum ConfigAnswers {
             "\(d.destination.host)" + (d.destination.subset.map { ":\($0)" } ?? "") + (d.destination.port.map { " port \($0)" } ?? "")
                 + (r.route.count > 1 || d.weight != 100 ? " \(d.weight)%" : "")
         }.joined(separator: ", ")
+        if let rd = r.redirect { s += "redirect \(rd.redirectCode)" + (rd.uri.map { " \($0)" } ?? "") }
+        if let d = r.directResponse { s += "direct response \(d.status)" }
         if let t = r.timeout { s += "; timeout \(millis(t))" }
         if let rt = r.retries {
             s += "; retries \(rt.attempts)" + (rt.perTryTimeout.map { " per try \(millis($0))" } ?? "") + (rt.retryOn.isEmpty ? "" : " on \(rt.retryOn.joined(separator: ","))")

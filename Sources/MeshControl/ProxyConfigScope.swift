@@ -250,6 +250,10 @@ extension ConfigStore {
             switch d.kind {
             case "VirtualService": return vsByKey["\(d.namespace)/\(d.name)"] ?? false
             case "DestinationRule": return drKeys["\(d.namespace)/\(d.name)"].map { keys.contains($0) } ?? false
+            case LocalRateLimit.kind:
+                // With the VirtualService it limits (the sidecar checks they come together).
+                let vs = b.cfg.localRateLimits.first { $0.namespace == d.namespace && $0.name == d.name }?.virtualService
+                return vs.flatMap { vsByKey["\(d.namespace)/\($0)"] } ?? false
             case "AuthorizationPolicy", "PeerAuthentication":
                 return scope == nil || d.namespace == own || d.namespace == IstioSidecar.rootNamespace
             default: return false

@@ -44,6 +44,7 @@ extension AdminServer {
                 j.string("mirror", snapshot.targets[r.mirrorTarget.index].name)
                 j.number("mirror_percent", Double(r.mirrorPPM) / 10_000)
             }
+            routingMoreDump(&j, r)
             j.endObject()
         }
         j.endArray()

@@ -9,7 +9,9 @@ enum ResponseFlag: UInt8, Sendable {
          downstreamConnectionTermination, noHealthyUpstream, retryLimitExceeded, faultInjected, delayInjected,
          /// A TCP connection denied by an AuthorizationPolicy (this mesh's flag: Envoy's network
          /// RBAC filter sets none; docs/tcp.md).
-         authorizationDenied
+         authorizationDenied,
+         /// Refused by a LocalRateLimit's token bucket (Envoy's local_ratelimit flag).
+         rateLimited
 
     /// Envoy's short code (DESIGN §6).
     var code: StaticString {
@@ -29,6 +31,7 @@ enum ResponseFlag: UInt8, Sendable {
         case .faultInjected: return "FI"
         case .delayInjected: return "DI"
         case .authorizationDenied: return "RBAC"
+        case .rateLimited: return "RL"
         }
     }
 }

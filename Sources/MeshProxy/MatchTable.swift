@@ -17,6 +17,8 @@ final class MatchTable: @unchecked Sendable {
         var method: Cond
         var headerStart: Int32
         var headerCount: Int32
+        /// Index into `extras` (MatchExtras.swift), -1 when the entry has none.
+        var extras: Int32 = -1
     }
 
     /// A string condition: kind 0 none, 1 exact, 2 prefix, 3 regex; bytes at `offset` in the arena.
@@ -39,6 +41,7 @@ final class MatchTable: @unchecked Sendable {
     private let ranges: UnsafeMutablePointer<(Int32, Int32)>
     private let counts: (arena: Int, entries: Int, headers: Int, vhosts: Int)
     private let regexes: [FullMatchRegex]
+    private let extras: [MatchExtras]
 
     init(vhosts: [VirtualHost], routes: [ProxySnapshot.Route]) {
         var bytes: [UInt8] = []
@@ -46,6 +49,7 @@ final class MatchTable: @unchecked Sendable {
         var hs: [Header] = []
         var rs: [(Int32, Int32)] = []
         var res: [FullMatchRegex] = []
+        var xs: [MatchExtras] = []
         func cond(_ m: ByteMatch?) -> Cond {
             guard let m else { return Cond() }
             var c = Cond(kind: 0, offset: Int32(bytes.count), length: Int32(m.value.count), regex: -1)
@@ -74,8 +78,14 @@ final class MatchTable: @unchecked Sendable {
                         bytes += h.name
                         hs.append(Header(nameOffset: off, nameLength: Int32(h.name.count), cond: cond(h.match)))
                     }
-                    es.append(Entry(route: Int32(r), entry: Int32(i), uri: cond(m.uri), method: cond(m.method),
-                                    headerStart: hStart, headerCount: Int32(m.headers.count)))
+                    var e = Entry(route: Int32(r), entry: Int32(i), uri: cond(m.uri), method: cond(m.method),
+                                  headerStart: hStart, headerCount: Int32(m.headers.count))
+                    if let x = m.extras {
+                        if x.uriIgnoringCase != nil { e.uri = Cond() }   // matched case-insensitively by the extras
+                        e.extras = Int32(xs.count)
+                        xs.append(x)
+                    }
+                    es.append(e)
                 }
             }
             rs.append((start, Int32(es.count)))
@@ -90,6 +100,7 @@ final class MatchTable: @unchecked Sendable {
         ranges.initialize(from: rs, count: rs.count)
         counts = (bytes.count, es.count, hs.count, rs.count)
         regexes = res
+        extras = xs
     }
 
     deinit {
@@ -121,6 +132,7 @@ final class MatchTable: @unchecked Sendable {
                     if e.uri.kind != 0 && !test(e.uri, pp, e.uri.kind == 2 ? pn : q) { continue }
                     if e.method.kind != 0 && !test(e.method, mp, mn) { continue }
                     if e.headerCount > 0 && !headersMatch(e, req) { continue }
+                    if e.extras >= 0 && !extras[Int(e.extras)].matches(req, path: pp, pn, query: q) { continue }
                     return (Int(e.route), Int(e.entry))
                 }
                 return (-1, -1)

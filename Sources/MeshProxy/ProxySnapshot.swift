@@ -104,11 +104,18 @@ public final class ProxySnapshot: Sendable {
         let rewriteURI: [UInt8]?
         /// Istio's `rewrite.authority`: the Host / :authority sent upstream, nil to keep the caller's.
         let rewriteAuthority: [UInt8]?
+        /// `redirect` / `directResponse`: answered here, no targets (DirectReply.swift).
+        let direct: DirectReply?
+        /// `corsPolicy` (CORSPolicy.swift).
+        let cors: CORSTable?
+        /// LocalRateLimit buckets this sidecar applies to the route (LocalRateLimiter.swift).
+        let rateLimiters: [LocalRateLimiter]
 
         init(cluster: Int, timeout: UInt64, label: String, serviceFQDN: String, serviceName: String, serviceNamespace: String,
              matches: [RouteMatch], targets: [Int], cumulativeWeights: [Int], retry: RetryPolicy, fault: FaultPolicy?,
              mirrorTarget: TargetID, mirrorPPM: UInt64, requestOps: HeaderOps, responseOps: HeaderOps, rewriteURI: [UInt8]?,
-             rewriteAuthority: [UInt8]?) {
+             rewriteAuthority: [UInt8]?, direct: DirectReply? = nil, cors: CORSTable? = nil, rateLimiters: [LocalRateLimiter] = []) {
+            self.direct = direct; self.cors = cors; self.rateLimiters = rateLimiters
             self.cluster = cluster; self.timeout = timeout; self.label = label; self.serviceFQDN = serviceFQDN
             self.metricID = RouteCatalog.shared.id(label: label, serviceFQDN: serviceFQDN, serviceName: serviceName, serviceNamespace: serviceNamespace)
             self.serviceName = serviceName; self.serviceNamespace = serviceNamespace; self.matches = matches

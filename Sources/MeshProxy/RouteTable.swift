@@ -41,6 +41,10 @@ protocol RoutableRequest {
     func withPath<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R
     /// The first value of the header named by `n` lowercase bytes at `name`, or nil when absent.
     func withHeader<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R?
+    /// The service port the caller used, the scheme, the authority (defaults: MatchExtras.swift).
+    var servicePort: Int { get }
+    func withScheme<T>(_ body: (UnsafePointer<UInt8>, Int) -> T) -> T
+    func withAuthority<T>(_ body: (UnsafePointer<UInt8>, Int) -> T) -> T
 }
 
 /// One `match[]` entry: every condition it names must hold (Istio: AND within, OR across
@@ -49,6 +53,8 @@ struct RouteMatch: Sendable {
     var uri: ByteMatch?
     var method: ByteMatch?
     var headers: [(name: [UInt8], match: ByteMatch)] = []
+    /// queryParams, authority, port, scheme, withoutHeaders, ignoreUriCase (MatchExtras.swift).
+    var extras: MatchExtras? = nil
 }
 
 /// Header changes of a route (Istio's `headers.request` / `headers.response`), as bytes. `remove`

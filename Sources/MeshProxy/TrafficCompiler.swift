@@ -94,16 +94,20 @@ struct TrafficCompiler {
         for vs in b.traffic.virtualServices {
             var list: [Int] = []
             for (i, h) in vs.http.enumerated() {
+                // sourceLabels / sourceNamespace, redirect / directResponse: MatchExtras.swift, DirectReply.swift.
+                guard let kept = Self.sourceSelected(b, h) else { continue }
+                if h.redirect != nil || h.directResponse != nil { list.append(appendDirectRoute(b, vs, i, h, kept)); continue }
                 let (ts, cum) = weightedTargets(b, h.route, namespace: vs.namespace)
                 let first = h.route[0].destination
                 let svc = Self.service(first.host, vs.namespace)
                 var mirrorTarget = TargetID.none
                 if let m = h.mirror { mirrorTarget = TargetID(target(b, cluster: b.clusterIndex(forHost: m.host, namespace: vs.namespace)!, subset: m.subset)) }
-                let matches = h.match.map { m -> RouteMatch in
+                let matches = kept.map { m -> RouteMatch in
                     var rm = RouteMatch()
                     rm.uri = m.uri.map(ByteMatch.init)
                     rm.method = m.method.map(ByteMatch.init)
                     rm.headers = m.headers.map { (Array($0.name.utf8), ByteMatch($0.match)) }
+                    rm.extras = MatchExtras(m)
                     return rm
                 }
                 list.append(routes.count)
@@ -114,7 +118,8 @@ struct TrafficCompiler {
                                     mirrorTarget: mirrorTarget, mirrorPPM: h.mirror == nil ? 0 : UInt64((h.mirrorPercent ?? 100) * 10_000),
                                     requestOps: HeaderOps(h.requestHeaders), responseOps: HeaderOps(h.responseHeaders),
                                     rewriteURI: h.rewriteURI.map { Array($0.utf8) },
-                                    rewriteAuthority: h.rewriteAuthority.map { Array($0.utf8) }))
+                                    rewriteAuthority: h.rewriteAuthority.map { Array($0.utf8) },
+                                    cors: h.corsPolicy.map(CORSTable.init), rateLimiters: Self.rateLimiters(b, vs, h)))
             }
             if !vs.http.isEmpty {
                 let v = vhosts.count
@@ -181,7 +186,7 @@ struct TrafficCompiler {
     }
 
     /// Istio's destination_service labels for a host as written.
-    private static func service(_ host: String, _ ns: String) -> (fqdn: String, name: String, ns: String) {
+    static func service(_ host: String, _ ns: String) -> (fqdn: String, name: String, ns: String) {
         let parts = host.lowercased().split(separator: ".").map(String.init)
         let name = parts.first ?? host
         let sns = parts.count > 1 ? parts[1] : ns

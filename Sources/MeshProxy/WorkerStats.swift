@@ -19,6 +19,7 @@ public final class WorkerStats: @unchecked Sendable {
         case connectionsHibernated, connectionLimit, http2MalformedRequests
         case capturedConnections, captureLoopsRefused, passthroughConnections, blackHoleConnections
         case detectedHTTP, detectedTCP
+        case rateLimited, redirects, directResponses, corsPreflights
 
         public var name: String {
             switch self {
@@ -75,6 +76,10 @@ public final class WorkerStats: @unchecked Sendable {
             case .blackHoleConnections: return "outbound_blackhole_connections_total"
             case .detectedHTTP: return "captured_connections_detected_http"
             case .detectedTCP: return "captured_connections_detected_tcp"
+            case .rateLimited: return "local_rate_limited"
+            case .redirects: return "redirects"
+            case .directResponses: return "direct_responses"
+            case .corsPreflights: return "cors_preflights"
             }
         }
     }

@@ -152,8 +152,8 @@ final class IstioTrafficTests: XCTestCase {
              "bad.yaml:19: document 1: spec.http[0].retries.retryRemoteLocalities: not supported yet"),
             (good.replacingOccurrences(of: "subset: v2}\n      weight: 10", with: "subset: v2}\n      weight: 10\n      headers: {request: {set: {x-a: b}}}"),
              "bad.yaml:18: document 1: spec.http[0].route[1].headers: not supported yet"),
-            (good.replacingOccurrences(of: "method: {exact: GET}", with: "method: {exact: GET}\n      name: by-user"),
-             "bad.yaml:13: document 1: spec.http[0].match[0].name: not supported yet"),
+            (good.replacingOccurrences(of: "method: {exact: GET}", with: "method: {exact: GET}\n      statPrefix: by-user"),
+             "bad.yaml:13: document 1: spec.http[0].match[0].statPrefix: not supported yet"),
             (good.replacingOccurrences(of: "host: reviews.default.svc.cluster.local", with: "host: reviews.default.svc.cluster.local\n  exportTo: [\"*\"]"),
              "bad.yaml:37: document 2: spec.exportTo: not supported yet"),
             (good.replacingOccurrences(of: "labels: {version: v2}", with: "labels: {version: v2}\n    trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}"),
@@ -223,7 +223,7 @@ final class IstioTrafficTests: XCTestCase {
     func testOtherIstioFieldsAreUnknownFields() {
         for (from, to, path) in [
             ("rewrite: {uri: /v2/api}", "rewrite: {uri: /v2/api, uriRegexRewrite: {match: a, rewrite: b}}", "spec.http[0].rewrite.uriRegexRewrite"),
-            ("timeout: 2s", "timeout: 2s\n    corsPolicy: {allowOrigins: [{exact: x}]}", "spec.http[0].corsPolicy"),
+            ("timeout: 2s", "timeout: 2s\n    corsPolicy: {allowOrigins: [{exact: x}], allowOriginz: [x]}", "spec.http[0].corsPolicy.allowOriginz"),
             ("timeout: 2s", "timeout: 2s\n    mirrors: [{destination: {host: reviews}}]", "spec.http[0].mirrors"),
             ("simple: LEAST_REQUEST}", "simple: LEAST_REQUEST}\n    tls: {mode: ISTIO_MUTUAL}", "spec.trafficPolicy.tls"),
             ("tcp: {maxConnections: 100}", "tcp: {maxConnections: 100, tcpKeepalive: {time: 10s}}", "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive"),

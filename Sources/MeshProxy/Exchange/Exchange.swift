@@ -64,7 +64,7 @@ final class Exchange: PoolWaiter {
     static let replayCap = 64 * 1024
 
     // Response.
-    private(set) var responseStarted = false
+    var responseStarted = false
     private(set) var finished = false
     /// grpc-status for metrics and retries: -1 not gRPC, 17 not seen yet.
     private var grpc = -1
@@ -77,7 +77,7 @@ final class Exchange: PoolWaiter {
     var status = 0
     var flag: ResponseFlag = .none
     /// Why the proxy answered itself (access log), nil for upstream responses.
-    private var localReason: StaticString? = nil
+    var localReason: StaticString? = nil
     var metricsRoute = MetricKey.noRoute
     /// The answering sidecar (outbound) and the caller (inbound), as peer indices.
     var upstreamPeer = 0
@@ -483,6 +483,7 @@ final class Exchange: PoolWaiter {
                 }
                 for (n, v) in ops.add { r.addField(n, v) }
             }
+            if let c = snapshot.routes[routeID.index].cors { addCORSResponseHeaders(c) }
         }
         if inbound {
             snapshot.peerMetadata.withUnsafeBufferPointer { _ = r.addField("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
@@ -647,7 +648,7 @@ final class Exchange: PoolWaiter {
     }
 
     /// Ends the exchange: releases what it holds, records it once, tells the downstream.
-    private func finish() {
+    func finish() {
         if finished { return }
         finished = true
         phase = .done

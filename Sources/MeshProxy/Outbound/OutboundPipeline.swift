@@ -21,7 +21,7 @@ extension Exchange {
             return false
         }
         // 2. The route: the first of the VirtualService's http[] entries whose match holds.
-        let (ri, m) = s.route(vhost: v, HeadRequestView(head: r))
+        let (ri, m) = s.route(vhost: v, HeadRequestView(head: r, servicePort: requestServicePort(r, hp)))
         guard ri >= 0 else {
             worker.stats.inc(.noRoute)
             localReply(404, "no route matched this request", flag: .noRoute)
@@ -31,6 +31,10 @@ extension Exchange {
         routeID = RouteID(ri)
         matchIndex = m
         metricsRoute = route.metricID
+        // 2b. CORS preflight, local rate limit, redirect or direct response: answered here.
+        if let c = route.cors, corsPreflight(c) { return false }
+        if !route.rateLimiters.isEmpty && !takeRateLimitTokens(route) { return false }
+        if let d = route.direct { sendDirectReply(d, route: route); return false }
         // 3. The destination: the route's weighted split, and its cluster.
         target = TargetID(route.pickTarget(&worker.rng))
         cluster = ClusterID(s.targets[target.index].cluster)
@@ -79,6 +83,8 @@ extension Exchange {
 /// A `MessageHead` request as the route matcher sees it.
 struct HeadRequestView: RoutableRequest {
     let head: MessageHead
+    /// The service port the caller used (`match[].port`).
+    var servicePort = 0
 
     func withMethod<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R {
         body(head.pointer(head.method), Int(head.method.length))
@@ -91,5 +97,14 @@ struct HeadRequestView: RoutableRequest {
 
     func withHeader<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
         head.withValue(name, n, body)
+    }
+
+    func withScheme<T>(_ body: (UnsafePointer<UInt8>, Int) -> T) -> T {
+        let s: StaticString = "http"
+        return body(s.utf8Start, s.utf8CodeUnitCount)
+    }
+
+    func withAuthority<T>(_ body: (UnsafePointer<UInt8>, Int) -> T) -> T {
+        body(head.pointer(head.authority), Int(head.authority.length))
     }
 }
