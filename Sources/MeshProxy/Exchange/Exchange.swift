@@ -84,6 +84,10 @@ final class Exchange: PoolWaiter {
     var requestPeer = 0
     var peerCache = PeerMetadataCache()
     private var exchangePool: EndpointPool?
+    /// The consistent-hash key's hash (nil: none) and a generated affinity cookie to set on the
+    /// response (0: none); Balancing/Exchange+HashKey.swift.
+    var lbHash: UInt64?
+    var lbCookie: UInt64 = 0
     /// The authority as the client sent it (the log shows it, not a route's rewrite).
     private var clientAuthority = ByteRange()
 
@@ -120,6 +124,7 @@ final class Exchange: PoolWaiter {
         response.reset()
         responseTrailers.reset()
         routeID = .none; matchIndex = -1; target = .none; cluster = .none
+        lbHash = nil; lbCookie = 0
         retry = .default
         deadlines = ExchangeDeadlines()
         faultDelaying = false; faultAbortStatus = 0
@@ -211,7 +216,7 @@ final class Exchange: PoolWaiter {
             picked = p
         } else {
             picked = target.isNone ? routing.pickEndpoint(cluster: cluster.index, avoid: lastPool)
-                                   : routing.pickEndpoint(target: target.index, avoid: lastPool)
+                                   : routing.pickEndpoint(target: target.index, avoid: lastPool, hash: lbHash)
         }
         guard let pool = picked else {
             localReply(503, "no healthy upstream", flag: .noHealthyUpstream)
@@ -484,6 +489,7 @@ final class Exchange: PoolWaiter {
                 for (n, v) in ops.add { r.addField(n, v) }
             }
         }
+        if lbCookie != 0 { addAffinityCookie(r) }
         if inbound {
             snapshot.peerMetadata.withUnsafeBufferPointer { _ = r.addField("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
         }
