@@ -8,6 +8,7 @@ import http.client
 import json
 import re
 import signal
+import time
 
 from conftest import free_port, http_get, wait_ready, wait_until
 
@@ -214,3 +215,21 @@ def test_one_of_two_local_endpoints_ejected_spills_a_share_and_disabled_locality
     set_fail(a["a1"], 0)
     served = collections.Counter(off.ask()[1] for _ in range(60))
     assert set(served) == {"a1", "a2", "b1"}, served
+
+
+def test_warmup_ramps_a_new_endpoints_share_up(procs):
+    a = apps(procs, ["e0", "e1", "e2"])
+    two = [(a["e0"], {}), (a["e1"], {})]
+    front = Front(procs, two, rule("    loadBalancer:\n      simple: ROUND_ROBIN\n      warmupDurationSecs: 8s"), workers=1)
+    # The endpoints the sidecar started with are warm: plain round robin.
+    assert collections.Counter(front.ask()[1] for _ in range(40)) == {"e0": 20, "e1": 20}
+    front.reload(two + [(a["e2"], {})])
+    # Just added: e2 takes about 10 % (minimumPercent) of its round-robin turns, so well under
+    # a third of the requests.
+    early = collections.Counter(front.ask()[1] for _ in range(300))
+    assert early["e2"] / 300 < 0.15, early
+    assert early["e2"] > 0, early
+    # Past the warm-up window: an equal share.
+    time.sleep(8.2)
+    late = collections.Counter(front.ask()[1] for _ in range(300))
+    assert all(90 <= late[n] <= 110 for n in ["e0", "e1", "e2"]), late
