@@ -67,5 +67,6 @@ extension AdminServer {
             j.endObject()
         }
         j.endArray()
+        balancingDump(&j)
     }
 }

@@ -102,6 +102,9 @@ def test_a_cookie_keeps_its_requests_on_one_endpoint_and_one_is_set_when_missing
     a = apps(procs, ["e0", "e1", "e2", "e3"])
     front = Front(procs, [(p, {}) for p in a.values()],
                   rule("    loadBalancer:\n      consistentHash: {httpCookie: {name: user, path: /, ttl: 60s}}"))
+    dump = json.loads(http_get(f"http://127.0.0.1:{front.admin}/config_dump")[1])["bootstrap"]["target_balancing"]
+    assert dump[0]["consistent_hash"] == {"http_cookie": "user", "set_cookie_attributes": "; Max-Age=60; Path=/; HttpOnly",
+                                          "table": "RING_HASH", "table_size": 1024}, dump
     owner = {}
     for k in range(40):
         seen = {front.ask(headers={"Cookie": f"theme=dark; user=u{k}"})[1] for _ in range(5)}
@@ -179,6 +182,10 @@ def test_locality_prefers_the_own_zone_fails_over_when_it_is_ejected_and_comes_b
     a = apps(procs, ["a1", "a2", "b1", "b2"])
     eps = [(a["a1"], ZONE_A), (a["a2"], ZONE_A), (a["b1"], ZONE_B), (a["b2"], ZONE_B)]
     front = Front(procs, eps, rule(OUTLIER), labels=OWN, workers=1)
+    dump = json.loads(http_get(f"http://127.0.0.1:{front.admin}/config_dump")[1])["bootstrap"]["target_balancing"]
+    addr = {n: f"127.0.0.1:{p}" for n, p in a.items()}
+    assert dump == [{"target": "reviews", "load_balancer": "ROUND_ROBIN",
+                     "priorities": [[addr["a1"], addr["a2"]], [addr["b1"], addr["b2"]]]}], dump
     served = collections.Counter(front.ask()[1] for _ in range(60))
     assert set(served) == {"a1", "a2"}, served
     # Zone a fails: each of its endpoints is ejected after one 5xx, then zone b takes it all.

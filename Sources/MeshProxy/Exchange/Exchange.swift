@@ -211,7 +211,7 @@ final class Exchange: PoolWaiter {
     private func attempt(fresh: Bool, prefer: EndpointPool? = nil) {
         let c = snapshot.clusters[cluster.index]
         var picked: EndpointPool?
-        if let p = prefer, p.cluster == cluster.index, p.ejectedUntil <= loop.now,
+        if let p = prefer, lbHash == nil, p.cluster == cluster.index, p.ejectedUntil <= loop.now,
            target.isNone || snapshot.targets[target.index].endpoints.contains(where: { routing.pools[cluster.index][$0] === p }) {
             picked = p
         } else {
