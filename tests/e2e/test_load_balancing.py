@@ -10,7 +10,7 @@ import re
 import signal
 import time
 
-from conftest import free_port, http_get, wait_ready, wait_until
+from conftest import Meshd, free_port, http_get, wait_ready, wait_until
 
 
 def bootstrap(outbound, admin, endpoints, docs, labels="", workers=2):
@@ -104,7 +104,7 @@ def test_a_cookie_keeps_its_requests_on_one_endpoint_and_one_is_set_when_missing
                   rule("    loadBalancer:\n      consistentHash: {httpCookie: {name: user, path: /, ttl: 60s}}"))
     dump = json.loads(http_get(f"http://127.0.0.1:{front.admin}/config_dump")[1])["bootstrap"]["target_balancing"]
     assert dump[0]["consistent_hash"] == {"http_cookie": "user", "set_cookie_attributes": "; Max-Age=60; Path=/; HttpOnly",
-                                          "table": "RING_HASH", "table_size": 1024}, dump
+                                          "table": "RING_HASH", "table_size": 4 * 1024}, dump
     owner = {}
     for k in range(40):
         seen = {front.ask(headers={"Cookie": f"theme=dark; user=u{k}"})[1] for _ in range(5)}
@@ -240,3 +240,34 @@ def test_warmup_ramps_a_new_endpoints_share_up(procs):
     time.sleep(8.2)
     late = collections.Counter(front.ask()[1] for _ in range(300))
     assert all(90 <= late[n] <= 110 for n in ["e0", "e1", "e2"]), late
+
+
+def test_through_meshd_keys_stay_in_the_own_zone_and_a_new_workload_takes_about_one_nth(procs):
+    """Mesh mode: endpoints' locality from the labels their sidecars registered with, the
+    caller's from its own --label flags; a new workload's registration pushes a new endpoint."""
+    m = Meshd(procs)
+    zone = {"a": ["--label", "topology.kubernetes.io/region=r1", "--label", "topology.kubernetes.io/zone=r1-a"],
+            "b": ["--label", "topology.kubernetes.io/region=r1", "--label", "topology.kubernetes.io/zone=r1-b"]}
+    a = apps(procs, ["a1", "a2", "a3", "b1"])
+    for n in ["a1", "a2", "b1"]:
+        m.sidecar(f"reviews-{n}", "reviews", app_port=a[n], extra=zone[n[0]])
+    _, cadmin, _, outbound = m.sidecar("productpage", "productpage", extra=zone["a"])
+    f = procs.tmp / "dr.yaml"
+    f.write_text(rule("    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n" + OUTLIER))
+    m.ctl("apply", "-f", f, "--wait")
+    front = Front.__new__(Front)
+    front.outbound, front.admin = outbound, cadmin
+
+    def owners():
+        return {k: front.ask(headers={"x-user": f"key-{k}"})[1] for k in range(200)}
+
+    wait_until(lambda: set(owners().values()) == {"a1", "a2"}, timeout=20, what="keys on zone a only")
+    before = owners()
+    m.sidecar("reviews-a3", "reviews", app_port=a["a3"], extra=zone["a"])
+    wait_until(lambda: "a3" in set(owners().values()), timeout=20, what="the new workload's endpoint pushed")
+    after = owners()
+    moved = [k for k in after if after[k] != before[k]]
+    # One zone-a endpoint joins two: about a third of the keys move, all to it; zone b gets none.
+    assert 0.15 * 200 <= len(moved) <= 0.50 * 200, len(moved)
+    assert {after[k] for k in moved} == {"a3"}
+    assert "b1" not in after.values()
