@@ -45,6 +45,9 @@ extension IstioTraffic {
         public var failover: [(from: String, to: String)] = []
         /// `failoverPriority`: label keys, most important first.
         public var failoverPriority: [String] = []
+        /// `distribute[]`: for callers in `from`, the share (percent) of traffic each `to`
+        /// locality gets; localities (`region/zone/subzone`) may end in `*`.
+        public var distribute: [(from: String, to: [(locality: String, weight: Int)])] = []
         public init() {}
     }
 
@@ -183,7 +186,29 @@ extension IstioTraffic {
     private static func localityLbSetting(_ ls: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> LocalityLbSetting {
         var s = LocalityLbSetting()
         s.enabled = try ls.bool("enabled")
-        try ls.refuse("distribute")
+        for var d in try ls.objectList("distribute") ?? [] {
+            let from = try d.string("from", required: true)!
+            if let why = localityProblem(from) { throw ConfigReader.error(ctx, d.sub("from"), d.map.line, why) }
+            if s.distribute.contains(where: { $0.from == from }) {
+                throw ConfigReader.error(ctx, d.sub("from"), d.map.line, "locality \"\(from)\" is listed twice")
+            }
+            guard let n = d.node("to"), case .mapping(let m) = n, !m.entries.isEmpty else {
+                throw ConfigReader.error(ctx, d.sub("to"), d.map.line, "expected a mapping of localities to percentages (summing to 100)")
+            }
+            var to: [(locality: String, weight: Int)] = []
+            var total = 0
+            for e in m.entries {
+                if let why = localityProblem(e.key) { throw ConfigReader.error(ctx, "\(d.sub("to")).\(e.key)", e.keyLine, why) }
+                guard case .scalar(let sc) = e.value, !sc.quoted, let w = Int(sc.value), w >= 0, w <= 100 else {
+                    throw ConfigReader.error(ctx, "\(d.sub("to")).\(e.key)", e.value.line, "expected a percentage from 0 to 100, got \(ConfigReader.describe(e.value))")
+                }
+                to.append((e.key, w))
+                total += w
+            }
+            if total != 100 { throw ConfigReader.error(ctx, d.sub("to"), d.map.line, "weights must sum to 100, they sum to \(total)") }
+            try d.finish()
+            s.distribute.append((from, to))
+        }
         for var f in try ls.objectList("failover") ?? [] {
             let from = try f.string("from", required: true)!
             let to = try f.string("to", required: true)!
@@ -208,11 +233,26 @@ extension IstioTraffic {
             }
             s.failoverPriority = fp
         }
+        if !s.distribute.isEmpty && !s.failover.isEmpty {
+            throw ConfigReader.error(ctx, ls.sub("distribute"), ls.map.line, "can not simultaneously set 'distribute' and 'failover' (Istio)")
+        }
+        if !s.distribute.isEmpty && !s.failoverPriority.isEmpty {
+            throw ConfigReader.error(ctx, ls.sub("failoverPriority"), ls.map.line, "failoverPriority together with distribute: \(notSupported)")
+        }
         if !s.failover.isEmpty && !s.failoverPriority.isEmpty {
             throw ConfigReader.error(ctx, ls.sub("failoverPriority"), ls.map.line, "failoverPriority together with failover: \(notSupported)")
         }
         try ls.finish()
         return s
+    }
+
+    /// Why `s` is not a locality (`region`, `region/zone` or `region/zone/subzone`, a `*` only as
+    /// its last part), nil when it is one.
+    static func localityProblem(_ s: String) -> String? {
+        let parts = s.split(separator: "/", omittingEmptySubsequences: false)
+        let ok = parts.count <= 3 && parts.allSatisfy { p in !p.isEmpty && p.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f } }
+            && parts.dropLast().allSatisfy { !$0.contains("*") } && (parts.last == "*" || !parts.last!.contains("*"))
+        return ok ? nil : "expected a locality region/zone/subzone (a '*' only as the whole last part), got \"\(s)\""
     }
 
     private static func isRegion(_ s: String) -> Bool {

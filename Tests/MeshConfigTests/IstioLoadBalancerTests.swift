@@ -68,7 +68,21 @@ final class IstioLoadBalancerTests: XCTestCase {
     func testBadLocalityAndWarmupSettingsAreRefusedNamingFieldAndLine() {
         let p = "lb.yaml:8: document 1: spec.trafficPolicy.loadBalancer"
         let cases: [(String, String, Bool)] = [
-            ("localityLbSetting: {distribute: [{from: a/*, to: {\"a/*\": 100}}]}", "\(p).localityLbSetting.distribute: not supported yet", true),
+            ("localityLbSetting: {distribute: [{from: a/*, to: {\"a/*\": 60, b: 30}}]}", "\(p).localityLbSetting.distribute[0].to: weights must sum to 100, they sum to 90", true),
+            ("localityLbSetting: {distribute: [{from: \"a/*/z\", to: {a: 100}}]}",
+             "\(p).localityLbSetting.distribute[0].from: expected a locality region/zone/subzone (a '*' only as the whole last part), got \"a/*/z\"", true),
+            ("localityLbSetting: {distribute: [{from: a, to: {\"a/z*\": 100}}]}",
+             "\(p).localityLbSetting.distribute[0].to.a/z*: expected a locality region/zone/subzone (a '*' only as the whole last part), got \"a/z*\"", true),
+            ("localityLbSetting: {distribute: [{from: a, to: {a: 101}}]}",
+             "\(p).localityLbSetting.distribute[0].to.a: expected a percentage from 0 to 100, got the value \"101\"", true),
+            ("localityLbSetting: {distribute: [{from: a, to: {a: 100}}, {from: a, to: {b: 100}}]}",
+             "\(p).localityLbSetting.distribute[1].from: locality \"a\" is listed twice", true),
+            ("localityLbSetting: {distribute: [{from: a, to: {}}]}",
+             "\(p).localityLbSetting.distribute[0].to: expected a mapping of localities to percentages (summing to 100)", true),
+            ("localityLbSetting: {distribute: [{from: a, to: {a: 100}}], failover: [{from: a, to: b}]}",
+             "\(p).localityLbSetting.distribute: can not simultaneously set 'distribute' and 'failover' (Istio)", true),
+            ("localityLbSetting: {distribute: [{from: a, to: {a: 100}}], failoverPriority: [topology.kubernetes.io/zone]}",
+             "\(p).localityLbSetting.failoverPriority: failoverPriority together with distribute: not supported yet", true),
             ("localityLbSetting: {failover: [{from: a, to: a}]}",
              "\(p).localityLbSetting.failover[0].to: locality lb failover settings must specify different regions (both are \"a\")", true),
             ("localityLbSetting: {failover: [{from: a/z1, to: b}]}",
@@ -103,6 +117,9 @@ final class IstioLoadBalancerTests: XCTestCase {
         XCTAssertEqual(p.consistentHash, .init(key: .sourceIP, algorithm: .ringHash(minimumRingSize: 1024)))
         p = try policy("localityLbSetting: {enabled: true, failover: [{from: us, to: eu}]}")
         XCTAssertEqual(p.localityLbSetting?.failover.map { "\($0.from)>\($0.to)" }, ["us>eu"])
+        p = try policy("localityLbSetting: {distribute: [{from: \"us/*\", to: {\"us/us-a/*\": 80, \"eu\": 20}}]}", outlier: false)
+        XCTAssertEqual(p.localityLbSetting?.distribute.map { "\($0.from)>" + $0.to.map { "\($0.locality)=\($0.weight)" }.joined(separator: ",") },
+                       ["us/*>us/us-a/*=80,eu=20"])
         p = try policy("localityLbSetting: {enabled: false, failover: [{from: us, to: eu}]}", outlier: false)
         XCTAssertEqual(p.localityLbSetting?.enabled, false)
         p = try policy("simple: LEAST_REQUEST\nwarmupDurationSecs: 30s")

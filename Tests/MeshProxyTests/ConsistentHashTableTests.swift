@@ -119,6 +119,19 @@ final class ConsistentHashTableTests: XCTestCase {
         // failover applies from the caller's own region only.
         l.failover = [(from: "ap", to: "eu")]
         XCTAssertEqual(LocalityPriority.of(endpoint: ep("eu", "eu-a"), own: own, setting: l), 4)
+        // distribute: the caller's `from`; each `to` claims unclaimed localities, split by count.
+        var d = IstioTraffic.LocalityLbSetting()
+        d.distribute = [(from: "eu", to: [(locality: "eu", weight: 100)]),
+                        (from: "us/*", to: [(locality: "us/us-a", weight: 60), (locality: "us", weight: 30), (locality: "*", weight: 10)])]
+        let eps = [ep("us", "us-a", "r1"), ep("us", "us-b"), ep("us", "us-a", "r2"), ep("us", "us-c"), ep("us", "us-c"), ep("eu", "eu-a")]
+        let dist = LocalityPriority.distribution(endpoints: eps, own: own, setting: d)!
+        // us-a/r1 and us-a/r2: 60 % split 1:1; us-b 30 % x 1/3, us-c 30 % x 2/3; eu 10 %.
+        XCTAssertEqual(dist.levelOf, [0, 2, 1, 3, 3, 4])
+        XCTAssertEqual(dist.weights, [300_000, 300_000, 100_000, 200_000, 100_000])
+        d.distribute = [(from: "us/us-a", to: [(locality: "us/us-a", weight: 100)])]
+        XCTAssertEqual(LocalityPriority.distribution(endpoints: eps, own: own, setting: d)!.levelOf, [0, -1, 1, -1, -1, -1])
+        d.distribute = [(from: "ap", to: [(locality: "ap", weight: 100)])]
+        XCTAssertNil(LocalityPriority.distribution(endpoints: eps, own: own, setting: d))
         var fp = IstioTraffic.LocalityLbSetting()
         fp.failoverPriority = ["topology.kubernetes.io/region", "topology.kubernetes.io/zone"]
         XCTAssertEqual(LocalityPriority.of(endpoint: ep("us", "us-a"), own: own, setting: fp), 0)

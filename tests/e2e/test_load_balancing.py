@@ -271,3 +271,22 @@ def test_through_meshd_keys_stay_in_the_own_zone_and_a_new_workload_takes_about_
     assert 0.15 * 200 <= len(moved) <= 0.50 * 200, len(moved)
     assert {after[k] for k in moved} == {"a3"}
     assert "b1" not in after.values()
+
+
+def test_distribute_weights_traffic_by_locality(procs):
+    a = apps(procs, ["a1", "b1", "b2", "c1"])
+    zone_c = {"topology.kubernetes.io/region": "r2", "topology.kubernetes.io/zone": "r2-c"}
+    eps = [(a["a1"], ZONE_A), (a["b1"], ZONE_B), (a["b2"], ZONE_B), (a["c1"], zone_c)]
+    dist = """    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - from: r1/r1-a/*
+          to: {"r1/r1-a/*": 80, "r1/r1-b/*": 20}"""
+    front = Front(procs, eps, rule(dist), labels=OWN)
+    dump = json.loads(http_get(f"http://127.0.0.1:{front.admin}/config_dump")[1])["bootstrap"]["target_balancing"]
+    assert dump[0]["locality_percent"] == [80, 20], dump
+    served = collections.Counter(front.ask()[1] for _ in range(1000))
+    # 80 % to zone a, 20 % to zone b (split over its two), none to r2 which no `to` names.
+    assert 740 <= served["a1"] <= 860, served
+    assert 60 <= served["b1"] <= 140 and 60 <= served["b2"] <= 140, served
+    assert served["c1"] == 0, served

@@ -28,7 +28,12 @@ extension AdminServer {
             } else {
                 j.string("load_balancer", t.loadBalancer.rawValue)
             }
-            j.beginArray("priorities")
+            if let w = bal.levelWeights {
+                j.beginArray("locality_percent")
+                for x in w { j.number(nil, Double(x) / 10_000) }
+                j.endArray()
+            }
+            j.beginArray(bal.levelWeights == nil ? "priorities" : "localities")
             for level in bal.levels {
                 j.beginArray()
                 for pos in level { j.string(nil, "\(c.endpoints[t.endpoints[pos]])") }

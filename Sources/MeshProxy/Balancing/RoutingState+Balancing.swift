@@ -10,7 +10,7 @@ extension RoutingState {
         let ps = pools[tg.cluster]
         let eps = tg.endpoints
         let now = worker.loop.now
-        let level = bal.levels.count > 1 ? pickLevel(tg, bal, ps, now) : 0
+        let level = bal.levelWeights != nil ? pickLocality(tg, bal, ps, now) : bal.levels.count > 1 ? pickLevel(tg, bal, ps, now) : 0
         if level < 0 { return nil }
         if let table = bal.table {
             // Walk the ring (or Maglev table) from the key's slot: the first endpoint of the level
@@ -93,6 +93,33 @@ extension RoutingState {
         var share = w.aggression == 1 ? elapsed : pow(elapsed, 1 / w.aggression)
         share = max(share, Double(w.minimumPPM) / 1_000_000)
         return Double(worker.rng.next() % 1_000_000) < share * 1_000_000
+    }
+
+    /// `distribute`: a locality by weight, each weight scaled by min(1, 1.4 x its healthy share)
+    /// (Envoy's locality-weighted balancing); -1 when none has a healthy endpoint.
+    private func pickLocality(_ tg: RouteTarget, _ bal: TargetBalancing, _ ps: [EndpointPool], _ now: UInt64) -> Int {
+        guard let weights = bal.levelWeights else { return 0 }
+        var total: UInt64 = 0
+        for l in 0..<weights.count { total += effectiveWeight(l, weights[l], tg, bal, ps, now) }
+        if total == 0 { return -1 }
+        let x = worker.rng.next() % total
+        var acc: UInt64 = 0
+        for l in 0..<weights.count {
+            acc += effectiveWeight(l, weights[l], tg, bal, ps, now)
+            if x < acc { return l }
+        }
+        return -1
+    }
+
+    @inline(__always) private func effectiveWeight(_ l: Int, _ w: UInt64, _ tg: RouteTarget, _ bal: TargetBalancing,
+                                                   _ ps: [EndpointPool], _ now: UInt64) -> UInt64 {
+        let list = bal.levels[l]
+        if list.isEmpty { return 0 }
+        var healthy: UInt64 = 0
+        for pos in list where ps[tg.endpoints[pos]].ejectedUntil <= now { healthy += 1 }
+        let n = UInt64(list.count)
+        // min(1, 1.4 x healthy / n) of the weight.
+        return min(w, w * TargetBalancing.overprovisioning * healthy / (100 * n))
     }
 
     /// The locality level for this request: Envoy's priority load with the overprovisioning

@@ -28,12 +28,16 @@ final class TargetBalancing: Sendable {
     /// Priority levels (0 first) as positions into the target's endpoints; one level when the
     /// target has no locality preference.
     let levels: [[Int]]
-    /// The level of each position.
+    /// The level of each position (-1: a locality `distribute` gives no traffic).
     let levelOf: [Int]
+    /// `distribute`: the levels are localities chosen by these weights (each scaled by its
+    /// healthy share x 1.4, capped at 1, as Envoy's locality-weighted balancing), not priorities.
+    let levelWeights: [UInt64]?
     let warmup: Warmup?
 
-    init(hashKey: HashKey?, table: ConsistentHashTable?, levels: [[Int]], levelOf: [Int], warmup: Warmup?) {
-        self.hashKey = hashKey; self.table = table; self.levels = levels; self.levelOf = levelOf; self.warmup = warmup
+    init(hashKey: HashKey?, table: ConsistentHashTable?, levels: [[Int]], levelOf: [Int], levelWeights: [UInt64]? = nil, warmup: Warmup?) {
+        self.hashKey = hashKey; self.table = table; self.levels = levels; self.levelOf = levelOf
+        self.levelWeights = levelWeights; self.warmup = warmup
     }
 
     /// Envoy's overprovisioning factor (1.4): a level keeps all its traffic while at least
@@ -67,9 +71,14 @@ final class TargetBalancing: Sendable {
             }
         }
         var levelOf = [Int](repeating: 0, count: eps.count)
-        // Istio applies locality failover only with outlier detection (mesh default: enabled).
+        // Istio applies locality failover only with outlier detection (mesh default: enabled);
+        // `distribute` applies without it, when the caller's locality matches a `from`.
         let l = tp.localityLbSetting ?? IstioTraffic.LocalityLbSetting()
-        if outlier && l.enabled != false {
+        var weights: [UInt64]? = nil
+        if l.enabled != false, let d = LocalityPriority.distribution(endpoints: eps.map { c.endpointLabels[$0] }, own: b.workload.labels, setting: l) {
+            levelOf = d.levelOf
+            weights = d.weights
+        } else if outlier && l.enabled != false {
             let own = b.workload.labels
             levelOf = eps.map { e in
                 LocalityPriority.of(endpoint: c.endpointLabels[e], own: own, setting: l)
@@ -78,15 +87,15 @@ final class TargetBalancing: Sendable {
             let used = Array(Set(levelOf)).sorted()
             levelOf = levelOf.map { used.firstIndex(of: $0)! }
         }
-        let nLevels = (levelOf.max() ?? 0) + 1
+        let nLevels = max(weights?.count ?? 0, (levelOf.max() ?? 0) + 1)
         var levels = [[Int]](repeating: [], count: nLevels)
-        for (pos, l) in levelOf.enumerated() { levels[l].append(pos) }
+        for (pos, l) in levelOf.enumerated() where l >= 0 { levels[l].append(pos) }
         var warm: Warmup? = nil
         if let w = tp.warmup {
             warm = Warmup(duration: w.duration, minimumPPM: UInt64(w.minimumPercent * 10_000), aggression: w.aggression)
         }
-        if key == nil && nLevels == 1 && warm == nil { return nil }
-        return TargetBalancing(hashKey: key, table: table, levels: levels, levelOf: levelOf, warmup: warm)
+        if key == nil && nLevels == 1 && weights == nil && warm == nil { return nil }
+        return TargetBalancing(hashKey: key, table: table, levels: levels, levelOf: levelOf, levelWeights: weights, warmup: warm)
     }
 }
 
@@ -97,6 +106,50 @@ final class TargetBalancing: Sendable {
 enum LocalityPriority {
     static func value(_ labels: [(String, String)], _ key: String) -> String {
         labels.first { $0.0 == key }?.1 ?? ""
+    }
+
+    static func locality(_ labels: [(String, String)]) -> (String, String, String) {
+        let k = IstioTraffic.localityLabelKeys
+        return (value(labels, k[0]), value(labels, k[1]), value(labels, k[2]))
+    }
+
+    /// Istio's `LocalityMatch`: a rule `region/zone/subzone` where `*` or a missing part matches any.
+    static func matches(_ l: (String, String, String), _ rule: String) -> Bool {
+        let p = rule.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        let r = p[0], z = p.count > 1 ? p[1] : "", s = p.count > 2 ? p[2] : ""
+        return (r == "*" || r == l.0) && (z == "*" || z.isEmpty || z == l.1) && (s == "*" || s.isEmpty || s == l.2)
+    }
+
+    /// Istio's `applyLocalityWeights`: the first `distribute` entry whose `from` matches the
+    /// caller; each `to` (in order) claims the endpoints' localities it matches that no earlier
+    /// one claimed, and shares its weight between them by their endpoint counts; localities no
+    /// `to` claims get nothing. Levels are the claimed localities; nil when no `from` matches.
+    static func distribution(endpoints: [[(String, String)]], own: [(String, String)],
+                             setting: IstioTraffic.LocalityLbSetting) -> (levelOf: [Int], weights: [UInt64])? {
+        let me = locality(own)
+        guard let d = setting.distribute.first(where: { matches(me, $0.from) }) else { return nil }
+        let locs = endpoints.map { locality($0) }
+        var levelOf = [Int](repeating: -1, count: endpoints.count)
+        var weights: [UInt64] = []
+        var claimed = [Bool](repeating: false, count: endpoints.count)
+        for (rule, weight) in d.to {
+            let members = locs.indices.filter { !claimed[$0] && matches(locs[$0], rule) }
+            for i in members { claimed[i] = true }
+            // The distinct localities among them, in endpoint order.
+            var groups: [(loc: (String, String, String), count: Int)] = []
+            for i in members {
+                if let g = groups.firstIndex(where: { $0.loc == locs[i] }) { groups[g].count += 1 } else { groups.append((locs[i], 1)) }
+            }
+            for g in groups {
+                // Per million of the traffic: the rule's share split by endpoint count.
+                let w = UInt64(weight) * 10_000 * UInt64(g.count) / UInt64(members.count)
+                if w == 0 { continue }
+                let level = weights.count
+                weights.append(w)
+                for i in members where locs[i] == g.loc { levelOf[i] = level }
+            }
+        }
+        return (levelOf, weights)
     }
 
     static func of(endpoint: [(String, String)], own: [(String, String)], setting: IstioTraffic.LocalityLbSetting) -> Int {
