@@ -77,9 +77,9 @@ class Front:
         self.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: f"static-{self.reloads}" in self.proc.log_path.read_text(), what="reload")
 
-    def ask(self, path="/", headers=None):
+    def ask(self, path="/", headers=None, source="127.0.0.1"):
         """(status, the app that answered or "", response headers)."""
-        c = http.client.HTTPConnection("127.0.0.1", self.outbound, timeout=10)
+        c = http.client.HTTPConnection("127.0.0.1", self.outbound, timeout=10, source_address=(source, 0))
         try:
             c.request("GET", path, headers={"Host": "reviews", **(headers or {})})
             r = c.getresponse()
@@ -290,3 +290,27 @@ def test_distribute_weights_traffic_by_locality(procs):
     assert 740 <= served["a1"] <= 860, served
     assert 60 <= served["b1"] <= 140 and 60 <= served["b2"] <= 140, served
     assert served["c1"] == 0, served
+
+
+def test_source_ip_keeps_each_caller_address_on_one_endpoint(procs):
+    a = apps(procs, ["e0", "e1", "e2"])
+    front = Front(procs, [(p, {}) for p in a.values()], rule("    loadBalancer:\n      consistentHash: {useSourceIp: true}"))
+    owner = {}
+    for i in range(2, 26):
+        src = f"127.0.0.{i}"
+        # A new connection (and source port) for every request: only the address counts.
+        seen = {front.ask(source=src)[1] for _ in range(4)}
+        assert len(seen) == 1 and "" not in seen, (src, seen)
+        owner[src] = seen.pop()
+    assert len(set(owner.values())) == 3, owner
+
+
+def test_failover_priority_orders_endpoints_by_the_listed_labels(procs):
+    a = apps(procs, ["same", "other"])
+    eps = [(a["same"], {"rack": "r7"}), (a["other"], {"rack": "r9"})]
+    fp = "    loadBalancer:\n      localityLbSetting: {failoverPriority: [rack]}\n" + OUTLIER
+    front = Front(procs, eps, rule(fp), labels="{rack: r7}", workers=1)
+    assert collections.Counter(front.ask()[1] for _ in range(30)) == {"same": 30}
+    set_fail(a["same"], 503)
+    assert front.ask()[0] == 503
+    assert collections.Counter(front.ask()[1] for _ in range(30)) == {"other": 30}
