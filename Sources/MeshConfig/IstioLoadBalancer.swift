@@ -62,8 +62,8 @@ extension IstioTraffic {
     /// The locality labels of Kubernetes and Istio, in order: region, zone, subzone.
     public static let localityLabelKeys = ["topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"]
 
-    /// `loadBalancer` of a trafficPolicy into `p` (its `outlierDetection` decides whether locality
-    /// failover can act, as in Istio; the caller passes whether the policy has one).
+    /// `loadBalancer` of a trafficPolicy into `p`; whether locality failover can act (it needs the
+    /// DestinationRule's `outlierDetection`) is checked for the whole rule by `checkLocalityFailover`.
     static func loadBalancer(_ lb: inout ConfigReader, into p: inout TrafficPolicy, ctx: ConfigError) throws(ConfigError) {
         if let s = try lb.string("simple") {
             guard let v = TrafficPolicy.LoadBalancer(rawValue: s) else {
