@@ -8,6 +8,8 @@ import http.client
 import json
 import re
 import signal
+import socket
+import threading
 import time
 
 from conftest import Meshd, free_port, http_get, wait_ready, wait_until
@@ -314,3 +316,79 @@ def test_failover_priority_orders_endpoints_by_the_listed_labels(procs):
     set_fail(a["same"], 503)
     assert front.ask()[0] == 503
     assert collections.Counter(front.ask()[1] for _ in range(30)) == {"other": 30}
+
+
+def test_source_ip_on_a_tcp_service(procs):
+    """Opaque TCP (CONNECT on the outbound listener): useSourceIp keeps each caller address's
+    connections on one endpoint. Each endpoint writes its name and closes."""
+    servers = []
+    for name in ["t0", "t1", "t2"]:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        servers.append((name, s))
+
+        def serve(sock=s, n=name):
+            while True:
+                try:
+                    c, _ = sock.accept()
+                except OSError:
+                    return
+                c.sendall(n.encode())
+                c.close()
+        threading.Thread(target=serve, daemon=True).start()
+    try:
+        outbound, admin = free_port(), free_port()
+        eps = "\n".join(f"        - 127.0.0.1:{s.getsockname()[1]}" for _, s in servers)
+        dr = rule("    loadBalancer:\n      consistentHash: {useSourceIp: true}").replace("host: reviews", "host: cache")
+        cfg = f"""
+apiVersion: sidecar.mesh/v1alpha1
+kind: Bootstrap
+metadata: {{name: front, namespace: default}}
+spec:
+  workload: {{service: productpage}}
+  concurrency: 2
+  admin: {{port: {admin}}}
+  outbound:
+    port: {outbound}
+  clusters:
+    - name: cache
+      tls: DISABLE
+      serviceProtocol: TCP
+      port: 7000
+      endpoints:
+{eps}
+  routes:
+    - {{name: cache, hosts: [cache], cluster: cache}}
+---
+{dr}
+"""
+        p = procs.sidecar(cfg, "tcp-front")
+        wait_ready(p, admin)
+
+        def who(src):
+            s = socket.create_connection(("127.0.0.1", outbound), timeout=10, source_address=(src, 0))
+            try:
+                s.sendall(b"CONNECT cache:7000 HTTP/1.1\r\nHost: cache:7000\r\n\r\n")
+                data = b""
+                while True:
+                    b = s.recv(4096)
+                    if not b:
+                        break
+                    data += b
+                head, _, body = data.partition(b"\r\n\r\n")
+                assert b" 200 " in head.split(b"\r\n")[0] + b" ", head
+                return body.decode()
+            finally:
+                s.close()
+
+        owner = {}
+        for i in range(2, 26):
+            src = f"127.0.0.{i}"
+            seen = {who(src) for _ in range(4)}
+            assert len(seen) == 1 and "" not in seen, (src, seen)
+            owner[src] = seen.pop()
+        assert len(set(owner.values())) == 3, owner
+    finally:
+        for _, s in servers:
+            s.close()
