@@ -103,12 +103,12 @@ final class RoutingState {
         let eps = tg.endpoints
         let n = eps.count
         if n == 0 { return nil }
+        if let bal = tg.balancing { return pickBalanced(target: t, tg, bal, avoid: avoid, hash: hash) }
         let now = worker.loop.now
         if n == 1 {
             let p = ps[eps[0]]
             return p.ejectedUntil > now ? nil : p
         }
-        if let bal = tg.balancing { return pickBalanced(target: t, tg, bal, avoid: avoid, hash: hash) }
         var start: Int
         switch tg.loadBalancer {
         case .roundRobin:
