@@ -254,6 +254,12 @@ def test_through_meshd_keys_stay_in_the_own_zone_and_a_new_workload_takes_about_
     for n in ["a1", "a2", "b1"]:
         m.sidecar(f"reviews-{n}", "reviews", app_port=a[n], extra=zone[n[0]])
     _, cadmin, _, outbound = m.sidecar("productpage", "productpage", extra=zone["a"])
+    # meshd refuses what a sidecar would, naming file, line and field.
+    bad = procs.tmp / "bad-dr.yaml"
+    bad.write_text(rule("    loadBalancer:\n      consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 65536}}"))
+    r = m.ctl("apply", "-f", bad, check=False)
+    assert r.returncode != 0
+    assert "bad-dr.yaml:8: document 1: spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: must be a prime number" in r.stderr, r.stderr
     f = procs.tmp / "dr.yaml"
     f.write_text(rule("    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n" + OUTLIER))
     m.ctl("apply", "-f", f, "--wait")
