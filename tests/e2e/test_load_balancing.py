@@ -398,3 +398,21 @@ spec:
     finally:
         for _, s in servers:
             s.close()
+
+
+def test_an_ejected_endpoints_keys_move_to_their_next_owners_and_come_back(procs):
+    a = apps(procs, ["e0", "e1", "e2"])
+    front = Front(procs, [(p, {}) for p in a.values()],
+                  rule("    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n" + OUTLIER), workers=1)
+    keys = [f"key-{k}" for k in range(90)]
+    before = {k: front.ask(headers={"x-user": k})[1] for k in keys}
+    assert set(before.values()) == {"e0", "e1", "e2"}
+    set_fail(a["e1"], 503)
+    victim = next(k for k in keys if before[k] == "e1")
+    assert front.ask(headers={"x-user": victim})[0] == 503   # one 5xx ejects e1
+    during = {k: front.ask(headers={"x-user": k})[1] for k in keys}
+    assert all(during[k] == before[k] for k in keys if before[k] != "e1"), "only e1's keys move"
+    assert {during[k] for k in keys if before[k] == "e1"} <= {"e0", "e2"}
+    set_fail(a["e1"], 0)
+    wait_until(lambda: front.ask(headers={"x-user": victim})[1] == "e1", timeout=6, what="e1's ejection to end")
+    assert {k: front.ask(headers={"x-user": k})[1] for k in keys} == before
