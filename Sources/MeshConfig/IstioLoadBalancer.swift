@@ -48,6 +48,8 @@ extension IstioTraffic {
         /// `distribute[]`: for callers in `from`, the share (percent) of traffic each `to`
         /// locality gets; localities (`region/zone/subzone`) may end in `*`.
         public var distribute: [(from: String, to: [(locality: String, weight: Int)])] = []
+        /// The line of `localityLbSetting` in its file (for errors about the whole rule).
+        public internal(set) var line = 0
         public init() {}
     }
 
@@ -185,6 +187,7 @@ extension IstioTraffic {
 
     private static func localityLbSetting(_ ls: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> LocalityLbSetting {
         var s = LocalityLbSetting()
+        s.line = ls.map.line
         s.enabled = try ls.bool("enabled")
         for var d in try ls.objectList("distribute") ?? [] {
             let from = try d.string("from", required: true)!
@@ -223,7 +226,9 @@ extension IstioTraffic {
         }
         if let fp = try ls.stringList("failoverPriority") {
             for (i, k) in fp.enumerated() {
-                // Istio also accepts "key=value" overrides; only label keys here.
+                if k.contains("=") {
+                    throw ConfigReader.error(ctx, "\(ls.sub("failoverPriority"))[\(i)]", ls.map.line, "key=value overrides: \(notSupported)")
+                }
                 guard Names.isLabelKey(k) else {
                     throw ConfigReader.error(ctx, "\(ls.sub("failoverPriority"))[\(i)]", ls.map.line, "expected a label key such as topology.kubernetes.io/zone, got \"\(k)\"")
                 }
@@ -274,7 +279,7 @@ extension IstioTraffic {
             guard let l = p.localityLbSetting, l.enabled != false else { continue }
             let field = !l.failover.isEmpty ? "failover" : !l.failoverPriority.isEmpty ? "failoverPriority" : nil
             if let f = field {
-                throw ConfigReader.error(ctx, "\(path).loadBalancer.localityLbSetting.\(f)", line,
+                throw ConfigReader.error(ctx, "\(path).loadBalancer.localityLbSetting.\(f)", l.line > 0 ? l.line : line,
                                          "needs spec.trafficPolicy.outlierDetection (Istio fails over only from ejected endpoints; without it traffic never moves)")
             }
         }
