@@ -23,10 +23,11 @@ enum LBHash {
 
     @inline(__always) static func bytes(_ p: UnsafePointer<UInt8>, _ n: Int) -> UInt64 { finish(add(seed, p, n)) }
 
-    /// Control path: a string's hash.
+    /// Control path: a string's hash (the same as `bytes` of its UTF-8).
     static func string(_ s: String) -> UInt64 {
-        var b = Array(s.utf8)
-        return b.withUnsafeMutableBufferPointer { bytes($0.baseAddress ?? UnsafeMutablePointer(mutating: [UInt8(0)]), $0.count) }
+        var h = seed
+        for c in s.utf8 { h = (h ^ UInt64(c)) &* 0x0000_0100_0000_01b3 }
+        return finish(h)
     }
 }
 
