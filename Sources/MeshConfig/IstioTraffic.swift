@@ -102,6 +102,10 @@ public enum IstioTraffic {
     public struct TrafficPolicy: Sendable {
         public enum LoadBalancer: String, Sendable { case roundRobin = "ROUND_ROBIN", leastRequest = "LEAST_REQUEST", random = "RANDOM" }
         public var loadBalancer: LoadBalancer?
+        /// `loadBalancer.consistentHash`, `.localityLbSetting`, `.warmupDurationSecs`/`.warmup` (IstioLoadBalancer.swift).
+        public var consistentHash: ConsistentHash?
+        public var localityLbSetting: LocalityLbSetting?
+        public var warmup: Warmup?
         public var maxConnections: Int?
         public var http1MaxPendingRequests: Int?
         public var http2MaxRequests: Int?
@@ -462,6 +466,7 @@ public enum IstioTraffic {
         if var t = try spec.object("trafficPolicy") { tp = try trafficPolicy(&t, subset: false, ctx: ctx) }
         try spec.refuse("exportTo")
         try spec.finish()
+        try checkLocalityFailover(tp, subsets, line: spec.map.line, ctx: ctx)
         return DestinationRule(name: name, namespace: namespace, host: host, subsets: subsets, trafficPolicy: tp)
     }
 
@@ -473,15 +478,7 @@ public enum IstioTraffic {
             try t.refuse("connectionPool")
             try t.refuse("outlierDetection")
         }
-        if var lb = try t.object("loadBalancer") {
-            if let s = try lb.string("simple") {
-                guard let v = TrafficPolicy.LoadBalancer(rawValue: s) else {
-                    throw ConfigReader.error(ctx, lb.sub("simple"), lb.map.line, "expected ROUND_ROBIN, LEAST_REQUEST or RANDOM, got \"\(s)\"")
-                }
-                p.loadBalancer = v
-            }
-            try lb.finish()
-        }
+        if var lb = try t.object("loadBalancer") { try loadBalancer(&lb, into: &p, ctx: ctx) }
         if var cp = try t.object("connectionPool") {
             if var tcp = try cp.object("tcp") {
                 p.maxConnections = try tcp.int("maxConnections", min: 1, max: 1 << 30)

@@ -69,5 +69,6 @@ extension AdminServer {
             j.endObject()
         }
         j.endArray()
+        balancingDump(&j)
     }
 }

@@ -208,6 +208,8 @@ struct RouteTarget: Sendable {
     let name: String
     /// The subset's policy when it sets one, else the cluster's.
     let loadBalancer: IstioTraffic.TrafficPolicy.LoadBalancer
+    /// Consistent hash, locality levels, warm-up (Balancing/TargetBalancing.swift); nil: `loadBalancer` alone.
+    var balancing: TargetBalancing? = nil
 }
 
 /// The routes answering one host, tried in order (first match wins).

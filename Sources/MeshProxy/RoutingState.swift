@@ -16,6 +16,8 @@ final class RoutingState {
     private(set) var clusterState: [ClusterRuntime] = []
     /// Round-robin position per route target.
     private var targetRR: [Int] = []
+    /// Round-robin position per route target and locality level (targets with a `balancing`).
+    var balancingRR: [[Int]] = []
     /// A newer state took over: connections finishing here close instead of going idle.
     private(set) var retired = false
     /// The next state took over these very pools (same clusters and endpoints).
@@ -59,7 +61,7 @@ final class RoutingState {
             for (ci, c) in snapshot.clusters.enumerated() {
                 guard let pci = prev.snapshot.clusters.firstIndex(where: { $0.name == c.name }) else { continue }
                 for (ei, p) in pools[ci].enumerated() {
-                    guard let old = prev.pools[pci].first(where: { $0.address == p.address }) else { continue }
+                    guard let old = prev.pools[pci].first(where: { $0.address == p.address }) else { p.addedAt = worker.loop.now; continue }
                     pools[ci][ei].inherit(from: old)
                 }
             }
@@ -95,12 +97,13 @@ final class RoutingState {
     /// An endpoint of `target` by its load-balancing policy, skipping ejected endpoints and, when
     /// another healthy one exists, `avoid` (retries go elsewhere when they can); nil when no
     /// endpoint is healthy (UH).
-    func pickEndpoint(target t: Int, avoid: EndpointPool?) -> EndpointPool? {
+    func pickEndpoint(target t: Int, avoid: EndpointPool?, hash: UInt64? = nil) -> EndpointPool? {
         let tg = snapshot.targets[t]
         let ps = pools[tg.cluster]
         let eps = tg.endpoints
         let n = eps.count
         if n == 0 { return nil }
+        if let bal = tg.balancing { return pickBalanced(target: t, tg, bal, avoid: avoid, hash: hash) }
         let now = worker.loop.now
         if n == 1 {
             let p = ps[eps[0]]

@@ -180,7 +180,8 @@ struct TrafficCompiler {
             lb = v
         }
         let t = targets.count
-        targets.append(RouteTarget(cluster: ci, endpoints: eps, name: name, loadBalancer: lb))
+        targets.append(RouteTarget(cluster: ci, endpoints: eps, name: name, loadBalancer: lb,
+                                   balancing: TargetBalancing.compile(b, cluster: ci, endpoints: eps, subset: subset)))
         targetIndex[name] = t
         return t
     }

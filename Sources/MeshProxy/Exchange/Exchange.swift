@@ -84,6 +84,10 @@ final class Exchange: PoolWaiter {
     var requestPeer = 0
     var peerCache = PeerMetadataCache()
     private var exchangePool: EndpointPool?
+    /// The consistent-hash key's hash (nil: none) and a generated affinity cookie to set on the
+    /// response (0: none); Balancing/Exchange+HashKey.swift.
+    var lbHash: UInt64?
+    var lbCookie: UInt64 = 0
     /// The authority as the client sent it (the log shows it, not a route's rewrite).
     private var clientAuthority = ByteRange()
 
@@ -120,6 +124,7 @@ final class Exchange: PoolWaiter {
         response.reset()
         responseTrailers.reset()
         routeID = .none; matchIndex = -1; target = .none; cluster = .none
+        lbHash = nil; lbCookie = 0
         retry = .default
         deadlines = ExchangeDeadlines()
         faultDelaying = false; faultAbortStatus = 0
@@ -206,12 +211,12 @@ final class Exchange: PoolWaiter {
     private func attempt(fresh: Bool, prefer: EndpointPool? = nil) {
         let c = snapshot.clusters[cluster.index]
         var picked: EndpointPool?
-        if let p = prefer, p.cluster == cluster.index, p.ejectedUntil <= loop.now,
+        if let p = prefer, lbHash == nil, p.cluster == cluster.index, p.ejectedUntil <= loop.now,
            target.isNone || snapshot.targets[target.index].endpoints.contains(where: { routing.pools[cluster.index][$0] === p }) {
             picked = p
         } else {
             picked = target.isNone ? routing.pickEndpoint(cluster: cluster.index, avoid: lastPool)
-                                   : routing.pickEndpoint(target: target.index, avoid: lastPool)
+                                   : routing.pickEndpoint(target: target.index, avoid: lastPool, hash: lbHash)
         }
         guard let pool = picked else {
             localReply(503, "no healthy upstream", flag: .noHealthyUpstream)
@@ -485,6 +490,7 @@ final class Exchange: PoolWaiter {
             }
             if let c = snapshot.routes[routeID.index].cors { addCORSResponseHeaders(c) }
         }
+        if lbCookie != 0 { addAffinityCookie(r) }
         if inbound {
             snapshot.peerMetadata.withUnsafeBufferPointer { _ = r.addField("x-mesh-peer-metadata", $0.baseAddress!, $0.count) }
         }

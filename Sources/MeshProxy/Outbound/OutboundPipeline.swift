@@ -38,6 +38,7 @@ extension Exchange {
         // 3. The destination: the route's weighted split, and its cluster.
         target = TargetID(route.pickTarget(&worker.rng))
         cluster = ClusterID(s.targets[target.index].cluster)
+        if s.targets[target.index].balancing?.hashKey != nil { computeLBHash() }
         retry = route.retry
         // 4. Fault injection, decided now, applied after admission.
         if let f = route.fault {

@@ -283,7 +283,8 @@ final class TCPProxySession {
             if let p = passthrough {
                 addr = p
             } else {
-                let next = target >= 0 ? routing.pickEndpoint(target: target, avoid: pool) : routing.pickEndpoint(cluster: cluster, avoid: pool)
+                let next = target >= 0 ? routing.pickEndpoint(target: target, avoid: pool, hash: TCPProxySession.sourceHash(s, target, down.fd))
+                                       : routing.pickEndpoint(cluster: cluster, avoid: pool)
                 guard let p = next else { connectFailed(.noHealthyUpstream); return }
                 pool = p
                 addr = p.address

@@ -138,6 +138,9 @@ final class EndpointPool {
     var ejections = 0
     /// Ejected until this loop time (0: never ejected).
     var ejectedUntil: UInt64 = 0
+    /// When a config added this endpoint to a cluster the worker already had (warm-up), 0 for
+    /// the endpoints it started with.
+    var addedAt: UInt64 = 0
     /// Per-endpoint counters for `/clusters` (read racily, tear-free, by the admin thread);
     /// shared with the same endpoint's pool in the next config.
     private(set) var counters = EndpointCounters()
@@ -226,6 +229,7 @@ final class EndpointPool {
         ejections = old.ejections
         ejectedUntil = old.ejectedUntil
         counters = old.counters
+        addedAt = old.addedAt
     }
 
     // MARK: HTTP/2
