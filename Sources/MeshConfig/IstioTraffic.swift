@@ -113,6 +113,9 @@ public enum IstioTraffic {
         public var interval: UInt64?
         public var baseEjectionTime: UInt64?
         public var maxEjectionPercent: Int?
+        /// `tls` (IstioClientTLS.swift) and `portLevelSettings[].tls`.
+        public var tls: ClientTLS?
+        public var portLevel: [PortTrafficPolicy] = []
     }
 
     public struct Subset: Sendable {
@@ -451,6 +454,8 @@ public enum IstioTraffic {
         if subset {
             try t.refuse("connectionPool")
             try t.refuse("outlierDetection")
+            try t.refuse("tls")
+            try t.refuse("portLevelSettings")
         }
         if var lb = try t.object("loadBalancer") {
             if let s = try lb.string("simple") {
@@ -486,6 +491,8 @@ public enum IstioTraffic {
             p.maxEjectionPercent = try od.int("maxEjectionPercent", min: 0, max: 100)
             try od.finish()
         }
+        if var tr = try t.object("tls") { p.tls = try clientTLS(&tr, ctx: ctx) }
+        p.portLevel = try portLevelSettings(&t, ctx: ctx)
         try t.finish()
         return p
     }

@@ -6,7 +6,12 @@ import MeshCore
 /// MESH_EXTERNAL endpoints are reached in plaintext. STATIC resolution only. A port of protocol
 /// TCP (or, without a protocol, named `tcp`/`tcp-*`) makes a TCP service: carried as bytes.
 public struct ServiceEntry: Sendable {
-    public struct Port: Sendable { public var number: Int; public var name: String; public var proto: String }
+    public struct Port: Sendable {
+        public var number: Int; public var name: String; public var proto: String
+        /// `targetPort`: the endpoints' port when an endpoint names none (Istio), e.g. port 80
+        /// HTTP with targetPort 443 for TLS origination.
+        public var targetPort: Int? = nil
+    }
     public struct Endpoint: Sendable {
         public var address: String
         public var ports: [(String, Int)]
@@ -49,8 +54,7 @@ public struct ServiceEntry: Sendable {
                 throw ConfigReader.error(ctx, p.sub("protocol"), p.map.line, "expected HTTP (endpoints reached over HTTP/1.1) or TCP (carried as bytes), got \"\(proto)\"")
             }
             if !ports.isEmpty { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "a second port is not supported yet") }
-            ports.append(Port(number: number, name: pname, proto: proto))
-            try p.refuse("targetPort")
+            ports.append(Port(number: number, name: pname, proto: proto, targetPort: try p.int("targetPort", min: 1, max: 65535)))
             try p.finish()
         }
         if ports.isEmpty { throw ConfigReader.error(ctx, "spec.ports", spec.map.line, "a ServiceEntry needs a port") }

@@ -110,7 +110,7 @@ struct RenderBase {
             let sas = Set(eps.compactMap(\.serviceAccount)).sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }
             let mtls = se.meshInternal && !eps.isEmpty && eps.allSatisfy { $0.serviceAccount != nil }
             let rendered = eps.map { e -> String in
-                let p = e.ports.first { $0.0 == port.name }?.1 ?? port.number
+                let p = e.ports.first { $0.0 == port.name }?.1 ?? port.targetPort ?? port.number
                 let labels = e.labels.map { "\(q($0.0)): \(q($0.1))" }.joined(separator: ", ")
                 return "{address: \(q("\(e.address):\(p)")), labels: {\(labels)}}"
             }

@@ -35,6 +35,9 @@ let usage = """
       --concurrency N      worker threads, each one epoll loop (default: spec.concurrency, else
                            the number of CPUs)
       --log-level LEVEL    debug, info (default), warn or error
+      --allow-insecure-skip-verify
+                           accept DestinationRule tls.insecureSkipVerify: true in the static file
+                           (refused otherwise; in mesh mode meshd's flag of that name decides)
       --check              validate the config and load its certificates, then exit; the
                            workload certificate must be within its validity period and chain
                            to spec.tls.trustBundle (checked at start and on SIGHUP too)
@@ -172,6 +175,7 @@ if let f = SidecarMeshFlags.meshOnly.first(where: { flags.has($0) }) {
 if let p = flags.positional.first { fail("unexpected argument \"\(p)\" (see --help)") }
 guard let configPath = flags.string("config") else { fail("missing --config FILE.yaml, or --meshd for mesh mode (see --help)") }
 
+IstioTraffic.Allowance.allowInsecureSkipVerify(flags.has("allow-insecure-skip-verify"))
 guard let text = readFile(configPath) else { fail("cannot read \(configPath): \(String(cString: strerror(errno)))") }
 let bootstrap: Bootstrap
 do {
