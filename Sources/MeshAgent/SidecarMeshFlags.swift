@@ -13,7 +13,7 @@ public struct SidecarMeshFlags: Sendable {
         .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
         .init("advertise-address"), .init("listen-address"), .init("capture", value: false),
         .init("dns-port"), .init("resolv-conf"), .init("labels-file"), .init("status-port"), .init("app-probe"),
-        .init("allow-insecure-skip-verify", value: false),
+        .init("allow-insecure-skip-verify", value: false), .init("dns-resolver"),
     ]
 
     /// The flags only mesh mode takes (static mode refuses each by name).

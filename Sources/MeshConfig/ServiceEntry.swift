@@ -29,6 +29,11 @@ public struct ServiceEntry: Sendable {
     /// `spec.addresses`: the host's virtual IPs (single IPv4/IPv6 addresses); empty: meshd
     /// allocates them (DESIGN §10 "DNS").
     public var addresses: [String] = []
+    /// `spec.resolution`: STATIC (endpoints are IP addresses), DNS (every address the names
+    /// resolve to is an endpoint) or DNS_ROUND_ROBIN (one address at a time: Envoy's
+    /// LOGICAL_DNS); with DNS, endpoints may be names, and without endpoints the hosts are
+    /// resolved. The sidecar resolves them (MeshProxy's EndpointResolver).
+    public var resolution: String = "STATIC"
 
     static func parse(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> ServiceEntry {
         guard let hosts = try spec.stringList("hosts"), !hosts.isEmpty else {
@@ -63,19 +68,22 @@ public struct ServiceEntry: Sendable {
             throw ConfigReader.error(ctx, "spec.location", spec.map.line, "expected MESH_INTERNAL or MESH_EXTERNAL, got \"\(location)\"")
         }
         let resolution = try spec.string("resolution") ?? "STATIC"
-        guard resolution == "STATIC" else {
-            throw ConfigReader.error(ctx, "spec.resolution", spec.map.line, "only STATIC resolution is supported, got \"\(resolution)\"")
+        guard ["STATIC", "DNS", "DNS_ROUND_ROBIN"].contains(resolution) else {
+            throw ConfigReader.error(ctx, "spec.resolution", spec.map.line, "expected STATIC, DNS or DNS_ROUND_ROBIN (NONE is not supported yet), got \"\(resolution)\"")
         }
         var endpoints: [Endpoint] = []
         for var e in try spec.objectList("endpoints") ?? [] {
             let path = e.path, line = e.map.line
-            let ep = try endpoint(&e, ctx: ctx)
+            let ep = try endpoint(&e, ctx: ctx, allowNames: resolution != "STATIC")
             for (pn, _) in ep.ports where !ports.contains(where: { $0.name == pn }) {
                 throw ConfigReader.error(ctx, "\(path).ports.\(pn)", line, "no port of this ServiceEntry is named \"\(pn)\" (ports: \(ports.map(\.name).joined(separator: ", ")))")
             }
             endpoints.append(ep)
         }
         var selector: [(String, String)]? = nil
+        if resolution != "STATIC", spec.map.entries.contains(where: { $0.key == "workloadSelector" }) {
+            throw ConfigReader.error(ctx, "spec.workloadSelector", spec.map.line, "with resolution \(resolution): \(IstioTraffic.notSupported) (WorkloadEntries have addresses: use STATIC)")
+        }
         if var ws = try spec.object("workloadSelector") {
             selector = try ws.stringMap("labels") ?? []
             try ws.finish()
@@ -101,6 +109,7 @@ public struct ServiceEntry: Sendable {
         var se = ServiceEntry(name: name, namespace: namespace, hosts: hosts, ports: ports, meshInternal: location == "MESH_INTERNAL",
                               endpoints: endpoints, workloadSelector: selector)
         se.addresses = addresses
+        se.resolution = resolution
         return se
     }
 
@@ -115,10 +124,16 @@ public struct ServiceEntry: Sendable {
         }
     }
 
-    static func endpoint(_ e: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Endpoint {
+    static func endpoint(_ e: inout ConfigReader, ctx: ConfigError, allowNames: Bool = false) throws(ConfigError) -> Endpoint {
         let address = try e.string("address", required: true)!
-        guard SocketAddress(host: address, port: 1) != nil else {
-            throw ConfigReader.error(ctx, e.sub("address"), e.map.line, "expected an IP address (DNS names need DNS resolution, not supported), got \"\(address)\"")
+        if SocketAddress(host: address, port: 1) == nil {
+            // A DNS name is resolved by the sidecars (resolution DNS / DNS_ROUND_ROBIN).
+            guard allowNames else {
+                throw ConfigReader.error(ctx, e.sub("address"), e.map.line, "expected an IP address (DNS names need resolution: DNS), got \"\(address)\"")
+            }
+            guard Names.isHost(address, wildcard: false) else {
+                throw ConfigReader.error(ctx, e.sub("address"), e.map.line, "expected an IP address or a lowercase DNS name, got \"\(address)\"")
+            }
         }
         var ports: [(String, Int)] = []
         if var p = try e.object("ports") {

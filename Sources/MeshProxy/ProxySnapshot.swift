@@ -204,12 +204,19 @@ public final class ProxySnapshot: Sendable {
     public let peerMetadata: [UInt8]
     /// The mesh names the DNS port answers (`DNS/DNSTable.swift`), from the clusters' addresses.
     public let dnsTable: DNSTable
+    /// The EndpointResolver generation the DNS clusters' endpoints were read at.
+    public let dnsGeneration: UInt64
+    /// Some cluster's endpoints come from DNS names (ServiceEntry `resolution: DNS`).
+    public var usesDNS: Bool { bootstrap.clusters.contains { $0.resolution != .static } }
 
     /// Stream idle timeout: no bytes either way while a request is in flight.
     /// Compiles a bootstrap, loading its certificate files into TLS contexts.
-    public init(bootstrap b: Bootstrap, version: String) throws {
+    public init(bootstrap b0: Bootstrap, version: String) throws {
         self.version = version
-        self.bootstrap = b
+        self.bootstrap = b0
+        // DNS clusters: the addresses their names resolve to are their endpoints (DNS/EndpointResolver.swift).
+        let (b, dnsGeneration) = EndpointResolver.shared.withResolvedEndpoints(b0)
+        self.dnsGeneration = dnsGeneration
         let wl = b.workload
         let app = wl.labels.first { $0.0 == "app" }?.1 ?? wl.service
         let ver = wl.labels.first { $0.0 == "version" }?.1 ?? "unknown"

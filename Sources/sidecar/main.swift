@@ -38,6 +38,9 @@ let usage = """
       --allow-insecure-skip-verify
                            accept DestinationRule tls.insecureSkipVerify: true in the static file
                            (refused otherwise; in mesh mode meshd's flag of that name decides)
+      --dns-resolver IP:PORT
+                           the DNS server asked for the names of DNS clusters (ServiceEntry
+                           resolution: DNS); default: the first nameserver of /etc/resolv.conf
       --check              validate the config and load its certificates, then exit; the
                            workload certificate must be within its validity period and chain
                            to spec.tls.trustBundle (checked at start and on SIGHUP too)
@@ -146,6 +149,11 @@ do {
 if flags.has("help") {
     print(usage, terminator: "")
     exit(0)
+}
+if let r = flags.string("dns-resolver") {
+    // ServiceEntry resolution DNS: the server asked (default: /etc/resolv.conf's first).
+    guard let a = SocketAddress(r) else { fail("--dns-resolver: expected IP:PORT (e.g. 127.0.0.1:53 or [::1]:53), got \"\(r)\"") }
+    EndpointResolver.shared.setNameserver(a)
 }
 if flags.has("meshd") {
     // Mesh mode: the whole command line checked by MeshAgent's parser (also used by the tests

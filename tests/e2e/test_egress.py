@@ -366,3 +366,155 @@ spec:
     m.ctl("apply", "-f", gone)
     wait_until(lambda: "absent.pem" in m.ctl("status").stdout, timeout=20, what="the sidecar's refusal in meshctl status")
     assert call(outbound, "/still")[0] == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# ServiceEntry resolution: DNS and DNS_ROUND_ROBIN
+
+DNS_NAME = "api.dns.test"
+
+
+class Dnsmasq:
+    """dnsmasq on a free 127.0.0.1 port answering only from a hosts file (TTL `ttl`), logging
+    every query. `answer(ips)` rewrites the file and makes it re-read (SIGHUP)."""
+
+    def __init__(self, d: pathlib.Path, ips, ttl=1):
+        self.dir = d
+        self.port = free_port()
+        self.hosts = d / "hosts"
+        self.log = d / "dnsmasq.log"
+        self.write(ips)
+        self.proc = subprocess.Popen(["dnsmasq", "-k", "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts}",
+                                      f"--local-ttl={ttl}", f"--port={self.port}", "--listen-address=127.0.0.1",
+                                      "--bind-interfaces", "--user=root", "--pid-file=", "--log-queries",
+                                      f"--log-facility={self.log}"],
+                                     stdout=subprocess.DEVNULL, stderr=open(d / "dnsmasq.stderr", "wb"), start_new_session=True)
+        wait_until(lambda: f"{ips[0]}" in subprocess.run(["dig", "+short", "-p", str(self.port), "@127.0.0.1", DNS_NAME],
+                                                         capture_output=True, text=True, timeout=5).stdout, what="dnsmasq answering")
+
+    def write(self, ips):
+        self.hosts.write_text("".join(f"{ip} {DNS_NAME}\n" for ip in ips))
+
+    def answer(self, ips):
+        self.write(ips)
+        self.proc.send_signal(1)
+
+    def queries(self):
+        return self.log.read_text().count(f"query[A] {DNS_NAME}") if self.log.exists() else 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def dnsmasq_two(tmp_path):
+    d = tmp_path / "dns"
+    d.mkdir()
+    s = Dnsmasq(d, ["127.0.0.2", "127.0.0.3"])
+    yield s
+    s.stop()
+
+
+def two_apps(procs):
+    """Apps named `two` and `three` on 127.0.0.2 and 127.0.0.3, one port."""
+    import sys
+    from conftest import ROOT
+    port = free_port()
+    for ip, name in (("127.0.0.2", "two"), ("127.0.0.3", "three")):
+        procs.start([sys.executable, ROOT / "tools" / "upstream.py", "--port", port, "--bind", ip, "--name", name], f"app-{name}")
+    for ip in ("127.0.0.2", "127.0.0.3"):
+        wait_until(lambda: curl("-s", f"http://{ip}:{port}/", timeout=2).returncode == 0, what=f"app on {ip}")
+    return port
+
+
+def who(outbound, n):
+    out = []
+    for _ in range(n):
+        r = curl("-s", "--proxy", f"http://127.0.0.1:{outbound}", f"http://{DNS_NAME}/", timeout=20)
+        out.append(r.stdout.decode().strip())
+    return out
+
+
+def test_dns_service_entry_uses_every_address_and_follows_the_ttl(procs, dnsmasq_two, tmp_path):
+    """resolution: DNS, no endpoints: the host itself is resolved (A and AAAA) by the sidecar
+    on its resolver thread; both addresses are endpoints, used in turn. The answer changes to one
+    address: after the TTL only that one is used. dnsmasq stopped: the last good address stays."""
+    port = two_apps(procs)
+    m = Meshd(procs)
+    _, admin, _, outbound = m.sidecar("caller", "caller", extra=["--dns-resolver", f"127.0.0.1:{dnsmasq_two.port}"])
+    f = tmp_path / "dns-se.yaml"
+    f.write_text(f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api-dns}}
+spec:
+  hosts: [{DNS_NAME}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+""")
+    m.ctl("apply", "-f", f, "--wait")
+    seen = who(outbound, 10)
+    assert seen.count("hello from two") == 5 and seen.count("hello from three") == 5, seen
+    # Round robin: in turn.
+    assert all(seen[i] != seen[i + 1] for i in range(9)), seen
+    asked = dnsmasq_two.queries()
+    dnsmasq_two.answer(["127.0.0.3"])
+    wait_until(lambda: set(who(outbound, 4)) == {"hello from three"}, timeout=10, what="only the new address in use")
+    assert dnsmasq_two.queries() > asked
+    # The resolver goes away: the last good answer stays in use.
+    dnsmasq_two.stop()
+    time.sleep(3)
+    assert set(who(outbound, 4)) == {"hello from three"}
+    # A name that is not a DNS name, NONE and a workloadSelector with DNS are refused at apply.
+    for old, new, why in (("resolution: DNS", "resolution: NONE", "NONE is not supported yet"),
+                          ("resolution: DNS", "resolution: DNS\n  workloadSelector: {labels: {app: x}}", "workloadSelector: with resolution DNS: not supported yet"),
+                          ("resolution: DNS", "resolution: STATIC\n  endpoints: [{address: api.example.test}]", "DNS names need resolution: DNS")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f.read_text().replace(old, new))
+        r = m.ctl("apply", "-f", bad, check=False)
+        assert r.returncode != 0 and why in r.stderr, (why, r.stderr)
+
+
+def test_dns_round_robin_uses_one_address_at_a_time(procs, tmp_path):
+    """resolution DNS_ROUND_ROBIN (Envoy's LOGICAL_DNS), in a static file's cluster: only the
+    first address of the latest answer takes new connections (dnsmasq rotates its answers, so
+    which one changes from one answer to the next)."""
+    port = two_apps(procs)
+    d = tmp_path / "dns"
+    d.mkdir()
+    dnsmasq_two = Dnsmasq(d, ["127.0.0.2", "127.0.0.3"], ttl=4)
+    outbound, admin = free_port(), free_port()
+    cfg = procs.tmp / "rr.yaml"
+    cfg.write_text(f"""
+apiVersion: sidecar.mesh/v1alpha1
+kind: Bootstrap
+metadata: {{name: rr, namespace: default}}
+spec:
+  workload: {{service: rr}}
+  concurrency: 1
+  admin: {{port: {admin}}}
+  outbound: {{port: {outbound}}}
+  clusters:
+    - name: {DNS_NAME}
+      tls: DISABLE
+      resolution: DNS_ROUND_ROBIN
+      dnsEndpoints: [{{host: {DNS_NAME}, port: {port}}}]
+  routes:
+    - hosts: [{DNS_NAME}]
+      cluster: {DNS_NAME}
+""")
+    from conftest import SIDECAR
+    p = procs.start([SIDECAR, "--config", cfg, "--dns-resolver", f"127.0.0.1:{dnsmasq_two.port}"], "rr")
+    wait_ready(p, admin)
+    try:
+        # One address per answer: a burst of requests within one TTL all go to it (a burst
+        # that crosses a refresh may see two, so up to three bursts are tried).
+        bursts = [set(who(outbound, 6)) for _ in range(3)]
+        assert any(len(b) == 1 for b in bursts), bursts
+        dnsmasq_two.answer(["127.0.0.3"])
+        wait_until(lambda: set(who(outbound, 4)) == {"hello from three"}, timeout=10, what="the new address in use")
+    finally:
+        dnsmasq_two.stop()
