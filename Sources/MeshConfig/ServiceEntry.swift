@@ -69,7 +69,7 @@ public struct ServiceEntry: Sendable {
         }
         let resolution = try spec.string("resolution") ?? "STATIC"
         guard ["STATIC", "DNS", "DNS_ROUND_ROBIN"].contains(resolution) else {
-            throw ConfigReader.error(ctx, "spec.resolution", spec.map.line, "expected STATIC, DNS or DNS_ROUND_ROBIN (NONE is not supported yet), got \"\(resolution)\"")
+            throw ConfigReader.error(ctx, "spec.resolution", spec.map.entries.first { $0.key == "resolution" }?.keyLine ?? spec.map.line, "expected STATIC, DNS or DNS_ROUND_ROBIN (NONE is not supported yet), got \"\(resolution)\"")
         }
         var endpoints: [Endpoint] = []
         for var e in try spec.objectList("endpoints") ?? [] {
@@ -82,7 +82,7 @@ public struct ServiceEntry: Sendable {
         }
         var selector: [(String, String)]? = nil
         if resolution != "STATIC", spec.map.entries.contains(where: { $0.key == "workloadSelector" }) {
-            throw ConfigReader.error(ctx, "spec.workloadSelector", spec.map.line, "with resolution \(resolution): \(IstioTraffic.notSupported) (WorkloadEntries have addresses: use STATIC)")
+            throw ConfigReader.error(ctx, "spec.workloadSelector", spec.map.entries.first { $0.key == "workloadSelector" }?.keyLine ?? spec.map.line, "with resolution \(resolution): \(IstioTraffic.notSupported) (WorkloadEntries have addresses: use STATIC)")
         }
         if var ws = try spec.object("workloadSelector") {
             selector = try ws.stringMap("labels") ?? []
