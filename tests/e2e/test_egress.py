@@ -55,12 +55,12 @@ def egress_pki(tmp_path_factory):
 
 class Nginx:
     """nginx on free loopback ports: `port` HTTPS (no client certificate), `mtls_port` HTTPS
-    requiring a certificate from client-ca. Its access log: one line per request,
-    `port sni protocol connection client_dn uri`."""
+    requiring a certificate from client-ca, `h2_port` HTTPS with h2 in ALPN. Its access log: one
+    line per request, `port sni protocol connection client_dn uri session_reused http_version`."""
 
     def __init__(self, pki: pathlib.Path, d: pathlib.Path):
         self.dir = d
-        self.port, self.mtls_port = free_port(), free_port()
+        self.port, self.mtls_port, self.h2_port = free_port(), free_port(), free_port()
         self.log = d / "access.log"
         self.log.write_text("")
         conf = d / "nginx.conf"
@@ -73,7 +73,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log info;
 events {{ worker_connections 64; }}
 http {{
-  log_format egress '$server_port $ssl_server_name $ssl_protocol $connection $ssl_client_s_dn $request_uri';
+  log_format egress '$server_port $ssl_server_name $ssl_protocol $connection $ssl_client_s_dn $request_uri $ssl_session_reused $server_protocol';
   access_log {self.log} egress;
   client_body_temp_path {d}/tmp;
   proxy_temp_path {d}/tmp;
@@ -94,6 +94,12 @@ http {{
     ssl_client_certificate {pki}/client-ca.pem;
     ssl_verify_client on;
     location / {{ return 200 "hello from nginx to $ssl_client_s_dn\\n"; }}
+  }}
+  server {{
+    listen 127.0.0.1:{self.h2_port} ssl http2;
+    ssl_certificate {pki}/server.pem;
+    ssl_certificate_key {pki}/server.key;
+    location / {{ return 200 "hello from nginx over $server_protocol\\n"; }}
   }}
 }}
 """)
@@ -190,6 +196,7 @@ def prom(admin, name, labels=""):
 
 def test_simple_origination_to_a_private_ca_with_sni_and_pooled_connections(procs, nginx, egress_pki):
     p, outbound, admin = static_sidecar(procs, nginx.port, f"""
+    connectionPool: {{http: {{idleTimeout: 1s}}}}
     tls:
       mode: SIMPLE
       caCertificates: {egress_pki}/ca.pem""")
@@ -203,7 +210,53 @@ def test_simple_origination_to_a_private_ca_with_sni_and_pooled_connections(proc
     assert all(l[0] == str(nginx.port) and l[1] == HOST and l[2].startswith("TLSv1.") for l in lines), lines
     # Pooled: the five requests arrived on one TLS connection (nginx's connection serial).
     assert len({l[3] for l in lines}) == 1, lines
+    assert all(l[7] == "HTTP/1.1" for l in lines), lines
     assert prom(admin, "mesh_tls_handshakes_total", 'result="failed"') == 0
+    # The pooled connection closes when idle (1 s); the next one resumes the TLS session.
+    time.sleep(2.5)
+    assert call(outbound, "/after-idle")[0] == 200
+    last = nginx.lines()[-1]
+    assert last[5] == "/after-idle" and last[3] != lines[0][3] and last[6] == "r", (last, lines[0])
+
+
+def test_h2_over_the_originated_tls_when_the_cluster_speaks_http2(procs, nginx, egress_pki):
+    """A cluster with `protocol: HTTP2` offers h2 in ALPN over the originated TLS."""
+    outbound, admin = free_port(), free_port()
+    cfg = procs.tmp / "h2.yaml"
+    cfg.write_text(f"""
+apiVersion: sidecar.mesh/v1alpha1
+kind: Bootstrap
+metadata: {{name: h2, namespace: default}}
+spec:
+  workload: {{service: h2}}
+  concurrency: 1
+  admin: {{port: {admin}}}
+  outbound: {{port: {outbound}}}
+  clusters:
+    - name: {HOST}
+      tls: DISABLE
+      protocol: HTTP2
+      endpoints: [127.0.0.1:{nginx.h2_port}]
+  routes:
+    - hosts: [{HOST}]
+      cluster: {HOST}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {egress_pki}/ca.pem}}
+""")
+    from conftest import SIDECAR
+    p = procs.start([SIDECAR, "--config", cfg], "h2")
+    wait_ready(p, admin)
+    for i in range(3):
+        status, head, body = call(outbound, f"/h2-{i}")
+        assert status == 200 and body == b"hello from nginx over HTTP/2.0\n", (status, head, body)
+    lines = nginx.lines()
+    assert [l[7] for l in lines] == ["HTTP/2.0"] * 3 and len({l[3] for l in lines}) == 1, lines
 
 
 def test_sni_and_subject_alt_names_dns_and_uri(procs, nginx, egress_pki):
