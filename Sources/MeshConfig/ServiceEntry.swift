@@ -3,7 +3,8 @@ import MeshCore
 /// Istio's `networking.istio.io/v1` ServiceEntry and WorkloadEntry (DESIGN §3): services and
 /// endpoints that have no sidecar of ours. meshd turns them into clusters: a MESH_INTERNAL
 /// endpoint with a service account is reached over mutual TLS and must present that identity;
-/// MESH_EXTERNAL endpoints are reached in plaintext. STATIC resolution only. A port of protocol
+/// MESH_EXTERNAL endpoints are reached in plaintext unless a DestinationRule originates TLS
+/// (IstioClientTLS.swift). STATIC, DNS or DNS_ROUND_ROBIN resolution. A port of protocol
 /// TCP (or, without a protocol, named `tcp`/`tcp-*`) makes a TCP service: carried as bytes.
 public struct ServiceEntry: Sendable {
     public struct Port: Sendable {

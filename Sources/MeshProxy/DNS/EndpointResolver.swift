@@ -27,6 +27,8 @@ public final class EndpointResolver: Sendable {
         var addresses: [String]?
         var due: UInt64 = 0
         var failing = false
+        /// A DNS_ROUND_ROBIN cluster uses the name: its first address matters, not only the set.
+        var roundRobin = false
     }
 
     struct State {
@@ -54,8 +56,8 @@ public final class EndpointResolver: Sendable {
     /// (a new config: the cluster is usable when it is put in force, as Envoy warms it).
     public func addresses(_ name: String, wait: UInt64) -> [String] {
         let (known, start) = state.withLock { s -> ([String]?, Bool) in
-            if let e = s.entries[name] { return (e.addresses ?? [], false) }
-            s.entries[name] = Entry()
+            if let a = s.entries[name]?.addresses { return (a, false) }
+            if s.entries[name] == nil { s.entries[name] = Entry() }
             let start = !s.started
             s.started = true
             return (nil, start)
@@ -78,6 +80,7 @@ public final class EndpointResolver: Sendable {
         var out = b
         for (ci, c) in b.clusters.enumerated() where c.resolution != .static {
             for d in c.dnsEndpoints {
+                if c.resolution == .dnsRoundRobin { state.withLock { $0.entries[d.host, default: Entry()].roundRobin = true } }
                 var addrs = addresses(d.host, wait: wait)
                 // DNS_ROUND_ROBIN (Envoy's LOGICAL_DNS): one address at a time, the first of
                 // the latest answer, for new connections.
@@ -110,8 +113,10 @@ public final class EndpointResolver: Sendable {
                     var e = s.entries[name] ?? Entry()
                     switch r {
                     case .success(let (addrs, ttl)):
-                        if e.addresses != addrs {
-                            if e.addresses != nil { Log.info("dns", "\(name): \(addrs.joined(separator: ", ")) (was \(e.addresses!.joined(separator: ", ")))") }
+                        // DNS: the set of addresses (a server rotating its answers changes nothing);
+                        // DNS_ROUND_ROBIN: also which one comes first.
+                        if e.addresses == nil || Set(e.addresses!) != Set(addrs) || (e.roundRobin && e.addresses!.first != addrs.first) {
+                            if e.addresses != nil && Set(e.addresses!) != Set(addrs) { Log.info("dns", "\(name): \(addrs.joined(separator: ", ")) (was \(e.addresses!.joined(separator: ", ")))") }
                             e.addresses = addrs
                             s.generation &+= 1
                             changed = true

@@ -1,4 +1,5 @@
 import MeshCore
+import MeshIO
 import Synchronization
 
 /// Puts snapshots in force for a ProxyServer, one at a time, and builds a new one from the
@@ -22,7 +23,11 @@ final class SnapshotRefresher: Sendable {
             post(snap)
             if snap.usesDNS && !s.listening {
                 s.listening = true
-                EndpointResolver.shared.addListener { [weak server] in server?.dnsChanged() }
+                // Not on the resolver's thread: a rebuild may wait for a new name's first answer.
+                EndpointResolver.shared.addListener { [weak server] in
+                    guard let server else { return }
+                    Threads.spawnDetached { server.dnsChanged() }
+                }
             }
         }
     }
