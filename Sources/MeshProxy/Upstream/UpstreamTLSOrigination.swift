@@ -40,8 +40,11 @@ struct ClusterTLSPlan {
             if let dr {
                 let levels = dr.trafficPolicy?.portLevel ?? []
                 if !levels.isEmpty && c.port == nil {
-                    throw ConfigError(path: "DestinationRule \(dr.namespace)/\(dr.name): spec.trafficPolicy.portLevelSettings",
-                                      message: "cluster \(c.name) has no port, so no port-level setting can apply to it (give the cluster a port)")
+                    // Where the rule was written: the first port-level tls's origin, if any.
+                    var e = levels.compactMap { $0.tls?.origins["mode"] }.first ?? ConfigError(message: "")
+                    e.path = e.file.isEmpty ? "DestinationRule \(dr.namespace)/\(dr.name): spec.trafficPolicy.portLevelSettings" : "spec.trafficPolicy.portLevelSettings"
+                    e.message = "cluster \(c.name) has no port, so no port-level setting can apply to it (give the cluster a port)"
+                    throw e
                 }
                 tls = IstioTraffic.clientTLS(dr, port: c.port ?? 0)
             }
