@@ -431,7 +431,8 @@ class Dnsmasq:
     """dnsmasq on a free 127.0.0.1 port answering only from a hosts file (TTL `ttl`), logging
     every query. `answer(ips)` rewrites the file and makes it re-read (SIGHUP)."""
 
-    def __init__(self, d: pathlib.Path, ips, ttl=1):
+    def __init__(self, d: pathlib.Path, ips, ttl=1, name=None):
+        self.name = name or DNS_NAME
         self.dir = d
         self.port = free_port()
         self.hosts = d / "hosts"
@@ -442,18 +443,18 @@ class Dnsmasq:
                                       "--bind-interfaces", "--user=root", "--pid-file=", "--log-queries",
                                       f"--log-facility={self.log}"],
                                      stdout=subprocess.DEVNULL, stderr=open(d / "dnsmasq.stderr", "wb"), start_new_session=True)
-        wait_until(lambda: f"{ips[0]}" in subprocess.run(["dig", "+short", "-p", str(self.port), "@127.0.0.1", DNS_NAME],
+        wait_until(lambda: f"{ips[0]}" in subprocess.run(["dig", "+short", "-p", str(self.port), "@127.0.0.1", self.name],
                                                          capture_output=True, text=True, timeout=5).stdout, what="dnsmasq answering")
 
     def write(self, ips):
-        self.hosts.write_text("".join(f"{ip} {DNS_NAME}\n" for ip in ips))
+        self.hosts.write_text("".join(f"{ip} {self.name}\n" for ip in ips))
 
     def answer(self, ips):
         self.write(ips)
         self.proc.send_signal(1)
 
     def queries(self):
-        return self.log.read_text().count(f"query[A] {DNS_NAME}") if self.log.exists() else 0
+        return self.log.read_text().count(f"query[A] {self.name}") if self.log.exists() else 0
 
     def stop(self):
         if self.proc.poll() is None:
@@ -571,3 +572,53 @@ spec:
         wait_until(lambda: set(who(outbound, 4)) == {"hello from three"}, timeout=10, what="the new address in use")
     finally:
         dnsmasq_two.stop()
+
+
+def test_istio_egress_task_dns_resolution_with_tls_origination(procs, nginx, egress_pki, tmp_path):
+    """Istio's egress TLS origination task as written for one port: `resolution: DNS` without
+    endpoints (the host itself resolved, by a dnsmasq the test starts), port 80 with `targetPort`
+    (nginx's port), the DestinationRule's port-level SIMPLE. Then `insecureSkipVerify`, which
+    this meshd allows (`--allow-insecure-skip-verify`), reaching the private-CA server without
+    a CA."""
+    d = tmp_path / "dns"
+    d.mkdir()
+    dns = Dnsmasq(d, ["127.0.0.1"], ttl=30, name=HOST)
+    try:
+        m = Meshd(procs, extra=["--allow-insecure-skip-verify"])
+        _, admin, _, outbound = m.sidecar("caller", "caller", extra=["--dns-resolver", f"127.0.0.1:{dns.port}"])
+        f = tmp_path / "task.yaml"
+        f.write_text(f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+  - {{number: 80, name: http-port, protocol: HTTP, targetPort: {nginx.port}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 80}}
+      tls:
+        mode: SIMPLE
+        caCertificates: {egress_pki}/ca.pem
+""")
+        m.ctl("apply", "-f", f, "--wait")
+        status, head, body = call(outbound, "/task")
+        assert status == 200 and body.startswith(b"hello from nginx over TLS"), (status, head, body)
+        assert dns.queries() >= 1
+        _, clusters = http_get(f"http://127.0.0.1:{admin}/clusters")
+        assert b'"tls":"SIMPLE"' in clusters.replace(b" ", b"") and f'"sni":"{HOST}"'.encode() in clusters.replace(b" ", b""), clusters
+        f.write_text(f.read_text().replace(f"caCertificates: {egress_pki}/ca.pem", "insecureSkipVerify: true"))
+        m.ctl("apply", "-f", f, "--wait")
+        assert call(outbound, "/insecure")[0] == 200
+        assert [l[5] for l in nginx.lines()] == ["/task", "/insecure"]
+    finally:
+        dns.stop()
