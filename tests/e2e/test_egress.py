@@ -622,3 +622,15 @@ spec:
         assert [l[5] for l in nginx.lines()] == ["/task", "/insecure"]
     finally:
         dns.stop()
+
+
+def test_egress_flags_refused_by_name(tmp_path):
+    """--allow-insecure-skip-verify is static mode's (meshd's flag decides in mesh mode);
+    --dns-resolver takes IP:PORT. Both exit 2 naming the flag, before anything starts."""
+    from conftest import SIDECAR
+    r = subprocess.run([str(SIDECAR), "--meshd", "127.0.0.1:1", "--root-cert", str(tmp_path / "none.pem"), "--token", "x",
+                        "--service", "a", "--allow-insecure-skip-verify"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "--allow-insecure-skip-verify is a static-mode flag" in r.stderr, r.stderr
+    r = subprocess.run([str(SIDECAR), "--config", str(tmp_path / "none.yaml"), "--dns-resolver", "resolver.example"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and '--dns-resolver: expected IP:PORT' in r.stderr, r.stderr
