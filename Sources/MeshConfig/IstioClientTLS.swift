@@ -171,3 +171,22 @@ extension IstioTraffic {
         return tp.tls
     }
 }
+
+extension Bootstrap {
+    /// What a DestinationRule's `tls` needs of the cluster it applies to, checked with the rest
+    /// of the traffic documents (so meshd refuses at apply what a sidecar would refuse): TLS
+    /// origination needs an HTTP service, ISTIO_MUTUAL this workload's certificate. The files
+    /// are the sidecar's to read, when it builds a snapshot.
+    func checkClientTLS() throws(ConfigError) {
+        for (ci, c) in clusters.enumerated() {
+            guard let dr = traffic.destinationRules.first(where: { clusterIndex(forHost: $0.host, namespace: $0.namespace) == ci }),
+                  let t = IstioTraffic.clientTLS(dr, port: c.port ?? 0) else { continue }
+            if (t.mode == .simple || t.mode == .mutual) && ![.http, .http2, .grpc].contains(c.serviceProtocol) {
+                throw t.error("mode", "TLS origination to \(c.name) (a \(c.serviceProtocol.rawValue) service) is not supported yet: it needs an HTTP port (protocol: HTTP)")
+            }
+            if t.mode == .istioMutual && tls == nil {
+                throw t.error("mode", "ISTIO_MUTUAL needs this workload's certificate (spec.tls)")
+            }
+        }
+    }
+}

@@ -5,8 +5,8 @@ import MeshCore
 
 /// What a DestinationRule's `trafficPolicy.tls` makes of a cluster in the compiled snapshot:
 /// refusals at snapshot time first (a file the sidecar cannot read named with the rule's file,
-/// line and field; TLS origination to a TCP service; port-level settings for a cluster without a
-/// port), then the mode each cluster ends up with.
+/// line and field; TLS origination to a TCP service and ISTIO_MUTUAL without a certificate, which
+/// the config check refuses in meshd too), then the mode each cluster ends up with.
 final class ClusterTLSPlanTests: XCTestCase {
     static func config(cluster: String = "", tls: String) -> String {
         """
@@ -53,8 +53,6 @@ final class ClusterTLSPlanTests: XCTestCase {
                        "t.yaml:20: document 2: spec.trafficPolicy.tls.clientCertificate: cannot read /nonexistent/c.pem: No such file or directory")
         XCTAssertEqual(refusal(cluster: "      serviceProtocol: TCP", "    tls: {mode: SIMPLE}"),
                        "t.yaml:20: document 2: spec.trafficPolicy.tls.mode: TLS origination to api.example.com (a TCP service) is not supported yet: it needs an HTTP port (protocol: HTTP)")
-        XCTAssertEqual(refusal("    portLevelSettings: [{port: {number: 80}, tls: {mode: SIMPLE}}]"),
-                       "t.yaml:20: document 2: spec.trafficPolicy.portLevelSettings: cluster api.example.com has no port, so no port-level setting can apply to it (give the cluster a port)")
         XCTAssertEqual(refusal("    tls: {mode: ISTIO_MUTUAL}"),
                        "t.yaml:20: document 2: spec.trafficPolicy.tls.mode: ISTIO_MUTUAL needs this workload's certificate (spec.tls)")
     }
@@ -77,5 +75,7 @@ final class ClusterTLSPlanTests: XCTestCase {
         XCTAssertNil(other.origination)
         let at80 = try snapshot(cluster: "      port: 80", "    tls: {mode: DISABLE}\n    portLevelSettings: [{port: {number: 80}, tls: {mode: SIMPLE}}]").clusters[0]
         XCTAssertEqual(at80.origination?.mode, "SIMPLE")
+        // A cluster without a port: port-level settings apply to nothing (Istio), the top level does.
+        XCTAssertNil(try snapshot("    portLevelSettings: [{port: {number: 80}, tls: {mode: SIMPLE}}]").clusters[0].origination)
     }
 }

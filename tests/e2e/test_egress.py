@@ -413,6 +413,10 @@ spec:
     sub.write_text(f.read_text().replace("  trafficPolicy:\n", "  subsets:\n  - name: a\n    labels: {x: y}\n    trafficPolicy:\n      tls: {mode: SIMPLE}\n  trafficPolicy:\n"))
     r = m.ctl("apply", "-f", sub, check=False)
     assert r.returncode != 0 and "spec.subsets[0].trafficPolicy.tls: not supported yet" in r.stderr, r.stderr
+    tcp = tmp_path / "tcp.yaml"
+    tcp.write_text(f.read_text().replace("protocol: HTTP,", "protocol: TCP,"))
+    r = m.ctl("apply", "-f", tcp, check=False)
+    assert r.returncode != 0 and "spec.trafficPolicy.portLevelSettings[0].tls.mode: TLS origination to api.example.test (a TCP service) is not supported yet" in r.stderr, r.stderr
     # A file meshd cannot see: meshd stores it; the sidecar refuses it (NACK) and keeps serving.
     gone = tmp_path / "egress-gone.yaml"
     gone.write_text(f.read_text().replace(f"{egress_pki}/ca.pem", f"{tmp_path}/absent.pem"))

@@ -40,24 +40,17 @@ struct ClusterTLSPlan {
             if let dr {
                 let levels = dr.trafficPolicy?.portLevel ?? []
                 if !levels.isEmpty && c.port == nil {
-                    // Where the rule was written: the first port-level tls's origin, if any.
-                    var e = levels.compactMap { $0.tls?.origins["mode"] }.first ?? ConfigError(message: "")
-                    e.path = e.file.isEmpty ? "DestinationRule \(dr.namespace)/\(dr.name): spec.trafficPolicy.portLevelSettings" : "spec.trafficPolicy.portLevelSettings"
-                    e.message = "cluster \(c.name) has no port, so no port-level setting can apply to it (give the cluster a port)"
-                    throw e
+                    // Istio: settings for a port the service does not have apply to nothing.
+                    Log.warn("config", "DestinationRule \(dr.namespace)/\(dr.name): cluster \(c.name) has no port, so its portLevelSettings apply to nothing (the top-level tls does)")
                 }
                 tls = IstioTraffic.clientTLS(dr, port: c.port ?? 0)
             }
             settings.append(tls)
+            // (Bootstrap.checkClientTLS refused origination to a non-HTTP service and ISTIO_MUTUAL
+            // without a certificate when the config was read.)
             guard let t = tls, t.mode == .simple || t.mode == .mutual else {
-                if tls?.mode == .istioMutual && b.tls == nil {
-                    throw t0(tls!, "mode", "ISTIO_MUTUAL needs this workload's certificate (spec.tls)")
-                }
                 originations.append(nil)
                 continue
-            }
-            if c.serviceProtocol != .http && c.serviceProtocol != .http2 && c.serviceProtocol != .grpc {
-                throw t0(t, "mode", "TLS origination to \(c.name) (a \(c.serviceProtocol.rawValue) service) is not supported yet: it needs an HTTP port (protocol: HTTP)")
             }
             let ca = t.caCertificates ?? IstioTraffic.systemTrustStore
             let ctx: TLSContext
