@@ -48,6 +48,12 @@ public final class EndpointResolver: Sendable {
     /// Called (on the resolver thread) after any name's addresses changed.
     public func addListener(_ f: @escaping @Sendable () -> Void) { state.withLock { $0.listeners.append(f) } }
 
+    /// Stops asking for names the config in force no longer has (a deleted ServiceEntry); a
+    /// name asked for again later starts afresh.
+    public func retain(_ names: Set<String>) {
+        state.withLock { s in s.entries = s.entries.filter { names.contains($0.key) } }
+    }
+
     /// Bumped on every change of any name's addresses.
     public var generation: UInt64 { state.withLock { $0.generation } }
 

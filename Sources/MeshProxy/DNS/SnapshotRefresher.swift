@@ -21,6 +21,9 @@ final class SnapshotRefresher: Sendable {
             if snap.usesDNS && snap.dnsGeneration != EndpointResolver.shared.generation, let again = rebuilt(snap) { snap = again }
             s.latest = snap
             post(snap)
+            if s.listening || snap.usesDNS {
+                EndpointResolver.shared.retain(Set(snap.bootstrap.clusters.flatMap { $0.dnsEndpoints.map(\.host) }))
+            }
             if snap.usesDNS && !s.listening {
                 s.listening = true
                 // Not on the resolver's thread: a rebuild may wait for a new name's first answer.
