@@ -140,7 +140,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         adminThread = Threads.spawn(name: "admin") { admin.run() }
         if ready { admin.ready.store(true, ordering: .releasing) }
-        if snapshot.usesDNS { replace(snapshot) }   // re-resolved from now on
+        if snapshot.usesDNS { refresher.replace(snapshot, server: self, post: nil) }   // re-resolved from now on
     }
 
     /// `/ready` turns 200 (it was started with `ready: false`) once every worker has run what
@@ -158,7 +158,7 @@ public final class ProxyServer: @unchecked Sendable {
     /// new connections and requests; established connections and requests in flight finish on
     /// the one they started with. Callable from any thread.
     public func replace(_ next: ProxySnapshot) {
-        refresher.replace(next, server: self) { post($0) }
+        refresher.replace(next, server: self) { self.post($0) }
     }
 
     /// DNS clusters' addresses changed (EndpointResolver's thread): the config in force again.

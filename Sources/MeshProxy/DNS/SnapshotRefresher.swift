@@ -14,13 +14,14 @@ final class SnapshotRefresher: Sendable {
     }
     private let state = Mutex(State())
 
-    /// `post` puts one snapshot on every worker (ProxyServer's body of `replace`).
-    func replace(_ next: ProxySnapshot, server: ProxyServer, post: (ProxySnapshot) -> Void) {
+    /// `post` puts one snapshot on every worker (ProxyServer's body of `replace`); nil: `next`
+    /// is the one the workers started with (ProxyServer.start), only followed from now on.
+    func replace(_ next: ProxySnapshot, server: ProxyServer, post: ((ProxySnapshot) -> Void)?) {
         state.withLock { s in
             var snap = next
-            if snap.usesDNS && snap.dnsGeneration != EndpointResolver.shared.generation, let again = rebuilt(snap) { snap = again }
+            if post != nil && snap.usesDNS && snap.dnsGeneration != EndpointResolver.shared.generation, let again = rebuilt(snap) { snap = again }
             s.latest = snap
-            post(snap)
+            post?(snap)
             if s.listening || snap.usesDNS {
                 EndpointResolver.shared.retain(Set(snap.bootstrap.clusters.flatMap { $0.dnsEndpoints.map(\.host) }))
             }
