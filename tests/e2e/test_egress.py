@@ -447,7 +447,8 @@ class Dnsmasq:
                                       "--bind-interfaces", "--user=root", "--pid-file=", "--log-queries",
                                       f"--log-facility={self.log}"],
                                      stdout=subprocess.DEVNULL, stderr=open(d / "dnsmasq.stderr", "wb"), start_new_session=True)
-        wait_until(lambda: f"{ips[0]}" in subprocess.run(["dig", "+short", "-p", str(self.port), "@127.0.0.1", self.name],
+        qtype = "AAAA" if ":" in ips[0] else "A"
+        wait_until(lambda: f"{ips[0]}" in subprocess.run(["dig", "+short", qtype, "-p", str(self.port), "@127.0.0.1", self.name],
                                                          capture_output=True, text=True, timeout=5).stdout, what="dnsmasq answering")
 
     def write(self, ips):
@@ -638,3 +639,65 @@ def test_egress_flags_refused_by_name(tmp_path):
     r = subprocess.run([str(SIDECAR), "--config", str(tmp_path / "none.yaml"), "--dns-resolver", "resolver.example"],
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and '--dns-resolver: expected IP:PORT' in r.stderr, r.stderr
+
+
+def test_dns_aaaa_answers_are_endpoints_too(procs, tmp_path):
+    """A name with only an AAAA record: the sidecar asks A and AAAA and reaches the IPv6
+    address (an HTTP server on [::1] in this process)."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class V6(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            body = b"hello from six\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    port = free_port()
+    srv = V6(("::1", port), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    d = tmp_path / "dns"
+    d.mkdir()
+    dns = None
+    try:
+        dns = Dnsmasq(d, ["::1"], ttl=30)
+        outbound, admin = free_port(), free_port()
+        cfg = procs.tmp / "v6.yaml"
+        cfg.write_text(f"""
+apiVersion: sidecar.mesh/v1alpha1
+kind: Bootstrap
+metadata: {{name: v6, namespace: default}}
+spec:
+  workload: {{service: v6}}
+  concurrency: 1
+  admin: {{port: {admin}}}
+  outbound: {{port: {outbound}}}
+  clusters:
+    - name: {DNS_NAME}
+      tls: DISABLE
+      resolution: DNS
+      dnsEndpoints: [{{host: {DNS_NAME}, port: {port}}}]
+  routes:
+    - hosts: [{DNS_NAME}]
+      cluster: {DNS_NAME}
+""")
+        from conftest import SIDECAR
+        p = procs.start([SIDECAR, "--config", cfg, "--dns-resolver", f"127.0.0.1:{dns.port}"], "v6")
+        wait_ready(p, admin)
+        assert who(outbound, 3) == ["hello from six"] * 3
+        log = dns.log.read_text()
+        assert f"query[AAAA] {DNS_NAME}" in log and f"query[A] {DNS_NAME}" in log, log
+    finally:
+        if dns is not None:
+            dns.stop()
+        srv.shutdown()
+        srv.server_close()
