@@ -83,11 +83,18 @@ public final class EndpointResolver: Sendable {
     public func withResolvedEndpoints(_ b: Bootstrap, wait: UInt64 = 2_000_000_000) -> (Bootstrap, UInt64) {
         let gen = generation
         guard b.clusters.contains(where: { $0.resolution != .static }) else { return (b, gen) }
+        // Every new name is asked at once; the wait for first answers is one deadline for all.
+        let names = Set(b.clusters.flatMap { $0.dnsEndpoints.map(\.host) })
+        for n in names { _ = addresses(n, wait: 0) }
+        let until = Clock.monotonicNanos() &+ wait
+        while Clock.monotonicNanos() < until, state.withLock({ s in names.contains { s.entries[$0]?.addresses == nil } }) {
+            usleep(10_000)
+        }
         var out = b
         for (ci, c) in b.clusters.enumerated() where c.resolution != .static {
             for d in c.dnsEndpoints {
                 if c.resolution == .dnsRoundRobin { state.withLock { $0.entries[d.host, default: Entry()].roundRobin = true } }
-                var addrs = addresses(d.host, wait: wait)
+                var addrs = addresses(d.host, wait: 0)
                 // DNS_ROUND_ROBIN (Envoy's LOGICAL_DNS): one address at a time, the first of
                 // the latest answer, for new connections.
                 if c.resolution == .dnsRoundRobin { addrs = Array(addrs.prefix(1)) }
