@@ -7,8 +7,10 @@ the refusals). The app calls `http://api.example.test/` through its sidecar, whi
 to nginx; nginx's access log shows what arrived (SNI, TLS version, client certificate, connection
 serial). DNS: a dnsmasq started by the test on a free port answers the ServiceEntry's name."""
 
+import os
 import pathlib
 import re
+import signal
 import shutil
 import subprocess
 import time
@@ -19,6 +21,23 @@ from conftest import Meshd, curl, free_port, http_get, wait_ready, wait_until
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HOST = "api.example.test"
+
+
+def stop_group(proc):
+    """SIGTERM to the process group a server was started in (nginx's workers with it), SIGKILL
+    after 10 s. Once only: a pid already reaped may belong to another process by now."""
+    if proc.returncode is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def openssl(*args, cwd):
@@ -106,20 +125,18 @@ http {{
         (d / "tmp").mkdir(exist_ok=True)
         self.proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(d)], stdout=subprocess.DEVNULL,
                                      stderr=open(d / "nginx.stderr", "wb"), start_new_session=True)
-        wait_until(lambda: curl("-sk", f"https://127.0.0.1:{self.port}/__up", timeout=2).returncode == 0, what="nginx up")
+        try:
+            wait_until(lambda: curl("-sk", f"https://127.0.0.1:{self.port}/__up", timeout=2).returncode == 0, what="nginx up")
+        except BaseException:
+            self.stop()
+            raise
 
     def lines(self):
         """The access log's lines but the start-up probe's (nginx may log it after curl returned)."""
         return [l.split(" ") for l in self.log.read_text().splitlines() if l and l.split(" ")[5] != "/__up"]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_group(self.proc)
 
 
 @pytest.fixture
@@ -448,8 +465,12 @@ class Dnsmasq:
                                       f"--log-facility={self.log}"],
                                      stdout=subprocess.DEVNULL, stderr=open(d / "dnsmasq.stderr", "wb"), start_new_session=True)
         qtype = "AAAA" if ":" in ips[0] else "A"
-        wait_until(lambda: f"{ips[0]}" in subprocess.run(["dig", "+short", qtype, "-p", str(self.port), "@127.0.0.1", self.name],
-                                                         capture_output=True, text=True, timeout=5).stdout, what="dnsmasq answering")
+        try:
+            wait_until(lambda: f"{ips[0]}" in subprocess.run(["dig", "+short", qtype, "-p", str(self.port), "@127.0.0.1", self.name],
+                                                             capture_output=True, text=True, timeout=5).stdout, what="dnsmasq answering")
+        except BaseException:
+            self.stop()
+            raise
 
     def write(self, ips):
         self.hosts.write_text("".join(f"{ip} {self.name}\n" for ip in ips))
@@ -462,9 +483,7 @@ class Dnsmasq:
         return self.log.read_text().count(f"query[A] {self.name}") if self.log.exists() else 0
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+        stop_group(self.proc)
 
 
 @pytest.fixture
