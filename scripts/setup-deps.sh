@@ -10,7 +10,8 @@ for p in libssl-dev libnghttp2-dev pkg-config curl openssl nghttp2-client promet
     have_pkg "$p" || need_pkgs+=("$p")
 done
 # DNS e2e (test_dns.py): dig, and dnsmasq as a binary only (dnsmasq-base: no service on port 53)
-for p in dnsutils dnsmasq-base iproute2; do have_pkg "$p" || need_pkgs+=("$p"); done
+# TLS origination e2e (test_egress.py): nginx with its own CA
+for p in dnsutils dnsmasq-base iproute2 nginx-light; do have_pkg "$p" || need_pkgs+=("$p"); done
 # meshd replicas on etcd (test_meshd_ha.py, MeshEtcdTests): the tests start their own members
 for p in etcd-server etcd-client; do have_pkg "$p" || need_pkgs+=("$p"); done
 # MeshYAML (meshctl kube-inject) links libyaml

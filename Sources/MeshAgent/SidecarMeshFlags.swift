@@ -13,6 +13,7 @@ public struct SidecarMeshFlags: Sendable {
         .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
         .init("advertise-address"), .init("listen-address"), .init("capture", value: false),
         .init("dns-port"), .init("resolv-conf"), .init("labels-file"), .init("status-port"), .init("app-probe"),
+        .init("allow-insecure-skip-verify", value: false), .init("dns-resolver"),
     ]
 
     /// The flags only mesh mode takes (static mode refuses each by name).
@@ -71,6 +72,9 @@ public struct SidecarMeshFlags: Sendable {
         }
         let concurrency = try flags.int("concurrency", min: 1, max: 256)
         if flags.has("config") { throw FlagError("--config (static mode) and --meshd (mesh mode) exclude each other") }
+        if flags.has("allow-insecure-skip-verify") {
+            throw FlagError("--allow-insecure-skip-verify is a static-mode flag: in mesh mode meshd's --allow-insecure-skip-verify decides")
+        }
         // One address or several (meshd replicas, tried in turn): HOST:PORT[,HOST:PORT...].
         guard let meshdText = flags.string("meshd") else {
             throw FlagError("--meshd: expected meshd's API address as HOST:PORT (e.g. 127.0.0.1:15012 or meshd.mesh-system.svc:15012)")

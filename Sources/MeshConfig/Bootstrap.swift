@@ -105,6 +105,9 @@ public struct Bootstrap: Sendable {
         /// `addresses`: the service's virtual IPs (IPv4/IPv6, as meshd allocated them or a
         /// ServiceEntry gave them), what the sidecar's DNS answers for its names.
         public var addresses: [String] = []
+        /// `resolution` and `dnsEndpoints` (BootstrapDNS.swift): names the sidecar resolves.
+        public var resolution: Resolution = .static
+        public var dnsEndpoints: [DNSEndpoint] = []
     }
 
     public struct Route: Sendable {
@@ -370,7 +373,8 @@ public struct Bootstrap: Sendable {
                     epLabels.append(labels)
                 }
             }
-            if eps.isEmpty && !allowEmpty { throw ConfigReader.error(ctx, c.sub("endpoints"), c.map.line, "a cluster needs at least one endpoint (IP:PORT, or address: IP:PORT with labels)") }
+            let (resolution, dnsEndpoints) = try parseDNSEndpoints(&c, ctx: ctx)
+            if eps.isEmpty && !allowEmpty && dnsEndpoints.isEmpty { throw ConfigReader.error(ctx, c.sub("endpoints"), c.map.line, "a cluster needs at least one endpoint (IP:PORT, or address: IP:PORT with labels)") }
             let spText = try c.string("serviceProtocol") ?? "HTTP"
             guard let sp = ServiceProtocol(rawValue: spText) else {
                 throw ConfigReader.error(ctx, c.sub("serviceProtocol"), c.map.line, "expected HTTP, HTTP2, GRPC, TCP or AUTO, got \"\(spText)\"")
@@ -395,6 +399,8 @@ public struct Bootstrap: Sendable {
                 }
                 clusters[clusters.count - 1].addresses.append(a)
             }
+            clusters[clusters.count - 1].resolution = resolution
+            clusters[clusters.count - 1].dnsEndpoints = dnsEndpoints
             try c.finish()
         }
 

@@ -124,6 +124,9 @@ public enum IstioTraffic {
         public var interval: UInt64?
         public var baseEjectionTime: UInt64?
         public var maxEjectionPercent: Int?
+        /// `tls` (IstioClientTLS.swift) and `portLevelSettings[].tls`.
+        public var tls: ClientTLS?
+        public var portLevel: [PortTrafficPolicy] = []
     }
 
     public struct Subset: Sendable {
@@ -477,6 +480,8 @@ public enum IstioTraffic {
         if subset {
             try t.refuse("connectionPool")
             try t.refuse("outlierDetection")
+            try t.refuse("tls")
+            try t.refuse("portLevelSettings")
         }
         if var lb = try t.object("loadBalancer") { try loadBalancer(&lb, into: &p, ctx: ctx) }
         if var cp = try t.object("connectionPool") {
@@ -504,6 +509,8 @@ public enum IstioTraffic {
             p.maxEjectionPercent = try od.int("maxEjectionPercent", min: 0, max: 100)
             try od.finish()
         }
+        if var tr = try t.object("tls") { p.tls = try clientTLS(&tr, ctx: ctx) }
+        p.portLevel = try portLevelSettings(&t, ctx: ctx)
         try t.finish()
         return p
     }

@@ -3,10 +3,16 @@ import MeshCore
 /// Istio's `networking.istio.io/v1` ServiceEntry and WorkloadEntry (DESIGN §3): services and
 /// endpoints that have no sidecar of ours. meshd turns them into clusters: a MESH_INTERNAL
 /// endpoint with a service account is reached over mutual TLS and must present that identity;
-/// MESH_EXTERNAL endpoints are reached in plaintext. STATIC resolution only. A port of protocol
+/// MESH_EXTERNAL endpoints are reached in plaintext unless a DestinationRule originates TLS
+/// (IstioClientTLS.swift). STATIC, DNS or DNS_ROUND_ROBIN resolution. A port of protocol
 /// TCP (or, without a protocol, named `tcp`/`tcp-*`) makes a TCP service: carried as bytes.
 public struct ServiceEntry: Sendable {
-    public struct Port: Sendable { public var number: Int; public var name: String; public var proto: String }
+    public struct Port: Sendable {
+        public var number: Int; public var name: String; public var proto: String
+        /// `targetPort`: the endpoints' port when an endpoint names none (Istio), e.g. port 80
+        /// HTTP with targetPort 443 for TLS origination.
+        public var targetPort: Int? = nil
+    }
     public struct Endpoint: Sendable {
         public var address: String
         public var ports: [(String, Int)]
@@ -24,6 +30,11 @@ public struct ServiceEntry: Sendable {
     /// `spec.addresses`: the host's virtual IPs (single IPv4/IPv6 addresses); empty: meshd
     /// allocates them (DESIGN §10 "DNS").
     public var addresses: [String] = []
+    /// `spec.resolution`: STATIC (endpoints are IP addresses), DNS (every address the names
+    /// resolve to is an endpoint) or DNS_ROUND_ROBIN (one address at a time: Envoy's
+    /// LOGICAL_DNS); with DNS, endpoints may be names, and without endpoints the hosts are
+    /// resolved. The sidecar resolves them (MeshProxy's EndpointResolver).
+    public var resolution: String = "STATIC"
 
     static func parse(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> ServiceEntry {
         guard let hosts = try spec.stringList("hosts"), !hosts.isEmpty else {
@@ -49,8 +60,7 @@ public struct ServiceEntry: Sendable {
                 throw ConfigReader.error(ctx, p.sub("protocol"), p.map.line, "expected HTTP (endpoints reached over HTTP/1.1) or TCP (carried as bytes), got \"\(proto)\"")
             }
             if !ports.isEmpty { throw ConfigReader.error(ctx, p.sub("number"), p.map.line, "a second port is not supported yet") }
-            ports.append(Port(number: number, name: pname, proto: proto))
-            try p.refuse("targetPort")
+            ports.append(Port(number: number, name: pname, proto: proto, targetPort: try p.int("targetPort", min: 1, max: 65535)))
             try p.finish()
         }
         if ports.isEmpty { throw ConfigReader.error(ctx, "spec.ports", spec.map.line, "a ServiceEntry needs a port") }
@@ -59,19 +69,22 @@ public struct ServiceEntry: Sendable {
             throw ConfigReader.error(ctx, "spec.location", spec.map.line, "expected MESH_INTERNAL or MESH_EXTERNAL, got \"\(location)\"")
         }
         let resolution = try spec.string("resolution") ?? "STATIC"
-        guard resolution == "STATIC" else {
-            throw ConfigReader.error(ctx, "spec.resolution", spec.map.line, "only STATIC resolution is supported, got \"\(resolution)\"")
+        guard ["STATIC", "DNS", "DNS_ROUND_ROBIN"].contains(resolution) else {
+            throw ConfigReader.error(ctx, "spec.resolution", spec.map.entries.first { $0.key == "resolution" }?.keyLine ?? spec.map.line, "expected STATIC, DNS or DNS_ROUND_ROBIN (NONE is not supported yet), got \"\(resolution)\"")
         }
         var endpoints: [Endpoint] = []
         for var e in try spec.objectList("endpoints") ?? [] {
             let path = e.path, line = e.map.line
-            let ep = try endpoint(&e, ctx: ctx)
+            let ep = try endpoint(&e, ctx: ctx, allowNames: resolution != "STATIC")
             for (pn, _) in ep.ports where !ports.contains(where: { $0.name == pn }) {
                 throw ConfigReader.error(ctx, "\(path).ports.\(pn)", line, "no port of this ServiceEntry is named \"\(pn)\" (ports: \(ports.map(\.name).joined(separator: ", ")))")
             }
             endpoints.append(ep)
         }
         var selector: [(String, String)]? = nil
+        if resolution != "STATIC", spec.map.entries.contains(where: { $0.key == "workloadSelector" }) {
+            throw ConfigReader.error(ctx, "spec.workloadSelector", spec.map.entries.first { $0.key == "workloadSelector" }?.keyLine ?? spec.map.line, "with resolution \(resolution): \(IstioTraffic.notSupported) (WorkloadEntries have addresses: use STATIC)")
+        }
         if var ws = try spec.object("workloadSelector") {
             selector = try ws.stringMap("labels") ?? []
             try ws.finish()
@@ -97,6 +110,7 @@ public struct ServiceEntry: Sendable {
         var se = ServiceEntry(name: name, namespace: namespace, hosts: hosts, ports: ports, meshInternal: location == "MESH_INTERNAL",
                               endpoints: endpoints, workloadSelector: selector)
         se.addresses = addresses
+        se.resolution = resolution
         return se
     }
 
@@ -111,10 +125,16 @@ public struct ServiceEntry: Sendable {
         }
     }
 
-    static func endpoint(_ e: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Endpoint {
+    static func endpoint(_ e: inout ConfigReader, ctx: ConfigError, allowNames: Bool = false) throws(ConfigError) -> Endpoint {
         let address = try e.string("address", required: true)!
-        guard SocketAddress(host: address, port: 1) != nil else {
-            throw ConfigReader.error(ctx, e.sub("address"), e.map.line, "expected an IP address (DNS names need DNS resolution, not supported), got \"\(address)\"")
+        if SocketAddress(host: address, port: 1) == nil {
+            // A DNS name is resolved by the sidecars (resolution DNS / DNS_ROUND_ROBIN).
+            guard allowNames else {
+                throw ConfigReader.error(ctx, e.sub("address"), e.map.line, "expected an IP address (DNS names need resolution: DNS), got \"\(address)\"")
+            }
+            guard Names.isHost(address, wildcard: false) else {
+                throw ConfigReader.error(ctx, e.sub("address"), e.map.line, "expected an IP address or a lowercase DNS name, got \"\(address)\"")
+            }
         }
         var ports: [(String, Int)] = []
         if var p = try e.object("ports") {

@@ -109,10 +109,17 @@ struct RenderBase {
             let port = se.ports[0]
             let sas = Set(eps.compactMap(\.serviceAccount)).sorted().map { "spiffe://\(trustDomain)/ns/\(se.namespace)/sa/\($0)" }
             let mtls = se.meshInternal && !eps.isEmpty && eps.allSatisfy { $0.serviceAccount != nil }
-            let rendered = eps.map { e -> String in
-                let p = e.ports.first { $0.0 == port.name }?.1 ?? port.number
+            // resolution DNS: endpoints given by name are resolved by the sidecars (dnsEndpoints).
+            let isName = { (e: ServiceEntry.Endpoint) in SocketAddress(host: e.address, port: 1) == nil }
+            let rendered = eps.filter { !isName($0) }.map { e -> String in
+                let p = e.ports.first { $0.0 == port.name }?.1 ?? port.targetPort ?? port.number
                 let labels = e.labels.map { "\(q($0.0)): \(q($0.1))" }.joined(separator: ", ")
                 return "{address: \(q("\(e.address):\(p)")), labels: {\(labels)}}"
+            }
+            let named = eps.filter(isName).map { e -> String in
+                let p = e.ports.first { $0.0 == port.name }?.1 ?? port.targetPort ?? port.number
+                let labels = e.labels.map { "\(q($0.0)): \(q($0.1))" }.joined(separator: ", ")
+                return "{host: \(q(e.address)), port: \(p), labels: {\(labels)}}"
             }
             for h in se.hosts {
                 names.remove(key(h, se.namespace))
@@ -125,6 +132,11 @@ struct RenderBase {
                 out += "    endpoints:\n"
                 if rendered.isEmpty { out += "      []\n" }
                 for e in rendered { out += "      - \(e)\n" }
+                if se.resolution != "STATIC" {
+                    // Without endpoints each host resolves its own name (Istio).
+                    let dns = eps.isEmpty ? ["{host: \(q(h)), port: \(port.targetPort ?? port.number)}"] : named
+                    if !dns.isEmpty { out += "    resolution: \(se.resolution)\n    dnsEndpoints:\n" + dns.map { "      - \($0)\n" }.joined() }
+                }
                 entries.append(ClusterText(name: h, key: key(h, se.namespace), namespace: se.namespace, names: [h], text: out))
             }
         }

@@ -227,7 +227,8 @@ final class AdminServer: @unchecked Sendable {
         for c in current.clusters {
             j.beginObject()
             j.string("name", c.name)
-            j.string("tls", c.mutualTLS ? "ISTIO_MUTUAL" : "DISABLE")
+            j.string("tls", c.origination?.mode ?? (c.mutualTLS ? "ISTIO_MUTUAL" : "DISABLE"))
+            if let o = c.origination { j.string("sni", o.check.sni) }
             j.beginArray("endpoints")
             let now = Clock.monotonicNanos()
             for e in c.endpoints {

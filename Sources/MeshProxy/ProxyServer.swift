@@ -91,6 +91,8 @@ public final class ProxyServer: @unchecked Sendable {
     private var dns: DNSServer?
     /// The status port (`attachStatus`), repeating admin's `/ready`, `/healthz` and metrics.
     private var status: StatusServer?
+    /// Serializes `replace` with rebuilds for new DNS addresses (DNS/SnapshotRefresher.swift).
+    private let refresher = SnapshotRefresher()
 
     public init(snapshot: ProxySnapshot, concurrency: Int) {
         self.snapshot = snapshot
@@ -138,6 +140,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         adminThread = Threads.spawn(name: "admin") { admin.run() }
         if ready { admin.ready.store(true, ordering: .releasing) }
+        if snapshot.usesDNS { refresher.replace(snapshot, server: self, post: nil) }   // re-resolved from now on
     }
 
     /// `/ready` turns 200 (it was started with `ready: false`) once every worker has run what
@@ -155,6 +158,14 @@ public final class ProxyServer: @unchecked Sendable {
     /// new connections and requests; established connections and requests in flight finish on
     /// the one they started with. Callable from any thread.
     public func replace(_ next: ProxySnapshot) {
+        refresher.replace(next, server: self) { self.post($0) }
+    }
+
+    /// DNS clusters' addresses changed (EndpointResolver's thread): the config in force again.
+    func dnsChanged() { refresher.refresh(server: self) { post($0) } }
+
+    /// One snapshot to every worker, the admin and DNS ports (`replace`, under the refresher's lock).
+    private func post(_ next: ProxySnapshot) {
         for w in workers {
             w.loop.post { [w] in w.replaceSnapshot(next) }
         }

@@ -46,14 +46,17 @@ public final class ProxySnapshot: Sendable {
         /// The source address of connections to the endpoints (the local app's cluster under
         /// capture: 127.0.0.6), nil for the kernel's choice.
         let sourceAddress: SocketAddress?
+        /// TLS origination to the endpoints (DestinationRule SIMPLE/MUTUAL), nil otherwise.
+        public let origination: UpstreamTLSOrigination?
 
         init(name: String, endpoints: [SocketAddress], mutualTLS: Bool, expectedPeers: [String], connectTimeout: UInt64,
              idleTimeout: UInt64, maxConnections: Int, maxRequestsPerConnection: Int, http2: Bool,
              loadBalancer: IstioTraffic.TrafficPolicy.LoadBalancer, maxPendingRequests: Int, maxRequests: Int,
              maxRetries: Int, outlier: OutlierPolicy?, serviceTCP: Bool = false, detectProtocol: Bool = false, servicePort: Int = 0,
              tcpIdleTimeout: UInt64 = Bootstrap.Defaults.tcpIdleTimeout, tcpConnectAttempts: Int = Bootstrap.Defaults.tcpConnectAttempts,
-             sourceAddress: SocketAddress? = nil) {
+             sourceAddress: SocketAddress? = nil, origination: UpstreamTLSOrigination? = nil) {
             self.sourceAddress = sourceAddress
+            self.origination = origination
             self.serviceTCP = serviceTCP; self.detectProtocol = detectProtocol; self.servicePort = servicePort
             self.tcpIdleTimeout = tcpIdleTimeout; self.tcpConnectAttempts = tcpConnectAttempts
             self.name = name; self.endpoints = endpoints; self.mutualTLS = mutualTLS; self.expectedPeers = expectedPeers
@@ -208,18 +211,25 @@ public final class ProxySnapshot: Sendable {
     public let peerMetadata: [UInt8]
     /// The mesh names the DNS port answers (`DNS/DNSTable.swift`), from the clusters' addresses.
     public let dnsTable: DNSTable
+    /// The EndpointResolver generation the DNS clusters' endpoints were read at.
+    public let dnsGeneration: UInt64
+    /// Some cluster's endpoints come from DNS names (ServiceEntry `resolution: DNS`).
+    public var usesDNS: Bool { bootstrap.clusters.contains { $0.resolution != .static } }
 
     /// Stream idle timeout: no bytes either way while a request is in flight.
     /// Compiles a bootstrap, loading its certificate files into TLS contexts.
-    public init(bootstrap b: Bootstrap, version: String) throws {
+    public init(bootstrap b0: Bootstrap, version: String) throws {
         self.version = version
-        self.bootstrap = b
+        self.bootstrap = b0
+        // DNS clusters: the addresses their names resolve to are their endpoints (DNS/EndpointResolver.swift).
+        let (b, dnsGeneration) = EndpointResolver.shared.withResolvedEndpoints(b0)
+        self.dnsGeneration = dnsGeneration
         let wl = b.workload
         let app = wl.labels.first { $0.0 == "app" }?.1 ?? wl.service
         let ver = wl.labels.first { $0.0 == "version" }?.1 ?? "unknown"
         self.peerMetadata = Array("\(wl.name);\(wl.namespace);\(app);\(ver)".utf8)
         self.dnsTable = DNSTable(clusters: b.clusters.map { ($0.name, $0.addresses) }, namespace: wl.namespace)
-        let compiled = TrafficCompiler(b)
+        let compiled = TrafficCompiler(b, tls: try ClusterTLSPlan(b))
         self.clusters = compiled.clusters
         self.inboundCluster = compiled.inboundCluster
         self.routes = compiled.routes

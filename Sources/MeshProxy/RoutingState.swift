@@ -31,7 +31,7 @@ final class RoutingState {
     static func sameShape(_ a: ProxySnapshot, _ b: ProxySnapshot) -> Bool {
         a.clusters.count == b.clusters.count && a.targets.count == b.targets.count
             && zip(a.clusters, b.clusters).allSatisfy { $0.name == $1.name && $0.endpoints == $1.endpoints && $0.mutualTLS == $1.mutualTLS
-                && $0.http2 == $1.http2 && $0.expectedPeers == $1.expectedPeers }
+                && $0.http2 == $1.http2 && $0.expectedPeers == $1.expectedPeers && $0.origination?.key == $1.origination?.key }
             && zip(a.targets, b.targets).allSatisfy { $0.cluster == $1.cluster && $0.endpoints == $1.endpoints }
     }
 

@@ -17,7 +17,7 @@ struct TrafficCompiler {
     var tcpRoutes: [ProxySnapshot.TCPRoute] = []
     private var targetIndex: [String: Int] = [:]
 
-    init(_ b: Bootstrap) {
+    init(_ b: Bootstrap, tls: ClusterTLSPlan = ClusterTLSPlan()) {
         let ns = b.workload.namespace
         for (ci, c) in b.clusters.enumerated() {
             let dr = b.traffic.destinationRules.first { b.clusterIndex(forHost: $0.host, namespace: $0.namespace) == ci }
@@ -30,8 +30,8 @@ struct TrafficCompiler {
                                 baseEjection: t.baseEjectionTime ?? 30_000_000_000, maxEjectionPercent: t.maxEjectionPercent ?? 10,
                                 interval: t.interval ?? 10_000_000_000)
             }
-            clusters.append(.init(name: c.name, endpoints: c.endpoints, mutualTLS: c.tls == .istioMutual,
-                                  expectedPeers: c.subjectAltNames, connectTimeout: tp?.connectTimeout ?? c.connectTimeout,
+            clusters.append(.init(name: c.name, endpoints: c.endpoints, mutualTLS: tls.mutualTLS(ci, default: c.tls == .istioMutual),
+                                  expectedPeers: tls.expectedPeers(ci, default: c.subjectAltNames), connectTimeout: tp?.connectTimeout ?? c.connectTimeout,
                                   idleTimeout: tp?.idleTimeout ?? c.idleTimeout, maxConnections: tp?.maxConnections ?? c.maxConnections,
                                   maxRequestsPerConnection: tp?.maxRequestsPerConnection ?? 0,
                                   http2: c.protocolHTTP2, loadBalancer: tp?.loadBalancer ?? .roundRobin,
@@ -39,7 +39,8 @@ struct TrafficCompiler {
                                   maxRequests: tp?.http2MaxRequests ?? Int.max, maxRetries: tp?.maxRetries ?? Int.max,
                                   outlier: outlier, serviceTCP: c.serviceProtocol == .tcp, detectProtocol: c.serviceProtocol == .auto,
                                   servicePort: c.port ?? 0,
-                                  tcpIdleTimeout: tp?.tcpIdleTimeout ?? Bootstrap.Defaults.tcpIdleTimeout))
+                                  tcpIdleTimeout: tp?.tcpIdleTimeout ?? Bootstrap.Defaults.tcpIdleTimeout,
+                                  origination: tls.origination(ci)))
         }
         if let inb = b.inbound, let app = inb.appAddress {
             inboundCluster = ClusterID(clusters.count)

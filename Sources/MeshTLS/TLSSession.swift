@@ -21,6 +21,9 @@ public final class TLSSession: TransportSecurity {
     public let sessionCache: TLSSessionCache?
     /// Identities the peer must present one of (client side; empty = any in the trust domain).
     private let expectedPeers: [String]
+    /// Client side of a TLS origination (OriginationTLS.swift): SNI and the server's names
+    /// instead of a SPIFFE ID; nil between sidecars.
+    private let origination: OriginationPeerCheck?
 
     /// The peer's SPIFFE ID, set when the handshake completes.
     public private(set) var peerIdentity: String = ""
@@ -32,10 +35,12 @@ public final class TLSSession: TransportSecurity {
     public private(set) var resumed = false
     private var peerHashCache: [UInt8]? = nil
 
-    public init(context: TLSContext, sessionCache: TLSSessionCache? = nil, expectedPeers: [String] = []) {
+    public init(context: TLSContext, sessionCache: TLSSessionCache? = nil, expectedPeers: [String] = [],
+                origination: OriginationPeerCheck? = nil) {
         self.context = context
         self.sessionCache = sessionCache
         self.expectedPeers = expectedPeers
+        self.origination = origination
         self.ssl = SSL_new(context.ctx)!
         super.init()
         let bio = BIO_new(TLSSession.bioMethod)!
@@ -47,6 +52,7 @@ public final class TLSSession: TransportSecurity {
             SSL_set_accept_state(ssl)
         } else {
             SSL_set_connect_state(ssl)
+            if let o = origination { _ = mesh_SSL_set_tlsext_host_name(ssl, o.sni) }
             if let s = sessionCache?.session, SSL_SESSION_is_resumable(s) == 1 { _ = SSL_set_session(ssl, s) }
         }
     }
@@ -153,6 +159,10 @@ public final class TLSSession: TransportSecurity {
         SSL_get0_alpn_selected(ssl, &proto, &plen)
         if let proto = proto, plen > 0 {
             alpn = String(decoding: UnsafeBufferPointer(start: proto, count: Int(plen)), as: UTF8.self)
+        }
+        if let o = origination {
+            if let why = o.refusal(SSL_get0_peer_certificate(ssl)) { reason = why; return .failed }
+            return .handshakeDone
         }
         guard let cert = SSL_get0_peer_certificate(ssl) else {
             if context.role == .server && SSL_get_verify_mode(ssl) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT == 0 {

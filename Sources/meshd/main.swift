@@ -80,6 +80,9 @@ let usage = """
                              (default /var/run/secrets/kubernetes.io/serviceaccount/token); its
                              service account needs `create` on tokenreviews (authentication.k8s.io)
       --kube-audience AUD    the audience a workload's token must be issued for (default mesh)
+      --allow-insecure-skip-verify
+                             accept DestinationRule tls.insecureSkipVerify: true (refused
+                             otherwise: it turns off the server's verification)
       --log-level LEVEL      debug, info, warn or error
       -h, --help             this text
 
@@ -99,10 +102,13 @@ let specs: [Flags.Spec] = [
     .init("registry-grace"), .init("max-apply-bytes"), .init("store"), .init("replica-id"), .init("leader-ttl"),
     .init("max-stream-age"), .init("api-loops"),
     .init("kube-api"), .init("kube-ca"), .init("kube-token-file"), .init("kube-audience"),
+    .init("allow-insecure-skip-verify", value: false),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
 if flags.has("help") { print(usage, terminator: ""); exit(0) }
+// DestinationRule tls.insecureSkipVerify: refused by the one parser unless allowed here.
+IstioTraffic.Allowance.allowInsecureSkipVerify(flags.has("allow-insecure-skip-verify"))
 if let p = flags.positional.first { fail("unexpected argument \"\(p)\" (see --help)") }
 guard let stateDir = flags.string("state-dir") else { fail("missing --state-dir DIR (see --help)") }
 switch flags.string("log-level") ?? "info" {

@@ -15,6 +15,9 @@ import Glibc
 /// whole by `SidecarMeshFlags.parse`; the files they name are read here.
 func runMeshMode(_ parsed: SidecarMeshFlags) -> Never {
     var flags = parsed
+    // DestinationRule tls.insecureSkipVerify: meshd refused it at apply unless its own flag
+    // allowed it, so what meshd pushes is accepted here.
+    IstioTraffic.Allowance.allowInsecureSkipVerify(true)
     // The root certificate and the labels file, read before anything starts (`--check`: the
     // token file too); a bad one stops the sidecar naming the flag, the file and the line.
     let rootPEM: String

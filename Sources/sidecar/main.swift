@@ -35,6 +35,12 @@ let usage = """
       --concurrency N      worker threads, each one epoll loop (default: spec.concurrency, else
                            the number of CPUs)
       --log-level LEVEL    debug, info (default), warn or error
+      --allow-insecure-skip-verify
+                           accept DestinationRule tls.insecureSkipVerify: true in the static file
+                           (refused otherwise; in mesh mode meshd's flag of that name decides)
+      --dns-resolver IP:PORT
+                           the DNS server asked for the names of DNS clusters (ServiceEntry
+                           resolution: DNS); default: the first nameserver of /etc/resolv.conf
       --check              validate the config and load its certificates, then exit; the
                            workload certificate must be within its validity period and chain
                            to spec.tls.trustBundle (checked at start and on SIGHUP too)
@@ -144,6 +150,11 @@ if flags.has("help") {
     print(usage, terminator: "")
     exit(0)
 }
+if let r = flags.string("dns-resolver") {
+    // ServiceEntry resolution DNS: the server asked (default: /etc/resolv.conf's first).
+    guard let a = SocketAddress(r) else { fail("--dns-resolver: expected IP:PORT (e.g. 127.0.0.1:53 or [::1]:53), got \"\(r)\"") }
+    EndpointResolver.shared.setNameserver(a)
+}
 if flags.has("meshd") {
     // Mesh mode: the whole command line checked by MeshAgent's parser (also used by the tests
     // of `meshctl kube-inject`), before any file is read or meshd contacted.
@@ -172,6 +183,7 @@ if let f = SidecarMeshFlags.meshOnly.first(where: { flags.has($0) }) {
 if let p = flags.positional.first { fail("unexpected argument \"\(p)\" (see --help)") }
 guard let configPath = flags.string("config") else { fail("missing --config FILE.yaml, or --meshd for mesh mode (see --help)") }
 
+IstioTraffic.Allowance.allowInsecureSkipVerify(flags.has("allow-insecure-skip-verify"))
 guard let text = readFile(configPath) else { fail("cannot read \(configPath): \(String(cString: strerror(errno)))") }
 let bootstrap: Bootstrap
 do {

@@ -187,8 +187,6 @@ final class IstioTrafficTests: XCTestCase {
             // Single addresses are accepted (the host's VIPs); a CIDR is refused by name.
             (se + "\n  addresses: [240.0.0.0/24]", "bad.yaml:12: document 1: spec.addresses[0]: CIDR ranges are not supported as addresses; give single IPv4 or IPv6 addresses, got \"240.0.0.0/24\""),
             (se + "\n  addresses: [240.0.0.1, ext.example.com]", "bad.yaml:12: document 1: spec.addresses[1]: expected an IPv4 or IPv6 address, got \"ext.example.com\""),
-            (se.replacingOccurrences(of: "protocol: HTTP}", with: "protocol: HTTP, targetPort: 8080}"),
-             "bad.yaml:7: document 1: spec.ports[0].targetPort: not supported yet"),
             (se + "\n    network: net1", "bad.yaml:12: document 1: spec.endpoints[0].network: not supported yet"),
             (se + "\n    locality: us/east", "bad.yaml:12: document 1: spec.endpoints[0].locality: not supported yet"),
             (se + "\n    weight: 3", "bad.yaml:12: document 1: spec.endpoints[0].weight: not supported yet"),
@@ -225,7 +223,7 @@ final class IstioTrafficTests: XCTestCase {
             ("rewrite: {uri: /v2/api}", "rewrite: {uri: /v2/api, uriRegexRewrite: {match: a, rewrite: b}}", "spec.http[0].rewrite.uriRegexRewrite"),
             ("timeout: 2s", "timeout: 2s\n    corsPolicy: {allowOrigins: [{exact: x}], allowOriginz: [x]}", "spec.http[0].corsPolicy.allowOriginz"),
             ("timeout: 2s", "timeout: 2s\n    mirrors: [{destination: {host: reviews}}]", "spec.http[0].mirrors"),
-            ("simple: LEAST_REQUEST}", "simple: LEAST_REQUEST}\n    tls: {mode: ISTIO_MUTUAL}", "spec.trafficPolicy.tls"),
+            ("simple: LEAST_REQUEST}", "simple: LEAST_REQUEST}\n    tunnel: {protocol: CONNECT}", "spec.trafficPolicy.tunnel"),
             ("tcp: {maxConnections: 100}", "tcp: {maxConnections: 100, tcpKeepalive: {time: 10s}}", "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive"),
         ] {
             let err = refusal(good.replacingOccurrences(of: from, with: to)) ?? "accepted"

@@ -171,6 +171,6 @@ final class StaticTrafficTests: XCTestCase {
     func testServiceEntriesBelongToMeshd() {
         let se = Self.base + "\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 80}]\n"
         refused(se, ["ServiceEntry default/ext", "applied through meshd", "declare a cluster"])
-        refused(se.replacingOccurrences(of: "ports: [{number: 80}]", with: "ports: [{number: 80}]\n  resolution: DNS"), ["only STATIC resolution"])
+        refused(se.replacingOccurrences(of: "ports: [{number: 80}]", with: "ports: [{number: 80}]\n  resolution: DNS"), ["ServiceEntry default/ext", "applied through meshd"])
     }
 }

@@ -253,11 +253,11 @@ spec:
     for _ in range(20):
         seen.add(curl("-s", "-H", "Host: legacy.example.internal", f"http://127.0.0.1:{pp}/").stdout)
     assert seen == {b"hello from legacy-1\n", b"hello from legacy-2\n"}, seen
-    # Refused: DNS resolution, and a ServiceEntry in a static file.
+    # Refused: a workloadSelector with DNS resolution (test_egress.py covers DNS).
     bad = tmp_path / "dns.yaml"
     bad.write_text(f.read_text().replace("resolution: STATIC", "resolution: DNS"))
     r = m.ctl("apply", "-f", bad, check=False)
-    assert r.returncode != 0 and "only STATIC resolution" in r.stderr
+    assert r.returncode != 0 and "spec.workloadSelector: with resolution DNS: not supported yet" in r.stderr
 
 
 def test_a_departed_workload_leaves_the_registry_after_its_grace(procs):

@@ -29,7 +29,7 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
     var h2StreamID: Int32 { sid }
 
     func open(_ pool: EndpointPool, _ c: ProxySnapshot.Cluster, _ snapshot: ProxySnapshot, fresh: Bool) -> UpstreamOpen {
-        let ctx: TLSContext? = c.mutualTLS ? snapshot.clientTLSH2 : nil
+        let ctx: TLSContext? = c.origination?.context ?? (c.mutualTLS ? snapshot.clientTLSH2 : nil)
         guard let h = pool.checkoutH2(c, tlsContext: ctx) else {
             return pool.lastError == 0 ? .overflow : .failed
         }

@@ -173,7 +173,9 @@ final class EndpointPool {
         let fd = Socket.connect(address, source: c.sourceAddress)
         if fd < 0 { lastError = -fd; counters.inc(.connectFailures); return nil }
         var tls: TLSSession? = nil
-        if c.mutualTLS, let ctx = tlsContext {
+        if let o = c.origination {
+            tls = TLSSession(context: o.context, sessionCache: sessionCache, origination: o.check)
+        } else if c.mutualTLS, let ctx = tlsContext {
             tls = TLSSession(context: ctx, sessionCache: sessionCache, expectedPeers: c.expectedPeers)
         }
         let u = UpstreamConnection(pool: self, fd: fd, tls: tls)
@@ -254,7 +256,8 @@ final class EndpointPool {
         }
         let fd = Socket.connect(address, source: c.sourceAddress)
         if fd < 0 { lastError = -fd; counters.inc(.connectFailures); return nil }
-        let tls = tlsContext.map { TLSSession(context: $0, sessionCache: sessionCache, expectedPeers: c.expectedPeers) }
+        let tls = tlsContext.map { TLSSession(context: $0, sessionCache: sessionCache, expectedPeers: c.expectedPeers,
+                                              origination: c.origination?.check) }
         let h = H2UpstreamConnection(pool: self, fd: fd, tls: tls, idleTimeout: c.idleTimeout, maxStreams: c.maxRequestsPerConnection)
         guard h.start() else { lastError = 24; return nil }
         h2conns.append(h)
