@@ -298,7 +298,7 @@ public final class ConfigStore: @unchecked Sendable {
     // MARK: documents
 
     static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
-                                           "ServiceEntry", "WorkloadEntry", "Sidecar"]
+                                           "ServiceEntry", "WorkloadEntry", "Sidecar", "Gateway"]
 
     /// Splits one file's YAML text into documents with their identities (kind, namespace, name)
     /// and their place in the file. Each document is validated on its own here, with the file's
