@@ -54,7 +54,7 @@ def http(port, path, host, *extra):
 def test_http_by_host_through_the_gateway_with_istio_binding(procs, tmp_path):
     m = Meshd(procs)
     app = procs.app("reviews")
-    m.sidecar("reviews", "reviews", app_port=app)
+    _, app_admin, _, _ = m.sidecar("reviews", "reviews", app_port=app)
     _, _, _, caller_out = m.sidecar("productpage", "productpage")
     gw, gw_admin = gateway_proxy(m, procs)
     http_port, redirect_port, busy_port = free_port(), free_port(), free_port()
@@ -108,6 +108,14 @@ spec:
         assert echo["headers"]["x-via"] == ["gateway-vs"]
         xfcc = echo["headers"]["x-forwarded-client-cert"][0]
         assert "URI=spiffe://cluster.local/ns/default/sa/ingressgateway" in xfcc, xfcc
+        # Recorded like a sidecar's outbound (Istio's gateways report as source), and by the
+        # destination with the gateway's identity.
+        prom = http_get(f"http://127.0.0.1:{gw_admin}/stats/prometheus")[1].decode()
+        assert any('reporter="source"' in l and 'route="front.0"' in l and 'response_code="200"' in l
+                   for l in prom.splitlines() if l.startswith("istio_requests_total")), prom
+        prom = http_get(f"http://127.0.0.1:{app_admin}/stats/prometheus")[1].decode()
+        assert any('reporter="destination"' in l and 'source_principal="spiffe://cluster.local/ns/default/sa/ingressgateway"' in l
+                   for l in prom.splitlines() if l.startswith("istio_requests_total")), prom
         # A VirtualService without gateways (mesh) is not used by the gateway.
         code, body = http(http_port, "/echo", "reviews")
         assert code == 404 and "x-mesh-response-flags: NR" in body, body
@@ -276,4 +284,60 @@ spec:
                 break
             got += chunk
         assert got == b"echo:ping"
+    assert gw.poll() is None
+
+
+def test_istio_mutual_server_takes_mesh_callers_only(procs, tmp_path):
+    """An ISTIO_MUTUAL server (Istio's egress-gateway pattern): a sidecar reaches the gateway over
+    mTLS through a MESH_INTERNAL ServiceEntry; a client without a mesh certificate is refused."""
+    m = Meshd(procs)
+    app = procs.app("reviews")
+    m.sidecar("reviews", "reviews", app_port=app)
+    _, _, _, caller_out = m.sidecar("productpage", "productpage")
+    gw, gw_admin = gateway_proxy(m, procs)
+    port = free_port()
+    docs = f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mesh-gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: https-mesh, protocol: HTTPS}}
+    hosts: [gw.mesh.internal]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: through-gateway}}
+spec:
+  hosts: [gw.mesh.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}, serviceAccount: ingressgateway}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: via-gateway}}
+spec:
+  hosts: [gw.mesh.internal]
+  gateways: [mesh-gw]
+  http:
+  - route: [{{destination: {{host: reviews}}}}]
+"""
+    apply(m, tmp_path, "mesh-gw", docs)
+
+    def through():
+        code, body = http(caller_out, "/echo", "gw.mesh.internal")
+        return code == 200 and body
+    body = wait_until(through, timeout=15, what="caller -> gateway (mTLS) -> reviews")
+    echo = json.loads(body.split("\r\n\r\n", 1)[1])
+    assert echo["name"] == "reviews"
+    assert "URI=spiffe://cluster.local/ns/default/sa/ingressgateway" in echo["headers"]["x-forwarded-client-cert"][0]
+    # Without a mesh client certificate the handshake is refused.
+    r = curl("-k", "--resolve", f"gw.mesh.internal:{port}:127.0.0.1", f"https://gw.mesh.internal:{port}/echo", timeout=20)
+    assert r.returncode != 0
+    wait_until(lambda: "TLS handshake refused: error:0A0000C7:SSL routines::peer did not return a certificate" in gw.log_path.read_text(),
+               timeout=5, what="the refused handshake logged")
     assert gw.poll() is None
