@@ -6,13 +6,15 @@ import MeshTLS
 /// A gateway proxy's servers compiled for the data path (DESIGN §15): one entry per port of the
 /// Gateways that select it, telling the worker what an accepted connection becomes. HTTP ports
 /// go to the HTTP path with their own listener settings (`httpsRedirect` answers 301 there);
-/// ISTIO_MUTUAL ports first terminate mTLS with the gateway's mesh certificate; PASSTHROUGH
+/// TLS-terminating ports (ISTIO_MUTUAL: the gateway's mesh certificate) first complete the
+/// handshake with the server's context (`GatewayServerTLS`); PASSTHROUGH
 /// ports read the ClientHello's SNI and carry the bytes by the matching tls route; TCP ports
 /// carry the bytes by their tcp route. Built once per snapshot; lookups are by port.
 public final class GatewayTable: Sendable {
     public enum Kind: Sendable, Equatable {
         case http
-        case istioMutualHTTP
+        /// HTTP after a TLS handshake with the port's `serverTLS`.
+        case terminatedHTTP
         case passthrough
         case tcp
     }
@@ -53,19 +55,17 @@ public final class GatewayTable: Sendable {
         let sniRoutes: [SNIRoute]
         /// TCP: the tcp route (index into `tcpRoutes`), -1 when none binds.
         let tcpRoute: Int
+        /// `terminatedHTTP`: the server side of its TLS (GatewayServerTLS).
+        let serverTLS: TLSContext?
     }
 
     public let ports: [Port]
     /// The address the ports are opened on (`--listen-address`).
     public let listenHost: String
-    /// The server side of ISTIO_MUTUAL ports: the gateway's mesh certificate, a mesh client
-    /// certificate required; nil when no port needs it.
-    let meshServerTLS: TLSContext?
 
-    init(ports: [Port], listenHost: String, meshServerTLS: TLSContext?) {
+    init(ports: [Port], listenHost: String) {
         self.ports = ports
         self.listenHost = listenHost
-        self.meshServerTLS = meshServerTLS
     }
 
     /// The entry for `port`, or nil.
@@ -88,14 +88,14 @@ extension TrafficCompiler {
     mutating func compileGateway(_ b: Bootstrap, outbound: ProxySnapshot.ListenerSettings?) throws -> GatewayTable? {
         guard b.gatewayMode, let base = outbound else { return nil }
         var ports: [GatewayTable.Port] = []
-        var needMeshTLS = false
+        var serverTLS = GatewayServerTLS(b)
         for g in b.traffic.gateways {
             for s in g.servers where !ports.contains(where: { $0.port == s.port }) {
                 let kind: GatewayTable.Kind
                 switch (s.proto, s.tls?.mode) {
                 case (_, .passthrough?): kind = .passthrough
                 case (.tcp, _): kind = .tcp
-                case (_, .istioMutual?): kind = .istioMutualHTTP; needMeshTLS = true
+                case (_, .istioMutual?), (_, .simple?), (_, .mutual?): kind = .terminatedHTTP
                 default: kind = .http
                 }
                 let settings = ProxySnapshot.ListenerSettings(address: base.address, headerTimeout: base.headerTimeout, idleTimeout: base.idleTimeout,
@@ -126,21 +126,11 @@ extension TrafficCompiler {
                         }
                     }
                 }
-                ports.append(.init(port: s.port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp))
+                ports.append(.init(port: s.port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
+                                   serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s) : nil))
             }
         }
-        var meshTLS: TLSContext? = nil
-        if needMeshTLS, let t = b.tls {
-            var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)
-            so.trustDomain = t.trustDomain
-            so.certChainPEM = t.certChainPEM
-            so.privateKeyPEM = t.privateKeyPEM
-            so.trustBundlePEM = t.trustBundlePEM
-            so.alpn = ["h2", "http/1.1"]
-            so.minVersion13 = t.minTLS13
-            meshTLS = try TLSContext(role: .server, options: so)
-        }
-        return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost, meshServerTLS: meshTLS)
+        return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost)
     }
 
     /// One gateway tcp or tls route as a TCP route of the snapshot; its index.

@@ -9,7 +9,7 @@ import Glibc
 
 /// A gateway's connections on a worker (DESIGN §15): the listeners of its Gateway servers (one
 /// per port, given by `GatewayPorts`) and what an accepted connection becomes, by the port's
-/// kind in the snapshot in force: HTTP (plain, or after mTLS for ISTIO_MUTUAL) to the router
+/// kind in the snapshot in force: HTTP (plain, or after the server's TLS handshake) to the router
 /// like a sidecar's outbound; TCP to the port's tcp route; PASSTHROUGH to the tls route its
 /// ClientHello's SNI picks, the TLS bytes untouched.
 extension Worker {
@@ -47,8 +47,8 @@ extension Worker {
         switch entry.kind {
         case .http:
             openDownstream(fd, tls: nil, inbound: false, settings: entry.settings)
-        case .istioMutualHTTP:
-            guard let ctx = gw.meshServerTLS else { refuseGateway(fd, "no mesh certificate for ISTIO_MUTUAL", port: port); return }
+        case .terminatedHTTP:
+            guard let ctx = entry.serverTLS else { refuseGateway(fd, "no TLS context for this server", port: port); return }
             openDownstream(fd, tls: TLSSession(context: ctx), inbound: false, settings: entry.settings)
         case .tcp:
             guard entry.tcpRoute >= 0 else { refuseGateway(fd, "no tcp route of a VirtualService bound to its Gateway takes this port", port: port); return }
