@@ -69,7 +69,7 @@ spec:
   selector: {{istio: ingressgateway}}
   servers:
   - port: {{number: {http_port}, name: http, protocol: HTTP}}
-    hosts: [bookinfo.example]
+    hosts: [bookinfo.example, "*.shop.example"]
   - port: {{number: {redirect_port}, name: http-redirect, protocol: HTTP}}
     hosts: ["*"]
     tls: {{httpsRedirect: true}}
@@ -86,6 +86,16 @@ spec:
   http:
   - route: [{destination: {host: reviews}}]
     headers: {request: {set: {x-via: gateway-vs}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  hosts: ["*.shop.example"]
+  gateways: [web-gw]
+  http:
+  - route: [{destination: {host: reviews}}]
+    headers: {request: {set: {x-via: wildcard-vs}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -116,6 +126,10 @@ spec:
         prom = http_get(f"http://127.0.0.1:{app_admin}/stats/prometheus")[1].decode()
         assert any('reporter="destination"' in l and 'source_principal="spiffe://cluster.local/ns/default/sa/ingressgateway"' in l
                    for l in prom.splitlines() if l.startswith("istio_requests_total")), prom
+        # A wildcard host of a gateway VirtualService takes the names under it.
+        code, body = http(http_port, "/echo", "eu.shop.example")
+        assert code == 200 and json.loads(body.split("\r\n\r\n", 1)[1])["headers"]["x-via"] == ["wildcard-vs"], body
+        assert http(http_port, "/echo", "shop.example")[0] == 404
         # h2c (prior knowledge) on the same port, routed the same way.
         r = curl("--http2-prior-knowledge", "-H", "Host: bookinfo.example", f"http://127.0.0.1:{http_port}/echo", timeout=20)
         assert r.returncode == 0 and json.loads(r.stdout)["headers"]["x-via"] == ["gateway-vs"], r

@@ -62,10 +62,27 @@ public final class GatewayTable: Sendable {
     public let ports: [Port]
     /// The address the ports are opened on (`--listen-address`).
     public let listenHost: String
+    /// VirtualService hosts `*.suffix` (as `.suffix`) and `*` (empty), most specific first, with
+    /// their virtual host: what a request whose host no exact name takes is matched against.
+    let wildcards: [(suffix: [UInt8], vhost: Int)]
 
-    init(ports: [Port], listenHost: String) {
+    init(ports: [Port], listenHost: String, wildcards: [(suffix: [UInt8], vhost: Int)] = []) {
         self.ports = ports
         self.listenHost = listenHost
+        self.wildcards = wildcards
+    }
+
+    /// The virtual host of the most specific wildcard host that takes `p[0..<n]`, or -1.
+    @inline(__always) func wildcardVHost(_ p: UnsafePointer<UInt8>, _ n: Int) -> Int {
+        for w in wildcards {
+            let k = w.suffix.count
+            if k == 0 { return w.vhost }
+            if n <= k { continue }
+            var same = true
+            for i in 0..<k where w.suffix[i] != ASCII.lower(p[n - k + i]) { same = false; break }
+            if same { return w.vhost }
+        }
+        return -1
     }
 
     /// The entry for `port`, or nil.
@@ -130,7 +147,16 @@ extension TrafficCompiler {
                                    serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s) : nil))
             }
         }
-        return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost)
+        // Wildcard hosts of the http VirtualServices: their virtual hosts, most specific first.
+        var wildcards: [(suffix: [UInt8], vhost: Int)] = []
+        for vs in b.traffic.virtualServices {
+            for h in vs.hosts where h.hasPrefix("*") {
+                guard let v = hostEntries.first(where: { $0.0 == h.lowercased() })?.1 else { continue }
+                wildcards.append((Array(h.lowercased().dropFirst().utf8), v))
+            }
+        }
+        wildcards.sort { $0.suffix.count > $1.suffix.count }
+        return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost, wildcards: wildcards)
     }
 
     /// One gateway tcp or tls route as a TCP route of the snapshot; its index.
