@@ -106,27 +106,40 @@ extension TrafficCompiler {
         guard b.gatewayMode, let base = outbound else { return nil }
         var ports: [GatewayTable.Port] = []
         var serverTLS = GatewayServerTLS(b)
+        // Servers by port across the Gateways that select this proxy (servers sharing a port agree
+        // on protocol and tls: BootstrapGateway refused the rest); each port takes the routes
+        // bound to any Gateway serving it.
+        var byPort: [Int: [(gateway: String, server: IstioGateway.Server)]] = [:]
+        var order: [Int] = []
         for g in b.traffic.gateways {
-            for s in g.servers where !ports.contains(where: { $0.port == s.port }) {
-                let kind: GatewayTable.Kind
-                switch (s.proto, s.tls?.mode) {
-                case (_, .passthrough?): kind = .passthrough
-                case (.tcp, _): kind = .tcp
-                case (_, .istioMutual?), (_, .simple?), (_, .mutual?): kind = .terminatedHTTP
-                default: kind = .http
-                }
-                let settings = ProxySnapshot.ListenerSettings(address: base.address, headerTimeout: base.headerTimeout, idleTimeout: base.idleTimeout,
-                                                              streamIdleTimeout: base.streamIdleTimeout, maxConnections: base.maxConnections,
-                                                              httpsRedirect: s.tls?.httpsRedirect == true)
-                var sni: [GatewayTable.SNIRoute] = []
-                var tcp = -1
-                // Istio: the routes of VirtualServices bound to this Gateway (the order they came).
-                for vs in b.gatewayRoutes where vs.gateways.contains(where: { IstioTraffic.gatewayKey($0, namespace: vs.namespace) == "\(g.namespace)/\(g.name)" })
-                    || vs.tls.contains(where: { $0.match.contains { $0.gateways.contains { IstioTraffic.gatewayKey($0, namespace: vs.namespace) == "\(g.namespace)/\(g.name)" } } })
-                    || vs.tcp.contains(where: { $0.matches.contains { $0.gateways.contains { IstioTraffic.gatewayKey($0, namespace: vs.namespace) == "\(g.namespace)/\(g.name)" } } }) {
+            for s in g.servers {
+                if byPort[s.port] == nil { order.append(s.port) }
+                byPort[s.port, default: []].append(("\(g.namespace)/\(g.name)", s))
+            }
+        }
+        for port in order {
+            let list = byPort[port]!
+            let s = list[0].server
+            let kind: GatewayTable.Kind
+            switch (s.proto, s.tls?.mode) {
+            case (_, .passthrough?): kind = .passthrough
+            case (.tcp, _): kind = .tcp
+            case (_, .istioMutual?), (_, .simple?), (_, .mutual?): kind = .terminatedHTTP
+            default: kind = .http
+            }
+            let settings = ProxySnapshot.ListenerSettings(address: base.address, headerTimeout: base.headerTimeout, idleTimeout: base.idleTimeout,
+                                                          streamIdleTimeout: base.streamIdleTimeout, maxConnections: base.maxConnections,
+                                                          httpsRedirect: s.tls?.httpsRedirect == true)
+            var sni: [GatewayTable.SNIRoute] = []
+            var tcp = -1
+            var done = Set<String>()
+            for (key, _) in list where done.insert(key).inserted {
+                // Istio: the routes of the VirtualServices bound to this Gateway, in order.
+                for whole in b.gatewayRoutes {
+                    guard let vs = whole.bound(.gateways([key])) else { continue }
                     if kind == .passthrough {
                         for (ti, t) in vs.tls.enumerated() {
-                            let ms = t.match.filter { $0.port == nil || $0.port == s.port }
+                            let ms = t.match.filter { $0.port == nil || $0.port == port }
                             if ms.isEmpty { continue }
                             let r = addTCPRoute(b, vs, label: "\(vs.name).tls-\(ti)", t.route)
                             for m in ms {
@@ -137,15 +150,15 @@ extension TrafficCompiler {
                             }
                         }
                     } else if kind == .tcp && tcp < 0 {
-                        for (ti, t) in vs.tcp.enumerated() where t.ports.isEmpty || t.ports.contains(s.port) {
+                        for (ti, t) in vs.tcp.enumerated() where t.ports.isEmpty || t.ports.contains(port) {
                             tcp = addTCPRoute(b, vs, label: Bootstrap.tcpRouteLabel(vs, ti), t.route)
                             break
                         }
                     }
                 }
-                ports.append(.init(port: s.port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
-                                   serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s) : nil))
             }
+            ports.append(.init(port: port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
+                               serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s) : nil))
         }
         // Wildcard hosts of the http VirtualServices: their virtual hosts, most specific first.
         var wildcards: [(suffix: [UInt8], vhost: Int)] = []

@@ -1,0 +1,94 @@
+import XCTest
+@testable import MeshConfig
+@testable import MeshProxy
+
+/// A gateway's compiled servers: each port's kind, and the routes of every Gateway serving it
+/// (two Gateways on one PASSTHROUGH port each bring their tls routes; a tls match for another
+/// port or another Gateway does not apply).
+final class GatewayTableTests: XCTestCase {
+    private func gatewaySnapshot(_ docs: String) throws -> ProxySnapshot {
+        var o = MeshModeOptions(service: "gw")
+        o.gateway = true
+        o.labels = [("istio", "ingressgateway")]
+        let tls = Bootstrap.TLSFiles(certChain: "c", privateKey: "k", trustBundle: "b", trustDomain: "cluster.local", minTLS13: true)
+        let text = """
+            apiVersion: sidecar.mesh/v1alpha1
+            kind: ProxyConfig
+            metadata: {name: proxy-config}
+            spec:
+              clusters:
+              - {name: a.backend.internal, tls: DISABLE, serviceProtocol: TCP, port: 443, endpoints: ["127.0.0.1:9001"]}
+              - {name: b.backend.internal, tls: DISABLE, serviceProtocol: TCP, port: 443, endpoints: ["127.0.0.1:9002"]}
+              routes: []
+            ---
+
+            """ + docs
+        let b = try Bootstrap.meshMode(o, tls: tls).withPushedConfig(text, source: "meshd")
+        return try ProxySnapshot(bootstrap: b, version: "t")
+    }
+
+    static func gw(_ name: String, _ port: Int = 8443) -> String {
+        """
+        apiVersion: networking.istio.io/v1
+        kind: Gateway
+        metadata: {name: \(name)}
+        spec:
+          selector: {istio: ingressgateway}
+          servers:
+          - port: {number: \(port), name: tls, protocol: TLS}
+            hosts: ["*"]
+            tls: {mode: PASSTHROUGH}
+        """
+    }
+
+    static func vs(_ name: String, gateway: String, sni: String, host: String, port: Int? = nil) -> String {
+        """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: \(name)}
+        spec:
+          hosts: [\(sni)]
+          gateways: [\(gateway)]
+          tls:
+          - match: [{sniHosts: [\(sni)]\(port.map { ", port: \($0)" } ?? "")}]
+            route: [{destination: {host: \(host)}}]
+        """
+    }
+
+    private func cluster(_ s: ProxySnapshot, _ port: Int, _ name: String) -> String? {
+        guard let g = s.gateway, let e = g.port(port) else { return nil }
+        let b = Array(name.utf8)
+        let r = b.withUnsafeBytes { g.sniRoute(e, $0, 0, b.count) }
+        return r < 0 ? nil : s.clusters[s.tcpRoutes[r].cluster].name
+    }
+
+    func testTwoGatewaysOnOnePortBringTheirRoutes() throws {
+        let s = try gatewaySnapshot([Self.gw("one"), Self.gw("two"),
+                                     Self.vs("a", gateway: "one", sni: "a.example", host: "a.backend.internal"),
+                                     Self.vs("b", gateway: "two", sni: "b.example", host: "b.backend.internal")].joined(separator: "\n---\n"))
+        XCTAssertEqual(s.gateway?.ports.map(\.port), [8443])
+        XCTAssertEqual(s.gateway?.port(8443)?.kind, .passthrough)
+        XCTAssertEqual(cluster(s, 8443, "a.example"), "a.backend.internal")
+        XCTAssertEqual(cluster(s, 8443, "B.Example"), "b.backend.internal")
+        XCTAssertNil(cluster(s, 8443, "c.example"))
+    }
+
+    func testAMatchForAnotherPortDoesNotApply() throws {
+        let s = try gatewaySnapshot([Self.gw("one"), Self.gw("two", 9443),
+                                     Self.vs("a", gateway: "one", sni: "a.example", host: "a.backend.internal", port: 9443),
+                                     Self.vs("b", gateway: "two", sni: "b.example", host: "b.backend.internal")].joined(separator: "\n---\n"))
+        XCTAssertEqual(s.gateway?.ports.map(\.port), [8443, 9443])
+        XCTAssertNil(cluster(s, 8443, "a.example"))        // its match names port 9443, which gateway one does not serve
+        XCTAssertNil(cluster(s, 9443, "a.example"))        // and it is bound to gateway one only
+        XCTAssertEqual(cluster(s, 9443, "b.example"), "b.backend.internal")
+        XCTAssertNil(cluster(s, 8443, "b.example"))
+    }
+
+    func testGatewaysDisagreeingOnAPortAreRefused() {
+        let tcp = Self.gw("two").replacingOccurrences(of: "protocol: TLS}\n    hosts: [\"*\"]\n    tls: {mode: PASSTHROUGH}", with: "protocol: TCP}\n    hosts: [\"*\"]")
+        XCTAssertTrue(tcp.contains("protocol: TCP"))
+        XCTAssertThrowsError(try gatewaySnapshot(Self.gw("one") + "\n---\n" + tcp)) { e in
+            XCTAssertEqual("\(e)", "meshd: Gateway default/two: spec.servers[0].port.number: port 8443 is already served by Gateway default/one with other settings (protocol TLS, tls mode PASSTHROUGH) on the gateways both select; servers sharing a port must agree on protocol and tls")
+        }
+    }
+}
