@@ -92,3 +92,75 @@ final class GatewayTableTests: XCTestCase {
         }
     }
 }
+
+/// A gateway's wildcard VirtualService hosts: the most specific suffix wins, `*` takes the rest,
+/// a bare suffix (no label before it) is not taken.
+final class GatewayWildcardHostTests: XCTestCase {
+    func testMostSpecificWildcardWins() {
+        let w: [(suffix: [UInt8], vhost: Int)] = [(Array(".a.shop.example".utf8), 3), (Array(".shop.example".utf8), 2), ([], 1)]
+        func v(_ h: String, _ w: [(suffix: [UInt8], vhost: Int)]) -> Int {
+            Array(h.utf8).withUnsafeBufferPointer { GatewayTable.wildcardVHost(w, $0.baseAddress!, $0.count) }
+        }
+        XCTAssertEqual(v("x.a.shop.example", w), 3)
+        XCTAssertEqual(v("X.A.Shop.Example", w), 3)
+        XCTAssertEqual(v("b.shop.example", w), 2)
+        XCTAssertEqual(v("shop.example", w), 1)      // not under *.shop.example: the catch-all
+        XCTAssertEqual(v("other.test", w), 1)
+        let one: [(suffix: [UInt8], vhost: Int)] = [(Array(".shop.example".utf8), 2)]
+        XCTAssertEqual(v(".shop.example", one), -1)
+        XCTAssertEqual(v("other.test", one), -1)
+    }
+}
+
+extension GatewayTableTests {
+    /// Istio keeps HTTP routes per port: a host bound through one server does not answer on
+    /// another HTTP port whose server hosts do not admit it.
+    func testHTTPRoutesArePerPort() throws {
+        let docs = """
+            apiVersion: networking.istio.io/v1
+            kind: Gateway
+            metadata: {name: web}
+            spec:
+              selector: {istio: ingressgateway}
+              servers:
+              - port: {number: 8080, name: http, protocol: HTTP}
+                hosts: [bookinfo.example, "*.shop.example"]
+              - port: {number: 8081, name: http-other, protocol: HTTP}
+                hosts: [other.example]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: front}
+            spec:
+              hosts: [bookinfo.example, other.example]
+              gateways: [web]
+              http:
+              - route: [{destination: {host: web.backend.internal}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: shop}
+            spec:
+              hosts: ["*.shop.example"]
+              gateways: [web]
+              http:
+              - route: [{destination: {host: web.backend.internal}}]
+            """
+        var o = MeshModeOptions(service: "gw")
+        o.gateway = true
+        o.labels = [("istio", "ingressgateway")]
+        let tls = Bootstrap.TLSFiles(certChain: "c", privateKey: "k", trustBundle: "b", trustDomain: "cluster.local", minTLS13: true)
+        let text = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: proxy-config}\nspec:\n  clusters:\n"
+            + "  - {name: web.backend.internal, tls: DISABLE, endpoints: [\"127.0.0.1:9001\"]}\n  routes: []\n---\n" + docs
+        let s = try ProxySnapshot(bootstrap: try Bootstrap.meshMode(o, tls: tls).withPushedConfig(text, source: "meshd"), version: "t")
+        let g = try XCTUnwrap(s.gateway)
+        func v(_ port: Int, _ h: String) -> Int { Array(h.utf8).withUnsafeBufferPointer { g.vhost(port: port, $0.baseAddress!, $0.count) } }
+        XCTAssertGreaterThanOrEqual(v(8080, "bookinfo.example"), 0)
+        XCTAssertGreaterThanOrEqual(v(8080, "eu.shop.example"), 0)
+        XCTAssertEqual(v(8080, "other.example"), -1)      // front binds it, but port 8080's server does not admit it
+        XCTAssertGreaterThanOrEqual(v(8081, "other.example"), 0)
+        XCTAssertEqual(v(8081, "bookinfo.example"), -1)
+        XCTAssertEqual(v(8081, "eu.shop.example"), -1)
+        XCTAssertEqual(v(9999, "bookinfo.example"), -1)   // no such port
+    }
+}

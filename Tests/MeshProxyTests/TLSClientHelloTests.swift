@@ -138,21 +138,3 @@ final class TLSClientHelloTests: XCTestCase {
         XCTAssertEqual(result, "sni: secure.example")
     }
 }
-
-/// A gateway's wildcard VirtualService hosts: the most specific suffix wins, `*` takes the rest,
-/// a bare suffix (no label before it) is not taken.
-final class GatewayWildcardHostTests: XCTestCase {
-    func testMostSpecificWildcardWins() {
-        let t = GatewayTable(ports: [], listenHost: "127.0.0.1",
-                             wildcards: [(Array(".a.shop.example".utf8), 3), (Array(".shop.example".utf8), 2), ([], 1)])
-        func v(_ h: String) -> Int { Array(h.utf8).withUnsafeBufferPointer { t.wildcardVHost($0.baseAddress!, $0.count) } }
-        XCTAssertEqual(v("x.a.shop.example"), 3)
-        XCTAssertEqual(v("X.A.Shop.Example"), 3)
-        XCTAssertEqual(v("b.shop.example"), 2)
-        XCTAssertEqual(v("shop.example"), 1)      // not under *.shop.example: the catch-all
-        XCTAssertEqual(v("other.test"), 1)
-        let none = GatewayTable(ports: [], listenHost: "127.0.0.1", wildcards: [(Array(".shop.example".utf8), 2)])
-        XCTAssertEqual(Array(".shop.example".utf8).withUnsafeBufferPointer { none.wildcardVHost($0.baseAddress!, $0.count) }, -1)
-        XCTAssertEqual(Array("other.test".utf8).withUnsafeBufferPointer { none.wildcardVHost($0.baseAddress!, $0.count) }, -1)
-    }
-}

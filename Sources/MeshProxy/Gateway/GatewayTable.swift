@@ -57,23 +57,33 @@ public final class GatewayTable: Sendable {
         let tcpRoute: Int
         /// `terminatedHTTP`: the server side of its TLS (GatewayServerTLS).
         let serverTLS: TLSContext?
+        /// HTTP ports: the hosts routed here (Istio keeps routes per port: the hosts of the
+        /// VirtualServices bound to a Gateway serving the port that its server hosts admit), to
+        /// virtual hosts of the snapshot; then wildcard hosts, most specific first.
+        let hosts: HostTable
+        let wildcards: [(suffix: [UInt8], vhost: Int)]
     }
 
     public let ports: [Port]
     /// The address the ports are opened on (`--listen-address`).
     public let listenHost: String
-    /// VirtualService hosts `*.suffix` (as `.suffix`) and `*` (empty), most specific first, with
-    /// their virtual host: what a request whose host no exact name takes is matched against.
-    let wildcards: [(suffix: [UInt8], vhost: Int)]
 
-    init(ports: [Port], listenHost: String, wildcards: [(suffix: [UInt8], vhost: Int)] = []) {
+    init(ports: [Port], listenHost: String) {
         self.ports = ports
         self.listenHost = listenHost
-        self.wildcards = wildcards
     }
 
-    /// The virtual host of the most specific wildcard host that takes `p[0..<n]`, or -1.
-    @inline(__always) func wildcardVHost(_ p: UnsafePointer<UInt8>, _ n: Int) -> Int {
+    /// The virtual host for host `p[0..<n]` on gateway port `port`: an exact name, else the most
+    /// specific wildcard; -1 when the port routes no such host.
+    @inline(__always) func vhost(port: Int, _ p: UnsafePointer<UInt8>, _ n: Int) -> Int {
+        guard let e = self.port(port) else { return -1 }
+        let v = e.hosts.lookup(p, n)
+        return v >= 0 ? v : GatewayTable.wildcardVHost(e.wildcards, p, n)
+    }
+
+    /// The virtual host of the most specific of `wildcards` (`.suffix`, or empty for `*`, most
+    /// specific first) that takes `p[0..<n]`, or -1.
+    @inline(__always) static func wildcardVHost(_ wildcards: [(suffix: [UInt8], vhost: Int)], _ p: UnsafePointer<UInt8>, _ n: Int) -> Int {
         for w in wildcards {
             let k = w.suffix.count
             if k == 0 { return w.vhost }
@@ -109,12 +119,12 @@ extension TrafficCompiler {
         // Servers by port across the Gateways that select this proxy (servers sharing a port agree
         // on protocol and tls: BootstrapGateway refused the rest); each port takes the routes
         // bound to any Gateway serving it.
-        var byPort: [Int: [(gateway: String, server: IstioGateway.Server)]] = [:]
+        var byPort: [Int: [(gateway: String, namespace: String, server: IstioGateway.Server)]] = [:]
         var order: [Int] = []
         for g in b.traffic.gateways {
             for s in g.servers {
                 if byPort[s.port] == nil { order.append(s.port) }
-                byPort[s.port, default: []].append(("\(g.namespace)/\(g.name)", s))
+                byPort[s.port, default: []].append(("\(g.namespace)/\(g.name)", g.namespace, s))
             }
         }
         for port in order {
@@ -129,11 +139,11 @@ extension TrafficCompiler {
             }
             let settings = ProxySnapshot.ListenerSettings(address: base.address, headerTimeout: base.headerTimeout, idleTimeout: base.idleTimeout,
                                                           streamIdleTimeout: base.streamIdleTimeout, maxConnections: base.maxConnections,
-                                                          httpsRedirect: s.tls?.httpsRedirect == true)
+                                                          httpsRedirect: s.tls?.httpsRedirect == true, gatewayPort: port)
             var sni: [GatewayTable.SNIRoute] = []
             var tcp = -1
             var done = Set<String>()
-            for (key, _) in list where done.insert(key).inserted {
+            for (key, _, _) in list where done.insert(key).inserted {
                 // Istio: the routes of the VirtualServices bound to this Gateway, in order.
                 for whole in b.gatewayRoutes {
                     guard let vs = whole.bound(.gateways([key])) else { continue }
@@ -157,19 +167,31 @@ extension TrafficCompiler {
                     }
                 }
             }
-            ports.append(.init(port: port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
-                               serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s) : nil))
-        }
-        // Wildcard hosts of the http VirtualServices: their virtual hosts, most specific first.
-        var wildcards: [(suffix: [UInt8], vhost: Int)] = []
-        for vs in b.traffic.virtualServices {
-            for h in vs.hosts where h.hasPrefix("*") {
-                guard let v = hostEntries.first(where: { $0.0 == h.lowercased() })?.1 else { continue }
-                wildcards.append((Array(h.lowercased().dropFirst().utf8), v))
+            // HTTP: the hosts of the VirtualServices bound to a Gateway serving this port that
+            // the server hosts admit, each to its VirtualService's virtual host.
+            var hostEntries: [(String, Int)] = []
+            var wildcards: [(suffix: [UInt8], vhost: Int)] = []
+            if kind == .http || kind == .terminatedHTTP {
+                for vs in b.traffic.virtualServices {
+                    let serving = list.filter { vs.bound(.gateways([$0.gateway])) != nil }
+                    for h in vs.hosts where serving.contains(where: { item in
+                        item.server.hosts.contains { $0.admits(vsHost: h, vsNamespace: vs.namespace, gatewayNamespace: item.namespace) } }) {
+                        let lower = h.lowercased()
+                        guard let v = self.hostEntries.first(where: { $0.0 == lower })?.1 else { continue }
+                        if lower.hasPrefix("*") {
+                            wildcards.append((Array(lower.dropFirst().utf8), v))
+                        } else {
+                            for e in Bootstrap.expandedHosts(lower, namespace: vs.namespace) { hostEntries.append((e, v)) }
+                        }
+                    }
+                }
+                wildcards.sort { $0.suffix.count > $1.suffix.count }
             }
+            ports.append(.init(port: port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
+                               serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s) : nil,
+                               hosts: HostTable(hostEntries), wildcards: wildcards))
         }
-        wildcards.sort { $0.suffix.count > $1.suffix.count }
-        return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost, wildcards: wildcards)
+        return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost)
     }
 
     /// One gateway tcp or tls route as a TCP route of the snapshot; its index.
