@@ -163,4 +163,46 @@ extension GatewayTableTests {
         XCTAssertEqual(v(8081, "eu.shop.example"), -1)
         XCTAssertEqual(v(9999, "bookinfo.example"), -1)   // no such port
     }
+
+    /// A `*` VirtualService host bound through a server of narrower hosts answers those only.
+    func testAWildcardVirtualServiceHostIsNarrowedToTheServerHosts() throws {
+        let docs = """
+            apiVersion: networking.istio.io/v1
+            kind: Gateway
+            metadata: {name: web}
+            spec:
+              selector: {istio: ingressgateway}
+              servers:
+              - port: {number: 8080, name: http, protocol: HTTP}
+                hosts: [bookinfo.example, "*.shop.example"]
+              - port: {number: 8081, name: http-any, protocol: HTTP}
+                hosts: ["*"]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: all}
+            spec:
+              hosts: ["*"]
+              gateways: [web]
+              http:
+              - route: [{destination: {host: web.backend.internal}}]
+            """
+        var o = MeshModeOptions(service: "gw")
+        o.gateway = true
+        o.labels = [("istio", "ingressgateway")]
+        let tls = Bootstrap.TLSFiles(certChain: "c", privateKey: "k", trustBundle: "b", trustDomain: "cluster.local", minTLS13: true)
+        let text = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: proxy-config}\nspec:\n  clusters:\n"
+            + "  - {name: web.backend.internal, tls: DISABLE, endpoints: [\"127.0.0.1:9001\"]}\n  routes: []\n---\n" + docs
+        let s = try ProxySnapshot(bootstrap: try Bootstrap.meshMode(o, tls: tls).withPushedConfig(text, source: "meshd"), version: "t")
+        let g = try XCTUnwrap(s.gateway)
+        func v(_ port: Int, _ h: String) -> Int { Array(h.utf8).withUnsafeBufferPointer { g.vhost(port: port, $0.baseAddress!, $0.count) } }
+        XCTAssertGreaterThanOrEqual(v(8080, "bookinfo.example"), 0)
+        XCTAssertGreaterThanOrEqual(v(8080, "eu.shop.example"), 0)
+        XCTAssertEqual(v(8080, "other.example"), -1)
+        XCTAssertGreaterThanOrEqual(v(8081, "other.example"), 0)
+        XCTAssertTrue(GatewayTable.covers("*", "*.a"))
+        XCTAssertTrue(GatewayTable.covers("*.a", "*.b.a"))
+        XCTAssertFalse(GatewayTable.covers("*.b.a", "*.a"))
+        XCTAssertFalse(GatewayTable.covers("x.a", "*"))
+    }
 }

@@ -73,6 +73,15 @@ public final class GatewayTable: Sendable {
         self.listenHost = listenHost
     }
 
+    /// Whether host pattern `a` takes every name `b` takes (`*` takes all; `*.x` takes `*.y.x`
+    /// and `y.x`; a name only itself).
+    static func covers(_ a: String, _ b: String) -> Bool {
+        if a == "*" || a == b { return true }
+        guard a.hasPrefix("*.") else { return false }
+        let suffix = a.dropFirst(1)
+        return b != "*" && b.hasSuffix(suffix) && b.count > suffix.count
+    }
+
     /// The virtual host for host `p[0..<n]` on gateway port `port`: an exact name, else the most
     /// specific wildcard; -1 when the port routes no such host.
     @inline(__always) func vhost(port: Int, _ p: UnsafePointer<UInt8>, _ n: Int) -> Int {
@@ -174,14 +183,23 @@ extension TrafficCompiler {
             if kind == .http || kind == .terminatedHTTP {
                 for vs in b.traffic.virtualServices {
                     let serving = list.filter { vs.bound(.gateways([$0.gateway])) != nil }
-                    for h in vs.hosts where serving.contains(where: { item in
-                        item.server.hosts.contains { $0.admits(vsHost: h, vsNamespace: vs.namespace, gatewayNamespace: item.namespace) } }) {
+                    for h in vs.hosts {
                         let lower = h.lowercased()
                         guard let v = self.hostEntries.first(where: { $0.0 == lower })?.1 else { continue }
-                        if lower.hasPrefix("*") {
-                            wildcards.append((Array(lower.dropFirst().utf8), v))
-                        } else {
-                            for e in Bootstrap.expandedHosts(lower, namespace: vs.namespace) { hostEntries.append((e, v)) }
+                        // Istio narrows a VirtualService host to the server host that admits it
+                        // when that one is the narrower (`*` bound through `bookinfo.example`).
+                        var names = Set<String>()
+                        for item in serving {
+                            for sh in item.server.hosts where sh.admits(vsHost: lower, vsNamespace: vs.namespace, gatewayNamespace: item.namespace) {
+                                names.insert(GatewayTable.covers(sh.dnsName, lower) ? lower : sh.dnsName)
+                            }
+                        }
+                        for n in names.sorted() {
+                            if n.hasPrefix("*") {
+                                wildcards.append((Array(n.dropFirst().utf8), v))
+                            } else {
+                                for e in Bootstrap.expandedHosts(n, namespace: vs.namespace) { hostEntries.append((e, v)) }
+                            }
                         }
                     }
                 }
