@@ -27,6 +27,8 @@ public final class ConfigStreamClient: @unchecked Sendable {
     let apply: @Sendable (_ text: String, _ version: Int) throws -> String
     /// Called once, when the config in force is the one meshd gives (or meshd keeps none).
     let ready: @Sendable (_ why: String) -> Void
+    /// A gateway proxy's labels, `k=v,k=v`, named on every config request; nil for a sidecar.
+    public var gatewayLabels: String? = nil
 
     /// `node`: what tells this sidecar apart from others with its identity (its registered
     /// address, or its admin address for a caller-only workload); `admin`: its admin address.
@@ -98,7 +100,8 @@ public final class ConfigStreamClient: @unchecked Sendable {
                     if r.close { closedByMeshd(c); continue }
                 }
                 registered = true
-                let request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest, base: baseDigest, nacked: nacked)
+                var request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest, base: baseDigest, nacked: nacked)
+                request.gatewayLabels = gatewayLabels
                 let r = try c.request(method: "GET", path: "\(ConfigStream.configPath)?\(request.query)", timeoutSeconds: 40)
                 delay = ConfigStreamClient.firstRetry
                 if r.close { closedByMeshd(c) }

@@ -148,6 +148,13 @@ public struct Bootstrap: Sendable {
     /// `outboundTrafficPolicy.mode` (static file or meshd's push): captured connections to
     /// destinations outside the mesh.
     public var outboundTrafficPolicy = OutboundTrafficPolicy.allowAny
+    /// A gateway proxy (`sidecar --gateway`): its listeners come from the Gateways that select
+    /// it, and it applies the VirtualServices bound to them (BootstrapGateway.swift).
+    public var gatewayMode = false
+    /// Gateway mode: the tcp and tls routes of the VirtualServices bound to its Gateways.
+    public var gatewayRoutes: [IstioTraffic.VirtualService] = []
+    /// Gateway mode: the address its servers' ports are opened on (`--listen-address`).
+    public var gatewayListenHost = "127.0.0.1"
 
     /// Defaults chosen below common upstream keep-alive timeouts and like Envoy's where Istio is silent.
     public enum Defaults {
@@ -202,6 +209,7 @@ public struct Bootstrap: Sendable {
         }
         guard var b = found else { throw ConfigError(file: file, message: "no Bootstrap document found (expected apiVersion: \(apiVersion), kind: Bootstrap)") }
         b.traffic = try IstioTraffic.parse(documents: docs, file: file, defaultNamespace: b.workload.namespace, skipKinds: ["Bootstrap"])
+        try b.bindTraffic(file: file)
         try b.checkTraffic(file: file)
         return b
     }
@@ -313,11 +321,13 @@ public struct Bootstrap: Sendable {
             try al.finish()
         }
         let policy = try parseOutboundTrafficPolicy(&spec, ctx: ctx)
+        let gatewayHost = try parseGateway(&spec, hasInbound: inbound != nil, ctx: ctx)
         try spec.finish()
         var b = Bootstrap(name: name, workload: workload, concurrency: concurrency, admin: adminAddr, tls: tls,
                           outbound: outbound, inbound: inbound, clusters: clusters, routes: routes, drainTimeout: drain,
                           statsEnabled: statsEnabled, accessLog: accessLog)
         b.outboundTrafficPolicy = policy
+        if let h = gatewayHost { b.gatewayMode = true; b.gatewayListenHost = h }
         return b
     }
 

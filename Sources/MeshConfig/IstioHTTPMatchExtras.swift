@@ -4,8 +4,8 @@ import MeshCore
 /// `queryParams`, `authority`, `port`, `scheme`, `withoutHeaders`, `ignoreUriCase`, and the
 /// caller conditions `sourceLabels` and `sourceNamespace`, which the sidecar doing the routing
 /// decides once at compile time against its own workload (a match entry they do not select is
-/// dropped). `name` is only a label. `gateways` belongs to the gateway work and `statPrefix`
-/// names Envoy stats this proxy does not have: both stay refused by name.
+/// dropped). `name` is only a label. `gateways` is read with the gateway binding
+/// (IstioGatewayBinding.swift); `statPrefix` names Envoy stats this proxy does not have: refused by name.
 extension IstioTraffic {
     public struct HTTPMatchExtras: Sendable {
         /// `match[].name`: a label for the entry (kept for /config_dump, never matched on).
@@ -89,7 +89,6 @@ extension IstioTraffic {
             }
             x.sourceNamespace = ns
         }
-        try m.refuse("gateways")
         try m.refuse("statPrefix")
         hm.extras = x
     }

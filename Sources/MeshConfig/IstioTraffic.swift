@@ -21,6 +21,8 @@ public enum IstioTraffic {
         public var headers: [(name: String, match: StringMatch)] = []
         /// queryParams, authority, port, scheme, withoutHeaders, ignoreUriCase, source* (IstioHTTPMatchExtras.swift).
         public var extras = HTTPMatchExtras()
+        /// `gateways`: where this match applies (empty: the VirtualService's `gateways`).
+        public var gateways: [String] = []
     }
 
     public struct Destination: Sendable {
@@ -89,6 +91,8 @@ public enum IstioTraffic {
         /// `match[].port`; empty: every connection.
         public var ports: [Int] = []
         public var route: [RouteDestination] = []
+        /// Each `match[]` entry: its port (nil: any) and `gateways` (empty: the VirtualService's).
+        public var matches: [(port: Int?, gateways: [String])] = []
     }
 
     public struct VirtualService: Sendable {
@@ -97,6 +101,10 @@ public enum IstioTraffic {
         public var hosts: [String]
         public var http: [HTTPRoute]
         public var tcp: [TCPRoute] = []
+        /// `gateways`: empty means `mesh` only (IstioGatewayBinding.swift).
+        public var gateways: [String] = []
+        /// `tls[]` routes (SNI), honoured on gateways' PASSTHROUGH servers.
+        public var tls: [TLSRoute] = []
     }
 
     public struct TrafficPolicy: Sendable {
@@ -154,6 +162,8 @@ public enum IstioTraffic {
         public var sidecars: [IstioSidecar] = []
         /// `mesh.io/v1alpha1` LocalRateLimit documents (LocalRateLimit.swift).
         public var localRateLimits: [LocalRateLimit] = []
+        /// Gateway resources: the listeners of `sidecar --gateway` proxies their selectors match.
+        public var gateways: [IstioGateway] = []
         public init() {}
     }
 
@@ -166,7 +176,7 @@ public enum IstioTraffic {
 
     /// The kinds this model reads.
     public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
-                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind]
+                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway"]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -208,6 +218,11 @@ public enum IstioTraffic {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second LocalRateLimit \(ns)/\(name)")
                 }
                 cfg.localRateLimits.append(try LocalRateLimit.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == "Gateway" {
+                if cfg.gateways.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Gateway \(ns)/\(name)")
+                }
+                cfg.gateways.append(try IstioGateway.parse(&spec, name: name, namespace: ns, ctx: ctx))
             } else if kind == "Sidecar" {
                 if cfg.sidecars.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Sidecar \(ns)/\(name)")
@@ -254,7 +269,7 @@ public enum IstioTraffic {
         for (i, h) in hosts.enumerated() where !Names.isHost(h, wildcard: true) {
             throw ConfigReader.error(ctx, "spec.hosts[\(i)]", spec.map.line, "expected a lowercase host name, optionally with a *. prefix, got \"\(h)\"")
         }
-        try spec.refuse("gateways")
+        let gateways = try gatewayNames(&spec, "gateways", ctx: ctx)
         try spec.refuse("exportTo")
         var routes: [HTTPRoute] = []
         for var r in try spec.objectList("http") ?? [] {
@@ -272,6 +287,7 @@ public enum IstioTraffic {
                     hs.markAllKnown()
                     try hs.finish()
                 }
+                hm.gateways = try gatewayNames(&m, "gateways", ctx: ctx)
                 try parseMatchExtras(&m, into: &hm, ctx: ctx)
                 try m.finish()
                 route.match.append(hm)
@@ -366,11 +382,15 @@ public enum IstioTraffic {
             var route = TCPRoute()
             for var m in try r.objectList("match") ?? [] {
                 // Istio's L4 match fields this mesh does not honour are refused by name.
-                for f in ["destinationSubnets", "sourceLabels", "gateways", "sourceNamespace", "sourceSubnet"] { try m.refuse(f) }
-                guard let port = try m.int("port", min: 1, max: 65535) else {
+                for f in ["destinationSubnets", "sourceLabels", "sourceNamespace", "sourceSubnet"] { try m.refuse(f) }
+                let gws = try gatewayNames(&m, "gateways", ctx: ctx)
+                let port = try m.int("port", min: 1, max: 65535)
+                // On a sidecar the port names the service; a match bound to gateways may leave it out.
+                if port == nil && gws.isEmpty {
                     throw ConfigReader.error(ctx, m.sub("port"), m.map.line, "required field is missing (a tcp match names the service port)")
                 }
-                route.ports.append(port)
+                if let port { route.ports.append(port) }
+                route.matches.append((port: port, gateways: gws))
                 try m.finish()
             }
             let dests = try r.objectList("route") ?? []
@@ -389,9 +409,12 @@ public enum IstioTraffic {
             try r.finish()
             tcpRoutes.append(route)
         }
-        try spec.refuse("tls")
+        let tlsRoutes = try tlsRoutes(&spec, ctx: ctx)
         try spec.finish()
-        return VirtualService(name: name, namespace: namespace, hosts: hosts, http: routes, tcp: tcpRoutes)
+        var vs = VirtualService(name: name, namespace: namespace, hosts: hosts, http: routes, tcp: tcpRoutes)
+        vs.gateways = gateways
+        vs.tls = tlsRoutes
+        return vs
     }
 
     static func stringMatch(_ r: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> StringMatch {
@@ -415,7 +438,7 @@ public enum IstioTraffic {
         return m
     }
 
-    private static func destination(_ d: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Destination {
+    static func destination(_ d: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Destination {
         let host = try d.string("host", required: true)!
         guard Names.isHost(host, wildcard: false) else {
             throw ConfigReader.error(ctx, d.sub("host"), d.map.line, "expected a lowercase service host name (letters, digits, '-', '.'), got \"\(host)\"")
@@ -531,6 +554,9 @@ public enum IstioTraffic {
             }
             for (ti, t) in vs.tcp.enumerated() {
                 dests += t.route.enumerated().map { (path: "spec.tcp[\(ti)].route[\($0.offset)].destination.subset", destination: $0.element.destination) }
+            }
+            for (ti, t) in vs.tls.enumerated() {
+                dests += t.route.enumerated().map { (path: "spec.tls[\(ti)].route[\($0.offset)].destination.subset", destination: $0.element.destination) }
             }
             for (path, destination) in dests {
                 guard let subset = destination.subset else { continue }

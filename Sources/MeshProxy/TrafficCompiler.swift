@@ -149,7 +149,7 @@ struct TrafficCompiler {
     /// The target for a cluster, or for the endpoints a subset of its DestinationRule selects.
     /// A route's destinations (http or tcp alike) as targets with cumulative weights out of 100;
     /// a lone destination takes everything, a weight of 0 takes nothing.
-    private mutating func weightedTargets(_ b: Bootstrap, _ route: [IstioTraffic.RouteDestination],
+    mutating func weightedTargets(_ b: Bootstrap, _ route: [IstioTraffic.RouteDestination],
                                           namespace: String) -> (targets: [Int], cumulative: [Int]) {
         var ts: [Int] = []
         var cum: [Int] = []
