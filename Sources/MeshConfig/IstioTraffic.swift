@@ -134,6 +134,7 @@ public enum IstioTraffic {
         public var destinationRules: [DestinationRule] = []
         public var authorizationPolicies: [AuthorizationPolicy] = []
         public var peerAuthentications: [PeerAuthentication] = []
+        public var requestAuthentications: [RequestAuthentication] = []
         public var serviceEntries: [ServiceEntry] = []
         public var workloadEntries: [WorkloadEntry] = []
         /// Sidecar resources (egress scopes); meshd applies them, a sidecar never reads them.
@@ -149,7 +150,7 @@ public enum IstioTraffic {
     }
 
     /// The kinds this model reads.
-    public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
+    public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
                                             "ServiceEntry", "WorkloadEntry", "Sidecar"]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
@@ -168,7 +169,7 @@ public enum IstioTraffic {
                 let known = (kinds.union(skipKinds)).sorted().joined(separator: ", ")
                 throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: \(known))")
             }
-            let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" ? AuthorizationPolicy.apiVersions : apiVersions
+            let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" || kind == "RequestAuthentication" ? AuthorizationPolicy.apiVersions : apiVersions
             guard expected.contains(api) else {
                 throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(expected[0]) for \(kind), got \"\(api)\"")
             }
@@ -202,6 +203,11 @@ public enum IstioTraffic {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second PeerAuthentication \(ns)/\(name)")
                 }
                 cfg.peerAuthentications.append(try PeerAuthentication.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == "RequestAuthentication" {
+                if cfg.requestAuthentications.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second RequestAuthentication \(ns)/\(name)")
+                }
+                cfg.requestAuthentications.append(try RequestAuthentication.parse(&spec, name: name, namespace: ns, ctx: ctx))
             } else if kind == "AuthorizationPolicy" {
                 if cfg.authorizationPolicies.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second AuthorizationPolicy \(ns)/\(name)")

@@ -250,7 +250,7 @@ extension ConfigStore {
             switch d.kind {
             case "VirtualService": return vsByKey["\(d.namespace)/\(d.name)"] ?? false
             case "DestinationRule": return drKeys["\(d.namespace)/\(d.name)"].map { keys.contains($0) } ?? false
-            case "AuthorizationPolicy", "PeerAuthentication":
+            case "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication":
                 return scope == nil || d.namespace == own || d.namespace == IstioSidecar.rootNamespace
             default: return false
             }

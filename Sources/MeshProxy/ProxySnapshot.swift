@@ -172,6 +172,8 @@ public final class ProxySnapshot: Sendable {
     let matcher: MatchTable
     /// AuthorizationPolicies selecting this workload (inbound), nil when none does.
     let authz: AuthzTable?
+    /// RequestAuthentications selecting this workload (inbound), nil when none does.
+    let jwt: JWTTable?
     /// PeerAuthentication for the inbound listener (STRICT unless a policy says otherwise).
     let inboundMode: PeerAuthentication.Mode
     public let hosts: HostTable
@@ -220,6 +222,7 @@ public final class ProxySnapshot: Sendable {
         self.vhosts = compiled.vhosts
         self.matcher = MatchTable(vhosts: compiled.vhosts, routes: compiled.routes)
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
+        self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels, fetched: [:])
         self.inboundMode = PeerAuthentication.mode(for: b.workload.namespace, labels: b.workload.labels, in: b.traffic.peerAuthentications)
         self.hosts = HostTable(compiled.hostEntries)
         self.tcpHosts = HostTable(compiled.tcpHostEntries)

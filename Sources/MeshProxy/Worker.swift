@@ -34,6 +34,8 @@ public final class Worker: @unchecked Sendable {
     var rng = FastRandom()
     /// Reused for building heads and chunk framing.
     let scratch = ByteBuffer(capacity: 8 * 1024)
+    /// Token verification state (RequestAuthentication, `JWTVerifier.swift`).
+    let jwt = JWTScratch()
     /// Reused for HTTP/2 frames as nghttp2 produces them; never `scratch`, which nghttp2's
     /// callbacks (a stream failing, a local reply) may write while frames are produced.
     let frameScratch = ByteBuffer(lazyCapacity: 16 * 1024)

@@ -19,6 +19,7 @@ public final class WorkerStats: @unchecked Sendable {
         case connectionsHibernated, connectionLimit, http2MalformedRequests
         case capturedConnections, captureLoopsRefused, passthroughConnections, blackHoleConnections
         case detectedHTTP, detectedTCP
+        case jwtRejected, authzAudited
 
         public var name: String {
             switch self {
@@ -75,6 +76,8 @@ public final class WorkerStats: @unchecked Sendable {
             case .blackHoleConnections: return "outbound_blackhole_connections_total"
             case .detectedHTTP: return "captured_connections_detected_http"
             case .detectedTCP: return "captured_connections_detected_tcp"
+            case .jwtRejected: return "jwt_rejected"
+            case .authzAudited: return "authz_audited"
             }
         }
     }

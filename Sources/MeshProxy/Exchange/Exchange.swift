@@ -599,7 +599,7 @@ final class Exchange: PoolWaiter {
 
     /// The proxy answers the request itself: `status`, the response flag, a text body.
     /// `close`: the HTTP/1.1 connection closes after it.
-    func localReply(_ st: Int, _ reason: StaticString, flag f: ResponseFlag, close: Bool = false) {
+    func localReply(_ st: Int, _ reason: StaticString, flag f: ResponseFlag, close: Bool = false, extra: ((MessageHead) -> Void)? = nil) {
         if let up = upstream { upstream = nil; up.cancel() }
         leavePoolQueue()
         guard let d = down, !finished else { return }
@@ -620,6 +620,7 @@ final class Exchange: PoolWaiter {
         r.contentLength = Int64(reason.utf8CodeUnitCount + 1)
         let fc = f.code
         r.addField("x-mesh-response-flags", fc.utf8Start, fc.utf8CodeUnitCount)
+        extra?(r)
         responseStarted = true
         // A response to HEAD has no body, whatever its content-length says (RFC 9110 §9.3.2);
         // one sent anyway would be read as the start of the next response.

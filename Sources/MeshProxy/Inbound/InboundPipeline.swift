@@ -17,7 +17,9 @@ extension Exchange {
             requestPeer = peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes,
                                           r.pointer(f.value), Int(f.value.length), fallback: requestPeer)
         }
-        // 2. AuthorizationPolicy: may this caller make this request?
+        // 2. RequestAuthentication: a token, when sent, must verify (401 otherwise).
+        guard runRequestAuthentication() else { return false }
+        // 3. AuthorizationPolicy: may this caller make this request?
         if let az = s.authz {
             let path = r.path.isEmpty ? ByteRange() : r.path
             let verdict = az.check(principal: tls?.peerIdentityBytes ?? [], method: r.pointer(r.method), Int(r.method.length),
@@ -29,13 +31,13 @@ extension Exchange {
                 return false
             }
         }
-        // 3. The local app.
+        // 4. The local app.
         cluster = s.inboundCluster
         guard !cluster.isNone else {
             localReply(503, "no local app", flag: .noRoute)
             return false
         }
-        // 4. The head as the app sees it: a request id, and who called (x-forwarded-client-cert).
+        // 5. The head as the app sees it: a request id, and who called (x-forwarded-client-cert).
         addRequestID()
         if let tls {
             r.beginField("x-forwarded-client-cert")

@@ -1,0 +1,177 @@
+"""RequestAuthentication (JWT), AuthorizationPolicy conditions on its claims, AUDIT, and
+PeerAuthentication portLevelMtls, end to end. Every key and token is made here at run time
+(python `cryptography`); none is committed."""
+
+import base64
+import json
+import signal
+import time
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from conftest import client_config, curl, free_port, server_config, stats, wait_ready, wait_until
+
+ISSUER = "https://issuer.test"
+
+
+def b64u(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def uint(n: int) -> str:
+    return b64u(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+
+class Keys:
+    """An RSA and an EC P-256 key, their JWKS, and a token maker."""
+
+    def __init__(self):
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+
+    def jwks(self) -> str:
+        rn = self.rsa.public_key().public_numbers()
+        en = self.ec.public_key().public_numbers()
+        return json.dumps({"keys": [
+            {"kty": "RSA", "kid": "r1", "alg": "RS256", "use": "sig", "n": uint(rn.n), "e": uint(rn.e)},
+            {"kty": "EC", "kid": "e1", "crv": "P-256", "x": b64u(en.x.to_bytes(32, "big")), "y": b64u(en.y.to_bytes(32, "big"))},
+        ]})
+
+    def token(self, alg="RS256", kid=None, **claims) -> str:
+        now = int(time.time())
+        body = {"iss": ISSUER, "sub": "alice", "aud": "bookinfo", "exp": now + 600, "iat": now}
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        head = {"alg": alg, "typ": "JWT", "kid": kid or ("e1" if alg == "ES256" else "r1")}
+        signing = (b64u(json.dumps(head).encode()) + "." + b64u(json.dumps(body).encode())).encode()
+        if alg == "RS256":
+            sig = self.rsa.sign(signing, padding.PKCS1v15(), hashes.SHA256())
+        elif alg == "ES256":
+            r, s = decode_dss_signature(self.ec.sign(signing, ec.ECDSA(hashes.SHA256())))
+            sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        elif alg == "none":
+            sig = b""
+        else:
+            import hmac
+            # HS256 keyed with the RSA public key's bytes: the algorithm-confusion attack.
+            rn = self.rsa.public_key().public_numbers()
+            sig = hmac.new(rn.n.to_bytes(256, "big"), signing, "sha256").digest()
+        return signing.decode() + "." + b64u(sig)
+
+
+def request_authentication(jwks: str, extra: str = "") -> str:
+    quoted = json.dumps(jwks)
+    return f"""---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt}}
+spec:
+  jwtRules:
+  - issuer: {ISSUER}
+    audiences: [bookinfo]
+    jwks: {quoted}
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders:
+    - {{header: x-jwt-sub, claim: sub}}
+{extra}"""
+
+
+PERMISSIVE = """---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default}
+spec:
+  mtls: {mode: PERMISSIVE}
+"""
+
+
+def start(procs, pki, docs):
+    """A server sidecar (PERMISSIVE: plaintext curl straight to its inbound port works too) with
+    `docs`, and a client sidecar calling it over the mTLS HTTP/2 hop."""
+    app = procs.app("server")
+    inbound, sadmin = free_port(), free_port()
+    srv = procs.sidecar(server_config(pki, "server-sidecar", inbound, sadmin, app) + PERMISSIVE + docs, "server")
+    outbound, cadmin = free_port(), free_port()
+    cli = procs.sidecar(client_config(pki, "client-sidecar", outbound, cadmin, [inbound]), "client")
+    wait_ready(srv, sadmin)
+    wait_ready(cli, cadmin)
+    return inbound, outbound, sadmin, srv
+
+
+def call(port, *headers, path="/echo", host="server", full=False):
+    args = ["-s", "-D", "-", "-H", f"Host: {host}"]
+    for h in headers:
+        args += ["-H", h]
+    out = curl(*args, f"http://127.0.0.1:{port}{path}").stdout.decode()
+    head, _, body = out.partition("\r\n\r\n")
+    status = int(head.split()[1])
+    return (status, head, body) if full else status
+
+
+def test_jwt_verified_refused_and_missing(procs, pki):
+    k = Keys()
+    inbound, outbound, sadmin, _ = start(procs, pki, request_authentication(k.jwks()))
+    good = k.token()
+    for port in (inbound, outbound):   # plaintext HTTP/1.1 straight in, and the mTLS HTTP/2 hop
+        st, head, body = call(port, f"Authorization: Bearer {good}", full=True)
+        assert st == 200, (port, head, body)
+        seen = json.loads(body)["headers"]
+        payload = json.loads(base64.urlsafe_b64decode(seen["x-jwt-payload"][0] + "=="))
+        assert payload["sub"] == "alice" and payload["iss"] == ISSUER
+        assert seen["x-jwt-sub"] == ["alice"]
+        assert "authorization" not in seen, "forwardOriginalToken defaults to false: the token is removed"
+        # ES256 and the access_token query parameter.
+        st, _, body = call(port, path=f"/echo?access_token={k.token('ES256')}", full=True)
+        assert st == 200, body
+        # No token at all: allowed by RequestAuthentication alone.
+        assert call(port) == 200
+        # A caller's own x-jwt-payload is never passed on.
+        st, _, body = call(port, "x-jwt-payload: forged", full=True)
+        assert st == 200 and "x-jwt-payload" not in json.loads(body)["headers"]
+
+    now = int(time.time())
+    bad = {
+        "expired": k.token(exp=now - 120),
+        "not yet valid": k.token(nbf=now + 600),
+        "wrong issuer": k.token(iss="https://other.test"),
+        "wrong audience": k.token(aud="elsewhere"),
+        "bad signature": good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB"),
+        "alg none": k.token("none"),
+        "HS256 with the RSA key": k.token("HS256"),
+        "two segments": ".".join(good.split(".")[:2]),
+        "bad base64url": good.replace(".", ".*", 1),
+        "huge": "a" * 20000 + "." + "b" * 10 + "." + "c" * 10,
+        "ES256 signature on an RS256 kid": k.token("ES256", kid="r1"),
+    }
+    before = stats(sadmin).get("jwt_rejected", 0)
+    for why, tok in bad.items():
+        for port in (inbound, outbound):
+            st, head, body = call(port, f"Authorization: Bearer {tok}", full=True)
+            assert st == 401, (why, port, head, body)
+            assert 'www-authenticate: Bearer realm="http://server/echo", error="invalid_token"' in head.lower().replace("bearer", "Bearer"), head
+    assert stats(sadmin)["jwt_rejected"] == before + 2 * len(bad)
+    # Expired within the 60 s clock skew is still accepted.
+    assert call(inbound, f"Authorization: Bearer {k.token(exp=now - 20)}") == 200
+
+
+def test_missing_token_refused_by_claims_condition(procs, pki):
+    k = Keys()
+    policy = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-group}
+spec:
+  rules:
+  - when:
+    - key: request.auth.claims[group]
+      values: [admins]
+"""
+    inbound, outbound, _, _ = start(procs, pki, request_authentication(k.jwks()) + policy)
+    for port in (inbound, outbound):
+        assert call(port) == 403, "no token: no claims"
+        assert call(port, f"Authorization: Bearer {k.token(group='users')}") == 403
+        assert call(port, f"Authorization: Bearer {k.token(group='admins')}") == 200
+        assert call(port, f"Authorization: Bearer {k.token(group=['users', 'admins'])}") == 200
+        assert call(port, f"Authorization: Bearer {k.token(group='admins', exp=1)}") == 401
