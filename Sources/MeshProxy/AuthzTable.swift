@@ -36,6 +36,7 @@ struct AuthzTable: Sendable {
 
     struct Source: Sendable {
         var principals: [Pattern], notPrincipals: [Pattern], namespaces: [Pattern]
+        var notNamespaces: [Pattern] = [], requestPrincipals: [Pattern] = [], notRequestPrincipals: [Pattern] = []
     }
     struct Operation: Sendable {
         var paths: [Pattern], notPaths: [Pattern], methods: [Pattern], notMethods: [Pattern]
@@ -46,10 +47,13 @@ struct AuthzTable: Sendable {
     }
     struct Rule: Sendable {
         var from: [Source], to: [Operation]
+        var when: [Condition] = []
     }
 
     private var deny: [[Rule]] = []
     private var allow: [[Rule]] = []
+    /// AUDIT policies' rules (`AuthzConditionMatch.swift`): matched requests are counted, not denied.
+    private(set) var audit: [[Rule]] = []
 
     /// The policies of `policies` that select this workload; nil when none does (all allowed).
     init?(_ policies: [AuthorizationPolicy], namespace: String, labels: [(String, String)]) {
@@ -58,11 +62,18 @@ struct AuthzTable: Sendable {
         let p = { (l: [String]) in l.map(Pattern.init) }
         for pol in mine {
             let rules = pol.rules.map { r in
-                Rule(from: r.from.map { Source(principals: p($0.principals), notPrincipals: p($0.notPrincipals), namespaces: p($0.namespaces)) },
+                Rule(from: r.from.map { Source(principals: p($0.principals), notPrincipals: p($0.notPrincipals), namespaces: p($0.namespaces),
+                                               notNamespaces: p($0.notNamespaces), requestPrincipals: p($0.requestPrincipals),
+                                               notRequestPrincipals: p($0.notRequestPrincipals)) },
                      to: r.to.map { Operation(paths: p($0.paths), notPaths: p($0.notPaths), methods: p($0.methods), notMethods: p($0.notMethods),
-                                              ports: $0.ports, notPorts: $0.notPorts) })
+                                              ports: $0.ports, notPorts: $0.notPorts) },
+                     when: r.when.map(Condition.init))
             }
-            if pol.action == .deny { deny.append(rules) } else { allow.append(rules) }
+            switch pol.action {
+            case .deny: deny.append(rules)
+            case .allow: allow.append(rules)
+            case .audit: audit.append(rules)
+            }
         }
     }
 
@@ -70,8 +81,8 @@ struct AuthzTable: Sendable {
     /// empty for a plaintext caller; `path` may carry a query (ignored); `port` is the service
     /// port the request came to (0: not known, then rules on ports do not match it).
     func allows(principal: UnsafePointer<UInt8>, _ pn: Int, method: UnsafePointer<UInt8>, _ mn: Int,
-                path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int = 0) -> Bool {
-        decide(principal: principal, pn, method: method, mn, path: path, pathLength, port: port, tcp: false)
+                path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int = 0, attrs: RequestAttributes = RequestAttributes()) -> Bool {
+        decide(principal: principal, pn, method: method, mn, path: path, pathLength, port: port, tcp: false, attrs: attrs)
     }
 
     /// Whether a TCP connection is allowed (checked once, when it is established): by the
@@ -86,7 +97,8 @@ struct AuthzTable: Sendable {
     }
 
     private func decide(principal: UnsafePointer<UInt8>, _ pn: Int, method: UnsafePointer<UInt8>, _ mn: Int,
-                        path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int, tcp: Bool) -> Bool {
+                        path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int, tcp: Bool,
+                        attrs: RequestAttributes = RequestAttributes(), rulesOf which: Which = .verdict) -> Bool {
         var pp = principal, pl = pn
         let scheme: StaticString = "spiffe://"
         if pl >= 9 && memcmp(pp, scheme.utf8Start, 9) == 0 { pp += 9; pl -= 9 }
@@ -109,6 +121,15 @@ struct AuthzTable: Sendable {
             // Istio's "deny what is not mTLS" rule).
             if !s.notPrincipals.isEmpty && pl > 0 && any(s.notPrincipals, pp, pl) { return false }
             if !s.namespaces.isEmpty { let (np, nn) = namespaceOf(); if !any(s.namespaces, np, nn) { return false } }
+            if !s.notNamespaces.isEmpty && pl > 0 { let (np, nn) = namespaceOf(); if any(s.notNamespaces, np, nn) { return false } }
+            if !s.requestPrincipals.isEmpty || !s.notRequestPrincipals.isEmpty {
+                // A TCP connection has no request principal (Istio: HTTP-only field).
+                if tcp { return false }
+                let rp = attrs.jwt?.principal
+                let rpn = rp?.readableBytes ?? 0
+                if !s.requestPrincipals.isEmpty && (rpn == 0 || !any(s.requestPrincipals, UnsafePointer(rp!.readPointer), rpn)) { return false }
+                if !s.notRequestPrincipals.isEmpty && rpn > 0 && any(s.notRequestPrincipals, UnsafePointer(rp!.readPointer), rpn) { return false }
+            }
             return true
         }
         func opMatches(_ o: Operation, deny: Bool) -> Bool {
@@ -123,7 +144,13 @@ struct AuthzTable: Sendable {
         }
         func ruleMatches(_ r: Rule, deny: Bool) -> Bool {
             (r.from.isEmpty || r.from.contains(where: sourceMatches)) && (r.to.isEmpty || r.to.contains { opMatches($0, deny: deny) })
+                && r.when.allSatisfy { c in
+                    // TCP: a condition on an HTTP attribute never holds for ALLOW, is ignored for DENY (Istio).
+                    if tcp && c.needsHTTP { return deny }
+                    return c.matches(attrs, principal: pp, pl, namespace: namespaceOf(), port: port)
+                }
         }
+        if which == .audit { return audit.contains { $0.contains { ruleMatches($0, deny: false) } } }
         for rules in deny where rules.contains(where: { ruleMatches($0, deny: true) }) { return false }
         if allow.isEmpty { return true }
         return allow.contains { $0.contains { ruleMatches($0, deny: false) } }
@@ -144,11 +171,17 @@ struct AuthzTable: Sendable {
     /// HTTP/1.1 and both HTTP/2 request paths. `principal` is the caller's SPIFFE ID bytes, empty
     /// for a plaintext caller.
     func check(principal: [UInt8], method: UnsafePointer<UInt8>, _ mn: Int,
-               rawPath: UnsafePointer<UInt8>, _ pn: Int, scratch: ByteBuffer, port: Int = 0) -> Verdict {
+               rawPath: UnsafePointer<UInt8>, _ pn: Int, scratch: ByteBuffer, port: Int = 0,
+               attrs: RequestAttributes = RequestAttributes(), audited: UnsafeMutablePointer<Bool>? = nil) -> Verdict {
         guard AuthzTable.normalize(rawPath, pn, into: scratch) else { return .refused }
         let ok = principal.withUnsafeBufferPointer { pp in
-            allows(principal: pp.baseAddress ?? method, pp.count, method: method, mn,
-                   path: UnsafePointer(scratch.readPointer), scratch.readableBytes, port: port)
+            if let audited, !audit.isEmpty {
+                audited.pointee = decide(principal: pp.baseAddress ?? method, pp.count, method: method, mn,
+                                         path: UnsafePointer(scratch.readPointer), scratch.readableBytes, port: port, tcp: false,
+                                         attrs: attrs, rulesOf: .audit)
+            }
+            return allows(principal: pp.baseAddress ?? method, pp.count, method: method, mn,
+                          path: UnsafePointer(scratch.readPointer), scratch.readableBytes, port: port, attrs: attrs)
         }
         return ok ? .allowed : .denied
     }

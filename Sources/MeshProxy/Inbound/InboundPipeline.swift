@@ -22,9 +22,12 @@ extension Exchange {
         // 3. AuthorizationPolicy: may this caller make this request?
         if let az = s.authz {
             let path = r.path.isEmpty ? ByteRange() : r.path
+            var audited = false
             let verdict = az.check(principal: tls?.peerIdentityBytes ?? [], method: r.pointer(r.method), Int(r.method.length),
                                    rawPath: r.pointer(path), Int(path.length), scratch: worker.scratch,
-                                   port: s.inboundServicePort)
+                                   port: s.inboundServicePort,
+                                   attrs: AuthzTable.RequestAttributes(jwt: worker.jwt, head: r), audited: &audited)
+            if audited { worker.stats.inc(.authzAudited) }
             if verdict != .allowed {
                 worker.stats.inc(verdict.counter)
                 localReply(verdict.status, verdict.reason, flag: verdict.flag, close: verdict == .refused)
