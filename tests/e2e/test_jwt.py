@@ -275,3 +275,41 @@ spec:
         path.write_text(server_config(pki, "s", free_port(), free_port(), free_port()) + doc)
         r = subprocess.run([SIDECAR, "--check", "--config", path], capture_output=True, text=True)
         assert r.returncode != 0 and field in r.stderr, (field, r.stderr)
+
+
+def test_port_level_mtls(procs, pki):
+    """PeerAuthentication portLevelMtls, keyed by the workload (app) port: STRICT on one port and
+    PERMISSIVE (the workload's mode) on another, for HTTP and TCP inbound alike."""
+    apps = {name: procs.app(name) for name in ("a", "b", "c", "d")}
+    policy = f"""---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: server}}
+spec:
+  selector: {{matchLabels: {{app: server}}}}
+  mtls: {{mode: PERMISSIVE}}
+  portLevelMtls:
+    {apps['a']}: {{mode: STRICT}}
+    {apps['c']}: {{mode: STRICT}}
+"""
+    inbound = {}
+    for name, app in apps.items():
+        port, admin = free_port(), free_port()
+        extra = "    appProtocol: TCP\n" if name in ("c", "d") else ""
+        srv = procs.sidecar(server_config(pki, f"server-{name}", port, admin, app).replace("    headerTimeout: 2s\n", "    headerTimeout: 2s\n" + extra)
+                            + policy, f"server-{name}")
+        wait_ready(srv, admin)
+        inbound[name] = port
+    outbound, cadmin = free_port(), free_port()
+    cli = procs.sidecar(client_config(pki, "client-sidecar", outbound, cadmin, [inbound["a"]]), "client")
+    wait_ready(cli, cadmin)
+
+    def plain(name):
+        return curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", f"http://127.0.0.1:{inbound[name]}/").stdout
+
+    assert plain("a") == b"000", "HTTP port A: STRICT by portLevelMtls refuses plaintext"
+    assert plain("b") == b"200", "HTTP port B: the workload's PERMISSIVE"
+    assert plain("c") == b"000", "TCP port C: STRICT by portLevelMtls"
+    assert plain("d") == b"200", "TCP port D: PERMISSIVE"
+    assert curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: server", f"http://127.0.0.1:{outbound}/").stdout == b"200", \
+        "mTLS still works on the STRICT port"
