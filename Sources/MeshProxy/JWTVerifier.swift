@@ -32,10 +32,13 @@ final class JWTTable: @unchecked Sendable {
     let outputHeaders: [[UInt8]]
     /// The `jwksUri`s the rules use (for the fetcher).
     let uris: [String]
+    /// The fetcher's cache generation the keys were taken from.
+    let generation: Int
 
     /// The policies of `policies` that select this workload; nil when none does.
     /// `fetched`: key sets by URI, as the fetcher has them.
-    init?(_ policies: [RequestAuthentication], namespace: String, labels: [(String, String)], fetched: [String: JSONWebKeySet]) {
+    init?(_ policies: [RequestAuthentication], namespace: String, labels: [(String, String)],
+          fetched: (sets: [String: JSONWebKeySet], generation: Int) = ([:], 0)) {
         let mine = policies.filter { $0.selects(namespace: namespace, labels: labels) }
         if mine.isEmpty { return nil }
         var rules: [Rule] = []
@@ -46,7 +49,7 @@ final class JWTTable: @unchecked Sendable {
                 var keys = r.jwks?.keys ?? []
                 if let u = r.jwksUri {
                     if !uris.contains(u) { uris.append(u) }
-                    keys = fetched[u]?.keys ?? []
+                    keys = fetched.sets[u]?.keys ?? []
                 }
                 let payload = r.outputPayloadToHeader.map { Array($0.utf8) }
                 let claims = r.outputClaimToHeaders.map { (header: Array($0.header.utf8), claim: Array($0.claim.utf8)) }
@@ -62,6 +65,7 @@ final class JWTTable: @unchecked Sendable {
         self.rules = rules
         self.outputHeaders = outs
         self.uris = uris
+        self.generation = fetched.generation
     }
 }
 

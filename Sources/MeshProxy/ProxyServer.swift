@@ -138,6 +138,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         adminThread = Threads.spawn(name: "admin") { admin.run() }
         if ready { admin.ready.store(true, ordering: .releasing) }
+        JWKSFetcher.shared.track(self, snapshot)
     }
 
     /// `/ready` turns 200 (it was started with `ready: false`) once every worker has run what
@@ -155,6 +156,15 @@ public final class ProxyServer: @unchecked Sendable {
     /// new connections and requests; established connections and requests in flight finish on
     /// the one they started with. Callable from any thread.
     public func replace(_ next: ProxySnapshot) {
+        JWKSFetcher.shared.installLock.lock()
+        defer { JWKSFetcher.shared.installLock.unlock() }
+        installWithoutSerializing(next)
+    }
+
+    /// `replace` without taking the lock it holds (the JWKS fetcher, `JWKSFetcher.swift`, holds
+    /// it already): the fetcher learns the URIs of the snapshot in force.
+    func installWithoutSerializing(_ next: ProxySnapshot) {
+        JWKSFetcher.shared.track(self, next)
         for w in workers {
             w.loop.post { [w] in w.replaceSnapshot(next) }
         }

@@ -225,7 +225,8 @@ public final class ProxySnapshot: Sendable {
         self.vhosts = compiled.vhosts
         self.matcher = MatchTable(vhosts: compiled.vhosts, routes: compiled.routes)
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
-        self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels, fetched: [:])
+        self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels,
+                            fetched: b.traffic.requestAuthentications.isEmpty ? ([:], 0) : JWKSFetcher.shared.current())
         // The workload port is the app's (Istio's portLevelMtls keys are target ports).
         self.inboundMode = PeerAuthentication.mode(for: b.workload.namespace, labels: b.workload.labels,
                                                    port: Int(b.inbound?.appAddress?.port ?? 0), in: b.traffic.peerAuthentications)

@@ -103,7 +103,7 @@ final class JWTVerifierTests: XCTestCase {
         rule.jwks = try JSONWebKeySet.parse(jwks ?? "{\"keys\":[\(Self.rsa.jwk),\(Self.ec.jwk)]}")
         rule.fromHeaders = [.init(name: "authorization", prefix: "Bearer ")]
         let ra = RequestAuthentication(name: "r", namespace: "default", selector: nil, jwtRules: [rule])
-        return try XCTUnwrap(JWTTable([ra], namespace: "default", labels: [], fetched: [:]))
+        return try XCTUnwrap(JWTTable([ra], namespace: "default", labels: []))
     }
 
     func verify(_ t: JWTTable, _ tok: String, now: Int64 = JWTVerifierTests.now) -> JWTFailure? {

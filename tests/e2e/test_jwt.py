@@ -313,3 +313,126 @@ spec:
     assert plain("d") == b"200", "TCP port D: PERMISSIVE"
     assert curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: server", f"http://127.0.0.1:{outbound}/").stdout == b"200", \
         "mTLS still works on the STRICT port"
+
+
+class JWKSServer:
+    """A local HTTP or HTTPS server whose /jwks.json answers what `body` holds."""
+
+    def __init__(self, tls_dir=None):
+        import http.server
+        import ssl
+        import threading
+        outer = self
+        self.body = b"{}"
+        self.hits = 0
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.hits += 1
+                b = outer.body if self.path == "/jwks.json" else b"not here"
+                self.send_response(200 if self.path == "/jwks.json" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(b)))
+                self.end_headers()
+                self.wfile.write(b)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        if tls_dir:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def make_tls(d):
+    """A CA of the test's own and a server certificate for localhost from it (PEM files in `d`)."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jwks test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (d / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+
+
+def uri_rule(uri):
+    return f"""---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt}}
+spec:
+  jwtRules:
+  - issuer: {ISSUER}
+    jwksUri: {uri}
+"""
+
+
+def start_with_env(procs, pki, name, docs, env):
+    from conftest import SIDECAR
+    app = procs.app(name)
+    inbound, admin = free_port(), free_port()
+    path = procs.tmp / f"{name}.yaml"
+    path.write_text(server_config(pki, name, inbound, admin, app) + PERMISSIVE + docs)
+    p = procs.start([SIDECAR, "--config", path], name, env=env)
+    wait_ready(p, admin)
+    return inbound, p
+
+
+def test_jwks_uri_fetched_refreshed_http_and_https(procs, pki, tmp_path):
+    a, b = Keys(), Keys()
+    plain = JWKSServer()
+    make_tls(tmp_path)
+    tls = JWKSServer(tls_dir=tmp_path)
+    try:
+        plain.body = a.jwks().encode()
+        tls.body = a.jwks().encode()
+        env = {"MESH_JWKS_REFRESH_SECONDS": "1"}
+        port, _ = start_with_env(procs, pki, "http-jwks", uri_rule(f"http://127.0.0.1:{plain.port}/jwks.json"), env)
+        bearer = lambda k: f"Authorization: Bearer {k.token()}"  # noqa: E731
+        wait_until(lambda: call(port, bearer(a)) == 200, what="the first fetch")
+        assert call(port, bearer(b)) == 401
+        # Rotation: the server now has B only; within a refresh B is accepted and A refused.
+        plain.body = b.jwks().encode()
+        wait_until(lambda: call(port, bearer(b)) == 200, what="the refresh")
+        assert call(port, bearer(a)) == 401
+        # A set that stops parsing leaves the last good one in force.
+        plain.body = b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}'
+        hits = plain.hits
+        wait_until(lambda: plain.hits >= hits + 2, what="two more fetches")
+        assert call(port, bearer(b)) == 200
+
+        # https with the test's own CA, trusted through SSL_CERT_FILE.
+        uri = f"https://localhost:{tls.port}/jwks.json"
+        tport, _ = start_with_env(procs, pki, "https-jwks", uri_rule(uri), {**env, "SSL_CERT_FILE": str(tmp_path / "ca.pem")})
+        wait_until(lambda: call(tport, bearer(a)) == 200, what="the https fetch")
+        # Without that CA the server is not trusted: no keys, tokens refused, the reason logged.
+        uport, untrusted = start_with_env(procs, pki, "https-untrusted", uri_rule(uri), env)
+        wait_until(lambda: "TLS with localhost" in untrusted.log_path.read_text(), what="the refused handshake")
+        assert call(uport, bearer(a)) == 401
+    finally:
+        plain.close()
+        tls.close()
