@@ -17,6 +17,12 @@ public struct AuthorizationPolicy: Sendable {
         /// `iss/sub` of the request's verified JWT (RequestAuthentication).
         public var requestPrincipals: [String] = []
         public var notRequestPrincipals: [String] = []
+        /// The caller's address (`ipBlocks`) and the original client's (`remoteIpBlocks`: the
+        /// same address here, no trusted proxies in front of a sidecar).
+        public var ipBlocks: [AuthzCIDR] = []
+        public var notIpBlocks: [AuthzCIDR] = []
+        public var remoteIpBlocks: [AuthzCIDR] = []
+        public var notRemoteIpBlocks: [AuthzCIDR] = []
     }
 
     public struct Operation: Sendable {
@@ -73,7 +79,20 @@ public struct AuthorizationPolicy: Sendable {
                 src.notNamespaces = try s.stringList("notNamespaces") ?? []
                 src.requestPrincipals = try s.stringList("requestPrincipals") ?? []
                 src.notRequestPrincipals = try s.stringList("notRequestPrincipals") ?? []
-                for f in ["ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts"] { try s.refuse(f) }
+                for f in ["ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"] {
+                    var blocks: [AuthzCIDR] = []
+                    for v in try s.stringList(f) ?? [] {
+                        guard let c = AuthzCIDR(v) else { throw ConfigReader.error(ctx, s.sub(f), s.map.line, "expected an IP address or CIDR block, got \"\(v)\"") }
+                        blocks.append(c)
+                    }
+                    switch f {
+                    case "ipBlocks": src.ipBlocks = blocks
+                    case "notIpBlocks": src.notIpBlocks = blocks
+                    case "remoteIpBlocks": src.remoteIpBlocks = blocks
+                    default: src.notRemoteIpBlocks = blocks
+                    }
+                }
+                for f in ["serviceAccounts", "notServiceAccounts"] { try s.refuse(f) }
                 try s.finish()
                 try f.finish()
                 rule.from.append(src)

@@ -23,12 +23,14 @@ extension AuthorizationPolicy {
         case sourceNamespace
         /// `destination.port`: the workload's service port.
         case destinationPort
+        /// `source.ip` and `remote.ip` (the same address here: no trusted proxies in front).
+        case sourceIP
 
         /// Keys that only an HTTP request has (a TCP connection is judged as Istio does).
         public var needsHTTP: Bool {
             switch self {
             case .claim, .requestPrincipal, .audiences, .presenter, .header: return true
-            case .sourcePrincipal, .sourceNamespace, .destinationPort: return false
+            case .sourcePrincipal, .sourceNamespace, .destinationPort, .sourceIP: return false
             }
         }
     }
@@ -37,10 +39,13 @@ extension AuthorizationPolicy {
         public var key: ConditionKey
         public var values: [String] = []
         public var notValues: [String] = []
+        /// `source.ip` / `remote.ip`: the values as address blocks.
+        public var blocks: [AuthzCIDR] = []
+        public var notBlocks: [AuthzCIDR] = []
     }
 
     /// Istio keys this mesh does not evaluate yet: refused by name.
-    static let conditionKeysNotYet = ["source.ip", "remote.ip", "destination.ip", "connection.sni"]
+    static let conditionKeysNotYet = ["destination.ip", "connection.sni"]
 
     static func parseConditionKey(_ key: String) -> ConditionKey? {
         switch key {
@@ -50,6 +55,7 @@ extension AuthorizationPolicy {
         case "source.principal": return .sourcePrincipal
         case "source.namespace": return .sourceNamespace
         case "destination.port": return .destinationPort
+        case "source.ip", "remote.ip": return .sourceIP
         default: break
         }
         if key.hasPrefix("request.headers[") && key.hasSuffix("]") {
@@ -85,7 +91,7 @@ extension AuthorizationPolicy {
             }
             guard let key = parseConditionKey(keyText) else {
                 throw ConfigReader.error(ctx, "\(path).key", w.map.line,
-                                         "unknown condition key \"\(keyText)\" (known: request.auth.claims[NAME]..., request.auth.principal, request.auth.audiences, request.auth.presenter, request.headers[NAME], source.principal, source.namespace, destination.port)")
+                                         "unknown condition key \"\(keyText)\" (known: request.auth.claims[NAME]..., request.auth.principal, request.auth.audiences, request.auth.presenter, request.headers[NAME], source.ip, remote.ip, source.principal, source.namespace, destination.port)")
             }
             var c = Condition(key: key)
             c.values = try w.stringList("values") ?? []
@@ -96,6 +102,16 @@ extension AuthorizationPolicy {
             if key == .destinationPort {
                 for v in c.values + c.notValues where !(Int(v).map { $0 >= 1 && $0 <= 65535 } ?? false) {
                     throw ConfigReader.error(ctx, "\(path).values", w.map.line, "expected a port number from 1 to 65535, got \"\(v)\"")
+                }
+            }
+            if key == .sourceIP {
+                for (list, isNot) in [(c.values, false), (c.notValues, true)] {
+                    for v in list {
+                        guard let b = AuthzCIDR(v) else {
+                            throw ConfigReader.error(ctx, "\(path).\(isNot ? "notValues" : "values")", w.map.line, "expected an IP address or CIDR block, got \"\(v)\"")
+                        }
+                        if isNot { c.notBlocks.append(b) } else { c.blocks.append(b) }
+                    }
                 }
             }
             try w.finish()

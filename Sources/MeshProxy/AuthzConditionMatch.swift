@@ -15,19 +15,23 @@ extension AuthzTable {
     struct RequestAttributes {
         var jwt: JWTScratch? = nil
         var head: MessageHead? = nil
+        /// The caller's address (`ipBlocks`, `source.ip`), nil when not asked for or unknown.
+        var source: IPEndpoint? = nil
     }
 
     /// One `when` condition, compiled: the key as bytes, patterns for its values.
     struct Condition: Sendable {
         enum Key: Sendable {
             case claim([[UInt8]]), requestPrincipal, audiences, presenter, header([UInt8])
-            case sourcePrincipal, sourceNamespace, destinationPort
+            case sourcePrincipal, sourceNamespace, destinationPort, sourceIP
         }
         let key: Key
         let values: [Pattern]
         let notValues: [Pattern]
         let ports: [Int]
         let notPorts: [Int]
+        let blocks: [AuthzCIDR]
+        let notBlocks: [AuthzCIDR]
         let needsHTTP: Bool
 
         init(_ c: AuthorizationPolicy.Condition) {
@@ -40,7 +44,10 @@ extension AuthzTable {
             case .sourcePrincipal: key = .sourcePrincipal
             case .sourceNamespace: key = .sourceNamespace
             case .destinationPort: key = .destinationPort
+            case .sourceIP: key = .sourceIP
             }
+            blocks = c.blocks
+            notBlocks = c.notBlocks
             values = c.values.map(Pattern.init)
             notValues = c.notValues.map(Pattern.init)
             ports = c.key == .destinationPort ? c.values.compactMap { Int($0) } : []
@@ -54,6 +61,10 @@ extension AuthzTable {
                      namespace: (UnsafePointer<UInt8>, Int), port: Int) -> Bool {
             if case .destinationPort = key {
                 return (ports.isEmpty || ports.contains(port)) && (notPorts.isEmpty || !notPorts.contains(port))
+            }
+            if case .sourceIP = key {
+                guard let ip = a.source else { return blocks.isEmpty }
+                return (blocks.isEmpty || blocks.contains { $0.contains(ip) }) && !notBlocks.contains { $0.contains(ip) }
             }
             var anyValue = false, anyNot = false
             func test(_ p: UnsafePointer<UInt8>, _ n: Int) {
@@ -91,7 +102,7 @@ extension AuthzTable {
                     test(UnsafePointer(j.text.readPointer), j.text.readableBytes)
                 }
                 if JSONScan.kind(p, v) == .array { JSONScan.forEachElement(p, v) { one($0); return true } } else { one(v) }
-            case .destinationPort: break
+            case .destinationPort, .sourceIP: break
             }
             if !present { return values.isEmpty }
             return (values.isEmpty || anyValue) && !anyNot

@@ -37,6 +37,9 @@ struct AuthzTable: Sendable {
     struct Source: Sendable {
         var principals: [Pattern], notPrincipals: [Pattern], namespaces: [Pattern]
         var notNamespaces: [Pattern] = [], requestPrincipals: [Pattern] = [], notRequestPrincipals: [Pattern] = []
+        var ipBlocks: [AuthzCIDR] = [], notIpBlocks: [AuthzCIDR] = []
+        /// Any of the four address lists is set: the caller's address is needed.
+        var needsAddress: Bool { !ipBlocks.isEmpty || !notIpBlocks.isEmpty }
     }
     struct Operation: Sendable {
         var paths: [Pattern], notPaths: [Pattern], methods: [Pattern], notMethods: [Pattern]
@@ -54,6 +57,9 @@ struct AuthzTable: Sendable {
     private var allow: [[Rule]] = []
     /// AUDIT policies' rules (`AuthzConditionMatch.swift`): matched requests are counted, not denied.
     private(set) var audit: [[Rule]] = []
+    /// Some rule reads the caller's address (`ipBlocks`, `source.ip`): it is looked up (once
+    /// per connection) only then.
+    private(set) var needsAddress = false
 
     /// The policies of `policies` that select this workload; nil when none does (all allowed).
     init?(_ policies: [AuthorizationPolicy], namespace: String, labels: [(String, String)]) {
@@ -64,10 +70,15 @@ struct AuthzTable: Sendable {
             let rules = pol.rules.map { r in
                 Rule(from: r.from.map { Source(principals: p($0.principals), notPrincipals: p($0.notPrincipals), namespaces: p($0.namespaces),
                                                notNamespaces: p($0.notNamespaces), requestPrincipals: p($0.requestPrincipals),
-                                               notRequestPrincipals: p($0.notRequestPrincipals)) },
+                                               notRequestPrincipals: p($0.notRequestPrincipals),
+                                               // remoteIpBlocks: the same address (no trusted proxies in front of a sidecar).
+                                               ipBlocks: $0.ipBlocks + $0.remoteIpBlocks, notIpBlocks: $0.notIpBlocks + $0.notRemoteIpBlocks) },
                      to: r.to.map { Operation(paths: p($0.paths), notPaths: p($0.notPaths), methods: p($0.methods), notMethods: p($0.notMethods),
                                               ports: $0.ports, notPorts: $0.notPorts) },
                      when: r.when.map(Condition.init))
+            }
+            if rules.contains(where: { r in r.from.contains { $0.needsAddress } || r.when.contains { if case .sourceIP = $0.key { return true }; return false } }) {
+                needsAddress = true
             }
             switch pol.action {
             case .deny: deny.append(rules)
@@ -88,11 +99,21 @@ struct AuthzTable: Sendable {
     /// Whether a TCP connection is allowed (checked once, when it is established): by the
     /// caller's principal and the service port; HTTP-only fields follow Istio (an ALLOW
     /// operation that needs them never matches, a DENY rule ignores them).
-    func allowsTCP(principal: [UInt8], port: Int) -> Bool {
+    func allowsTCP(principal: [UInt8], port: Int, source: IPEndpoint? = nil) -> Bool {
         let none: StaticString = ""
         return principal.withUnsafeBufferPointer { pp in
             decide(principal: pp.baseAddress ?? none.utf8Start, pp.count, method: none.utf8Start, 0, path: none.utf8Start, 0,
-                   port: port, tcp: true)
+                   port: port, tcp: true, attrs: RequestAttributes(source: source))
+        }
+    }
+
+    /// Whether an AUDIT policy matches a TCP connection (HTTP-only fields never match).
+    func auditsTCP(principal: [UInt8], port: Int, source: IPEndpoint? = nil) -> Bool {
+        guard !audit.isEmpty else { return false }
+        let none: StaticString = ""
+        return principal.withUnsafeBufferPointer { pp in
+            decide(principal: pp.baseAddress ?? none.utf8Start, pp.count, method: none.utf8Start, 0, path: none.utf8Start, 0,
+                   port: port, tcp: true, attrs: RequestAttributes(source: source), rulesOf: .audit)
         }
     }
 
@@ -122,6 +143,12 @@ struct AuthzTable: Sendable {
             if !s.notPrincipals.isEmpty && pl > 0 && any(s.notPrincipals, pp, pl) { return false }
             if !s.namespaces.isEmpty { let (np, nn) = namespaceOf(); if !any(s.namespaces, np, nn) { return false } }
             if !s.notNamespaces.isEmpty && pl > 0 { let (np, nn) = namespaceOf(); if any(s.notNamespaces, np, nn) { return false } }
+            if s.needsAddress {
+                // An unknown address is in no block (it fails ipBlocks, passes notIpBlocks).
+                let a = attrs.source
+                if !s.ipBlocks.isEmpty && !(a.map { ip in s.ipBlocks.contains { $0.contains(ip) } } ?? false) { return false }
+                if let ip = a, s.notIpBlocks.contains(where: { $0.contains(ip) }) { return false }
+            }
             if !s.requestPrincipals.isEmpty || !s.notRequestPrincipals.isEmpty {
                 // A TCP connection has no request principal (Istio: HTTP-only field).
                 if tcp { return false }

@@ -258,7 +258,8 @@ final class JWTVerifierTests: XCTestCase {
         XCTAssertNil(P.parseConditionKey("request.auth.claims[a[b]]"))
         XCTAssertNil(P.parseConditionKey("request.headers[bad header]"))
         XCTAssertEqual(P.parseConditionKey("request.headers[X-Env]"), .header("x-env"))
-        XCTAssertNil(P.parseConditionKey("source.ip"), "refused by name in parseConditions")
+        XCTAssertEqual(P.parseConditionKey("remote.ip"), .sourceIP, "no trusted proxies: the caller's address")
+        XCTAssertNil(P.parseConditionKey("destination.ip"), "refused by name in parseConditions")
     }
 }
 

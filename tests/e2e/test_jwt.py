@@ -259,7 +259,7 @@ kind: AuthorizationPolicy
 metadata: {name: ip}
 spec:
   rules:
-  - when: [{key: source.ip, values: [10.0.0.1]}]
+  - when: [{key: connection.sni, values: [a.example]}]
 """,
         "spec.action": """---
 apiVersion: security.istio.io/v1
@@ -436,3 +436,38 @@ def test_jwks_uri_fetched_refreshed_http_and_https(procs, pki, tmp_path):
     finally:
         plain.close()
         tls.close()
+
+
+def test_ip_blocks_and_source_ip(procs, pki):
+    """ipBlocks / notIpBlocks and the source.ip / remote.ip conditions, on the caller's address
+    (127.0.0.1 here), for plaintext HTTP/1.1 and the mTLS HTTP/2 hop; changed by SIGHUP."""
+    allow = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-address}
+spec:
+  rules:
+  - from: [{source: {ipBlocks: ["127.0.0.0/8"], notIpBlocks: ["127.0.0.2/32"]}}]
+    to: [{operation: {paths: ["/echo"]}}]
+  - when: [{key: remote.ip, values: ["10.0.0.0/8"]}]
+"""
+    deny = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-loopback}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: source.ip, values: ["127.0.0.1"]}]
+    to: [{operation: {paths: ["/echo"]}}]
+"""
+    inbound, outbound, sadmin, srv = start(procs, pki, allow)
+    for port in (inbound, outbound):
+        assert call(port) == 200, "127.0.0.1 is in 127.0.0.0/8"
+        assert call(port, path="/other") == 403, "the second rule needs 10.0.0.0/8"
+    cfg = procs.tmp / "server.yaml"
+    cfg.write_text(cfg.read_text() + deny)
+    srv.send_signal(signal.SIGHUP)
+    wait_until(lambda: "static-2" in srv.log_path.read_text(), what="reload")
+    for port in (inbound, outbound):
+        assert call(port) == 403, "DENY on source.ip"

@@ -26,7 +26,9 @@ extension Exchange {
             let verdict = az.check(principal: tls?.peerIdentityBytes ?? [], method: r.pointer(r.method), Int(r.method.length),
                                    rawPath: r.pointer(path), Int(path.length), scratch: worker.scratch,
                                    port: s.inboundServicePort,
-                                   attrs: AuthzTable.RequestAttributes(jwt: worker.jwt, head: r), audited: &audited)
+                                   attrs: AuthzTable.RequestAttributes(jwt: worker.jwt, head: r,
+                                                                       source: az.needsAddress ? down?.callerAddress : nil),
+                                   audited: &audited)
             if audited { worker.stats.inc(.authzAudited) }
             if verdict != .allowed {
                 worker.stats.inc(verdict.counter)
