@@ -471,3 +471,36 @@ spec:
     wait_until(lambda: "static-2" in srv.log_path.read_text(), what="reload")
     for port in (inbound, outbound):
         assert call(port) == 403, "DENY on source.ip"
+
+
+def test_request_authentication_pushed_by_meshd(procs, tmp_path):
+    """meshd validates RequestAuthentication with the sidecar's parser (a bad key set is refused
+    naming file, line and field, the version in force kept) and pushes it; the sidecar enforces it."""
+    from conftest import Meshd
+    k = Keys()
+    m = Meshd(procs)
+    app = procs.app("reviews")
+    m.sidecar("reviews", "reviews", app_port=app)
+    _, _, _, pp = m.sidecar("productpage", "productpage")
+    wait_until(lambda: call(pp, host="reviews", path="/") == 200, what="routing pushed")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(request_authentication('{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}').replace("name: jwt", "name: jwt-bad"))
+    r = m.ctl("apply", "-f", bad, check=False)
+    assert r.returncode != 0 and "bad.yaml:" in r.stderr and "jwtRules[0].jwks" in r.stderr and "2048" in r.stderr, r.stderr
+    policy = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: need-jwt}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+"""
+    good = tmp_path / "jwt.yaml"
+    good.write_text(request_authentication(k.jwks()).replace("spec:\n", "spec:\n  selector: {matchLabels: {app: reviews}}\n", 1) + policy)
+    m.ctl("apply", "-f", good, "--wait")
+    assert ("RequestAuthentication", "default/jwt") in m.routes()
+    assert call(pp, host="reviews") == 403, "no token"
+    assert call(pp, f"Authorization: Bearer {k.token(exp=1)}", host="reviews") == 401
+    st, _, body = call(pp, f"Authorization: Bearer {k.token()}", host="reviews", full=True)
+    assert st == 200 and json.loads(body)["headers"]["x-jwt-sub"] == ["alice"]
