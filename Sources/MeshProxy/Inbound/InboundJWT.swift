@@ -93,11 +93,12 @@ extension Exchange {
         return true
     }
 
-    /// 401 with Envoy jwt_authn's `www-authenticate` (realm: this request's URL without query).
+    /// 401 (403 for a wrong audience, as Envoy jwt_authn) with its `www-authenticate` (realm:
+    /// this request's URL without query).
     private func refuseToken(_ why: JWTFailure) -> Bool {
         worker.stats.inc(.jwtRejected)
         let r = request
-        localReply(401, why.text, flag: .none) { h in
+        localReply(why == .audience ? 403 : 401, why.text, flag: .none) { h in
             h.beginField("www-authenticate")
             h.bytes.append("Bearer realm=\"http://")
             if !r.authority.isEmpty { h.bytes.append(r.pointer(r.authority), Int(r.authority.length)) }
