@@ -135,7 +135,7 @@ struct AuthzTable: Sendable {
             }
             return (pp, 0)
         }
-        func sourceMatches(_ s: Source) -> Bool {
+        func sourceMatches(_ s: Source, deny: Bool) -> Bool {
             if pl == 0 && (!s.principals.isEmpty || !s.namespaces.isEmpty) { return false }
             if !s.principals.isEmpty && !any(s.principals, pp, pl) { return false }
             // No identity (plaintext) is no principal, so it is none of `notPrincipals` (`*` included:
@@ -150,12 +150,16 @@ struct AuthzTable: Sendable {
                 if let ip = a, s.notIpBlocks.contains(where: { $0.contains(ip) }) { return false }
             }
             if !s.requestPrincipals.isEmpty || !s.notRequestPrincipals.isEmpty {
-                // A TCP connection has no request principal (Istio: HTTP-only field).
-                if tcp { return false }
-                let rp = attrs.jwt?.principal
-                let rpn = rp?.readableBytes ?? 0
-                if !s.requestPrincipals.isEmpty && (rpn == 0 || !any(s.requestPrincipals, UnsafePointer(rp!.readPointer), rpn)) { return false }
-                if !s.notRequestPrincipals.isEmpty && rpn > 0 && any(s.notRequestPrincipals, UnsafePointer(rp!.readPointer), rpn) { return false }
+                // A TCP connection has no request principal (Istio: an HTTP-only field, which an
+                // ALLOW rule never matches and a DENY rule ignores).
+                if tcp {
+                    if !deny { return false }
+                } else {
+                    let rp = attrs.jwt?.principal
+                    let rpn = rp?.readableBytes ?? 0
+                    if !s.requestPrincipals.isEmpty && (rpn == 0 || !any(s.requestPrincipals, UnsafePointer(rp!.readPointer), rpn)) { return false }
+                    if !s.notRequestPrincipals.isEmpty && rpn > 0 && any(s.notRequestPrincipals, UnsafePointer(rp!.readPointer), rpn) { return false }
+                }
             }
             return true
         }
@@ -170,7 +174,7 @@ struct AuthzTable: Sendable {
             return true
         }
         func ruleMatches(_ r: Rule, deny: Bool) -> Bool {
-            (r.from.isEmpty || r.from.contains(where: sourceMatches)) && (r.to.isEmpty || r.to.contains { opMatches($0, deny: deny) })
+            (r.from.isEmpty || r.from.contains { sourceMatches($0, deny: deny) }) && (r.to.isEmpty || r.to.contains { opMatches($0, deny: deny) })
                 && r.when.allSatisfy { c in
                     // TCP: a condition on an HTTP attribute never holds for ALLOW, is ignored for DENY (Istio).
                     if tcp && c.needsHTTP { return deny }

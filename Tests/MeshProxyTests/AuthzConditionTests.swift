@@ -109,3 +109,17 @@ final class AuthzConditionTests: XCTestCase {
         XCTAssertTrue(t.auditsTCP(principal: [], port: 1) == false, "a path rule never matches TCP")
     }
 }
+
+extension AuthzConditionTests {
+    /// On TCP, requestPrincipals and request.* conditions are HTTP-only: an ALLOW rule naming
+    /// them never matches, a DENY rule ignores them (so it denies more), as Istio does.
+    func testHTTPOnlySourceFieldsOnTCP() throws {
+        let allow = try parse("  rules:\n  - from: [{source: {requestPrincipals: [\"*\"]}}]\n")
+        let ta = try XCTUnwrap(AuthzTable(allow.authorizationPolicies, namespace: "default", labels: []))
+        XCTAssertFalse(ta.allowsTCP(principal: Array("spiffe://cluster.local/ns/a/sa/b".utf8), port: 1))
+        let deny = try parse("  action: DENY\n  rules:\n  - from: [{source: {requestPrincipals: [\"x/y\"]}}]\n    when: [{key: \"request.auth.claims[g]\", values: [a]}]\n")
+        let td = try XCTUnwrap(AuthzTable(deny.authorizationPolicies, namespace: "default", labels: []))
+        XCTAssertFalse(td.allowsTCP(principal: Array("spiffe://cluster.local/ns/a/sa/b".utf8), port: 1))
+        XCTAssertTrue(decide(td), "on HTTP, no token: the DENY rule does not match")
+    }
+}
