@@ -185,8 +185,8 @@ extension ConfigStore {
     /// a `ProxyConfig` document with the clusters of the hosts the scope's egress hosts allow
     /// (all of them when no Sidecar applies) and their default routes, plus every cluster a
     /// VirtualService it gets routes or mirrors to (so the set stays one the sidecar accepts),
-    /// then the VirtualServices and DestinationRules of those hosts and the AuthorizationPolicy
-    /// and PeerAuthentication documents of its own and the root namespace (the sidecar applies
+    /// then the VirtualServices and DestinationRules of those hosts and the AuthorizationPolicy,
+    /// PeerAuthentication and RequestAuthentication documents of its own and the root namespace (the sidecar applies
     /// their selectors itself). Every value that came from input is written quoted.
     static func render(_ b: RenderBase, scope: ProxyScope?) -> (text: String, placed: [(line: Int, doc: Document)]) {
         let q = YAML.quoted
