@@ -185,6 +185,8 @@ def test_request_principals_conditions_and_audit(procs, pki):
     request.headers[...] conditions, notValues; an AUDIT policy counts what it matches and
     denies nothing."""
     k = Keys()
+    app = procs.app("server")
+    # destination.port is the service port: the app's port here.
     policies = f"""---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -197,7 +199,7 @@ spec:
     - {{key: request.auth.audiences, values: [bookinfo]}}
     - {{key: request.auth.presenter, notValues: [evil-app]}}
     - {{key: "request.headers[x-env]", notValues: [prod]}}
-    - {{key: destination.port, values: ["1", "65535"], notValues: ["2"]}}
+    - {{key: destination.port, values: ["{app}"], notValues: ["2"]}}
   - from: [{{source: {{requestPrincipals: ["*"], notRequestPrincipals: ["{ISSUER}/mallory"]}}}}]
     to: [{{operation: {{paths: ["/open*"]}}}}]
 ---
@@ -211,11 +213,6 @@ spec:
     when:
     - {{key: "request.auth.claims[org][team]", values: ["blue-admins"]}}
 """
-    # destination.port: the service port is the app's port here; the policy names it at run time.
-    app_port_placeholder = '["1", "65535"]'
-    inbound, outbound, sadmin, srv = None, None, None, None
-    app = procs.app("server")
-    policies = policies.replace(app_port_placeholder, f'["{app}"]')
     inbound, sadmin = free_port(), free_port()
     srv = procs.sidecar(server_config(pki, "server-sidecar", inbound, sadmin, app) + PERMISSIVE
                         + request_authentication(k.jwks()) + policies, "server")
