@@ -21,14 +21,15 @@ final class JWTVerifierTests: XCTestCase {
             let a = alg.map { "\"alg\":\"\($0)\"," } ?? ""
             jwk = "{\"kty\":\"RSA\",\"kid\":\"\(kid)\",\(a)\"n\":\"\(Key.bn(pkey, "n", 0))\",\"e\":\"\(Key.bn(pkey, "e", 0))\"}"
         }
-        init(ecKid kid: String) {
+        init(ecKid kid: String, curve: String = "P-256") {
             let ctx = EVP_PKEY_CTX_new_from_name(nil, "EC", nil)!
             defer { EVP_PKEY_CTX_free(ctx) }
-            precondition(EVP_PKEY_keygen_init(ctx) == 1 && EVP_PKEY_CTX_set_group_name(ctx, "P-256") == 1)
+            precondition(EVP_PKEY_keygen_init(ctx) == 1 && EVP_PKEY_CTX_set_group_name(ctx, curve) == 1)
             var k: OpaquePointer? = nil
             precondition(EVP_PKEY_generate(ctx, &k) == 1)
             pkey = k!
-            jwk = "{\"kty\":\"EC\",\"kid\":\"\(kid)\",\"crv\":\"P-256\",\"x\":\"\(Key.bn(pkey, "qx", 32))\",\"y\":\"\(Key.bn(pkey, "qy", 32))\"}"
+            let size = curve == "P-256" ? 32 : 48
+            jwk = "{\"kty\":\"EC\",\"kid\":\"\(kid)\",\"crv\":\"\(curve)\",\"x\":\"\(Key.bn(pkey, "qx", size))\",\"y\":\"\(Key.bn(pkey, "qy", size))\"}"
         }
         deinit { EVP_PKEY_free(pkey) }
 
@@ -43,11 +44,11 @@ final class JWTVerifierTests: XCTestCase {
         }
 
         /// Signs `input` (RS256, PS256 or ES256 as r||s).
-        func sign(_ input: [UInt8], pss: Bool = false, ec: Bool = false) -> [UInt8] {
+        func sign(_ input: [UInt8], pss: Bool = false, ec: Bool = false, digest: OpaquePointer = EVP_sha256(), size: Int = 32) -> [UInt8] {
             let md = EVP_MD_CTX_new()!
             defer { EVP_MD_CTX_free(md) }
             var pctx: OpaquePointer? = nil
-            precondition(EVP_DigestSignInit(md, &pctx, EVP_sha256(), nil, pkey) == 1)
+            precondition(EVP_DigestSignInit(md, &pctx, digest, nil, pkey) == 1)
             if pss { precondition(EVP_PKEY_CTX_set_rsa_padding(pctx, 6) == 1 && EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, -1) == 1) }
             var len = 0
             precondition(EVP_DigestSign(md, nil, &len, input, input.count) == 1)
@@ -61,10 +62,10 @@ final class JWTVerifierTests: XCTestCase {
             defer { ECDSA_SIG_free(s) }
             var rr: OpaquePointer? = nil, sv: OpaquePointer? = nil
             ECDSA_SIG_get0(s, &rr, &sv)
-            var out = [UInt8](repeating: 0, count: 64)
+            var out = [UInt8](repeating: 0, count: 2 * size)
             out.withUnsafeMutableBufferPointer { o in
-                _ = BN_bn2binpad(rr, o.baseAddress!, 32)
-                _ = BN_bn2binpad(sv, o.baseAddress! + 32, 32)
+                _ = BN_bn2binpad(rr, o.baseAddress!, Int32(size))
+                _ = BN_bn2binpad(sv, o.baseAddress! + size, Int32(size))
             }
             return out
         }
@@ -93,7 +94,8 @@ final class JWTVerifierTests: XCTestCase {
         let p = payload ?? "{\"iss\":\"https://issuer\",\"sub\":\"alice\",\"aud\":\"bookinfo\",\"exp\":\(Self.now + 600)}"
         let input = Self.b64u(Array(h.utf8)) + "." + Self.b64u(Array(p.utf8))
         let k = key ?? (alg == "ES256" ? Self.ec : Self.rsa)
-        let sig = k.sign(Array(input.utf8), pss: alg == "PS256", ec: alg == "ES256")
+        let digest: OpaquePointer = alg.hasSuffix("512") ? EVP_sha512() : alg.hasSuffix("384") ? EVP_sha384() : EVP_sha256()
+        let sig = k.sign(Array(input.utf8), pss: alg.hasPrefix("PS"), ec: alg.hasPrefix("ES"), digest: digest, size: alg == "ES384" ? 48 : 32)
         return input + "." + Self.b64u(sig)
     }
 
@@ -218,6 +220,15 @@ final class JWTVerifierTests: XCTestCase {
         let tp = try table(jwks: "{\"keys\":[\(pssKey.jwk)]}")
         XCTAssertNil(verify(tp, token(alg: "PS256", kid: "p1", key: pssKey)))
         XCTAssertNil(verify(tp, token(alg: "RS256", kid: "p1", key: pssKey)), "a key without alg takes RS256 too")
+        // RS512, PS384 and ES384 with keys that allow them; ES384 refuses a P-256 key and the reverse.
+        let rsaAny = Key(kid: "a1", alg: nil), p384 = Key(ecKid: "e3", curve: "P-384")
+        let more = try table(jwks: "{\"keys\":[\(rsaAny.jwk),\(p384.jwk),\(Self.ec.jwk)]}")
+        XCTAssertNil(verify(more, token(alg: "RS512", kid: "a1", key: rsaAny)))
+        XCTAssertNil(verify(more, token(alg: "PS384", kid: "a1", key: rsaAny)))
+        XCTAssertNil(verify(more, token(alg: "ES384", kid: "e3", key: p384)))
+        XCTAssertEqual(verify(more, token(alg: "ES384", kid: "e1", key: p384)), .noKey, "ES384 names a P-256 key")
+        XCTAssertEqual(verify(more, token(alg: "ES256", kid: "e3", key: Self.ec)), .noKey, "ES256 names a P-384 key")
+        XCTAssertEqual(verify(more, token(alg: "RS512", kid: "a1", key: Key())), .signature)
         // The request principal is iss/sub.
         let s = JWTScratch()
         let b = Array(token().utf8)
