@@ -214,8 +214,10 @@ spec:
     - {{key: "request.auth.claims[org][team]", values: ["blue-admins"]}}
 """
     inbound, sadmin = free_port(), free_port()
-    srv = procs.sidecar(server_config(pki, "server-sidecar", inbound, sadmin, app) + PERMISSIVE
-                        + request_authentication(k.jwks()) + policies, "server")
+    log = procs.tmp / "access.log"
+    # Access log sampling next to nothing: only errors and audited requests are written.
+    srv = procs.sidecar(server_config(pki, "server-sidecar", inbound, sadmin, app, f"  accessLog: {{path: {log}, sampling: 0.000001}}\n")
+                        + PERMISSIVE + request_authentication(k.jwks()) + policies, "server")
     wait_ready(srv, sadmin)
 
     def tok(**c):
@@ -244,6 +246,12 @@ spec:
     assert call(inbound, tok(org={"team": "red"})) == 403
     assert stats(sadmin)["authz_audited"] == before + 1
     assert before == 7
+    # Each audited request is in the access log, marked, whatever the sampling.
+    def lines():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    wait_until(lambda: sum(1 for e in lines() if e.get("audit")) == 8, what="8 audited lines")
+    assert all(e.get("audit") for e in lines() if e["response_code"] == 200 and e["path"] == "/echo"), lines()
+    assert not any(e.get("audit") for e in lines() if e["path"] != "/echo")
 
 
 def test_refused_by_name(procs, pki, tmp_path):

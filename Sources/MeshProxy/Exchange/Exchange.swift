@@ -78,6 +78,8 @@ final class Exchange: PoolWaiter {
     var flag: ResponseFlag = .none
     /// Why the proxy answered itself (access log), nil for upstream responses.
     private var localReason: StaticString? = nil
+    /// An AUDIT AuthorizationPolicy matched (inbound): always written to the access log, `"audit":true`.
+    var audited = false
     var metricsRoute = MetricKey.noRoute
     /// The answering sidecar (outbound) and the caller (inbound), as peer indices.
     var upstreamPeer = 0
@@ -107,6 +109,7 @@ final class Exchange: PoolWaiter {
         status = 0
         flag = .none
         localReason = nil
+        audited = false
         self.requestHasBody = requestHasBody
         requestEnded = !requestHasBody
         upstreamRequestEnded = false
@@ -702,7 +705,7 @@ final class Exchange: PoolWaiter {
         worker.metrics.record(key: key, durationMicros: micros, requestBytes: requestBytes, responseBytes: responseBytes)
         if let sink = worker.accessLog {
             let error = status >= 400 || status == 0 || flag != .none
-            if error || sink.sampling >= 1 || Double(worker.rng.next() >> 11) / Double(1 << 53) < sink.sampling {
+            if error || audited || sink.sampling >= 1 || Double(worker.rng.next() >> 11) / Double(1 << 53) < sink.sampling {
                 ExchangeLog.write(self, sink, micros: micros, startWall: startWall, authority: clientAuthority,
                                   reason: localReason, upstream: exchangePool)
             }

@@ -29,7 +29,7 @@ extension Exchange {
                                    attrs: AuthzTable.RequestAttributes(jwt: worker.jwt, head: r,
                                                                        source: az.needsAddress ? down?.callerAddress : nil),
                                    audited: &audited)
-            if audited { worker.stats.inc(.authzAudited) }
+            if audited { worker.stats.inc(.authzAudited); self.audited = true }
             if verdict != .allowed {
                 worker.stats.inc(verdict.counter)
                 localReply(verdict.status, verdict.reason, flag: verdict.flag, close: verdict == .refused)
