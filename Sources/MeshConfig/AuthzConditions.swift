@@ -35,6 +35,7 @@ extension AuthorizationPolicy {
         }
     }
 
+    /// One `when` entry: the attribute, and the values it must (and must not) have.
     public struct Condition: Sendable {
         public var key: ConditionKey
         public var values: [String] = []

@@ -72,6 +72,7 @@ public enum JWSAlgorithm: UInt8, Sendable, CaseIterable {
 /// One public key of a JSON Web Key Set (RFC 7517): an RSA key (at least 2048 bits) or an EC key
 /// on P-256 or P-384, held as an OpenSSL EVP_PKEY for the life of the config that holds it.
 public final class JSONWebKey: @unchecked Sendable {
+    /// RSA, or EC on P-256 or P-384 (the curve is part of the type: ES256 needs P-256).
     public enum KeyType: Sendable { case rsa, p256, p384 }
     public let type: KeyType
     /// `kid`, empty when the key has none.

@@ -21,6 +21,7 @@ extension AuthzTable {
 
     /// One `when` condition, compiled: the key as bytes, patterns for its values.
     struct Condition: Sendable {
+        /// The attribute, with claim paths and header names as bytes.
         enum Key: Sendable {
             case claim([[UInt8]]), requestPrincipal, audiences, presenter, header([UInt8])
             case sourcePrincipal, sourceNamespace, destinationPort, sourceIP

@@ -110,6 +110,7 @@ public final class JWKSFetcher: @unchecked Sendable {
         }
     }
 
+    /// Why a fetch failed, for the log.
     struct FetchError: Error { let text: String }
 
     /// One GET (HTTP/1.0, so the body ends with the connection), 5 s per step, the body bounded.

@@ -9,11 +9,13 @@ import MeshCore
 /// issuers, audiences and header names as bytes, keys as EVP_PKEYs (from inline `jwks`, or from
 /// `jwksUri` as last fetched by `JWKSFetcher`, which rebuilds the snapshot when a set changes).
 final class JWTTable: @unchecked Sendable {
+    /// A `fromHeaders` entry: a lowercase header name and the prefix before the token.
     struct Location {
         let name: [UInt8]
         let prefix: [UInt8]
     }
 
+    /// One `jwtRules` entry, compiled.
     struct Rule {
         let issuer: [UInt8]
         let audiences: [[UInt8]]
