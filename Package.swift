@@ -46,7 +46,7 @@ let package = Package(
         .target(name: "MeshIO", dependencies: ["MeshCore", "CMeshShims"], swiftSettings: hot),
         .target(name: "MeshTLS", dependencies: ["MeshIO", "MeshCore", "CMeshShims", "COpenSSL"], swiftSettings: hot),
         .target(name: "MeshHTTP", dependencies: ["MeshCore", "CNghttp2"], swiftSettings: hot),
-        .target(name: "MeshConfig", dependencies: ["MeshCore"]),
+        .target(name: "MeshConfig", dependencies: ["MeshCore", "COpenSSL"]),
         // The DNS message codec (hostile input, pure; the server on MeshIO is in MeshProxy/DNS).
         .target(name: "MeshDNS", dependencies: ["MeshCore"], swiftSettings: hot),
         .target(name: "MeshStats", dependencies: [], swiftSettings: hot),

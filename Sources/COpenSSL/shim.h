@@ -6,3 +6,5 @@
 #include <openssl/bio.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/param_build.h>
+#include <openssl/core_names.h>

@@ -6,12 +6,23 @@ import MeshCore
 /// notMethods, notPorts), with Istio's meanings: principals are SPIFFE IDs without `spiffe://`, and values
 /// may be exact, `prefix*`, `*suffix` or `*`.
 public struct AuthorizationPolicy: Sendable {
-    public enum Action: String, Sendable { case allow = "ALLOW", deny = "DENY" }
+    /// AUDIT: a matching request is counted and logged for audit, never denied (`AuthzConditions.swift`).
+    public enum Action: String, Sendable { case allow = "ALLOW", deny = "DENY", audit = "AUDIT" }
 
     public struct Source: Sendable {
         public var principals: [String] = []
         public var notPrincipals: [String] = []
         public var namespaces: [String] = []
+        public var notNamespaces: [String] = []
+        /// `iss/sub` of the request's verified JWT (RequestAuthentication).
+        public var requestPrincipals: [String] = []
+        public var notRequestPrincipals: [String] = []
+        /// The caller's address (`ipBlocks`) and the original client's (`remoteIpBlocks`: the
+        /// same address here, no trusted proxies in front of a sidecar).
+        public var ipBlocks: [AuthzCIDR] = []
+        public var notIpBlocks: [AuthzCIDR] = []
+        public var remoteIpBlocks: [AuthzCIDR] = []
+        public var notRemoteIpBlocks: [AuthzCIDR] = []
     }
 
     public struct Operation: Sendable {
@@ -27,6 +38,7 @@ public struct AuthorizationPolicy: Sendable {
     public struct Rule: Sendable {
         public var from: [Source] = []
         public var to: [Operation] = []
+        public var when: [Condition] = []
     }
 
     public var name: String
@@ -53,7 +65,7 @@ public struct AuthorizationPolicy: Sendable {
         }
         let actionText = try spec.string("action") ?? "ALLOW"
         guard let action = Action(rawValue: actionText) else {
-            throw ConfigReader.error(ctx, "spec.action", spec.map.line, "expected ALLOW or DENY, got \"\(actionText)\" (AUDIT and CUSTOM are not supported)")
+            throw ConfigReader.error(ctx, "spec.action", spec.map.line, "expected ALLOW, DENY or AUDIT, got \"\(actionText)\" (CUSTOM is not supported)")
         }
         var rules: [Rule] = []
         for var r in try spec.objectList("rules") ?? [] {
@@ -64,6 +76,23 @@ public struct AuthorizationPolicy: Sendable {
                 src.principals = try s.stringList("principals") ?? []
                 src.notPrincipals = try s.stringList("notPrincipals") ?? []
                 src.namespaces = try s.stringList("namespaces") ?? []
+                src.notNamespaces = try s.stringList("notNamespaces") ?? []
+                src.requestPrincipals = try s.stringList("requestPrincipals") ?? []
+                src.notRequestPrincipals = try s.stringList("notRequestPrincipals") ?? []
+                for f in ["ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"] {
+                    var blocks: [AuthzCIDR] = []
+                    for v in try s.stringList(f) ?? [] {
+                        guard let c = AuthzCIDR(v) else { throw ConfigReader.error(ctx, s.sub(f), s.map.line, "expected an IP address or CIDR block, got \"\(v)\"") }
+                        blocks.append(c)
+                    }
+                    switch f {
+                    case "ipBlocks": src.ipBlocks = blocks
+                    case "notIpBlocks": src.notIpBlocks = blocks
+                    case "remoteIpBlocks": src.remoteIpBlocks = blocks
+                    default: src.notRemoteIpBlocks = blocks
+                    }
+                }
+                for f in ["serviceAccounts", "notServiceAccounts"] { try s.refuse(f) }
                 try s.finish()
                 try f.finish()
                 rule.from.append(src)
@@ -92,9 +121,7 @@ public struct AuthorizationPolicy: Sendable {
                 try t.finish()
                 rule.to.append(op)
             }
-            if var w = try r.objectList("when"), !w.isEmpty {
-                throw ConfigReader.error(ctx, r.sub("when"), w[0].map.line, "conditions (when) are not supported")
-            }
+            rule.when = try parseConditions(&r, ctx: ctx)
             try r.finish()
             rules.append(rule)
         }

@@ -156,6 +156,7 @@ public enum IstioTraffic {
         public var destinationRules: [DestinationRule] = []
         public var authorizationPolicies: [AuthorizationPolicy] = []
         public var peerAuthentications: [PeerAuthentication] = []
+        public var requestAuthentications: [RequestAuthentication] = []
         public var serviceEntries: [ServiceEntry] = []
         public var workloadEntries: [WorkloadEntry] = []
         /// Sidecar resources (egress scopes); meshd applies them, a sidecar never reads them.
@@ -175,7 +176,7 @@ public enum IstioTraffic {
     }
 
     /// The kinds this model reads.
-    public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
+    public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
                                             "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway"]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
@@ -194,7 +195,7 @@ public enum IstioTraffic {
                 let known = (kinds.union(skipKinds)).sorted().joined(separator: ", ")
                 throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: \(known))")
             }
-            let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" ? AuthorizationPolicy.apiVersions
+            let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" || kind == "RequestAuthentication" ? AuthorizationPolicy.apiVersions
                 : kind == LocalRateLimit.kind ? LocalRateLimit.apiVersions : apiVersions
             guard expected.contains(api) else {
                 throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(expected[0]) for \(kind), got \"\(api)\"")
@@ -239,6 +240,11 @@ public enum IstioTraffic {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second PeerAuthentication \(ns)/\(name)")
                 }
                 cfg.peerAuthentications.append(try PeerAuthentication.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == "RequestAuthentication" {
+                if cfg.requestAuthentications.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second RequestAuthentication \(ns)/\(name)")
+                }
+                cfg.requestAuthentications.append(try RequestAuthentication.parse(&spec, name: name, namespace: ns, ctx: ctx))
             } else if kind == "AuthorizationPolicy" {
                 if cfg.authorizationPolicies.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second AuthorizationPolicy \(ns)/\(name)")

@@ -11,6 +11,9 @@ public struct PeerAuthentication: Sendable {
     public var selector: [(String, String)]?
     /// nil: UNSET (inherit).
     public var mode: Mode?
+    /// `portLevelMtls`: the mode of one workload (target) port, overriding `mode` there; nil
+    /// values are UNSET (the workload's mode). Only with a `selector`, as in Istio.
+    public var portLevelMtls: [(port: Int, mode: Mode?)] = []
 
     static func parse(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> PeerAuthentication {
         var selector: [(String, String)]? = nil
@@ -28,11 +31,12 @@ public struct PeerAuthentication: Sendable {
             }
             try m.finish()
         }
-        if spec.map["portLevelMtls"] != nil {
-            throw ConfigReader.error(ctx, "spec.portLevelMtls", spec.map.line, "per-port modes are not supported; the workload has one inbound port")
+        let ports = try parsePortLevelMtls(&spec, ctx: ctx)
+        if !ports.isEmpty && (selector ?? []).isEmpty {
+            throw ConfigReader.error(ctx, "spec.portLevelMtls", spec.map.line, "portLevelMtls needs a selector (Istio applies it only to the workloads a policy selects)")
         }
         try spec.finish()
-        return PeerAuthentication(name: name, namespace: namespace, selector: selector, mode: mode)
+        return PeerAuthentication(name: name, namespace: namespace, selector: selector, mode: mode, portLevelMtls: ports)
     }
 
     /// The mode for a workload: a selecting policy's, else the namespace-wide one's, else STRICT.

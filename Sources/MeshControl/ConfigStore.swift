@@ -297,7 +297,7 @@ public final class ConfigStore: @unchecked Sendable {
 
     // MARK: documents
 
-    static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
+    static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway"]
 
     /// Splits one file's YAML text into documents with their identities (kind, namespace, name)

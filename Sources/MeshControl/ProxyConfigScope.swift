@@ -201,8 +201,8 @@ extension ConfigStore {
     /// a `ProxyConfig` document with the clusters of the hosts the scope's egress hosts allow
     /// (all of them when no Sidecar applies) and their default routes, plus every cluster a
     /// VirtualService it gets routes or mirrors to (so the set stays one the sidecar accepts),
-    /// then the VirtualServices and DestinationRules of those hosts and the AuthorizationPolicy
-    /// and PeerAuthentication documents of its own and the root namespace (the sidecar applies
+    /// then the VirtualServices and DestinationRules of those hosts and the AuthorizationPolicy,
+    /// PeerAuthentication and RequestAuthentication documents of its own and the root namespace (the sidecar applies
     /// their selectors itself). Every value that came from input is written quoted.
     static func render(_ b: RenderBase, scope: ProxyScope?) -> (text: String, placed: [(line: Int, doc: Document)]) {
         if let g = scope, g.gateway != nil { return renderGateway(b, scope: g) }
@@ -271,7 +271,7 @@ extension ConfigStore {
                 // With the VirtualService it limits (the sidecar checks they come together).
                 let vs = b.cfg.localRateLimits.first { $0.namespace == d.namespace && $0.name == d.name }?.virtualService
                 return vs.flatMap { vsByKey["\(d.namespace)/\($0)"] } ?? false
-            case "AuthorizationPolicy", "PeerAuthentication":
+            case "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication":
                 return scope == nil || d.namespace == own || d.namespace == IstioSidecar.rootNamespace
             default: return false
             }

@@ -36,6 +36,10 @@ struct AuthzTable: Sendable {
 
     struct Source: Sendable {
         var principals: [Pattern], notPrincipals: [Pattern], namespaces: [Pattern]
+        var notNamespaces: [Pattern] = [], requestPrincipals: [Pattern] = [], notRequestPrincipals: [Pattern] = []
+        var ipBlocks: [AuthzCIDR] = [], notIpBlocks: [AuthzCIDR] = []
+        /// Any of the four address lists is set: the caller's address is needed.
+        var needsAddress: Bool { !ipBlocks.isEmpty || !notIpBlocks.isEmpty }
     }
     struct Operation: Sendable {
         var paths: [Pattern], notPaths: [Pattern], methods: [Pattern], notMethods: [Pattern]
@@ -46,10 +50,16 @@ struct AuthzTable: Sendable {
     }
     struct Rule: Sendable {
         var from: [Source], to: [Operation]
+        var when: [Condition] = []
     }
 
     private var deny: [[Rule]] = []
     private var allow: [[Rule]] = []
+    /// AUDIT policies' rules (`AuthzConditionMatch.swift`): matched requests are counted, not denied.
+    private(set) var audit: [[Rule]] = []
+    /// Some rule reads the caller's address (`ipBlocks`, `source.ip`): it is looked up (once
+    /// per connection) only then.
+    private(set) var needsAddress = false
 
     /// The policies of `policies` that select this workload; nil when none does (all allowed).
     init?(_ policies: [AuthorizationPolicy], namespace: String, labels: [(String, String)]) {
@@ -58,11 +68,23 @@ struct AuthzTable: Sendable {
         let p = { (l: [String]) in l.map(Pattern.init) }
         for pol in mine {
             let rules = pol.rules.map { r in
-                Rule(from: r.from.map { Source(principals: p($0.principals), notPrincipals: p($0.notPrincipals), namespaces: p($0.namespaces)) },
+                Rule(from: r.from.map { Source(principals: p($0.principals), notPrincipals: p($0.notPrincipals), namespaces: p($0.namespaces),
+                                               notNamespaces: p($0.notNamespaces), requestPrincipals: p($0.requestPrincipals),
+                                               notRequestPrincipals: p($0.notRequestPrincipals),
+                                               // remoteIpBlocks: the same address (no trusted proxies in front of a sidecar).
+                                               ipBlocks: $0.ipBlocks + $0.remoteIpBlocks, notIpBlocks: $0.notIpBlocks + $0.notRemoteIpBlocks) },
                      to: r.to.map { Operation(paths: p($0.paths), notPaths: p($0.notPaths), methods: p($0.methods), notMethods: p($0.notMethods),
-                                              ports: $0.ports, notPorts: $0.notPorts) })
+                                              ports: $0.ports, notPorts: $0.notPorts) },
+                     when: r.when.map(Condition.init))
             }
-            if pol.action == .deny { deny.append(rules) } else { allow.append(rules) }
+            if rules.contains(where: { r in r.from.contains { $0.needsAddress } || r.when.contains { if case .sourceIP = $0.key { return true }; return false } }) {
+                needsAddress = true
+            }
+            switch pol.action {
+            case .deny: deny.append(rules)
+            case .allow: allow.append(rules)
+            case .audit: audit.append(rules)
+            }
         }
     }
 
@@ -70,23 +92,34 @@ struct AuthzTable: Sendable {
     /// empty for a plaintext caller; `path` may carry a query (ignored); `port` is the service
     /// port the request came to (0: not known, then rules on ports do not match it).
     func allows(principal: UnsafePointer<UInt8>, _ pn: Int, method: UnsafePointer<UInt8>, _ mn: Int,
-                path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int = 0) -> Bool {
-        decide(principal: principal, pn, method: method, mn, path: path, pathLength, port: port, tcp: false)
+                path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int = 0, attrs: RequestAttributes = RequestAttributes()) -> Bool {
+        decide(principal: principal, pn, method: method, mn, path: path, pathLength, port: port, tcp: false, attrs: attrs)
     }
 
     /// Whether a TCP connection is allowed (checked once, when it is established): by the
     /// caller's principal and the service port; HTTP-only fields follow Istio (an ALLOW
     /// operation that needs them never matches, a DENY rule ignores them).
-    func allowsTCP(principal: [UInt8], port: Int) -> Bool {
+    func allowsTCP(principal: [UInt8], port: Int, source: IPEndpoint? = nil) -> Bool {
         let none: StaticString = ""
         return principal.withUnsafeBufferPointer { pp in
             decide(principal: pp.baseAddress ?? none.utf8Start, pp.count, method: none.utf8Start, 0, path: none.utf8Start, 0,
-                   port: port, tcp: true)
+                   port: port, tcp: true, attrs: RequestAttributes(source: source))
+        }
+    }
+
+    /// Whether an AUDIT policy matches a TCP connection (HTTP-only fields never match).
+    func auditsTCP(principal: [UInt8], port: Int, source: IPEndpoint? = nil) -> Bool {
+        guard !audit.isEmpty else { return false }
+        let none: StaticString = ""
+        return principal.withUnsafeBufferPointer { pp in
+            decide(principal: pp.baseAddress ?? none.utf8Start, pp.count, method: none.utf8Start, 0, path: none.utf8Start, 0,
+                   port: port, tcp: true, attrs: RequestAttributes(source: source), rulesOf: .audit)
         }
     }
 
     private func decide(principal: UnsafePointer<UInt8>, _ pn: Int, method: UnsafePointer<UInt8>, _ mn: Int,
-                        path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int, tcp: Bool) -> Bool {
+                        path: UnsafePointer<UInt8>, _ pathLength: Int, port: Int, tcp: Bool,
+                        attrs: RequestAttributes = RequestAttributes(), rulesOf which: Which = .verdict) -> Bool {
         var pp = principal, pl = pn
         let scheme: StaticString = "spiffe://"
         if pl >= 9 && memcmp(pp, scheme.utf8Start, 9) == 0 { pp += 9; pl -= 9 }
@@ -102,13 +135,32 @@ struct AuthzTable: Sendable {
             }
             return (pp, 0)
         }
-        func sourceMatches(_ s: Source) -> Bool {
+        func sourceMatches(_ s: Source, deny: Bool) -> Bool {
             if pl == 0 && (!s.principals.isEmpty || !s.namespaces.isEmpty) { return false }
             if !s.principals.isEmpty && !any(s.principals, pp, pl) { return false }
             // No identity (plaintext) is no principal, so it is none of `notPrincipals` (`*` included:
             // Istio's "deny what is not mTLS" rule).
             if !s.notPrincipals.isEmpty && pl > 0 && any(s.notPrincipals, pp, pl) { return false }
             if !s.namespaces.isEmpty { let (np, nn) = namespaceOf(); if !any(s.namespaces, np, nn) { return false } }
+            if !s.notNamespaces.isEmpty && pl > 0 { let (np, nn) = namespaceOf(); if any(s.notNamespaces, np, nn) { return false } }
+            if s.needsAddress {
+                // An unknown address is in no block (it fails ipBlocks, passes notIpBlocks).
+                let a = attrs.source
+                if !s.ipBlocks.isEmpty && !(a.map { ip in s.ipBlocks.contains { $0.contains(ip) } } ?? false) { return false }
+                if let ip = a, s.notIpBlocks.contains(where: { $0.contains(ip) }) { return false }
+            }
+            if !s.requestPrincipals.isEmpty || !s.notRequestPrincipals.isEmpty {
+                // A TCP connection has no request principal (Istio: an HTTP-only field, which an
+                // ALLOW rule never matches and a DENY rule ignores).
+                if tcp {
+                    if !deny { return false }
+                } else {
+                    let rp = attrs.jwt?.principal
+                    let rpn = rp?.readableBytes ?? 0
+                    if !s.requestPrincipals.isEmpty && (rpn == 0 || !any(s.requestPrincipals, UnsafePointer(rp!.readPointer), rpn)) { return false }
+                    if !s.notRequestPrincipals.isEmpty && rpn > 0 && any(s.notRequestPrincipals, UnsafePointer(rp!.readPointer), rpn) { return false }
+                }
+            }
             return true
         }
         func opMatches(_ o: Operation, deny: Bool) -> Bool {
@@ -122,8 +174,14 @@ struct AuthzTable: Sendable {
             return true
         }
         func ruleMatches(_ r: Rule, deny: Bool) -> Bool {
-            (r.from.isEmpty || r.from.contains(where: sourceMatches)) && (r.to.isEmpty || r.to.contains { opMatches($0, deny: deny) })
+            (r.from.isEmpty || r.from.contains { sourceMatches($0, deny: deny) }) && (r.to.isEmpty || r.to.contains { opMatches($0, deny: deny) })
+                && r.when.allSatisfy { c in
+                    // TCP: a condition on an HTTP attribute never holds for ALLOW, is ignored for DENY (Istio).
+                    if tcp && c.needsHTTP { return deny }
+                    return c.matches(attrs, principal: pp, pl, namespace: namespaceOf(), port: port)
+                }
         }
+        if which == .audit { return audit.contains { $0.contains { ruleMatches($0, deny: false) } } }
         for rules in deny where rules.contains(where: { ruleMatches($0, deny: true) }) { return false }
         if allow.isEmpty { return true }
         return allow.contains { $0.contains { ruleMatches($0, deny: false) } }
@@ -144,11 +202,17 @@ struct AuthzTable: Sendable {
     /// HTTP/1.1 and both HTTP/2 request paths. `principal` is the caller's SPIFFE ID bytes, empty
     /// for a plaintext caller.
     func check(principal: [UInt8], method: UnsafePointer<UInt8>, _ mn: Int,
-               rawPath: UnsafePointer<UInt8>, _ pn: Int, scratch: ByteBuffer, port: Int = 0) -> Verdict {
+               rawPath: UnsafePointer<UInt8>, _ pn: Int, scratch: ByteBuffer, port: Int = 0,
+               attrs: RequestAttributes = RequestAttributes(), audited: UnsafeMutablePointer<Bool>? = nil) -> Verdict {
         guard AuthzTable.normalize(rawPath, pn, into: scratch) else { return .refused }
         let ok = principal.withUnsafeBufferPointer { pp in
-            allows(principal: pp.baseAddress ?? method, pp.count, method: method, mn,
-                   path: UnsafePointer(scratch.readPointer), scratch.readableBytes, port: port)
+            if let audited, !audit.isEmpty {
+                audited.pointee = decide(principal: pp.baseAddress ?? method, pp.count, method: method, mn,
+                                         path: UnsafePointer(scratch.readPointer), scratch.readableBytes, port: port, tcp: false,
+                                         attrs: attrs, rulesOf: .audit)
+            }
+            return allows(principal: pp.baseAddress ?? method, pp.count, method: method, mn,
+                          path: UnsafePointer(scratch.readPointer), scratch.readableBytes, port: port, attrs: attrs)
         }
         return ok ? .allowed : .denied
     }

@@ -144,6 +144,7 @@ public final class ProxyServer: @unchecked Sendable {
         adminThread = Threads.spawn(name: "admin") { admin.run() }
         if ready { admin.ready.store(true, ordering: .releasing) }
         if snapshot.usesDNS { refresher.replace(snapshot, server: self, post: nil) }   // re-resolved from now on
+        JWKSFetcher.shared.track(self, snapshot)
     }
 
     /// `/ready` turns 200 (it was started with `ready: false`) once every worker has run what
@@ -167,8 +168,14 @@ public final class ProxyServer: @unchecked Sendable {
     /// DNS clusters' addresses changed (EndpointResolver's thread): the config in force again.
     func dnsChanged() { refresher.refresh(server: self) { post($0) } }
 
-    /// One snapshot to every worker, the admin and DNS ports (`replace`, under the refresher's lock).
+    /// JWKS key sets changed (JWKSFetcher's thread): the config in force compiled again with
+    /// them, under the same lock as every other snapshot, so it never replaces a newer config.
+    func keysChanged() { refresher.recompile(server: self) { post($0) } }
+
+    /// One snapshot to every worker, the admin and DNS ports (`replace`, under the refresher's
+    /// lock); the JWKS fetcher learns the URIs of the snapshot in force.
     private func post(_ next: ProxySnapshot) {
+        JWKSFetcher.shared.track(self, next)
         for w in workers {
             w.loop.post { [w] in w.replaceSnapshot(next) }
         }

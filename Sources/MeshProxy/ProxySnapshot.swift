@@ -186,8 +186,13 @@ public final class ProxySnapshot: Sendable {
     let matcher: MatchTable
     /// AuthorizationPolicies selecting this workload (inbound), nil when none does.
     let authz: AuthzTable?
+    /// RequestAuthentications selecting this workload (inbound), nil when none does.
+    let jwt: JWTTable?
     /// PeerAuthentication for the inbound listener (STRICT unless a policy says otherwise).
     let inboundMode: PeerAuthentication.Mode
+    /// `portLevelMtls` of the policy selecting this workload: other workload ports' modes (a
+    /// captured connection passed through to another port of this host is judged by its port's).
+    let inboundPortModes: [(port: Int, mode: PeerAuthentication.Mode)]
     public let hosts: HostTable
     /// TCP services by host: `tcpHosts` maps a host to an index into `tcpServices`, the service's
     /// TCP routes in order (first match on the service port wins).
@@ -247,7 +252,12 @@ public final class ProxySnapshot: Sendable {
         self.vhosts = compiled.vhosts
         self.matcher = MatchTable(vhosts: compiled.vhosts, routes: compiled.routes)
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
-        self.inboundMode = PeerAuthentication.mode(for: b.workload.namespace, labels: b.workload.labels, in: b.traffic.peerAuthentications)
+        self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels,
+                            fetched: b.traffic.requestAuthentications.isEmpty ? ([:], 0) : JWKSFetcher.shared.current())
+        // The workload port is the app's (Istio's portLevelMtls keys are target ports).
+        self.inboundMode = PeerAuthentication.mode(for: b.workload.namespace, labels: b.workload.labels,
+                                                   port: Int(b.inbound?.appAddress?.port ?? 0), in: b.traffic.peerAuthentications)
+        self.inboundPortModes = PeerAuthentication.portModes(for: b.workload.namespace, labels: b.workload.labels, in: b.traffic.peerAuthentications)
         self.hosts = HostTable(compiled.hostEntries)
         self.tcpHosts = HostTable(compiled.tcpHostEntries)
         self.tcpServices = compiled.tcpServices

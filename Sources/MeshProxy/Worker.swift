@@ -34,6 +34,8 @@ public final class Worker: @unchecked Sendable {
     var rng = FastRandom()
     /// Reused for building heads and chunk framing.
     let scratch = ByteBuffer(capacity: 8 * 1024)
+    /// Token verification state (RequestAuthentication, `JWTVerifier.swift`).
+    let jwt = JWTScratch()
     /// Reused for HTTP/2 frames as nghttp2 produces them; never `scratch`, which nghttp2's
     /// callbacks (a stream failing, a local reply) may write while frames are produced.
     let frameScratch = ByteBuffer(lazyCapacity: 16 * 1024)
@@ -147,9 +149,13 @@ public final class Worker: @unchecked Sendable {
     private func accept(_ fd: Int32, inbound: Bool) {
         let snap = snapshot
         var tls: TransportSecurity? = nil
+        // Captured on its way to another port of this host (that port's portLevelMtls applies).
+        let passthrough = inbound ? snap.capture?.inboundPassthroughPort(fd) : nil
         if inbound {
             guard let ctx = snap.serverTLS else { Glibc.close(fd); return }
-            switch snap.inboundMode {
+            var mode = snap.inboundMode
+            if let p = passthrough, let m = snap.inboundPortModes.first(where: { $0.port == p }) { mode = m.mode }
+            switch mode {
             case .strict: tls = TLSSession(context: ctx)
             case .permissive: tls = PermissiveSecurity(tls: TLSSession(context: ctx))
             case .disable: tls = PermissiveSecurity(tls: nil)
@@ -157,7 +163,7 @@ public final class Worker: @unchecked Sendable {
         }
         let settings = inbound ? snap.inbound! : snap.outbound!
         if !inbound, let capture = snap.capture, acceptCaptured(fd, capture, settings: settings) { return }
-        if inbound, let capture = snap.capture, let port = capture.inboundPassthroughPort(fd) {
+        if inbound, let port = passthrough {
             // Captured on its way to another port of this host: carried there as bytes, once its
             // caller passed the listener's PeerAuthentication (mTLS in STRICT).
             acceptInboundTCP(fd, security: tls, settings: settings, target: .localPort(port))

@@ -20,6 +20,7 @@ public final class WorkerStats: @unchecked Sendable {
         case capturedConnections, captureLoopsRefused, passthroughConnections, blackHoleConnections
         case detectedHTTP, detectedTCP
         case rateLimited, redirects, directResponses, corsPreflights
+        case jwtRejected, authzAudited
 
         public var name: String {
             switch self {
@@ -80,6 +81,8 @@ public final class WorkerStats: @unchecked Sendable {
             case .redirects: return "redirects"
             case .directResponses: return "direct_responses"
             case .corsPreflights: return "cors_preflights"
+            case .jwtRejected: return "jwt_rejected"
+            case .authzAudited: return "authz_audited"
             }
         }
     }

@@ -73,8 +73,8 @@ final class AuthzTableTests: XCTestCase {
                 XCTAssertTrue("\($0)".contains(want), "\($0)", file: file, line: line)
             }
         }
-        refused("  action: AUDIT\n", "expected ALLOW or DENY")
-        refused("  rules:\n  - when:\n    - key: source.ip\n      values: [a]\n", "not supported")
+        refused("  action: CUSTOM\n", "CUSTOM is not supported")
+        refused("  rules:\n  - when:\n    - key: destination.ip\n      values: [a]\n", "not supported")
         refused("  rules:\n  - to: [{operation: {paths: [admin]}}]\n", "starts with / or *")
         refused("  rules:\n  - from: [{source: {principal: [x]}}]\n", "unknown field")
         refused("  selector: {labels: {app: x}}\n", "unknown field")

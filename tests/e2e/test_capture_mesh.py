@@ -390,6 +390,35 @@ def test_inbound_capture_other_ports_follow_peer_authentication(cm):
     wait_until(lambda: h.run(C, ["curl", "-sS", "--max-time", "3", url]).returncode != 0, timeout=20, what="STRICT again")
 
 
+def test_inbound_capture_port_level_mtls_on_a_passthrough_port(cm):
+    """PeerAuthentication portLevelMtls on a port a captured connection is passed through to:
+    the workload PERMISSIVE, port 9090 STRICT: plaintext from host C reaches the app's port 9080
+    and is refused on 9090."""
+    h = cm.h
+    other = h.popen(B, [sys.executable, ROOT / "tools" / "upstream.py", "--port", 9090, "--name", "other", "--bind", "0.0.0.0"], "app-other")
+    wait_until(lambda: h.run(B, ["curl", "-s", "http://127.0.0.1:9090/"]).returncode == 0, what="second server on B")
+    policy = cm.tmp / "port-level.yaml"
+    policy.write_text(textwrap.dedent("""
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: reviews-ports, namespace: default}
+        spec:
+          selector: {matchLabels: {app: reviews}}
+          mtls: {mode: PERMISSIVE}
+          portLevelMtls:
+            9090: {mode: STRICT}
+    """))
+    assert cm.ctl("apply", "-f", policy).returncode == 0
+    try:
+        app_url, other_url = f"http://{h.addr4(B)}:9080/echo", f"http://{h.addr4(B)}:9090/echo"
+        wait_until(lambda: h.run(C, ["curl", "-sS", "--max-time", "5", app_url]).returncode == 0, timeout=20,
+                   what="PERMISSIVE pushed to reviews")
+        assert h.run(C, ["curl", "-sS", "--max-time", "5", other_url]).returncode != 0, "9090 is STRICT"
+    finally:
+        assert cm.ctl("delete", "-f", policy).returncode == 0
+        other.kill()
+
+
 BANNER_SERVER = textwrap.dedent("""
     import socket, threading
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

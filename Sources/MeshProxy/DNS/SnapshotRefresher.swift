@@ -3,7 +3,8 @@ import MeshIO
 import Synchronization
 
 /// Puts snapshots in force for a ProxyServer, one at a time, and builds a new one from the
-/// config in force when the addresses of its DNS clusters change (EndpointResolver): the same
+/// config in force when the addresses of its DNS clusters change (EndpointResolver) or JWKS key
+/// sets change (JWKSFetcher): the same
 /// bootstrap and version, new endpoints. Every snapshot goes out under one lock, so a rebuild
 /// for new addresses never overtakes a newer config, and a config built just before the
 /// addresses changed is rebuilt at once.
@@ -41,6 +42,15 @@ final class SnapshotRefresher: Sendable {
         state.withLock { s in
             guard let cur = s.latest, cur.usesDNS, cur.dnsGeneration != EndpointResolver.shared.generation,
                   let next = rebuilt(cur) else { return }
+            s.latest = next
+            post(next)
+        }
+    }
+
+    /// New key sets (JWKSFetcher): the config in force compiled again, whatever its DNS state.
+    func recompile(server: ProxyServer, post: (ProxySnapshot) -> Void) {
+        state.withLock { s in
+            guard let cur = s.latest ?? Optional(server.snapshot), let next = rebuilt(cur) else { return }
             s.latest = next
             post(next)
         }

@@ -374,6 +374,8 @@ final class DownstreamConnection: Connection, DownstreamStream, UpstreamOwner {
 
     var callerTLS: TLSSession? { tlsSession }
     var callerPeer: Int { downstreamPeer }
+    /// Asked for only by policies on caller addresses; then kept for the connection's life.
+    lazy var callerAddress: IPEndpoint? = Socket.peerEndpoint(fd)
     /// Set by the capture accept path (`Worker.acceptCaptured`) before the first request; the
     /// service is looked up in the snapshot of each request, never kept as an index.
     var capturedDestination: IPEndpoint?

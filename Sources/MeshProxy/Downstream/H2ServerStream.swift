@@ -124,6 +124,7 @@ final class H2ServerStream: DownstreamStream {
 
     var callerTLS: TLSSession? { connRef._withUnsafeGuaranteedRef { $0.tlsSession } }
     var callerPeer: Int { handler.peerIndex }
+    var callerAddress: IPEndpoint? { handler.conn.callerAddress }
     var capturedDestination: IPEndpoint? { handler.conn.capturedDestination }
 
     func sendInformational(_ head: MessageHead) {

@@ -78,6 +78,8 @@ final class Exchange: PoolWaiter {
     var flag: ResponseFlag = .none
     /// Why the proxy answered itself (access log), nil for upstream responses.
     var localReason: StaticString? = nil
+    /// An AUDIT AuthorizationPolicy matched (inbound): always written to the access log, `"audit":true`.
+    var audited = false
     var metricsRoute = MetricKey.noRoute
     /// The answering sidecar (outbound) and the caller (inbound), as peer indices.
     var upstreamPeer = 0
@@ -111,6 +113,7 @@ final class Exchange: PoolWaiter {
         status = 0
         flag = .none
         localReason = nil
+        audited = false
         self.requestHasBody = requestHasBody
         requestEnded = !requestHasBody
         upstreamRequestEnded = false
@@ -606,7 +609,8 @@ final class Exchange: PoolWaiter {
 
     /// The proxy answers the request itself: `status`, the response flag, a text body.
     /// `close`: the HTTP/1.1 connection closes after it.
-    func localReply(_ st: Int, _ reason: StaticString, flag f: ResponseFlag, close: Bool = false, httpsLocation: Bool = false) {
+    func localReply(_ st: Int, _ reason: StaticString, flag f: ResponseFlag, close: Bool = false, httpsLocation: Bool = false,
+                    extra: ((MessageHead) -> Void)? = nil) {
         if let up = upstream { upstream = nil; up.cancel() }
         leavePoolQueue()
         guard let d = down, !finished else { return }
@@ -628,6 +632,7 @@ final class Exchange: PoolWaiter {
         r.contentLength = Int64(reason.utf8CodeUnitCount + 1)
         let fc = f.code
         r.addField("x-mesh-response-flags", fc.utf8Start, fc.utf8CodeUnitCount)
+        extra?(r)
         responseStarted = true
         // A response to HEAD has no body, whatever its content-length says (RFC 9110 §9.3.2);
         // one sent anyway would be read as the start of the next response.
@@ -709,7 +714,7 @@ final class Exchange: PoolWaiter {
         worker.metrics.record(key: key, durationMicros: micros, requestBytes: requestBytes, responseBytes: responseBytes)
         if let sink = worker.accessLog {
             let error = status >= 400 || status == 0 || flag != .none
-            if error || sink.sampling >= 1 || Double(worker.rng.next() >> 11) / Double(1 << 53) < sink.sampling {
+            if error || audited || sink.sampling >= 1 || Double(worker.rng.next() >> 11) / Double(1 << 53) < sink.sampling {
                 ExchangeLog.write(self, sink, micros: micros, startWall: startWall, authority: clientAuthority,
                                   reason: localReason, upstream: exchangePool)
             }

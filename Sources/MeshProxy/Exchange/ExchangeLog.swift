@@ -72,6 +72,7 @@ enum ExchangeLog {
         o.appendDecimal(Int(e.requestBytes))
         o.append(",\"bytes_sent\":")
         o.appendDecimal(Int(e.responseBytes))
+        if e.audited { o.append(",\"audit\":true") }
         o.append("}\n")
         sink.lineAdded()
     }

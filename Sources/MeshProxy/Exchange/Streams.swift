@@ -10,6 +10,8 @@ protocol DownstreamStream: AnyObject {
     var callerTLS: TLSSession? { get }
     /// The caller's identity in the worker's peer table (0: unknown).
     var callerPeer: Int { get }
+    /// The caller's address (AuthorizationPolicy `ipBlocks`, `source.ip`), read once per connection.
+    var callerAddress: IPEndpoint? { get }
     /// A captured connection: where the app was going (a mesh service's VIP and port, whose
     /// service routes a request whose Host names none); nil otherwise.
     var capturedDestination: IPEndpoint? { get }

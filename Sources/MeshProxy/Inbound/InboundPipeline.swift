@@ -17,25 +17,32 @@ extension Exchange {
             requestPeer = peerCache.index(worker.metrics.peers, principal: tls.peerIdentityBytes,
                                           r.pointer(f.value), Int(f.value.length), fallback: requestPeer)
         }
-        // 2. AuthorizationPolicy: may this caller make this request?
+        // 2. RequestAuthentication: a token, when sent, must verify (401 otherwise).
+        guard runRequestAuthentication() else { return false }
+        // 3. AuthorizationPolicy: may this caller make this request?
         if let az = s.authz {
             let path = r.path.isEmpty ? ByteRange() : r.path
+            var audited = false
             let verdict = az.check(principal: tls?.peerIdentityBytes ?? [], method: r.pointer(r.method), Int(r.method.length),
                                    rawPath: r.pointer(path), Int(path.length), scratch: worker.scratch,
-                                   port: s.inboundServicePort)
+                                   port: s.inboundServicePort,
+                                   attrs: AuthzTable.RequestAttributes(jwt: worker.jwt, head: r,
+                                                                       source: az.needsAddress ? down?.callerAddress : nil),
+                                   audited: &audited)
+            if audited { worker.stats.inc(.authzAudited); self.audited = true }
             if verdict != .allowed {
                 worker.stats.inc(verdict.counter)
                 localReply(verdict.status, verdict.reason, flag: verdict.flag, close: verdict == .refused)
                 return false
             }
         }
-        // 3. The local app.
+        // 4. The local app.
         cluster = s.inboundCluster
         guard !cluster.isNone else {
             localReply(503, "no local app", flag: .noRoute)
             return false
         }
-        // 4. The head as the app sees it: a request id, and who called (x-forwarded-client-cert).
+        // 5. The head as the app sees it: a request id, and who called (x-forwarded-client-cert).
         addRequestID()
         if let tls {
             r.beginField("x-forwarded-client-cert")

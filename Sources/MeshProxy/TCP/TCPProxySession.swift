@@ -117,7 +117,12 @@ final class TCPProxySession {
                     peer = worker.metrics.peers.intern(tls.peerIdentity)
                 }
                 // AuthorizationPolicy, once per connection: by principal and service port.
-                if let az = snapshot.authz, !az.allowsTCP(principal: tls?.peerIdentityBytes ?? [], port: snapshot.inboundServicePort) {
+                if let az = snapshot.authz, az.auditsTCP(principal: tls?.peerIdentityBytes ?? [], port: snapshot.inboundServicePort,
+                                                         source: az.needsAddress ? Socket.peerEndpoint(side.fd) : nil) {
+                    worker.stats.inc(.authzAudited)
+                }
+                if let az = snapshot.authz, !az.allowsTCP(principal: tls?.peerIdentityBytes ?? [], port: snapshot.inboundServicePort,
+                                                          source: az.needsAddress ? Socket.peerEndpoint(side.fd) : nil) {
                     worker.stats.inc(.authzDenied)
                     worker.logRejection("inbound", "TCP connection from \(tls?.peerIdentity ?? "a plaintext caller") denied by an AuthorizationPolicy")
                     markOpened(flagged: .authorizationDenied)
