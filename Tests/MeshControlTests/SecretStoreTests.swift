@@ -1,0 +1,208 @@
+import Foundation
+import XCTest
+import MeshCore
+import MeshEtcd
+import MeshTLS
+@testable import MeshControl
+@testable import MeshControlWire
+@testable import MeshPKI
+
+/// meshd's TLS secrets (DESIGN §15): refused input stores nothing; create/replace/unchanged and
+/// delete answer like apply and move the version only on a change; the file is 0600 and comes
+/// back after a restart; etcd keys are read back (and a damaged one refused by name); only a
+/// gateway whose Gateway names a secret in its own namespace is sent it, in the push's section,
+/// which a push without secrets does not have. Certificates: certs/make-tls-secret.py.
+final class SecretStoreTests: XCTestCase {
+    static let certs: String = {
+        let dir = NSTemporaryDirectory() + "mesh-secret-store-tests-\(getpid())"
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("certs/make-tls-secret.py").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = [script, dir]
+        p.standardOutput = FileHandle.nullDevice
+        try! p.run()
+        p.waitUntilExit()
+        precondition(p.terminationStatus == 0, "make-tls-secret.py failed")
+        return dir
+    }()
+
+    override class func tearDown() { try? FileManager.default.removeItem(atPath: certs) }
+
+    var dir = ""
+    override func setUp() {
+        var t = Array("/tmp/secretstore-XXXXXX".utf8CString)
+        dir = String(cString: mkdtemp(&t)!)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func file(_ n: String) -> String { try! String(contentsOfFile: "\(Self.certs)/\(n)", encoding: .utf8) }
+    func secret(_ name: String = "bookinfo-cert", ns: String = "default", cert: String = "server.pem", key: String = "server.key", ca: String? = nil) -> TLSSecret {
+        TLSSecret(namespace: ns, name: name, certChain: file(cert), key: SecretBytes(Array(file(key).utf8)), caCert: ca.map(file) ?? "")
+    }
+    let src = PEMContext.Sources(cert: "cert.pem", key: "key.pem", ca: "-")
+
+    func testRefusedSecretStoresNothingAndNamesTheFile() throws {
+        let store = try ConfigStore(stateDir: dir)
+        let v = store.version
+        XCTAssertThrowsError(try store.putSecret(secret(key: "other.key"), from: src)) { e in
+            XCTAssertTrue("\(e)".contains("--key key.pem: the private key does not match the certificate in cert.pem"), "\(e)")
+        }
+        XCTAssertThrowsError(try store.putSecret(secret(cert: "expired.pem", key: "expired.key"), from: src))
+        XCTAssertEqual(store.version, v)
+        XCTAssertTrue(store.secrets().isEmpty)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/secrets.dat"))
+    }
+
+    func testCreateReplaceUnchangedDeleteAndRestart() throws {
+        let store = try ConfigStore(stateDir: dir)
+        let v0 = store.version
+        let (o1, v1, info1) = try store.putSecret(secret(), from: src)
+        XCTAssertEqual(o1, .created)
+        XCTAssertEqual(v1, v0 + 1)
+        XCTAssertEqual(info1.sans, ["bookinfo.example"])
+        let (o2, v2, _) = try store.putSecret(secret(), from: src)
+        XCTAssertEqual(o2, .unchanged)
+        XCTAssertEqual(v2, v1)
+        let (o3, v3, info3) = try store.putSecret(secret(cert: "server2.pem", key: "server2.key"), from: src)
+        XCTAssertEqual(o3, .configured)
+        XCTAssertEqual(v3, v1 + 1)
+        XCTAssertNotEqual(info3.serialHex, info1.serialHex)
+        var st = stat()
+        XCTAssertEqual(stat("\(dir)/secrets.dat", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        // The key is not in the listing.
+        let listing = store.secrets().map(TLSSecrets.listLine).joined()
+        XCTAssertFalse(listing.contains("PRIVATE KEY"))
+        XCTAssertTrue(listing.hasPrefix("default\tbookinfo-cert\tCN=bookinfo.example\tbookinfo.example\t"), listing)
+
+        // A restart reads the replaced secret back.
+        let again = try ConfigStore(stateDir: dir)
+        XCTAssertEqual(again.secrets().count, 1)
+        XCTAssertTrue(again.secrets()[0].same(as: secret(cert: "server2.pem", key: "server2.key")))
+
+        XCTAssertEqual(try again.deleteSecret(namespace: "default", name: "bookinfo-cert"), .deleted)
+        XCTAssertEqual(try again.deleteSecret(namespace: "default", name: "bookinfo-cert"), .notFound)
+        XCTAssertTrue(try ConfigStore(stateDir: dir).secrets().isEmpty)
+    }
+
+    func testDamagedSecretsFileStopsMeshdNamingIt() throws {
+        let store = try ConfigStore(stateDir: dir)
+        _ = try store.putSecret(secret(), from: src)
+        var bytes = try FileStore.readBytes("\(dir)/secrets.dat")
+        bytes.removeLast(10)
+        try FileStore.writeAtomically("\(dir)/secrets.dat", String(decoding: bytes, as: UTF8.self), mode: 0o600)
+        XCTAssertThrowsError(try ConfigStore(stateDir: dir)) { e in
+            XCTAssertTrue("\(e)".contains("\(dir)/secrets.dat: TLS secret default/bookinfo-cert: cut short"), "\(e)")
+        }
+    }
+
+    func testEtcdKeysReadBackAndADamagedKeyIsRefusedByName() throws {
+        let s = secret()
+        let key = EtcdStateStore.secretsPrefix + "default/bookinfo-cert"
+        let kv = EtcdKeyValue(key: key, value: s.record, createRevision: 3, modRevision: 3, version: 1, lease: 0)
+        let back = try EtcdStateStore.secrets(from: [key: kv])
+        XCTAssertTrue(back["default/bookinfo-cert"]!.same(as: s))
+        let wrong = EtcdKeyValue(key: EtcdStateStore.secretsPrefix + "default/other", value: s.record, createRevision: 3, modRevision: 3, version: 1, lease: 0)
+        XCTAssertThrowsError(try EtcdStateStore.secrets(from: [wrong.key: wrong])) { e in
+            XCTAssertEqual("\(e)", "etcd key /mesh/config/secrets/default/other: holds the secret default/bookinfo-cert")
+        }
+        // The operations a change makes: a put for the new or replaced one, a delete for the removed one.
+        var a = ConfigStore.State(), b = ConfigStore.State()
+        a.secrets["default/old"] = secret("old")
+        b.secrets["default/bookinfo-cert"] = s
+        var ops: [EtcdOp] = []
+        EtcdStateStore(client: try EtcdClient(endpoints: ["127.0.0.1:1"]), replica: "r", endpoints: "").secretOps(from: a, to: b, into: &ops)
+        XCTAssertEqual(ops.count, 2)
+        XCTAssertTrue(ops.contains { if case .put(let k, _, _) = $0 { return k == key } else { return false } })
+        XCTAssertTrue(ops.contains { if case .delete(let k) = $0 { return k == EtcdStateStore.secretsPrefix + "default/old" } else { return false } })
+    }
+
+    static func gateway(_ ns: String, selector: String, credential: String) -> String {
+        """
+        apiVersion: networking.istio.io/v1
+        kind: Gateway
+        metadata: {name: gw, namespace: \(ns)}
+        spec:
+          selector: {\(selector)}
+          servers:
+          - port: {number: 443, name: https, protocol: HTTPS}
+            hosts: [bookinfo.example]
+            tls: {mode: SIMPLE, credentialName: \(credential)}
+        """
+    }
+
+    /// A store with two secrets, one Gateway in `default` naming `bookinfo-cert` for proxies
+    /// labelled istio=ingressgateway, and the workloads given (identity|node -> workload).
+    func deliveryStore(_ workloads: [ConfigStore.Workload]) throws -> ConfigStore {
+        let store = try ConfigStore(stateDir: dir)
+        _ = try store.putSecret(secret(), from: src)
+        _ = try store.putSecret(secret("other-cert"), from: src)
+        store.state.withLock { s in
+            let text = SecretStoreTests.gateway("default", selector: "istio: ingressgateway", credential: "bookinfo-cert")
+            s.documents["Gateway/default/gw"] = ConfigStore.Document(kind: "Gateway", namespace: "default", name: "gw", text: text)
+            for w in workloads { s.workloads["\(w.identity)|\(w.address)"] = w }
+        }
+        return store
+    }
+
+    func workload(_ sa: String, ns: String = "default", labels: [(String, String)], gateway: Bool, address: String) -> ConfigStore.Workload {
+        var w = ConfigStore.Workload(identity: "spiffe://cluster.local/ns/\(ns)/sa/\(sa)", service: sa, namespace: ns, labels: labels,
+                                     address: address, lastSeen: 0, connected: true)
+        w.gateway = gateway
+        return w
+    }
+
+    func testOnlyAGatewaySelectedByAGatewayNamingTheSecretGetsIt() throws {
+        let gw = workload("ingress", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1001")
+        // The same labels on a sidecar that is not a gateway: nothing.
+        let app = workload("app", labels: [("istio", "ingressgateway")], gateway: false, address: "127.0.0.1:1002")
+        let otherLabels = workload("ingress2", labels: [("istio", "egressgateway")], gateway: true, address: "127.0.0.1:1003")
+        let otherNS = workload("ingress3", ns: "prod", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1004")
+        let store = try deliveryStore([gw, app, otherLabels, otherNS])
+        let snap = store.proxyConfig(identity: gw.identity, node: gw.address)
+        XCTAssertEqual(snap.secrets.map(\.id), ["default/bookinfo-cert"])
+        for w in [app, otherLabels, otherNS] {
+            XCTAssertTrue(store.proxyConfig(identity: w.identity, node: w.address).secrets.isEmpty, w.identity)
+        }
+        // The push carries them in its section, read back whole; a push to the app has no section.
+        var push = ConfigStream.Push(version: snap.version, nonce: "n", digest: snap.digest, text: snap.text)
+        push.secrets = snap.secrets
+        let body = push.body
+        XCTAssertTrue(body.contains("\ntls-secrets 1 "))
+        let back = try XCTUnwrap(ConfigStream.Push(body: body))
+        XCTAssertEqual(back.secrets.count, 1)
+        XCTAssertTrue(back.secrets[0].same(as: secret()))
+        XCTAssertEqual(back.text, snap.text)
+        let appSnap = store.proxyConfig(identity: app.identity, node: app.address)
+        XCTAssertFalse(ConfigStream.Push(version: 1, nonce: "n", digest: appSnap.digest, text: appSnap.text).body.contains("PRIVATE KEY"))
+        // The body meshd sends (whole text or delta) carries the same section.
+        let sent = store.scoped.deltas.body(snap, nonce: "n2", base: "")
+        XCTAssertEqual(ConfigStream.Push(body: sent)?.secrets.count, 1)
+    }
+
+    func testReplacingTheSecretChangesTheGatewaysDigestOnly() throws {
+        let gw = workload("ingress", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1001")
+        let app = workload("app", labels: [("app", "x")], gateway: false, address: "127.0.0.1:1002")
+        let store = try deliveryStore([gw, app])
+        let before = store.proxyConfig(identity: gw.identity, node: gw.address).digest
+        let appBefore = store.proxyConfig(identity: app.identity, node: app.address).text
+        _ = try store.putSecret(secret(cert: "server2.pem", key: "server2.key"), from: src)
+        let after = store.proxyConfig(identity: gw.identity, node: gw.address)
+        XCTAssertNotEqual(after.digest, before)
+        XCTAssertTrue(after.secrets[0].same(as: secret(cert: "server2.pem", key: "server2.key")))
+        XCTAssertEqual(store.proxyConfig(identity: app.identity, node: app.address).text, appBefore)
+    }
+
+    func testDamagedPushSectionIsRefused() {
+        let good = ConfigStream.Push(version: 2, nonce: "n", digest: "d", text: "apiVersion: x\n")
+        var p = good
+        p.secrets = [secret()]
+        var body = p.body
+        // Cut inside the section: the push is not read at all (no partial secret, no text).
+        let cut = body.range(of: "-----END CERTIFICATE-----")!.upperBound
+        body = String(body[..<cut])
+        XCTAssertNil(ConfigStream.Push(body: body))
+        XCTAssertNil(ConfigStream.Push(body: "version: 2 n d\ntls-secrets 2 10\n0123456789apiVersion: x\n"))
+    }
+}
