@@ -145,6 +145,13 @@ public struct Bootstrap: Sendable {
     /// `outboundTrafficPolicy.mode` (static file or meshd's push): captured connections to
     /// destinations outside the mesh.
     public var outboundTrafficPolicy = OutboundTrafficPolicy.allowAny
+    /// A gateway proxy (`sidecar --gateway`): its listeners come from the Gateways that select
+    /// it, and it applies the VirtualServices bound to them (BootstrapGateway.swift).
+    public var gatewayMode = false
+    /// Gateway mode: the tcp and tls routes of the VirtualServices bound to its Gateways.
+    public var gatewayRoutes: [IstioTraffic.VirtualService] = []
+    /// Gateway mode: the address its servers' ports are opened on (`--listen-address`).
+    public var gatewayListenHost = "127.0.0.1"
 
     /// Defaults chosen below common upstream keep-alive timeouts and like Envoy's where Istio is silent.
     public enum Defaults {
@@ -199,6 +206,7 @@ public struct Bootstrap: Sendable {
         }
         guard var b = found else { throw ConfigError(file: file, message: "no Bootstrap document found (expected apiVersion: \(apiVersion), kind: Bootstrap)") }
         b.traffic = try IstioTraffic.parse(documents: docs, file: file, defaultNamespace: b.workload.namespace, skipKinds: ["Bootstrap"])
+        try b.bindTraffic(file: file)
         try b.checkTraffic(file: file)
         return b
     }

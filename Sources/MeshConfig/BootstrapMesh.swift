@@ -29,6 +29,8 @@ public struct MeshModeOptions: Sendable {
     /// `--capture`: behind the capture rules (`meshctl capture apply`): the outbound listener
     /// routes by original destination, the app is reached from 127.0.0.6 (docs/capture.md).
     public var capture = false
+    /// `--gateway`: a gateway proxy (no app; listeners from Gateway resources).
+    public var gateway = false
     public init(service: String) { self.service = service }
 
     /// What the service speaks, as registered with meshd (`--app-protocol`).
@@ -169,8 +171,14 @@ extension Bootstrap {
             routes.append(Route(hosts: [parts[0]], cluster: parts[0], timeout: 0, name: "\(o.service)-sidecar.\(parts[0])"))
         }
         guard let admin = SocketAddress(host: "127.0.0.1", port: o.adminPort) else { throw bad("admin-port", "expected a port, got \(o.adminPort)") }
-        return Bootstrap(name: "\(o.service)-sidecar", workload: workload, concurrency: o.concurrency, admin: admin, tls: tls,
-                         outbound: outbound, inbound: inbound, clusters: clusters, routes: routes,
-                         drainTimeout: Defaults.drainTimeout, statsEnabled: true, accessLog: nil)
+        var b = Bootstrap(name: "\(o.service)-sidecar", workload: workload, concurrency: o.concurrency, admin: admin, tls: tls,
+                          outbound: outbound, inbound: inbound, clusters: clusters, routes: routes,
+                          drainTimeout: Defaults.drainTimeout, statsEnabled: true, accessLog: nil)
+        if o.gateway {
+            if o.appPort != nil { throw bad("gateway", "a gateway has no app: leave out --app-port") }
+            b.gatewayMode = true
+            b.gatewayListenHost = o.listenAddress
+        }
+        return b
     }
 }

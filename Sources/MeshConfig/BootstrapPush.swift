@@ -36,6 +36,7 @@ extension Bootstrap {
         // convention), whatever this sidecar's own namespace.
         next.traffic = try IstioTraffic.parse(documents: docs, file: source, defaultNamespace: "default",
                                               skipKinds: [Bootstrap.proxyConfigKind])
+        try next.bindTraffic(file: source)
         try next.checkTraffic(file: source, requireRoutes: false)
         return next
     }

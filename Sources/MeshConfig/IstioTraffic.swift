@@ -19,6 +19,8 @@ public enum IstioTraffic {
         public var uri: StringMatch?
         public var method: StringMatch?
         public var headers: [(name: String, match: StringMatch)] = []
+        /// `gateways`: where this match applies (empty: the VirtualService's `gateways`).
+        public var gateways: [String] = []
     }
 
     public struct Destination: Sendable {
@@ -82,6 +84,8 @@ public enum IstioTraffic {
         /// `match[].port`; empty: every connection.
         public var ports: [Int] = []
         public var route: [RouteDestination] = []
+        /// Each `match[]` entry: its port (nil: any) and `gateways` (empty: the VirtualService's).
+        public var matches: [(port: Int?, gateways: [String])] = []
     }
 
     public struct VirtualService: Sendable {
@@ -90,6 +94,10 @@ public enum IstioTraffic {
         public var hosts: [String]
         public var http: [HTTPRoute]
         public var tcp: [TCPRoute] = []
+        /// `gateways`: empty means `mesh` only (IstioGatewayBinding.swift).
+        public var gateways: [String] = []
+        /// `tls[]` routes (SNI), honoured on gateways' PASSTHROUGH servers.
+        public var tls: [TLSRoute] = []
     }
 
     public struct TrafficPolicy: Sendable {
@@ -138,6 +146,8 @@ public enum IstioTraffic {
         public var workloadEntries: [WorkloadEntry] = []
         /// Sidecar resources (egress scopes); meshd applies them, a sidecar never reads them.
         public var sidecars: [IstioSidecar] = []
+        /// Gateway resources: the listeners of `sidecar --gateway` proxies their selectors match.
+        public var gateways: [IstioGateway] = []
         public init() {}
     }
 
@@ -150,7 +160,7 @@ public enum IstioTraffic {
 
     /// The kinds this model reads.
     public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
-                                            "ServiceEntry", "WorkloadEntry", "Sidecar"]
+                                            "ServiceEntry", "WorkloadEntry", "Sidecar", "Gateway"]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -186,7 +196,12 @@ public enum IstioTraffic {
             try meta.finish()
             guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
             try top.finish()
-            if kind == "Sidecar" {
+            if kind == "Gateway" {
+                if cfg.gateways.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Gateway \(ns)/\(name)")
+                }
+                cfg.gateways.append(try IstioGateway.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == "Sidecar" {
                 if cfg.sidecars.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Sidecar \(ns)/\(name)")
                 }
@@ -232,7 +247,7 @@ public enum IstioTraffic {
         for (i, h) in hosts.enumerated() where !Names.isHost(h, wildcard: true) {
             throw ConfigReader.error(ctx, "spec.hosts[\(i)]", spec.map.line, "expected a lowercase host name, optionally with a *. prefix, got \"\(h)\"")
         }
-        try spec.refuse("gateways")
+        let gateways = try gatewayNames(&spec, "gateways", ctx: ctx)
         try spec.refuse("exportTo")
         var routes: [HTTPRoute] = []
         for var r in try spec.objectList("http") ?? [] {
@@ -251,6 +266,7 @@ public enum IstioTraffic {
                     try hs.finish()
                 }
                 try m.refuse("name")
+                hm.gateways = try gatewayNames(&m, "gateways", ctx: ctx)
                 try m.finish()
                 route.match.append(hm)
             }
@@ -338,11 +354,15 @@ public enum IstioTraffic {
             var route = TCPRoute()
             for var m in try r.objectList("match") ?? [] {
                 // Istio's L4 match fields this mesh does not honour are refused by name.
-                for f in ["destinationSubnets", "sourceLabels", "gateways", "sourceNamespace", "sourceSubnet"] { try m.refuse(f) }
-                guard let port = try m.int("port", min: 1, max: 65535) else {
+                for f in ["destinationSubnets", "sourceLabels", "sourceNamespace", "sourceSubnet"] { try m.refuse(f) }
+                let gws = try gatewayNames(&m, "gateways", ctx: ctx)
+                let port = try m.int("port", min: 1, max: 65535)
+                // On a sidecar the port names the service; a match bound to gateways may leave it out.
+                if port == nil && gws.isEmpty {
                     throw ConfigReader.error(ctx, m.sub("port"), m.map.line, "required field is missing (a tcp match names the service port)")
                 }
-                route.ports.append(port)
+                if let port { route.ports.append(port) }
+                route.matches.append((port: port, gateways: gws))
                 try m.finish()
             }
             let dests = try r.objectList("route") ?? []
@@ -361,9 +381,12 @@ public enum IstioTraffic {
             try r.finish()
             tcpRoutes.append(route)
         }
-        try spec.refuse("tls")
+        let tlsRoutes = try tlsRoutes(&spec, ctx: ctx)
         try spec.finish()
-        return VirtualService(name: name, namespace: namespace, hosts: hosts, http: routes, tcp: tcpRoutes)
+        var vs = VirtualService(name: name, namespace: namespace, hosts: hosts, http: routes, tcp: tcpRoutes)
+        vs.gateways = gateways
+        vs.tls = tlsRoutes
+        return vs
     }
 
     private static func stringMatch(_ r: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> StringMatch {
@@ -387,7 +410,7 @@ public enum IstioTraffic {
         return m
     }
 
-    private static func destination(_ d: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Destination {
+    static func destination(_ d: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> Destination {
         let host = try d.string("host", required: true)!
         guard Names.isHost(host, wildcard: false) else {
             throw ConfigReader.error(ctx, d.sub("host"), d.map.line, "expected a lowercase service host name (letters, digits, '-', '.'), got \"\(host)\"")
@@ -506,6 +529,9 @@ public enum IstioTraffic {
             }
             for (ti, t) in vs.tcp.enumerated() {
                 dests += t.route.enumerated().map { (path: "spec.tcp[\(ti)].route[\($0.offset)].destination.subset", destination: $0.element.destination) }
+            }
+            for (ti, t) in vs.tls.enumerated() {
+                dests += t.route.enumerated().map { (path: "spec.tls[\(ti)].route[\($0.offset)].destination.subset", destination: $0.element.destination) }
             }
             for (path, destination) in dests {
                 guard let subset = destination.subset else { continue }

@@ -91,7 +91,7 @@ final class IstioTrafficTests: XCTestCase {
         assertRefused(good.replacingOccurrences(of: "uri: {prefix: /api}", with: "uri: {prefix: /api, exact: /x}"), "exactly one of exact, prefix or regex")
         assertRefused(good.replacingOccurrences(of: "uri: {prefix: /api}", with: "uri: {regex: \"([a-z\"}"), "invalid regular expression")
         assertRefused(good.replacingOccurrences(of: "timeout: 2s", with: "timeout: 2s\n    timout: 3s"), "spec.http[0].timout: unknown field")
-        assertRefused(good.replacingOccurrences(of: "kind: DestinationRule", with: "kind: Gateway"), "unknown kind \"Gateway\"")
+        assertRefused(good.replacingOccurrences(of: "kind: DestinationRule", with: "kind: EnvoyFilter"), "unknown kind \"EnvoyFilter\"")
         assertRefused(good.replacingOccurrences(of: "simple: LEAST_REQUEST", with: "simple: FASTEST"), "expected ROUND_ROBIN, LEAST_REQUEST or RANDOM")
         assertRefused(good.replacingOccurrences(of: "httpStatus: 503", with: "httpStatus: 99"), "httpStatus: must be between 200 and 599")
         assertRefused(good.replacingOccurrences(of: "- name: v2\n    labels: {version: v2}", with: "- name: v1\n    labels: {version: v2}"), "duplicate subset \"v1\"")
@@ -144,8 +144,6 @@ final class IstioTrafficTests: XCTestCase {
 
     func testUnimplementedIstioFieldsAreRefusedByName() {
         let cases: [(String, String)] = [
-            (good.replacingOccurrences(of: "hosts: [reviews]", with: "hosts: [reviews]\n  gateways: [mesh]"),
-             "bad.yaml:6: document 1: spec.gateways: not supported yet"),
             (good.replacingOccurrences(of: "hosts: [reviews]", with: "hosts: [reviews]\n  exportTo: [\".\"]"),
              "bad.yaml:6: document 1: spec.exportTo: not supported yet"),
             (good.replacingOccurrences(of: "retryOn: \"5xx,connect-failure,refused-stream\"", with: "retryRemoteLocalities: true"),

@@ -157,8 +157,8 @@ final class StaticTrafficTests: XCTestCase {
                 ["spec.clusters[0].endpoints[0]", "expected IP:PORT"])
         refused(replacing("127.0.0.1:9081\n          labels: {version: v1}\n", "127.0.0.1:9081\n          labels: {version: v1}\n          weight: 3\n"),
                 ["spec.clusters[0].endpoints[0].weight", "unknown field"])
-        refused(replacing("kind: DestinationRule", "kind: Gateway"),
-                ["document 3", "unknown kind \"Gateway\"", "Bootstrap", "VirtualService", "DestinationRule"])
+        refused(replacing("kind: DestinationRule", "kind: EnvoyFilter"),
+                ["document 3", "unknown kind \"EnvoyFilter\"", "Bootstrap", "VirtualService", "DestinationRule"])
         refused(replacing("uri: {regex: \"/api/v[0-9]+/.*\"}", "uri: {regex: \"/api/(v1\"}"),
                 ["spec.http[0].match[0].uri.regex", "invalid regular expression"])
         refused(replacing("retryOn: \"gateway-error,reset,409\"", "retryOn: \"gateway-error,sometimes\""),

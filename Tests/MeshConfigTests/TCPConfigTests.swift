@@ -46,7 +46,7 @@ final class TCPConfigTests: XCTestCase {
     }
 
     func testTCPMatchFieldsNotHonouredAreRefusedByName() {
-        for f in ["destinationSubnets: [10.0.0.0/8]", "sourceLabels: {app: x}", "gateways: [gw]", "sourceNamespace: ns"] {
+        for f in ["destinationSubnets: [10.0.0.0/8]", "sourceLabels: {app: x}", "sourceNamespace: ns"] {
             refused(bootstrap(vs("  tcp:\n  - match: [{port: 6379, \(f)}]\n    route: [{destination: {host: cache}}]")),
                     ["spec.tcp[0].match[0]." + f.split(separator: ":")[0]])
         }

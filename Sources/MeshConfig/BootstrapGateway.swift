@@ -1,0 +1,86 @@
+import MeshCore
+
+/// Istio's binding of VirtualServices to proxies (DESIGN §15), applied by every proxy to the
+/// documents it holds, the same code in meshd's check: a sidecar applies what binds to `mesh`;
+/// a gateway proxy (`sidecar --gateway`) keeps the Gateways whose selector matches its labels
+/// and applies what binds to them. On a gateway an http route's VirtualService keeps only the
+/// hosts a server of its Gateways admits (Istio: `namespace/dnsName` of `servers[].hosts`);
+/// tcp and tls routes go to `gatewayRoutes`, taken by the gateway's TCP and TLS servers.
+extension Bootstrap {
+    mutating func bindTraffic(file: String) throws(ConfigError) {
+        guard gatewayMode else {
+            if let g = traffic.gateways.first {
+                throw ConfigError(file: file, path: "Gateway \(g.namespace)/\(g.name)",
+                                  message: "a Gateway configures gateway proxies (sidecar --gateway), to which meshd sends it; a sidecar does not take one")
+            }
+            let bound = traffic.virtualServices(boundTo: .mesh)
+            for vs in bound where !vs.tls.isEmpty {
+                throw ConfigError(file: file, path: "VirtualService \(vs.namespace)/\(vs.name): spec.tls",
+                                  message: "tls routes are honoured on gateways (PASSTHROUGH servers); for the sidecars (gateways: mesh, or none): \(IstioTraffic.notSupported)")
+            }
+            traffic.virtualServices = bound
+            return
+        }
+        let keys = traffic.gatewayKeys(selecting: workload.labels)
+        traffic.gateways = traffic.gateways.filter { keys.contains("\($0.namespace)/\($0.name)") }
+        var http: [IstioTraffic.VirtualService] = []
+        var l4: [IstioTraffic.VirtualService] = []
+        for vs in traffic.virtualServices(boundTo: .gateways(keys)) {
+            // The Gateways this VirtualService names (anywhere) that select this proxy.
+            var names = Set(vs.gateways.map { IstioTraffic.gatewayKey($0, namespace: vs.namespace) })
+            for r in vs.http { for m in r.match { for g in m.gateways { names.insert(IstioTraffic.gatewayKey(g, namespace: vs.namespace)) } } }
+            let gws = traffic.gateways.filter { names.contains("\($0.namespace)/\($0.name)") }
+            if !vs.http.isEmpty {
+                var h = vs
+                h.tcp = []
+                h.tls = []
+                h.hosts = vs.hosts.filter { host in
+                    gws.contains { g in g.servers.contains { s in
+                        s.proto.isHTTP && s.tls?.mode != .passthrough
+                            && s.hosts.contains { $0.admits(vsHost: host, vsNamespace: vs.namespace, gatewayNamespace: g.namespace) }
+                    } }
+                }
+                if !h.hosts.isEmpty { http.append(h) }
+            }
+            if !vs.tcp.isEmpty || !vs.tls.isEmpty {
+                var l = vs
+                l.http = []
+                l4.append(l)
+            }
+        }
+        traffic.virtualServices = http
+        gatewayRoutes = l4
+        try checkGatewayRoutes(file: file)
+    }
+
+    /// Every tcp and tls route destination of a gateway names a cluster that carries TCP.
+    func checkGatewayRoutes(file: String) throws(ConfigError) {
+        for vs in gatewayRoutes {
+            func check(_ kind: String, _ ri: Int, _ route: [IstioTraffic.RouteDestination]) throws(ConfigError) {
+                for (di, d) in route.enumerated() {
+                    let path = "VirtualService \(vs.namespace)/\(vs.name): spec.\(kind)[\(ri)].route[\(di)].destination.host"
+                    guard let ci = clusterIndex(forHost: d.destination.host, namespace: vs.namespace) else {
+                        throw ConfigError(file: file, path: path, message: "no cluster serves host \"\(d.destination.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
+                    }
+                    if clusters[ci].serviceProtocol != .tcp && clusters[ci].serviceProtocol != .auto {
+                        throw ConfigError(file: file, path: path, message: "\"\(d.destination.host)\" is not a TCP service (its protocol is HTTP): a \(kind) route carries bytes, route it with an http route")
+                    }
+                }
+            }
+            for (ri, r) in vs.tcp.enumerated() { try check("tcp", ri, r.route) }
+            for (ri, r) in vs.tls.enumerated() { try check("tls", ri, r.route) }
+        }
+    }
+
+    /// The check meshd runs for a gateway proxy's scope: the config it would push to a gateway
+    /// of `namespace` with `labels`, applied as that gateway applies it.
+    public static func checkPushedGateway(_ text: String, namespace: String, labels: [(String, String)], source: String) throws(ConfigError) {
+        var o = MeshModeOptions(service: "meshd-check-gateway")
+        o.namespace = namespace
+        o.labels = labels
+        o.gateway = true
+        let tls = TLSFiles(certChain: "(meshd check)", privateKey: "(meshd check)", trustBundle: "(meshd check)",
+                           trustDomain: "cluster.local", minTLS13: true)
+        _ = try Bootstrap.meshMode(o, tls: tls).withPushedConfig(text, source: source)
+    }
+}
