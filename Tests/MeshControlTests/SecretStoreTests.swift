@@ -3,6 +3,7 @@ import XCTest
 import MeshCore
 import MeshEtcd
 import MeshTLS
+@testable import MeshConfig
 @testable import MeshControl
 @testable import MeshControlWire
 @testable import MeshPKI
@@ -118,32 +119,49 @@ final class SecretStoreTests: XCTestCase {
         XCTAssertTrue(ops.contains { if case .delete(let k) = $0 { return k == EtcdStateStore.secretsPrefix + "default/old" } else { return false } })
     }
 
-    static func gateway(_ ns: String, selector: String, credential: String) -> String {
-        """
-        apiVersion: networking.istio.io/v1
-        kind: Gateway
-        metadata: {name: gw, namespace: \(ns)}
-        spec:
-          selector: {\(selector)}
-          servers:
-          - port: {number: 443, name: https, protocol: HTTPS}
-            hosts: [bookinfo.example]
-            tls: {mode: SIMPLE, credentialName: \(credential)}
-        """
+    static func gateway(_ ns: String, _ name: String, selector: [(String, String)], servers: [(IstioGateway.TLSMode, String)]) -> IstioGateway {
+        IstioGateway(name: name, namespace: ns, selector: selector, servers: servers.enumerated().map { i, m in
+            var t = IstioGateway.ServerTLS()
+            t.mode = m.0
+            t.credentialName = m.1
+            return IstioGateway.Server(port: 443 + i, portName: "https-\(i)", proto: .https, hosts: [IstioGateway.Host(namespace: .any, dnsName: "*")], tls: t)
+        })
     }
 
-    /// A store with two secrets, one Gateway in `default` naming `bookinfo-cert` for proxies
-    /// labelled istio=ingressgateway, and the workloads given (identity|node -> workload).
+    /// Gateways: `default/gw` serves bookinfo-cert (SIMPLE) to istio=ingressgateway proxies,
+    /// `prod/gw` names bookinfo-cert for istio=prodgateway (prod has no such secret), and
+    /// `default/pt` names other-cert on a PASSTHROUGH server (no certificate served there).
+    static let gateways = [
+        gateway("default", "gw", selector: [("istio", "ingressgateway")], servers: [(.simple, "bookinfo-cert")]),
+        gateway("prod", "gw", selector: [("istio", "prodgateway")], servers: [(.mutual, "bookinfo-cert")]),
+        gateway("default", "pt", selector: [("istio", "ingressgateway")], servers: [(.passthrough, "other-cert")]),
+    ]
+
+    func testSelectionFollowsSelectorsModesAndTheGatewaysNamespace() {
+        let ids = { (l: [(String, String)]) in GatewaySecretSelection.ids(gateways: SecretStoreTests.gateways, labels: l) }
+        XCTAssertEqual(ids([("istio", "ingressgateway"), ("app", "x")]), ["default/bookinfo-cert"])
+        XCTAssertEqual(ids([("istio", "prodgateway")]), ["prod/bookinfo-cert"])
+        XCTAssertEqual(ids([("istio", "egressgateway")]), [])
+        // An empty selector selects every gateway proxy (Istio).
+        let any = SecretStoreTests.gateway("default", "all", selector: [], servers: [(.mutual, "m")])
+        XCTAssertEqual(GatewaySecretSelection.ids(gateways: [any], labels: []), ["default/m"])
+    }
+
+    /// A store with two secrets and the workloads given (identity|node -> workload).
     func deliveryStore(_ workloads: [ConfigStore.Workload]) throws -> ConfigStore {
         let store = try ConfigStore(stateDir: dir)
         _ = try store.putSecret(secret(), from: src)
         _ = try store.putSecret(secret("other-cert"), from: src)
         store.state.withLock { s in
-            let text = SecretStoreTests.gateway("default", selector: "istio: ingressgateway", credential: "bookinfo-cert")
-            s.documents["Gateway/default/gw"] = ConfigStore.Document(kind: "Gateway", namespace: "default", name: "gw", text: text)
             for w in workloads { s.workloads["\(w.identity)|\(w.address)"] = w }
         }
         return store
+    }
+
+    func snapshot(_ store: ConfigStore, _ w: ConfigStore.Workload) -> ProxyConfigSnapshot {
+        var snap = store.scopedConfig(identity: w.identity, node: w.address)
+        store.addSecrets(&snap, identity: w.identity, node: w.address, gateways: SecretStoreTests.gateways)
+        return snap
     }
 
     func workload(_ sa: String, ns: String = "default", labels: [(String, String)], gateway: Bool, address: String) -> ConfigStore.Workload {
@@ -158,12 +176,14 @@ final class SecretStoreTests: XCTestCase {
         // The same labels on a sidecar that is not a gateway: nothing.
         let app = workload("app", labels: [("istio", "ingressgateway")], gateway: false, address: "127.0.0.1:1002")
         let otherLabels = workload("ingress2", labels: [("istio", "egressgateway")], gateway: true, address: "127.0.0.1:1003")
-        let otherNS = workload("ingress3", ns: "prod", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1004")
-        let store = try deliveryStore([gw, app, otherLabels, otherNS])
-        let snap = store.proxyConfig(identity: gw.identity, node: gw.address)
+        let prod = workload("ingress3", ns: "prod", labels: [("istio", "prodgateway")], gateway: true, address: "127.0.0.1:1004")
+        let store = try deliveryStore([gw, app, otherLabels, prod])
+        let snap = snapshot(store, gw)
         XCTAssertEqual(snap.secrets.map(\.id), ["default/bookinfo-cert"])
-        for w in [app, otherLabels, otherNS] {
-            XCTAssertTrue(store.proxyConfig(identity: w.identity, node: w.address).secrets.isEmpty, w.identity)
+        // The digest covers the secrets: the same config without them has another digest.
+        XCTAssertNotEqual(snap.digest, store.scopedConfig(identity: gw.identity, node: gw.address).digest)
+        for w in [app, otherLabels, prod] {
+            XCTAssertTrue(snapshot(store, w).secrets.isEmpty, w.identity)
         }
         // The push carries them in its section, read back whole; a push to the app has no section.
         var push = ConfigStream.Push(version: snap.version, nonce: "n", digest: snap.digest, text: snap.text)
@@ -174,24 +194,64 @@ final class SecretStoreTests: XCTestCase {
         XCTAssertEqual(back.secrets.count, 1)
         XCTAssertTrue(back.secrets[0].same(as: secret()))
         XCTAssertEqual(back.text, snap.text)
-        let appSnap = store.proxyConfig(identity: app.identity, node: app.address)
+        let appSnap = snapshot(store, app)
         XCTAssertFalse(ConfigStream.Push(version: 1, nonce: "n", digest: appSnap.digest, text: appSnap.text).body.contains("PRIVATE KEY"))
         // The body meshd sends (whole text or delta) carries the same section.
         let sent = store.scoped.deltas.body(snap, nonce: "n2", base: "")
         XCTAssertEqual(ConfigStream.Push(body: sent)?.secrets.count, 1)
     }
 
+    static func query(_ q: String) -> [String: String] {
+        var out: [String: String] = [:]
+        for kv in q.split(separator: "&") {
+            let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
+            out[ControlServer.percentDecode(p[0])] = p.count > 1 ? ControlServer.percentDecode(p[1]) : ""
+        }
+        return out
+    }
+
+    func testAGatewayOfAnotherNamespaceNeverGetsTheSecret() throws {
+        // Labels are the workload's word: a gateway in prod with default's labels is selected by
+        // default/gw, and still gets nothing of namespace default.
+        let intruder = workload("ingress", ns: "prod", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1005")
+        let store = try deliveryStore([intruder])
+        XCTAssertTrue(snapshot(store, intruder).secrets.isEmpty)
+    }
+
+    func testTheGatewayMarkSurvivesTheRegistryFileAndEtcd() throws {
+        let gw = workload("ingress", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1001")
+        let line = StateFiles.line(of: gw)
+        XCTAssertTrue(line.hasSuffix("\tgateway"))
+        XCTAssertTrue(try StateFiles.workload(fromLine: Substring(line), at: "t").gateway)
+        let etcdLine = try StateFiles.workload(fromLine: Substring(line + "\treplica-1"), at: "t", holder: true)
+        XCTAssertTrue(etcdLine.gateway)
+        XCTAssertEqual(etcdLine.holder, "replica-1")
+        let plain = workload("app", labels: [], gateway: false, address: "127.0.0.1:1002")
+        XCTAssertFalse(try StateFiles.workload(fromLine: Substring(StateFiles.line(of: plain)), at: "t").gateway)
+        let plainEtcd = try StateFiles.workload(fromLine: Substring(StateFiles.line(of: plain) + "\treplica-2"), at: "t", holder: true)
+        XCTAssertFalse(plainEtcd.gateway)
+        XCTAssertEqual(plainEtcd.holder, "replica-2")
+        XCTAssertThrowsError(try StateFiles.workload(fromLine: Substring(StateFiles.line(of: plain) + "\tgatewayx"), at: "t"))
+        // A registration says it; a registration without it is not a gateway.
+        var reg = ConfigStream.Registration(service: "ingress", namespace: "default", address: "127.0.0.1:1", labels: [])
+        XCTAssertFalse(try ConfigStream.Registration(query: Self.query(reg.query)).gateway)
+        reg.gateway = true
+        XCTAssertTrue(try ConfigStream.Registration(query: Self.query(reg.query)).gateway)
+    }
+
     func testReplacingTheSecretChangesTheGatewaysDigestOnly() throws {
         let gw = workload("ingress", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1001")
         let app = workload("app", labels: [("app", "x")], gateway: false, address: "127.0.0.1:1002")
         let store = try deliveryStore([gw, app])
-        let before = store.proxyConfig(identity: gw.identity, node: gw.address).digest
-        let appBefore = store.proxyConfig(identity: app.identity, node: app.address).text
+        let before = snapshot(store, gw)
+        let appBefore = snapshot(store, app)
         _ = try store.putSecret(secret(cert: "server2.pem", key: "server2.key"), from: src)
-        let after = store.proxyConfig(identity: gw.identity, node: gw.address)
-        XCTAssertNotEqual(after.digest, before)
+        let after = snapshot(store, gw)
+        XCTAssertNotEqual(after.digest, before.digest)
+        XCTAssertEqual(after.text, before.text)
         XCTAssertTrue(after.secrets[0].same(as: secret(cert: "server2.pem", key: "server2.key")))
-        XCTAssertEqual(store.proxyConfig(identity: app.identity, node: app.address).text, appBefore)
+        XCTAssertEqual(snapshot(store, app).text, appBefore.text)
+        XCTAssertTrue(snapshot(store, app).secrets.isEmpty)
     }
 
     func testDamagedPushSectionIsRefused() {
