@@ -91,54 +91,39 @@ extension ConfigStore {
     // MARK: delivery
 
     /// Puts into `snap` the secrets this sidecar serves, when it is a gateway (registered with
-    /// `gateway`): those named by `tls.credentialName` in the servers of the Gateways in its
-    /// namespace whose `selector` matches its labels (the secret in the Gateway's namespace, as
-    /// Istio resolves it). The digest then covers them, so a replaced secret is pushed again.
-    /// Any other sidecar gets none.
-    func addSecrets(_ snap: inout ProxyConfigSnapshot, identity: String, node: String) {
+    /// `gateway`): those named by `tls.credentialName` in the SIMPLE and MUTUAL servers of the
+    /// Gateways whose `selector` matches its labels, each from the Gateway's own namespace (as
+    /// Istio resolves it), and only of the gateway's own namespace. The digest then covers
+    /// them, so a replaced secret is pushed again. Any other sidecar gets none. `gateways`: the
+    /// Gateways in force (nil: parsed from the stored documents with the sidecar's own parser).
+    func addSecrets(_ snap: inout ProxyConfigSnapshot, identity: String, node: String, gateways given: [IstioGateway]? = nil) {
         let (w, docs, secrets) = state.withLock { s in (s.workloads["\(identity)|\(node)"], s.documents, s.secrets) }
         guard let w, w.gateway, !secrets.isEmpty else { return }
-        let gateways = docs.values.filter { $0.kind == "Gateway" }.compactMap { GatewayCredentials.read($0.namespace, $0.text) }
-        let names = GatewayCredentials.credentials(namespace: w.namespace, labels: w.labels, gateways: gateways)
-        let mine = names.sorted().compactMap { secrets[$0] }
+        let gateways = given ?? docs.values.filter { $0.kind == "Gateway" }.flatMap { d in
+            (try? IstioTraffic.parse(d.text, file: d.key, defaultNamespace: d.namespace))?.gateways ?? []
+        }
+        // Only secrets of the gateway's own namespace (its certificate's, which it registered
+        // in): labels are the workload's word, its namespace is not.
+        let mine = GatewaySecretSelection.ids(gateways: gateways, labels: w.labels).filter { $0.hasPrefix("\(w.namespace)/") }
+            .sorted().compactMap { secrets[$0] }
         guard !mine.isEmpty else { return }
         snap.secrets = mine
         snap.digest = MeshCrypto.digestHex(snap.digest + TLSSecrets.digestInput(mine))
     }
 }
 
-/// The part of a Gateway that decides which secrets its proxies are sent: its namespace, its
-/// `selector` and the `tls.credentialName` of its servers. Read from the stored document (which
-/// the Gateway parser validated when it was applied).
-struct GatewayCredentials: Equatable {
-    var namespace: String
-    var selector: [String: String]
-    var credentialNames: [String]
-
-    /// Reads a Gateway document's text; nil when it is not one (or holds no credential name).
-    static func read(_ namespace: String, _ text: String) -> GatewayCredentials? {
-        guard let doc = (try? YAML.parseDocuments(text))?.first?.node.asMapping,
-              let spec = doc["spec"]?.asMapping else { return nil }
-        var selector: [String: String] = [:]
-        for e in spec["selector"]?.asMapping?.entries ?? [] {
-            if let v = e.value.asScalar { selector[e.key] = v.value }
-        }
-        var names: [String] = []
-        for server in spec["servers"]?.asSequence?.items ?? [] {
-            if let n = server.asMapping?["tls"]?.asMapping?["credentialName"]?.asScalar?.value, !n.isEmpty { names.append(n) }
-        }
-        return names.isEmpty ? nil : GatewayCredentials(namespace: namespace, selector: selector, credentialNames: names)
-    }
-
-    /// The secret ids (NAMESPACE/NAME) a gateway proxy in `namespace` with `labels` serves: the
-    /// Gateways of its namespace whose selector (every key) its labels match. A Gateway with no
-    /// selector selects no proxy (Istio's default selector is its ingress gateway's labels; here
-    /// a selector is required for delivery).
-    static func credentials(namespace: String, labels: [(String, String)], gateways: [GatewayCredentials]) -> Set<String> {
+/// Which secrets a gateway proxy is sent (DESIGN §15).
+enum GatewaySecretSelection {
+    /// The secret ids (NAMESPACE/NAME) a gateway proxy with `labels` serves: for every Gateway
+    /// that selects it (IstioGateway.selects: an empty selector selects every gateway proxy, as
+    /// in Istio), the `credentialName` of each SIMPLE or MUTUAL server, in the Gateway's namespace.
+    static func ids(gateways: [IstioGateway], labels: [(String, String)]) -> Set<String> {
         var out: Set<String> = []
-        for g in gateways where g.namespace == namespace && !g.selector.isEmpty {
-            let matches = g.selector.allSatisfy { k, v in labels.contains { $0.0 == k && $0.1 == v } }
-            if matches { for n in g.credentialNames { out.insert("\(g.namespace)/\(n)") } }
+        for g in gateways where g.selects(labels: labels) {
+            for s in g.servers {
+                guard let t = s.tls, t.mode == .simple || t.mode == .mutual, let n = t.credentialName else { continue }
+                out.insert("\(g.namespace)/\(n)")
+            }
         }
         return out
     }
