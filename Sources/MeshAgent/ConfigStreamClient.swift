@@ -32,6 +32,8 @@ public final class ConfigStreamClient: @unchecked Sendable {
     /// listeners find them there); returns how to put back what it replaced when the text is
     /// refused. Nil: this sidecar is not a gateway, and a push that carries secrets is refused.
     let secrets: (@Sendable (_ secrets: [TLSSecret]) throws -> @Sendable () -> Void)?
+    /// A gateway proxy's labels, `k=v,k=v`, named on every config request; nil for a sidecar.
+    public var gatewayLabels: String? = nil
 
     /// `node`: what tells this sidecar apart from others with its identity (its registered
     /// address, or its admin address for a caller-only workload); `admin`: its admin address.
@@ -105,7 +107,8 @@ public final class ConfigStreamClient: @unchecked Sendable {
                     if r.close { closedByMeshd(c); continue }
                 }
                 registered = true
-                let request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest, base: baseDigest, nacked: nacked)
+                var request = ConfigStream.Request(version: have, node: node, admin: admin, digest: digest, base: baseDigest, nacked: nacked)
+                request.gatewayLabels = gatewayLabels
                 let r = try c.request(method: "GET", path: "\(ConfigStream.configPath)?\(request.query)", timeoutSeconds: 40)
                 delay = ConfigStreamClient.firstRetry
                 if r.close { closedByMeshd(c) }

@@ -13,6 +13,7 @@ public struct SidecarMeshFlags: Sendable {
         .init("outbound-port"), .init("admin-port"), .init("trust-domain"), .init("route"), .init("service-port"),
         .init("advertise-address"), .init("listen-address"), .init("capture", value: false),
         .init("dns-port"), .init("resolv-conf"), .init("labels-file"), .init("status-port"), .init("app-probe"),
+        .init("gateway", value: false),
     ]
 
     /// The flags only mesh mode takes (static mode refuses each by name).
@@ -20,6 +21,7 @@ public struct SidecarMeshFlags: Sendable {
         "meshd", "root-cert", "token", "token-file", "service", "namespace", "service-account", "label", "app-port",
         "app-protocol", "inbound-port", "outbound-port", "admin-port", "trust-domain", "route", "service-port",
         "advertise-address", "listen-address", "capture", "dns-port", "resolv-conf", "labels-file", "status-port", "app-probe",
+        "gateway",
     ]
 
     /// `--meshd`, as given (for messages) and parsed.
@@ -148,6 +150,8 @@ public struct SidecarMeshFlags: Sendable {
         o.concurrency = concurrency
         o.routes = flags.all("route")
         o.capture = flags.has("capture")
+        o.gateway = flags.has("gateway")
+        if o.gateway && o.capture { throw FlagError("--gateway: a gateway takes no --capture (it has no app whose traffic to capture)") }
         let f = SidecarMeshFlags(meshdText: meshdText, meshd: meshd, rootCert: rootPath, token: token, labelsFile: labelsFile,
                                  options: o, advertise: addresses.advertise, dnsPort: dnsPort, resolvConf: resolvConf,
                                  statusPort: statusPort, appProbes: probes, logLevel: logLevel, check: flags.has("check"))

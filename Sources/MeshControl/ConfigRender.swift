@@ -48,6 +48,7 @@ extension ConfigStore {
                                   message: "the config it gives the sidecars of namespace \(scope.namespace) would be refused: \(found.description)")
             }
         }
+        try checkGatewayScopes(base)
     }
 
     /// Istio leaves a workload that two Sidecars with selectors select undefined: meshd refuses

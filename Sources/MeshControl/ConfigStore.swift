@@ -72,6 +72,8 @@ public final class ConfigStore: @unchecked Sendable {
         /// scope a change did not touch has the config in force without the new version.
         public var sentDigest = ""
         public var ackedDigest = ""
+        /// A gateway proxy's labels (it names them on every config request); nil for a sidecar.
+        public var gatewayLabels: [(String, String)]? = nil
     }
 
     struct State {
@@ -305,7 +307,7 @@ public final class ConfigStore: @unchecked Sendable {
     // MARK: documents
 
     static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication",
-                                           "ServiceEntry", "WorkloadEntry", "Sidecar"]
+                                           "ServiceEntry", "WorkloadEntry", "Sidecar", "Gateway"]
 
     /// Splits one file's YAML text into documents with their identities (kind, namespace, name)
     /// and their place in the file. Each document is validated on its own here, with the file's
@@ -578,7 +580,8 @@ public final class ConfigStore: @unchecked Sendable {
     /// sidecars sharing an identity (its registered address, or its own id for a caller-only one).
     /// `digest`: the config the sidecar says it has (its last answered one); taken as its ACKed
     /// config when this meshd sent it nothing yet (after a restart, or from another replica).
-    public func seen(identity: String, node: String, admin: String = "", digest: String = "", nacked: Bool = false) {
+    public func seen(identity: String, node: String, admin: String = "", digest: String = "", nacked: Bool = false,
+                     gateway: [(String, String)]? = nil) {
         let now = MeshCrypto.now()
         state.withLock { s in
             let k = "\(identity)|\(node)"
@@ -587,6 +590,7 @@ public final class ConfigStore: @unchecked Sendable {
             s.proxies[k]!.connected = true
             s.proxies[k]!.lastSeen = now
             if !admin.isEmpty { s.proxies[k]!.admin = admin }
+            if let g = gateway { s.proxies[k]!.gatewayLabels = g }
             if !digest.isEmpty && s.proxies[k]!.sentDigest.isEmpty { s.proxies[k]!.ackedDigest = digest }
             if nacked && s.proxies[k]!.sentDigest.isEmpty && s.proxies[k]!.nack == nil {
                 s.proxies[k]!.nack = "the config it has was refused (NACKed) where it was sent: at another replica or before meshd restarted"

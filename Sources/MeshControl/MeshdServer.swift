@@ -213,7 +213,12 @@ public final class MeshdServer: @unchecked Sendable {
         // The node names this sidecar in meshd's state: an address, nothing else.
         guard q.node.isEmpty || SocketAddress(q.node) != nil else { return .answer(ControlResponse(400, "node: expected IP:PORT\n")) }
         if let why = store.refusal.withLock({ $0 }) { return .answer(ControlResponse(503, "this replica does not serve: \(why)\n")) }
-        store.seen(identity: id, node: q.node, admin: q.admin, digest: q.nacked ? "" : q.digest, nacked: q.nacked)
+        var gateway: [(String, String)]? = nil
+        if let text = q.gatewayLabels {
+            guard let labels = GatewayScope.labels(text) else { return .answer(ControlResponse(400, "gateway: expected key=value labels separated by commas\n")) }
+            gateway = labels
+        }
+        store.seen(identity: id, node: q.node, admin: q.admin, digest: q.nacked ? "" : q.digest, nacked: q.nacked, gateway: gateway)
         var w = ConfigWait(identity: id, node: q.node, digest: q.digest, base: q.base)
         w.version = q.version
         return .wait(w)

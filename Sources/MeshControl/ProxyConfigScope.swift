@@ -11,8 +11,10 @@ struct ProxyScope: Hashable, Sendable {
     var namespace: String
     /// The applying Sidecar as `namespace/name`; nil when none applies.
     var sidecar: String?
+    /// A gateway proxy: its labels as sorted `k=v` (GatewayScope.swift); nil for a sidecar.
+    var gateway: [String]? = nil
     /// The cache key.
-    var key: String { "\(namespace)|\(sidecar ?? "*")" }
+    var key: String { "\(namespace)|\(sidecar ?? "*")" + (gateway.map { "|gateway|" + $0.joined(separator: ",") } ?? "") }
 
     /// The scope of a workload of `namespace` with `labels` under these Sidecar resources.
     static func of(namespace: String, labels: [(String, String)], sidecars: [IstioSidecar]) -> ProxyScope {
@@ -86,6 +88,8 @@ struct RenderBase {
         // any endpoint registers (requests get 503 UH, not a refused config).
         var names = Set(services.keys)
         for vs in cfg.virtualServices {
+            // A VirtualService bound only to gateways names no mesh host (its hosts are the gateway's).
+            let meshBound = vs.bound(.mesh) != nil
             vsHostKeys.append(vs.hosts.map { key($0, vs.namespace) })
             vsNames.append(vs.hosts.flatMap { RenderBase.names($0, vs.namespace) })
             var dests: [String] = []
@@ -95,7 +99,7 @@ struct RenderBase {
             }
             for r in vs.tcp { dests += r.route.map { key($0.destination.host, vs.namespace) } }
             vsDestinationKeys.append(dests)
-            for h in vs.hosts { names.insert(key(h, vs.namespace)) }
+            if meshBound { for h in vs.hosts { names.insert(key(h, vs.namespace)) } }
             for r in vs.http { for d in r.route { names.insert(key(d.destination.host, vs.namespace)) } }
         }
         for dr in cfg.destinationRules { names.insert(key(dr.host, dr.namespace)) }
@@ -189,6 +193,7 @@ extension ConfigStore {
     /// and PeerAuthentication documents of its own and the root namespace (the sidecar applies
     /// their selectors itself). Every value that came from input is written quoted.
     static func render(_ b: RenderBase, scope: ProxyScope?) -> (text: String, placed: [(line: Int, doc: Document)]) {
+        if let g = scope, g.gateway != nil { return renderGateway(b, scope: g) }
         let q = YAML.quoted
         let s = b.state
         let egress = scope.flatMap { b.sidecar($0.sidecar) }?.egressHosts
@@ -202,7 +207,7 @@ extension ConfigStore {
         var routed = Set<String>()
         var pulled = Set<String>()
         for (i, vs) in b.cfg.virtualServices.enumerated() {
-            let v = visible(b.vsNames[i], vs.namespace)
+            let v = visible(b.vsNames[i], vs.namespace) && (scope == nil || vs.bound(.mesh) != nil)
             vsIn.append(v)
             if v {
                 routed.formUnion(b.vsHostKeys[i])
@@ -309,11 +314,16 @@ extension ConfigStore {
     func scopedConfig(identity: String, node: String) -> ProxyConfigSnapshot {
         let ns = ProxyScope.namespace(ofIdentity: identity) ?? defaultNamespace
         var labels: [(String, String)] = []
+        var gateway: [(String, String)]? = nil
         return scoped.snapshot({
             let s = currentState()
             labels = s.workloads["\(identity)|\(node)"]?.labels ?? []
+            gateway = s.proxies["\(identity)|\(node)"]?.gatewayLabels
             return s
-        }, trustDomain: trustDomain) { b in ProxyScope.of(namespace: ns, labels: labels, sidecars: b.cfg.sidecars) }
+        }, trustDomain: trustDomain) { b in
+            if let g = gateway { return GatewayScope.scope(namespace: ns, labels: g) }
+            return ProxyScope.of(namespace: ns, labels: labels, sidecars: b.cfg.sidecars)
+        }
     }
 
     /// Whether a sidecar has the config in force for its scope (ACKed this version, or a config

@@ -93,6 +93,9 @@ public enum ConfigStream {
         public var base: String
         /// The config with `digest` was refused (NACK): meshd must not count it as in force.
         public var nacked: Bool
+        /// A gateway proxy (`sidecar --gateway`) says so with its labels, `k=v,k=v` (meshd sends it
+        /// the Gateways they select and what binds to them); nil for a sidecar.
+        public var gatewayLabels: String? = nil
         public init(version: Int, node: String, admin: String, digest: String = "", base: String = "", nacked: Bool = false) {
             self.version = version; self.node = node; self.admin = admin; self.digest = digest; self.base = base; self.nacked = nacked
         }
@@ -100,6 +103,7 @@ public enum ConfigStream {
         public var query: String {
             "version=\(version)&node=\(ControlClient.percentEncode(node))&admin=\(ControlClient.percentEncode(admin))"
                 + (digest.isEmpty ? "" : "&digest=\(digest)") + (base.isEmpty ? "" : "&base=\(base)") + (nacked ? "&nacked=1" : "")
+                + (gatewayLabels.map { "&gateway=\(ControlClient.percentEncode($0))" } ?? "")
         }
 
         /// A digest is lowercase hex, at most 64 digits; anything else counts as none.
@@ -108,6 +112,7 @@ public enum ConfigStream {
             self.init(version: Int(q["version"] ?? "0") ?? 0, node: q["node"] ?? "",
                       admin: (q["admin"]).flatMap { SocketAddress($0) != nil ? $0 : nil } ?? "",
                       digest: Request.isDigest(d) ? d : "", base: Request.isDigest(b) ? b : "", nacked: q["nacked"] == "1")
+            gatewayLabels = q["gateway"]
         }
 
         /// Lowercase hex, 1 to 64 digits.

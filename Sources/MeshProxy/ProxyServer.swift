@@ -91,6 +91,8 @@ public final class ProxyServer: @unchecked Sendable {
     private var dns: DNSServer?
     /// The status port (`attachStatus`), repeating admin's `/ready`, `/healthz` and metrics.
     private var status: StatusServer?
+    /// A gateway proxy's ports, following its Gateways (Gateway/GatewayPorts.swift).
+    let gatewayPorts = GatewayPorts()
 
     public init(snapshot: ProxySnapshot, concurrency: Int) {
         self.snapshot = snapshot
@@ -133,6 +135,7 @@ public final class ProxyServer: @unchecked Sendable {
             w.startListeners(outboundFd: outFds.isEmpty ? nil : outFds[i], inboundFd: inFds.isEmpty ? nil : inFds[i],
                              outbound6Fd: bound.outbound6.isEmpty ? nil : bound.outbound6[i])
         }
+        gatewayPorts.update(snapshot, workers: workers)
         for w in workers {
             threads.append(Threads.spawn(name: "worker") { w.loop.run() })
         }
@@ -160,6 +163,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         admin?.replace(next)
         dns?.publish(next.dnsTable)
+        gatewayPorts.update(next, workers: workers)
     }
 
     /// The DNS server answers from the snapshot in force from now on (this server's first one

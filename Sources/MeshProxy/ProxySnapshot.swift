@@ -158,6 +158,8 @@ public final class ProxySnapshot: Sendable {
         public let streamIdleTimeout: UInt64
         /// 0: no limit.
         public let maxConnections: Int
+        /// A gateway's HTTP server with `tls.httpsRedirect`: every request gets 301 to https.
+        public var httpsRedirect = false
     }
 
     public let version: String
@@ -201,6 +203,8 @@ public final class ProxySnapshot: Sendable {
     public let peerMetadata: [UInt8]
     /// The mesh names the DNS port answers (`DNS/DNSTable.swift`), from the clusters' addresses.
     public let dnsTable: DNSTable
+    /// A gateway proxy's servers (Gateway/GatewayTable.swift); nil for a sidecar.
+    public let gateway: GatewayTable?
 
     /// Stream idle timeout: no bytes either way while a request is in flight.
     /// Compiles a bootstrap, loading its certificate files into TLS contexts.
@@ -212,7 +216,11 @@ public final class ProxySnapshot: Sendable {
         let ver = wl.labels.first { $0.0 == "version" }?.1 ?? "unknown"
         self.peerMetadata = Array("\(wl.name);\(wl.namespace);\(app);\(ver)".utf8)
         self.dnsTable = DNSTable(clusters: b.clusters.map { ($0.name, $0.addresses) }, namespace: wl.namespace)
-        let compiled = TrafficCompiler(b)
+        var compiled = TrafficCompiler(b)
+        // A gateway's servers and routes (they add tcp routes and targets: compiled first).
+        self.gateway = try compiled.compileGateway(b, outbound: b.outbound.map {
+            ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout,
+                             streamIdleTimeout: $0.streamIdleTimeout, maxConnections: $0.maxConnections) })
         self.clusters = compiled.clusters
         self.inboundCluster = compiled.inboundCluster
         self.routes = compiled.routes

@@ -143,7 +143,7 @@ struct TrafficCompiler {
     /// The target for a cluster, or for the endpoints a subset of its DestinationRule selects.
     /// A route's destinations (http or tcp alike) as targets with cumulative weights out of 100;
     /// a lone destination takes everything, a weight of 0 takes nothing.
-    private mutating func weightedTargets(_ b: Bootstrap, _ route: [IstioTraffic.RouteDestination],
+    mutating func weightedTargets(_ b: Bootstrap, _ route: [IstioTraffic.RouteDestination],
                                           namespace: String) -> (targets: [Int], cumulative: [Int]) {
         var ts: [Int] = []
         var cum: [Int] = []
@@ -181,7 +181,7 @@ struct TrafficCompiler {
     }
 
     /// Istio's destination_service labels for a host as written.
-    private static func service(_ host: String, _ ns: String) -> (fqdn: String, name: String, ns: String) {
+    static func service(_ host: String, _ ns: String) -> (fqdn: String, name: String, ns: String) {
         let parts = host.lowercased().split(separator: ".").map(String.init)
         let name = parts.first ?? host
         let sns = parts.count > 1 ? parts[1] : ns

@@ -45,6 +45,8 @@ public final class Worker: @unchecked Sendable {
     /// Open TCP relays (`TCP/`): connections carried as bytes.
     var tcpSessions: [TCPProxySession] = []
     private var listeners: [Listener] = []
+    /// A gateway proxy's listeners by port (Gateway/WorkerGateway.swift).
+    var gatewayListeners: [Int: Listener] = [:]
     private var drainTimer: DrainTimer?
     /// How many workers share the listeners (for per-worker shares of connection limits).
     var workerCount = 1
@@ -247,6 +249,7 @@ public final class Worker: @unchecked Sendable {
         draining = true
         for l in listeners { l.close() }
         listeners.removeAll()
+        closeGatewayListeners()
         for r in [routing!] + retired { r.closeIdle() }
         for d in downstreams { d.drainIfIdle() }
         // TCP relays run on until they end or the drain timeout (Envoy's tcp_proxy drain).

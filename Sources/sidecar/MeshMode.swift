@@ -170,6 +170,7 @@ func runMeshMode(_ parsed: SidecarMeshFlags) -> Never {
                 server.markReady()
                 Log.info("sidecar", "ready: \(why)")
             })
+        if opts.gateway { stream.gatewayLabels = labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",") }
         Threads.spawnDetached { stream.run() }
     }
     let sig = signals.wait()

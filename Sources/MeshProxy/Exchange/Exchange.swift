@@ -599,7 +599,7 @@ final class Exchange: PoolWaiter {
 
     /// The proxy answers the request itself: `status`, the response flag, a text body.
     /// `close`: the HTTP/1.1 connection closes after it.
-    func localReply(_ st: Int, _ reason: StaticString, flag f: ResponseFlag, close: Bool = false) {
+    func localReply(_ st: Int, _ reason: StaticString, flag f: ResponseFlag, close: Bool = false, httpsLocation: Bool = false) {
         if let up = upstream { upstream = nil; up.cancel() }
         leavePoolQueue()
         guard let d = down, !finished else { return }
@@ -614,6 +614,7 @@ final class Exchange: PoolWaiter {
         r.status = st
         let ct: StaticString = "text/plain"
         r.addField("content-type", ct.utf8Start, ct.utf8CodeUnitCount)
+        if httpsLocation { addHTTPSLocation(r) }
         r.beginField("content-length", kind: .contentLength)
         r.bytes.appendDecimal(reason.utf8CodeUnitCount + 1)
         r.endField()

@@ -13,6 +13,8 @@ protocol DownstreamStream: AnyObject {
     /// A captured connection: where the app was going (a mesh service's VIP and port, whose
     /// service routes a request whose Host names none); nil otherwise.
     var capturedDestination: IPEndpoint? { get }
+    /// A gateway server with `tls.httpsRedirect`: requests get 301 to https (Gateway/).
+    var redirectsToHTTPS: Bool { get }
     /// A 1xx head (100 Continue, 103 Early Hints).
     func sendInformational(_ head: MessageHead)
     /// The final response head; `close`: no other request may follow on this connection.

@@ -10,6 +10,7 @@ extension Exchange {
     func runOutbound() -> Bool {
         let s = snapshot!
         let r = request
+        if down?.redirectsToHTTPS == true { redirectToHTTPS(); return false }
         // 1. The service: the request's host (port stripped) names a virtual host.
         let hp = r.pointer(r.authority)
         var v = s.hosts.lookup(hp, HostTable.hostLength(hp, Int(r.authority.length)))

@@ -1,0 +1,157 @@
+import MeshConfig
+import MeshHTTP
+import MeshCore
+import MeshTLS
+
+/// A gateway proxy's servers compiled for the data path (DESIGN §15): one entry per port of the
+/// Gateways that select it, telling the worker what an accepted connection becomes. HTTP ports
+/// go to the HTTP path with their own listener settings (`httpsRedirect` answers 301 there);
+/// ISTIO_MUTUAL ports first terminate mTLS with the gateway's mesh certificate; PASSTHROUGH
+/// ports read the ClientHello's SNI and carry the bytes by the matching tls route; TCP ports
+/// carry the bytes by their tcp route. Built once per snapshot; lookups are by port.
+public final class GatewayTable: Sendable {
+    public enum Kind: Sendable, Equatable {
+        case http
+        case istioMutualHTTP
+        case passthrough
+        case tcp
+    }
+
+    /// One tls route match compiled: SNI patterns (lowercase; `*.suffix` kept as `.suffix` for
+    /// a suffix test; `*` as empty), and the tcp route (index into the snapshot's `tcpRoutes`).
+    struct SNIRoute: Sendable {
+        let exact: [[UInt8]]
+        let suffixes: [[UInt8]]
+        let any: Bool
+        let route: Int
+
+        func matches(_ p: UnsafeRawBufferPointer, _ off: Int, _ n: Int) -> Bool {
+            if any { return true }
+            for e in exact where e.count == n {
+                var same = true
+                for i in 0..<n where e[i] != ASCII.lower(p[off + i]) { same = false; break }
+                if same { return true }
+            }
+            for s in suffixes where n > s.count {
+                var same = true
+                let base = off + n - s.count
+                for i in 0..<s.count where s[i] != ASCII.lower(p[base + i]) { same = false; break }
+                if same { return true }
+            }
+            return false
+        }
+    }
+
+    /// One port.
+    public struct Port: Sendable {
+        public let port: Int
+        public let kind: Kind
+        /// The listener settings of its HTTP connections (the outbound listener's, with
+        /// `httpsRedirect`).
+        let settings: ProxySnapshot.ListenerSettings
+        /// PASSTHROUGH: the tls routes for this port, in order (first match wins).
+        let sniRoutes: [SNIRoute]
+        /// TCP: the tcp route (index into `tcpRoutes`), -1 when none binds.
+        let tcpRoute: Int
+    }
+
+    public let ports: [Port]
+    /// The address the ports are opened on (`--listen-address`).
+    public let listenHost: String
+    /// The server side of ISTIO_MUTUAL ports: the gateway's mesh certificate, a mesh client
+    /// certificate required; nil when no port needs it.
+    let meshServerTLS: TLSContext?
+
+    init(ports: [Port], listenHost: String, meshServerTLS: TLSContext?) {
+        self.ports = ports
+        self.listenHost = listenHost
+        self.meshServerTLS = meshServerTLS
+    }
+
+    /// The entry for `port`, or nil.
+    func port(_ port: Int) -> Port? {
+        for p in ports where p.port == port { return p }
+        return nil
+    }
+
+    /// The tcp route of the first tls route on `port` whose SNI pattern takes the name at
+    /// `p[off..<off+n]`, or -1.
+    func sniRoute(_ entry: Port, _ p: UnsafeRawBufferPointer, _ off: Int, _ n: Int) -> Int {
+        for r in entry.sniRoutes where r.matches(p, off, n) { return r.route }
+        return -1
+    }
+}
+
+extension TrafficCompiler {
+    /// Compiles a gateway's servers and its tcp/tls routes (appended to `tcpRoutes`); nil for a
+    /// sidecar. `outbound` is the listener settings HTTP ports start from.
+    mutating func compileGateway(_ b: Bootstrap, outbound: ProxySnapshot.ListenerSettings?) throws -> GatewayTable? {
+        guard b.gatewayMode, let base = outbound else { return nil }
+        var ports: [GatewayTable.Port] = []
+        var needMeshTLS = false
+        for g in b.traffic.gateways {
+            for s in g.servers where !ports.contains(where: { $0.port == s.port }) {
+                let kind: GatewayTable.Kind
+                switch (s.proto, s.tls?.mode) {
+                case (_, .passthrough?): kind = .passthrough
+                case (.tcp, _): kind = .tcp
+                case (_, .istioMutual?): kind = .istioMutualHTTP; needMeshTLS = true
+                default: kind = .http
+                }
+                let settings = ProxySnapshot.ListenerSettings(address: base.address, headerTimeout: base.headerTimeout, idleTimeout: base.idleTimeout,
+                                                              streamIdleTimeout: base.streamIdleTimeout, maxConnections: base.maxConnections,
+                                                              httpsRedirect: s.tls?.httpsRedirect == true)
+                var sni: [GatewayTable.SNIRoute] = []
+                var tcp = -1
+                // Istio: the routes of VirtualServices bound to this Gateway (the order they came).
+                for vs in b.gatewayRoutes where vs.gateways.contains(where: { IstioTraffic.gatewayKey($0, namespace: vs.namespace) == "\(g.namespace)/\(g.name)" })
+                    || vs.tls.contains(where: { $0.match.contains { $0.gateways.contains { IstioTraffic.gatewayKey($0, namespace: vs.namespace) == "\(g.namespace)/\(g.name)" } } })
+                    || vs.tcp.contains(where: { $0.matches.contains { $0.gateways.contains { IstioTraffic.gatewayKey($0, namespace: vs.namespace) == "\(g.namespace)/\(g.name)" } } }) {
+                    if kind == .passthrough {
+                        for (ti, t) in vs.tls.enumerated() {
+                            let ms = t.match.filter { $0.port == nil || $0.port == s.port }
+                            if ms.isEmpty { continue }
+                            let r = addTCPRoute(b, vs, label: "\(vs.name).tls-\(ti)", t.route)
+                            for m in ms {
+                                let names = m.sniHosts.map { $0.lowercased() }
+                                sni.append(.init(exact: names.filter { !$0.hasPrefix("*") }.map { Array($0.utf8) },
+                                                 suffixes: names.filter { $0.hasPrefix("*.") }.map { Array($0.dropFirst().utf8) },
+                                                 any: names.contains("*"), route: r))
+                            }
+                        }
+                    } else if kind == .tcp && tcp < 0 {
+                        for (ti, t) in vs.tcp.enumerated() where t.ports.isEmpty || t.ports.contains(s.port) {
+                            tcp = addTCPRoute(b, vs, label: Bootstrap.tcpRouteLabel(vs, ti), t.route)
+                            break
+                        }
+                    }
+                }
+                ports.append(.init(port: s.port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp))
+            }
+        }
+        var meshTLS: TLSContext? = nil
+        if needMeshTLS, let t = b.tls {
+            var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)
+            so.trustDomain = t.trustDomain
+            so.certChainPEM = t.certChainPEM
+            so.privateKeyPEM = t.privateKeyPEM
+            so.trustBundlePEM = t.trustBundlePEM
+            so.alpn = ["h2", "http/1.1"]
+            so.minVersion13 = t.minTLS13
+            meshTLS = try TLSContext(role: .server, options: so)
+        }
+        return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost, meshServerTLS: meshTLS)
+    }
+
+    /// One gateway tcp or tls route as a TCP route of the snapshot; its index.
+    private mutating func addTCPRoute(_ b: Bootstrap, _ vs: IstioTraffic.VirtualService, label: String,
+                                      _ route: [IstioTraffic.RouteDestination]) -> Int {
+        let (ts, cum) = weightedTargets(b, route, namespace: vs.namespace)
+        let first = route[0].destination
+        let svc = Self.service(first.host, vs.namespace)
+        tcpRoutes.append(.init(cluster: b.clusterIndex(forHost: first.host, namespace: vs.namespace)!, label: label,
+                               serviceFQDN: svc.fqdn, serviceName: svc.name, serviceNamespace: svc.ns, ports: [],
+                               targets: ts, cumulativeWeights: cum))
+        return tcpRoutes.count - 1
+    }
+}

@@ -1,0 +1,123 @@
+import XCTest
+import MeshCore
+@testable import MeshConfig
+@testable import MeshControl
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What meshd sends gateway proxies and sidecars (DESIGN §15): a gateway gets the Gateways that
+/// select its labels, the VirtualServices bound to them and the clusters they route to, no
+/// default routes; sidecars never get Gateways nor gateway-only VirtualServices (nor a cluster
+/// for their hosts); meshd refuses, naming file and line, what a gateway would refuse.
+final class GatewayScopeTests: XCTestCase {
+    var dir = ""
+
+    override func setUp() {
+        var t = Array("/tmp/gwscope-XXXXXX".utf8CString)
+        dir = String(cString: mkdtemp(&t)!)
+    }
+
+    override func tearDown() { _ = system("rm -rf '\(dir)'") }
+
+    func input(_ text: String, _ file: String = "in.yaml") -> [ConfigStore.Input] { [ConfigStore.Input(file: file, text: text)] }
+    func id(_ ns: String, _ sa: String) -> String { "spiffe://cluster.local/ns/\(ns)/sa/\(sa)" }
+
+    func applied(_ text: String, gateway labels: [(String, String)]?, ns: String = "default") throws -> Bootstrap {
+        var o = MeshModeOptions(service: "probe")
+        o.namespace = ns
+        if let l = labels { o.gateway = true; o.labels = l } else { o.appPort = 1 }
+        let tls = Bootstrap.TLSFiles(certChain: "x", privateKey: "x", trustBundle: "x", trustDomain: "cluster.local", minTLS13: true)
+        return try Bootstrap.meshMode(o, tls: tls).withPushedConfig(text, source: "push")
+    }
+
+    static let docs = """
+        apiVersion: networking.istio.io/v1
+        kind: Gateway
+        metadata: {name: web-gw}
+        spec:
+          selector: {istio: ingressgateway}
+          servers:
+          - port: {number: 8080, name: http, protocol: HTTP}
+            hosts: [bookinfo.example]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: front}
+        spec:
+          hosts: [bookinfo.example]
+          gateways: [web-gw]
+          http:
+          - route: [{destination: {host: reviews}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: ratings}
+        spec:
+          hosts: [ratings]
+          http:
+          - route: [{destination: {host: ratings}}]
+        """
+
+    func mesh() throws -> ConfigStore {
+        let store = try ConfigStore(stateDir: dir)
+        try store.register(identity: id("default", "reviews"), service: "reviews", namespace: "default", labels: [("app", "reviews")], address: "127.0.0.1:15006")
+        try store.register(identity: id("default", "ratings"), service: "ratings", namespace: "default", labels: [("app", "ratings")], address: "127.0.0.1:15016")
+        _ = try store.apply(input(Self.docs))
+        return store
+    }
+
+    func testAGatewayGetsItsGatewaysAndWhatBindsToThem() throws {
+        let store = try mesh()
+        store.seen(identity: id("default", "ingressgateway"), node: "127.0.0.1:1", gateway: [("app", "ingressgateway"), ("istio", "ingressgateway")])
+        let text = store.proxyConfig(identity: id("default", "ingressgateway"), node: "127.0.0.1:1").text
+        let gw = try applied(text, gateway: [("istio", "ingressgateway")])
+        XCTAssertEqual(gw.traffic.gateways.map(\.name), ["web-gw"])
+        XCTAssertEqual(gw.traffic.virtualServices.map(\.name), ["front"])
+        XCTAssertEqual(gw.clusters.map(\.name), ["reviews.default"])    // only what its routes lead to
+        XCTAssertTrue(gw.routes.isEmpty)                                  // no default routes
+        // A gateway whose labels no Gateway selects gets nothing to serve.
+        store.seen(identity: id("default", "egress"), node: "127.0.0.1:2", gateway: [("istio", "egressgateway")])
+        let other = try applied(store.proxyConfig(identity: id("default", "egress"), node: "127.0.0.1:2").text, gateway: [("istio", "egressgateway")])
+        XCTAssertTrue(other.traffic.gateways.isEmpty)
+        XCTAssertTrue(other.traffic.virtualServices.isEmpty)
+        XCTAssertTrue(other.clusters.isEmpty)
+    }
+
+    func testSidecarsGetNoGatewayNorGatewayOnlyVirtualService() throws {
+        let store = try mesh()
+        let text = store.proxyConfig(identity: id("default", "web"), node: "127.0.0.1:3").text
+        XCTAssertFalse(text.contains("kind: Gateway"))
+        XCTAssertFalse(text.contains("name: front"))
+        XCTAssertFalse(text.contains("bookinfo.example"))                 // no cluster or route for the gateway's host
+        let sc = try applied(text, gateway: nil)
+        XCTAssertEqual(sc.traffic.virtualServices.map(\.name), ["ratings"])
+    }
+
+    func testMeshdRefusesWhatAGatewayWouldRefuseNamingFileAndLine() throws {
+        let store = try mesh()
+        let v = store.version
+        let bad = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: pass}
+            spec:
+              hosts: [secure.example]
+              gateways: [web-gw]
+              tls:
+              - match: [{sniHosts: [secure.example]}]
+                route: [{destination: {host: reviews}}]
+            """
+        XCTAssertThrowsError(try store.apply(input(bad, "pass.yaml"))) { e in
+            let e = e as! ConfigError
+            XCTAssertEqual(e.file, "pass.yaml", "\(e)")
+            XCTAssertEqual(e.path, "VirtualService default/pass: spec.tls[0].route[0].destination.host", "\(e)")
+            XCTAssertTrue(e.message.contains("\"reviews\" is not a TCP service"), e.message)
+        }
+        // A tls route for the sidecars (no gateways) is refused by name too.
+        XCTAssertThrowsError(try store.apply(input(bad.replacingOccurrences(of: "  gateways: [web-gw]\n", with: ""), "mesh.yaml"))) { e in
+            XCTAssertTrue("\(e)".contains("spec.tls: tls routes are honoured on gateways"), "\(e)")
+        }
+        XCTAssertEqual(store.version, v)
+    }
+}

@@ -1,0 +1,343 @@
+"""The ingress gateway (DESIGN §15, docs/gateways.md): meshd, an app with its sidecar, a caller
+sidecar and `sidecar --gateway`, all real processes; Gateway and VirtualService documents applied
+with meshctl. curl reaches the mesh service through the gateway's HTTP port by Host (mTLS inside:
+the app sees the gateway's identity), VirtualServices bind by `gateways` (a mesh one is not used
+by the gateway, a gateway-only one not by sidecars), httpsRedirect answers 301, a port held by
+another process is reported and the others serve, ports close when their Gateway goes, and a
+PASSTHROUGH server routes by SNI to a TLS backend while a TCP server carries bytes."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+from conftest import SIDECAR, Meshd, curl, free_port, http_get, wait_ready, wait_until
+
+NS = "default"
+
+
+def gateway_proxy(m, procs, name="ingressgateway", labels=("istio=ingressgateway",)):
+    admin, outbound = free_port(), free_port()
+    args = [SIDECAR, "--gateway", "--meshd", f"127.0.0.1:{m.api}", "--root-cert", m.root, "--token", m.token(name),
+            "--service", name, "--admin-port", admin, "--outbound-port", outbound, "--concurrency", "2"]
+    for l in labels:
+        args += ["--label", l]
+    p = procs.start(args, name)
+    wait_ready(p, admin, timeout=20)
+    return p, admin
+
+
+def apply(m, tmp, name, text):
+    f = tmp / f"{name}.yaml"
+    f.write_text(text)
+    r = m.ctl("apply", "-f", f, "--wait", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return f
+
+
+def refused_connection(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+def http(port, path, host, *extra):
+    r = curl("-s", "-o", "-", "-w", "\n%{http_code}", "-D", "-", "-H", f"Host: {host}", *extra, f"http://127.0.0.1:{port}{path}", timeout=20)
+    out = r.stdout.decode()
+    body, _, code = out.rpartition("\n")
+    return int(code or 0), body
+
+
+def test_http_by_host_through_the_gateway_with_istio_binding(procs, tmp_path):
+    m = Meshd(procs)
+    app = procs.app("reviews")
+    _, app_admin, _, _ = m.sidecar("reviews", "reviews", app_port=app)
+    _, _, _, caller_out = m.sidecar("productpage", "productpage")
+    gw, gw_admin = gateway_proxy(m, procs)
+    http_port, redirect_port, busy_port = free_port(), free_port(), free_port()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", busy_port))
+    holder.listen(1)
+    gateway = f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web-gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {http_port}, name: http, protocol: HTTP}}
+    hosts: [bookinfo.example]
+  - port: {{number: {redirect_port}, name: http-redirect, protocol: HTTP}}
+    hosts: ["*"]
+    tls: {{httpsRedirect: true}}
+  - port: {{number: {busy_port}, name: http-busy, protocol: HTTP}}
+    hosts: [bookinfo.example]
+"""
+    routes = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front}
+spec:
+  hosts: [bookinfo.example]
+  gateways: [web-gw]
+  http:
+  - route: [{destination: {host: reviews}}]
+    headers: {request: {set: {x-via: gateway-vs}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    headers: {request: {set: {x-via: mesh-vs}}}
+"""
+    try:
+        gw_file = apply(m, tmp_path, "gateway", gateway)
+        apply(m, tmp_path, "routes", routes)
+        # The Gateway's HTTP port routes by Host through the gateway-bound VirtualService, over
+        # mTLS to the app's sidecar: the app sees the gateway's identity.
+        wait_until(lambda: http(http_port, "/echo", "bookinfo.example")[0] == 200, timeout=15, what="gateway HTTP port serving")
+        code, body = http(http_port, "/echo", "bookinfo.example")
+        echo = json.loads(body.split("\r\n\r\n", 1)[1])
+        assert echo["name"] == "reviews"
+        assert echo["headers"]["x-via"] == ["gateway-vs"]
+        xfcc = echo["headers"]["x-forwarded-client-cert"][0]
+        assert "URI=spiffe://cluster.local/ns/default/sa/ingressgateway" in xfcc, xfcc
+        # Recorded like a sidecar's outbound (Istio's gateways report as source), and by the
+        # destination with the gateway's identity.
+        prom = http_get(f"http://127.0.0.1:{gw_admin}/stats/prometheus")[1].decode()
+        assert any('reporter="source"' in l and 'route="front.0"' in l and 'response_code="200"' in l
+                   for l in prom.splitlines() if l.startswith("istio_requests_total")), prom
+        prom = http_get(f"http://127.0.0.1:{app_admin}/stats/prometheus")[1].decode()
+        assert any('reporter="destination"' in l and 'source_principal="spiffe://cluster.local/ns/default/sa/ingressgateway"' in l
+                   for l in prom.splitlines() if l.startswith("istio_requests_total")), prom
+        # A VirtualService without gateways (mesh) is not used by the gateway.
+        code, body = http(http_port, "/echo", "reviews")
+        assert code == 404 and "x-mesh-response-flags: NR" in body, body
+        # ... and the gateway-only one is not used by sidecars, which use the mesh one.
+        code, body = http(caller_out, "/echo", "bookinfo.example")
+        assert code == 404, body
+        code, body = http(caller_out, "/echo", "reviews")
+        assert code == 200 and json.loads(body.split("\r\n\r\n", 1)[1])["headers"]["x-via"] == ["mesh-vs"], body
+        # httpsRedirect: 301 to the same host and path over https (port dropped), nothing proxied.
+        hits = json.loads(http_get(f"http://127.0.0.1:{app}/_hits")[1])["hits"]
+        code, body = http(redirect_port, "/reviews/1?x=y", f"bookinfo.example:{redirect_port}")
+        assert code == 301, body
+        assert "location: https://bookinfo.example/reviews/1?x=y\r\n" in body.lower(), body
+        assert json.loads(http_get(f"http://127.0.0.1:{app}/_hits")[1])["hits"] == hits
+        # A port another process holds is reported, and the other ports serve on.
+        log = gw.log_path.read_text()
+        assert f"cannot listen on 127.0.0.1:{busy_port}: port {busy_port} is already in use by another process" in log, log
+        assert gw.poll() is None
+        # Ports close when their Gateway goes.
+        assert m.ctl("delete", "-f", gw_file).returncode == 0
+        wait_until(lambda: refused_connection(http_port) and refused_connection(redirect_port), timeout=15, what="gateway ports closed")
+        assert gw.poll() is None
+    finally:
+        holder.close()
+
+
+TLS_SERVER = r'''
+import http.server, ssl, sys
+port, cert, key, name = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"tls backend {name}\n".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("READY", flush=True)
+srv.serve_forever()
+'''
+
+ECHO_SERVER = r'''
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
+def serve(c):
+    with c:
+        while True:
+            b = c.recv(65536)
+            if not b:
+                return
+            c.sendall(b"echo:" + b)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+'''
+
+
+def test_passthrough_by_sni_and_a_tcp_server(procs, tmp_path):
+    m = Meshd(procs)
+    # A TLS backend outside the mesh with its own CA-less certificate for secure.example.
+    cert, key = tmp_path / "secure.pem", tmp_path / "secure.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+                    "-subj", "/CN=secure.example", "-addext", "subjectAltName=DNS:secure.example",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    tls_port, echo_port = free_port(), free_port()
+    (tmp_path / "tls_server.py").write_text(TLS_SERVER)
+    (tmp_path / "echo_server.py").write_text(ECHO_SERVER)
+    procs.start([sys.executable, tmp_path / "tls_server.py", tls_port, cert, key, "one"], "tls-backend")
+    procs.start([sys.executable, tmp_path / "echo_server.py", echo_port], "echo-backend")
+    wait_until(lambda: socket.create_connection(("127.0.0.1", tls_port), timeout=0.2).close() or True, what="tls backend")
+    wait_until(lambda: socket.create_connection(("127.0.0.1", echo_port), timeout=0.2).close() or True, what="echo backend")
+    gw, gw_admin = gateway_proxy(m, procs)
+    pass_port, tcp_port = free_port(), free_port()
+    docs = f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure-backend}}
+spec:
+  hosts: [secure.backend.internal]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 443, name: tcp-tls, protocol: TCP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp-tls: {tls_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo-backend}}
+spec:
+  hosts: [echo.backend.internal]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 7000, name: tcp-echo, protocol: TCP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp-echo: {echo_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {pass_port}, name: tls, protocol: TLS}}
+    hosts: ["*"]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: {tcp_port}, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure}}
+spec:
+  hosts: [secure.example]
+  gateways: [edge]
+  tls:
+  - match: [{{sniHosts: [secure.example], port: {pass_port}}}]
+    route: [{{destination: {{host: secure.backend.internal}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+  hosts: [echo.backend.internal]
+  gateways: [edge]
+  tcp:
+  - match: [{{port: {tcp_port}}}]
+    route: [{{destination: {{host: echo.backend.internal}}}}]
+"""
+    apply(m, tmp_path, "edge", docs)
+    url = f"https://secure.example:{pass_port}/"
+    resolve = f"secure.example:{pass_port}:127.0.0.1"
+
+    def through():
+        r = curl("--cacert", cert, "--resolve", resolve, url, timeout=20)
+        return r.returncode == 0 and r.stdout == b"tls backend one\n"
+    # The backend's own certificate reaches curl (verified against it): TLS was not terminated.
+    wait_until(through, timeout=15, what="PASSTHROUGH by SNI")
+    # Another name has no tls route: the connection is closed, nothing reaches the backend.
+    r = curl("-k", "--resolve", f"other.example:{pass_port}:127.0.0.1", f"https://other.example:{pass_port}/", timeout=20)
+    assert r.returncode != 0
+    # No SNI at all (an IP address), and bytes that are not TLS: closed.
+    r = curl("-k", f"https://127.0.0.1:{pass_port}/", timeout=20)
+    assert r.returncode != 0
+    with socket.create_connection(("127.0.0.1", pass_port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: secure.example\r\n\r\n")
+        s.settimeout(5)
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass   # closed with the unread bytes: a reset
+    log = gw.log_path.read_text()
+    assert "no tls route takes its server name (SNI)" in log, log
+    assert "not a usable TLS ClientHello (not a TLS handshake record)" in log, log
+    # The TCP server carries bytes both ways to its tcp route's destination.
+    with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as s:
+        s.sendall(b"ping")
+        s.settimeout(5)
+        got = b""
+        while len(got) < 9:
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        assert got == b"echo:ping"
+    assert gw.poll() is None
+
+
+def test_istio_mutual_server_takes_mesh_callers_only(procs, tmp_path):
+    """An ISTIO_MUTUAL server (Istio's egress-gateway pattern): a sidecar reaches the gateway over
+    mTLS through a MESH_INTERNAL ServiceEntry; a client without a mesh certificate is refused."""
+    m = Meshd(procs)
+    app = procs.app("reviews")
+    m.sidecar("reviews", "reviews", app_port=app)
+    _, _, _, caller_out = m.sidecar("productpage", "productpage")
+    gw, gw_admin = gateway_proxy(m, procs)
+    port = free_port()
+    docs = f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mesh-gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: https-mesh, protocol: HTTPS}}
+    hosts: [gw.mesh.internal]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: through-gateway}}
+spec:
+  hosts: [gw.mesh.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}, serviceAccount: ingressgateway}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: via-gateway}}
+spec:
+  hosts: [gw.mesh.internal]
+  gateways: [mesh-gw]
+  http:
+  - route: [{{destination: {{host: reviews}}}}]
+"""
+    apply(m, tmp_path, "mesh-gw", docs)
+
+    def through():
+        code, body = http(caller_out, "/echo", "gw.mesh.internal")
+        return code == 200 and body
+    body = wait_until(through, timeout=15, what="caller -> gateway (mTLS) -> reviews")
+    echo = json.loads(body.split("\r\n\r\n", 1)[1])
+    assert echo["name"] == "reviews"
+    assert "URI=spiffe://cluster.local/ns/default/sa/ingressgateway" in echo["headers"]["x-forwarded-client-cert"][0]
+    # Without a mesh client certificate the handshake is refused.
+    r = curl("-k", "--resolve", f"gw.mesh.internal:{port}:127.0.0.1", f"https://gw.mesh.internal:{port}/echo", timeout=20)
+    assert r.returncode != 0
+    wait_until(lambda: "TLS handshake refused: error:0A0000C7:SSL routines::peer did not return a certificate" in gw.log_path.read_text(),
+               timeout=5, what="the refused handshake logged")
+    assert gw.poll() is None
