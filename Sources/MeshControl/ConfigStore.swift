@@ -51,8 +51,6 @@ public final class ConfigStore: @unchecked Sendable {
         /// The meshd replica that holds its sidecar's stream and expires it (etcd store; empty
         /// on the file store, where this meshd holds every one).
         public var holder = ""
-        /// Its sidecar runs as a gateway (`sidecar --gateway`): it may be sent TLS secrets.
-        public var gateway = false
     }
 
     /// A sidecar's config stream as `meshctl status` shows it.
@@ -469,24 +467,23 @@ public final class ConfigStore: @unchecked Sendable {
     /// one every sidecar accepts, or it is refused (the error says why) and nothing changes, so
     /// one workload cannot break the config of all the others.
     public func register(identity: String, service: String, namespace: String, labels: [(String, String)], address: String,
-                         serviceProtocol: String = "HTTP", servicePort: Int? = nil, gateway: Bool = false) throws(ConfigError) {
+                         serviceProtocol: String = "HTTP", servicePort: Int? = nil) throws(ConfigError) {
         applyLock.lock()
         defer { applyLock.unlock() }
         try retrying("registration") { (at: inout Int) throws(ConfigError) -> Bool? in
             try registerOnce(identity: identity, service: service, namespace: namespace, labels: labels, address: address,
-                             serviceProtocol: serviceProtocol, servicePort: servicePort, gateway: gateway, conflictAt: &at) ? true : nil
+                             serviceProtocol: serviceProtocol, servicePort: servicePort, conflictAt: &at) ? true : nil
         }
     }
 
     /// One attempt at a registration; false when another replica committed first.
     private func registerOnce(identity: String, service: String, namespace: String, labels: [(String, String)], address: String,
-                              serviceProtocol: String, servicePort: Int?, gateway: Bool = false, conflictAt: inout Int) throws(ConfigError) -> Bool {
+                              serviceProtocol: String, servicePort: Int?, conflictAt: inout Int) throws(ConfigError) -> Bool {
         let now = MeshCrypto.now()
         let key = "\(identity)|\(address)"
         var w = Workload(identity: identity, service: service, namespace: namespace, labels: labels, address: address, lastSeen: now, connected: true)
         w.serviceProtocol = serviceProtocol
         w.servicePort = servicePort
-        w.gateway = gateway
         w.holder = etcd?.replica ?? ""
         let current = state.withLock { $0 }
         var next = current
@@ -512,7 +509,7 @@ public final class ConfigStore: @unchecked Sendable {
         // A sidecar that moved to this replica: the same registration, a new holder.
         let moved = old.map { $0.holder != w.holder } ?? false
         let same = old.map { $0.service == service && $0.namespace == namespace && $0.labels.map { "\($0.0)=\($0.1)" } == labels.map { "\($0.0)=\($0.1)" }
-            && $0.serviceProtocol == serviceProtocol && $0.servicePort == servicePort && $0.gateway == gateway } ?? false
+            && $0.serviceProtocol == serviceProtocol && $0.servicePort == servicePort } ?? false
         if !same, ConfigStore.onlyAddsAnEndpoint(next, service: service, namespace: namespace, labels: labels, address: address, old: old,
                                                  peers: peers, peersOnPort: peersOnPort) {
             if etcd != nil {

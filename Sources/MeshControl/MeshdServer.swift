@@ -144,7 +144,7 @@ public final class MeshdServer: @unchecked Sendable {
             }
             do {
                 try store.register(identity: id, service: reg.service, namespace: reg.namespace, labels: reg.labels.map { ($0.key, $0.value) },
-                                   address: reg.address, serviceProtocol: reg.serviceProtocol, servicePort: reg.servicePort, gateway: reg.gateway)
+                                   address: reg.address, serviceProtocol: reg.serviceProtocol, servicePort: reg.servicePort)
             } catch {
                 Log.warn("registry", "registration of \(reg.service).\(reg.namespace) at \(reg.address) (\(id)) refused: \(error.description)")
                 // The store could not take it (etcd away): try again, or another replica.

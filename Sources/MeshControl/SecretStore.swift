@@ -90,21 +90,21 @@ extension ConfigStore {
 
     // MARK: delivery
 
-    /// Puts into `snap` the secrets this sidecar serves, when it is a gateway (registered with
-    /// `gateway`): those named by `tls.credentialName` in the SIMPLE and MUTUAL servers of the
-    /// Gateways whose `selector` matches its labels, each from the Gateway's own namespace (as
-    /// Istio resolves it), and only of the gateway's own namespace. The digest then covers
-    /// them, so a replaced secret is pushed again. Any other sidecar gets none. `gateways`: the
-    /// Gateways in force (nil: parsed from the stored documents with the sidecar's own parser).
+    /// Puts into `snap` the secrets this proxy serves, when it is a gateway (it names its
+    /// labels on its config requests, GatewayScope.swift): those named by `tls.credentialName`
+    /// in the SIMPLE and MUTUAL servers of the Gateways whose `selector` matches its labels, each
+    /// from the Gateway's own namespace (as Istio resolves it), and only of the gateway's own
+    /// namespace (its certificate's: labels are the proxy's word, its identity is not). The
+    /// digest then covers them, so a replaced secret is pushed again. A sidecar gets none.
+    /// `gateways`: the Gateways in force (nil: parsed from the stored documents with the
+    /// proxy's own parser).
     func addSecrets(_ snap: inout ProxyConfigSnapshot, identity: String, node: String, gateways given: [IstioGateway]? = nil) {
-        let (w, docs, secrets) = state.withLock { s in (s.workloads["\(identity)|\(node)"], s.documents, s.secrets) }
-        guard let w, w.gateway, !secrets.isEmpty else { return }
+        let (labels, docs, secrets) = state.withLock { s in (s.proxies["\(identity)|\(node)"]?.gatewayLabels, s.documents, s.secrets) }
+        guard let labels, !secrets.isEmpty, let ns = ProxyScope.namespace(ofIdentity: identity) else { return }
         let gateways = given ?? docs.values.filter { $0.kind == "Gateway" }.flatMap { d in
             (try? IstioTraffic.parse(d.text, file: d.key, defaultNamespace: d.namespace))?.gateways ?? []
         }
-        // Only secrets of the gateway's own namespace (its certificate's, which it registered
-        // in): labels are the workload's word, its namespace is not.
-        let mine = GatewaySecretSelection.ids(gateways: gateways, labels: w.labels).filter { $0.hasPrefix("\(w.namespace)/") }
+        let mine = GatewaySecretSelection.ids(gateways: gateways, labels: labels).filter { $0.hasPrefix("\(ns)/") }
             .sorted().compactMap { secrets[$0] }
         guard !mine.isEmpty else { return }
         snap.secrets = mine

@@ -120,7 +120,7 @@ struct StateFiles {
     /// and service port, tab-separated (the holder replica, in etcd, follows as an eighth field).
     static func line(of w: ConfigStore.Workload) -> String {
         "\(w.identity)\t\(w.service)\t\(w.namespace)\t\(w.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ","))\t\(w.address)"
-            + "\t\(w.serviceProtocol)\t\(w.servicePort.map(String.init) ?? "-")" + (w.gateway ? "\tgateway" : "")
+            + "\t\(w.serviceProtocol)\t\(w.servicePort.map(String.init) ?? "-")"
     }
 
     /// Reads one registry line (`line(of:)`), with the checks a registration gets: a damaged or
@@ -129,9 +129,7 @@ struct StateFiles {
     /// `holder` (etcd): an eighth field is the replica holding the workload's stream.
     static func workload(fromLine line: Substring, at: String, holder: Bool = false) throws(CAError) -> ConfigStore.Workload {
         let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-        // A gateway's line has `gateway` as its eighth field (before the holder in etcd).
-        let gateway = f.count >= 8 && f[7] == "gateway" && (!holder || f.count == 9)
-        guard f.count == 5 || f.count == 7 || (holder && f.count == 8) || (gateway && f.count == (holder ? 9 : 8)) else {
+        guard f.count == 5 || f.count == 7 || (holder && f.count == 8) else {
             throw CAError("\(at): expected 5 tab-separated fields, got \(f.count) (or 7: with the protocol and service port this meshd saves)")
         }
         var proto = "HTTP"
@@ -163,8 +161,7 @@ struct StateFiles {
         }
         var w = ConfigStore.Workload(identity: f[0], service: f[1], namespace: f[2], labels: labels, address: f[4], lastSeen: 0,
                                      connected: false, serviceProtocol: proto, servicePort: port)
-        if holder && f.count >= 8 { w.holder = f[f.count - 1] }
-        w.gateway = gateway
+        if f.count == 8 { w.holder = f[7] }
         return w
     }
 }

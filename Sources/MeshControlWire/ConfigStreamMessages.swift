@@ -25,9 +25,6 @@ public enum ConfigStream {
         public var serviceProtocol: String
         /// The service port (`--service-port`, default the app port); nil for an older sidecar.
         public var servicePort: Int?
-        /// The sidecar runs as a gateway (`sidecar --gateway`): meshd may send it the TLS secrets
-        /// its Gateways name (SecretStore.swift). `gateway=1` in the query.
-        public var gateway = false
         public init(service: String, namespace: String, address: String, labels: [Label], serviceProtocol: String = "HTTP",
                     servicePort: Int? = nil) {
             self.service = service; self.namespace = namespace; self.address = address; self.labels = labels
@@ -39,7 +36,7 @@ public enum ConfigStream {
                 + "&address=\(ControlClient.percentEncode(address))"
                 + "&labels=\(ControlClient.percentEncode(labels.map { "\($0.key)=\($0.value)" }.joined(separator: ",")))"
                 + "&protocol=\(ControlClient.percentEncode(serviceProtocol))"
-                + (servicePort.map { "&port=\($0)" } ?? "") + (gateway ? "&gateway=1" : "")
+                + (servicePort.map { "&port=\($0)" } ?? "")
         }
 
         /// Reads and checks a registration (names are rendered into config: they must have the
@@ -67,7 +64,6 @@ public enum ConfigStream {
                 port = n
             }
             self.init(service: service, namespace: ns, address: address, labels: labels, serviceProtocol: proto, servicePort: port)
-            gateway = q["gateway"] == "1"
         }
     }
 

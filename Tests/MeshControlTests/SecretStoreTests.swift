@@ -147,28 +147,28 @@ final class SecretStoreTests: XCTestCase {
         XCTAssertEqual(GatewaySecretSelection.ids(gateways: [any], labels: []), ["default/m"])
     }
 
-    /// A store with two secrets and the workloads given (identity|node -> workload).
-    func deliveryStore(_ workloads: [ConfigStore.Workload]) throws -> ConfigStore {
+    /// One proxy's config stream as meshd sees it: its identity, node and, for a gateway, the
+    /// labels it names on its config requests (`seen`, as MeshdServer calls it).
+    struct Proxy { var identity: String; var address: String; var labels: [(String, String)]? }
+
+    /// A store with two secrets and the proxies given, seen on their config streams.
+    func deliveryStore(_ proxies: [Proxy]) throws -> ConfigStore {
         let store = try ConfigStore(stateDir: dir)
         _ = try store.putSecret(secret(), from: src)
         _ = try store.putSecret(secret("other-cert"), from: src)
-        store.state.withLock { s in
-            for w in workloads { s.workloads["\(w.identity)|\(w.address)"] = w }
-        }
+        for p in proxies { store.seen(identity: p.identity, node: p.address, gateway: p.labels) }
         return store
     }
 
-    func snapshot(_ store: ConfigStore, _ w: ConfigStore.Workload) -> ProxyConfigSnapshot {
+    func snapshot(_ store: ConfigStore, _ w: Proxy) -> ProxyConfigSnapshot {
         var snap = store.scopedConfig(identity: w.identity, node: w.address)
         store.addSecrets(&snap, identity: w.identity, node: w.address, gateways: SecretStoreTests.gateways)
         return snap
     }
 
-    func workload(_ sa: String, ns: String = "default", labels: [(String, String)], gateway: Bool, address: String) -> ConfigStore.Workload {
-        var w = ConfigStore.Workload(identity: "spiffe://cluster.local/ns/\(ns)/sa/\(sa)", service: sa, namespace: ns, labels: labels,
-                                     address: address, lastSeen: 0, connected: true)
-        w.gateway = gateway
-        return w
+    /// A sidecar (`gateway` false: it names no labels) or a gateway proxy with `labels`.
+    func workload(_ sa: String, ns: String = "default", labels: [(String, String)], gateway: Bool, address: String) -> Proxy {
+        Proxy(identity: "spiffe://cluster.local/ns/\(ns)/sa/\(sa)", address: address, labels: gateway ? labels : nil)
     }
 
     func testOnlyAGatewaySelectedByAGatewayNamingTheSecretGetsIt() throws {
@@ -201,42 +201,12 @@ final class SecretStoreTests: XCTestCase {
         XCTAssertEqual(ConfigStream.Push(body: sent)?.secrets.count, 1)
     }
 
-    static func query(_ q: String) -> [String: String] {
-        var out: [String: String] = [:]
-        for kv in q.split(separator: "&") {
-            let p = kv.split(separator: "=", maxSplits: 1).map(String.init)
-            out[ControlServer.percentDecode(p[0])] = p.count > 1 ? ControlServer.percentDecode(p[1]) : ""
-        }
-        return out
-    }
-
     func testAGatewayOfAnotherNamespaceNeverGetsTheSecret() throws {
-        // Labels are the workload's word: a gateway in prod with default's labels is selected by
+        // Labels are the proxy's word: a gateway in prod with default's labels is selected by
         // default/gw, and still gets nothing of namespace default.
         let intruder = workload("ingress", ns: "prod", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1005")
         let store = try deliveryStore([intruder])
         XCTAssertTrue(snapshot(store, intruder).secrets.isEmpty)
-    }
-
-    func testTheGatewayMarkSurvivesTheRegistryFileAndEtcd() throws {
-        let gw = workload("ingress", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1001")
-        let line = StateFiles.line(of: gw)
-        XCTAssertTrue(line.hasSuffix("\tgateway"))
-        XCTAssertTrue(try StateFiles.workload(fromLine: Substring(line), at: "t").gateway)
-        let etcdLine = try StateFiles.workload(fromLine: Substring(line + "\treplica-1"), at: "t", holder: true)
-        XCTAssertTrue(etcdLine.gateway)
-        XCTAssertEqual(etcdLine.holder, "replica-1")
-        let plain = workload("app", labels: [], gateway: false, address: "127.0.0.1:1002")
-        XCTAssertFalse(try StateFiles.workload(fromLine: Substring(StateFiles.line(of: plain)), at: "t").gateway)
-        let plainEtcd = try StateFiles.workload(fromLine: Substring(StateFiles.line(of: plain) + "\treplica-2"), at: "t", holder: true)
-        XCTAssertFalse(plainEtcd.gateway)
-        XCTAssertEqual(plainEtcd.holder, "replica-2")
-        XCTAssertThrowsError(try StateFiles.workload(fromLine: Substring(StateFiles.line(of: plain) + "\tgatewayx"), at: "t"))
-        // A registration says it; a registration without it is not a gateway.
-        var reg = ConfigStream.Registration(service: "ingress", namespace: "default", address: "127.0.0.1:1", labels: [])
-        XCTAssertFalse(try ConfigStream.Registration(query: Self.query(reg.query)).gateway)
-        reg.gateway = true
-        XCTAssertTrue(try ConfigStream.Registration(query: Self.query(reg.query)).gateway)
     }
 
     func testReplacingTheSecretChangesTheGatewaysDigestOnly() throws {
