@@ -232,6 +232,9 @@ public struct IstioGateway: Sendable {
         case .tcp:
             if tls != nil { throw ConfigReader.error(ctx, path, s.map.line, "a server of protocol TCP takes no tls (use protocol TLS)") }
         }
+        if tls?.credentialName != nil, let m = tls?.mode, m != .simple && m != .mutual {
+            throw ConfigReader.error(ctx, "\(path).credentialName", s.map.line, "credentialName is for SIMPLE and MUTUAL servers (mode \(m.rawValue) takes no server certificate of its own)")
+        }
         if tls?.mode == .passthrough && proto != .tls && proto != .https {
             throw ConfigReader.error(ctx, "\(path).mode", s.map.line, "PASSTHROUGH needs protocol TLS")
         }

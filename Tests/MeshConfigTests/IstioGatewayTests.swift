@@ -36,6 +36,7 @@ final class IstioGatewayTests: XCTestCase {
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: AUTO_PASSTHROUGH}", "gw.yaml:11: document 1: spec.servers[1].tls.mode: mode AUTO_PASSTHROUGH: not supported yet"),
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: SIMPLE, credentialName: web-cert}", "gw.yaml:11: document 1: spec.servers[1].tls.mode: mode SIMPLE (server certificates from credentialName): not supported yet"),
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: MUTUAL, credentialName: web-cert}", "gw.yaml:11: document 1: spec.servers[1].tls.mode: mode MUTUAL (server certificates from credentialName): not supported yet"),
+            ("tls: {mode: PASSTHROUGH}", "tls: {mode: PASSTHROUGH, credentialName: web-cert}", "gw.yaml:9: document 1: spec.servers[1].tls.credentialName: credentialName is for SIMPLE and MUTUAL servers (mode PASSTHROUGH takes no server certificate of its own)"),
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: PASSTHROUGH, minProtocolVersion: TLSV1_3}", "gw.yaml:11: document 1: spec.servers[1].tls.minProtocolVersion: not supported yet"),
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: PASSTHROUGH, cipherSuites: [A]}", "gw.yaml:11: document 1: spec.servers[1].tls.cipherSuites: not supported yet"),
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: PASSTHROUGH, serverCertificate: /c.pem}", "gw.yaml:11: document 1: spec.servers[1].tls.serverCertificate: not supported yet"),
