@@ -62,6 +62,13 @@ public final class GatewaySecrets: Sendable {
         return Previous(table: current)
     }
 
+    /// What the config stream calls with a push's secrets (before its text is applied): adopts
+    /// them into `shared`; the closure returned puts back what they replaced.
+    public static let fromPush: @Sendable ([TLSSecret]) throws -> @Sendable () -> Void = { secrets in
+        let previous = try GatewaySecrets.shared.adopt(secrets)
+        return { GatewaySecrets.shared.restore(previous) }
+    }
+
     /// Puts back the table `adopt` replaced.
     public func restore(_ p: Previous) { table.withLock { $0 = p.table } }
 

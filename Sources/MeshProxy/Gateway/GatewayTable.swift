@@ -15,6 +15,9 @@ public final class GatewayTable: Sendable {
         case istioMutualHTTP
         case passthrough
         case tcp
+        /// SIMPLE or MUTUAL: TLS terminated with the server certificate of the secret named by
+        /// `credentialName` (GatewaySecrets), then HTTP as on an HTTP port.
+        case terminatedHTTP
     }
 
     /// One tls route match compiled: SNI patterns (lowercase; `*.suffix` kept as `.suffix` for
@@ -53,6 +56,11 @@ public final class GatewayTable: Sendable {
         let sniRoutes: [SNIRoute]
         /// TCP: the tcp route (index into `tcpRoutes`), -1 when none binds.
         let tcpRoute: Int
+        /// SIMPLE/MUTUAL: the server context of the secret `credential` names (NAMESPACE/NAME),
+        /// looked up when the snapshot is built; nil while meshd has not delivered it (then the
+        /// port's connections are refused, naming it).
+        var serverTLS: TLSContext? = nil
+        var credential = ""
     }
 
     public let ports: [Port]
@@ -96,6 +104,7 @@ extension TrafficCompiler {
                 case (_, .passthrough?): kind = .passthrough
                 case (.tcp, _): kind = .tcp
                 case (_, .istioMutual?): kind = .istioMutualHTTP; needMeshTLS = true
+                case (_, .simple?), (_, .mutual?): kind = .terminatedHTTP
                 default: kind = .http
                 }
                 let settings = ProxySnapshot.ListenerSettings(address: base.address, headerTimeout: base.headerTimeout, idleTimeout: base.idleTimeout,
@@ -126,7 +135,13 @@ extension TrafficCompiler {
                         }
                     }
                 }
-                ports.append(.init(port: s.port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp))
+                var entry = GatewayTable.Port(port: s.port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp)
+                if kind == .terminatedHTTP, let name = s.tls?.credentialName {
+                    // The secret of the Gateway's namespace (Istio), from meshd (GatewaySecrets.swift).
+                    entry.credential = "\(g.namespace)/\(name)"
+                    entry.serverTLS = GatewaySecrets.shared.context(entry.credential, mutual: s.tls?.mode == .mutual)
+                }
+                ports.append(entry)
             }
         }
         var meshTLS: TLSContext? = nil

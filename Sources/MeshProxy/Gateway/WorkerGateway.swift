@@ -50,6 +50,14 @@ extension Worker {
         case .istioMutualHTTP:
             guard let ctx = gw.meshServerTLS else { refuseGateway(fd, "no mesh certificate for ISTIO_MUTUAL", port: port); return }
             openDownstream(fd, tls: TLSSession(context: ctx), inbound: false, settings: entry.settings)
+        case .terminatedHTTP:
+            guard let ctx = entry.serverTLS else {
+                Glibc.close(fd)
+                stats.inc(.noRoute)
+                logRejection("gateway", "connection on port \(port) refused: no server certificate: secret \(entry.credential) (tls.credentialName) was not delivered by meshd (meshctl create secret tls)")
+                return
+            }
+            openDownstream(fd, tls: TLSSession(context: ctx), inbound: false, settings: entry.settings)
         case .tcp:
             guard entry.tcpRoute >= 0 else { refuseGateway(fd, "no tcp route of a VirtualService bound to its Gateway takes this port", port: port); return }
             startTCPProxy(fd: fd, initial: UnsafeRawBufferPointer(start: nil, count: 0), target: .route(entry.tcpRoute))
