@@ -32,7 +32,7 @@ enum ConfigAnswers {
             var what = ""
             var lines: [String] = []
             if let vs = cfg.virtualServices.first {
-                what = "hosts: " + vs.hosts.joined(separator: ", ")
+                what = "hosts: " + vs.hosts.joined(separator: ", ") + (vs.gateways.isEmpty ? "" : "; gateways: " + vs.gateways.joined(separator: ", "))
                 for (i, r) in vs.http.enumerated() { lines.append(httpRoute(r, index: i)) }
             } else if let dr = cfg.destinationRules.first {
                 what = "host: \(dr.host)" + (dr.trafficPolicy.map { policy($0) }.map { $0.isEmpty ? "" : "; \($0)" } ?? "")
@@ -56,6 +56,10 @@ enum ConfigAnswers {
                     case .named(let n): return "\(n)/\(h.dnsName)"
                     }
                 }.joined(separator: ", ") + "; " + (sc.selector.map { _ in selector(sc.selector) } ?? "namespace default")
+            } else if let g = cfg.gateways.first {
+                what = (g.selector.isEmpty ? "every gateway" : selector(g.selector)) + "; servers: " + g.servers.map { sv in
+                    "\(sv.port)/\(sv.proto.rawValue)" + (sv.tls?.mode.map { " \($0.rawValue)" } ?? "") + (sv.tls?.httpsRedirect == true ? " httpsRedirect" : "")
+                }.joined(separator: ", ")
             } else if let we = cfg.workloadEntries.first {
                 what = "address: \(we.endpoint.address); labels: " + we.endpoint.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
             }

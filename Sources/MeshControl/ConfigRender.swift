@@ -169,7 +169,7 @@ extension ConfigStore {
         }
         var hosts = Set(s.workloads.values.map { "\($0.service).\($0.namespace)" })
         for vs in cfg.virtualServices {
-            for h in vs.hosts { hosts.insert(key(h, vs.namespace)) }
+            if vs.bound(.mesh) != nil { for h in vs.hosts { hosts.insert(key(h, vs.namespace)) } }   // a gateway-only host is no mesh host
             for r in vs.http { for d in r.route { hosts.insert(key(d.destination.host, vs.namespace)) } }
         }
         for dr in cfg.destinationRules { hosts.insert(key(dr.host, dr.namespace)) }

@@ -92,6 +92,8 @@ final class GatewayScopeTests: XCTestCase {
         XCTAssertFalse(text.contains("bookinfo.example"))                 // no cluster or route for the gateway's host
         let sc = try applied(text, gateway: nil)
         XCTAssertEqual(sc.traffic.virtualServices.map(\.name), ["ratings"])
+        // Nor a VIP: the gateway's host is not a mesh host.
+        XCTAssertEqual(store.serviceAddresses().map(\.host).sorted(), ["ratings.default", "reviews.default"])
     }
 
     func testMeshdRefusesWhatAGatewayWouldRefuseNamingFileAndLine() throws {

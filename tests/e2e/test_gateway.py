@@ -116,6 +116,13 @@ spec:
         prom = http_get(f"http://127.0.0.1:{app_admin}/stats/prometheus")[1].decode()
         assert any('reporter="destination"' in l and 'source_principal="spiffe://cluster.local/ns/default/sa/ingressgateway"' in l
                    for l in prom.splitlines() if l.startswith("istio_requests_total")), prom
+        # h2c (prior knowledge) on the same port, routed the same way.
+        r = curl("--http2-prior-knowledge", "-H", "Host: bookinfo.example", f"http://127.0.0.1:{http_port}/echo", timeout=20)
+        assert r.returncode == 0 and json.loads(r.stdout)["headers"]["x-via"] == ["gateway-vs"], r
+        # meshctl shows the Gateway and the binding.
+        table = m.ctl("get", "routes").stdout
+        assert f"selector istio=ingressgateway; servers: {http_port}/HTTP, {redirect_port}/HTTP httpsRedirect, {busy_port}/HTTP" in table, table
+        assert "hosts: bookinfo.example; gateways: web-gw" in table, table
         # A VirtualService without gateways (mesh) is not used by the gateway.
         code, body = http(http_port, "/echo", "reviews")
         assert code == 404 and "x-mesh-response-flags: NR" in body, body

@@ -6,18 +6,17 @@ import MeshTLS
 /// A gateway proxy's servers compiled for the data path (DESIGN §15): one entry per port of the
 /// Gateways that select it, telling the worker what an accepted connection becomes. HTTP ports
 /// go to the HTTP path with their own listener settings (`httpsRedirect` answers 301 there);
-/// ISTIO_MUTUAL ports first terminate mTLS with the gateway's mesh certificate; PASSTHROUGH
+/// TLS-terminating ports (ISTIO_MUTUAL: the gateway's mesh certificate) first complete the
+/// handshake with the server's context (`GatewayServerTLS`); PASSTHROUGH
 /// ports read the ClientHello's SNI and carry the bytes by the matching tls route; TCP ports
 /// carry the bytes by their tcp route. Built once per snapshot; lookups are by port.
 public final class GatewayTable: Sendable {
     public enum Kind: Sendable, Equatable {
         case http
-        case istioMutualHTTP
+        /// HTTP after a TLS handshake with the port's `serverTLS`.
+        case terminatedHTTP
         case passthrough
         case tcp
-        /// SIMPLE or MUTUAL: TLS terminated with the server certificate of the secret named by
-        /// `credentialName` (GatewaySecrets), then HTTP as on an HTTP port.
-        case terminatedHTTP
     }
 
     /// One tls route match compiled: SNI patterns (lowercase; `*.suffix` kept as `.suffix` for
@@ -56,24 +55,20 @@ public final class GatewayTable: Sendable {
         let sniRoutes: [SNIRoute]
         /// TCP: the tcp route (index into `tcpRoutes`), -1 when none binds.
         let tcpRoute: Int
-        /// SIMPLE/MUTUAL: the server context of the secret `credential` names (NAMESPACE/NAME),
-        /// looked up when the snapshot is built; nil while meshd has not delivered it (then the
-        /// port's connections are refused, naming it).
-        var serverTLS: TLSContext? = nil
+        /// `terminatedHTTP`: the server side of its TLS (GatewayServerTLS).
+        let serverTLS: TLSContext?
+        /// SIMPLE/MUTUAL: the secret its `credentialName` names (NAMESPACE/NAME); while meshd
+        /// has not delivered it `serverTLS` is nil and connections are refused naming it.
         var credential = ""
     }
 
     public let ports: [Port]
     /// The address the ports are opened on (`--listen-address`).
     public let listenHost: String
-    /// The server side of ISTIO_MUTUAL ports: the gateway's mesh certificate, a mesh client
-    /// certificate required; nil when no port needs it.
-    let meshServerTLS: TLSContext?
 
-    init(ports: [Port], listenHost: String, meshServerTLS: TLSContext?) {
+    init(ports: [Port], listenHost: String) {
         self.ports = ports
         self.listenHost = listenHost
-        self.meshServerTLS = meshServerTLS
     }
 
     /// The entry for `port`, or nil.
@@ -96,15 +91,14 @@ extension TrafficCompiler {
     mutating func compileGateway(_ b: Bootstrap, outbound: ProxySnapshot.ListenerSettings?) throws -> GatewayTable? {
         guard b.gatewayMode, let base = outbound else { return nil }
         var ports: [GatewayTable.Port] = []
-        var needMeshTLS = false
+        var serverTLS = GatewayServerTLS(b)
         for g in b.traffic.gateways {
             for s in g.servers where !ports.contains(where: { $0.port == s.port }) {
                 let kind: GatewayTable.Kind
                 switch (s.proto, s.tls?.mode) {
                 case (_, .passthrough?): kind = .passthrough
                 case (.tcp, _): kind = .tcp
-                case (_, .istioMutual?): kind = .istioMutualHTTP; needMeshTLS = true
-                case (_, .simple?), (_, .mutual?): kind = .terminatedHTTP
+                case (_, .istioMutual?), (_, .simple?), (_, .mutual?): kind = .terminatedHTTP
                 default: kind = .http
                 }
                 let settings = ProxySnapshot.ListenerSettings(address: base.address, headerTimeout: base.headerTimeout, idleTimeout: base.idleTimeout,
@@ -135,27 +129,12 @@ extension TrafficCompiler {
                         }
                     }
                 }
-                var entry = GatewayTable.Port(port: s.port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp)
-                if kind == .terminatedHTTP, let name = s.tls?.credentialName {
-                    // The secret of the Gateway's namespace (Istio), from meshd (GatewaySecrets.swift).
-                    entry.credential = "\(g.namespace)/\(name)"
-                    entry.serverTLS = GatewaySecrets.shared.context(entry.credential, mutual: s.tls?.mode == .mutual)
-                }
-                ports.append(entry)
+                ports.append(.init(port: s.port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
+                                   serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s, namespace: g.namespace) : nil,
+                                   credential: s.tls?.credentialName.map { "\(g.namespace)/\($0)" } ?? ""))
             }
         }
-        var meshTLS: TLSContext? = nil
-        if needMeshTLS, let t = b.tls {
-            var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)
-            so.trustDomain = t.trustDomain
-            so.certChainPEM = t.certChainPEM
-            so.privateKeyPEM = t.privateKeyPEM
-            so.trustBundlePEM = t.trustBundlePEM
-            so.alpn = ["h2", "http/1.1"]
-            so.minVersion13 = t.minTLS13
-            meshTLS = try TLSContext(role: .server, options: so)
-        }
-        return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost, meshServerTLS: meshTLS)
+        return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost)
     }
 
     /// One gateway tcp or tls route as a TCP route of the snapshot; its index.

@@ -9,7 +9,7 @@ import Glibc
 
 /// A gateway's connections on a worker (DESIGN §15): the listeners of its Gateway servers (one
 /// per port, given by `GatewayPorts`) and what an accepted connection becomes, by the port's
-/// kind in the snapshot in force: HTTP (plain, or after mTLS for ISTIO_MUTUAL) to the router
+/// kind in the snapshot in force: HTTP (plain, or after the server's TLS handshake) to the router
 /// like a sidecar's outbound; TCP to the port's tcp route; PASSTHROUGH to the tls route its
 /// ClientHello's SNI picks, the TLS bytes untouched.
 extension Worker {
@@ -47,11 +47,9 @@ extension Worker {
         switch entry.kind {
         case .http:
             openDownstream(fd, tls: nil, inbound: false, settings: entry.settings)
-        case .istioMutualHTTP:
-            guard let ctx = gw.meshServerTLS else { refuseGateway(fd, "no mesh certificate for ISTIO_MUTUAL", port: port); return }
-            openDownstream(fd, tls: TLSSession(context: ctx), inbound: false, settings: entry.settings)
         case .terminatedHTTP:
             guard let ctx = entry.serverTLS else {
+                if entry.credential.isEmpty { refuseGateway(fd, "no TLS context for this server", port: port); return }
                 Glibc.close(fd)
                 stats.inc(.noRoute)
                 logRejection("gateway", "connection on port \(port) refused: no server certificate: secret \(entry.credential) (tls.credentialName) was not delivered by meshd (meshctl create secret tls)")
