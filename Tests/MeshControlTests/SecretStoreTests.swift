@@ -224,6 +224,20 @@ final class SecretStoreTests: XCTestCase {
         XCTAssertTrue(snapshot(store, app).secrets.isEmpty)
     }
 
+    func testADeltaPushCarriesTheSecretsToo() throws {
+        let old = "apiVersion: sidecar.mesh/v1alpha1\nkind: ProxyConfig\nmetadata: {name: a}\n" + String(repeating: "# line\n", count: 50)
+        let new = old + "# one more\n"
+        let d = ConfigStream.Push.Delta(base: MeshCrypto.digestHex(old), target: MeshCrypto.digestHex(new), patch: ConfigDelta.make(from: old, to: new))
+        var p = ConfigStream.Push(version: 3, nonce: "n", digest: "d", delta: d, bundle: "-----BEGIN CERTIFICATE-----\nx\n")
+        p.secrets = [secret()]
+        let back = try XCTUnwrap(ConfigStream.Push(body: p.body))
+        XCTAssertNil(ConfigStream.Push.deltaRefusal(p.body))
+        XCTAssertEqual(back.secrets.count, 1)
+        XCTAssertTrue(back.secrets[0].same(as: secret()))
+        XCTAssertEqual(try back.delta?.apply(to: old, heldDigest: MeshCrypto.digestHex(old)), new)
+        XCTAssertEqual(back.bundle, p.bundle)
+    }
+
     func testDamagedPushSectionIsRefused() {
         let good = ConfigStream.Push(version: 2, nonce: "n", digest: "d", text: "apiVersion: x\n")
         var p = good
