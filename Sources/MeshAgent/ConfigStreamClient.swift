@@ -49,6 +49,16 @@ public final class ConfigStreamClient: @unchecked Sendable {
         self.secrets = secrets
     }
 
+    /// Gives a push's TLS secrets to `take` (a gateway; what it returns puts them back), or
+    /// refuses a push that carries any when there is no `take` (a sidecar never holds one).
+    static func take(_ pushed: [TLSSecret], _ take: (@Sendable ([TLSSecret]) throws -> @Sendable () -> Void)?) throws -> (@Sendable () -> Void)? {
+        if let take { return try take(pushed) }
+        guard pushed.isEmpty else {
+            throw CAError("the push carries \(pushed.count) TLS secret(s), and this sidecar is not a gateway: none is taken")
+        }
+        return nil
+    }
+
     /// The first retry after a failed stream waits 100-300 ms; each further failure doubles it, up to 10 s.
     static let firstRetry: UInt64 = 200_000_000
     static let maxRetry: UInt64 = 10_000_000_000
@@ -141,10 +151,7 @@ public final class ConfigStreamClient: @unchecked Sendable {
                 do {
                     // The roots in force first: a config whose bundle is refused is not applied.
                     if !push.bundle.isEmpty { try identity.adopt(bundle: push.bundle) }
-                    var undo: (@Sendable () -> Void)? = nil
-                    if let take = secrets { undo = try take(push.secrets) } else if !push.secrets.isEmpty {
-                        throw CAError("the push carries \(push.secrets.count) TLS secret(s), and this sidecar is not a gateway: none is taken")
-                    }
+                    let undo = try ConfigStreamClient.take(push.secrets, secrets)
                     let applied: String
                     do { applied = try apply(text, push.version) } catch {
                         undo?()
