@@ -23,6 +23,18 @@ extension Bootstrap {
         }
         let keys = traffic.gatewayKeys(selecting: workload.labels)
         traffic.gateways = traffic.gateways.filter { keys.contains("\($0.namespace)/\($0.name)") }
+        // Servers of several Gateways on one port of this proxy must agree, as within one Gateway.
+        var seen: [Int: (gateway: String, server: IstioGateway.Server)] = [:]
+        for g in traffic.gateways {
+            for (si, s) in g.servers.enumerated() {
+                guard let (other, o) = seen[s.port] else { seen[s.port] = ("\(g.namespace)/\(g.name)", s); continue }
+                if o.proto != s.proto || o.tls?.mode != s.tls?.mode || o.tls?.httpsRedirect != s.tls?.httpsRedirect
+                    || o.tls?.credentialName != s.tls?.credentialName {
+                    throw ConfigError(file: file, path: "Gateway \(g.namespace)/\(g.name): spec.servers[\(si)].port.number",
+                                      message: "port \(s.port) is already served by Gateway \(other) with other settings (protocol \(o.proto.rawValue), tls mode \(o.tls?.mode?.rawValue ?? "none")) on the gateways both select; servers sharing a port must agree on protocol and tls")
+                }
+            }
+        }
         var http: [IstioTraffic.VirtualService] = []
         var l4: [IstioTraffic.VirtualService] = []
         for vs in traffic.virtualServices(boundTo: .gateways(keys)) {

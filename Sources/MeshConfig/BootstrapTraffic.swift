@@ -47,7 +47,7 @@ extension Bootstrap {
         var total = routes.count
         for vs in traffic.virtualServices {
             for (hi, h) in vs.hosts.enumerated() {
-                if h.contains("*") {
+                if h.contains("*") && !gatewayMode {   // gateways route wildcard hosts (GatewayTable)
                     throw fail("VirtualService", vs.namespace, vs.name, "spec.hosts[\(hi)]", "wildcard hosts are not supported; name the service (\"\(h)\")")
                 }
                 for e in Bootstrap.expandedHosts(h.lowercased(), namespace: vs.namespace) {

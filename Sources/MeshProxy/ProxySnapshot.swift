@@ -160,6 +160,8 @@ public final class ProxySnapshot: Sendable {
         public let maxConnections: Int
         /// A gateway's HTTP server with `tls.httpsRedirect`: every request gets 301 to https.
         public var httpsRedirect = false
+        /// A gateway's port (its routes are the port's: GatewayTable); 0 for a sidecar's listeners.
+        public var gatewayPort = 0
     }
 
     public let version: String

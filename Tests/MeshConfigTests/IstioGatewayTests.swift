@@ -278,3 +278,18 @@ final class IstioGatewayTests: XCTestCase {
         }
     }
 }
+
+extension IstioGatewayTests {
+    func testWildcardHostsBindOnGatewaysAndStayRefusedOnSidecars() throws {
+        let docs = gatewayDocs.replacingOccurrences(of: "hosts: [bookinfo.example]", with: "hosts: [\"*\"]")
+            .replacingOccurrences(of: "hosts: [bookinfo.example, not-on-this-gateway.example]", with: "hosts: [\"*\", \"*.shop.example\"]")
+        let b = try meshBootstrap(gateway: true).withPushedConfig(pushed(docs), source: "meshd")
+        XCTAssertEqual(b.traffic.virtualServices.first?.hosts, ["*", "*.shop.example"])
+        // The same VirtualService bound to the sidecars is refused there by name.
+        let mesh = docs.replacingOccurrences(of: "  hosts: [\"*\", \"*.shop.example\"]\n  gateways: [web-gw]", with: "  hosts: [\"*.shop.example\"]")
+        let vsOnly = mesh.components(separatedBy: "---\n").dropFirst().joined(separator: "---\n")
+        XCTAssertThrowsError(try meshBootstrap(gateway: false).withPushedConfig(pushed(vsOnly), source: "meshd")) { e in
+            XCTAssertTrue("\(e)".contains("spec.hosts[0]: wildcard hosts are not supported"), "\(e)")
+        }
+    }
+}

@@ -57,7 +57,7 @@ def test_http_by_host_through_the_gateway_with_istio_binding(procs, tmp_path):
     _, app_admin, _, _ = m.sidecar("reviews", "reviews", app_port=app)
     _, _, _, caller_out = m.sidecar("productpage", "productpage")
     gw, gw_admin = gateway_proxy(m, procs)
-    http_port, redirect_port, busy_port = free_port(), free_port(), free_port()
+    http_port, redirect_port, busy_port, other_port = free_port(), free_port(), free_port(), free_port()
     holder = socket.socket()
     holder.bind(("127.0.0.1", busy_port))
     holder.listen(1)
@@ -69,12 +69,14 @@ spec:
   selector: {{istio: ingressgateway}}
   servers:
   - port: {{number: {http_port}, name: http, protocol: HTTP}}
-    hosts: [bookinfo.example]
+    hosts: [bookinfo.example, "*.shop.example"]
   - port: {{number: {redirect_port}, name: http-redirect, protocol: HTTP}}
     hosts: ["*"]
     tls: {{httpsRedirect: true}}
   - port: {{number: {busy_port}, name: http-busy, protocol: HTTP}}
     hosts: [bookinfo.example]
+  - port: {{number: {other_port}, name: http-other, protocol: HTTP}}
+    hosts: [other.example]
 """
     routes = """
 apiVersion: networking.istio.io/v1
@@ -86,6 +88,16 @@ spec:
   http:
   - route: [{destination: {host: reviews}}]
     headers: {request: {set: {x-via: gateway-vs}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  hosts: ["*.shop.example"]
+  gateways: [web-gw]
+  http:
+  - route: [{destination: {host: reviews}}]
+    headers: {request: {set: {x-via: wildcard-vs}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -116,12 +128,19 @@ spec:
         prom = http_get(f"http://127.0.0.1:{app_admin}/stats/prometheus")[1].decode()
         assert any('reporter="destination"' in l and 'source_principal="spiffe://cluster.local/ns/default/sa/ingressgateway"' in l
                    for l in prom.splitlines() if l.startswith("istio_requests_total")), prom
+        # A wildcard host of a gateway VirtualService takes the names under it.
+        code, body = http(http_port, "/echo", "eu.shop.example")
+        assert code == 200 and json.loads(body.split("\r\n\r\n", 1)[1])["headers"]["x-via"] == ["wildcard-vs"], body
+        assert http(http_port, "/echo", "shop.example")[0] == 404
+        # Routes are per port (Istio): another HTTP port whose server does not admit the host.
+        code, body = http(other_port, "/echo", "bookinfo.example")
+        assert code == 404 and "x-mesh-response-flags: NR" in body, body
         # h2c (prior knowledge) on the same port, routed the same way.
         r = curl("--http2-prior-knowledge", "-H", "Host: bookinfo.example", f"http://127.0.0.1:{http_port}/echo", timeout=20)
         assert r.returncode == 0 and json.loads(r.stdout)["headers"]["x-via"] == ["gateway-vs"], r
         # meshctl shows the Gateway and the binding.
         table = m.ctl("get", "routes").stdout
-        assert f"selector istio=ingressgateway; servers: {http_port}/HTTP, {redirect_port}/HTTP httpsRedirect, {busy_port}/HTTP" in table, table
+        assert f"selector istio=ingressgateway; servers: {http_port}/HTTP, {redirect_port}/HTTP httpsRedirect, {busy_port}/HTTP, {other_port}/HTTP" in table, table
         assert "hosts: bookinfo.example; gateways: web-gw" in table, table
         # A VirtualService without gateways (mesh) is not used by the gateway.
         code, body = http(http_port, "/echo", "reviews")

@@ -15,6 +15,8 @@ protocol DownstreamStream: AnyObject {
     var capturedDestination: IPEndpoint? { get }
     /// A gateway server with `tls.httpsRedirect`: requests get 301 to https (Gateway/).
     var redirectsToHTTPS: Bool { get }
+    /// The gateway port the request came on (0: not a gateway port).
+    var gatewayPort: Int { get }
     /// A 1xx head (100 Continue, 103 Early Hints).
     func sendInformational(_ head: MessageHead)
     /// The final response head; `close`: no other request may follow on this connection.

@@ -57,6 +57,11 @@ public final class GatewayTable: Sendable {
         let tcpRoute: Int
         /// `terminatedHTTP`: the server side of its TLS (GatewayServerTLS).
         let serverTLS: TLSContext?
+        /// HTTP ports: the hosts routed here (Istio keeps routes per port: the hosts of the
+        /// VirtualServices bound to a Gateway serving the port that its server hosts admit), to
+        /// virtual hosts of the snapshot; then wildcard hosts, most specific first.
+        let hosts: HostTable
+        let wildcards: [(suffix: [UInt8], vhost: Int)]
         /// SIMPLE/MUTUAL: the secret its `credentialName` names (NAMESPACE/NAME); while meshd
         /// has not delivered it `serverTLS` is nil and connections are refused naming it.
         var credential = ""
@@ -69,6 +74,37 @@ public final class GatewayTable: Sendable {
     init(ports: [Port], listenHost: String) {
         self.ports = ports
         self.listenHost = listenHost
+    }
+
+    /// Whether host pattern `a` takes every name `b` takes (`*` takes all; `*.x` takes `*.y.x`
+    /// and `y.x`; a name only itself).
+    static func covers(_ a: String, _ b: String) -> Bool {
+        if a == "*" || a == b { return true }
+        guard a.hasPrefix("*.") else { return false }
+        let suffix = a.dropFirst(1)
+        return b != "*" && b.hasSuffix(suffix) && b.count > suffix.count
+    }
+
+    /// The virtual host for host `p[0..<n]` on gateway port `port`: an exact name, else the most
+    /// specific wildcard; -1 when the port routes no such host.
+    @inline(__always) func vhost(port: Int, _ p: UnsafePointer<UInt8>, _ n: Int) -> Int {
+        guard let e = self.port(port) else { return -1 }
+        let v = e.hosts.lookup(p, n)
+        return v >= 0 ? v : GatewayTable.wildcardVHost(e.wildcards, p, n)
+    }
+
+    /// The virtual host of the most specific of `wildcards` (`.suffix`, or empty for `*`, most
+    /// specific first) that takes `p[0..<n]`, or -1.
+    @inline(__always) static func wildcardVHost(_ wildcards: [(suffix: [UInt8], vhost: Int)], _ p: UnsafePointer<UInt8>, _ n: Int) -> Int {
+        for w in wildcards {
+            let k = w.suffix.count
+            if k == 0 { return w.vhost }
+            if n <= k { continue }
+            var same = true
+            for i in 0..<k where w.suffix[i] != ASCII.lower(p[n - k + i]) { same = false; break }
+            if same { return w.vhost }
+        }
+        return -1
     }
 
     /// The entry for `port`, or nil.
@@ -92,27 +128,40 @@ extension TrafficCompiler {
         guard b.gatewayMode, let base = outbound else { return nil }
         var ports: [GatewayTable.Port] = []
         var serverTLS = GatewayServerTLS(b)
+        // Servers by port across the Gateways that select this proxy (servers sharing a port agree
+        // on protocol and tls: BootstrapGateway refused the rest); each port takes the routes
+        // bound to any Gateway serving it.
+        var byPort: [Int: [(gateway: String, namespace: String, server: IstioGateway.Server)]] = [:]
+        var order: [Int] = []
         for g in b.traffic.gateways {
-            for s in g.servers where !ports.contains(where: { $0.port == s.port }) {
-                let kind: GatewayTable.Kind
-                switch (s.proto, s.tls?.mode) {
-                case (_, .passthrough?): kind = .passthrough
-                case (.tcp, _): kind = .tcp
-                case (_, .istioMutual?), (_, .simple?), (_, .mutual?): kind = .terminatedHTTP
-                default: kind = .http
-                }
-                let settings = ProxySnapshot.ListenerSettings(address: base.address, headerTimeout: base.headerTimeout, idleTimeout: base.idleTimeout,
-                                                              streamIdleTimeout: base.streamIdleTimeout, maxConnections: base.maxConnections,
-                                                              httpsRedirect: s.tls?.httpsRedirect == true)
-                var sni: [GatewayTable.SNIRoute] = []
-                var tcp = -1
-                // Istio: the routes of VirtualServices bound to this Gateway (the order they came).
-                for vs in b.gatewayRoutes where vs.gateways.contains(where: { IstioTraffic.gatewayKey($0, namespace: vs.namespace) == "\(g.namespace)/\(g.name)" })
-                    || vs.tls.contains(where: { $0.match.contains { $0.gateways.contains { IstioTraffic.gatewayKey($0, namespace: vs.namespace) == "\(g.namespace)/\(g.name)" } } })
-                    || vs.tcp.contains(where: { $0.matches.contains { $0.gateways.contains { IstioTraffic.gatewayKey($0, namespace: vs.namespace) == "\(g.namespace)/\(g.name)" } } }) {
+            for s in g.servers {
+                if byPort[s.port] == nil { order.append(s.port) }
+                byPort[s.port, default: []].append(("\(g.namespace)/\(g.name)", g.namespace, s))
+            }
+        }
+        for port in order {
+            let list = byPort[port]!
+            let s = list[0].server
+            let kind: GatewayTable.Kind
+            switch (s.proto, s.tls?.mode) {
+            case (_, .passthrough?): kind = .passthrough
+            case (.tcp, _): kind = .tcp
+            case (_, .istioMutual?), (_, .simple?), (_, .mutual?): kind = .terminatedHTTP
+            default: kind = .http
+            }
+            let settings = ProxySnapshot.ListenerSettings(address: base.address, headerTimeout: base.headerTimeout, idleTimeout: base.idleTimeout,
+                                                          streamIdleTimeout: base.streamIdleTimeout, maxConnections: base.maxConnections,
+                                                          httpsRedirect: s.tls?.httpsRedirect == true, gatewayPort: port)
+            var sni: [GatewayTable.SNIRoute] = []
+            var tcp = -1
+            var done = Set<String>()
+            for (key, _, _) in list where done.insert(key).inserted {
+                // Istio: the routes of the VirtualServices bound to this Gateway, in order.
+                for whole in b.gatewayRoutes {
+                    guard let vs = whole.bound(.gateways([key])) else { continue }
                     if kind == .passthrough {
                         for (ti, t) in vs.tls.enumerated() {
-                            let ms = t.match.filter { $0.port == nil || $0.port == s.port }
+                            let ms = t.match.filter { $0.port == nil || $0.port == port }
                             if ms.isEmpty { continue }
                             let r = addTCPRoute(b, vs, label: "\(vs.name).tls-\(ti)", t.route)
                             for m in ms {
@@ -123,16 +172,46 @@ extension TrafficCompiler {
                             }
                         }
                     } else if kind == .tcp && tcp < 0 {
-                        for (ti, t) in vs.tcp.enumerated() where t.ports.isEmpty || t.ports.contains(s.port) {
+                        for (ti, t) in vs.tcp.enumerated() where t.ports.isEmpty || t.ports.contains(port) {
                             tcp = addTCPRoute(b, vs, label: Bootstrap.tcpRouteLabel(vs, ti), t.route)
                             break
                         }
                     }
                 }
-                ports.append(.init(port: s.port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
-                                   serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s, namespace: g.namespace) : nil,
-                                   credential: s.tls?.credentialName.map { "\(g.namespace)/\($0)" } ?? ""))
             }
+            // HTTP: the hosts of the VirtualServices bound to a Gateway serving this port that
+            // the server hosts admit, each to its VirtualService's virtual host.
+            var hostEntries: [(String, Int)] = []
+            var wildcards: [(suffix: [UInt8], vhost: Int)] = []
+            if kind == .http || kind == .terminatedHTTP {
+                for vs in b.traffic.virtualServices {
+                    let serving = list.filter { vs.bound(.gateways([$0.gateway])) != nil }
+                    for h in vs.hosts {
+                        let lower = h.lowercased()
+                        guard let v = self.hostEntries.first(where: { $0.0 == lower })?.1 else { continue }
+                        // Istio narrows a VirtualService host to the server host that admits it
+                        // when that one is the narrower (`*` bound through `bookinfo.example`).
+                        var names = Set<String>()
+                        for item in serving {
+                            for sh in item.server.hosts where sh.admits(vsHost: lower, vsNamespace: vs.namespace, gatewayNamespace: item.namespace) {
+                                names.insert(GatewayTable.covers(sh.dnsName, lower) ? lower : sh.dnsName)
+                            }
+                        }
+                        for n in names.sorted() {
+                            if n.hasPrefix("*") {
+                                wildcards.append((Array(n.dropFirst().utf8), v))
+                            } else {
+                                for e in Bootstrap.expandedHosts(n, namespace: vs.namespace) { hostEntries.append((e, v)) }
+                            }
+                        }
+                    }
+                }
+                wildcards.sort { $0.suffix.count > $1.suffix.count }
+            }
+            ports.append(.init(port: port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
+                               serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s, namespace: list[0].namespace) : nil,
+                               hosts: HostTable(hostEntries), wildcards: wildcards,
+                               credential: s.tls?.credentialName.map { "\(list[0].namespace)/\($0)" } ?? ""))
         }
         return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost)
     }

@@ -178,8 +178,10 @@ extension Exchange {
 extension DownstreamConnection {
     /// This connection's listener answers every request with a redirect to https.
     var redirectsToHTTPS: Bool { settings.httpsRedirect }
+    var gatewayPort: Int { settings.gatewayPort }
 }
 
 extension H2ServerStream {
     var redirectsToHTTPS: Bool { handler.conn.settings.httpsRedirect }
+    var gatewayPort: Int { handler.conn.settings.gatewayPort }
 }

@@ -14,6 +14,7 @@ extension Exchange {
         // 1. The service: the request's host (port stripped) names a virtual host.
         let hp = r.pointer(r.authority)
         var v = s.hosts.lookup(hp, HostTable.hostLength(hp, Int(r.authority.length)))
+        if let g = s.gateway, let p = down?.gatewayPort, p > 0 { v = g.vhost(port: p, hp, HostTable.hostLength(hp, Int(r.authority.length))) }
         // A captured call to a service's VIP: that service, whatever the Host says.
         if v < 0, let dst = down?.capturedDestination, let cv = s.capture?.lookup(dst)?.httpVHost { v = cv }
         guard v >= 0 else {
