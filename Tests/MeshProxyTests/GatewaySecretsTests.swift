@@ -48,6 +48,14 @@ final class GatewaySecretsTests: XCTestCase {
         XCTAssertEqual(g.entries.map(\.info.serialHex), [serial2])
     }
 
+    func testAbsenceSaysWhyAServerHasNoContext() throws {
+        let g = GatewaySecrets()
+        try g.adopt([secret()])
+        XCTAssertEqual(g.absence("default/other", mutual: false), "secret default/other (tls.credentialName) was not delivered by meshd (meshctl create secret tls)")
+        XCTAssertEqual(g.absence("default/bookinfo-cert", mutual: true), "secret default/bookinfo-cert (tls.credentialName) has no ca.crt for this MUTUAL server (meshctl create secret tls --ca)")
+        XCTAssertEqual(g.absence("default/bookinfo-cert", mutual: false), "")
+    }
+
     func testABadSecretLeavesTheTableInForce() throws {
         let g = GatewaySecrets()
         try g.adopt([secret()])

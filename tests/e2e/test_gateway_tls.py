@@ -275,6 +275,12 @@ def test_mutual_gateway_requires_a_client_certificate_from_the_ca(procs, tmp_pat
     assert rc != 0 and code == 0, err
     wait_until(lambda: "peer did not return a certificate" in gw.log_path.read_text(), timeout=10, what="the refusal logged")
     assert json.loads(http_get(f"http://127.0.0.1:{gw_admin}/config_dump")[1])["secrets"][0]["ca"] is True
+    # A MUTUAL server naming a secret without a CA: its connections are refused, saying so.
+    create(m, "bookinfo-plain", certs / "server.pem", certs / "server.key")
+    apply(m, tmp_path, "bookinfo", gateway_docs(port, "MUTUAL", "bookinfo-plain"))
+    wait_until(lambda: https(port, certs, "/echo", *client)[0] != 0, timeout=20, what="the port refuses without a CA")
+    wait_until(lambda: "secret default/bookinfo-plain (tls.credentialName) has no ca.crt for this MUTUAL server" in gw.log_path.read_text(),
+               timeout=10, what="the refusal logged")
     assert gw.poll() is None
 
 

@@ -78,6 +78,16 @@ public final class GatewaySecrets: Sendable {
         table.withLock { t in t[id].flatMap { mutual ? $0.mutual : $0.simple } }
     }
 
+    /// Why a server naming `id` has no context (said when its connections are refused): the
+    /// secret was not delivered, or a MUTUAL server's secret has no CA.
+    public func absence(_ id: String, mutual: Bool) -> String {
+        let held = table.withLock { $0[id] }
+        if let held, mutual && held.mutual == nil {
+            return "secret \(id) (tls.credentialName) has no ca.crt for this MUTUAL server (meshctl create secret tls --ca)"
+        }
+        return held == nil ? "secret \(id) (tls.credentialName) was not delivered by meshd (meshctl create secret tls)" : ""
+    }
+
     /// The secrets held, by id.
     public var entries: [Entry] { table.withLock { Array($0.values) }.sorted { $0.id < $1.id } }
 

@@ -62,8 +62,9 @@ public final class GatewayTable: Sendable {
         /// virtual hosts of the snapshot; then wildcard hosts, most specific first.
         let hosts: HostTable
         let wildcards: [(suffix: [UInt8], vhost: Int)]
-        /// SIMPLE/MUTUAL: the secret its `credentialName` names (NAMESPACE/NAME); while meshd
-        /// has not delivered it `serverTLS` is nil and connections are refused naming it.
+        /// SIMPLE/MUTUAL without `serverTLS`: why (the secret its `credentialName` names was not
+        /// delivered, or has no CA for MUTUAL), written when the snapshot is built; connections
+        /// are refused with it.
         var credential = ""
     }
 
@@ -211,7 +212,7 @@ extension TrafficCompiler {
             ports.append(.init(port: port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
                                serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s, namespace: list[0].namespace) : nil,
                                hosts: HostTable(hostEntries), wildcards: wildcards,
-                               credential: s.tls?.credentialName.map { "\(list[0].namespace)/\($0)" } ?? ""))
+                               credential: s.tls?.credentialName.map { GatewaySecrets.shared.absence("\(list[0].namespace)/\($0)", mutual: s.tls?.mode == .mutual) } ?? ""))
         }
         return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost)
     }

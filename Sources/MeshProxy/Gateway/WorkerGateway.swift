@@ -52,7 +52,7 @@ extension Worker {
                 if entry.credential.isEmpty { refuseGateway(fd, "no TLS context for this server", port: port); return }
                 Glibc.close(fd)
                 stats.inc(.noRoute)
-                logRejection("gateway", "connection on port \(port) refused: no server certificate: secret \(entry.credential) (tls.credentialName) was not delivered by meshd (meshctl create secret tls)")
+                logRejection("gateway", "connection on port \(port) refused: no server certificate: \(entry.credential)")
                 return
             }
             openDownstream(fd, tls: TLSSession(context: ctx), inbound: false, settings: entry.settings)
