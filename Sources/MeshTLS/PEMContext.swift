@@ -73,8 +73,9 @@ public enum PEMContext {
         }
         let chain = try certificatesOnly(s.certChain, flag: certFlag)
         defer { for c in chain { X509_free(c) } }
-        // The key file: exactly one PEM private key block, nothing else.
-        let blocks = s.key.withBytes { pemLabels(Array($0)) }
+        // The key file: exactly one PEM private key block, nothing else (but the EC PARAMETERS
+        // block `openssl ecparam -genkey` writes before the key, which Go's X509KeyPair skips too).
+        let blocks = s.key.withBytes { pemLabels(Array($0)) }.filter { $0 != "EC PARAMETERS" }
         guard blocks.count == 1, ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"].contains(blocks[0]) else {
             if blocks.contains("ENCRYPTED PRIVATE KEY") || s.key.withBytes({ contains(Array($0), "Proc-Type: 4,ENCRYPTED") }) {
                 throw TLSSecretError("\(keyFlag): the private key is encrypted; give it unencrypted (as kubectl create secret tls takes it)")

@@ -121,6 +121,15 @@ final class TLSSecretTests: XCTestCase {
         XCTAssertNoThrow(try check(secret(cert: "server-leaf.pem")))
     }
 
+    func testAKeyWithItsECParametersBlockIsTakenButTwoKeysAreNot() throws {
+        // What `openssl ecparam -genkey` writes: the curve's parameters, then the key.
+        var s = secret()
+        s.key = SecretBytes(Array(("-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n" + file("server.key")).utf8))
+        XCTAssertNoThrow(try check(s))
+        s.key = SecretBytes(Array((file("server.key") + file("other.key")).utf8))
+        XCTAssertEqual(refusal(s), "--key k.pem: expected one PEM private key (BEGIN PRIVATE KEY), found BEGIN PRIVATE KEY, BEGIN PRIVATE KEY")
+    }
+
     func testALeafExpiringWithinSevenDaysIsTakenWithAWarning() throws {
         let info = try check(secret(cert: "soon.pem", key: "soon.key"))
         XCTAssertTrue(info.warning?.hasPrefix("--cert c.pem: the certificate expires at ") ?? false, info.warning ?? "no warning")
