@@ -181,6 +181,11 @@ def test_simple_gateway_serves_the_secret_rotates_and_survives_a_restart(procs, 
     body = wait_until(served, timeout=20, what="SIMPLE gateway serving bookinfo.example")
     assert json.loads(body)["name"] == "reviews"
     assert peer_serial(port, cafile=certs / "ca.pem") == serial1
+    # HTTP/2 by ALPN, and HTTP/1.1 when the client offers only that.
+    for flag, want in (("--http2", "2"), ("--http1.1", "1.1")):
+        r = curl("-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", flag, "--cacert", certs / "ca.pem",
+                 "--resolve", f"bookinfo.example:{port}:127.0.0.1", f"https://bookinfo.example:{port}/echo", timeout=20)
+        assert r.stdout.decode() == f"200 {want}", (flag, r.stdout, r.stderr)
     # Not the CA curl trusts: the handshake fails (the gateway's own certificate is what is served).
     rc, _, _, err = https(port, certs, "/echo", "--cacert", certs / "client-ca.pem")
     assert rc != 0
@@ -210,7 +215,7 @@ def test_simple_gateway_serves_the_secret_rotates_and_survives_a_restart(procs, 
     # is not a gateway shows no secret at all.
     dump = http_get(f"http://127.0.0.1:{gw_admin}/config_dump")[1].decode()
     secrets = json.loads(dump)["secrets"]
-    assert [(s["namespace"], s["name"], s["serial"]) for s in secrets] == [("default", "bookinfo-cert", serial2)], secrets
+    assert [(s["namespace"], s["name"], int(s["serial"], 16)) for s in secrets] == [("default", "bookinfo-cert", int(serial2, 16))], secrets
     for k in ("server.key", "server2.key"):
         body64 = key_body(certs / k)
         assert body64[:40] not in dump and "PRIVATE KEY" not in dump
