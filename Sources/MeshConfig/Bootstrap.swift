@@ -318,11 +318,13 @@ public struct Bootstrap: Sendable {
             try al.finish()
         }
         let policy = try parseOutboundTrafficPolicy(&spec, ctx: ctx)
+        let gatewayHost = try parseGateway(&spec, hasInbound: inbound != nil, ctx: ctx)
         try spec.finish()
         var b = Bootstrap(name: name, workload: workload, concurrency: concurrency, admin: adminAddr, tls: tls,
                           outbound: outbound, inbound: inbound, clusters: clusters, routes: routes, drainTimeout: drain,
                           statsEnabled: statsEnabled, accessLog: accessLog)
         b.outboundTrafficPolicy = policy
+        if let h = gatewayHost { b.gatewayMode = true; b.gatewayListenHost = h }
         return b
     }
 

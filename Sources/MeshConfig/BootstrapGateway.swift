@@ -65,6 +65,19 @@ extension Bootstrap {
         try checkGatewayRoutes(file: file)
     }
 
+    /// A static file's `spec.gateway: {listenAddress: IP}`: this sidecar is a gateway proxy (its
+    /// ports from the file's Gateway documents that select its `workload.labels`); nil when absent.
+    static func parseGateway(_ spec: inout ConfigReader, hasInbound: Bool, ctx: ConfigError) throws(ConfigError) -> String? {
+        guard var g = try spec.object("gateway") else { return nil }
+        let host = try g.string("listenAddress") ?? "127.0.0.1"
+        guard SocketAddress(host: host, port: 1) != nil else {
+            throw ConfigReader.error(ctx, g.sub("listenAddress"), g.map.line, "expected an IP address (e.g. 0.0.0.0), got \"\(host)\"")
+        }
+        try g.finish()
+        if hasInbound { throw ConfigReader.error(ctx, "spec.gateway", g.map.line, "a gateway has no app: leave out spec.inbound") }
+        return host
+    }
+
     /// Every tcp and tls route destination of a gateway names a cluster that carries TCP.
     func checkGatewayRoutes(file: String) throws(ConfigError) {
         for vs in gatewayRoutes {

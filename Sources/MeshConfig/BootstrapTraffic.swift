@@ -120,7 +120,7 @@ extension Bootstrap {
             throw fail("DestinationRule", dr.namespace, dr.name, "spec.host",
                        "no cluster serves host \"\(dr.host)\" (clusters: \(clusters.map(\.name).joined(separator: ", ")))")
         }
-        if requireRoutes && outbound != nil && total == 0 {
+        if requireRoutes && outbound != nil && total == 0 && !gatewayMode {
             throw ConfigError(file: file, path: "spec.routes", message: "the outbound listener needs at least one route (spec.routes or a VirtualService)")
         }
     }

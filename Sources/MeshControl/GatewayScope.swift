@@ -72,15 +72,23 @@ extension ConfigStore {
     }
 
     /// Every Gateway's scope (a gateway proxy carrying exactly its selector's labels, in its
-    /// namespace) must render to a config that gateway accepts: checked with the gateway's own code.
+    /// namespace) and the scope of every gateway proxy meshd knows (its labels may select several
+    /// Gateways at once) must render to a config that gateway accepts: checked with its own code.
     static func checkGatewayScopes(_ base: RenderBase) throws(ConfigError) {
         var checked = Set<String>()
-        for g in base.cfg.gateways {
-            let scope = GatewayScope.scope(namespace: g.namespace, labels: g.selector)
+        var scopes: [(namespace: String, labels: [(String, String)], what: String)] = base.cfg.gateways.map {
+            ($0.namespace, $0.selector, "gateway \($0.namespace)/\($0.name)")
+        }
+        for p in base.state.proxies.values.sorted(by: { $0.identity + $0.node < $1.identity + $1.node }) {
+            guard let labels = p.gatewayLabels, let ns = ProxyScope.namespace(ofIdentity: p.identity) else { continue }
+            scopes.append((ns, labels, "the gateway \(p.identity) at \(p.node)"))
+        }
+        for g in scopes {
+            let scope = GatewayScope.scope(namespace: g.namespace, labels: g.labels)
             let push = renderGateway(base, scope: scope)
             guard checked.insert(MeshCrypto.digestHex(push.text)).inserted else { continue }
             do {
-                try Bootstrap.checkPushedGateway(push.text, namespace: g.namespace, labels: g.selector, source: "(the config meshd would push to gateway \(g.namespace)/\(g.name))")
+                try Bootstrap.checkPushedGateway(push.text, namespace: g.namespace, labels: g.labels, source: "(the config meshd would push to \(g.what))")
             } catch {
                 throw locate(error, in: push.placed)
             }

@@ -293,3 +293,27 @@ extension IstioGatewayTests {
         }
     }
 }
+
+extension IstioGatewayTests {
+    func testStaticGatewayFieldRefusals() {
+        let base = """
+            apiVersion: sidecar.mesh/v1alpha1
+            kind: Bootstrap
+            metadata: {name: edge}
+            spec:
+              workload: {service: edge, labels: {istio: ingressgateway}}
+              outbound: {port: 15001}
+              gateway: {listenAddress: 127.0.0.1}
+              clusters: [{name: web, tls: DISABLE, endpoints: ["127.0.0.1:8000"]}]
+              routes: []
+            """
+        XCTAssertNoThrow(try Bootstrap.parse(base, file: "s.yaml"))
+        func refusal(_ t: String) -> String { do { _ = try Bootstrap.parse(t, file: "s.yaml"); return "accepted" } catch { return "\(error)" } }
+        XCTAssertEqual(refusal(base.replacingOccurrences(of: "listenAddress: 127.0.0.1", with: "listenAddress: somewhere")),
+                       "s.yaml:7: document 1: spec.gateway.listenAddress: expected an IP address (e.g. 0.0.0.0), got \"somewhere\"")
+        XCTAssertEqual(refusal(base.replacingOccurrences(of: "listenAddress: 127.0.0.1", with: "listen: 127.0.0.1")),
+                       "s.yaml:7: document 1: spec.gateway.listen: unknown field (known fields here: listenAddress)")
+        XCTAssertTrue(refusal(base.replacingOccurrences(of: "  outbound: {port: 15001}", with: "  outbound: {port: 15001}\n  inbound: {port: 15006, appAddress: \"127.0.0.1:8000\"}\n  tls: {certChain: c, privateKey: k, trustBundle: b}"))
+                        .contains("spec.gateway: a gateway has no app: leave out spec.inbound"))
+    }
+}

@@ -122,4 +122,32 @@ final class GatewayScopeTests: XCTestCase {
         }
         XCTAssertEqual(store.version, v)
     }
+
+    /// A connected gateway whose labels select two Gateways that disagree on a port: meshd
+    /// refuses the second (each Gateway alone would pass).
+    func testAConnectedGatewaysLabelsAreCheckedToo() throws {
+        let store = try mesh()
+        store.seen(identity: id("default", "ingressgateway"), node: "127.0.0.1:1", gateway: [("istio", "ingressgateway"), ("team", "a")])
+        let v = store.version
+        let other = """
+            apiVersion: networking.istio.io/v1
+            kind: Gateway
+            metadata: {name: team-a}
+            spec:
+              selector: {team: a}
+              servers:
+              - port: {number: 8080, name: tcp, protocol: TCP}
+                hosts: ["*"]
+            """
+        XCTAssertThrowsError(try store.apply(input(other, "team.yaml"))) { e in
+            XCTAssertEqual("\(e)", "team.yaml:7: document 1: Gateway default/team-a: spec.servers[0].port.number: port 8080 is already served by Gateway default/web-gw with other settings (protocol HTTP, tls mode none) on the gateways both select; servers sharing a port must agree on protocol and tls")
+        }
+        XCTAssertEqual(store.version, v)
+        // Without that gateway connected, the same document is fine.
+        mkdir(dir + "-alone", 0o700)
+        let alone = try ConfigStore(stateDir: dir + "-alone")
+        defer { _ = system("rm -rf '\(dir)-alone'") }
+        _ = try alone.apply(input(Self.docs))
+        XCTAssertNoThrow(try alone.apply(input(other, "team.yaml")))
+    }
 }

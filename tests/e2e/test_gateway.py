@@ -367,3 +367,67 @@ spec:
     wait_until(lambda: "TLS handshake refused: error:0A0000C7:SSL routines::peer did not return a certificate" in gw.log_path.read_text(),
                timeout=5, what="the refused handshake logged")
     assert gw.poll() is None
+
+
+def test_static_file_gateway_with_access_log(procs, tmp_path):
+    """`spec.gateway` in a static file: the same gateway without meshd (its Gateway and
+    VirtualService documents in the file); requests logged like a sidecar's outbound ones."""
+    app = procs.app("web")
+    admin, outbound, port, redirect = free_port(), free_port(), free_port(), free_port()
+    log = tmp_path / "access.log"
+    cfg = f"""
+apiVersion: sidecar.mesh/v1alpha1
+kind: Bootstrap
+metadata: {{name: edge, namespace: default}}
+spec:
+  workload: {{service: edge, labels: {{istio: ingressgateway}}}}
+  concurrency: 2
+  admin: {{port: {admin}}}
+  outbound: {{port: {outbound}}}
+  gateway: {{listenAddress: 127.0.0.1}}
+  accessLog: {{path: {log}}}
+  clusters:
+    - name: web
+      tls: DISABLE
+      endpoints: ["127.0.0.1:{app}"]
+  routes: []
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [static.example]
+  - port: {{number: {redirect}, name: http-redirect, protocol: HTTP}}
+    hosts: ["*"]
+    tls: {{httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: front}}
+spec:
+  hosts: [static.example]
+  gateways: [edge]
+  http:
+  - name: to-web
+    route: [{{destination: {{host: web}}}}]
+"""
+    p = procs.sidecar(cfg, "static-gateway")
+    wait_ready(p, admin)
+    wait_until(lambda: http(port, "/", "static.example")[0] == 200, timeout=10, what="static gateway serving")
+    code, body = http(port, "/", "static.example")
+    assert body.endswith("hello from web\n"), body
+    assert http(redirect, "/x", "static.example")[0] == 301
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, what="access-log lines")
+    lines = [json.loads(l) for l in log.read_text().splitlines()]
+    ok = [l for l in lines if l["response_code"] == 200]
+    assert ok and ok[0]["authority"] == "static.example" and ok[0]["route"] == "front.to-web" and ok[0]["response_flags"] == "-", lines
+    assert any(l["response_code"] == 301 and l["path"] == "/x" for l in lines), lines
+    # A static file with a Gateway but no spec.gateway is a sidecar: refused by name.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.replace("  gateway: {listenAddress: 127.0.0.1}\n", ""))
+    r = subprocess.run([str(SIDECAR), "--config", str(bad), "--check"], capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0
+    assert "Gateway default/edge: a Gateway configures gateway proxies (sidecar --gateway)" in r.stdout + r.stderr, r.stdout + r.stderr
