@@ -29,7 +29,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-if ! python3 -c "import pytest, h2, grpc" 2>/dev/null; then
+if ! python3 -c "import pytest, h2, grpc, cryptography" 2>/dev/null; then
     echo "setup-deps: installing pytest, h2 and grpcio (Python)" >&2
     python3 -m pip install -q pytest h2 grpcio kubernetes-validate cryptography || python3 -m pip install -q --break-system-packages pytest h2 grpcio kubernetes-validate cryptography
 fi

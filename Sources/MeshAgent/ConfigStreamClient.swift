@@ -1,6 +1,7 @@
 import MeshControlWire
 import MeshCore
 import MeshPKI
+import MeshTLS
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -27,19 +28,35 @@ public final class ConfigStreamClient: @unchecked Sendable {
     let apply: @Sendable (_ text: String, _ version: Int) throws -> String
     /// Called once, when the config in force is the one meshd gives (or meshd keeps none).
     let ready: @Sendable (_ why: String) -> Void
+    /// A gateway's TLS secrets from each push, taken before the config text is applied (the
+    /// listeners find them there); returns how to put back what it replaced when the text is
+    /// refused. Nil: this sidecar is not a gateway, and a push that carries secrets is refused.
+    let secrets: (@Sendable (_ secrets: [TLSSecret]) throws -> @Sendable () -> Void)?
     /// A gateway proxy's labels, `k=v,k=v`, named on every config request; nil for a sidecar.
     public var gatewayLabels: String? = nil
 
     /// `node`: what tells this sidecar apart from others with its identity (its registered
     /// address, or its admin address for a caller-only workload); `admin`: its admin address.
     public init(identity: WorkloadIdentity, registration: ConfigStream.Registration?, node: String, admin: String,
-                apply: @escaping @Sendable (String, Int) throws -> String, ready: @escaping @Sendable (String) -> Void) {
+                apply: @escaping @Sendable (String, Int) throws -> String, ready: @escaping @Sendable (String) -> Void,
+                secrets: (@Sendable ([TLSSecret]) throws -> @Sendable () -> Void)? = nil) {
         self.identity = identity
         self.registration = registration
         self.node = node
         self.admin = admin
         self.apply = apply
         self.ready = ready
+        self.secrets = secrets
+    }
+
+    /// Gives a push's TLS secrets to `take` (a gateway; what it returns puts them back), or
+    /// refuses a push that carries any when there is no `take` (a sidecar never holds one).
+    static func take(_ pushed: [TLSSecret], _ take: (@Sendable ([TLSSecret]) throws -> @Sendable () -> Void)?) throws -> (@Sendable () -> Void)? {
+        if let take { return try take(pushed) }
+        guard pushed.isEmpty else {
+            throw CAError("the push carries \(pushed.count) TLS secret(s), and this sidecar is not a gateway: none is taken")
+        }
+        return nil
     }
 
     /// The first retry after a failed stream waits 100-300 ms; each further failure doubles it, up to 10 s.
@@ -134,7 +151,12 @@ public final class ConfigStreamClient: @unchecked Sendable {
                 do {
                     // The roots in force first: a config whose bundle is refused is not applied.
                     if !push.bundle.isEmpty { try identity.adopt(bundle: push.bundle) }
-                    let applied = try apply(text, push.version)
+                    let undo = try ConfigStreamClient.take(push.secrets, secrets)
+                    let applied: String
+                    do { applied = try apply(text, push.version) } catch {
+                        undo?()
+                        throw error
+                    }
                     Log.info("sidecar", "config version \(push.version) from meshd applied (\(applied))")
                     becomeReady("the first config from meshd (version \(push.version)) is applied")
                 } catch {

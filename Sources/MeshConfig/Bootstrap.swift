@@ -210,6 +210,7 @@ public struct Bootstrap: Sendable {
         guard var b = found else { throw ConfigError(file: file, message: "no Bootstrap document found (expected apiVersion: \(apiVersion), kind: Bootstrap)") }
         b.traffic = try IstioTraffic.parse(documents: docs, file: file, defaultNamespace: b.workload.namespace, skipKinds: ["Bootstrap"])
         try b.bindTraffic(file: file)
+        try b.refuseStaticCredentials(file: file)
         try b.checkTraffic(file: file)
         return b
     }

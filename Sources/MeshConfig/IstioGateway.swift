@@ -22,10 +22,9 @@ public struct IstioGateway: Sendable {
         public static let refused = ["AUTO_PASSTHROUGH", "OPTIONAL_MUTUAL"]
     }
 
-    /// The modes a gateway serves now. SIMPLE and MUTUAL need server certificates from
-    /// `credentialName` secrets (delivered by meshd); until those are wired they are refused
-    /// by name ("not supported yet"), never accepted and dropped.
-    public static let supportedTLSModes: Set<TLSMode> = [.passthrough, .istioMutual]
+    /// The modes a gateway serves. SIMPLE and MUTUAL take their server certificate (and MUTUAL
+    /// its client CA) from the `credentialName` secret meshd delivers (GatewaySecrets.swift).
+    public static let supportedTLSModes: Set<TLSMode> = [.passthrough, .istioMutual, .simple, .mutual]
 
     /// One `hosts` entry of a server: `namespace/dnsName` (no namespace: `*/dnsName`).
     public struct Host: Sendable, Equatable {

@@ -5,6 +5,7 @@ import MeshPKI
 import MeshConfig
 import MeshCore
 import MeshIO
+import MeshTLS
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -95,11 +96,13 @@ public final class ConfigStore: @unchecked Sendable {
         var outboundTrafficPolicy = Bootstrap.OutboundTrafficPolicy.allowAny
         /// The virtual IPs meshd gave to mesh hosts (`vips.txt`), kept for good.
         var vips = VIPAllocator()
+        /// TLS secrets by NAMESPACE/NAME (`meshctl create secret tls`; SecretStore.swift).
+        var secrets: [String: TLSSecret] = [:]
     }
 
-    private let state = Locked(State())
+    let state = Locked(State())
     /// One change at a time: read, validate, persist and commit form one critical section.
-    private let applyLock = PlainLock()
+    let applyLock = PlainLock()
     private let changed = Condition()
     private let observers = Locked<[@Sendable () -> Void]>([])
     /// Each scope's config, rendered once per version (ProxyConfigScope.swift).
@@ -129,7 +132,10 @@ public final class ConfigStore: @unchecked Sendable {
         self.grace = grace
         self.etcd = etcd
         var st: State
-        if let etcd { st = try etcd.load() } else { st = try StateFiles(stateDir: stateDir).load() }
+        if let etcd { st = try etcd.load() } else {
+            st = try StateFiles(stateDir: stateDir).load()
+            st.secrets = try StateFiles(stateDir: stateDir).loadSecrets()
+        }
         st.outboundTrafficPolicy = outboundTrafficPolicy
         st.startedAt = MeshCrypto.now()
         let stored = st
@@ -238,6 +244,7 @@ public final class ConfigStore: @unchecked Sendable {
             s.order = st.order
             s.workloads = workloads
             s.vips = st.vips
+            s.secrets = st.secrets
             s.version = st.version
             s.versionTimes[s.version] = Clock.monotonicNanos()
             if s.versionTimes.count > 64, let oldest = s.versionTimes.keys.min() { s.versionTimes.removeValue(forKey: oldest) }
@@ -711,6 +718,7 @@ public final class ConfigStore: @unchecked Sendable {
     /// registered labels choose its scope (ProxyConfigScope.swift).
     public func proxyConfig(identity: String, node: String) -> ProxyConfigSnapshot {
         var snap = scopedConfig(identity: identity, node: node)
+        addSecrets(&snap, identity: identity, node: node)
         let (pem, digest) = bundle.withLock { $0 }
         if !pem.isEmpty {
             snap.bundle = pem
@@ -851,6 +859,8 @@ public struct ProxyConfigSnapshot: Sendable, Equatable {
     public var bundle: String = ""
     /// The digest of the text alone (a delta push names it; DeltaPushes.swift).
     public var textDigest: String = ""
+    /// The TLS secrets this sidecar serves (a gateway's `credentialName`s; SecretStore.swift).
+    public var secrets: [TLSSecret] = []
 }
 
 /// A condition variable for waiting config streams.

@@ -119,7 +119,7 @@ final class DeltaPushes: @unchecked Sendable {
     /// The push for `snap` to a sidecar that holds the text with digest `base` (empty: none),
     /// as its body, counted by form.
     func body(_ snap: ProxyConfigSnapshot, nonce: String, base: String) -> String {
-        let head = "version: \(snap.version) \(nonce) \(snap.digest)\n"
+        let head = "version: \(snap.version) \(nonce) \(snap.digest)\n" + TLSSecrets.section(snap.secrets)
         var out: String
         let isDelta: Bool
         if !base.isEmpty, !snap.textDigest.isEmpty, let section = deltaSection(base: base, target: snap.textDigest, text: snap.text) {
@@ -127,7 +127,9 @@ final class DeltaPushes: @unchecked Sendable {
             if !snap.bundle.isEmpty { out += ConfigStream.Push.bundleMarker + snap.bundle }
             isDelta = true
         } else {
-            out = ConfigStream.Push(version: snap.version, nonce: nonce, digest: snap.digest, text: snap.text, bundle: snap.bundle).body
+            var push = ConfigStream.Push(version: snap.version, nonce: nonce, digest: snap.digest, text: snap.text, bundle: snap.bundle)
+            push.secrets = snap.secrets
+            out = push.body
             isDelta = false
         }
         let n = out.utf8.count

@@ -120,6 +120,7 @@ final class EtcdStateStore: @unchecked Sendable {
             guard registry + "\(w.identity)|\(w.address)" == kv.key else { throw CAError("etcd key \(kv.key): holds the workload \(w.identity)|\(w.address)") }
             st.workloads["\(w.identity)|\(w.address)"] = w
         }
+        st.secrets = try secrets(from: kvs)
         if let v = kvs[vips] {
             do { st.vips = try VIPAllocator.parse(v.valueText, file: "etcd key \(vips)") } catch { throw CAError(error.description) }
         }
@@ -147,6 +148,7 @@ final class EtcdStateStore: @unchecked Sendable {
             // transaction fails instead of removing a live workload.
             compare.append(.value(EtcdStateStore.registry + k, Array((StateFiles.line(of: w) + "\t" + w.holder).utf8)))
         }
+        secretOps(from: current, to: next, into: &ops)
         if next.vips != current.vips { ops.append(.put(EtcdStateStore.vips, Array(next.vips.serialized().utf8))) }
         if next.order != current.order { ops.append(.put(EtcdStateStore.order, Array(next.order.joined(separator: "\n").utf8))) }
         // `rev` names the commit: a transaction resent after a broken connection that had in

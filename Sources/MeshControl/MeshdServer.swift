@@ -299,6 +299,8 @@ public final class MeshdServer: @unchecked Sendable {
             } catch {
                 return ControlResponse(400, error.description + "\n")
             }
+        case (_, TLSSecrets.createPath), (_, TLSSecrets.deletePath):
+            return handleSecrets(r)
         case ("GET", "/v1/routes"):
             guard let store else { return ControlResponse(404, "this meshd keeps no config\n") }
             switch r.query["o"] ?? "" {

@@ -1,6 +1,7 @@
 import MeshConfig
 import MeshCore
 import MeshPKI
+import MeshTLS
 
 /// The messages of the config stream between a sidecar and meshd (DESIGN §5), typed and written
 /// and read in one place for both ends: a registration, a request for config newer than a
@@ -133,6 +134,9 @@ public enum ConfigStream {
         public var bundle: String
         /// Set when the push carries a delta instead of the text.
         public var delta: Delta?
+        /// The TLS secrets a gateway serves (TLSSecrets.swift), in a section right after the
+        /// first line; every push to a gateway carries all of them (none: it holds none).
+        public var secrets: [TLSSecret] = []
         public init(version: Int, nonce: String, digest: String, text: String, bundle: String = "") {
             self.version = version; self.nonce = nonce; self.digest = digest; self.text = text; self.bundle = bundle
         }
@@ -174,10 +178,10 @@ public enum ConfigStream {
 
         public var body: String {
             if let d = delta {
-                let head = "version: \(version) \(nonce) \(digest)\n" + d.line + d.patch.encoded
+                let head = "version: \(version) \(nonce) \(digest)\n" + TLSSecrets.section(secrets) + d.line + d.patch.encoded
                 return bundle.isEmpty ? head : head + Push.bundleMarker + bundle
             }
-            let head = "version: \(version) \(nonce) \(digest)\n" + text
+            let head = "version: \(version) \(nonce) \(digest)\n" + TLSSecrets.section(secrets) + text
             guard !bundle.isEmpty else { return head }
             return head + (text.isEmpty || text.hasSuffix("\n") ? "" : "\n") + Push.bundleMarker + bundle
         }
@@ -187,12 +191,14 @@ public enum ConfigStream {
             guard let nl = body.firstIndex(of: "\n") else { return nil }
             let first = body[..<nl].split(separator: " ")
             guard first.count == 4, first[0] == "version:", let v = Int(first[1]) else { return nil }
-            if body[body.index(after: nl)...].hasPrefix(Push.deltaPrefix) {
-                guard let p = try? Push.withDelta(version: v, nonce: String(first[2]), digest: String(first[3]), body[body.index(after: nl)...]) else { return nil }
+            guard let (secrets, rest) = try? TLSSecrets.readSection(body[body.index(after: nl)...]) else { return nil }
+            if rest.hasPrefix(Push.deltaPrefix) {
+                guard var p = try? Push.withDelta(version: v, nonce: String(first[2]), digest: String(first[3]), rest) else { return nil }
+                p.secrets = secrets
                 self = p
                 return
             }
-            var text = String(body[body.index(after: nl)...])
+            var text = String(rest)
             var bundle = ""
             if let m = text.ranges(of: Push.bundleMarker).last, m.lowerBound == text.startIndex || text[text.index(before: m.lowerBound)] == "\n" {
                 bundle = String(text[m.upperBound...])
@@ -200,6 +206,7 @@ public enum ConfigStream {
                 guard !bundle.isEmpty else { return nil }
             }
             self.init(version: v, nonce: String(first[2]), digest: String(first[3]), text: text, bundle: bundle)
+            self.secrets = secrets
         }
 
         /// What opens a delta after the first line (a config text starts with `apiVersion:`).
@@ -231,7 +238,7 @@ public enum ConfigStream {
         public static func deltaRefusal(_ body: String) -> ConfigDeltaError? {
             guard let nl = body.firstIndex(of: "\n") else { return nil }
             let first = body[..<nl].split(separator: " ")
-            let rest = body[body.index(after: nl)...]
+            guard let (_, rest) = try? TLSSecrets.readSection(body[body.index(after: nl)...]) else { return nil }
             guard first.count == 4, first[0] == "version:", let v = Int(first[1]), rest.hasPrefix(deltaPrefix) else { return nil }
             do { _ = try withDelta(version: v, nonce: String(first[2]), digest: String(first[3]), rest) } catch { return error }
             return nil

@@ -212,6 +212,8 @@ final class AdminServer: @unchecked Sendable {
             j.endObject()
         }
         j.endObject()
+        // A gateway's TLS secrets: names and fingerprints only (GatewaySecrets.swift).
+        GatewaySecrets.shared.dump(into: &j)
         j.endObject()
         return j.text + "\n"
     }

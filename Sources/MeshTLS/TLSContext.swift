@@ -20,6 +20,9 @@ public final class TLSContext: @unchecked Sendable {
     public let trustDomain: String
     /// This workload's SPIFFE ID, read from its own certificate (empty if it has none).
     public let localIdentity: String
+    /// Whether a peer's certificate must carry a SPIFFE ID in the trust domain (false: a
+    /// gateway's MUTUAL server, whose clients chain to the secret's CA and are not workloads).
+    public let spiffePeers: Bool
     /// ALPN wire format list (length-prefixed names) that a server selects from.
     let alpnWire: UnsafeMutableBufferPointer<UInt8>
     /// The same list behind a 2-byte length, for the server's ALPN callback (freed with the context).
@@ -45,6 +48,14 @@ public final class TLSContext: @unchecked Sendable {
         public var withoutCertificate = false
         /// Server only: no session tickets or cache (every handshake verifies the client anew).
         public var noResumption = false
+        /// A private key already read (an `EVP_PKEY`, the caller frees it): used instead of the
+        /// PEM or file above (a gateway's secret, read from bytes it zeroes; PEMContext.swift).
+        nonisolated(unsafe) public var privateKey: OpaquePointer? = nil
+        /// Peers must present SPIFFE IDs in the trust domain (false: any certificate chaining to the trust bundle).
+        public var spiffePeers = true
+        /// Server only: ask for a client certificate at all (false: a gateway's SIMPLE server; then
+        /// no trust bundle is needed).
+        public var askClientCert = true
         public init(certChainFile: String, privateKeyFile: String, trustBundleFile: String) {
             self.certChainFile = certChainFile
             self.privateKeyFile = privateKeyFile
@@ -55,6 +66,7 @@ public final class TLSContext: @unchecked Sendable {
     public init(role: Role, options o: Options) throws {
         self.role = role
         self.trustDomain = o.trustDomain
+        self.spiffePeers = o.spiffePeers
         guard let ctx = SSL_CTX_new(role == .server ? TLS_server_method() : TLS_client_method()) else {
             throw TLSConfigError("SSL_CTX_new failed: \(OpenSSLErrors.drain())")
         }
@@ -92,6 +104,10 @@ public final class TLSContext: @unchecked Sendable {
         }
         if o.withoutCertificate && role == .client {
             // No key either.
+        } else if let key = o.privateKey {
+            guard SSL_CTX_use_PrivateKey(ctx, key) == 1 else {
+                throw TLSConfigError("cannot use the private key held in memory: \(OpenSSLErrors.drain())")
+            }
         } else if let keyPEM = o.privateKeyPEM {
             var bytes = Array(keyPEM.utf8)
             let key: OpaquePointer? = bytes.withUnsafeMutableBytes { b in
@@ -109,7 +125,9 @@ public final class TLSContext: @unchecked Sendable {
         guard (o.withoutCertificate && role == .client) || SSL_CTX_check_private_key(ctx) == 1 else {
             throw TLSConfigError("private key \(o.privateKeyFile) does not match certificate \(o.certChainFile)")
         }
-        if let bundle = o.trustBundlePEM {
+        if role == .server && !o.askClientCert && o.trustBundlePEM == nil && o.trustBundleFile.isEmpty {
+            // A server that asks no client for a certificate verifies none.
+        } else if let bundle = o.trustBundlePEM {
             let roots = TLSContext.certificates(pem: bundle)
             defer { for c in roots { X509_free(c) } }
             guard !roots.isEmpty, let store = SSL_CTX_get_cert_store(ctx) else { throw TLSConfigError("the trust bundle held in memory has no certificate") }
@@ -127,7 +145,7 @@ public final class TLSContext: @unchecked Sendable {
 
         switch role {
         case .server:
-            let mode = o.requireClientCert ? (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT) : SSL_VERIFY_PEER
+            let mode = !o.askClientCert ? SSL_VERIFY_NONE : o.requireClientCert ? (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT) : SSL_VERIFY_PEER
             SSL_CTX_set_verify(ctx, mode, nil)
             let sid: StaticString = "swift-mesh"
             _ = SSL_CTX_set_session_id_context(ctx, sid.utf8Start, UInt32(sid.utf8CodeUnitCount))

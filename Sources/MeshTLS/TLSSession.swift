@@ -171,6 +171,8 @@ public final class TLSSession: TransportSecurity {
             reason = "peer presented no certificate"
             return .failed
         }
+        // A gateway's MUTUAL server: the chain was verified against the secret's CA; no SPIFFE ID.
+        if !context.spiffePeers { return .handshakeDone }
         guard let id = X509Info.spiffeID(cert), X509Info.isSPIFFE(id, inTrustDomain: context.trustDomain) else {
             reason = "peer certificate has no SPIFFE ID in trust domain \(context.trustDomain) (URI SANs: \(X509Info.uriSANs(cert)))"
             return .failed

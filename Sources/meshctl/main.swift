@@ -36,6 +36,14 @@ let usage = """
                             (/config_dump, /clusters, /certs); PROXY is the admin HOST:PORT, or
                             with meshd's admin token a connected sidecar's identity or service
       get services|proxies
+      create secret tls NAME --cert FILE --key FILE [--ca FILE] [--namespace NS]
+                            store a TLS secret in meshd for Gateway servers' tls.credentialName
+                            (--ca: the CA client certificates must chain to, for MUTUAL); checked
+                            here and by meshd (PEM, key matches the leaf, chain in order, not
+                            expired); an existing name is replaced (rotation): created,
+                            configured or unchanged
+      delete secret tls NAME [--namespace NS]
+      get secrets           namespace, name, subject, SANs, not-after, fingerprint (never a key)
       get routes [-o yaml]  the documents in force: hosts, matches, destinations and weights
                             of each route (-o yaml: the stored documents as applied)
       status                per sidecar: identity, connected, config version, ACK/NACK
@@ -120,6 +128,7 @@ let specs: [Flags.Spec] = [
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
     .init("root-cert"), .init("advertise-address"), .init("capture", value: false), .init("service-port"),
     .init("failure-threshold"), .init("use-meshd", value: false),
+    .init("cert"), .init("key"), .init("ca"),
 ] + CaptureOptions.flagSpecs.filter { $0.name != "help" }
 // `meshctl capture ...` takes its own flags (none of the global ones apply to it).
 if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
@@ -352,6 +361,8 @@ if cmd.first == "run" {
     }, canMint: tokenFile != nil))
 }
 switch (cmd.first, cmd.dropFirst().first) {
+case ("create", _), ("delete", "secret"), ("get", "secrets"), ("get", "secret"):
+    runSecretCommand(cmd, namespace: flags.string("namespace"), cert: flags.string("cert"), key: flags.string("key"), ca: flags.string("ca"))
 case ("apply", _):
     applyFiles(delete: false)
 case ("delete", _):

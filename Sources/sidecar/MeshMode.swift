@@ -172,7 +172,9 @@ func runMeshMode(_ parsed: SidecarMeshFlags) -> Never {
             ready: { why in
                 server.markReady()
                 Log.info("sidecar", "ready: \(why)")
-            })
+            },
+            // A gateway's TLS secrets from meshd: held in memory only (GatewaySecrets.swift).
+            secrets: opts.gateway ? GatewaySecrets.fromPush : nil)
         if opts.gateway { stream.gatewayLabels = labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",") }
         Threads.spawnDetached { stream.run() }
     }

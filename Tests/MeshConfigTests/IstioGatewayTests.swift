@@ -34,8 +34,8 @@ final class IstioGatewayTests: XCTestCase {
             ("protocol: TCP}", "protocol: UDP}", "gw.yaml:15: document 1: spec.servers[3].port.protocol: protocol UDP: not supported yet"),
             ("protocol: TCP}", "protocol: SMTP}", "gw.yaml:15: document 1: spec.servers[3].port.protocol: expected one of HTTP, HTTPS, HTTP2, GRPC, TLS, TCP, got \"SMTP\""),
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: AUTO_PASSTHROUGH}", "gw.yaml:11: document 1: spec.servers[1].tls.mode: mode AUTO_PASSTHROUGH: not supported yet"),
-            ("tls: {mode: PASSTHROUGH}", "tls: {mode: SIMPLE, credentialName: web-cert}", "gw.yaml:11: document 1: spec.servers[1].tls.mode: mode SIMPLE (server certificates from credentialName): not supported yet"),
-            ("tls: {mode: PASSTHROUGH}", "tls: {mode: MUTUAL, credentialName: web-cert}", "gw.yaml:11: document 1: spec.servers[1].tls.mode: mode MUTUAL (server certificates from credentialName): not supported yet"),
+            ("tls: {mode: PASSTHROUGH}", "tls: {mode: SIMPLE, credentialName: web-cert}", "gw.yaml:9: document 1: spec.servers[1].tls.mode: protocol TLS with mode SIMPLE: not supported yet (PASSTHROUGH is)"),
+            ("tls: {mode: PASSTHROUGH}", "tls: {mode: MUTUAL, credentialName: web-cert}", "gw.yaml:9: document 1: spec.servers[1].tls.mode: protocol TLS with mode MUTUAL: not supported yet (PASSTHROUGH is)"),
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: PASSTHROUGH, credentialName: web-cert}", "gw.yaml:9: document 1: spec.servers[1].tls.credentialName: credentialName is for SIMPLE and MUTUAL servers (mode PASSTHROUGH takes no server certificate of its own)"),
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: PASSTHROUGH, minProtocolVersion: TLSV1_3}", "gw.yaml:11: document 1: spec.servers[1].tls.minProtocolVersion: not supported yet"),
             ("tls: {mode: PASSTHROUGH}", "tls: {mode: PASSTHROUGH, cipherSuites: [A]}", "gw.yaml:11: document 1: spec.servers[1].tls.cipherSuites: not supported yet"),
@@ -315,5 +315,22 @@ extension IstioGatewayTests {
                        "s.yaml:7: document 1: spec.gateway.listen: unknown field (known fields here: listenAddress)")
         XCTAssertTrue(refusal(base.replacingOccurrences(of: "  outbound: {port: 15001}", with: "  outbound: {port: 15001}\n  inbound: {port: 15006, appAddress: \"127.0.0.1:8000\"}\n  tls: {certChain: c, privateKey: k, trustBundle: b}"))
                         .contains("spec.gateway: a gateway has no app: leave out spec.inbound"))
+        // SIMPLE and MUTUAL take their certificate from meshd: refused in a static file.
+        for mode in ["SIMPLE", "MUTUAL"] {
+            let withGateway = base + """
+
+                ---
+                apiVersion: networking.istio.io/v1
+                kind: Gateway
+                metadata: {name: gw}
+                spec:
+                  selector: {istio: ingressgateway}
+                  servers:
+                  - port: {number: 8443, name: https, protocol: HTTPS}
+                    hosts: ["*"]
+                    tls: {mode: \(mode), credentialName: web-cert}
+                """
+            XCTAssertEqual(refusal(withGateway), "s.yaml: Gateway default/gw: spec.servers[0].tls.mode: mode \(mode) in a static file: not supported yet (its credentialName secret comes from meshd: run the gateway with --meshd and meshctl create secret tls)")
+        }
     }
 }

@@ -4,8 +4,8 @@ import MeshTLS
 /// Where a gateway server's TLS context comes from, chosen per server when a snapshot is
 /// compiled (never per connection): ISTIO_MUTUAL servers share the gateway's mesh context (its
 /// SPIFFE certificate, a mesh client certificate required); SIMPLE and MUTUAL servers take the
-/// context of their `credentialName` secret, kept in memory (the parser refuses those modes until
-/// secrets are delivered to gateways, so none reaches here yet); other servers terminate nothing.
+/// context of their `credentialName` secret of the Gateway's namespace, delivered by meshd and kept
+/// in memory (GatewaySecrets; nil while it was not delivered); other servers terminate nothing.
 struct GatewayServerTLS {
     let bootstrap: Bootstrap
     private var mesh: TLSContext?
@@ -13,7 +13,7 @@ struct GatewayServerTLS {
     init(_ b: Bootstrap) { bootstrap = b }
 
     /// The server side of `server`, nil when it terminates no TLS.
-    mutating func context(for server: IstioGateway.Server) throws -> TLSContext? {
+    mutating func context(for server: IstioGateway.Server, namespace: String) throws -> TLSContext? {
         switch server.tls?.mode {
         case .istioMutual?:
             if let m = mesh { return m }
@@ -21,7 +21,8 @@ struct GatewayServerTLS {
             mesh = m
             return m
         case .simple?, .mutual?:
-            throw TLSConfigError("Gateway server on port \(server.port): tls mode \(server.tls!.mode!.rawValue) with credentialName \(server.tls?.credentialName ?? "-"): \(IstioTraffic.notSupported)")
+            guard let name = server.tls?.credentialName else { return nil }
+            return GatewaySecrets.shared.context("\(namespace)/\(name)", mutual: server.tls?.mode == .mutual)
         case .passthrough?, nil:
             return nil
         }

@@ -62,6 +62,10 @@ public final class GatewayTable: Sendable {
         /// virtual hosts of the snapshot; then wildcard hosts, most specific first.
         let hosts: HostTable
         let wildcards: [(suffix: [UInt8], vhost: Int)]
+        /// SIMPLE/MUTUAL without `serverTLS`: why (the secret its `credentialName` names was not
+        /// delivered, or has no CA for MUTUAL), written when the snapshot is built; connections
+        /// are refused with it.
+        var credential = ""
     }
 
     public let ports: [Port]
@@ -206,8 +210,9 @@ extension TrafficCompiler {
                 wildcards.sort { $0.suffix.count > $1.suffix.count }
             }
             ports.append(.init(port: port, kind: kind, settings: settings, sniRoutes: sni, tcpRoute: tcp,
-                               serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s) : nil,
-                               hosts: HostTable(hostEntries), wildcards: wildcards))
+                               serverTLS: kind == .terminatedHTTP ? try serverTLS.context(for: s, namespace: list[0].namespace) : nil,
+                               hosts: HostTable(hostEntries), wildcards: wildcards,
+                               credential: s.tls?.credentialName.map { GatewaySecrets.shared.absence("\(list[0].namespace)/\($0)", mutual: s.tls?.mode == .mutual) } ?? ""))
         }
         return GatewayTable(ports: ports.sorted { $0.port < $1.port }, listenHost: b.gatewayListenHost)
     }

@@ -48,7 +48,13 @@ extension Worker {
         case .http:
             openDownstream(fd, tls: nil, inbound: false, settings: entry.settings)
         case .terminatedHTTP:
-            guard let ctx = entry.serverTLS else { refuseGateway(fd, "no TLS context for this server", port: port); return }
+            guard let ctx = entry.serverTLS else {
+                if entry.credential.isEmpty { refuseGateway(fd, "no TLS context for this server", port: port); return }
+                Glibc.close(fd)
+                stats.inc(.noRoute)
+                logRejection("gateway", "connection on port \(port) refused: no server certificate: \(entry.credential)")
+                return
+            }
             openDownstream(fd, tls: TLSSession(context: ctx), inbound: false, settings: entry.settings)
         case .tcp:
             guard entry.tcpRoute >= 0 else { refuseGateway(fd, "no tcp route of a VirtualService bound to its Gateway takes this port", port: port); return }
