@@ -129,8 +129,16 @@ public enum ConfigAnalysis {
                 add(.warning, "IST0101", "VirtualService", vs.namespace, vs.name,
                     "\(path): destination host \"\(h)\" is not a ServiceEntry host here nor a service known\(hint)")
             }
+            // A Gateway named in `gateways` that no Gateway document here defines (IST0101).
+            let named = Set(vs.gateways + vs.http.flatMap { $0.match.flatMap(\.gateways) })
+            for g in named.sorted() where g != IstioTraffic.meshGateway {
+                let key = IstioTraffic.gatewayKey(g, namespace: vs.namespace)
+                if !cfg.gateways.contains(where: { "\($0.namespace)/\($0.name)" == key }) {
+                    add(.warning, "IST0101", "VirtualService", vs.namespace, vs.name, "gateway \"\(g)\" is not a Gateway in these files")
+                }
+            }
             // A route after one that matches every request is never used (Istio's IST0131).
-            if let all = vs.http.firstIndex(where: { r in r.match.isEmpty || r.match.contains { $0.uri == nil && $0.method == nil && $0.headers.isEmpty } }),
+            if let all = vs.http.firstIndex(where: { r in r.match.isEmpty || r.match.contains(where: matchesEverything) }),
                all + 1 < vs.http.count {
                 for i in (all + 1)..<vs.http.count {
                     add(.warning, "IST0131", "VirtualService", vs.namespace, vs.name,
@@ -169,6 +177,9 @@ public enum ConfigAnalysis {
         for p in cfg.peerAuthentications { if let s = p.selector, !selectsSome(p.namespace, s) {
             add(.warning, "MESH0003", "PeerAuthentication", p.namespace, p.name, "spec.selector selects \(what): the policy applies nowhere")
         } }
+        for p in cfg.requestAuthentications { if let s = p.selector, !selectsSome(p.namespace, s) {
+            add(.warning, "MESH0003", "RequestAuthentication", p.namespace, p.name, "spec.selector selects \(what): the policy applies nowhere")
+        } }
         for sc in cfg.sidecars { if let s = sc.selector, !selectsSome(sc.namespace, s) {
             add(.warning, "MESH0003", "Sidecar", sc.namespace, sc.name, "spec.workloadSelector selects \(what): the Sidecar applies nowhere")
         } }
@@ -176,6 +187,13 @@ public enum ConfigAnalysis {
             if a.level != b.level { return a.level > b.level }
             return (a.file, a.line) < (b.file, b.line)
         }
+    }
+
+    /// A match entry with no condition at all: every request (on every proxy it binds to) matches it.
+    static func matchesEverything(_ m: IstioTraffic.HTTPMatch) -> Bool {
+        let x = m.extras
+        return m.uri == nil && m.method == nil && m.headers.isEmpty && m.gateways.isEmpty && x.queryParams.isEmpty && x.authority == nil
+            && x.port == nil && x.scheme == nil && x.withoutHeaders.isEmpty && x.sourceLabels == nil && x.sourceNamespace == nil
     }
 
     /// The error without its file and line (the finding carries them).

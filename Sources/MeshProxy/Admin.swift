@@ -202,6 +202,7 @@ final class AdminServer: @unchecked Sendable {
         j.endArray()
         trafficDump(&j, b)
         securityDump(&j, b)
+        gatewayDump(&j, b)
         j.number("drain_timeout_ms", b.drainTimeout / 1_000_000)
         j.bool("stats_enabled", b.statsEnabled)
         if let al = b.accessLog {

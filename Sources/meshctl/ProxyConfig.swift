@@ -65,7 +65,16 @@ func runProxyConfig(section: String?, target: String?, json: Bool, proxies: () -
         if let mode = b["peer_authentication"]?["mode"]?.stringValue, rows.count > 1 {
             rows = rows.map { $0[0] == "inbound" ? [$0[0], $0[1], $0[2] + ", mTLS \(mode)"] : $0 }
         }
+        for g in b["gateway_servers"]?.arrayValue ?? [] {
+            var detail = "\(g["protocol"]?.stringValue ?? "?") \(strings(g["hosts"]).joined(separator: ","))"
+            if let m = g["tls_mode"]?.stringValue { detail += ", tls \(m)" }
+            if let c = g["credential_name"]?.stringValue { detail += " (\(c))" }
+            if g["https_redirect"]?.boolValue == true { detail += ", httpsRedirect" }
+            detail += ", " + (g["state"]?.stringValue ?? "-")
+            rows.append(["gateway \(g["gateway"]?.stringValue ?? "?")", ":" + num(g["port"]), detail])
+        }
         table(rows)
+        if let v = b["gateway_servers"] { jsonParts.append("\"gateway_servers\":" + render(v)) }
         if let l = b["outbound"], let v = l.isObject ? l : nil { jsonParts.append("\"outbound\":" + render(v)) }
         if let l = b["inbound"], l.isObject { jsonParts.append("\"inbound\":" + render(l)) }
     }
@@ -113,8 +122,14 @@ func runProxyConfig(section: String?, target: String?, json: Bool, proxies: () -
         for r in certs["roots"]?.arrayValue ?? [] {
             rows.append(["ROOTCA", r["subject"]?.stringValue ?? "-", r["serial"]?.stringValue ?? "-", r["not_after"]?.stringValue ?? "-", r["issuer"]?.stringValue ?? "-"])
         }
+        // A gateway's TLS secrets (names, fingerprints, serials; never a key).
+        for s in dump.value["secrets"]?.arrayValue ?? [] {
+            rows.append(["kubernetes://\(s["namespace"]?.stringValue ?? "?")/\(s["name"]?.stringValue ?? "?")", s["subject"]?.stringValue ?? "-",
+                         s["serial"]?.stringValue ?? "-", s["not_after"]?.stringValue ?? "-", "sha256 " + String((s["sha256"]?.stringValue ?? "-").prefix(16))])
+        }
         table(rows)
-        jsonParts.append("\"secrets\":" + render(certs))
+        jsonParts.append("\"certificates\":" + render(certs))
+        if let v = dump.value["secrets"] { jsonParts.append("\"secrets\":" + render(v)) }
     }
     if section == "authz" || section == "all" {
         if !out.isEmpty { out += "\n" }
@@ -125,8 +140,17 @@ func runProxyConfig(section: String?, target: String?, json: Bool, proxies: () -
         for p in b["authorization_policies"]?.arrayValue ?? [] {
             rows.append([p["name"]?.stringValue ?? "-", p["action"]?.stringValue ?? "-", String(p["rules"]?.arrayValue?.count ?? 0)])
         }
+        if let ports = b["peer_authentication"]?["port_modes"], case .object(let o) = ports, !o.isEmpty {
+            out += "per port: " + o.keys.sorted { (Int($0) ?? 0) < (Int($1) ?? 0) }.map { "\($0) \(o[$0]?.stringValue ?? "?")" }.joined(separator: ", ") + "\n"
+        }
+        for ra in b["request_authentications"]?.arrayValue ?? [] {
+            let issuers = (ra["jwt_rules"]?.arrayValue ?? []).map { r in
+                (r["issuer"]?.stringValue ?? "?") + (r["jwks_uri"]?.stringValue.map { " (keys from \($0))" } ?? " (inline keys)")
+            }
+            out += "JWT (RequestAuthentication \(ra["name"]?.stringValue ?? "?")): " + issuers.joined(separator: ", ") + "\n"
+        }
         if rows.count == 1 { out += "no AuthorizationPolicy selects this workload: every request allowed\n" } else { table(rows) }
-        for k in ["peer_authentication", "authorization_policies"] { if let v = b[k] { jsonParts.append("\"\(k)\":" + render(v)) } }
+        for k in ["peer_authentication", "request_authentications", "authorization_policies"] { if let v = b[k] { jsonParts.append("\"\(k)\":" + render(v)) } }
     }
     if json { print("{" + jsonParts.joined(separator: ",") + "}") } else { print(Printable.escaped(out, keepNewlines: true), terminator: "") }
     exit(0)

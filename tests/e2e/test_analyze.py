@@ -139,3 +139,60 @@ def test_analyze_with_meshds_registry_and_proxy_config(procs, tmp_path):
     assert full["authorization_policies"] == j["authorization_policies"]
     r = subprocess.run([str(MESHCTL), "proxy-config", "routez", f"127.0.0.1:{radmin}"], capture_output=True, text=True)
     assert r.returncode == 2 and "expected one of routes, clusters" in r.stderr
+
+
+def test_analyze_reads_gateway_bindings_and_new_match_fields(tmp_path):
+    d = tmp_path / "cfg"
+    d.mkdir()
+    (d / "vs.yaml").write_text("""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front}
+spec:
+  hosts: [shop.example]
+  gateways: [front-gw, mesh]
+  http:
+  - name: beta
+    match: [{queryParams: {beta: {exact: "1"}}}]
+    route:
+    - destination: {host: web}
+  - name: rest
+    route:
+    - destination: {host: web}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: other}
+spec:
+  hosts: [other.example]
+  gateways: [missing-gw]
+  http:
+  - route:
+    - destination: {host: web}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: front-gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*/shop.example"]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  selector: {matchLabels: {app: nothere}}
+  jwtRules:
+  - issuer: https://issuer.example
+    jwksUri: https://issuer.example/jwks
+""")
+    r = analyze("-f", d, "--service", "web.default", "-o", "json")
+    found = [(f["code"], f["resource"], f["message"]) for f in json.loads(r.stdout)]
+    # A route whose only condition is a query parameter does not hide the next one; the
+    # Gateway named and defined here is found, the one not defined is named; the
+    # RequestAuthentication's selector selects nothing known.
+    assert found == [
+        ("IST0101", "VirtualService default/other", "gateway \"missing-gw\" is not a Gateway in these files"),
+        ("MESH0003", "RequestAuthentication default/jwt", "spec.selector selects no workload known: the policy applies nowhere"),
+    ], found
