@@ -23,7 +23,9 @@ extension Exchange {
             return false
         }
         // 2. The route: the first of the VirtualService's http[] entries whose match holds.
-        let (ri, m) = s.route(vhost: v, HeadRequestView(head: r, servicePort: requestServicePort(r, hp)))
+        // On a gateway `match[].port` is the Gateway server's port the request came in on (Istio).
+        let gp = s.gateway == nil ? 0 : down?.gatewayPort ?? 0
+        let (ri, m) = s.route(vhost: v, HeadRequestView(head: r, servicePort: gp > 0 ? gp : requestServicePort(r, hp)))
         guard ri >= 0 else {
             worker.stats.inc(.noRoute)
             localReply(404, "no route matched this request", flag: .noRoute)
