@@ -11,8 +11,10 @@ import MeshTLS
 /// meshd's TLS secrets (DESIGN §15): refused input stores nothing; create/replace/unchanged and
 /// delete answer like apply and move the version only on a change; the file is 0600 and comes
 /// back after a restart; etcd keys are read back (and a damaged one refused by name); only a
-/// gateway whose Gateway names a secret in its own namespace is sent it, in the push's section,
-/// which a push without secrets does not have. Certificates: certs/make-tls-secret.py.
+/// gateway whose Gateway names a secret in its own namespace, and whose service account meshd
+/// grants (`--gateway-service-account`), is sent it, in the push's section, which a push without
+/// secrets does not have; malformed grants are refused by name. Certificates:
+/// certs/make-tls-secret.py.
 final class SecretStoreTests: XCTestCase {
     static let certs: String = {
         let dir = NSTemporaryDirectory() + "mesh-secret-store-tests-\(getpid())"
