@@ -72,7 +72,7 @@ let package = Package(
         // YAML 1.1 streams on libyaml: documents with styles, tags, anchors and byte-exact segments (kube-inject).
         .target(name: "MeshYAML", dependencies: ["CYAML"]),
         // meshctl kube-inject and kube-manifests (DESIGN §11): Kubernetes manifests through MeshYAML.
-        .target(name: "MeshKube", dependencies: ["MeshYAML", "MeshCore", "MeshCapture", "MeshAgent"]),
+        .target(name: "MeshKube", dependencies: ["MeshYAML", "MeshCore", "MeshCapture", "MeshAgent", "MeshConfig"]),
         .executableTarget(name: "meshctl", dependencies: ["MeshControlWire", "MeshControl", "MeshConfig", "MeshEtcd", "MeshPKI", "MeshCore", "MeshIO", "MeshCapture", "MeshKube"]),
         // Simulated sidecars for bench/push.sh: config streams on MeshIO event loops.
         .executableTarget(name: "push-load", dependencies: ["MeshAgent", "MeshControlWire", "MeshPKI", "MeshTLS", "MeshHTTP", "MeshIO", "MeshCore"],

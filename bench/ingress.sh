@@ -69,7 +69,7 @@ openssl x509 -req -in "$EDGE/server.csr" -CA "$EDGE/ca.pem" -CAkey "$EDGE/ca.key
 next_port; API=$PORT; next_port; MADMIN=$PORT
 mkdir -p "$OUT/meshd"
 start_proc meshd "$OUT/meshd/meshd.log" "$MESHD_BIN" --state-dir "$TMPD/meshd-state" --ca-dir "$PKI" \
-    --api-port "$API" --admin-port "$MADMIN"
+    --api-port "$API" --admin-port "$MADMIN" --gateway-service-account default/ingressgateway
 wait_http "http://127.0.0.1:$MADMIN/ready" 20 meshd
 ctl() { "$MESHCTL_BIN" --meshd "http://127.0.0.1:$MADMIN" --admin-token-file "$TMPD/meshd-state/admin-token" "$@"; }
 token() { ctl token create --namespace default --service-account "$1" --ttl 2h; }

@@ -118,6 +118,8 @@ public final class ConfigStore: @unchecked Sendable {
 
     /// The shared store of meshd replicas (nil: the state directory's files).
     let etcd: EtcdStateStore?
+    /// `meshd --gateway-service-account` grants, and what was withheld for want of one (GatewayGrants.swift).
+    let gatewayGrants = Locked(GatewayGrants())
 
     /// `etcd`: keep the state there instead of in `stateDir` (replicas, DESIGN §12).
     public convenience init(stateDir: String, trustDomain: String = "cluster.local", grace: Int64 = 30,

@@ -325,7 +325,7 @@ public final class MeshdServer: @unchecked Sendable {
             return ControlResponse(200, "config version \(v)\n\(me)\n" + store.proxies().map {
                 // "ACK": the config in force for its scope (a change its scope does not see is never sent).
                 let state = $0.nack.map { "NACK (\($0))" } ?? (store.isCurrent($0) ? "ACK" : $0.ackedVersion > 0 ? "ACK \($0.ackedVersion) (behind)" : "pending")
-                return "\($0.identity)\t\($0.node)\t\($0.connected ? "connected" : "disconnected")\tsent \($0.sentVersion)\tacked \($0.ackedVersion)\t\(state)\tadmin \($0.admin.isEmpty ? "-" : $0.admin)"
+                return "\($0.identity)\t\($0.node)\t\($0.connected ? "connected" : "disconnected")\tsent \($0.sentVersion)\tacked \($0.ackedVersion)\t\(state)\tadmin \($0.admin.isEmpty ? "-" : $0.admin)" + (store.withheldSecrets(identity: $0.identity, node: $0.node).map { "\t\($0)" } ?? "")
             }.joined(separator: "\n") + "\n")
         case ("POST", "/v1/ca/rotate"):
             let step = r.query["step"] ?? ""

@@ -94,18 +94,21 @@ extension ConfigStore {
     /// labels on its config requests, GatewayScope.swift): those named by `tls.credentialName`
     /// in the SIMPLE and MUTUAL servers of the Gateways whose `selector` matches its labels, each
     /// from the Gateway's own namespace (as Istio resolves it), and only of the gateway's own
-    /// namespace (its certificate's: labels are the proxy's word, its identity is not). The
-    /// digest then covers them, so a replaced secret is pushed again. A sidecar gets none.
-    /// `gateways`: the Gateways in force (nil: parsed from the stored documents with the
-    /// proxy's own parser).
+    /// namespace (its certificate's: labels are the proxy's word, its identity is not), and only
+    /// when its service account is granted that namespace's secrets (`meshd
+    /// --gateway-service-account NS/SA`, GatewayGrants.swift: any workload can claim a
+    /// gateway's labels, not its identity). The digest then covers them, so a replaced secret
+    /// is pushed again. A sidecar gets none. `gateways`: the Gateways in force (nil: parsed from
+    /// the stored documents with the proxy's own parser).
     func addSecrets(_ snap: inout ProxyConfigSnapshot, identity: String, node: String, gateways given: [IstioGateway]? = nil) {
         let (labels, docs, secrets) = state.withLock { s in (s.proxies["\(identity)|\(node)"]?.gatewayLabels, s.documents, s.secrets) }
-        guard let labels, !secrets.isEmpty, let ns = ProxyScope.namespace(ofIdentity: identity) else { return }
+        guard let labels, let ns = ProxyScope.namespace(ofIdentity: identity) else { return }
         let gateways = given ?? docs.values.filter { $0.kind == "Gateway" }.flatMap { d in
             (try? IstioTraffic.parse(d.text, file: d.key, defaultNamespace: d.namespace))?.gateways ?? []
         }
-        let mine = GatewaySecretSelection.ids(gateways: gateways, labels: labels).filter { $0.hasPrefix("\(ns)/") }
-            .sorted().compactMap { secrets[$0] }
+        let ids = GatewaySecretSelection.ids(gateways: gateways, labels: labels).filter { $0.hasPrefix("\(ns)/") }.sorted()
+        guard mayDeliverSecrets(identity: identity, node: node, namespace: ns, ids: ids) else { return }
+        let mine = ids.compactMap { secrets[$0] }
         guard !mine.isEmpty else { return }
         snap.secrets = mine
         snap.digest = MeshCrypto.digestHex(snap.digest + TLSSecrets.digestInput(mine))

@@ -14,6 +14,9 @@ public enum KubeManifests {
         public var rootCertPEM: String
         /// Namespaces whose pods are injected (each gets the `mesh-sidecar` ConfigMap).
         public var appNamespaces = ["default"]
+        /// `--gateway-service-account NS/SA` values passed on to meshd's args: the gateways whose
+        /// service accounts may be sent TLS secrets (GatewayServiceAccounts; none by default).
+        public var gatewayServiceAccounts: [String] = []
         public init(rootCertPEM: String) { self.rootCertPEM = rootCertPEM }
     }
 
@@ -46,6 +49,7 @@ public enum KubeManifests {
             throw KubeError(document: 0, line: 0, "--app-namespace: \"\(ns)\" is not a Kubernetes namespace name (lower-case letters, digits and '-', at most 63)")
         }
         if Set(o.appNamespaces).count != o.appNamespaces.count { throw KubeError(document: 0, line: 0, "--app-namespace: a namespace is given twice") }
+        try checkGatewayServiceAccounts(o.gatewayServiceAccounts)
         if o.image.isEmpty || o.image.contains(where: { $0 == " " || $0 == "\n" || $0 == "\t" }) {
             throw KubeError(document: 0, line: 0, "--image: expected an image reference, got \"\(o.image)\"")
         }
@@ -99,6 +103,7 @@ public enum KubeManifests {
         var args = ["--state-dir", "/var/lib/mesh/meshd", "--ca-dir", "/etc/mesh/ca", "--listen-address", "0.0.0.0",
                     "--admin-address", "$(POD_IP)", "--kube-api", "in-cluster"]
         if let s = o.store { args += ["--store", s, "--replica-id", "$(POD_NAME)"] }
+        for g in o.gatewayServiceAccounts { args += [gatewayServiceAccountFlag, g] }
         let env: YAMLNode = .sequence([
             .mapping([("name", .string("POD_NAME")), ("valueFrom", .mapping([("fieldRef", .mapping([("fieldPath", .string("metadata.name"))]))]))]),
             .mapping([("name", .string("POD_IP")), ("valueFrom", .mapping([("fieldRef", .mapping([("fieldPath", .string("status.podIP"))]))]))]),

@@ -35,7 +35,8 @@ let kubeManifestsUsage = """
 
     USAGE:
       meshctl kube-manifests --root-cert FILE [--replicas N] [--store etcd://HOST:PORT[,...]]
-                             [--image IMAGE] [--app-namespace NS]... [-o OUT.yaml]
+                             [--image IMAGE] [--app-namespace NS]... [--gateway-service-account NS/SA]...
+                             [-o OUT.yaml]
 
       --root-cert FILE     the plug-in CA's root-cert.pem (the CA itself goes in the mesh-ca Secret:
                            kubectl -n mesh-system create secret generic mesh-ca --from-file=DIR)
@@ -43,6 +44,9 @@ let kubeManifestsUsage = """
       --store etcd://...   the etcd cluster the replicas share (default: the file store on a volume)
       --app-namespace NS   a namespace whose pods are injected: gets the mesh-sidecar ConfigMap
                            (repeatable; default: default)
+      --gateway-service-account NS/SA
+                           passed to meshd: gateways with this service account may be sent the
+                           TLS secrets of NS (repeatable; none by default)
 
     Namespace mesh-system, ServiceAccount meshd, ClusterRole and binding for TokenReview, a
     PersistentVolumeClaim (file store), Deployment, Service (API 15012, admin 15014),
@@ -125,7 +129,7 @@ func runKubeInject(_ args: [String]) -> Never {
 
 /// `meshctl kube-manifests ...`; exits.
 func runKubeManifests(_ args: [String]) -> Never {
-    let specs: [Flags.Spec] = [.init("root-cert"), .init("replicas"), .init("store"), .init("image"), .init("app-namespace"),
+    let specs: [Flags.Spec] = [.init("root-cert"), .init("replicas"), .init("store"), .init("image"), .init("app-namespace"), .init("gateway-service-account"),
                                .init("o"), .init("output"), .init("help", value: false)]
     let flags: Flags
     do { flags = try Flags(args, specs: specs) } catch { kubeFail("\(error)") }
@@ -140,6 +144,7 @@ func runKubeManifests(_ args: [String]) -> Never {
     if let i = flags.string("image") { o.image = i }
     let ns = flags.all("app-namespace")
     if !ns.isEmpty { o.appNamespaces = ns }
+    o.gatewayServiceAccounts = flags.all("gateway-service-account")
     let text: String
     do { text = try KubeManifests.render(o) } catch { kubeFail("\(error)") }
     writeOutput(text, to: flags.string("o") ?? flags.string("output"))

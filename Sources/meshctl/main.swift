@@ -88,6 +88,7 @@ let usage = """
                             put the sidecar into Kubernetes workloads (meshctl kube-inject --help;
                             docs/kubernetes.md)
       kube-manifests --root-cert FILE [--replicas N] [--store etcd://...] [--app-namespace NS]...
+                     [--gateway-service-account NS/SA]...
                             what runs meshd in a Kubernetes cluster
       wait-ready [--admin-port 15000] [--timeout 120s]
                             wait until the local sidecar's /ready answers 200 (the injected

@@ -17,7 +17,7 @@ let usage = """
     USAGE:
       meshd --state-dir DIR [--store file|etcd://HOST:PORT[,HOST:PORT...]] [--api-port 15012] [--admin-port 15014] [--trust-domain cluster.local]
             [--cert-ttl 24h] [--ca-dir DIR] [--outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY] [--listen-address 127.0.0.1] [--admin-address 127.0.0.1]
-            [--max-stream-age 30m] [--api-loops 2] [--log-level info]
+            [--max-stream-age 30m] [--api-loops 2] [--log-level info] [--gateway-service-account NS/SA]...
             [--kube-api in-cluster|https://HOST:PORT [--kube-ca FILE] [--kube-token-file FILE] [--kube-audience mesh]]
 
     On first start meshd creates a root CA in the state directory (keys mode 0600) and writes
@@ -80,6 +80,12 @@ let usage = """
                              (default /var/run/secrets/kubernetes.io/serviceaccount/token); its
                              service account needs `create` on tokenreviews (authentication.k8s.io)
       --kube-audience AUD    the audience a workload's token must be issued for (default mesh)
+      --gateway-service-account NS/SA[,NS/SA...]
+                             gateway proxies (sidecar --gateway) with the service account SA of
+                             namespace NS may be sent the TLS secrets of NS that their Gateways
+                             name (repeatable; Istio's Role granting the gateway's service account
+                             get/list/watch on secrets in NS). None by default: a gateway whose
+                             service account is not granted gets no secret, and meshd says so
       --allow-insecure-skip-verify
                              accept DestinationRule tls.insecureSkipVerify: true (refused
                              otherwise: it turns off the server's verification)
@@ -103,6 +109,7 @@ let specs: [Flags.Spec] = [
     .init("max-stream-age"), .init("api-loops"),
     .init("kube-api"), .init("kube-ca"), .init("kube-token-file"), .init("kube-audience"),
     .init("allow-insecure-skip-verify", value: false),
+    .init("gateway-service-account"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
@@ -156,6 +163,9 @@ if let t = flags.string("max-stream-age") {
 let apiLoops: Int
 do { apiLoops = try flags.int("api-loops", min: 1, max: 64) ?? 2 } catch { fail("\(error)") }
 let trustDomain = flags.string("trust-domain") ?? "cluster.local"
+// Which gateways may be sent TLS secrets (DESIGN §15): none unless granted here.
+let gatewayAccounts: GatewayServiceAccounts
+do { gatewayAccounts = try GatewayServiceAccounts.parse(flags.all("gateway-service-account")) } catch { fail(error.description) }
 let policyText = flags.string("outbound-traffic-policy") ?? "ALLOW_ANY"
 guard let outboundPolicy = Bootstrap.OutboundTrafficPolicy(rawValue: policyText) else {
     fail("--outbound-traffic-policy: expected ALLOW_ANY or REGISTRY_ONLY, got \"\(policyText)\"")
@@ -250,6 +260,7 @@ do {
         server = try MeshdServer(ca: ca, addresses: [IPKind.host(apiAddress), IPKind.host(adminAddress)])
         server.store = try ConfigStore(stateDir: stateDir, trustDomain: trustDomain, grace: grace, outboundTrafficPolicy: outboundPolicy)
     }
+    server.store?.grantGatewayServiceAccounts(gatewayAccounts)
     try server.bind(api: apiAddress, admin: adminAddress, maxApplyBytes: maxApplyBytes, adminTLS: adminTLS,
                     apiHost: IPKind.of(apiAddress) == .wildcard ? nil : IPKind.host(apiAddress))
 } catch {

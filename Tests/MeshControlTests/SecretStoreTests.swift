@@ -11,8 +11,10 @@ import MeshTLS
 /// meshd's TLS secrets (DESIGN §15): refused input stores nothing; create/replace/unchanged and
 /// delete answer like apply and move the version only on a change; the file is 0600 and comes
 /// back after a restart; etcd keys are read back (and a damaged one refused by name); only a
-/// gateway whose Gateway names a secret in its own namespace is sent it, in the push's section,
-/// which a push without secrets does not have. Certificates: certs/make-tls-secret.py.
+/// gateway whose Gateway names a secret in its own namespace, and whose service account meshd
+/// grants (`--gateway-service-account`), is sent it, in the push's section, which a push without
+/// secrets does not have; malformed grants are refused by name. Certificates:
+/// certs/make-tls-secret.py.
 final class SecretStoreTests: XCTestCase {
     static let certs: String = {
         let dir = NSTemporaryDirectory() + "mesh-secret-store-tests-\(getpid())"
@@ -151,9 +153,11 @@ final class SecretStoreTests: XCTestCase {
     /// labels it names on its config requests (`seen`, as MeshdServer calls it).
     struct Proxy { var identity: String; var address: String; var labels: [(String, String)]? }
 
-    /// A store with two secrets and the proxies given, seen on their config streams.
-    func deliveryStore(_ proxies: [Proxy]) throws -> ConfigStore {
+    /// A store with two secrets and the proxies given, seen on their config streams; `grants`:
+    /// meshd's `--gateway-service-account` values.
+    func deliveryStore(_ proxies: [Proxy], grants: [String] = ["default/ingress", "prod/ingress3"]) throws -> ConfigStore {
         let store = try ConfigStore(stateDir: dir)
+        store.grantGatewayServiceAccounts(try GatewayServiceAccounts.parse(grants))
         _ = try store.putSecret(secret(), from: src)
         _ = try store.putSecret(secret("other-cert"), from: src)
         for p in proxies { store.seen(identity: p.identity, node: p.address, gateway: p.labels) }
@@ -203,10 +207,73 @@ final class SecretStoreTests: XCTestCase {
 
     func testAGatewayOfAnotherNamespaceNeverGetsTheSecret() throws {
         // Labels are the proxy's word: a gateway in prod with default's labels is selected by
-        // default/gw, and still gets nothing of namespace default.
+        // default/gw, and still gets nothing of namespace default, though prod/ingress is granted
+        // (prod's secrets, not default's).
         let intruder = workload("ingress", ns: "prod", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1005")
-        let store = try deliveryStore([intruder])
+        let store = try deliveryStore([intruder], grants: ["prod/ingress"])
         XCTAssertTrue(snapshot(store, intruder).secrets.isEmpty)
+    }
+
+    // MARK: grants (meshd --gateway-service-account)
+
+    func testAGatewayWithoutAGrantGetsNothingAndStatusSaysWhy() throws {
+        // No grant at all (meshd's default): the gateway of the right namespace and labels gets nothing.
+        let gw = workload("ingress", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1001")
+        let none = try deliveryStore([gw], grants: [])
+        XCTAssertTrue(snapshot(none, gw).secrets.isEmpty)
+        XCTAssertEqual(none.withheldSecrets(identity: gw.identity, node: gw.address),
+                       "TLS secrets withheld: default/ingress is not granted (--gateway-service-account default/ingress)")
+        try FileManager.default.removeItem(atPath: dir)
+        setUp()
+        // Another service account of the same namespace claiming the same labels, with
+        // default/ingress granted: nothing; the granted one gets the secret, and has no reason kept.
+        let other = workload("app", labels: [("istio", "ingressgateway")], gateway: true, address: "127.0.0.1:1006")
+        let store = try deliveryStore([gw, other], grants: ["default/ingress"])
+        XCTAssertTrue(snapshot(store, other).secrets.isEmpty)
+        XCTAssertEqual(store.withheldSecrets(identity: other.identity, node: other.address),
+                       "TLS secrets withheld: default/app is not granted (--gateway-service-account default/app)")
+        XCTAssertFalse(snapshot(store, other).text.contains("PRIVATE KEY"))
+        XCTAssertEqual(snapshot(store, gw).secrets.map(\.id), ["default/bookinfo-cert"])
+        XCTAssertNil(store.withheldSecrets(identity: gw.identity, node: gw.address))
+        // A gateway no Gateway selects is not reported (nothing is withheld from it).
+        let idle = workload("app", labels: [("istio", "egressgateway")], gateway: true, address: "127.0.0.1:1007")
+        store.seen(identity: idle.identity, node: idle.address, gateway: idle.labels)
+        XCTAssertTrue(snapshot(store, idle).secrets.isEmpty)
+        XCTAssertNil(store.withheldSecrets(identity: idle.identity, node: idle.address))
+    }
+
+    func testAGrantIsForOneNamespaceAndOneTrustDomain() throws {
+        // default/ingress granted; the same service-account name in another trust domain (not
+        // meshd's) and a grant of another namespace for the same name give nothing.
+        let foreign = Proxy(identity: "spiffe://other.domain/ns/default/sa/ingress", address: "127.0.0.1:1008", labels: [("istio", "ingressgateway")])
+        let store = try deliveryStore([foreign], grants: ["default/ingress"])
+        XCTAssertTrue(snapshot(store, foreign).secrets.isEmpty)
+        let a = try GatewayServiceAccounts.parse(["prod/ingress"])
+        XCTAssertFalse(a.grants(identity: "spiffe://cluster.local/ns/default/sa/ingress", namespace: "default", trustDomain: "cluster.local"))
+        XCTAssertTrue(a.grants(identity: "spiffe://cluster.local/ns/prod/sa/ingress", namespace: "prod", trustDomain: "cluster.local"))
+        XCTAssertFalse(a.grants(identity: "spiffe://cluster.local/ns/prod/sa/ingress/x", namespace: "prod", trustDomain: "cluster.local"))
+        XCTAssertFalse(a.grants(identity: "spiffe://cluster.local/ns/prod/sa/ingress", namespace: "prod", trustDomain: "cluster.loca"))
+    }
+
+    func testMalformedGrantsAreRefusedByName() throws {
+        let cases: [(String, String)] = [
+            ("ingressgateway", "--gateway-service-account \"ingressgateway\": expected NAMESPACE/SERVICE-ACCOUNT such as default/ingressgateway"),
+            ("default/gw/x", "--gateway-service-account \"default/gw/x\": expected NAMESPACE/SERVICE-ACCOUNT"),
+            ("", "--gateway-service-account \"\": expected NAMESPACE/SERVICE-ACCOUNT"),
+            ("default/gw,", "--gateway-service-account \"default/gw,\": expected NAMESPACE/SERVICE-ACCOUNT"),
+            ("Default/gw", "--gateway-service-account \"Default/gw\": \"Default\" is not a namespace name"),
+            ("*/gw", "--gateway-service-account \"*/gw\": \"*\" is not a namespace name"),
+            ("default/*", "--gateway-service-account \"default/*\": \"*\" is not a service-account name"),
+            ("default/", "--gateway-service-account \"default/\": \"\" is not a service-account name"),
+        ]
+        for (value, want) in cases {
+            XCTAssertThrowsError(try GatewayServiceAccounts.parse(["default/ok", value]), value) { e in
+                XCTAssertTrue("\(e)".hasPrefix(want), "\(value): \(e)")
+            }
+        }
+        let ok = try GatewayServiceAccounts.parse(["default/ingressgateway,prod/gw.v2", "prod/egress"])
+        XCTAssertEqual(ok.granted, ["default/ingressgateway", "prod/gw.v2", "prod/egress"])
+        XCTAssertEqual(try GatewayServiceAccounts.parse([]).granted, [])
     }
 
     func testReplacingTheSecretChangesTheGatewaysDigestOnly() throws {

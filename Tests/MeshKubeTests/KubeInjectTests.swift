@@ -165,6 +165,27 @@ final class KubeInjectTests: XCTestCase {
         XCTAssertNoThrow(try KubeManifests.render(o))
     }
 
+    func testManifestsPassGatewayGrantsToMeshdAndRefuseMalformedOnes() throws {
+        var o = KubeManifests.Options(rootCertPEM: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+        o.gatewayServiceAccounts = ["istio-ingress/ingressgateway", "bad"]
+        XCTAssertThrowsError(try KubeManifests.render(o)) {
+            XCTAssertTrue("\($0)".hasPrefix("--gateway-service-account \"bad\": expected NAMESPACE/SERVICE-ACCOUNT"), "\($0)")
+        }
+        func meshdArgs(_ text: String) throws -> [String] {
+            let docs = try YAML.parse(text).documents.compactMap(\.root)
+            let deploy = try XCTUnwrap(docs.first { $0["kind"]?.scalar == "Deployment" })
+            let c = try XCTUnwrap(deploy["spec"]?["template"]?["spec"]?["containers"]?.items?.first)
+            return c["args"]?.items?.compactMap(\.scalar) ?? []
+        }
+        // None by default: no grant in meshd's args.
+        o.gatewayServiceAccounts = []
+        XCTAssertFalse(try meshdArgs(try KubeManifests.render(o)).contains("--gateway-service-account"))
+        o.gatewayServiceAccounts = ["istio-ingress/ingressgateway", "shop/gw,shop/gw2"]
+        let args = try meshdArgs(try KubeManifests.render(o))
+        let given = args.indices.filter { args[$0] == "--gateway-service-account" }.map { args[$0 + 1] }
+        XCTAssertEqual(given, ["istio-ingress/ingressgateway", "shop/gw,shop/gw2"])
+    }
+
     func testHoldOffPutsTheProxyLastWithoutAHookAndIsRefusedForNative() throws {
         let text = pod.replacingOccurrences(of: "  labels:\n    app: web\n", with: """
               labels:

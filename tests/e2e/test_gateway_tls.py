@@ -6,7 +6,10 @@ to curl through the gateway to a mesh service; replacing the secret reaches new 
 serial) while a kept-alive connection keeps working; a MUTUAL server refuses a client without a
 certificate (or from another CA) and takes one with; the key is never in a /config_dump, in any
 file under the test's directories but the operator's own, or in the memory of a sidecar that is
-not a gateway; meshd restarted still has the secret (0600 on disk)."""
+not a gateway; meshd restarted still has the secret (0600 on disk). Only a gateway whose service
+account meshd grants (`--gateway-service-account NS/SA`) is sent a secret: another workload of the
+namespace claiming the same labels gets nothing (its port refuses, the key is not in its memory),
+meshd says why once and `meshctl status` shows it; a malformed grant stops meshd at start."""
 
 import http.client
 import json
@@ -18,11 +21,16 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, Meshd, curl, free_port, http_get, wait_until
+import pytest
+
+from conftest import MESHD, ROOT, SIDECAR, Meshd, curl, free_port, http_get, wait_ready, wait_until
 from test_gateway import apply, gateway_proxy
 from cryptography import x509
 
 NS = "default"
+# The grant for gateway_proxy's service account (default/ingressgateway): without it meshd sends
+# no gateway any secret.
+GRANT = ["--gateway-service-account", "default/ingressgateway"]
 
 
 def make_certs(tmp_path):
@@ -161,7 +169,7 @@ sys.stdout.buffer.write(b'tls-secret default bookinfo-cert %d %d 0\\n' % (len(c)
 
 
 def test_simple_gateway_serves_the_secret_rotates_and_survives_a_restart(procs, tmp_path):
-    m = Meshd(procs)
+    m = Meshd(procs, extra=GRANT)
     certs, serial1, serial2 = make_certs(tmp_path)
     app = procs.app("reviews")
     plain, plain_admin, _, _ = m.sidecar("reviews", "reviews", app_port=app)
@@ -257,7 +265,7 @@ def test_simple_gateway_serves_the_secret_rotates_and_survives_a_restart(procs, 
 
 
 def test_mutual_gateway_requires_a_client_certificate_from_the_ca(procs, tmp_path):
-    m = Meshd(procs)
+    m = Meshd(procs, extra=GRANT)
     certs, _, _ = make_certs(tmp_path)
     app = procs.app("reviews")
     m.sidecar("reviews", "reviews", app_port=app)
@@ -316,3 +324,74 @@ def test_secrets_on_the_etcd_store_are_shared_by_replicas(procs, pki, tmp_path):
     assert "secret/bookinfo-cert deleted" in r2.ctl("delete", "secret", "tls", "bookinfo-cert").stdout
     assert cluster.get("/mesh/config/secrets/default/bookinfo-cert") is None
     wait_until(lambda: r0.ctl("get", "secrets").stdout.splitlines()[1:] == [], timeout=10, what="r0 sees it gone")
+
+
+def test_a_gateway_whose_service_account_is_not_granted_gets_no_secret(procs, tmp_path):
+    """Labels are a claim: a second `sidecar --gateway` of namespace default, with a valid
+    identity (service account rogue) but no grant, claims istio=ingressgateway. meshd sends it no
+    secret: its HTTPS port (on 127.0.0.2) refuses the handshake naming the undelivered secret,
+    the key is not in its memory, meshd logs why once (naming the identity and the flag) and
+    `meshctl status` shows it; the granted gateway serves meanwhile, and after a rotation."""
+    m = Meshd(procs, extra=GRANT)
+    certs, serial1, serial2 = make_certs(tmp_path)
+    app = procs.app("reviews")
+    m.sidecar("reviews", "reviews", app_port=app)
+    gw, _ = gateway_proxy(m, procs)
+    admin, outbound = free_port(), free_port()
+    rogue = procs.start([SIDECAR, "--gateway", "--meshd", f"127.0.0.1:{m.api}", "--root-cert", m.root, "--token", m.token("rogue"),
+                         "--service", "rogue", "--label", "istio=ingressgateway", "--listen-address", "127.0.0.2",
+                         "--admin-port", admin, "--outbound-port", outbound, "--concurrency", "2"], "rogue")
+    wait_ready(rogue, admin, timeout=20)
+    port = free_port()
+    create(m, "bookinfo-cert", certs / "server.pem", certs / "server.key")
+    apply(m, tmp_path, "bookinfo", gateway_docs(port, "SIMPLE"))
+
+    wait_until(lambda: https(port, certs)[1] == 200, timeout=20, what="the granted gateway serving")
+    assert peer_serial(port, cafile=certs / "ca.pem") == serial1
+
+    refusal = f"connection on port {port} refused: no server certificate: secret default/bookinfo-cert (tls.credentialName) was not delivered by meshd"
+
+    def rogue_refuses():
+        """A handshake with the ungranted gateway fails, and it logged one more refusal."""
+        before = rogue.log_path.read_text().count(refusal)
+        r = curl("-s", "-o", "/dev/null", "--cacert", certs / "ca.pem", "--resolve", f"bookinfo.example:{port}:127.0.0.2",
+                 f"https://bookinfo.example:{port}/echo", timeout=20)
+        return r.returncode != 0 and wait_until(lambda: rogue.log_path.read_text().count(refusal) > before, timeout=2,
+                                                what="the refusal logged")
+    wait_until(rogue_refuses, timeout=20, what="the ungranted gateway's port refusing, naming the secret")
+    # A handshake of our own (not curl's): refused too (ssl.SSLError and resets are OSErrors).
+    with pytest.raises(OSError):
+        with socket.create_connection(("127.0.0.2", port), timeout=5) as s:
+            ssl.create_default_context(cafile=str(certs / "ca.pem")).wrap_socket(s, server_hostname="bookinfo.example").close()
+
+    # A rotation reaches the granted gateway, still not the other.
+    create(m, "bookinfo-cert", certs / "server2.pem", certs / "server2.key")
+    wait_until(lambda: peer_serial(port, cafile=certs / "ca.pem") == serial2, timeout=20, what="the rotation served")
+    wait_until(rogue_refuses, timeout=10, what="the ungranted gateway still refusing after the rotation")
+
+    needles = [key_der(certs / k) for k in ("server.key", "server2.key")]
+    needles += [n[::-1] for n in needles] + [key_body(certs / k).encode() for k in ("server.key", "server2.key")]
+    assert not any(memory_holds(rogue.pid, n) for n in needles)
+    assert any(memory_holds(gw.pid, n) for n in needles[:4])  # the check can tell
+    assert "secrets" not in json.loads(http_get(f"http://127.0.0.1:{admin}/config_dump")[1])
+
+    # meshd said why, once for that proxy (two versions were pushed since), naming identity and flag.
+    log = m.proc.log_path.read_text()
+    said = [l for l in log.splitlines() if "the gateway spiffe://cluster.local/ns/default/sa/rogue at " in l]
+    assert len(said) == 1 and "start meshd with --gateway-service-account default/rogue" in said[0], said
+    assert "sa/ingressgateway at " not in log
+    status = m.ctl("status").stdout
+    line = next(l for l in status.splitlines() if l.startswith("spiffe://cluster.local/ns/default/sa/rogue\t"))
+    assert line.endswith("\tTLS secrets withheld: default/rogue is not granted (--gateway-service-account default/rogue)"), line
+    granted = next(l for l in status.splitlines() if l.startswith("spiffe://cluster.local/ns/default/sa/ingressgateway\t"))
+    assert "withheld" not in granted
+    assert rogue.poll() is None and gw.poll() is None
+
+
+def test_meshd_refuses_a_malformed_grant_at_start(procs, tmp_path):
+    for value, want in (("ingressgateway", 'meshd: error: --gateway-service-account "ingressgateway": expected NAMESPACE/SERVICE-ACCOUNT'),
+                        ("default/ok,Prod/gw", 'meshd: error: --gateway-service-account "default/ok,Prod/gw": "Prod" is not a namespace name')):
+        p = procs.start([MESHD, "--state-dir", tmp_path / "st", "--api-port", free_port(), "--admin-port", free_port(),
+                         "--gateway-service-account", "default/ingressgateway", "--gateway-service-account", value], "meshd-bad")
+        assert p.wait(timeout=20) == 2
+        assert want in p.log_path.read_text(), p.log_path.read_text()
