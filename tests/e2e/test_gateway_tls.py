@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import MESHD, ROOT, SIDECAR, Meshd, curl, free_port, http_get, wait_ready, wait_until
+from conftest import MESHCTL, MESHD, ROOT, SIDECAR, Meshd, curl, free_port, http_get, wait_ready, wait_until
 from test_gateway import apply, gateway_proxy
 from cryptography import x509
 
@@ -189,6 +189,18 @@ def test_simple_gateway_serves_the_secret_rotates_and_survives_a_restart(procs, 
     body = wait_until(served, timeout=20, what="SIMPLE gateway serving bookinfo.example")
     assert json.loads(body)["name"] == "reviews"
     assert peer_serial(port, cafile=certs / "ca.pem") == serial1
+    # meshctl proxy-config: the gateway's server (serving, with its credential) and the secret's
+    # name and subject, never its key.
+    def pc(section):
+        r = subprocess.run([str(MESHCTL), "proxy-config", section, f"127.0.0.1:{gw_admin}"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    listeners = pc("listeners").splitlines()
+    assert any(l.split()[:3] == ["gateway", "default/bookinfo-gw", f":{port}"] and l.endswith("HTTPS */bookinfo.example, tls SIMPLE (bookinfo-cert), serving")
+               for l in listeners), listeners
+    secrets = pc("secrets")
+    assert any(l.split()[:2] == ["kubernetes://default/bookinfo-cert", "CN=bookinfo.example"] for l in secrets.splitlines()), secrets
+    assert key_body(certs / "server.key") not in secrets + pc("all")
     # HTTP/2 by ALPN, and HTTP/1.1 when the client offers only that.
     for flag, want in (("--http2", "2"), ("--http1.1", "1.1")):
         r = curl("-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", flag, "--cacert", certs / "ca.pem",
