@@ -32,6 +32,8 @@ public final class Worker: @unchecked Sendable {
     /// The current routing state as the admin thread may read it.
     let publishedRouting = Mutex<RoutingState?>(nil)
     var rng = FastRandom()
+    /// The endpoints a consistent-hash pick has looked at, one bit each (Balancing/), reused.
+    var lbVisited: [UInt64] = []
     /// Reused for building heads and chunk framing.
     let scratch = ByteBuffer(capacity: 8 * 1024)
     /// Token verification state (RequestAuthentication, `JWTVerifier.swift`).
