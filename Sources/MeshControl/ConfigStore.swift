@@ -423,6 +423,7 @@ public final class ConfigStore: @unchecked Sendable {
             throw ConfigStore.locate(error, in: ConfigStore.renderDocuments(next.order.compactMap { next.documents[$0] }).placed)
         }
         try ConfigStore.check(next, trustDomain: trustDomain)
+        if !delete { ConfigStore.warnPlaintextKeySets(incoming) }
         if etcd != nil {
             guard let v = try commit(current, next, conflictAt: &conflictAt) else { return nil }
             let files = Set(inputs.map(\.file)).sorted().joined(separator: ", ")
