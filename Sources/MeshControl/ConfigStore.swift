@@ -426,6 +426,7 @@ public final class ConfigStore: @unchecked Sendable {
         }
         try ConfigStore.check(next, trustDomain: trustDomain)
         if !delete { try ConfigStore.checkAppliedPolicies(next, incoming: incoming) }
+        if !delete { ConfigStore.warnPlaintextKeySets(incoming) }
         if etcd != nil {
             guard let v = try commit(current, next, conflictAt: &conflictAt) else { return nil }
             let files = Set(inputs.map(\.file)).sorted().joined(separator: ", ")

@@ -155,9 +155,8 @@ public final class Worker: @unchecked Sendable {
         let passthrough = inbound ? snap.capture?.inboundPassthroughPort(fd) : nil
         if inbound {
             guard let ctx = snap.serverTLS else { Glibc.close(fd); return }
-            var mode = snap.inboundMode
-            if let p = passthrough, let m = snap.inboundPortModes.first(where: { $0.port == p }) { mode = m.mode }
-            switch mode {
+            // Another port's connection never takes the app port's portLevelMtls override.
+            switch snap.inboundMode(passthrough: passthrough) {
             case .strict: tls = TLSSession(context: ctx)
             case .permissive: tls = PermissiveSecurity(tls: TLSSession(context: ctx))
             case .disable: tls = PermissiveSecurity(tls: nil)
