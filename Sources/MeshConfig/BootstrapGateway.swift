@@ -21,13 +21,19 @@ extension Bootstrap {
             traffic.virtualServices = bound
             return
         }
+        try refuseGatewayPolicies(file: file)
         let keys = traffic.gatewayKeys(selecting: workload.labels)
         traffic.gateways = traffic.gateways.filter { keys.contains("\($0.namespace)/\($0.name)") }
         // Servers of several Gateways on one port of this proxy must agree, as within one Gateway.
-        var seen: [Int: (gateway: String, server: IstioGateway.Server)] = [:]
+        var seen: [Int: (gateway: String, namespace: String, server: IstioGateway.Server)] = [:]
         for g in traffic.gateways {
             for (si, s) in g.servers.enumerated() {
-                guard let (other, o) = seen[s.port] else { seen[s.port] = ("\(g.namespace)/\(g.name)", s); continue }
+                guard let (other, ons, o) = seen[s.port] else { seen[s.port] = ("\(g.namespace)/\(g.name)", g.namespace, s); continue }
+                // A credentialName is a secret of its Gateway's namespace: one port serves one.
+                if let c = s.tls?.credentialName, c == o.tls?.credentialName, ons != g.namespace {
+                    throw ConfigError(file: file, path: "Gateway \(g.namespace)/\(g.name): spec.servers[\(si)].tls.credentialName",
+                                      message: "port \(s.port) is already served by Gateway \(other) with credential \(ons)/\(c), this server's is \(g.namespace)/\(c) (a secret of each Gateway's namespace) on the gateways both select; servers sharing a port must share one certificate")
+                }
                 if o.proto != s.proto || o.tls?.mode != s.tls?.mode || o.tls?.httpsRedirect != s.tls?.httpsRedirect
                     || o.tls?.credentialName != s.tls?.credentialName {
                     throw ConfigError(file: file, path: "Gateway \(g.namespace)/\(g.name): spec.servers[\(si)].port.number",

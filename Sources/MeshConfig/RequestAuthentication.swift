@@ -1,4 +1,5 @@
 import MeshCore
+import Synchronization
 
 /// Istio's `security.istio.io/v1` RequestAuthentication: which JWTs a workload accepts
 /// (`selector.matchLabels`, `jwtRules[]`). As in Istio, a request with a token that fails every
@@ -157,5 +158,29 @@ public struct JWKSLocation: Sendable, Equatable {
         }
         rest = ""
         guard !host.isEmpty, !host.contains("@"), host.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else { return nil }
+    }
+}
+
+extension RequestAuthentication {
+    /// One warning per `jwksUri` given as plain http://: Istio allows it, and so does this mesh,
+    /// but anyone on the path to that server can hand the sidecar keys of their own and so
+    /// forge tokens the policy accepts. Logged when the policy is compiled (sidecar) and applied
+    /// (meshd), never per request.
+    public var plaintextKeySetWarnings: [String] {
+        jwtRules.enumerated().compactMap { i, r in
+            guard let u = r.jwksUri, u.hasPrefix("http://") else { return nil }
+            return "RequestAuthentication \(namespace)/\(name): spec.jwtRules[\(i)].jwksUri \(u) is plain http://: "
+                + "anyone on the path to it can substitute keys and forge tokens this policy accepts; use https://"
+        }
+    }
+
+    private static let warned = Mutex<Set<String>>([])
+
+    /// Logs `plaintextKeySetWarnings` of `policies`, each once in this process (a sidecar
+    /// compiles its policies again on every config push and key-set change).
+    public static func warnPlaintextKeySets(_ policies: [RequestAuthentication]) {
+        for p in policies {
+            for w in p.plaintextKeySetWarnings where warned.withLock({ $0.insert(w).inserted }) { Log.warn("config", w) }
+        }
     }
 }

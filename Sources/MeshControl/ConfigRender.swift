@@ -20,6 +20,7 @@ extension ConfigStore {
             throw locate(error, in: stored.placed)
         }
         try checkSidecarSelection(s, cfg: cfg, placed: stored.placed)
+        try checkGatewayPolicies(s, cfg: cfg, placed: stored.placed)
         let base = RenderBase(s, trustDomain: trustDomain, parsed: cfg)
         // Every namespace a sidecar is known in: registered workloads, and connected callers
         // (spiffe://TD/ns/NS/sa/SA), which register nothing.

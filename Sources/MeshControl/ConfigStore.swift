@@ -425,6 +425,8 @@ public final class ConfigStore: @unchecked Sendable {
             throw ConfigStore.locate(error, in: ConfigStore.renderDocuments(next.order.compactMap { next.documents[$0] }).placed)
         }
         try ConfigStore.check(next, trustDomain: trustDomain)
+        if !delete { try ConfigStore.checkAppliedPolicies(next, incoming: incoming) }
+        if !delete { ConfigStore.warnPlaintextKeySets(incoming) }
         if etcd != nil {
             guard let v = try commit(current, next, conflictAt: &conflictAt) else { return nil }
             let files = Set(inputs.map(\.file)).sorted().joined(separator: ", ")
@@ -579,8 +581,10 @@ public final class ConfigStore: @unchecked Sendable {
     /// sidecars sharing an identity (its registered address, or its own id for a caller-only one).
     /// `digest`: the config the sidecar says it has (its last answered one); taken as its ACKed
     /// config when this meshd sent it nothing yet (after a restart, or from another replica).
+    /// `request`: a config request, whose `gateway` labels (nil: not a gateway) replace the
+    /// entry's, so a later sidecar with the same identity and node is not scoped as a gateway.
     public func seen(identity: String, node: String, admin: String = "", digest: String = "", nacked: Bool = false,
-                     gateway: [(String, String)]? = nil) {
+                     gateway: [(String, String)]? = nil, request: Bool = true) {
         let now = MeshCrypto.now()
         state.withLock { s in
             let k = "\(identity)|\(node)"
@@ -589,7 +593,7 @@ public final class ConfigStore: @unchecked Sendable {
             s.proxies[k]!.connected = true
             s.proxies[k]!.lastSeen = now
             if !admin.isEmpty { s.proxies[k]!.admin = admin }
-            if let g = gateway { s.proxies[k]!.gatewayLabels = g }
+            if request { s.proxies[k]!.gatewayLabels = gateway }
             if !digest.isEmpty && s.proxies[k]!.sentDigest.isEmpty { s.proxies[k]!.ackedDigest = digest }
             if nacked && s.proxies[k]!.sentDigest.isEmpty && s.proxies[k]!.nack == nil {
                 s.proxies[k]!.nack = "the config it has was refused (NACKed) where it was sent: at another replica or before meshd restarted"

@@ -61,6 +61,15 @@ extension ConfigStore {
             case "Gateway": return keys.contains("\(d.namespace)/\(d.name)")
             case "VirtualService": return bound.contains("\(d.namespace)/\(d.name)")
             case "DestinationRule": return drKeys["\(d.namespace)/\(d.name)"].map { clusterKeys.contains($0) } ?? false
+            case LocalRateLimit.kind:
+                // With the VirtualService it limits, as a sidecar gets it (ProxyConfigScope.swift).
+                let vs = b.cfg.localRateLimits.first { $0.namespace == d.namespace && $0.name == d.name }?.virtualService
+                return vs.map { bound.contains("\(d.namespace)/\($0)") } ?? false
+            case "AuthorizationPolicy", "RequestAuthentication":
+                // Not enforced on gateways: one selecting this gateway is sent so that it refuses
+                // (NACKs) the config, naming the policy (GatewayPolicies.swift).
+                return GatewayPolicies.selects(b.cfg, kind: d.kind, namespace: d.namespace, name: d.name,
+                                               gatewayNamespace: scope.namespace, labels: GatewayScope.labels(of: scope))
             default: return false
             }
         }
@@ -72,16 +81,14 @@ extension ConfigStore {
     }
 
     /// Every Gateway's scope (a gateway proxy carrying exactly its selector's labels, in its
-    /// namespace) and the scope of every gateway proxy meshd knows (its labels may select several
-    /// Gateways at once) must render to a config that gateway accepts: checked with its own code.
+    /// namespace) must render to a config that gateway accepts: checked with its own code. A
+    /// connected gateway proxy whose labels combine Gateways that clash is not checked here (its
+    /// labels would let it block every apply): it refuses (NACKs) its push and keeps the config
+    /// in force, as any proxy does.
     static func checkGatewayScopes(_ base: RenderBase) throws(ConfigError) {
         var checked = Set<String>()
-        var scopes: [(namespace: String, labels: [(String, String)], what: String)] = base.cfg.gateways.map {
+        let scopes: [(namespace: String, labels: [(String, String)], what: String)] = base.cfg.gateways.map {
             ($0.namespace, $0.selector, "gateway \($0.namespace)/\($0.name)")
-        }
-        for p in base.state.proxies.values.sorted(by: { $0.identity + $0.node < $1.identity + $1.node }) {
-            guard let labels = p.gatewayLabels, let ns = ProxyScope.namespace(ofIdentity: p.identity) else { continue }
-            scopes.append((ns, labels, "the gateway \(p.identity) at \(p.node)"))
         }
         for g in scopes {
             let scope = GatewayScope.scope(namespace: g.namespace, labels: g.labels)

@@ -236,7 +236,7 @@ public final class MeshdServer: @unchecked Sendable {
         // that comes from a replica further ahead waits here until this one has caught up,
         // rather than being sent an older config.
         if replica != nil && snap.version < w.version && store.shouldWait(forVersion: w.version) { return nil }
-        store.seen(identity: w.identity, node: w.node)
+        store.seen(identity: w.identity, node: w.node, request: false)
         let nonce = store.sent(identity: w.identity, node: w.node, version: snap.version, digest: snap.digest)
         // The whole text, or a delta against the text the sidecar holds where that is cheaper.
         return ControlResponse(200, store.scoped.deltas.body(snap, nonce: nonce, base: w.base), contentType: ConfigStream.Push.contentType)

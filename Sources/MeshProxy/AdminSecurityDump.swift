@@ -22,6 +22,8 @@ extension AdminServer {
         func blocks(_ name: String, _ values: [AuthzCIDR]) { list(name, values.map(\.text)) }
         j.beginObject("peer_authentication")
         j.string("mode", snapshot.inboundMode.rawValue)
+        // Other captured ports with no port_modes entry of their own take this, never `mode`'s override.
+        j.string("workload_mode", snapshot.workloadMode.rawValue)
         if !snapshot.inboundPortModes.isEmpty {
             j.beginObject("port_modes")
             for pm in snapshot.inboundPortModes { j.string(String(pm.port), pm.mode.rawValue) }

@@ -11,7 +11,7 @@ extension AuthzTable {
 
     /// What a request offers conditions beyond the caller's principal, method, path and port:
     /// the verified JWT of this request (its claims and `iss/sub`, in the worker's
-    /// `JWTScratch`), and the request head (`request.headers[...]`). Empty for TCP.
+    /// `JWTScratch`), and the request head (`request.headers[...]`: forwarded fields only). Empty for TCP.
     struct RequestAttributes {
         var jwt: JWTScratch? = nil
         var head: MessageHead? = nil
@@ -77,8 +77,21 @@ extension AuthzTable {
             case .sourcePrincipal: if pl > 0 { test(pp, pl) } else { present = false }
             case .sourceNamespace: if namespace.1 > 0 { test(namespace.0, namespace.1) } else { present = false }
             case .header(let name):
-                let found: Bool? = a.head.flatMap { h in name.withUnsafeBufferPointer { nb in h.withValue(nb.baseAddress!, nb.count) { p, n in test(p, n); return true } } }
-                present = found ?? false
+                // The first field of that name the app is sent: fields not forwarded (a caller's
+                // copy of a RequestAuthentication output header, a token removed) are not read,
+                // so a condition sees the mesh-set value or nothing, never a forged one.
+                present = false
+                if let h = a.head {
+                    let b = UnsafePointer(h.bytes.base)
+                    name.withUnsafeBufferPointer { nb in
+                        for f in h.fields where f.forwarded && Int(f.name.length) == nb.count
+                            && ASCII.equalsLowerBytes(b + Int(f.name.start), nb.count, nb.baseAddress!) {
+                            test(b + Int(f.value.start), Int(f.value.length))
+                            present = true
+                            break
+                        }
+                    }
+                }
             case .requestPrincipal:
                 if let j = a.jwt, j.claims != nil { test(UnsafePointer(j.principal.readPointer), j.principal.readableBytes) } else { present = false }
             case .claim, .audiences, .presenter:

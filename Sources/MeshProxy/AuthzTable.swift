@@ -38,8 +38,12 @@ struct AuthzTable: Sendable {
         var principals: [Pattern], notPrincipals: [Pattern], namespaces: [Pattern]
         var notNamespaces: [Pattern] = [], requestPrincipals: [Pattern] = [], notRequestPrincipals: [Pattern] = []
         var ipBlocks: [AuthzCIDR] = [], notIpBlocks: [AuthzCIDR] = []
+        /// `remoteIpBlocks` / `notRemoteIpBlocks`: checked against the same address (no trusted
+        /// proxies in front of a sidecar), but as fields of their own: every list present must
+        /// hold (Istio ANDs the fields of a source).
+        var remoteIpBlocks: [AuthzCIDR] = [], notRemoteIpBlocks: [AuthzCIDR] = []
         /// Any of the four address lists is set: the caller's address is needed.
-        var needsAddress: Bool { !ipBlocks.isEmpty || !notIpBlocks.isEmpty }
+        var needsAddress: Bool { !ipBlocks.isEmpty || !notIpBlocks.isEmpty || !remoteIpBlocks.isEmpty || !notRemoteIpBlocks.isEmpty }
     }
     struct Operation: Sendable {
         var paths: [Pattern], notPaths: [Pattern], methods: [Pattern], notMethods: [Pattern]
@@ -71,8 +75,8 @@ struct AuthzTable: Sendable {
                 Rule(from: r.from.map { Source(principals: p($0.principals), notPrincipals: p($0.notPrincipals), namespaces: p($0.namespaces),
                                                notNamespaces: p($0.notNamespaces), requestPrincipals: p($0.requestPrincipals),
                                                notRequestPrincipals: p($0.notRequestPrincipals),
-                                               // remoteIpBlocks: the same address (no trusted proxies in front of a sidecar).
-                                               ipBlocks: $0.ipBlocks + $0.remoteIpBlocks, notIpBlocks: $0.notIpBlocks + $0.notRemoteIpBlocks) },
+                                               ipBlocks: $0.ipBlocks, notIpBlocks: $0.notIpBlocks,
+                                               remoteIpBlocks: $0.remoteIpBlocks, notRemoteIpBlocks: $0.notRemoteIpBlocks) },
                      to: r.to.map { Operation(paths: p($0.paths), notPaths: p($0.notPaths), methods: p($0.methods), notMethods: p($0.notMethods),
                                               ports: $0.ports, notPorts: $0.notPorts) },
                      when: r.when.map(Condition.init))
@@ -148,6 +152,8 @@ struct AuthzTable: Sendable {
                 let a = attrs.source
                 if !s.ipBlocks.isEmpty && !(a.map { ip in s.ipBlocks.contains { $0.contains(ip) } } ?? false) { return false }
                 if let ip = a, s.notIpBlocks.contains(where: { $0.contains(ip) }) { return false }
+                if !s.remoteIpBlocks.isEmpty && !(a.map { ip in s.remoteIpBlocks.contains { $0.contains(ip) } } ?? false) { return false }
+                if let ip = a, s.notRemoteIpBlocks.contains(where: { $0.contains(ip) }) { return false }
             }
             if !s.requestPrincipals.isEmpty || !s.notRequestPrincipals.isEmpty {
                 // A TCP connection has no request principal (Istio: an HTTP-only field, which an

@@ -30,6 +30,26 @@ public final class JWKSFetcher: @unchecked Sendable {
     private var latest: ProxySnapshot?
     private var started = false
     let refreshSeconds: UInt64
+    /// When the snapshot may be compiled again after a failed compile (run's thread only).
+    private var backoff = RecompileBackoff()
+
+    /// A failed recompile (a certificate file gone, say) is tried again after 1 s, then 2 s,
+    /// 4 s ... at most 30 s apart, not every pass of the loop; a success starts over. It holds
+    /// back only these recompiles: DNS changes and config pushes compile on their own (and a
+    /// snapshot they put in force carries the key sets too).
+    struct RecompileBackoff {
+        static let first: UInt64 = 1_000_000_000
+        static let limit: UInt64 = 30_000_000_000
+        private(set) var delay: UInt64 = 0
+        private(set) var notBefore: UInt64 = 0
+
+        func due(_ now: UInt64) -> Bool { now >= notBefore }
+        mutating func failed(_ now: UInt64) {
+            delay = delay == 0 ? Self.first : min(delay * 2, Self.limit)
+            notBefore = now + delay
+        }
+        mutating func succeeded() { delay = 0; notBefore = 0 }
+    }
 
     init() {
         if let v = getenv("MESH_JWKS_REFRESH_SECONDS"), let n = UInt64(String(cString: v)), n > 0 { refreshSeconds = n } else { refreshSeconds = 300 }
@@ -86,18 +106,23 @@ public final class JWKSFetcher: @unchecked Sendable {
             lock.lock()
             let stale = (latest?.jwt).map { !$0.uris.isEmpty && $0.generation != generation } ?? false
             lock.unlock()
-            if changed || stale { recompile() }
+            if (changed || stale) && backoff.due(now) {
+                if recompile() { backoff.succeeded() } else {
+                    backoff.failed(Clock.monotonicNanos())
+                    Log.warn("jwks", "compiling the config with new key sets failed: next try in \(backoff.delay / 1_000_000_000) s")
+                }
+            }
             usleep(500_000)
         }
     }
 
     /// The snapshot in force compiled again with the key sets now cached (through the server,
     /// under the lock every snapshot goes out under).
-    private func recompile() {
+    private func recompile() -> Bool {
         lock.lock()
         let srv = server
         lock.unlock()
-        srv?.keysChanged()
+        return srv?.keysChanged() ?? true
     }
 
     /// Why a fetch failed, for the log.

@@ -43,6 +43,8 @@ final class JWTTable: @unchecked Sendable {
           fetched: (sets: [String: JSONWebKeySet], generation: Int) = ([:], 0)) {
         let mine = policies.filter { $0.selects(namespace: namespace, labels: labels) }
         if mine.isEmpty { return nil }
+        // A plain http:// jwksUri: warned once per process, at compile time, never per request.
+        RequestAuthentication.warnPlaintextKeySets(mine)
         var rules: [Rule] = []
         var outs: [[UInt8]] = []
         var uris: [String] = []

@@ -9,8 +9,9 @@ import Synchronization
 ///
 /// Fills are counted, not timed: the first request to see that the clock has passed fill `k`
 /// moves `fills` to `k` with a compare-and-swap and adds the tokens of the fills it claimed, so
-/// each fill is credited exactly once whichever worker sees it first. Built with the snapshot
-/// (a new config starts a full bucket, as Envoy's filter does when its config changes).
+/// each fill is credited exactly once whichever worker sees it first. Kept across snapshot
+/// rebuilds by `RateLimiterRegistry` (DNS re-resolution, JWKS and certificate changes must not
+/// refill it); a changed bucket config starts a full bucket, as Envoy's filter does.
 final class LocalRateLimiter: Sendable {
     let maxTokens: Int64
     let tokensPerFill: Int64
@@ -79,11 +80,60 @@ extension Exchange {
     }
 }
 
+/// The buckets in force, so a snapshot compiled again (new DNS addresses, JWKS key sets,
+/// certificates, an unrelated config change) takes over the buckets of the one before instead of
+/// starting full ones, each of which would let up to `maxTokens` extra requests through. A bucket
+/// is keyed by the sidecar's workload, the LocalRateLimit, the VirtualService route and the bucket
+/// config (a changed config starts a new, full bucket, as Envoy does). Entries are weak: a bucket
+/// lives while a snapshot uses it, so a limit removed and added again later starts full.
+/// Control path only (snapshot compilation); the request path never consults it.
+final class RateLimiterRegistry: Sendable {
+    static let shared = RateLimiterRegistry()
+
+    struct Key: Hashable {
+        /// `<workload namespace>/<workload name>/<bootstrap name>`: proxies sharing one process
+        /// (tests) keep apart.
+        let workload: String
+        /// `<namespace>/<name>` of the LocalRateLimit.
+        let limit: String
+        /// `<namespace>/<route label>` of the VirtualService route.
+        let route: String
+        let maxTokens: Int
+        let tokensPerFill: Int
+        let fillInterval: UInt64
+    }
+    private struct Entry { weak var limiter: LocalRateLimiter? }
+    private let entries = Mutex<[Key: Entry]>([:])
+
+    /// The bucket in force for `key`, or a new full one started at `now`.
+    func limiter(_ key: Key, _ bucket: LocalRateLimit.TokenBucket, now: UInt64) -> LocalRateLimiter {
+        entries.withLock { e in
+            if let l = e[key]?.limiter { return l }
+            // Buckets no snapshot uses any more go (at most once per new bucket).
+            e = e.filter { $0.value.limiter != nil }
+            let l = LocalRateLimiter(bucket, now: now)
+            e[key] = Entry(limiter: l)
+            return l
+        }
+    }
+
+    /// Buckets still in use (tests).
+    var count: Int { entries.withLock { $0.values.filter { $0.limiter != nil }.count } }
+}
+
 extension TrafficCompiler {
-    /// The buckets of the LocalRateLimits that apply to route `h` of `vs` in this sidecar (its
-    /// workload selected), each new and full.
-    static func rateLimiters(_ b: Bootstrap, _ vs: IstioTraffic.VirtualService, _ h: IstioTraffic.HTTPRoute) -> [LocalRateLimiter] {
+    /// The buckets of the LocalRateLimits that apply to route `label` (`h`) of `vs` in this
+    /// sidecar (its workload selected): those of the snapshot before when their config is the
+    /// same, new and full otherwise.
+    static func rateLimiters(_ b: Bootstrap, _ vs: IstioTraffic.VirtualService, _ label: String, _ h: IstioTraffic.HTTPRoute,
+                             now: UInt64 = Clock.monotonicNanos()) -> [LocalRateLimiter] {
         b.traffic.localRateLimits.filter { $0.applies(to: vs, routeName: h.name) && $0.selects(labels: b.workload.labels) }
-            .map { LocalRateLimiter($0.tokenBucket, now: Clock.monotonicNanos()) }
+            .map { l in
+                let t = l.tokenBucket
+                let key = RateLimiterRegistry.Key(workload: "\(b.workload.namespace)/\(b.workload.name)/\(b.name)", limit: "\(l.namespace)/\(l.name)",
+                                                  route: "\(vs.namespace)/\(label)", maxTokens: t.maxTokens,
+                                                  tokensPerFill: t.tokensPerFill, fillInterval: t.fillInterval)
+                return RateLimiterRegistry.shared.limiter(key, t, now: now)
+            }
     }
 }

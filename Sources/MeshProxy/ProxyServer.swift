@@ -170,7 +170,8 @@ public final class ProxyServer: @unchecked Sendable {
 
     /// JWKS key sets changed (JWKSFetcher's thread): the config in force compiled again with
     /// them, under the same lock as every other snapshot, so it never replaces a newer config.
-    func keysChanged() { refresher.recompile(server: self) { post($0) } }
+    /// False when the compile failed (the fetcher backs off, `JWKSFetcher.RecompileBackoff`).
+    func keysChanged() -> Bool { refresher.recompile(server: self) { post($0) } }
 
     /// One snapshot to every worker, the admin and DNS ports (`replace`, under the refresher's
     /// lock); the JWKS fetcher learns the URIs of the snapshot in force.

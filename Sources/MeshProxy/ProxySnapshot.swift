@@ -188,11 +188,44 @@ public final class ProxySnapshot: Sendable {
     let authz: AuthzTable?
     /// RequestAuthentications selecting this workload (inbound), nil when none does.
     let jwt: JWTTable?
-    /// PeerAuthentication for the inbound listener (STRICT unless a policy says otherwise).
+    /// PeerAuthentication for the inbound listener's app port (STRICT unless a policy says
+    /// otherwise): the app port's `portLevelMtls` entry when it has one, else `workloadMode`.
     let inboundMode: PeerAuthentication.Mode
+    /// The workload's mode without any port's override: what a captured port with no
+    /// `portLevelMtls` entry of its own gets (never the app port's override).
+    let workloadMode: PeerAuthentication.Mode
     /// `portLevelMtls` of the policy selecting this workload: other workload ports' modes (a
     /// captured connection passed through to another port of this host is judged by its port's).
     let inboundPortModes: [(port: Int, mode: PeerAuthentication.Mode)]
+
+    /// The mode an inbound connection is judged by: the app port's (`passthrough` nil), or the
+    /// port a captured connection is passed through to: its own `portLevelMtls` entry, else the
+    /// workload's mode.
+    @inline(__always) func inboundMode(passthrough: Int?) -> PeerAuthentication.Mode {
+        ProxySnapshot.inboundMode(passthrough: passthrough, app: inboundMode, workload: workloadMode, ports: inboundPortModes)
+    }
+
+    @inline(__always) static func inboundMode(passthrough: Int?, app: PeerAuthentication.Mode, workload: PeerAuthentication.Mode,
+                                              ports: [(port: Int, mode: PeerAuthentication.Mode)]) -> PeerAuthentication.Mode {
+        guard let p = passthrough else { return app }
+        for e in ports where e.port == p { return e.mode }
+        return workload
+    }
+
+    /// The PeerAuthentication modes of a bootstrap's workload: on the app port (Istio's
+    /// portLevelMtls keys are target ports: the app's), without any port's override, and per port.
+    static func peerModes(_ b: Bootstrap) -> (app: PeerAuthentication.Mode, workload: PeerAuthentication.Mode,
+                                              ports: [(port: Int, mode: PeerAuthentication.Mode)]) {
+        let ns = b.workload.namespace, labels = b.workload.labels, pas = b.traffic.peerAuthentications
+        return (PeerAuthentication.mode(for: ns, labels: labels, port: Int(b.inbound?.appAddress?.port ?? 0), in: pas),
+                PeerAuthentication.mode(for: ns, labels: labels, in: pas),
+                PeerAuthentication.portModes(for: ns, labels: labels, in: pas))
+    }
+
+    /// `inboundServicePort`: the app's port, else the service port, else 0.
+    static func authorizationPort(_ b: Bootstrap) -> Int {
+        b.inbound.flatMap { $0.appAddress.map { Int($0.port) } ?? $0.servicePort } ?? 0
+    }
     public let hosts: HostTable
     /// TCP services by host: `tcpHosts` maps a host to an index into `tcpServices`, the service's
     /// TCP routes in order (first match on the service port wins).
@@ -201,7 +234,10 @@ public final class ProxySnapshot: Sendable {
     public let tcpRoutes: [TCPRoute]
     /// The inbound app speaks opaque TCP (`appProtocol: TCP` / `--app-protocol tcp`).
     public let inboundTCP: Bool
-    /// The service port of this workload (AuthorizationPolicy `ports`), 0 when there is no app.
+    /// The port AuthorizationPolicy `operation.ports`/`notPorts` and `destination.port` match on
+    /// inbound: the workload's (target) port, the app's (`appAddress`, `--app-port`), as in Istio
+    /// and as `portLevelMtls` is keyed, not the service port callers dial (`servicePort`, only
+    /// when there is no app address); 0 when neither is known. (The name is kept for the callers.)
     public let inboundServicePort: Int
     public let outbound: ListenerSettings?
     public let inbound: ListenerSettings?
@@ -254,16 +290,13 @@ public final class ProxySnapshot: Sendable {
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
         self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels,
                             fetched: b.traffic.requestAuthentications.isEmpty ? ([:], 0) : JWKSFetcher.shared.current())
-        // The workload port is the app's (Istio's portLevelMtls keys are target ports).
-        self.inboundMode = PeerAuthentication.mode(for: b.workload.namespace, labels: b.workload.labels,
-                                                   port: Int(b.inbound?.appAddress?.port ?? 0), in: b.traffic.peerAuthentications)
-        self.inboundPortModes = PeerAuthentication.portModes(for: b.workload.namespace, labels: b.workload.labels, in: b.traffic.peerAuthentications)
+        (self.inboundMode, self.workloadMode, self.inboundPortModes) = ProxySnapshot.peerModes(b)
         self.hosts = HostTable(compiled.hostEntries)
         self.tcpHosts = HostTable(compiled.tcpHostEntries)
         self.tcpServices = compiled.tcpServices
         self.tcpRoutes = compiled.tcpRoutes
         self.inboundTCP = b.inbound?.appTCP ?? false
-        self.inboundServicePort = b.inbound.flatMap { $0.servicePort ?? $0.appAddress.map { Int($0.port) } } ?? 0
+        self.inboundServicePort = ProxySnapshot.authorizationPort(b)
         let clusters = compiled.clusters
         self.outbound = b.outbound.map { ListenerSettings(address: $0.address, headerTimeout: $0.headerTimeout, idleTimeout: $0.idleTimeout,
                                                                       streamIdleTimeout: $0.streamIdleTimeout, maxConnections: $0.maxConnections) }

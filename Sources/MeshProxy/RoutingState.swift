@@ -18,6 +18,8 @@ final class RoutingState {
     private var targetRR: [Int] = []
     /// Round-robin position per route target and locality level (targets with a `balancing`).
     var balancingRR: [[Int]] = []
+    /// Slots the last consistent-hash pick looked at (tests).
+    var hashWalkSteps = 0
     /// A newer state took over: connections finishing here close instead of going idle.
     private(set) var retired = false
     /// The next state took over these very pools (same clusters and endpoints).

@@ -32,6 +32,8 @@ public final class Worker: @unchecked Sendable {
     /// The current routing state as the admin thread may read it.
     let publishedRouting = Mutex<RoutingState?>(nil)
     var rng = FastRandom()
+    /// The endpoints a consistent-hash pick has looked at, one bit each (Balancing/), reused.
+    var lbVisited: [UInt64] = []
     /// Reused for building heads and chunk framing.
     let scratch = ByteBuffer(capacity: 8 * 1024)
     /// Token verification state (RequestAuthentication, `JWTVerifier.swift`).
@@ -153,9 +155,8 @@ public final class Worker: @unchecked Sendable {
         let passthrough = inbound ? snap.capture?.inboundPassthroughPort(fd) : nil
         if inbound {
             guard let ctx = snap.serverTLS else { Glibc.close(fd); return }
-            var mode = snap.inboundMode
-            if let p = passthrough, let m = snap.inboundPortModes.first(where: { $0.port == p }) { mode = m.mode }
-            switch mode {
+            // Another port's connection never takes the app port's portLevelMtls override.
+            switch snap.inboundMode(passthrough: passthrough) {
             case .strict: tls = TLSSession(context: ctx)
             case .permissive: tls = PermissiveSecurity(tls: TLSSession(context: ctx))
             case .disable: tls = PermissiveSecurity(tls: nil)

@@ -332,5 +332,33 @@ extension IstioGatewayTests {
                 """
             XCTAssertEqual(refusal(withGateway), "s.yaml: Gateway default/gw: spec.servers[0].tls.mode: mode \(mode) in a static file: not supported yet (its credentialName secret comes from meshd: run the gateway with --meshd and meshctl create secret tls)")
         }
+        // AuthorizationPolicy and RequestAuthentication are not enforced on a gateway: one that
+        // selects it (by labels, or namespace-wide) is refused; one for other workloads is not.
+        let deny = """
+
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: deny-admin}
+            spec:
+              selector: {matchLabels: {istio: ingressgateway}}
+              action: DENY
+              rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+            """
+        XCTAssertEqual(refusal(base + deny), "s.yaml: AuthorizationPolicy default/deny-admin: spec.selector: selects this gateway proxy (namespace default): policies on gateways are not supported yet (a gateway proxy runs neither AuthorizationPolicy nor RequestAuthentication checks; select only sidecar workloads)")
+        XCTAssertTrue(refusal(base + deny.replacingOccurrences(of: "  selector: {matchLabels: {istio: ingressgateway}}\n", with: ""))
+                        .hasPrefix("s.yaml: AuthorizationPolicy default/deny-admin: metadata.namespace: selects this gateway proxy"))
+        XCTAssertNoThrow(try Bootstrap.parse(base + deny.replacingOccurrences(of: "istio: ingressgateway", with: "app: web"), file: "s.yaml"))
+        let jwt = """
+
+            ---
+            apiVersion: security.istio.io/v1
+            kind: RequestAuthentication
+            metadata: {name: jwt}
+            spec:
+              selector: {matchLabels: {istio: ingressgateway}}
+              jwtRules: [{issuer: "https://issuer.example", jwksUri: "https://issuer.example/jwks"}]
+            """
+        XCTAssertTrue(refusal(base + jwt).hasPrefix("s.yaml: RequestAuthentication default/jwt: spec.selector: selects this gateway proxy"), refusal(base + jwt))
     }
 }

@@ -85,3 +85,19 @@ final class RequestAuthenticationTests: XCTestCase {
         XCTAssertEqual(PeerAuthentication.portModes(for: "default", labels: [("app", "a")], in: pa).map { $0.port }, [8080])
     }
 }
+
+extension RequestAuthenticationTests {
+    /// Review fix 6: a plain http:// jwksUri is accepted (Istio allows it) but warned about,
+    /// naming the policy and the rule; https:// and inline keys are not.
+    func testPlainHTTPKeySetIsWarnedAbout() throws {
+        let cfg = try parse("RequestAuthentication", "  jwtRules:\n  - {issuer: a, jwksUri: \"https://idp/k\"}\n  - {issuer: b, jwksUri: \"http://idp:8080/k\"}\n  - {issuer: c, jwks: \(jwks)}\n")
+        let p = try XCTUnwrap(cfg.requestAuthentications.first)
+        XCTAssertEqual(p.jwtRules[1].jwksUri, "http://idp:8080/k", "accepted")
+        XCTAssertEqual(p.plaintextKeySetWarnings.count, 1)
+        let w = try XCTUnwrap(p.plaintextKeySetWarnings.first)
+        XCTAssertTrue(w.hasPrefix("RequestAuthentication default/p: spec.jwtRules[1].jwksUri http://idp:8080/k is plain http://"), w)
+        XCTAssertTrue(w.contains("substitute keys"), w)
+        let safe = try parse("RequestAuthentication", "  jwtRules:\n  - {issuer: a, jwksUri: \"https://idp/k\"}\n")
+        XCTAssertEqual(safe.requestAuthentications.first?.plaintextKeySetWarnings, [])
+    }
+}

@@ -123,12 +123,12 @@ final class GatewayScopeTests: XCTestCase {
         XCTAssertEqual(store.version, v)
     }
 
-    /// A connected gateway whose labels select two Gateways that disagree on a port: meshd
-    /// refuses the second (each Gateway alone would pass).
-    func testAConnectedGatewaysLabelsAreCheckedToo() throws {
+    /// A connected gateway whose labels select two Gateways that disagree on a port does not
+    /// block applies (each Gateway alone passes): its push is one it refuses (NACK), and the
+    /// config it has stays in force there.
+    func testAConnectedGatewaysClashingLabelsGetANackNotARefusedApply() throws {
         let store = try mesh()
         store.seen(identity: id("default", "ingressgateway"), node: "127.0.0.1:1", gateway: [("istio", "ingressgateway"), ("team", "a")])
-        let v = store.version
         let other = """
             apiVersion: networking.istio.io/v1
             kind: Gateway
@@ -139,15 +139,120 @@ final class GatewayScopeTests: XCTestCase {
               - port: {number: 8080, name: tcp, protocol: TCP}
                 hosts: ["*"]
             """
-        XCTAssertThrowsError(try store.apply(input(other, "team.yaml"))) { e in
-            XCTAssertEqual("\(e)", "team.yaml:7: document 1: Gateway default/team-a: spec.servers[0].port.number: port 8080 is already served by Gateway default/web-gw with other settings (protocol HTTP, tls mode none) on the gateways both select; servers sharing a port must agree on protocol and tls")
+        XCTAssertNoThrow(try store.apply(input(other, "team.yaml")))
+        // Later applies are not blocked either.
+        XCTAssertNoThrow(try store.apply(input(Self.docs.replacingOccurrences(of: "hosts: [ratings]", with: "hosts: [ratings, ratings.default]"))))
+        let text = store.proxyConfig(identity: id("default", "ingressgateway"), node: "127.0.0.1:1").text
+        XCTAssertThrowsError(try applied(text, gateway: [("istio", "ingressgateway"), ("team", "a")])) { e in
+            XCTAssertTrue("\(e)".contains("port 8080 is already served by Gateway default/web-gw with other settings"), "\(e)")
+        }
+    }
+
+    /// The gateway labels of a proxy entry follow its latest config request: a later sidecar
+    /// with the same identity and node that claims none is no gateway (no Gateways, no keys).
+    func testGatewayLabelsClearedByARequestWithout() throws {
+        let store = try mesh()
+        store.seen(identity: id("default", "ingressgateway"), node: "127.0.0.1:1", gateway: [("istio", "ingressgateway")])
+        XCTAssertTrue(store.proxyConfig(identity: id("default", "ingressgateway"), node: "127.0.0.1:1").text.contains("kind: Gateway"))
+        // A push marks it seen without a request: the labels stay.
+        store.seen(identity: id("default", "ingressgateway"), node: "127.0.0.1:1", request: false)
+        XCTAssertTrue(store.proxyConfig(identity: id("default", "ingressgateway"), node: "127.0.0.1:1").text.contains("kind: Gateway"))
+        store.seen(identity: id("default", "ingressgateway"), node: "127.0.0.1:1")
+        let key = "\(id("default", "ingressgateway"))|127.0.0.1:1"
+        XCTAssertNil(store.currentState().proxies[key]?.gatewayLabels)
+        let text = store.proxyConfig(identity: id("default", "ingressgateway"), node: "127.0.0.1:1").text
+        XCTAssertFalse(text.contains("kind: Gateway"))
+        XCTAssertNoThrow(try applied(text, gateway: nil))
+    }
+
+    /// A LocalRateLimit on a gateway-bound VirtualService reaches the gateway with it.
+    func testALocalRateLimitOnAGatewayVirtualServiceReachesTheGateway() throws {
+        let store = try mesh()
+        _ = try store.apply(input("""
+            apiVersion: mesh.io/v1alpha1
+            kind: LocalRateLimit
+            metadata: {name: front-limit}
+            spec:
+              virtualService: front
+              tokenBucket: {maxTokens: 1, tokensPerFill: 1, fillInterval: 60s}
+            """))
+        store.seen(identity: id("default", "ingressgateway"), node: "127.0.0.1:1", gateway: [("istio", "ingressgateway")])
+        let gw = try applied(store.proxyConfig(identity: id("default", "ingressgateway"), node: "127.0.0.1:1").text, gateway: [("istio", "ingressgateway")])
+        XCTAssertEqual(gw.traffic.localRateLimits.map(\.name), ["front-limit"])
+        XCTAssertTrue(gw.traffic.localRateLimits.first?.applies(to: gw.traffic.virtualServices[0], routeName: nil) == true)
+        // Sidecars do not get it (its VirtualService is the gateway's alone).
+        XCTAssertFalse(store.proxyConfig(identity: id("default", "web"), node: "127.0.0.1:3").text.contains("front-limit"))
+    }
+
+    static func policy(_ kind: String, _ name: String, selector: String) -> String {
+        kind == "AuthorizationPolicy" ? """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: \(name)}
+            spec:
+              selector: {matchLabels: {\(selector)}}
+              action: DENY
+              rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+            """ : """
+            apiVersion: security.istio.io/v1
+            kind: RequestAuthentication
+            metadata: {name: \(name)}
+            spec:
+              selector: {matchLabels: {\(selector)}}
+              jwtRules: [{issuer: "https://issuer.example", jwksUri: "https://issuer.example/jwks"}]
+            """
+    }
+
+    /// Policies are not enforced on gateways: one whose selector matches a Gateway's selector
+    /// or a known gateway proxy's labels is refused, naming file, line and field; one already
+    /// in force that a gateway connecting later matches is refused by that gateway (NACK).
+    func testPoliciesSelectingAGatewayAreRefused() throws {
+        let store = try mesh()
+        let v = store.version
+        for kind in ["AuthorizationPolicy", "RequestAuthentication"] {
+            XCTAssertThrowsError(try store.apply(input(Self.policy(kind, "gw-policy", selector: "istio: ingressgateway"), "p.yaml"))) { e in
+                XCTAssertEqual("\(e)", "p.yaml:5: document 1: \(kind) default/gw-policy: spec.selector: selects the gateway proxies Gateway default/web-gw selects: policies on gateways are not supported yet (a gateway proxy runs neither AuthorizationPolicy nor RequestAuthentication checks; select only sidecar workloads)")
+            }
         }
         XCTAssertEqual(store.version, v)
-        // Without that gateway connected, the same document is fine.
-        mkdir(dir + "-alone", 0o700)
-        let alone = try ConfigStore(stateDir: dir + "-alone")
-        defer { _ = system("rm -rf '\(dir)-alone'") }
-        _ = try alone.apply(input(Self.docs))
-        XCTAssertNoThrow(try alone.apply(input(other, "team.yaml")))
+        // Selecting a sidecar workload is fine.
+        XCTAssertNoThrow(try store.apply(input(Self.policy("AuthorizationPolicy", "app-policy", selector: "app: reviews"), "ok.yaml")))
+        // A policy in force whose selector a gateway proxy connecting later claims: its push is
+        // one it refuses by name, and applies are not blocked.
+        XCTAssertNoThrow(try store.apply(input(Self.policy("AuthorizationPolicy", "team-policy", selector: "team: a"), "team.yaml")))
+        store.seen(identity: id("default", "ingressgateway"), node: "127.0.0.1:1", gateway: [("istio", "ingressgateway"), ("team", "a")])
+        let text = store.proxyConfig(identity: id("default", "ingressgateway"), node: "127.0.0.1:1").text
+        XCTAssertThrowsError(try applied(text, gateway: [("istio", "ingressgateway"), ("team", "a")])) { e in
+            XCTAssertTrue("\(e)".contains("AuthorizationPolicy default/team-policy: spec.selector: selects this gateway proxy (namespace default): policies on gateways are not supported yet"), "\(e)")
+        }
+        XCTAssertNoThrow(try store.apply(input(Self.docs)))
+        // Applying one whose selector that connected gateway proxy's labels match is refused.
+        XCTAssertThrowsError(try store.apply(input(Self.policy("RequestAuthentication", "team-jwt", selector: "team: a"), "jwt.yaml"))) { e in
+            XCTAssertTrue("\(e)".hasPrefix("jwt.yaml:5: document 1: RequestAuthentication default/team-jwt: spec.selector: selects the gateway proxy \(id("default", "ingressgateway")) at 127.0.0.1:1: policies on gateways are not supported yet"), "\(e)")
+        }
+    }
+
+    /// Gateways of two namespaces sharing a port name secrets of their own namespaces: one
+    /// port serves one certificate, so the second is refused, naming both.
+    func testOnePortTwoNamespacesCredentialsRefused() throws {
+        let store = try mesh()
+        func gw(_ ns: String) -> String {
+            """
+            apiVersion: networking.istio.io/v1
+            kind: Gateway
+            metadata: {name: tls-gw, namespace: \(ns)}
+            spec:
+              selector: {istio: ingressgateway}
+              servers:
+              - port: {number: 8443, name: https, protocol: HTTPS}
+                hosts: ["*/tls.example"]
+                tls: {mode: SIMPLE, credentialName: web-cert}
+            """
+        }
+        XCTAssertNoThrow(try store.apply(input(gw("team-a"), "a.yaml")))
+        XCTAssertThrowsError(try store.apply(input(gw("team-b"), "b.yaml"))) { e in
+            XCTAssertTrue("\(e)".contains("spec.servers[0].tls.credentialName: port 8443 is already served by Gateway team-"), "\(e)")
+            XCTAssertTrue("\(e)".contains("team-a/web-cert") && "\(e)".contains("team-b/web-cert"), "\(e)")
+        }
     }
 }

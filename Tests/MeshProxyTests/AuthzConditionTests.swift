@@ -123,3 +123,50 @@ extension AuthzConditionTests {
         XCTAssertTrue(decide(td), "on HTTP, no token: the DENY rule does not match")
     }
 }
+
+extension AuthzConditionTests {
+    /// A `request.headers[...]` condition reads only fields the app is sent: a caller's copy of
+    /// a RequestAuthentication output header (marked not forwarded) is never matched, the
+    /// mesh-set value after it is (review fix 2).
+    func testHeaderConditionsSkipFieldsNotForwarded() throws {
+        let cfg = try parse("  rules:\n  - when: [{key: \"request.headers[x-jwt-group]\", values: [admin]}]\n")
+        let t = try XCTUnwrap(AuthzTable(cfg.authorizationPolicies, namespace: "default", labels: []))
+        func allows(_ fields: [(String, String, Bool)]) -> Bool {
+            let head = MessageHead()
+            for (n, v, fwd) in fields {
+                head.addField(Array(n.utf8), Array(v.utf8))
+                if !fwd { head.drop(head.fields.count - 1) }
+            }
+            let a = Array("spiffe://cluster.local/ns/shop/sa/web".utf8), m = Array("GET".utf8), p = Array("/".utf8)
+            return a.withUnsafeBufferPointer { ap in m.withUnsafeBufferPointer { mp in p.withUnsafeBufferPointer { pp in
+                t.allows(principal: ap.baseAddress!, ap.count, method: mp.baseAddress!, mp.count, path: pp.baseAddress!, pp.count,
+                         port: 8080, attrs: AuthzTable.RequestAttributes(jwt: nil, head: head, source: nil))
+            } } }
+        }
+        XCTAssertFalse(allows([("x-jwt-group", "admin", false)]), "a forged output header (not forwarded) is not read")
+        XCTAssertFalse(allows([("x-jwt-group", "admin", false), ("x-jwt-group", "user", true)]), "the mesh-set value counts")
+        XCTAssertTrue(allows([("x-jwt-group", "user", false), ("x-jwt-group", "admin", true)]))
+        XCTAssertTrue(allows([("X-JWT-Group", "admin", true)]))
+    }
+
+    /// `ipBlocks` and `remoteIpBlocks` are separate fields of a source: both present must match
+    /// (Istio ANDs them), likewise `notIpBlocks` and `notRemoteIpBlocks` each exclude (review fix 4).
+    func testIpBlocksAndRemoteIpBlocksAreBothRequired() throws {
+        let cfg = try parse("  rules:\n  - from: [{source: {ipBlocks: [\"10.0.0.0/8\"], remoteIpBlocks: [\"192.168.0.0/16\"]}}]\n")
+        let t = try XCTUnwrap(AuthzTable(cfg.authorizationPolicies, namespace: "default", labels: []))
+        XCTAssertTrue(t.needsAddress)
+        let ten = IPEndpoint(ipv4: 0x0A_01_00_01, port: 1), lan = IPEndpoint(ipv4: 0xC0_A8_00_01, port: 1)
+        XCTAssertFalse(decide(t, source: ten), "in ipBlocks, not in remoteIpBlocks")
+        XCTAssertFalse(decide(t, source: lan), "in remoteIpBlocks, not in ipBlocks")
+        let both = try parse("  rules:\n  - from: [{source: {ipBlocks: [\"10.0.0.0/8\"], remoteIpBlocks: [\"10.1.0.0/16\"]}}]\n")
+        let tb = try XCTUnwrap(AuthzTable(both.authorizationPolicies, namespace: "default", labels: []))
+        XCTAssertTrue(decide(tb, source: ten), "in both")
+        XCTAssertFalse(decide(tb, source: IPEndpoint(ipv4: 0x0A_02_00_01, port: 1)), "in ipBlocks only")
+        let remoteOnly = try parse("  rules:\n  - from: [{source: {remoteIpBlocks: [\"10.0.0.0/8\"], notRemoteIpBlocks: [\"10.9.0.0/16\"]}}]\n")
+        let tr = try XCTUnwrap(AuthzTable(remoteOnly.authorizationPolicies, namespace: "default", labels: []))
+        XCTAssertTrue(tr.needsAddress)
+        XCTAssertTrue(decide(tr, source: ten))
+        XCTAssertFalse(decide(tr, source: IPEndpoint(ipv4: 0x0A_09_00_01, port: 1)), "notRemoteIpBlocks")
+        XCTAssertFalse(decide(tr, source: nil), "an unknown address is in no block")
+    }
+}

@@ -136,6 +136,21 @@ final class RoutingMoreTests: XCTestCase {
         XCTAssertEqual(label(s, Req()), "fallback", "plaintext requests are http, so scheme https does not match")
     }
 
+    /// The pipeline's view of a request: `https` when it came over TLS (a gateway's
+    /// TLS-terminating port), `http` on the plaintext outbound listener.
+    func testSchemeIsHTTPSOverATerminatingPort() throws {
+        let s = try snapshot()
+        let host = Array("reviews".utf8)
+        let v = host.withUnsafeBufferPointer { s.hosts.lookup($0.baseAddress!, $0.count) }
+        func routed(_ view: HeadRequestView) -> String {
+            let (ri, _) = s.route(vhost: v, view)
+            return ri < 0 ? "none" : String(s.routes[ri].label.split(separator: ".").last!)
+        }
+        XCTAssertEqual(routed(HeadRequestView(head: MessageHead(), servicePort: 0, https: true)), "scheme")
+        XCTAssertEqual(routed(HeadRequestView(head: MessageHead(), servicePort: 0, https: false)), "fallback")
+        XCTAssertEqual(HeadRequestView(head: MessageHead(), https: true).withScheme { String(decoding: UnsafeBufferPointer(start: $0, count: $1), as: UTF8.self) }, "https")
+    }
+
     func testWithoutHeadersIsEnvoysInvertedMatch() throws {
         let s = try snapshot()
         XCTAssertEqual(label(s, Req(path: "/w", headers: [("x-skip", "0")])), "without")

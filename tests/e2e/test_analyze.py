@@ -134,7 +134,7 @@ def test_analyze_with_meshds_registry_and_proxy_config(procs, tmp_path):
     j = json.loads(pc("authz", f"127.0.0.1:{radmin}", "-o", "json"))
     pol = j["authorization_policies"][0]
     assert pol["name"] == "default/reviews-only-get" and pol["action"] == "ALLOW" and pol["rules"][0]["to"][0]["methods"] == ["GET"]
-    assert j["peer_authentication"]["mode"] == "STRICT"
+    assert j["peer_authentication"]["mode"] == "STRICT" and j["peer_authentication"]["workload_mode"] == "STRICT"
     full = json.loads(pc("all", f"127.0.0.1:{radmin}", "-o", "json"))
     assert full["authorization_policies"] == j["authorization_policies"]
     r = subprocess.run([str(MESHCTL), "proxy-config", "routez", f"127.0.0.1:{radmin}"], capture_output=True, text=True)

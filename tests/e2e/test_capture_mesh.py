@@ -419,6 +419,35 @@ def test_inbound_capture_port_level_mtls_on_a_passthrough_port(cm):
         other.kill()
 
 
+def test_inbound_capture_app_port_override_does_not_open_other_ports(cm):
+    """Review fix 1: the workload STRICT with portLevelMtls {9080: DISABLE} (the app's port):
+    plaintext from host C reaches the app's port 9080, and is still refused on port 9090, which
+    has no entry of its own (the workload's STRICT, never the app port's DISABLE)."""
+    h = cm.h
+    other = h.popen(B, [sys.executable, ROOT / "tools" / "upstream.py", "--port", 9090, "--name", "other", "--bind", "0.0.0.0"], "app-other")
+    wait_until(lambda: h.run(B, ["curl", "-s", "http://127.0.0.1:9090/"]).returncode == 0, what="second server on B")
+    policy = cm.tmp / "app-port-disable.yaml"
+    policy.write_text(textwrap.dedent("""
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: reviews-app-port, namespace: default}
+        spec:
+          selector: {matchLabels: {app: reviews}}
+          mtls: {mode: STRICT}
+          portLevelMtls:
+            9080: {mode: DISABLE}
+    """))
+    assert cm.ctl("apply", "-f", policy).returncode == 0
+    try:
+        app_url, other_url = f"http://{h.addr4(B)}:9080/echo", f"http://{h.addr4(B)}:9090/echo"
+        wait_until(lambda: h.run(C, ["curl", "-sS", "--max-time", "5", app_url]).returncode == 0, timeout=20,
+                   what="DISABLE on the app port pushed to reviews")
+        assert h.run(C, ["curl", "-sS", "--max-time", "5", other_url]).returncode != 0, "9090 stays STRICT"
+    finally:
+        assert cm.ctl("delete", "-f", policy).returncode == 0
+        other.kill()
+
+
 BANNER_SERVER = textwrap.dedent("""
     import socket, threading
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -350,6 +350,9 @@ spec:
   hosts: [gw.mesh.internal]
   gateways: [mesh-gw]
   http:
+  - match: [{{scheme: {{exact: https}}}}]
+    route: [{{destination: {{host: reviews}}}}]
+    headers: {{request: {{set: {{x-scheme: https}}}}}}
   - route: [{{destination: {{host: reviews}}}}]
 """
     apply(m, tmp_path, "mesh-gw", docs)
@@ -361,6 +364,8 @@ spec:
     echo = json.loads(body.split("\r\n\r\n", 1)[1])
     assert echo["name"] == "reviews"
     assert "URI=spiffe://cluster.local/ns/default/sa/ingressgateway" in echo["headers"]["x-forwarded-client-cert"][0]
+    # The request came over the gateway's TLS: `scheme` matches https there.
+    assert echo["headers"].get("x-scheme") == ["https"], echo["headers"]
     # Without a mesh client certificate the handshake is refused.
     r = curl("-k", "--resolve", f"gw.mesh.internal:{port}:127.0.0.1", f"https://gw.mesh.internal:{port}/echo", timeout=20)
     assert r.returncode != 0
@@ -431,3 +436,61 @@ spec:
     r = subprocess.run([str(SIDECAR), "--config", str(bad), "--check"], capture_output=True, text=True, timeout=20)
     assert r.returncode != 0
     assert "Gateway default/edge: a Gateway configures gateway proxies (sidecar --gateway)" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_gateway_rate_limit_and_policies_refused(procs, tmp_path):
+    """A LocalRateLimit on a gateway-bound VirtualService limits at the gateway (429 RL, the app
+    not reached); an AuthorizationPolicy or RequestAuthentication selecting the gateway is
+    refused at apply by name (policies are not enforced on gateways), the rest stays served."""
+    m = Meshd(procs)
+    app = procs.app("reviews")
+    m.sidecar("reviews", "reviews", app_port=app)
+    gw, gw_admin = gateway_proxy(m, procs)
+    port = free_port()
+    apply(m, tmp_path, "gw", f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web-gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [bookinfo.example]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: front}}
+spec:
+  hosts: [bookinfo.example]
+  gateways: [web-gw]
+  http:
+  - route: [{{destination: {{host: reviews}}}}]
+""")
+    wait_until(lambda: http(port, "/echo", "bookinfo.example")[0] == 200, timeout=15, what="gateway HTTP port serving")
+    apply(m, tmp_path, "limit", """
+apiVersion: mesh.io/v1alpha1
+kind: LocalRateLimit
+metadata: {name: front-limit}
+spec:
+  virtualService: front
+  tokenBucket: {maxTokens: 1, tokensPerFill: 1, fillInterval: 1h}
+""")
+
+    def limited():
+        code, body = http(port, "/echo", "bookinfo.example")
+        return code == 429 and body
+    body = wait_until(limited, timeout=15, what="the gateway answering 429 by its LocalRateLimit")
+    assert "x-mesh-response-flags: RL" in body, body
+    hits = json.loads(http_get(f"http://127.0.0.1:{app}/_hits")[1])["hits"]
+    assert http(port, "/echo", "bookinfo.example")[0] == 429
+    assert json.loads(http_get(f"http://127.0.0.1:{app}/_hits")[1])["hits"] == hits
+    # Policies selecting the gateway: refused by name, file and line.
+    for kind, spec in [("AuthorizationPolicy", "action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]"),
+                       ("RequestAuthentication", "jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/jwks}]")]:
+        f = tmp_path / f"{kind}.yaml"
+        f.write_text(f"apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: gw-policy}}\nspec:\n"
+                     f"  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  {spec}\n")
+        r = m.ctl("apply", "-f", f, check=False)
+        assert r.returncode != 0, r.stdout
+        assert f"{f}:5: document 1: {kind} default/gw-policy: spec.selector: selects the gateway proxies Gateway default/web-gw selects: policies on gateways are not supported yet" in r.stderr, r.stderr
+    assert gw.poll() is None

@@ -186,7 +186,7 @@ def test_request_principals_conditions_and_audit(procs, pki):
     denies nothing."""
     k = Keys()
     app = procs.app("server")
-    # destination.port is the service port: the app's port here.
+    # destination.port is the workload's (target) port: the app's port.
     policies = f"""---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -419,7 +419,7 @@ def test_jwks_uri_fetched_refreshed_http_and_https(procs, pki, tmp_path):
         plain.body = a.jwks().encode()
         tls.body = a.jwks().encode()
         env = {"MESH_JWKS_REFRESH_SECONDS": "1"}
-        port, _ = start_with_env(procs, pki, "http-jwks", uri_rule(f"http://127.0.0.1:{plain.port}/jwks.json"), env)
+        port, hp = start_with_env(procs, pki, "http-jwks", uri_rule(f"http://127.0.0.1:{plain.port}/jwks.json"), env)
         bearer = lambda k: f"Authorization: Bearer {k.token()}"  # noqa: E731
         wait_until(lambda: call(port, bearer(a)) == 200, what="the first fetch")
         assert call(port, bearer(b)) == 401
@@ -432,6 +432,10 @@ def test_jwks_uri_fetched_refreshed_http_and_https(procs, pki, tmp_path):
         hits = plain.hits
         wait_until(lambda: plain.hits >= hits + 2, what="two more fetches")
         assert call(port, bearer(b)) == 200
+        # Plain http:// is allowed (as in Istio) but warned about once, naming the policy, not
+        # on every recompile (the rotation above compiled it again) nor per request.
+        warned = [l for l in hp.log_path.read_text().splitlines() if "is plain http://" in l]
+        assert len(warned) == 1 and "RequestAuthentication default/jwt: spec.jwtRules[0].jwksUri http://127.0.0.1:" in warned[0], warned
 
         # https with the test's own CA, trusted through SSL_CERT_FILE.
         uri = f"https://localhost:{tls.port}/jwks.json"
@@ -512,3 +516,59 @@ spec:
     assert call(pp, f"Authorization: Bearer {k.token(exp=1)}", host="reviews") == 401
     st, _, body = call(pp, f"Authorization: Bearer {k.token()}", host="reviews", full=True)
     assert st == 200 and json.loads(body)["headers"]["x-jwt-sub"] == ["alice"]
+    # A plain http:// jwksUri is accepted (as Istio does) and warned about at apply, naming the
+    # file, line, policy and rule.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(uri_rule("http://127.0.0.1:9/jwks.json").replace("name: jwt", "name: jwt-plain").replace(
+        "spec:\n", "spec:\n  selector: {matchLabels: {app: nobody}}\n", 1))
+    m.ctl("apply", "-f", plain)
+    log = m.proc.log_path.read_text()
+    assert "plain.yaml:" in log and "RequestAuthentication default/jwt-plain: spec.jwtRules[0].jwksUri http://127.0.0.1:9/jwks.json is plain http://" in log, log[-2000:]
+
+
+def test_every_token_must_verify(procs, pki):
+    """Review fix 3: a second token (another Authorization header, an access_token parameter, a
+    second access_token) must verify too, else 401; two good tokens pass and neither header
+    reaches the app (forwardOriginalToken false)."""
+    k = Keys()
+    inbound, outbound, _, _ = start(procs, pki, request_authentication(k.jwks()))
+    good, other = k.token(), k.token("ES256", sub="bob")
+    bad = good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB")
+    forged = k.token("none")
+    for port in (inbound, outbound):
+        assert call(port, f"Authorization: Bearer {good}", f"Authorization: Bearer {bad}") == 401, "a bad second header"
+        assert call(port, f"Authorization: Bearer {good}", f"Authorization: Bearer {forged}") == 401, "alg none second"
+        assert call(port, f"Authorization: Bearer {good}", path=f"/echo?access_token={bad}") == 401, "a bad access_token"
+        assert call(port, path=f"/echo?access_token={good}&access_token={bad}") == 401, "a bad second access_token"
+        assert call(port, path=f"/echo?x=1&access_token={bad}&access_token={good}") == 401
+        st, head, body = call(port, f"Authorization: Bearer {good}", f"Authorization: Bearer {other}", full=True)
+        assert st == 200, (port, head, body)
+        seen = json.loads(body)["headers"]
+        assert "authorization" not in seen, seen
+        assert seen["x-jwt-sub"] == ["alice"], "the first token's claims"
+        assert call(port, f"Authorization: Bearer {good}", path=f"/echo?access_token={other}") == 200
+        assert call(port, f"Authorization: Basic dXNlcjpwdw==", f"Authorization: Bearer {good}") == 200, \
+            "a header without the Bearer prefix holds no token"
+
+
+def test_header_conditions_never_read_forged_output_headers(procs, pki):
+    """Review fix 2: a caller's copy of an output header (x-jwt-sub) is not forwarded, and a
+    `request.headers[x-jwt-sub]` condition does not read it either: it sees the mesh-set value
+    (the verified token's `sub`) or nothing."""
+    k = Keys()
+    policy = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-admin-header}
+spec:
+  rules:
+  - when:
+    - {key: "request.headers[x-jwt-sub]", values: [admin]}
+"""
+    inbound, outbound, _, _ = start(procs, pki, request_authentication(k.jwks()) + policy)
+    for port in (inbound, outbound):
+        assert call(port, "x-jwt-sub: admin") == 403, "no token: the forged header is not read"
+        assert call(port, "x-jwt-sub: admin", f"Authorization: Bearer {k.token(sub='alice')}") == 403, \
+            "the mesh-set alice, not the forged admin"
+        assert call(port, f"Authorization: Bearer {k.token(sub='admin')}") == 200
+        assert call(port, "x-jwt-sub: nobody", f"Authorization: Bearer {k.token(sub='admin')}") == 200

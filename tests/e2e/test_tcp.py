@@ -441,15 +441,16 @@ spec:
     use("DENY", "from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]")
     assert not reaches(out) and reaches(out2)
     assert total(dadmin, "istio_tcp_connections_closed_total", response_flags="RBAC", source_principal=CLIENT_ID) == denied0 + 1
-    use("DENY", "to: [{operation: {ports: ['6379']}}]")
+    # Ports are the workload's (target) port, redis's own (as in Istio), not the service port 6379.
+    use("DENY", f"to: [{{operation: {{ports: ['{rp}']}}}}]")
     assert not reaches(out) and not reaches(out2)
-    use("DENY", "to: [{operation: {ports: ['6380']}}]")
-    assert reaches(out) and reaches(out2)
-    use("DENY", "to: [{operation: {notPorts: ['6379']}}]")
+    use("DENY", "to: [{operation: {ports: ['6379']}}]")
+    assert reaches(out) and reaches(out2), "the service port is not the workload's port"
+    use("DENY", f"to: [{{operation: {{notPorts: ['{rp}']}}}}]")
     assert reaches(out)
-    use("ALLOW", "to: [{operation: {methods: [GET], ports: ['6379']}}]")
+    use("ALLOW", f"to: [{{operation: {{methods: [GET], ports: ['{rp}']}}}}]")
     assert not reaches(out) and not reaches(out2), "an ALLOW with HTTP-only fields never matches TCP"
-    use("ALLOW", "from: [{source: {principals: [cluster.local/ns/default/sa/other]}}]\n    to: [{operation: {ports: ['6379']}}]")
+    use("ALLOW", f"from: [{{source: {{principals: [cluster.local/ns/default/sa/other]}}}}]\n    to: [{{operation: {{ports: ['{rp}']}}}}]")
     assert not reaches(out) and reaches(out2)
     assert stats(dadmin)["authz_denied"] >= 5
 

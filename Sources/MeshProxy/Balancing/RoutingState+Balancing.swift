@@ -18,25 +18,36 @@ extension RoutingState {
             // their next owners and every other key stays where it was.
             var s = table.slot(for: hash ?? worker.rng.next())
             let n = eps.count
-            let all: UInt64 = n >= 64 ? ~0 : (1 << UInt64(n)) &- 1
-            var seen: UInt64 = 0
+            // Endpoints looked at, one bit each (the worker's bitmap, grown once to the largest
+            // target): the walk ends when every endpoint was seen, so a pick looks at a few
+            // slots per endpoint at most, not the whole table when all but the avoided one are out.
+            let words = (n + 63) >> 6
+            if worker.lbVisited.count < words { worker.lbVisited = [UInt64](repeating: 0, count: words) }
             var fallback: EndpointPool? = nil
-            for _ in 0..<table.count {
-                let pos = Int(table.owners[s])
-                s += 1
-                if s == table.count { s = 0 }
-                if pos < 64 {
-                    let bit: UInt64 = 1 << UInt64(pos)
-                    if seen & bit != 0 { continue }
-                    seen |= bit
+            var distinct = 0
+            var steps = 0
+            let picked = worker.lbVisited.withUnsafeMutableBufferPointer { seen -> EndpointPool? in
+                for w in 0..<words { seen[w] = 0 }
+                while steps < table.count {
+                    let pos = Int(table.owners[s])
+                    steps += 1
+                    s += 1
+                    if s == table.count { s = 0 }
+                    let bit: UInt64 = 1 << UInt64(pos & 63)
+                    if seen[pos >> 6] & bit != 0 { continue }
+                    seen[pos >> 6] |= bit
+                    distinct += 1
+                    let p = ps[eps[pos]]
+                    if bal.levelOf[pos] == level && p.ejectedUntil <= now {
+                        if p !== avoid { return p }
+                        fallback = p
+                    }
+                    if distinct == n { break }
                 }
-                let p = ps[eps[pos]]
-                if bal.levelOf[pos] == level && p.ejectedUntil <= now {
-                    if p !== avoid { return p }
-                    fallback = p
-                }
-                if n <= 64 && seen == all { break }
+                return nil
             }
+            hashWalkSteps = steps
+            if let p = picked { return p }
             return fallback
         }
         let list = bal.levels[level]

@@ -20,7 +20,7 @@ final class SnapshotRefresher: Sendable {
     func replace(_ next: ProxySnapshot, server: ProxyServer, post: ((ProxySnapshot) -> Void)?) {
         state.withLock { s in
             var snap = next
-            if post != nil && snap.usesDNS && snap.dnsGeneration != EndpointResolver.shared.generation, let again = rebuilt(snap) { snap = again }
+            if post != nil && snap.usesDNS && snap.dnsGeneration != EndpointResolver.shared.generation, let again = rebuilt(snap, .dns) { snap = again }
             s.latest = snap
             post?(snap)
             if s.listening || snap.usesDNS {
@@ -41,24 +41,34 @@ final class SnapshotRefresher: Sendable {
     func refresh(server: ProxyServer, post: (ProxySnapshot) -> Void) {
         state.withLock { s in
             guard let cur = s.latest, cur.usesDNS, cur.dnsGeneration != EndpointResolver.shared.generation,
-                  let next = rebuilt(cur) else { return }
+                  let next = rebuilt(cur, .dns) else { return }
             s.latest = next
             post(next)
         }
     }
 
     /// New key sets (JWKSFetcher): the config in force compiled again, whatever its DNS state.
-    func recompile(server: ProxyServer, post: (ProxySnapshot) -> Void) {
+    /// False when that failed (the fetcher backs off before it tries again); a failure here
+    /// blocks nothing else: the next DNS change or config push compiles again on its own.
+    @discardableResult
+    func recompile(server: ProxyServer, post: (ProxySnapshot) -> Void) -> Bool {
         state.withLock { s in
-            guard let cur = s.latest ?? Optional(server.snapshot), let next = rebuilt(cur) else { return }
+            guard let cur = s.latest ?? Optional(server.snapshot), let next = rebuilt(cur, .jwks) else { return false }
             s.latest = next
             post(next)
+            return true
         }
     }
 
-    private func rebuilt(_ snap: ProxySnapshot) -> ProxySnapshot? {
+    /// Why a snapshot is compiled again: names the log line of a failure.
+    enum Cause { case dns, jwks }
+
+    private func rebuilt(_ snap: ProxySnapshot, _ cause: Cause) -> ProxySnapshot? {
         do { return try ProxySnapshot(bootstrap: snap.bootstrap, version: snap.version) } catch {
-            Log.error("dns", "new addresses not applied, the config in force stays: \(error)")
+            switch cause {
+            case .dns: Log.error("dns", "new addresses not applied, the config in force stays: \(error)")
+            case .jwks: Log.error("jwks", "new key sets not applied, the config in force stays: \(error)")
+            }
             return nil
         }
     }

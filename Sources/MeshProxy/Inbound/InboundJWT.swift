@@ -52,8 +52,51 @@ extension Exchange {
             }
         }
         guard tokStart >= 0 else { return true }
+        let now = Int64(Clock.wallNanos() / 1_000_000_000)
+        // Every other token a rule's location holds (a second header, another field a rule reads,
+        // an `access_token` besides): each must verify too, from its own issuer's location, or
+        // the request is refused, so none reaches the app unverified (Envoy verifies every
+        // token it extracts). Checked before the first, whose claims the scratch keeps.
+        for i in 0..<r.fields.count where i != field {
+            let f = r.fields[i]
+            var found = false
+            var s = 0, n = 0, name: [UInt8] = []
+            rules: for rule in t.rules {
+                for loc in rule.headers {
+                    guard Int(f.name.length) == loc.name.count,
+                          loc.name.withUnsafeBufferPointer({ memcmp($0.baseAddress!, b + Int(f.name.start), loc.name.count) == 0 }) else { continue }
+                    s = Int(f.value.start); n = Int(f.value.length)
+                    let pl = loc.prefix.count
+                    if pl > 0 {
+                        guard n >= pl, loc.prefix.withUnsafeBufferPointer({ Exchange.sameIgnoringCase(b + s, $0.baseAddress!, pl) }) else { continue }
+                        s += pl; n -= pl
+                    }
+                    while n > 0 && b[s] == 32 { s += 1; n -= 1 }
+                    guard n > 0 else { continue }
+                    found = true; name = loc.name
+                    break rules
+                }
+            }
+            guard found else { continue }
+            do throws(JWTFailure) { try jwt.verify(b + s, n, table: t, nowSeconds: now) } catch { return refuseToken(error) }
+            let own = t.rules[jwt.rule]
+            guard own.headers.contains(where: { $0.name == name }) else { jwt.reset(); return refuseToken(.wrongLocation) }
+            if !own.forward { r.drop(i) }
+        }
+        for (k, rule) in t.rules.enumerated() where !rule.params.isEmpty {
+            var from = 0
+            while let q = Exchange.queryParameter(r, rule.params, from: from) {
+                from = q.next
+                let pname = rule.params[q.index]
+                // A name an earlier rule also reads was checked with that rule; the first token is checked below.
+                if q.start == tokStart && inParam != nil { continue }
+                if t.rules[0..<k].contains(where: { $0.params.contains(pname) }) { continue }
+                do throws(JWTFailure) { try jwt.verify(b + q.start, q.length, table: t, nowSeconds: now) } catch { return refuseToken(error) }
+                guard t.rules[jwt.rule].params.contains(pname) else { jwt.reset(); return refuseToken(.wrongLocation) }
+            }
+        }
         do throws(JWTFailure) {
-            try jwt.verify(b + tokStart, tokLen, table: t, nowSeconds: Int64(Clock.wallNanos() / 1_000_000_000))
+            try jwt.verify(b + tokStart, tokLen, table: t, nowSeconds: now)
         } catch {
             return refuseToken(error)
         }
@@ -123,11 +166,20 @@ extension Exchange {
     /// The first query parameter of the request path named one of `names` (raw value, not
     /// percent-decoded: a JWT uses only URL-safe characters).
     static func queryParameter(_ r: MessageHead, _ names: [[UInt8]]) -> (start: Int, length: Int, index: Int)? {
+        guard let q = queryParameter(r, names, from: 0) else { return nil }
+        return (q.start, q.length, q.index)
+    }
+
+    /// The next such parameter at or after path offset `from` (0: the query's start); `next` is
+    /// where to look for the one after it.
+    static func queryParameter(_ r: MessageHead, _ names: [[UInt8]], from: Int) -> (start: Int, length: Int, index: Int, next: Int)? {
         let p = r.pointer(r.path)
         let n = Int(r.path.length)
-        var i = 0
-        while i < n && p[i] != 63 { i += 1 }
-        i += 1
+        var i = from
+        if i == 0 {
+            while i < n && p[i] != 63 { i += 1 }
+            i += 1
+        }
         while i < n {
             var e = i
             while e < n && p[e] != 38 && p[e] != 35 { e += 1 }
@@ -136,7 +188,7 @@ extension Exchange {
             if eq < e {
                 for (k, name) in names.enumerated() where name.count == eq - i
                     && name.withUnsafeBufferPointer({ memcmp($0.baseAddress!, p + i, name.count) == 0 }) && e > eq + 1 {
-                    return (Int(r.path.start) + eq + 1, e - eq - 1, k)
+                    return (Int(r.path.start) + eq + 1, e - eq - 1, k, e < n && p[e] == 35 ? n : e + 1)
                 }
             }
             if e < n && p[e] == 35 { break }

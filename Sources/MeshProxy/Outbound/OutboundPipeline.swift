@@ -25,7 +25,7 @@ extension Exchange {
         // 2. The route: the first of the VirtualService's http[] entries whose match holds.
         // On a gateway `match[].port` is the Gateway server's port the request came in on (Istio).
         let gp = s.gateway == nil ? 0 : down?.gatewayPort ?? 0
-        let (ri, m) = s.route(vhost: v, HeadRequestView(head: r, servicePort: gp > 0 ? gp : requestServicePort(r, hp)))
+        let (ri, m) = s.route(vhost: v, HeadRequestView(head: r, servicePort: gp > 0 ? gp : requestServicePort(r, hp), https: down?.callerTLS != nil))
         guard ri >= 0 else {
             worker.stats.inc(.noRoute)
             localReply(404, "no route matched this request", flag: .noRoute)
@@ -90,6 +90,9 @@ struct HeadRequestView: RoutableRequest {
     let head: MessageHead
     /// The service port the caller used (`match[].port`).
     var servicePort = 0
+    /// The request came over TLS (a gateway's TLS-terminating port; the outbound listener is
+    /// plaintext): `match[].scheme` sees `https`.
+    var https = false
 
     func withMethod<R>(_ body: (UnsafePointer<UInt8>, Int) -> R) -> R {
         body(head.pointer(head.method), Int(head.method.length))
@@ -105,7 +108,7 @@ struct HeadRequestView: RoutableRequest {
     }
 
     func withScheme<T>(_ body: (UnsafePointer<UInt8>, Int) -> T) -> T {
-        let s: StaticString = "http"
+        let s: StaticString = https ? "https" : "http"
         return body(s.utf8Start, s.utf8CodeUnitCount)
     }
 
