@@ -85,17 +85,7 @@ extension IstioTraffic {
                 try m.finish()
                 route.match.append(TLSMatch(sniHosts: sni, port: port, gateways: gws))
             }
-            let dests = try r.objectList("route") ?? []
-            if dests.isEmpty { throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "a tls route needs at least one route destination") }
-            for var d in dests {
-                guard var dst = try d.object("destination") else { throw ConfigReader.error(ctx, d.sub("destination"), d.map.line, "required field is missing") }
-                let destination = try self.destination(&dst, ctx: ctx)
-                let weight = try d.int("weight", min: 0, max: 100) ?? (dests.count == 1 ? 100 : 0)
-                try d.finish()
-                route.route.append(RouteDestination(destination: destination, weight: weight))
-            }
-            let total = route.route.reduce(0) { $0 + $1.weight }
-            if total != 100 { throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "weights must sum to 100, they sum to \(total)") }
+            route.route = try weightedDestinations(&r, kind: "tls", ctx: ctx)
             try r.finish()
             out.append(route)
         }

@@ -268,6 +268,24 @@ public enum IstioTraffic {
 
     // MARK: VirtualService
 
+    /// The `route` list of a tcp or tls route: destinations with weights (one alone: 100), at
+    /// least one, summing to 100.
+    static func weightedDestinations(_ r: inout ConfigReader, kind: String, ctx: ConfigError) throws(ConfigError) -> [RouteDestination] {
+        let dests = try r.objectList("route") ?? []
+        if dests.isEmpty { throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "a \(kind) route needs at least one route destination") }
+        var out: [RouteDestination] = []
+        for var d in dests {
+            guard var dst = try d.object("destination") else { throw ConfigReader.error(ctx, d.sub("destination"), d.map.line, "required field is missing") }
+            let destination = try self.destination(&dst, ctx: ctx)
+            let weight = try d.int("weight", min: 0, max: 100) ?? (dests.count == 1 ? 100 : 0)
+            try d.finish()
+            out.append(RouteDestination(destination: destination, weight: weight))
+        }
+        let total = out.reduce(0) { $0 + $1.weight }
+        if total != 100 { throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "weights must sum to 100, they sum to \(total)") }
+        return out
+    }
+
     private static func virtualService(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> VirtualService {
         guard let hosts = try spec.stringList("hosts"), !hosts.isEmpty else {
             throw ConfigReader.error(ctx, "spec.hosts", spec.map.line, "a VirtualService needs at least one host")
@@ -399,19 +417,7 @@ public enum IstioTraffic {
                 route.matches.append((port: port, gateways: gws))
                 try m.finish()
             }
-            let dests = try r.objectList("route") ?? []
-            if dests.isEmpty { throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "a tcp route needs at least one route destination") }
-            for var d in dests {
-                guard var dst = try d.object("destination") else { throw ConfigReader.error(ctx, d.sub("destination"), d.map.line, "required field is missing") }
-                let destination = try self.destination(&dst, ctx: ctx)
-                let weight = try d.int("weight", min: 0, max: 100) ?? (dests.count == 1 ? 100 : 0)
-                try d.finish()
-                route.route.append(RouteDestination(destination: destination, weight: weight))
-            }
-            let total = route.route.reduce(0) { $0 + $1.weight }
-            if total != 100 {
-                throw ConfigReader.error(ctx, r.sub("route"), r.map.line, "weights must sum to 100, they sum to \(total)")
-            }
+            route.route = try weightedDestinations(&r, kind: "tcp", ctx: ctx)
             try r.finish()
             tcpRoutes.append(route)
         }

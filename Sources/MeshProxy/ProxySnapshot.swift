@@ -7,6 +7,21 @@ import MeshTLS
 /// immutable; a new config is a new snapshot that workers pick up for new requests while in-flight
 /// requests finish on the one they started with (DESIGN §7).
 public final class ProxySnapshot: Sendable {
+    /// The server side of this workload's mesh identity: its certificate, key and trust bundle;
+    /// h2 and http/1.1 offered (DESIGN §2; what the caller offers wins); TLS 1.2 (ECDHE + AEAD
+    /// only) accepted for callers that are not sidecars unless `minTLS13` (sidecars always
+    /// negotiate 1.3). The inbound listener and a gateway's ISTIO_MUTUAL servers use it.
+    static func meshServerOptions(_ t: Bootstrap.TLSFiles) -> TLSContext.Options {
+        var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)
+        so.trustDomain = t.trustDomain
+        so.certChainPEM = t.certChainPEM
+        so.privateKeyPEM = t.privateKeyPEM
+        so.trustBundlePEM = t.trustBundlePEM
+        so.alpn = ["h2", "http/1.1"]
+        so.minVersion13 = t.minTLS13
+        return so
+    }
+
     /// One upstream cluster. A class, so the request path holds it with one reference instead of
     /// copying a struct of arrays and strings.
     public final class Cluster: Sendable {
@@ -310,16 +325,7 @@ public final class ProxySnapshot: Sendable {
         }
 
         if let t = b.tls {
-            var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)
-            so.trustDomain = t.trustDomain
-            so.certChainPEM = t.certChainPEM
-            so.privateKeyPEM = t.privateKeyPEM
-            so.trustBundlePEM = t.trustBundlePEM
-            // The inbound listener offers h2 and http/1.1 (DESIGN §2); what the caller offers wins.
-            so.alpn = ["h2", "http/1.1"]
-            // The inbound side accepts TLS 1.2 (ECDHE + AEAD only) for callers that are not sidecars;
-            // sidecar clients always negotiate 1.3.
-            so.minVersion13 = t.minTLS13
+            let so = ProxySnapshot.meshServerOptions(t)
             serverTLS = b.inbound != nil ? try TLSContext(role: .server, options: so) : nil
             var co = so
             co.minVersion13 = true

@@ -296,9 +296,10 @@ spec:
             assert s.recv(100) == b""
         except ConnectionResetError:
             pass   # closed with the unread bytes: a reset
-    log = gw.log_path.read_text()
-    assert "no tls route takes its server name (SNI)" in log, log
-    assert "not a usable TLS ClientHello (not a TLS handshake record)" in log, log
+    def logged():
+        log = gw.log_path.read_text()
+        return "no tls route takes its server name (SNI)" in log and "not a usable TLS ClientHello (not a TLS handshake record)" in log
+    wait_until(logged, timeout=5, what="both refusals in the gateway's log")
     # The TCP server carries bytes both ways to its tcp route's destination.
     with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as s:
         s.sendall(b"ping")

@@ -30,13 +30,6 @@ struct GatewayServerTLS {
 
     private func meshContext() throws -> TLSContext {
         guard let t = bootstrap.tls else { throw TLSConfigError("an ISTIO_MUTUAL Gateway server needs the gateway's mesh certificate") }
-        var so = TLSContext.Options(certChainFile: t.certChain, privateKeyFile: t.privateKey, trustBundleFile: t.trustBundle)
-        so.trustDomain = t.trustDomain
-        so.certChainPEM = t.certChainPEM
-        so.privateKeyPEM = t.privateKeyPEM
-        so.trustBundlePEM = t.trustBundlePEM
-        so.alpn = ["h2", "http/1.1"]
-        so.minVersion13 = t.minTLS13
-        return try TLSContext(role: .server, options: so)
+        return try TLSContext(role: .server, options: ProxySnapshot.meshServerOptions(t))
     }
 }

@@ -30,9 +30,9 @@ extension Worker {
     }
 
     private func refuseGateway(_ fd: Int32, _ why: StaticString, port: Int) {
-        Glibc.close(fd)
-        stats.inc(.noRoute)
         logRejection("gateway", "connection on port \(port) refused: \(why)")
+        stats.inc(.noRoute)
+        Glibc.close(fd)
     }
 
     func acceptGateway(_ fd: Int32, port: Int) {
@@ -84,9 +84,10 @@ extension Worker {
         case .noServerName:
             refuseGateway(fd, "its ClientHello names no server (SNI)", port: port)
         case .invalid(let why):
-            Glibc.close(fd)
-            stats.inc(.noRoute)
+            // Logged before the close: whoever sees the connection end finds the line written.
             logRejection("gateway", "connection on port \(port) refused: not a usable TLS ClientHello (\(why))")
+            stats.inc(.noRoute)
+            Glibc.close(fd)
         case .needMore:
             refuseGateway(fd, "no complete ClientHello in time", port: port)
         }
