@@ -425,7 +425,14 @@ public final class ConfigStore: @unchecked Sendable {
             throw ConfigStore.locate(error, in: ConfigStore.renderDocuments(next.order.compactMap { next.documents[$0] }).placed)
         }
         try ConfigStore.check(next, trustDomain: trustDomain)
-        if !delete { try ConfigStore.checkAppliedPolicies(next, incoming: incoming) }
+        if !delete {
+            // Only gateways whose identity meshd grants count: a claimed label set blocks nothing.
+            let td = trustDomain
+            try ConfigStore.checkAppliedPolicies(next, incoming: incoming, trusted: { id in
+                guard let ns = ProxyScope.namespace(ofIdentity: id) else { return false }
+                return self.gatewayGrants.withLock { $0.accounts.grants(identity: id, namespace: ns, trustDomain: td) }
+            })
+        }
         if !delete { ConfigStore.warnPlaintextKeySets(incoming) }
         if etcd != nil {
             guard let v = try commit(current, next, conflictAt: &conflictAt) else { return nil }

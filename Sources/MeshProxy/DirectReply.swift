@@ -203,7 +203,7 @@ extension TrafficCompiler {
                             serviceNamespace: svc.ns, matches: matches, targets: [], cumulativeWeights: [], retry: .default, fault: nil,
                             mirrorTarget: .none, mirrorPPM: 0, requestOps: HeaderOps(), responseOps: HeaderOps(), rewriteURI: nil,
                             rewriteAuthority: nil, direct: reply, cors: h.corsPolicy.map(CORSTable.init),
-                            rateLimiters: Self.rateLimiters(b, vs, Bootstrap.routeLabel(vs, i), h)))
+                            rateLimiters: Self.rateLimiters(b, vs, i, h)))
         return routes.count - 1
     }
 }

@@ -96,7 +96,7 @@ final class RateLimiterRegistry: Sendable {
         let workload: String
         /// `<namespace>/<name>` of the LocalRateLimit.
         let limit: String
-        /// `<namespace>/<route label>` of the VirtualService route.
+        /// `<namespace>/<VirtualService>#<index>/<route label>` of the VirtualService route.
         let route: String
         let maxTokens: Int
         let tokensPerFill: Int
@@ -122,16 +122,17 @@ final class RateLimiterRegistry: Sendable {
 }
 
 extension TrafficCompiler {
-    /// The buckets of the LocalRateLimits that apply to route `label` (`h`) of `vs` in this
+    /// The buckets of the LocalRateLimits that apply to route `index` (`h`) of `vs` in this
     /// sidecar (its workload selected): those of the snapshot before when their config is the
-    /// same, new and full otherwise.
-    static func rateLimiters(_ b: Bootstrap, _ vs: IstioTraffic.VirtualService, _ label: String, _ h: IstioTraffic.HTTPRoute,
+    /// same, new and full otherwise. Keyed by the route's index and label, so two routes of one
+    /// VirtualService never share a bucket (an unnamed route `1` and one named "1").
+    static func rateLimiters(_ b: Bootstrap, _ vs: IstioTraffic.VirtualService, _ index: Int, _ h: IstioTraffic.HTTPRoute,
                              now: UInt64 = Clock.monotonicNanos()) -> [LocalRateLimiter] {
         b.traffic.localRateLimits.filter { $0.applies(to: vs, routeName: h.name) && $0.selects(labels: b.workload.labels) }
             .map { l in
                 let t = l.tokenBucket
                 let key = RateLimiterRegistry.Key(workload: "\(b.workload.namespace)/\(b.workload.name)/\(b.name)", limit: "\(l.namespace)/\(l.name)",
-                                                  route: "\(vs.namespace)/\(label)", maxTokens: t.maxTokens,
+                                                  route: "\(vs.namespace)/\(vs.name)#\(index)/\(Bootstrap.routeLabel(vs, index))", maxTokens: t.maxTokens,
                                                   tokensPerFill: t.tokensPerFill, fillInterval: t.fillInterval)
                 return RateLimiterRegistry.shared.limiter(key, t, now: now)
             }

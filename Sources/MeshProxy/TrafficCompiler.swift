@@ -120,7 +120,7 @@ struct TrafficCompiler {
                                     requestOps: HeaderOps(h.requestHeaders), responseOps: HeaderOps(h.responseHeaders),
                                     rewriteURI: h.rewriteURI.map { Array($0.utf8) },
                                     rewriteAuthority: h.rewriteAuthority.map { Array($0.utf8) },
-                                    cors: h.corsPolicy.map(CORSTable.init), rateLimiters: Self.rateLimiters(b, vs, Bootstrap.routeLabel(vs, i), h)))
+                                    cors: h.corsPolicy.map(CORSTable.init), rateLimiters: Self.rateLimiters(b, vs, i, h)))
             }
             if !vs.http.isEmpty {
                 let v = vhosts.count

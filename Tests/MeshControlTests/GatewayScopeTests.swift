@@ -226,7 +226,12 @@ final class GatewayScopeTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("AuthorizationPolicy default/team-policy: spec.selector: selects this gateway proxy (namespace default): policies on gateways are not supported yet"), "\(e)")
         }
         XCTAssertNoThrow(try store.apply(input(Self.docs)))
-        // Applying one whose selector that connected gateway proxy's labels match is refused.
+        // Claimed labels alone block no apply: that proxy's service account is not granted.
+        XCTAssertNoThrow(try store.apply(input(Self.policy("RequestAuthentication", "team-jwt", selector: "team: a"), "jwt.yaml")))
+        XCTAssertNoThrow(try store.apply(input(Self.policy("RequestAuthentication", "team-jwt", selector: "team: a"), "jwt.yaml"), delete: true))
+        // Granted (meshd --gateway-service-account): applying one whose selector that connected
+        // gateway proxy's labels match is refused.
+        store.grantGatewayServiceAccounts(try GatewayServiceAccounts.parse(["default/ingressgateway"]))
         XCTAssertThrowsError(try store.apply(input(Self.policy("RequestAuthentication", "team-jwt", selector: "team: a"), "jwt.yaml"))) { e in
             XCTAssertTrue("\(e)".hasPrefix("jwt.yaml:5: document 1: RequestAuthentication default/team-jwt: spec.selector: selects the gateway proxy \(id("default", "ingressgateway")) at 127.0.0.1:1: policies on gateways are not supported yet"), "\(e)")
         }

@@ -51,7 +51,7 @@ final class GatewaySecretsTests: XCTestCase {
     func testAbsenceSaysWhyAServerHasNoContext() throws {
         let g = GatewaySecrets()
         try g.adopt([secret()])
-        XCTAssertEqual(g.absence("default/other", mutual: false), "secret default/other (tls.credentialName) was not delivered by meshd (meshctl create secret tls)")
+        XCTAssertEqual(g.absence("default/other", mutual: false), "secret default/other (tls.credentialName) was not delivered by meshd: no such secret (meshctl create secret tls), or this gateway's service account is not granted (meshd --gateway-service-account; meshctl status says which)")
         XCTAssertEqual(g.absence("default/bookinfo-cert", mutual: true), "secret default/bookinfo-cert (tls.credentialName) has no ca.crt for this MUTUAL server (meshctl create secret tls --ca)")
         XCTAssertEqual(g.absence("default/bookinfo-cert", mutual: false), "")
     }

@@ -448,6 +448,42 @@ def test_inbound_capture_app_port_override_does_not_open_other_ports(cm):
         other.kill()
 
 
+def test_authorization_judges_a_passthrough_connection_by_its_own_port(cm):
+    """Review fix: a captured connection passed through to another port of the workload (9090)
+    is judged by that port, not the app's: with PERMISSIVE and an ALLOW for port 9080 only, a
+    plaintext caller on host C reaches the app on 9080 and is refused on 9090."""
+    h = cm.h
+    other = h.popen(B, [sys.executable, ROOT / "tools" / "upstream.py", "--port", 9090, "--name", "other", "--bind", "0.0.0.0"], "app-other")
+    wait_until(lambda: h.run(B, ["curl", "-s", "http://127.0.0.1:9090/"]).returncode == 0, what="second server on B")
+    policy = cm.tmp / "allow-app-port.yaml"
+    policy.write_text(textwrap.dedent("""
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: reviews-permissive, namespace: default}
+        spec:
+          selector: {matchLabels: {app: reviews}}
+          mtls: {mode: PERMISSIVE}
+        ---
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: reviews-app-port-only, namespace: default}
+        spec:
+          selector: {matchLabels: {app: reviews}}
+          action: ALLOW
+          rules:
+          - to: [{operation: {ports: ["9080"]}}]
+    """))
+    assert cm.ctl("apply", "-f", policy).returncode == 0
+    try:
+        app_url, other_url = f"http://{h.addr4(B)}:9080/echo", f"http://{h.addr4(B)}:9090/echo"
+        wait_until(lambda: h.run(C, ["curl", "-sS", "--max-time", "5", app_url]).returncode == 0, timeout=20,
+                   what="PERMISSIVE and the policy pushed to reviews")
+        assert h.run(C, ["curl", "-sS", "--max-time", "5", other_url]).returncode != 0, "9090 is not an allowed port"
+    finally:
+        assert cm.ctl("delete", "-f", policy).returncode == 0
+        other.kill()
+
+
 BANNER_SERVER = textwrap.dedent("""
     import socket, threading
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -85,7 +85,7 @@ public final class GatewaySecrets: Sendable {
         if let held, mutual && held.mutual == nil {
             return "secret \(id) (tls.credentialName) has no ca.crt for this MUTUAL server (meshctl create secret tls --ca)"
         }
-        return held == nil ? "secret \(id) (tls.credentialName) was not delivered by meshd (meshctl create secret tls)" : ""
+        return held == nil ? "secret \(id) (tls.credentialName) was not delivered by meshd: no such secret (meshctl create secret tls), or this gateway's service account is not granted (meshd --gateway-service-account; meshctl status says which)" : ""
     }
 
     /// The secrets held, by id.

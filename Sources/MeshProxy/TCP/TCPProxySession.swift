@@ -31,6 +31,9 @@ final class TCPProxySession {
     var listIndex = -1
 
     private var target = -1
+    /// The workload port authorization judges the connection by (an inbound one): the app port,
+    /// or the captured port a pass-through connection goes to.
+    private var authzPort = 0
     private var cluster = -1
     private var passthrough: SocketAddress?
     private var pool: EndpointPool?
@@ -67,6 +70,7 @@ final class TCPProxySession {
     func start(fd: Int32, initial: UnsafeRawPointer?, _ initialCount: Int, security: TransportSecurity?, target t: TCPTarget,
                handshakeTimeout: UInt64) -> Bool {
         let s = snapshot
+        authzPort = s.inboundServicePort
         switch t {
         case .route(let r):
             let tr = s.tcpRoutes[r]
@@ -87,6 +91,7 @@ final class TCPProxySession {
             cluster = s.inboundCluster.index
             metricsRoute = MetricKey.inboundRoute
             passthrough = SocketAddress(host: "127.0.0.1", port: p)
+            authzPort = p
         }
         if cluster >= 0 {
             let c = s.clusters[cluster]
@@ -116,12 +121,12 @@ final class TCPProxySession {
                     if tls.resumed { worker.stats.inc(.tlsSessionsResumed) }
                     peer = worker.metrics.peers.intern(tls.peerIdentity)
                 }
-                // AuthorizationPolicy, once per connection: by principal and service port.
-                if let az = snapshot.authz, az.auditsTCP(principal: tls?.peerIdentityBytes ?? [], port: snapshot.inboundServicePort,
+                // AuthorizationPolicy, once per connection: by principal and workload port.
+                if let az = snapshot.authz, az.auditsTCP(principal: tls?.peerIdentityBytes ?? [], port: authzPort,
                                                          source: az.needsAddress ? Socket.peerEndpoint(side.fd) : nil) {
                     worker.stats.inc(.authzAudited)
                 }
-                if let az = snapshot.authz, !az.allowsTCP(principal: tls?.peerIdentityBytes ?? [], port: snapshot.inboundServicePort,
+                if let az = snapshot.authz, !az.allowsTCP(principal: tls?.peerIdentityBytes ?? [], port: authzPort,
                                                           source: az.needsAddress ? Socket.peerEndpoint(side.fd) : nil) {
                     worker.stats.inc(.authzDenied)
                     worker.logRejection("inbound", "TCP connection from \(tls?.peerIdentity ?? "a plaintext caller") denied by an AuthorizationPolicy")
