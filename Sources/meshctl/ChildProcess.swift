@@ -18,12 +18,15 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// `credentials`: the child switches to that uid, gid and group list before exec (meshctl must
     /// be root, or hold CAP_SETUID and CAP_SETGID); the log file is opened by meshctl before the switch.
+    /// `dieWithParent`: the child gets SIGTERM when meshctl goes away, however it ends (SIGKILL
+    /// included), so a sidecar or app never outlives the `meshctl run` that started it. Only
+    /// for children started on the main thread (the signal follows the thread that forked).
     public init(path: String, args: [String], environment: [String]? = nil, logPath: String? = nil, newGroup: Bool = false,
-                credentials: Credentials? = nil) throws(CAError) {
+                credentials: Credentials? = nil, dieWithParent: Bool = false) throws(CAError) {
         ownGroup = newGroup
-        if let creds = credentials {
+        if credentials != nil || dieWithParent {
             pid = try ChildProcess.forkExec(path: path, args: args, environment: environment ?? ChildProcess.currentEnvironment(),
-                                            logPath: logPath, newGroup: newGroup, credentials: creds)
+                                            logPath: logPath, newGroup: newGroup, credentials: credentials, dieWithParent: dieWithParent)
             return
         }
         var attr = posix_spawnattr_t()

@@ -41,7 +41,7 @@ extension ChildProcess {
     /// default signal mask and dispositions, the log on stdout and stderr, setgroups, setgid,
     /// setuid, in that order). An exec failure comes back through a close-on-exec pipe.
     static func forkExec(path: String, args: [String], environment: [String], logPath: String?, newGroup: Bool,
-                         credentials c: Credentials) throws(CAError) -> pid_t {
+                         credentials c: Credentials?, dieWithParent: Bool = false) throws(CAError) -> pid_t {
         guard let exe = resolve(path, environment: environment) else { throw CAError("cannot start \(path): not found") }
         var logFD: Int32 = -1
         if let log = logPath {
@@ -61,8 +61,9 @@ extension ChildProcess {
         defer { free(exePath) }
         var empty = sigset_t()
         sigemptyset(&empty)
-        let groups = c.groups
+        let groups = c?.groups ?? []
         let wfd = fds[1]
+        let parent = getpid()
         let pid: pid_t = argv.withUnsafeBufferPointer { a in
             envp.withUnsafeBufferPointer { e in
                 groups.withUnsafeBufferPointer { g in
@@ -75,10 +76,13 @@ extension ChildProcess {
                     _ = Glibc.signal(SIGTERM, SIG_DFL); _ = Glibc.signal(SIGINT, SIG_DFL); _ = Glibc.signal(SIGHUP, SIG_DFL)
                     _ = Glibc.signal(SIGPIPE, SIG_DFL); _ = Glibc.signal(SIGCHLD, SIG_DFL)
                     if logFD >= 0 && (dup2(logFD, 1) < 0 || dup2(logFD, 2) < 0) { err = errno }
-                    if err == 0 && setgroups(g.count, g.baseAddress) != 0 { err = errno }
-                    if err == 0 && c.dropCapabilities && mesh_drop_bounding_caps_except(10 /* CAP_NET_BIND_SERVICE */) != 0 { err = errno }
-                    if err == 0 && setgid(c.gid) != 0 { err = errno }
-                    if err == 0 && setuid(c.uid) != 0 { err = errno }
+                    if err == 0 && dieWithParent && mesh_die_with_parent(SIGTERM, parent) != 0 { _exit(127) }
+                    if let c {
+                        if err == 0 && setgroups(g.count, g.baseAddress) != 0 { err = errno }
+                        if err == 0 && c.dropCapabilities && mesh_drop_bounding_caps_except(10 /* CAP_NET_BIND_SERVICE */) != 0 { err = errno }
+                        if err == 0 && setgid(c.gid) != 0 { err = errno }
+                        if err == 0 && setuid(c.uid) != 0 { err = errno }
+                    }
                     if err == 0 {
                         execve(exePath, a.baseAddress!, e.baseAddress!)
                         err = errno
@@ -102,7 +106,8 @@ extension ChildProcess {
         if got > 0 {
             var st: Int32 = 0
             waitpid(pid, &st, 0)
-            throw CAError("cannot start \(path) as uid \(c.uid) gid \(c.gid): \(String(cString: strerror(err)))")
+            throw CAError(c.map { "cannot start \(path) as uid \($0.uid) gid \($0.gid): \(String(cString: strerror(err)))" }
+                          ?? "cannot start \(path): \(String(cString: strerror(err)))")
         }
         return pid
     }

@@ -217,7 +217,7 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
     }
     func start(token: String, bundle: String) throws(CAError) -> ChildProcess {
         try writeFiles(token: token, bundle: bundle)
-        return try ChildProcess(path: sidecarPath, args: args, logPath: log, newGroup: true, credentials: sidecarCreds)
+        return try ChildProcess(path: sidecarPath, args: args, logPath: log, newGroup: true, credentials: sidecarCreds, dieWithParent: true)
     }
 
     let applier = CaptureApplier(note: { note("capture: \($0)") })
@@ -302,7 +302,7 @@ func runCommand(_ req: RunRequest, meshd: MeshdAdmin) -> Never {
                 "MESH_SERVICE=\(req.service)", "MESH_NAMESPACE=\(req.namespace)"]
     }
     let app: ChildProcess
-    do { app = try ChildProcess(path: req.command[0], args: req.command, environment: env, newGroup: true, credentials: appCreds) } catch {
+    do { app = try ChildProcess(path: req.command[0], args: req.command, environment: env, newGroup: true, credentials: appCreds, dieWithParent: true) } catch {
         finish(127, "\(error)")
     }
     var stopping = false

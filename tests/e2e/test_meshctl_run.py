@@ -169,3 +169,33 @@ def test_meshctl_run_restarts_a_sidecar_killed_with_sigkill(procs, tmp_path):
     caller.send_signal(signal.SIGTERM)
     caller.wait(timeout=40)
     assert "restart 2" not in caller.log_path.read_text()
+
+
+def test_nothing_outlives_a_meshctl_run_killed_with_sigkill(procs, tmp_path):
+    """meshctl itself killed with SIGKILL (it cannot forward anything): its sidecar and its app,
+    each in a process group of its own, still end (they asked the kernel for SIGTERM when their
+    parent goes), so no sidecar is left calling a meshd forever."""
+    m = Meshd(procs)
+    env = {"MESHD": f"http://127.0.0.1:{m.admin}", "MESH_ADMIN_TOKEN_FILE": str(m.state / "admin-token")}
+    port = free_port()
+    web = procs.start([MESHCTL, "run", "--service", "web", "--app-port", port, "--",
+                       sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+                      "web-run", env=env)
+    wait_until(lambda: "web.default" in m.ctl("get", "services").stdout, timeout=30, what="web registered")
+    wait_until(lambda: len(children(web.pid)) == 2, timeout=10, what="the sidecar and the app started")
+    kids = children(web.pid)
+    assert all(os.getpgid(k) != os.getpgid(web.pid) for k in kids)   # out of reach of a killpg on meshctl
+    web.kill()
+    web.wait(timeout=5)
+
+    def gone():
+        return all(not os.path.exists(f"/proc/{k}") or open(f"/proc/{k}/stat").read().split()[2] == "Z" for k in kids)
+    wait_until(gone, timeout=15, what="the sidecar and the app ended after meshctl was killed")
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []

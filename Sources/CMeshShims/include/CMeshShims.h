@@ -106,6 +106,14 @@ static inline int mesh_drop_bounding_caps_except(int keep) {
     return 0;
 }
 
+/// Asks for `sig` when the parent goes away (PR_SET_PDEATHSIG; prctl is variadic), then checks
+/// that the parent is still `parent` (it may have died before the call): -1 when it is not.
+/// Async-signal-safe: for a forked child before execve.
+static inline int mesh_die_with_parent(int sig, pid_t parent) {
+    if (prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0) return -1;
+    return getppid() == parent ? 0 : -1;
+}
+
 // ---- OpenSSL macros ----
 static inline int mesh_SSL_CTX_set_min_proto_version(SSL_CTX *c, int v) { return (int)SSL_CTX_set_min_proto_version(c, v); }
 static inline int mesh_SSL_CTX_set_max_proto_version(SSL_CTX *c, int v) { return (int)SSL_CTX_set_max_proto_version(c, v); }
