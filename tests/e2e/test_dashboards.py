@@ -93,8 +93,11 @@ class Echo:
     @staticmethod
     def _echo(c):
         with c:
-            while (b := c.recv(65536)):
-                c.sendall(b)
+            try:
+                while (b := c.recv(65536)):
+                    c.sendall(b)
+            except OSError:
+                pass   # the sidecar reset the connection (teardown): nothing more to echo
 
 
 def http(outbound, host):
