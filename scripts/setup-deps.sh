@@ -18,6 +18,8 @@ for p in etcd-server etcd-client; do have_pkg "$p" || need_pkgs+=("$p"); done
 for p in libyaml-dev; do have_pkg "$p" || need_pkgs+=("$p"); done
 # the Debian package (packaging/build-deb.sh, test_deb_package.py): lintian, chrpath
 for p in lintian chrpath; do have_pkg "$p" || need_pkgs+=("$p"); done
+# meshd's web page in a real browser (test_web_ui.py): headless Chromium and its driver
+for p in chromium chromium-driver; do have_pkg "$p" || need_pkgs+=("$p"); done
 # python3/pip may come from elsewhere (pyenv); only ask apt when no python3 is on PATH.
 if command -v python3 >/dev/null; then
     tmp=(); for p in "${need_pkgs[@]}"; do [[ "$p" == python3 || "$p" == python3-pip ]] || tmp+=("$p"); done
@@ -29,8 +31,8 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-if ! python3 -c "import pytest, h2, grpc, cryptography" 2>/dev/null; then
-    echo "setup-deps: installing pytest, h2 and grpcio (Python)" >&2
-    python3 -m pip install -q pytest h2 grpcio kubernetes-validate cryptography || python3 -m pip install -q --break-system-packages pytest h2 grpcio kubernetes-validate cryptography
+if ! python3 -c "import pytest, h2, grpc, cryptography, opentelemetry.sdk, opentelemetry.proto, selenium" 2>/dev/null; then
+    echo "setup-deps: installing pytest, h2, grpcio, OpenTelemetry and selenium (Python)" >&2
+    python3 -m pip install -q pytest h2 grpcio kubernetes-validate cryptography opentelemetry-sdk opentelemetry-proto selenium || python3 -m pip install -q --break-system-packages pytest h2 grpcio kubernetes-validate cryptography opentelemetry-sdk opentelemetry-proto selenium
 fi
 command -v swift >/dev/null || { echo "setup-deps: swift (6.x) is not on PATH; install the Swift toolchain first" >&2; exit 1; }
