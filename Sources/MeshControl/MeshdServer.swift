@@ -23,6 +23,8 @@ public final class MeshdServer: @unchecked Sendable {
     }
     /// This meshd among replicas on etcd (nil: the only one, on the file store).
     public var replica: MeshdReplica?
+    /// Scrapes the sidecars' metrics for the web page while it is used (WebUI.swift).
+    public let webUISampler = WebUISampler()
     /// Reviews Kubernetes service-account tokens with the apiserver (`meshd --kube-api`; nil: off).
     public var kubeReviewer: KubeTokenReviewer?
     private let apiContext: Locked<TLSContext?>
@@ -257,6 +259,8 @@ public final class MeshdServer: @unchecked Sendable {
             return ControlResponse(200, "ready\n")
         case ("GET", "/metrics"):
             return ControlResponse(200, metrics(), contentType: "text/plain; version=0.0.4")
+        case (_, "/ui"), (_, _) where r.path.hasPrefix("/ui/"):
+            return WebUI.handle(r, authorized: authorized(r), server: self)
         default:
             break
         }

@@ -254,7 +254,7 @@ public struct ControlRequest: Sendable {
                   path: path, query: query, headers: headers, body: body, peerIdentity: peerIdentity)
     }
 
-    init(method: String, path: String, query: [String: String], headers: [String: String], body: [UInt8], peerIdentity: String?) {
+    public init(method: String, path: String, query: [String: String], headers: [String: String], body: [UInt8], peerIdentity: String?) {
         self.method = method; self.path = path; self.query = query; self.headers = headers; self.body = body; self.peerIdentity = peerIdentity
     }
 }
@@ -264,6 +264,8 @@ public struct ControlResponse: Sendable {
     public var status: Int
     public var body: String
     public var contentType = "text/plain"
+    /// More header fields (name lowercase, value), written after content-type.
+    public var headers: [(String, String)] = []
     public init(_ status: Int, _ body: String, contentType: String = "text/plain") {
         self.status = status; self.body = body; self.contentType = contentType
     }
@@ -412,7 +414,8 @@ public final class ControlServer: @unchecked Sendable {
         let body = Array(r.body.utf8)
         let reason = r.status < 300 ? "OK" : r.status < 500 ? "Client Error" : "Server Error"
         let conn = close ? "connection: close\r\n" : ""
-        return Array("HTTP/1.1 \(r.status) \(reason)\r\ncontent-type: \(r.contentType)\r\ncontent-length: \(body.count)\r\n\(conn)\r\n".utf8) + body
+        let extra = r.headers.map { "\($0.0): \($0.1)\r\n" }.joined()
+        return Array("HTTP/1.1 \(r.status) \(reason)\r\ncontent-type: \(r.contentType)\r\n\(extra)content-length: \(body.count)\r\n\(conn)\r\n".utf8) + body
     }
 
     public static func percentDecode(_ s: String) -> String {
