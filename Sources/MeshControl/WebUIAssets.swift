@@ -94,6 +94,7 @@ caption { text-align: left; color: var(--muted); font-size: .9rem; padding-botto
 th, td { text-align: left; padding: .25rem .8rem .25rem 0; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { font-weight: 600; }
 td.num { text-align: right; }
+td.state-nack { max-width: 38rem; }
 td.empty { color: var(--muted); font-style: italic; }
 .state-nack { color: var(--bad); font-weight: 600; }
 .state-ack { color: var(--ok); }
@@ -186,7 +187,8 @@ td.empty { color: var(--muted); font-style: italic; }
   }
 
   // A layered layout: a node's layer is the longest chain of callers before it (cycles cut),
-  // nodes of a layer stacked in name order.
+  // nodes of a layer stacked in name order; a node is as tall as its incoming edges need, each
+  // edge ending at its own point with its label just above it.
   function layout(nodes, edges) {
     const layer = new Map(nodes.map((n) => [n.id, 0]));
     for (let pass = 0; pass < nodes.length; pass++) {
@@ -198,24 +200,31 @@ td.empty { color: var(--muted); font-style: italic; }
       }
       if (!moved) break;
     }
+    const incoming = new Map();
+    for (const e of edges) incoming.set(e.destination, (incoming.get(e.destination) || 0) + 1);
     const columns = [];
     for (const n of nodes) {
       const l = layer.get(n.id);
       (columns[l] = columns[l] || []).push(n);
     }
     const pos = new Map();
-    const W = 180, H = 48, DX = 300, DY = 96, X0 = 24, Y0 = 28;
-    let rows = 0;
+    const W = 190, DX = 470, GAP = 34, X0 = 24, Y0 = 28;
+    let bottom = 0;
     columns.forEach((col, l) => {
-      (col || []).forEach((n, i) => pos.set(n.id, { x: X0 + l * DX, y: Y0 + i * DY, w: W, h: H }));
-      rows = Math.max(rows, (col || []).length);
+      let y = Y0;
+      for (const n of col || []) {
+        const h = Math.max(48, 26 * (incoming.get(n.id) || 0) + 8);
+        pos.set(n.id, { x: X0 + l * DX, y, w: W, h, inputs: 0 });
+        y += h + GAP;
+      }
+      bottom = Math.max(bottom, y);
     });
-    return { pos, width: X0 * 2 + Math.max(1, columns.length) * DX - (DX - W), height: Y0 * 2 + Math.max(1, rows) * DY - (DY - H) + 24 };
+    return { pos, incoming, width: X0 * 2 + Math.max(1, columns.length) * DX - (DX - W), height: bottom + 40 };
   }
 
   function drawGraph(mesh) {
     const box = $('graph');
-    const { pos, width, height } = layout(mesh.nodes, mesh.edges);
+    const { pos, incoming, width, height } = layout(mesh.nodes, mesh.edges);
     const s = svg('svg', { width, height, viewBox: '0 0 ' + width + ' ' + height, role: 'img', 'aria-labelledby': 'graph-title' });
     s.appendChild(svg('title', { id: 'graph-title' }, 'Service graph: ' + mesh.nodes.length + ' service versions, ' + mesh.edges.length + ' edges with traffic (the table below has the same data)'));
     const defs = svg('defs', {});
@@ -230,20 +239,23 @@ td.empty { color: var(--muted); font-style: italic; }
       if (e.mtls === true) cls.push('mtls');
       if (e.success !== null && e.success < 100) cls.push('errors');
       const g = svg('g', { class: cls.join(' '), 'data-source': e.source, 'data-destination': e.destination });
-      let d, lx, ly;
+      // The k-th edge into b ends at its k-th slot down b's left side.
+      b.inputs += 1;
+      const slot = b.y + (b.h * b.inputs) / ((incoming.get(e.destination) || 1) + 1);
+      let d, lx, ly, anchor;
       if (b.x > a.x) {
-        const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2, mx = (x1 + x2) / 2;
-        d = 'M' + x1 + ',' + y1 + ' C' + mx + ',' + y1 + ' ' + mx + ',' + y2 + ' ' + x2 + ',' + y2;
-        lx = mx; ly = (y1 + y2) / 2 - 6;
+        const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = slot, mx = (x1 + x2) / 2;
+        d = 'M' + x1 + ',' + y1 + ' C' + mx + ',' + y1 + ' ' + (x2 - 140) + ',' + y2 + ' ' + (x2 - 120) + ',' + y2 + ' L' + x2 + ',' + y2;
+        lx = x2 - 8; ly = y2 - 5; anchor = 'end';
       } else {
         // Back or same-layer edge: a loop under the boxes.
-        const x1 = a.x + a.w / 2, y1 = a.y + a.h, x2 = b.x + b.w / 2, y2 = b.y + b.h, dip = Math.max(y1, y2) + 40;
+        const x1 = a.x + a.w / 2, y1 = a.y + a.h, x2 = b.x + b.w / 2, y2 = b.y + b.h, dip = Math.max(y1, y2) + 30;
         d = 'M' + x1 + ',' + y1 + ' C' + x1 + ',' + dip + ' ' + x2 + ',' + dip + ' ' + x2 + ',' + y2;
-        lx = (x1 + x2) / 2; ly = dip - 4;
+        lx = (x1 + x2) / 2; ly = dip + 12; anchor = 'middle';
       }
       g.appendChild(svg('path', { d, 'marker-end': 'url(#arrow)' }));
       const label = rate(e.rps) + ' req/s · ' + pct(e.success) + ' · p99 ' + ms(e.p99) + (e.mtls === true ? ' · mTLS' : e.mtls === false ? ' · plaintext' : '');
-      g.appendChild(svg('text', { x: lx, y: ly, 'text-anchor': 'middle', class: 'label' }, label));
+      g.appendChild(svg('text', { x: lx, y: ly, 'text-anchor': anchor, class: 'label' }, label));
       g.appendChild(svg('title', {}, e.source + ' → ' + e.destination + ': ' + label));
       s.appendChild(g);
     }

@@ -27,7 +27,7 @@ public final class WebUISampler: @unchecked Sendable {
     }
     private let state = Locked(State())
 
-    public init(interval: Double = 2, idle: Double = 60) {
+    public init(interval: Double = 5, idle: Double = 60) {
         self.interval = interval
         self.idle = idle
     }
