@@ -31,7 +31,8 @@ let usage = """
     meshd has the apiserver check with a TokenReview.
     Admin port (plain HTTP on 127.0.0.1 by default; TLS with meshd's own certificate when
     --admin-address is not loopback): GET /ready and GET /metrics (open), and meshctl's API
-    (admin token). meshd's certificate names 127.0.0.1 and the listen and admin addresses as IP
+    (admin token); /ui/, a web page of the mesh (its data with the admin token; docs/web-ui.md).
+    meshd's certificate names 127.0.0.1 and the listen and admin addresses as IP
     SANs; meshctl verifies it against STATE-DIR/root-cert.pem (meshctl --root-cert).
 
     OPTIONS:

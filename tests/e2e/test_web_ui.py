@@ -15,15 +15,12 @@ import time
 import urllib.request
 
 import pytest
+from selenium import webdriver  # PyPI selenium (scripts/setup-deps.sh)
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
 from conftest import curl, wait_until
 from test_config_push import SPLIT, mesh
-
-selenium = pytest.importorskip("selenium", reason="PyPI selenium (scripts/setup-deps.sh)")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
