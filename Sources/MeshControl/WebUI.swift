@@ -154,6 +154,8 @@ public enum WebUI {
                 let state = p.nack != nil ? "NACK" : store.isCurrent(p) ? "ACK" : p.ackedVersion > 0 ? "ACK \(p.ackedVersion) (behind)" : "pending"
                 j.string("state", state)
                 if let e = p.nack { j.string("error", e) } else { j.raw("error", "null") }
+                // A gateway's TLS secrets meshd withholds (as `meshctl status` shows them).
+                if let w = store.withheldSecrets(identity: p.identity, node: p.node) { j.string("note", w) } else { j.raw("note", "null") }
                 j.string("admin", p.admin)
                 if let x = expiry[p.admin], !p.admin.isEmpty { j.number("certificateExpiry", x) } else { j.raw("certificateExpiry", "null") }
                 j.endObject()

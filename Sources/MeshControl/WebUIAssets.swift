@@ -286,7 +286,7 @@ td.empty { color: var(--muted); font-style: italic; }
     fill($('proxies'), mesh.proxies.map((p) => [
       { text: p.identity }, { text: p.node || '-' }, { text: p.connected ? 'yes' : 'no' },
       { text: p.sentVersion, cls: 'num' }, { text: p.ackedVersion, cls: 'num' },
-      { text: p.error !== null ? p.state + ': ' + p.error : p.state, cls: p.state === 'NACK' ? 'state-nack' : p.state === 'ACK' ? 'state-ack' : '' },
+      { text: (p.error !== null ? p.state + ': ' + p.error : p.state) + (p.note ? ' (' + p.note + ')' : ''), cls: p.state === 'NACK' ? 'state-nack' : p.state === 'ACK' ? 'state-ack' : '' },
       { text: expiry(p.certificateExpiry, mesh.sampling.now) },
     ]), 'No proxy has connected.', 7);
   }
