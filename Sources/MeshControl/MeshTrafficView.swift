@@ -33,16 +33,23 @@ public struct MeshTrafficView: Sendable {
         public var errors = 0.0
         /// `le` bound -> cumulative count within the window.
         public var buckets: [Double: Double] = [:]
+        /// TCP connections opened, and bytes both ways (opaque TCP and upgraded tunnels).
+        public var connections = 0.0
+        public var bytes = 0.0
+        /// Whether anything was counted.
+        public var any: Bool { requests > 0 || connections > 0 || bytes > 0 }
 
         /// Successful requests in percent (nil without requests).
         public var successPercent: Double? { requests > 0 ? 100 * (requests - errors) / requests : nil }
         public func quantile(_ q: Double) -> Double? { PrometheusSamples.quantile(q, [:], buckets) }
     }
 
-    /// Traffic from one service version to another, as the calling sidecars report it.
+    /// Traffic from one service version to another, as the calling sidecars report it: HTTP
+    /// (and gRPC) requests, or TCP connections (`tcp`: an edge of its own).
     public struct Edge: Sendable {
         public var source: Node
         public var destination: Node
+        public var tcp = false
         public var figures = Figures()
         /// What the receiving sidecars report of the connection (`connection_security_policy`
         /// of their `reporter="destination"` series): true for `mutual_tls`, false for `none`,
@@ -78,6 +85,10 @@ public struct MeshTrafficView: Sendable {
         return k
     }
 
+    /// The series the view reads: HTTP requests and their latency, TCP connections and bytes.
+    static let http: Set<String> = ["istio_requests_total", "istio_request_duration_milliseconds_bucket"]
+    static let tcp: Set<String> = ["istio_tcp_connections_opened_total", "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total"]
+
     /// The source of a series: Istio's canonical service when the sidecar exports it, else the app.
     static func sourceNode(_ s: PrometheusSample) -> Node {
         Node(service: s.labels["source_canonical_service"] ?? s.labels["source_app"] ?? "unknown",
@@ -98,7 +109,7 @@ public struct MeshTrafficView: Sendable {
         var earlier: [String: [String: Double]] = [:]
         for (admin, samples) in before.sidecars {
             var m: [String: Double] = [:]
-            for s in samples where s.name == "istio_requests_total" || s.name == "istio_request_duration_milliseconds_bucket" {
+            for s in samples where MeshTrafficView.http.contains(s.name) || MeshTrafficView.tcp.contains(s.name) {
                 m[MeshTrafficView.seriesKey(s)] = s.value
             }
             earlier[admin] = m
@@ -114,15 +125,19 @@ public struct MeshTrafficView: Sendable {
             guard let old = earlier[admin] else { continue }
             for s in samples {
                 let bucket = s.name == "istio_request_duration_milliseconds_bucket"
-                guard s.name == "istio_requests_total" || bucket else { continue }
+                let tcp = MeshTrafficView.tcp.contains(s.name)
+                guard tcp || MeshTrafficView.http.contains(s.name) else { continue }
                 let prior = old[MeshTrafficView.seriesKey(s)] ?? 0
                 // A counter that went down was reset (the sidecar restarted): all of it is new.
                 let delta = s.value >= prior ? s.value - prior : s.value
                 guard delta > 0 else { continue }
                 let src = MeshTrafficView.sourceNode(s), dst = MeshTrafficView.destinationNode(s)
+                let ek = (tcp ? "tcp\u{1}" : "http\u{1}") + src.id + "\u{1}" + dst.id
                 switch s.labels["reporter"] {
+                case "source" where tcp:
+                    if edges[ek] == nil { edges[ek] = Edge(source: src, destination: dst, tcp: true) }
+                    if s.name == "istio_tcp_connections_opened_total" { edges[ek]!.figures.connections += delta } else { edges[ek]!.figures.bytes += delta }
                 case "source":
-                    let ek = src.id + "\u{1}" + dst.id
                     let route = s.labels["route"] ?? "-"
                     let rk = route + "\u{1}" + dst.service + "\u{1}" + dst.version
                     if edges[ek] == nil { edges[ek] = Edge(source: src, destination: dst) }
@@ -141,7 +156,6 @@ public struct MeshTrafficView: Sendable {
                     }
                 case "destination" where !bucket:
                     guard let p = s.labels["connection_security_policy"], p == "mutual_tls" || p == "none" else { continue }
-                    let ek = src.id + "\u{1}" + dst.id
                     // Any plaintext request on the edge makes it not (only) mTLS.
                     security[ek] = (security[ek] ?? true) && p == "mutual_tls"
                 default:
@@ -150,8 +164,8 @@ public struct MeshTrafficView: Sendable {
             }
         }
         for (k, v) in security { edges[k]?.mtls = v }
-        self.edges = edges.values.filter { $0.figures.requests > 0 }
-            .sorted { ($0.source, $0.destination) < ($1.source, $1.destination) }
+        self.edges = edges.values.filter { $0.figures.any }
+            .sorted { ($0.source, $0.destination, $0.tcp ? 1 : 0) < ($1.source, $1.destination, $1.tcp ? 1 : 0) }
         self.routes = routes.values.filter { $0.figures.requests > 0 }
             .sorted { ($0.route, $0.service, $0.version) < ($1.route, $1.service, $1.version) }
     }

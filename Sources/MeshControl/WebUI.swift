@@ -126,7 +126,12 @@ public enum WebUI {
             j.beginObject()
             j.string("source", e.source.id)
             j.string("destination", e.destination.id)
+            j.string("protocol", e.tcp ? "tcp" : "http")
             figures(&j, e.figures, seconds: view!.seconds)
+            if e.tcp {
+                number(&j, "connectionsPerSecond", e.figures.connections / view!.seconds)
+                number(&j, "bytesPerSecond", e.figures.bytes / view!.seconds)
+            }
             if let m = e.mtls { j.bool("mtls", m) } else { j.raw("mtls", "null") }
             j.endObject()
         }

@@ -38,7 +38,7 @@ enum WebUIAssets {
   <div id="graph" class="graph"></div>
   <table id="edges">
     <caption>Edges</caption>
-    <thead><tr><th scope="col">From</th><th scope="col">To</th><th scope="col">Req/s</th><th scope="col">Success</th><th scope="col">P50</th><th scope="col">P99</th><th scope="col">mTLS</th></tr></thead>
+    <thead><tr><th scope="col">From</th><th scope="col">To</th><th scope="col">Req/s</th><th scope="col">Success</th><th scope="col">P50</th><th scope="col">P99</th><th scope="col">mTLS</th><th scope="col">TCP</th></tr></thead>
     <tbody></tbody>
   </table>
 </section>
@@ -153,6 +153,13 @@ td.empty { color: var(--muted); font-style: italic; }
   const pct = (v) => (v === null || v === undefined ? '-' : num(v, 1) + '%');
   const ms = (v) => (v === null || v === undefined ? '-' : num(v, 1) + ' ms');
   const mtls = (v) => (v === true ? 'yes' : v === false ? 'no' : 'unknown');
+  function bytes(v) {
+    if (v === null || v === undefined) return '-';
+    return v >= 1048576 ? num(v / 1048576, 1) + ' MB/s' : v >= 1024 ? num(v / 1024, 1) + ' kB/s' : num(v, 0) + ' B/s';
+  }
+  const tcp = (e) => (e.protocol === 'tcp' ? rate(e.connectionsPerSecond) + ' conn/s, ' + bytes(e.bytesPerSecond) : '-');
+  // An HTTP figure of a TCP edge is none.
+  const http = (e, f) => (e.protocol === 'tcp' ? '-' : f);
 
   function row(cells) {
     const tr = document.createElement('tr');
@@ -238,7 +245,7 @@ td.empty { color: var(--muted); font-style: italic; }
       const cls = ['edge'];
       if (e.mtls === true) cls.push('mtls');
       if (e.success !== null && e.success < 100) cls.push('errors');
-      const g = svg('g', { class: cls.join(' '), 'data-source': e.source, 'data-destination': e.destination });
+      const g = svg('g', { class: cls.join(' '), 'data-source': e.source, 'data-destination': e.destination, 'data-protocol': e.protocol });
       // The k-th edge into b ends at its k-th slot down b's left side.
       b.inputs += 1;
       const slot = b.y + (b.h * b.inputs) / ((incoming.get(e.destination) || 1) + 1);
@@ -254,7 +261,7 @@ td.empty { color: var(--muted); font-style: italic; }
         lx = (x1 + x2) / 2; ly = dip + 12; anchor = 'middle';
       }
       g.appendChild(svg('path', { d, 'marker-end': 'url(#arrow)' }));
-      const label = rate(e.rps) + ' req/s · ' + pct(e.success) + ' · p99 ' + ms(e.p99) + (e.mtls === true ? ' · mTLS' : e.mtls === false ? ' · plaintext' : '');
+      const label = (e.protocol === 'tcp' ? 'TCP ' + tcp(e) : rate(e.rps) + ' req/s · ' + pct(e.success) + ' · p99 ' + ms(e.p99)) + (e.mtls === true ? ' · mTLS' : e.mtls === false ? ' · plaintext' : '');
       g.appendChild(svg('text', { x: lx, y: ly, 'text-anchor': anchor, class: 'label' }, label));
       g.appendChild(svg('title', {}, e.source + ' → ' + e.destination + ': ' + label));
       s.appendChild(g);
@@ -276,9 +283,9 @@ td.empty { color: var(--muted); font-style: italic; }
     drawGraph(mesh);
     const waiting = mesh.sampling.state !== 'ready';
     fill($('edges'), mesh.edges.map((e) => [
-      { text: e.source }, { text: e.destination }, { text: rate(e.rps), cls: 'num' }, { text: pct(e.success), cls: 'num' },
-      { text: ms(e.p50), cls: 'num' }, { text: ms(e.p99), cls: 'num' }, { text: mtls(e.mtls) },
-    ]), waiting ? 'Collecting (the first figures come after two scrapes).' : 'No traffic in the last window.', 7);
+      { text: e.source }, { text: e.destination }, { text: http(e, rate(e.rps)), cls: 'num' }, { text: http(e, pct(e.success)), cls: 'num' },
+      { text: http(e, ms(e.p50)), cls: 'num' }, { text: http(e, ms(e.p99)), cls: 'num' }, { text: mtls(e.mtls) }, { text: tcp(e) },
+    ]), waiting ? 'Collecting (the first figures come after two scrapes).' : 'No traffic in the last window.', 8);
     fill($('routes'), mesh.routes.map((r) => [
       { text: r.route }, { text: r.service }, { text: r.version }, { text: rate(r.rps), cls: 'num' },
       { text: pct(r.success), cls: 'num' }, { text: ms(r.p50), cls: 'num' }, { text: ms(r.p99), cls: 'num' },

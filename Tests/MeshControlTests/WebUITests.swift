@@ -78,6 +78,38 @@ final class WebUITests: XCTestCase {
         XCTAssertNil(MeshTrafficView(before: after, after: before))
     }
 
+    func testTCPTrafficIsAnEdgeOfItsOwnWithConnectionsAndBytes() throws {
+        func tcp(_ opened: Int, _ sent: Int, _ received: Int, reporter: String, policy: String) -> String {
+            let l = "reporter=\"\(reporter)\",source_app=\"web\",source_workload_namespace=\"default\",source_version=\"v1\",destination_service_name=\"cache\",destination_service_namespace=\"default\",destination_version=\"unknown\",connection_security_policy=\"\(policy)\",route=\"cache\""
+            return """
+            istio_tcp_connections_opened_total{\(l)} \(opened)
+            istio_tcp_sent_bytes_total{\(l)} \(sent)
+            istio_tcp_received_bytes_total{\(l)} \(received)
+            """
+        }
+        let before = scrape(0, [("a:1", Self.web(10, 10, v2Errors: 0, 10, 0) + "\n" + tcp(5, 1000, 100, reporter: "source", policy: "unknown")),
+                                ("c:1", tcp(5, 100, 1000, reporter: "destination", policy: "mutual_tls"))])
+        let after = scrape(2, [("a:1", Self.web(10, 10, v2Errors: 0, 10, 0) + "\n" + tcp(9, 5000, 2100, reporter: "source", policy: "unknown")),
+                               ("c:1", tcp(9, 2100, 5000, reporter: "destination", policy: "mutual_tls"))])
+        let v = try XCTUnwrap(MeshTrafficView(before: before, after: after))
+        // No HTTP in the window: only the TCP edge, and no route rows (those are HTTP's, like `meshctl top`).
+        XCTAssertEqual(v.edges.count, 1)
+        let e = v.edges[0]
+        XCTAssertTrue(e.tcp)
+        XCTAssertEqual("\(e.source.id) -> \(e.destination.id)", "web.default v1 -> cache.default unknown")
+        XCTAssertEqual(e.figures.connections / v.seconds, 2, accuracy: 1e-9)
+        XCTAssertEqual(e.figures.bytes / v.seconds, 3000, accuracy: 1e-9)   // 4000 sent + 2000 received over 2 s
+        XCTAssertEqual(e.figures.requests, 0)
+        XCTAssertEqual(e.mtls, true)
+        XCTAssertTrue(v.routes.isEmpty)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(WebUI.meshJSON(view: v, sidecarsScraped: 2, store: nil, expiry: [:]).utf8)) as? [String: Any])
+        let edge = try XCTUnwrap((json["edges"] as? [[String: Any]])?.first)
+        XCTAssertEqual(edge["protocol"] as? String, "tcp")
+        XCTAssertEqual(edge["connectionsPerSecond"] as? Double, 2)
+        XCTAssertEqual(edge["bytesPerSecond"] as? Double, 3000)
+        XCTAssertTrue(edge["success"] is NSNull)
+    }
+
     func tempDir() -> String {
         var t = Array("/tmp/webui-XXXXXX".utf8CString)
         let d = String(cString: mkdtemp(&t)!)

@@ -167,7 +167,7 @@ def test_the_page_shows_the_mesh_its_traffic_and_a_nack(procs, tmp_path, browser
 
         # The graph: both edges that carry traffic, with rates near the load's (80/20).
         def edges():
-            rows = {(r[0], r[1]): r for r in cells(browser, "edges") if len(r) == 7}
+            rows = {(r[0], r[1]): r for r in cells(browser, "edges") if len(r) == 8}
             want = [("productpage.default unknown", f"reviews.default {v}") for v in ("v1", "v2")]
             return rows if all(k in rows for k in want) else None
         wait_until(edges, 30, what="the page's edge table with both edges")
@@ -183,6 +183,7 @@ def test_the_page_shows_the_mesh_its_traffic_and_a_nack(procs, tmp_path, browser
             assert r[3] == "100%", r
             assert r[5].endswith(" ms"), r   # p99
             assert r[6] == "yes", r          # mTLS, as the receiving sidecars report it
+            assert r[7] == "-", r            # no TCP on these edges
         svg_edges, nodes = graph(browser)
         assert sorted((e[0], e[1]) for e in svg_edges) == \
             [("productpage.default unknown", "reviews.default v1"), ("productpage.default unknown", "reviews.default v2")]
