@@ -215,6 +215,7 @@ public struct Bootstrap: Sendable {
         try b.bindTraffic(file: file)
         try b.refuseStaticCredentials(file: file)
         try b.checkTraffic(file: file)
+        try b.checkTelemetry(file: file)
         return b
     }
 

@@ -36,6 +36,64 @@ enum ExchangeLog {
         }
     }
 
+    /// One TCP connection (Envoy's tcp_proxy access log), when it ends: only where a Telemetry
+    /// `accessLogging` enables lines for this side (a static `spec.accessLog` alone logs HTTP
+    /// only, as before). The filter sees `response.code` 0 and the connection's flag; the text
+    /// line has Envoy's `-` for the HTTP fields, the JSON line `"protocol":"TCP"`.
+    static func recordTCP(worker: Worker, snapshot: ProxySnapshot, _ sink: AccessLogSink, inbound: Bool, flag: ResponseFlag,
+                          micros: UInt64, startWall: UInt64, received: UInt64, sent: UInt64, upstream: SocketAddress?, peer: Int) {
+        guard let settings = snapshot.telemetry.accessLogging else { return }
+        let rules = inbound ? settings.server : settings.client
+        if rules.isEmpty { return }
+        if flag == .none && sink.sampling < 1 && !(Double(worker.rng.next() >> 11) / Double(1 << 53) < sink.sampling) { return }
+        let code = flag.code
+        for rule in rules {
+            if let f = rule.filter, !f.matches(code: 0, flags: code.utf8Start, count: code.utf8CodeUnitCount) { continue }
+            let o = sink.buffer
+            switch rule.format {
+            case .text:
+                o.append(UInt8(ascii: "["))
+                appendTime(o, startWall)
+                o.append("] \"- - -\" 0 ")
+                o.append(code)
+                o.append(UInt8(ascii: " "))
+                o.appendDecimal(Int(received))
+                o.append(UInt8(ascii: " "))
+                o.appendDecimal(Int(sent))
+                o.append(UInt8(ascii: " "))
+                o.appendDecimal(Int(micros / 1000))
+                o.append(" - \"-\" \"-\" \"-\" \"-\" \"")
+                if let a = upstream { o.append(string: a.text) } else { o.append(UInt8(ascii: "-")) }
+                o.append("\"\n")
+            case .json:
+                o.append("{\"start_time\":\"")
+                appendTime(o, startWall)
+                o.append("\",\"start_time_ms\":")
+                o.appendDecimal(Int(startWall / 1_000_000))
+                o.append(",\"duration_ms\":")
+                o.appendDecimal(Int(micros / 1000))
+                o.append(",\"direction\":")
+                o.append(inbound ? "\"inbound\"" : "\"outbound\"")
+                o.append(",\"protocol\":\"TCP\",\"response_code\":0,\"response_flags\":\"")
+                o.append(code)
+                o.append("\",\"upstream\":")
+                if let a = upstream { o.append(UInt8(ascii: "\"")); o.append(string: a.text); o.append(UInt8(ascii: "\"")) } else { o.append("null") }
+                let own = (snapshot.serverTLS ?? snapshot.clientTLS)?.localIdentity ?? ""
+                let other = worker.metrics.peers.name(peer)
+                o.append(",\"source_principal\":")
+                jsonString(o, inbound ? other : own)
+                o.append(",\"destination_principal\":")
+                jsonString(o, inbound ? own : other)
+                o.append(",\"bytes_received\":")
+                o.appendDecimal(Int(received))
+                o.append(",\"bytes_sent\":")
+                o.appendDecimal(Int(sent))
+                o.append("}\n")
+            }
+            sink.lineAdded()
+        }
+    }
+
     /// Envoy's default format, one line:
     /// `[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE%
     /// %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
