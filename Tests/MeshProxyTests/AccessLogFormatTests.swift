@@ -154,6 +154,22 @@ final class AccessLogFormatTests: XCTestCase {
         XCTAssertEqual(obj["upstream"] as? String, "127.0.0.1:\(srv.port)")
     }
 
+    func testSamplingKeepsErrorsAndDropsTheRest() throws {
+        // A share so small that none of 40 successful requests is kept (1 in 25,000 odds).
+        let h = try startHarness(clusters: [HarnessCluster(name: "web")], documents: [telemetry("  accessLogging: [{}]\n")],
+                                 outboundExtra: "  accessLog: {path: \(logPath), sampling: 0.000001}")
+        let c = try h.connect()
+        for i in 0..<40 {
+            try c.write("GET / HTTP/1.1\r\nHost: web\r\nX-Request-Id: ok-\(i)\r\n\r\n")
+            XCTAssertEqual(try c.readResponse().status, 200)
+        }
+        try c.write("GET / HTTP/1.1\r\nHost: nowhere\r\nX-Request-Id: err\r\n\r\n")
+        XCTAssertEqual(try c.readResponse().status, 404)
+        let got = try lines(1)
+        XCTAssertEqual(got.count, 1, "\(got)")
+        XCTAssertTrue(got[0].contains(#""err""#), got[0])
+    }
+
     func testStartTime() {
         func stamp(_ ms: UInt64) -> String {
             let b = ByteBuffer(capacity: 64)
