@@ -114,6 +114,12 @@ final class AccessLogSink: Pollable {
         loop.registerTimerOnly(self)
     }
 
+    /// Whether requests on `snapshot` may be logged (their start time is read only then): always
+    /// with a static `spec.accessLog`; in mesh mode only while a Telemetry enables lines.
+    @inline(__always) func mayLog(_ snapshot: ProxySnapshot) -> Bool {
+        !telemetryOnly || snapshot.accessLogOn
+    }
+
     /// Call after appending a line.
     @inline(__always) func lineAdded() {
         if !queued { queued = true; loop.markDirty(self) }

@@ -43,9 +43,9 @@ class Setup:
         f.write_text(text)
         return self.m.ctl("delete" if delete else "apply", "-f", f, "--wait", check=False)
 
-    def request(self, path="/"):
+    def request(self, path="/", host="reviews"):
         rid = str(uuid.uuid4())
-        r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: reviews", "-H", f"x-request-id: {rid}",
+        r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {host}", "-H", f"x-request-id: {rid}",
                  "-A", "access-log-test", f"http://127.0.0.1:{self.outbound}{path}")
         return rid, int(r.stdout)
 
@@ -82,7 +82,7 @@ def test_access_logs_switched_by_telemetry(procs):
     rid, code = s.request("/echo?secret=1")
     assert code == 200
     client, server = s.logged(rid)
-    for line, upstream_port in ((client[0], None), (server[0], None)):
+    for line in (client[0], server[0]):
         m = TEXT.match(line)
         assert m, line
         start, method, path, proto, status, flags, _rx, _tx, _dur, _ust, _xff, ua, req_id, authority, upstream = m.groups()
@@ -91,6 +91,13 @@ def test_access_logs_switched_by_telemetry(procs):
         assert authority.startswith("reviews"), line
         assert upstream.startswith("127.0.0.1:"), line
     assert TEXT.match(client[0]).group(4) == "HTTP/1.1", "curl spoke HTTP/1.1 to the caller"
+    assert TEXT.match(server[0]).group(4) == "HTTP/2", "the sidecars spoke HTTP/2"
+    # A local reply (no route: 404 NR) is logged by the caller's sidecar only.
+    rid, code = s.request(host="nowhere")
+    assert code == 404
+    client, _ = s.logged(rid, client=1, server=0)
+    m = TEXT.match(client[0])
+    assert m and (m.group(5), m.group(6), m.group(15)) == ("404", "NR", "-"), client[0]
 
     # A namespace Telemetry overrides the mesh's: JSON, client side only, errors only.
     ns = telemetry("logs", "default", "  accessLogging:\n  - providers: [{name: envoy-json}]\n    match: {mode: CLIENT}\n"

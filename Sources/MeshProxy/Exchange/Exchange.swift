@@ -107,7 +107,7 @@ final class Exchange: PoolWaiter {
         snapshot = routing.snapshot
         phase = .routing
         startTime = loop.now
-        if worker.accessLog != nil { startWall = Clock.wallNanos() }
+        if let al = worker.accessLog, al.mayLog(snapshot) { startWall = Clock.wallNanos() }
         requestBytes = UInt64(headBytes)
         responseBytes = 0
         status = 0
@@ -163,7 +163,7 @@ final class Exchange: PoolWaiter {
         routing = worker.routing
         snapshot = routing.snapshot
         startTime = loop.now
-        if worker.accessLog != nil { startWall = Clock.wallNanos() }
+        if let al = worker.accessLog, al.mayLog(snapshot) { startWall = Clock.wallNanos() }
         requestBytes = UInt64(headBytes)
         responseBytes = 0
         status = 0

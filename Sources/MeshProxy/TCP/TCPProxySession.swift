@@ -78,7 +78,7 @@ final class TCPProxySession {
         let s = snapshot
         authzPort = s.inboundServicePort
         logStart = loop.now
-        if worker.accessLog != nil { logStartWall = Clock.wallNanos() }
+        if let al = worker.accessLog, al.mayLog(s) { logStartWall = Clock.wallNanos() }
         switch t {
         case .route(let r):
             let tr = s.tcpRoutes[r]
