@@ -94,6 +94,11 @@ final class AccessLogFormatTests: XCTestCase {
         let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], line)
         XCTAssertEqual(obj["request_id"] as? String, "j1")
         XCTAssertEqual(obj["response_code"] as? Int, 200)
+        let f = ISO8601DateFormatter()
+        let start = try XCTUnwrap(f.date(from: obj["start_time"] as? String ?? ""), line)
+        XCTAssertLessThan(abs(start.timeIntervalSinceNow), 5)
+        let ms = try XCTUnwrap(obj["start_time_ms"] as? Int)
+        XCTAssertEqual(ms / 1000, Int(start.timeIntervalSince1970))
     }
 
     func testJSONProviderAndDisabled() throws {
@@ -152,6 +157,8 @@ final class AccessLogFormatTests: XCTestCase {
         XCTAssertEqual(obj["bytes_received"] as? Int, 5)
         XCTAssertEqual(obj["bytes_sent"] as? Int, 6)
         XCTAssertEqual(obj["upstream"] as? String, "127.0.0.1:\(srv.port)")
+        let start = try XCTUnwrap(obj["start_time"] as? String)
+        XCTAssertEqual(start.count, 20, "seconds, as the HTTP JSON line: \(start)")
     }
 
     func testSamplingKeepsErrorsAndDropsTheRest() throws {
@@ -177,6 +184,9 @@ final class AccessLogFormatTests: XCTestCase {
             return String(decoding: UnsafeBufferPointer(start: b.readPointer, count: b.readableBytes), as: UTF8.self)
         }
         XCTAssertEqual(stamp(0), "1970-01-01T00:00:00.000Z")
+        let b = ByteBuffer(capacity: 64)
+        ExchangeLog.appendTime(b, 951_782_400_123_000_000, millis: false)
+        XCTAssertEqual(String(decoding: UnsafeBufferPointer(start: b.readPointer, count: b.readableBytes), as: UTF8.self), "2000-02-29T00:00:00Z")
         XCTAssertEqual(stamp(951_782_400_123), "2000-02-29T00:00:00.123Z")
         XCTAssertEqual(stamp(1_796_604_746_905), "2026-12-07T00:52:26.905Z")
         XCTAssertEqual(stamp(4_102_444_799_999), "2099-12-31T23:59:59.999Z")

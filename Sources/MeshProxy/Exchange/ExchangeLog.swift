@@ -13,6 +13,7 @@ enum ExchangeLog {
     /// an error nor audited is kept with probability `sink.sampling`.
     static func record(_ e: Exchange, _ sink: AccessLogSink, micros: UInt64, startWall: UInt64, authority: ByteRange,
                        reason: StaticString?, upstream: EndpointPool?) {
+        if !sink.mayLog(e.snapshot) { return }
         let sampled: Bool
         if e.status >= 400 || e.status == 0 || e.flag != .none || e.audited || sink.sampling >= 1 {
             sampled = true
@@ -67,7 +68,7 @@ enum ExchangeLog {
                 o.append("\"\n")
             case .json:
                 o.append("{\"start_time\":\"")
-                appendTime(o, startWall)
+                appendTime(o, startWall, millis: false)
                 o.append("\",\"start_time_ms\":")
                 o.appendDecimal(Int(startWall / 1_000_000))
                 o.append(",\"duration_ms\":")
@@ -192,7 +193,8 @@ enum ExchangeLog {
 
     /// `2026-12-07T01:02:03.456Z` (UTC, milliseconds), Envoy's `%START_TIME%`, from wall-clock
     /// nanoseconds without allocating (days to civil date: Howard Hinnant's algorithm).
-    static func appendTime(_ o: ByteBuffer, _ wallNanos: UInt64) {
+    /// `millis: false`: `2026-12-07T01:02:03Z`, as the JSON line's `start_time`.
+    static func appendTime(_ o: ByteBuffer, _ wallNanos: UInt64, millis: Bool = true) {
         let ms = Int(wallNanos / 1_000_000)
         let secs = ms / 1000
         let days = secs / 86_400
@@ -213,9 +215,11 @@ enum ExchangeLog {
         o.append(UInt8(ascii: "T")); two(sod / 3600)
         o.append(UInt8(ascii: ":")); two(sod / 60 % 60)
         o.append(UInt8(ascii: ":")); two(sod % 60)
-        o.append(UInt8(ascii: "."))
-        let f = ms % 1000
-        o.append(UInt8(48 + f / 100)); two(f % 100)
+        if millis {
+            o.append(UInt8(ascii: "."))
+            let f = ms % 1000
+            o.append(UInt8(48 + f / 100)); two(f % 100)
+        }
         o.append(UInt8(ascii: "Z"))
     }
     static func write(_ e: Exchange, _ sink: AccessLogSink, micros: UInt64, startWall: UInt64, authority: ByteRange,
@@ -223,7 +227,7 @@ enum ExchangeLog {
         let o = sink.buffer
         let r = e.request
         o.append("{\"start_time\":\"")
-        o.append(string: X509Info.rfc3339(Int64(startWall / 1_000_000_000)))
+        appendTime(o, startWall, millis: false)
         o.append("\",\"start_time_ms\":")
         o.appendDecimal(Int(startWall / 1_000_000))
         o.append(",\"duration_ms\":")
