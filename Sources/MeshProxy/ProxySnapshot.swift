@@ -203,6 +203,10 @@ public final class ProxySnapshot: Sendable {
     let authz: AuthzTable?
     /// RequestAuthentications selecting this workload (inbound), nil when none does.
     let jwt: JWTTable?
+    /// The Telemetry resources in force, resolved for this workload (TelemetrySettings.swift).
+    let telemetry: TelemetrySettings
+    /// A Telemetry enables access-log lines on some side of this workload.
+    let accessLogOn: Bool
     /// PeerAuthentication for the inbound listener's app port (STRICT unless a policy says
     /// otherwise): the app port's `portLevelMtls` entry when it has one, else `workloadMode`.
     let inboundMode: PeerAuthentication.Mode
@@ -305,6 +309,8 @@ public final class ProxySnapshot: Sendable {
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
         self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels,
                             fetched: b.traffic.requestAuthentications.isEmpty ? ([:], 0) : JWKSFetcher.shared.current())
+        self.telemetry = TelemetrySettings.resolve(b.traffic.telemetries, namespace: b.workload.namespace, labels: b.workload.labels)
+        self.accessLogOn = !(telemetry.accessLogging?.isEmpty ?? true)
         (self.inboundMode, self.workloadMode, self.inboundPortModes) = ProxySnapshot.peerModes(b)
         self.hosts = HostTable(compiled.hostEntries)
         self.tcpHosts = HostTable(compiled.tcpHostEntries)
