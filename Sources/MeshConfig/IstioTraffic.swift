@@ -163,6 +163,8 @@ public enum IstioTraffic {
         public var sidecars: [IstioSidecar] = []
         /// `mesh.io/v1alpha1` LocalRateLimit documents (LocalRateLimit.swift).
         public var localRateLimits: [LocalRateLimit] = []
+        /// `mesh.io/v1alpha1` Canary documents (Canary.swift): meshd's controller drives them.
+        public var canaries: [Canary] = []
         /// Gateway resources: the listeners of `sidecar --gateway` proxies their selectors match.
         public var gateways: [IstioGateway] = []
         public init() {}
@@ -177,7 +179,7 @@ public enum IstioTraffic {
 
     /// The kinds this model reads.
     public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
-                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway"]
+                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway", Canary.kind]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -196,7 +198,7 @@ public enum IstioTraffic {
                 throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: \(known))")
             }
             let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" || kind == "RequestAuthentication" ? AuthorizationPolicy.apiVersions
-                : kind == LocalRateLimit.kind ? LocalRateLimit.apiVersions : apiVersions
+                : kind == LocalRateLimit.kind ? LocalRateLimit.apiVersions : kind == Canary.kind ? Canary.apiVersions : apiVersions
             guard expected.contains(api) else {
                 throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(expected[0]) for \(kind), got \"\(api)\"")
             }
@@ -214,7 +216,12 @@ public enum IstioTraffic {
             try meta.finish()
             guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
             try top.finish()
-            if kind == LocalRateLimit.kind {
+            if kind == Canary.kind {
+                if cfg.canaries.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Canary \(ns)/\(name)")
+                }
+                cfg.canaries.append(try Canary.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == LocalRateLimit.kind {
                 if cfg.localRateLimits.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second LocalRateLimit \(ns)/\(name)")
                 }

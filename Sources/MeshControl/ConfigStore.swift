@@ -307,7 +307,7 @@ public final class ConfigStore: @unchecked Sendable {
     // MARK: documents
 
     static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
-                                           "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway"]
+                                           "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway", Canary.kind]
 
     /// Splits one file's YAML text into documents with their identities (kind, namespace, name)
     /// and their place in the file. Each document is validated on its own here, with the file's
@@ -434,6 +434,7 @@ public final class ConfigStore: @unchecked Sendable {
             })
         }
         if !delete { ConfigStore.warnPlaintextKeySets(incoming) }
+        if !delete { try ConfigStore.checkAppliedCanaries(next, incoming: incoming) }
         if etcd != nil {
             guard let v = try commit(current, next, conflictAt: &conflictAt) else { return nil }
             let files = Set(inputs.map(\.file)).sorted().joined(separator: ", ")

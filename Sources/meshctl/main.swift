@@ -93,6 +93,12 @@ let usage = """
       wait-ready [--admin-port 15000] [--timeout 120s]
                             wait until the local sidecar's /ready answers 200 (the injected
                             sidecar's postStart hook)
+      canary status [NAME] [--namespace NS] [-o json]
+                            Canaries meshd walks (docs/canary.md): phase, canary weight, failed
+                            checks, the last checks with their figures, recent events
+      canary abort|resume NAME [--namespace NS]
+                            abort: 100% to the stable subset at once (Aborted); resume: a Paused
+                            canary continues from its step
       token create --namespace NS --service-account SA [--ttl 1h]
                             mint a join token for one identity; prints only the token
       ca status             the roots in force and which one issues
@@ -398,6 +404,8 @@ case ("top", _):
         if once { print(table, terminator: ""); break }
         print("\u{1B}[2J\u{1B}[H" + table, terminator: "")
     }
+case ("canary", _):
+    runCanaryCommand(cmd, namespace: flags.string("namespace"), output: flags.string("o") ?? flags.string("output"), call: { call($0, $1) })
 case ("get", "proxies"), ("status", _):
     show(call("GET", "/v1/proxies"))
 case ("token", "create"):

@@ -291,6 +291,15 @@ if let replica = server.replica {
 } else {
     Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
 }
+// The canary controller (DESIGN §13): singleton work, on the leader only.
+let canaryController = CanaryController(env: StoreCanaryEnvironment(store: store))
+server.canaries = canaryController
+Threads.spawnDetached {
+    while true {
+        usleep(200_000)
+        if server.replica.map({ $0.isLeader }) ?? true { canaryController.tick() } else { canaryController.standby() }
+    }
+}
 server.api!.settings.maxStreamAge = maxStreamAge
 server.api!.settings.loops = apiLoops
 Threads.spawnDetached { server.api!.run() }

@@ -1,0 +1,163 @@
+import MeshConfig
+import MeshCA
+import MeshPKI
+import MeshCore
+import MeshIO
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The canary controller's environment in meshd: the config store's documents, VirtualService
+/// writes through `ConfigStore.apply` (the normal push), figures scraped from the sidecars'
+/// admin ports, and the statuses recorded in the state directory (`canaries.yaml`) or in etcd
+/// (`/mesh/canaries/NAMESPACE/NAME`).
+public final class StoreCanaryEnvironment: CanaryEnvironment {
+    let store: ConfigStore
+    static let file = "canaries.yaml"
+    static let etcdPrefix = "/mesh/canaries/"
+
+    public init(store: ConfigStore) { self.store = store }
+
+    public func monotonicNanos() -> UInt64 { Clock.monotonicNanos() }
+    public func wallSeconds() -> Int64 { MeshCrypto.now() }
+
+    public func canaries() -> [(canary: Canary, hash: String)] {
+        guard let cfg = store.parsedConfig() else { return [] }
+        return cfg.canaries.map { c in
+            (c, MeshCrypto.digestHex(store.documentText(kind: Canary.kind, namespace: c.namespace, name: c.name) ?? ""))
+        }
+    }
+
+    public func config() -> IstioTraffic.Config? { store.parsedConfig() }
+
+    public func virtualServiceText(namespace: String, name: String) -> String? {
+        store.documentText(kind: "VirtualService", namespace: namespace, name: name)
+    }
+
+    public func writeVirtualService(namespace: String, name: String, text: String, by canary: String) throws(ConfigError) -> String {
+        _ = try store.apply([ConfigStore.Input(file: "(canary controller: Canary \(canary))", text: text)])
+        guard let stored = virtualServiceText(namespace: namespace, name: name) else {
+            throw ConfigError(path: "VirtualService \(namespace)/\(name)", message: "not in force after the write")
+        }
+        return stored
+    }
+
+    public func sample(service: String, namespace: String, versions: Set<String>) -> CanarySample {
+        let admins = store.proxies().filter { $0.connected && !$0.admin.isEmpty }.map(\.admin)
+        let scrapes = PrometheusSamples.scrape(Array(Set(admins)).sorted(), timeoutSeconds: 2)
+        return CanaryAnalysis.sample(time: Clock.monotonicNanos(), scrapes: scrapes, service: service, namespace: namespace, versions: versions)
+    }
+
+    public func loadStatuses() -> [CanaryStatus] {
+        if let etcd = store.etcd {
+            guard let r = try? etcd.client.range(prefix: StoreCanaryEnvironment.etcdPrefix) else { return [] }
+            return r.kvs.compactMap { CanaryStatus.parse($0.valueText) }
+        }
+        let p = "\(store.stateDir)/\(StoreCanaryEnvironment.file)"
+        guard let bytes = try? FileStore.readBytes(p), let text = String(validating: bytes, as: UTF8.self) else { return [] }
+        return text.components(separatedByLine: "---").compactMap { CanaryStatus.parse($0) }
+    }
+
+    public func saveStatuses(_ statuses: [CanaryStatus]) {
+        if let etcd = store.etcd {
+            let keep = Set(statuses.map { StoreCanaryEnvironment.etcdPrefix + "\($0.namespace)/\($0.name)" })
+            for s in statuses {
+                do { _ = try etcd.client.put(StoreCanaryEnvironment.etcdPrefix + "\(s.namespace)/\(s.name)", Array(s.serialized.utf8)) } catch {
+                    Log.warn("canary", "cannot record Canary \(s.namespace)/\(s.name) in etcd: \(error)")
+                }
+            }
+            if let r = try? etcd.client.range(prefix: StoreCanaryEnvironment.etcdPrefix) {
+                for kv in r.kvs where !keep.contains(kv.key) { _ = try? etcd.client.delete(kv.key) }
+            }
+            return
+        }
+        let text = statuses.map(\.serialized).joined(separator: "---\n")
+        do { try FileStore.writeAtomically("\(store.stateDir)/\(StoreCanaryEnvironment.file)", text, mode: 0o600) } catch {
+            Log.warn("canary", "cannot record the canaries in \(store.stateDir)/\(StoreCanaryEnvironment.file): \(error)")
+        }
+    }
+}
+
+extension String {
+    /// The parts of a text between lines that are exactly `marker`.
+    func components(separatedByLine marker: String) -> [String] {
+        var out: [String] = [], cur: [Substring] = []
+        for l in split(separator: "\n", omittingEmptySubsequences: false) {
+            if l == marker { out.append(cur.joined(separator: "\n")); cur = [] } else { cur.append(l) }
+        }
+        out.append(cur.joined(separator: "\n"))
+        return out.filter { !$0.allSatisfy { $0 == "\n" || $0 == " " } }
+    }
+}
+
+/// How canaries are shown: `meshctl canary status` text, the JSON of `GET /v1/canaries?o=json`
+/// (the contract with meshd's web page) and meshd's `/metrics` series.
+public enum CanaryReport {
+    static func clock(_ t: Int64) -> String {
+        let d = Int(t % 86400)
+        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : String(n) }
+        return "\(two(d / 3600)):\(two(d / 60 % 60)):\(two(d % 60))"
+    }
+
+    /// The text of `meshctl canary status [NAME]` (`name` nil: every Canary).
+    public static func text(_ list: [(status: CanaryStatus, canary: Canary?)], namespace: String?, name: String?) -> String {
+        let chosen = list.filter { (name == nil || $0.status.name == name) && (namespace == nil || $0.status.namespace == namespace) }
+        if chosen.isEmpty { return name.map { "no Canary \(namespace ?? "default")/\($0)\n" } ?? "no canaries\n" }
+        var out = ""
+        for (s, c) in chosen {
+            out += "\(s.namespace)/\(s.name)\tphase \(s.phase.rawValue)\tcanary weight \(s.weight)%"
+            if let c { out += "\thost \(c.host) \(c.stable) -> \(c.canary)\tmax \(c.analysis.maxWeight)%\tfailed checks \(s.failedChecks)/\(c.analysis.threshold)" }
+            out += "\n  \(s.message)\n"
+            if !s.checks.isEmpty { out += "  last checks:\n" + s.checks.map { "    \($0)\n" }.joined() }
+            if !s.events.isEmpty {
+                out += "  events (UTC):\n" + s.events.map { e -> String in
+                    let parts = e.split(separator: " ", maxSplits: 1)
+                    return "    \(Int64(parts[0]).map(clock) ?? String(parts[0])) \(parts.count > 1 ? String(parts[1]) : "")\n"
+                }.joined()
+            }
+        }
+        return out
+    }
+
+    /// `GET /v1/canaries?o=json`: an array, one object per Canary (prompts' canary-contract).
+    public static func json(_ list: [(status: CanaryStatus, canary: Canary?)]) -> String {
+        var w = JSONWriter()
+        w.beginArray()
+        for (s, c) in list {
+            w.beginObject()
+            w.string("namespace", s.namespace)
+            w.string("name", s.name)
+            w.string("host", c?.host ?? "")
+            w.string("stable", c?.stable ?? "")
+            w.string("canary", c?.canary ?? "")
+            w.string("phase", s.phase.rawValue)
+            w.number("canaryWeight", Int64(s.weight))
+            w.number("maxWeight", Int64(c?.analysis.maxWeight ?? 0))
+            w.number("failedChecks", Int64(s.failedChecks))
+            w.number("threshold", Int64(c?.analysis.threshold ?? 0))
+            w.string("message", s.message)
+            w.number("lastTransition", s.lastTransition)
+            w.endObject()
+        }
+        w.endArray()
+        return w.text + "\n"
+    }
+
+    /// meshd's canary series (DESIGN §6 style: HELP and TYPE once per family).
+    public static func metrics(_ list: [(status: CanaryStatus, canary: Canary?)]) -> String {
+        func l(_ s: CanaryStatus) -> String { "namespace=\"\(Printable.escaped(s.namespace))\",name=\"\(Printable.escaped(s.name))\"" }
+        var out = "# HELP mesh_canary_weight The canary's weight (percent) on the route its Canary drives.\n# TYPE mesh_canary_weight gauge\n"
+        for (s, _) in list { out += "mesh_canary_weight{\(l(s))} \(s.weight)\n" }
+        out += "# HELP mesh_canary_phase The Canary's phase (1 for the current one).\n# TYPE mesh_canary_phase gauge\n"
+        for (s, _) in list {
+            for p in CanaryStatus.Phase.allCases { out += "mesh_canary_phase{\(l(s)),phase=\"\(p.rawValue)\"} \(p == s.phase ? 1 : 0)\n" }
+        }
+        out += "# HELP mesh_canary_checks_total Canary checks by result since its run started.\n# TYPE mesh_canary_checks_total counter\n"
+        for (s, _) in list {
+            out += "mesh_canary_checks_total{\(l(s)),result=\"pass\"} \(s.passed)\n"
+            out += "mesh_canary_checks_total{\(l(s)),result=\"fail\"} \(s.failed)\n"
+            out += "mesh_canary_checks_total{\(l(s)),result=\"held\"} \(s.held)\n"
+        }
+        return out
+    }
+}
