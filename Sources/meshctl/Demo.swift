@@ -7,12 +7,18 @@ import MeshIO
 import Glibc
 #endif
 
-/// `meshctl demo-app --name NAME --port P`: the sample app (answers "hello from NAME").
-func demoApp(name: String, port: Int) -> Never {
+/// `meshctl demo-app --name NAME --port P [--error-percent N] [--delay-ms D]`: the sample app
+/// (answers "hello from NAME"); a bad version answers N% of its requests 500 (spread evenly: of
+/// every 100 requests, exactly N) and waits D ms before each answer.
+func demoApp(name: String, port: Int, errorPercent: Int = 0, delayMillis: Int = 0) -> Never {
     let signals = SignalWaiter()
+    let served = Locked(0)
     do {
         let server = try ControlServer(address: SocketAddress(host: "127.0.0.1", port: port)!, name: "demo-app", context: { nil }) { _ in
-            ControlResponse(200, "hello from \(name)\n")
+            let i = served.withLock { n -> Int in n += 1; return n }
+            if delayMillis > 0 { usleep(UInt32(delayMillis) * 1000) }
+            if (i * errorPercent) / 100 != ((i - 1) * errorPercent) / 100 { return ControlResponse(500, "error from \(name)\n") }
+            return ControlResponse(200, "hello from \(name)\n")
         }
         Threads.spawnDetached { server.run() }
     } catch { fail("\(error)", code: 1) }

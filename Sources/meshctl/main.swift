@@ -135,7 +135,7 @@ let specs: [Flags.Spec] = [
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
     .init("root-cert"), .init("advertise-address"), .init("capture", value: false), .init("service-port"),
     .init("failure-threshold"), .init("use-meshd", value: false),
-    .init("cert"), .init("key"), .init("ca"),
+    .init("cert"), .init("key"), .init("ca"), .init("error-percent"), .init("delay-ms"),
 ] + CaptureOptions.flagSpecs.filter { $0.name != "help" }
 // `meshctl capture ...` takes its own flags (none of the global ones apply to it).
 if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
@@ -153,7 +153,10 @@ do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) }
 if flags.has("help") || flags.positional.isEmpty { print(usage, terminator: ""); exit(flags.has("help") ? 0 : 2) }
 // The demo's own processes (not for operators): the sample app and the caller.
 if flags.positional.first == "demo-app" {
-    do { demoApp(name: flags.string("name") ?? "app", port: try flags.int("port", min: 1, max: 65535) ?? 9080) } catch { fail("\(error)") }
+    do {
+        demoApp(name: flags.string("name") ?? "app", port: try flags.int("port", min: 1, max: 65535) ?? 9080,
+                errorPercent: try flags.int("error-percent", min: 0, max: 100) ?? 0, delayMillis: try flags.int("delay-ms", min: 0, max: 60000) ?? 0)
+    } catch { fail("\(error)") }
 }
 if flags.positional.first == "demo-caller" {
     let rate: Int
