@@ -87,9 +87,11 @@ public enum CanaryAnalysis {
     /// order): the increases between consecutive samples whose span lies in the window.
     public static func figures(_ ring: [CanarySample], version: String, window: UInt64) -> CanaryFigures {
         guard let last = ring.last else { return CanaryFigures(requests: 0, errors: 0, p99: nil) }
-        // A sample taken a little late still opens the window (checks are not exactly periodic).
+        // The window opens at the last sample taken at or before its start (checks are not
+        // exactly periodic: a sample a little older than the window still opens it).
         let from = last.time >= window ? last.time - window : 0
-        let inWindow = ring.filter { $0.time + window / 10 >= from }
+        let start = ring.lastIndex { $0.time <= from } ?? 0
+        let inWindow = Array(ring[start...])
         var req = 0.0, err = 0.0
         var bucket: [Double: Double] = [:]
         for (a, b) in zip(inWindow, inWindow.dropFirst()) {

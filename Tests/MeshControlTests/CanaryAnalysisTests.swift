@@ -51,6 +51,16 @@ final class CanaryAnalysisTests: XCTestCase {
         XCTAssertNil(v1.p99)
     }
 
+    func testLateSamplesStillOpenTheWindow() {
+        // Checks run a little late: samples 1.2 s apart, a 1 s window still spans the last pair.
+        let r = (0..<3).map { i in
+            CanaryAnalysis.sample(time: UInt64(i) * 1_200_000_000, scrapes: [("a:1", PrometheusSamples.parse(Self.exposition("v2", ok: Double(i) * 10, err: 0, buckets: [])))],
+                                  service: "reviews", namespace: "default", versions: ["v2"])
+        }
+        XCTAssertEqual(CanaryAnalysis.figures(r, version: "v2", window: Self.sec).requests, 10)
+        XCTAssertEqual(CanaryAnalysis.figures(r, version: "v2", window: 2 * Self.sec).requests, 20)
+    }
+
     func testSidecarsComingAndGoing() {
         var r = Self.ring()
         // A second sidecar appears at the third sample with a long history: no baseline, so its
