@@ -68,10 +68,11 @@ let usage = """
                             sidecar gets their ports), starts the sidecar as --proxy-uid/--proxy-gid
                             (1337), CMD as the invoking user (SUDO_UID/SUDO_GID under sudo) with no
                             proxy variable; the rules are removed when it ends (docs/capture.md)
-      demo [--keep-running]  the whole mesh on this machine: meshd, two versions of a sample app
-                            and a caller, each with its sidecar, and a canary walked through
-                            100/0, 90/10, 50/50, 0/100 with live per-version request rates,
-                            success and latency (about a minute; Ctrl-C stops everything)
+      demo [--keep-running]  the whole mesh on this machine: meshd, three versions of a sample app
+                            and a caller, each with its sidecar; meshd's canary controller walks
+                            a good v2 to promotion and rolls a bad v3 (30% 500s) back, printing
+                            each check's figures and what the caller sees (about a minute;
+                            Ctrl-C stops everything)
       demo --capture [--keep-running]
                             (root) the same with each workload in its own network namespace on a
                             bridge under run --capture, the caller calling reviews by name with no
