@@ -167,6 +167,10 @@ def test_canary_refused_at_apply_naming_the_field(procs, tmp_path):
         r = apply(m, tmp_path, "bad", text)
         assert r.returncode != 0, text
         assert "bad.yaml:" in r.stderr and field in r.stderr and words in r.stderr, r.stderr
+    # meshctl analyze checks the files as meshd's apply does.
+    (tmp_path / "alone.yaml").write_text(canary("reviews"))
+    r = m.ctl("analyze", "-f", tmp_path / "alone.yaml", check=False)
+    assert r.returncode == 79 and "alone.yaml:6" in r.stdout and "spec.host: no DestinationRule for host reviews" in r.stdout, r.stdout
     # Nothing was stored, and nothing is walked.
     assert status(m) == []
     assert vs_weights(m, "reviews") == [100, 0]
