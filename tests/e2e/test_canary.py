@@ -8,11 +8,18 @@ refused at apply naming the field."""
 
 import http.client
 import json
+import os
+import pathlib
 import re
+import signal
 import threading
 import time
 
+import pytest
+
 from conftest import MESHCTL, Meshd, free_port, http_get, wait_until
+from etcd_cluster import ETCD, EtcdCluster
+from test_meshd_ha import TTL, Replica, api_list
 
 
 def rule(host):
@@ -82,10 +89,10 @@ def app(procs, name, error_percent=0, delay_ms=0):
     return port
 
 
-def service(m, procs, host, v2_errors=0, v2_delay=0):
+def service(m, procs, host, v2_errors=0, v2_delay=0, meshd=None):
     """Two versions of `host`, each an app behind its own sidecar."""
     for v, e, d in (("v1", 0, 0), ("v2", v2_errors, v2_delay)):
-        m.sidecar(f"{host}-{v}", host, app_port=app(procs, f"{host}-{v}", e, d), extra=["--label", f"version={v}"])
+        m.sidecar(f"{host}-{v}", host, app_port=app(procs, f"{host}-{v}", e, d), extra=["--label", f"version={v}"], meshd=meshd)
 
 
 class Load:
@@ -276,3 +283,40 @@ def vs_weights_file(m):
     text = (m.state / "applied.yaml").read_text()
     doc = next(d for d in text.split("\n---") if "kind: VirtualService" in d)
     return [int(w) for w in re.findall(r"weight: (\d+)", doc)]
+
+
+@pytest.mark.skipif(not pathlib.Path(ETCD).exists(), reason="etcd-server is not installed (.ci/run installs it)")
+def test_canary_on_replicas_runs_on_the_leader_and_moves_with_it(procs, pki, tmp_path):
+    cluster = EtcdCluster(procs, n=1)
+    rs = [Replica(procs, pki, cluster, f"r{i}") for i in range(2)]
+    wait_until(lambda: sum(r.leader() == 1 for r in rs) == 1, timeout=TTL + 5, what="one leader")
+    leader = next(r for r in rs if r.leader() == 1)
+    standby = next(r for r in rs if r is not leader)
+    service(leader, procs, "reviews", meshd=f"127.0.0.1:{leader.api},127.0.0.1:{standby.api}")
+    _, _, _, outbound = leader.sidecar("caller", "caller", meshd=f"127.0.0.1:{leader.api},127.0.0.1:{standby.api}")
+    assert apply(leader, tmp_path, "routes", rule("reviews") + "---" + split("reviews")).returncode == 0
+    load = Load(outbound, ["reviews"])
+    try:
+        wait_until(lambda: load.seen["reviews"], timeout=20, what="traffic")
+        walk = canary("reviews", interval="2s", steps="stepWeights: [10, 20, 30, 40, 50, 60, 70, 80]", window="2s")
+        assert apply(leader, tmp_path, "canary", walk).returncode == 0
+        wait_until(lambda: status(leader, "reviews")["canaryWeight"] >= 20, timeout=20, what="a step on the leader")
+        # The state is in etcd; the standby shows it from there and does not act.
+        assert "phase: Progressing" in cluster.ctl("get", "/mesh/canaries/default/reviews").stdout
+        assert status(standby, "reviews")["phase"] == "Progressing"
+        r = standby.ctl("canary", "abort", "reviews", check=False)
+        assert r.returncode != 0 and "does not lead" in r.stderr, r.stderr
+        os.killpg(leader.proc.pid, signal.SIGKILL)
+        leader.proc.wait(timeout=10)
+        at = int(re.search(r"weight: (\d+)", cluster.ctl("get", "/mesh/canaries/default/reviews").stdout).group(1))
+        wait_until(lambda: standby.leader() == 1, timeout=TTL + 5, what="the standby leads")
+        # The new leader resumes at the recorded step, then walks on with the sidecars that moved to it.
+        c = status(standby, "reviews")
+        assert c["phase"] == "Progressing" and c["canaryWeight"] == at, (c, at)
+        wait_until(lambda: status(standby, "reviews")["canaryWeight"] > at, timeout=25, what="a step on the new leader")
+        log = standby.proc.log_path.read_text()
+        before = log.split("is the leader now")[0]
+        assert "canary: default/reviews" not in before, before[-2000:]
+        assert "canary: default/reviews: advanced canary v2" in log.split("is the leader now")[1]
+    finally:
+        load.close()
