@@ -23,6 +23,9 @@ extension ConfigStore {
         return try? IstioTraffic.parse(ConfigStore.renderDocuments(s.order.compactMap { s.documents[$0] }).text, file: "(in force)")
     }
 
+    /// Whether any Canary is in force (the controller's idle check).
+    func hasCanaries() -> Bool { state.withLock { $0.order.contains { $0.hasPrefix(Canary.kind + "/") } } }
+
     /// The text of one document in force (nil: absent).
     func documentText(kind: String, namespace: String, name: String) -> String? {
         state.withLock { $0.documents["\(kind)/\(namespace)/\(name)"]?.text }

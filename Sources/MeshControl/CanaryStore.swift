@@ -21,14 +21,26 @@ public final class StoreCanaryEnvironment: CanaryEnvironment {
     public func monotonicNanos() -> UInt64 { Clock.monotonicNanos() }
     public func wallSeconds() -> Int64 { MeshCrypto.now() }
 
+    /// The documents in force parsed once per config version (the controller asks every 200 ms).
+    private let parsed = Locked<(version: Int, cfg: IstioTraffic.Config?)>((-1, nil))
+
+    private func current() -> IstioTraffic.Config? {
+        // The version first: a change while parsing leaves a stale version cached, parsed again next time.
+        let v = store.version
+        if let c = parsed.withLock({ $0.version == v ? $0 : nil }) { return c.cfg }
+        let cfg = store.parsedConfig()
+        parsed.withLock { $0 = (v, cfg) }
+        return cfg
+    }
+
     public func canaries() -> [(canary: Canary, hash: String)] {
-        guard let cfg = store.parsedConfig() else { return [] }
+        guard store.hasCanaries(), let cfg = current() else { return [] }
         return cfg.canaries.map { c in
             (c, MeshCrypto.digestHex(store.documentText(kind: Canary.kind, namespace: c.namespace, name: c.name) ?? ""))
         }
     }
 
-    public func config() -> IstioTraffic.Config? { store.parsedConfig() }
+    public func config() -> IstioTraffic.Config? { current() }
 
     public func virtualServiceText(namespace: String, name: String) -> String? {
         store.documentText(kind: "VirtualService", namespace: namespace, name: name)
