@@ -70,6 +70,27 @@ public final class StoreCanaryEnvironment: CanaryEnvironment {
         return text.components(separatedByLine: "---").compactMap { CanaryStatus.parse($0) }
     }
 
+    /// Checks the recorded statuses at start: a file (or etcd key) that exists but cannot be
+    /// read is an error naming it (meshd stops rather than restart every canary from step 1).
+    public func checkStored() throws(CAError) {
+        if let etcd = store.etcd {
+            guard let r = try? etcd.client.range(prefix: StoreCanaryEnvironment.etcdPrefix) else { return }
+            for kv in r.kvs where CanaryStatus.parse(kv.valueText) == nil {
+                throw CAError("etcd key \(kv.key): not a canary status this meshd can read; fix or remove the key (the Canary then starts again)")
+            }
+            return
+        }
+        let p = "\(store.stateDir)/\(StoreCanaryEnvironment.file)"
+        var st = stat()
+        if lstat(p, &st) != 0 && errno == ENOENT { return }
+        let bytes: [UInt8]
+        do { bytes = try FileStore.readBytes(p) } catch { throw CAError("\(p): \(error)") }
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw CAError("\(p): not UTF-8 text; the file is damaged") }
+        for (i, part) in text.components(separatedByLine: "---").enumerated() where CanaryStatus.parse(part) == nil {
+            throw CAError("\(p): status \(i + 1) cannot be read; fix or remove the file (its Canaries then start again)")
+        }
+    }
+
     public func saveStatuses(_ statuses: [CanaryStatus]) {
         if let etcd = store.etcd {
             let keep = Set(statuses.map { StoreCanaryEnvironment.etcdPrefix + "\($0.namespace)/\($0.name)" })

@@ -12,12 +12,13 @@ import os
 import pathlib
 import re
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import MESHCTL, Meshd, free_port, http_get, wait_until
+from conftest import MESHCTL, MESHD, Meshd, free_port, http_get, wait_until
 from etcd_cluster import ETCD, EtcdCluster
 from test_meshd_ha import TTL, Replica, api_list
 
@@ -277,6 +278,12 @@ def test_canary_resumes_after_restart_pauses_on_manual_apply(procs, tmp_path):
         assert vs_weights(m, "reviews") == [100, 0]
     finally:
         load.close()
+    # A recorded state that cannot be read stops meshd naming the file (never a silent restart).
+    m.stop()
+    (m.state / "canaries.yaml").write_text("phase: [\n")
+    r = subprocess.run([str(MESHD), "--state-dir", str(m.state), "--api-port", str(free_port()), "--admin-port", str(free_port())],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "canaries.yaml: status 1 cannot be read" in r.stderr, (r.returncode, r.stderr)
 
 
 def vs_weights_file(m):
