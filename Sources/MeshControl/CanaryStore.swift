@@ -11,7 +11,7 @@ import Glibc
 /// writes through `ConfigStore.apply` (the normal push), figures scraped from the sidecars'
 /// admin ports, and the statuses recorded in the state directory (`canaries.yaml`) or in etcd
 /// (`/mesh/canaries/NAMESPACE/NAME`).
-public final class StoreCanaryEnvironment: CanaryEnvironment {
+public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendable {
     let store: ConfigStore
     static let file = "canaries.yaml"
     static let etcdPrefix = "/mesh/canaries/"
@@ -54,9 +54,43 @@ public final class StoreCanaryEnvironment: CanaryEnvironment {
         return stored
     }
 
+    /// The admin addresses of the sidecars whose streams this meshd holds.
+    func ownAdmins() -> [String] { Array(Set(store.proxies().filter { $0.connected && !$0.admin.isEmpty }.map(\.admin))).sorted() }
+
+    static let adminsPrefix = "/mesh/canary-admins/"
+    private let lastPublished = Locked<(text: String, at: UInt64)>(("", 0))
+
+    /// Replicas on etcd: says which sidecars this replica holds (`/mesh/canary-admins/REPLICA`,
+    /// when it changed or every 10 s), so that the leader scrapes every sidecar, not only its own.
+    public func publishAdmins() {
+        guard let etcd = store.etcd else { return }
+        let text = ownAdmins().joined(separator: "\n"), now = Clock.monotonicNanos()
+        let due = lastPublished.withLock { $0.text != text || now - $0.at > 10_000_000_000 }
+        guard due else { return }
+        do {
+            _ = try etcd.client.put(StoreCanaryEnvironment.adminsPrefix + etcd.replica, Array(text.utf8))
+            lastPublished.withLock { $0 = (text, now) }
+        } catch {
+            Log.warn("canary", "cannot publish this replica's sidecars in etcd: \(error)")
+        }
+    }
+
+    /// Every sidecar to scrape: this meshd's, and on etcd those the live replicas published.
+    func allAdmins() -> [String] {
+        var admins = Set(ownAdmins())
+        if let etcd = store.etcd, let live = try? etcd.client.range(prefix: MeshdReplica.presencePrefix),
+           let published = try? etcd.client.range(prefix: StoreCanaryEnvironment.adminsPrefix) {
+            let replicas = Set(live.kvs.map { String($0.key.dropFirst(MeshdReplica.presencePrefix.count)) })
+            for kv in published.kvs where replicas.contains(String(kv.key.dropFirst(StoreCanaryEnvironment.adminsPrefix.count))) {
+                for a in kv.valueText.split(separator: "\n") where !a.isEmpty { admins.insert(String(a)) }
+            }
+        }
+        return admins.sorted()
+    }
+
     public func sample(service: String, namespace: String, versions: Set<String>) -> CanarySample {
-        let admins = store.proxies().filter { $0.connected && !$0.admin.isEmpty }.map(\.admin)
-        let scrapes = PrometheusSamples.scrape(Array(Set(admins)).sorted(), timeoutSeconds: 2)
+        let admins = allAdmins()
+        let scrapes = PrometheusSamples.scrape(admins, timeoutSeconds: 2)
         return CanaryAnalysis.sample(time: Clock.monotonicNanos(), scrapes: scrapes, service: service, namespace: namespace, versions: versions)
     }
 

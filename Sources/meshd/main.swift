@@ -299,6 +299,7 @@ server.canaries = canaryController
 Threads.spawnDetached {
     while true {
         usleep(200_000)
+        canaryEnv.publishAdmins()
         if server.replica.map({ $0.isLeader }) ?? true { canaryController.tick() } else { canaryController.standby() }
     }
 }

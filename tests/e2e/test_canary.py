@@ -299,8 +299,10 @@ def test_canary_on_replicas_runs_on_the_leader_and_moves_with_it(procs, pki, tmp
     wait_until(lambda: sum(r.leader() == 1 for r in rs) == 1, timeout=TTL + 5, what="one leader")
     leader = next(r for r in rs if r.leader() == 1)
     standby = next(r for r in rs if r is not leader)
-    service(leader, procs, "reviews", meshd=f"127.0.0.1:{leader.api},127.0.0.1:{standby.api}")
-    _, _, _, outbound = leader.sidecar("caller", "caller", meshd=f"127.0.0.1:{leader.api},127.0.0.1:{standby.api}")
+    # The sidecars hold their streams on the standby: the leader reads them through what the
+    # standby publishes in etcd (/mesh/canary-admins/).
+    service(leader, procs, "reviews", meshd=f"127.0.0.1:{standby.api},127.0.0.1:{leader.api}")
+    _, _, _, outbound = leader.sidecar("caller", "caller", meshd=f"127.0.0.1:{standby.api},127.0.0.1:{leader.api}")
     assert apply(leader, tmp_path, "routes", rule("reviews") + "---" + split("reviews")).returncode == 0
     load = Load(outbound, ["reviews"])
     try:
@@ -310,6 +312,8 @@ def test_canary_on_replicas_runs_on_the_leader_and_moves_with_it(procs, pki, tmp
         wait_until(lambda: status(leader, "reviews")["canaryWeight"] >= 20, timeout=20, what="a step on the leader")
         # The state is in etcd; the standby shows it from there and does not act.
         assert "phase: Progressing" in cluster.ctl("get", "/mesh/canaries/default/reviews").stdout
+        assert cluster.ctl("get", f"/mesh/canary-admins/{standby.name}").stdout.count("127.0.0.1:") == 3
+        assert "held" not in status(leader, "reviews")["message"]
         assert status(standby, "reviews")["phase"] == "Progressing"
         r = standby.ctl("canary", "abort", "reviews", check=False)
         assert r.returncode != 0 and "does not lead" in r.stderr, r.stderr
@@ -317,7 +321,7 @@ def test_canary_on_replicas_runs_on_the_leader_and_moves_with_it(procs, pki, tmp
         leader.proc.wait(timeout=10)
         at = int(re.search(r"weight: (\d+)", cluster.ctl("get", "/mesh/canaries/default/reviews").stdout).group(1))
         wait_until(lambda: standby.leader() == 1, timeout=TTL + 5, what="the standby leads")
-        # The new leader resumes at the recorded step, then walks on with the sidecars that moved to it.
+        # The new leader resumes at the recorded step, then walks on.
         c = status(standby, "reviews")
         assert c["phase"] == "Progressing" and c["canaryWeight"] == at, (c, at)
         wait_until(lambda: status(standby, "reviews")["canaryWeight"] > at, timeout=25, what="a step on the new leader")
