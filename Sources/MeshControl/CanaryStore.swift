@@ -219,7 +219,7 @@ public enum CanaryReport {
         for (s, _) in list {
             for p in CanaryStatus.Phase.allCases { out += "mesh_canary_phase{\(l(s)),phase=\"\(p.rawValue)\"} \(p == s.phase ? 1 : 0)\n" }
         }
-        out += "# HELP mesh_canary_checks_total Canary checks by result since its run started.\n# TYPE mesh_canary_checks_total counter\n"
+        out += "# HELP mesh_canary_checks_total Canary checks by result since meshd first ran the Canary (kept with its recorded state).\n# TYPE mesh_canary_checks_total counter\n"
         for (s, _) in list {
             out += "mesh_canary_checks_total{\(l(s)),result=\"pass\"} \(s.passed)\n"
             out += "mesh_canary_checks_total{\(l(s)),result=\"fail\"} \(s.failed)\n"

@@ -150,6 +150,22 @@ final class CanaryControllerTests: XCTestCase {
         XCTAssertEqual(env.writes.count, 4)
     }
 
+    func testIterationsHoldMaxWeightForThatManyPassingChecks() {
+        let text = Self.canary().replacingOccurrences(of: "stepWeight: 10\n    maxWeight: 30", with: "iterations: 3\n    maxWeight: 25")
+        XCTAssertNotEqual(text, Self.canary())
+        let (env, c) = make(text)
+        c.tick()
+        XCTAssertEqual(env.weight, 25)
+        interval(env, c)
+        interval(env, c)
+        XCTAssertEqual(env.weight, 25)
+        XCTAssertEqual(status(c).iterations, 2)
+        XCTAssertTrue(status(c).checks.last!.hasPrefix("check 2 of 3 at 25%"), status(c).checks.last!)
+        interval(env, c)
+        XCTAssertEqual(env.weight, 100)
+        XCTAssertEqual(status(c).phase, .succeeded)
+    }
+
     func testNotTheIntervalYetDoesNothing() {
         let (env, c) = make()
         c.tick()
