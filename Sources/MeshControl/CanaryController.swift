@@ -42,6 +42,9 @@ public final class CanaryController: @unchecked Sendable {
 
     public init(env: CanaryEnvironment) { self.env = env }
 
+    /// The path of the error a write throws when this meshd no longer leads: nothing changes.
+    public static let notLeading = "(not the leader)"
+
     static func key(_ ns: String, _ name: String) -> String { "\(ns)/\(name)" }
 
     /// Not leading: forget what is only in memory; the next leader reads the recorded state.
@@ -161,6 +164,7 @@ public final class CanaryController: @unchecked Sendable {
             s.written = try env.writeVirtualService(namespace: c.namespace, name: t.virtualService, text: text, by: "\(c.namespace)/\(c.name)")
             s.weight = w
         } catch {
+            if error.path == CanaryController.notLeading { return }
             s.move(to: .failed, now: wall)
             s.message = "cannot set canary \(c.canary) to \(w)%: \(error.description)"
             s.event(s.message, now: wall)

@@ -1,4 +1,5 @@
 import MeshConfig
+import MeshEtcd
 import MeshCA
 import MeshPKI
 import MeshCore
@@ -16,7 +17,21 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
     static let file = "canaries.yaml"
     static let etcdPrefix = "/mesh/canaries/"
 
-    public init(store: ConfigStore) { self.store = store }
+    /// Replicas on etcd: whether this meshd leads and its election compare, which every write
+    /// of the controller carries (a deposed leader writes nothing). nil: the only meshd.
+    let leadership: (@Sendable () -> EtcdCompare?)?
+
+    public init(store: ConfigStore, leadership: (@Sendable () -> EtcdCompare?)? = nil) {
+        self.store = store
+        self.leadership = leadership
+    }
+
+    /// The compare the controller's writes carry; throws when this replica does not lead.
+    private func fence() throws(ConfigError) -> EtcdCompare? {
+        guard let leadership else { return nil }
+        guard let f = leadership() else { throw ConfigError(path: CanaryController.notLeading, message: "this meshd no longer leads") }
+        return f
+    }
 
     public func monotonicNanos() -> UInt64 { Clock.monotonicNanos() }
     public func wallSeconds() -> Int64 { MeshCrypto.now() }
@@ -47,7 +62,7 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
     }
 
     public func writeVirtualService(namespace: String, name: String, text: String, by canary: String) throws(ConfigError) -> String {
-        _ = try store.apply([ConfigStore.Input(file: "(canary controller: Canary \(canary))", text: text)])
+        _ = try store.apply([ConfigStore.Input(file: "(canary controller: Canary \(canary))", text: text)], fence: try fence())
         guard let stored = virtualServiceText(namespace: namespace, name: name) else {
             throw ConfigError(path: "VirtualService \(namespace)/\(name)", message: "not in force after the write")
         }
@@ -128,13 +143,20 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
     public func saveStatuses(_ statuses: [CanaryStatus]) {
         if let etcd = store.etcd {
             let keep = Set(statuses.map { StoreCanaryEnvironment.etcdPrefix + "\($0.namespace)/\($0.name)" })
+            // Fenced on the election: a replica that no longer leads records nothing.
+            let f: EtcdCompare?
+            do { f = try fence() } catch { return }
+            let compare = f.map { [$0] } ?? []
             for s in statuses {
-                do { _ = try etcd.client.put(StoreCanaryEnvironment.etcdPrefix + "\(s.namespace)/\(s.name)", Array(s.serialized.utf8)) } catch {
+                do {
+                    let r = try etcd.client.txn(compare: compare, success: [.put(StoreCanaryEnvironment.etcdPrefix + "\(s.namespace)/\(s.name)", Array(s.serialized.utf8))])
+                    if !r.succeeded { return }
+                } catch {
                     Log.warn("canary", "cannot record Canary \(s.namespace)/\(s.name) in etcd: \(error)")
                 }
             }
             if let r = try? etcd.client.range(prefix: StoreCanaryEnvironment.etcdPrefix) {
-                for kv in r.kvs where !keep.contains(kv.key) { _ = try? etcd.client.delete(kv.key) }
+                for kv in r.kvs where !keep.contains(kv.key) { _ = try? etcd.client.txn(compare: compare, success: [.delete(kv.key)]) }
             }
             return
         }

@@ -292,7 +292,9 @@ if let replica = server.replica {
     Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
 }
 // The canary controller (DESIGN §13): singleton work, on the leader only.
-let canaryEnv = StoreCanaryEnvironment(store: store)
+let canaryLeadership: (@Sendable () -> EtcdCompare?)?
+if let replica = server.replica { canaryLeadership = { replica.fence } } else { canaryLeadership = nil }
+let canaryEnv = StoreCanaryEnvironment(store: store, leadership: canaryLeadership)
 do { try canaryEnv.checkStored() } catch { fail("\(error)") }
 let canaryController = CanaryController(env: canaryEnv)
 server.canaries = canaryController
