@@ -163,6 +163,8 @@ public enum IstioTraffic {
         public var sidecars: [IstioSidecar] = []
         /// `mesh.io/v1alpha1` LocalRateLimit documents (LocalRateLimit.swift).
         public var localRateLimits: [LocalRateLimit] = []
+        /// `mesh.io/v1alpha1` Canary documents (Canary.swift): meshd's controller drives them.
+        public var canaries: [Canary] = []
         /// Gateway resources: the listeners of `sidecar --gateway` proxies their selectors match.
         public var gateways: [IstioGateway] = []
         /// `telemetry.istio.io` Telemetry documents (Telemetry.swift); each sidecar resolves its own.
@@ -179,7 +181,7 @@ public enum IstioTraffic {
 
     /// The kinds this model reads.
     public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
-                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway", Telemetry.kind]
+                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway", Telemetry.kind, Canary.kind]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -198,7 +200,7 @@ public enum IstioTraffic {
                 throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: \(known))")
             }
             let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" || kind == "RequestAuthentication" ? AuthorizationPolicy.apiVersions
-                : kind == LocalRateLimit.kind ? LocalRateLimit.apiVersions : kind == Telemetry.kind ? Telemetry.apiVersions : apiVersions
+                : kind == LocalRateLimit.kind ? LocalRateLimit.apiVersions : kind == Telemetry.kind ? Telemetry.apiVersions : kind == Canary.kind ? Canary.apiVersions : apiVersions
             guard expected.contains(api) else {
                 throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(expected[0]) for \(kind), got \"\(api)\"")
             }
@@ -221,6 +223,11 @@ public enum IstioTraffic {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Telemetry \(ns)/\(name)")
                 }
                 cfg.telemetries.append(try Telemetry.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == Canary.kind {
+                if cfg.canaries.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Canary \(ns)/\(name)")
+                }
+                cfg.canaries.append(try Canary.parse(&spec, name: name, namespace: ns, ctx: ctx))
             } else if kind == LocalRateLimit.kind {
                 if cfg.localRateLimits.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second LocalRateLimit \(ns)/\(name)")

@@ -82,6 +82,7 @@ public enum ConfigAnalysis {
             }
             try ConfigStore.allocateVIPs(&state)
             try ConfigStore.check(state, trustDomain: trustDomain)
+            try ConfigStore.checkAppliedCanaries(state, incoming: docs)
         } catch {
             return [ConfigFinding(level: .error, code: "MESH0001", resource: "", file: error.file, line: error.line,
                                   message: "refused, as meshd would refuse it: " + errorText(error))]

@@ -307,7 +307,7 @@ public final class ConfigStore: @unchecked Sendable {
     // MARK: documents
 
     static let storedKinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
-                                           "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway", Telemetry.kind]
+                                           "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway", Telemetry.kind, Canary.kind]
 
     /// Splits one file's YAML text into documents with their identities (kind, namespace, name)
     /// and their place in the file. Each document is validated on its own here, with the file's
@@ -365,13 +365,13 @@ public final class ConfigStore: @unchecked Sendable {
     /// (`Bootstrap.checkPushed`). Nothing changes, no version moves and nothing is pushed when
     /// the documents in force are already what the input says. `replacing`: sources whose every
     /// document is replaced by what the inputs hold (a `--config-dir` file removed or rewritten).
-    public func apply(_ inputs: [Input], delete: Bool = false, replacing: Set<String> = []) throws(ConfigError) -> Result {
+    public func apply(_ inputs: [Input], delete: Bool = false, replacing: Set<String> = [], fence: EtcdCompare? = nil) throws(ConfigError) -> Result {
         applyLock.lock()
         defer { applyLock.unlock() }
-        return try retrying("apply") { (at: inout Int) throws(ConfigError) -> Result? in try applyOnce(inputs, delete: delete, replacing: replacing, conflictAt: &at) }
+        return try retrying("apply") { (at: inout Int) throws(ConfigError) -> Result? in try applyOnce(inputs, delete: delete, replacing: replacing, conflictAt: &at, fence: fence) }
     }
 
-    private func applyOnce(_ inputs: [Input], delete: Bool, replacing: Set<String>, conflictAt: inout Int) throws(ConfigError) -> Result? {
+    private func applyOnce(_ inputs: [Input], delete: Bool, replacing: Set<String>, conflictAt: inout Int, fence: EtcdCompare? = nil) throws(ConfigError) -> Result? {
         var incoming: [Document] = []
         for input in inputs {
             var docs = try ConfigStore.split(input.text, file: input.file, validate: !delete)
@@ -434,8 +434,9 @@ public final class ConfigStore: @unchecked Sendable {
             })
         }
         if !delete { ConfigStore.warnPlaintextKeySets(incoming) }
+        if !delete { try ConfigStore.checkAppliedCanaries(next, incoming: incoming) }
         if etcd != nil {
-            guard let v = try commit(current, next, conflictAt: &conflictAt) else { return nil }
+            guard let v = try commit(current, next, conflictAt: &conflictAt, fence: fence) else { return nil }
             let files = Set(inputs.map(\.file)).sorted().joined(separator: ", ")
             Log.info("config", "\(outcomes.filter { $0.3 != .unchanged && $0.3 != .notFound }.map { "\($0.0) \($0.1)/\($0.2) \($0.3.rawValue)" }.joined(separator: ", ")) from \(files): version \(v)")
             return Result(version: v, changed: true, documents: outcomes)

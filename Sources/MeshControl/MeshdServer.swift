@@ -25,6 +25,8 @@ public final class MeshdServer: @unchecked Sendable {
     public var replica: MeshdReplica?
     /// Scrapes the sidecars' metrics for the web page while it is used (WebUI.swift).
     public let webUISampler = WebUISampler()
+    /// The canary controller (CanaryController.swift; nil: no config store).
+    public var canaries: CanaryController?
     /// Reviews Kubernetes service-account tokens with the apiserver (`meshd --kube-api`; nil: off).
     public var kubeReviewer: KubeTokenReviewer?
     private let apiContext: Locked<TLSContext?>
@@ -331,6 +333,8 @@ public final class MeshdServer: @unchecked Sendable {
                 let state = $0.nack.map { "NACK (\($0))" } ?? (store.isCurrent($0) ? "ACK" : $0.ackedVersion > 0 ? "ACK \($0.ackedVersion) (behind)" : "pending")
                 return "\($0.identity)\t\($0.node)\t\($0.connected ? "connected" : "disconnected")\tsent \($0.sentVersion)\tacked \($0.ackedVersion)\t\(state)\tadmin \($0.admin.isEmpty ? "-" : $0.admin)" + (store.withheldSecrets(identity: $0.identity, node: $0.node).map { "\t\($0)" } ?? "")
             }.joined(separator: "\n") + "\n")
+        case ("GET", "/v1/canaries"), ("POST", "/v1/canaries/abort"), ("POST", "/v1/canaries/resume"):
+            return handleCanaries(r)
         case ("POST", "/v1/ca/rotate"):
             let step = r.query["step"] ?? ""
             do {
@@ -365,6 +369,7 @@ public final class MeshdServer: @unchecked Sendable {
             out += store.convergenceMetrics()
             out += store.scoped.deltas.metrics()
         }
+        if let canaries { out += CanaryReport.metrics(canaries.report()) }
         if let api { out += api.metrics() }
         if let kubeReviewer { out += kubeReviewer.metrics() }
         out += "# HELP meshd_trust_anchor_expiry_timestamp_seconds When each trusted root expires (Unix time).\n# TYPE meshd_trust_anchor_expiry_timestamp_seconds gauge\n"

@@ -1,4 +1,4 @@
-// meshctl demo: the whole mesh on this machine, with a canary walked from 100/0 to 0/100.
+// meshctl demo: the whole mesh on this machine; meshd walks a good canary to promotion and rolls a bad one back.
 import MeshControlWire
 import MeshPKI
 import MeshCore
@@ -7,12 +7,18 @@ import MeshIO
 import Glibc
 #endif
 
-/// `meshctl demo-app --name NAME --port P`: the sample app (answers "hello from NAME").
-func demoApp(name: String, port: Int) -> Never {
+/// `meshctl demo-app --name NAME --port P [--error-percent N] [--delay-ms D]`: the sample app
+/// (answers "hello from NAME"); a bad version answers N% of its requests 500 (spread evenly: of
+/// every 100 requests, exactly N) and waits D ms before each answer.
+func demoApp(name: String, port: Int, errorPercent: Int = 0, delayMillis: Int = 0) -> Never {
     let signals = SignalWaiter()
+    let served = Locked(0)
     do {
         let server = try ControlServer(address: SocketAddress(host: "127.0.0.1", port: port)!, name: "demo-app", context: { nil }) { _ in
-            ControlResponse(200, "hello from \(name)\n")
+            let i = served.withLock { n -> Int in n += 1; return n }
+            if delayMillis > 0 { usleep(UInt32(delayMillis) * 1000) }
+            if (i * errorPercent) / 100 != ((i - 1) * errorPercent) / 100 { return ControlResponse(500, "error from \(name)\n") }
+            return ControlResponse(200, "hello from \(name)\n")
         }
         Threads.spawnDetached { server.run() }
     } catch { fail("\(error)", code: 1) }
@@ -61,7 +67,7 @@ struct DemoStory {
     func identities() {
         say("mTLS identities in use (issued by meshd, renewed at half life):")
         var ids = Set<String>()
-        for l in ctl("GET", "/v1/proxies", "").split(separator: "\n").dropFirst() { ids.insert(String(l.split(separator: "\t")[0])) }
+        for l in ctl("GET", "/v1/proxies", "").split(separator: "\n") where l.hasPrefix("spiffe://") { ids.insert(String(l.split(separator: "\t")[0])) }
         for id in ids.sorted() { say("  \(id)") }
     }
 
@@ -161,28 +167,45 @@ func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
     }
     func run(_ service: String, _ extra: [String], _ app: [String]) {
         var args = [me, "--meshd", adminURL, "--admin-token-file", tokenFile, "run", "--service", service] + extra
-        args += ["--sidecar-log", "\(dir)/\(service)\(extra.contains("version=v2") ? "-v2" : "")-sidecar.log", "--"] + app
+        let version = extra.first { $0.hasPrefix("version=") }.map { "-" + $0.dropFirst(8) } ?? ""
+        args += ["--sidecar-log", "\(dir)/\(service)\(version)-sidecar.log", "--"] + app
         do { children.append(try ChildProcess(path: me, args: args, logPath: "\(dir)/\(service)-run.log")) } catch { fail("\(error)", code: 1) }
     }
-    say("starting reviews v1 and v2 (the sample app) and productpage (a caller), each with its sidecar")
-    for v in ["v1", "v2"] {
+    say("starting reviews v1, v2 and v3 (the sample app; v3 answers 30% of requests 500) and productpage (a caller), each with its sidecar")
+    for v in ["v1", "v2", "v3"] {
         let p = freeAppPort()
         // Each version on its own app port, both registering the service port callers use.
         run("reviews", ["--label", "version=\(v)", "--app-port", String(p), "--service-port", "9080"],
-            [me, "demo-app", "--name", "reviews-\(v)", "--port", String(p)])
+            [me, "demo-app", "--name", "reviews-\(v)", "--port", String(p), "--error-percent", v == "v3" ? "30" : "0"])
     }
     run("productpage", [], [me, "demo-caller", "--host", "reviews", "--rate", "50"])
     var ready = false
     for _ in 0..<300 {
         let p = ctl("GET", "/v1/proxies")
-        if p.split(separator: "\n").filter({ $0.contains("\tconnected\t") }).count >= 3 { ready = true; break }
+        if p.split(separator: "\n").filter({ $0.contains("\tconnected\t") }).count >= 4 { ready = true; break }
         pause(0.1)
     }
     if !ready { say("the sidecars did not all connect within 30 s (logs in \(dir))"); stopAll(1) }
     let story = DemoStory(say: say, ctl: ctl, table: { topTable(admins: sidecarAdmins(ctl("GET", "/v1/proxies", "")), interval: $0) },
                           pause: pause, check: check, tty: tty, phaseSeconds: phaseSeconds)
     story.identities()
-    story.walkCanary()
+    // Before any route: the caller's requests spread over every version; route them to v1.
+    _ = ctl("POST", "/v1/config/apply?file=demo-reviews-v1", """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: reviews}
+        spec:
+          hosts: [reviews]
+          http:
+          - name: canary
+            route:
+            - destination: {host: reviews, subset: v1}
+        ---
+        \(DemoStory.reviewsRule)
+        """)
+    pause(1)
+    let good = story.autoCanary(stable: "v1", canary: "v2", expect: "a good version: meshd should promote it")
+    let bad = good == "Succeeded" ? story.autoCanary(stable: "v2", canary: "v3", expect: "30% errors: meshd should roll it back") : "not run"
     if keepRunning {
         say("the mesh stays up. meshd admin: \(adminURL) (MESHD=\(adminURL) MESH_ADMIN_TOKEN_FILE=\(tokenFile))")
         say("try: MESHD=\(adminURL) MESH_ADMIN_TOKEN_FILE=\(tokenFile) \(me) top")
@@ -190,8 +213,8 @@ func runDemo(keepRunning: Bool, phaseSeconds: Double) -> Never {
         say("logs: \(dir). Ctrl-C stops everything.")
         while true { pause(3600) }
     }
-    say("done: the canary went from 100/0 to 0/100 with every request over mutual TLS")
-    stopAll(0)
+    say("done: v2 \(good == "Succeeded" ? "promoted" : good), v3 \(bad == "Failed" ? "rolled back" : bad) by meshd's canary controller, every request over mutual TLS")
+    stopAll(good == "Succeeded" && bad == "Failed" ? 0 : 1)
 }
 
 /// A free port for a demo app, below the kernel's ephemeral range (32768 and up): a port the

@@ -68,10 +68,11 @@ let usage = """
                             sidecar gets their ports), starts the sidecar as --proxy-uid/--proxy-gid
                             (1337), CMD as the invoking user (SUDO_UID/SUDO_GID under sudo) with no
                             proxy variable; the rules are removed when it ends (docs/capture.md)
-      demo [--keep-running]  the whole mesh on this machine: meshd, two versions of a sample app
-                            and a caller, each with its sidecar, and a canary walked through
-                            100/0, 90/10, 50/50, 0/100 with live per-version request rates,
-                            success and latency (about a minute; Ctrl-C stops everything)
+      demo [--keep-running]  the whole mesh on this machine: meshd, three versions of a sample app
+                            and a caller, each with its sidecar; meshd's canary controller walks
+                            a good v2 to promotion and rolls a bad v3 (30% 500s) back, printing
+                            each check's figures and what the caller sees (about a minute;
+                            Ctrl-C stops everything)
       demo --capture [--keep-running]
                             (root) the same with each workload in its own network namespace on a
                             bridge under run --capture, the caller calling reviews by name with no
@@ -93,6 +94,12 @@ let usage = """
       wait-ready [--admin-port 15000] [--timeout 120s]
                             wait until the local sidecar's /ready answers 200 (the injected
                             sidecar's postStart hook)
+      canary status [NAME] [--namespace NS] [-o json]
+                            Canaries meshd walks (docs/canary.md): phase, canary weight, failed
+                            checks, the last checks with their figures, recent events
+      canary abort|resume NAME [--namespace NS]
+                            abort: 100% to the stable subset at once (Aborted); resume: a Paused
+                            canary continues from its step
       token create --namespace NS --service-account SA [--ttl 1h]
                             mint a join token for one identity; prints only the token
       ca status             the roots in force and which one issues
@@ -129,7 +136,7 @@ let specs: [Flags.Spec] = [
     .init("service"), .init("label"), .init("app-port"), .init("app-protocol"), .init("token-file"), .init("sidecar-log"),
     .init("root-cert"), .init("advertise-address"), .init("capture", value: false), .init("service-port"),
     .init("failure-threshold"), .init("use-meshd", value: false),
-    .init("cert"), .init("key"), .init("ca"),
+    .init("cert"), .init("key"), .init("ca"), .init("error-percent"), .init("delay-ms"),
 ] + CaptureOptions.flagSpecs.filter { $0.name != "help" }
 // `meshctl capture ...` takes its own flags (none of the global ones apply to it).
 if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "capture" { runCapture(Array(CommandLine.arguments.dropFirst())) }
@@ -147,7 +154,10 @@ do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) }
 if flags.has("help") || flags.positional.isEmpty { print(usage, terminator: ""); exit(flags.has("help") ? 0 : 2) }
 // The demo's own processes (not for operators): the sample app and the caller.
 if flags.positional.first == "demo-app" {
-    do { demoApp(name: flags.string("name") ?? "app", port: try flags.int("port", min: 1, max: 65535) ?? 9080) } catch { fail("\(error)") }
+    do {
+        demoApp(name: flags.string("name") ?? "app", port: try flags.int("port", min: 1, max: 65535) ?? 9080,
+                errorPercent: try flags.int("error-percent", min: 0, max: 100) ?? 0, delayMillis: try flags.int("delay-ms", min: 0, max: 60000) ?? 0)
+    } catch { fail("\(error)") }
 }
 if flags.positional.first == "demo-caller" {
     let rate: Int
@@ -398,6 +408,8 @@ case ("top", _):
         if once { print(table, terminator: ""); break }
         print("\u{1B}[2J\u{1B}[H" + table, terminator: "")
     }
+case ("canary", _):
+    runCanaryCommand(cmd, namespace: flags.string("namespace"), output: flags.string("o") ?? flags.string("output"), call: { call($0, $1) })
 case ("get", "proxies"), ("status", _):
     show(call("GET", "/v1/proxies"))
 case ("token", "create"):

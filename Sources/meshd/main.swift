@@ -292,6 +292,20 @@ if let replica = server.replica {
 } else {
     Threads.spawnDetached { while true { usleep(2_000_000); store.expire() } }
 }
+// The canary controller (DESIGN §13): singleton work, on the leader only.
+let canaryLeadership: (@Sendable () -> EtcdCompare?)?
+if let replica = server.replica { canaryLeadership = { replica.fence } } else { canaryLeadership = nil }
+let canaryEnv = StoreCanaryEnvironment(store: store, leadership: canaryLeadership)
+do { try canaryEnv.checkStored() } catch { fail("\(error)") }
+let canaryController = CanaryController(env: canaryEnv)
+server.canaries = canaryController
+Threads.spawnDetached {
+    while true {
+        usleep(200_000)
+        canaryEnv.publishAdmins()
+        if server.replica.map({ $0.isLeader }) ?? true { canaryController.tick() } else { canaryController.standby() }
+    }
+}
 server.api!.settings.maxStreamAge = maxStreamAge
 server.api!.settings.loops = apiLoops
 Threads.spawnDetached { server.api!.run() }

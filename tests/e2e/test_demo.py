@@ -1,5 +1,6 @@
-"""`meshctl demo` run non-interactively to completion: the split it reports follows the canary,
-it exits 0, and no process is left behind.
+"""`meshctl demo` run non-interactively to completion: meshd's canary controller promotes a good
+v2 and rolls back v3 (30% 500s), the split the caller reports follows, it exits 0, and no
+process is left behind.
 
 `meshctl demo --capture` (root): the same story with meshd and each workload in its own network
 namespace (`mdemo-<pid>-*`) under `meshctl run --capture`, the caller calling reviews by name with
@@ -49,6 +50,21 @@ def assert_canary_walked(out):
     assert 75 <= seen[90] <= 99 and 30 <= seen[50] <= 70, seen
 
 
+def assert_canaries_decided(out):
+    """`meshctl demo`'s story: meshd walks v2 through 10 -> 20 -> 50% and promotes it, then rolls
+    v3 (30% 500s) back after its threshold, and the caller then sees only v2, all successes."""
+    weights = [int(w) for w in re.findall(r"demo: canary v2: Progressing (\d+)%", out)]
+    assert weights and sorted(set(weights)) == [10, 20, 50] and weights == sorted(weights), weights
+    assert "demo: canary v2: Succeeded 100%: promoted: canary v2 at 100%" in out, out[-3000:]
+    m = re.search(r"demo: canary v3: Failed 0%: rolled back to 100% v2 after 2 failed check\(s\): request-success-rate ([\d.]+)% is below 99%", out)
+    assert m and float(m.group(1)) < 99, out[-3000:]
+    for who in ("v2 promoted", "v3 rolled back"):
+        after = out.split(f"demo: canary {who}: what the caller sees now")[1].split("demo: canary v3: applied")[0].split("demo: done")[0]
+        rows = re.findall(r"demo:\s+reviews\.canary\s+reviews\s+(v\d)\s+([\d.]+)\s+(\d+)%", after)
+        assert rows and all(v == "v2" and ok == "100" for v, _, ok in rows), (who, after)
+    assert "demo: done: v2 promoted, v3 rolled back by meshd's canary controller" in out
+
+
 def pgrep(pattern):
     left = subprocess.run(["pgrep", "-fa", pattern], capture_output=True, text=True).stdout
     return "\n".join(l for l in left.splitlines() if "pgrep" not in l)
@@ -59,7 +75,7 @@ def test_demo_runs_to_completion_and_cleans_up():
     out = r.stdout
     assert r.returncode == 0, (r.returncode, out[-2000:], r.stderr[-2000:])
     assert "spiffe://cluster.local/ns/default/sa/productpage" in out and "spiffe://cluster.local/ns/default/sa/reviews" in out
-    assert_canary_walked(out)
+    assert_canaries_decided(out)
     d = re.search(r"state in (/tmp/meshctl-demo-\w+)/meshd", out).group(1)
     for pattern in (d, "demo-app", "demo-caller", "--service-account reviews --outbound-port", "--service-account productpage --outbound-port"):
         left = pgrep(pattern)

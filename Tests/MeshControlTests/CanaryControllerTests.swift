@@ -1,0 +1,329 @@
+import XCTest
+@testable import MeshConfig
+@testable import MeshControl
+
+/// A CanaryEnvironment in memory: an injected clock, documents, and counters the test moves.
+final class FakeCanaryEnvironment: CanaryEnvironment {
+    var now: UInt64 = 1_000_000_000
+    var docs: String
+    var canaryText: String
+    var vsText: String
+    var stored: [CanaryStatus] = []
+    var writes: [String] = []
+    /// Cumulative counters per version: (requests, 5xx, requests under 100 ms).
+    var counters: [String: (req: Double, err: Double, fast: Double)] = ["v1": (0, 0, 0), "v2": (0, 0, 0)]
+
+    init(canary: String, vs: String, rules: String) {
+        canaryText = canary
+        vsText = vs
+        docs = rules
+    }
+
+    func monotonicNanos() -> UInt64 { now }
+    func wallSeconds() -> Int64 { Int64(now / 1_000_000_000) }
+    func config() -> IstioTraffic.Config? { try? IstioTraffic.parse(docs + "\n---\n" + vsText + "\n---\n" + canaryText, file: "(fake)") }
+    func canaries() -> [(canary: Canary, hash: String)] { (config()?.canaries ?? []).map { ($0, String(canaryText.hashValue)) } }
+    func virtualServiceText(namespace: String, name: String) -> String? { vsText }
+    func writeVirtualService(namespace: String, name: String, text: String, by canary: String) throws(ConfigError) -> String {
+        _ = try IstioTraffic.parse(docs + "\n---\n" + text, file: "(write)")
+        vsText = text
+        writes.append(text)
+        return text
+    }
+    func sample(service: String, namespace: String, versions: Set<String>) -> CanarySample {
+        var text = ""
+        for (v, c) in counters {
+            let l = "reporter=\"destination\",destination_service_name=\"\(service)\",destination_service_namespace=\"\(namespace)\",destination_version=\"\(v)\""
+            text += "istio_requests_total{\(l),response_code=\"200\"} \(c.req - c.err)\nistio_requests_total{\(l),response_code=\"500\"} \(c.err)\n"
+            text += "istio_request_duration_milliseconds_bucket{\(l),le=\"100\"} \(c.fast)\n"
+            text += "istio_request_duration_milliseconds_bucket{\(l),le=\"1000\"} \(c.req)\nistio_request_duration_milliseconds_bucket{\(l),le=\"+Inf\"} \(c.req)\n"
+        }
+        return CanaryAnalysis.sample(time: now, scrapes: [("s:1", PrometheusSamples.parse(text))], service: service, namespace: namespace, versions: versions)
+    }
+    func loadStatuses() -> [CanaryStatus] { stored.compactMap { CanaryStatus.parse($0.serialized) } }
+    func saveStatuses(_ statuses: [CanaryStatus]) { stored = statuses }
+
+    /// `n` requests to each version over the next second: `errPct` percent of the canary's 5xx,
+    /// `slowPct` percent of them slower than 100 ms.
+    func traffic(_ n: Double, errPct: Double = 0, slowPct: Double = 0) {
+        let w = weight
+        let c = n * Double(w) / 100, s = n - c
+        counters["v1"] = (counters["v1"]!.req + s, counters["v1"]!.err, counters["v1"]!.fast + s)
+        counters["v2"] = (counters["v2"]!.req + c, counters["v2"]!.err + c * errPct / 100, counters["v2"]!.fast + c * (100 - slowPct) / 100)
+    }
+
+    var weight: Int {
+        let ws = vsText.components(separatedBy: "weight: ").dropFirst().compactMap { Int($0.prefix { $0.isNumber }) }
+        return ws.count == 2 ? ws[1] : -1
+    }
+}
+
+/// The canary state machine with an injected clock and fake figures: walk and promotion,
+/// rollback after `threshold`, held steps, spec changes, pauses, abort and resume, and a new
+/// controller (a restarted meshd, a new leader) resuming from the recorded state.
+final class CanaryControllerTests: XCTestCase {
+    static let rules = """
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: reviews}
+    spec:
+      host: reviews
+      subsets:
+      - {name: v1, labels: {version: v1}}
+      - {name: v2, labels: {version: v2}}
+    """
+    static let vs = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: reviews}
+    spec:
+      hosts: [reviews]
+      http:
+      - name: main
+        timeout: 2s
+        route:
+        - destination: {host: reviews, subset: v1}
+          weight: 100
+        - destination: {host: reviews, subset: "v2"}
+          weight: 0
+    """
+    static func canary(_ extra: String = "", threshold: Int = 2, minRequests: Int = 10) -> String {
+        """
+        apiVersion: mesh.io/v1alpha1
+        kind: Canary
+        metadata: {name: reviews}
+        spec:
+          host: reviews
+          stable: v1
+          canary: v2
+          analysis:
+            interval: 1s
+            threshold: \(threshold)
+            stepWeight: 10
+            maxWeight: 30
+            minRequests: \(minRequests)\(extra)
+            metrics:
+            - {name: request-success-rate, interval: 1s, thresholdRange: {min: 99}}
+            - {name: request-duration, interval: 1s, thresholdRange: {max: 100}}
+        """
+    }
+
+    let sec: UInt64 = 1_000_000_000
+
+    func make(_ canary: String = canary()) -> (FakeCanaryEnvironment, CanaryController) {
+        let env = FakeCanaryEnvironment(canary: canary, vs: Self.vs, rules: Self.rules)
+        return (env, CanaryController(env: env))
+    }
+
+    /// One interval: traffic, the clock moves, a tick.
+    func interval(_ env: FakeCanaryEnvironment, _ c: CanaryController, n: Double = 200, errPct: Double = 0, slowPct: Double = 0) {
+        env.traffic(n, errPct: errPct, slowPct: slowPct)
+        env.now += sec
+        c.tick()
+    }
+
+    func status(_ c: CanaryController) -> CanaryStatus { c.report()[0].status }
+
+    func testHealthyCanaryWalksEachStepThenPromotes() throws {
+        let (env, c) = make()
+        c.tick()
+        XCTAssertEqual(env.weight, 10)
+        XCTAssertEqual(status(c).phase, .progressing)
+        // The text written keeps the rest of the document, and the sidecar's parser accepts it.
+        XCTAssertTrue(env.vsText.contains("timeout: 2s"), env.vsText)
+        XCTAssertTrue(env.vsText.contains("subset: \"v2\""), env.vsText)
+        XCTAssertEqual(try IstioTraffic.parse(Self.rules + "\n---\n" + env.vsText, file: "x").virtualServices[0].http[0].route.map(\.weight), [90, 10])
+        var seen = [env.weight]
+        for _ in 0..<3 {
+            interval(env, c)
+            seen.append(env.weight)
+        }
+        XCTAssertEqual(seen, [10, 20, 30, 100])
+        let s = status(c)
+        XCTAssertEqual(s.phase, .succeeded)
+        XCTAssertEqual(s.weight, 100)
+        XCTAssertEqual(s.passed, 3)
+        XCTAssertTrue(s.message.contains("promoted"), s.message)
+        XCTAssertTrue(s.checks.last!.contains("success 100% (min 99%; stable 100%)"), s.checks.last!)
+        // Done: more intervals change nothing.
+        interval(env, c)
+        XCTAssertEqual(env.writes.count, 4)
+    }
+
+    func testIterationsHoldMaxWeightForThatManyPassingChecks() {
+        let text = Self.canary().replacingOccurrences(of: "stepWeight: 10\n    maxWeight: 30", with: "iterations: 3\n    maxWeight: 25")
+        XCTAssertNotEqual(text, Self.canary())
+        let (env, c) = make(text)
+        c.tick()
+        XCTAssertEqual(env.weight, 25)
+        interval(env, c)
+        interval(env, c)
+        XCTAssertEqual(env.weight, 25)
+        XCTAssertEqual(status(c).iterations, 2)
+        XCTAssertTrue(status(c).checks.last!.hasPrefix("check 2 of 3 at 25%"), status(c).checks.last!)
+        interval(env, c)
+        XCTAssertEqual(env.weight, 100)
+        XCTAssertEqual(status(c).phase, .succeeded)
+    }
+
+    func testNotTheIntervalYetDoesNothing() {
+        let (env, c) = make()
+        c.tick()
+        env.traffic(200)
+        env.now += sec / 2
+        c.tick()
+        XCTAssertEqual(env.weight, 10)
+        XCTAssertEqual(status(c).passed, 0)
+        env.now += sec / 2
+        c.tick()
+        XCTAssertEqual(env.weight, 20)
+    }
+
+    func testErrorsRollBackAfterThresholdFailedChecks() {
+        let (env, c) = make(Self.canary(threshold: 3))
+        c.tick()
+        interval(env, c, errPct: 30)
+        XCTAssertEqual(status(c).failedChecks, 1)
+        XCTAssertEqual(status(c).phase, .progressing)
+        XCTAssertEqual(env.weight, 10, "a failed check holds the step")
+        interval(env, c, errPct: 30)
+        XCTAssertEqual(status(c).failedChecks, 2)
+        interval(env, c, errPct: 30)
+        let s = status(c)
+        XCTAssertEqual(s.phase, .failed)
+        XCTAssertEqual(s.weight, 0)
+        XCTAssertEqual(env.weight, 0)
+        XCTAssertTrue(s.message.contains("request-success-rate 70% is below 99%"), s.message)
+        XCTAssertEqual(s.failed, 3)
+    }
+
+    func testSlowP99RollsBack() {
+        let (env, c) = make(Self.canary(threshold: 1))
+        c.tick()
+        interval(env, c, slowPct: 5)
+        let s = status(c)
+        XCTAssertEqual(s.phase, .failed)
+        XCTAssertEqual(env.weight, 0)
+        XCTAssertTrue(s.message.contains("request-duration p99"), s.message)
+    }
+
+    func testTooFewRequestsHoldTheStepWithAReason() {
+        let (env, c) = make(Self.canary(minRequests: 50))
+        c.tick()
+        // 10% of 200 = 20 canary requests: fewer than 50.
+        interval(env, c, errPct: 50)
+        interval(env, c, errPct: 50)
+        let s = status(c)
+        XCTAssertEqual(s.phase, .progressing)
+        XCTAssertEqual(s.weight, 10)
+        XCTAssertEqual(s.failedChecks, 0)
+        XCTAssertEqual(s.held, 2)
+        XCTAssertTrue(s.message.contains("held") && s.message.contains("fewer than minRequests 50"), s.message)
+        // Enough traffic: the walk goes on.
+        interval(env, c, n: 1000)
+        XCTAssertEqual(env.weight, 20)
+    }
+
+    func testOnNoDataFailCountsAsAFailedCheck() {
+        let (env, c) = make(Self.canary("\n    onNoData: fail", threshold: 1))
+        c.tick()
+        interval(env, c, n: 0)
+        XCTAssertEqual(status(c).phase, .failed)
+        XCTAssertTrue(status(c).message.contains("onNoData: fail"), status(c).message)
+    }
+
+    func testSomeoneElsesChangePausesUntilResume() {
+        let (env, c) = make()
+        c.tick()
+        interval(env, c)
+        XCTAssertEqual(env.weight, 20)
+        env.vsText = Self.vs.replacingOccurrences(of: "weight: 100", with: "weight: 60").replacingOccurrences(of: "weight: 0", with: "weight: 40")
+        c.tick()
+        XCTAssertEqual(status(c).phase, .paused)
+        XCTAssertTrue(status(c).message.contains("changed by someone else") && status(c).message.contains("now gives canary v2 40%"), status(c).message)
+        let writes = env.writes.count
+        for _ in 0..<3 { interval(env, c) }
+        XCTAssertEqual(env.writes.count, writes, "a paused canary writes nothing")
+        XCTAssertEqual(env.weight, 40)
+        XCTAssertTrue(c.resume(namespace: "default", name: "reviews").ok)
+        XCTAssertEqual(env.weight, 20, "resume writes the step's weight again")
+        XCTAssertEqual(status(c).phase, .progressing)
+        interval(env, c)
+        XCTAssertEqual(env.weight, 30)
+        XCTAssertFalse(c.resume(namespace: "default", name: "reviews").ok)
+    }
+
+    func testAbortGoesToStableAtOnce() {
+        let (env, c) = make()
+        c.tick()
+        interval(env, c)
+        XCTAssertTrue(c.abort(namespace: "default", name: "reviews").ok)
+        XCTAssertEqual(env.weight, 0)
+        XCTAssertEqual(status(c).phase, .aborted)
+        interval(env, c)
+        XCTAssertEqual(env.weight, 0)
+        XCTAssertFalse(c.abort(namespace: "nope", name: "reviews").ok)
+    }
+
+    func testChangedSpecRestartsTheAnalysis() {
+        let (env, c) = make()
+        c.tick()
+        interval(env, c)
+        interval(env, c, errPct: 50)
+        XCTAssertEqual(status(c).failedChecks, 1)
+        XCTAssertEqual(env.weight, 20)
+        env.canaryText = Self.canary(threshold: 5)
+        c.tick()
+        let s = status(c)
+        XCTAssertEqual(s.weight, 10)
+        XCTAssertEqual(s.failedChecks, 0)
+        XCTAssertEqual(env.weight, 10)
+        XCTAssertTrue(s.events.last!.contains("analysis restarted"), s.events.last!)
+    }
+
+    func testANewControllerResumesAtTheRecordedStep() {
+        let (env, c) = make()
+        c.tick()
+        interval(env, c)
+        interval(env, c)
+        XCTAssertEqual(env.weight, 30)
+        // meshd restarts (or another replica leads): only the recorded state carries over.
+        let next = CanaryController(env: env)
+        next.tick()
+        XCTAssertEqual(env.weight, 30)
+        XCTAssertEqual(status(next).step, 2)
+        interval(env, next)
+        XCTAssertEqual(env.weight, 100)
+        XCTAssertEqual(status(next).phase, .succeeded)
+    }
+
+    func testDeletedDestinationRuleFailsTheCanaryByName() {
+        let (env, c) = make()
+        c.tick()
+        env.docs = ""
+        env.vsText = Self.vs.replacingOccurrences(of: ", subset: v1", with: "").replacingOccurrences(of: ", subset: \"v2\"", with: "")
+        c.tick()
+        XCTAssertEqual(status(c).phase, .failed)
+        XCTAssertTrue(status(c).message.contains("no DestinationRule for host reviews"), status(c).message)
+    }
+
+    func testStatusRoundTripsAndReports() {
+        var s = CanaryStatus(namespace: "default", name: "r")
+        s.phase = .paused
+        s.weight = 20
+        s.written = "a: \"b\"\nweight: 3"
+        s.checks = ["step 1 (10%): success 99.5%, \"x\""]
+        s.events = ["100 started"]
+        s.lastTransition = 1796601234
+        XCTAssertEqual(CanaryStatus.parse(s.serialized), s)
+        let json = CanaryReport.json([(s, nil)])
+        XCTAssertTrue(json.hasPrefix("[{\"namespace\":\"default\",\"name\":\"r\""), json)
+        XCTAssertTrue(json.contains("\"phase\":\"Paused\"") && json.contains("\"canaryWeight\":20") && json.contains("\"lastTransition\":1796601234"), json)
+        XCTAssertEqual(CanaryReport.json([]), "[]\n")
+        let m = CanaryReport.metrics([(s, nil)])
+        XCTAssertTrue(m.contains("mesh_canary_weight{namespace=\"default\",name=\"r\"} 20\n"), m)
+        XCTAssertTrue(m.contains("mesh_canary_phase{namespace=\"default\",name=\"r\",phase=\"Paused\"} 1\n"), m)
+        XCTAssertTrue(m.contains("mesh_canary_phase{namespace=\"default\",name=\"r\",phase=\"Progressing\"} 0\n"), m)
+        XCTAssertTrue(m.contains("mesh_canary_checks_total{namespace=\"default\",name=\"r\",result=\"held\"} 0\n"), m)
+    }
+}
