@@ -233,6 +233,10 @@ def test_canary_walks_promotes_rolls_back_and_holds(procs, tmp_path):
         assert metric(m, 'mesh_canary_weight{namespace="default",name="good"}') == 100
         assert metric(m, 'mesh_canary_phase{namespace="default",name="bad",phase="Failed"}') == 1
         assert metric(m, 'mesh_canary_phase{namespace="default",name="bad",phase="Progressing"}') == 0
+        # The web page's data endpoint carries the same canaries (WebUI.swift reads /v1/canaries).
+        ui = {c["name"]: c for c in json.loads(http_get_auth(m, "/ui/api/canaries"))}
+        assert sorted(ui) == sorted(hosts), ui
+        assert ui["good"]["phase"] == "Succeeded" and ui["bad"]["phase"] == "Failed" and ui["quiet"]["canaryWeight"] == 10, ui
         text = m.ctl("canary", "status", "good").stdout
         assert "phase Succeeded" in text and "promoted" in text and "success 100%" in text, text
         log = m.proc.log_path.read_text()
