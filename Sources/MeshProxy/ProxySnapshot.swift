@@ -277,6 +277,8 @@ public final class ProxySnapshot: Sendable {
     public var usesDNS: Bool { bootstrap.clusters.contains { $0.resolution != .static } }
     /// A gateway proxy's servers (Gateway/GatewayTable.swift); nil for a sidecar.
     public let gateway: GatewayTable?
+    /// Tracing: propagation, sampling and span tags compiled (Tracing/TracingTable.swift).
+    let tracing: TracingTable
 
     /// Stream idle timeout: no bytes either way while a request is in flight.
     /// Compiles a bootstrap, loading its certificate files into TLS contexts.
@@ -302,6 +304,8 @@ public final class ProxySnapshot: Sendable {
         self.targets = compiled.targets
         self.vhosts = compiled.vhosts
         self.matcher = MatchTable(vhosts: compiled.vhosts, routes: compiled.routes)
+        self.tracing = TracingTable(b, policy: TracingPolicy.resolve(b), routes: compiled.routes.map(\.label),
+                                    clusters: compiled.clusters.map(\.name))
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
         self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels,
                             fetched: b.traffic.requestAuthentications.isEmpty ? ([:], 0) : JWKSFetcher.shared.current())
