@@ -165,6 +165,8 @@ public enum IstioTraffic {
         public var localRateLimits: [LocalRateLimit] = []
         /// Gateway resources: the listeners of `sidecar --gateway` proxies their selectors match.
         public var gateways: [IstioGateway] = []
+        /// `telemetry.istio.io` Telemetry documents (Telemetry.swift); each sidecar resolves its own.
+        public var telemetries: [Telemetry] = []
         public init() {}
     }
 
@@ -177,7 +179,7 @@ public enum IstioTraffic {
 
     /// The kinds this model reads.
     public static let kinds: Set<String> = ["VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
-                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway"]
+                                            "ServiceEntry", "WorkloadEntry", "Sidecar", LocalRateLimit.kind, "Gateway", Telemetry.kind]
 
     /// Parses the VirtualService and DestinationRule documents among `docs` (documents whose kind is
     /// in `skipKinds` belong to another reader and are passed over), then validates the set.
@@ -196,7 +198,7 @@ public enum IstioTraffic {
                 throw ConfigReader.error(ctx, "kind", doc.line, "unknown kind \"\(kind)\" (supported here: \(known))")
             }
             let expected = kind == "AuthorizationPolicy" || kind == "PeerAuthentication" || kind == "RequestAuthentication" ? AuthorizationPolicy.apiVersions
-                : kind == LocalRateLimit.kind ? LocalRateLimit.apiVersions : apiVersions
+                : kind == LocalRateLimit.kind ? LocalRateLimit.apiVersions : kind == Telemetry.kind ? Telemetry.apiVersions : apiVersions
             guard expected.contains(api) else {
                 throw ConfigReader.error(ctx, "apiVersion", doc.line, "expected \(expected[0]) for \(kind), got \"\(api)\"")
             }
@@ -214,7 +216,12 @@ public enum IstioTraffic {
             try meta.finish()
             guard var spec = try top.object("spec") else { throw ConfigReader.error(ctx, "spec", doc.line, "required field is missing") }
             try top.finish()
-            if kind == LocalRateLimit.kind {
+            if kind == Telemetry.kind {
+                if cfg.telemetries.contains(where: { $0.name == name && $0.namespace == ns }) {
+                    throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second Telemetry \(ns)/\(name)")
+                }
+                cfg.telemetries.append(try Telemetry.parse(&spec, name: name, namespace: ns, ctx: ctx))
+            } else if kind == LocalRateLimit.kind {
                 if cfg.localRateLimits.contains(where: { $0.name == name && $0.namespace == ns }) {
                     throw ConfigReader.error(ctx, "metadata.name", doc.line, "a second LocalRateLimit \(ns)/\(name)")
                 }
@@ -581,6 +588,7 @@ public enum IstioTraffic {
             }
         }
         try LocalRateLimit.validate(cfg, file: file)
+        try Telemetry.validate(cfg.telemetries, file: file)
         // Istio: at most one Sidecar without a workloadSelector per namespace (the default).
         var defaults: [String: String] = [:]
         for sc in cfg.sidecars where sc.selector == nil {

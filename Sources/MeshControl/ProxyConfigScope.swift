@@ -271,7 +271,7 @@ extension ConfigStore {
                 // With the VirtualService it limits (the sidecar checks they come together).
                 let vs = b.cfg.localRateLimits.first { $0.namespace == d.namespace && $0.name == d.name }?.virtualService
                 return vs.flatMap { vsByKey["\(d.namespace)/\($0)"] } ?? false
-            case "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication":
+            case "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication", Telemetry.kind:
                 return scope == nil || d.namespace == own || d.namespace == IstioSidecar.rootNamespace
             default: return false
             }

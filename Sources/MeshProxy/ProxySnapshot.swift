@@ -203,6 +203,8 @@ public final class ProxySnapshot: Sendable {
     let authz: AuthzTable?
     /// RequestAuthentications selecting this workload (inbound), nil when none does.
     let jwt: JWTTable?
+    /// The Telemetry resources in force, resolved for this workload (TelemetrySettings.swift).
+    let telemetry: TelemetrySettings
     /// PeerAuthentication for the inbound listener's app port (STRICT unless a policy says
     /// otherwise): the app port's `portLevelMtls` entry when it has one, else `workloadMode`.
     let inboundMode: PeerAuthentication.Mode
@@ -309,6 +311,7 @@ public final class ProxySnapshot: Sendable {
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
         self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels,
                             fetched: b.traffic.requestAuthentications.isEmpty ? ([:], 0) : JWKSFetcher.shared.current())
+        self.telemetry = TelemetrySettings.resolve(b.traffic.telemetries, namespace: b.workload.namespace, labels: b.workload.labels)
         (self.inboundMode, self.workloadMode, self.inboundPortModes) = ProxySnapshot.peerModes(b)
         self.hosts = HostTable(compiled.hostEntries)
         self.tcpHosts = HostTable(compiled.tcpHostEntries)
