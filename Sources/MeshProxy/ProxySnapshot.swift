@@ -306,12 +306,12 @@ public final class ProxySnapshot: Sendable {
         self.targets = compiled.targets
         self.vhosts = compiled.vhosts
         self.matcher = MatchTable(vhosts: compiled.vhosts, routes: compiled.routes)
-        self.tracing = TracingTable(b, policy: TracingPolicy.resolve(b), routes: compiled.routes.map(\.label),
-                                    clusters: compiled.clusters.map(\.name))
         self.authz = AuthzTable(b.traffic.authorizationPolicies, namespace: b.workload.namespace, labels: b.workload.labels)
         self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels,
                             fetched: b.traffic.requestAuthentications.isEmpty ? ([:], 0) : JWKSFetcher.shared.current())
         self.telemetry = TelemetrySettings.resolve(b.traffic.telemetries, namespace: b.workload.namespace, labels: b.workload.labels)
+        self.tracing = TracingTable(b, settings: telemetry.tracing, routes: compiled.routes.map(\.label),
+                                    clusters: compiled.clusters.map(\.name))
         (self.inboundMode, self.workloadMode, self.inboundPortModes) = ProxySnapshot.peerModes(b)
         self.hosts = HostTable(compiled.hostEntries)
         self.tcpHosts = HostTable(compiled.tcpHostEntries)

@@ -152,9 +152,10 @@ final class TraceExporter: @unchecked Sendable {
     }
 
     static func appendHeader(_ out: ByteBuffer, field: Int, length: Int) {
-        let n = ProtobufWriter.delimitedSize(field, length) - length
-        out.reserve(n)
-        var w = ProtobufWriter(out.writePointer, capacity: n)
+        // Room for the payload too: `beginDelimited` checks the whole field fits, then writes
+        // only the tag and length (the caller appends the payload next).
+        out.reserve(ProtobufWriter.delimitedSize(field, length))
+        var w = ProtobufWriter(out.writePointer, capacity: ProtobufWriter.delimitedSize(field, length))
         w.beginDelimited(field, length: length)
         out.commit(w.count)
     }
@@ -182,16 +183,21 @@ final class TraceExporter: @unchecked Sendable {
         let h = Array(head.utf8)
         guard h.withUnsafeBufferPointer({ sendAll(fd, UnsafeRawPointer($0.baseAddress!), $0.count) }),
               sendAll(fd, UnsafeRawPointer(body.readPointer), body.readableBytes) else { return false }
-        // The status line: `HTTP/1.x 2..`.
-        var answer = [UInt8](repeating: 0, count: 64)
-        var got = 0
-        while got < 12 {
+        // The answer, read to its end (`Connection: close`; at most 64 KiB looked at): its
+        // status line must be `HTTP/1.x 2..`.
+        var answer = [UInt8](repeating: 0, count: 512)
+        var got = 0, total = 0
+        while total < 65536 {
             guard wait(fd, Int16(POLLIN)) else { return false }
-            let n = answer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, 64 - got, 0) }
-            if n <= 0 { return false }
-            got += n
+            let n = answer.withUnsafeMutableBytes { b in
+                got < 12 ? recv(fd, b.baseAddress! + got, 512 - got, 0) : recv(fd, b.baseAddress! + 12, 500, 0)
+            }
+            if n < 0 { return false }
+            if n == 0 { break }
+            if got < 12 { got += n }
+            total += n
         }
-        return answer[0] == UInt8(ascii: "H") && answer[8] == UInt8(ascii: " ") && answer[9] == UInt8(ascii: "2")
+        return got >= 12 && answer[0] == UInt8(ascii: "H") && answer[8] == UInt8(ascii: " ") && answer[9] == UInt8(ascii: "2")
     }
 
     private static func wait(_ fd: Int32, _ events: Int16) -> Bool {

@@ -18,6 +18,14 @@ struct TraceContext: Equatable {
     var hasIDs: Bool { traceHigh != 0 || traceLow != 0 }
     /// The B3 trace id was 64-bit (forwarded as 16 hex digits again).
     var trace64 = false
+
+    /// This context came from W3C `w3c`; `b` is the B3 context the same request carried. When
+    /// it is the same trace, B3's 64-bit width and debug flag are kept.
+    mutating func adoptB3Form(_ b: TraceContext, w3c: TraceContext) {
+        guard b.hasIDs, w3c.traceLow == b.traceLow, w3c.traceHigh == b.traceHigh || (b.trace64 && w3c.traceHigh == 0) else { return }
+        if b.trace64 { trace64 = true }
+        if b.sampling == .debug && w3c.sampling == .sampled { sampling = .debug }
+    }
 }
 
 /// Strict parsers of the trace headers (W3C Trace Context level 1, B3). Every function reads a
@@ -223,7 +231,14 @@ struct IncomingTrace {
         r.b3Single = single != nil
         if let m = multi, m.hasIDs { r.context = m }
         if let s = single, s.hasIDs { r.context = s }
-        if let w = w3c { r.w3cValid = true; r.context = w }
+        if let w = w3c {
+            r.w3cValid = true
+            r.context = w
+            // The same trace in B3 too (a previous hop wrote both): a 64-bit B3 id stays 64-bit,
+            // and B3's debug flag (which W3C cannot carry) stays on.
+            if let b = single { r.context.adoptB3Form(b, w3c: w) }
+            if let b = multi { r.context.adoptB3Form(b, w3c: w) }
+        }
         // A B3 sampling-only header set decides sampling for the trace W3C carried or the one
         // that starts here; W3C carries its own decision.
         if w3c == nil, r.context.sampling == .unset {

@@ -4,26 +4,6 @@ import MeshCore
 import Glibc
 #endif
 
-/// What the tracing policy in force says, before it is compiled: Telemetry's `tracing[0]`
-/// (`randomSamplingPercentage`, `disableSpanReporting`, `customTags`) for this workload.
-struct TracingPolicy: Sendable, Equatable {
-    /// A `customTags` entry's source.
-    enum TagSource: Sendable, Equatable { case literal(String), header(String, defaultValue: String?), environment(String, defaultValue: String?) }
-    var randomSamplingPercentage: Double = 1.0
-    var disableSpanReporting = false
-    var customTags: [(name: String, source: TagSource)] = []
-
-    /// The policy for a bootstrap's workload (Istio's defaults: 1%, reported, no custom tags).
-    static func resolve(_ b: Bootstrap) -> TracingPolicy {
-        TracingPolicy()
-    }
-
-    static func == (a: TracingPolicy, b: TracingPolicy) -> Bool {
-        a.randomSamplingPercentage == b.randomSamplingPercentage && a.disableSpanReporting == b.disableSpanReporting
-            && a.customTags.map(\.name) == b.customTags.map(\.name) && a.customTags.map(\.source) == b.customTags.map(\.source)
-    }
-}
-
 /// Tracing compiled at snapshot time for the data path: whether it is on (a collector is
 /// known), the sampling rate in parts per million, and every span attribute that does not
 /// change per request already encoded as OTLP `KeyValue` fields (the workload's, per route,
@@ -53,7 +33,7 @@ struct TracingTable: Sendable {
     /// `<canonical service>.<namespace>`).
     let resource: [UInt8]
 
-    init(_ b: Bootstrap, policy: TracingPolicy, routes: [String], clusters: [String]) {
+    init(_ b: Bootstrap, settings policy: TracingSettings, routes: [String], clusters: [String]) {
         endpoint = b.traceExport.endpoint ?? b.pushedOTLPEndpoint
         enabled = endpoint != nil
         export = b.traceExport
@@ -80,9 +60,9 @@ struct TracingTable: Sendable {
         for t in policy.customTags {
             switch t.source {
             case .literal(let v): attrs.append((t.name, v))
-            case .environment(let n, let d):
+            case .environment(name: let n, defaultValue: let d):
                 if let v = getenv(n) { attrs.append((t.name, String(cString: v))) } else if let d { attrs.append((t.name, d)) }
-            case .header(let h, let d): headerTags.append((Array(t.name.utf8), Array(h.lowercased().utf8), d.map { Array($0.utf8) }))
+            case .header(name: let h, defaultValue: let d): headerTags.append((Array(t.name.utf8), Array(h.lowercased().utf8), d.map { Array($0.utf8) }))
             }
         }
         self.headerTags = headerTags
