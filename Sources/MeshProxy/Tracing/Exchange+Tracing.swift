@@ -63,17 +63,12 @@ extension Exchange {
         if !ctx.hasIDs {
             ctx.traceHigh = nonZeroRandom(); ctx.traceLow = nonZeroRandom(); ctx.spanID = 0; ctx.trace64 = false
         }
-        let sampled: Bool
-        switch ctx.sampling {
-        case .sampled, .debug: sampled = true
-        case .notSampled: sampled = false
-        case .unset: sampled = ProxySnapshot.Route.draw(t.samplePPM, &worker.rng)
-        }
+        trace.sampling = TraceHeaders.decide(ctx.sampling, ppm: t.samplePPM, &worker.rng)
+        let sampled = trace.sampling != .notSampled
         trace.traceHigh = ctx.traceHigh
         trace.traceLow = ctx.traceLow
         trace.parent = ctx.spanID
         trace.span = nonZeroRandom()
-        trace.sampling = sampled ? (ctx.sampling == .debug ? .debug : .sampled) : .notSampled
         trace.active = true
         trace.recording = sampled && t.reportSpans
         trace.w3cSpanAt = -1; trace.b3SpanAt = -1; trace.b3SingleSpanAt = -1

@@ -132,6 +132,16 @@ enum TraceHeaders {
         }
     }
 
+    /// The sampling decision of a request: the caller's when it sent one (sampled, not sampled,
+    /// B3 debug), else a draw at `ppm` per million (Telemetry's `randomSamplingPercentage`).
+    /// Never `.unset`.
+    @inline(__always) static func decide(_ incoming: TraceContext.Sampling, ppm: UInt64, _ rng: inout FastRandom) -> TraceContext.Sampling {
+        switch incoming {
+        case .sampled, .debug, .notSampled: return incoming
+        case .unset: return ProxySnapshot.Route.draw(ppm, &rng) ? .sampled : .notSampled
+        }
+    }
+
     /// Lowercase hex of `v` in `width` (16 or fewer) digits at `out`.
     @inline(__always) static func writeHex(_ v: UInt64, width: Int, _ out: UnsafeMutablePointer<UInt8>) {
         let digits: StaticString = "0123456789abcdef"
