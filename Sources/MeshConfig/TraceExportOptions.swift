@@ -1,4 +1,5 @@
 import MeshCore
+import Synchronization
 
 /// Where and how a sidecar exports its spans (OTLP/HTTP protobuf, `POST /v1/traces`): the
 /// sidecar's `--otlp-endpoint`, `--trace-batch-size`, `--trace-flush-interval` and
@@ -79,5 +80,33 @@ public struct OTLPEndpoint: Sendable, Equatable, CustomStringConvertible {
         }
         guard !host.isEmpty else { throw FlagError("no host in \(shown)") }
         return OTLPEndpoint(host: String(host), port: port, path: path)
+    }
+}
+
+extension OTLPEndpoint {
+    /// meshd's `--otlp-endpoint`: written into every pushed `ProxyConfig` as `spec.otlpEndpoint`
+    /// (sidecars without a collector of their own use it). Set once at meshd's start.
+    public enum Pushed {
+        static let value = Mutex<OTLPEndpoint?>(nil)
+        public static func set(_ e: OTLPEndpoint?) { value.withLock { $0 = e } }
+        public static var current: OTLPEndpoint? { value.withLock { $0 } }
+
+        /// The `spec` line of a rendered ProxyConfig ("" when meshd has no endpoint).
+        public static var specLine: String {
+            guard let e = current else { return "" }
+            return "  otlpEndpoint: \(YAML.quoted(e.description))\n"
+        }
+    }
+}
+
+extension Bootstrap {
+    /// `spec.otlpEndpoint` of a pushed ProxyConfig (meshd's `--otlp-endpoint`), checked as the
+    /// sidecar's flag is; nil when absent.
+    static func parsePushedOTLPEndpoint(_ spec: inout ConfigReader, ctx: ConfigError) throws(ConfigError) -> OTLPEndpoint? {
+        let line = spec.map["otlpEndpoint"]?.line ?? 0
+        guard let text = try spec.string("otlpEndpoint") else { return nil }
+        do { return try OTLPEndpoint.parse(text) } catch {
+            throw ConfigReader.error(ctx, spec.sub("otlpEndpoint"), line, error.description)
+        }
     }
 }

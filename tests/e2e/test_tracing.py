@@ -90,6 +90,7 @@ class Collector:
     def __init__(self):
         self.spans = []
         self.requests = []
+        self.paths = set()
         self.lock = threading.Lock()
         col = self
 
@@ -107,6 +108,7 @@ class Collector:
                     col.requests.append((self.path, self.headers.get("content-type")))
                     for rs in req.resource_spans:
                         res = {a.key: a.value.string_value for a in rs.resource.attributes}
+                        col.paths.add((res.get("service.name"), self.path))
                         for ss in rs.scope_spans:
                             for s in ss.spans:
                                 col.spans.append((res, s))
@@ -156,8 +158,10 @@ def get(port, path, host=B_HOST, headers=None):
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    """meshd; sidecars a and b (--otlp-endpoint to the receiver, queue of 64 spans, 50 ms
-    flushes); the instrumented apps behind them. Module scope: every test shares one mesh."""
+    """meshd (--otlp-endpoint: the receiver's /pushed/v1/traces); sidecar a with its own
+    --otlp-endpoint (the receiver's /v1/traces), sidecar b with none (meshd's is pushed); both
+    with a queue of 64 spans and 50 ms flushes; the instrumented apps behind them. Module
+    scope: every test shares one mesh."""
     from conftest import Procs
     tmp = tmp_path_factory.mktemp("tracing")
     procs = Procs(tmp)
@@ -165,12 +169,11 @@ def traced(tmp_path_factory):
     try:
         app_src = tmp / "traced_app.py"
         app_src.write_text(APP)
-        m = Meshd(procs)
-        flags = ["--otlp-endpoint", col.url, "--trace-flush-interval", "50ms", "--trace-queue-size", "64",
-                 "--trace-batch-size", "32"]
+        m = Meshd(procs, extra=["--otlp-endpoint", f"http://127.0.0.1:{col.port}/pushed/v1/traces"])
+        flags = ["--trace-flush-interval", "50ms", "--trace-queue-size", "64", "--trace-batch-size", "32"]
         b_port, a_port = free_port(), free_port()
         bp, badmin, _, bout = m.sidecar("b-sidecar", "b", app_port=b_port, extra=flags)
-        ap, aadmin, _, aout = m.sidecar("a-sidecar", "a", app_port=a_port, extra=flags)
+        ap, aadmin, _, aout = m.sidecar("a-sidecar", "a", app_port=a_port, extra=flags + ["--otlp-endpoint", col.url])
         for name, port, out in (("b", b_port, bout), ("a", a_port, aout)):
             p = procs.start([sys.executable, app_src, name, port, col.url, out, B_HOST], f"app-{name}")
             wait_until(lambda: p.poll() is None and b"READY" in p.log_path.read_bytes(), 15, what=f"app {name}")
@@ -218,8 +221,10 @@ def test_parent_chain_app_to_app_through_two_sidecars(traced):
     assert sa_client.start_time_unix_nano <= sb_server.start_time_unix_nano <= sb_server.end_time_unix_nano <= sa_client.end_time_unix_nano
     assert sa_client.status.code == 0 and sb_server.status.code == 0
     with col.lock:
-        assert all(p == "/v1/traces" for p, _ in col.requests)
-        assert any(ct == "application/x-protobuf" for _, ct in col.requests)
+        assert all(ct == "application/x-protobuf" for _, ct in col.requests)
+        # a's own --otlp-endpoint wins; b, without one, uses the endpoint meshd pushes.
+        sidecar_paths = {(svc, p) for svc, p in col.paths if svc in ("a.default", "b.default")}
+        assert sidecar_paths == {("a.default", "/v1/traces"), ("b.default", "/pushed/v1/traces")}, sidecar_paths
 
 
 def test_span_tags(traced):
