@@ -15,6 +15,7 @@ public struct SidecarMeshFlags: Sendable {
         .init("dns-port"), .init("resolv-conf"), .init("labels-file"), .init("status-port"), .init("app-probe"),
         .init("allow-insecure-skip-verify", value: false), .init("dns-resolver"),
         .init("gateway", value: false),
+        .init("access-log-path"), .init("access-log-sampling"),
     ] + TraceExportOptions.flagNames.map { Flags.Spec($0) }
 
     /// The flags only mesh mode takes (static mode refuses each by name).
@@ -22,7 +23,7 @@ public struct SidecarMeshFlags: Sendable {
         "meshd", "root-cert", "token", "token-file", "service", "namespace", "service-account", "label", "app-port",
         "app-protocol", "inbound-port", "outbound-port", "admin-port", "trust-domain", "route", "service-port",
         "advertise-address", "listen-address", "capture", "dns-port", "resolv-conf", "labels-file", "status-port", "app-probe",
-        "gateway",
+        "gateway", "access-log-path", "access-log-sampling",
     ]
 
     /// `--meshd`, as given (for messages) and parsed.
@@ -157,6 +158,16 @@ public struct SidecarMeshFlags: Sendable {
         o.routes = flags.all("route")
         o.capture = flags.has("capture")
         o.gateway = flags.has("gateway")
+        // Access logs (Telemetry `accessLogging` switches them): where lines go and the share
+        // of non-error requests kept (docs/observability.md).
+        if let p = flags.string("access-log-path") {
+            guard !p.isEmpty else { throw FlagError("--access-log-path: expected a file name (or /dev/stdout)") }
+            o.accessLogPath = p
+        }
+        if let t = flags.string("access-log-sampling") {
+            guard let v = Double(t), v > 0, v <= 1 else { throw FlagError("--access-log-sampling: expected a fraction in (0, 1], got \"\(t)\"") }
+            o.accessLogSampling = v
+        }
         if o.gateway && o.capture { throw FlagError("--gateway: a gateway takes no --capture (it has no app whose traffic to capture)") }
         var f = SidecarMeshFlags(meshdText: meshdText, meshd: meshd, rootCert: rootPath, token: token, labelsFile: labelsFile,
                                  options: o, advertise: addresses.advertise, dnsPort: dnsPort, resolvConf: resolvConf,

@@ -128,6 +128,9 @@ public struct Bootstrap: Sendable {
         public var sampling: Double
         /// Keep the query string in the logged path (off by default: it may carry secrets).
         public var includeQuery: Bool
+        /// Mesh mode: lines only where a Telemetry `accessLogging` enables them (the writer
+        /// runs from the start, so pushed config switches logs on and off without a restart).
+        public var telemetryOnly = false
     }
 
     public var name: String
@@ -216,6 +219,7 @@ public struct Bootstrap: Sendable {
         try b.bindTraffic(file: file)
         try b.refuseStaticCredentials(file: file)
         try b.checkTraffic(file: file)
+        try b.checkTelemetry(file: file)
         return b
     }
 

@@ -31,6 +31,10 @@ public struct MeshModeOptions: Sendable {
     public var capture = false
     /// `--gateway`: a gateway proxy (no app; listeners from Gateway resources).
     public var gateway = false
+    /// `--access-log-path` (default stdout, as Istio's `/dev/stdout`) and `--access-log-sampling`
+    /// (the share of non-error requests logged): lines only where a Telemetry enables them.
+    public var accessLogPath = "/dev/stdout"
+    public var accessLogSampling = 1.0
     public init(service: String) { self.service = service }
 
     /// What the service speaks, as registered with meshd (`--app-protocol`).
@@ -173,7 +177,8 @@ extension Bootstrap {
         guard let admin = SocketAddress(host: "127.0.0.1", port: o.adminPort) else { throw bad("admin-port", "expected a port, got \(o.adminPort)") }
         var b = Bootstrap(name: "\(o.service)-sidecar", workload: workload, concurrency: o.concurrency, admin: admin, tls: tls,
                           outbound: outbound, inbound: inbound, clusters: clusters, routes: routes,
-                          drainTimeout: Defaults.drainTimeout, statsEnabled: true, accessLog: nil)
+                          drainTimeout: Defaults.drainTimeout, statsEnabled: true,
+                          accessLog: AccessLog(path: o.accessLogPath, sampling: o.accessLogSampling, includeQuery: false, telemetryOnly: true))
         if o.gateway {
             if o.appPort != nil { throw bad("gateway", "a gateway has no app: leave out --app-port") }
             b.gatewayMode = true

@@ -5,7 +5,7 @@ import MeshIO
 import Glibc
 #endif
 
-/// Access logs without blocking a worker: each worker formats JSON lines into its own buffer and,
+/// Access logs without blocking a worker: each worker formats its lines (ExchangeLog.swift) into its own buffer and,
 /// once per loop iteration, hands them to a non-blocking pipe; one writer thread drains every pipe
 /// into the log file (or stdout). When the writer falls behind and a pipe is full, lines are
 /// dropped and counted, never waited for.
@@ -99,16 +99,25 @@ final class AccessLogSink: Pollable {
     let pipeFd: Int32
     let sampling: Double
     let includeQuery: Bool
+    /// Mesh mode: lines only where a Telemetry `accessLogging` enables them (ExchangeLog.record).
+    let telemetryOnly: Bool
     private var queued = false
     private(set) var dropped: UInt64 = 0
 
-    init(loop: EventLoop, pipeFd: Int32, sampling: Double, includeQuery: Bool) {
+    init(loop: EventLoop, pipeFd: Int32, sampling: Double, includeQuery: Bool, telemetryOnly: Bool = false) {
         self.loop = loop
+        self.telemetryOnly = telemetryOnly
         self.pipeFd = pipeFd
         self.sampling = sampling
         self.includeQuery = includeQuery
         super.init(fd: -1)
         loop.registerTimerOnly(self)
+    }
+
+    /// Whether requests on `snapshot` may be logged (their start time is read only then): always
+    /// with a static `spec.accessLog`; in mesh mode only while a Telemetry enables lines.
+    @inline(__always) func mayLog(_ snapshot: ProxySnapshot) -> Bool {
+        !telemetryOnly || snapshot.accessLogOn
     }
 
     /// Call after appending a line.

@@ -120,7 +120,8 @@ public final class ProxyServer: @unchecked Sendable {
         if let al = snapshot.bootstrap.accessLog {
             let writer = try AccessLogWriter(path: al.path, workers: concurrency)
             for (i, w) in workers.enumerated() {
-                w.accessLog = AccessLogSink(loop: w.loop, pipeFd: writer.writeEnd(worker: i), sampling: al.sampling, includeQuery: al.includeQuery)
+                w.accessLog = AccessLogSink(loop: w.loop, pipeFd: writer.writeEnd(worker: i), sampling: al.sampling, includeQuery: al.includeQuery,
+                                            telemetryOnly: al.telemetryOnly)
             }
             writer.start()
             accessLogWriter = writer

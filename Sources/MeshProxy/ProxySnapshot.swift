@@ -205,6 +205,8 @@ public final class ProxySnapshot: Sendable {
     let jwt: JWTTable?
     /// The Telemetry resources in force, resolved for this workload (TelemetrySettings.swift).
     let telemetry: TelemetrySettings
+    /// A Telemetry enables access-log lines on some side of this workload.
+    let accessLogOn: Bool
     /// PeerAuthentication for the inbound listener's app port (STRICT unless a policy says
     /// otherwise): the app port's `portLevelMtls` entry when it has one, else `workloadMode`.
     let inboundMode: PeerAuthentication.Mode
@@ -310,6 +312,7 @@ public final class ProxySnapshot: Sendable {
         self.jwt = JWTTable(b.traffic.requestAuthentications, namespace: b.workload.namespace, labels: b.workload.labels,
                             fetched: b.traffic.requestAuthentications.isEmpty ? ([:], 0) : JWKSFetcher.shared.current())
         self.telemetry = TelemetrySettings.resolve(b.traffic.telemetries, namespace: b.workload.namespace, labels: b.workload.labels)
+        self.accessLogOn = !(telemetry.accessLogging?.isEmpty ?? true)
         self.tracing = TracingTable(b, settings: telemetry.tracing, routes: compiled.routes.map(\.label),
                                     clusters: compiled.clusters.map(\.name))
         (self.inboundMode, self.workloadMode, self.inboundPortModes) = ProxySnapshot.peerModes(b)

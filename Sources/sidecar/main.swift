@@ -99,6 +99,10 @@ let usage = """
                              app answers 200-399, the app's status otherwise, 503 with a reason
                              when it cannot be reached or does not answer within 10 s (at most 8
                              in flight per path, the rest 503)
+      --access-log-path F    where access-log lines go when a Telemetry accessLogging enables them
+                             for this workload (default /dev/stdout, as Istio's); opened at start
+      --access-log-sampling S   the share (0, 1] of non-error requests logged (default 1; errors
+                             and audited requests are always logged); docs/observability.md
       --check                parse the flags and read the files they name (root certificate,
                              token file, labels file), print "flags ok" and exit 0, without
                              contacting meshd or binding ports; exit 2 naming what is wrong

@@ -109,7 +109,7 @@ final class Exchange: PoolWaiter {
         snapshot = routing.snapshot
         phase = .routing
         startTime = loop.now
-        if worker.accessLog != nil { startWall = Clock.wallNanos() }
+        if let al = worker.accessLog, al.mayLog(snapshot) { startWall = Clock.wallNanos() }
         requestBytes = UInt64(headBytes)
         responseBytes = 0
         status = 0
@@ -166,7 +166,7 @@ final class Exchange: PoolWaiter {
         routing = worker.routing
         snapshot = routing.snapshot
         startTime = loop.now
-        if worker.accessLog != nil { startWall = Clock.wallNanos() }
+        if let al = worker.accessLog, al.mayLog(snapshot) { startWall = Clock.wallNanos() }
         requestBytes = UInt64(headBytes)
         responseBytes = 0
         status = 0
@@ -720,11 +720,8 @@ final class Exchange: PoolWaiter {
         worker.metrics.record(key: key, durationMicros: micros, requestBytes: requestBytes, responseBytes: responseBytes)
         traceFinished()
         if let sink = worker.accessLog {
-            let error = status >= 400 || status == 0 || flag != .none
-            if error || audited || sink.sampling >= 1 || Double(worker.rng.next() >> 11) / Double(1 << 53) < sink.sampling {
-                ExchangeLog.write(self, sink, micros: micros, startWall: startWall, authority: clientAuthority,
-                                  reason: localReason, upstream: exchangePool)
-            }
+            ExchangeLog.record(self, sink, micros: micros, startWall: startWall, authority: clientAuthority,
+                               reason: localReason, upstream: exchangePool)
         }
         if let pool = exchangePool {
             pool.counters.inc(.requests)

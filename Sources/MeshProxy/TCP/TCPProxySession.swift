@@ -53,6 +53,12 @@ final class TCPProxySession {
     /// Both directions are done (or the connection is being ended): sides close after flushing.
     private var closing = false
     private var finished = false
+    /// For the access log (ExchangeLog.recordTCP): when the connection started (loop and wall
+    /// clock) and the bytes moved each way.
+    private var logStart: UInt64 = 0
+    private var logStartWall: UInt64 = 0
+    private var bytesFromCaller: UInt64 = 0
+    private var bytesToCaller: UInt64 = 0
 
     init(worker: Worker, inbound: Bool, replyToConnect: Bool) {
         self.worker = worker
@@ -71,6 +77,8 @@ final class TCPProxySession {
                handshakeTimeout: UInt64) -> Bool {
         let s = snapshot
         authzPort = s.inboundServicePort
+        logStart = loop.now
+        if let al = worker.accessLog, al.mayLog(s) { logStartWall = Clock.wallNanos() }
         switch t {
         case .route(let r):
             let tr = s.tcpRoutes[r]
@@ -259,8 +267,10 @@ final class TCPProxySession {
             src.input.consume(n)
             if src === d {
                 worker.metrics.recordTCP(key: key, opened: 0, closed: 0, sent: 0, received: UInt64(n))
+                bytesFromCaller &+= UInt64(n)
             } else {
                 worker.metrics.recordTCP(key: key, opened: 0, closed: 0, sent: UInt64(n), received: 0)
+                bytesToCaller &+= UInt64(n)
             }
             lastActivity = loop.now
             src.resumeReading()
@@ -358,6 +368,12 @@ final class TCPProxySession {
         finished = true
         closing = true
         if opened { worker.metrics.recordTCP(key: MetricKey.with(key, flag: closeFlag), opened: 0, closed: 1, sent: 0, received: 0) }
+        if let sink = worker.accessLog {
+            ExchangeLog.recordTCP(worker: worker, snapshot: snapshot, sink, inbound: inbound, flag: closeFlag,
+                                  micros: (loop.now &- logStart) / 1000, startWall: logStartWall,
+                                  received: bytesFromCaller, sent: bytesToCaller,
+                                  upstream: upEstablished ? (passthrough ?? pool?.address) : nil, peer: peer)
+        }
         down?.sessionDone = true
         up?.sessionDone = true
         if let d = down, !d.isClosed { d.closeNow() }
