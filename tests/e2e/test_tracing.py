@@ -394,7 +394,7 @@ spec:
     servers = [s for r, s in spans if r.get("service.name") == "b.default"]
     assert len(clients) == 2
     assert [attrs(s)["http.status_code"] for s in clients] == ["503", "200"]
-    assert clients[0].status.code == 2 and clients[1].status.code == 0
+    assert clients[0].status.code == 2 and clients[0].status.message == "" and clients[1].status.code == 0
     assert {s.parent_span_id.hex() for s in clients} == {"b7ad6b7169203331"}
     assert clients[0].span_id != clients[1].span_id
     # Each attempt forwarded its own span id: each server span's parent is one attempt.

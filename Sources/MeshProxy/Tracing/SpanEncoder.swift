@@ -28,11 +28,12 @@ enum SpanEncoder {
         w.fixed64(start, tr.startWall)
         w.fixed64(end, max(endWall, tr.startWall))
         // Status { message = 2, code = 3 }: ERROR on 5xx, no response, and local replies.
+        // The message is the response flag, when there is one.
         if st >= 500 || st == 0 || local {
             let code = f.code
-            let msg = ProtobufWriter.delimitedSize(2, code.utf8CodeUnitCount)
+            let msg = f == .none ? 0 : ProtobufWriter.delimitedSize(2, code.utf8CodeUnitCount)
             if w.beginDelimited(statusField, length: msg + 2) {
-                w.bytes(2, code.utf8Start, code.utf8CodeUnitCount)
+                if f != .none { w.bytes(2, code.utf8Start, code.utf8CodeUnitCount) }
                 w.varint(3, statusError)
             }
         }
