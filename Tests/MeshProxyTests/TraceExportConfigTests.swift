@@ -106,3 +106,62 @@ final class TraceExportConfigTests: XCTestCase {
         XCTAssertEqual(OTLPEndpoint.Pushed.specLine, "  otlpEndpoint: \"http://c:4318/v1/traces\"\n")
     }
 }
+
+/// Telemetry's tracing settings compiled into the snapshot's table.
+final class TracingTableTests: XCTestCase {
+    private func bootstrap() throws -> Bootstrap {
+        var o = MeshModeOptions(service: "reviews")
+        o.appPort = 8080
+        o.labels = [("app", "reviews"), ("version", "v2")]
+        let tls = Bootstrap.TLSFiles(certChain: "c", privateKey: "k", trustBundle: "b", trustDomain: "example.org", minTLS13: true)
+        var b = try Bootstrap.meshMode(o, tls: tls)
+        b.traceExport.endpoint = OTLPEndpoint(host: "c", port: 4318, path: "/v1/traces")
+        return b
+    }
+
+    private func contains(_ bytes: [UInt8], _ key: String, _ value: String) -> Bool {
+        let kv = TracingTable.keyValue(9, key, value)
+        return bytes.count >= kv.count && (0...(bytes.count - kv.count)).contains { Array(bytes[$0..<($0 + kv.count)]) == kv }
+    }
+
+    func testDisableSpanReporting() throws {
+        var s = TracingSettings()
+        s.disableSpanReporting = true
+        s.randomSamplingPercentage = 100
+        let t = TracingTable(try bootstrap(), settings: s, routes: [], clusters: [])
+        XCTAssertTrue(t.enabled)                 // headers still rewritten
+        XCTAssertFalse(t.reportSpans)
+        XCTAssertEqual(t.samplePPM, 1_000_000)
+        XCTAssertTrue(TracingTable(try bootstrap(), settings: TracingSettings(), routes: [], clusters: []).reportSpans)
+    }
+
+    func testCustomTagsCompiled() throws {
+        setenv("MESH_TRACE_TEST_ZONE", "eu-1", 1)
+        unsetenv("MESH_TRACE_TEST_UNSET")
+        var s = TracingSettings()
+        s.randomSamplingPercentage = 0.5
+        s.customTags = [TracingTag(name: "team", source: .literal("checkout")),
+                        TracingTag(name: "zone", source: .environment(name: "MESH_TRACE_TEST_ZONE", defaultValue: "none")),
+                        TracingTag(name: "rack", source: .environment(name: "MESH_TRACE_TEST_UNSET", defaultValue: "r0")),
+                        TracingTag(name: "gone", source: .environment(name: "MESH_TRACE_TEST_UNSET", defaultValue: nil)),
+                        TracingTag(name: "caller", source: .header(name: "X-Caller", defaultValue: "unknown"))]
+        let t = TracingTable(try bootstrap(), settings: s, routes: ["r1"], clusters: ["outbound|80||reviews"])
+        XCTAssertEqual(t.samplePPM, 5_000)
+        let w = t.workloadAttributes
+        XCTAssertTrue(contains(w, "team", "checkout"))
+        XCTAssertTrue(contains(w, "zone", "eu-1"))
+        XCTAssertTrue(contains(w, "rack", "r0"))
+        XCTAssertFalse(contains(w, "gone", ""))
+        XCTAssertTrue(contains(w, "istio.canonical_service", "reviews"))
+        XCTAssertTrue(contains(w, "istio.canonical_revision", "v2"))
+        XCTAssertTrue(contains(w, "istio.mesh_id", "example.org"))
+        XCTAssertEqual(t.headerTags.count, 1)
+        XCTAssertEqual(t.headerTags.first?.header, Array("x-caller".utf8))
+        XCTAssertEqual(t.headerTags.first?.defaultValue, Array("unknown".utf8))
+        XCTAssertEqual(t.routeAttributes, [TracingTable.keyValue(9, "route_name", "r1")])
+        XCTAssertEqual(t.clusterAttributes, [TracingTable.keyValue(9, "upstream_cluster", "outbound|80||reviews")])
+        // The resource: service.name is Istio's <canonical service>.<namespace>.
+        let name = TracingTable.keyValue(1, "service.name", "reviews.default")
+        XCTAssertTrue((0...(t.resource.count - name.count)).contains { Array(t.resource[$0..<($0 + name.count)]) == name })
+    }
+}

@@ -326,7 +326,7 @@ def test_bad_headers_are_treated_as_absent(traced):
     assert col.of_trace("2af7651916cd43dd8448eb211c80319c") == []
 
 
-def apply_sampling(traced, pct, name):
+def apply_sampling(traced, pct, name, disable=False):
     path = traced["tmp"] / f"{name}.yaml"
     path.write_text(f"""
 apiVersion: telemetry.istio.io/v1
@@ -335,6 +335,8 @@ metadata: {{name: mesh-default, namespace: mesh-system}}
 spec:
   tracing:
     - randomSamplingPercentage: {pct}
+      disableSpanReporting: {"true" if disable else "false"}
+      providers: [{{name: otel}}]
       customTags:
         team: {{literal: {{value: checkout}}}}
         caller: {{header: {{name: x-caller, defaultValue: unknown}}}}
@@ -367,6 +369,17 @@ def test_sampling_zero_and_hundred_percent(traced):
     assert all(attrs(s)["team"] == "checkout" for s in spans)
     assert sorted(attrs(s)["caller"] for s in spans).count("tester") == 1
     assert sorted(attrs(s)["caller"] for s in spans).count("unknown") == 19
+    # disableSpanReporting: nothing recorded, the headers still rewritten for the next hop.
+    apply_sampling(traced, 100, "disabled", disable=True)
+    tid = "4af7651916cd43dd8448eb211c80319c"
+    status, body = get(aout, "/disabled", headers={"traceparent": f"00-{tid}-b7ad6b7169203331-01"})
+    assert status == 200
+    got_tid, parent = trace_of(json.loads(body)["received"])
+    assert got_tid == tid and parent != "b7ad6b7169203331"
+    time.sleep(0.4)
+    assert [r for r, s in col.of_trace(tid) if r.get("telemetry.sdk.name") == "swift-mesh"] == []
+    assert len(col.of_trace(tid)) == 1        # app b's own span only
+    apply_sampling(traced, 100, "hundred-again")
 
 
 def test_retries_are_separate_client_spans(traced):
