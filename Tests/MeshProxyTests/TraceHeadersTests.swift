@@ -216,3 +216,21 @@ final class TraceHeadersTests: XCTestCase {
         XCTAssertEqual(q.dropped, 2)
     }
 }
+
+/// Without a collector, tracing is off: trace headers reach the upstream byte for byte as the
+/// client sent them, valid or not, and nothing is added (the behaviour before tracing).
+final class TracingOffPassThroughTests: XCTestCase {
+    func testTraceHeadersPassUnchangedWithoutACollector() throws {
+        let h = try startHarness(clusters: [HarnessCluster(name: "web")])
+        let up = h.upstream("web")
+        up.script(UpstreamAnswer(body: "ok"))
+        let c = try h.connect()
+        let fields = "traceparent: ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntracestate: k=v\r\n"
+            + "x-b3-traceid: XYZ\r\nx-b3-spanid: a2fb4a1d1a96d312\r\nx-b3-sampled: 1\r\nb3: 0\r\nx-request-id: id-1\r\n"
+        try c.write("GET /t HTTP/1.1\r\nHost: web\r\n" + fields + "\r\n")
+        XCTAssertEqual(try c.readResponse().bodyText, "ok")
+        let got = try XCTUnwrap(up.requests.first).message
+        XCTAssertEqual(String(decoding: got.raw, as: UTF8.self), "GET /t HTTP/1.1\r\nhost: web\r\n" + fields + "\r\n")
+        XCTAssertFalse(h.server!.snapshot.tracing.enabled)
+    }
+}
