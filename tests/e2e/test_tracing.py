@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import Meshd, free_port, http_get, wait_until
+from conftest import SIDECAR, Meshd, client_config, free_port, http_get, server_config, wait_ready, wait_until
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 
@@ -412,6 +412,43 @@ spec:
     assert clients[0].span_id != clients[1].span_id
     # Each attempt forwarded its own span id: each server span's parent is one attempt.
     assert {s.parent_span_id for s in servers} == {s.span_id for s in clients}
+
+
+def test_static_mode_sidecars_trace_too(traced, procs, pki):
+    """Static mode: the same flags and code; a static file's Telemetry samples."""
+    col = traced["col"]
+    app = procs.app("static-app")
+    inbound, sadmin, outbound, cadmin = free_port(), free_port(), free_port(), free_port()
+    telemetry = """---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: t, namespace: default}
+spec:
+  tracing:
+    - randomSamplingPercentage: 100
+      customTags: {mode: {literal: {value: static}}}
+"""
+    files = {"static-server": server_config(pki, "static-server", inbound, sadmin, app) + telemetry,
+             "static-client": client_config(pki, "static-client", outbound, cadmin, [inbound],
+                                            sans=["spiffe://cluster.local/ns/default/sa/server"]) + telemetry}
+    started = {}
+    for name, text in files.items():
+        path = procs.tmp / f"{name}.yaml"
+        path.write_text(text)
+        started[name] = procs.start([SIDECAR, "--config", path, "--otlp-endpoint", col.url, "--trace-flush-interval", "50ms"], name)
+    wait_ready(started["static-server"], sadmin)
+    wait_ready(started["static-client"], cadmin)
+    status, body = get(outbound, "/echo", host="server")
+    assert status == 200, body
+    got = json.loads(body)["headers"]
+    tid, parent = got["traceparent"][0].split("-")[1:3]
+    wait_until(lambda: len(col.of_trace(tid)) == 2, 10, what="the two static sidecars' spans")
+    spans = {r["service.name"]: s for r, s in col.of_trace(tid)}
+    assert set(spans) == {"client.default", "server.default"}
+    c, s = spans["client.default"], spans["server.default"]
+    assert c.kind == 3 and s.kind == 2 and c.parent_span_id == b""
+    assert s.parent_span_id == c.span_id and s.span_id.hex() == parent
+    assert attrs(c)["mode"] == "static" and attrs(s)["mode"] == "static"
 
 
 def rss_kib(pid):
