@@ -128,6 +128,11 @@ final class TraceHeadersTests: XCTestCase {
         XCTAssertTrue(inc.duplicateW3C)
         XCTAssertFalse(r.w3cValid)
         XCTAssertFalse(r.context.hasIDs)
+        // A repeated tracestate: the traceparent stays valid (the tracestate is not forwarded).
+        (inc, r) = resolve([("traceparent", good), ("tracestate", "a=1"), ("tracestate", "b=2")])
+        XCTAssertTrue(inc.duplicateTraceState)
+        XCTAssertFalse(inc.duplicateW3C)
+        XCTAssertTrue(r.w3cValid)
         // A parent span id without the ids, a span id without a trace id, a bad flags value.
         (_, r) = resolve([("x-b3-parentspanid", "05e3ac9a4f6e3b90")])
         XCTAssertFalse(r.b3Multi)

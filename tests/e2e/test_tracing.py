@@ -321,6 +321,18 @@ def test_bad_headers_are_treated_as_absent(traced):
     got = json.loads(body)["received"]
     assert got["tracestate"] == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
     assert got["traceparent"].startswith("00-2af7651916cd43dd8448eb211c80319c-") and got["traceparent"].endswith("-00")
+    # A repeated tracestate: not forwarded, while its valid traceparent still continues the trace.
+    c = http.client.HTTPConnection("127.0.0.1", traced["aout"], timeout=10)
+    c.putrequest("GET", "/dup", skip_host=True)
+    c.putheader("Host", B_HOST)
+    c.putheader("traceparent", "00-5af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+    c.putheader("tracestate", "a=1")
+    c.putheader("tracestate", "b=2")
+    c.endheaders()
+    got = json.loads(c.getresponse().read())["received"]
+    c.close()
+    assert "tracestate" not in got
+    assert got["traceparent"].startswith("00-5af7651916cd43dd8448eb211c80319c-")
     # sampled=0 honoured: nothing recorded for that trace.
     time.sleep(0.3)
     assert col.of_trace("2af7651916cd43dd8448eb211c80319c") == []

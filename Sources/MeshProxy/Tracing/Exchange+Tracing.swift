@@ -51,13 +51,16 @@ extension Exchange {
         if inc.any {
             res = inc.resolve { j in (r.pointer(r.fields[j].value), Int(r.fields[j].value.length)) }
             // Every trace header the caller sent is replaced; `tracestate` stays as received when
-            // its `traceparent` was valid (and it is not oversized).
-            let keepState = res.w3cValid && inc.tracestate >= 0 && r.fields[inc.tracestate].value.length <= TraceHeaders.maxTraceState
+            // its `traceparent` was valid (and it is not oversized or repeated).
+            let keepState = res.w3cValid && inc.tracestate >= 0 && !inc.duplicateTraceState
+                && r.fields[inc.tracestate].value.length <= TraceHeaders.maxTraceState
             @inline(__always) func drop(_ j: Int) { if j >= 0 { r.drop(j) } }
             drop(inc.traceparent); drop(inc.b3); drop(inc.b3TraceID); drop(inc.b3SpanID)
             drop(inc.b3ParentSpanID); drop(inc.b3Sampled); drop(inc.b3Flags)
             if !keepState { drop(inc.tracestate) }
-            if inc.duplicateW3C || inc.duplicateB3 || inc.duplicateB3Multi { dropRepeatedTraceHeaders() }
+            if inc.duplicateW3C || inc.duplicateB3 || inc.duplicateB3Multi || inc.duplicateTraceState {
+                dropRepeatedTraceHeaders(keeping: keepState ? inc.tracestate : -1)
+            }
         }
         var ctx = res.context
         if !ctx.hasIDs {
@@ -80,11 +83,11 @@ extension Exchange {
         writeTraceHeaders(b3Multi: res.b3Multi, b3Single: res.b3Single, trace64: ctx.trace64)
     }
 
-    /// Stops forwarding every field named like a trace header (a repeated header makes the
-    /// family invalid; none of its copies is forwarded).
-    private func dropRepeatedTraceHeaders() {
+    /// Stops forwarding every field named like a trace header but `keeping` (a repeated header
+    /// makes its family invalid; none of its copies is forwarded).
+    private func dropRepeatedTraceHeaders(keeping: Int) {
         let r = request
-        for j in 0..<r.fields.count where r.fields[j].forwarded && r.fields[j].kind == .other
+        for j in 0..<r.fields.count where j != keeping && r.fields[j].forwarded && r.fields[j].kind == .other
             && TraceHeaderName.classify(r.pointer(r.fields[j].name), Int(r.fields[j].name.length)) != .none {
             r.drop(j)
         }

@@ -189,6 +189,8 @@ struct IncomingTrace {
     var traceparent = -1, tracestate = -1, b3 = -1
     var b3TraceID = -1, b3SpanID = -1, b3ParentSpanID = -1, b3Sampled = -1, b3Flags = -1
     var duplicateW3C = false, duplicateB3 = false, duplicateB3Multi = false
+    /// `tracestate` came more than once: none of it is forwarded (the `traceparent` stays valid).
+    var duplicateTraceState = false
     /// Any trace header was seen (its fields are dropped and written again).
     var any = false
 
@@ -200,7 +202,7 @@ struct IncomingTrace {
         switch name {
         case .none: break
         case .traceparent: set(&traceparent, &duplicateW3C)
-        case .tracestate: set(&tracestate, &duplicateW3C)
+        case .tracestate: set(&tracestate, &duplicateTraceState)
         case .b3: set(&b3, &duplicateB3)
         case .b3TraceID: set(&b3TraceID, &duplicateB3Multi)
         case .b3SpanID: set(&b3SpanID, &duplicateB3Multi)
