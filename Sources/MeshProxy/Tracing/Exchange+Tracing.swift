@@ -76,7 +76,8 @@ extension Exchange {
         trace.recording = sampled && t.reportSpans
         trace.w3cSpanAt = -1; trace.b3SpanAt = -1; trace.b3SingleSpanAt = -1
         if trace.recording {
-            trace.startMono = loop.now
+            // The span starts with the exchange (its head complete), on the loop's clock.
+            trace.startMono = startTime
             trace.startWall = Clock.wallNanos() &- (loop.now &- startTime)
             trace.peer = down?.callerAddress
         }
