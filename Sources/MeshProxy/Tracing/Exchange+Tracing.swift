@@ -20,6 +20,8 @@ struct ExchangeTrace {
     var startMono: UInt64 = 0
     /// The caller's address (`peer.address`).
     var peer: IPEndpoint? = nil
+    /// The request came over TLS to a gateway's port (`http.url` says `https`).
+    var https = false
     /// Offsets in the request's buffer of the 16 span-id hex digits written in `traceparent`,
     /// `x-b3-spanid` and `b3` (-1: not written).
     var w3cSpanAt = -1
@@ -80,6 +82,7 @@ extension Exchange {
             trace.startMono = startTime
             trace.startWall = Clock.wallNanos() &- (loop.now &- startTime)
             trace.peer = down?.callerAddress
+            trace.https = !inbound && down?.callerTLS != nil
         }
         writeTraceHeaders(b3Multi: res.b3Multi, b3Single: res.b3Single, trace64: ctx.trace64)
     }

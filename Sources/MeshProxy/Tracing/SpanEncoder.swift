@@ -44,7 +44,7 @@ enum SpanEncoder {
         var i = 0
         while i < pn && pp[i] != UInt8(ascii: "?") { i += 1 }
         pn = i
-        let scheme: StaticString = "http://"
+        let scheme: StaticString = tr.https ? "https://" : "http://"
         w.stringKeyValueParts(attributes, key: "http.url", scheme.utf8Start, scheme.utf8CodeUnitCount,
                               r.pointer(auth), Int(auth.length), pp, pn)
         var digits = DecimalDigits()
