@@ -35,4 +35,8 @@ if ! python3 -c "import pytest, h2, grpc, cryptography, opentelemetry.sdk, opent
     echo "setup-deps: installing pytest, h2, grpcio, OpenTelemetry and selenium (Python)" >&2
     python3 -m pip install -q pytest h2 grpcio kubernetes-validate cryptography opentelemetry-sdk opentelemetry-proto selenium || python3 -m pip install -q --break-system-packages pytest h2 grpcio kubernetes-validate cryptography opentelemetry-sdk opentelemetry-proto selenium
 fi
+if ! python3 -c "import opentelemetry.exporter.otlp.proto.http" 2>/dev/null; then
+    echo "setup-deps: installing the OpenTelemetry OTLP/HTTP exporter (Python; tests/e2e/test_tracing.py)" >&2
+    python3 -m pip install -q opentelemetry-exporter-otlp-proto-http || python3 -m pip install -q --break-system-packages opentelemetry-exporter-otlp-proto-http
+fi
 command -v swift >/dev/null || { echo "setup-deps: swift (6.x) is not on PATH; install the Swift toolchain first" >&2; exit 1; }

@@ -16,7 +16,7 @@ public struct SidecarMeshFlags: Sendable {
         .init("allow-insecure-skip-verify", value: false), .init("dns-resolver"),
         .init("gateway", value: false),
         .init("access-log-path"), .init("access-log-sampling"),
-    ]
+    ] + TraceExportOptions.flagNames.map { Flags.Spec($0) }
 
     /// The flags only mesh mode takes (static mode refuses each by name).
     public static let meshOnly: [String] = [
@@ -45,6 +45,8 @@ public struct SidecarMeshFlags: Sendable {
     public var appProbes: [AppProbe]
     public var logLevel: Log.Level?
     public var check: Bool
+    /// `--otlp-endpoint` and the `--trace-*` flags (both modes).
+    public var traceExport = TraceExportOptions()
     /// The SPIFFE ID the sidecar asks meshd for.
     public var identity: String { "spiffe://\(options.trustDomain)/ns/\(options.namespace)/sa/\(options.serviceAccount ?? options.service)" }
 
@@ -167,9 +169,10 @@ public struct SidecarMeshFlags: Sendable {
             o.accessLogSampling = v
         }
         if o.gateway && o.capture { throw FlagError("--gateway: a gateway takes no --capture (it has no app whose traffic to capture)") }
-        let f = SidecarMeshFlags(meshdText: meshdText, meshd: meshd, rootCert: rootPath, token: token, labelsFile: labelsFile,
+        var f = SidecarMeshFlags(meshdText: meshdText, meshd: meshd, rootCert: rootPath, token: token, labelsFile: labelsFile,
                                  options: o, advertise: addresses.advertise, dnsPort: dnsPort, resolvConf: resolvConf,
                                  statusPort: statusPort, appProbes: probes, logLevel: logLevel, check: flags.has("check"))
+        f.traceExport = try TraceExportOptions.parse(flags)
         // The listeners and the workload as the sidecar will build them (a credential-free dry build).
         do { _ = try f.bootstrap(nil) } catch { throw FlagError(error.description) }
         return f
@@ -182,7 +185,9 @@ public struct SidecarMeshFlags: Sendable {
         tls.certChainPEM = creds?.chainPEM
         tls.privateKeyPEM = creds?.keyPEM
         tls.trustBundlePEM = creds?.bundlePEM
-        return try Bootstrap.meshMode(options, tls: tls)
+        var b = try Bootstrap.meshMode(options, tls: tls)
+        b.traceExport = traceExport
+        return b
     }
 
     /// What the files named by the flags hold, read at start: the root certificate and the

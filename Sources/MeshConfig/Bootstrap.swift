@@ -158,6 +158,10 @@ public struct Bootstrap: Sendable {
     public var gatewayRoutes: [IstioTraffic.VirtualService] = []
     /// Gateway mode: the address its servers' ports are opened on (`--listen-address`).
     public var gatewayListenHost = "127.0.0.1"
+    /// Span export (the sidecar's `--otlp-endpoint` and `--trace-*` flags; Tracing/).
+    public var traceExport = TraceExportOptions()
+    /// The collector meshd pushes (its `--otlp-endpoint`), used when the sidecar names none.
+    public var pushedOTLPEndpoint: OTLPEndpoint? = nil
 
     /// Defaults chosen below common upstream keep-alive timeouts and like Envoy's where Istio is silent.
     public enum Defaults {

@@ -29,6 +29,7 @@ extension Bootstrap {
             next.clusters = try Bootstrap.parseClusters(&spec, haveTLS: tls != nil, allowEmpty: true, ctx: ctx)
             next.routes = try Bootstrap.parseRoutes(&spec, clusters: next.clusters, name: name, namespace: workload.namespace, ctx: ctx)
             next.outboundTrafficPolicy = try Bootstrap.parseOutboundTrafficPolicy(&spec, ctx: ctx)
+            next.pushedOTLPEndpoint = try Bootstrap.parsePushedOTLPEndpoint(&spec, ctx: ctx)
             try spec.finish()
         }
         guard found else { throw ConfigError(file: source, message: "no ProxyConfig document") }

@@ -78,6 +78,7 @@ public struct Telemetry: Sendable {
                     var names: [String] = []
                     for var p in ps {
                         names.append(try p.string("name", required: true)!)
+                        try Telemetry.checkTracingProvider(names[names.count - 1], index: names.count - 1, reader: r, line: p.map.line, ctx: ctx)
                         try p.finish()
                     }
                     tr.providers = names

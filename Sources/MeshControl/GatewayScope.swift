@@ -54,6 +54,7 @@ extension ConfigStore {
         }
         out += "  routes: []\n"
         out += "  outboundTrafficPolicy: {mode: \(s.outboundTrafficPolicy.rawValue)}\n"
+        out += OTLPEndpoint.Pushed.specLine
         let drKeys = Dictionary(b.cfg.destinationRules.map { ("\($0.namespace)/\($0.name)", RenderBase.key($0.host, $0.namespace)) },
                                 uniquingKeysWith: { a, _ in a })
         let docs = s.order.compactMap { s.documents[$0] }.filter { d in

@@ -257,6 +257,7 @@ extension ConfigStore {
         }
         out += routes.isEmpty ? "  routes: []\n" : "  routes:\n" + routes
         out += "  outboundTrafficPolicy: {mode: \(s.outboundTrafficPolicy.rawValue)}\n"
+        out += OTLPEndpoint.Pushed.specLine
         // The documents a sidecar applies itself (entries are rendered into clusters above;
         // Sidecar resources are meshd's alone).
         var vsByKey: [String: Bool] = [:]

@@ -191,6 +191,7 @@ struct MetricsExporter {
         }
         p.family("mesh_metric_series", type: "gauge", help: "Request metric series held (bounded; beyond the bound requests count under route=\"overflow\").")
         p.sample("mesh_metric_series", [], UInt64(order.count))
+        TraceExporter.render(&p)
         return p.text
     }
 }

@@ -83,6 +83,8 @@ public final class ProxyServer: @unchecked Sendable {
     private var admin: AdminServer?
     private var adminThread: pthread_t?
     private var accessLogWriter: AccessLogWriter?
+    /// The span exporter, once a snapshot names a collector (Tracing/TraceExporter.swift).
+    private var traceExporter: TraceExporter?
     /// Ports actually bound (useful when the config says 0).
     public private(set) var outboundPort = 0
     public private(set) var inboundPort = 0
@@ -114,6 +116,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         workers = (0..<concurrency).map { Worker(id: $0, snapshot: snapshot) }
         for w in workers { w.workerCount = concurrency }
+        TraceExporter.attach(&traceExporter, snapshot, workers: workers, running: false)
         if let al = snapshot.bootstrap.accessLog {
             let writer = try AccessLogWriter(path: al.path, workers: concurrency)
             for (i, w) in workers.enumerated() {
@@ -178,6 +181,7 @@ public final class ProxyServer: @unchecked Sendable {
     /// lock); the JWKS fetcher learns the URIs of the snapshot in force.
     private func post(_ next: ProxySnapshot) {
         JWKSFetcher.shared.track(self, next)
+        TraceExporter.attach(&traceExporter, next, workers: workers, running: true)
         for w in workers {
             w.loop.post { [w] in w.replaceSnapshot(next) }
         }
@@ -215,6 +219,7 @@ public final class ProxyServer: @unchecked Sendable {
         for t in threads { Threads.join(t) }
         threads.removeAll()
         accessLogWriter?.stop()
+        traceExporter?.stop()
         dns?.stop()
         status?.stop()
         if let a = admin {

@@ -281,6 +281,8 @@ public final class ProxySnapshot: Sendable {
     public var usesDNS: Bool { bootstrap.clusters.contains { $0.resolution != .static } }
     /// A gateway proxy's servers (Gateway/GatewayTable.swift); nil for a sidecar.
     public let gateway: GatewayTable?
+    /// Tracing: propagation, sampling and span tags compiled (Tracing/TracingTable.swift).
+    let tracing: TracingTable
 
     /// Stream idle timeout: no bytes either way while a request is in flight.
     /// Compiles a bootstrap, loading its certificate files into TLS contexts.
@@ -311,6 +313,8 @@ public final class ProxySnapshot: Sendable {
                             fetched: b.traffic.requestAuthentications.isEmpty ? ([:], 0) : JWKSFetcher.shared.current())
         self.telemetry = TelemetrySettings.resolve(b.traffic.telemetries, namespace: b.workload.namespace, labels: b.workload.labels)
         self.accessLogOn = !(telemetry.accessLogging?.isEmpty ?? true)
+        self.tracing = TracingTable(b, settings: telemetry.tracing, routes: compiled.routes.map(\.label),
+                                    clusters: compiled.clusters.map(\.name))
         (self.inboundMode, self.workloadMode, self.inboundPortModes) = ProxySnapshot.peerModes(b)
         self.hosts = HostTable(compiled.hostEntries)
         self.tcpHosts = HostTable(compiled.tcpHostEntries)

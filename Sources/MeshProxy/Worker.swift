@@ -18,6 +18,8 @@ public final class Worker: @unchecked Sendable {
     let metrics: ProxyMetrics
     /// This worker's side of the access log (nil when access logging is off).
     var accessLog: AccessLogSink?
+    /// This worker's finished spans for the exporter (nil until a collector is known; Tracing/).
+    var spans: SpanQueue?
     /// Finished HTTP/2 client streams (each with its exchange), reused.
     var h2StreamPool: [H2ServerStream] = []
     /// Finished mirror requests, reused, and how many are in flight.

@@ -90,6 +90,9 @@ let usage = """
       --allow-insecure-skip-verify
                              accept DestinationRule tls.insecureSkipVerify: true (refused
                              otherwise: it turns off the server's verification)
+      --otlp-endpoint URL    the OTLP/HTTP collector (http://HOST[:PORT][/PATH]; https is not
+                             supported yet) pushed to every sidecar that has no --otlp-endpoint
+                             of its own (docs/observability.md)
       --log-level LEVEL      debug, info, warn or error
       -h, --help             this text
 
@@ -111,12 +114,17 @@ let specs: [Flags.Spec] = [
     .init("kube-api"), .init("kube-ca"), .init("kube-token-file"), .init("kube-audience"),
     .init("allow-insecure-skip-verify", value: false),
     .init("gateway-service-account"),
+    .init("otlp-endpoint"),
 ]
 let flags: Flags
 do { flags = try Flags(Array(CommandLine.arguments.dropFirst()), specs: specs) } catch { fail("\(error)") }
 if flags.has("help") { print(usage, terminator: ""); exit(0) }
 // DestinationRule tls.insecureSkipVerify: refused by the one parser unless allowed here.
 IstioTraffic.Allowance.allowInsecureSkipVerify(flags.has("allow-insecure-skip-verify"))
+// Tracing: the collector pushed to sidecars that name none (spec.otlpEndpoint of ProxyConfig).
+if let e = flags.string("otlp-endpoint") {
+    do { OTLPEndpoint.Pushed.set(try OTLPEndpoint.parse(e)) } catch { fail("--otlp-endpoint: \(error)") }
+}
 if let p = flags.positional.first { fail("unexpected argument \"\(p)\" (see --help)") }
 guard let stateDir = flags.string("state-dir") else { fail("missing --state-dir DIR (see --help)") }
 switch flags.string("log-level") ?? "info" {

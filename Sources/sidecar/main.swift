@@ -41,6 +41,15 @@ let usage = """
       --dns-resolver IP:PORT
                            the DNS server asked for the names of DNS clusters (ServiceEntry
                            resolution: DNS); default: the first nameserver of /etc/resolv.conf
+      --otlp-endpoint URL  send spans to this OTLP/HTTP collector (http://HOST[:PORT][/PATH],
+                           port 4318 and /v1/traces by default; https is not supported yet); both
+                           modes; in mesh mode meshd's --otlp-endpoint is used when this is absent.
+                           Without a collector no span is recorded and trace headers pass as sent
+      --trace-batch-size N spans per export request (default 512)
+      --trace-flush-interval DURATION
+                           a partial batch is sent after this long (default 1s; 10ms to 60s)
+      --trace-queue-size N spans each worker holds for the exporter (default 2048); beyond it
+                           spans are dropped and counted (mesh_tracing_spans_dropped_total)
       --check              validate the config and load its certificates, then exit; the
                            workload certificate must be within its validity period and chain
                            to spec.tls.trustBundle (checked at start and on SIGHUP too)
@@ -189,9 +198,13 @@ guard let configPath = flags.string("config") else { fail("missing --config FILE
 
 IstioTraffic.Allowance.allowInsecureSkipVerify(flags.has("allow-insecure-skip-verify"))
 guard let text = readFile(configPath) else { fail("cannot read \(configPath): \(String(cString: strerror(errno)))") }
+let traceExport: TraceExportOptions
+do { traceExport = try TraceExportOptions.parse(flags) } catch { fail("\(error)") }
 let bootstrap: Bootstrap
 do {
-    bootstrap = try Bootstrap.parse(text, file: configPath)
+    var b = try Bootstrap.parse(text, file: configPath)
+    b.traceExport = traceExport
+    bootstrap = b
 } catch {
     fail("\(error)")
 }
@@ -258,8 +271,8 @@ func reload(_ path: String, current: Bootstrap) -> Bootstrap? {
         Log.error("sidecar", "SIGHUP: cannot read \(path); the config in force stays")
         return nil
     }
-    let next: Bootstrap
-    do { next = try Bootstrap.parse(text, file: path) } catch {
+    var next: Bootstrap
+    do { next = try Bootstrap.parse(text, file: path); next.traceExport = current.traceExport } catch {
         Log.error("sidecar", "SIGHUP: \(error); the config in force stays")
         return nil
     }

@@ -70,7 +70,7 @@ final class Exchange: PoolWaiter {
     private var grpc = -1
 
     // Accounting, for metrics and the access log.
-    private var startTime: UInt64 = 0
+    private(set) var startTime: UInt64 = 0
     private var startWall: UInt64 = 0
     var requestBytes: UInt64 = 0
     var responseBytes: UInt64 = 0
@@ -91,7 +91,9 @@ final class Exchange: PoolWaiter {
     var lbHash: UInt64?
     var lbCookie: UInt64 = 0
     /// The authority as the client sent it (the log shows it, not a route's rewrite).
-    private var clientAuthority = ByteRange()
+    private(set) var clientAuthority = ByteRange()
+    /// The trace this request belongs to and its span (Tracing/Exchange+Tracing.swift).
+    var trace = ExchangeTrace()
 
     init(worker: Worker) { self.worker = worker }
 
@@ -138,6 +140,7 @@ final class Exchange: PoolWaiter {
         lastPool = nil
         raceRetryUsed = false
         clientAuthority = request.authority
+        trace.recording = false
 
         if let why = request.malformed ?? (request.method.isEmpty ? "missing method" : nil) {
             worker.stats.inc(.badRequests)
@@ -175,6 +178,7 @@ final class Exchange: PoolWaiter {
         metricsRoute = inbound ? MetricKey.inboundRoute : MetricKey.noRoute
         upstreamPeer = 0; requestPeer = d.callerPeer; exchangePool = nil
         clientAuthority = ByteRange()
+        trace.recording = false
         phase = .routing
         localReply(st, reason, flag: .downstreamProtocolError, close: true)
     }
@@ -305,6 +309,7 @@ final class Exchange: PoolWaiter {
     /// allow, else answer with the reason.
     private func attemptFailed(_ f: AttemptFailure) {
         guard case .fail(let exhausted) = attempts.failed(f, worker, replayable: replayable && !responseStarted) else {
+            traceRetry(status: 0, flag: f == .connect ? .upstreamConnectFailure : f == .timeout ? .upstreamRequestTimeout : .upstreamConnectionTermination)
             scheduleRetry()
             return
         }
@@ -464,6 +469,7 @@ final class Exchange: PoolWaiter {
                                   worker, replayable: replayable) {
         case .retry:
             if let up = upstream { upstream = nil; up.cancel() }
+            traceRetry(status: r.status, flag: .none)
             response.reset()
             if grpc >= 0 { grpc = 17 }
             scheduleRetry()
@@ -712,6 +718,7 @@ final class Exchange: PoolWaiter {
         let key = MetricKey.make(inbound: inbound, route: metricsRoute, code: status, flag: flag, peer: peer, grpc: grpc)
         let micros = (loop.now &- startTime) / 1000
         worker.metrics.record(key: key, durationMicros: micros, requestBytes: requestBytes, responseBytes: responseBytes)
+        traceFinished()
         if let sink = worker.accessLog {
             ExchangeLog.record(self, sink, micros: micros, startWall: startWall, authority: clientAuthority,
                                reason: localReason, upstream: exchangePool)

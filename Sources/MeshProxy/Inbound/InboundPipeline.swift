@@ -11,6 +11,7 @@ extension Exchange {
         let s = snapshot!
         let r = request
         let tls = down?.callerTLS
+        startTrace()
         // 1. The caller: its identity (mTLS) and, when sent, its workload (metrics labels).
         if r.peerMetadataIndex >= 0, let tls {
             let f = r.fields[r.peerMetadataIndex]

@@ -10,6 +10,7 @@ extension Exchange {
     func runOutbound() -> Bool {
         let s = snapshot!
         let r = request
+        startTrace()
         if down?.redirectsToHTTPS == true { redirectToHTTPS(); return false }
         // 1. The service: the request's host (port stripped) names a virtual host.
         let hp = r.pointer(r.authority)

@@ -1,0 +1,74 @@
+import Synchronization
+
+/// One worker's finished spans on their way to the exporter thread: a bounded single-producer
+/// (the worker) / single-consumer (the exporter) ring of preallocated fixed-size slots, each an
+/// encoded OTLP `Span` message behind its 4-byte length. The worker encodes straight into a slot
+/// and publishes it with one release store; nothing locks or allocates on its side. A full ring
+/// drops the span and counts it.
+final class SpanQueue: @unchecked Sendable {
+    /// Bytes of one slot (the span's encoding and its length); attributes that do not fit are
+    /// left out of the span.
+    static let slotSize = 1536
+    let capacity: Int
+    private let mask: Int
+    private let storage: UnsafeMutablePointer<UInt8>
+    /// Slots published (written by the producer) and consumed (written by the consumer).
+    private let head = Atomic<Int>(0)
+    private let tail = Atomic<Int>(0)
+    /// Spans dropped because the ring was full (producer writes, anyone reads).
+    private let droppedCount = Atomic<UInt64>(0)
+
+    /// `capacity` is rounded up to a power of two.
+    init(capacity: Int) {
+        var c = 1
+        while c < max(capacity, 2) { c <<= 1 }
+        self.capacity = c
+        mask = c - 1
+        storage = .allocate(capacity: c * SpanQueue.slotSize)
+    }
+
+    deinit { storage.deallocate() }
+
+    var dropped: UInt64 { droppedCount.load(ordering: .relaxed) }
+
+    // MARK: producer (the worker)
+
+    /// The next free slot's payload (`slotSize - 4` bytes), or nil (counted as dropped) when
+    /// the ring is full. Call `publish` after writing.
+    @inline(__always) func reserve() -> UnsafeMutablePointer<UInt8>? {
+        let h = head.load(ordering: .relaxed)
+        if h &- tail.load(ordering: .acquiring) >= capacity {
+            droppedCount.store(droppedCount.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+            return nil
+        }
+        return storage + (h & mask) * SpanQueue.slotSize + 4
+    }
+
+    /// Publishes the slot `reserve` returned with `length` bytes written.
+    @inline(__always) func publish(length: Int) {
+        let h = head.load(ordering: .relaxed)
+        let slot = storage + (h & mask) * SpanQueue.slotSize
+        UnsafeMutableRawPointer(slot).storeBytes(of: UInt32(length), as: UInt32.self)
+        head.store(h &+ 1, ordering: .releasing)
+    }
+
+    // MARK: consumer (the exporter thread)
+
+    /// Spans waiting.
+    var pending: Int { head.load(ordering: .acquiring) &- tail.load(ordering: .relaxed) }
+
+    /// Calls `body` with up to `max` waiting spans' bytes, oldest first, then frees their slots.
+    /// Returns how many were taken.
+    @discardableResult
+    func drain(max: Int, _ body: (UnsafePointer<UInt8>, Int) -> Void) -> Int {
+        let t = tail.load(ordering: .relaxed)
+        let n = min(max, head.load(ordering: .acquiring) &- t)
+        for i in 0..<n {
+            let slot = storage + ((t &+ i) & mask) * SpanQueue.slotSize
+            let len = Int(UnsafeRawPointer(slot).load(as: UInt32.self))
+            body(UnsafePointer(slot + 4), len)
+        }
+        tail.store(t &+ n, ordering: .releasing)
+        return n
+    }
+}
