@@ -9,10 +9,12 @@ import Glibc
 /// having mapped 64 KiB around it (`fault_around_bytes`; `MADV_RANDOM` does not turn that off on
 /// this kernel, measured in docs/benchmarks.md).
 ///
-/// Only private, non-writable, file-backed mappings whose every resident page is an unmodified
-/// file page are released (smaps: `Anonymous`, `Swap`, `Private_Dirty` and `Shared_Dirty` all 0):
-/// a RELRO segment (read-only after relocation, but its pages are the process's own copies) is
-/// left alone, since dropping it would bring back the unrelocated file contents.
+/// Only private, non-writable, file-backed mappings whose every page is a page of the file are
+/// released (smaps: `Anonymous` and `Swap` 0): a RELRO segment (read-only after relocation, but
+/// its pages are the process's own copies) is left alone, since dropping it would bring back the
+/// unrelocated file contents. The dirty counts do not matter: a page-cache page that is dirty
+/// (a binary written moments ago, not yet written back) is the file's, counted as
+/// `Shared_Dirty`, or `Private_Dirty` when only this process maps it, and stays in the cache.
 public enum MappedPages {
     /// One mapping from /proc/self/smaps.
     struct Mapping: Equatable {
@@ -21,10 +23,10 @@ public enum MappedPages {
         var perms: String = ""
         var path: String = ""
         var rssKB = 0
-        /// Anonymous + Swap + Private_Dirty + Shared_Dirty, in kB: anything but clean file pages.
+        /// Anonymous + Swap, in kB: the process's own copies of pages (written, relocated).
         var ownKB = 0
 
-        /// A mapping `release` may drop: file-backed, private, not writable, only clean file pages.
+        /// A mapping `release` may drop: file-backed, private, not writable, only the file's pages.
         var releasable: Bool {
             path.hasPrefix("/") && (perms == "r-xp" || perms == "r--p") && ownKB == 0 && rssKB > 0
         }
@@ -55,7 +57,7 @@ public enum MappedPages {
             for b in line[(colon + 1)...] where b >= 48 && b <= 57 { v = v &* 10 &+ Int(b &- 48) }
             switch key {
             case "Rss": cur!.rssKB = v
-            case "Anonymous", "Swap", "Private_Dirty", "Shared_Dirty": cur!.ownKB += v
+            case "Anonymous", "Swap": cur!.ownKB += v
             default: break
             }
         }
