@@ -171,16 +171,19 @@ def test_idle_mesh_mode_sidecar_gives_its_code_pages_back_and_serves_after(procs
     seen = {}
 
     def released(ref):
+        """Both gave back at least 1.5 MiB of their binary's pages and half of libcrypto's
+        since `ref` (release build: 7 -> 1.2 MiB and 3.6 -> 0; debug: 4.9 -> 0.6 and 3.6 -> 0)."""
         for p in (rp, pp):
             seen[p.pid] = tools.smaps_breakdown(p.pid)
-        return all(seen[p.pid]["binary"] < ref[p.pid]["binary"] // 3 for p in (rp, pp))
+        return all(seen[p.pid]["binary"] < ref[p.pid]["binary"] - 1536
+                   and seen[p.pid]["libs"].get("libcrypto.so", 0) < ref[p.pid]["libs"].get("libcrypto.so", 0) // 2
+                   for p in (rp, pp))
 
     wait_until(lambda: released(busy), timeout=15, what=f"code pages released: busy {busy}, now {seen}")
     time.sleep(1)
     for p in (rp, pp):
         idle = tools.smaps_breakdown(p.pid)
         assert idle["VmRSS"] < IDLE_RSS_BOUND_KB, (p.args[0], busy[p.pid], idle)
-        assert idle["libs"].get("libcrypto.so", 0) < busy[p.pid]["libs"]["libcrypto.so"] // 2, (busy[p.pid], idle)
     # Serving again works (the code comes back on demand), and the next quiet period releases again.
     requests(20)
     back = {p.pid: tools.smaps_breakdown(p.pid) for p in (rp, pp)}
