@@ -10,11 +10,12 @@
 #   push       push.sh                                                                         -> RESULTS-push.md
 #   hardening  hardening.sh (idle-conns, overload, faults, faults 16 callers)                 -> RESULTS-hardening.md
 #   tracing    tracing.sh: tracing off, 1% and 100% sampling, interleaved                       -> RESULTS-tracing.md
+#   idle       idle-rss.sh (idle RSS of a mesh-mode sidecar and the peers, smaps breakdown)   -> RESULTS-idle-rss.md
 #
 # Run:   bench/all.sh                  (defaults: about 35-40 minutes on this 2-core machine)
 #        QUICK=1 RESULTS_DIR=/tmp/bench-smoke bench/all.sh   (tiny settings everywhere, about 5 minutes;
 #                                      never point a QUICK run at bench/: it would replace the real files)
-# Env:   ONLY="main h2 metrics routes ca push hardening ingress tracing"  the steps to run (build is separate: NO_BUILD=1)
+# Env:   ONLY="main h2 metrics routes ca push hardening ingress tracing idle"  the steps to run (build is separate: NO_BUILD=1)
 #        MAX_SECONDS=3600   hard limit for the whole run; each step gets what is left, at most its own limit
 #        RESULTS_DIR=bench  where the RESULTS*.md files go;  OUT=bench/out/all  logs and raw data
 #        QUICK=1            smoke settings (small N, 1 round, short phases) for every step
@@ -31,7 +32,7 @@ cd "$ROOT"
 # shellcheck source=bench/tools/provenance.sh
 . "$HERE/tools/provenance.sh"
 
-ONLY="${ONLY:-main h2 metrics routes ca push hardening ingress tracing}"
+ONLY="${ONLY:-main h2 metrics routes ca push hardening ingress tracing idle}"
 MAX_SECONDS="${MAX_SECONDS:-3600}"
 RESULTS_DIR="${RESULTS_DIR:-$HERE}"
 OUT="${OUT:-$HERE/out/all}"
@@ -133,7 +134,10 @@ for s in $ONLY; do
     tracing)
         if [ "$QUICK" = 1 ]; then q=(ROUNDS=1 N=2000 WARMUP=100); else q=(ROUNDS=3 N=40000 WARMUP=2000); fi
         step tracing RESULTS-tracing.md 900 tracing.sh "${q[@]}" MAX_SECONDS=$(( left < 900 ? left : 900 )) OUT="$OUT/tracing" ;;
-    *) note "error: unknown step '$s' (main h2 metrics routes ca push hardening ingress tracing)"; exit 1 ;;
+    idle)
+        if [ "$QUICK" = 1 ]; then q=(REQUESTS=5); else q=(REQUESTS=20 SETTLE=8); fi
+        step idle RESULTS-idle-rss.md 300 idle-rss.sh "${q[@]}" MAX_SECONDS=$(( left < 300 ? left : 300 )) ;;
+    *) note "error: unknown step '$s' (main h2 metrics routes ca push hardening ingress tracing idle)"; exit 1 ;;
     esac
 done
 

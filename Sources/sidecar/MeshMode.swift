@@ -178,7 +178,7 @@ func runMeshMode(_ parsed: SidecarMeshFlags) -> Never {
         if opts.gateway { stream.gatewayLabels = labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",") }
         Threads.spawnDetached { stream.run() }
     }
-    let sig = signals.wait()
+    let sig = signals.waitReleasingIdleMemory()
     agent.withLock { a in
         stopping.store(true, ordering: .releasing)
         a?.stop()

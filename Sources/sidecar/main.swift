@@ -244,7 +244,7 @@ Log.info("sidecar", "\(bootstrap.name) (\(bootstrap.workload.service).\(bootstra
 // (requests in flight finish on the old one); a refused one changes nothing.
 var inForce = bootstrap
 var reloads = 1
-var sig = signals.wait()
+var sig = signals.waitReleasingIdleMemory()
 while sig == SignalWaiter.sighup {
     reloads += 1
     if let next = reload(configPath, current: inForce) {
@@ -257,7 +257,7 @@ while sig == SignalWaiter.sighup {
             Log.error("sidecar", "SIGHUP: \(configPath) refused, the config in force stays: \(error)")
         }
     }
-    sig = signals.wait()
+    sig = signals.waitReleasingIdleMemory()
 }
 Log.info("sidecar", "signal \(sig): draining (up to \(inForce.drainTimeout / 1_000_000_000)s)")
 server.drainAndStop(timeout: inForce.drainTimeout)
