@@ -35,7 +35,8 @@ public struct Telemetry: Sendable {
 
     public var name: String
     public var namespace: String
-    /// `selector.matchLabels`; nil without a selector (namespace-wide, or mesh-wide in the root namespace).
+    /// `selector.matchLabels`; nil without a selector or with no labels in it (namespace-wide, or
+    /// mesh-wide in the root namespace, as in Istio).
     public var selector: [(String, String)]?
     /// nil: the resource has no `tracing` (a less specific one's applies).
     public var tracing: Tracing?
@@ -54,12 +55,17 @@ public struct Telemetry: Sendable {
     static func parse(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> Telemetry {
         var t = Telemetry(name: name, namespace: namespace)
         if var sel = try spec.object("selector") {
-            if namespace == IstioSidecar.rootNamespace {
-                throw ConfigReader.error(ctx, "spec.selector", sel.map.line,
-                                         "a Telemetry in the root namespace \(IstioSidecar.rootNamespace) is mesh-wide and takes no selector (as in Istio); put a workload's Telemetry in its own namespace")
-            }
-            t.selector = try sel.stringMap("matchLabels") ?? []
+            let labels = try sel.stringMap("matchLabels") ?? []
             try sel.finish()
+            // Istio: a selector without labels (`selector: {}`) is no selector, the resource
+            // applies to its whole namespace (and counts as that namespace's one selectorless).
+            if !labels.isEmpty {
+                if namespace == IstioSidecar.rootNamespace {
+                    throw ConfigReader.error(ctx, "spec.selector", sel.map.line,
+                                             "a Telemetry in the root namespace \(IstioSidecar.rootNamespace) is mesh-wide and takes no selector (as in Istio); put a workload's Telemetry in its own namespace")
+                }
+                t.selector = labels
+            }
         }
         try spec.refuse("targetRef")
         try spec.refuse("targetRefs")

@@ -3,8 +3,11 @@
 ///
 /// As Istio documents it, a more specific resource overrides what it sets: `tracing` field by
 /// field (`providers`, `randomSamplingPercentage`, `disableSpanReporting`, `customTags` each
-/// replace the less specific value when set), `accessLogging` as a whole (the most specific
-/// resource that has an `accessLogging` list decides; `[{disabled: true}]` turns logs off).
+/// replace the less specific value when set); `accessLogging` per provider and side, as Istio's
+/// pilot merges it (`AccessLogSettings.init(levels:)`): an entry without providers applies to the
+/// providers of the entry before it (mesh-wide, namespace, workload, in order), so
+/// `[{match: {mode: SERVER}, disabled: true}]` turns off only the server side of the providers
+/// a less specific resource enabled, and keeps their filters.
 /// Where Istio calls two resources at one level invalid (two selecting one workload), the first
 /// by name applies.
 public struct TelemetrySettings: Sendable, Equatable {
@@ -22,6 +25,7 @@ public struct TelemetrySettings: Sendable, Equatable {
         let ns = byName.first { $0.namespace == namespace && $0.selector == nil }
         let wl = byName.first { $0.namespace == namespace && $0.selector != nil && $0.selects(namespace: namespace, labels: labels) }
         var out = TelemetrySettings()
+        var logs: [[Telemetry.AccessLogging]] = []
         for t in [root, ns, wl] {
             guard let t else { continue }
             if let tr = t.tracing {
@@ -30,8 +34,10 @@ public struct TelemetrySettings: Sendable, Equatable {
                 if let v = tr.disableSpanReporting { out.tracing.disableSpanReporting = v }
                 if let v = tr.customTags { out.tracing.customTags = v }
             }
-            if let al = t.accessLogging { out.accessLogging = AccessLogSettings(al) }
+            // Istio: an empty `accessLogging: []` is as if not set.
+            if let al = t.accessLogging, !al.isEmpty { logs.append(al) }
         }
+        if !logs.isEmpty { out.accessLogging = AccessLogSettings(levels: logs) }
         return out
     }
 }
@@ -77,23 +83,60 @@ public struct AccessLogSettings: Sendable, Equatable {
 
     public init() {}
 
-    /// The entries of one `accessLogging` list: for each provider (default `envoy`) and side its
-    /// `match.mode` covers, the last entry naming that provider and side decides (`disabled`
-    /// removes it).
+    /// The entries of one `accessLogging` list (as `init(levels: [entries])`).
     public init(_ entries: [Telemetry.AccessLogging]) {
-        var client: [(String, Rule?)] = []
-        var server: [(String, Rule?)] = []
-        func put(_ list: inout [(String, Rule?)], _ p: String, _ r: Rule?) {
-            if let i = list.firstIndex(where: { $0.0 == p }) { list[i].1 = r } else { list.append((p, r)) }
+        self.init(levels: [entries])
+    }
+
+    /// The `accessLogging` lists in force for one workload, least specific first (mesh-wide,
+    /// namespace, workload), merged per side as Istio's pilot merges them:
+    /// - The providers a side logs with: those named by the most specific list that names any
+    ///   (in an entry covering that side); when none names any, the default provider `envoy`.
+    /// - Each entry applies to the providers it names or, naming none, to those of the entry
+    ///   before it (across lists; the first inherits `envoy`). Walking all entries in order,
+    ///   an entry covering the side (`match.mode`) turns each in-scope provider on or, with
+    ///   `disabled: true`, off; the last one decides.
+    /// - A provider's filter: that of the last entry covering the side that names it (an entry
+    ///   naming it without a filter logs every request), so a provider inherits its filter
+    ///   through entries that do not name it. Unlike Istio, which ignores the filter of an
+    ///   entry without providers, such an entry sets the filter of the providers it inherits.
+    public init(levels: [[Telemetry.AccessLogging]]) {
+        self.client = AccessLogSettings.merge(levels, side: .client)
+        self.server = AccessLogSettings.merge(levels, side: .server)
+    }
+
+    private static func merge(_ levels: [[Telemetry.AccessLogging]], side: Telemetry.WorkloadMode) -> [Rule] {
+        func covers(_ e: Telemetry.AccessLogging) -> Bool { e.mode == .clientAndServer || e.mode == side }
+        let defaults = ["envoy"]
+        var inScope = defaults
+        var filters: [String: AccessLogFilter?] = [:]
+        var parent = defaults
+        for level in levels {
+            var named: [String] = []
+            for e in level {
+                let names = e.providers.isEmpty ? parent : e.providers
+                parent = names
+                guard covers(e) else { continue }
+                for p in e.providers where !named.contains(p) { named.append(p) }
+                if !e.providers.isEmpty || e.filter != nil {
+                    for p in names { filters[p] = e.filter }
+                }
+            }
+            if !named.isEmpty { inScope = named }
         }
-        for e in entries {
-            for p in e.providers.isEmpty ? ["envoy"] : e.providers {
-                let rule = e.disabled ? nil : Rule(format: p == "envoy-json" ? .json : .text, filter: e.filter)
-                if e.mode != .server { put(&client, p, rule) }
-                if e.mode != .client { put(&server, p, rule) }
+        var out: [(String, Rule?)] = []
+        parent = defaults
+        for level in levels {
+            for e in level {
+                let names = e.providers.isEmpty ? parent : e.providers
+                parent = names
+                guard covers(e) else { continue }
+                for p in names where inScope.contains(p) {
+                    let rule = e.disabled ? nil : Rule(format: p == "envoy-json" ? .json : .text, filter: filters[p] ?? nil)
+                    if let i = out.firstIndex(where: { $0.0 == p }) { out[i].1 = rule } else { out.append((p, rule)) }
+                }
             }
         }
-        self.client = client.compactMap(\.1)
-        self.server = server.compactMap(\.1)
+        return out.compactMap(\.1)
     }
 }

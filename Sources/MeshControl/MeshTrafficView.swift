@@ -1,14 +1,49 @@
 import MeshCore
 
-/// One scrape of the sidecars' metrics at one moment: the samples of each admin address that
-/// answered, and when (monotonic nanoseconds, for the rate's divisor).
+/// One scrape of the sidecars' metrics: for each admin address that answered, when it answered
+/// (monotonic nanoseconds: its deltas are divided by its own interval) and the series the web
+/// page reads, reduced when the scrape is taken (`Sidecar.init(admin:at:samples:)`) to a compact
+/// key -> value form (the families and labels `MeshTrafficView` uses, nothing else).
 public struct MeshScrape: Sendable {
-    public var at: UInt64
-    public var sidecars: [(admin: String, samples: [PrometheusSample])]
+    /// One sidecar's answer.
+    public struct Sidecar: Sendable {
+        public var admin: String
+        /// When its answer arrived (monotonic nanoseconds).
+        public var at: UInt64
+        /// `MeshTrafficView.reducedKey` -> value (series that reduce to one key are summed).
+        public var series: [MeshTrafficView.SeriesKey: Double]
+        /// `mesh_certificate_expiry_timestamp_seconds`, when it exports one.
+        public var certificateExpiry: Int64?
 
-    public init(at: UInt64, sidecars: [(admin: String, samples: [PrometheusSample])]) {
+        public init(admin: String, at: UInt64, samples: [PrometheusSample]) {
+            self.admin = admin
+            self.at = at
+            var m: [MeshTrafficView.SeriesKey: Double] = [:]
+            var expiry: Int64?
+            for s in samples {
+                if s.name == "mesh_certificate_expiry_timestamp_seconds" {
+                    if expiry == nil { expiry = Int64(s.value) }
+                    continue
+                }
+                if let k = MeshTrafficView.reducedKey(s) { m[k, default: 0] += s.value }
+            }
+            self.series = m
+            self.certificateExpiry = expiry
+        }
+    }
+
+    /// When the scrape finished (the page's window is the time between two).
+    public var at: UInt64
+    public var sidecars: [Sidecar]
+
+    public init(at: UInt64, scraped: [Sidecar]) {
         self.at = at
-        self.sidecars = sidecars
+        self.sidecars = scraped
+    }
+
+    /// Every sidecar answered at `at`.
+    public init(at: UInt64, sidecars: [(admin: String, samples: [PrometheusSample])]) {
+        self.init(at: at, scraped: sidecars.map { Sidecar(admin: $0.admin, at: at, samples: $0.samples) })
     }
 }
 
@@ -78,13 +113,6 @@ public struct MeshTrafficView: Sendable {
         return c.hasPrefix("5") || c == "0"
     }
 
-    /// A series' identity within one sidecar's scrape: its name and labels in a stable order.
-    static func seriesKey(_ s: PrometheusSample) -> String {
-        var k = s.name
-        for (n, v) in s.labels.sorted(by: { $0.key < $1.key }) { k += "\u{1}" + n + "\u{2}" + v }
-        return k
-    }
-
     /// The series the view reads: HTTP requests and their latency, TCP connections and bytes.
     static let http: Set<String> = ["istio_requests_total", "istio_request_duration_milliseconds_bucket"]
     static let tcp: Set<String> = ["istio_tcp_connections_opened_total", "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total"]
@@ -102,64 +130,93 @@ public struct MeshTrafficView: Sendable {
              version: s.labels["destination_version"] ?? "unknown")
     }
 
+    /// What the view reads of a series: its family, reporter, both ends, and `route`, whether it
+    /// is an error and `le` for the caller's HTTP series, or `connection_security_policy` for
+    /// the receiver's (every other label is dropped; series that differ only there are summed).
+    public struct SeriesKey: Hashable, Sendable {
+        var name: String
+        var destinationReporter: Bool
+        var source: Node
+        var destination: Node
+        var route = ""
+        var error = false
+        var le = ""
+        var mutualTLS = false
+    }
+
+    /// A sample reduced to its `SeriesKey`; nil for a series the view does not use.
+    static func reducedKey(_ s: PrometheusSample) -> SeriesKey? {
+        let bucket = s.name == "istio_request_duration_milliseconds_bucket"
+        let tcp = MeshTrafficView.tcp.contains(s.name)
+        guard tcp || MeshTrafficView.http.contains(s.name) else { return nil }
+        var k = SeriesKey(name: s.name, destinationReporter: false, source: sourceNode(s), destination: destinationNode(s))
+        switch s.labels["reporter"] {
+        case "source" where tcp:
+            break
+        case "source":
+            k.route = s.labels["route"] ?? "-"
+            if bucket {
+                guard let le = s.labels["le"] else { return nil }
+                k.le = le
+            } else {
+                k.error = isError(s)
+            }
+        case "destination" where !bucket:
+            guard let p = s.labels["connection_security_policy"], p == "mutual_tls" || p == "none" else { return nil }
+            k.destinationReporter = true
+            k.mutualTLS = p == "mutual_tls"
+        default:
+            return nil
+        }
+        return k
+    }
+
     /// The view between `before` and `after` (nil when they are the same moment or out of order).
+    /// Each sidecar's deltas are divided by its own interval (the time between its two answers)
+    /// and given over the window `seconds`, so a slow scrape of the others does not skew its rates.
     public init?(before: MeshScrape, after: MeshScrape) {
         guard after.at > before.at else { return nil }
         seconds = Double(after.at - before.at) / 1e9
-        var earlier: [String: [String: Double]] = [:]
-        for (admin, samples) in before.sidecars {
-            var m: [String: Double] = [:]
-            for s in samples where MeshTrafficView.http.contains(s.name) || MeshTrafficView.tcp.contains(s.name) {
-                m[MeshTrafficView.seriesKey(s)] = s.value
-            }
-            earlier[admin] = m
-        }
+        var earlier: [String: MeshScrape.Sidecar] = [:]
+        for s in before.sidecars { earlier[s.admin] = s }
         var edges: [String: Edge] = [:]
         var routes: [String: RouteRow] = [:]
         var security: [String: Bool] = [:]   // source id + destination id -> mutual TLS
-        for (admin, samples) in after.sidecars {
-            if let e = samples.first(where: { $0.name == "mesh_certificate_expiry_timestamp_seconds" }) {
-                certificateExpiry[admin] = Int64(e.value)
-            }
+        for sc in after.sidecars {
+            if let e = sc.certificateExpiry { certificateExpiry[sc.admin] = e }
             // A sidecar the earlier scrape did not see: no window for it yet.
-            guard let old = earlier[admin] else { continue }
-            for s in samples {
-                let bucket = s.name == "istio_request_duration_milliseconds_bucket"
-                let tcp = MeshTrafficView.tcp.contains(s.name)
-                guard tcp || MeshTrafficView.http.contains(s.name) else { continue }
-                let prior = old[MeshTrafficView.seriesKey(s)] ?? 0
+            guard let old = earlier[sc.admin], sc.at > old.at else { continue }
+            let scale = seconds / (Double(sc.at - old.at) / 1e9)
+            for (key, value) in sc.series {
+                let prior = old.series[key] ?? 0
                 // A counter that went down was reset (the sidecar restarted): all of it is new.
-                let delta = s.value >= prior ? s.value - prior : s.value
-                guard delta > 0 else { continue }
-                let src = MeshTrafficView.sourceNode(s), dst = MeshTrafficView.destinationNode(s)
+                let counted = value >= prior ? value - prior : value
+                guard counted > 0 else { continue }
+                let delta = counted * scale
+                let tcp = MeshTrafficView.tcp.contains(key.name)
+                let src = key.source, dst = key.destination
                 let ek = (tcp ? "tcp\u{1}" : "http\u{1}") + src.id + "\u{1}" + dst.id
-                switch s.labels["reporter"] {
-                case "source" where tcp:
+                if key.destinationReporter {
+                    // Any plaintext request on the edge makes it not (only) mTLS.
+                    security[ek] = (security[ek] ?? true) && key.mutualTLS
+                } else if tcp {
                     if edges[ek] == nil { edges[ek] = Edge(source: src, destination: dst, tcp: true) }
-                    if s.name == "istio_tcp_connections_opened_total" { edges[ek]!.figures.connections += delta } else { edges[ek]!.figures.bytes += delta }
-                case "source":
-                    let route = s.labels["route"] ?? "-"
-                    let rk = route + "\u{1}" + dst.service + "\u{1}" + dst.version
+                    if key.name == "istio_tcp_connections_opened_total" { edges[ek]!.figures.connections += delta } else { edges[ek]!.figures.bytes += delta }
+                } else {
+                    let rk = key.route + "\u{1}" + dst.service + "\u{1}" + dst.version
                     if edges[ek] == nil { edges[ek] = Edge(source: src, destination: dst) }
-                    if routes[rk] == nil { routes[rk] = RouteRow(route: route, service: dst.service, version: dst.version) }
-                    if bucket {
-                        guard let le = s.labels["le"] else { continue }
-                        let b = PrometheusSamples.bound(le)
+                    if routes[rk] == nil { routes[rk] = RouteRow(route: key.route, service: dst.service, version: dst.version) }
+                    if key.name == "istio_request_duration_milliseconds_bucket" {
+                        let b = PrometheusSamples.bound(key.le)
                         edges[ek]!.figures.buckets[b, default: 0] += delta
                         routes[rk]!.figures.buckets[b, default: 0] += delta
                     } else {
-                        let err = MeshTrafficView.isError(s) ? delta : 0
+                        let err = key.error ? delta : 0
                         edges[ek]!.figures.requests += delta
                         edges[ek]!.figures.errors += err
                         routes[rk]!.figures.requests += delta
                         routes[rk]!.figures.errors += err
                     }
-                case "destination" where !bucket:
-                    guard let p = s.labels["connection_security_policy"], p == "mutual_tls" || p == "none" else { continue }
-                    // Any plaintext request on the edge makes it not (only) mTLS.
-                    security[ek] = (security[ek] ?? true) && p == "mutual_tls"
-                default:
-                    continue
                 }
             }
         }

@@ -7,8 +7,9 @@ import Glibc
 /// Scrapes the connected sidecars' `/stats/prometheus` for meshd's web page, on a thread of its
 /// own (never an event loop or an admin request), only while the page is used: the first
 /// `/ui/api` request starts it, a minute without one stops it (and forgets its scrapes, which
-/// would be stale by the next start). It keeps the last two scrapes; the page's figures are their
-/// deltas (`MeshTrafficView`).
+/// would be stale by the next start). It keeps the last two scrapes, each reduced to the series
+/// the page reads and timestamped per sidecar; the page's figures are their deltas
+/// (`MeshTrafficView`).
 public final class WebUISampler: @unchecked Sendable {
     /// Seconds between scrapes (the page's window).
     public let interval: Double
@@ -74,8 +75,14 @@ public final class WebUISampler: @unchecked Sendable {
             }
             if stop { return }
             let admins = state.withLock { $0.targets }()
-            let samples = PrometheusSamples.scrape(admins, timeoutSeconds: max(1, Int(interval)))
-            let scrape = MeshScrape(at: Clock.monotonicNanos(), sidecars: samples)
+            // One sidecar at a time, each timestamped when it answers and reduced at once to the
+            // series the page reads (the full text and samples are not kept).
+            var sidecars: [MeshScrape.Sidecar] = []
+            for a in admins {
+                guard let got = PrometheusSamples.scrape([a], timeoutSeconds: max(1, Int(interval))).first else { continue }
+                sidecars.append(MeshScrape.Sidecar(admin: a, at: Clock.monotonicNanos(), samples: got.samples))
+            }
+            let scrape = MeshScrape(at: Clock.monotonicNanos(), scraped: sidecars)
             state.withLock { s in
                 s.previous = s.latest
                 s.latest = scrape

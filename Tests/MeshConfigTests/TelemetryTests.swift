@@ -164,9 +164,10 @@ final class TelemetryTests: XCTestCase {
         XCTAssertEqual(wl.tracing.customTags.count, 1)
         XCTAssertEqual(wl.accessLogging, AccessLogSettings())
         // A selector selects in its own namespace only.
+        // Its CLIENT-only entry leaves the server side the mesh-wide `envoy` (Istio merges per side).
         let o = TelemetrySettings.resolve(all, namespace: "other", labels: [("app", "reviews")])
         XCTAssertEqual(o.accessLogging?.client.map(\.format), [.json])
-        XCTAssertEqual(o.accessLogging?.server, [])
+        XCTAssertEqual(o.accessLogging?.server.map(\.format), [.text])
         let o2 = TelemetrySettings.resolve(all, namespace: "other", labels: [("app", "ratings")])
         XCTAssertEqual(o2.accessLogging?.server.map(\.format), [.text])
         // None at all: Istio's defaults, no access-log decision.
@@ -196,6 +197,99 @@ final class TelemetryTests: XCTestCase {
         XCTAssertEqual(s.client.map(\.format), [.json])
         XCTAssertEqual(s.client.first?.filter?.matches(code: 503, flags: "UH"), true)
         XCTAssertEqual(s.client.first?.filter?.matches(code: 200, flags: "-"), false)
+    }
+
+    /// Istio's merge of `accessLogging` across mesh-wide, namespace and workload resources
+    /// (pilot's mergeLogs): per provider and side, filters and providers inherited.
+    func merged(_ levels: [String], namespace: String = "shop", labels: [(String, String)] = [("app", "reviews")]) throws -> AccessLogSettings? {
+        let scopes: [(String, String)] = [(root, ""), ("shop", ""), ("shop", "  selector: {matchLabels: {app: reviews}}\n")]
+        var text: [String] = []
+        for (i, l) in levels.enumerated() where !l.isEmpty {
+            text.append("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t\(i), namespace: \(scopes[i].0)}\nspec:\n" + scopes[i].1 + l)
+        }
+        return TelemetrySettings.resolve(try docs(text.joined(separator: "---\n")), namespace: namespace, labels: labels).accessLogging
+    }
+
+    func testAccessLogMergeAcrossLevels() throws {
+        let errors = "  accessLogging:\n  - providers: [{name: envoy}]\n    filter: {expression: \"response.code >= 400\"}\n"
+        // Mesh-wide errors-only + workload `disabled` on SERVER: the client side keeps the
+        // mesh-wide provider and its filter; the server side logs nothing.
+        var s = try XCTUnwrap(merged([errors, "", "  accessLogging: [{match: {mode: SERVER}, disabled: true}]\n"]))
+        XCTAssertEqual(s.server, [])
+        XCTAssertEqual(s.client.map(\.format), [.text])
+        XCTAssertEqual(s.client.first?.filter?.expression, "response.code >= 400")
+        // Mesh-wide filter + a namespace entry without providers (or with only a mode): the filter stays.
+        s = try XCTUnwrap(merged([errors, "  accessLogging: [{match: {mode: CLIENT_AND_SERVER}}]\n"], labels: []))
+        XCTAssertEqual(s.client.first?.filter?.expression, "response.code >= 400")
+        XCTAssertEqual(s.server.first?.filter?.expression, "response.code >= 400")
+        // A namespace entry naming the provider again replaces its filter (Istio: the last entry
+        // naming a provider gives its filter; without one, every request).
+        s = try XCTUnwrap(merged([errors, "  accessLogging: [{providers: [{name: envoy}]}]\n"], labels: []))
+        XCTAssertEqual(s.client.map(\.format), [.text])
+        XCTAssertNil(s.client.first?.filter)
+        XCTAssertNil(s.server.first?.filter)
+        // Istio's example: mesh-wide `envoy`, a workload turns its logs off: both sides off.
+        s = try XCTUnwrap(merged(["  accessLogging: [{providers: [{name: envoy}]}]\n", "", "  accessLogging: [{disabled: true}]\n"]))
+        XCTAssertTrue(s.isEmpty)
+        // ... other workloads of the namespace keep logging.
+        XCTAssertEqual(try merged(["  accessLogging: [{providers: [{name: envoy}]}]\n", "", "  accessLogging: [{disabled: true}]\n"],
+                                  labels: [("app", "ratings")])?.server.map(\.format), [.text])
+        // Istio's example: mesh-wide off, a namespace turns `envoy` on for its client side only.
+        s = try XCTUnwrap(merged(["  accessLogging: [{disabled: true}]\n",
+                                  "  accessLogging: [{providers: [{name: envoy}], match: {mode: CLIENT}}]\n"], labels: []))
+        XCTAssertEqual(s.client.map(\.format), [.text])
+        XCTAssertEqual(s.server, [])
+        // A more specific resource naming another provider replaces the provider set.
+        s = try XCTUnwrap(merged([errors, "  accessLogging: [{providers: [{name: envoy-json}]}]\n"], labels: []))
+        XCTAssertEqual(s.client.map(\.format), [.json])
+        XCTAssertEqual(s.server.map(\.format), [.json])
+        // Two providers mesh-wide; the workload names one for its client side: on that side only
+        // the named one is in scope (Istio), disabled; the server side keeps both with their filter.
+        s = try XCTUnwrap(merged(["  accessLogging:\n  - providers: [{name: envoy}, {name: envoy-json}]\n    filter: {expression: \"response.code == 503\"}\n",
+                                  "", "  accessLogging: [{providers: [{name: envoy-json}], match: {mode: CLIENT}, disabled: true}]\n"]))
+        XCTAssertEqual(s.client, [])
+        XCTAssertEqual(s.server.map(\.format), [.text, .json])
+        XCTAssertEqual(s.server.map { $0.filter?.expression }, ["response.code == 503", "response.code == 503"])
+        // Without naming it, the workload's client-side `disabled` turns off both inherited providers.
+        s = try XCTUnwrap(merged(["  accessLogging:\n  - providers: [{name: envoy}, {name: envoy-json}]\n",
+                                  "", "  accessLogging: [{match: {mode: CLIENT}, disabled: true}]\n"]))
+        XCTAssertEqual(s.client, [])
+        XCTAssertEqual(s.server.map(\.format), [.text, .json])
+        // `accessLogging: []` sets nothing (Istio): the mesh-wide list applies.
+        s = try XCTUnwrap(merged([errors, "  accessLogging: []\n"], labels: []))
+        XCTAssertEqual(s.server.first?.filter?.expression, "response.code >= 400")
+    }
+
+    /// Istio: `selector: {}` (no labels) is no selector: the namespace's resource, not a workload
+    /// one outranking it, and the one selectorless resource of its namespace.
+    func testEmptySelectorIsNamespaceWide() throws {
+        let text = """
+        apiVersion: telemetry.istio.io/v1
+        kind: Telemetry
+        metadata: {name: a, namespace: shop}
+        spec:
+          selector: {}
+          accessLogging: [{providers: [{name: envoy-json}]}]
+        ---
+        apiVersion: telemetry.istio.io/v1
+        kind: Telemetry
+        metadata: {name: b, namespace: shop}
+        spec:
+          selector: {matchLabels: {app: reviews}}
+          accessLogging: [{providers: [{name: envoy}]}]
+        """
+        let all = try docs(text)
+        XCTAssertNil(all.first { $0.name == "a" }?.selector)
+        XCTAssertEqual(TelemetrySettings.resolve(all, namespace: "shop", labels: [("app", "reviews")]).accessLogging?.server.map(\.format), [.text])
+        XCTAssertEqual(TelemetrySettings.resolve(all, namespace: "shop", labels: [("app", "x")]).accessLogging?.server.map(\.format), [.json])
+        // A second selectorless one in the namespace is refused, `selector: {matchLabels: {}}` too.
+        let second = text + "\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: c, namespace: shop}\nspec:\n  selector: {matchLabels: {}}\n  accessLogging: [{}]\n"
+        XCTAssertThrowsError(try IstioTraffic.parse(second, file: "t.yaml")) { e in
+            XCTAssertTrue("\(e)".contains("Telemetry shop/c: spec.selector"), "\(e)")
+        }
+        // In the root namespace an empty selector is the mesh-wide resource.
+        let rootDoc = try docs("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: m, namespace: \(root)}\nspec:\n  selector: {}\n  accessLogging: [{}]\n")
+        XCTAssertEqual(TelemetrySettings.resolve(rootDoc, namespace: "x", labels: []).accessLogging?.client.map(\.format), [.text])
     }
 
     // MARK: filter

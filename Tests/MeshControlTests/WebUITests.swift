@@ -64,6 +64,45 @@ final class WebUITests: XCTestCase {
         XCTAssertEqual(plain.edges[1].mtls, false)
     }
 
+    /// Sidecars scraped one after another answer at different times: each one's deltas are
+    /// divided by its own interval, so a slow scrape of one does not skew the others' rates.
+    func testEachSidecarsRatesUseItsOwnInterval() throws {
+        func at(_ t: Double, _ admin: String, _ text: String) -> MeshScrape.Sidecar {
+            MeshScrape.Sidecar(admin: admin, at: UInt64(t * 1e9), samples: PrometheusSamples.parse(text))
+        }
+        // a:1 answers at 10 s then 12 s (40 requests to v1: 20/s); b:1 at 10.5 s then 14.5 s
+        // (15 received: 3.75/s). The scrape ends at 14.5 s; the window is 4 s.
+        let before = MeshScrape(at: UInt64(10.5e9), scraped: [at(10, "a:1", Self.web(1000, 500, v2Errors: 10, 900, 100)),
+                                                               at(10.5, "b:1", Self.reviews(400, policy: "mutual_tls"))])
+        let after = MeshScrape(at: UInt64(14.5e9), scraped: [at(12, "a:1", Self.web(1040, 520, v2Errors: 15, 930, 110)),
+                                                              at(14.5, "b:1", Self.reviews(415, policy: "mutual_tls"))])
+        let v = try XCTUnwrap(MeshTrafficView(before: before, after: after))
+        XCTAssertEqual(v.seconds, 4, accuracy: 1e-9)
+        XCTAssertEqual(v.edges[0].figures.requests / v.seconds, 20, accuracy: 1e-9)
+        XCTAssertEqual(v.edges[1].figures.requests / v.seconds, 10, accuracy: 1e-9)
+        XCTAssertEqual(v.edges[1].figures.successPercent!, 75, accuracy: 1e-9)
+        XCTAssertEqual(v.edges[0].figures.quantile(0.5)!, 10 * 20 / 30, accuracy: 1e-9)
+        XCTAssertEqual(v.edges[1].mtls, true)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(WebUI.meshJSON(view: v, sidecarsScraped: 2, store: nil, expiry: [:]).utf8)) as? [String: Any])
+        XCTAssertEqual((json["edges"] as? [[String: Any]])?.first?["rps"] as? Double, 20)
+    }
+
+    /// A scrape keeps only what the page reads: the five families, reduced to the labels used
+    /// (series that differ elsewhere are summed), and the certificate expiry.
+    func testAScrapeIsReducedWhenTaken() throws {
+        let extra = """
+        envoy_cluster_upstream_cx_total{cluster_name="x"} 5
+        istio_request_bytes_sum{reporter="source"} 99
+        istio_requests_total{reporter="source",source_app="web",source_workload_namespace="default",source_version="v1",destination_service_name="reviews",destination_service_namespace="default",connection_security_policy="unknown",route="reviews-split",destination_version="v1",response_code="200",request_protocol="grpc"} 7
+        istio_requests_total{reporter="destination",connection_security_policy="unknown",response_code="200"} 3
+        """
+        let sc = MeshScrape.Sidecar(admin: "a:1", at: 1, samples: PrometheusSamples.parse(Self.web(1000, 500, v2Errors: 10, 900, 100) + "\n" + extra))
+        // v1 200 (the grpc series summed into it), v2 200, v2 503, three buckets.
+        XCTAssertEqual(sc.series.count, 6)
+        XCTAssertEqual(sc.series.values.reduce(0, +), 1007 + 490 + 10 + 900 + 1000 + 1000)
+        XCTAssertEqual(sc.certificateExpiry, 1900000000)
+    }
+
     func testARestartedOrNewSidecarDoesNotCountItsHistoryAsTraffic() throws {
         let before = scrape(0, [("a:1", Self.web(1000, 500, v2Errors: 0, 900, 100))])
         // a:1 restarted (counters from zero: 8 and 4 since), c:1 appeared with a long history.

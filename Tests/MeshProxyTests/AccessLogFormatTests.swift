@@ -68,6 +68,38 @@ final class AccessLogFormatTests: XCTestCase {
         XCTAssertLessThan(abs(when.timeIntervalSinceNow), 5)
     }
 
+    /// The app answers an `x-envoy-upstream-service-time` that would add fields to the unquoted
+    /// part of the line: it is written as `-`, the line keeps its fields.
+    func testAppCannotInjectFieldsThroughUpstreamServiceTime() throws {
+        let h = try harness([telemetry("  accessLogging: [{providers: [{name: envoy}]}]\n")])
+        h.upstream("web").script(UpstreamAnswer(headers: [("x-envoy-upstream-service-time", "7 \"10.9.9.9\" \"fake-agent")], body: "x"))
+        h.upstream("web").script(UpstreamAnswer(headers: [("x-envoy-upstream-service-time", "12a")], body: "x"))
+        let c = try h.connect()
+        try c.write("GET /one HTTP/1.1\r\nHost: web\r\nX-Request-Id: r1\r\n\r\n")
+        XCTAssertEqual(try c.readResponse().status, 200)
+        try c.write("GET /two HTTP/1.1\r\nHost: web\r\nX-Request-Id: r2\r\n\r\n")
+        XCTAssertEqual(try c.readResponse().status, 200)
+        let got = try lines(2)
+        let re = try NSRegularExpression(pattern: #"^\[[^\]]+\] "GET /(one|two) HTTP/1\.1" 200 - \d+ \d+ \d+ - "-" "-" "r[12]" "web" "[^"]+"$"#)
+        for line in got {
+            XCTAssertNotNil(re.firstMatch(in: line, range: NSRange(line.startIndex..., in: line)), line)
+            XCTAssertFalse(line.contains("fake-agent"), line)
+        }
+    }
+
+    /// The unquoted method and path (as an HTTP/2 request could carry them) escape spaces, so
+    /// neither can add a field; the quoted fields keep theirs.
+    func testTextEscapesSpacesWhereUnquoted() {
+        func esc(_ s: String, space: Bool) -> String {
+            let o = ByteBuffer(capacity: 64)
+            let b = Array(s.utf8)
+            b.withUnsafeBufferPointer { ExchangeLog.text(o, $0.baseAddress!, b.count, space: space) }
+            return String(decoding: UnsafeBufferPointer(start: o.readPointer, count: o.readableBytes), as: UTF8.self)
+        }
+        XCTAssertEqual(esc("/a b\"c", space: true), #"/a\x20b\x22c"#)
+        XCTAssertEqual(esc("agent 1.0", space: false), "agent 1.0")
+    }
+
     func testFilterKeepsTheLocalReplyOnlyAndAbsentValuesAreDashes() throws {
         let h = try harness([telemetry("  accessLogging:\n  - filter: {expression: \"response.code >= 400 && response.flags == 'NR'\"}\n")])
         let c = try h.connect()

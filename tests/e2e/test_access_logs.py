@@ -99,9 +99,11 @@ def test_access_logs_switched_by_telemetry(procs):
     m = TEXT.match(client[0])
     assert m and (m.group(5), m.group(6), m.group(15)) == ("404", "NR", "-"), client[0]
 
-    # A namespace Telemetry overrides the mesh's: JSON, client side only, errors only.
+    # A namespace Telemetry overrides the mesh's, per side as Istio merges them: the client side
+    # JSON, errors only; the server side turns the mesh's `envoy` off by name.
     ns = telemetry("logs", "default", "  accessLogging:\n  - providers: [{name: envoy-json}]\n    match: {mode: CLIENT}\n"
-                                      "    filter: {expression: \"response.code >= 400 && response.flags == '-'\"}\n")
+                                      "    filter: {expression: \"response.code >= 400 && response.flags == '-'\"}\n"
+                                      "  - providers: [{name: envoy}]\n    match: {mode: SERVER}\n    disabled: true\n")
     r = s.apply("ns", ns)
     assert r.returncode == 0, r.stderr
     ok_rid, _ = s.request()

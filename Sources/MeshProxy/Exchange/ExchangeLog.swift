@@ -99,7 +99,9 @@ enum ExchangeLog {
     /// `[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE%
     /// %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
     /// "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"`.
-    /// A missing value is `-`; bytes below 0x20, 0x7f, `"` and `\` in values are written as `\xHH`.
+    /// A missing value is `-`; bytes below 0x20, 0x7f, `"` and `\` in values are written as `\xHH`,
+    /// and spaces too in the unquoted method and path; the upstream service time is written only
+    /// when it is digits (else `-`): a value cannot add or end a field.
     static func writeText(_ e: Exchange, _ sink: AccessLogSink, micros: UInt64, startWall: UInt64, authority: ByteRange,
                           upstream: EndpointPool?) {
         let o = sink.buffer
@@ -109,7 +111,7 @@ enum ExchangeLog {
         appendTime(o, startWall)
         o.append("] \"")
         if hasHead {
-            text(o, r.pointer(r.method), Int(r.method.length))
+            text(o, r.pointer(r.method), Int(r.method.length), space: true)
             o.append(UInt8(ascii: " "))
             var pn = Int(r.originalPath.length)
             let pp = r.pointer(r.originalPath)
@@ -118,7 +120,7 @@ enum ExchangeLog {
                 while i < pn && pp[i] != UInt8(ascii: "?") { i += 1 }
                 pn = i
             }
-            text(o, pp, pn)
+            text(o, pp, pn, space: true)
             o.append(UInt8(ascii: " "))
             switch r.version {
             case .http10: o.append("HTTP/1.0")
@@ -139,7 +141,7 @@ enum ExchangeLog {
         o.append(UInt8(ascii: " "))
         o.appendDecimal(Int(micros / 1000))
         o.append(UInt8(ascii: " "))
-        header(o, e.response, "x-envoy-upstream-service-time", quoted: false)
+        digits(o, e.response, "x-envoy-upstream-service-time")
         o.append(UInt8(ascii: " "))
         if hasHead {
             header(o, r, "x-forwarded-for", quoted: true)
@@ -177,13 +179,27 @@ enum ExchangeLog {
         if quoted { o.append(UInt8(ascii: "\"")) }
     }
 
+    /// A header the app sets, written unquoted (`%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`): its
+    /// value when it is only ASCII digits (1 to 20 of them), else `-`, so the app cannot add
+    /// fields to the line.
+    private static func digits(_ o: ByteBuffer, _ h: MessageHead, _ name: StaticString) {
+        let found = h.withValue(name.utf8Start, name.utf8CodeUnitCount) { p, n -> Bool in
+            if n == 0 || n > 20 { return false }
+            for i in 0..<n where p[i] < 48 || p[i] > 57 { return false }
+            o.append(UnsafeRawPointer(p), n)
+            return true
+        } ?? false
+        if !found { o.append(UInt8(ascii: "-")) }
+    }
+
     /// Appends bytes for the text format: control bytes, `"` and `\` as `\xHH`, so a value
-    /// can neither end its field nor the line.
-    static func text(_ o: ByteBuffer, _ p: UnsafePointer<UInt8>, _ n: Int) {
+    /// can neither end its field nor the line; `space: true` (the unquoted method and path,
+    /// separated by spaces) also 0x20, so a value cannot add a field.
+    static func text(_ o: ByteBuffer, _ p: UnsafePointer<UInt8>, _ n: Int, space: Bool = false) {
         let hex: StaticString = "0123456789abcdef"
         for i in 0..<n {
             let c = p[i]
-            if c < 0x20 || c == 0x7f || c == 34 || c == 92 {
+            if c < 0x20 || c == 0x7f || c == 34 || c == 92 || (space && c == 0x20) {
                 o.append("\\x")
                 o.append(hex.utf8Start[Int(c >> 4)])
                 o.append(hex.utf8Start[Int(c & 15)])
