@@ -479,15 +479,16 @@ final class CanaryControllerTests: XCTestCase {
         env.now += sec
         let done = Locked(false)
         env.during = {
-            let t = Thread { _ = c.report(); _ = c.abort(namespace: "default", name: "reviews"); done.withLock { $0 = true } }
+            let t = Thread { _ = c.abort(namespace: "default", name: "other"); done.withLock { $0 = true } }
             t.start()
             let until = Date().addingTimeInterval(2)
             while !done.withLock({ $0 }) && Date() < until { usleep(10_000) }
         }
         c.tick()
         XCTAssertTrue(done.withLock { $0 }, "abort waited for the scrape")
+        env.now += sec   // a check is due: abort does not run it
         let n = env.scrapes
-        _ = c.resume(namespace: "default", name: "reviews")
+        XCTAssertTrue(c.abort(namespace: "default", name: "reviews").ok)
         XCTAssertEqual(env.scrapes, n)
     }
 
