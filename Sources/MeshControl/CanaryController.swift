@@ -92,7 +92,10 @@ public final class CanaryController: @unchecked Sendable {
     /// outside the lock.
     public func tick() {
         lock.lock()
+        let fresh = !loaded
         guard load(), let docs = env.canaries() else { lock.unlock(); return }
+        // A new leader shows the recorded statuses at once, not only after its first scrape.
+        if fresh { publish(docs.map(\.canary)) }
         var cfg: IstioTraffic.Config? = nil
         var due: [(key: String, want: (service: String, namespace: String, versions: Set<String>))] = []
         if !docs.isEmpty {
@@ -228,8 +231,12 @@ public final class CanaryController: @unchecked Sendable {
         if ring.count > CanaryController.maxRing { ring.removeFirst(ring.count - CanaryController.maxRing) }
         rings[k] = ring
         let label = c.analysis.iterations != nil ? "check \(s.iterations + 1) of \(c.analysis.iterations!) at \(s.weight)%" : "step \(s.step + 1) (\(s.weight)%)"
-        let v = CanaryMachine.judge(c, stableVersion: t.stableVersion, canaryVersion: t.canaryVersion, step: label) { version, window in
+        var v = CanaryMachine.judge(c, stableVersion: t.stableVersion, canaryVersion: t.canaryVersion, step: label) { version, window in
             CanaryAnalysis.figures(ring, version: version, window: window)
+        }
+        if sample.sidecars > 0 {
+            v.line += "; sidecars scraped \(sample.scraped) of \(sample.sidecars)"
+                + (sample.scraped < sample.sidecars ? " (\(sample.sidecars - sample.scraped) could not be reached)" : "")
         }
         let expected = CanaryController.expected(c, s)
         if let w = CanaryMachine.apply(v, c, &s, now: wall) { write(c, t, w, &s, expected: expected, cfg: cfg) }

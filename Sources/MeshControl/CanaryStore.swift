@@ -68,8 +68,25 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
                          fence: try fence(), change)
     }
 
-    /// The admin addresses of the sidecars whose streams this meshd holds.
-    func ownAdmins() -> [String] { Array(Set(store.proxies().filter { $0.connected && !$0.admin.isEmpty }.map(\.admin))).sorted() }
+    /// The sidecars whose streams this meshd holds, as `ADMIN\tNODE IDENTITY` lines: one per
+    /// sidecar, never collapsed by address (sidecars in two network namespaces may both report
+    /// 127.0.0.1:15000; meshd reaches at most one of them, and says so).
+    func ownAdmins() -> [String] { StoreCanaryEnvironment.sidecars(store.proxies()) }
+
+    static func sidecars(_ proxies: [ConfigStore.ProxyStatus]) -> [String] {
+        Array(Set(proxies.filter { $0.connected && !$0.admin.isEmpty }.map { "\($0.admin)\t\($0.node) \($0.identity)" })).sorted()
+    }
+
+    /// Of `sidecars` (`ownAdmins` lines), how many were scraped and how many could not be: an
+    /// address that did not answer, or one another sidecar already answered for.
+    static func reach(_ sidecars: [String], answered: Set<String>) -> (scraped: Int, unreachable: Int) {
+        var seen: Set<String> = [], scraped = 0
+        for s in sidecars {
+            let admin = String(s.prefix { $0 != "\t" })
+            if answered.contains(admin) && seen.insert(admin).inserted { scraped += 1 }
+        }
+        return (scraped, sidecars.count - scraped)
+    }
 
     static let adminsPrefix = "/mesh/canary-admins/"
     private let lastPublished = Locked<(text: String, at: UInt64)>(("", 0))
@@ -89,7 +106,7 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
         }
     }
 
-    /// Every sidecar to scrape: this meshd's, and on etcd those the live replicas published.
+    /// Every sidecar to scrape (`ownAdmins` lines): this meshd's, and on etcd those the live replicas published.
     func allAdmins() -> [String] {
         var admins = Set(ownAdmins())
         if let etcd = store.etcd, let live = try? etcd.client.range(prefix: MeshdReplica.presencePrefix),
@@ -103,16 +120,21 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
     }
 
     public func sample(service: String, namespace: String, versions: Set<String>) -> CanarySample {
-        let admins = allAdmins()
-        let scrapes = PrometheusSamples.scrape(admins, timeoutSeconds: 2)
-        return CanaryAnalysis.sample(time: Clock.monotonicNanos(), scrapes: scrapes, service: service, namespace: namespace, versions: versions)
+        samples([(service, namespace, versions)])[0]
     }
 
     /// One scrape of every sidecar for all the canaries due.
     public func samples(_ wants: [(service: String, namespace: String, versions: Set<String>)]) -> [CanarySample] {
-        let scrapes = PrometheusSamples.scrape(allAdmins(), timeoutSeconds: 2)
+        let sidecars = allAdmins()
+        let addresses = Array(Set(sidecars.map { String($0.prefix { $0 != "\t" }) })).sorted()
+        let scrapes = PrometheusSamples.scrape(addresses, timeoutSeconds: 2)
         let time = Clock.monotonicNanos()
-        return wants.map { CanaryAnalysis.sample(time: time, scrapes: scrapes, service: $0.service, namespace: $0.namespace, versions: $0.versions) }
+        let r = StoreCanaryEnvironment.reach(sidecars, answered: Set(scrapes.map(\.admin)))
+        return wants.map {
+            var s = CanaryAnalysis.sample(time: time, scrapes: scrapes, service: $0.service, namespace: $0.namespace, versions: $0.versions)
+            (s.sidecars, s.scraped) = (sidecars.count, r.scraped)
+            return s
+        }
     }
 
     /// nil when the statuses cannot be read (etcd unreachable, a damaged file): the controller

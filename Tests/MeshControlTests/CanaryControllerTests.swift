@@ -556,4 +556,22 @@ final class CanaryControllerTests: XCTestCase {
             XCTAssertTrue(e.message.contains("driven by Canary default/reviews"), e.description)
         }
     }
+
+    /// Item 6: two sidecars in two network namespaces with one admin address are two sidecars,
+    /// and the count says one of them could not be reached.
+    func testSidecarsSharingAnAdminAddressAreCountedApart() {
+        func proxy(_ id: String, _ node: String, _ admin: String) -> ConfigStore.ProxyStatus {
+            var p = ConfigStore.ProxyStatus(identity: id, connected: true)
+            p.node = node
+            p.admin = admin
+            return p
+        }
+        let list = StoreCanaryEnvironment.sidecars([proxy("spiffe://cluster.local/ns/a/sa/r", "n1", "127.0.0.1:15000"),
+                                                    proxy("spiffe://cluster.local/ns/b/sa/r", "n2", "127.0.0.1:15000"),
+                                                    proxy("spiffe://cluster.local/ns/a/sa/s", "n3", "127.0.0.1:15001")])
+        XCTAssertEqual(list.count, 3)
+        let r = StoreCanaryEnvironment.reach(list, answered: ["127.0.0.1:15000"])
+        XCTAssertEqual(r.scraped, 1)
+        XCTAssertEqual(r.unreachable, 2)
+    }
 }
