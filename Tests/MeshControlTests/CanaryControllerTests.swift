@@ -574,4 +574,25 @@ final class CanaryControllerTests: XCTestCase {
         XCTAssertEqual(r.scraped, 1)
         XCTAssertEqual(r.unreachable, 2)
     }
+
+    /// Item 2, the store's side: `ConfigStore.update` commits only while the text in force is the
+    /// one its change saw; a change that lands in between (here put in force directly, as the
+    /// etcd watch does) makes it read again and decide on the new text.
+    func testTheStoreUpdateCommitsOnlyOnTheTextItSaw() throws {
+        var t = Array("/tmp/canary-up-XXXXXX".utf8CString)
+        let dir = String(cString: mkdtemp(&t)!)
+        defer { _ = system("rm -rf '\(dir)'") }
+        let store = try ConfigStore(stateDir: dir)
+        _ = try store.apply([ConfigStore.Input(file: "in.yaml", text: Self.rules + "\n---\n" + Self.vs)])
+        let key = "VirtualService/default/reviews"
+        let person = Self.vs.replacingOccurrences(of: "timeout: 2s", with: "timeout: 7s")
+        var seen: [String] = []
+        let out = try store.update(kind: "VirtualService", namespace: "default", name: "reviews", file: "(test)", fence: nil) { (cur: String?) throws(ConfigError) -> String? in
+            seen.append(cur ?? "")
+            if seen.count == 1 { store.state.withLock { $0.documents[key]!.text = person } }
+            return cur!.replacingOccurrences(of: "weight: 100", with: "weight: 90").replacingOccurrences(of: "weight: 0", with: "weight: 10")
+        }
+        XCTAssertEqual(seen.count, 2, "the change ran again on the text in force")
+        XCTAssertTrue(out?.contains("timeout: 7s") == true, out ?? "nil")
+    }
 }
