@@ -88,6 +88,9 @@ public struct Canary: Sendable, Equatable {
 
     /// The smallest `analysis.interval` (checks scrape every sidecar once per interval).
     public static let minInterval: UInt64 = 500_000_000
+    /// The most samples a metric's window may span (`metrics[].interval` / `analysis.interval`):
+    /// the controller keeps that many scrapes of every sidecar in memory.
+    public static let maxSamples = 720
 
     static func parse(_ spec: inout ConfigReader, name: String, namespace: String, ctx: ConfigError) throws(ConfigError) -> Canary {
         let host = try spec.string("host", required: true)!
@@ -221,6 +224,9 @@ public struct Canary: Sendable, Equatable {
             let window = try m.duration("interval", allowZero: false) ?? max(60_000_000_000, interval)
             if window < interval {
                 throw ConfigReader.error(ctx, m.sub("interval"), m.map.line, "must be at least analysis.interval (\(interval / 1_000_000)ms): counters are sampled once per interval")
+            }
+            if window / interval > UInt64(maxSamples) {
+                throw ConfigReader.error(ctx, m.sub("interval"), m.map.line, "spans \(window / interval) checks of analysis.interval (\(interval / 1_000_000)ms); at most \(maxSamples) (the controller keeps one scrape per check in memory): shorten the window or lengthen analysis.interval")
             }
             guard var tr = try m.object("thresholdRange") else {
                 throw ConfigReader.error(ctx, m.sub("thresholdRange"), m.map.line, "required field is missing (\(mn == .requestSuccessRate ? "min, in percent" : "max, in milliseconds"))")

@@ -12,6 +12,9 @@ public struct CanarySample: Sendable, Equatable {
     public var admins: Set<String>
     /// Series key (`CanaryAnalysis.key`) -> value.
     public var values: [String: Double]
+    /// The sidecars meshd knows (0: not counted) and how many of them were scraped (the others
+    /// did not answer, or share an admin address with another: docs/canary.md, "Limits").
+    public var sidecars = 0, scraped = 0
 
     public init(time: UInt64, admins: Set<String>, values: [String: Double]) {
         self.time = time

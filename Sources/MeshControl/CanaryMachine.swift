@@ -29,11 +29,13 @@ public enum CanaryMachine {
         var parts: [String] = []
         var result = Result.pass
         var failing: String? = nil
-        var requests = 0.0
         var held: String? = nil
+        // minRequests counts the canary's requests in the latest analysis.interval (issue 21),
+        // not over a metric's window: a window full of old traffic does not make a check.
+        let requests = figures(canaryVersion, c.analysis.interval).requests
+        let minimum = Double(max(c.analysis.minRequests, 1))
         for m in c.analysis.metrics {
             let f = figures(canaryVersion, m.interval), s = figures(stableVersion, m.interval)
-            requests = max(requests, f.requests)
             let stableNote: String
             var value: Double? = nil
             switch m.name {
@@ -44,10 +46,12 @@ public enum CanaryMachine {
                 value = f.p99
                 stableNote = s.p99.map { "stable \(num($0)) ms" } ?? "stable no requests"
             }
-            let enough = f.requests >= Double(max(c.analysis.minRequests, 1)) && value != nil
+            let enough = requests >= minimum && value != nil
             let label = m.name == .requestSuccessRate ? "success" : "p99"
             guard enough, let v = value else {
-                let why = "\(label): \(num(f.requests)) canary request(s) in \(m.interval / 1_000_000)ms, fewer than minRequests \(max(c.analysis.minRequests, 1))"
+                let why = value == nil && requests >= minimum
+                    ? "\(label): no canary request ended in its window of \(m.interval / 1_000_000)ms"
+                    : "\(label): \(num(requests)) canary request(s) in the last analysis.interval (\(c.analysis.interval / 1_000_000)ms), fewer than minRequests \(max(c.analysis.minRequests, 1))"
                 parts.append("\(label) no data (\(num(f.requests)) requests; \(stableNote))")
                 switch c.analysis.onNoData {
                 case .hold: if result == .pass { result = .held }; held = held ?? why

@@ -41,6 +41,18 @@ public enum CanaryRoute {
         return emit(root, indent: 0)
     }
 
+    /// The weights of subsets `stable` and `canary` on `http[route]` of one VirtualService
+    /// document (nil: the text or the route cannot be read, or the route is not a split of
+    /// exactly those two subsets, e.g. everything to one destination).
+    public static func weights(_ text: String, route: Int, stable: String, canary: String, namespace: String) -> (stable: Int, canary: Int)? {
+        guard route >= 0, let docs = try? YAML.parseDocuments(text),
+              let cfg = try? IstioTraffic.parse(documents: docs, file: "(in force)", defaultNamespace: namespace, skipKinds: [], checkSubsets: false),
+              let vs = cfg.virtualServices.first, route < vs.http.count else { return nil }
+        let r = vs.http[route].route
+        guard r.count == 2, let s = r.first(where: { $0.destination.subset == stable }), let c = r.first(where: { $0.destination.subset == canary }) else { return nil }
+        return (s.weight, c.weight)
+    }
+
     static func plainKey(_ k: String) -> Bool {
         !k.isEmpty && k.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 65 && $0 <= 90) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 95 || $0 == 46 || $0 == 47 }
     }

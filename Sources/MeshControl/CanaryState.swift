@@ -26,8 +26,11 @@ public struct CanaryStatus: Sendable, Equatable {
     public var iterations = 0
     /// Digest of the Canary document the run belongs to: a changed spec restarts the analysis.
     public var specHash = ""
-    /// The VirtualService document text the controller wrote last ("" before its first write).
-    public var written = ""
+    /// The VirtualService (in the Canary's namespace) and its `http[]` route the controller
+    /// wrote last ("" and -1 before its first write): their two weights are compared with
+    /// `weight` to tell a person's change.
+    public var virtualService = ""
+    public var route = -1
     public var message = ""
     /// Unix seconds of the last phase change.
     public var lastTransition: Int64 = 0
@@ -67,7 +70,7 @@ public struct CanaryStatus: Sendable, Equatable {
         var out = "namespace: \(YAML.quoted(namespace))\nname: \(YAML.quoted(name))\nphase: \(phase.rawValue)\n"
         out += "weight: \(weight)\nstep: \(step)\nfailedChecks: \(failedChecks)\niterations: \(iterations)\n"
         out += "passed: \(passed)\nfailed: \(failed)\nheld: \(held)\nlastTransition: \(lastTransition)\n"
-        out += "specHash: \(YAML.quoted(specHash))\nwritten: \(YAML.quoted(written))\nmessage: \(YAML.quoted(message))\n"
+        out += "specHash: \(YAML.quoted(specHash))\nvirtualService: \(YAML.quoted(virtualService))\nroute: \(route)\nmessage: \(YAML.quoted(message))\n"
         out += "checks: [\(checks.map(YAML.quoted).joined(separator: ", "))]\n"
         out += "events: [\(events.map(YAML.quoted).joined(separator: ", "))]\n"
         return out
@@ -91,10 +94,13 @@ public struct CanaryStatus: Sendable, Equatable {
         s.held = int("held") ?? 0
         s.lastTransition = Int64(int("lastTransition") ?? 0)
         s.specHash = str("specHash") ?? ""
-        s.written = str("written") ?? ""
+        s.virtualService = str("virtualService") ?? ""
+        s.route = int("route") ?? -1
         s.message = str("message") ?? ""
         s.checks = list("checks")
         s.events = list("events")
+        // An event is `UNIXTIME text`: anything else is not a status this meshd wrote.
+        if s.events.contains(where: { e in e.split(separator: " ", maxSplits: 1).first.flatMap { Int64($0) } == nil }) { return nil }
         return s
     }
 }

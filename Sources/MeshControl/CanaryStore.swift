@@ -48,8 +48,9 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
         return cfg
     }
 
-    public func canaries() -> [(canary: Canary, hash: String)] {
-        guard store.hasCanaries(), let cfg = current() else { return [] }
+    public func canaries() -> [(canary: Canary, hash: String)]? {
+        guard store.hasCanaries() else { return [] }
+        guard let cfg = current() else { return nil }
         return cfg.canaries.map { c in
             (c, MeshCrypto.digestHex(store.documentText(kind: Canary.kind, namespace: c.namespace, name: c.name) ?? ""))
         }
@@ -61,16 +62,31 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
         store.documentText(kind: "VirtualService", namespace: namespace, name: name)
     }
 
-    public func writeVirtualService(namespace: String, name: String, text: String, by canary: String) throws(ConfigError) -> String {
-        _ = try store.apply([ConfigStore.Input(file: "(canary controller: Canary \(canary))", text: text)], fence: try fence())
-        guard let stored = virtualServiceText(namespace: namespace, name: name) else {
-            throw ConfigError(path: "VirtualService \(namespace)/\(name)", message: "not in force after the write")
-        }
-        return stored
+    public func updateVirtualService(namespace: String, name: String, by canary: String,
+                                     _ change: (String?) throws(ConfigError) -> String?) throws(ConfigError) -> String? {
+        try store.update(kind: "VirtualService", namespace: namespace, name: name, file: "(canary controller: Canary \(canary))",
+                         fence: try fence(), change)
     }
 
-    /// The admin addresses of the sidecars whose streams this meshd holds.
-    func ownAdmins() -> [String] { Array(Set(store.proxies().filter { $0.connected && !$0.admin.isEmpty }.map(\.admin))).sorted() }
+    /// The sidecars whose streams this meshd holds, as `ADMIN\tNODE IDENTITY` lines: one per
+    /// sidecar, never collapsed by address (sidecars in two network namespaces may both report
+    /// 127.0.0.1:15000; meshd reaches at most one of them, and says so).
+    func ownAdmins() -> [String] { StoreCanaryEnvironment.sidecars(store.proxies()) }
+
+    static func sidecars(_ proxies: [ConfigStore.ProxyStatus]) -> [String] {
+        Array(Set(proxies.filter { $0.connected && !$0.admin.isEmpty }.map { "\($0.admin)\t\($0.node) \($0.identity)" })).sorted()
+    }
+
+    /// Of `sidecars` (`ownAdmins` lines), how many were scraped and how many could not be: an
+    /// address that did not answer, or one another sidecar already answered for.
+    static func reach(_ sidecars: [String], answered: Set<String>) -> (scraped: Int, unreachable: Int) {
+        var seen: Set<String> = [], scraped = 0
+        for s in sidecars {
+            let admin = String(s.prefix { $0 != "\t" })
+            if answered.contains(admin) && seen.insert(admin).inserted { scraped += 1 }
+        }
+        return (scraped, sidecars.count - scraped)
+    }
 
     static let adminsPrefix = "/mesh/canary-admins/"
     private let lastPublished = Locked<(text: String, at: UInt64)>(("", 0))
@@ -90,7 +106,7 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
         }
     }
 
-    /// Every sidecar to scrape: this meshd's, and on etcd those the live replicas published.
+    /// Every sidecar to scrape (`ownAdmins` lines): this meshd's, and on etcd those the live replicas published.
     func allAdmins() -> [String] {
         var admins = Set(ownAdmins())
         if let etcd = store.etcd, let live = try? etcd.client.range(prefix: MeshdReplica.presencePrefix),
@@ -104,19 +120,38 @@ public final class StoreCanaryEnvironment: CanaryEnvironment, @unchecked Sendabl
     }
 
     public func sample(service: String, namespace: String, versions: Set<String>) -> CanarySample {
-        let admins = allAdmins()
-        let scrapes = PrometheusSamples.scrape(admins, timeoutSeconds: 2)
-        return CanaryAnalysis.sample(time: Clock.monotonicNanos(), scrapes: scrapes, service: service, namespace: namespace, versions: versions)
+        samples([(service, namespace, versions)])[0]
     }
 
-    public func loadStatuses() -> [CanaryStatus] {
+    /// One scrape of every sidecar for all the canaries due.
+    public func samples(_ wants: [(service: String, namespace: String, versions: Set<String>)]) -> [CanarySample] {
+        let sidecars = allAdmins()
+        let addresses = Array(Set(sidecars.map { String($0.prefix { $0 != "\t" }) })).sorted()
+        let scrapes = PrometheusSamples.scrape(addresses, timeoutSeconds: 2)
+        let time = Clock.monotonicNanos()
+        let r = StoreCanaryEnvironment.reach(sidecars, answered: Set(scrapes.map(\.admin)))
+        return wants.map {
+            var s = CanaryAnalysis.sample(time: time, scrapes: scrapes, service: $0.service, namespace: $0.namespace, versions: $0.versions)
+            (s.sidecars, s.scraped) = (sidecars.count, r.scraped)
+            return s
+        }
+    }
+
+    /// nil when the statuses cannot be read (etcd unreachable, a damaged file): the controller
+    /// then waits rather than restart every canary from step 0.
+    public func loadStatuses() -> [CanaryStatus]? {
         if let etcd = store.etcd {
-            guard let r = try? etcd.client.range(prefix: StoreCanaryEnvironment.etcdPrefix) else { return [] }
-            return r.kvs.compactMap { CanaryStatus.parse($0.valueText) }
+            guard let r = try? etcd.client.range(prefix: StoreCanaryEnvironment.etcdPrefix) else { return nil }
+            let list = r.kvs.compactMap { CanaryStatus.parse($0.valueText) }
+            return list.count == r.kvs.count ? list : nil
         }
         let p = "\(store.stateDir)/\(StoreCanaryEnvironment.file)"
-        guard let bytes = try? FileStore.readBytes(p), let text = String(validating: bytes, as: UTF8.self) else { return [] }
-        return text.components(separatedByLine: "---").compactMap { CanaryStatus.parse($0) }
+        var st = stat()
+        if lstat(p, &st) != 0 && errno == ENOENT { return [] }
+        guard let bytes = try? FileStore.readBytes(p), let text = String(validating: bytes, as: UTF8.self) else { return nil }
+        let parts = text.components(separatedByLine: "---")
+        let list = parts.compactMap { CanaryStatus.parse($0) }
+        return list.count == parts.count ? list : nil
     }
 
     /// Checks the recorded statuses at start: a file (or etcd key) that exists but cannot be
@@ -201,7 +236,9 @@ public enum CanaryReport {
             if !s.events.isEmpty {
                 out += "  events (UTC):\n" + s.events.map { e -> String in
                     let parts = e.split(separator: " ", maxSplits: 1)
-                    return "    \(Int64(parts[0]).map(clock) ?? String(parts[0])) \(parts.count > 1 ? String(parts[1]) : "")\n"
+                    // A stored event may be anything (a hand-edited file): never index into it.
+                    guard let first = parts.first else { return "    (an empty event)\n" }
+                    return "    \(Int64(first).map(clock) ?? String(first)) \(parts.count > 1 ? String(parts[1]) : "")\n"
                 }.joined()
             }
         }

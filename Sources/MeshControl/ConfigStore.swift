@@ -266,7 +266,13 @@ public final class ConfigStore: @unchecked Sendable {
         let v: Int
         do { v = try etcd.commit(from: current, to: next, fence: fence) } catch {
             switch error {
-            case .conflict(let at): conflictAt = Int(at); return nil
+            case .conflict(let at):
+                // A leader-only write whose election compare failed: this replica no longer
+                // leads. Said at once (retrying would spin on a stale fence).
+                if let fence, let r = try? etcd.client.txn(compare: [fence], success: [], failure: []), !r.succeeded {
+                    throw ConfigError(path: CanaryController.notLeading, message: "this meshd no longer leads")
+                }
+                conflictAt = Int(at); return nil
             case .failed(let why): throw ConfigError(file: "(the store)", message: "cannot persist: \(why)")
             }
         }
@@ -371,7 +377,26 @@ public final class ConfigStore: @unchecked Sendable {
         return try retrying("apply") { (at: inout Int) throws(ConfigError) -> Result? in try applyOnce(inputs, delete: delete, replacing: replacing, conflictAt: &at, fence: fence) }
     }
 
-    private func applyOnce(_ inputs: [Input], delete: Bool, replacing: Set<String>, conflictAt: inout Int, fence: EtcdCompare? = nil) throws(ConfigError) -> Result? {
+    /// Reads one document's text in force and applies what `change` makes of it (nil: nothing
+    /// to write), in one step under the apply lock: the commit happens only while the text in
+    /// force is still the one `change` saw; otherwise `change` runs again on the new text.
+    /// Returns the text in force after it.
+    func update(kind: String, namespace: String, name: String, file: String, fence: EtcdCompare?,
+                _ change: (String?) throws(ConfigError) -> String?) throws(ConfigError) -> String? {
+        applyLock.lock()
+        defer { applyLock.unlock() }
+        let key = "\(kind)/\(namespace)/\(name)"
+        return try retrying("apply") { (at: inout Int) throws(ConfigError) -> String?? in
+            let seen = state.withLock { $0.documents[key]?.text }
+            guard let text = try change(seen) else { return .some(seen) }
+            guard try applyOnce([Input(file: file, text: text)], delete: false, replacing: [], conflictAt: &at, fence: fence,
+                                expect: (key, seen)) != nil else { return nil }
+            return .some(state.withLock { $0.documents[key]?.text })
+        }
+    }
+
+    private func applyOnce(_ inputs: [Input], delete: Bool, replacing: Set<String>, conflictAt: inout Int, fence: EtcdCompare? = nil,
+                           expect: (key: String, text: String?)? = nil) throws(ConfigError) -> Result? {
         var incoming: [Document] = []
         for input in inputs {
             var docs = try ConfigStore.split(input.text, file: input.file, validate: !delete)
@@ -388,6 +413,8 @@ public final class ConfigStore: @unchecked Sendable {
             incoming += docs
         }
         let current = state.withLock { $0 }
+        // `update`: the document changed since it was read; read it again.
+        if let expect, current.documents[expect.key]?.text != expect.text { conflictAt = 0; return nil }
         var next = current
         for (k, d) in next.documents where !d.source.isEmpty && replacing.contains(d.source) && !incoming.contains(where: { $0.key == k }) {
             next.documents.removeValue(forKey: k)

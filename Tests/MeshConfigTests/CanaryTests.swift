@@ -89,6 +89,8 @@ final class CanaryTests: XCTestCase {
         refused(Self.canary(metrics: "    - {name: request-duration, thresholdRange: {min: 1}}"), "spec.analysis.metrics[0].thresholdRange.min", "not supported yet")
         refused(Self.canary(metrics: "    - {name: request-duration}"), "spec.analysis.metrics[0].thresholdRange", "required field is missing")
         refused(Self.canary(metrics: "    - {name: request-duration, interval: 500ms, thresholdRange: {max: 9}}"), "spec.analysis.metrics[0].interval", "at least analysis.interval")
+        // Review item 19: a window of more than Canary.maxSamples checks would keep that many scrapes.
+        refused(Self.canary(metrics: "    - {name: request-duration, interval: 8760h, thresholdRange: {max: 9}}"), "spec.analysis.metrics[0].interval", "at most 720")
         refused(Self.canary(metrics: "    - {name: request-duration, templateRef: {name: x}, thresholdRange: {max: 9}}"), "spec.analysis.metrics[0].templateRef", "not supported yet")
         refused(Self.canary(metrics: "    - {name: request-duration, thresholdRange: {max: 9}}\n    - {name: request-duration, thresholdRange: {max: 9}}"), "spec.analysis.metrics[1].name", "given twice")
         refused(Self.canary(metrics: "      []"), "spec.analysis.metrics", "required field is missing")

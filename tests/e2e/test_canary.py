@@ -184,6 +184,20 @@ def test_canary_refused_at_apply_naming_the_field(procs, tmp_path):
     assert vs_weights(m, "reviews") == [100, 0]
 
 
+def test_canary_refused_on_a_config_dir_virtual_service(procs, tmp_path):
+    # meshd applies a --config-dir file again at start and on every change: its weights would
+    # undo the canary's, so a Canary on such a VirtualService is refused naming the file.
+    d = tmp_path / "cd"
+    d.mkdir()
+    (d / "reviews.yaml").write_text(rule("reviews") + "---" + split("reviews"))
+    m = Meshd(procs, extra=("--config-dir", str(d)))
+    wait_until(lambda: vs_weights(m, "reviews") == [100, 0], timeout=10, what="the directory applied")
+    r = apply(m, tmp_path, "c", canary("reviews"))
+    assert r.returncode != 0 and "c.yaml:" in r.stderr and "spec.virtualService" in r.stderr, r.stderr
+    assert "--config-dir file" in r.stderr and "reviews.yaml" in r.stderr, r.stderr
+    assert status(m) == []
+
+
 def test_canary_walks_promotes_rolls_back_and_holds(procs, tmp_path):
     m = Meshd(procs)
     service(m, procs, "good")
@@ -228,6 +242,8 @@ def test_canary_walks_promotes_rolls_back_and_holds(procs, tmp_path):
         quiet = status(m, "quiet")
         assert quiet["phase"] == "Progressing" and quiet["canaryWeight"] == 10 and quiet["failedChecks"] == 0, quiet
         assert "held" in quiet["message"] and "fewer than minRequests 3" in quiet["message"], quiet
+        # Every sidecar is counted apart and the check says how many were scraped (all here).
+        assert re.search(r"sidecars scraped (\d+) of \1(?!\d)", quiet["message"]), quiet
         assert metric(m, 'mesh_canary_checks_total{namespace="default",name="quiet",result="held"}') >= 2
         assert metric(m, 'mesh_canary_checks_total{namespace="default",name="quiet",result="pass"}') == 0
         assert metric(m, 'mesh_canary_weight{namespace="default",name="good"}') == 100
@@ -239,6 +255,10 @@ def test_canary_walks_promotes_rolls_back_and_holds(procs, tmp_path):
         assert ui["good"]["phase"] == "Succeeded" and ui["bad"]["phase"] == "Failed" and ui["quiet"]["canaryWeight"] == 10, ui
         text = m.ctl("canary", "status", "good").stdout
         assert "phase Succeeded" in text and "promoted" in text and "success 100%" in text, text
+        # A finished canary is not aborted: its promotion stays.
+        r = m.ctl("canary", "abort", "good", check=False)
+        assert "not running (phase Succeeded)" in (r.stdout + r.stderr), (r.stdout, r.stderr)
+        assert vs_weights(m, "good") == [0, 100]
         log = m.proc.log_path.read_text()
         assert "advanced canary v2 to 20%" in log and "rolled back to 100% v1" in log, log[-2000:]
     finally:
@@ -316,7 +336,9 @@ def test_canary_on_replicas_runs_on_the_leader_and_moves_with_it(procs, pki, tmp
         wait_until(lambda: status(leader, "reviews")["canaryWeight"] >= 20, timeout=20, what="a step on the leader")
         # The state is in etcd; the standby shows it from there and does not act.
         assert "phase: Progressing" in cluster.ctl("get", "/mesh/canaries/default/reviews").stdout
-        assert cluster.ctl("get", f"/mesh/canary-admins/{standby.name}").stdout.count("127.0.0.1:") == 3
+        # One line per sidecar: ADMIN<TAB>NODE IDENTITY (never collapsed by address).
+        published = cluster.ctl("get", f"/mesh/canary-admins/{standby.name}").stdout.splitlines()[1:]
+        assert len(published) == 3 and all(l.startswith("127.0.0.1:") and "\tspiffe://" not in l and " spiffe://" in l for l in published), published
         assert "held" not in status(leader, "reviews")["message"]
         assert status(standby, "reviews")["phase"] == "Progressing"
         r = standby.ctl("canary", "abort", "reviews", check=False)
