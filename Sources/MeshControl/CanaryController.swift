@@ -68,10 +68,27 @@ public final class CanaryController: @unchecked Sendable {
     /// Not leading: forget what is only in memory; the next leader reads the recorded state.
     public func standby() {
         lock.lock()
-        defer { lock.unlock() }
         loaded = false
         rings = [:]
         nextCheck = [:]
+        lock.unlock()
+        // What a follower shows (status, metrics) is the recorded state, read here on the
+        // controller's thread about once a second, never on a request: a store that is slow or
+        // unreachable delays only this copy, not meshd's /metrics or `meshctl canary status`.
+        standbyTicks &+= 1
+        if standbyTicks % 5 == 1 { showRecorded() }
+    }
+    /// Calls of `standby` since start (the follower's refresh runs on every fifth).
+    private var standbyTicks = 0
+
+    /// Publishes the recorded statuses for `report` (a follower's view; meshd also calls it once
+    /// at start, so a restarted meshd shows where its canaries stand before its first tick).
+    /// Reads the store: never call it on a request.
+    public func showRecorded() {
+        guard let list = env.loadStatuses() else { return }
+        let docs = (list.isEmpty ? [] : env.canaries() ?? []).map(\.canary)
+        let sorted = list.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }
+        published.withLock { $0 = sorted.map { s in (status: s, canary: docs.first { $0.namespace == s.namespace && $0.name == s.name }) } }
     }
 
     /// Reads the recorded statuses once per leadership (lock held); false: they cannot be read
@@ -341,14 +358,10 @@ public final class CanaryController: @unchecked Sendable {
         return (s != before, msg)
     }
 
-    /// The statuses to show: this controller's (leading) or the recorded ones (a standby
-    /// replica), each with its Canary's spec when it is in force.
+    /// The statuses to show, each with its Canary's spec when it is in force: this
+    /// controller's as of its last tick (leading) or the recorded ones as of the last refresh
+    /// in `standby` (a follower). Never reads the store: metrics and status never wait on it.
     public func report() -> [(status: CanaryStatus, canary: Canary?)] {
-        let leading = isLoaded.withLock { $0 }
-        if leading { return published.withLock { $0 } }
-        let docs = (env.canaries() ?? []).map(\.canary)
-        return (env.loadStatuses() ?? []).sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }.map { s in
-            (status: s, canary: docs.first { $0.namespace == s.namespace && $0.name == s.name })
-        }
+        published.withLock { $0 }
     }
 }

@@ -307,6 +307,7 @@ let canaryEnv = StoreCanaryEnvironment(store: store, leadership: canaryLeadershi
 do { try canaryEnv.checkStored() } catch { fail("\(error)") }
 let canaryController = CanaryController(env: canaryEnv)
 server.canaries = canaryController
+canaryController.showRecorded()
 Threads.spawnDetached {
     while true {
         usleep(200_000)
