@@ -43,7 +43,7 @@ final class TraceExportConfigTests: XCTestCase {
         let d = try options([])
         XCTAssertNil(d.endpoint)
         XCTAssertEqual(d.batchSize, 512)
-        XCTAssertEqual(d.queueSize, 2048)
+        XCTAssertEqual(d.queueSize, 512)
         XCTAssertEqual(d.flushInterval, 1_000_000_000)
         let o = try options(["--otlp-endpoint", "http://collector", "--trace-batch-size", "64", "--trace-queue-size", "100",
                              "--trace-flush-interval", "250ms"])

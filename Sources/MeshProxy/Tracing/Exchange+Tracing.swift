@@ -102,7 +102,7 @@ extension Exchange {
         let r = request
         let b = r.bytes
         let flagsOn = trace.sampling != .notSampled
-        r.beginField("traceparent")
+        r.beginField("traceparent", kind: .traceContext)
         b.append("00-")
         appendHex(b, trace.traceHigh, 16)
         appendHex(b, trace.traceLow, 16)
@@ -112,27 +112,27 @@ extension Exchange {
         b.append(flagsOn ? "-01" : "-00")
         r.endField()
         if b3Multi {
-            r.beginField("x-b3-traceid")
+            r.beginField("x-b3-traceid", kind: .traceContext)
             if !trace64 { appendHex(b, trace.traceHigh, 16) }
             appendHex(b, trace.traceLow, 16)
             r.endField()
-            r.beginField("x-b3-spanid")
+            r.beginField("x-b3-spanid", kind: .traceContext)
             trace.b3SpanAt = b.writeIndex
             appendHex(b, trace.span, 16)
             r.endField()
             if trace.parent != 0 {
-                r.beginField("x-b3-parentspanid")
+                r.beginField("x-b3-parentspanid", kind: .traceContext)
                 appendHex(b, trace.parent, 16)
                 r.endField()
             }
             if trace.sampling == .debug {
-                r.beginField("x-b3-flags"); b.append(UInt8(ascii: "1")); r.endField()
+                r.beginField("x-b3-flags", kind: .traceContext); b.append(UInt8(ascii: "1")); r.endField()
             } else {
-                r.beginField("x-b3-sampled"); b.append(UInt8(ascii: flagsOn ? "1" : "0")); r.endField()
+                r.beginField("x-b3-sampled", kind: .traceContext); b.append(UInt8(ascii: flagsOn ? "1" : "0")); r.endField()
             }
         }
         if b3Single {
-            r.beginField("b3")
+            r.beginField("b3", kind: .traceContext)
             if !trace64 { appendHex(b, trace.traceHigh, 16) }
             appendHex(b, trace.traceLow, 16)
             b.append(UInt8(ascii: "-"))
