@@ -17,6 +17,10 @@ public enum KnownHeader: UInt8, Sendable {
         }
     }
 
+    /// A field with no framing, routing or mesh role (`.other`, or trace context, which only
+    /// differs in its HPACK flags): what `connection` may list and route operations may remove.
+    @inline(__always) public var isOrdinary: Bool { self == .other || self == .traceContext }
+
     /// `nghttp2_nv` flags for a field of this kind, computed once per kind: values new on every
     /// request (trace context, `x-request-id`) are sent `NO_INDEX` (HPACK literal without
     /// indexing), so they never churn the connection's dynamic table.

@@ -322,4 +322,23 @@ final class TraceExporterTests: XCTestCase {
         e.stop()
         XCTAssertLessThanOrEqual(wakes, 2)
     }
+
+    /// A span arriving at an idle exporter goes within about one flush interval.
+    func testSpanAfterIdleGoesWithinTheFlushInterval() {
+        let (fd, port) = listener()
+        defer { close(fd) }
+        let done = expectation(description: "served")
+        _ = acceptOne(fd) { c in TraceExporterTests.sendText(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); done.fulfill() }
+        let o = options(port, batch: 32, queue: 64, flush: 50_000_000)
+        let e = TraceExporter(workers: 1, options: o)
+        e.setTarget(endpoint: o.endpoint, resource: [])
+        let before = TraceExporter.exported.load(ordering: .relaxed)
+        XCTAssertTrue(e.start())
+        usleep(120_000)
+        push(e.queues[0], 0x41, count: 1)
+        wait(for: [done], timeout: 2)
+        usleep(50_000)
+        e.stop()
+        XCTAssertEqual(TraceExporter.exported.load(ordering: .relaxed) - before, 1)
+    }
 }

@@ -44,7 +44,7 @@ extension Exchange {
         var i = 0
         while i < r.fields.count {
             let f = r.fields[i]
-            if f.forwarded && f.kind == .other && f.name.length <= 17 {
+            if f.forwarded && f.kind.isOrdinary && f.name.length <= 17 {
                 inc.note(TraceHeaderName.classify(r.pointer(f.name), Int(f.name.length)), i)
             }
             i += 1
@@ -91,7 +91,7 @@ extension Exchange {
     /// makes its family invalid; none of its copies is forwarded).
     private func dropRepeatedTraceHeaders(keeping: Int) {
         let r = request
-        for j in 0..<r.fields.count where j != keeping && r.fields[j].forwarded && r.fields[j].kind == .other
+        for j in 0..<r.fields.count where j != keeping && r.fields[j].forwarded && r.fields[j].kind.isOrdinary
             && TraceHeaderName.classify(r.pointer(r.fields[j].name), Int(r.fields[j].name.length)) != .none {
             r.drop(j)
         }
