@@ -32,8 +32,10 @@ struct ExchangeTrace {
 extension Exchange {
     /// Reads the caller's trace headers, decides sampling, and rewrites the headers for the next
     /// hop so that its parent is this sidecar's span (outbound: the client span of the attempt;
-    /// inbound: the server span). Runs once the request is routed or authorised. Without a
-    /// collector it does nothing (the headers pass through as they came).
+    /// inbound: the server span). Runs first thing in `runInbound`/`runOutbound`, as soon as
+    /// the request head is in and before routing, authorisation or a local reply (a request
+    /// answered here, e.g. no route or denied, still gets its span). Without a collector it does
+    /// nothing (the headers pass through as they came).
     func startTrace() {
         trace.active = false
         trace.recording = false
