@@ -98,6 +98,28 @@ final class TraceExportConfigTests: XCTestCase {
         XCTAssertEqual(t.samplePPM, 10_000)
     }
 
+    /// No exporter thread (the system refuses one): a warning, tracing stays off (no worker
+    /// gets a queue), the sidecar runs on; the next snapshot tries again.
+    func testNoExporterThreadLeavesTracingOff() throws {
+        var b = try Bootstrap.parse(DataPathReviewTests.limitConfig(), file: "t.yaml")
+        b.traceExport.endpoint = OTLPEndpoint(host: "127.0.0.1", port: 9, path: "/v1/traces")
+        let snap = try ProxySnapshot(bootstrap: b, version: "t")
+        XCTAssertTrue(snap.tracing.enabled)
+        let worker = Worker(id: 0, snapshot: snap)
+        let saved = TraceExporter.spawnThread
+        defer { TraceExporter.spawnThread = saved }
+        TraceExporter.spawnThread = { _ in nil }
+        var exporter: TraceExporter? = nil
+        TraceExporter.attach(&exporter, snap, workers: [worker], running: false)
+        XCTAssertNil(exporter)
+        XCTAssertNil(worker.spans)
+        TraceExporter.spawnThread = saved
+        TraceExporter.attach(&exporter, snap, workers: [worker], running: false)
+        XCTAssertNotNil(exporter)
+        XCTAssertNotNil(worker.spans)
+        exporter?.stop()
+    }
+
     func testPushedSpecLine() {
         OTLPEndpoint.Pushed.set(nil)
         XCTAssertEqual(OTLPEndpoint.Pushed.specLine, "")

@@ -61,9 +61,14 @@ final class TraceExporter: @unchecked Sendable {
         target.withLock { $0 = (endpoint, resource) }
     }
 
+    /// How the thread is made (tests replace it with one that fails, as a pids limit would).
+    nonisolated(unsafe) static var spawnThread: (@escaping @Sendable () -> Void) -> pthread_t? = {
+        Threads.trySpawn(name: "trace-export", $0)
+    }
+
     /// Starts the thread; false when the system refuses one.
     func start() -> Bool {
-        guard let t = Threads.trySpawn(name: "trace-export", { [self] in run() }) else { return false }
+        guard let t = TraceExporter.spawnThread({ [self] in run() }) else { return false }
         thread = t
         return true
     }
