@@ -24,12 +24,11 @@ public enum KnownHeader: UInt8, Sendable {
     /// `nghttp2_nv` flags for a field of this kind, computed once per kind: values new on every
     /// request (trace context, `x-request-id`) are sent `NO_INDEX` (HPACK literal without
     /// indexing), so they never churn the connection's dynamic table.
-    @inline(__always) public var hpackFlags: UInt8 { KnownHeader.flagTable[Int(rawValue)] }
-
-    private static let flagTable: [UInt8] = (0...UInt8.max).map { raw in
-        switch KnownHeader(rawValue: raw) {
-        case .xRequestID?, .traceContext?: return 1   // NGHTTP2_NV_FLAG_NO_INDEX
-        default: return 0
+    /// (A switch the compiler turns into a constant lookup: nothing is computed per field.)
+    @inline(__always) public var hpackFlags: UInt8 {
+        switch self {
+        case .xRequestID, .traceContext: return 1   // NGHTTP2_NV_FLAG_NO_INDEX
+        default: return 0                           // NGHTTP2_NV_FLAG_NONE
         }
     }
 
