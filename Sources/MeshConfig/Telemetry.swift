@@ -153,6 +153,9 @@ public struct Telemetry: Sendable {
             guard !e.key.isEmpty, e.key.utf8.count <= 256, e.key.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 34 && $0 != 92 }) else {
                 throw ConfigReader.error(ctx, p, e.keyLine, "expected a tag name of printable ASCII without spaces or quotes")
             }
+            if TracingTag.builtInNames.contains(e.key) {
+                throw ConfigReader.error(ctx, p, e.keyLine, "\"\(e.key)\" is a tag every span already has (OTLP attribute keys are unique): choose another name")
+            }
             var r = try ConfigReader(e.value, path: p, context: ctx)
             var sources: [TracingTag.Source] = []
             if var l = try r.object("literal") {
@@ -199,4 +202,15 @@ extension Telemetry {
         self.name = name
         self.namespace = namespace
     }
+}
+
+extension TracingTag {
+    /// The attribute keys the sidecar writes on every span (SpanEncoder, TracingTable): a
+    /// custom tag may not repeat one (refused at apply, by meshd and the sidecar alike).
+    public static let builtInNames: Set<String> = [
+        "http.method", "http.url", "http.status_code", "http.protocol", "grpc.status_code", "response_flags",
+        "upstream_cluster", "route_name", "node_id", "istio.canonical_service", "istio.canonical_revision",
+        "istio.namespace", "istio.mesh_id", "downstream_cluster", "peer.address", "guid:x-request-id",
+        "user_agent", "request_size", "response_size",
+    ]
 }

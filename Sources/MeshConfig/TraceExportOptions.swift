@@ -12,8 +12,8 @@ public struct TraceExportOptions: Sendable, Equatable {
     public var batchSize = 512
     /// A partial batch is sent after this long (nanoseconds).
     public var flushInterval: UInt64 = 1_000_000_000
-    /// Spans each worker holds for the exporter; more are dropped and counted.
-    public var queueSize = 2048
+    /// Spans each worker holds for the exporter (1.5 KiB a slot); more are dropped and counted.
+    public var queueSize = 512
 
     public init() {}
 

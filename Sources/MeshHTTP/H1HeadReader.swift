@@ -41,7 +41,7 @@ public enum H1HeadReader {
     @inline(never) private static func fields(_ h: inout HTTPHead, _ b: UnsafePointer<UInt8>, into r: MessageHead) {
         let listed = !h.connectionListed.isEmpty
         for f in h.fields {
-            if listed && f.kind == .other && h.isConnectionListed(f, in: b) { continue }   // never framing or mesh headers
+            if listed && f.kind.isOrdinary && h.isConnectionListed(f, in: b) { continue }   // never framing or mesh headers
             HeaderPolicy.ingest(r, b + Int(f.lineStart), Int(f.nameEnd - f.lineStart),
                                 b + Int(f.valueStart), Int(f.valueEnd - f.valueStart), kind: f.kind)
         }

@@ -55,7 +55,8 @@ public final class HTTP2Session {
     /// Outgoing bodies by stream (the data provider reads from them).
     private var outgoing: [Int32: StreamOutput] = [:]
     private let nvScratch = ByteBuffer(lazyCapacity: 4096)
-    private var nvOffsets: [(Int, Int, Int, Int)] = []
+    /// Name offset and length, value offset and length, nghttp2_nv flags.
+    private var nvOffsets: [(Int, Int, Int, Int, UInt8)] = []
     /// Set when nghttp2 reports a connection-level error; the owner should flush and close.
     public private(set) var failed = false
     public private(set) var lastError = ""
@@ -110,7 +111,7 @@ public final class HTTP2Session {
         var finished = false
         /// Trailer fields: bytes and (name offset, name length, value offset, value length).
         var trailerBytes: ByteBuffer? = nil
-        var trailerOffsets: [(Int, Int, Int, Int)] = []
+        var trailerOffsets: [(Int, Int, Int, Int, UInt8)] = []
         var deferred = false
     }
 
@@ -186,13 +187,18 @@ public final class HTTP2Session {
     // MARK: headers
 
     /// Adds a header for the next submit (names must be lowercase for HTTP/2).
-    public func addHeader(_ name: UnsafePointer<UInt8>, _ nl: Int, _ value: UnsafePointer<UInt8>, _ vl: Int) {
+    /// `flags`: `nghttp2_nv` flags (`KnownHeader.hpackFlags`: per-request values such as trace
+    /// context go `NO_INDEX`, out of the HPACK dynamic table).
+    public func addHeader(_ name: UnsafePointer<UInt8>, _ nl: Int, _ value: UnsafePointer<UInt8>, _ vl: Int, flags: UInt8 = 0) {
         let ns = nvScratch.writeIndex
         nvScratch.append(name, nl)
         let vs = nvScratch.writeIndex
         nvScratch.append(value, vl)
-        nvOffsets.append((ns, nl, vs, vl))
+        nvOffsets.append((ns, nl, vs, vl, flags))
     }
+
+    /// The flags of the headers added so far, in order (tests).
+    public var pendingHeaderFlags: [UInt8] { nvOffsets.map { $0.4 } }
 
     public func addHeader(_ name: StaticString, _ value: UnsafePointer<UInt8>, _ vl: Int) {
         addHeader(name.utf8Start, name.utf8CodeUnitCount, value, vl)
@@ -209,8 +215,8 @@ public final class HTTP2Session {
     private func withHeaders<R>(_ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
         nva.removeAll(keepingCapacity: true)
         let base = nvScratch.base
-        for (ns, nl, vs, vl) in nvOffsets {
-            nva.append(nghttp2_nv(name: base + ns, value: base + vs, namelen: nl, valuelen: vl, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+        for (ns, nl, vs, vl, fl) in nvOffsets {
+            nva.append(nghttp2_nv(name: base + ns, value: base + vs, namelen: nl, valuelen: vl, flags: fl))
         }
         defer { nvOffsets.removeAll(keepingCapacity: true); nvScratch.clear() }
         return nva.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
@@ -324,9 +330,9 @@ public final class HTTP2Session {
                     if let tb = out.trailerBytes {
                         flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
                         var nva: [nghttp2_nv] = []
-                        for (ns, nl, vs, vl) in out.trailerOffsets {
+                        for (ns, nl, vs, vl, fl) in out.trailerOffsets {
                             nva.append(nghttp2_nv(name: tb.base + ns, value: tb.base + vs, namelen: nl, valuelen: vl,
-                                                  flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                                                  flags: fl))
                         }
                         // nghttp2 copies the header block during submit.
                         nghttp2_submit_trailer(session, stream, nva, nva.count)

@@ -5,7 +5,9 @@ public enum KnownHeader: UInt8, Sendable {
     case other, host, contentLength, transferEncoding, connection, upgrade, expect, te, keepAlive,
          proxyConnection, xRequestID, xForwardedClientCert, trailer,
          /// `x-mesh-peer-metadata`: the calling or answering sidecar's workload (metrics labels).
-         meshPeerMetadata
+         meshPeerMetadata,
+         /// `traceparent`, `tracestate`, `b3`, `x-b3-*`: a new value on every request.
+         traceContext
 
     /// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy never forwards as they are.
     @inline(__always) public var isHopByHop: Bool {
@@ -15,10 +17,27 @@ public enum KnownHeader: UInt8, Sendable {
         }
     }
 
+    /// A field with no framing, routing or mesh role (`.other`, or trace context, which only
+    /// differs in its HPACK flags): what `connection` may list and route operations may remove.
+    @inline(__always) public var isOrdinary: Bool { self == .other || self == .traceContext }
+
+    /// `nghttp2_nv` flags for a field of this kind, computed once per kind: values new on every
+    /// request (trace context, `x-request-id`) are sent `NO_INDEX` (HPACK literal without
+    /// indexing), so they never churn the connection's dynamic table.
+    /// (A switch the compiler turns into a constant lookup: nothing is computed per field.)
+    @inline(__always) public var hpackFlags: UInt8 {
+        switch self {
+        case .xRequestID, .traceContext: return 1   // NGHTTP2_NV_FLAG_NO_INDEX
+        default: return 0                           // NGHTTP2_NV_FLAG_NONE
+        }
+    }
+
     /// The kind of the header named `p[0..<n]` (any case).
     @inline(__always) public static func classify(_ p: UnsafePointer<UInt8>, _ n: Int) -> KnownHeader {
         switch n {
-        case 2: return ASCII.equalsLower(p, 2, "te") ? .te : .other
+        case 2:
+            if ASCII.equalsLower(p, 2, "te") { return .te }
+            return ASCII.equalsLower(p, 2, "b3") ? .traceContext : .other
         case 4: return ASCII.equalsLower(p, 4, "host") ? .host : .other
         case 6: return ASCII.equalsLower(p, 6, "expect") ? .expect : .other
         case 7:
@@ -28,11 +47,18 @@ public enum KnownHeader: UInt8, Sendable {
         case 10:
             if ASCII.equalsLower(p, 10, "connection") { return .connection }
             if ASCII.equalsLower(p, 10, "keep-alive") { return .keepAlive }
+            if ASCII.equalsLower(p, 10, "tracestate") || ASCII.equalsLower(p, 10, "x-b3-flags") { return .traceContext }
             return .other
-        case 12: return ASCII.equalsLower(p, 12, "x-request-id") ? .xRequestID : .other
+        case 11:
+            return ASCII.equalsLower(p, 11, "traceparent") || ASCII.equalsLower(p, 11, "x-b3-spanid") ? .traceContext : .other
+        case 12:
+            if ASCII.equalsLower(p, 12, "x-request-id") { return .xRequestID }
+            return ASCII.equalsLower(p, 12, "x-b3-traceid") || ASCII.equalsLower(p, 12, "x-b3-sampled") ? .traceContext : .other
         case 14: return ASCII.equalsLower(p, 14, "content-length") ? .contentLength : .other
         case 16: return ASCII.equalsLower(p, 16, "proxy-connection") ? .proxyConnection : .other
-        case 17: return ASCII.equalsLower(p, 17, "transfer-encoding") ? .transferEncoding : .other
+        case 17:
+            if ASCII.equalsLower(p, 17, "transfer-encoding") { return .transferEncoding }
+            return ASCII.equalsLower(p, 17, "x-b3-parentspanid") ? .traceContext : .other
         case 20: return ASCII.equalsLower(p, 20, "x-mesh-peer-metadata") ? .meshPeerMetadata : .other
         case 23: return ASCII.equalsLower(p, 23, "x-forwarded-client-cert") ? .xForwardedClientCert : .other
         default: return .other

@@ -121,7 +121,7 @@ public enum HeaderPolicy {
                                      _ v: UnsafePointer<UInt8>, _ vl: Int) {
         if nl == 0 || n[0] == UInt8(ascii: ":") { return }
         switch KnownHeader.classify(n, nl) {
-        case .other, .xRequestID, .trailer: break
+        case .other, .xRequestID, .trailer, .traceContext: break
         default: return
         }
         for i in 0..<vl where v[i] == 13 || v[i] == 10 || v[i] == 0 { return }

@@ -168,6 +168,15 @@ public final class MessageHead {
         }
     }
 
+    /// Like `forEachForwarded`, with each field's HPACK flags (`KnownHeader.hpackFlags`).
+    @inline(__always) public func forEachForwardedWithFlags(_ body: (UnsafePointer<UInt8>, Int, UnsafePointer<UInt8>, Int, UInt8) -> Void) {
+        let b = UnsafePointer(bytes.base)
+        for i in 0..<count where storage[i].forwarded {
+            let f = storage[i]
+            body(b + Int(f.name.start), Int(f.name.length), b + Int(f.value.start), Int(f.value.length), f.kind.hpackFlags)
+        }
+    }
+
     /// The value of the first field named `name` (lowercase bytes), forwarded or not.
     public func withValue<R>(_ name: UnsafePointer<UInt8>, _ n: Int, _ body: (UnsafePointer<UInt8>, Int) -> R) -> R? {
         let b = UnsafePointer(bytes.base)

@@ -89,7 +89,7 @@ public enum H2Emitter {
     }
 
     @inline(__always) public static func fields(_ h: MessageHead, into s: HTTP2Session) {
-        h.forEachForwarded { n, nl, v, vl in s.addHeader(n, nl, v, vl) }
+        h.forEachForwardedWithFlags { n, nl, v, vl, fl in s.addHeader(n, nl, v, vl, flags: fl) }
     }
 }
 

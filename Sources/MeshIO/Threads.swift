@@ -13,6 +13,12 @@ public enum Threads {
         return t
     }
 
+    /// Like `spawn`, but nil when the system refuses a thread (a pids limit) instead of
+    /// stopping the process.
+    public static func trySpawn(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t? {
+        create(body)
+    }
+
     /// A new thread running `body`, or nil when the system refuses one.
     private static func create(_ body: @escaping @Sendable () -> Void) -> pthread_t? {
         var tid = pthread_t()

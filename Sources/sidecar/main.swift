@@ -48,7 +48,7 @@ let usage = """
       --trace-batch-size N spans per export request (default 512)
       --trace-flush-interval DURATION
                            a partial batch is sent after this long (default 1s; 10ms to 60s)
-      --trace-queue-size N spans each worker holds for the exporter (default 2048); beyond it
+      --trace-queue-size N spans each worker holds for the exporter (default 512); beyond it
                            spans are dropped and counted (mesh_tracing_spans_dropped_total)
       --check              validate the config and load its certificates, then exit; the
                            workload certificate must be within its validity period and chain

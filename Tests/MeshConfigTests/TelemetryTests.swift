@@ -39,6 +39,9 @@ final class TelemetryTests: XCTestCase {
         refused("  tracing:\n  - customTags: {a: {environment: {}}}\n", "spec.tracing[0].customTags.a.environment.name", "required")
         refused("  tracing:\n  - customTags: {a: {literal: {value: x, other: y}}}\n", "spec.tracing[0].customTags.a.literal.other", "unknown field")
         refused("  tracing:\n  - customTags: [a]\n", "spec.tracing[0].customTags", "mapping of tag names")
+        // A custom tag may not repeat a built-in span attribute (OTLP keys are unique).
+        refused("  tracing:\n  - customTags: {http.url: {literal: {value: x}}}\n", "spec.tracing[0].customTags.http.url", "already has")
+        refused("  tracing:\n  - customTags: {upstream_cluster: {literal: {value: x}}}\n", "spec.tracing[0].customTags.upstream_cluster", "already has")
         refused("  tracing:\n  - sampling: 3\n", "spec.tracing[0].sampling", "unknown field")
         refused("  accessLogging:\n  - providers: [{name: otel}]\n", "spec.accessLogging[0].providers[0].name", "unknown access log provider \"otel\"")
         refused("  accessLogging:\n  - providers: [{}]\n", "spec.accessLogging[0].providers[0].name", "required")

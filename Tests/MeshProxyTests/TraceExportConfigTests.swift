@@ -43,7 +43,7 @@ final class TraceExportConfigTests: XCTestCase {
         let d = try options([])
         XCTAssertNil(d.endpoint)
         XCTAssertEqual(d.batchSize, 512)
-        XCTAssertEqual(d.queueSize, 2048)
+        XCTAssertEqual(d.queueSize, 512)
         XCTAssertEqual(d.flushInterval, 1_000_000_000)
         let o = try options(["--otlp-endpoint", "http://collector", "--trace-batch-size", "64", "--trace-queue-size", "100",
                              "--trace-flush-interval", "250ms"])
@@ -96,6 +96,28 @@ final class TraceExportConfigTests: XCTestCase {
         XCTAssertNil(t.endpoint)
         // The sampling rate of the Telemetry default (1%) in parts per million.
         XCTAssertEqual(t.samplePPM, 10_000)
+    }
+
+    /// No exporter thread (the system refuses one): a warning, tracing stays off (no worker
+    /// gets a queue), the sidecar runs on; the next snapshot tries again.
+    func testNoExporterThreadLeavesTracingOff() throws {
+        var b = try Bootstrap.parse(DataPathReviewTests.limitConfig(), file: "t.yaml")
+        b.traceExport.endpoint = OTLPEndpoint(host: "127.0.0.1", port: 9, path: "/v1/traces")
+        let snap = try ProxySnapshot(bootstrap: b, version: "t")
+        XCTAssertTrue(snap.tracing.enabled)
+        let worker = Worker(id: 0, snapshot: snap)
+        let saved = TraceExporter.spawnThread
+        defer { TraceExporter.spawnThread = saved }
+        TraceExporter.spawnThread = { _ in nil }
+        var exporter: TraceExporter? = nil
+        TraceExporter.attach(&exporter, snap, workers: [worker], running: false)
+        XCTAssertNil(exporter)
+        XCTAssertNil(worker.spans)
+        TraceExporter.spawnThread = saved
+        TraceExporter.attach(&exporter, snap, workers: [worker], running: false)
+        XCTAssertNotNil(exporter)
+        XCTAssertNotNil(worker.spans)
+        exporter?.stop()
     }
 
     func testPushedSpecLine() {

@@ -58,7 +58,10 @@ class H(BaseHTTPRequestHandler):
             out = {"received": {k.lower(): v for k, v in self.headers.items()},
                    "span": format(span.get_span_context().span_id, "016x")}
             status = 200
-            if self.path.startswith("/fail-once/"):
+            grpc_status = None
+            if self.path.startswith("/grpc-status/"):
+                grpc_status = self.path.rsplit("/", 1)[1]
+            elif self.path.startswith("/fail-once/"):
                 with lock:
                     first = self.path not in failed_once
                     failed_once.add(self.path)
@@ -73,6 +76,9 @@ class H(BaseHTTPRequestHandler):
                         out["next"] = json.loads(r.read())
             body = json.dumps(out).encode()
             self.send_response(status)
+            if grpc_status is not None:
+                # A trailers-only gRPC answer: HTTP 200 with its grpc-status in the head.
+                self.send_header("grpc-status", grpc_status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -274,6 +280,46 @@ def test_local_reply_is_an_error_span(traced):
     (_, s), = col.of_trace(tid)
     assert s.status.code == 2 and s.status.message == "NR"
     assert attrs(s)["response_flags"] == "NR" and attrs(s)["http.status_code"] == "404"
+
+
+def test_successful_local_reply_and_grpc_status_spans(traced):
+    """A direct response 200 (a local reply without a response flag) is not an ERROR span; a
+    gRPC answer (HTTP 200) with grpc-status 14 is (Envoy's upstream-error codes), 5 is not
+    (a client error), and both carry `grpc.status_code`."""
+    col = traced["col"]
+    vs = traced["tmp"] / "direct.yaml"
+    vs.write_text(f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: b-retry, namespace: default}}
+spec:
+  hosts: [{B_HOST}]
+  http:
+    - match: [{{uri: {{prefix: /direct}}}}]
+      directResponse: {{status: 200, body: {{string: "open"}}}}
+    - route: [{{destination: {{host: {B_HOST}}}}}]
+""")
+    traced["m"].ctl("apply", "-f", vs, "--wait")
+    wait_until(lambda: get(traced["aout"], "/direct")[1] == b"open", 10, what="the direct response in force")
+    tid = "5af7651916cd43dd8448eb211c80319c"
+    status, body = get(traced["aout"], "/direct", headers={"traceparent": f"00-{tid}-b7ad6b7169203331-01"})
+    assert (status, body) == (200, b"open")
+    wait_until(lambda: col.of_trace(tid), 10, what="the direct response's span")
+    (_, s), = col.of_trace(tid)
+    assert s.status.code == 0, s.status
+    assert attrs(s)["http.status_code"] == "200" and attrs(s)["response_flags"] == "-"
+    grpc = {"content-type": "application/grpc"}
+    for code, error in (("14", True), ("5", False), ("0", False)):
+        tid = f"6af7651916cd43dd8448eb211c8031{int(code):02d}"
+        status, _ = get(traced["aout"], f"/grpc-status/{code}", headers={**grpc, "traceparent": f"00-{tid}-b7ad6b7169203331-01"})
+        assert status == 200
+        wait_until(lambda: len([1 for r, s in col.of_trace(tid) if r.get("telemetry.sdk.name") == "swift-mesh"]) == 2, 10,
+                   what=f"grpc-status {code} spans")
+        for r, s in col.of_trace(tid):
+            if r.get("telemetry.sdk.name") != "swift-mesh":
+                continue
+            assert attrs(s)["grpc.status_code"] == code and attrs(s)["http.status_code"] == "200"
+            assert s.status.code == (2 if error else 0), (code, r.get("service.name"), s.status)
 
 
 def test_b3_in_b3_out(traced):

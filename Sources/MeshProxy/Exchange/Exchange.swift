@@ -67,7 +67,7 @@ final class Exchange: PoolWaiter {
     var responseStarted = false
     private(set) var finished = false
     /// grpc-status for metrics and retries: -1 not gRPC, 17 not seen yet.
-    private var grpc = -1
+    private(set) var grpc = -1
 
     // Accounting, for metrics and the access log.
     private(set) var startTime: UInt64 = 0

@@ -62,7 +62,7 @@ extension Exchange {
         }
         let ops = route.requestOps
         if !ops.isEmpty {
-            for i in 0..<r.fields.count where r.fields[i].forwarded && r.fields[i].kind == .other
+            for i in 0..<r.fields.count where r.fields[i].forwarded && r.fields[i].kind.isOrdinary
                 && ops.removes(r.pointer(r.fields[i].name), Int(r.fields[i].name.length)) {
                 r.drop(i)
             }

@@ -32,8 +32,10 @@ struct ExchangeTrace {
 extension Exchange {
     /// Reads the caller's trace headers, decides sampling, and rewrites the headers for the next
     /// hop so that its parent is this sidecar's span (outbound: the client span of the attempt;
-    /// inbound: the server span). Runs once the request is routed or authorised. Without a
-    /// collector it does nothing (the headers pass through as they came).
+    /// inbound: the server span). Runs first thing in `runInbound`/`runOutbound`, as soon as
+    /// the request head is in and before routing, authorisation or a local reply (a request
+    /// answered here, e.g. no route or denied, still gets its span). Without a collector it does
+    /// nothing (the headers pass through as they came).
     func startTrace() {
         trace.active = false
         trace.recording = false
@@ -44,7 +46,7 @@ extension Exchange {
         var i = 0
         while i < r.fields.count {
             let f = r.fields[i]
-            if f.forwarded && f.kind == .other && f.name.length <= 17 {
+            if f.forwarded && f.kind.isOrdinary && f.name.length <= 17 {
                 inc.note(TraceHeaderName.classify(r.pointer(f.name), Int(f.name.length)), i)
             }
             i += 1
@@ -91,7 +93,7 @@ extension Exchange {
     /// makes its family invalid; none of its copies is forwarded).
     private func dropRepeatedTraceHeaders(keeping: Int) {
         let r = request
-        for j in 0..<r.fields.count where j != keeping && r.fields[j].forwarded && r.fields[j].kind == .other
+        for j in 0..<r.fields.count where j != keeping && r.fields[j].forwarded && r.fields[j].kind.isOrdinary
             && TraceHeaderName.classify(r.pointer(r.fields[j].name), Int(r.fields[j].name.length)) != .none {
             r.drop(j)
         }
@@ -102,7 +104,7 @@ extension Exchange {
         let r = request
         let b = r.bytes
         let flagsOn = trace.sampling != .notSampled
-        r.beginField("traceparent")
+        r.beginField("traceparent", kind: .traceContext)
         b.append("00-")
         appendHex(b, trace.traceHigh, 16)
         appendHex(b, trace.traceLow, 16)
@@ -112,27 +114,27 @@ extension Exchange {
         b.append(flagsOn ? "-01" : "-00")
         r.endField()
         if b3Multi {
-            r.beginField("x-b3-traceid")
+            r.beginField("x-b3-traceid", kind: .traceContext)
             if !trace64 { appendHex(b, trace.traceHigh, 16) }
             appendHex(b, trace.traceLow, 16)
             r.endField()
-            r.beginField("x-b3-spanid")
+            r.beginField("x-b3-spanid", kind: .traceContext)
             trace.b3SpanAt = b.writeIndex
             appendHex(b, trace.span, 16)
             r.endField()
             if trace.parent != 0 {
-                r.beginField("x-b3-parentspanid")
+                r.beginField("x-b3-parentspanid", kind: .traceContext)
                 appendHex(b, trace.parent, 16)
                 r.endField()
             }
             if trace.sampling == .debug {
-                r.beginField("x-b3-flags"); b.append(UInt8(ascii: "1")); r.endField()
+                r.beginField("x-b3-flags", kind: .traceContext); b.append(UInt8(ascii: "1")); r.endField()
             } else {
-                r.beginField("x-b3-sampled"); b.append(UInt8(ascii: flagsOn ? "1" : "0")); r.endField()
+                r.beginField("x-b3-sampled", kind: .traceContext); b.append(UInt8(ascii: flagsOn ? "1" : "0")); r.endField()
             }
         }
         if b3Single {
-            r.beginField("b3")
+            r.beginField("b3", kind: .traceContext)
             if !trace64 { appendHex(b, trace.traceHigh, 16) }
             appendHex(b, trace.traceLow, 16)
             b.append(UInt8(ascii: "-"))

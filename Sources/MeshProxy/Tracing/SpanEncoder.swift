@@ -12,6 +12,9 @@ enum SpanEncoder {
     static let kindServer: UInt64 = 2, kindClient: UInt64 = 3
     /// `Status.StatusCode`.
     static let statusError: UInt64 = 2
+    /// grpc-status codes Envoy's tracer counts as upstream errors (bit per code): 2, 4, 8, 12,
+    /// 13, 14, 15.
+    static let grpcUpstreamErrors = 1 << 2 | 1 << 4 | 1 << 8 | 1 << 12 | 1 << 13 | 1 << 14 | 1 << 15
 
     static func encode(_ e: Exchange, into w: inout ProtobufWriter, status st: Int, flag f: ResponseFlag, local: Bool, endWall: UInt64) {
         let t = e.snapshot.tracing
@@ -27,9 +30,15 @@ enum SpanEncoder {
         w.varint(kind, e.inbound ? kindServer : kindClient)
         w.fixed64(start, tr.startWall)
         w.fixed64(end, max(endWall, tr.startWall))
-        // Status { message = 2, code = 3 }: ERROR on 5xx, no response, and local replies.
+        // Status { message = 2, code = 3 }: ERROR on 5xx, no response, and a local reply with a
+        // response flag (not a CORS preflight, direct response or redirect).
         // The message is the response flag, when there is one.
-        if st >= 500 || st == 0 || local {
+        // A gRPC answer is an ERROR when its grpc-status is one of Envoy's upstream errors
+        // (Unknown, DeadlineExceeded, ResourceExhausted, Unimplemented, Internal, Unavailable,
+        // DataLoss), as Envoy's tracer tags `error`.
+        let g = e.grpc
+        let grpcError = g >= 0 && g <= 16 && (1 << g) & grpcUpstreamErrors != 0
+        if st >= 500 || st == 0 || (local && f != .none) || grpcError {
             let code = f.code
             let msg = f == .none ? 0 : ProtobufWriter.delimitedSize(2, code.utf8CodeUnitCount)
             if w.beginDelimited(statusField, length: msg + 2) {
@@ -54,6 +63,10 @@ enum SpanEncoder {
         case .http10: w.stringKeyValue(attributes, key: "http.protocol", value: "HTTP/1.0")
         case .http11: w.stringKeyValue(attributes, key: "http.protocol", value: "HTTP/1.1")
         case .http2: w.stringKeyValue(attributes, key: "http.protocol", value: "HTTP/2")
+        }
+        if g >= 0 && g <= 16 {
+            digits.set(UInt64(g))
+            digits.withBytes { w.stringKeyValue(attributes, key: "grpc.status_code", value: $0, $1) }
         }
         let fc = f.code
         w.stringKeyValue(attributes, key: "response_flags", value: fc.utf8Start, fc.utf8CodeUnitCount)

@@ -1,4 +1,7 @@
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One worker's finished spans on their way to the exporter thread: a bounded single-producer
 /// (the worker) / single-consumer (the exporter) ring of preallocated fixed-size slots, each an
@@ -58,9 +61,11 @@ final class SpanQueue: @unchecked Sendable {
     var pending: Int { head.load(ordering: .acquiring) &- tail.load(ordering: .relaxed) }
 
     /// Calls `body` with up to `max` waiting spans' bytes, oldest first, then frees their slots.
-    /// Returns how many were taken.
+    /// Returns how many were taken. `release`: the whole pages inside the drained slots go back
+    /// to the system first (while the slots are still ours: the producer cannot be writing
+    /// there), so a ring used at a low rate does not become resident slot by slot.
     @discardableResult
-    func drain(max: Int, _ body: (UnsafePointer<UInt8>, Int) -> Void) -> Int {
+    func drain(max: Int, release: Bool = false, _ body: (UnsafePointer<UInt8>, Int) -> Void) -> Int {
         let t = tail.load(ordering: .relaxed)
         let n = min(max, head.load(ordering: .acquiring) &- t)
         for i in 0..<n {
@@ -68,7 +73,34 @@ final class SpanQueue: @unchecked Sendable {
             let len = Int(UnsafeRawPointer(slot).load(as: UInt32.self))
             body(UnsafePointer(slot + 4), len)
         }
+        if release && n > 0 {
+            let first = t & mask
+            let upTo = Swift.min(first + n, capacity)
+            releasePages(first, upTo)
+            if first + n > capacity { releasePages(0, first + n - capacity) }
+        }
         tail.store(t &+ n, ordering: .releasing)
         return n
+    }
+
+    /// Resident pages of the ring (tests): pages `mincore` reports in memory.
+    var residentBytes: Int {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = Int(bitPattern: UnsafeRawPointer(storage)) & ~(page - 1)
+        let end = Int(bitPattern: UnsafeRawPointer(storage + capacity * SpanQueue.slotSize))
+        let pages = (end - start + page - 1) / page
+        var vec = [UInt8](repeating: 0, count: pages)
+        guard mincore(UnsafeMutableRawPointer(bitPattern: start), end - start, &vec) == 0 else { return -1 }
+        return vec.reduce(0) { $0 + Int($1 & 1) } * page
+    }
+
+    /// `MADV_DONTNEED` on the whole pages within slots `[from, to)`.
+    private func releasePages(_ from: Int, _ to: Int) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let a = Int(bitPattern: UnsafeRawPointer(storage + from * SpanQueue.slotSize))
+        let b = Int(bitPattern: UnsafeRawPointer(storage + to * SpanQueue.slotSize))
+        let lo = (a + page - 1) & ~(page - 1)
+        let hi = b & ~(page - 1)
+        if hi > lo { _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, Int32(MADV_DONTNEED)) }
     }
 }
