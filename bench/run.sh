@@ -8,6 +8,8 @@
 #
 # Environment (all optional):
 #   PROXIES="sidecar envoy nginx haproxy"  which pairs to run (direct always runs)
+#                                           (also: sidecar-h1, sidecar-nometrics, envoy-h2, haproxy-h2;
+#                                           sidecar-w2 and haproxy-h2-w2 run two workers/threads)
 #   SIDECAR_BIN=.build/release/sidecar      our binary; by default the script builds it first
 #   SIDECAR_ALT_BIN=PATH                    another build of ours, measured as the rows sidecar-alt
 #                                           (HTTP/2 hop) and sidecar-alt-h1 in the same run
@@ -94,10 +96,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 want() { [[ " $PROXIES " == *" $1 "* ]]; }
 for p in $PROXIES; do
-    case "$p" in sidecar|sidecar-nometrics|sidecar-h1|sidecar-alt|sidecar-alt-h1|envoy|envoy-h2|nginx|haproxy|haproxy-h2) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case "$p" in sidecar|sidecar-nometrics|sidecar-h1|sidecar-w2|sidecar-alt|sidecar-alt-h1|envoy|envoy-h2|nginx|haproxy|haproxy-h2|haproxy-h2-w2) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
 done
 
-if want sidecar || want sidecar-nometrics || want sidecar-h1; then
+if want sidecar || want sidecar-nometrics || want sidecar-h1 || want sidecar-w2; then
     if [ "${SIDECAR_BIN_GIVEN:-0}" = 0 ] && [ "${NO_BUILD:-0}" != 1 ]; then
         mkdir -p "$OUT"
         note "building the release sidecar (swift build -c release --static-swift-stdlib)"
@@ -242,6 +244,8 @@ setup_sidecar()           { setup_sidecar_as sidecar "" ""; }
 setup_sidecar-nometrics() { setup_sidecar_as sidecar-nometrics "  stats: {enabled: false}" ""; }
 # The same pair with an HTTP/1.1 mTLS hop instead of the default HTTP/2 one.
 setup_sidecar-h1()        { setup_sidecar_as sidecar-h1 "" "      protocol: HTTP1"; }
+# Two workers per sidecar (the worker-scaling check, bench/README.md "Scaling with workers").
+setup_sidecar-w2()        { WORKERS=2 setup_sidecar_as sidecar-w2 "" ""; }
 
 # Another build of ours (SIDECAR_ALT_BIN, e.g. other compiler flags) in the same run, same configs.
 setup_sidecar-alt()       { setup_sidecar_as sidecar-alt "" "" "$SIDECAR_ALT_BIN"; }
@@ -262,7 +266,7 @@ spec:
   workload:
     service: client
     serviceAccount: client
-  concurrency: 1
+  concurrency: ${WORKERS:-1}
   admin:
     address: 127.0.0.1
     port: $adm1
@@ -302,7 +306,7 @@ spec:
   workload:
     service: server
     serviceAccount: server
-  concurrency: 1
+  concurrency: ${WORKERS:-1}
   admin:
     address: 127.0.0.1
     port: $adm2
@@ -535,6 +539,8 @@ EOF
 setup_haproxy()    { setup_haproxy_as haproxy 0; }
 # HAProxy with HTTP/2 on its mTLS hop (ALPN h2).
 setup_haproxy-h2() { setup_haproxy_as haproxy-h2 1; }
+# HAProxy with HTTP/2 on its hop and two threads per process (`nbthread 2`).
+setup_haproxy-h2-w2() { WORKERS=2 setup_haproxy_as haproxy-h2-w2 1; }
 
 setup_haproxy_as() { # NAME H2(0|1)
     local name="$1" h2="$2"
@@ -548,7 +554,7 @@ setup_haproxy_as() { # NAME H2(0|1)
     fi
     next_port; a=$PORT; next_port; b=$PORT
     local global="global
-    nbthread 1
+    nbthread ${WORKERS:-1}
     maxconn 8192
 defaults
     mode http
@@ -698,7 +704,7 @@ for p in $PROXIES; do
 done
 
 # ------------------------------------------------------------------ report
-if want sidecar || want sidecar-nometrics || want sidecar-h1; then prov_bins "$SIDECAR_BIN"; fi
+if want sidecar || want sidecar-nometrics || want sidecar-h1 || want sidecar-w2; then prov_bins "$SIDECAR_BIN"; fi
 if want sidecar-alt || want sidecar-alt-h1; then prov_bins "$SIDECAR_ALT_BIN"; fi
 if want envoy || want envoy-h2; then prov_bins "$ENVOY_BIN"; prov_tools envoy; fi
 prov_tools nginx haproxy h2load curl openssl python3
@@ -730,6 +736,7 @@ hop = {
     "direct": "no proxy: h2load -> app",
     "sidecar": "our sidecar pair, mTLS HTTP/2 hop (our default)",
     "sidecar-h1": "our sidecar pair, mTLS HTTP/1.1 hop (`protocol: HTTP1`)",
+    "sidecar-w2": "our sidecar pair, mTLS HTTP/2 hop, two workers per sidecar (`concurrency: 2`)",
     "sidecar-nometrics": "our sidecar pair, mTLS HTTP/2 hop, request metrics off (`stats: {enabled: false}`)",
     "sidecar-alt": "our sidecar pair built otherwise (SIDECAR_ALT_BIN), mTLS HTTP/2 hop",
     "sidecar-alt-h1": "our sidecar pair built otherwise (SIDECAR_ALT_BIN), mTLS HTTP/1.1 hop",
@@ -738,6 +745,7 @@ hop = {
     "nginx": "nginx pair, mTLS HTTP/1.1 hop",
     "haproxy": "HAProxy pair, mTLS HTTP/1.1 hop",
     "haproxy-h2": "HAProxy pair, mTLS HTTP/2 hop",
+    "haproxy-h2-w2": "HAProxy pair, mTLS HTTP/2 hop, two threads per process (`nbthread 2`)",
 }
 out = []
 out.append(f"- rounds: {rounds} (interleaved round-robin with a rotating start, medians quoted); requests per counted run: "

@@ -116,7 +116,8 @@ def test_h2_connection_churn_while_pool_connections_idle_out(procs, pki):
         r = subprocess.run(["h2load", "-n", "3000", "-c", "1500", "-m", "1", "-H", ":authority: server", url],
                            capture_output=True, text=True, timeout=60)
         line = next((x for x in r.stdout.splitlines() if x.startswith("requests:")), r.stdout[-500:])
-        assert "3000 succeeded" in line, (i, line, _client_log(mesh)[-2000:])
+        assert "3000 succeeded" in line, (i, r.stdout[-1500:], stats(mesh.client_admin), stats(mesh.server_admin),
+                                          _client_log(mesh)[-2000:], mesh.server.log_path.read_text(errors="replace")[-2000:])
         time.sleep(pause)
     s = stats(mesh.client_admin)
     assert s["responses_5xx"] == 0
