@@ -6,4 +6,4 @@ cd "$(dirname "$0")"
 bash scripts/setup-deps.sh
 swift build --build-tests
 swift test --skip-build
-python3 -m pytest -q tests/e2e
+python3 -m pytest -q --durations=20 tests/e2e
