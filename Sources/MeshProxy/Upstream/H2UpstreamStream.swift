@@ -127,13 +127,16 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
 
     func h2ResponseData(_ p: UnsafePointer<UInt8>, _ n: Int) {
         guard let h = conn else { return }
-        exchange.noteActivity()
-        exchange.responseData(p, n)
-        if exchange.downstreamCongested {
-            heldCredit += n
-        } else {
-            h.session.consume(stream: sid, n)
-            h.requestFlush()
+        // The exchange owns this stream: a guaranteed reference, not a retain per use of `exchange`.
+        Unmanaged.passUnretained(exchange)._withUnsafeGuaranteedRef { ex in
+            ex.noteActivity()
+            ex.responseData(p, n)
+            if ex.downstreamCongested {
+                heldCredit += n
+            } else {
+                h.session.consume(stream: sid, n)
+                h.requestFlush()
+            }
         }
     }
 
