@@ -199,8 +199,19 @@ public final class HTTP2Session {
         nvOffsets.append((ns, nl, vs, vl, flags))
     }
 
+    /// Adds a header whose bytes stay where they are, unchanged, until the next submit call (the
+    /// fields of a head being emitted): recorded by address instead of copied to the scratch
+    /// buffer first, since nghttp2 copies the block at submit. Marked in the entry's flags with
+    /// `inPlace` (no nghttp2_nv flag uses that bit), which `withHeaders` strips.
+    public func addHeaderInPlace(_ name: UnsafePointer<UInt8>, _ nl: Int, _ value: UnsafePointer<UInt8>, _ vl: Int, flags: UInt8 = 0) {
+        nvOffsets.append((Int(bitPattern: name), nl, Int(bitPattern: value), vl, flags | HTTP2Session.inPlace))
+    }
+
+    /// The mark of an `addHeaderInPlace` entry: its offsets are addresses.
+    static let inPlace: UInt8 = 0x80
+
     /// The flags of the headers added so far, in order (tests).
-    public var pendingHeaderFlags: [UInt8] { nvOffsets.map { $0.4 } }
+    public var pendingHeaderFlags: [UInt8] { nvOffsets.map { $0.4 & ~HTTP2Session.inPlace } }
 
     public func addHeader(_ name: StaticString, _ value: UnsafePointer<UInt8>, _ vl: Int) {
         addHeader(name.utf8Start, name.utf8CodeUnitCount, value, vl)
@@ -218,7 +229,12 @@ public final class HTTP2Session {
         nva.removeAll(keepingCapacity: true)
         let base = nvScratch.base
         for (ns, nl, vs, vl, fl) in nvOffsets {
-            nva.append(nghttp2_nv(name: base + ns, value: base + vs, namelen: nl, valuelen: vl, flags: fl))
+            if fl & HTTP2Session.inPlace != 0 {
+                nva.append(nghttp2_nv(name: UnsafeMutablePointer(bitPattern: ns), value: UnsafeMutablePointer(bitPattern: vs),
+                                      namelen: nl, valuelen: vl, flags: fl & ~HTTP2Session.inPlace))
+            } else {
+                nva.append(nghttp2_nv(name: base + ns, value: base + vs, namelen: nl, valuelen: vl, flags: fl))
+            }
         }
         defer { nvOffsets.removeAll(keepingCapacity: true); nvScratch.clear() }
         return nva.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
@@ -277,6 +293,14 @@ public final class HTTP2Session {
             tb.append(from: nvScratch, 0, nvScratch.writeIndex)
             out.trailerBytes = tb
             out.trailerOffsets = nvOffsets
+            // Trailers go out later (from the data provider): bytes added in place are copied now.
+            for (i, e) in nvOffsets.enumerated() where e.4 & HTTP2Session.inPlace != 0 {
+                let ns = tb.writeIndex
+                tb.append(UnsafeRawPointer(bitPattern: e.0)!, e.1)
+                let vs = tb.writeIndex
+                tb.append(UnsafeRawPointer(bitPattern: e.2)!, e.3)
+                out.trailerOffsets[i] = (ns, e.1, vs, e.3, e.4 & ~HTTP2Session.inPlace)
+            }
         }
         nvOffsets.removeAll(keepingCapacity: true)
         nvScratch.clear()
