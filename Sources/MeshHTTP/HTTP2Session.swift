@@ -51,7 +51,9 @@ public final class HTTP2Session {
     fileprivate var headerBlockSize = 0
     /// Streams reset because their header list exceeded the limit.
     public private(set) var oversizedHeaderResets: UInt64 = 0
-    public unowned let delegate: HTTP2SessionDelegate
+    /// Unowned without the check: the delegate owns this session and outlives every callback
+    /// (the checked `unowned` cost a swift_unownedRetainStrong on each header, frame and chunk).
+    public unowned(unsafe) let delegate: HTTP2SessionDelegate
     /// Outgoing bodies by stream (the data provider reads from them).
     private var outgoing: [Int32: StreamOutput] = [:]
     private let nvScratch = ByteBuffer(lazyCapacity: 4096)
@@ -197,8 +199,19 @@ public final class HTTP2Session {
         nvOffsets.append((ns, nl, vs, vl, flags))
     }
 
+    /// Adds a header whose bytes stay where they are, unchanged, until the next submit call (the
+    /// fields of a head being emitted): recorded by address instead of copied to the scratch
+    /// buffer first, since nghttp2 copies the block at submit. Marked in the entry's flags with
+    /// `inPlace` (no nghttp2_nv flag uses that bit), which `withHeaders` strips.
+    public func addHeaderInPlace(_ name: UnsafePointer<UInt8>, _ nl: Int, _ value: UnsafePointer<UInt8>, _ vl: Int, flags: UInt8 = 0) {
+        nvOffsets.append((Int(bitPattern: name), nl, Int(bitPattern: value), vl, flags | HTTP2Session.inPlace))
+    }
+
+    /// The mark of an `addHeaderInPlace` entry: its offsets are addresses.
+    static let inPlace: UInt8 = 0x80
+
     /// The flags of the headers added so far, in order (tests).
-    public var pendingHeaderFlags: [UInt8] { nvOffsets.map { $0.4 } }
+    public var pendingHeaderFlags: [UInt8] { nvOffsets.map { $0.4 & ~HTTP2Session.inPlace } }
 
     public func addHeader(_ name: StaticString, _ value: UnsafePointer<UInt8>, _ vl: Int) {
         addHeader(name.utf8Start, name.utf8CodeUnitCount, value, vl)
@@ -216,7 +229,12 @@ public final class HTTP2Session {
         nva.removeAll(keepingCapacity: true)
         let base = nvScratch.base
         for (ns, nl, vs, vl, fl) in nvOffsets {
-            nva.append(nghttp2_nv(name: base + ns, value: base + vs, namelen: nl, valuelen: vl, flags: fl))
+            if fl & HTTP2Session.inPlace != 0 {
+                nva.append(nghttp2_nv(name: UnsafeMutablePointer(bitPattern: ns), value: UnsafeMutablePointer(bitPattern: vs),
+                                      namelen: nl, valuelen: vl, flags: fl & ~HTTP2Session.inPlace))
+            } else {
+                nva.append(nghttp2_nv(name: base + ns, value: base + vs, namelen: nl, valuelen: vl, flags: fl))
+            }
         }
         defer { nvOffsets.removeAll(keepingCapacity: true); nvScratch.clear() }
         return nva.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
@@ -275,6 +293,14 @@ public final class HTTP2Session {
             tb.append(from: nvScratch, 0, nvScratch.writeIndex)
             out.trailerBytes = tb
             out.trailerOffsets = nvOffsets
+            // Trailers go out later (from the data provider): bytes added in place are copied now.
+            for (i, e) in nvOffsets.enumerated() where e.4 & HTTP2Session.inPlace != 0 {
+                let ns = tb.writeIndex
+                tb.append(UnsafeRawPointer(bitPattern: e.0)!, e.1)
+                let vs = tb.writeIndex
+                tb.append(UnsafeRawPointer(bitPattern: e.2)!, e.3)
+                out.trailerOffsets[i] = (ns, e.1, vs, e.3, e.4 & ~HTTP2Session.inPlace)
+            }
         }
         nvOffsets.removeAll(keepingCapacity: true)
         nvScratch.clear()
@@ -350,7 +376,8 @@ public final class HTTP2Session {
     // MARK: callbacks
 
     fileprivate func streamClosed(_ stream: Int32, _ error: UInt32) {
-        if let out = outgoing.removeValue(forKey: stream) {
+        // Most streams (a request or response without a body) never enter `outgoing`: no hashing then.
+        if !outgoing.isEmpty, let out = outgoing.removeValue(forKey: stream) {
             Unmanaged.passUnretained(out).release()   // the data provider's retain
             recycle(out)
         }
@@ -360,42 +387,29 @@ public final class HTTP2Session {
     private static func installCallbacks(_ cbs: OpaquePointer?) {
         nghttp2_session_callbacks_set_on_begin_headers_callback(cbs) { _, frame, user in
             guard let frame = frame, let user = user else { return 0 }
-            let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
-            s.headerBlockSize = 0
-            s.progress &+= 1
-            s.delegate.h2BeginHeaders(stream: frame.pointee.hd.stream_id)
+            Unmanaged<HTTP2Session>.fromOpaque(user)._withUnsafeGuaranteedRef { s in
+                s.headerBlockSize = 0
+                s.progress &+= 1
+                s.delegate.h2BeginHeaders(stream: frame.pointee.hd.stream_id)
+            }
             return 0
         }
         nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, nl, value, vl, _, user in
             guard let frame = frame, let user = user, let name = name, let value = value else { return 0 }
-            let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
-            s.headerBlockSize += nl + vl + 32
-            if s.headerBlockSize > Int(s.settings.maxHeaderListSize) {
-                s.oversizedHeaderResets &+= 1
-                return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)   // resets the stream
+            return Unmanaged<HTTP2Session>.fromOpaque(user)._withUnsafeGuaranteedRef { s -> Int32 in
+                s.headerBlockSize += nl + vl + 32
+                if s.headerBlockSize > Int(s.settings.maxHeaderListSize) {
+                    s.oversizedHeaderResets &+= 1
+                    return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)   // resets the stream
+                }
+                let ok = s.delegate.h2Header(stream: frame.pointee.hd.stream_id, name: name, nameLength: nl, value: value, valueLength: vl)
+                return ok ? 0 : Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
             }
-            let ok = s.delegate.h2Header(stream: frame.pointee.hd.stream_id, name: name, nameLength: nl, value: value, valueLength: vl)
-            return ok ? 0 : Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
         nghttp2_session_callbacks_set_on_frame_recv_callback(cbs) { _, frame, user in
             guard let frame = frame, let user = user else { return 0 }
-            let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
-            let hd = frame.pointee.hd
-            let end = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
-            switch Int(hd.type) {
-            case Int(NGHTTP2_HEADERS.rawValue):
-                // Category HEADERS is a block after the first one on the stream: trailers, or (client
-                // side) the final response after a 1xx; the delegate tells them apart by :status.
-                let later = frame.pointee.headers.cat == NGHTTP2_HCAT_HEADERS
-                s.delegate.h2HeadersComplete(stream: hd.stream_id, trailers: later, endStream: end)
-            case Int(NGHTTP2_DATA.rawValue):
-                if end { s.delegate.h2DataEnd(stream: hd.stream_id) }
-            case Int(NGHTTP2_GOAWAY.rawValue):
-                s.delegate.h2GoAway(lastStream: frame.pointee.goaway.last_stream_id, error: frame.pointee.goaway.error_code)
-            case Int(NGHTTP2_RST_STREAM.rawValue):
-                s.delegate.h2PeerReset(stream: hd.stream_id, error: frame.pointee.rst_stream.error_code)
-            default:
-                break
+            Unmanaged<HTTP2Session>.fromOpaque(user)._withUnsafeGuaranteedRef { s in
+                HTTP2Session.frameReceived(s, frame)
             }
             return 0
         }
@@ -411,15 +425,38 @@ public final class HTTP2Session {
         }
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs) { _, _, stream, data, len, user in
             guard let user = user, let data = data else { return 0 }
-            let s = Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue()
-            s.progress &+= UInt64(len) &+ 1
-            s.delegate.h2Data(stream: stream, data, len)
+            Unmanaged<HTTP2Session>.fromOpaque(user)._withUnsafeGuaranteedRef { s in
+                s.progress &+= UInt64(len) &+ 1
+                s.delegate.h2Data(stream: stream, data, len)
+            }
             return 0
         }
         nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, stream, error, user in
             guard let user = user else { return 0 }
-            Unmanaged<HTTP2Session>.fromOpaque(user).takeUnretainedValue().streamClosed(stream, error)
+            Unmanaged<HTTP2Session>.fromOpaque(user)._withUnsafeGuaranteedRef { $0.streamClosed(stream, error) }
             return 0
+        }
+    }
+
+    /// A frame arrived (on_frame_recv): the delegate hears of complete header blocks, the end
+    /// of a body, GOAWAY and RST_STREAM.
+    private static func frameReceived(_ s: HTTP2Session, _ frame: UnsafePointer<nghttp2_frame>) {
+        let hd = frame.pointee.hd
+        let end = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+        switch Int(hd.type) {
+        case Int(NGHTTP2_HEADERS.rawValue):
+            // Category HEADERS is a block after the first one on the stream: trailers, or (client
+            // side) the final response after a 1xx; the delegate tells them apart by :status.
+            let later = frame.pointee.headers.cat == NGHTTP2_HCAT_HEADERS
+            s.delegate.h2HeadersComplete(stream: hd.stream_id, trailers: later, endStream: end)
+        case Int(NGHTTP2_DATA.rawValue):
+            if end { s.delegate.h2DataEnd(stream: hd.stream_id) }
+        case Int(NGHTTP2_GOAWAY.rawValue):
+            s.delegate.h2GoAway(lastStream: frame.pointee.goaway.last_stream_id, error: frame.pointee.goaway.error_code)
+        case Int(NGHTTP2_RST_STREAM.rawValue):
+            s.delegate.h2PeerReset(stream: hd.stream_id, error: frame.pointee.rst_stream.error_code)
+        default:
+            break
         }
     }
 }

@@ -66,21 +66,32 @@ public enum H1Writer {
 
 /// Emits a `MessageHead` as HTTP/2 header fields into a session (names are already lowercase).
 public enum H2Emitter {
-    /// `:method`, `:scheme`, `:authority`, `:path`, then every forwarded field.
+    /// `:method`, `:scheme`, `:authority`, `:path`, then every forwarded field. The head's bytes
+    /// are added in place (`addHeaderInPlace`): the caller submits before it changes `h`.
     public static func request(_ h: MessageHead, into s: HTTP2Session, scheme: StaticString = "http") {
-        s.addHeader(":method", h.pointer(h.method), Int(h.method.length))
-        s.addHeader(":scheme", scheme.utf8Start, scheme.utf8CodeUnitCount)
-        s.addHeader(":authority", h.pointer(h.authority), Int(h.authority.length))
-        if h.path.isEmpty { let p: StaticString = "/"; s.addHeader(":path", p.utf8Start, 1) }
-        else { s.addHeader(":path", h.pointer(h.path), Int(h.path.length)) }
-        fields(h, into: s)
-        if h.teTrailers { let t: StaticString = "trailers"; s.addHeader("te", t.utf8Start, t.utf8CodeUnitCount) }
+        inPlace(s, ":method", h.pointer(h.method), Int(h.method.length))
+        inPlace(s, ":scheme", scheme.utf8Start, scheme.utf8CodeUnitCount)
+        inPlace(s, ":authority", h.pointer(h.authority), Int(h.authority.length))
+        if h.path.isEmpty { let p: StaticString = "/"; inPlace(s, ":path", p.utf8Start, 1) }
+        else { inPlace(s, ":path", h.pointer(h.path), Int(h.path.length)) }
+        fieldsInPlace(h, into: s)
+        if h.teTrailers { let t: StaticString = "trailers"; inPlace(s, "te", t.utf8Start, t.utf8CodeUnitCount) }
     }
 
-    /// `:status`, then every forwarded field.
+    /// `:status`, then every forwarded field (added in place: the caller submits before it
+    /// changes `h`).
     public static func response(_ h: MessageHead, into s: HTTP2Session) {
         status(h.status, into: s)
-        fields(h, into: s)
+        fieldsInPlace(h, into: s)
+    }
+
+    @inline(__always) static func inPlace(_ s: HTTP2Session, _ name: StaticString, _ v: UnsafePointer<UInt8>, _ vl: Int) {
+        s.addHeaderInPlace(name.utf8Start, name.utf8CodeUnitCount, v, vl)
+    }
+
+    /// Every forwarded field of `h`, by address (valid until the submit that follows).
+    @inline(__always) static func fieldsInPlace(_ h: MessageHead, into s: HTTP2Session) {
+        h.forEachForwardedWithFlags { n, nl, v, vl, fl in s.addHeaderInPlace(n, nl, v, vl, flags: fl) }
     }
 
     @inline(__always) public static func status(_ st: Int, into s: HTTP2Session) {

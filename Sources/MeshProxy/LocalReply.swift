@@ -58,15 +58,6 @@ extension Worker {
     /// Appends a random UUID v4 (a new x-request-id) without allocating.
     func appendRequestID(_ out: ByteBuffer) {
         let a = rng.next(), c = rng.next()
-        let hex: StaticString = "0123456789abcdef"
-        // Version 4 (byte 6 high nibble) and the RFC 4122 variant (byte 8 top bits 10), little-endian.
-        var bytes: (UInt64, UInt64) = ((a & ~(UInt64(0xf0) << 48)) | (UInt64(0x40) << 48), (c & ~UInt64(0xc0)) | 0x80)
-        withUnsafeBytes(of: &bytes) { raw in
-            for i in 0..<16 {
-                if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
-                out.append(hex.utf8Start[Int(raw[i] >> 4)])
-                out.append(hex.utf8Start[Int(raw[i] & 15)])
-            }
-        }
+        RequestID.append(a, c, into: out)
     }
 }

@@ -108,7 +108,14 @@ public final class TLSSession: TransportSecurity {
         while input.readableBytes < limit {
             input.reserve(4 * 1024)
             let n = SSL_read(ssl, input.writePointer, Int32(min(input.writableBytes, Int(Int32.max))))
-            if n > 0 { input.commit(Int(n)); continue }
+            if n > 0 {
+                input.commit(Int(n))
+                // No ciphertext left and nothing buffered inside OpenSSL (processed or not): the
+                // next SSL_read could only report WANT_READ, at the price of a record-layer pass
+                // and SSL_get_error's look at the error queue, once per read. Stop here instead.
+                if raw.isEmpty && SSL_has_pending(ssl) == 0 { break }
+                continue
+            }
             let e = SSL_get_error(ssl, n)
             if e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE { break }
             if e == SSL_ERROR_ZERO_RETURN { return .closed }

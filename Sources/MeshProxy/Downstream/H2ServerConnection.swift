@@ -189,10 +189,15 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     private var blockStream: Unmanaged<H2ServerStream>? = nil
     private var blockStreamID: Int32 = 0
 
+    /// The highest stream id that began a header block: a larger one is a new stream (ids only
+    /// grow, RFC 9113 §5.1.1), known to be absent from `streams` without a lookup.
+    private var highestStream: Int32 = 0
+
     func h2BeginHeaders(stream: Int32) {
-        if let s = streams[stream] {
+        if stream <= highestStream, let s = streams[stream] {
             blockStream = Unmanaged.passUnretained(s)
         } else {
+            if stream > highestStream { highestStream = stream }
             let s = worker.h2StreamPool.popLast() ?? H2ServerStream(worker: worker)
             s.start(handler: self, id: stream)
             streams[stream] = s
@@ -211,7 +216,15 @@ final class H2ServerHandler: HTTP2SessionDelegate {
     }
 
     func h2HeadersComplete(stream: Int32, trailers: Bool, endStream: Bool) {
-        if stream == blockStreamID { blockStream = nil; blockStreamID = 0 }
+        if stream == blockStreamID, let b = blockStream {
+            // The block's stream is still in `streams` (every removal clears `blockStream`); held
+            // strongly while the exchange starts (it may close the connection and free the stream).
+            let s = b.takeUnretainedValue()
+            blockStream = nil
+            blockStreamID = 0
+            s.headersComplete(endStream: endStream)
+            return
+        }
         guard let s = streams[stream] else { return }
         s.headersComplete(endStream: endStream)
     }

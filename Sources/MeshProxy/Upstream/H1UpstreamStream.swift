@@ -86,6 +86,12 @@ final class H1UpstreamStream: UpstreamOwner, UpstreamStream {
 
     func upstreamInput(_ up: UpstreamConnection) {
         guard up === conn else { return }
+        // The exchange owns this stream: one guaranteed reference instead of a retain and
+        // release for each use of `exchange` on the response path.
+        Unmanaged.passUnretained(exchange)._withUnsafeGuaranteedRef { upstreamInput(up, $0) }
+    }
+
+    private func upstreamInput(_ up: UpstreamConnection, _ exchange: Exchange) {
         exchange.noteActivity()
         if !headDone {
             while !up.input.isEmpty {
@@ -124,7 +130,7 @@ final class H1UpstreamStream: UpstreamOwner, UpstreamStream {
             }
             if !headDone { return }
         }
-        pump(up)
+        pump(up, exchange)
     }
 
     /// The response head in `up.head` (bytes still in place) into the exchange's `response`.
@@ -133,6 +139,10 @@ final class H1UpstreamStream: UpstreamOwner, UpstreamStream {
     }
 
     private func pump(_ up: UpstreamConnection) {
+        Unmanaged.passUnretained(exchange)._withUnsafeGuaranteedRef { pump(up, $0) }
+    }
+
+    private func pump(_ up: UpstreamConnection, _ exchange: Exchange) {
         while !up.input.isEmpty && !exchange.downstreamCongested {
             switch decoder.next(UnsafePointer(up.input.readPointer), up.input.readableBytes) {
             case .data(let n):

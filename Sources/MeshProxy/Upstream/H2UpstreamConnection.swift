@@ -34,9 +34,9 @@ protocol H2StreamOwner: AnyObject {
 final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     unowned(unsafe) let pool: EndpointPool
     private(set) var session: HTTP2Session!
-    private var owners: [Int32: H2StreamOwner] = [:]
+    private var owners: [Int32: H2UpstreamStream] = [:]
     /// Requests submitted before the connection was established wait here.
-    private var waiting: [H2StreamOwner] = []
+    private var waiting: [H2UpstreamStream] = []
     private(set) var goingAway = false
     /// The connection is to close once nghttp2's pending frames are queued (see `requestClose`).
     private var closeRequested = false
@@ -48,11 +48,11 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     private var sentThrough: Int32 = 0
     var peerIndex = 0
     /// Exchanges that stopped sending request body until frames leave (window or congestion).
-    private var writeWaiters: [H2StreamOwner] = []
+    private var writeWaiters: [H2UpstreamStream] = []
 
     /// Calls `owner.h2StreamWritable()` once its stream's queued body has been framed below the
     /// low mark and the socket is not congested (never on a flush that made no room: no spin).
-    func waitForWritable(_ owner: H2StreamOwner) {
+    func waitForWritable(_ owner: H2UpstreamStream) {
         if !writeWaiters.contains(where: { $0 === owner }) { writeWaiters.append(owner) }
     }
 
@@ -60,8 +60,8 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
 
     private func wakeWriters() {
         if writeWaiters.isEmpty || isCongested || isClosed { return }
-        var still: [H2StreamOwner] = []
-        var ready: [H2StreamOwner] = []
+        var still: [H2UpstreamStream] = []
+        var ready: [H2UpstreamStream] = []
         for o in writeWaiters {
             let sid = o.h2StreamID
             if sid > 0 && owners[sid] != nil && session.pendingData(stream: sid) >= H2UpstreamConnection.lowMark {
@@ -74,7 +74,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         for o in ready { o.h2StreamWritable() }
     }
 
-    private func dropWaiter(_ o: H2StreamOwner) {
+    private func dropWaiter(_ o: H2UpstreamStream) {
         if !writeWaiters.isEmpty { writeWaiters.removeAll { $0 === o } }
     }
     private var idleTimeout: UInt64
@@ -111,7 +111,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
 
     /// Opens a stream for `owner`, which submits its request now or once the connection is up.
     /// False (a connect failure for the caller, which retries) if the connection is retiring.
-    func open(_ owner: H2StreamOwner) -> Bool {
+    func open(_ owner: H2UpstreamStream) -> Bool {
         if isRetiring || spent { return false }
         streamsOpened += 1
         loop.setDeadline(self, isEstablished ? 0 : deadline)
@@ -127,14 +127,14 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
 
     /// The owner gives up its stream, whether already submitted or still waiting for the
     /// connection (a waiting entry left behind would submit for a later request of the same owner).
-    func cancel(_ owner: H2StreamOwner, stream: Int32) {
+    func cancel(_ owner: H2UpstreamStream, stream: Int32) {
         if stream > 0 { forget(stream: stream); return }
         if let i = waiting.firstIndex(where: { $0 === owner }) { waiting.remove(at: i); armIdle() }
         dropWaiter(owner)
     }
 
     func forget(stream: Int32) {
-        if let o = owners.removeValue(forKey: stream) {
+        if let o = takeOwner(stream) {
             dropWaiter(o)
             session.reset(stream: stream, error: UInt32(NGHTTP2_CANCEL.rawValue))
             requestFlush()
@@ -148,16 +148,41 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     /// The owner is done with a stream whose request and response both ended: it closes by
     /// itself; no event of it reaches the owner again (the owner may take another stream).
     func detach(stream: Int32) {
-        if let o = owners.removeValue(forKey: stream) {
+        if let o = takeOwner(stream) {
             dropWaiter(o)
             armIdle()
         }
     }
 
     /// The owner of `stream`, if it still owns it (an owner that moved to another stream is not).
-    @inline(__always) private func owner(_ stream: Int32) -> H2StreamOwner? {
+    @inline(__always) private func owner(_ stream: Int32) -> H2UpstreamStream? {
+        if stream == lastOwnerID, let u = lastOwner {
+            let o = u.takeUnretainedValue()
+            return o.h2StreamID == stream ? o : nil
+        }
         guard let o = owners[stream], o.h2StreamID == stream else { return nil }
+        lastOwnerID = stream
+        lastOwner = Unmanaged.passUnretained(o)
         return o
+    }
+
+    /// The entry `owner(_:)` found last: nghttp2 delivers a response's HEADERS, its fields, DATA
+    /// and END_STREAM in a row, so the events after the first skip the dictionary (its hashing
+    /// showed in the per-request profile). Always an entry of `owners`, which holds it: cleared
+    /// whenever one leaves it (`takeOwner`, `dropAllOwners`), so it needs no reference count.
+    private var lastOwnerID: Int32 = 0
+    private var lastOwner: Unmanaged<H2UpstreamStream>? = nil
+
+    /// Removes and returns the owner of `stream` (and the lookup cache's entry for it).
+    @inline(__always) private func takeOwner(_ stream: Int32) -> H2UpstreamStream? {
+        if stream == lastOwnerID { lastOwnerID = 0; lastOwner = nil }
+        return owners.removeValue(forKey: stream)
+    }
+
+    private func dropAllOwners() {
+        lastOwnerID = 0
+        lastOwner = nil
+        owners.removeAll()
     }
 
     /// A stream left this connection: a request queued for the cluster may take its place
@@ -295,7 +320,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         let w = waiting
         waiting.removeAll()
         let o = owners
-        owners.removeAll()
+        dropAllOwners()
         writeWaiters.removeAll()
         for owner in w { owner.h2StreamFailed(error: 0, refused: true) }
         for (id, owner) in o where owner.h2StreamID == id { owner.h2StreamFailed(error: 0, refused: refused || id > sentThrough) }
@@ -303,9 +328,17 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
 
     // MARK: HTTP2SessionDelegate
 
-    func h2BeginHeaders(stream: Int32) {}
+    /// Finds the block's owner once, for its fields (`h2Header`'s fast path).
+    func h2BeginHeaders(stream: Int32) { _ = owner(stream) }
 
     func h2Header(stream: Int32, name: UnsafePointer<UInt8>, nameLength: Int, value: UnsafePointer<UInt8>, valueLength: Int) -> Bool {
+        if stream == lastOwnerID, let u = lastOwner {
+            // An entry of `owners` (which holds it); taking a field runs nothing that could remove it.
+            u._withUnsafeGuaranteedRef { o in
+                if o.h2StreamID == stream { o.h2ResponseHeader(name, nameLength, value, valueLength) }
+            }
+            return true
+        }
         owner(stream)?.h2ResponseHeader(name, nameLength, value, valueLength)
         return true
     }
@@ -321,7 +354,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     func h2DataEnd(stream: Int32) { owner(stream)?.h2ResponseEnd() }
 
     func h2StreamClosed(stream: Int32, error: UInt32) {
-        if let o = owners.removeValue(forKey: stream), o.h2StreamID == stream {
+        if let o = takeOwner(stream), o.h2StreamID == stream {
             dropWaiter(o)
             if error != 0 { o.h2StreamFailed(error: error, refused: error == UInt32(NGHTTP2_REFUSED_STREAM.rawValue)) }
         }
@@ -332,7 +365,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         goingAway = true
         // Streams above lastStream were never processed: their exchanges may retry elsewhere.
         for (id, o) in owners where id > lastStream {
-            owners.removeValue(forKey: id)
+            _ = takeOwner(id)
             guard o.h2StreamID == id else { continue }
             dropWaiter(o)
             o.h2StreamFailed(error: error, refused: true)

@@ -23,7 +23,14 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
     /// The most request body one stream may have queued before the exchange waits.
     static let bodyQueueLimit = 256 * 1024
 
-    init(exchange: Exchange) { self.exchange = exchange }
+    /// The exchange's response head, which outlives this stream (the exchange owns both): held
+    /// without reference counting for the per-field path.
+    private let responseRef: Unmanaged<MessageHead>
+
+    init(exchange: Exchange) {
+        self.exchange = exchange
+        responseRef = Unmanaged.passUnretained(exchange.response)
+    }
 
     var tlsSession: TLSSession? { conn?.security as? TLSSession }
     var h2StreamID: Int32 { sid }
@@ -96,10 +103,11 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
             HeaderPolicy.ingestTrailer(exchange.responseTrailers, n, nl, v, vl)
             return
         }
-        let r = exchange.response
-        if !inBlock { inBlock = true; r.reset(); r.version = .http2 }
-        if nl > 0 && n[0] == UInt8(ascii: ":") { HeaderPolicy.ingestPseudo(r, n, nl, v, vl) }
-        else { HeaderPolicy.ingest(r, n, nl, v, vl) }
+        responseRef._withUnsafeGuaranteedRef { r in
+            if !inBlock { inBlock = true; r.reset(); r.version = .http2 }
+            if nl > 0 && n[0] == UInt8(ascii: ":") { HeaderPolicy.ingestPseudo(r, n, nl, v, vl) }
+            else { HeaderPolicy.ingest(r, n, nl, v, vl) }
+        }
     }
 
     func h2ResponseHeadersComplete(trailers: Bool, endStream: Bool) {
@@ -119,13 +127,16 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
 
     func h2ResponseData(_ p: UnsafePointer<UInt8>, _ n: Int) {
         guard let h = conn else { return }
-        exchange.noteActivity()
-        exchange.responseData(p, n)
-        if exchange.downstreamCongested {
-            heldCredit += n
-        } else {
-            h.session.consume(stream: sid, n)
-            h.requestFlush()
+        // The exchange owns this stream: a guaranteed reference, not a retain per use of `exchange`.
+        Unmanaged.passUnretained(exchange)._withUnsafeGuaranteedRef { ex in
+            ex.noteActivity()
+            ex.responseData(p, n)
+            if ex.downstreamCongested {
+                heldCredit += n
+            } else {
+                h.session.consume(stream: sid, n)
+                h.requestFlush()
+            }
         }
     }
 
