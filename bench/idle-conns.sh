@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idle mTLS connections: memory per held connection, our sidecar against Envoy (issue 9).
+# Idle mTLS connections: memory per held connection, our sidecar against HAProxy and Envoy (issues 9, 22).
 #
 # What it measures: N (default 10000) concurrent client connections to a proxy's inbound mTLS
 # listener, each with a full TLS handshake presenting a client certificate (no resumption), ALPN
@@ -11,6 +11,9 @@
 # round (HOLD_ROUNDS) on the same process tells reuse of released memory from a leak.
 # Proxies, measured one after the other in the same run with the same client:
 #   sidecar: `sidecar --config` inbound listener (concurrency 1, TLS 1.3, ALPN h2/http1.1)
+#   haproxy: an equivalent inbound listener (`bind ... ssl crt ... ca-file ... verify required
+#            ssl-min-ver TLSv1.3 alpn h2,http/1.1`, nbthread 1, HTTP mode to the same app; it
+#            checks the chain, not the client's SPIFFE ID)
 #   envoy:   an equivalent inbound listener (DownstreamTlsContext, require_client_certificate,
 #            ALPN h2/http1.1, codec AUTO), --concurrency 1 --disable-hot-restart
 # The app is a one-worker nginx (`return 200`), as in bench/run.sh. The client is
@@ -38,7 +41,7 @@ prov_init idle-conns.sh "N PROXIES HOLD_ROUNDS HOLD_PROCS RAMP MODE SETTLE RAMP_
 SETTLE="${SETTLE:-3}"
 
 N="${N:-10000}"
-PROXIES="${PROXIES:-sidecar envoy}"
+PROXIES="${PROXIES:-sidecar haproxy envoy}"
 HOLD_PROCS="${HOLD_PROCS:-2}"
 RAMP="${RAMP:-100}"
 MODE="${MODE:-h2}"
@@ -52,6 +55,7 @@ setup_common
 need_envoy=0; case " $PROXIES " in *" envoy "*) need_envoy=1;; esac
 find_bins "$need_envoy"
 for t in nginx curl python3; do command -v "$t" >/dev/null || die "'$t' not found"; done
+case " $PROXIES " in *" haproxy "*) command -v haproxy >/dev/null || die "'haproxy' not found";; esac
 [ "$MODE" = tls ] || python3 -c 'import h2' 2>/dev/null || die "python3 h2 package missing (pip install h2), or MODE=tls"
 [ "$(ulimit -n)" -gt $(( N + 200 )) ] || die "descriptor limit $(ulimit -n) is too low for N=$N (the hard limit could not be raised)"
 note "descriptor limit $(ulimit -n); $N connections per proxy, client: $HOLD_PROCS processes, $RAMP handshakes in flight each"
@@ -183,6 +187,38 @@ EOF
     PORT_IN[envoy]=$in; ADM_OF[envoy]=$adm
 }
 
+setup_haproxy() {
+    next_port; local in=$PORT; next_port; local adm=$PORT
+    cat "$PKI/server/key.pem" "$PKI/server/cert-chain.pem" >"$TMPD/haproxy-server.pem"
+    cat >"$TMPD/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $(( N + 1000 ))
+    stats socket $TMPD/haproxy.sock level user
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 600s
+    timeout server 30s
+    timeout http-keep-alive 600s
+    timeout http-request 10s
+frontend inbound
+    bind 127.0.0.1:$in ssl crt $TMPD/haproxy-server.pem ca-file $PKI/root-cert.pem verify required ssl-min-ver TLSv1.3 alpn h2,http/1.1
+    maxconn $(( N + 500 ))
+    default_backend app
+frontend admin
+    bind 127.0.0.1:$adm
+    monitor-uri /ready
+backend app
+    server app 127.0.0.1:$APP_PORT
+EOF
+    haproxy -c -q -f "$TMPD/haproxy.cfg" >"$TMPD/haproxy-check.log" 2>&1 || { cat "$TMPD/haproxy-check.log" >&2; die "haproxy rejected its config"; }
+    start_proc haproxy "$TMPD/haproxy.log" haproxy -db -f "$TMPD/haproxy.cfg"
+    wait_http "http://127.0.0.1:$adm/ready" 20 haproxy
+    PORT_IN[haproxy]=$in; ADM_OF[haproxy]=$adm
+}
+
 mtls_get() { # PORT [--http2]: one fresh mTLS request; prints the HTTP status (000 on failure)
     curl -s -o /dev/null -w '%{http_code}' --max-time 10 "${@:2}" --cacert "$PKI/root-cert.pem" \
         --cert "$PKI/client/cert-chain.pem" --key "$PKI/client/key.pem" \
@@ -195,6 +231,18 @@ printf 'proxy\tround\tn\testablished\tfailed\tfailures\tramp_s\trss_before_kb\tr
 active_conns() { # PROXY: the proxy's own count of open downstream connections
     case "$1" in
         sidecar) stat_of "${ADM_OF[sidecar]}" downstream_connections_active ;;
+        haproxy) python3 - "$TMPD/haproxy.sock" <<'PYEOF'
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(sys.argv[1]); s.sendall(b"show stat\n")
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b: break
+    data += b
+rows = [l.split(",") for l in data.decode().splitlines() if l and not l.startswith("#")]
+print(sum(int(r[4]) for r in rows if r[0] == "inbound" and r[1] == "FRONTEND"))
+PYEOF
+        ;;
         envoy) curl -g -s --max-time 3 "http://127.0.0.1:${ADM_OF[envoy]}/stats?filter=^listener\\.127\\.0\\.0\\.1_[0-9]+\\.downstream_cx_active$" \
                    | awk -F': ' '{s += $2} END {print s + 0}' ;;
     esac
