@@ -226,7 +226,9 @@ mtls_get() { # PORT [--http2]: one fresh mTLS request; prints the HTTP status (0
 }
 
 RAWTSV="$TMPD/idle.tsv"
-printf 'proxy\tround\tn\testablished\tfailed\tfailures\tramp_s\trss_before_kb\trss_held_kb\tper_conn_kb\trss_after_release_kb\tfresh_h1\tfresh_h2\tclosed_by_server\tactive_held\tfds_after\tactive_after\n' >"$RAWTSV"
+printf 'proxy\tround\tn\testablished\tfailed\tfailures\tramp_s\trss_before_kb\trss_held_kb\tper_conn_kb\trss_after_release_kb\tfresh_h1\tfresh_h2\tclosed_by_server\tactive_held\tfds_after\tactive_after\tanon_per_conn_kb\n' >"$RAWTSV"
+
+anon_kb() { awk '$1 == "RssAnon:" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 active_conns() { # PROXY: the proxy's own count of open downstream connections
     case "$1" in
@@ -268,6 +270,7 @@ hold_round() {
     sleep "$SETTLE"   # settle: let the proxy finish deferred work (idle-buffer release, trim) before reading RSS
     alive_or_die "$p"
     local held; held="$(rss_kb "$pid")"
+    local held_anon; held_anon="$(anon_kb "$pid")"
     local active_held; active_held="$(active_conns "$p")"
     local summary; summary="$(head -n 1 "$ready")"
     local f1 f2
@@ -281,14 +284,15 @@ hold_round() {
     local after fds active_after
     after="$(rss_kb "$pid")"; fds="$(ls "/proc/$pid/fd" | wc -l)"; active_after="$(active_conns "$p")"
     note "$p round $round: released: RSS $(mb "$after") MB, $fds fds open, proxy counts $active_after open connections"
-    python3 - "$p" "$round" "$N" "$summary" "$BEFORE" "$held" "$after" "$f1" "$f2" "$closed" "$active_held" "$fds" "$active_after" >>"$RAWTSV" <<'PYEOF'
+    python3 - "$p" "$round" "$N" "$summary" "$BEFORE" "$held" "$after" "$f1" "$f2" "$closed" "$active_held" "$fds" "$active_after" "$BEFORE_ANON" "$held_anon" >>"$RAWTSV" <<'PYEOF'
 import json, sys
-p, rnd, n, summary, before, held, after, f1, f2, closed, ah, fds, aa = sys.argv[1:]
+p, rnd, n, summary, before, held, after, f1, f2, closed, ah, fds, aa, before_anon, held_anon = sys.argv[1:]
 s = json.loads(summary)
 est = s["established"]
 per = (int(held) - int(before)) / est if est else float("nan")
+per_anon = (int(held_anon) - int(before_anon)) / est if est else float("nan")
 fails = ",".join(f"{k}={v}" for k, v in sorted(s["failures"].items())) or "-"
-print(f"{p}\t{rnd}\t{n}\t{est}\t{s['failed']}\t{fails}\t{s['ramp_seconds']}\t{before}\t{held}\t{per:.2f}\t{after}\t{f1}\t{f2}\t{closed}\t{ah}\t{fds}\t{aa}")
+print(f"{p}\t{rnd}\t{n}\t{est}\t{s['failed']}\t{fails}\t{s['ramp_seconds']}\t{before}\t{held}\t{per:.2f}\t{after}\t{f1}\t{f2}\t{closed}\t{ah}\t{fds}\t{aa}\t{per_anon:.2f}")
 PYEOF
 }
 
@@ -300,7 +304,7 @@ measure() { # PROXY
     [ "$(mtls_get "$port")" = 200 ] || die "$p: mTLS GET / through the inbound listener failed"
     [ "$(mtls_get "$port" --http2)" = 200 ] || die "$p: mTLS h2 GET / failed"
     sleep 1
-    BEFORE="$(rss_kb "$pid")"
+    BEFORE="$(rss_kb "$pid")"; BEFORE_ANON="$(anon_kb "$pid")"
     local r
     for r in $(seq 1 "$HOLD_ROUNDS"); do hold_round "$p" "$r"; done
     stop_proc "$p" TERM
@@ -319,15 +323,16 @@ rows = list(csv.DictReader(open(raw), delimiter="\t"))
 out = [f"- client: bench/tools/hold_conns.py, mode {mode} (full TLS 1.3 handshake with a client certificate, "
        + ("ALPN h2 and one completed GET / per connection" if mode == "h2" else "nothing after the handshake")
        + f"), {procs} processes, {ramp} handshakes in flight each", "",
-       "| proxy | round | N | established | failed (kinds) | ramp s | RSS before MB | RSS held MB | KiB per idle conn | open per proxy (held / after) | RSS after release MB | fds after | fresh req while held (h1/h2) | closed by proxy while held |",
-       "|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---|---:|"]
+       "| proxy | round | N | established | failed (kinds) | ramp s | RSS before MB | RSS held MB | KiB per idle conn | anon KiB per idle conn | open per proxy (held / after) | RSS after release MB | fds after | fresh req while held (h1/h2) | closed by proxy while held |",
+       "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|"]
 for r in rows:
     mb = lambda k: f"{int(r[k]) / 1024:.1f}"
     out.append(f"| {r['proxy']} | {r['round']} | {r['n']} | {r['established']} | {r['failed']} ({r['failures']}) | {r['ramp_s']} | "
-               f"{mb('rss_before_kb')} | {mb('rss_held_kb')} | {float(r['per_conn_kb']):.1f} | {r['active_held']} / {r['active_after']} | {mb('rss_after_release_kb')} | {r['fds_after']} | "
+               f"{mb('rss_before_kb')} | {mb('rss_held_kb')} | {float(r['per_conn_kb']):.1f} | {float(r['anon_per_conn_kb']):.1f} | {r['active_held']} / {r['active_after']} | {mb('rss_after_release_kb')} | {r['fds_after']} | "
                f"{r['fresh_h1']}/{r['fresh_h2']} | {r['closed_by_server']} |")
 out.append("")
-out.append(f"KiB per idle conn = (VmRSS with all held, read {settle} s after the last connection was established - VmRSS before the first round) / established. "
+out.append(f"KiB per idle conn = (VmRSS with all held, read {settle} s after the last connection was established - VmRSS before the first round) / established; anon KiB per idle conn: the same with RssAnon (the process's own pages: VmRSS also counts file pages, "
+           "which the sidecar unmaps when quiet and maps back on use, megabytes of noise at small N). "
            "RSS after release, fds after: 3 s after the client closed them all. "
            "Round 2 opens the same number again on the same process: a held RSS close to round 1's means the memory of released connections is reused, not leaked.")
 text = "\n".join(out) + "\n"

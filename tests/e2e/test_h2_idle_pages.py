@@ -102,3 +102,60 @@ def test_hibernated_h2_connection_serves_again_with_its_hpack_state(procs, pki):
         assert cl.c.highest_outbound_stream_id == 2 * n - 1
     finally:
         cl.close()
+
+
+def open_h2_connections(pki, port, n):
+    """n connections, each with one 70 KB response: its 16 KiB DATA frames go through every page
+    of the connection's frame buffer, so all of them are resident until given back."""
+    conns = []
+    for _ in range(n):
+        c = H2Client(pki, port)
+        head, body = c.get("/bytes/70000")
+        assert head[":status"] == "200" and len(body) == 70000
+        conns.append(c)
+    return conns
+
+
+def anon_kb(pid):
+    """RssAnon: the process's own pages (heap, stacks). VmRSS also counts file pages, which the
+    sidecar unmaps when it goes quiet and faults back in on use: megabytes of noise here."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("RssAnon:"))
+
+
+# Measured with this test (debug build, 400 connections each after a 70 KB response, RssAnon,
+# two runs each): 46.1-46.2 KiB per hibernated connection with the release, 63.3-63.8 KiB with
+# HTTP2Session.releaseIdleMemory skipping the madvise (all five pages of nghttp2's frame buffer
+# mapping stay resident). The bound sits between the two: the test fails if the release stops.
+# (The issue's target, at most HAProxy's figure and 0.6x Envoy's 39 KiB, is not met yet: see
+# docs/benchmarks.md, "Memory per idle connection".)
+MAX_KIB_PER_CONN = 55
+
+
+def test_hibernated_h2_connections_hold_little_memory(procs, pki):
+    """400 mTLS HTTP/2 connections, one 70 KB response each, then idle: once hibernated (and the heap
+    trimmed) the sidecar's anonymous RSS grew by at most MAX_KIB_PER_CONN per connection; all still work."""
+    n = 400
+    app = procs.app("pages")
+    proc, port, admin = sidecar(procs, pki, app)
+    warm = open_h2_connections(pki, port, 8)   # TLS context, app pool, first-use tables
+    for c in warm:
+        c.close()
+    time.sleep(HIBERNATE_S + 4)
+    before = anon_kb(proc.pid)
+    released = stats(admin)["downstream_idle_buffer_releases"]
+    conns = open_h2_connections(pki, port, n)
+    try:
+        wait_until(lambda: stats(admin)["downstream_idle_buffer_releases"] >= released + n, 15,
+                   what="all connections hibernated")
+        time.sleep(4)   # MemoryTrimmer: malloc_trim 3 s after a burst of releases
+        held = anon_kb(proc.pid)
+        per = (held - before) / n
+        print(f"RssAnon before {before} kB, with {n} hibernated h2 connections {held} kB: {per:.1f} KiB per connection")
+        assert per <= MAX_KIB_PER_CONN, f"{per:.1f} KiB per idle h2 connection (bound {MAX_KIB_PER_CONN})"
+        for c in conns[:: n // 20]:
+            head, _ = c.get("/")
+            assert head[":status"] == "200"
+    finally:
+        for c in conns:
+            c.close()
