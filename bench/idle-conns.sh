@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idle mTLS connections: memory per held connection, our sidecar against Envoy (issue 9).
+# Idle mTLS connections: memory per held connection, our sidecar against HAProxy and Envoy (issues 9, 22).
 #
 # What it measures: N (default 10000) concurrent client connections to a proxy's inbound mTLS
 # listener, each with a full TLS handshake presenting a client certificate (no resumption), ALPN
@@ -11,6 +11,9 @@
 # round (HOLD_ROUNDS) on the same process tells reuse of released memory from a leak.
 # Proxies, measured one after the other in the same run with the same client:
 #   sidecar: `sidecar --config` inbound listener (concurrency 1, TLS 1.3, ALPN h2/http1.1)
+#   haproxy: an equivalent inbound listener (`bind ... ssl crt ... ca-file ... verify required
+#            ssl-min-ver TLSv1.3 alpn h2,http/1.1`, nbthread 1, HTTP mode to the same app; it
+#            checks the chain, not the client's SPIFFE ID)
 #   envoy:   an equivalent inbound listener (DownstreamTlsContext, require_client_certificate,
 #            ALPN h2/http1.1, codec AUTO), --concurrency 1 --disable-hot-restart
 # The app is a one-worker nginx (`return 200`), as in bench/run.sh. The client is
@@ -38,7 +41,7 @@ prov_init idle-conns.sh "N PROXIES HOLD_ROUNDS HOLD_PROCS RAMP MODE SETTLE RAMP_
 SETTLE="${SETTLE:-3}"
 
 N="${N:-10000}"
-PROXIES="${PROXIES:-sidecar envoy}"
+PROXIES="${PROXIES:-sidecar haproxy envoy}"
 HOLD_PROCS="${HOLD_PROCS:-2}"
 RAMP="${RAMP:-100}"
 MODE="${MODE:-h2}"
@@ -52,6 +55,7 @@ setup_common
 need_envoy=0; case " $PROXIES " in *" envoy "*) need_envoy=1;; esac
 find_bins "$need_envoy"
 for t in nginx curl python3; do command -v "$t" >/dev/null || die "'$t' not found"; done
+case " $PROXIES " in *" haproxy "*) command -v haproxy >/dev/null || die "'haproxy' not found";; esac
 [ "$MODE" = tls ] || python3 -c 'import h2' 2>/dev/null || die "python3 h2 package missing (pip install h2), or MODE=tls"
 [ "$(ulimit -n)" -gt $(( N + 200 )) ] || die "descriptor limit $(ulimit -n) is too low for N=$N (the hard limit could not be raised)"
 note "descriptor limit $(ulimit -n); $N connections per proxy, client: $HOLD_PROCS processes, $RAMP handshakes in flight each"
@@ -183,6 +187,38 @@ EOF
     PORT_IN[envoy]=$in; ADM_OF[envoy]=$adm
 }
 
+setup_haproxy() {
+    next_port; local in=$PORT; next_port; local adm=$PORT
+    cat "$PKI/server/key.pem" "$PKI/server/cert-chain.pem" >"$TMPD/haproxy-server.pem"
+    cat >"$TMPD/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $(( N + 1000 ))
+    stats socket $TMPD/haproxy.sock level user
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 600s
+    timeout server 30s
+    timeout http-keep-alive 600s
+    timeout http-request 10s
+frontend inbound
+    bind 127.0.0.1:$in ssl crt $TMPD/haproxy-server.pem ca-file $PKI/root-cert.pem verify required ssl-min-ver TLSv1.3 alpn h2,http/1.1
+    maxconn $(( N + 500 ))
+    default_backend app
+frontend admin
+    bind 127.0.0.1:$adm
+    monitor-uri /ready
+backend app
+    server app 127.0.0.1:$APP_PORT
+EOF
+    haproxy -c -q -f "$TMPD/haproxy.cfg" >"$TMPD/haproxy-check.log" 2>&1 || { cat "$TMPD/haproxy-check.log" >&2; die "haproxy rejected its config"; }
+    start_proc haproxy "$TMPD/haproxy.log" haproxy -db -f "$TMPD/haproxy.cfg"
+    wait_http "http://127.0.0.1:$adm/ready" 20 haproxy
+    PORT_IN[haproxy]=$in; ADM_OF[haproxy]=$adm
+}
+
 mtls_get() { # PORT [--http2]: one fresh mTLS request; prints the HTTP status (000 on failure)
     curl -s -o /dev/null -w '%{http_code}' --max-time 10 "${@:2}" --cacert "$PKI/root-cert.pem" \
         --cert "$PKI/client/cert-chain.pem" --key "$PKI/client/key.pem" \
@@ -190,11 +226,25 @@ mtls_get() { # PORT [--http2]: one fresh mTLS request; prints the HTTP status (0
 }
 
 RAWTSV="$TMPD/idle.tsv"
-printf 'proxy\tround\tn\testablished\tfailed\tfailures\tramp_s\trss_before_kb\trss_held_kb\tper_conn_kb\trss_after_release_kb\tfresh_h1\tfresh_h2\tclosed_by_server\tactive_held\tfds_after\tactive_after\n' >"$RAWTSV"
+printf 'proxy\tround\tn\testablished\tfailed\tfailures\tramp_s\trss_before_kb\trss_held_kb\tper_conn_kb\trss_after_release_kb\tfresh_h1\tfresh_h2\tclosed_by_server\tactive_held\tfds_after\tactive_after\tanon_per_conn_kb\n' >"$RAWTSV"
+
+anon_kb() { awk '$1 == "RssAnon:" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 active_conns() { # PROXY: the proxy's own count of open downstream connections
     case "$1" in
         sidecar) stat_of "${ADM_OF[sidecar]}" downstream_connections_active ;;
+        haproxy) python3 - "$TMPD/haproxy.sock" <<'PYEOF'
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(sys.argv[1]); s.sendall(b"show stat\n")
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b: break
+    data += b
+rows = [l.split(",") for l in data.decode().splitlines() if l and not l.startswith("#")]
+print(sum(int(r[4]) for r in rows if r[0] == "inbound" and r[1] == "FRONTEND"))
+PYEOF
+        ;;
         envoy) curl -g -s --max-time 3 "http://127.0.0.1:${ADM_OF[envoy]}/stats?filter=^listener\\.127\\.0\\.0\\.1_[0-9]+\\.downstream_cx_active$" \
                    | awk -F': ' '{s += $2} END {print s + 0}' ;;
     esac
@@ -220,6 +270,7 @@ hold_round() {
     sleep "$SETTLE"   # settle: let the proxy finish deferred work (idle-buffer release, trim) before reading RSS
     alive_or_die "$p"
     local held; held="$(rss_kb "$pid")"
+    local held_anon; held_anon="$(anon_kb "$pid")"
     local active_held; active_held="$(active_conns "$p")"
     local summary; summary="$(head -n 1 "$ready")"
     local f1 f2
@@ -233,14 +284,15 @@ hold_round() {
     local after fds active_after
     after="$(rss_kb "$pid")"; fds="$(ls "/proc/$pid/fd" | wc -l)"; active_after="$(active_conns "$p")"
     note "$p round $round: released: RSS $(mb "$after") MB, $fds fds open, proxy counts $active_after open connections"
-    python3 - "$p" "$round" "$N" "$summary" "$BEFORE" "$held" "$after" "$f1" "$f2" "$closed" "$active_held" "$fds" "$active_after" >>"$RAWTSV" <<'PYEOF'
+    python3 - "$p" "$round" "$N" "$summary" "$BEFORE" "$held" "$after" "$f1" "$f2" "$closed" "$active_held" "$fds" "$active_after" "$BEFORE_ANON" "$held_anon" >>"$RAWTSV" <<'PYEOF'
 import json, sys
-p, rnd, n, summary, before, held, after, f1, f2, closed, ah, fds, aa = sys.argv[1:]
+p, rnd, n, summary, before, held, after, f1, f2, closed, ah, fds, aa, before_anon, held_anon = sys.argv[1:]
 s = json.loads(summary)
 est = s["established"]
 per = (int(held) - int(before)) / est if est else float("nan")
+per_anon = (int(held_anon) - int(before_anon)) / est if est else float("nan")
 fails = ",".join(f"{k}={v}" for k, v in sorted(s["failures"].items())) or "-"
-print(f"{p}\t{rnd}\t{n}\t{est}\t{s['failed']}\t{fails}\t{s['ramp_seconds']}\t{before}\t{held}\t{per:.2f}\t{after}\t{f1}\t{f2}\t{closed}\t{ah}\t{fds}\t{aa}")
+print(f"{p}\t{rnd}\t{n}\t{est}\t{s['failed']}\t{fails}\t{s['ramp_seconds']}\t{before}\t{held}\t{per:.2f}\t{after}\t{f1}\t{f2}\t{closed}\t{ah}\t{fds}\t{aa}\t{per_anon:.2f}")
 PYEOF
 }
 
@@ -252,7 +304,7 @@ measure() { # PROXY
     [ "$(mtls_get "$port")" = 200 ] || die "$p: mTLS GET / through the inbound listener failed"
     [ "$(mtls_get "$port" --http2)" = 200 ] || die "$p: mTLS h2 GET / failed"
     sleep 1
-    BEFORE="$(rss_kb "$pid")"
+    BEFORE="$(rss_kb "$pid")"; BEFORE_ANON="$(anon_kb "$pid")"
     local r
     for r in $(seq 1 "$HOLD_ROUNDS"); do hold_round "$p" "$r"; done
     stop_proc "$p" TERM
@@ -271,15 +323,16 @@ rows = list(csv.DictReader(open(raw), delimiter="\t"))
 out = [f"- client: bench/tools/hold_conns.py, mode {mode} (full TLS 1.3 handshake with a client certificate, "
        + ("ALPN h2 and one completed GET / per connection" if mode == "h2" else "nothing after the handshake")
        + f"), {procs} processes, {ramp} handshakes in flight each", "",
-       "| proxy | round | N | established | failed (kinds) | ramp s | RSS before MB | RSS held MB | KiB per idle conn | open per proxy (held / after) | RSS after release MB | fds after | fresh req while held (h1/h2) | closed by proxy while held |",
-       "|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---|---:|"]
+       "| proxy | round | N | established | failed (kinds) | ramp s | RSS before MB | RSS held MB | KiB per idle conn | anon KiB per idle conn | open per proxy (held / after) | RSS after release MB | fds after | fresh req while held (h1/h2) | closed by proxy while held |",
+       "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|"]
 for r in rows:
     mb = lambda k: f"{int(r[k]) / 1024:.1f}"
     out.append(f"| {r['proxy']} | {r['round']} | {r['n']} | {r['established']} | {r['failed']} ({r['failures']}) | {r['ramp_s']} | "
-               f"{mb('rss_before_kb')} | {mb('rss_held_kb')} | {float(r['per_conn_kb']):.1f} | {r['active_held']} / {r['active_after']} | {mb('rss_after_release_kb')} | {r['fds_after']} | "
+               f"{mb('rss_before_kb')} | {mb('rss_held_kb')} | {float(r['per_conn_kb']):.1f} | {float(r['anon_per_conn_kb']):.1f} | {r['active_held']} / {r['active_after']} | {mb('rss_after_release_kb')} | {r['fds_after']} | "
                f"{r['fresh_h1']}/{r['fresh_h2']} | {r['closed_by_server']} |")
 out.append("")
-out.append(f"KiB per idle conn = (VmRSS with all held, read {settle} s after the last connection was established - VmRSS before the first round) / established. "
+out.append(f"KiB per idle conn = (VmRSS with all held, read {settle} s after the last connection was established - VmRSS before the first round) / established; anon KiB per idle conn: the same with RssAnon (the process's own pages: VmRSS also counts file pages, "
+           "which the sidecar unmaps when quiet and maps back on use, megabytes of noise at small N). "
            "RSS after release, fds after: 3 s after the client closed them all. "
            "Round 2 opens the same number again on the same process: a held RSS close to round 1's means the memory of released connections is reused, not leaked.")
 text = "\n".join(out) + "\n"

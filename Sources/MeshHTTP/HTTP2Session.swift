@@ -46,6 +46,10 @@ public final class HTTP2Session {
     public let role: Role
     public let settings: Settings
     private var session: OpaquePointer?
+    /// nghttp2's allocator for this session (counts its bytes; gives an idle session's frame
+    /// buffer pages back, HTTP2Memory.swift). Declared before `session` is created and freed
+    /// after it (deinit deletes the session first).
+    public let memory = HTTP2Memory()
     /// Size (RFC 9113 §6.5.2: name + value + 32 per field) of the header block being received;
     /// blocks arrive contiguously, so one counter serves the connection.
     fileprivate var headerBlockSize = 0
@@ -95,6 +99,20 @@ public final class HTTP2Session {
     public func releaseSpares() {
         spare.removeAll()
         nvScratch.releaseStorage()
+        if nvOffsets.isEmpty { nvOffsets = [] }   // their capacity (reserved again by the next request)
+        nva = []
+    }
+
+    /// The connection went idle: frees the spare stream buffers and, when nghttp2 has nothing
+    /// left to send (so its frame buffer holds nothing live), gives the pages of its large
+    /// blocks back (`HTTP2Memory.releaseIdlePages`). Traffic may come back at any time: the
+    /// blocks stay allocated and their pages fault back in on the next frame. Returns the bytes
+    /// of pages given back.
+    @discardableResult
+    public func releaseIdleMemory() -> Int {
+        releaseSpares()
+        if failed || goAwaySent != nil || !outgoing.isEmpty || wantsWrite { return 0 }
+        return memory.releaseIdlePages()
     }
 
     private func recycle(_ o: StreamOutput) {
@@ -129,10 +147,11 @@ public final class HTTP2Session {
         nghttp2_option_set_no_auto_window_update(opt, 1)
         nghttp2_option_set_max_send_header_block_length(opt, 64 * 1024)
         let me = Unmanaged.passUnretained(self).toOpaque()
+        var mem = memory.table   // copied into the session by nghttp2
         if role == .server {
-            nghttp2_session_server_new2(&session, cbs, me, opt)
+            nghttp2_session_server_new3(&session, cbs, me, opt, &mem)
         } else {
-            nghttp2_session_client_new2(&session, cbs, me, opt)
+            nghttp2_session_client_new3(&session, cbs, me, opt, &mem)
         }
         nghttp2_option_del(opt)
         nghttp2_session_callbacks_del(cbs)

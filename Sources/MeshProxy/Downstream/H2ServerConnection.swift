@@ -66,8 +66,9 @@ final class H2ServerHandler: HTTP2SessionDelegate {
         return now &- progressAt >= timeout
     }
 
-    /// The connection has been idle for a while: free the spare stream buffers.
-    func hibernate() { session.releaseSpares() }
+    /// The connection has been idle for a while: free the spare stream buffers and give the
+    /// pages of nghttp2's idle frame buffer back (HTTP2Session.releaseIdleMemory).
+    func hibernate() { session.releaseIdleMemory() }
 
     /// Ends the connection gracefully: GOAWAY naming the last stream processed, flushed before
     /// close_notify, then close (streams still in flight are aborted). Used when its streams are
