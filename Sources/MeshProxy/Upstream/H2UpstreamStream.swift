@@ -154,7 +154,9 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
             exchange.upstreamFailed(.connect)
             return
         }
-        exchange.upstreamFailed(refused ? .refused : .reset, h2Error: error)
+        // A connection whose peer never spoke HTTP/2 failed under the request before the peer
+        // saw it: one retry that spends no retry budget, as for the HTTP/1.1 keep-alive race.
+        exchange.upstreamFailed(refused ? .refused : .reset, reused: !h.peerSpoke, h2Error: error)
     }
 
     private func returnCredit() {
