@@ -155,14 +155,17 @@ def _has_headers_frame(b):
     return False
 
 
-def test_connection_closed_before_peer_preface_is_retried(procs, pki, tmp_path):
+@pytest.mark.parametrize("drop", ["after_handshake", "during_handshake"])
+def test_connection_closed_before_peer_preface_is_retried(procs, pki, drop):
     """The server sidecar drops a TLS handshake that is not complete at its header timeout. A
     client sidecar too busy to finish it in time (the CI failure of the churn test below: 400
     requests answered 503, 100 per pooled connection) sees the handshake complete, sends its
-    waiting requests, then the end of the connection, without one byte of HTTP/2 from the peer.
-    No request was processed there: each is retried on a new connection, not answered 503.
-    A TLS front plays that server for the first connection (handshake, read the requests, close);
-    later connections are relayed to the real server sidecar."""
+    waiting requests, then the end of the connection, without one byte of HTTP/2 from the peer;
+    or (its ClientHello sent late) the end of the connection during the handshake. No request was
+    processed there: each is retried on a new connection, not answered 503 (nor left to the retry
+    budget, which a batch of hundreds exceeds). A TLS front plays that server for the first
+    connection (`after_handshake`: handshake, read the requests, close; `during_handshake`: read
+    the ClientHello, close); later connections are relayed to the real server sidecar."""
     import conftest
     app_port = procs.app("server")
     inbound, server_admin, front, outbound, client_admin = (conftest.free_port() for _ in range(5))
@@ -187,6 +190,11 @@ def test_connection_closed_before_peer_preface_is_retried(procs, pki, tmp_path):
                 continue
             except OSError:
                 return
+            if not dropped and drop == "during_handshake":
+                with c:
+                    c.settimeout(5)
+                    dropped.append(len(c.recv(65536)) > 0)   # the ClientHello, read: the close is a FIN
+                continue
             if not dropped:
                 with ctx.wrap_socket(c, server_side=True) as t:
                     got = b""
@@ -211,11 +219,13 @@ def test_connection_closed_before_peer_preface_is_retried(procs, pki, tmp_path):
             status, body = _get(conn)
         finally:
             conn.close()
-        assert dropped == [True], dropped   # the first connection took the request's HEADERS, then closed
+        assert dropped == [True], dropped   # the first connection took the request's bytes, then closed
         assert status == 200, (status, body, stats(client_admin), client.log_path.read_text(errors="replace")[-2000:])
         s = stats(client_admin)
         assert s["responses_5xx"] == 0 and s["upstream_resets_before_response"] == 0, s
         assert s["upstream_connections_total"] == 2, s
+        # One retry outside the retry budget (counted with the keep-alive race's), none of the route's.
+        assert s["upstream_keepalive_race_retries"] == 1 and s["retries"] == 0, s
     finally:
         stop.set()
         lsock.close()

@@ -51,6 +51,10 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     /// server that dropped the TLS handshake at its own timeout while this worker was too busy to
     /// finish it lets the handshake complete here, takes the requests and then closes.
     private(set) var peerSpoke = false
+    /// The peer ended the connection (end of stream) during the TLS handshake: it accepted it and
+    /// dropped it (its handshake timeout, while this worker was too busy to answer in time), so no
+    /// request reached it. Not set for a refused connect, a TLS alert or a connect timeout.
+    private(set) var peerEndedHandshake = false
     var peerIndex = 0
     /// Exchanges that stopped sending request body until frames leave (window or congestion).
     private var writeWaiters: [H2StreamOwner] = []
@@ -273,6 +277,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
             Log.warn("upstream", "TLS with \(pool.address) failed: \(security?.failureReason ?? "")")
         }
         let neverUp = !isEstablished
+        if neverUp && error == 0 { peerEndedHandshake = true }
         closeNow()
         failAll(refused: neverUp)
     }

@@ -151,7 +151,7 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
             // A connection that never got established (connect timeout, refused, TLS failure) is
             // a connect failure (UF), as on the HTTP/1.1 path, not a reset.
             worker.stats.inc(.upstreamConnectFailures)
-            exchange.upstreamFailed(.connect)
+            exchange.upstreamFailed(.connect, reused: h.peerEndedHandshake)
             return
         }
         // A connection whose peer never spoke HTTP/2 failed under the request before the peer
