@@ -346,7 +346,9 @@ final class Exchange: PoolWaiter {
 
     /// The upstream attempt failed. `reused`: a pooled connection that carried an earlier
     /// exchange closed before any response byte (the keep-alive race: retried once on a fresh
-    /// connection, not one of the route's retries).
+    /// connection, not one of the route's retries), or an HTTP/2 connection that ended before
+    /// its peer sent any HTTP/2 byte, or that the peer closed during its TLS handshake (the
+    /// request cannot have been processed; same single retry).
     func upstreamFailed(_ f: AttemptFailure, reused: Bool = false, h2Error: UInt32 = 0) {
         upstream = nil
         if finished { return }
@@ -356,7 +358,7 @@ final class Exchange: PoolWaiter {
             finish()
             return
         }
-        if f == .reset && reused && replayable && !raceRetryUsed {
+        if f != .timeout && reused && replayable && !raceRetryUsed {
             raceRetryUsed = true
             worker.stats.inc(.upstreamKeepAliveRaceRetries)
             attempts.leaveEndpoint()

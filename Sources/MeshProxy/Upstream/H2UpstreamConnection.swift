@@ -46,6 +46,15 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     /// stream above it never left this process, so if the connection ends it is refused: safe to
     /// retry on another connection.
     private var sentThrough: Int32 = 0
+    /// The peer sent HTTP/2 bytes (its connection preface, SETTINGS, comes first). Until then its
+    /// HTTP/2 session never began, so if the connection ends no stream of it was processed: a
+    /// server that dropped the TLS handshake at its own timeout while this worker was too busy to
+    /// finish it lets the handshake complete here, takes the requests and then closes.
+    private(set) var peerSpoke = false
+    /// The peer ended the connection (end of stream) during the TLS handshake: it accepted it and
+    /// dropped it (its handshake timeout, while this worker was too busy to answer in time), so no
+    /// request reached it. Not set for a refused connect, a TLS alert or a connect timeout.
+    private(set) var peerEndedHandshake = false
     var peerIndex = 0
     /// Exchanges that stopped sending request body until frames leave (window or congestion).
     private var writeWaiters: [H2UpstreamStream] = []
@@ -252,6 +261,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     }
 
     override func onInput() {
+        peerSpoke = true
         if !session.receive(input) {
             Log.warn("upstream", "HTTP/2 connection error from \(pool.address): \(session.lastError)")
             goingAway = true
@@ -292,6 +302,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
             Log.warn("upstream", "TLS with \(pool.address) failed: \(security?.failureReason ?? "")")
         }
         let neverUp = !isEstablished
+        if neverUp && error == 0 { peerEndedHandshake = true }
         closeNow()
         failAll(refused: neverUp)
     }
@@ -315,7 +326,8 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
 
     /// Fails every stream of a connection that ended: waiting ones and those whose frames never
     /// left this process (above `sentThrough`) are refused, so their exchanges retry elsewhere;
-    /// the others are refused only when `refused` says the peer never processed any.
+    /// the others are refused only when `refused` says the peer never processed any, or the peer
+    /// never sent a byte of HTTP/2 (`peerSpoke`).
     private func failAll(refused: Bool) {
         let w = waiting
         waiting.removeAll()
@@ -323,7 +335,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         dropAllOwners()
         writeWaiters.removeAll()
         for owner in w { owner.h2StreamFailed(error: 0, refused: true) }
-        for (id, owner) in o where owner.h2StreamID == id { owner.h2StreamFailed(error: 0, refused: refused || id > sentThrough) }
+        for (id, owner) in o where owner.h2StreamID == id { owner.h2StreamFailed(error: 0, refused: refused || id > sentThrough || !peerSpoke) }
     }
 
     // MARK: HTTP2SessionDelegate

@@ -162,10 +162,12 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
             // A connection that never got established (connect timeout, refused, TLS failure) is
             // a connect failure (UF), as on the HTTP/1.1 path, not a reset.
             worker.stats.inc(.upstreamConnectFailures)
-            exchange.upstreamFailed(.connect)
+            exchange.upstreamFailed(.connect, reused: h.peerEndedHandshake)
             return
         }
-        exchange.upstreamFailed(refused ? .refused : .reset, h2Error: error)
+        // A connection whose peer never spoke HTTP/2 failed under the request before the peer
+        // saw it: one retry that spends no retry budget, as for the HTTP/1.1 keep-alive race.
+        exchange.upstreamFailed(refused ? .refused : .reset, reused: !h.peerSpoke, h2Error: error)
     }
 
     private func returnCredit() {
