@@ -56,6 +56,17 @@ public final class HTTP2Memory {
     private var bigMapped: (Bool, Bool, Bool, Bool, Bool, Bool, Bool, Bool) = (false, false, false, false, false, false, false, false)
     /// Slots in use (a free with none skips the scan).
     private var bigCount = 0
+    /// Slots whose block existed when the session was created (`markSessionBlocks`): the
+    /// outbound frame buffer's first chunk, the only large block whose contents are known dead
+    /// while nothing is pending. Only these are released while idle; a block allocated later
+    /// (e.g. a large header value being decoded) is left alone.
+    private var sessionMask: UInt8 = 0
+
+    /// Records the large blocks nghttp2 allocated while creating the session (call right after
+    /// `nghttp2_session_*_new3`).
+    func markSessionBlocks() {
+        forEachSlot { i, _, _, _ in sessionMask |= UInt8(1) << UInt8(i); return false }
+    }
 
     /// The `nghttp2_mem` to hand to `nghttp2_session_*_new3` (nghttp2 copies it; this object
     /// must outlive the session).
@@ -195,6 +206,7 @@ public final class HTTP2Memory {
             for i in 0..<HTTP2Memory.slots where aa[i] == addr {
                 aa[i] = 0
                 bigCount -= 1
+                sessionMask &= ~(UInt8(1) << UInt8(i))
                 found = (withUnsafeBytes(of: bigSize) { $0.bindMemory(to: Int.self)[i] },
                          withUnsafeBytes(of: bigMapped) { $0.bindMemory(to: Bool.self)[i] })
                 return
@@ -222,7 +234,8 @@ public final class HTTP2Memory {
     func releaseIdlePages() -> Int {
         let page = HTTP2Memory.pageSize
         var total = 0
-        forEachSlot { _, addr, size, _ in
+        forEachSlot { i, addr, size, _ in
+            if sessionMask & (UInt8(1) << UInt8(i)) == 0 { return false }
             let lo = (addr &+ page &- 1) & ~(page &- 1)
             let hi = (addr &+ UInt(size)) & ~(page &- 1)
             if hi > lo, madvise(UnsafeMutableRawPointer(bitPattern: lo), Int(hi &- lo), Int32(MADV_DONTNEED)) == 0 {

@@ -153,6 +153,7 @@ public final class HTTP2Session {
         } else {
             nghttp2_session_client_new3(&session, cbs, me, opt, &mem)
         }
+        memory.markSessionBlocks()   // the frame buffer: the one block released while idle
         nghttp2_option_del(opt)
         nghttp2_session_callbacks_del(cbs)
         var iv = [

@@ -137,6 +137,7 @@ struct MetricsExporter {
         p.sample("mesh_retries_total", [("reason", "reset")], total(.retriesReset))
         p.sample("mesh_retries_total", [("reason", "per_try_timeout")], total(.retriesTimeout))
         p.sample("mesh_retries_total", [("reason", "keepalive_race")], total(.upstreamKeepAliveRaceRetries))
+        p.sample("mesh_retries_total", [("reason", "unstarted_connection")], total(.upstreamUnstartedRetries))
         p.family("mesh_retry_budget_exceeded_total", type: "counter", help: "Retries not made because the retry budget or maxRetries was used up.")
         p.sample("mesh_retry_budget_exceeded_total", [], total(.retryOverflow))
         p.family("mesh_outlier_ejections_total", type: "counter", help: "Endpoints ejected by outlier detection.")

@@ -9,7 +9,7 @@ public final class WorkerStats: @unchecked Sendable {
         case responses1xx, responses2xx, responses3xx, responses4xx, responses5xx
         case localReplies, noRoute, badRequests
         case upstreamConnectionsTotal, upstreamConnectionsActive, upstreamConnectFailures, upstreamConnectTimeouts
-        case upstreamReused, upstreamKeepAliveRaceRetries, retries, upstreamResetsBeforeResponse, upstreamOverflow
+        case upstreamReused, upstreamKeepAliveRaceRetries, upstreamUnstartedRetries, retries, upstreamResetsBeforeResponse, upstreamOverflow
         case tlsHandshakesOK, tlsHandshakesFailed, tlsSessionsResumed
         case requestTimeouts, headerTimeouts, upgrades
         case http2DownstreamConnections, http2UpstreamConnections, http2RapidResetClosures
@@ -41,6 +41,7 @@ public final class WorkerStats: @unchecked Sendable {
             case .upstreamConnectTimeouts: return "upstream_connect_timeouts"
             case .upstreamReused: return "upstream_requests_on_reused_connections"
             case .upstreamKeepAliveRaceRetries: return "upstream_keepalive_race_retries"
+            case .upstreamUnstartedRetries: return "upstream_unstarted_connection_retries"
             case .retries: return "retries"
             case .upstreamResetsBeforeResponse: return "upstream_resets_before_response"
             case .upstreamOverflow: return "upstream_overflow"

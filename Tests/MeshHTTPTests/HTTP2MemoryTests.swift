@@ -187,4 +187,26 @@ final class HTTP2MemoryTests: XCTestCase {
         XCTAssertGreaterThan(server.releaseIdleMemory(), 0)
         exchange(1)
     }
+
+    /// Only the blocks that existed when the session was created (the frame buffer) give their
+    /// pages back: a large block allocated later keeps its contents through an idle release.
+    func testOnlyTheSessionsOwnBlocksAreReleased() {
+        let m = HTTP2Memory()
+        let table = m.table
+        let size = 40 * 1024
+        guard let early = table.malloc(size, table.mem_user_data) else { return XCTFail("malloc") }
+        m.markSessionBlocks()
+        guard let late = table.malloc(size, table.mem_user_data) else { return XCTFail("malloc") }
+        memset(early, 0x5a, size)
+        memset(late, 0x5a, size)
+        XCTAssertEqual(m.largeBlocks, 2)
+        XCTAssertGreaterThan(m.releaseIdlePages(), 0, "the early block's pages are given back")
+        let e = early.assumingMemoryBound(to: UInt8.self), l = late.assumingMemoryBound(to: UInt8.self)
+        XCTAssertEqual(e[size / 2], 0, "the early block was dropped (reads back zero-filled)")
+        XCTAssertTrue((0..<size).allSatisfy { l[$0] == 0x5a }, "the later block kept every byte")
+        table.free(early, table.mem_user_data)
+        table.free(late, table.mem_user_data)
+        XCTAssertEqual(m.largeBlocks, 0)
+        withExtendedLifetime(table) {}
+    }
 }

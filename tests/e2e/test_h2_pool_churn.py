@@ -225,7 +225,7 @@ def test_connection_closed_before_peer_preface_is_retried(procs, pki, drop):
         assert s["responses_5xx"] == 0 and s["upstream_resets_before_response"] == 0, s
         assert s["upstream_connections_total"] == 2, s
         # One retry outside the retry budget (counted with the keep-alive race's), none of the route's.
-        assert s["upstream_keepalive_race_retries"] == 1 and s["retries"] == 0, s
+        assert s["upstream_unstarted_connection_retries"] == 1 and s["upstream_keepalive_race_retries"] == 0 and s["retries"] == 0, s
     finally:
         stop.set()
         lsock.close()

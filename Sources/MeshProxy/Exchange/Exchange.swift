@@ -60,6 +60,8 @@ final class Exchange: PoolWaiter {
     private let pending = ByteBuffer(lazyCapacity: 1024)
     private let replay = ByteBuffer(lazyCapacity: 1024)
     private var replayable = true
+    /// The request's method may be sent twice (RFC 9110 §9.2.2).
+    var idempotent: Bool { request.methodKind.isIdempotent }
     private var mirrorDecided = false
     static let replayCap = 64 * 1024
 
@@ -346,10 +348,11 @@ final class Exchange: PoolWaiter {
 
     /// The upstream attempt failed. `reused`: a pooled connection that carried an earlier
     /// exchange closed before any response byte (the keep-alive race: retried once on a fresh
-    /// connection, not one of the route's retries), or an HTTP/2 connection that ended before
-    /// its peer sent any HTTP/2 byte, or that the peer closed during its TLS handshake (the
-    /// request cannot have been processed; same single retry).
-    func upstreamFailed(_ f: AttemptFailure, reused: Bool = false, h2Error: UInt32 = 0) {
+    /// connection, not one of the route's retries), or, with `unstarted`, an HTTP/2 connection
+    /// that ended before its peer sent any HTTP/2 byte (idempotent requests only) or that the
+    /// peer closed during its TLS handshake: the same single retry, but the endpoint's failure is
+    /// recorded (outlier detection) and counted apart.
+    func upstreamFailed(_ f: AttemptFailure, reused: Bool = false, unstarted: Bool = false, h2Error: UInt32 = 0) {
         upstream = nil
         if finished { return }
         if responseStarted {
@@ -360,7 +363,12 @@ final class Exchange: PoolWaiter {
         }
         if f != .timeout && reused && replayable && !raceRetryUsed {
             raceRetryUsed = true
-            worker.stats.inc(.upstreamKeepAliveRaceRetries)
+            if unstarted {
+                worker.stats.inc(.upstreamUnstartedRetries)
+                attempts.outcome(worker, status: 0, gatewayFailure: true)
+            } else {
+                worker.stats.inc(.upstreamKeepAliveRaceRetries)
+            }
             attempts.leaveEndpoint()
             restoreBody()
             attempt(fresh: true)

@@ -326,8 +326,8 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
 
     /// Fails every stream of a connection that ended: waiting ones and those whose frames never
     /// left this process (above `sentThrough`) are refused, so their exchanges retry elsewhere;
-    /// the others are refused only when `refused` says the peer never processed any, or the peer
-    /// never sent a byte of HTTP/2 (`peerSpoke`).
+    /// the others are refused only when `refused` says the peer never processed any (a peer
+    /// that sent no HTTP/2 byte, `peerSpoke`, is judged by the owner: see `h2StreamFailed`).
     private func failAll(refused: Bool) {
         let w = waiting
         waiting.removeAll()
@@ -335,7 +335,7 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
         dropAllOwners()
         writeWaiters.removeAll()
         for owner in w { owner.h2StreamFailed(error: 0, refused: true) }
-        for (id, owner) in o where owner.h2StreamID == id { owner.h2StreamFailed(error: 0, refused: refused || id > sentThrough || !peerSpoke) }
+        for (id, owner) in o where owner.h2StreamID == id { owner.h2StreamFailed(error: 0, refused: refused || id > sentThrough) }
     }
 
     // MARK: HTTP2SessionDelegate

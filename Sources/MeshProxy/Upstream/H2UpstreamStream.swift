@@ -162,12 +162,15 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
             // A connection that never got established (connect timeout, refused, TLS failure) is
             // a connect failure (UF), as on the HTTP/1.1 path, not a reset.
             worker.stats.inc(.upstreamConnectFailures)
-            exchange.upstreamFailed(.connect, reused: h.peerEndedHandshake)
+            exchange.upstreamFailed(.connect, reused: h.peerEndedHandshake, unstarted: h.peerEndedHandshake)
             return
         }
-        // A connection whose peer never spoke HTTP/2 failed under the request before the peer
-        // saw it: one retry that spends no retry budget, as for the HTTP/1.1 keep-alive race.
-        exchange.upstreamFailed(refused ? .refused : .reset, reused: !h.peerSpoke, h2Error: error)
+        // A connection whose peer never spoke HTTP/2 (not even its SETTINGS, its first frame)
+        // most likely failed before the peer saw the request: one retry that spends no retry
+        // budget, as for the HTTP/1.1 keep-alive race, but only for an idempotent request (bytes
+        // the peer sent may still have been unread here when the connection failed).
+        let unstarted = !h.peerSpoke && exchange.idempotent
+        exchange.upstreamFailed(refused ? .refused : .reset, reused: unstarted, unstarted: unstarted, h2Error: error)
     }
 
     private func returnCredit() {
