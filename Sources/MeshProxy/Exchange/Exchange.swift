@@ -348,7 +348,7 @@ final class Exchange: PoolWaiter {
 
     /// The upstream attempt failed. `reused`: a pooled connection that carried an earlier
     /// exchange closed before any response byte (the keep-alive race: retried once on a fresh
-    /// connection, not one of the route's retries), or, with `unstarted`, an HTTP/2 connection
+    /// connection, not one of the route's retries). `unstarted` (implies the same retry): an HTTP/2 connection
     /// that ended before its peer sent any HTTP/2 byte (idempotent requests only) or that the
     /// peer closed during its TLS handshake: the same single retry, but the endpoint's failure is
     /// recorded (outlier detection) and counted apart.
@@ -361,7 +361,7 @@ final class Exchange: PoolWaiter {
             finish()
             return
         }
-        if f != .timeout && reused && replayable && !raceRetryUsed {
+        if f != .timeout && (reused || unstarted) && replayable && !raceRetryUsed {
             raceRetryUsed = true
             if unstarted {
                 worker.stats.inc(.upstreamUnstartedRetries)

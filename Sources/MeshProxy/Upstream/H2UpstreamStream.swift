@@ -162,7 +162,7 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
             // A connection that never got established (connect timeout, refused, TLS failure) is
             // a connect failure (UF), as on the HTTP/1.1 path, not a reset.
             worker.stats.inc(.upstreamConnectFailures)
-            exchange.upstreamFailed(.connect, reused: h.peerEndedHandshake, unstarted: h.peerEndedHandshake)
+            exchange.upstreamFailed(.connect, unstarted: h.peerEndedHandshake)
             return
         }
         // A connection whose peer never spoke HTTP/2 (not even its SETTINGS, its first frame)
@@ -170,7 +170,7 @@ final class H2UpstreamStream: H2StreamOwner, UpstreamStream {
         // budget, as for the HTTP/1.1 keep-alive race, but only for an idempotent request (bytes
         // the peer sent may still have been unread here when the connection failed).
         let unstarted = !h.peerSpoke && exchange.idempotent
-        exchange.upstreamFailed(refused ? .refused : .reset, reused: unstarted, unstarted: unstarted, h2Error: error)
+        exchange.upstreamFailed(refused ? .refused : .reset, unstarted: unstarted, h2Error: error)
     }
 
     private func returnCredit() {
