@@ -46,10 +46,11 @@ final class H2UpstreamConnection: Connection, HTTP2SessionDelegate {
     /// stream above it never left this process, so if the connection ends it is refused: safe to
     /// retry on another connection.
     private var sentThrough: Int32 = 0
-    /// The peer sent HTTP/2 bytes (its connection preface, SETTINGS, comes first). Until then its
-    /// HTTP/2 session never began, so if the connection ends no stream of it was processed: a
-    /// server that dropped the TLS handshake at its own timeout while this worker was too busy to
-    /// finish it lets the handshake complete here, takes the requests and then closes.
+    /// Bytes of the peer's HTTP/2 reached this side (its connection preface, SETTINGS, comes
+    /// first). A connection that ends before that most likely never reached the peer's HTTP/2
+    /// session (a server that dropped the TLS handshake at its own timeout while this worker was
+    /// too busy to finish it), but bytes can also sit unread when a write fails first: so only an
+    /// idempotent request is retried on that evidence (`H2UpstreamStream.h2StreamFailed`).
     private(set) var peerSpoke = false
     /// The peer ended the connection (end of stream) during the TLS handshake: it accepted it and
     /// dropped it (its handshake timeout, while this worker was too busy to answer in time), so no
